@@ -1,0 +1,1 @@
+"""Lunas: a resilient payment orchestrator for Indonesian online merchants (queue now, settle later)."""

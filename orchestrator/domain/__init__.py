@@ -1,0 +1,1 @@
+"""Pure payment domain: state machines, money, events and domain errors. Standard library only."""

@@ -1,0 +1,87 @@
+"""Domain errors. The HTTP layer maps each to one response in exactly one place (api/errors.py).
+
+    DomainError
+    ├── TransitionRefused          a state machine refused a trigger
+    ├── InvalidOrder               the request cannot become an order (amount, rail, expiry, ...)
+    ├── NotFound                   no such order / mutation / case visible to this caller
+    ├── Conflict
+    │   ├── IdempotencyKeyReused   same Idempotency-Key, different body
+    │   ├── DuplicateMerchantOrder merchant_order_id already used by another order
+    │   └── AlreadyMatched         mutation or order already settled by something else
+    ├── UniqueCodesExhausted       every transfer amount in the code range is held on every account
+    ├── NoPayoutAccount            merchant has no destination account for manual transfer
+    └── StatementRejected          a bank statement file is malformed (whole file refused)
+"""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of every error the domain and services raise on purpose."""
+
+    code = "domain_error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class TransitionRefused(DomainError):
+    code = "transition_refused"
+
+    def __init__(self, machine: str, state: str, trigger: str) -> None:
+        super().__init__(f"{machine} in state '{state}' cannot take '{trigger}'")
+        self.machine = machine
+        self.state = state
+        self.trigger = trigger
+
+
+class InvalidOrder(DomainError):
+    code = "invalid_order"
+
+    def __init__(self, detail: str, *, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.field = field
+
+
+class NotFound(DomainError):
+    code = "not_found"
+
+
+class Conflict(DomainError):
+    code = "conflict"
+
+
+class IdempotencyKeyReused(Conflict):
+    code = "idempotency_key_reused"
+
+
+class DuplicateMerchantOrder(Conflict):
+    code = "duplicate_merchant_order_id"
+
+    def __init__(self, detail: str, *, existing_order_id: str) -> None:
+        super().__init__(detail)
+        self.existing_order_id = existing_order_id
+
+
+class AlreadyMatched(Conflict):
+    code = "already_matched"
+
+
+class UniqueCodesExhausted(DomainError):
+    code = "unique_codes_exhausted"
+
+
+class NoPayoutAccount(DomainError):
+    code = "no_payout_account"
+
+
+class StatementRejected(DomainError):
+    """A statement file that cannot be parsed whole. ``line`` is 1-based in the uploaded file."""
+
+    code = "statement_rejected"
+
+    def __init__(self, detail: str, *, line: int | None = None) -> None:
+        super().__init__(f"line {line}: {detail}" if line is not None else detail)
+        self.line = line
+        self.reason = detail

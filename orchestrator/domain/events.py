@@ -1,0 +1,18 @@
+"""Names of the events Lunas writes to its outbox. One place, so handlers and tests agree."""
+
+from __future__ import annotations
+
+from typing import Final
+
+ORDER_CAPTURED: Final = "order.captured"
+ORDER_AWAITING_PAYMENT: Final = "order.awaiting_payment"
+ORDER_PAID: Final = "order.paid"
+ORDER_EXPIRED: Final = "order.expired"
+ORDER_CANCELLED: Final = "order.cancelled"
+ORDER_NEEDS_REVIEW: Final = "order.needs_review"
+REVIEW_CASE_OPENED: Final = "review_case.opened"
+
+# Events a merchant's webhook endpoint receives.
+MERCHANT_VISIBLE: Final = frozenset(
+    {ORDER_PAID, ORDER_EXPIRED, ORDER_CANCELLED, ORDER_NEEDS_REVIEW, REVIEW_CASE_OPENED}
+)

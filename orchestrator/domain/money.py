@@ -1,0 +1,64 @@
+"""Money is an ``int`` of rupiah (IDR has no minor unit in practice). Parsing of bank amounts lives
+here so every statement format agrees on what ``"1,500,000.00"`` means."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from orchestrator.domain.errors import InvalidOrder
+
+_AMOUNT = re.compile(r"^(?P<int>\d{1,3}(?:,\d{3})+|\d*)(?:\.(?P<frac>\d{1,2}))?$")
+
+
+def parse_rupiah(text: str) -> int:
+    """Parse a bank's amount text (``150123.00``, ``"1,500,000.00"``, ``.00``) into whole rupiah.
+
+    Raises ``ValueError`` for anything else, including a non-zero sen part: IDR bank transfers carry
+    no cents, and silently rounding one would hide a discrepancy.
+    """
+    cleaned = text.strip().strip('"').strip("'").strip()
+    match = _AMOUNT.match(cleaned)
+    if not cleaned or match is None or (not match.group("int") and match.group("frac") is None):
+        raise ValueError(f"not an amount: {text!r}")
+    frac = match.group("frac") or "0"
+    if int(frac) != 0:
+        raise ValueError(f"amount has a non-zero sen part: {text!r}")
+    whole = match.group("int").replace(",", "")
+    return int(whole) if whole else 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class AmountLimits:
+    minimum: int
+    maximum: int
+
+    def check(self, amount: int) -> None:
+        if amount < self.minimum:
+            raise InvalidOrder(
+                f"amount must be at least {self.minimum} rupiah, got {amount}", field="amount"
+            )
+        if amount > self.maximum:
+            raise InvalidOrder(
+                f"amount must be at most {self.maximum} rupiah, got {amount}", field="amount"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class UniqueCodeRange:
+    """Codes ``low..high`` (inclusive) added to an order's amount to make its transfer amount."""
+
+    low: int
+    high: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.low <= self.high:
+            raise ValueError(f"bad unique code range {self.low}..{self.high}")
+
+    def transfer_amounts(self, amount: int) -> range:
+        return range(amount + self.low, amount + self.high + 1)
+
+
+def format_idr(amount: int) -> str:
+    """``1500123`` → ``Rp1.500.123`` as Indonesian customers read it."""
+    return "Rp" + f"{amount:,}".replace(",", ".")

@@ -1,0 +1,220 @@
+"""Order and payment-attempt state machines (ARCHITECTURE.md §3) as tables of allowed transitions.
+
+An order moves only along the edges in ``ORDER_TRANSITIONS``; an attempt only along
+``ATTEMPT_TRANSITIONS``. Everything else is refused with ``TransitionRefused`` so a caller can never
+settle twice, expire a paid order, or resurrect a cancelled one. The functions here do no I/O and
+read no clock: the caller passes ``now`` in.
+
+Deviation from the diagram in ARCHITECTURE.md, on purpose: ``expired → needs_review`` on a payment
+that arrives after expiry (issue 2 requires it; rule 4 says such money is never dropped), and a
+terminal ``refunded`` state for a review that a person resolves by refunding.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from orchestrator.domain.errors import TransitionRefused
+
+
+class OrderState(enum.StrEnum):
+    CAPTURED = "captured"
+    AWAITING_PAYMENT = "awaiting_payment"
+    VERIFYING = "verifying"
+    PAID = "paid"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    NEEDS_REVIEW = "needs_review"
+    REFUNDED = "refunded"
+
+
+class OrderTrigger(enum.StrEnum):
+    INSTRUCTIONS_ISSUED = "instructions_issued"
+    CANCEL = "cancel"
+    PAYMENT_CONFIRMED = "payment_confirmed"
+    PAYMENT_DISCREPANCY = "payment_discrepancy"
+    DEADLINE_PASSED = "deadline_passed"
+    DEADLINE_PASSED_UNVERIFIABLE = "deadline_passed_unverifiable"
+    VERIFICATION_WINDOW_EXHAUSTED = "verification_window_exhausted"
+    PAYMENT_AFTER_EXPIRY = "payment_after_expiry"
+    REVIEW_HONOURED = "review_honoured"
+    REVIEW_REFUNDED = "review_refunded"
+
+
+_O = OrderState
+_T = OrderTrigger
+
+ORDER_TRANSITIONS: dict[tuple[OrderState, OrderTrigger], OrderState] = {
+    (_O.CAPTURED, _T.INSTRUCTIONS_ISSUED): _O.AWAITING_PAYMENT,
+    (_O.CAPTURED, _T.CANCEL): _O.CANCELLED,
+    (_O.CAPTURED, _T.DEADLINE_PASSED): _O.EXPIRED,
+    (_O.AWAITING_PAYMENT, _T.CANCEL): _O.CANCELLED,
+    (_O.AWAITING_PAYMENT, _T.PAYMENT_CONFIRMED): _O.PAID,
+    (_O.AWAITING_PAYMENT, _T.PAYMENT_DISCREPANCY): _O.NEEDS_REVIEW,
+    (_O.AWAITING_PAYMENT, _T.DEADLINE_PASSED): _O.EXPIRED,
+    (_O.AWAITING_PAYMENT, _T.DEADLINE_PASSED_UNVERIFIABLE): _O.VERIFYING,
+    (_O.VERIFYING, _T.PAYMENT_CONFIRMED): _O.PAID,
+    (_O.VERIFYING, _T.PAYMENT_DISCREPANCY): _O.NEEDS_REVIEW,
+    (_O.VERIFYING, _T.DEADLINE_PASSED): _O.EXPIRED,
+    (_O.VERIFYING, _T.VERIFICATION_WINDOW_EXHAUSTED): _O.NEEDS_REVIEW,
+    (_O.EXPIRED, _T.PAYMENT_AFTER_EXPIRY): _O.NEEDS_REVIEW,
+    (_O.NEEDS_REVIEW, _T.REVIEW_HONOURED): _O.PAID,
+    (_O.NEEDS_REVIEW, _T.REVIEW_REFUNDED): _O.REFUNDED,
+}
+
+TERMINAL_ORDER_STATES = frozenset({_O.PAID, _O.EXPIRED, _O.CANCELLED, _O.REFUNDED})
+OPEN_ORDER_STATES = frozenset({_O.CAPTURED, _O.AWAITING_PAYMENT, _O.VERIFYING})
+
+# Events the merchant hears about, keyed by the state an order enters.
+ORDER_EVENT_ON_ENTRY: dict[OrderState, str] = {
+    _O.AWAITING_PAYMENT: "order.awaiting_payment",
+    _O.PAID: "order.paid",
+    _O.EXPIRED: "order.expired",
+    _O.CANCELLED: "order.cancelled",
+    _O.NEEDS_REVIEW: "order.needs_review",
+    _O.VERIFYING: "order.verifying",
+    _O.REFUNDED: "order.refunded",
+}
+
+
+def next_order_state(state: OrderState, trigger: OrderTrigger) -> OrderState:
+    """The state ``trigger`` moves an order in ``state`` to, or ``TransitionRefused``."""
+    try:
+        return ORDER_TRANSITIONS[(state, trigger)]
+    except KeyError:
+        raise TransitionRefused("order", state.value, trigger.value) from None
+
+
+class AttemptState(enum.StrEnum):
+    CREATING = "creating"
+    ACTIVE = "active"
+    SUPERSEDED = "superseded"
+    PAID = "paid"
+    EXPIRED = "expired"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+class AttemptTrigger(enum.StrEnum):
+    ISSUED = "issued"
+    REFUSED = "refused"
+    OUTCOME_UNKNOWN = "outcome_unknown"
+    VERIFIED_LIVE = "verified_live"
+    VERIFIED_ABSENT = "verified_absent"
+    SUPERSEDED = "superseded"
+    PAID = "paid"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+_A = AttemptState
+_AT = AttemptTrigger
+
+ATTEMPT_TRANSITIONS: dict[tuple[AttemptState, AttemptTrigger], AttemptState] = {
+    (_A.CREATING, _AT.ISSUED): _A.ACTIVE,
+    (_A.CREATING, _AT.REFUSED): _A.FAILED,
+    (_A.CREATING, _AT.OUTCOME_UNKNOWN): _A.UNKNOWN,
+    (_A.UNKNOWN, _AT.VERIFIED_LIVE): _A.ACTIVE,
+    (_A.UNKNOWN, _AT.VERIFIED_ABSENT): _A.FAILED,
+    (_A.UNKNOWN, _AT.SUPERSEDED): _A.SUPERSEDED,
+    (_A.UNKNOWN, _AT.PAID): _A.PAID,
+    (_A.UNKNOWN, _AT.EXPIRED): _A.EXPIRED,
+    (_A.ACTIVE, _AT.PAID): _A.PAID,
+    (_A.ACTIVE, _AT.EXPIRED): _A.EXPIRED,
+    (_A.ACTIVE, _AT.SUPERSEDED): _A.SUPERSEDED,
+    (_A.ACTIVE, _AT.CANCELLED): _A.FAILED,
+    (_A.SUPERSEDED, _AT.PAID): _A.PAID,
+    (_A.SUPERSEDED, _AT.EXPIRED): _A.EXPIRED,
+    (_A.SUPERSEDED, _AT.CANCELLED): _A.FAILED,
+    # Money that lands on an instrument after it expired or was cancelled is still money on it
+    # (rule 4): the attempt records it; the order decides what that means.
+    (_A.EXPIRED, _AT.PAID): _A.PAID,
+    (_A.FAILED, _AT.PAID): _A.PAID,
+}
+
+LIVE_ATTEMPT_STATES = frozenset({_A.CREATING, _A.ACTIVE, _A.SUPERSEDED, _A.UNKNOWN})
+
+
+def next_attempt_state(state: AttemptState, trigger: AttemptTrigger) -> AttemptState:
+    """The state ``trigger`` moves an attempt in ``state`` to, or ``TransitionRefused``."""
+    try:
+        return ATTEMPT_TRANSITIONS[(state, trigger)]
+    except KeyError:
+        raise TransitionRefused("attempt", state.value, trigger.value) from None
+
+
+class PaymentVerdict(enum.StrEnum):
+    """What one confirmed payment on an attempt means for its order."""
+
+    SETTLE = "settle"  # the order becomes paid
+    DISCREPANCY = "discrepancy"  # amount differs: a person decides
+    AFTER_EXPIRY = "after_expiry"  # order already expired: a person decides (refund / honour)
+    SECOND_PAYMENT = "second_payment"  # order already paid: it stays paid, a refund case opens
+    ON_CLOSED_ORDER = "on_closed_order"  # cancelled / refunded / in review: a case opens
+
+
+class ReviewReason(enum.StrEnum):
+    AMOUNT_MISMATCH = "amount_mismatch"
+    PAYMENT_AFTER_EXPIRY = "payment_after_expiry"
+    SECOND_PAYMENT = "second_payment"
+    PAYMENT_ON_CLOSED_ORDER = "payment_on_closed_order"
+    AMBIGUOUS_MATCH = "ambiguous_match"
+    VERIFICATION_WINDOW_EXHAUSTED = "verification_window_exhausted"
+
+
+class RecommendedAction(enum.StrEnum):
+    REFUND = "refund"
+    HONOUR = "honour"
+    MATCH_MANUALLY = "match_manually"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PaymentDecision:
+    verdict: PaymentVerdict
+    order_trigger: OrderTrigger | None
+    review_reason: ReviewReason | None = None
+    recommended_action: RecommendedAction | None = None
+
+
+def judge_payment(*, order_state: OrderState, expected: int, received: int) -> PaymentDecision:
+    """Decide what a payment of ``received`` rupiah on one of an order's attempts means.
+
+    Amounts are compared exactly (STYLE rule 6): a different amount is a discrepancy, never an
+    overwrite. A paid order stays paid whatever else arrives (rule 4).
+    """
+    if order_state is OrderState.PAID:
+        return PaymentDecision(
+            verdict=PaymentVerdict.SECOND_PAYMENT,
+            order_trigger=None,
+            review_reason=ReviewReason.SECOND_PAYMENT,
+            recommended_action=RecommendedAction.REFUND,
+        )
+    if order_state is OrderState.EXPIRED:
+        return PaymentDecision(
+            verdict=PaymentVerdict.AFTER_EXPIRY,
+            order_trigger=OrderTrigger.PAYMENT_AFTER_EXPIRY,
+            review_reason=ReviewReason.PAYMENT_AFTER_EXPIRY,
+            recommended_action=RecommendedAction.HONOUR if received == expected else (
+                RecommendedAction.REFUND
+            ),
+        )
+    if order_state in (OrderState.AWAITING_PAYMENT, OrderState.VERIFYING):
+        if received == expected:
+            return PaymentDecision(
+                verdict=PaymentVerdict.SETTLE, order_trigger=OrderTrigger.PAYMENT_CONFIRMED
+            )
+        return PaymentDecision(
+            verdict=PaymentVerdict.DISCREPANCY,
+            order_trigger=OrderTrigger.PAYMENT_DISCREPANCY,
+            review_reason=ReviewReason.AMOUNT_MISMATCH,
+            recommended_action=(
+                RecommendedAction.REFUND if received < expected else RecommendedAction.HONOUR
+            ),
+        )
+    return PaymentDecision(
+        verdict=PaymentVerdict.ON_CLOSED_ORDER,
+        order_trigger=None,
+        review_reason=ReviewReason.PAYMENT_ON_CLOSED_ORDER,
+        recommended_action=RecommendedAction.REFUND,
+    )

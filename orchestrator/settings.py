@@ -1,0 +1,207 @@
+"""Typed, grouped settings: the only place that reads the environment (``LUNAS_*`` variables).
+
+With nothing set, Lunas runs embedded: a SQLite file in the working directory and in-process state.
+``Settings.from_env`` validates everything once at start-up and refuses to start in production with
+an insecure default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from orchestrator.domain.money import AmountLimits, UniqueCodeRange
+
+
+class SettingsError(ValueError):
+    """A setting is missing, malformed or unsafe; the message names the variable."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatabaseSettings:
+    url: str = "sqlite+aiosqlite:///./lunas.db"
+    """SQLAlchemy async URL: ``postgresql+asyncpg://...`` in production, SQLite embedded."""
+    pool_size: int = 20
+    """Connections per process on PostgreSQL (ignored on SQLite)."""
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedisSettings:
+    url: str | None = None
+    """``redis://host:port/db``; unset means in-process state only (the embedded default)."""
+    key_prefix: str = "lunas:"
+    """Every key Lunas writes starts with this, so tests and tenants can share a server."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str = ""
+    """Base URL printed to users; derived from host and port when empty."""
+    max_body_bytes: int = 1_048_576
+    """Request bodies above this are refused with 413 (statement uploads get ``max_upload_bytes``)."""
+    max_upload_bytes: int = 10_485_760
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckoutSettings:
+    amount_limits: AmountLimits = field(
+        default_factory=lambda: AmountLimits(minimum=1, maximum=1_000_000_000)
+    )
+    default_expires_in: timedelta = timedelta(hours=24)
+    min_expires_in: timedelta = timedelta(minutes=5)
+    max_expires_in: timedelta = timedelta(days=7)
+    max_metadata_bytes: int = 4096
+
+
+@dataclass(frozen=True, kw_only=True)
+class UniqueCodeSettings:
+    codes: UniqueCodeRange = field(default_factory=lambda: UniqueCodeRange(low=1, high=999))
+    quarantine: timedelta = timedelta(hours=1)
+    """How long a closed attempt keeps its transfer amount before it returns to the pool, so a
+    late transfer of the old amount is recognised as late instead of paying a new order."""
+    allocation_tries: int = 8
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutboxSettings:
+    batch_size: int = 50
+    lease: timedelta = timedelta(seconds=60)
+    """A claimed event no one finished is claimable again after this (a killed worker's)."""
+    poll_interval: timedelta = timedelta(milliseconds=200)
+    backoff: tuple[timedelta, ...] = (
+        timedelta(seconds=10), timedelta(seconds=30), timedelta(minutes=2),
+        timedelta(minutes=10), timedelta(minutes=30), timedelta(hours=1),
+        timedelta(hours=2), timedelta(hours=4), timedelta(hours=8), timedelta(hours=8),
+    )
+    """Wait before retry n (1-based); one more than its length is the last try, then dead letter.
+    The default spans about a day, as merchant webhooks should."""
+    concurrency: int = 16
+    """Events of one claimed batch handled at once by a worker."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookSettings:
+    timeout: timedelta = timedelta(seconds=10)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchedulerSettings:
+    sweep_interval: timedelta = timedelta(seconds=1)
+    """How often a worker looks for orders past their deadline and codes past quarantine."""
+    sweep_batch: int = 200
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    environment: str = "development"
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    checkout: CheckoutSettings = field(default_factory=CheckoutSettings)
+    unique_codes: UniqueCodeSettings = field(default_factory=UniqueCodeSettings)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    mutation_push_secret: str = "dev-moota-secret"
+    """HMAC secret of the Moota-style mutation push (``Signature`` header)."""
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment == "production"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        e = _Env(os.environ if env is None else env)
+        low, high = e.int("LUNAS_UNIQUE_CODE_LOW", 1), e.int("LUNAS_UNIQUE_CODE_HIGH", 999)
+        if not 0 <= low <= high:
+            raise SettingsError(f"LUNAS_UNIQUE_CODE_LOW..HIGH must be a range, got {low}..{high}")
+        settings = cls(
+            environment=e.str("LUNAS_ENV", "development"),
+            database=DatabaseSettings(
+                url=e.str("LUNAS_DATABASE_URL", DatabaseSettings.url),
+                pool_size=e.int("LUNAS_DATABASE_POOL_SIZE", 20),
+            ),
+            redis=RedisSettings(
+                url=e.str("LUNAS_REDIS_URL", "") or None,
+                key_prefix=e.str("LUNAS_REDIS_PREFIX", "lunas:"),
+            ),
+            http=HttpSettings(
+                host=e.str("LUNAS_HOST", "127.0.0.1"),
+                port=e.int("LUNAS_PORT", 8000),
+                public_url=e.str("LUNAS_PUBLIC_URL", ""),
+            ),
+            checkout=CheckoutSettings(
+                amount_limits=AmountLimits(
+                    minimum=e.int("LUNAS_MIN_AMOUNT", 1),
+                    maximum=e.int("LUNAS_MAX_AMOUNT", 1_000_000_000),
+                ),
+                default_expires_in=e.seconds("LUNAS_DEFAULT_EXPIRES_IN", 86_400),
+            ),
+            unique_codes=UniqueCodeSettings(
+                codes=UniqueCodeRange(low=low, high=high),
+                quarantine=e.seconds("LUNAS_UNIQUE_CODE_QUARANTINE", 3_600),
+            ),
+            outbox=OutboxSettings(
+                batch_size=e.int("LUNAS_OUTBOX_BATCH", 50),
+                lease=e.seconds("LUNAS_OUTBOX_LEASE", 60),
+                poll_interval=e.seconds("LUNAS_OUTBOX_POLL", 0.2),
+                backoff=tuple(
+                    timedelta(seconds=float(s))
+                    for s in e.str("LUNAS_OUTBOX_BACKOFF", "").split(",") if s.strip()
+                ) or OutboxSettings().backoff,
+            ),
+            webhooks=WebhookSettings(timeout=e.seconds("LUNAS_WEBHOOK_TIMEOUT", 10)),
+            scheduler=SchedulerSettings(sweep_interval=e.seconds("LUNAS_SWEEP_INTERVAL", 1)),
+            mutation_push_secret=e.str("LUNAS_MUTATION_PUSH_SECRET", "dev-moota-secret"),
+        )
+        settings.refuse_insecure_production()
+        return settings
+
+    def refuse_insecure_production(self) -> None:
+        if not self.is_production:
+            return
+        if self.mutation_push_secret == "dev-moota-secret":
+            raise SettingsError("LUNAS_MUTATION_PUSH_SECRET is the development default")
+        if self.database.is_sqlite:
+            raise SettingsError("LUNAS_DATABASE_URL must point at PostgreSQL in production")
+
+
+class _Env:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def str(self, name: str, default: str) -> str:
+        return self._env.get(name, default)
+
+    def int(self, name: str, default: int) -> int:
+        raw = self._env.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+
+    def seconds(self, name: str, default: float) -> timedelta:
+        raw = self._env.get(name)
+        if raw is None or raw == "":
+            return timedelta(seconds=default)
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+        if value < 0:
+            raise SettingsError(f"{name} must not be negative, got {raw!r}")
+        return timedelta(seconds=value)

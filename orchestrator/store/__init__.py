@@ -1,0 +1,1 @@
+"""Persistence adapters: tables, engine, repositories and the unit of work."""

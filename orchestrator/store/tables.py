@@ -1,0 +1,256 @@
+"""The system of record: every table Lunas owns (SQLAlchemy Core, shared by PostgreSQL and SQLite).
+
+Uniqueness that money depends on is declared here, not checked in Python (STYLE rule 7):
+idempotency keys, merchant order ids, evidence keys, mutation fingerprints, and the transfer
+amount of every attempt that still holds a unique code on a payout account.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from orchestrator.store.types import BigId, JSONDoc, UTCDateTime
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+merchants = sa.Table(
+    "merchants",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("webhook_url", sa.String(2000)),
+    # Kept readable: Lunas must sign every outbound webhook with it. Protect the database.
+    sa.Column("webhook_secret", sa.String(128), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+merchant_api_keys = sa.Table(
+    "merchant_api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("merchant_id", sa.String(32), sa.ForeignKey("merchants.id"), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("key_prefix", sa.String(16), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime),
+)
+
+ops_tokens = sa.Table(
+    "ops_tokens",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("scopes", sa.String(500), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("revoked_at", UTCDateTime),
+)
+
+payout_accounts = sa.Table(
+    "payout_accounts",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("merchant_id", sa.String(32), sa.ForeignKey("merchants.id"), nullable=False),
+    sa.Column("bank", sa.String(32), nullable=False),
+    sa.Column("account_number", sa.String(40), nullable=False),
+    sa.Column("account_name", sa.String(200), nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("merchant_id", "bank", "account_number"),
+)
+
+orders = sa.Table(
+    "orders",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("merchant_id", sa.String(32), sa.ForeignKey("merchants.id"), nullable=False),
+    sa.Column("merchant_order_id", sa.String(100), nullable=False),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False, server_default="IDR"),
+    sa.Column("state", sa.String(24), nullable=False),
+    sa.Column("rail", sa.String(32), nullable=False),
+    sa.Column("customer_name", sa.String(200), nullable=False),
+    sa.Column("customer_email", sa.String(320), nullable=False),
+    sa.Column("customer_phone", sa.String(32), nullable=False),
+    sa.Column("metadata", JSONDoc),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("paid_at", UTCDateTime),
+    sa.Column("review_reason", sa.String(48)),
+    sa.UniqueConstraint("merchant_id", "merchant_order_id"),
+    sa.CheckConstraint("amount > 0", name="amount_positive"),
+)
+sa.Index("ix_orders_open_deadline", orders.c.expires_at, orders.c.state)
+
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("merchant_id", sa.String(32), sa.ForeignKey("merchants.id"), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("order_id", sa.String(32)),
+    sa.Column("response_status", sa.Integer, nullable=False),
+    sa.Column("response_body", JSONDoc, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+payment_attempts = sa.Table(
+    "payment_attempts",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("order_id", sa.String(32), sa.ForeignKey("orders.id"), nullable=False, index=True),
+    sa.Column("rail", sa.String(32), nullable=False),
+    sa.Column("provider", sa.String(32), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    # What the customer is asked to pay on this instrument (for manual transfer: amount + code).
+    sa.Column("transfer_amount", sa.BigInteger, nullable=False),
+    sa.Column("unique_code", sa.Integer),
+    sa.Column("payout_bank", sa.String(32)),
+    sa.Column("payout_account_number", sa.String(40)),
+    sa.Column("payout_account_name", sa.String(200)),
+    # True while the transfer amount is reserved on the payout account: open, and for a quarantine
+    # after closing so a late transfer of an old amount cannot land on a new order.
+    sa.Column("holds_code", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("code_held_until", UTCDateTime),
+    sa.Column("provider_ref", sa.String(128)),
+    sa.Column("instructions", JSONDoc),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("closed_at", UTCDateTime),
+)
+sa.Index(
+    "uq_payment_attempts_held_transfer_amount",
+    payment_attempts.c.payout_bank,
+    payment_attempts.c.payout_account_number,
+    payment_attempts.c.transfer_amount,
+    unique=True,
+    postgresql_where=payment_attempts.c.holds_code,
+    sqlite_where=payment_attempts.c.holds_code,
+)
+sa.Index(
+    "ix_payment_attempts_code_release",
+    payment_attempts.c.code_held_until,
+    postgresql_where=payment_attempts.c.holds_code,
+    sqlite_where=payment_attempts.c.holds_code,
+)
+
+evidence = sa.Table(
+    "evidence",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    # Provider event id, "mutation:<id>", "manual:<uuid>": one row per observation, ever.
+    sa.Column("unique_key", sa.String(200), nullable=False, unique=True),
+    sa.Column("kind", sa.String(24), nullable=False),
+    sa.Column("order_id", sa.String(32), sa.ForeignKey("orders.id"), nullable=False, index=True),
+    sa.Column("attempt_id", sa.String(32), sa.ForeignKey("payment_attempts.id"), nullable=False),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("verdict", sa.String(24), nullable=False),
+    sa.Column("observed_at", UTCDateTime, nullable=False),
+    sa.Column("recorded_at", UTCDateTime, nullable=False),
+    sa.Column("details", JSONDoc),
+)
+
+statements = sa.Table(
+    "statements",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("bank", sa.String(32), nullable=False),
+    sa.Column("account_number", sa.String(40), nullable=False),
+    sa.Column("filename", sa.String(300)),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("uploaded_by", sa.String(200), nullable=False),
+    sa.Column("counts", JSONDoc, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+mutations = sa.Table(
+    "mutations",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("bank", sa.String(32), nullable=False),
+    sa.Column("account_number", sa.String(40), nullable=False),
+    sa.Column("posted_at", UTCDateTime, nullable=False),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("direction", sa.String(2), nullable=False),
+    sa.Column("description", sa.String(1000), nullable=False),
+    sa.Column("balance", sa.BigInteger),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False, unique=True),
+    sa.Column("statement_id", sa.String(32), sa.ForeignKey("statements.id")),
+    sa.Column("match_state", sa.String(16), nullable=False),
+    # One column, so a mutation can be matched to at most one order (rule 2).
+    sa.Column("order_id", sa.String(32), sa.ForeignKey("orders.id")),
+    sa.Column("matched_at", UTCDateTime),
+    sa.Column("matched_by", sa.String(200)),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.CheckConstraint("direction IN ('CR', 'DB')", name="direction"),
+)
+sa.Index("ix_mutations_match_state", mutations.c.match_state, mutations.c.created_at)
+
+review_cases = sa.Table(
+    "review_cases",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("order_id", sa.String(32), sa.ForeignKey("orders.id"), index=True),
+    sa.Column("mutation_id", sa.String(32), sa.ForeignKey("mutations.id")),
+    sa.Column("reason", sa.String(48), nullable=False),
+    sa.Column("recommended_action", sa.String(24), nullable=False),
+    sa.Column("amount", sa.BigInteger),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("resolved_at", UTCDateTime),
+    sa.Column("resolved_by", sa.String(200)),
+    sa.Column("resolution", sa.String(24)),
+    sa.Column("note", sa.String(2000)),
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(40), nullable=False, unique=True),
+    sa.Column("event_type", sa.String(64), nullable=False),
+    sa.Column("aggregate_id", sa.String(32)),
+    sa.Column("merchant_id", sa.String(32)),
+    sa.Column("payload", JSONDoc, nullable=False),
+    sa.Column("trace_context", JSONDoc),
+    sa.Column("status", sa.String(12), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("available_at", UTCDateTime, nullable=False),
+    sa.Column("lease_owner", sa.String(64)),
+    sa.Column("lease_expires_at", UTCDateTime),
+    sa.Column("last_error", sa.String(2000)),
+    sa.Column("processed_at", UTCDateTime),
+)
+sa.Index(
+    "ix_outbox_pending",
+    outbox.c.available_at,
+    outbox.c.id,
+    postgresql_where=outbox.c.status == "pending",
+    sqlite_where=outbox.c.status == "pending",
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("subject_type", sa.String(32), nullable=False),
+    sa.Column("subject_id", sa.String(64), nullable=False),
+    sa.Column("reason", sa.String(2000)),
+    sa.Column("details", JSONDoc),
+)
