@@ -7,6 +7,7 @@ an insecure default.
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ class HttpSettings:
     public_url: str = ""
     """Base URL printed to users; derived from host and port when empty."""
     max_body_bytes: int = 1_048_576
-    """Request bodies above this are refused with 413 (statement uploads get ``max_upload_bytes``)."""
+    """Request bodies above this are refused with 413 (uploads get ``max_upload_bytes``)."""
     max_upload_bytes: int = 10_485_760
 
     @property
@@ -114,7 +115,8 @@ class Settings:
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
-    mutation_push_secret: str = "dev-moota-secret"
+    # The development default; production refuses to start with it (refuse_insecure_production).
+    mutation_push_secret: str = "dev-moota-secret"  # noqa: S105
     """HMAC secret of the Moota-style mutation push (``Signature`` header)."""
 
     @property
@@ -172,20 +174,21 @@ class Settings:
     def refuse_insecure_production(self) -> None:
         if not self.is_production:
             return
-        if self.mutation_push_secret == "dev-moota-secret":
+        if self.mutation_push_secret == "dev-moota-secret":  # noqa: S105
             raise SettingsError("LUNAS_MUTATION_PUSH_SECRET is the development default")
         if self.database.is_sqlite:
             raise SettingsError("LUNAS_DATABASE_URL must point at PostgreSQL in production")
 
 
 class _Env:
+    # Its method names shadow the builtins inside the class body, hence ``builtins.str``.
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env
 
-    def str(self, name: str, default: str) -> str:
+    def str(self, name: builtins.str, default: builtins.str) -> builtins.str:
         return self._env.get(name, default)
 
-    def int(self, name: str, default: int) -> int:
+    def int(self, name: builtins.str, default: builtins.int) -> builtins.int:
         raw = self._env.get(name)
         if raw is None or raw == "":
             return default
@@ -194,7 +197,7 @@ class _Env:
         except ValueError:
             raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
 
-    def seconds(self, name: str, default: float) -> timedelta:
+    def seconds(self, name: builtins.str, default: float) -> timedelta:
         raw = self._env.get(name)
         if raw is None or raw == "":
             return timedelta(seconds=default)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from orchestrator.domain.errors import InvalidOrder
 
-_AMOUNT = re.compile(r"^(?P<int>\d{1,3}(?:,\d{3})+|\d*)(?:\.(?P<frac>\d{1,2}))?$")
+_AMOUNT = re.compile(r"^(?P<int>\d{1,3}(?:,\d{3})+|\d*)(?:\.(?P<frac>\d{1,2}))?$", re.ASCII)
 
 
 def parse_rupiah(text: str) -> int:
@@ -32,6 +32,10 @@ def parse_rupiah(text: str) -> int:
 class AmountLimits:
     minimum: int
     maximum: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.minimum <= self.maximum:
+            raise ValueError(f"bad amount limits {self.minimum}..{self.maximum}")
 
     def check(self, amount: int) -> None:
         if amount < self.minimum:

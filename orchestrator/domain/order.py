@@ -5,9 +5,11 @@ An order moves only along the edges in ``ORDER_TRANSITIONS``; an attempt only al
 settle twice, expire a paid order, or resurrect a cancelled one. The functions here do no I/O and
 read no clock: the caller passes ``now`` in.
 
-Deviation from the diagram in ARCHITECTURE.md, on purpose: ``expired → needs_review`` on a payment
-that arrives after expiry (issue 2 requires it; rule 4 says such money is never dropped), and a
-terminal ``refunded`` state for a review that a person resolves by refunding.
+Deviations from the diagram in ARCHITECTURE.md, on purpose: ``expired → needs_review`` on a payment
+that arrives after expiry (issue 2 requires it; rule 4 says such money is never dropped); a
+terminal ``refunded`` state for a review that a person resolves by refunding; and ``captured`` takes
+payments and the unverifiable deadline like ``awaiting_payment`` (it can hold an attempt whose
+create outcome was unknown, rule 3 and 4).
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ ORDER_TRANSITIONS: dict[tuple[OrderState, OrderTrigger], OrderState] = {
     (_O.CAPTURED, _T.INSTRUCTIONS_ISSUED): _O.AWAITING_PAYMENT,
     (_O.CAPTURED, _T.CANCEL): _O.CANCELLED,
     (_O.CAPTURED, _T.DEADLINE_PASSED): _O.EXPIRED,
+    (_O.CAPTURED, _T.DEADLINE_PASSED_UNVERIFIABLE): _O.VERIFYING,
+    # A captured order may hold an attempt whose create outcome was unknown and which turned out
+    # live; money paid on it settles the order like any open order (rule 4).
+    (_O.CAPTURED, _T.PAYMENT_CONFIRMED): _O.PAID,
+    (_O.CAPTURED, _T.PAYMENT_DISCREPANCY): _O.NEEDS_REVIEW,
     (_O.AWAITING_PAYMENT, _T.CANCEL): _O.CANCELLED,
     (_O.AWAITING_PAYMENT, _T.PAYMENT_CONFIRMED): _O.PAID,
     (_O.AWAITING_PAYMENT, _T.PAYMENT_DISCREPANCY): _O.NEEDS_REVIEW,
@@ -199,7 +206,7 @@ def judge_payment(*, order_state: OrderState, expected: int, received: int) -> P
                 RecommendedAction.REFUND
             ),
         )
-    if order_state in (OrderState.AWAITING_PAYMENT, OrderState.VERIFYING):
+    if order_state in OPEN_ORDER_STATES:
         if received == expected:
             return PaymentDecision(
                 verdict=PaymentVerdict.SETTLE, order_trigger=OrderTrigger.PAYMENT_CONFIRMED

@@ -1,0 +1,1 @@
+"""Payment rails: how a customer is told to pay, and by which provider."""

@@ -1,0 +1,1 @@
+"""Use cases: capture, settlement, reconciliation, expiry. They own transactions (unit of work)."""

@@ -1,0 +1,118 @@
+"""The one place errors become HTTP responses: RFC 9457 problem+json with a reason to act on.
+
+    DomainError            → 4xx per class (409 conflicts, 404 not found, 422 invalid, ...)
+    BadRequest             → 400 (our own: a header or parameter is missing or malformed)
+    litestar HTTPException → its status (400 validation, 404 route, 405, 413 too large, ...)
+    anything else          → 500 with no detail and no stack trace; the log has the rest
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from orchestrator.domain import errors as domain
+
+log = logging.getLogger("lunas.api")
+
+PROBLEM_JSON = "application/problem+json"
+
+_STATUS: list[tuple[type[domain.DomainError], int, str]] = [
+    (domain.NotFound, 404, "Not found"),
+    (domain.IdempotencyKeyReused, 409, "Idempotency key reused"),
+    (domain.DuplicateMerchantOrder, 409, "Duplicate merchant order id"),
+    (domain.AlreadyMatched, 409, "Already matched"),
+    (domain.TransitionRefused, 409, "Not allowed in the order's current state"),
+    (domain.InvalidOrder, 422, "Invalid order"),
+    (domain.StatementRejected, 422, "Statement rejected"),
+    (domain.NoPayoutAccount, 422, "No payout account"),
+    (domain.UniqueCodesExhausted, 503, "Unique codes exhausted"),
+]
+
+
+class BadRequest(Exception):
+    """A request the HTTP layer refuses before any use case runs."""
+
+    def __init__(self, detail: str, *, status: int = 400, code: str = "bad_request",
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail, self.status, self.code = detail, status, code
+        self.headers = headers or {}
+
+
+def problem(
+    request: Request[Any, Any, Any], *, status: int, title: str, detail: str, code: str,
+    headers: dict[str, str] | None = None, **extra: Any,
+) -> Response[dict[str, Any]]:
+    body = {"type": f"/problems/{code}", "title": title, "status": status, "detail": detail,
+            "code": code, "instance": request.url.path, **extra}
+    return Response(content=body, status_code=status, media_type=PROBLEM_JSON,
+                    headers=headers or {})
+
+
+def to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    if isinstance(exc, domain.DomainError):
+        return _domain_response(request, exc)
+    if isinstance(exc, BadRequest):
+        return problem(request, status=exc.status, title="Bad request", detail=exc.detail,
+                       code=exc.code, headers=exc.headers)
+    if isinstance(exc, ValidationException):
+        return problem(request, status=400, title="Malformed request",
+                       detail=_validation_detail(exc), code="malformed_request",
+                       errors=_jsonable(exc.extra))
+    if isinstance(exc, HTTPException):
+        return problem(request, status=exc.status_code, title=_title(exc.status_code),
+                       detail=str(exc.detail), code=_title(exc.status_code).lower()
+                       .replace(" ", "_"), headers=exc.headers)
+    log.exception("unhandled error", extra={"path": request.url.path})
+    return problem(request, status=500, title="Internal error",
+                   detail="Lunas failed to handle this request; it has been logged.",
+                   code="internal_error")
+
+
+def _domain_response(
+    request: Request[Any, Any, Any], exc: domain.DomainError
+) -> Response[dict[str, Any]]:
+    for cls, status, title in _STATUS:
+        if isinstance(exc, cls):
+            extra: dict[str, Any] = {}
+            if isinstance(exc, domain.InvalidOrder) and exc.field:
+                extra["field"] = exc.field
+            if isinstance(exc, domain.DuplicateMerchantOrder):
+                extra["existing_order_id"] = exc.existing_order_id
+            if isinstance(exc, domain.StatementRejected) and exc.line is not None:
+                extra["line"] = exc.line
+            headers = {"Retry-After": "60"} if status == 503 else None
+            return problem(request, status=status, title=title, detail=exc.detail,
+                           code=exc.code, headers=headers, **extra)
+    return problem(request, status=422, title="Refused", detail=exc.detail, code=exc.code)
+
+
+def _validation_detail(exc: ValidationException) -> str:
+    if isinstance(exc.extra, list) and exc.extra:
+        first = exc.extra[0]
+        if isinstance(first, dict) and "message" in first:
+            return str(first["message"])
+    return str(exc.detail)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def _title(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"

@@ -1,0 +1,53 @@
+"""Bank mutations in: statement uploads by finance (ops token) and Moota-style signed pushes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from litestar import Controller, Request, post
+from litestar.datastructures import UploadFile
+from litestar.di import NamedDependency
+
+from orchestrator.api.errors import BadRequest
+from orchestrator.bootstrap import Container
+from orchestrator.reconciliation.moota import verify_moota_signature
+
+
+class MutationsController(Controller):
+    path = "/v1/mutations"
+    tags = ("reconciliation",)
+
+    @post("/statements", status_code=201, summary="Import a bank statement export (multipart)")
+    async def import_statement(
+        self, request: Request[Any, Any, Any], container: NamedDependency[Container]
+    ) -> dict[str, Any]:
+        principal = await container.auth.ops(request, "reconciliation")
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise BadRequest("send multipart/form-data with fields file, bank, account_number",
+                             status=415, code="unsupported_media_type")
+        form = await request.form()
+        upload, bank, account = form.get("file"), form.get("bank"), form.get("account_number")
+        if not isinstance(upload, UploadFile):
+            raise BadRequest("the 'file' field must be the statement file", code="file_required")
+        if not isinstance(bank, str) or not bank or not isinstance(account, str) or not account:
+            raise BadRequest("fields 'bank' and 'account_number' are required",
+                             code="statement_fields_required")
+        data = await upload.read()
+        report = await container.reconciliation.import_statement(
+            bank=bank, account_number=account.strip(), data=data, filename=upload.filename,
+            actor=f"ops:{principal.name}",
+        )
+        return asdict(report)
+
+    @post("/push", status_code=200, summary="Moota-style signed mutation push")
+    async def push(
+        self, request: Request[Any, Any, Any], container: NamedDependency[Container]
+    ) -> dict[str, Any]:
+        raw = await request.body()
+        if not verify_moota_signature(container.settings.mutation_push_secret, raw,
+                                      request.headers.get("signature")):
+            raise BadRequest("the Signature header does not match the body", status=401,
+                             code="bad_signature")
+        report = await container.reconciliation.ingest_push(raw)
+        return asdict(report)

@@ -1,0 +1,97 @@
+"""Checkout API: capture an order, read it, find it by the merchant's id, cancel it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody
+
+from orchestrator.api.errors import BadRequest
+from orchestrator.api.schemas import OrderIn
+from orchestrator.bootstrap import Container
+from orchestrator.domain.checkout import Customer, OrderRequest
+from orchestrator.services import orders as order_queries
+
+
+async def _strict_body(request: Request[Any, Any, Any]) -> OrderIn:
+    """Decode the body again in msgspec's strict mode.
+
+    litestar converts bodies leniently (``"150000"`` becomes ``150000``); a checkout that sends
+    money as a string has a bug we should tell it about, not hide. ``data`` still declares the
+    shape, so the OpenAPI schema documents it.
+    """
+    try:
+        return msgspec.json.decode(await request.body(), type=OrderIn, strict=True)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(str(exc), code="malformed_request") from exc
+
+
+def _order_request(data: OrderIn) -> OrderRequest:
+    return OrderRequest(
+        merchant_order_id=data.merchant_order_id, amount=data.amount,
+        customer=Customer(name=data.customer.name, email=data.customer.email,
+                          phone=data.customer.phone),
+        rail=data.rail, expires_in=data.expires_in, metadata=data.metadata,
+    )
+
+
+class OrdersController(Controller):
+    path = "/v1/orders"
+    tags = ("orders",)
+
+    @post("/", status_code=201, summary="Capture an order and get payment instructions")
+    async def create(
+        self, request: Request[Any, Any, Any], data: JSONBody[OrderIn],
+        container: NamedDependency[Container],
+    ) -> Response[dict[str, Any]]:
+        merchant = await container.auth.merchant(request)
+        key = request.headers.get("idempotency-key", "").strip()
+        if not key or len(key) > 255:
+            raise BadRequest("send an Idempotency-Key header (1-255 characters) with every order",
+                             code="idempotency_key_required")
+        del data  # decoded leniently by litestar; see _strict_body
+        outcome = await container.capture.capture(
+            merchant_id=merchant.id, idempotency_key=key,
+            request=_order_request(await _strict_body(request)),
+        )
+        headers = {"Location": f"/v1/orders/{outcome.body['id']}"}
+        if outcome.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return Response(content=outcome.body, status_code=outcome.status_code, headers=headers)
+
+    @get("/{order_id:str}", summary="Read one order")
+    async def read(
+        self, request: Request[Any, Any, Any], order_id: FromPath[str],
+        container: NamedDependency[Container],
+    ) -> dict[str, Any]:
+        merchant = await container.auth.merchant(request)
+        return await order_queries.get_order(container.db, merchant_id=merchant.id,
+                                             order_id=order_id)
+
+    @get("/", summary="Find an order by the merchant's own order id")
+    async def find(
+        self, request: Request[Any, Any, Any], container: NamedDependency[Container],
+        merchant_order_id: FromQuery[str | None] = None,
+    ) -> dict[str, Any]:
+        merchant = await container.auth.merchant(request)
+        if not merchant_order_id:
+            raise BadRequest("pass ?merchant_order_id=... to find an order",
+                             code="merchant_order_id_required")
+        found = await order_queries.find_by_merchant_order_id(
+            container.db, merchant_id=merchant.id, merchant_order_id=merchant_order_id
+        )
+        return {"data": found}
+
+    @post("/{order_id:str}/cancel", status_code=200, summary="Cancel an unpaid order")
+    async def cancel(
+        self, request: Request[Any, Any, Any], order_id: FromPath[str],
+        container: NamedDependency[Container],
+    ) -> dict[str, Any]:
+        merchant = await container.auth.merchant(request)
+        return await order_queries.cancel_order(
+            container.db, merchant_id=merchant.id, order_id=order_id,
+            now=container.clock.now(), quarantine=container.settings.unique_codes.quarantine,
+        )

@@ -1,0 +1,44 @@
+"""Reconciliation for people: the unmatched list and manual matches (audited)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromQuery, JSONBody
+
+from orchestrator.api.errors import BadRequest
+from orchestrator.api.schemas import ManualMatchIn
+from orchestrator.bootstrap import Container
+
+
+class ReconciliationController(Controller):
+    path = "/v1/reconciliation"
+    tags = ("reconciliation",)
+
+    @get("/unmatched", summary="Credit mutations no order claimed, and ambiguous ones")
+    async def unmatched(
+        self, request: Request[Any, Any, Any], container: NamedDependency[Container],
+        account_number: FromQuery[str | None] = None, limit: FromQuery[int] = 100,
+    ) -> dict[str, Any]:
+        await container.auth.ops(request, "reconciliation")
+        if not 1 <= limit <= 1000:
+            raise BadRequest("limit must be between 1 and 1000", code="bad_limit")
+        rows = await container.reconciliation.unmatched(limit=limit,
+                                                        account_number=account_number)
+        return {"data": rows}
+
+    @post("/matches", status_code=201, summary="Match a mutation to an order by hand")
+    async def match(
+        self, request: Request[Any, Any, Any], data: JSONBody[ManualMatchIn],
+        container: NamedDependency[Container],
+    ) -> dict[str, Any]:
+        principal = await container.auth.ops(request, "reconciliation")
+        if not data.reason.strip():
+            raise BadRequest("say why in 'reason'; it goes to the audit log",
+                             code="reason_required")
+        return await container.reconciliation.manual_match(
+            mutation_id=data.mutation_id, order_id=data.order_id,
+            actor=f"ops:{principal.name}", reason=data.reason.strip(),
+        )

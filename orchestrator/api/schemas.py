@@ -1,0 +1,30 @@
+"""Wire shapes of request bodies (msgspec Structs: decoded and type-checked by litestar)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class CustomerIn(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    email: str
+    phone: str
+
+
+class OrderIn(msgspec.Struct, forbid_unknown_fields=True):
+    merchant_order_id: str
+    amount: int
+    """Integer rupiah; a float or a string is refused, never rounded."""
+    customer: CustomerIn
+    rail: str | None = None
+    expires_in: int | None = None
+    """Seconds from now until the payment deadline."""
+    metadata: dict[str, Any] | None = None
+
+
+class ManualMatchIn(msgspec.Struct, forbid_unknown_fields=True):
+    mutation_id: str
+    order_id: str
+    reason: str

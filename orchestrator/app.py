@@ -1,0 +1,34 @@
+"""``create_app``: the litestar application over a built ``Container``."""
+
+from __future__ import annotations
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+
+from orchestrator.api.errors import to_response
+from orchestrator.api.health import healthz, readyz
+from orchestrator.api.mutations import MutationsController
+from orchestrator.api.orders import OrdersController
+from orchestrator.api.reconciliation import ReconciliationController
+from orchestrator.bootstrap import Container
+
+
+def create_app(container: Container, *, close_on_shutdown: bool = True) -> Litestar:
+    def provide_container() -> Container:
+        return container
+
+    async def shutdown() -> None:
+        if close_on_shutdown:
+            await container.close()
+
+    return Litestar(
+        route_handlers=[OrdersController, MutationsController, ReconciliationController,
+                        healthz, readyz],
+        dependencies={"container": Provide(provide_container, sync_to_thread=False)},
+        exception_handlers={Exception: to_response},
+        openapi_config=OpenAPIConfig(title="Lunas", version="0.1.0", path="/schema"),
+        request_max_body_size=container.settings.http.max_upload_bytes,
+        on_shutdown=[shutdown],
+        debug=False,
+    )

@@ -1,0 +1,275 @@
+"""``lunas``: run the service, migrate, and manage merchants, ops tokens and statements.
+
+    lunas run [--demo]          api + worker in one process (the embedded default)
+    lunas api | worker | migrate
+    lunas merchants create NAME [--webhook-url URL] [--account BANK:NUMBER:HOLDER ...] [--json]
+    lunas merchants add-account MERCHANT_ID BANK:NUMBER:HOLDER
+    lunas ops-tokens create NAME [--scope SCOPE ...] [--json]
+    lunas reconcile import FILE --bank BANK --account NUMBER [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from orchestrator.bootstrap import Container, build
+from orchestrator.settings import Settings, SettingsError
+from orchestrator.store.engine import migrate
+from orchestrator.store.merchants import OPS_SCOPES, create_merchant, create_ops_token
+from orchestrator.store.tables import merchants, payout_accounts
+
+
+def _account(text: str) -> tuple[str, str, str]:
+    parts = text.split(":", 2)
+    if len(parts) != 3 or not all(p.strip() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected BANK:NUMBER:HOLDER, got {text!r}")
+    bank, number, holder = (p.strip() for p in parts)
+    if not number.isdigit():
+        raise argparse.ArgumentTypeError(f"account number must be digits, got {number!r}")
+    return bank.lower(), number, holder
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lunas", description="Lunas payment orchestrator")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="api + worker in one process (embedded default)")
+    run.add_argument("--demo", action="store_true",
+                     help="create a demo merchant and ops token on first start")
+    sub.add_parser("api", help="serve the HTTP API")
+    sub.add_parser("worker", help="run the outbox relay and scheduled sweeps")
+    sub.add_parser("migrate", help="bring the database schema up to date")
+
+    m = sub.add_parser("merchants").add_subparsers(dest="action", required=True)
+    mc = m.add_parser("create", help="create a merchant; prints its API key once")
+    mc.add_argument("name")
+    mc.add_argument("--webhook-url")
+    mc.add_argument("--account", action="append", type=_account, default=[],
+                    metavar="BANK:NUMBER:HOLDER")
+    mc.add_argument("--json", action="store_true")
+    ma = m.add_parser("add-account", help="add a payout account to a merchant")
+    ma.add_argument("merchant_id")
+    ma.add_argument("account", type=_account, metavar="BANK:NUMBER:HOLDER")
+
+    o = sub.add_parser("ops-tokens").add_subparsers(dest="action", required=True)
+    oc = o.add_parser("create", help="create an ops bearer token; printed once")
+    oc.add_argument("name")
+    oc.add_argument("--scope", action="append", choices=OPS_SCOPES, default=None)
+    oc.add_argument("--json", action="store_true")
+
+    r = sub.add_parser("reconcile").add_subparsers(dest="action", required=True)
+    ri = r.add_parser("import", help="import a bank statement file")
+    ri.add_argument("file", type=Path)
+    ri.add_argument("--bank", required=True, choices=["bca", "mandiri", "bri"])
+    ri.add_argument("--account", required=True)
+    ri.add_argument("--actor", default="cli")
+    ri.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"lunas: {exc}", file=sys.stderr)
+        return 2
+    handler = _COMMANDS[(args.command, getattr(args, "action", None))]
+    try:
+        return asyncio.run(handler(settings, args))
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _with_container(
+    settings: Settings, work: Callable[[Container], Awaitable[int]]
+) -> int:
+    container = build(settings)
+    try:
+        return await work(container)
+    finally:
+        await container.close()
+
+
+async def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    async def work(c: Container) -> int:
+        await migrate(c.db.engine)
+        print("lunas: schema is up to date")
+        return 0
+    return await _with_container(settings, work)
+
+
+async def _merchants_create(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(c: Container) -> int:
+        async with c.db.transaction() as conn:
+            created = await create_merchant(conn, name=args.name, webhook_url=args.webhook_url,
+                                            accounts=args.account, now=c.clock.now())
+        out = {"merchant_id": created.merchant_id, "api_key": created.api_key,
+               "webhook_secret": created.webhook_secret,
+               "accounts": [asdict(a) for a in created.accounts]}
+        if args.json:
+            print(json.dumps(out))
+        else:
+            print(f"merchant id:     {created.merchant_id}")
+            print(f"API key:         {created.api_key}   (shown once; stored hashed)")
+            print(f"webhook secret:  {created.webhook_secret}")
+            for a in created.accounts:
+                print(f"payout account:  {a.bank.upper()} {a.account_number} a.n. {a.account_name}")
+        return 0
+    return await _with_container(settings, work)
+
+
+async def _merchants_add_account(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(c: Container) -> int:
+        from orchestrator.domain.ids import new_id
+
+        bank, number, holder = args.account
+        async with c.db.transaction() as conn:
+            exists = (await conn.execute(sa.select(merchants.c.id)
+                                         .where(merchants.c.id == args.merchant_id))).first()
+            if exists is None:
+                print(f"lunas: no merchant {args.merchant_id}", file=sys.stderr)
+                return 1
+            await conn.execute(payout_accounts.insert().values(
+                id=new_id("acc"), merchant_id=args.merchant_id, bank=bank,
+                account_number=number, account_name=holder, priority=100,
+                created_at=c.clock.now()))
+        print(f"lunas: added {bank.upper()} {number} to {args.merchant_id}")
+        return 0
+    return await _with_container(settings, work)
+
+
+async def _ops_tokens_create(settings: Settings, args: argparse.Namespace) -> int:
+    async def work(c: Container) -> int:
+        scopes = tuple(args.scope or OPS_SCOPES)
+        async with c.db.transaction() as conn:
+            token_id, token = await create_ops_token(conn, name=args.name, scopes=scopes,
+                                                     now=c.clock.now())
+        if args.json:
+            print(json.dumps({"token_id": token_id, "token": token, "scopes": list(scopes)}))
+        else:
+            print(f"ops token: {token}   (shown once; stored hashed; scopes: {', '.join(scopes)})")
+        return 0
+    return await _with_container(settings, work)
+
+
+async def _reconcile_import(settings: Settings, args: argparse.Namespace) -> int:
+    from orchestrator.domain.errors import StatementRejected
+
+    async def work(c: Container) -> int:
+        try:
+            report = await c.reconciliation.import_statement(
+                bank=args.bank, account_number=args.account, data=args.file.read_bytes(),
+                filename=args.file.name, actor=f"cli:{args.actor}")
+        except StatementRejected as exc:
+            print(f"lunas: statement refused, nothing imported: {exc.detail}", file=sys.stderr)
+            return 1
+        print(json.dumps(asdict(report)) if args.json else
+              "\n".join(f"{k:>16}: {v}" for k, v in asdict(report).items()))
+        return 0
+    return await _with_container(settings, work)
+
+
+async def _serve(container: Container, stop: asyncio.Event) -> None:
+    import uvicorn
+
+    from orchestrator.app import create_app
+
+    http = container.settings.http
+    config = uvicorn.Config(create_app(container, close_on_shutdown=False), host=http.host,
+                            port=http.port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    server_task = asyncio.create_task(server.serve())
+    await stop.wait()
+    server.should_exit = True
+    await server_task
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _api(settings: Settings, _args: argparse.Namespace) -> int:
+    async def work(c: Container) -> int:
+        print(f"lunas api listening on {c.settings.http.base_url}")
+        await _serve(c, _stop_on_signals())
+        return 0
+    return await _with_container(settings, work)
+
+
+async def _worker(settings: Settings, _args: argparse.Namespace) -> int:
+    from orchestrator.worker import default_worker_id, run_worker
+
+    async def work(c: Container) -> int:
+        await run_worker(c, _stop_on_signals(), worker_id=default_worker_id())
+        return 0
+    return await _with_container(settings, work)
+
+
+async def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from orchestrator.worker import default_worker_id, run_worker
+
+    async def work(c: Container) -> int:
+        await migrate(c.db.engine)
+        demo = await _demo_credentials(c) if args.demo else None
+        _print_banner(c, demo)
+        stop = _stop_on_signals()
+        await asyncio.gather(_serve(c, stop),
+                             run_worker(c, stop, worker_id=default_worker_id()))
+        return 0
+    return await _with_container(settings, work)
+
+
+async def _demo_credentials(c: Container) -> dict[str, Any] | None:
+    async with c.db.transaction() as conn:
+        if (await conn.execute(sa.select(sa.func.count()).select_from(merchants))).scalar_one():
+            return None
+        now = c.clock.now()
+        created = await create_merchant(conn, name="Toko Demo", webhook_url=None,
+                                        accounts=[("bca", "0123456789", "TOKO DEMO")], now=now)
+        _, token = await create_ops_token(conn, name="demo-finance", scopes=OPS_SCOPES, now=now)
+    return {"merchant_id": created.merchant_id, "api_key": created.api_key, "ops_token": token}
+
+
+def _print_banner(c: Container, demo: dict[str, Any] | None) -> None:
+    base = c.settings.http.base_url
+    print(f"Lunas is serving on {base}  (database: {c.settings.database.url})")
+    print(f"  API docs (OpenAPI): {base}/schema   health: {base}/healthz")
+    if demo:
+        print("  Demo merchant created (shown once):")
+        print(f"    merchant id: {demo['merchant_id']}")
+        print(f"    API key:     {demo['api_key']}")
+        print(f"    ops token:   {demo['ops_token']}")
+    else:
+        print("  Get a merchant key:  .venv/bin/lunas merchants create 'My Shop' "
+              "--account bca:0123456789:MY SHOP")
+    print("  Stop with Ctrl-C.")
+
+
+_COMMANDS: dict[tuple[str, str | None], Callable[[Settings, argparse.Namespace],
+                                                 Awaitable[int]]] = {
+    ("run", None): _run,
+    ("api", None): _api,
+    ("worker", None): _worker,
+    ("migrate", None): _migrate,
+    ("merchants", "create"): _merchants_create,
+    ("merchants", "add-account"): _merchants_add_account,
+    ("ops-tokens", "create"): _ops_tokens_create,
+    ("reconcile", "import"): _reconcile_import,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

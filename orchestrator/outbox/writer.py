@@ -1,0 +1,41 @@
+"""Adds events to the outbox inside the caller's transaction. It never commits: the unit of work
+does, so a state change and the events it causes land together or not at all (rule 5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from orchestrator.domain.ids import new_id
+from orchestrator.store.tables import outbox
+
+
+@dataclass(frozen=True, kw_only=True)
+class PendingEvent:
+    event_type: str
+    aggregate_id: str | None
+    merchant_id: str | None
+    payload: dict[str, Any]
+
+
+def event_row(event: PendingEvent, *, now: datetime) -> dict[str, Any]:
+    return {
+        "event_id": new_id("evt"),
+        "event_type": event.event_type,
+        "aggregate_id": event.aggregate_id,
+        "merchant_id": event.merchant_id,
+        "payload": event.payload,
+        "status": "pending",
+        "attempts": 0,
+        "created_at": now,
+        "available_at": now,
+    }
+
+
+async def add_events(conn: AsyncConnection, events: list[PendingEvent], *, now: datetime) -> None:
+    """Insert ``events`` in the open transaction of ``conn``."""
+    if events:
+        await conn.execute(outbox.insert(), [event_row(e, now=now) for e in events])

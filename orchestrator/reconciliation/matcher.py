@@ -1,0 +1,88 @@
+"""Which open manual-transfer attempt a credit mutation pays: a pure decision (ARCHITECTURE §4).
+
+A credit matches an attempt on the same account by exact transfer amount within the attempt's
+validity window, or by an order reference written in the transfer's description. One candidate
+settles; several go to a person; none leaves the mutation unmatched. Debits are not collections.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, time
+
+from orchestrator.domain.clock import WIB
+
+ORDER_REFERENCE = re.compile(r"\bORD_?([0-9A-HJKMNP-TV-Z]{26})\b", re.IGNORECASE)
+
+
+class MatchKind(enum.StrEnum):
+    MATCHED = "matched"
+    AMBIGUOUS = "ambiguous"
+    UNMATCHED = "unmatched"
+    IGNORED = "ignored"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MutationFacts:
+    amount: int
+    direction: str
+    posted_at: datetime
+    description: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Candidate:
+    attempt_id: str
+    order_id: str
+    transfer_amount: int
+    created_at: datetime
+    held_until: datetime | None  # None while the attempt is open
+
+
+@dataclass(frozen=True, kw_only=True)
+class MatchDecision:
+    kind: MatchKind
+    attempt_id: str | None = None
+    candidates: tuple[str, ...] = ()
+
+
+def referenced_order_ids(description: str) -> set[str]:
+    return {"ord_" + m.upper() for m in ORDER_REFERENCE.findall(description)}
+
+
+def decide(mutation: MutationFacts, candidates: Sequence[Candidate]) -> MatchDecision:
+    if mutation.direction != "CR":
+        return MatchDecision(kind=MatchKind.IGNORED)
+    in_window = [c for c in candidates if _within_window(mutation.posted_at, c)]
+    referenced = referenced_order_ids(mutation.description)
+    by_reference = [c for c in in_window if c.order_id in referenced]
+    by_amount = [c for c in in_window if c.transfer_amount == mutation.amount]
+    # A reference the customer typed is the strongest signal; it can also name an order whose
+    # amount differs (settlement then flags the discrepancy rather than dropping the money).
+    chosen = _unique_orders(by_reference) or _unique_orders(by_amount)
+    if len(chosen) == 1:
+        return MatchDecision(kind=MatchKind.MATCHED, attempt_id=chosen[0].attempt_id)
+    if len(chosen) > 1:
+        return MatchDecision(kind=MatchKind.AMBIGUOUS,
+                             candidates=tuple(c.attempt_id for c in chosen))
+    return MatchDecision(kind=MatchKind.UNMATCHED)
+
+
+def _unique_orders(candidates: list[Candidate]) -> list[Candidate]:
+    latest: dict[str, Candidate] = {}
+    for c in candidates:
+        if c.order_id not in latest or c.created_at > latest[c.order_id].created_at:
+            latest[c.order_id] = c
+    return list(latest.values())
+
+
+def _within_window(posted_at: datetime, candidate: Candidate) -> bool:
+    # Statements often carry a date only (midnight WIB), so the window opens at the start of the
+    # attempt's WIB day, not at its creation instant.
+    opened = datetime.combine(candidate.created_at.astimezone(WIB).date(), time(0), tzinfo=WIB)
+    if posted_at < opened:
+        return False
+    return candidate.held_until is None or posted_at <= candidate.held_until

@@ -1,0 +1,152 @@
+"""Capture: write the order, its payment instrument and its events durably, once per key.
+
+Idempotency rests on two unique constraints, not on a check-then-insert: ``orders(merchant_id,
+merchant_order_id)`` and ``idempotency_keys(merchant_id, key)``. Concurrent repeats of one request
+queue on the first constraint until the first commits, then find its stored response; the same
+key with another body conflicts on the second and the whole transaction rolls back.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from orchestrator.domain import events
+from orchestrator.domain.checkout import CheckoutRules, OrderRequest, request_fingerprint, validate
+from orchestrator.domain.clock import Clock
+from orchestrator.domain.errors import DuplicateMerchantOrder, IdempotencyKeyReused
+from orchestrator.domain.ids import new_id
+from orchestrator.domain.order import OrderState
+from orchestrator.outbox.writer import PendingEvent, add_events
+from orchestrator.rails import manual_transfer
+from orchestrator.services.order_view import event_payload, render_order
+from orchestrator.settings import UniqueCodeSettings
+from orchestrator.store.database import Database
+from orchestrator.store.merchants import active_payout_accounts
+from orchestrator.store.tables import idempotency_keys, orders
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaptureOutcome:
+    status_code: int
+    body: dict[str, Any]
+    replayed: bool
+
+
+class _Rejected(Exception):
+    """Internal: roll the transaction back, then explain why outside it."""
+
+    def __init__(self, order_conflict: bool) -> None:
+        self.order_conflict = order_conflict
+
+
+class CaptureService:
+    def __init__(
+        self, db: Database, *, rules: CheckoutRules, codes: UniqueCodeSettings, clock: Clock,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._db, self._rules, self._codes, self._clock = db, rules, codes, clock
+        self._rng = rng or random.Random()
+
+    async def capture(
+        self, *, merchant_id: str, idempotency_key: str, request: OrderRequest
+    ) -> CaptureOutcome:
+        now = self._clock.now()
+        expires_at = validate(request, self._rules, now=now)
+        fingerprint = request_fingerprint(request)
+        try:
+            async with self._db.transaction() as conn:
+                body = await self._write(conn, merchant_id, idempotency_key, fingerprint,
+                                         request, expires_at)
+        except _Rejected as rejected:
+            return await self._explain(merchant_id, idempotency_key, fingerprint, request,
+                                       rejected)
+        return CaptureOutcome(status_code=201, body=body, replayed=False)
+
+    async def _write(
+        self, conn: AsyncConnection, merchant_id: str, key: str, fingerprint: str,
+        request: OrderRequest, expires_at: Any,
+    ) -> dict[str, Any]:
+        now = self._clock.now()
+        order = SimpleNamespace(
+            id=new_id("ord"), merchant_id=merchant_id,
+            merchant_order_id=request.merchant_order_id, amount=request.amount, currency="IDR",
+            state=OrderState.AWAITING_PAYMENT.value, rail=manual_transfer.RAIL,
+            customer_name=request.customer.name, customer_email=request.customer.email,
+            customer_phone=request.customer.phone, metadata=request.metadata,
+            created_at=now, updated_at=now, expires_at=expires_at, paid_at=None,
+            review_reason=None,
+        )
+        inserted = await conn.execute(
+            self._db.insert(orders).values(**vars(order))
+            .on_conflict_do_nothing(index_elements=["merchant_id", "merchant_order_id"])
+            .returning(orders.c.id)
+        )
+        if inserted.first() is None:
+            raise _Rejected(order_conflict=True)
+        instrument = await manual_transfer.issue_transfer(
+            conn, order_id=order.id, amount=request.amount,
+            accounts=await active_payout_accounts(conn, merchant_id),
+            codes=self._codes.codes, tries=self._codes.allocation_tries,
+            expires_at=expires_at, now=now, rng=self._rng,
+        )
+        body = render_order(order, _attempt_view(instrument))
+        await add_events(conn, [PendingEvent(
+            event_type=events.ORDER_CAPTURED, aggregate_id=order.id, merchant_id=merchant_id,
+            payload=event_payload(order, payment=body["payment"]),
+        )], now=now)
+        stored = await conn.execute(
+            self._db.insert(idempotency_keys).values(
+                merchant_id=merchant_id, key=key, request_hash=fingerprint, order_id=order.id,
+                response_status=201, response_body=body, created_at=now,
+            ).on_conflict_do_nothing().returning(idempotency_keys.c.key)
+        )
+        if stored.first() is None:
+            raise _Rejected(order_conflict=False)
+        return body
+
+    async def _explain(
+        self, merchant_id: str, key: str, fingerprint: str, request: OrderRequest,
+        rejected: _Rejected,
+    ) -> CaptureOutcome:
+        async with self._db.read() as conn:
+            stored = (await conn.execute(
+                sa.select(idempotency_keys.c.request_hash, idempotency_keys.c.response_status,
+                          idempotency_keys.c.response_body)
+                .where(idempotency_keys.c.merchant_id == merchant_id,
+                       idempotency_keys.c.key == key)
+            )).first()
+            if stored is not None:
+                if stored.request_hash != fingerprint:
+                    raise IdempotencyKeyReused(
+                        "this Idempotency-Key was already used with a different request body; "
+                        "use a new key for a new order"
+                    )
+                return CaptureOutcome(status_code=stored.response_status,
+                                      body=stored.response_body, replayed=True)
+            existing = (await conn.execute(
+                sa.select(orders.c.id).where(
+                    orders.c.merchant_id == merchant_id,
+                    orders.c.merchant_order_id == request.merchant_order_id,
+                )
+            )).scalar_one_or_none()
+        if existing is None or not rejected.order_conflict:  # pragma: no cover - a lost race
+            raise IdempotencyKeyReused("this Idempotency-Key is in use by a concurrent request")
+        raise DuplicateMerchantOrder(
+            f"merchant_order_id '{request.merchant_order_id}' already belongs to order {existing}",
+            existing_order_id=existing,
+        )
+
+
+def _attempt_view(instrument: manual_transfer.TransferInstrument) -> SimpleNamespace:
+    return SimpleNamespace(
+        id=instrument.attempt_id, rail=manual_transfer.RAIL, state="active",
+        payout_bank=instrument.bank, payout_account_number=instrument.account_number,
+        payout_account_name=instrument.account_name, transfer_amount=instrument.transfer_amount,
+        unique_code=instrument.unique_code, expires_at=instrument.expires_at,
+    )

@@ -1,0 +1,75 @@
+"""How an order looks to its merchant: one rendering shared by capture, reads and webhooks.
+
+Renderers take any object with the order or attempt columns as attributes (a result row, or the
+values capture has just written) so capture need not read back what it wrote.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from orchestrator.domain.clock import WIB
+from orchestrator.domain.money import format_idr
+
+
+def iso(at: datetime | None) -> str | None:
+    return at.isoformat().replace("+00:00", "Z") if at is not None else None
+
+
+def wib(at: datetime) -> str:
+    return at.astimezone(WIB).strftime("%d %b %Y %H:%M WIB")
+
+
+def render_payment(attempt: Any) -> dict[str, Any] | None:
+    if attempt is None:
+        return None
+    return {
+        "attempt_id": attempt.id,
+        "rail": attempt.rail,
+        "status": attempt.state,
+        "bank": attempt.payout_bank,
+        "account_number": attempt.payout_account_number,
+        "account_name": attempt.payout_account_name,
+        "transfer_amount": attempt.transfer_amount,
+        "unique_code": attempt.unique_code,
+        "expires_at": iso(attempt.expires_at),
+        "display": {
+            "transfer_amount": format_idr(attempt.transfer_amount),
+            "expires_at": wib(attempt.expires_at),
+        },
+    }
+
+
+def render_order(order: Any, attempt: Any) -> dict[str, Any]:
+    return {
+        "id": order.id,
+        "merchant_order_id": order.merchant_order_id,
+        "status": order.state,
+        "amount": order.amount,
+        "currency": order.currency,
+        "customer": {
+            "name": order.customer_name,
+            "email": order.customer_email,
+            "phone": order.customer_phone,
+        },
+        "metadata": order.metadata,
+        "created_at": iso(order.created_at),
+        "expires_at": iso(order.expires_at),
+        "paid_at": iso(order.paid_at),
+        "review_reason": order.review_reason,
+        "payment": render_payment(attempt),
+        "display": {"amount": format_idr(order.amount), "expires_at": wib(order.expires_at)},
+    }
+
+
+def event_payload(order: Any, **extra: Any) -> dict[str, Any]:
+    """What a merchant's webhook says about an order: enough to act on without a read-back."""
+    return {
+        "order_id": order.id,
+        "merchant_order_id": order.merchant_order_id,
+        "status": order.state,
+        "amount": order.amount,
+        "currency": order.currency,
+        **extra,
+    }

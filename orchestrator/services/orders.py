@@ -1,0 +1,102 @@
+"""Reading and cancelling orders, as their merchant (and only their merchant) sees them."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from orchestrator.domain.errors import NotFound, TransitionRefused
+from orchestrator.domain.order import (
+    LIVE_ATTEMPT_STATES,
+    ORDER_EVENT_ON_ENTRY,
+    AttemptState,
+    OrderState,
+    OrderTrigger,
+    next_order_state,
+)
+from orchestrator.outbox.writer import PendingEvent, add_events
+from orchestrator.services.order_view import event_payload, render_order
+from orchestrator.store.database import Database
+from orchestrator.store.tables import evidence, orders, payment_attempts
+
+
+async def _current_attempt(conn: AsyncConnection, order_id: str) -> Any:
+    return (await conn.execute(
+        sa.select(payment_attempts).where(payment_attempts.c.order_id == order_id)
+        .order_by(payment_attempts.c.created_at.desc(), payment_attempts.c.id.desc()).limit(1)
+    )).first()
+
+
+async def get_order(db: Database, *, merchant_id: str, order_id: str) -> dict[str, Any]:
+    async with db.read() as conn:
+        order = (await conn.execute(
+            sa.select(orders).where(orders.c.id == order_id, orders.c.merchant_id == merchant_id)
+        )).first()
+        if order is None:
+            # A foreign order id is reported exactly like a missing one: no probing.
+            raise NotFound(f"no order {order_id} for this merchant")
+        return render_order(order, await _current_attempt(conn, order.id))
+
+
+async def find_by_merchant_order_id(
+    db: Database, *, merchant_id: str, merchant_order_id: str
+) -> list[dict[str, Any]]:
+    async with db.read() as conn:
+        order = (await conn.execute(
+            sa.select(orders).where(orders.c.merchant_id == merchant_id,
+                                    orders.c.merchant_order_id == merchant_order_id)
+        )).first()
+        if order is None:
+            return []
+        return [render_order(order, await _current_attempt(conn, order.id))]
+
+
+async def close_attempts(
+    conn: AsyncConnection, order_ids: list[str], state: AttemptState, *, now: datetime,
+    quarantine: timedelta,
+) -> None:
+    """Close the live attempts of ``order_ids``; held amounts stay held for the quarantine."""
+    await conn.execute(
+        payment_attempts.update().where(
+            payment_attempts.c.order_id.in_(order_ids),
+            payment_attempts.c.state.in_([s.value for s in LIVE_ATTEMPT_STATES]),
+        ).values(
+            state=state.value, updated_at=now, closed_at=now,
+            code_held_until=sa.case(
+                (payment_attempts.c.holds_code, sa.literal(now + quarantine,
+                                                           payment_attempts.c.code_held_until.type)),
+                else_=None,
+            ),
+        )
+    )
+
+
+async def cancel_order(
+    db: Database, *, merchant_id: str, order_id: str, now: datetime, quarantine: timedelta
+) -> dict[str, Any]:
+    async with db.transaction() as conn:
+        order = (await conn.execute(
+            sa.select(orders).where(orders.c.id == order_id, orders.c.merchant_id == merchant_id)
+            .with_for_update()
+        )).first()
+        if order is None:
+            raise NotFound(f"no order {order_id} for this merchant")
+        has_evidence = (await conn.execute(
+            sa.select(sa.func.count()).select_from(evidence).where(evidence.c.order_id == order_id)
+        )).scalar_one()
+        if has_evidence:
+            # Money may have moved: cancelling would hide it (rule 3).
+            raise TransitionRefused("order", order.state, "cancel (payment evidence exists)")
+        new_state = next_order_state(OrderState(order.state), OrderTrigger.CANCEL)
+        await conn.execute(orders.update().where(orders.c.id == order_id)
+                           .values(state=new_state.value, updated_at=now))
+        await close_attempts(conn, [order_id], AttemptState.FAILED, now=now, quarantine=quarantine)
+        moved = (await conn.execute(sa.select(orders).where(orders.c.id == order_id))).one()
+        await add_events(conn, [PendingEvent(
+            event_type=ORDER_EVENT_ON_ENTRY[new_state], aggregate_id=order_id,
+            merchant_id=merchant_id, payload=event_payload(moved),
+        )], now=now)
+        return render_order(moved, await _current_attempt(conn, order_id))

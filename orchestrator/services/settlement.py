@@ -1,0 +1,184 @@
+"""Apply one piece of payment evidence to an attempt and its order, exactly once (rule 2).
+
+The evidence row's unique key is the guard: a webhook delivered twice, a statement imported twice
+or a person matching the same mutation again all write the same key, and only the first write
+changes anything. Rows are locked order first, then attempt (one fixed order, so two settlements
+of one order cannot deadlock); on SQLite the writer lock serialises instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from orchestrator.domain import events
+from orchestrator.domain.ids import new_id
+from orchestrator.domain.order import (
+    LIVE_ATTEMPT_STATES,
+    ORDER_EVENT_ON_ENTRY,
+    AttemptState,
+    AttemptTrigger,
+    OrderState,
+    PaymentVerdict,
+    ReviewReason,
+    judge_payment,
+    next_attempt_state,
+    next_order_state,
+)
+from orchestrator.outbox.writer import PendingEvent, add_events
+from orchestrator.services.order_view import event_payload
+from orchestrator.store.database import upsert_insert
+from orchestrator.store.tables import evidence, orders, payment_attempts, review_cases
+
+
+@dataclass(frozen=True, kw_only=True)
+class Payment:
+    """One observation that ``amount`` rupiah reached ``attempt_id``."""
+
+    attempt_id: str
+    amount: int
+    evidence_key: str
+    kind: str  # "mutation" | "manual" | provider kinds later
+    observed_at: datetime
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SettlementResult:
+    applied: bool  # False: this evidence was already applied
+    verdict: PaymentVerdict | None
+    order_id: str
+    order_state: str
+    review_case_id: str | None = None
+
+
+async def apply_payment(
+    conn: AsyncConnection, payment: Payment, *, now: datetime, quarantine: timedelta,
+    mutation_id: str | None = None,
+) -> SettlementResult:
+    """Apply ``payment`` inside the caller's transaction."""
+    order_id = (await conn.execute(
+        sa.select(payment_attempts.c.order_id).where(payment_attempts.c.id == payment.attempt_id)
+    )).scalar_one()
+    order = (await conn.execute(
+        sa.select(orders).where(orders.c.id == order_id).with_for_update()
+    )).one()
+    attempt = (await conn.execute(
+        sa.select(payment_attempts).where(payment_attempts.c.id == payment.attempt_id)
+        .with_for_update()
+    )).one()
+    decision = judge_payment(order_state=OrderState(order.state),
+                             expected=attempt.transfer_amount, received=payment.amount)
+    recorded = await conn.execute(
+        upsert_insert(conn.dialect.name)(evidence).values(
+            unique_key=payment.evidence_key, kind=payment.kind, order_id=order.id,
+            attempt_id=attempt.id, amount=payment.amount, verdict=decision.verdict.value,
+            observed_at=payment.observed_at, recorded_at=now, details=payment.details,
+        ).on_conflict_do_nothing(index_elements=["unique_key"]).returning(evidence.c.id)
+    )
+    if recorded.first() is None:
+        return SettlementResult(applied=False, verdict=None, order_id=order.id,
+                                order_state=order.state)
+    await _mark_attempt_paid(conn, attempt, now=now, quarantine=quarantine)
+    new_state = order.state
+    pending: list[PendingEvent] = []
+    if decision.order_trigger is not None:
+        new_state = next_order_state(OrderState(order.state), decision.order_trigger).value
+        await _move_order(conn, order, new_state, decision.review_reason, now=now)
+        if new_state == OrderState.PAID.value:
+            await _supersede_other_attempts(conn, order.id, attempt.id, now=now)
+        pending.append(_order_event(order, new_state, decision.review_reason, payment))
+    case_id = None
+    if decision.review_reason is not None:
+        case_id = await _open_case(conn, order, decision.review_reason.value,
+                                   decision.recommended_action.value
+                                   if decision.recommended_action else "refund",
+                                   payment.amount, mutation_id, now=now)
+        pending.append(PendingEvent(
+            event_type=events.REVIEW_CASE_OPENED, aggregate_id=order.id,
+            merchant_id=order.merchant_id,
+            payload={"case_id": case_id, "order_id": order.id,
+                     "merchant_order_id": order.merchant_order_id,
+                     "reason": decision.review_reason.value,
+                     "recommended_action": decision.recommended_action.value
+                     if decision.recommended_action else None,
+                     "amount": payment.amount},
+        ))
+    await add_events(conn, pending, now=now)
+    return SettlementResult(applied=True, verdict=decision.verdict, order_id=order.id,
+                            order_state=new_state, review_case_id=case_id)
+
+
+async def _mark_attempt_paid(
+    conn: AsyncConnection, attempt: Any, *, now: datetime, quarantine: timedelta
+) -> None:
+    if attempt.state == AttemptState.PAID.value:
+        return  # a second payment on one instrument: the attempt already says where money went
+    state = next_attempt_state(AttemptState(attempt.state), AttemptTrigger.PAID)
+    # The amount stays held for the quarantine, so a repeated transfer is seen as a second payment.
+    await conn.execute(
+        payment_attempts.update().where(payment_attempts.c.id == attempt.id).values(
+            state=state.value, updated_at=now, closed_at=now,
+            code_held_until=now + quarantine if attempt.holds_code else None,
+        )
+    )
+
+
+async def _move_order(
+    conn: AsyncConnection, order: Any, state: str, reason: ReviewReason | None, *, now: datetime
+) -> None:
+    values: dict[str, Any] = {"state": state, "updated_at": now}
+    if state == OrderState.PAID.value:
+        values["paid_at"] = now
+    if reason is not None and state == OrderState.NEEDS_REVIEW.value:
+        values["review_reason"] = reason.value
+    await conn.execute(orders.update().where(orders.c.id == order.id).values(**values))
+
+
+async def _supersede_other_attempts(
+    conn: AsyncConnection, order_id: str, paid_attempt_id: str, *, now: datetime
+) -> None:
+    # Still watched (rule 4): a payment on them later opens a second-payment case.
+    await conn.execute(
+        payment_attempts.update().where(
+            payment_attempts.c.order_id == order_id,
+            payment_attempts.c.id != paid_attempt_id,
+            payment_attempts.c.state.in_([s.value for s in LIVE_ATTEMPT_STATES]),
+        ).values(state=AttemptState.SUPERSEDED.value, updated_at=now)
+    )
+
+
+def _order_event(
+    order: Any, new_state: str, reason: ReviewReason | None, payment: Payment
+) -> PendingEvent:
+    moved = dict(order._mapping)
+    moved["state"] = new_state
+    extra: dict[str, Any] = {"paid_amount": payment.amount, "evidence": payment.kind}
+    if reason is not None:
+        extra["review_reason"] = reason.value
+    return PendingEvent(
+        event_type=ORDER_EVENT_ON_ENTRY[OrderState(new_state)], aggregate_id=order.id,
+        merchant_id=order.merchant_id,
+        payload=event_payload(_Obj(moved), **extra),
+    )
+
+
+async def _open_case(
+    conn: AsyncConnection, order: Any, reason: str, action: str, amount: int,
+    mutation_id: str | None, *, now: datetime,
+) -> str:
+    case_id = new_id("rev")
+    await conn.execute(review_cases.insert().values(
+        id=case_id, order_id=order.id, mutation_id=mutation_id, reason=reason,
+        recommended_action=action, amount=amount, state="open", created_at=now,
+    ))
+    return case_id
+
+
+class _Obj:
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)

@@ -1,0 +1,60 @@
+"""The worker: the outbox relay and the scheduled sweeps (deadlines, code quarantine).
+
+Any number of workers may run; they share the outbox through leases and the sweeps through
+``SKIP LOCKED``. On SQLite (embedded) one worker runs inside the api process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+
+import httpx
+
+from orchestrator.bootstrap import Container
+from orchestrator.notify.delivery import MerchantWebhookHandler, merchant_webhook_handlers
+from orchestrator.outbox.relay import Relay
+from orchestrator.services.expiry import expire_due_orders, release_quarantined_codes
+
+log = logging.getLogger("lunas.worker")
+
+
+def default_worker_id() -> str:
+    return os.environ.get("LUNAS_WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def sweep_forever(container: Container, stop: asyncio.Event) -> None:
+    """Expire orders past their deadline and release codes past quarantine, every interval."""
+    settings = container.settings
+    interval = settings.scheduler.sweep_interval.total_seconds()
+    while not stop.is_set():
+        try:
+            now = container.clock.now()
+            expired = await expire_due_orders(
+                container.db, now=now, quarantine=settings.unique_codes.quarantine,
+                batch=settings.scheduler.sweep_batch,
+            )
+            await release_quarantined_codes(container.db, now=now)
+            if expired == settings.scheduler.sweep_batch:
+                continue  # more are due: no pause
+        except Exception:  # the sweep must outlive a database blip; the next pass retries
+            log.exception("sweep failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+
+
+async def run_worker(container: Container, stop: asyncio.Event, *, worker_id: str) -> None:
+    async with httpx.AsyncClient(
+        timeout=container.settings.webhooks.timeout.total_seconds(), follow_redirects=False
+    ) as http:
+        handler = MerchantWebhookHandler(
+            container.db.engine, http, container.settings.webhooks.timeout
+        )
+        relay = Relay(
+            container.db.engine, merchant_webhook_handlers(handler), container.settings.outbox,
+            worker_id, container.clock,
+        )
+        await asyncio.gather(relay.run(stop), sweep_forever(container, stop))

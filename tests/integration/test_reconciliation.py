@@ -1,0 +1,276 @@
+"""Reconciliation: bank mutations settle manual-transfer orders exactly once, and everything a
+machine cannot decide reaches a person with a reason."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from orchestrator.bootstrap import Container
+from orchestrator.services.expiry import expire_due_orders
+from orchestrator.store.tables import (
+    audit_log,
+    evidence,
+    mutations,
+    orders,
+    outbox,
+    review_cases,
+)
+from tests.support import ShopFixture, bca_statement, new_merchant, new_ops_token, order_body
+
+
+@pytest.fixture(scope="module")
+async def ops(container: Container) -> dict[str, str]:
+    return {"Authorization": f"Bearer {await new_ops_token(container)}"}
+
+
+async def capture(client: httpx.AsyncClient, m: ShopFixture, amount: int = 150_000,
+                  **extra: Any) -> dict[str, Any]:
+    r = await client.post("/v1/orders", json=order_body(f"INV-{uuid.uuid4().hex[:10]}", amount,
+                                                        **extra),
+                          headers={**m.headers, "Idempotency-Key": str(uuid.uuid4())})
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+async def upload(client: httpx.AsyncClient, ops: dict[str, str], m: ShopFixture,
+                 data: bytes, bank: str = "bca") -> httpx.Response:
+    return await client.post(
+        "/v1/mutations/statements", headers=ops,
+        files={"file": ("mutasi.csv", data, "text/csv")},
+        data={"bank": bank, "account_number": m.account_number},
+    )
+
+
+async def rows(container: Container, query: Any) -> list[Any]:
+    async with container.db.read() as conn:
+        return list((await conn.execute(query)).all())
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def test_statement_import_settles_the_order_and_tells_the_merchant_once(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    pay = order["payment"]["transfer_amount"]
+    statement = bca_statement(m.account_number, [
+        (now(), f"TRSF E-BANKING CR 2311/FTSCY/WS95031 {pay}.00 ANDI", pay, "CR"),
+        (now(), "BIAYA ADM", 10_000, "DB"),
+        (now(), "SETORAN TUNAI", 55_555, "CR"),
+    ])
+    r = await upload(client, ops, m, statement)
+    assert r.status_code == 201, r.text
+    report = r.json()
+    assert {k: report[k] for k in ("parsed", "new", "duplicate", "matched", "ambiguous",
+                                   "unmatched", "ignored_debits")} == {
+        "parsed": 3, "new": 3, "duplicate": 0, "matched": 1, "ambiguous": 0, "unmatched": 1,
+        "ignored_debits": 1}
+    read = (await client.get(f"/v1/orders/{order['id']}", headers=m.headers)).json()
+    assert read["status"] == "paid" and read["paid_at"]
+    events = await rows(container, sa.select(outbox.c.event_type)
+                        .where(outbox.c.aggregate_id == order["id"]).order_by(outbox.c.id))
+    assert [e.event_type for e in events] == ["order.captured", "order.paid"]
+
+    again = (await upload(client, ops, m, statement)).json()
+    assert (again["new"], again["duplicate"], again["matched"]) == (0, 3, 0)
+    assert len(await rows(container, sa.select(evidence.c.id)
+                          .where(evidence.c.order_id == order["id"]))) == 1
+    assert len(await rows(container, sa.select(outbox.c.id).where(
+        outbox.c.aggregate_id == order["id"], outbox.c.event_type == "order.paid"))) == 1
+
+
+async def test_two_identical_lines_in_one_statement_are_two_payments(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    pay = order["payment"]["transfer_amount"]
+    line = (now(), f"TRSF E-BANKING CR {pay}.00 ANDI", pay, "CR")
+    report = (await upload(client, ops, m, bca_statement(m.account_number, [line, line]))).json()
+    assert (report["new"], report["matched"], report["needs_review"]) == (2, 2, 1)
+    read = (await client.get(f"/v1/orders/{order['id']}", headers=m.headers)).json()
+    assert read["status"] == "paid"  # a paid order stays paid
+    cases = await rows(container, sa.select(review_cases).where(
+        review_cases.c.order_id == order["id"]))
+    assert [(c.reason, c.recommended_action) for c in cases] == [("second_payment", "refund")]
+
+
+async def test_concurrent_imports_of_one_statement_match_each_mutation_once(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    m = await new_merchant(container)
+    created = [await capture(client, m, 90_000 + i) for i in range(5)]
+    statement = bca_statement(m.account_number, [
+        (now(), f"TRSF CR {o['payment']['transfer_amount']}", o["payment"]["transfer_amount"],
+         "CR") for o in created
+    ])
+    replies = await asyncio.gather(*[upload(client, ops, m, statement) for _ in range(4)])
+    assert all(r.status_code == 201 for r in replies)
+    assert sum(r.json()["matched"] for r in replies) == 5
+    assert sum(r.json()["new"] for r in replies) == 5
+    for o in created:
+        assert (await client.get(f"/v1/orders/{o['id']}", headers=m.headers)).json()[
+            "status"] == "paid"
+        assert len(await rows(container, sa.select(evidence.c.id)
+                              .where(evidence.c.order_id == o["id"]))) == 1
+
+
+async def test_amount_that_differs_puts_the_order_in_review(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    short = order["payment"]["transfer_amount"] - 1_000
+    reference = order["id"].upper()
+    report = (await upload(client, ops, m, bca_statement(
+        m.account_number, [(now(), f"TRSF CR {reference} ANDI", short, "CR")]))).json()
+    assert report["matched"] == 1 and report["needs_review"] == 1
+    read = (await client.get(f"/v1/orders/{order['id']}", headers=m.headers)).json()
+    assert (read["status"], read["review_reason"]) == ("needs_review", "amount_mismatch")
+
+
+async def test_payment_after_expiry_is_never_dropped(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    m = await new_merchant(container)
+    order = await capture(client, m, expires_in=300)
+    expired = 0
+    later = now() + timedelta(seconds=301)
+    while await expire_due_orders(container.db, now=later, quarantine=timedelta(hours=1),
+                                  batch=500):
+        expired += 1
+    assert (await client.get(f"/v1/orders/{order['id']}", headers=m.headers)).json()[
+        "status"] == "expired"
+    pay = order["payment"]["transfer_amount"]
+    report = (await upload(client, ops, m, bca_statement(
+        m.account_number, [(now(), f"TRSF CR {pay}", pay, "CR")]))).json()
+    assert report["matched"] == 1
+    read = (await client.get(f"/v1/orders/{order['id']}", headers=m.headers)).json()
+    assert (read["status"], read["review_reason"]) == ("needs_review", "payment_after_expiry")
+    types = [e.event_type for e in await rows(container, sa.select(outbox.c.event_type).where(
+        outbox.c.aggregate_id == order["id"]).order_by(outbox.c.id))]
+    assert types == ["order.captured", "order.expired", "order.needs_review",
+                     "review_case.opened"]
+
+
+async def test_unmatched_credit_is_listed_and_matched_by_a_person_with_an_audit_trail(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    m = await new_merchant(container)
+    order = await capture(client, m, 200_000)
+    report = (await upload(client, ops, m, bca_statement(
+        m.account_number, [(now(), "KR OTOMATIS LLG-ANTAR BANK SITI", 200_000, "CR")]))).json()
+    assert report["unmatched"] == 1
+    listed = (await client.get("/v1/reconciliation/unmatched", headers=ops,
+                               params={"account_number": m.account_number})).json()["data"]
+    assert [(x["amount"], x["match_state"]) for x in listed] == [(200_000, "unmatched")]
+    mutation_id = listed[0]["id"]
+    r = await client.post("/v1/reconciliation/matches", headers=ops, json={
+        "mutation_id": mutation_id, "order_id": order["id"],
+        "reason": "customer sent proof; paid without the unique code"})
+    assert r.status_code == 201, r.text
+    assert r.json()["matched_by"] == "ops:finance-test"
+    # Paid without the code: the amount differs from the transfer amount, so a person confirms.
+    assert r.json()["order_status"] == "needs_review"
+    twice = await client.post("/v1/reconciliation/matches", headers=ops, json={
+        "mutation_id": mutation_id, "order_id": order["id"], "reason": "again"})
+    assert twice.status_code == 409
+    audit = await rows(container, sa.select(audit_log).where(audit_log.c.subject_id == mutation_id))
+    assert [(a.actor, a.action, a.reason) for a in audit] == [
+        ("ops:finance-test", "mutation.matched_manually",
+         "customer sent proof; paid without the unique code")]
+    assert (await client.get("/v1/reconciliation/unmatched", headers=ops, params={
+        "account_number": m.account_number})).json()["data"] == []
+
+
+class TestStatementsThatAreRefusedWhole:
+    async def _refused(self, client: httpx.AsyncClient, container: Container,
+                       ops: dict[str, str], m: ShopFixture, data: bytes,
+                       bank: str = "bca") -> dict[str, Any]:
+        before = await rows(container, sa.select(mutations.c.id)
+                            .where(mutations.c.account_number == m.account_number))
+        r = await upload(client, ops, m, data, bank)
+        assert r.status_code == 422, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+        after = await rows(container, sa.select(mutations.c.id)
+                           .where(mutations.c.account_number == m.account_number))
+        assert before == after
+        return dict(r.json())
+
+    async def test_truncated_statement(self, client: httpx.AsyncClient, container: Container,
+                                       ops: dict[str, str]) -> None:
+        m = await new_merchant(container)
+        full = bca_statement(m.account_number, [(now(), "TRSF CR 1", 100_001, "CR"),
+                                                (now(), "TRSF CR 2", 100_002, "CR")])
+        cut = full[: full.index(b"TRSF CR 2") + 5]
+        problem = await self._refused(client, container, ops, m, cut)
+        assert problem["line"] == 9
+
+    async def test_wrong_format_for_the_bank(self, client: httpx.AsyncClient,
+                                             container: Container, ops: dict[str, str]) -> None:
+        m = await new_merchant(container)
+        data = bca_statement(m.account_number, [(now(), "TRSF CR 1", 100_001, "CR")])
+        problem = await self._refused(client, container, ops, m, data, bank="mandiri")
+        assert problem["code"] == "statement_rejected"
+
+    async def test_statement_of_another_account(self, client: httpx.AsyncClient,
+                                                container: Container, ops: dict[str, str]) -> None:
+        m = await new_merchant(container)
+        data = bca_statement("9999999999", [(now(), "TRSF CR 1", 100_001, "CR")])
+        problem = await self._refused(client, container, ops, m, data)
+        assert "9999999999" in problem["detail"] or "account" in problem["detail"].lower()
+
+    async def test_upload_needs_an_ops_token(self, client: httpx.AsyncClient,
+                                             container: Container) -> None:
+        m = await new_merchant(container)
+        r = await upload(client, m.headers, m, b"whatever")
+        assert r.status_code == 401
+
+
+def moota_body(account: str, amount: int, mutation_id: str | None = None) -> bytes:
+    item = {"mutation_id": mutation_id or uuid.uuid4().hex[:11], "bank_id": "bk7Hq2Lm9Zs",
+            "account_number": account, "date": now().astimezone().strftime("%Y-%m-%d 00:00:00"),
+            "description": f"TRSF E-BANKING CR {amount}.00 ANDI", "amount": f"{amount}.00",
+            "type": "CR", "balance": "2150123.00", "note": "", "created_at": "2025-03-10 09:12:44",
+            "updated_at": "2025-03-10 09:12:44"}
+    return json.dumps([item], separators=(",", ":")).encode()
+
+
+async def test_signed_push_settles_and_a_forged_one_stores_nothing(
+    client: httpx.AsyncClient, container: Container
+) -> None:
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    body = moota_body(m.account_number, order["payment"]["transfer_amount"])
+    secret = container.settings.mutation_push_secret.encode()
+    forged = await client.post("/v1/mutations/push", content=body, headers={
+        "Signature": hmac.new(b"not-the-secret", body, hashlib.sha256).hexdigest(),
+        "Content-Type": "application/json"})
+    assert forged.status_code == 401 and forged.json()["code"] == "bad_signature"
+    unsigned = await client.post("/v1/mutations/push", content=body)
+    assert unsigned.status_code == 401
+    assert await rows(container, sa.select(mutations.c.id).where(
+        mutations.c.account_number == m.account_number)) == []
+    signed = await client.post("/v1/mutations/push", content=body, headers={
+        "Signature": hmac.new(secret, body, hashlib.sha256).hexdigest(),
+        "Content-Type": "application/json"})
+    assert signed.status_code == 200, signed.text
+    assert signed.json()["matched"] == 1
+    replay = await client.post("/v1/mutations/push", content=body, headers={
+        "Signature": hmac.new(secret, body, hashlib.sha256).hexdigest()})
+    assert replay.json()["duplicate"] == 1
+    assert (await rows(container, sa.select(orders.c.state).where(
+        orders.c.id == order["id"])))[0].state == "paid"

@@ -1,0 +1,113 @@
+"""Helpers shared by integration and e2e tests: free ports, a served app, merchants, statements."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+
+import uvicorn
+
+from orchestrator.app import create_app
+from orchestrator.bootstrap import Container
+from orchestrator.domain.clock import WIB
+from orchestrator.store.merchants import OPS_SCOPES, NewMerchant, create_merchant, create_ops_token
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def serve(container: Container) -> AsyncIterator[str]:
+    """Serve the real app over a real socket on 127.0.0.1; yields its base URL."""
+    port = free_port()
+    config = uvicorn.Config(create_app(container, close_on_shutdown=False), host="127.0.0.1",
+                            port=port, log_level="warning", access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    for _ in range(200):
+        if server.started:
+            break
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=10)
+
+
+def account_number() -> str:
+    """A payout account number no other test uses, so held amounts never collide across tests."""
+    return "".join(random.choice("0123456789") for _ in range(10))
+
+
+@dataclass(frozen=True)
+class ShopFixture:
+    merchant_id: str
+    api_key: str
+    webhook_secret: str
+    bank: str
+    account_number: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+async def new_merchant(
+    container: Container, *, webhook_url: str | None = None, bank: str = "bca"
+) -> ShopFixture:
+    number = account_number()
+    async with container.db.transaction() as conn:
+        created: NewMerchant = await create_merchant(
+            conn, name="Toko Uji", webhook_url=webhook_url,
+            accounts=[(bank, number, "TOKO UJI")], now=container.clock.now(),
+        )
+    return ShopFixture(created.merchant_id, created.api_key, created.webhook_secret, bank, number)
+
+
+async def new_ops_token(container: Container) -> str:
+    async with container.db.transaction() as conn:
+        _, token = await create_ops_token(conn, name="finance-test", scopes=OPS_SCOPES,
+                                          now=container.clock.now())
+    return token
+
+
+def order_body(merchant_order_id: str, amount: int = 150_000, **extra: object) -> dict[str, object]:
+    return {
+        "merchant_order_id": merchant_order_id,
+        "amount": amount,
+        "customer": {
+            "name": "Andi Wijaya", "email": "andi@example.co.id", "phone": "+6281234567890",
+        },
+        **extra,
+    }
+
+
+def bca_statement(account: str, lines: list[tuple[datetime, str, int, str]]) -> bytes:
+    """A KlikBCA individual CSV (RAILS.md §4.1) with (posted, description, amount, CR/DB) lines."""
+    first = min(d for d, *_ in lines).astimezone(WIB)
+    last = max(d for d, *_ in lines).astimezone(WIB)
+    out = [
+        "Informasi Rekening - Mutasi Rekening",
+        f"No. rekening : {account}",
+        "Nama : TOKO UJI",
+        f"Periode : {first:%d/%m/%Y} - {last:%d/%m/%Y}",
+        "Kode Mata Uang : Rp",
+        "",
+        "Tanggal Transaksi,Keterangan,Cabang,Jumlah,,Saldo",
+    ]
+    balance = 10_000_000
+    for posted, description, amount, direction in lines:
+        balance += amount if direction == "CR" else -amount
+        out.append(f"'{posted.astimezone(WIB):%d/%m},'{description},'0000,{amount}.00,"
+                   f"{direction},{balance}.00")
+    out += ["Saldo Awal,:,10000000.00", f"Saldo Akhir,:,{balance}.00"]
+    return ("\r\n".join(out) + "\r\n").encode()

@@ -1,0 +1,537 @@
+"""The order and payment-attempt state machines, written out as the specification they implement.
+
+Every table below is written by hand from ARCHITECTURE.md §3 (the order states diagram and the
+rules of state), not read from ``ORDER_TRANSITIONS`` or ``ATTEMPT_TRANSITIONS``: a reader checks
+a row against the diagram, and a change to the code that the table does not describe fails a test.
+
+``REFUSED`` means the machine raises ``TransitionRefused``. Each table lists every trigger for every
+state, so adding a state or a trigger fails ``test_*_table_covers_every_pair`` until the
+specification says what it does.
+
+Edges that are not arrows in the §3 diagram are marked ``# not drawn:`` with the text that requires
+them; the two deviations documented in ``orchestrator/domain/order.py`` are marked ``# deviation:``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from orchestrator.domain.errors import TransitionRefused
+from orchestrator.domain.order import (
+    LIVE_ATTEMPT_STATES,
+    OPEN_ORDER_STATES,
+    ORDER_EVENT_ON_ENTRY,
+    TERMINAL_ORDER_STATES,
+    AttemptState,
+    AttemptTrigger,
+    OrderState,
+    OrderTrigger,
+    PaymentDecision,
+    PaymentVerdict,
+    RecommendedAction,
+    ReviewReason,
+    judge_payment,
+    next_attempt_state,
+    next_order_state,
+)
+
+OS = OrderState
+OT = OrderTrigger
+AS = AttemptState
+AT = AttemptTrigger
+
+
+class _Refused:
+    def __repr__(self) -> str:
+        return "REFUSED"
+
+
+REFUSED = _Refused()
+
+# ---------------------------------------------------------------------------------------------
+# Order: state × trigger → next state
+# ---------------------------------------------------------------------------------------------
+
+ORDER_SPEC: dict[OrderState, dict[OrderTrigger, OrderState | _Refused]] = {
+    # captured ──► awaiting_payment; captured ──► cancelled
+    OS.CAPTURED: {
+        OT.INSTRUCTIONS_ISSUED: OS.AWAITING_PAYMENT,
+        OT.CANCEL: OS.CANCELLED,
+        # not drawn (documented deviation in order.py): a captured order can hold an attempt whose
+        # create outcome was unknown and which turned out live; rule 4 settles money on it.
+        OT.PAYMENT_CONFIRMED: OS.PAID,
+        OT.PAYMENT_DISCREPANCY: OS.NEEDS_REVIEW,
+        # not drawn: §4 Expiry ("Otherwise ... the order expires") and rule 6 (every order reaches
+        # a terminal state by its deadline); a captured order has issued no instructions.
+        OT.DEADLINE_PASSED: OS.EXPIRED,
+        # §4 Expiry: "if a source of truth for any live attempt is unhealthy" -> verifying.
+        OT.DEADLINE_PASSED_UNVERIFIABLE: OS.VERIFYING,
+        OT.VERIFICATION_WINDOW_EXHAUSTED: REFUSED,
+        OT.PAYMENT_AFTER_EXPIRY: REFUSED,
+        OT.REVIEW_HONOURED: REFUSED,
+        OT.REVIEW_REFUNDED: REFUSED,
+    },
+    # awaiting_payment ──► paid / verifying / needs_review / cancelled
+    OS.AWAITING_PAYMENT: {
+        OT.INSTRUCTIONS_ISSUED: REFUSED,
+        OT.CANCEL: OS.CANCELLED,
+        OT.PAYMENT_CONFIRMED: OS.PAID,
+        OT.PAYMENT_DISCREPANCY: OS.NEEDS_REVIEW,
+        # not drawn: §4 Expiry — sources of truth healthy and nothing paid: the order expires.
+        OT.DEADLINE_PASSED: OS.EXPIRED,
+        OT.DEADLINE_PASSED_UNVERIFIABLE: OS.VERIFYING,
+        OT.VERIFICATION_WINDOW_EXHAUSTED: REFUSED,
+        OT.PAYMENT_AFTER_EXPIRY: REFUSED,
+        OT.REVIEW_HONOURED: REFUSED,
+        OT.REVIEW_REFUNDED: REFUSED,
+    },
+    # verifying ──► expired / needs_review; never cancelled (not "before any payment evidence")
+    OS.VERIFYING: {
+        OT.INSTRUCTIONS_ISSUED: REFUSED,
+        OT.CANCEL: REFUSED,
+        # not drawn: rule 4 — a payment settles the order if it is still open.
+        OT.PAYMENT_CONFIRMED: OS.PAID,
+        OT.PAYMENT_DISCREPANCY: OS.NEEDS_REVIEW,
+        OT.DEADLINE_PASSED: OS.EXPIRED,
+        OT.DEADLINE_PASSED_UNVERIFIABLE: REFUSED,
+        OT.VERIFICATION_WINDOW_EXHAUSTED: OS.NEEDS_REVIEW,
+        OT.PAYMENT_AFTER_EXPIRY: REFUSED,
+        OT.REVIEW_HONOURED: REFUSED,
+        OT.REVIEW_REFUNDED: REFUSED,
+    },
+    # terminal: a paid order stays paid (rule 4)
+    OS.PAID: {
+        OT.INSTRUCTIONS_ISSUED: REFUSED,
+        OT.CANCEL: REFUSED,
+        OT.PAYMENT_CONFIRMED: REFUSED,
+        OT.PAYMENT_DISCREPANCY: REFUSED,
+        OT.DEADLINE_PASSED: REFUSED,
+        OT.DEADLINE_PASSED_UNVERIFIABLE: REFUSED,
+        OT.VERIFICATION_WINDOW_EXHAUSTED: REFUSED,
+        OT.PAYMENT_AFTER_EXPIRY: REFUSED,
+        OT.REVIEW_HONOURED: REFUSED,
+        OT.REVIEW_REFUNDED: REFUSED,
+    },
+    # terminal, except money that arrives after expiry (rule 4: never dropped)
+    OS.EXPIRED: {
+        OT.INSTRUCTIONS_ISSUED: REFUSED,
+        OT.CANCEL: REFUSED,
+        OT.PAYMENT_CONFIRMED: REFUSED,
+        OT.PAYMENT_DISCREPANCY: REFUSED,
+        OT.DEADLINE_PASSED: REFUSED,
+        OT.DEADLINE_PASSED_UNVERIFIABLE: REFUSED,
+        OT.VERIFICATION_WINDOW_EXHAUSTED: REFUSED,
+        OT.PAYMENT_AFTER_EXPIRY: OS.NEEDS_REVIEW,  # deviation: expired → needs_review
+        OT.REVIEW_HONOURED: REFUSED,
+        OT.REVIEW_REFUNDED: REFUSED,
+    },
+    # terminal: a cancelled order is never resurrected
+    OS.CANCELLED: {
+        OT.INSTRUCTIONS_ISSUED: REFUSED,
+        OT.CANCEL: REFUSED,
+        OT.PAYMENT_CONFIRMED: REFUSED,
+        OT.PAYMENT_DISCREPANCY: REFUSED,
+        OT.DEADLINE_PASSED: REFUSED,
+        OT.DEADLINE_PASSED_UNVERIFIABLE: REFUSED,
+        OT.VERIFICATION_WINDOW_EXHAUSTED: REFUSED,
+        OT.PAYMENT_AFTER_EXPIRY: REFUSED,
+        OT.REVIEW_HONOURED: REFUSED,
+        OT.REVIEW_REFUNDED: REFUSED,
+    },
+    # a person decides: honour → paid, or refund
+    OS.NEEDS_REVIEW: {
+        OT.INSTRUCTIONS_ISSUED: REFUSED,
+        OT.CANCEL: REFUSED,
+        OT.PAYMENT_CONFIRMED: REFUSED,
+        OT.PAYMENT_DISCREPANCY: REFUSED,
+        OT.DEADLINE_PASSED: REFUSED,
+        OT.DEADLINE_PASSED_UNVERIFIABLE: REFUSED,
+        OT.VERIFICATION_WINDOW_EXHAUSTED: REFUSED,
+        OT.PAYMENT_AFTER_EXPIRY: REFUSED,
+        OT.REVIEW_HONOURED: OS.PAID,
+        OT.REVIEW_REFUNDED: OS.REFUNDED,  # deviation: terminal `refunded`
+    },
+    # terminal (deviation)
+    OS.REFUNDED: {
+        OT.INSTRUCTIONS_ISSUED: REFUSED,
+        OT.CANCEL: REFUSED,
+        OT.PAYMENT_CONFIRMED: REFUSED,
+        OT.PAYMENT_DISCREPANCY: REFUSED,
+        OT.DEADLINE_PASSED: REFUSED,
+        OT.DEADLINE_PASSED_UNVERIFIABLE: REFUSED,
+        OT.VERIFICATION_WINDOW_EXHAUSTED: REFUSED,
+        OT.PAYMENT_AFTER_EXPIRY: REFUSED,
+        OT.REVIEW_HONOURED: REFUSED,
+        OT.REVIEW_REFUNDED: REFUSED,
+    },
+}
+
+# paid, expired, cancelled are terminal (§3); refunded is the documented deviation.
+SPEC_TERMINAL_ORDER_STATES = {OS.PAID, OS.EXPIRED, OS.CANCELLED, OS.REFUNDED}
+SPEC_OPEN_ORDER_STATES = {OS.CAPTURED, OS.AWAITING_PAYMENT, OS.VERIFYING}
+# The only edges out of a terminal order state: late money on an expired order.
+ORDER_LATE_PAYMENT_EDGES = {(OS.EXPIRED, OT.PAYMENT_AFTER_EXPIRY)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Payment attempt: state × trigger → next state
+# ---------------------------------------------------------------------------------------------
+
+ATTEMPT_SPEC: dict[AttemptState, dict[AttemptTrigger, AttemptState | _Refused]] = {
+    # the create call: answered (issued / refused) or not (outcome unknown)
+    AS.CREATING: {
+        AT.ISSUED: AS.ACTIVE,
+        AT.REFUSED: AS.FAILED,
+        AT.OUTCOME_UNKNOWN: AS.UNKNOWN,
+        AT.VERIFIED_LIVE: REFUSED,
+        AT.VERIFIED_ABSENT: REFUSED,
+        AT.SUPERSEDED: REFUSED,
+        AT.PAID: REFUSED,
+        AT.EXPIRED: REFUSED,
+        AT.CANCELLED: REFUSED,
+    },
+    # "verify, never assume" (rule 3): only evidence moves an unknown attempt; it cannot be
+    # cancelled or refused on a guess.
+    AS.UNKNOWN: {
+        AT.ISSUED: REFUSED,
+        AT.REFUSED: REFUSED,
+        AT.OUTCOME_UNKNOWN: REFUSED,
+        AT.VERIFIED_LIVE: AS.ACTIVE,
+        AT.VERIFIED_ABSENT: AS.FAILED,
+        AT.SUPERSEDED: AS.SUPERSEDED,  # §4: turns out live after the router moved on
+        AT.PAID: AS.PAID,
+        AT.EXPIRED: AS.EXPIRED,
+        AT.CANCELLED: REFUSED,
+    },
+    AS.ACTIVE: {
+        AT.ISSUED: REFUSED,
+        AT.REFUSED: REFUSED,
+        AT.OUTCOME_UNKNOWN: REFUSED,
+        AT.VERIFIED_LIVE: REFUSED,
+        AT.VERIFIED_ABSENT: REFUSED,
+        AT.SUPERSEDED: AS.SUPERSEDED,
+        AT.PAID: AS.PAID,
+        AT.EXPIRED: AS.EXPIRED,
+        AT.CANCELLED: AS.FAILED,
+    },
+    # replaced by failover or by the customer switching method; still watched (rule 4)
+    AS.SUPERSEDED: {
+        AT.ISSUED: REFUSED,
+        AT.REFUSED: REFUSED,
+        AT.OUTCOME_UNKNOWN: REFUSED,
+        AT.VERIFIED_LIVE: REFUSED,
+        AT.VERIFIED_ABSENT: REFUSED,
+        AT.SUPERSEDED: REFUSED,
+        AT.PAID: AS.PAID,
+        AT.EXPIRED: AS.EXPIRED,
+        AT.CANCELLED: AS.FAILED,
+    },
+    AS.PAID: {
+        AT.ISSUED: REFUSED,
+        AT.REFUSED: REFUSED,
+        AT.OUTCOME_UNKNOWN: REFUSED,
+        AT.VERIFIED_LIVE: REFUSED,
+        AT.VERIFIED_ABSENT: REFUSED,
+        AT.SUPERSEDED: REFUSED,
+        AT.PAID: REFUSED,
+        AT.EXPIRED: REFUSED,
+        AT.CANCELLED: REFUSED,
+    },
+    # money on an expired or failed instrument is still money on it (rule 4)
+    AS.EXPIRED: {
+        AT.ISSUED: REFUSED,
+        AT.REFUSED: REFUSED,
+        AT.OUTCOME_UNKNOWN: REFUSED,
+        AT.VERIFIED_LIVE: REFUSED,
+        AT.VERIFIED_ABSENT: REFUSED,
+        AT.SUPERSEDED: REFUSED,
+        AT.PAID: AS.PAID,
+        AT.EXPIRED: REFUSED,
+        AT.CANCELLED: REFUSED,
+    },
+    AS.FAILED: {
+        AT.ISSUED: REFUSED,
+        AT.REFUSED: REFUSED,
+        AT.OUTCOME_UNKNOWN: REFUSED,
+        AT.VERIFIED_LIVE: REFUSED,
+        AT.VERIFIED_ABSENT: REFUSED,
+        AT.SUPERSEDED: REFUSED,
+        AT.PAID: AS.PAID,
+        AT.EXPIRED: REFUSED,
+        AT.CANCELLED: REFUSED,
+    },
+}
+
+SPEC_TERMINAL_ATTEMPT_STATES = {AS.PAID, AS.EXPIRED, AS.FAILED}
+ATTEMPT_LATE_PAYMENT_EDGES = {(AS.EXPIRED, AT.PAID), (AS.FAILED, AT.PAID)}
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _name(value: object) -> str:
+    return value.value if isinstance(value, OrderState | AttemptState) else repr(value)
+
+
+def _transition_cases(spec: Mapping[Any, Mapping[Any, object]]) -> list[Any]:
+    return [
+        pytest.param(
+            state, trigger, expected, id=f"{state.value}-{trigger.value}->{_name(expected)}"
+        )
+        for state, row in spec.items()
+        for trigger, expected in row.items()
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# order machine
+# ---------------------------------------------------------------------------------------------
+
+
+def test_order_table_covers_every_pair() -> None:
+    written = {(state, trigger) for state, row in ORDER_SPEC.items() for trigger in row}
+    assert written == set(itertools.product(OrderState, OrderTrigger))
+
+
+@pytest.mark.parametrize(("state", "trigger", "expected"), _transition_cases(ORDER_SPEC))
+def test_order_transition(
+    state: OrderState, trigger: OrderTrigger, expected: OrderState | _Refused
+) -> None:
+    if expected is REFUSED:
+        with pytest.raises(TransitionRefused) as refused:
+            next_order_state(state, trigger)
+        assert (refused.value.machine, refused.value.state, refused.value.trigger) == (
+            "order",
+            state.value,
+            trigger.value,
+        )
+    else:
+        assert next_order_state(state, trigger) is expected
+
+
+def test_order_state_sets_match_the_specification() -> None:
+    assert set(TERMINAL_ORDER_STATES) == SPEC_TERMINAL_ORDER_STATES
+    assert set(OPEN_ORDER_STATES) == SPEC_OPEN_ORDER_STATES
+    # needs_review is neither: it waits for a person
+    assert set(OrderState) - SPEC_TERMINAL_ORDER_STATES - SPEC_OPEN_ORDER_STATES == {
+        OS.NEEDS_REVIEW
+    }
+
+
+@pytest.mark.parametrize(
+    ("state", "trigger"),
+    [
+        pytest.param(state, trigger, id=f"{state.value}-{trigger.value}")
+        for state in sorted(SPEC_TERMINAL_ORDER_STATES)
+        for trigger in OrderTrigger
+        if (state, trigger) not in ORDER_LATE_PAYMENT_EDGES
+    ],
+)
+def test_terminal_order_refuses(state: OrderState, trigger: OrderTrigger) -> None:
+    with pytest.raises(TransitionRefused):
+        next_order_state(state, trigger)
+
+
+def test_late_payment_on_expired_order_goes_to_a_person_not_to_paid() -> None:
+    assert next_order_state(OS.EXPIRED, OT.PAYMENT_AFTER_EXPIRY) is OS.NEEDS_REVIEW
+
+
+# ---------------------------------------------------------------------------------------------
+# attempt machine
+# ---------------------------------------------------------------------------------------------
+
+
+def test_attempt_table_covers_every_pair() -> None:
+    written = {(state, trigger) for state, row in ATTEMPT_SPEC.items() for trigger in row}
+    assert written == set(itertools.product(AttemptState, AttemptTrigger))
+
+
+@pytest.mark.parametrize(("state", "trigger", "expected"), _transition_cases(ATTEMPT_SPEC))
+def test_attempt_transition(
+    state: AttemptState, trigger: AttemptTrigger, expected: AttemptState | _Refused
+) -> None:
+    if expected is REFUSED:
+        with pytest.raises(TransitionRefused) as refused:
+            next_attempt_state(state, trigger)
+        assert (refused.value.machine, refused.value.state, refused.value.trigger) == (
+            "attempt",
+            state.value,
+            trigger.value,
+        )
+    else:
+        assert next_attempt_state(state, trigger) is expected
+
+
+def test_live_attempt_states_are_the_non_terminal_ones() -> None:
+    assert set(LIVE_ATTEMPT_STATES) == set(AttemptState) - SPEC_TERMINAL_ATTEMPT_STATES
+
+
+@pytest.mark.parametrize(
+    ("state", "trigger"),
+    [
+        pytest.param(state, trigger, id=f"{state.value}-{trigger.value}")
+        for state in sorted(SPEC_TERMINAL_ATTEMPT_STATES)
+        for trigger in AttemptTrigger
+        if (state, trigger) not in ATTEMPT_LATE_PAYMENT_EDGES
+    ],
+)
+def test_terminal_attempt_refuses(state: AttemptState, trigger: AttemptTrigger) -> None:
+    with pytest.raises(TransitionRefused):
+        next_attempt_state(state, trigger)
+
+
+@pytest.mark.parametrize(
+    "state", [pytest.param(state, id=state.value) for state in (AS.EXPIRED, AS.FAILED)]
+)
+def test_late_payment_on_a_closed_attempt_is_recorded(state: AttemptState) -> None:
+    assert next_attempt_state(state, AT.PAID) is AS.PAID
+
+
+# ---------------------------------------------------------------------------------------------
+# judge_payment: order state × (exact, under, over)
+# ---------------------------------------------------------------------------------------------
+
+EXPECTED = 150_123
+RECEIVED = {"exact": EXPECTED, "under": EXPECTED - 123, "over": EXPECTED + 1}
+
+V = PaymentVerdict
+R = ReviewReason
+ACT = RecommendedAction
+
+_SETTLE = PaymentDecision(verdict=V.SETTLE, order_trigger=OT.PAYMENT_CONFIRMED)
+_UNDERPAID = PaymentDecision(
+    verdict=V.DISCREPANCY,
+    order_trigger=OT.PAYMENT_DISCREPANCY,
+    review_reason=R.AMOUNT_MISMATCH,
+    recommended_action=ACT.REFUND,
+)
+_OVERPAID = PaymentDecision(
+    verdict=V.DISCREPANCY,
+    order_trigger=OT.PAYMENT_DISCREPANCY,
+    review_reason=R.AMOUNT_MISMATCH,
+    recommended_action=ACT.HONOUR,
+)
+_SECOND = PaymentDecision(
+    verdict=V.SECOND_PAYMENT,
+    order_trigger=None,
+    review_reason=R.SECOND_PAYMENT,
+    recommended_action=ACT.REFUND,
+)
+_CLOSED = PaymentDecision(
+    verdict=V.ON_CLOSED_ORDER,
+    order_trigger=None,
+    review_reason=R.PAYMENT_ON_CLOSED_ORDER,
+    recommended_action=ACT.REFUND,
+)
+
+
+def _after_expiry(action: RecommendedAction) -> PaymentDecision:
+    return PaymentDecision(
+        verdict=V.AFTER_EXPIRY,
+        order_trigger=OT.PAYMENT_AFTER_EXPIRY,
+        review_reason=R.PAYMENT_AFTER_EXPIRY,
+        recommended_action=action,
+    )
+
+
+JUDGE_SPEC: dict[OrderState, dict[str, PaymentDecision]] = {
+    # Rule 4: a payment "settles the order if the order is still open" — captured is open
+    # (OPEN_ORDER_STATES), and PaymentVerdict.ON_CLOSED_ORDER names only cancelled/refunded/review.
+    OS.CAPTURED: {"exact": _SETTLE, "under": _UNDERPAID, "over": _OVERPAID},
+    OS.AWAITING_PAYMENT: {"exact": _SETTLE, "under": _UNDERPAID, "over": _OVERPAID},
+    OS.VERIFYING: {"exact": _SETTLE, "under": _UNDERPAID, "over": _OVERPAID},
+    # a paid order stays paid; the case asks for a refund (§3 review cases)
+    OS.PAID: {"exact": _SECOND, "under": _SECOND, "over": _SECOND},
+    OS.EXPIRED: {
+        "exact": _after_expiry(ACT.HONOUR),
+        "under": _after_expiry(ACT.REFUND),
+        "over": _after_expiry(ACT.REFUND),
+    },
+    OS.CANCELLED: {"exact": _CLOSED, "under": _CLOSED, "over": _CLOSED},
+    OS.NEEDS_REVIEW: {"exact": _CLOSED, "under": _CLOSED, "over": _CLOSED},
+    OS.REFUNDED: {"exact": _CLOSED, "under": _CLOSED, "over": _CLOSED},
+}
+
+_JUDGE_CASES = [
+    pytest.param(state, amount, decision, id=f"{state.value}-{amount}")
+    for state, row in JUDGE_SPEC.items()
+    for amount, decision in row.items()
+]
+
+
+def test_judge_table_covers_every_state_and_amount() -> None:
+    assert set(JUDGE_SPEC) == set(OrderState)
+    assert all(set(row) == set(RECEIVED) for row in JUDGE_SPEC.values())
+
+
+@pytest.mark.parametrize(("state", "amount", "decision"), _JUDGE_CASES)
+def test_judge_payment(state: OrderState, amount: str, decision: PaymentDecision) -> None:
+    judged = judge_payment(order_state=state, expected=EXPECTED, received=RECEIVED[amount])
+    assert judged == decision
+
+
+@pytest.mark.parametrize(("state", "amount", "decision"), _JUDGE_CASES)
+def test_judged_payment_is_never_dropped(
+    state: OrderState, amount: str, decision: PaymentDecision
+) -> None:
+    """The order machine accepts the trigger judge_payment asks for, and every payment that does
+    not settle its order reaches a person with a reason and a recommended action (rule 4)."""
+    judged = judge_payment(order_state=state, expected=EXPECTED, received=RECEIVED[amount])
+    if judged.order_trigger is not None:
+        target = next_order_state(state, judged.order_trigger)
+        assert target is (OS.PAID if judged.verdict is V.SETTLE else OS.NEEDS_REVIEW)
+    if judged.verdict is V.SETTLE:
+        assert (judged.review_reason, judged.recommended_action) == (None, None)
+    else:
+        assert judged.review_reason is not None
+        assert judged.recommended_action is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# events the merchant hears on entering a state
+# ---------------------------------------------------------------------------------------------
+
+# The outcomes a merchant must hear about (§1: `order.paid`, `order.expired`,
+# `order.needs_review`, ...); `refunded` settles a review, so it is an outcome too.
+MERCHANT_EVENTS: dict[OrderState, str] = {
+    OS.PAID: "order.paid",
+    OS.EXPIRED: "order.expired",
+    OS.CANCELLED: "order.cancelled",
+    OS.NEEDS_REVIEW: "order.needs_review",
+    OS.REFUNDED: "order.refunded",
+}
+
+
+def _reachable_from_captured() -> set[OrderState]:
+    """States the order machine (the code, not the table above) can reach from ``captured``."""
+    seen, frontier = {OS.CAPTURED}, [OS.CAPTURED]
+    while frontier:
+        state = frontier.pop()
+        for trigger in OrderTrigger:
+            try:
+                target = next_order_state(state, trigger)
+            except TransitionRefused:
+                continue
+            if target not in seen:
+                seen.add(target)
+                frontier.append(target)
+    return seen
+
+
+def test_every_order_state_is_reachable_from_captured() -> None:
+    assert _reachable_from_captured() == set(OrderState)
+
+
+@pytest.mark.parametrize(
+    ("state", "event"),
+    [pytest.param(state, event, id=state.value) for state, event in MERCHANT_EVENTS.items()],
+)
+def test_merchant_hears_when_an_order_enters(state: OrderState, event: str) -> None:
+    assert state in _reachable_from_captured()
+    assert ORDER_EVENT_ON_ENTRY.get(state) == event
