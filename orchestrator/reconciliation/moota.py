@@ -1,0 +1,144 @@
+"""Moota-style signed mutation push (RAILS.md §3.2, §3.3): check its signature, then parse it.
+
+The caller verifies ``Signature`` over the exact bytes received *before* parsing: the HMAC covers
+the raw body, so a re-serialised body would not match, and an unsigned body must never reach the
+parser or the matcher.
+
+A malformed body raises ``StatementRejected``, the same "refused whole" error a statement upload
+raises, so the HTTP layer maps both in one place. Here ``line`` is the 1-based position of the
+offending mutation in the JSON array (item index + 1), not a text line, and ``None`` when the
+body as a whole is wrong (not JSON, not an array). Nothing of a refused push is kept: Moota can
+re-push it (``POST /mutation/{id}/webhook``) once the cause is fixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from orchestrator.domain.errors import StatementRejected
+from orchestrator.reconciliation.statements.model import (
+    Direction,
+    balance_cell,
+    direction_cell,
+    positive,
+    rupiah_cell,
+    wib_to_utc,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MootaMutation:
+    """One pushed mutation. ``mutation_id`` is Moota's own dedupe key; ``posted_at`` is aware
+    UTC (Moota's ``date`` is WIB, often ``00:00:00`` when the bank gives a date only).
+
+    ``account_number`` is as Moota sent it; one payload shape sends it as a JSON number, which
+    has already lost any leading zero, so compare it digits-only and with care.
+    """
+
+    mutation_id: str
+    bank_id: str
+    account_number: str
+    posted_at: datetime
+    amount: int
+    direction: Direction
+    description: str
+    balance: int | None
+
+
+_SIGNATURE = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def verify_moota_signature(secret: str, raw_body: bytes, signature_header: str | None) -> bool:
+    """True iff ``signature_header`` is hex HMAC-SHA256 of ``raw_body`` keyed with ``secret``.
+
+    Compared in constant time. A missing, malformed or wrong header is simply ``False`` (the
+    caller answers 401 either way); so is an empty ``secret``, because an unconfigured key must
+    never make a forged push verify.
+    """
+    if not secret or signature_header is None:
+        return False
+    candidate = signature_header.strip()
+    if not _SIGNATURE.fullmatch(candidate):
+        return False
+    expected = hmac.new(secret.encode("utf-8"), raw_body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, candidate.lower())
+
+
+def parse_moota_push(raw_body: bytes) -> list[MootaMutation]:
+    """The mutations of a push body (a JSON array of mutation objects), in order."""
+    try:
+        # Decimal keeps a JSON number like 150123.00 exact; a float could hide a sen part.
+        items = json.loads(raw_body, parse_float=Decimal)
+    except (ValueError, RecursionError) as exc:
+        raise StatementRejected(f"the push body is not valid JSON ({exc})") from exc
+    if not isinstance(items, list):
+        raise StatementRejected("the push body must be a JSON array of mutation objects")
+    return [_mutation(item, index=number) for number, item in enumerate(items, start=1)]
+
+
+def _mutation(item: object, *, index: int) -> MootaMutation:
+    if not isinstance(item, dict):
+        raise StatementRejected("each mutation must be a JSON object", line=index)
+    # RAILS.md §3.2: some payloads call mutation_id "token".
+    id_field = "token" if "mutation_id" not in item and "token" in item else "mutation_id"
+    amount = _money(_field(item, "amount", index), "amount", index)
+    balance = item.get("balance")
+    return MootaMutation(
+        mutation_id=_text(item, id_field, index),
+        bank_id=_text(item, "bank_id", index),
+        account_number=_text(item, "account_number", index),
+        posted_at=wib_to_utc(_date(_text(item, "date", index), index)),
+        amount=positive(amount, column="amount", line=index),
+        direction=direction_cell(_text(item, "type", index), column="type", line=index),
+        description=str(item.get("description") or ""),
+        balance=None if balance in (None, "") else _money(balance, "balance", index, signed=True),
+    )
+
+
+def _field(item: dict[str, Any], name: str, index: int) -> object:
+    value = item.get(name)
+    if value is None or value == "":
+        raise StatementRejected(f"the mutation has no {name!r}", line=index)
+    return value
+
+
+def _text(item: dict[str, Any], name: str, index: int) -> str:
+    """A string field; an integer is accepted too (ids and account numbers arrive as both)."""
+    value = _field(item, name, index)
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise StatementRejected(f"{name!r} must be a string, got {value!r}", line=index)
+    return str(value).strip()
+
+
+def _money(value: object, name: str, index: int, *, signed: bool = False) -> int:
+    """Whole rupiah from ``"100123.00"``, ``"10000"`` or a JSON number; never rounds a sen."""
+    if isinstance(value, str):
+        if signed:
+            parsed = balance_cell(value, column=name, line=index)
+            return 0 if parsed is None else parsed
+        return rupiah_cell(value, column=name, line=index)
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = Decimal(value)
+    elif isinstance(value, Decimal) and value.is_finite():
+        number = value
+    else:
+        raise StatementRejected(f"{name} {value!r} is not an amount", line=index)
+    if number != number.to_integral_value():
+        raise StatementRejected(f"{name} {value} has a non-zero sen part", line=index)
+    if number < 0 and not signed:
+        raise StatementRejected(f"{name} {value} is negative", line=index)
+    return int(number)
+
+
+def _date(text: str, index: int) -> datetime:
+    try:
+        return datetime.strptime(text, "%Y-%m-%d %H:%M:%S")
+    except ValueError as exc:
+        raise StatementRejected(f"date {text!r} is not 'YYYY-MM-DD HH:MM:SS'", line=index) from exc

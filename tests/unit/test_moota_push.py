@@ -1,0 +1,187 @@
+"""Moota-style mutation push: the Signature is hex HMAC-SHA256 of the exact raw body (RAILS.md
+§3.3 test vector), and the body is a JSON array of mutations whose malformed items are refused
+naming their position in the array."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from orchestrator.domain.errors import StatementRejected
+from orchestrator.reconciliation.moota import (
+    MootaMutation,
+    parse_moota_push,
+    verify_moota_signature,
+)
+
+# RAILS.md §3.3, byte for byte.
+SECRET = "whsec-demo-42"
+BODY = (
+    b'[{"mutation_id":"mt9XkQ2aLp0","bank_id":"bk7Hq2Lm9Zs","account_number":"0123456789",'
+    b'"date":"2025-03-10 00:00:00","description":"TRSF E-BANKING CR 1003/FTSCY/WS95031 '
+    b'150123.00 ANDI","amount":"150123.00","type":"CR","balance":"2150123.00","note":"",'
+    b'"created_at":"2025-03-10 09:12:44","updated_at":"2025-03-10 09:12:44"}]'
+)
+SIGNATURE = "eb2017b13c1cc36b383d3617705edf1fda8765412b49c2c2fe00968a5d06ed22"
+
+# ---------------------------------------------------------------------------------------------
+# Signature
+# ---------------------------------------------------------------------------------------------
+
+
+def test_rails_test_vector() -> None:
+    assert hmac.new(SECRET.encode(), BODY, hashlib.sha256).hexdigest() == SIGNATURE
+    assert verify_moota_signature(SECRET, BODY, SIGNATURE)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [SIGNATURE.upper(), f"  {SIGNATURE}\r\n"],
+    ids=["upper-case hex", "surrounding whitespace"],
+)
+def test_harmless_header_variations_verify(header: str) -> None:
+    assert verify_moota_signature(SECRET, BODY, header)
+
+
+@pytest.mark.parametrize(
+    ("secret", "body", "header"),
+    [
+        pytest.param("whsec-demo-43", BODY, SIGNATURE, id="wrong secret"),
+        pytest.param(SECRET, BODY.replace(b"150123.00", b"150124.00"), SIGNATURE, id="tampered"),
+        pytest.param(
+            SECRET,
+            json.dumps(json.loads(BODY)).encode(),
+            SIGNATURE,
+            id="same json re-serialised",
+        ),
+        pytest.param(SECRET, BODY, None, id="missing header"),
+        pytest.param(SECRET, BODY, "", id="empty header"),
+        pytest.param(SECRET, BODY, "not-a-signature", id="garbage"),
+        pytest.param(SECRET, BODY, SIGNATURE[:-2], id="truncated"),
+        pytest.param(SECRET, BODY, f"sha256={SIGNATURE}", id="prefixed"),
+        pytest.param(SECRET, BODY, "é" * 64, id="non-ascii"),
+        pytest.param("", BODY, hmac.new(b"", BODY, hashlib.sha256).hexdigest(), id="empty secret"),
+    ],
+)
+def test_anything_else_does_not_verify(secret: str, body: bytes, header: str | None) -> None:
+    assert verify_moota_signature(secret, body, header) is False
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_rails_body_parses_to_one_credit() -> None:
+    assert parse_moota_push(BODY) == [
+        MootaMutation(
+            mutation_id="mt9XkQ2aLp0",
+            bank_id="bk7Hq2Lm9Zs",
+            account_number="0123456789",
+            posted_at=datetime(2025, 3, 9, 17, 0, tzinfo=UTC),
+            amount=150_123,
+            direction="CR",
+            description="TRSF E-BANKING CR 1003/FTSCY/WS95031 150123.00 ANDI",
+            balance=2_150_123,
+        )
+    ]
+
+
+_DROP = object()
+
+
+def item(**changes: Any) -> dict[str, Any]:
+    """The RAILS.md mutation with ``changes``; a field set to ``_DROP`` is left out."""
+    base: dict[str, Any] = json.loads(BODY)[0]
+    base.update(changes)
+    return {k: v for k, v in base.items() if v is not _DROP}
+
+
+def push(*items: object) -> bytes:
+    return json.dumps(list(items)).encode()
+
+
+@pytest.mark.parametrize(
+    ("amount", "rupiah"),
+    [
+        ("100123.00", 100_123),
+        ("10000", 10_000),
+        (10000, 10_000),
+        (150123.00, 150_123),
+        ("1,500,000.00", 1_500_000),
+    ],
+)
+def test_amount_as_decimal_string_plain_string_or_number(amount: object, rupiah: int) -> None:
+    assert parse_moota_push(push(item(amount=amount)))[0].amount == rupiah
+
+
+def test_a_json_number_amount_keeps_its_exact_value() -> None:
+    # 150123.0000000001 would round to a whole float; read as a decimal it has sen and is refused.
+    body = BODY.replace(b'"amount":"150123.00"', b'"amount":150123.0000000001')
+    with pytest.raises(StatementRejected, match="non-zero sen"):
+        parse_moota_push(body)
+
+
+def test_account_number_may_be_a_json_number_and_other_fields_optional() -> None:
+    parsed = parse_moota_push(
+        push(item(account_number=123456789, balance=None, description=None, type="db"))
+    )[0]
+    assert (parsed.account_number, parsed.balance, parsed.description) == ("123456789", None, "")
+    assert parsed.direction == "DB"
+
+
+def test_token_is_accepted_for_mutation_id_and_an_empty_push_is_nothing() -> None:
+    assert parse_moota_push(push(item(mutation_id=_DROP, token="aolk4PekJxM")))[0].mutation_id == (
+        "aolk4PekJxM"
+    )
+    assert parse_moota_push(b"[]") == []
+
+
+def test_mutations_keep_their_order() -> None:
+    body = push(item(mutation_id="a"), item(mutation_id="b", type="DB"))
+    assert [(m.mutation_id, m.direction) for m in parse_moota_push(body)] == [
+        ("a", "CR"),
+        ("b", "DB"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "reason"),
+    [
+        pytest.param(b"", None, "not valid JSON", id="empty body"),
+        pytest.param(b"[{", None, "not valid JSON", id="truncated json"),
+        pytest.param(b"\xff\xfe\x00", None, "not valid JSON", id="not text"),
+        pytest.param(push(item())[1:-1], None, "JSON array", id="object not array"),
+        pytest.param(push(item(), "x"), 2, "JSON object", id="second item not an object"),
+        pytest.param(push(item(mutation_id=_DROP)), 1, "'mutation_id'", id="no id"),
+        pytest.param(push(item(), item(bank_id="")), 2, "'bank_id'", id="empty bank id"),
+        pytest.param(push(item(account_number=[1])), 1, "'account_number' must be", id="list"),
+        pytest.param(push(item(date="10/03/2025")), 1, "date '10/03/2025'", id="bad date"),
+        pytest.param(push(item(date=_DROP)), 1, "'date'", id="no date"),
+        pytest.param(push(item(amount="150123.50")), 1, "non-zero sen", id="string sen"),
+        pytest.param(push(item(amount=150123.5)), 1, "non-zero sen", id="number sen"),
+        pytest.param(push(item(amount="Rp150.123")), 1, "not an amount", id="formatted"),
+        pytest.param(push(item(amount=True)), 1, "not an amount", id="boolean"),
+        pytest.param(push(item(amount=0)), 1, "amount is zero", id="zero"),
+        pytest.param(push(item(amount=-5000)), 1, "negative", id="negative number"),
+        pytest.param(push(item(amount="-5000")), 1, "not an amount", id="negative string"),
+        pytest.param(push(item(amount=_DROP)), 1, "'amount'", id="no amount"),
+        pytest.param(push(item(type="KREDIT")), 1, "neither CR nor DB", id="bad type"),
+        pytest.param(push(item(balance="2150123.45")), 1, "non-zero sen", id="balance sen"),
+        pytest.param(
+            BODY.replace(b'"amount":"150123.00"', b'"amount":NaN'), 1, "not an amount", id="nan"
+        ),
+    ],
+)
+def test_malformed_pushes_are_refused_naming_the_item(
+    body: bytes, line: int | None, reason: str
+) -> None:
+    with pytest.raises(StatementRejected) as info:
+        parse_moota_push(body)
+    assert info.value.line == line
+    assert reason in info.value.reason
