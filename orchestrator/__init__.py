@@ -1,1 +1,1 @@
-"""Lunas: a resilient payment orchestrator for Indonesian online merchants (queue now, settle later)."""
+"""Lunas: a resilient payment orchestrator for Indonesian merchants (queue now, settle later)."""

@@ -15,7 +15,7 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -211,16 +211,16 @@ async def _api(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 async def _worker(settings: Settings, _args: argparse.Namespace) -> int:
-    from orchestrator.worker import default_worker_id, run_worker
+    from orchestrator.worker import run_worker
 
     async def work(c: Container) -> int:
-        await run_worker(c, _stop_on_signals(), worker_id=default_worker_id())
+        await run_worker(c, _stop_on_signals())
         return 0
     return await _with_container(settings, work)
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
-    from orchestrator.worker import default_worker_id, run_worker
+    from orchestrator.worker import run_worker
 
     async def work(c: Container) -> int:
         await migrate(c.db.engine)
@@ -228,7 +228,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         _print_banner(c, demo)
         stop = _stop_on_signals()
         await asyncio.gather(_serve(c, stop),
-                             run_worker(c, stop, worker_id=default_worker_id()))
+                             run_worker(c, stop))
         return 0
     return await _with_container(settings, work)
 
@@ -259,8 +259,8 @@ def _print_banner(c: Container, demo: dict[str, Any] | None) -> None:
     print("  Stop with Ctrl-C.")
 
 
-_COMMANDS: dict[tuple[str, str | None], Callable[[Settings, argparse.Namespace],
-                                                 Awaitable[int]]] = {
+_Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
+_COMMANDS: dict[tuple[str, str | None], _Command] = {
     ("run", None): _run,
     ("api", None): _api,
     ("worker", None): _worker,

@@ -117,6 +117,8 @@ class Settings:
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     # The development default; production refuses to start with it (refuse_insecure_production).
     mutation_push_secret: str = "dev-moota-secret"  # noqa: S105
+    worker_id: str = ""
+    """Lease owner written on claimed outbox rows; empty means ``<hostname>-<pid>``."""
     """HMAC secret of the Moota-style mutation push (``Signature`` header)."""
 
     @property
@@ -167,6 +169,7 @@ class Settings:
             webhooks=WebhookSettings(timeout=e.seconds("LUNAS_WEBHOOK_TIMEOUT", 10)),
             scheduler=SchedulerSettings(sweep_interval=e.seconds("LUNAS_SWEEP_INTERVAL", 1)),
             mutation_push_secret=e.str("LUNAS_MUTATION_PUSH_SECRET", "dev-moota-secret"),
+            worker_id=e.str("LUNAS_WORKER_ID", "").strip(),
         )
         settings.refuse_insecure_production()
         return settings

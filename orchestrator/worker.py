@@ -9,21 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 
 import httpx
 
 from orchestrator.bootstrap import Container
 from orchestrator.notify.delivery import MerchantWebhookHandler, merchant_webhook_handlers
+from orchestrator.outbox.__main__ import default_worker_id
 from orchestrator.outbox.relay import Relay
 from orchestrator.services.expiry import expire_due_orders, release_quarantined_codes
 
 log = logging.getLogger("lunas.worker")
-
-
-def default_worker_id() -> str:
-    return os.environ.get("LUNAS_WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}"
 
 
 async def sweep_forever(container: Container, stop: asyncio.Event) -> None:
@@ -46,7 +41,8 @@ async def sweep_forever(container: Container, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), timeout=interval)
 
 
-async def run_worker(container: Container, stop: asyncio.Event, *, worker_id: str) -> None:
+async def run_worker(container: Container, stop: asyncio.Event) -> None:
+    worker_id = default_worker_id(container.settings.worker_id)
     async with httpx.AsyncClient(
         timeout=container.settings.webhooks.timeout.total_seconds(), follow_redirects=False
     ) as http:

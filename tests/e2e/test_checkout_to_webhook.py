@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -75,24 +76,28 @@ async def pg_database() -> AsyncIterator[str]:
 
 @contextlib.contextmanager
 def running(env: dict[str, str], *args: str) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([LUNAS, *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen([LUNAS, *args], env=env, stdout=subprocess.DEVNULL, stderr=log)
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.seek(0)
+            output = log.read().decode(errors="replace")
+            if "Traceback" in output:
+                print(f"--- lunas {' '.join(args)} stderr ---\n{output}")
 
 
 async def wait_until_ready(base: str, proc: subprocess.Popen[bytes]) -> None:
     async with httpx.AsyncClient() as c:
         for _ in range(150):
             if proc.poll() is not None:
-                raise AssertionError(f"api exited: {proc.stderr.read() if proc.stderr else ''!r}")
+                raise AssertionError(f"api exited with {proc.returncode}")
             with contextlib.suppress(httpx.TransportError):
                 if (await c.get(f"{base}/readyz")).status_code == 200:
                     return

@@ -1,0 +1,134 @@
+"""Merchant webhooks: an outbox handler that POSTs each merchant-visible event, signed, to the
+merchant's endpoint. Retries, backoff and dead letters are the relay's; this module makes one try.
+
+Exception tree (what the relay sees)::
+
+    Exception
+     ├── WebhookDeliveryError    non-2xx answer, timeout, connection or URL error: retried
+     └── PermanentFailure        the event names no merchant, or one that does not exist
+
+Error messages never carry the URL (it may hold a merchant's token), the secret or the payload:
+they end up in ``outbox.last_error`` and in logs.
+
+The merchant's URL and secret are read on every try, so a merchant who fixes a broken endpoint or
+rotates the secret is honoured by the next retry. Redirects are not followed: a signed POST goes
+exactly where the merchant configured it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from orchestrator.domain.clock import Clock, SystemClock
+from orchestrator.domain.events import MERCHANT_VISIBLE
+from orchestrator.notify.signing import EVENT_ID_HEADER, sign
+from orchestrator.outbox.relay import Handler, OutboxEvent, PermanentFailure
+from orchestrator.store.tables import merchants
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "Lunas-Webhooks/0.1"
+
+
+class WebhookDeliveryError(Exception):
+    """One delivery try failed in a way a later try may not: the relay retries with backoff."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Endpoint:
+    url: str
+    secret: str
+
+
+class MerchantWebhookHandler:
+    """The outbox handler for merchant-visible events; see ``merchant_webhook_handlers``."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        http: httpx.AsyncClient,
+        timeout: timedelta,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        self._engine = engine
+        self._http = http
+        self._timeout = httpx.Timeout(timeout.total_seconds())
+        self._clock = clock or SystemClock()
+
+    async def __call__(self, event: OutboxEvent) -> None:
+        if event.merchant_id is None:
+            raise PermanentFailure("merchant-visible event without a merchant_id")
+        endpoint = await self._endpoint(event.merchant_id)
+        if endpoint is None:
+            return  # the merchant has no webhook URL: nothing to deliver
+        body = webhook_body(event)
+        ts = int(self._clock.now().timestamp())
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            EVENT_ID_HEADER: event.event_id,
+            **sign(endpoint.secret, body, ts),
+        }
+        status = await self._post(endpoint.url, body, headers)
+        log.debug(
+            "merchant webhook delivered",
+            extra={"event_id": event.event_id, "event_type": event.event_type, "status": status},
+        )
+
+    async def _endpoint(self, merchant_id: str) -> _Endpoint | None:
+        query = sa.select(merchants.c.webhook_url, merchants.c.webhook_secret).where(
+            merchants.c.id == merchant_id
+        )
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).one_or_none()
+        if row is None:
+            raise PermanentFailure(f"merchant {merchant_id} does not exist")
+        if not row.webhook_url:
+            return None
+        return _Endpoint(url=row.webhook_url, secret=row.webhook_secret)
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        try:
+            # Streamed and never read: the status is the whole answer, and a merchant endpoint
+            # cannot make the worker buffer a large response body.
+            async with self._http.stream(
+                "POST", url, content=body, headers=headers, timeout=self._timeout
+            ) as response:
+                status = response.status_code
+        except httpx.TimeoutException as exc:
+            raise WebhookDeliveryError(f"timed out ({type(exc).__name__})") from exc
+        except httpx.InvalidURL as exc:
+            raise WebhookDeliveryError("webhook URL is not valid") from exc
+        except httpx.HTTPError as exc:
+            raise WebhookDeliveryError(f"transport error ({type(exc).__name__})") from exc
+        if not 200 <= status < 300:
+            raise WebhookDeliveryError(f"merchant endpoint answered HTTP {status}")
+        return status
+
+
+def webhook_body(event: OutboxEvent) -> bytes:
+    """The exact bytes that are signed and sent; identical on every retry of one event."""
+    document = {
+        "id": event.event_id,
+        "type": event.event_type,
+        "created_at": _iso_utc(event.created_at),
+        "data": event.payload,
+    }
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def merchant_webhook_handlers(handler: Handler) -> dict[str, Handler]:
+    """Route every merchant-visible event type to ``handler`` (a ``MerchantWebhookHandler``)."""
+    return {event_type: handler for event_type in sorted(MERCHANT_VISIBLE)}
+
+
+def _iso_utc(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,298 @@
+"""Outbox relay: claims due events under a lease, runs their handlers, and records each outcome.
+
+Delivery is at least once: a handler may run again for the same event (a worker killed after the
+handler's side effect but before its outcome write; a lease that expired). Handlers must therefore
+be idempotent, and downstream consumers deduplicate by ``event_id``.
+
+Timing invariant: a worker never works on an event past its lease. Every handler call is bounded by
+``handler_timeout`` (shorter than the lease) and may only *start* while it can still finish, with
+the last tenth of the lease left for the outcome write; an event of the batch that can no longer
+start in time is handed back untried. Outcome writes are shielded from cancellation so a worker
+being stopped still records what its handlers did.
+
+Exception tree a handler may raise::
+
+    Exception
+     ├── PermanentFailure   retrying cannot help: dead-lettered at once
+     └── anything else      a failed try: the RetryPolicy decides (retry later or dead letter)
+
+A timeout counts as a failed try. An event type with no handler is recorded done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Row, Update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from orchestrator.domain.clock import Clock
+from orchestrator.outbox import queries
+from orchestrator.outbox.retry import DeadLetter, Retry, RetryPolicy
+from orchestrator.settings import OutboxSettings
+
+log = logging.getLogger(__name__)
+
+_LEASE_USABLE = 0.9
+"""Handlers must be finished by this fraction of the lease; the rest is for the outcome write."""
+_DEFAULT_HANDLER_SHARE = 0.75
+_DB_BACKOFF_FIRST = 1.0
+_DB_BACKOFF_MAX = 30.0
+_DRAIN_TIMEOUT = 10.0
+_WORKER_ID_MAX = 64  # outbox.lease_owner
+
+
+class PermanentFailure(Exception):
+    """Raised by a handler when no retry can succeed; the event is dead-lettered at once."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutboxEvent:
+    id: int
+    event_id: str
+    """Stable across retries: what consumers deduplicate on."""
+    event_type: str
+    aggregate_id: str | None
+    merchant_id: str | None
+    payload: dict[str, Any]
+    attempts: int
+    """Tries made including the current one (1 on the first run)."""
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> OutboxEvent:
+        m = row._mapping
+        return cls(
+            id=m["id"],
+            event_id=m["event_id"],
+            event_type=m["event_type"],
+            aggregate_id=m["aggregate_id"],
+            merchant_id=m["merchant_id"],
+            payload=m["payload"],
+            attempts=m["attempts"],
+            created_at=m["created_at"],
+        )
+
+
+Handler = Callable[[OutboxEvent], Awaitable[None]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Succeeded:
+    handled_by: str | None
+    """None when no handler was registered for the event type."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Failed:
+    error: str
+    permanent: bool
+
+
+_Outcome = _Succeeded | _Failed
+
+
+class Relay:
+    """One worker's relay loop. Run any number of them, in any number of processes."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        handlers: Mapping[str, Handler],
+        settings: OutboxSettings,
+        worker_id: str,
+        clock: Clock,
+        *,
+        retry: RetryPolicy | None = None,
+        handler_timeout: timedelta | None = None,
+    ) -> None:
+        if not 0 < len(worker_id) <= _WORKER_ID_MAX:
+            raise ValueError(f"worker_id must be 1..{_WORKER_ID_MAX} characters")
+        if settings.concurrency < 1 or settings.batch_size < 1:
+            raise ValueError("outbox concurrency and batch size must be at least 1")
+        lease_s = settings.lease.total_seconds()
+        timeout = handler_timeout or settings.lease * _DEFAULT_HANDLER_SHARE
+        if not 0 < timeout.total_seconds() < lease_s * _LEASE_USABLE:
+            raise ValueError("handler_timeout must be positive and well inside the lease")
+        self._engine = engine
+        self._handlers = dict(handlers)
+        self._settings = settings
+        self._worker_id = worker_id
+        self._clock = clock
+        self._retry = retry or RetryPolicy.from_settings(settings)
+        self._handler_timeout_s = timeout.total_seconds()
+        self._latest_start_s = lease_s * _LEASE_USABLE - self._handler_timeout_s
+        self._writes: set[asyncio.Task[None]] = set()
+        self._stop: asyncio.Event | None = None
+
+    @property
+    def worker_id(self) -> str:
+        return self._worker_id
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until ``stop`` is set; the batch in hand is finished first (its outcomes recorded,
+        its unstarted events handed back). Database errors are logged and waited out."""
+        self._stop = stop
+        failures = 0
+        try:
+            while not stop.is_set():
+                try:
+                    handled = await self.run_once()
+                except Exception:
+                    # A database outage must not kill the worker: back off and try again.
+                    failures += 1
+                    delay = min(_DB_BACKOFF_FIRST * 2 ** (failures - 1), _DB_BACKOFF_MAX)
+                    log.exception(
+                        "outbox relay cycle failed; backing off",
+                        extra={"worker_id": self._worker_id, "backoff_s": delay},
+                    )
+                    await _sleep_unless(stop, delay)
+                    continue
+                failures = 0
+                if handled == 0:
+                    await _sleep_unless(stop, self._settings.poll_interval.total_seconds())
+        finally:
+            await self._drain_writes()
+
+    async def run_once(self) -> int:
+        """Claim one batch, handle it, record outcomes; returns how many events were handled."""
+        loop = asyncio.get_running_loop()
+        start_by = loop.time() + self._latest_start_s
+        events = await self._claim()
+        if not events:
+            return 0
+        gate = asyncio.Semaphore(self._settings.concurrency)
+        results = await asyncio.gather(
+            *(self._process(event, gate, start_by) for event in events), return_exceptions=True
+        )
+        handled = 0
+        for event, result in zip(events, results, strict=True):
+            if isinstance(result, Exception):
+                # Usually the outcome write failed; the lease expires and the event is retried.
+                log.error(
+                    "outbox outcome not recorded: %s",
+                    _describe(result),
+                    extra=self._log_fields(event),
+                )
+            elif isinstance(result, BaseException):
+                raise result
+            elif result:
+                handled += 1
+        return handled
+
+    async def _claim(self) -> list[OutboxEvent]:
+        statement = queries.claim_batch(
+            self._engine.dialect.name,
+            worker_id=self._worker_id,
+            now=self._clock.now(),
+            lease=self._settings.lease,
+            limit=self._settings.batch_size,
+        )
+        async with self._engine.begin() as conn:
+            rows = (await conn.execute(statement)).all()
+        return sorted((OutboxEvent.from_row(r) for r in rows), key=lambda e: e.id)
+
+    async def _process(self, event: OutboxEvent, gate: asyncio.Semaphore, start_by: float) -> bool:
+        async with gate:
+            stopping = self._stop is not None and self._stop.is_set()
+            if stopping or asyncio.get_running_loop().time() > start_by:
+                await self._shielded(self._write(event, queries.release(
+                    event.id, worker_id=self._worker_id, attempts=event.attempts
+                )))
+                return False
+            outcome = await self._attempt(event)
+            await self._shielded(self._record(event, outcome))
+            return True
+
+    async def _attempt(self, event: OutboxEvent) -> _Outcome:
+        handler = self._handlers.get(event.event_type)
+        if handler is None:
+            return _Succeeded(handled_by=None)
+        deadline = asyncio.timeout(self._handler_timeout_s)
+        try:
+            async with deadline:
+                await handler(event)
+        except PermanentFailure as exc:
+            return _Failed(error=_describe(exc), permanent=True)
+        except Exception as exc:
+            if deadline.expired():
+                return _Failed(
+                    error=f"handler timed out after {self._handler_timeout_s:g}s", permanent=False
+                )
+            return _Failed(error=_describe(exc), permanent=False)
+        return _Succeeded(handled_by=event.event_type)
+
+    async def _record(self, event: OutboxEvent, outcome: _Outcome) -> None:
+        now = self._clock.now()
+        fields = self._log_fields(event)
+        owner, tries = self._worker_id, event.attempts
+        if isinstance(outcome, _Succeeded):
+            if outcome.handled_by is None:
+                log.debug("outbox event has no handler; recorded done", extra=fields)
+            await self._write(event, queries.mark_done(
+                event.id, worker_id=owner, attempts=tries, now=now
+            ))
+            return
+        decision = DeadLetter() if outcome.permanent else self._retry.decide(tries, now)
+        fields["error"] = outcome.error
+        if isinstance(decision, Retry):
+            fields["retry_at"] = decision.at.isoformat()
+            log.warning("outbox event failed; will retry", extra=fields)
+            await self._write(event, queries.mark_retry(
+                event.id, worker_id=owner, attempts=tries, available_at=decision.at,
+                error=outcome.error,
+            ))
+        else:
+            log.error("outbox event dead-lettered", extra=fields)
+            await self._write(event, queries.mark_dead(
+                event.id, worker_id=owner, attempts=tries, now=now, error=outcome.error
+            ))
+
+    async def _write(self, event: OutboxEvent, statement: Update) -> None:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(statement)
+        if result.rowcount == 0:
+            # Our lease expired and someone else owns the event now: their result stands.
+            log.warning("outbox lease lost; outcome discarded", extra=self._log_fields(event))
+
+    async def _shielded(self, write: Coroutine[Any, Any, None]) -> None:
+        """Run an outcome write to completion even if the caller is cancelled meanwhile."""
+        task = asyncio.ensure_future(write)
+        self._writes.add(task)
+        task.add_done_callback(self._forget_write)
+        await asyncio.shield(task)
+
+    def _forget_write(self, task: asyncio.Task[None]) -> None:
+        self._writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Also reported by the awaiting caller unless it was cancelled; the lease covers it.
+            log.debug("outbox outcome write failed", exc_info=task.exception())
+
+    async def _drain_writes(self) -> None:
+        if self._writes:
+            await asyncio.wait(set(self._writes), timeout=_DRAIN_TIMEOUT)
+
+    def _log_fields(self, event: OutboxEvent) -> dict[str, Any]:
+        return {
+            "event_id": event.event_id,
+            "event_type": event.event_type,
+            "attempts": event.attempts,
+            "worker_id": self._worker_id,
+        }
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line summary for ``last_error`` and logs; handlers keep secrets out of messages."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

@@ -1,0 +1,667 @@
+"""Outbox relay end to end: real PostgreSQL, real HTTP to a merchant endpoint, real processes.
+
+Specifies that concurrent workers deliver each event exactly once; that a failing endpoint is
+retried with backoff and finally dead-lettered; how handler outcomes are recorded; that outcome
+writes are fenced by the lease; and that a worker killed with SIGKILL loses nothing while its
+claims are respected until their lease expires (and one stopped with SIGTERM exits cleanly).
+
+A relay claims *every* due event, whoever wrote it, so this module runs on a private database on
+the same server with the same migrations as ``pg_url``: other tests' pending events are neither
+taken nor disturbed, and theirs cannot disturb these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from orchestrator.domain.clock import SystemClock
+from orchestrator.domain.events import ORDER_EXPIRED, ORDER_PAID
+from orchestrator.domain.ids import new_id
+from orchestrator.notify.delivery import (
+    USER_AGENT,
+    MerchantWebhookHandler,
+    merchant_webhook_handlers,
+)
+from orchestrator.notify.signing import verify
+from orchestrator.outbox import queries
+from orchestrator.outbox.relay import Handler, OutboxEvent, PermanentFailure, Relay
+from orchestrator.outbox.retry import RetryPolicy
+from orchestrator.outbox.writer import PendingEvent, add_events
+from orchestrator.settings import DatabaseSettings, OutboxSettings
+from orchestrator.store.engine import create_engine, migrate
+from orchestrator.store.tables import merchants, outbox
+from tests.conftest import create_database, drop_database
+
+REPO = Path(__file__).resolve().parents[2]
+SECRET = "whsec_relay_test_0123456789"
+FAST = OutboxSettings(
+    batch_size=20,
+    lease=timedelta(seconds=10),
+    poll_interval=timedelta(milliseconds=20),
+    backoff=(timedelta(milliseconds=50),) * 3,
+    concurrency=8,
+)
+CONTENDED = replace(FAST, batch_size=4, concurrency=4)
+"""Small batches make the two workers claim at the same moment many times over: without
+``SKIP LOCKED`` the exactly-once test sees duplicate deliveries on every run."""
+
+
+# --------------------------------------------------------------------- a merchant's endpoint
+
+
+@dataclass(frozen=True)
+class Arrival:
+    event_id: str
+    at: datetime
+    """Wall clock, comparable with ``lease_expires_at`` (same host)."""
+    mono: float
+
+
+class Receiver:
+    """A merchant webhook endpoint on 127.0.0.1 that speaks just enough HTTP/1.1.
+
+    Counts every request per ``Lunas-Event-Id`` on arrival, before answering (so a request whose
+    sender is killed mid-flight still counts); checks signature and headers; answers slowly or with
+    errors when told to.
+    """
+
+    def __init__(
+        self,
+        *,
+        delay: float = 0.0,
+        fail_first: int = 0,
+        always_fail: bool = False,
+        failure_status: int = 500,
+    ) -> None:
+        self.delay = delay
+        self.fail_first = fail_first
+        self.always_fail = always_fail
+        self.failure_status = failure_status
+        self.arrivals: list[Arrival] = []
+        self.problems: list[str] = []
+        self.first_request = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/hooks"
+
+    def counts(self) -> Counter[str]:
+        return Counter(a.event_id for a in self.arrivals)
+
+    def times(self, event_id: str) -> list[float]:
+        return [a.mono for a in self.arrivals if a.event_id == event_id]
+
+    async def __aenter__(self) -> Receiver:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            request_line, *lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
+            headers = {}
+            for line in lines:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            status = await self._answer(request_line, headers, body)
+            reason = "OK" if status < 300 else "Failed"
+            writer.write(
+                f"HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                .encode()
+            )
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the sender went away mid-request (killed): there is no one to answer
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _answer(self, request_line: str, headers: dict[str, str], body: bytes) -> int:
+        event_id = headers.get("lunas-event-id", "")
+        self.arrivals.append(Arrival(event_id, datetime.now(UTC), time.monotonic()))
+        self.first_request.set()
+        self._check(request_line, headers, body, event_id)
+        tries = len(self.times(event_id))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.always_fail or tries <= self.fail_first:
+            return self.failure_status
+        return 200
+
+    def _check(
+        self, request_line: str, headers: dict[str, str], body: bytes, event_id: str
+    ) -> None:
+        signature = headers.get("lunas-signature", "")
+        expected = {
+            "request line": (request_line.split(" ")[:2], ["POST", "/hooks"]),
+            "content type": (headers.get("content-type"), "application/json"),
+            "user agent": (headers.get("user-agent"), USER_AGENT),
+            "signature": (verify(SECRET, body, signature, now_ts=int(time.time())), True),
+            "timestamp": (signature.startswith(f"t={headers.get('lunas-timestamp')},"), True),
+        }
+        document = json.loads(body)
+        expected["body"] = (sorted(document), ["created_at", "data", "id", "type"])
+        expected["body id"] = (document.get("id"), event_id)
+        expected["UTC time"] = (str(document.get("created_at")).endswith("Z"), True)
+        for what, (got, want) in expected.items():
+            if got != want:
+                self.problems.append(f"{event_id}: {what} is {got!r}, expected {want!r}")
+
+
+# --------------------------------------------------------------------- database and relays
+
+
+@pytest.fixture(scope="module")
+async def db_url() -> AsyncIterator[str]:
+    url = await create_database("lunas_relay")
+    engine = create_engine(DatabaseSettings(url=url))
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+    yield url
+    await drop_database(url)
+
+
+@pytest.fixture(scope="module")
+async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
+    e = create_engine(DatabaseSettings(url=db_url, pool_size=5))
+    yield e
+    await e.dispose()
+
+
+async def add_merchant(engine: AsyncEngine, webhook_url: str | None) -> str:
+    merchant_id = new_id("mch")
+    async with engine.begin() as conn:
+        await conn.execute(merchants.insert().values(
+            id=merchant_id, name="Toko Relay", webhook_url=webhook_url, webhook_secret=SECRET,
+            created_at=datetime.now(UTC),
+        ))
+    return merchant_id
+
+
+async def add_outbox_events(
+    engine: AsyncEngine,
+    count: int,
+    *,
+    merchant_id: str | None = None,
+    aggregate_id: str | None = None,
+    event_type: str = ORDER_PAID,
+) -> list[str]:
+    """Write ``count`` events through the real writer; returns their event ids in claim order."""
+    events = [
+        PendingEvent(event_type=event_type, aggregate_id=aggregate_id or new_id("ord"),
+                     merchant_id=merchant_id, payload={"n": i, "amount": 150_000 + i})
+        for i in range(count)
+    ]
+    async with engine.begin() as conn:
+        newest = sa.select(sa.func.coalesce(sa.func.max(outbox.c.id), 0))
+        floor = (await conn.execute(newest)).scalar_one()
+        await add_events(conn, events, now=datetime.now(UTC))
+        ids = await conn.execute(
+            sa.select(outbox.c.event_id)
+            .where(outbox.c.id > floor, _ours(merchant_id, aggregate_id))
+            .order_by(outbox.c.id)
+        )
+        return list(ids.scalars())
+
+
+def _ours(merchant_id: str | None, aggregate_id: str | None) -> sa.ColumnElement[bool]:
+    if merchant_id is not None:
+        return outbox.c.merchant_id == merchant_id
+    return outbox.c.aggregate_id == aggregate_id
+
+
+async def rows_where(engine: AsyncEngine, clause: sa.ColumnElement[bool]) -> list[sa.Row[Any]]:
+    async with engine.connect() as conn:
+        result = await conn.execute(sa.select(outbox).where(clause).order_by(outbox.c.id))
+        return list(result.all())
+
+
+async def settled(
+    engine: AsyncEngine, clause: sa.ColumnElement[bool], count: int, statuses: Sequence[str]
+) -> bool:
+    async with engine.connect() as conn:
+        n = await conn.scalar(
+            sa.select(sa.func.count()).where(clause, outbox.c.status.in_(statuses))
+        )
+    return n == count
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def webhook_relay(
+    db_url: str,
+    worker_id: str,
+    settings: OutboxSettings = FAST,
+    *,
+    retry: RetryPolicy | None = None,
+) -> AsyncIterator[Relay]:
+    """A relay with the merchant webhook handlers and its own engine, as a worker process has."""
+    engine = create_engine(DatabaseSettings(url=db_url, pool_size=10))
+    try:
+        async with httpx.AsyncClient(trust_env=False) as http:
+            handler = MerchantWebhookHandler(engine, http, timedelta(seconds=2))
+            yield Relay(engine, merchant_webhook_handlers(handler), settings, worker_id,
+                        SystemClock(), retry=retry)
+    finally:
+        await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def running(relay: Relay) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+
+
+async def start_worker(
+    db_url: str, worker_id: str, log: Path, *, lease: float, batch: int
+) -> asyncio.subprocess.Process:
+    """``python -m orchestrator.outbox`` as operations would run it, configured by environment."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("LUNAS_") and "proxy" not in k.lower()}
+    env.update(
+        LUNAS_ENV="test",
+        LUNAS_DATABASE_URL=db_url,
+        LUNAS_WORKER_ID=worker_id,
+        LUNAS_OUTBOX_LEASE=str(lease),
+        LUNAS_OUTBOX_BATCH=str(batch),
+        LUNAS_OUTBOX_POLL="0.05",
+        LUNAS_OUTBOX_BACKOFF="0.05",
+        LUNAS_WEBHOOK_TIMEOUT="2",
+    )
+    with log.open("wb") as out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "orchestrator.outbox",
+            cwd=REPO, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT,
+        )
+
+
+async def kill(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.kill()
+        await asyncio.wait_for(proc.wait(), timeout=10)
+
+
+# --------------------------------------------------------------------- specifications
+
+
+async def test_two_workers_deliver_every_event_exactly_once(
+    engine: AsyncEngine, db_url: str
+) -> None:
+    async with Receiver() as receiver:
+        merchant = await add_merchant(engine, receiver.url)
+        event_ids = await add_outbox_events(engine, 200, merchant_id=merchant)
+        mine = outbox.c.merchant_id == merchant
+        finished = asyncio.Event()
+
+        async def drive(relay: Relay) -> int:
+            handled = 0
+            while not finished.is_set():
+                n = await relay.run_once()
+                handled += n
+                if n == 0:
+                    await asyncio.sleep(0.01)
+            return handled
+
+        tag = new_id("w")[-6:]
+        async with webhook_relay(db_url, f"alpha-{tag}", CONTENDED) as alpha, \
+                webhook_relay(db_url, f"beta-{tag}", CONTENDED) as beta:
+            drivers = [asyncio.create_task(drive(r)) for r in (alpha, beta)]
+            try:
+                await eventually(lambda: settled(engine, mine, 200, ["done"]), timeout=30,
+                                 what="200 events done")
+            finally:
+                finished.set()
+                handled = await asyncio.gather(*drivers)
+
+    counts = receiver.counts()
+    assert receiver.problems == []
+    assert set(counts) == set(event_ids)
+    assert {eid: n for eid, n in counts.items() if n != 1} == {}
+    assert all(n > 0 for n in handled), f"both workers should have claimed work: {handled}"
+    assert sum(handled) == 200
+    rows = await rows_where(engine, mine)
+    assert {(r.status, r.attempts, r.lease_owner, r.lease_expires_at) for r in rows} == {
+        ("done", 1, None, None)
+    }
+    assert all(r.processed_at is not None for r in rows)
+
+
+async def test_a_failing_endpoint_is_retried_with_backoff_then_dead_lettered(
+    engine: AsyncEngine, db_url: str
+) -> None:
+    retry = RetryPolicy(backoff=FAST.backoff, uniform=random.Random(3).random)  # 4 tries
+    async with Receiver(fail_first=2) as flaky, \
+            Receiver(always_fail=True, failure_status=503) as down:
+        flaky_merchant = await add_merchant(engine, flaky.url)
+        down_merchant = await add_merchant(engine, down.url)
+        silent_merchant = await add_merchant(engine, None)
+        flaky_ids = await add_outbox_events(engine, 5, merchant_id=flaky_merchant)
+        down_ids = await add_outbox_events(
+            engine, 3, merchant_id=down_merchant, event_type=ORDER_EXPIRED
+        )
+        silent_ids = await add_outbox_events(engine, 2, merchant_id=silent_merchant)
+        ours = outbox.c.merchant_id.in_([flaky_merchant, down_merchant, silent_merchant])
+        async with webhook_relay(db_url, f"retry-{new_id('w')[-6:]}", retry=retry) as relay, \
+                running(relay):
+            await eventually(lambda: settled(engine, ours, 10, ["done", "dead"]), timeout=15,
+                             what="every event done or dead")
+
+    rows = {r.event_id: r for r in await rows_where(engine, ours)}
+    assert flaky.problems == down.problems == []
+    for eid in flaky_ids:  # answered 500 twice, then 200
+        assert (rows[eid].status, rows[eid].attempts) == ("done", 3)
+        assert rows[eid].last_error == "WebhookDeliveryError: merchant endpoint answered HTTP 500"
+        gaps = [later - earlier for earlier, later in pairwise(flaky.times(eid))]
+        assert len(gaps) == 2
+        assert all(0.045 <= gap < 2.0 for gap in gaps), gaps  # 50 ms ±10%, then promptly
+    for eid in down_ids:  # never answers 2xx: four tries, then the dead letters
+        row = rows[eid]
+        assert (row.status, row.attempts, row.lease_owner) == ("dead", 4, None)
+        assert row.last_error == "WebhookDeliveryError: merchant endpoint answered HTTP 503"
+        assert row.processed_at is not None
+        assert down.counts()[eid] == 4
+    for eid in silent_ids:  # no webhook URL configured: nothing to deliver, done at once
+        assert (rows[eid].status, rows[eid].attempts, rows[eid].last_error) == ("done", 1, None)
+    assert not set(silent_ids) & (set(flaky.counts()) | set(down.counts()))
+
+
+async def test_handler_outcomes_are_recorded_as_data(engine: AsyncEngine) -> None:
+    tag = new_id("tst")
+    seen: list[OutboxEvent] = []
+
+    async def permanent(event: OutboxEvent) -> None:
+        raise PermanentFailure("order no longer exists")
+
+    async def fails_once(event: OutboxEvent) -> None:
+        seen.append(event)
+        if event.attempts == 1:
+            raise RuntimeError("first try fails")
+
+    async def hangs(event: OutboxEvent) -> None:
+        await asyncio.sleep(30)
+
+    handlers: dict[str, Handler] = {
+        "test.permanent": permanent, "test.fails_once": fails_once, "test.hangs": hangs,
+    }
+    for event_type in [*handlers, "test.unhandled"]:
+        await add_outbox_events(engine, 1, aggregate_id=tag, event_type=event_type)
+    settings = replace(FAST, lease=timedelta(seconds=2), backoff=(timedelta(milliseconds=50),))
+    relay = Relay(engine, handlers, settings, f"outcomes-{tag[-6:]}", SystemClock(),
+                  handler_timeout=timedelta(milliseconds=200))
+    async with running(relay):
+        await eventually(
+            lambda: settled(engine, outbox.c.aggregate_id == tag, 4, ["done", "dead"]),
+            timeout=10, what="four events settled",
+        )
+
+    rows = {r.event_type: r for r in await rows_where(engine, outbox.c.aggregate_id == tag)}
+    outcome = {t: (r.status, r.attempts, r.last_error) for t, r in rows.items()}
+    assert outcome == {
+        "test.permanent": ("dead", 1, "PermanentFailure: order no longer exists"),
+        "test.fails_once": ("done", 2, "RuntimeError: first try fails"),
+        "test.hangs": ("dead", 2, "handler timed out after 0.2s"),
+        "test.unhandled": ("done", 1, None),
+    }
+    row = rows["test.fails_once"]
+    assert [(e.event_id, e.attempts) for e in seen] == [(row.event_id, 1), (row.event_id, 2)]
+    assert seen[0] == replace(seen[1], attempts=1)
+    assert (seen[0].id, seen[0].aggregate_id, seen[0].merchant_id) == (row.id, tag, None)
+    assert (seen[0].payload, seen[0].created_at) == ({"n": 0, "amount": 150_000}, row.created_at)
+
+
+async def test_events_that_cannot_start_within_the_lease_are_handed_back_untried(
+    engine: AsyncEngine,
+) -> None:
+    tag = new_id("tst")
+    started: list[str] = []
+
+    async def slow(event: OutboxEvent) -> None:
+        started.append(event.event_id)
+        await asyncio.sleep(0.45)
+
+    event_ids = await add_outbox_events(engine, 3, aggregate_id=tag, event_type="test.slow")
+    # One at a time; a handler may take 0.5 s and must end by 0.9 s into the 1 s lease, so only
+    # an event that starts by 0.4 s may start at all: the first runs, the other two go back.
+    settings = replace(FAST, lease=timedelta(seconds=1), batch_size=3, concurrency=1)
+    relay = Relay(engine, {"test.slow": slow}, settings, f"narrow-{tag[-6:]}", SystemClock(),
+                  handler_timeout=timedelta(milliseconds=500))
+    assert await relay.run_once() == 1
+
+    rows = await rows_where(engine, outbox.c.aggregate_id == tag)
+    assert started == event_ids[:1]
+    assert [(r.status, r.attempts, r.lease_owner) for r in rows] == [
+        ("done", 1, None), ("pending", 0, None), ("pending", 0, None)
+    ]
+    assert await relay.run_once() == 1  # handed back means claimable again at once
+    assert await relay.run_once() == 1
+    assert started == event_ids
+
+
+async def test_a_cancelled_worker_still_records_what_its_handler_did(engine: AsyncEngine) -> None:
+    tag = new_id("tst")
+    returned = asyncio.Event()
+
+    async def quick(event: OutboxEvent) -> None:
+        returned.set()
+
+    [event_id] = await add_outbox_events(engine, 1, aggregate_id=tag, event_type="test.quick")
+    relay = Relay(engine, {"test.quick": quick}, FAST, f"cancel-{tag[-6:]}", SystemClock())
+    task = asyncio.create_task(relay.run(asyncio.Event()))
+    await asyncio.wait_for(returned.wait(), timeout=10)
+    task.cancel()  # the outcome write is on its way to the database right now
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [row] = await rows_where(engine, outbox.c.event_id == event_id)
+    assert (row.status, row.lease_owner) == ("done", None)
+
+
+async def test_an_expired_lease_cannot_overwrite_the_new_owners_outcome(
+    engine: AsyncEngine,
+) -> None:
+    tag = new_id("tst")
+    [event_id] = await add_outbox_events(engine, 1, aggregate_id=tag, event_type="test.fencing")
+    lease = timedelta(seconds=5)
+    t0 = datetime.now(UTC)
+
+    async def claim(worker: str, at: datetime) -> list[sa.Row[Any]]:
+        statement = queries.claim_batch(engine.dialect.name, worker_id=worker, now=at,
+                                        lease=lease, limit=100)
+        async with engine.begin() as conn:
+            return [r for r in (await conn.execute(statement)).all() if r.event_id == event_id]
+
+    async def write(statement: sa.Update) -> int:
+        async with engine.begin() as conn:
+            return (await conn.execute(statement)).rowcount
+
+    [first] = await claim("worker-old", t0)
+    assert await claim("worker-new", t0 + timedelta(seconds=4)) == []  # lease still live
+    [second] = await claim("worker-new", t0 + timedelta(seconds=6))  # expired: reclaimed
+    assert (first.attempts, second.attempts) == (1, 2)
+
+    stale = {"worker_id": "worker-old", "attempts": 1}
+    assert await write(queries.mark_done(first.id, now=t0, **stale)) == 0
+    assert await write(queries.mark_retry(first.id, available_at=t0, error="x", **stale)) == 0
+    assert await write(queries.mark_dead(first.id, now=t0, error="x", **stale)) == 0
+    assert await write(queries.release(first.id, **stale)) == 0
+    # The same worker id claiming again is a new claim too: the old one's write is still fenced.
+    [third] = await claim("worker-new", t0 + timedelta(seconds=12))
+    assert await write(queries.mark_done(first.id, worker_id="worker-new", attempts=2,
+                                         now=t0)) == 0
+    [row] = await rows_where(engine, outbox.c.event_id == event_id)
+    assert (row.status, row.lease_owner, row.attempts) == ("pending", "worker-new", 3)
+
+    done_at = t0 + timedelta(seconds=13)
+    assert await write(queries.mark_done(third.id, worker_id="worker-new", attempts=3,
+                                         now=done_at)) == 1
+    [row] = await rows_where(engine, outbox.c.event_id == event_id)
+    assert (row.status, row.lease_owner, row.lease_expires_at, row.processed_at) == (
+        "done", None, None, done_at
+    )
+
+
+async def test_the_embedded_sqlite_database_relays_too(tmp_path: Path) -> None:
+    sqlite = create_engine(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'lunas.db'}"))
+    try:
+        await migrate(sqlite)
+        handled: list[str] = []
+
+        async def record(event: OutboxEvent) -> None:
+            handled.append(event.event_id)
+
+        event_ids = await add_outbox_events(sqlite, 3, aggregate_id="agg", event_type="test.x")
+        relay = Relay(sqlite, {"test.x": record}, FAST, "embedded", SystemClock())
+        assert await relay.run_once() == 3
+        assert await relay.run_once() == 0
+        rows = await rows_where(sqlite, outbox.c.aggregate_id == "agg")
+    finally:
+        await sqlite.dispose()
+    assert handled == event_ids
+    assert {(r.status, r.attempts, r.lease_owner) for r in rows} == {("done", 1, None)}
+
+
+@pytest.mark.slow
+async def test_a_killed_worker_loses_nothing_and_its_claims_wait_for_their_lease(
+    engine: AsyncEngine, db_url: str, tmp_path: Path
+) -> None:
+    async with Receiver(delay=1.5) as receiver:
+        merchant = await add_merchant(engine, receiver.url)
+        event_ids = await add_outbox_events(engine, 6, merchant_id=merchant)
+        mine = outbox.c.merchant_id == merchant
+        killed = f"killed-{new_id('w')[-6:]}"
+        log = tmp_path / "killed-worker.log"
+        proc = await start_worker(db_url, killed, log, lease=3, batch=2)
+        try:
+            await asyncio.wait_for(receiver.first_request.wait(), timeout=20)
+            await asyncio.sleep(0.3)  # the rest of its batch is on the wire too
+            proc.send_signal(signal.SIGKILL)
+            await asyncio.wait_for(proc.wait(), timeout=10)
+        finally:
+            await kill(proc)
+        killed_at = datetime.now(UTC)
+        in_flight = set(receiver.counts())
+
+        at_kill = {r.event_id: r for r in await rows_where(engine, mine)}
+        claimed = {eid for eid, r in at_kill.items() if r.lease_owner == killed}
+        assert {r.status for r in at_kill.values()} == {"pending"}, log.read_text()
+        assert in_flight and in_flight <= claimed and len(claimed) <= 2
+        for eid in claimed:
+            assert at_kill[eid].attempts == 1
+            assert at_kill[eid].lease_expires_at > killed_at
+        for eid in set(event_ids) - claimed:
+            assert (at_kill[eid].attempts, at_kill[eid].lease_owner) == (0, None)
+        expiry = {eid: at_kill[eid].lease_expires_at for eid in claimed}
+
+        receiver.delay = 0.0
+        samples: list[tuple[datetime, str, str | None, int]] = []
+        settings = replace(FAST, lease=timedelta(seconds=3))
+        async with webhook_relay(db_url, f"rescuer-{killed[-6:]}", settings) as rescuer, \
+                running(rescuer):
+
+            async def all_done_meanwhile_sampling() -> bool:
+                rows = await rows_where(engine, outbox.c.event_id.in_(claimed))
+                read_by = datetime.now(UTC)
+                samples.extend((read_by, r.event_id, r.lease_owner, r.attempts) for r in rows)
+                return await settled(engine, mine, 6, ["done"])
+
+            await eventually(all_done_meanwhile_sampling, timeout=20, what="all events done")
+
+    assert receiver.problems == []
+    counts = receiver.counts()
+    assert set(counts) == set(event_ids), "every event was received"
+    assert {eid: n for eid, n in counts.items() if eid not in in_flight and n != 1} == {}
+    assert {eid: counts[eid] for eid in in_flight} == dict.fromkeys(in_flight, 2)
+    # While the killed worker's lease was live its rows stayed exactly as it left them ...
+    live = [s for s in samples if s[0] < expiry[s[1]]]
+    assert live, "the rescuer should have started before the lease expired"
+    assert {(owner, attempts) for _, _, owner, attempts in live} == {(killed, 1)}
+    # ... and nothing of them reached the merchant again until it expired.
+    for arrival in receiver.arrivals:
+        if arrival.event_id in claimed and arrival.at > killed_at:
+            assert arrival.at >= expiry[arrival.event_id]
+    final = {r.event_id: r.attempts for r in await rows_where(engine, mine)}
+    assert final == {eid: 2 if eid in claimed else 1 for eid in event_ids}
+
+
+@pytest.mark.slow
+async def test_sigterm_finishes_the_batch_in_hand_and_exits_cleanly(
+    engine: AsyncEngine, db_url: str, tmp_path: Path
+) -> None:
+    async with Receiver(delay=0.5) as receiver:
+        merchant = await add_merchant(engine, receiver.url)
+        event_ids = await add_outbox_events(engine, 5, merchant_id=merchant)
+        mine = outbox.c.merchant_id == merchant
+        log = tmp_path / "stopped-worker.log"
+        proc = await start_worker(db_url, f"term-{new_id('w')[-6:]}", log, lease=5, batch=2)
+        try:
+            await asyncio.wait_for(receiver.first_request.wait(), timeout=20)
+            proc.send_signal(signal.SIGTERM)
+            returncode = await asyncio.wait_for(proc.wait(), timeout=10)
+        finally:
+            await kill(proc)
+        assert returncode == 0, log.read_text()
+
+        delivered = set(receiver.counts())
+        rows = {r.event_id: r for r in await rows_where(engine, mine)}
+        assert delivered and {eid for eid, r in rows.items() if r.status == "done"} == delivered
+        for eid in set(event_ids) - delivered:  # never claimed, or handed back untried
+            assert (rows[eid].status, rows[eid].attempts, rows[eid].lease_owner) == (
+                "pending", 0, None
+            )
+
+        # What it left is another worker's to deliver, at once: no lease to wait for.
+        async with webhook_relay(db_url, f"next-{new_id('w')[-6:]}") as relay, running(relay):
+            await eventually(lambda: settled(engine, mine, 5, ["done"]), timeout=10,
+                             what="the rest delivered")
+    assert receiver.counts() == Counter(dict.fromkeys(event_ids, 1))
+    assert receiver.problems == []
