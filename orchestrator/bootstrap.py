@@ -17,6 +17,7 @@ from orchestrator.services.reconciliation import ReconciliationService
 from orchestrator.settings import Settings
 from orchestrator.store.database import Database
 from orchestrator.store.engine import create_engine
+from orchestrator.telemetry.metrics import Metrics
 
 
 @dataclass(kw_only=True)
@@ -27,6 +28,7 @@ class Container:
     capture: CaptureService
     reconciliation: ReconciliationService
     auth: Authenticator
+    metrics: Metrics
     rng: random.Random = field(default_factory=random.Random)
 
     async def close(self) -> None:
@@ -46,14 +48,16 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
     clock = clock or SystemClock()
     db = Database(create_engine(settings.database))
     rng = random.Random()
+    metrics = Metrics()
     return Container(
         settings=settings,
         db=db,
         clock=clock,
         capture=CaptureService(db, rules=checkout_rules(settings), codes=settings.unique_codes,
-                               clock=clock, rng=rng),
-        reconciliation=ReconciliationService(db, clock=clock,
+                               clock=clock, metrics=metrics, rng=rng),
+        reconciliation=ReconciliationService(db, clock=clock, metrics=metrics,
                                              quarantine=settings.unique_codes.quarantine),
         auth=Authenticator(db),
+        metrics=metrics,
         rng=rng,
     )

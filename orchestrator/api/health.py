@@ -7,6 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 from litestar import Response, get
 from litestar.di import NamedDependency
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from orchestrator.bootstrap import Container
 
@@ -14,6 +15,11 @@ from orchestrator.bootstrap import Container
 @get("/healthz", tags=["health"], summary="The process is alive")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
+
+
+@get("/metrics", tags=["health"], summary="Prometheus metrics", include_in_schema=False)
+async def metrics(container: NamedDependency[Container]) -> Response[bytes]:
+    return Response(container.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @get("/readyz", tags=["health"], summary="The process can serve: the database answers")

@@ -19,7 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from orchestrator.domain import events
 from orchestrator.domain.checkout import CheckoutRules, OrderRequest, request_fingerprint, validate
 from orchestrator.domain.clock import Clock
-from orchestrator.domain.errors import DuplicateMerchantOrder, IdempotencyKeyReused
+from orchestrator.domain.errors import (
+    DuplicateMerchantOrder,
+    IdempotencyKeyReused,
+    UniqueCodesExhausted,
+)
 from orchestrator.domain.ids import new_id
 from orchestrator.domain.order import OrderState
 from orchestrator.outbox.writer import PendingEvent, add_events
@@ -29,6 +33,7 @@ from orchestrator.settings import UniqueCodeSettings
 from orchestrator.store.database import Database
 from orchestrator.store.merchants import active_payout_accounts
 from orchestrator.store.tables import idempotency_keys, orders
+from orchestrator.telemetry.metrics import Metrics
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,9 +53,10 @@ class _Rejected(Exception):
 class CaptureService:
     def __init__(
         self, db: Database, *, rules: CheckoutRules, codes: UniqueCodeSettings, clock: Clock,
-        rng: random.Random | None = None,
+        metrics: Metrics, rng: random.Random | None = None,
     ) -> None:
         self._db, self._rules, self._codes, self._clock = db, rules, codes, clock
+        self._metrics = metrics
         self._rng = rng or random.Random()
 
     async def capture(
@@ -59,13 +65,25 @@ class CaptureService:
         now = self._clock.now()
         expires_at = validate(request, self._rules, now=now)
         fingerprint = request_fingerprint(request)
+        rail = manual_transfer.RAIL
         try:
             async with self._db.transaction() as conn:
                 body = await self._write(conn, merchant_id, idempotency_key, fingerprint,
                                          request, expires_at)
         except _Rejected as rejected:
-            return await self._explain(merchant_id, idempotency_key, fingerprint, request,
-                                       rejected)
+            try:
+                outcome = await self._explain(merchant_id, idempotency_key, fingerprint, request,
+                                              rejected)
+            except Exception:
+                self._metrics.orders_captured.labels("refused", rail).inc()
+                raise
+            self._metrics.orders_captured.labels("replayed", rail).inc()
+            return outcome
+        except UniqueCodesExhausted:
+            self._metrics.unique_codes_exhausted.labels(rail).inc()
+            self._metrics.orders_captured.labels("refused", rail).inc()
+            raise
+        self._metrics.orders_captured.labels("created", rail).inc()
         return CaptureOutcome(status_code=201, body=body, replayed=False)
 
     async def _write(

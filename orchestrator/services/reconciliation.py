@@ -40,6 +40,7 @@ from orchestrator.store.tables import (
     payout_accounts,
     statements,
 )
+from orchestrator.telemetry.metrics import Metrics
 
 
 @dataclass(kw_only=True)
@@ -70,8 +71,11 @@ class IncomingMutation:
 
 
 class ReconciliationService:
-    def __init__(self, db: Database, *, clock: Clock, quarantine: timedelta) -> None:
+    def __init__(
+        self, db: Database, *, clock: Clock, quarantine: timedelta, metrics: Metrics
+    ) -> None:
         self._db, self._clock, self._quarantine = db, clock, quarantine
+        self._metrics = metrics
 
     async def import_statement(
         self, *, bank: str, account_number: str, data: bytes, filename: str | None, actor: str
@@ -140,14 +144,17 @@ class ReconciliationService:
             )
             if inserted.first() is None:
                 report.duplicate += 1
+                self._metrics.mutations_ingested.labels(item.source, "duplicate").inc()
                 continue
             report.new += 1
-            await self._match(conn, mutation_id, item, report, now=now)
+            self._metrics.mutations_ingested.labels(item.source, "new").inc()
+            kind = await self._match(conn, mutation_id, item, report, now=now)
+            self._metrics.mutations_matched.labels(item.source, kind.value).inc()
 
     async def _match(
         self, conn: AsyncConnection, mutation_id: str, item: IncomingMutation,
         report: ImportReport, *, now: datetime,
-    ) -> None:
+    ) -> MatchKind:
         facts = MutationFacts(amount=item.amount, direction=item.direction,
                               posted_at=item.posted_at, description=item.description)
         candidates = await _candidates(conn, item) if item.direction == "CR" else []
@@ -166,6 +173,7 @@ class ReconciliationService:
                                         actor="matcher", now=now)
             report.matched += 1
             report.needs_review += int(result.review_case_id is not None)
+        return decision.kind
 
     async def _settle(
         self, conn: AsyncConnection, mutation_id: str, attempt_id: str, item: Any, *,

@@ -146,6 +146,7 @@ async def test_exhausted_code_range_is_a_clear_503_and_stores_nothing(
                        headers={**m.headers, **key()})
                 for i in range(8)
             ])
+            exposition = (await c.get("/metrics")).text
         statuses = sorted(r.status_code for r in replies)
         assert statuses == [201] * 5 + [503] * 3
         refused = next(r for r in replies if r.status_code == 503)
@@ -154,6 +155,9 @@ async def test_exhausted_code_range_is_a_clear_503_and_stores_nothing(
         assert await count_orders(narrow, m.merchant_id) == 5
         amounts = {r.json()["payment"]["transfer_amount"] for r in replies if r.status_code == 201}
         assert amounts == {77_001, 77_002, 77_003, 77_004, 77_005}
+        assert 'lunas_unique_codes_exhausted_total{rail="manual_transfer"} 3.0' in exposition
+        assert 'lunas_orders_captured_total{outcome="created",rail="manual_transfer"} 5.0' in (
+            exposition)
     finally:
         await narrow.close()
 

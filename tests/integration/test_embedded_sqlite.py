@@ -1,0 +1,58 @@
+"""The embedded default (SQLite, in-process state) runs the same code paths as production:
+capture, unique amounts, statement import, settlement, expiry and the relay."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import sqlalchemy as sa
+
+from orchestrator.bootstrap import build
+from orchestrator.services.expiry import expire_due_orders
+from orchestrator.settings import DatabaseSettings, Settings
+from orchestrator.store.engine import migrate
+from orchestrator.store.tables import outbox
+from tests.support import bca_statement, new_merchant, new_ops_token, order_body, serve
+
+
+async def test_checkout_to_paid_on_sqlite(tmp_path: Path) -> None:
+    container = build(Settings(database=DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/l.db")))
+    try:
+        await migrate(container.db.engine)
+        m = await new_merchant(container)
+        ops = {"Authorization": f"Bearer {await new_ops_token(container)}"}
+        async with serve(container) as url, httpx.AsyncClient(base_url=url, timeout=30) as c:
+            replies = await asyncio.gather(*[
+                c.post("/v1/orders", json=order_body(f"S-{i}", 120_000),
+                       headers={**m.headers, "Idempotency-Key": f"k-{i}"})
+                for i in range(20)
+            ])
+            assert [r.status_code for r in replies] == [201] * 20
+            amounts = [r.json()["payment"]["transfer_amount"] for r in replies]
+            assert len(set(amounts)) == 20
+            replay = await c.post("/v1/orders", json=order_body("S-0", 120_000),
+                                  headers={**m.headers, "Idempotency-Key": "k-0"})
+            assert replay.headers["idempotent-replayed"] == "true"
+
+            paid = replies[0].json()
+            statement = bca_statement(m.account_number, [
+                (datetime.now(UTC), "TRSF CR", paid["payment"]["transfer_amount"], "CR")])
+            imported = await c.post("/v1/mutations/statements", headers=ops,
+                                    files={"file": ("m.csv", statement, "text/csv")},
+                                    data={"bank": "bca", "account_number": m.account_number})
+            assert imported.json()["matched"] == 1
+            read = await c.get(f"/v1/orders/{paid['id']}", headers=m.headers)
+            assert read.json()["status"] == "paid"
+
+        later = datetime.now(UTC) + timedelta(days=2)
+        assert await expire_due_orders(container.db, now=later, quarantine=timedelta(hours=1),
+                                       batch=100) == 19
+        async with container.db.read() as conn:
+            types = (await conn.execute(sa.select(outbox.c.event_type))).scalars().all()
+        assert sorted(set(types)) == ["order.captured", "order.expired", "order.paid"]
+        assert types.count("order.expired") == 19
+    finally:
+        await container.close()
