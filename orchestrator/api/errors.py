@@ -63,6 +63,10 @@ def to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
         return problem(request, status=400, title="Malformed request",
                        detail=_validation_detail(exc), code="malformed_request",
                        errors=_jsonable(exc.extra))
+    if isinstance(exc, HTTPException) and exc.status_code == 400 and _sent_json(request):
+        return problem(request, status=400, title="Malformed request",
+                       detail=f"the request body is not valid JSON: {exc.detail}",
+                       code="malformed_json")
     if isinstance(exc, HTTPException):
         return problem(request, status=exc.status_code, title=_title(exc.status_code),
                        detail=str(exc.detail), code=_title(exc.status_code).lower()
@@ -89,6 +93,10 @@ def _domain_response(
             return problem(request, status=status, title=title, detail=exc.detail,
                            code=exc.code, headers=headers, **extra)
     return problem(request, status=422, title="Refused", detail=exc.detail, code=exc.code)
+
+
+def _sent_json(request: Request[Any, Any, Any]) -> bool:
+    return "json" in request.headers.get("content-type", "")
 
 
 def _validation_detail(exc: ValidationException) -> str:

@@ -215,8 +215,11 @@ class TestBadInputIsAClear4xxAndStoresNothing:
 
     async def test_malformed_json(self, client: httpx.AsyncClient, container: Container) -> None:
         m = await new_merchant(container)
-        await self._refused(client, container, m, 400, content=b'{"merchant_order_id": "x",',
-                            headers={**m.headers, **key(), "content-type": "application/json"})
+        p = await self._refused(client, container, m, 400,
+                                content=b'{"merchant_order_id": "x",',
+                                headers={**m.headers, **key(),
+                                         "content-type": "application/json"})
+        assert p["code"] == "malformed_json" and "not valid JSON" in str(p["detail"])
 
     async def test_wrong_types(self, client: httpx.AsyncClient, container: Container) -> None:
         m = await new_merchant(container)
