@@ -1,0 +1,46 @@
+"""Settings are read once from LUNAS_* variables, validated, and unsafe production refused."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from orchestrator.settings import Settings, SettingsError
+
+
+def test_nothing_set_means_the_embedded_default() -> None:
+    s = Settings.from_env({})
+    assert s.database.is_sqlite and s.redis.url is None
+    assert (s.http.host, s.http.port) == ("127.0.0.1", 8000)
+    assert (s.unique_codes.codes.low, s.unique_codes.codes.high) == (1, 999)
+
+
+def test_variables_are_read_and_typed() -> None:
+    s = Settings.from_env({
+        "LUNAS_DATABASE_URL": "postgresql+asyncpg://u@db/lunas", "LUNAS_PORT": "9000",
+        "LUNAS_REDIS_URL": "redis://r:6379/2", "LUNAS_OUTBOX_BACKOFF": "1,2.5",
+        "LUNAS_UNIQUE_CODE_LOW": "100", "LUNAS_UNIQUE_CODE_HIGH": "500",
+        "LUNAS_WORKER_ID": " w-1 ",
+    })
+    assert not s.database.is_sqlite and s.http.port == 9000
+    assert s.redis.url == "redis://r:6379/2"
+    assert s.outbox.backoff == (timedelta(seconds=1), timedelta(seconds=2.5))
+    assert (s.unique_codes.codes.low, s.unique_codes.codes.high) == (100, 500)
+    assert s.worker_id == "w-1"
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"LUNAS_PORT": "eighty"}, "LUNAS_PORT"),
+    ({"LUNAS_OUTBOX_LEASE": "-1"}, "LUNAS_OUTBOX_LEASE"),
+    ({"LUNAS_UNIQUE_CODE_LOW": "9", "LUNAS_UNIQUE_CODE_HIGH": "3"}, "LUNAS_UNIQUE_CODE_LOW"),
+    ({"LUNAS_ENV": "production", "LUNAS_DATABASE_URL": "postgresql+asyncpg://u@db/l"},
+     "LUNAS_MUTATION_PUSH_SECRET"),
+    ({"LUNAS_ENV": "production", "LUNAS_MUTATION_PUSH_SECRET": "s3cret-from-vault"},
+     "LUNAS_DATABASE_URL"),
+])
+def test_bad_or_unsafe_settings_are_refused_naming_the_variable(
+    env: dict[str, str], named: str
+) -> None:
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_env(env)
