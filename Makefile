@@ -23,7 +23,7 @@ services:
 	bash scripts/ensure-services.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check orchestrator statuspage chaos bench tests migrations
+	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
