@@ -1,0 +1,1 @@
+"""Chaos tooling: provider simulators with fault injection, and (later) experiments."""

@@ -1,0 +1,117 @@
+"""The provider contract: normalised requests and results, and the protocol adapters implement.
+
+Adapters are thin (STYLE rule 8): wire format in, these shapes out, errors from ``rails.errors``.
+No retry, breaker or business decision lives in an adapter; the router and handlers own those.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+
+class Rail(enum.StrEnum):
+    VA = "va"
+    QRIS = "qris"
+    EWALLET = "ewallet"
+    MANUAL_TRANSFER = "manual_transfer"
+
+
+# Channels within a rail, as Lunas names them (lower case, provider-neutral).
+VA_CHANNELS = ("bca", "bni", "bri", "permata", "mandiri")
+QRIS_CHANNELS = ("qris",)
+EWALLET_CHANNELS = ("gopay", "shopeepay", "ovo", "dana", "linkaja")
+
+
+class NeutralStatus(enum.StrEnum):
+    """RAILS.md's neutral state set, the only status vocabulary above the adapters."""
+
+    PENDING = "pending"
+    PAID = "paid"
+    EXPIRED = "expired"
+    FAILED = "failed"
+    REFUNDED = "refunded"
+    NOT_FOUND = "not_found"  # the provider has no such transaction (never created)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Route:
+    """One way to take a payment: a rail, served by a provider, on a channel."""
+
+    rail: Rail
+    provider: str
+    channel: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.rail.value}:{self.provider}:{self.channel}"
+
+    @classmethod
+    def parse(cls, key: str) -> Route:
+        rail, provider, channel = key.split(":", 2)
+        return cls(rail=Rail(rail), provider=provider, channel=channel)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChargeRequest:
+    """What Lunas asks a provider to create. ``reference`` is the attempt id: the provider's
+    order id / external id / idempotency key, so a retried create can never make two charges."""
+
+    reference: str
+    route: Route
+    amount: int
+    expires_at: datetime
+    customer_name: str
+    customer_email: str
+    customer_phone: str
+    description: str = ""
+    callback_url: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Instrument:
+    """Payment instructions a customer can act on, in Lunas's shape (never the provider's)."""
+
+    route: Route
+    provider_ref: str
+    status: NeutralStatus
+    va_number: str | None = None
+    bank: str | None = None
+    biller_code: str | None = None
+    qr_string: str | None = None
+    checkout_url: str | None = None
+    deeplink_url: str | None = None
+    expires_at: datetime | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProviderStatus:
+    """What a provider says about one charge right now."""
+
+    status: NeutralStatus
+    provider_ref: str | None
+    paid_amount: int | None = None
+    paid_at: datetime | None = None
+    raw_status: str = ""
+
+
+class PaymentProvider(Protocol):
+    """A gateway adapter. Implementations raise only ``rails.errors.RailError`` subclasses."""
+
+    name: str
+
+    def channels(self, rail: Rail) -> tuple[str, ...]:
+        """The channels of ``rail`` this provider serves (empty: not this rail)."""
+        ...
+
+    async def create(self, request: ChargeRequest) -> Instrument: ...
+
+    async def status(self, reference: str, provider_ref: str | None, route: Route
+                     ) -> ProviderStatus: ...
+
+    async def cancel(self, reference: str, provider_ref: str | None, route: Route) -> None:
+        """Cancel a pending charge where the provider allows it; ``Refused`` where it does not."""
+        ...
