@@ -9,6 +9,7 @@ from litestar.openapi import OpenAPIConfig
 from orchestrator.api.errors import to_response
 from orchestrator.api.health import healthz, metrics, readyz
 from orchestrator.api.mutations import MutationsController
+from orchestrator.api.ops import OpsController
 from orchestrator.api.orders import OrdersController
 from orchestrator.api.reconciliation import ReconciliationController
 from orchestrator.bootstrap import Container
@@ -24,7 +25,7 @@ def create_app(container: Container, *, close_on_shutdown: bool = True) -> Lites
 
     return Litestar(
         route_handlers=[OrdersController, MutationsController, ReconciliationController,
-                        healthz, readyz, metrics],
+                        OpsController, healthz, readyz, metrics],
         dependencies={"container": Provide(provide_container, sync_to_thread=False)},
         exception_handlers={Exception: to_response},
         openapi_config=OpenAPIConfig(title="Lunas", version="0.1.0", path="/schema"),

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from orchestrator.api.auth import Authenticator
 from orchestrator.domain.checkout import CheckoutRules
 from orchestrator.domain.clock import Clock, SystemClock
 from orchestrator.services.capture import CaptureService
 from orchestrator.services.reconciliation import ReconciliationService
+from orchestrator.services.route_controls import RouteControls
 from orchestrator.settings import Settings
 from orchestrator.store.database import Database
 from orchestrator.store.engine import create_engine
@@ -29,6 +31,7 @@ class Container:
     reconciliation: ReconciliationService
     auth: Authenticator
     metrics: Metrics
+    route_controls: RouteControls
     rng: random.Random = field(default_factory=random.Random)
 
     async def close(self) -> None:
@@ -59,5 +62,6 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
                                              quarantine=settings.unique_codes.quarantine),
         auth=Authenticator(db),
         metrics=metrics,
+        route_controls=RouteControls(db, clock=clock, refresh=timedelta(seconds=2)),
         rng=rng,
     )

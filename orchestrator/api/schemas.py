@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -27,4 +28,16 @@ class OrderIn(msgspec.Struct, forbid_unknown_fields=True):
 class ManualMatchIn(msgspec.Struct, forbid_unknown_fields=True):
     mutation_id: str
     order_id: str
+    reason: str
+
+
+class RouteChangeIn(msgspec.Struct, forbid_unknown_fields=True):
+    reason: str
+
+
+class MaintenanceIn(msgspec.Struct, forbid_unknown_fields=True):
+    route: str
+    """A route key ("va:xendit:bca") or a pattern with "*" ("va:xendit:*")."""
+    starts_at: datetime
+    ends_at: datetime
     reason: str

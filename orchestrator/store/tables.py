@@ -30,6 +30,10 @@ merchants = sa.Table(
     # Kept readable: Lunas must sign every outbound webhook with it. Protect the database.
     sa.Column("webhook_secret", sa.String(128), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    # Per-merchant route preferences ({"priorities": {rail: [provider, ...]}, "fallback": [rail,
+    # ...]}); NULL means the deployment's defaults (RoutingSettings).
+    sa.Column("routing", JSONDoc),
+    sa.Column("allow_fallback", sa.Boolean, nullable=False, server_default=sa.true()),
 )
 
 merchant_api_keys = sa.Table(
@@ -78,6 +82,7 @@ orders = sa.Table(
     sa.Column("currency", sa.String(3), nullable=False, server_default="IDR"),
     sa.Column("state", sa.String(24), nullable=False),
     sa.Column("rail", sa.String(32), nullable=False),
+    sa.Column("channel", sa.String(32)),
     sa.Column("customer_name", sa.String(200), nullable=False),
     sa.Column("customer_email", sa.String(320), nullable=False),
     sa.Column("customer_phone", sa.String(32), nullable=False),
@@ -111,6 +116,7 @@ payment_attempts = sa.Table(
     sa.Column("order_id", sa.String(32), sa.ForeignKey("orders.id"), nullable=False, index=True),
     sa.Column("rail", sa.String(32), nullable=False),
     sa.Column("provider", sa.String(32), nullable=False),
+    sa.Column("channel", sa.String(32)),
     sa.Column("state", sa.String(16), nullable=False),
     # What the customer is asked to pay on this instrument (for manual transfer: amount + code).
     sa.Column("transfer_amount", sa.BigInteger, nullable=False),
@@ -124,6 +130,8 @@ payment_attempts = sa.Table(
     sa.Column("code_held_until", UTCDateTime),
     sa.Column("provider_ref", sa.String(128)),
     sa.Column("instructions", JSONDoc),
+    # Why the attempt failed or is unknown, in Lunas's words (never the provider's raw body).
+    sa.Column("failure_reason", sa.String(500)),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=False),
@@ -254,3 +262,29 @@ audit_log = sa.Table(
     sa.Column("reason", sa.String(2000)),
     sa.Column("details", JSONDoc),
 )
+
+route_controls = sa.Table(
+    "route_controls",
+    metadata,
+    sa.Column("route_key", sa.String(100), primary_key=True),
+    sa.Column("paused", sa.Boolean, nullable=False),
+    sa.Column("reason", sa.String(500)),
+    sa.Column("changed_by", sa.String(200), nullable=False),
+    sa.Column("changed_at", UTCDateTime, nullable=False),
+)
+
+maintenance_windows = sa.Table(
+    "maintenance_windows",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    # A route key ("va:xendit:bca") or a prefix pattern with "*" ("va:xendit:*", "*:midtrans:*").
+    sa.Column("route_pattern", sa.String(100), nullable=False),
+    sa.Column("starts_at", UTCDateTime, nullable=False),
+    sa.Column("ends_at", UTCDateTime, nullable=False),
+    sa.Column("reason", sa.String(500), nullable=False),
+    sa.Column("created_by", sa.String(200), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("cancelled_at", UTCDateTime),
+    sa.CheckConstraint("ends_at > starts_at", name="window_order"),
+)
+sa.Index("ix_maintenance_windows_ends_at", maintenance_windows.c.ends_at)

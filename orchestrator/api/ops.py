@@ -1,0 +1,87 @@
+"""Ops API for the people who run Lunas: pause and resume routes, schedule maintenance. Every
+change needs an ops token with the ``ops`` scope and a reason, and lands in the audit log."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC
+from typing import Any
+
+from litestar import Controller, Request, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody
+
+from orchestrator.api.errors import BadRequest
+from orchestrator.api.schemas import MaintenanceIn, RouteChangeIn
+from orchestrator.bootstrap import Container
+
+_ROUTE_KEY = re.compile(r"^[a-z_]+:[a-z_]+:[a-z_]+$")
+_ROUTE_PATTERN = re.compile(r"^[a-z_*]+:[a-z_*]+:[a-z_*]+$")
+
+
+def _reason(text: str) -> str:
+    if not text.strip():
+        raise BadRequest("say why in 'reason'; it goes to the audit log", code="reason_required")
+    return text.strip()
+
+
+class OpsController(Controller):
+    path = "/v1/ops"
+    tags = ("ops",)
+
+    @post("/routes/{route_key:str}/pause", status_code=200, summary="Stop routing to a route")
+    async def pause(self, request: Request[Any, Any, Any], route_key: FromPath[str],
+                    data: JSONBody[RouteChangeIn],
+                    container: NamedDependency[Container]) -> dict[str, Any]:
+        return await self._set(request, container, route_key, data, paused=True)
+
+    @post("/routes/{route_key:str}/resume", status_code=200, summary="Route to it again")
+    async def resume(self, request: Request[Any, Any, Any], route_key: FromPath[str],
+                     data: JSONBody[RouteChangeIn],
+                     container: NamedDependency[Container]) -> dict[str, Any]:
+        return await self._set(request, container, route_key, data, paused=False)
+
+    async def _set(self, request: Request[Any, Any, Any], container: Container, route_key: str,
+                   data: RouteChangeIn, *, paused: bool) -> dict[str, Any]:
+        principal = await container.auth.ops(request, "ops")
+        if not _ROUTE_KEY.match(route_key):
+            raise BadRequest("a route key is rail:provider:channel, e.g. va:xendit:bca",
+                             code="bad_route")
+        await container.route_controls.set_paused(route_key, paused=paused,
+                                                  actor=f"ops:{principal.name}",
+                                                  reason=_reason(data.reason))
+        return {"route": route_key, "paused": paused}
+
+    @get("/maintenance", summary="Scheduled and current maintenance windows")
+    async def list_windows(self, request: Request[Any, Any, Any],
+                           container: NamedDependency[Container],
+                           include_past: FromQuery[bool] = False) -> dict[str, Any]:
+        await container.auth.ops(request, "ops")
+        windows = await container.route_controls.windows(now=container.clock.now(),
+                                                         include_past=include_past)
+        return {"data": [w.render() for w in windows]}
+
+    @post("/maintenance", status_code=201, summary="Schedule a maintenance window")
+    async def schedule(self, request: Request[Any, Any, Any], data: JSONBody[MaintenanceIn],
+                       container: NamedDependency[Container]) -> dict[str, Any]:
+        principal = await container.auth.ops(request, "ops")
+        if not _ROUTE_PATTERN.match(data.route):
+            raise BadRequest("route is rail:provider:channel, '*' allowed, e.g. va:xendit:*",
+                             code="bad_route")
+        if data.starts_at.tzinfo is None or data.ends_at.tzinfo is None:
+            raise BadRequest("starts_at and ends_at need a zone, e.g. 2026-11-24T01:00:00+07:00",
+                             code="naive_datetime")
+        window = await container.route_controls.schedule(
+            route_pattern=data.route, starts_at=data.starts_at.astimezone(UTC),
+            ends_at=data.ends_at.astimezone(UTC), reason=_reason(data.reason),
+            actor=f"ops:{principal.name}")
+        return window.render()
+
+    @delete("/maintenance/{window_id:str}", status_code=200, summary="Cancel a window")
+    async def cancel(self, request: Request[Any, Any, Any], window_id: FromPath[str],
+                     container: NamedDependency[Container],
+                     reason: FromQuery[str] = "") -> dict[str, Any]:
+        principal = await container.auth.ops(request, "ops")
+        await container.route_controls.cancel_window(window_id, actor=f"ops:{principal.name}",
+                                                     reason=_reason(reason))
+        return {"id": window_id, "cancelled": True}

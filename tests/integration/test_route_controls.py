@@ -1,0 +1,78 @@
+"""Ops controls routes: pauses and maintenance windows need the ops scope and a reason, are
+audited, and the router sees them (``RouteControls.blocked``)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from orchestrator.bootstrap import Container
+from orchestrator.store.tables import audit_log
+from tests.support import new_merchant, new_ops_token
+
+
+@pytest.fixture(scope="module")
+async def ops(container: Container) -> dict[str, str]:
+    return {"Authorization": f"Bearer {await new_ops_token(container)}"}
+
+
+async def test_pause_and_resume_are_audited_and_seen_by_the_router(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    route = "va:xendit:bni"
+    r = await client.post(f"/v1/ops/routes/{route}/pause", headers=ops,
+                          json={"reason": "BNI host-to-host down per Xendit status page"})
+    assert r.status_code == 200 and r.json() == {"route": route, "paused": True}
+    now = datetime.now(UTC)
+    reason = await container.route_controls.blocked(route, now)
+    assert reason is not None and "BNI host-to-host" in reason
+    assert await container.route_controls.blocked("va:midtrans:bni", now) is None
+    await client.post(f"/v1/ops/routes/{route}/resume", headers=ops, json={"reason": "recovered"})
+    assert await container.route_controls.blocked(route, now) is None
+    async with container.db.read() as conn:
+        actions = (await conn.execute(sa.select(audit_log.c.action).where(
+            audit_log.c.subject_id == route).order_by(audit_log.c.id))).scalars().all()
+    assert actions == ["route.paused", "route.resumed"]
+
+
+async def test_a_maintenance_window_blocks_its_routes_only_while_it_lasts(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    start = datetime.now(UTC) + timedelta(hours=1)
+    r = await client.post("/v1/ops/maintenance", headers=ops, json={
+        "route": "qris:midtrans:*", "starts_at": start.isoformat(),
+        "ends_at": (start + timedelta(hours=2)).isoformat(), "reason": "acquirer upgrade"})
+    assert r.status_code == 201, r.text
+    window = r.json()
+    rc = container.route_controls
+    assert await rc.blocked("qris:midtrans:qris", start - timedelta(minutes=1)) is None
+    inside = await rc.blocked("qris:midtrans:qris", start + timedelta(minutes=1))
+    assert inside is not None and "acquirer upgrade" in inside
+    assert await rc.blocked("qris:xendit:qris", start + timedelta(minutes=1)) is None
+    assert await rc.blocked("qris:midtrans:qris", start + timedelta(hours=2)) is None
+    listed = (await client.get("/v1/ops/maintenance", headers=ops)).json()["data"]
+    assert window["id"] in [w["id"] for w in listed]
+    gone = await client.delete(f"/v1/ops/maintenance/{window['id']}", headers=ops,
+                               params={"reason": "postponed"})
+    assert gone.status_code == 200
+    assert await rc.blocked("qris:midtrans:qris", start + timedelta(minutes=1)) is None
+
+
+async def test_ops_endpoints_refuse_merchants_missing_reasons_and_bad_routes(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    m = await new_merchant(container)
+    r = await client.post("/v1/ops/routes/va:xendit:bca/pause", headers=m.headers,
+                          json={"reason": "x"})
+    assert r.status_code == 401
+    r = await client.post("/v1/ops/routes/va:xendit:bca/pause", headers=ops, json={"reason": " "})
+    assert r.status_code == 400 and r.json()["code"] == "reason_required"
+    r = await client.post("/v1/ops/routes/not-a-route/pause", headers=ops, json={"reason": "x"})
+    assert r.status_code == 400 and r.json()["code"] == "bad_route"
+    r = await client.post("/v1/ops/maintenance", headers=ops, json={
+        "route": "va:*:*", "starts_at": "2026-12-01T01:00:00+07:00",
+        "ends_at": "2026-12-01T00:00:00+07:00", "reason": "backwards"})
+    assert r.status_code == 422
