@@ -1,0 +1,54 @@
+"""Route planning: merchant priority within a rail, then the rail's fallback chain, ending in
+manual transfer; nothing after the chosen rail when the merchant disallows fallback."""
+
+from __future__ import annotations
+
+from orchestrator.rails.base import Rail
+from orchestrator.rails.plan import MANUAL_ROUTE, RoutingPolicy, channels_offered, plan_routes
+
+CATALOG = {
+    "midtrans": {Rail.VA: ("bca", "bni", "bri", "permata", "mandiri"), Rail.QRIS: ("qris",),
+                 Rail.EWALLET: ("gopay", "shopeepay")},
+    "xendit": {Rail.VA: ("bca", "bni", "bri", "mandiri", "permata"), Rail.QRIS: ("qris",),
+               Rail.EWALLET: ("ovo", "dana", "linkaja", "shopeepay")},
+}
+
+
+def keys(routes: list[object]) -> list[str]:
+    return [r.key for r in routes]  # type: ignore[attr-defined]
+
+
+def test_va_tries_xendit_then_midtrans_then_qris_then_manual_transfer() -> None:
+    assert keys(plan_routes(Rail.VA, "bca", RoutingPolicy(), CATALOG)) == [
+        "va:xendit:bca", "va:midtrans:bca", "qris:midtrans:qris", "qris:xendit:qris",
+        "manual_transfer:bank:bank"]
+
+
+def test_a_channel_only_one_provider_serves_has_one_gateway_route() -> None:
+    assert keys(plan_routes(Rail.EWALLET, "gopay", RoutingPolicy(), CATALOG))[:1] == [
+        "ewallet:midtrans:gopay"]
+    assert keys(plan_routes(Rail.EWALLET, "ovo", RoutingPolicy(), CATALOG))[:1] == [
+        "ewallet:xendit:ovo"]
+
+
+def test_no_fallback_means_only_the_chosen_rail() -> None:
+    policy = RoutingPolicy(allow_fallback=False)
+    assert keys(plan_routes(Rail.QRIS, "qris", policy, CATALOG)) == [
+        "qris:midtrans:qris", "qris:xendit:qris"]
+
+
+def test_merchant_overrides_priorities_and_fallback() -> None:
+    policy = RoutingPolicy.for_merchant(
+        {"priorities": {"va": ["midtrans"]}, "fallback": {"va": ["manual_transfer"]}},
+        allow_fallback=True)
+    assert keys(plan_routes(Rail.VA, "bni", policy, CATALOG)) == [
+        "va:midtrans:bni", "manual_transfer:bank:bank"]
+
+
+def test_manual_transfer_is_its_own_plan() -> None:
+    assert plan_routes(Rail.MANUAL_TRANSFER, "bank", RoutingPolicy(), CATALOG) == [MANUAL_ROUTE]
+
+
+def test_channels_offered_are_the_union_over_providers() -> None:
+    assert set(channels_offered(Rail.EWALLET, CATALOG)) == {"gopay", "shopeepay", "ovo", "dana",
+                                                           "linkaja"}
