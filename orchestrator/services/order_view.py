@@ -21,13 +21,35 @@ def wib(at: datetime) -> str:
     return at.astimezone(WIB).strftime("%d %b %Y %H:%M WIB")
 
 
+_GATEWAY_FIELDS = ("va_number", "bank", "biller_code", "qr_string", "checkout_url",
+                   "deeplink_url")
+
+
 def render_payment(attempt: Any) -> dict[str, Any] | None:
     if attempt is None:
         return None
-    return {
+    common = {
         "attempt_id": attempt.id,
         "rail": attempt.rail,
         "status": attempt.state,
+        "route": {"rail": attempt.rail, "provider": getattr(attempt, "provider", "bank"),
+                  "channel": getattr(attempt, "channel", None) or "bank"},
+    }
+    if attempt.rail == "manual_transfer":
+        return {**common, **_manual(attempt)}
+    instructions = getattr(attempt, "instructions", None) or {}
+    return {
+        **common,
+        **{k: instructions.get(k) for k in _GATEWAY_FIELDS if instructions.get(k) is not None},
+        "amount": attempt.transfer_amount,
+        "expires_at": iso(attempt.expires_at),
+        "display": {"amount": format_idr(attempt.transfer_amount),
+                    "expires_at": wib(attempt.expires_at)},
+    }
+
+
+def _manual(attempt: Any) -> dict[str, Any]:
+    return {
         "bank": attempt.payout_bank,
         "account_number": attempt.payout_account_number,
         "account_name": attempt.payout_account_name,

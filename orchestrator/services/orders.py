@@ -23,10 +23,14 @@ from orchestrator.store.database import Database
 from orchestrator.store.tables import evidence, orders, payment_attempts
 
 
-async def _current_attempt(conn: AsyncConnection, order_id: str) -> Any:
+async def current_attempt(conn: AsyncConnection, order_id: str) -> Any:
+    """The attempt a customer should act on: the paid or active one, else the latest."""
+    a = payment_attempts.c
+    rank = sa.case((a.state == AttemptState.PAID.value, 0),
+                   (a.state == AttemptState.ACTIVE.value, 1), else_=2)
     return (await conn.execute(
-        sa.select(payment_attempts).where(payment_attempts.c.order_id == order_id)
-        .order_by(payment_attempts.c.created_at.desc(), payment_attempts.c.id.desc()).limit(1)
+        sa.select(payment_attempts).where(a.order_id == order_id)
+        .order_by(rank, a.created_at.desc(), a.id.desc()).limit(1)
     )).first()
 
 
@@ -38,7 +42,7 @@ async def get_order(db: Database, *, merchant_id: str, order_id: str) -> dict[st
         if order is None:
             # A foreign order id is reported exactly like a missing one: no probing.
             raise NotFound(f"no order {order_id} for this merchant")
-        return render_order(order, await _current_attempt(conn, order.id))
+        return render_order(order, await current_attempt(conn, order.id))
 
 
 async def find_by_merchant_order_id(
@@ -51,7 +55,7 @@ async def find_by_merchant_order_id(
         )).first()
         if order is None:
             return []
-        return [render_order(order, await _current_attempt(conn, order.id))]
+        return [render_order(order, await current_attempt(conn, order.id))]
 
 
 async def close_attempts(
@@ -99,4 +103,4 @@ async def cancel_order(
             event_type=ORDER_EVENT_ON_ENTRY[new_state], aggregate_id=order_id,
             merchant_id=merchant_id, payload=event_payload(moved),
         )], now=now)
-        return render_order(moved, await _current_attempt(conn, order_id))
+        return render_order(moved, await current_attempt(conn, order_id))

@@ -1,0 +1,165 @@
+"""Issuing payment instructions for an order through the router, durably.
+
+Every provider call is preceded by its own committed ``creating`` attempt row (the journal), so a
+crash mid-call leaves an attempt to verify rather than a live instrument nobody knows about. When
+a route serves, the order moves to ``awaiting_payment`` and the merchant hears
+``order.awaiting_payment`` with the instructions and, if it fell back, from what and why.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from orchestrator.domain import events
+from orchestrator.domain.clock import Clock
+from orchestrator.domain.ids import new_id
+from orchestrator.domain.order import AttemptState, OrderState, OrderTrigger, next_order_state
+from orchestrator.outbox.writer import PendingEvent, add_events
+from orchestrator.rails import manual_transfer
+from orchestrator.rails.base import ChargeRequest, Instrument, Rail, Route
+from orchestrator.rails.plan import RoutingPolicy, plan_routes
+from orchestrator.rails.router import IssueResult, Router
+from orchestrator.services.order_view import event_payload, render_order
+from orchestrator.services.orders import current_attempt
+from orchestrator.settings import UniqueCodeSettings
+from orchestrator.store.database import Database
+from orchestrator.store.merchants import active_payout_accounts
+from orchestrator.store.tables import idempotency_keys, merchants, orders, payment_attempts
+
+
+class _Journal:
+    """The router's ``AttemptJournal`` for one order."""
+
+    def __init__(self, service: IssuanceService, order: Any) -> None:
+        self._s, self._order = service, order
+
+    async def begin(self, route: Route) -> str:
+        attempt_id = new_id("att")
+        now = self._s.clock.now()
+        async with self._s.db.transaction() as conn:
+            await conn.execute(payment_attempts.insert().values(
+                id=attempt_id, order_id=self._order.id, rail=route.rail.value,
+                provider=route.provider, channel=route.channel,
+                state=AttemptState.CREATING.value, transfer_amount=self._order.amount,
+                created_at=now, updated_at=now, expires_at=self._order.expires_at,
+            ))
+        return attempt_id
+
+    async def served(self, attempt_id: str, instrument: Instrument) -> None:
+        await self._close(attempt_id, AttemptState.ACTIVE, provider_ref=instrument.provider_ref,
+                          instructions=_instructions(instrument))
+
+    async def failed(self, attempt_id: str, reason: str) -> None:
+        await self._close(attempt_id, AttemptState.FAILED, failure_reason=reason)
+
+    async def unknown(self, attempt_id: str, reason: str) -> None:
+        await self._close(attempt_id, AttemptState.UNKNOWN, failure_reason=reason)
+
+    async def manual_transfer(self) -> str:
+        s, order = self._s, self._order
+        now = s.clock.now()
+        async with s.db.transaction() as conn:
+            instrument = await manual_transfer.issue_transfer(
+                conn, order_id=order.id, amount=order.amount,
+                accounts=await active_payout_accounts(conn, order.merchant_id),
+                codes=s.codes.codes, tries=s.codes.allocation_tries,
+                expires_at=order.expires_at, now=now, rng=s.rng,
+            )
+        return instrument.attempt_id
+
+    async def _close(self, attempt_id: str, state: AttemptState, **values: Any) -> None:
+        now = self._s.clock.now()
+        closed = {"closed_at": now} if state is AttemptState.FAILED else {}
+        async with self._s.db.transaction() as conn:
+            await conn.execute(payment_attempts.update()
+                               .where(payment_attempts.c.id == attempt_id)
+                               .values(state=state.value, updated_at=now, **closed, **values))
+
+
+def _instructions(instrument: Instrument) -> dict[str, Any]:
+    data = {k: v for k, v in asdict(instrument).items()
+            if k not in ("route", "status", "provider_ref") and v not in (None, {}, "")}
+    if instrument.expires_at is not None:
+        data["expires_at"] = instrument.expires_at.isoformat()
+    return data
+
+
+class IssuanceService:
+    def __init__(self, db: Database, router: Router, *, codes: UniqueCodeSettings, clock: Clock,
+                 callback_base_url: str, default_policy: RoutingPolicy | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.db, self.router, self.codes, self.clock = db, router, codes, clock
+        self.rng = rng or random.Random()
+        self._callback_base = callback_base_url.rstrip("/")
+        self._default_policy = default_policy or RoutingPolicy()
+
+    async def policy_for(self, merchant_id: str) -> RoutingPolicy:
+        async with self.db.read() as conn:
+            row = (await conn.execute(sa.select(merchants.c.routing, merchants.c.allow_fallback)
+                                      .where(merchants.c.id == merchant_id))).one()
+        return RoutingPolicy.for_merchant(row.routing, allow_fallback=row.allow_fallback,
+                                          defaults=self._default_policy)
+
+    async def issue(self, order: Any, *, rail: Rail, channel: str,
+                    budget: timedelta | None = None) -> IssueResult:
+        """Run the router for ``order`` (a row in ``captured`` or switching method)."""
+        policy = await self.policy_for(order.merchant_id)
+        plan = plan_routes(rail, channel, policy, self.router.catalog())
+        return await self.router.issue(plan, lambda route, ref: self._request(order, route, ref),
+                                       _Journal(self, order), budget=budget)
+
+    def _request(self, order: Any, route: Route, reference: str) -> ChargeRequest:
+        return ChargeRequest(
+            reference=reference, route=route, amount=order.amount, expires_at=order.expires_at,
+            customer_name=order.customer_name, customer_email=order.customer_email,
+            customer_phone=order.customer_phone,
+            description=f"Order {order.merchant_order_id}"[:100],
+            callback_url=f"{self._callback_base}/v1/webhooks/{route.provider}",
+        )
+
+    async def finish(self, order_id: str, result: IssueResult, *, idempotency: tuple[str, str]
+                     | None = None) -> dict[str, Any]:
+        """Record the outcome on the order (one transaction) and return its rendering."""
+        now = self.clock.now()
+        async with self.db.transaction() as conn:
+            order = (await conn.execute(sa.select(orders).where(orders.c.id == order_id)
+                                        .with_for_update())).one()
+            pending: list[PendingEvent] = []
+            if result.served is not None and order.state == OrderState.CAPTURED.value:
+                state = next_order_state(OrderState.CAPTURED, OrderTrigger.INSTRUCTIONS_ISSUED)
+                await conn.execute(orders.update().where(orders.c.id == order_id)
+                                   .values(state=state.value, updated_at=now))
+                order = (await conn.execute(sa.select(orders)
+                                            .where(orders.c.id == order_id))).one()
+            body = render_order(order, await current_attempt(conn, order_id))
+            body["routing"] = routing_view(result)
+            if result.served is not None:
+                pending.append(PendingEvent(
+                    event_type=events.ORDER_AWAITING_PAYMENT, aggregate_id=order_id,
+                    merchant_id=order.merchant_id,
+                    payload=event_payload(order, payment=body["payment"],
+                                          routing=body["routing"])))
+            await add_events(conn, pending, now=now)
+            if idempotency is not None:
+                await conn.execute(idempotency_keys.update().where(
+                    idempotency_keys.c.merchant_id == idempotency[0],
+                    idempotency_keys.c.key == idempotency[1],
+                ).values(response_status=201 if result.served else 202, response_body=body))
+        return body
+
+
+def routing_view(result: IssueResult) -> dict[str, Any]:
+    served = result.served.key if result.served else None
+    return {
+        "served_by": served,
+        "fallback": result.fell_back,
+        "tried": [{"route": h.route, "outcome": h.outcome, "reason": h.reason}
+                  for h in result.hops],
+    }
+
+
