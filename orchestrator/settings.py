@@ -105,6 +105,30 @@ class SchedulerSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ProviderSettings:
+    """Payment gateways. An empty URL means the provider is not configured (its routes are not
+    offered). The embedded default points them at the local simulators it starts."""
+
+    midtrans_url: str = ""
+    midtrans_server_key: str = "SB-Mid-server-lunas-dev"
+    xendit_url: str = ""
+    xendit_secret_key: str = "xnd_development_lunas"  # noqa: S105 - refused in production
+    xendit_callback_token: str = "dev-xendit-callback-token"  # noqa: S105
+    call_timeout: timedelta = timedelta(seconds=2)
+    """Per provider call; the router also bounds each call by what is left of the budget."""
+    capture_budget: timedelta = timedelta(seconds=3)
+    """Total time a capture request may spend getting instructions from providers."""
+    start_simulators: bool = False
+    """Start the chaos/ simulators in-process (``lunas run`` on the embedded default)."""
+
+    @property
+    def development_keys(self) -> bool:
+        return (self.midtrans_server_key == ProviderSettings.midtrans_server_key
+                or self.xendit_secret_key == ProviderSettings.xendit_secret_key
+                or self.xendit_callback_token == ProviderSettings.xendit_callback_token)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     environment: str = "development"
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -115,6 +139,7 @@ class Settings:
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    providers: ProviderSettings = field(default_factory=ProviderSettings)
     # The development default; production refuses to start with it (refuse_insecure_production).
     mutation_push_secret: str = "dev-moota-secret"  # noqa: S105
     worker_id: str = ""
@@ -168,6 +193,19 @@ class Settings:
             ),
             webhooks=WebhookSettings(timeout=e.seconds("LUNAS_WEBHOOK_TIMEOUT", 10)),
             scheduler=SchedulerSettings(sweep_interval=e.seconds("LUNAS_SWEEP_INTERVAL", 1)),
+            providers=ProviderSettings(
+                midtrans_url=e.str("LUNAS_MIDTRANS_URL", ""),
+                midtrans_server_key=e.str("LUNAS_MIDTRANS_SERVER_KEY",
+                                          ProviderSettings.midtrans_server_key),
+                xendit_url=e.str("LUNAS_XENDIT_URL", ""),
+                xendit_secret_key=e.str("LUNAS_XENDIT_SECRET_KEY",
+                                        ProviderSettings.xendit_secret_key),
+                xendit_callback_token=e.str("LUNAS_XENDIT_CALLBACK_TOKEN",
+                                            ProviderSettings.xendit_callback_token),
+                call_timeout=e.seconds("LUNAS_PROVIDER_TIMEOUT", 2),
+                capture_budget=e.seconds("LUNAS_CAPTURE_BUDGET", 3),
+                start_simulators=e.str("LUNAS_SIMULATORS", "") in ("1", "true", "yes"),
+            ),
             mutation_push_secret=e.str("LUNAS_MUTATION_PUSH_SECRET", "dev-moota-secret"),
             worker_id=e.str("LUNAS_WORKER_ID", "").strip(),
         )
@@ -181,6 +219,12 @@ class Settings:
             raise SettingsError("LUNAS_MUTATION_PUSH_SECRET is the development default")
         if self.database.is_sqlite:
             raise SettingsError("LUNAS_DATABASE_URL must point at PostgreSQL in production")
+        p = self.providers
+        if (p.midtrans_url or p.xendit_url) and p.development_keys:
+            raise SettingsError("LUNAS_MIDTRANS_SERVER_KEY / LUNAS_XENDIT_SECRET_KEY / "
+                                "LUNAS_XENDIT_CALLBACK_TOKEN are development defaults")
+        if p.start_simulators:
+            raise SettingsError("LUNAS_SIMULATORS must be off in production")
 
 
 class _Env:
