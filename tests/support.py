@@ -15,6 +15,7 @@ import uvicorn
 from orchestrator.app import create_app
 from orchestrator.bootstrap import Container
 from orchestrator.domain.clock import WIB
+from orchestrator.serving import EmbeddedServer
 from orchestrator.store.merchants import OPS_SCOPES, NewMerchant, create_merchant, create_ops_token
 
 
@@ -30,7 +31,7 @@ async def serve(container: Container) -> AsyncIterator[str]:
     port = free_port()
     config = uvicorn.Config(create_app(container, close_on_shutdown=False), host="127.0.0.1",
                             port=port, log_level="warning", access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
+    server = EmbeddedServer(config)
     task = asyncio.create_task(server.serve())
     for _ in range(200):
         if server.started:

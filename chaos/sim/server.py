@@ -11,9 +11,13 @@ from typing import Any
 
 import uvicorn
 
+from orchestrator.serving import EmbeddedServer
+
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
+    # accepted sockets inherit proto 0 otherwise; Nagle then adds ~40 ms to every response.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.set_inheritable(True)
@@ -44,8 +48,7 @@ class SwitchableServer:
             return
         config = uvicorn.Config(self.app, host=self.host, port=self.port, log_level="warning",
                                 access_log=False, lifespan="off", timeout_graceful_shutdown=1)
-        server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        server = EmbeddedServer(config)
         sock = bind_socket(self.host, self.port)
         self._task = asyncio.create_task(server.serve(sockets=[sock]))
         for _ in range(500):
