@@ -1,0 +1,526 @@
+"""Xendit adapter over the legacy per-channel APIs (RAILS.md §2): fixed VA, QRIS v1, e-wallets.
+
+Wire format in, Lunas shapes out (STYLE rule 8): no retry, breaker or business decision here.
+Every create carries ``X-IDEMPOTENCY-KEY = request.reference`` and a body that is a pure function
+of the request, so repeating a create returns the original resource instead of making a second.
+
+Error mapping (first matching row wins; "create" / "status, cancel"):
+
+    what happened                                          create            status, cancel
+    ─────────────────────────────────────────────────────  ────────────────  ────────────────
+    httpx ConnectError / ConnectTimeout / PoolTimeout      TransientBeforeSend (never sent)
+    httpx UnsupportedProtocol (bad base_url)               Misconfigured
+    any other transport error after sending (read/write    OutcomeUnknown    Unavailable
+      timeout, connection reset, protocol error)
+    429 or RATE_LIMIT_EXCEEDED                             Throttled, retry_after from
+                                                           Rate-Limit-Reset (else Retry-After)
+    401; INVALID_API_KEY, INVALID_MERCHANT_CREDENTIALS,    Misconfigured
+      REQUEST_FORBIDDEN_ERROR, CALLBACK_URL_NOT_FOUND,
+      any other 403
+    403 CHANNEL_NOT_ACTIVATED                              Refused
+    DUPLICATE_CALLBACK_VIRTUAL_ACCOUNT_ERROR,              OutcomeUnknown    Refused
+      DUPLICATE_ERROR (idempotency key reused, other body)
+    404                                                    Misconfigured     status: NOT_FOUND;
+                                                                             cancel: Refused
+    5xx (incl. 503 CHANNEL_UNAVAILABLE), or a non-4xx      OutcomeUnknown    Unavailable
+      non-2xx answer
+    other 4xx (API_VALIDATION_ERROR, amount limits, ...)   Refused(code)
+    2xx whose body cannot be read, or that does not match  OutcomeUnknown    Unavailable
+      the request (amount, reference, invalid QRIS CRC)
+
+Decisions behind the table:
+
+- CHANNEL_NOT_ACTIVATED is ``Refused``, not ``Misconfigured``: the request reached Xendit, which
+  answered that this account's contract does not include the channel. That is the "channel not
+  enabled" case ``rails.errors`` names as a business refusal; it says nothing about Xendit's
+  health, so it must not open the route's breaker (the router may remember refusals per code).
+- 5xx on create is ``OutcomeUnknown`` even though the idempotency key makes a repeat safe: Xendit
+  does not promise that a 5xx (or 503 CHANNEL_UNAVAILABLE) left nothing behind, and an OVO charge
+  pushes a payment prompt to the customer's phone the moment it exists. ``Unavailable`` would let
+  the router forget a possibly live charge; ``OutcomeUnknown`` sends it to verification, where the
+  key makes resolution cheap: repeating the create with the same reference returns the original
+  or makes the one and only resource (STYLE rule 4: such a repeat is a write carrying an
+  idempotency key the provider honours).
+- A duplicate (external_id already used, or the key reused with another body) means something may
+  already exist under this reference: ``OutcomeUnknown``, resolved by a status read.
+- A create whose answer does not match the request (amount, reference, a QRIS string whose CRC
+  fails) is ``OutcomeUnknown``: a resource exists but must never reach a customer.
+
+Status (RAILS.md §2.5). Paid is decided from Xendit's Transactions API (``GET /transactions``,
+``reference_id`` = our reference, type PAYMENT, status SUCCESS): the legacy VA and QR objects only
+turn ``INACTIVE``, which an expired one does too, and the VA payment lookup needs a ``payment_id``
+only the callback carries.
+
+- VA (by ``provider_ref``): PENDING/ACTIVE before ``expiration_date`` → pending; otherwise a
+  payment → paid (sum of payments), none → expired. 404 → not_found.
+- QR (by ``external_id`` = reference, so no ``provider_ref`` needed): ACTIVE → pending; otherwise
+  a payment → paid, none → expired. QR v1 has no expiry field: Lunas keeps the deadline.
+- E-wallet (by ``provider_ref``): PENDING → pending, SUCCEEDED → paid (``capture_amount``),
+  FAILED / VOIDED → failed, REFUNDED → refunded. 404 → not_found.
+- VA or e-wallet without ``provider_ref`` (the create's answer was lost): legacy Xendit cannot
+  look those up by reference, so a payment → paid, none → not_found with raw status
+  ``NO_PAYMENT_FOR_REFERENCE``. The resource may still exist: repeating the create with the same
+  reference replays it (idempotency key) rather than making another.
+
+Cancel: VA → PATCH ``expiration_date`` to now (Xendit turns it INACTIVE); e-wallet → void, only
+while the charge is PENDING (Xendit's void reverses a SUCCEEDED charge, which a cancel must never
+do: that is ``Refused``; a FAILED or VOIDED charge is already cancelled); QR v1 → ``Refused``,
+there is no cancel endpoint and the code stays payable, so Lunas keeps watching it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hmac
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from orchestrator.rails import qris
+from orchestrator.rails.base import (
+    ChargeRequest,
+    Instrument,
+    NeutralStatus,
+    ProviderStatus,
+    Rail,
+    Route,
+)
+from orchestrator.rails.errors import (
+    Misconfigured,
+    OutcomeUnknown,
+    RailError,
+    Refused,
+    Throttled,
+    TransientBeforeSend,
+    Unavailable,
+)
+
+PROVIDER = "xendit"
+CHANNELS: dict[Rail, tuple[str, ...]] = {
+    Rail.VA: ("bca", "bni", "bri", "mandiri", "permata"),
+    Rail.QRIS: ("qris",),
+    Rail.EWALLET: ("ovo", "dana", "linkaja", "shopeepay"),
+}
+MISCONFIGURED_CODES = frozenset({"INVALID_API_KEY", "INVALID_MERCHANT_CREDENTIALS",
+                                 "REQUEST_FORBIDDEN_ERROR", "CALLBACK_URL_NOT_FOUND"})
+DUPLICATE_CODES = frozenset({"DUPLICATE_CALLBACK_VIRTUAL_ACCOUNT_ERROR", "DUPLICATE_ERROR"})
+CHARGE_STATUSES = {"PENDING": NeutralStatus.PENDING, "SUCCEEDED": NeutralStatus.PAID,
+                   "FAILED": NeutralStatus.FAILED, "VOIDED": NeutralStatus.FAILED,
+                   "REFUNDED": NeutralStatus.REFUNDED}
+CATEGORIES = {Rail.VA: "VIRTUAL_ACCOUNT", Rail.QRIS: "QR_CODE", Rail.EWALLET: "EWALLET"}
+
+
+class CallbackError(ValueError):
+    """A callback body that is not one of the Xendit shapes Lunas understands."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def xendit_time(moment: datetime) -> str:
+    """UTC with milliseconds and ``Z``; a naive datetime is taken to be UTC already."""
+    utc = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def parse_time(value: Any) -> datetime:
+    moment = datetime.fromisoformat(str(value))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def rupiah(value: Any) -> int:
+    """Xendit amounts are JSON numbers (sometimes strings); Lunas money is whole rupiah."""
+    if isinstance(value, bool):
+        raise ValueError("an amount cannot be a boolean")
+    number = float(value) if isinstance(value, str) else value
+    if not isinstance(number, int | float) or number != int(number):
+        raise ValueError(f"amount {value!r} is not whole rupiah")
+    return int(number)
+
+
+def mobile_number(phone: str) -> str:
+    """OVO wants E.164 (+62…); Indonesian customers usually type 08… or 62…."""
+    digits = "".join(ch for ch in phone if ch.isdigit() or ch == "+")
+    if digits.startswith("+"):
+        return digits
+    if digits.startswith("62"):
+        return "+" + digits
+    if digits.startswith("0"):
+        return "+62" + digits[1:]
+    return digits  # not recognisably Indonesian: let Xendit judge it
+
+
+class XenditProvider:
+    """``PaymentProvider`` for Xendit. The caller owns ``client`` (and closes it)."""
+
+    name = PROVIDER
+
+    def __init__(self, *, base_url: str, secret_key: str, client: httpx.AsyncClient,
+                 timeout: float, callback_url: str, return_url: str,
+                 clock: Callable[[], datetime] = _utcnow) -> None:
+        self._base = base_url.rstrip("/")
+        token = base64.b64encode(f"{secret_key}:".encode()).decode()
+        self._auth = f"Basic {token}"
+        self._client, self._timeout = client, timeout
+        self._callback_url, self._return_url = callback_url, return_url
+        self._clock = clock
+
+    def channels(self, rail: Rail) -> tuple[str, ...]:
+        return CHANNELS.get(rail, ())
+
+    # -- create ----------------------------------------------------------------------------
+
+    async def create(self, request: ChargeRequest) -> Instrument:
+        route = request.route
+        if route.channel not in self.channels(route.rail):
+            raise Misconfigured(f"xendit does not serve {route.key}", provider=PROVIDER,
+                                operation="create")
+        if route.rail is Rail.VA:
+            return await self._create_va(request)
+        if route.rail is Rail.QRIS:
+            return await self._create_qr(request)
+        return await self._create_charge(request)
+
+    async def _create_va(self, request: ChargeRequest) -> Instrument:
+        body: dict[str, Any] = {
+            "external_id": request.reference, "bank_code": request.route.channel.upper(),
+            "name": request.customer_name, "is_closed": True,
+            "expected_amount": request.amount, "is_single_use": True,
+            "expiration_date": xendit_time(request.expires_at),
+        }
+        if request.description:
+            body["description"] = request.description
+        data = await self._create("/callback_virtual_accounts", body, request.reference)
+        with self._reading("create"):
+            _expect(data, external_id=request.reference, expected_amount=request.amount)
+            number = str(data["account_number"])
+            if not number.isdigit():
+                raise ValueError(f"account_number {number!r} is not a VA number")
+            return Instrument(
+                route=request.route, provider_ref=str(data["id"]),
+                status=NeutralStatus.PENDING, va_number=number, bank=request.route.channel,
+                expires_at=parse_time(data["expiration_date"]),
+                extra={"merchant_code": str(data.get("merchant_code", ""))},
+            )
+
+    async def _create_qr(self, request: ChargeRequest) -> Instrument:
+        body = {"external_id": request.reference, "type": "DYNAMIC",
+                "callback_url": request.callback_url or self._callback_url,
+                "amount": request.amount}
+        data = await self._create("/qr_codes", body, request.reference)
+        with self._reading("create"):
+            _expect(data, external_id=request.reference, amount=request.amount)
+            qr_string = str(data["qr_string"])
+            payload = qris.parse(qr_string)  # a bad CRC must never reach a customer
+            if not payload.dynamic or payload.amount != request.amount:
+                raise ValueError(f"QRIS payload is for {payload.amount}, not {request.amount}")
+            return Instrument(route=request.route, provider_ref=str(data["id"]),
+                              status=NeutralStatus.PENDING, qr_string=qr_string,
+                              expires_at=request.expires_at)
+
+    async def _create_charge(self, request: ChargeRequest) -> Instrument:
+        channel_code = f"ID_{request.route.channel.upper()}"
+        properties = ({"mobile_number": mobile_number(request.customer_phone)}
+                      if channel_code == "ID_OVO"
+                      else {"success_redirect_url": self._return_url})
+        body = {"reference_id": request.reference, "currency": "IDR", "amount": request.amount,
+                "checkout_method": "ONE_TIME_PAYMENT", "channel_code": channel_code,
+                "channel_properties": properties}
+        data = await self._create("/ewallets/charges", body, request.reference)
+        with self._reading("create"):
+            _expect(data, reference_id=request.reference, charge_amount=request.amount)
+            return _charge_instrument(request, data)
+
+    async def _create(self, path: str, body: dict[str, Any], reference: str) -> dict[str, Any]:
+        return await self._send("create", "POST", path, json=body, idempotency_key=reference)
+
+    # -- status ----------------------------------------------------------------------------
+
+    async def status(self, reference: str, provider_ref: str | None, route: Route
+                     ) -> ProviderStatus:
+        if route.rail is Rail.QRIS:
+            return await self._qr_status(reference)
+        if provider_ref is None:
+            return await self._status_by_reference(reference, route.rail)
+        if route.rail is Rail.VA:
+            return await self._va_status(provider_ref)
+        data = await self._lookup(f"/ewallets/charges/{quote(provider_ref, '')}")
+        if data is None:
+            return ProviderStatus(status=NeutralStatus.NOT_FOUND, provider_ref=provider_ref)
+        with self._reading("status"):
+            return charge_status(data)
+
+    async def _va_status(self, provider_ref: str) -> ProviderStatus:
+        path = f"/callback_virtual_accounts/{quote(provider_ref, '')}"
+        data = await self._lookup(path)
+        if data is None:
+            return ProviderStatus(status=NeutralStatus.NOT_FOUND, provider_ref=provider_ref)
+        with self._reading("status"):
+            raw, external_id = str(data["status"]), str(data["external_id"])
+            expires_at = parse_time(data["expiration_date"])
+        if raw in ("PENDING", "ACTIVE") and expires_at > self._clock():
+            return ProviderStatus(status=NeutralStatus.PENDING, provider_ref=provider_ref,
+                                  raw_status=raw)
+        return await self._paid_or(NeutralStatus.EXPIRED, external_id, Rail.VA, provider_ref, raw)
+
+    async def _qr_status(self, reference: str) -> ProviderStatus:
+        data = await self._lookup(f"/qr_codes/{quote(reference, '')}")
+        if data is None:
+            return ProviderStatus(status=NeutralStatus.NOT_FOUND, provider_ref=None)
+        with self._reading("status"):
+            raw, qr_id = str(data["status"]), str(data["id"])
+        if raw == "ACTIVE":
+            return ProviderStatus(status=NeutralStatus.PENDING, provider_ref=qr_id,
+                                  raw_status=raw)
+        return await self._paid_or(NeutralStatus.EXPIRED, reference, Rail.QRIS, qr_id, raw)
+
+    async def _status_by_reference(self, reference: str, rail: Rail) -> ProviderStatus:
+        return await self._paid_or(NeutralStatus.NOT_FOUND, reference, rail, None,
+                                   "NO_PAYMENT_FOR_REFERENCE")
+
+    async def _paid_or(self, otherwise: NeutralStatus, reference: str, rail: Rail,
+                       provider_ref: str | None, raw: str) -> ProviderStatus:
+        """Paid if the Transactions API holds a successful payment for this reference."""
+        params = {"reference_id": reference, "types": "PAYMENT", "statuses": "SUCCESS",
+                  "channel_categories": CATEGORIES[rail], "limit": "50"}
+        data = await self._send("status", "GET", "/transactions", params=params)
+        with self._reading("status"):
+            payments = [t for t in data["data"]
+                        if provider_ref is None or t.get("product_id") == provider_ref]
+            if not payments:
+                return ProviderStatus(status=otherwise, provider_ref=provider_ref,
+                                      raw_status=raw)
+            return ProviderStatus(
+                status=NeutralStatus.PAID, provider_ref=str(payments[0]["product_id"]),
+                paid_amount=sum(rupiah(t["amount"]) for t in payments),
+                paid_at=min(parse_time(t["created"]) for t in payments), raw_status="SUCCESS",
+            )
+
+    # -- cancel ----------------------------------------------------------------------------
+
+    async def cancel(self, reference: str, provider_ref: str | None, route: Route) -> None:
+        if route.rail is Rail.QRIS:
+            raise Refused("QR codes v1 have no cancel; the code stays payable until paid",
+                          provider=PROVIDER, operation="cancel", code="NOT_CANCELLABLE")
+        if provider_ref is None:
+            raise Refused(f"cannot cancel {reference} without the provider's id",
+                          provider=PROVIDER, operation="cancel", code="PROVIDER_REF_REQUIRED")
+        if route.rail is Rail.VA:
+            path = f"/callback_virtual_accounts/{quote(provider_ref, '')}"
+            body = {"expiration_date": xendit_time(self._clock())}
+            await self._send("cancel", "PATCH", path, json=body)
+            return
+        await self._void_pending(provider_ref)
+
+    async def _void_pending(self, provider_ref: str) -> None:
+        path = f"/ewallets/charges/{quote(provider_ref, '')}"
+        data = await self._send("cancel", "GET", path)
+        with self._reading("cancel"):
+            raw = str(data["status"])
+        if raw in ("FAILED", "VOIDED"):
+            return  # already unpayable: cancelling twice is not an error
+        if raw != "PENDING":
+            raise Refused(f"charge is {raw}; voiding it would reverse a payment",
+                          provider=PROVIDER, operation="cancel", code=f"CHARGE_{raw}")
+        await self._send("cancel", "POST", f"{path}/void")
+
+    # -- transport and error translation ---------------------------------------------------
+
+    async def _send(self, operation: str, method: str, path: str, *,
+                    json: dict[str, Any] | None = None, params: dict[str, str] | None = None,
+                    idempotency_key: str | None = None) -> dict[str, Any]:
+        """One HTTP call: the JSON object answered, or a ``RailError``."""
+        response = await self._request(operation, method, path, json=json, params=params,
+                                       idempotency_key=idempotency_key)
+        return self._answer(operation, response)
+
+    async def _lookup(self, path: str) -> dict[str, Any] | None:
+        """A status read where 404 is an answer (never created), not an error."""
+        response = await self._request("status", "GET", path)
+        return None if response.status_code == 404 else self._answer("status", response)
+
+    async def _request(self, operation: str, method: str, path: str, *,
+                       json: dict[str, Any] | None = None, params: dict[str, str] | None = None,
+                       idempotency_key: str | None = None) -> httpx.Response:
+        headers = {"Authorization": self._auth, "Accept": "application/json"}
+        if idempotency_key is not None:
+            headers["X-IDEMPOTENCY-KEY"] = idempotency_key
+        try:
+            return await self._client.request(method, self._base + path, json=json,
+                                              params=params, headers=headers,
+                                              timeout=self._timeout)
+        except httpx.RequestError as exc:
+            raise _transport_error(operation, exc) from exc
+
+    def _answer(self, operation: str, response: httpx.Response) -> dict[str, Any]:
+        try:
+            response.raise_for_status()
+        except httpx.HTTPStatusError as exc:
+            raise _http_error(operation, response) from exc
+        with self._reading(operation):
+            body = response.json()
+            if not isinstance(body, dict):
+                raise ValueError("the answer is not a JSON object")
+            return body
+
+    @contextlib.contextmanager
+    def _reading(self, operation: str) -> Iterator[None]:
+        """A 2xx answer we cannot read: the call happened, its result is unusable."""
+        try:
+            yield
+        except (KeyError, TypeError, ValueError) as exc:
+            cls = OutcomeUnknown if operation == "create" else Unavailable
+            raise cls(f"unreadable answer: {exc}", provider=PROVIDER,
+                      operation=operation) from exc
+
+
+def _expect(data: Mapping[str, Any], **fields: object) -> None:
+    """The answer must be about what we asked for; ``expected_amount`` may be omitted."""
+    for name, wanted in fields.items():
+        value = data.get(name)
+        if value is None and name == "expected_amount":
+            continue
+        if (rupiah(value) if isinstance(wanted, int) else value) != wanted:
+            raise ValueError(f"{name} is {value!r}, expected {wanted!r}")
+
+
+def _charge_instrument(request: ChargeRequest, data: Mapping[str, Any]) -> Instrument:
+    """OVO pushes a prompt to the customer's app (no URL); others redirect or deep-link."""
+    actions = data.get("actions") or {}
+    extra = {"channel_code": str(data["channel_code"]),
+             "redirect_required": "true" if data.get("is_redirect_required") else "false"}
+    if actions.get("qr_checkout_string"):
+        extra["qr_checkout_string"] = str(actions["qr_checkout_string"])
+    web = actions.get("mobile_web_checkout_url") or actions.get("desktop_web_checkout_url")
+    deeplink = actions.get("mobile_deeplink_checkout_url")
+    return Instrument(route=request.route, provider_ref=str(data["id"]),
+                      status=CHARGE_STATUSES[str(data["status"])],
+                      checkout_url=str(web) if web else None,
+                      deeplink_url=str(deeplink) if deeplink else None,
+                      expires_at=request.expires_at, extra=extra)
+
+
+def _transport_error(operation: str, exc: httpx.RequestError) -> RailError:
+    detail = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        return TransientBeforeSend(detail, provider=PROVIDER, operation=operation)
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return Misconfigured(detail, provider=PROVIDER, operation=operation)
+    if operation == "create":
+        return OutcomeUnknown(detail, provider=PROVIDER, operation=operation)
+    return Unavailable(detail, provider=PROVIDER, operation=operation)
+
+
+def _http_error(operation: str, response: httpx.Response) -> RailError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    body = body if isinstance(body, dict) else {}
+    code, status = str(body.get("error_code", "")), response.status_code
+    detail = f"HTTP {status} {code}: {body.get('message', response.reason_phrase)}"
+    if status == 429 or code == "RATE_LIMIT_EXCEEDED":
+        return Throttled(detail, provider=PROVIDER, operation=operation,
+                         retry_after=_retry_after(response.headers))
+    cls = _error_class(operation, status, code)
+    if cls is Refused:
+        return Refused(detail, provider=PROVIDER, operation=operation,
+                       code=code or f"HTTP_{status}")
+    return cls(detail, provider=PROVIDER, operation=operation)
+
+
+def _error_class(operation: str, status: int, code: str) -> type[RailError]:
+    """The module docstring's table, below the 429 row."""
+    server_side = status >= 500 or status < 400
+    if status == 401 or code in MISCONFIGURED_CODES or (
+            status == 403 and code != "CHANNEL_NOT_ACTIVATED"):
+        return Misconfigured
+    if operation == "create":
+        if code in DUPLICATE_CODES or server_side:
+            return OutcomeUnknown
+        if status == 404:
+            return Misconfigured
+    return Unavailable if server_side else Refused
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    for name in ("Rate-Limit-Reset", "Retry-After"):
+        with contextlib.suppress(TypeError, ValueError):
+            return max(float(headers[name]), 0.0)
+    return None
+
+
+# -- callbacks (pure: the webhook handler verifies, then maps) --------------------------------
+
+def verify_callback_token(expected: str, header: str | None) -> bool:
+    """Constant-time check of ``x-callback-token``; an unset expected token trusts nothing."""
+    if not expected or header is None:
+        return False
+    return hmac.compare_digest(expected.encode(), header.encode())
+
+
+def charge_status(charge: Mapping[str, Any]) -> ProviderStatus:
+    """An e-wallet charge object (status read or callback ``data``) in Lunas's terms."""
+    raw = str(charge["status"])
+    status = CHARGE_STATUSES.get(raw)
+    if status is None:
+        raise ValueError(f"unknown e-wallet charge status {raw!r}")
+    paid = status is NeutralStatus.PAID
+    return ProviderStatus(
+        status=status, provider_ref=str(charge["id"]),
+        paid_amount=rupiah(charge["capture_amount"]) if paid else None,
+        paid_at=parse_time(charge["updated"]) if paid and charge.get("updated") else None,
+        raw_status=raw,
+    )
+
+
+def callback_status(body: Mapping[str, Any]) -> ProviderStatus:
+    """The status a VA paid, QR payment or e-wallet capture callback reports.
+
+    Raises ``CallbackError`` for any other shape. The VA callback has no status field: its
+    arrival means paid (RAILS.md §2.2)."""
+    try:
+        if body.get("event") == "ewallet.capture":
+            return charge_status(body["data"])
+        if body.get("event") == "qr.payment":
+            return _qr_callback_status(body)
+        if "callback_virtual_account_id" in body and "payment_id" in body:
+            return ProviderStatus(
+                status=NeutralStatus.PAID, provider_ref=str(body["callback_virtual_account_id"]),
+                paid_amount=rupiah(body["amount"]),
+                paid_at=parse_time(body["transaction_timestamp"]), raw_status="PAID")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CallbackError(f"malformed Xendit callback: {exc}") from exc
+    raise CallbackError("not a Xendit VA, QR or e-wallet callback")
+
+
+def _qr_callback_status(body: Mapping[str, Any]) -> ProviderStatus:
+    """v1 is flat with ``qr_code``; api-version 2022-07-31 wraps the payment in ``data``."""
+    payment = body.get("data", body)
+    raw = str(payment["status"])
+    if raw not in ("COMPLETED", "SUCCEEDED"):
+        raise ValueError(f"unknown QR payment status {raw!r}")
+    qr_id = payment["qr_code"]["id"] if "qr_code" in payment else payment["qr_id"]
+    return ProviderStatus(status=NeutralStatus.PAID, provider_ref=str(qr_id),
+                          paid_amount=rupiah(payment["amount"]),
+                          paid_at=parse_time(payment["created"]), raw_status=raw)
+
+
+def callback_reference(body: Mapping[str, Any]) -> str:
+    """Our reference (external_id / reference_id) in a callback, for attempts whose create
+    answer was lost and so have no ``provider_ref`` to match on."""
+    try:
+        if body.get("event") == "ewallet.capture":
+            return str(body["data"]["reference_id"])
+        if body.get("event") == "qr.payment":
+            if "data" in body:
+                return str(body["data"]["reference_id"])
+            return str(body["qr_code"]["external_id"])
+        return str(body["external_id"])
+    except (KeyError, TypeError) as exc:
+        raise CallbackError(f"callback carries no reference: {exc}") from exc
