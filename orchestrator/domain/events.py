@@ -11,6 +11,7 @@ ORDER_EXPIRED: Final = "order.expired"
 ORDER_CANCELLED: Final = "order.cancelled"
 ORDER_NEEDS_REVIEW: Final = "order.needs_review"
 REVIEW_CASE_OPENED: Final = "review_case.opened"
+ATTEMPT_UNKNOWN: Final = "attempt.unknown"  # internal: resolve by a status read
 
 # Events a merchant's webhook endpoint receives.
 MERCHANT_VISIBLE: Final = frozenset(

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.domain import events
 from orchestrator.domain.clock import Clock
@@ -79,6 +80,8 @@ class _Journal:
             await conn.execute(payment_attempts.update()
                                .where(payment_attempts.c.id == attempt_id)
                                .values(state=state.value, updated_at=now, **closed, **values))
+            if state is AttemptState.UNKNOWN:  # verification is queued with the state change
+                await add_unknown_event(conn, attempt_id, now=now)
 
 
 def _instructions(instrument: Instrument) -> dict[str, Any]:
@@ -163,3 +166,9 @@ def routing_view(result: IssueResult) -> dict[str, Any]:
     }
 
 
+
+
+async def add_unknown_event(conn: AsyncConnection, attempt_id: str, *, now: datetime) -> None:
+    await add_events(conn, [PendingEvent(event_type=events.ATTEMPT_UNKNOWN,
+                                         aggregate_id=attempt_id, merchant_id=None,
+                                         payload={"attempt_id": attempt_id})], now=now)

@@ -1,0 +1,135 @@
+"""Worker jobs for gateway rails, run from the outbox.
+
+``order.captured`` — deferred issuance. An order still ``captured`` after its capture request's
+budget (the api died mid-issuance, or every route was down and the merchant allows no fallback)
+gets its instructions here, retried with the relay's backoff until a route serves.
+
+``attempt.unknown`` — an attempt whose create outcome was unknown is resolved by a status read
+(never by a blind re-create, rule 3): absent → failed; paid → settled as evidence; live → if the
+order is served by another attempt, cancelled at the provider where it allows and kept watched as
+``superseded`` (rule 4), so no second live instrument is left uncancelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from orchestrator.domain import events
+from orchestrator.domain.clock import Clock
+from orchestrator.domain.order import AttemptState, OrderState
+from orchestrator.outbox.relay import OutboxEvent
+from orchestrator.rails.base import NeutralStatus, PaymentProvider, Rail, Route
+from orchestrator.rails.errors import Refused
+from orchestrator.rails.router import RouteGuard
+from orchestrator.services.issuance import IssuanceService, add_unknown_event
+from orchestrator.services.settlement import Payment, apply_payment
+from orchestrator.store.database import Database
+from orchestrator.store.tables import orders, payment_attempts
+
+
+class IssuanceStillRunning(Exception):
+    """A capture request may still be issuing this order; try again after the backoff."""
+
+
+class NoRouteYet(Exception):
+    """No route can serve this order now; the relay retries with backoff."""
+
+
+class GatewayJobs:
+    def __init__(self, db: Database, issuance: IssuanceService,
+                 providers: Mapping[str, PaymentProvider], guard: RouteGuard, clock: Clock,
+                 *, in_flight: timedelta, quarantine: timedelta) -> None:
+        self._db, self._issuance, self._providers = db, issuance, providers
+        self._guard, self._clock = guard, clock
+        self._in_flight, self._quarantine = in_flight, quarantine
+
+    def handlers(self) -> dict[str, Any]:
+        return {events.ORDER_CAPTURED: self.on_order_captured,
+                events.ATTEMPT_UNKNOWN: self.on_attempt_unknown}
+
+    async def on_order_captured(self, event: OutboxEvent) -> None:
+        order_id = str(event.aggregate_id)
+        async with self._db.read() as conn:
+            order = (await conn.execute(sa.select(orders).where(orders.c.id == order_id))).one()
+            creating = (await conn.execute(sa.select(payment_attempts).where(
+                payment_attempts.c.order_id == order_id,
+                payment_attempts.c.state == AttemptState.CREATING.value))).all()
+        if order.state != OrderState.CAPTURED.value or order.rail == Rail.MANUAL_TRANSFER.value:
+            return
+        now = self._clock.now()
+        if any(now - a.created_at < self._in_flight for a in creating):
+            raise IssuanceStillRunning(f"order {order_id} has an attempt being created")
+        for stale in creating:  # its caller died mid-call: the provider may hold a charge
+            await self._mark_unknown(stale.id, "issuer stopped mid-call; verifying")
+        result = await self._issuance.issue(order, rail=Rail(order.rail),
+                                            channel=order.channel or "")
+        await self._issuance.finish(order_id, result)
+        if result.served is None:
+            raise NoRouteYet("; ".join(f"{h.route}: {h.reason}" for h in result.hops))
+
+    async def on_attempt_unknown(self, event: OutboxEvent) -> None:
+        attempt_id = str(event.payload["attempt_id"])
+        async with self._db.read() as conn:
+            attempt = (await conn.execute(sa.select(payment_attempts)
+                                          .where(payment_attempts.c.id == attempt_id))).one()
+        if attempt.state != AttemptState.UNKNOWN.value:
+            return
+        route = Route(rail=Rail(attempt.rail), provider=attempt.provider,
+                      channel=attempt.channel or "")
+        provider = self._providers[attempt.provider]
+        async with self._guard.guard(route.key):
+            status = await provider.status(attempt.id, attempt.provider_ref, route)
+        if status.status is NeutralStatus.NOT_FOUND:
+            await self._set_state(attempt.id, AttemptState.FAILED, "never created at provider")
+        elif status.status is NeutralStatus.PAID:
+            await self._settle(attempt, status.paid_amount or 0, status.raw_status)
+        elif status.status is NeutralStatus.PENDING:
+            await self._supersede_live(attempt, route, provider, status.provider_ref)
+        elif status.status is NeutralStatus.EXPIRED:
+            await self._set_state(attempt.id, AttemptState.EXPIRED, "expired at provider")
+        else:
+            await self._set_state(attempt.id, AttemptState.FAILED, f"provider says {status.status}")
+
+    async def _supersede_live(self, attempt: Any, route: Route, provider: PaymentProvider,
+                              provider_ref: str | None) -> None:
+        """A live orphan instrument: cancel it where the provider allows, keep watching it."""
+        try:
+            async with self._guard.guard(route.key):
+                await provider.cancel(attempt.id, provider_ref, route)
+            reason = "live orphan from an unknown create; cancelled at provider"
+        except Refused:
+            reason = "live orphan from an unknown create; provider cannot cancel it, watched"
+        await self._set_state(attempt.id, AttemptState.SUPERSEDED, reason,
+                              provider_ref=provider_ref)
+
+    async def _settle(self, attempt: Any, amount: int, raw_status: str) -> None:
+        now = self._clock.now()
+        async with self._db.transaction() as conn:
+            await apply_payment(conn, Payment(
+                attempt_id=attempt.id, amount=amount,
+                evidence_key=f"{attempt.provider}:status:{attempt.id}:paid", kind="provider_status",
+                observed_at=now, details={"raw_status": raw_status}), now=now,
+                quarantine=self._quarantine)
+
+    async def _mark_unknown(self, attempt_id: str, reason: str) -> None:
+        now = self._clock.now()
+        async with self._db.transaction() as conn:
+            await conn.execute(payment_attempts.update().where(
+                payment_attempts.c.id == attempt_id,
+                payment_attempts.c.state == AttemptState.CREATING.value,
+            ).values(state=AttemptState.UNKNOWN.value, failure_reason=reason, updated_at=now))
+            await add_unknown_event(conn, attempt_id, now=now)
+
+    async def _set_state(self, attempt_id: str, state: AttemptState, reason: str,
+                         **values: Any) -> None:
+        now = self._clock.now()
+        async with self._db.transaction() as conn:
+            await conn.execute(payment_attempts.update().where(
+                payment_attempts.c.id == attempt_id,
+                payment_attempts.c.state == AttemptState.UNKNOWN.value,
+            ).values(state=state.value, failure_reason=reason, updated_at=now, **values))
+
