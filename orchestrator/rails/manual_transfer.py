@@ -9,6 +9,7 @@ decides, so two concurrent captures can never share an amount.
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from datetime import datetime
@@ -54,46 +55,64 @@ async def issue_transfer(
 ) -> TransferInstrument:
     """Insert an ``active`` manual-transfer attempt holding a free transfer amount.
 
-    Accounts are tried in priority order. For each, the amounts already held are read once and a
-    random free one is proposed; a concurrent capture that took it first makes the insert a no-op
-    (``ON CONFLICT DO NOTHING`` on the partial index) and another is proposed.
+    Accounts are tried in priority order. The first proposal on the first account is a random
+    amount of the whole range, inserted straight away: while the range is mostly free it is
+    accepted and the capture needs no read. If it is held, the amounts already held on each
+    account are read once and a random free one is proposed; a concurrent capture that took it
+    first makes the insert a no-op (``ON CONFLICT DO NOTHING`` on the partial index) and another
+    is proposed. Either way the amount is uniform over the free amounts of the first account that
+    has one, and exhaustion is only declared after reading every account.
     """
     if not accounts:
         raise NoPayoutAccount(
             "the merchant has no active payout account for manual transfer; add one with "
             "`lunas merchants add-account`"
         )
+    amounts = codes.transfer_amounts(amount)
+
+    async def attempt(account: PayoutAccount, candidate: int) -> TransferInstrument | None:
+        attempt_id = new_id("att")
+        row = _attempt_row(attempt_id, order_id, account, candidate, candidate - amount,
+                           expires_at, now)
+        if not await _insert_if_free(conn, row):
+            return None
+        return TransferInstrument(
+            attempt_id=attempt_id, bank=account.bank, account_number=account.account_number,
+            account_name=account.account_name, unique_code=candidate - amount,
+            transfer_amount=candidate, expires_at=expires_at,
+        )
+
+    if tries > 0 and (found := await attempt(accounts[0], rng.choice(amounts))):
+        return found
     for account in accounts:
-        taken = await _held_amounts(conn, account, codes.transfer_amounts(amount))
-        free = [a for a in codes.transfer_amounts(amount) if a not in taken]
+        taken = await _held_amounts(conn, account, amounts)
+        free = [a for a in amounts if a not in taken] if taken else list(amounts)
         for candidate in rng.sample(free, min(tries, len(free))):
-            attempt_id = new_id("att")
-            row = _attempt_row(attempt_id, order_id, account, candidate, candidate - amount,
-                               expires_at, now)
-            if await _insert_if_free(conn, row):
-                return TransferInstrument(
-                    attempt_id=attempt_id, bank=account.bank,
-                    account_number=account.account_number, account_name=account.account_name,
-                    unique_code=candidate - amount, transfer_amount=candidate,
-                    expires_at=expires_at,
-                )
+            if found := await attempt(account, candidate):
+                return found
     raise UniqueCodesExhausted(
         f"every transfer amount for {amount} rupiah (codes {codes.low}-{codes.high}) is held by "
         "another open order on every payout account; retry later or add a payout account"
     )
 
 
+# Statements are built once (per dialect) and executed with parameters: building and hashing a
+# new statement per capture cost more CPU than the database spent running it.
+_HELD_AMOUNTS = sa.select(payment_attempts.c.transfer_amount).where(
+    payment_attempts.c.payout_bank == sa.bindparam("bank"),
+    payment_attempts.c.payout_account_number == sa.bindparam("account_number"),
+    payment_attempts.c.holds_code,
+    payment_attempts.c.transfer_amount.between(sa.bindparam("low"), sa.bindparam("high")),
+)
+
+
 async def _held_amounts(
     conn: AsyncConnection, account: PayoutAccount, amounts: range
 ) -> set[int]:
-    rows = await conn.execute(
-        sa.select(payment_attempts.c.transfer_amount).where(
-            payment_attempts.c.payout_bank == account.bank,
-            payment_attempts.c.payout_account_number == account.account_number,
-            payment_attempts.c.holds_code,
-            payment_attempts.c.transfer_amount.between(amounts.start, amounts.stop - 1),
-        )
-    )
+    rows = await conn.execute(_HELD_AMOUNTS, {
+        "bank": account.bank, "account_number": account.account_number,
+        "low": amounts.start, "high": amounts.stop - 1,
+    })
     return {r[0] for r in rows}
 
 
@@ -111,15 +130,19 @@ def _attempt_row(
     }
 
 
-async def _insert_if_free(conn: AsyncConnection, row: dict[str, Any]) -> bool:
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    statement = (
+@functools.cache
+def _insert_attempt(dialect_name: str) -> Any:
+    insert = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
+    return (
         insert(payment_attempts)
-        .values(**row)
         .on_conflict_do_nothing(
             index_elements=["payout_bank", "payout_account_number", "transfer_amount"],
             index_where=payment_attempts.c.holds_code,
         )
         .returning(payment_attempts.c.id)
     )
-    return (await conn.execute(statement)).first() is not None
+
+
+async def _insert_if_free(conn: AsyncConnection, row: dict[str, Any]) -> bool:
+    statement = _insert_attempt(conn.dialect.name)
+    return (await conn.execute(statement, row)).first() is not None

@@ -9,6 +9,7 @@ key with another body conflicts on the second and the whole transaction rolls ba
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -31,9 +32,12 @@ from orchestrator.rails import manual_transfer
 from orchestrator.services.order_view import event_payload, render_order
 from orchestrator.settings import UniqueCodeSettings
 from orchestrator.store.database import Database
-from orchestrator.store.merchants import active_payout_accounts
+from orchestrator.store.merchants import PayoutAccount, active_payout_accounts
 from orchestrator.store.tables import idempotency_keys, orders
 from orchestrator.telemetry.metrics import Metrics
+
+ACCOUNTS_TTL = 5.0
+"""Seconds a merchant's payout-account list is reused by captures in one process."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,6 +62,18 @@ class CaptureService:
         self._db, self._rules, self._codes, self._clock = db, rules, codes, clock
         self._metrics = metrics
         self._rng = rng or random.Random()
+        # Built once: a statement object memoises its cache key and compiled form, and the values
+        # go in as parameters, so a capture neither builds nor hashes a new statement.
+        self._insert_order = (
+            db.insert(orders)
+            .on_conflict_do_nothing(index_elements=["merchant_id", "merchant_order_id"])
+            .returning(orders.c.id)
+        )
+        self._insert_key = (
+            db.insert(idempotency_keys).on_conflict_do_nothing()
+            .returning(idempotency_keys.c.key)
+        )
+        self._accounts: dict[str, tuple[float, list[PayoutAccount]]] = {}
 
     async def capture(
         self, *, merchant_id: str, idempotency_key: str, request: OrderRequest
@@ -100,16 +116,12 @@ class CaptureService:
             created_at=now, updated_at=now, expires_at=expires_at, paid_at=None,
             review_reason=None,
         )
-        inserted = await conn.execute(
-            self._db.insert(orders).values(**vars(order))
-            .on_conflict_do_nothing(index_elements=["merchant_id", "merchant_order_id"])
-            .returning(orders.c.id)
-        )
+        inserted = await conn.execute(self._insert_order, vars(order))
         if inserted.first() is None:
             raise _Rejected(order_conflict=True)
         instrument = await manual_transfer.issue_transfer(
             conn, order_id=order.id, amount=request.amount,
-            accounts=await active_payout_accounts(conn, merchant_id),
+            accounts=await self._payout_accounts(conn, merchant_id),
             codes=self._codes.codes, tries=self._codes.allocation_tries,
             expires_at=expires_at, now=now, rng=self._rng,
         )
@@ -118,15 +130,34 @@ class CaptureService:
             event_type=events.ORDER_CAPTURED, aggregate_id=order.id, merchant_id=merchant_id,
             payload=event_payload(order, payment=body["payment"]),
         )], now=now)
-        stored = await conn.execute(
-            self._db.insert(idempotency_keys).values(
-                merchant_id=merchant_id, key=key, request_hash=fingerprint, order_id=order.id,
-                response_status=201, response_body=body, created_at=now,
-            ).on_conflict_do_nothing().returning(idempotency_keys.c.key)
-        )
+        stored = await conn.execute(self._insert_key, {
+            "merchant_id": merchant_id, "key": key, "request_hash": fingerprint,
+            "order_id": order.id, "response_status": 201, "response_body": body,
+            "created_at": now,
+        })
         if stored.first() is None:
             raise _Rejected(order_conflict=False)
         return body
+
+    async def _payout_accounts(
+        self, conn: AsyncConnection, merchant_id: str
+    ) -> list[PayoutAccount]:
+        """The merchant's active payout accounts, cached for ``ACCOUNTS_TTL`` seconds.
+
+        Saves a query per capture. An account added or deactivated takes effect within the TTL
+        (an empty list is never cached, so a merchant's first account works at once). Which
+        amounts are free is never cached: the partial unique index decides that per insert.
+        """
+        now = time.monotonic()
+        cached = self._accounts.get(merchant_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        accounts = await active_payout_accounts(conn, merchant_id)
+        if accounts:
+            if len(self._accounts) > 10_000:
+                self._accounts.clear()
+            self._accounts[merchant_id] = (now + ACCOUNTS_TTL, accounts)
+        return accounts
 
     async def _explain(
         self, merchant_id: str, key: str, fingerprint: str, request: OrderRequest,
