@@ -34,7 +34,8 @@ def _order_request(data: OrderIn) -> OrderRequest:
         merchant_order_id=data.merchant_order_id, amount=data.amount,
         customer=Customer(name=data.customer.name, email=data.customer.email,
                           phone=data.customer.phone),
-        rail=data.rail, expires_in=data.expires_in, metadata=data.metadata,
+        rail=data.rail, channel=data.channel, expires_in=data.expires_in,
+        metadata=data.metadata,
     )
 
 

@@ -20,6 +20,9 @@ class OrderIn(msgspec.Struct, forbid_unknown_fields=True):
     """Integer rupiah; a float or a string is refused, never rounded."""
     customer: CustomerIn
     rail: str | None = None
+    """va | qris | ewallet | manual_transfer (the default)."""
+    channel: str | None = None
+    """Bank or wallet within the rail: bca, bni, bri, mandiri, permata; gopay, ovo, ..."""
     expires_in: int | None = None
     """Seconds from now until the payment deadline."""
     metadata: dict[str, Any] | None = None

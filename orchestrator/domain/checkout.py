@@ -16,7 +16,8 @@ from typing import Any
 from orchestrator.domain.errors import InvalidOrder
 from orchestrator.domain.money import AmountLimits
 
-SUPPORTED_RAILS = ("manual_transfer",)
+SUPPORTED_RAILS = ("va", "qris", "ewallet", "manual_transfer")
+_CHANNEL = re.compile(r"^[a-z_]{2,32}$")
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
 _PHONE = re.compile(r"^\+?[0-9]{8,15}$")
 _MERCHANT_ORDER_ID = re.compile(r"^[\x21-\x7e]{1,100}$")
@@ -35,6 +36,7 @@ class OrderRequest:
     amount: int
     customer: Customer
     rail: str | None = None
+    channel: str | None = None
     expires_in: int | None = None
     metadata: dict[str, Any] | None = field(default=None)
 
@@ -57,6 +59,7 @@ def request_fingerprint(request: OrderRequest) -> str:
             "amount": request.amount,
             "customer": [request.customer.name, request.customer.email, request.customer.phone],
             "rail": request.rail,
+            "channel": request.channel,
             "expires_in": request.expires_in,
             "metadata": request.metadata,
         },
@@ -81,6 +84,9 @@ def validate(request: OrderRequest, rules: CheckoutRules, *, now: datetime) -> d
             f"rail '{request.rail}' is not offered; choose one of: {', '.join(SUPPORTED_RAILS)}",
             field="rail",
         )
+    if request.channel is not None and not _CHANNEL.match(request.channel):
+        raise InvalidOrder("channel is a lower-case name such as 'bca' or 'gopay'",
+                           field="channel")
     if request.metadata is not None:
         size = len(json.dumps(request.metadata, separators=(",", ":")).encode())
         if size > rules.max_metadata_bytes:

@@ -19,6 +19,8 @@ class PendingEvent:
     aggregate_id: str | None
     merchant_id: str | None
     payload: dict[str, Any]
+    available_at: datetime | None = None
+    """When the relay may first handle it; None means at once."""
 
 
 def event_row(event: PendingEvent, *, now: datetime) -> dict[str, Any]:
@@ -31,7 +33,7 @@ def event_row(event: PendingEvent, *, now: datetime) -> dict[str, Any]:
         "status": "pending",
         "attempts": 0,
         "created_at": now,
-        "available_at": now,
+        "available_at": event.available_at or now,
     }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,12 +24,16 @@ from orchestrator.domain.clock import Clock
 from orchestrator.domain.errors import (
     DuplicateMerchantOrder,
     IdempotencyKeyReused,
+    InvalidOrder,
     UniqueCodesExhausted,
 )
 from orchestrator.domain.ids import new_id
 from orchestrator.domain.order import OrderState
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails import manual_transfer
+from orchestrator.rails.base import Rail
+from orchestrator.rails.plan import channels_offered
+from orchestrator.services.issuance import IssuanceService
 from orchestrator.services.order_view import event_payload, render_order
 from orchestrator.settings import UniqueCodeSettings
 from orchestrator.store.database import Database
@@ -58,6 +63,7 @@ class CaptureService:
     def __init__(
         self, db: Database, *, rules: CheckoutRules, codes: UniqueCodeSettings, clock: Clock,
         metrics: Metrics, rng: random.Random | None = None,
+        issuance: IssuanceService | None = None, in_flight: timedelta = timedelta(seconds=15),
     ) -> None:
         self._db, self._rules, self._codes, self._clock = db, rules, codes, clock
         self._metrics = metrics
@@ -74,6 +80,8 @@ class CaptureService:
             .returning(idempotency_keys.c.key)
         )
         self._accounts: dict[str, tuple[float, list[PayoutAccount]]] = {}
+        self._issuance = issuance
+        self._in_flight = in_flight
 
     async def capture(
         self, *, merchant_id: str, idempotency_key: str, request: OrderRequest
@@ -81,7 +89,10 @@ class CaptureService:
         now = self._clock.now()
         expires_at = validate(request, self._rules, now=now)
         fingerprint = request_fingerprint(request)
-        rail = manual_transfer.RAIL
+        rail = request.rail or manual_transfer.RAIL
+        if rail != manual_transfer.RAIL:
+            return await self._capture_gateway(merchant_id, idempotency_key, fingerprint,
+                                               request, expires_at)
         try:
             async with self._db.transaction() as conn:
                 body = await self._write(conn, merchant_id, idempotency_key, fingerprint,
@@ -101,6 +112,73 @@ class CaptureService:
             raise
         self._metrics.orders_captured.labels("created", rail).inc()
         return CaptureOutcome(status_code=201, body=body, replayed=False)
+
+    def _channel_for(self, rail: Rail, requested: str | None) -> str:
+        """The channel to route, checked against what the configured providers offer."""
+        if self._issuance is None:
+            raise InvalidOrder(f"rail '{rail.value}' is not offered: no payment gateway is "
+                               "configured; use manual_transfer", field="rail")
+        offered = channels_offered(rail, self._issuance.router.catalog())
+        channel = requested or (offered[0] if len(offered) == 1 else None)
+        if channel is None or channel not in offered:
+            raise InvalidOrder(f"channel for rail '{rail.value}' must be one of: "
+                               f"{', '.join(offered)}", field="channel")
+        return channel
+
+    async def _capture_gateway(
+        self, merchant_id: str, key: str, fingerprint: str, request: OrderRequest,
+        expires_at: datetime,
+    ) -> CaptureOutcome:
+        """Capture first (the order is durable before any provider is called), then issue."""
+        rail = Rail(request.rail or manual_transfer.RAIL)
+        channel = self._channel_for(rail, request.channel)
+        assert self._issuance is not None
+        try:
+            async with self._db.transaction() as conn:
+                order = await self._write_captured(conn, merchant_id, key, fingerprint, request,
+                                                   rail, channel, expires_at)
+        except _Rejected as rejected:
+            outcome = await self._explain(merchant_id, key, fingerprint, request, rejected)
+            self._metrics.orders_captured.labels("replayed", rail.value).inc()
+            return outcome
+        result = await self._issuance.issue(order, rail=rail, channel=channel)
+        body = await self._issuance.finish(order.id, result, idempotency=(merchant_id, key))
+        served = result.served is not None
+        self._metrics.orders_captured.labels("created" if served else "deferred",
+                                             rail.value).inc()
+        return CaptureOutcome(status_code=201 if served else 202, body=body, replayed=False)
+
+    async def _write_captured(
+        self, conn: AsyncConnection, merchant_id: str, key: str, fingerprint: str,
+        request: OrderRequest, rail: Rail, channel: str, expires_at: datetime,
+    ) -> SimpleNamespace:
+        now = self._clock.now()
+        order = SimpleNamespace(
+            id=new_id("ord"), merchant_id=merchant_id,
+            merchant_order_id=request.merchant_order_id, amount=request.amount, currency="IDR",
+            state=OrderState.CAPTURED.value, rail=rail.value, channel=channel,
+            customer_name=request.customer.name, customer_email=request.customer.email,
+            customer_phone=request.customer.phone, metadata=request.metadata,
+            created_at=now, updated_at=now, expires_at=expires_at, paid_at=None,
+            review_reason=None,
+        )
+        if (await conn.execute(self._insert_order, vars(order))).first() is None:
+            raise _Rejected(order_conflict=True)
+        body = render_order(order, None)
+        # The safety net for deferred issuance: if this request dies mid-issuance, or no route
+        # serves, the worker issues once the request's own attempt can no longer be running.
+        await add_events(conn, [PendingEvent(
+            event_type=events.ORDER_CAPTURED, aggregate_id=order.id, merchant_id=merchant_id,
+            payload=event_payload(order), available_at=now + self._in_flight,
+        )], now=now)
+        stored = await conn.execute(self._insert_key, {
+            "merchant_id": merchant_id, "key": key, "request_hash": fingerprint,
+            "order_id": order.id, "response_status": 202, "response_body": body,
+            "created_at": now,
+        })
+        if stored.first() is None:
+            raise _Rejected(order_conflict=False)
+        return order
 
     async def _write(
         self, conn: AsyncConnection, merchant_id: str, key: str, fingerprint: str,
