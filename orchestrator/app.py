@@ -11,6 +11,7 @@ from orchestrator.api.health import healthz, metrics, readyz
 from orchestrator.api.mutations import MutationsController
 from orchestrator.api.ops import OpsController
 from orchestrator.api.orders import OrdersController
+from orchestrator.api.rails import RailsController
 from orchestrator.api.reconciliation import ReconciliationController
 from orchestrator.bootstrap import Container
 
@@ -19,17 +20,21 @@ def create_app(container: Container, *, close_on_shutdown: bool = True) -> Lites
     def provide_container() -> Container:
         return container
 
+    async def startup() -> None:
+        await container.start()
+
     async def shutdown() -> None:
         if close_on_shutdown:
             await container.close()
 
     return Litestar(
         route_handlers=[OrdersController, MutationsController, ReconciliationController,
-                        OpsController, healthz, readyz, metrics],
+                        OpsController, RailsController, healthz, readyz, metrics],
         dependencies={"container": Provide(provide_container, sync_to_thread=False)},
         exception_handlers={Exception: to_response},
         openapi_config=OpenAPIConfig(title="Lunas", version="0.1.0", path="/schema"),
         request_max_body_size=container.settings.http.max_upload_bytes,
+        on_startup=[startup],
         on_shutdown=[shutdown],
         debug=False,
     )

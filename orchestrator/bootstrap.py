@@ -10,10 +10,21 @@ import random
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+import httpx
+import redis.asyncio as aioredis
+
 from orchestrator.api.auth import Authenticator
 from orchestrator.domain.checkout import CheckoutRules
 from orchestrator.domain.clock import Clock, SystemClock
+from orchestrator.rails.base import PaymentProvider
+from orchestrator.rails.breaker import BreakerRegistry
+from orchestrator.rails.guard import BreakerGuard
+from orchestrator.rails.midtrans import MidtransProvider
+from orchestrator.rails.router import Router, RouterSettings
+from orchestrator.rails.xendit import XenditProvider
 from orchestrator.services.capture import CaptureService
+from orchestrator.services.gateway_jobs import GatewayJobs
+from orchestrator.services.issuance import IssuanceService
 from orchestrator.services.reconciliation import ReconciliationService
 from orchestrator.services.route_controls import RouteControls
 from orchestrator.settings import Settings
@@ -32,9 +43,27 @@ class Container:
     auth: Authenticator
     metrics: Metrics
     route_controls: RouteControls
+    http: httpx.AsyncClient
+    redis: aioredis.Redis | None
+    breakers: BreakerRegistry
+    providers: dict[str, PaymentProvider]
+    router: Router
+    issuance: IssuanceService
+    gateway_jobs: GatewayJobs
     rng: random.Random = field(default_factory=random.Random)
+    _started: bool = False
+
+    async def start(self) -> None:
+        """Start what needs a running loop (the breakers' Redis link). Idempotent."""
+        if not self._started:
+            self._started = True
+            await self.breakers.start()
 
     async def close(self) -> None:
+        await self.breakers.close()
+        await self.http.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
         await self.db.engine.dispose()
 
 
@@ -52,16 +81,58 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
     db = Database(create_engine(settings.database))
     rng = random.Random()
     metrics = Metrics()
+    http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200,
+                                                 max_keepalive_connections=50))
+    redis = (aioredis.Redis.from_url(settings.redis.url, socket_timeout=0.25,
+                                     socket_connect_timeout=0.25)
+             if settings.redis.url else None)
+    breakers = BreakerRegistry(settings.breaker, redis=redis, key_prefix=settings.redis.key_prefix,
+                               metrics=metrics, clock=clock, rng=rng)
+    route_controls = RouteControls(db, clock=clock, refresh=timedelta(seconds=2))
+    providers = build_providers(settings, http)
+    guard = BreakerGuard(breakers)
+    router = Router(providers, guard, route_controls,
+                    RouterSettings(capture_budget=settings.providers.capture_budget),
+                    clock.now)
+    issuance = IssuanceService(db, router, codes=settings.unique_codes, clock=clock,
+                               callback_base_url=settings.http.base_url, rng=rng)
+    in_flight = settings.providers.capture_budget + timedelta(seconds=10)
     return Container(
         settings=settings,
         db=db,
         clock=clock,
         capture=CaptureService(db, rules=checkout_rules(settings), codes=settings.unique_codes,
-                               clock=clock, metrics=metrics, rng=rng),
+                               clock=clock, metrics=metrics, rng=rng,
+                               issuance=issuance if providers else None, in_flight=in_flight),
         reconciliation=ReconciliationService(db, clock=clock, metrics=metrics,
                                              quarantine=settings.unique_codes.quarantine),
         auth=Authenticator(db),
         metrics=metrics,
-        route_controls=RouteControls(db, clock=clock, refresh=timedelta(seconds=2)),
+        route_controls=route_controls,
+        http=http,
+        redis=redis,
+        breakers=breakers,
+        providers=providers,
+        router=router,
+        issuance=issuance,
+        gateway_jobs=GatewayJobs(db, issuance, providers, guard, clock, in_flight=in_flight,
+                                 quarantine=settings.unique_codes.quarantine),
         rng=rng,
     )
+
+
+def build_providers(settings: Settings, http: httpx.AsyncClient) -> dict[str, PaymentProvider]:
+    """Adapters for the gateways that have a URL configured."""
+    p = settings.providers
+    timeout = p.call_timeout.total_seconds()
+    base = settings.http.base_url
+    providers: dict[str, PaymentProvider] = {}
+    if p.midtrans_url:
+        providers["midtrans"] = MidtransProvider(
+            base_url=p.midtrans_url, server_key=p.midtrans_server_key, client=http,
+            timeout=timeout, notification_url=f"{base}/v1/webhooks/midtrans")
+    if p.xendit_url:
+        providers["xendit"] = XenditProvider(
+            base_url=p.xendit_url, secret_key=p.xendit_secret_key, client=http, timeout=timeout,
+            callback_url=f"{base}/v1/webhooks/xendit", return_url=f"{base}/status/return")
+    return providers

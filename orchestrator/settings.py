@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from orchestrator.domain.money import AmountLimits, UniqueCodeRange
+from orchestrator.rails.breaker import BreakerConfig
 
 
 class SettingsError(ValueError):
@@ -140,6 +141,9 @@ class Settings:
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     providers: ProviderSettings = field(default_factory=ProviderSettings)
+    breaker: BreakerConfig = field(default_factory=lambda: BreakerConfig(
+        slow_call_duration=timedelta(seconds=1)))
+    """Per-route breaker policy. A slow call must be well inside the capture budget to count."""
     # The development default; production refuses to start with it (refuse_insecure_production).
     mutation_push_secret: str = "dev-moota-secret"  # noqa: S105
     worker_id: str = ""
@@ -208,6 +212,14 @@ class Settings:
             ),
             mutation_push_secret=e.str("LUNAS_MUTATION_PUSH_SECRET", "dev-moota-secret"),
             worker_id=e.str("LUNAS_WORKER_ID", "").strip(),
+            breaker=BreakerConfig(
+                failure_rate_threshold=e.float("LUNAS_BREAKER_FAILURE_RATE", 0.5),
+                slow_call_duration=e.seconds("LUNAS_BREAKER_SLOW_CALL", 1),
+                sliding_window=e.seconds("LUNAS_BREAKER_WINDOW", 30),
+                minimum_number_of_calls=e.int("LUNAS_BREAKER_MIN_CALLS", 10),
+                permitted_calls_in_half_open=e.int("LUNAS_BREAKER_HALF_OPEN_CALLS", 3),
+                wait_in_open=e.seconds("LUNAS_BREAKER_WAIT_OPEN", 30),
+            ),
         )
         settings.refuse_insecure_production()
         return settings
@@ -244,12 +256,21 @@ class _Env:
         except ValueError:
             raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
 
-    def seconds(self, name: builtins.str, default: float) -> timedelta:
+    def float(self, name: builtins.str, default: builtins.float) -> builtins.float:
+        raw = self._env.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            return builtins.float(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+
+    def seconds(self, name: builtins.str, default: builtins.float) -> timedelta:
         raw = self._env.get(name)
         if raw is None or raw == "":
             return timedelta(seconds=default)
         try:
-            value = float(raw)
+            value = builtins.float(raw)
         except ValueError:
             raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
         if value < 0:

@@ -42,6 +42,7 @@ async def sweep_forever(container: Container, stop: asyncio.Event) -> None:
 
 
 async def run_worker(container: Container, stop: asyncio.Event) -> None:
+    await container.start()
     worker_id = default_worker_id(container.settings.worker_id)
     async with httpx.AsyncClient(
         timeout=container.settings.webhooks.timeout.total_seconds(), follow_redirects=False
@@ -49,8 +50,7 @@ async def run_worker(container: Container, stop: asyncio.Event) -> None:
         handler = MerchantWebhookHandler(
             container.db.engine, http, container.settings.webhooks.timeout
         )
-        relay = Relay(
-            container.db.engine, merchant_webhook_handlers(handler), container.settings.outbox,
-            worker_id, container.clock,
-        )
+        handlers = {**merchant_webhook_handlers(handler), **container.gateway_jobs.handlers()}
+        relay = Relay(container.db.engine, handlers, container.settings.outbox, worker_id,
+                      container.clock)
         await asyncio.gather(relay.run(stop), sweep_forever(container, stop))

@@ -31,6 +31,7 @@ _STATUS: list[tuple[type[domain.DomainError], int, str]] = [
     (domain.NoPayoutAccount, 422, "No payout account"),
     (domain.UniqueCodesExhausted, 503, "Unique codes exhausted"),
 ]
+_STATUS_BY_CODE = {"no_route_available": (503, "No route available")}
 
 
 class BadRequest(Exception):
@@ -92,7 +93,10 @@ def _domain_response(
             headers = {"Retry-After": "60"} if status == 503 else None
             return problem(request, status=status, title=title, detail=exc.detail,
                            code=exc.code, headers=headers, **extra)
-    return problem(request, status=422, title="Refused", detail=exc.detail, code=exc.code)
+    status, title = _STATUS_BY_CODE.get(exc.code, (422, "Refused"))
+    extra = {"routing": exc.routing} if hasattr(exc, "routing") else {}
+    return problem(request, status=status, title=title, detail=exc.detail, code=exc.code,
+                   headers={"Retry-After": "30"} if status == 503 else None, **extra)
 
 
 def _sent_json(request: Request[Any, Any, Any]) -> bool:

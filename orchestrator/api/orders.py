@@ -10,10 +10,13 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from orchestrator.api.errors import BadRequest
-from orchestrator.api.schemas import OrderIn
+from orchestrator.api.schemas import OrderIn, SwitchMethodIn
 from orchestrator.bootstrap import Container
-from orchestrator.domain.checkout import Customer, OrderRequest
+from orchestrator.domain.checkout import SUPPORTED_RAILS, Customer, OrderRequest
+from orchestrator.domain.errors import InvalidOrder
+from orchestrator.rails.base import Rail
 from orchestrator.services import orders as order_queries
+from orchestrator.services.issuance import switch_method
 
 
 async def _strict_body(request: Request[Any, Any, Any]) -> OrderIn:
@@ -85,6 +88,22 @@ class OrdersController(Controller):
             container.db, merchant_id=merchant.id, merchant_order_id=merchant_order_id
         )
         return {"data": found}
+
+    @post("/{order_id:str}/payment", status_code=201,
+          summary="Switch to another payment method (the old instructions are superseded)")
+    async def switch(
+        self, request: Request[Any, Any, Any], order_id: FromPath[str],
+        data: JSONBody[SwitchMethodIn], container: NamedDependency[Container],
+    ) -> Response[dict[str, Any]]:
+        merchant = await container.auth.merchant(request)
+        rail = data.rail
+        if rail not in SUPPORTED_RAILS:
+            raise InvalidOrder(f"rail '{rail}' is not offered; choose one of: "
+                               f"{', '.join(SUPPORTED_RAILS)}", field="rail")
+        channel = container.capture.channel_for(Rail(rail), data.channel)
+        status, body = await switch_method(container.issuance, merchant_id=merchant.id,
+                                           order_id=order_id, rail=Rail(rail), channel=channel)
+        return Response(content=body, status_code=status)
 
     @post("/{order_id:str}/cancel", status_code=200, summary="Cancel an unpaid order")
     async def cancel(

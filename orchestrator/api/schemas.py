@@ -44,3 +44,8 @@ class MaintenanceIn(msgspec.Struct, forbid_unknown_fields=True):
     starts_at: datetime
     ends_at: datetime
     reason: str
+
+
+class SwitchMethodIn(msgspec.Struct, forbid_unknown_fields=True):
+    rail: str
+    channel: str | None = None

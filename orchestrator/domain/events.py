@@ -12,8 +12,10 @@ ORDER_CANCELLED: Final = "order.cancelled"
 ORDER_NEEDS_REVIEW: Final = "order.needs_review"
 REVIEW_CASE_OPENED: Final = "review_case.opened"
 ATTEMPT_UNKNOWN: Final = "attempt.unknown"  # internal: resolve by a status read
+ATTEMPT_CANCEL_REQUESTED: Final = "attempt.cancel_requested"  # internal: cancel at provider
 
 # Events a merchant's webhook endpoint receives.
 MERCHANT_VISIBLE: Final = frozenset(
-    {ORDER_PAID, ORDER_EXPIRED, ORDER_CANCELLED, ORDER_NEEDS_REVIEW, REVIEW_CASE_OPENED}
+    {ORDER_AWAITING_PAYMENT, ORDER_PAID, ORDER_EXPIRED, ORDER_CANCELLED, ORDER_NEEDS_REVIEW,
+     REVIEW_CASE_OPENED}
 )

@@ -102,6 +102,10 @@ class PaymentProvider(Protocol):
     """A gateway adapter. Implementations raise only ``rails.errors.RailError`` subclasses."""
 
     name: str
+    idempotent_create: bool
+    """True when the provider honours an idempotency key on create, so repeating a create with
+    the same reference returns the original instead of making a second charge (Xendit); False
+    when only a status read may resolve an unknown outcome (Midtrans)."""
 
     def channels(self, rail: Rail) -> tuple[str, ...]:
         """The channels of ``rail`` this provider serves (empty: not this rail)."""

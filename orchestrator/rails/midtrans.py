@@ -385,6 +385,7 @@ class MidtransProvider:
     """
 
     name: str = PROVIDER
+    idempotent_create = False  # /v2/charge has no idempotency key: resolve by status read
 
     def __init__(self, *, base_url: str, server_key: str, client: httpx.AsyncClient,
                  timeout: float = 5.0, notification_url: str | None = None,

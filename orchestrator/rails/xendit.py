@@ -159,6 +159,7 @@ class XenditProvider:
     """``PaymentProvider`` for Xendit. The caller owns ``client`` (and closes it)."""
 
     name = PROVIDER
+    idempotent_create = True  # X-IDEMPOTENCY-KEY = our reference on every create
 
     def __init__(self, *, base_url: str, secret_key: str, client: httpx.AsyncClient,
                  timeout: float, callback_url: str, return_url: str,

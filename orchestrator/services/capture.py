@@ -113,8 +113,10 @@ class CaptureService:
         self._metrics.orders_captured.labels("created", rail).inc()
         return CaptureOutcome(status_code=201, body=body, replayed=False)
 
-    def _channel_for(self, rail: Rail, requested: str | None) -> str:
+    def channel_for(self, rail: Rail, requested: str | None) -> str:
         """The channel to route, checked against what the configured providers offer."""
+        if rail is Rail.MANUAL_TRANSFER:
+            return "bank"
         if self._issuance is None:
             raise InvalidOrder(f"rail '{rail.value}' is not offered: no payment gateway is "
                                "configured; use manual_transfer", field="rail")
@@ -131,7 +133,7 @@ class CaptureService:
     ) -> CaptureOutcome:
         """Capture first (the order is durable before any provider is called), then issue."""
         rail = Rail(request.rail or manual_transfer.RAIL)
-        channel = self._channel_for(rail, request.channel)
+        channel = self.channel_for(rail, request.channel)
         assert self._issuance is not None
         try:
             async with self._db.transaction() as conn:

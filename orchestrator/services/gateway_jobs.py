@@ -22,7 +22,7 @@ from orchestrator.domain import events
 from orchestrator.domain.clock import Clock
 from orchestrator.domain.order import AttemptState, OrderState
 from orchestrator.outbox.relay import OutboxEvent
-from orchestrator.rails.base import NeutralStatus, PaymentProvider, Rail, Route
+from orchestrator.rails.base import Instrument, NeutralStatus, PaymentProvider, Rail, Route
 from orchestrator.rails.errors import Refused
 from orchestrator.rails.router import RouteGuard
 from orchestrator.services.issuance import IssuanceService, add_unknown_event
@@ -49,7 +49,25 @@ class GatewayJobs:
 
     def handlers(self) -> dict[str, Any]:
         return {events.ORDER_CAPTURED: self.on_order_captured,
-                events.ATTEMPT_UNKNOWN: self.on_attempt_unknown}
+                events.ATTEMPT_UNKNOWN: self.on_attempt_unknown,
+                events.ATTEMPT_CANCEL_REQUESTED: self.on_cancel_requested}
+
+    async def on_cancel_requested(self, event: OutboxEvent) -> None:
+        """A superseded instrument: cancel it where the provider allows; it stays watched."""
+        attempt_id = str(event.payload["attempt_id"])
+        async with self._db.read() as conn:
+            attempt = (await conn.execute(sa.select(payment_attempts)
+                                          .where(payment_attempts.c.id == attempt_id))).one()
+        if attempt.state != AttemptState.SUPERSEDED.value:
+            return  # paid or closed meanwhile: nothing to cancel
+        route = Route(rail=Rail(attempt.rail), provider=attempt.provider,
+                      channel=attempt.channel or "")
+        try:
+            async with self._guard.guard(route.key):
+                await self._providers[attempt.provider].cancel(attempt.id, attempt.provider_ref,
+                                                               route)
+        except Refused:
+            return  # not cancellable (e.g. a QR code): it stays superseded and watched
 
     async def on_order_captured(self, event: OutboxEvent) -> None:
         order_id = str(event.aggregate_id)
@@ -83,6 +101,14 @@ class GatewayJobs:
         provider = self._providers[attempt.provider]
         async with self._guard.guard(route.key):
             status = await provider.status(attempt.id, attempt.provider_ref, route)
+        if (status.status is NeutralStatus.NOT_FOUND and attempt.provider_ref is None
+                and provider.idempotent_create):
+            # Some providers cannot find a resource by our reference (legacy Xendit VA and
+            # e-wallet); the create's idempotency key makes repeating it safe: it returns the
+            # original if one exists. What comes back is a live orphan either way.
+            instrument = await self._recreate(attempt, route, provider)
+            await self._supersede_live(attempt, route, provider, instrument.provider_ref)
+            return
         if status.status is NeutralStatus.NOT_FOUND:
             await self._set_state(attempt.id, AttemptState.FAILED, "never created at provider")
         elif status.status is NeutralStatus.PAID:
@@ -93,6 +119,14 @@ class GatewayJobs:
             await self._set_state(attempt.id, AttemptState.EXPIRED, "expired at provider")
         else:
             await self._set_state(attempt.id, AttemptState.FAILED, f"provider says {status.status}")
+
+    async def _recreate(self, attempt: Any, route: Route, provider: PaymentProvider
+                        ) -> Instrument:
+        async with self._db.read() as conn:
+            order = (await conn.execute(sa.select(orders)
+                                        .where(orders.c.id == attempt.order_id))).one()
+        async with self._guard.guard(route.key):
+            return await provider.create(self._issuance.request_for(order, route, attempt.id))
 
     async def _supersede_live(self, attempt: Any, route: Route, provider: PaymentProvider,
                               provider_ref: str | None) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.domain import events
 from orchestrator.domain.clock import Clock
+from orchestrator.domain.errors import DomainError, NotFound, TransitionRefused
 from orchestrator.domain.ids import new_id
 from orchestrator.domain.order import AttemptState, OrderState, OrderTrigger, next_order_state
 from orchestrator.outbox.writer import PendingEvent, add_events
@@ -113,10 +114,10 @@ class IssuanceService:
         """Run the router for ``order`` (a row in ``captured`` or switching method)."""
         policy = await self.policy_for(order.merchant_id)
         plan = plan_routes(rail, channel, policy, self.router.catalog())
-        return await self.router.issue(plan, lambda route, ref: self._request(order, route, ref),
+        return await self.router.issue(plan, lambda route, ref: self.request_for(order, route, ref),
                                        _Journal(self, order), budget=budget)
 
-    def _request(self, order: Any, route: Route, reference: str) -> ChargeRequest:
+    def request_for(self, order: Any, route: Route, reference: str) -> ChargeRequest:
         return ChargeRequest(
             reference=reference, route=route, amount=order.amount, expires_at=order.expires_at,
             customer_name=order.customer_name, customer_email=order.customer_email,
@@ -126,7 +127,7 @@ class IssuanceService:
         )
 
     async def finish(self, order_id: str, result: IssueResult, *, idempotency: tuple[str, str]
-                     | None = None) -> dict[str, Any]:
+                     | None = None, switching: bool = False) -> dict[str, Any]:
         """Record the outcome on the order (one transaction) and return its rendering."""
         now = self.clock.now()
         async with self.db.transaction() as conn:
@@ -139,6 +140,8 @@ class IssuanceService:
                                    .values(state=state.value, updated_at=now))
                 order = (await conn.execute(sa.select(orders)
                                             .where(orders.c.id == order_id))).one()
+            if switching and result.attempt_id is not None:
+                await supersede_others(conn, order_id, result.attempt_id, now=now)
             body = render_order(order, await current_attempt(conn, order_id))
             body["routing"] = routing_view(result)
             if result.served is not None:
@@ -154,6 +157,33 @@ class IssuanceService:
                     idempotency_keys.c.key == idempotency[1],
                 ).values(response_status=201 if result.served else 202, response_body=body))
         return body
+
+
+async def switch_method(service: IssuanceService, *, merchant_id: str, order_id: str,
+                        rail: Rail, channel: str) -> tuple[int, dict[str, Any]]:
+    """The customer chose another method: issue it first; only once it is live are the old
+    instruments superseded (still watched) and cancelled at their providers."""
+    async with service.db.read() as conn:
+        order = (await conn.execute(sa.select(orders).where(
+            orders.c.id == order_id, orders.c.merchant_id == merchant_id))).first()
+    if order is None:
+        raise NotFound(f"no order {order_id} for this merchant")
+    if order.state not in (OrderState.CAPTURED.value, OrderState.AWAITING_PAYMENT.value):
+        raise TransitionRefused("order", order.state, "switch payment method")
+    result = await service.issue(order, rail=rail, channel=channel)
+    if result.served is None:
+        raise NoRouteAvailable("no route can serve this method now; the current instructions "
+                               "stay valid", routing=routing_view(result))
+    body = await service.finish(order_id, result, switching=True)
+    return 201, body
+
+
+class NoRouteAvailable(DomainError):
+    code = "no_route_available"
+
+    def __init__(self, detail: str, *, routing: dict[str, Any]) -> None:
+        super().__init__(detail)
+        self.routing = routing
 
 
 def routing_view(result: IssueResult) -> dict[str, Any]:
@@ -172,3 +202,23 @@ async def add_unknown_event(conn: AsyncConnection, attempt_id: str, *, now: date
     await add_events(conn, [PendingEvent(event_type=events.ATTEMPT_UNKNOWN,
                                          aggregate_id=attempt_id, merchant_id=None,
                                          payload={"attempt_id": attempt_id})], now=now)
+
+
+async def supersede_others(conn: AsyncConnection, order_id: str, keep_attempt_id: str, *,
+                           now: datetime) -> list[str]:
+    """Mark the order's other active attempts superseded (still watched, rule 4) and queue a
+    cancel at their providers; returns their ids."""
+    rows = (await conn.execute(sa.select(payment_attempts.c.id, payment_attempts.c.rail).where(
+        payment_attempts.c.order_id == order_id, payment_attempts.c.id != keep_attempt_id,
+        payment_attempts.c.state == AttemptState.ACTIVE.value))).all()
+    if not rows:
+        return []
+    ids = [r.id for r in rows]
+    await conn.execute(payment_attempts.update().where(payment_attempts.c.id.in_(ids))
+                       .values(state=AttemptState.SUPERSEDED.value, updated_at=now))
+    await add_events(conn, [
+        PendingEvent(event_type=events.ATTEMPT_CANCEL_REQUESTED, aggregate_id=r.id,
+                     merchant_id=None, payload={"attempt_id": r.id})
+        for r in rows if r.rail != Rail.MANUAL_TRANSFER.value
+    ], now=now)
+    return ids

@@ -36,16 +36,28 @@ def render_payment(attempt: Any) -> dict[str, Any] | None:
                   "channel": getattr(attempt, "channel", None) or "bank"},
     }
     if attempt.rail == "manual_transfer":
-        return {**common, **_manual(attempt)}
+        return {**common, "action": "bank_transfer", **_manual(attempt)}
     instructions = getattr(attempt, "instructions", None) or {}
     return {
         **common,
+        "action": _action(attempt.rail, instructions),
         **{k: instructions.get(k) for k in _GATEWAY_FIELDS if instructions.get(k) is not None},
         "amount": attempt.transfer_amount,
         "expires_at": iso(attempt.expires_at),
         "display": {"amount": format_idr(attempt.transfer_amount),
                     "expires_at": wib(attempt.expires_at)},
     }
+
+
+def _action(rail: str, instructions: dict[str, Any]) -> str:
+    """What the customer does, so a checkout page can show the right screen."""
+    if instructions.get("va_number"):
+        return "transfer_to_va"
+    if instructions.get("qr_string"):
+        return "scan_qr"
+    if instructions.get("checkout_url") or instructions.get("deeplink_url"):
+        return "open_link"
+    return "approve_in_app" if rail == "ewallet" else "wait"
 
 
 def _manual(attempt: Any) -> dict[str, Any]:

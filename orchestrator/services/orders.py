@@ -22,14 +22,20 @@ from orchestrator.services.order_view import event_payload, render_order
 from orchestrator.store.database import Database
 from orchestrator.store.tables import evidence, orders, payment_attempts
 
+_SHOWN = (AttemptState.PAID, AttemptState.ACTIVE, AttemptState.SUPERSEDED, AttemptState.EXPIRED)
+
 
 async def current_attempt(conn: AsyncConnection, order_id: str) -> Any:
-    """The attempt a customer should act on: the paid or active one, else the latest."""
+    """The instrument a customer should see: the paid one, else the active one, else the latest
+    that was ever live. Attempts that never gave instructions (creating, failed, unknown) are not
+    shown: there is nothing on them to pay."""
     a = payment_attempts.c
     rank = sa.case((a.state == AttemptState.PAID.value, 0),
                    (a.state == AttemptState.ACTIVE.value, 1), else_=2)
+    shown = sa.or_(a.state.in_([s.value for s in _SHOWN]),
+                   sa.and_(a.state == AttemptState.FAILED.value, a.rail == "manual_transfer"))
     return (await conn.execute(
-        sa.select(payment_attempts).where(a.order_id == order_id)
+        sa.select(payment_attempts).where(a.order_id == order_id, shown)
         .order_by(rank, a.created_at.desc(), a.id.desc()).limit(1)
     )).first()
 

@@ -6,7 +6,7 @@ bounded label values (no order ids).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 
 class Metrics:
@@ -31,6 +31,29 @@ class Metrics:
             "lunas_mutations_matched_total",
             "New mutations by match outcome (matched, ambiguous, unmatched, ignored).",
             ["source", "outcome"], registry=self.registry,
+        )
+        # Route breakers (orchestrator/rails/breaker.py). Route keys are configured, so bounded.
+        self.breaker_state = Gauge(
+            "lunas_breaker_state",
+            "1 for the state each route's breaker is in (closed, open, half_open, forced_open, "
+            "forced_closed), 0 for the others.",
+            ["route", "state"], registry=self.registry,
+        )
+        self.breaker_transitions = Counter(
+            "lunas_breaker_transitions_total",
+            "Breaker state changes by route, from state and to state.",
+            ["route", "from_state", "to_state"], registry=self.registry,
+        )
+        self.breaker_calls = Counter(
+            "lunas_breaker_calls_total",
+            "Calls through route breakers by outcome (success, slow_success, failure, "
+            "slow_failure, neutral, rejected, late: reported after the state moved on).",
+            ["route", "outcome"], registry=self.registry,
+        )
+        self.breaker_redis_fallback = Gauge(
+            "lunas_breaker_redis_fallback",
+            "1 while this process cannot reach Redis and runs its breakers on local state alone.",
+            registry=self.registry,
         )
 
     def exposition(self) -> bytes:

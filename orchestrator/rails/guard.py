@@ -1,0 +1,27 @@
+"""The breakers as the router sees them: ``RouteGuard`` over a ``BreakerRegistry``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from orchestrator.rails.breaker import BreakerOpen, BreakerRegistry, BreakerState
+from orchestrator.rails.router import RouteUnavailable
+
+_OPEN = (BreakerState.OPEN, BreakerState.FORCED_OPEN)
+
+
+class BreakerGuard:
+    def __init__(self, registry: BreakerRegistry) -> None:
+        self.registry = registry
+
+    def is_open(self, route_key: str) -> bool:
+        return self.registry.get(route_key).state in _OPEN
+
+    @contextlib.asynccontextmanager
+    async def guard(self, route_key: str) -> AsyncIterator[None]:
+        try:
+            async with self.registry.get(route_key).guard():
+                yield
+        except BreakerOpen as exc:
+            raise RouteUnavailable(route_key) from exc
