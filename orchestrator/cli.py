@@ -241,17 +241,33 @@ async def _worker(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
+    """Everything in one process: api, worker and, on the embedded default (no gateway URLs),
+    the provider simulators with the providers pointed at them."""
+    from dataclasses import replace
+
+    from chaos.sim.runner import Simulators, start_simulators
     from orchestrator.worker import run_worker
+
+    p = settings.providers
+    sims: Simulators | None = None
+    if p.start_simulators or (settings.database.is_sqlite and not (p.midtrans_url
+                                                                    or p.xendit_url)):
+        sims = await start_simulators(credentials=p, lunas_url=settings.http.base_url)
+        settings = replace(settings, providers=replace(
+            p, midtrans_url=sims.midtrans.data_url, xendit_url=sims.xendit.data_url))
 
     async def work(c: Container) -> int:
         await migrate(c.db.engine)
         demo = await _demo_credentials(c) if args.demo else None
-        _print_banner(c, demo)
+        _print_banner(c, demo, sims)
         stop = _stop_on_signals()
-        await asyncio.gather(_serve(c, stop),
-                             run_worker(c, stop))
+        await asyncio.gather(_serve(c, stop), run_worker(c, stop))
         return 0
-    return await _with_container(settings, work)
+    try:
+        return await _with_container(settings, work)
+    finally:
+        if sims is not None:
+            await sims.stop()
 
 
 async def _demo_credentials(c: Container) -> dict[str, Any] | None:
@@ -265,10 +281,14 @@ async def _demo_credentials(c: Container) -> dict[str, Any] | None:
     return {"merchant_id": created.merchant_id, "api_key": created.api_key, "ops_token": token}
 
 
-def _print_banner(c: Container, demo: dict[str, Any] | None) -> None:
+def _print_banner(c: Container, demo: dict[str, Any] | None, sims: Any = None) -> None:
     base = c.settings.http.base_url
     print(f"Lunas is serving on {base}  (database: {c.settings.database.url})")
-    print(f"  API docs (OpenAPI): {base}/schema   health: {base}/healthz")
+    print(f"  API docs (OpenAPI): {base}/schema   health: {base}/healthz   rails: {base}/v1/rails")
+    if sims is not None:
+        print(f"  Midtrans simulator: {sims.midtrans.data_url}  (control: "
+              f"{sims.midtrans.control_url})")
+        print(f"  Xendit simulator:   {sims.xendit.data_url}  (control: {sims.xendit.control_url})")
     if demo:
         print("  Demo merchant created (shown once):")
         print(f"    merchant id: {demo['merchant_id']}")

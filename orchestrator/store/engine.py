@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,7 @@ async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
     """Bring the schema to ``revision`` with Alembic over the given engine's connection."""
     from alembic import command
 
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per revision is noise
     cfg = _alembic_config(engine.url.render_as_string(hide_password=False))
 
     def _upgrade(connection: Connection) -> None:
