@@ -1,5 +1,6 @@
-"""Ops API for the people who run Lunas: pause and resume routes, schedule maintenance. Every
-change needs an ops token with the ``ops`` scope and a reason, and lands in the audit log."""
+"""Ops API for the people who run Lunas: see routes, pause and resume them, force breakers,
+schedule maintenance. Every change needs an ops token with the ``ops`` scope and a reason, and
+lands in the audit log."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from orchestrator.api.errors import BadRequest
-from orchestrator.api.schemas import MaintenanceIn, RouteChangeIn
+from orchestrator.api.schemas import BreakerActionIn, MaintenanceIn, RouteChangeIn
 from orchestrator.bootstrap import Container
+from orchestrator.services.audit import record_audit
+from orchestrator.services.order_view import iso
 
 _ROUTE_KEY = re.compile(r"^[a-z_]+:[a-z_]+:[a-z_]+$")
 _ROUTE_PATTERN = re.compile(r"^[a-z_*]+:[a-z_*]+:[a-z_*]+$")
@@ -51,6 +54,49 @@ class OpsController(Controller):
                                                   actor=f"ops:{principal.name}",
                                                   reason=_reason(data.reason))
         return {"route": route_key, "paused": paused}
+
+    @get("/routes", summary="Every route: breaker state and counts, pause, maintenance")
+    async def routes(self, request: Request[Any, Any, Any],
+                     container: NamedDependency[Container]) -> dict[str, Any]:
+        await container.auth.ops(request, "ops")
+        now = container.clock.now()
+        catalog = container.router.catalog()
+        keys = sorted({f"{rail.value}:{provider}:{channel}"
+                       for provider, by_rail in catalog.items()
+                       for rail, channels in by_rail.items() for channel in channels})
+        data = []
+        for key in [*keys, "manual_transfer:bank:bank"]:
+            snap = container.breakers.get(key).snapshot()
+            data.append({
+                "route": key, "breaker": snap.state.value,
+                "retry_at": iso(snap.retry_at), "window": {"calls": snap.calls,
+                                                           "failures": snap.failures,
+                                                           "slow": snap.slow},
+                "blocked": await container.route_controls.blocked(key, now),
+            })
+        return {"data": data, "redis_fallback": container.breakers.redis_fallback}
+
+    @post("/routes/{route_key:str}/breaker", status_code=200,
+          summary="Force a route's breaker open or closed, or release the override")
+    async def breaker(self, request: Request[Any, Any, Any], route_key: FromPath[str],
+                      data: JSONBody[BreakerActionIn],
+                      container: NamedDependency[Container]) -> dict[str, Any]:
+        principal = await container.auth.ops(request, "ops")
+        if not _ROUTE_KEY.match(route_key):
+            raise BadRequest("a route key is rail:provider:channel, e.g. va:xendit:bca",
+                             code="bad_route")
+        reason = _reason(data.reason)
+        breaker = container.breakers.get(route_key)
+        actions = {"force_open": breaker.force_open, "force_closed": breaker.force_closed,
+                   "release": breaker.release_force}
+        if data.action not in actions:
+            raise BadRequest(f"action must be one of: {', '.join(actions)}", code="bad_action")
+        actions[data.action](f"ops:{principal.name}: {reason}")
+        async with container.db.transaction() as conn:
+            await record_audit(conn, actor=f"ops:{principal.name}",
+                               action=f"breaker.{data.action}", subject_type="route",
+                               subject_id=route_key, reason=reason, now=container.clock.now())
+        return {"route": route_key, "breaker": breaker.state.value}
 
     @get("/maintenance", summary="Scheduled and current maintenance windows")
     async def list_windows(self, request: Request[Any, Any, Any],

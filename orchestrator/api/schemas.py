@@ -49,3 +49,9 @@ class MaintenanceIn(msgspec.Struct, forbid_unknown_fields=True):
 class SwitchMethodIn(msgspec.Struct, forbid_unknown_fields=True):
     rail: str
     channel: str | None = None
+
+
+class BreakerActionIn(msgspec.Struct, forbid_unknown_fields=True):
+    action: str
+    """force_open | force_closed | release"""
+    reason: str

@@ -346,3 +346,64 @@ async def run_relay(container: Container, *, until: Any, want: str,
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"did not reach {want!r}: {await until()!r}")
+
+
+async def test_ops_force_a_breaker_open_and_release_it_audited(stack: Stack) -> None:
+    ops = {"Authorization": f"Bearer {await new_ops_token(stack.container)}"}
+    r = await stack.client.post("/v1/ops/routes/va:xendit:bca/breaker", headers=ops,
+                                json={"action": "force_open", "reason": "xendit incident #42"})
+    assert r.status_code == 200 and r.json()["breaker"] == "forced_open"
+    reply = (await stack.capture()).json()
+    assert reply["routing"]["served_by"] == "va:midtrans:bca"
+    routes = (await stack.client.get("/v1/ops/routes", headers=ops)).json()["data"]
+    assert next(x for x in routes if x["route"] == "va:xendit:bca")["breaker"] == "forced_open"
+    r = await stack.client.post("/v1/ops/routes/va:xendit:bca/breaker", headers=ops,
+                                json={"action": "release", "reason": "resolved"})
+    assert r.json()["breaker"] == "closed"
+    assert (await stack.capture()).json()["routing"]["served_by"] == "va:xendit:bca"
+    async with stack.container.db.read() as conn:
+        from orchestrator.store.tables import audit_log
+        actions = (await conn.execute(sa.select(audit_log.c.action).where(
+            audit_log.c.subject_id == "va:xendit:bca",
+            audit_log.c.action.like("breaker.%")).order_by(audit_log.c.id))).scalars().all()
+    assert actions[-2:] == ["breaker.force_open", "breaker.release"]
+
+
+async def test_two_replicas_open_together_and_recovery_sees_only_the_permitted_trials(
+    container: Container, sims: Simulators
+) -> None:
+    settings = gateway_settings(container.settings, sims)  # one Redis prefix for both
+    a, b = build(settings), build(settings)
+    await a.start()
+    await b.start()
+    try:
+        shop = await new_merchant(a)
+        async with serve(a) as url_a, serve(b) as url_b, \
+                httpx.AsyncClient(base_url=url_a, timeout=30) as ca, \
+                httpx.AsyncClient(base_url=url_b, timeout=30) as cb:
+            sa_, sb = Stack(a, sims, url_a, ca, shop), Stack(b, sims, url_b, cb, shop)
+            await sa_.fault("xendit", kind="error_rate", status=500, operation="create")
+            for _ in range(6):  # only replica A sees the failures
+                await sa_.capture()
+            assert a.breakers.get("va:xendit:bca").state.value == "open"
+            for _ in range(50):
+                if b.breakers.get("va:xendit:bca").state.value == "open":
+                    break
+                await asyncio.sleep(0.02)
+            assert b.breakers.get("va:xendit:bca").state.value == "open"
+            before = await sb.calls("xendit")
+            first_b = (await sb.capture()).json()
+            assert first_b["routing"]["tried"][0]["outcome"] == "skipped"
+            assert await sb.calls("xendit") == before  # B never called the dead provider
+            # Recovery: after the open wait both replicas go half-open; a burst from both sees
+            # only the permitted number of trial calls at the provider.
+            await clear_faults(sa_)
+            await sa_.fault("xendit", kind="slow", latency_ms=300)  # keep trials in flight
+            await asyncio.sleep(2.3)
+            before = await sa_.calls("xendit")
+            await asyncio.gather(*[s.capture() for s in (sa_, sb) for _ in range(10)])
+            trials = await sa_.calls("xendit") - before
+            assert trials == breaker_policy().permitted_calls_in_half_open, trials
+    finally:
+        await a.close()
+        await b.close()
