@@ -156,7 +156,15 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        e = _Env(os.environ if env is None else env)
+        try:
+            return cls._from_env(_Env(os.environ if env is None else env))
+        except ValueError as exc:  # a value object refused its arguments: name the problem
+            if isinstance(exc, SettingsError):
+                raise
+            raise SettingsError(f"invalid settings: {exc}") from exc
+
+    @classmethod
+    def _from_env(cls, e: _Env) -> Settings:
         low, high = e.int("LUNAS_UNIQUE_CODE_LOW", 1), e.int("LUNAS_UNIQUE_CODE_HIGH", 999)
         if not 0 <= low <= high:
             raise SettingsError(f"LUNAS_UNIQUE_CODE_LOW..HIGH must be a range, got {low}..{high}")

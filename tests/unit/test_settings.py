@@ -44,3 +44,8 @@ def test_bad_or_unsafe_settings_are_refused_naming_the_variable(
 ) -> None:
     with pytest.raises(SettingsError, match=named):
         Settings.from_env(env)
+
+
+def test_an_inconsistent_breaker_policy_is_a_settings_error() -> None:
+    with pytest.raises(SettingsError, match="invalid settings"):
+        Settings.from_env({"LUNAS_BREAKER_WAIT_OPEN": "900"})  # above the 5-minute maximum
