@@ -6,10 +6,9 @@ objects here, so they run the same code paths with different settings.
 
 from __future__ import annotations
 
-import logging
 import random
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import httpx
 import redis.asyncio as aioredis
@@ -18,7 +17,7 @@ from orchestrator.api.auth import Authenticator
 from orchestrator.domain.checkout import CheckoutRules
 from orchestrator.domain.clock import Clock, SystemClock
 from orchestrator.rails.base import PaymentProvider
-from orchestrator.rails.breaker import BreakerRegistry, BreakerState
+from orchestrator.rails.breaker import BreakerRegistry
 from orchestrator.rails.guard import BreakerGuard
 from orchestrator.rails.midtrans import MidtransProvider
 from orchestrator.rails.router import Router, RouterSettings
@@ -68,19 +67,6 @@ class Container:
         await self.db.engine.dispose()
 
 
-_breaker_log = logging.getLogger("lunas.breaker")
-
-
-def log_transition(route_key: str, old: BreakerState, new: BreakerState, reason: str,
-                   at: datetime) -> None:
-    """Every breaker transition is a log line an on-call engineer can grep (and a metric)."""
-    level = logging.WARNING if new in (BreakerState.OPEN, BreakerState.FORCED_OPEN) else (
-        logging.INFO)
-    _breaker_log.log(level, "breaker %s: %s -> %s (%s)", route_key, old.value, new.value,
-                     reason, extra={"route": route_key, "from_state": old.value,
-                                    "to_state": new.value, "at": at.isoformat()})
-
-
 def checkout_rules(settings: Settings) -> CheckoutRules:
     c = settings.checkout
     return CheckoutRules(
@@ -102,7 +88,6 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
              if settings.redis.url else None)
     breakers = BreakerRegistry(settings.breaker, redis=redis, key_prefix=settings.redis.key_prefix,
                                metrics=metrics, clock=clock, rng=rng)
-    breakers.add_listener(log_transition)
     route_controls = RouteControls(db, clock=clock, refresh=timedelta(seconds=2))
     providers = build_providers(settings, http)
     guard = BreakerGuard(breakers)
