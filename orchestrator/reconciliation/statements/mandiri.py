@@ -26,7 +26,7 @@ from orchestrator.reconciliation.statements.model import (
     fit_columns,
     leading_lines,
     one_sided,
-    read_rows,
+    parse_header_and_lines,
     rupiah_cell,
     wib_to_utc,
 )
@@ -76,24 +76,8 @@ def header_line(text: str) -> int | None:
 
 def parse(text: str, *, account_number: str) -> ParsedStatement:
     """Parse a decoded MCM export; ``account_number`` is digits only."""
-    rows = [row for row in read_rows(text, ";") if not row.is_blank]
-    if not rows:
-        raise StatementRejected("the file has no rows; download the statement again")
-    _check_header(rows[0])
-    if len(rows) == 1:
-        raise StatementRejected(
-            "the file has a header but no transactions; it looks cut off or empty - download "
-            "the statement again",
-            line=rows[0].line_no,
-        )
-    return ParsedStatement(
-        bank=BANK,
-        account_number=account_number,
-        lines=tuple(_parse_line(row, account_number) for row in rows[1:]),
-        skipped_pending=0,
-        period_start=None,
-        period_end=None,
-    )
+    return parse_header_and_lines(text, ";", bank=BANK, account_number=account_number,
+                                  check_header=_check_header, parse_line=_parse_line)
 
 
 def _squash(text: str) -> str:

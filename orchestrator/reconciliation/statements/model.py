@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal
@@ -207,3 +208,30 @@ def one_sided(
 def leading_lines(text: str, limit: int) -> list[str]:
     """The first ``limit`` physical lines, split at the same breaks ``read_rows`` counts."""
     return re.split(r"\r\n|\r|\n", text, maxsplit=limit)[:limit]
+
+
+def parse_header_and_lines(
+    text: str, delimiter: str, *, bank: str, account_number: str,
+    check_header: Callable[[Row], None],
+    parse_line: Callable[[Row, str], StatementLine],
+) -> ParsedStatement:
+    """The shape shared by one-header-row exports (Mandiri MCM, BRI): a header, then one line
+    per transaction, no period and no pending rows. A header alone means a cut-off file."""
+    rows = [row for row in read_rows(text, delimiter) if not row.is_blank]
+    if not rows:
+        raise StatementRejected("the file has no rows; download the statement again")
+    check_header(rows[0])
+    if len(rows) == 1:
+        raise StatementRejected(
+            "the file has a header but no transactions; it looks cut off or empty - download "
+            "the statement again",
+            line=rows[0].line_no,
+        )
+    return ParsedStatement(
+        bank=bank,
+        account_number=account_number,
+        lines=tuple(parse_line(row, account_number) for row in rows[1:]),
+        skipped_pending=0,
+        period_start=None,
+        period_end=None,
+    )
