@@ -155,15 +155,8 @@ class CaptureService:
         request: OrderRequest, rail: Rail, channel: str, expires_at: datetime,
     ) -> SimpleNamespace:
         now = self._clock.now()
-        order = SimpleNamespace(
-            id=new_id("ord"), merchant_id=merchant_id,
-            merchant_order_id=request.merchant_order_id, amount=request.amount, currency="IDR",
-            state=OrderState.CAPTURED.value, rail=rail.value, channel=channel,
-            customer_name=request.customer.name, customer_email=request.customer.email,
-            customer_phone=request.customer.phone, metadata=request.metadata,
-            created_at=now, updated_at=now, expires_at=expires_at, paid_at=None,
-            review_reason=None,
-        )
+        order = _new_order(merchant_id, request, OrderState.CAPTURED, rail.value, channel,
+                           expires_at, now)
         if (await conn.execute(self._insert_order, vars(order))).first() is None:
             raise _Rejected(order_conflict=True)
         body = render_order(order, None)
@@ -173,29 +166,30 @@ class CaptureService:
             event_type=events.ORDER_CAPTURED, aggregate_id=order.id, merchant_id=merchant_id,
             payload=event_payload(order), available_at=now + self._in_flight,
         )], now=now)
+        await self._store_response(conn, merchant_id, key, fingerprint, order.id, 202, body, now)
+        return order
+
+    async def _store_response(
+        self, conn: AsyncConnection, merchant_id: str, key: str, fingerprint: str,
+        order_id: str, status: int, body: dict[str, Any], now: datetime,
+    ) -> None:
+        """Record the reply under the key; a concurrent different request that took the key
+        first rolls this transaction back (``_Rejected``)."""
         stored = await conn.execute(self._insert_key, {
             "merchant_id": merchant_id, "key": key, "request_hash": fingerprint,
-            "order_id": order.id, "response_status": 202, "response_body": body,
+            "order_id": order_id, "response_status": status, "response_body": body,
             "created_at": now,
         })
         if stored.first() is None:
             raise _Rejected(order_conflict=False)
-        return order
 
     async def _write(
         self, conn: AsyncConnection, merchant_id: str, key: str, fingerprint: str,
         request: OrderRequest, expires_at: Any,
     ) -> dict[str, Any]:
         now = self._clock.now()
-        order = SimpleNamespace(
-            id=new_id("ord"), merchant_id=merchant_id,
-            merchant_order_id=request.merchant_order_id, amount=request.amount, currency="IDR",
-            state=OrderState.AWAITING_PAYMENT.value, rail=manual_transfer.RAIL,
-            customer_name=request.customer.name, customer_email=request.customer.email,
-            customer_phone=request.customer.phone, metadata=request.metadata,
-            created_at=now, updated_at=now, expires_at=expires_at, paid_at=None,
-            review_reason=None,
-        )
+        order = _new_order(merchant_id, request, OrderState.AWAITING_PAYMENT,
+                           manual_transfer.RAIL, None, expires_at, now)
         inserted = await conn.execute(self._insert_order, vars(order))
         if inserted.first() is None:
             raise _Rejected(order_conflict=True)
@@ -210,13 +204,7 @@ class CaptureService:
             event_type=events.ORDER_CAPTURED, aggregate_id=order.id, merchant_id=merchant_id,
             payload=event_payload(order, payment=body["payment"]),
         )], now=now)
-        stored = await conn.execute(self._insert_key, {
-            "merchant_id": merchant_id, "key": key, "request_hash": fingerprint,
-            "order_id": order.id, "response_status": 201, "response_body": body,
-            "created_at": now,
-        })
-        if stored.first() is None:
-            raise _Rejected(order_conflict=False)
+        await self._store_response(conn, merchant_id, key, fingerprint, order.id, 201, body, now)
         return body
 
     async def _payout_accounts(
@@ -270,6 +258,19 @@ class CaptureService:
             f"merchant_order_id '{request.merchant_order_id}' already belongs to order {existing}",
             existing_order_id=existing,
         )
+
+
+def _new_order(
+    merchant_id: str, request: OrderRequest, state: OrderState, rail: str, channel: str | None,
+    expires_at: datetime, now: datetime,
+) -> SimpleNamespace:
+    return SimpleNamespace(
+        id=new_id("ord"), merchant_id=merchant_id, merchant_order_id=request.merchant_order_id,
+        amount=request.amount, currency="IDR", state=state.value, rail=rail, channel=channel,
+        customer_name=request.customer.name, customer_email=request.customer.email,
+        customer_phone=request.customer.phone, metadata=request.metadata, created_at=now,
+        updated_at=now, expires_at=expires_at, paid_at=None, review_reason=None,
+    )
 
 
 def _attempt_view(instrument: manual_transfer.TransferInstrument) -> SimpleNamespace:
