@@ -453,8 +453,8 @@ class MidtransSim:
             timer.cancel()
         await asyncio.gather(*self._timers, return_exceptions=True)
         await self.notifier.close()
-        await self.data_server.stop()
-        await self.control_server.stop()
+        await self.data_server.close()
+        await self.control_server.close()
 
     # -- shared pieces -------------------------------------------------------------------------
 

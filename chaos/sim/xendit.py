@@ -282,8 +282,8 @@ class XenditSim:
 
     async def stop(self) -> None:
         self._release_hangs()
-        await self._data.stop()
-        await self._control.stop()
+        await self._data.close()
+        await self._control.close()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -82,7 +82,7 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
     server = SwitchableServer(app, port=free_port())
     await server.start()
     yield app, server.url
-    await server.stop()
+    await server.close()
 
 
 @pytest.fixture(scope="module")

@@ -90,7 +90,7 @@ async def receiver() -> AsyncIterator[Receiver]:
     r = Receiver()
     await r.server.start()
     yield r
-    await r.server.stop()
+    await r.server.close()
 
 
 @pytest.fixture(scope="module")
