@@ -103,6 +103,9 @@ class SchedulerSettings:
     sweep_interval: timedelta = timedelta(seconds=1)
     """How often a worker looks for orders past their deadline and codes past quarantine."""
     sweep_batch: int = 200
+    verification_window: timedelta = timedelta(hours=6)
+    """How long past its deadline an order may wait in ``verifying`` for an unknown attempt to be
+    resolved before it goes to a person (``needs_review``) instead."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -204,7 +207,10 @@ class Settings:
                 ) or OutboxSettings().backoff,
             ),
             webhooks=WebhookSettings(timeout=e.seconds("LUNAS_WEBHOOK_TIMEOUT", 10)),
-            scheduler=SchedulerSettings(sweep_interval=e.seconds("LUNAS_SWEEP_INTERVAL", 1)),
+            scheduler=SchedulerSettings(
+                sweep_interval=e.seconds("LUNAS_SWEEP_INTERVAL", 1),
+                verification_window=e.seconds("LUNAS_VERIFICATION_WINDOW", 6 * 3600),
+            ),
             providers=ProviderSettings(
                 midtrans_url=e.str("LUNAS_MIDTRANS_URL", ""),
                 midtrans_server_key=e.str("LUNAS_MIDTRANS_SERVER_KEY",

@@ -16,7 +16,11 @@ from orchestrator.bootstrap import Container
 from orchestrator.notify.delivery import MerchantWebhookHandler, merchant_webhook_handlers
 from orchestrator.outbox.__main__ import default_worker_id
 from orchestrator.outbox.relay import Relay
-from orchestrator.services.expiry import expire_due_orders, release_quarantined_codes
+from orchestrator.services.expiry import (
+    expire_due_orders,
+    release_quarantined_codes,
+    settle_verifying_orders,
+)
 
 log = logging.getLogger("lunas.worker")
 
@@ -32,6 +36,10 @@ async def sweep_forever(container: Container, stop: asyncio.Event) -> None:
                 container.db, now=now, quarantine=settings.unique_codes.quarantine,
                 batch=settings.scheduler.sweep_batch,
             )
+            await settle_verifying_orders(
+                container.db, now=now, quarantine=settings.unique_codes.quarantine,
+                window=settings.scheduler.verification_window,
+                batch=settings.scheduler.sweep_batch)
             await release_quarantined_codes(container.db, now=now)
             if expired == settings.scheduler.sweep_batch:
                 continue  # more are due: no pause

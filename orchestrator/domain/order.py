@@ -167,6 +167,7 @@ class ReviewReason(enum.StrEnum):
     SECOND_PAYMENT = "second_payment"
     PAYMENT_ON_CLOSED_ORDER = "payment_on_closed_order"
     AMBIGUOUS_MATCH = "ambiguous_match"
+    POSSIBLE_DUPLICATE = "possible_duplicate"  # one credit seen by two sources (push + file)
     VERIFICATION_WINDOW_EXHAUSTED = "verification_window_exhausted"
 
 

@@ -24,7 +24,7 @@ from orchestrator.domain.order import AttemptState, OrderState
 from orchestrator.outbox.relay import OutboxEvent
 from orchestrator.rails.base import Instrument, NeutralStatus, PaymentProvider, Rail, Route
 from orchestrator.rails.errors import Refused
-from orchestrator.rails.router import RouteGuard
+from orchestrator.rails.router import Hop, IssueResult, RouteGuard
 from orchestrator.services.issuance import IssuanceService, add_unknown_event
 from orchestrator.services.settlement import Payment, apply_payment
 from orchestrator.store.database import Database
@@ -58,8 +58,8 @@ class GatewayJobs:
         async with self._db.read() as conn:
             attempt = (await conn.execute(sa.select(payment_attempts)
                                           .where(payment_attempts.c.id == attempt_id))).one()
-        if attempt.state != AttemptState.SUPERSEDED.value:
-            return  # paid or closed meanwhile: nothing to cancel
+        if attempt.state not in (AttemptState.SUPERSEDED.value, AttemptState.EXPIRED.value):
+            return  # paid or already failed meanwhile: nothing to cancel
         route = Route(rail=Rail(attempt.rail), provider=attempt.provider,
                       channel=attempt.channel or "")
         try:
@@ -73,11 +73,19 @@ class GatewayJobs:
         order_id = str(event.aggregate_id)
         async with self._db.read() as conn:
             order = (await conn.execute(sa.select(orders).where(orders.c.id == order_id))).one()
-            creating = (await conn.execute(sa.select(payment_attempts).where(
-                payment_attempts.c.order_id == order_id,
-                payment_attempts.c.state == AttemptState.CREATING.value))).all()
+            attempts = (await conn.execute(sa.select(payment_attempts).where(
+                payment_attempts.c.order_id == order_id))).all()
         if order.state != OrderState.CAPTURED.value or order.rail == Rail.MANUAL_TRANSFER.value:
             return
+        live = [a for a in attempts if a.state == AttemptState.ACTIVE.value]
+        if live:  # served, but the request died before finishing: finish, never issue twice
+            route = Route(rail=Rail(live[0].rail), provider=live[0].provider,
+                          channel=live[0].channel or "")
+            await self._issuance.finish(order_id, IssueResult(
+                served=route, attempt_id=live[0].id,
+                hops=[Hop(route=route.key, outcome="served")]))
+            return
+        creating = [a for a in attempts if a.state == AttemptState.CREATING.value]
         now = self._clock.now()
         if any(now - a.created_at < self._in_flight for a in creating):
             raise IssuanceStillRunning(f"order {order_id} has an attempt being created")

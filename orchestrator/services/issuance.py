@@ -27,7 +27,7 @@ from orchestrator.rails.base import ChargeRequest, Instrument, Rail, Route
 from orchestrator.rails.plan import RoutingPolicy, plan_routes
 from orchestrator.rails.router import IssueResult, Router
 from orchestrator.services.order_view import event_payload, render_order
-from orchestrator.services.orders import current_attempt
+from orchestrator.services.orders import current_attempt, retire_attempts
 from orchestrator.settings import UniqueCodeSettings
 from orchestrator.store.database import Database
 from orchestrator.store.merchants import active_payout_accounts
@@ -78,8 +78,11 @@ class _Journal:
         now = self._s.clock.now()
         closed = {"closed_at": now} if state is AttemptState.FAILED else {}
         async with self._s.db.transaction() as conn:
+            # Only a creating attempt is this journal's to close (nothing else may have moved it,
+            # but the guard makes that a property of the database, not of timing).
             await conn.execute(payment_attempts.update()
-                               .where(payment_attempts.c.id == attempt_id)
+                               .where(payment_attempts.c.id == attempt_id,
+                                      payment_attempts.c.state == AttemptState.CREATING.value)
                                .values(state=state.value, updated_at=now, **closed, **values))
             if state is AttemptState.UNKNOWN:  # verification is queued with the state change
                 await add_unknown_event(conn, attempt_id, now=now)
@@ -128,34 +131,43 @@ class IssuanceService:
 
     async def finish(self, order_id: str, result: IssueResult, *, idempotency: tuple[str, str]
                      | None = None, switching: bool = False) -> dict[str, Any]:
-        """Record the outcome on the order (one transaction) and return its rendering."""
+        """Record the outcome on the order (one transaction) and return its rendering.
+
+        Everything is decided again under the order's row lock, because the order may have moved
+        while providers were being called: an instrument served for an order that was cancelled
+        or expired meanwhile is superseded and cancelled at its provider, never announced; of two
+        concurrent switches only the one whose attempt is still active supersedes the others.
+        """
         now = self.clock.now()
         async with self.db.transaction() as conn:
             order = (await conn.execute(sa.select(orders).where(orders.c.id == order_id)
                                         .with_for_update())).one()
-            pending: list[PendingEvent] = []
-            if result.served is not None and order.state == OrderState.CAPTURED.value:
+            served_live = result.served is not None and await _is_active(conn, result.attempt_id)
+            if served_live and order.state not in _ISSUABLE:
+                await retire_attempts(conn, [str(result.attempt_id)], now=now, quarantine=self.codes
+                              .quarantine)
+                served_live = False
+            if served_live and order.state == OrderState.CAPTURED.value:
                 state = next_order_state(OrderState.CAPTURED, OrderTrigger.INSTRUCTIONS_ISSUED)
                 await conn.execute(orders.update().where(orders.c.id == order_id)
                                    .values(state=state.value, updated_at=now))
                 order = (await conn.execute(sa.select(orders)
                                             .where(orders.c.id == order_id))).one()
-            if switching and result.attempt_id is not None:
-                await supersede_others(conn, order_id, result.attempt_id, now=now)
+            if served_live and switching:
+                await supersede_others(conn, order_id, str(result.attempt_id), now=now)
             body = render_order(order, await current_attempt(conn, order_id))
             body["routing"] = routing_view(result)
-            if result.served is not None:
-                pending.append(PendingEvent(
+            if served_live:
+                await add_events(conn, [PendingEvent(
                     event_type=events.ORDER_AWAITING_PAYMENT, aggregate_id=order_id,
                     merchant_id=order.merchant_id,
                     payload=event_payload(order, payment=body["payment"],
-                                          routing=body["routing"])))
-            await add_events(conn, pending, now=now)
+                                          routing=body["routing"]))], now=now)
             if idempotency is not None:
                 await conn.execute(idempotency_keys.update().where(
                     idempotency_keys.c.merchant_id == idempotency[0],
                     idempotency_keys.c.key == idempotency[1],
-                ).values(response_status=201 if result.served else 202, response_body=body))
+                ).values(response_status=201 if served_live else 202, response_body=body))
         return body
 
 
@@ -204,6 +216,17 @@ async def add_unknown_event(conn: AsyncConnection, attempt_id: str, *, now: date
                                          payload={"attempt_id": attempt_id})], now=now)
 
 
+_ISSUABLE = (OrderState.CAPTURED.value, OrderState.AWAITING_PAYMENT.value)
+
+
+async def _is_active(conn: AsyncConnection, attempt_id: str | None) -> bool:
+    if attempt_id is None:
+        return False
+    state = (await conn.execute(sa.select(payment_attempts.c.state).where(
+        payment_attempts.c.id == attempt_id).with_for_update())).scalar_one_or_none()
+    return state == AttemptState.ACTIVE.value
+
+
 async def supersede_others(conn: AsyncConnection, order_id: str, keep_attempt_id: str, *,
                            now: datetime) -> list[str]:
     """Mark the order's other active attempts superseded (still watched, rule 4) and queue a
@@ -214,6 +237,7 @@ async def supersede_others(conn: AsyncConnection, order_id: str, keep_attempt_id
     if not rows:
         return []
     ids = [r.id for r in rows]
+    # The order stays open, so these stay watched with their codes held until it closes.
     await conn.execute(payment_attempts.update().where(payment_attempts.c.id.in_(ids))
                        .values(state=AttemptState.SUPERSEDED.value, updated_at=now))
     await add_events(conn, [

@@ -8,9 +8,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from orchestrator.domain import events
 from orchestrator.domain.errors import NotFound, TransitionRefused
 from orchestrator.domain.order import (
-    LIVE_ATTEMPT_STATES,
     ORDER_EVENT_ON_ENTRY,
     AttemptState,
     OrderState,
@@ -18,6 +18,7 @@ from orchestrator.domain.order import (
     next_order_state,
 )
 from orchestrator.outbox.writer import PendingEvent, add_events
+from orchestrator.rails.base import Rail
 from orchestrator.services.order_view import event_payload, render_order
 from orchestrator.store.database import Database
 from orchestrator.store.tables import evidence, orders, payment_attempts
@@ -72,7 +73,10 @@ async def close_attempts(
     await conn.execute(
         payment_attempts.update().where(
             payment_attempts.c.order_id.in_(order_ids),
-            payment_attempts.c.state.in_([s.value for s in LIVE_ATTEMPT_STATES]),
+            # Unknown and creating attempts are left for verification: money may have moved on
+            # them, and only the provider can say (rule 3).
+            payment_attempts.c.state.in_([AttemptState.ACTIVE.value,
+                                          AttemptState.SUPERSEDED.value]),
         ).values(
             state=state.value, updated_at=now, closed_at=now,
             code_held_until=sa.case(
@@ -110,3 +114,21 @@ async def cancel_order(
             merchant_id=merchant_id, payload=event_payload(moved),
         )], now=now)
         return render_order(moved, await current_attempt(conn, order_id))
+
+
+async def retire_attempts(conn: AsyncConnection, attempt_ids: list[str], *, now: datetime,
+                  quarantine: timedelta) -> None:
+    """Instruments the order no longer wants: superseded (still watched for late money, rule 4),
+    their codes held through the quarantine, and a cancel queued at their providers."""
+    rows = (await conn.execute(sa.select(payment_attempts.c.id, payment_attempts.c.rail,
+                                         payment_attempts.c.holds_code)
+                               .where(payment_attempts.c.id.in_(attempt_ids)))).all()
+    for r in rows:
+        await conn.execute(payment_attempts.update().where(payment_attempts.c.id == r.id).values(
+            state=AttemptState.SUPERSEDED.value, updated_at=now, closed_at=now,
+            code_held_until=now + quarantine if r.holds_code else None))
+    await add_events(conn, [
+        PendingEvent(event_type=events.ATTEMPT_CANCEL_REQUESTED, aggregate_id=r.id,
+                     merchant_id=None, payload={"attempt_id": r.id})
+        for r in rows if r.rail != Rail.MANUAL_TRANSFER.value
+    ], now=now)

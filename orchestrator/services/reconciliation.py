@@ -16,9 +16,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from orchestrator.domain.clock import Clock
+from orchestrator.domain.clock import WIB, Clock
 from orchestrator.domain.errors import AlreadyMatched, NotFound, StatementRejected
 from orchestrator.domain.ids import new_id
+from orchestrator.domain.order import RecommendedAction, ReviewReason
 from orchestrator.reconciliation.fingerprint import fingerprint_moota, fingerprint_statement_lines
 from orchestrator.reconciliation.matcher import (
     Candidate,
@@ -31,7 +32,7 @@ from orchestrator.reconciliation.moota import parse_moota_push
 from orchestrator.reconciliation.statements import parse_statement
 from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import iso
-from orchestrator.services.settlement import Payment, apply_payment
+from orchestrator.services.settlement import Payment, apply_payment, open_review_case
 from orchestrator.store.database import Database, upsert_insert
 from orchestrator.store.tables import (
     mutations,
@@ -68,6 +69,11 @@ class IncomingMutation:
     balance: int | None
     source: str
     fingerprint: str
+
+
+LIKELY_DUPLICATE = "likely_duplicate"  # fits mutations.match_state (16)
+_FOR_PEOPLE = (MatchKind.UNMATCHED.value, MatchKind.AMBIGUOUS.value, LIKELY_DUPLICATE)
+"""Mutation states a person resolves: listed as unmatched, and open to a manual match."""
 
 
 class ReconciliationService:
@@ -167,6 +173,11 @@ class ReconciliationService:
         elif decision.kind is MatchKind.AMBIGUOUS:
             report.ambiguous += 1
             await _set_match_state(conn, mutation_id, MatchKind.AMBIGUOUS.value)
+        elif await self._seen_from_another_source(conn, mutation_id, decision.attempt_id,
+                                                  item, now=now):
+            report.ambiguous += 1
+            report.needs_review += 1
+            return MatchKind.AMBIGUOUS
         else:
             assert decision.attempt_id is not None
             result = await self._settle(conn, mutation_id, decision.attempt_id, item,
@@ -174,6 +185,30 @@ class ReconciliationService:
             report.matched += 1
             report.needs_review += int(result.review_case_id is not None)
         return decision.kind
+
+    async def _seen_from_another_source(
+        self, conn: AsyncConnection, mutation_id: str, attempt_id: str | None,
+        item: IncomingMutation, *, now: datetime,
+    ) -> bool:
+        """The same credit, already matched from the other source (a Moota push and then the
+        bank's file, or the reverse), has its own fingerprint: same account, amount and WIB day.
+        Settling it again would recommend refunding money paid once, so a person decides."""
+        order = (await conn.execute(sa.select(orders).join(
+            payment_attempts, payment_attempts.c.order_id == orders.c.id).where(
+            payment_attempts.c.id == attempt_id))).one()
+        earlier = (await conn.execute(sa.select(mutations.c.id, mutations.c.posted_at).where(
+            mutations.c.order_id == order.id, mutations.c.match_state == MatchKind.MATCHED.value,
+            mutations.c.source != item.source, mutations.c.amount == item.amount,
+            mutations.c.account_number == item.account_number))).all()
+        day = item.posted_at.astimezone(WIB).date()
+        twin = next((m for m in earlier if m.posted_at.astimezone(WIB).date() == day), None)
+        if twin is None:
+            return False
+        await _set_match_state(conn, mutation_id, LIKELY_DUPLICATE)
+        await open_review_case(conn, order, ReviewReason.POSSIBLE_DUPLICATE.value,
+                               RecommendedAction.MATCH_MANUALLY.value, item.amount, mutation_id,
+                               now=now)
+        return True
 
     async def _settle(
         self, conn: AsyncConnection, mutation_id: str, attempt_id: str, item: Any, *,
@@ -196,8 +231,7 @@ class ReconciliationService:
     async def unmatched(self, *, limit: int, account_number: str | None) -> list[dict[str, Any]]:
         async with self._db.read() as conn:
             query = (sa.select(mutations)
-                     .where(mutations.c.match_state.in_([MatchKind.UNMATCHED.value,
-                                                         MatchKind.AMBIGUOUS.value]))
+                     .where(mutations.c.match_state.in_(_FOR_PEOPLE))
                      .order_by(mutations.c.posted_at, mutations.c.id).limit(limit))
             if account_number:
                 query = query.where(mutations.c.account_number == account_number)
@@ -213,7 +247,7 @@ class ReconciliationService:
             )).first()
             if mutation is None:
                 raise NotFound(f"no mutation {mutation_id}")
-            if mutation.match_state not in (MatchKind.UNMATCHED.value, MatchKind.AMBIGUOUS.value):
+            if mutation.match_state not in _FOR_PEOPLE:
                 raise AlreadyMatched(
                     f"mutation {mutation_id} is {mutation.match_state}"
                     + (f" to order {mutation.order_id}" if mutation.order_id else "")

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from orchestrator.domain import events
 from orchestrator.domain.ids import new_id
 from orchestrator.domain.order import (
-    LIVE_ATTEMPT_STATES,
+    OPEN_ORDER_STATES,
     ORDER_EVENT_ON_ENTRY,
     AttemptState,
     AttemptTrigger,
@@ -31,6 +31,7 @@ from orchestrator.domain.order import (
 )
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.services.order_view import event_payload
+from orchestrator.services.orders import retire_attempts
 from orchestrator.store.database import upsert_insert
 from orchestrator.store.tables import evidence, orders, payment_attempts, review_cases
 
@@ -89,12 +90,12 @@ async def apply_payment(
     if decision.order_trigger is not None:
         new_state = next_order_state(OrderState(order.state), decision.order_trigger).value
         await _move_order(conn, order, new_state, decision.review_reason, now=now)
-        if new_state == OrderState.PAID.value:
-            await _supersede_other_attempts(conn, order.id, attempt.id, now=now)
+        if new_state not in {s.value for s in OPEN_ORDER_STATES}:
+            await _retire_others(conn, order.id, attempt.id, now=now, quarantine=quarantine)
         pending.append(_order_event(order, new_state, decision.review_reason, payment))
     case_id = None
     if decision.review_reason is not None:
-        case_id = await _open_case(conn, order, decision.review_reason.value,
+        case_id = await open_review_case(conn, order, decision.review_reason.value,
                                    decision.recommended_action.value
                                    if decision.recommended_action else "refund",
                                    payment.amount, mutation_id, now=now)
@@ -139,17 +140,22 @@ async def _move_order(
     await conn.execute(orders.update().where(orders.c.id == order.id).values(**values))
 
 
-async def _supersede_other_attempts(
-    conn: AsyncConnection, order_id: str, paid_attempt_id: str, *, now: datetime
+async def _retire_others(
+    conn: AsyncConnection, order_id: str, paid_attempt_id: str, *, now: datetime,
+    quarantine: timedelta,
 ) -> None:
-    # Still watched (rule 4): a payment on them later opens a second-payment case.
-    await conn.execute(
-        payment_attempts.update().where(
-            payment_attempts.c.order_id == order_id,
-            payment_attempts.c.id != paid_attempt_id,
-            payment_attempts.c.state.in_([s.value for s in LIVE_ATTEMPT_STATES]),
-        ).values(state=AttemptState.SUPERSEDED.value, updated_at=now)
-    )
+    """The order is settled (or in review): its other live instruments are retired, still
+    watched through the code quarantine (rule 4), and cancelled at their providers; attempts
+    that closed earlier start the quarantine now if they still hold a code."""
+    a = payment_attempts.c
+    live = (await conn.execute(sa.select(a.id).where(
+        a.order_id == order_id, a.id != paid_attempt_id,
+        a.state.in_([AttemptState.ACTIVE.value, AttemptState.SUPERSEDED.value])))).scalars().all()
+    await retire_attempts(conn, list(live), now=now, quarantine=quarantine)
+    await conn.execute(payment_attempts.update().where(
+        a.order_id == order_id, a.id != paid_attempt_id, a.holds_code,
+        a.code_held_until.is_(None)).values(closed_at=sa.func.coalesce(a.closed_at, now),
+                                            code_held_until=now + quarantine))
 
 
 def _order_event(
@@ -167,7 +173,7 @@ def _order_event(
     )
 
 
-async def _open_case(
+async def open_review_case(
     conn: AsyncConnection, order: Any, reason: str, action: str, amount: int,
     mutation_id: str | None, *, now: datetime,
 ) -> str:
