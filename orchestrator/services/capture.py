@@ -8,6 +8,7 @@ key with another body conflicts on the second and the whole transaction rolls ba
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from orchestrator.store.database import Database
 from orchestrator.store.merchants import PayoutAccount, active_payout_accounts
 from orchestrator.store.tables import idempotency_keys, orders
 from orchestrator.telemetry.metrics import Metrics
+
+log = logging.getLogger("lunas.capture")
 
 ACCOUNTS_TTL = 5.0
 """Seconds a merchant's payout-account list is reused by captures in one process."""
@@ -143,8 +146,16 @@ class CaptureService:
             outcome = await self._explain(merchant_id, key, fingerprint, request, rejected)
             self._metrics.orders_captured.labels("replayed", rail.value).inc()
             return outcome
-        result = await self._issuance.issue(order, rail=rail, channel=channel)
-        body = await self._issuance.finish(order.id, result, idempotency=(merchant_id, key))
+        try:
+            result = await self._issuance.issue(order, rail=rail, channel=channel)
+            body = await self._issuance.finish(order.id, result, idempotency=(merchant_id, key))
+        except Exception:
+            # The order is durable and its order.captured event will issue it later: intake
+            # answers 202 with what it stored rather than an error for an order that exists.
+            log.exception("issuance failed after capture; deferred", extra={"order": order.id})
+            self._metrics.orders_captured.labels("deferred", rail.value).inc()
+            return CaptureOutcome(status_code=202, body=render_order(order, None),
+                                  replayed=False)
         served = result.served is not None
         self._metrics.orders_captured.labels("created" if served else "deferred",
                                              rail.value).inc()

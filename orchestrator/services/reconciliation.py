@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from orchestrator.domain.clock import WIB, Clock
 from orchestrator.domain.errors import AlreadyMatched, NotFound, StatementRejected
 from orchestrator.domain.ids import new_id
-from orchestrator.domain.order import RecommendedAction, ReviewReason
+from orchestrator.domain.order import AttemptState, RecommendedAction, ReviewReason
 from orchestrator.reconciliation.fingerprint import fingerprint_moota, fingerprint_statement_lines
 from orchestrator.reconciliation.matcher import (
     Candidate,
@@ -254,9 +254,16 @@ class ReconciliationService:
                 )
             if mutation.direction != "CR":
                 raise AlreadyMatched(f"mutation {mutation_id} is a debit; only credits pay orders")
+            a = payment_attempts.c
+            # The bank credit landed on a payout account: prefer the order's transfer attempt on
+            # that account (its expected amount includes the code), then any instrument that
+            # was live; never one that never gave instructions.
+            same_account = sa.and_(a.rail == "manual_transfer",
+                                   a.payout_account_number == mutation.account_number)
             attempt_id = (await conn.execute(
-                sa.select(payment_attempts.c.id).where(payment_attempts.c.order_id == order_id)
-                .order_by(payment_attempts.c.created_at.desc()).limit(1)
+                sa.select(a.id).where(a.order_id == order_id, a.state.notin_(
+                    [AttemptState.CREATING.value, AttemptState.UNKNOWN.value]))
+                .order_by(sa.case((same_account, 0), else_=1), a.created_at.desc()).limit(1)
             )).scalar_one_or_none()
             if attempt_id is None:
                 raise NotFound(f"no order {order_id} with a payment attempt")
