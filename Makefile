@@ -33,6 +33,7 @@ pytest: $(STAMP) services
 
 bench: $(STAMP) services
 	$(BIN)/python bench/capture.py
+	$(BIN)/python bench/failover.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache lunas.db
