@@ -183,10 +183,19 @@ class Router:
             wait=wait_random_exponential(multiplier=0.02, max=s.retry_max_wait.total_seconds()),
             reraise=True,
         )
+        last: RailError | None = None
         async for attempt in retrying:
             with attempt:
-                async with self._guard.guard(route.key):
-                    return await _bounded(provider.create(request), deadline, route)
+                try:
+                    async with self._guard.guard(route.key):
+                        return await _bounded(provider.create(request), deadline, route)
+                except RouteUnavailable:
+                    if last is not None:  # a call was made; the breaker stopped the retry:
+                        raise last from None  # report the failure the provider gave
+                    raise
+                except RailError as exc:
+                    last = exc
+                    raise
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
 
