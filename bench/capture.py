@@ -282,6 +282,11 @@ class RawHttp:
         self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     async def post(self, path: str, body: bytes, headers: dict[str, str]) -> int:
+        return (await self.exchange(path, body, headers))[0]
+
+    async def exchange(self, path: str, body: bytes,
+                       headers: dict[str, str]) -> tuple[int, bytes]:
+        """POST and return the status and the response body."""
         if self.streams is None:
             self.streams = await asyncio.open_connection(self.host, self.port)
         reader, writer = self.streams
@@ -293,8 +298,7 @@ class RawHttp:
         if length is None:
             await self.aclose()
             raise ConnectionError("response without Content-Length")
-        await reader.readexactly(int(length.group(1)))
-        return int(response[9:12])
+        return int(response[9:12]), await reader.readexactly(int(length.group(1)))
 
     async def aclose(self) -> None:
         if self.streams is not None:

@@ -267,25 +267,6 @@ def primary_attempts(db: str, since: dt.datetime) -> dict[str, int]:
 # --------------------------------------------------------------------------- load generator
 
 
-class RawJsonHttp(RawHttp):
-    """``RawHttp`` that also returns the response body."""
-
-    async def post_json(self, path: str, body: bytes,
-                        headers: dict[str, str]) -> tuple[int, bytes]:
-        if self.streams is None:
-            self.streams = await asyncio.open_connection(self.host, self.port)
-        reader, writer = self.streams
-        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                     f"Content-Length: {len(body)}\r\n{head}\r\n".encode() + body)
-        response = await reader.readuntil(b"\r\n\r\n")
-        length = self._LENGTH.search(response)
-        if length is None:
-            await self.aclose()
-            raise ConnectionError("response without Content-Length")
-        return int(response[9:12]), await reader.readexactly(int(length.group(1)))
-
-
 def _order_body(ref: str, rng: random.Random, *, va: bool) -> bytes:
     order: dict[str, Any] = {
         "merchant_order_id": f"FAILOVER-{ref}",
@@ -330,7 +311,7 @@ async def _load(spec: dict[str, Any]) -> None:
     counter = iter(range(10**9))
     records: list[list[Any]] = []
     headers = {"Authorization": f"Bearer {spec['api_key']}", "Content-Type": "application/json"}
-    raws = [RawJsonHttp(spec["url"]) for _ in range(clients)]
+    raws = [RawHttp(spec["url"]) for _ in range(clients)]
 
     async def one(n: int, record: bool) -> None:
         i = next(counter)
@@ -338,7 +319,7 @@ async def _load(spec: dict[str, Any]) -> None:
         started = time.monotonic()
         raw: bytes | None = None
         try:
-            status, raw = await asyncio.wait_for(raws[n].post_json(
+            status, raw = await asyncio.wait_for(raws[n].exchange(
                 "/v1/orders", body, {**headers, "Idempotency-Key": f"failover-{run}-{i}"}), 30)
         except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
             status = type(exc).__name__
