@@ -25,6 +25,7 @@ from orchestrator.rails.xendit import XenditProvider
 from orchestrator.services.capture import CaptureService
 from orchestrator.services.gateway_jobs import GatewayJobs
 from orchestrator.services.issuance import IssuanceService
+from orchestrator.services.provider_webhooks import ProviderWebhooks
 from orchestrator.services.reconciliation import ReconciliationService
 from orchestrator.services.route_controls import RouteControls
 from orchestrator.settings import Settings
@@ -50,6 +51,7 @@ class Container:
     router: Router
     issuance: IssuanceService
     gateway_jobs: GatewayJobs
+    provider_webhooks: ProviderWebhooks
     rng: random.Random = field(default_factory=random.Random)
     _started: bool = False
 
@@ -117,6 +119,11 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
         issuance=issuance,
         gateway_jobs=GatewayJobs(db, issuance, providers, guard, clock, in_flight=in_flight,
                                  quarantine=settings.unique_codes.quarantine),
+        provider_webhooks=ProviderWebhooks(
+            db, providers, guard, clock,
+            midtrans_server_key=settings.providers.midtrans_server_key,
+            xendit_callback_token=settings.providers.xendit_callback_token,
+            quarantine=settings.unique_codes.quarantine),
         rng=rng,
     )
 

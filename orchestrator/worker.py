@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 
 import httpx
 
 from orchestrator.bootstrap import Container
 from orchestrator.notify.delivery import MerchantWebhookHandler, merchant_webhook_handlers
-from orchestrator.outbox.__main__ import default_worker_id
-from orchestrator.outbox.relay import Relay
+from orchestrator.outbox.relay import Handler, Relay
 from orchestrator.services.expiry import (
     expire_due_orders,
     release_quarantined_codes,
@@ -49,16 +50,39 @@ async def sweep_forever(container: Container, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), timeout=interval)
 
 
-async def run_worker(container: Container, stop: asyncio.Event) -> None:
+def relay_handlers(container: Container, http: httpx.AsyncClient) -> dict[str, Handler]:
+    """Every outbox event type a worker handles. One map, so no relay process can miss one (the
+    relay records an event with no handler as done)."""
+    webhooks = MerchantWebhookHandler(container.db.engine, http,
+                                      container.settings.webhooks.timeout)
+    return {**merchant_webhook_handlers(webhooks), **container.gateway_jobs.handlers(),
+            **container.provider_webhooks.handlers()}
+
+
+async def run_relay(container: Container, stop: asyncio.Event) -> None:
     await container.start()
     worker_id = default_worker_id(container.settings.worker_id)
     async with httpx.AsyncClient(
         timeout=container.settings.webhooks.timeout.total_seconds(), follow_redirects=False
     ) as http:
-        handler = MerchantWebhookHandler(
-            container.db.engine, http, container.settings.webhooks.timeout
-        )
-        handlers = {**merchant_webhook_handlers(handler), **container.gateway_jobs.handlers()}
-        relay = Relay(container.db.engine, handlers, container.settings.outbox, worker_id,
-                      container.clock)
-        await asyncio.gather(relay.run(stop), sweep_forever(container, stop))
+        relay = Relay(container.db.engine, relay_handlers(container, http),
+                      container.settings.outbox, worker_id, container.clock)
+        log.info("outbox relay started", extra={"worker_id": relay.worker_id})
+        await relay.run(stop)
+
+
+async def run_worker(container: Container, stop: asyncio.Event) -> None:
+    await asyncio.gather(run_relay(container, stop), sweep_forever(container, stop))
+
+
+def default_worker_id(configured: str = "") -> str:
+    """``LUNAS_WORKER_ID`` (``Settings.worker_id``) if set, else ``<hostname>-<pid>``, trimmed to
+    fit ``lease_owner``."""
+    given = configured.strip()
+    if given:
+        return given[:_WORKER_ID_MAX]
+    suffix = f"-{os.getpid()}"
+    return socket.gethostname()[: _WORKER_ID_MAX - len(suffix)] + suffix
+
+
+_WORKER_ID_MAX = 64  # outbox.lease_owner

@@ -3,6 +3,7 @@
     DomainError            → 4xx per class (409 conflicts, 404 not found, 422 invalid, ...)
     BadRequest             → 400 (our own: a header or parameter is missing or malformed)
     litestar HTTPException → its status (400 validation, 404 route, 405, 413 too large, ...)
+    database unreachable   → 503 with Retry-After (nothing was decided; a retry is safe)
     anything else          → 500 with no detail and no stack trace; the log has the rest
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from orchestrator.domain import errors as domain
 
@@ -64,6 +66,14 @@ def to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
         return problem(request, status=400, title="Malformed request",
                        detail=_validation_detail(exc), code="malformed_request",
                        errors=_jsonable(exc.extra))
+    if (isinstance(exc, DBAPIError) and (exc.connection_invalidated or isinstance(
+            exc, OperationalError | InterfaceError))) or isinstance(exc, ConnectionError):
+        # The database (or its pool) is unreachable: nothing was decided, so a retry is safe;
+        # say so fast instead of a 500 (captures are idempotent by key).
+        log.warning("database unavailable", extra={"path": request.url.path})
+        return problem(request, status=503, title="Service unavailable",
+                       detail="Lunas cannot reach its database right now; retry shortly.",
+                       code="database_unavailable", headers={"Retry-After": "5"})
     if isinstance(exc, HTTPException) and exc.status_code == 400 and _sent_json(request):
         return problem(request, status=400, title="Malformed request",
                        detail=f"the request body is not valid JSON: {exc.detail}",

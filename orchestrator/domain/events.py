@@ -13,6 +13,8 @@ ORDER_NEEDS_REVIEW: Final = "order.needs_review"
 REVIEW_CASE_OPENED: Final = "review_case.opened"
 ATTEMPT_UNKNOWN: Final = "attempt.unknown"  # internal: resolve by a status read
 ATTEMPT_CANCEL_REQUESTED: Final = "attempt.cancel_requested"  # internal: cancel at provider
+PROVIDER_DELIVERY: Final = "provider.delivery"  # internal: apply one stored gateway webhook
+ATTEMPT_VERIFY: Final = "attempt.verify"  # internal: read the provider's status, apply if paid
 
 # Events a merchant's webhook endpoint receives.
 MERCHANT_VISIBLE: Final = frozenset(

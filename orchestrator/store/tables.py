@@ -223,6 +223,29 @@ review_cases = sa.Table(
     sa.Column("note", sa.String(2000)),
 )
 
+# Every webhook a gateway (or anyone) sent us, verified or not, as received. ``event_key`` is the
+# provider's event identity ("midtrans:<transaction_id>:<transaction_status>:<status_code>:
+# <fraud_status>", "xendit:va:<payment_id>", "xendit:qr:<payment id>",
+# "xendit:ewallet:<charge id>:<status>"); only verified first deliveries carry it, so a forger can
+# never claim a genuine event's key, and a duplicate is stored with NULL and outcome "duplicate".
+provider_deliveries = sa.Table(
+    "provider_deliveries",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("provider", sa.String(32), nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("raw_body", sa.Text, nullable=False),
+    # A subset without secrets (never x-callback-token).
+    sa.Column("headers", JSONDoc, nullable=False),
+    sa.Column("verified", sa.Boolean, nullable=False),
+    sa.Column("event_key", sa.String(200), unique=True),
+    # Our attempt the delivery names (Midtrans order_id, Xendit external_id / reference_id), as
+    # claimed: not a foreign key, a forged delivery may name anything.
+    sa.Column("attempt_id", sa.String(64)),
+    # What became of it, in Lunas's words; NULL until the worker has handled it.
+    sa.Column("outcome", sa.String(500)),
+)
+
 outbox = sa.Table(
     "outbox",
     metadata,

@@ -336,7 +336,8 @@ async def run_relay(container: Container, *, until: Any, want: str,
     handler = MerchantWebhookHandler(container.db.engine, container.http,
                                      timedelta(seconds=2))
     relay = Relay(container.db.engine,
-                  {**merchant_webhook_handlers(handler), **container.gateway_jobs.handlers()},
+                  {**merchant_webhook_handlers(handler), **container.gateway_jobs.handlers(),
+                   **container.provider_webhooks.handlers()},
                   replace(container.settings.outbox, backoff=(timedelta(seconds=0.2),) * 5),
                   f"test-{uuid.uuid4().hex[:6]}", container.clock)
     deadline = asyncio.get_running_loop().time() + timeout

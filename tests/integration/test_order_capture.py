@@ -298,3 +298,22 @@ async def test_idempotency_rows_are_per_merchant(client: httpx.AsyncClient,
                                 .where(idempotency_keys.c.key == shared["Idempotency-Key"]))
              ).scalar_one()
     assert n == 2
+
+
+async def test_database_unreachable_is_a_fast_503_with_retry_after(container: Container) -> None:
+    from dataclasses import replace
+
+    from orchestrator.bootstrap import build
+    from orchestrator.settings import DatabaseSettings
+    from tests.support import free_port, serve
+
+    dead = build(replace(container.settings, database=DatabaseSettings(
+        url=f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nowhere")))
+    try:
+        async with serve(dead) as url, httpx.AsyncClient(base_url=url) as c:
+            r = await c.post("/v1/orders", json=order_body("DB-DOWN"),
+                             headers={"Authorization": "Bearer lunas_sk_x", **key()})
+        assert r.status_code == 503, r.text
+        assert r.json()["code"] == "database_unavailable" and r.headers["retry-after"]
+    finally:
+        await dead.close()

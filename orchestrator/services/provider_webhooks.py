@@ -1,0 +1,311 @@
+"""Gateway webhooks in: store every delivery, then apply it as evidence from the outbox.
+
+Request path (``receive``): read the raw body, verify it in constant time (Midtrans
+``signature_key``, Xendit ``x-callback-token``), and store the delivery with its verification
+result and one ``provider.delivery`` outbox event in one transaction. Nothing else happens there,
+so the provider gets its answer quickly.
+
+Decisions:
+
+- Every delivery is stored, verified or not, malformed or not (``raw_body`` as received).
+- Only a verified first delivery claims its ``event_key`` (the provider's event identity); a
+  forger therefore cannot pre-empt a genuine event's key. A verified repeat of a key is stored with
+  ``event_key`` NULL and outcome ``duplicate`` and queues nothing.
+- Answers: verified (new or duplicate) → 200; unverified → 401 (stored; the provider would retry a
+  genuine one, e.g. after a key rotation, while the status read finds the truth); malformed JSON
+  → 400 (stored, nothing queued: there is nothing to act on).
+- Evidence key of a payment seen by a webhook is ``{provider}:status:{attempt_id}:paid``, the same
+  key a status read uses (``gateway_jobs``): one attempt (a Midtrans order_id, a single-use closed
+  Xendit VA, a dynamic QR, a one-time e-wallet charge) is paid once, and a webhook plus a status
+  read of the same payment must not count as two payments (rule 2). The delivery's own identity
+  stays in the evidence details and on the delivery row.
+
+Worker path (``on_delivery``): a verified delivery is mapped to a neutral status. PAID →
+``apply_payment`` (exactly once through the evidence key); EXPIRED / FAILED move the attempt only
+while it is live (active, superseded, unknown) — never backwards, so a ``pending`` or an ``expire``
+after ``settlement`` changes nothing; PENDING changes nothing. An unverified delivery is never
+trusted: if it names one of our attempts that is not paid, an ``attempt.verify`` job reads the
+provider's status through the breaker guard and applies a payment only if the provider says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from orchestrator.domain import events
+from orchestrator.domain.clock import Clock
+from orchestrator.domain.ids import new_id
+from orchestrator.domain.order import AttemptState, AttemptTrigger, next_attempt_state
+from orchestrator.outbox.relay import OutboxEvent
+from orchestrator.outbox.writer import PendingEvent, add_events
+from orchestrator.rails import midtrans, xendit
+from orchestrator.rails.base import NeutralStatus, PaymentProvider, ProviderStatus, Rail, Route
+from orchestrator.rails.router import RouteGuard
+from orchestrator.services.settlement import Payment, apply_payment
+from orchestrator.store.database import Database, upsert_insert
+from orchestrator.store.tables import payment_attempts, provider_deliveries
+
+MIDTRANS, XENDIT = "midtrans", "xendit"
+KEPT_HEADERS = ("content-type", "content-length", "user-agent", "webhook-id", "x-forwarded-for",
+                "x-real-ip")
+"""Headers stored with a delivery; never a secret (``x-callback-token`` is left out)."""
+_LIVE = (AttemptState.ACTIVE, AttemptState.SUPERSEDED, AttemptState.UNKNOWN)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Receipt:
+    delivery_id: str
+    verified: bool
+    malformed: bool = False
+    duplicate: bool = False
+
+
+# -- pure: identities ---------------------------------------------------------------------------
+
+
+def _bounded(key: str) -> str:
+    return key if len(key) <= 200 else f"{key[:120]}#{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def midtrans_event_key(body: Mapping[str, Any]) -> str | None:
+    """One Midtrans notification: a transaction in one status (a retry repeats it exactly)."""
+    parts = [body.get(k) for k in ("transaction_id", "transaction_status", "status_code")]
+    if not all(isinstance(p, str) and p for p in parts):
+        return None
+    fraud = body.get("fraud_status")
+    parts.append(fraud if isinstance(fraud, str) else "")
+    return _bounded("midtrans:" + ":".join(str(p) for p in parts))
+
+
+def xendit_event_key(body: Mapping[str, Any]) -> str | None:
+    """One Xendit callback: a VA payment, a QR payment, or an e-wallet charge in one status."""
+    data = body.get("data")
+    if body.get("event") == "ewallet.capture" and isinstance(data, dict):
+        ident, status = data.get("id"), data.get("status")
+        key = f"xendit:ewallet:{ident}:{status}" if ident and status else None
+    elif body.get("event") == "qr.payment":
+        ident = data.get("id") if isinstance(data, dict) else body.get("id")
+        key = f"xendit:qr:{ident}" if ident else None
+    elif body.get("payment_id"):
+        key = f"xendit:va:{body['payment_id']}"
+    else:
+        key = None
+    return _bounded(key) if key else None
+
+
+def claimed_attempt(provider: str, body: Mapping[str, Any]) -> str | None:
+    """The attempt id a delivery names (as claimed; nothing is trusted yet)."""
+    if provider == MIDTRANS:
+        ref: object = body.get("order_id")
+    else:
+        try:
+            ref = xendit.callback_reference(body)
+        except ValueError:
+            return None
+    return ref[:64] if isinstance(ref, str) and ref else None
+
+
+def delivery_status(provider: str, body: Mapping[str, Any]) -> ProviderStatus:
+    """Raises ``ValueError`` when the body cannot be read."""
+    if provider == MIDTRANS:
+        return midtrans.notification_status(body)
+    return xendit.callback_status(body)
+
+
+def paid_evidence_key(provider: str, attempt_id: str) -> str:
+    return f"{provider}:status:{attempt_id}:paid"
+
+
+def _raw_text(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="backslashreplace").replace("\x00", "\\x00")
+
+
+# -- the service -----------------------------------------------------------------------------------
+
+
+class ProviderWebhooks:
+    def __init__(self, db: Database, providers: Mapping[str, PaymentProvider], guard: RouteGuard,
+                 clock: Clock, *, midtrans_server_key: str, xendit_callback_token: str,
+                 quarantine: timedelta) -> None:
+        self._db, self._providers, self._guard, self._clock = db, providers, guard, clock
+        self._server_key, self._callback_token = midtrans_server_key, xendit_callback_token
+        self._quarantine = quarantine
+
+    def handlers(self) -> dict[str, Any]:
+        return {events.PROVIDER_DELIVERY: self.on_delivery,
+                events.ATTEMPT_VERIFY: self.on_attempt_verify}
+
+    # -- request path -----------------------------------------------------------------------
+
+    async def receive(self, provider: str, raw: bytes, headers: Mapping[str, str]) -> Receipt:
+        """Verify and store one delivery with its outbox event; nothing else."""
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = None
+        body: dict[str, Any] | None = parsed if isinstance(parsed, dict) else None
+        if body is None:
+            verified = False
+        elif provider == MIDTRANS:
+            verified = midtrans.verify_notification_signature(body, self._server_key)
+        else:
+            verified = xendit.verify_callback_token(self._callback_token,
+                                                    headers.get("x-callback-token"))
+        key = None
+        if verified and body is not None:
+            key = midtrans_event_key(body) if provider == MIDTRANS else xendit_event_key(body)
+        row: dict[str, Any] = {
+            "provider": provider, "received_at": self._clock.now(), "raw_body": _raw_text(raw),
+            "headers": {h: headers[h] for h in KEPT_HEADERS if h in headers},
+            "verified": verified,
+            "attempt_id": claimed_attempt(provider, body) if body is not None else None,
+            "outcome": "malformed: not a JSON object" if body is None else None,
+        }
+        now = row["received_at"]
+        async with self._db.transaction() as conn:
+            delivery_id = new_id("dlv")
+            duplicate = False
+            if key is not None:
+                stored = await conn.execute(
+                    upsert_insert(conn.dialect.name)(provider_deliveries)
+                    .values(id=delivery_id, event_key=key, **row)
+                    .on_conflict_do_nothing(index_elements=["event_key"])
+                    .returning(provider_deliveries.c.id))
+                duplicate = stored.first() is None
+                if duplicate:
+                    await conn.execute(provider_deliveries.insert().values(
+                        id=delivery_id, event_key=None,
+                        **{**row, "outcome": f"duplicate of {key}"}))
+            else:
+                await conn.execute(provider_deliveries.insert().values(
+                    id=delivery_id, event_key=None, **row))
+            if body is not None and not duplicate:
+                await add_events(conn, [PendingEvent(
+                    event_type=events.PROVIDER_DELIVERY, aggregate_id=row["attempt_id"]
+                    if row["attempt_id"] and len(row["attempt_id"]) <= 32 else None,
+                    merchant_id=None, payload={"delivery_id": delivery_id})], now=now)
+        return Receipt(delivery_id=delivery_id, verified=verified, malformed=body is None,
+                       duplicate=duplicate)
+
+    # -- worker path ------------------------------------------------------------------------
+
+    async def on_delivery(self, event: OutboxEvent) -> None:
+        delivery_id = str(event.payload["delivery_id"])
+        async with self._db.read() as conn:
+            delivery = (await conn.execute(sa.select(provider_deliveries).where(
+                provider_deliveries.c.id == delivery_id))).one()
+            attempt = None
+            if delivery.attempt_id is not None:
+                attempt = (await conn.execute(sa.select(payment_attempts).where(
+                    payment_attempts.c.id == delivery.attempt_id,
+                    payment_attempts.c.provider == delivery.provider))).first()
+        if delivery.outcome is not None:
+            return  # handled already (a relay retry after the outcome committed)
+        if attempt is None:
+            await self._record(delivery_id, "ignored: names no attempt of ours at this provider")
+            return
+        if not delivery.verified:
+            await self._verify_later(delivery_id, attempt)
+            return
+        body = json.loads(delivery.raw_body)
+        try:
+            status = delivery_status(delivery.provider, body)
+        except ValueError as exc:
+            await self._record(delivery_id, f"unreadable: {exc}")
+            return
+        if status.status is NeutralStatus.PAID:
+            await self._settle(attempt, status, delivery_id=delivery_id,
+                               details={"delivery_id": delivery_id,
+                                        "event_key": delivery.event_key,
+                                        "raw_status": status.raw_status,
+                                        "provider_ref": status.provider_ref},
+                               kind="provider_webhook")
+        elif status.status in (NeutralStatus.EXPIRED, NeutralStatus.FAILED):
+            await self._close(delivery_id, attempt, status.status)
+        else:
+            await self._record(delivery_id, f"no change: provider says {status.raw_status}")
+
+    async def on_attempt_verify(self, event: OutboxEvent) -> None:
+        """A status read, asked for by a delivery we could not trust."""
+        attempt_id = str(event.payload["attempt_id"])
+        delivery_id = event.payload.get("delivery_id")
+        async with self._db.read() as conn:
+            attempt = (await conn.execute(sa.select(payment_attempts).where(
+                payment_attempts.c.id == attempt_id))).one()
+        route = Route(rail=Rail(attempt.rail), provider=attempt.provider,
+                      channel=attempt.channel or "")
+        async with self._guard.guard(route.key):  # breaker open → raises; the relay retries
+            status = await self._providers[attempt.provider].status(
+                attempt.id, attempt.provider_ref, route)
+        if status.status is NeutralStatus.PAID:
+            await self._settle(attempt, status, delivery_id=delivery_id,
+                               details={"raw_status": status.raw_status,
+                                        "asked_by_delivery": delivery_id},
+                               kind="provider_status", prefix="status read: ")
+        elif delivery_id is not None:
+            await self._record(str(delivery_id),
+                               f"status read: provider says {status.raw_status}; no change")
+
+    async def _settle(self, attempt: Any, status: ProviderStatus, *, delivery_id: object,
+                      details: dict[str, Any], kind: str, prefix: str = "") -> None:
+        now = self._clock.now()
+        amount = status.paid_amount if status.paid_amount is not None else 0
+        async with self._db.transaction() as conn:
+            result = await apply_payment(conn, Payment(
+                attempt_id=attempt.id, amount=amount,
+                evidence_key=paid_evidence_key(attempt.provider, attempt.id), kind=kind,
+                observed_at=status.paid_at or now, details=details),
+                now=now, quarantine=self._quarantine)
+            outcome = (f"{prefix}payment applied: {result.verdict}, order {result.order_state}"
+                       if result.applied else f"{prefix}payment already applied")
+            if delivery_id is not None:
+                await _set_outcome(conn, str(delivery_id), outcome)
+
+    async def _close(self, delivery_id: str, attempt: Any, status: NeutralStatus) -> None:
+        """Expired / failed at the provider: moves a live attempt only, never backwards."""
+        state = AttemptState(attempt.state)
+        if state not in _LIVE:
+            await self._record(delivery_id, f"no change: provider says {status.value}, "
+                                            f"attempt already {state.value}")
+            return
+        trigger = (AttemptTrigger.EXPIRED if status is NeutralStatus.EXPIRED
+                   else AttemptTrigger.VERIFIED_ABSENT if state is AttemptState.UNKNOWN
+                   else AttemptTrigger.CANCELLED)
+        new_state = next_attempt_state(state, trigger)
+        now = self._clock.now()
+        async with self._db.transaction() as conn:
+            moved = await conn.execute(payment_attempts.update().where(
+                payment_attempts.c.id == attempt.id, payment_attempts.c.state == state.value,
+            ).values(state=new_state.value, updated_at=now, closed_at=now,
+                     failure_reason=f"{status.value} at provider"))
+            outcome = (f"attempt {state.value} -> {new_state.value}" if moved.rowcount
+                       else "no change: the attempt moved meanwhile")
+            await _set_outcome(conn, delivery_id, outcome)
+
+    async def _verify_later(self, delivery_id: str, attempt: Any) -> None:
+        if attempt.state == AttemptState.PAID.value:
+            await self._record(delivery_id, "unverified: attempt already paid; nothing to check")
+            return
+        now = self._clock.now()
+        async with self._db.transaction() as conn:
+            await add_events(conn, [PendingEvent(
+                event_type=events.ATTEMPT_VERIFY, aggregate_id=attempt.id, merchant_id=None,
+                payload={"attempt_id": attempt.id, "delivery_id": delivery_id})], now=now)
+            await _set_outcome(conn, delivery_id, "unverified: never trusted; status read queued")
+
+    async def _record(self, delivery_id: str, outcome: str) -> None:
+        async with self._db.transaction() as conn:
+            await _set_outcome(conn, delivery_id, outcome)
+
+
+async def _set_outcome(conn: AsyncConnection, delivery_id: str, outcome: str) -> None:
+    await conn.execute(provider_deliveries.update().where(
+        provider_deliveries.c.id == delivery_id).values(outcome=outcome[:500]))

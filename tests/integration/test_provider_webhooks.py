@@ -1,0 +1,266 @@
+"""Gateway webhooks in: verified deliveries settle exactly once; duplicates and out-of-order
+deliveries change nothing; forged ones are stored, never trusted, and only trigger a status read.
+
+Runs the real service (a real socket whose URL the adapters hand to the simulators) with both
+simulators, on the session's PostgreSQL and Redis; the worker's relay runs in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+import uvicorn
+
+from chaos.sim.runner import Simulators
+from orchestrator.app import create_app
+from orchestrator.bootstrap import Container, build
+from orchestrator.notify.delivery import MerchantWebhookHandler, merchant_webhook_handlers
+from orchestrator.outbox.relay import Relay
+from orchestrator.rails.midtrans import signature_key
+from orchestrator.serving import EmbeddedServer
+from orchestrator.store.tables import evidence, orders, payment_attempts, provider_deliveries
+from tests.integration.test_failover import Stack, gateway_settings, sims  # noqa: F401
+from tests.support import free_port, new_merchant
+
+
+@contextlib.asynccontextmanager
+async def serve_on(container: Container, port: int) -> AsyncIterator[str]:
+    config = uvicorn.Config(create_app(container, close_on_shutdown=False), host="127.0.0.1",
+                            port=port, log_level="warning", access_log=False, lifespan="on")
+    server = EmbeddedServer(config)
+    task = asyncio.create_task(server.serve())
+    for _ in range(200):
+        if server.started:
+            break
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=10)
+
+
+@pytest.fixture
+async def stack(container: Container, sims: Simulators) -> AsyncIterator[Stack]:  # noqa: F811
+    """Like test_failover's stack, but the adapters' callback URLs point at this server."""
+    port = free_port()
+    base = gateway_settings(container.settings, sims)
+    c = build(replace(base, http=replace(base.http, host="127.0.0.1", port=port, public_url="")))
+    await c.start()
+    shop = await new_merchant(c)
+    try:
+        async with serve_on(c, port) as url, httpx.AsyncClient(base_url=url, timeout=30) as cl:
+            await sim_post(sims.xendit.control_url, "/config", {
+                "callback_url": f"{url}/v1/webhooks/xendit",
+                "callback_token": c.settings.providers.xendit_callback_token})
+            yield Stack(c, sims, url, cl, shop)
+    finally:
+        await c.close()
+
+
+async def sim_post(control_url: str, path: str, body: dict[str, Any]) -> Any:
+    async with httpx.AsyncClient() as c:
+        r = await c.post(f"{control_url}{path}", json=body)
+        assert r.status_code < 300, r.text
+        return r.json()
+
+
+async def run_relay(container: Container, until: Callable[[], Awaitable[object]], want: object,
+                    timeout: float = 10.0) -> None:
+    """The worker's relay, with every handler the worker registers, until ``until() == want``."""
+    handler = MerchantWebhookHandler(container.db.engine, container.http, timedelta(seconds=2))
+    relay = Relay(container.db.engine,
+                  {**merchant_webhook_handlers(handler), **container.gateway_jobs.handlers(),
+                   **container.provider_webhooks.handlers()},
+                  replace(container.settings.outbox, backoff=(timedelta(seconds=0.2),) * 5),
+                  f"test-{uuid.uuid4().hex[:6]}", container.clock)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        await relay.run_once()
+        if await until() == want:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"did not reach {want!r}: {await until()!r}")
+
+
+async def scalar(stack: Stack, query: Any) -> Any:
+    async with stack.container.db.read() as conn:
+        return (await conn.execute(query)).scalar()
+
+
+async def order_and_attempt(stack: Stack, rail: str, channel: str | None,
+                            served: str) -> tuple[str, Any]:
+    r = await stack.capture(rail, channel)
+    assert r.status_code == 201, r.text
+    assert r.json()["routing"]["served_by"] == served
+    async with stack.container.db.read() as conn:
+        attempt = (await conn.execute(sa.select(payment_attempts).where(
+            payment_attempts.c.order_id == r.json()["id"]))).one()
+    return r.json()["id"], attempt
+
+
+def order_state(stack: Stack, order_id: str) -> Callable[[], Awaitable[object]]:
+    return lambda: scalar(stack, sa.select(orders.c.state).where(orders.c.id == order_id))
+
+
+def deliveries(stack: Stack, attempt_id: str) -> Callable[[], Awaitable[object]]:
+    return lambda: scalar(stack, sa.select(sa.func.count()).select_from(provider_deliveries)
+                          .where(provider_deliveries.c.attempt_id == attempt_id))
+
+
+async def evidence_count(stack: Stack, order_id: str) -> int:
+    return int(await scalar(stack, sa.select(sa.func.count()).select_from(evidence)
+                            .where(evidence.c.order_id == order_id)))
+
+
+async def wait_for(probe: Callable[[], Awaitable[object]], want: object,
+                   timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while await probe() != want:
+        assert loop.time() < deadline, f"did not reach {want!r}: {await probe()!r}"
+        await asyncio.sleep(0.02)
+
+
+async def outcomes(stack: Stack, attempt_id: str) -> list[tuple[bool, str | None]]:
+    async with stack.container.db.read() as conn:
+        rows = (await conn.execute(sa.select(provider_deliveries.c.verified,
+                                             provider_deliveries.c.outcome)
+                                   .where(provider_deliveries.c.attempt_id == attempt_id)
+                                   .order_by(provider_deliveries.c.received_at))).all()
+    return [(r.verified, r.outcome) for r in rows]
+
+
+async def settled_quietly(stack: Stack, attempt_id: str) -> None:
+    """Run the relay until every delivery naming ``attempt_id`` has been handled."""
+    await run_relay(stack.container, lambda: scalar(
+        stack, sa.select(sa.func.count()).select_from(provider_deliveries)
+        .where(provider_deliveries.c.attempt_id == attempt_id,
+               provider_deliveries.c.outcome.is_(None))), 0)
+
+
+def midtrans_body(attempt: Any, *, status: str, code: str, txid: str,
+                  key: str) -> dict[str, Any]:
+    gross = f"{attempt.transfer_amount}.00"
+    return {"transaction_time": "2025-03-10 09:00:05", "transaction_status": status,
+            "transaction_id": txid, "status_message": "midtrans payment notification",
+            "status_code": code, "signature_key": signature_key(attempt.id, code, gross, key),
+            "payment_type": "qris", "order_id": attempt.id, "merchant_id": "G000111222",
+            "gross_amount": gross, "currency": "IDR"}
+
+
+async def test_xendit_va_paid_callback_settles_once_and_a_replay_changes_nothing(
+    stack: Stack,
+) -> None:
+    order_id, attempt = await order_and_attempt(stack, "va", "bca", "va:xendit:bca")
+    await sim_post(stack.sims.xendit.control_url, "/pay", {
+        "kind": "va", "external_id": attempt.id, "amount": attempt.transfer_amount})
+    await wait_for(deliveries(stack, attempt.id), 1)
+    await run_relay(stack.container, order_state(stack, order_id), "paid")
+    assert await evidence_count(stack, order_id) == 1
+    # The provider delivers the same callback again: stored, acknowledged, nothing changes.
+    async with httpx.AsyncClient() as c:
+        sent = (await c.get(f"{stack.sims.xendit.control_url}/callbacks")).json()
+    body = next(s["body"] for s in sent if s["body"].get("external_id") == attempt.id)
+    token = stack.container.settings.providers.xendit_callback_token
+    r = await stack.client.post("/v1/webhooks/xendit", content=json.dumps(body),
+                                headers={"x-callback-token": token})
+    assert r.status_code == 200 and r.json()["duplicate"] is True, r.text
+    await settled_quietly(stack, attempt.id)
+    assert await evidence_count(stack, order_id) == 1
+    assert (await order_state(stack, order_id)()) == "paid"
+    found = await outcomes(stack, attempt.id)
+    assert [v for v, _ in found] == [True, True]
+    assert found[0][1] is not None and found[0][1].startswith("payment applied")
+    assert found[1][1] is not None and found[1][1].startswith("duplicate of xendit:va:")
+
+
+async def test_midtrans_qris_notification_settles_once_and_regressions_change_nothing(
+    stack: Stack,
+) -> None:
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    paid = await sim_post(stack.sims.midtrans.control_url, "/pay", {"order_id": attempt.id})
+    await wait_for(deliveries(stack, attempt.id), 1)
+    await run_relay(stack.container, order_state(stack, order_id), "paid")
+    assert await evidence_count(stack, order_id) == 1
+    key = stack.container.settings.providers.midtrans_server_key
+    # A duplicate of the settlement, then out-of-order pending and expire, all correctly signed.
+    settlement = {**paid, "status_message": "midtrans payment notification"}
+    for body in (settlement,
+                 midtrans_body(attempt, status="pending", code="201",
+                               txid=paid["transaction_id"], key=key),
+                 midtrans_body(attempt, status="expire", code="407",
+                               txid=paid["transaction_id"], key=key)):
+        r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(body))
+        assert r.status_code == 200, r.text
+    await settled_quietly(stack, attempt.id)
+    assert await evidence_count(stack, order_id) == 1
+    assert (await order_state(stack, order_id)()) == "paid"
+    assert await scalar(stack, sa.select(payment_attempts.c.state).where(
+        payment_attempts.c.id == attempt.id)) == "paid"
+    # The simulator also notified ``pending`` when the charge was created.
+    found = [o or "" for _, o in await outcomes(stack, attempt.id)]
+    assert found[0] == "no change: provider says pending"
+    assert [o for o in found if o.startswith("payment applied")] == [
+        "payment applied: settle, order paid"]
+    assert sum(o.startswith("duplicate of midtrans:") for o in found) >= 1
+    assert found[-1] == "no change: provider says expired, attempt already paid"
+
+
+async def test_forged_midtrans_notification_is_stored_and_only_triggers_a_status_read(
+    stack: Stack,
+) -> None:
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    forged = midtrans_body(attempt, status="settlement", code="200", txid=str(uuid.uuid4()),
+                           key="not-the-server-key")
+    r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(forged))
+    assert r.status_code == 401, r.text
+    await settled_quietly(stack, attempt.id)
+    async def unverified() -> list[str | None]:
+        return [o for v, o in await outcomes(stack, attempt.id) if not v]
+
+    await run_relay(stack.container, unverified,
+                    ["status read: provider says pending; no change"])
+    assert await evidence_count(stack, order_id) == 0
+    assert (await order_state(stack, order_id)()) == "awaiting_payment"
+    r = await stack.client.post("/v1/webhooks/midtrans", content=b"{not json")
+    assert r.status_code == 400, r.text
+
+
+async def test_forged_xendit_callback_never_settles_but_its_status_read_finds_the_truth(
+    stack: Stack,
+) -> None:
+    order_id, attempt = await order_and_attempt(stack, "va", "bca", "va:xendit:bca")
+    # The genuine callback is lost (nowhere to go); the customer has paid.
+    await sim_post(stack.sims.xendit.control_url, "/config", {"callback_url": None})
+    payment = await sim_post(stack.sims.xendit.control_url, "/pay", {
+        "kind": "va", "external_id": attempt.id, "amount": attempt.transfer_amount})
+    forged = {**payment, "amount": 1, "payment_id": str(uuid.uuid4())}
+    r = await stack.client.post("/v1/webhooks/xendit", content=json.dumps(forged),
+                                headers={"x-callback-token": "wrong-token"})
+    assert r.status_code == 401, r.text
+    async with stack.container.db.read() as conn:
+        row = (await conn.execute(sa.select(provider_deliveries).where(
+            provider_deliveries.c.attempt_id == attempt.id))).one()
+    assert row.verified is False and row.event_key is None
+    assert "x-callback-token" not in row.headers
+    await run_relay(stack.container, order_state(stack, order_id), "paid")
+    async with stack.container.db.read() as conn:
+        applied = (await conn.execute(sa.select(evidence).where(
+            evidence.c.order_id == order_id))).all()
+    # Settled by what the provider's status API said (the expected amount), not the forged 1.
+    assert [(e.kind, e.amount) for e in applied] == [("provider_status", attempt.transfer_amount)]
+    await settled_quietly(stack, attempt.id)
+    found = await outcomes(stack, attempt.id)
+    assert found[0][1] is not None and found[0][1].startswith("status read: payment applied")
