@@ -7,7 +7,7 @@ objects here, so they run the same code paths with different settings.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 import httpx
@@ -22,7 +22,9 @@ from orchestrator.rails.guard import BreakerGuard
 from orchestrator.rails.midtrans import MidtransProvider
 from orchestrator.rails.router import Router, RouterSettings
 from orchestrator.rails.xendit import XenditProvider
+from orchestrator.reconciliation.feed import MootaFeedClient
 from orchestrator.services.capture import CaptureService
+from orchestrator.services.feed_poller import FeedPoller
 from orchestrator.services.gateway_jobs import GatewayJobs
 from orchestrator.services.issuance import IssuanceService
 from orchestrator.services.provider_webhooks import ProviderWebhooks
@@ -52,6 +54,8 @@ class Container:
     issuance: IssuanceService
     gateway_jobs: GatewayJobs
     provider_webhooks: ProviderWebhooks
+    feed_poller: FeedPoller | None = None
+    """The Moota mutation-feed poller, when ``LUNAS_MOOTA_URL`` is set (run by the worker)."""
     rng: random.Random = field(default_factory=random.Random)
     _started: bool = False
 
@@ -88,7 +92,10 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
     redis = (aioredis.Redis.from_url(settings.redis.url, socket_timeout=0.25,
                                      socket_connect_timeout=0.25)
              if settings.redis.url else None)
-    breakers = BreakerRegistry(settings.breaker, redis=redis, key_prefix=settings.redis.key_prefix,
+    # A feed polled every minute would need ten failed polls to trip the default policy.
+    feed_policy = replace(settings.breaker, minimum_number_of_calls=3)
+    breakers = BreakerRegistry(settings.breaker, overrides={"feed:*": feed_policy},
+                               redis=redis, key_prefix=settings.redis.key_prefix,
                                metrics=metrics, clock=clock, rng=rng)
     route_controls = RouteControls(db, clock=clock, refresh=timedelta(seconds=2))
     providers = build_providers(settings, http)
@@ -99,6 +106,8 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
     issuance = IssuanceService(db, router, codes=settings.unique_codes, clock=clock,
                                callback_base_url=settings.http.base_url, rng=rng)
     in_flight = settings.providers.capture_budget + timedelta(seconds=10)
+    reconciliation = ReconciliationService(db, clock=clock, metrics=metrics,
+                                           quarantine=settings.unique_codes.quarantine)
     return Container(
         settings=settings,
         db=db,
@@ -106,8 +115,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
         capture=CaptureService(db, rules=checkout_rules(settings), codes=settings.unique_codes,
                                clock=clock, metrics=metrics, rng=rng,
                                issuance=issuance if providers else None, in_flight=in_flight),
-        reconciliation=ReconciliationService(db, clock=clock, metrics=metrics,
-                                             quarantine=settings.unique_codes.quarantine),
+        reconciliation=reconciliation,
         auth=Authenticator(db),
         metrics=metrics,
         route_controls=route_controls,
@@ -124,8 +132,25 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
             midtrans_server_key=settings.providers.midtrans_server_key,
             xendit_callback_token=settings.providers.xendit_callback_token,
             quarantine=settings.unique_codes.quarantine),
+        feed_poller=build_feed_poller(settings, http, reconciliation, breakers, clock, metrics,
+                                      redis),
         rng=rng,
     )
+
+
+def build_feed_poller(settings: Settings, http: httpx.AsyncClient,
+                      reconciliation: ReconciliationService, breakers: BreakerRegistry,
+                      clock: Clock, metrics: Metrics,
+                      redis: aioredis.Redis | None) -> FeedPoller | None:
+    """The mutation-feed poller, or ``None`` when no feed URL is configured."""
+    f = settings.feed
+    if not f.moota_url:
+        return None
+    feed = MootaFeedClient(base_url=f.moota_url, token=f.moota_token, client=http,
+                           timeout=f.call_timeout.total_seconds())
+    return FeedPoller(feed, reconciliation, breakers, clock, metrics,
+                      poll_interval=f.poll_interval, stale_after=f.stale_after, redis=redis,
+                      key_prefix=settings.redis.key_prefix)
 
 
 def build_providers(settings: Settings, http: httpx.AsyncClient) -> dict[str, PaymentProvider]:

@@ -133,6 +133,21 @@ class ProviderSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FeedSettings:
+    """The Moota-style mutation feed poller (RAILS.md §3.1). An empty URL turns the poller off
+    (the signed push alone feeds the mutation store)."""
+
+    moota_url: str = ""
+    """Base URL of the Moota API v2, e.g. ``https://app.moota.co/api/v2``."""
+    moota_token: str = ""
+    """Personal token sent as ``Authorization: Bearer``."""
+    poll_interval: timedelta = timedelta(seconds=60)
+    stale_after: timedelta = timedelta(minutes=20)
+    """The feed counts as stale when no poll succeeded for this long."""
+    call_timeout: timedelta = timedelta(seconds=10)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     environment: str = "development"
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -144,6 +159,7 @@ class Settings:
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     providers: ProviderSettings = field(default_factory=ProviderSettings)
+    feed: FeedSettings = field(default_factory=FeedSettings)
     breaker: BreakerConfig = field(default_factory=lambda: BreakerConfig(
         slow_call_duration=timedelta(seconds=1)))
     """Per-route breaker policy. A slow call must be well inside the capture budget to count."""
@@ -224,6 +240,12 @@ class Settings:
                 capture_budget=e.seconds("LUNAS_CAPTURE_BUDGET", 3),
                 start_simulators=e.str("LUNAS_SIMULATORS", "") in ("1", "true", "yes"),
             ),
+            feed=FeedSettings(
+                moota_url=e.str("LUNAS_MOOTA_URL", "").rstrip("/"),
+                moota_token=e.str("LUNAS_MOOTA_TOKEN", ""),
+                poll_interval=e.seconds("LUNAS_FEED_POLL_INTERVAL", 60),
+                stale_after=e.seconds("LUNAS_FEED_STALE_AFTER", 20 * 60),
+            ),
             mutation_push_secret=e.str("LUNAS_MUTATION_PUSH_SECRET", "dev-moota-secret"),
             worker_id=e.str("LUNAS_WORKER_ID", "").strip(),
             breaker=BreakerConfig(
@@ -251,6 +273,8 @@ class Settings:
                                 "LUNAS_XENDIT_CALLBACK_TOKEN are development defaults")
         if p.start_simulators:
             raise SettingsError("LUNAS_SIMULATORS must be off in production")
+        if self.feed.moota_url and not self.feed.moota_token:
+            raise SettingsError("LUNAS_MOOTA_URL is set but LUNAS_MOOTA_TOKEN is empty")
 
 
 class _Env:

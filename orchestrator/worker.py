@@ -1,4 +1,5 @@
-"""The worker: the outbox relay and the scheduled sweeps (deadlines, code quarantine).
+"""The worker: the outbox relay, the scheduled sweeps (deadlines, code quarantine) and, when
+configured, the mutation-feed poller.
 
 Any number of workers may run; they share the outbox through leases and the sweeps through
 ``SKIP LOCKED``. On SQLite (embedded) one worker runs inside the api process.
@@ -72,7 +73,10 @@ async def run_relay(container: Container, stop: asyncio.Event) -> None:
 
 
 async def run_worker(container: Container, stop: asyncio.Event) -> None:
-    await asyncio.gather(run_relay(container, stop), sweep_forever(container, stop))
+    loops = [run_relay(container, stop), sweep_forever(container, stop)]
+    if container.feed_poller is not None:  # LUNAS_MOOTA_URL is set
+        loops.append(container.feed_poller.run(stop))
+    await asyncio.gather(*loops)
 
 
 def default_worker_id(configured: str = "") -> str:

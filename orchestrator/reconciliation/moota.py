@@ -80,10 +80,11 @@ def parse_moota_push(raw_body: bytes) -> list[MootaMutation]:
         raise StatementRejected(f"the push body is not valid JSON ({exc})") from exc
     if not isinstance(items, list):
         raise StatementRejected("the push body must be a JSON array of mutation objects")
-    return [_mutation(item, index=number) for number, item in enumerate(items, start=1)]
+    return [parse_moota_item(item, index=number) for number, item in enumerate(items, start=1)]
 
 
-def _mutation(item: object, *, index: int) -> MootaMutation:
+def parse_moota_item(item: object, *, index: int) -> MootaMutation:
+    """One Moota mutation object, as pushed or as listed by the feed (the same shape)."""
     if not isinstance(item, dict):
         raise StatementRejected("each mutation must be a JSON object", line=index)
     # RAILS.md §3.2: some payloads call mutation_id "token".

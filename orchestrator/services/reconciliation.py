@@ -28,7 +28,7 @@ from orchestrator.reconciliation.matcher import (
     decide,
     referenced_order_ids,
 )
-from orchestrator.reconciliation.moota import parse_moota_push
+from orchestrator.reconciliation.moota import MootaMutation, parse_moota_push
 from orchestrator.reconciliation.statements import parse_statement
 from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import iso
@@ -128,6 +128,24 @@ class ReconciliationService:
                     fingerprint=fingerprint_moota(m.mutation_id),
                 )
                 for m in pushed
+            ]
+            await self._ingest(conn, incoming, report, statement_id=None, now=now)
+        return report
+
+    async def ingest_feed(self, items: Sequence[MootaMutation]) -> ImportReport:
+        """Store and match mutations read from the Moota feed (``GET /mutation``). Same store and
+        fingerprint as the push, so a mutation seen by both is stored once."""
+        now = self._clock.now()
+        report = ImportReport(parsed=len(items))
+        async with self._db.transaction() as conn:
+            incoming = [
+                IncomingMutation(
+                    bank=await _bank_of(conn, m.account_number), account_number=m.account_number,
+                    posted_at=m.posted_at, amount=m.amount, direction=m.direction,
+                    description=m.description, balance=m.balance, source="feed",
+                    fingerprint=fingerprint_moota(m.mutation_id),
+                )
+                for m in items
             ]
             await self._ingest(conn, incoming, report, statement_id=None, now=now)
         return report

@@ -56,5 +56,11 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.feed_last_success = Gauge(
+            "lunas_feed_last_success_timestamp_seconds",
+            "Unix time of the last successful poll of each mutation feed.",
+            ["feed"], registry=self.registry,
+        )
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
