@@ -13,6 +13,7 @@ from orchestrator.api.ops import OpsController
 from orchestrator.api.orders import OrdersController
 from orchestrator.api.rails import RailsController
 from orchestrator.api.reconciliation import ReconciliationController
+from orchestrator.api.reviews import ReviewsController
 from orchestrator.api.webhooks import WebhooksController
 from orchestrator.bootstrap import Container
 
@@ -30,8 +31,8 @@ def create_app(container: Container, *, close_on_shutdown: bool = True) -> Lites
 
     return Litestar(
         route_handlers=[OrdersController, MutationsController, ReconciliationController,
-                        OpsController, RailsController, WebhooksController, healthz, readyz,
-                        metrics],
+                        OpsController, RailsController, ReviewsController, WebhooksController,
+                        healthz, readyz, metrics],
         dependencies={"container": Provide(provide_container, sync_to_thread=False)},
         exception_handlers={Exception: to_response},
         openapi_config=OpenAPIConfig(title="Lunas", version="0.1.0", path="/schema"),

@@ -6,6 +6,8 @@
     lunas merchants add-account MERCHANT_ID BANK:NUMBER:HOLDER
     lunas ops-tokens create NAME [--scope SCOPE ...] [--json]
     lunas reconcile import FILE --bank BANK --account NUMBER [--json]
+    lunas reviews list [--state open] [--json]
+    lunas reviews resolve CASE_ID --action honour|refund --note WHY --actor WHO
 """
 
 from __future__ import annotations
@@ -65,6 +67,17 @@ def _parser() -> argparse.ArgumentParser:
     oc.add_argument("name")
     oc.add_argument("--scope", action="append", choices=OPS_SCOPES, default=None)
     oc.add_argument("--json", action="store_true")
+
+    rv = sub.add_parser("reviews").add_subparsers(dest="action", required=True)
+    rl = rv.add_parser("list", help="review cases (open by default)")
+    rl.add_argument("--state", default="open", help="open | resolved | '' for all")
+    rl.add_argument("--json", action="store_true")
+    rr = rv.add_parser("resolve", help="honour or refund a case (audited)")
+    rr.add_argument("case_id")
+    rr.add_argument("--action", dest="decision", required=True, choices=["honour", "refund"])
+    rr.add_argument("--note", required=True, help="why; kept in the audit log")
+    rr.add_argument("--actor", required=True, help="who decides, e.g. your name")
+    rr.add_argument("--json", action="store_true")
 
     r = sub.add_parser("reconcile").add_subparsers(dest="action", required=True)
     ri = r.add_parser("import", help="import a bank statement file")
@@ -194,6 +207,40 @@ async def _reconcile_import(settings: Settings, args: argparse.Namespace) -> int
     return await _with_container(settings, work)
 
 
+async def _reviews_list(settings: Settings, args: argparse.Namespace) -> int:
+    from orchestrator.services.reviews import list_cases
+
+    async def work(c: Container) -> int:
+        cases = await list_cases(c.db, state=args.state or None, limit=1000)
+        if args.json:
+            print(json.dumps(cases))
+        else:
+            for case in cases:
+                print(f"{case['id']}  {case['state']:<8} {case['reason']:<32} "
+                      f"{case['recommended_action']:<14} {case['amount']:>12}  "
+                      f"order {case['order_id']}")
+        return 0
+    return await _with_container(settings, work)
+
+
+async def _reviews_resolve(settings: Settings, args: argparse.Namespace) -> int:
+    from orchestrator.domain.errors import DomainError
+    from orchestrator.services.reviews import resolve_case
+
+    async def work(c: Container) -> int:
+        try:
+            case = await resolve_case(c.db, case_id=args.case_id, action=args.decision,
+                                      actor=f"cli:{args.actor}", note=args.note,
+                                      now=c.clock.now())
+        except DomainError as exc:
+            print(f"lunas: {exc.detail}", file=sys.stderr)
+            return 1
+        print(json.dumps(case) if args.json else
+              f"{case['id']} resolved: {case['resolution']} by {case['resolved_by']}")
+        return 0
+    return await _with_container(settings, work)
+
+
 async def _serve(container: Container, stop: asyncio.Event) -> None:
     import uvicorn
 
@@ -310,6 +357,8 @@ _COMMANDS: dict[tuple[str, str | None], _Command] = {
     ("merchants", "add-account"): _merchants_add_account,
     ("ops-tokens", "create"): _ops_tokens_create,
     ("reconcile", "import"): _reconcile_import,
+    ("reviews", "list"): _reviews_list,
+    ("reviews", "resolve"): _reviews_resolve,
 }
 
 if __name__ == "__main__":

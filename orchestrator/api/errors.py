@@ -32,6 +32,7 @@ _STATUS: list[tuple[type[domain.DomainError], int, str]] = [
     (domain.StatementRejected, 422, "Statement rejected"),
     (domain.NoPayoutAccount, 422, "No payout account"),
     (domain.UniqueCodesExhausted, 503, "Unique codes exhausted"),
+    (domain.Conflict, 409, "Conflict"),
 ]
 _STATUS_BY_CODE = {"no_route_available": (503, "No route available")}
 

@@ -55,3 +55,9 @@ class BreakerActionIn(msgspec.Struct, forbid_unknown_fields=True):
     action: str
     """force_open | force_closed | release"""
     reason: str
+
+
+class ResolveCaseIn(msgspec.Struct, forbid_unknown_fields=True):
+    action: str
+    """honour | refund"""
+    note: str

@@ -11,6 +11,8 @@ ORDER_EXPIRED: Final = "order.expired"
 ORDER_CANCELLED: Final = "order.cancelled"
 ORDER_NEEDS_REVIEW: Final = "order.needs_review"
 REVIEW_CASE_OPENED: Final = "review_case.opened"
+REVIEW_CASE_RESOLVED: Final = "review_case.resolved"
+ORDER_REFUNDED: Final = "order.refunded"
 ATTEMPT_UNKNOWN: Final = "attempt.unknown"  # internal: resolve by a status read
 ATTEMPT_CANCEL_REQUESTED: Final = "attempt.cancel_requested"  # internal: cancel at provider
 PROVIDER_DELIVERY: Final = "provider.delivery"  # internal: apply one stored gateway webhook
@@ -19,5 +21,5 @@ ATTEMPT_VERIFY: Final = "attempt.verify"  # internal: read the provider's status
 # Events a merchant's webhook endpoint receives.
 MERCHANT_VISIBLE: Final = frozenset(
     {ORDER_AWAITING_PAYMENT, ORDER_PAID, ORDER_EXPIRED, ORDER_CANCELLED, ORDER_NEEDS_REVIEW,
-     REVIEW_CASE_OPENED}
+     ORDER_REFUNDED, REVIEW_CASE_OPENED, REVIEW_CASE_RESOLVED}
 )

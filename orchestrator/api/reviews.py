@@ -1,0 +1,40 @@
+"""Review cases for people (finance, CS): the open list and audited resolutions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody
+
+from orchestrator.api.errors import BadRequest
+from orchestrator.api.schemas import ResolveCaseIn
+from orchestrator.bootstrap import Container
+from orchestrator.services.reviews import list_cases, resolve_case
+
+
+class ReviewsController(Controller):
+    path = "/v1/reviews"
+    tags = ("reconciliation",)
+
+    @get("/", summary="Review cases (open by default): money a person must decide about")
+    async def list_reviews(self, request: Request[Any, Any, Any],
+                           container: NamedDependency[Container],
+                           status: FromQuery[str] = "open",
+                           limit: FromQuery[int] = 100) -> dict[str, Any]:
+        await container.auth.ops(request, "reconciliation")
+        if not 1 <= limit <= 1000:
+            raise BadRequest("limit must be between 1 and 1000", code="bad_limit")
+        # ``status`` (open | resolved | empty for all): ``state`` is reserved by litestar.
+        return {"data": await list_cases(container.db, state=status or None, limit=limit)}
+
+    @post("/{case_id:str}/resolve", status_code=200,
+          summary="Resolve a case: honour (the order is paid) or refund")
+    async def resolve(self, request: Request[Any, Any, Any], case_id: FromPath[str],
+                      data: JSONBody[ResolveCaseIn],
+                      container: NamedDependency[Container]) -> dict[str, Any]:
+        principal = await container.auth.ops(request, "reconciliation")
+        return await resolve_case(container.db, case_id=case_id, action=data.action,
+                                  actor=f"ops:{principal.name}", note=data.note,
+                                  now=container.clock.now())

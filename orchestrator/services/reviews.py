@@ -1,0 +1,99 @@
+"""Review cases: money a person must decide about, resolved through the API or CLI, audited.
+
+Honouring a case on an order in ``needs_review`` makes it ``paid``; refunding makes it
+``refunded`` (the money goes back outside Lunas; the case records who decided and why). A case on
+an order that is already settled (a second payment on a paid order, a payment on a cancelled one)
+changes no order state: the resolution records what was done with the money.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from orchestrator.domain import events
+from orchestrator.domain.errors import Conflict, InvalidOrder, NotFound
+from orchestrator.domain.order import (
+    ORDER_EVENT_ON_ENTRY,
+    OrderState,
+    OrderTrigger,
+    RecommendedAction,
+    next_order_state,
+)
+from orchestrator.outbox.writer import PendingEvent, add_events
+from orchestrator.services.audit import record_audit
+from orchestrator.services.order_view import event_payload, iso
+from orchestrator.store.database import Database
+from orchestrator.store.tables import orders, review_cases
+
+_ACTIONS = {RecommendedAction.HONOUR.value: OrderTrigger.REVIEW_HONOURED,
+            RecommendedAction.REFUND.value: OrderTrigger.REVIEW_REFUNDED}
+
+
+class CaseClosed(Conflict):
+    code = "case_already_resolved"
+
+
+def render_case(c: Any) -> dict[str, Any]:
+    return {"id": c.id, "order_id": c.order_id, "mutation_id": c.mutation_id,
+            "reason": c.reason, "recommended_action": c.recommended_action, "amount": c.amount,
+            "state": c.state, "created_at": iso(c.created_at), "resolved_at": iso(c.resolved_at),
+            "resolved_by": c.resolved_by, "resolution": c.resolution, "note": c.note}
+
+
+async def list_cases(db: Database, *, state: str | None, limit: int) -> list[dict[str, Any]]:
+    async with db.read() as conn:
+        query = sa.select(review_cases).order_by(review_cases.c.created_at).limit(limit)
+        if state:
+            query = query.where(review_cases.c.state == state)
+        return [render_case(c) for c in await conn.execute(query)]
+
+
+async def resolve_case(db: Database, *, case_id: str, action: str, actor: str, note: str,
+                       now: datetime) -> dict[str, Any]:
+    if action not in _ACTIONS:
+        raise InvalidOrder(f"action must be one of: {', '.join(_ACTIONS)}", field="action")
+    if not note.strip():
+        raise InvalidOrder("say why in 'note'; it goes to the audit log", field="note")
+    async with db.transaction() as conn:
+        case = (await conn.execute(sa.select(review_cases).where(review_cases.c.id == case_id)
+                                   .with_for_update())).first()
+        if case is None:
+            raise NotFound(f"no review case {case_id}")
+        if case.state != "open":
+            raise CaseClosed(f"case {case_id} was already resolved ({case.resolution}) by "
+                             f"{case.resolved_by}")
+        pending: list[PendingEvent] = []
+        order = None
+        if case.order_id is not None:
+            order = (await conn.execute(sa.select(orders).where(orders.c.id == case.order_id)
+                                        .with_for_update())).one()
+        if order is not None and order.state == OrderState.NEEDS_REVIEW.value:
+            state = next_order_state(OrderState.NEEDS_REVIEW, _ACTIONS[action])
+            values: dict[str, Any] = {"state": state.value, "updated_at": now}
+            if state is OrderState.PAID:
+                values["paid_at"] = now
+            await conn.execute(orders.update().where(orders.c.id == order.id).values(**values))
+            moved = (await conn.execute(sa.select(orders).where(orders.c.id == order.id))).one()
+            pending.append(PendingEvent(
+                event_type=ORDER_EVENT_ON_ENTRY[state], aggregate_id=order.id,
+                merchant_id=order.merchant_id,
+                payload=event_payload(moved, review_case_id=case_id, resolution=action)))
+        await conn.execute(review_cases.update().where(review_cases.c.id == case_id).values(
+            state="resolved", resolved_at=now, resolved_by=actor, resolution=action,
+            note=note.strip()))
+        if order is not None:
+            pending.append(PendingEvent(
+                event_type=events.REVIEW_CASE_RESOLVED, aggregate_id=order.id,
+                merchant_id=order.merchant_id,
+                payload={"case_id": case_id, "order_id": order.id, "resolution": action,
+                         "reason": case.reason}))
+        await add_events(conn, pending, now=now)
+        await record_audit(conn, actor=actor, action=f"review_case.{action}",
+                           subject_type="review_case", subject_id=case_id, reason=note.strip(),
+                           details={"order_id": case.order_id, "reason": case.reason}, now=now)
+        resolved = (await conn.execute(sa.select(review_cases)
+                                       .where(review_cases.c.id == case_id))).one()
+    return render_case(resolved)

@@ -1,0 +1,133 @@
+"""People resolve review cases (API and CLI), audited: honour pays a needs_review order, refund
+closes it as refunded, and a case on a settled order records the decision without moving it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from orchestrator.bootstrap import Container
+from orchestrator.store.tables import audit_log, outbox
+from tests.e2e.test_checkout_to_webhook import LUNAS
+from tests.integration.test_reconciliation import capture, upload
+from tests.support import ShopFixture, bca_statement, new_merchant, new_ops_token
+
+
+@pytest.fixture(scope="module")
+async def ops(container: Container) -> dict[str, str]:
+    return {"Authorization": f"Bearer {await new_ops_token(container)}"}
+
+
+async def paid_short(client: httpx.AsyncClient, container: Container, ops: dict[str, str],
+                     m: ShopFixture) -> dict[str, Any]:
+    """An order paid 1,000 short (by reference): needs_review with one open case."""
+    order = await capture(client, m)
+    short = order["payment"]["transfer_amount"] - 1_000
+    await upload(client, ops, m, bca_statement(m.account_number, [
+        (datetime.now(UTC), f"TRSF CR {order['id'].upper()}", short, "CR")]))
+    return order
+
+
+async def open_case(client: httpx.AsyncClient, ops: dict[str, str], order_id: str
+                    ) -> dict[str, Any]:
+    cases = (await client.get("/v1/reviews", headers=ops)).json()["data"]
+    return next(c for c in cases if c["order_id"] == order_id)
+
+
+async def test_honouring_a_short_payment_pays_the_order_and_tells_the_merchant(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    m = await new_merchant(container)
+    order = await paid_short(client, container, ops, m)
+    case = await open_case(client, ops, order["id"])
+    assert (case["reason"], case["state"]) == ("amount_mismatch", "open")
+    r = await client.post(f"/v1/reviews/{case['id']}/resolve", headers=ops,
+                          json={"action": "honour", "note": "customer paid bank fee; accept"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["state"], r.json()["resolution"]) == ("resolved", "honour")
+    read = (await client.get(f"/v1/orders/{order['id']}", headers=m.headers)).json()
+    assert read["status"] == "paid" and read["paid_at"]
+    async with container.db.read() as conn:
+        types = (await conn.execute(sa.select(outbox.c.event_type).where(
+            outbox.c.aggregate_id == order["id"]).order_by(outbox.c.id))).scalars().all()
+        audit = (await conn.execute(sa.select(audit_log.c.actor, audit_log.c.action).where(
+            audit_log.c.subject_id == case["id"]))).all()
+    assert types[-2:] == ["order.paid", "review_case.resolved"]
+    assert [tuple(a) for a in audit] == [("ops:finance-test", "review_case.honour")]
+    again = await client.post(f"/v1/reviews/{case['id']}/resolve", headers=ops,
+                              json={"action": "refund", "note": "changed my mind"})
+    assert again.status_code == 409 and again.json()["code"] == "case_already_resolved"
+
+
+async def test_refunding_closes_the_order_as_refunded(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    m = await new_merchant(container)
+    order = await paid_short(client, container, ops, m)
+    case = await open_case(client, ops, order["id"])
+    r = await client.post(f"/v1/reviews/{case['id']}/resolve", headers=ops,
+                          json={"action": "refund", "note": "refunded by bank transfer #881"})
+    assert r.status_code == 200
+    read = (await client.get(f"/v1/orders/{order['id']}", headers=m.headers)).json()
+    assert read["status"] == "refunded"
+
+
+async def test_a_second_payment_case_records_the_refund_and_the_order_stays_paid(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    pay = order["payment"]["transfer_amount"]
+    line = (datetime.now(UTC), f"TRSF CR {pay}", pay, "CR")
+    await upload(client, ops, m, bca_statement(m.account_number, [line, line]))
+    case = await open_case(client, ops, order["id"])
+    assert case["reason"] == "second_payment"
+    r = await client.post(f"/v1/reviews/{case['id']}/resolve", headers=ops,
+                          json={"action": "refund", "note": "second transfer returned"})
+    assert r.status_code == 200
+    read = (await client.get(f"/v1/orders/{order['id']}", headers=m.headers)).json()
+    assert read["status"] == "paid"
+
+
+async def test_resolutions_need_a_known_action_a_note_and_an_ops_token(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    m = await new_merchant(container)
+    order = await paid_short(client, container, ops, m)
+    case = await open_case(client, ops, order["id"])
+    url = f"/v1/reviews/{case['id']}/resolve"
+    assert (await client.post(url, headers=ops, json={"action": "ignore", "note": "x"})
+            ).status_code == 422
+    assert (await client.post(url, headers=ops, json={"action": "honour", "note": " "})
+            ).status_code == 422
+    assert (await client.post(url, headers=m.headers, json={"action": "honour", "note": "x"})
+            ).status_code == 401
+    assert (await client.post("/v1/reviews/rev_nope/resolve", headers=ops,
+                              json={"action": "honour", "note": "x"})).status_code == 404
+
+
+async def test_cli_lists_and_resolves_cases(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str], pg_url: str
+) -> None:
+    m = await new_merchant(container)
+    order = await paid_short(client, container, ops, m)
+    env = {**os.environ, "LUNAS_DATABASE_URL": pg_url}
+    listed = subprocess.run([LUNAS, "reviews", "list", "--json"], env=env, capture_output=True,
+                            text=True, timeout=60, check=True)
+    case = next(c for c in json.loads(listed.stdout) if c["order_id"] == order["id"])
+    done = subprocess.run([LUNAS, "reviews", "resolve", case["id"], "--action", "honour",
+                           "--note", "approved by CS lead", "--actor", "sari", "--json"],
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["resolved_by"] == "cli:sari"
+    twice = subprocess.run([LUNAS, "reviews", "resolve", case["id"], "--action", "refund",
+                            "--note", "again", "--actor", "sari"], env=env, capture_output=True,
+                           text=True, timeout=60, check=False)
+    assert twice.returncode == 1 and "already resolved" in twice.stderr
