@@ -26,9 +26,10 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def serve(container: Container) -> AsyncIterator[str]:
-    """Serve the real app over a real socket on 127.0.0.1; yields its base URL."""
-    port = free_port()
+async def serve(container: Container, port: int | None = None) -> AsyncIterator[str]:
+    """Serve the real app over a real socket on 127.0.0.1 (on ``port`` when a test must know it
+    before the container is built); yields its base URL."""
+    port = port or free_port()
     config = uvicorn.Config(create_app(container, close_on_shutdown=False), host="127.0.0.1",
                             port=port, log_level="warning", access_log=False, lifespan="on")
     server = EmbeddedServer(config)

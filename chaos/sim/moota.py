@@ -33,9 +33,10 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlencode
 
-from litestar import Litestar, Request, Response, delete, get, post
+from litestar import Litestar, Request, Response, get, post
 from litestar.handlers import HTTPRouteHandler
 
+from chaos.sim.control import fault_routes
 from chaos.sim.faults import Fault, FaultBook, FaultKind
 from chaos.sim.server import SwitchableServer
 
@@ -310,39 +311,5 @@ def control_routes(sim: MootaSim) -> list[HTTPRouteHandler]:
             return [dict(m) for m in sim.mutations]
         return await _control(work)
 
-    @post("/faults", status_code=200)
-    async def add_fault(request: Request[Any, Any, Any]) -> Response[Any]:
-        async def work() -> dict[str, Any]:
-            await sim.add_fault(Fault.from_json(await _json(request)))
-            return {"faults": len(sim.faults.faults), "data_listening": sim.data_listening}
-        return await _control(work)
 
-    @get("/faults")
-    async def list_faults() -> Response[Any]:
-        async def work() -> list[dict[str, Any]]:
-            return [{"kind": f.kind.value, "channel": f.channel, "operation": f.operation,
-                     "status": f.status, "count": f.count} for f in sim.faults.faults]
-        return await _control(work)
-
-    @delete("/faults", status_code=200)
-    async def clear_faults(request: Request[Any, Any, Any]) -> Response[Any]:
-        async def work() -> dict[str, Any]:
-            await sim.clear_faults(request.query_params.get("channel"))
-            return {"faults": len(sim.faults.faults), "data_listening": sim.data_listening}
-        return await _control(work)
-
-    @get("/calls")
-    async def calls() -> Response[Any]:
-        async def work() -> list[dict[str, Any]]:
-            return sim.faults.call_counts()
-        return await _control(work)
-
-    @delete("/calls", status_code=200)
-    async def reset_calls() -> Response[Any]:
-        async def work() -> dict[str, Any]:
-            sim.faults.reset_counts()
-            return {}
-        return await _control(work)
-
-    return [add_mutation, all_mutations, add_fault, list_faults, clear_faults, calls,
-            reset_calls]
+    return [add_mutation, all_mutations, *fault_routes(sim)]

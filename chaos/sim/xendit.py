@@ -79,6 +79,7 @@ from litestar import Litestar, Request, Response, delete, get, patch, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath
 
+from chaos.sim.control import fault_routes
 from chaos.sim.faults import Fault, FaultBook, FaultKind
 from chaos.sim.server import SwitchableServer
 from orchestrator.rails.qris import build_dynamic
@@ -889,39 +890,6 @@ async def _control(work: Callable[[], Awaitable[Any]]) -> Response[Any]:
 def control_routes(sim: XenditSim) -> list[HTTPRouteHandler]:
     """Fault injection, customer payments, configuration and the callback log."""
 
-    @post("/faults", status_code=200)
-    async def add_fault(request: Request[Any, Any, Any]) -> Response[Any]:
-        async def work() -> dict[str, Any]:
-            await sim.add_fault(Fault.from_json(_require(await _json(request))))
-            return {"faults": len(sim.faults.faults), "data_listening": sim.data_listening}
-        return await _control(work)
-
-    @get("/faults")
-    async def list_faults() -> Response[Any]:
-        async def work() -> list[dict[str, Any]]:
-            return [{"kind": f.kind.value, "channel": f.channel, "operation": f.operation,
-                     "status": f.status, "count": f.count} for f in sim.faults.faults]
-        return await _control(work)
-
-    @delete("/faults", status_code=200)
-    async def clear_faults(request: Request[Any, Any, Any]) -> Response[Any]:
-        async def work() -> dict[str, Any]:
-            await sim.clear_faults(request.query_params.get("channel"))
-            return {"faults": len(sim.faults.faults), "data_listening": sim.data_listening}
-        return await _control(work)
-
-    @get("/calls")
-    async def calls() -> Response[Any]:
-        async def work() -> list[dict[str, Any]]:
-            return sim.faults.call_counts()
-        return await _control(work)
-
-    @delete("/calls", status_code=200)
-    async def reset_calls() -> Response[Any]:
-        async def work() -> dict[str, Any]:
-            sim.faults.reset_counts()
-            return {}
-        return await _control(work)
 
     @post("/pay", status_code=200)
     async def pay(request: Request[Any, Any, Any]) -> Response[Any]:
@@ -929,7 +897,7 @@ def control_routes(sim: XenditSim) -> list[HTTPRouteHandler]:
             return sim.pay(_require(await _json(request)))
         return await _control(work)
 
-    return [add_fault, list_faults, clear_faults, calls, reset_calls, pay,
+    return [*fault_routes(sim), pay,
             *_config_routes(sim)]
 
 

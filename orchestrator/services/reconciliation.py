@@ -116,25 +116,15 @@ class ReconciliationService:
 
     async def ingest_push(self, raw_body: bytes) -> ImportReport:
         """Store and match a Moota-style push whose signature the caller has verified."""
-        pushed = parse_moota_push(raw_body)
-        now = self._clock.now()
-        report = ImportReport(parsed=len(pushed))
-        async with self._db.transaction() as conn:
-            incoming = [
-                IncomingMutation(
-                    bank=await _bank_of(conn, m.account_number), account_number=m.account_number,
-                    posted_at=m.posted_at, amount=m.amount, direction=m.direction,
-                    description=m.description, balance=m.balance, source="push",
-                    fingerprint=fingerprint_moota(m.mutation_id),
-                )
-                for m in pushed
-            ]
-            await self._ingest(conn, incoming, report, statement_id=None, now=now)
-        return report
+        return await self._ingest_moota(parse_moota_push(raw_body), source="push")
 
     async def ingest_feed(self, items: Sequence[MootaMutation]) -> ImportReport:
         """Store and match mutations read from the Moota feed (``GET /mutation``). Same store and
         fingerprint as the push, so a mutation seen by both is stored once."""
+        return await self._ingest_moota(items, source="feed")
+
+    async def _ingest_moota(self, items: Sequence[MootaMutation], *, source: str
+                            ) -> ImportReport:
         now = self._clock.now()
         report = ImportReport(parsed=len(items))
         async with self._db.transaction() as conn:
@@ -142,7 +132,7 @@ class ReconciliationService:
                 IncomingMutation(
                     bank=await _bank_of(conn, m.account_number), account_number=m.account_number,
                     posted_at=m.posted_at, amount=m.amount, direction=m.direction,
-                    description=m.description, balance=m.balance, source="feed",
+                    description=m.description, balance=m.balance, source=source,
                     fingerprint=fingerprint_moota(m.mutation_id),
                 )
                 for m in items

@@ -8,7 +8,6 @@ simulators, on the session's PostgreSQL and Redis; the worker's relay runs in-pr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,35 +18,15 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-import uvicorn
 
 from chaos.sim.runner import Simulators
-from orchestrator.app import create_app
 from orchestrator.bootstrap import Container, build
 from orchestrator.notify.delivery import MerchantWebhookHandler, merchant_webhook_handlers
 from orchestrator.outbox.relay import Relay
 from orchestrator.rails.midtrans import signature_key
-from orchestrator.serving import EmbeddedServer
 from orchestrator.store.tables import evidence, orders, payment_attempts, provider_deliveries
 from tests.integration.test_failover import Stack, gateway_settings, sims  # noqa: F401
-from tests.support import free_port, new_merchant
-
-
-@contextlib.asynccontextmanager
-async def serve_on(container: Container, port: int) -> AsyncIterator[str]:
-    config = uvicorn.Config(create_app(container, close_on_shutdown=False), host="127.0.0.1",
-                            port=port, log_level="warning", access_log=False, lifespan="on")
-    server = EmbeddedServer(config)
-    task = asyncio.create_task(server.serve())
-    for _ in range(200):
-        if server.started:
-            break
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=10)
+from tests.support import free_port, new_merchant, serve
 
 
 @pytest.fixture
@@ -59,7 +38,7 @@ async def stack(container: Container, sims: Simulators) -> AsyncIterator[Stack]:
     await c.start()
     shop = await new_merchant(c)
     try:
-        async with serve_on(c, port) as url, httpx.AsyncClient(base_url=url, timeout=30) as cl:
+        async with serve(c, port) as url, httpx.AsyncClient(base_url=url, timeout=30) as cl:
             await sim_post(sims.xendit.control_url, "/config", {
                 "callback_url": f"{url}/v1/webhooks/xendit",
                 "callback_token": c.settings.providers.xendit_callback_token})

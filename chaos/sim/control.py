@@ -1,0 +1,65 @@
+"""The fault-injection part of a simulator's control API, shared by every simulator.
+
+    POST /faults      add a fault (``Fault.from_json``; kind "down" closes the data port)
+    GET /faults       the faults in force
+    DELETE /faults    clear them (``?channel=`` for one channel); a "down" data port reopens
+    GET /calls        what reached the data plane, by channel, operation and outcome
+    DELETE /calls     reset those counts
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from litestar import Request, Response, delete, get, post
+from litestar.handlers import HTTPRouteHandler
+
+from chaos.sim.faults import Fault, FaultBook
+
+
+class FaultControlled(Protocol):
+    faults: FaultBook
+
+    @property
+    def data_listening(self) -> bool: ...
+
+    async def add_fault(self, fault: Fault) -> None: ...
+
+    async def clear_faults(self, channel: str | None) -> None: ...
+
+
+def fault_routes(sim: FaultControlled) -> list[HTTPRouteHandler]:
+    def state() -> dict[str, Any]:
+        return {"faults": len(sim.faults.faults), "data_listening": sim.data_listening}
+
+    @post("/faults", status_code=200)
+    async def add_fault(request: Request[Any, Any, Any]) -> Response[Any]:
+        try:
+            body = json.loads(await request.body() or b"{}")
+            fault = Fault.from_json(body)
+        except (KeyError, TypeError, ValueError) as exc:
+            return Response({"error": f"bad fault: {exc}"}, status_code=400)
+        await sim.add_fault(fault)
+        return Response(state())
+
+    @get("/faults")
+    async def list_faults() -> list[dict[str, Any]]:
+        return [{"kind": f.kind.value, "channel": f.channel, "operation": f.operation,
+                 "status": f.status, "count": f.count} for f in sim.faults.faults]
+
+    @delete("/faults", status_code=200)
+    async def clear_faults(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        await sim.clear_faults(request.query_params.get("channel"))
+        return state()
+
+    @get("/calls")
+    async def calls() -> list[dict[str, Any]]:
+        return sim.faults.call_counts()
+
+    @delete("/calls", status_code=200)
+    async def reset_calls() -> dict[str, Any]:
+        sim.faults.reset_counts()
+        return {}
+
+    return [add_fault, list_faults, clear_faults, calls, reset_calls]
