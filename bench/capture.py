@@ -573,11 +573,15 @@ def main() -> int:
     print("\n" + table(result))
     result["target"] = ("issue: >= 1500 orders/s with p99 < 50 ms on this 2-core machine "
                         "(reported, never asserted)")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    shown = args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output
-    print(f"\nwrote {shown}")
+    write_result(result, args.output)
     return 0
+
+
+def write_result(result: dict[str, Any], output: Path) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    shown = output.relative_to(ROOT) if output.is_relative_to(ROOT) else output
+    print(f"\nwrote {shown}")
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ from capture import (
     machine_cpu,
     percentile,
     postgres_cpu_seconds,
+    write_result,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -644,10 +645,7 @@ def main() -> int:
           "much else ran on the machine.")
     result["target"] = ("issue: 100 % valid instructions; p99 with the breaker open within "
                         "1.2x the healthy p99 (reported, never asserted)")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    shown = args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output
-    print(f"\nwrote {shown}")
+    write_result(result, args.output)
     return 0
 
 
