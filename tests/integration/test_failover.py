@@ -160,8 +160,13 @@ async def test_slow_provider_opens_its_breaker_on_slow_calls(stack: Stack) -> No
     assert all(r.status_code == 201 for r in replies)
     served = [r.json()["routing"]["served_by"] for r in replies]
     assert served[0] == "va:xendit:bca"  # slow but successful: still served
-    assert served[-1] == "va:midtrans:bca"  # then the slow-call rate tripped the breaker
+    # Then the slow-call rate tripped xendit's breaker and later orders went elsewhere (which
+    # route depends on how fast the others are on a loaded machine, so it is not asserted).
     assert stack.container.breakers.get("va:xendit:bca").state.value == "open"
+    assert served[-1] != "va:xendit:bca"
+    assert replies[-1].json()["routing"]["tried"][0] == {
+        "route": "va:xendit:bca", "outcome": "skipped",
+        "reason": "provider is failing; circuit breaker open"}
 
 
 async def test_flapping_provider_never_costs_a_checkout(stack: Stack) -> None:
