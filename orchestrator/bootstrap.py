@@ -20,6 +20,7 @@ from orchestrator.rails.base import PaymentProvider
 from orchestrator.rails.breaker import BreakerRegistry
 from orchestrator.rails.guard import BreakerGuard
 from orchestrator.rails.midtrans import MidtransProvider
+from orchestrator.rails.ratelimit import Pace, RequestPacer
 from orchestrator.rails.router import Router, RouterSettings
 from orchestrator.rails.xendit import XenditProvider
 from orchestrator.reconciliation.feed import MootaFeedClient
@@ -30,6 +31,8 @@ from orchestrator.services.issuance import IssuanceService
 from orchestrator.services.provider_webhooks import ProviderWebhooks
 from orchestrator.services.reconciliation import ReconciliationService
 from orchestrator.services.route_controls import RouteControls
+from orchestrator.services.status_reads import StatusReads
+from orchestrator.services.verification import Verifier
 from orchestrator.settings import Settings
 from orchestrator.store.database import Database
 from orchestrator.store.engine import create_engine
@@ -53,6 +56,7 @@ class Container:
     router: Router
     issuance: IssuanceService
     gateway_jobs: GatewayJobs
+    verifier: Verifier
     provider_webhooks: ProviderWebhooks
     feed_poller: FeedPoller | None = None
     """The Moota mutation-feed poller, when ``LUNAS_MOOTA_URL`` is set (run by the worker)."""
@@ -104,8 +108,16 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
                     RouterSettings(capture_budget=settings.providers.capture_budget),
                     clock.now)
     issuance = IssuanceService(db, router, codes=settings.unique_codes, clock=clock,
-                               callback_base_url=settings.http.base_url, rng=rng)
+                               callback_base_url=settings.http.base_url, rng=rng,
+                               schedule=settings.verification.schedule)
     in_flight = settings.providers.capture_budget + timedelta(seconds=10)
+    v = settings.verification
+    pacer = RequestPacer({provider: Pace(per_minute=rate, burst=v.burst)
+                          for provider, rate in v.status_reads_per_minute.items() if rate > 0},
+                         redis=redis, key_prefix=settings.redis.key_prefix)
+    reads = StatusReads(providers, guard, pacer)
+    gateway_jobs = GatewayJobs(db, issuance, providers, guard, clock, reads=reads,
+                               in_flight=in_flight, quarantine=settings.unique_codes.quarantine)
     reconciliation = ReconciliationService(db, clock=clock, metrics=metrics,
                                            quarantine=settings.unique_codes.quarantine)
     return Container(
@@ -125,10 +137,11 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
         providers=providers,
         router=router,
         issuance=issuance,
-        gateway_jobs=GatewayJobs(db, issuance, providers, guard, clock, in_flight=in_flight,
-                                 quarantine=settings.unique_codes.quarantine),
+        gateway_jobs=gateway_jobs,
+        verifier=Verifier(db, reads, guard, gateway_jobs, clock, settings.verification,
+                          quarantine=settings.unique_codes.quarantine),
         provider_webhooks=ProviderWebhooks(
-            db, providers, guard, clock,
+            db, reads, clock,
             midtrans_server_key=settings.providers.midtrans_server_key,
             xendit_callback_token=settings.providers.xendit_callback_token,
             quarantine=settings.unique_codes.quarantine),

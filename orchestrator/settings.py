@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from orchestrator.domain.money import AmountLimits, UniqueCodeRange
+from orchestrator.domain.verification import VerificationSchedule
+from orchestrator.rails.base import Rail
 from orchestrator.rails.breaker import BreakerConfig
 
 
@@ -109,6 +111,26 @@ class SchedulerSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class VerificationSettings:
+    """Status reads of live attempts (``services/verification.py``)."""
+
+    schedule: VerificationSchedule = field(default_factory=VerificationSchedule)
+    status_reads_per_minute: Mapping[str, float] = field(
+        default_factory=lambda: {"midtrans": 600.0, "xendit": 600.0})
+    """Pace of status requests per provider, shared by every process through Redis. Xendit
+    documents 600 a minute per endpoint on live keys; Midtrans documents none for status, so the
+    same figure is a cautious default."""
+    burst: int = 1
+    interval: timedelta = timedelta(seconds=0.5)
+    """How often a worker looks for due checks and for routes that recovered."""
+    batch: int = 200
+    concurrency: int = 16
+    """Status reads one worker has in flight at once (each waits for its paced slot)."""
+    claim: timedelta = timedelta(seconds=60)
+    """A claimed check not finished by then (worker killed) becomes due again."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class ProviderSettings:
     """Payment gateways. An empty URL means the provider is not configured (its routes are not
     offered). The embedded default points them at the local simulators it starts."""
@@ -160,6 +182,7 @@ class Settings:
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     providers: ProviderSettings = field(default_factory=ProviderSettings)
     feed: FeedSettings = field(default_factory=FeedSettings)
+    verification: VerificationSettings = field(default_factory=VerificationSettings)
     breaker: BreakerConfig = field(default_factory=lambda: BreakerConfig(
         slow_call_duration=timedelta(seconds=1)))
     """Per-route breaker policy. A slow call must be well inside the capture budget to count."""
@@ -245,6 +268,18 @@ class Settings:
                 moota_token=e.str("LUNAS_MOOTA_TOKEN", ""),
                 poll_interval=e.seconds("LUNAS_FEED_POLL_INTERVAL", 60),
                 stale_after=e.seconds("LUNAS_FEED_STALE_AFTER", 20 * 60),
+            ),
+            verification=VerificationSettings(
+                schedule=VerificationSchedule.from_text(
+                    {rail: e.str(f"LUNAS_VERIFY_SCHEDULE_{rail.name}", "")
+                     for rail in (Rail.VA, Rail.QRIS, Rail.EWALLET)},
+                    retry_after_failure=e.seconds("LUNAS_VERIFY_RETRY_AFTER", 30)),
+                status_reads_per_minute={
+                    provider: e.float(f"LUNAS_STATUS_READS_PER_MINUTE_{provider.upper()}", 600.0)
+                    for provider in ("midtrans", "xendit")},
+                burst=e.int("LUNAS_STATUS_READS_BURST", 1),
+                interval=e.seconds("LUNAS_VERIFY_INTERVAL", 0.5),
+                concurrency=e.int("LUNAS_VERIFY_CONCURRENCY", 16),
             ),
             mutation_push_secret=e.str("LUNAS_MUTATION_PUSH_SECRET", "dev-moota-secret"),
             worker_id=e.str("LUNAS_WORKER_ID", "").strip(),

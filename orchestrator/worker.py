@@ -1,5 +1,5 @@
-"""The worker: the outbox relay, the scheduled sweeps (deadlines, code quarantine) and, when
-configured, the mutation-feed poller.
+"""The worker: the outbox relay, the scheduled sweeps (deadlines, code quarantine), the verifier
+(status reads of live attempts) and, when configured, the mutation-feed poller.
 
 Any number of workers may run; they share the outbox through leases and the sweeps through
 ``SKIP LOCKED``. On SQLite (embedded) one worker runs inside the api process.
@@ -12,36 +12,65 @@ import contextlib
 import logging
 import os
 import socket
+from datetime import datetime
 
 import httpx
 
 from orchestrator.bootstrap import Container
 from orchestrator.notify.delivery import MerchantWebhookHandler, merchant_webhook_handlers
 from orchestrator.outbox.relay import Handler, Relay
+from orchestrator.rails.guard import BreakerGuard
 from orchestrator.services.expiry import (
     expire_due_orders,
     release_quarantined_codes,
     settle_verifying_orders,
 )
+from orchestrator.services.feed_poller import FeedPoller
 
 log = logging.getLogger("lunas.worker")
+
+
+class LiveSourceHealth:
+    """``SourceHealth`` from this worker's breakers and mutation-feed poller."""
+
+    def __init__(self, guard: BreakerGuard, feed: FeedPoller | None) -> None:
+        self._guard, self._feed = guard, feed
+
+    def route_unavailable(self, route_key: str) -> bool:
+        return self._guard.is_open(route_key)
+
+    def retry_at(self, route_key: str) -> datetime | None:
+        return self._guard.retry_at(route_key)
+
+    def feed_stale(self, now: datetime) -> bool:
+        return self._feed is not None and self._feed.stale(now)
+
+    def feed_caught_up(self, deadline: datetime) -> bool:
+        if self._feed is None:
+            return True
+        last_ok = self._feed.last_ok
+        return last_ok is not None and last_ok >= deadline
+
+    def next_feed_poll(self, now: datetime) -> datetime | None:
+        return None if self._feed is None else now + self._feed.poll_interval
 
 
 async def sweep_forever(container: Container, stop: asyncio.Event) -> None:
     """Expire orders past their deadline and release codes past quarantine, every interval."""
     settings = container.settings
     interval = settings.scheduler.sweep_interval.total_seconds()
+    health = LiveSourceHealth(BreakerGuard(container.breakers), container.feed_poller)
     while not stop.is_set():
         try:
             now = container.clock.now()
             expired = await expire_due_orders(
                 container.db, now=now, quarantine=settings.unique_codes.quarantine,
-                batch=settings.scheduler.sweep_batch,
+                batch=settings.scheduler.sweep_batch, health=health,
             )
             await settle_verifying_orders(
                 container.db, now=now, quarantine=settings.unique_codes.quarantine,
                 window=settings.scheduler.verification_window,
-                batch=settings.scheduler.sweep_batch)
+                batch=settings.scheduler.sweep_batch, health=health)
             await release_quarantined_codes(container.db, now=now)
             if expired == settings.scheduler.sweep_batch:
                 continue  # more are due: no pause
@@ -73,7 +102,8 @@ async def run_relay(container: Container, stop: asyncio.Event) -> None:
 
 
 async def run_worker(container: Container, stop: asyncio.Event) -> None:
-    loops = [run_relay(container, stop), sweep_forever(container, stop)]
+    loops = [run_relay(container, stop), sweep_forever(container, stop),
+             container.verifier.run(stop)]
     if container.feed_poller is not None:  # LUNAS_MOOTA_URL is set
         loops.append(container.feed_poller.run(stop))
     await asyncio.gather(*loops)

@@ -8,7 +8,7 @@ import random
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import uvicorn
 
@@ -113,3 +113,16 @@ def bca_statement(account: str, lines: list[tuple[datetime, str, int, str]]) -> 
                    f"{direction},{balance}.00")
     out += ["Saldo Awal,:,10000000.00", f"Saldo Akhir,:,{balance}.00"]
     return ("\r\n".join(out) + "\r\n").encode()
+
+
+class ShiftedClock:
+    """Real time plus an offset a test moves forward, to reach deadlines without waiting."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def advance(self, delta: timedelta) -> None:
+        self.offset += delta

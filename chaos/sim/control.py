@@ -4,7 +4,8 @@
     GET /faults       the faults in force
     DELETE /faults    clear them (``?channel=`` for one channel); a "down" data port reopens
     GET /calls        what reached the data plane, by channel, operation and outcome
-    DELETE /calls     reset those counts
+    GET /calls/log    every request with its time (``?operation=status&since=<unix time>``)
+    DELETE /calls     reset those counts and the log
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 
 from litestar import Request, Response, delete, get, post
 from litestar.handlers import HTTPRouteHandler
+from litestar.params import FromQuery
 
 from chaos.sim.faults import Fault, FaultBook
 
@@ -57,9 +59,14 @@ def fault_routes(sim: FaultControlled) -> list[HTTPRouteHandler]:
     async def calls() -> list[dict[str, Any]]:
         return sim.faults.call_counts()
 
+    @get("/calls/log")
+    async def call_log(operation: FromQuery[str | None] = None,
+                       since: FromQuery[float] = 0.0) -> list[dict[str, Any]]:
+        return sim.faults.request_log(operation, since)
+
     @delete("/calls", status_code=200)
     async def reset_calls() -> dict[str, Any]:
         sim.faults.reset_counts()
         return {}
 
-    return [add_fault, list_faults, clear_faults, calls, reset_calls]
+    return [add_fault, list_faults, clear_faults, calls, call_log, reset_calls]

@@ -11,7 +11,7 @@ import enum
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +59,9 @@ class Fault:
         return fault
 
 
+REQUEST_LOG_SIZE = 200_000
+
+
 @dataclass(frozen=True, kw_only=True)
 class Decision:
     """What to do with one request: at most one fault (the first that fires) plus latency."""
@@ -71,6 +74,10 @@ class Decision:
 class FaultBook:
     faults: list[Fault] = field(default_factory=list)
     calls: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    log: deque[tuple[float, str, str, str]] = field(
+        default_factory=lambda: deque(maxlen=REQUEST_LOG_SIZE))
+    """Every data-plane request as (wall-clock time, channel, operation, outcome), newest last:
+    what a test measures a request rate from."""
     rng: random.Random = field(default_factory=random.Random)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -110,6 +117,7 @@ class FaultBook:
                            if not (f.kind is FaultKind.ERROR_BURST and f.count <= 0)]
             outcome = chosen.kind.value if chosen else "ok"
             self.calls[(channel, operation, outcome)] += 1
+            self.log.append((time.time(), channel, operation, outcome))
         return Decision(fault=chosen, delay_s=delay)
 
     def call_counts(self) -> list[dict[str, Any]]:
@@ -120,3 +128,11 @@ class FaultBook:
     def reset_counts(self) -> None:
         with self._lock:
             self.calls.clear()
+            self.log.clear()
+
+    def request_log(self, operation: str | None = None, since: float = 0.0
+                    ) -> list[dict[str, Any]]:
+        with self._lock:
+            return [{"at": at, "channel": c, "operation": o, "outcome": r}
+                    for at, c, o, r in self.log
+                    if at >= since and (operation is None or o == operation)]

@@ -14,7 +14,7 @@ Data plane (``data_app``, the provider's API):
   the work (errors, hang, slow) creates nothing; ``timeout_after_success`` does the work first.
 
 Control plane (``control_app``): ``POST/GET/DELETE /faults``, ``GET/DELETE /calls``, ``POST /pay``,
-``POST /expire``, ``GET /transactions/{order_id}``, ``POST /config``, ``GET/DELETE /notifications``.
+``GET /calls/log``, ``POST /expire``, ``GET /transactions/{order_id}``, ``POST /config``, ``GET/DELETE /notifications``.
 A ``down`` fault stops the data server (connection refused); clearing it starts it again.
 
 Notifications go to the configured URL, or the ``X-Override-Notification`` URLs given at charge
@@ -192,10 +192,11 @@ class SimConfig:
     disabled_channels: frozenset[str] = frozenset()  # charges answered 402
     errors_in_body: bool = False  # natural errors as HTTP 200 + body status_code
     corrupt_qr: bool = False  # QRIS answers carry a QR whose CRC does not verify
+    drop_notifications: bool = False  # the notification system is down: nothing is ever sent
 
     def update(self, body: Mapping[str, Any]) -> None:
         unknown = set(body) - {"notification_url", "disabled_channels", "errors_in_body",
-                               "corrupt_qr"}
+                               "corrupt_qr", "drop_notifications"}
         if unknown:
             raise ValueError(f"unknown config fields: {sorted(unknown)}")
         if "notification_url" in body:
@@ -204,6 +205,7 @@ class SimConfig:
             self.disabled_channels = frozenset(body["disabled_channels"] or ())
         self.errors_in_body = bool(body.get("errors_in_body", self.errors_in_body))
         self.corrupt_qr = bool(body.get("corrupt_qr", self.corrupt_qr))
+        self.drop_notifications = bool(body.get("drop_notifications", self.drop_notifications))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,6 +421,7 @@ class MidtransSim:
         self.faults = faults or FaultBook()
         self.config = SimConfig()
         self.hang_s, self.notify_on_create = hang_s, notify_on_create
+        self.dropped_notifications = 0
         self.rng = random.Random(seed)
         self.transactions: dict[str, SimTransaction] = {}
         self._by_txid: dict[str, SimTransaction] = {}
@@ -484,6 +487,9 @@ class MidtransSim:
                         message=message or "Success, transaction is found")
 
     def notify(self, txn: SimTransaction) -> None:
+        if self.config.drop_notifications:
+            self.dropped_notifications += 1
+            return
         body = txn.wire(merchant_id=self.merchant_id, server_key=self.server_key,
                         message="midtrans payment notification")
         configured = (self.config.notification_url,) if self.config.notification_url else ()
@@ -745,6 +751,11 @@ class MidtransSim:
         async def calls() -> list[dict[str, Any]]:
             return sim.faults.call_counts()
 
+        @get("/calls/log")
+        async def call_log(operation: FromQuery[str | None] = None,
+                           since: FromQuery[float] = 0.0) -> list[dict[str, Any]]:
+            return sim.faults.request_log(operation, since)
+
         @delete("/calls")
         async def reset_calls() -> None:
             sim.faults.reset_counts()
@@ -786,6 +797,6 @@ class MidtransSim:
         async def clear_notifications() -> None:
             sim.notifier.attempts.clear()
 
-        return [add_fault, list_faults, clear_faults, calls, reset_calls, pay, expire,
+        return [add_fault, list_faults, clear_faults, calls, call_log, reset_calls, pay, expire,
                 transaction, config, notifications, clear_notifications]
 

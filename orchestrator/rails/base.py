@@ -116,6 +116,10 @@ class PaymentProvider(Protocol):
     async def status(self, reference: str, provider_ref: str | None, route: Route
                      ) -> ProviderStatus: ...
 
+    def status_requests(self, provider_ref: str | None, route: Route) -> int:
+        """The most HTTP requests one ``status`` call makes, so the pacer can budget for it."""
+        ...
+
     async def cancel(self, reference: str, provider_ref: str | None, route: Route) -> None:
         """Cancel a pending charge where the provider allows it; ``Refused`` where it does not."""
         ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import datetime
 
 from orchestrator.rails.breaker import BreakerOpen, BreakerRegistry, BreakerState
 from orchestrator.rails.router import RouteUnavailable
@@ -17,6 +18,13 @@ class BreakerGuard:
 
     def is_open(self, route_key: str) -> bool:
         return self.registry.get(route_key).state in _OPEN
+
+    def state(self, route_key: str) -> BreakerState:
+        return self.registry.get(route_key).state
+
+    def retry_at(self, route_key: str) -> datetime | None:
+        """When an open breaker next lets a trial call through, if it is open."""
+        return self.registry.get(route_key).retry_at
 
     @contextlib.asynccontextmanager
     async def guard(self, route_key: str) -> AsyncIterator[None]:

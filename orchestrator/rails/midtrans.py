@@ -387,6 +387,9 @@ class MidtransProvider:
     name: str = PROVIDER
     idempotent_create = False  # /v2/charge has no idempotency key: resolve by status read
 
+    def status_requests(self, provider_ref: str | None, route: Route) -> int:
+        return 1  # GET /v2/{order_id}/status
+
     def __init__(self, *, base_url: str, server_key: str, client: httpx.AsyncClient,
                  timeout: float = 5.0, notification_url: str | None = None,
                  clock: Clock | None = None) -> None:

@@ -161,6 +161,13 @@ class XenditProvider:
     name = PROVIDER
     idempotent_create = True  # X-IDEMPOTENCY-KEY = our reference on every create
 
+    def status_requests(self, provider_ref: str | None, route: Route) -> int:
+        """A QR or a VA is read, then (when no longer active) its payment is looked up in the
+        Transactions API; a charge is one read; with no provider ref only the lookup is made."""
+        if route.rail is Rail.QRIS or (route.rail is Rail.VA and provider_ref is not None):
+            return 2
+        return 1
+
     def __init__(self, *, base_url: str, secret_key: str, client: httpx.AsyncClient,
                  timeout: float, callback_url: str, return_url: str,
                  clock: Callable[[], datetime] = _utcnow) -> None:

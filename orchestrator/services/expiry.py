@@ -3,8 +3,9 @@ after their quarantine. Run by every worker; ``SKIP LOCKED`` lets several share 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -13,25 +14,97 @@ from orchestrator.domain import events
 from orchestrator.domain.order import AttemptState, OrderState, ReviewReason
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails.base import Rail
-from orchestrator.services.order_view import event_payload
+from orchestrator.services.order_view import event_payload, iso
 from orchestrator.services.orders import close_attempts
+from orchestrator.services.status_reads import LIVE, route_of
 from orchestrator.store.database import Database
 from orchestrator.store.tables import orders, payment_attempts
 
 _EXPIRABLE = (OrderState.CAPTURED.value, OrderState.AWAITING_PAYMENT.value)
+_UNSETTLED = (AttemptState.UNKNOWN.value, AttemptState.CREATING.value)
+_GATEWAY_LIVE = (AttemptState.ACTIVE.value, AttemptState.SUPERSEDED.value)
+_MANUAL_LIVE = (AttemptState.ACTIVE.value, AttemptState.SUPERSEDED.value)
+
+PROVIDER_UNAVAILABLE = "provider_unavailable"
+BANK_FEED_STALE = "bank_feed_stale"
 
 
-_UNVERIFIED = (AttemptState.UNKNOWN.value, AttemptState.CREATING.value)
+class SourceHealth(Protocol):
+    """What expiry must know about the sources of truth right now."""
+
+    def route_unavailable(self, route_key: str) -> bool:
+        """True while the route's breaker refuses calls (its status cannot be read)."""
+        ...
+
+    def retry_at(self, route_key: str) -> datetime | None: ...
+
+    def feed_stale(self, now: datetime) -> bool:
+        """True when a mutation feed is configured and has not polled successfully lately."""
+        ...
+
+    def feed_caught_up(self, deadline: datetime) -> bool:
+        """True when no feed is configured, or it has polled successfully since ``deadline``:
+        a transfer made before the deadline would have been seen by now."""
+        ...
+
+    def next_feed_poll(self, now: datetime) -> datetime | None: ...
+
+
+class AllSourcesUp:
+    """No breakers open and no feed configured: the health of a process that calls nothing."""
+
+    def route_unavailable(self, route_key: str) -> bool:
+        return False
+
+    def retry_at(self, route_key: str) -> datetime | None:
+        return None
+
+    def feed_stale(self, now: datetime) -> bool:
+        return False
+
+    def feed_caught_up(self, deadline: datetime) -> bool:
+        return True
+
+    def next_feed_poll(self, now: datetime) -> datetime | None:
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Sources:
+    """One order's attempts as expiry sees them."""
+
+    gateway: list[Any]  # live or unsettled gateway attempts: their status must be read first
+    manual: list[Any]  # live manual-transfer attempts: the mutation feed must have caught up
+
+    def describe(self) -> list[str]:
+        return sorted({route_of(a).key for a in self.gateway}) + (
+            ["bank_feed"] if self.manual else [])
+
+    def waiting_on(self, health: SourceHealth, now: datetime) -> tuple[str | None, list[str]]:
+        """Why this order cannot be decided now (a reason code and the sources), if it cannot."""
+        down = sorted({route_of(a).key for a in self.gateway
+                       if health.route_unavailable(route_of(a).key)})
+        if down:
+            return PROVIDER_UNAVAILABLE, down
+        if self.manual and health.feed_stale(now):
+            return BANK_FEED_STALE, ["bank_feed"]
+        return None, []
 
 
 async def expire_due_orders(
-    db: Database, *, now: datetime, quarantine: timedelta, batch: int
+    db: Database, *, now: datetime, quarantine: timedelta, batch: int,
+    health: SourceHealth | None = None,
 ) -> int:
     """Handle up to ``batch`` orders whose deadline has passed; returns how many.
 
-    An order with an attempt whose create outcome is still unknown may have been paid on it, so
-    it is not expired blind (rule 3): it goes to ``verifying`` until that attempt is resolved.
+    Money that may have moved is checked before an order expires (rule 3). An order with a live
+    or unsettled gateway attempt goes to ``verifying`` and its reads are made due now; the
+    verifier reads them (or defers them while the route's breaker is open) and
+    ``settle_verifying_orders`` expires the order once no attempt is left unread. A
+    manual-transfer order waits in ``verifying`` while the mutation feed is stale. When a source
+    is down the merchant is told: ``order.payment_pending``, with the next check time.
     """
+    health = health or AllSourcesUp()
     async with db.transaction() as conn:
         due = (await conn.execute(
             sa.select(orders).where(orders.c.state.in_(_EXPIRABLE), orders.c.expires_at <= now)
@@ -40,21 +113,39 @@ async def expire_due_orders(
         )).all()
         if not due:
             return 0
-        unverified = await _orders_with_unverified_attempts(conn, [o.id for o in due])
-        waiting = [o for o in due if o.id in unverified]
+        sources = await _sources(conn, [o.id for o in due])
+        waiting, pending_events = [], []
+        for o in due:
+            src = sources.get(o.id, _Sources(gateway=[], manual=[]))
+            reason, routes = src.waiting_on(health, now)
+            if src.gateway or reason is not None:
+                waiting.append(o)
+            # A gateway read refused by an open breaker tells the merchant when it is deferred
+            # (verification.py), so only the feed's wait is announced here.
+            if reason == BANK_FEED_STALE:
+                pending_events.append(_payment_pending(o, reason, routes, health, now))
         if waiting:
-            await conn.execute(orders.update().where(orders.c.id.in_([o.id for o in waiting]))
+            ids = [o.id for o in waiting]
+            await conn.execute(orders.update().where(orders.c.id.in_(ids))
                                .values(state=OrderState.VERIFYING.value, updated_at=now))
-        await _expire(conn, [o for o in due if o.id not in unverified], now=now,
+            a = payment_attempts.c
+            await conn.execute(payment_attempts.update().where(
+                a.order_id.in_(ids), a.state.in_(LIVE), a.rail != Rail.MANUAL_TRANSFER.value,
+                a.deferred_on.is_(None)).values(next_check_at=now))
+            await add_events(conn, pending_events, now=now)
+        await _expire(conn, [o for o in due if o not in waiting], now=now,
                       quarantine=quarantine)
         return len(due)
 
 
 async def settle_verifying_orders(
-    db: Database, *, now: datetime, quarantine: timedelta, window: timedelta, batch: int
+    db: Database, *, now: datetime, quarantine: timedelta, window: timedelta, batch: int,
+    health: SourceHealth | None = None,
 ) -> int:
-    """Orders in ``verifying``: expire those whose attempts are all resolved now; send those
-    still unverifiable after ``window`` past their deadline to a person (rule 6)."""
+    """Orders in ``verifying``: expire those whose sources have all been read (no gateway
+    attempt left live or unsettled; the feed caught up past the deadline); send those still
+    waiting ``window`` after their deadline to a person (rule 6), with the reason."""
+    health = health or AllSourcesUp()
     async with db.transaction() as conn:
         waiting = (await conn.execute(
             sa.select(orders).where(orders.c.state == OrderState.VERIFYING.value)
@@ -62,10 +153,17 @@ async def settle_verifying_orders(
         )).all()
         if not waiting:
             return 0
-        unverified = await _orders_with_unverified_attempts(conn, [o.id for o in waiting])
-        await _expire(conn, [o for o in waiting if o.id not in unverified], now=now,
+        sources = await _sources(conn, [o.id for o in waiting])
+
+        def still_waiting(o: Any) -> bool:
+            src = sources.get(o.id)
+            return src is not None and (bool(src.gateway) or (
+                bool(src.manual) and not health.feed_caught_up(o.expires_at)))
+
+        open_ = [o for o in waiting if still_waiting(o)]
+        await _expire(conn, [o for o in waiting if o not in open_], now=now,
                       quarantine=quarantine)
-        overdue = [o for o in waiting if o.id in unverified and o.expires_at + window <= now]
+        overdue = [o for o in open_ if o.expires_at + window <= now]
         for o in overdue:
             await conn.execute(orders.update().where(orders.c.id == o.id).values(
                 state=OrderState.NEEDS_REVIEW.value, updated_at=now,
@@ -73,15 +171,42 @@ async def settle_verifying_orders(
         await add_events(conn, [PendingEvent(
             event_type=events.ORDER_NEEDS_REVIEW, aggregate_id=o.id, merchant_id=o.merchant_id,
             payload={**event_payload(o), "status": OrderState.NEEDS_REVIEW.value,
-                     "review_reason": ReviewReason.VERIFICATION_WINDOW_EXHAUSTED.value},
+                     "review_reason": ReviewReason.VERIFICATION_WINDOW_EXHAUSTED.value,
+                     "waiting_on": sources[o.id].describe(),
+                     "recommended_action": "check the payment at its source, then honour or "
+                                           "close the order"},
         ) for o in overdue], now=now)
-        return len(waiting) - len(unverified) + len(overdue)
+        return len(waiting) - len(open_) + len(overdue)
 
 
-async def _orders_with_unverified_attempts(conn: AsyncConnection, ids: list[str]) -> set[str]:
-    rows = await conn.execute(sa.select(payment_attempts.c.order_id).where(
-        payment_attempts.c.order_id.in_(ids), payment_attempts.c.state.in_(_UNVERIFIED)))
-    return {r.order_id for r in rows}
+async def _sources(conn: AsyncConnection, ids: list[str]) -> dict[str, _Sources]:
+    a = payment_attempts.c
+    rows = (await conn.execute(sa.select(payment_attempts).where(
+        a.order_id.in_(ids), sa.or_(
+            sa.and_(a.rail != Rail.MANUAL_TRANSFER.value,
+                    a.state.in_(_GATEWAY_LIVE + _UNSETTLED)),
+            sa.and_(a.rail == Rail.MANUAL_TRANSFER.value, a.state.in_(_MANUAL_LIVE)))))).all()
+    found: dict[str, _Sources] = {}
+    for r in rows:
+        src = found.setdefault(r.order_id, _Sources(gateway=[], manual=[]))
+        (src.manual if r.rail == Rail.MANUAL_TRANSFER.value else src.gateway).append(r)
+    return found
+
+
+def _payment_pending(order: Any, reason: str, routes: list[str], health: SourceHealth,
+                     now: datetime) -> PendingEvent:
+    if reason == PROVIDER_UNAVAILABLE:
+        times = [t for t in (health.retry_at(r) for r in routes) if t is not None]
+        next_check = min(times) if times else None
+    else:
+        next_check = health.next_feed_poll(now)
+    return PendingEvent(
+        event_type=events.ORDER_PAYMENT_PENDING, aggregate_id=order.id,
+        merchant_id=order.merchant_id,
+        payload={**event_payload(order), "status": OrderState.VERIFYING.value,
+                 "verification": {"reason": reason, "waiting_on": routes,
+                                  "next_check_at": iso(max(next_check, now))
+                                  if next_check else None}})
 
 
 async def _expire(conn: AsyncConnection, due: list[Any], *, now: datetime,

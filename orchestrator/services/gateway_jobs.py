@@ -24,9 +24,10 @@ from orchestrator.domain.order import AttemptState, OrderState
 from orchestrator.outbox.relay import OutboxEvent
 from orchestrator.rails.base import Instrument, NeutralStatus, PaymentProvider, Rail, Route
 from orchestrator.rails.errors import Refused
-from orchestrator.rails.router import Hop, IssueResult, RouteGuard
+from orchestrator.rails.router import Hop, IssueResult, RouteGuard, RouteUnavailable
 from orchestrator.services.issuance import IssuanceService, add_unknown_event
 from orchestrator.services.settlement import Payment, apply_payment
+from orchestrator.services.status_reads import StatusReads, defer, paid_evidence_key, route_of
 from orchestrator.store.database import Database
 from orchestrator.store.tables import orders, payment_attempts
 
@@ -42,9 +43,9 @@ class NoRouteYet(Exception):
 class GatewayJobs:
     def __init__(self, db: Database, issuance: IssuanceService,
                  providers: Mapping[str, PaymentProvider], guard: RouteGuard, clock: Clock,
-                 *, in_flight: timedelta, quarantine: timedelta) -> None:
+                 *, reads: StatusReads, in_flight: timedelta, quarantine: timedelta) -> None:
         self._db, self._issuance, self._providers = db, issuance, providers
-        self._guard, self._clock = guard, clock
+        self._guard, self._clock, self._reads = guard, clock, reads
         self._in_flight, self._quarantine = in_flight, quarantine
 
     def handlers(self) -> dict[str, Any]:
@@ -98,17 +99,30 @@ class GatewayJobs:
             raise NoRouteYet("; ".join(f"{h.route}: {h.reason}" for h in result.hops))
 
     async def on_attempt_unknown(self, event: OutboxEvent) -> None:
+        """The first try at resolving an unknown create, straight after it; if the route's
+        breaker is open the read is deferred until it closes (the verifier takes it from
+        there), so the outbox event is done either way."""
         attempt_id = str(event.payload["attempt_id"])
         async with self._db.read() as conn:
             attempt = (await conn.execute(sa.select(payment_attempts)
                                           .where(payment_attempts.c.id == attempt_id))).one()
         if attempt.state != AttemptState.UNKNOWN.value:
             return
-        route = Route(rail=Rail(attempt.rail), provider=attempt.provider,
-                      channel=attempt.channel or "")
+        try:
+            await self.resolve_unknown(attempt)
+        except RouteUnavailable:
+            key = route_of(attempt).key
+            async with self._db.transaction() as conn:
+                await defer(conn, attempt.id, key, now=self._clock.now(),
+                            retry_at=self._reads.retry_at(key))
+
+    async def resolve_unknown(self, attempt: Any) -> None:
+        """Read the provider's status of an ``unknown`` attempt and act on it. Raises
+        ``RouteUnavailable`` when the route's breaker refuses, ``RailError`` when the read
+        failed."""
+        route = route_of(attempt)
         provider = self._providers[attempt.provider]
-        async with self._guard.guard(route.key):
-            status = await provider.status(attempt.id, attempt.provider_ref, route)
+        status = await self._reads.read(attempt)
         if (status.status is NeutralStatus.NOT_FOUND and attempt.provider_ref is None
                 and provider.idempotent_create):
             # Some providers cannot find a resource by our reference (legacy Xendit VA and
@@ -153,9 +167,9 @@ class GatewayJobs:
         async with self._db.transaction() as conn:
             await apply_payment(conn, Payment(
                 attempt_id=attempt.id, amount=amount,
-                evidence_key=f"{attempt.provider}:status:{attempt.id}:paid", kind="provider_status",
-                observed_at=now, details={"raw_status": raw_status}), now=now,
-                quarantine=self._quarantine)
+                evidence_key=paid_evidence_key(attempt.provider, attempt.id),
+                kind="provider_status", observed_at=now, details={"raw_status": raw_status}),
+                now=now, quarantine=self._quarantine)
 
     async def _mark_unknown(self, attempt_id: str, reason: str) -> None:
         now = self._clock.now()

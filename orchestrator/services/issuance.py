@@ -21,6 +21,7 @@ from orchestrator.domain.clock import Clock
 from orchestrator.domain.errors import DomainError, NotFound, TransitionRefused
 from orchestrator.domain.ids import new_id
 from orchestrator.domain.order import AttemptState, OrderState, OrderTrigger, next_order_state
+from orchestrator.domain.verification import VerificationSchedule
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails import manual_transfer
 from orchestrator.rails.base import ChargeRequest, Instrument, Rail, Route
@@ -49,6 +50,7 @@ class _Journal:
                 provider=route.provider, channel=route.channel,
                 state=AttemptState.CREATING.value, transfer_amount=self._order.amount,
                 created_at=now, updated_at=now, expires_at=self._order.expires_at,
+                next_check_at=self._s.schedule.first_check(route.rail, now),
             ))
         return attempt_id
 
@@ -99,8 +101,10 @@ def _instructions(instrument: Instrument) -> dict[str, Any]:
 class IssuanceService:
     def __init__(self, db: Database, router: Router, *, codes: UniqueCodeSettings, clock: Clock,
                  callback_base_url: str, default_policy: RoutingPolicy | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 schedule: VerificationSchedule | None = None) -> None:
         self.db, self.router, self.codes, self.clock = db, router, codes, clock
+        self.schedule = schedule or VerificationSchedule()
         self.rng = rng or random.Random()
         self._callback_base = callback_base_url.rstrip("/")
         self._default_policy = default_policy or RoutingPolicy()

@@ -75,6 +75,35 @@ def _manual(attempt: Any) -> dict[str, Any]:
     }
 
 
+_OPEN = ("captured", "awaiting_payment", "verifying")
+
+
+def render_verification(order: Any, attempt: Any) -> dict[str, Any] | None:
+    """What Lunas is doing to learn whether the customer paid, honestly, while the order is open.
+
+    ``state``: ``scheduled`` (the provider is asked at ``next_check_at``, a webhook may come first),
+    ``checking`` (past the deadline, being verified before anything expires),
+    ``waiting_for_provider`` (the provider cannot be asked now; asked again when it recovers,
+    expected around ``next_check_at``), ``watching_bank_mutations`` (manual transfer: bank
+    statement lines are matched as they arrive)."""
+    if order.state not in _OPEN or attempt is None:
+        return None
+    if attempt.rail == "manual_transfer":
+        state, nxt = "watching_bank_mutations", None
+        waiting: str | None = "bank_feed"
+    else:
+        waiting = getattr(attempt, "deferred_on", None)
+        nxt = getattr(attempt, "next_check_at", None)
+        state = ("waiting_for_provider" if waiting
+                 else "checking" if order.state == "verifying" else "scheduled")
+    return {
+        "state": state,
+        "waiting_on": waiting,
+        "next_check_at": iso(nxt),
+        "display": {"next_check_at": wib(nxt) if nxt is not None else None},
+    }
+
+
 def render_order(order: Any, attempt: Any) -> dict[str, Any]:
     return {
         "id": order.id,
@@ -93,6 +122,7 @@ def render_order(order: Any, attempt: Any) -> dict[str, Any]:
         "paid_at": iso(order.paid_at),
         "review_reason": order.review_reason,
         "payment": render_payment(attempt),
+        "verification": render_verification(order, attempt),
         "display": {"amount": format_idr(order.amount), "expires_at": wib(order.expires_at)},
     }
 

@@ -47,9 +47,15 @@ from orchestrator.domain.order import AttemptState, AttemptTrigger, next_attempt
 from orchestrator.outbox.relay import OutboxEvent
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails import midtrans, xendit
-from orchestrator.rails.base import NeutralStatus, PaymentProvider, ProviderStatus, Rail, Route
-from orchestrator.rails.router import RouteGuard
+from orchestrator.rails.base import NeutralStatus, ProviderStatus
+from orchestrator.rails.router import RouteUnavailable
 from orchestrator.services.settlement import Payment, apply_payment
+from orchestrator.services.status_reads import (
+    StatusReads,
+    defer,
+    paid_evidence_key,
+    route_of,
+)
 from orchestrator.store.database import Database, upsert_insert
 from orchestrator.store.tables import payment_attempts, provider_deliveries
 
@@ -58,6 +64,7 @@ KEPT_HEADERS = ("content-type", "content-length", "user-agent", "webhook-id", "x
                 "x-real-ip")
 """Headers stored with a delivery; never a secret (``x-callback-token`` is left out)."""
 _LIVE = (AttemptState.ACTIVE, AttemptState.SUPERSEDED, AttemptState.UNKNOWN)
+_LIVE_VALUES = tuple(s.value for s in _LIVE)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,10 +127,6 @@ def delivery_status(provider: str, body: Mapping[str, Any]) -> ProviderStatus:
     return xendit.callback_status(body)
 
 
-def paid_evidence_key(provider: str, attempt_id: str) -> str:
-    return f"{provider}:status:{attempt_id}:paid"
-
-
 def _raw_text(raw: bytes) -> str:
     return raw.decode("utf-8", errors="backslashreplace").replace("\x00", "\\x00")
 
@@ -132,10 +135,10 @@ def _raw_text(raw: bytes) -> str:
 
 
 class ProviderWebhooks:
-    def __init__(self, db: Database, providers: Mapping[str, PaymentProvider], guard: RouteGuard,
-                 clock: Clock, *, midtrans_server_key: str, xendit_callback_token: str,
+    def __init__(self, db: Database, reads: StatusReads, clock: Clock, *,
+                 midtrans_server_key: str, xendit_callback_token: str,
                  quarantine: timedelta) -> None:
-        self._db, self._providers, self._guard, self._clock = db, providers, guard, clock
+        self._db, self._reads, self._clock = db, reads, clock
         self._server_key, self._callback_token = midtrans_server_key, xendit_callback_token
         self._quarantine = quarantine
 
@@ -240,11 +243,22 @@ class ProviderWebhooks:
         async with self._db.read() as conn:
             attempt = (await conn.execute(sa.select(payment_attempts).where(
                 payment_attempts.c.id == attempt_id))).one()
-        route = Route(rail=Rail(attempt.rail), provider=attempt.provider,
-                      channel=attempt.channel or "")
-        async with self._guard.guard(route.key):  # breaker open → raises; the relay retries
-            status = await self._providers[attempt.provider].status(
-                attempt.id, attempt.provider_ref, route)
+        if attempt.state not in _LIVE_VALUES:
+            if delivery_id is not None:
+                await self._record(str(delivery_id),
+                                   f"status read skipped: attempt already {attempt.state}")
+            return
+        try:
+            status = await self._reads.read(attempt)
+        except RouteUnavailable:  # deferred, not failed: read when the route recovers
+            key = route_of(attempt).key
+            async with self._db.transaction() as conn:
+                await defer(conn, attempt.id, key, now=self._clock.now(),
+                            retry_at=self._reads.retry_at(key))
+                if delivery_id is not None:
+                    await _set_outcome(conn, str(delivery_id),
+                                       f"unverified: status read deferred until {key} recovers")
+            return
         if status.status is NeutralStatus.PAID:
             await self._settle(attempt, status, delivery_id=delivery_id,
                                details={"raw_status": status.raw_status,

@@ -136,6 +136,14 @@ payment_attempts = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=False),
     sa.Column("closed_at", UTCDateTime),
+    # Verification (services/verification.py): when the provider's status is next read; NULL when
+    # nothing is scheduled (terminal, manual transfer, or deferred). ``deferred_on`` names the
+    # route whose open breaker refused the last read; when it closes, the read is due at once.
+    sa.Column("next_check_at", UTCDateTime),
+    sa.Column("deferred_on", sa.String(100)),
+    sa.Column("checks", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_checked_at", UTCDateTime),
+    sa.Column("last_check", sa.String(200)),
 )
 sa.Index(
     "uq_payment_attempts_held_transfer_amount",
@@ -151,6 +159,18 @@ sa.Index(
     payment_attempts.c.code_held_until,
     postgresql_where=payment_attempts.c.holds_code,
     sqlite_where=payment_attempts.c.holds_code,
+)
+sa.Index(
+    "ix_payment_attempts_next_check_at",
+    payment_attempts.c.next_check_at,
+    postgresql_where=payment_attempts.c.next_check_at.is_not(None),
+    sqlite_where=payment_attempts.c.next_check_at.is_not(None),
+)
+sa.Index(
+    "ix_payment_attempts_deferred_on",
+    payment_attempts.c.deferred_on,
+    postgresql_where=payment_attempts.c.deferred_on.is_not(None),
+    sqlite_where=payment_attempts.c.deferred_on.is_not(None),
 )
 
 evidence = sa.Table(

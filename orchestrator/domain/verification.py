@@ -1,0 +1,72 @@
+"""When Lunas asks a provider whether a live attempt was paid: pure schedule arithmetic.
+
+Webhooks are the fast path; the schedule is the safety net for the webhook that never comes. Each
+rail gets its own rhythm because customers pay on different clocks: a QR code or an e-wallet
+approval is paid within minutes or not at all, a virtual account is often paid hours later from a
+branch ATM. Manual transfer has no status API: its source of truth is the mutation feed, so it has
+no schedule here.
+
+A schedule is a list of gaps: the first check comes ``gaps[0]`` after the attempt is created, the
+n-th ``gaps[n-1]`` after the previous one, and the last gap repeats until the attempt leaves the
+live states (paid, expired, failed) — the order's deadline then ends it through expiry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from types import MappingProxyType
+
+from orchestrator.rails.base import Rail
+
+_MINUTE, _HOUR = timedelta(minutes=1), timedelta(hours=1)
+
+DEFAULT_GAPS: Mapping[Rail, tuple[timedelta, ...]] = MappingProxyType({
+    Rail.QRIS: (2 * _MINUTE, 3 * _MINUTE, 5 * _MINUTE),
+    Rail.EWALLET: (2 * _MINUTE, 3 * _MINUTE, 5 * _MINUTE),
+    Rail.VA: (_HOUR, 3 * _HOUR, 6 * _HOUR),
+})
+
+
+@dataclass(frozen=True)
+class VerificationSchedule:
+    gaps: Mapping[Rail, tuple[timedelta, ...]] = field(default_factory=lambda: DEFAULT_GAPS)
+    retry_after_failure: timedelta = timedelta(seconds=30)
+    """A status read that failed (not refused by an open breaker) is tried again this soon; if
+    the failures trip the route's breaker, the next try is deferred instead."""
+
+    def __post_init__(self) -> None:
+        for rail, gaps in self.gaps.items():
+            if not gaps or any(g <= timedelta(0) for g in gaps):
+                raise ValueError(f"verification gaps for {rail.value} must be positive")
+
+    def first_check(self, rail: Rail, created_at: datetime) -> datetime | None:
+        """When a new attempt on ``rail`` is first read; ``None`` for a rail with no status API."""
+        return self.next_check(rail, checks_done=0, last=created_at)
+
+    def next_check(self, rail: Rail, *, checks_done: int, last: datetime) -> datetime | None:
+        gaps = self.gaps.get(rail)
+        if not gaps:
+            return None
+        return last + gaps[min(checks_done, len(gaps) - 1)]
+
+    @classmethod
+    def from_text(cls, texts: Mapping[Rail, str], *, retry_after_failure: timedelta
+                  ) -> VerificationSchedule:
+        """``{"qris": "120,180,300"}``: gaps in seconds, comma separated; missing rails keep the
+        defaults."""
+        gaps = dict(DEFAULT_GAPS)
+        for rail, text in texts.items():
+            if text.strip():
+                gaps[rail] = _parse_gaps(rail, text)
+        return cls(gaps=MappingProxyType(gaps), retry_after_failure=retry_after_failure)
+
+
+def _parse_gaps(rail: Rail, text: str) -> tuple[timedelta, ...]:
+    try:
+        values: Sequence[float] = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"verification schedule for {rail.value} must be seconds separated by "
+                         f"commas, got {text!r}") from None
+    return tuple(timedelta(seconds=v) for v in values)

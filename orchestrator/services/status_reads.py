@@ -1,0 +1,82 @@
+"""Every read of a provider's status for one of our attempts goes through here.
+
+Two rules meet in one place so no caller can forget either:
+
+- **Paced.** Status requests to a provider draw from its shared token bucket (``RequestPacer``)
+  *before* the breaker admits the call, so waiting for a slot is never timed as a slow call.
+- **Deferred, not failed.** When the route's breaker refuses, the caller gets ``RouteUnavailable``
+  and records the attempt as deferred on that route (``defer``); the verifier makes every deferred
+  attempt of a route due at once when its breaker closes again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from orchestrator.domain.order import AttemptState
+from orchestrator.rails.base import PaymentProvider, ProviderStatus, Rail, Route
+from orchestrator.rails.guard import BreakerGuard
+from orchestrator.rails.ratelimit import RequestPacer
+from orchestrator.rails.router import RouteUnavailable
+from orchestrator.store.tables import payment_attempts
+
+LIVE = (AttemptState.ACTIVE.value, AttemptState.SUPERSEDED.value, AttemptState.UNKNOWN.value)
+"""Attempts whose money may still move, so whose status is worth reading."""
+
+
+def paid_evidence_key(provider: str, attempt_id: str) -> str:
+    """One attempt is paid once: a webhook and a status read of the same payment share this key,
+    so they never count as two payments (rule 2)."""
+    return f"{provider}:status:{attempt_id}:paid"
+
+
+def route_of(attempt: Any) -> Route:
+    return Route(rail=Rail(attempt.rail), provider=attempt.provider,
+                 channel=attempt.channel or "")
+
+
+class StatusReads:
+    def __init__(self, providers: Mapping[str, PaymentProvider], guard: BreakerGuard,
+                 pacer: RequestPacer) -> None:
+        self._providers, self._guard, self._pacer = providers, guard, pacer
+
+    def retry_at(self, route_key: str) -> datetime | None:
+        return self._guard.retry_at(route_key)
+
+    async def read(self, attempt: Any) -> ProviderStatus:
+        """The provider's word on ``attempt``; ``RouteUnavailable`` when its breaker refuses,
+        a ``RailError`` when the read itself failed."""
+        route = route_of(attempt)
+        if self._guard.is_open(route.key):
+            raise RouteUnavailable(route.key)  # spend no paced slot on a call that cannot go
+        provider = self._providers[attempt.provider]
+        await self._pacer.acquire(attempt.provider,
+                                  provider.status_requests(attempt.provider_ref, route))
+        async with self._guard.guard(route.key):
+            return await provider.status(attempt.id, attempt.provider_ref, route)
+
+
+async def defer(conn: AsyncConnection, attempt_id: str, route_key: str, *, now: datetime,
+                retry_at: datetime | None) -> bool:
+    """Park a live attempt's verification until ``route_key`` recovers. ``retry_at`` (when the
+    breaker next lets a trial through, if known) is kept as the expected next check, for people;
+    the verifier ignores it and releases on the breaker's state. False if the attempt is no
+    longer live or was deferred already."""
+    moved = await conn.execute(payment_attempts.update().where(
+        payment_attempts.c.id == attempt_id, payment_attempts.c.state.in_(LIVE),
+        payment_attempts.c.deferred_on.is_(None),
+    ).values(deferred_on=route_key, next_check_at=retry_at or now, last_checked_at=now,
+             last_check=f"deferred: {route_key} unavailable"))
+    return bool(moved.rowcount)
+
+
+async def schedule_now(conn: AsyncConnection, attempt_id: str, *, now: datetime) -> None:
+    """Make a live attempt's check due now, unless it waits for its route to recover."""
+    await conn.execute(payment_attempts.update().where(
+        payment_attempts.c.id == attempt_id, payment_attempts.c.state.in_(LIVE),
+        payment_attempts.c.deferred_on.is_(None),
+    ).values(next_check_at=now))

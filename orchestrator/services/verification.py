@@ -1,0 +1,275 @@
+"""The verifier: reads the status of live gateway attempts on their schedule, defers what an open
+breaker refuses, and releases a route's deferred reads the moment its breaker closes.
+
+One worker loop (``run``) does three things each tick:
+
+1. ``release_recovered`` — for every route some attempt is deferred on: breaker closed → every
+   deferred read of the route is due now; half-open → only as many as the breaker admits trial
+   calls, so the trials are real status reads; open → nothing.
+2. ``check_due`` — claim due reads (``FOR UPDATE SKIP LOCKED``, moving ``next_check_at`` a claim
+   lease ahead so a killed worker's claims come back by themselves), then read them with bounded
+   concurrency. Each read waits for its provider's paced slot (``StatusReads``), so a released
+   backlog drains at the configured rate and no faster, whatever the number of workers.
+3. Each outcome is applied in its own transaction, conditional on the attempt's state:
+
+   ======================  ===================================================================
+   provider says           the attempt
+   ======================  ===================================================================
+   paid                    settled (evidence key shared with webhooks: never twice)
+   pending, order open     next check on the rail's schedule
+   pending, order past     expired, and its cancel requested (the order then expires once no
+   its deadline            attempt is left unverified)
+   expired / failed        expired / failed (only from a live state; never backwards)
+   breaker open            deferred on the route
+   read failed             tried again after ``retry_after_failure``
+   ======================  ===================================================================
+
+An ``unknown`` attempt (a create whose outcome was lost) is resolved by ``GatewayJobs``, which
+knows how to tell an orphan from nothing; the verifier only decides when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from orchestrator.domain import events
+from orchestrator.domain.clock import Clock
+from orchestrator.domain.order import AttemptState, OrderState
+from orchestrator.domain.verification import VerificationSchedule
+from orchestrator.outbox.writer import PendingEvent, add_events
+from orchestrator.rails.base import NeutralStatus, ProviderStatus, Rail
+from orchestrator.rails.breaker import BreakerState
+from orchestrator.rails.errors import RailError
+from orchestrator.rails.guard import BreakerGuard
+from orchestrator.rails.router import RouteUnavailable
+from orchestrator.services.expiry import PROVIDER_UNAVAILABLE
+from orchestrator.services.gateway_jobs import GatewayJobs
+from orchestrator.services.order_view import event_payload, iso
+from orchestrator.services.settlement import Payment, apply_payment
+from orchestrator.services.status_reads import (
+    LIVE,
+    StatusReads,
+    defer,
+    paid_evidence_key,
+    route_of,
+)
+from orchestrator.settings import VerificationSettings
+from orchestrator.store.database import Database
+from orchestrator.store.tables import orders, payment_attempts
+
+log = logging.getLogger(__name__)
+
+_PAST_DEADLINE = (OrderState.VERIFYING.value, OrderState.EXPIRED.value,
+                  OrderState.CANCELLED.value)
+"""Order states in which a still-pending instrument should stop being payable."""
+
+
+class Verifier:
+    def __init__(self, db: Database, reads: StatusReads, guard: BreakerGuard,
+                 jobs: GatewayJobs, clock: Clock, settings: VerificationSettings, *,
+                 quarantine: timedelta) -> None:
+        self._db, self._reads, self._guard, self._jobs = db, reads, guard, jobs
+        self._clock, self._settings, self._quarantine = clock, settings, quarantine
+        self._schedule: VerificationSchedule = settings.schedule
+
+    async def run(self, stop: asyncio.Event) -> None:
+        interval = self._settings.interval.total_seconds()
+        while not stop.is_set():
+            checked = 0
+            try:
+                await self.forget_closed()
+                await self.release_recovered()
+                checked = await self.check_due()
+            except Exception:  # the loop must outlive a database blip; the next tick retries
+                log.exception("verification pass failed")
+            if checked < self._settings.batch:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=interval)
+
+    # -- release --------------------------------------------------------------------------
+
+    async def forget_closed(self) -> int:
+        """Clear the schedule of attempts that left the live states by any path (webhook,
+        expiry, cancel), so the due-index holds live attempts only and stays small."""
+        a = payment_attempts.c
+        async with self._db.transaction() as conn:
+            moved = await conn.execute(payment_attempts.update().where(
+                sa.or_(a.next_check_at.is_not(None), a.deferred_on.is_not(None)),
+                a.state.not_in(LIVE)).values(next_check_at=None, deferred_on=None))
+        return int(moved.rowcount)
+
+    async def release_recovered(self) -> int:
+        """Make deferred reads due on every route whose breaker admits calls again."""
+        a = payment_attempts.c
+        async with self._db.read() as conn:
+            routes = (await conn.execute(sa.select(a.deferred_on).where(
+                a.deferred_on.is_not(None)).distinct())).scalars().all()
+        released = 0
+        now = self._clock.now()
+        for route_key in routes:
+            state = self._guard.state(route_key)
+            if state in (BreakerState.CLOSED, BreakerState.FORCED_CLOSED):
+                limit = None
+            elif state is BreakerState.HALF_OPEN:
+                limit = max(1, self._guard.registry.get(route_key).config
+                            .permitted_calls_in_half_open)
+            else:
+                continue
+            chosen = sa.select(a.id).where(a.deferred_on == route_key).order_by(
+                a.last_checked_at, a.id)
+            if limit is not None:
+                chosen = chosen.limit(limit)
+            async with self._db.transaction() as conn:
+                moved = await conn.execute(payment_attempts.update().where(
+                    a.id.in_(chosen.scalar_subquery()), a.deferred_on == route_key,
+                ).values(deferred_on=None, next_check_at=now))
+            released += moved.rowcount
+            if moved.rowcount:
+                log.info("released %d deferred status reads on %s (breaker %s)",
+                         moved.rowcount, route_key, state.value)
+        return released
+
+    # -- checks ---------------------------------------------------------------------------
+
+    async def check_due(self) -> int:
+        """Claim and run up to ``batch`` due reads; returns how many were claimed."""
+        claimed = await self._claim()
+        if not claimed:
+            return 0
+        gate = asyncio.Semaphore(self._settings.concurrency)
+
+        async def one(attempt: Any) -> None:
+            async with gate:
+                try:
+                    await self.check(attempt)
+                except Exception:  # one attempt's trouble must not stop the batch
+                    log.exception("verification of %s failed", attempt.id)
+
+        await asyncio.gather(*(one(a) for a in claimed))
+        return len(claimed)
+
+    async def _claim(self) -> list[Any]:
+        a = payment_attempts.c
+        now = self._clock.now()
+        async with self._db.transaction() as conn:
+            rows = (await conn.execute(
+                sa.select(payment_attempts, orders.c.state.label("order_state"))
+                .join(orders, orders.c.id == a.order_id)
+                .where(a.next_check_at <= now, a.deferred_on.is_(None), a.state.in_(LIVE),
+                       a.rail != Rail.MANUAL_TRANSFER.value)
+                .order_by(a.next_check_at).limit(self._settings.batch)
+                .with_for_update(of=payment_attempts, skip_locked=True)
+            )).all()
+            if rows:
+                await conn.execute(payment_attempts.update().where(
+                    a.id.in_([r.id for r in rows])).values(
+                        next_check_at=now + self._settings.claim))
+        return list(rows)
+
+    async def check(self, attempt: Any) -> None:
+        route_key = route_of(attempt).key
+        try:
+            if attempt.state == AttemptState.UNKNOWN.value:
+                await self._jobs.resolve_unknown(attempt)
+                await self._record(attempt, "resolved the unknown create", reschedule=True)
+                return
+            status = await self._reads.read(attempt)
+        except RouteUnavailable:
+            await self._defer(attempt, route_key)
+            return
+        except RailError as exc:
+            await self._record(attempt, f"read failed: {type(exc).__name__}", retry=True)
+            return
+        await self._apply(attempt, status)
+
+    async def _defer(self, attempt: Any, route_key: str) -> None:
+        """Park the read; if the order is past its deadline, tell the merchant honestly that the
+        payment is waiting for the provider, with the expected next check."""
+        now = self._clock.now()
+        retry_at = self._reads.retry_at(route_key)
+        async with self._db.transaction() as conn:
+            newly = await defer(conn, attempt.id, route_key, now=now, retry_at=retry_at)
+            if not (newly and attempt.order_state == OrderState.VERIFYING.value):
+                return
+            order = (await conn.execute(sa.select(orders).where(
+                orders.c.id == attempt.order_id))).one()
+            if order.state != OrderState.VERIFYING.value:
+                return
+            await add_events(conn, [PendingEvent(
+                event_type=events.ORDER_PAYMENT_PENDING, aggregate_id=order.id,
+                merchant_id=order.merchant_id,
+                payload={**event_payload(order), "verification": {
+                    "reason": PROVIDER_UNAVAILABLE, "waiting_on": [route_key],
+                    "next_check_at": iso(max(retry_at or now, now))}})], now=now)
+
+    async def _apply(self, attempt: Any, status: ProviderStatus) -> None:
+        now = self._clock.now()
+        if status.status is NeutralStatus.PAID:
+            async with self._db.transaction() as conn:
+                result = await apply_payment(conn, Payment(
+                    attempt_id=attempt.id,
+                    amount=status.paid_amount if status.paid_amount is not None else 0,
+                    evidence_key=paid_evidence_key(attempt.provider, attempt.id),
+                    kind="provider_status", observed_at=status.paid_at or now,
+                    details={"raw_status": status.raw_status, "by": "verification"}),
+                    now=now, quarantine=self._quarantine)
+                await self._mark(conn, attempt.id, now, f"paid: {result.verdict}"
+                                 if result.applied else "paid: already applied")
+            return
+        if status.status is NeutralStatus.PENDING:
+            if attempt.order_state in _PAST_DEADLINE or attempt.expires_at <= now:
+                await self._close(attempt, AttemptState.EXPIRED, "unpaid at the deadline",
+                                  cancel=True)
+            else:
+                await self._record(attempt, f"pending: {status.raw_status}"[:200],
+                                   reschedule=True)
+            return
+        if status.status is NeutralStatus.EXPIRED:
+            await self._close(attempt, AttemptState.EXPIRED, "expired at provider")
+        else:  # FAILED, NOT_FOUND: no money can move on it
+            await self._close(attempt, AttemptState.FAILED, f"provider says {status.status}")
+
+    async def _close(self, attempt: Any, state: AttemptState, reason: str, *,
+                     cancel: bool = False) -> None:
+        now = self._clock.now()
+        async with self._db.transaction() as conn:
+            moved = await conn.execute(payment_attempts.update().where(
+                payment_attempts.c.id == attempt.id,
+                payment_attempts.c.state.in_((AttemptState.ACTIVE.value,
+                                              AttemptState.SUPERSEDED.value)),
+            ).values(state=state.value, failure_reason=reason, updated_at=now, closed_at=now,
+                     next_check_at=None, checks=payment_attempts.c.checks + 1,
+                     last_checked_at=now, last_check=reason))
+            if moved.rowcount and cancel:
+                await add_events(conn, [PendingEvent(
+                    event_type=events.ATTEMPT_CANCEL_REQUESTED, aggregate_id=attempt.id,
+                    merchant_id=None, payload={"attempt_id": attempt.id})], now=now)
+
+    async def _record(self, attempt: Any, outcome: str, *, reschedule: bool = False,
+                      retry: bool = False) -> None:
+        now = self._clock.now()
+        a = payment_attempts.c
+        values: dict[str, Any] = {"checks": a.checks + 1, "last_checked_at": now,
+                                  "last_check": outcome[:200]}
+        if retry:
+            values["next_check_at"] = now + self._schedule.retry_after_failure
+        elif reschedule:
+            nxt = self._schedule.next_check(Rail(attempt.rail), checks_done=attempt.checks + 1,
+                                            last=now)
+            values["next_check_at"] = nxt
+        async with self._db.transaction() as conn:
+            await conn.execute(payment_attempts.update().where(
+                a.id == attempt.id, a.state.in_(LIVE), a.deferred_on.is_(None)).values(**values))
+
+    @staticmethod
+    async def _mark(conn: Any, attempt_id: str, now: datetime, outcome: str) -> None:
+        await conn.execute(payment_attempts.update().where(
+            payment_attempts.c.id == attempt_id).values(
+                next_check_at=None, checks=payment_attempts.c.checks + 1, last_checked_at=now,
+                last_check=outcome[:200]))

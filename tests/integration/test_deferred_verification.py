@@ -1,0 +1,407 @@
+"""Deferred verification under provider faults: every pending payment settles when its source of
+truth recovers, at a pace the provider can take, and nothing expires unchecked.
+
+Chaos-style: the real service and the real worker (relay, sweeps, verifier, feed poller) run
+in-process against the simulators over real sockets, on PostgreSQL and Redis. Faults are injected
+at the simulators; the clock is shifted to reach deadlines. Every test ends by checking the rules
+of state (ARCHITECTURE.md §3) from the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+from chaos.sim.moota import MootaSim
+from chaos.sim.runner import Simulators, start_simulators
+from orchestrator.bootstrap import Container, build
+from orchestrator.domain.verification import VerificationSchedule
+from orchestrator.settings import (
+    FeedSettings,
+    SchedulerSettings,
+    Settings,
+    VerificationSettings,
+)
+from orchestrator.store.tables import orders, outbox, payment_attempts, review_cases
+from orchestrator.worker import run_worker
+from tests.integration.test_failover import gateway_settings
+from tests.invariants import assert_rules_of_state
+from tests.support import (
+    ShiftedClock,
+    ShopFixture,
+    free_port,
+    new_merchant,
+    new_ops_token,
+    order_body,
+    serve,
+)
+
+PAST_DEADLINE = timedelta(days=1, minutes=5)
+STATUS_DOWN = {"kind": "error_rate", "operation": "status", "probability": 1.0, "status": 503}
+
+
+@dataclass
+class Shop:
+    container: Container
+    clock: ShiftedClock
+    sims: Simulators
+    client: httpx.AsyncClient
+    merchant: ShopFixture
+    moota: MootaSim | None
+
+    async def checkout(self, rail: str = "qris", channel: str | None = None) -> dict[str, Any]:
+        body = order_body(f"DV-{uuid.uuid4().hex[:10]}", 125_000, rail=rail)
+        if channel:
+            body["channel"] = channel
+        r = await self.client.post("/v1/orders", json=body, headers={
+            **self.merchant.headers, "Idempotency-Key": str(uuid.uuid4())})
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    async def order(self, order_id: str) -> dict[str, Any]:
+        r = await self.client.get(f"/v1/orders/{order_id}", headers=self.merchant.headers)
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    async def midtrans(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        async with httpx.AsyncClient() as c:
+            r = await c.request(method, f"{self.sims.midtrans.control_url}{path}", json=body)
+            assert r.status_code < 300, r.text
+            return r.json() if r.content else None
+
+    async def xendit(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        async with httpx.AsyncClient() as c:
+            r = await c.request(method, f"{self.sims.xendit.control_url}{path}", json=body)
+            assert r.status_code < 300, r.text
+            return r.json() if r.content else None
+
+    async def attempts(self, order_id: str) -> list[Any]:
+        async with self.container.db.read() as conn:
+            return list((await conn.execute(sa.select(payment_attempts).where(
+                payment_attempts.c.order_id == order_id)
+                .order_by(payment_attempts.c.created_at))).all())
+
+    async def states(self, ids: list[str]) -> dict[str, str]:
+        async with self.container.db.read() as conn:
+            rows = (await conn.execute(sa.select(orders.c.id, orders.c.state).where(
+                orders.c.id.in_(ids)))).all()
+        return {r.id: r.state for r in rows}
+
+    async def events(self, event_type: str, ids: list[str]) -> list[Any]:
+        async with self.container.db.read() as conn:
+            return list((await conn.execute(sa.select(outbox).where(
+                outbox.c.event_type == event_type, outbox.c.aggregate_id.in_(ids)))).all())
+
+
+async def eventually(probe: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await probe():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextlib.asynccontextmanager
+async def shop(container: Container, *, reads_per_minute: float = 6_000,
+               with_feed: bool = False) -> AsyncIterator[Shop]:
+    sims = await start_simulators()
+    moota = None
+    if with_feed:
+        moota = MootaSim()
+        await moota.start()
+    port = free_port()
+    base = gateway_settings(container.settings, sims)
+    clock = ShiftedClock()
+    settings: Settings = replace(
+        base,
+        http=replace(base.http, host="127.0.0.1", port=port, public_url=""),
+        scheduler=SchedulerSettings(sweep_interval=timedelta(seconds=0.2),
+                                    verification_window=timedelta(hours=2)),
+        verification=VerificationSettings(
+            schedule=VerificationSchedule(retry_after_failure=timedelta(seconds=0.3)),
+            status_reads_per_minute={"midtrans": reads_per_minute,
+                                     "xendit": reads_per_minute},
+            interval=timedelta(seconds=0.1)),
+        feed=FeedSettings(moota_url=moota.data_url, moota_token=moota.token,
+                          poll_interval=timedelta(seconds=0.3),
+                          stale_after=timedelta(minutes=20)) if moota else FeedSettings(),
+    )
+    c = build(settings, clock=clock)
+    await c.start()
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_worker(c, stop))
+    try:
+        merchant = await new_merchant(c)
+        async with serve(c, port) as url, httpx.AsyncClient(base_url=url, timeout=30) as cl:
+            s = Shop(c, clock, sims, cl, merchant, moota)
+            await s.midtrans("POST", "/config", {"drop_notifications": True})
+            await s.xendit("POST", "/config", {
+                "callback_url": f"{url}/v1/webhooks/xendit",
+                "callback_token": c.settings.providers.xendit_callback_token})
+            yield s
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, timeout=15)
+        await c.close()
+        await sims.stop()
+        if moota is not None:
+            await moota.stop()
+
+
+async def pay_at_midtrans(s: Shop, order: dict[str, Any]) -> None:
+    await s.midtrans("POST", "/pay", {"order_id": order["payment"]["attempt_id"]})
+
+
+async def test_dropped_webhooks_and_status_down_all_window_settle_on_recovery(
+    container: Container,
+) -> None:
+    async with shop(container) as s:
+        placed = [await s.checkout() for _ in range(6)]
+        assert {o["routing"]["served_by"] for o in placed} == {"qris:midtrans:qris"}
+        ids = [o["id"] for o in placed]
+        for o in placed[:5]:  # five customers pay; no webhook ever comes
+            await pay_at_midtrans(s, o)
+        await s.midtrans("POST", "/faults", STATUS_DOWN)
+
+        s.clock.advance(PAST_DEADLINE)  # the payment window ends with the status API down
+
+        async def all_deferred() -> bool:
+            views = [await s.order(i) for i in ids]
+            return all(v["status"] == "verifying"
+                       and v["verification"]["state"] == "waiting_for_provider" for v in views)
+
+        await eventually(all_deferred, 20, "every order verifying, waiting for the provider")
+        view = await s.order(ids[0])
+        assert view["verification"]["waiting_on"] == "qris:midtrans:qris"
+        assert view["verification"]["next_check_at"] is not None
+        assert view["verification"]["display"]["next_check_at"].endswith("WIB")
+        pending = await s.events("order.payment_pending", ids)
+        assert {e.aggregate_id for e in pending} == set(ids)  # each merchant told, once each
+        assert len(pending) == len(ids)
+        assert pending[0].payload["verification"]["reason"] == "provider_unavailable"
+        assert (await s.states(ids)) == dict.fromkeys(ids, "verifying")  # nothing expired blind
+
+        await s.midtrans("DELETE", "/faults")  # the provider recovers
+
+        async def settled() -> bool:
+            return set((await s.states(ids)).values()) <= {"paid", "expired"}
+
+        await eventually(settled, 30, "every order settled after recovery")
+        states = await s.states(ids)
+        assert [states[i] for i in ids] == ["paid"] * 5 + ["expired"]
+        assert await assert_rules_of_state(s.container.db, ids) == {"paid": 5, "expired": 1}
+
+
+async def test_recovery_drains_the_backlog_at_the_configured_pace(container: Container) -> None:
+    per_minute = 600.0  # Xendit's documented live limit: 10 a second
+    async with shop(container, reads_per_minute=per_minute) as s:
+        placed = [await s.checkout() for _ in range(30)]
+        ids = [o["id"] for o in placed]
+        for o in placed:
+            await pay_at_midtrans(s, o)
+        await s.midtrans("POST", "/faults", STATUS_DOWN)
+        s.clock.advance(PAST_DEADLINE)
+
+        async def backlog_deferred() -> bool:
+            async with s.container.db.read() as conn:
+                n = (await conn.execute(sa.select(sa.func.count()).where(
+                    payment_attempts.c.order_id.in_(ids),
+                    payment_attempts.c.deferred_on.is_not(None)))).scalar_one()
+            return int(n) == len(ids)
+
+        await eventually(backlog_deferred, 20, "the whole backlog deferred")
+        recovered_at = time.time()
+        await s.midtrans("DELETE", "/faults")
+
+        async def all_paid() -> bool:
+            return set((await s.states(ids)).values()) == {"paid"}
+
+        await eventually(all_paid, 30, "the backlog paid")
+        drained = time.time() - recovered_at
+        log = await s.midtrans("GET", f"/calls/log?operation=status&since={recovered_at}")
+        times = sorted(r["at"] for r in log)
+        assert len(times) == len(ids)  # one read per order: nothing read twice
+        peak = max(sum(1 for u in times if t <= u < t + 1.0) for t in times)
+        rate = per_minute / 60
+        gaps = [round(b - a, 3) for a, b in itertools.pairwise(times)]
+        assert peak <= rate, f"{peak} reads within one second (limit {rate:.0f}); gaps {gaps}"
+        # As fast as allowed: the reads span at least (n - 1) slots, and the whole drain
+        # (breaker wait and trials included) stays near n / rate.
+        assert times[-1] - times[0] >= (len(ids) - 1) / rate * 0.95
+        assert drained < len(ids) / rate + 5
+        await assert_rules_of_state(s.container.db, ids)
+
+
+async def test_window_runs_out_with_the_provider_still_down_goes_to_a_person(
+    container: Container,
+) -> None:
+    async with shop(container) as s:
+        placed = [await s.checkout() for _ in range(2)]
+        ids = [o["id"] for o in placed]
+        await pay_at_midtrans(s, placed[0])
+        await s.midtrans("POST", "/faults", STATUS_DOWN)
+        s.clock.advance(PAST_DEADLINE)
+
+        async def deferred() -> bool:
+            views = [await s.order(i) for i in ids]
+            return all(v["verification"]["state"] == "waiting_for_provider" for v in views)
+
+        await eventually(deferred, 20, "orders waiting for the provider")
+        s.clock.advance(timedelta(hours=3))  # past the 2 h verification window, still down
+
+        async def reviewed() -> bool:
+            return set((await s.states(ids)).values()) == {"needs_review"}
+
+        await eventually(reviewed, 10, "orders in review")
+        for i in ids:
+            view = await s.order(i)
+            assert view["review_reason"] == "verification_window_exhausted"
+        review = await s.events("order.needs_review", ids)
+        assert review[0].payload["waiting_on"] == ["qris:midtrans:qris"]
+        assert await assert_rules_of_state(s.container.db, ids) == {"needs_review": 2}
+
+
+async def test_a_stale_mutation_feed_holds_expiry_until_it_catches_up(
+    container: Container,
+) -> None:
+    async with shop(container, with_feed=True) as s:
+        assert s.moota is not None
+        placed = [await s.checkout(rail="manual_transfer") for _ in range(2)]
+        ids = [o["id"] for o in placed]
+        await asyncio.sleep(0.5)  # a first poll succeeds: the feed is fresh
+        async with httpx.AsyncClient() as c:
+            r = await c.post(f"{s.moota.control_url}/faults", json={"kind": "down"})
+            assert r.status_code == 200, r.text
+        # The customer transfers before the deadline, but the feed is down and cannot tell us.
+        paid = placed[0]["payment"]
+        s.clock.advance(PAST_DEADLINE)  # the last poll is now older than stale_after
+
+        async def held() -> bool:
+            return (await s.states(ids)) == dict.fromkeys(ids, "verifying")
+
+        await eventually(held, 10, "both orders held in verifying")
+        pending = await s.events("order.payment_pending", ids)
+        assert {e.payload["verification"]["reason"] for e in pending} == {"bank_feed_stale"}
+        assert (await s.order(ids[0]))["verification"]["state"] == "watching_bank_mutations"
+
+        async with httpx.AsyncClient() as c:
+            await c.delete(f"{s.moota.control_url}/faults")
+            r = await c.post(f"{s.moota.control_url}/mutations", json={
+                "account_number": paid["account_number"], "amount": paid["transfer_amount"],
+                "type": "CR", "description": "TRSF E-BANKING CR ANDI"})
+            assert r.status_code == 200, r.text
+
+        async def decided() -> bool:
+            return set((await s.states(ids)).values()) <= {"paid", "expired"}
+
+        await eventually(decided, 20, "the feed caught up and both orders decided")
+        assert await s.states(ids) == {ids[0]: "paid", ids[1]: "expired"}
+        assert await assert_rules_of_state(s.container.db, ids) == {"paid": 1, "expired": 1}
+
+
+async def test_timeout_after_success_then_payment_on_the_orphan_settles_the_order(
+    container: Container,
+) -> None:
+    async with shop(container) as s:
+        # Midtrans creates the QR but the answer never comes, and its status API is down: the
+        # attempt is unknown, checkout fails over to Xendit, and the orphan cannot be checked.
+        await s.midtrans("POST", "/faults", {"kind": "timeout_after_success",
+                                              "operation": "create", "channel": "qris"})
+        await s.midtrans("POST", "/faults", STATUS_DOWN)
+        placed = await s.checkout()
+        assert placed["routing"]["served_by"] == "qris:xendit:qris"
+        orphan = next(a for a in await s.attempts(placed["id"]) if a.provider == "midtrans")
+        assert orphan.state == "unknown"
+        # The customer pays the QR they saw first: the orphan at Midtrans (no webhook comes).
+        await s.midtrans("POST", "/pay", {"order_id": orphan.id})
+        await s.midtrans("DELETE", "/faults")
+        s.clock.advance(timedelta(minutes=3))  # the orphan's next scheduled check comes due
+
+        async def paid() -> bool:
+            return (await s.states([placed["id"]]))[placed["id"]] == "paid"
+
+        await eventually(paid, 20, "the order paid through its orphaned instrument")
+        by_provider = {a.provider: a.state for a in await s.attempts(placed["id"])}
+        assert by_provider["midtrans"] == "paid"
+        assert by_provider["xendit"] != "active"  # the other instrument is retired
+        assert await assert_rules_of_state(s.container.db, [placed["id"]]) == {"paid": 1}
+
+
+async def test_payment_after_expiry_on_an_uncancellable_qr_goes_to_review(
+    container: Container,
+) -> None:
+    async with shop(container) as s:
+        await s.midtrans("POST", "/faults", {"kind": "down"})  # QRIS served by Xendit
+        placed = await s.checkout()
+        assert placed["routing"]["served_by"] == "qris:xendit:qris"
+        attempt = (await s.attempts(placed["id"]))[-1]
+        s.clock.advance(PAST_DEADLINE)  # unpaid at the deadline: read, then expired
+
+        async def expired() -> bool:
+            return (await s.states([placed["id"]]))[placed["id"]] == "expired"
+
+        await eventually(expired, 20, "the unpaid order expired after its status read")
+        # A Xendit QR cannot be cancelled: the customer still pays it, late.
+        await s.xendit("POST", "/pay", {"kind": "qr", "external_id": attempt.id,
+                                        "amount": attempt.transfer_amount, "force": True})
+
+        async def reviewed() -> bool:
+            return (await s.states([placed["id"]]))[placed["id"]] == "needs_review"
+
+        await eventually(reviewed, 20, "the late payment sent to a person")
+        view = await s.order(placed["id"])
+        assert view["review_reason"] == "payment_after_expiry"
+        ops = {"Authorization": f"Bearer {await new_ops_token(s.container)}"}
+        cases = (await s.client.get("/v1/reviews", headers=ops)).json()["data"]
+        case = next(c for c in cases if c["order_id"] == placed["id"])
+        assert case["reason"] == "payment_after_expiry" and case["recommended_action"]
+        sent = await s.events("order.needs_review", [placed["id"]])
+        assert len(sent) == 1
+        assert await assert_rules_of_state(s.container.db, [placed["id"]]) == {
+            "needs_review": 1}
+
+
+async def test_double_payment_across_two_rails_keeps_the_order_paid_and_opens_a_case(
+    container: Container,
+) -> None:
+    async with shop(container) as s:
+        await s.midtrans("POST", "/faults", {"kind": "down"})  # everything served by Xendit
+        placed = await s.checkout()
+        qr = (await s.attempts(placed["id"]))[-1]
+        r = await s.client.post(f"/v1/orders/{placed['id']}/payment",
+                                json={"rail": "va", "channel": "bca"},
+                                headers=s.merchant.headers)
+        assert r.status_code == 201, r.text
+        va = next(a for a in await s.attempts(placed["id"]) if a.rail == "va")
+        # The customer pays the VA, and the old QR they had already opened (it cannot be
+        # cancelled at Xendit, so it stayed superseded and watched).
+        await s.xendit("POST", "/pay", {"kind": "va", "external_id": va.id,
+                                        "amount": va.transfer_amount})
+        await s.xendit("POST", "/pay", {"kind": "qr", "external_id": qr.id,
+                                        "amount": qr.transfer_amount, "force": True})
+
+        async def case_opened() -> bool:
+            async with s.container.db.read() as conn:
+                n = (await conn.execute(sa.select(sa.func.count()).select_from(review_cases)
+                                        .where(review_cases.c.order_id == placed["id"]))
+                     ).scalar_one()
+            return int(n) == 1
+
+        await eventually(case_opened, 20, "a review case for the second payment")
+        assert (await s.states([placed["id"]]))[placed["id"]] == "paid"
+        async with s.container.db.read() as conn:
+            case = (await conn.execute(sa.select(review_cases).where(
+                review_cases.c.order_id == placed["id"]))).one()
+        assert (case.reason, case.recommended_action) == ("second_payment", "refund")
+        assert await assert_rules_of_state(s.container.db, [placed["id"]]) == {"paid": 1}

@@ -1,0 +1,67 @@
+"""The shared request pace: several processes drawing on one Redis bucket keep, together, to the
+provider's limit; without Redis each paces itself."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+
+import redis.asyncio as aioredis
+
+from orchestrator.bootstrap import Container
+from orchestrator.rails.ratelimit import Pace, RequestPacer
+
+PACE = Pace(per_minute=1_200, headroom=0.0)  # 20 a second
+
+
+async def _stamps(pacer: RequestPacer, n: int) -> list[float]:
+    out: list[float] = []
+    for _ in range(n):
+        await pacer.acquire("xendit")
+        out.append(time.monotonic())
+    return out
+
+
+async def test_two_processes_share_one_pace_through_redis(container: Container) -> None:
+    url = container.settings.redis.url
+    assert url is not None
+    prefix = f"{container.settings.redis.key_prefix}pace{uuid.uuid4().hex[:6]}:"
+    first, second = aioredis.Redis.from_url(url), aioredis.Redis.from_url(url)
+    try:
+        a = RequestPacer({"xendit": PACE}, redis=first, key_prefix=prefix)
+        b = RequestPacer({"xendit": PACE}, redis=second, key_prefix=prefix)
+        one, two = await asyncio.gather(_stamps(a, 10), _stamps(b, 10))
+        got = sorted(one + two)
+    finally:
+        await first.aclose()
+        await second.aclose()
+    # Twenty requests at 20/s: the first goes at once, the last 19 intervals later, whichever
+    # process asked. Alone, each process would have finished in half the time.
+    assert got[-1] - got[0] >= 19 / 20 * 0.95
+    assert min(b - a for a, b in itertools.pairwise(got)) >= 0.05 * 0.8
+
+
+async def test_an_unpaced_provider_is_not_slowed() -> None:
+    pacer = RequestPacer({"xendit": PACE}, redis=None)
+    started = time.monotonic()
+    for _ in range(100):
+        assert await pacer.acquire("midtrans") == 0.0
+    assert time.monotonic() - started < 0.5
+
+
+async def test_without_redis_a_process_paces_itself() -> None:
+    pacer = RequestPacer({"xendit": PACE}, redis=None)
+    got = await _stamps(pacer, 6)
+    assert got[-1] - got[0] >= 5 / 20 * 0.95
+
+
+async def test_redis_lost_falls_back_to_local_pacing() -> None:
+    dead = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    try:
+        pacer = RequestPacer({"xendit": PACE}, redis=dead)
+        got = await _stamps(pacer, 4)
+    finally:
+        await dead.aclose()
+    assert got[-1] - got[0] >= 3 / 20 * 0.95
