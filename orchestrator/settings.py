@@ -290,6 +290,7 @@ class Settings:
                 minimum_number_of_calls=e.int("LUNAS_BREAKER_MIN_CALLS", 10),
                 permitted_calls_in_half_open=e.int("LUNAS_BREAKER_HALF_OPEN_CALLS", 3),
                 wait_in_open=e.seconds("LUNAS_BREAKER_WAIT_OPEN", 30),
+                max_wait_in_open=e.seconds("LUNAS_BREAKER_MAX_WAIT_OPEN", 60),
             ),
         )
         settings.refuse_insecure_production()

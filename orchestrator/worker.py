@@ -66,6 +66,7 @@ async def sweep_forever(container: Container, stop: asyncio.Event) -> None:
             expired = await expire_due_orders(
                 container.db, now=now, quarantine=settings.unique_codes.quarantine,
                 batch=settings.scheduler.sweep_batch, health=health,
+                claim_lease=settings.verification.claim,
             )
             await settle_verifying_orders(
                 container.db, now=now, quarantine=settings.unique_codes.quarantine,

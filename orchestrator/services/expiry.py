@@ -93,7 +93,7 @@ class _Sources:
 
 async def expire_due_orders(
     db: Database, *, now: datetime, quarantine: timedelta, batch: int,
-    health: SourceHealth | None = None,
+    health: SourceHealth | None = None, claim_lease: timedelta = timedelta(seconds=60),
 ) -> int:
     """Handle up to ``batch`` orders whose deadline has passed; returns how many.
 
@@ -128,10 +128,15 @@ async def expire_due_orders(
             ids = [o.id for o in waiting]
             await conn.execute(orders.update().where(orders.c.id.in_(ids))
                                .values(state=OrderState.VERIFYING.value, updated_at=now))
+            # Reads due within a claim lease are left alone: they may be claimed and in flight
+            # right now (a claim moves next_check_at one lease ahead), and pulling them forward
+            # would have a second verifier read them again; they happen within the lease anyway.
             a = payment_attempts.c
             await conn.execute(payment_attempts.update().where(
                 a.order_id.in_(ids), a.state.in_(LIVE), a.rail != Rail.MANUAL_TRANSFER.value,
-                a.deferred_on.is_(None)).values(next_check_at=now))
+                a.deferred_on.is_(None),
+                sa.or_(a.next_check_at.is_(None), a.next_check_at > now + claim_lease),
+            ).values(next_check_at=now))
             await add_events(conn, pending_events, now=now)
         await _expire(conn, [o for o in due if o not in waiting], now=now,
                       quarantine=quarantine)

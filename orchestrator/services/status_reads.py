@@ -72,11 +72,3 @@ async def defer(conn: AsyncConnection, attempt_id: str, route_key: str, *, now: 
     ).values(deferred_on=route_key, next_check_at=retry_at or now, last_checked_at=now,
              last_check=f"deferred: {route_key} unavailable"))
     return bool(moved.rowcount)
-
-
-async def schedule_now(conn: AsyncConnection, attempt_id: str, *, now: datetime) -> None:
-    """Make a live attempt's check due now, unless it waits for its route to recover."""
-    await conn.execute(payment_attempts.update().where(
-        payment_attempts.c.id == attempt_id, payment_attempts.c.state.in_(LIVE),
-        payment_attempts.c.deferred_on.is_(None),
-    ).values(next_check_at=now))

@@ -1,15 +1,17 @@
 """The verifier: reads the status of live gateway attempts on their schedule, defers what an open
 breaker refuses, and releases a route's deferred reads the moment its breaker closes.
 
-One worker loop (``run``) does three things each tick:
+One worker loop (``run``):
 
-1. ``release_recovered`` — for every route some attempt is deferred on: breaker closed → every
-   deferred read of the route is due now; half-open → only as many as the breaker admits trial
-   calls, so the trials are real status reads; open → nothing.
-2. ``check_due`` — claim due reads (``FOR UPDATE SKIP LOCKED``, moving ``next_check_at`` a claim
-   lease ahead so a killed worker's claims come back by themselves), then read them with bounded
-   concurrency. Each read waits for its provider's paced slot (``StatusReads``), so a released
-   backlog drains at the configured rate and no faster, whatever the number of workers.
+0. ``forget_closed`` (each tick) — clear the schedule of attempts finished by another path.
+1. ``release_recovered`` (each tick) — for every route some attempt is deferred on: breaker
+   closed → every deferred read of the route is due now; half-open → only as many as the
+   breaker admits trial calls, so the trials are real status reads; open → nothing.
+2. claim due reads (``FOR UPDATE SKIP LOCKED``, moving ``next_check_at`` a claim lease ahead
+   so a killed worker's claims come back by themselves) and read them with bounded concurrency,
+   topping the claimed set up as reads finish. Each read waits for its provider's paced slot
+   (``StatusReads``), so a released backlog drains at the configured rate and no faster,
+   whatever the number of workers.
 3. Each outcome is applied in its own transaction, conditional on the attempt's state:
 
    ======================  ===================================================================
@@ -31,7 +33,6 @@ knows how to tell an orphan from nothing; the verifier only decides when.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import datetime, timedelta
 from typing import Any
@@ -65,6 +66,10 @@ from orchestrator.store.tables import orders, payment_attempts
 
 log = logging.getLogger(__name__)
 
+_CLOSED = (AttemptState.PAID.value, AttemptState.EXPIRED.value, AttemptState.FAILED.value)
+"""Attempts no status read can change. Not merely "not live": a ``creating`` attempt is about to
+be, and keeps the schedule it was created with."""
+
 _PAST_DEADLINE = (OrderState.VERIFYING.value, OrderState.EXPIRED.value,
                   OrderState.CANCELLED.value)
 """Order states in which a still-pending instrument should stop being payable."""
@@ -79,18 +84,48 @@ class Verifier:
         self._schedule: VerificationSchedule = settings.schedule
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Keep up to ``batch`` reads claimed and ``concurrency`` of them running, topping up as
+        they finish, so a released backlog flows at the pace without a pause between batches."""
         interval = self._settings.interval.total_seconds()
-        while not stop.is_set():
-            checked = 0
+        gate = asyncio.Semaphore(self._settings.concurrency)
+        running: set[asyncio.Task[None]] = set()
+        last_housekeeping = 0.0
+        loop = asyncio.get_running_loop()
+        try:
+            while not stop.is_set():
+                claimed: list[Any] = []
+                try:
+                    if loop.time() - last_housekeeping >= interval:
+                        last_housekeeping = loop.time()
+                        await self.forget_closed()
+                        await self.release_recovered()
+                    room = self._settings.batch - len(running)
+                    if room > self._settings.batch // 4:
+                        claimed = await self._claim(room)
+                except Exception:  # the loop must outlive a database blip; the next tick retries
+                    log.exception("verification pass failed")
+                for attempt in claimed:
+                    task = asyncio.create_task(self._guarded(attempt, gate))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                waiter = asyncio.ensure_future(stop.wait())
+                try:
+                    await asyncio.wait({waiter, *running} if claimed or running else {waiter},
+                                       timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+        finally:
+            if running:  # claims not finished come back by themselves after the claim lease
+                for task in running:
+                    task.cancel()
+                await asyncio.gather(*running, return_exceptions=True)
+
+    async def _guarded(self, attempt: Any, gate: asyncio.Semaphore) -> None:
+        async with gate:
             try:
-                await self.forget_closed()
-                await self.release_recovered()
-                checked = await self.check_due()
-            except Exception:  # the loop must outlive a database blip; the next tick retries
-                log.exception("verification pass failed")
-            if checked < self._settings.batch:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=interval)
+                await self.check(attempt)
+            except Exception:  # one attempt's trouble must not stop the others
+                log.exception("verification of %s failed", attempt.id)
 
     # -- release --------------------------------------------------------------------------
 
@@ -101,7 +136,7 @@ class Verifier:
         async with self._db.transaction() as conn:
             moved = await conn.execute(payment_attempts.update().where(
                 sa.or_(a.next_check_at.is_not(None), a.deferred_on.is_not(None)),
-                a.state.not_in(LIVE)).values(next_check_at=None, deferred_on=None))
+                a.state.in_(_CLOSED)).values(next_check_at=None, deferred_on=None))
         return int(moved.rowcount)
 
     async def release_recovered(self) -> int:
@@ -138,23 +173,13 @@ class Verifier:
     # -- checks ---------------------------------------------------------------------------
 
     async def check_due(self) -> int:
-        """Claim and run up to ``batch`` due reads; returns how many were claimed."""
-        claimed = await self._claim()
-        if not claimed:
-            return 0
+        """Claim and run one batch of due reads to the end; returns how many were claimed."""
+        claimed = await self._claim(self._settings.batch)
         gate = asyncio.Semaphore(self._settings.concurrency)
-
-        async def one(attempt: Any) -> None:
-            async with gate:
-                try:
-                    await self.check(attempt)
-                except Exception:  # one attempt's trouble must not stop the batch
-                    log.exception("verification of %s failed", attempt.id)
-
-        await asyncio.gather(*(one(a) for a in claimed))
+        await asyncio.gather(*(self._guarded(a, gate) for a in claimed))
         return len(claimed)
 
-    async def _claim(self) -> list[Any]:
+    async def _claim(self, limit: int) -> list[Any]:
         a = payment_attempts.c
         now = self._clock.now()
         async with self._db.transaction() as conn:
@@ -163,7 +188,7 @@ class Verifier:
                 .join(orders, orders.c.id == a.order_id)
                 .where(a.next_check_at <= now, a.deferred_on.is_(None), a.state.in_(LIVE),
                        a.rail != Rail.MANUAL_TRANSFER.value)
-                .order_by(a.next_check_at).limit(self._settings.batch)
+                .order_by(a.next_check_at).limit(limit)
                 .with_for_update(of=payment_attempts, skip_locked=True)
             )).all()
             if rows:
