@@ -13,8 +13,9 @@ Data plane (``data_app``, the provider's API):
   request naming none; operation: create, status, cancel, expire). A fault that fires before
   the work (errors, hang, slow) creates nothing; ``timeout_after_success`` does the work first.
 
-Control plane (``control_app``): ``POST/GET/DELETE /faults``, ``GET/DELETE /calls``, ``POST /pay``,
-``GET /calls/log``, ``POST /expire``, ``GET /transactions/{order_id}``, ``POST /config``, ``GET/DELETE /notifications``.
+Control plane (``control_app``): ``POST/GET/DELETE /faults``, ``GET/DELETE /calls``,
+``GET /calls/log``, ``POST /pay``, ``POST /expire``, ``GET /transactions/{order_id}``,
+``POST /config``, ``GET/DELETE /notifications``.
 A ``down`` fault stops the data server (connection refused); clearing it starts it again.
 
 Notifications go to the configured URL, or the ``X-Override-Notification`` URLs given at charge
