@@ -225,6 +225,11 @@ mutations = sa.Table(
     sa.CheckConstraint("direction IN ('CR', 'DB')", name="direction"),
 )
 sa.Index("ix_mutations_match_state", mutations.c.match_state, mutations.c.created_at)
+# Settlement asks "is another mutation already matched to this order?" (possible duplicates, a
+# second payment): without this index every such question scans every mutation ever stored.
+sa.Index("ix_mutations_order_id", mutations.c.order_id,
+         postgresql_where=mutations.c.order_id.is_not(None),
+         sqlite_where=mutations.c.order_id.is_not(None))
 
 review_cases = sa.Table(
     "review_cases",
