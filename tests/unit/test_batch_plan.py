@@ -1,0 +1,58 @@
+"""Which statement lines the batch may decide on its own, and which go line by line."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from orchestrator.reconciliation.batch import plan_batch, still_matches
+from orchestrator.reconciliation.matcher import Candidate, MutationFacts
+
+NOW = datetime(2026, 5, 15, 3, 0, tzinfo=UTC)
+ORDER_A, ORDER_B = "ord_01HZX7Q3V9K2M4N6P8R0S2T4V6", "ord_01HZX7Q3V9K2M4N6P8R0S2T4V7"
+
+
+def credit(amount: int, description: str = "TRSF CR", at: datetime = NOW) -> MutationFacts:
+    return MutationFacts(amount=amount, direction="CR", posted_at=at, description=description)
+
+
+def held(order_id: str, amount: int, attempt: str = "att_1",
+         held_until: datetime | None = None) -> Candidate:
+    return Candidate(attempt_id=attempt, order_id=order_id, transfer_amount=amount,
+                     created_at=NOW - timedelta(hours=1), held_until=held_until)
+
+
+def test_plain_lines_are_decided_in_the_batch() -> None:
+    plan = plan_batch({
+        0: credit(100_123), 1: credit(55_555),
+        2: MutationFacts(amount=10_000, direction="DB", posted_at=NOW, description="BIAYA ADM"),
+    }, {0: held(ORDER_A, 100_123)})
+    assert plan.matched == {0: held(ORDER_A, 100_123)}
+    assert (plan.unmatched, plan.ignored, plan.sequential) == ([1], [2], [])
+
+
+def test_a_credit_outside_the_window_is_unmatched() -> None:
+    plan = plan_batch({0: credit(100_123, at=NOW - timedelta(days=2))},
+                      {0: held(ORDER_A, 100_123)})
+    assert (plan.matched, plan.unmatched) == ({}, [0])
+
+
+def test_two_lines_reaching_one_order_go_line_by_line_in_file_order() -> None:
+    plan = plan_batch({3: credit(100_123), 1: credit(100_123, "AGAIN"), 2: credit(7)},
+                      {3: held(ORDER_A, 100_123), 1: held(ORDER_A, 100_123)})
+    assert (plan.sequential, plan.matched, plan.unmatched) == ([1, 3], {}, [2])
+
+
+def test_a_reference_takes_its_line_and_the_orders_it_names_out_of_the_batch() -> None:
+    plan = plan_batch({0: credit(99_000, f"TRSF CR {ORDER_A.upper()}"), 1: credit(100_123),
+                       2: credit(200_456)},
+                      {1: held(ORDER_A, 100_123), 2: held(ORDER_B, 200_456, "att_2")})
+    assert plan.sequential == [0, 1]
+    assert plan.matched == {2: held(ORDER_B, 200_456, "att_2")}
+
+
+def test_a_batch_match_is_dropped_when_the_locked_attempt_differs() -> None:
+    planned = held(ORDER_A, 100_123)
+    assert still_matches(credit(100_123), planned, planned)
+    assert not still_matches(credit(100_123), None, planned)
+    closed = held(ORDER_A, 100_123, held_until=NOW - timedelta(minutes=1))
+    assert not still_matches(credit(100_123), closed, planned)
