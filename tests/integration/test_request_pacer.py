@@ -65,3 +65,23 @@ async def test_redis_lost_falls_back_to_local_pacing() -> None:
     finally:
         await dead.aclose()
     assert got[-1] - got[0] >= 3 / 20 * 0.95
+
+
+async def test_no_window_ever_holds_more_than_the_cap_even_with_a_burst(
+        container: Container) -> None:
+    """Late wake-ups (a busy process) or a generous burst can bunch slots; the send-time log
+    still keeps every one-second window at or under the cap."""
+    url = container.settings.redis.url
+    assert url is not None
+    bursty = Pace(per_minute=1_200, burst=40)  # cap 19 a second (3 % headroom)
+    client = aioredis.Redis.from_url(url)
+    try:
+        pacer = RequestPacer({"xendit": bursty}, redis=client,
+                             key_prefix=f"{container.settings.redis.key_prefix}"
+                                        f"cap{uuid.uuid4().hex[:6]}:")
+        got = await _stamps(pacer, 30)
+    finally:
+        await client.aclose()
+    peak = max(sum(1 for u in got if t <= u < t + 1.0) for t in got)
+    assert bursty.cap == 19 and peak <= bursty.cap
+    assert got[bursty.cap - 1] - got[0] < 0.5  # the burst itself is honoured up to the cap
