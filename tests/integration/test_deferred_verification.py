@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -431,3 +433,45 @@ async def test_only_closed_attempts_lose_their_schedule(container: Container) ->
             await s.container.verifier.forget_closed()
             after = next(a for a in await s.attempts(placed["id"]) if a.id == attempt.id)
             assert (after.next_check_at is not None) is kept, state
+
+
+async def test_webhook_storm_duplicates_out_of_order_and_forgeries_settle_exactly_once(
+    container: Container,
+) -> None:
+    from tests.integration.test_provider_webhooks import midtrans_body
+
+    async with shop(container) as s:
+        key = s.container.settings.providers.midtrans_server_key
+        placed = [await s.checkout() for _ in range(4)]
+        ids = [o["id"] for o in placed]
+        attempts = [(await s.attempts(i))[-1] for i in ids]
+        storm: list[dict[str, Any]] = []
+        for attempt in attempts[:2]:  # two customers pay; their genuine notification ...
+            paid = await s.midtrans("POST", "/pay", {"order_id": attempt.id})
+            settlement = {**paid, "status_message": "midtrans payment notification"}
+            storm += [settlement] * 3  # ... arrives three times,
+            storm += [midtrans_body(attempt, status=st, code=code, key=key,  # then stale ones
+                                    txid=paid["transaction_id"])
+                      for st, code in (("pending", "201"), ("expire", "407"))]
+        for attempt in attempts[2:]:  # the two who did not pay get forged settlements
+            storm.append(midtrans_body(attempt, status="settlement", code="200",
+                                       txid=str(uuid.uuid4()), key="guessed-key"))
+        random.Random(4).shuffle(storm)
+        answers = await asyncio.gather(*(s.client.post("/v1/webhooks/midtrans",
+                                                       content=json.dumps(body))
+                                         for body in storm))
+        assert sorted(r.status_code for r in answers) == [200] * 10 + [401] * 2
+
+        async def two_paid() -> bool:
+            return list((await s.states(ids)).values()).count("paid") == 2
+
+        await eventually(two_paid, 20, "the two genuine payments settled")
+        s.clock.advance(PAST_DEADLINE)
+
+        async def decided() -> bool:
+            return set((await s.states(ids)).values()) <= {"paid", "expired"}
+
+        await eventually(decided, 20, "the unpaid orders read and expired")
+        assert await s.states(ids) == {ids[0]: "paid", ids[1]: "paid",
+                                       ids[2]: "expired", ids[3]: "expired"}
+        assert await assert_rules_of_state(s.container.db, ids) == {"paid": 2, "expired": 2}
