@@ -34,6 +34,8 @@ pytest: $(STAMP) services
 bench: $(STAMP) services
 	$(BIN)/python bench/capture.py
 	$(BIN)/python bench/failover.py
+	$(BIN)/python bench/recovery.py
+	$(BIN)/python bench/reconcile.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache lunas.db

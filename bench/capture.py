@@ -143,15 +143,16 @@ async def _admin(sql: str) -> None:
 
 
 @contextlib.contextmanager
-def fresh_database() -> Iterator[tuple[str, str]]:
-    """Yields (database name, SQLAlchemy URL); drops the database afterwards."""
-    name = f"lunas_bench_{os.getpid()}_{secrets.token_hex(3)}"
+def fresh_database(tag: str = "", *, keep: bool = False) -> Iterator[tuple[str, str]]:
+    """Yields (database name, SQLAlchemy URL); drops the database afterwards unless ``keep``."""
+    name = f"lunas_bench_{tag + '_' if tag else ''}{os.getpid()}_{secrets.token_hex(3)}"
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
     try:
         base = ADMIN_DSN.rsplit("/", 1)[0]
         yield name, base.replace("postgresql://", "postgresql+asyncpg://", 1) + "/" + name
     finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        if not keep:
+            asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 # --------------------------------------------------------------------------- api processes

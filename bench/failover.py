@@ -96,6 +96,21 @@ def free_port_pair() -> int:
     raise RuntimeError("no two consecutive free ports")
 
 
+def simulator_ports() -> tuple[int, int]:
+    """Data ports for Midtrans and Xendit whose control ports (+1) collide with nothing."""
+    mt_port, xn_port = free_port_pair(), free_port_pair()
+    while xn_port in (mt_port, mt_port + 1) or xn_port + 1 == mt_port:
+        xn_port = free_port_pair()
+    return mt_port, xn_port
+
+
+def new_merchant(name: str, env: dict[str, str]) -> dict[str, Any]:
+    """``lunas merchants create --json`` with the bench's payout accounts."""
+    return dict(json.loads(lunas(
+        "merchants", "create", name, "--json",
+        *(arg for a in ACCOUNTS for arg in ("--account", ":".join(a))), env=env).stdout))
+
+
 class Proc:
     """A subprocess whose output goes to a log file (never a pipe nobody reads: a chatty
     process would block on a full pipe); SIGTERM, then SIGKILL, on exit."""
@@ -594,12 +609,8 @@ def main() -> int:
             env.pop(var, None)
         try:
             lunas("migrate", env=env)
-            created = json.loads(lunas(
-                "merchants", "create", "Failover", "--json",
-                *(arg for a in ACCOUNTS for arg in ("--account", ":".join(a))), env=env).stdout)
-            mt_port, xn_port = free_port_pair(), free_port_pair()
-            while xn_port in (mt_port, mt_port + 1) or xn_port + 1 == mt_port:
-                xn_port = free_port_pair()
+            created = new_merchant("Failover", env)
+            mt_port, xn_port = simulator_ports()
             sims = {"midtrans": Simulator(mt_port), "xendit": Simulator(xn_port)}
             env |= {"LUNAS_MIDTRANS_URL": sims["midtrans"].data_url,
                     "LUNAS_XENDIT_URL": sims["xendit"].data_url}

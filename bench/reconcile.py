@@ -27,20 +27,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
-import os
 import random
 import resource
-import secrets
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from capture import ADMIN_DSN, _admin, machine, write_result
+from capture import ADMIN_DSN, fresh_database, machine, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -66,17 +62,6 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 # --------------------------------------------------------------------------- setup
 
 
-@contextlib.contextmanager
-def fresh_database(*, keep: bool) -> Iterator[tuple[str, str]]:
-    """Yields (database name, SQLAlchemy URL); drops the database afterwards unless ``keep``."""
-    name = f"lunas_bench_reconcile_{os.getpid()}_{secrets.token_hex(3)}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    try:
-        base = ADMIN_DSN.rsplit("/", 1)[0]
-        yield name, base.replace("postgresql://", "postgresql+asyncpg://", 1) + "/" + name
-    finally:
-        if not keep:
-            asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def setup(
@@ -393,7 +378,7 @@ def main() -> int:
     print(f"lunas reconcile bench - {info['date']} - commit {info['commit']}")
     print(f"machine: {info['nproc']} x {info['cpu_model']}, {info['memory_gib']} GiB RAM, "
           f"PostgreSQL {info['postgresql']}, Python {info['python']}")
-    with fresh_database(keep=args.keep) as (db, url):
+    with fresh_database("reconcile", keep=args.keep) as (db, url):
         result = asyncio.run(run(args, url))
         if args.keep:
             print(f"kept database {db} ({ADMIN_DSN.rsplit('/', 1)[0]}/{db})")

@@ -39,8 +39,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from capture import ACCOUNTS, RawHttp, free_port, fresh_database, lunas, machine, write_result
-from failover import REDIS_URL, Proc, Simulator, delete_redis_keys, free_port_pair, started
+from capture import RawHttp, free_port, fresh_database, lunas, machine, write_result
+from failover import (
+    REDIS_URL,
+    Proc,
+    Simulator,
+    delete_redis_keys,
+    new_merchant,
+    simulator_ports,
+    started,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "recovery.json"
@@ -197,12 +205,8 @@ def main() -> int:
                "LUNAS_VERIFY_RETRY_AFTER": "2", "LUNAS_BREAKER_WAIT_OPEN": str(args.wait_open)}
         try:
             lunas("migrate", env=env)
-            created = json.loads(lunas(
-                "merchants", "create", "Recovery", "--json",
-                *(arg for a in ACCOUNTS for arg in ("--account", ":".join(a))), env=env).stdout)
-            mt_port, xn_port = free_port_pair(), free_port_pair()
-            while xn_port in (mt_port, mt_port + 1) or xn_port + 1 == mt_port:
-                xn_port = free_port_pair()
+            created = new_merchant("Recovery", env)
+            mt_port, xn_port = simulator_ports()
             midtrans, xendit = Simulator(mt_port), Simulator(xn_port)
             env |= {"LUNAS_MIDTRANS_URL": midtrans.data_url, "LUNAS_XENDIT_URL": xendit.data_url}
             port = free_port()
