@@ -120,9 +120,13 @@ async def expire_due_orders(
             reason, routes = src.waiting_on(health, now)
             if src.gateway or reason is not None:
                 waiting.append(o)
-            # A gateway read refused by an open breaker tells the merchant when it is deferred
-            # (verification.py), so only the feed's wait is announced here.
-            if reason == BANK_FEED_STALE:
+            # A read the verifier defers from now on announces itself (verification.py); a read
+            # deferred before the deadline and the feed's wait are announced here.
+            parked = sorted({a.deferred_on for a in src.gateway if a.deferred_on})
+            if parked:
+                pending_events.append(_payment_pending(o, PROVIDER_UNAVAILABLE, parked, health,
+                                                       now))
+            elif reason == BANK_FEED_STALE:
                 pending_events.append(_payment_pending(o, reason, routes, health, now))
         if waiting:
             ids = [o.id for o in waiting]

@@ -475,3 +475,27 @@ async def test_webhook_storm_duplicates_out_of_order_and_forgeries_settle_exactl
         assert await s.states(ids) == {ids[0]: "paid", ids[1]: "paid",
                                        ids[2]: "expired", ids[3]: "expired"}
         assert await assert_rules_of_state(s.container.db, ids) == {"paid": 2, "expired": 2}
+
+
+async def test_a_read_deferred_before_the_deadline_is_still_announced_at_it(
+    container: Container,
+) -> None:
+    async with shop(container) as s:
+        placed = [await s.checkout() for _ in range(5)]
+        ids = [o["id"] for o in placed]
+        await s.midtrans("POST", "/faults", STATUS_DOWN)
+        s.clock.advance(timedelta(minutes=3))  # the scheduled reads come due and fail
+
+        async def deferred() -> bool:
+            views = [await s.order(i) for i in ids]
+            return all(v["verification"]["state"] == "waiting_for_provider" for v in views)
+
+        await eventually(deferred, 20, "reads deferred before the deadline")
+        assert await s.events("order.payment_pending", ids) == []  # nothing is late yet
+        s.clock.advance(PAST_DEADLINE)
+
+        async def announced() -> bool:
+            return len(await s.events("order.payment_pending", ids)) == len(ids)
+
+        await eventually(announced, 10, "every merchant told the payment is pending")
+        assert (await s.states(ids)) == dict.fromkeys(ids, "verifying")
