@@ -19,7 +19,8 @@ One run, everything on 127.0.0.1, real processes:
 5. checks the outcome from the database (every order paid exactly once) and stops everything,
    deletes its Redis keys and drops the database, whatever happens.
 
-    python bench/recovery.py [--orders 20000] [--rate 200] [--first-check 150] [--wait-open 5]
+    python bench/recovery.py [--orders 20000] [--rate 100] [--first-check 360] [--wait-open 5]
+                             [--max-wait-open 15]
 
 Numbers are reported, never asserted.
 """
@@ -175,12 +176,15 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     p.add_argument("--orders", type=int, default=20_000)
-    p.add_argument("--rate", type=float, default=200.0,
+    p.add_argument("--rate", type=float, default=100.0,
                    help="status reads a second the provider accepts (Lunas's configured pace)")
-    p.add_argument("--first-check", type=float, default=150.0,
+    p.add_argument("--first-check", type=float, default=360.0,
                    help="QRIS first status read, seconds after create (room to capture and pay)")
     p.add_argument("--wait-open", type=float, default=5.0,
                    help="LUNAS_BREAKER_WAIT_OPEN: how long an open breaker waits for a trial")
+    p.add_argument("--max-wait-open", type=float, default=15.0,
+                   help="LUNAS_BREAKER_MAX_WAIT_OPEN: the open wait's cap after failed trials, "
+                        "so the longest a recovery can go unnoticed")
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--output", type=Path, default=RESULTS)
     args = p.parse_args()
@@ -193,7 +197,8 @@ def main() -> int:
     result: dict[str, Any] = {"machine": info, "settings": {
         "orders": args.orders, "rate_per_s": args.rate, "route": ROUTE,
         "first_check_s": args.first_check, "breaker_wait_open_s": args.wait_open,
-        "pace_headroom": 0.03, "redis": f"{REDIS_URL} prefix {prefix}"}}
+        "breaker_max_wait_open_s": args.max_wait_open, "pace_headroom": 0.08,
+        "redis": f"{REDIS_URL} prefix {prefix}"}}
     with tempfile.TemporaryDirectory(prefix="lunas-recovery-") as tmp, \
             fresh_database() as (_db, url):
         logdir = Path(tmp)
@@ -202,7 +207,8 @@ def main() -> int:
                "LUNAS_REDIS_PREFIX": prefix,
                "LUNAS_STATUS_READS_PER_MINUTE_MIDTRANS": str(args.rate * 60),
                "LUNAS_VERIFY_SCHEDULE_QRIS": str(args.first_check),
-               "LUNAS_VERIFY_RETRY_AFTER": "2", "LUNAS_BREAKER_WAIT_OPEN": str(args.wait_open)}
+               "LUNAS_VERIFY_RETRY_AFTER": "2", "LUNAS_BREAKER_WAIT_OPEN": str(args.wait_open),
+               "LUNAS_BREAKER_MAX_WAIT_OPEN": str(args.max_wait_open)}
         try:
             lunas("migrate", env=env)
             created = new_merchant("Recovery", env)

@@ -112,7 +112,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
                                schedule=settings.verification.schedule)
     in_flight = settings.providers.capture_budget + timedelta(seconds=10)
     v = settings.verification
-    pacer = RequestPacer({provider: Pace(per_minute=rate, burst=v.burst)
+    pacer = RequestPacer({provider: Pace(per_minute=rate, burst=v.burst, headroom=v.headroom)
                           for provider, rate in v.status_reads_per_minute.items() if rate > 0},
                          redis=redis, key_prefix=settings.redis.key_prefix)
     reads = StatusReads(providers, guard, pacer)
@@ -139,7 +139,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
         issuance=issuance,
         gateway_jobs=gateway_jobs,
         verifier=Verifier(db, reads, guard, gateway_jobs, clock, settings.verification,
-                          quarantine=settings.unique_codes.quarantine),
+                          quarantine=settings.unique_codes.quarantine, metrics=metrics),
         provider_webhooks=ProviderWebhooks(
             db, reads, clock,
             midtrans_server_key=settings.providers.midtrans_server_key,

@@ -63,6 +63,7 @@ from orchestrator.services.status_reads import (
 from orchestrator.settings import VerificationSettings
 from orchestrator.store.database import Database
 from orchestrator.store.tables import orders, payment_attempts
+from orchestrator.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,9 @@ _PAST_DEADLINE = (OrderState.VERIFYING.value, OrderState.EXPIRED.value,
 class Verifier:
     def __init__(self, db: Database, reads: StatusReads, guard: BreakerGuard,
                  jobs: GatewayJobs, clock: Clock, settings: VerificationSettings, *,
-                 quarantine: timedelta) -> None:
+                 quarantine: timedelta, metrics: Metrics | None = None) -> None:
         self._db, self._reads, self._guard, self._jobs = db, reads, guard, jobs
+        self._metrics = metrics or Metrics()
         self._clock, self._settings, self._quarantine = clock, settings, quarantine
         self._schedule: VerificationSchedule = settings.schedule
 
@@ -166,6 +168,7 @@ class Verifier:
                 ).values(deferred_on=None, next_check_at=now))
             released += moved.rowcount
             if moved.rowcount:
+                self._metrics.verification_released.labels(route_key).inc(moved.rowcount)
                 log.info("released %d deferred status reads on %s (breaker %s)",
                          moved.rowcount, route_key, state.value)
         return released
@@ -199,19 +202,25 @@ class Verifier:
 
     async def check(self, attempt: Any) -> None:
         route_key = route_of(attempt).key
+        counted = self._metrics.verification_reads
         try:
             if attempt.state == AttemptState.UNKNOWN.value:
                 await self._jobs.resolve_unknown(attempt)
                 await self._record(attempt, "resolved the unknown create", reschedule=True)
+                counted.labels(attempt.provider, "resolved").inc()
                 return
             status = await self._reads.read(attempt)
         except RouteUnavailable:
             await self._defer(attempt, route_key)
+            counted.labels(attempt.provider, "deferred").inc()
             return
         except RailError as exc:
             await self._record(attempt, f"read failed: {type(exc).__name__}", retry=True)
+            counted.labels(attempt.provider, "read_failed").inc()
             return
         await self._apply(attempt, status)
+        outcome = "failed" if status.status is NeutralStatus.NOT_FOUND else status.status.value
+        counted.labels(attempt.provider, outcome).inc()
 
     async def _defer(self, attempt: Any, route_key: str) -> None:
         """Park the read; if the order is past its deadline, tell the merchant honestly that the

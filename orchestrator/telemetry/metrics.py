@@ -56,6 +56,19 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Deferred verification (orchestrator/services/verification.py).
+        self.verification_reads = Counter(
+            "lunas_verification_reads_total",
+            "Scheduled status reads by provider and outcome (paid, pending, expired, failed, "
+            "resolved for an unknown create, deferred: breaker open, read_failed).",
+            ["provider", "outcome"], registry=self.registry,
+        )
+        self.verification_released = Counter(
+            "lunas_verification_released_total",
+            "Deferred status reads made due again because the route's breaker let calls through.",
+            ["route"], registry=self.registry,
+        )
+
         self.feed_last_success = Gauge(
             "lunas_feed_last_success_timestamp_seconds",
             "Unix time of the last successful poll of each mutation feed.",

@@ -105,6 +105,17 @@ class Shop:
                 outbox.c.event_type == event_type, outbox.c.aggregate_id.in_(ids)))).all())
 
 
+def metric_value(exposition: bytes, name: str, **labels: str) -> float:
+    """One sample of a Prometheus text exposition (0 when absent), labels in any order."""
+    wanted = {f'{k}="{v}"' for k, v in labels.items()}
+    for line in exposition.decode().splitlines():
+        if line.startswith(name + "{"):
+            inside, value = line[len(name) + 1:].rsplit("} ", 1)
+            if set(inside.split(",")) == wanted:
+                return float(value)
+    return 0.0
+
+
 async def eventually(probe: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -203,6 +214,12 @@ async def test_dropped_webhooks_and_status_down_all_window_settle_on_recovery(
         states = await s.states(ids)
         assert [states[i] for i in ids] == ["paid"] * 5 + ["expired"]
         assert await assert_rules_of_state(s.container.db, ids) == {"paid": 5, "expired": 1}
+        seen = s.container.metrics.exposition()
+        reads = "lunas_verification_reads_total"
+        assert metric_value(seen, reads, provider="midtrans", outcome="paid") == 5
+        assert metric_value(seen, reads, provider="midtrans", outcome="deferred") >= 1
+        assert metric_value(seen, "lunas_verification_released_total",
+                            route="qris:midtrans:qris") >= 1
 
 
 async def test_recovery_drains_the_backlog_at_the_configured_pace(container: Container) -> None:

@@ -73,7 +73,7 @@ async def test_no_window_ever_holds_more_than_the_cap_even_with_a_burst(
     still keeps every one-second window at or under the cap."""
     url = container.settings.redis.url
     assert url is not None
-    bursty = Pace(per_minute=1_200, burst=40)  # cap 19 a second (3 % headroom)
+    bursty = Pace(per_minute=1_200, burst=40, headroom=0.03)  # cap 19 a second
     client = aioredis.Redis.from_url(url)
     try:
         pacer = RequestPacer({"xendit": bursty}, redis=client,
