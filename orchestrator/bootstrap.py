@@ -37,6 +37,7 @@ from orchestrator.settings import Settings
 from orchestrator.store.database import Database
 from orchestrator.store.engine import create_engine
 from orchestrator.telemetry.metrics import Metrics
+from orchestrator.telemetry.state import StateSampler
 
 
 @dataclass(kw_only=True)
@@ -58,6 +59,7 @@ class Container:
     gateway_jobs: GatewayJobs
     verifier: Verifier
     provider_webhooks: ProviderWebhooks
+    state_sampler: StateSampler
     feed_poller: FeedPoller | None = None
     """The Moota mutation-feed poller, when ``LUNAS_MOOTA_URL`` is set (run by the worker)."""
     rng: random.Random = field(default_factory=random.Random)
@@ -140,6 +142,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
         gateway_jobs=gateway_jobs,
         verifier=Verifier(db, reads, guard, gateway_jobs, clock, settings.verification,
                           quarantine=settings.unique_codes.quarantine, metrics=metrics),
+        state_sampler=StateSampler(db, metrics, clock),
         provider_webhooks=ProviderWebhooks(
             db, reads, clock,
             midtrans_server_key=settings.providers.midtrans_server_key,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make PostgreSQL and Redis reachable on 127.0.0.1 for the test suite:
 # start them if installed but stopped, install them from Debian's packages if missing.
+# Also installs promtool, which the tests use on ops/alerts.
 set -euo pipefail
 
 PG_HOST=${LUNAS_TEST_PG_HOST:-127.0.0.1}
@@ -56,5 +57,10 @@ fi
 
 if ! command -v pgbench >/dev/null 2>&1; then
   apt_install postgresql-contrib >/dev/null 2>&1 || true
+fi
+if ! command -v promtool >/dev/null 2>&1; then
+  # promtool checks and unit-tests ops/alerts in the test suite; Debian ships it in prometheus.
+  echo "ensure-services: installing promtool (Debian's prometheus package)"
+  apt_install prometheus >/dev/null
 fi
 echo "ensure-services: PostgreSQL ${PG_HOST}:${PG_PORT} and Redis 127.0.0.1:${REDIS_PORT} are up"

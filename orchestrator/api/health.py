@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,6 +20,8 @@ async def healthz() -> dict[str, str]:
 
 @get("/metrics", tags=["health"], summary="Prometheus metrics", include_in_schema=False)
 async def metrics(container: NamedDependency[Container]) -> Response[bytes]:
+    with contextlib.suppress(Exception):  # a database outage must not hide the other metrics
+        await container.state_sampler.refresh()
     return Response(container.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -68,6 +68,44 @@ class Metrics:
             "Deferred status reads made due again because the route's breaker let calls through.",
             ["route"], registry=self.registry,
         )
+        # Sampled from the database at scrape time (telemetry/state.py): the same in every replica.
+        self.verification_backlog = Gauge(
+            "lunas_verification_backlog",
+            "Live gateway attempts whose status read is due or deferred, by route.",
+            ["route"], registry=self.registry,
+        )
+        self.verification_deferred = Gauge(
+            "lunas_verification_deferred",
+            "Status reads parked until the route's breaker lets calls through, by route.",
+            ["route"], registry=self.registry,
+        )
+        self.verification_oldest_age = Gauge(
+            "lunas_verification_oldest_age_seconds",
+            "How long the oldest due or deferred status read of each route has waited.",
+            ["route"], registry=self.registry,
+        )
+        self.outbox_backlog = Gauge(
+            "lunas_outbox_backlog", "Outbox events not yet handled (waiting or leased).",
+            registry=self.registry,
+        )
+        self.outbox_oldest_age = Gauge(
+            "lunas_outbox_oldest_age_seconds",
+            "Age of the oldest outbox event that is due and not yet handled.",
+            registry=self.registry,
+        )
+        self.outbox_dead_letters = Gauge(
+            "lunas_outbox_dead_letters", "Outbox events dead-lettered after their last try.",
+            registry=self.registry,
+        )
+        self.orders_needs_review = Gauge(
+            "lunas_orders_needs_review", "Orders waiting for a person, by review reason.",
+            ["reason"], registry=self.registry,
+        )
+        self.orders_verifying = Gauge(
+            "lunas_orders_verifying",
+            "Orders past their deadline being verified before they may expire.",
+            registry=self.registry,
+        )
 
         self.feed_last_success = Gauge(
             "lunas_feed_last_success_timestamp_seconds",

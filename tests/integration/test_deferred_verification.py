@@ -109,6 +109,8 @@ def metric_value(exposition: bytes, name: str, **labels: str) -> float:
     """One sample of a Prometheus text exposition (0 when absent), labels in any order."""
     wanted = {f'{k}="{v}"' for k, v in labels.items()}
     for line in exposition.decode().splitlines():
+        if not labels and line.startswith(name + " "):
+            return float(line.split()[1])
         if line.startswith(name + "{"):
             inside, value = line[len(name) + 1:].rsplit("} ", 1)
             if set(inside.split(",")) == wanted:
@@ -204,6 +206,14 @@ async def test_dropped_webhooks_and_status_down_all_window_settle_on_recovery(
         assert len(pending) == len(ids)
         assert pending[0].payload["verification"]["reason"] == "provider_unavailable"
         assert (await s.states(ids)) == dict.fromkeys(ids, "verifying")  # nothing expired blind
+        scraped = (await s.client.get("/metrics")).content  # what an SRE's Prometheus sees
+        route = "qris:midtrans:qris"
+        # The database is shared with other tests: compare, never assume it holds only ours.
+        parked = metric_value(scraped, "lunas_verification_deferred", route=route)
+        assert parked >= 6
+        assert metric_value(scraped, "lunas_verification_backlog", route=route) >= 6
+        assert metric_value(scraped, "lunas_verification_oldest_age_seconds", route=route) > 0
+        assert metric_value(scraped, "lunas_orders_verifying") >= 6
 
         await s.midtrans("DELETE", "/faults")  # the provider recovers
 
@@ -214,7 +224,10 @@ async def test_dropped_webhooks_and_status_down_all_window_settle_on_recovery(
         states = await s.states(ids)
         assert [states[i] for i in ids] == ["paid"] * 5 + ["expired"]
         assert await assert_rules_of_state(s.container.db, ids) == {"paid": 5, "expired": 1}
+        await s.container.state_sampler.refresh(force=True)
         seen = s.container.metrics.exposition()
+        assert metric_value(seen, "lunas_verification_deferred",
+                            route="qris:midtrans:qris") <= parked - 6
         reads = "lunas_verification_reads_total"
         assert metric_value(seen, reads, provider="midtrans", outcome="paid") == 5
         assert metric_value(seen, reads, provider="midtrans", outcome="deferred") >= 1
