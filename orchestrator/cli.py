@@ -282,7 +282,20 @@ async def _worker(settings: Settings, _args: argparse.Namespace) -> int:
     from orchestrator.worker import run_worker
 
     async def work(c: Container) -> int:
-        await run_worker(c, _stop_on_signals())
+        exporter = None
+        if c.settings.http.worker_metrics_port:
+            from prometheus_client import start_http_server
+
+            exporter, _ = start_http_server(c.settings.http.worker_metrics_port,
+                                            addr=c.settings.http.host,
+                                            registry=c.metrics.registry)
+            print(f"lunas worker metrics on http://{c.settings.http.host}:"
+                  f"{c.settings.http.worker_metrics_port}/metrics", flush=True)
+        try:
+            await run_worker(c, _stop_on_signals())
+        finally:
+            if exporter is not None:
+                exporter.shutdown()
         return 0
     return await _with_container(settings, work)
 

@@ -52,6 +52,9 @@ class HttpSettings:
     max_body_bytes: int = 1_048_576
     """Request bodies above this are refused with 413 (uploads get ``max_upload_bytes``)."""
     max_upload_bytes: int = 10_485_760
+    worker_metrics_port: int = 0
+    """Where ``lunas worker`` serves its own Prometheus metrics (0: not served). Each process
+    is its own scrape target; the api's ``/metrics`` also carries the database-sampled state."""
 
     @property
     def base_url(self) -> str:
@@ -226,6 +229,7 @@ class Settings:
                 host=e.str("LUNAS_HOST", "127.0.0.1"),
                 port=e.int("LUNAS_PORT", 8000),
                 public_url=e.str("LUNAS_PUBLIC_URL", ""),
+                worker_metrics_port=e.int("LUNAS_WORKER_METRICS_PORT", 0),
             ),
             checkout=CheckoutSettings(
                 amount_limits=AmountLimits(

@@ -12,6 +12,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self.state_registry = CollectorRegistry()
+        """Gauges sampled from the database (telemetry/state.py): exposed by the api only, so a
+        worker's own metrics endpoint never reports a stale copy of them."""
         self.orders_captured = Counter(
             "lunas_orders_captured_total",
             "Capture requests by outcome (created, replayed, refused) and rail.",
@@ -72,39 +75,39 @@ class Metrics:
         self.verification_backlog = Gauge(
             "lunas_verification_backlog",
             "Live gateway attempts whose status read is due or deferred, by route.",
-            ["route"], registry=self.registry,
+            ["route"], registry=self.state_registry,
         )
         self.verification_deferred = Gauge(
             "lunas_verification_deferred",
             "Status reads parked until the route's breaker lets calls through, by route.",
-            ["route"], registry=self.registry,
+            ["route"], registry=self.state_registry,
         )
         self.verification_oldest_age = Gauge(
             "lunas_verification_oldest_age_seconds",
             "How long the oldest due or deferred status read of each route has waited.",
-            ["route"], registry=self.registry,
+            ["route"], registry=self.state_registry,
         )
         self.outbox_backlog = Gauge(
             "lunas_outbox_backlog", "Outbox events not yet handled (waiting or leased).",
-            registry=self.registry,
+            registry=self.state_registry,
         )
         self.outbox_oldest_age = Gauge(
             "lunas_outbox_oldest_age_seconds",
             "Age of the oldest outbox event that is due and not yet handled.",
-            registry=self.registry,
+            registry=self.state_registry,
         )
         self.outbox_dead_letters = Gauge(
             "lunas_outbox_dead_letters", "Outbox events dead-lettered after their last try.",
-            registry=self.registry,
+            registry=self.state_registry,
         )
         self.orders_needs_review = Gauge(
             "lunas_orders_needs_review", "Orders waiting for a person, by review reason.",
-            ["reason"], registry=self.registry,
+            ["reason"], registry=self.state_registry,
         )
         self.orders_verifying = Gauge(
             "lunas_orders_verifying",
             "Orders past their deadline being verified before they may expire.",
-            registry=self.registry,
+            registry=self.state_registry,
         )
 
         self.feed_last_success = Gauge(
@@ -114,4 +117,5 @@ class Metrics:
         )
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        """What the api's ``/metrics`` serves: this process's metrics and the sampled state."""
+        return generate_latest(self.registry) + generate_latest(self.state_registry)

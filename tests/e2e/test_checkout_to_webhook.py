@@ -110,9 +110,10 @@ async def test_a_frontend_and_finance_take_an_order_from_capture_to_a_signed_web
 ) -> None:
     receiver = WebhookReceiver()
     await receiver.start()
-    port = free_port()
+    port, worker_metrics = free_port(), free_port()
     env = {**os.environ, "LUNAS_DATABASE_URL": pg_database, "LUNAS_PORT": str(port),
-           "LUNAS_OUTBOX_POLL": "0.05", "LUNAS_SWEEP_INTERVAL": "0.2"}
+           "LUNAS_OUTBOX_POLL": "0.05", "LUNAS_SWEEP_INTERVAL": "0.2",
+           "LUNAS_WORKER_METRICS_PORT": str(worker_metrics)}
     try:
         lunas(env, "migrate")
         shop = lunas(env, "merchants", "create", "Toko Batik", "--json",
@@ -151,6 +152,12 @@ async def test_a_frontend_and_finance_take_an_order_from_capture_to_a_signed_web
                     break
                 await asyncio.sleep(0.1)
             await asyncio.sleep(1.0)  # give a duplicate, if there were one, time to arrive
+            async with httpx.AsyncClient() as c:  # each process is its own scrape target
+                from_worker = (await c.get(f"http://127.0.0.1:{worker_metrics}/metrics")).text
+                from_api = (await c.get(f"{base}/metrics")).text
+            assert "lunas_verification_reads_total" in from_worker
+            assert "lunas_outbox_backlog" not in from_worker  # sampled state: the api's alone
+            assert "lunas_outbox_backlog 0.0" in from_api  # the paid event was delivered
     finally:
         await receiver.stop()
 
