@@ -104,14 +104,14 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
                                redis=redis, key_prefix=settings.redis.key_prefix,
                                metrics=metrics, clock=clock, rng=rng)
     route_controls = RouteControls(db, clock=clock, refresh=timedelta(seconds=2))
-    providers = build_providers(settings, http)
+    providers = build_providers(settings, http, metrics)
     guard = BreakerGuard(breakers)
     router = Router(providers, guard, route_controls,
                     RouterSettings(capture_budget=settings.providers.capture_budget),
                     clock.now)
     issuance = IssuanceService(db, router, codes=settings.unique_codes, clock=clock,
                                callback_base_url=settings.http.base_url, rng=rng,
-                               schedule=settings.verification.schedule)
+                               schedule=settings.verification.schedule, metrics=metrics)
     in_flight = settings.providers.capture_budget + timedelta(seconds=10)
     v = settings.verification
     pacer = RequestPacer({provider: Pace(per_minute=rate, burst=v.burst, headroom=v.headroom)
@@ -169,18 +169,25 @@ def build_feed_poller(settings: Settings, http: httpx.AsyncClient,
                       key_prefix=settings.redis.key_prefix)
 
 
-def build_providers(settings: Settings, http: httpx.AsyncClient) -> dict[str, PaymentProvider]:
+def build_providers(settings: Settings, http: httpx.AsyncClient,
+                    metrics: Metrics | None = None) -> dict[str, PaymentProvider]:
     """Adapters for the gateways that have a URL configured."""
     p = settings.providers
+    calls = (metrics or Metrics()).provider_call_seconds
+
+    def observe(provider: str, operation: str, outcome: str, seconds: float) -> None:
+        calls.labels(provider, operation, outcome).observe(seconds)
+
     timeout = p.call_timeout.total_seconds()
     base = settings.http.base_url
     providers: dict[str, PaymentProvider] = {}
     if p.midtrans_url:
         providers["midtrans"] = MidtransProvider(
             base_url=p.midtrans_url, server_key=p.midtrans_server_key, client=http,
-            timeout=timeout, notification_url=f"{base}/v1/webhooks/midtrans")
+            timeout=timeout, notification_url=f"{base}/v1/webhooks/midtrans", observe=observe)
     if p.xendit_url:
         providers["xendit"] = XenditProvider(
             base_url=p.xendit_url, secret_key=p.xendit_secret_key, client=http, timeout=timeout,
-            callback_url=f"{base}/v1/webhooks/xendit", return_url=f"{base}/status/return")
+            callback_url=f"{base}/v1/webhooks/xendit", return_url=f"{base}/status/return",
+            observe=observe)
     return providers

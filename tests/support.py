@@ -126,3 +126,16 @@ class ShiftedClock:
 
     def advance(self, delta: timedelta) -> None:
         self.offset += delta
+
+
+def metric_value(exposition: bytes, name: str, **labels: str) -> float:
+    """One sample of a Prometheus text exposition (0 when absent), labels in any order."""
+    wanted = {f'{k}="{v}"' for k, v in labels.items()}
+    for line in exposition.decode().splitlines():
+        if not labels and line.startswith(name + " "):
+            return float(line.split()[1])
+        if line.startswith(name + "{"):
+            inside, value = line[len(name) + 1:].rsplit("} ", 1)
+            if set(inside.split(",")) == wanted:
+                return float(value)
+    return 0.0

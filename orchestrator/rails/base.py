@@ -7,6 +7,7 @@ No retry, breaker or business decision lives in an adapter; the router and handl
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -96,6 +97,15 @@ class ProviderStatus:
     paid_amount: int | None = None
     paid_at: datetime | None = None
     raw_status: str = ""
+
+
+CallObserver = Callable[[str, str, str, float], None]
+"""``observe(provider, operation, outcome, seconds)`` after each HTTP call to a provider;
+outcome is ``answered`` (any HTTP status) or ``no_answer`` (a transport error)."""
+
+
+def ignore_call(provider: str, operation: str, outcome: str, seconds: float) -> None:
+    """The observer when nobody measures."""
 
 
 class PaymentProvider(Protocol):

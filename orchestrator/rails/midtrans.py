@@ -69,6 +69,7 @@ import hashlib
 import hmac
 import json
 import math
+import time
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -78,12 +79,14 @@ import httpx
 from orchestrator.domain.clock import WIB, Clock, SystemClock
 from orchestrator.rails import qris
 from orchestrator.rails.base import (
+    CallObserver,
     ChargeRequest,
     Instrument,
     NeutralStatus,
     ProviderStatus,
     Rail,
     Route,
+    ignore_call,
 )
 from orchestrator.rails.errors import (
     Misconfigured,
@@ -392,7 +395,8 @@ class MidtransProvider:
 
     def __init__(self, *, base_url: str, server_key: str, client: httpx.AsyncClient,
                  timeout: float = 5.0, notification_url: str | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, observe: CallObserver | None = None) -> None:
+        self._observe = observe or ignore_call
         self._base_url = base_url.rstrip("/")
         self._client = client
         self._timeout = timeout
@@ -466,7 +470,19 @@ class MidtransProvider:
 
     async def _send(self, operation: str, method: str, path: str, headers: dict[str, str],
                     body: dict[str, Any] | None = None) -> httpx.Response:
-        """One HTTP call; transport errors become rail errors by whether the request left."""
+        """One HTTP call, timed for ``lunas_provider_call_seconds``."""
+        started = time.perf_counter()
+        outcome = "no_answer"
+        try:
+            response = await self._exchange(operation, method, path, headers, body)
+            outcome = "answered"
+            return response
+        finally:
+            self._observe(PROVIDER, operation, outcome, time.perf_counter() - started)
+
+    async def _exchange(self, operation: str, method: str, path: str, headers: dict[str, str],
+                        body: dict[str, Any] | None) -> httpx.Response:
+        """Transport errors become rail errors by whether the request left."""
         after_send = OutcomeUnknown if operation == "create" else Unavailable
         try:
             return await self._client.request(method, self._base_url + path, json=body,

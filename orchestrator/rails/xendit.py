@@ -73,6 +73,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hmac
+import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -82,12 +83,14 @@ import httpx
 
 from orchestrator.rails import qris
 from orchestrator.rails.base import (
+    CallObserver,
     ChargeRequest,
     Instrument,
     NeutralStatus,
     ProviderStatus,
     Rail,
     Route,
+    ignore_call,
 )
 from orchestrator.rails.errors import (
     Misconfigured,
@@ -170,7 +173,9 @@ class XenditProvider:
 
     def __init__(self, *, base_url: str, secret_key: str, client: httpx.AsyncClient,
                  timeout: float, callback_url: str, return_url: str,
-                 clock: Callable[[], datetime] = _utcnow) -> None:
+                 clock: Callable[[], datetime] = _utcnow,
+                 observe: CallObserver | None = None) -> None:
+        self._observe = observe or ignore_call
         self._base = base_url.rstrip("/")
         token = base64.b64encode(f"{secret_key}:".encode()).decode()
         self._auth = f"Basic {token}"
@@ -358,12 +363,16 @@ class XenditProvider:
         headers = {"Authorization": self._auth, "Accept": "application/json"}
         if idempotency_key is not None:
             headers["X-IDEMPOTENCY-KEY"] = idempotency_key
+        started = time.perf_counter()
         try:
-            return await self._client.request(method, self._base + path, json=json,
-                                              params=params, headers=headers,
-                                              timeout=self._timeout)
+            response = await self._client.request(method, self._base + path, json=json,
+                                                  params=params, headers=headers,
+                                                  timeout=self._timeout)
         except httpx.RequestError as exc:
+            self._observe(PROVIDER, operation, "no_answer", time.perf_counter() - started)
             raise _transport_error(operation, exc) from exc
+        self._observe(PROVIDER, operation, "answered", time.perf_counter() - started)
+        return response
 
     def _answer(self, operation: str, response: httpx.Response) -> dict[str, Any]:
         try:

@@ -33,6 +33,7 @@ from orchestrator.settings import UniqueCodeSettings
 from orchestrator.store.database import Database
 from orchestrator.store.merchants import active_payout_accounts
 from orchestrator.store.tables import idempotency_keys, merchants, orders, payment_attempts
+from orchestrator.telemetry.metrics import Metrics
 
 
 class _Journal:
@@ -40,9 +41,16 @@ class _Journal:
 
     def __init__(self, service: IssuanceService, order: Any) -> None:
         self._s, self._order = service, order
+        self._routes: dict[str, str] = {}
+
+    def _count(self, attempt_id: str, outcome: str) -> None:
+        route = self._routes.get(attempt_id)
+        if route is not None:
+            self._s.metrics.payment_attempts.labels(route, outcome).inc()
 
     async def begin(self, route: Route) -> str:
         attempt_id = new_id("att")
+        self._routes[attempt_id] = route.key
         now = self._s.clock.now()
         async with self._s.db.transaction() as conn:
             await conn.execute(payment_attempts.insert().values(
@@ -57,12 +65,15 @@ class _Journal:
     async def served(self, attempt_id: str, instrument: Instrument) -> None:
         await self._close(attempt_id, AttemptState.ACTIVE, provider_ref=instrument.provider_ref,
                           instructions=_instructions(instrument))
+        self._count(attempt_id, "served")
 
     async def failed(self, attempt_id: str, reason: str) -> None:
         await self._close(attempt_id, AttemptState.FAILED, failure_reason=reason)
+        self._count(attempt_id, "failed")
 
     async def unknown(self, attempt_id: str, reason: str) -> None:
         await self._close(attempt_id, AttemptState.UNKNOWN, failure_reason=reason)
+        self._count(attempt_id, "unknown")
 
     async def manual_transfer(self) -> str:
         s, order = self._s, self._order
@@ -102,8 +113,10 @@ class IssuanceService:
     def __init__(self, db: Database, router: Router, *, codes: UniqueCodeSettings, clock: Clock,
                  callback_base_url: str, default_policy: RoutingPolicy | None = None,
                  rng: random.Random | None = None,
-                 schedule: VerificationSchedule | None = None) -> None:
+                 schedule: VerificationSchedule | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.db, self.router, self.codes, self.clock = db, router, codes, clock
+        self.metrics = metrics or Metrics()
         self.schedule = schedule or VerificationSchedule()
         self.rng = rng or random.Random()
         self._callback_base = callback_base_url.rstrip("/")

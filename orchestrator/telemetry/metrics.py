@@ -6,7 +6,7 @@ bounded label values (no order ids).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
 class Metrics:
@@ -59,6 +59,18 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.provider_call_seconds = Histogram(
+            "lunas_provider_call_seconds",
+            "HTTP calls to payment providers by provider, operation (create, status, cancel) "
+            "and outcome (answered: any HTTP status; no_answer: transport error or timeout).",
+            ["provider", "operation", "outcome"], registry=self.registry,
+            buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0),
+        )
+        self.payment_attempts = Counter(
+            "lunas_payment_attempts_total",
+            "Instruments asked of a route, by how the create ended (served, failed, unknown).",
+            ["route", "outcome"], registry=self.registry,
+        )
         # Deferred verification (orchestrator/services/verification.py).
         self.verification_reads = Counter(
             "lunas_verification_reads_total",

@@ -42,6 +42,7 @@ from tests.support import (
     ShiftedClock,
     ShopFixture,
     free_port,
+    metric_value,
     new_merchant,
     new_ops_token,
     order_body,
@@ -103,19 +104,6 @@ class Shop:
         async with self.container.db.read() as conn:
             return list((await conn.execute(sa.select(outbox).where(
                 outbox.c.event_type == event_type, outbox.c.aggregate_id.in_(ids)))).all())
-
-
-def metric_value(exposition: bytes, name: str, **labels: str) -> float:
-    """One sample of a Prometheus text exposition (0 when absent), labels in any order."""
-    wanted = {f'{k}="{v}"' for k, v in labels.items()}
-    for line in exposition.decode().splitlines():
-        if not labels and line.startswith(name + " "):
-            return float(line.split()[1])
-        if line.startswith(name + "{"):
-            inside, value = line[len(name) + 1:].rsplit("} ", 1)
-            if set(inside.split(",")) == wanted:
-                return float(value)
-    return 0.0
 
 
 async def eventually(probe: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:

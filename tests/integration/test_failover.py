@@ -27,7 +27,14 @@ from orchestrator.rails import qris
 from orchestrator.rails.breaker import BreakerConfig
 from orchestrator.settings import ProviderSettings, RedisSettings, Settings
 from orchestrator.store.tables import outbox, payment_attempts
-from tests.support import ShopFixture, new_merchant, new_ops_token, order_body, serve
+from tests.support import (
+    ShopFixture,
+    metric_value,
+    new_merchant,
+    new_ops_token,
+    order_body,
+    serve,
+)
 
 PROVIDER_WORDS = ("status_code", "status_message", "error_code", "transaction_id",
                   "INVALID_API_KEY", "SERVER_ERROR", "Internal Server Error", "CHANNEL_UNAVAILABLE")
@@ -137,6 +144,17 @@ async def test_primary_down_every_order_is_served_by_the_secondary(stack: Stack)
     assert first_skip <= 5, tried
     assert all(t["outcome"] == "skipped" and "breaker" in t["reason"] for t in tried[first_skip:])
     assert stack.container.breakers.get("va:xendit:bca").state.value == "open"
+    # What an SRE sees: failed creates on the dead route until its breaker opened, every order
+    # served by the secondary, and the calls to each provider timed by outcome.
+    seen = (await stack.client.get("/metrics")).content
+    attempts = "lunas_payment_attempts_total"
+    assert metric_value(seen, attempts, route="va:xendit:bca", outcome="failed") == first_skip
+    assert metric_value(seen, attempts, route="va:midtrans:bca", outcome="served") == 12
+    calls = "lunas_provider_call_seconds_count"
+    assert metric_value(seen, calls, provider="midtrans", operation="create",
+                        outcome="answered") == 12
+    assert metric_value(seen, calls, provider="xendit", operation="create",
+                        outcome="no_answer") >= first_skip
 
 
 async def test_every_gateway_down_falls_back_to_manual_transfer(stack: Stack) -> None:
