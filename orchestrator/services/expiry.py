@@ -102,7 +102,10 @@ async def expire_due_orders(
     verifier reads them (or defers them while the route's breaker is open) and
     ``settle_verifying_orders`` expires the order once no attempt is left unread. A
     manual-transfer order waits in ``verifying`` while the mutation feed is stale. When a source
-    is down the merchant is told: ``order.payment_pending``, with the next check time.
+    is down the merchant is told: ``order.payment_pending``, with the next check time. With a
+    feed configured, a manual-transfer order also waits until a poll that began after its
+    deadline has been read, stale or not: a transfer made just before the deadline would
+    otherwise be missed (rule 3).
     """
     health = health or AllSourcesUp()
     async with db.transaction() as conn:
@@ -118,7 +121,8 @@ async def expire_due_orders(
         for o in due:
             src = sources.get(o.id, _Sources(gateway=[], manual=[]))
             reason, routes = src.waiting_on(health, now)
-            if src.gateway or reason is not None:
+            unread_transfer = bool(src.manual) and not health.feed_caught_up(o.expires_at)
+            if src.gateway or reason is not None or unread_transfer:
                 waiting.append(o)
             # A read the verifier defers from now on announces itself (verification.py); a read
             # deferred before the deadline and the feed's wait are announced here.
@@ -155,11 +159,24 @@ async def settle_verifying_orders(
     attempt left live or unsettled; the feed caught up past the deadline); send those still
     waiting ``window`` after their deadline to a person (rule 6), with the reason."""
     health = health or AllSourcesUp()
+    a = payment_attempts.c
+    unread_gateway = sa.exists().where(
+        a.order_id == orders.c.id, a.rail != Rail.MANUAL_TRANSFER.value,
+        a.state.in_(_GATEWAY_LIVE + _UNSETTLED))
+    verifying = orders.c.state == OrderState.VERIFYING.value
     async with db.transaction() as conn:
-        waiting = (await conn.execute(
-            sa.select(orders).where(orders.c.state == OrderState.VERIFYING.value)
+        # Two picks, so orders parked behind a provider that is down (possibly thousands, all
+        # still waiting) never crowd out the ones that can be decided now or are overdue.
+        ready = (await conn.execute(
+            sa.select(orders).where(verifying, ~unread_gateway)
             .order_by(orders.c.expires_at).limit(batch).with_for_update(skip_locked=True)
         )).all()
+        overdue_pick = (await conn.execute(
+            sa.select(orders).where(verifying, orders.c.expires_at <= now - window,
+                                    orders.c.id.not_in([o.id for o in ready]))
+            .order_by(orders.c.expires_at).limit(batch).with_for_update(skip_locked=True)
+        )).all()
+        waiting = [*ready, *overdue_pick]
         if not waiting:
             return 0
         sources = await _sources(conn, [o.id for o in waiting])

@@ -296,6 +296,10 @@ class Verifier:
         elif reschedule:
             nxt = self._schedule.next_check(Rail(attempt.rail), checks_done=attempt.checks + 1,
                                             last=now)
+            # Never past the instrument's own deadline: the read that lets an order past its
+            # deadline expire (or settle) must not wait for the next gap, hours away for a VA.
+            if nxt is not None:
+                nxt = min(nxt, max(now, attempt.expires_at))
             values["next_check_at"] = nxt
         async with self._db.transaction() as conn:
             await conn.execute(payment_attempts.update().where(

@@ -117,7 +117,8 @@ async def eventually(probe: Callable[[], Awaitable[bool]], timeout: float, what:
 
 @contextlib.asynccontextmanager
 async def shop(container: Container, *, reads_per_minute: float = 6_000,
-               with_feed: bool = False) -> AsyncIterator[Shop]:
+               with_feed: bool = False,
+               feed_stale_after: timedelta = timedelta(minutes=20)) -> AsyncIterator[Shop]:
     sims = await start_simulators()
     moota = None
     if with_feed:
@@ -138,7 +139,7 @@ async def shop(container: Container, *, reads_per_minute: float = 6_000,
             interval=timedelta(seconds=0.1)),
         feed=FeedSettings(moota_url=moota.data_url, moota_token=moota.token,
                           poll_interval=timedelta(seconds=0.3),
-                          stale_after=timedelta(minutes=20)) if moota else FeedSettings(),
+                          stale_after=feed_stale_after) if moota else FeedSettings(),
     )
     c = build(settings, clock=clock)
     await c.start()
@@ -517,3 +518,35 @@ async def test_a_read_deferred_before_the_deadline_is_still_announced_at_it(
 
         await eventually(announced, 10, "every merchant told the payment is pending")
         assert (await s.states(ids)) == dict.fromkeys(ids, "verifying")
+
+
+async def test_a_fresh_feed_that_has_not_read_past_the_deadline_still_holds_expiry(
+    container: Container,
+) -> None:
+    """Regression (review): a manual-transfer order expired at once whenever the feed was not
+    yet stale, although no poll had read past its deadline: a transfer made just before it
+    would have been missed."""
+    async with shop(container, with_feed=True, feed_stale_after=timedelta(days=3)) as s:
+        assert s.moota is not None
+        placed = await s.checkout(rail="manual_transfer")
+        await asyncio.sleep(0.5)  # the feed polls fine
+        async with httpx.AsyncClient() as c:
+            r = await c.post(f"{s.moota.control_url}/faults", json={"kind": "down"})
+            assert r.status_code == 200, r.text
+        s.clock.advance(PAST_DEADLINE)  # the feed is not stale (3 days), but behind the deadline
+
+        async def held() -> bool:
+            return (await s.states([placed["id"]]))[placed["id"]] == "verifying"
+
+        await eventually(held, 10, "the order held until the feed reads past its deadline")
+        await asyncio.sleep(1.0)
+        assert await held()
+        assert await s.events("order.payment_pending", [placed["id"]]) == []  # not stale
+        async with httpx.AsyncClient() as c:
+            await c.delete(f"{s.moota.control_url}/faults")
+
+        async def expired() -> bool:
+            return (await s.states([placed["id"]]))[placed["id"]] == "expired"
+
+        await eventually(expired, 20, "expired once the feed read past the deadline")
+        assert await assert_rules_of_state(s.container.db, [placed["id"]]) == {"expired": 1}

@@ -330,3 +330,25 @@ async def test_a_verifying_order_expires_once_resolved_or_goes_to_a_person(conta
     await settle_verifying_orders(container.db, now=later + window, quarantine=q, window=window,
                                   batch=10_000)
     assert tuple(await state(stuck)) == ("needs_review", "verification_window_exhausted")
+
+
+async def test_orders_parked_behind_a_down_provider_never_block_decidable_ones(container):
+    """Regression (review): the verifying sweep took the oldest ``batch`` orders; when those all
+    waited on a provider that was down, nothing behind them was ever decided (rule 6)."""
+    from orchestrator.services.expiry import settle_verifying_orders
+
+    m = await new_merchant(container)
+    parked = [await _gateway_order(container, m, state="verifying") for _ in range(3)]
+    for oid in parked:
+        await _attempt(container, oid, state="active")  # its read is deferred: provider down
+    decidable = await _gateway_order(container, m, state="verifying")  # created last: newest
+    await _attempt(container, decidable, state="failed")  # read: nothing was paid
+    later = now() + timedelta(hours=2)
+    while await settle_verifying_orders(container.db, now=later, quarantine=timedelta(hours=1),
+                                        window=timedelta(hours=6), batch=2):
+        pass
+    async with container.db.read() as conn:
+        states = dict((await conn.execute(sa.select(orders.c.id, orders.c.state).where(
+            orders.c.id.in_([*parked, decidable])))).all())
+    assert states[decidable] == "expired"
+    assert {states[o] for o in parked} == {"verifying"}
