@@ -11,7 +11,7 @@ Two rules meet in one place so no caller can forget either:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +26,10 @@ from orchestrator.store.tables import payment_attempts
 
 LIVE = (AttemptState.ACTIVE.value, AttemptState.SUPERSEDED.value, AttemptState.UNKNOWN.value)
 """Attempts whose money may still move, so whose status is worth reading."""
+
+
+class ReadAbandoned(Exception):
+    """The read was no longer wanted when its slot came (its claim passed to another worker)."""
 
 
 def paid_evidence_key(provider: str, attempt_id: str) -> str:
@@ -47,15 +51,19 @@ class StatusReads:
     def retry_at(self, route_key: str) -> datetime | None:
         return self._guard.retry_at(route_key)
 
-    async def read(self, attempt: Any) -> ProviderStatus:
+    async def read(self, attempt: Any,
+                   still_wanted: Callable[[], Awaitable[bool]] | None = None) -> ProviderStatus:
         """The provider's word on ``attempt``; ``RouteUnavailable`` when its breaker refuses,
-        a ``RailError`` when the read itself failed."""
+        a ``RailError`` when the read itself failed, ``ReadAbandoned`` when ``still_wanted``
+        (asked once the paced slot is ours, since the wait may be long) says no."""
         route = route_of(attempt)
         if self._guard.is_open(route.key):
             raise RouteUnavailable(route.key)  # spend no paced slot on a call that cannot go
         provider = self._providers[attempt.provider]
         await self._pacer.acquire(attempt.provider,
                                   provider.status_requests(attempt.provider_ref, route))
+        if still_wanted is not None and not await still_wanted():
+            raise ReadAbandoned(attempt.id)
         async with self._guard.guard(route.key):
             return await provider.status(attempt.id, attempt.provider_ref, route)
 

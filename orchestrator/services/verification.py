@@ -55,6 +55,7 @@ from orchestrator.services.order_view import event_payload, iso
 from orchestrator.services.settlement import Payment, apply_payment
 from orchestrator.services.status_reads import (
     LIVE,
+    ReadAbandoned,
     StatusReads,
     defer,
     paid_evidence_key,
@@ -76,6 +77,16 @@ _PAST_DEADLINE = (OrderState.VERIFYING.value, OrderState.EXPIRED.value,
 """Order states in which a still-pending instrument should stop being payable."""
 
 
+class _Claimed:
+    """A claimed attempt row, with the claim's deadline (attribute access as on the row)."""
+
+    def __init__(self, row: Any, claimed_until: datetime) -> None:
+        self._row, self.claimed_until = row, claimed_until
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._row, name)
+
+
 class Verifier:
     def __init__(self, db: Database, reads: StatusReads, guard: BreakerGuard,
                  jobs: GatewayJobs, clock: Clock, settings: VerificationSettings, *,
@@ -91,6 +102,9 @@ class Verifier:
         interval = self._settings.interval.total_seconds()
         gate = asyncio.Semaphore(self._settings.concurrency)
         running: set[asyncio.Task[None]] = set()
+        # Our own claims still waiting for a paced slot are never claimed again by us (a new
+        # claim would move next_check_at and make the waiting read give itself up).
+        in_flight: dict[asyncio.Task[None], str] = {}
         last_housekeeping = 0.0
         loop = asyncio.get_running_loop()
         try:
@@ -103,13 +117,15 @@ class Verifier:
                         await self.release_recovered()
                     room = self._settings.batch - len(running)
                     if room > self._settings.batch // 4:
-                        claimed = await self._claim(room)
+                        claimed = await self._claim(room, exclude=set(in_flight.values()))
                 except Exception:  # the loop must outlive a database blip; the next tick retries
                     log.exception("verification pass failed")
                 for attempt in claimed:
                     task = asyncio.create_task(self._guarded(attempt, gate))
+                    in_flight[task] = attempt.id
                     running.add(task)
                     task.add_done_callback(running.discard)
+                    task.add_done_callback(in_flight.pop)
                 waiter = asyncio.ensure_future(stop.wait())
                 try:
                     await asyncio.wait({waiter, *running} if claimed or running else {waiter},
@@ -182,23 +198,37 @@ class Verifier:
         await asyncio.gather(*(self._guarded(a, gate) for a in claimed))
         return len(claimed)
 
-    async def _claim(self, limit: int) -> list[Any]:
+    async def _claim(self, limit: int, exclude: set[str] | None = None) -> list[Any]:
+        """Due reads, each marked with ``claimed_until``: the ``next_check_at`` this claim wrote,
+        which is how the read later knows the claim is still its own."""
         a = payment_attempts.c
         now = self._clock.now()
+        until = now + self._settings.claim
         async with self._db.transaction() as conn:
             rows = (await conn.execute(
                 sa.select(payment_attempts, orders.c.state.label("order_state"))
                 .join(orders, orders.c.id == a.order_id)
                 .where(a.next_check_at <= now, a.deferred_on.is_(None), a.state.in_(LIVE),
-                       a.rail != Rail.MANUAL_TRANSFER.value)
+                       a.rail != Rail.MANUAL_TRANSFER.value,
+                       *([a.id.not_in(sorted(exclude))] if exclude else []))
                 .order_by(a.next_check_at).limit(limit)
                 .with_for_update(of=payment_attempts, skip_locked=True)
             )).all()
             if rows:
                 await conn.execute(payment_attempts.update().where(
-                    a.id.in_([r.id for r in rows])).values(
-                        next_check_at=now + self._settings.claim))
-        return list(rows)
+                    a.id.in_([r.id for r in rows])).values(next_check_at=until))
+        return [_Claimed(row, until) for row in rows]
+
+    async def _still_mine(self, claimed: Any) -> bool:
+        """Renew the claim once the read's paced slot has come; False if the claim ran out
+        meanwhile and another worker took the read (it will make it: do not read twice)."""
+        a = payment_attempts.c
+        async with self._db.transaction() as conn:
+            renewed = await conn.execute(payment_attempts.update().where(
+                a.id == claimed.id, a.next_check_at == claimed.claimed_until,
+                a.deferred_on.is_(None), a.state.in_(LIVE),
+            ).values(next_check_at=self._clock.now() + self._settings.claim))
+        return bool(renewed.rowcount)
 
     async def check(self, attempt: Any) -> None:
         route_key = route_of(attempt).key
@@ -209,7 +239,12 @@ class Verifier:
                 await self._record(attempt, "resolved the unknown create", reschedule=True)
                 counted.labels(attempt.provider, "resolved").inc()
                 return
-            status = await self._reads.read(attempt)
+            status = await self._reads.read(
+                attempt, (lambda: self._still_mine(attempt))
+                if isinstance(attempt, _Claimed) else None)
+        except ReadAbandoned:
+            counted.labels(attempt.provider, "abandoned").inc()
+            return
         except RouteUnavailable:
             await self._defer(attempt, route_key)
             counted.labels(attempt.provider, "deferred").inc()

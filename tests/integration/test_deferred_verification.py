@@ -118,7 +118,8 @@ async def eventually(probe: Callable[[], Awaitable[bool]], timeout: float, what:
 @contextlib.asynccontextmanager
 async def shop(container: Container, *, reads_per_minute: float = 6_000,
                with_feed: bool = False,
-               feed_stale_after: timedelta = timedelta(minutes=20)) -> AsyncIterator[Shop]:
+               feed_stale_after: timedelta = timedelta(minutes=20),
+               claim: timedelta = timedelta(seconds=60)) -> AsyncIterator[Shop]:
     sims = await start_simulators()
     moota = None
     if with_feed:
@@ -136,7 +137,7 @@ async def shop(container: Container, *, reads_per_minute: float = 6_000,
             schedule=VerificationSchedule(retry_after_failure=timedelta(seconds=0.3)),
             status_reads_per_minute={"midtrans": reads_per_minute,
                                      "xendit": reads_per_minute},
-            interval=timedelta(seconds=0.1)),
+            interval=timedelta(seconds=0.1), claim=claim),
         feed=FeedSettings(moota_url=moota.data_url, moota_token=moota.token,
                           poll_interval=timedelta(seconds=0.3),
                           stale_after=feed_stale_after) if moota else FeedSettings(),
@@ -550,3 +551,34 @@ async def test_a_fresh_feed_that_has_not_read_past_the_deadline_still_holds_expi
 
         await eventually(expired, 20, "expired once the feed read past the deadline")
         assert await assert_rules_of_state(s.container.db, [placed["id"]]) == {"expired": 1}
+
+
+async def test_two_workers_with_claims_shorter_than_the_drain_never_read_twice(
+    container: Container,
+) -> None:
+    """Regression (review): a claim that ran out while its read waited for a paced slot was
+    claimed again by another worker, and both read it."""
+    async with shop(container, reads_per_minute=300, claim=timedelta(seconds=0.3)) as s:
+        second = build(s.container.settings, clock=s.clock)  # a second worker process
+        await second.start()
+        stop = asyncio.Event()
+        other = asyncio.create_task(second.verifier.run(stop))
+        try:
+            placed = [await s.checkout() for _ in range(20)]
+            ids = [o["id"] for o in placed]
+            for o in placed:
+                await pay_at_midtrans(s, o)
+            since = time.time()
+            s.clock.advance(timedelta(minutes=3))  # every first read is due at once
+
+            async def all_paid() -> bool:
+                return set((await s.states(ids)).values()) == {"paid"}
+
+            await eventually(all_paid, 30, "all paid by two workers")
+        finally:
+            stop.set()
+            await asyncio.wait_for(other, timeout=10)
+            await second.close()
+        log = await s.midtrans("GET", f"/calls/log?operation=status&since={since}")
+        assert sum(r["outcome"] == "ok" for r in log) == len(ids)  # each read exactly once
+        await assert_rules_of_state(s.container.db, ids, settled=False)
