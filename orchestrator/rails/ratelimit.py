@@ -29,6 +29,7 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -150,13 +151,16 @@ class RequestPacer:
     def pace(self, bucket: str) -> Pace | None:
         return self._paces.get(bucket)
 
-    async def acquire(self, bucket: str, tokens: int = 1) -> float:
-        """Wait for ``tokens`` requests' worth of the bucket's pace; returns seconds waited.
-        A bucket with no configured pace is unlimited."""
+    async def acquire(self, bucket: str, tokens: int = 1,
+                      before_send: Callable[[], Awaitable[bool]] | None = None) -> bool:
+        """Wait for ``tokens`` requests' worth of the bucket's pace. A bucket with no configured
+        pace is unlimited. ``before_send`` runs once the reserved slot has come and before the
+        send-time admission (so its own latency, a database round trip, never sits between
+        admission and the request); if it answers False nothing is admitted and ``acquire``
+        returns False."""
         pace = self._paces.get(bucket)
         if pace is None or tokens <= 0:
-            return 0.0
-        started = time.monotonic()
+            return before_send is None or await before_send()
         while True:
             wait_us = await self._reserve(bucket, pace, tokens)
             if wait_us >= 0:
@@ -165,6 +169,8 @@ class RequestPacer:
                 break
             # Refused: the slot is too far ahead. Sleep part of the way and ask again.
             await asyncio.sleep(min(-wait_us, self._max_wait_us) / 1_000_000)
+        if before_send is not None and not await before_send():
+            return False
         admitted = 0
         while admitted < tokens:  # polled, not signalled: the log is shared across processes
             late_us = await self._admit(bucket, pace)
@@ -172,7 +178,7 @@ class RequestPacer:
                 await asyncio.sleep(late_us / 1_000_000)
             else:
                 admitted += 1
-        return time.monotonic() - started
+        return True
 
     async def _admit(self, bucket: str, pace: Pace) -> int:
         if self._admit_script is not None and time.monotonic() >= self._redis_retry_at:

@@ -60,9 +60,9 @@ class StatusReads:
         if self._guard.is_open(route.key):
             raise RouteUnavailable(route.key)  # spend no paced slot on a call that cannot go
         provider = self._providers[attempt.provider]
-        await self._pacer.acquire(attempt.provider,
-                                  provider.status_requests(attempt.provider_ref, route))
-        if still_wanted is not None and not await still_wanted():
+        if not await self._pacer.acquire(attempt.provider,
+                                         provider.status_requests(attempt.provider_ref, route),
+                                         before_send=still_wanted):
             raise ReadAbandoned(attempt.id)
         async with self._guard.guard(route.key):
             return await provider.status(attempt.id, attempt.provider_ref, route)

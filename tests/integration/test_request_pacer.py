@@ -47,7 +47,7 @@ async def test_an_unpaced_provider_is_not_slowed() -> None:
     pacer = RequestPacer({"xendit": PACE}, redis=None)
     started = time.monotonic()
     for _ in range(100):
-        assert await pacer.acquire("midtrans") == 0.0
+        assert await pacer.acquire("midtrans") is True
     assert time.monotonic() - started < 0.5
 
 
