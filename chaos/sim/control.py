@@ -55,18 +55,24 @@ def fault_routes(sim: FaultControlled) -> list[HTTPRouteHandler]:
         await sim.clear_faults(request.query_params.get("channel"))
         return state()
 
+    return [add_fault, list_faults, clear_faults, *call_routes(sim.faults)]
+
+
+def call_routes(faults: FaultBook) -> list[HTTPRouteHandler]:
+    """``GET /calls``, ``GET /calls/log`` and ``DELETE /calls`` over one simulator's book."""
+
     @get("/calls")
     async def calls() -> list[dict[str, Any]]:
-        return sim.faults.call_counts()
+        return faults.call_counts()
 
     @get("/calls/log")
     async def call_log(operation: FromQuery[str | None] = None,
                        since: FromQuery[float] = 0.0) -> list[dict[str, Any]]:
-        return sim.faults.request_log(operation, since)
+        return faults.request_log(operation, since)
 
     @delete("/calls", status_code=200)
     async def reset_calls() -> dict[str, Any]:
-        sim.faults.reset_counts()
+        faults.reset_counts()
         return {}
 
-    return [add_fault, list_faults, clear_faults, calls, call_log, reset_calls]
+    return [calls, call_log, reset_calls]

@@ -51,6 +51,7 @@ from litestar.exceptions import SerializationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, FromQuery
 
+from chaos.sim.control import call_routes
 from chaos.sim.faults import Fault, FaultBook, FaultKind
 from chaos.sim.server import SwitchableServer
 from orchestrator.rails import qris
@@ -748,19 +749,6 @@ class MidtransSim:
             sim.faults.clear(channel)
             await sim.set_down()
 
-        @get("/calls")
-        async def calls() -> list[dict[str, Any]]:
-            return sim.faults.call_counts()
-
-        @get("/calls/log")
-        async def call_log(operation: FromQuery[str | None] = None,
-                           since: FromQuery[float] = 0.0) -> list[dict[str, Any]]:
-            return sim.faults.request_log(operation, since)
-
-        @delete("/calls")
-        async def reset_calls() -> None:
-            sim.faults.reset_counts()
-
         @post("/pay")
         async def pay(request: Request[Any, Any, Any]) -> Response[Any]:
             body = await json_body(request)
@@ -798,6 +786,6 @@ class MidtransSim:
         async def clear_notifications() -> None:
             sim.notifier.attempts.clear()
 
-        return [add_fault, list_faults, clear_faults, calls, call_log, reset_calls, pay, expire,
+        return [add_fault, list_faults, clear_faults, *call_routes(sim.faults), pay, expire,
                 transaction, config, notifications, clear_notifications]
 

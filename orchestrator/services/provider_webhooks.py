@@ -51,6 +51,7 @@ from orchestrator.rails.base import NeutralStatus, ProviderStatus
 from orchestrator.rails.router import RouteUnavailable
 from orchestrator.services.settlement import Payment, apply_payment
 from orchestrator.services.status_reads import (
+    LIVE,
     StatusReads,
     defer,
     paid_evidence_key,
@@ -64,7 +65,6 @@ KEPT_HEADERS = ("content-type", "content-length", "user-agent", "webhook-id", "x
                 "x-real-ip")
 """Headers stored with a delivery; never a secret (``x-callback-token`` is left out)."""
 _LIVE = (AttemptState.ACTIVE, AttemptState.SUPERSEDED, AttemptState.UNKNOWN)
-_LIVE_VALUES = tuple(s.value for s in _LIVE)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -243,7 +243,7 @@ class ProviderWebhooks:
         async with self._db.read() as conn:
             attempt = (await conn.execute(sa.select(payment_attempts).where(
                 payment_attempts.c.id == attempt_id))).one()
-        if attempt.state not in _LIVE_VALUES:
+        if attempt.state not in LIVE:
             if delivery_id is not None:
                 await self._record(str(delivery_id),
                                    f"status read skipped: attempt already {attempt.state}")

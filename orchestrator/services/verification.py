@@ -191,13 +191,6 @@ class Verifier:
 
     # -- checks ---------------------------------------------------------------------------
 
-    async def check_due(self) -> int:
-        """Claim and run one batch of due reads to the end; returns how many were claimed."""
-        claimed = await self._claim(self._settings.batch)
-        gate = asyncio.Semaphore(self._settings.concurrency)
-        await asyncio.gather(*(self._guarded(a, gate) for a in claimed))
-        return len(claimed)
-
     async def _claim(self, limit: int, exclude: set[str] | None = None) -> list[Any]:
         """Due reads, each marked with ``claimed_until``: the ``next_check_at`` this claim wrote,
         which is how the read later knows the claim is still its own."""
