@@ -16,6 +16,8 @@ from orchestrator.api.reconciliation import ReconciliationController
 from orchestrator.api.reviews import ReviewsController
 from orchestrator.api.webhooks import WebhooksController
 from orchestrator.bootstrap import Container
+from orchestrator.telemetry import tracing
+from statuspage.app import StatusOpsController, StatusPageController
 
 
 def create_app(container: Container, *, close_on_shutdown: bool = True) -> Litestar:
@@ -32,9 +34,12 @@ def create_app(container: Container, *, close_on_shutdown: bool = True) -> Lites
     return Litestar(
         route_handlers=[OrdersController, MutationsController, ReconciliationController,
                         OpsController, RailsController, ReviewsController, WebhooksController,
-                        healthz, readyz, metrics],
+                        StatusPageController, StatusOpsController, healthz, readyz, metrics],
         dependencies={"container": Provide(provide_container, sync_to_thread=False)},
         exception_handlers={Exception: to_response},
+        # A server span per request, when tracing is on as the app is built (no layer at all
+        # otherwise: the capture path pays nothing for tracing it does not do).
+        middleware=[tracing.request_spans] if tracing.enabled() else [],
         openapi_config=OpenAPIConfig(title="Lunas", version="0.1.0", path="/schema"),
         request_max_body_size=container.settings.http.max_upload_bytes,
         on_startup=[startup],

@@ -16,10 +16,12 @@ import redis.asyncio as aioredis
 from orchestrator.api.auth import Authenticator
 from orchestrator.domain.checkout import CheckoutRules
 from orchestrator.domain.clock import Clock, SystemClock
+from orchestrator.gameday import CrashAfterCommit, OffsetFileClock
 from orchestrator.rails.base import PaymentProvider
 from orchestrator.rails.breaker import BreakerRegistry
 from orchestrator.rails.guard import BreakerGuard
 from orchestrator.rails.midtrans import MidtransProvider
+from orchestrator.rails.plan import MANUAL_ROUTE
 from orchestrator.rails.ratelimit import Pace, RequestPacer
 from orchestrator.rails.router import Router, RouterSettings
 from orchestrator.rails.xendit import XenditProvider
@@ -36,8 +38,11 @@ from orchestrator.services.verification import Verifier
 from orchestrator.settings import Settings
 from orchestrator.store.database import Database
 from orchestrator.store.engine import create_engine
+from orchestrator.telemetry import tracing
 from orchestrator.telemetry.metrics import Metrics
 from orchestrator.telemetry.state import StateSampler
+from statuspage.model import components_for
+from statuspage.service import LookupLimit, StatusPage, catalog_of
 
 
 @dataclass(kw_only=True)
@@ -60,6 +65,9 @@ class Container:
     verifier: Verifier
     provider_webhooks: ProviderWebhooks
     state_sampler: StateSampler
+    status_page: StatusPage
+    crash_after_commit: CrashAfterCommit | None = None
+    """Game days only (``LUNAS_GAMEDAY_EXIT_AFTER_COMMIT``): see orchestrator/gameday.py."""
     feed_poller: FeedPoller | None = None
     """The Moota mutation-feed poller, when ``LUNAS_MOOTA_URL`` is set (run by the worker)."""
     rng: random.Random = field(default_factory=random.Random)
@@ -89,12 +97,15 @@ def checkout_rules(settings: Settings) -> CheckoutRules:
 
 
 def build(settings: Settings, *, clock: Clock | None = None) -> Container:
-    clock = clock or SystemClock()
+    if clock is None:
+        clock = (OffsetFileClock(settings.gameday.clock_file) if settings.gameday.clock_file
+                 else SystemClock())
     db = Database(create_engine(settings.database))
     rng = random.Random()
     metrics = Metrics()
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200,
-                                                 max_keepalive_connections=50))
+                                                 max_keepalive_connections=50),
+                             event_hooks={"response": [tracing.note_http_status]})
     redis = (aioredis.Redis.from_url(settings.redis.url, socket_timeout=0.25,
                                      socket_connect_timeout=0.25)
              if settings.redis.url else None)
@@ -120,6 +131,13 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
     reads = StatusReads(providers, guard, pacer)
     gateway_jobs = GatewayJobs(db, issuance, providers, guard, clock, reads=reads,
                                in_flight=in_flight, quarantine=settings.unique_codes.quarantine)
+    sp = settings.status_page
+    status_page = StatusPage(
+        db, clock, lambda: components_for(catalog_of(router.catalog()), MANUAL_ROUTE.key),
+        redis=redis, key_prefix=settings.redis.key_prefix, public_url=settings.http.base_url,
+        lookup_limit=LookupLimit(per_client=sp.lookups_per_client,
+                                 per_order=sp.lookups_per_order, window=sp.lookup_window),
+        cache_ttl=sp.cache_ttl)
     reconciliation = ReconciliationService(db, clock=clock, metrics=metrics,
                                            quarantine=settings.unique_codes.quarantine)
     return Container(
@@ -142,7 +160,11 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
         gateway_jobs=gateway_jobs,
         verifier=Verifier(db, reads, guard, gateway_jobs, clock, settings.verification,
                           quarantine=settings.unique_codes.quarantine, metrics=metrics),
-        state_sampler=StateSampler(db, metrics, clock),
+        state_sampler=StateSampler(db, metrics, clock, codes=settings.unique_codes.codes,
+                                   router=router, controls=route_controls),
+        status_page=status_page,
+        crash_after_commit=(CrashAfterCommit(settings.gameday.exit_after_commit)
+                            if settings.gameday.exit_after_commit else None),
         provider_webhooks=ProviderWebhooks(
             db, reads, clock,
             midtrans_server_key=settings.providers.midtrans_server_key,
@@ -190,4 +212,5 @@ def build_providers(settings: Settings, http: httpx.AsyncClient,
             base_url=p.xendit_url, secret_key=p.xendit_secret_key, client=http, timeout=timeout,
             callback_url=f"{base}/v1/webhooks/xendit", return_url=f"{base}/status/return",
             observe=observe)
-    return providers
+    # Each call in a client span (provider, operation, route, outcome, HTTP status).
+    return {name: tracing.TracedProvider(adapter) for name, adapter in providers.items()}

@@ -29,6 +29,8 @@ from orchestrator.settings import Settings, SettingsError
 from orchestrator.store.engine import migrate
 from orchestrator.store.merchants import OPS_SCOPES, create_merchant, create_ops_token
 from orchestrator.store.tables import merchants, payout_accounts
+from orchestrator.telemetry import logging as log_setup
+from orchestrator.telemetry import tracing
 
 
 def _account(text: str) -> tuple[str, str, str]:
@@ -97,10 +99,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lunas: {exc}", file=sys.stderr)
         return 2
     handler = _COMMANDS[(args.command, getattr(args, "action", None))]
+    log_setup.configure(settings.telemetry)
+    traces = tracing.configure(settings.telemetry)
     try:
         return _runner(args.command)(handler(settings, args))
     except KeyboardInterrupt:
         return 130
+    finally:
+        if traces is not None:
+            traces.shutdown()  # export what is still buffered
 
 
 def _runner(command: str) -> Callable[[Coroutine[Any, Any, int]], int]:
@@ -248,8 +255,10 @@ async def _serve(container: Container, stop: asyncio.Event) -> None:
     from orchestrator.serving import EmbeddedServer
 
     http = container.settings.http
+    # log_config=None: uvicorn's records go through our redacting formatter, not its own.
     config = uvicorn.Config(create_app(container, close_on_shutdown=False), host=http.host,
-                            port=http.port, log_level="warning", access_log=False)
+                            port=http.port, log_level="warning", access_log=False,
+                            log_config=None)
     server = EmbeddedServer(config)
     server_task = asyncio.create_task(server.serve())
     stopping = asyncio.create_task(stop.wait())

@@ -175,6 +175,56 @@ class FeedSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TelemetrySettings:
+    """Traces and logs (``orchestrator/telemetry``)."""
+
+    otlp_endpoint: str = ""
+    """Base URL of an OTLP/HTTP collector (``LUNAS_OTLP_ENDPOINT``, else the standard
+    ``OTEL_EXPORTER_OTLP_ENDPOINT``); spans go to ``{endpoint}/v1/traces``. Empty: no exporter,
+    and spans are not even recorded (tracing costs next to nothing)."""
+    service_name: str = "lunas"
+    """``service.name`` of exported spans (``LUNAS_SERVICE_NAME``, else ``OTEL_SERVICE_NAME``)."""
+    log_format: str = "json"
+    """``json`` (one object per line, for collectors) or ``text``; both are redacted."""
+    log_level: str = "INFO"
+
+    @property
+    def traces_endpoint(self) -> str:
+        """The OTLP/HTTP traces URL, or empty when tracing is off."""
+        base = self.otlp_endpoint.rstrip("/")
+        if not base or base.endswith("/v1/traces"):
+            return base
+        return f"{base}/v1/traces"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatusPageSettings:
+    """The public status page (statuspage/): how often the worker evaluates components, how long
+    a new status must hold before customers see it, and how often a customer may look up orders."""
+
+    interval: timedelta = timedelta(seconds=15)
+    worsen_after: timedelta = timedelta(seconds=60)
+    recover_after: timedelta = timedelta(minutes=5)
+    success_window: timedelta = timedelta(minutes=5)
+    lookups_per_client: int = 10
+    lookups_per_order: int = 10
+    lookup_window: timedelta = timedelta(minutes=10)
+    cache_ttl: timedelta = timedelta(seconds=2)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GameDaySettings:
+    """Hooks for ``lunas chaos run`` (orchestrator/gameday.py); refused in production."""
+
+    clock_file: str = ""
+    exit_after_commit: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.clock_file or self.exit_after_commit)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     environment: str = "development"
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -188,6 +238,9 @@ class Settings:
     providers: ProviderSettings = field(default_factory=ProviderSettings)
     feed: FeedSettings = field(default_factory=FeedSettings)
     verification: VerificationSettings = field(default_factory=VerificationSettings)
+    status_page: StatusPageSettings = field(default_factory=StatusPageSettings)
+    gameday: GameDaySettings = field(default_factory=GameDaySettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     breaker: BreakerConfig = field(default_factory=lambda: BreakerConfig(
         slow_call_duration=timedelta(seconds=1)))
     """Per-route breaker policy. A slow call must be well inside the capture budget to count."""
@@ -288,6 +341,31 @@ class Settings:
                 interval=e.seconds("LUNAS_VERIFY_INTERVAL", 0.5),
                 concurrency=e.int("LUNAS_VERIFY_CONCURRENCY", 16),
             ),
+            telemetry=TelemetrySettings(
+                otlp_endpoint=(e.str("LUNAS_OTLP_ENDPOINT", "")
+                               or e.str("OTEL_EXPORTER_OTLP_ENDPOINT", "")).strip(),
+                service_name=(e.str("LUNAS_SERVICE_NAME", "")
+                              or e.str("OTEL_SERVICE_NAME", "") or "lunas").strip(),
+                log_format=_choice(e.str("LUNAS_LOG_FORMAT", "json").strip().lower(),
+                                   "LUNAS_LOG_FORMAT", ("json", "text")),
+                log_level=_choice(e.str("LUNAS_LOG_LEVEL", "INFO").strip().upper(),
+                                  "LUNAS_LOG_LEVEL",
+                                  ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
+            ),
+            status_page=StatusPageSettings(
+                interval=e.seconds("LUNAS_STATUS_INTERVAL", 15),
+                worsen_after=e.seconds("LUNAS_STATUS_WORSEN_AFTER", 60),
+                recover_after=e.seconds("LUNAS_STATUS_RECOVER_AFTER", 300),
+                success_window=e.seconds("LUNAS_STATUS_SUCCESS_WINDOW", 300),
+                lookups_per_client=e.int("LUNAS_STATUS_LOOKUPS_PER_CLIENT", 10),
+                lookups_per_order=e.int("LUNAS_STATUS_LOOKUPS_PER_ORDER", 10),
+                lookup_window=e.seconds("LUNAS_STATUS_LOOKUP_WINDOW", 600),
+                cache_ttl=e.seconds("LUNAS_STATUS_CACHE_TTL", 2),
+            ),
+            gameday=GameDaySettings(
+                clock_file=e.str("LUNAS_GAMEDAY_CLOCK_FILE", ""),
+                exit_after_commit=e.int("LUNAS_GAMEDAY_EXIT_AFTER_COMMIT", 0),
+            ),
             mutation_push_secret=e.str("LUNAS_MUTATION_PUSH_SECRET", "dev-moota-secret"),
             worker_id=e.str("LUNAS_WORKER_ID", "").strip(),
             breaker=BreakerConfig(
@@ -306,6 +384,8 @@ class Settings:
     def refuse_insecure_production(self) -> None:
         if not self.is_production:
             return
+        if self.gameday.enabled:
+            raise SettingsError("LUNAS_GAMEDAY_* hooks are for game days, never production")
         if self.mutation_push_secret == "dev-moota-secret":  # noqa: S105
             raise SettingsError("LUNAS_MUTATION_PUSH_SECRET is the development default")
         if self.database.is_sqlite:
@@ -318,6 +398,12 @@ class Settings:
             raise SettingsError("LUNAS_SIMULATORS must be off in production")
         if self.feed.moota_url and not self.feed.moota_token:
             raise SettingsError("LUNAS_MOOTA_URL is set but LUNAS_MOOTA_TOKEN is empty")
+
+
+def _choice(value: str, name: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise SettingsError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
 
 
 class _Env:

@@ -20,12 +20,16 @@ from orchestrator.bootstrap import Container
 from orchestrator.notify.delivery import MerchantWebhookHandler, merchant_webhook_handlers
 from orchestrator.outbox.relay import Handler, Relay
 from orchestrator.rails.guard import BreakerGuard
+from orchestrator.rails.plan import MANUAL_ROUTE
 from orchestrator.services.expiry import (
     expire_due_orders,
     release_quarantined_codes,
     settle_verifying_orders,
 )
 from orchestrator.services.feed_poller import FeedPoller
+from statuspage.model import Dwell
+from statuspage.recorder import RecorderSettings, StatusRecorder
+from statuspage.service import catalog_of
 
 log = logging.getLogger("lunas.worker")
 
@@ -53,6 +57,40 @@ class LiveSourceHealth:
 
     def next_feed_poll(self, now: datetime) -> datetime | None:
         return None if self._feed is None else now + self._feed.poll_interval
+
+
+class LiveStatusSources:
+    """``statuspage.recorder.Sources`` from this worker's router, breakers, controls and feed."""
+
+    def __init__(self, container: Container) -> None:
+        self._c = container
+
+    def catalog(self) -> dict[str, dict[str, tuple[str, ...]]]:
+        return catalog_of(self._c.router.catalog())
+
+    def breaker_state(self, route_key: str) -> str:
+        return self._c.breakers.get(route_key).state.value
+
+    async def paused(self, now: datetime) -> dict[str, str]:
+        return await self._c.route_controls.paused(now)
+
+    async def maintenance_patterns(self, now: datetime) -> list[str]:
+        return [w.route_pattern for w in await self._c.route_controls.windows(now=now)
+                if w.starts_at <= now]
+
+    def feed_stale(self, now: datetime) -> bool:
+        feed = self._c.feed_poller
+        return feed is not None and feed.stale(now)
+
+
+def status_recorder(container: Container) -> StatusRecorder:
+    sp = container.settings.status_page
+    return StatusRecorder(
+        container.db, LiveStatusSources(container), container.clock,
+        manual_route=MANUAL_ROUTE.key,
+        settings=RecorderSettings(
+            interval=sp.interval, success_window=sp.success_window,
+            dwell=Dwell(worsen_after=sp.worsen_after, recover_after=sp.recover_after)))
 
 
 async def sweep_forever(container: Container, stop: asyncio.Event) -> None:
@@ -104,7 +142,7 @@ async def run_relay(container: Container, stop: asyncio.Event) -> None:
 
 async def run_worker(container: Container, stop: asyncio.Event) -> None:
     loops = [run_relay(container, stop), sweep_forever(container, stop),
-             container.verifier.run(stop)]
+             container.verifier.run(stop), status_recorder(container).run(stop)]
     if container.feed_poller is not None:  # LUNAS_MOOTA_URL is set
         loops.append(container.feed_poller.run(stop))
     await asyncio.gather(*loops)

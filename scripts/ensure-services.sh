@@ -63,4 +63,9 @@ if ! command -v promtool >/dev/null 2>&1; then
   echo "ensure-services: installing promtool (Debian's prometheus package)"
   apt_install prometheus >/dev/null
 fi
+if ! command -v chromium >/dev/null 2>&1; then
+  # The status page is rendered and screenshotted in headless Chromium by the test suite.
+  echo "ensure-services: installing chromium (Debian's package)"
+  apt_install chromium fonts-dejavu-core >/dev/null
+fi
 echo "ensure-services: PostgreSQL ${PG_HOST}:${PG_PORT} and Redis 127.0.0.1:${REDIS_PORT} are up"

@@ -7,13 +7,14 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
+from litestar.exceptions import HTTPException
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from orchestrator.api.errors import BadRequest
 from orchestrator.api.schemas import OrderIn, SwitchMethodIn
 from orchestrator.bootstrap import Container
 from orchestrator.domain.checkout import SUPPORTED_RAILS, Customer, OrderRequest
-from orchestrator.domain.errors import InvalidOrder
+from orchestrator.domain.errors import DomainError, InvalidOrder, UniqueCodesExhausted
 from orchestrator.rails.base import Rail
 from orchestrator.services import orders as order_queries
 from orchestrator.services.issuance import switch_method
@@ -42,6 +43,18 @@ def _order_request(data: OrderIn) -> OrderRequest:
     )
 
 
+def _failure_outcome(exc: Exception) -> str:
+    """refused: the request is wrong or conflicts (4xx); unavailable: no capacity to serve it
+    now (503 from the domain); error: Lunas itself failed (database unreachable, a bug)."""
+    if isinstance(exc, UniqueCodesExhausted) or (
+            isinstance(exc, DomainError) and exc.code == "no_route_available"):
+        return "unavailable"
+    if isinstance(exc, DomainError | BadRequest) or (
+            isinstance(exc, HTTPException) and exc.status_code < 500):
+        return "refused"
+    return "error"
+
+
 class OrdersController(Controller):
     path = "/v1/orders"
     tags = ("orders",)
@@ -51,16 +64,26 @@ class OrdersController(Controller):
         self, request: Request[Any, Any, Any], data: JSONBody[OrderIn],
         container: NamedDependency[Container],
     ) -> Response[dict[str, Any]]:
-        merchant = await container.auth.merchant(request)
-        key = request.headers.get("idempotency-key", "").strip()
-        if not key or len(key) > 255:
-            raise BadRequest("send an Idempotency-Key header (1-255 characters) with every order",
-                             code="idempotency_key_required")
-        del data  # decoded leniently by litestar; see _strict_body
-        outcome = await container.capture.capture(
-            merchant_id=merchant.id, idempotency_key=key,
-            request=_order_request(await _strict_body(request)),
-        )
+        rail = "unknown"
+        try:
+            merchant = await container.auth.merchant(request)
+            key = request.headers.get("idempotency-key", "").strip()
+            if not key or len(key) > 255:
+                raise BadRequest("send an Idempotency-Key header (1-255 characters) with every "
+                                 "order", code="idempotency_key_required")
+            del data  # decoded leniently by litestar; see _strict_body
+            order = _order_request(await _strict_body(request))
+            rail = order.rail or Rail.MANUAL_TRANSFER.value
+            outcome = await container.capture.capture(
+                merchant_id=merchant.id, idempotency_key=key, request=order)
+        except Exception as exc:
+            # Successes are counted by the capture service; every failure once, here, so that
+            # one whose cause is Lunas (its database down before auth even answered) is seen.
+            label = rail if rail in SUPPORTED_RAILS else "unknown"  # bounded, never as sent
+            container.metrics.orders_captured.labels(_failure_outcome(exc), label).inc()
+            raise
+        if container.crash_after_commit is not None and not outcome.replayed:
+            container.crash_after_commit.reply_ready()
         headers = {"Location": f"/v1/orders/{outcome.body['id']}"}
         if outcome.replayed:
             headers["Idempotent-Replayed"] = "true"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -61,3 +61,22 @@ class ResolveCaseIn(msgspec.Struct, forbid_unknown_fields=True):
     action: str
     """honour | refund"""
     note: str
+
+
+class IncidentIn(msgspec.Struct, forbid_unknown_fields=True):
+    """An incident opened by a person on the status page (Atlassian's words for status and
+    impact); ``body`` is the first update, in Bahasa Indonesia, ``body_en`` its English."""
+
+    name: Annotated[str, msgspec.Meta(min_length=3, max_length=300)]
+    components: list[str]
+    body: Annotated[str, msgspec.Meta(min_length=1, max_length=5000)]
+    status: str = "investigating"
+    impact: str = "minor"
+    name_en: Annotated[str, msgspec.Meta(max_length=300)] | None = None
+    body_en: Annotated[str, msgspec.Meta(max_length=5000)] | None = None
+
+
+class IncidentUpdateIn(msgspec.Struct, forbid_unknown_fields=True):
+    status: str
+    body: Annotated[str, msgspec.Meta(min_length=1, max_length=5000)]
+    body_en: Annotated[str, msgspec.Meta(max_length=5000)] | None = None

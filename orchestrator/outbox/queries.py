@@ -37,6 +37,7 @@ CLAIMED_COLUMNS = (
     outbox.c.payload,
     outbox.c.attempts,
     outbox.c.created_at,
+    outbox.c.trace_context,
 )
 
 

@@ -36,6 +36,7 @@ from orchestrator.domain.clock import Clock
 from orchestrator.outbox import queries
 from orchestrator.outbox.retry import DeadLetter, Retry, RetryPolicy
 from orchestrator.settings import OutboxSettings
+from orchestrator.telemetry import tracing
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ class OutboxEvent:
     attempts: int
     """Tries made including the current one (1 on the first run)."""
     created_at: datetime
+    trace_context: dict[str, str] | None = None
+    """The context of the span that wrote the event (W3C ``traceparent``); None if untraced."""
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> OutboxEvent:
@@ -77,6 +80,7 @@ class OutboxEvent:
             payload=m["payload"],
             attempts=m["attempts"],
             created_at=m["created_at"],
+            trace_context=m.get("trace_context"),
         )
 
 
@@ -206,8 +210,12 @@ class Relay:
                     event.id, worker_id=self._worker_id, attempts=event.attempts
                 )))
                 return False
-            outcome = await self._attempt(event)
-            await self._shielded(self._record(event, outcome))
+            with tracing.handling(event.event_type, event.trace_context,
+                                  _span_attributes(event)) as span:
+                outcome = await self._attempt(event)
+                if isinstance(outcome, _Failed):
+                    tracing.fail(span, outcome.error)
+                await self._shielded(self._record(event, outcome))
             return True
 
     async def _attempt(self, event: OutboxEvent) -> _Outcome:
@@ -284,7 +292,24 @@ class Relay:
             "event_type": event.event_type,
             "attempts": event.attempts,
             "worker_id": self._worker_id,
+            **_aggregate_field(event),
         }
+
+
+def _aggregate_field(event: OutboxEvent) -> dict[str, str]:
+    """The event's subject under the name logs search by (ids carry their kind as a prefix)."""
+    subject = event.aggregate_id or ""
+    if subject.startswith("ord_"):
+        return {"order_id": subject}
+    if subject.startswith("att_"):
+        return {"attempt_id": subject}
+    return {"aggregate_id": subject} if subject else {}
+
+
+def _span_attributes(event: OutboxEvent) -> dict[str, str | int]:
+    return {"lunas.event_type": event.event_type, "lunas.event_id": event.event_id,
+            "lunas.attempts": event.attempts,
+            **{f"lunas.{k}": v for k, v in _aggregate_field(event).items()}}
 
 
 def _describe(exc: BaseException) -> str:

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from opentelemetry.trace import SpanKind
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.domain.ids import new_id
 from orchestrator.store.tables import outbox
+from orchestrator.telemetry import tracing
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,7 +25,8 @@ class PendingEvent:
     """When the relay may first handle it; None means at once."""
 
 
-def event_row(event: PendingEvent, *, now: datetime) -> dict[str, Any]:
+def event_row(event: PendingEvent, *, now: datetime,
+              trace_context: dict[str, str] | None = None) -> dict[str, Any]:
     return {
         "event_id": new_id("evt"),
         "event_type": event.event_type,
@@ -34,10 +37,17 @@ def event_row(event: PendingEvent, *, now: datetime) -> dict[str, Any]:
         "attempts": 0,
         "created_at": now,
         "available_at": event.available_at or now,
+        "trace_context": trace_context,
     }
 
 
 async def add_events(conn: AsyncConnection, events: list[PendingEvent], *, now: datetime) -> None:
-    """Insert ``events`` in the open transaction of ``conn``."""
-    if events:
-        await conn.execute(outbox.insert(), [event_row(e, now=now) for e in events])
+    """Insert ``events`` in the open transaction of ``conn``, each carrying the current trace
+    context (W3C ``traceparent``) so the relay continues the trace that caused it."""
+    if not events:
+        return
+    with tracing.span("outbox.add", kind=SpanKind.PRODUCER, attributes={
+            "lunas.event_types": sorted({e.event_type for e in events})}):
+        context = tracing.carrier()
+        await conn.execute(outbox.insert(),
+                           [event_row(e, now=now, trace_context=context) for e in events])

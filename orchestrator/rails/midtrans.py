@@ -204,6 +204,21 @@ def notification_status(body: Mapping[str, Any]) -> ProviderStatus:
     )
 
 
+def notification_time(body: Mapping[str, Any]) -> datetime | None:
+    """When the event a notification reports happened, by Midtrans's clock (WIB, to the second).
+
+    A notification carries no event stamp of its own, so the status says which field is the
+    event: ``settlement_time`` for a settlement, ``expiry_time`` for an expiry,
+    ``transaction_time`` for a new (pending) or captured charge. None for other statuses, whose
+    moment the body does not say (``transaction_time`` is still the charge's creation).
+    """
+    status = body.get("transaction_status")
+    field = {"settlement": "settlement_time", "expire": "expiry_time",
+             "pending": "transaction_time", "capture": "transaction_time"}.get(
+        status.strip().lower() if isinstance(status, str) else "")
+    return wib_time(body.get(field)) if field else None
+
+
 # ---------------------------------------------------------------------------------------------
 # Charge bodies, per channel (RAILS.md §1.2).
 

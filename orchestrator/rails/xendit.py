@@ -541,3 +541,22 @@ def callback_reference(body: Mapping[str, Any]) -> str:
         return str(body["external_id"])
     except (KeyError, TypeError) as exc:
         raise CallbackError(f"callback carries no reference: {exc}") from exc
+
+
+def callback_time(body: Mapping[str, Any]) -> datetime | None:
+    """When the event a callback reports happened, by Xendit's clock (UTC): the VA payment's
+    ``transaction_timestamp``, the QR payment's ``created``, the e-wallet charge's ``updated``
+    (its last status change). None when the callback says no time or an unreadable one."""
+    data = body.get("data")
+    if body.get("event") == "ewallet.capture" and isinstance(data, Mapping):
+        stamp = data.get("updated") or body.get("created")
+    elif body.get("event") == "qr.payment":
+        stamp = (data if isinstance(data, Mapping) else body).get("created")
+    else:
+        stamp = body.get("transaction_timestamp") or body.get("created")
+    if not stamp:
+        return None
+    try:
+        return parse_time(stamp)
+    except ValueError:
+        return None

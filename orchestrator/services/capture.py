@@ -40,6 +40,7 @@ from orchestrator.settings import UniqueCodeSettings
 from orchestrator.store.database import Database
 from orchestrator.store.merchants import PayoutAccount, active_payout_accounts
 from orchestrator.store.tables import idempotency_keys, orders
+from orchestrator.telemetry import tracing
 from orchestrator.telemetry.metrics import Metrics
 
 log = logging.getLogger("lunas.capture")
@@ -89,6 +90,21 @@ class CaptureService:
     async def capture(
         self, *, merchant_id: str, idempotency_key: str, request: OrderRequest
     ) -> CaptureOutcome:
+        """Capture in a span of its own; its context is kept on the order (``_new_order``), the
+        root of the order flow's trace."""
+        with tracing.span("capture", attributes={
+                "lunas.merchant_id": merchant_id,
+                "lunas.rail": request.rail or manual_transfer.RAIL}) as span:
+            outcome = await self._capture(merchant_id=merchant_id,
+                                          idempotency_key=idempotency_key, request=request)
+            span.set_attributes({"lunas.order_id": str(outcome.body.get("id", "")),
+                                 "lunas.replayed": outcome.replayed,
+                                 "lunas.status_code": outcome.status_code})
+            return outcome
+
+    async def _capture(
+        self, *, merchant_id: str, idempotency_key: str, request: OrderRequest
+    ) -> CaptureOutcome:
         now = self._clock.now()
         expires_at = validate(request, self._rules, now=now)
         fingerprint = request_fingerprint(request)
@@ -101,17 +117,13 @@ class CaptureService:
                 body = await self._write(conn, merchant_id, idempotency_key, fingerprint,
                                          request, expires_at)
         except _Rejected as rejected:
-            try:
-                outcome = await self._explain(merchant_id, idempotency_key, fingerprint, request,
-                                              rejected)
-            except Exception:
-                self._metrics.orders_captured.labels("refused", rail).inc()
-                raise
+            # A refusal (or failure) is counted once, by the HTTP layer (api/orders.py).
+            outcome = await self._explain(merchant_id, idempotency_key, fingerprint, request,
+                                          rejected)
             self._metrics.orders_captured.labels("replayed", rail).inc()
             return outcome
         except UniqueCodesExhausted:
             self._metrics.unique_codes_exhausted.labels(rail).inc()
-            self._metrics.orders_captured.labels("refused", rail).inc()
             raise
         self._metrics.orders_captured.labels("created", rail).inc()
         return CaptureOutcome(status_code=201, body=body, replayed=False)
@@ -152,7 +164,7 @@ class CaptureService:
         except Exception:
             # The order is durable and its order.captured event will issue it later: intake
             # answers 202 with what it stored rather than an error for an order that exists.
-            log.exception("issuance failed after capture; deferred", extra={"order": order.id})
+            log.exception("issuance failed after capture; deferred", extra={"order_id": order.id})
             self._metrics.orders_captured.labels("deferred", rail.value).inc()
             return CaptureOutcome(status_code=202, body=render_order(order, None),
                                   replayed=False)
@@ -281,6 +293,7 @@ def _new_order(
         customer_name=request.customer.name, customer_email=request.customer.email,
         customer_phone=request.customer.phone, metadata=request.metadata, created_at=now,
         updated_at=now, expires_at=expires_at, paid_at=None, review_reason=None,
+        trace_context=tracing.carrier(),
     )
 
 

@@ -33,6 +33,7 @@ from orchestrator.settings import UniqueCodeSettings
 from orchestrator.store.database import Database
 from orchestrator.store.merchants import active_payout_accounts
 from orchestrator.store.tables import idempotency_keys, merchants, orders, payment_attempts
+from orchestrator.telemetry import tracing
 from orchestrator.telemetry.metrics import Metrics
 
 
@@ -132,10 +133,19 @@ class IssuanceService:
     async def issue(self, order: Any, *, rail: Rail, channel: str,
                     budget: timedelta | None = None) -> IssueResult:
         """Run the router for ``order`` (a row in ``captured`` or switching method)."""
-        policy = await self.policy_for(order.merchant_id)
-        plan = plan_routes(rail, channel, policy, self.router.catalog())
-        return await self.router.issue(plan, lambda route, ref: self.request_for(order, route, ref),
-                                       _Journal(self, order), budget=budget)
+        with tracing.span("routing", attributes={
+                "lunas.order_id": order.id, "lunas.rail": rail.value,
+                "lunas.channel": channel}) as span:
+            policy = await self.policy_for(order.merchant_id)
+            plan = plan_routes(rail, channel, policy, self.router.catalog())
+            result = await self.router.issue(
+                plan, lambda route, ref: self.request_for(order, route, ref),
+                _Journal(self, order), budget=budget)
+            span.set_attributes({
+                "lunas.served_by": result.served.key if result.served else "",
+                "lunas.fell_back": result.fell_back,
+                "lunas.hops": [f"{h.route} {h.outcome}" for h in result.hops]})
+            return result
 
     def request_for(self, order: Any, route: Route, reference: str) -> ChargeRequest:
         return ChargeRequest(

@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -58,7 +59,10 @@ from orchestrator.services.status_reads import (
     route_of,
 )
 from orchestrator.store.database import Database, upsert_insert
-from orchestrator.store.tables import payment_attempts, provider_deliveries
+from orchestrator.store.tables import orders, payment_attempts, provider_deliveries
+from orchestrator.telemetry import tracing
+
+log = logging.getLogger("lunas.provider_webhooks")
 
 MIDTRANS, XENDIT = "midtrans", "xendit"
 KEPT_HEADERS = ("content-type", "content-length", "user-agent", "webhook-id", "x-forwarded-for",
@@ -173,6 +177,32 @@ class ProviderWebhooks:
             "outcome": "malformed: not a JSON object" if body is None else None,
         }
         now = row["received_at"]
+        origin = await self._order_trace(provider, row["attempt_id"])
+        with tracing.flow_span("provider_webhook.receive", origin, attributes=tracing.
+                               order_attributes(attempt_id=row["attempt_id"],
+                                                provider=provider, verified=verified)) as span:
+            receipt = await self._store(row, key, body, now)
+            span.set_attributes({"lunas.delivery_id": receipt.delivery_id,
+                                 "lunas.duplicate": receipt.duplicate})
+            return receipt
+
+    async def _order_trace(self, provider: str, attempt_id: str | None) -> Any:
+        """The trace context of the order a delivery names, so its receipt joins the order's
+        trace (only looked up when tracing is on). A forged claim at worst files a forged
+        delivery under that order's trace, where it belongs for whoever investigates it."""
+        if attempt_id is None or not tracing.enabled():
+            return None
+        async with self._db.read() as conn:
+            return (await conn.execute(
+                sa.select(orders.c.trace_context)
+                .select_from(payment_attempts.join(orders,
+                                                   orders.c.id == payment_attempts.c.order_id))
+                .where(payment_attempts.c.id == attempt_id,
+                       payment_attempts.c.provider == provider))).scalar_one_or_none()
+
+    async def _store(self, row: dict[str, Any], key: str | None, body: dict[str, Any] | None,
+                     now: datetime) -> Receipt:
+        verified = bool(row["verified"])
         async with self._db.transaction() as conn:
             delivery_id = new_id("dlv")
             duplicate = False
@@ -201,6 +231,11 @@ class ProviderWebhooks:
     # -- worker path ------------------------------------------------------------------------
 
     async def on_delivery(self, event: OutboxEvent) -> None:
+        with tracing.span("provider_webhook.process", attributes=tracing.order_attributes(
+                attempt_id=event.aggregate_id, delivery_id=str(event.payload["delivery_id"]))):
+            await self._process(event)
+
+    async def _process(self, event: OutboxEvent) -> None:
         delivery_id = str(event.payload["delivery_id"])
         async with self._db.read() as conn:
             delivery = (await conn.execute(sa.select(provider_deliveries).where(
@@ -282,6 +317,10 @@ class ProviderWebhooks:
                        if result.applied else f"{prefix}payment already applied")
             if delivery_id is not None:
                 await _set_outcome(conn, str(delivery_id), outcome)
+        log.info("payment evidence %s", "applied" if result.applied else "already applied",
+                 extra={"order_id": result.order_id, "attempt_id": attempt.id,
+                        "delivery_id": delivery_id, "evidence": kind,
+                        "order_state": result.order_state})
 
     async def _close(self, delivery_id: str, attempt: Any, status: NeutralStatus) -> None:
         """Expired / failed at the provider: moves a live attempt only, never backwards."""

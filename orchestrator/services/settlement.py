@@ -34,6 +34,7 @@ from orchestrator.services.order_view import event_payload
 from orchestrator.services.orders import retire_attempts
 from orchestrator.store.database import upsert_insert
 from orchestrator.store.tables import evidence, orders, payment_attempts, review_cases
+from orchestrator.telemetry import tracing
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +69,21 @@ async def apply_payment(
     order = (await conn.execute(
         sa.select(orders).where(orders.c.id == order_id).with_for_update()
     )).one()
+    # The order's own trace: a webhook joined it already; a status read or a mutation joins here.
+    with tracing.flow_span("settlement", order.trace_context, attributes=tracing.order_attributes(
+            order.id, payment.attempt_id, evidence=payment.kind)) as span:
+        result = await _apply_locked(conn, payment, order, now=now, quarantine=quarantine,
+                                     mutation_id=mutation_id)
+        span.set_attributes({"lunas.applied": result.applied,
+                             "lunas.verdict": result.verdict.value if result.verdict else "",
+                             "lunas.order_state": result.order_state})
+        return result
+
+
+async def _apply_locked(
+    conn: AsyncConnection, payment: Payment, order: Any, *, now: datetime,
+    quarantine: timedelta, mutation_id: str | None,
+) -> SettlementResult:
     attempt = (await conn.execute(
         sa.select(payment_attempts).where(payment_attempts.c.id == payment.attempt_id)
         .with_for_update()

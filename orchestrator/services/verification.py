@@ -143,7 +143,9 @@ class Verifier:
             try:
                 await self.check(attempt)
             except Exception:  # one attempt's trouble must not stop the others
-                log.exception("verification of %s failed", attempt.id)
+                log.exception("verification of %s failed", attempt.id,
+                              extra={"attempt_id": attempt.id,
+                                     "order_id": getattr(attempt, "order_id", None)})
 
     # -- release --------------------------------------------------------------------------
 

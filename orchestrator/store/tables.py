@@ -92,6 +92,9 @@ orders = sa.Table(
     sa.Column("expires_at", UTCDateTime, nullable=False),
     sa.Column("paid_at", UTCDateTime),
     sa.Column("review_reason", sa.String(48)),
+    # The capture's trace context (W3C traceparent), so evidence that arrives on its own (a
+    # webhook, a status read, a mutation) joins the order's trace; NULL when captured untraced.
+    sa.Column("trace_context", JSONDoc),
     sa.UniqueConstraint("merchant_id", "merchant_order_id"),
     sa.CheckConstraint("amount > 0", name="amount_positive"),
 )
@@ -341,3 +344,65 @@ maintenance_windows = sa.Table(
     sa.CheckConstraint("ends_at > starts_at", name="window_order"),
 )
 sa.Index("ix_maintenance_windows_ends_at", maintenance_windows.c.ends_at)
+
+# The public status page (statuspage/). One row per component with the status customers see and
+# the candidate status that must hold for a dwell time before it is shown (hysteresis).
+status_components = sa.Table(
+    "status_components",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("status", sa.String(24), nullable=False),
+    sa.Column("since", UTCDateTime, nullable=False),
+    sa.Column("candidate", sa.String(24)),
+    sa.Column("candidate_since", UTCDateTime),
+    # Why the last evaluation said what it said (machine words, shown to ops only).
+    sa.Column("observed", JSONDoc),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Every published status a component has held, for the 90-day uptime bars: a period per row,
+# the current one open (ended_at NULL).
+status_history = sa.Table(
+    "status_history",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("component_id", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(24), nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("ended_at", UTCDateTime),
+)
+sa.Index("ix_status_history_component_started", status_history.c.component_id,
+         status_history.c.started_at)
+
+status_incidents = sa.Table(
+    "status_incidents",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(300), nullable=False),
+    sa.Column("name_en", sa.String(300)),
+    # investigating, identified, monitoring, resolved (Atlassian Statuspage's words).
+    sa.Column("status", sa.String(16), nullable=False),
+    # none, minor, major, critical: the worst component status the incident has seen.
+    sa.Column("impact", sa.String(16), nullable=False),
+    # Opened by the status recorder (resolved by it too), or by a person through the ops API.
+    sa.Column("automatic", sa.Boolean, nullable=False),
+    sa.Column("components", JSONDoc, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("monitoring_at", UTCDateTime),
+    sa.Column("resolved_at", UTCDateTime),
+)
+sa.Index("ix_status_incidents_created_at", status_incidents.c.created_at)
+
+status_incident_updates = sa.Table(
+    "status_incident_updates",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("incident_id", sa.String(32), sa.ForeignKey("status_incidents.id"), nullable=False,
+              index=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("body_en", sa.Text),
+    sa.Column("author", sa.String(200), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from orchestrator.domain.checkout import SUPPORTED_RAILS
+
+CAPTURE_OUTCOMES = ("created", "deferred", "replayed", "refused", "unavailable", "error")
+
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -17,9 +21,17 @@ class Metrics:
         worker's own metrics endpoint never reports a stale copy of them."""
         self.orders_captured = Counter(
             "lunas_orders_captured_total",
-            "Capture requests by outcome (created, replayed, refused) and rail.",
+            "Capture requests by outcome and rail: created (instructions given), deferred "
+            "(stored, instructions later), replayed, refused (the request is wrong or conflicts), "
+            "unavailable (no capacity, e.g. no unique code free) and error (Lunas failed, e.g. "
+            "its database is down). Rail is unknown when the request failed before it was read.",
             ["outcome", "rail"], registry=self.registry,
         )
+        # Every series exists from the start: a rate over the first error ever is then not lost,
+        # and the payment-success SLI (ops/alerts) has a denominator before any failure.
+        for outcome in CAPTURE_OUTCOMES:
+            for rail in (*SUPPORTED_RAILS, "unknown"):
+                self.orders_captured.labels(outcome, rail)
         self.unique_codes_exhausted = Counter(
             "lunas_unique_codes_exhausted_total",
             "Captures refused because every transfer amount in the code range was held.",
@@ -65,6 +77,13 @@ class Metrics:
             "and outcome (answered: any HTTP status; no_answer: transport error or timeout).",
             ["provider", "operation", "outcome"], registry=self.registry,
             buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0),
+        )
+        self.webhook_receive_lag = Histogram(
+            "lunas_webhook_receive_lag_seconds",
+            "Receive time of a verified, first gateway delivery minus the event time the provider "
+            "stamped on it (clamped at 0), by provider.",
+            ["provider"], registry=self.registry,
+            buckets=(1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0),
         )
         self.payment_attempts = Counter(
             "lunas_payment_attempts_total",
@@ -120,6 +139,25 @@ class Metrics:
             "lunas_orders_verifying",
             "Orders past their deadline being verified before they may expire.",
             registry=self.state_registry,
+        )
+        self.route_blocked = Gauge(
+            "lunas_route_blocked",
+            "1 while ops keep a route out of routing, by route and reason (paused, maintenance: "
+            "inside a scheduled window), 0 otherwise.",
+            ["route", "reason"], registry=self.state_registry,
+        )
+        # Accounts are labelled by their configured payout-account id, never by account number.
+        self.unique_code_pool_used = Gauge(
+            "lunas_unique_code_pool_used_ratio",
+            "Share of the unique-code range held on each payout account for its busiest order "
+            "amount (the densest run of held transfer amounts one code range wide); at 1 a "
+            "capture of that amount is refused.",
+            ["account"], registry=self.state_registry,
+        )
+        self.unique_codes_held = Gauge(
+            "lunas_unique_codes_held",
+            "Transfer amounts held (open or in quarantine) on each payout account.",
+            ["account"], registry=self.state_registry,
         )
 
         self.feed_last_success = Gauge(

@@ -4,7 +4,8 @@ Backlogs (outbox, verification, review queue) are facts about shared state, not 
 process: counting them in the process that happens to do the work would give each api and worker
 replica a different, partial answer. So the api samples them from the system of record at scrape
 time (at most once per ``min_interval``), and every replica reports the same truth, which is what
-an alert on them needs. Label sets are bounded: routes are configured, reasons are an enum.
+an alert on them needs. Label sets are bounded: routes are configured (or paused by a person),
+reasons are an enum, payout accounts are labelled by their configured id (never the number).
 """
 
 from __future__ import annotations
@@ -15,19 +16,25 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from orchestrator.domain.clock import Clock
+from orchestrator.domain.money import UniqueCodeRange
 from orchestrator.outbox import queries
 from orchestrator.rails.base import Rail
+from orchestrator.rails.plan import MANUAL_ROUTE
+from orchestrator.rails.router import Router
+from orchestrator.services.route_controls import RouteControls
 from orchestrator.services.status_reads import LIVE
 from orchestrator.store.database import Database
-from orchestrator.store.tables import orders, outbox, payment_attempts
+from orchestrator.store.tables import orders, outbox, payment_attempts, payout_accounts
 from orchestrator.telemetry.metrics import Metrics
 
 
 class StateSampler:
     def __init__(self, db: Database, metrics: Metrics, clock: Clock, *,
-                 min_interval: float = 2.0) -> None:
+                 min_interval: float = 2.0, codes: UniqueCodeRange | None = None,
+                 router: Router | None = None, controls: RouteControls | None = None) -> None:
         self._db, self._metrics, self._clock = db, metrics, clock
         self._min_interval = min_interval
+        self._codes, self._router, self._controls = codes, router, controls
         self._sampled_at = float("-inf")
 
     async def refresh(self, *, force: bool = False) -> None:
@@ -77,6 +84,59 @@ class StateSampler:
         for reason, count in review:
             m.orders_needs_review.labels(reason or "unspecified").set(count)
         m.orders_verifying.set(verifying)
+        if self._codes is not None:
+            await self._sample_code_pools()
+        if self._controls is not None:
+            await self._sample_route_controls(now)
+
+    async def _sample_code_pools(self) -> None:
+        """Per payout account: held amounts, and how full the busiest amount's code range is.
+
+        An order of amount ``A`` may use ``A + low .. A + high`` on an account, so an account
+        is as close to refusing captures as its densest run of held transfer amounts one code
+        range wide: counted with a window over the held-amount index, in one pass.
+        """
+        assert self._codes is not None
+        a, pa = payment_attempts.c, payout_accounts.c
+        span = self._codes.high - self._codes.low
+        held = sa.select(
+            a.payout_bank, a.payout_account_number,
+            sa.func.count().over(partition_by=(a.payout_bank, a.payout_account_number),
+                                 order_by=a.transfer_amount, range_=(0, span)).label("run"),
+        ).where(a.holds_code).subquery()
+        account_id = (sa.select(sa.func.min(pa.id))
+                      .where(pa.bank == held.c.payout_bank,
+                             pa.account_number == held.c.payout_account_number)
+                      .scalar_subquery())
+        async with self._db.read() as conn:
+            pools = (await conn.execute(
+                sa.select(account_id.label("account"), sa.func.count().label("held"),
+                          sa.func.max(held.c.run).label("densest"))
+                .group_by(held.c.payout_bank, held.c.payout_account_number))).all()
+        m = self._metrics
+        m.unique_code_pool_used.clear()
+        m.unique_codes_held.clear()
+        for row in pools:
+            account = row.account or "unconfigured"  # an account removed while codes are held
+            m.unique_code_pool_used.labels(account).set(row.densest / (span + 1))
+            m.unique_codes_held.labels(account).set(row.held)
+
+    async def _sample_route_controls(self, now: datetime) -> None:
+        """Each route this process offers (and any a person paused): paused, in maintenance."""
+        assert self._controls is not None
+        paused = await self._controls.paused(now)
+        windows = await self._controls.windows(now=now)
+        routes = {MANUAL_ROUTE.key, *paused}
+        if self._router is not None:
+            routes |= {f"{rail.value}:{provider}:{channel}"
+                       for provider, by_rail in self._router.catalog().items()
+                       for rail, channels in by_rail.items() for channel in channels}
+        gauge = self._metrics.route_blocked
+        gauge.clear()
+        for route in sorted(routes):
+            gauge.labels(route, "paused").set(1 if route in paused else 0)
+            gauge.labels(route, "maintenance").set(
+                1 if any(w.covers(route, now) for w in windows) else 0)
 
 
 def _age(now: datetime, since: datetime | None) -> float:

@@ -70,3 +70,13 @@ def test_every_runbook_names_what_exercises_it_and_it_exists() -> None:
         assert named, f"{rule['alert']}: its runbook names no test or benchmark"
         for path in named:
             assert (ROOT / path).is_file(), f"{rule['alert']}: {path} does not exist"
+
+
+def test_recording_rules_are_grouped_apart_from_alerts_and_every_alert_is_indexed() -> None:
+    for path in RULES:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            kinds = {"alert" if "alert" in r else "record" for r in group["rules"]}
+            assert len(kinds) == 1, f"{group['name']} mixes recording rules and alerts"
+    index = (ROOT / "ops" / "runbooks" / "README.md").read_text()
+    for rule in alerts():
+        assert f"| {rule['alert']} |" in index, f"{rule['alert']} missing from the runbook index"

@@ -1,0 +1,210 @@
+"""The status page's use cases for the api: the cached snapshot, the customer's order lookup (rate
+limited), and what ops post (incidents and their updates, audited)."""
+
+from __future__ import annotations
+
+import hmac
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import redis.asyncio as aioredis
+import sqlalchemy as sa
+from redis.exceptions import RedisError
+
+from orchestrator.domain.clock import Clock
+from orchestrator.domain.errors import InvalidOrder, NotFound
+from orchestrator.domain.ids import new_id
+from orchestrator.services.audit import record_audit
+from orchestrator.services.status_reads import LIVE
+from orchestrator.store.database import Database
+from orchestrator.store.tables import (
+    orders,
+    payment_attempts,
+    status_incident_updates,
+    status_incidents,
+)
+from statuspage.model import Component
+from statuspage.snapshot import SnapshotSource
+
+INCIDENT_STATUSES = ("investigating", "identified", "monitoring", "resolved")
+IMPACTS = ("none", "minor", "major", "critical")
+_CODE = re.compile(r"^(?:ORD_)?([0-9A-HJKMNP-TV-Z]{26})$")
+
+
+def catalog_of(router_catalog: Mapping[str, Mapping[Any, Sequence[str]]]
+               ) -> dict[str, dict[str, tuple[str, ...]]]:
+    """The router's catalog (provider → Rail → channels) with rails as plain strings."""
+    return {p: {str(r): tuple(c) for r, c in rails.items()} for p, rails in router_catalog.items()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LookupLimit:
+    per_client: int = 10
+    per_order: int = 10
+    window: timedelta = timedelta(minutes=10)
+
+
+class RateLimited(Exception):
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+class LookupLimiter:
+    """Fixed windows counted in Redis (shared by every replica), or in this process when Redis is
+    not configured or does not answer: a lookup is never refused because Redis is down."""
+
+    def __init__(self, redis: aioredis.Redis | None, prefix: str, limit: LookupLimit) -> None:
+        self._redis, self._prefix, self._limit = redis, prefix, limit
+        self._local: dict[str, tuple[int, int]] = {}
+
+    async def check(self, client: str, order_code: str) -> None:
+        window = int(self._limit.window.total_seconds())
+        slot = int(time.time()) // window
+        retry_after = window - int(time.time()) % window
+        for name, key, cap in (("client", client, self._limit.per_client),
+                               ("order", order_code, self._limit.per_order)):
+            full = f"{self._prefix}statuspage:lookup:{name}:{key}:{slot}"
+            if await self._count(full, window) > cap:
+                raise RateLimited(retry_after)
+
+    async def _count(self, key: str, window: int) -> int:
+        if self._redis is not None:
+            try:
+                pipe = self._redis.pipeline(transaction=True)
+                pipe.incr(key)
+                pipe.expire(key, window)
+                count, _ = await pipe.execute()
+                return int(count)
+            except (RedisError, OSError):
+                pass
+        now = int(time.time())
+        count, expires = self._local.get(key, (0, now + window))
+        if expires <= now:
+            count, expires = 0, now + window
+        self._local[key] = (count + 1, expires)
+        if len(self._local) > 100_000:  # bounded: forget expired windows
+            self._local = {k: v for k, v in self._local.items() if v[1] > now}
+        return count + 1
+
+
+def normalise_phone(raw: str) -> str:
+    digits = re.sub(r"\D", "", raw)
+    if digits.startswith("62"):
+        digits = "0" + digits[2:]
+    return digits
+
+
+def _same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+class StatusPage:
+    def __init__(self, db: Database, clock: Clock, components: Callable[[], list[Component]],
+                 *, redis: aioredis.Redis | None, key_prefix: str, public_url: str,
+                 lookup_limit: LookupLimit | None = None,
+                 cache_ttl: timedelta = timedelta(seconds=2)) -> None:
+        self._db, self._clock = db, clock
+        self.components = components
+        self.snapshots = SnapshotSource(db, components, clock.now, ttl=cache_ttl)
+        self.limiter = LookupLimiter(redis, key_prefix, lookup_limit or LookupLimit())
+        self.base_url = f"{public_url.rstrip('/')}/status"
+
+    async def lookup(self, code: str, contact: str, client: str) -> dict[str, Any] | None:
+        """The order named by ``code`` if ``contact`` is its customer's email or phone; None
+        otherwise, the same way whichever was wrong, so the page reveals nothing about other
+        customers' orders."""
+        normal = code.strip().upper()
+        m = _CODE.match(normal)
+        await self.limiter.check(client, m.group(1) if m else normal[:40])
+        if m is None or not contact.strip():
+            return None
+        order_id = f"ord_{m.group(1)}"
+        async with self._db.read() as conn:
+            row = (await conn.execute(sa.select(
+                orders.c.id, orders.c.state, orders.c.amount, orders.c.expires_at,
+                orders.c.paid_at, orders.c.customer_email, orders.c.customer_phone)
+                .where(orders.c.id == order_id))).first()
+            if row is None:
+                return None
+            a = payment_attempts.c
+            next_check = (await conn.execute(sa.select(sa.func.min(a.next_check_at)).where(
+                a.order_id == order_id, a.state.in_(LIVE)))).scalar_one()
+        given = contact.strip()
+        if "@" in given:
+            ok = _same(given.lower(), (row.customer_email or "").strip().lower())
+        else:
+            phone = normalise_phone(given)
+            ok = bool(phone) and _same(phone, normalise_phone(row.customer_phone or ""))
+        if not ok:
+            return None
+        show_check = row.state in ("awaiting_payment", "verifying", "captured")
+        return {"code": row.id, "state": row.state, "amount": int(row.amount),
+                "expires_at": row.expires_at, "paid_at": row.paid_at,
+                "next_check_at": next_check if show_check else None}
+
+    # -- ops --------------------------------------------------------------------------------
+
+    async def open_incident(self, *, name: str, name_en: str | None, status: str, impact: str,
+                            components: Sequence[str], body: str, body_en: str | None,
+                            actor: str) -> str:
+        self._check_status(status)
+        if impact not in IMPACTS:
+            raise InvalidOrder(f"impact is one of {', '.join(IMPACTS)}", field="impact")
+        known = {c.id for c in self.components()}
+        unknown = sorted(set(components) - known)
+        if unknown:
+            raise InvalidOrder(f"unknown components: {', '.join(unknown)}", field="components")
+        now = self._clock.now()
+        incident_id = new_id("inc")
+        async with self._db.transaction() as conn:
+            await conn.execute(status_incidents.insert().values(
+                id=incident_id, name=name, name_en=name_en, status=status, impact=impact,
+                automatic=False, components=list(components), created_at=now, updated_at=now,
+                monitoring_at=now if status == "monitoring" else None,
+                resolved_at=now if status == "resolved" else None))
+            await conn.execute(status_incident_updates.insert().values(
+                id=new_id("upd"), incident_id=incident_id, status=status, body=body,
+                body_en=body_en, author=actor, created_at=now))
+            await record_audit(conn, actor=actor, action="status.incident_opened",
+                               subject_type="incident", subject_id=incident_id, reason=body,
+                               details={"name": name, "impact": impact,
+                                        "components": list(components)}, now=now)
+        self.snapshots.invalidate()
+        return incident_id
+
+    async def post_update(self, incident_id: str, *, status: str, body: str,
+                          body_en: str | None, actor: str) -> str:
+        self._check_status(status)
+        now = self._clock.now()
+        update_id = new_id("upd")
+        i = status_incidents.c
+        async with self._db.transaction() as conn:
+            row = (await conn.execute(sa.select(i.status).where(i.id == incident_id))).first()
+            if row is None:
+                raise NotFound(f"no incident {incident_id}")
+            values: dict[str, Any] = {"status": status, "updated_at": now}
+            if status == "monitoring":
+                values["monitoring_at"] = now
+            if status == "resolved":
+                values["resolved_at"] = now
+            await conn.execute(status_incidents.update().where(i.id == incident_id)
+                               .values(**values))
+            await conn.execute(status_incident_updates.insert().values(
+                id=update_id, incident_id=incident_id, status=status, body=body,
+                body_en=body_en, author=actor, created_at=now))
+            await record_audit(conn, actor=actor, action="status.incident_updated",
+                               subject_type="incident", subject_id=incident_id, reason=body,
+                               details={"status": status, "update_id": update_id}, now=now)
+        self.snapshots.invalidate()
+        return update_id
+
+    @staticmethod
+    def _check_status(status: str) -> None:
+        if status not in INCIDENT_STATUSES:
+            raise InvalidOrder(f"status is one of {', '.join(INCIDENT_STATUSES)}",
+                               field="status")

@@ -1,0 +1,369 @@
+"""The public status page through a provider outage: the breaker opens, the component degrades
+after its dwell time, an incident opens by itself and resolves when the provider is back; the
+Atlassian-shaped JSON, the HTML, the feeds and the badges say the same; customers find their own
+order and nobody else's.
+
+The real api and the real worker (recorder included) run in-process against the simulators over
+real sockets, on a PostgreSQL database of this module's own (the status tables are global state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from chaos.sim.runner import Simulators, start_simulators
+from orchestrator.bootstrap import Container, build
+from orchestrator.settings import DatabaseSettings, Settings, StatusPageSettings
+from orchestrator.store.engine import create_engine, migrate
+from orchestrator.store.tables import audit_log, status_history
+from orchestrator.worker import run_worker, status_recorder
+from tests.conftest import create_database, drop_database
+from tests.integration.test_failover import gateway_settings
+from tests.support import (
+    ShiftedClock,
+    ShopFixture,
+    free_port,
+    metric_value,
+    new_merchant,
+    new_ops_token,
+    order_body,
+    serve,
+)
+
+QRIS_MIDTRANS = "qris:midtrans:qris"
+
+
+@dataclass
+class Page:
+    container: Container
+    sims: Simulators
+    client: httpx.AsyncClient
+    shop: ShopFixture
+    clock: ShiftedClock
+
+    async def checkout(self, rail: str = "qris", **customer: str) -> dict[str, Any]:
+        body = order_body(f"SP-{uuid.uuid4().hex[:10]}", 125_000, rail=rail)
+        if customer:
+            body["customer"] = {**body["customer"], **customer}  # type: ignore[dict-item]
+        r = await self.client.post("/v1/orders", json=body, headers={
+            **self.shop.headers, "Idempotency-Key": str(uuid.uuid4())})
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    async def fault(self, provider: str, body: dict[str, Any] | None = None) -> None:
+        sim = self.sims.midtrans if provider == "midtrans" else self.sims.xendit
+        async with httpx.AsyncClient() as c:
+            r = await (c.post(f"{sim.control_url}/faults", json=body) if body
+                       else c.delete(f"{sim.control_url}/faults"))
+            assert r.status_code < 300, r.text
+
+    async def json(self, path: str) -> dict[str, Any]:
+        r = await self.client.get(f"/status/api/v2/{path}")
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    async def component(self, component_id: str) -> str:
+        data = await self.json("components.json")
+        return str(next(c for c in data["components"] if c["id"] == component_id)["status"])
+
+
+async def eventually(probe: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await probe():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextlib.asynccontextmanager
+async def status_stack(container: Container, *, run_the_worker: bool,
+                       page: StatusPageSettings) -> AsyncIterator[Page]:
+    url = await create_database("lunas_status")
+    engine = create_engine(DatabaseSettings(url=url))
+    await migrate(engine)
+    await engine.dispose()
+    sims = await start_simulators()
+    port = free_port()
+    base = gateway_settings(container.settings, sims)
+    settings: Settings = replace(base, database=DatabaseSettings(url=url, pool_size=10),
+                                 http=replace(base.http, port=port), status_page=page)
+    clock = ShiftedClock()
+    c = build(settings, clock=clock)
+    await c.start()
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_worker(c, stop)) if run_the_worker else None
+    try:
+        shop = await new_merchant(c)
+        async with serve(c, port) as base_url, httpx.AsyncClient(base_url=base_url,
+                                                                 timeout=30) as client:
+            yield Page(c, sims, client, shop, clock)
+    finally:
+        stop.set()
+        if worker is not None:
+            await asyncio.wait_for(worker, timeout=15)
+        await c.close()
+        await sims.stop()
+        await drop_database(url)
+
+
+# Seconds instead of minutes; the success-rate window too, so the failed creates of the outage
+# stop counting soon after it.
+FAST = StatusPageSettings(interval=timedelta(seconds=0.2), worsen_after=timedelta(seconds=0.5),
+                          recover_after=timedelta(seconds=1), success_window=timedelta(seconds=3),
+                          cache_ttl=timedelta(0))
+
+
+async def test_a_provider_outage_opens_an_incident_and_recovery_resolves_it(
+    container: Container,
+) -> None:
+    async with status_stack(container, run_the_worker=True, page=FAST) as p:
+        await eventually(lambda: _indicator(p, "none"), 10, "an all-operational page")
+        assert (await p.component("qris")) == "operational"
+
+        await p.fault("midtrans", {"kind": "error_rate", "operation": "create", "status": 503})
+        placed = [await p.checkout() for _ in range(8)]  # QRIS: midtrans first, then xendit
+        assert {o["routing"]["served_by"] for o in placed} == {"qris:xendit:qris"}
+        assert p.container.breakers.get(QRIS_MIDTRANS).state.value == "open"
+        seen = (await p.client.get("/metrics")).content
+        assert metric_value(seen, "lunas_breaker_transitions_total", route=QRIS_MIDTRANS,
+                            from_state="closed", to_state="open") == 1
+        assert metric_value(seen, "lunas_breaker_state", route=QRIS_MIDTRANS,
+                            state="open") == 1
+
+        # One of QRIS's two providers is down: customers still pay, maybe more slowly.
+        await eventually(lambda: _status_is(p, "qris", "degraded_performance"), 10,
+                         "QRIS degraded on the page")
+        unresolved = (await p.json("incidents/unresolved.json"))["incidents"]
+        assert len(unresolved) == 1
+        incident = unresolved[0]
+        assert incident["status"] == "investigating" and incident["impact"] == "minor"
+        # Payment confirmation may join it: a create that failed ambiguously leaves a status read
+        # parked behind the open breaker, which is confirmation running late, honestly shown.
+        assert "qris" in [c["id"] for c in incident["components"]]
+        assert {c["id"] for c in incident["components"]} <= {"qris", "confirmation"}
+        assert "QRIS" in incident["name"] and incident["incident_updates"]
+        assert incident["shortlink"].endswith(f"/status/incidents/{incident['id']}")
+        status = await p.json("status.json")
+        assert status["status"]["indicator"] == "minor"
+        assert status["page"]["time_zone"] == "Asia/Jakarta"
+        summary = await p.json("summary.json")
+        assert [i["id"] for i in summary["incidents"]] == [incident["id"]]
+        html = (await p.client.get("/status")).text
+        assert 'data-status="degraded_performance"' in html and "Melambat" in html
+        assert "Degraded performance" in (await p.client.get("/status?lang=en")).text
+        badge = await p.client.get("/status/badge/qris.svg")
+        assert badge.headers["content-type"].startswith("image/svg+xml")
+        assert "Melambat" in badge.text
+        ET.fromstring(badge.text)  # well-formed SVG
+
+        await p.fault("midtrans")  # the provider recovers
+        # The breaker needs traffic to close (half-open trials): checkouts keep coming.
+        async def closed() -> bool:
+            await p.checkout()
+            return p.container.breakers.get(QRIS_MIDTRANS).state.value == "closed"
+
+        await eventually(closed, 20, "the QRIS breaker closed again")
+        await eventually(lambda: _status_is(p, "qris", "operational"), 15,
+                         "QRIS operational after the recovery dwell")
+        await eventually(lambda: _no_unresolved(p), 10, "the incident resolved")
+        incidents = (await p.json("incidents.json"))["incidents"]
+        resolved = next(i for i in incidents if i["id"] == incident["id"])
+        assert resolved["status"] == "resolved" and resolved["resolved_at"]
+        timeline = [u["status"] for u in reversed(resolved["incident_updates"])]
+        assert timeline[0] == "investigating" and timeline[-1] == "resolved"
+        atom = await p.client.get("/status/history.atom")
+        assert atom.headers["content-type"].startswith("application/atom+xml")
+        feed = ET.fromstring(atom.text)
+        ns = {"a": "http://www.w3.org/2005/Atom"}
+        assert any(incident["id"] in (e.findtext("a:id", namespaces=ns) or "")
+                   for e in feed.findall("a:entry", ns))
+        rss = ET.fromstring((await p.client.get("/status/history.rss")).text)
+        assert len(rss.findall("./channel/item")) >= 1
+        # The uptime record: QRIS spent time degraded and is operational now.
+        async with p.container.db.read() as conn:
+            periods = [r.status for r in await conn.execute(
+                sa.select(status_history.c.status).where(status_history.c.component_id == "qris")
+                .order_by(status_history.c.started_at, status_history.c.id))]
+        assert periods == ["operational", "degraded_performance", "operational"]
+
+
+async def _indicator(p: Page, indicator: str) -> bool:
+    return bool((await p.json("status.json"))["status"]["indicator"] == indicator)
+
+
+async def _status_is(p: Page, component_id: str, status: str) -> bool:
+    return await p.component(component_id) == status
+
+
+async def _no_unresolved(p: Page) -> bool:
+    return not (await p.json("incidents/unresolved.json"))["incidents"]
+
+
+SLOW = StatusPageSettings(interval=timedelta(hours=1), worsen_after=timedelta(seconds=60),
+                          recover_after=timedelta(minutes=5), cache_ttl=timedelta(0))
+
+
+async def test_a_flapping_breaker_does_not_flap_the_page(container: Container) -> None:
+    async with status_stack(container, run_the_worker=False, page=SLOW) as p:
+        recorder = status_recorder(p.container)
+        breaker = p.container.breakers.get(QRIS_MIDTRANS)
+        t0 = p.clock.now()
+        await recorder.evaluate(t0)
+        # Open for 40 s, closed for 40 s, open again...: never open for the 60 s dwell.
+        for i in range(6):
+            if i % 2 == 0:
+                breaker.force_open("flap")
+            else:
+                breaker.release_force("flap over")
+            result = await recorder.evaluate(t0 + timedelta(seconds=40 * (i + 1)))
+            assert result.raw["qris"].status.value == (
+                "degraded_performance" if i % 2 == 0 else "operational")
+            assert result.published["qris"].value == "operational"
+        assert (await p.component("qris")) == "operational"
+        assert not (await p.json("incidents.json"))["incidents"]
+        # Held open past the dwell, the page says so; it takes the recovery dwell to clear.
+        breaker.force_open("outage")
+        await recorder.evaluate(t0 + timedelta(seconds=300))
+        result = await recorder.evaluate(t0 + timedelta(seconds=361))
+        assert result.published["qris"].value == "degraded_performance"
+        breaker.release_force("recovered")
+        result = await recorder.evaluate(t0 + timedelta(seconds=400))
+        assert result.published["qris"].value == "degraded_performance"
+        result = await recorder.evaluate(t0 + timedelta(seconds=701))
+        assert result.published["qris"].value == "operational"
+
+
+async def test_scheduled_maintenance_is_shown_ahead_and_while_it_runs(
+    container: Container,
+) -> None:
+    async with status_stack(container, run_the_worker=False, page=SLOW) as p:
+        token = await new_ops_token(p.container)
+        now = p.clock.now()
+        r = await p.client.post("/v1/ops/maintenance", json={
+            "route": "*:midtrans:*", "starts_at": (now + timedelta(hours=1)).isoformat(),
+            "ends_at": (now + timedelta(hours=3)).isoformat(),
+            "reason": "Midtrans upgrades its platform"},
+            headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 201, r.text
+        upcoming = (await p.json("scheduled-maintenances/upcoming.json"))
+        [window] = upcoming["scheduled_maintenances"]
+        assert window["status"] == "scheduled" and window["impact"] == "maintenance"
+        assert window["scheduled_for"] and window["scheduled_until"]
+        assert "gopay" in {c["id"].split(".")[-1] for c in window["components"]}
+        assert not (await p.json("scheduled-maintenances/active.json"))["scheduled_maintenances"]
+        assert "Midtrans upgrades its platform" in (await p.client.get("/status")).text
+
+        p.clock.advance(timedelta(hours=1, minutes=1))
+        p.container.status_page.snapshots.invalidate()
+        result = await status_recorder(p.container).evaluate()
+        # GoPay is served by Midtrans alone: in maintenance, at once (it was announced).
+        assert result.published["ewallet.gopay"].value == "under_maintenance"
+        # QRIS is served by Xendit too: customers see no difference, so neither does the page.
+        assert result.published["qris"].value == "operational"
+        assert not (await p.json("incidents/unresolved.json"))["incidents"]
+        [active] = (await p.json("scheduled-maintenances/active.json"))["scheduled_maintenances"]
+        assert active["status"] == "in_progress"
+        assert (await p.component("ewallet.gopay")) == "under_maintenance"
+
+
+async def test_ops_post_incident_updates_and_every_post_is_audited(container: Container) -> None:
+    async with status_stack(container, run_the_worker=False, page=SLOW) as p:
+        token = await new_ops_token(p.container)
+        auth = {"Authorization": f"Bearer {token}"}
+        r = await p.client.post("/v1/ops/status/incidents", headers=auth, json={
+            "name": "Keterlambatan konfirmasi BCA", "name_en": "BCA confirmations delayed",
+            "components": ["va.bca"], "impact": "minor",
+            "body": "Konfirmasi VA BCA tertunda dari bank.", "body_en": "BCA VA delayed."})
+        assert r.status_code == 201, r.text
+        incident_id = r.json()["id"]
+        r = await p.client.post(f"/v1/ops/status/incidents/{incident_id}/updates", headers=auth,
+                                json={"status": "resolved", "body": "Sudah normal."})
+        assert r.status_code == 201, r.text
+        [incident] = [i for i in (await p.json("incidents.json"))["incidents"]
+                      if i["id"] == incident_id]
+        assert incident["status"] == "resolved"
+        assert [u["body"] for u in incident["incident_updates"]] == [
+            "Sudah normal.", "Konfirmasi VA BCA tertunda dari bank."]
+        english = (await p.client.get("/status/api/v2/incidents.json?lang=en")).json()
+        assert english["incidents"][0]["name"] == "BCA confirmations delayed"
+        async with p.container.db.read() as conn:
+            actions = [r.action for r in await conn.execute(
+                sa.select(audit_log.c.action).where(audit_log.c.subject_id == incident_id)
+                .order_by(audit_log.c.id))]
+        assert actions == ["status.incident_opened", "status.incident_updated"]
+        # Refused with a reason: no token, unknown component, unknown status.
+        assert (await p.client.post("/v1/ops/status/incidents", json={
+            "name": "x" * 5, "components": [], "body": "b"})).status_code == 401
+        bad = await p.client.post("/v1/ops/status/incidents", headers=auth, json={
+            "name": "Gangguan", "components": ["va.nope"], "body": "b"})
+        assert bad.status_code == 422 and "va.nope" in bad.text
+        bad = await p.client.post(f"/v1/ops/status/incidents/{incident_id}/updates",
+                                  headers=auth, json={"status": "fixed", "body": "b"})
+        assert bad.status_code == 422 and "status" in bad.text
+        missing = await p.client.post("/v1/ops/status/incidents/inc_nope/updates",
+                                      headers=auth, json={"status": "resolved", "body": "b"})
+        assert missing.status_code == 404
+
+
+async def test_order_lookup_shows_only_the_customers_own_order(container: Container) -> None:
+    async with status_stack(container, run_the_worker=False, page=SLOW) as p:
+        order = await p.checkout(email="siti@example.co.id", phone="+62 812-3456-7891")
+        code = order["id"]
+        ok = await p.client.post("/status/orders", data={"code": code,
+                                                         "contact": "SITI@example.co.id"})
+        assert ok.status_code == 200, ok.text
+        assert 'data-state="awaiting_payment"' in ok.text and "Menunggu pembayaran" in ok.text
+        assert "Rp125.000" in ok.text and "WIB" in ok.text
+        by_phone = await p.client.post("/status/orders?lang=en", data={
+            "code": code.lower(), "contact": "0812 3456 7891"})
+        assert by_phone.status_code == 200 and "Awaiting payment" in by_phone.text
+        # The wrong contact and an unknown code read the same: nothing to tell them apart.
+        wrong = await p.client.post("/status/orders", data={"code": code,
+                                                            "contact": "andi@example.co.id"})
+        unknown = await p.client.post("/status/orders", data={
+            "code": "ord_01AAAAAAAAAAAAAAAAAAAAAAAA", "contact": "siti@example.co.id"})
+        assert wrong.status_code == unknown.status_code == 404
+        assert wrong.text == unknown.text.replace("ord_01AAAAAAAAAAAAAAAAAAAAAAAA", code)
+        assert "siti" not in wrong.text.lower()
+        empty = await p.client.post("/status/orders", data={"code": code, "contact": " "})
+        assert empty.status_code == 422
+
+
+async def test_order_lookups_are_rate_limited(container: Container) -> None:
+    page = replace(SLOW, lookups_per_client=3, lookups_per_order=100)
+    async with status_stack(container, run_the_worker=False, page=page) as p:
+        codes = []
+        for _ in range(5):
+            r = await p.client.post("/status/orders", data={
+                "code": f"ord_01{uuid.uuid4().hex[:24].upper().replace('I', 'J')}",
+                "contact": "x@example.co.id"})
+            codes.append(r.status_code)
+        assert codes[:3] == [404, 404, 404]
+        assert codes[3:] == [429, 429]
+        limited = await p.client.post("/status/orders", data={"code": "ord_x", "contact": "a"})
+        assert limited.status_code == 429 and int(limited.headers["retry-after"]) > 0
+
+
+@pytest.mark.parametrize("path", ["/status", "/status?lang=en", "/status/orders",
+                                  "/status/api/v2/summary.json", "/status/history.rss",
+                                  "/status/badge/intake.svg"])
+async def test_every_public_status_route_answers_on_an_empty_history(
+    container: Container, path: str,
+) -> None:
+    async with status_stack(container, run_the_worker=False, page=SLOW) as p:
+        r = await p.client.get(path)
+        assert r.status_code == 200, r.text
+        assert "Traceback" not in r.text
