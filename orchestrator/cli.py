@@ -256,7 +256,8 @@ async def _serve(container: Container, stop: asyncio.Event) -> None:
 
     http = container.settings.http
     # log_config=None: uvicorn's records go through our redacting formatter, not its own.
-    config = uvicorn.Config(create_app(container, close_on_shutdown=False), host=http.host,
+    app = create_app(container, close_on_shutdown=False, freeze_startup_heap=True)
+    config = uvicorn.Config(app, host=http.host,
                             port=http.port, log_level="warning", access_log=False,
                             log_config=None)
     server = EmbeddedServer(config)

@@ -362,33 +362,44 @@ as up."""
 
 
 def uptime_bars(periods: Sequence[Period], *, now: datetime, days: int = 90) -> list[DayBar]:
-    """One bar per WIB day, oldest first, ending today."""
+    """One bar per WIB day, oldest first, ending today.
+
+    Each period is spread over the days it touches (not each day scanned against every period):
+    the page rebuilds this for every component every few seconds on the api's event loop.
+    """
     today = now.astimezone(WIB).date()
     first = today - timedelta(days=days - 1)
+    window_start = datetime.combine(first, time(), WIB)
+    covered = [0.0] * days
+    down = [0.0] * days
+    seconds: list[dict[str, float]] = [{} for _ in range(days)]
+    worst_seen: list[ComponentStatus | None] = [None] * days
+    for p in periods:
+        lo, hi = max(p.start, window_start), min(p.end or now, now)
+        if hi <= lo:
+            continue
+        index = (lo.astimezone(WIB).date() - first).days
+        day_start = datetime.combine(first + timedelta(days=index), time(), WIB)
+        while index < days and day_start < hi:
+            day_end = day_start + timedelta(days=1)
+            span = (min(hi, day_end) - max(lo, day_start)).total_seconds()
+            if span > 0:
+                covered[index] += span
+                down[index] += span * OUTAGE_WEIGHT.get(p.status, 0.0)
+                if p.status is not ComponentStatus.OPERATIONAL:
+                    seconds[index][p.status.value] = seconds[index].get(p.status.value, 0.0) + span
+                seen = worst_seen[index]
+                worst_seen[index] = p.status if seen is None else worst((seen, p.status))
+            index, day_start = index + 1, day_end
     bars = []
     for i in range(days):
         day = first + timedelta(days=i)
-        start = datetime.combine(day, time(), WIB)
-        end = min(start + timedelta(days=1), now)
-        covered = 0.0
-        down = 0.0
-        seconds: dict[str, float] = {}
-        worst_seen: ComponentStatus | None = None
-        for p in periods:
-            lo, hi = max(p.start, start), min(p.end or now, end)
-            span = (hi - lo).total_seconds()
-            if span <= 0:
-                continue
-            covered += span
-            down += span * OUTAGE_WEIGHT.get(p.status, 0.0)
-            if p.status is not ComponentStatus.OPERATIONAL:
-                seconds[p.status.value] = seconds.get(p.status.value, 0.0) + span
-            worst_seen = p.status if worst_seen is None else worst((worst_seen, p.status))
-        if covered <= 0:
+        if covered[i] <= 0:
             bars.append(DayBar(day=day, uptime=None, worst=None))
             continue
-        bars.append(DayBar(day=day, uptime=max(0.0, 1 - down / covered), worst=worst_seen,
-                           outage_seconds={k: int(v) for k, v in seconds.items()}))
+        bars.append(DayBar(day=day, uptime=max(0.0, 1 - down[i] / covered[i]),
+                           worst=worst_seen[i],
+                           outage_seconds={k: int(v) for k, v in seconds[i].items()}))
     return bars
 
 

@@ -168,39 +168,62 @@ class Snapshot:
 
 
 class SnapshotSource:
-    """Builds snapshots from the database; serves a cached one for ``ttl``."""
+    """Builds snapshots from the database; serves a cached one for ``ttl``.
+
+    Past ``ttl`` it goes on serving the last snapshot while one rebuild runs in the background
+    (stale-while-revalidate): a request never waits on the database, except for the first build,
+    after ``invalidate()`` (an ops update must show on the next read), when ``ttl`` is zero, or
+    when the last snapshot is older than ``max_stale`` (a rebuild that hangs must not freeze the
+    page on old news).
+    """
 
     def __init__(self, db: Database, components: Callable[[], list[Component]],
-                 now: Callable[[], datetime], *, ttl: timedelta = timedelta(seconds=2)) -> None:
+                 now: Callable[[], datetime], *, ttl: timedelta = timedelta(seconds=2),
+                 max_stale: timedelta = timedelta(seconds=30)) -> None:
         self._db, self._components, self._now = db, components, now
         self._ttl = ttl.total_seconds()
+        self._max_stale = max(max_stale.total_seconds(), self._ttl)
         self._current: Snapshot | None = None
         self._built_at = float("-inf")
         self._building: asyncio.Future[Snapshot] | None = None
+        self._building_for = 0
+        # invalidate() bumps the wanted generation; a build records the one it started at.
+        self._wanted = 0
+        self._have = 0
 
     def invalidate(self) -> None:
         self._built_at = float("-inf")
+        self._wanted += 1
 
     async def get(self) -> Snapshot:
-        if self._current is not None and time.monotonic() - self._built_at < self._ttl:
-            return self._current
-        if self._building is None:
-            self._building = asyncio.ensure_future(self._rebuild())
-        building = self._building
-        try:
-            return await asyncio.shield(building)
-        finally:
-            if building.done() and self._building is building:
+        while True:
+            age = time.monotonic() - self._built_at
+            if self._current is not None and age < self._ttl:
+                return self._current
+            if self._building is None or self._building.done():
+                self._building_for = self._wanted
+                self._building = asyncio.ensure_future(self._rebuild(self._wanted))
+            if (self._current is not None and self._ttl > 0 and self._have >= self._wanted
+                    and age < self._max_stale):
+                return self._current
+            building, generation = self._building, self._building_for
+            snap = await asyncio.shield(building)
+            if self._building is building:
                 self._building = None
+            if generation >= self._wanted:
+                return snap
+            # That build began before an invalidate(): what it read may predate the change.
 
-    async def _rebuild(self) -> Snapshot:
+    async def _rebuild(self, generation: int) -> Snapshot:
         try:
             snap = await build_snapshot(self._db, self._components(), self._now())
         except Exception:  # the database is down: say so, and show what we last knew
             snap = _degraded(self._current, self._components(), self._now())
             self._current, self._built_at = snap, time.monotonic() - self._ttl / 2
+            self._have = max(self._have, generation)
             return snap
         self._current, self._built_at = snap, time.monotonic()
+        self._have = max(self._have, generation)
         return snap
 
 

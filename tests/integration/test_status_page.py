@@ -367,3 +367,29 @@ async def test_every_public_status_route_answers_on_an_empty_history(
         r = await p.client.get(path)
         assert r.status_code == 200, r.text
         assert "Traceback" not in r.text
+
+
+async def test_the_page_answers_from_its_last_snapshot_while_a_rebuild_waits_on_the_database(
+    container: Container,
+) -> None:
+    page = replace(FAST, cache_ttl=timedelta(milliseconds=200))
+    async with status_stack(container, run_the_worker=False, page=page) as p:
+        assert (await p.client.get("/status/api/v2/status.json")).status_code == 200
+        # Someone holds the status tables (a migration, a long vacuum): any rebuild now waits.
+        async with p.container.db.engine.connect() as blocker:
+            await blocker.execute(sa.text(
+                "LOCK TABLE status_components IN ACCESS EXCLUSIVE MODE"))
+            await asyncio.sleep(0.3)  # past the cache's ttl
+            for _ in range(3):
+                r = await asyncio.wait_for(p.client.get("/status/api/v2/status.json"), 2)
+                assert r.status_code == 200
+            html = await asyncio.wait_for(p.client.get("/status"), 2)
+            assert html.status_code == 200
+            await blocker.rollback()
+        # Released: the rebuild that waited finishes and the page moves on.
+        before = (await p.json("status.json"))["page"]["updated_at"]
+        await eventually(lambda: _updated_after(p, before), 5, "a fresh snapshot")
+
+
+async def _updated_after(p: Page, before: str) -> bool:
+    return bool((await p.json("status.json"))["page"]["updated_at"] > before)

@@ -3,7 +3,9 @@ incidents and the 90-day uptime bars (statuspage/model.py, pure)."""
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
+from datetime import time as dtime
 
 import pytest
 
@@ -160,6 +162,44 @@ class TestUptimeBars:
         bars = model.uptime_bars([Period(status=S.PARTIAL_OUTAGE, start=start, end=None)],
                                  now=start + timedelta(hours=10), days=1)
         assert bars[0].uptime == pytest.approx(0.7)
+
+    def test_bars_agree_with_scanning_every_day_against_every_period(self) -> None:
+        rng = random.Random(7)
+        now = datetime(2026, 11, 29, 3, 17, tzinfo=UTC)
+        for _ in range(50):
+            periods, t = [], now - timedelta(days=rng.uniform(1, 120))
+            while t < now:
+                end = t + timedelta(hours=rng.expovariate(1 / 30))
+                periods.append(Period(status=rng.choice(list(S)), start=t,
+                                      end=None if end >= now else end))
+                t = end
+            assert model.uptime_bars(periods, now=now, days=90) == _bars_by_scanning(periods, now)
+
+
+def _bars_by_scanning(periods: list[Period], now: datetime) -> list[model.DayBar]:
+    """The definition, spelled out: each WIB day against each period."""
+    today = now.astimezone(model.WIB).date()
+    bars = []
+    for i in range(90):
+        day = today - timedelta(days=89 - i)
+        start = datetime.combine(day, dtime(), model.WIB)
+        end = min(start + timedelta(days=1), now)
+        covered = down = 0.0
+        seconds: dict[str, float] = {}
+        seen: S | None = None
+        for p in periods:
+            span = (min(p.end or now, end) - max(p.start, start)).total_seconds()
+            if span <= 0:
+                continue
+            covered += span
+            down += span * model.OUTAGE_WEIGHT.get(p.status, 0.0)
+            if p.status is not S.OPERATIONAL:
+                seconds[p.status.value] = seconds.get(p.status.value, 0.0) + span
+            seen = p.status if seen is None else model.worst((seen, p.status))
+        bars.append(model.DayBar(day=day, uptime=None, worst=None) if covered <= 0 else
+                    model.DayBar(day=day, uptime=max(0.0, 1 - down / covered), worst=seen,
+                                 outage_seconds={k: int(v) for k, v in seconds.items()}))
+    return bars
 
 
 def test_components_follow_the_router_catalog() -> None:
