@@ -36,6 +36,7 @@ bench: $(STAMP) services
 	$(BIN)/python bench/failover.py
 	$(BIN)/python bench/recovery.py
 	$(BIN)/python bench/reconcile.py
+	$(BIN)/python bench/statuspage.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache lunas.db
