@@ -22,6 +22,11 @@ The candidate of a credit is the attempt holding its amount on the statement's a
 one, because the held transfer amount is unique per account (``uq_payment_attempts_held_
 transfer_amount``). The caller re-checks a batch match under the row locks before settling it,
 and sends it to the line-by-line path if anything changed since the candidates were read.
+
+On PostgreSQL the import runs these rules as SQL over the whole statement at once (``_PLAN`` and
+``_SETTLE`` in ``services/reconciliation.py``): ``plan_batch`` and ``still_matches`` are their
+statement in Python, and ``settle_transitions`` hands the SQL the state machines' answer for
+every pair of states, so the domain rules stay written once.
 """
 
 from __future__ import annotations
@@ -30,6 +35,16 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from orchestrator.domain.errors import TransitionRefused
+from orchestrator.domain.order import (
+    AttemptState,
+    AttemptTrigger,
+    OrderState,
+    PaymentVerdict,
+    judge_payment,
+    next_attempt_state,
+    next_order_state,
+)
 from orchestrator.reconciliation.matcher import (
     Candidate,
     MatchKind,
@@ -94,3 +109,40 @@ def still_matches(facts: MutationFacts, locked: Candidate | None, planned: Candi
 
 def in_file_order(*groups: Sequence[int]) -> list[int]:
     return sorted(i for group in groups for i in group)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SettleTransition:
+    """A batch line whose locked order and attempt are in ``order_from`` and ``attempt_from``
+    settles them into ``order_to`` and ``attempt_to``."""
+
+    order_from: str
+    attempt_from: str
+    order_to: str
+    attempt_to: str
+
+
+def settle_transitions() -> list[SettleTransition]:
+    """Every (order state, attempt state) in which a payment of exactly the transfer amount is
+    the plain ``settle`` the batch writes: ``judge_payment`` says settle, the attempt is not yet
+    paid and may become paid, and the order becomes paid. Any other pair sends the line to the
+    line-by-line path (which also raises, as it always has, for a transition the state machines
+    refuse). A batch line's amount is its attempt's transfer amount by construction."""
+    allowed = []
+    for order_state in OrderState:
+        decision = judge_payment(order_state=order_state, expected=1, received=1)
+        if decision.verdict is not PaymentVerdict.SETTLE or decision.order_trigger is None:
+            continue
+        for attempt_state in AttemptState:
+            if attempt_state is AttemptState.PAID:
+                continue
+            try:
+                attempt_to = next_attempt_state(attempt_state, AttemptTrigger.PAID)
+                order_to = next_order_state(order_state, decision.order_trigger)
+            except TransitionRefused:
+                continue
+            if order_to is OrderState.PAID:
+                allowed.append(SettleTransition(
+                    order_from=order_state.value, attempt_from=attempt_state.value,
+                    order_to=order_to.value, attempt_to=attempt_to.value))
+    return allowed

@@ -5,20 +5,22 @@ is stored, deduplicated by fingerprint and matched together, so a crash leaves e
 or none. Re-importing an overlapping statement inserts nothing new (the fingerprint is unique).
 
 On PostgreSQL a statement is stored and matched as a batch (``_ingest_batch``): its lines are
-copied in, the lines ``plan_batch`` proves independent of each other are decided by ``decide``
-and settled with a few set-based statements, and the rest go through the line-by-line path
-(``_match``) in file order. Both paths write the same rows. Imports of one account are
-serialised by an advisory lock, so the fingerprints a batch finds free stay free until it
-commits; the unique constraint still refuses any duplicate (the COPY then fails and the whole
-import rolls back). Pushes, feeds and SQLite use the line-by-line path.
+copied once into a temporary table, the lines ``plan_batch``'s rules prove independent of each
+other are decided (``decide``'s window, in SQL) and settled with a few set-based statements, and
+the rest go through the line-by-line path (``_match``) in file order. Both paths write the same
+rows. Imports of one account are serialised by an advisory lock, so the fingerprints a batch
+finds free stay free until it commits; the unique constraint still refuses any duplicate (the
+INSERT then fails and the whole import rolls back). Pushes, feeds and SQLite use the
+line-by-line path.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
-import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,26 +34,22 @@ from orchestrator.domain.errors import (
     AlreadyMatched,
     NotFound,
     StatementRejected,
-    TransitionRefused,
 )
 from orchestrator.domain.ids import new_id
 from orchestrator.domain.order import (
     ORDER_EVENT_ON_ENTRY,
     AttemptState,
-    AttemptTrigger,
     OrderState,
-    PaymentVerdict,
     RecommendedAction,
     ReviewReason,
-    judge_payment,
-    next_attempt_state,
-    next_order_state,
 )
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails.base import Rail
-from orchestrator.reconciliation.batch import BatchPlan, plan_batch, still_matches
-from orchestrator.reconciliation.fingerprint import fingerprint_moota, fingerprint_statement_lines
+from orchestrator.reconciliation.batch import settle_transitions
+from orchestrator.reconciliation.bulk_ids import id_stream
+from orchestrator.reconciliation.fingerprint import fingerprint_moota, iter_fingerprints
 from orchestrator.reconciliation.matcher import (
+    ORDER_REFERENCE,
     Candidate,
     MatchKind,
     MutationFacts,
@@ -59,9 +57,9 @@ from orchestrator.reconciliation.matcher import (
     referenced_order_ids,
 )
 from orchestrator.reconciliation.moota import MootaMutation, parse_moota_push
-from orchestrator.reconciliation.statements import parse_statement
+from orchestrator.reconciliation.statements import StatementRows, read_statement
 from orchestrator.services.audit import record_audit
-from orchestrator.services.order_view import event_payload, iso
+from orchestrator.services.order_view import iso
 from orchestrator.services.settlement import Payment, apply_payment, open_review_case
 from orchestrator.store.database import Database, upsert_insert
 from orchestrator.store.tables import (
@@ -128,18 +126,9 @@ class ReconciliationService:
         path), ``store`` (mutation rows, settlement writes, commit) and ``total``.
         """
         phases = _Phases()
-        parsed = parse_statement(bank.lower(), data, account_number=account_number)
-        prints = fingerprint_statement_lines(parsed.bank, parsed.account_number, parsed.lines)
-        incoming = [
-            IncomingMutation(
-                bank=parsed.bank, account_number=parsed.account_number, posted_at=line.posted_at,
-                amount=line.amount, direction=line.direction, description=line.description,
-                balance=line.balance, source="statement", fingerprint=fp,
-            )
-            for line, fp in zip(parsed.lines, prints, strict=True)
-        ]
-        del prints
-        report = ImportReport(parsed=len(incoming), skipped_pending=parsed.skipped_pending)
+        with _collector_paused():  # a million small tuples; nothing to collect until done
+            parsed = read_statement(bank.lower(), data, account_number=account_number)
+        report = ImportReport(parsed=len(parsed.lines), skipped_pending=parsed.skipped_pending)
         phases.lap("parse")
         now = self._clock.now()
         async with self._db.transaction() as conn:
@@ -150,11 +139,11 @@ class ReconciliationService:
                 counts={}, created_at=now,
             ))
             if self._batch and conn.dialect.name == "postgresql":
-                await self._ingest_batch(conn, incoming, report, statement_id=report.statement_id,
+                await self._ingest_batch(conn, parsed, report, statement_id=report.statement_id,
                                          now=now, phases=phases)
             else:
-                await self._ingest(conn, incoming, report, statement_id=report.statement_id,
-                                   now=now)
+                await self._ingest(conn, _incoming(parsed), report,
+                                   statement_id=report.statement_id, now=now)
                 phases.lap("match")
             counts = {k: v for k, v in asdict(report).items() if k != "statement_id"}
             await conn.execute(statements.update().where(statements.c.id == report.statement_id)
@@ -219,120 +208,93 @@ class ReconciliationService:
             self._metrics.mutations_matched.labels(item.source, kind.value).inc()
 
     async def _ingest_batch(
-        self, conn: AsyncConnection, incoming: Sequence[IncomingMutation], report: ImportReport,
-        *, statement_id: str, now: datetime, phases: _Phases,
+        self, conn: AsyncConnection, parsed: StatementRows, report: ImportReport, *,
+        statement_id: str, now: datetime, phases: _Phases,
     ) -> None:
-        """The rows ``_ingest`` would write, written set-based (module docstring)."""
-        if not incoming:
+        """The rows ``_ingest`` would write, written set-based (module docstring).
+
+        The lines are copied once into a temporary table; PostgreSQL drops those already
+        stored, plans the rest by ``plan_batch``'s rules (``_PLAN``), locks the planned orders
+        and then their attempts, keeps the matches that still hold under the locks and settle
+        an open order (``_SETTLE``), and writes every mutation, evidence row, state change and
+        event with one statement each. Only the lines the plan cannot decide come back to
+        Python, for ``_match`` in file order."""
+        lines = parsed.lines
+        if not lines:
             return
         pg = await _driver(conn)
-        bank, account, source = incoming[0].bank, incoming[0].account_number, "statement"
+        bank, account, source = parsed.bank, parsed.account_number, "statement"
         await pg.execute(_LOCK_ACCOUNT, f"lunas:statement:{bank}:{account}")
+        await pg.execute(_TUNE)
         await pg.execute(_CREATE_LINES)
-        await pg.copy_records_to_table(
-            "lunas_import_lines", columns=["idx", "fingerprint", "amount", "direction"],
-            records=((n, m.fingerprint, m.amount, m.direction) for n, m in enumerate(incoming)))
+        prints = iter_fingerprints(bank, account, lines)
+        mutation_ids, event_ids = id_stream("mut"), id_stream("evt")
+        await pg.copy_records_to_table("lunas_import_lines", columns=list(_LINE_COLUMNS),
+                                       records=(
+            (n, next(mutation_ids), next(event_ids) if direction == "CR" else None, print_,
+             posted_at, amount, direction, description[:1000], balance,
+             _references(description) if direction == "CR" else None)
+            for n, ((_, posted_at, amount, direction, description, balance), print_)
+            in enumerate(zip(lines, prints, strict=True))))
+        duplicate = await pg.fetch(_DROP_DUPLICATES)
         await pg.execute("ANALYZE lunas_import_lines")  # a temporary table has no statistics
         phases.lap("store")
-        duplicate = {r[0] for r in await pg.fetch(_DUPLICATES)}
-        facts = {n: MutationFacts(amount=m.amount, direction=m.direction, posted_at=m.posted_at,
-                                  description=m.description)
-                 for n, m in enumerate(incoming) if n not in duplicate}
-        candidates = {r["idx"]: _candidate(r)
-                      for r in await pg.fetch(_BATCH_CANDIDATES, bank, account)
-                      if r["idx"] in facts}
-        plan = plan_batch(facts, candidates)
-        del candidates
-        twins = {(r["order_id"], r["amount"])
-                 for r in await pg.fetch(_MATCHED_ELSEWHERE, account, source)}
-        settlements = await self._lock_and_judge(pg, plan, facts, twins, bank=bank,
-                                                 account=account)
-        phases.lap("match")
-        ids = {n: new_id("mut") for n in facts}
-        states = {**dict.fromkeys(plan.ignored, MatchKind.IGNORED.value),
-                  **dict.fromkeys(settlements, MatchKind.MATCHED.value)}
-        order_of = {n: s.order["id"] for n, s in settlements.items()}
-        await pg.copy_records_to_table("mutations", columns=list(_MUTATION_COLUMNS), records=(
-            (ids[n], m.bank, m.account_number, m.posted_at, m.amount, m.direction,
-             m.description[:1000], m.balance, m.source, m.fingerprint, statement_id,
-             states.get(n, MatchKind.UNMATCHED.value), order_of.get(n),
-             now if n in order_of else None, "matcher" if n in order_of else None, now)
-            for n, m in enumerate(incoming) if n in ids))
-        await self._settle_batch(conn, pg, settlements, ids, incoming, now=now)
-        phases.lap("store")
-        for n in plan.sequential:
-            kind = await self._match(conn, ids[n], incoming[n], report, now=now)
+        new = len(lines) - len(duplicate)
+        ignored = sum(1 for line in lines if line[3] != "CR") - sum(
+            1 for r in duplicate if r["direction"] != "CR")
+        counts: dict[str, int] = {}
+        sequential: list[int] = []
+        if new:
+            await pg.execute(_PLAN, bank, account, source)
+            await pg.fetchval(_LOCK_ORDERS)
+            await pg.fetchval(_LOCK_ATTEMPTS)
+            transitions = settle_transitions()
+            await pg.execute(_SETTLE, bank, account,
+                             [t.order_from for t in transitions],
+                             [t.attempt_from for t in transitions],
+                             [t.order_to for t in transitions],
+                             [t.attempt_to for t in transitions])
+            for r in await pg.fetch(_OUTCOMES):
+                counts[r["kind"]] = r["n"]
+                if r["kind"] == "sequential":
+                    sequential = list(r["lines"])
+            phases.lap("match")
+            await pg.execute(_INSERT_MUTATIONS, bank, account, source, statement_id,
+                             MatchKind.IGNORED.value, MatchKind.MATCHED.value,
+                             MatchKind.UNMATCHED.value, now)
+            if counts.get("matched"):
+                await self._settle_batch(conn, pg, counts["matched"], now=now)
+            phases.lap("store")
+        for r in await pg.fetch(_SEQUENTIAL_LINES, sequential) if sequential else []:
+            _, posted_at, amount, direction, description, balance = lines[r["idx"]]
+            item = IncomingMutation(
+                bank=bank, account_number=account, posted_at=posted_at, amount=amount,
+                direction=direction, description=description, balance=balance, source=source,
+                fingerprint=r["fingerprint"])
+            kind = await self._match(conn, r["id"], item, report, now=now)
             self._metrics.mutations_matched.labels(source, kind.value).inc()
         phases.lap("match")
-        report.new += len(facts)
+        unmatched, matched = counts.get("unmatched", 0), counts.get("matched", 0)
+        report.new += new
         report.duplicate += len(duplicate)
-        report.ignored_debits += len(plan.ignored)
-        report.unmatched += len(plan.unmatched)
-        report.matched += len(settlements)
-        for label, count in (("new", len(facts)), ("duplicate", len(duplicate))):
+        report.ignored_debits += ignored
+        report.unmatched += unmatched
+        report.matched += matched
+        for label, count in (("new", new), ("duplicate", len(duplicate))):
             self._metrics.mutations_ingested.labels(source, label).inc(count)
-        for kind, count in ((MatchKind.IGNORED, len(plan.ignored)),
-                            (MatchKind.UNMATCHED, len(plan.unmatched)),
-                            (MatchKind.MATCHED, len(settlements))):
+        for kind, count in ((MatchKind.IGNORED, ignored), (MatchKind.UNMATCHED, unmatched),
+                            (MatchKind.MATCHED, matched)):
             self._metrics.mutations_matched.labels(source, kind.value).inc(count)
 
-    async def _lock_and_judge(
-        self, pg: Any, plan: BatchPlan, facts: dict[int, MutationFacts],
-        twins: set[tuple[str, int]], *, bank: str, account: str,
-    ) -> dict[int, _Settlement]:
-        """Lock the planned orders, then their attempts (``apply_payment``'s order), and keep
-        the matches that still hold and simply settle an open order. Any other line moves to
-        ``plan.sequential``, where ``_match`` decides it exactly as it always has: a possible
-        cross-source twin, a decision the locked rows changed, or any verdict but ``settle``."""
-        planned = {n: c for n, c in plan.matched.items()
-                   if (c.order_id, facts[n].amount) not in twins}
-        order_rows = {r["id"]: r for r in await pg.fetch(
-            _LOCK_ORDERS, sorted({c.order_id for c in planned.values()}))}
-        attempt_rows = {r["id"]: r for r in await pg.fetch(
-            _LOCK_ATTEMPTS, sorted(c.attempt_id for c in planned.values()))}
-        settlements: dict[int, _Settlement] = {}
-        for n, planned_candidate in planned.items():
-            a = attempt_rows.get(planned_candidate.attempt_id)
-            order = order_rows.get(planned_candidate.order_id)
-            holds = (a is not None and order is not None and a["holds_code"]
-                     and a["order_id"] == order["id"] and a["payout_bank"] == bank
-                     and a["payout_account_number"] == account
-                     and a["transfer_amount"] == facts[n].amount)
-            if not holds or not still_matches(facts[n], _candidate(a), planned_candidate):
-                continue
-            assert a is not None and order is not None
-            settled = _settlement(order, a, facts[n].amount)
-            if settled is not None:
-                settlements[n] = settled
-        plan.sequential.extend(n for n in plan.matched if n not in settlements)
-        plan.sequential.sort()
-        return settlements
-
     async def _settle_batch(
-        self, conn: AsyncConnection, pg: Any, settlements: dict[int, _Settlement],
-        ids: dict[int, str], incoming: Sequence[IncomingMutation], *, now: datetime,
+        self, conn: AsyncConnection, pg: Any, settled: int, *, now: datetime
     ) -> None:
         """``apply_payment`` for many ``settle`` verdicts at once: evidence, attempt paid and
         holding its amount through the quarantine, order moved, its other attempts retired,
         and one event per order for the merchant."""
-        if not settlements:
-            return
-        await pg.execute(_CREATE_SETTLE)
-        await pg.copy_records_to_table("lunas_import_settle", columns=list(_SETTLE_COLUMNS),
-                                       records=(
-            (ids[n], s.attempt_id, s.order["id"], incoming[n].amount, incoming[n].posted_at,
-             s.attempt_state, s.order_state, json.dumps(
-                 {"mutation_id": ids[n], "matched_by": "matcher"}),
-             new_id("evt"), ORDER_EVENT_ON_ENTRY[OrderState(s.order_state)],
-             s.order["merchant_id"], json.dumps(event_payload(
-                 _OrderView(s.order, s.order_state), paid_amount=incoming[n].amount,
-                 evidence="mutation")))
-            for n, s in settlements.items()))
-        await pg.execute("ANALYZE lunas_import_settle")
         written = await pg.execute(_INSERT_EVIDENCE, now)
-        if written != f"INSERT 0 {len(settlements)}":
-            raise RuntimeError(f"batch settlement wrote {written!r} for {len(settlements)} "
-                               "payments; a mutation's evidence already existed")
+        if written != f"INSERT 0 {settled}":
+            raise RuntimeError(f"batch settlement wrote {written!r} for {settled} payments")
         held_until = now + self._quarantine
         await pg.execute(_PAY_ATTEMPTS, now, held_until)
         await pg.execute(_MOVE_ORDERS, now)
@@ -343,7 +305,7 @@ class ReconciliationService:
                          merchant_id=None, payload={"attempt_id": r["id"]})
             for r in retired if r["rail"] != Rail.MANUAL_TRANSFER.value
         ], now=now)
-        await pg.execute(_INSERT_ORDER_EVENTS, now)
+        await pg.execute(_INSERT_ORDER_EVENTS, now, ORDER_EVENT_ON_ENTRY[OrderState.PAID])
 
     async def _match(
         self, conn: AsyncConnection, mutation_id: str, item: IncomingMutation,
@@ -467,43 +429,6 @@ class ReconciliationService:
                 "matched_at": iso(now)}
 
 
-@dataclass(frozen=True, kw_only=True)
-class _Settlement:
-    """One batch line whose payment settles an open order (verdict ``settle``)."""
-
-    attempt_id: str
-    attempt_state: str
-    order: Any
-    order_state: str
-
-
-def _settlement(order: Any, attempt: Any, amount: int) -> _Settlement | None:
-    """``apply_payment``'s decision for a locked order and attempt, when it is the plain one
-    the batch writes: ``settle``, on an attempt not yet paid. None sends the line to ``_match``
-    (which also raises, as it always has, for a transition the state machines refuse)."""
-    decision = judge_payment(order_state=OrderState(order["state"]),
-                             expected=attempt["transfer_amount"], received=amount)
-    if decision.verdict is not PaymentVerdict.SETTLE or decision.order_trigger is None:
-        return None
-    try:
-        attempt_state = next_attempt_state(AttemptState(attempt["state"]), AttemptTrigger.PAID)
-        order_state = next_order_state(OrderState(order["state"]), decision.order_trigger)
-    except TransitionRefused:
-        return None
-    if attempt["state"] == AttemptState.PAID.value or order_state is not OrderState.PAID:
-        return None
-    return _Settlement(attempt_id=attempt["id"], attempt_state=attempt_state.value, order=order,
-                       order_state=order_state.value)
-
-
-class _OrderView:
-    """The attributes ``event_payload`` reads, from a locked order row and its new state."""
-
-    def __init__(self, row: Any, state: str) -> None:
-        self.id, self.merchant_order_id = row["id"], row["merchant_order_id"]
-        self.amount, self.currency, self.state = row["amount"], row["currency"], state
-
-
 class _Phases:
     """Wall-clock seconds per phase of one import, summed over the laps named after it."""
 
@@ -527,63 +452,148 @@ async def _driver(conn: AsyncConnection) -> Any:
     return raw.driver_connection
 
 
-def _candidate(r: Any) -> Candidate:
-    return Candidate(attempt_id=r["id"], order_id=r["order_id"],
-                     transfer_amount=r["transfer_amount"], created_at=r["created_at"],
-                     held_until=r["code_held_until"] if r["closed_at"] is not None else None)
+def _incoming(parsed: StatementRows) -> list[IncomingMutation]:
+    prints = iter_fingerprints(parsed.bank, parsed.account_number, parsed.lines)
+    return [
+        IncomingMutation(
+            bank=parsed.bank, account_number=parsed.account_number, posted_at=posted_at,
+            amount=amount, direction=direction, description=description, balance=balance,
+            source="statement", fingerprint=print_,
+        )
+        for (_, posted_at, amount, direction, description, balance), print_
+        in zip(parsed.lines, prints, strict=True)
+    ]
 
 
-_MUTATION_COLUMNS = (
-    "id", "bank", "account_number", "posted_at", "amount", "direction", "description",
-    "balance", "source", "fingerprint", "statement_id", "match_state", "order_id", "matched_at",
-    "matched_by", "created_at",
-)
-_SETTLE_COLUMNS = (
-    "mutation_id", "attempt_id", "order_id", "amount", "observed_at", "attempt_state",
-    "order_state", "details", "event_id", "event_type", "merchant_id", "payload",
+def _references(description: str) -> list[str] | None:
+    """The order ids a credit's description names (``referenced_order_ids``), None for none."""
+    if ORDER_REFERENCE.search(description) is None:
+        return None
+    return sorted(referenced_order_ids(description)) or None
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a statement is parsed: parsing a large file
+    allocates a million tuples that hold no cycles, and each allocation threshold crossed
+    would otherwise walk every one of them again. No other coroutine runs meanwhile (parsing
+    never awaits)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+_LINE_COLUMNS = (
+    "idx", "id", "event_id", "fingerprint", "posted_at", "amount", "direction", "description",
+    "balance", "refs",
 )
 # Named SQL of the batch path. Temporary tables live until the import's transaction ends.
 _LOCK_ACCOUNT = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
+# Large joins: no JIT compilation (it costs more than it saves here), hash tables in memory.
+_TUNE = "SET LOCAL jit = off; SET LOCAL work_mem = '64MB'"
 _CREATE_LINES = """
 CREATE TEMPORARY TABLE lunas_import_lines (
-    idx integer PRIMARY KEY, fingerprint text NOT NULL, amount bigint NOT NULL,
-    direction text NOT NULL
+    idx integer NOT NULL, id text NOT NULL, event_id text, fingerprint text NOT NULL,
+    posted_at timestamptz NOT NULL, amount bigint NOT NULL, direction text NOT NULL,
+    description text NOT NULL, balance bigint, refs text[]
 ) ON COMMIT DROP"""
-_DUPLICATES = """
-SELECT l.idx FROM lunas_import_lines l JOIN mutations m ON m.fingerprint = l.fingerprint"""
-# _candidates, for every credit at once: the attempt holding the line's amount on the account.
-_BATCH_CANDIDATES = """
-SELECT l.idx, a.id, a.order_id, a.transfer_amount, a.created_at, a.code_held_until, a.closed_at
-FROM lunas_import_lines l
-JOIN payment_attempts a ON a.payout_bank = $1 AND a.payout_account_number = $2
-     AND a.holds_code AND a.transfer_amount = l.amount
-JOIN orders o ON o.id = a.order_id
-WHERE l.direction = 'CR'"""
-# What _seen_from_another_source looks for, per (order, amount); the day is left to it.
-_MATCHED_ELSEWHERE = """
-SELECT DISTINCT order_id, amount FROM mutations
-WHERE match_state = 'matched' AND account_number = $1 AND source <> $2"""
+_DROP_DUPLICATES = """
+DELETE FROM lunas_import_lines l USING mutations m WHERE m.fingerprint = l.fingerprint
+RETURNING l.idx, l.direction"""
+# Matcher._within_window: from midnight WIB (UTC+7) of the attempt's creation day, and until the
+# code stops being held when the attempt has closed.
+_IN_WINDOW = """
+l.posted_at >= (date_trunc('day', a.created_at AT TIME ZONE 'UTC' + interval '7 hours')
+                - interval '7 hours') AT TIME ZONE 'UTC'
+AND (a.closed_at IS NULL OR a.code_held_until IS NULL OR l.posted_at <= a.code_held_until)"""
+# plan_batch, for every new credit at once. A credit's candidate is the attempt holding its amount
+# on the account (at most one: uq_payment_attempts_held_transfer_amount). "sequential": the credit
+# names an order, or its candidate's order is reached by another line (another line's candidate,
+# or named in any line's description); "unmatched": no candidate, or outside its window;
+# "planned": decided by the batch, unless the same credit was already matched from another source
+# (what _seen_from_another_source looks for; the day is left to it).
+_PLAN = f"""
+CREATE TEMPORARY TABLE lunas_import_plan ON COMMIT DROP AS
+WITH credits AS (
+    SELECT l.idx, l.amount, l.refs IS NOT NULL AS referencing, a.id AS attempt_id, a.order_id,
+           {_IN_WINDOW} AS in_window
+    FROM lunas_import_lines l
+    LEFT JOIN payment_attempts a ON a.payout_bank = $1 AND a.payout_account_number = $2
+         AND a.holds_code AND a.transfer_amount = l.amount
+    WHERE l.direction = 'CR'
+), referenced AS (
+    SELECT DISTINCT unnest(refs) AS order_id FROM lunas_import_lines WHERE direction = 'CR'
+)
+SELECT c.idx, c.attempt_id, c.order_id,
+       CASE WHEN c.referencing THEN 'sequential'
+            WHEN c.attempt_id IS NULL THEN 'unmatched'
+            WHEN count(*) OVER (PARTITION BY c.order_id) > 1
+                 OR c.order_id IN (SELECT order_id FROM referenced) THEN 'sequential'
+            WHEN NOT c.in_window THEN 'unmatched'
+            WHEN EXISTS (SELECT FROM mutations m WHERE m.order_id = c.order_id
+                         AND m.match_state = 'matched' AND m.account_number = $2
+                         AND m.source <> $3 AND m.amount = c.amount) THEN 'sequential'
+            ELSE 'planned' END AS kind
+FROM credits c"""  # noqa: S608 - only the constant _IN_WINDOW is interpolated
+# apply_payment's lock order: the planned orders, then their attempts, each in id order.
 _LOCK_ORDERS = """
-SELECT id, merchant_id, merchant_order_id, amount, currency, state FROM orders
-WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"""
+SELECT count(*) FROM (
+    SELECT o.id FROM orders o
+    WHERE o.id IN (SELECT order_id FROM lunas_import_plan WHERE kind = 'planned')
+    ORDER BY o.id FOR UPDATE OF o) locked"""
 _LOCK_ATTEMPTS = """
-SELECT id, order_id, state, transfer_amount, holds_code, created_at, code_held_until, closed_at,
-       payout_bank, payout_account_number
-FROM payment_attempts WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"""
-_CREATE_SETTLE = """
-CREATE TEMPORARY TABLE lunas_import_settle (
-    mutation_id text NOT NULL, attempt_id text NOT NULL, order_id text NOT NULL,
-    amount bigint NOT NULL, observed_at timestamptz NOT NULL, attempt_state text NOT NULL,
-    order_state text NOT NULL, details text NOT NULL, event_id text NOT NULL,
-    event_type text NOT NULL, merchant_id text NOT NULL, payload text NOT NULL
-) ON COMMIT DROP"""
+SELECT count(*) FROM (
+    SELECT a.id FROM payment_attempts a
+    WHERE a.id IN (SELECT attempt_id FROM lunas_import_plan WHERE kind = 'planned')
+    ORDER BY a.id FOR UPDATE OF a) locked"""
+# still_matches and settle_transitions under the locks: the attempt still holds the amount on the
+# account for the same order, the line is still in its window, and the pair of states settles.
+_SETTLE = f"""
+CREATE TEMPORARY TABLE lunas_import_settle ON COMMIT DROP AS
+SELECT p.idx, l.id AS mutation_id, l.event_id, a.id AS attempt_id, o.id AS order_id, l.amount,
+       l.posted_at AS observed_at, t.attempt_to AS attempt_state, t.order_to AS order_state,
+       o.merchant_id, o.merchant_order_id, o.amount AS order_amount, o.currency
+FROM lunas_import_plan p
+JOIN lunas_import_lines l ON l.idx = p.idx
+JOIN payment_attempts a ON a.id = p.attempt_id
+JOIN orders o ON o.id = p.order_id
+JOIN unnest($3::text[], $4::text[], $5::text[], $6::text[])
+     AS t(order_from, attempt_from, order_to, attempt_to)
+     ON t.order_from = o.state AND t.attempt_from = a.state
+WHERE p.kind = 'planned' AND a.holds_code AND a.order_id = o.id AND a.payout_bank = $1
+      AND a.payout_account_number = $2 AND a.transfer_amount = l.amount AND {_IN_WINDOW}
+"""  # noqa: S608 - only the constant _IN_WINDOW is interpolated
+# Per outcome, the number of new credits; a planned line that did not settle goes to _match.
+_OUTCOMES = """
+SELECT kind, count(*) AS n, array_agg(idx ORDER BY idx) FILTER (WHERE kind = 'sequential') AS lines
+FROM (SELECT p.idx, CASE WHEN p.kind <> 'planned' THEN p.kind
+                         WHEN s.idx IS NULL THEN 'sequential' ELSE 'matched' END AS kind
+      FROM lunas_import_plan p LEFT JOIN lunas_import_settle s ON s.idx = p.idx) outcomes
+GROUP BY kind"""
+_INSERT_MUTATIONS = """
+INSERT INTO mutations (id, bank, account_number, posted_at, amount, direction, description,
+                       balance, source, fingerprint, statement_id, match_state, order_id,
+                       matched_at, matched_by, created_at)
+SELECT l.id, $1, $2, l.posted_at, l.amount, l.direction, l.description, l.balance, $3,
+       l.fingerprint, $4,
+       CASE WHEN l.direction <> 'CR' THEN $5 WHEN s.idx IS NOT NULL THEN $6 ELSE $7 END,
+       s.order_id, CASE WHEN s.idx IS NOT NULL THEN $8::timestamptz END,
+       CASE WHEN s.idx IS NOT NULL THEN 'matcher' END, $8
+FROM lunas_import_lines l LEFT JOIN lunas_import_settle s ON s.idx = l.idx
+ORDER BY l.idx"""
+_SEQUENTIAL_LINES = """
+SELECT idx, id, fingerprint FROM lunas_import_lines WHERE idx = ANY($1::integer[]) ORDER BY idx"""
+# The evidence keys are new mutation ids: a conflict is impossible, and would fail the import.
 _INSERT_EVIDENCE = """
 INSERT INTO evidence (unique_key, kind, order_id, attempt_id, amount, verdict, observed_at,
                       recorded_at, details)
 SELECT 'mutation:' || mutation_id, 'mutation', order_id, attempt_id, amount, 'settle',
-       observed_at, $1, details::jsonb
-FROM lunas_import_settle
-ON CONFLICT (unique_key) DO NOTHING"""
+       observed_at, $1, jsonb_build_object('mutation_id', mutation_id, 'matched_by', 'matcher')
+FROM lunas_import_settle ORDER BY idx"""
 _PAY_ATTEMPTS = """
 UPDATE payment_attempts a
 SET state = s.attempt_state, updated_at = $1, closed_at = $1,
@@ -607,12 +617,16 @@ SET closed_at = coalesce(a.closed_at, $1), code_held_until = $2
 FROM lunas_import_settle s
 WHERE a.order_id = s.order_id AND a.id <> s.attempt_id AND a.holds_code
       AND a.code_held_until IS NULL"""
+# event_payload(order, paid_amount=..., evidence="mutation"), built by PostgreSQL.
 _INSERT_ORDER_EVENTS = """
 INSERT INTO outbox (event_id, event_type, aggregate_id, merchant_id, payload, status, attempts,
                     created_at, available_at)
-SELECT event_id, event_type, order_id, merchant_id, payload::jsonb, 'pending', 0, $1, $1
-FROM lunas_import_settle"""
-
+SELECT event_id, $2, order_id, merchant_id,
+       jsonb_build_object('order_id', order_id, 'merchant_order_id', merchant_order_id,
+                          'status', order_state, 'amount', order_amount, 'currency', currency,
+                          'paid_amount', amount, 'evidence', 'mutation'),
+       'pending', 0, $1, $1
+FROM lunas_import_settle ORDER BY idx"""
 
 async def _candidates(conn: AsyncConnection, item: IncomingMutation) -> list[Candidate]:
     a = payment_attempts.c

@@ -24,22 +24,27 @@ from orchestrator.domain.errors import StatementRejected
 from orchestrator.reconciliation.statements import bca, bri, mandiri
 from orchestrator.reconciliation.statements.model import (
     Direction,
+    LineFields,
     ParsedStatement,
     StatementLine,
+    StatementRows,
     digits,
 )
 
 __all__ = [
     "SUPPORTED_BANKS",
     "Direction",
+    "LineFields",
     "ParsedStatement",
     "StatementLine",
+    "StatementRows",
     "parse_statement",
+    "read_statement",
 ]
 
 
 class _Parse(Protocol):
-    def __call__(self, text: str, *, account_number: str) -> ParsedStatement: ...
+    def __call__(self, text: str, *, account_number: str) -> StatementRows: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,14 +61,16 @@ class _Format:
 _FORMATS = {
     f.bank: f
     for f in (
-        _Format(bank=bca.BANK, label=bca.LABEL, header_line=bca.header_line, parse=bca.parse),
+        _Format(bank=bca.BANK, label=bca.LABEL, header_line=bca.header_line,
+                parse=bca.parse_rows),
         _Format(
             bank=mandiri.BANK,
             label=mandiri.LABEL,
             header_line=mandiri.header_line,
-            parse=mandiri.parse,
+            parse=mandiri.parse_rows,
         ),
-        _Format(bank=bri.BANK, label=bri.LABEL, header_line=bri.header_line, parse=bri.parse),
+        _Format(bank=bri.BANK, label=bri.LABEL, header_line=bri.header_line,
+                parse=bri.parse_rows),
     )
 }
 SUPPORTED_BANKS = tuple(_FORMATS)
@@ -79,6 +86,12 @@ _NOT_TEXT = (
 
 def parse_statement(bank: str, data: bytes, *, account_number: str) -> ParsedStatement:
     """Parse one uploaded statement of ``bank`` for ``account_number`` (compared digits only)."""
+    return read_statement(bank, data, account_number=account_number).to_parsed()
+
+
+def read_statement(bank: str, data: bytes, *, account_number: str) -> StatementRows:
+    """``parse_statement`` with the lines as plain tuples (``LineFields``): the same values and
+    the same refusals, at a fraction of the memory and time for a large file."""
     chosen = _FORMATS.get(bank.strip().lower())
     if chosen is None:
         raise StatementRejected(

@@ -34,9 +34,15 @@ from datetime import date, datetime, time
 
 from orchestrator.domain.errors import StatementRejected
 from orchestrator.reconciliation.statements.model import (
+    PLAIN_AMOUNT,
+    Direction,
+    LineFields,
     ParsedStatement,
     Row,
+    RowReader,
     StatementLine,
+    StatementRows,
+    as_fields,
     balance_cell,
     cell,
     check_account,
@@ -44,7 +50,6 @@ from orchestrator.reconciliation.statements.model import (
     fit_columns,
     leading_lines,
     positive,
-    read_rows,
     rupiah_cell,
     wib_to_utc,
 )
@@ -60,6 +65,7 @@ _TOTAL_LABELS = frozenset({"saldoawal", "mutasikredit", "mutasidebet"})
 _CLOSING_LABEL = "saldoakhir"
 _DATE = re.compile(r"^(\d{1,2})/(\d{1,2})(?:/(\d{4}))?$")
 _PERIOD = re.compile(r"^(\d{1,2}/\d{1,2}/\d{4})\s*-\s*(\d{1,2}/\d{1,2}/\d{4})$")
+_DIRECTIONS: dict[str, Direction] = {"CR": "CR", "DB": "DB"}
 _COMBINED_AMOUNT = re.compile(r"^(?P<amount>.*?)\s*(?P<direction>CR|DB)$", re.IGNORECASE)
 
 
@@ -73,8 +79,7 @@ class _Period:
 class _Preamble:
     period: _Period
     columns: tuple[str, ...]
-    body_start: int
-    """Index in the row list of the first row after the header."""
+    header_line: int
 
 
 def header_line(text: str) -> int | None:
@@ -87,13 +92,21 @@ def header_line(text: str) -> int | None:
 
 def parse(text: str, *, account_number: str) -> ParsedStatement:
     """Parse a decoded KlikBCA export; ``account_number`` is digits only."""
-    rows = read_rows(text, ",")
-    preamble = _read_preamble(rows, account_number)
-    lines, pending = _read_body(rows, preamble)
-    return ParsedStatement(
+    return parse_rows(text, account_number=account_number).to_parsed()
+
+
+def parse_rows(text: str, *, account_number: str) -> StatementRows:
+    """``parse`` with the lines as plain tuples."""
+    reader = RowReader(text, ",")
+    try:
+        preamble = _read_preamble(reader, account_number)
+        lines, pending = _read_body(reader, preamble)
+    except StatementRejected as problem:
+        reader.refuse(problem)
+    return StatementRows(
         bank=BANK,
         account_number=account_number,
-        lines=tuple(lines),
+        lines=lines,
         skipped_pending=pending,
         period_start=preamble.period.start,
         period_end=preamble.period.end,
@@ -109,10 +122,12 @@ def _first_label(row: Row) -> str:
     return _label(row.cells[0].partition(":")[0]) if row.cells else ""
 
 
-def _read_preamble(rows: list[Row], account_number: str) -> _Preamble:
+def _read_preamble(rows: RowReader, account_number: str) -> _Preamble:
+    """Reads ``rows`` up to and including the header."""
     account_seen = False
     period: _Period | None = None
-    for index, row in enumerate(rows):
+    for line_no, cells in rows:
+        row = Row(line_no=line_no, cells=tuple(cells))
         label, _, value = ",".join(row.cells).partition(":")
         value = value.strip(" ,'\t")
         if _label(label) in _ACCOUNT_LABELS:
@@ -135,7 +150,7 @@ def _read_preamble(rows: list[Row], account_number: str) -> _Preamble:
                     "from it - upload the file exactly as KlikBCA exported it",
                     line=row.line_no,
                 )
-            return _Preamble(period=period, columns=_layout(row), body_start=index + 1)
+            return _Preamble(period=period, columns=_layout(row), header_line=row.line_no)
     raise StatementRejected(
         "no 'Tanggal Transaksi' header row found; this is not a KlikBCA 'Mutasi Rekening' CSV"
     )
@@ -190,14 +205,38 @@ def _layout(header: Row) -> tuple[str, ...]:
     )
 
 
-def _read_body(rows: list[Row], preamble: _Preamble) -> tuple[list[StatementLine], int]:
-    """Transaction lines and the count of ``PEND`` rows, up to the required ``Saldo Akhir``."""
-    lines: list[StatementLine] = []
+def _read_body(rows: RowReader, preamble: _Preamble) -> tuple[list[LineFields], int]:
+    """Transaction lines and the count of ``PEND`` rows, up to the required ``Saldo Akhir``.
+
+    A row of the usual shape (separate CR/DB column, a date already seen, plain amounts) is read
+    without the per-cell checks; every other row goes through ``_parse_line`` as always. The
+    date cache holds only what ``_parse_line`` computed for that very cell text."""
+    lines: list[LineFields] = []
     pending = 0
     closed = False
-    for row in rows[preamble.body_start :]:
+    last = preamble.header_line
+    usual = preamble.columns is _SEPARATE
+    dates: dict[str, datetime] = {}
+    for line_no, cells in rows:
+        if usual and not closed and len(cells) == 6:
+            posted_at = dates.get(cells[0])
+            amount_text, balance_text = cells[3], cells[5]
+            direction = _DIRECTIONS.get(cells[4])
+            if (posted_at is not None and direction is not None
+                    and PLAIN_AMOUNT.fullmatch(amount_text)
+                    and PLAIN_AMOUNT.fullmatch(balance_text)):
+                amount = int(amount_text[:-3])
+                if amount > 0:
+                    lines.append((line_no, posted_at, amount, direction, cell(cells[1]),
+                                  int(balance_text[:-3])))
+                    last = line_no
+                    continue
+        row = Row(line_no=line_no, cells=tuple(cells))
+        if row.is_blank:
+            continue
+        last = line_no
         label = _first_label(row)
-        if row.is_blank or label in _TOTAL_LABELS:
+        if label in _TOTAL_LABELS:
             continue
         if label == _CLOSING_LABEL:
             closed = True
@@ -209,9 +248,10 @@ def _read_body(rows: list[Row], preamble: _Preamble) -> tuple[list[StatementLine
         elif label == "pend":
             pending += 1
         else:
-            lines.append(_parse_line(row, preamble))
+            line = _parse_line(row, preamble)
+            lines.append(as_fields(line))
+            dates[row.cells[0]] = line.posted_at
     if not closed:
-        last = max((r.line_no for r in rows if not r.is_blank), default=1)
         raise StatementRejected(
             "the file ends without the closing 'Saldo Akhir' line, so it looks cut off; "
             "download the statement again",

@@ -21,6 +21,7 @@ from orchestrator.reconciliation.statements.model import (
     ParsedStatement,
     Row,
     StatementLine,
+    StatementRows,
     balance_cell,
     cell,
     check_account,
@@ -72,6 +73,11 @@ def header_line(text: str) -> int | None:
 
 def parse(text: str, *, account_number: str) -> ParsedStatement:
     """Parse a decoded BRI export; ``account_number`` is digits only."""
+    return parse_rows(text, account_number=account_number).to_parsed()
+
+
+def parse_rows(text: str, *, account_number: str) -> StatementRows:
+    """``parse`` with the lines as plain tuples."""
     return parse_header_and_lines(text, ",", bank=BANK, account_number=account_number,
                                   check_header=_check_header, parse_line=_parse_line)
 

@@ -13,16 +13,21 @@ after its header cannot be told apart from an empty one, and importing nothing i
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from orchestrator.domain.errors import StatementRejected
 from orchestrator.reconciliation.statements.model import (
+    PLAIN_AMOUNT,
+    Direction,
+    LineFields,
     ParsedStatement,
     Row,
     StatementLine,
+    StatementRows,
     balance_cell,
     cell,
     check_account,
+    digits,
     fit_columns,
     leading_lines,
     one_sided,
@@ -76,8 +81,62 @@ def header_line(text: str) -> int | None:
 
 def parse(text: str, *, account_number: str) -> ParsedStatement:
     """Parse a decoded MCM export; ``account_number`` is digits only."""
+    return parse_rows(text, account_number=account_number).to_parsed()
+
+
+def parse_rows(text: str, *, account_number: str) -> StatementRows:
+    """``parse`` with the lines as plain tuples."""
     return parse_header_and_lines(text, ";", bank=BANK, account_number=account_number,
-                                  check_header=_check_header, parse_line=_parse_line)
+                                  check_header=_check_header, parse_line=_parse_line,
+                                  usual_line=_UsualLine(account_number))
+
+
+# A PostDate exactly as MCM writes it: "15 May 2026 04:13:08".
+_USUAL_POST_DATE = re.compile(
+    r"([0-9]{1,2}) ([A-Za-z]+) ([0-9]{4}) ([0-9]{1,2}):([0-9]{2}):([0-9]{2})")
+_SEVEN_HOURS = timedelta(hours=7)  # WIB is UTC+7 all year
+
+
+class _UsualLine:
+    """Reads a row of the usual shape without the per-cell checks ``_parse_line`` makes, and
+    returns None for any other row, which ``_parse_line`` then reads or refuses. Every value it
+    returns is the one ``_parse_line`` would return for that row (tested on both paths)."""
+
+    def __init__(self, account_number: str) -> None:
+        self._account = account_number
+        self._accounts_seen: set[str] = set()
+
+    def __call__(self, line_no: int, cells: list[str]) -> LineFields | None:
+        if len(cells) != 8:
+            return None
+        account, ccy, post_date, remarks, additional, credit_text, debit_text, balance = cells
+        if account not in self._accounts_seen:
+            if digits(account) != self._account:
+                return None
+            self._accounts_seen.add(account)
+        if ccy != "IDR" or not (PLAIN_AMOUNT.fullmatch(credit_text)
+                                and PLAIN_AMOUNT.fullmatch(debit_text)
+                                and PLAIN_AMOUNT.fullmatch(balance)):
+            return None
+        credit, debit = int(credit_text[:-3]), int(debit_text[:-3])
+        direction: Direction
+        if credit > 0 and debit == 0:
+            direction, amount = "CR", credit
+        elif debit > 0 and credit == 0:
+            direction, amount = "DB", debit
+        else:
+            return None
+        date = _USUAL_POST_DATE.fullmatch(post_date)
+        month = _MONTHS.get(date[2].lower()) if date else None
+        if date is None or month is None:
+            return None
+        try:
+            posted_at = datetime(int(date[3]), month, int(date[1]), int(date[4]), int(date[5]),
+                                 int(date[6]), tzinfo=UTC) - _SEVEN_HOURS
+        except ValueError:
+            return None
+        description = " ".join(part for part in (cell(remarks), cell(additional)) if part)
+        return (line_no, posted_at, amount, direction, description, int(balance[:-3]))
 
 
 def _squash(text: str) -> str:

@@ -14,10 +14,10 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Literal
+from typing import Literal, NoReturn
 
 from orchestrator.domain.clock import WIB
 from orchestrator.domain.errors import StatementRejected
@@ -62,6 +62,43 @@ class ParsedStatement:
     period_end: date | None
 
 
+LineFields = tuple[int, datetime, int, Direction, str, int | None]
+"""A ``StatementLine``'s fields as a plain tuple, in its field order (``line_no``, ``posted_at``,
+``amount``, ``direction``, ``description``, ``balance``): what a large import holds per line,
+since a tuple costs a fraction of a dataclass instance to build and to keep."""
+
+
+def as_fields(line: StatementLine) -> LineFields:
+    return (line.line_no, line.posted_at, line.amount, line.direction, line.description,
+            line.balance)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatementRows:
+    """``ParsedStatement`` with its lines as ``LineFields`` (same values, same order)."""
+
+    bank: str
+    account_number: str
+    lines: list[LineFields]
+    skipped_pending: int
+    period_start: date | None
+    period_end: date | None
+
+    def to_parsed(self) -> ParsedStatement:
+        return ParsedStatement(
+            bank=self.bank,
+            account_number=self.account_number,
+            lines=tuple(
+                StatementLine(line_no=n, posted_at=at, amount=amount, direction=direction,
+                              description=description, balance=balance)
+                for n, at, amount, direction, description, balance in self.lines
+            ),
+            skipped_pending=self.skipped_pending,
+            period_start=self.period_start,
+            period_end=self.period_end,
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class Row:
     """One CSV record and the file line it starts on."""
@@ -75,26 +112,51 @@ class Row:
 
 
 def read_rows(text: str, delimiter: str) -> list[Row]:
-    """Split decoded text into CSV records numbered by the physical line each starts on.
+    """Split decoded text into CSV records numbered by the physical line each starts on."""
+    return [Row(line_no=n, cells=tuple(cells)) for n, cells in RowReader(text, delimiter)]
+
+
+class RowReader:
+    """CSV records of decoded text, one at a time: ``(line_no, cells)``, numbered by the
+    physical line each starts on.
 
     ``newline=""`` lets the csv module see CRLF, LF and CR endings itself (and quoted line breaks);
     ``strict`` turns an unterminated quote, the usual sign of a file cut mid-row, into an error
     instead of a silently shortened last field.
+
+    Reading one record at a time keeps a large file from being held as row objects, but a parser
+    then meets a bad cell before a CSV error further down, where reading the whole file first
+    (``read_rows``) met the CSV error first. ``refuse`` restores that order.
     """
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    rows: list[Row] = []
-    start = 1
-    try:
-        for cells in reader:
-            rows.append(Row(line_no=start, cells=tuple(cells)))
-            start = reader.line_num + 1
-    except csv.Error as exc:
-        raise StatementRejected(
-            f"this is not valid CSV ({exc}); the file may be cut off or was edited by hand - "
-            "download the statement again",
-            line=start,
-        ) from exc
-    return rows
+
+    def __init__(self, text: str, delimiter: str) -> None:
+        self._reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
+                                  strict=True)
+        self._start = 1
+        self._failed = False
+
+    def __iter__(self) -> Iterator[tuple[int, list[str]]]:
+        return self
+
+    def __next__(self) -> tuple[int, list[str]]:
+        try:
+            cells = next(self._reader)
+        except csv.Error as exc:
+            self._failed = True
+            raise StatementRejected(
+                f"this is not valid CSV ({exc}); the file may be cut off or was edited by hand "
+                "- download the statement again",
+                line=self._start,
+            ) from exc
+        line_no, self._start = self._start, self._reader.line_num + 1
+        return line_no, cells
+
+    def refuse(self, problem: StatementRejected) -> NoReturn:
+        """Raise ``problem``, or the CSV error of a later record if there is one."""
+        if not self._failed:
+            for _ in self:  # raises the CSV error, if any
+                pass
+        raise problem
 
 
 def cell(text: str) -> str:
@@ -210,27 +272,54 @@ def leading_lines(text: str, limit: int) -> list[str]:
     return re.split(r"\r\n|\r|\n", text, maxsplit=limit)[:limit]
 
 
+PLAIN_AMOUNT = re.compile(r"[0-9]+\.00")
+"""The usual amount cell (``150123.00``): ``rupiah_cell`` reads it as ``int(text[:-3])``."""
+
+
 def parse_header_and_lines(
     text: str, delimiter: str, *, bank: str, account_number: str,
     check_header: Callable[[Row], None],
     parse_line: Callable[[Row, str], StatementLine],
-) -> ParsedStatement:
+    usual_line: Callable[[int, list[str]], LineFields | None] | None = None,
+) -> StatementRows:
     """The shape shared by one-header-row exports (Mandiri MCM, BRI): a header, then one line
-    per transaction, no period and no pending rows. A header alone means a cut-off file."""
-    rows = [row for row in read_rows(text, delimiter) if not row.is_blank]
-    if not rows:
-        raise StatementRejected("the file has no rows; download the statement again")
-    check_header(rows[0])
-    if len(rows) == 1:
-        raise StatementRejected(
-            "the file has a header but no transactions; it looks cut off or empty - download "
-            "the statement again",
-            line=rows[0].line_no,
-        )
-    return ParsedStatement(
+    per transaction, no period and no pending rows. A header alone means a cut-off file.
+
+    ``usual_line``, when given, reads a record of the usual shape faster and returns None for
+    anything else, which ``parse_line`` then reads (or refuses) as always; it must return
+    exactly what ``parse_line`` would."""
+    reader = RowReader(text, delimiter)
+    lines: list[LineFields] = []
+    header: Row | None = None
+    try:
+        for line_no, cells in reader:
+            if header is not None and usual_line is not None:
+                fields = usual_line(line_no, cells)
+                if fields is not None:
+                    lines.append(fields)
+                    continue
+            row = Row(line_no=line_no, cells=tuple(cells))
+            if row.is_blank:
+                continue
+            if header is None:
+                check_header(row)
+                header = row
+            else:
+                lines.append(as_fields(parse_line(row, account_number)))
+        if header is None:
+            raise StatementRejected("the file has no rows; download the statement again")
+        if not lines:
+            raise StatementRejected(
+                "the file has a header but no transactions; it looks cut off or empty - "
+                "download the statement again",
+                line=header.line_no,
+            )
+    except StatementRejected as problem:
+        reader.refuse(problem)
+    return StatementRows(
         bank=bank,
         account_number=account_number,
-        lines=tuple(parse_line(row, account_number) for row in rows[1:]),
+        lines=lines,
         skipped_pending=0,
         period_start=None,
         period_end=None,
