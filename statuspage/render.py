@@ -232,14 +232,20 @@ def _entries(snap: Snapshot) -> Sequence[IncidentView]:
     return snap.incidents[:50]
 
 
+def _feed_entry(i: IncidentView, lang: str) -> tuple[str, str]:
+    """An incident's title and its timeline as HTML, for either feed."""
+    name = (i.name_en or i.name) if lang == "en" else i.name
+    content = "".join(
+        f"<p><strong>{escape(u.status)}</strong> ({escape(wib(u.created_at, lang))}) — "
+        f"{escape((u.body_en or u.body) if lang == 'en' else u.body)}</p>"
+        for u in i.updates)
+    return name, content
+
+
 def atom(snap: Snapshot, base_url: str, lang: str) -> str:
     entries = []
     for i in _entries(snap):
-        name = (i.name_en or i.name) if lang == "en" else i.name
-        content = "".join(
-            f"<p><strong>{escape(u.status)}</strong> ({escape(wib(u.created_at, lang))}) — "
-            f"{escape((u.body_en or u.body) if lang == 'en' else u.body)}</p>"
-            for u in i.updates)
+        name, content = _feed_entry(i, lang)
         entries.append(
             f"<entry><id>tag:lunas,2026:incident:{xml_escape(i.id)}</id>"
             f"<published>{iso(i.created_at)}</published><updated>{iso(i.updated_at)}</updated>"
@@ -259,11 +265,7 @@ def atom(snap: Snapshot, base_url: str, lang: str) -> str:
 def rss(snap: Snapshot, base_url: str, lang: str) -> str:
     items = []
     for i in _entries(snap):
-        name = (i.name_en or i.name) if lang == "en" else i.name
-        content = "".join(
-            f"<p><strong>{escape(u.status)}</strong> ({escape(wib(u.created_at, lang))}) — "
-            f"{escape((u.body_en or u.body) if lang == 'en' else u.body)}</p>"
-            for u in i.updates)
+        name, content = _feed_entry(i, lang)
         items.append(
             f"<item><title>{xml_escape(name)}</title>"
             f"<link>{xml_escape(base_url)}/incidents/{xml_escape(i.id)}</link>"

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import random
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -139,3 +140,13 @@ def metric_value(exposition: bytes, name: str, **labels: str) -> float:
             if set(inside.split(",")) == wanted:
                 return float(value)
     return 0.0
+
+
+async def eventually(probe: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    """Poll ``probe`` every 0.1 s until it holds; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await probe():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -16,7 +16,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -41,6 +41,7 @@ from tests.invariants import assert_rules_of_state
 from tests.support import (
     ShiftedClock,
     ShopFixture,
+    eventually,
     free_port,
     metric_value,
     new_merchant,
@@ -104,15 +105,6 @@ class Shop:
         async with self.container.db.read() as conn:
             return list((await conn.execute(sa.select(outbox).where(
                 outbox.c.event_type == event_type, outbox.c.aggregate_id.in_(ids)))).all())
-
-
-async def eventually(probe: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await probe():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @contextlib.asynccontextmanager

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -34,6 +33,7 @@ from tests.integration.test_failover import gateway_settings
 from tests.support import (
     ShiftedClock,
     ShopFixture,
+    eventually,
     free_port,
     metric_value,
     new_merchant,
@@ -77,15 +77,6 @@ class Page:
     async def component(self, component_id: str) -> str:
         data = await self.json("components.json")
         return str(next(c for c in data["components"] if c["id"] == component_id)["status"])
-
-
-async def eventually(probe: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await probe():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @contextlib.asynccontextmanager
