@@ -97,6 +97,8 @@ class _Succeeded:
 class _Failed:
     error: str
     permanent: bool
+    kind: str
+    """The error's type alone: what a trace may carry (messages can hold SQL parameters)."""
 
 
 _Outcome = _Succeeded | _Failed
@@ -214,7 +216,7 @@ class Relay:
                                   _span_attributes(event)) as span:
                 outcome = await self._attempt(event)
                 if isinstance(outcome, _Failed):
-                    tracing.fail(span, outcome.error)
+                    tracing.fail(span, outcome.kind)
                 await self._shielded(self._record(event, outcome))
             return True
 
@@ -227,13 +229,12 @@ class Relay:
             async with deadline:
                 await handler(event)
         except PermanentFailure as exc:
-            return _Failed(error=_describe(exc), permanent=True)
+            return _Failed(error=_describe(exc), permanent=True, kind=type(exc).__name__)
         except Exception as exc:
             if deadline.expired():
-                return _Failed(
-                    error=f"handler timed out after {self._handler_timeout_s:g}s", permanent=False
-                )
-            return _Failed(error=_describe(exc), permanent=False)
+                return _Failed(error=f"handler timed out after {self._handler_timeout_s:g}s",
+                               permanent=False, kind="TimeoutError")
+            return _Failed(error=_describe(exc), permanent=False, kind=type(exc).__name__)
         return _Succeeded(handled_by=event.event_type)
 
     async def _record(self, event: OutboxEvent, outcome: _Outcome) -> None:

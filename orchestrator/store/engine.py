@@ -21,7 +21,8 @@ PING_AFTER_IDLE = 1.0
 
 def create_engine(settings: DatabaseSettings) -> AsyncEngine:
     if settings.is_sqlite:
-        engine = create_async_engine(settings.url, connect_args={"timeout": 30})
+        engine = create_async_engine(settings.url, connect_args={"timeout": 30},
+                                     hide_parameters=True)
         _tune_sqlite(engine)
         return engine
     engine = create_async_engine(
@@ -32,6 +33,9 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         # Waiting a few milliseconds for a pooled connection is far cheaper.
         max_overflow=0,
         pool_recycle=1800,
+        # A statement's parameters are customers' emails, phones and account numbers: keep them
+        # out of exception messages, which reach logs, last_error and traces.
+        hide_parameters=True,
     )
     _ping_idle_connections(engine)
     return engine

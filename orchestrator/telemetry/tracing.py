@@ -159,9 +159,10 @@ def _run(tracer: trace.Tracer, name: str, **options: Any) -> Iterator[Span]:
             raise
 
 
-def fail(span: Span, error: str) -> None:
-    """Mark ``span`` failed with a short description (never a payload)."""
-    span.set_status(Status(StatusCode.ERROR, error[:200]))
+def fail(span: Span, error_type: str) -> None:
+    """Mark ``span`` failed with the error's type (never its message: that can carry a payload
+    or SQL parameters, and spans leave the process unredacted)."""
+    span.set_status(Status(StatusCode.ERROR, error_type[:200]))
 
 
 # -- propagation --------------------------------------------------------------------------------

@@ -665,3 +665,38 @@ async def test_sigterm_finishes_the_batch_in_hand_and_exits_cleanly(
                              what="the rest delivered")
     assert receiver.counts() == Counter(dict.fromkeys(event_ids, 1))
     assert receiver.problems == []
+
+
+async def test_a_failed_handlers_span_names_the_error_type_not_its_message(
+    engine: AsyncEngine,
+) -> None:
+    """Exception text can carry SQL parameters (an email, an account number); spans leave the
+    process unredacted, so they carry the type alone; last_error keeps the message in our DB."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from orchestrator.telemetry import tracing
+
+    tag = new_id("tst")
+
+    async def leaks(event: OutboxEvent) -> None:
+        raise RuntimeError("duplicate key: (account_number)=(0123456789)")
+
+    await add_outbox_events(engine, 1, aggregate_id=tag, event_type="test.leaks")
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracing.use(provider)
+    try:
+        relay = Relay(engine, {"test.leaks": leaks}, FAST, f"leaks-{tag[-6:]}", SystemClock())
+        assert await relay.run_once() == 1
+    finally:
+        tracing.use(None)
+        provider.shutdown()
+    [span] = [s for s in memory.get_finished_spans() if s.name == "outbox.handle test.leaks"]
+    assert span.status.status_code.name == "ERROR"
+    assert span.status.description == "RuntimeError"
+    assert not any("0123456789" in str(v) for v in (span.attributes or {}).values())
+    [row] = await rows_where(engine, outbox.c.aggregate_id == tag)
+    assert row.last_error == "RuntimeError: duplicate key: (account_number)=(0123456789)"
