@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import fnmatch
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -71,13 +71,10 @@ class Evaluation:
 
 class StatusRecorder:
     def __init__(self, db: Database, sources: Sources, clock: Clock, *,
-                 manual_route: str, settings: RecorderSettings | None = None,
-                 on_change: Callable[[str, ComponentStatus, ComponentStatus], None] | None = None,
-                 ) -> None:
+                 manual_route: str, settings: RecorderSettings | None = None) -> None:
         self._db, self._sources, self._clock = db, sources, clock
         self._manual_route = manual_route
         self.settings = settings or RecorderSettings()
-        self._on_change = on_change
         self._usable_since: dict[str, datetime] = {}
         """When each route last came back (breaker closed, pause or window over): its failures
         from before count no more, or a recovered route would read as failing for a window."""
@@ -108,6 +105,11 @@ class StatusRecorder:
             if conn.dialect.name == "postgresql":
                 query = query.with_for_update()
             rows = {r.id: r for r in await conn.execute(query.order_by(status_components.c.id))}
+            if any(r.updated_at > now for r in rows.values()):
+                # Another worker evaluated a later instant while this one derived: its view is
+                # newer. Writing ours would end periods before they began and flip the page back.
+                return Evaluation(raw=raw, published={
+                    c.id: ComponentStatus(rows[c.id].status) for c in components}, changed={})
             published: dict[str, ComponentStatus] = {}
             changed: dict[str, ComponentStatus] = {}
             for c in components:
@@ -132,8 +134,6 @@ class StatusRecorder:
                     log.info("component status changed", extra={
                         "component": c.id, "from": current.status.value,
                         "to": nxt.status.value, "reasons": list(derived.reasons)})
-                    if self._on_change is not None:
-                        self._on_change(c.id, current.status, nxt.status)
             await self._incidents(conn, components, published, changed, now)
         return Evaluation(raw=raw, published=published, changed=changed)
 

@@ -365,22 +365,46 @@ async def test_the_page_answers_from_its_last_snapshot_while_a_rebuild_waits_on_
 ) -> None:
     page = replace(FAST, cache_ttl=timedelta(milliseconds=200))
     async with status_stack(container, run_the_worker=False, page=page) as p:
-        assert (await p.client.get("/status/api/v2/status.json")).status_code == 200
+        before = (await p.json("status.json"))["page"]["updated_at"]
         # Someone holds the status tables (a migration, a long vacuum): any rebuild now waits.
         async with p.container.db.engine.connect() as blocker:
             await blocker.execute(sa.text(
                 "LOCK TABLE status_components IN ACCESS EXCLUSIVE MODE"))
             await asyncio.sleep(0.3)  # past the cache's ttl
-            for _ in range(3):
-                r = await asyncio.wait_for(p.client.get("/status/api/v2/status.json"), 2)
-                assert r.status_code == 200
-            html = await asyncio.wait_for(p.client.get("/status"), 2)
+            for _ in range(3):  # answered, from the snapshot built before the lock
+                assert (await p.json("status.json"))["page"]["updated_at"] == before
+            html = await p.client.get("/status")
             assert html.status_code == 200
             await blocker.rollback()
         # Released: the rebuild that waited finishes and the page moves on.
-        before = (await p.json("status.json"))["page"]["updated_at"]
         await eventually(lambda: _updated_after(p, before), 5, "a fresh snapshot")
 
 
 async def _updated_after(p: Page, before: str) -> bool:
     return bool((await p.json("status.json"))["page"]["updated_at"] > before)
+
+
+async def test_two_workers_evaluating_at_once_keep_one_history(container: Container) -> None:
+    """Each worker reads its clock before it takes the lock: the one that read the earlier
+    instant but wrote second must not end a period before it began or flip the page back."""
+    async with status_stack(container, run_the_worker=False, page=SLOW) as p:
+        first, second = status_recorder(p.container), status_recorder(p.container)
+        token = await new_ops_token(p.container)
+        now = p.clock.now()
+        start = now + timedelta(seconds=10)
+        r = await p.client.post("/v1/ops/maintenance", json={
+            "route": "ewallet:midtrans:*", "starts_at": start.isoformat(),
+            "ends_at": (start + timedelta(hours=2)).isoformat(), "reason": "upgrade"},
+            headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 201, r.text
+        await first.evaluate(now)
+        # The second worker read its clock just after the window began and wrote first; the
+        # first read it just before and comes second.
+        await second.evaluate(start + timedelta(milliseconds=5))
+        await first.evaluate(start - timedelta(milliseconds=5))
+        async with p.container.db.read() as conn:
+            periods = (await conn.execute(sa.select(status_history).where(
+                status_history.c.component_id == "ewallet.gopay")
+                .order_by(status_history.c.started_at))).all()
+        assert [x.status for x in periods] == ["operational", "under_maintenance"]
+        assert all(x.ended_at is None or x.ended_at >= x.started_at for x in periods)
