@@ -13,15 +13,16 @@ from html import escape
 from typing import Any
 from xml.sax.saxutils import escape as xml_escape
 
+from orchestrator.domain.money import format_idr
+from orchestrator.services.order_view import iso
 from statuspage import model
 from statuspage.model import ComponentStatus
-from statuspage.snapshot import ComponentView, IncidentView, Snapshot, iso
+from statuspage.snapshot import ComponentView, IncidentView, Snapshot
 from statuspage.texts import (
     INCIDENT_STATUS_LABELS,
     ORDER_STATE_TEXTS,
     STATUS_LABELS,
     pick,
-    rupiah,
     t,
     wib,
 )
@@ -213,7 +214,7 @@ def _order_card(r: dict[str, Any], lang: str) -> str:
     texts = ORDER_STATE_TEXTS.get(r["state"], (r["state"], "", r["state"], ""))
     label, step = (texts[2], texts[3]) if lang == "en" else (texts[0], texts[1])
     rows = [(t("order_code", lang), r["code"]), (t("state", lang), label),
-            (t("amount", lang), rupiah(r["amount"]))]
+            (t("amount", lang), format_idr(r["amount"]))]
     if r.get("paid_at"):
         rows.append((t("paid_at", lang), wib(r["paid_at"], lang)))
     elif r.get("expires_at"):

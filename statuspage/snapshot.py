@@ -19,6 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from orchestrator.services.order_view import iso
 from orchestrator.store.database import Database
 from orchestrator.store.tables import (
     maintenance_windows,
@@ -32,10 +33,6 @@ from statuspage.model import Component, ComponentStatus, DayBar, Period
 
 HISTORY_DAYS = 90
 PAGE_ID = "lunas"
-
-
-def iso(at: datetime | None) -> str | None:
-    return at.isoformat().replace("+00:00", "Z") if at is not None else None
 
 
 @dataclass(frozen=True, kw_only=True)

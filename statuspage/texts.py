@@ -122,10 +122,6 @@ def wib(at: datetime, lang: str = "id") -> str:
     return f"{local.day} {month} {local.year} {local:%H:%M} WIB"
 
 
-def rupiah(amount: int) -> str:
-    return "Rp" + f"{amount:,}".replace(",", ".")
-
-
 @dataclass(frozen=True, kw_only=True)
 class IncidentTexts:
     names: Mapping[str, tuple[str, str]]
