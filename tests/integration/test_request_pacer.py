@@ -69,17 +69,27 @@ async def test_redis_lost_falls_back_to_local_pacing() -> None:
 async def test_no_window_ever_holds_more_than_the_cap_even_with_a_burst(
         container: Container) -> None:
     """Late wake-ups (a busy process) or a generous burst can bunch slots; the send-time log
-    still keeps every one-second window at or under the cap."""
+    still keeps every one-second window at or under the cap.
+
+    Measured on the log's own admission times (Redis's clock), which is what the pacer promises:
+    the caller's wake-up times add this machine's scheduling jitter (a test on them failed once in
+    a loaded run with 20 in a window of 19)."""
     url = container.settings.redis.url
     assert url is not None
     bursty = Pace(per_minute=1_200, burst=40, headroom=0.03)  # cap 19 a second
+    prefix = f"{container.settings.redis.key_prefix}cap{uuid.uuid4().hex[:6]}:"
     client = aioredis.Redis.from_url(url)
+    admitted: dict[bytes, float] = {}
     try:
-        pacer = RequestPacer({"xendit": bursty}, redis=client,
-                             key_prefix=f"{container.settings.redis.key_prefix}"
-                                        f"cap{uuid.uuid4().hex[:6]}:")
-        got = await _stamps(pacer, 30)
+        pacer = RequestPacer({"xendit": bursty}, redis=client, key_prefix=prefix)
+        for _ in range(30):
+            await pacer.acquire("xendit")
+            # Every admission is in the log right after it is made (older ones may be trimmed).
+            admitted.update(await client.zrange(f"{prefix}pace:xendit:sent", 0, -1,
+                                                withscores=True))
     finally:
         await client.aclose()
+    assert len(admitted) == 30
+    got = sorted(us / 1_000_000 for us in admitted.values())
     peak = max(sum(1 for u in got if t <= u < t + 1.0) for t in got)
     assert bursty.cap == 19 and peak <= bursty.cap
