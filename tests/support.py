@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 
 import uvicorn
 
+from chaos.sim.statements import bca_statement  # noqa: F401 - tests import it from here
 from orchestrator.app import create_app
 from orchestrator.bootstrap import Container
-from orchestrator.domain.clock import WIB
 from orchestrator.serving import EmbeddedServer
 from orchestrator.store.merchants import OPS_SCOPES, NewMerchant, create_merchant, create_ops_token
 
@@ -92,28 +92,6 @@ def order_body(merchant_order_id: str, amount: int = 150_000, **extra: object) -
         },
         **extra,
     }
-
-
-def bca_statement(account: str, lines: list[tuple[datetime, str, int, str]]) -> bytes:
-    """A KlikBCA individual CSV (RAILS.md §4.1) with (posted, description, amount, CR/DB) lines."""
-    first = min(d for d, *_ in lines).astimezone(WIB)
-    last = max(d for d, *_ in lines).astimezone(WIB)
-    out = [
-        "Informasi Rekening - Mutasi Rekening",
-        f"No. rekening : {account}",
-        "Nama : TOKO UJI",
-        f"Periode : {first:%d/%m/%Y} - {last:%d/%m/%Y}",
-        "Kode Mata Uang : Rp",
-        "",
-        "Tanggal Transaksi,Keterangan,Cabang,Jumlah,,Saldo",
-    ]
-    balance = 10_000_000
-    for posted, description, amount, direction in lines:
-        balance += amount if direction == "CR" else -amount
-        out.append(f"'{posted.astimezone(WIB):%d/%m},'{description},'0000,{amount}.00,"
-                   f"{direction},{balance}.00")
-    out += ["Saldo Awal,:,10000000.00", f"Saldo Akhir,:,{balance}.00"]
-    return ("\r\n".join(out) + "\r\n").encode()
 
 
 class ShiftedClock:
