@@ -103,6 +103,14 @@ def _find_redis_server() -> Path:
     return Path(found)
 
 
+def dies_with_us(argv: list[str], signal_name: str = "TERM") -> list[str]:
+    """``argv`` under ``setpriv --pdeathsig``: if we are killed before we can clean up, the kernel
+    signals the child. It fires when the *spawning thread* ends, so spawn from a thread that lives
+    as long as the child should (the main thread, or a game day's loop thread)."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, f"--pdeathsig={signal_name}", "--", *argv] if setpriv else argv
+
+
 def _group_alive(pgid: int) -> bool:
     """Whether any live (non-zombie) process is still in process group ``pgid``."""
     try:
@@ -355,9 +363,8 @@ class _ChildServer(ABC):
         cmd = self._command()
         # Shut the server down if we die without running atexit. The parent-death signal is sent
         # when the *thread* that forked exits, so only arm it from the main thread.
-        setpriv = shutil.which("setpriv")
-        if setpriv and threading.current_thread() is threading.main_thread():
-            cmd = [setpriv, f"--pdeathsig={self._pdeath_signal}", "--", *cmd]
+        if threading.current_thread() is threading.main_thread():
+            cmd = dies_with_us(cmd, self._pdeath_signal)
         user = self._spawn_user()
         return subprocess.Popen(  # noqa: S603 - our own argv, no shell
             cmd,

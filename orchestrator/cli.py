@@ -8,6 +8,7 @@
     lunas reconcile import FILE --bank BANK --account NUMBER [--json]
     lunas reviews list [--state open] [--json]
     lunas reviews resolve CASE_ID --action honour|refund --note WHY --actor WHO
+    lunas chaos run NAME ... | --all | --fast | --list   game-day experiments (chaos/experiments)
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("api", help="serve the HTTP API")
     sub.add_parser("worker", help="run the outbox relay and scheduled sweeps")
     sub.add_parser("migrate", help="bring the database schema up to date")
+    sub.add_parser("chaos", help="game day: `lunas chaos run NAME | --all` (see chaos/gameday)")
 
     m = sub.add_parser("merchants").add_subparsers(dest="action", required=True)
     mc = m.add_parser("create", help="create a merchant; prints its API key once")
@@ -92,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["chaos", "run"]:
+        # The game day drives its own stack; it needs no Lunas settings of its own.
+        from chaos.gameday.runner import main as run_chaos
+        return run_chaos(argv[2:])
     args = _parser().parse_args(argv)
     try:
         settings = Settings.from_env()

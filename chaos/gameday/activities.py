@@ -1,0 +1,495 @@
+"""The actions and probes our Chaos Toolkit experiments call (``"type": "python"`` providers).
+
+Chaos Toolkit runs them one by one on the main thread; the stack they act on (simulators, proxies,
+load, throwaway servers) lives on the game day's event loop in another thread (runner.py). Each
+function hands its work to that loop and waits for it. A probe that finds what it was looking for
+returns a value its tolerance accepts; one that cannot raises, which Chaos Toolkit records as a
+failed activity and the runner reports as a failed experiment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+
+from chaos.gameday.load import Load, LoadSettings
+from chaos.gameday.stack import Stack
+from chaos.invariants import RulesReport, check_rules_of_state
+from chaos.sim.midtrans import sign
+
+T = TypeVar("T")
+
+
+@dataclass
+class Session:
+    """What one experiment's activities share: the stack, its loop, the load, what was seen."""
+
+    loop: asyncio.AbstractEventLoop
+    stack: Stack
+    load: Load | None = None
+    faults: list[str] = field(default_factory=list)
+    observations: list[str] = field(default_factory=list)
+    rules: RulesReport | None = None
+    review_reasons: dict[str, int] = field(default_factory=dict)
+
+
+_session: Session | None = None
+
+
+def bind(session: Session | None) -> None:
+    global _session
+    _session = session
+
+
+def _s() -> Session:
+    if _session is None:
+        raise RuntimeError("no game day is running: start experiments with `lunas chaos run`")
+    return _session
+
+
+def _on_loop(work: Coroutine[Any, Any, T], timeout: float = 600) -> T:
+    return asyncio.run_coroutine_threadsafe(work, _s().loop).result(timeout)
+
+
+def _fault(text: str) -> None:
+    _s().faults.append(f"t+{time.monotonic() - _s().stack.prometheus.log.started:.0f}s {text}")
+
+
+async def _states(stack: Stack, order_ids: set[str]) -> dict[str, str]:
+    import sqlalchemy as sa
+
+    from orchestrator.store.tables import orders
+
+    assert stack.db is not None
+    ids = sorted(order_ids)
+    found: dict[str, str] = {}
+    async with stack.db.read() as conn:
+        for i in range(0, len(ids), 5_000):
+            rows = await conn.execute(sa.select(orders.c.id, orders.c.state)
+                                      .where(orders.c.id.in_(ids[i:i + 5_000])))
+            found.update({r.id: r.state for r in rows})
+    return found
+
+
+async def _review_reasons(stack: Stack) -> dict[str, int]:
+    import sqlalchemy as sa
+
+    from orchestrator.store.tables import orders
+
+    assert stack.db is not None
+    async with stack.db.read() as conn:
+        rows = await conn.execute(sa.select(orders.c.review_reason, sa.func.count())
+                                  .where(orders.c.state == "needs_review")
+                                  .group_by(orders.c.review_reason))
+        return {str(reason): int(n) for reason, n in rows}
+
+
+def _saw(text: str) -> None:
+    _s().observations.append(text)
+
+
+# --------------------------------------------------------------------------------------- load
+
+
+def start_load(**settings: Any) -> str:
+    s = _s()
+
+    async def go() -> None:
+        s.load = Load(s.stack, LoadSettings.from_json(settings))
+        s.load.start()
+
+    _on_loop(go())
+    return f"load started: {json.dumps(settings)}"
+
+
+def stop_load() -> str:
+    s = _s()
+    if s.load is None:
+        return "no load"
+    _on_loop(s.load.stop())
+    return s.load.report.line()
+
+
+def run_for(seconds: float) -> str:
+    """Let the load run (the fault in force) for ``seconds``."""
+    time.sleep(seconds)
+    return f"ran {seconds} s"
+
+
+# --------------------------------------------------------------------------------- providers
+
+
+def provider_fault(provider: str, kind: str, **fault: Any) -> str:
+    """A fault in a simulator's fault book (chaos/sim/faults.py): down, error_rate, slow, ..."""
+    url = f"{_s().stack.provider_control_url(provider)}/faults"
+    r = httpx.post(url, json={"kind": kind, **fault}, timeout=5)
+    r.raise_for_status()
+    _fault(f"{provider}: {kind} {json.dumps(fault) if fault else ''}".strip())
+    return r.text
+
+
+def clear_provider_faults(provider: str | None = None) -> str:
+    names = [provider] if provider else ["midtrans", "xendit", "moota"]
+    for name in names:
+        httpx.delete(f"{_s().stack.provider_control_url(name)}/faults", timeout=5
+                     ).raise_for_status()
+    _fault(f"cleared faults of {', '.join(names)}")
+    return "cleared"
+
+
+def configure_midtrans(**config: Any) -> str:
+    r = httpx.post(f"{_s().stack.provider_control_url('midtrans')}/config", json=config,
+                   timeout=5)
+    r.raise_for_status()
+    _fault(f"midtrans config {json.dumps(config)}")
+    return r.text
+
+
+def flap_provider(provider: str, cycles: int, down_s: float, up_s: float) -> str:
+    """The provider goes down and comes back ``cycles`` times."""
+    for _ in range(cycles):
+        provider_fault(provider, "down")
+        time.sleep(down_s)
+        clear_provider_faults(provider)
+        time.sleep(up_s)
+    return f"{provider} flapped {cycles} times"
+
+
+def proxy_latency(provider: str, ms: float, jitter_ms: float = 0.0) -> str:
+    proxy = _s().stack.proxies[provider]
+    _s().loop.call_soon_threadsafe(proxy.latency, ms, jitter_ms)
+    _fault(f"{provider} connection latency {ms} ms (+{jitter_ms} jitter)")
+    return "latency set"
+
+
+def clear_proxy_faults() -> str:
+    for proxy in _s().stack.proxies.values():
+        _s().loop.call_soon_threadsafe(proxy.clear)
+    return "proxies clear"
+
+
+def webhook_storm(duplicates: int = 3, forged: int = 20) -> str:
+    """Every Midtrans payment's notification again ``duplicates`` times, a ``pending`` for each
+    after its settlement (out of order), and ``forged`` settlements for unpaid orders with a wrong
+    signature; all straight at Lunas's webhook endpoint, as a misbehaving provider would."""
+    s = _s()
+
+    async def storm() -> dict[str, int]:
+        sim = s.stack.midtrans
+        url = f"{s.stack.api_url}/v1/webhooks/midtrans"
+        sent: dict[str, int] = {"duplicate": 0, "out_of_order": 0, "forged": 0}
+        paid = list(s.load.paid_midtrans) if s.load else []
+        async with httpx.AsyncClient(timeout=5) as client:
+            async def post(body: dict[str, Any], kind: str) -> None:
+                try:
+                    await client.post(url, json=body)
+                    sent[kind] += 1
+                except httpx.HTTPError:
+                    pass
+
+            for attempt_id in paid:
+                txn = sim.transactions.get(attempt_id)
+                if txn is None:
+                    continue
+                body = sim.status_body(txn, "midtrans payment notification")
+                for _ in range(duplicates):
+                    await post(body, "duplicate")
+                stale = {**body, "transaction_status": "pending", "status_code": "201"}
+                stale["signature_key"] = sign(body["order_id"], "201", body["gross_amount"],
+                                              sim.server_key)
+                await post(stale, "out_of_order")
+            unpaid = [t for t in sim.transactions.values()
+                      if t.transaction_status == "pending"][:forged]
+            for txn in unpaid:
+                body = sim.status_body(txn)
+                body.update(transaction_status="settlement", status_code="200",
+                            signature_key="0" * 128)
+                await post(body, "forged")
+        return sent
+
+    sent = _on_loop(storm())
+    _fault(f"webhook storm: {json.dumps(sent)}")
+    return json.dumps(sent)
+
+
+# --------------------------------------------------------------------------------- processes
+
+
+def kill_worker(times: int, every_s: float) -> str:
+    """SIGKILL the worker mid-batch ``times`` times, restarting it each time as systemd would."""
+    s = _s()
+    worker = s.stack.worker
+    assert worker is not None
+    for _ in range(times):
+        time.sleep(every_s)
+        _on_loop(worker.kill(signal.SIGKILL))
+        _fault("worker SIGKILLed")
+        time.sleep(0.5)
+        _on_loop(worker.start())
+    return f"worker killed {times} times"
+
+
+def crash_api_after_commits(crashes: int, after: int) -> str:
+    """Run the api so that it dies right after its ``after``-th committed capture and before the
+    reply, ``crashes`` times (restarted each time); then normally again."""
+    s = _s()
+    api = s.stack.api
+    assert api is not None
+    done = 0
+    for _ in range(crashes):
+        _on_loop(api.stop())
+        _on_loop(api.start({"LUNAS_GAMEDAY_EXIT_AFTER_COMMIT": str(after)}))
+        deadline = time.monotonic() + 60
+        while api.running and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if api.running:
+            raise RuntimeError("the api did not crash after its commits: is there load?")
+        done += 1
+        _fault(f"api exited after commit #{after}, before the reply")
+        _on_loop(api.start())
+    return f"api crashed {done} times after a commit"
+
+
+def restart_postgres(down_s: float) -> dict[str, Any]:
+    """Stop PostgreSQL (fast shutdown) for ``down_s``, probing the api while it is down."""
+    s = _s()
+    _on_loop(s.stack.pg.stop("fast"))
+    _fault(f"PostgreSQL stopped for {down_s} s")
+    time.sleep(1)
+    started = time.monotonic()
+    r = httpx.post(f"{s.stack.api_url}/v1/orders", timeout=10,
+                   headers={"Authorization": f"Bearer {s.stack.api_key}",
+                            "Idempotency-Key": f"pg-down-{time.time()}"},
+                   json={"merchant_order_id": f"PGDOWN-{int(time.time())}", "amount": 50_000,
+                         "customer": {"name": "Andi Wijaya", "email": "andi@example.co.id",
+                                      "phone": "+6281234567890"}})
+    took = time.monotonic() - started
+    seen = {"status": r.status_code, "retry_after": r.headers.get("Retry-After"),
+            "seconds": round(took, 3)}
+    _saw(f"capture while PostgreSQL is down: HTTP {r.status_code} in {took * 1000:.0f} ms, "
+         f"Retry-After {seen['retry_after']}")
+    time.sleep(max(0.0, down_s - 1 - took))
+    _on_loop(s.stack.pg.start())
+    _fault("PostgreSQL started again")
+    if r.status_code != 503 or not seen["retry_after"] or took > 2.0:
+        raise AssertionError(f"the api did not fail fast with 503 + Retry-After: {seen}")
+    return seen
+
+
+def restart_redis(down_s: float) -> str:
+    s = _s()
+    _on_loop(s.stack.redis.stop())
+    _fault(f"Redis stopped for {down_s} s (memory-only: it comes back empty)")
+    time.sleep(down_s)
+    _on_loop(s.stack.redis.start())
+    _fault("Redis started again")
+    return "redis restarted"
+
+
+def advance_clock(seconds: float) -> str:
+    _on_loop(_s().stack.advance_clock(seconds))
+    _fault(f"game-day clock +{seconds:.0f} s")
+    return f"clock offset {_s().stack.clock_offset:.0f} s"
+
+
+# ------------------------------------------------------------------------------------- probes
+
+
+def api_ready() -> bool:
+    try:
+        return httpx.get(f"{_s().stack.api_url}/readyz", timeout=3).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def alert_fires(alert: str, within_s: float = 60) -> str:
+    """Prometheus (scraping the api and worker, with the game day's rules) fires ``alert``."""
+    log = _s().stack.prometheus.log
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        sighting = log.seen.get(alert)
+        if sighting is not None and sighting.first_firing is not None:
+            _saw(f"alert {alert} firing at t+{sighting.first_firing:.0f}s")
+            return f"{alert} firing"
+        time.sleep(0.5)
+    raise AssertionError(f"alert {alert} did not fire within {within_s} s; "
+                         f"seen: {sorted(log.seen)}")
+
+
+def status_page_shows(statuses: list[str], component: str | None = None,
+                      within_s: float = 30) -> str:
+    """The public status page (Atlassian v2 JSON) shows a component (or any) in one of
+    ``statuses``."""
+    deadline = time.monotonic() + within_s
+    last: list[str] = []
+    while time.monotonic() < deadline:
+        try:
+            body = httpx.get(f"{_s().stack.api_url}/status/api/v2/components.json",
+                             timeout=5).json()
+        except (httpx.HTTPError, ValueError):
+            time.sleep(1)
+            continue
+        last = [f"{c['name']}={c['status']}" for c in body.get("components", [])]
+        for c in body.get("components", []):
+            if c["status"] in statuses and (component is None or component in c["name"]):
+                _saw(f"status page: {c['name']} {c['status']}")
+                return f"{c['name']} {c['status']}"
+        time.sleep(1)
+    raise AssertionError(f"status page never showed {component or 'a component'} in {statuses}: "
+                         f"{last}")
+
+
+def settle(timeout_s: float = 120, clock_step_s: float = 3600) -> str:
+    """The bad day is over: stop the load, clear every fault, and move the clock past every
+    deadline and verification window until every acknowledged order has ended (terminal or with a
+    person), or ``timeout_s`` passes."""
+    s = _s()
+    stop_load()
+    clear_provider_faults()
+    clear_proxy_faults()
+    configure_midtrans(drop_notifications=False)
+    acknowledged = s.load.report.acknowledged if s.load else set()
+    assert s.stack.db is not None
+    deadline = time.monotonic() + timeout_s
+    advanced = 0.0
+    report = _on_loop(check_rules_of_state(s.stack.db, acknowledged))
+    while not report.ok and time.monotonic() < deadline:
+        if advanced < 8 * clock_step_s:
+            advance_clock(clock_step_s / 4)
+            advanced += clock_step_s / 4
+        time.sleep(2)
+        report = _on_loop(check_rules_of_state(s.stack.db, acknowledged))
+    s.rules = report
+    return f"settled: {json.dumps(report.by_state)}; violations: {report.violations}"
+
+
+def rules_of_state_hold() -> bool:
+    """Rules 1, 2, 4, 5, 6 of ARCHITECTURE.md §3 for every order a client saw acknowledged, and
+    no payment lost: every order a customer paid ended paid or with a person."""
+    s = _s()
+    acknowledged = s.load.report.acknowledged if s.load else set()
+    assert s.stack.db is not None
+    report = _on_loop(check_rules_of_state(s.stack.db, acknowledged))
+    s.rules = report
+    s.review_reasons = _on_loop(_review_reasons(s.stack))
+    if s.load is not None:
+        states = _on_loop(_states(s.stack, s.load.report.paid_orders))
+        lost = sorted(i for i, state in states.items() if state not in ("paid", "needs_review"))
+        if lost:
+            report.violations.append(
+                f"{len(lost)} orders the customer paid did not end paid or in review, e.g. "
+                f"{[(i, states[i]) for i in lost[:3]]}")
+        everyone = _on_loop(_states(s.stack, s.load.report.acknowledged))
+        unpaid = sorted(i for i, state in everyone.items()
+                        if state == "paid" and i not in s.load.report.customer_tried_to_pay)
+        if unpaid:
+            report.violations.append(
+                f"{len(unpaid)} orders paid though their customer never paid (forged or "
+                f"misapplied evidence), e.g. {unpaid[:3]}")
+    if s.load is not None and s.load.report.refused_retries:
+        report.violations.append(
+            f"a retry with the same idempotency key after a lost reply was refused: "
+            f"{s.load.report.refused_retries[:3]}")
+    return report.ok
+
+
+def pay_late(count: int) -> str:
+    """Customers pay ``count`` Xendit QR codes that were never paid, after their orders ended:
+    each must put its order in review (payment after expiry), never be lost or settle silently."""
+    s = _s()
+    assert s.stack.sims is not None
+    sim = s.stack.sims.xendit
+    codes = [q for q in list(sim.store.qrs.values()) if q["status"] == "ACTIVE"][:count]
+    paid = 0
+    for qr in codes:
+        r = httpx.post(f"{sim.control_url}/pay", timeout=5, json={
+            "kind": "qr", "external_id": qr["external_id"], "amount": qr["amount"],
+            "force": True})
+        paid += r.status_code < 300
+    _fault(f"{paid} QR codes paid after their orders ended")
+    return f"{paid} late payments"
+
+
+def kill_worker_and_keep_it_down() -> str:
+    worker = _s().stack.worker
+    assert worker is not None
+    _on_loop(worker.kill(signal.SIGKILL))
+    _fault("worker SIGKILLed, not restarted")
+    return "worker down"
+
+
+def start_worker() -> str:
+    worker = _s().stack.worker
+    assert worker is not None
+    _on_loop(worker.start())
+    _fault("worker started")
+    return "worker up"
+
+
+def merchant_endpoint_fails(failing: bool) -> str:
+    """The merchant's webhook endpoint answers 500 (``failing``) or 200 again."""
+    _s().stack.merchant_endpoint_failing = failing
+    _fault(f"merchant webhook endpoint {'answers 500' if failing else 'healthy again'}")
+    return "ok"
+
+
+def retries_after_lost_replies_got_their_order(at_least: int = 1) -> str:
+    """Clients whose reply was lost retried with the same key and got the order (never a second
+    one: the rules of state count orders per acknowledged id, and refused retries are reported)."""
+    s = _s()
+    report = s.load.report if s.load else None
+    if report is None or report.retries_after_lost_reply < at_least:
+        raise AssertionError(f"expected retries after lost replies, saw {report and report.line()}")
+    if report.refused_retries:
+        raise AssertionError(f"retries refused: {report.refused_retries[:3]}")
+    _saw(f"{report.retries_after_lost_reply} clients lost a reply, retried with the same "
+         "idempotency key and got their order")
+    return "ok"
+
+
+def orders_wait_in(state: str, at_least: int = 1, within_s: float = 20) -> str:
+    """At least ``at_least`` of the run's orders are in ``state`` (e.g. ``verifying``: past their
+    deadline, waiting for a source of truth instead of expiring unchecked)."""
+    s = _s()
+    ids = s.load.report.acknowledged if s.load else set()
+    deadline = time.monotonic() + within_s
+    count = 0
+    while time.monotonic() < deadline:
+        states = _on_loop(_states(s.stack, set(ids)))
+        count = sum(1 for v in states.values() if v == state)
+        if count >= at_least:
+            _saw(f"{count} orders waiting in {state}")
+            return f"{count} in {state}"
+        time.sleep(1)
+    raise AssertionError(f"only {count} orders in {state} within {within_s} s")
+
+
+def prometheus_shows(expr: str, within_s: float = 30) -> str:
+    """The scraped metrics answer ``expr`` with a non-empty result within ``within_s`` (e.g. a
+    breaker closed again, a fallback gauge back to 0)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        result = _on_loop(_s().stack.prometheus.query(expr))
+        if result:
+            _saw(f"prometheus: {expr}")
+            return json.dumps(result)[:300]
+        time.sleep(1)
+    raise AssertionError(f"prometheus never showed {expr} within {within_s} s")
+
+
+def captures_never_wait_past(seconds: float) -> str:
+    """Every capture request answered within ``seconds`` (the capture budget plus the time to
+    store the order): checkout never waits on a slow or dead provider."""
+    s = _s()
+    slowest = s.load.report.slowest_reply() if s.load else 0.0
+    if slowest > seconds:
+        raise AssertionError(f"a capture took {slowest:.2f} s, more than {seconds} s")
+    _saw(f"slowest capture reply {slowest:.2f} s (limit {seconds} s)")
+    return f"slowest {slowest:.2f} s"
