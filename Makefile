@@ -37,6 +37,7 @@ bench: $(STAMP) services
 	$(BIN)/python bench/recovery.py
 	$(BIN)/python bench/reconcile.py
 	$(BIN)/python bench/statuspage.py
+	$(BIN)/python bench/table.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache lunas.db
