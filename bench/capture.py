@@ -33,7 +33,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from chaos.infra import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "capture.json"
@@ -54,12 +55,6 @@ AMOUNT_STEPS = (10, 5_000)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def lunas(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -13,17 +12,12 @@ from datetime import UTC, datetime, timedelta
 
 import uvicorn
 
+from chaos.infra import free_port
 from chaos.sim.statements import bca_statement  # noqa: F401 - tests import it from here
 from orchestrator.app import create_app
 from orchestrator.bootstrap import Container
 from orchestrator.serving import EmbeddedServer
 from orchestrator.store.merchants import OPS_SCOPES, NewMerchant, create_merchant, create_ops_token
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.asynccontextmanager

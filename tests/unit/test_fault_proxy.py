@@ -138,12 +138,14 @@ async def test_an_unreachable_upstream_resets_the_client() -> None:
                          [("both", 0.16), ("upstream", 0.08), ("downstream", 0.08)])
 async def test_latency_adds_at_least_the_configured_delay(
         proxy: FaultProxy, direction: str, expected_s: float) -> None:
+    # Bounds are relative to the injected delay, never a speed target: with the fault, at least
+    # the delay; once cleared, less than one direction's delay (the fault no longer applies).
     async with connected(proxy) as stream:
-        assert await timed_roundtrip(stream) < 0.05
+        assert await roundtrip(stream) == b"ping"
         proxy.latency(80, jitter_ms=10, direction=direction)  # felt by the open connection
-        assert expected_s <= await timed_roundtrip(stream) < expected_s + 0.5
+        assert await timed_roundtrip(stream) >= expected_s
         proxy.clear()
-        assert await timed_roundtrip(stream) < 0.05
+        assert await timed_roundtrip(stream) < 0.08
     assert proxy.counters.faults_applied["latency"] >= 1
 
 
@@ -157,7 +159,8 @@ async def test_latency_holds_each_chunk_once_rather_than_adding_up(proxy: FaultP
             await asyncio.sleep(0.01)
         async with asyncio.timeout(2):
             await reader.readexactly(50)
-        assert 0.1 <= time.monotonic() - start < 0.4
+        # Five chunks each held 100 ms: at least one delay, and less than five (adding up).
+        assert 0.1 <= time.monotonic() - start < 0.5
 
 
 async def test_bandwidth_paces_the_stream(proxy: FaultProxy) -> None:
@@ -248,7 +251,7 @@ async def test_stop_closes_every_connection_and_leaves_no_tasks(echo_port: int) 
         await wait_until(lambda: p.active == 2)
         start = time.monotonic()
         await p.stop()
-        assert time.monotonic() - start < 1
+        assert time.monotonic() - start < 5  # not held up by the link's 5 s delay
         await assert_dropped(idle)
         await assert_dropped(busy)
     assert p.active == 0
