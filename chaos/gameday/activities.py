@@ -440,13 +440,19 @@ def merchant_endpoint_fails(failing: bool) -> str:
     return "ok"
 
 
-def retries_after_lost_replies_got_their_order(at_least: int = 1) -> str:
+def retries_after_lost_replies_got_their_order(at_least: int = 1, within_s: float = 60) -> str:
     """Clients whose reply was lost retried with the same key and got the order (never a second
-    one: the rules of state count orders per acknowledged id, and refused retries are reported)."""
+    one: the rules of state count orders per acknowledged id, and refused retries are reported).
+    Waits for the retries: a client backs off while the api restarts."""
     s = _s()
     report = s.load.report if s.load else None
-    if report is None or report.retries_after_lost_reply < at_least:
-        raise AssertionError(f"expected retries after lost replies, saw {report and report.line()}")
+    if report is None:
+        raise AssertionError("no load ran")
+    deadline = time.monotonic() + within_s
+    while report.retries_after_lost_reply < at_least and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if report.retries_after_lost_reply < at_least:
+        raise AssertionError(f"expected {at_least} retries after lost replies: {report.line()}")
     if report.refused_retries:
         raise AssertionError(f"retries refused: {report.refused_retries[:3]}")
     _saw(f"{report.retries_after_lost_reply} clients lost a reply, retried with the same "

@@ -134,9 +134,14 @@ async def test_a_provider_outage_opens_an_incident_and_recovery_resolves_it(
         assert metric_value(seen, "lunas_breaker_state", route=QRIS_MIDTRANS,
                             state="open") == 1
 
-        # One of QRIS's two providers is down: customers still pay, maybe more slowly.
-        await eventually(lambda: _status_is(p, "qris", "degraded_performance"), 10,
-                         "QRIS degraded on the page")
+        # One of QRIS's two providers is down: customers still pay, maybe more slowly. Checkouts
+        # keep coming, as they do in an outage: without them the breaker would sit in half-open
+        # after its short wait, and a recorder slowed by a busy machine could miss the open spell.
+        async def degraded_while_customers_pay() -> bool:
+            await p.checkout()
+            return await _status_is(p, "qris", "degraded_performance")
+
+        await eventually(degraded_while_customers_pay, 10, "QRIS degraded on the page")
         unresolved = (await p.json("incidents/unresolved.json"))["incidents"]
         assert len(unresolved) == 1
         incident = unresolved[0]
