@@ -67,8 +67,7 @@ def to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
         return problem(request, status=400, title="Malformed request",
                        detail=_validation_detail(exc), code="malformed_request",
                        errors=_jsonable(exc.extra))
-    if (isinstance(exc, DBAPIError) and (exc.connection_invalidated or isinstance(
-            exc, OperationalError | InterfaceError))) or isinstance(exc, ConnectionError):
+    if _database_unreachable(exc):
         # The database (or its pool) is unreachable: nothing was decided, so a retry is safe;
         # say so fast instead of a 500 (captures are idempotent by key).
         log.warning("database unavailable", extra={"path": request.url.path})
@@ -89,23 +88,51 @@ def to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
                    code="internal_error")
 
 
+def _database_unreachable(exc: Exception) -> bool:
+    return (isinstance(exc, DBAPIError) and (exc.connection_invalidated or isinstance(
+        exc, OperationalError | InterfaceError))) or isinstance(exc, ConnectionError)
+
+
+def _domain_status(exc: domain.DomainError) -> tuple[int, str]:
+    for cls, status, title in _STATUS:
+        if isinstance(exc, cls):
+            return status, title
+    return _STATUS_BY_CODE.get(exc.code, (422, "Refused"))
+
+
+def status_for(exc: Exception) -> int:
+    """The HTTP status ``to_response`` answers ``exc`` with (for metrics that label a failure
+    without building its response)."""
+    if isinstance(exc, domain.DomainError):
+        return _domain_status(exc)[0]
+    if isinstance(exc, BadRequest):
+        return exc.status
+    if isinstance(exc, ValidationException):
+        return 400
+    if _database_unreachable(exc):
+        return 503
+    if isinstance(exc, HTTPException):
+        return exc.status_code
+    return 500
+
+
 def _domain_response(
     request: Request[Any, Any, Any], exc: domain.DomainError
 ) -> Response[dict[str, Any]]:
-    for cls, status, title in _STATUS:
-        if isinstance(exc, cls):
-            extra: dict[str, Any] = {}
-            if isinstance(exc, domain.InvalidOrder) and exc.field:
-                extra["field"] = exc.field
-            if isinstance(exc, domain.DuplicateMerchantOrder):
-                extra["existing_order_id"] = exc.existing_order_id
-            if isinstance(exc, domain.StatementRejected) and exc.line is not None:
-                extra["line"] = exc.line
-            headers = {"Retry-After": "60"} if status == 503 else None
-            return problem(request, status=status, title=title, detail=exc.detail,
-                           code=exc.code, headers=headers, **extra)
-    status, title = _STATUS_BY_CODE.get(exc.code, (422, "Refused"))
-    extra = {"routing": exc.routing} if hasattr(exc, "routing") else {}
+    status, title = _domain_status(exc)
+    extra: dict[str, Any] = {}
+    if any(isinstance(exc, cls) for cls, _, _ in _STATUS):
+        if isinstance(exc, domain.InvalidOrder) and exc.field:
+            extra["field"] = exc.field
+        if isinstance(exc, domain.DuplicateMerchantOrder):
+            extra["existing_order_id"] = exc.existing_order_id
+        if isinstance(exc, domain.StatementRejected) and exc.line is not None:
+            extra["line"] = exc.line
+        headers = {"Retry-After": "60"} if status == 503 else None
+        return problem(request, status=status, title=title, detail=exc.detail,
+                       code=exc.code, headers=headers, **extra)
+    if hasattr(exc, "routing"):
+        extra["routing"] = exc.routing
     return problem(request, status=status, title=title, detail=exc.detail, code=exc.code,
                    headers={"Retry-After": "30"} if status == 503 else None, **extra)
 

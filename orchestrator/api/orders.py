@@ -7,14 +7,13 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.exceptions import HTTPException
 from litestar.params import FromPath, FromQuery, JSONBody
 
-from orchestrator.api.errors import BadRequest
+from orchestrator.api.errors import BadRequest, status_for
 from orchestrator.api.schemas import OrderIn, SwitchMethodIn
 from orchestrator.bootstrap import Container
 from orchestrator.domain.checkout import SUPPORTED_RAILS, Customer, OrderRequest
-from orchestrator.domain.errors import DomainError, InvalidOrder, UniqueCodesExhausted
+from orchestrator.domain.errors import DomainError, InvalidOrder
 from orchestrator.rails.base import Rail
 from orchestrator.services import orders as order_queries
 from orchestrator.services.issuance import switch_method
@@ -45,14 +44,11 @@ def _order_request(data: OrderIn) -> OrderRequest:
 
 def _failure_outcome(exc: Exception) -> str:
     """refused: the request is wrong or conflicts (4xx); unavailable: no capacity to serve it
-    now (503 from the domain); error: Lunas itself failed (database unreachable, a bug)."""
-    if isinstance(exc, UniqueCodesExhausted) or (
-            isinstance(exc, DomainError) and exc.code == "no_route_available"):
-        return "unavailable"
-    if isinstance(exc, DomainError | BadRequest) or (
-            isinstance(exc, HTTPException) and exc.status_code < 500):
+    now (a 5xx the domain decided: no route, no unique code); error: Lunas itself failed
+    (database unreachable, a bug). The status is the one the client is answered with."""
+    if status_for(exc) < 500:
         return "refused"
-    return "error"
+    return "unavailable" if isinstance(exc, DomainError) else "error"
 
 
 class OrdersController(Controller):
