@@ -76,12 +76,14 @@ async def test_postgres_data_survives_a_fast_restart() -> None:
         finally:
             await engine.dispose()
 
+        running_pid = pg.pid  # the postmaster started by the restart, alive until stop()
+        assert running_pid is not None and _process_exists(running_pid)
         await pg.stop()
         assert not await pg.is_up()
         assert pg.pid is None
-        pid, directory = first_pid, pg.directory
-    assert pid is not None and directory is not None
-    _assert_gone(pid, directory)
+        directory = pg.directory
+    assert directory is not None
+    _assert_gone(running_pid, directory)
 
 
 async def test_postgres_recovers_after_its_postmaster_is_killed() -> None:
