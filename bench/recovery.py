@@ -178,7 +178,7 @@ def main() -> int:
     p.add_argument("--orders", type=int, default=20_000)
     p.add_argument("--rate", type=float, default=100.0,
                    help="status reads a second the provider accepts (Lunas's configured pace)")
-    p.add_argument("--first-check", type=float, default=360.0,
+    p.add_argument("--first-check", type=float, default=600.0,
                    help="QRIS first status read, seconds after create (room to capture and pay)")
     p.add_argument("--wait-open", type=float, default=5.0,
                    help="LUNAS_BREAKER_WAIT_OPEN: how long an open breaker waits for a trial")

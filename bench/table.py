@@ -47,15 +47,20 @@ def capture(d: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def failover(d: dict[str, Any]) -> list[tuple[str, str, str]]:
-    phases = {p["phase"]: p for p in d["phases"]}
-    healthy = phases.get("healthy")
+    """The target (issue 3) is on requests served while the breaker is open."""
     rows = []
     for p in d["phases"]:
-        ratio = p["p99_ms"] / healthy["p99_ms"] if healthy else float("nan")
+        if p["phase"] == "healthy":
+            rows.append(("failover, healthy primary",
+                         f"{p['valid_pct']:.1f} % valid instructions, p99 {p['p99_ms']:.0f} ms",
+                         "the baseline"))
+            continue
+        opened = p.get("breaker_open") or {}
+        ratio = opened.get("p99_vs_healthy", p.get("p99_vs_healthy", float("nan")))
         ok = p["valid_pct"] == 100.0 and ratio <= 1.2
-        rows.append((f"failover, {p['phase'].replace('_', ' ')}",
-                     f"{p['valid_pct']:.1f} % valid instructions, p99 {p['p99_ms']:.0f} ms "
-                     f"({ratio:.2f}× healthy)",
+        rows.append((f"failover, primary {p['phase'].replace('_', ' ')}",
+                     f"{p['valid_pct']:.1f} % valid instructions; breaker open: p99 "
+                     f"{opened.get('p99_ms', p['p99_ms']):.0f} ms ({ratio:.2f}× healthy)",
                      f"100 %, ≤ 1.2×: {_met(ok)}"))
     return rows
 
@@ -98,7 +103,8 @@ BENCHES: dict[str, Callable[[dict[str, Any]], list[tuple[str, str, str]]]] = {
 
 
 def table(results: Path = RESULTS) -> str:
-    lines = ["| benchmark | measured | commit | result | target |", "|---|---|---|---|---|"]
+    lines = ["| benchmark | measured (UTC date, CPU) | commit | result | target |",
+             "|---|---|---|---|---|"]
     machines = set()
     for name, rows_of in BENCHES.items():
         path = results / f"{name}.json"
@@ -110,7 +116,8 @@ def table(results: Path = RESULTS) -> str:
         machines.add(f"{m['nproc']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, "
                      f"PostgreSQL {m['postgresql']}, Python {m['python']}")
         for bench, result, target in rows_of(data):
-            lines.append(f"| {bench} | {m['date'][:10]} | `{m['commit']}` | {result} | {target} |")
+            lines.append(f"| {bench} | {m['date'][:10]}, {m['cpu_model']} | `{m['commit']}` | "
+                         f"{result} | {target} |")
     machine = "; ".join(sorted(machines)) or "unknown"
     return "\n".join([START, "", f"Machine: {machine}.", "", *lines, "", END])
 
