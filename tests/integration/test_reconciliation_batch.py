@@ -51,6 +51,20 @@ async def scenario(client: httpx.AsyncClient, container: Container, m: ShopFixtu
         await conn.execute(payment_attempts.update().where(
             payment_attempts.c.order_id == ids[5]).values(
             state="expired", closed_at=now, code_held_until=now + timedelta(hours=1)))
+        # Order 3 had other instruments before the customer chose this transfer: a QRIS the
+        # customer abandoned (still watched) and an earlier transfer that failed while holding
+        # its amount. Settling order 3 retires the first and starts the second's quarantine.
+        earlier = {"order_id": ids[3], "created_at": now - timedelta(minutes=30),
+                   "updated_at": now - timedelta(minutes=30), "expires_at": now + timedelta(days=1)}
+        await conn.execute(payment_attempts.insert(), [
+            {**earlier, "id": f"att_{uuid.uuid4().hex[:26]}", "rail": "qris",
+             "provider": "midtrans", "state": "superseded", "transfer_amount": pay[3],
+             "payout_bank": None, "payout_account_number": None, "holds_code": False},
+            {**earlier, "id": f"att_{uuid.uuid4().hex[:26]}", "rail": "manual_transfer",
+             "provider": "bank", "state": "failed", "transfer_amount": 9_900_000 + len(pay),
+             "payout_bank": "bca", "payout_account_number": m.account_number,
+             "holds_code": True},
+        ])
     body = moota_body(m.account_number, pay[6])  # order 6 already paid through Moota
     signature = hmac.new(container.settings.mutation_push_secret.encode(), body,
                          hashlib.sha256).hexdigest()
@@ -89,14 +103,23 @@ async def outcome(container: Container, ids: list[str], statement_id: str) -> di
             review_cases.c.order_id.in_(ids)))).all()
         events = (await conn.execute(sa.select(outbox).where(
             outbox.c.aggregate_id.in_(ids)).order_by(outbox.c.id))).all()
-    # Unique codes are random: amounts compare as their difference from what the order asked.
-    asked = {a.order_id: a.transfer_amount for a in attempts}
+        order_of = {a.id: a.order_id for a in attempts}
+        cancels = (await conn.execute(sa.select(outbox).where(
+            outbox.c.aggregate_id.in_(list(order_of))))).all()
+    # Unique codes are random: amounts compare as their difference from what the order asked
+    # (on its latest attempt: the one the statement pays).
+    asked = {a.order_id: a.transfer_amount for a in sorted(attempts, key=lambda a: a.created_at)}
     return {
         "lines": [(m.match_state, pos.get(m.order_id), m.matched_by) for m in lines],
         "orders": sorted((pos[o.id], o.state, o.review_reason, o.paid_at is not None)
                          for o in order_rows),
-        "attempts": sorted((pos[a.order_id], a.state, a.holds_code, a.closed_at is not None,
-                            a.code_held_until is not None) for a in attempts),
+        "attempts": sorted((pos[a.order_id], a.rail, a.state, a.holds_code,
+                            a.closed_at is not None, a.code_held_until is not None)
+                           for a in attempts),
+        "attempt_events": sorted((pos[order_of[e.aggregate_id]], e.event_type,
+                                  sorted(e.payload))
+                                 for e in cancels
+                                 if e.payload.get("attempt_id") == e.aggregate_id),
         "evidence": sorted((pos[e.order_id], e.verdict, e.amount - asked[e.order_id], e.kind,
                             line_of.get(e.details["mutation_id"]), e.details["matched_by"])
                            for e in proofs),
@@ -138,6 +161,13 @@ async def test_batch_import_writes_what_the_line_by_line_import_writes(
                       "skipped_pending": 0}
     assert [o[1] for o in written["orders"]] == [
         "paid", "needs_review", "paid", "paid", "paid", "needs_review", "paid", "awaiting_payment"]
+    # Settling order 3 retired its abandoned QRIS (cancelled at the provider) and started the
+    # quarantine of the failed transfer that still held its amount.
+    assert [a for a in written["attempts"] if a[0] == 3] == [
+        (3, "manual_transfer", "failed", True, True, True),
+        (3, "manual_transfer", "paid", True, True, True),
+        (3, "qris", "superseded", False, True, False)]
+    assert written["attempt_events"] == [(3, "attempt.cancel_requested", ["attempt_id"])]
 
 
 @pytest.mark.parametrize("concurrent", [4])
