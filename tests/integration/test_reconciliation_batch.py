@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from orchestrator.bootstrap import Container
-from orchestrator.services.reconciliation import ReconciliationService
+from orchestrator.services.reconciliation import ImportReport, ReconciliationService
 from orchestrator.store.tables import (
     evidence,
     mutations,
@@ -190,3 +190,98 @@ async def test_concurrent_batch_imports_store_and_settle_once(
         settled = (await conn.execute(sa.select(evidence.c.order_id).where(
             evidence.c.order_id.in_([o["id"] for o in created])))).all()
     assert sorted(r.order_id for r in settled) == sorted(o["id"] for o in created)
+
+
+async def _wait_for_a_lock_wait(container: Container) -> None:
+    """Until some transaction of this database waits for a row lock (the import, blocked)."""
+    import asyncio
+
+    for _ in range(500):
+        async with container.db.read() as conn:
+            waiting = (await conn.execute(sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'"))).scalar_one()
+        if waiting:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the import never waited for the lock held by the test")
+
+
+async def _import_while_locked(
+    client: httpx.AsyncClient, container: Container, locked: str,
+) -> tuple[ImportReport, list[str], list[Any]]:
+    """Two orders paid by one statement; the import runs while the test holds the lock on the
+    first order (``locked="order"``) or on its attempt (``"attempt"``), and changes that row
+    under its lock once the import waits for it: pays the order through another source, or
+    lets the attempt release its amount. Returns the report, the order ids and the evidence."""
+    import asyncio
+
+    from orchestrator.services.settlement import Payment, apply_payment
+
+    m = await new_merchant(container)
+    created = [await capture(client, m, 80_000 + 1_000 * i) for i in range(2)]
+    ids, pays = [o["id"] for o in created], [o["payment"]["transfer_amount"] for o in created]
+    async with container.db.read() as conn:
+        attempt_id = (await conn.execute(sa.select(payment_attempts.c.id).where(
+            payment_attempts.c.order_id == ids[0]))).scalar_one()
+    now = datetime.now(UTC)
+    statement = bca_statement(m.account_number, [
+        (now, f"TRSF CR {pay} {uuid.uuid4().hex[:6]}", pay, "CR") for pay in pays])
+    async with container.db.transaction() as other:
+        if locked == "order":
+            await other.execute(sa.select(orders.c.id).where(orders.c.id == ids[0])
+                                .with_for_update())
+        else:
+            await other.execute(sa.select(payment_attempts.c.id).where(
+                payment_attempts.c.id == attempt_id).with_for_update())
+        task = asyncio.create_task(container.reconciliation.import_statement(
+            bank="bca", account_number=m.account_number, data=statement, filename=None,
+            actor="test"))
+        await _wait_for_a_lock_wait(container)
+        if locked == "order":
+            await apply_payment(other, Payment(
+                attempt_id=attempt_id, amount=pays[0], evidence_key=f"manual:{ids[0]}",
+                kind="manual", observed_at=now, details={}), now=now,
+                quarantine=timedelta(hours=1))
+        else:
+            await other.execute(payment_attempts.update().where(
+                payment_attempts.c.id == attempt_id).values(
+                state="expired", holds_code=False, code_held_until=None, closed_at=now))
+    report = await task
+    async with container.db.read() as conn:
+        proofs = (await conn.execute(sa.select(evidence).where(
+            evidence.c.order_id.in_(ids)))).all()
+    return report, ids, list(proofs)
+
+
+async def _order_states(container: Container, ids: list[str]) -> list[tuple[str, int]]:
+    """Per order (in ``ids`` order): its state and its number of ``order.paid`` events."""
+    async with container.db.read() as conn:
+        states = dict((await conn.execute(sa.select(orders.c.id, orders.c.state).where(
+            orders.c.id.in_(ids)))).all())
+        paid = [r.aggregate_id for r in await conn.execute(sa.select(outbox.c.aggregate_id).where(
+            outbox.c.aggregate_id.in_(ids), outbox.c.event_type == "order.paid"))]
+    return [(states[i], paid.count(i)) for i in ids]
+
+
+async def test_an_order_paid_elsewhere_before_the_batch_locks_it_gets_a_second_payment(
+    client: httpx.AsyncClient, container: Container
+) -> None:
+    """The batch plans from rows it has not locked yet: an order another source pays before the
+    import holds its lock is seen under the lock, and its line goes line by line."""
+    report, ids, proofs = await _import_while_locked(client, container, "order")
+    assert (report.matched, report.unmatched, report.needs_review) == (2, 0, 1)
+    assert sorted((ids.index(e.order_id), e.kind, e.verdict) for e in proofs) == [
+        (0, "manual", "settle"), (0, "mutation", "second_payment"), (1, "mutation", "settle")]
+    assert await _order_states(container, ids) == [("paid", 1), ("paid", 1)]
+
+
+async def test_an_attempt_that_releases_its_amount_before_the_batch_locks_it_is_not_paid(
+    client: httpx.AsyncClient, container: Container
+) -> None:
+    """The attempt's row is locked by the batch's own UPDATE: a change made before it gets the
+    lock (here the amount released) is checked again, and the line goes line by line."""
+    report, ids, proofs = await _import_while_locked(client, container, "attempt")
+    assert (report.matched, report.unmatched, report.needs_review) == (1, 1, 0)
+    assert [(ids.index(e.order_id), e.verdict) for e in proofs] == [(1, "settle")]
+    assert await _order_states(container, ids) == [("awaiting_payment", 0), ("paid", 1)]
