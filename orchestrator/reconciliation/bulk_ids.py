@@ -26,7 +26,7 @@ def new_ids(prefix: str, count: int) -> list[str]:
     """``count`` ids, distinct by chance (80 random bits each) exactly as ``new_id``'s."""
     stamp = new_id(prefix)[: len(prefix) + 11]  # "mut_" and the 10 characters of the time
     text = base64.b32encode(secrets.token_bytes(10 * count)).translate(_TO_CROCKFORD).decode()
-    return [stamp + text[i : i + 16] for i in range(0, 16 * count, 16)]
+    return sorted(stamp + text[i : i + 16] for i in range(0, 16 * count, 16))
 
 
 def id_stream(prefix: str, chunk: int = 20_000) -> Iterator[str]:

@@ -190,3 +190,4 @@ def test_bulk_ids_are_laid_out_as_new_id_lays_them_out() -> None:
     # The time part is the millisecond, as new_id's: at or after the id made just before.
     assert min(i[:14] for i in many) >= one[:14]
     assert {i[14:] for i in many} != {many[0][14:]}
+    assert many == sorted(many)  # rows inserted in this order append to the primary key
