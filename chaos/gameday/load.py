@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import time
 import uuid
@@ -258,7 +257,3 @@ class Load:
             await asyncio.sleep(1)
         self._statement_lines.extend(lines)  # try again with the next import
 
-
-def describe(settings: LoadSettings) -> str:
-    return json.dumps({"checkouts_per_s": settings.checkouts_per_s, "mix": settings.mix,
-                       "pay_fraction": settings.pay_fraction})

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -85,8 +84,6 @@ class LunasProcess:
         self.log = logdir / f"{name}.log"
         self.ready_url = ready_url
         self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-        self.kills = 0
 
     @property
     def running(self) -> bool:
@@ -97,7 +94,6 @@ class LunasProcess:
             self.proc = subprocess.Popen(  # noqa: S603, ASYNC220 - our own binaries, quick to spawn
                 dies_with_us([sys.executable, "-m", "orchestrator.cli", self.command]), cwd=ROOT,
                 env={**self.env, **(extra_env or {})}, stdout=out, stderr=subprocess.STDOUT)
-        self.starts += 1
         await self.wait_ready()
 
     async def wait_ready(self, limit_s: float = 40.0) -> None:
@@ -116,7 +112,6 @@ class LunasProcess:
     async def kill(self, sig: signal.Signals = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
-            self.kills += sig is signal.SIGKILL
             await asyncio.to_thread(self.proc.wait, 15)
 
     async def stop(self) -> None:
@@ -156,7 +151,6 @@ class Stack:
         self.api: LunasProcess | None = None
         self.worker: LunasProcess | None = None
         self.payout_account = PAYOUT_ACCOUNT
-        self.merchant_webhooks: list[dict[str, Any]] = []
         self.merchant_endpoint_failing = False
         self._hook_server: asyncio.Server | None = None
         self.hook_port = free_port()
@@ -243,7 +237,7 @@ class Stack:
         self.merchant_id, self.api_key, self.ops_token = made.merchant_id, made.api_key, token
 
     async def _start_merchant_endpoint(self) -> None:
-        """The merchant's webhook receiver: answers 200 and keeps what it was sent."""
+        """The merchant's webhook receiver: 200, or 500 while ``merchant_endpoint_failing``."""
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -251,13 +245,11 @@ class Stack:
                 for line in head.split(b"\r\n"):
                     if line.lower().startswith(b"content-length:"):
                         length = int(line.split(b":", 1)[1])
-                body = await reader.readexactly(length) if length else b""
+                await reader.readexactly(length)  # the body is read, not kept
                 if self.merchant_endpoint_failing:
                     writer.write(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n"
                                  b"connection: close\r\n\r\n")
                 else:
-                    with contextlib.suppress(ValueError):
-                        self.merchant_webhooks.append(json.loads(body))
                     writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n"
                                  b"connection: close\r\n\r\n")
                 await writer.drain()
