@@ -193,7 +193,11 @@ def build_feed_poller(settings: Settings, http: httpx.AsyncClient,
 
 def build_providers(settings: Settings, http: httpx.AsyncClient,
                     metrics: Metrics | None = None) -> dict[str, PaymentProvider]:
-    """Adapters for the gateways that have a URL configured."""
+    """Adapters for the gateways that have a URL configured.
+
+    They keep the system clock, not Lunas's (which a game day moves forward): the times they
+    send and compare (Midtrans's expiry start, Xendit's expiration dates) are the provider's
+    time, and the providers, simulated or real, live on the wall clock."""
     p = settings.providers
     calls = (metrics or Metrics()).provider_call_seconds
 

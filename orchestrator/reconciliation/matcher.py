@@ -25,6 +25,12 @@ class MatchKind(enum.StrEnum):
     IGNORED = "ignored"
 
 
+LIKELY_DUPLICATE = "likely_duplicate"  # fits mutations.match_state (16)
+"""A mutation's match state when the same credit was already matched from another source."""
+FOR_PEOPLE = (MatchKind.UNMATCHED.value, MatchKind.AMBIGUOUS.value, LIKELY_DUPLICATE)
+"""Mutation states a person resolves: listed as unmatched, and open to a manual match."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class MutationFacts:
     amount: int

@@ -49,6 +49,8 @@ from orchestrator.reconciliation.batch import settle_transitions
 from orchestrator.reconciliation.bulk_ids import id_stream
 from orchestrator.reconciliation.fingerprint import fingerprint_moota, iter_fingerprints
 from orchestrator.reconciliation.matcher import (
+    FOR_PEOPLE,
+    LIKELY_DUPLICATE,
     ORDER_REFERENCE,
     Candidate,
     MatchKind,
@@ -97,11 +99,6 @@ class IncomingMutation:
     balance: int | None
     source: str
     fingerprint: str
-
-
-LIKELY_DUPLICATE = "likely_duplicate"  # fits mutations.match_state (16)
-_FOR_PEOPLE = (MatchKind.UNMATCHED.value, MatchKind.AMBIGUOUS.value, LIKELY_DUPLICATE)
-"""Mutation states a person resolves: listed as unmatched, and open to a manual match."""
 
 
 class ReconciliationService:
@@ -214,10 +211,10 @@ class ReconciliationService:
         """The rows ``_ingest`` would write, written set-based (module docstring).
 
         The lines are copied once into a temporary table; PostgreSQL drops those already
-        stored, plans the rest by ``plan_batch``'s rules (``_PLAN``), locks the planned orders
-        and then their attempts, keeps the matches that still hold under the locks and settle
-        an open order (``_SETTLE``), and writes every mutation, evidence row, state change and
-        event with one statement each. Only the lines the plan cannot decide come back to
+        stored, plans the rest by ``plan_batch``'s rules (``_PLAN``), locks the planned orders,
+        pays each attempt whose match still holds under its own lock and settles an open order
+        (``_SETTLE``), and writes every mutation, evidence row, state change and event with
+        one statement each. Only the lines the plan cannot decide come back to
         Python, for ``_match`` in file order."""
         lines = parsed.lines
         if not lines:
@@ -247,13 +244,13 @@ class ReconciliationService:
         if new:
             await pg.execute(_PLAN, bank, account, source)
             await pg.fetchval(_LOCK_ORDERS)
-            await pg.fetchval(_LOCK_ATTEMPTS)
             transitions = settle_transitions()
             await pg.execute(_SETTLE, bank, account,
                              [t.order_from for t in transitions],
                              [t.attempt_from for t in transitions],
                              [t.order_to for t in transitions],
-                             [t.attempt_to for t in transitions])
+                             [t.attempt_to for t in transitions],
+                             now, now + self._quarantine)
             for r in await pg.fetch(_OUTCOMES):
                 counts[r["kind"]] = r["n"]
                 if r["kind"] == "sequential":
@@ -289,14 +286,13 @@ class ReconciliationService:
     async def _settle_batch(
         self, conn: AsyncConnection, pg: Any, settled: int, *, now: datetime
     ) -> None:
-        """``apply_payment`` for many ``settle`` verdicts at once: evidence, attempt paid and
-        holding its amount through the quarantine, order moved, its other attempts retired,
-        and one event per order for the merchant."""
+        """The rest of ``apply_payment`` for the attempts ``_SETTLE`` paid (each now holding its
+        amount through the quarantine): evidence, order moved, its other attempts retired, and
+        one event per order for the merchant."""
         written = await pg.execute(_INSERT_EVIDENCE, now)
         if written != f"INSERT 0 {settled}":
             raise RuntimeError(f"batch settlement wrote {written!r} for {settled} payments")
         held_until = now + self._quarantine
-        await pg.execute(_PAY_ATTEMPTS, now, held_until)
         await pg.execute(_MOVE_ORDERS, now)
         retired = await pg.fetch(_RETIRE_OTHERS, now, held_until)
         await pg.execute(_HOLD_CLOSED_OTHERS, now, held_until)
@@ -388,7 +384,7 @@ class ReconciliationService:
     async def unmatched(self, *, limit: int, account_number: str | None) -> list[dict[str, Any]]:
         async with self._db.read() as conn:
             query = (sa.select(mutations)
-                     .where(mutations.c.match_state.in_(_FOR_PEOPLE))
+                     .where(mutations.c.match_state.in_(FOR_PEOPLE))
                      .order_by(mutations.c.posted_at, mutations.c.id).limit(limit))
             if account_number:
                 query = query.where(mutations.c.account_number == account_number)
@@ -404,7 +400,7 @@ class ReconciliationService:
             )).first()
             if mutation is None:
                 raise NotFound(f"no mutation {mutation_id}")
-            if mutation.match_state not in _FOR_PEOPLE:
+            if mutation.match_state not in FOR_PEOPLE:
                 raise AlreadyMatched(
                     f"mutation {mutation_id} is {mutation.match_state}"
                     + (f" to order {mutation.order_id}" if mutation.order_id else "")
@@ -546,34 +542,38 @@ SELECT c.idx, c.attempt_id, c.order_id,
                          AND m.source <> $3 AND m.amount = c.amount) THEN 'sequential'
             ELSE 'planned' END AS kind
 FROM credits c"""  # noqa: S608 - only the constant _IN_WINDOW is interpolated
-# apply_payment's lock order: the planned orders, then their attempts, each in id order.
+# apply_payment's lock order: the planned orders in id order, then (in _SETTLE) their attempts.
 _LOCK_ORDERS = """
 SELECT count(*) FROM (
     SELECT o.id FROM orders o
     WHERE o.id IN (SELECT order_id FROM lunas_import_plan WHERE kind = 'planned')
     ORDER BY o.id FOR UPDATE OF o) locked"""
-_LOCK_ATTEMPTS = """
-SELECT count(*) FROM (
-    SELECT a.id FROM payment_attempts a
-    WHERE a.id IN (SELECT attempt_id FROM lunas_import_plan WHERE kind = 'planned')
-    ORDER BY a.id FOR UPDATE OF a) locked"""
-# still_matches and settle_transitions under the locks: the attempt still holds the amount on the
-# account for the same order, the line is still in its window, and the pair of states settles.
+# still_matches and settle_transitions, checked by the UPDATE that pays the attempt: the order is
+# locked already (_LOCK_ORDERS), the attempt is this statement's target, so under READ COMMITTED
+# PostgreSQL locks it and re-evaluates these conditions on its latest version before writing
+# (an attempt changed since the plan read it is not paid, and its line goes to _match). The
+# attempt still holds the amount on the account for the same order, the line is still in its
+# window, and the pair of states settles. Paying the attempt here, rather than locking it in one
+# statement and writing it in another, visits each attempt once.
 _SETTLE = f"""
 CREATE TEMPORARY TABLE lunas_import_settle ON COMMIT DROP AS
-SELECT p.idx, l.id AS mutation_id, l.event_id, a.id AS attempt_id, o.id AS order_id, l.amount,
-       l.posted_at AS observed_at, t.attempt_to AS attempt_state, t.order_to AS order_state,
-       o.merchant_id, o.merchant_order_id, o.amount AS order_amount, o.currency
-FROM lunas_import_plan p
-JOIN lunas_import_lines l ON l.idx = p.idx
-JOIN payment_attempts a ON a.id = p.attempt_id
-JOIN orders o ON o.id = p.order_id
-JOIN unnest($3::text[], $4::text[], $5::text[], $6::text[])
-     AS t(order_from, attempt_from, order_to, attempt_to)
-     ON t.order_from = o.state AND t.attempt_from = a.state
-WHERE p.kind = 'planned' AND a.holds_code AND a.order_id = o.id AND a.payout_bank = $1
-      AND a.payout_account_number = $2 AND a.transfer_amount = l.amount AND {_IN_WINDOW}
-"""  # noqa: S608 - only the constant _IN_WINDOW is interpolated
+WITH paid AS (
+    UPDATE payment_attempts a
+    SET state = t.attempt_to, updated_at = $7, closed_at = $7, code_held_until = $8
+    FROM lunas_import_plan p
+    JOIN lunas_import_lines l ON l.idx = p.idx
+    JOIN orders o ON o.id = p.order_id
+    JOIN unnest($3::text[], $4::text[], $5::text[], $6::text[])
+         AS t(order_from, attempt_from, order_to, attempt_to) ON t.order_from = o.state
+    WHERE p.kind = 'planned' AND a.id = p.attempt_id AND t.attempt_from = a.state
+          AND a.holds_code AND a.order_id = o.id AND a.payout_bank = $1
+          AND a.payout_account_number = $2 AND a.transfer_amount = l.amount AND {_IN_WINDOW}
+    RETURNING p.idx, l.id AS mutation_id, l.event_id, a.id AS attempt_id, o.id AS order_id,
+              l.amount, l.posted_at AS observed_at, t.attempt_to AS attempt_state,
+              t.order_to AS order_state, o.merchant_id, o.merchant_order_id,
+              o.amount AS order_amount, o.currency
+)
+SELECT * FROM paid"""  # noqa: S608 - only the constant _IN_WINDOW is interpolated
 # Per outcome, the number of new credits; a planned line that did not settle goes to _match.
 _OUTCOMES = """
 SELECT kind, count(*) AS n, array_agg(idx ORDER BY idx) FILTER (WHERE kind = 'sequential') AS lines
@@ -601,11 +601,6 @@ INSERT INTO evidence (unique_key, kind, order_id, attempt_id, amount, verdict, o
 SELECT 'mutation:' || mutation_id, 'mutation', order_id, attempt_id, amount, 'settle',
        observed_at, $1, jsonb_build_object('mutation_id', mutation_id, 'matched_by', 'matcher')
 FROM lunas_import_settle ORDER BY idx"""
-_PAY_ATTEMPTS = """
-UPDATE payment_attempts a
-SET state = s.attempt_state, updated_at = $1, closed_at = $1,
-    code_held_until = CASE WHEN a.holds_code THEN $2::timestamptz END
-FROM lunas_import_settle s WHERE a.id = s.attempt_id"""
 _MOVE_ORDERS = """
 UPDATE orders o SET state = s.order_state, updated_at = $1, paid_at = $1
 FROM lunas_import_settle s WHERE o.id = s.order_id"""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from orchestrator.reconciliation.matcher import FOR_PEOPLE
 from orchestrator.store.types import BigId, JSONDoc, UTCDateTime
 
 metadata = sa.MetaData(
@@ -98,7 +99,6 @@ orders = sa.Table(
     sa.UniqueConstraint("merchant_id", "merchant_order_id"),
     sa.CheckConstraint("amount > 0", name="amount_positive"),
 )
-sa.Index("ix_orders_open_deadline", orders.c.expires_at, orders.c.state)
 # Sweeps ask "which orders in state S are past their deadline?" and the metrics count orders by
 # state; with the state first, both read only that state's entries, however long the history.
 sa.Index("ix_orders_state_deadline", orders.c.state, orders.c.expires_at)
@@ -230,7 +230,12 @@ mutations = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.CheckConstraint("direction IN ('CR', 'DB')", name="direction"),
 )
-sa.Index("ix_mutations_match_state", mutations.c.match_state, mutations.c.created_at)
+# The list finance works through (unmatched, ambiguous, likely duplicates), in posting order. Only
+# those few per cent of mutations are in it: an import writes no entry for the lines it matches
+# or ignores.
+sa.Index("ix_mutations_for_people", mutations.c.posted_at, mutations.c.id,
+         postgresql_where=mutations.c.match_state.in_(FOR_PEOPLE),
+         sqlite_where=mutations.c.match_state.in_(FOR_PEOPLE))
 # Settlement asks "is another mutation already matched to this order?" (possible duplicates, a
 # second payment): without this index every such question scans every mutation ever stored.
 sa.Index("ix_mutations_order_id", mutations.c.order_id,
