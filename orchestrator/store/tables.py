@@ -119,7 +119,7 @@ payment_attempts = sa.Table(
     "payment_attempts",
     metadata,
     sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("order_id", sa.String(32), sa.ForeignKey("orders.id"), nullable=False, index=True),
+    sa.Column("order_id", sa.String(32), sa.ForeignKey("orders.id"), nullable=False),
     sa.Column("rail", sa.String(32), nullable=False),
     sa.Column("provider", sa.String(32), nullable=False),
     sa.Column("channel", sa.String(32)),
@@ -150,6 +150,9 @@ payment_attempts = sa.Table(
     sa.Column("checks", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_checked_at", UTCDateTime),
     sa.Column("last_check", sa.String(200)),
+    # An order's attempts (order_id first), and the key evidence refers to: an observation names
+    # an attempt of the order it is recorded against, proven by one foreign key.
+    sa.UniqueConstraint("order_id", "id"),
 )
 sa.Index(
     "uq_payment_attempts_held_transfer_amount",
@@ -186,13 +189,18 @@ evidence = sa.Table(
     # Provider event id, "mutation:<id>", "manual:<uuid>": one row per observation, ever.
     sa.Column("unique_key", sa.String(200), nullable=False, unique=True),
     sa.Column("kind", sa.String(24), nullable=False),
-    sa.Column("order_id", sa.String(32), sa.ForeignKey("orders.id"), nullable=False, index=True),
-    sa.Column("attempt_id", sa.String(32), sa.ForeignKey("payment_attempts.id"), nullable=False),
+    sa.Column("order_id", sa.String(32), nullable=False, index=True),
+    sa.Column("attempt_id", sa.String(32), nullable=False),
     sa.Column("amount", sa.BigInteger, nullable=False),
     sa.Column("verdict", sa.String(24), nullable=False),
     sa.Column("observed_at", UTCDateTime, nullable=False),
     sa.Column("recorded_at", UTCDateTime, nullable=False),
     sa.Column("details", JSONDoc),
+    # The attempt, of this order (and so the order, through the attempt's own foreign key): one
+    # check per row where two separate keys made two, and a row can no longer pair an order with
+    # another order's attempt.
+    sa.ForeignKeyConstraint(["order_id", "attempt_id"],
+                            ["payment_attempts.order_id", "payment_attempts.id"]),
 )
 
 statements = sa.Table(
