@@ -266,7 +266,8 @@ async def _serve(container: Container, stop: asyncio.Event) -> None:
     app = create_app(container, close_on_shutdown=False, freeze_startup_heap=True)
     config = uvicorn.Config(app, host=http.host,
                             port=http.port, log_level="warning", access_log=False,
-                            log_config=None)
+                            log_config=None, proxy_headers=True,
+                            forwarded_allow_ips=list(http.trusted_proxies))
     server = EmbeddedServer(config)
     server_task = asyncio.create_task(server.serve())
     stopping = asyncio.create_task(stop.wait())

@@ -8,6 +8,7 @@ an insecure default.
 from __future__ import annotations
 
 import builtins
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -55,6 +56,11 @@ class HttpSettings:
     worker_metrics_port: int = 0
     """Where ``lunas worker`` serves its own Prometheus metrics (0: not served). Each process
     is its own scrape target; the api's ``/metrics`` also carries the database-sampled state."""
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    """The proxies (addresses or networks) whose ``X-Forwarded-For`` names the client. uvicorn
+    reads the header right to left past these, so the client address (logs, the status page's
+    per-client lookup limit) is the customer's, not the load balancer's; a client connecting
+    from anywhere else cannot claim another address. The default trusts a proxy on this host."""
 
     @property
     def base_url(self) -> str:
@@ -283,6 +289,8 @@ class Settings:
                 port=e.int("LUNAS_PORT", 8000),
                 public_url=e.str("LUNAS_PUBLIC_URL", ""),
                 worker_metrics_port=e.int("LUNAS_WORKER_METRICS_PORT", 0),
+                trusted_proxies=_networks(e.str("LUNAS_TRUSTED_PROXIES", "127.0.0.1,::1"),
+                                          "LUNAS_TRUSTED_PROXIES"),
             ),
             checkout=CheckoutSettings(
                 amount_limits=AmountLimits(
@@ -404,6 +412,17 @@ def _choice(value: str, name: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise SettingsError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     return value
+
+
+def _networks(raw: str, name: str) -> tuple[str, ...]:
+    """A comma-separated list of IP addresses or networks, each checked now."""
+    specs = tuple(s.strip() for s in raw.split(",") if s.strip())
+    for spec in specs:
+        try:
+            ipaddress.ip_network(spec, strict=False)
+        except ValueError:
+            raise SettingsError(f"{name}: {spec!r} is not an IP address or network") from None
+    return specs
 
 
 class _Env:

@@ -176,10 +176,17 @@ class StatusPageController(Controller):
 
 
 class StatusOpsController(Controller):
-    """People post incidents and updates; every post is audited (ops token, ``ops`` scope)."""
+    """People post incidents and updates, every post audited, and read why each component shows
+    what it shows (ops token, ``ops`` scope)."""
 
     path = "/v1/ops/status"
     tags = ("ops",)
+
+    @get("/components", summary="Per component: what the page shows, what is pending, and why")
+    async def components(self, request: Request[Any, Any, Any],
+                         container: NamedDependency[Container]) -> dict[str, Any]:
+        await container.auth.ops(request, "ops")
+        return {"components": await container.status_page.component_states()}
 
     @post("/incidents", status_code=201, summary="Open an incident by hand")
     async def open_incident(self, request: Request[Any, Any, Any],

@@ -19,11 +19,13 @@ from orchestrator.domain.clock import Clock
 from orchestrator.domain.errors import InvalidOrder, NotFound
 from orchestrator.domain.ids import new_id
 from orchestrator.services.audit import record_audit
+from orchestrator.services.order_view import iso
 from orchestrator.services.status_reads import LIVE
 from orchestrator.store.database import Database
 from orchestrator.store.tables import (
     orders,
     payment_attempts,
+    status_components,
     status_incident_updates,
     status_incidents,
 )
@@ -56,11 +58,16 @@ class RateLimited(Exception):
 
 class LookupLimiter:
     """Fixed windows counted in Redis (shared by every replica), or in this process when Redis is
-    not configured or does not answer: a lookup is never refused because Redis is down."""
+    not configured or does not answer: a lookup is never refused because Redis is down. After
+    Redis fails to answer, it is left alone for ``redis_pause`` so that every lookup of an outage
+    does not wait for its own failed connection first."""
 
-    def __init__(self, redis: aioredis.Redis | None, prefix: str, limit: LookupLimit) -> None:
+    def __init__(self, redis: aioredis.Redis | None, prefix: str, limit: LookupLimit,
+                 *, redis_pause: float = 5.0) -> None:
         self._redis, self._prefix, self._limit = redis, prefix, limit
         self._local: dict[str, tuple[int, int]] = {}
+        self._redis_pause = redis_pause
+        self._redis_paused_until = 0.0
 
     async def check(self, client: str, order_code: str) -> None:
         window = int(self._limit.window.total_seconds())
@@ -73,7 +80,7 @@ class LookupLimiter:
                 raise RateLimited(retry_after)
 
     async def _count(self, key: str, window: int) -> int:
-        if self._redis is not None:
+        if self._redis is not None and time.monotonic() >= self._redis_paused_until:
             try:
                 pipe = self._redis.pipeline(transaction=True)
                 pipe.incr(key)
@@ -81,7 +88,7 @@ class LookupLimiter:
                 count, _ = await pipe.execute()
                 return int(count)
             except (RedisError, OSError):
-                pass
+                self._redis_paused_until = time.monotonic() + self._redis_pause
         now = int(time.time())
         count, expires = self._local.get(key, (0, now + window))
         if expires <= now:
@@ -148,6 +155,17 @@ class StatusPage:
                 "next_check_at": next_check if show_check else None}
 
     # -- ops --------------------------------------------------------------------------------
+
+    async def component_states(self) -> list[dict[str, Any]]:
+        """Per component, what customers see and why: the published status, the candidate
+        waiting out its dwell time, and what the last evaluation observed (the raw status and
+        its reasons, in machine words). For SREs asking why the page says what it says."""
+        async with self._db.read() as conn:
+            rows = (await conn.execute(
+                sa.select(status_components).order_by(status_components.c.id))).all()
+        return [{"id": r.id, "status": r.status, "since": iso(r.since),
+                 "candidate": r.candidate, "candidate_since": iso(r.candidate_since),
+                 "observed": r.observed, "evaluated_at": iso(r.updated_at)} for r in rows]
 
     async def open_incident(self, *, name: str, name_en: str | None, status: str, impact: str,
                             components: Sequence[str], body: str, body_en: str | None,

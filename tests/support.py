@@ -26,7 +26,9 @@ async def serve(container: Container, port: int | None = None) -> AsyncIterator[
     before the container is built); yields its base URL."""
     port = port or free_port()
     config = uvicorn.Config(create_app(container, close_on_shutdown=False), host="127.0.0.1",
-                            port=port, log_level="warning", access_log=False, lifespan="on")
+                            port=port, log_level="warning", access_log=False, lifespan="on",
+                            proxy_headers=True,
+                            forwarded_allow_ips=list(container.settings.http.trusted_proxies))
     server = EmbeddedServer(config)
     task = asyncio.create_task(server.serve())
     for _ in range(200):

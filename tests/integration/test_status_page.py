@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 import sqlalchemy as sa
 
 from chaos.sim.runner import Simulators, start_simulators
@@ -28,6 +29,7 @@ from orchestrator.settings import DatabaseSettings, Settings, StatusPageSettings
 from orchestrator.store.engine import create_engine, migrate
 from orchestrator.store.tables import audit_log, status_history
 from orchestrator.worker import run_worker, status_recorder
+from statuspage.service import LookupLimit, LookupLimiter, RateLimited
 from tests.conftest import create_database, drop_database
 from tests.integration.test_failover import gateway_settings
 from tests.support import (
@@ -81,7 +83,9 @@ class Page:
 
 @contextlib.asynccontextmanager
 async def status_stack(container: Container, *, run_the_worker: bool,
-                       page: StatusPageSettings) -> AsyncIterator[Page]:
+                       page: StatusPageSettings,
+                       trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1"),
+                       ) -> AsyncIterator[Page]:
     url = await create_database("lunas_status")
     engine = create_engine(DatabaseSettings(url=url))
     await migrate(engine)
@@ -90,7 +94,9 @@ async def status_stack(container: Container, *, run_the_worker: bool,
     port = free_port()
     base = gateway_settings(container.settings, sims)
     settings: Settings = replace(base, database=DatabaseSettings(url=url, pool_size=10),
-                                 http=replace(base.http, port=port), status_page=page)
+                                 http=replace(base.http, port=port,
+                                              trusted_proxies=trusted_proxies),
+                                 status_page=page)
     clock = ShiftedClock()
     c = build(settings, clock=clock)
     await c.start()
@@ -273,6 +279,20 @@ async def test_scheduled_maintenance_is_shown_ahead_and_while_it_runs(
         [active] = (await p.json("scheduled-maintenances/active.json"))["scheduled_maintenances"]
         assert active["status"] == "in_progress"
         assert (await p.component("ewallet.gopay")) == "under_maintenance"
+        # What an SRE reads to learn why: each component's published status and the evaluation
+        # behind it. QRIS's Midtrans route is in maintenance too, but Xendit carries it.
+        r = await p.client.get("/v1/ops/status/components",
+                               headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
+        shown = {c["id"]: c for c in r.json()["components"]}
+        gopay, qris = shown["ewallet.gopay"], shown["qris"]
+        assert gopay["status"] == "under_maintenance" and gopay["candidate"] is None
+        assert gopay["observed"]["raw"] == "under_maintenance"
+        assert any(reason.endswith(": maintenance") for reason in gopay["observed"]["reasons"])
+        assert qris["status"] == qris["observed"]["raw"] == "operational"
+        assert gopay["evaluated_at"].endswith("Z")
+        unauthorised = await p.client.get("/v1/ops/status/components")
+        assert unauthorised.status_code == 401
 
 
 async def test_ops_post_incident_updates_and_every_post_is_audited(container: Container) -> None:
@@ -340,7 +360,8 @@ async def test_order_lookup_shows_only_the_customers_own_order(container: Contai
 
 async def test_order_lookups_are_rate_limited(container: Container) -> None:
     page = replace(SLOW, lookups_per_client=3, lookups_per_order=100)
-    async with status_stack(container, run_the_worker=False, page=page) as p:
+    async with status_stack(container, run_the_worker=False, page=page,
+                            trusted_proxies=()) as p:
         codes = []
         for _ in range(5):
             r = await p.client.post("/status/orders", data={
@@ -351,6 +372,58 @@ async def test_order_lookups_are_rate_limited(container: Container) -> None:
         assert codes[3:] == [429, 429]
         limited = await p.client.post("/status/orders", data={"code": "ord_x", "contact": "a"})
         assert limited.status_code == 429 and int(limited.headers["retry-after"]) > 0
+        # No proxy is trusted here, so a client cannot escape its count by naming another.
+        spoofed = await p.client.post("/status/orders", data={"code": "ord_x", "contact": "a"},
+                                      headers={"X-Forwarded-For": "198.51.100.99"})
+        assert spoofed.status_code == 429
+
+
+async def test_behind_a_trusted_proxy_each_customer_has_their_own_count(
+    container: Container,
+) -> None:
+    """The test client connects from 127.0.0.1, a trusted proxy by default (a reverse proxy on
+    the same host): the address the proxy appended is the customer."""
+    page = replace(SLOW, lookups_per_client=2, lookups_per_order=100)
+    async with status_stack(container, run_the_worker=False, page=page) as p:
+        async def look(forwarded_for: str) -> int:
+            r = await p.client.post("/status/orders", headers={"X-Forwarded-For": forwarded_for},
+                                    data={"code": f"ord_01{uuid.uuid4().hex[:24].upper()}"
+                                          .replace("I", "J"), "contact": "x@example.co.id"})
+            return r.status_code
+
+        assert [await look("198.51.100.1") for _ in range(3)] == [404, 404, 429]
+        assert await look("198.51.100.2") == 404  # another customer behind the same balancer
+        assert await look("1.2.3.4, 198.51.100.1") == 429  # a forged first hop changes nothing
+
+
+async def test_lookups_go_on_while_redis_is_down_without_asking_it_each_time() -> None:
+    """Redis that drops every connection: lookups are counted in the process, and after the
+    first failure Redis is left alone for the pause instead of being dialled per lookup."""
+    connections = 0
+
+    async def drop(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.close()
+
+    server = await asyncio.start_server(drop, "127.0.0.1", 0)
+    redis = aioredis.Redis(host="127.0.0.1", port=server.sockets[0].getsockname()[1],
+                           socket_timeout=2)
+    limiter = LookupLimiter(redis, "lunas-test:", LookupLimit(per_client=3, per_order=100),
+                            redis_pause=600)
+    try:
+        await limiter.check("203.0.113.7", "ORDER1")
+        dialled = connections
+        assert dialled >= 1
+        for _ in range(2):
+            await limiter.check("203.0.113.7", "ORDER1")
+        assert connections == dialled
+        with pytest.raises(RateLimited):  # still limited, by the count kept in the process
+            await limiter.check("203.0.113.7", "ORDER1")
+    finally:
+        await redis.aclose()
+        server.close()
+        await server.wait_closed()
 
 
 @pytest.mark.parametrize("path", ["/status", "/status?lang=en", "/status/orders",

@@ -21,18 +21,20 @@ def test_variables_are_read_and_typed() -> None:
         "LUNAS_DATABASE_URL": "postgresql+asyncpg://u@db/lunas", "LUNAS_PORT": "9000",
         "LUNAS_REDIS_URL": "redis://r:6379/2", "LUNAS_OUTBOX_BACKOFF": "1,2.5",
         "LUNAS_UNIQUE_CODE_LOW": "100", "LUNAS_UNIQUE_CODE_HIGH": "500",
-        "LUNAS_WORKER_ID": " w-1 ",
+        "LUNAS_WORKER_ID": " w-1 ", "LUNAS_TRUSTED_PROXIES": "10.0.0.0/8, ::1",
     })
     assert not s.database.is_sqlite and s.http.port == 9000
     assert s.redis.url == "redis://r:6379/2"
     assert s.outbox.backoff == (timedelta(seconds=1), timedelta(seconds=2.5))
     assert (s.unique_codes.codes.low, s.unique_codes.codes.high) == (100, 500)
     assert s.worker_id == "w-1"
+    assert s.http.trusted_proxies == ("10.0.0.0/8", "::1")
 
 
 @pytest.mark.parametrize(("env", "named"), [
     ({"LUNAS_PORT": "eighty"}, "LUNAS_PORT"),
     ({"LUNAS_OUTBOX_LEASE": "-1"}, "LUNAS_OUTBOX_LEASE"),
+    ({"LUNAS_TRUSTED_PROXIES": "10.0.0.0/8,lb.internal"}, "LUNAS_TRUSTED_PROXIES"),
     ({"LUNAS_UNIQUE_CODE_LOW": "9", "LUNAS_UNIQUE_CODE_HIGH": "3"}, "LUNAS_UNIQUE_CODE_LOW"),
     ({"LUNAS_ENV": "production", "LUNAS_DATABASE_URL": "postgresql+asyncpg://u@db/l"},
      "LUNAS_MUTATION_PUSH_SECRET"),
