@@ -25,8 +25,8 @@ and sends it to the line-by-line path if anything changed since the candidates w
 
 On PostgreSQL the import runs these rules as SQL over the whole statement at once (``_PLAN`` and
 ``_SETTLE`` in ``services/reconciliation.py``): ``plan_batch`` and ``still_matches`` are their
-statement in Python, and ``settle_transitions`` hands the SQL the state machines' answer for
-every pair of states, so the domain rules stay written once.
+statement in Python, and ``settle_rule`` hands the SQL the state machines' answer for every
+pair of states, so the domain rules stay written once.
 """
 
 from __future__ import annotations
@@ -146,3 +146,28 @@ def settle_transitions() -> list[SettleTransition]:
                     order_from=order_state.value, attempt_from=attempt_state.value,
                     order_to=order_to.value, attempt_to=attempt_to.value))
     return allowed
+
+
+@dataclass(frozen=True, kw_only=True)
+class SettleRule:
+    """``settle_transitions`` as the batch's SQL takes it: the pairs of states a line settles
+    from, written ``"order_state/attempt_state"``, and the one pair they all settle into."""
+
+    from_pairs: tuple[str, ...]
+    order_to: str
+    attempt_to: str
+
+
+def settle_rule() -> SettleRule:
+    """One target for every starting pair (today: the order and the attempt become paid),
+    so the SQL tests a pair with ``= ANY`` per row instead of joining a table of transitions.
+    Raises if the state machines ever disagree, rather than let the batch write the wrong
+    state: the SQL would need the table back."""
+    transitions = settle_transitions()
+    targets = {(t.order_to, t.attempt_to) for t in transitions}
+    if len(targets) != 1:
+        raise RuntimeError(f"settling ends in {sorted(targets)} depending on where it starts; "
+                           "the batch import writes a single target")
+    [(order_to, attempt_to)] = targets
+    return SettleRule(from_pairs=tuple(f"{t.order_from}/{t.attempt_from}" for t in transitions),
+                      order_to=order_to, attempt_to=attempt_to)

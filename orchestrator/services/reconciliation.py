@@ -45,7 +45,7 @@ from orchestrator.domain.order import (
 )
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails.base import Rail
-from orchestrator.reconciliation.batch import settle_transitions
+from orchestrator.reconciliation.batch import settle_rule
 from orchestrator.reconciliation.bulk_ids import id_stream
 from orchestrator.reconciliation.fingerprint import fingerprint_moota, iter_fingerprints
 from orchestrator.reconciliation.matcher import (
@@ -244,13 +244,9 @@ class ReconciliationService:
         if new:
             await pg.execute(_PLAN, bank, account, source)
             await pg.fetchval(_LOCK_ORDERS)
-            transitions = settle_transitions()
-            await pg.execute(_SETTLE, bank, account,
-                             [t.order_from for t in transitions],
-                             [t.attempt_from for t in transitions],
-                             [t.order_to for t in transitions],
-                             [t.attempt_to for t in transitions],
-                             now, now + self._quarantine)
+            rule = settle_rule()
+            await pg.execute(_SETTLE, bank, account, list(rule.from_pairs), rule.attempt_to,
+                             rule.order_to, now, now + self._quarantine)
             for r in await pg.fetch(_OUTCOMES):
                 counts[r["kind"]] = r["n"]
                 if r["kind"] == "sequential":
@@ -548,7 +544,7 @@ SELECT count(*) FROM (
     SELECT o.id FROM orders o
     WHERE o.id IN (SELECT order_id FROM lunas_import_plan WHERE kind = 'planned')
     ORDER BY o.id FOR UPDATE OF o) locked"""
-# still_matches and settle_transitions, checked by the UPDATE that pays the attempt: the order is
+# still_matches and settle_rule, checked by the UPDATE that pays the attempt: the order is
 # locked already (_LOCK_ORDERS), the attempt is this statement's target, so under READ COMMITTED
 # PostgreSQL locks it and re-evaluates these conditions on its latest version before writing
 # (an attempt changed since the plan read it is not paid, and its line goes to _match). The
@@ -559,19 +555,17 @@ _SETTLE = f"""
 CREATE TEMPORARY TABLE lunas_import_settle ON COMMIT DROP AS
 WITH paid AS (
     UPDATE payment_attempts a
-    SET state = t.attempt_to, updated_at = $7, closed_at = $7, code_held_until = $8
+    SET state = $4, updated_at = $6, closed_at = $6, code_held_until = $7
     FROM lunas_import_plan p
     JOIN lunas_import_lines l ON l.idx = p.idx
     JOIN orders o ON o.id = p.order_id
-    JOIN unnest($3::text[], $4::text[], $5::text[], $6::text[])
-         AS t(order_from, attempt_from, order_to, attempt_to) ON t.order_from = o.state
-    WHERE p.kind = 'planned' AND a.id = p.attempt_id AND t.attempt_from = a.state
+    WHERE p.kind = 'planned' AND a.id = p.attempt_id AND o.state || '/' || a.state = ANY($3)
           AND a.holds_code AND a.order_id = o.id AND a.payout_bank = $1
           AND a.payout_account_number = $2 AND a.transfer_amount = l.amount AND {_IN_WINDOW}
     RETURNING p.idx, l.id AS mutation_id, l.event_id, a.id AS attempt_id, o.id AS order_id,
-              l.amount, l.posted_at AS observed_at, t.attempt_to AS attempt_state,
-              t.order_to AS order_state, o.merchant_id, o.merchant_order_id,
-              o.amount AS order_amount, o.currency
+              l.amount, l.posted_at AS observed_at, a.state AS attempt_state,
+              $5::text AS order_state, o.merchant_id, o.merchant_order_id,
+              o.amount AS order_amount, o.currency, o.trace_context
 )
 SELECT * FROM paid"""  # noqa: S608 - only the constant _IN_WINDOW is interpolated
 # Per outcome, the number of new credits; a planned line that did not settle goes to _match.
@@ -619,15 +613,18 @@ SET closed_at = coalesce(a.closed_at, $1), code_held_until = $2
 FROM lunas_import_settle s
 WHERE a.order_id = s.order_id AND a.id <> s.attempt_id AND a.holds_code
       AND a.code_held_until IS NULL"""
-# event_payload(order, paid_amount=..., evidence="mutation"), built by PostgreSQL.
+# event_payload(order, paid_amount=..., evidence="mutation"), built by PostgreSQL. Each event
+# carries its order's own trace context (the capture's), so the merchant delivery joins the
+# order's trace as it does on the line-by-line path (there through a settlement span; a span
+# per line would cost more than the import's own writes).
 _INSERT_ORDER_EVENTS = """
-INSERT INTO outbox (event_id, event_type, aggregate_id, merchant_id, payload, status, attempts,
-                    created_at, available_at)
+INSERT INTO outbox (event_id, event_type, aggregate_id, merchant_id, payload, trace_context,
+                    status, attempts, created_at, available_at)
 SELECT event_id, $2, order_id, merchant_id,
        jsonb_build_object('order_id', order_id, 'merchant_order_id', merchant_order_id,
                           'status', order_state, 'amount', order_amount, 'currency', currency,
                           'paid_amount', amount, 'evidence', 'mutation'),
-       'pending', 0, $1, $1
+       trace_context, 'pending', 0, $1, $1
 FROM lunas_import_settle ORDER BY idx"""
 
 async def _candidates(conn: AsyncConnection, item: IncomingMutation) -> list[Candidate]:

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
@@ -27,6 +28,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from chaos.sim.runner import Simulators, start_simulators
+from chaos.sim.statements import bca_statement
 from orchestrator.bootstrap import Container, build
 from orchestrator.settings import Settings, TelemetrySettings
 from orchestrator.store.tables import orders, outbox
@@ -247,6 +249,31 @@ async def test_one_order_is_one_trace_from_capture_to_paid(
     for sp in finished:
         for value in [*(sp.attributes or {}).values(), sp.status.description or ""]:
             assert not any(f in str(value) for f in forbidden), (sp.name, value)
+
+
+async def test_orders_paid_by_a_statement_are_announced_in_their_own_traces(
+    container: Container, exporter: InMemorySpanExporter,
+) -> None:
+    """The batch import settles many orders in a few statements, with no span per order: each
+    order.paid event still carries its order's trace, so the merchant delivery joins it."""
+    async with shop(container) as s:
+        placed = [await s.checkout(rail="manual_transfer") for _ in range(2)]
+        now = datetime.now(UTC)
+        statement = bca_statement(s.merchant.account_number, [
+            (now, f"TRSF CR {o['payment']['transfer_amount']}", o["payment"]["transfer_amount"],
+             "CR") for o in placed])
+        report = await s.container.reconciliation.import_statement(
+            bank="bca", account_number=s.merchant.account_number, data=statement,
+            filename=None, actor="test")
+        assert report.matched == 2
+        for o in placed:
+            stored = await s.order_row(o["id"])
+            assert stored.state == "paid"
+            [paid] = [r for r in await s.outbox_rows([o["id"]]) if r.event_type == "order.paid"]
+            trace_id = stored.trace_context["traceparent"].split("-")[1]
+            assert paid.trace_context["traceparent"].split("-")[1] == trace_id
+        trace_ids = {(await s.order_row(o["id"])).trace_context["traceparent"] for o in placed}
+        assert len(trace_ids) == 2  # two orders, two traces
 
 
 async def test_without_an_exporter_nothing_is_recorded_or_stored(

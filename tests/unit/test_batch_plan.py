@@ -56,3 +56,16 @@ def test_a_batch_match_is_dropped_when_the_locked_attempt_differs() -> None:
     assert not still_matches(credit(100_123), None, planned)
     closed = held(ORDER_A, 100_123, held_until=NOW - timedelta(minutes=1))
     assert not still_matches(credit(100_123), closed, planned)
+
+
+def test_every_pair_that_settles_ends_with_order_and_attempt_paid() -> None:
+    """The batch SQL writes one target pair; the state machines must agree it is the only one."""
+    from orchestrator.reconciliation.batch import settle_rule, settle_transitions
+
+    rule = settle_rule()
+    assert (rule.order_to, rule.attempt_to) == ("paid", "paid")
+    assert set(rule.from_pairs) == {f"{t.order_from}/{t.attempt_from}"
+                                    for t in settle_transitions()}
+    assert "awaiting_payment/active" in rule.from_pairs
+    assert not any(pair.endswith("/paid") or pair.startswith("paid/")
+                   for pair in rule.from_pairs)
