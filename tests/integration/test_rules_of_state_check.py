@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from chaos.invariants import check_rules_of_state
 from orchestrator.bootstrap import Container
-from orchestrator.store.tables import evidence, mutations, orders, outbox
+from orchestrator.store.tables import evidence, mutations, orders, outbox, payment_attempts
 from tests.support import bca_statement, new_merchant, new_ops_token, order_body
 
 
@@ -77,9 +77,14 @@ async def _mutation_moved(c: Container, run: Run) -> None:
 
 
 async def _evidence_moved(c: Container, run: Run) -> None:
-    await _change(c, evidence.update().where(evidence.c.order_id == run.paid,
-                                             evidence.c.unique_key.like("mutation:%"))
-                  .values(order_id=run.other_paid))
+    """The evidence of one payment rewritten onto the other paid order (and its attempt: the
+    database refuses evidence pairing an order with another order's attempt)."""
+    async with c.db.transaction() as conn:
+        other_attempt = (await conn.execute(sa.select(payment_attempts.c.id).where(
+            payment_attempts.c.order_id == run.other_paid))).scalar_one()
+        await conn.execute(evidence.update().where(
+            evidence.c.order_id == run.paid, evidence.c.unique_key.like("mutation:%"))
+            .values(order_id=run.other_paid, attempt_id=other_attempt))
 
 
 async def _review_without_reason(c: Container, run: Run) -> None:
