@@ -8,8 +8,9 @@ Every record passes through ``redact`` before it is written, whatever the format
   customer's email and phone are masked.
 - **in free text** (the message, exception text): ``Authorization`` values, ``key=value`` /
   ``"key": "value"`` pairs naming a secret, the known key formats (Midtrans ``Mid-server-``,
-  Xendit ``xnd_``, Lunas ``lunas_sk_`` / ``lunas_ops_`` / ``whsec_``), and bare runs of 10-19
-  digits (account, VA and card numbers) masked to their last four.
+  Xendit ``xnd_``, Lunas ``lunas_sk_`` / ``lunas_ops_`` / ``whsec_``), email addresses masked
+  as the email field is, and bare runs of 10-19 digits (account, VA and card numbers) masked to
+  their last four.
 
 The redaction is a safety net, not a licence: code still keeps secrets out of messages.
 """
@@ -55,6 +56,9 @@ _TEXT_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b(?:lunas_sk_|lunas_ops_|whsec_)[\w-]+"), REDACTED),
 )
 _DIGIT_RUN = re.compile(r"(?<![\w.])\d{10,19}(?![\w.])")
+# A customer's email in a message (a provider's error quoting the request, say): masked as the
+# customer_email field is, first character and domain kept.
+_EMAIL = re.compile(r"\b([A-Za-z0-9])[A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)\b")
 
 
 def mask_number(value: str) -> str:
@@ -73,6 +77,7 @@ def _mask_email(value: str) -> str:
 def redact_text(text: str) -> str:
     for pattern, replacement in _TEXT_RULES:
         text = pattern.sub(replacement, text)
+    text = _EMAIL.sub(r"\1***@\2", text)
     return _DIGIT_RUN.sub(lambda m: mask_number(m.group(0)), text)
 
 

@@ -119,6 +119,8 @@ def test_customer_contact_is_masked() -> None:
     (f"xendit refused key {XENDIT_KEY}", XENDIT_KEY),
     (f"transfer to VA {VA} for order ord_1", VA),
     ("rekening 0123456789 a.n. TOKO", "0123456789"),
+    ('midtrans 400: {"email": "andi.wijaya@example.co.id"} is invalid', "andi.wijaya"),
+    ("customer siti+toko@mail.example.com not found", "siti+toko"),
 ])
 def test_secrets_and_account_numbers_in_messages_are_redacted(text: str, leaked: str) -> None:
     doc = as_json(record(text))
@@ -130,6 +132,7 @@ def test_a_message_keeps_what_is_not_secret() -> None:
     text = "order ord_01M8HC18YPNWC3RYK4JT9EP7SE paid 150000 after 3 tries at 2026-11-28T10:00Z"
     assert as_json(record(text))["message"] == text
     assert redact_text(f"VA {VA}") == "VA ************9012"
+    assert redact_text("to andi@example.co.id") == "to a***@example.co.id"
 
 
 def test_exception_text_is_redacted() -> None:
