@@ -153,7 +153,7 @@ class Stack:
         self.payout_account = PAYOUT_ACCOUNT
         self.merchant_endpoint_failing = False
         self._hook_server: asyncio.Server | None = None
-        self.hook_port = free_port()
+        self.hook_port = 0  # bound by the kernel when the endpoint starts (no race for it)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -167,7 +167,9 @@ class Stack:
                           ("xendit", self.sims.xendit.data_url),
                           ("moota", self.moota.data_url)):
             upstream = httpx.URL(url)
-            proxy = FaultProxy("127.0.0.1", free_port(), "127.0.0.1", upstream.port or 80)
+            # Port 0: the kernel picks one as the proxy binds. A port chosen earlier by
+            # free_port() can meanwhile become the local end of some outgoing connection.
+            proxy = FaultProxy("127.0.0.1", 0, "127.0.0.1", upstream.port or 80)
             await proxy.start()
             self.proxies[name] = proxy
         await self._start_merchant_endpoint()
@@ -259,6 +261,7 @@ class Stack:
                 writer.close()
 
         self._hook_server = await asyncio.start_server(handle, "127.0.0.1", self.hook_port)
+        self.hook_port = int(self._hook_server.sockets[0].getsockname()[1])
 
     # -- the game-day clock --------------------------------------------------------------------
 
