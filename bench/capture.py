@@ -114,7 +114,10 @@ def machine() -> dict[str, Any]:
                         text=True, timeout=10)
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                          text=True, timeout=10)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+    # The result files an earlier benchmark of the same `make bench` wrote are not a change to
+    # the code measured.
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            ":(exclude)bench/results"], cwd=ROOT,
                            capture_output=True, text=True, timeout=10)
     return {
         "nproc": os.cpu_count(), "cpu_model": model, "memory_gib": round(mem_kb / 2**20, 1),
