@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +100,7 @@ async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
         cfg.attributes["connection"] = connection  # type: ignore[attr-defined]
         command.upgrade(cfg, revision)  # type: ignore[arg-type]
 
-    async with engine.begin() as conn:
-        await conn.run_sync(_upgrade)
+    await _run_migrations(engine, _upgrade)
 
 
 async def downgrade(engine: AsyncEngine, revision: str = "base") -> None:
@@ -112,5 +112,31 @@ async def downgrade(engine: AsyncEngine, revision: str = "base") -> None:
         cfg.attributes["connection"] = connection  # type: ignore[attr-defined]
         command.downgrade(cfg, revision)  # type: ignore[arg-type]
 
-    async with engine.begin() as conn:
-        await conn.run_sync(_down)
+    await _run_migrations(engine, _down)
+
+
+async def _run_migrations(engine: AsyncEngine, step: Callable[[Connection], None]) -> None:
+    """``step`` in one transaction. On SQLite, with foreign keys off while it runs: SQLite
+    changes a table's constraints by copying it (Alembic's batch mode), and with keys enforced,
+    dropping the old copy fails as soon as another table's row refers to one of its rows. This is
+    SQLite's own recipe: keys off outside the transaction (the pragma is ignored inside one),
+    ``foreign_key_check`` before committing, keys on again."""
+    if engine.dialect.name != "sqlite":
+        async with engine.begin() as conn:
+            await conn.run_sync(step)
+        return
+    async with engine.connect() as conn:
+        # The first statement on the connection: the driver opens its transaction only at the
+        # first write, so the pragma takes effect.
+        await conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        try:
+            await conn.run_sync(step)
+            broken = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all()
+            if broken:
+                await conn.rollback()
+                raise RuntimeError(f"the migration would leave rows breaking foreign keys: "
+                                   f"{[tuple(r) for r in broken[:5]]}")
+            await conn.commit()
+        finally:
+            await conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+            await conn.commit()
