@@ -419,9 +419,12 @@ def _networks(raw: str, name: str) -> tuple[str, ...]:
     specs = tuple(s.strip() for s in raw.split(",") if s.strip())
     for spec in specs:
         try:
-            ipaddress.ip_network(spec, strict=False)
+            # Strict, as uvicorn reads it: "10.0.0.1/8" (host bits set) would be taken there as a
+            # name that never matches, and the balancer silently not trusted.
+            ipaddress.ip_network(spec)
         except ValueError:
-            raise SettingsError(f"{name}: {spec!r} is not an IP address or network") from None
+            raise SettingsError(f"{name}: {spec!r} is not an IP address or network (write "
+                                f"a network by its base address, e.g. 10.0.0.0/8)") from None
     return specs
 
 

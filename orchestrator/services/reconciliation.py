@@ -340,8 +340,8 @@ class ReconciliationService:
             payment_attempts.c.id == attempt_id))).one()
         # Every mutation of the order, filtered here: an order has a handful, found through
         # ix_mutations_order_id. With the other conditions in SQL, statistics that lag a large
-        # import (its own rows are not in them yet) let the planner also walk every matched
-        # mutation's entry in ix_mutations_match_state: milliseconds per line, growing with it.
+        # import (its own rows are not in them yet) once let the planner walk an index of every
+        # mutation by match state instead: milliseconds per line, growing with the import.
         earlier = (await conn.execute(sa.select(
             mutations.c.id, mutations.c.posted_at, mutations.c.match_state, mutations.c.source,
             mutations.c.amount, mutations.c.account_number,
@@ -538,7 +538,11 @@ SELECT c.idx, c.attempt_id, c.order_id,
                          AND m.source <> $3 AND m.amount = c.amount) THEN 'sequential'
             ELSE 'planned' END AS kind
 FROM credits c"""  # noqa: S608 - only the constant _IN_WINDOW is interpolated
-# apply_payment's lock order: the planned orders in id order, then (in _SETTLE) their attempts.
+# apply_payment's lock order: the planned orders (in id order), then their attempts (in _SETTLE,
+# in the order the plan visits them). Writers that lock the order first cannot deadlock with it.
+# The quarantine release (expiry.release_quarantined_codes) updates attempts without their
+# orders, in its own order; a deadlock with it is possible, as it was when attempts were locked
+# in id order, and PostgreSQL would end the import's transaction (nothing stored; import again).
 _LOCK_ORDERS = """
 SELECT count(*) FROM (
     SELECT o.id FROM orders o
@@ -547,7 +551,7 @@ SELECT count(*) FROM (
 # still_matches and settle_rule, checked by the UPDATE that pays the attempt: the order is
 # locked already (_LOCK_ORDERS), the attempt is this statement's target, so under READ COMMITTED
 # PostgreSQL locks it and re-evaluates these conditions on its latest version before writing
-# (an attempt changed since the plan read it is not paid, and its line goes to _match). The
+# (an attempt that no longer matches is not paid, and its line goes to _match). The
 # attempt still holds the amount on the account for the same order, the line is still in its
 # window, and the pair of states settles. Paying the attempt here, rather than locking it in one
 # statement and writing it in another, visits each attempt once.
@@ -563,9 +567,8 @@ WITH paid AS (
           AND a.holds_code AND a.order_id = o.id AND a.payout_bank = $1
           AND a.payout_account_number = $2 AND a.transfer_amount = l.amount AND {_IN_WINDOW}
     RETURNING p.idx, l.id AS mutation_id, l.event_id, a.id AS attempt_id, o.id AS order_id,
-              l.amount, l.posted_at AS observed_at, a.state AS attempt_state,
-              $5::text AS order_state, o.merchant_id, o.merchant_order_id,
-              o.amount AS order_amount, o.currency, o.trace_context
+              l.amount, l.posted_at AS observed_at, $5::text AS order_state, o.merchant_id,
+              o.merchant_order_id, o.amount AS order_amount, o.currency, o.trace_context
 )
 SELECT * FROM paid"""  # noqa: S608 - only the constant _IN_WINDOW is interpolated
 # Per outcome, the number of new credits; a planned line that did not settle goes to _match.

@@ -58,7 +58,10 @@ _TEXT_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
 _DIGIT_RUN = re.compile(r"(?<![\w.])\d{10,19}(?![\w.])")
 # A customer's email in a message (a provider's error quoting the request, say): masked as the
 # customer_email field is, first character and domain kept.
-_EMAIL = re.compile(r"\b([A-Za-z0-9])[A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)\b")
+# The local part may hold any of RFC 5322's atom characters; "%40" is the @ in a URL (an httpx
+# error quotes the request URL).
+_EMAIL = re.compile(r"(?<![\w.!#$%&'*+/=?^`{|}~-])([\w!#$%&'*+/=?^`{|}~-])[\w.!#$%&'*+/=?^`{|}~-]*"
+                    r"(?:@|%40)([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)\b")
 
 
 def mask_number(value: str) -> str:

@@ -23,6 +23,7 @@ import pytest
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 
+from chaos.proxy import FaultProxy
 from chaos.sim.runner import Simulators, start_simulators
 from orchestrator.bootstrap import Container, build
 from orchestrator.settings import DatabaseSettings, Settings, StatusPageSettings
@@ -30,7 +31,7 @@ from orchestrator.store.engine import create_engine, migrate
 from orchestrator.store.tables import audit_log, status_history
 from orchestrator.worker import run_worker, status_recorder
 from statuspage.service import LookupLimit, LookupLimiter, RateLimited
-from tests.conftest import create_database, drop_database
+from tests.conftest import REDIS_URL, create_database, drop_database
 from tests.integration.test_failover import gateway_settings
 from tests.support import (
     ShiftedClock,
@@ -396,34 +397,37 @@ async def test_behind_a_trusted_proxy_each_customer_has_their_own_count(
         assert await look("1.2.3.4, 198.51.100.1") == 429  # a forged first hop changes nothing
 
 
-async def test_lookups_go_on_while_redis_is_down_without_asking_it_each_time() -> None:
-    """Redis that drops every connection: lookups are counted in the process, and after the
-    first failure Redis is left alone for the pause instead of being dialled per lookup."""
-    connections = 0
-
-    async def drop(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        writer.close()
-
-    server = await asyncio.start_server(drop, "127.0.0.1", 0)
-    redis = aioredis.Redis(host="127.0.0.1", port=server.sockets[0].getsockname()[1],
+async def test_lookups_go_on_while_redis_is_down_without_asking_it_each_time(
+    redis_client: aioredis.Redis, redis_prefix: str,
+) -> None:
+    """The real Redis behind a proxy that resets every connection: lookups are counted in the
+    process, and after the first failure Redis is left alone for the pause instead of being
+    dialled per lookup. Once Redis answers and the pause is over, counting goes back to it."""
+    url = httpx.URL(REDIS_URL)
+    proxy = FaultProxy("127.0.0.1", 0, url.host or "127.0.0.1", url.port or 6379)
+    await proxy.start()
+    redis = aioredis.Redis(host="127.0.0.1", port=proxy.port, db=int(url.path.strip("/") or 0),
                            socket_timeout=2)
-    limiter = LookupLimiter(redis, "lunas-test:", LookupLimit(per_client=3, per_order=100),
+    limiter = LookupLimiter(redis, redis_prefix, LookupLimit(per_client=3, per_order=100),
                             redis_pause=600)
     try:
+        proxy.reset()
         await limiter.check("203.0.113.7", "ORDER1")
-        dialled = connections
+        dialled = proxy.counters.accepted
         assert dialled >= 1
         for _ in range(2):
             await limiter.check("203.0.113.7", "ORDER1")
-        assert connections == dialled
+        assert proxy.counters.accepted == dialled
         with pytest.raises(RateLimited):  # still limited, by the count kept in the process
             await limiter.check("203.0.113.7", "ORDER1")
+
+        proxy.clear()
+        back = LookupLimiter(redis, redis_prefix, LookupLimit(), redis_pause=0)
+        await back.check("198.51.100.2", "ORDER2")
+        assert [k async for k in redis_client.scan_iter(match=f"{redis_prefix}statuspage:*")]
     finally:
         await redis.aclose()
-        server.close()
-        await server.wait_closed()
+        await proxy.stop()
 
 
 @pytest.mark.parametrize("path", ["/status", "/status?lang=en", "/status/orders",

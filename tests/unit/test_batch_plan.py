@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from orchestrator.reconciliation.batch import plan_batch, still_matches
+from orchestrator.reconciliation.batch import plan_batch, settle_rule, still_matches
 from orchestrator.reconciliation.matcher import Candidate, MutationFacts
 
 NOW = datetime(2026, 5, 15, 3, 0, tzinfo=UTC)
@@ -59,13 +59,11 @@ def test_a_batch_match_is_dropped_when_the_locked_attempt_differs() -> None:
 
 
 def test_every_pair_that_settles_ends_with_order_and_attempt_paid() -> None:
-    """The batch SQL writes one target pair; the state machines must agree it is the only one."""
-    from orchestrator.reconciliation.batch import settle_rule, settle_transitions
-
+    """The batch SQL writes one target pair; the state machines must agree it is the only one.
+    An open order settles from any attempt state but paid (a late payment on a superseded,
+    expired, failed or unknown instrument still pays the order)."""
     rule = settle_rule()
     assert (rule.order_to, rule.attempt_to) == ("paid", "paid")
-    assert set(rule.from_pairs) == {f"{t.order_from}/{t.attempt_from}"
-                                    for t in settle_transitions()}
-    assert "awaiting_payment/active" in rule.from_pairs
-    assert not any(pair.endswith("/paid") or pair.startswith("paid/")
-                   for pair in rule.from_pairs)
+    assert set(rule.from_pairs) == {
+        f"{order}/{attempt}" for order in ("captured", "awaiting_payment", "verifying")
+        for attempt in ("active", "superseded", "expired", "failed", "unknown")}

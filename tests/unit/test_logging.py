@@ -121,6 +121,8 @@ def test_customer_contact_is_masked() -> None:
     ("rekening 0123456789 a.n. TOKO", "0123456789"),
     ('midtrans 400: {"email": "andi.wijaya@example.co.id"} is invalid', "andi.wijaya"),
     ("customer siti+toko@mail.example.com not found", "siti+toko"),
+    ("GET /v1/customers?email=andi.w%40example.co.id failed", "andi.w"),
+    ("to _andi_@example.co.id and andi&siti@example.co.id", "siti"),
 ])
 def test_secrets_and_account_numbers_in_messages_are_redacted(text: str, leaked: str) -> None:
     doc = as_json(record(text))

@@ -35,6 +35,7 @@ def test_variables_are_read_and_typed() -> None:
     ({"LUNAS_PORT": "eighty"}, "LUNAS_PORT"),
     ({"LUNAS_OUTBOX_LEASE": "-1"}, "LUNAS_OUTBOX_LEASE"),
     ({"LUNAS_TRUSTED_PROXIES": "10.0.0.0/8,lb.internal"}, "LUNAS_TRUSTED_PROXIES"),
+    ({"LUNAS_TRUSTED_PROXIES": "10.0.0.1/8"}, "LUNAS_TRUSTED_PROXIES"),
     ({"LUNAS_UNIQUE_CODE_LOW": "9", "LUNAS_UNIQUE_CODE_HIGH": "3"}, "LUNAS_UNIQUE_CODE_LOW"),
     ({"LUNAS_ENV": "production", "LUNAS_DATABASE_URL": "postgresql+asyncpg://u@db/l"},
      "LUNAS_MUTATION_PUSH_SECRET"),
