@@ -22,6 +22,7 @@ from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import iso
 from orchestrator.services.status_reads import LIVE
 from orchestrator.store.database import Database
+from orchestrator.store.redis_pause import RedisPause
 from orchestrator.store.tables import (
     orders,
     payment_attempts,
@@ -58,16 +59,14 @@ class RateLimited(Exception):
 
 class LookupLimiter:
     """Fixed windows counted in Redis (shared by every replica), or in this process when Redis is
-    not configured or does not answer: a lookup is never refused because Redis is down. After
-    Redis fails to answer, it is left alone for ``redis_pause`` so that every lookup of an outage
-    does not wait for its own failed connection first."""
+    not configured or does not answer: a lookup is never refused because Redis is down, nor made
+    to wait for it (``RedisPause``: after a failure, Redis is left alone for ``redis_pause``)."""
 
     def __init__(self, redis: aioredis.Redis | None, prefix: str, limit: LookupLimit,
                  *, redis_pause: float = 5.0) -> None:
         self._redis, self._prefix, self._limit = redis, prefix, limit
         self._local: dict[str, tuple[int, int]] = {}
-        self._redis_pause = redis_pause
-        self._redis_paused_until = 0.0
+        self._redis_pause = RedisPause("status page lookup limiting", redis_pause)
 
     async def check(self, client: str, order_code: str) -> None:
         window = int(self._limit.window.total_seconds())
@@ -80,15 +79,15 @@ class LookupLimiter:
                 raise RateLimited(retry_after)
 
     async def _count(self, key: str, window: int) -> int:
-        if self._redis is not None and time.monotonic() >= self._redis_paused_until:
+        if self._redis is not None and self._redis_pause.may_try:
             try:
                 pipe = self._redis.pipeline(transaction=True)
                 pipe.incr(key)
                 pipe.expire(key, window)
                 count, _ = await pipe.execute()
                 return int(count)
-            except (RedisError, OSError):
-                self._redis_paused_until = time.monotonic() + self._redis_pause
+            except (RedisError, OSError) as exc:
+                self._redis_pause.failed(exc)
         now = int(time.time())
         count, expires = self._local.get(key, (0, now + window))
         if expires <= now:

@@ -25,7 +25,6 @@ algorithm on its monotonic clock; several processes then add up, which the fallb
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import uuid
 from collections import deque
@@ -35,9 +34,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-log = logging.getLogger(__name__)
-
-_REDIS_RETRY_S = 5.0
+from orchestrator.store.redis_pause import RedisPause
 
 # KEYS[1] = bucket; ARGV = interval_us, tolerance_us, tokens, max_wait_us.
 # Returns the microseconds to wait before the reserved slot (0 = now), or -wait when refused.
@@ -146,7 +143,7 @@ class RequestPacer:
         self._local: dict[str, _LocalBucket] = {}
         self._script = redis.register_script(_RESERVE) if redis is not None else None
         self._admit_script = redis.register_script(_ADMIT) if redis is not None else None
-        self._redis_retry_at = 0.0
+        self._redis_pause = RedisPause("request pacing")
 
     def pace(self, bucket: str) -> Pace | None:
         return self._paces.get(bucket)
@@ -181,29 +178,23 @@ class RequestPacer:
         return True
 
     async def _admit(self, bucket: str, pace: Pace) -> int:
-        if self._admit_script is not None and time.monotonic() >= self._redis_retry_at:
+        if self._admit_script is not None and self._redis_pause.may_try:
             try:
                 return int(await self._admit_script(
                     keys=[f"{self._prefix}pace:{bucket}:sent"],
                     args=[pace.window_us, pace.cap, uuid.uuid4().hex]))
             except (RedisError, OSError) as exc:
-                self._redis_retry_at = time.monotonic() + _REDIS_RETRY_S
-                log.warning("request pacing falls back to this process alone for %.0f s: %s",
-                            _REDIS_RETRY_S, exc)
+                self._redis_pause.failed(exc)
         return self._local.setdefault(bucket, _LocalBucket()).admit(pace)
 
     async def _reserve(self, bucket: str, pace: Pace, tokens: int) -> int:
-        if self._script is not None and time.monotonic() >= self._redis_retry_at:
+        if self._script is not None and self._redis_pause.may_try:
             try:
                 return int(await self._script(
                     keys=[f"{self._prefix}pace:{bucket}"],
                     args=[pace.interval_us, (pace.burst - 1) * pace.interval_us, tokens,
                           self._max_wait_us]))
             except (RedisError, OSError) as exc:
-                # Do not pay a Redis timeout on every request while it is down: pace locally
-                # for a while, then try Redis again.
-                self._redis_retry_at = time.monotonic() + _REDIS_RETRY_S
-                log.warning("request pacing falls back to this process alone for %.0f s: %s",
-                            _REDIS_RETRY_S, exc)
+                self._redis_pause.failed(exc)
         local = self._local.setdefault(bucket, _LocalBucket())
         return local.reserve(pace, tokens, self._max_wait_us)

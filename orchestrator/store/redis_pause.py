@@ -1,0 +1,30 @@
+"""After Redis fails to answer, leave it alone for a while.
+
+The request pacer and the status page's lookup limiter keep their state in Redis when it answers
+and in this process when it does not. While Redis is down, trying it first on every call would
+make each call of the outage wait for its own failed connection; instead, one failure pauses
+Redis for that caller for a few seconds, and the failure is logged once per pause.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+log = logging.getLogger(__name__)
+
+
+class RedisPause:
+    def __init__(self, what: str, seconds: float = 5.0) -> None:
+        """``what`` names the caller in the log line ("request pacing")."""
+        self._what, self._seconds = what, seconds
+        self._until = 0.0
+
+    @property
+    def may_try(self) -> bool:
+        return time.monotonic() >= self._until
+
+    def failed(self, exc: BaseException) -> None:
+        self._until = time.monotonic() + self._seconds
+        log.warning("%s falls back to this process alone for %.0f s: %s", self._what,
+                    self._seconds, exc)
