@@ -30,6 +30,7 @@ import logging
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -71,11 +72,39 @@ class InfraError(RuntimeError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that nobody listens on right now (another process may still take it later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A TCP port that nobody listens on right now, below the kernel's ephemeral range.
+
+    A port the kernel picked for a bind to port 0 comes from the ephemeral range, which is also
+    where every outgoing connection gets its local port: between choosing the port and binding
+    it (or, for a server killed and restarted on the same port, between its lives) a connection
+    could take it, and the bind fails with EADDRINUSE (seen in the game day). Below the range
+    only another explicit bind can. Another process may still take it; callers that can bind
+    port 0 themselves should.
+    """
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = _PORT_FLOOR + secrets.randbelow(max(1, low - _PORT_FLOOR))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # a crowded range: any port
         s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+        chosen: int = s.getsockname()[1]
+        return chosen
+
+
+_PORT_FLOOR = 20_000
+
+
+def _ephemeral_low() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32_768  # Linux's default
+    return low if low > _PORT_FLOOR + 1_000 else _PORT_FLOOR + 10_000
 
 
 def _find_pg_bindir() -> Path:

@@ -7,6 +7,7 @@ These never touch the shared servers on 5432/6379: each test starts its own on a
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import asyncpg
@@ -16,7 +17,7 @@ import redis.exceptions
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from chaos.infra import InfraError, ThrowawayPostgres, ThrowawayRedis
+from chaos.infra import InfraError, ThrowawayPostgres, ThrowawayRedis, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -165,3 +166,14 @@ async def test_redis_kill_loses_the_data_and_start_brings_the_service_back() -> 
         pid, directory = cache.pid, cache.directory
     assert pid is not None and directory is not None
     _assert_gone(pid, directory)
+
+
+def test_free_ports_lie_below_the_range_outgoing_connections_take_theirs_from() -> None:
+    """A server restarted on its port (the game day's worker, PostgreSQL, Redis) must find it
+    free: no outgoing connection can have been given a port below the ephemeral range."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(20_000 <= port < low for port in ports), sorted(ports)
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
