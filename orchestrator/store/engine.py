@@ -133,10 +133,15 @@ async def _run_migrations(engine: AsyncEngine, step: Callable[[Connection], None
             await conn.run_sync(step)
             broken = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all()
             if broken:
-                await conn.rollback()
                 raise RuntimeError(f"the migration would leave rows breaking foreign keys: "
                                    f"{[tuple(r) for r in broken[:5]]}")
+        except BaseException:
+            await conn.rollback()  # a failed step stores none of its rows
+            raise
+        else:
             await conn.commit()
         finally:
+            # Outside any transaction now (committed or rolled back), so the pragma applies
+            # before the connection goes back to the pool.
             await conn.exec_driver_sql("PRAGMA foreign_keys=ON")
             await conn.commit()

@@ -83,6 +83,28 @@ async def test_sqlite_migrations_keep_the_rows_other_tables_refer_to(tmp_path: P
         await engine.dispose()
 
 
+async def test_a_failed_sqlite_migration_stores_nothing_and_leaves_keys_enforced(
+    tmp_path: Path,
+) -> None:
+    from orchestrator.store.engine import _run_migrations
+
+    engine = create_engine(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'lunas.db'}"))
+    try:
+        await migrate(engine)
+
+        def half_done(connection: Connection) -> None:
+            connection.exec_driver_sql(_PAID_ORDER[0])  # a row written, then the step fails
+            raise RuntimeError("migration step failed")
+
+        with pytest.raises(RuntimeError, match="step failed"):
+            await _run_migrations(engine, half_done)
+        async with engine.connect() as conn:
+            assert (await conn.exec_driver_sql("SELECT count(*) FROM merchants")).scalar() == 0
+            assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1
+    finally:
+        await engine.dispose()
+
+
 _PAID_ORDER = [
     "INSERT INTO merchants (id, name, webhook_secret, created_at) "
     "VALUES ('mer_1', 'Toko', 'whsec_x', '2026-11-29 00:00:00')",
