@@ -20,6 +20,10 @@ def _run(connection: Connection) -> None:
         target_metadata=metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        # On PostgreSQL each revision commits on its own, so a revision that builds an index
+        # concurrently (migrations/online.py) commits nothing but itself. On SQLite ``lunas
+        # migrate`` holds one transaction around them all (store/engine.py).
+        transaction_per_migration=connection.dialect.name == "postgresql",
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -33,8 +37,9 @@ def run_migrations_online() -> None:
 
     async def _standalone() -> None:
         engine = create_async_engine(config.get_main_option("sqlalchemy.url") or "")
-        async with engine.begin() as conn:
+        async with engine.connect() as conn:
             await conn.run_sync(_run)
+            await conn.commit()
         await engine.dispose()
 
     asyncio.run(_standalone())

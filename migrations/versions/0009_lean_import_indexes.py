@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
+from migrations import online
+
 revision: str = "0009"
 down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
@@ -31,6 +33,12 @@ _FOR_PEOPLE = sa.text("match_state IN ('unmatched', 'ambiguous', 'likely_duplica
 
 
 def upgrade() -> None:
+    if online.on_postgresql():  # without blocking writers: see migrations/online.py
+        online.build_index("ix_mutations_for_people", "mutations",
+                           f"(posted_at, id) WHERE {_FOR_PEOPLE.text}")
+        online.drop_index("ix_mutations_match_state")
+        online.drop_index("ix_orders_open_deadline")
+        return
     op.create_index("ix_mutations_for_people", "mutations", ["posted_at", "id"],
                     postgresql_where=_FOR_PEOPLE, sqlite_where=_FOR_PEOPLE)
     op.drop_index("ix_mutations_match_state", table_name="mutations")

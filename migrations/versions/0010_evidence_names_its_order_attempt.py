@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
+from migrations import online
+
 revision: str = "0010"
 down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
@@ -25,6 +27,17 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    if online.on_postgresql():  # without blocking writers: see migrations/online.py
+        # The new key is in force (and checked) before the two it replaces go.
+        online.build_index("uq_payment_attempts_order_id_id", "payment_attempts",
+                           "(order_id, id)", unique=True)
+        online.adopt_unique_index("payment_attempts", "uq_payment_attempts_order_id_id")
+        online.add_foreign_key("fk_evidence_order_id_payment_attempts", "evidence",
+                               "(order_id, attempt_id)", "payment_attempts (order_id, id)")
+        online.drop_constraint("evidence", "fk_evidence_order_id_orders")
+        online.drop_constraint("evidence", "fk_evidence_attempt_id_payment_attempts")
+        online.drop_index("ix_payment_attempts_order_id")
+        return
     with op.batch_alter_table("payment_attempts", schema=None) as batch_op:
         batch_op.create_unique_constraint("uq_payment_attempts_order_id_id", ["order_id", "id"])
         batch_op.drop_index("ix_payment_attempts_order_id")

@@ -116,14 +116,18 @@ async def downgrade(engine: AsyncEngine, revision: str = "base") -> None:
 
 
 async def _run_migrations(engine: AsyncEngine, step: Callable[[Connection], None]) -> None:
-    """``step`` in one transaction. On SQLite, with foreign keys off while it runs: SQLite
-    changes a table's constraints by copying it (Alembic's batch mode), and with keys enforced,
-    dropping the old copy fails as soon as another table's row refers to one of its rows. This is
-    SQLite's own recipe: keys off outside the transaction (the pragma is ignored inside one),
-    ``foreign_key_check`` before committing, keys on again."""
+    """``step`` on one connection. On PostgreSQL, a transaction per revision (so a revision may
+    build an index concurrently: migrations/online.py). On SQLite, one transaction for all of
+    them, with foreign keys off while it runs: SQLite changes a table's constraints by copying it
+    (Alembic's batch mode), and with keys enforced, dropping the old copy fails as soon as another
+    table's row refers to one of its rows. This is SQLite's own recipe: keys off outside the
+    transaction (the pragma is ignored inside one), ``foreign_key_check`` before committing, keys
+    on again."""
     if engine.dialect.name != "sqlite":
-        async with engine.begin() as conn:
+        # Not in a transaction: Alembic begins and commits one per revision (migrations/env.py).
+        async with engine.connect() as conn:
             await conn.run_sync(step)
+            await conn.commit()  # what the version lookups began; a no-op otherwise
         return
     async with engine.connect() as conn:
         # The first statement on the connection: the driver opens its transaction only at the

@@ -3,6 +3,7 @@ and leave no drift between the migrations and the tables the code declares."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from orchestrator.settings import DatabaseSettings
 from orchestrator.store.engine import create_engine, downgrade, migrate
@@ -126,3 +129,102 @@ _PAID_ORDER = [
     "observed_at, recorded_at) VALUES ('k1', 'manual', 'ord_1', 'att_1', 1000, 'settle', "
     "'2026-11-29 00:00:00', '2026-11-29 00:00:00')",
 ]
+
+
+# -- PostgreSQL: revisions from 0009 on never queue writers behind a long lock -----------------
+
+@pytest.mark.parametrize(("start", "target", "held", "written"), [
+    # 0009 builds a mutations index and drops one of orders'.
+    ("0008", "0009", ["mutations"], ["mutations", "orders"]),
+    # 0010 builds a unique index on payment_attempts and adds evidence's composite key.
+    ("0009", "0010", ["payment_attempts"], ["payment_attempts", "evidence", "orders"]),
+])
+async def test_a_postgresql_migration_waiting_for_a_long_transaction_lets_writers_through(
+    start: str, target: str, held: list[str], written: list[str],
+) -> None:
+    """A plain CREATE INDEX or ALTER TABLE waiting for a transaction that writes to its table
+    makes every later writer wait behind it: capture stops until the long transaction ends. The
+    migration may wait; the writers must not."""
+    url = await create_database("lunas_online_migration")
+    engine = create_engine(DatabaseSettings(url=url))
+    long_tx = create_async_engine(url, poolclass=NullPool)
+    writer = create_async_engine(url, poolclass=NullPool)
+    try:
+        await migrate(engine, start)
+        async with long_tx.connect() as holder:
+            for table in held:  # the lock every INSERT/UPDATE takes, held by an open transaction
+                await holder.exec_driver_sql(f"LOCK TABLE {table} IN ROW EXCLUSIVE MODE")
+            upgrade = asyncio.create_task(migrate(engine, target))
+            await _until_waiting_on_a_lock(writer)
+            assert not upgrade.done()
+            async with writer.connect() as conn:
+                await conn.exec_driver_sql("SET statement_timeout = '3s'")
+                for table in written:  # would raise QueryCanceled after 3 s if queued
+                    await conn.exec_driver_sql(f"LOCK TABLE {table} IN ROW EXCLUSIVE MODE")
+                await conn.rollback()
+            await holder.rollback()
+        await asyncio.wait_for(upgrade, 30)
+        await migrate(engine)
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_drift) == []
+    finally:
+        await long_tx.dispose()
+        await writer.dispose()
+        await engine.dispose()
+        await drop_database(url)
+
+
+async def _until_waiting_on_a_lock(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        for _ in range(200):
+            waiting = (await conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'")).scalar()
+            await conn.rollback()
+            if waiting:
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError("the migration never waited for the long transaction")
+
+
+async def test_a_postgresql_migration_stopped_half_way_runs_again() -> None:
+    """A concurrent index build that failed leaves an invalid index; a revision stopped after
+    some of its steps leaves those done. Running it again finishes the job."""
+    url = await create_database("lunas_online_migration")
+    engine = create_engine(DatabaseSettings(url=url))
+    try:
+        await migrate(engine, "0009")
+        async with engine.begin() as conn:
+            # 0010's first steps done, as a killed deploy would leave them ...
+            await conn.exec_driver_sql("CREATE UNIQUE INDEX uq_payment_attempts_order_id_id "
+                                       "ON payment_attempts (order_id, id)")
+            await conn.exec_driver_sql(
+                "ALTER TABLE payment_attempts ADD CONSTRAINT uq_payment_attempts_order_id_id "
+                "UNIQUE USING INDEX uq_payment_attempts_order_id_id")
+            await conn.exec_driver_sql(
+                "ALTER TABLE evidence ADD CONSTRAINT fk_evidence_order_id_payment_attempts "
+                "FOREIGN KEY (order_id, attempt_id) REFERENCES payment_attempts (order_id, id) "
+                "NOT VALID")
+        await downgrade(engine, "0008")  # ... and 0009's index left invalid by a failed build
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(
+                "CREATE INDEX ix_mutations_for_people ON mutations (posted_at, id) "
+                "WHERE match_state = 'unmatched'")  # wrong rows: must not be kept
+            await conn.exec_driver_sql(
+                "UPDATE pg_index SET indisvalid = false WHERE indexrelid = "
+                "'ix_mutations_for_people'::regclass")
+        await migrate(engine)
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_drift) == []
+            invalid = (await conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_index WHERE NOT indisvalid")).scalar()
+            unvalidated = (await conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_constraint WHERE NOT convalidated")).scalar()
+            partial = (await conn.exec_driver_sql(
+                "SELECT pg_get_expr(indpred, indrelid) FROM pg_index "
+                "WHERE indexrelid = 'ix_mutations_for_people'::regclass")).scalar()
+        assert (invalid, unvalidated) == (0, 0)
+        assert "likely_duplicate" in partial
+    finally:
+        await engine.dispose()
+        await drop_database(url)
