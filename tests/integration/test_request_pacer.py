@@ -4,7 +4,6 @@ provider's limit; without Redis each paces itself."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 import uuid
 
@@ -38,9 +37,10 @@ async def test_two_processes_share_one_pace_through_redis(container: Container) 
         await first.aclose()
         await second.aclose()
     # Twenty requests at 20/s: the first goes at once, the last 19 intervals later, whichever
-    # process asked. Alone, each process would have finished in half the time.
+    # process asked. Alone, each process would have finished in half the time. (Not the gap
+    # between two wake-ups: on a loaded machine one late wake-up and the next on time come
+    # closer than an interval, which the send-time log allows; see the cap test below.)
     assert got[-1] - got[0] >= 19 / 20 * 0.95
-    assert min(b - a for a, b in itertools.pairwise(got)) >= 0.05 * 0.8
 
 
 async def test_an_unpaced_provider_is_not_slowed() -> None:
@@ -58,12 +58,15 @@ async def test_without_redis_a_process_paces_itself() -> None:
 
 async def test_redis_lost_falls_back_to_local_pacing() -> None:
     dead = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    pauses: list[None] = []
     try:
-        pacer = RequestPacer({"xendit": PACE}, redis=dead)
+        pacer = RequestPacer({"xendit": PACE}, redis=dead,
+                             on_redis_pause=lambda: pauses.append(None))
         got = await _stamps(pacer, 4)
     finally:
         await dead.aclose()
     assert got[-1] - got[0] >= 3 / 20 * 0.95
+    assert len(pauses) == 1  # one fallback, counted once; Redis not dialled per request
 
 
 async def test_no_window_ever_holds_more_than_the_cap_even_with_a_burst(
