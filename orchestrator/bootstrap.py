@@ -127,7 +127,8 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
     v = settings.verification
     pacer = RequestPacer({provider: Pace(per_minute=rate, burst=v.burst, headroom=v.headroom)
                           for provider, rate in v.status_reads_per_minute.items() if rate > 0},
-                         redis=redis, key_prefix=settings.redis.key_prefix)
+                         redis=redis, key_prefix=settings.redis.key_prefix,
+                         on_redis_pause=metrics.redis_pauses.labels("request_pacing").inc)
     reads = StatusReads(providers, guard, pacer)
     gateway_jobs = GatewayJobs(db, issuance, providers, guard, clock, reads=reads,
                                in_flight=in_flight, quarantine=settings.unique_codes.quarantine)
@@ -137,7 +138,8 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
         redis=redis, key_prefix=settings.redis.key_prefix, public_url=settings.http.base_url,
         lookup_limit=LookupLimit(per_client=sp.lookups_per_client,
                                  per_order=sp.lookups_per_order, window=sp.lookup_window),
-        cache_ttl=sp.cache_ttl)
+        cache_ttl=sp.cache_ttl,
+        on_redis_pause=metrics.redis_pauses.labels("status_page_lookups").inc)
     reconciliation = ReconciliationService(db, clock=clock, metrics=metrics,
                                            quarantine=settings.unique_codes.quarantine)
     return Container(

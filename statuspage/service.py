@@ -63,10 +63,12 @@ class LookupLimiter:
     to wait for it (``RedisPause``: after a failure, Redis is left alone for ``redis_pause``)."""
 
     def __init__(self, redis: aioredis.Redis | None, prefix: str, limit: LookupLimit,
-                 *, redis_pause: float = 5.0) -> None:
+                 *, redis_pause: float = 5.0,
+                 on_redis_pause: Callable[[], None] | None = None) -> None:
         self._redis, self._prefix, self._limit = redis, prefix, limit
         self._local: dict[str, tuple[int, int]] = {}
-        self._redis_pause = RedisPause("status page lookup limiting", redis_pause)
+        self._redis_pause = RedisPause("status page lookup limiting", redis_pause,
+                                       counted=on_redis_pause)
 
     async def check(self, client: str, order_code: str) -> None:
         window = int(self._limit.window.total_seconds())
@@ -113,11 +115,13 @@ class StatusPage:
     def __init__(self, db: Database, clock: Clock, components: Callable[[], list[Component]],
                  *, redis: aioredis.Redis | None, key_prefix: str, public_url: str,
                  lookup_limit: LookupLimit | None = None,
-                 cache_ttl: timedelta = timedelta(seconds=2)) -> None:
+                 cache_ttl: timedelta = timedelta(seconds=2),
+                 on_redis_pause: Callable[[], None] | None = None) -> None:
         self._db, self._clock = db, clock
         self.components = components
         self.snapshots = SnapshotSource(db, components, clock.now, ttl=cache_ttl)
-        self.limiter = LookupLimiter(redis, key_prefix, lookup_limit or LookupLimit())
+        self.limiter = LookupLimiter(redis, key_prefix, lookup_limit or LookupLimit(),
+                                     on_redis_pause=on_redis_pause)
         self.base_url = f"{public_url.rstrip('/')}/status"
 
     async def lookup(self, code: str, contact: str, client: str) -> dict[str, Any] | None:

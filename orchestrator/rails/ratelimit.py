@@ -137,13 +137,14 @@ class RequestPacer:
     """``await pacer.acquire("midtrans", 1)`` returns when one more request is allowed."""
 
     def __init__(self, paces: dict[str, Pace], *, redis: aioredis.Redis | None,
-                 key_prefix: str = "lunas:", max_wait: float = 2.0) -> None:
+                 key_prefix: str = "lunas:", max_wait: float = 2.0,
+                 on_redis_pause: Callable[[], None] | None = None) -> None:
         self._paces, self._redis = paces, redis
         self._prefix, self._max_wait_us = key_prefix, int(max_wait * 1_000_000)
         self._local: dict[str, _LocalBucket] = {}
         self._script = redis.register_script(_RESERVE) if redis is not None else None
         self._admit_script = redis.register_script(_ADMIT) if redis is not None else None
-        self._redis_pause = RedisPause("request pacing")
+        self._redis_pause = RedisPause("request pacing", counted=on_redis_pause)
 
     def pace(self, bucket: str) -> Pace | None:
         return self._paces.get(bucket)

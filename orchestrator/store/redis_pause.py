@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
 
 class RedisPause:
-    def __init__(self, what: str, seconds: float = 5.0) -> None:
-        """``what`` names the caller in the log line ("request pacing")."""
+    def __init__(self, what: str, seconds: float = 5.0, *,
+                 counted: Callable[[], None] | None = None) -> None:
+        """``what`` names the caller in the log line ("request pacing"); ``counted`` is called
+        once per pause (a metric's ``inc``)."""
         self._what, self._seconds = what, seconds
+        self._counted = counted
         self._until = 0.0
 
     @property
@@ -26,5 +30,7 @@ class RedisPause:
 
     def failed(self, exc: BaseException) -> None:
         self._until = time.monotonic() + self._seconds
+        if self._counted is not None:
+            self._counted()
         log.warning("%s falls back to this process alone for %.0f s: %s", self._what,
                     self._seconds, exc)

@@ -70,6 +70,15 @@ class Metrics:
             "1 while this process cannot reach Redis and runs its breakers on local state alone.",
             registry=self.registry,
         )
+        self.redis_pauses = Counter(
+            "lunas_redis_pauses_total",
+            "Times a Redis failure made a user of it fall back to this process's own state for "
+            "a few seconds: request_pacing (status reads may then exceed a provider's limit "
+            "across processes), status_page_lookups (each replica then counts lookups alone).",
+            ["user"], registry=self.registry,
+        )
+        for user in ("request_pacing", "status_page_lookups"):
+            self.redis_pauses.labels(user)
 
         self.provider_call_seconds = Histogram(
             "lunas_provider_call_seconds",

@@ -408,8 +408,9 @@ async def test_lookups_go_on_while_redis_is_down_without_asking_it_each_time(
     await proxy.start()
     redis = aioredis.Redis(host="127.0.0.1", port=proxy.port, db=int(url.path.strip("/") or 0),
                            socket_timeout=2)
+    pauses: list[None] = []
     limiter = LookupLimiter(redis, redis_prefix, LookupLimit(per_client=3, per_order=100),
-                            redis_pause=600)
+                            redis_pause=600, on_redis_pause=lambda: pauses.append(None))
     try:
         proxy.reset()
         await limiter.check("203.0.113.7", "ORDER1")
@@ -418,6 +419,7 @@ async def test_lookups_go_on_while_redis_is_down_without_asking_it_each_time(
         for _ in range(2):
             await limiter.check("203.0.113.7", "ORDER1")
         assert proxy.counters.accepted == dialled
+        assert len(pauses) == 1  # counted once per pause (lunas_redis_pauses_total)
         with pytest.raises(RateLimited):  # still limited, by the count kept in the process
             await limiter.check("203.0.113.7", "ORDER1")
 
