@@ -47,6 +47,11 @@ class _Endpoint:
     secret: str
 
 
+_ENDPOINT = sa.select(merchants.c.webhook_url, merchants.c.webhook_secret).where(
+    merchants.c.id == sa.bindparam("merchant_id"))
+"""Built once: one lookup per merchant event."""
+
+
 class MerchantWebhookHandler:
     """The outbox handler for merchant-visible events; see ``merchant_webhook_handlers``."""
 
@@ -84,11 +89,8 @@ class MerchantWebhookHandler:
         )
 
     async def _endpoint(self, merchant_id: str) -> _Endpoint | None:
-        query = sa.select(merchants.c.webhook_url, merchants.c.webhook_secret).where(
-            merchants.c.id == merchant_id
-        )
         async with self._engine.connect() as conn:
-            row = (await conn.execute(query)).one_or_none()
+            row = (await conn.execute(_ENDPOINT, {"merchant_id": merchant_id})).one_or_none()
         if row is None:
             raise PermanentFailure(f"merchant {merchant_id} does not exist")
         if not row.webhook_url:

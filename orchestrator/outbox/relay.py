@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, Update
+from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orchestrator.domain.clock import Clock
@@ -263,10 +263,10 @@ class Relay:
                 event.id, worker_id=owner, attempts=tries, now=now, error=outcome.error
             ))
 
-    async def _write(self, event: OutboxEvent, statement: Update) -> None:
+    async def _write(self, event: OutboxEvent, write: queries.OutcomeWrite) -> None:
         async with self._engine.begin() as conn:
-            result = await conn.execute(statement)
-        if result.rowcount == 0:
+            written = await write.run(conn)
+        if written == 0:
             # Our lease expired and someone else owns the event now: their result stands.
             log.warning("outbox lease lost; outcome discarded", extra=self._log_fields(event))
 

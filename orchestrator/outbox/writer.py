@@ -14,6 +14,9 @@ from orchestrator.domain.ids import new_id
 from orchestrator.store.tables import outbox
 from orchestrator.telemetry import tracing
 
+_INSERT = outbox.insert()
+"""One statement object for every call: its compiled form and cache key are kept on it."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class PendingEvent:
@@ -49,5 +52,5 @@ async def add_events(conn: AsyncConnection, events: list[PendingEvent], *, now: 
     with tracing.span("outbox.add", kind=SpanKind.PRODUCER, attributes={
             "lunas.event_types": sorted({e.event_type for e in events})}):
         context = tracing.carrier()
-        await conn.execute(outbox.insert(),
+        await conn.execute(_INSERT,
                            [event_row(e, now=now, trace_context=context) for e in events])

@@ -77,6 +77,16 @@ _PAST_DEADLINE = (OrderState.VERIFYING.value, OrderState.EXPIRED.value,
 """Order states in which a still-pending instrument should stop being payable."""
 
 
+_a = payment_attempts.c
+# Built once, executed with parameters (see services/settlement.py for why).
+_RENEW_CLAIM = payment_attempts.update().where(
+    _a.id == sa.bindparam("b_id"), _a.next_check_at == sa.bindparam("b_claimed_until"),
+    _a.deferred_on.is_(None), _a.state.in_(LIVE))
+_MARK_CHECKED = payment_attempts.update().where(_a.id == sa.bindparam("b_id")).values(
+    checks=_a.checks + 1)
+"""Plus what the parameters SET (next_check_at, last_checked_at, last_check)."""
+
+
 class _Claimed:
     """A claimed attempt row, with the claim's deadline (attribute access as on the row)."""
 
@@ -217,12 +227,10 @@ class Verifier:
     async def _still_mine(self, claimed: Any) -> bool:
         """Renew the claim once the read's paced slot has come; False if the claim ran out
         meanwhile and another worker took the read (it will make it: do not read twice)."""
-        a = payment_attempts.c
         async with self._db.transaction() as conn:
-            renewed = await conn.execute(payment_attempts.update().where(
-                a.id == claimed.id, a.next_check_at == claimed.claimed_until,
-                a.deferred_on.is_(None), a.state.in_(LIVE),
-            ).values(next_check_at=self._clock.now() + self._settings.claim))
+            renewed = await conn.execute(_RENEW_CLAIM, {
+                "b_id": claimed.id, "b_claimed_until": claimed.claimed_until,
+                "next_check_at": self._clock.now() + self._settings.claim})
         return bool(renewed.rowcount)
 
     async def check(self, attempt: Any) -> None:
@@ -337,7 +345,5 @@ class Verifier:
 
     @staticmethod
     async def _mark(conn: Any, attempt_id: str, now: datetime, outcome: str) -> None:
-        await conn.execute(payment_attempts.update().where(
-            payment_attempts.c.id == attempt_id).values(
-                next_check_at=None, checks=payment_attempts.c.checks + 1, last_checked_at=now,
-                last_check=outcome[:200]))
+        await conn.execute(_MARK_CHECKED, {"b_id": attempt_id, "next_check_at": None,
+                                           "last_checked_at": now, "last_check": outcome[:200]})

@@ -520,9 +520,9 @@ async def test_an_expired_lease_cannot_overwrite_the_new_owners_outcome(
         async with engine.begin() as conn:
             return [r for r in (await conn.execute(statement)).all() if r.event_id == event_id]
 
-    async def write(statement: sa.Update) -> int:
+    async def write(outcome: queries.OutcomeWrite) -> int:
         async with engine.begin() as conn:
-            return (await conn.execute(statement)).rowcount
+            return await outcome.run(conn)
 
     [first] = await claim("worker-old", t0)
     assert await claim("worker-new", t0 + timedelta(seconds=4)) == []  # lease still live
