@@ -36,6 +36,7 @@ bench: $(STAMP) services
 	$(BIN)/python bench/failover.py
 	$(BIN)/python bench/recovery.py
 	$(BIN)/python bench/reconcile.py
+	$(BIN)/python bench/reconcile.py --together --output bench/results/reconcile-together.json
 	$(BIN)/python bench/statuspage.py
 	$(BIN)/python bench/table.py
 

@@ -78,7 +78,8 @@ def recovery(d: dict[str, Any]) -> list[tuple[str, str, str]]:
 def reconcile(d: dict[str, Any]) -> list[tuple[str, str, str]]:
     imp, s = d["import"], d["import"]["seconds"]
     ok = s["total"] < 30 and imp["peak_rss_mib"] < 1024
-    return [(f"statement import, {_n(d['settings']['lines'])} lines (BCA + Mandiri)",
+    how = d["settings"].get("files_imported", "one after the other")
+    return [(f"statement import, {_n(d['settings']['lines'])} lines (BCA + Mandiri, {how})",
              f"{s['total']:.0f} s (parse {s['parse']:.0f}, match {s['match']:.0f}, store "
              f"{s['store']:.0f}), {_n(imp['lines_per_s']['total'])} lines/s; "
              f"{d['ratio_import_to_copy']:.1f}× PostgreSQL COPY ({d['copy']['seconds']:.1f} s); "
@@ -98,7 +99,7 @@ def statuspage(d: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 BENCHES: dict[str, Callable[[dict[str, Any]], list[tuple[str, str, str]]]] = {
     "capture": capture, "failover": failover, "recovery": recovery, "reconcile": reconcile,
-    "statuspage": statuspage,
+    "reconcile-together": reconcile, "statuspage": statuspage,
 }
 
 
