@@ -167,6 +167,16 @@ def peak_in_window(times: list[float], window: float) -> int:
     return best
 
 
+def windows_over(times: list[float], window: float, limit: float) -> int:
+    """How many windows [t, t + window) starting at a request hold more than ``limit``."""
+    over, j = 0, 0
+    for i, t in enumerate(times):
+        while j < len(times) and times[j] < t + window:
+            j += 1
+        over += (j - i) > limit
+    return over
+
+
 def main() -> int:
     if sys.argv[1:2] == ["_simulators"]:  # run by ourselves as the simulators' process
         from failover import _simulators
@@ -292,6 +302,7 @@ def run(args: argparse.Namespace, url: str, api_url: str, api_key: str, midtrans
         "status_requests_after_recovery": len(times),
         "peak_requests_in_1s": peak_in_window(times, 1.0),
         "peak_requests_in_60s": peak_in_window(times, 60.0),
+        "one_second_windows_over_limit": windows_over(times, 1.0, args.rate),
         "limit_per_s": args.rate, "limit_per_60s": args.rate * 60,
         "orders_after": {k: v for k, v in after.items() if k != "deferred"},
         "worker_cpu_s": round(worker.cpu(), 1),
@@ -315,6 +326,8 @@ def print_table(result: dict[str, Any]) -> None:
         ("drain (first to last read) / ideal", ph["drain_ratio_to_ideal"]),
         ("status requests after recovery", ph["status_requests_after_recovery"]),
         ("peak in any 1 s (limit)", f"{ph['peak_requests_in_1s']} ({ph['limit_per_s']:.0f})"),
+        ("1 s windows over the limit (of the requests after recovery)",
+         ph["one_second_windows_over_limit"]),
         ("peak in any 60 s (limit)",
          f"{ph['peak_requests_in_60s']} ({ph['limit_per_60s']:.0f})"),
         ("orders settled twice", ph["orders_after"].get("settled_twice")),
