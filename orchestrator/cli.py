@@ -311,7 +311,7 @@ async def _worker(settings: Settings, _args: argparse.Namespace) -> int:
             print(f"lunas worker metrics on http://{c.settings.http.host}:"
                   f"{c.settings.http.worker_metrics_port}/metrics", flush=True)
         try:
-            await run_worker(c, _stop_on_signals())
+            await run_worker(c, _stop_on_signals(), freeze_startup_heap=True)
         finally:
             if exporter is not None:
                 exporter.shutdown()

@@ -16,6 +16,7 @@ from datetime import datetime
 
 import httpx
 
+from orchestrator import heap
 from orchestrator.bootstrap import Container
 from orchestrator.notify.delivery import MerchantWebhookHandler, merchant_webhook_handlers
 from orchestrator.outbox.relay import Handler, Relay
@@ -140,7 +141,12 @@ async def run_relay(container: Container, stop: asyncio.Event) -> None:
         await relay.run(stop)
 
 
-async def run_worker(container: Container, stop: asyncio.Event) -> None:
+async def run_worker(container: Container, stop: asyncio.Event, *,
+                     freeze_startup_heap: bool = False) -> None:
+    """``freeze_startup_heap`` for a process that runs only the worker (``lunas worker``)."""
+    if freeze_startup_heap:
+        await container.start()
+        heap.freeze_startup_heap()
     loops = [run_relay(container, stop), sweep_forever(container, stop),
              container.verifier.run(stop), status_recorder(container).run(stop)]
     if container.feed_poller is not None:  # LUNAS_MOOTA_URL is set
