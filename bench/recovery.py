@@ -52,6 +52,10 @@ from failover import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from orchestrator.settings import VerificationSettings  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results" / "recovery.json"
 ROUTE = "qris:midtrans:qris"
 
@@ -207,7 +211,8 @@ def main() -> int:
     result: dict[str, Any] = {"machine": info, "settings": {
         "orders": args.orders, "rate_per_s": args.rate, "route": ROUTE,
         "first_check_s": args.first_check, "breaker_wait_open_s": args.wait_open,
-        "breaker_max_wait_open_s": args.max_wait_open, "pace_headroom": 0.08,
+        "breaker_max_wait_open_s": args.max_wait_open,
+        "pace_headroom": VerificationSettings().headroom,
         "redis": f"{REDIS_URL} prefix {prefix}"}}
     with tempfile.TemporaryDirectory(prefix="lunas-recovery-") as tmp, \
             fresh_database() as (_db, url):

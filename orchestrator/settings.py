@@ -130,7 +130,7 @@ class VerificationSettings:
     documents 600 a minute per endpoint on live keys; Midtrans documents none for status, so the
     same figure is a cautious default."""
     burst: int = 1
-    headroom: float = 0.08
+    headroom: float = 0.10
     """Fraction of each provider's limit left unused (``rails.ratelimit.Pace.headroom``)."""
     interval: timedelta = timedelta(seconds=0.5)
     """How often a worker looks for due checks and for routes that recovered."""
@@ -345,7 +345,7 @@ class Settings:
                     provider: e.float(f"LUNAS_STATUS_READS_PER_MINUTE_{provider.upper()}", 600.0)
                     for provider in ("midtrans", "xendit")},
                 burst=e.int("LUNAS_STATUS_READS_BURST", 1),
-                headroom=e.float("LUNAS_STATUS_READS_HEADROOM", 0.08),
+                headroom=e.float("LUNAS_STATUS_READS_HEADROOM", 0.10),
                 interval=e.seconds("LUNAS_VERIFY_INTERVAL", 0.5),
                 concurrency=e.int("LUNAS_VERIFY_CONCURRENCY", 16),
             ),
