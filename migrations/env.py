@@ -38,6 +38,8 @@ def run_migrations_online() -> None:
     async def _standalone() -> None:
         engine = create_async_engine(config.get_main_option("sqlalchemy.url") or "")
         async with engine.connect() as conn:
+            if conn.dialect.name != "postgresql":
+                await conn.begin()  # SQLite: one transaction for all revisions, as lunas migrate
             await conn.run_sync(_run)
             await conn.commit()
         await engine.dispose()

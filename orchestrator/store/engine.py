@@ -115,6 +115,9 @@ async def downgrade(engine: AsyncEngine, revision: str = "base") -> None:
     await _run_migrations(engine, _down)
 
 
+_MIGRATION_LOCK = 7_317_101_155  # any constant; the same for every Lunas process
+
+
 async def _run_migrations(engine: AsyncEngine, step: Callable[[Connection], None]) -> None:
     """``step`` on one connection. On PostgreSQL, a transaction per revision (so a revision may
     build an index concurrently: migrations/online.py). On SQLite, one transaction for all of
@@ -124,10 +127,20 @@ async def _run_migrations(engine: AsyncEngine, step: Callable[[Connection], None
     transaction (the pragma is ignored inside one), ``foreign_key_check`` before committing, keys
     on again."""
     if engine.dialect.name != "sqlite":
-        # Not in a transaction: Alembic begins and commits one per revision (migrations/env.py).
         async with engine.connect() as conn:
-            await conn.run_sync(step)
-            await conn.commit()  # what the version lookups began; a no-op otherwise
+            # Two deploys migrating at once would each build and drop the other's concurrent
+            # indexes; the second waits here instead. A session lock: it outlives the commits.
+            await conn.exec_driver_sql(f"SELECT pg_advisory_lock({_MIGRATION_LOCK})")
+            await conn.commit()
+            try:
+                # Not in a transaction: Alembic begins and commits one per revision
+                # (migrations/env.py).
+                await conn.run_sync(step)
+                await conn.commit()  # what the version lookups began; a no-op otherwise
+            finally:
+                await conn.rollback()
+                await conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_MIGRATION_LOCK})")
+                await conn.commit()
         return
     async with engine.connect() as conn:
         # The first statement on the connection: the driver opens its transaction only at the

@@ -50,6 +50,23 @@ async def test_migrations_on_postgresql() -> None:
         await drop_database(url)
 
 
+async def test_two_deploys_migrating_postgresql_at_once_both_succeed() -> None:
+    """Revisions commit one by one on PostgreSQL, so two ``lunas migrate`` at once would race
+    (the same table created twice, each other's concurrent index builds dropped); the second
+    waits for the first instead."""
+    url = await create_database("lunas_migrations")
+    first = create_engine(DatabaseSettings(url=url))
+    second = create_engine(DatabaseSettings(url=url))
+    try:
+        await asyncio.gather(migrate(first), migrate(second))
+        async with first.connect() as conn:
+            assert await conn.run_sync(_drift) == []
+    finally:
+        await first.dispose()
+        await second.dispose()
+        await drop_database(url)
+
+
 async def test_migrations_on_sqlite(tmp_path: Path) -> None:
     await _check(f"sqlite+aiosqlite:///{tmp_path / 'lunas.db'}")
 
