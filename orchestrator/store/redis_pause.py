@@ -29,6 +29,10 @@ class RedisPause:
         return time.monotonic() >= self._until
 
     def failed(self, exc: BaseException) -> None:
+        """Called by every call that found Redis failing; calls already in flight when it
+        failed end up here too, and belong to the same pause."""
+        if not self.may_try:
+            return
         self._until = time.monotonic() + self._seconds
         if self._counted is not None:
             self._counted()

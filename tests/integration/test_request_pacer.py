@@ -96,3 +96,16 @@ async def test_no_window_ever_holds_more_than_the_cap_even_with_a_burst(
     got = sorted(us / 1_000_000 for us in admitted.values())
     peak = max(sum(1 for u in got if t <= u < t + 1.0) for t in got)
     assert bursty.cap == 19 and peak <= bursty.cap
+
+
+async def test_calls_in_flight_when_redis_fails_count_as_one_fallback() -> None:
+    dead = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    pauses: list[None] = []
+    try:
+        pacer = RequestPacer({"xendit": Pace(per_minute=60_000, headroom=0.0)}, redis=dead,
+                             on_redis_pause=lambda: pauses.append(None))
+        # Eight requests ask Redis at once; all eight find it failing.
+        await asyncio.gather(*(pacer.acquire("xendit") for _ in range(8)))
+    finally:
+        await dead.aclose()
+    assert len(pauses) == 1
