@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -130,7 +131,13 @@ async def _run_migrations(engine: AsyncEngine, step: Callable[[Connection], None
         async with engine.connect() as conn:
             # Two deploys migrating at once would each build and drop the other's concurrent
             # indexes; the second waits here instead. A session lock: it outlives the commits.
-            await conn.exec_driver_sql(f"SELECT pg_advisory_lock({_MIGRATION_LOCK})")
+            # Polled, outside a transaction: a session blocked in pg_advisory_lock is itself
+            # a transaction, and the first migrator's CREATE INDEX CONCURRENTLY waits for every
+            # transaction older than it, so the two would deadlock.
+            while not (await conn.exec_driver_sql(
+                    f"SELECT pg_try_advisory_lock({_MIGRATION_LOCK})")).scalar():
+                await conn.commit()
+                await asyncio.sleep(0.2)
             await conn.commit()
             try:
                 # Not in a transaction: Alembic begins and commits one per revision

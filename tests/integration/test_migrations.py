@@ -58,7 +58,8 @@ async def test_two_deploys_migrating_postgresql_at_once_both_succeed() -> None:
     first = create_engine(DatabaseSettings(url=url))
     second = create_engine(DatabaseSettings(url=url))
     try:
-        await asyncio.gather(migrate(first), migrate(second))
+        # Without the lock they can wait for each other for ever (seen): bounded here.
+        await asyncio.wait_for(asyncio.gather(migrate(first), migrate(second)), 60)
         async with first.connect() as conn:
             assert await conn.run_sync(_drift) == []
     finally:
