@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from orchestrator.settings import DatabaseSettings
 
@@ -119,6 +120,22 @@ async def downgrade(engine: AsyncEngine, revision: str = "base") -> None:
 _MIGRATION_LOCK = 7_317_101_155  # any constant; the same for every Lunas process
 
 
+async def _release_migration_lock(conn: AsyncConnection) -> None:
+    """Unlock for the next migrator. If the connection broke (often the very reason a revision
+    failed), the unlock fails too: the lock went with the session, and the revision's own error
+    must be the one that reaches the operator, so this one is only logged. The connection is
+    dropped rather than pooled, in case it still holds the lock."""
+    try:
+        await conn.rollback()
+        await conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_MIGRATION_LOCK})")
+        await conn.commit()
+    except Exception:
+        logging.getLogger(__name__).warning(
+            "migration lock: unlock failed; the connection is dropped", exc_info=True)
+        with contextlib.suppress(Exception):
+            await conn.invalidate()
+
+
 async def _run_migrations(engine: AsyncEngine, step: Callable[[Connection], None]) -> None:
     """``step`` on one connection. On PostgreSQL, a transaction per revision (so a revision may
     build an index concurrently: migrations/online.py). On SQLite, one transaction for all of
@@ -145,9 +162,7 @@ async def _run_migrations(engine: AsyncEngine, step: Callable[[Connection], None
                 await conn.run_sync(step)
                 await conn.commit()  # what the version lookups began; a no-op otherwise
             finally:
-                await conn.rollback()
-                await conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_MIGRATION_LOCK})")
-                await conn.commit()
+                await _release_migration_lock(conn)
         return
     async with engine.connect() as conn:
         # The first statement on the connection: the driver opens its transaction only at the

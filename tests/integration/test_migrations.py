@@ -10,12 +10,21 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.operations import Operations
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from chaos.proxy import FaultProxy
+from migrations import online
 from orchestrator.settings import DatabaseSettings
-from orchestrator.store.engine import create_engine, downgrade, migrate
+from orchestrator.store.engine import (
+    _MIGRATION_LOCK,
+    _run_migrations,
+    create_engine,
+    downgrade,
+    migrate,
+)
 from orchestrator.store.tables import metadata
 from tests.conftest import create_database, drop_database
 
@@ -244,5 +253,93 @@ async def test_a_postgresql_migration_stopped_half_way_runs_again() -> None:
         assert (invalid, unvalidated) == (0, 0)
         assert "likely_duplicate" in partial
     finally:
+        await engine.dispose()
+        await drop_database(url)
+
+
+async def test_a_postgresql_migration_cut_off_from_the_database_reports_its_own_error() -> None:
+    """The lock that makes migrators take turns is released in a ``finally``. When the revision
+    failed because the database went out of reach, the unlock fails too and must not replace
+    the revision's error. The lock went with the session: the next migrator gets it."""
+    url = await create_database("lunas_migrations")
+    proxy = FaultProxy("127.0.0.1", 0, "127.0.0.1", 5432)
+    await proxy.start()
+    through_proxy = sa.make_url(url).set(host="127.0.0.1", port=proxy.port)
+    engine = create_engine(DatabaseSettings(url=through_proxy.render_as_string(False)))
+    direct = create_async_engine(url, poolclass=NullPool)
+    try:
+        def cut_off_mid_revision(connection: Connection) -> None:
+            proxy.reset()  # this connection dropped, new ones refused
+            connection.exec_driver_sql("SELECT 1")
+
+        with pytest.raises(sa.exc.DBAPIError) as raised:
+            await _run_migrations(engine, cut_off_mid_revision)
+        assert raised.value.statement == "SELECT 1"  # the revision's error, not the unlock's
+        proxy.clear()
+        async with direct.connect() as conn:
+            assert (await conn.exec_driver_sql(
+                f"SELECT pg_try_advisory_lock({_MIGRATION_LOCK})")).scalar() is True
+            await conn.exec_driver_sql(f"SELECT pg_advisory_unlock({_MIGRATION_LOCK})")
+        await migrate(engine)  # the engine's pool kept no broken connection
+    finally:
+        await direct.dispose()
+        await engine.dispose()
+        await proxy.stop()
+        await drop_database(url)
+
+
+def _run_instant(connection: Connection, statement: str) -> None:
+    context = MigrationContext.configure(connection)
+    with Operations.context(context):
+        online._instant(statement)
+
+
+async def test_an_instant_change_gives_up_its_lock_wait_and_tries_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A change taking a write-blocking lock waits at most ``LOCK_TIMEOUT`` at a time, so a
+    writer queued behind it is held up no longer than that; it tries again while the long
+    transaction lasts, and stops with lock_not_available after ``LOCK_TRIES``."""
+    monkeypatch.setattr(online, "LOCK_TIMEOUT", "300ms")
+    url = await create_database("lunas_online_migration")
+    engine = create_engine(DatabaseSettings(url=url))
+    holder_engine = create_async_engine(url, poolclass=NullPool)
+    migrator = create_async_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql("CREATE TABLE ledger (id int)")
+        add_column = "ALTER TABLE ledger ADD COLUMN note text"
+
+        # Held for longer than every try: the change stops, and says why.
+        monkeypatch.setattr(online, "LOCK_TRIES", 2)
+        async with holder_engine.connect() as holder:
+            await holder.exec_driver_sql("LOCK TABLE ledger IN ROW EXCLUSIVE MODE")
+            async with migrator.connect() as conn:
+                with pytest.raises(sa.exc.DBAPIError) as raised:
+                    await conn.run_sync(_run_instant, add_column)
+            assert online._sqlstate(raised.value) == "55P03"
+            await holder.rollback()
+
+        # Held across the first try only: a later try gets the lock, and a writer that came
+        # while the change waited got through.
+        monkeypatch.setattr(online, "LOCK_TRIES", 5)
+        async with holder_engine.connect() as holder, migrator.connect() as conn:
+            await holder.exec_driver_sql("LOCK TABLE ledger IN ROW EXCLUSIVE MODE")
+            change = asyncio.create_task(conn.run_sync(_run_instant, add_column))
+            await _until_waiting_on_a_lock(engine)
+            async with engine.connect() as writer:
+                await writer.exec_driver_sql("SET statement_timeout = '3s'")
+                await writer.exec_driver_sql("INSERT INTO ledger (id) VALUES (1)")
+                await writer.commit()
+            await holder.rollback()
+            await asyncio.wait_for(change, 30)
+        async with engine.connect() as conn:
+            columns = (await conn.exec_driver_sql(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = 'ledger' ORDER BY ordinal_position")).scalars().all()
+        assert columns == ["id", "note"]
+    finally:
+        await holder_engine.dispose()
+        await migrator.dispose()
         await engine.dispose()
         await drop_database(url)
