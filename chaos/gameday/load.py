@@ -16,12 +16,13 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from chaos.sim.statements import bca_statement
+from orchestrator.domain.clock import WIB
 
 if TYPE_CHECKING:
     from chaos.gameday.stack import Stack
@@ -217,17 +218,22 @@ class Load:
     async def _transfer(self, order_id: str, account: str, amount: int) -> None:
         """Half the transfers reach Lunas through the Moota feed, half through statement imports;
         never both, as one real transfer appears in one of them."""
+        # The bank dates the transfer by the game day's clock, the one Lunas runs on: with the
+        # wall clock, a transfer made after the clock moved past midnight WIB would be dated the
+        # day before its order existed.
+        paid_at = self.stack.now()
         if self._rng.random() < 0.5:
             r = await self._http.post(
                 f"{self.stack.provider_control_url('moota')}/mutations",
                 json={"account_number": account, "amount": amount, "type": "CR",
+                      "date": paid_at.astimezone(WIB).strftime("%Y-%m-%d %H:%M:%S"),
                       "description": f"TRSF E-BANKING CR 1003/FTSCY/WS95031 {amount}.00 ANDI"})
             self.report.payments["bank_feed" if r.status_code < 300 else "bank_feed_failed"] += 1
             if r.status_code < 300:
                 self.report.paid_orders.add(order_id)
         else:
             self._statement_lines.append(
-                (order_id, (datetime.now(UTC),
+                (order_id, (paid_at,
                             f"TRSF E-BANKING CR 2811/FTSCY/WS95051 {amount}.00 BUDI",
                             amount, "CR")))
             self.report.payments["bank_statement"] += 1
