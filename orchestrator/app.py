@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from orchestrator import heap
 from orchestrator.api.errors import to_response
 from orchestrator.api.health import healthz, metrics, readyz
+from orchestrator.api.input_guard import refuse_unstorable_input
 from orchestrator.api.mutations import MutationsController
 from orchestrator.api.ops import OpsController
 from orchestrator.api.orders import OrdersController
@@ -36,8 +37,13 @@ def create_app(container: Container, *, close_on_shutdown: bool = True,
         if close_on_shutdown:
             await container.close()
 
+    http = container.settings.http
+    # Statement files are the one large body; everything else is refused above max_body_bytes
+    # before it is read, webhooks from strangers included.
+    uploads = Router(path="/", route_handlers=[MutationsController],
+                     request_max_body_size=http.max_upload_bytes)
     return Litestar(
-        route_handlers=[OrdersController, MutationsController, ReconciliationController,
+        route_handlers=[OrdersController, uploads, ReconciliationController,
                         OpsController, RailsController, ReviewsController, WebhooksController,
                         StatusPageController, StatusOpsController, healthz, readyz, metrics],
         dependencies={"container": Provide(provide_container, sync_to_thread=False)},
@@ -46,7 +52,8 @@ def create_app(container: Container, *, close_on_shutdown: bool = True,
         # otherwise: the capture path pays nothing for tracing it does not do).
         middleware=[tracing.request_spans] if tracing.enabled() else [],
         openapi_config=OpenAPIConfig(title="Lunas", version="0.1.0", path="/schema"),
-        request_max_body_size=container.settings.http.max_upload_bytes,
+        request_max_body_size=http.max_body_bytes,
+        before_request=refuse_unstorable_input,
         on_startup=[startup],
         on_shutdown=[shutdown],
         debug=False,

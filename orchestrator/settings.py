@@ -288,6 +288,8 @@ class Settings:
                 host=e.str("LUNAS_HOST", "127.0.0.1"),
                 port=e.int("LUNAS_PORT", 8000),
                 public_url=e.str("LUNAS_PUBLIC_URL", ""),
+                max_body_bytes=e.int("LUNAS_MAX_BODY_BYTES", 1_048_576),
+                max_upload_bytes=e.int("LUNAS_MAX_UPLOAD_BYTES", 10_485_760),
                 worker_metrics_port=e.int("LUNAS_WORKER_METRICS_PORT", 0),
                 trusted_proxies=_networks(e.str("LUNAS_TRUSTED_PROXIES", "127.0.0.1,::1"),
                                           "LUNAS_TRUSTED_PROXIES"),

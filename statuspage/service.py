@@ -192,7 +192,7 @@ class StatusPage:
                 id=new_id("upd"), incident_id=incident_id, status=status, body=body,
                 body_en=body_en, author=actor, created_at=now))
             await record_audit(conn, actor=actor, action="status.incident_opened",
-                               subject_type="incident", subject_id=incident_id, reason=body,
+                               subject_type="incident", subject_id=incident_id, reason=body[:2000],
                                details={"name": name, "impact": impact,
                                         "components": list(components)}, now=now)
         self.snapshots.invalidate()
@@ -219,7 +219,7 @@ class StatusPage:
                 id=update_id, incident_id=incident_id, status=status, body=body,
                 body_en=body_en, author=actor, created_at=now))
             await record_audit(conn, actor=actor, action="status.incident_updated",
-                               subject_type="incident", subject_id=incident_id, reason=body,
+                               subject_type="incident", subject_id=incident_id, reason=body[:2000],
                                details={"status": status, "update_id": update_id}, now=now)
         self.snapshots.invalidate()
         return update_id

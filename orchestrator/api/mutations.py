@@ -35,7 +35,8 @@ class MutationsController(Controller):
                              code="statement_fields_required")
         data = await upload.read()
         report = await container.reconciliation.import_statement(
-            bank=bank, account_number=account.strip(), data=data, filename=upload.filename,
+            bank=bank, account_number=account.strip(), data=data,
+            filename=_kept_filename(upload.filename),
             actor=f"ops:{principal.name}",
         )
         return asdict(report)
@@ -51,3 +52,11 @@ class MutationsController(Controller):
                              code="bad_signature")
         report = await container.reconciliation.ingest_push(raw)
         return asdict(report)
+
+
+def _kept_filename(name: str | None) -> str | None:
+    """The name as the uploader's browser sent it, for people to recognise the file: never a
+    path Lunas opens, so it is only made storable (no NUL, at most the column's 300 characters)."""
+    if not name:
+        return None
+    return name.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")[:300] or None

@@ -15,17 +15,51 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from orchestrator.api.errors import BadRequest
 from orchestrator.api.schemas import BreakerActionIn, MaintenanceIn, RouteChangeIn
 from orchestrator.bootstrap import Container
+from orchestrator.rails import midtrans, xendit
 from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import iso
 
-_ROUTE_KEY = re.compile(r"^[a-z_]+:[a-z_]+:[a-z_]+$")
-_ROUTE_PATTERN = re.compile(r"^[a-z_*]+:[a-z_*]+:[a-z_*]+$")
+# fullmatch, not match with "$", which lets a trailing newline through. At most 62 characters,
+# so a key fits the columns that keep it (the audit log's subject_id is the narrowest).
+_ROUTE_KEY = re.compile(r"[a-z_]{1,20}:[a-z_]{1,20}:[a-z_]{1,20}")
+_ROUTE_PATTERN = re.compile(r"[a-z_*]{1,20}:[a-z_*]{1,20}:[a-z_*]{1,20}")
+_MAX_REASON = 500
 
 
 def _reason(text: str) -> str:
     if not text.strip():
         raise BadRequest("say why in 'reason'; it goes to the audit log", code="reason_required")
+    if len(text.strip()) > _MAX_REASON:
+        raise BadRequest(f"'reason' is kept to {_MAX_REASON} characters", code="reason_too_long")
     return text.strip()
+
+
+def _route_key(container: Container, route_key: str) -> str:
+    """A route Lunas has or can have: pausing or forcing a mistyped key would otherwise succeed
+    and change nothing, while the SRE believes the route stopped."""
+    if not _ROUTE_KEY.fullmatch(route_key):
+        raise BadRequest("a route key is rail:provider:channel, e.g. va:xendit:bca",
+                         code="bad_route")
+    if route_key not in _route_keys(container) and route_key not in _SUPPORTED_ROUTES:
+        raise BadRequest(f"there is no route {route_key!r}; GET /v1/ops/routes lists them",
+                         status=404, code="unknown_route")
+    return route_key
+
+
+# Every route the adapters can serve, configured here or not: a route may be paused before the
+# deploy that configures its provider.
+_SUPPORTED_ROUTES = frozenset(
+    f"{rail.value}:{provider}:{channel}"
+    for provider, channels in (("midtrans", midtrans.CHANNELS), ("xendit", xendit.CHANNELS))
+    for rail, names in channels.items() for channel in names)
+
+
+def _route_keys(container: Container) -> list[str]:
+    catalog = container.router.catalog()
+    keys = sorted({f"{rail.value}:{provider}:{channel}"
+                   for provider, by_rail in catalog.items()
+                   for rail, channels in by_rail.items() for channel in channels})
+    return [*keys, "manual_transfer:bank:bank"]
 
 
 class OpsController(Controller):
@@ -47,7 +81,10 @@ class OpsController(Controller):
     async def _set(self, request: Request[Any, Any, Any], container: Container, route_key: str,
                    data: RouteChangeIn, *, paused: bool) -> dict[str, Any]:
         principal = await container.auth.ops(request, "ops")
-        if not _ROUTE_KEY.match(route_key):
+        # Resuming needs only a well-formed key: whatever was paused can be released.
+        if paused:
+            _route_key(container, route_key)
+        elif not _ROUTE_KEY.fullmatch(route_key):
             raise BadRequest("a route key is rail:provider:channel, e.g. va:xendit:bca",
                              code="bad_route")
         await container.route_controls.set_paused(route_key, paused=paused,
@@ -60,12 +97,8 @@ class OpsController(Controller):
                      container: NamedDependency[Container]) -> dict[str, Any]:
         await container.auth.ops(request, "ops")
         now = container.clock.now()
-        catalog = container.router.catalog()
-        keys = sorted({f"{rail.value}:{provider}:{channel}"
-                       for provider, by_rail in catalog.items()
-                       for rail, channels in by_rail.items() for channel in channels})
         data = []
-        for key in [*keys, "manual_transfer:bank:bank"]:
+        for key in _route_keys(container):
             snap = container.breakers.get(key).snapshot()
             data.append({
                 "route": key, "breaker": snap.state.value,
@@ -82,9 +115,7 @@ class OpsController(Controller):
                       data: JSONBody[BreakerActionIn],
                       container: NamedDependency[Container]) -> dict[str, Any]:
         principal = await container.auth.ops(request, "ops")
-        if not _ROUTE_KEY.match(route_key):
-            raise BadRequest("a route key is rail:provider:channel, e.g. va:xendit:bca",
-                             code="bad_route")
+        _route_key(container, route_key)
         reason = _reason(data.reason)
         breaker = container.breakers.get(route_key)
         actions = {"force_open": breaker.force_open, "force_closed": breaker.force_closed,
@@ -111,16 +142,20 @@ class OpsController(Controller):
     async def schedule(self, request: Request[Any, Any, Any], data: JSONBody[MaintenanceIn],
                        container: NamedDependency[Container]) -> dict[str, Any]:
         principal = await container.auth.ops(request, "ops")
-        if not _ROUTE_PATTERN.match(data.route):
+        if not _ROUTE_PATTERN.fullmatch(data.route):
             raise BadRequest("route is rail:provider:channel, '*' allowed, e.g. va:xendit:*",
                              code="bad_route")
         if data.starts_at.tzinfo is None or data.ends_at.tzinfo is None:
             raise BadRequest("starts_at and ends_at need a zone, e.g. 2026-11-24T01:00:00+07:00",
                              code="naive_datetime")
+        try:
+            starts_at, ends_at = data.starts_at.astimezone(UTC), data.ends_at.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00:00+14:00 has no UTC
+            raise BadRequest("starts_at or ends_at is out of range",
+                             code="bad_datetime") from None
         window = await container.route_controls.schedule(
-            route_pattern=data.route, starts_at=data.starts_at.astimezone(UTC),
-            ends_at=data.ends_at.astimezone(UTC), reason=_reason(data.reason),
-            actor=f"ops:{principal.name}")
+            route_pattern=data.route, starts_at=starts_at, ends_at=ends_at,
+            reason=_reason(data.reason), actor=f"ops:{principal.name}")
         return window.render()
 
     @delete("/maintenance/{window_id:str}", status_code=200, summary="Cancel a window")

@@ -26,6 +26,9 @@ class ReviewsController(Controller):
         await container.auth.ops(request, "reconciliation")
         if not 1 <= limit <= 1000:
             raise BadRequest("limit must be between 1 and 1000", code="bad_limit")
+        if status not in ("open", "resolved", ""):
+            raise BadRequest("status is open, resolved, or empty for every case",
+                             code="bad_status")
         # ``status`` (open | resolved | empty for all): ``state`` is reserved by litestar.
         return {"data": await list_cases(container.db, state=status or None, limit=limit)}
 

@@ -28,14 +28,18 @@ class OrderIn(msgspec.Struct, forbid_unknown_fields=True):
     metadata: dict[str, Any] | None = None
 
 
+Reason = Annotated[str, msgspec.Meta(max_length=500)]
+"""Why a person changed something: kept in the audit log (and on the route or window)."""
+
+
 class ManualMatchIn(msgspec.Struct, forbid_unknown_fields=True):
     mutation_id: str
     order_id: str
-    reason: str
+    reason: Annotated[str, msgspec.Meta(max_length=2000)]
 
 
 class RouteChangeIn(msgspec.Struct, forbid_unknown_fields=True):
-    reason: str
+    reason: Reason
 
 
 class MaintenanceIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -43,7 +47,7 @@ class MaintenanceIn(msgspec.Struct, forbid_unknown_fields=True):
     """A route key ("va:xendit:bca") or a pattern with "*" ("va:xendit:*")."""
     starts_at: datetime
     ends_at: datetime
-    reason: str
+    reason: Reason
 
 
 class SwitchMethodIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -54,13 +58,13 @@ class SwitchMethodIn(msgspec.Struct, forbid_unknown_fields=True):
 class BreakerActionIn(msgspec.Struct, forbid_unknown_fields=True):
     action: str
     """force_open | force_closed | release"""
-    reason: str
+    reason: Reason
 
 
 class ResolveCaseIn(msgspec.Struct, forbid_unknown_fields=True):
     action: str
     """honour | refund"""
-    note: str
+    note: Annotated[str, msgspec.Meta(max_length=2000)]
 
 
 class IncidentIn(msgspec.Struct, forbid_unknown_fields=True):

@@ -18,6 +18,7 @@ from litestar import Controller, Request, post
 from litestar.di import NamedDependency
 
 from orchestrator.api.errors import BadRequest
+from orchestrator.api.input_guard import refuse_unstorable_url
 from orchestrator.bootstrap import Container
 from orchestrator.rails import midtrans, xendit
 from orchestrator.services.provider_webhooks import MIDTRANS, XENDIT, Receipt
@@ -27,7 +28,8 @@ class WebhooksController(Controller):
     path = "/v1/webhooks"
     tags = ("webhooks",)
 
-    @post("/midtrans", status_code=200, summary="Midtrans HTTP notification")
+    @post("/midtrans", status_code=200, summary="Midtrans HTTP notification",
+          before_request=refuse_unstorable_url)
     async def midtrans(
         self, request: Request[Any, Any, Any], container: NamedDependency[Container]
     ) -> dict[str, Any]:
@@ -36,7 +38,8 @@ class WebhooksController(Controller):
         _observe_lag(container, MIDTRANS, raw, receipt, received)
         return _answer(receipt, "signature_key does not match the notification")
 
-    @post("/xendit", status_code=200, summary="Xendit callback")
+    @post("/xendit", status_code=200, summary="Xendit callback",
+          before_request=refuse_unstorable_url)
     async def xendit(
         self, request: Request[Any, Any, Any], container: NamedDependency[Container]
     ) -> dict[str, Any]:
@@ -63,7 +66,7 @@ def _observe_lag(container: Container, provider: str, raw: bytes, receipt: Recei
 
 def _answer(receipt: Receipt, unverified: str) -> dict[str, Any]:
     if receipt.malformed:
-        raise BadRequest(f"the body is not a JSON object (stored as {receipt.delivery_id})",
+        raise BadRequest(f"malformed body: {receipt.problem} (stored as {receipt.delivery_id})",
                          code="malformed_notification")
     if not receipt.verified:
         raise BadRequest(f"{unverified} (stored as {receipt.delivery_id})", status=401,

@@ -111,12 +111,13 @@ def _expires_in(seconds: int | None, rules: CheckoutRules) -> timedelta:
 
 
 def _check_customer(customer: Customer) -> None:
-    if not 1 <= len(customer.name.strip()) <= 200:
+    # Lengths as sent, not as stripped: what is stored is what was sent.
+    if not customer.name.strip() or len(customer.name) > 200:
         raise InvalidOrder("customer.name must be 1-200 characters", field="customer.name")
     if not _EMAIL.match(customer.email) or len(customer.email) > 320:
         raise InvalidOrder("customer.email is not an email address", field="customer.email")
     phone = customer.phone.replace(" ", "").replace("-", "")
-    if not _PHONE.match(phone):
+    if not _PHONE.match(phone) or len(customer.phone) > 32:
         raise InvalidOrder(
             "customer.phone must be 8-15 digits, optionally starting with +",
             field="customer.phone",

@@ -11,6 +11,16 @@ from orchestrator.domain.errors import InvalidOrder
 _AMOUNT = re.compile(r"^(?P<int>\d{1,3}(?:,\d{3})+|\d*)(?:\.(?P<frac>\d{1,2}))?$", re.ASCII)
 
 
+MAX_RUPIAH = 999_999_999_999_999
+"""No transfer, balance or order comes near a quadrillion rupiah (~US$60 billion); an amount
+beyond it is a corrupt file or an attack, and refusing it keeps every amount well inside the
+64-bit columns that hold money."""
+
+
+class AmountOutOfRange(ValueError):
+    """An amount beyond ``MAX_RUPIAH``."""
+
+
 def parse_rupiah(text: str) -> int:
     """Parse a bank's amount text (``150123.00``, ``"1,500,000.00"``, ``.00``) into whole rupiah.
 
@@ -25,7 +35,10 @@ def parse_rupiah(text: str) -> int:
     if int(frac) != 0:
         raise ValueError(f"amount has a non-zero sen part: {text!r}")
     whole = match.group("int").replace(",", "")
-    return int(whole) if whole else 0
+    amount = int(whole) if whole else 0
+    if amount > MAX_RUPIAH:
+        raise AmountOutOfRange(f"amount is beyond {MAX_RUPIAH:,} rupiah: {text!r}")
+    return amount
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -77,6 +77,7 @@ from typing import Any
 import httpx
 
 from orchestrator.domain.clock import WIB, Clock, SystemClock
+from orchestrator.domain.money import MAX_RUPIAH
 from orchestrator.rails import qris
 from orchestrator.rails.base import (
     CallObserver,
@@ -145,8 +146,11 @@ def rupiah(text: object) -> int:
     if not isinstance(text, str):
         raise MidtransWireError(f"gross_amount {text!r} is not a string")
     whole, dot, sen = text.strip().partition(".")
-    if not whole.isdigit() or (dot and (not sen.isdigit() or int(sen) != 0)):
-        raise MidtransWireError(f"gross_amount {text!r} is not whole rupiah")
+    if (not whole.isascii() or not whole.isdigit()
+            or (dot and (not sen.isascii() or not sen.isdigit() or int(sen) != 0))):
+        raise MidtransWireError(f"gross_amount {text!r:.40} is not whole rupiah")
+    if len(whole.lstrip("0")) > len(str(MAX_RUPIAH)):
+        raise MidtransWireError(f"gross_amount {text!r:.40} is beyond {MAX_RUPIAH:,} rupiah")
     return int(whole)
 
 

@@ -73,6 +73,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hmac
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -81,6 +82,7 @@ from urllib.parse import quote
 
 import httpx
 
+from orchestrator.domain.money import MAX_RUPIAH
 from orchestrator.rails import qris
 from orchestrator.rails.base import (
     CallObserver,
@@ -141,8 +143,10 @@ def rupiah(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("an amount cannot be a boolean")
     number = float(value) if isinstance(value, str) else value
-    if not isinstance(number, int | float) or number != int(number):
+    if not isinstance(number, int | float) or not math.isfinite(number) or number != int(number):
         raise ValueError(f"amount {value!r} is not whole rupiah")
+    if abs(number) > MAX_RUPIAH:
+        raise ValueError(f"amount {value!r} is beyond {MAX_RUPIAH:,} rupiah")
     return int(number)
 
 

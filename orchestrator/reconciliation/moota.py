@@ -23,6 +23,8 @@ from decimal import Decimal
 from typing import Any
 
 from orchestrator.domain.errors import StatementRejected
+from orchestrator.domain.money import MAX_RUPIAH
+from orchestrator.domain.text import text_problem
 from orchestrator.reconciliation.statements.model import (
     Direction,
     balance_cell,
@@ -94,11 +96,11 @@ def parse_moota_item(item: object, *, index: int) -> MootaMutation:
     return MootaMutation(
         mutation_id=_text(item, id_field, index),
         bank_id=_text(item, "bank_id", index),
-        account_number=_text(item, "account_number", index),
+        account_number=_account_number(item, index),
         posted_at=wib_to_utc(_date(_text(item, "date", index), index)),
         amount=positive(amount, column="amount", line=index),
         direction=direction_cell(_text(item, "type", index), column="type", line=index),
-        description=str(item.get("description") or ""),
+        description=_description(item),
         balance=None if balance in (None, "") else _money(balance, "balance", index, signed=True),
     )
 
@@ -114,8 +116,14 @@ def _text(item: dict[str, Any], name: str, index: int) -> str:
     """A string field; an integer is accepted too (ids and account numbers arrive as both)."""
     value = _field(item, name, index)
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise StatementRejected(f"{name!r} must be a string, got {value!r}", line=index)
-    return str(value).strip()
+        raise StatementRejected(f"{name!r} must be a string, got {value!r:.50}", line=index)
+    return _storable(str(value).strip(), name, index)
+
+
+def _storable(text: str, name: str, index: int) -> str:
+    if problem := text_problem(text):
+        raise StatementRejected(f"{name!r} {problem}", line=index)
+    return text
 
 
 def _money(value: object, name: str, index: int, *, signed: bool = False) -> int:
@@ -135,11 +143,33 @@ def _money(value: object, name: str, index: int, *, signed: bool = False) -> int
         raise StatementRejected(f"{name} {value} has a non-zero sen part", line=index)
     if number < 0 and not signed:
         raise StatementRejected(f"{name} {value} is negative", line=index)
+    if abs(number) > MAX_RUPIAH:
+        raise StatementRejected(f"{name} {value} is beyond {MAX_RUPIAH:,} rupiah", line=index)
     return int(number)
+
+
+def _account_number(item: dict[str, Any], index: int) -> str:
+    account = _text(item, "account_number", index)
+    if len(account) > 40 or not account.isascii():
+        raise StatementRejected(f"account_number {account[:50]!r} is not a bank account number",
+                                line=index)
+    return account
+
+
+def _description(item: dict[str, Any]) -> str:
+    """Free text, kept as the bank wrote it, made storable rather than refused: one odd
+    description must not stall the feed it arrives on (a page that does not parse is retried
+    forever)."""
+    text = str(item.get("description") or "").replace("\x00", "")
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _date(text: str, index: int) -> datetime:
     try:
-        return datetime.strptime(text, "%Y-%m-%d %H:%M:%S")
+        posted = datetime.strptime(text, "%Y-%m-%d %H:%M:%S")
     except ValueError as exc:
         raise StatementRejected(f"date {text!r} is not 'YYYY-MM-DD HH:MM:SS'", line=index) from exc
+    if posted.year < 1970:
+        raise StatementRejected(f"date {text!r} is before 1970; no mutation is that old",
+                                line=index)
+    return posted

@@ -45,6 +45,7 @@ from orchestrator.domain import events
 from orchestrator.domain.clock import Clock
 from orchestrator.domain.ids import new_id
 from orchestrator.domain.order import AttemptState, AttemptTrigger, next_attempt_state
+from orchestrator.domain.text import unstorable
 from orchestrator.outbox.relay import OutboxEvent
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails import midtrans, xendit
@@ -77,6 +78,9 @@ class Receipt:
     verified: bool
     malformed: bool = False
     duplicate: bool = False
+    problem: str | None = None
+    """What is wrong with a malformed body (``not a JSON object``, ``order_id contains a NUL
+    character``), as stored in its outcome."""
 
 
 # -- pure: identities ---------------------------------------------------------------------------
@@ -156,9 +160,14 @@ class ProviderWebhooks:
         """Verify and store one delivery with its outbox event; nothing else."""
         try:
             parsed = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             parsed = None
         body: dict[str, Any] | None = parsed if isinstance(parsed, dict) else None
+        # A NUL or a lone surrogate in a field would reach the claimed attempt id or the event
+        # key, which PostgreSQL cannot store; no provider sends either. Kept, never read.
+        junk = unstorable(body) if body is not None else None
+        if junk is not None:
+            body = None
         if body is None:
             verified = False
         elif provider == MIDTRANS:
@@ -174,7 +183,8 @@ class ProviderWebhooks:
             "headers": {h: headers[h] for h in KEPT_HEADERS if h in headers},
             "verified": verified,
             "attempt_id": claimed_attempt(provider, body) if body is not None else None,
-            "outcome": "malformed: not a JSON object" if body is None else None,
+            "outcome": None if body is not None else f"malformed: {junk}" if junk
+            else "malformed: not a JSON object",
         }
         now = row["received_at"]
         origin = await self._order_trace(provider, row["attempt_id"])
@@ -225,8 +235,9 @@ class ProviderWebhooks:
                     event_type=events.PROVIDER_DELIVERY, aggregate_id=row["attempt_id"]
                     if row["attempt_id"] and len(row["attempt_id"]) <= 32 else None,
                     merchant_id=None, payload={"delivery_id": delivery_id})], now=now)
+        problem = None if body is not None else str(row["outcome"]).removeprefix("malformed: ")
         return Receipt(delivery_id=delivery_id, verified=verified, malformed=body is None,
-                       duplicate=duplicate)
+                       duplicate=duplicate, problem=problem)
 
     # -- worker path ------------------------------------------------------------------------
 

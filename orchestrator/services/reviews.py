@@ -51,12 +51,18 @@ async def list_cases(db: Database, *, state: str | None, limit: int) -> list[dic
         return [render_case(c) for c in await conn.execute(query)]
 
 
+MAX_NOTE = 2000
+"""The length ``review_cases.note`` (and the audit log's reason) keeps."""
+
+
 async def resolve_case(db: Database, *, case_id: str, action: str, actor: str, note: str,
                        now: datetime) -> dict[str, Any]:
     if action not in _ACTIONS:
         raise InvalidOrder(f"action must be one of: {', '.join(_ACTIONS)}", field="action")
     if not note.strip():
         raise InvalidOrder("say why in 'note'; it goes to the audit log", field="note")
+    if len(note) > MAX_NOTE:
+        raise InvalidOrder(f"'note' is kept to {MAX_NOTE} characters", field="note")
     async with db.transaction() as conn:
         case = (await conn.execute(sa.select(review_cases).where(review_cases.c.id == case_id)
                                    .with_for_update())).first()

@@ -104,7 +104,11 @@ def read_statement(bank: str, data: bytes, *, account_number: str) -> StatementR
     if not text.strip():
         raise StatementRejected("the file is empty; download the statement again")
     _refuse_other_format(chosen, text)
-    return chosen.parse(text, account_number=account)
+    try:
+        return chosen.parse(text, account_number=account)
+    except OverflowError as exc:  # a date such as 01/01/0001 00:00 WIB has no UTC
+        raise StatementRejected(f"a date in the file is out of range ({exc}); the file is "
+                                "corrupt or not a statement") from exc
 
 
 def _decode(data: bytes) -> str:

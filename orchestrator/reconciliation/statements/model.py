@@ -21,7 +21,7 @@ from typing import Literal, NoReturn
 
 from orchestrator.domain.clock import WIB
 from orchestrator.domain.errors import StatementRejected
-from orchestrator.domain.money import parse_rupiah
+from orchestrator.domain.money import MAX_RUPIAH, AmountOutOfRange, parse_rupiah
 
 Direction = Literal["CR", "DB"]
 
@@ -207,7 +207,10 @@ def rupiah_cell(text: str, *, column: str, line: int) -> int:
     try:
         return parse_rupiah(raw)
     except ValueError as exc:
-        if _NONZERO_SEN.match(raw):
+        if isinstance(exc, AmountOutOfRange):
+            reason = (f"{column} {raw!r} is beyond {MAX_RUPIAH:,} rupiah; no bank prints such "
+                      "an amount, so the file is corrupt")
+        elif _NONZERO_SEN.match(raw):
             reason = (
                 f"{column} {raw!r} has a non-zero sen part; rupiah transfers carry none, so this "
                 "line cannot be matched safely - check the export with the bank"
@@ -272,8 +275,9 @@ def leading_lines(text: str, limit: int) -> list[str]:
     return re.split(r"\r\n|\r|\n", text, maxsplit=limit)[:limit]
 
 
-PLAIN_AMOUNT = re.compile(r"[0-9]+\.00")
-"""The usual amount cell (``150123.00``): ``rupiah_cell`` reads it as ``int(text[:-3])``."""
+PLAIN_AMOUNT = re.compile(r"[0-9]{1,15}\.00")
+"""The usual amount cell (``150123.00``): ``rupiah_cell`` reads it as ``int(text[:-3])``. At most
+15 digits (``MAX_RUPIAH``); a longer one takes ``rupiah_cell``'s path, which refuses it."""
 
 
 def parse_header_and_lines(

@@ -1,0 +1,48 @@
+"""Refuses, before a handler runs (and before authentication), request input that no column can
+hold or that would exhaust a decoder: a NUL in the URL, a NUL or an unpaired surrogate in a JSON
+body, a JSON body nested absurdly deep (``orchestrator/domain/text.py``). Each is a 400 naming
+the place, where it would otherwise have been a 500 from PostgreSQL or a ``RecursionError``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Request
+
+from orchestrator.api.errors import BadRequest
+from orchestrator.domain.text import MAX_NESTING, text_problem, unstorable
+
+_WITH_BODY = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+async def refuse_unstorable_url(request: Request[Any, Any, Any]) -> None:
+    """The URL alone: for the provider webhooks, which store every delivery as received and
+    judge its body themselves (``services/provider_webhooks.py``)."""
+    scope = request.scope
+    if (b"%00" in scope.get("raw_path", b"") or b"%00" in scope.get("query_string", b"")
+            or text_problem(scope["path"])):
+        raise BadRequest("the URL contains a NUL character (%00) or undecodable text",
+                         code="unstorable_text")
+
+
+async def refuse_unstorable_input(request: Request[Any, Any, Any]) -> None:
+    await refuse_unstorable_url(request)
+    if request.method not in _WITH_BODY or "json" not in request.headers.get("content-type", ""):
+        return
+    body = await request.body()  # cached: the handler's decoding reads the same bytes
+    # Only an escape can put a NUL or a surrogate in valid JSON, and only brackets can nest it:
+    # the usual body (a checkout, a webhook) skips the second decoding.
+    if b"\\u" not in body and body.count(b"[") + body.count(b"{") <= MAX_NESTING:
+        return
+    try:
+        decoded = msgspec.json.decode(body)
+    except RecursionError:
+        raise BadRequest(f"the JSON body nests deeper than {MAX_NESTING} levels",
+                         code="malformed_json") from None
+    except msgspec.DecodeError:
+        return  # not JSON at all: the handler's own decoding says so, as it always has
+    problem = unstorable(decoded)
+    if problem:
+        raise BadRequest(f"{problem}; such text cannot be stored",
+                         code="unstorable_text")

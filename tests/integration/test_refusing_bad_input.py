@@ -1,0 +1,312 @@
+"""Input the API cannot store is refused at the edge with a 4xx naming the problem, never a 500
+from the database or a decoder: NUL characters and unpaired surrogates (PostgreSQL's ``text`` and
+``jsonb`` hold neither), bodies nested to exhaust a decoder, amounts beyond any real transfer,
+dates with no UTC, and text longer than the column that keeps it. Every case here answered 500 on
+PostgreSQL before (found by fuzzing the running service)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from orchestrator.api.errors import status_for
+from orchestrator.bootstrap import Container
+from orchestrator.store.tables import mutations, provider_deliveries, statements
+from tests.support import ShopFixture, bca_statement, new_merchant, new_ops_token, order_body
+
+
+@pytest.fixture(scope="module")
+async def ops(container: Container) -> dict[str, str]:
+    return {"Authorization": f"Bearer {await new_ops_token(container)}"}
+
+
+@pytest.fixture(scope="module")
+async def shop(container: Container) -> ShopFixture:
+    return await new_merchant(container)
+
+
+def _refused(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    body = dict(r.json())
+    if code is not None:
+        assert body["code"] == code, body
+    return body
+
+
+async def _create(client: httpx.AsyncClient, shop: ShopFixture, raw: str) -> httpx.Response:
+    return await client.post("/v1/orders", content=raw.encode(), headers={
+        **shop.headers, "Idempotency-Key": str(uuid.uuid4()),
+        "Content-Type": "application/json"})
+
+
+def _order_json(**customer: str) -> str:
+    body = order_body(f"INV-{uuid.uuid4().hex[:10]}")
+    body["customer"] = {**body["customer"], **customer}  # type: ignore[dict-item]
+    return json.dumps(body)
+
+
+# -- text no column can hold ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/orders/%00", "/v1/orders/ord%00abc", "/v1/orders?merchant_order_id=%00",
+    "/v1/reviews?status=%00", "/v1/reconciliation/unmatched?account_number=%00"])
+async def test_a_nul_in_the_url_is_refused(client: httpx.AsyncClient, shop: ShopFixture,
+                                           ops: dict[str, str], path: str) -> None:
+    headers = ops if "orders" not in path else shop.headers
+    _refused(await client.get(path, headers=headers), 400, "unstorable_text")
+
+
+@pytest.mark.parametrize(("raw_name", "code", "named"), [
+    ('"a\\u0000b"', "unstorable_text", "customer.name contains a NUL character"),
+    # msgspec refuses these itself, as JSON no UTF-8 text can come from
+    ('"\\ud800"', "malformed_json", "surrogate"),
+])
+async def test_a_nul_or_a_lone_surrogate_in_a_json_field_is_refused_by_name(
+    client: httpx.AsyncClient, shop: ShopFixture, raw_name: str, code: str, named: str,
+) -> None:
+    raw = _order_json(name="PLACEHOLDER").replace('"PLACEHOLDER"', raw_name)
+    problem = _refused(await _create(client, shop, raw), 400, code)
+    assert named in problem["detail"]
+
+
+async def test_a_nul_in_a_metadata_key_is_refused(client: httpx.AsyncClient,
+                                                  shop: ShopFixture) -> None:
+    raw = json.dumps({**order_body(f"INV-{uuid.uuid4().hex[:10]}"), "metadata": {"k": 1}})
+    raw = raw.replace('"k"', '"k\\u0000"')
+    _refused(await _create(client, shop, raw), 400, "unstorable_text")
+
+
+async def test_escaped_emoji_a_surrogate_pair_is_accepted(client: httpx.AsyncClient,
+                                                          shop: ShopFixture) -> None:
+    raw = _order_json(name="PLACEHOLDER").replace('"PLACEHOLDER"', '"Andi \\ud83d\\ude00"')
+    r = await _create(client, shop, raw)
+    assert r.status_code == 201, r.text
+    assert r.json()["customer"]["name"] == "Andi \U0001f600"
+
+
+@pytest.mark.parametrize("path", ["/v1/orders", "/v1/ops/maintenance",
+                                  "/v1/reconciliation/matches"])
+async def test_a_body_nested_to_exhaust_the_decoder_is_refused_before_auth(
+    client: httpx.AsyncClient, path: str,
+) -> None:
+    raw = '{"metadata":' + "[" * 100_000 + "]" * 100_000 + "}"
+    r = await client.post(path, content=raw, headers={"Content-Type": "application/json"})
+    _refused(r, 400, "malformed_json")
+
+
+# -- provider webhooks: stored as received, never trusted, never a 500 --------------------------
+
+
+async def _deliveries(container: Container, delivery_id: str) -> list[Any]:
+    async with container.db.read() as conn:
+        return list((await conn.execute(sa.select(
+            provider_deliveries.c.verified, provider_deliveries.c.outcome,
+            provider_deliveries.c.attempt_id).where(
+            provider_deliveries.c.id == delivery_id))).all())
+
+
+@pytest.mark.parametrize(("provider", "raw", "outcome"), [
+    ("midtrans", '{"order_id":"a\\u0000b","status_code":"200","gross_amount":"1",'
+                 '"signature_key":"x"}', "malformed: order_id contains a NUL character"),
+    ("midtrans", '{"order_id":"a","status_code":"200","gross_amount":"1",'
+                 '"signature_key":"\\ud800"}', "malformed: signature_key contains an unpaired"),
+    ("xendit", '{"payment_id":"p","external_id":"\\ud800","amount":1}',
+     "malformed: external_id contains an unpaired"),
+    ("xendit", "[" * 100_000, "malformed: not a JSON object"),
+])
+async def test_a_webhook_no_provider_would_send_is_stored_and_answered_400(
+    client: httpx.AsyncClient, container: Container, provider: str, raw: str, outcome: str,
+) -> None:
+    r = await client.post(f"/v1/webhooks/{provider}", content=raw,
+                          headers={"Content-Type": "application/json"})
+    problem = _refused(r, 400, "malformed_notification")
+    delivery_id = problem["detail"].rsplit("stored as ", 1)[1].rstrip(")")
+    [(verified, stored_outcome, attempt_id)] = await _deliveries(container, delivery_id)
+    assert (verified, attempt_id) == (False, None)
+    assert stored_outcome.startswith(outcome)
+
+
+async def test_a_body_over_the_limit_is_refused_before_it_is_stored(
+    client: httpx.AsyncClient, container: Container,
+) -> None:
+    async with container.db.read() as conn:
+        before = (await conn.execute(sa.select(sa.func.count())
+                                     .select_from(provider_deliveries))).scalar_one()
+    big = b'{"payment_id":"p","pad":"' + b"x" * (container.settings.http.max_body_bytes + 1) + b'"}'
+    r = await client.post("/v1/webhooks/xendit", content=big,
+                          headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    async with container.db.read() as conn:
+        after = (await conn.execute(sa.select(sa.func.count())
+                                    .select_from(provider_deliveries))).scalar_one()
+    assert after == before
+
+
+# -- amounts and dates ------------------------------------------------------------------------
+
+
+async def _upload(client: httpx.AsyncClient, ops: dict[str, str], shop: ShopFixture,
+                  data: bytes, filename: str = "mutasi.csv") -> httpx.Response:
+    return await client.post("/v1/mutations/statements", headers=ops,
+                             files={"file": (filename, data, "text/csv")},
+                             data={"bank": "bca", "account_number": shop.account_number})
+
+
+@pytest.mark.parametrize("amount", ["9223372036854775808.00", "9999999999999999999999999.00"])
+async def test_a_statement_amount_beyond_any_transfer_refuses_the_file(
+    client: httpx.AsyncClient, ops: dict[str, str], shop: ShopFixture, amount: str,
+) -> None:
+    data = bca_statement(shop.account_number, [(datetime.now(UTC), "TRSF CR 1", 100_001, "CR")])
+    data = data.replace(b"100001.00", amount.encode())
+    problem = _refused(await _upload(client, ops, shop, data), 422, "statement_rejected")
+    assert "beyond" in problem["detail"] and problem["line"] == 8
+
+
+async def test_a_statement_dated_year_one_is_refused(
+    client: httpx.AsyncClient, ops: dict[str, str], shop: ShopFixture,
+) -> None:
+    data = bca_statement(shop.account_number, [(datetime(2026, 1, 1, 1, tzinfo=UTC),
+                                                "TRSF CR 1", 100_001, "CR")])
+    data = data.replace(b"01/01/2026 - 01/01/2026", b"01/01/0001 - 01/01/0001")
+    _refused(await _upload(client, ops, shop, data), 422, "statement_rejected")
+
+
+async def test_a_long_filename_is_kept_shortened(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str], shop: ShopFixture,
+) -> None:
+    data = bca_statement(shop.account_number, [(datetime.now(UTC), "TRSF CR 9", 100_009, "CR")])
+    r = await _upload(client, ops, shop, data, filename="m" * 400 + ".csv")
+    assert r.status_code == 201, r.text
+    async with container.db.read() as conn:
+        kept = (await conn.execute(sa.select(statements.c.filename).where(
+            statements.c.id == r.json()["statement_id"]))).scalar_one()
+    assert kept == "m" * 300
+
+
+def _push_item(account: str, **fields: Any) -> dict[str, Any]:
+    return {"mutation_id": uuid.uuid4().hex[:11], "bank_id": "bk7Hq2Lm9Zs",
+            "account_number": account, "date": "2026-11-20 10:00:00", "description": "TRSF CR",
+            "amount": "100000.00", "type": "CR", "balance": "2150123.00", **fields}
+
+
+@pytest.mark.parametrize("fields", [
+    {"amount": 10**20}, {"amount": "9" * 30}, {"balance": -(10**20)},
+    {"date": "0001-01-01 00:00:00"}, {"account_number": "1" * 500},
+    {"account_number": "12\u00003"},
+])
+async def test_a_push_with_a_value_no_bank_sends_is_refused(
+    client: httpx.AsyncClient, container: Container, shop: ShopFixture, fields: dict[str, Any],
+) -> None:
+    body = json.dumps([_push_item(shop.account_number, **fields)]).encode()
+    signature = hmac.new(container.settings.mutation_push_secret.encode(), body,
+                         hashlib.sha256).hexdigest()
+    # text/plain: past the JSON guard, so the push's own parsing is what refuses
+    r = await client.post("/v1/mutations/push", content=body,
+                          headers={"Signature": signature, "Content-Type": "text/plain"})
+    _refused(r, 422, "statement_rejected")
+
+
+@pytest.mark.parametrize("customer", [
+    {"name": " " * 150 + "x" * 200}, {"phone": "08" + " " * 40 + "1234567890"}])
+async def test_customer_details_longer_than_kept_are_refused(
+    client: httpx.AsyncClient, shop: ShopFixture, customer: dict[str, str],
+) -> None:
+    problem = _refused(await _create(client, shop, _order_json(**customer)), 422)
+    assert problem["field"] == f"customer.{next(iter(customer))}"
+
+
+# -- ops: route keys, reasons, windows -----------------------------------------------------------
+
+
+async def test_route_keys_must_name_a_route_lunas_has(client: httpx.AsyncClient,
+                                                      ops: dict[str, str]) -> None:
+    reason = {"reason": "test"}
+    _refused(await client.post("/v1/ops/routes/va:xendit:bca%0A/pause", headers=ops,
+                               json=reason), 400, "bad_route")
+    _refused(await client.post(f"/v1/ops/routes/{'a' * 40}:b:c/pause", headers=ops,
+                               json=reason), 400, "bad_route")
+    _refused(await client.post("/v1/ops/routes/zz:zz:zz/pause", headers=ops, json=reason),
+             404, "unknown_route")
+    _refused(await client.post("/v1/ops/routes/zz:zz:zz/breaker", headers=ops,
+                               json={"action": "force_open", "reason": "x"}), 404,
+             "unknown_route")
+    listed = (await client.get("/v1/ops/routes", headers=ops)).json()["data"]
+    assert "zz:zz:zz" not in [route["route"] for route in listed]
+
+
+async def test_reasons_and_notes_are_kept_to_their_length(client: httpx.AsyncClient,
+                                                          ops: dict[str, str]) -> None:
+    _refused(await client.post("/v1/ops/routes/va:xendit:bca/pause", headers=ops,
+                               json={"reason": "x" * 3000}), 400)
+    _refused(await client.post("/v1/reconciliation/matches", headers=ops, json={
+        "mutation_id": "mut_x", "order_id": "ord_x", "reason": "x" * 3000}), 400)
+    _refused(await client.post("/v1/reviews/rc_x/resolve", headers=ops,
+                               json={"action": "honour", "note": "n" * 2001}), 400)
+    _refused(await client.delete("/v1/ops/maintenance/mw_x", headers=ops,
+                                 params={"reason": "r" * 3000}), 400, "reason_too_long")
+
+
+async def test_an_incident_body_longer_than_an_audit_reason_is_accepted(
+    client: httpx.AsyncClient, ops: dict[str, str],
+) -> None:
+    r = await client.post("/v1/ops/status/incidents", headers=ops, json={
+        "name": "Pesanan lambat", "components": ["intake"], "body": "b" * 2500})
+    assert r.status_code == 201, r.text
+
+
+async def test_a_window_with_no_utc_time_and_an_unknown_review_status_are_refused(
+    client: httpx.AsyncClient, ops: dict[str, str],
+) -> None:
+    _refused(await client.post("/v1/ops/maintenance", headers=ops, json={
+        "route": "va:*:*", "starts_at": "0001-01-01T00:00:00+14:00",
+        "ends_at": "2026-12-01T00:00:00+07:00", "reason": "r"}), 400, "bad_datetime")
+    _refused(await client.get("/v1/reviews", headers=ops, params={"status": "bogus"}), 400,
+             "bad_status")
+
+
+def test_a_value_the_database_refuses_is_a_422_not_a_500() -> None:
+    """The last line of defence, for a gap in validation: nothing was stored, and the request,
+    not Lunas, carried the value."""
+    refused = sa.exc.DataError("INSERT ...", {}, Exception("value too long"))
+    assert status_for(refused) == 422
+
+
+async def test_a_pushed_description_is_made_storable_not_refused(
+    client: httpx.AsyncClient, container: Container,
+) -> None:
+    """Free text from the bank: refusing it would stall the feed that carries it, page after
+    page, so an odd character is dropped instead."""
+    shop = await new_merchant(container)
+    item = _push_item(shop.account_number, description="TRSF\u0000 CR \ud800ANDI")
+    body = json.dumps([item]).encode()
+    signature = hmac.new(container.settings.mutation_push_secret.encode(), body,
+                         hashlib.sha256).hexdigest()
+    r = await client.post("/v1/mutations/push", content=body,
+                          headers={"Signature": signature, "Content-Type": "text/plain"})
+    assert r.status_code == 200, r.text
+    async with container.db.read() as conn:
+        stored = (await conn.execute(sa.select(mutations.c.description).where(
+            mutations.c.account_number == shop.account_number))).scalars().all()
+    assert stored == ["TRSF CR ?ANDI"]
+
+
+async def test_a_statement_file_may_be_larger_than_other_bodies(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str], shop: ShopFixture,
+) -> None:
+    """Statement uploads keep their own, larger limit: a file over the usual 1 MiB is read (and
+    judged as a statement, here refused whole), not turned away at the door."""
+    limits = container.settings.http
+    r = await _upload(client, ops, shop, b"x" * (limits.max_body_bytes * 2))
+    _refused(r, 422, "statement_rejected")
+    r = await _upload(client, ops, shop, b"x" * (limits.max_upload_bytes + 1))
+    assert r.status_code == 413

@@ -1,0 +1,33 @@
+"""Which decoded JSON a column can hold (``orchestrator/domain/text.py``)."""
+
+from __future__ import annotations
+
+import json
+
+from orchestrator.domain.text import MAX_NESTING, unstorable
+
+
+def test_ordinary_text_emoji_and_empty_values_are_storable() -> None:
+    body = json.loads('{"name": "Andi \\ud83d\\ude00", "tags": [], "m": {"a": [1, null, ""]}}')
+    assert unstorable(body) is None
+
+
+def test_a_nul_is_named_by_where_it_is() -> None:
+    assert unstorable({"customer": {"name": "a\x00b"}}) == \
+        "customer.name contains a NUL character"
+    assert unstorable({"items": ["ok", "x\x00"]}) == "items[1] contains a NUL character"
+    assert unstorable({"a\x00": 1}) == "a key in body contains a NUL character"
+
+
+def test_a_lone_surrogate_is_unstorable_a_pair_is_not() -> None:
+    assert "unpaired" in str(unstorable(json.loads('{"s": "\\ud800x"}')))
+    assert "unpaired" in str(unstorable(json.loads('{"s": "\\udc00"}')))
+    assert unstorable(json.loads('{"s": "\\ud800\\udc00"}')) is None
+
+
+def test_nesting_is_limited() -> None:
+    ok: object = "leaf"
+    for _ in range(MAX_NESTING):
+        ok = [ok]
+    assert unstorable(ok) is None
+    assert "nests deeper" in str(unstorable([ok]))
