@@ -3,6 +3,8 @@ does, so a state change and the events it causes land together or not at all (ru
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -49,8 +51,15 @@ async def add_events(conn: AsyncConnection, events: list[PendingEvent], *, now: 
     context (W3C ``traceparent``) so the relay continues the trace that caused it."""
     if not events:
         return
-    with tracing.span("outbox.add", kind=SpanKind.PRODUCER, attributes={
-            "lunas.event_types": sorted({e.event_type for e in events})}):
-        context = tracing.carrier()
+    with producing(events) as context:
         await conn.execute(_INSERT,
                            [event_row(e, now=now, trace_context=context) for e in events])
+
+
+@contextlib.contextmanager
+def producing(events: list[PendingEvent]) -> Iterator[dict[str, str] | None]:
+    """The producer span rows of ``events`` are written under, and its context for their
+    ``trace_context`` (None when tracing is off): for a caller that writes the rows itself."""
+    with tracing.span("outbox.add", kind=SpanKind.PRODUCER, attributes={
+            "lunas.event_types": sorted({e.event_type for e in events})}):
+        yield tracing.carrier()

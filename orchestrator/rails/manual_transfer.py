@@ -52,6 +52,7 @@ async def issue_transfer(
     expires_at: datetime,
     now: datetime,
     rng: random.Random,
+    blind_first: bool = True,
 ) -> TransferInstrument:
     """Insert an ``active`` manual-transfer attempt holding a free transfer amount.
 
@@ -61,7 +62,8 @@ async def issue_transfer(
     account are read once and a random free one is proposed; a concurrent capture that took it
     first makes the insert a no-op (``ON CONFLICT DO NOTHING`` on the partial index) and another
     is proposed. Either way the amount is uniform over the free amounts of the first account that
-    has one, and exhaustion is only declared after reading every account.
+    has one, and exhaustion is only declared after reading every account. ``blind_first=False``
+    skips the blind proposal, for a caller that made it already (``services/capture_statement``).
     """
     if not accounts:
         raise NoPayoutAccount(
@@ -71,18 +73,12 @@ async def issue_transfer(
     amounts = codes.transfer_amounts(amount)
 
     async def attempt(account: PayoutAccount, candidate: int) -> TransferInstrument | None:
-        attempt_id = new_id("att")
-        row = _attempt_row(attempt_id, order_id, account, candidate, candidate - amount,
-                           expires_at, now)
-        if not await _insert_if_free(conn, row):
-            return None
-        return TransferInstrument(
-            attempt_id=attempt_id, bank=account.bank, account_number=account.account_number,
-            account_name=account.account_name, unique_code=candidate - amount,
-            transfer_amount=candidate, expires_at=expires_at,
-        )
+        row, instrument = proposal(order_id=order_id, amount=amount, account=account,
+                                   transfer_amount=candidate, expires_at=expires_at, now=now)
+        return instrument if await _insert_if_free(conn, row) else None
 
-    if tries > 0 and (found := await attempt(accounts[0], rng.choice(amounts))):
+    if tries > 0 and blind_first and (found := await attempt(accounts[0],
+                                                             rng.choice(amounts))):
         return found
     for account in accounts:
         taken = await _held_amounts(conn, account, amounts)
@@ -93,6 +89,30 @@ async def issue_transfer(
     raise UniqueCodesExhausted(
         f"every transfer amount for {amount} rupiah (codes {codes.low}-{codes.high}) is held by "
         "another open order on every payout account; retry later or add a payout account"
+    )
+
+
+def first_proposal(*, order_id: str, amount: int, accounts: list[PayoutAccount],
+                   codes: UniqueCodeRange, expires_at: datetime, now: datetime,
+                   rng: random.Random) -> tuple[dict[str, Any], TransferInstrument]:
+    """``issue_transfer``'s blind first proposal (a random amount of the whole range on the
+    first account), for a caller that inserts it itself."""
+    return proposal(order_id=order_id, amount=amount, account=accounts[0],
+                    transfer_amount=rng.choice(codes.transfer_amounts(amount)),
+                    expires_at=expires_at, now=now)
+
+
+def proposal(*, order_id: str, amount: int, account: PayoutAccount, transfer_amount: int,
+             expires_at: datetime, now: datetime) -> tuple[dict[str, Any], TransferInstrument]:
+    """The attempt row that would hold ``transfer_amount`` on ``account``, and the instructions
+    it stands for."""
+    attempt_id = new_id("att")
+    code = transfer_amount - amount
+    row = _attempt_row(attempt_id, order_id, account, transfer_amount, code, expires_at, now)
+    return row, TransferInstrument(
+        attempt_id=attempt_id, bank=account.bank, account_number=account.account_number,
+        account_name=account.account_name, unique_code=code, transfer_amount=transfer_amount,
+        expires_at=expires_at,
     )
 
 

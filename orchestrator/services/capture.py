@@ -30,10 +30,11 @@ from orchestrator.domain.errors import (
 )
 from orchestrator.domain.ids import new_id
 from orchestrator.domain.order import OrderState
-from orchestrator.outbox.writer import PendingEvent, add_events
+from orchestrator.outbox.writer import PendingEvent, add_events, event_row, producing
 from orchestrator.rails import manual_transfer
 from orchestrator.rails.base import Rail
 from orchestrator.rails.plan import channels_offered
+from orchestrator.services.capture_statement import write_capture
 from orchestrator.services.issuance import IssuanceService
 from orchestrator.services.order_view import event_payload, render_order
 from orchestrator.settings import UniqueCodeSettings
@@ -68,7 +69,10 @@ class CaptureService:
         self, db: Database, *, rules: CheckoutRules, codes: UniqueCodeSettings, clock: Clock,
         metrics: Metrics, rng: random.Random | None = None,
         issuance: IssuanceService | None = None, in_flight: timedelta = timedelta(seconds=15),
+        one_statement: bool = True,
     ) -> None:
+        """``one_statement=False`` keeps the four-statement path on PostgreSQL too: the
+        reference ``capture_statement`` is tested against."""
         self._db, self._rules, self._codes, self._clock = db, rules, codes, clock
         self._metrics = metrics
         self._rng = rng or random.Random()
@@ -86,6 +90,7 @@ class CaptureService:
         self._accounts: dict[str, tuple[float, list[PayoutAccount]]] = {}
         self._issuance = issuance
         self._in_flight = in_flight
+        self._one_statement = one_statement
 
     async def capture(
         self, *, merchant_id: str, idempotency_key: str, request: OrderRequest
@@ -213,21 +218,59 @@ class CaptureService:
         now = self._clock.now()
         order = _new_order(merchant_id, request, OrderState.AWAITING_PAYMENT,
                            manual_transfer.RAIL, None, expires_at, now)
-        inserted = await conn.execute(self._insert_order, vars(order))
-        if inserted.first() is None:
-            raise _Rejected(order_conflict=True)
+        accounts = await self._payout_accounts(conn, merchant_id)
+        one_statement = (self._one_statement and conn.dialect.name == "postgresql"
+                         and bool(accounts) and self._codes.allocation_tries > 0)
+        if one_statement:
+            body = await self._write_in_one_statement(conn, order, accounts, key, fingerprint,
+                                                      request.amount, now)
+            if body is not None:
+                return body
+            # The blind proposal's amount is held: the order row stands; propose the usual way.
+        else:
+            inserted = await conn.execute(self._insert_order, vars(order))
+            if inserted.first() is None:
+                raise _Rejected(order_conflict=True)
         instrument = await manual_transfer.issue_transfer(
-            conn, order_id=order.id, amount=request.amount,
-            accounts=await self._payout_accounts(conn, merchant_id),
+            conn, order_id=order.id, amount=request.amount, accounts=accounts,
             codes=self._codes.codes, tries=self._codes.allocation_tries,
-            expires_at=expires_at, now=now, rng=self._rng,
+            expires_at=expires_at, now=now, rng=self._rng, blind_first=not one_statement,
         )
         body = render_order(order, _attempt_view(instrument))
-        await add_events(conn, [PendingEvent(
-            event_type=events.ORDER_CAPTURED, aggregate_id=order.id, merchant_id=merchant_id,
-            payload=event_payload(order, payment=body["payment"]),
-        )], now=now)
+        await add_events(conn, [self._captured(order, body)], now=now)
         await self._store_response(conn, merchant_id, key, fingerprint, order.id, 201, body, now)
+        return body
+
+    @staticmethod
+    def _captured(order: SimpleNamespace, body: dict[str, Any]) -> PendingEvent:
+        return PendingEvent(event_type=events.ORDER_CAPTURED, aggregate_id=order.id,
+                            merchant_id=order.merchant_id,
+                            payload=event_payload(order, payment=body["payment"]))
+
+    async def _write_in_one_statement(
+        self, conn: AsyncConnection, order: SimpleNamespace, accounts: list[PayoutAccount],
+        key: str, fingerprint: str, amount: int, now: datetime,
+    ) -> dict[str, Any] | None:
+        """The four rows of a capture whose blind proposal is free, in one round trip
+        (``capture_statement``); None, with only the order written, when its amount is held."""
+        attempt, instrument = manual_transfer.first_proposal(
+            order_id=order.id, amount=amount, accounts=accounts, codes=self._codes.codes,
+            expires_at=order.expires_at, now=now, rng=self._rng)
+        body = render_order(order, _attempt_view(instrument))
+        captured = self._captured(order, body)
+        with producing([captured]) as context:
+            written = await write_capture(
+                conn, order=vars(order), attempt=attempt,
+                event=event_row(captured, now=now, trace_context=context),
+                reply={"merchant_id": order.merchant_id, "key": key,
+                       "request_hash": fingerprint, "order_id": order.id,
+                       "response_status": 201, "response_body": body, "created_at": now})
+        if not written.order:
+            raise _Rejected(order_conflict=True)
+        if not written.attempt:
+            return None
+        if not written.reply:
+            raise _Rejected(order_conflict=False)
         return body
 
     async def _payout_accounts(
