@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from orchestrator.bootstrap import Container
+from orchestrator.domain.clock import WIB
 from orchestrator.services.expiry import expire_due_orders
 from orchestrator.store.tables import (
     audit_log,
@@ -242,7 +243,7 @@ class TestStatementsThatAreRefusedWhole:
 
 def moota_body(account: str, amount: int, mutation_id: str | None = None) -> bytes:
     item = {"mutation_id": mutation_id or uuid.uuid4().hex[:11], "bank_id": "bk7Hq2Lm9Zs",
-            "account_number": account, "date": now().astimezone().strftime("%Y-%m-%d 00:00:00"),
+            "account_number": account, "date": now().astimezone(WIB).strftime("%Y-%m-%d 00:00:00"),
             "description": f"TRSF E-BANKING CR {amount}.00 ANDI", "amount": f"{amount}.00",
             "type": "CR", "balance": "2150123.00", "note": "", "created_at": "2025-03-10 09:12:44",
             "updated_at": "2025-03-10 09:12:44"}
