@@ -4,8 +4,6 @@
     BadRequest             → 400 (our own: a header or parameter is missing or malformed)
     litestar HTTPException → its status (400 validation, 404 route, 405, 413 too large, ...)
     database unreachable   → 503 with Retry-After (nothing was decided; a retry is safe)
-    database refused data  → 422 (a value too long or out of range that validation let through:
-                             nothing was stored; logged as an error, since the gap is ours)
     anything else          → 500 with no detail and no stack trace; the log has the rest
 """
 
@@ -16,7 +14,7 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
-from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from orchestrator.domain import errors as domain
 
@@ -76,12 +74,6 @@ def to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
         return problem(request, status=503, title="Service unavailable",
                        detail="Lunas cannot reach its database right now; retry shortly.",
                        code="database_unavailable", headers={"Retry-After": "5"})
-    if isinstance(exc, DataError):
-        log.error("the database refused a value the API accepted", exc_info=exc,
-                  extra={"path": request.url.path})
-        return problem(request, status=422, title="Value out of range",
-                       detail="a value in the request is too long or out of range",
-                       code="value_out_of_range")
     if isinstance(exc, HTTPException) and exc.status_code == 400 and _sent_json(request):
         return problem(request, status=400, title="Malformed request",
                        detail=f"the request body is not valid JSON: {exc.detail}",
@@ -119,8 +111,6 @@ def status_for(exc: Exception) -> int:
         return 400
     if _database_unreachable(exc):
         return 503
-    if isinstance(exc, DataError):
-        return 422
     if isinstance(exc, HTTPException):
         return exc.status_code
     return 500

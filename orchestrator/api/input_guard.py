@@ -14,11 +14,13 @@ from orchestrator.api.errors import BadRequest
 from orchestrator.domain.text import MAX_NESTING, text_problem, unstorable
 
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_FORMS = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
 async def refuse_unstorable_url(request: Request[Any, Any, Any]) -> None:
     """The URL alone: for the provider webhooks, which store every delivery as received and
-    judge its body themselves (``services/provider_webhooks.py``)."""
+    judge its body themselves (``services/provider_webhooks.py``), and the mutation push, which
+    refuses what it cannot store and cleans free text (``reconciliation/moota.py``)."""
     scope = request.scope
     if (b"%00" in scope.get("raw_path", b"") or b"%00" in scope.get("query_string", b"")
             or text_problem(scope["path"])):
@@ -28,7 +30,9 @@ async def refuse_unstorable_url(request: Request[Any, Any, Any]) -> None:
 
 async def refuse_unstorable_input(request: Request[Any, Any, Any]) -> None:
     await refuse_unstorable_url(request)
-    if request.method not in _WITH_BODY or "json" not in request.headers.get("content-type", ""):
+    # Every body but a form: litestar decodes a handler's JSON body whatever Content-Type says.
+    content_type = request.headers.get("content-type", "")
+    if request.method not in _WITH_BODY or content_type.startswith(_FORMS):
         return
     body = await request.body()  # cached: the handler's decoding reads the same bytes
     # Only an escape can put a NUL or a surrogate in valid JSON, and only brackets can nest it:

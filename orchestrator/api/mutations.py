@@ -10,6 +10,7 @@ from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 
 from orchestrator.api.errors import BadRequest
+from orchestrator.api.input_guard import refuse_unstorable_url
 from orchestrator.bootstrap import Container
 from orchestrator.reconciliation.moota import verify_moota_signature
 
@@ -41,7 +42,8 @@ class MutationsController(Controller):
         )
         return asdict(report)
 
-    @post("/push", status_code=200, summary="Moota-style signed mutation push")
+    @post("/push", status_code=200, summary="Moota-style signed mutation push",
+          before_request=refuse_unstorable_url)
     async def push(
         self, request: Request[Any, Any, Any], container: NamedDependency[Container]
     ) -> dict[str, Any]:

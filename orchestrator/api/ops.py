@@ -13,7 +13,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from orchestrator.api.errors import BadRequest
-from orchestrator.api.schemas import BreakerActionIn, MaintenanceIn, RouteChangeIn
+from orchestrator.api.schemas import MAX_REASON, BreakerActionIn, MaintenanceIn, RouteChangeIn
 from orchestrator.bootstrap import Container
 from orchestrator.rails import midtrans, xendit
 from orchestrator.services.audit import record_audit
@@ -23,23 +23,26 @@ from orchestrator.services.order_view import iso
 # so a key fits the columns that keep it (the audit log's subject_id is the narrowest).
 _ROUTE_KEY = re.compile(r"[a-z_]{1,20}:[a-z_]{1,20}:[a-z_]{1,20}")
 _ROUTE_PATTERN = re.compile(r"[a-z_*]{1,20}:[a-z_*]{1,20}:[a-z_*]{1,20}")
-_MAX_REASON = 500
 
 
 def _reason(text: str) -> str:
     if not text.strip():
         raise BadRequest("say why in 'reason'; it goes to the audit log", code="reason_required")
-    if len(text.strip()) > _MAX_REASON:
-        raise BadRequest(f"'reason' is kept to {_MAX_REASON} characters", code="reason_too_long")
+    if len(text.strip()) > MAX_REASON:
+        raise BadRequest(f"'reason' is kept to {MAX_REASON} characters", code="reason_too_long")
     return text.strip()
+
+
+def _well_formed(route_key: str) -> None:
+    if not _ROUTE_KEY.fullmatch(route_key):
+        raise BadRequest("a route key is rail:provider:channel, e.g. va:xendit:bca",
+                         code="bad_route")
 
 
 def _route_key(container: Container, route_key: str) -> str:
     """A route Lunas has or can have: pausing or forcing a mistyped key would otherwise succeed
     and change nothing, while the SRE believes the route stopped."""
-    if not _ROUTE_KEY.fullmatch(route_key):
-        raise BadRequest("a route key is rail:provider:channel, e.g. va:xendit:bca",
-                         code="bad_route")
+    _well_formed(route_key)
     if route_key not in _route_keys(container) and route_key not in _SUPPORTED_ROUTES:
         raise BadRequest(f"there is no route {route_key!r}; GET /v1/ops/routes lists them",
                          status=404, code="unknown_route")
@@ -84,9 +87,8 @@ class OpsController(Controller):
         # Resuming needs only a well-formed key: whatever was paused can be released.
         if paused:
             _route_key(container, route_key)
-        elif not _ROUTE_KEY.fullmatch(route_key):
-            raise BadRequest("a route key is rail:provider:channel, e.g. va:xendit:bca",
-                             code="bad_route")
+        else:
+            _well_formed(route_key)
         await container.route_controls.set_paused(route_key, paused=paused,
                                                   actor=f"ops:{principal.name}",
                                                   reason=_reason(data.reason))
@@ -115,7 +117,10 @@ class OpsController(Controller):
                       data: JSONBody[BreakerActionIn],
                       container: NamedDependency[Container]) -> dict[str, Any]:
         principal = await container.auth.ops(request, "ops")
-        _route_key(container, route_key)
+        if data.action == "release":  # whatever was forced can be released
+            _well_formed(route_key)
+        else:
+            _route_key(container, route_key)
         reason = _reason(data.reason)
         breaker = container.breakers.get(route_key)
         actions = {"force_open": breaker.force_open, "force_closed": breaker.force_closed,

@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from orchestrator.services.reviews import MAX_NOTE
+
 
 class CustomerIn(msgspec.Struct, forbid_unknown_fields=True):
     name: str
@@ -28,7 +30,9 @@ class OrderIn(msgspec.Struct, forbid_unknown_fields=True):
     metadata: dict[str, Any] | None = None
 
 
-Reason = Annotated[str, msgspec.Meta(max_length=500)]
+MAX_REASON = 500
+"""The length ``route_controls.reason`` and ``maintenance_windows.reason`` keep."""
+Reason = Annotated[str, msgspec.Meta(max_length=MAX_REASON)]
 """Why a person changed something: kept in the audit log (and on the route or window)."""
 
 
@@ -64,7 +68,7 @@ class BreakerActionIn(msgspec.Struct, forbid_unknown_fields=True):
 class ResolveCaseIn(msgspec.Struct, forbid_unknown_fields=True):
     action: str
     """honour | refund"""
-    note: Annotated[str, msgspec.Meta(max_length=2000)]
+    note: Annotated[str, msgspec.Meta(max_length=MAX_NOTE)]
 
 
 class IncidentIn(msgspec.Struct, forbid_unknown_fields=True):

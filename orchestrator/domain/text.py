@@ -39,7 +39,8 @@ def unstorable(value: Any, *, max_nesting: int = MAX_NESTING) -> str | None:
                 return f"{where} nests deeper than {max_nesting} levels"
             if isinstance(item, dict):
                 for key, child in item.items():
-                    name = f"{where}.{key}" if where != "body" else str(key)
+                    # A path is named in replies and stored outcomes: keep a long key short.
+                    name = f"{where}.{key:.40}" if where != "body" else f"{key:.40}"
                     if isinstance(key, str) and (problem := text_problem(key)):
                         return f"a key in {where} {problem}"
                     stack.append((name, child, depth + 1))

@@ -183,7 +183,7 @@ class ProviderWebhooks:
             "headers": {h: headers[h] for h in KEPT_HEADERS if h in headers},
             "verified": verified,
             "attempt_id": claimed_attempt(provider, body) if body is not None else None,
-            "outcome": None if body is not None else f"malformed: {junk}" if junk
+            "outcome": None if body is not None else f"malformed: {junk}"[:500] if junk
             else "malformed: not a JSON object",
         }
         now = row["received_at"]
