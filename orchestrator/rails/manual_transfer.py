@@ -77,9 +77,11 @@ async def issue_transfer(
                                    transfer_amount=candidate, expires_at=expires_at, now=now)
         return instrument if await _insert_if_free(conn, row) else None
 
-    if tries > 0 and blind_first and (found := await attempt(accounts[0],
-                                                             rng.choice(amounts))):
-        return found
+    if tries > 0 and blind_first:
+        row, instrument = first_proposal(order_id=order_id, amount=amount, accounts=accounts,
+                                         codes=codes, expires_at=expires_at, now=now, rng=rng)
+        if await _insert_if_free(conn, row):
+            return instrument
     for account in accounts:
         taken = await _held_amounts(conn, account, amounts)
         free = [a for a in amounts if a not in taken] if taken else list(amounts)

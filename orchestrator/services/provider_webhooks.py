@@ -165,8 +165,8 @@ class ProviderWebhooks:
         body: dict[str, Any] | None = parsed if isinstance(parsed, dict) else None
         # A NUL or a lone surrogate in a field would reach the claimed attempt id or the event
         # key, which PostgreSQL cannot store; no provider sends either. Kept, never read.
-        junk = unstorable(body) if body is not None else None
-        if junk is not None:
+        problem = unstorable(body) if body is not None else "not a JSON object"
+        if problem is not None:
             body = None
         if body is None:
             verified = False
@@ -183,15 +183,14 @@ class ProviderWebhooks:
             "headers": {h: headers[h] for h in KEPT_HEADERS if h in headers},
             "verified": verified,
             "attempt_id": claimed_attempt(provider, body) if body is not None else None,
-            "outcome": None if body is not None else f"malformed: {junk}"[:500] if junk
-            else "malformed: not a JSON object",
+            "outcome": None if problem is None else f"malformed: {problem}"[:500],
         }
         now = row["received_at"]
         origin = await self._order_trace(provider, row["attempt_id"])
         with tracing.flow_span("provider_webhook.receive", origin, attributes=tracing.
                                order_attributes(attempt_id=row["attempt_id"],
                                                 provider=provider, verified=verified)) as span:
-            receipt = await self._store(row, key, body, now)
+            receipt = await self._store(row, key, body, now, problem)
             span.set_attributes({"lunas.delivery_id": receipt.delivery_id,
                                  "lunas.duplicate": receipt.duplicate})
             return receipt
@@ -211,7 +210,7 @@ class ProviderWebhooks:
                        payment_attempts.c.provider == provider))).scalar_one_or_none()
 
     async def _store(self, row: dict[str, Any], key: str | None, body: dict[str, Any] | None,
-                     now: datetime) -> Receipt:
+                     now: datetime, problem: str | None) -> Receipt:
         verified = bool(row["verified"])
         async with self._db.transaction() as conn:
             delivery_id = new_id("dlv")
@@ -235,7 +234,6 @@ class ProviderWebhooks:
                     event_type=events.PROVIDER_DELIVERY, aggregate_id=row["attempt_id"]
                     if row["attempt_id"] and len(row["attempt_id"]) <= 32 else None,
                     merchant_id=None, payload={"delivery_id": delivery_id})], now=now)
-        problem = None if body is not None else str(row["outcome"]).removeprefix("malformed: ")
         return Receipt(delivery_id=delivery_id, verified=verified, malformed=body is None,
                        duplicate=duplicate, problem=problem)
 
