@@ -34,6 +34,7 @@ from orchestrator.services.provider_webhooks import ProviderWebhooks
 from orchestrator.services.reconciliation import ReconciliationService
 from orchestrator.services.route_controls import RouteControls
 from orchestrator.services.status_reads import StatusReads
+from orchestrator.services.unreadable_feed_items import UnreadableFeedItems
 from orchestrator.services.verification import Verifier
 from orchestrator.settings import Settings
 from orchestrator.store.database import Database
@@ -68,6 +69,7 @@ class Container:
     status_page: StatusPage
     crash_after_commit: CrashAfterCommit | None = None
     """Game days only (``LUNAS_GAMEDAY_EXIT_AFTER_COMMIT``): see orchestrator/gameday.py."""
+    unreadable_feed_items: UnreadableFeedItems
     feed_poller: FeedPoller | None = None
     """The Moota mutation-feed poller, when ``LUNAS_MOOTA_URL`` is set (run by the worker)."""
     rng: random.Random = field(default_factory=random.Random)
@@ -142,6 +144,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
         on_redis_pause=metrics.redis_pauses.labels("status_page_lookups").inc)
     reconciliation = ReconciliationService(db, clock=clock, metrics=metrics,
                                            quarantine=settings.unique_codes.quarantine)
+    unreadable = UnreadableFeedItems(db)
     return Container(
         settings=settings,
         db=db,
@@ -172,15 +175,16 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
             midtrans_server_key=settings.providers.midtrans_server_key,
             xendit_callback_token=settings.providers.xendit_callback_token,
             quarantine=settings.unique_codes.quarantine),
-        feed_poller=build_feed_poller(settings, http, reconciliation, breakers, clock, metrics,
-                                      redis),
+        unreadable_feed_items=unreadable,
+        feed_poller=build_feed_poller(settings, http, reconciliation, unreadable, breakers,
+                                      clock, metrics, redis),
         rng=rng,
     )
 
 
 def build_feed_poller(settings: Settings, http: httpx.AsyncClient,
-                      reconciliation: ReconciliationService, breakers: BreakerRegistry,
-                      clock: Clock, metrics: Metrics,
+                      reconciliation: ReconciliationService, unreadable: UnreadableFeedItems,
+                      breakers: BreakerRegistry, clock: Clock, metrics: Metrics,
                       redis: aioredis.Redis | None) -> FeedPoller | None:
     """The mutation-feed poller, or ``None`` when no feed URL is configured."""
     f = settings.feed
@@ -188,9 +192,9 @@ def build_feed_poller(settings: Settings, http: httpx.AsyncClient,
         return None
     feed = MootaFeedClient(base_url=f.moota_url, token=f.moota_token, client=http,
                            timeout=f.call_timeout.total_seconds())
-    return FeedPoller(feed, reconciliation, breakers, clock, metrics,
+    return FeedPoller(feed, reconciliation, unreadable, breakers, clock, metrics,
                       poll_interval=f.poll_interval, stale_after=f.stale_after, redis=redis,
-                      key_prefix=settings.redis.key_prefix)
+                      key_prefix=settings.redis.key_prefix, max_unreadable=f.max_unreadable)
 
 
 def build_providers(settings: Settings, http: httpx.AsyncClient,

@@ -6,6 +6,8 @@
     lunas merchants add-account MERCHANT_ID BANK:NUMBER:HOLDER
     lunas ops-tokens create NAME [--scope SCOPE ...] [--json]
     lunas reconcile import FILE --bank BANK --account NUMBER [--json]
+    lunas reconcile unreadable [--state open] [--json]
+    lunas reconcile handled ITEM_ID --note WHAT_WAS_DONE --actor WHO
     lunas reviews list [--state open] [--json]
     lunas reviews resolve CASE_ID --action honour|refund --note WHY --actor WHO
     lunas chaos run NAME ... | --all | --fast | --list   game-day experiments (chaos/experiments)
@@ -90,6 +92,14 @@ def _parser() -> argparse.ArgumentParser:
     ri.add_argument("--account", required=True)
     ri.add_argument("--actor", default="cli")
     ri.add_argument("--json", action="store_true")
+    ru = r.add_parser("unreadable", help="items the mutation feed listed that Lunas cannot read")
+    ru.add_argument("--state", default="open", help="open | read | handled | '' for all")
+    ru.add_argument("--json", action="store_true")
+    rh = r.add_parser("handled", help="close an unreadable feed item (audited)")
+    rh.add_argument("item_id")
+    rh.add_argument("--note", required=True, help="what was done about its money")
+    rh.add_argument("--actor", required=True, help="who, e.g. your name")
+    rh.add_argument("--json", action="store_true")
     return p
 
 
@@ -218,6 +228,40 @@ async def _reconcile_import(settings: Settings, args: argparse.Namespace) -> int
             return 1
         print(json.dumps(asdict(report)) if args.json else
               "\n".join(f"{k:>16}: {v}" for k, v in asdict(report).items()))
+        return 0
+    return await _with_container(settings, work)
+
+
+async def _reconcile_unreadable(settings: Settings, args: argparse.Namespace) -> int:
+    from orchestrator.domain.errors import DomainError
+
+    async def work(c: Container) -> int:
+        try:
+            items = await c.unreadable_feed_items.listing(state=args.state or None, limit=1000)
+        except DomainError as exc:
+            print(f"lunas: {exc.detail}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps(items))
+        else:
+            for item in items:
+                print(f"{item['id']}  {item['state']:<8} {item['first_seen_at']}  "
+                      f"{item['problem']}\n    {item['raw_item'][:200]}")
+        return 0
+    return await _with_container(settings, work)
+
+
+async def _reconcile_handled(settings: Settings, args: argparse.Namespace) -> int:
+    from orchestrator.domain.errors import DomainError
+
+    async def work(c: Container) -> int:
+        try:
+            item = await c.unreadable_feed_items.handled(
+                args.item_id, actor=f"cli:{args.actor}", note=args.note, now=c.clock.now())
+        except DomainError as exc:
+            print(f"lunas: {exc.detail}", file=sys.stderr)
+            return 1
+        print(json.dumps(item) if args.json else f"{item['id']} handled by {item['closed_by']}")
         return 0
     return await _with_container(settings, work)
 
@@ -389,6 +433,8 @@ _COMMANDS: dict[tuple[str, str | None], _Command] = {
     ("merchants", "add-account"): _merchants_add_account,
     ("ops-tokens", "create"): _ops_tokens_create,
     ("reconcile", "import"): _reconcile_import,
+    ("reconcile", "unreadable"): _reconcile_unreadable,
+    ("reconcile", "handled"): _reconcile_handled,
     ("reviews", "list"): _reviews_list,
     ("reviews", "resolve"): _reviews_resolve,
 }

@@ -178,6 +178,10 @@ class FeedSettings:
     stale_after: timedelta = timedelta(minutes=20)
     """The feed counts as stale when no poll succeeded for this long."""
     call_timeout: timedelta = timedelta(seconds=10)
+    max_unreadable: int = 20
+    """Unreadable items one poll may set aside for a person (``LUNAS_FEED_MAX_UNREADABLE``).
+    More than that is not an odd item but a feed whose format changed: the poll fails, the
+    breaker counts it, and the feed goes stale rather than silently skipping everything."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -337,6 +341,7 @@ class Settings:
                 moota_token=e.str("LUNAS_MOOTA_TOKEN", ""),
                 poll_interval=e.seconds("LUNAS_FEED_POLL_INTERVAL", 60),
                 stale_after=e.seconds("LUNAS_FEED_STALE_AFTER", 20 * 60),
+                max_unreadable=e.int("LUNAS_FEED_MAX_UNREADABLE", 20),
             ),
             verification=VerificationSettings(
                 schedule=VerificationSchedule.from_text(

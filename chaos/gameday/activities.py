@@ -135,6 +135,73 @@ def provider_fault(provider: str, kind: str, **fault: Any) -> str:
     return r.text
 
 
+UNREADABLE_LISTINGS = (
+    {"amount": "1.500.000,00 IDR"},             # a locale's amount, not Moota's
+    {"mutation_id": None, "token": None},       # no id at all
+    {"date": "29/11/2026 10:00", "type": "K"},  # another date form, an unknown direction
+)
+
+
+def feed_lists_unreadable_items(count: int) -> str:
+    """The Moota feed lists ``count`` credits malformed (one of ``UNREADABLE_LISTINGS`` each),
+    to an account no order pays into: Lunas must set them aside and keep reading the rest."""
+    url = f"{_s().stack.provider_control_url('moota')}/mutations"
+    for n in range(count):
+        r = httpx.post(url, json={
+            "account_number": "7770001112", "amount": 1_500_000 + n, "type": "CR",
+            "description": "SETORAN TUNAI", "listed_as": UNREADABLE_LISTINGS[n % 3]}, timeout=5)
+        r.raise_for_status()
+    _fault(f"moota: lists {count} unreadable items")
+    return f"{count} unreadable items listed"
+
+
+def _unreadable_open() -> list[dict[str, Any]]:
+    s = _s()
+    r = httpx.get(f"{s.stack.api_url}/v1/reconciliation/unreadable",
+                  headers={"Authorization": f"Bearer {s.stack.ops_token}"}, timeout=5)
+    r.raise_for_status()
+    return list(r.json()["data"])
+
+
+def unreadable_items_set_aside(count: int, within_s: float = 30) -> str:
+    """The ops API lists ``count`` open unreadable items, each once, and the feed keeps moving:
+    every readable transfer made so far is stored within ``within_s``."""
+    s = _s()
+    made = [m["mutation_id"] for m in list(s.stack.moota.mutations)]
+    deadline = time.monotonic() + within_s
+    items: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        items = _unreadable_open()
+        if len(items) >= count:
+            break
+        time.sleep(1)
+    if len(items) != count:
+        raise AssertionError(f"{len(items)} unreadable items open, expected {count}: "
+                             f"{[i['problem'] for i in items]}")
+    _saw(f"{count} unreadable items set aside: {sorted({i['problem'][:40] for i in items})}")
+    unread = _on_loop(_transfers_lunas_has_not_read(s.stack, made))
+    while unread and time.monotonic() < deadline:
+        time.sleep(1)
+        unread = _on_loop(_transfers_lunas_has_not_read(s.stack, made))
+    if unread:
+        raise AssertionError(f"the feed stalled: {unread} of {len(made)} transfers not stored")
+    _saw(f"the feed kept moving: all {len(made)} transfers made so far read or set aside")
+    return f"{count} set aside"
+
+
+def people_close_unreadable_items() -> str:
+    """Finance deals with each item's money and closes it (audited)."""
+    s = _s()
+    items = _unreadable_open()
+    for item in items:
+        httpx.post(f"{s.stack.api_url}/v1/reconciliation/unreadable/{item['id']}/handled",
+                   json={"note": "game day: a cash deposit, no order"},
+                   headers={"Authorization": f"Bearer {s.stack.ops_token}"},
+                   timeout=5).raise_for_status()
+    _saw(f"{len(items)} unreadable items closed by a person")
+    return f"closed {len(items)}"
+
+
 def clear_provider_faults(provider: str | None = None) -> str:
     names = [provider] if provider else ["midtrans", "xendit", "moota"]
     for name in names:
@@ -374,7 +441,7 @@ def settle(timeout_s: float = 120, clock_step_s: float = 3600) -> str:
     return f"settled: {json.dumps(report.by_state)}; violations: {report.violations}"
 
 
-async def _transfers_lunas_has_not_read(stack: Stack) -> int:
+async def _transfers_lunas_has_not_read(stack: Stack, among: list[str] | None = None) -> int:
     """Transfers the customers made that are on the Moota feed but not yet in Lunas. Until there
     are none, an order may stand expired whose customer paid after its deadline: the feed poll
     that brings the payment (and moves the order to review) is still to come, a second away, so
@@ -385,7 +452,9 @@ async def _transfers_lunas_has_not_read(stack: Stack) -> int:
     from orchestrator.store.tables import mutations
 
     assert stack.db is not None
-    prints = {fingerprint_moota(m["mutation_id"]) for m in list(stack.moota.mutations)}
+    # A transfer the feed lists malformed is never stored: it waits for a person instead.
+    ids = [m["mutation_id"] for m in list(stack.moota.mutations)] if among is None else among
+    prints = {fingerprint_moota(i) for i in ids if i not in stack.moota.listed_as}
     if not prints:
         return 0
     async with stack.db.read() as conn:

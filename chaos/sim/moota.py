@@ -16,8 +16,11 @@ ERROR_BURST / ERROR_RATE / BODY_ERROR answer ``status`` with ``{"error":true,...
 answers 429, MAINTENANCE answers 503.
 
 Control plane (no auth): ``POST /mutations {account_number, amount, type, description, date?,
-bank_id?}`` adds a mutation and returns it; ``GET /mutations``; ``POST/GET/DELETE /faults``;
-``GET/DELETE /calls``.
+bank_id?, listed_as?}`` adds a mutation and returns it; ``GET /mutations``; ``POST/GET/DELETE
+/faults``; ``GET/DELETE /calls``. ``listed_as`` is a fault on one item: fields the data plane lists
+instead of the true ones (``null`` leaves a field out), e.g. ``{"amount": "1.500.000,00 IDR"}``;
+the mutation is still filtered, paged and balanced by its true fields. ``POST
+/mutations/{mutation_id}/repair`` lists it truly again, as Moota does once a bank corrects it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from urllib.parse import urlencode
 
 from litestar import Litestar, Request, Response, get, post
 from litestar.handlers import HTTPRouteHandler
+from litestar.params import FromPath
 
 from chaos.sim.control import fault_routes
 from chaos.sim.faults import Fault, FaultBook, FaultKind
@@ -93,6 +97,8 @@ class MootaSim:
         self.token, self.bank_id, self.hang_max_s = token, bank_id, hang_max_s
         self.faults = FaultBook()
         self.mutations: list[dict[str, Any]] = []
+        self.listed_as: dict[str, dict[str, Any]] = {}
+        """Per ``mutation_id``: the fields listed instead of the true ones (a malformed item)."""
         self._release = asyncio.Event()
         self._revivals: set[asyncio.Task[None]] = set()
         self.data_app = Litestar(route_handlers=data_routes(self), openapi_config=None)
@@ -163,8 +169,26 @@ class MootaSim:
             "type": kind, "balance": f"{balance}.00", "note": "", "created_at": stamp,
             "updated_at": stamp, "taggings": [],
         }
+        listed_as = body.get("listed_as")
+        if listed_as is not None:
+            if not isinstance(listed_as, dict):
+                raise _invalid("listed_as", "The listed as must be an object.")
+            self.listed_as[mutation_id] = dict(listed_as)
         self.mutations.append(mutation)
         return dict(mutation)
+
+    def repair(self, mutation_id: str) -> dict[str, Any]:
+        if self.listed_as.pop(mutation_id, None) is None:
+            raise ApiError(404, f"no malformed mutation {mutation_id}")
+        return next(dict(m) for m in self.mutations if m["mutation_id"] == mutation_id)
+
+    def listed(self, mutation: dict[str, Any]) -> dict[str, Any]:
+        """The mutation as the data plane lists it."""
+        instead = self.listed_as.get(mutation["mutation_id"])
+        if instead is None:
+            return dict(mutation)
+        shown = {**mutation, **instead}
+        return {k: v for k, v in shown.items() if v is not None}
 
     def page(self, query: dict[str, str], path: str) -> dict[str, Any]:
         kind = (query.get("type") or "").upper()
@@ -197,7 +221,8 @@ class MootaSim:
             return f"{path}?{urlencode({**keep, 'page': n})}"
 
         return {
-            "current_page": page, "data": [dict(m) for m in rows], "first_page_url": url(1),
+            "current_page": page, "data": [self.listed(m) for m in rows],
+            "first_page_url": url(1),
             "from": (page - 1) * per_page + 1 if rows else None, "last_page": last,
             "last_page_url": url(last),
             "links": [{"url": url(page - 1) if page > 1 else None, "label": "&laquo; Previous",
@@ -311,5 +336,10 @@ def control_routes(sim: MootaSim) -> list[HTTPRouteHandler]:
             return [dict(m) for m in sim.mutations]
         return await _control(work)
 
+    @post("/mutations/{mutation_id:str}/repair", status_code=200)
+    async def repair(mutation_id: FromPath[str]) -> Response[Any]:
+        async def work() -> dict[str, Any]:
+            return sim.repair(mutation_id)
+        return await _control(work)
 
-    return [add_mutation, all_mutations, *fault_routes(sim)]
+    return [add_mutation, all_mutations, repair, *fault_routes(sim)]

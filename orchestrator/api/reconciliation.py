@@ -1,4 +1,5 @@
-"""Reconciliation for people: the unmatched list and manual matches (audited)."""
+"""Reconciliation for people: the unmatched list, manual matches and unreadable feed items
+(audited)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ from typing import Any
 
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromQuery, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from orchestrator.api.errors import BadRequest
-from orchestrator.api.schemas import ManualMatchIn
+from orchestrator.api.schemas import HandledIn, ManualMatchIn
 from orchestrator.bootstrap import Container
+from orchestrator.services.unreadable_feed_items import STATES
 
 
 class ReconciliationController(Controller):
@@ -42,3 +44,28 @@ class ReconciliationController(Controller):
             mutation_id=data.mutation_id, order_id=data.order_id,
             actor=f"ops:{principal.name}", reason=data.reason.strip(),
         )
+
+    @get("/unreadable", summary="Items the mutation feed listed that Lunas could not read")
+    async def unreadable(
+        self, request: Request[Any, Any, Any], container: NamedDependency[Container],
+        status: FromQuery[str] = "open", limit: FromQuery[int] = 100,
+    ) -> dict[str, Any]:
+        await container.auth.ops(request, "reconciliation")
+        if not 1 <= limit <= 1000:
+            raise BadRequest("limit must be between 1 and 1000", code="bad_limit")
+        if status not in (*STATES, ""):
+            raise BadRequest(f"status is one of {', '.join(STATES)}, or empty for every item",
+                             code="bad_status")
+        # ``status``, not ``state``: litestar reserves that name.
+        return {"data": await container.unreadable_feed_items.listing(
+            state=status or None, limit=limit)}
+
+    @post("/unreadable/{item_id:str}/handled", status_code=200,
+          summary="Close an unreadable feed item once its money is dealt with (audited)")
+    async def handled(
+        self, request: Request[Any, Any, Any], item_id: FromPath[str], data: JSONBody[HandledIn],
+        container: NamedDependency[Container],
+    ) -> dict[str, Any]:
+        principal = await container.auth.ops(request, "reconciliation")
+        return await container.unreadable_feed_items.handled(
+            item_id, actor=f"ops:{principal.name}", note=data.note, now=container.clock.now())

@@ -42,6 +42,11 @@ class ManualMatchIn(msgspec.Struct, forbid_unknown_fields=True):
     reason: Annotated[str, msgspec.Meta(max_length=2000)]
 
 
+class HandledIn(msgspec.Struct, forbid_unknown_fields=True):
+    note: Annotated[str, msgspec.Meta(max_length=2000)]
+    """What was done about the money the item may stand for; kept in the audit log."""
+
+
 class RouteChangeIn(msgspec.Struct, forbid_unknown_fields=True):
     reason: Reason
 

@@ -12,10 +12,15 @@ counts them like any provider call:
     401 / 403                                            Misconfigured (the token is wrong)
     429                                                  Throttled
     other 4xx, a body that is not a page of mutations    Unavailable
+
+An item of a good page that is not a mutation Lunas can read (no id, an amount that is not one)
+does not fail the page: it comes back in ``FeedPage.unreadable``, so one odd item cannot stall
+the feed; the poller decides what to do with it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from datetime import date
@@ -37,6 +42,24 @@ from orchestrator.reconciliation.moota import MootaMutation, parse_moota_item
 PROVIDER = "moota"
 OPERATION = "list_mutations"
 MAX_PER_PAGE = 100
+MAX_REF = 200
+"""Longest mutation id an unreadable item is remembered by (Moota's are ~11 characters)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnreadableItem:
+    """A listed item that is not a mutation Lunas can read, as received, with why."""
+
+    raw: str
+    """The item as canonical JSON (sorted keys, ASCII escapes): storable, and the same text
+    every time the feed lists the same item."""
+    problem: str
+    mutation_ref: str | None
+    """The item's own ``mutation_id`` (or ``token``), when it has a usable one."""
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(self.raw.encode("ascii")).hexdigest()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +67,7 @@ class FeedPage:
     items: list[MootaMutation]
     current_page: int
     last_page: int
+    unreadable: tuple[UnreadableItem, ...] = ()
 
 
 class MootaFeedClient:
@@ -86,13 +110,29 @@ def _page(raw: bytes) -> FeedPage:
     if not isinstance(body, dict) or not isinstance(body.get("data"), list):
         raise _error(Unavailable, "the answer is not a page of mutations")
     try:
-        items = [parse_moota_item(item, index=n) for n, item in enumerate(body["data"], start=1)]
         current, last = int(body.get("current_page") or 1), int(body.get("last_page") or 1)
-    except StatementRejected as exc:
-        raise _error(Unavailable, f"malformed mutation: {exc}") from exc
     except (TypeError, ValueError) as exc:
         raise _error(Unavailable, f"malformed pagination: {exc}") from exc
-    return FeedPage(items=items, current_page=current, last_page=max(last, 1))
+    items: list[MootaMutation] = []
+    unreadable: list[UnreadableItem] = []
+    for number, item in enumerate(body["data"], start=1):
+        try:
+            items.append(parse_moota_item(item, index=number))
+        except StatementRejected as exc:
+            unreadable.append(unreadable_item(item, exc.reason))
+    return FeedPage(items=items, current_page=current, last_page=max(last, 1),
+                    unreadable=tuple(unreadable))
+
+
+def unreadable_item(item: object, problem: str) -> UnreadableItem:
+    """``item`` as kept for a person; its id only if usable to recognise a corrected listing."""
+    raw = json.dumps(item, sort_keys=True, ensure_ascii=True, default=str)
+    ref: object = None
+    if isinstance(item, dict):
+        ref = item.get("mutation_id", item.get("token"))
+    text = str(ref).strip() if isinstance(ref, str | int) and not isinstance(ref, bool) else ""
+    usable = bool(text) and len(text) <= MAX_REF and text.isprintable()
+    return UnreadableItem(raw=raw, problem=problem[:500], mutation_ref=text if usable else None)
 
 
 def _error(kind: type[RailError], detail: str) -> RailError:

@@ -6,6 +6,11 @@ extra day covers mutations the bank posts late and the WIB/UTC day edge), then s
 them. Re-reading a mutation is harmless: its fingerprint is ``fingerprint_moota(mutation_id)``,
 shared with the push, so it is stored once whichever path saw it first.
 
+An item the feed lists but Lunas cannot read is set aside for a person (``UnreadableFeedItems``)
+and the poll goes on: before, one such item failed its page on every poll and the feed went
+stale for good. More than ``max_unreadable`` in one poll fails the poll instead (a format change
+is an outage, not an odd item). A later readable listing of the same mutation closes its item.
+
 The freshness watermark is the time of the last successful poll. It lives in the process and,
 when Redis is configured, in ``<prefix>feed:moota:last_ok`` so a restarted worker resumes its
 window instead of starting over (no table: the feed is re-readable, so losing the watermark only
@@ -25,9 +30,11 @@ from redis.exceptions import RedisError
 
 from orchestrator.domain.clock import WIB, Clock
 from orchestrator.rails.breaker import BreakerRegistry
-from orchestrator.reconciliation.feed import MootaFeedClient
+from orchestrator.rails.errors import Unavailable
+from orchestrator.reconciliation.feed import OPERATION, PROVIDER, MootaFeedClient, UnreadableItem
 from orchestrator.reconciliation.moota import MootaMutation
 from orchestrator.services.reconciliation import ImportReport, ReconciliationService
+from orchestrator.services.unreadable_feed_items import UnreadableFeedItems
 from orchestrator.telemetry.metrics import Metrics
 
 log = logging.getLogger("lunas.feed")
@@ -42,11 +49,13 @@ INGEST_CHUNK = 500
 
 class FeedPoller:
     def __init__(self, feed: MootaFeedClient, reconciliation: ReconciliationService,
-                 breakers: BreakerRegistry, clock: Clock, metrics: Metrics, *,
-                 poll_interval: timedelta, stale_after: timedelta,
+                 unreadable: UnreadableFeedItems, breakers: BreakerRegistry, clock: Clock,
+                 metrics: Metrics, *, poll_interval: timedelta, stale_after: timedelta,
                  redis: aioredis.Redis | None = None, key_prefix: str = "lunas:",
-                 initial_lookback: timedelta = timedelta(days=7)) -> None:
+                 initial_lookback: timedelta = timedelta(days=7),
+                 max_unreadable: int = 20) -> None:
         self._feed, self._reconciliation, self._breakers = feed, reconciliation, breakers
+        self._unreadable, self.max_unreadable = unreadable, max_unreadable
         self._clock, self._metrics, self._redis = clock, metrics, redis
         self.poll_interval, self.stale_after = poll_interval, stale_after
         self._initial_lookback = initial_lookback
@@ -78,13 +87,22 @@ class FeedPoller:
         started = self._clock.now()
         start, end = self.window(started)
         async with self._breakers.get(ROUTE_KEY).guard():
-            items = await self._fetch_all(start, end)
+            items, unreadable = await self._fetch_all(start, end)
+            if len(unreadable) > self.max_unreadable:
+                raise Unavailable(
+                    f"{len(unreadable)} of {len(items) + len(unreadable)} listed items are "
+                    f"unreadable (first: {unreadable[0].problem}); more than "
+                    f"{self.max_unreadable} means the feed's format changed",
+                    provider=PROVIDER, operation=OPERATION)
+        await self._set_aside(unreadable, started)
         report = ImportReport(parsed=len(items))
         for offset in range(0, len(items), INGEST_CHUNK):
             part = await self._reconciliation.ingest_feed(items[offset:offset + INGEST_CHUNK])
             for name in ("new", "duplicate", "matched", "ambiguous", "unmatched",
                          "ignored_debits", "needs_review"):
                 setattr(report, name, getattr(report, name) + getattr(part, name))
+        await self._unreadable.close_read(FEED_NAME, {m.mutation_id for m in items},
+                                          now=started)
         await self._record_success(started)
         return report
 
@@ -103,15 +121,23 @@ class FeedPoller:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
 
-    async def _fetch_all(self, start: date, end: date) -> list[MootaMutation]:
+    async def _fetch_all(self, start: date, end: date
+                         ) -> tuple[list[MootaMutation], list[UnreadableItem]]:
         items: list[MootaMutation] = []
+        unreadable: list[UnreadableItem] = []
         page = 1
         while True:
             got = await self._feed.list_mutations(start, end, page)
             items.extend(got.items)
-            if page >= got.last_page or page >= MAX_PAGES or not got.items:
-                return items
+            unreadable.extend(got.unreadable)
+            if page >= got.last_page or page >= MAX_PAGES or not (got.items or got.unreadable):
+                return items, unreadable
             page += 1
+
+    async def _set_aside(self, unreadable: list[UnreadableItem], now: datetime) -> None:
+        for item in await self._unreadable.keep(FEED_NAME, unreadable, now=now):
+            log.warning("the mutation feed listed an item Lunas cannot read (%s); set aside "
+                        "for a person: GET /v1/reconciliation/unreadable", item.problem)
 
     async def _record_success(self, at: datetime) -> None:
         self._last_ok = at

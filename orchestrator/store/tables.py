@@ -250,6 +250,29 @@ sa.Index("ix_mutations_order_id", mutations.c.order_id,
          postgresql_where=mutations.c.order_id.is_not(None),
          sqlite_where=mutations.c.order_id.is_not(None))
 
+# Items of the Moota feed Lunas could not read (no id, an amount that is not one, a date in no
+# known form): kept as received, once each (item_key is a hash of the item), so the feed moves
+# on instead of retrying one page forever, and a person sees every one. state: open, read (the
+# feed later listed a readable version of the same mutation), handled (a person closed it).
+unreadable_feed_items = sa.Table(
+    "unreadable_feed_items",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("feed", sa.String(32), nullable=False),
+    sa.Column("item_key", sa.String(64), nullable=False, unique=True),
+    # The item's own mutation id, when it has one: how a later readable version closes it.
+    sa.Column("mutation_ref", sa.String(200)),
+    sa.Column("raw_item", sa.Text, nullable=False),
+    sa.Column("problem", sa.String(500), nullable=False),
+    sa.Column("first_seen_at", UTCDateTime, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("closed_at", UTCDateTime),
+    sa.Column("closed_by", sa.String(200)),
+    sa.Column("note", sa.String(2000)),
+)
+sa.Index("ix_unreadable_feed_items_state", unreadable_feed_items.c.state,
+         unreadable_feed_items.c.first_seen_at)
+
 review_cases = sa.Table(
     "review_cases",
     metadata,

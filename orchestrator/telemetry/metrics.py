@@ -168,6 +168,11 @@ class Metrics:
             "Transfer amounts held (open or in quarantine) on each payout account.",
             ["account"], registry=self.state_registry,
         )
+        self.feed_items_unreadable = Gauge(
+            "lunas_feed_items_unreadable",
+            "Items a mutation feed listed that Lunas could not read, waiting for a person.",
+            ["feed"], registry=self.state_registry,
+        )
 
         self.feed_last_success = Gauge(
             "lunas_feed_last_success_timestamp_seconds",

@@ -24,7 +24,13 @@ from orchestrator.rails.router import Router
 from orchestrator.services.route_controls import RouteControls
 from orchestrator.services.status_reads import LIVE
 from orchestrator.store.database import Database
-from orchestrator.store.tables import orders, outbox, payment_attempts, payout_accounts
+from orchestrator.store.tables import (
+    orders,
+    outbox,
+    payment_attempts,
+    payout_accounts,
+    unreadable_feed_items,
+)
 from orchestrator.telemetry.metrics import Metrics
 
 
@@ -69,6 +75,10 @@ class StateSampler:
             )).all()
             verifying = (await conn.execute(sa.select(sa.func.count()).where(
                 orders.c.state == "verifying"))).scalar_one()
+            u = unreadable_feed_items.c
+            unreadable: dict[str, int] = {row.feed: row.n for row in await conn.execute(
+                sa.select(u.feed, sa.func.count().label("n")).where(u.state == "open")
+                .group_by(u.feed))}  # answered from ix_unreadable_feed_items_state
         m = self._metrics
         m.outbox_backlog.set(backlog)
         m.outbox_oldest_age.set(_age(now, oldest))
@@ -84,6 +94,9 @@ class StateSampler:
         for reason, count in review:
             m.orders_needs_review.labels(reason or "unspecified").set(count)
         m.orders_verifying.set(verifying)
+        m.feed_items_unreadable.clear()
+        for feed, count in {"moota": 0, **unreadable}.items():
+            m.feed_items_unreadable.labels(feed).set(count)
         if self._codes is not None:
             await self._sample_code_pools()
         if self._controls is not None:

@@ -72,3 +72,33 @@ async def test_bad_account_syntax_is_refused_before_anything_is_written(
 ) -> None:
     r = run(env, "merchants", "create", "X", "--account", "bca-0123")
     assert r.returncode == 2 and "BANK:NUMBER:HOLDER" in r.stderr
+
+
+async def test_finance_lists_and_closes_an_unreadable_feed_item(env: dict[str, str]) -> None:
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from orchestrator.store.tables import unreadable_feed_items
+
+    assert run(env, "migrate").returncode == 0
+    engine = create_async_engine(env["LUNAS_DATABASE_URL"])
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.insert(unreadable_feed_items).values(
+                id="ufi_1", feed="moota", item_key="k" * 64, mutation_ref="mt1",
+                raw_item='{"amount": "1.500,00 IDR", "mutation_id": "mt1"}',
+                problem="amount '1.500,00 IDR' is not an amount", state="open",
+                first_seen_at=datetime.now(UTC)))
+    finally:
+        await engine.dispose()
+
+    listed = run(env, "reconcile", "unreadable")
+    assert listed.returncode == 0 and "ufi_1" in listed.stdout and "1.500,00 IDR" in listed.stdout
+    closed = run(env, "reconcile", "handled", "ufi_1", "--note", "a cash deposit, no order",
+                 "--actor", "sari", "--json")
+    assert closed.returncode == 0, closed.stderr
+    assert json.loads(closed.stdout)["closed_by"] == "cli:sari"
+    again = run(env, "reconcile", "handled", "ufi_1", "--note", "again", "--actor", "sari")
+    assert again.returncode == 1 and "already handled" in again.stderr
+    assert json.loads(run(env, "reconcile", "unreadable", "--json").stdout) == []
+    assert run(env, "reconcile", "unreadable", "--state", "bogus").returncode == 1

@@ -56,3 +56,27 @@ async def test_checkout_to_paid_on_sqlite(tmp_path: Path) -> None:
         assert types.count("order.expired") == 19
     finally:
         await container.close()
+
+
+async def test_unreadable_feed_items_on_sqlite(tmp_path: Path) -> None:
+    """Kept once, closed by a corrected listing or by a person: the same statements on SQLite."""
+    from orchestrator.reconciliation.feed import unreadable_item
+
+    container = build(Settings(database=DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/u.db")))
+    try:
+        await migrate(container.db.engine)
+        items = container.unreadable_feed_items
+        now = datetime.now(UTC)
+        odd = [unreadable_item({"mutation_id": f"mt{n}", "amount": "1,5"}, "bad amount")
+               for n in range(2)]
+        assert len(await items.keep("moota", odd, now=now)) == 2
+        assert await items.keep("moota", odd, now=now) == []
+        assert await items.close_read("moota", {"mt0", "other"}, now=now) == 1
+        [left] = await items.listing(state="open", limit=10)
+        closed = await items.handled(left["id"], actor="cli:sari", note="no order", now=now)
+        assert (closed["mutation_ref"], closed["state"]) == ("mt1", "handled")
+        assert sorted((i["mutation_ref"], i["state"])
+                      for i in await items.listing(state=None, limit=10)) == [
+            ("mt0", "read"), ("mt1", "handled")]
+    finally:
+        await container.close()

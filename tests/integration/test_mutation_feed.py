@@ -27,8 +27,8 @@ from orchestrator.rails.breaker import BreakerConfig, BreakerOpen
 from orchestrator.rails.errors import RailError
 from orchestrator.services.feed_poller import FeedPoller
 from orchestrator.settings import FeedSettings, RedisSettings
-from orchestrator.store.tables import evidence, mutations, orders
-from tests.support import ShopFixture, new_merchant, order_body
+from orchestrator.store.tables import audit_log, evidence, mutations, orders
+from tests.support import ShopFixture, new_merchant, new_ops_token, order_body
 
 STALE_AFTER = timedelta(seconds=1)
 
@@ -77,12 +77,14 @@ async def capture(client: httpx.AsyncClient, m: ShopFixture, amount: int = 150_0
     return dict(r.json())
 
 
-async def transfer(sim: MootaSim, account: str, amount: int, kind: str = "CR"
-                   ) -> dict[str, Any]:
+async def transfer(sim: MootaSim, account: str, amount: int, kind: str = "CR",
+                   listed_as: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A transfer the bank reports to Moota; ``listed_as`` makes the feed list it malformed."""
     async with httpx.AsyncClient() as c:
         r = await c.post(f"{sim.control_url}/mutations", json={
             "account_number": account, "amount": amount, "type": kind,
-            "description": f"TRSF E-BANKING CR 1003/FTSCY/WS95031 {amount}.00 ANDI"})
+            "description": f"TRSF E-BANKING CR 1003/FTSCY/WS95031 {amount}.00 ANDI",
+            **({"listed_as": listed_as} if listed_as is not None else {})})
     assert r.status_code == 200, r.text
     return dict(r.json())
 
@@ -185,3 +187,132 @@ async def test_feed_settles_dedupes_with_push_and_catches_up_after_an_outage(
         states = (await conn.execute(sa.select(orders.c.state).where(
             orders.c.id.in_([order["id"], late["id"]])))).scalars().all()
     assert sorted(states) == ["paid", "paid"]
+
+
+# -- an item the feed lists but Lunas cannot read --------------------------------------------
+
+async def unreadable(client: httpx.AsyncClient, ops: dict[str, str], status: str = "open"
+                     ) -> list[dict[str, Any]]:
+    r = await client.get("/v1/reconciliation/unreadable", params={"status": status},
+                         headers=ops)
+    assert r.status_code == 200, r.text
+    return list(r.json()["data"])
+
+
+def unreadable_gauge(c: Container) -> float:
+    value = c.metrics.state_registry.get_sample_value("lunas_feed_items_unreadable",
+                                                      {"feed": "moota"})
+    assert value is not None
+    return value
+
+
+async def test_an_item_the_feed_cannot_read_is_set_aside_and_the_feed_keeps_settling(
+    client: httpx.AsyncClient, container: Container, feed: Container, sim: MootaSim
+) -> None:
+    """Before: one such item failed its page on every poll; the breaker opened, the feed went
+    stale for good, and every manual-transfer order at its deadline waited for a person."""
+    poller, ops = poller_of(feed), {"Authorization": f"Bearer {await new_ops_token(container)}"}
+    m = await new_merchant(container)
+    before, after = await capture(client, m), await capture(client, m, 160_000)
+    await transfer(sim, m.account_number, before["payment"]["transfer_amount"])
+    odd = await transfer(sim, m.account_number, 99_000, listed_as={"amount": "99.000,00 IDR"})
+    await transfer(sim, m.account_number, after["payment"]["transfer_amount"])
+
+    for _ in range(3):  # re-read every poll: set aside once, and never a failed poll
+        report = await poller.poll()
+    assert (report.parsed, report.duplicate) == (2, 2)
+    assert not poller.stale(feed.clock.now())
+    assert [await status(client, m, o["id"]) for o in (before, after)] == ["paid", "paid"]
+
+    [item] = await unreadable(client, ops)
+    assert item["mutation_ref"] == odd["mutation_id"] and item["state"] == "open"
+    assert "99.000,00 IDR" in item["problem"] and '"99.000,00 IDR"' in item["raw_item"]
+    await feed.state_sampler.refresh(force=True)
+    assert unreadable_gauge(feed) == 1
+
+    # A person finds the money and closes the item, audited; once only.
+    empty = await client.post(f"/v1/reconciliation/unreadable/{item['id']}/handled",
+                              json={"note": "  "}, headers=ops)
+    assert empty.status_code == 422 and "note" in empty.text
+    done = await client.post(f"/v1/reconciliation/unreadable/{item['id']}/handled",
+                             json={"note": "refund of a debit note, no order; bank asked"},
+                             headers=ops)
+    assert done.status_code == 200, done.text
+    assert done.json()["state"] == "handled" and done.json()["closed_by"].startswith("ops:")
+    again = await client.post(f"/v1/reconciliation/unreadable/{item['id']}/handled",
+                              json={"note": "twice"}, headers=ops)
+    assert again.status_code == 409
+    assert await unreadable(client, ops) == []
+    async with container.db.read() as conn:
+        audited = (await conn.execute(sa.select(audit_log.c.actor, audit_log.c.reason).where(
+            audit_log.c.subject_id == item["id"]))).all()
+    assert [(a.startswith("ops:"), r) for a, r in audited] == [
+        (True, "refund of a debit note, no order; bank asked")]
+    await feed.state_sampler.refresh(force=True)
+    assert unreadable_gauge(feed) == 0
+
+    await poller.poll()  # still listed as it was: kept once, closed stays closed
+    assert await unreadable(client, ops) == []
+    assert len(await unreadable(client, ops, status="")) >= 1
+
+
+async def test_a_corrected_listing_of_the_mutation_pays_its_order_and_closes_the_item(
+    client: httpx.AsyncClient, container: Container, feed: Container, sim: MootaSim
+) -> None:
+    poller, ops = poller_of(feed), {"Authorization": f"Bearer {await new_ops_token(container)}"}
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    paid = await transfer(sim, m.account_number, order["payment"]["transfer_amount"],
+                          listed_as={"date": "29/11/2026 10:00", "type": None})
+    await poller.poll()
+    assert await status(client, m, order["id"]) == "awaiting_payment"
+    [item] = [i for i in await unreadable(client, ops) if i["mutation_ref"] == paid["mutation_id"]]
+
+    async with httpx.AsyncClient() as c:  # Moota lists it properly once the bank corrects it
+        fixed = await c.post(f"{sim.control_url}/mutations/{paid['mutation_id']}/repair")
+    assert fixed.status_code == 200, fixed.text
+    report = await poller.poll()
+    assert (report.new, report.matched) == (1, 1)
+    assert await status(client, m, order["id"]) == "paid"
+    [closed] = [i for i in await unreadable(client, ops, status="read")
+                if i["id"] == item["id"]]
+    assert closed["closed_by"] == "feed"
+
+
+async def test_more_unreadable_items_than_allowed_fail_the_poll_as_a_changed_format(
+    client: httpx.AsyncClient, container: Container, feed: Container, sim: MootaSim
+) -> None:
+    """Setting aside every item of a feed whose format changed would look fresh while reading
+    nothing: past ``max_unreadable`` the poll fails, the breaker counts it, the feed goes stale."""
+    poller, ops = poller_of(feed), {"Authorization": f"Bearer {await new_ops_token(container)}"}
+    poller.max_unreadable = 2
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    await transfer(sim, m.account_number, order["payment"]["transfer_amount"])
+    for n in range(3):
+        await transfer(sim, m.account_number, 50_000 + n, listed_as={"mutation_id": None,
+                                                                     "token": None})
+    with pytest.raises(RailError, match="3 of 4 listed items are unreadable"):
+        await poller.poll()
+    assert poller.last_ok is None
+    assert await status(client, m, order["id"]) == "awaiting_payment"
+    assert [i for i in await unreadable(client, ops) if i["mutation_ref"] is None
+            and '"account_number": "' + m.account_number in i["raw_item"]] == []
+
+    poller.max_unreadable = 3
+    await poller.poll()
+    assert await status(client, m, order["id"]) == "paid"
+
+
+async def test_the_unreadable_list_refuses_what_it_cannot_answer(
+    client: httpx.AsyncClient, container: Container
+) -> None:
+    ops = {"Authorization": f"Bearer {await new_ops_token(container)}"}
+    for params in ({"status": "bogus"}, {"limit": "0"}, {"limit": "1001"}):
+        r = await client.get("/v1/reconciliation/unreadable", params=params, headers=ops)
+        assert r.status_code == 400, (params, r.text)
+    r = await client.post("/v1/reconciliation/unreadable/ufi_nothing/handled",
+                          json={"note": "x"}, headers=ops)
+    assert r.status_code == 404
+    r = await client.get("/v1/reconciliation/unreadable")
+    assert r.status_code == 401

@@ -185,3 +185,31 @@ def test_malformed_pushes_are_refused_naming_the_item(
         parse_moota_push(body)
     assert info.value.line == line
     assert reason in info.value.reason
+
+
+# -- an item the feed lists that cannot be read: kept as received, once ---------------------
+
+def test_an_unreadable_item_is_the_same_text_and_key_however_its_fields_are_ordered() -> None:
+    from orchestrator.reconciliation.feed import unreadable_item
+
+    a = unreadable_item({"mutation_id": "mt1", "amount": "1.500,00", "x": "\x00\ud800"}, "bad")
+    b = unreadable_item({"x": "\x00\ud800", "amount": "1.500,00", "mutation_id": "mt1"}, "bad")
+    assert a.raw == b.raw and a.key == b.key and a.raw.isascii()
+    assert a.mutation_ref == "mt1"
+    assert unreadable_item({"mutation_id": "mt2"}, "bad").key != a.key
+
+
+@pytest.mark.parametrize(("item", "ref"), [
+    ({"token": "tk9"}, "tk9"),           # the payload shape that calls the id "token"
+    ({"mutation_id": 12345}, "12345"),
+    ({"mutation_id": True}, None),
+    ({"mutation_id": ""}, None),
+    ({"mutation_id": "x" * 201}, None),  # longer than any id; not a reference to follow
+    ({"mutation_id": "a\x00b"}, None),
+    (["not", "an", "object"], None),
+])
+def test_an_unreadable_item_names_its_mutation_only_by_a_usable_id(item: Any, ref: str | None
+                                                                  ) -> None:
+    from orchestrator.reconciliation.feed import unreadable_item
+
+    assert unreadable_item(item, "bad").mutation_ref == ref

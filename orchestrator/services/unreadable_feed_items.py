@@ -1,0 +1,122 @@
+"""Items a mutation feed listed that Lunas could not read: kept once, shown to people, closed.
+
+The feed is re-read day by day, so the same bad item comes back every poll; it is kept once (its
+``item_key`` is a hash of the item) and counted once. It stays ``open`` until either the feed
+lists a readable version of the same mutation (``read``: the feed's own correction, matched as
+usual) or a person closes it with a note (``handled``, audited) after dealing with the money it
+may stand for. Open items are what the ``LunasMutationFeedItemUnreadable`` alert counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from orchestrator.domain.errors import Conflict, InvalidOrder, NotFound
+from orchestrator.domain.ids import new_id
+from orchestrator.reconciliation.feed import UnreadableItem
+from orchestrator.services.audit import record_audit
+from orchestrator.services.order_view import iso
+from orchestrator.store.database import Database, upsert_insert
+from orchestrator.store.tables import unreadable_feed_items
+
+OPEN, READ, HANDLED = "open", "read", "handled"
+STATES = (OPEN, READ, HANDLED)
+MAX_NOTE = 2000
+MAX_RAW = 64 * 1024
+"""Characters of the item kept; a real mutation object is well under 2 KiB."""
+
+
+class ItemClosed(Conflict):
+    code = "unreadable_item_closed"
+
+
+def render_item(row: Any) -> dict[str, Any]:
+    return {"id": row.id, "feed": row.feed, "mutation_ref": row.mutation_ref,
+            "problem": row.problem, "raw_item": row.raw_item, "state": row.state,
+            "first_seen_at": iso(row.first_seen_at), "closed_at": iso(row.closed_at),
+            "closed_by": row.closed_by, "note": row.note}
+
+
+class UnreadableFeedItems:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def keep(self, feed: str, items: Sequence[UnreadableItem], *, now: datetime
+                   ) -> list[UnreadableItem]:
+        """Store the items not kept before; returns those that are new."""
+        if not items:
+            return []
+        fresh: list[UnreadableItem] = []
+        t = unreadable_feed_items
+        async with self._db.transaction() as conn:
+            insert = upsert_insert(conn.dialect.name)
+            for item in {i.key: i for i in items}.values():
+                kept = await conn.execute(
+                    insert(t).values(
+                        id=new_id("ufi"), feed=feed, item_key=item.key,
+                        mutation_ref=item.mutation_ref, raw_item=item.raw[:MAX_RAW],
+                        problem=item.problem[:500], first_seen_at=now, state=OPEN,
+                    ).on_conflict_do_nothing(index_elements=["item_key"]).returning(t.c.id))
+                if kept.first() is not None:
+                    fresh.append(item)
+        return fresh
+
+    async def close_read(self, feed: str, listed: Collection[str], *, now: datetime) -> int:
+        """Close the open items whose mutation the feed has now ``listed`` in a readable form.
+        Asks for the open items' references first: there are few or none, while a poll lists
+        every mutation of two days."""
+        t = unreadable_feed_items.c
+        async with self._db.transaction() as conn:
+            waiting = set((await conn.execute(sa.select(t.mutation_ref).where(
+                t.feed == feed, t.state == OPEN, t.mutation_ref.is_not(None)))).scalars())
+            read = sorted(waiting.intersection(listed))
+            if not read:
+                return 0
+            result = await conn.execute(
+                unreadable_feed_items.update()
+                .where(t.feed == feed, t.state == OPEN, t.mutation_ref.in_(read))
+                .values(state=READ, closed_at=now, closed_by="feed",
+                        note="the feed listed a readable version of this mutation"))
+        return int(result.rowcount or 0)
+
+    async def listing(self, *, state: str | None, limit: int) -> list[dict[str, Any]]:
+        if state is not None and state not in STATES:
+            raise InvalidOrder(f"state must be one of: {', '.join(STATES)}", field="state")
+        t = unreadable_feed_items.c
+        query = sa.select(unreadable_feed_items).order_by(t.first_seen_at, t.id).limit(limit)
+        if state is not None:
+            query = query.where(t.state == state)
+        async with self._db.read() as conn:
+            return [render_item(row) for row in await conn.execute(query)]
+
+    async def handled(self, item_id: str, *, actor: str, note: str, now: datetime
+                      ) -> dict[str, Any]:
+        """A person dealt with the money the item may stand for (a statement line uploaded, a
+        manual match, the bank asked): close it, audited."""
+        note = note.strip()
+        if not note:
+            raise InvalidOrder("say what was done in 'note'; it goes to the audit log",
+                               field="note")
+        if len(note) > MAX_NOTE:
+            raise InvalidOrder(f"'note' is kept to {MAX_NOTE} characters", field="note")
+        t = unreadable_feed_items
+        async with self._db.transaction() as conn:
+            row = (await conn.execute(sa.select(t).where(t.c.id == item_id).with_for_update())
+                   ).first()
+            if row is None:
+                raise NotFound(f"no unreadable feed item {item_id}")
+            if row.state != OPEN:
+                raise ItemClosed(f"item {item_id} is already {row.state} (by {row.closed_by})")
+            await conn.execute(t.update().where(t.c.id == item_id).values(
+                state=HANDLED, closed_at=now, closed_by=actor, note=note))
+            await record_audit(conn, actor=actor, action="unreadable_feed_item.handled",
+                               subject_type="unreadable_feed_item", subject_id=item_id,
+                               reason=note, details={"feed": row.feed,
+                                                     "mutation_ref": row.mutation_ref},
+                               now=now)
+            closed = (await conn.execute(sa.select(t).where(t.c.id == item_id))).one()
+        return render_item(closed)
