@@ -11,7 +11,7 @@ import enum
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 
 from orchestrator.domain.clock import WIB
 
@@ -24,6 +24,12 @@ class MatchKind(enum.StrEnum):
     UNMATCHED = "unmatched"
     IGNORED = "ignored"
 
+
+BANK_CLOCK_SKEW = timedelta(minutes=5)
+"""How far behind Lunas's clock a bank's may run. An order captured at 00:00:20 WIB and paid a
+minute later, by a bank whose clock is two minutes slow, is dated 23:59 the day before: without
+this margin the transfer would wait for a person though it is plainly the order's. Five minutes
+of slack adds no real risk of a wrong match: the amount must still be the one the order holds."""
 
 LIKELY_DUPLICATE = "likely_duplicate"  # fits mutations.match_state (16)
 """A mutation's match state when the same credit was already matched from another source."""
@@ -85,10 +91,15 @@ def _unique_orders(candidates: list[Candidate]) -> list[Candidate]:
     return list(latest.values())
 
 
+def window_opens(created_at: datetime) -> datetime:
+    """When an attempt created at ``created_at`` may first be paid, as the bank dates it.
+    Statements often carry a date only (midnight WIB), so the window opens at the start of the
+    attempt's WIB day, not at its creation instant, less the bank's clock skew."""
+    day_starts = datetime.combine(created_at.astimezone(WIB).date(), time(0), tzinfo=WIB)
+    return day_starts - BANK_CLOCK_SKEW
+
+
 def _within_window(posted_at: datetime, candidate: Candidate) -> bool:
-    # Statements often carry a date only (midnight WIB), so the window opens at the start of the
-    # attempt's WIB day, not at its creation instant.
-    opened = datetime.combine(candidate.created_at.astimezone(WIB).date(), time(0), tzinfo=WIB)
-    if posted_at < opened:
+    if posted_at < window_opens(candidate.created_at):
         return False
     return candidate.held_until is None or posted_at <= candidate.held_until

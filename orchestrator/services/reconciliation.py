@@ -49,6 +49,7 @@ from orchestrator.reconciliation.batch import settle_rule
 from orchestrator.reconciliation.bulk_ids import id_stream
 from orchestrator.reconciliation.fingerprint import fingerprint_moota, iter_fingerprints
 from orchestrator.reconciliation.matcher import (
+    BANK_CLOCK_SKEW,
     FOR_PEOPLE,
     LIKELY_DUPLICATE,
     ORDER_REFERENCE,
@@ -503,11 +504,12 @@ CREATE TEMPORARY TABLE lunas_import_lines (
 _DROP_DUPLICATES = """
 DELETE FROM lunas_import_lines l USING mutations m WHERE m.fingerprint = l.fingerprint
 RETURNING l.idx, l.direction"""
-# Matcher._within_window: from midnight WIB (UTC+7) of the attempt's creation day, and until the
-# code stops being held when the attempt has closed.
-_IN_WINDOW = """
+# matcher.window_opens: from midnight WIB (UTC+7) of the attempt's creation day less the bank's
+# clock skew, and until the code stops being held when the attempt has closed.
+_IN_WINDOW = f"""
 l.posted_at >= (date_trunc('day', a.created_at AT TIME ZONE 'UTC' + interval '7 hours')
                 - interval '7 hours') AT TIME ZONE 'UTC'
+                - interval '{int(BANK_CLOCK_SKEW.total_seconds())} seconds'
 AND (a.closed_at IS NULL OR a.code_held_until IS NULL OR l.posted_at <= a.code_held_until)"""
 # plan_batch, for every new credit at once. A credit's candidate is the attempt holding its amount
 # on the account (at most one: uq_payment_attempts_held_transfer_amount). "sequential": the credit

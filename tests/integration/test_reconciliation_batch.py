@@ -285,3 +285,52 @@ async def test_an_attempt_that_releases_its_amount_before_the_batch_locks_it_is_
     assert (report.matched, report.unmatched, report.needs_review) == (1, 1, 0)
     assert [(ids.index(e.order_id), e.verdict) for e in proofs] == [(1, "settle")]
     assert await _order_states(container, ids) == [("awaiting_payment", 0), ("paid", 1)]
+
+
+def bri_statement(account: str, lines: list[tuple[datetime, int]]) -> bytes:
+    """A BRImo export of credits (TGL_TRAN: WIB wall-clock time to the second)."""
+    from orchestrator.domain.clock import WIB
+    from orchestrator.reconciliation.statements.bri import COLUMNS
+
+    out = [",".join(f'"{c}"' for c in COLUMNS)]
+    balance = 1_000_000
+    for n, (at, amount) in enumerate(lines, start=1):
+        wib = at.astimezone(WIB)
+        cells = [str(n), account, wib.strftime("%Y-%m-%d %H:%M:%S"), wib.strftime("%Y-%m-%d"),
+                 wib.strftime("%H%M%S"), str(n), "NBMB ANDI TO TOKO UJI", f"{balance}.00", ".00",
+                 f"{amount}.00", f"{balance + amount}.00", "Cr", "8888001", "1007", "",
+                 "NBMB ANDI TO TOKO UJI", "", "", "Transfer Dari ANDI via BRImo"]
+        balance += amount
+        out.append(",".join(f'"{c}"' for c in cells))
+    return ("\n".join(out) + "\n").encode()
+
+
+async def test_a_bank_clock_a_few_minutes_slow_at_midnight_still_matches_in_the_batch(
+    client: httpx.AsyncClient, container: Container
+) -> None:
+    """The batch's SQL holds its own copy of the window rule (matcher.window_opens): orders
+    captured at 00:00:20 WIB, paid by transfers the bank dated 23:58 (its clock slow) and 23:50
+    the day before. The first is the order's; the second is too early to be."""
+    from orchestrator.domain.clock import WIB
+    from tests.integration.test_reconciliation import upload
+    from tests.support import new_ops_token
+
+    m = await new_merchant(container, bank="bri")
+    ops = {"Authorization": f"Bearer {await new_ops_token(container)}"}
+    slow, early = await capture(client, m), await capture(client, m, 160_000)
+    midnight = datetime.now(UTC).astimezone(WIB).replace(hour=0, minute=0, second=0,
+                                                        microsecond=0)
+    async with container.db.transaction() as conn:
+        await conn.execute(payment_attempts.update().where(
+            payment_attempts.c.order_id.in_([slow["id"], early["id"]])).values(
+            created_at=midnight + timedelta(seconds=20)))
+    statement = bri_statement(m.account_number, [
+        (midnight - timedelta(minutes=2), slow["payment"]["transfer_amount"]),
+        (midnight - timedelta(minutes=10), early["payment"]["transfer_amount"])])
+    r = await upload(client, ops, m, statement, bank="bri")
+    assert r.status_code == 201, r.text
+    assert (r.json()["matched"], r.json()["unmatched"]) == (1, 1)
+    async with container.db.read() as conn:
+        states = dict((await conn.execute(sa.select(orders.c.id, orders.c.state).where(
+            orders.c.id.in_([slow["id"], early["id"]])))).all())
+    assert states == {slow["id"]: "paid", early["id"]: "awaiting_payment"}

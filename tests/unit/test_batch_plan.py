@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from orchestrator.domain.clock import WIB
 from orchestrator.reconciliation.batch import plan_batch, settle_rule, still_matches
-from orchestrator.reconciliation.matcher import Candidate, MutationFacts
+from orchestrator.reconciliation.matcher import Candidate, MatchKind, MutationFacts, decide
 
 NOW = datetime(2026, 5, 15, 3, 0, tzinfo=UTC)
 ORDER_A, ORDER_B = "ord_01HZX7Q3V9K2M4N6P8R0S2T4V6", "ord_01HZX7Q3V9K2M4N6P8R0S2T4V7"
@@ -67,3 +68,17 @@ def test_every_pair_that_settles_ends_with_order_and_attempt_paid() -> None:
     assert set(rule.from_pairs) == {
         f"{order}/{attempt}" for order in ("captured", "awaiting_payment", "verifying")
         for attempt in ("active", "superseded", "expired", "failed", "unknown")}
+
+
+
+def test_a_bank_clock_a_few_minutes_slow_at_midnight_still_matches() -> None:
+    """Captured at 00:00:20 WIB, paid a minute later, dated 23:58 the day before by a bank whose
+    clock is slow: the order's transfer all the same. Ten minutes before midnight it is not."""
+    midnight = datetime(2026, 5, 15, 0, 0, tzinfo=WIB)
+    just_after = Candidate(attempt_id="att_1", order_id=ORDER_A, transfer_amount=100_123,
+                           created_at=midnight + timedelta(seconds=20), held_until=None)
+    slow = credit(100_123, at=midnight - timedelta(minutes=2))
+    assert decide(slow, [just_after]).kind is MatchKind.MATCHED
+    assert plan_batch({0: slow}, {0: just_after}).matched == {0: just_after}
+    too_early = credit(100_123, at=midnight - timedelta(minutes=10))
+    assert decide(too_early, [just_after]).kind is MatchKind.UNMATCHED
