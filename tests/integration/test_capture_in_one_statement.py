@@ -5,6 +5,7 @@ amount when its blind proposal is held."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
@@ -12,6 +13,7 @@ import sqlalchemy as sa
 
 from orchestrator.bootstrap import Container
 from orchestrator.domain.checkout import Customer, OrderRequest
+from orchestrator.domain.errors import IdempotencyKeyReused
 from orchestrator.services.capture import CaptureService
 from orchestrator.settings import UniqueCodeSettings
 from orchestrator.store.tables import idempotency_keys, orders, outbox, payment_attempts
@@ -114,3 +116,63 @@ async def test_a_taken_key_or_merchant_order_id_writes_nothing(container: Contai
             payment_attempts).join(orders, orders.c.id == payment_attempts.c.order_id).where(
             orders.c.merchant_id == shop.merchant_id))).scalar_one()
     assert (counted, attempts) == (1, 1)
+
+
+# -- at once: what the statement's uniqueness guards must hold under concurrency ---------------
+
+async def _attempt(service: CaptureService, shop: ShopFixture, key: str, name: str
+                   ) -> tuple[int, str | None, bool]:
+    """(status, order id, replayed) of one capture; a refused one as its status."""
+    try:
+        outcome = await service.capture(merchant_id=shop.merchant_id, idempotency_key=key,
+                                        request=_request(name))
+    except IdempotencyKeyReused:
+        return 409, None, False
+    return outcome.status_code, outcome.body["id"], outcome.replayed
+
+
+async def test_captures_racing_on_one_key_make_one_order_whatever_their_bodies(
+    container: Container,
+) -> None:
+    """Six captures at once on one key, three with each of two bodies, twenty times: one order
+    each time, its body's captures all get it, the other body's are refused, and every row of
+    the order is written once."""
+    shop = await new_merchant(container)
+    services = [_service(container, one_statement=True, seed=n) for n in range(6)]
+    for round_ in range(20):
+        key = f"race-{round_}"
+        results = await asyncio.gather(*[
+            _attempt(service, shop, key, f"RACE-{round_}-{n % 2}")
+            for n, service in enumerate(services)])
+        made = {order_id for status, order_id, _ in results if order_id is not None}
+        assert len(made) == 1, results
+        [order_id] = made
+        statuses = sorted(status for status, _, _ in results)
+        assert statuses == [201, 201, 201, 409, 409, 409], results
+        assert sum(replayed for _, _, replayed in results) == 2
+        rows = await _rows(container, order_id)
+        assert [len(found) for found in rows.values()] == [1, 1, 1, 1]
+    async with container.db.read() as conn:
+        counted = (await conn.execute(sa.select(sa.func.count()).select_from(orders).where(
+            orders.c.merchant_id == shop.merchant_id))).scalar_one()
+    assert counted == 20
+
+
+async def test_captures_drawing_the_same_blind_amount_at_once_each_get_their_own(
+    container: Container,
+) -> None:
+    """Eight services with one seed propose the same amount first, at the same moment: one
+    keeps it, the others fall back to a free one; no amount is shared, no row is doubled."""
+    shop = await new_merchant(container)
+    outcomes = await asyncio.gather(*[
+        _service(container, one_statement=True, seed=99).capture(
+            merchant_id=shop.merchant_id, idempotency_key=f"blind-{n}",
+            request=_request(f"BLIND-{n}"))
+        for n in range(8)])
+    assert [o.status_code for o in outcomes] == [201] * 8
+    amounts = [o.body["payment"]["transfer_amount"] for o in outcomes]
+    assert len(set(amounts)) == 8
+    for outcome in outcomes:
+        rows = await _rows(container, outcome.body["id"])
+        assert [len(found) for found in rows.values()] == [1, 1, 1, 1]
+        assert rows["attempts"][0]["transfer_amount"] == outcome.body["payment"]["transfer_amount"]
