@@ -120,6 +120,23 @@ class SchedulerSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RetentionSettings:
+    """Rows the worker deletes once their work is done and they are this old
+    (``services/retention.py``)."""
+
+    interval: timedelta = timedelta(hours=1)
+    """How often a worker prunes (``LUNAS_RETENTION_INTERVAL``)."""
+    idempotency_keys: timedelta = timedelta(days=7)
+    """``LUNAS_RETENTION_IDEMPOTENCY_KEYS``; at least a day (clients' retries must replay)."""
+    done_events: timedelta = timedelta(days=30)
+    """``LUNAS_RETENTION_DONE_EVENTS``: delivered outbox events; at least a day."""
+    provider_deliveries: timedelta | None = None
+    """``LUNAS_RETENTION_PROVIDER_DELIVERIES``; unset keeps every delivery for ever."""
+    batch: int = 5_000
+    """Rows deleted per transaction."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class VerificationSettings:
     """Status reads of live attempts (``services/verification.py``)."""
 
@@ -245,6 +262,7 @@ class Settings:
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     providers: ProviderSettings = field(default_factory=ProviderSettings)
     feed: FeedSettings = field(default_factory=FeedSettings)
     verification: VerificationSettings = field(default_factory=VerificationSettings)
@@ -377,6 +395,18 @@ class Settings:
                 lookup_window=e.seconds("LUNAS_STATUS_LOOKUP_WINDOW", 600),
                 cache_ttl=e.seconds("LUNAS_STATUS_CACHE_TTL", 2),
             ),
+            retention=RetentionSettings(
+                interval=e.seconds("LUNAS_RETENTION_INTERVAL", 3600),
+                idempotency_keys=_at_least_a_day(
+                    e.seconds("LUNAS_RETENTION_IDEMPOTENCY_KEYS", 7 * 86400),
+                    "LUNAS_RETENTION_IDEMPOTENCY_KEYS"),
+                done_events=_at_least_a_day(e.seconds("LUNAS_RETENTION_DONE_EVENTS", 30 * 86400),
+                                            "LUNAS_RETENTION_DONE_EVENTS"),
+                provider_deliveries=(
+                    None if not e.str("LUNAS_RETENTION_PROVIDER_DELIVERIES", "") else
+                    _at_least_a_day(e.seconds("LUNAS_RETENTION_PROVIDER_DELIVERIES", 0),
+                                    "LUNAS_RETENTION_PROVIDER_DELIVERIES")),
+            ),
             gameday=GameDaySettings(
                 clock_file=e.str("LUNAS_GAMEDAY_CLOCK_FILE", ""),
                 exit_after_commit=e.int("LUNAS_GAMEDAY_EXIT_AFTER_COMMIT", 0),
@@ -413,6 +443,15 @@ class Settings:
             raise SettingsError("LUNAS_SIMULATORS must be off in production")
         if self.feed.moota_url and not self.feed.moota_token:
             raise SettingsError("LUNAS_MOOTA_URL is set but LUNAS_MOOTA_TOKEN is empty")
+
+
+def _at_least_a_day(value: timedelta, name: str) -> timedelta:
+    """A retention shorter than a day would delete what is still in use: a client's retry within
+    the hour, an event the relay is about to mark done, a delivery still being handled."""
+    if value < timedelta(days=1):
+        raise SettingsError(f"{name} must be at least 86400 seconds (a day), got "
+                            f"{value.total_seconds():g}")
+    return value
 
 
 def _choice(value: str, name: str, allowed: tuple[str, ...]) -> str:

@@ -1,5 +1,6 @@
 """The worker: the outbox relay, the scheduled sweeps (deadlines, code quarantine), the verifier
-(status reads of live attempts) and, when configured, the mutation-feed poller.
+(status reads of live attempts), retention (old finished rows) and, when configured, the
+mutation-feed poller.
 
 Any number of workers may run; they share the outbox through leases and the sweeps through
 ``SKIP LOCKED``. On SQLite (embedded) one worker runs inside the api process.
@@ -28,6 +29,7 @@ from orchestrator.services.expiry import (
     settle_verifying_orders,
 )
 from orchestrator.services.feed_poller import FeedPoller
+from orchestrator.services.retention import prune_forever
 from statuspage.model import Dwell
 from statuspage.recorder import RecorderSettings, StatusRecorder
 from statuspage.service import catalog_of
@@ -148,7 +150,9 @@ async def run_worker(container: Container, stop: asyncio.Event, *,
         await container.start()
         heap.freeze_startup_heap()
     loops = [run_relay(container, stop), sweep_forever(container, stop),
-             container.verifier.run(stop), status_recorder(container).run(stop)]
+             container.verifier.run(stop), status_recorder(container).run(stop),
+             prune_forever(container.db, container.clock, container.metrics,
+                           container.settings.retention, stop)]
     if container.feed_poller is not None:  # LUNAS_MOOTA_URL is set
         loops.append(container.feed_poller.run(stop))
     await asyncio.gather(*loops)

@@ -114,6 +114,10 @@ idempotency_keys = sa.Table(
     sa.Column("response_body", JSONDoc, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
 )
+# Retention deletes keys by age (services/retention.py). Keys are written in time order, so a
+# BRIN index (a few pages for millions of rows) finds the old ones at next to no cost per capture.
+sa.Index("ix_idempotency_keys_created_at", idempotency_keys.c.created_at,
+         postgresql_using="brin")
 
 payment_attempts = sa.Table(
     "payment_attempts",
@@ -312,6 +316,8 @@ provider_deliveries = sa.Table(
     # What became of it, in Lunas's words; NULL until the worker has handled it.
     sa.Column("outcome", sa.String(500)),
 )
+sa.Index("ix_provider_deliveries_received_at", provider_deliveries.c.received_at,
+         postgresql_using="brin")
 
 outbox = sa.Table(
     "outbox",

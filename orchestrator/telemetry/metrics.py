@@ -174,6 +174,12 @@ class Metrics:
             ["feed"], registry=self.state_registry,
         )
 
+        self.rows_pruned = Counter(
+            "lunas_retention_pruned_rows_total",
+            "Rows deleted by retention, by table (services/retention.py).",
+            ["table"], registry=self.registry,
+        )
+
         self.feed_last_success = Gauge(
             "lunas_feed_last_success_timestamp_seconds",
             "Unix time of the last successful poll of each mutation feed.",

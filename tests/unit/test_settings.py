@@ -41,6 +41,9 @@ def test_variables_are_read_and_typed() -> None:
      "LUNAS_MUTATION_PUSH_SECRET"),
     ({"LUNAS_ENV": "production", "LUNAS_MUTATION_PUSH_SECRET": "s3cret-from-vault"},
      "LUNAS_DATABASE_URL"),
+    ({"LUNAS_RETENTION_IDEMPOTENCY_KEYS": "3600"}, "LUNAS_RETENTION_IDEMPOTENCY_KEYS"),
+    ({"LUNAS_RETENTION_DONE_EVENTS": "0"}, "LUNAS_RETENTION_DONE_EVENTS"),
+    ({"LUNAS_RETENTION_PROVIDER_DELIVERIES": "60"}, "LUNAS_RETENTION_PROVIDER_DELIVERIES"),
 ])
 def test_bad_or_unsafe_settings_are_refused_naming_the_variable(
     env: dict[str, str], named: str
@@ -52,3 +55,11 @@ def test_bad_or_unsafe_settings_are_refused_naming_the_variable(
 def test_an_inconsistent_breaker_policy_is_a_settings_error() -> None:
     with pytest.raises(SettingsError, match="invalid settings"):
         Settings.from_env({"LUNAS_BREAKER_WAIT_OPEN": "900"})  # above the 5-minute maximum
+
+
+def test_retention_keeps_provider_deliveries_for_ever_unless_told() -> None:
+    kept = Settings.from_env({}).retention
+    assert kept.provider_deliveries is None
+    assert (kept.idempotency_keys, kept.done_events) == (timedelta(days=7), timedelta(days=30))
+    told = Settings.from_env({"LUNAS_RETENTION_PROVIDER_DELIVERIES": str(400 * 86400)})
+    assert told.retention.provider_deliveries == timedelta(days=400)
