@@ -11,7 +11,9 @@ Without it three tables grow by a row or more per order, for ever:
   ones wait for a person).
 * ``provider_deliveries``: every webhook as received. Kept for ever unless configured, because
   a raw delivery can settle a dispute with a provider long after; only handled ones (an
-  ``outcome``) are ever deleted, so a delivery whose job is still queued is never lost.
+  ``outcome``) are ever deleted, so a delivery whose job is still queued is never lost. A
+  provider re-sending a pruned delivery has it stored and applied anew, which changes nothing:
+  evidence is unique per payment (``evidence.unique_key``).
 
 Each table is pruned in batches of ``batch`` rows, each its own short transaction, so a prune
 never holds many locks or a long transaction. On PostgreSQL the batch skips rows another worker's
