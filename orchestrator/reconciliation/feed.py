@@ -20,7 +20,6 @@ the feed; the poller decides what to do with it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from datetime import date
@@ -29,7 +28,6 @@ from typing import Any
 
 import httpx
 
-from orchestrator.domain.errors import StatementRejected
 from orchestrator.rails.errors import (
     Misconfigured,
     RailError,
@@ -37,29 +35,11 @@ from orchestrator.rails.errors import (
     TransientBeforeSend,
     Unavailable,
 )
-from orchestrator.reconciliation.moota import MootaMutation, parse_moota_item
+from orchestrator.reconciliation.moota import MootaMutation, UnreadableItem, read_moota_items
 
 PROVIDER = "moota"
 OPERATION = "list_mutations"
 MAX_PER_PAGE = 100
-MAX_REF = 200
-"""Longest mutation id an unreadable item is remembered by (Moota's are ~11 characters)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class UnreadableItem:
-    """A listed item that is not a mutation Lunas can read, as received, with why."""
-
-    raw: str
-    """The item as canonical JSON (sorted keys, ASCII escapes): storable, and the same text
-    every time the feed lists the same item."""
-    problem: str
-    mutation_ref: str | None
-    """The item's own ``mutation_id`` (or ``token``), when it has a usable one."""
-
-    @property
-    def key(self) -> str:
-        return hashlib.sha256(self.raw.encode("ascii")).hexdigest()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,26 +93,9 @@ def _page(raw: bytes) -> FeedPage:
         current, last = int(body.get("current_page") or 1), int(body.get("last_page") or 1)
     except (TypeError, ValueError) as exc:
         raise _error(Unavailable, f"malformed pagination: {exc}") from exc
-    items: list[MootaMutation] = []
-    unreadable: list[UnreadableItem] = []
-    for number, item in enumerate(body["data"], start=1):
-        try:
-            items.append(parse_moota_item(item, index=number))
-        except StatementRejected as exc:
-            unreadable.append(unreadable_item(item, exc.reason))
-    return FeedPage(items=items, current_page=current, last_page=max(last, 1),
-                    unreadable=tuple(unreadable))
-
-
-def unreadable_item(item: object, problem: str) -> UnreadableItem:
-    """``item`` as kept for a person; its id only if usable to recognise a corrected listing."""
-    raw = json.dumps(item, sort_keys=True, ensure_ascii=True, default=str)
-    ref: object = None
-    if isinstance(item, dict):
-        ref = item.get("mutation_id", item.get("token"))
-    text = str(ref).strip() if isinstance(ref, str | int) and not isinstance(ref, bool) else ""
-    usable = bool(text) and len(text) <= MAX_REF and text.isprintable()
-    return UnreadableItem(raw=raw, problem=problem[:500], mutation_ref=text if usable else None)
+    read = read_moota_items(body["data"])
+    return FeedPage(items=read.mutations, current_page=current, last_page=max(last, 1),
+                    unreadable=read.unreadable)
 
 
 def _error(kind: type[RailError], detail: str) -> RailError:

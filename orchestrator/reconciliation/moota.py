@@ -4,11 +4,13 @@ The caller verifies ``Signature`` over the exact bytes received *before* parsing
 the raw body, so a re-serialised body would not match, and an unsigned body must never reach the
 parser or the matcher.
 
-A malformed body raises ``StatementRejected``, the same "refused whole" error a statement upload
-raises, so the HTTP layer maps both in one place. Here ``line`` is the 1-based position of the
-offending mutation in the JSON array (item index + 1), not a text line, and ``None`` when the
-body as a whole is wrong (not JSON, not an array). Nothing of a refused push is kept: Moota can
-re-push it (``POST /mutation/{id}/webhook``) once the cause is fixed.
+A body that is not a JSON array raises ``StatementRejected`` (``line`` ``None``), the same
+"refused whole" error a statement upload raises, so the HTTP layer maps both in one place; Moota
+can re-push it (``POST /mutation/{id}/webhook``) once the cause is fixed. An item of a good array
+that is not a mutation Lunas can read (no id, an amount like ``"1.500.000,00 IDR"``) does not
+refuse the others: it comes back as an ``UnreadableItem``, kept for a person
+(``services/unreadable_feed_items.py``). Refusing the push whole would drop its readable
+mutations with it when the push is the only source, and stall the feed page after page.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hashlib
 import hmac
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -73,8 +76,35 @@ def verify_moota_signature(secret: str, raw_body: bytes, signature_header: str |
     return hmac.compare_digest(expected, candidate.lower())
 
 
-def parse_moota_push(raw_body: bytes) -> list[MootaMutation]:
-    """The mutations of a push body (a JSON array of mutation objects), in order."""
+@dataclass(frozen=True, kw_only=True)
+class UnreadableItem:
+    """A listed or pushed item that is not a mutation Lunas can read, as received, with why."""
+
+    raw: str
+    """The item as canonical JSON (sorted keys, ASCII escapes): storable, and the same text
+    every time the same item arrives."""
+    problem: str
+    mutation_ref: str | None
+    """The item's own ``mutation_id`` (or ``token``), when it has a usable one."""
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(self.raw.encode("ascii")).hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class MootaItems:
+    mutations: list[MootaMutation]
+    unreadable: tuple[UnreadableItem, ...] = ()
+
+
+MAX_REF = 200
+"""Longest mutation id an unreadable item is remembered by (Moota's are ~11 characters)."""
+
+
+def parse_moota_push(raw_body: bytes) -> MootaItems:
+    """The mutations of a push body (a JSON array of mutation objects), in order, and the items
+    that are not readable mutations."""
     try:
         # Decimal keeps a JSON number like 150123.00 exact; a float could hide a sen part.
         items = json.loads(raw_body, parse_float=Decimal)
@@ -82,7 +112,30 @@ def parse_moota_push(raw_body: bytes) -> list[MootaMutation]:
         raise StatementRejected(f"the push body is not valid JSON ({exc})") from exc
     if not isinstance(items, list):
         raise StatementRejected("the push body must be a JSON array of mutation objects")
-    return [parse_moota_item(item, index=number) for number, item in enumerate(items, start=1)]
+    return read_moota_items(items)
+
+
+def read_moota_items(items: Iterable[object]) -> MootaItems:
+    """Each item read on its own: a push's array or a feed page's ``data``."""
+    mutations: list[MootaMutation] = []
+    unreadable: list[UnreadableItem] = []
+    for number, item in enumerate(items, start=1):
+        try:
+            mutations.append(parse_moota_item(item, index=number))
+        except StatementRejected as exc:
+            unreadable.append(unreadable_item(item, exc.reason))
+    return MootaItems(mutations=mutations, unreadable=tuple(unreadable))
+
+
+def unreadable_item(item: object, problem: str) -> UnreadableItem:
+    """``item`` as kept for a person; its id only if usable to recognise a corrected version."""
+    raw = json.dumps(item, sort_keys=True, ensure_ascii=True, default=str)
+    ref: object = None
+    if isinstance(item, dict):
+        ref = item.get("mutation_id", item.get("token"))
+    text = str(ref).strip() if isinstance(ref, str | int) and not isinstance(ref, bool) else ""
+    usable = bool(text) and len(text) <= MAX_REF and text.isprintable()
+    return UnreadableItem(raw=raw, problem=problem[:500], mutation_ref=text if usable else None)
 
 
 def parse_moota_item(item: object, *, index: int) -> MootaMutation:
@@ -157,9 +210,8 @@ def _account_number(item: dict[str, Any], index: int) -> str:
 
 
 def _description(item: dict[str, Any]) -> str:
-    """Free text, kept as the bank wrote it, made storable rather than refused: one odd
-    description must not stall the feed it arrives on (a page that does not parse is retried
-    forever)."""
+    """Free text, kept as the bank wrote it, made storable rather than refused: a description
+    is no reason to set a whole mutation aside for a person."""
     text = str(item.get("description") or "").replace("\x00", "")
     return text.encode("utf-8", "replace").decode("utf-8")
 

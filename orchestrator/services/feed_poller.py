@@ -31,16 +31,16 @@ from redis.exceptions import RedisError
 from orchestrator.domain.clock import WIB, Clock
 from orchestrator.rails.breaker import BreakerRegistry
 from orchestrator.rails.errors import Unavailable
-from orchestrator.reconciliation.feed import OPERATION, PROVIDER, MootaFeedClient, UnreadableItem
-from orchestrator.reconciliation.moota import MootaMutation
+from orchestrator.reconciliation.feed import OPERATION, PROVIDER, MootaFeedClient
+from orchestrator.reconciliation.moota import MootaMutation, UnreadableItem
 from orchestrator.services.reconciliation import ImportReport, ReconciliationService
-from orchestrator.services.unreadable_feed_items import UnreadableFeedItems
+from orchestrator.services.unreadable_feed_items import MOOTA, UnreadableFeedItems
 from orchestrator.telemetry.metrics import Metrics
 
 log = logging.getLogger("lunas.feed")
 
 ROUTE_KEY = "feed:moota:mutations"
-FEED_NAME = "moota"
+FEED_NAME = MOOTA
 MAX_PAGES = 1_000
 """A guard against a feed whose ``last_page`` never ends; far above any real day's volume."""
 INGEST_CHUNK = 500
@@ -94,7 +94,7 @@ class FeedPoller:
                     f"unreadable (first: {unreadable[0].problem}); more than "
                     f"{self.max_unreadable} means the feed's format changed",
                     provider=PROVIDER, operation=OPERATION)
-        await self._set_aside(unreadable, started)
+        await self._unreadable.keep(FEED_NAME, unreadable, now=started)
         report = ImportReport(parsed=len(items))
         for offset in range(0, len(items), INGEST_CHUNK):
             part = await self._reconciliation.ingest_feed(items[offset:offset + INGEST_CHUNK])
@@ -133,11 +133,6 @@ class FeedPoller:
             if page >= got.last_page or page >= MAX_PAGES or not (got.items or got.unreadable):
                 return items, unreadable
             page += 1
-
-    async def _set_aside(self, unreadable: list[UnreadableItem], now: datetime) -> None:
-        for item in await self._unreadable.keep(FEED_NAME, unreadable, now=now):
-            log.warning("the mutation feed listed an item Lunas cannot read (%s); set aside "
-                        "for a person: GET /v1/reconciliation/unreadable", item.problem)
 
     async def _record_success(self, at: datetime) -> None:
         self._last_ok = at

@@ -64,6 +64,7 @@ from orchestrator.reconciliation.statements import StatementRows, read_statement
 from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import iso
 from orchestrator.services.settlement import Payment, apply_payment, open_review_case
+from orchestrator.services.unreadable_feed_items import MOOTA, UnreadableFeedItems
 from orchestrator.store.database import Database, upsert_insert
 from orchestrator.store.tables import (
     mutations,
@@ -86,6 +87,8 @@ class ImportReport:
     ignored_debits: int = 0
     needs_review: int = 0
     skipped_pending: int = 0
+    unreadable: int = 0
+    """Moota items that are not readable mutations, set aside for a person."""
     statement_id: str | None = None
 
 
@@ -112,6 +115,7 @@ class ReconciliationService:
         self._db, self._clock, self._quarantine = db, clock, quarantine
         self._metrics = metrics
         self._batch = batch_statements
+        self._unreadable = UnreadableFeedItems(db)
 
     async def import_statement(
         self, *, bank: str, account_number: str, data: bytes, filename: str | None, actor: str,
@@ -155,8 +159,17 @@ class ReconciliationService:
         return report
 
     async def ingest_push(self, raw_body: bytes) -> ImportReport:
-        """Store and match a Moota-style push whose signature the caller has verified."""
-        return await self._ingest_moota(parse_moota_push(raw_body), source="push")
+        """Store and match a Moota-style push whose signature the caller has verified. Its
+        unreadable items are set aside for a person, and a readable version of one set aside
+        before closes it, as the feed poller does."""
+        pushed = parse_moota_push(raw_body)
+        now = self._clock.now()
+        await self._unreadable.keep(MOOTA, pushed.unreadable, now=now)
+        report = await self._ingest_moota(pushed.mutations, source="push")
+        report.unreadable = len(pushed.unreadable)
+        await self._unreadable.close_read(MOOTA, {m.mutation_id for m in pushed.mutations},
+                                          now=now)
+        return report
 
     async def ingest_feed(self, items: Sequence[MootaMutation]) -> ImportReport:
         """Store and match mutations read from the Moota feed (``GET /mutation``). Same store and

@@ -1,4 +1,5 @@
-"""Items a mutation feed listed that Lunas could not read: kept once, shown to people, closed.
+"""Items a mutation feed listed or pushed that Lunas could not read: kept once, shown to people,
+closed.
 
 The feed is re-read day by day, so the same bad item comes back every poll; it is kept once (its
 ``item_key`` is a hash of the item) and counted once. It stays ``open`` until either the feed
@@ -9,6 +10,7 @@ may stand for. Open items are what the ``LunasMutationFeedItemUnreadable`` alert
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
@@ -17,12 +19,16 @@ import sqlalchemy as sa
 
 from orchestrator.domain.errors import Conflict, InvalidOrder, NotFound
 from orchestrator.domain.ids import new_id
-from orchestrator.reconciliation.feed import UnreadableItem
+from orchestrator.reconciliation.moota import UnreadableItem
 from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import iso
 from orchestrator.store.database import Database, upsert_insert
 from orchestrator.store.tables import unreadable_feed_items
 
+log = logging.getLogger("lunas.feed")
+
+MOOTA = "moota"
+"""The one feed there is: Moota's, polled (``GET /mutation``) and pushed alike."""
 OPEN, READ, HANDLED = "open", "read", "handled"
 STATES = (OPEN, READ, HANDLED)
 MAX_NOTE = 2000
@@ -63,6 +69,9 @@ class UnreadableFeedItems:
                     ).on_conflict_do_nothing(index_elements=["item_key"]).returning(t.c.id))
                 if kept.first() is not None:
                     fresh.append(item)
+        for item in fresh:
+            log.warning("the %s feed sent an item Lunas cannot read (%s); set aside for a "
+                        "person: GET /v1/reconciliation/unreadable", feed, item.problem)
         return fresh
 
     async def close_read(self, feed: str, listed: Collection[str], *, now: datetime) -> int:

@@ -23,6 +23,7 @@ from orchestrator.rails.plan import MANUAL_ROUTE
 from orchestrator.rails.router import Router
 from orchestrator.services.route_controls import RouteControls
 from orchestrator.services.status_reads import LIVE
+from orchestrator.services.unreadable_feed_items import MOOTA, OPEN
 from orchestrator.store.database import Database
 from orchestrator.store.tables import (
     orders,
@@ -77,7 +78,7 @@ class StateSampler:
                 orders.c.state == "verifying"))).scalar_one()
             u = unreadable_feed_items.c
             unreadable: dict[str, int] = {row.feed: row.n for row in await conn.execute(
-                sa.select(u.feed, sa.func.count().label("n")).where(u.state == "open")
+                sa.select(u.feed, sa.func.count().label("n")).where(u.state == OPEN)
                 .group_by(u.feed))}  # answered from ix_unreadable_feed_items_state
         m = self._metrics
         m.outbox_backlog.set(backlog)
@@ -95,7 +96,7 @@ class StateSampler:
             m.orders_needs_review.labels(reason or "unspecified").set(count)
         m.orders_verifying.set(verifying)
         m.feed_items_unreadable.clear()
-        for feed, count in {"moota": 0, **unreadable}.items():
+        for feed, count in {MOOTA: 0, **unreadable}.items():
             m.feed_items_unreadable.labels(feed).set(count)
         if self._codes is not None:
             await self._sample_code_pools()

@@ -60,7 +60,7 @@ async def test_checkout_to_paid_on_sqlite(tmp_path: Path) -> None:
 
 async def test_unreadable_feed_items_on_sqlite(tmp_path: Path) -> None:
     """Kept once, closed by a corrected listing or by a person: the same statements on SQLite."""
-    from orchestrator.reconciliation.feed import unreadable_item
+    from orchestrator.reconciliation.moota import unreadable_item
 
     container = build(Settings(database=DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/u.db")))
     try:

@@ -224,11 +224,12 @@ async def test_an_item_the_feed_cannot_read_is_set_aside_and_the_feed_keeps_sett
     assert not poller.stale(feed.clock.now())
     assert [await status(client, m, o["id"]) for o in (before, after)] == ["paid", "paid"]
 
-    [item] = await unreadable(client, ops)
+    [item] = [i for i in await unreadable(client, ops) if m.account_number in i["raw_item"]]
     assert item["mutation_ref"] == odd["mutation_id"] and item["state"] == "open"
     assert "99.000,00 IDR" in item["problem"] and '"99.000,00 IDR"' in item["raw_item"]
     await feed.state_sampler.refresh(force=True)
-    assert unreadable_gauge(feed) == 1
+    open_before = unreadable_gauge(feed)  # this item, and any another test left open
+    assert open_before >= 1
 
     # A person finds the money and closes the item, audited; once only.
     empty = await client.post(f"/v1/reconciliation/unreadable/{item['id']}/handled",
@@ -242,18 +243,18 @@ async def test_an_item_the_feed_cannot_read_is_set_aside_and_the_feed_keeps_sett
     again = await client.post(f"/v1/reconciliation/unreadable/{item['id']}/handled",
                               json={"note": "twice"}, headers=ops)
     assert again.status_code == 409
-    assert await unreadable(client, ops) == []
+    assert item["id"] not in {i["id"] for i in await unreadable(client, ops)}
     async with container.db.read() as conn:
         audited = (await conn.execute(sa.select(audit_log.c.actor, audit_log.c.reason).where(
             audit_log.c.subject_id == item["id"]))).all()
     assert [(a.startswith("ops:"), r) for a, r in audited] == [
         (True, "refund of a debit note, no order; bank asked")]
     await feed.state_sampler.refresh(force=True)
-    assert unreadable_gauge(feed) == 0
+    assert unreadable_gauge(feed) == open_before - 1
 
     await poller.poll()  # still listed as it was: kept once, closed stays closed
-    assert await unreadable(client, ops) == []
-    assert len(await unreadable(client, ops, status="")) >= 1
+    assert [i["state"] for i in await unreadable(client, ops, status="")
+            if m.account_number in i["raw_item"]] == ["handled"]
 
 
 async def test_a_corrected_listing_of_the_mutation_pays_its_order_and_closes_the_item(

@@ -220,15 +220,22 @@ def _push_item(account: str, **fields: Any) -> dict[str, Any]:
     {"date": "0001-01-01 00:00:00"}, {"account_number": "1" * 500},
     {"account_number": "12\u00003"},
 ])
-async def test_a_push_with_a_value_no_bank_sends_is_refused(
-    client: httpx.AsyncClient, container: Container, shop: ShopFixture, fields: dict[str, Any],
+async def test_a_pushed_item_with_a_value_no_bank_sends_is_set_aside_not_stored(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str], fields: dict[str, Any],
 ) -> None:
-    body = json.dumps([_push_item(shop.account_number, **fields)]).encode()
+    """Not stored as a mutation (nothing could hold it), not refused with the readable item
+    beside it either: kept as received for a person."""
+    shop = await new_merchant(container)
+    odd = _push_item(shop.account_number, **fields)
+    body = json.dumps([odd, _push_item(shop.account_number)]).encode()
     signature = hmac.new(container.settings.mutation_push_secret.encode(), body,
                          hashlib.sha256).hexdigest()
     r = await client.post("/v1/mutations/push", content=body,
                           headers={"Signature": signature, "Content-Type": "application/json"})
-    _refused(r, 422, "statement_rejected")
+    assert r.status_code == 200, r.text
+    assert (r.json()["new"], r.json()["unreadable"]) == (1, 1)
+    listed = (await client.get("/v1/reconciliation/unreadable", headers=ops)).json()["data"]
+    assert [i["state"] for i in listed if i["mutation_ref"] == odd["mutation_id"]] == ["open"]
 
 
 @pytest.mark.parametrize("customer", [
@@ -318,3 +325,25 @@ async def test_a_statement_file_may_be_larger_than_other_bodies(
     _refused(r, 422, "statement_rejected")
     r = await _upload(client, ops, shop, b"x" * (limits.max_upload_bytes + 1))
     assert r.status_code == 413
+
+
+async def test_a_corrected_push_of_a_set_aside_item_closes_it(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str],
+) -> None:
+    shop = await new_merchant(container)
+
+    async def push(item: dict[str, Any]) -> dict[str, Any]:
+        body = json.dumps([item]).encode()
+        signature = hmac.new(container.settings.mutation_push_secret.encode(), body,
+                             hashlib.sha256).hexdigest()
+        r = await client.post("/v1/mutations/push", content=body, headers={
+            "Signature": signature, "Content-Type": "application/json"})
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    odd = _push_item(shop.account_number, amount="100.000,00")
+    assert (await push(odd))["unreadable"] == 1
+    assert (await push({**odd, "amount": "100000.00"}))["new"] == 1
+    listed = (await client.get("/v1/reconciliation/unreadable", headers=ops,
+                               params={"status": "read"})).json()["data"]
+    assert [i["closed_by"] for i in listed if i["mutation_ref"] == odd["mutation_id"]] == ["feed"]

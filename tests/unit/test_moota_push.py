@@ -1,6 +1,7 @@
 """Moota-style mutation push: the Signature is hex HMAC-SHA256 of the exact raw body (RAILS.md
-§3.3 test vector), and the body is a JSON array of mutations whose malformed items are refused
-naming their position in the array."""
+§3.3 test vector), and the body is a JSON array of mutations. A body that is not one is refused
+whole; an item that is not a readable mutation is set aside for a person, naming why, and the
+others are read."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hashlib
 import hmac
 import json
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -78,7 +80,7 @@ def test_anything_else_does_not_verify(secret: str, body: bytes, header: str | N
 
 
 def test_the_rails_body_parses_to_one_credit() -> None:
-    assert parse_moota_push(BODY) == [
+    assert parse_moota_push(BODY).mutations == [
         MootaMutation(
             mutation_id="mt9XkQ2aLp0",
             bank_id="bk7Hq2Lm9Zs",
@@ -117,46 +119,59 @@ def push(*items: object) -> bytes:
     ],
 )
 def test_amount_as_decimal_string_plain_string_or_number(amount: object, rupiah: int) -> None:
-    assert parse_moota_push(push(item(amount=amount)))[0].amount == rupiah
+    assert parse_moota_push(push(item(amount=amount))).mutations[0].amount == rupiah
 
 
 def test_a_json_number_amount_keeps_its_exact_value() -> None:
     # 150123.0000000001 would round to a whole float; read as a decimal it has sen and is refused.
     body = BODY.replace(b'"amount":"150123.00"', b'"amount":150123.0000000001')
-    with pytest.raises(StatementRejected, match="non-zero sen"):
-        parse_moota_push(body)
+    [aside] = parse_moota_push(body).unreadable
+    assert "non-zero sen" in aside.problem
 
 
 def test_account_number_may_be_a_json_number_and_other_fields_optional() -> None:
     parsed = parse_moota_push(
         push(item(account_number=123456789, balance=None, description=None, type="db"))
-    )[0]
+    ).mutations[0]
     assert (parsed.account_number, parsed.balance, parsed.description) == ("123456789", None, "")
     assert parsed.direction == "DB"
 
 
 def test_token_is_accepted_for_mutation_id_and_an_empty_push_is_nothing() -> None:
-    assert parse_moota_push(push(item(mutation_id=_DROP, token="aolk4PekJxM")))[0].mutation_id == (
+    assert parse_moota_push(
+        push(item(mutation_id=_DROP, token="aolk4PekJxM"))).mutations[0].mutation_id == (
         "aolk4PekJxM"
     )
-    assert parse_moota_push(b"[]") == []
+    assert parse_moota_push(b"[]").mutations == []
 
 
 def test_mutations_keep_their_order() -> None:
     body = push(item(mutation_id="a"), item(mutation_id="b", type="DB"))
-    assert [(m.mutation_id, m.direction) for m in parse_moota_push(body)] == [
+    assert [(m.mutation_id, m.direction) for m in parse_moota_push(body).mutations] == [
         ("a", "CR"),
         ("b", "DB"),
     ]
 
 
 @pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        pytest.param(b"", "not valid JSON", id="empty body"),
+        pytest.param(b"[{", "not valid JSON", id="truncated json"),
+        pytest.param(b"\xff\xfe\x00", "not valid JSON", id="not text"),
+        pytest.param(push(item())[1:-1], "JSON array", id="object not array"),
+    ],
+)
+def test_a_body_that_is_not_an_array_of_items_is_refused_whole(body: bytes, reason: str) -> None:
+    with pytest.raises(StatementRejected) as info:
+        parse_moota_push(body)
+    assert info.value.line is None
+    assert reason in info.value.reason
+
+
+@pytest.mark.parametrize(
     ("body", "line", "reason"),
     [
-        pytest.param(b"", None, "not valid JSON", id="empty body"),
-        pytest.param(b"[{", None, "not valid JSON", id="truncated json"),
-        pytest.param(b"\xff\xfe\x00", None, "not valid JSON", id="not text"),
-        pytest.param(push(item())[1:-1], None, "JSON array", id="object not array"),
         pytest.param(push(item(), "x"), 2, "JSON object", id="second item not an object"),
         pytest.param(push(item(mutation_id=_DROP)), 1, "'mutation_id'", id="no id"),
         pytest.param(push(item(), item(bank_id="")), 2, "'bank_id'", id="empty bank id"),
@@ -178,19 +193,23 @@ def test_mutations_keep_their_order() -> None:
         ),
     ],
 )
-def test_malformed_pushes_are_refused_naming_the_item(
-    body: bytes, line: int | None, reason: str
+def test_an_unreadable_item_is_set_aside_naming_why_and_the_others_are_read(
+    body: bytes, line: int, reason: str
 ) -> None:
-    with pytest.raises(StatementRejected) as info:
-        parse_moota_push(body)
-    assert info.value.line == line
-    assert reason in info.value.reason
+    from orchestrator.reconciliation.moota import unreadable_item
+
+    read = parse_moota_push(body)
+    sent = json.loads(body, parse_float=Decimal)
+    assert len(read.mutations) == len(sent) - 1  # every other item of the push is read
+    [aside] = read.unreadable
+    assert reason in aside.problem
+    assert aside.raw == unreadable_item(sent[line - 1], "").raw
 
 
 # -- an item the feed lists that cannot be read: kept as received, once ---------------------
 
 def test_an_unreadable_item_is_the_same_text_and_key_however_its_fields_are_ordered() -> None:
-    from orchestrator.reconciliation.feed import unreadable_item
+    from orchestrator.reconciliation.moota import unreadable_item
 
     a = unreadable_item({"mutation_id": "mt1", "amount": "1.500,00", "x": "\x00\ud800"}, "bad")
     b = unreadable_item({"x": "\x00\ud800", "amount": "1.500,00", "mutation_id": "mt1"}, "bad")
@@ -210,6 +229,6 @@ def test_an_unreadable_item_is_the_same_text_and_key_however_its_fields_are_orde
 ])
 def test_an_unreadable_item_names_its_mutation_only_by_a_usable_id(item: Any, ref: str | None
                                                                   ) -> None:
-    from orchestrator.reconciliation.feed import unreadable_item
+    from orchestrator.reconciliation.moota import unreadable_item
 
     assert unreadable_item(item, "bad").mutation_ref == ref
