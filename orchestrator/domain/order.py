@@ -168,6 +168,7 @@ class ReviewReason(enum.StrEnum):
     PAYMENT_ON_CLOSED_ORDER = "payment_on_closed_order"
     AMBIGUOUS_MATCH = "ambiguous_match"
     POSSIBLE_DUPLICATE = "possible_duplicate"  # one credit seen by two sources (push + file)
+    POSSIBLE_REVERSAL = "possible_reversal"  # a debit of a paid credit's amount soon after it
     VERIFICATION_WINDOW_EXHAUSTED = "verification_window_exhausted"
 
 
@@ -175,6 +176,7 @@ class RecommendedAction(enum.StrEnum):
     REFUND = "refund"
     HONOUR = "honour"
     MATCH_MANUALLY = "match_manually"
+    CHECK_WITH_BANK = "check_with_bank"
 
 
 @dataclass(frozen=True, kw_only=True)

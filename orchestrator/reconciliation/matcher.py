@@ -31,6 +31,16 @@ minute later, by a bank whose clock is two minutes slow, is dated 23:59 the day 
 this margin the transfer would wait for a person though it is plainly the order's. Five minutes
 of slack adds no real risk of a wrong match: the amount must still be the one the order holds."""
 
+REVERSAL = "reversal"  # fits mutations.match_state (16)
+"""A debit's match state when it may take back a credit that paid an order (``reversal_window``):
+the order is named on the debit and a review case opened."""
+REVERSAL_WINDOW = timedelta(days=7)
+"""How long after a credit a debit of the same amount on the account is taken for its reversal
+(the bank's correction, or the merchant refunding the customer by hand)."""
+DAY_DATED_SLACK = timedelta(days=1)
+"""A statement dated by day only posts its debit at 00:00 WIB, before the credit of the same day
+it may take back."""
+
 LIKELY_DUPLICATE = "likely_duplicate"  # fits mutations.match_state (16)
 """A mutation's match state when the same credit was already matched from another source."""
 FOR_PEOPLE = (MatchKind.UNMATCHED.value, MatchKind.AMBIGUOUS.value, LIKELY_DUPLICATE)
@@ -59,6 +69,11 @@ class MatchDecision:
     kind: MatchKind
     attempt_id: str | None = None
     candidates: tuple[str, ...] = ()
+
+
+def reversal_window(debit_posted_at: datetime) -> tuple[datetime, datetime]:
+    """When a credit must have been posted for a debit of its amount to be its reversal."""
+    return debit_posted_at - REVERSAL_WINDOW, debit_posted_at + DAY_DATED_SLACK
 
 
 def referenced_order_ids(description: str) -> set[str]:

@@ -50,14 +50,18 @@ from orchestrator.reconciliation.bulk_ids import id_stream
 from orchestrator.reconciliation.fingerprint import fingerprint_moota, iter_fingerprints
 from orchestrator.reconciliation.matcher import (
     BANK_CLOCK_SKEW,
+    DAY_DATED_SLACK,
     FOR_PEOPLE,
     LIKELY_DUPLICATE,
     ORDER_REFERENCE,
+    REVERSAL,
+    REVERSAL_WINDOW,
     Candidate,
     MatchKind,
     MutationFacts,
     decide,
     referenced_order_ids,
+    reversal_window,
 )
 from orchestrator.reconciliation.moota import MootaMutation, parse_moota_push
 from orchestrator.reconciliation.statements import StatementRows, read_statement
@@ -89,6 +93,8 @@ class ImportReport:
     skipped_pending: int = 0
     unreadable: int = 0
     """Moota items that are not readable mutations, set aside for a person."""
+    possible_reversals: int = 0
+    """Debits that may take back a credit that paid an order: a review case each."""
     statement_id: str | None = None
 
 
@@ -280,6 +286,12 @@ class ReconciliationService:
                 fingerprint=r["fingerprint"])
             kind = await self._match(conn, r["id"], item, report, now=now)
             self._metrics.mutations_matched.labels(source, kind.value).inc()
+        # Debits stored as ignored above that may take back a matched credit: few, if any.
+        for r in await pg.fetch(_REVERSAL_SUSPECTS, account) if new else []:
+            if await self._flag_reversal(conn, r["id"], account, r["amount"], r["posted_at"],
+                                         now=now):
+                report.possible_reversals += 1
+                report.needs_review += 1
         phases.lap("match")
         unmatched, matched = counts.get("unmatched", 0), counts.get("matched", 0)
         report.new += new
@@ -323,7 +335,12 @@ class ReconciliationService:
         decision = decide(facts, candidates)
         if decision.kind is MatchKind.IGNORED:
             report.ignored_debits += 1
-            await _set_match_state(conn, mutation_id, MatchKind.IGNORED.value)
+            if await self._flag_reversal(conn, mutation_id, item.account_number, item.amount,
+                                         item.posted_at, now=now):
+                report.possible_reversals += 1
+                report.needs_review += 1
+            else:
+                await _set_match_state(conn, mutation_id, MatchKind.IGNORED.value)
         elif decision.kind is MatchKind.UNMATCHED:
             report.unmatched += 1
         elif decision.kind is MatchKind.AMBIGUOUS:
@@ -341,6 +358,51 @@ class ReconciliationService:
             report.matched += 1
             report.needs_review += int(result.review_case_id is not None)
         return decision.kind
+
+    async def _flag_reversal(
+        self, conn: AsyncConnection, debit_id: str, account_number: str, amount: int,
+        posted_at: datetime, *, now: datetime,
+    ) -> bool:
+        """A debit of the amount of a credit that paid an order on this account shortly before
+        (``matcher.reversal_window``) may take that payment back: the bank correcting it, or
+        the merchant refunding the customer by hand. The order keeps its state; the debit names
+        it, a case is opened and the merchant told, so goods are not sent for money that left.
+        The latest such credit is taken, once: a credit already taken back is not again."""
+        start, end = reversal_window(posted_at)
+        m, taken = mutations.c, mutations.alias("taken_back").c
+
+        def not_yet_taken_back(order_id: Any) -> Any:
+            return ~sa.exists().where(taken.order_id == order_id, taken.match_state == REVERSAL,
+                                      taken.amount == amount)
+
+        credit = (await conn.execute(
+            sa.select(m.id, m.order_id)
+            .where(m.account_number == account_number, m.amount == amount,
+                   m.match_state == MatchKind.MATCHED.value, m.direction == "CR",
+                   m.posted_at >= start, m.posted_at <= end, not_yet_taken_back(m.order_id))
+            .order_by(m.posted_at.desc(), m.id.desc()).limit(1))).first()
+        if credit is None:
+            return False
+        order = (await conn.execute(sa.select(orders).where(orders.c.id == credit.order_id)
+                                    .with_for_update())).one()
+        # Under the order's lock: another source's copy of this debit may have flagged it since.
+        if not (await conn.execute(sa.select(not_yet_taken_back(order.id)))).scalar_one():
+            return False
+        await conn.execute(mutations.update().where(m.id == debit_id).values(
+            match_state=REVERSAL, order_id=order.id, matched_at=now, matched_by="matcher"))
+        case_id = await open_review_case(conn, order, ReviewReason.POSSIBLE_REVERSAL.value,
+                                         RecommendedAction.CHECK_WITH_BANK.value, amount,
+                                         debit_id, now=now)
+        await add_events(conn, [PendingEvent(
+            event_type=events.REVIEW_CASE_OPENED, aggregate_id=order.id,
+            merchant_id=order.merchant_id,
+            payload={"case_id": case_id, "order_id": order.id,
+                     "merchant_order_id": order.merchant_order_id,
+                     "reason": ReviewReason.POSSIBLE_REVERSAL.value,
+                     "recommended_action": RecommendedAction.CHECK_WITH_BANK.value,
+                     "amount": amount, "debit_mutation_id": debit_id,
+                     "credit_mutation_id": credit.id})], now=now)
+        return True
 
     async def _seen_from_another_source(
         self, conn: AsyncConnection, mutation_id: str, attempt_id: str | None,
@@ -604,6 +666,17 @@ SELECT l.id, $1, $2, l.posted_at, l.amount, l.direction, l.description, l.balanc
        CASE WHEN s.idx IS NOT NULL THEN 'matcher' END, $8
 FROM lunas_import_lines l LEFT JOIN lunas_import_settle s ON s.idx = l.idx
 ORDER BY l.idx"""
+# _flag_reversal's question for every debit of the import at once, through
+# ix_mutations_matched_credits; each line it returns is then decided by _flag_reversal itself.
+_REVERSAL_SUSPECTS = f"""
+SELECT l.id, l.amount, l.posted_at FROM lunas_import_lines l
+WHERE l.direction = 'DB' AND EXISTS (
+    SELECT FROM mutations m
+    WHERE m.account_number = $1 AND m.amount = l.amount AND m.match_state = 'matched'
+      AND m.direction = 'CR'
+      AND m.posted_at >= l.posted_at - interval '{int(REVERSAL_WINDOW.total_seconds())} seconds'
+      AND m.posted_at <= l.posted_at + interval '{int(DAY_DATED_SLACK.total_seconds())} seconds')
+ORDER BY l.idx"""  # noqa: S608 - only constants are interpolated
 _SEQUENTIAL_LINES = """
 SELECT idx, id, fingerprint FROM lunas_import_lines WHERE idx = ANY($1::integer[]) ORDER BY idx"""
 # The evidence keys are new mutation ids: a conflict is impossible, and would fail the import.

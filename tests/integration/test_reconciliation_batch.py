@@ -158,7 +158,7 @@ async def test_batch_import_writes_what_the_line_by_line_import_writes(
     counts, written = batch
     assert counts == {"parsed": 11, "new": 11, "duplicate": 0, "matched": 7, "ambiguous": 1,
                       "unmatched": 2, "ignored_debits": 1, "needs_review": 4,
-                      "skipped_pending": 0}
+                      "skipped_pending": 0, "unreadable": 0, "possible_reversals": 0}
     assert [o[1] for o in written["orders"]] == [
         "paid", "needs_review", "paid", "paid", "paid", "needs_review", "paid", "awaiting_payment"]
     # Settling order 3 retired its abandoned QRIS (cancelled at the provider) and started the

@@ -1,0 +1,164 @@
+"""A debit that may take back a payment: the bank reversing a credit that paid an order, or the
+merchant refunding the customer by hand. The order stays as it is; a person and the merchant are
+told (a review case, ``review_case.opened``), so goods are not sent for money that left.
+
+Real PostgreSQL; statements through the batch path and line by line, pushes through the API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from orchestrator.bootstrap import Container
+from orchestrator.domain.clock import WIB
+from orchestrator.store.tables import mutations, orders, outbox, review_cases
+from tests.integration.test_reconciliation import capture, upload
+from tests.integration.test_reconciliation_batch import line_by_line
+from tests.support import ShopFixture, bca_statement, new_merchant, new_ops_token
+
+
+@pytest.fixture(scope="module")
+async def ops(container: Container) -> dict[str, str]:
+    return {"Authorization": f"Bearer {await new_ops_token(container)}"}
+
+
+def today() -> datetime:
+    return datetime.now(UTC)
+
+
+async def cases_of(container: Container, order_id: str) -> list[Any]:
+    async with container.db.read() as conn:
+        return list((await conn.execute(sa.select(review_cases).where(
+            review_cases.c.order_id == order_id))).all())
+
+
+async def state_of(container: Container, order_id: str) -> str:
+    async with container.db.read() as conn:
+        return str((await conn.execute(sa.select(orders.c.state).where(
+            orders.c.id == order_id))).scalar_one())
+
+
+async def test_a_debit_of_a_paid_credits_amount_opens_a_case_and_tells_the_merchant(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str],
+) -> None:
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    pay = order["payment"]["transfer_amount"]
+    paid = await upload(client, ops, m, bca_statement(m.account_number, [
+        (today(), "TRSF E-BANKING CR ANDI", pay, "CR")]))
+    assert paid.json()["matched"] == 1
+    assert await state_of(container, order["id"]) == "paid"
+
+    # The next statement: the bank takes the money back, and a debit of another amount.
+    taken = await upload(client, ops, m, bca_statement(m.account_number, [
+        (today(), "KOREKSI TRSF CR ANDI", pay, "DB"),
+        (today(), "BIAYA ADM", 5_000, "DB")]))
+    assert taken.status_code == 201, taken.text
+    report = taken.json()
+    assert (report["possible_reversals"], report["needs_review"], report["ignored_debits"]) == (
+        1, 1, 2)
+    assert await state_of(container, order["id"]) == "paid"  # a person decides, not the matcher
+    [case] = await cases_of(container, order["id"])
+    assert (case.reason, case.recommended_action, case.amount, case.state) == (
+        "possible_reversal", "check_with_bank", pay, "open")
+    async with container.db.read() as conn:
+        debit = (await conn.execute(sa.select(mutations).where(
+            mutations.c.id == case.mutation_id))).one()
+        told = (await conn.execute(sa.select(outbox.c.payload).where(
+            outbox.c.aggregate_id == order["id"],
+            outbox.c.event_type == "review_case.opened"))).scalars().all()
+    assert (debit.direction, debit.match_state, debit.order_id) == ("DB", "reversal", order["id"])
+    assert [(p["reason"], p["case_id"], p["debit_mutation_id"]) for p in told] == [
+        ("possible_reversal", case.id, debit.id)]
+    unmatched = (await client.get("/v1/reconciliation/unmatched", headers=ops,
+                                  params={"account_number": m.account_number})).json()["data"]
+    assert unmatched == []
+
+    # A second debit of that amount (a refund by hand as well?) takes back nothing more.
+    again = await upload(client, ops, m, bca_statement(m.account_number, [
+        (today(), "TRSF KE ANDI", pay, "DB")]))
+    assert again.json()["possible_reversals"] == 0
+    assert len(await cases_of(container, order["id"])) == 1
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batch", "line-by-line"])
+async def test_a_credit_and_its_reversal_in_one_statement(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str], batch: bool,
+) -> None:
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    pay = order["payment"]["transfer_amount"]
+    statement = bca_statement(m.account_number, [
+        (today(), "TRSF E-BANKING CR ANDI", pay, "CR"),
+        (today(), "KOREKSI TRSF CR ANDI", pay, "DB")])
+    if batch:
+        report = (await upload(client, ops, m, statement)).json()
+    else:
+        imported = await line_by_line(container).import_statement(
+            bank="bca", account_number=m.account_number, data=statement, filename=None,
+            actor="test")
+        report = {"matched": imported.matched, "possible_reversals": imported.possible_reversals}
+    assert (report["matched"], report["possible_reversals"]) == (1, 1)
+    assert [c.reason for c in await cases_of(container, order["id"])] == ["possible_reversal"]
+
+
+async def test_debits_that_cannot_be_a_reversal_are_ignored_as_before(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str],
+) -> None:
+    """Another account's credit, a credit paid eight days before, an amount no order had."""
+    m, other = await new_merchant(container), await new_merchant(container)
+    old, elsewhere = await capture(client, m), await capture(client, other, 175_000)
+    for shop, o in ((m, old), (other, elsewhere)):
+        r = await upload(client, ops, shop, bca_statement(shop.account_number, [
+            (today(), "TRSF CR", o["payment"]["transfer_amount"], "CR")]))
+        assert r.json()["matched"] == 1
+    async with container.db.transaction() as conn:  # the first credit was posted 8 days ago
+        await conn.execute(mutations.update().where(
+            mutations.c.account_number == m.account_number).values(
+            posted_at=today() - timedelta(days=8)))
+    report = (await upload(client, ops, m, bca_statement(m.account_number, [
+        (today(), "TRSF KE", old["payment"]["transfer_amount"], "DB"),
+        (today(), "TRSF KE", elsewhere["payment"]["transfer_amount"], "DB"),
+        (today(), "TRSF KE", 123_457, "DB")]))).json()
+    assert (report["ignored_debits"], report["possible_reversals"]) == (3, 0)
+    assert await cases_of(container, old["id"]) == []
+    assert await cases_of(container, elsewhere["id"]) == []
+
+
+async def test_a_pushed_reversal_is_caught_once_whichever_source_sees_it(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str],
+) -> None:
+    """Moota pushes the credit and then the debit; the bank's statement later has the debit too
+    (another fingerprint): one case, not two."""
+    m: ShopFixture = await new_merchant(container)
+    order = await capture(client, m)
+    pay = order["payment"]["transfer_amount"]
+    wib_now = today().astimezone(WIB).strftime("%Y-%m-%d %H:%M:%S")
+
+    async def push(kind: str) -> dict[str, Any]:
+        body = json.dumps([{
+            "mutation_id": uuid.uuid4().hex[:11], "bank_id": "bk7Hq2Lm9Zs",
+            "account_number": m.account_number, "date": wib_now, "description": "TRSF",
+            "amount": f"{pay}.00", "type": kind, "balance": "2150123.00"}]).encode()
+        signature = hmac.new(container.settings.mutation_push_secret.encode(), body,
+                             hashlib.sha256).hexdigest()
+        r = await client.post("/v1/mutations/push", content=body, headers={
+            "Signature": signature, "Content-Type": "application/json"})
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    assert (await push("CR"))["matched"] == 1
+    assert (await push("DB"))["possible_reversals"] == 1
+    later = await upload(client, ops, m, bca_statement(m.account_number, [
+        (today(), "KOREKSI", pay, "DB")]))
+    assert later.json()["possible_reversals"] == 0
+    assert [c.reason for c in await cases_of(container, order["id"])] == ["possible_reversal"]
