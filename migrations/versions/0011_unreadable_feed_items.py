@@ -43,8 +43,14 @@ def upgrade() -> None:
     )
     op.create_index("ix_unreadable_feed_items_state", "unreadable_feed_items",
                     ["state", "first_seen_at"])
+    with_ref = sa.text("mutation_ref IS NOT NULL")
+    op.create_index("uq_unreadable_feed_items_feed_mutation_ref", "unreadable_feed_items",
+                    ["feed", "mutation_ref"], unique=True, postgresql_where=with_ref,
+                    sqlite_where=with_ref)
 
 
 def downgrade() -> None:
+    op.drop_index("uq_unreadable_feed_items_feed_mutation_ref",
+                  table_name="unreadable_feed_items")
     op.drop_index("ix_unreadable_feed_items_state", table_name="unreadable_feed_items")
     op.drop_table("unreadable_feed_items")

@@ -2,7 +2,10 @@
 
 Both tables are written in time order, so on PostgreSQL a BRIN index finds their old rows for a
 few pages of index and next to no cost per insert (a B-tree entry per capture would cost more).
-SQLite has no BRIN: there they are B-trees, as the embedded default's tables stay small.
+Once retention deletes rows and vacuum lets new ones fill the freed pages, page ranges mix old
+and new times and the index narrows the scan less: at worst a prune reads the table's few days
+of keys once an hour. SQLite has no BRIN: there they are B-trees, as the embedded default's
+tables stay small.
 
 Revision ID: 0012
 Revises: 0011

@@ -88,13 +88,15 @@ class FeedPoller:
         start, end = self.window(started)
         async with self._breakers.get(ROUTE_KEY).guard():
             items, unreadable = await self._fetch_all(start, end)
-            if len(unreadable) > self.max_unreadable:
-                raise Unavailable(
-                    f"{len(unreadable)} of {len(items) + len(unreadable)} listed items are "
-                    f"unreadable (first: {unreadable[0].problem}); more than "
-                    f"{self.max_unreadable} means the feed's format changed",
-                    provider=PROVIDER, operation=OPERATION)
-        await self._unreadable.keep(FEED_NAME, unreadable, now=started)
+        # Only items not set aside before count: the window lists those again every poll, and
+        # counting them would fail every poll once enough had gathered, for good.
+        new = await self._unreadable.unseen(FEED_NAME, unreadable)
+        if len(new) > self.max_unreadable:
+            raise Unavailable(
+                f"{len(new)} of {len(items) + len(unreadable)} listed items are new and "
+                f"unreadable (first: {new[0].problem}); more than {self.max_unreadable} means "
+                "the feed's format changed", provider=PROVIDER, operation=OPERATION)
+        await self._unreadable.keep(FEED_NAME, new, now=started)
         report = ImportReport(parsed=len(items))
         for offset in range(0, len(items), INGEST_CHUNK):
             part = await self._reconciliation.ingest_feed(items[offset:offset + INGEST_CHUNK])

@@ -6,9 +6,10 @@ Without it three tables grow by a row or more per order, for ever:
   within minutes; after ``idempotency_keys`` (7 days) a retry with an old key captures anew, and
   the merchant order id (unique per merchant, kept for ever) still refuses a second order,
   naming the first.
-* ``outbox`` rows ``done``: an event delivered, or a job run. The facts they carried stay in
-  orders, attempts, evidence and the audit log. Pending and dead events are never deleted (dead
-  ones wait for a person).
+* ``outbox`` rows ``done``: an event delivered, or a job run, created more than ``done_events``
+  ago (its age counts from creation: an event is done within a day of it, or dead). The facts
+  they carried stay in orders, attempts, evidence and the audit log. Pending and dead events
+  are never deleted (dead ones wait for a person).
 * ``provider_deliveries``: every webhook as received. Kept for ever unless configured, because
   a raw delivery can settle a dispute with a provider long after; only handled ones (an
   ``outcome``) are ever deleted, so a delivery whose job is still queued is never lost. A

@@ -16,14 +16,16 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.domain.errors import Conflict, InvalidOrder, NotFound
 from orchestrator.domain.ids import new_id
+from orchestrator.reconciliation.fingerprint import fingerprint_moota
 from orchestrator.reconciliation.moota import UnreadableItem
 from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import iso
 from orchestrator.store.database import Database, upsert_insert
-from orchestrator.store.tables import unreadable_feed_items
+from orchestrator.store.tables import mutations, unreadable_feed_items
 
 log = logging.getLogger("lunas.feed")
 
@@ -34,6 +36,19 @@ STATES = (OPEN, READ, HANDLED)
 MAX_NOTE = 2000
 MAX_RAW = 64 * 1024
 """Characters of the item kept; a real mutation object is well under 2 KiB."""
+
+
+_ALREADY_STORED = "a readable version of this mutation was stored before"
+
+
+async def _stored_mutations(conn: AsyncConnection, refs: list[str]) -> set[str]:
+    """Which of these Moota mutation ids are in the mutation store already."""
+    if not refs:
+        return set()
+    by_print = {fingerprint_moota(ref): ref for ref in refs}
+    found = (await conn.execute(sa.select(mutations.c.fingerprint).where(
+        mutations.c.fingerprint.in_(sorted(by_print))))).scalars()
+    return {by_print[f] for f in found}
 
 
 class ItemClosed(Conflict):
@@ -51,23 +66,57 @@ class UnreadableFeedItems:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    async def unseen(self, feed: str, items: Sequence[UnreadableItem]
+                     ) -> list[UnreadableItem]:
+        """The items not kept before, by their text or by their mutation id: the feed lists the
+        ones kept already on every poll, and only new ones say something new."""
+        if not items:
+            return []
+        t = unreadable_feed_items.c
+        keys = sorted({i.key for i in items})
+        refs = sorted({i.mutation_ref for i in items if i.mutation_ref is not None})
+        async with self._db.read() as conn:
+            known = set((await conn.execute(sa.select(t.item_key).where(
+                t.item_key.in_(keys)))).scalars())
+            known_refs: set[str | None] = set()
+            if refs:
+                known_refs = set((await conn.execute(sa.select(t.mutation_ref).where(
+                    t.feed == feed, t.mutation_ref.in_(refs)))).scalars())
+        return list({i.key: i for i in items if i.key not in known
+                     and (i.mutation_ref is None or i.mutation_ref not in known_refs)}.values())
+
     async def keep(self, feed: str, items: Sequence[UnreadableItem], *, now: datetime
                    ) -> list[UnreadableItem]:
-        """Store the items not kept before; returns those that are new."""
+        """Store the items not kept before; returns those that are new.
+
+        One item per text and one per mutation id: Moota's items carry fields that change
+        (``updated_at``, ``note``) and the push and the feed shape an item differently, so one
+        mutation can arrive as several texts; it is still one thing for a person to deal with.
+        An item whose mutation is stored already (a readable version came first) is kept as
+        ``read``. Inserted in one order (by id, then text) so that two keepers of overlapping
+        items, a push and a poll, wait for each other instead of deadlocking."""
         if not items:
             return []
         fresh: list[UnreadableItem] = []
         t = unreadable_feed_items
+        ordered = sorted({i.key: i for i in items}.values(),
+                         key=lambda i: (i.mutation_ref or "", i.key))
         async with self._db.transaction() as conn:
             insert = upsert_insert(conn.dialect.name)
-            for item in {i.key: i for i in items}.values():
+            stored = await _stored_mutations(conn, [i.mutation_ref for i in ordered
+                                                    if i.mutation_ref is not None])
+            for item in ordered:
+                read = item.mutation_ref in stored
                 kept = await conn.execute(
                     insert(t).values(
                         id=new_id("ufi"), feed=feed, item_key=item.key,
                         mutation_ref=item.mutation_ref, raw_item=item.raw[:MAX_RAW],
-                        problem=item.problem[:500], first_seen_at=now, state=OPEN,
-                    ).on_conflict_do_nothing(index_elements=["item_key"]).returning(t.c.id))
-                if kept.first() is not None:
+                        problem=item.problem[:500], first_seen_at=now,
+                        state=READ if read else OPEN, closed_at=now if read else None,
+                        closed_by="feed" if read else None,
+                        note=_ALREADY_STORED if read else None,
+                    ).on_conflict_do_nothing().returning(t.c.id))
+                if kept.first() is not None and not read:
                     fresh.append(item)
         for item in fresh:
             log.warning("the %s feed sent an item Lunas cannot read (%s); set aside for a "

@@ -281,6 +281,11 @@ unreadable_feed_items = sa.Table(
 )
 sa.Index("ix_unreadable_feed_items_state", unreadable_feed_items.c.state,
          unreadable_feed_items.c.first_seen_at)
+# One item per mutation, whatever text it came in (unreadable_feed_items.keep).
+sa.Index("uq_unreadable_feed_items_feed_mutation_ref", unreadable_feed_items.c.feed,
+         unreadable_feed_items.c.mutation_ref, unique=True,
+         postgresql_where=unreadable_feed_items.c.mutation_ref.is_not(None),
+         sqlite_where=unreadable_feed_items.c.mutation_ref.is_not(None))
 
 review_cases = sa.Table(
     "review_cases",

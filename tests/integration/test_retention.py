@@ -69,26 +69,31 @@ async def test_old_finished_rows_go_and_everything_still_needed_stays(own: Conta
         headers = {**m.headers, "Idempotency-Key": "k-old"}
         first = await client.post("/v1/orders", json=order_body("INV-OLD"), headers=headers)
         assert first.status_code == 201, first.text
+        for n in (1, 2):  # more old keys than a batch holds
+            r = await client.post("/v1/orders", json=order_body(f"INV-OLD-{n}"),
+                                  headers={**m.headers, "Idempotency-Key": f"k-old-{n}"})
+            assert r.status_code == 201
         fresh = await client.post("/v1/orders", json=order_body("INV-NEW"),
                                   headers={**m.headers, "Idempotency-Key": "k-new"})
         assert fresh.status_code == 201
-        async with own.db.transaction() as conn:  # the first capture was weeks ago
+        async with own.db.transaction() as conn:  # the first captures were weeks ago
             await conn.execute(idempotency_keys.update().where(
-                idempotency_keys.c.key == "k-old").values(
+                idempotency_keys.c.key.like("k-old%")).values(
                 created_at=own.clock.now() - timedelta(days=8)))
-        done_old, done_new = await _event(own, DONE, OLD), await _event(own, DONE, timedelta(0))
+        done_old = {await _event(own, DONE, OLD) for _ in range(3)}
+        done_new = await _event(own, DONE, timedelta(0))
         pending_old, dead_old = await _event(own, PENDING, OLD), await _event(own, DEAD, OLD)
         handled_old = await _delivery(own, "applied: settled", OLD)
         queued_old = await _delivery(own, None, OLD)
         handled_new = await _delivery(own, "duplicate", timedelta(days=1))
 
-        # Batches of two: every table needs more than one pass.
+        # Batches of two: three old keys and three old done events take two passes each.
         settings = RetentionSettings(batch=2)
         deleted = await prune(own.db, now=own.clock.now(), settings=settings)
-        assert deleted == {"idempotency_keys": 1, "outbox": 1}
+        assert deleted == {"idempotency_keys": 3, "outbox": 3}
         assert await _ids(own, idempotency_keys.c.key) == {"k-new"}
         left = await _ids(own, outbox.c.id)
-        assert done_old not in left and {done_new, pending_old, dead_old} <= left
+        assert not done_old & left and {done_new, pending_old, dead_old} <= left
         assert {handled_old, queued_old, handled_new} <= await _ids(own, provider_deliveries.c.id)
 
         # A retry with the pruned key is a new capture, and the merchant order id, kept for
@@ -99,7 +104,7 @@ async def test_old_finished_rows_go_and_everything_still_needed_stays(own: Conta
         assert retry.json()["existing_order_id"] == first.json()["id"]
     async with own.db.read() as conn:
         assert (await conn.execute(sa.select(sa.func.count()).select_from(orders))
-                ).scalar_one() == 2
+                ).scalar_one() == 4
 
     # Deliveries go only when configured, and only handled ones.
     keep_a_month = replace(settings, provider_deliveries=timedelta(days=30))
@@ -110,8 +115,11 @@ async def test_old_finished_rows_go_and_everything_still_needed_stays(own: Conta
         "idempotency_keys": 0, "outbox": 0, "provider_deliveries": 0}
 
 
-async def test_many_rows_are_pruned_in_batches_by_two_workers_at_once(own: Container) -> None:
-    """Two prunes racing over 1,000 rows: each row deleted once, every one of them."""
+async def test_two_workers_pruning_at_once_both_finish_and_leave_nothing_old(
+    own: Container,
+) -> None:
+    """Two prunes over the same 1,000 rows at once, in batches: neither fails (no deadlock, no
+    error on a row the other deleted) and no old row is left."""
     import asyncio
 
     now = own.clock.now()
