@@ -130,7 +130,12 @@ def plan_lines(count: int, orders: list[tuple[str, int]], rng: random.Random
     lines = [("pay", amount, oid) for oid, amount in paid[:paying]]
     lines += [("reference", amount, oid) for oid, amount in paid[paying:]]
     lines += [("twice", amount, oid) for oid, amount in paid[:n["twice"]]]
-    lines += [("debit", 10_000 + rng.randrange(500_000), "") for _ in range(n["debit"])]
+    # Debits are what a merchant account pays out: admin fees and withdrawals, never a
+    # customer's coded amount (a debit of one is a possible reversal, a review case each; every
+    # amount from 100,000 up is some order's here, so a random debit would nearly always be one).
+    lines += [("debit", rng.randrange(5, 31) * 500 if rng.random() < 0.5
+               else rng.randrange(40, 200) * 50_000 + 50_000_000, "")
+              for _ in range(n["debit"])]
     # Nobody holds these: transfer amounts are 100,000 + order number, below 50,000,000.
     lines += [("unmatched", 50_000_000 + j, "") for j in range(count - len(lines))]
     rng.shuffle(lines)

@@ -142,8 +142,9 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
                                  per_order=sp.lookups_per_order, window=sp.lookup_window),
         cache_ttl=sp.cache_ttl,
         on_redis_pause=metrics.redis_pauses.labels("status_page_lookups").inc)
-    reconciliation = ReconciliationService(db, clock=clock, metrics=metrics,
-                                           quarantine=settings.unique_codes.quarantine)
+    reconciliation = ReconciliationService(
+        db, clock=clock, metrics=metrics, quarantine=settings.unique_codes.quarantine,
+        reversal_window=settings.reconciliation.reversal_window)
     unreadable = UnreadableFeedItems(db)
     return Container(
         settings=settings,

@@ -18,6 +18,7 @@ from orchestrator.domain.money import AmountLimits, UniqueCodeRange
 from orchestrator.domain.verification import VerificationSchedule
 from orchestrator.rails.base import Rail
 from orchestrator.rails.breaker import BreakerConfig
+from orchestrator.reconciliation.matcher import REVERSAL_WINDOW
 
 
 class SettingsError(ValueError):
@@ -85,6 +86,13 @@ class UniqueCodeSettings:
     """How long a closed attempt keeps its transfer amount before it returns to the pool, so a
     late transfer of the old amount is recognised as late instead of paying a new order."""
     allocation_tries: int = 8
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReconciliationSettings:
+    reversal_window: timedelta = REVERSAL_WINDOW
+    """``LUNAS_REVERSAL_WINDOW``: how long after a credit that paid an order a debit of its
+    amount opens a possible-reversal case (``matcher.REVERSAL_WINDOW``); zero: never."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -259,6 +267,7 @@ class Settings:
     http: HttpSettings = field(default_factory=HttpSettings)
     checkout: CheckoutSettings = field(default_factory=CheckoutSettings)
     unique_codes: UniqueCodeSettings = field(default_factory=UniqueCodeSettings)
+    reconciliation: ReconciliationSettings = field(default_factory=ReconciliationSettings)
     outbox: OutboxSettings = field(default_factory=OutboxSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
@@ -327,6 +336,10 @@ class Settings:
                 codes=UniqueCodeRange(low=low, high=high),
                 quarantine=e.seconds("LUNAS_UNIQUE_CODE_QUARANTINE", 3_600),
             ),
+            reconciliation=ReconciliationSettings(
+                reversal_window=e.seconds("LUNAS_REVERSAL_WINDOW",
+                                          REVERSAL_WINDOW.total_seconds()),
+            ),
             outbox=OutboxSettings(
                 batch_size=e.int("LUNAS_OUTBOX_BATCH", 50),
                 lease=e.seconds("LUNAS_OUTBOX_LEASE", 60),
@@ -359,7 +372,8 @@ class Settings:
                 moota_token=e.str("LUNAS_MOOTA_TOKEN", ""),
                 poll_interval=e.seconds("LUNAS_FEED_POLL_INTERVAL", 60),
                 stale_after=e.seconds("LUNAS_FEED_STALE_AFTER", 20 * 60),
-                max_unreadable=e.int("LUNAS_FEED_MAX_UNREADABLE", 20),
+                max_unreadable=_at_least(e.int("LUNAS_FEED_MAX_UNREADABLE", 20), 0,
+                                         "LUNAS_FEED_MAX_UNREADABLE"),
             ),
             verification=VerificationSettings(
                 schedule=VerificationSchedule.from_text(
@@ -396,7 +410,8 @@ class Settings:
                 cache_ttl=e.seconds("LUNAS_STATUS_CACHE_TTL", 2),
             ),
             retention=RetentionSettings(
-                interval=e.seconds("LUNAS_RETENTION_INTERVAL", 3600),
+                interval=_at_least_a_second(e.seconds("LUNAS_RETENTION_INTERVAL", 3600),
+                                            "LUNAS_RETENTION_INTERVAL"),
                 idempotency_keys=_at_least_a_day(
                     e.seconds("LUNAS_RETENTION_IDEMPOTENCY_KEYS", 7 * 86400),
                     "LUNAS_RETENTION_IDEMPOTENCY_KEYS"),
@@ -443,6 +458,19 @@ class Settings:
             raise SettingsError("LUNAS_SIMULATORS must be off in production")
         if self.feed.moota_url and not self.feed.moota_token:
             raise SettingsError("LUNAS_MOOTA_URL is set but LUNAS_MOOTA_TOKEN is empty")
+
+
+def _at_least(value: int, minimum: int, name: str) -> int:
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _at_least_a_second(value: timedelta, name: str) -> timedelta:
+    """For the pause of a loop: zero would make it spin."""
+    if value < timedelta(seconds=1):
+        raise SettingsError(f"{name} must be at least 1 second, got {value.total_seconds():g}")
+    return value
 
 
 def _at_least_a_day(value: timedelta, name: str) -> timedelta:

@@ -28,15 +28,19 @@ class MatchKind(enum.StrEnum):
 BANK_CLOCK_SKEW = timedelta(minutes=5)
 """How far behind Lunas's clock a bank's may run. An order captured at 00:00:20 WIB and paid a
 minute later, by a bank whose clock is two minutes slow, is dated 23:59 the day before: without
-this margin the transfer would wait for a person though it is plainly the order's. Five minutes
-of slack adds no real risk of a wrong match: the amount must still be the one the order holds."""
+this margin the transfer would wait for a person though it is plainly the order's. The margin
+widens the window by five minutes on a day-long window: a transfer of the held amount in those
+minutes is matched as a transfer of it at 00:01 already was."""
 
 REVERSAL = "reversal"  # fits mutations.match_state (16)
 """A debit's match state when it may take back a credit that paid an order (``reversal_window``):
 the order is named on the debit and a review case opened."""
-REVERSAL_WINDOW = timedelta(days=7)
+REVERSAL_WINDOW = timedelta(days=3)
 """How long after a credit a debit of the same amount on the account is taken for its reversal
-(the bank's correction, or the merchant refunding the customer by hand)."""
+(the bank's correction, or the merchant refunding the customer by hand): banks correct within a
+business day or two. Longer finds more late refunds and more coincidences: on an account taking
+thousands of transfers a day, some unrelated debit will share an amount with some recent credit.
+Configurable (``LUNAS_REVERSAL_WINDOW``; zero turns the check off)."""
 DAY_DATED_SLACK = timedelta(days=1)
 """A statement dated by day only posts its debit at 00:00 WIB, before the credit of the same day
 it may take back."""
@@ -71,9 +75,10 @@ class MatchDecision:
     candidates: tuple[str, ...] = ()
 
 
-def reversal_window(debit_posted_at: datetime) -> tuple[datetime, datetime]:
+def reversal_window(debit_posted_at: datetime, window: timedelta = REVERSAL_WINDOW
+                    ) -> tuple[datetime, datetime]:
     """When a credit must have been posted for a debit of its amount to be its reversal."""
-    return debit_posted_at - REVERSAL_WINDOW, debit_posted_at + DAY_DATED_SLACK
+    return debit_posted_at - window, debit_posted_at + DAY_DATED_SLACK
 
 
 def referenced_order_ids(description: str) -> set[str]:

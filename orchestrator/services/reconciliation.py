@@ -114,13 +114,15 @@ class IncomingMutation:
 class ReconciliationService:
     def __init__(
         self, db: Database, *, clock: Clock, quarantine: timedelta, metrics: Metrics,
-        batch_statements: bool = True,
+        batch_statements: bool = True, reversal_window: timedelta = REVERSAL_WINDOW,
     ) -> None:
         """``batch_statements=False`` imports statements line by line on PostgreSQL too: the
-        reference the batch path is tested against."""
+        reference the batch path is tested against. A zero ``reversal_window`` looks for no
+        possible reversals."""
         self._db, self._clock, self._quarantine = db, clock, quarantine
         self._metrics = metrics
         self._batch = batch_statements
+        self._reversal_window = reversal_window
         self._unreadable = UnreadableFeedItems(db)
 
     async def import_statement(
@@ -167,7 +169,9 @@ class ReconciliationService:
     async def ingest_push(self, raw_body: bytes) -> ImportReport:
         """Store and match a Moota-style push whose signature the caller has verified. Its
         unreadable items are set aside for a person, and a readable version of one set aside
-        before closes it, as the feed poller does."""
+        before closes it, as the feed poller does. Unlike a poll, a push has no limit on them:
+        refused, it would be sent again as it is; kept, every item is in a person's list and
+        the alert says so, however many there are."""
         pushed = parse_moota_push(raw_body)
         now = self._clock.now()
         await self._unreadable.keep(MOOTA, pushed.unreadable, now=now)
@@ -287,7 +291,9 @@ class ReconciliationService:
             kind = await self._match(conn, r["id"], item, report, now=now)
             self._metrics.mutations_matched.labels(source, kind.value).inc()
         # Debits stored as ignored above that may take back a matched credit: few, if any.
-        for r in await pg.fetch(_REVERSAL_SUSPECTS, account) if new else []:
+        suspects = await pg.fetch(_REVERSAL_SUSPECTS, account, self._reversal_window,
+                                  DAY_DATED_SLACK) if new and self._reversal_window else []
+        for r in suspects:
             if await self._flag_reversal(conn, r["id"], account, r["amount"], r["posted_at"],
                                          now=now):
                 report.possible_reversals += 1
@@ -368,7 +374,9 @@ class ReconciliationService:
         the merchant refunding the customer by hand. The order keeps its state; the debit names
         it, a case is opened and the merchant told, so goods are not sent for money that left.
         The latest such credit is taken, once: a credit already taken back is not again."""
-        start, end = reversal_window(posted_at)
+        if not self._reversal_window:
+            return False
+        start, end = reversal_window(posted_at, self._reversal_window)
         m, taken = mutations.c, mutations.alias("taken_back").c
 
         def not_yet_taken_back(order_id: Any) -> Any:
@@ -668,15 +676,14 @@ FROM lunas_import_lines l LEFT JOIN lunas_import_settle s ON s.idx = l.idx
 ORDER BY l.idx"""
 # _flag_reversal's question for every debit of the import at once, through
 # ix_mutations_matched_credits; each line it returns is then decided by _flag_reversal itself.
-_REVERSAL_SUSPECTS = f"""
+_REVERSAL_SUSPECTS = """
 SELECT l.id, l.amount, l.posted_at FROM lunas_import_lines l
 WHERE l.direction = 'DB' AND EXISTS (
     SELECT FROM mutations m
     WHERE m.account_number = $1 AND m.amount = l.amount AND m.match_state = 'matched'
-      AND m.direction = 'CR'
-      AND m.posted_at >= l.posted_at - interval '{int(REVERSAL_WINDOW.total_seconds())} seconds'
-      AND m.posted_at <= l.posted_at + interval '{int(DAY_DATED_SLACK.total_seconds())} seconds')
-ORDER BY l.idx"""  # noqa: S608 - only constants are interpolated
+      AND m.direction = 'CR' AND m.posted_at >= l.posted_at - $2::interval
+      AND m.posted_at <= l.posted_at + $3::interval)
+ORDER BY l.idx"""
 _SEQUENTIAL_LINES = """
 SELECT idx, id, fingerprint FROM lunas_import_lines WHERE idx = ANY($1::integer[]) ORDER BY idx"""
 # The evidence keys are new mutation ids: a conflict is impossible, and would fail the import.

@@ -162,3 +162,24 @@ async def test_a_pushed_reversal_is_caught_once_whichever_source_sees_it(
         (today(), "KOREKSI", pay, "DB")]))
     assert later.json()["possible_reversals"] == 0
     assert [c.reason for c in await cases_of(container, order["id"])] == ["possible_reversal"]
+
+
+async def test_a_zero_window_looks_for_no_reversals(
+    client: httpx.AsyncClient, container: Container,
+) -> None:
+    """LUNAS_REVERSAL_WINDOW=0, for an account whose debits too often share a customer's amount."""
+    from orchestrator.services.reconciliation import ReconciliationService
+
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    pay = order["payment"]["transfer_amount"]
+    service = ReconciliationService(container.db, clock=container.clock,
+                                    metrics=container.metrics,
+                                    quarantine=container.settings.unique_codes.quarantine,
+                                    reversal_window=timedelta(0))
+    report = await service.import_statement(
+        bank="bca", account_number=m.account_number, filename=None, actor="test",
+        data=bca_statement(m.account_number, [(today(), "TRSF CR", pay, "CR"),
+                                              (today(), "KOREKSI", pay, "DB")]))
+    assert (report.matched, report.ignored_debits, report.possible_reversals) == (1, 1, 0)
+    assert await cases_of(container, order["id"]) == []

@@ -44,6 +44,8 @@ def test_variables_are_read_and_typed() -> None:
     ({"LUNAS_RETENTION_IDEMPOTENCY_KEYS": "3600"}, "LUNAS_RETENTION_IDEMPOTENCY_KEYS"),
     ({"LUNAS_RETENTION_DONE_EVENTS": "0"}, "LUNAS_RETENTION_DONE_EVENTS"),
     ({"LUNAS_RETENTION_PROVIDER_DELIVERIES": "60"}, "LUNAS_RETENTION_PROVIDER_DELIVERIES"),
+    ({"LUNAS_RETENTION_INTERVAL": "0"}, "LUNAS_RETENTION_INTERVAL"),
+    ({"LUNAS_FEED_MAX_UNREADABLE": "-1"}, "LUNAS_FEED_MAX_UNREADABLE"),
 ])
 def test_bad_or_unsafe_settings_are_refused_naming_the_variable(
     env: dict[str, str], named: str
