@@ -23,6 +23,7 @@ from chaos.gameday.load import Load, LoadSettings
 from chaos.gameday.stack import Stack
 from chaos.invariants import RulesReport, check_rules_of_state
 from chaos.sim.midtrans import sign
+from orchestrator.domain.clock import WIB
 
 T = TypeVar("T")
 
@@ -38,6 +39,7 @@ class Session:
     observations: list[str] = field(default_factory=list)
     rules: RulesReport | None = None
     review_reasons: dict[str, int] = field(default_factory=dict)
+    reversed_orders: set[str] = field(default_factory=set)
 
 
 _session: Session | None = None
@@ -200,6 +202,95 @@ def people_close_unreadable_items() -> str:
                    timeout=5).raise_for_status()
     _saw(f"{len(items)} unreadable items closed by a person")
     return f"closed {len(items)}"
+
+
+async def _paid_by_feed(stack: Stack, count: int) -> list[tuple[str, int, str]]:
+    """(account, amount, order id) of ``count`` credits from the Moota feed that paid an order."""
+    import sqlalchemy as sa
+
+    from orchestrator.store.tables import mutations
+
+    assert stack.db is not None
+    m = mutations.c
+    async with stack.db.read() as conn:
+        rows = await conn.execute(sa.select(m.account_number, m.amount, m.order_id).where(
+            m.direction == "CR", m.match_state == "matched", m.source == "feed")
+            .order_by(m.posted_at.desc()).limit(count))
+        return [(r.account_number, int(r.amount), str(r.order_id)) for r in rows]
+
+
+def bank_reverses_payments(count: int) -> str:
+    """The bank takes back ``count`` transfers that paid orders: a debit of each one's amount on
+    its account, as the Moota feed will list it (KOREKSI)."""
+    s = _s()
+    paid = _on_loop(_paid_by_feed(s.stack, count))
+    if len(paid) < count:
+        raise AssertionError(f"only {len(paid)} orders paid through the feed to reverse")
+    stamp = s.stack.now().astimezone(WIB).strftime("%Y-%m-%d %H:%M:%S")
+    for account, amount, _ in paid:
+        httpx.post(f"{s.stack.provider_control_url('moota')}/mutations", json={
+            "account_number": account, "amount": amount, "type": "DB", "date": stamp,
+            "description": f"KOREKSI TRSF CR {amount}.00"}, timeout=5).raise_for_status()
+    s.reversed_orders = {order_id for _, _, order_id in paid}
+    _fault(f"bank: reverses {count} transfers that paid orders")
+    return f"{count} reversed"
+
+
+async def _reversal_cases(stack: Stack, order_ids: set[str]) -> dict[str, tuple[str, str]]:
+    """Per order: (its state, the state of its possible-reversal case's merchant event)."""
+    import sqlalchemy as sa
+
+    from orchestrator.store.tables import orders, outbox, review_cases
+
+    assert stack.db is not None
+    async with stack.db.read() as conn:
+        cased = {r.order_id: r.state for r in await conn.execute(
+            sa.select(review_cases.c.order_id, orders.c.state)
+            .join(orders, orders.c.id == review_cases.c.order_id)
+            .where(review_cases.c.reason == "possible_reversal",
+                   review_cases.c.order_id.in_(sorted(order_ids))))}
+        told = {r.aggregate_id: r.status for r in await conn.execute(
+            sa.select(outbox.c.aggregate_id, outbox.c.status).where(
+                outbox.c.event_type == "review_case.opened",
+                outbox.c.aggregate_id.in_(sorted(order_ids))))}
+    return {o: (state, told.get(o, "none")) for o, state in cased.items()}
+
+
+def reversals_reach_people_and_merchants(within_s: float = 60) -> str:
+    """Every reversed order has a possible-reversal case, still shows paid, and its merchant
+    got ``review_case.opened`` (the outbox event delivered)."""
+    s = _s()
+    wanted = s.reversed_orders
+    deadline = time.monotonic() + within_s
+    seen: dict[str, tuple[str, str]] = {}
+    while time.monotonic() < deadline:
+        seen = _on_loop(_reversal_cases(s.stack, wanted))
+        if set(seen) == wanted and all(told == "done" for _, told in seen.values()):
+            break
+        time.sleep(1)
+    if set(seen) != wanted or any(told != "done" for _, told in seen.values()):
+        raise AssertionError(f"reversed orders without a told case: {sorted(wanted - set(seen))}"
+                             f"; seen {seen}")
+    moved = {o: state for o, (state, _) in seen.items() if state != "paid"}
+    if moved:
+        raise AssertionError(f"a possible reversal moved orders: {moved}")
+    _saw(f"{len(wanted)} possible reversals: a case each, orders still paid, merchants told")
+    return "ok"
+
+
+def people_resolve_cases(reason: str, action: str) -> str:
+    """Finance resolves every open case of ``reason`` through the API (audited)."""
+    s = _s()
+    headers = {"Authorization": f"Bearer {s.stack.ops_token}"}
+    cases = httpx.get(f"{s.stack.api_url}/v1/reviews", params={"status": "open", "limit": 1000},
+                      headers=headers, timeout=10).json()["data"]
+    mine = [c for c in cases if c["reason"] == reason]
+    for case in mine:
+        httpx.post(f"{s.stack.api_url}/v1/reviews/{case['id']}/resolve", headers=headers,
+                   json={"action": action, "note": f"game day: bank confirmed, {action}"},
+                   timeout=10).raise_for_status()
+    _saw(f"{len(mine)} {reason} cases resolved ({action})")
+    return f"resolved {len(mine)}"
 
 
 def clear_provider_faults(provider: str | None = None) -> str:

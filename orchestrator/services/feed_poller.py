@@ -8,8 +8,9 @@ shared with the push, so it is stored once whichever path saw it first.
 
 An item the feed lists but Lunas cannot read is set aside for a person (``UnreadableFeedItems``)
 and the poll goes on: before, one such item failed its page on every poll and the feed went
-stale for good. More than ``max_unreadable`` in one poll fails the poll instead (a format change
-is an outage, not an odd item). A later readable listing of the same mutation closes its item.
+stale for good. More than ``max_unreadable`` new ones in one poll fail the poll instead (a
+format change is an outage, not an odd item). A later readable listing of the same mutation
+closes its item.
 
 The freshness watermark is the time of the last successful poll. It lives in the process and,
 when Redis is configured, in ``<prefix>feed:moota:last_ok`` so a restarted worker resumes its
@@ -97,11 +98,11 @@ class FeedPoller:
                 f"unreadable (first: {new[0].problem}); more than {self.max_unreadable} means "
                 "the feed's format changed", provider=PROVIDER, operation=OPERATION)
         await self._unreadable.keep(FEED_NAME, new, now=started)
-        report = ImportReport(parsed=len(items))
+        report = ImportReport(parsed=len(items), unreadable=len(unreadable))
         for offset in range(0, len(items), INGEST_CHUNK):
             part = await self._reconciliation.ingest_feed(items[offset:offset + INGEST_CHUNK])
             for name in ("new", "duplicate", "matched", "ambiguous", "unmatched",
-                         "ignored_debits", "needs_review"):
+                         "ignored_debits", "needs_review", "possible_reversals"):
                 setattr(report, name, getattr(report, name) + getattr(part, name))
         await self._unreadable.close_read(FEED_NAME, {m.mutation_id for m in items},
                                           now=started)

@@ -305,6 +305,10 @@ review_cases = sa.Table(
     sa.Column("resolution", sa.String(24)),
     sa.Column("note", sa.String(2000)),
 )
+# Open cases by reason, for the gauges an alert reads at every scrape (telemetry/state.py).
+sa.Index("ix_review_cases_open_reason", review_cases.c.reason,
+         postgresql_where=review_cases.c.state == "open",
+         sqlite_where=review_cases.c.state == "open")
 
 # Every webhook a gateway (or anyone) sent us, verified or not, as received. ``event_key`` is the
 # provider's event identity ("midtrans:<transaction_id>:<transaction_status>:<status_code>:

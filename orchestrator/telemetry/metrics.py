@@ -144,6 +144,11 @@ class Metrics:
             "lunas_orders_needs_review", "Orders waiting for a person, by review reason.",
             ["reason"], registry=self.state_registry,
         )
+        self.review_cases_open = Gauge(
+            "lunas_review_cases_open",
+            "Review cases waiting for a person, by reason (on orders in review or settled).",
+            ["reason"], registry=self.state_registry,
+        )
         self.orders_verifying = Gauge(
             "lunas_orders_verifying",
             "Orders past their deadline being verified before they may expire.",

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from orchestrator.domain.clock import Clock
 from orchestrator.domain.money import UniqueCodeRange
+from orchestrator.domain.order import ReviewReason
 from orchestrator.outbox import queries
 from orchestrator.rails.base import Rail
 from orchestrator.rails.plan import MANUAL_ROUTE
@@ -30,6 +31,7 @@ from orchestrator.store.tables import (
     outbox,
     payment_attempts,
     payout_accounts,
+    review_cases,
     unreadable_feed_items,
 )
 from orchestrator.telemetry.metrics import Metrics
@@ -76,6 +78,9 @@ class StateSampler:
             )).all()
             verifying = (await conn.execute(sa.select(sa.func.count()).where(
                 orders.c.state == "verifying"))).scalar_one()
+            cases = (await conn.execute(  # ix_review_cases_open_reason
+                sa.select(review_cases.c.reason, sa.func.count())
+                .where(review_cases.c.state == "open").group_by(review_cases.c.reason))).all()
             u = unreadable_feed_items.c
             unreadable: dict[str, int] = {row.feed: row.n for row in await conn.execute(
                 sa.select(u.feed, sa.func.count().label("n")).where(u.state == OPEN)
@@ -95,6 +100,10 @@ class StateSampler:
         for reason, count in review:
             m.orders_needs_review.labels(reason or "unspecified").set(count)
         m.orders_verifying.set(verifying)
+        m.review_cases_open.clear()
+        # Always present, so "no case open" is a 0 an alert can read, not a missing series.
+        for reason, count in {ReviewReason.POSSIBLE_REVERSAL.value: 0, **dict(cases)}.items():
+            m.review_cases_open.labels(reason).set(count)
         m.feed_items_unreadable.clear()
         for feed, count in {MOOTA: 0, **unreadable}.items():
             m.feed_items_unreadable.labels(feed).set(count)

@@ -82,6 +82,9 @@ async def test_a_debit_of_a_paid_credits_amount_opens_a_case_and_tells_the_merch
     unmatched = (await client.get("/v1/reconciliation/unmatched", headers=ops,
                                   params={"account_number": m.account_number})).json()["data"]
     assert unmatched == []
+    await container.state_sampler.refresh(force=True)  # what LunasPossibleReversal reads
+    assert (container.metrics.state_registry.get_sample_value(
+        "lunas_review_cases_open", {"reason": "possible_reversal"}) or 0) >= 1
 
     # A second debit of that amount (a refund by hand as well?) takes back nothing more.
     again = await upload(client, ops, m, bca_statement(m.account_number, [
