@@ -4,6 +4,7 @@
     BadRequest             → 400 (our own: a header or parameter is missing or malformed)
     litestar HTTPException → its status (400 validation, 404 route, 405, 413 too large, ...)
     database unreachable   → 503 with Retry-After (nothing was decided; a retry is safe)
+    deadlock, serialization failure → 503 with Retry-After (rolled back; a retry is safe)
     anything else          → 500 with no detail and no stack trace; the log has the rest
 """
 
@@ -67,6 +68,14 @@ def to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
         return problem(request, status=400, title="Malformed request",
                        detail=_validation_detail(exc), code="malformed_request",
                        errors=_jsonable(exc.extra))
+    if _rolled_back_by_a_conflict(exc):
+        # PostgreSQL ended the transaction to break a deadlock (or a serialization conflict):
+        # everything it did is undone, so the same request again is safe and will likely pass.
+        log.warning("transaction rolled back by a conflict", extra={"path": request.url.path})
+        return problem(request, status=503, title="Service unavailable",
+                       detail="A concurrent change made Lunas undo this request; nothing was "
+                              "stored. Send it again.",
+                       code="retry", headers={"Retry-After": "1"})
     if _database_unreachable(exc):
         # The database (or its pool) is unreachable: nothing was decided, so a retry is safe;
         # say so fast instead of a 500 (captures are idempotent by key).
@@ -86,6 +95,18 @@ def to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
     return problem(request, status=500, title="Internal error",
                    detail="Lunas failed to handle this request; it has been logged.",
                    code="internal_error")
+
+
+_CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
+
+
+def _rolled_back_by_a_conflict(exc: Exception) -> bool:
+    if not isinstance(exc, DBAPIError):
+        return False
+    cause = exc.orig
+    codes = {getattr(cause, "sqlstate", None), getattr(cause, "pgcode", None),
+             getattr(getattr(cause, "__cause__", None), "sqlstate", None)}
+    return bool(codes & _CONFLICT_SQLSTATES)
 
 
 def _database_unreachable(exc: Exception) -> bool:
@@ -109,7 +130,7 @@ def status_for(exc: Exception) -> int:
         return exc.status
     if isinstance(exc, ValidationException):
         return 400
-    if _database_unreachable(exc):
+    if _rolled_back_by_a_conflict(exc) or _database_unreachable(exc):
         return 503
     if isinstance(exc, HTTPException):
         return exc.status_code

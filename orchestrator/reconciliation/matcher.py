@@ -43,7 +43,7 @@ thousands of transfers a day, some unrelated debit will share an amount with som
 Configurable (``LUNAS_REVERSAL_WINDOW``; zero turns the check off)."""
 DAY_DATED_SLACK = timedelta(days=1)
 """A statement dated by day only posts its debit at 00:00 WIB, before the credit of the same day
-it may take back."""
+it may take back: such a debit reaches to the end of its day."""
 
 LIKELY_DUPLICATE = "likely_duplicate"  # fits mutations.match_state (16)
 """A mutation's match state when the same credit was already matched from another source."""
@@ -77,8 +77,15 @@ class MatchDecision:
 
 def reversal_window(debit_posted_at: datetime, window: timedelta = REVERSAL_WINDOW
                     ) -> tuple[datetime, datetime]:
-    """When a credit must have been posted for a debit of its amount to be its reversal."""
-    return debit_posted_at - window, debit_posted_at + DAY_DATED_SLACK
+    """When (inclusive) a credit must have been posted for a debit of its amount to be its
+    reversal: up to ``window`` before the debit, and no later than the debit itself (give or
+    take the bank's clock), or than the end of its day when it is dated by day only."""
+    if debit_posted_at.astimezone(WIB).time() == time(0):
+        return debit_posted_at - window, debit_posted_at + DAY_DATED_SLACK - _TICK
+    return debit_posted_at - window, debit_posted_at + BANK_CLOCK_SKEW
+
+
+_TICK = timedelta(microseconds=1)
 
 
 def referenced_order_ids(description: str) -> set[str]:

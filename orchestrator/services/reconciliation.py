@@ -99,6 +99,17 @@ class ImportReport:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Debit:
+    """A debit an ingest stored, to be looked at as a possible reversal."""
+
+    mutation_id: str
+    bank: str
+    account_number: str
+    amount: int
+    posted_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
 class IncomingMutation:
     bank: str
     account_number: str
@@ -207,6 +218,7 @@ class ReconciliationService:
         self, conn: AsyncConnection, incoming: Sequence[IncomingMutation], report: ImportReport,
         *, statement_id: str | None, now: datetime,
     ) -> None:
+        debits: list[Debit] = []
         for item in incoming:
             mutation_id = new_id("mut")
             inserted = await conn.execute(
@@ -227,6 +239,11 @@ class ReconciliationService:
             self._metrics.mutations_ingested.labels(item.source, "new").inc()
             kind = await self._match(conn, mutation_id, item, report, now=now)
             self._metrics.mutations_matched.labels(item.source, kind.value).inc()
+            if item.direction == "DB":
+                debits.append(Debit(mutation_id=mutation_id, bank=item.bank,
+                                    account_number=item.account_number, amount=item.amount,
+                                    posted_at=item.posted_at))
+        await self._flag_reversals(conn, debits, report, now=now)
 
     async def _ingest_batch(
         self, conn: AsyncConnection, parsed: StatementRows, report: ImportReport, *,
@@ -291,13 +308,11 @@ class ReconciliationService:
             kind = await self._match(conn, r["id"], item, report, now=now)
             self._metrics.mutations_matched.labels(source, kind.value).inc()
         # Debits stored as ignored above that may take back a matched credit: few, if any.
-        suspects = await pg.fetch(_REVERSAL_SUSPECTS, account, self._reversal_window,
+        suspects = await pg.fetch(_REVERSAL_SUSPECTS, bank, account, self._reversal_window,
                                   DAY_DATED_SLACK) if new and self._reversal_window else []
-        for r in suspects:
-            if await self._flag_reversal(conn, r["id"], account, r["amount"], r["posted_at"],
-                                         now=now):
-                report.possible_reversals += 1
-                report.needs_review += 1
+        await self._flag_reversals(conn, [
+            Debit(mutation_id=r["id"], bank=bank, account_number=account, amount=r["amount"],
+                  posted_at=r["posted_at"]) for r in suspects], report, now=now)
         phases.lap("match")
         unmatched, matched = counts.get("unmatched", 0), counts.get("matched", 0)
         report.new += new
@@ -341,12 +356,7 @@ class ReconciliationService:
         decision = decide(facts, candidates)
         if decision.kind is MatchKind.IGNORED:
             report.ignored_debits += 1
-            if await self._flag_reversal(conn, mutation_id, item.account_number, item.amount,
-                                         item.posted_at, now=now):
-                report.possible_reversals += 1
-                report.needs_review += 1
-            else:
-                await _set_match_state(conn, mutation_id, MatchKind.IGNORED.value)
+            await _set_match_state(conn, mutation_id, MatchKind.IGNORED.value)
         elif decision.kind is MatchKind.UNMATCHED:
             report.unmatched += 1
         elif decision.kind is MatchKind.AMBIGUOUS:
@@ -365,52 +375,62 @@ class ReconciliationService:
             report.needs_review += int(result.review_case_id is not None)
         return decision.kind
 
-    async def _flag_reversal(
-        self, conn: AsyncConnection, debit_id: str, account_number: str, amount: int,
-        posted_at: datetime, *, now: datetime,
-    ) -> bool:
-        """A debit of the amount of a credit that paid an order on this account shortly before
-        (``matcher.reversal_window``) may take that payment back: the bank correcting it, or
-        the merchant refunding the customer by hand. The order keeps its state; the debit names
-        it, a case is opened and the merchant told, so goods are not sent for money that left.
-        The latest such credit is taken, once: a credit already taken back is not again."""
-        if not self._reversal_window:
-            return False
-        start, end = reversal_window(posted_at, self._reversal_window)
-        m, taken = mutations.c, mutations.alias("taken_back").c
+    async def _flag_reversals(self, conn: AsyncConnection, debits: Sequence[Debit],
+                              report: ImportReport, *, now: datetime) -> None:
+        """Debits this ingest stored that may take back a payment, decided once every line of
+        it is stored (on both paths, so they decide alike whatever the order of the lines).
 
-        def not_yet_taken_back(order_id: Any) -> Any:
-            return ~sa.exists().where(taken.order_id == order_id, taken.match_state == REVERSAL,
-                                      taken.amount == amount)
-
-        credit = (await conn.execute(
-            sa.select(m.id, m.order_id)
-            .where(m.account_number == account_number, m.amount == amount,
-                   m.match_state == MatchKind.MATCHED.value, m.direction == "CR",
-                   m.posted_at >= start, m.posted_at <= end, not_yet_taken_back(m.order_id))
-            .order_by(m.posted_at.desc(), m.id.desc()).limit(1))).first()
-        if credit is None:
-            return False
-        order = (await conn.execute(sa.select(orders).where(orders.c.id == credit.order_id)
-                                    .with_for_update())).one()
-        # Under the order's lock: another source's copy of this debit may have flagged it since.
-        if not (await conn.execute(sa.select(not_yet_taken_back(order.id)))).scalar_one():
-            return False
-        await conn.execute(mutations.update().where(m.id == debit_id).values(
-            match_state=REVERSAL, order_id=order.id, matched_at=now, matched_by="matcher"))
-        case_id = await open_review_case(conn, order, ReviewReason.POSSIBLE_REVERSAL.value,
-                                         RecommendedAction.CHECK_WITH_BANK.value, amount,
-                                         debit_id, now=now)
-        await add_events(conn, [PendingEvent(
-            event_type=events.REVIEW_CASE_OPENED, aggregate_id=order.id,
-            merchant_id=order.merchant_id,
-            payload={"case_id": case_id, "order_id": order.id,
-                     "merchant_order_id": order.merchant_order_id,
-                     "reason": ReviewReason.POSSIBLE_REVERSAL.value,
-                     "recommended_action": RecommendedAction.CHECK_WITH_BANK.value,
-                     "amount": amount, "debit_mutation_id": debit_id,
-                     "credit_mutation_id": credit.id})], now=now)
-        return True
+        A debit of the amount of a credit that paid an order on the same bank account shortly
+        before (``matcher.reversal_window``) may take the payment back: the bank correcting
+        it, or the merchant refunding the customer by hand. The order keeps its state; the
+        debit names it, a case is opened and the merchant told, so goods are not sent for money
+        that left. Only the latest such credit is considered: if its order was taken back
+        already, this debit is that reversal again (another source's copy of it, or a second
+        debit of the same money) and names the order without a second case; an older credit of
+        the same amount is never reached for. The orders are locked in id order, before any is
+        decided, so two ingests flagging the same orders wait for each other."""
+        if not self._reversal_window or not debits:
+            return
+        m = mutations.c
+        chosen: list[tuple[Debit, Any]] = []
+        for debit in debits:
+            start, end = reversal_window(debit.posted_at, self._reversal_window)
+            credit = (await conn.execute(
+                sa.select(m.id, m.order_id)
+                .where(m.bank == debit.bank, m.account_number == debit.account_number,
+                       m.amount == debit.amount, m.match_state == MatchKind.MATCHED.value,
+                       m.direction == "CR", m.posted_at >= start, m.posted_at <= end)
+                .order_by(m.posted_at.desc(), m.id.desc()).limit(1))).first()
+            if credit is not None:
+                chosen.append((debit, credit))
+        if not chosen:
+            return
+        locked = {o.id: o for o in await conn.execute(
+            sa.select(orders).where(orders.c.id.in_(sorted({c.order_id for _, c in chosen})))
+            .order_by(orders.c.id).with_for_update())}
+        for debit, credit in chosen:
+            order = locked[credit.order_id]
+            taken_back = (await conn.execute(sa.select(sa.exists().where(
+                m.order_id == order.id, m.match_state == REVERSAL,
+                m.amount == debit.amount)))).scalar_one()
+            await conn.execute(mutations.update().where(m.id == debit.mutation_id).values(
+                match_state=REVERSAL, order_id=order.id, matched_at=now, matched_by="matcher"))
+            if taken_back:
+                continue
+            case_id = await open_review_case(conn, order, ReviewReason.POSSIBLE_REVERSAL.value,
+                                             RecommendedAction.CHECK_WITH_BANK.value,
+                                             debit.amount, debit.mutation_id, now=now)
+            await add_events(conn, [PendingEvent(
+                event_type=events.REVIEW_CASE_OPENED, aggregate_id=order.id,
+                merchant_id=order.merchant_id,
+                payload={"case_id": case_id, "order_id": order.id,
+                         "merchant_order_id": order.merchant_order_id,
+                         "reason": ReviewReason.POSSIBLE_REVERSAL.value,
+                         "recommended_action": RecommendedAction.CHECK_WITH_BANK.value,
+                         "amount": debit.amount, "debit_mutation_id": debit.mutation_id,
+                         "credit_mutation_id": credit.id})], now=now)
+            report.possible_reversals += 1
+            report.needs_review += 1
 
     async def _seen_from_another_source(
         self, conn: AsyncConnection, mutation_id: str, attempt_id: str | None,
@@ -674,15 +694,16 @@ SELECT l.id, $1, $2, l.posted_at, l.amount, l.direction, l.description, l.balanc
        CASE WHEN s.idx IS NOT NULL THEN 'matcher' END, $8
 FROM lunas_import_lines l LEFT JOIN lunas_import_settle s ON s.idx = l.idx
 ORDER BY l.idx"""
-# _flag_reversal's question for every debit of the import at once, through
-# ix_mutations_matched_credits; each line it returns is then decided by _flag_reversal itself.
+# _flag_reversals' question for every debit of the import at once, through
+# ix_mutations_matched_credits (a day after each debit at most: a superset of the window); the
+# lines it returns are then decided by _flag_reversals itself, as on the line-by-line path.
 _REVERSAL_SUSPECTS = """
 SELECT l.id, l.amount, l.posted_at FROM lunas_import_lines l
 WHERE l.direction = 'DB' AND EXISTS (
     SELECT FROM mutations m
-    WHERE m.account_number = $1 AND m.amount = l.amount AND m.match_state = 'matched'
-      AND m.direction = 'CR' AND m.posted_at >= l.posted_at - $2::interval
-      AND m.posted_at <= l.posted_at + $3::interval)
+    WHERE m.bank = $1 AND m.account_number = $2 AND m.amount = l.amount
+      AND m.match_state = 'matched' AND m.direction = 'CR'
+      AND m.posted_at >= l.posted_at - $3::interval AND m.posted_at <= l.posted_at + $4::interval)
 ORDER BY l.idx"""
 _SEQUENTIAL_LINES = """
 SELECT idx, id, fingerprint FROM lunas_import_lines WHERE idx = ANY($1::integer[]) ORDER BY idx"""

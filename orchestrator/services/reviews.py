@@ -76,7 +76,10 @@ async def resolve_case(db: Database, *, case_id: str, action: str, actor: str, n
         if case.order_id is not None:
             order = (await conn.execute(sa.select(orders).where(orders.c.id == case.order_id)
                                         .with_for_update())).one()
-        if order is not None and order.state == OrderState.NEEDS_REVIEW.value:
+        # Only the case that put the order in review decides its state: a case opened beside it
+        # (a possible reversal, a possible duplicate) records its decision and no more.
+        if (order is not None and order.state == OrderState.NEEDS_REVIEW.value
+                and order.review_reason == case.reason):
             state = next_order_state(OrderState.NEEDS_REVIEW, _ACTIONS[action])
             values: dict[str, Any] = {"state": state.value, "updated_at": now}
             if state is OrderState.PAID:

@@ -317,3 +317,38 @@ async def test_database_unreachable_is_a_fast_503_with_retry_after(container: Co
         assert r.json()["code"] == "database_unavailable" and r.headers["retry-after"]
     finally:
         await dead.close()
+
+
+async def test_a_transaction_postgresql_ends_for_a_deadlock_is_a_503_to_send_again(
+    container: Container,
+) -> None:
+    """A deadlock (or serialization failure) rolls the whole transaction back: nothing was
+    stored, the same request again is safe, so the client is told to retry, not 'internal
+    error'. The exception is PostgreSQL's own, from a deadlock made on purpose."""
+    import asyncio
+
+    from litestar.testing import RequestFactory
+    from sqlalchemy.exc import DBAPIError
+
+    from orchestrator.api.errors import status_for, to_response
+
+    m = await new_merchant(container)
+    engine = container.db.engine
+    async with engine.connect() as one, engine.connect() as two:
+        first, second = await one.begin(), await two.begin()
+        await one.execute(sa.text("SELECT 1 FROM merchants WHERE id = :i FOR UPDATE"),
+                          {"i": m.merchant_id})
+        await two.execute(sa.text("SELECT 1 FROM payout_accounts WHERE merchant_id = :i "
+                                  "FOR UPDATE"), {"i": m.merchant_id})
+        results = await asyncio.gather(
+            one.execute(sa.text("SELECT 1 FROM payout_accounts WHERE merchant_id = :i "
+                                "FOR UPDATE"), {"i": m.merchant_id}),
+            two.execute(sa.text("SELECT 1 FROM merchants WHERE id = :i FOR UPDATE"),
+                        {"i": m.merchant_id}),
+            return_exceptions=True)
+        await first.rollback()
+        await second.rollback()
+    [deadlock] = [r for r in results if isinstance(r, DBAPIError)]
+    assert status_for(deadlock) == 503
+    response = to_response(RequestFactory().post("/v1/mutations/push"), deadlock)
+    assert response.status_code == 503 and response.headers["Retry-After"] == "1"

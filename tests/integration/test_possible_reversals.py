@@ -186,3 +186,192 @@ async def test_a_zero_window_looks_for_no_reversals(
                                               (today(), "KOREKSI", pay, "DB")]))
     assert (report.matched, report.ignored_debits, report.possible_reversals) == (1, 1, 0)
     assert await cases_of(container, order["id"]) == []
+
+
+# -- found in review of 18500a7 ------------------------------------------------------------
+
+async def push_one(client: httpx.AsyncClient, container: Container, account: str, amount: int,
+                   kind: str) -> dict[str, Any]:
+    body = json.dumps([{
+        "mutation_id": uuid.uuid4().hex[:11], "bank_id": "bk7Hq2Lm9Zs",
+        "account_number": account,
+        "date": today().astimezone(WIB).strftime("%Y-%m-%d %H:%M:%S"), "description": "TRSF",
+        "amount": f"{amount}.00", "type": kind, "balance": "2150123.00"}]).encode()
+    signature = hmac.new(container.settings.mutation_push_secret.encode(), body,
+                         hashlib.sha256).hexdigest()
+    r = await client.post("/v1/mutations/push", content=body, headers={
+        "Signature": signature, "Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+async def test_a_second_copy_of_a_reversal_never_reaches_for_an_older_order(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str],
+) -> None:
+    """Amount X paid order B two days ago and (its code free again after the quarantine) order A
+    today. Moota pushes the bank's KOREKSI of A's credit; the statement lists the same debit.
+    The copy skipped A, taken back already, and flagged B, whose merchant was told."""
+    m = await new_merchant(container)
+    a, b = await capture(client, m), await capture(client, m, 175_000)
+    x = a["payment"]["transfer_amount"]
+    assert (await push_one(client, container, m.account_number,
+                           b["payment"]["transfer_amount"], "CR"))["matched"] == 1
+    assert (await push_one(client, container, m.account_number, x, "CR"))["matched"] == 1
+    async with container.db.transaction() as conn:
+        await conn.execute(mutations.update().where(mutations.c.order_id == b["id"]).values(
+            amount=x, posted_at=today() - timedelta(days=2)))
+    assert (await push_one(client, container, m.account_number, x, "DB"))[
+        "possible_reversals"] == 1
+    copy = await upload(client, ops, m, bca_statement(m.account_number, [
+        (today(), "KOREKSI TRSF CR", x, "DB")]))
+    assert copy.json()["possible_reversals"] == 0
+    assert [c.reason for c in await cases_of(container, a["id"])] == ["possible_reversal"]
+    assert await cases_of(container, b["id"]) == []
+    async with container.db.read() as conn:
+        debits = (await conn.execute(sa.select(mutations.c.source, mutations.c.match_state,
+                                               mutations.c.order_id).where(
+            mutations.c.account_number == m.account_number,
+            mutations.c.direction == "DB"))).all()
+    assert sorted(debits) == [("push", "reversal", a["id"]), ("statement", "reversal", a["id"])]
+
+
+async def test_the_same_account_number_at_another_bank_is_another_account(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str],
+) -> None:
+    from orchestrator.store.merchants import create_merchant
+    from tests.integration.test_reconciliation_batch import bri_statement
+
+    y = await new_merchant(container, bank="bri")
+    async with container.db.transaction() as conn:
+        made = await create_merchant(conn, name="Toko Lain", webhook_url=None,
+                                     accounts=[("bca", y.account_number, "TOKO LAIN")],
+                                     now=container.clock.now())
+    x = ShopFixture(made.merchant_id, made.api_key, made.webhook_secret, "bca", y.account_number)
+    order = await capture(client, y)
+    pay = order["payment"]["transfer_amount"]
+    paid = await upload(client, ops, y, bri_statement(y.account_number, [(today(), pay)]),
+                        bank="bri")
+    assert paid.json()["matched"] == 1, paid.text
+    other = await upload(client, ops, x, bca_statement(x.account_number, [
+        (today(), "TRSF KE SUPPLIER", pay, "DB")]))
+    assert other.json()["possible_reversals"] == 0
+    assert await cases_of(container, order["id"]) == []
+
+
+async def test_resolving_a_reversal_case_leaves_the_orders_own_review_alone(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str],
+) -> None:
+    """An underpaid order waits in review (amount mismatch: refund); a debit of what was paid
+    opens a possible reversal beside it. Honouring that case said nothing about the shortfall,
+    yet it made the order paid and told the merchant so."""
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    short = order["payment"]["transfer_amount"] - 50_000
+    assert (await upload(client, ops, m, bca_statement(m.account_number, [
+        (today(), f"TRSF CR {order['id'].upper()}", short, "CR")]))).json()["matched"] == 1
+    assert (await upload(client, ops, m, bca_statement(m.account_number, [
+        (today(), "KOREKSI", short, "DB")]))).json()["possible_reversals"] == 1
+    by_reason = {c.reason: c for c in await cases_of(container, order["id"])}
+    r = await client.post(f"/v1/reviews/{by_reason['possible_reversal'].id}/resolve",
+                          headers=ops, json={"action": "honour", "note": "bank: no reversal"})
+    assert r.status_code == 200, r.text
+    assert await state_of(container, order["id"]) == "needs_review"
+    r = await client.post(f"/v1/reviews/{by_reason['amount_mismatch'].id}/resolve",
+                          headers=ops, json={"action": "refund", "note": "shortfall refunded"})
+    assert r.status_code == 200, r.text
+    assert await state_of(container, order["id"]) == "refunded"
+
+
+async def test_a_debit_dated_before_the_payment_is_not_its_reversal(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str],
+) -> None:
+    """Yesterday's statement, imported after today's payment: a payout of the same amount
+    yesterday cannot have taken back a transfer made today."""
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    pay = order["payment"]["transfer_amount"]
+    assert (await upload(client, ops, m, bca_statement(m.account_number, [
+        (today(), "TRSF CR", pay, "CR")]))).json()["matched"] == 1
+    report = (await upload(client, ops, m, bca_statement(m.account_number, [
+        (today() - timedelta(days=1), "TRSF KE SUPPLIER", pay, "DB")]))).json()
+    assert (report["ignored_debits"], report["possible_reversals"]) == (1, 0)
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batch", "line-by-line"])
+async def test_both_import_paths_judge_a_days_lines_alike_whatever_their_order(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str], batch: bool,
+) -> None:
+    """A day-dated statement listing the debit before the credit of its amount: the batch,
+    deciding after storing every line, flagged it; line by line, deciding in file order, did
+    not. Both now decide once the whole file is stored."""
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    pay = order["payment"]["transfer_amount"]
+    statement = bca_statement(m.account_number, [(today(), "TRSF KE", pay, "DB"),
+                                                 (today(), "TRSF E-BANKING CR", pay, "CR")])
+    if batch:
+        report = (await upload(client, ops, m, statement)).json()
+    else:
+        imported = await line_by_line(container).import_statement(
+            bank="bca", account_number=m.account_number, data=statement, filename=None,
+            actor="test")
+        report = {"matched": imported.matched, "possible_reversals": imported.possible_reversals}
+    assert (report["matched"], report["possible_reversals"]) == (1, 1)
+
+
+async def test_a_statement_and_a_push_of_the_same_debits_in_opposite_orders_both_finish(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str], pg_url: str,
+) -> None:
+    """Each locked its debits' orders one by one, in its own line order: a statement listing
+    the corrections oldest first and a push listing them newest first deadlocked (one of them
+    answered 500 and, for a statement, stored nothing). A third session holds order A's row so
+    both requests queue behind it, in the interleaving that deadlocked."""
+    import asyncio
+
+    import asyncpg
+
+    m = await new_merchant(container)
+    a, b = sorted([await capture(client, m), await capture(client, m, 175_000)],
+                  key=lambda o: str(o["id"]))
+    xa, xb = a["payment"]["transfer_amount"], b["payment"]["transfer_amount"]
+    assert (await push_one(client, container, m.account_number, xa, "CR"))["matched"] == 1
+    assert (await push_one(client, container, m.account_number, xb, "CR"))["matched"] == 1
+    stamp = today().astimezone(WIB).strftime("%Y-%m-%d %H:%M:%S")
+    pushed = json.dumps([{"mutation_id": uuid.uuid4().hex[:11], "bank_id": "bk7Hq2Lm9Zs",
+                          "account_number": m.account_number, "date": stamp,
+                          "description": "KOREKSI", "amount": f"{amount}.00", "type": "DB",
+                          "balance": "2150123.00"} for amount in (xb, xa)]).encode()
+    signature = hmac.new(container.settings.mutation_push_secret.encode(), pushed,
+                         hashlib.sha256).hexdigest()
+    dsn = pg_url.replace("postgresql+asyncpg://", "postgresql://")
+    blocker, admin = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+
+    async def waiters(n: int) -> None:
+        for _ in range(100):
+            if await admin.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted "
+                                    "AND locktype IN ('transactionid', 'tuple')") >= n:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"fewer than {n} sessions waiting")
+
+    try:
+        held = blocker.transaction()
+        await held.start()
+        await blocker.execute("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE", a["id"])
+        statement = asyncio.create_task(upload(client, ops, m, bca_statement(
+            m.account_number, [(today(), "KOREKSI", xa, "DB"), (today(), "KOREKSI", xb, "DB")])))
+        await waiters(1)
+        push = asyncio.create_task(client.post("/v1/mutations/push", content=pushed, headers={
+            "Signature": signature, "Content-Type": "application/json"}))
+        await waiters(2)
+        await held.commit()
+        by_statement, by_push = await asyncio.gather(statement, push)
+    finally:
+        await blocker.close()
+        await admin.close()
+    assert (by_statement.status_code, by_push.status_code) == (201, 200), (
+        by_statement.text, by_push.text)
+    assert by_statement.json()["possible_reversals"] + by_push.json()["possible_reversals"] == 2
+    for order in (a, b):
+        assert [c.reason for c in await cases_of(container, order["id"])] == [
+            "possible_reversal"]

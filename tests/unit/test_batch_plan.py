@@ -82,3 +82,17 @@ def test_a_bank_clock_a_few_minutes_slow_at_midnight_still_matches() -> None:
     assert plan_batch({0: slow}, {0: just_after}).matched == {0: just_after}
     too_early = credit(100_123, at=midnight - timedelta(minutes=10))
     assert decide(too_early, [just_after]).kind is MatchKind.UNMATCHED
+
+
+def test_a_reversal_may_follow_its_credit_by_days_never_precede_it() -> None:
+    """A debit stamped 00:00 WIB is dated by day only: its credit may be any time that day.
+    A debit with a time reaches no later than itself, give or take the bank's clock."""
+    from orchestrator.reconciliation.matcher import BANK_CLOCK_SKEW, reversal_window
+
+    day = datetime(2026, 5, 15, 0, 0, tzinfo=WIB)
+    start, end = reversal_window(day, timedelta(days=3))
+    assert start == day - timedelta(days=3)
+    assert day + timedelta(hours=23, minutes=59) < end < day + timedelta(days=1)
+    timed = day + timedelta(hours=10)
+    assert reversal_window(timed, timedelta(days=3)) == (timed - timedelta(days=3),
+                                                         timed + BANK_CLOCK_SKEW)
