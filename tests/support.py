@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
+import json
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import uvicorn
 
 from chaos.infra import free_port
@@ -124,3 +128,13 @@ async def eventually(probe: Callable[[], Awaitable[bool]], timeout: float, what:
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+async def signed_push(client: httpx.AsyncClient, container: Container,
+                      items: list[dict[str, object]]) -> httpx.Response:
+    """A Moota-style push of ``items`` to the service, signed as Moota signs (RAILS.md §3.3)."""
+    body = json.dumps(items).encode()
+    signature = hmac.new(container.settings.mutation_push_secret.encode(), body,
+                         hashlib.sha256).hexdigest()
+    return await client.post("/v1/mutations/push", content=body, headers={
+        "Signature": signature, "Content-Type": "application/json"})

@@ -7,9 +7,6 @@ Real PostgreSQL; statements through the batch path and line by line, pushes thro
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,7 +20,7 @@ from orchestrator.domain.clock import WIB
 from orchestrator.store.tables import mutations, orders, outbox, review_cases
 from tests.integration.test_reconciliation import capture, upload
 from tests.integration.test_reconciliation_batch import line_by_line
-from tests.support import ShopFixture, bca_statement, new_merchant, new_ops_token
+from tests.support import ShopFixture, bca_statement, new_merchant, new_ops_token, signed_push
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +30,18 @@ async def ops(container: Container) -> dict[str, str]:
 
 def today() -> datetime:
     return datetime.now(UTC)
+
+
+async def import_statement(client: httpx.AsyncClient, container: Container,
+                           ops: dict[str, str], m: ShopFixture, statement: bytes, *,
+                           batch: bool) -> dict[str, Any]:
+    """The upload's reply (the batch path, on PostgreSQL), or the same counts line by line."""
+    if batch:
+        return dict((await upload(client, ops, m, statement)).json())
+    imported = await line_by_line(container).import_statement(
+        bank="bca", account_number=m.account_number, data=statement, filename=None,
+        actor="test")
+    return {"matched": imported.matched, "possible_reversals": imported.possible_reversals}
 
 
 async def cases_of(container: Container, order_id: str) -> list[Any]:
@@ -103,13 +112,7 @@ async def test_a_credit_and_its_reversal_in_one_statement(
     statement = bca_statement(m.account_number, [
         (today(), "TRSF E-BANKING CR ANDI", pay, "CR"),
         (today(), "KOREKSI TRSF CR ANDI", pay, "DB")])
-    if batch:
-        report = (await upload(client, ops, m, statement)).json()
-    else:
-        imported = await line_by_line(container).import_statement(
-            bank="bca", account_number=m.account_number, data=statement, filename=None,
-            actor="test")
-        report = {"matched": imported.matched, "possible_reversals": imported.possible_reversals}
+    report = await import_statement(client, container, ops, m, statement, batch=batch)
     assert (report["matched"], report["possible_reversals"]) == (1, 1)
     assert [c.reason for c in await cases_of(container, order["id"])] == ["possible_reversal"]
 
@@ -145,19 +148,9 @@ async def test_a_pushed_reversal_is_caught_once_whichever_source_sees_it(
     m: ShopFixture = await new_merchant(container)
     order = await capture(client, m)
     pay = order["payment"]["transfer_amount"]
-    wib_now = today().astimezone(WIB).strftime("%Y-%m-%d %H:%M:%S")
 
     async def push(kind: str) -> dict[str, Any]:
-        body = json.dumps([{
-            "mutation_id": uuid.uuid4().hex[:11], "bank_id": "bk7Hq2Lm9Zs",
-            "account_number": m.account_number, "date": wib_now, "description": "TRSF",
-            "amount": f"{pay}.00", "type": kind, "balance": "2150123.00"}]).encode()
-        signature = hmac.new(container.settings.mutation_push_secret.encode(), body,
-                             hashlib.sha256).hexdigest()
-        r = await client.post("/v1/mutations/push", content=body, headers={
-            "Signature": signature, "Content-Type": "application/json"})
-        assert r.status_code == 200, r.text
-        return dict(r.json())
+        return await push_one(client, container, m.account_number, pay, kind)
 
     assert (await push("CR"))["matched"] == 1
     assert (await push("DB"))["possible_reversals"] == 1
@@ -192,15 +185,11 @@ async def test_a_zero_window_looks_for_no_reversals(
 
 async def push_one(client: httpx.AsyncClient, container: Container, account: str, amount: int,
                    kind: str) -> dict[str, Any]:
-    body = json.dumps([{
+    r = await signed_push(client, container, [{
         "mutation_id": uuid.uuid4().hex[:11], "bank_id": "bk7Hq2Lm9Zs",
         "account_number": account,
         "date": today().astimezone(WIB).strftime("%Y-%m-%d %H:%M:%S"), "description": "TRSF",
-        "amount": f"{amount}.00", "type": kind, "balance": "2150123.00"}]).encode()
-    signature = hmac.new(container.settings.mutation_push_secret.encode(), body,
-                         hashlib.sha256).hexdigest()
-    r = await client.post("/v1/mutations/push", content=body, headers={
-        "Signature": signature, "Content-Type": "application/json"})
+        "amount": f"{amount}.00", "type": kind, "balance": "2150123.00"}])
     assert r.status_code == 200, r.text
     return dict(r.json())
 
@@ -309,13 +298,7 @@ async def test_both_import_paths_judge_a_days_lines_alike_whatever_their_order(
     pay = order["payment"]["transfer_amount"]
     statement = bca_statement(m.account_number, [(today(), "TRSF KE", pay, "DB"),
                                                  (today(), "TRSF E-BANKING CR", pay, "CR")])
-    if batch:
-        report = (await upload(client, ops, m, statement)).json()
-    else:
-        imported = await line_by_line(container).import_statement(
-            bank="bca", account_number=m.account_number, data=statement, filename=None,
-            actor="test")
-        report = {"matched": imported.matched, "possible_reversals": imported.possible_reversals}
+    report = await import_statement(client, container, ops, m, statement, batch=batch)
     assert (report["matched"], report["possible_reversals"]) == (1, 1)
 
 
@@ -337,12 +320,10 @@ async def test_a_statement_and_a_push_of_the_same_debits_in_opposite_orders_both
     assert (await push_one(client, container, m.account_number, xa, "CR"))["matched"] == 1
     assert (await push_one(client, container, m.account_number, xb, "CR"))["matched"] == 1
     stamp = today().astimezone(WIB).strftime("%Y-%m-%d %H:%M:%S")
-    pushed = json.dumps([{"mutation_id": uuid.uuid4().hex[:11], "bank_id": "bk7Hq2Lm9Zs",
-                          "account_number": m.account_number, "date": stamp,
-                          "description": "KOREKSI", "amount": f"{amount}.00", "type": "DB",
-                          "balance": "2150123.00"} for amount in (xb, xa)]).encode()
-    signature = hmac.new(container.settings.mutation_push_secret.encode(), pushed,
-                         hashlib.sha256).hexdigest()
+    pushed: list[dict[str, object]] = [
+        {"mutation_id": uuid.uuid4().hex[:11], "bank_id": "bk7Hq2Lm9Zs",
+         "account_number": m.account_number, "date": stamp, "description": "KOREKSI",
+         "amount": f"{amount}.00", "type": "DB", "balance": "2150123.00"} for amount in (xb, xa)]
     dsn = pg_url.replace("postgresql+asyncpg://", "postgresql://")
     blocker, admin = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
 
@@ -361,8 +342,7 @@ async def test_a_statement_and_a_push_of_the_same_debits_in_opposite_orders_both
         statement = asyncio.create_task(upload(client, ops, m, bca_statement(
             m.account_number, [(today(), "KOREKSI", xa, "DB"), (today(), "KOREKSI", xb, "DB")])))
         await waiters(1)
-        push = asyncio.create_task(client.post("/v1/mutations/push", content=pushed, headers={
-            "Signature": signature, "Content-Type": "application/json"}))
+        push = asyncio.create_task(signed_push(client, container, pushed))
         await waiters(2)
         await held.commit()
         by_statement, by_push = await asyncio.gather(statement, push)

@@ -19,7 +19,14 @@ import sqlalchemy as sa
 
 from orchestrator.bootstrap import Container
 from orchestrator.store.tables import mutations, provider_deliveries, statements
-from tests.support import ShopFixture, bca_statement, new_merchant, new_ops_token, order_body
+from tests.support import (
+    ShopFixture,
+    bca_statement,
+    new_merchant,
+    new_ops_token,
+    order_body,
+    signed_push,
+)
 
 
 @pytest.fixture(scope="module")
@@ -227,11 +234,7 @@ async def test_a_pushed_item_with_a_value_no_bank_sends_is_set_aside_not_stored(
     beside it either: kept as received for a person."""
     shop = await new_merchant(container)
     odd = _push_item(shop.account_number, **fields)
-    body = json.dumps([odd, _push_item(shop.account_number)]).encode()
-    signature = hmac.new(container.settings.mutation_push_secret.encode(), body,
-                         hashlib.sha256).hexdigest()
-    r = await client.post("/v1/mutations/push", content=body,
-                          headers={"Signature": signature, "Content-Type": "application/json"})
+    r = await signed_push(client, container, [odd, _push_item(shop.account_number)])
     assert r.status_code == 200, r.text
     assert (r.json()["new"], r.json()["unreadable"]) == (1, 1)
     listed = (await client.get("/v1/reconciliation/unreadable", headers=ops)).json()["data"]
@@ -333,11 +336,7 @@ async def test_a_corrected_push_of_a_set_aside_item_closes_it(
     shop = await new_merchant(container)
 
     async def push(item: dict[str, Any]) -> dict[str, Any]:
-        body = json.dumps([item]).encode()
-        signature = hmac.new(container.settings.mutation_push_secret.encode(), body,
-                             hashlib.sha256).hexdigest()
-        r = await client.post("/v1/mutations/push", content=body, headers={
-            "Signature": signature, "Content-Type": "application/json"})
+        r = await signed_push(client, container, [item])
         assert r.status_code == 200, r.text
         return dict(r.json())
 
