@@ -66,8 +66,22 @@ async def pg_engine(pg_url: str) -> AsyncIterator[AsyncEngine]:
 
 @pytest.fixture(scope="session")
 def redis_prefix() -> Iterator[str]:
+    """This run's key prefix; every key under it is deleted when the run ends, whichever tests
+    ran (a run of one file wrote feed watermarks that outlived it when only the
+    ``redis_client`` fixture cleaned up, and only if a test had asked for it)."""
+    import redis
+
     prefix = f"lunas-test:{os.getpid()}:{secrets.token_hex(4)}:"
     yield prefix
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+    except redis.RedisError:
+        pass  # Redis gone at the end of a run: nothing of ours can be left in it to delete
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")
