@@ -204,9 +204,9 @@ class FeedSettings:
     """The feed counts as stale when no poll succeeded for this long."""
     call_timeout: timedelta = timedelta(seconds=10)
     max_unreadable: int = 20
-    """Unreadable items one poll may set aside for a person (``LUNAS_FEED_MAX_UNREADABLE``).
-    More than that is not an odd item but a feed whose format changed: the poll fails, the
-    breaker counts it, and the feed goes stale rather than silently skipping everything."""
+    """New unreadable items one poll may set aside for a person (``LUNAS_FEED_MAX_UNREADABLE``).
+    More than that is not an odd item but a feed whose format changed: the poll fails and the
+    feed goes stale (its alert fires) rather than silently skipping everything."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -468,16 +468,18 @@ def _at_least(value: int, minimum: int, name: str) -> int:
 
 def _at_least_a_second(value: timedelta, name: str) -> timedelta:
     """For the pause of a loop: zero would make it spin."""
-    if value < timedelta(seconds=1):
-        raise SettingsError(f"{name} must be at least 1 second, got {value.total_seconds():g}")
-    return value
+    return _seconds_at_least(value, timedelta(seconds=1), name)
 
 
 def _at_least_a_day(value: timedelta, name: str) -> timedelta:
     """A retention shorter than a day would delete what is still in use: a client's retry within
     the hour, an event the relay is about to mark done, a delivery still being handled."""
-    if value < timedelta(days=1):
-        raise SettingsError(f"{name} must be at least 86400 seconds (a day), got "
+    return _seconds_at_least(value, timedelta(days=1), name)
+
+
+def _seconds_at_least(value: timedelta, minimum: timedelta, name: str) -> timedelta:
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum.total_seconds():g} seconds, got "
                             f"{value.total_seconds():g}")
     return value
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from orchestrator.services import unreadable_feed_items
 from orchestrator.services.reviews import MAX_NOTE
 
 
@@ -43,7 +44,7 @@ class ManualMatchIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class HandledIn(msgspec.Struct, forbid_unknown_fields=True):
-    note: Annotated[str, msgspec.Meta(max_length=2000)]
+    note: Annotated[str, msgspec.Meta(max_length=unreadable_feed_items.MAX_NOTE)]
     """What was done about the money the item may stand for; kept in the audit log."""
 
 

@@ -104,8 +104,7 @@ class FeedPoller:
             for name in ("new", "duplicate", "matched", "ambiguous", "unmatched",
                          "ignored_debits", "needs_review", "possible_reversals"):
                 setattr(report, name, getattr(report, name) + getattr(part, name))
-        await self._unreadable.close_read(FEED_NAME, {m.mutation_id for m in items},
-                                          now=started)
+        await self._unreadable.close_read(FEED_NAME, now=started)
         await self._record_success(started)
         return report
 

@@ -188,8 +188,7 @@ class ReconciliationService:
         await self._unreadable.keep(MOOTA, pushed.unreadable, now=now)
         report = await self._ingest_moota(pushed.mutations, source="push")
         report.unreadable = len(pushed.unreadable)
-        await self._unreadable.close_read(MOOTA, {m.mutation_id for m in pushed.mutations},
-                                          now=now)
+        await self._unreadable.close_read(MOOTA, now=now)
         return report
 
     async def ingest_feed(self, items: Sequence[MootaMutation]) -> ImportReport:

@@ -11,7 +11,7 @@ may stand for. Open items are what the ``LunasMutationFeedItemUnreadable`` alert
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +34,7 @@ MOOTA = "moota"
 OPEN, READ, HANDLED = "open", "read", "handled"
 STATES = (OPEN, READ, HANDLED)
 MAX_NOTE = 2000
+"""The length ``unreadable_feed_items.note`` (and the audit log's reason) keeps."""
 MAX_RAW = 64 * 1024
 """Characters of the item kept; a real mutation object is well under 2 KiB."""
 
@@ -123,15 +124,16 @@ class UnreadableFeedItems:
                         "person: GET /v1/reconciliation/unreadable", feed, item.problem)
         return fresh
 
-    async def close_read(self, feed: str, listed: Collection[str], *, now: datetime) -> int:
-        """Close the open items whose mutation the feed has now ``listed`` in a readable form.
-        Asks for the open items' references first: there are few or none, while a poll lists
-        every mutation of two days."""
+    async def close_read(self, feed: str, *, now: datetime) -> int:
+        """Close the open items whose mutation is now in the mutation store: the feed or a push
+        brought a readable version of it. Asked of the store, not of what one call just read,
+        so an item a crash left open between the two is closed by the next poll or push."""
         t = unreadable_feed_items.c
         async with self._db.transaction() as conn:
-            waiting = set((await conn.execute(sa.select(t.mutation_ref).where(
-                t.feed == feed, t.state == OPEN, t.mutation_ref.is_not(None)))).scalars())
-            read = sorted(waiting.intersection(listed))
+            waiting = [ref for ref in (await conn.execute(sa.select(t.mutation_ref).where(
+                t.feed == feed, t.state == OPEN, t.mutation_ref.is_not(None)))).scalars()
+                if ref is not None]
+            read = sorted(await _stored_mutations(conn, waiting))
             if not read:
                 return 0
             result = await conn.execute(

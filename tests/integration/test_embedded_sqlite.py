@@ -60,7 +60,9 @@ async def test_checkout_to_paid_on_sqlite(tmp_path: Path) -> None:
 
 async def test_unreadable_feed_items_on_sqlite(tmp_path: Path) -> None:
     """Kept once, closed by a corrected listing or by a person: the same statements on SQLite."""
+    from orchestrator.reconciliation.fingerprint import fingerprint_moota
     from orchestrator.reconciliation.moota import unreadable_item
+    from orchestrator.store.tables import mutations
 
     container = build(Settings(database=DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/u.db")))
     try:
@@ -71,7 +73,12 @@ async def test_unreadable_feed_items_on_sqlite(tmp_path: Path) -> None:
                for n in range(2)]
         assert len(await items.keep("moota", odd, now=now)) == 2
         assert await items.keep("moota", odd, now=now) == []
-        assert await items.close_read("moota", {"mt0", "other"}, now=now) == 1
+        async with container.db.transaction() as conn:  # a readable mt0 was stored since
+            await conn.execute(mutations.insert().values(
+                id="mut_mt0", bank="bca", account_number="0123456789", posted_at=now,
+                amount=1_500, direction="CR", description="TRSF", source="feed",
+                fingerprint=fingerprint_moota("mt0"), match_state="unmatched", created_at=now))
+        assert await items.close_read("moota", now=now) == 1
         [left] = await items.listing(state="open", limit=10)
         closed = await items.handled(left["id"], actor="cli:sari", note="no order", now=now)
         assert (closed["mutation_ref"], closed["state"]) == ("mt1", "handled")
