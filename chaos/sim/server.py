@@ -44,6 +44,7 @@ class SwitchableServer:
         self._placeholder: socket.socket | None = None  # reserved on first start()
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
+        self._answering = False
 
     @property
     def url(self) -> str:
@@ -59,8 +60,10 @@ class SwitchableServer:
         if self._placeholder is None:
             self._placeholder = bind_socket(self.host, self.port)
             self.port = int(self._placeholder.getsockname()[1])
-        config = uvicorn.Config(self.app, host=self.host, port=self.port, log_level="warning",
-                                access_log=False, lifespan="off", timeout_graceful_shutdown=1)
+        self._answering = True
+        config = uvicorn.Config(self._gate, host=self.host, port=self.port, log_level="warning",
+                                access_log=False, lifespan="off", timeout_graceful_shutdown=1,
+                                interface="asgi3")  # a bound method: auto would guess ASGI 2
         server = EmbeddedServer(config)
         sock = bind_socket(self.host, self.port)
         self._task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -88,10 +91,29 @@ class SwitchableServer:
         self._server, self._task = None, None
         if server is None or task is None:
             return
+        self._answering = False
         server.should_exit = True
         server.force_exit = True
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
             await asyncio.wait_for(task, timeout=5)
+        # uvicorn shuts down the connections it knows of, but one accepted just before the
+        # listener closed can register itself after that sweep and go on serving keep-alive
+        # requests: a provider "down" that still answers (a CI run saw a feed poll succeed
+        # through its fault). Abort whatever is left once pending accepts have run.
+        for _ in range(3):
+            await asyncio.sleep(0)
+            for connection in list(server.server_state.connections):
+                connection.transport.abort()
+
+    async def _gate(self, scope: Any, receive: Any, send: Any) -> None:
+        """The app, unless the server has been stopped: then no request on any connection still
+        open gets an answer from the provider, only a 503 that closes the connection."""
+        if scope["type"] == "http" and not self._answering:
+            await send({"type": "http.response.start", "status": 503,
+                        "headers": [(b"connection", b"close"), (b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await self.app(scope, receive, send)
 
 
 @contextlib.asynccontextmanager

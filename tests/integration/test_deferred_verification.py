@@ -304,6 +304,11 @@ async def test_a_stale_mutation_feed_holds_expiry_until_it_catches_up(
             assert r.status_code == 200, r.text
         # The customer transfers before the deadline, but the feed is down and cannot tell us.
         paid = placed[0]["payment"]
+        async with httpx.AsyncClient() as c:
+            r = await c.post(f"{s.moota.control_url}/mutations", json={
+                "account_number": paid["account_number"], "amount": paid["transfer_amount"],
+                "type": "CR", "description": "TRSF E-BANKING CR ANDI"})
+            assert r.status_code == 200, r.text
         s.clock.advance(PAST_DEADLINE)  # the last poll is now older than stale_after
 
         async def held() -> bool:
@@ -316,10 +321,6 @@ async def test_a_stale_mutation_feed_holds_expiry_until_it_catches_up(
 
         async with httpx.AsyncClient() as c:
             await c.delete(f"{s.moota.control_url}/faults")
-            r = await c.post(f"{s.moota.control_url}/mutations", json={
-                "account_number": paid["account_number"], "amount": paid["transfer_amount"],
-                "type": "CR", "description": "TRSF E-BANKING CR ANDI"})
-            assert r.status_code == 200, r.text
 
         async def decided() -> bool:
             return set((await s.states(ids)).values()) <= {"paid", "expired"}
