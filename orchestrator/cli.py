@@ -9,7 +9,7 @@
     lunas reconcile unreadable [--state open] [--json]
     lunas reconcile handled ITEM_ID --note WHAT_WAS_DONE --actor WHO
     lunas reviews list [--state open] [--json]
-    lunas reviews resolve CASE_ID --action honour|refund --note WHY --actor WHO
+    lunas reviews resolve CASE_ID --action honour|refund|expire --note WHY --actor WHO
     lunas chaos run NAME ... | --all | --fast | --list   game-day experiments (chaos/experiments)
 """
 
@@ -78,9 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     rl = rv.add_parser("list", help="review cases (open by default)")
     rl.add_argument("--state", default="open", help="open | resolved | '' for all")
     rl.add_argument("--json", action="store_true")
-    rr = rv.add_parser("resolve", help="honour or refund a case (audited)")
+    rr = rv.add_parser("resolve", help="honour, refund or expire a case (audited)")
     rr.add_argument("case_id")
-    rr.add_argument("--action", dest="decision", required=True, choices=["honour", "refund"])
+    rr.add_argument("--action", dest="decision", required=True,
+                    choices=["honour", "refund", "expire"])
     rr.add_argument("--note", required=True, help="why; kept in the audit log")
     rr.add_argument("--actor", required=True, help="who decides, e.g. your name")
     rr.add_argument("--json", action="store_true")
@@ -290,7 +291,8 @@ async def _reviews_resolve(settings: Settings, args: argparse.Namespace) -> int:
         try:
             case = await resolve_case(c.db, case_id=args.case_id, action=args.decision,
                                       actor=f"cli:{args.actor}", note=args.note,
-                                      now=c.clock.now())
+                                      now=c.clock.now(),
+                                      quarantine=c.settings.unique_codes.quarantine)
         except DomainError as exc:
             print(f"lunas: {exc.detail}", file=sys.stderr)
             return 1

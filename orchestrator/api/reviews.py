@@ -33,11 +33,13 @@ class ReviewsController(Controller):
         return {"data": await list_cases(container.db, state=status or None, limit=limit)}
 
     @post("/{case_id:str}/resolve", status_code=200,
-          summary="Resolve a case: honour (the order is paid) or refund")
+          summary="Resolve a case: honour (the order is paid), refund, or expire (no "
+                  "payment found, for a case asking whether the order was paid)")
     async def resolve(self, request: Request[Any, Any, Any], case_id: FromPath[str],
                       data: JSONBody[ResolveCaseIn],
                       container: NamedDependency[Container]) -> dict[str, Any]:
         principal = await container.auth.ops(request, "reconciliation")
         return await resolve_case(container.db, case_id=case_id, action=data.action,
                                   actor=f"ops:{principal.name}", note=data.note,
-                                  now=container.clock.now())
+                                  now=container.clock.now(),
+                                  quarantine=container.settings.unique_codes.quarantine)

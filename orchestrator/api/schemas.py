@@ -73,7 +73,7 @@ class BreakerActionIn(msgspec.Struct, forbid_unknown_fields=True):
 
 class ResolveCaseIn(msgspec.Struct, forbid_unknown_fields=True):
     action: str
-    """honour | refund"""
+    """honour | refund | expire (expire: only for a verification_window_exhausted case)"""
     note: Annotated[str, msgspec.Meta(max_length=MAX_NOTE)]
 
 

@@ -10,6 +10,14 @@ that arrives after expiry (issue 2 requires it; rule 4 says such money is never 
 terminal ``refunded`` state for a review that a person resolves by refunding; and ``captured`` takes
 payments and the unverifiable deadline like ``awaiting_payment`` (it can hold an attempt whose
 create outcome was unknown, rule 3 and 4).
+
+An order sent to review because its verification window ran out (``verification_window_
+exhausted``) is still waiting on the one question the window could not answer: was it paid?
+So a payment proven later, when the source is back, is judged as on an open order: the exact
+amount settles it (``needs_review → paid``), another amount is an amount mismatch (it stays in
+review, for that reason). Before, such a payment opened a refund case that could not move the
+order, which stayed in review for good. A person who finds no payment at the source expires
+it (``needs_review → expired``, ``review_expired``).
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ class OrderTrigger(enum.StrEnum):
     PAYMENT_AFTER_EXPIRY = "payment_after_expiry"
     REVIEW_HONOURED = "review_honoured"
     REVIEW_REFUNDED = "review_refunded"
+    REVIEW_EXPIRED = "review_expired"  # a person found no payment at the source
 
 
 _O = OrderState
@@ -68,6 +77,10 @@ ORDER_TRANSITIONS: dict[tuple[OrderState, OrderTrigger], OrderState] = {
     (_O.EXPIRED, _T.PAYMENT_AFTER_EXPIRY): _O.NEEDS_REVIEW,
     (_O.NEEDS_REVIEW, _T.REVIEW_HONOURED): _O.PAID,
     (_O.NEEDS_REVIEW, _T.REVIEW_REFUNDED): _O.REFUNDED,
+    (_O.NEEDS_REVIEW, _T.REVIEW_EXPIRED): _O.EXPIRED,
+    # Only an order whose review asks "was it paid?" (judge_payment checks the reason).
+    (_O.NEEDS_REVIEW, _T.PAYMENT_CONFIRMED): _O.PAID,
+    (_O.NEEDS_REVIEW, _T.PAYMENT_DISCREPANCY): _O.NEEDS_REVIEW,
 }
 
 TERMINAL_ORDER_STATES = frozenset({_O.PAID, _O.EXPIRED, _O.CANCELLED, _O.REFUNDED})
@@ -177,6 +190,7 @@ class RecommendedAction(enum.StrEnum):
     HONOUR = "honour"
     MATCH_MANUALLY = "match_manually"
     CHECK_WITH_BANK = "check_with_bank"
+    CHECK_AT_SOURCE = "check_at_source"  # was it paid? ask the provider or the bank
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,13 +201,21 @@ class PaymentDecision:
     recommended_action: RecommendedAction | None = None
 
 
-def judge_payment(*, order_state: OrderState, expected: int, received: int) -> PaymentDecision:
+def judge_payment(*, order_state: OrderState, expected: int, received: int,
+                  review_reason: str | None = None,
+                  honoured_unproven: bool = False) -> PaymentDecision:
     """Decide what a payment of ``received`` rupiah on one of an order's attempts means.
 
     Amounts are compared exactly (STYLE rule 6): a different amount is a discrepancy, never an
-    overwrite. A paid order stays paid whatever else arrives (rule 4).
+    overwrite. A paid order stays paid whatever else arrives (rule 4). An order in review only
+    because its payment could not be verified in time (``review_reason``) takes a payment like
+    an open order: the payment is the answer the review waits for. ``honoured_unproven``: a
+    person made such an order paid on the source's word and no payment evidence has reached it
+    since; the first payment of the exact amount is that payment, proven, not a second one.
     """
     if order_state is OrderState.PAID:
+        if honoured_unproven and received == expected:
+            return PaymentDecision(verdict=PaymentVerdict.SETTLE, order_trigger=None)
         return PaymentDecision(
             verdict=PaymentVerdict.SECOND_PAYMENT,
             order_trigger=None,
@@ -209,7 +231,9 @@ def judge_payment(*, order_state: OrderState, expected: int, received: int) -> P
                 RecommendedAction.REFUND
             ),
         )
-    if order_state in OPEN_ORDER_STATES:
+    if order_state in OPEN_ORDER_STATES or (
+            order_state is OrderState.NEEDS_REVIEW
+            and review_reason == ReviewReason.VERIFICATION_WINDOW_EXHAUSTED.value):
         if received == expected:
             return PaymentDecision(
                 verdict=PaymentVerdict.SETTLE, order_trigger=OrderTrigger.PAYMENT_CONFIRMED

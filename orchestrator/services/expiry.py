@@ -11,14 +11,16 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.domain import events
-from orchestrator.domain.order import AttemptState, OrderState, ReviewReason
+from orchestrator.domain.order import AttemptState, OrderState, RecommendedAction, ReviewReason
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails.base import Rail
+from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import event_payload, iso
 from orchestrator.services.orders import close_attempts
+from orchestrator.services.settlement import LUNAS_ACTOR, open_review_case
 from orchestrator.services.status_reads import LIVE, route_of
 from orchestrator.store.database import Database
-from orchestrator.store.tables import orders, payment_attempts
+from orchestrator.store.tables import orders, payment_attempts, review_cases
 
 _EXPIRABLE = (OrderState.CAPTURED.value, OrderState.AWAITING_PAYMENT.value)
 _UNSETTLED = (AttemptState.UNKNOWN.value, AttemptState.CREATING.value)
@@ -177,9 +179,19 @@ async def settle_verifying_orders(
             .order_by(orders.c.expires_at).limit(batch).with_for_update(skip_locked=True)
         )).all()
         waiting = [*ready, *overdue_pick]
-        if not waiting:
+        # Orders sent to a person because the window ran out, whose sources are back and have
+        # been read: the question the review asked is answered (a payment found would have
+        # settled the order already, settlement.py), so they are decided as here.
+        in_review = (await conn.execute(
+            sa.select(orders).where(
+                orders.c.state == OrderState.NEEDS_REVIEW.value,
+                orders.c.review_reason == ReviewReason.VERIFICATION_WINDOW_EXHAUSTED.value,
+                ~unread_gateway)
+            .order_by(orders.c.expires_at).limit(batch).with_for_update(skip_locked=True)
+        )).all()
+        if not waiting and not in_review:
             return 0
-        sources = await _sources(conn, [o.id for o in waiting])
+        sources = await _sources(conn, [o.id for o in [*waiting, *in_review]])
 
         def still_waiting(o: Any) -> bool:
             src = sources.get(o.id)
@@ -187,22 +199,66 @@ async def settle_verifying_orders(
                 bool(src.manual) and not health.feed_caught_up(o.expires_at)))
 
         open_ = [o for o in waiting if still_waiting(o)]
-        await _expire(conn, [o for o in waiting if o not in open_], now=now,
+        unpaid = [o for o in in_review if not still_waiting(o)]
+        await _expire(conn, [o for o in waiting if o not in open_] + unpaid, now=now,
                       quarantine=quarantine)
+        await add_events(conn, await _close_unanswered_cases(conn, unpaid, now=now), now=now)
         overdue = [o for o in open_ if o.expires_at + window <= now]
+        reason = ReviewReason.VERIFICATION_WINDOW_EXHAUSTED.value
+        action = RecommendedAction.CHECK_AT_SOURCE.value
+        review: list[PendingEvent] = []
         for o in overdue:
             await conn.execute(orders.update().where(orders.c.id == o.id).values(
-                state=OrderState.NEEDS_REVIEW.value, updated_at=now,
-                review_reason=ReviewReason.VERIFICATION_WINDOW_EXHAUSTED.value))
-        await add_events(conn, [PendingEvent(
-            event_type=events.ORDER_NEEDS_REVIEW, aggregate_id=o.id, merchant_id=o.merchant_id,
-            payload={**event_payload(o), "status": OrderState.NEEDS_REVIEW.value,
-                     "review_reason": ReviewReason.VERIFICATION_WINDOW_EXHAUSTED.value,
-                     "waiting_on": sources[o.id].describe(),
-                     "recommended_action": "check the payment at its source, then honour or "
-                                           "close the order"},
-        ) for o in overdue], now=now)
-        return len(waiting) - len(open_) + len(overdue)
+                state=OrderState.NEEDS_REVIEW.value, updated_at=now, review_reason=reason))
+            # A case, so a person can decide it (honour, refund, or expire when the source shows
+            # no payment); a payment proven later closes it and settles the order instead.
+            case_id = await open_review_case(conn, o, reason, action, o.amount, None, now=now)
+            review += [PendingEvent(
+                event_type=events.ORDER_NEEDS_REVIEW, aggregate_id=o.id,
+                merchant_id=o.merchant_id,
+                payload={**event_payload(o), "status": OrderState.NEEDS_REVIEW.value,
+                         "review_reason": reason, "waiting_on": sources[o.id].describe(),
+                         "review_case_id": case_id, "recommended_action": action},
+            ), PendingEvent(
+                event_type=events.REVIEW_CASE_OPENED, aggregate_id=o.id,
+                merchant_id=o.merchant_id,
+                payload={"case_id": case_id, "order_id": o.id,
+                         "merchant_order_id": o.merchant_order_id, "reason": reason,
+                         "recommended_action": action, "amount": o.amount},
+            )]
+        await add_events(conn, review, now=now)
+        return len(waiting) - len(open_) + len(overdue) + len(unpaid)
+
+
+NO_PAYMENT_FOUND = "no_payment_found"
+"""How Lunas resolves a case that asked whether an order was paid, once its sources, read again,
+show that it was not."""
+
+
+async def _close_unanswered_cases(conn: AsyncConnection, expired: list[Any], *,
+                                  now: datetime) -> list[PendingEvent]:
+    if not expired:
+        return []
+    rc = review_cases.c
+    closed = (await conn.execute(
+        review_cases.update().where(
+            rc.order_id.in_([o.id for o in expired]), rc.state == "open",
+            rc.reason == ReviewReason.VERIFICATION_WINDOW_EXHAUSTED.value)
+        .values(state="resolved", resolved_at=now, resolved_by=LUNAS_ACTOR,
+                resolution=NO_PAYMENT_FOUND,
+                note="every source was read again after it recovered: no payment")
+        .returning(rc.id, rc.order_id, rc.reason))).all()
+    merchant = {o.id: o.merchant_id for o in expired}
+    for case in closed:
+        await record_audit(conn, actor=LUNAS_ACTOR, action=f"review_case.{NO_PAYMENT_FOUND}",
+                           subject_type="review_case", subject_id=case.id,
+                           reason="the recovered sources show no payment",
+                           details={"order_id": case.order_id, "reason": case.reason}, now=now)
+    return [PendingEvent(
+        event_type=events.REVIEW_CASE_RESOLVED, aggregate_id=case.order_id,
+        merchant_id=merchant[case.order_id],
+        payload={"case_id": case.id, "order_id": case.order_id,
+                 "resolution": NO_PAYMENT_FOUND, "reason": case.reason}) for case in closed]
 
 
 async def _sources(conn: AsyncConnection, ids: list[str]) -> dict[str, _Sources]:
@@ -240,20 +296,29 @@ async def _expire(conn: AsyncConnection, due: list[Any], *, now: datetime,
     if not due:
         return
     ids = [o.id for o in due]
-    live_gateway = (await conn.execute(sa.select(payment_attempts.c.id).where(
-        payment_attempts.c.order_id.in_(ids),
-        payment_attempts.c.state.in_([AttemptState.ACTIVE.value, AttemptState.SUPERSEDED.value]),
-        payment_attempts.c.rail != Rail.MANUAL_TRANSFER.value))).scalars().all()
     await conn.execute(orders.update().where(orders.c.id.in_(ids))
                        .values(state=OrderState.EXPIRED.value, updated_at=now))
-    await close_attempts(conn, ids, AttemptState.EXPIRED, now=now, quarantine=quarantine)
+    await close_live_attempts(conn, ids, now=now, quarantine=quarantine)
     await add_events(conn, [
         PendingEvent(
             event_type=events.ORDER_EXPIRED, aggregate_id=o.id, merchant_id=o.merchant_id,
             payload={**event_payload(o), "status": OrderState.EXPIRED.value},
         )
         for o in due
-    ] + [  # a VA or QR left live at the provider could still be paid: cancel where possible
+    ], now=now)
+
+
+async def close_live_attempts(conn: AsyncConnection, order_ids: list[str], *, now: datetime,
+                              quarantine: timedelta) -> None:
+    """The orders are closed: their live instruments expire, keep their codes through the
+    quarantine, and a VA or QR left live at its provider (it could still be paid) is cancelled
+    where possible."""
+    live_gateway = (await conn.execute(sa.select(payment_attempts.c.id).where(
+        payment_attempts.c.order_id.in_(order_ids),
+        payment_attempts.c.state.in_([AttemptState.ACTIVE.value, AttemptState.SUPERSEDED.value]),
+        payment_attempts.c.rail != Rail.MANUAL_TRANSFER.value))).scalars().all()
+    await close_attempts(conn, order_ids, AttemptState.EXPIRED, now=now, quarantine=quarantine)
+    await add_events(conn, [
         PendingEvent(event_type=events.ATTEMPT_CANCEL_REQUESTED, aggregate_id=a,
                      merchant_id=None, payload={"attempt_id": a})
         for a in live_gateway

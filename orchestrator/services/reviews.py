@@ -4,11 +4,17 @@ Honouring a case on an order in ``needs_review`` makes it ``paid``; refunding ma
 ``refunded`` (the money goes back outside Lunas; the case records who decided and why). A case on
 an order that is already settled (a second payment on a paid order, a payment on a cancelled one)
 changes no order state: the resolution records what was done with the money.
+
+A ``verification_window_exhausted`` case asks whether the order was paid at all, so it has a third
+answer: ``expire`` (the source shows no payment). When a case leaves its order expired, paid or
+refunded, the order's instruments still live are closed as on expiry: cancelled at their providers
+where possible and watched through the code quarantine, so money arriving on them later still
+reaches a person.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,16 +26,20 @@ from orchestrator.domain.order import (
     OrderState,
     OrderTrigger,
     RecommendedAction,
+    ReviewReason,
     next_order_state,
 )
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.services.audit import record_audit
+from orchestrator.services.expiry import close_live_attempts
 from orchestrator.services.order_view import event_payload, iso
 from orchestrator.store.database import Database
 from orchestrator.store.tables import orders, review_cases
 
+EXPIRE = "expire"
 _ACTIONS = {RecommendedAction.HONOUR.value: OrderTrigger.REVIEW_HONOURED,
-            RecommendedAction.REFUND.value: OrderTrigger.REVIEW_REFUNDED}
+            RecommendedAction.REFUND.value: OrderTrigger.REVIEW_REFUNDED,
+            EXPIRE: OrderTrigger.REVIEW_EXPIRED}
 
 
 class CaseClosed(Conflict):
@@ -56,7 +66,7 @@ MAX_NOTE = 2000
 
 
 async def resolve_case(db: Database, *, case_id: str, action: str, actor: str, note: str,
-                       now: datetime) -> dict[str, Any]:
+                       now: datetime, quarantine: timedelta) -> dict[str, Any]:
     if action not in _ACTIONS:
         raise InvalidOrder(f"action must be one of: {', '.join(_ACTIONS)}", field="action")
     if not note.strip():
@@ -78,13 +88,22 @@ async def resolve_case(db: Database, *, case_id: str, action: str, actor: str, n
                                         .with_for_update())).one()
         # Only the case that put the order in review decides its state: a case opened beside it
         # (a possible reversal, a possible duplicate) records its decision and no more.
-        if (order is not None and order.state == OrderState.NEEDS_REVIEW.value
-                and order.review_reason == case.reason):
+        governs = (order is not None and order.state == OrderState.NEEDS_REVIEW.value
+                   and order.review_reason == case.reason)
+        if action == EXPIRE and not (
+                governs and case.reason == ReviewReason.VERIFICATION_WINDOW_EXHAUSTED.value):
+            raise InvalidOrder("expire answers a case asking whether an order in review was "
+                               "paid (verification_window_exhausted); this case is "
+                               f"{case.reason} on an order that is {order.state if order else '-'}",
+                               field="action")
+        if governs:
+            assert order is not None
             state = next_order_state(OrderState.NEEDS_REVIEW, _ACTIONS[action])
             values: dict[str, Any] = {"state": state.value, "updated_at": now}
             if state is OrderState.PAID:
                 values["paid_at"] = now
             await conn.execute(orders.update().where(orders.c.id == order.id).values(**values))
+            await close_live_attempts(conn, [order.id], now=now, quarantine=quarantine)
             moved = (await conn.execute(sa.select(orders).where(orders.c.id == order.id))).one()
             pending.append(PendingEvent(
                 event_type=ORDER_EVENT_ON_ENTRY[state], aggregate_id=order.id,

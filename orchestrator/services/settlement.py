@@ -30,6 +30,7 @@ from orchestrator.domain.order import (
     next_order_state,
 )
 from orchestrator.outbox.writer import PendingEvent, add_events
+from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import event_payload
 from orchestrator.services.orders import retire_attempts
 from orchestrator.store.database import upsert_insert
@@ -56,6 +57,8 @@ _QUARANTINE_OTHER_CODES = payment_attempts.update().where(
     _a.holds_code, _a.code_held_until.is_(None)).values(
         closed_at=sa.func.coalesce(_a.closed_at, sa.bindparam("b_now", type_=_a.closed_at.type)),
         code_held_until=sa.bindparam("b_held_until", type_=_a.code_held_until.type))
+LUNAS_ACTOR = "lunas"
+"""The actor Lunas records in the audit log for what it decided itself."""
 _RECORD_EVIDENCE = {
     dialect: upsert_insert(dialect)(evidence).on_conflict_do_nothing(
         index_elements=["unique_key"]).returning(evidence.c.id)
@@ -107,7 +110,9 @@ async def _apply_locked(
 ) -> SettlementResult:
     attempt = (await conn.execute(_LOCK_ATTEMPT, {"attempt_id": payment.attempt_id})).one()
     decision = judge_payment(order_state=OrderState(order.state),
-                             expected=attempt.transfer_amount, received=payment.amount)
+                             expected=attempt.transfer_amount, received=payment.amount,
+                             review_reason=order.review_reason,
+                             honoured_unproven=await _honoured_unproven(conn, order))
     recorded = await conn.execute(_RECORD_EVIDENCE[conn.dialect.name], {
         "unique_key": payment.evidence_key, "kind": payment.kind, "order_id": order.id,
         "attempt_id": attempt.id, "amount": payment.amount, "verdict": decision.verdict.value,
@@ -124,6 +129,8 @@ async def _apply_locked(
         if new_state not in {s.value for s in OPEN_ORDER_STATES}:
             await _retire_others(conn, order.id, attempt.id, now=now, quarantine=quarantine)
         pending.append(_order_event(order, new_state, decision.review_reason, payment))
+        if order.state == OrderState.NEEDS_REVIEW.value:
+            pending.extend(await _close_answered_cases(conn, order, payment, now=now))
     case_id = None
     if decision.review_reason is not None:
         case_id = await open_review_case(conn, order, decision.review_reason.value,
@@ -143,6 +150,52 @@ async def _apply_locked(
     await add_events(conn, pending, now=now)
     return SettlementResult(applied=True, verdict=decision.verdict, order_id=order.id,
                             order_state=new_state, review_case_id=case_id)
+
+
+async def _honoured_unproven(conn: AsyncConnection, order: Any) -> bool:
+    """A person honoured this order while its payment could not be verified, and no evidence
+    has settled it since (asked only of such orders: one indexed query, rarely)."""
+    if (order.state != OrderState.PAID.value
+            or order.review_reason != ReviewReason.VERIFICATION_WINDOW_EXHAUSTED.value):
+        return False
+    settled = (await conn.execute(sa.select(evidence.c.id).where(
+        evidence.c.order_id == order.id,
+        evidence.c.verdict == PaymentVerdict.SETTLE.value).limit(1))).first()
+    return settled is None
+
+
+PAYMENT_FOUND = "payment_found"
+"""How Lunas resolves a case that asked whether an order was paid, once a payment answers it."""
+
+
+async def _close_answered_cases(
+    conn: AsyncConnection, order: Any, payment: Payment, *, now: datetime
+) -> list[PendingEvent]:
+    """The order was in review only because its payment could not be verified in time, and a
+    payment now answers that: its open case is closed by Lunas, audited, and the merchant hears
+    it (a person would otherwise find a case whose question is settled)."""
+    rc = review_cases.c
+    closed = (await conn.execute(
+        review_cases.update().where(
+            rc.order_id == order.id, rc.state == "open",
+            rc.reason == ReviewReason.VERIFICATION_WINDOW_EXHAUSTED.value)
+        .values(state="resolved", resolved_at=now, resolved_by=LUNAS_ACTOR,
+                resolution=PAYMENT_FOUND,
+                note=f"{payment.amount} rupiah confirmed by {payment.kind} evidence "
+                     f"{payment.evidence_key}")
+        .returning(rc.id, rc.reason))).all()
+    for case in closed:
+        await record_audit(conn, actor=LUNAS_ACTOR, action=f"review_case.{PAYMENT_FOUND}",
+                           subject_type="review_case", subject_id=case.id,
+                           reason="a payment answered the case",
+                           details={"order_id": order.id, "reason": case.reason,
+                                    "evidence": payment.kind, "amount": payment.amount},
+                           now=now)
+    return [PendingEvent(
+        event_type=events.REVIEW_CASE_RESOLVED, aggregate_id=order.id,
+        merchant_id=order.merchant_id,
+        payload={"case_id": case.id, "order_id": order.id, "resolution": PAYMENT_FOUND,
+                 "reason": case.reason}) for case in closed]
 
 
 async def _mark_attempt_paid(

@@ -34,7 +34,7 @@ from orchestrator.settings import (
     Settings,
     VerificationSettings,
 )
-from orchestrator.store.tables import orders, outbox, payment_attempts, review_cases
+from orchestrator.store.tables import evidence, orders, outbox, payment_attempts, review_cases
 from orchestrator.worker import run_worker
 from tests.integration.test_failover import gateway_settings
 from tests.invariants import assert_rules_of_state
@@ -289,6 +289,144 @@ async def test_window_runs_out_with_the_provider_still_down_goes_to_a_person(
         review = await s.events("order.needs_review", ids)
         assert review[0].payload["waiting_on"] == ["qris:midtrans:qris"]
         assert await assert_rules_of_state(s.container.db, ids) == {"needs_review": 2}
+
+
+async def run_out_the_window(s: Shop, ids: list[str]) -> None:
+    """The status API goes down at the deadline and stays down past the verification window."""
+    await s.midtrans("POST", "/faults", STATUS_DOWN)
+    s.clock.advance(PAST_DEADLINE)
+
+    async def deferred() -> bool:
+        views = [await s.order(i) for i in ids]
+        return all(v["verification"]["state"] == "waiting_for_provider" for v in views)
+
+    await eventually(deferred, 20, "orders waiting for the provider")
+    s.clock.advance(timedelta(hours=3))  # past the 2 h verification window, still down
+
+    async def reviewed() -> bool:
+        return set((await s.states(ids)).values()) == {"needs_review"}
+
+    await eventually(reviewed, 10, "orders in review")
+
+
+async def cases_of(s: Shop, ids: list[str]) -> dict[str, Any]:
+    async with s.container.db.read() as conn:
+        return {c.order_id: c for c in await conn.execute(
+            sa.select(review_cases).where(review_cases.c.order_id.in_(ids)))}
+
+
+async def test_the_provider_back_after_the_window_answers_the_review_either_way(
+    container: Container,
+) -> None:
+    """Regression (review): a payment proven after the window ran out opened a refund case the
+    order could not leave review by, and nothing ever decided the unpaid ones."""
+    async with shop(container) as s:
+        placed = [await s.checkout() for _ in range(2)]
+        ids = [o["id"] for o in placed]
+        await pay_at_midtrans(s, placed[0])  # one customer paid; nobody can see it yet
+        await run_out_the_window(s, ids)
+        asked = await cases_of(s, ids)
+        assert {i: (c.reason, c.recommended_action, c.state) for i, c in asked.items()} == \
+            dict.fromkeys(ids, ("verification_window_exhausted", "check_at_source", "open"))
+        told = await s.events("review_case.opened", ids)
+        assert sorted(e.aggregate_id for e in told) == sorted(ids)
+
+        await s.midtrans("DELETE", "/faults")  # the provider comes back
+
+        async def decided() -> bool:
+            return set((await s.states(ids)).values()) <= {"paid", "expired"}
+
+        await eventually(decided, 30, "both orders decided by their sources")
+        assert await s.states(ids) == {ids[0]: "paid", ids[1]: "expired"}
+        answered = await cases_of(s, ids)
+        assert {i: (c.state, c.resolution, c.resolved_by) for i, c in answered.items()} == {
+            ids[0]: ("resolved", "payment_found", "lunas"),
+            ids[1]: ("resolved", "no_payment_found", "lunas")}
+        resolved = await s.events("review_case.resolved", ids)
+        assert sorted(e.aggregate_id for e in resolved) == sorted(ids)
+        assert [e.aggregate_id for e in await s.events("order.paid", ids)] == [ids[0]]
+        assert [e.aggregate_id for e in await s.events("order.expired", ids)] == [ids[1]]
+        assert len(await cases_of(s, ids)) == 2  # no refund case beside them
+        assert await assert_rules_of_state(s.container.db, ids) == {"paid": 1, "expired": 1}
+
+
+async def test_a_person_expires_or_honours_an_order_whose_payment_could_not_be_verified(
+    container: Container,
+) -> None:
+    async with shop(container) as s:
+        placed = [await s.checkout() for _ in range(2)]
+        ids = [o["id"] for o in placed]
+        await run_out_the_window(s, ids)
+        ops = {"Authorization": f"Bearer {await new_ops_token(s.container)}"}
+        asked = await cases_of(s, ids)
+
+        async def resolve(order_id: str, action: str, note: str) -> httpx.Response:
+            return await s.client.post(f"/v1/reviews/{asked[order_id].id}/resolve",
+                                       headers=ops, json={"action": action, "note": note})
+
+        r = await resolve(ids[0], "expire", "Midtrans dashboard: QR never paid")
+        assert r.status_code == 200, r.text
+        assert r.json()["resolution"] == "expire"
+        r = await resolve(ids[1], "honour", "Midtrans dashboard: paid 10:02 WIB")
+        assert r.status_code == 200, r.text
+        assert await s.states(ids) == {ids[0]: "expired", ids[1]: "paid"}
+        # Their instruments are closed as on expiry and cancelled at the provider where possible.
+        left = {a.order_id: a.state for i in ids for a in await s.attempts(i)}
+        assert left == dict.fromkeys(ids, "expired")
+        cancels = await s.events("attempt.cancel_requested", [
+            a.id for i in ids for a in await s.attempts(i)])
+        assert len(cancels) == 2
+        assert [e.aggregate_id for e in await s.events("order.expired", ids)] == [ids[0]]
+        assert await assert_rules_of_state(s.container.db, ids) == {"paid": 1, "expired": 1}
+
+
+async def test_a_transfer_a_person_honoured_unproven_is_not_a_second_payment_once_seen(
+    container: Container,
+) -> None:
+    async with shop(container, with_feed=True) as s:
+        assert s.moota is not None
+        placed = await s.checkout(rail="manual_transfer")
+        await asyncio.sleep(0.5)  # a first poll succeeds: the feed is fresh
+        async with httpx.AsyncClient() as c:
+            r = await c.post(f"{s.moota.control_url}/faults", json={"kind": "down"})
+            assert r.status_code == 200, r.text
+            paid = placed["payment"]
+            r = await c.post(f"{s.moota.control_url}/mutations", json={
+                "account_number": paid["account_number"], "amount": paid["transfer_amount"],
+                "type": "CR", "description": "TRSF E-BANKING CR SITI"})
+            assert r.status_code == 200, r.text
+        s.clock.advance(PAST_DEADLINE)
+        await eventually(lambda: _state_is(s, placed["id"], "verifying"), 10, "held")
+        s.clock.advance(timedelta(hours=3))  # the feed stays down past the window
+        await eventually(lambda: _state_is(s, placed["id"], "needs_review"), 10, "in review")
+        # The customer shows the bank app's receipt; finance honours the order.
+        case = (await cases_of(s, [placed["id"]]))[placed["id"]]
+        ops = {"Authorization": f"Bearer {await new_ops_token(s.container)}"}
+        r = await s.client.post(f"/v1/reviews/{case.id}/resolve", headers=ops, json={
+            "action": "honour", "note": "receipt BCA 10:02 WIB, 125,xxx rupiah"})
+        assert r.status_code == 200, r.text
+
+        async with httpx.AsyncClient() as c:
+            await c.delete(f"{s.moota.control_url}/faults")  # the feed brings the transfer
+
+        async def seen() -> bool:
+            async with s.container.db.read() as conn:
+                return bool((await conn.execute(sa.select(sa.func.count()).select_from(
+                    evidence).where(evidence.c.order_id == placed["id"]))).scalar_one())
+
+        await eventually(seen, 20, "the honoured transfer read from the feed")
+        async with s.container.db.read() as conn:
+            verdicts = (await conn.execute(sa.select(evidence.c.verdict).where(
+                evidence.c.order_id == placed["id"]))).scalars().all()
+        assert verdicts == ["settle"]  # the payment honoured, now proven: not a second one
+        assert list(await cases_of(s, [placed["id"]])) == [placed["id"]]  # no refund case
+        assert [a.state for a in await s.attempts(placed["id"])] == ["paid"]
+        assert len(await s.events("order.paid", [placed["id"]])) == 1
+        assert await assert_rules_of_state(s.container.db, [placed["id"]]) == {"paid": 1}
+
+
+async def _state_is(s: Shop, order_id: str, state: str) -> bool:
+    return (await s.states([order_id]))[order_id] == state
 
 
 async def test_a_stale_mutation_feed_holds_expiry_until_it_catches_up(

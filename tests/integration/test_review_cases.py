@@ -111,6 +111,11 @@ async def test_resolutions_need_a_known_action_a_note_and_an_ops_token(
             ).status_code == 401
     assert (await client.post("/v1/reviews/rev_nope/resolve", headers=ops,
                               json={"action": "honour", "note": "x"})).status_code == 404
+    # Expiring answers "was it paid?"; money that did arrive short is not expired away.
+    expire = await client.post(url, headers=ops, json={"action": "expire", "note": "x"})
+    assert (expire.status_code, expire.json()["field"]) == (422, "action")
+    read = (await client.get(f"/v1/orders/{order['id']}", headers=m.headers)).json()
+    assert read["status"] == "needs_review"
 
 
 async def test_cli_lists_and_resolves_cases(

@@ -74,6 +74,7 @@ ORDER_SPEC: dict[OrderState, dict[OrderTrigger, OrderState | _Refused]] = {
         OT.PAYMENT_AFTER_EXPIRY: REFUSED,
         OT.REVIEW_HONOURED: REFUSED,
         OT.REVIEW_REFUNDED: REFUSED,
+        OT.REVIEW_EXPIRED: REFUSED,
     },
     # awaiting_payment ──► paid / verifying / needs_review / cancelled
     OS.AWAITING_PAYMENT: {
@@ -88,6 +89,7 @@ ORDER_SPEC: dict[OrderState, dict[OrderTrigger, OrderState | _Refused]] = {
         OT.PAYMENT_AFTER_EXPIRY: REFUSED,
         OT.REVIEW_HONOURED: REFUSED,
         OT.REVIEW_REFUNDED: REFUSED,
+        OT.REVIEW_EXPIRED: REFUSED,
     },
     # verifying ──► expired / needs_review; never cancelled (not "before any payment evidence")
     OS.VERIFYING: {
@@ -102,6 +104,7 @@ ORDER_SPEC: dict[OrderState, dict[OrderTrigger, OrderState | _Refused]] = {
         OT.PAYMENT_AFTER_EXPIRY: REFUSED,
         OT.REVIEW_HONOURED: REFUSED,
         OT.REVIEW_REFUNDED: REFUSED,
+        OT.REVIEW_EXPIRED: REFUSED,
     },
     # terminal: a paid order stays paid (rule 4)
     OS.PAID: {
@@ -115,6 +118,7 @@ ORDER_SPEC: dict[OrderState, dict[OrderTrigger, OrderState | _Refused]] = {
         OT.PAYMENT_AFTER_EXPIRY: REFUSED,
         OT.REVIEW_HONOURED: REFUSED,
         OT.REVIEW_REFUNDED: REFUSED,
+        OT.REVIEW_EXPIRED: REFUSED,
     },
     # terminal, except money that arrives after expiry (rule 4: never dropped)
     OS.EXPIRED: {
@@ -128,6 +132,7 @@ ORDER_SPEC: dict[OrderState, dict[OrderTrigger, OrderState | _Refused]] = {
         OT.PAYMENT_AFTER_EXPIRY: OS.NEEDS_REVIEW,  # deviation: expired → needs_review
         OT.REVIEW_HONOURED: REFUSED,
         OT.REVIEW_REFUNDED: REFUSED,
+        OT.REVIEW_EXPIRED: REFUSED,
     },
     # terminal: a cancelled order is never resurrected
     OS.CANCELLED: {
@@ -141,19 +146,23 @@ ORDER_SPEC: dict[OrderState, dict[OrderTrigger, OrderState | _Refused]] = {
         OT.PAYMENT_AFTER_EXPIRY: REFUSED,
         OT.REVIEW_HONOURED: REFUSED,
         OT.REVIEW_REFUNDED: REFUSED,
+        OT.REVIEW_EXPIRED: REFUSED,
     },
     # a person decides: honour → paid, or refund
     OS.NEEDS_REVIEW: {
         OT.INSTRUCTIONS_ISSUED: REFUSED,
         OT.CANCEL: REFUSED,
-        OT.PAYMENT_CONFIRMED: REFUSED,
-        OT.PAYMENT_DISCREPANCY: REFUSED,
+        # deviation: an order in review because its payment could not be verified in time takes
+        # the payment proven later (judge_payment allows it for that reason only).
+        OT.PAYMENT_CONFIRMED: OS.PAID,
+        OT.PAYMENT_DISCREPANCY: OS.NEEDS_REVIEW,
         OT.DEADLINE_PASSED: REFUSED,
         OT.DEADLINE_PASSED_UNVERIFIABLE: REFUSED,
         OT.VERIFICATION_WINDOW_EXHAUSTED: REFUSED,
         OT.PAYMENT_AFTER_EXPIRY: REFUSED,
         OT.REVIEW_HONOURED: OS.PAID,
         OT.REVIEW_REFUNDED: OS.REFUNDED,  # deviation: terminal `refunded`
+        OT.REVIEW_EXPIRED: OS.EXPIRED,  # deviation: a person found no payment at the source
     },
     # terminal (deviation)
     OS.REFUNDED: {
@@ -167,6 +176,7 @@ ORDER_SPEC: dict[OrderState, dict[OrderTrigger, OrderState | _Refused]] = {
         OT.PAYMENT_AFTER_EXPIRY: REFUSED,
         OT.REVIEW_HONOURED: REFUSED,
         OT.REVIEW_REFUNDED: REFUSED,
+        OT.REVIEW_EXPIRED: REFUSED,
     },
 }
 
@@ -491,6 +501,42 @@ def test_judged_payment_is_never_dropped(
     else:
         assert judged.review_reason is not None
         assert judged.recommended_action is not None
+
+
+# An order in review only because its payment could not be verified in time is still asking
+# "was it paid?": a payment proven later answers it as on an open order. Every other review
+# reason keeps the order closed to payments (the table above).
+_PROVEN_LATE = {"exact": _SETTLE, "under": _UNDERPAID, "over": _OVERPAID}
+
+
+@pytest.mark.parametrize("amount", sorted(RECEIVED))
+def test_a_payment_proven_after_the_verification_window_is_judged_as_on_an_open_order(
+    amount: str,
+) -> None:
+    judged = judge_payment(order_state=OS.NEEDS_REVIEW, expected=EXPECTED,
+                           received=RECEIVED[amount],
+                           review_reason=R.VERIFICATION_WINDOW_EXHAUSTED.value)
+    assert judged == _PROVEN_LATE[amount]
+    assert judged.order_trigger is not None
+    assert next_order_state(OS.NEEDS_REVIEW, judged.order_trigger) is (
+        OS.PAID if amount == "exact" else OS.NEEDS_REVIEW)
+
+
+@pytest.mark.parametrize("reason", [r for r in ReviewReason
+                                    if r is not ReviewReason.VERIFICATION_WINDOW_EXHAUSTED])
+def test_any_other_review_keeps_the_order_closed_to_payments(reason: ReviewReason) -> None:
+    judged = judge_payment(order_state=OS.NEEDS_REVIEW, expected=EXPECTED, received=EXPECTED,
+                           review_reason=reason.value)
+    assert judged == _CLOSED
+
+
+def test_the_payment_a_person_honoured_unproven_is_not_a_second_payment_once_proven() -> None:
+    proven = judge_payment(order_state=OS.PAID, expected=EXPECTED, received=EXPECTED,
+                           honoured_unproven=True)
+    assert proven == PaymentDecision(verdict=V.SETTLE, order_trigger=None)
+    # Another amount is still money beside the order's: a person decides.
+    assert judge_payment(order_state=OS.PAID, expected=EXPECTED, received=EXPECTED + 1,
+                         honoured_unproven=True) == _SECOND
 
 
 # ---------------------------------------------------------------------------------------------
