@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from orchestrator.domain.clock import WIB
-from statuspage.model import ComponentStatus
+from statuspage.model import INTAKE, ComponentStatus
 
 LANGS = ("id", "en")
 
@@ -140,17 +140,34 @@ class IncidentTexts:
         return f"Disruption affecting {self._list(1)}"
 
     @property
+    def _other_methods_work(self) -> bool:
+        """What the opening text may promise: true only while orders are taken and some payment
+        method outside the incident still works (a customer told "use another method" when none
+        works is told something false)."""
+        if self.published.get(INTAKE) is ComponentStatus.MAJOR_OUTAGE:
+            return False
+        return any(status in (ComponentStatus.OPERATIONAL, ComponentStatus.DEGRADED)
+                   for cid, status in self.published.items()
+                   if cid != INTAKE and cid not in self.components)
+
+    @property
     def opened(self) -> str:
+        still = ("Pesanan tetap bisa dibuat dengan metode pembayaran lain. "
+                 if self._other_methods_work else
+                 "Saat ini pembayaran belum bisa dilakukan; silakan coba lagi nanti. ")
         return (f"Kami mendeteksi gangguan pada {self._list(0)} dan sedang menanganinya. "
-                "Pesanan tetap bisa dibuat dengan metode pembayaran lain. Pembayaran yang "
+                f"{still}Pembayaran yang "
                 "sudah Anda lakukan tetap tercatat dan akan dikonfirmasi otomatis setelah "
                 "layanan pulih; jangan membayar dua kali. Kami akan memberi kabar berikutnya "
                 "dalam 30 menit.")
 
     @property
     def opened_en(self) -> str:
+        still = ("Orders can still be placed with other payment methods. "
+                 if self._other_methods_work else
+                 "Payments cannot be made right now; please try again later. ")
         return (f"We have detected a disruption affecting {self._list(1)} and are working on "
-                "it. Orders can still be placed with other payment methods. Payments you have "
+                f"it. {still}Payments you have "
                 "already made are recorded and will be confirmed automatically once the service "
                 "recovers; do not pay twice. Next update within 30 minutes.")
 
