@@ -7,6 +7,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
 from orchestrator import heap
+from orchestrator.api.dead_letters import DeadLettersController
 from orchestrator.api.errors import to_response
 from orchestrator.api.health import healthz, metrics, readyz
 from orchestrator.api.input_guard import refuse_unstorable_input
@@ -44,7 +45,8 @@ def create_app(container: Container, *, close_on_shutdown: bool = True,
                      request_max_body_size=http.max_upload_bytes)
     return Litestar(
         route_handlers=[OrdersController, uploads, ReconciliationController,
-                        OpsController, RailsController, ReviewsController, WebhooksController,
+                        OpsController, DeadLettersController, RailsController,
+                        ReviewsController, WebhooksController,
                         StatusPageController, StatusOpsController, healthz, readyz, metrics],
         dependencies={"container": Provide(provide_container, sync_to_thread=False)},
         exception_handlers={Exception: to_response},

@@ -10,6 +10,9 @@
     lunas reconcile handled ITEM_ID --note WHAT_WAS_DONE --actor WHO
     lunas reviews list [--state open] [--json]
     lunas reviews resolve CASE_ID --action honour|refund|expire --note WHY --actor WHO
+    lunas outbox dead [--merchant ID] [--json]
+    lunas outbox redeliver (EVENT_ID ... | --merchant ID) --reason WHY --actor WHO
+    lunas outbox discard EVENT_ID --reason WHY --actor WHO
     lunas chaos run NAME ... | --all | --fast | --list   game-day experiments (chaos/experiments)
 """
 
@@ -85,6 +88,20 @@ def _parser() -> argparse.ArgumentParser:
     rr.add_argument("--note", required=True, help="why; kept in the audit log")
     rr.add_argument("--actor", required=True, help="who decides, e.g. your name")
     rr.add_argument("--json", action="store_true")
+
+    ob = sub.add_parser("outbox").add_subparsers(dest="action", required=True)
+    od = ob.add_parser("dead", help="dead-lettered events (oldest first)")
+    od.add_argument("--merchant", help="only this merchant's")
+    od.add_argument("--json", action="store_true")
+    orr = ob.add_parser("redeliver", help="send dead events again (audited)")
+    orr.add_argument("event_ids", nargs="*", metavar="EVENT_ID")
+    orr.add_argument("--merchant", help="every dead event of this merchant")
+    orr.add_argument("--reason", required=True, help="why; kept in the audit log")
+    orr.add_argument("--actor", required=True, help="who, e.g. your name")
+    odi = ob.add_parser("discard", help="let one dead event go for good (audited)")
+    odi.add_argument("event_id")
+    odi.add_argument("--reason", required=True, help="why; kept in the audit log")
+    odi.add_argument("--actor", required=True, help="who, e.g. your name")
 
     r = sub.add_parser("reconcile").add_subparsers(dest="action", required=True)
     ri = r.add_parser("import", help="import a bank statement file")
@@ -267,6 +284,54 @@ async def _reconcile_handled(settings: Settings, args: argparse.Namespace) -> in
     return await _with_container(settings, work)
 
 
+async def _outbox_dead(settings: Settings, args: argparse.Namespace) -> int:
+    from orchestrator.services.dead_letters import list_dead
+
+    async def work(c: Container) -> int:
+        dead = await list_dead(c.db, limit=1000, merchant_id=args.merchant)
+        if args.json:
+            print(json.dumps(dead))
+        else:
+            for e in dead:
+                print(f"{e['event_id']}  {e['event_type']:<28} merchant {e['merchant_id']}  "
+                      f"tries {e['attempts']:>3}  {e['last_error'] or ''}")
+        return 0
+    return await _with_container(settings, work)
+
+
+async def _outbox_redeliver(settings: Settings, args: argparse.Namespace) -> int:
+    from orchestrator.domain.errors import DomainError
+    from orchestrator.services.dead_letters import redeliver
+
+    async def work(c: Container) -> int:
+        try:
+            sent = await redeliver(c.db, event_ids=args.event_ids, merchant_id=args.merchant,
+                                   actor=f"cli:{args.actor}", reason=args.reason,
+                                   now=c.clock.now())
+        except DomainError as exc:
+            print(f"lunas: {exc.detail}", file=sys.stderr)
+            return 1
+        print(f"{len(sent)} events pending again")
+        return 0
+    return await _with_container(settings, work)
+
+
+async def _outbox_discard(settings: Settings, args: argparse.Namespace) -> int:
+    from orchestrator.domain.errors import DomainError
+    from orchestrator.services.dead_letters import discard
+
+    async def work(c: Container) -> int:
+        try:
+            event = await discard(c.db, event_id=args.event_id, actor=f"cli:{args.actor}",
+                                  reason=args.reason, now=c.clock.now())
+        except DomainError as exc:
+            print(f"lunas: {exc.detail}", file=sys.stderr)
+            return 1
+        print(f"{event['event_id']} {event['status']}")
+        return 0
+    return await _with_container(settings, work)
+
+
 async def _reviews_list(settings: Settings, args: argparse.Namespace) -> int:
     from orchestrator.services.reviews import list_cases
 
@@ -437,6 +502,9 @@ _COMMANDS: dict[tuple[str, str | None], _Command] = {
     ("reconcile", "import"): _reconcile_import,
     ("reconcile", "unreadable"): _reconcile_unreadable,
     ("reconcile", "handled"): _reconcile_handled,
+    ("outbox", "dead"): _outbox_dead,
+    ("outbox", "redeliver"): _outbox_redeliver,
+    ("outbox", "discard"): _outbox_discard,
     ("reviews", "list"): _reviews_list,
     ("reviews", "resolve"): _reviews_resolve,
 }

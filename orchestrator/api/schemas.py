@@ -94,3 +94,15 @@ class IncidentUpdateIn(msgspec.Struct, forbid_unknown_fields=True):
     status: str
     body: Annotated[str, msgspec.Meta(min_length=1, max_length=5000)]
     body_en: Annotated[str, msgspec.Meta(max_length=5000)] | None = None
+
+
+class RedeliverIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Dead-lettered events to send again: the ones named, or every one of a merchant."""
+
+    reason: Reason
+    event_ids: list[Annotated[str, msgspec.Meta(max_length=40)]] = []
+    merchant_id: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+
+
+class DiscardIn(msgspec.Struct, forbid_unknown_fields=True):
+    reason: Reason

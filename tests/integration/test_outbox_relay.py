@@ -46,9 +46,11 @@ from orchestrator.outbox import queries
 from orchestrator.outbox.relay import Handler, OutboxEvent, PermanentFailure, Relay
 from orchestrator.outbox.retry import RetryPolicy
 from orchestrator.outbox.writer import PendingEvent, add_events
+from orchestrator.services import dead_letters
 from orchestrator.settings import DatabaseSettings, OutboxSettings
+from orchestrator.store.database import Database
 from orchestrator.store.engine import create_engine, migrate
-from orchestrator.store.tables import merchants, outbox
+from orchestrator.store.tables import audit_log, merchants, outbox
 from tests.conftest import create_database, drop_database
 
 REPO = Path(__file__).resolve().parents[2]
@@ -700,3 +702,52 @@ async def test_a_failed_handlers_span_names_the_error_type_not_its_message(
     assert not any("0123456789" in str(v) for v in (span.attributes or {}).values())
     [row] = await rows_where(engine, outbox.c.aggregate_id == tag)
     assert row.last_error == "RuntimeError: duplicate key: (account_number)=(0123456789)"
+
+
+async def test_dead_letters_are_redelivered_once_the_endpoint_is_fixed_or_discarded(
+    engine: AsyncEngine, db_url: str
+) -> None:
+    """After a merchant's endpoint outage a person sends the dead events again (all of that
+    merchant's at once) or lets one go; both audited, and a discarded event is never sent."""
+    retry = RetryPolicy(backoff=FAST.backoff, uniform=random.Random(5).random)
+    db = Database(engine)
+    async with Receiver(always_fail=True, failure_status=502) as endpoint:
+        merchant = await add_merchant(engine, endpoint.url)
+        ids = await add_outbox_events(engine, 4, merchant_id=merchant)
+        ours = outbox.c.merchant_id == merchant
+        async with webhook_relay(db_url, f"dead-{new_id('w')[-6:]}", retry=retry) as relay, \
+                running(relay):
+            await eventually(lambda: settled(engine, ours, 4, ["dead"]), timeout=15,
+                             what="every event dead-lettered")
+            listed = await dead_letters.list_dead(db, limit=100, merchant_id=merchant)
+            assert [e["event_id"] for e in listed] == ids
+            assert listed[0]["last_error"].endswith("HTTP 502")
+            now = datetime.now(UTC)
+            let_go = await dead_letters.discard(db, event_id=ids[0], actor="ops:sre",
+                                                reason="order cancelled by phone", now=now)
+            assert let_go["status"] == "discarded"
+            with pytest.raises(dead_letters.NotDead):  # one person's second click
+                await dead_letters.discard(db, event_id=ids[0], actor="ops:sre",
+                                           reason="again", now=now)
+            endpoint.always_fail = False  # the merchant fixed their TLS certificate
+            sent = await dead_letters.redeliver(db, event_ids=[], merchant_id=merchant,
+                                                actor="ops:sre", reason="endpoint fixed",
+                                                now=now)
+            assert sent == ids[1:]
+            await eventually(lambda: settled(engine, ours, 3, ["done"]), timeout=15,
+                             what="the re-delivered events done")
+        rows = {r.event_id: r for r in await rows_where(engine, ours)}
+        assert rows[ids[0]].status == "discarded"
+        assert endpoint.counts()[ids[0]] == 4  # its four failed tries, and no fifth
+        for eid in ids[1:]:
+            assert (rows[eid].status, rows[eid].attempts) == ("done", 1)  # a fresh schedule
+            assert endpoint.counts()[eid] == 5
+        with pytest.raises(dead_letters.NotDead):  # nothing dead is left to name
+            await dead_letters.redeliver(db, event_ids=[ids[1]], merchant_id=None,
+                                         actor="ops:sre", reason="again", now=now)
+        async with engine.connect() as conn:
+            audit = (await conn.execute(sa.select(audit_log.c.action, audit_log.c.subject_id)
+                                        .where(audit_log.c.actor == "ops:sre")
+                                        .order_by(audit_log.c.id))).all()
+        assert [tuple(a) for a in audit] == [("outbox.discard", ids[0]),
+                                             ("outbox.redeliver", merchant)]
