@@ -85,7 +85,8 @@ async def test_a_nul_or_a_lone_surrogate_in_a_json_field_is_refused_by_name(
     assert named in problem["detail"]
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", None])
+@pytest.mark.parametrize("content_type", [
+    "text/plain", None, "application/x-www-form-urlencoded", "multipart/form-data; boundary=zz"])
 async def test_the_body_is_checked_whatever_its_content_type_says(
     client: httpx.AsyncClient, shop: ShopFixture, content_type: str | None,
 ) -> None:
@@ -117,13 +118,17 @@ async def test_escaped_emoji_a_surrogate_pair_is_accepted(client: httpx.AsyncCli
 
 
 @pytest.mark.parametrize("path", ["/v1/orders", "/v1/ops/maintenance",
-                                  "/v1/reconciliation/matches"])
+                                  "/v1/reconciliation/matches", "/v1/reviews/rc_x/resolve",
+                                  "/v1/ops/status/incidents"])
+@pytest.mark.parametrize("content_type", [
+    "application/json", "application/x-www-form-urlencoded", "multipart/form-data; boundary=zz"])
 async def test_a_body_nested_to_exhaust_the_decoder_is_refused_before_auth(
-    client: httpx.AsyncClient, path: str,
+    client: httpx.AsyncClient, path: str, content_type: str,
 ) -> None:
     raw = '{"metadata":' + "[" * 100_000 + "]" * 100_000 + "}"
-    r = await client.post(path, content=raw, headers={"Content-Type": "application/json"})
+    r = await client.post(path, content=raw, headers={"Content-Type": content_type})
     _refused(r, 400, "malformed_json")
+
 
 
 # -- provider webhooks: stored as received, never trusted, never a 500 --------------------------
