@@ -3,6 +3,7 @@
     DomainError            → 4xx per class (409 conflicts, 404 not found, 422 invalid, ...)
     BadRequest             → 400 (our own: a header or parameter is missing or malformed)
     litestar HTTPException → its status (400 validation, 404 route, 405, 413 too large, ...)
+    RecursionError         → 400 malformed_json (a body nested past what a decoder can follow)
     database unreachable   → 503 with Retry-After (nothing was decided; a retry is safe)
     deadlock, serialization failure → 503 with Retry-After (rolled back; a retry is safe)
     anything else          → 500 with no detail and no stack trace; the log has the rest
@@ -68,6 +69,12 @@ def to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
         return problem(request, status=400, title="Malformed request",
                        detail=_validation_detail(exc), code="malformed_request",
                        errors=_jsonable(exc.extra))
+    if isinstance(exc, RecursionError):
+        # Only input nested past the interpreter's stack gets here (``input_guard`` refuses the
+        # bodies it sees first): the body is at fault, not Lunas, and nothing was stored.
+        return problem(request, status=400, title="Malformed request",
+                       detail="the request body nests too deep to be read",
+                       code="malformed_json")
     if _rolled_back_by_a_conflict(exc):
         # PostgreSQL ended the transaction to break a deadlock (or a serialization conflict):
         # everything it did is undone, so the same request again is safe and will likely pass.
@@ -128,7 +135,7 @@ def status_for(exc: Exception) -> int:
         return _domain_status(exc)[0]
     if isinstance(exc, BadRequest):
         return exc.status
-    if isinstance(exc, ValidationException):
+    if isinstance(exc, ValidationException | RecursionError):
         return 400
     if _rolled_back_by_a_conflict(exc) or _database_unreachable(exc):
         return 503

@@ -130,6 +130,21 @@ async def test_a_body_nested_to_exhaust_the_decoder_is_refused_before_auth(
     _refused(r, 400, "malformed_json")
 
 
+def test_a_decoder_out_of_recursion_is_a_malformed_body_not_a_500() -> None:
+    """Whatever decoder a body reaches past the guard, running out of stack on it says the body
+    nests too deep: the sender's fault, answered as such."""
+    from litestar.testing import RequestFactory
+
+    from orchestrator.api.errors import status_for, to_response
+
+    try:
+        json.loads("[" * 100_000 + "]" * 100_000)
+    except RecursionError as exc:
+        exhausted = exc
+    assert status_for(exhausted) == 400
+    response = to_response(RequestFactory().post("/v1/orders"), exhausted)
+    assert response.status_code == 400 and response.content["code"] == "malformed_json"
+
 
 # -- provider webhooks: stored as received, never trusted, never a 500 --------------------------
 
