@@ -270,6 +270,36 @@ async def test_customer_details_longer_than_kept_are_refused(
     assert problem["field"] == f"customer.{next(iter(customer))}"
 
 
+async def test_a_merchant_order_id_with_a_trailing_newline_is_not_a_second_order(
+    client: httpx.AsyncClient, shop: ShopFixture,
+) -> None:
+    """The merchant order id is unique so that a customer cannot pay the same invoice twice:
+    "INV-1" and "INV-1\\n" must not both become orders."""
+    merchant_order_id = f"INV-{uuid.uuid4().hex[:10]}"
+    first = await _create(client, shop, json.dumps(order_body(merchant_order_id)))
+    assert first.status_code == 201, first.text
+    again = await _create(client, shop, json.dumps(order_body(merchant_order_id + "\n")))
+    assert _refused(again, 422, "invalid_order")["field"] == "merchant_order_id"
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("merchant_order_id", "a" * 100 + "\n"),
+    ("customer.email", "andi@example.co.id\n"),
+    ("customer.phone", "+6281234567890\n"),
+    ("channel", "bca\n"),
+])
+async def test_a_trailing_newline_is_no_part_of_an_identifier(
+    client: httpx.AsyncClient, shop: ShopFixture, field: str, value: str,
+) -> None:
+    body = order_body(f"INV-{uuid.uuid4().hex[:10]}")
+    if field.startswith("customer."):
+        body["customer"] = {**body["customer"], field.split(".")[1]: value}  # type: ignore[dict-item]
+    else:
+        body[field] = value
+    problem = _refused(await _create(client, shop, json.dumps(body)), 422, "invalid_order")
+    assert problem["field"] == field
+
+
 # -- ops: route keys, reasons, windows -----------------------------------------------------------
 
 
