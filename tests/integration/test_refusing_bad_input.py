@@ -224,6 +224,17 @@ async def test_a_statement_dated_year_one_is_refused(
     _refused(await _upload(client, ops, shop, data), 422, "statement_rejected")
 
 
+async def test_a_statement_for_an_account_number_longer_than_any_bank_uses_is_refused(
+    client: httpx.AsyncClient, ops: dict[str, str],
+) -> None:
+    account = "1" * 41  # 40 digits is the widest account number Lunas keeps
+    data = bca_statement(account, [(datetime.now(UTC), "TRSF CR 1", 100_001, "CR")])
+    r = await client.post("/v1/mutations/statements", headers=ops,
+                          files={"file": ("mutasi.csv", data, "text/csv")},
+                          data={"bank": "bca", "account_number": account})
+    assert "account number" in _refused(r, 422, "statement_rejected")["detail"]
+
+
 async def test_a_long_filename_is_kept_shortened(
     client: httpx.AsyncClient, container: Container, ops: dict[str, str], shop: ShopFixture,
 ) -> None:
