@@ -272,6 +272,24 @@ async def test_a_pushed_item_with_a_value_no_bank_sends_is_set_aside_not_stored(
     assert [i["state"] for i in listed if i["mutation_ref"] == odd["mutation_id"]] == ["open"]
 
 
+async def test_a_signed_push_nested_to_the_interpreters_limit_is_refused_whole(
+    client: httpx.AsyncClient, container: Container,
+) -> None:
+    """Just under the recursion limit json.loads reads such a body, and keeping its item for a
+    person (writing it back as JSON) then ran out of stack: a 500. Every depth near the limit
+    is refused whole, as any other body that is not an array of mutations."""
+    import sys
+
+    limit = sys.getrecursionlimit()
+    for depth in range(limit - 100, limit + 1):
+        body = b"[" + b"[" * depth + b"]" * depth + b"]"
+        signature = hmac.new(container.settings.mutation_push_secret.encode(), body,
+                             hashlib.sha256).hexdigest()
+        r = await client.post("/v1/mutations/push", content=body, headers={
+            "Signature": signature, "Content-Type": "application/json"})
+        _refused(r, 422, "statement_rejected")
+
+
 @pytest.mark.parametrize("customer", [
     {"name": " " * 150 + "x" * 200}, {"phone": "08" + " " * 40 + "1234567890"}])
 async def test_customer_details_longer_than_kept_are_refused(
