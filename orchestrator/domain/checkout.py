@@ -90,7 +90,11 @@ def validate(request: OrderRequest, rules: CheckoutRules, *, now: datetime) -> d
         raise InvalidOrder("channel is a lower-case name such as 'bca' or 'gopay'",
                            field="channel")
     if request.metadata is not None:
-        size = len(json.dumps(request.metadata, separators=(",", ":")).encode())
+        # UTF-8 bytes of compact JSON: "é" costs the 2 bytes it is kept in, not the 6 of an
+        # ASCII escape. (The HTTP layer refuses lone surrogates; surrogatepass only keeps a
+        # direct caller from a UnicodeEncodeError here.)
+        size = len(json.dumps(request.metadata, separators=(",", ":"), ensure_ascii=False)
+                   .encode("utf-8", "surrogatepass"))
         if size > rules.max_metadata_bytes:
             raise InvalidOrder(
                 f"metadata is {size} bytes; at most {rules.max_metadata_bytes} are kept",

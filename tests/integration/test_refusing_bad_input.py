@@ -329,6 +329,23 @@ async def test_a_trailing_newline_is_no_part_of_an_identifier(
     assert problem["field"] == field
 
 
+async def test_metadata_is_measured_in_the_utf_8_bytes_it_is_kept_in(
+    client: httpx.AsyncClient, container: Container, shop: ShopFixture,
+) -> None:
+    """"é" is two bytes kept, not the six of its \\u00e9 escape."""
+    most = container.settings.checkout.max_metadata_bytes
+    fits = (most - len('{"note":""}')) // 2
+
+    def with_note(note: str) -> str:
+        return json.dumps({**order_body(f"INV-{uuid.uuid4().hex[:10]}"),
+                           "metadata": {"note": note}})
+
+    r = await _create(client, shop, with_note("é" * fits))
+    assert r.status_code == 201, r.text
+    too_big = with_note("é" * (fits + 1))
+    assert _refused(await _create(client, shop, too_big), 422)["field"] == "metadata"
+
+
 # -- ops: route keys, reasons, windows -----------------------------------------------------------
 
 
