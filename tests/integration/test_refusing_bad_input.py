@@ -346,6 +346,16 @@ async def test_metadata_is_measured_in_the_utf_8_bytes_it_is_kept_in(
     assert _refused(await _create(client, shop, too_big), 422)["field"] == "metadata"
 
 
+async def test_two_idempotency_keys_are_refused_not_one_of_them_picked(
+    client: httpx.AsyncClient, shop: ShopFixture,
+) -> None:
+    """Which of two keys a proxy passes on first is not something to build "done once" on."""
+    headers = [*shop.headers.items(), ("Content-Type", "application/json"),
+               ("Idempotency-Key", str(uuid.uuid4())), ("Idempotency-Key", str(uuid.uuid4()))]
+    r = await client.post("/v1/orders", content=_order_json(), headers=headers)
+    _refused(r, 400, "idempotency_key_repeated")
+
+
 # -- ops: route keys, reasons, windows -----------------------------------------------------------
 
 
