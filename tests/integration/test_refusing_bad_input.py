@@ -356,6 +356,20 @@ async def test_two_idempotency_keys_are_refused_not_one_of_them_picked(
     _refused(r, 400, "idempotency_key_repeated")
 
 
+@pytest.mark.parametrize("path", [
+    "/v1/reviews", "/v1/reconciliation/unmatched", "/v1/reconciliation/unreadable"])
+async def test_a_list_limit_is_plain_decimal_digits(
+    client: httpx.AsyncClient, ops: dict[str, str], path: str,
+) -> None:
+    for odd in ["1e3", "1.0", "+5", "1_000", "0x10", "\u0663", "\uff11", " 5", ""]:
+        _refused(await client.get(path, headers=ops, params={"limit": odd}), 400, "bad_limit")
+    for bounds in ["0", "1001"]:
+        _refused(await client.get(path, headers=ops, params={"limit": bounds}), 400,
+                 "bad_limit")
+    r = await client.get(path, headers=ops, params={"limit": "1000"})
+    assert r.status_code == 200, r.text
+
+
 # -- ops: route keys, reasons, windows -----------------------------------------------------------
 
 
