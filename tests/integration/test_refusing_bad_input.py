@@ -401,6 +401,23 @@ async def test_reasons_and_notes_are_kept_to_their_length(client: httpx.AsyncCli
                                  params={"reason": "r" * 3000}), 400, "reason_too_long")
 
 
+@pytest.mark.parametrize(("when", "code"), [
+    ({"starts_at": 1_796_000_000}, "malformed_request"),
+    ({"ends_at": 1_796_000_000}, "malformed_request"),
+    ({"starts_at": 1.5e9}, "malformed_request"),
+    ({"starts_at": "tomorrow"}, "bad_datetime"),
+    ({"starts_at": "2026-12-01T00:00:00"}, "naive_datetime"),
+])
+async def test_a_window_time_is_an_iso_8601_string_not_an_epoch_number(
+    client: httpx.AsyncClient, ops: dict[str, str], when: dict[str, object], code: str,
+) -> None:
+    """An epoch number says nothing of the zone a person meant; a window is written as
+    2026-12-01T00:00:00+07:00."""
+    window = {"route": "va:*:*", "starts_at": "2026-12-01T00:00:00+07:00",
+              "ends_at": "2026-12-01T02:00:00+07:00", "reason": "r", **when}
+    _refused(await client.post("/v1/ops/maintenance", headers=ops, json=window), 400, code)
+
+
 async def test_an_incident_body_longer_than_an_audit_reason_is_accepted(
     client: httpx.AsyncClient, ops: dict[str, str],
 ) -> None:
