@@ -1,7 +1,8 @@
 """The one place errors become HTTP responses: RFC 9457 problem+json with a reason to act on.
 
     DomainError            → 4xx per class (409 conflicts, 404 not found, 422 invalid, ...)
-    BadRequest             → 400 (our own: a header or parameter is missing or malformed)
+    BadRequest             → its status, 400 unless said (our own: a header or parameter is
+                             missing or malformed, a credential refused, ...)
     litestar HTTPException → its status (400 validation, 404 route, 405, 413 too large, ...)
     RecursionError         → 400 malformed_json (a body nested past what a decoder can follow)
     database unreachable   → 503 with Retry-After (nothing was decided; a retry is safe)
@@ -63,8 +64,10 @@ def to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
     if isinstance(exc, domain.DomainError):
         return _domain_response(request, exc)
     if isinstance(exc, BadRequest):
-        return problem(request, status=exc.status, title="Bad request", detail=exc.detail,
-                       code=exc.code, headers=exc.headers)
+        # The status's own phrase, in the sentence case of the titles above ("Bad request",
+        # "Unauthorized", "Not found"): a 401 titled "Bad request" misleads a reader.
+        return problem(request, status=exc.status, title=_title(exc.status).capitalize(),
+                       detail=exc.detail, code=exc.code, headers=exc.headers)
     if isinstance(exc, ValidationException):
         return problem(request, status=400, title="Malformed request",
                        detail=_validation_detail(exc), code="malformed_request",

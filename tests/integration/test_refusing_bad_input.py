@@ -146,6 +146,31 @@ def test_a_decoder_out_of_recursion_is_a_malformed_body_not_a_500() -> None:
     assert response.status_code == 400 and response.content["code"] == "malformed_json"
 
 
+async def test_a_refusal_is_titled_for_its_status(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str],
+) -> None:
+    from orchestrator.store.merchants import create_ops_token
+
+    merchant = await new_merchant(container)
+    async with container.db.transaction() as conn:
+        _, ops_only = await create_ops_token(conn, name="ops-only", scopes=("ops",),
+                                             now=container.clock.now())
+    refusals = [
+        (await client.get("/v1/reviews", headers=ops, params={"limit": "x"}), 400,
+         "Bad request"),
+        (await client.get("/v1/reviews"), 401, "Unauthorized"),
+        (await client.get("/v1/reviews", headers=merchant.headers), 401, "Unauthorized"),
+        (await client.get("/v1/reviews", headers={"Authorization": f"Bearer {ops_only}"}),
+         403, "Forbidden"),
+        (await client.post("/v1/ops/routes/zz:zz:zz/pause", headers=ops,
+                           json={"reason": "x"}), 404, "Not found"),
+        (await client.post("/v1/mutations/statements", headers=ops, content=b"x"), 415,
+         "Unsupported media type"),
+    ]
+    for r, status, title in refusals:
+        assert (r.status_code, r.json()["title"]) == (status, title), r.text
+
+
 # -- provider webhooks: stored as received, never trusted, never a 500 --------------------------
 
 
