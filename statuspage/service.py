@@ -35,7 +35,7 @@ from statuspage.snapshot import SnapshotSource
 
 INCIDENT_STATUSES = ("investigating", "identified", "monitoring", "resolved")
 IMPACTS = ("none", "minor", "major", "critical")
-_CODE = re.compile(r"^(?:ORD_)?([0-9A-HJKMNP-TV-Z]{26})$")
+_CODE = re.compile(r"(?:ORD_)?([0-9A-HJKMNP-TV-Z]{26})")
 
 
 def catalog_of(router_catalog: Mapping[str, Mapping[Any, Sequence[str]]]
@@ -129,7 +129,7 @@ class StatusPage:
         otherwise, the same way whichever was wrong, so the page reveals nothing about other
         customers' orders."""
         normal = code.strip().upper()
-        m = _CODE.match(normal)
+        m = _CODE.fullmatch(normal)
         await self.limiter.check(client, m.group(1) if m else normal[:40])
         if m is None or not contact.strip():
             return None

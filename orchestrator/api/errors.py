@@ -1,8 +1,10 @@
 """The one place errors become HTTP responses: RFC 9457 problem+json with a reason to act on.
 
     DomainError            → 4xx per class (409 conflicts, 404 not found, 422 invalid, ...)
-    BadRequest             → 400 (our own: a header or parameter is missing or malformed)
+    BadRequest             → its status, 400 unless said (our own: a header or parameter is
+                             missing or malformed, a credential refused, ...)
     litestar HTTPException → its status (400 validation, 404 route, 405, 413 too large, ...)
+    RecursionError         → 400 malformed_json (a body nested past what a decoder can follow)
     database unreachable   → 503 with Retry-After (nothing was decided; a retry is safe)
     deadlock, serialization failure → 503 with Retry-After (rolled back; a retry is safe)
     anything else          → 500 with no detail and no stack trace; the log has the rest
@@ -62,12 +64,20 @@ def to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
     if isinstance(exc, domain.DomainError):
         return _domain_response(request, exc)
     if isinstance(exc, BadRequest):
-        return problem(request, status=exc.status, title="Bad request", detail=exc.detail,
-                       code=exc.code, headers=exc.headers)
+        # The status's own phrase, in the sentence case of the titles above ("Bad request",
+        # "Unauthorized", "Not found"): a 401 titled "Bad request" misleads a reader.
+        return problem(request, status=exc.status, title=_title(exc.status).capitalize(),
+                       detail=exc.detail, code=exc.code, headers=exc.headers)
     if isinstance(exc, ValidationException):
         return problem(request, status=400, title="Malformed request",
                        detail=_validation_detail(exc), code="malformed_request",
                        errors=_jsonable(exc.extra))
+    if isinstance(exc, RecursionError):
+        # Only input nested past the interpreter's stack gets here (``input_guard`` refuses the
+        # bodies it sees first): the body is at fault, not Lunas, and nothing was stored.
+        return problem(request, status=400, title="Malformed request",
+                       detail="the request body nests too deep to be read",
+                       code="malformed_json")
     if _rolled_back_by_a_conflict(exc):
         # PostgreSQL ended the transaction to break a deadlock (or a serialization conflict):
         # everything it did is undone, so the same request again is safe and will likely pass.
@@ -128,7 +138,7 @@ def status_for(exc: Exception) -> int:
         return _domain_status(exc)[0]
     if isinstance(exc, BadRequest):
         return exc.status
-    if isinstance(exc, ValidationException):
+    if isinstance(exc, ValidationException | RecursionError):
         return 400
     if _rolled_back_by_a_conflict(exc) or _database_unreachable(exc):
         return 503

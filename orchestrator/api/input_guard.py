@@ -9,6 +9,8 @@ from typing import Any
 
 import msgspec
 from litestar import Request
+from litestar.enums import RequestEncodingType
+from litestar.params import BodyKwarg
 
 from orchestrator.api.errors import BadRequest
 from orchestrator.domain.text import MAX_NESTING, text_problem, unstorable
@@ -30,9 +32,13 @@ async def refuse_unstorable_url(request: Request[Any, Any, Any]) -> None:
 
 async def refuse_unstorable_input(request: Request[Any, Any, Any]) -> None:
     await refuse_unstorable_url(request)
-    # Every body but a form: litestar decodes a handler's JSON body whatever Content-Type says.
+    if request.method not in _WITH_BODY:
+        return
+    # litestar decodes a handler's JSON ``data`` whatever Content-Type says, so a form header on
+    # such a route is no reason to look away. A genuine form (the statement upload) is left to
+    # its handler, which reads it after authentication, under the route's own size limit.
     content_type = request.headers.get("content-type", "")
-    if request.method not in _WITH_BODY or content_type.startswith(_FORMS):
+    if content_type.startswith(_FORMS) and not _decodes_json(request):
         return
     body = await request.body()  # cached: the handler's decoding reads the same bytes
     # Only an escape can put a NUL or a surrogate in valid JSON, and only brackets can nest it:
@@ -50,3 +56,14 @@ async def refuse_unstorable_input(request: Request[Any, Any, Any]) -> None:
     if problem:
         raise BadRequest(f"{problem}; such text cannot be stored",
                          code="unstorable_text")
+
+
+def _decodes_json(request: Request[Any, Any, Any]) -> bool:
+    """Whether the route's handler takes a body that litestar decodes as JSON: a ``data``
+    parameter not declared as a form."""
+    data = request.route_handler.parsed_fn_signature.parameters.get("data")
+    if data is None:
+        return False
+    declared = data.kwarg_definition
+    return not (isinstance(declared, BodyKwarg) and declared.media_type in (
+        RequestEncodingType.MULTI_PART, RequestEncodingType.URL_ENCODED))

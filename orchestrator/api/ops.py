@@ -5,9 +5,10 @@ lands in the audit log."""
 from __future__ import annotations
 
 import re
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
@@ -150,14 +151,7 @@ class OpsController(Controller):
         if not _ROUTE_PATTERN.fullmatch(data.route):
             raise BadRequest("route is rail:provider:channel, '*' allowed, e.g. va:xendit:*",
                              code="bad_route")
-        if data.starts_at.tzinfo is None or data.ends_at.tzinfo is None:
-            raise BadRequest("starts_at and ends_at need a zone, e.g. 2026-11-24T01:00:00+07:00",
-                             code="naive_datetime")
-        try:
-            starts_at, ends_at = data.starts_at.astimezone(UTC), data.ends_at.astimezone(UTC)
-        except OverflowError:  # 0001-01-01T00:00:00+14:00 has no UTC
-            raise BadRequest("starts_at or ends_at is out of range",
-                             code="bad_datetime") from None
+        starts_at, ends_at = _utc("starts_at", data.starts_at), _utc("ends_at", data.ends_at)
         window = await container.route_controls.schedule(
             route_pattern=data.route, starts_at=starts_at, ends_at=ends_at,
             reason=_reason(data.reason), actor=f"ops:{principal.name}")
@@ -171,3 +165,19 @@ class OpsController(Controller):
         await container.route_controls.cancel_window(window_id, actor=f"ops:{principal.name}",
                                                      reason=_reason(reason))
         return {"id": window_id, "cancelled": True}
+
+
+def _utc(name: str, text: str) -> datetime:
+    """An ISO-8601 (RFC 3339) time with a zone, as UTC."""
+    try:
+        when = msgspec.convert(text, datetime)  # strict: a string, in RFC 3339
+    except msgspec.ValidationError:
+        raise BadRequest(f"{name} is not a time like 2026-11-24T01:00:00+07:00",
+                         code="bad_datetime") from None
+    if when.tzinfo is None:
+        raise BadRequest(f"{name} needs a zone, e.g. 2026-11-24T01:00:00+07:00",
+                         code="naive_datetime")
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+14:00 has no UTC
+        raise BadRequest(f"{name} is out of range", code="bad_datetime") from None

@@ -63,7 +63,12 @@ class OrdersController(Controller):
         rail = "unknown"
         try:
             merchant = await container.auth.merchant(request)
-            key = request.headers.get("idempotency-key", "").strip()
+            keys = request.headers.getall("idempotency-key", [])
+            if len(keys) > 1:
+                # Using either would make "done once" hang on which one a proxy passes first.
+                raise BadRequest("send one Idempotency-Key header, not several",
+                                 code="idempotency_key_repeated")
+            key = keys[0].strip() if keys else ""
             if not key or len(key) > 255:
                 raise BadRequest("send an Idempotency-Key header (1-255 characters) with every "
                                  "order", code="idempotency_key_required")

@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from orchestrator.api.errors import BadRequest
+from orchestrator.api.paging import page_limit
 from orchestrator.api.schemas import HandledIn, ManualMatchIn
 from orchestrator.bootstrap import Container
 from orchestrator.services.unreadable_feed_items import STATES
@@ -22,12 +23,10 @@ class ReconciliationController(Controller):
     @get("/unmatched", summary="Credit mutations no order claimed, and ambiguous ones")
     async def unmatched(
         self, request: Request[Any, Any, Any], container: NamedDependency[Container],
-        account_number: FromQuery[str | None] = None, limit: FromQuery[int] = 100,
+        account_number: FromQuery[str | None] = None, limit: FromQuery[str] = "100",
     ) -> dict[str, Any]:
         await container.auth.ops(request, "reconciliation")
-        if not 1 <= limit <= 1000:
-            raise BadRequest("limit must be between 1 and 1000", code="bad_limit")
-        rows = await container.reconciliation.unmatched(limit=limit,
+        rows = await container.reconciliation.unmatched(limit=page_limit(limit),
                                                         account_number=account_number)
         return {"data": rows}
 
@@ -48,17 +47,15 @@ class ReconciliationController(Controller):
     @get("/unreadable", summary="Items the mutation feed listed that Lunas could not read")
     async def unreadable(
         self, request: Request[Any, Any, Any], container: NamedDependency[Container],
-        status: FromQuery[str] = "open", limit: FromQuery[int] = 100,
+        status: FromQuery[str] = "open", limit: FromQuery[str] = "100",
     ) -> dict[str, Any]:
         await container.auth.ops(request, "reconciliation")
-        if not 1 <= limit <= 1000:
-            raise BadRequest("limit must be between 1 and 1000", code="bad_limit")
         if status not in (*STATES, ""):
             raise BadRequest(f"status is one of {', '.join(STATES)}, or empty for every item",
                              code="bad_status")
         # ``status``, not ``state``: litestar reserves that name.
         return {"data": await container.unreadable_feed_items.listing(
-            state=status or None, limit=limit)}
+            state=status or None, limit=page_limit(limit))}
 
     @post("/unreadable/{item_id:str}/handled", status_code=200,
           summary="Close an unreadable feed item once its money is dealt with (audited)")

@@ -9,6 +9,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from orchestrator.api.errors import BadRequest
+from orchestrator.api.paging import page_limit
 from orchestrator.api.schemas import ResolveCaseIn
 from orchestrator.bootstrap import Container
 from orchestrator.services.reviews import list_cases, resolve_case
@@ -22,15 +23,14 @@ class ReviewsController(Controller):
     async def list_reviews(self, request: Request[Any, Any, Any],
                            container: NamedDependency[Container],
                            status: FromQuery[str] = "open",
-                           limit: FromQuery[int] = 100) -> dict[str, Any]:
+                           limit: FromQuery[str] = "100") -> dict[str, Any]:
         await container.auth.ops(request, "reconciliation")
-        if not 1 <= limit <= 1000:
-            raise BadRequest("limit must be between 1 and 1000", code="bad_limit")
         if status not in ("open", "resolved", ""):
             raise BadRequest("status is open, resolved, or empty for every case",
                              code="bad_status")
         # ``status`` (open | resolved | empty for all): ``state`` is reserved by litestar.
-        return {"data": await list_cases(container.db, state=status or None, limit=limit)}
+        return {"data": await list_cases(container.db, state=status or None,
+                                         limit=page_limit(limit))}
 
     @post("/{case_id:str}/resolve", status_code=200,
           summary="Resolve a case: honour (the order is paid), refund, or expire (no "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -55,8 +54,10 @@ class RouteChangeIn(msgspec.Struct, forbid_unknown_fields=True):
 class MaintenanceIn(msgspec.Struct, forbid_unknown_fields=True):
     route: str
     """A route key ("va:xendit:bca") or a pattern with "*" ("va:xendit:*")."""
-    starts_at: datetime
-    ends_at: datetime
+    starts_at: str
+    """ISO-8601 with a zone ("2026-11-24T01:00:00+07:00"). Text, not ``datetime``: litestar
+    decodes leniently, and would take an epoch number for a ``datetime``, zone unsaid."""
+    ends_at: str
     reason: Reason
 
 

@@ -17,10 +17,12 @@ from orchestrator.domain.errors import InvalidOrder
 from orchestrator.domain.money import AmountLimits
 
 SUPPORTED_RAILS = ("va", "qris", "ewallet", "manual_transfer")
-_CHANNEL = re.compile(r"^[a-z_]{2,32}$")
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
-_PHONE = re.compile(r"^\+?[0-9]{8,15}$")
-_MERCHANT_ORDER_ID = re.compile(r"^[\x21-\x7e]{1,100}$")
+# Each used with fullmatch: with match, a final "$" also matches before a trailing "\n", which
+# made "INV-1\n" an order beside "INV-1" (the uniqueness that stops a second payment, undone).
+_CHANNEL = re.compile(r"[a-z_]{2,32}")
+_EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}")
+_PHONE = re.compile(r"\+?[0-9]{8,15}")
+_MERCHANT_ORDER_ID = re.compile(r"[\x21-\x7e]{1,100}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,7 +74,7 @@ def request_fingerprint(request: OrderRequest) -> str:
 
 def validate(request: OrderRequest, rules: CheckoutRules, *, now: datetime) -> datetime:
     """Check ``request`` against ``rules``; returns the payment deadline."""
-    if not _MERCHANT_ORDER_ID.match(request.merchant_order_id):
+    if not _MERCHANT_ORDER_ID.fullmatch(request.merchant_order_id):
         raise InvalidOrder(
             "merchant_order_id must be 1-100 printable ASCII characters without spaces",
             field="merchant_order_id",
@@ -84,11 +86,15 @@ def validate(request: OrderRequest, rules: CheckoutRules, *, now: datetime) -> d
             f"rail '{request.rail}' is not offered; choose one of: {', '.join(SUPPORTED_RAILS)}",
             field="rail",
         )
-    if request.channel is not None and not _CHANNEL.match(request.channel):
+    if request.channel is not None and not _CHANNEL.fullmatch(request.channel):
         raise InvalidOrder("channel is a lower-case name such as 'bca' or 'gopay'",
                            field="channel")
     if request.metadata is not None:
-        size = len(json.dumps(request.metadata, separators=(",", ":")).encode())
+        # UTF-8 bytes of compact JSON: "é" costs the 2 bytes it is kept in, not the 6 of an
+        # ASCII escape. (The HTTP layer refuses lone surrogates; surrogatepass only keeps a
+        # direct caller from a UnicodeEncodeError here.)
+        size = len(json.dumps(request.metadata, separators=(",", ":"), ensure_ascii=False)
+                   .encode("utf-8", "surrogatepass"))
         if size > rules.max_metadata_bytes:
             raise InvalidOrder(
                 f"metadata is {size} bytes; at most {rules.max_metadata_bytes} are kept",
@@ -114,10 +120,10 @@ def _check_customer(customer: Customer) -> None:
     # Lengths as sent, not as stripped: what is stored is what was sent.
     if not customer.name.strip() or len(customer.name) > 200:
         raise InvalidOrder("customer.name must be 1-200 characters", field="customer.name")
-    if not _EMAIL.match(customer.email) or len(customer.email) > 320:
+    if not _EMAIL.fullmatch(customer.email) or len(customer.email) > 320:
         raise InvalidOrder("customer.email is not an email address", field="customer.email")
     phone = customer.phone.replace(" ", "").replace("-", "")
-    if not _PHONE.match(phone) or len(customer.phone) > 32:
+    if not _PHONE.fullmatch(phone) or len(customer.phone) > 32:
         raise InvalidOrder(
             "customer.phone must be 8-15 digits, optionally starting with +",
             field="customer.phone",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from orchestrator.domain.errors import InvalidOrder
 
-_AMOUNT = re.compile(r"^(?P<int>\d{1,3}(?:,\d{3})+|\d*)(?:\.(?P<frac>\d{1,2}))?$", re.ASCII)
+_AMOUNT = re.compile(r"(?P<int>\d{1,3}(?:,\d{3})+|\d*)(?:\.(?P<frac>\d{1,2}))?", re.ASCII)
 
 
 MAX_RUPIAH = 999_999_999_999_999
@@ -28,7 +28,7 @@ def parse_rupiah(text: str) -> int:
     no cents, and silently rounding one would hide a discrepancy.
     """
     cleaned = text.strip().strip('"').strip("'").strip()
-    match = _AMOUNT.match(cleaned)
+    match = _AMOUNT.fullmatch(cleaned)
     if not cleaned or match is None or (not match.group("int") and match.group("frac") is None):
         raise ValueError(f"not an amount: {text!r}")
     frac = match.group("frac") or "0"

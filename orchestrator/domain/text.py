@@ -47,3 +47,17 @@ def unstorable(value: Any, *, max_nesting: int = MAX_NESTING) -> str | None:
             else:
                 stack.extend((f"{where}[{i}]", child, depth + 1) for i, child in enumerate(item))
     return None
+
+
+def nests_deeper_than(value: Any, max_nesting: int) -> bool:
+    """Whether a decoded JSON value holds arrays or objects more than ``max_nesting`` levels
+    deep. Iterative, so it answers for a value too deep for the recursive encoders."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= max_nesting:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False

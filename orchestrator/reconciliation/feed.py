@@ -20,10 +20,8 @@ the feed; the poller decides what to do with it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import date
-from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -35,7 +33,12 @@ from orchestrator.rails.errors import (
     TransientBeforeSend,
     Unavailable,
 )
-from orchestrator.reconciliation.moota import MootaMutation, UnreadableItem, read_moota_items
+from orchestrator.reconciliation.moota import (
+    MootaMutation,
+    UnreadableItem,
+    decode_moota_json,
+    read_moota_items,
+)
 
 PROVIDER = "moota"
 OPERATION = "list_mutations"
@@ -83,10 +86,9 @@ class MootaFeedClient:
 
 def _page(raw: bytes) -> FeedPage:
     try:
-        # Decimal keeps a numeric amount exact, as the push parser expects.
-        body = json.loads(raw, parse_float=Decimal)
-    except (ValueError, RecursionError) as exc:
-        raise _error(Unavailable, "the answer is not JSON") from exc
+        body = decode_moota_json(raw)  # amounts as Decimal, nesting capped, as for a push
+    except ValueError as exc:
+        raise _error(Unavailable, f"the answer is not JSON ({exc})") from exc
     if not isinstance(body, dict) or not isinstance(body.get("data"), list):
         raise _error(Unavailable, "the answer is not a page of mutations")
     try:

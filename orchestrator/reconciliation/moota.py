@@ -27,7 +27,7 @@ from typing import Any
 
 from orchestrator.domain.errors import StatementRejected
 from orchestrator.domain.money import MAX_RUPIAH
-from orchestrator.domain.text import text_problem
+from orchestrator.domain.text import MAX_NESTING, nests_deeper_than, text_problem
 from orchestrator.reconciliation.statements.model import (
     Direction,
     balance_cell,
@@ -106,13 +106,27 @@ def parse_moota_push(raw_body: bytes) -> MootaItems:
     """The mutations of a push body (a JSON array of mutation objects), in order, and the items
     that are not readable mutations."""
     try:
-        # Decimal keeps a JSON number like 150123.00 exact; a float could hide a sen part.
-        items = json.loads(raw_body, parse_float=Decimal)
-    except (ValueError, RecursionError) as exc:
+        items = decode_moota_json(raw_body)
+    except ValueError as exc:
         raise StatementRejected(f"the push body is not valid JSON ({exc})") from exc
     if not isinstance(items, list):
         raise StatementRejected("the push body must be a JSON array of mutation objects")
     return read_moota_items(items)
+
+
+def decode_moota_json(raw: bytes) -> Any:
+    """A push body or a feed page, decoded. ``ValueError`` when it is not JSON, or nests deeper
+    than ``MAX_NESTING``: json.loads reads a value nested almost to the recursion limit, but
+    keeping one of its items for a person writes it back as JSON, which runs out of stack there.
+    A mutation nests two levels."""
+    try:
+        # Decimal keeps a JSON number like 150123.00 exact; a float could hide a sen part.
+        value = json.loads(raw, parse_float=Decimal)
+    except RecursionError as exc:
+        raise ValueError(f"it nests deeper than {MAX_NESTING} levels") from exc
+    if nests_deeper_than(value, MAX_NESTING):
+        raise ValueError(f"it nests deeper than {MAX_NESTING} levels")
+    return value
 
 
 def read_moota_items(items: Iterable[object]) -> MootaItems:

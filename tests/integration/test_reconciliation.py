@@ -129,6 +129,36 @@ async def test_concurrent_imports_of_one_statement_match_each_mutation_once(
                               .where(evidence.c.order_id == o["id"]))) == 1
 
 
+async def test_orders_are_still_served_while_a_large_statement_is_parsed(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """Parsing a statement is CPU work of up to a second for a large file; on the event loop it
+    stalled every capture meanwhile. It runs in a thread, so the loop keeps turning. Seen
+    without a clock: the parse pauses the garbage collector, so a loop turn that finds it
+    paused happened mid-parse (on the loop, the parse would pause and resume it in one turn)."""
+    import gc
+
+    m = await new_merchant(container)
+    statement = bca_statement(m.account_number, [
+        (now() - timedelta(seconds=i), f"TRSF E-BANKING CR {i:08d} ANDI", 10_000 + i, "CR")
+        for i in range(20_000)])
+    turns_mid_parse = 0
+
+    async def turn_the_loop() -> None:
+        nonlocal turns_mid_parse
+        while True:
+            turns_mid_parse += not gc.isenabled()
+            await asyncio.sleep(0)
+
+    turning = asyncio.create_task(turn_the_loop())
+    try:
+        r = await upload(client, ops, m, statement)
+    finally:
+        turning.cancel()
+    assert r.status_code == 201, r.text
+    assert turns_mid_parse > 0
+
+
 async def test_amount_that_differs_puts_the_order_in_review(
     client: httpx.AsyncClient, container: Container, ops: dict[str, str]
 ) -> None:

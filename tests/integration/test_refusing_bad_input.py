@@ -85,7 +85,8 @@ async def test_a_nul_or_a_lone_surrogate_in_a_json_field_is_refused_by_name(
     assert named in problem["detail"]
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", None])
+@pytest.mark.parametrize("content_type", [
+    "text/plain", None, "application/x-www-form-urlencoded", "multipart/form-data; boundary=zz"])
 async def test_the_body_is_checked_whatever_its_content_type_says(
     client: httpx.AsyncClient, shop: ShopFixture, content_type: str | None,
 ) -> None:
@@ -117,13 +118,57 @@ async def test_escaped_emoji_a_surrogate_pair_is_accepted(client: httpx.AsyncCli
 
 
 @pytest.mark.parametrize("path", ["/v1/orders", "/v1/ops/maintenance",
-                                  "/v1/reconciliation/matches"])
+                                  "/v1/reconciliation/matches", "/v1/reviews/rc_x/resolve",
+                                  "/v1/ops/status/incidents"])
+@pytest.mark.parametrize("content_type", [
+    "application/json", "application/x-www-form-urlencoded", "multipart/form-data; boundary=zz"])
 async def test_a_body_nested_to_exhaust_the_decoder_is_refused_before_auth(
-    client: httpx.AsyncClient, path: str,
+    client: httpx.AsyncClient, path: str, content_type: str,
 ) -> None:
     raw = '{"metadata":' + "[" * 100_000 + "]" * 100_000 + "}"
-    r = await client.post(path, content=raw, headers={"Content-Type": "application/json"})
+    r = await client.post(path, content=raw, headers={"Content-Type": content_type})
     _refused(r, 400, "malformed_json")
+
+
+def test_a_decoder_out_of_recursion_is_a_malformed_body_not_a_500() -> None:
+    """Whatever decoder a body reaches past the guard, running out of stack on it says the body
+    nests too deep: the sender's fault, answered as such."""
+    from litestar.testing import RequestFactory
+
+    from orchestrator.api.errors import status_for, to_response
+
+    try:
+        json.loads("[" * 100_000 + "]" * 100_000)
+    except RecursionError as exc:
+        exhausted = exc
+    assert status_for(exhausted) == 400
+    response = to_response(RequestFactory().post("/v1/orders"), exhausted)
+    assert response.status_code == 400 and response.content["code"] == "malformed_json"
+
+
+async def test_a_refusal_is_titled_for_its_status(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str],
+) -> None:
+    from orchestrator.store.merchants import create_ops_token
+
+    merchant = await new_merchant(container)
+    async with container.db.transaction() as conn:
+        _, ops_only = await create_ops_token(conn, name="ops-only", scopes=("ops",),
+                                             now=container.clock.now())
+    refusals = [
+        (await client.get("/v1/reviews", headers=ops, params={"limit": "x"}), 400,
+         "Bad request"),
+        (await client.get("/v1/reviews"), 401, "Unauthorized"),
+        (await client.get("/v1/reviews", headers=merchant.headers), 401, "Unauthorized"),
+        (await client.get("/v1/reviews", headers={"Authorization": f"Bearer {ops_only}"}),
+         403, "Forbidden"),
+        (await client.post("/v1/ops/routes/zz:zz:zz/pause", headers=ops,
+                           json={"reason": "x"}), 404, "Not found"),
+        (await client.post("/v1/mutations/statements", headers=ops, content=b"x"), 415,
+         "Unsupported media type"),
+    ]
+    for r, status, title in refusals:
+        assert (r.status_code, r.json()["title"]) == (status, title), r.text
 
 
 # -- provider webhooks: stored as received, never trusted, never a 500 --------------------------
@@ -204,6 +249,17 @@ async def test_a_statement_dated_year_one_is_refused(
     _refused(await _upload(client, ops, shop, data), 422, "statement_rejected")
 
 
+async def test_a_statement_for_an_account_number_longer_than_any_bank_uses_is_refused(
+    client: httpx.AsyncClient, ops: dict[str, str],
+) -> None:
+    account = "1" * 41  # 40 digits is the widest account number Lunas keeps
+    data = bca_statement(account, [(datetime.now(UTC), "TRSF CR 1", 100_001, "CR")])
+    r = await client.post("/v1/mutations/statements", headers=ops,
+                          files={"file": ("mutasi.csv", data, "text/csv")},
+                          data={"bank": "bca", "account_number": account})
+    assert "account number" in _refused(r, 422, "statement_rejected")["detail"]
+
+
 async def test_a_long_filename_is_kept_shortened(
     client: httpx.AsyncClient, container: Container, ops: dict[str, str], shop: ShopFixture,
 ) -> None:
@@ -241,6 +297,24 @@ async def test_a_pushed_item_with_a_value_no_bank_sends_is_set_aside_not_stored(
     assert [i["state"] for i in listed if i["mutation_ref"] == odd["mutation_id"]] == ["open"]
 
 
+async def test_a_signed_push_nested_to_the_interpreters_limit_is_refused_whole(
+    client: httpx.AsyncClient, container: Container,
+) -> None:
+    """Just under the recursion limit json.loads reads such a body, and keeping its item for a
+    person (writing it back as JSON) then ran out of stack: a 500. Every depth near the limit
+    is refused whole, as any other body that is not an array of mutations."""
+    import sys
+
+    limit = sys.getrecursionlimit()
+    for depth in range(limit - 100, limit + 1):
+        body = b"[" + b"[" * depth + b"]" * depth + b"]"
+        signature = hmac.new(container.settings.mutation_push_secret.encode(), body,
+                             hashlib.sha256).hexdigest()
+        r = await client.post("/v1/mutations/push", content=body, headers={
+            "Signature": signature, "Content-Type": "application/json"})
+        _refused(r, 422, "statement_rejected")
+
+
 @pytest.mark.parametrize("customer", [
     {"name": " " * 150 + "x" * 200}, {"phone": "08" + " " * 40 + "1234567890"}])
 async def test_customer_details_longer_than_kept_are_refused(
@@ -248,6 +322,77 @@ async def test_customer_details_longer_than_kept_are_refused(
 ) -> None:
     problem = _refused(await _create(client, shop, _order_json(**customer)), 422)
     assert problem["field"] == f"customer.{next(iter(customer))}"
+
+
+async def test_a_merchant_order_id_with_a_trailing_newline_is_not_a_second_order(
+    client: httpx.AsyncClient, shop: ShopFixture,
+) -> None:
+    """The merchant order id is unique so that a customer cannot pay the same invoice twice:
+    "INV-1" and "INV-1\\n" must not both become orders."""
+    merchant_order_id = f"INV-{uuid.uuid4().hex[:10]}"
+    first = await _create(client, shop, json.dumps(order_body(merchant_order_id)))
+    assert first.status_code == 201, first.text
+    again = await _create(client, shop, json.dumps(order_body(merchant_order_id + "\n")))
+    assert _refused(again, 422, "invalid_order")["field"] == "merchant_order_id"
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("merchant_order_id", "a" * 100 + "\n"),
+    ("customer.email", "andi@example.co.id\n"),
+    ("customer.phone", "+6281234567890\n"),
+    ("channel", "bca\n"),
+])
+async def test_a_trailing_newline_is_no_part_of_an_identifier(
+    client: httpx.AsyncClient, shop: ShopFixture, field: str, value: str,
+) -> None:
+    body = order_body(f"INV-{uuid.uuid4().hex[:10]}")
+    if field.startswith("customer."):
+        body["customer"] = {**body["customer"], field.split(".")[1]: value}  # type: ignore[dict-item]
+    else:
+        body[field] = value
+    problem = _refused(await _create(client, shop, json.dumps(body)), 422, "invalid_order")
+    assert problem["field"] == field
+
+
+async def test_metadata_is_measured_in_the_utf_8_bytes_it_is_kept_in(
+    client: httpx.AsyncClient, container: Container, shop: ShopFixture,
+) -> None:
+    """"é" is two bytes kept, not the six of its \\u00e9 escape."""
+    most = container.settings.checkout.max_metadata_bytes
+    fits = (most - len('{"note":""}')) // 2
+
+    def with_note(note: str) -> str:
+        return json.dumps({**order_body(f"INV-{uuid.uuid4().hex[:10]}"),
+                           "metadata": {"note": note}})
+
+    r = await _create(client, shop, with_note("é" * fits))
+    assert r.status_code == 201, r.text
+    too_big = with_note("é" * (fits + 1))
+    assert _refused(await _create(client, shop, too_big), 422)["field"] == "metadata"
+
+
+async def test_two_idempotency_keys_are_refused_not_one_of_them_picked(
+    client: httpx.AsyncClient, shop: ShopFixture,
+) -> None:
+    """Which of two keys a proxy passes on first is not something to build "done once" on."""
+    headers = [*shop.headers.items(), ("Content-Type", "application/json"),
+               ("Idempotency-Key", str(uuid.uuid4())), ("Idempotency-Key", str(uuid.uuid4()))]
+    r = await client.post("/v1/orders", content=_order_json(), headers=headers)
+    _refused(r, 400, "idempotency_key_repeated")
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/reviews", "/v1/reconciliation/unmatched", "/v1/reconciliation/unreadable"])
+async def test_a_list_limit_is_plain_decimal_digits(
+    client: httpx.AsyncClient, ops: dict[str, str], path: str,
+) -> None:
+    for odd in ["1e3", "1.0", "+5", "1_000", "0x10", "\u0663", "\uff11", " 5", ""]:
+        _refused(await client.get(path, headers=ops, params={"limit": odd}), 400, "bad_limit")
+    for bounds in ["0", "1001"]:
+        _refused(await client.get(path, headers=ops, params={"limit": bounds}), 400,
+                 "bad_limit")
+    r = await client.get(path, headers=ops, params={"limit": "1000"})
+    assert r.status_code == 200, r.text
 
 
 # -- ops: route keys, reasons, windows -----------------------------------------------------------
@@ -279,6 +424,23 @@ async def test_reasons_and_notes_are_kept_to_their_length(client: httpx.AsyncCli
                                json={"action": "honour", "note": "n" * 2001}), 400)
     _refused(await client.delete("/v1/ops/maintenance/mw_x", headers=ops,
                                  params={"reason": "r" * 3000}), 400, "reason_too_long")
+
+
+@pytest.mark.parametrize(("when", "code"), [
+    ({"starts_at": 1_796_000_000}, "malformed_request"),
+    ({"ends_at": 1_796_000_000}, "malformed_request"),
+    ({"starts_at": 1.5e9}, "malformed_request"),
+    ({"starts_at": "tomorrow"}, "bad_datetime"),
+    ({"starts_at": "2026-12-01T00:00:00"}, "naive_datetime"),
+])
+async def test_a_window_time_is_an_iso_8601_string_not_an_epoch_number(
+    client: httpx.AsyncClient, ops: dict[str, str], when: dict[str, object], code: str,
+) -> None:
+    """An epoch number says nothing of the zone a person meant; a window is written as
+    2026-12-01T00:00:00+07:00."""
+    window = {"route": "va:*:*", "starts_at": "2026-12-01T00:00:00+07:00",
+              "ends_at": "2026-12-01T02:00:00+07:00", "reason": "r", **when}
+    _refused(await client.post("/v1/ops/maintenance", headers=ops, json=window), 400, code)
 
 
 async def test_an_incident_body_longer_than_an_audit_reason_is_accepted(

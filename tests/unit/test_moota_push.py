@@ -160,6 +160,9 @@ def test_mutations_keep_their_order() -> None:
         pytest.param(b"[{", "not valid JSON", id="truncated json"),
         pytest.param(b"\xff\xfe\x00", "not valid JSON", id="not text"),
         pytest.param(push(item())[1:-1], "JSON array", id="object not array"),
+        # Parsed, but no mutation nests like this, and keeping it for a person re-encodes it.
+        pytest.param(b"[" + b"[" * 40 + b"]" * 40 + b"]", "nests deeper", id="nested 40 deep"),
+        pytest.param(b"[" * 5000 + b"]" * 5000, "not valid JSON", id="past the stack"),
     ],
 )
 def test_a_body_that_is_not_an_array_of_items_is_refused_whole(body: bytes, reason: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from orchestrator.domain.text import MAX_NESTING, unstorable
+from orchestrator.domain.text import MAX_NESTING, nests_deeper_than, unstorable
 
 
 def test_ordinary_text_emoji_and_empty_values_are_storable() -> None:
@@ -31,3 +31,15 @@ def test_nesting_is_limited() -> None:
         ok = [ok]
     assert unstorable(ok) is None
     assert "nests deeper" in str(unstorable([ok]))
+
+
+def test_nesting_is_measured_without_recursion() -> None:
+    ok: object = {"k": "leaf"}
+    for _ in range(MAX_NESTING - 1):
+        ok = [ok]
+    assert not nests_deeper_than(ok, MAX_NESTING)
+    assert nests_deeper_than([ok], MAX_NESTING)
+    past_the_stack: object = []
+    for _ in range(100_000):
+        past_the_stack = [past_the_stack]
+    assert nests_deeper_than(past_the_stack, MAX_NESTING)

@@ -84,6 +84,11 @@ _NOT_TEXT = (
 )
 
 
+MAX_ACCOUNT_DIGITS = 40
+"""The widest account number Lunas keeps (the ``account_number`` columns); Indonesian banks use
+10 to 16 digits, so anything longer is a mistyped field, not an account."""
+
+
 def parse_statement(bank: str, data: bytes, *, account_number: str) -> ParsedStatement:
     """Parse one uploaded statement of ``bank`` for ``account_number`` (compared digits only)."""
     return read_statement(bank, data, account_number=account_number).to_parsed()
@@ -100,6 +105,10 @@ def read_statement(bank: str, data: bytes, *, account_number: str) -> StatementR
     account = digits(account_number)
     if not account:
         raise StatementRejected(f"account number {account_number!r} contains no digits")
+    if len(account) > MAX_ACCOUNT_DIGITS:
+        raise StatementRejected(
+            f"account number {account[:50]!r} has {len(account)} digits; no bank account number "
+            f"has more than {MAX_ACCOUNT_DIGITS}")
     text = _decode(data)
     if not text.strip():
         raise StatementRejected("the file is empty; download the statement again")

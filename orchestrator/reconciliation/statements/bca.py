@@ -63,10 +63,10 @@ _HEADER = "tanggaltransaksi"
 _ACCOUNT_LABELS = frozenset({"norekening", "nomorrekening", "norek"})
 _TOTAL_LABELS = frozenset({"saldoawal", "mutasikredit", "mutasidebet"})
 _CLOSING_LABEL = "saldoakhir"
-_DATE = re.compile(r"^(\d{1,2})/(\d{1,2})(?:/(\d{4}))?$")
-_PERIOD = re.compile(r"^(\d{1,2}/\d{1,2}/\d{4})\s*-\s*(\d{1,2}/\d{1,2}/\d{4})$")
+_DATE = re.compile(r"(\d{1,2})/(\d{1,2})(?:/(\d{4}))?")
+_PERIOD = re.compile(r"(\d{1,2}/\d{1,2}/\d{4})\s*-\s*(\d{1,2}/\d{1,2}/\d{4})")
 _DIRECTIONS: dict[str, Direction] = {"CR": "CR", "DB": "DB"}
-_COMBINED_AMOUNT = re.compile(r"^(?P<amount>.*?)\s*(?P<direction>CR|DB)$", re.IGNORECASE)
+_COMBINED_AMOUNT = re.compile(r"(?P<amount>.*?)\s*(?P<direction>CR|DB)", re.IGNORECASE)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -157,7 +157,7 @@ def _read_preamble(rows: RowReader, account_number: str) -> _Preamble:
 
 
 def _parse_period(value: str, *, line: int) -> _Period:
-    match = _PERIOD.match(value)
+    match = _PERIOD.fullmatch(value)
     try:
         if match is None:
             raise ValueError(value)
@@ -281,7 +281,7 @@ def _parse_line(row: Row, preamble: _Preamble) -> StatementLine:
 
 
 def _split_combined(text: str, *, line: int) -> tuple[str, str]:
-    match = _COMBINED_AMOUNT.match(cell(text))
+    match = _COMBINED_AMOUNT.fullmatch(cell(text))
     if match is None:
         raise StatementRejected(
             f'Jumlah {cell(text)!r} has no CR/DB marker (expected like "1,127,500.00 DB")',
@@ -292,7 +292,7 @@ def _split_combined(text: str, *, line: int) -> tuple[str, str]:
 
 def _posted_on(text: str, period: _Period, *, line: int) -> date:
     """The calendar day of a ``DD/MM`` (or ``DD/MM/YYYY``) date inside the statement period."""
-    match = _DATE.match(cell(text))
+    match = _DATE.fullmatch(cell(text))
     if match is None:
         raise StatementRejected(f"Tanggal Transaksi {cell(text)!r} is not a DD/MM date", line=line)
     day, month = int(match[1]), int(match[2])

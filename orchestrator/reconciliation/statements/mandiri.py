@@ -66,8 +66,8 @@ _MONTH_NAMES = (
 )
 _MONTHS = {name: number for number, names in enumerate(_MONTH_NAMES, 1) for name in names}
 _POST_DATE = re.compile(
-    r"^(?P<day>\d{1,2})[\s-]+(?P<month>[A-Za-z]+)\.?[\s-]+(?P<year>\d{4})"
-    r"(?:\s+(?P<hour>\d{1,2}):(?P<minute>\d{2})(?::(?P<second>\d{2}))?)?$"
+    r"(?P<day>\d{1,2})[\s-]+(?P<month>[A-Za-z]+)\.?[\s-]+(?P<year>\d{4})"
+    r"(?:\s+(?P<hour>\d{1,2}):(?P<minute>\d{2})(?::(?P<second>\d{2}))?)?"
 )
 
 
@@ -178,7 +178,7 @@ def _parse_line(row: Row, account_number: str) -> StatementLine:
 
 def _post_date(text: str, *, line: int) -> datetime:
     """``15 May 2026 04:13:08`` / ``15 Mei 2026 04:13:08`` as a naive WIB datetime."""
-    match = _POST_DATE.match(cell(text))
+    match = _POST_DATE.fullmatch(cell(text))
     month = _MONTHS.get(match["month"].lower()) if match else None
     try:
         if match is None or month is None:

@@ -194,7 +194,7 @@ def check_account(found: str, expected_digits: str, *, line: int) -> None:
 
 
 # Well-formed except for its sen part, so the reason can say exactly that.
-_NONZERO_SEN = re.compile(r"^(?:\d{1,3}(?:,\d{3})+|\d*)\.(?!0+$)\d{1,2}$")
+_NONZERO_SEN = re.compile(r"(?:\d{1,3}(?:,\d{3})+|\d*)\.(?!0+\Z)\d{1,2}")
 
 
 def rupiah_cell(text: str, *, column: str, line: int) -> int:
@@ -210,7 +210,7 @@ def rupiah_cell(text: str, *, column: str, line: int) -> int:
         if isinstance(exc, AmountOutOfRange):
             reason = (f"{column} {raw!r} is beyond {MAX_RUPIAH:,} rupiah; no bank prints such "
                       "an amount, so the file is corrupt")
-        elif _NONZERO_SEN.match(raw):
+        elif _NONZERO_SEN.fullmatch(raw):
             reason = (
                 f"{column} {raw!r} has a non-zero sen part; rupiah transfers carry none, so this "
                 "line cannot be matched safely - check the export with the bank"
