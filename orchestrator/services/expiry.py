@@ -166,11 +166,17 @@ async def settle_verifying_orders(
         a.order_id == orders.c.id, a.rail != Rail.MANUAL_TRANSFER.value,
         a.state.in_(_GATEWAY_LIVE + _UNSETTLED))
     verifying = orders.c.state == OrderState.VERIFYING.value
+    # While the feed is stale, orders waiting on it are not picked: thousands of them (sorted
+    # first by deadline) would fill every batch and starve gateway orders whose provider is
+    # back. The overdue pick still reaches them when their window runs out.
+    unread_feed = (sa.exists().where(
+        a.order_id == orders.c.id, a.rail == Rail.MANUAL_TRANSFER.value,
+        a.state.in_(_MANUAL_LIVE)) if health.feed_stale(now) else sa.false())
     async with db.transaction() as conn:
         # Two picks, so orders parked behind a provider that is down (possibly thousands, all
         # still waiting) never crowd out the ones that can be decided now or are overdue.
         ready = (await conn.execute(
-            sa.select(orders).where(verifying, ~unread_gateway)
+            sa.select(orders).where(verifying, ~unread_gateway, ~unread_feed)
             .order_by(orders.c.expires_at).limit(batch).with_for_update(skip_locked=True)
         )).all()
         overdue_pick = (await conn.execute(
@@ -186,7 +192,7 @@ async def settle_verifying_orders(
             sa.select(orders).where(
                 orders.c.state == OrderState.NEEDS_REVIEW.value,
                 orders.c.review_reason == ReviewReason.VERIFICATION_WINDOW_EXHAUSTED.value,
-                ~unread_gateway)
+                ~unread_gateway, ~unread_feed)
             .order_by(orders.c.expires_at).limit(batch).with_for_update(skip_locked=True)
         )).all()
         if not waiting and not in_review:

@@ -8,6 +8,7 @@ import hmac
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from orchestrator.domain.ids import new_id
@@ -352,3 +353,51 @@ async def test_orders_parked_behind_a_down_provider_never_block_decidable_ones(c
             orders.c.id.in_([*parked, decidable])))).all())
     assert states[decidable] == "expired"
     assert {states[o] for o in parked} == {"verifying"}
+
+
+class _StaleFeed:
+    """The sources as the sweep sees them while the mutation feed is down: providers up."""
+
+    def route_unavailable(self, route_key):
+        return False
+
+    def retry_at(self, route_key):
+        return None
+
+    def feed_stale(self, now):
+        return True
+
+    def feed_caught_up(self, deadline):
+        return False
+
+    def next_feed_poll(self, now):
+        return None
+
+
+@pytest.mark.parametrize("waiting", ["verifying", "needs_review"])
+async def test_orders_waiting_on_a_stale_feed_never_block_decidable_ones(container, waiting):
+    """Regression (review of this sweep): manual-transfer orders waiting on a stale feed, oldest
+    first, filled every batch, so gateway orders behind them whose provider was back (or whose
+    window-exhausted review their provider had since answered) were never decided."""
+    from orchestrator.services.expiry import settle_verifying_orders
+
+    m = await new_merchant(container)
+    reason = "verification_window_exhausted" if waiting == "needs_review" else None
+    parked = [await _gateway_order(container, m, state=waiting) for _ in range(3)]
+    decidable = await _gateway_order(container, m, state=waiting)  # created last: newest
+    async with container.db.transaction() as conn:
+        await conn.execute(orders.update().where(orders.c.id.in_([*parked, decidable]))
+                           .values(review_reason=reason))
+    for oid in parked:
+        await _attempt(container, oid, state="active", rail="manual_transfer", provider="bank")
+    await _attempt(container, decidable, state="failed")  # read: nothing was paid
+    later = now() + timedelta(hours=2)
+    while await settle_verifying_orders(container.db, now=later, quarantine=timedelta(hours=1),
+                                        window=timedelta(hours=6), batch=2,
+                                        health=_StaleFeed()):
+        pass
+    async with container.db.read() as conn:
+        states = dict((await conn.execute(sa.select(orders.c.id, orders.c.state).where(
+            orders.c.id.in_([*parked, decidable])))).all())
+    assert states[decidable] == "expired"
+    assert {states[o] for o in parked} == {waiting}
