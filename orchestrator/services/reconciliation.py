@@ -437,10 +437,16 @@ class ReconciliationService:
     ) -> bool:
         """The same credit, already matched from the other source (a Moota push and then the
         bank's file, or the reverse), has its own fingerprint: same account, amount and WIB day.
-        Settling it again would recommend refunding money paid once, so a person decides."""
+        Settling it again would recommend refunding money paid once, so a person decides.
+
+        The order is locked before its mutations are read (``apply_payment`` locks it again, a
+        no-op): read unlocked, another source's copy settling the order meanwhile was not seen,
+        and this copy, waiting for the lock, then found the order paid and counted a second
+        payment. Under the lock, the other copy has committed (and is seen) or waits for this
+        one (and then finds this copy)."""
         order = (await conn.execute(sa.select(orders).join(
             payment_attempts, payment_attempts.c.order_id == orders.c.id).where(
-            payment_attempts.c.id == attempt_id))).one()
+            payment_attempts.c.id == attempt_id).with_for_update(of=orders))).one()
         # Every mutation of the order, filtered here: an order has a handful, found through
         # ix_mutations_order_id. With the other conditions in SQL, statistics that lag a large
         # import (its own rows are not in them yet) once let the planner walk an index of every
