@@ -217,25 +217,30 @@ class ReconciliationService:
         self, conn: AsyncConnection, incoming: Sequence[IncomingMutation], report: ImportReport,
         *, statement_id: str | None, now: datetime,
     ) -> None:
+        """Store every item, then match the new ones in the order given.
+
+        Locks are taken in one global order, so ingests of the same credits (a push and a poll
+        listing the same Moota mutations in different orders, a push beside a statement's
+        batch) wait for each other instead of deadlocking: rows are inserted in fingerprint
+        order (an insert waits for another ingest's uncommitted row of the same fingerprint),
+        then every order a new item may settle or flag is locked in id order, as the batch path
+        does, before any attempt is. Storing all rows before matching any decides each item as
+        storing it just before matching it did: a match reads attempts, orders and the matched
+        mutations of its order, never the unmatched rows this ingest is storing."""
+        ids = [new_id("mut") for _ in incoming]  # numbered in item order, as they always were
+        stored = await _store(conn, incoming, ids, statement_id=statement_id, now=now)
+        new: list[tuple[str, IncomingMutation]] = []
+        for mutation_id, item, fresh in zip(ids, incoming, stored, strict=True):
+            outcome = "new" if fresh else "duplicate"
+            self._metrics.mutations_ingested.labels(item.source, outcome).inc()
+            if fresh:
+                new.append((mutation_id, item))
+        report.new += len(new)
+        report.duplicate += len(incoming) - len(new)
+        await _lock_orders_in_reach(conn, [item for _, item in new],
+                                    window=self._reversal_window)
         debits: list[Debit] = []
-        for item in incoming:
-            mutation_id = new_id("mut")
-            inserted = await conn.execute(
-                upsert_insert(conn.dialect.name)(mutations).values(
-                    id=mutation_id, bank=item.bank, account_number=item.account_number,
-                    posted_at=item.posted_at, amount=item.amount, direction=item.direction,
-                    description=item.description[:1000], balance=item.balance,
-                    source=item.source, fingerprint=item.fingerprint, statement_id=statement_id,
-                    match_state=MatchKind.UNMATCHED.value, created_at=now,
-                ).on_conflict_do_nothing(index_elements=["fingerprint"])
-                .returning(mutations.c.id)
-            )
-            if inserted.first() is None:
-                report.duplicate += 1
-                self._metrics.mutations_ingested.labels(item.source, "duplicate").inc()
-                continue
-            report.new += 1
-            self._metrics.mutations_ingested.labels(item.source, "new").inc()
+        for mutation_id, item in new:
             kind = await self._match(conn, mutation_id, item, report, now=now)
             self._metrics.mutations_matched.labels(item.source, kind.value).inc()
             if item.direction == "DB":
@@ -750,6 +755,73 @@ SELECT event_id, $2, order_id, merchant_id,
                           'paid_amount', amount, 'evidence', 'mutation'),
        trace_context, 'pending', 0, $1, $1
 FROM lunas_import_settle ORDER BY idx"""
+
+async def _store(
+    conn: AsyncConnection, incoming: Sequence[IncomingMutation], ids: Sequence[str], *,
+    statement_id: str | None, now: datetime,
+) -> list[bool]:
+    """Insert each item unless its fingerprint is stored already, in fingerprint order (see
+    ``_ingest``); per item, in the order given, whether it was new."""
+    fresh = [False] * len(incoming)
+    for n in sorted(range(len(incoming)), key=lambda n: incoming[n].fingerprint):
+        item = incoming[n]
+        inserted = await conn.execute(
+            upsert_insert(conn.dialect.name)(mutations).values(
+                id=ids[n], bank=item.bank, account_number=item.account_number,
+                posted_at=item.posted_at, amount=item.amount, direction=item.direction,
+                description=item.description[:1000], balance=item.balance,
+                source=item.source, fingerprint=item.fingerprint, statement_id=statement_id,
+                match_state=MatchKind.UNMATCHED.value, created_at=now,
+            ).on_conflict_do_nothing(index_elements=["fingerprint"])
+            .returning(mutations.c.id)
+        )
+        fresh[n] = inserted.first() is not None
+    return fresh
+
+
+async def _lock_orders_in_reach(
+    conn: AsyncConnection, new: Sequence[IncomingMutation], *, window: timedelta,
+) -> None:
+    """Lock, in id order, every order these new mutations may settle or flag: a superset of
+    what ``_match`` and ``_flag_reversals`` lock one by one. A credit reaches the orders whose
+    attempts hold its amount on its account or that its description names (``_candidates``); a
+    debit, the orders paid by a credit of its amount on its account around its posting
+    (``_flag_reversals``, its window widened to span every debit of the account here).
+
+    On SQLite the writer lock serialises ingests instead."""
+    if conn.dialect.name != "postgresql" or not new:
+        return
+    a, m = payment_attempts.c, mutations.c
+    reached: list[Any] = []
+    for (bank, account), items in _by_account(new).items():
+        credits = [i for i in items if i.direction == "CR"]
+        referenced = set().union(*(referenced_order_ids(i.description) for i in credits))
+        reaches = [sa.and_(a.holds_code, a.transfer_amount.in_({i.amount for i in credits}))]
+        if referenced:
+            reaches.append(a.order_id.in_(sorted(referenced)))
+        if credits:
+            reached.append(sa.select(a.order_id).where(
+                a.payout_bank == bank, a.payout_account_number == account, sa.or_(*reaches)))
+        debits = [i for i in items if i.direction == "DB"]
+        if debits and window:
+            windows = [reversal_window(i.posted_at, window) for i in debits]
+            reached.append(sa.select(m.order_id).where(
+                m.bank == bank, m.account_number == account, m.direction == "CR",
+                m.match_state == MatchKind.MATCHED.value, m.amount.in_({i.amount for i in debits}),
+                m.posted_at >= min(w[0] for w in windows),
+                m.posted_at <= max(w[1] for w in windows)))
+    if reached:
+        await conn.execute(sa.select(orders.c.id)
+                           .where(sa.or_(*(orders.c.id.in_(r) for r in reached)))
+                           .order_by(orders.c.id).with_for_update())
+
+
+def _by_account(items: Sequence[IncomingMutation]) -> dict[tuple[str, str], list[IncomingMutation]]:
+    grouped: dict[tuple[str, str], list[IncomingMutation]] = {}
+    for item in items:
+        grouped.setdefault((item.bank, item.account_number), []).append(item)
+    return grouped
+
 
 async def _candidates(conn: AsyncConnection, item: IncomingMutation) -> list[Candidate]:
     a = payment_attempts.c

@@ -19,6 +19,7 @@ import httpx
 import sqlalchemy as sa
 
 from orchestrator.bootstrap import Container
+from orchestrator.reconciliation.moota import parse_moota_push
 from orchestrator.store.tables import evidence, review_cases
 from tests.integration.test_reconciliation import capture, moota_body
 from tests.invariants import assert_rules_of_state
@@ -46,6 +47,14 @@ def _stagger(n: int) -> tuple[float, float]:
 async def _after(delay: float, work: Awaitable[Any]) -> Any:
     await asyncio.sleep(delay)
     return await work
+
+
+def _failed(failures: list[BaseException], *outcomes: Any) -> bool:
+    """Whether a racer of this round raised (kept in ``failures``): the round is counted and the
+    race goes on, so a failure says in how many rounds it came up."""
+    raised = [o for o in outcomes if isinstance(o, BaseException)]
+    failures += raised
+    return bool(raised)
 
 
 async def _verdicts_and_cases(c: Container, order_id: str) -> tuple[list[str], list[str]]:
@@ -83,3 +92,65 @@ async def test_a_credit_pushed_while_its_statement_is_imported_is_paid_once(
             wrong.append((order["id"], verdicts, cases))
     assert not wrong, f"{len(wrong)}/40 rounds counted one credit twice, e.g. {wrong[:2]}"
     await assert_rules_of_state(container.db, orders, settled=False)
+
+
+async def test_a_push_and_a_poll_listing_the_same_credits_in_opposite_orders_both_commit(
+    client: httpx.AsyncClient, container: Container,
+) -> None:
+    """Regression (review D3a): each stored its items in the order listed, so a push of A, B and
+    a poll of B, A (one fingerprint per Moota id) each waited for the other's uncommitted row
+    and PostgreSQL rolled one back (40/40 rounds in the review; 8/8 here)."""
+    m = await new_merchant(container)
+    placed: list[str] = []
+    failed: list[BaseException] = []
+    for _ in range(8):
+        a, b = await capture(client, m), await capture(client, m)
+        placed += [a["id"], b["id"]]
+        items = _items(m.account_number, [o["payment"]["transfer_amount"] for o in (a, b)])
+        pushed, polled = await asyncio.gather(
+            container.reconciliation.ingest_push(json.dumps(items).encode()),
+            container.reconciliation.ingest_feed(
+                parse_moota_push(json.dumps(items[::-1]).encode()).mutations),
+            return_exceptions=True)
+        if _failed(failed, pushed, polled):
+            continue
+        assert (pushed.new + polled.new, pushed.duplicate + polled.duplicate) == (2, 2)
+        assert pushed.matched + polled.matched == 2
+    assert not failed, f"{len(failed)} ingests of 8 rounds rolled back: {failed[0]!r}"
+    for order_id in placed:
+        assert await _verdicts_and_cases(container, order_id) == (["settle"], [])
+    await assert_rules_of_state(container.db, placed, settled=False)
+
+
+async def test_a_push_and_a_statement_carrying_the_same_credits_both_commit(
+    client: httpx.AsyncClient, container: Container,
+) -> None:
+    """Regression (review D3b): the statement's batch locks its orders in id order, the push
+    locked them in the order it listed its items: a push of B, A beside a statement of A, B
+    deadlocked, and a statement rolled back is lost until uploaded again (20/40 rounds in the
+    review; about half of these 20)."""
+    m = await new_merchant(container)
+    placed: list[str] = []
+    failed: list[BaseException] = []
+    for n in range(20):
+        a, b = sorted([await capture(client, m), await capture(client, m)],
+                      key=lambda o: str(o["id"]))
+        placed += [a["id"], b["id"]]
+        amounts = [o["payment"]["transfer_amount"] for o in (a, b)]
+        push_delay, statement_delay = _stagger(n)
+        pushed, imported = await asyncio.gather(
+            _after(push_delay, container.reconciliation.ingest_push(
+                json.dumps(_items(m.account_number, amounts[::-1])).encode())),
+            _after(statement_delay, container.reconciliation.import_statement(
+                bank="bca", account_number=m.account_number,
+                data=_statement(m.account_number, amounts), filename=None, actor="ops:test")),
+            return_exceptions=True)
+        if _failed(failed, pushed, imported):
+            continue
+        assert pushed.new == imported.new == 2
+        assert pushed.matched + imported.matched == 2  # the other copy: a possible duplicate
+    assert not failed, f"{len(failed)} ingests of 20 rounds rolled back: {failed[0]!r}"
+    for order_id in placed:
+        assert await _verdicts_and_cases(container, order_id) == (["settle"],
+                                                                  ["possible_duplicate"])
+    await assert_rules_of_state(container.db, placed, settled=False)
