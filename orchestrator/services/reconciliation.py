@@ -653,15 +653,23 @@ SELECT c.idx, c.attempt_id, c.order_id,
                          AND m.source <> $3 AND m.amount = c.amount) THEN 'sequential'
             ELSE 'planned' END AS kind
 FROM credits c"""  # noqa: S608 - only the constant _IN_WINDOW is interpolated
-# apply_payment's lock order: the planned orders (in id order), then their attempts (in _SETTLE,
-# in the order the plan visits them). Writers that lock the order first cannot deadlock with it.
-# The quarantine release (expiry.release_quarantined_codes) updates attempts without their
-# orders, in its own order; a deadlock with it is possible, as it was when attempts were locked
-# in id order, and PostgreSQL would end the import's transaction (nothing stored; import again).
+# apply_payment's lock order: every order the import may settle (in id order), then their
+# attempts (in _SETTLE, in the order the plan visits them). The orders of the lines left to
+# _match (the attempt holding their amount, the orders they name) are locked here too: locked
+# there, one by one as the lines come, an order of a lower id than one locked here could be
+# taken after it, and a push or poll locking both in id order (_lock_orders_in_reach) would
+# deadlock with the import. Orders flagged by a debit (_flag_reversals) are locked last, in
+# their own id order. The quarantine release (expiry.release_quarantined_codes) updates
+# attempts without their orders, in its own order; a deadlock with it is possible, as it was
+# when attempts were locked in id order, and PostgreSQL would end the import's transaction
+# (nothing stored; import again).
 _LOCK_ORDERS = """
 SELECT count(*) FROM (
     SELECT o.id FROM orders o
-    WHERE o.id IN (SELECT order_id FROM lunas_import_plan WHERE kind = 'planned')
+    WHERE o.id IN (SELECT order_id FROM lunas_import_plan WHERE kind <> 'unmatched'
+                   UNION ALL
+                   SELECT unnest(l.refs) FROM lunas_import_plan p
+                   JOIN lunas_import_lines l ON l.idx = p.idx WHERE p.kind = 'sequential')
     ORDER BY o.id FOR UPDATE OF o) locked"""
 # still_matches and settle_rule, checked by the UPDATE that pays the attempt: the order is
 # locked already (_LOCK_ORDERS), the attempt is this statement's target, so under READ COMMITTED

@@ -36,11 +36,12 @@ def _items(account: str, amounts: list[int]) -> list[dict[str, Any]]:
     return [json.loads(moota_body(account, a))[0] for a in amounts]
 
 
-def _stagger(n: int) -> tuple[float, float]:
-    """Round ``n``'s delay, in seconds, for each of two racers: from the second starting 3.5 ms
-    after the first to the first starting 10 ms after the second, in steps of 0.7 ms, so the
-    interleavings of their statements come up (a push's window is a few milliseconds wide)."""
-    offset = (n % 20 - 5) * 0.0007
+def _stagger(n: int, *, first: float = -0.0035) -> tuple[float, float]:
+    """Round ``n``'s delay, in seconds, for each of two racers: the first starts ``first``
+    seconds after the second (before it, if negative), then 0.7 ms later each round, over 20
+    rounds, so the interleavings of their statements come up (a window a few milliseconds
+    wide, where a statement import's takes longer to reach than a push's)."""
+    offset = first + (n % 20) * 0.0007
     return max(offset, 0.0), max(-offset, 0.0)
 
 
@@ -150,6 +151,42 @@ async def test_a_push_and_a_statement_carrying_the_same_credits_both_commit(
         assert pushed.new == imported.new == 2
         assert pushed.matched + imported.matched == 2  # the other copy: a possible duplicate
     assert not failed, f"{len(failed)} ingests of 20 rounds rolled back: {failed[0]!r}"
+    for order_id in placed:
+        assert await _verdicts_and_cases(container, order_id) == (["settle"],
+                                                                  ["possible_duplicate"])
+    await assert_rules_of_state(container.db, placed, settled=False)
+
+
+async def test_a_push_and_a_statement_naming_an_order_both_commit(
+    client: httpx.AsyncClient, container: Container,
+) -> None:
+    """Regression (review D3b, found fixing it): the batch locked the orders it settles itself
+    in id order, then each order of a line left to the line-by-line path (one naming its order,
+    here) as it came to it; beside a push locking both in id order, a statement settling B by
+    amount and naming A < B in its next line deadlocked (7 to 19 of these 40 rounds)."""
+    m = await new_merchant(container)
+    placed: list[str] = []
+    failed: list[BaseException] = []
+    for n in range(40):
+        a, b = sorted([await capture(client, m), await capture(client, m)],
+                      key=lambda o: str(o["id"]))
+        placed += [a["id"], b["id"]]
+        pay_a, pay_b = (o["payment"]["transfer_amount"] for o in (a, b))
+        statement = bca_statement(m.account_number, [
+            (datetime.now(UTC), f"TRSF E-BANKING CR {pay_b}.00 ANDI", pay_b, "CR"),
+            (datetime.now(UTC), f"TRSF E-BANKING CR {a['id']} ANDI", pay_a, "CR")])
+        push_delay, statement_delay = _stagger(n, first=0.004)
+        pushed, imported = await asyncio.gather(
+            _after(push_delay, container.reconciliation.ingest_push(
+                json.dumps(_items(m.account_number, [pay_a, pay_b])).encode())),
+            _after(statement_delay, container.reconciliation.import_statement(
+                bank="bca", account_number=m.account_number, data=statement, filename=None,
+                actor="ops:test")),
+            return_exceptions=True)
+        if _failed(failed, pushed, imported):
+            continue
+        assert pushed.matched + imported.matched == 2  # the other copy: a possible duplicate
+    assert not failed, f"{len(failed)} ingests of 40 rounds rolled back: {failed[0]!r}"
     for order_id in placed:
         assert await _verdicts_and_cases(container, order_id) == (["settle"],
                                                                   ["possible_duplicate"])
