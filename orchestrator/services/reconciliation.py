@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.domain import events
@@ -69,7 +70,12 @@ from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import iso
 from orchestrator.services.settlement import Payment, apply_payment, open_review_case
 from orchestrator.services.unreadable_feed_items import MOOTA, UnreadableFeedItems
-from orchestrator.store.database import Database, upsert_insert
+from orchestrator.store.database import (
+    DEADLOCK_DETECTED,
+    Database,
+    rolled_back_by,
+    upsert_insert,
+)
 from orchestrator.store.tables import (
     mutations,
     orders,
@@ -78,6 +84,10 @@ from orchestrator.store.tables import (
     statements,
 )
 from orchestrator.telemetry.metrics import Metrics
+
+_INGEST_ATTEMPTS = 3
+"""Tries of a push or poll's transaction: a deadlock it meets twice in a row is not chance."""
+_DEADLOCK = frozenset({DEADLOCK_DETECTED})
 
 
 @dataclass(kw_only=True)
@@ -198,6 +208,22 @@ class ReconciliationService:
 
     async def _ingest_moota(self, items: Sequence[MootaMutation], *, source: str
                             ) -> ImportReport:
+        """Store and match Moota items in one transaction, run again if PostgreSQL ends it to
+        break a deadlock: nothing of it was stored, and a push refused would be lost unless
+        Moota sends it again (a poll would read it again, only later). Ingests lock in one
+        order (``_ingest``), so what is left is a writer that does not: the quarantine release,
+        or an order a debit flags or a credit reaches after the ingest locked its orders."""
+        for attempt in range(1, _INGEST_ATTEMPTS + 1):
+            try:
+                return await self._ingest_moota_once(items, source=source)
+            except DBAPIError as exc:
+                if attempt == _INGEST_ATTEMPTS or not rolled_back_by(exc, _DEADLOCK):
+                    raise
+                self._metrics.mutation_ingests_retried.labels(source).inc()
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _ingest_moota_once(self, items: Sequence[MootaMutation], *, source: str
+                                 ) -> ImportReport:
         now = self._clock.now()
         report = ImportReport(parsed=len(items))
         async with self._db.transaction() as conn:

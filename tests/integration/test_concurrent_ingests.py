@@ -19,8 +19,11 @@ import httpx
 import sqlalchemy as sa
 
 from orchestrator.bootstrap import Container
+from orchestrator.domain.ids import new_id
+from orchestrator.reconciliation.fingerprint import fingerprint_moota
 from orchestrator.reconciliation.moota import parse_moota_push
-from orchestrator.store.tables import evidence, review_cases
+from orchestrator.store.database import upsert_insert
+from orchestrator.store.tables import evidence, mutations, orders, review_cases
 from tests.integration.test_reconciliation import capture, moota_body
 from tests.invariants import assert_rules_of_state
 from tests.support import bca_statement, new_merchant
@@ -76,10 +79,10 @@ async def test_a_credit_pushed_while_its_statement_is_imported_is_paid_once(
     of these 40)."""
     m = await new_merchant(container)
     wrong: list[tuple[str, list[str], list[str]]] = []
-    orders = []
+    placed: list[str] = []
     for n in range(40):
         order = await capture(client, m)
-        orders.append(order["id"])
+        placed.append(order["id"])
         pay = order["payment"]["transfer_amount"]
         push_delay, statement_delay = _stagger(n)
         await asyncio.gather(
@@ -92,7 +95,7 @@ async def test_a_credit_pushed_while_its_statement_is_imported_is_paid_once(
         if (verdicts, cases) != (["settle"], ["possible_duplicate"]):
             wrong.append((order["id"], verdicts, cases))
     assert not wrong, f"{len(wrong)}/40 rounds counted one credit twice, e.g. {wrong[:2]}"
-    await assert_rules_of_state(container.db, orders, settled=False)
+    await assert_rules_of_state(container.db, placed, settled=False)
 
 
 async def test_a_push_and_a_poll_listing_the_same_credits_in_opposite_orders_both_commit(
@@ -104,6 +107,7 @@ async def test_a_push_and_a_poll_listing_the_same_credits_in_opposite_orders_bot
     m = await new_merchant(container)
     placed: list[str] = []
     failed: list[BaseException] = []
+    retried = _retries(container)
     for _ in range(8):
         a, b = await capture(client, m), await capture(client, m)
         placed += [a["id"], b["id"]]
@@ -118,6 +122,7 @@ async def test_a_push_and_a_poll_listing_the_same_credits_in_opposite_orders_bot
         assert (pushed.new + polled.new, pushed.duplicate + polled.duplicate) == (2, 2)
         assert pushed.matched + polled.matched == 2
     assert not failed, f"{len(failed)} ingests of 8 rounds rolled back: {failed[0]!r}"
+    assert _retries(container) == retried, "a push or poll deadlocked, and was run again"
     for order_id in placed:
         assert await _verdicts_and_cases(container, order_id) == (["settle"], [])
     await assert_rules_of_state(container.db, placed, settled=False)
@@ -133,6 +138,7 @@ async def test_a_push_and_a_statement_carrying_the_same_credits_both_commit(
     m = await new_merchant(container)
     placed: list[str] = []
     failed: list[BaseException] = []
+    retried = _retries(container)
     for n in range(20):
         a, b = sorted([await capture(client, m), await capture(client, m)],
                       key=lambda o: str(o["id"]))
@@ -151,6 +157,7 @@ async def test_a_push_and_a_statement_carrying_the_same_credits_both_commit(
         assert pushed.new == imported.new == 2
         assert pushed.matched + imported.matched == 2  # the other copy: a possible duplicate
     assert not failed, f"{len(failed)} ingests of 20 rounds rolled back: {failed[0]!r}"
+    assert _retries(container) == retried, "a push or poll deadlocked, and was run again"
     for order_id in placed:
         assert await _verdicts_and_cases(container, order_id) == (["settle"],
                                                                   ["possible_duplicate"])
@@ -167,6 +174,7 @@ async def test_a_push_and_a_statement_naming_an_order_both_commit(
     m = await new_merchant(container)
     placed: list[str] = []
     failed: list[BaseException] = []
+    retried = _retries(container)
     for n in range(40):
         a, b = sorted([await capture(client, m), await capture(client, m)],
                       key=lambda o: str(o["id"]))
@@ -187,7 +195,64 @@ async def test_a_push_and_a_statement_naming_an_order_both_commit(
             continue
         assert pushed.matched + imported.matched == 2  # the other copy: a possible duplicate
     assert not failed, f"{len(failed)} ingests of 40 rounds rolled back: {failed[0]!r}"
+    assert _retries(container) == retried, "a push or poll deadlocked, and was run again"
     for order_id in placed:
         assert await _verdicts_and_cases(container, order_id) == (["settle"],
                                                                   ["possible_duplicate"])
     await assert_rules_of_state(container.db, placed, settled=False)
+
+
+async def test_a_push_rolled_back_to_break_a_deadlock_is_ingested_again(
+    client: httpx.AsyncClient, container: Container,
+) -> None:
+    """Regression (review D3): a push PostgreSQL rolled back was answered 503, and lost unless
+    Moota sent it again. Here a writer that locks out of order (the order, then the push's own
+    mutation row) makes the deadlock every time; the push, waiting first, is the one ended."""
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    item = _items(m.account_number, [order["payment"]["transfer_amount"]])[0]
+    retried = _retries(container)
+    async with container.db.engine.connect() as other:
+        writer = await other.begin()
+        await other.execute(sa.select(orders.c.id).where(orders.c.id == order["id"])
+                            .with_for_update())
+        push = asyncio.create_task(container.reconciliation.ingest_push(json.dumps([item])
+                                                                         .encode()))
+        await _until_waiting_for_a_lock(container)  # its row stored, the order locked by us
+        row = dict(await _mutation_row(other, m.account_number, item), source="feed")
+        await other.execute(upsert_insert("postgresql")(mutations).values(**row)
+                            .on_conflict_do_nothing(index_elements=["fingerprint"]))
+        await writer.rollback()
+    report = await push
+    assert (report.new, report.matched) == (1, 1)
+    assert _retries(container) == retried + 1
+    assert await _verdicts_and_cases(container, order["id"]) == (["settle"], [])
+
+
+def _retries(c: Container) -> float:
+    """Pushes and polls run again after a deadlock, so far: a race that passes only by them
+    still deadlocked."""
+    return sum(c.metrics.registry.get_sample_value(
+        "lunas_mutation_ingests_retried_total", {"source": source}) or 0.0
+        for source in ("push", "feed"))
+
+
+async def _until_waiting_for_a_lock(c: Container) -> None:
+    for _ in range(500):
+        async with c.db.read() as conn:
+            if (await conn.execute(sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"))).scalar_one():
+                return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the push never waited for the order")
+
+
+async def _mutation_row(conn: Any, account: str, item: dict[str, Any]) -> dict[str, Any]:
+    """A mutation row holding the fingerprint of Moota ``item``."""
+    pushed = parse_moota_push(json.dumps([item]).encode()).mutations[0]
+    return {"id": new_id("mut"), "bank": "bca", "account_number": account,
+            "posted_at": pushed.posted_at, "amount": pushed.amount, "direction": "CR",
+            "description": pushed.description, "balance": None,
+            "fingerprint": fingerprint_moota(pushed.mutation_id), "match_state": "unmatched",
+            "created_at": datetime.now(UTC)}
