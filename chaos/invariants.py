@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from orchestrator.domain.clock import WIB
 from orchestrator.domain.events import ORDER_PAID
 from orchestrator.domain.order import (
     TERMINAL_ORDER_STATES,
@@ -122,6 +125,10 @@ async def check_rules_of_state(db: Database, acknowledged: Iterable[str], *,
             examples = [(r.unique_key, r.order_id, r.mutation_order) for r in disagree[:3]]
             bad.append(f"rule 2: {len(disagree)} mutations whose evidence names another order, "
                        f"e.g. {examples}")
+        twice_counted = await _one_transfer_counted_twice(conn, ids)
+        if twice_counted:
+            bad.append(f"rule 2: {len(twice_counted)} credits counted as a second payment of "
+                       f"their own transfer, e.g. {twice_counted[:3]}")
         # Rule 5: every settled order told the merchant, through the outbox, in its transaction.
         silent = [o for o, r in found.items() if r.state == _PAID and not paid_events[o]]
         if silent:
@@ -134,6 +141,40 @@ async def check_rules_of_state(db: Database, acknowledged: Iterable[str], *,
             bad.append(f"rule 6: {len(stuck)} orders neither terminal nor in review "
                        f"({report.by_state}), e.g. {stuck[:3]}")
     return report
+
+
+async def _one_transfer_counted_twice(conn: AsyncConnection, ids: list[str]) -> list[str]:
+    """Mutations the matcher judged a second payment of an order that another source's copy of
+    the same transfer (same account, amount and WIB day: ``_seen_from_another_source``'s twin)
+    had settled: one payment counted twice, its refund recommended.
+
+    Precise, not a guess: the matcher asks for a twin under the order's lock before settling,
+    and a twin makes the copy a possible duplicate, never a payment; so a matcher's second
+    payment beside a settling twin means the question was answered without the lock. A copy a
+    person matched by hand is that person's decision, and not counted."""
+    e, m = evidence.c, mutations.c
+    seen: list[Any] = []
+    for chunk in _chunks(ids, 5_000):
+        seen += (await conn.execute(
+            sa.select(e.order_id, e.verdict, e.details, m.id, m.source, m.account_number,
+                      m.amount, m.posted_at)
+            .select_from(evidence.join(mutations, e.unique_key == sa.literal("mutation:") + m.id))
+            .where(e.order_id.in_(chunk), e.verdict.in_([PaymentVerdict.SETTLE.value,
+                                                          PaymentVerdict.SECOND_PAYMENT.value]))
+        )).all()
+
+    def transfer(r: Any) -> tuple[str, str, int, date]:
+        return r.order_id, r.account_number, r.amount, r.posted_at.astimezone(WIB).date()
+
+    settled_by: dict[tuple[str, str, int, date], set[str]] = {}
+    for r in seen:
+        if r.verdict == PaymentVerdict.SETTLE.value:
+            settled_by.setdefault(transfer(r), set()).add(r.source)
+    return sorted(
+        r.id for r in seen
+        if r.verdict == PaymentVerdict.SECOND_PAYMENT.value
+        and (r.details or {}).get("matched_by") == "matcher"
+        and settled_by.get(transfer(r), set()) - {r.source})
 
 
 def _chunks(items: list[str], size: int) -> Iterable[list[str]]:

@@ -20,6 +20,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from orchestrator.domain import errors as domain
+from orchestrator.store.database import DEADLOCK_DETECTED, SERIALIZATION_FAILURE, rolled_back_by
 
 log = logging.getLogger("lunas.api")
 
@@ -107,16 +108,11 @@ def to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
                    code="internal_error")
 
 
-_CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
+_CONFLICT_SQLSTATES = frozenset({DEADLOCK_DETECTED, SERIALIZATION_FAILURE})
 
 
 def _rolled_back_by_a_conflict(exc: Exception) -> bool:
-    if not isinstance(exc, DBAPIError):
-        return False
-    cause = exc.orig
-    codes = {getattr(cause, "sqlstate", None), getattr(cause, "pgcode", None),
-             getattr(getattr(cause, "__cause__", None), "sqlstate", None)}
-    return bool(codes & _CONFLICT_SQLSTATES)
+    return rolled_back_by(exc, _CONFLICT_SQLSTATES)
 
 
 def _database_unreachable(exc: Exception) -> bool:

@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.domain import events
@@ -70,7 +71,12 @@ from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import iso
 from orchestrator.services.settlement import Payment, apply_payment, open_review_case
 from orchestrator.services.unreadable_feed_items import MOOTA, UnreadableFeedItems
-from orchestrator.store.database import Database, upsert_insert
+from orchestrator.store.database import (
+    DEADLOCK_DETECTED,
+    Database,
+    rolled_back_by,
+    upsert_insert,
+)
 from orchestrator.store.tables import (
     mutations,
     orders,
@@ -79,6 +85,10 @@ from orchestrator.store.tables import (
     statements,
 )
 from orchestrator.telemetry.metrics import Metrics
+
+_INGEST_ATTEMPTS = 3
+"""Tries of a push or poll's transaction: a deadlock it meets twice in a row is not chance."""
+_DEADLOCK = frozenset({DEADLOCK_DETECTED})
 
 
 @dataclass(kw_only=True)
@@ -201,6 +211,22 @@ class ReconciliationService:
 
     async def _ingest_moota(self, items: Sequence[MootaMutation], *, source: str
                             ) -> ImportReport:
+        """Store and match Moota items in one transaction, run again if PostgreSQL ends it to
+        break a deadlock: nothing of it was stored, and a push refused would be lost unless
+        Moota sends it again (a poll would read it again, only later). Ingests lock in one
+        order (``_ingest``), so what is left is a writer that does not: the quarantine release,
+        or an order a debit flags or a credit reaches after the ingest locked its orders."""
+        for attempt in range(1, _INGEST_ATTEMPTS + 1):
+            try:
+                return await self._ingest_moota_once(items, source=source)
+            except DBAPIError as exc:
+                if attempt == _INGEST_ATTEMPTS or not rolled_back_by(exc, _DEADLOCK):
+                    raise
+                self._metrics.mutation_ingests_retried.labels(source).inc()
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _ingest_moota_once(self, items: Sequence[MootaMutation], *, source: str
+                                 ) -> ImportReport:
         now = self._clock.now()
         report = ImportReport(parsed=len(items))
         async with self._db.transaction() as conn:
@@ -220,25 +246,30 @@ class ReconciliationService:
         self, conn: AsyncConnection, incoming: Sequence[IncomingMutation], report: ImportReport,
         *, statement_id: str | None, now: datetime,
     ) -> None:
+        """Store every item, then match the new ones in the order given.
+
+        Locks are taken in one global order, so ingests of the same credits (a push and a poll
+        listing the same Moota mutations in different orders, a push beside a statement's
+        batch) wait for each other instead of deadlocking: rows are inserted in fingerprint
+        order (an insert waits for another ingest's uncommitted row of the same fingerprint),
+        then every order a new item may settle or flag is locked in id order, as the batch path
+        does, before any attempt is. Storing all rows before matching any decides each item as
+        storing it just before matching it did: a match reads attempts, orders and the matched
+        mutations of its order, never the unmatched rows this ingest is storing."""
+        ids = [new_id("mut") for _ in incoming]  # numbered in item order, as they always were
+        stored = await _store(conn, incoming, ids, statement_id=statement_id, now=now)
+        new: list[tuple[str, IncomingMutation]] = []
+        for mutation_id, item, fresh in zip(ids, incoming, stored, strict=True):
+            outcome = "new" if fresh else "duplicate"
+            self._metrics.mutations_ingested.labels(item.source, outcome).inc()
+            if fresh:
+                new.append((mutation_id, item))
+        report.new += len(new)
+        report.duplicate += len(incoming) - len(new)
+        await _lock_orders_in_reach(conn, [item for _, item in new],
+                                    window=self._reversal_window)
         debits: list[Debit] = []
-        for item in incoming:
-            mutation_id = new_id("mut")
-            inserted = await conn.execute(
-                upsert_insert(conn.dialect.name)(mutations).values(
-                    id=mutation_id, bank=item.bank, account_number=item.account_number,
-                    posted_at=item.posted_at, amount=item.amount, direction=item.direction,
-                    description=item.description[:1000], balance=item.balance,
-                    source=item.source, fingerprint=item.fingerprint, statement_id=statement_id,
-                    match_state=MatchKind.UNMATCHED.value, created_at=now,
-                ).on_conflict_do_nothing(index_elements=["fingerprint"])
-                .returning(mutations.c.id)
-            )
-            if inserted.first() is None:
-                report.duplicate += 1
-                self._metrics.mutations_ingested.labels(item.source, "duplicate").inc()
-                continue
-            report.new += 1
-            self._metrics.mutations_ingested.labels(item.source, "new").inc()
+        for mutation_id, item in new:
             kind = await self._match(conn, mutation_id, item, report, now=now)
             self._metrics.mutations_matched.labels(item.source, kind.value).inc()
             if item.direction == "DB":
@@ -440,10 +471,16 @@ class ReconciliationService:
     ) -> bool:
         """The same credit, already matched from the other source (a Moota push and then the
         bank's file, or the reverse), has its own fingerprint: same account, amount and WIB day.
-        Settling it again would recommend refunding money paid once, so a person decides."""
+        Settling it again would recommend refunding money paid once, so a person decides.
+
+        The order is locked before its mutations are read (``apply_payment`` locks it again, a
+        no-op): read unlocked, another source's copy settling the order meanwhile was not seen,
+        and this copy, waiting for the lock, then found the order paid and counted a second
+        payment. Under the lock, the other copy has committed (and is seen) or waits for this
+        one (and then finds this copy)."""
         order = (await conn.execute(sa.select(orders).join(
             payment_attempts, payment_attempts.c.order_id == orders.c.id).where(
-            payment_attempts.c.id == attempt_id))).one()
+            payment_attempts.c.id == attempt_id).with_for_update(of=orders))).one()
         # Every mutation of the order, filtered here: an order has a handful, found through
         # ix_mutations_order_id. With the other conditions in SQL, statistics that lag a large
         # import (its own rows are not in them yet) once let the planner walk an index of every
@@ -654,15 +691,23 @@ SELECT c.idx, c.attempt_id, c.order_id,
                          AND m.source <> $3 AND m.amount = c.amount) THEN 'sequential'
             ELSE 'planned' END AS kind
 FROM credits c"""  # noqa: S608 - only the constant _IN_WINDOW is interpolated
-# apply_payment's lock order: the planned orders (in id order), then their attempts (in _SETTLE,
-# in the order the plan visits them). Writers that lock the order first cannot deadlock with it.
-# The quarantine release (expiry.release_quarantined_codes) updates attempts without their
-# orders, in its own order; a deadlock with it is possible, as it was when attempts were locked
-# in id order, and PostgreSQL would end the import's transaction (nothing stored; import again).
+# apply_payment's lock order: every order the import may settle (in id order), then their
+# attempts (in _SETTLE, in the order the plan visits them). The orders of the lines left to
+# _match (the attempt holding their amount, the orders they name) are locked here too: locked
+# there, one by one as the lines come, an order of a lower id than one locked here could be
+# taken after it, and a push or poll locking both in id order (_lock_orders_in_reach) would
+# deadlock with the import. Orders flagged by a debit (_flag_reversals) are locked last, in
+# their own id order. The quarantine release (expiry.release_quarantined_codes) updates
+# attempts without their orders, in its own order; a deadlock with it is possible, as it was
+# when attempts were locked in id order, and PostgreSQL would end the import's transaction
+# (nothing stored; import again).
 _LOCK_ORDERS = """
 SELECT count(*) FROM (
     SELECT o.id FROM orders o
-    WHERE o.id IN (SELECT order_id FROM lunas_import_plan WHERE kind = 'planned')
+    WHERE o.id IN (SELECT order_id FROM lunas_import_plan WHERE kind <> 'unmatched'
+                   UNION ALL
+                   SELECT unnest(l.refs) FROM lunas_import_plan p
+                   JOIN lunas_import_lines l ON l.idx = p.idx WHERE p.kind = 'sequential')
     ORDER BY o.id FOR UPDATE OF o) locked"""
 # still_matches and settle_rule, checked by the UPDATE that pays the attempt: the order is
 # locked already (_LOCK_ORDERS), the attempt is this statement's target, so under READ COMMITTED
@@ -756,6 +801,73 @@ SELECT event_id, $2, order_id, merchant_id,
                           'paid_amount', amount, 'evidence', 'mutation'),
        trace_context, 'pending', 0, $1, $1
 FROM lunas_import_settle ORDER BY idx"""
+
+async def _store(
+    conn: AsyncConnection, incoming: Sequence[IncomingMutation], ids: Sequence[str], *,
+    statement_id: str | None, now: datetime,
+) -> list[bool]:
+    """Insert each item unless its fingerprint is stored already, in fingerprint order (see
+    ``_ingest``); per item, in the order given, whether it was new."""
+    fresh = [False] * len(incoming)
+    for n in sorted(range(len(incoming)), key=lambda n: incoming[n].fingerprint):
+        item = incoming[n]
+        inserted = await conn.execute(
+            upsert_insert(conn.dialect.name)(mutations).values(
+                id=ids[n], bank=item.bank, account_number=item.account_number,
+                posted_at=item.posted_at, amount=item.amount, direction=item.direction,
+                description=item.description[:1000], balance=item.balance,
+                source=item.source, fingerprint=item.fingerprint, statement_id=statement_id,
+                match_state=MatchKind.UNMATCHED.value, created_at=now,
+            ).on_conflict_do_nothing(index_elements=["fingerprint"])
+            .returning(mutations.c.id)
+        )
+        fresh[n] = inserted.first() is not None
+    return fresh
+
+
+async def _lock_orders_in_reach(
+    conn: AsyncConnection, new: Sequence[IncomingMutation], *, window: timedelta,
+) -> None:
+    """Lock, in id order, every order these new mutations may settle or flag: a superset of
+    what ``_match`` and ``_flag_reversals`` lock one by one. A credit reaches the orders whose
+    attempts hold its amount on its account or that its description names (``_candidates``); a
+    debit, the orders paid by a credit of its amount on its account around its posting
+    (``_flag_reversals``, its window widened to span every debit of the account here).
+
+    On SQLite the writer lock serialises ingests instead."""
+    if conn.dialect.name != "postgresql" or not new:
+        return
+    a, m = payment_attempts.c, mutations.c
+    reached: list[Any] = []
+    for (bank, account), items in _by_account(new).items():
+        credits = [i for i in items if i.direction == "CR"]
+        referenced = set().union(*(referenced_order_ids(i.description) for i in credits))
+        reaches = [sa.and_(a.holds_code, a.transfer_amount.in_({i.amount for i in credits}))]
+        if referenced:
+            reaches.append(a.order_id.in_(sorted(referenced)))
+        if credits:
+            reached.append(sa.select(a.order_id).where(
+                a.payout_bank == bank, a.payout_account_number == account, sa.or_(*reaches)))
+        debits = [i for i in items if i.direction == "DB"]
+        if debits and window:
+            windows = [reversal_window(i.posted_at, window) for i in debits]
+            reached.append(sa.select(m.order_id).where(
+                m.bank == bank, m.account_number == account, m.direction == "CR",
+                m.match_state == MatchKind.MATCHED.value, m.amount.in_({i.amount for i in debits}),
+                m.posted_at >= min(w[0] for w in windows),
+                m.posted_at <= max(w[1] for w in windows)))
+    if reached:
+        await conn.execute(sa.select(orders.c.id)
+                           .where(sa.or_(*(orders.c.id.in_(r) for r in reached)))
+                           .order_by(orders.c.id).with_for_update())
+
+
+def _by_account(items: Sequence[IncomingMutation]) -> dict[tuple[str, str], list[IncomingMutation]]:
+    grouped: dict[tuple[str, str], list[IncomingMutation]] = {}
+    for item in items:
+        grouped.setdefault((item.bank, item.account_number), []).append(item)
+    return grouped
+
 
 async def _candidates(conn: AsyncConnection, item: IncomingMutation) -> list[Candidate]:
     a = payment_attempts.c

@@ -8,7 +8,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+DEADLOCK_DETECTED = "40P01"
+SERIALIZATION_FAILURE = "40001"
 
 
 class Database:
@@ -41,6 +45,17 @@ class Database:
     def insert(self, table: Any) -> Any:
         """A dialect INSERT that supports ``on_conflict_do_nothing`` on both databases."""
         return upsert_insert(self.engine.dialect.name)(table)
+
+
+def rolled_back_by(exc: BaseException, sqlstates: frozenset[str]) -> bool:
+    """Whether PostgreSQL ended ``exc``'s transaction with one of these SQLSTATEs (as asyncpg
+    or a psycopg-style driver reports it): everything it did is undone."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    cause = exc.orig
+    codes = {getattr(cause, "sqlstate", None), getattr(cause, "pgcode", None),
+             getattr(getattr(cause, "__cause__", None), "sqlstate", None)}
+    return bool(codes & sqlstates)
 
 
 def upsert_insert(dialect_name: str) -> Callable[..., Any]:

@@ -47,6 +47,13 @@ class Metrics:
             "New mutations by match outcome (matched, ambiguous, unmatched, ignored).",
             ["source", "outcome"], registry=self.registry,
         )
+        self.mutation_ingests_retried = Counter(
+            "lunas_mutation_ingests_retried_total",
+            "Pushes and feed polls PostgreSQL rolled back to break a deadlock, run again, by "
+            "source. Ingests lock in one order, so this stays near zero; a rising rate means a "
+            "writer locks out of that order.",
+            ["source"], registry=self.registry,
+        )
         # Route breakers (orchestrator/rails/breaker.py). Route keys are configured, so bounded.
         self.breaker_state = Gauge(
             "lunas_breaker_state",

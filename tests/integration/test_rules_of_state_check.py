@@ -87,6 +87,29 @@ async def _evidence_moved(c: Container, run: Run) -> None:
             .values(order_id=run.other_paid, attempt_id=other_attempt))
 
 
+async def _push_copy_judged(c: Container, run: Run, *, matched_by: str) -> None:
+    """The Moota push's copy of the credit that paid ``run.paid`` (the statement's line: same
+    account, amount and day, its own fingerprint), applied to the paid order as a second
+    payment by ``matched_by``."""
+    async with c.db.transaction() as conn:
+        line = (await conn.execute(sa.select(mutations).where(
+            mutations.c.order_id == run.paid))).one()
+        attempt = (await conn.execute(sa.select(evidence.c.attempt_id).where(
+            evidence.c.unique_key == f"mutation:{line.id}"))).scalar_one()
+        copy = {**line._mapping, "id": f"mut_{uuid.uuid4().hex[:24]}", "source": "push",
+                "fingerprint": uuid.uuid4().hex, "statement_id": None, "matched_by": matched_by}
+        await conn.execute(mutations.insert().values(**copy))
+        await conn.execute(evidence.insert().values(
+            unique_key=f"mutation:{copy['id']}", kind="mutation", order_id=run.paid,
+            attempt_id=attempt, amount=line.amount, verdict="second_payment",
+            observed_at=line.posted_at, recorded_at=line.posted_at,
+            details={"mutation_id": copy["id"], "matched_by": matched_by}))
+
+
+async def _one_credit_counted_twice(c: Container, run: Run) -> None:
+    await _push_copy_judged(c, run, matched_by="matcher")
+
+
 async def _review_without_reason(c: Container, run: Run) -> None:
     await _change(c, orders.update().where(orders.c.id == run.open)
                   .values(state="needs_review", review_reason=None))
@@ -111,6 +134,7 @@ async def test_a_clean_run_reports_every_rule_holding(run: Run, container: Conta
     (_no_paid_event, "rule 5: 1 paid orders with no order.paid event"),
     (_mutation_moved, "mutations whose evidence names another order"),
     (_evidence_moved, "mutations whose evidence names another order"),
+    (_one_credit_counted_twice, "rule 2: 1 credits counted as a second payment of their own"),
     (_review_without_reason, "in review without a reason"),
     (_nothing, "rule 6: 1 orders neither terminal nor in review"),
 ])
@@ -130,3 +154,11 @@ async def test_an_acknowledged_order_missing_from_the_database_is_reported_lost(
                                         settled=False)
     assert [v for v in report.violations if v.startswith("rule 1")] == [
         "rule 1: 1 acknowledged orders lost, e.g. ['ord_NEVERSTORED']"]
+
+
+async def test_a_copy_a_person_matched_as_a_second_payment_is_their_decision(
+    run: Run, container: Container,
+) -> None:
+    await _push_copy_judged(container, run, matched_by="ops:finance")
+    report = await check_rules_of_state(container.db, run.ids, settled=False)
+    assert report.ok, report.violations
