@@ -133,7 +133,8 @@ class Metrics:
         )
         self.outbox_oldest_age = Gauge(
             "lunas_outbox_oldest_age_seconds",
-            "Age of the oldest outbox event that is due and not yet handled.",
+            "How long the oldest claimable outbox event (due, not leased) has waited for a "
+            "worker since it became due (available_at), not since it was created.",
             registry=self.state_registry,
         )
         self.outbox_dead_letters = Gauge(
