@@ -188,7 +188,9 @@ class Metrics:
 
         self.feed_last_success = Gauge(
             "lunas_feed_last_success_timestamp_seconds",
-            "Unix time of the last successful poll of each mutation feed.",
+            "Unix time of the last successful poll of each mutation feed; before the worker's "
+            "first success, the watermark it loaded or else when it started (what its "
+            "staleness check counts from), so a feed broken across a restart still goes stale.",
             ["feed"], registry=self.registry,
         )
 
