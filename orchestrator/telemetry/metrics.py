@@ -174,6 +174,13 @@ class Metrics:
             "Transfer amounts held (open or in quarantine) on each payout account.",
             ["account"], registry=self.state_registry,
         )
+        self.state_sampled = Gauge(
+            "lunas_state_sampled_timestamp_seconds",
+            "Unix time (this process's clock) of the last successful sample of the gauges above. "
+            "/metrics still answers when sampling fails, with those gauges frozen: this says how "
+            "old they are (0: never sampled).",
+            registry=self.state_registry,
+        )
         self.feed_items_unreadable = Gauge(
             "lunas_feed_items_unreadable",
             "Items a mutation feed listed that Lunas could not read, waiting for a person.",

@@ -117,6 +117,10 @@ class StateSampler:
             await self._sample_code_pools()
         if self._controls is not None:
             await self._sample_route_controls(now)
+        # Last, so any failure above leaves it behind: the api's /metrics swallows sampler
+        # errors (a database outage must not hide the other metrics) and LunasStateSamplerStale
+        # reads this to tell frozen gauges from fresh ones.
+        m.state_sampled.set(now.timestamp())
 
     async def _sample_code_pools(self) -> None:
         """Per payout account: held amounts, and how full the busiest amount's code range is.

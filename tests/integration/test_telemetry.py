@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 import sqlalchemy as sa
 
 from orchestrator.bootstrap import Container, build
@@ -38,6 +39,7 @@ from tests.support import free_port, metric_value, new_merchant, new_ops_token, 
 
 CAPTURED = "lunas_orders_captured_total"
 LAG = "lunas_webhook_receive_lag_seconds"
+SAMPLED = "lunas_state_sampled_timestamp_seconds"
 
 
 def key() -> dict[str, str]:
@@ -91,6 +93,8 @@ async def test_a_capture_lunas_cannot_serve_for_its_database_is_counted_as_an_er
             exposition = await scrape(c)  # the sampled gauges fail; the counters still answer
         assert metric_value(exposition, CAPTURED, outcome="error", rail="unknown") == 1
         assert metric_value(exposition, CAPTURED, outcome="refused", rail="unknown") == 0
+        # Never sampled: LunasStateSamplerStale reads 0 as older than any threshold.
+        assert metric_value(exposition, SAMPLED) == 0
     finally:
         await dead.close()
 
@@ -232,6 +236,7 @@ async def test_outbox_age_is_how_long_a_due_unleased_event_has_waited_for_a_work
     dead = {"status": "dead", "created_at": now - timedelta(days=3),
             "available_at": now - timedelta(days=2)}
     scraped = await sampled_outbox([retried, leased, not_due, dead], now)
+    assert metric_value(scraped, SAMPLED) == now.timestamp()  # the sample succeeded, at now
     assert metric_value(scraped, "lunas_outbox_oldest_age_seconds") == 30
     assert metric_value(scraped, "lunas_outbox_backlog") == 3
     assert metric_value(scraped, "lunas_outbox_dead_letters") == 1
@@ -241,3 +246,27 @@ async def test_outbox_age_is_how_long_a_due_unleased_event_has_waited_for_a_work
     expired = {**leased, "lease_expires_at": now - timedelta(seconds=1)}
     scraped = await sampled_outbox([retried, expired, not_due], now)
     assert metric_value(scraped, "lunas_outbox_oldest_age_seconds") == 600
+
+
+async def test_a_failing_sampler_leaves_its_timestamp_behind_while_metrics_still_answer(
+    container: Container,
+) -> None:
+    """The api's /metrics swallows sampler errors, so the sampled gauges freeze at their last
+    values; the timestamp of the last good sample is what tells an alert they are stale."""
+    metrics = Metrics()
+    clock = FrozenClock(datetime(2026, 11, 30, 3, 0, tzinfo=UTC))
+    good = StateSampler(container.db, metrics, clock)
+    await good.refresh(force=True)
+    sampled = metric_value(metrics.exposition(), SAMPLED)
+    assert sampled == clock.now().timestamp()
+
+    dead = build(replace(container.settings, database=DatabaseSettings(
+        url=f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nowhere")))
+    try:
+        clock.advance(timedelta(minutes=10))
+        failing = StateSampler(dead.db, metrics, clock)
+        with pytest.raises(OSError):  # connection refused: nothing listens there
+            await failing.refresh(force=True)
+        assert metric_value(metrics.exposition(), SAMPLED) == sampled
+    finally:
+        await dead.close()
