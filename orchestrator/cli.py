@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = Settings.from_env()
+        if args.command == "worker":
+            settings.refuse_unscraped_production_worker()
     except SettingsError as exc:
         print(f"lunas: {exc}", file=sys.stderr)
         return 2

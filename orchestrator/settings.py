@@ -459,6 +459,16 @@ class Settings:
         if self.feed.moota_url and not self.feed.moota_token:
             raise SettingsError("LUNAS_MOOTA_URL is set but LUNAS_MOOTA_TOKEN is empty")
 
+    def refuse_unscraped_production_worker(self) -> None:
+        """For ``lunas worker`` only (the api serves its own ``/metrics``; ``lunas run`` serves
+        the worker's metrics through the api's): a production worker without a metrics port is
+        scraped by nobody, so its breakers and the feed's freshness are invisible and
+        LunasMutationFeedStale can never fire."""
+        if self.is_production and not self.http.worker_metrics_port:
+            raise SettingsError("LUNAS_WORKER_METRICS_PORT must be set for `lunas worker` in "
+                                "production: without it nobody scrapes the worker's breakers "
+                                "or the mutation feed's freshness")
+
 
 def _at_least(value: int, minimum: int, name: str) -> int:
     if value < minimum:

@@ -441,6 +441,19 @@ def restart_postgres(down_s: float) -> dict[str, Any]:
     return seen
 
 
+def stop_postgres() -> str:
+    """Stop PostgreSQL (fast shutdown) and leave it down until ``start_postgres``."""
+    _on_loop(_s().stack.pg.stop("fast"))
+    _fault("PostgreSQL stopped, not restarted")
+    return "postgres down"
+
+
+def start_postgres() -> str:
+    _on_loop(_s().stack.pg.start())
+    _fault("PostgreSQL started again")
+    return "postgres up"
+
+
 def restart_redis(down_s: float) -> str:
     s = _s()
     _on_loop(s.stack.redis.stop())

@@ -20,7 +20,9 @@ async def healthz() -> dict[str, str]:
 
 @get("/metrics", tags=["health"], summary="Prometheus metrics", include_in_schema=False)
 async def metrics(container: NamedDependency[Container]) -> Response[bytes]:
-    with contextlib.suppress(Exception):  # a database outage must not hide the other metrics
+    # A database outage must not hide the other metrics; the sampled gauges then freeze, and
+    # lunas_state_sampled_timestamp_seconds (LunasStateSamplerStale) says so.
+    with contextlib.suppress(Exception):
         await container.state_sampler.refresh()
     return Response(container.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 

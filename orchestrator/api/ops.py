@@ -118,9 +118,10 @@ class OpsController(Controller):
                       data: JSONBody[BreakerActionIn],
                       container: NamedDependency[Container]) -> dict[str, Any]:
         principal = await container.auth.ops(request, "ops")
-        if data.action == "release":  # whatever was forced can be released
-            _well_formed(route_key)
-        else:
+        # Release too: every key that can be forced is a known route, and a breaker for any
+        # other key would be created here and export lunas_breaker_state series for every
+        # well-formed key anyone posts. A breaker this process already has stays releasable.
+        if data.action != "release" or route_key not in {b.key for b in container.breakers}:
             _route_key(container, route_key)
         reason = _reason(data.reason)
         breaker = container.breakers.get(route_key)

@@ -108,9 +108,20 @@ class FeedPoller:
         await self._record_success(started)
         return report
 
+    async def start(self) -> None:
+        """Load the watermark and export the feed's freshness before the first poll.
+
+        The gauge was set only by a successful poll, so a worker restarted while the feed was
+        broken exported no ``lunas_feed_last_success_timestamp_seconds`` at all and
+        LunasMutationFeedStale could never fire. It now starts where ``stale()`` starts: the
+        watermark loaded from Redis, or without one, when this poller was built."""
+        await self._load_watermark()
+        self._export_freshness()
+
     async def run(self, stop: asyncio.Event) -> None:
         """Poll every ``poll_interval`` until ``stop``; a failed poll is logged and retried on the
         next tick (an open breaker makes that tick cheap)."""
+        await self.start()
         interval = self.poll_interval.total_seconds()
         while not stop.is_set():
             try:
@@ -136,9 +147,14 @@ class FeedPoller:
                 return items, unreadable
             page += 1
 
+    def _export_freshness(self) -> None:
+        """The gauge says what ``stale()`` reads: the last success, else the poller's start."""
+        since = self._last_ok or self._since
+        self._metrics.feed_last_success.labels(FEED_NAME).set(since.timestamp())
+
     async def _record_success(self, at: datetime) -> None:
         self._last_ok = at
-        self._metrics.feed_last_success.labels(FEED_NAME).set(at.timestamp())
+        self._export_freshness()
         if self._redis is None:
             return
         try:
@@ -164,3 +180,4 @@ class FeedPoller:
             return
         if stored.tzinfo is not None and (self._last_ok is None or stored > self._last_ok):
             self._last_ok = stored
+            self._export_freshness()

@@ -140,7 +140,8 @@ class Metrics:
         )
         self.outbox_oldest_age = Gauge(
             "lunas_outbox_oldest_age_seconds",
-            "Age of the oldest outbox event that is due and not yet handled.",
+            "How long the oldest claimable outbox event (due, not leased) has waited for a "
+            "worker since it became due (available_at), not since it was created.",
             registry=self.state_registry,
         )
         self.outbox_dead_letters = Gauge(
@@ -180,6 +181,13 @@ class Metrics:
             "Transfer amounts held (open or in quarantine) on each payout account.",
             ["account"], registry=self.state_registry,
         )
+        self.state_sampled = Gauge(
+            "lunas_state_sampled_timestamp_seconds",
+            "Unix time (this process's clock) of the last successful sample of the gauges above. "
+            "/metrics still answers when sampling fails, with those gauges frozen: this says how "
+            "old they are (0: never sampled).",
+            registry=self.state_registry,
+        )
         self.feed_items_unreadable = Gauge(
             "lunas_feed_items_unreadable",
             "Items a mutation feed listed that Lunas could not read, waiting for a person.",
@@ -194,7 +202,9 @@ class Metrics:
 
         self.feed_last_success = Gauge(
             "lunas_feed_last_success_timestamp_seconds",
-            "Unix time of the last successful poll of each mutation feed.",
+            "Unix time of the last successful poll of each mutation feed; before the worker's "
+            "first success, the watermark it loaded or else when it started (what its "
+            "staleness check counts from), so a feed broken across a restart still goes stale.",
             ["feed"], registry=self.registry,
         )
 

@@ -53,9 +53,15 @@ class StateSampler:
         now = self._clock.now()
         async with self._db.read() as conn:
             o = outbox.c
-            # One query per status, each answered from ix_outbox_status_created.
+            # The age is how long the oldest claimable event (due, no live lease: what
+            # queries.claim_batch would take) has waited for a worker, counted from
+            # available_at, not created_at: an event retried for a day against a merchant
+            # endpoint that is down would otherwise report its whole life each time it is due,
+            # and page as if the workers were stuck.
+            claimable = sa.and_(o.available_at <= now, sa.or_(o.lease_expires_at.is_(None),
+                                                              o.lease_expires_at < now))
             backlog, oldest = (await conn.execute(sa.select(
-                sa.func.count(), sa.func.min(o.created_at).filter(o.available_at <= now),
+                sa.func.count(), sa.func.min(o.available_at).filter(claimable),
             ).where(o.status == queries.PENDING))).one()
             dead = (await conn.execute(sa.select(sa.func.count()).where(
                 o.status == queries.DEAD))).scalar_one()
@@ -111,6 +117,10 @@ class StateSampler:
             await self._sample_code_pools()
         if self._controls is not None:
             await self._sample_route_controls(now)
+        # Last, so any failure above leaves it behind: the api's /metrics swallows sampler
+        # errors (a database outage must not hide the other metrics) and LunasStateSamplerStale
+        # reads this to tell frozen gauges from fresh ones.
+        m.state_sampled.set(now.timestamp())
 
     async def _sample_code_pools(self) -> None:
         """Per payout account: held amounts, and how full the busiest amount's code range is.

@@ -14,7 +14,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -187,6 +187,47 @@ async def test_feed_settles_dedupes_with_push_and_catches_up_after_an_outage(
         states = (await conn.execute(sa.select(orders.c.state).where(
             orders.c.id.in_([order["id"], late["id"]])))).scalars().all()
     assert sorted(states) == ["paid", "paid"]
+
+
+def exported_freshness(c: Container) -> datetime:
+    value = c.metrics.registry.get_sample_value(
+        "lunas_feed_last_success_timestamp_seconds", {"feed": "moota"})
+    assert value is not None, "the feed exports no freshness: LunasMutationFeedStale is blind"
+    return datetime.fromtimestamp(value, UTC)
+
+
+async def test_a_worker_whose_feed_is_down_from_the_start_exports_when_it_went_stale(
+    feed: Container, sim: MootaSim
+) -> None:
+    """The gauge was set only by a successful poll: a worker restarted while the feed was
+    broken exported nothing, and the alert on it could never fire. It now starts where
+    ``stale()`` starts: the watermark loaded from Redis, or the poller's start."""
+    poller = poller_of(feed)
+    await fault(sim, "POST", kind="down")
+    await poller.start()
+    since = exported_freshness(feed)
+    assert abs((feed.clock.now() - since).total_seconds()) < 30
+    assert poller.stale(since + STALE_AFTER)
+    assert not poller.stale(since + STALE_AFTER - timedelta(milliseconds=1))
+    with pytest.raises(RailError):
+        await poller.poll()
+    assert exported_freshness(feed) == since
+
+    # The feed works once (the watermark goes to Redis), then breaks; the worker restarts.
+    await fault(sim, "DELETE")
+    await poller.poll()
+    assert poller.last_ok is not None
+    await fault(sim, "POST", kind="down")
+    restarted = build(feed.settings)
+    await restarted.start()
+    try:
+        await poller_of(restarted).start()
+        assert exported_freshness(restarted) == poller.last_ok
+        with pytest.raises(RailError):
+            await poller_of(restarted).poll()
+        assert exported_freshness(restarted) == poller.last_ok
+    finally:
+        await restarted.close()
 
 
 # -- an item the feed lists but Lunas cannot read --------------------------------------------

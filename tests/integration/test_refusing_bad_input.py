@@ -410,8 +410,14 @@ async def test_route_keys_must_name_a_route_lunas_has(client: httpx.AsyncClient,
     _refused(await client.post("/v1/ops/routes/zz:zz:zz/breaker", headers=ops,
                                json={"action": "force_open", "reason": "x"}), 404,
              "unknown_route")
+    # Releasing an unknown route is refused the same way: it created a breaker, and with it
+    # lunas_breaker_state series, for every well-formed key posted.
+    _refused(await client.post("/v1/ops/routes/zz:zz:yy/breaker", headers=ops,
+                               json={"action": "release", "reason": "x"}), 404,
+             "unknown_route")
     listed = (await client.get("/v1/ops/routes", headers=ops)).json()["data"]
     assert "zz:zz:zz" not in [route["route"] for route in listed]
+    assert 'route="zz:zz:yy"' not in (await client.get("/metrics")).text
 
 
 async def test_reasons_and_notes_are_kept_to_their_length(client: httpx.AsyncClient,

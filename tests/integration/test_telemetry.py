@@ -12,13 +12,19 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 import sqlalchemy as sa
 
 from orchestrator.bootstrap import Container, build
-from orchestrator.domain.clock import WIB
+from orchestrator.domain.clock import WIB, FrozenClock
 from orchestrator.domain.money import UniqueCodeRange
 from orchestrator.settings import DatabaseSettings, UniqueCodeSettings
-from orchestrator.store.tables import payout_accounts
+from orchestrator.store.database import Database
+from orchestrator.store.engine import create_engine, migrate
+from orchestrator.store.tables import outbox, payout_accounts
+from orchestrator.telemetry.metrics import Metrics
+from orchestrator.telemetry.state import StateSampler
+from tests.conftest import create_database, drop_database
 from tests.integration.test_failover import Stack, sims  # noqa: F401
 from tests.integration.test_provider_webhooks import (  # noqa: F401
     deliveries,
@@ -33,6 +39,7 @@ from tests.support import free_port, metric_value, new_merchant, new_ops_token, 
 
 CAPTURED = "lunas_orders_captured_total"
 LAG = "lunas_webhook_receive_lag_seconds"
+SAMPLED = "lunas_state_sampled_timestamp_seconds"
 
 
 def key() -> dict[str, str]:
@@ -86,6 +93,8 @@ async def test_a_capture_lunas_cannot_serve_for_its_database_is_counted_as_an_er
             exposition = await scrape(c)  # the sampled gauges fail; the counters still answer
         assert metric_value(exposition, CAPTURED, outcome="error", rail="unknown") == 1
         assert metric_value(exposition, CAPTURED, outcome="refused", rail="unknown") == 0
+        # Never sampled: LunasStateSamplerStale reads 0 as older than any threshold.
+        assert metric_value(exposition, SAMPLED) == 0
     finally:
         await dead.close()
 
@@ -194,3 +203,70 @@ async def test_webhook_receive_lag_is_measured_from_the_providers_event_time(
     assert moved(f"{LAG}_count", provider="midtrans") <= 2
     await settled_quietly(stack, qr.id)
     await settled_quietly(stack, va.id)
+
+
+async def sampled_outbox(rows: list[dict[str, object]], now: datetime) -> bytes:
+    """What the api's sampler reports for an outbox holding only ``rows``, at ``now``."""
+    url = await create_database()
+    engine = create_engine(DatabaseSettings(url=url))
+    try:
+        await migrate(engine)
+        async with engine.begin() as conn:
+            await conn.execute(sa.insert(outbox), [
+                {"event_id": f"evt_{uuid.uuid4().hex}", "event_type": "merchant.webhook",
+                 "payload": {}, "status": "pending", "attempts": 1, "lease_owner": None,
+                 "lease_expires_at": None, **row} for row in rows])
+        metrics = Metrics()
+        await StateSampler(Database(engine), metrics, FrozenClock(now)).refresh(force=True)
+        return metrics.exposition()
+    finally:
+        await engine.dispose()
+        await drop_database(url)
+
+
+async def test_outbox_age_is_how_long_a_due_unleased_event_has_waited_for_a_worker() -> None:
+    """Not since it was created: an event retried for a day against a merchant endpoint that is
+    down would page as stuck workers every time it came due. A leased event is being handled."""
+    now = datetime(2026, 11, 30, 3, 0, tzinfo=UTC)
+    retried = {"created_at": now - timedelta(days=1), "available_at": now - timedelta(seconds=30),
+               "attempts": 12}
+    leased = {"created_at": now - timedelta(hours=2), "available_at": now - timedelta(minutes=10),
+              "lease_owner": "worker-1", "lease_expires_at": now + timedelta(seconds=60)}
+    not_due = {"created_at": now - timedelta(hours=1), "available_at": now + timedelta(minutes=5)}
+    dead = {"status": "dead", "created_at": now - timedelta(days=3),
+            "available_at": now - timedelta(days=2)}
+    scraped = await sampled_outbox([retried, leased, not_due, dead], now)
+    assert metric_value(scraped, SAMPLED) == now.timestamp()  # the sample succeeded, at now
+    assert metric_value(scraped, "lunas_outbox_oldest_age_seconds") == 30
+    assert metric_value(scraped, "lunas_outbox_backlog") == 3
+    assert metric_value(scraped, "lunas_outbox_dead_letters") == 1
+
+    # The worker holding the lease died: once it expires the event is claimable again, and it
+    # has waited since it became due.
+    expired = {**leased, "lease_expires_at": now - timedelta(seconds=1)}
+    scraped = await sampled_outbox([retried, expired, not_due], now)
+    assert metric_value(scraped, "lunas_outbox_oldest_age_seconds") == 600
+
+
+async def test_a_failing_sampler_leaves_its_timestamp_behind_while_metrics_still_answer(
+    container: Container,
+) -> None:
+    """The api's /metrics swallows sampler errors, so the sampled gauges freeze at their last
+    values; the timestamp of the last good sample is what tells an alert they are stale."""
+    metrics = Metrics()
+    clock = FrozenClock(datetime(2026, 11, 30, 3, 0, tzinfo=UTC))
+    good = StateSampler(container.db, metrics, clock)
+    await good.refresh(force=True)
+    sampled = metric_value(metrics.exposition(), SAMPLED)
+    assert sampled == clock.now().timestamp()
+
+    dead = build(replace(container.settings, database=DatabaseSettings(
+        url=f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nowhere")))
+    try:
+        clock.advance(timedelta(minutes=10))
+        failing = StateSampler(dead.db, metrics, clock)
+        with pytest.raises(OSError):  # connection refused: nothing listens there
+            await failing.refresh(force=True)
+        assert metric_value(metrics.exposition(), SAMPLED) == sampled
+    finally:
+        await dead.close()

@@ -36,6 +36,10 @@ def exposed_names() -> set[str]:
     return {f.name + suffix for f in families for suffix in _SUFFIXES[f.type]}
 
 
+PROMETHEUS_SERIES = {"up"}
+"""Series Prometheus writes itself for every target (LunasTargetDown reads ``up``)."""
+
+
 def recorded_names() -> set[str]:
     return {rule["record"] for path in RULES
             for group in yaml.safe_load(path.read_text())["groups"]
@@ -105,7 +109,7 @@ def test_every_series_a_panel_plots_is_one_lunas_exposes_or_records() -> None:
 
 
 def test_every_series_a_rule_reads_is_one_lunas_exposes_or_records() -> None:
-    known = exposed_names() | recorded_names()
+    known = exposed_names() | recorded_names() | PROMETHEUS_SERIES
     for path in RULES:
         for group in yaml.safe_load(path.read_text())["groups"]:
             for rule in group["rules"]:

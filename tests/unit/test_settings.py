@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 
+from orchestrator.cli import main
 from orchestrator.settings import Settings, SettingsError
 
 
@@ -65,3 +66,26 @@ def test_retention_keeps_provider_deliveries_for_ever_unless_told() -> None:
     assert (kept.idempotency_keys, kept.done_events) == (timedelta(days=7), timedelta(days=30))
     told = Settings.from_env({"LUNAS_RETENTION_PROVIDER_DELIVERIES": str(400 * 86400)})
     assert told.retention.provider_deliveries == timedelta(days=400)
+
+
+PRODUCTION = {"LUNAS_ENV": "production", "LUNAS_DATABASE_URL": "postgresql+asyncpg://u@db/l",
+              "LUNAS_MUTATION_PUSH_SECRET": "s3cret-from-vault"}
+
+
+def test_a_production_worker_without_a_metrics_port_is_refused() -> None:
+    """Nobody would scrape its breakers or the feed's freshness (LunasMutationFeedStale)."""
+    with pytest.raises(SettingsError, match="LUNAS_WORKER_METRICS_PORT"):
+        Settings.from_env(PRODUCTION).refuse_unscraped_production_worker()
+    Settings.from_env({**PRODUCTION, "LUNAS_WORKER_METRICS_PORT": "9100"}
+                      ).refuse_unscraped_production_worker()
+    Settings.from_env({}).refuse_unscraped_production_worker()  # development: optional
+
+
+def test_lunas_worker_refuses_to_start_in_production_without_a_metrics_port(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in PRODUCTION.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("LUNAS_WORKER_METRICS_PORT", raising=False)
+    assert main(["worker"]) == 2
+    assert "LUNAS_WORKER_METRICS_PORT" in capsys.readouterr().err
