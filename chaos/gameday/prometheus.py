@@ -28,6 +28,7 @@ import yaml
 from chaos.infra import dies_with_us, free_port
 
 FOR_CAP_S = 3
+TARGET_DOWN = "LunasTargetDown"
 
 
 def _seconds(text: str) -> float:
@@ -134,6 +135,28 @@ class Prometheus:
                 await asyncio.sleep(0.2)
             else:
                 raise RuntimeError("prometheus did not start")
+            # Alerts count from the first scrape of every target: before it, `up` does not
+            # exist and absent(up) would report a Lunas that is in fact running.
+            while time.monotonic() < deadline:
+                with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                    r = await client.get(f"{self.url}/api/v1/query",
+                                         params={"query": "count(up == 1)"})
+                    result = r.json()["data"]["result"]
+                    if result and int(float(result[0]["value"][1])) == len(targets):
+                        break
+                await asyncio.sleep(0.2)
+            else:
+                raise RuntimeError(f"prometheus never saw all of {targets} up")
+            # ... and once the rules have been evaluated on it (the absent() of the first
+            # evaluation, before any scrape, resolves on the next one).
+            settle = time.monotonic() + 5
+            while time.monotonic() < settle:
+                with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                    r = await client.get(f"{self.url}/api/v1/alerts")
+                    if not any(a["labels"].get("alertname") == TARGET_DOWN
+                               for a in r.json()["data"]["alerts"]):
+                        break
+                await asyncio.sleep(0.2)
         self.log = AlertLog()
         self._watch = asyncio.create_task(self._watch_alerts())
 

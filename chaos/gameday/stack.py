@@ -187,10 +187,12 @@ class Stack:
             [f"127.0.0.1:{self.api_port}", f"127.0.0.1:{self.worker_metrics_port}"])
 
     async def stop(self) -> None:
+        # Prometheus first: the experiment is over, and stopping the processes it scrapes is
+        # not an outage it should report (LunasTargetDown fired at every teardown otherwise).
+        await self.prometheus.stop()
         for proc in (self.worker, self.api):
             if proc is not None:
                 await proc.stop()
-        await self.prometheus.stop()
         for proxy in self.proxies.values():
             await proxy.stop()
         if self.sims is not None:
