@@ -101,7 +101,9 @@ async def test_the_status_page_renders_in_chromium(container: Container, tmp_pat
         assert r.status_code == 201, r.text
         await _settle(p, 1)
         dom = await chromium(f"{base}/status", "maintenance", tmp_path)
-        assert 'data-status="under_maintenance"' in dom and "GoPay maintenance" in dom
+        assert 'data-status="under_maintenance"' in dom
+        assert "Pemeliharaan terjadwal: GoPay" in dom
+        assert "GoPay maintenance by Midtrans" not in dom  # the operator's reason stays inside
 
         body = {"merchant_order_id": f"SP-{uuid.uuid4().hex[:8]}", "amount": 249_000,
                 "rail": "manual_transfer",
