@@ -277,8 +277,24 @@ class Stack:
         tmp = self.clock_file.with_suffix(".tmp")
         tmp.write_text(str(self.clock_offset))
         tmp.replace(self.clock_file)
-        await self.prometheus.set_clock_offset(self.clock_offset)
         await asyncio.sleep(0.5)  # the processes re-read the file every 0.2 s
+        # The rules' time() moves only once the api has sampled on the new clock: the other way
+        # round, its last sample looks a jump old and LunasStateSamplerStale fires on a
+        # game-day artifact (production clocks do not jump).
+        await self._sampled_since(time.time() + self.clock_offset - 1)
+        await self.prometheus.set_clock_offset(self.clock_offset)
+
+    async def _sampled_since(self, at: float, timeout_s: float = 10) -> None:
+        deadline = time.monotonic() + timeout_s
+        async with httpx.AsyncClient(timeout=2) as client:
+            while time.monotonic() < deadline:
+                with contextlib.suppress(httpx.HTTPError, ValueError):
+                    text = (await client.get(f"{self.api_url}/metrics")).text
+                    for line in text.splitlines():
+                        if (line.startswith("lunas_state_sampled_timestamp_seconds ")
+                                and float(line.split()[1]) >= at):
+                            return
+                await asyncio.sleep(0.3)
 
     # -- what experiments break ----------------------------------------------------------------
 

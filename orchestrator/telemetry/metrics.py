@@ -157,6 +157,12 @@ class Metrics:
             "Review cases waiting for a person, by reason (on orders in review or settled).",
             ["reason"], registry=self.state_registry,
         )
+        self.review_cases_oldest_age = Gauge(
+            "lunas_review_cases_oldest_age_seconds",
+            "Age of the oldest open review case, by reason (0 with none open): money a customer "
+            "paid that nobody has decided about yet.",
+            ["reason"], registry=self.state_registry,
+        )
         self.orders_verifying = Gauge(
             "lunas_orders_verifying",
             "Orders past their deadline being verified before they may expire.",

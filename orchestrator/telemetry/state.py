@@ -85,7 +85,8 @@ class StateSampler:
             verifying = (await conn.execute(sa.select(sa.func.count()).where(
                 orders.c.state == "verifying"))).scalar_one()
             cases = (await conn.execute(  # ix_review_cases_open_reason
-                sa.select(review_cases.c.reason, sa.func.count())
+                sa.select(review_cases.c.reason, sa.func.count().label("n"),
+                          sa.func.min(review_cases.c.created_at).label("oldest"))
                 .where(review_cases.c.state == "open").group_by(review_cases.c.reason))).all()
             u = unreadable_feed_items.c
             unreadable: dict[str, int] = {row.feed: row.n for row in await conn.execute(
@@ -107,9 +108,15 @@ class StateSampler:
             m.orders_needs_review.labels(reason or "unspecified").set(count)
         m.orders_verifying.set(verifying)
         m.review_cases_open.clear()
-        # Always present, so "no case open" is a 0 an alert can read, not a missing series.
-        for reason, count in {ReviewReason.POSSIBLE_REVERSAL.value: 0, **dict(cases)}.items():
-            m.review_cases_open.labels(reason).set(count)
+        m.review_cases_oldest_age.clear()
+        # Every reason always present, so "no case open" is a 0 an alert can read, not a
+        # missing series (reasons are an enum: a bounded label set).
+        for reason in ReviewReason:
+            m.review_cases_open.labels(reason.value).set(0)
+            m.review_cases_oldest_age.labels(reason.value).set(0)
+        for row in cases:
+            m.review_cases_open.labels(row.reason).set(row.n)
+            m.review_cases_oldest_age.labels(row.reason).set(_age(now, row.oldest))
         m.feed_items_unreadable.clear()
         for feed, count in {MOOTA: 0, **unreadable}.items():
             m.feed_items_unreadable.labels(feed).set(count)

@@ -21,7 +21,7 @@ from orchestrator.domain.money import UniqueCodeRange
 from orchestrator.settings import DatabaseSettings, UniqueCodeSettings
 from orchestrator.store.database import Database
 from orchestrator.store.engine import create_engine, migrate
-from orchestrator.store.tables import outbox, payout_accounts
+from orchestrator.store.tables import outbox, payout_accounts, review_cases
 from orchestrator.telemetry.metrics import Metrics
 from orchestrator.telemetry.state import StateSampler
 from tests.conftest import create_database, drop_database
@@ -246,6 +246,38 @@ async def test_outbox_age_is_how_long_a_due_unleased_event_has_waited_for_a_work
     expired = {**leased, "lease_expires_at": now - timedelta(seconds=1)}
     scraped = await sampled_outbox([retried, expired, not_due], now)
     assert metric_value(scraped, "lunas_outbox_oldest_age_seconds") == 600
+
+
+async def test_the_oldest_open_review_case_of_each_reason_is_sampled() -> None:
+    """LunasReviewCaseWaiting reads it: a customer's money nobody has decided about for a day.
+    Every reason is always present (0: none open), resolved cases do not count."""
+    now = datetime(2026, 11, 30, 3, 0, tzinfo=UTC)
+    url = await create_database()
+    engine = create_engine(DatabaseSettings(url=url))
+    try:
+        await migrate(engine)
+        async with engine.begin() as conn:
+            await conn.execute(sa.insert(review_cases), [
+                {"id": f"rev_{i}", "order_id": None, "reason": reason,
+                 "recommended_action": "refund", "amount": 150_000, "state": state,
+                 "created_at": now - age}
+                for i, (reason, state, age) in enumerate([
+                    ("second_payment", "open", timedelta(hours=30)),
+                    ("second_payment", "open", timedelta(hours=2)),
+                    ("second_payment", "resolved", timedelta(days=9)),
+                    ("payment_after_expiry", "open", timedelta(minutes=5))])])
+        metrics = Metrics()
+        await StateSampler(Database(engine), metrics, FrozenClock(now)).refresh(force=True)
+        scraped = metrics.exposition()
+    finally:
+        await engine.dispose()
+        await drop_database(url)
+    oldest = "lunas_review_cases_oldest_age_seconds"
+    assert metric_value(scraped, oldest, reason="second_payment") == 30 * 3600
+    assert metric_value(scraped, oldest, reason="payment_after_expiry") == 300
+    assert metric_value(scraped, oldest, reason="amount_mismatch") == 0
+    assert metric_value(scraped, "lunas_review_cases_open", reason="second_payment") == 2
+    assert metric_value(scraped, "lunas_review_cases_open", reason="amount_mismatch") == 0
 
 
 async def test_a_failing_sampler_leaves_its_timestamp_behind_while_metrics_still_answer(

@@ -14,9 +14,11 @@ import yaml
 
 from orchestrator.api.schemas import (
     BreakerActionIn,
+    DiscardIn,
     HandledIn,
     MaintenanceIn,
     ManualMatchIn,
+    RedeliverIn,
     ResolveCaseIn,
     RouteChangeIn,
 )
@@ -73,6 +75,8 @@ _BODIES: list[tuple[re.Pattern[str], type[msgspec.Struct]]] = [
     (re.compile(r"/v1/reviews/[^/\s]+/resolve"), ResolveCaseIn),
     (re.compile(r"/v1/reconciliation/unreadable/[^/\s]+/handled"), HandledIn),
     (re.compile(r"/v1/reconciliation/matches"), ManualMatchIn),
+    (re.compile(r"/v1/ops/outbox/dead/redeliver"), RedeliverIn),
+    (re.compile(r"/v1/ops/outbox/dead/[^/\s]+/discard"), DiscardIn),
 ]
 
 
