@@ -23,14 +23,19 @@ class ReviewsController(Controller):
     async def list_reviews(self, request: Request[Any, Any, Any],
                            container: NamedDependency[Container],
                            status: FromQuery[str] = "open",
-                           limit: FromQuery[str] = "100") -> dict[str, Any]:
+                           limit: FromQuery[str] = "100",
+                           order_id: FromQuery[str | None] = None,
+                           after: FromQuery[str | None] = None) -> dict[str, Any]:
         await container.auth.ops(request, "reconciliation")
         if status not in ("open", "resolved", ""):
             raise BadRequest("status is open, resolved, or empty for every case",
                              code="bad_status")
         # ``status`` (open | resolved | empty for all): ``state`` is reserved by litestar.
-        return {"data": await list_cases(container.db, state=status or None,
-                                         limit=page_limit(limit))}
+        size = page_limit(limit)
+        cases = await list_cases(container.db, state=status or None, limit=size,
+                                 order_id=order_id or None, after=after or None)
+        # The next page starts after the last case of this one (none: this one was not full).
+        return {"data": cases, "next_after": cases[-1]["id"] if len(cases) == size else None}
 
     @post("/{case_id:str}/resolve", status_code=200,
           summary="Resolve a case: honour (the order is paid), refund, or expire (no "

@@ -53,11 +53,26 @@ def render_case(c: Any) -> dict[str, Any]:
             "resolved_by": c.resolved_by, "resolution": c.resolution, "note": c.note}
 
 
-async def list_cases(db: Database, *, state: str | None, limit: int) -> list[dict[str, Any]]:
+async def list_cases(db: Database, *, state: str | None, limit: int,
+                     order_id: str | None = None, after: str | None = None
+                     ) -> list[dict[str, Any]]:
+    """Cases oldest first. ``after`` is the id of the last case of the previous page: the
+    next page starts behind it (by creation time, then id), so a queue of more cases than one
+    page holds can be read to its end."""
+    rc = review_cases.c
     async with db.read() as conn:
-        query = sa.select(review_cases).order_by(review_cases.c.created_at).limit(limit)
+        query = sa.select(review_cases).order_by(rc.created_at, rc.id).limit(limit)
         if state:
-            query = query.where(review_cases.c.state == state)
+            query = query.where(rc.state == state)
+        if order_id:
+            query = query.where(rc.order_id == order_id)
+        if after:
+            mark = (await conn.execute(sa.select(rc.created_at, rc.id)
+                                       .where(rc.id == after))).first()
+            if mark is None:
+                raise NotFound(f"no review case {after} to continue after")
+            query = query.where(sa.or_(rc.created_at > mark.created_at, sa.and_(
+                rc.created_at == mark.created_at, rc.id > mark.id)))
         return [render_case(c) for c in await conn.execute(query)]
 
 

@@ -521,8 +521,8 @@ async def test_payment_after_expiry_on_an_uncancellable_qr_goes_to_review(
         view = await s.order(placed["id"])
         assert view["review_reason"] == "payment_after_expiry"
         ops = {"Authorization": f"Bearer {await new_ops_token(s.container)}"}
-        cases = (await s.client.get("/v1/reviews", headers=ops)).json()["data"]
-        case = next(c for c in cases if c["order_id"] == placed["id"])
+        [case] = (await s.client.get("/v1/reviews", headers=ops,
+                                     params={"order_id": placed["id"]})).json()["data"]
         assert case["reason"] == "payment_after_expiry" and case["recommended_action"]
         sent = await s.events("order.needs_review", [placed["id"]])
         assert len(sent) == 1

@@ -37,8 +37,10 @@ async def paid_short(client: httpx.AsyncClient, container: Container, ops: dict[
 
 async def open_case(client: httpx.AsyncClient, ops: dict[str, str], order_id: str
                     ) -> dict[str, Any]:
-    cases = (await client.get("/v1/reviews", headers=ops)).json()["data"]
-    return next(c for c in cases if c["order_id"] == order_id)
+    cases = (await client.get("/v1/reviews", headers=ops, params={"order_id": order_id})
+             ).json()["data"]
+    [case] = cases
+    return dict(case)
 
 
 async def test_honouring_a_short_payment_pays_the_order_and_tells_the_merchant(
@@ -136,3 +138,28 @@ async def test_cli_lists_and_resolves_cases(
                             "--note", "again", "--actor", "sari"], env=env, capture_output=True,
                            text=True, timeout=60, check=False)
     assert twice.returncode == 1 and "already resolved" in twice.stderr
+
+
+async def test_the_open_queue_reads_to_its_end_page_by_page(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """Finance works a queue longer than one page: each page continues after the last case of
+    the one before, oldest first, none skipped or shown twice."""
+    m = await new_merchant(container)
+    mine = [(await paid_short(client, container, ops, m))["id"] for _ in range(3)]
+    seen: list[dict[str, Any]] = []
+    after: str | None = None
+    while True:
+        params = {"limit": "2", **({"after": after} if after else {})}
+        page = (await client.get("/v1/reviews", headers=ops, params=params)).json()
+        seen += page["data"]
+        after = page["next_after"]
+        if after is None:
+            break
+    ids = [c["id"] for c in seen]
+    assert len(ids) == len(set(ids))
+    assert [c["order_id"] for c in seen if c["order_id"] in mine] == mine  # oldest first
+    keys = [(c["created_at"], c["id"]) for c in seen]
+    assert keys == sorted(keys)
+    unknown = await client.get("/v1/reviews", headers=ops, params={"after": "rev_nope"})
+    assert unknown.status_code == 404
