@@ -262,35 +262,6 @@ async def test_recovery_drains_the_backlog_at_the_configured_pace(container: Con
         await assert_rules_of_state(s.container.db, ids)
 
 
-async def test_window_runs_out_with_the_provider_still_down_goes_to_a_person(
-    container: Container,
-) -> None:
-    async with shop(container) as s:
-        placed = [await s.checkout() for _ in range(2)]
-        ids = [o["id"] for o in placed]
-        await pay_at_midtrans(s, placed[0])
-        await s.midtrans("POST", "/faults", STATUS_DOWN)
-        s.clock.advance(PAST_DEADLINE)
-
-        async def deferred() -> bool:
-            views = [await s.order(i) for i in ids]
-            return all(v["verification"]["state"] == "waiting_for_provider" for v in views)
-
-        await eventually(deferred, 20, "orders waiting for the provider")
-        s.clock.advance(timedelta(hours=3))  # past the 2 h verification window, still down
-
-        async def reviewed() -> bool:
-            return set((await s.states(ids)).values()) == {"needs_review"}
-
-        await eventually(reviewed, 10, "orders in review")
-        for i in ids:
-            view = await s.order(i)
-            assert view["review_reason"] == "verification_window_exhausted"
-        review = await s.events("order.needs_review", ids)
-        assert review[0].payload["waiting_on"] == ["qris:midtrans:qris"]
-        assert await assert_rules_of_state(s.container.db, ids) == {"needs_review": 2}
-
-
 async def run_out_the_window(s: Shop, ids: list[str]) -> None:
     """The status API goes down at the deadline and stays down past the verification window."""
     await s.midtrans("POST", "/faults", STATUS_DOWN)
@@ -307,6 +278,22 @@ async def run_out_the_window(s: Shop, ids: list[str]) -> None:
         return set((await s.states(ids)).values()) == {"needs_review"}
 
     await eventually(reviewed, 10, "orders in review")
+
+
+async def test_window_runs_out_with_the_provider_still_down_goes_to_a_person(
+    container: Container,
+) -> None:
+    async with shop(container) as s:
+        placed = [await s.checkout() for _ in range(2)]
+        ids = [o["id"] for o in placed]
+        await pay_at_midtrans(s, placed[0])
+        await run_out_the_window(s, ids)
+        for i in ids:
+            view = await s.order(i)
+            assert view["review_reason"] == "verification_window_exhausted"
+        review = await s.events("order.needs_review", ids)
+        assert review[0].payload["waiting_on"] == ["qris:midtrans:qris"]
+        assert await assert_rules_of_state(s.container.db, ids) == {"needs_review": 2}
 
 
 async def cases_of(s: Shop, ids: list[str]) -> dict[str, Any]:

@@ -205,23 +205,29 @@ async def test_webhook_receive_lag_is_measured_from_the_providers_event_time(
     await settled_quietly(stack, va.id)
 
 
-async def sampled_outbox(rows: list[dict[str, object]], now: datetime) -> bytes:
-    """What the api's sampler reports for an outbox holding only ``rows``, at ``now``."""
+async def sampled(table: sa.Table, rows: list[dict[str, object]], now: datetime) -> bytes:
+    """What the api's sampler reports, at ``now``, for a database whose ``table`` holds only
+    ``rows`` (a private one: the shared database holds every other test's rows)."""
     url = await create_database()
     engine = create_engine(DatabaseSettings(url=url))
     try:
         await migrate(engine)
         async with engine.begin() as conn:
-            await conn.execute(sa.insert(outbox), [
-                {"event_id": f"evt_{uuid.uuid4().hex}", "event_type": "merchant.webhook",
-                 "payload": {}, "status": "pending", "attempts": 1, "lease_owner": None,
-                 "lease_expires_at": None, **row} for row in rows])
+            await conn.execute(sa.insert(table), rows)
         metrics = Metrics()
         await StateSampler(Database(engine), metrics, FrozenClock(now)).refresh(force=True)
         return metrics.exposition()
     finally:
         await engine.dispose()
         await drop_database(url)
+
+
+async def sampled_outbox(rows: list[dict[str, object]], now: datetime) -> bytes:
+    """What the api's sampler reports for an outbox holding only ``rows``, at ``now``."""
+    return await sampled(outbox, [
+        {"event_id": f"evt_{uuid.uuid4().hex}", "event_type": "merchant.webhook",
+         "payload": {}, "status": "pending", "attempts": 1, "lease_owner": None,
+         "lease_expires_at": None, **row} for row in rows], now)
 
 
 async def test_outbox_age_is_how_long_a_due_unleased_event_has_waited_for_a_worker() -> None:
@@ -252,26 +258,14 @@ async def test_the_oldest_open_review_case_of_each_reason_is_sampled() -> None:
     """LunasReviewCaseWaiting reads it: a customer's money nobody has decided about for a day.
     Every reason is always present (0: none open), resolved cases do not count."""
     now = datetime(2026, 11, 30, 3, 0, tzinfo=UTC)
-    url = await create_database()
-    engine = create_engine(DatabaseSettings(url=url))
-    try:
-        await migrate(engine)
-        async with engine.begin() as conn:
-            await conn.execute(sa.insert(review_cases), [
-                {"id": f"rev_{i}", "order_id": None, "reason": reason,
-                 "recommended_action": "refund", "amount": 150_000, "state": state,
-                 "created_at": now - age}
-                for i, (reason, state, age) in enumerate([
-                    ("second_payment", "open", timedelta(hours=30)),
-                    ("second_payment", "open", timedelta(hours=2)),
-                    ("second_payment", "resolved", timedelta(days=9)),
-                    ("payment_after_expiry", "open", timedelta(minutes=5))])])
-        metrics = Metrics()
-        await StateSampler(Database(engine), metrics, FrozenClock(now)).refresh(force=True)
-        scraped = metrics.exposition()
-    finally:
-        await engine.dispose()
-        await drop_database(url)
+    scraped = await sampled(review_cases, [
+        {"id": f"rev_{i}", "order_id": None, "reason": reason, "recommended_action": "refund",
+         "amount": 150_000, "state": state, "created_at": now - age}
+        for i, (reason, state, age) in enumerate([
+            ("second_payment", "open", timedelta(hours=30)),
+            ("second_payment", "open", timedelta(hours=2)),
+            ("second_payment", "resolved", timedelta(days=9)),
+            ("payment_after_expiry", "open", timedelta(minutes=5))])], now)
     oldest = "lunas_review_cases_oldest_age_seconds"
     assert metric_value(scraped, oldest, reason="second_payment") == 30 * 3600
     assert metric_value(scraped, oldest, reason="payment_after_expiry") == 300
