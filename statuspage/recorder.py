@@ -260,9 +260,10 @@ class StatusRecorder:
             id=row.id, components=tuple(row.components), impact=row.impact)
         plan = model.plan_incident(current, published, changed)
         names = {c.id: (c.name, c.name_en) for c in components}
+        methods = {c.id for c in components if c.routes}
         if plan.open_for:
             incident_id = new_id("inc")
-            texts = incident_texts(names, plan.open_for, published)
+            texts = incident_texts(names, plan.open_for, published, methods)
             await conn.execute(status_incidents.insert().values(
                 id=incident_id, name=texts.title, name_en=texts.title_en, status="investigating",
                 impact=plan.impact or "minor", automatic=True, components=list(plan.open_for),
@@ -278,7 +279,7 @@ class StatusRecorder:
         if plan.impact:
             values["impact"] = plan.impact
         members = tuple(values.get("components", current.components))
-        texts = incident_texts(names, members, published)
+        texts = incident_texts(names, members, published, methods)
         # A resolving tick says it once: per-component "operational again" notes stamped with the
         # same instant as the resolution would only crowd (and could reorder) the timeline.
         notes = () if plan.resolve else plan.note

@@ -6,7 +6,7 @@ what happens to their payment, then update until it is over.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -127,6 +127,9 @@ class IncidentTexts:
     names: Mapping[str, tuple[str, str]]
     components: Sequence[str]
     published: Mapping[str, ComponentStatus]
+    methods: Collection[str] = ()
+    """The components a customer pays with (channels and single-channel rails): not order
+    intake, not payment confirmation, not a rail group."""
 
     def _list(self, lang: int) -> str:
         return ", ".join(self.names[c][lang] for c in self.components if c in self.names)
@@ -146,9 +149,9 @@ class IncidentTexts:
         works is told something false)."""
         if self.published.get(INTAKE) is ComponentStatus.MAJOR_OUTAGE:
             return False
-        return any(status in (ComponentStatus.OPERATIONAL, ComponentStatus.DEGRADED)
-                   for cid, status in self.published.items()
-                   if cid != INTAKE and cid not in self.components)
+        return any(self.published.get(cid) in (ComponentStatus.OPERATIONAL,
+                                                ComponentStatus.DEGRADED)
+                   for cid in self.methods if cid not in self.components)
 
     @property
     def opened(self) -> str:
@@ -192,5 +195,7 @@ class IncidentTexts:
 
 
 def incident_texts(names: Mapping[str, tuple[str, str]], components: Sequence[str],
-                   published: Mapping[str, ComponentStatus]) -> IncidentTexts:
-    return IncidentTexts(names=names, components=components, published=published)
+                   published: Mapping[str, ComponentStatus],
+                   methods: Collection[str] = ()) -> IncidentTexts:
+    return IncidentTexts(names=names, components=components, published=published,
+                         methods=methods)
