@@ -8,7 +8,7 @@
     lunas reconcile import FILE --bank BANK --account NUMBER [--json]
     lunas reconcile unreadable [--state open] [--json]
     lunas reconcile handled ITEM_ID --note WHAT_WAS_DONE --actor WHO
-    lunas reviews list [--state open] [--json]
+    lunas reviews list [--state open] [--order ORDER_ID] [--after CASE_ID] [--json]
     lunas reviews resolve CASE_ID --action honour|refund|expire --note WHY --actor WHO
     lunas outbox dead [--merchant ID] [--json]
     lunas outbox redeliver (EVENT_ID ... | --merchant ID) --reason WHY --actor WHO
@@ -80,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     rv = sub.add_parser("reviews").add_subparsers(dest="action", required=True)
     rl = rv.add_parser("list", help="review cases (open by default)")
     rl.add_argument("--state", default="open", help="open | resolved | '' for all")
+    rl.add_argument("--order", help="only this order's cases")
+    rl.add_argument("--after", help="continue after this case (the last of the previous 1000)")
     rl.add_argument("--json", action="store_true")
     rr = rv.add_parser("resolve", help="honour, refund or expire a case (audited)")
     rr.add_argument("case_id")
@@ -335,10 +337,16 @@ async def _outbox_discard(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _reviews_list(settings: Settings, args: argparse.Namespace) -> int:
+    from orchestrator.domain.errors import DomainError
     from orchestrator.services.reviews import list_cases
 
     async def work(c: Container) -> int:
-        cases = await list_cases(c.db, state=args.state or None, limit=1000)
+        try:
+            cases = await list_cases(c.db, state=args.state or None, limit=1000,
+                                     order_id=args.order, after=args.after)
+        except DomainError as exc:
+            print(f"lunas: {exc.detail}", file=sys.stderr)
+            return 1
         if args.json:
             print(json.dumps(cases))
         else:

@@ -203,19 +203,31 @@ class PaymentDecision:
 
 def judge_payment(*, order_state: OrderState, expected: int, received: int,
                   review_reason: str | None = None,
-                  honoured_unproven: bool = False) -> PaymentDecision:
+                  decided_unproven: bool = False) -> PaymentDecision:
     """Decide what a payment of ``received`` rupiah on one of an order's attempts means.
 
     Amounts are compared exactly (STYLE rule 6): a different amount is a discrepancy, never an
     overwrite. A paid order stays paid whatever else arrives (rule 4). An order in review only
     because its payment could not be verified in time (``review_reason``) takes a payment like
-    an open order: the payment is the answer the review waits for. ``honoured_unproven``: a
-    person made such an order paid on the source's word and no payment evidence has reached it
-    since; the first payment of the exact amount is that payment, proven, not a second one.
+    an open order: the payment is the answer the review waits for. ``decided_unproven``: a
+    person decided such an order (paid or refunded) on the source's word and no payment evidence
+    has reached it since: the first payment is the one they decided about, not a second one. Of
+    the exact amount on a paid order it is that payment, proven; anything else (a refunded order,
+    another amount) goes to a person to match, never with a refund recommended: money may
+    already have gone back once.
     """
-    if order_state is OrderState.PAID:
-        if honoured_unproven and received == expected:
+    if decided_unproven and order_state in (OrderState.PAID, OrderState.REFUNDED):
+        if order_state is OrderState.PAID and received == expected:
             return PaymentDecision(verdict=PaymentVerdict.SETTLE, order_trigger=None)
+        return PaymentDecision(
+            verdict=PaymentVerdict.ON_CLOSED_ORDER if received == expected
+            else PaymentVerdict.DISCREPANCY,
+            order_trigger=None,
+            review_reason=ReviewReason.PAYMENT_ON_CLOSED_ORDER if received == expected
+            else ReviewReason.AMOUNT_MISMATCH,
+            recommended_action=RecommendedAction.MATCH_MANUALLY,
+        )
+    if order_state is OrderState.PAID:
         return PaymentDecision(
             verdict=PaymentVerdict.SECOND_PAYMENT,
             order_trigger=None,

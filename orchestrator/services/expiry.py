@@ -20,7 +20,7 @@ from orchestrator.services.orders import close_attempts
 from orchestrator.services.settlement import LUNAS_ACTOR, open_review_case
 from orchestrator.services.status_reads import LIVE, route_of
 from orchestrator.store.database import Database
-from orchestrator.store.tables import orders, payment_attempts, review_cases
+from orchestrator.store.tables import evidence, orders, payment_attempts, review_cases
 
 _EXPIRABLE = (OrderState.CAPTURED.value, OrderState.AWAITING_PAYMENT.value)
 _UNSETTLED = (AttemptState.UNKNOWN.value, AttemptState.CREATING.value)
@@ -188,11 +188,15 @@ async def settle_verifying_orders(
         # Orders sent to a person because the window ran out, whose sources are back and have
         # been read: the question the review asked is answered (a payment found would have
         # settled the order already, settlement.py), so they are decided as here.
+        # An order with any payment evidence is never expired here: before this pick existed,
+        # a payment proven after the window was recorded beside the order and left it in
+        # review (with a refund case); such orders wait for a person (migration 0014).
+        seen_paid = sa.exists().where(evidence.c.order_id == orders.c.id)
         in_review = (await conn.execute(
             sa.select(orders).where(
                 orders.c.state == OrderState.NEEDS_REVIEW.value,
                 orders.c.review_reason == ReviewReason.VERIFICATION_WINDOW_EXHAUSTED.value,
-                ~unread_gateway, ~unread_feed)
+                ~unread_gateway, ~unread_feed, ~seen_paid)
             .order_by(orders.c.expires_at).limit(batch).with_for_update(skip_locked=True)
         )).all()
         if not waiting and not in_review:

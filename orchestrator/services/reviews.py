@@ -7,9 +7,9 @@ changes no order state: the resolution records what was done with the money.
 
 A ``verification_window_exhausted`` case asks whether the order was paid at all, so it has a third
 answer: ``expire`` (the source shows no payment). When a case leaves its order expired, paid or
-refunded, the order's instruments still live are closed as on expiry: cancelled at their providers
-where possible and watched through the code quarantine, so money arriving on them later still
-reaches a person.
+refunded, the order's instruments still active are retired: cancelled at their providers where
+possible, still read by the verifier and watched through the code quarantine, so money arriving
+on them later still reaches a person.
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.domain import events
 from orchestrator.domain.errors import Conflict, InvalidOrder, NotFound
 from orchestrator.domain.order import (
     ORDER_EVENT_ON_ENTRY,
+    AttemptState,
     OrderState,
     OrderTrigger,
     RecommendedAction,
@@ -31,10 +33,10 @@ from orchestrator.domain.order import (
 )
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.services.audit import record_audit
-from orchestrator.services.expiry import close_live_attempts
 from orchestrator.services.order_view import event_payload, iso
+from orchestrator.services.orders import retire_attempts
 from orchestrator.store.database import Database
-from orchestrator.store.tables import orders, review_cases
+from orchestrator.store.tables import orders, payment_attempts, review_cases
 
 EXPIRE = "expire"
 _ACTIONS = {RecommendedAction.HONOUR.value: OrderTrigger.REVIEW_HONOURED,
@@ -76,6 +78,18 @@ async def list_cases(db: Database, *, state: str | None, limit: int,
         return [render_case(c) for c in await conn.execute(query)]
 
 
+async def _retire_live_attempts(conn: AsyncConnection, order_id: str, *, now: datetime,
+                                quarantine: timedelta) -> None:
+    """The order left review: its instruments still active are retired (superseded), not
+    expired, so the verifier goes on reading them (an ``expire`` decided on a source's word
+    may meet a payment whose webhook was lost) and money on them still reaches a person."""
+    a = payment_attempts.c
+    active = (await conn.execute(sa.select(a.id).where(
+        a.order_id == order_id, a.state == AttemptState.ACTIVE.value))).scalars().all()
+    if active:
+        await retire_attempts(conn, list(active), now=now, quarantine=quarantine)
+
+
 MAX_NOTE = 2000
 """The length ``review_cases.note`` (and the audit log's reason) keeps."""
 
@@ -89,6 +103,15 @@ async def resolve_case(db: Database, *, case_id: str, action: str, actor: str, n
     if len(note) > MAX_NOTE:
         raise InvalidOrder(f"'note' is kept to {MAX_NOTE} characters", field="note")
     async with db.transaction() as conn:
+        # The order first, then the case: settlement and the expiry sweep lock an order and then
+        # write its cases, and the other order deadlocked with them (review finding). A case
+        # never changes order, so reading its order_id unlocked is safe.
+        order_id = (await conn.execute(sa.select(review_cases.c.order_id)
+                                       .where(review_cases.c.id == case_id))).scalar()
+        order = None
+        if order_id is not None:
+            order = (await conn.execute(sa.select(orders).where(orders.c.id == order_id)
+                                        .with_for_update())).one()
         case = (await conn.execute(sa.select(review_cases).where(review_cases.c.id == case_id)
                                    .with_for_update())).first()
         if case is None:
@@ -97,10 +120,6 @@ async def resolve_case(db: Database, *, case_id: str, action: str, actor: str, n
             raise CaseClosed(f"case {case_id} was already resolved ({case.resolution}) by "
                              f"{case.resolved_by}")
         pending: list[PendingEvent] = []
-        order = None
-        if case.order_id is not None:
-            order = (await conn.execute(sa.select(orders).where(orders.c.id == case.order_id)
-                                        .with_for_update())).one()
         # Only the case that put the order in review decides its state: a case opened beside it
         # (a possible reversal, a possible duplicate) records its decision and no more.
         governs = (order is not None and order.state == OrderState.NEEDS_REVIEW.value
@@ -118,7 +137,7 @@ async def resolve_case(db: Database, *, case_id: str, action: str, actor: str, n
             if state is OrderState.PAID:
                 values["paid_at"] = now
             await conn.execute(orders.update().where(orders.c.id == order.id).values(**values))
-            await close_live_attempts(conn, [order.id], now=now, quarantine=quarantine)
+            await _retire_live_attempts(conn, order.id, now=now, quarantine=quarantine)
             moved = (await conn.execute(sa.select(orders).where(orders.c.id == order.id))).one()
             pending.append(PendingEvent(
                 event_type=ORDER_EVENT_ON_ENTRY[state], aggregate_id=order.id,

@@ -112,7 +112,7 @@ async def _apply_locked(
     decision = judge_payment(order_state=OrderState(order.state),
                              expected=attempt.transfer_amount, received=payment.amount,
                              review_reason=order.review_reason,
-                             honoured_unproven=await _honoured_unproven(conn, order))
+                             decided_unproven=await _decided_unproven(conn, order))
     recorded = await conn.execute(_RECORD_EVIDENCE[conn.dialect.name], {
         "unique_key": payment.evidence_key, "kind": payment.kind, "order_id": order.id,
         "attempt_id": attempt.id, "amount": payment.amount, "verdict": decision.verdict.value,
@@ -152,16 +152,15 @@ async def _apply_locked(
                             order_state=new_state, review_case_id=case_id)
 
 
-async def _honoured_unproven(conn: AsyncConnection, order: Any) -> bool:
-    """A person honoured this order while its payment could not be verified, and no evidence
-    has settled it since (asked only of such orders: one indexed query, rarely)."""
-    if (order.state != OrderState.PAID.value
+async def _decided_unproven(conn: AsyncConnection, order: Any) -> bool:
+    """A person paid or refunded this order while its payment could not be verified, and no
+    payment evidence has reached it since (asked only of such orders: one indexed query)."""
+    if (order.state not in (OrderState.PAID.value, OrderState.REFUNDED.value)
             or order.review_reason != ReviewReason.VERIFICATION_WINDOW_EXHAUSTED.value):
         return False
-    settled = (await conn.execute(sa.select(evidence.c.id).where(
-        evidence.c.order_id == order.id,
-        evidence.c.verdict == PaymentVerdict.SETTLE.value).limit(1))).first()
-    return settled is None
+    seen = (await conn.execute(sa.select(evidence.c.id).where(
+        evidence.c.order_id == order.id).limit(1))).first()
+    return seen is None
 
 
 PAYMENT_FOUND = "payment_found"

@@ -337,12 +337,17 @@ async def test_the_provider_back_after_the_window_answers_the_review_either_way(
         assert await assert_rules_of_state(s.container.db, ids) == {"paid": 1, "expired": 1}
 
 
-async def test_a_person_expires_or_honours_an_order_whose_payment_could_not_be_verified(
+async def test_a_person_decides_an_order_whose_payment_could_not_be_verified(
     container: Container,
 ) -> None:
+    """Expire, honour or refund on the source's word; when the source comes back, what it
+    reports about the payment a person decided on is that payment: never a second one, and
+    never a second refund (review finding)."""
     async with shop(container) as s:
-        placed = [await s.checkout() for _ in range(2)]
-        ids = [o["id"] for o in placed]
+        placed = [await s.checkout() for _ in range(3)]
+        ids = unpaid, honoured, refunded = [o["id"] for o in placed]
+        for o in placed[1:]:
+            await pay_at_midtrans(s, o)  # paid before the deadline; nobody can see it yet
         await run_out_the_window(s, ids)
         ops = {"Authorization": f"Bearer {await new_ops_token(s.container)}"}
         asked = await cases_of(s, ids)
@@ -351,20 +356,39 @@ async def test_a_person_expires_or_honours_an_order_whose_payment_could_not_be_v
             return await s.client.post(f"/v1/reviews/{asked[order_id].id}/resolve",
                                        headers=ops, json={"action": action, "note": note})
 
-        r = await resolve(ids[0], "expire", "Midtrans dashboard: QR never paid")
-        assert r.status_code == 200, r.text
-        assert r.json()["resolution"] == "expire"
-        r = await resolve(ids[1], "honour", "Midtrans dashboard: paid 10:02 WIB")
-        assert r.status_code == 200, r.text
-        assert await s.states(ids) == {ids[0]: "expired", ids[1]: "paid"}
-        # Their instruments are closed as on expiry and cancelled at the provider where possible.
-        left = {a.order_id: a.state for i in ids for a in await s.attempts(i)}
-        assert left == dict.fromkeys(ids, "expired")
-        cancels = await s.events("attempt.cancel_requested", [
-            a.id for i in ids for a in await s.attempts(i)])
-        assert len(cancels) == 2
-        assert [e.aggregate_id for e in await s.events("order.expired", ids)] == [ids[0]]
-        assert await assert_rules_of_state(s.container.db, ids) == {"paid": 1, "expired": 1}
+        for order_id, action in ((unpaid, "expire"), (honoured, "honour"),
+                                 (refunded, "refund")):
+            r = await resolve(order_id, action, f"Midtrans dashboard: {action}")
+            assert (r.status_code, r.json()["resolution"]) == (200, action), r.text
+        assert await s.states(ids) == {unpaid: "expired", honoured: "paid",
+                                       refunded: "refunded"}
+        # Their instruments are retired (cancelled where possible), still read and watched.
+        attempts = [a for i in ids for a in await s.attempts(i)]
+        assert {a.state for a in attempts} == {"superseded"}
+        assert len(await s.events("attempt.cancel_requested", [a.id for a in attempts])) == 3
+
+        await s.midtrans("DELETE", "/faults")  # the provider comes back and is read
+
+        async def read_back() -> bool:
+            return {a.state for i in ids for a in await s.attempts(i)} <= {"paid", "expired"}
+
+        await eventually(read_back, 30, "every instrument read after recovery")
+        assert await s.states(ids) == {unpaid: "expired", honoured: "paid",
+                                       refunded: "refunded"}
+        async with s.container.db.read() as conn:
+            verdicts = dict((await conn.execute(sa.select(evidence.c.order_id, evidence.c.verdict)
+                                                .where(evidence.c.order_id.in_(ids)))).all())
+            opened = (await conn.execute(sa.select(review_cases.c.order_id, review_cases.c.reason,
+                                                   review_cases.c.recommended_action)
+                                         .where(review_cases.c.order_id.in_(ids),
+                                                review_cases.c.state == "open"))).all()
+        assert verdicts == {honoured: "settle", refunded: "on_closed_order"}
+        # The refunded payment, proven: a person matches it; no second refund is recommended.
+        assert [tuple(c) for c in opened] == [
+            (refunded, "payment_on_closed_order", "match_manually")]
+        assert [e.aggregate_id for e in await s.events("order.paid", ids)] == [honoured]
+        assert await assert_rules_of_state(s.container.db, ids) == {
+            "paid": 1, "expired": 1, "refunded": 1}
 
 
 async def test_a_transfer_a_person_honoured_unproven_is_not_a_second_payment_once_seen(

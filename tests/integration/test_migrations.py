@@ -4,6 +4,7 @@ and leave no drift between the migrations and the tables the code declares."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -343,3 +344,69 @@ async def test_an_instant_change_gives_up_its_lock_wait_and_tries_again(
         await migrator.dispose()
         await engine.dispose()
         await drop_database(url)
+
+
+_STUCK_IN_REVIEW = [
+    _PAID_ORDER[0],
+    # The window ran out with the provider down; the payment read later was recorded beside the
+    # order (on_closed_order, a refund case) and the order stayed in review with no case of its
+    # own: what the code before 0014 left behind.
+    "INSERT INTO orders (id, merchant_id, merchant_order_id, amount, currency, state, rail, "
+    "customer_name, customer_email, customer_phone, created_at, updated_at, expires_at, "
+    "review_reason) VALUES ('ord_s', 'mer_1', 'ord_s', 125000, 'IDR', 'needs_review', 'qris', "
+    "'Andi', 'a@example.co.id', '0812', '2026-11-20 00:00:00', '2026-11-21 00:00:00', "
+    "'2026-11-20 01:00:00', 'verification_window_exhausted')",
+    "INSERT INTO payment_attempts (id, order_id, rail, provider, state, transfer_amount, "
+    "holds_code, created_at, updated_at, expires_at) VALUES ('att_s', 'ord_s', 'qris', "
+    "'midtrans', 'paid', 125000, 0, '2026-11-20 00:00:00', '2026-11-21 00:00:00', "
+    "'2026-11-20 01:00:00')",
+    "INSERT INTO evidence (unique_key, kind, order_id, attempt_id, amount, verdict, "
+    "observed_at, recorded_at) VALUES ('midtrans:status:att_s:paid', 'provider_status', "
+    "'ord_s', 'att_s', 125000, 'on_closed_order', '2026-11-20 00:30:00', "
+    "'2026-11-21 00:00:00')",
+    "INSERT INTO review_cases (id, order_id, reason, recommended_action, amount, state, "
+    "created_at) VALUES ('rev_old', 'ord_s', 'payment_on_closed_order', 'refund', 125000, "
+    "'open', '2026-11-21 00:00:00')",
+]
+
+
+async def test_orders_left_in_review_by_the_window_get_a_case_a_person_can_decide(
+    tmp_path: Path,
+) -> None:
+    """0014: an order the old code left in review (window ran out, payment recorded beside it)
+    gets a case; the expiry sweep does not expire it for lack of a fresh payment; a person
+    honours it."""
+    from orchestrator.services.expiry import settle_verifying_orders
+    from orchestrator.services.reviews import resolve_case
+    from orchestrator.store.database import Database
+
+    engine = create_engine(DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path / 'lunas.db'}"))
+    try:
+        await migrate(engine, "0013")
+        async with engine.begin() as conn:
+            for sql in _STUCK_IN_REVIEW:
+                await conn.exec_driver_sql(sql)
+        await migrate(engine)
+        async with engine.connect() as conn:
+            cases = (await conn.exec_driver_sql(
+                "SELECT id, reason, recommended_action, amount FROM review_cases "
+                "WHERE order_id = 'ord_s' AND state = 'open' ORDER BY reason")).all()
+        assert [tuple(c)[1:] for c in cases] == [
+            ("payment_on_closed_order", "refund", 125000),
+            ("verification_window_exhausted", "check_at_source", 125000)]
+        db = Database(engine)
+        now = datetime(2026, 11, 30, tzinfo=UTC)
+        await settle_verifying_orders(db, now=now, quarantine=timedelta(hours=1),
+                                      window=timedelta(hours=6), batch=100)
+        async with engine.connect() as conn:
+            state = (await conn.exec_driver_sql(
+                "SELECT state FROM orders WHERE id = 'ord_s'")).scalar()
+        assert state == "needs_review"  # paid at the provider: never expired by the sweep
+        await resolve_case(db, case_id=cases[1].id, action="honour", actor="ops:finance",
+                           note="Midtrans shows it paid", now=now, quarantine=timedelta(hours=1))
+        async with engine.connect() as conn:
+            state = (await conn.exec_driver_sql(
+                "SELECT state FROM orders WHERE id = 'ord_s'")).scalar()
+        assert state == "paid"
+    finally:
+        await engine.dispose()

@@ -3,10 +3,11 @@ closes it as refunded, and a case on a settled order records the decision withou
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -14,7 +15,8 @@ import pytest
 import sqlalchemy as sa
 
 from orchestrator.bootstrap import Container
-from orchestrator.store.tables import audit_log, outbox
+from orchestrator.services.reviews import resolve_case
+from orchestrator.store.tables import audit_log, orders, outbox, review_cases
 from tests.e2e.test_checkout_to_webhook import LUNAS
 from tests.integration.test_reconciliation import capture, upload
 from tests.support import ShopFixture, bca_statement, new_merchant, new_ops_token
@@ -163,3 +165,26 @@ async def test_the_open_queue_reads_to_its_end_page_by_page(
     assert keys == sorted(keys)
     unknown = await client.get("/v1/reviews", headers=ops, params={"after": "rev_nope"})
     assert unknown.status_code == 404
+
+
+async def test_a_resolution_waits_for_a_settlement_holding_the_order_and_never_deadlocks(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """Review finding: resolving locked the case, then the order; settlement and the expiry
+    sweep lock the order, then write its cases. Overlapping, PostgreSQL rolled one back."""
+    m = await new_merchant(container)
+    order = await paid_short(client, container, ops, m)
+    case = await open_case(client, ops, order["id"])
+    async with container.db.transaction() as conn:  # a settlement of this order, in progress
+        await conn.execute(sa.select(orders.c.id).where(orders.c.id == order["id"])
+                           .with_for_update())
+        resolving = asyncio.create_task(resolve_case(
+            container.db, case_id=case["id"], action="refund", actor="ops:finance",
+            note="refunded by transfer", now=datetime.now(UTC),
+            quarantine=timedelta(hours=1)))
+        await asyncio.sleep(0.5)  # the person's resolution now waits
+        await conn.execute(review_cases.update().where(review_cases.c.id == case["id"])
+                           .values(note="seen by the settlement"))
+        await asyncio.sleep(1.5)  # past PostgreSQL's deadlock_timeout (1 s)
+    resolved = await asyncio.wait_for(resolving, 10)
+    assert (resolved["state"], resolved["resolution"]) == ("resolved", "refund")

@@ -532,11 +532,29 @@ def test_any_other_review_keeps_the_order_closed_to_payments(reason: ReviewReaso
 
 def test_the_payment_a_person_honoured_unproven_is_not_a_second_payment_once_proven() -> None:
     proven = judge_payment(order_state=OS.PAID, expected=EXPECTED, received=EXPECTED,
-                           honoured_unproven=True)
+                           decided_unproven=True)
     assert proven == PaymentDecision(verdict=V.SETTLE, order_trigger=None)
-    # Another amount is still money beside the order's: a person decides.
-    assert judge_payment(order_state=OS.PAID, expected=EXPECTED, received=EXPECTED + 1,
-                         honoured_unproven=True) == _SECOND
+
+
+_TO_MATCH = {"exact": PaymentDecision(verdict=V.ON_CLOSED_ORDER, order_trigger=None,
+                                      review_reason=R.PAYMENT_ON_CLOSED_ORDER,
+                                      recommended_action=ACT.MATCH_MANUALLY),
+             "under": PaymentDecision(verdict=V.DISCREPANCY, order_trigger=None,
+                                      review_reason=R.AMOUNT_MISMATCH,
+                                      recommended_action=ACT.MATCH_MANUALLY)}
+
+
+@pytest.mark.parametrize(("state", "amount"), [(OS.PAID, "under"), (OS.REFUNDED, "exact"),
+                                               (OS.REFUNDED, "under")])
+def test_a_payment_after_a_decision_on_the_sources_word_is_matched_never_refunded_again(
+    state: OrderState, amount: str,
+) -> None:
+    """Review finding: a person refunded an order the source could not confirm; the provider
+    then reported that very payment and a second refund was recommended."""
+    judged = judge_payment(order_state=state, expected=EXPECTED, received=RECEIVED[amount],
+                           decided_unproven=True)
+    assert judged == _TO_MATCH[amount]
+    assert judged.recommended_action is not ACT.REFUND
 
 
 # ---------------------------------------------------------------------------------------------
