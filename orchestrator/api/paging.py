@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from orchestrator.api.errors import BadRequest
 
 MAX_LIMIT = 1000
@@ -16,3 +18,9 @@ def page_limit(raw: str) -> int:
         raise BadRequest(f"limit is a whole number from 1 to {MAX_LIMIT}, in digits",
                          code="bad_limit")
     return int(raw)
+
+
+def page(rows: list[dict[str, Any]], size: int) -> dict[str, Any]:
+    """A list answer: the rows, and ``next_after``, the id to ask ``after`` for the next page
+    (null when this page was not full: there is none)."""
+    return {"data": rows, "next_after": rows[-1]["id"] if len(rows) == size else None}

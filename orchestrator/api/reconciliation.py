@@ -10,7 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from orchestrator.api.errors import BadRequest
-from orchestrator.api.paging import page_limit
+from orchestrator.api.paging import page, page_limit
 from orchestrator.api.schemas import HandledIn, ManualMatchIn
 from orchestrator.bootstrap import Container
 from orchestrator.services.unreadable_feed_items import STATES
@@ -24,11 +24,12 @@ class ReconciliationController(Controller):
     async def unmatched(
         self, request: Request[Any, Any, Any], container: NamedDependency[Container],
         account_number: FromQuery[str | None] = None, limit: FromQuery[str] = "100",
+        after: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
         await container.auth.ops(request, "reconciliation")
-        rows = await container.reconciliation.unmatched(limit=page_limit(limit),
-                                                        account_number=account_number)
-        return {"data": rows}
+        size = page_limit(limit)
+        return page(await container.reconciliation.unmatched(
+            limit=size, account_number=account_number, after=after or None), size)
 
     @post("/matches", status_code=201, summary="Match a mutation to an order by hand")
     async def match(
@@ -48,14 +49,16 @@ class ReconciliationController(Controller):
     async def unreadable(
         self, request: Request[Any, Any, Any], container: NamedDependency[Container],
         status: FromQuery[str] = "open", limit: FromQuery[str] = "100",
+        after: FromQuery[str | None] = None,
     ) -> dict[str, Any]:
         await container.auth.ops(request, "reconciliation")
         if status not in (*STATES, ""):
             raise BadRequest(f"status is one of {', '.join(STATES)}, or empty for every item",
                              code="bad_status")
+        size = page_limit(limit)
         # ``status``, not ``state``: litestar reserves that name.
-        return {"data": await container.unreadable_feed_items.listing(
-            state=status or None, limit=page_limit(limit))}
+        return page(await container.unreadable_feed_items.listing(
+            state=status or None, limit=size, after=after or None), size)
 
     @post("/unreadable/{item_id:str}/handled", status_code=200,
           summary="Close an unreadable feed item once its money is dealt with (audited)")

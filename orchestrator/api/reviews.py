@@ -9,7 +9,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from orchestrator.api.errors import BadRequest
-from orchestrator.api.paging import page_limit
+from orchestrator.api.paging import page, page_limit
 from orchestrator.api.schemas import ResolveCaseIn
 from orchestrator.bootstrap import Container
 from orchestrator.services.reviews import list_cases, resolve_case
@@ -32,10 +32,8 @@ class ReviewsController(Controller):
                              code="bad_status")
         # ``status`` (open | resolved | empty for all): ``state`` is reserved by litestar.
         size = page_limit(limit)
-        cases = await list_cases(container.db, state=status or None, limit=size,
-                                 order_id=order_id or None, after=after or None)
-        # The next page starts after the last case of this one (none: this one was not full).
-        return {"data": cases, "next_after": cases[-1]["id"] if len(cases) == size else None}
+        return page(await list_cases(container.db, state=status or None, limit=size,
+                                     order_id=order_id or None, after=after or None), size)
 
     @post("/{case_id:str}/resolve", status_code=200,
           summary="Resolve a case: honour (the order is paid), refund, or expire (no "

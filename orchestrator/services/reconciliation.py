@@ -71,6 +71,7 @@ from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import iso
 from orchestrator.services.settlement import Payment, apply_payment, open_review_case
 from orchestrator.services.unreadable_feed_items import MOOTA, UnreadableFeedItems
+from orchestrator.store import keyset
 from orchestrator.store.database import (
     DEADLOCK_DETECTED,
     Database,
@@ -520,13 +521,18 @@ class ReconciliationService:
         ))
         return result
 
-    async def unmatched(self, *, limit: int, account_number: str | None) -> list[dict[str, Any]]:
+    async def unmatched(self, *, limit: int, account_number: str | None,
+                        after: str | None = None) -> list[dict[str, Any]]:
+        """Oldest first; ``after`` (a mutation id) continues after the page that ended there."""
         async with self._db.read() as conn:
             query = (sa.select(mutations)
                      .where(mutations.c.match_state.in_(FOR_PEOPLE))
                      .order_by(mutations.c.posted_at, mutations.c.id).limit(limit))
             if account_number:
                 query = query.where(mutations.c.account_number == account_number)
+            if after:
+                query = query.where(await keyset.after(
+                    conn, mutations.c.posted_at, mutations.c.id, after, "mutation"))
             return [_render_mutation(m) for m in await conn.execute(query)]
 
     async def manual_match(

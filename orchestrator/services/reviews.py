@@ -35,6 +35,7 @@ from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import event_payload, iso
 from orchestrator.services.orders import retire_attempts
+from orchestrator.store import keyset
 from orchestrator.store.database import Database
 from orchestrator.store.tables import orders, payment_attempts, review_cases
 
@@ -69,12 +70,8 @@ async def list_cases(db: Database, *, state: str | None, limit: int,
         if order_id:
             query = query.where(rc.order_id == order_id)
         if after:
-            mark = (await conn.execute(sa.select(rc.created_at, rc.id)
-                                       .where(rc.id == after))).first()
-            if mark is None:
-                raise NotFound(f"no review case {after} to continue after")
-            query = query.where(sa.or_(rc.created_at > mark.created_at, sa.and_(
-                rc.created_at == mark.created_at, rc.id > mark.id)))
+            query = query.where(await keyset.after(conn, rc.created_at, rc.id, after,
+                                                   "review case"))
         return [render_case(c) for c in await conn.execute(query)]
 
 

@@ -24,6 +24,7 @@ from orchestrator.reconciliation.fingerprint import fingerprint_moota
 from orchestrator.reconciliation.moota import UnreadableItem
 from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import iso
+from orchestrator.store import keyset
 from orchestrator.store.database import Database, upsert_insert
 from orchestrator.store.tables import mutations, unreadable_feed_items
 
@@ -143,7 +144,9 @@ class UnreadableFeedItems:
                         note="the feed listed a readable version of this mutation"))
         return int(result.rowcount or 0)
 
-    async def listing(self, *, state: str | None, limit: int) -> list[dict[str, Any]]:
+    async def listing(self, *, state: str | None, limit: int, after: str | None = None
+                      ) -> list[dict[str, Any]]:
+        """Oldest first; ``after`` (an item id) continues after the page that ended there."""
         if state is not None and state not in STATES:
             raise InvalidOrder(f"state must be one of: {', '.join(STATES)}", field="state")
         t = unreadable_feed_items.c
@@ -151,6 +154,9 @@ class UnreadableFeedItems:
         if state is not None:
             query = query.where(t.state == state)
         async with self._db.read() as conn:
+            if after:
+                query = query.where(await keyset.after(conn, t.first_seen_at, t.id, after,
+                                                       "unreadable item"))
             return [render_item(row) for row in await conn.execute(query)]
 
     async def handled(self, item_id: str, *, actor: str, note: str, now: datetime

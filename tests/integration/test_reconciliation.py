@@ -197,6 +197,35 @@ async def test_payment_after_expiry_is_never_dropped(
                      "review_case.opened"]
 
 
+async def test_the_unmatched_list_reads_to_its_end_page_by_page(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """A busy account can hold more unmatched credits than one page: each page continues after
+    the last credit of the one before, none skipped or shown twice, even when one is matched
+    between pages."""
+    m = await new_merchant(container)
+    await upload(client, ops, m, bca_statement(m.account_number, [
+        (now() - timedelta(minutes=5 - i), f"KR OTOMATIS LLG-ANTAR BANK {i}", 301_000 + i, "CR")
+        for i in range(5)]))
+    url, mine = "/v1/reconciliation/unmatched", {"account_number": m.account_number}
+    first = (await client.get(url, headers=ops, params={**mine, "limit": "2"})).json()
+    assert [x["amount"] for x in first["data"]] == [301_000, 301_001]
+    assert first["next_after"] == first["data"][-1]["id"]
+    order = await capture(client, m, 400_000)  # a person matches the first credit meanwhile
+    r = await client.post("/v1/reconciliation/matches", headers=ops, json={
+        "mutation_id": first["data"][0]["id"], "order_id": order["id"], "reason": "proof"})
+    assert r.status_code == 201, r.text
+    seen, after = list(first["data"]), first["next_after"]
+    while after:
+        page = (await client.get(url, headers=ops,
+                                 params={**mine, "limit": "2", "after": after})).json()
+        seen += page["data"]
+        after = page["next_after"]
+    assert [x["amount"] for x in seen] == [301_000 + i for i in range(5)]
+    gone = await client.get(url, headers=ops, params={"after": "mut_nope"})
+    assert (gone.status_code, gone.json()["code"]) == (404, "not_found")
+
+
 async def test_unmatched_credit_is_listed_and_matched_by_a_person_with_an_audit_trail(
     client: httpx.AsyncClient, container: Container, ops: dict[str, str]
 ) -> None:
