@@ -336,10 +336,17 @@ async def close_live_attempts(conn: AsyncConnection, order_ids: list[str], *, no
 
 
 async def release_quarantined_codes(db: Database, *, now: datetime) -> int:
+    """Return to the pool the transfer amounts whose quarantine has ended. Rows another
+    transaction holds are passed by (``SKIP LOCKED``) and released on a later sweep: a late
+    payment being applied to one of them locks its order and then its attempts, and a release
+    waiting on it while holding other attempts of that order deadlocked with it, which ended a
+    statement import whole."""
+    a = payment_attempts.c
+    due = sa.select(a.id).where(a.holds_code, a.code_held_until <= now)
+    if db.engine.dialect.name != "sqlite":  # SQLite serialises writers instead
+        due = due.with_for_update(skip_locked=True)
     async with db.transaction() as conn:
         result = await conn.execute(
-            payment_attempts.update().where(
-                payment_attempts.c.holds_code, payment_attempts.c.code_held_until <= now
-            ).values(holds_code=False)
-        )
+            payment_attempts.update().where(a.id.in_(due.scalar_subquery()))
+            .values(holds_code=False))
         return int(result.rowcount)

@@ -704,9 +704,8 @@ FROM credits c"""  # noqa: S608 - only the constant _IN_WINDOW is interpolated
 # taken after it, and a push or poll locking both in id order (_lock_orders_in_reach) would
 # deadlock with the import. Orders flagged by a debit (_flag_reversals) are locked last, in
 # their own id order. The quarantine release (expiry.release_quarantined_codes) updates
-# attempts without their orders, in its own order; a deadlock with it is possible, as it was
-# when attempts were locked in id order, and PostgreSQL would end the import's transaction
-# (nothing stored; import again).
+# attempts without their orders but skips any row another transaction holds, so it never
+# waits on an import and cannot close a cycle with one.
 _LOCK_ORDERS = """
 SELECT count(*) FROM (
     SELECT o.id FROM orders o

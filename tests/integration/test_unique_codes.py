@@ -3,10 +3,12 @@ amount returns to the pool for new orders."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from orchestrator.bootstrap import Container, build
 from orchestrator.domain.checkout import Customer, OrderRequest
@@ -15,6 +17,7 @@ from orchestrator.domain.money import UniqueCodeRange
 from orchestrator.services.expiry import expire_due_orders, release_quarantined_codes
 from orchestrator.services.orders import cancel_order
 from orchestrator.settings import UniqueCodeSettings
+from orchestrator.store.tables import payment_attempts
 from tests.support import new_merchant
 
 
@@ -77,3 +80,29 @@ async def test_expiry_holds_the_amount_until_quarantine_ends(container: Containe
         assert again.body["payment"]["transfer_amount"] == 64_007
     finally:
         await one_code.close()
+
+
+async def test_the_release_passes_by_an_amount_being_paid_and_frees_it_next_sweep(
+    container: Container,
+) -> None:
+    """A late payment being applied holds the attempt's row: the release must not wait on it
+    (waiting, while holding other attempts of that order, it deadlocked with the payment and
+    ended a statement import whole)."""
+    quarantine = timedelta(minutes=10)
+    m = await new_merchant(container)
+    placed = await container.capture.capture(merchant_id=m.merchant_id, idempotency_key="r1",
+                                             request=request(f"R-{m.merchant_id[-8:]}"))
+    now = container.clock.now()
+    await cancel_order(container.db, merchant_id=m.merchant_id, order_id=placed.body["id"],
+                       now=now, quarantine=quarantine)
+    a = payment_attempts.c
+    mine = a.order_id == placed.body["id"]
+    async with container.db.transaction() as paying:  # a late transfer being applied to it
+        await paying.execute(sa.select(a.id).where(mine).with_for_update())
+        await asyncio.wait_for(release_quarantined_codes(container.db, now=now + quarantine), 5)
+        async with container.db.read() as conn:
+            held = (await conn.execute(sa.select(a.holds_code).where(mine))).scalar_one()
+        assert held  # passed by, not waited on
+    await release_quarantined_codes(container.db, now=now + quarantine)
+    async with container.db.read() as conn:
+        assert not (await conn.execute(sa.select(a.holds_code).where(mine))).scalar_one()
