@@ -14,13 +14,16 @@ from orchestrator.domain import events
 from orchestrator.domain.order import AttemptState, OrderState, RecommendedAction, ReviewReason
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails.base import Rail
-from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import event_payload, iso
 from orchestrator.services.orders import close_attempts
-from orchestrator.services.settlement import LUNAS_ACTOR, open_review_case
+from orchestrator.services.settlement import (
+    NO_PAYMENT_FOUND,
+    close_window_cases,
+    open_review_case,
+)
 from orchestrator.services.status_reads import LIVE, route_of
 from orchestrator.store.database import Database
-from orchestrator.store.tables import evidence, orders, payment_attempts, review_cases
+from orchestrator.store.tables import evidence, orders, payment_attempts
 
 _EXPIRABLE = (OrderState.CAPTURED.value, OrderState.AWAITING_PAYMENT.value)
 _UNSETTLED = (AttemptState.UNKNOWN.value, AttemptState.CREATING.value)
@@ -212,7 +215,9 @@ async def settle_verifying_orders(
         unpaid = [o for o in in_review if not still_waiting(o)]
         await _expire(conn, [o for o in waiting if o not in open_] + unpaid, now=now,
                       quarantine=quarantine)
-        await add_events(conn, await _close_unanswered_cases(conn, unpaid, now=now), now=now)
+        await add_events(conn, await close_window_cases(
+            conn, unpaid, resolution=NO_PAYMENT_FOUND, now=now,
+            note="every source was read again after it recovered: no payment"), now=now)
         overdue = [o for o in open_ if o.expires_at + window <= now]
         reason = ReviewReason.VERIFICATION_WINDOW_EXHAUSTED.value
         action = RecommendedAction.CHECK_AT_SOURCE.value
@@ -238,37 +243,6 @@ async def settle_verifying_orders(
             )]
         await add_events(conn, review, now=now)
         return len(waiting) - len(open_) + len(overdue) + len(unpaid)
-
-
-NO_PAYMENT_FOUND = "no_payment_found"
-"""How Lunas resolves a case that asked whether an order was paid, once its sources, read again,
-show that it was not."""
-
-
-async def _close_unanswered_cases(conn: AsyncConnection, expired: list[Any], *,
-                                  now: datetime) -> list[PendingEvent]:
-    if not expired:
-        return []
-    rc = review_cases.c
-    closed = (await conn.execute(
-        review_cases.update().where(
-            rc.order_id.in_([o.id for o in expired]), rc.state == "open",
-            rc.reason == ReviewReason.VERIFICATION_WINDOW_EXHAUSTED.value)
-        .values(state="resolved", resolved_at=now, resolved_by=LUNAS_ACTOR,
-                resolution=NO_PAYMENT_FOUND,
-                note="every source was read again after it recovered: no payment")
-        .returning(rc.id, rc.order_id, rc.reason))).all()
-    merchant = {o.id: o.merchant_id for o in expired}
-    for case in closed:
-        await record_audit(conn, actor=LUNAS_ACTOR, action=f"review_case.{NO_PAYMENT_FOUND}",
-                           subject_type="review_case", subject_id=case.id,
-                           reason="the recovered sources show no payment",
-                           details={"order_id": case.order_id, "reason": case.reason}, now=now)
-    return [PendingEvent(
-        event_type=events.REVIEW_CASE_RESOLVED, aggregate_id=case.order_id,
-        merchant_id=merchant[case.order_id],
-        payload={"case_id": case.id, "order_id": case.order_id,
-                 "resolution": NO_PAYMENT_FOUND, "reason": case.reason}) for case in closed]
 
 
 async def _sources(conn: AsyncConnection, ids: list[str]) -> dict[str, _Sources]:
@@ -308,27 +282,18 @@ async def _expire(conn: AsyncConnection, due: list[Any], *, now: datetime,
     ids = [o.id for o in due]
     await conn.execute(orders.update().where(orders.c.id.in_(ids))
                        .values(state=OrderState.EXPIRED.value, updated_at=now))
-    await close_live_attempts(conn, ids, now=now, quarantine=quarantine)
+    live_gateway = (await conn.execute(sa.select(payment_attempts.c.id).where(
+        payment_attempts.c.order_id.in_(ids),
+        payment_attempts.c.state.in_([AttemptState.ACTIVE.value, AttemptState.SUPERSEDED.value]),
+        payment_attempts.c.rail != Rail.MANUAL_TRANSFER.value))).scalars().all()
+    await close_attempts(conn, ids, AttemptState.EXPIRED, now=now, quarantine=quarantine)
     await add_events(conn, [
         PendingEvent(
             event_type=events.ORDER_EXPIRED, aggregate_id=o.id, merchant_id=o.merchant_id,
             payload={**event_payload(o), "status": OrderState.EXPIRED.value},
         )
         for o in due
-    ], now=now)
-
-
-async def close_live_attempts(conn: AsyncConnection, order_ids: list[str], *, now: datetime,
-                              quarantine: timedelta) -> None:
-    """The orders are closed: their live instruments expire, keep their codes through the
-    quarantine, and a VA or QR left live at its provider (it could still be paid) is cancelled
-    where possible."""
-    live_gateway = (await conn.execute(sa.select(payment_attempts.c.id).where(
-        payment_attempts.c.order_id.in_(order_ids),
-        payment_attempts.c.state.in_([AttemptState.ACTIVE.value, AttemptState.SUPERSEDED.value]),
-        payment_attempts.c.rail != Rail.MANUAL_TRANSFER.value))).scalars().all()
-    await close_attempts(conn, order_ids, AttemptState.EXPIRED, now=now, quarantine=quarantine)
-    await add_events(conn, [
+    ] + [  # a VA or QR left live at the provider could still be paid: cancel where possible
         PendingEvent(event_type=events.ATTEMPT_CANCEL_REQUESTED, aggregate_id=a,
                      merchant_id=None, payload={"attempt_id": a})
         for a in live_gateway
@@ -343,7 +308,7 @@ async def release_quarantined_codes(db: Database, *, now: datetime) -> int:
     statement import whole."""
     a = payment_attempts.c
     due = sa.select(a.id).where(a.holds_code, a.code_held_until <= now)
-    if db.engine.dialect.name != "sqlite":  # SQLite serialises writers instead
+    if not db.is_sqlite:  # SQLite serialises writers instead
         due = due.with_for_update(skip_locked=True)
     async with db.transaction() as conn:
         result = await conn.execute(

@@ -130,7 +130,10 @@ async def _apply_locked(
             await _retire_others(conn, order.id, attempt.id, now=now, quarantine=quarantine)
         pending.append(_order_event(order, new_state, decision.review_reason, payment))
         if order.state == OrderState.NEEDS_REVIEW.value:
-            pending.extend(await _close_answered_cases(conn, order, payment, now=now))
+            pending.extend(await close_window_cases(
+                conn, [order], resolution=PAYMENT_FOUND, now=now,
+                note=f"{payment.amount} rupiah confirmed by {payment.kind} evidence "
+                     f"{payment.evidence_key}"))
     case_id = None
     if decision.review_reason is not None:
         case_id = await open_review_case(conn, order, decision.review_reason.value,
@@ -164,36 +167,37 @@ async def _decided_unproven(conn: AsyncConnection, order: Any) -> bool:
 
 
 PAYMENT_FOUND = "payment_found"
-"""How Lunas resolves a case that asked whether an order was paid, once a payment answers it."""
+NO_PAYMENT_FOUND = "no_payment_found"
+"""How Lunas resolves a case that asked whether an order was paid, once its sources answer:
+a payment was found (the order settles) or, every source read again, none was (it expires)."""
 
 
-async def _close_answered_cases(
-    conn: AsyncConnection, order: Any, payment: Payment, *, now: datetime
+async def close_window_cases(
+    conn: AsyncConnection, orders_answered: list[Any], *, resolution: str, note: str,
+    now: datetime,
 ) -> list[PendingEvent]:
-    """The order was in review only because its payment could not be verified in time, and a
-    payment now answers that: its open case is closed by Lunas, audited, and the merchant hears
-    it (a person would otherwise find a case whose question is settled)."""
+    """The orders were in review only because their payment could not be verified in time, and
+    their sources have now answered: their open cases are closed by Lunas, audited, and the
+    merchants hear it (a person would otherwise find a case whose question is settled)."""
+    if not orders_answered:
+        return []
     rc = review_cases.c
     closed = (await conn.execute(
         review_cases.update().where(
-            rc.order_id == order.id, rc.state == "open",
+            rc.order_id.in_([o.id for o in orders_answered]), rc.state == "open",
             rc.reason == ReviewReason.VERIFICATION_WINDOW_EXHAUSTED.value)
         .values(state="resolved", resolved_at=now, resolved_by=LUNAS_ACTOR,
-                resolution=PAYMENT_FOUND,
-                note=f"{payment.amount} rupiah confirmed by {payment.kind} evidence "
-                     f"{payment.evidence_key}")
-        .returning(rc.id, rc.reason))).all()
+                resolution=resolution, note=note)
+        .returning(rc.id, rc.order_id, rc.reason))).all()
+    merchant = {o.id: o.merchant_id for o in orders_answered}
     for case in closed:
-        await record_audit(conn, actor=LUNAS_ACTOR, action=f"review_case.{PAYMENT_FOUND}",
-                           subject_type="review_case", subject_id=case.id,
-                           reason="a payment answered the case",
-                           details={"order_id": order.id, "reason": case.reason,
-                                    "evidence": payment.kind, "amount": payment.amount},
-                           now=now)
+        await record_audit(conn, actor=LUNAS_ACTOR, action=f"review_case.{resolution}",
+                           subject_type="review_case", subject_id=case.id, reason=note,
+                           details={"order_id": case.order_id, "reason": case.reason}, now=now)
     return [PendingEvent(
-        event_type=events.REVIEW_CASE_RESOLVED, aggregate_id=order.id,
-        merchant_id=order.merchant_id,
-        payload={"case_id": case.id, "order_id": order.id, "resolution": PAYMENT_FOUND,
+        event_type=events.REVIEW_CASE_RESOLVED, aggregate_id=case.order_id,
+        merchant_id=merchant[case.order_id],
+        payload={"case_id": case.id, "order_id": case.order_id, "resolution": resolution,
                  "reason": case.reason}) for case in closed]
 
 
