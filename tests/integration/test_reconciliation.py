@@ -219,6 +219,7 @@ async def test_the_unmatched_list_reads_to_its_end_page_by_page(
     while after:
         page = (await client.get(url, headers=ops,
                                  params={**mine, "limit": "2", "after": after})).json()
+        assert not {x["id"] for x in page["data"]} & {x["id"] for x in seen}  # never again
         seen += page["data"]
         after = page["next_after"]
     assert [x["amount"] for x in seen] == [301_000 + i for i in range(5)]

@@ -298,6 +298,7 @@ async def test_a_pushed_item_with_a_value_no_bank_sends_is_set_aside_not_stored(
     while True:  # every page: the shared database holds every other test's open items too
         page = (await client.get("/v1/reconciliation/unreadable", headers=ops,
                                  params={"limit": "1000", "after": after})).json()
+        assert not {i["id"] for i in page["data"]} & {i["id"] for i in listed}  # never again
         listed += page["data"]
         if not (after := page["next_after"] or ""):
             break

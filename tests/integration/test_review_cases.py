@@ -154,6 +154,8 @@ async def test_the_open_queue_reads_to_its_end_page_by_page(
     while True:
         params = {"limit": "2", **({"after": after} if after else {})}
         page = (await client.get("/v1/reviews", headers=ops, params=params)).json()
+        # A cursor ignored would hand back a page already read (and loop for ever): fail instead.
+        assert not {c["id"] for c in page["data"]} & {c["id"] for c in seen}
         seen += page["data"]
         after = page["next_after"]
         if after is None:
