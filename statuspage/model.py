@@ -10,9 +10,11 @@ announced ahead of time and is not a flap.
 from __future__ import annotations
 
 import enum
+import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from itertools import pairwise
 
 from orchestrator.domain.clock import WIB
 
@@ -335,6 +337,78 @@ def plan_incident(open_incident: OpenIncident | None,
 
 def _impact_of(published: Mapping[str, ComponentStatus], ids: Iterable[str]) -> str:
     return worst(published[c] for c in ids).impact
+
+
+# -- scheduled maintenance ----------------------------------------------------------------------
+
+@dataclass(frozen=True, kw_only=True)
+class MaintenanceWindow:
+    """An operator's window (``lunas maintenance``) as the page needs it: no ``reason``, which is
+    the operator's note for the audit log, not words for the public."""
+
+    id: str
+    route_pattern: str
+    starts_at: datetime
+    ends_at: datetime
+    created_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaintenanceNotice:
+    """One published maintenance: the components customers cannot pay with from ``starts_at``
+    to ``ends_at``, and the windows that together take them out."""
+
+    id: str
+    components: tuple[str, ...]
+    windows: tuple[str, ...]
+    starts_at: datetime
+    ends_at: datetime
+    created_at: datetime
+
+
+def maintenance_notices(windows: Sequence[MaintenanceWindow], components: Sequence[Component],
+                        now: datetime) -> list[MaintenanceNotice]:
+    """What customers are told about scheduled maintenance, soonest first.
+
+    A component is out only while every route serving it is in some window, as its status says
+    (``derive_routes``): one still served by another provider works as before. The windows need
+    not be one: ``va:midtrans:*`` and ``va:xendit:*`` together take out every VA bank for the
+    hours they overlap, and customers are told so. Each stretch of time is attributed to the
+    windows in force over it; components out over the same stretch by the same windows share a
+    notice. A notice of one window over its whole span keeps that window's id (its page link
+    is the window's); one made of several windows gets an id of theirs and its start."""
+    shared: dict[tuple[datetime, datetime, tuple[str, ...]], list[str]] = {}
+    for c in components:
+        if not c.routes:
+            continue
+        mine = [w for w in windows if any(_covers(w, r) for r in c.routes)]
+        bounds = sorted({t for w in mine for t in (w.starts_at, w.ends_at)})
+        stretches: list[tuple[datetime, datetime, tuple[str, ...]]] = []
+        for start, end in pairwise(bounds):
+            live = [w for w in mine if w.starts_at <= start and end <= w.ends_at]
+            if not all(any(_covers(w, r) for w in live) for r in c.routes):
+                continue
+            ids = tuple(sorted(w.id for w in live))
+            if stretches and stretches[-1][1] == start and stretches[-1][2] == ids:
+                stretches[-1] = (stretches[-1][0], end, ids)
+            else:
+                stretches.append((start, end, ids))
+        for stretch in stretches:
+            if stretch[1] > now:
+                shared.setdefault(stretch, []).append(c.id)
+    by_id = {w.id: w for w in windows}
+    notices = []
+    for (start, end, ids), component_ids in shared.items():
+        whole = len(ids) == 1 and (by_id[ids[0]].starts_at, by_id[ids[0]].ends_at) == (start, end)
+        notices.append(MaintenanceNotice(
+            id=ids[0] if whole else f"{'~'.join(ids)}~{start.astimezone(UTC):%Y%m%dT%H%MZ}",
+            components=tuple(component_ids), windows=ids, starts_at=start, ends_at=end,
+            created_at=max(by_id[i].created_at for i in ids)))
+    return sorted(notices, key=lambda n: (n.starts_at, n.ends_at, n.id))
+
+
+def _covers(window: MaintenanceWindow, route: str) -> bool:
+    return fnmatch.fnmatchcase(route, window.route_pattern)
 
 
 # -- uptime -------------------------------------------------------------------------------------

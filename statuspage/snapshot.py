@@ -10,7 +10,6 @@ as down (capture needs the database).
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -280,36 +279,32 @@ async def build_snapshot(db: Database, components: Sequence[Component],
         components=tuple(r.components), created_at=r.created_at, updated_at=r.updated_at,
         monitoring_at=r.monitoring_at, resolved_at=r.resolved_at,
         updates=tuple(updates.get(r.id, ()))) for r in incident_rows)
-    maintenances = tuple(m for m in (_maintenance(w, components, now) for w in windows)
-                         if m is not None)
+    notices = model.maintenance_notices([model.MaintenanceWindow(
+        id=w.id, route_pattern=w.route_pattern, starts_at=w.starts_at, ends_at=w.ends_at,
+        created_at=w.created_at) for w in windows], components, now)
+    names = {c.id: c for c in components}
+    maintenances = tuple(_maintenance(n, [names[i] for i in n.components], now)
+                         for n in notices)
     return Snapshot(taken_at=now, components=tuple(views), incidents=incidents,
                     maintenances=maintenances)
 
 
-def _maintenance(w: Any, components: Sequence[Component], now: datetime
-                 ) -> IncidentView | None:
-    """A maintenance window as customers see it, or ``None`` when it touches no component they
-    would notice. A component is affected only if the window covers every route serving it:
-    one still served by another provider works as before (the component status agrees). The
-    text names the components, never the window's ``reason``: that is the operator's note for
-    the audit log (tickets, hosts, names), not words for the public."""
-    affected = [c for c in components if c.routes and all(
-        fnmatch.fnmatchcase(r, w.route_pattern) for r in c.routes)]
-    if not affected:
-        return None
+def _maintenance(notice: model.MaintenanceNotice, affected: Sequence[Component], now: datetime
+                 ) -> IncidentView:
+    """A maintenance notice as an incident of the page (``model.maintenance_notices`` decides
+    which components it names, never from the windows' ``reason``)."""
     names = ", ".join(c.name for c in affected)
     names_en = ", ".join(c.name_en for c in affected)
-    status = "in_progress" if w.starts_at <= now else "scheduled"
-    update = UpdateView(id=f"{w.id}-scheduled", status="scheduled",
+    status = "in_progress" if notice.starts_at <= now else "scheduled"
+    update = UpdateView(id=f"{notice.id}-scheduled", status="scheduled",
                         body=f"Pemeliharaan terjadwal pada {names}. Metode pembayaran ini "
                              "tidak tersedia selama pemeliharaan.",
                         body_en=f"Scheduled maintenance of {names_en}. These payment methods "
                                 "are unavailable during the maintenance.",
-                        created_at=w.created_at)
+                        created_at=notice.created_at)
     return IncidentView(
-        id=w.id, name=f"Pemeliharaan terjadwal: {names}",
+        id=notice.id, name=f"Pemeliharaan terjadwal: {names}",
         name_en=f"Scheduled maintenance: {names_en}", status=status, impact="maintenance",
-        components=tuple(c.id for c in affected), created_at=w.created_at,
-        updated_at=w.created_at,
-        monitoring_at=None, resolved_at=None, updates=(update,), scheduled_for=w.starts_at,
-        scheduled_until=w.ends_at)
+        components=notice.components, created_at=notice.created_at,
+        updated_at=notice.created_at, monitoring_at=None, resolved_at=None, updates=(update,),
+        scheduled_for=notice.starts_at, scheduled_until=notice.ends_at)

@@ -15,7 +15,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -300,6 +300,37 @@ async def test_scheduled_maintenance_is_shown_ahead_and_while_it_runs(
         assert gopay["evaluated_at"].endswith("Z")
         unauthorised = await p.client.get("/v1/ops/status/components")
         assert unauthorised.status_code == 401
+
+
+async def test_two_providers_maintenance_at_once_is_announced_for_what_both_serve(
+    container: Container,
+) -> None:
+    async with status_stack(container, run_the_worker=False, page=SLOW) as p:
+        token = await new_ops_token(p.container)
+        now = p.clock.now()
+        for route, starts, ends in (("va:midtrans:*", 1, 4), ("va:xendit:*", 2, 5)):
+            r = await p.client.post("/v1/ops/maintenance", json={
+                "route": route, "starts_at": (now + timedelta(hours=starts)).isoformat(),
+                "ends_at": (now + timedelta(hours=ends)).isoformat(), "reason": "bank upgrade"},
+                headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 201, r.text
+        upcoming = (await p.json("scheduled-maintenances/upcoming.json"))
+        both = [m for m in upcoming["scheduled_maintenances"]
+                if "va.bca" in {c["id"] for c in m["components"]}]
+        assert len(both) == 1, upcoming
+        [notice] = both
+        # Only while both run: from the second's start to the first's end.
+        assert datetime.fromisoformat(notice["scheduled_for"]) == now + timedelta(hours=2)
+        assert datetime.fromisoformat(notice["scheduled_until"]) == now + timedelta(hours=4)
+        page = (await p.client.get(f"/status/incidents/{notice['id']}")).text
+        assert "BCA" in page and "bank upgrade" not in page
+
+        p.clock.advance(timedelta(hours=2, minutes=1))
+        p.container.status_page.snapshots.invalidate()
+        result = await status_recorder(p.container).evaluate()
+        assert result.published["va.bca"].value == "under_maintenance"
+        active = (await p.json("scheduled-maintenances/active.json"))["scheduled_maintenances"]
+        assert notice["id"] in {m["id"] for m in active}
 
 
 async def test_ops_post_incident_updates_and_every_post_is_audited(container: Container) -> None:

@@ -3,6 +3,7 @@ incidents and the 90-day uptime bars (statuspage/model.py, pure)."""
 
 from __future__ import annotations
 
+import fnmatch
 import random
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
@@ -140,6 +141,70 @@ class TestAutomaticIncidents:
         open_ = model.OpenIncident(id="inc_1", components=("qris",), impact="minor")
         plan = model.plan_incident(open_, {"qris": S.OPERATIONAL}, {"qris": S.OPERATIONAL})
         assert plan.resolve and plan.note == (("qris", S.OPERATIONAL),)
+
+
+class TestScheduledMaintenance:
+    """What customers are told ahead of and during the operators' maintenance windows."""
+
+    COMPONENTS = model.components_for(
+        {"midtrans": {"va": ("bca", "permata"), "ewallet": ("gopay", "shopeepay")},
+         "xendit": {"va": ("bca",), "ewallet": ("ovo",)}}, "manual_transfer:bank:bank")
+
+    @staticmethod
+    def window(id_: str, pattern: str, starts_in: int, ends_in: int) -> model.MaintenanceWindow:
+        return model.MaintenanceWindow(
+            id=id_, route_pattern=pattern, starts_at=NOW + timedelta(hours=starts_in),
+            ends_at=NOW + timedelta(hours=ends_in), created_at=NOW - timedelta(days=1))
+
+    def notices(self, *windows: model.MaintenanceWindow, now: datetime = NOW
+                ) -> list[tuple[str, tuple[str, ...], int, int]]:
+        return [(n.id, n.components, int((n.starts_at - NOW) / timedelta(hours=1)),
+                 int((n.ends_at - NOW) / timedelta(hours=1)))
+                for n in model.maintenance_notices(windows, self.COMPONENTS, now)]
+
+    def test_a_window_names_only_what_no_other_provider_serves(self) -> None:
+        # BCA VA is served by Xendit too: customers can still pay with it.
+        assert self.notices(self.window("mnt_1", "*:midtrans:*", 1, 3)) == [
+            ("mnt_1", ("va.permata", "ewallet.gopay", "ewallet.shopeepay"), 1, 3)]
+
+    def test_two_windows_together_take_out_what_neither_does_alone(self) -> None:
+        midtrans = self.window("mnt_m", "va:midtrans:*", 1, 4)
+        xendit = self.window("mnt_x", "va:xendit:*", 2, 5)
+        assert self.notices(midtrans, xendit) == [
+            ("mnt_m", ("va.permata",), 1, 4),
+            ("mnt_m~mnt_x~20261128T1200Z", ("va.bca",), 2, 4)]  # only while both run
+
+    def test_windows_that_never_overlap_take_nothing_out_together(self) -> None:
+        assert self.notices(self.window("mnt_m", "va:midtrans:bca", 1, 2),
+                            self.window("mnt_x", "va:xendit:bca", 2, 3)) == []
+
+    def test_back_to_back_windows_are_each_their_own_notice(self) -> None:
+        assert self.notices(self.window("mnt_1", "ewallet:midtrans:gopay", 1, 2),
+                            self.window("mnt_2", "ewallet:midtrans:gopay", 2, 3)) == [
+            ("mnt_1", ("ewallet.gopay",), 1, 2), ("mnt_2", ("ewallet.gopay",), 2, 3)]
+
+    def test_an_overlap_already_over_is_not_shown(self) -> None:
+        midtrans = self.window("mnt_m", "va:midtrans:bca", -3, 2)
+        xendit = self.window("mnt_x", "va:xendit:bca", -2, -1)
+        assert self.notices(midtrans, xendit) == []
+
+    def test_the_notice_agrees_with_the_component_status_at_every_hour(self) -> None:
+        windows = [self.window("mnt_a", "va:*:bca", 0, 2),
+                   self.window("mnt_b", "*:midtrans:*", 1, 4),
+                   self.window("mnt_c", "*:xendit:*", 3, 6),
+                   self.window("mnt_d", "ewallet:*", 5, 7)]
+        notices = model.maintenance_notices(windows, self.COMPONENTS, NOW - timedelta(hours=1))
+        for half_hours in range(-1, 16):
+            at = NOW + timedelta(minutes=30 * half_hours)
+            for c in self.COMPONENTS:
+                if not c.routes:
+                    continue
+                status = model.derive_routes([route(r, in_maintenance=any(
+                    w.starts_at <= at < w.ends_at and fnmatch.fnmatchcase(r, w.route_pattern)
+                    for w in windows)) for r in c.routes], T).status
+                noticed = any(c.id in n.components and n.starts_at <= at < n.ends_at
+                              for n in notices)
+                assert noticed == (status is S.MAINTENANCE), (c.id, half_hours)
 
 
 class TestUptimeBars:
