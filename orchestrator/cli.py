@@ -10,7 +10,7 @@
     lunas reconcile handled ITEM_ID --note WHAT_WAS_DONE --actor WHO
     lunas reviews list [--state open] [--order ORDER_ID] [--after CASE_ID] [--json]
     lunas reviews resolve CASE_ID --action honour|refund|expire --note WHY --actor WHO
-    lunas outbox dead [--merchant ID] [--json]
+    lunas outbox dead [--merchant ID] [--after EVENT_ID] [--json]
     lunas outbox redeliver (EVENT_ID ... | --merchant ID) --reason WHY --actor WHO
     lunas outbox discard EVENT_ID --reason WHY --actor WHO
     lunas chaos run NAME ... | --all | --fast | --list   game-day experiments (chaos/experiments)
@@ -94,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     ob = sub.add_parser("outbox").add_subparsers(dest="action", required=True)
     od = ob.add_parser("dead", help="dead-lettered events (oldest first)")
     od.add_argument("--merchant", help="only this merchant's")
+    od.add_argument("--after", help="continue after this event (the last of the previous 1000)")
     od.add_argument("--json", action="store_true")
     orr = ob.add_parser("redeliver", help="send dead events again (audited)")
     orr.add_argument("event_ids", nargs="*", metavar="EVENT_ID")
@@ -289,10 +290,16 @@ async def _reconcile_handled(settings: Settings, args: argparse.Namespace) -> in
 
 
 async def _outbox_dead(settings: Settings, args: argparse.Namespace) -> int:
+    from orchestrator.domain.errors import DomainError
     from orchestrator.services.dead_letters import list_dead
 
     async def work(c: Container) -> int:
-        dead = await list_dead(c.db, limit=1000, merchant_id=args.merchant)
+        try:
+            dead = await list_dead(c.db, limit=1000, merchant_id=args.merchant,
+                                   after=args.after)
+        except DomainError as exc:
+            print(f"lunas: {exc.detail}", file=sys.stderr)
+            return 1
         if args.json:
             print(json.dumps(dead))
         else:

@@ -9,12 +9,10 @@ from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
+from orchestrator.api.paging import page, page_limit
 from orchestrator.api.schemas import DiscardIn, RedeliverIn
 from orchestrator.bootstrap import Container
 from orchestrator.services import dead_letters
-
-LISTED = 1000
-"""Dead events one listing shows, oldest first (re-deliver by merchant for more)."""
 
 
 class DeadLettersController(Controller):
@@ -24,10 +22,14 @@ class DeadLettersController(Controller):
     @get("/", summary="Dead-lettered outbox events, oldest first")
     async def list_dead(self, request: Request[Any, Any, Any],
                         container: NamedDependency[Container],
-                        merchant_id: FromQuery[str | None] = None) -> dict[str, Any]:
+                        merchant_id: FromQuery[str | None] = None,
+                        limit: FromQuery[str] = "100",
+                        after: FromQuery[str | None] = None) -> dict[str, Any]:
         await container.auth.ops(request, "ops")
-        return {"data": await dead_letters.list_dead(container.db, limit=LISTED,
-                                                     merchant_id=merchant_id or None)}
+        size = page_limit(limit)
+        return page(await dead_letters.list_dead(container.db, limit=size,
+                                                 merchant_id=merchant_id or None,
+                                                 after=after or None), size, key="event_id")
 
     @post("/redeliver", status_code=200,
           summary="Send dead events again (named, or all of one merchant's)")

@@ -20,7 +20,7 @@ def page_limit(raw: str) -> int:
     return int(raw)
 
 
-def page(rows: list[dict[str, Any]], size: int) -> dict[str, Any]:
-    """A list answer: the rows, and ``next_after``, the id to ask ``after`` for the next page
-    (null when this page was not full: there is none)."""
-    return {"data": rows, "next_after": rows[-1]["id"] if len(rows) == size else None}
+def page(rows: list[dict[str, Any]], size: int, *, key: str = "id") -> dict[str, Any]:
+    """A list answer: the rows, and ``next_after``, the ``key`` of the last row, to ask
+    ``after`` for the next page (null when this page was not full: there is none)."""
+    return {"data": rows, "next_after": rows[-1][key] if len(rows) == size else None}

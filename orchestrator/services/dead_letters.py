@@ -45,13 +45,19 @@ def render(e: Any) -> dict[str, Any]:
             "last_error": e.last_error}
 
 
-async def list_dead(db: Database, *, limit: int, merchant_id: str | None = None
-                    ) -> list[dict[str, Any]]:
-    query = (sa.select(outbox).where(outbox.c.status == queries.DEAD)
-             .order_by(outbox.c.id).limit(limit))
+async def list_dead(db: Database, *, limit: int, merchant_id: str | None = None,
+                    after: str | None = None) -> list[dict[str, Any]]:
+    """Dead events, oldest first; ``after`` an event id, to continue after it (``keyset``)."""
+    o = outbox.c
+    query = sa.select(outbox).where(o.status == queries.DEAD).order_by(o.id).limit(limit)
     if merchant_id:
-        query = query.where(outbox.c.merchant_id == merchant_id)
+        query = query.where(o.merchant_id == merchant_id)
     async with db.read() as conn:
+        if after:
+            mark = (await conn.execute(sa.select(o.id).where(o.event_id == after))).scalar()
+            if mark is None:
+                raise NotFound(f"no event {after} to continue after")
+            query = query.where(o.id > mark)
         return [render(e) for e in await conn.execute(query)]
 
 
