@@ -697,6 +697,15 @@ SELECT c.idx, c.attempt_id, c.order_id,
                          AND m.source <> $3 AND m.amount = c.amount) THEN 'sequential'
             ELSE 'planned' END AS kind
 FROM credits c"""  # noqa: S608 - only the constant _IN_WINDOW is interpolated
+# _flag_reversals' question for a debit line l: the credits of its amount matched on its account
+# around its posting, up to a day after it (a superset of reversal_window, which _flag_reversals
+# then applies). Asked for one line, ix_mutations_matched_credits (amount, posted_at) finds them
+# and the account is checked on the few rows found. $1 bank, $2 account, $3 the reversal window,
+# $4 DAY_DATED_SLACK.
+_CREDIT_IT_MAY_TAKE_BACK = """
+m.amount = l.amount AND m.match_state = 'matched' AND m.direction = 'CR'
+AND m.posted_at >= l.posted_at - $3::interval AND m.posted_at <= l.posted_at + $4::interval
+AND m.bank = $1 AND m.account_number = $2"""
 # apply_payment's lock order: every order the import may settle (in id order), then their
 # attempts (in _SETTLE, in the order the plan visits them). The orders of the lines left to
 # _match (the attempt holding their amount, the orders they name) are locked here too: locked
@@ -755,17 +764,12 @@ SELECT l.id, $1, $2, l.posted_at, l.amount, l.direction, l.description, l.balanc
        CASE WHEN s.idx IS NOT NULL THEN 'matcher' END, $8
 FROM lunas_import_lines l LEFT JOIN lunas_import_settle s ON s.idx = l.idx
 ORDER BY l.idx"""
-# _flag_reversals' question for every debit of the import at once, through
-# ix_mutations_matched_credits (a day after each debit at most: a superset of the window); the
-# lines it returns are then decided by _flag_reversals itself, as on the line-by-line path.
-_REVERSAL_SUSPECTS = """
+# _flag_reversals' question for every debit of the import at once (_CREDIT_IT_MAY_TAKE_BACK);
+# the lines it returns are then decided by _flag_reversals itself, as on the line-by-line path.
+_REVERSAL_SUSPECTS = f"""
 SELECT l.id, l.amount, l.posted_at FROM lunas_import_lines l
-WHERE l.direction = 'DB' AND EXISTS (
-    SELECT FROM mutations m
-    WHERE m.bank = $1 AND m.account_number = $2 AND m.amount = l.amount
-      AND m.match_state = 'matched' AND m.direction = 'CR'
-      AND m.posted_at >= l.posted_at - $3::interval AND m.posted_at <= l.posted_at + $4::interval)
-ORDER BY l.idx"""
+WHERE l.direction = 'DB' AND EXISTS (SELECT FROM mutations m WHERE {_CREDIT_IT_MAY_TAKE_BACK})
+ORDER BY l.idx"""  # noqa: S608 - only a constant is interpolated
 _SEQUENTIAL_LINES = """
 SELECT idx, id, fingerprint FROM lunas_import_lines WHERE idx = ANY($1::integer[]) ORDER BY idx"""
 # The evidence keys are new mutation ids: a conflict is impossible, and would fail the import.
