@@ -23,7 +23,13 @@ from orchestrator.domain.ids import new_id
 from orchestrator.reconciliation.fingerprint import fingerprint_moota
 from orchestrator.reconciliation.moota import parse_moota_push
 from orchestrator.store.database import upsert_insert
-from orchestrator.store.tables import evidence, mutations, orders, review_cases
+from orchestrator.store.tables import (
+    evidence,
+    mutations,
+    orders,
+    payment_attempts,
+    review_cases,
+)
 from tests.integration.test_reconciliation import capture, moota_body
 from tests.invariants import assert_rules_of_state
 from tests.support import bca_statement, new_merchant
@@ -202,6 +208,63 @@ async def test_a_push_and_a_statement_naming_an_order_both_commit(
     await assert_rules_of_state(container.db, placed, settled=False)
 
 
+async def test_a_statement_taking_back_a_payment_beside_a_push_reaching_it_both_commit(
+    client: httpx.AsyncClient, container: Container,
+) -> None:
+    """Regression: the batch locked the orders it settles up front, in id order, but an order
+    its debit may flag (paid by an earlier credit of the debit's amount) only at the end. Order
+    A < B, A paid: a statement of a debit of A's amount and a credit paying B held B while it
+    settled, then asked for A; a push of the same kind of lines had locked A and waited for B.
+    A deadlock; when the import had held B for longer than ``deadlock_timeout`` (a large file)
+    PostgreSQL ended the import, which is not run again (5/5 rounds before the fix; raced
+    without it, 40 staggered rounds ended the push and ran it again 15 times). A third
+    session holds B's attempt, so the import waits with its orders locked while the push locks
+    what it reaches and then waits too, longer than ``deadlock_timeout``: that interleaving,
+    every round."""
+    m = await new_merchant(container)
+    placed: list[str] = []
+    failed: list[BaseException] = []
+    retried = _retries(container)
+    patience = await _deadlock_timeout(container)
+    for _ in range(5):
+        a, b = sorted([await capture(client, m), await capture(client, m)],
+                      key=lambda o: str(o["id"]))
+        placed += [a["id"], b["id"]]
+        pay_a, pay_b = (o["payment"]["transfer_amount"] for o in (a, b))
+        paid = await container.reconciliation.ingest_push(
+            json.dumps(_items(m.account_number, [pay_a])).encode())
+        assert paid.matched == 1
+        taken_back = dict(_items(m.account_number, [pay_a])[0], type="DB", description="KOREKSI")
+        push = json.dumps([taken_back, *_items(m.account_number, [pay_b])]).encode()
+        statement = bca_statement(m.account_number, [
+            (datetime.now(UTC), "KOREKSI TRSF CR ANDI", pay_a, "DB"),
+            (datetime.now(UTC), f"TRSF E-BANKING CR {pay_b}.00 ANDI", pay_b, "CR")])
+        async with container.db.engine.connect() as other:
+            held = await other.begin()
+            await other.execute(sa.select(payment_attempts.c.id)
+                                .where(payment_attempts.c.order_id == b["id"]).with_for_update())
+            imported = asyncio.create_task(container.reconciliation.import_statement(
+                bank="bca", account_number=m.account_number, data=statement, filename=None,
+                actor="ops:test"))
+            await _until_waiting_for_a_lock(container)  # the import, for B's attempt
+            pushed = asyncio.create_task(container.reconciliation.ingest_push(push))
+            await _until_waiting_for_a_lock(container, sessions=2)
+            await asyncio.sleep(patience + 0.2)  # the waiting push has looked for a deadlock
+            await held.rollback()
+        outcomes = await asyncio.gather(imported, pushed, return_exceptions=True)
+        if _failed(failed, *outcomes):
+            continue
+        by_import, by_push = outcomes
+        assert (by_import.matched, by_import.possible_reversals) == (1, 1)
+        assert (by_push.matched, by_push.possible_reversals) == (0, 0)  # B paid, A taken back
+    assert not failed, f"{len(failed)} ingests of 5 rounds rolled back: {failed[0]!r}"
+    assert _retries(container) == retried, "a push or poll deadlocked, and was run again"
+    for a_id, b_id in zip(placed[::2], placed[1::2], strict=True):
+        assert await _verdicts_and_cases(container, a_id) == (["settle"], ["possible_reversal"])
+        assert await _verdicts_and_cases(container, b_id) == (["settle"], ["possible_duplicate"])
+    await assert_rules_of_state(container.db, placed, settled=False)
+
+
 async def test_a_push_rolled_back_to_break_a_deadlock_is_ingested_again(
     client: httpx.AsyncClient, container: Container,
 ) -> None:
@@ -237,15 +300,24 @@ def _retries(c: Container) -> float:
         for source in ("push", "feed"))
 
 
-async def _until_waiting_for_a_lock(c: Container) -> None:
+async def _until_waiting_for_a_lock(c: Container, *, sessions: int = 1) -> None:
     for _ in range(500):
         async with c.db.read() as conn:
             if (await conn.execute(sa.text(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock'"))).scalar_one():
+                    "AND wait_event_type = 'Lock'"))).scalar_one() >= sessions:
                 return
         await asyncio.sleep(0.01)
-    raise AssertionError("the push never waited for the order")
+    raise AssertionError(f"fewer than {sessions} sessions ever waited for a lock")
+
+
+async def _deadlock_timeout(c: Container) -> float:
+    """Seconds a session waits for a lock before it looks for a deadlock, once: the one that
+    waited longest breaks a cycle, unless it looked before the cycle closed."""
+    async with c.db.read() as conn:
+        return float((await conn.execute(sa.text(
+            "SELECT setting::int FROM pg_settings WHERE name = 'deadlock_timeout'"))
+        ).scalar_one()) / 1000
 
 
 async def _mutation_row(conn: Any, account: str, item: dict[str, Any]) -> dict[str, Any]:

@@ -355,3 +355,53 @@ async def test_a_statement_and_a_push_of_the_same_debits_in_opposite_orders_both
     for order in (a, b):
         assert [c.reason for c in await cases_of(container, order["id"])] == [
             "possible_reversal"]
+
+
+@pytest.mark.parametrize("paid_by", ["earlier", "batch", "line-by-line"])
+async def test_a_statement_locks_the_order_its_debit_may_flag_with_the_orders_it_settles(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str], pg_url: str,
+    paid_by: str,
+) -> None:
+    """The order a debit may take a payment back from is locked up front, in id order with
+    every order the import settles (``_LOCK_ORDERS``), never after them: whether an earlier
+    ingest matched the credit, or this statement does, through the batch or line by line (a
+    credit naming its order). Locked last, it deadlocked with a push holding it and waiting
+    for an order the import had settled. A third session holds the order's row; the import
+    must be waiting for it in that first statement."""
+    import asyncio
+
+    import asyncpg
+
+    from orchestrator.services.reconciliation import _LOCK_ORDERS
+
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    pay = order["payment"]["transfer_amount"]
+    credit = {"earlier": [], "batch": [(today(), "TRSF E-BANKING CR ANDI", pay, "CR")],
+              "line-by-line": [(today(), f"TRSF CR {order['id'].upper()}", pay, "CR")]}[paid_by]
+    if paid_by == "earlier":
+        assert (await push_one(client, container, m.account_number, pay, "CR"))["matched"] == 1
+    dsn = pg_url.replace("postgresql+asyncpg://", "postgresql://")
+    blocker, admin = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        held = blocker.transaction()
+        await held.start()
+        await blocker.execute("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE", order["id"])
+        statement = asyncio.create_task(upload(client, ops, m, bca_statement(
+            m.account_number, [*credit, (today(), "KOREKSI TRSF CR ANDI", pay, "DB")])))
+        for _ in range(100):
+            waiting = await admin.fetch(
+                "SELECT query FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND wait_event = 'transactionid'")
+            if waiting:
+                break
+            await asyncio.sleep(0.05)
+        await held.commit()
+        imported = await statement
+    finally:
+        await blocker.close()
+        await admin.close()
+    assert [w["query"] for w in waiting] == [_LOCK_ORDERS]
+    assert imported.status_code == 201, imported.text
+    assert imported.json()["possible_reversals"] == 1
+    assert [c.reason for c in await cases_of(container, order["id"])] == ["possible_reversal"]
