@@ -185,6 +185,32 @@ def verify_notification_signature(body: Mapping[str, Any], server_key: str) -> b
     return hmac.compare_digest(expected.encode("ascii"), given.lower().encode("utf-8"))
 
 
+PAID_STATUS_CODE = "200"
+"""The ``status_code`` of a notification that reports a payment (RAILS.md §1.5: success is
+``status_code "200"`` with ``transaction_status`` settlement or capture)."""
+
+
+def verify_notification(body: Mapping[str, Any], server_key: str) -> bool:
+    """Whether ``body`` may be trusted for what it says: signed with ``server_key`` and, when it
+    reports a payment, under status code 200.
+
+    The signature covers ``order_id + status_code + gross_amount`` but not ``transaction_status``,
+    so a signed ``pending`` (201) or ``expire`` (407) notification with its status rewritten to
+    ``settlement`` still carries a valid signature; its signed status code gives it away. A status
+    Lunas cannot read is left to the worker, which records it unreadable.
+    """
+    if not verify_notification_signature(body, server_key):
+        return False
+    raw, fraud = body.get("transaction_status"), body.get("fraud_status")
+    if not isinstance(raw, str):
+        return True
+    try:
+        status = neutral_status(raw, fraud if isinstance(fraud, str) else None)
+    except MidtransWireError:
+        return True
+    return status is not NeutralStatus.PAID or body.get("status_code") == PAID_STATUS_CODE
+
+
 def notification_status(body: Mapping[str, Any]) -> ProviderStatus:
     """An HTTP notification (or a status answer, same shape) as a ``ProviderStatus``.
 

@@ -1,7 +1,8 @@
 """Gateway webhooks in: store every delivery, then apply it as evidence from the outbox.
 
 Request path (``receive``): read the raw body, verify it in constant time (Midtrans
-``signature_key``, Xendit ``x-callback-token``), and store the delivery with its verification
+``signature_key``, and a payment only under its signed status code 200; Xendit
+``x-callback-token``), and store the delivery with its verification
 result and one ``provider.delivery`` outbox event in one transaction. Nothing else happens there,
 so the provider gets its answer quickly.
 
@@ -171,7 +172,7 @@ class ProviderWebhooks:
         if body is None:
             verified = False
         elif provider == MIDTRANS:
-            verified = midtrans.verify_notification_signature(body, self._server_key)
+            verified = midtrans.verify_notification(body, self._server_key)
         else:
             verified = xendit.verify_callback_token(self._callback_token,
                                                     headers.get("x-callback-token"))

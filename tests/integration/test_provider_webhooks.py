@@ -1,5 +1,6 @@
 """Gateway webhooks in: verified deliveries settle exactly once; duplicates and out-of-order
-deliveries change nothing; forged ones are stored, never trusted, and only trigger a status read.
+deliveries change nothing; forged ones (a wrong signature, or a signed Midtrans body whose unsigned
+status was rewritten) are stored, never trusted, and only trigger a status read.
 
 Runs the real service (a real socket whose URL the adapters hand to the simulators) with both
 simulators, on the session's PostgreSQL and Redis; the worker's relay runs in-process.
@@ -215,6 +216,32 @@ async def test_forged_midtrans_notification_is_stored_and_only_triggers_a_status
     assert (await order_state(stack, order_id)()) == "awaiting_payment"
     r = await stack.client.post("/v1/webhooks/midtrans", content=b"{not json")
     assert r.status_code == 400, r.text
+
+
+async def test_a_signed_pending_notification_relabelled_settlement_is_not_trusted(
+    stack: Stack,
+) -> None:
+    """Midtrans signs order_id, status_code and gross_amount, not transaction_status: a genuine
+    pending notification (status code 201) rewritten to say settlement keeps a valid signature.
+    A payment is trusted only under its signed status code 200; this one is refused like a
+    forgery, and the status read it queues finds the order unpaid."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    key = stack.container.settings.providers.midtrans_server_key
+    pending = midtrans_body(attempt, status="pending", code="201", txid=str(uuid.uuid4()),
+                            key=key)
+    relabelled = {**pending, "transaction_status": "settlement",
+                  "settlement_time": "2025-03-10 09:05:00"}
+    r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(relabelled))
+    assert r.status_code == 401, r.text
+    assert r.json()["code"] == "bad_signature"
+
+    async def unverified() -> list[str | None]:
+        return [o for v, o in await outcomes(stack, attempt.id) if not v]
+
+    await run_relay(stack.container, unverified,
+                    ["status read: provider says pending; no change"])
+    assert await evidence_count(stack, order_id) == 0
+    assert (await order_state(stack, order_id)()) == "awaiting_payment"
 
 
 async def test_forged_xendit_callback_never_settles_but_its_status_read_finds_the_truth(
