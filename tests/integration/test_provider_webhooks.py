@@ -25,7 +25,13 @@ from orchestrator.bootstrap import Container, build
 from orchestrator.notify.delivery import MerchantWebhookHandler, merchant_webhook_handlers
 from orchestrator.outbox.relay import Relay
 from orchestrator.rails.midtrans import signature_key
-from orchestrator.store.tables import evidence, orders, payment_attempts, provider_deliveries
+from orchestrator.store.tables import (
+    evidence,
+    orders,
+    outbox,
+    payment_attempts,
+    provider_deliveries,
+)
 from tests.integration.test_failover import Stack, gateway_settings, sims  # noqa: F401
 from tests.support import free_port, new_merchant, serve
 
@@ -216,6 +222,36 @@ async def test_forged_midtrans_notification_is_stored_and_only_triggers_a_status
     assert (await order_state(stack, order_id)()) == "awaiting_payment"
     r = await stack.client.post("/v1/webhooks/midtrans", content=b"{not json")
     assert r.status_code == 400, r.text
+
+
+async def test_a_body_is_read_as_it_is_stored_so_what_is_acknowledged_can_be_applied(
+    stack: Stack,
+) -> None:
+    """The worker reads the stored text. A notification behind a UTF-8 byte-order mark is JSON to
+    ``json.loads(bytes)`` but not as text: it is refused at the door as malformed (400, stored,
+    nothing queued), not acknowledged with 200 and then failed by the worker until it is
+    dead-lettered, with the provider long since told to stop retrying."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    key = stack.container.settings.providers.midtrans_server_key
+    body = json.dumps(midtrans_body(attempt, status="settlement", code="200",
+                                    txid=str(uuid.uuid4()), key=key)).encode()
+    r = await stack.client.post("/v1/webhooks/midtrans", content=b"\xef\xbb\xbf" + body)
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] == "malformed_notification"
+    delivery_id = r.json()["detail"].rsplit("stored as ", 1)[1].rstrip(")")
+    async with stack.container.db.read() as conn:
+        stored = (await conn.execute(sa.select(provider_deliveries).where(
+            provider_deliveries.c.id == delivery_id))).one()
+        queued = (await conn.execute(sa.select(sa.func.count()).select_from(outbox).where(
+            outbox.c.payload["delivery_id"].as_string() == delivery_id))).scalar()
+    assert stored.raw_body.startswith("\ufeff")
+    assert (stored.verified, stored.event_key, stored.outcome) == (
+        False, None, "malformed: not a JSON object")
+    assert queued == 0
+    # The same notification as the provider sends it is applied.
+    r = await stack.client.post("/v1/webhooks/midtrans", content=body)
+    assert r.status_code == 200, r.text
+    await run_relay(stack.container, order_state(stack, order_id), "paid")
 
 
 async def test_a_signed_pending_notification_relabelled_settlement_is_not_trusted(
