@@ -71,7 +71,7 @@ import json
 import math
 import time
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -155,14 +155,17 @@ def rupiah(text: object) -> int:
 
 
 def wib_time(text: object) -> datetime | None:
-    """``"YYYY-MM-DD HH:MM:SS"`` in GMT+7 → an aware datetime; None when absent or malformed,
-    because a timestamp is never worth failing a status answer over."""
+    """``"YYYY-MM-DD HH:MM:SS"`` in GMT+7 → an aware datetime; None when absent or malformed
+    (``0001-01-01 00:00:00`` too: it has no UTC instant, so it could not be stored), because a
+    timestamp is never worth failing a status answer over."""
     if not isinstance(text, str) or not text:
         return None
     try:
-        return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=WIB)
-    except ValueError:
+        moment = datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=WIB)
+        moment.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
+    return moment
 
 
 def signature_key(order_id: str, status_code: str, gross_amount: str, server_key: str) -> str:

@@ -254,6 +254,40 @@ async def test_a_body_is_read_as_it_is_stored_so_what_is_acknowledged_can_be_app
     await run_relay(stack.container, order_state(stack, order_id), "paid")
 
 
+async def test_a_provider_time_no_database_can_hold_never_blocks_a_delivery(
+    stack: Stack,
+) -> None:
+    """A verified delivery stamped at a time with no UTC instant (year 1 east of Greenwich) is
+    handled once like any odd field, not failed on every try until dead-lettered: Midtrans's
+    settlement time is only metadata (the payment applies, observed at the transaction time);
+    a Xendit callback with such a time is unreadable, as with any malformed time."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    key = stack.container.settings.providers.midtrans_server_key
+    body = {**midtrans_body(attempt, status="settlement", code="200", txid=str(uuid.uuid4()),
+                            key=key), "settlement_time": "0001-01-01 00:00:00"}
+    r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(body))
+    assert r.status_code == 200, r.text
+    await run_relay(stack.container, order_state(stack, order_id), "paid")
+    async with stack.container.db.read() as conn:
+        observed = (await conn.execute(sa.select(evidence.c.observed_at).where(
+            evidence.c.order_id == order_id))).scalar_one()
+    assert observed.isoformat() == "2025-03-10T02:00:05+00:00"  # transaction_time, WIB
+
+    _, va = await order_and_attempt(stack, "va", "bca", "va:xendit:bca")
+    await sim_post(stack.sims.xendit.control_url, "/config", {"callback_url": None})
+    payment = await sim_post(stack.sims.xendit.control_url, "/pay", {
+        "kind": "va", "external_id": va.id, "amount": va.transfer_amount})
+    token = stack.container.settings.providers.xendit_callback_token
+    r = await stack.client.post("/v1/webhooks/xendit", content=json.dumps(
+        {**payment, "transaction_timestamp": "0001-01-01T00:00:00+14:00"}),
+        headers={"x-callback-token": token})
+    assert r.status_code == 200, r.text
+    await settled_quietly(stack, va.id)
+    [(verified, outcome)] = await outcomes(stack, va.id)
+    assert verified and outcome is not None and outcome.startswith(
+        "unreadable: malformed Xendit callback: time '0001-01-01T00:00:00+14:00' is out of range")
+
+
 async def test_a_signed_pending_notification_relabelled_settlement_is_not_trusted(
     stack: Stack,
 ) -> None:
