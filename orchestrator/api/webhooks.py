@@ -36,7 +36,8 @@ class WebhooksController(Controller):
         received, raw = container.clock.now(), await request.body()
         receipt = await container.provider_webhooks.receive(MIDTRANS, raw, request.headers)
         _observe_lag(container, MIDTRANS, raw, receipt, received)
-        return _answer(receipt, "signature_key does not match the notification")
+        return _answer(receipt, "signature_key does not match the notification, or a "
+                                "payment is reported without status_code 200")
 
     @post("/xendit", status_code=200, summary="Xendit callback",
           before_request=refuse_unstorable_url)

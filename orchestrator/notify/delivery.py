@@ -13,10 +13,16 @@ they end up in ``outbox.last_error`` and in logs.
 The merchant's URL and secret are read on every try, so a merchant who fixes a broken endpoint or
 rotates the secret is honoured by the next retry. Redirects are not followed: a signed POST goes
 exactly where the merchant configured it.
+
+The webhook timeout bounds the whole try, from connecting to the answer's status line and
+headers: httpx's own timeouts are per phase and per read, so an endpoint that answers a byte at a
+time would otherwise hold the try (and a relay slot) until the relay's much longer handler
+timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -66,6 +72,7 @@ class MerchantWebhookHandler:
         self._engine = engine
         self._http = http
         self._timeout = httpx.Timeout(timeout.total_seconds())
+        self._deadline_s = timeout.total_seconds()
         self._clock = clock or SystemClock()
 
     async def __call__(self, event: OutboxEvent) -> None:
@@ -101,10 +108,12 @@ class MerchantWebhookHandler:
         try:
             # Streamed and never read: the status is the whole answer, and a merchant endpoint
             # cannot make the worker buffer a large response body.
-            async with self._http.stream(
+            async with asyncio.timeout(self._deadline_s), self._http.stream(
                 "POST", url, content=body, headers=headers, timeout=self._timeout
             ) as response:
                 status = response.status_code
+        except TimeoutError as exc:  # this try's own deadline (the relay's passes through)
+            raise WebhookDeliveryError(f"timed out after {self._deadline_s:g}s") from exc
         except httpx.TimeoutException as exc:
             raise WebhookDeliveryError(f"timed out ({type(exc).__name__})") from exc
         except httpx.InvalidURL as exc:

@@ -71,7 +71,7 @@ import json
 import math
 import time
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -155,14 +155,17 @@ def rupiah(text: object) -> int:
 
 
 def wib_time(text: object) -> datetime | None:
-    """``"YYYY-MM-DD HH:MM:SS"`` in GMT+7 → an aware datetime; None when absent or malformed,
-    because a timestamp is never worth failing a status answer over."""
+    """``"YYYY-MM-DD HH:MM:SS"`` in GMT+7 → an aware datetime; None when absent or malformed
+    (``0001-01-01 00:00:00`` too: it has no UTC instant, so it could not be stored), because a
+    timestamp is never worth failing a status answer over."""
     if not isinstance(text, str) or not text:
         return None
     try:
-        return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=WIB)
-    except ValueError:
+        moment = datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=WIB)
+        moment.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
+    return moment
 
 
 def signature_key(order_id: str, status_code: str, gross_amount: str, server_key: str) -> str:
@@ -183,6 +186,32 @@ def verify_notification_signature(body: Mapping[str, Any], server_key: str) -> b
     order_id, status_code, gross_amount, given = (str(p) for p in parts)
     expected = signature_key(order_id, status_code, gross_amount, server_key)
     return hmac.compare_digest(expected.encode("ascii"), given.lower().encode("utf-8"))
+
+
+PAID_STATUS_CODE = "200"
+"""The ``status_code`` of a notification that reports a payment (RAILS.md §1.5: success is
+``status_code "200"`` with ``transaction_status`` settlement or capture)."""
+
+
+def verify_notification(body: Mapping[str, Any], server_key: str) -> bool:
+    """Whether ``body`` may be trusted for what it says: signed with ``server_key`` and, when it
+    reports a payment, under status code 200.
+
+    The signature covers ``order_id + status_code + gross_amount`` but not ``transaction_status``,
+    so a signed ``pending`` (201) or ``expire`` (407) notification with its status rewritten to
+    ``settlement`` still carries a valid signature; its signed status code gives it away. A status
+    Lunas cannot read is left to the worker, which records it unreadable.
+    """
+    if not verify_notification_signature(body, server_key):
+        return False
+    raw, fraud = body.get("transaction_status"), body.get("fraud_status")
+    if not isinstance(raw, str):
+        return True
+    try:
+        status = neutral_status(raw, fraud if isinstance(fraud, str) else None)
+    except MidtransWireError:
+        return True
+    return status is not NeutralStatus.PAID or body.get("status_code") == PAID_STATUS_CODE
 
 
 def notification_status(body: Mapping[str, Any]) -> ProviderStatus:

@@ -134,8 +134,16 @@ def xendit_time(moment: datetime) -> str:
 
 
 def parse_time(value: Any) -> datetime:
+    """An ISO 8601 time (naive means UTC); ``ValueError`` when unreadable, or when it has no UTC
+    instant Python can hold (``0001-01-01T00:00:00+14:00``): it could not be stored, and would
+    fail every write that carries it."""
     moment = datetime.fromisoformat(str(value))
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"time {str(value)!r:.40} is out of range") from None
+    return moment
 
 
 def rupiah(value: Any) -> int:

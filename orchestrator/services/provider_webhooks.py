@@ -1,7 +1,8 @@
 """Gateway webhooks in: store every delivery, then apply it as evidence from the outbox.
 
 Request path (``receive``): read the raw body, verify it in constant time (Midtrans
-``signature_key``, Xendit ``x-callback-token``), and store the delivery with its verification
+``signature_key``, and a payment only under its signed status code 200; Xendit
+``x-callback-token``), and store the delivery with its verification
 result and one ``provider.delivery`` outbox event in one transaction. Nothing else happens there,
 so the provider gets its answer quickly.
 
@@ -13,7 +14,8 @@ Decisions:
   ``event_key`` NULL and outcome ``duplicate`` and queues nothing.
 - Answers: verified (new or duplicate) → 200; unverified → 401 (stored; the provider would retry a
   genuine one, e.g. after a key rotation, while the status read finds the truth); malformed JSON
-  → 400 (stored, nothing queued: there is nothing to act on).
+  → 400 (stored, nothing queued: there is nothing to act on). The body is read as UTF-8 JSON text
+  exactly as stored, so the worker reads what the request path acknowledged.
 - Evidence key of a payment seen by a webhook is ``{provider}:status:{attempt_id}:paid``, the same
   key a status read uses (``gateway_jobs``): one attempt (a Midtrans order_id, a single-use closed
   Xendit VA, a dynamic QR, a one-time e-wallet charge) is paid once, and a webhook plus a status
@@ -158,8 +160,12 @@ class ProviderWebhooks:
 
     async def receive(self, provider: str, raw: bytes, headers: Mapping[str, str]) -> Receipt:
         """Verify and store one delivery with its outbox event; nothing else."""
+        raw_text = _raw_text(raw)
         try:
-            parsed = json.loads(raw)
+            # The stored text, not the bytes: the worker parses ``raw_body`` again, and a body
+            # only ``json.loads(bytes)`` reads (a UTF-8 byte-order mark, UTF-16) would be
+            # acknowledged here and then fail there on every try.
+            parsed = json.loads(raw_text)
         except (ValueError, RecursionError):
             parsed = None
         body: dict[str, Any] | None = parsed if isinstance(parsed, dict) else None
@@ -171,7 +177,7 @@ class ProviderWebhooks:
         if body is None:
             verified = False
         elif provider == MIDTRANS:
-            verified = midtrans.verify_notification_signature(body, self._server_key)
+            verified = midtrans.verify_notification(body, self._server_key)
         else:
             verified = xendit.verify_callback_token(self._callback_token,
                                                     headers.get("x-callback-token"))
@@ -179,7 +185,7 @@ class ProviderWebhooks:
         if verified and body is not None:
             key = midtrans_event_key(body) if provider == MIDTRANS else xendit_event_key(body)
         row: dict[str, Any] = {
-            "provider": provider, "received_at": self._clock.now(), "raw_body": _raw_text(raw),
+            "provider": provider, "received_at": self._clock.now(), "raw_body": raw_text,
             "headers": {h: headers[h] for h in KEPT_HEADERS if h in headers},
             "verified": verified,
             "attempt_id": claimed_attempt(provider, body) if body is not None else None,

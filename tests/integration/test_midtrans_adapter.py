@@ -30,6 +30,8 @@ from orchestrator.rails.midtrans import (
     MidtransProvider,
     MidtransWireError,
     notification_status,
+    signature_key,
+    verify_notification,
     verify_notification_signature,
 )
 from tests.support import free_port
@@ -476,6 +478,27 @@ def test_signature_matches_the_rails_md_vector() -> None:
                              "308a2bc94f3265ac2d80a1f181a79b997ac178a236fcff35af263fc4d4c231"}
     assert verify_notification_signature(body, "askvnoibnosifnboseofinbofinfgbiufglnbfg")
     assert not verify_notification_signature({**body, "status_code": 200}, "x")
+
+
+@pytest.mark.parametrize(("transaction_status", "status_code", "trusted"), [
+    ("settlement", "200", True),
+    ("capture", "200", True),
+    ("pending", "201", True),
+    ("expire", "407", True),
+    ("settlement", "201", False),  # a signed pending body relabelled
+    ("settlement", "407", False),  # a signed expire body relabelled
+    ("capture", "201", False),
+    ("capture_with_a_typo", "201", True),  # unreadable: the worker says so, nothing is applied
+])
+def test_a_notification_reports_a_payment_only_under_its_signed_status_code_200(
+    transaction_status: str, status_code: str, trusted: bool,
+) -> None:
+    body = {"order_id": "att_1", "status_code": status_code, "gross_amount": "44000.00",
+            "transaction_status": transaction_status,
+            "signature_key": signature_key("att_1", status_code, "44000.00", SERVER_KEY)}
+    assert verify_notification_signature(body, SERVER_KEY)
+    assert verify_notification(body, SERVER_KEY) is trusted
+    assert not verify_notification({**body, "signature_key": "0" * 128}, SERVER_KEY)
 
 
 @pytest.mark.parametrize(("transaction_status", "fraud", "neutral"), [

@@ -1,9 +1,10 @@
 """Outbox relay end to end: real PostgreSQL, real HTTP to a merchant endpoint, real processes.
 
 Specifies that concurrent workers deliver each event exactly once; that a failing endpoint is
-retried with backoff and finally dead-lettered; how handler outcomes are recorded; that outcome
-writes are fenced by the lease; and that a worker killed with SIGKILL loses nothing while its
-claims are respected until their lease expires (and one stopped with SIGTERM exits cleanly).
+retried with backoff and finally dead-lettered; that the webhook timeout bounds a whole try; how
+handler outcomes are recorded; that outcome writes are fenced by the lease; and that a worker
+killed with SIGKILL loses nothing while its claims are respected until their lease expires (and
+one stopped with SIGTERM exits cleanly).
 
 A relay claims *every* due event, whoever wrote it, so this module runs on a private database on
 the same server with the same migrations as ``pg_url``: other tests' pending events are neither
@@ -82,19 +83,21 @@ class Receiver:
     """A merchant webhook endpoint on 127.0.0.1 that speaks just enough HTTP/1.1.
 
     Counts every request per ``Lunas-Event-Id`` on arrival, before answering (so a request whose
-    sender is killed mid-flight still counts); checks signature and headers; answers slowly or with
-    errors when told to.
+    sender is killed mid-flight still counts); checks signature and headers; answers slowly, a
+    byte every ``drip`` seconds, or with errors when told to.
     """
 
     def __init__(
         self,
         *,
         delay: float = 0.0,
+        drip: float = 0.0,
         fail_first: int = 0,
         always_fail: bool = False,
         failure_status: int = 500,
     ) -> None:
         self.delay = delay
+        self.drip = drip
         self.fail_first = fail_first
         self.always_fail = always_fail
         self.failure_status = failure_status
@@ -142,11 +145,13 @@ class Receiver:
             body = await reader.readexactly(int(headers.get("content-length", "0")))
             status = await self._answer(request_line, headers, body)
             reason = "OK" if status < 300 else "Failed"
-            writer.write(
-                f"HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                .encode()
-            )
-            await writer.drain()
+            answer = (f"HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\n"
+                      "Connection: close\r\n\r\n").encode()
+            for chunk in ([answer[i:i + 1] for i in range(len(answer))] if self.drip
+                          else [answer]):
+                writer.write(chunk)
+                await writer.drain()
+                await asyncio.sleep(self.drip)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the sender went away mid-request (killed): there is no one to answer
         finally:
@@ -416,6 +421,27 @@ async def test_a_failing_endpoint_is_retried_with_backoff_then_dead_lettered(
     for eid in silent_ids:  # no webhook URL configured: nothing to deliver, done at once
         assert (rows[eid].status, rows[eid].attempts, rows[eid].last_error) == ("done", 1, None)
     assert not set(silent_ids) & (set(flaky.counts()) | set(down.counts()))
+
+
+async def test_the_webhook_timeout_bounds_a_whole_try_even_against_a_byte_a_time_answer(
+    engine: AsyncEngine, db_url: str
+) -> None:
+    """The endpoint keeps every single read within httpx's per-read timeout, yet the whole answer
+    would take 12 s: the try still ends at the 2 s webhook timeout, not at the relay's 7.5 s
+    handler timeout, so a slow merchant holds a relay slot no longer than it was promised."""
+    async with Receiver(drip=0.2) as dripping:
+        merchant = await add_merchant(engine, dripping.url)
+        [event_id] = await add_outbox_events(engine, 1, merchant_id=merchant)
+        ours = outbox.c.merchant_id == merchant
+        one_try = RetryPolicy(backoff=())
+        async with webhook_relay(db_url, f"drip-{new_id('w')[-6:]}", retry=one_try) as relay, \
+                running(relay):
+            await eventually(lambda: settled(engine, ours, 1, ["dead"]), timeout=15,
+                             what="the one try recorded")
+    [row] = await rows_where(engine, ours)
+    [arrival] = [a for a in dripping.arrivals if a.event_id == event_id]
+    assert row.last_error == "WebhookDeliveryError: timed out after 2s"
+    assert (row.processed_at - arrival.at).total_seconds() < 3.0
 
 
 async def test_handler_outcomes_are_recorded_as_data(engine: AsyncEngine) -> None:

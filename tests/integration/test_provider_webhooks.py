@@ -1,5 +1,6 @@
 """Gateway webhooks in: verified deliveries settle exactly once; duplicates and out-of-order
-deliveries change nothing; forged ones are stored, never trusted, and only trigger a status read.
+deliveries change nothing; forged ones (a wrong signature, or a signed Midtrans body whose unsigned
+status was rewritten) are stored, never trusted, and only trigger a status read.
 
 Runs the real service (a real socket whose URL the adapters hand to the simulators) with both
 simulators, on the session's PostgreSQL and Redis; the worker's relay runs in-process.
@@ -24,7 +25,13 @@ from orchestrator.bootstrap import Container, build
 from orchestrator.notify.delivery import MerchantWebhookHandler, merchant_webhook_handlers
 from orchestrator.outbox.relay import Relay
 from orchestrator.rails.midtrans import signature_key
-from orchestrator.store.tables import evidence, orders, payment_attempts, provider_deliveries
+from orchestrator.store.tables import (
+    evidence,
+    orders,
+    outbox,
+    payment_attempts,
+    provider_deliveries,
+)
 from tests.integration.test_failover import Stack, gateway_settings, sims  # noqa: F401
 from tests.support import free_port, new_merchant, serve
 
@@ -215,6 +222,96 @@ async def test_forged_midtrans_notification_is_stored_and_only_triggers_a_status
     assert (await order_state(stack, order_id)()) == "awaiting_payment"
     r = await stack.client.post("/v1/webhooks/midtrans", content=b"{not json")
     assert r.status_code == 400, r.text
+
+
+async def test_a_body_is_read_as_it_is_stored_so_what_is_acknowledged_can_be_applied(
+    stack: Stack,
+) -> None:
+    """The worker reads the stored text. A notification behind a UTF-8 byte-order mark is JSON to
+    ``json.loads(bytes)`` but not as text: it is refused at the door as malformed (400, stored,
+    nothing queued), not acknowledged with 200 and then failed by the worker until it is
+    dead-lettered, with the provider long since told to stop retrying."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    key = stack.container.settings.providers.midtrans_server_key
+    body = json.dumps(midtrans_body(attempt, status="settlement", code="200",
+                                    txid=str(uuid.uuid4()), key=key)).encode()
+    r = await stack.client.post("/v1/webhooks/midtrans", content=b"\xef\xbb\xbf" + body)
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] == "malformed_notification"
+    delivery_id = r.json()["detail"].rsplit("stored as ", 1)[1].rstrip(")")
+    async with stack.container.db.read() as conn:
+        stored = (await conn.execute(sa.select(provider_deliveries).where(
+            provider_deliveries.c.id == delivery_id))).one()
+        queued = (await conn.execute(sa.select(sa.func.count()).select_from(outbox).where(
+            outbox.c.payload["delivery_id"].as_string() == delivery_id))).scalar()
+    assert stored.raw_body.startswith("\ufeff")
+    assert (stored.verified, stored.event_key, stored.outcome) == (
+        False, None, "malformed: not a JSON object")
+    assert queued == 0
+    # The same notification as the provider sends it is applied.
+    r = await stack.client.post("/v1/webhooks/midtrans", content=body)
+    assert r.status_code == 200, r.text
+    await run_relay(stack.container, order_state(stack, order_id), "paid")
+
+
+async def test_a_provider_time_no_database_can_hold_never_blocks_a_delivery(
+    stack: Stack,
+) -> None:
+    """A verified delivery stamped at a time with no UTC instant (year 1 east of Greenwich) is
+    handled once like any odd field, not failed on every try until dead-lettered: Midtrans's
+    settlement time is only metadata (the payment applies, observed at the transaction time);
+    a Xendit callback with such a time is unreadable, as with any malformed time."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    key = stack.container.settings.providers.midtrans_server_key
+    body = {**midtrans_body(attempt, status="settlement", code="200", txid=str(uuid.uuid4()),
+                            key=key), "settlement_time": "0001-01-01 00:00:00"}
+    r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(body))
+    assert r.status_code == 200, r.text
+    await run_relay(stack.container, order_state(stack, order_id), "paid")
+    async with stack.container.db.read() as conn:
+        observed = (await conn.execute(sa.select(evidence.c.observed_at).where(
+            evidence.c.order_id == order_id))).scalar_one()
+    assert observed.isoformat() == "2025-03-10T02:00:05+00:00"  # transaction_time, WIB
+
+    _, va = await order_and_attempt(stack, "va", "bca", "va:xendit:bca")
+    await sim_post(stack.sims.xendit.control_url, "/config", {"callback_url": None})
+    payment = await sim_post(stack.sims.xendit.control_url, "/pay", {
+        "kind": "va", "external_id": va.id, "amount": va.transfer_amount})
+    token = stack.container.settings.providers.xendit_callback_token
+    r = await stack.client.post("/v1/webhooks/xendit", content=json.dumps(
+        {**payment, "transaction_timestamp": "0001-01-01T00:00:00+14:00"}),
+        headers={"x-callback-token": token})
+    assert r.status_code == 200, r.text
+    await settled_quietly(stack, va.id)
+    [(verified, outcome)] = await outcomes(stack, va.id)
+    assert verified and outcome is not None and outcome.startswith(
+        "unreadable: malformed Xendit callback: time '0001-01-01T00:00:00+14:00' is out of range")
+
+
+async def test_a_signed_pending_notification_relabelled_settlement_is_not_trusted(
+    stack: Stack,
+) -> None:
+    """Midtrans signs order_id, status_code and gross_amount, not transaction_status: a genuine
+    pending notification (status code 201) rewritten to say settlement keeps a valid signature.
+    A payment is trusted only under its signed status code 200; this one is refused like a
+    forgery, and the status read it queues finds the order unpaid."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    key = stack.container.settings.providers.midtrans_server_key
+    pending = midtrans_body(attempt, status="pending", code="201", txid=str(uuid.uuid4()),
+                            key=key)
+    relabelled = {**pending, "transaction_status": "settlement",
+                  "settlement_time": "2025-03-10 09:05:00"}
+    r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(relabelled))
+    assert r.status_code == 401, r.text
+    assert r.json()["code"] == "bad_signature"
+
+    async def unverified() -> list[str | None]:
+        return [o for v, o in await outcomes(stack, attempt.id) if not v]
+
+    await run_relay(stack.container, unverified,
+                    ["status read: provider says pending; no change"])
+    assert await evidence_count(stack, order_id) == 0
+    assert (await order_state(stack, order_id)()) == "awaiting_payment"
 
 
 async def test_forged_xendit_callback_never_settles_but_its_status_read_finds_the_truth(

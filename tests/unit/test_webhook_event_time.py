@@ -23,6 +23,8 @@ MIDTRANS = {"transaction_time": "2025-03-10 09:00:05", "expiry_time": "2025-03-1
     ({**MIDTRANS, "transaction_status": "refund", "settlement_time": "2025-03-10 09:05:40"},
      None),  # a refund's moment is not in the body
     ({**MIDTRANS, "transaction_status": "pending", "transaction_time": "10/03/2025"}, None),
+    ({**MIDTRANS, "transaction_status": "settlement", "settlement_time": "0001-01-01 00:00:00"},
+     None),  # before the first UTC instant Python (and so the database) can hold
 ])
 def test_midtrans_notification_time(body: dict[str, Any], expected: datetime | None) -> None:
     assert notification_time(body) == expected
@@ -39,6 +41,8 @@ def test_midtrans_notification_time(body: dict[str, Any], expected: datetime | N
       "data": {"updated": "2025-03-10T02:05:00Z"}}, datetime(2025, 3, 10, 2, 5, tzinfo=UTC)),
     ({"payment_id": "p"}, None),
     ({"payment_id": "p", "transaction_timestamp": "yesterday"}, None),
+    ({"payment_id": "p", "transaction_timestamp": "0001-01-01T00:00:00+14:00"}, None),
+    ({"payment_id": "p", "transaction_timestamp": "9999-12-31T23:59:59-23:59"}, None),
 ])
 def test_xendit_callback_time(body: dict[str, Any], expected: datetime | None) -> None:
     assert callback_time(body) == expected
