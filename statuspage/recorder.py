@@ -149,10 +149,12 @@ class StatusRecorder:
         def health(key: str) -> RouteHealth:
             attempts, failed = counts.get(key, (0, 0))
             gateway = key != self._manual_route
+            # Manual transfer cannot be paused or taken into maintenance (api/ops.py): a pause
+            # or window left from before changes nothing for customers, so nothing here either.
             route = RouteHealth(
                 key=key, breaker=self._sources.breaker_state(key) if gateway else "closed",
-                paused=key in paused,
-                in_maintenance=any(fnmatch.fnmatchcase(key, p) for p in patterns),
+                paused=gateway and key in paused,
+                in_maintenance=gateway and any(fnmatch.fnmatchcase(key, p) for p in patterns),
                 attempts=attempts, failed=failed)
             if not route.usable:
                 self._unusable.add(key)

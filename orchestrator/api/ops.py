@@ -4,6 +4,7 @@ lands in the audit log."""
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +18,7 @@ from orchestrator.api.errors import BadRequest
 from orchestrator.api.schemas import MAX_REASON, BreakerActionIn, MaintenanceIn, RouteChangeIn
 from orchestrator.bootstrap import Container
 from orchestrator.rails import midtrans, xendit
+from orchestrator.rails.plan import MANUAL_ROUTE
 from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import iso
 
@@ -48,6 +50,27 @@ def _route_key(container: Container, route_key: str) -> str:
         raise BadRequest(f"there is no route {route_key!r}; GET /v1/ops/routes lists them",
                          status=404, code="unknown_route")
     return route_key
+
+
+def _gateway_routes(container: Container, pattern: str) -> None:
+    """A maintenance pattern takes out gateway routes, at least one, and never manual transfer:
+    a window matching nothing would be accepted and change nothing, and one covering manual
+    transfer would be announced on the status page while every capture still offers it."""
+    if fnmatch.fnmatchcase(MANUAL_ROUTE.key, pattern):
+        raise _manual_transfer_stays()
+    if not any(fnmatch.fnmatchcase(k, pattern)
+               for k in (*_route_keys(container), *_SUPPORTED_ROUTES)):
+        raise BadRequest(f"{pattern!r} matches no route; GET /v1/ops/routes lists them",
+                         status=404, code="unknown_route")
+
+
+def _manual_transfer_stays() -> BadRequest:
+    # Manual transfer needs no gateway: it is what every other route falls back to, and a
+    # manual-transfer capture never consults the router. To stop sending customers to one bank
+    # account, deactivate that payout account instead.
+    return BadRequest(f"{MANUAL_ROUTE.key} needs no gateway and is the last resort: it cannot "
+                      "be paused or taken into maintenance (deactivate a payout account to stop "
+                      "sending customers to it)", status=422, code="manual_transfer_stays")
 
 
 # Every route the adapters can serve, configured here or not: a route may be paused before the
@@ -88,6 +111,8 @@ class OpsController(Controller):
         # Resuming needs only a well-formed key: whatever was paused can be released.
         if paused:
             _route_key(container, route_key)
+            if route_key == MANUAL_ROUTE.key:
+                raise _manual_transfer_stays()
         else:
             _well_formed(route_key)
         await container.route_controls.set_paused(route_key, paused=paused,
@@ -100,8 +125,12 @@ class OpsController(Controller):
                      container: NamedDependency[Container]) -> dict[str, Any]:
         await container.auth.ops(request, "ops")
         now = container.clock.now()
+        paused = await container.route_controls.paused(now)
+        windows = await container.route_controls.windows(now=now)
+        keys = _route_keys(container)
         data = []
-        for key in _route_keys(container):
+        # A route paused before the deploy that configures its provider is listed too.
+        for key in [*keys, *sorted(set(paused) - set(keys))]:
             snap = container.breakers.get(key).snapshot()
             data.append({
                 "route": key, "breaker": snap.state.value,
@@ -109,6 +138,9 @@ class OpsController(Controller):
                                                            "failures": snap.failures,
                                                            "slow": snap.slow},
                 "blocked": await container.route_controls.blocked(key, now),
+                # The operators' own notes, which merchants never see.
+                "pause_reason": paused.get(key),
+                "maintenance": [w.render() for w in windows if w.covers(key, now)],
             })
         return {"data": data, "redis_fallback": container.breakers.redis_fallback}
 
@@ -152,6 +184,7 @@ class OpsController(Controller):
         if not _ROUTE_PATTERN.fullmatch(data.route):
             raise BadRequest("route is rail:provider:channel, '*' allowed, e.g. va:xendit:*",
                              code="bad_route")
+        _gateway_routes(container, data.route)
         starts_at, ends_at = _utc("starts_at", data.starts_at), _utc("ends_at", data.ends_at)
         window = await container.route_controls.schedule(
             route_pattern=data.route, starts_at=starts_at, ends_at=ends_at,

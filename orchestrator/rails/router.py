@@ -113,7 +113,10 @@ class Router:
     async def why_unusable(self, route: Route) -> str | None:
         """Why ``route`` would be skipped right now, or None if the router would try it."""
         if route.rail is Rail.MANUAL_TRANSFER:
-            return await self._controls.blocked(route.key, self._now())
+            # Needs no gateway, and a manual-transfer capture never asks the router: ops cannot
+            # pause it (api/ops.py refuses), so a pause or window left from before is ignored
+            # rather than honoured on the failover path alone.
+            return None
         if route.provider not in self._providers:
             return "provider not configured"
         blocked = await self._controls.blocked(route.key, self._now())

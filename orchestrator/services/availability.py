@@ -2,7 +2,7 @@
 
 A rail/channel is available when at least one of its own routes (fallback aside) is neither
 paused, in maintenance, nor behind an open breaker. Manual transfer needs no gateway: it is
-available whenever the merchant has a payout account and ops have not paused it.
+available whenever the merchant has a payout account (ops cannot pause it).
 """
 
 from __future__ import annotations
@@ -36,14 +36,11 @@ async def rails_for(db: Database, issuance: IssuanceService, router: Router,
             })
     async with db.read() as conn:
         has_account = bool(await active_payout_accounts(conn, merchant_id))
-    paused = await router.why_unusable(MANUAL_ROUTE)
+    why = None if has_account else "no payout account configured"
     out.append({
-        "rail": Rail.MANUAL_TRANSFER.value, "channel": "bank",
-        "available": has_account and paused is None,
-        "reason": None if has_account and paused is None else (
-            paused or "no payout account configured"),
-        "routes": [{"route": MANUAL_ROUTE.key, "available": has_account and paused is None,
-                    "reason": paused}],
+        "rail": Rail.MANUAL_TRANSFER.value, "channel": "bank", "available": has_account,
+        "reason": why,
+        "routes": [{"route": MANUAL_ROUTE.key, "available": has_account, "reason": why}],
     })
     return out
 

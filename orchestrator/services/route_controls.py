@@ -53,13 +53,17 @@ class RouteControls:
         self._snapshot: _Snapshot | None = None
 
     async def blocked(self, route_key: str, now: datetime) -> str | None:
-        """Why ``route_key`` may not be used at ``now`` (paused / in maintenance), or None."""
+        """Why ``route_key`` may not be used at ``now`` (paused / in maintenance), or None.
+
+        Never the operator's own reason (tickets, hosts, names): that is for the audit log and
+        ``GET /v1/ops/routes``, and this answer reaches merchants (``GET /v1/rails``, an order's
+        routing hops)."""
         snap = await self._current(now)
         if route_key in snap.paused:
-            return f"paused by ops: {snap.paused[route_key]}"
+            return "paused by ops"
         for w in snap.windows:
             if w.covers(route_key, now):
-                return f"scheduled maintenance until {iso(w.ends_at)}: {w.reason}"
+                return f"scheduled maintenance until {iso(w.ends_at)}"
         return None
 
     async def windows(self, *, now: datetime, include_past: bool = False) -> list[Window]:

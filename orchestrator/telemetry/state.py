@@ -174,9 +174,11 @@ class StateSampler:
         gauge = self._metrics.route_blocked
         gauge.clear()
         for route in sorted(routes):
-            gauge.labels(route, "paused").set(1 if route in paused else 0)
+            # Manual transfer cannot be blocked (rails/router.py): a leftover pause is not one.
+            gateway = route != MANUAL_ROUTE.key
+            gauge.labels(route, "paused").set(1 if gateway and route in paused else 0)
             gauge.labels(route, "maintenance").set(
-                1 if any(w.covers(route, now) for w in windows) else 0)
+                1 if gateway and any(w.covers(route, now) for w in windows) else 0)
 
 
 def _age(now: datetime, since: datetime | None) -> float:

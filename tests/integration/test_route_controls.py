@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from orchestrator.bootstrap import Container
+from orchestrator.services.order_view import iso
 from orchestrator.store.tables import audit_log
 from tests.support import new_merchant, new_ops_token
 
@@ -27,8 +28,12 @@ async def test_pause_and_resume_are_audited_and_seen_by_the_router(
                           json={"reason": "BNI host-to-host down per Xendit status page"})
     assert r.status_code == 200 and r.json() == {"route": route, "paused": True}
     now = datetime.now(UTC)
-    reason = await container.route_controls.blocked(route, now)
-    assert reason is not None and "BNI host-to-host" in reason
+    assert await container.route_controls.blocked(route, now) == "paused by ops"
+    # The note is the operators' (GET /v1/ops/routes); merchants (GET /v1/rails, an order's
+    # routing hops) see that the route is paused.
+    [seen] = [x for x in (await client.get("/v1/ops/routes", headers=ops)).json()["data"]
+              if x["route"] == route]
+    assert seen["pause_reason"] == "BNI host-to-host down per Xendit status page"
     assert await container.route_controls.blocked("va:midtrans:bni", now) is None
     await client.post(f"/v1/ops/routes/{route}/resume", headers=ops, json={"reason": "recovered"})
     assert await container.route_controls.blocked(route, now) is None
@@ -50,7 +55,8 @@ async def test_a_maintenance_window_blocks_its_routes_only_while_it_lasts(
     rc = container.route_controls
     assert await rc.blocked("qris:midtrans:qris", start - timedelta(minutes=1)) is None
     inside = await rc.blocked("qris:midtrans:qris", start + timedelta(minutes=1))
-    assert inside is not None and "acquirer upgrade" in inside
+    # Merchants read this (GET /v1/rails, routing hops): the end, never the operator's reason.
+    assert inside == f"scheduled maintenance until {iso(start + timedelta(hours=2))}"
     assert await rc.blocked("qris:xendit:qris", start + timedelta(minutes=1)) is None
     assert await rc.blocked("qris:midtrans:qris", start + timedelta(hours=2)) is None
     listed = (await client.get("/v1/ops/maintenance", headers=ops)).json()["data"]
@@ -76,3 +82,27 @@ async def test_ops_endpoints_refuse_merchants_missing_reasons_and_bad_routes(
         "route": "va:*:*", "starts_at": "2026-12-01T01:00:00+07:00",
         "ends_at": "2026-12-01T00:00:00+07:00", "reason": "backwards"})
     assert r.status_code == 422
+
+
+async def test_manual_transfer_cannot_be_paused_or_taken_into_maintenance(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """Manual transfer needs no gateway and is what every route falls back to; a manual-transfer
+    capture never asks the router. A pause of it answered 200 and changed nothing for captures,
+    while /v1/rails and the status page called it unavailable: it is refused instead."""
+    r = await client.post("/v1/ops/routes/manual_transfer:bank:bank/pause", headers=ops,
+                          json={"reason": "bank statements late"})
+    assert (r.status_code, r.json()["code"]) == (422, "manual_transfer_stays")
+    start = datetime.now(UTC) + timedelta(hours=1)
+    window = {"starts_at": start.isoformat(), "ends_at": (start + timedelta(hours=1)).isoformat(),
+              "reason": "everything"}
+    for pattern in ("*:*:*", "manual_transfer:*:*", "*:bank:*"):
+        r = await client.post("/v1/ops/maintenance", headers=ops, json={"route": pattern, **window})
+        assert (r.status_code, r.json()["code"]) == (422, "manual_transfer_stays"), pattern
+    # A pattern that matches no route would be accepted and change nothing.
+    r = await client.post("/v1/ops/maintenance", headers=ops, json={"route": "bsi:x:*", **window})
+    assert (r.status_code, r.json()["code"]) == (404, "unknown_route")
+    m = await new_merchant(container)
+    rails = (await client.get("/v1/rails", headers=m.headers)).json()
+    [manual] = [x for x in rails["data"] if x["rail"] == "manual_transfer"]
+    assert manual["available"] is True
