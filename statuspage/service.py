@@ -211,8 +211,9 @@ class StatusPage:
             values: dict[str, Any] = {"status": status, "updated_at": now}
             if status == "monitoring":
                 values["monitoring_at"] = now
-            if status == "resolved":
-                values["resolved_at"] = now
+            # Reopened (any status after resolved): no longer resolved, so no resolved_at, or
+            # the feeds would show an open incident with a resolution time.
+            values["resolved_at"] = now if status == "resolved" else None
             await conn.execute(status_incidents.update().where(i.id == incident_id)
                                .values(**values))
             await conn.execute(status_incident_updates.insert().values(

@@ -351,13 +351,21 @@ async def test_ops_post_incident_updates_and_every_post_is_audited(container: Co
         assert incident["status"] == "resolved"
         assert [u["body"] for u in incident["incident_updates"]] == [
             "Sudah normal.", "Konfirmasi VA BCA tertunda dari bank."]
+        r = await p.client.post(f"/v1/ops/status/incidents/{incident_id}/updates", headers=auth,
+                                json={"status": "investigating", "body": "Terulang lagi."})
+        assert r.status_code == 201, r.text
+        [reopened] = [i for i in (await p.json("incidents/unresolved.json"))["incidents"]
+                      if i["id"] == incident_id]
+        assert (reopened["status"], reopened["resolved_at"]) == ("investigating", None)
+        await p.client.post(f"/v1/ops/status/incidents/{incident_id}/updates", headers=auth,
+                            json={"status": "resolved", "body": "Sudah normal."})
         english = (await p.client.get("/status/api/v2/incidents.json?lang=en")).json()
         assert english["incidents"][0]["name"] == "BCA confirmations delayed"
         async with p.container.db.read() as conn:
             actions = [r.action for r in await conn.execute(
                 sa.select(audit_log.c.action).where(audit_log.c.subject_id == incident_id)
                 .order_by(audit_log.c.id))]
-        assert actions == ["status.incident_opened", "status.incident_updated"]
+        assert actions == ["status.incident_opened", *["status.incident_updated"] * 3]
         # Refused with a reason: no token, unknown component, unknown status.
         assert (await p.client.post("/v1/ops/status/incidents", json={
             "name": "x" * 5, "components": [], "body": "b"})).status_code == 401
