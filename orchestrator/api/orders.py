@@ -33,6 +33,11 @@ async def _strict_body(request: Request[Any, Any, Any]) -> OrderIn:
 
 
 def _order_request(data: OrderIn) -> OrderRequest:
+    # Not part of the request Lunas keeps (nor of its idempotency fingerprint): with or without
+    # it, the same order.
+    if data.currency is not None and data.currency != "IDR":
+        raise InvalidOrder("Lunas takes rupiah only: currency is IDR (or leave it out)",
+                           field="currency")
     return OrderRequest(
         merchant_order_id=data.merchant_order_id, amount=data.amount,
         customer=Customer(name=data.customer.name, email=data.customer.email,

@@ -28,6 +28,8 @@ class OrderIn(msgspec.Struct, forbid_unknown_fields=True):
     expires_in: int | None = None
     """Seconds from now until the payment deadline."""
     metadata: dict[str, Any] | None = None
+    currency: str | None = None
+    """Optional, and only ``IDR``: the replies carry it, so a checkout may send it back."""
 
 
 MAX_REASON = 500

@@ -237,6 +237,24 @@ class TestBadInputIsAClear4xxAndStoresNothing:
                                 headers={**m.headers, **key()})
         assert "amout" in str(p)
 
+    async def test_currency_may_be_echoed_but_is_only_rupiah(self, client: httpx.AsyncClient,
+                                                             container: Container) -> None:
+        """Replies carry "currency": "IDR", so a checkout may send it back: the same order as
+        without it (one idempotency fingerprint). Any other currency is refused, never taken
+        as rupiah."""
+        m = await new_merchant(container)
+        headers = {**m.headers, **key()}
+        first = await client.post("/v1/orders", headers=headers,
+                                  json={**order_body("CUR-1"), "currency": "IDR"})
+        assert first.status_code == 201, first.text
+        again = await client.post("/v1/orders", headers=headers, json=order_body("CUR-1"))
+        assert again.headers["idempotent-replayed"] == "true"
+        for currency in ("USD", "idr", ""):
+            p = await self._refused(client, container, m, 422,
+                                    json={**order_body("CUR-2"), "currency": currency},
+                                    headers={**m.headers, **key()})
+            assert p["field"] == "currency"
+
     async def test_negative_zero_and_huge_amounts(self, client: httpx.AsyncClient,
                                                   container: Container) -> None:
         m = await new_merchant(container)
