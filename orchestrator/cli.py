@@ -503,7 +503,7 @@ def _print_banner(c: Container, demo: dict[str, Any] | None, sims: Any = None) -
         print(f"    ops token:   {demo['ops_token']}")
     else:
         print("  Get a merchant key:  .venv/bin/lunas merchants create 'My Shop' "
-              "--account bca:0123456789:MY SHOP")
+              "--account bca:9876543210:MY SHOP")
     print("  Stop with Ctrl-C.")
 
 

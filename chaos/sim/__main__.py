@@ -1,6 +1,6 @@
 """``python -m chaos.sim``: run the Midtrans- and Xendit-style simulators until interrupted.
 
-    python -m chaos.sim [--midtrans-port 8101] [--xendit-port 8102] [--lunas-url URL]
+    python -m chaos.sim [--midtrans-port 8101] [--xendit-port 8103] [--lunas-url URL]
 
 Each simulator serves its provider API on its port and its control API (faults, payments, call
 log) on the port after it.
@@ -39,7 +39,12 @@ def main() -> None:
     p.add_argument("--xendit-port", type=int, default=8103)
     p.add_argument("--lunas-url", default=None,
                    help="where callbacks go, e.g. http://127.0.0.1:8000")
-    asyncio.run(_main(p.parse_args()))
+    args = p.parse_args()
+    # Each simulator takes its port and the next (control): overlapping pairs would bind twice.
+    if abs(args.midtrans_port - args.xendit_port) < 2:
+        p.error(f"--midtrans-port {args.midtrans_port} and --xendit-port {args.xendit_port} "
+                "overlap: each simulator also takes the port after its own (control)")
+    asyncio.run(_main(args))
 
 
 if __name__ == "__main__":
