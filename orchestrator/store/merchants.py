@@ -17,7 +17,10 @@ from orchestrator.services.credentials import (
 )
 from orchestrator.store.tables import merchant_api_keys, merchants, ops_tokens, payout_accounts
 
-OPS_SCOPES = ("reconciliation", "orders", "ops")
+OPS_SCOPES = ("reconciliation", "ops")
+"""What an ops token may do: ``reconciliation`` (statements, matches, reviews) and ``ops`` (routes,
+maintenance, breakers, dead letters, status incidents). An ``orders`` scope was offered once and
+checked by nothing; a token that still carries it gains nothing from it."""
 
 
 @dataclass(frozen=True, kw_only=True)
