@@ -20,6 +20,7 @@ from orchestrator.domain.errors import InvalidOrder, NotFound
 from orchestrator.domain.ids import new_id
 from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import iso
+from orchestrator.services.payment_failed import PAYABLE
 from orchestrator.services.status_reads import LIVE
 from orchestrator.store.database import Database
 from orchestrator.store.redis_pause import RedisPause
@@ -142,8 +143,10 @@ class StatusPage:
             if row is None:
                 return None
             a = payment_attempts.c
-            next_check = (await conn.execute(sa.select(sa.func.min(a.next_check_at)).where(
-                a.order_id == order_id, a.state.in_(LIVE)))).scalar_one()
+            next_check, payable = (await conn.execute(sa.select(
+                sa.func.min(a.next_check_at),
+                sa.func.count().filter(a.state.in_(PAYABLE))).where(
+                a.order_id == order_id, a.state.in_((*LIVE, *PAYABLE))))).one()
         given = contact.strip()
         if "@" in given:
             ok = _same(given.lower(), (row.customer_email or "").strip().lower())
@@ -153,7 +156,10 @@ class StatusPage:
         if not ok:
             return None
         show_check = row.state in ("awaiting_payment", "verifying", "captured")
-        return {"code": row.id, "state": row.state, "amount": int(row.amount),
+        # Its instrument closed unpaid (a declined charge): "pay as instructed" would be wrong.
+        state = ("payment_failed" if row.state == "awaiting_payment" and not payable
+                 else row.state)
+        return {"code": row.id, "state": state, "amount": int(row.amount),
                 "expires_at": row.expires_at, "paid_at": row.paid_at,
                 "next_check_at": next_check if show_check else None}
 

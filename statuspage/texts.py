@@ -39,6 +39,12 @@ ORDER_STATE_TEXTS: dict[str, tuple[str, str, str, str]] = {
                          "Selesaikan pembayaran sesuai instruksi sebelum batas waktu.",
                          "Awaiting payment",
                          "Complete the payment as instructed before the deadline."),
+    "payment_failed": ("Pembayaran belum berhasil",
+                       "Pembayaran melalui metode ini tidak berhasil. Kembali ke toko untuk "
+                       "mencoba lagi sebelum batas waktu.",
+                       "Payment did not go through",
+                       "The payment with this method did not go through. Go back to the shop "
+                       "to try again before the deadline."),
     "verifying": ("Pembayaran sedang diverifikasi",
                   "Jika Anda sudah membayar, pembayaran Anda tercatat dan akan dikonfirmasi "
                   "otomatis begitu penyedia pembayaran pulih. Tidak perlu membayar lagi.",

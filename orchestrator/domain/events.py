@@ -11,6 +11,7 @@ ORDER_EXPIRED: Final = "order.expired"
 ORDER_CANCELLED: Final = "order.cancelled"
 ORDER_NEEDS_REVIEW: Final = "order.needs_review"
 ORDER_PAYMENT_PENDING: Final = "order.payment_pending"  # past its deadline, a source is down
+ORDER_PAYMENT_FAILED: Final = "order.payment_failed"  # its last instrument closed unpaid, early
 REVIEW_CASE_OPENED: Final = "review_case.opened"
 REVIEW_CASE_RESOLVED: Final = "review_case.resolved"
 ORDER_REFUNDED: Final = "order.refunded"
@@ -21,6 +22,7 @@ ATTEMPT_VERIFY: Final = "attempt.verify"  # internal: read the provider's status
 
 # Events a merchant's webhook endpoint receives.
 MERCHANT_VISIBLE: Final = frozenset(
-    {ORDER_AWAITING_PAYMENT, ORDER_PAYMENT_PENDING, ORDER_PAID, ORDER_EXPIRED, ORDER_CANCELLED,
-     ORDER_NEEDS_REVIEW, ORDER_REFUNDED, REVIEW_CASE_OPENED, REVIEW_CASE_RESOLVED}
+    {ORDER_AWAITING_PAYMENT, ORDER_PAYMENT_PENDING, ORDER_PAYMENT_FAILED, ORDER_PAID,
+     ORDER_EXPIRED, ORDER_CANCELLED, ORDER_NEEDS_REVIEW, ORDER_REFUNDED, REVIEW_CASE_OPENED,
+     REVIEW_CASE_RESOLVED}
 )

@@ -26,6 +26,7 @@ from orchestrator.rails.base import Instrument, NeutralStatus, PaymentProvider, 
 from orchestrator.rails.errors import Refused
 from orchestrator.rails.router import Hop, IssueResult, RouteGuard, RouteUnavailable
 from orchestrator.services.issuance import IssuanceService, add_unknown_event
+from orchestrator.services.payment_failed import tell_if_nothing_left_to_pay
 from orchestrator.services.settlement import Payment, apply_payment
 from orchestrator.services.status_reads import StatusReads, defer, paid_evidence_key, route_of
 from orchestrator.store.database import Database
@@ -184,8 +185,13 @@ class GatewayJobs:
                          **values: Any) -> None:
         now = self._clock.now()
         async with self._db.transaction() as conn:
-            await conn.execute(payment_attempts.update().where(
+            moved = await conn.execute(payment_attempts.update().where(
                 payment_attempts.c.id == attempt_id,
                 payment_attempts.c.state == AttemptState.UNKNOWN.value,
-            ).values(state=state.value, failure_reason=reason, updated_at=now, **values))
+            ).values(state=state.value, failure_reason=reason, updated_at=now, **values)
+              .returning(payment_attempts.c.order_id))
+            closed = moved.first()
+            if closed is not None and state in (AttemptState.FAILED, AttemptState.EXPIRED):
+                await tell_if_nothing_left_to_pay(conn, closed.order_id, attempt_id=attempt_id,
+                                                  reason=reason, now=now)
 

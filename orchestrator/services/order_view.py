@@ -85,7 +85,13 @@ def render_verification(order: Any, attempt: Any) -> dict[str, Any] | None:
     ``checking`` (past the deadline, being verified before anything expires),
     ``waiting_for_provider`` (the provider cannot be asked now; asked again when it recovers,
     expected around ``next_check_at``), ``watching_bank_mutations`` (manual transfer: bank
-    statement lines are matched as they arrive)."""
+    statement lines are matched as they arrive), ``payment_failed`` (awaiting payment, but its
+    instrument closed unpaid before the deadline, e.g. a declined e-wallet charge: nothing is
+    left to pay on until the customer chooses a method again; see services/payment_failed.py)."""
+    if order.state == "awaiting_payment" and (attempt is None
+                                              or attempt.state in ("failed", "expired")):
+        return {"state": "payment_failed", "waiting_on": None, "next_check_at": None,
+                "display": {"next_check_at": None}}
     if order.state not in _OPEN or attempt is None:
         return None
     if attempt.rail == "manual_transfer":

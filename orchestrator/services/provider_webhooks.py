@@ -53,6 +53,7 @@ from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails import midtrans, xendit
 from orchestrator.rails.base import NeutralStatus, ProviderStatus
 from orchestrator.rails.router import RouteUnavailable
+from orchestrator.services.payment_failed import tell_if_nothing_left_to_pay
 from orchestrator.services.settlement import Payment, apply_payment
 from orchestrator.services.status_reads import (
     LIVE,
@@ -357,6 +358,9 @@ class ProviderWebhooks:
             outcome = (f"attempt {state.value} -> {new_state.value}" if moved.rowcount
                        else "no change: the attempt moved meanwhile")
             await _set_outcome(conn, delivery_id, outcome)
+            if moved.rowcount:
+                await tell_if_nothing_left_to_pay(conn, attempt.order_id, attempt_id=attempt.id,
+                                                  reason=f"{status.value} at provider", now=now)
 
     async def _verify_later(self, delivery_id: str, attempt: Any) -> None:
         if attempt.state == AttemptState.PAID.value:

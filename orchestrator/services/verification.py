@@ -52,6 +52,7 @@ from orchestrator.rails.router import RouteUnavailable
 from orchestrator.services.expiry import PROVIDER_UNAVAILABLE
 from orchestrator.services.gateway_jobs import GatewayJobs
 from orchestrator.services.order_view import event_payload, iso
+from orchestrator.services.payment_failed import tell_if_nothing_left_to_pay
 from orchestrator.services.settlement import Payment, apply_payment
 from orchestrator.services.status_reads import (
     LIVE,
@@ -322,6 +323,9 @@ class Verifier:
                 await add_events(conn, [PendingEvent(
                     event_type=events.ATTEMPT_CANCEL_REQUESTED, aggregate_id=attempt.id,
                     merchant_id=None, payload={"attempt_id": attempt.id})], now=now)
+            if moved.rowcount:
+                await tell_if_nothing_left_to_pay(conn, attempt.order_id, attempt_id=attempt.id,
+                                                  reason=reason, now=now)
 
     async def _record(self, attempt: Any, outcome: str, *, reschedule: bool = False,
                       retry: bool = False) -> None:

@@ -204,6 +204,39 @@ async def test_midtrans_qris_notification_settles_once_and_regressions_change_no
     assert found[-1] == "no change: provider says expired, attempt already paid"
 
 
+async def test_a_declined_charge_leaves_the_order_open_and_tells_the_merchant_once(
+    stack: Stack,
+) -> None:
+    """The order's only instrument fails at the provider before the deadline (a denied QRIS
+    payment): nothing is left to pay on. The order stays open, says payment_failed instead of
+    pointing at dead instructions, and the merchant hears order.payment_failed once; choosing a
+    method again gives the customer a live instrument."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    key = stack.container.settings.providers.midtrans_server_key
+    for _ in range(2):  # the provider sends it twice: one notice
+        r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(midtrans_body(
+            attempt, status="deny", code="202", txid="tx-deny-1", key=key)))
+        assert r.status_code == 200, r.text
+    await settled_quietly(stack, attempt.id)
+    assert await scalar(stack, sa.select(payment_attempts.c.state).where(
+        payment_attempts.c.id == attempt.id)) == "failed"
+    shop = stack.shop.headers
+    seen = (await stack.client.get(f"/v1/orders/{order_id}", headers=shop)).json()
+    assert seen["status"] == "awaiting_payment"
+    assert seen["verification"]["state"] == "payment_failed"
+    async with stack.container.db.read() as conn:
+        told = (await conn.execute(sa.select(outbox.c.payload).where(
+            outbox.c.aggregate_id == order_id,
+            outbox.c.event_type == "order.payment_failed"))).scalars().all()
+    assert len(told) == 1
+    assert (told[0]["attempt_id"], told[0]["failure_reason"]) == (attempt.id,
+                                                                   "failed at provider")
+    again = await stack.client.post(f"/v1/orders/{order_id}/payment", headers=shop,
+                                    json={"rail": "qris"})
+    assert again.status_code == 201, again.text
+    assert again.json()["verification"]["state"] == "scheduled"
+
+
 async def test_forged_midtrans_notification_is_stored_and_only_triggers_a_status_read(
     stack: Stack,
 ) -> None:

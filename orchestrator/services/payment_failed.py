@@ -1,0 +1,52 @@
+"""An open order left with nothing to pay on: its merchant is told, and the order says so.
+
+A gateway instrument can close before the order's deadline: the customer declined the e-wallet
+charge, the provider cancelled or expired the VA or QR early, or says it never had the
+transaction. When that was the order's last instrument that could still take money (active,
+or unknown or being created, which may yet turn out live), nothing is left for the customer to
+pay on and nothing is being checked, while the order still reads ``awaiting_payment``. The order
+keeps that state until its deadline: superseded instruments are still watched, and the
+customer may try again (``POST /v1/orders/{id}/payment`` issues a new instrument). What changes
+is that nobody is left guessing: the merchant gets ``order.payment_failed`` (its checkout can
+offer another method), and the order's ``verification.state`` reads ``payment_failed``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from orchestrator.domain import events
+from orchestrator.domain.order import AttemptState, OrderState
+from orchestrator.outbox.writer import PendingEvent, add_events
+from orchestrator.services.order_view import event_payload
+from orchestrator.store.tables import orders, payment_attempts
+
+PAYABLE = (AttemptState.ACTIVE.value, AttemptState.UNKNOWN.value, AttemptState.CREATING.value)
+"""Attempts a customer may still pay on, or that may yet turn out to be such an instrument."""
+
+
+async def tell_if_nothing_left_to_pay(conn: AsyncConnection, order_id: str, *, attempt_id: str,
+                                      reason: str, now: datetime) -> bool:
+    """Call in the transaction that closed ``attempt_id``. Tells the merchant, once per failed
+    instrument, when the order is open before its deadline and none of its attempts is payable.
+
+    The order is locked first, so of two transactions closing an order's last two instruments
+    at once the later sees both closed and tells; the earlier still sees the other payable."""
+    order = (await conn.execute(sa.select(orders).where(orders.c.id == order_id)
+                                .with_for_update())).first()
+    if order is None or order.state != OrderState.AWAITING_PAYMENT.value \
+            or order.expires_at <= now:
+        return False
+    a = payment_attempts.c
+    payable = (await conn.execute(sa.select(sa.func.count()).where(
+        a.order_id == order_id, a.state.in_(PAYABLE)))).scalar_one()
+    if payable:
+        return False
+    await add_events(conn, [PendingEvent(
+        event_type=events.ORDER_PAYMENT_FAILED, aggregate_id=order_id,
+        merchant_id=order.merchant_id,
+        payload=event_payload(order, attempt_id=attempt_id, failure_reason=reason))], now=now)
+    return True
