@@ -35,6 +35,7 @@ from orchestrator.domain.clock import WIB, Clock
 from orchestrator.domain.errors import (
     AlreadyMatched,
     NotFound,
+    NotTheMerchantsAccount,
     StatementRejected,
 )
 from orchestrator.domain.ids import new_id
@@ -556,11 +557,12 @@ class ReconciliationService:
                 )
             if mutation.direction != "CR":
                 raise AlreadyMatched(f"mutation {mutation_id} is a debit; only credits pay orders")
+            await _check_the_merchants_account(conn, mutation, order_id)
             a = payment_attempts.c
-            # The bank credit landed on a payout account: prefer the order's transfer attempt on
-            # that account (its expected amount includes the code), then any instrument that
-            # was live; never one that never gave instructions.
-            same_account = sa.and_(a.rail == "manual_transfer",
+            # The bank credit landed on one of the merchant's payout accounts: prefer the
+            # order's transfer attempt on that account (its expected amount includes the code),
+            # then any instrument that was live; never one that never gave instructions.
+            same_account = sa.and_(a.rail == "manual_transfer", a.payout_bank == mutation.bank,
                                    a.payout_account_number == mutation.account_number)
             attempt_id = (await conn.execute(
                 sa.select(a.id).where(a.order_id == order_id, a.state.notin_(
@@ -917,6 +919,25 @@ async def _candidates(conn: AsyncConnection, item: IncomingMutation) -> list[Can
                   held_until=r.code_held_until if r.closed_at is not None else None)
         for r in rows
     ]
+
+
+async def _check_the_merchants_account(conn: AsyncConnection, mutation: Any, order_id: str
+                                       ) -> None:
+    """Refuse a manual match of a credit on an account the order's merchant does not own (now
+    or before: an account it stopped using still receives its customers' late transfers)."""
+    merchant_id = (await conn.execute(sa.select(orders.c.merchant_id).where(
+        orders.c.id == order_id))).scalar_one_or_none()
+    if merchant_id is None:
+        raise NotFound(f"no order {order_id}")
+    p = payout_accounts.c
+    owned = (await conn.execute(sa.select(sa.exists().where(
+        p.merchant_id == merchant_id, p.bank == mutation.bank,
+        p.account_number == mutation.account_number)))).scalar_one()
+    if not owned:
+        raise NotTheMerchantsAccount(
+            f"mutation {mutation.id} is a credit on {mutation.bank.upper()} "
+            f"{mutation.account_number}, which is not a payout account of the merchant of order "
+            f"{order_id}; money on another account cannot pay this order")
 
 
 async def _set_match_state(conn: AsyncConnection, mutation_id: str, state: str) -> None:

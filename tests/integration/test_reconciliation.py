@@ -24,9 +24,17 @@ from orchestrator.store.tables import (
     mutations,
     orders,
     outbox,
+    payout_accounts,
     review_cases,
 )
-from tests.support import ShopFixture, bca_statement, new_merchant, new_ops_token, order_body
+from tests.support import (
+    ShopFixture,
+    account_number,
+    bca_statement,
+    new_merchant,
+    new_ops_token,
+    order_body,
+)
 
 
 @pytest.fixture(scope="module")
@@ -255,6 +263,64 @@ async def test_unmatched_credit_is_listed_and_matched_by_a_person_with_an_audit_
          "customer sent proof; paid without the unique code")]
     assert (await client.get("/v1/reconciliation/unmatched", headers=ops, params={
         "account_number": m.account_number})).json()["data"] == []
+
+
+async def unmatched_credit(client: httpx.AsyncClient, ops: dict[str, str], m: ShopFixture,
+                           amount: int, bank: str = "bca") -> str:
+    """A credit of ``amount`` no order claims, on ``m``'s account; its mutation id."""
+    from tests.integration.test_reconciliation_batch import bri_statement
+
+    statement = (bri_statement(m.account_number, [(now(), amount)]) if bank == "bri" else
+                 bca_statement(m.account_number, [(now(), "KR OTOMATIS LLG SITI", amount, "CR")]))
+    assert (await upload(client, ops, m, statement, bank)).json()["unmatched"] == 1
+    listed = (await client.get("/v1/reconciliation/unmatched", headers=ops,
+                               params={"account_number": m.account_number})).json()["data"]
+    [credit] = [x for x in listed if x["amount"] == amount and x["bank"] == bank]
+    return str(credit["id"])
+
+
+async def test_a_person_cannot_pay_an_order_with_money_on_another_merchants_account(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """The credit landed on merchant A's account; B's customer's order is not paid by it, even
+    by hand: B would ship goods for money B never received."""
+    a, b = await new_merchant(container), await new_merchant(container)
+    order = await capture(client, b, 200_000)
+    mutation_id = await unmatched_credit(client, ops, a, order["payment"]["transfer_amount"])
+    r = await client.post("/v1/reconciliation/matches", headers=ops, json={
+        "mutation_id": mutation_id, "order_id": order["id"], "reason": "customer sent proof"})
+    assert r.status_code == 422, r.text
+    assert r.json()["code"] == "not_the_merchants_account"
+    assert a.account_number in r.json()["detail"]
+    assert (await client.get(f"/v1/orders/{order['id']}", headers=b.headers)).json()[
+        "status"] == "awaiting_payment"
+    [credit] = await rows(container, sa.select(mutations.c.match_state, mutations.c.order_id)
+                          .where(mutations.c.id == mutation_id))
+    assert tuple(credit) == ("unmatched", None)
+    assert await rows(container, sa.select(audit_log.c.id).where(
+        audit_log.c.subject_id == mutation_id)) == []
+
+
+async def test_a_person_may_match_a_credit_on_any_account_of_the_orders_merchant(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """The customer was told the BCA account but paid into the merchant's BRI account: the
+    money is the merchant's, so a person may match it (to the BCA transfer attempt)."""
+    m = await new_merchant(container)
+    bri = ShopFixture(m.merchant_id, m.api_key, m.webhook_secret, "bri", account_number())
+    async with container.db.transaction() as conn:
+        await conn.execute(payout_accounts.insert().values(
+            id=f"acc_{uuid.uuid4().hex[:26]}", merchant_id=m.merchant_id, bank="bri",
+            account_number=bri.account_number, account_name="TOKO UJI", priority=9,
+            created_at=now()))
+    order = await capture(client, m, 210_000)
+    assert order["payment"]["bank"] == "bca"
+    pay = order["payment"]["transfer_amount"]
+    mutation_id = await unmatched_credit(client, ops, bri, pay, bank="bri")
+    r = await client.post("/v1/reconciliation/matches", headers=ops, json={
+        "mutation_id": mutation_id, "order_id": order["id"], "reason": "paid to our BRI"})
+    assert r.status_code == 201, r.text
+    assert (r.json()["order_status"], r.json()["verdict"]) == ("paid", "settle")
 
 
 class TestStatementsThatAreRefusedWhole:
