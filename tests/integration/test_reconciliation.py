@@ -181,6 +181,26 @@ async def test_amount_that_differs_puts_the_order_in_review(
     assert (read["status"], read["review_reason"]) == ("needs_review", "amount_mismatch")
 
 
+async def test_a_typed_reference_does_not_beat_another_orders_exact_unique_amount(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """Order A's customer paid A's unique amount to the rupiah, typing order B's id. Before,
+    the reference won: B went to review as an amount mismatch (refund recommended) and A, paid
+    in full, was left to expire. Two signals naming two orders are for a person."""
+    m = await new_merchant(container)
+    a, b = await capture(client, m, 81_000), await capture(client, m, 92_000)
+    report = (await upload(client, ops, m, bca_statement(m.account_number, [
+        (now(), f"TRSF CR {b['id'].upper()} ANDI", a["payment"]["transfer_amount"], "CR"),
+    ]))).json()
+    assert (report["matched"], report["ambiguous"], report["needs_review"]) == (0, 1, 0)
+    for o in (a, b):
+        assert (await client.get(f"/v1/orders/{o['id']}", headers=m.headers)).json()[
+            "status"] == "awaiting_payment"
+    listed = (await client.get("/v1/reconciliation/unmatched", headers=ops,
+                               params={"account_number": m.account_number})).json()["data"]
+    assert [x["match_state"] for x in listed] == ["ambiguous"]
+
+
 async def test_payment_after_expiry_is_never_dropped(
     client: httpx.AsyncClient, container: Container, ops: dict[str, str]
 ) -> None:
