@@ -45,6 +45,11 @@ class MootaMutation:
 
     ``account_number`` is as Moota sent it; one payload shape sends it as a JSON number, which
     has already lost any leading zero, so compare it digits-only and with care.
+
+    ``bank_id`` is Moota's opaque id of the account it watches, not a bank; the bank is named
+    only by the nested account's ``bank.bank_type`` (``bank_type`` here), which a webhook may
+    leave out (RAILS.md §3.2). An account number alone does not say which bank: the same
+    number can be an account at two banks.
     """
 
     mutation_id: str
@@ -55,6 +60,26 @@ class MootaMutation:
     direction: Direction
     description: str
     balance: int | None
+    bank_type: str | None = None
+
+
+MOOTA_BANK_TYPES = {
+    "bca": "bca", "bcaGiro": "bca",
+    "bri": "bri", "briCms": "bri", "briGiro": "bri",
+    "mandiri": "mandiri", "mandiriOnline": "mandiri", "mandiriBisnis": "mandiri",
+    "mandiriMcm": "mandiri", "mandiriMcm2": "mandiri",
+}
+"""Moota ``bank_type`` values (RAILS.md §3.1, less their ``V2`` suffix) of the banks whose
+statements Lunas reads. The Syariah banks (``bcaSyariah``, ``briSyariah``, ``mandiriSyariah``)
+are other banks, with accounts of their own."""
+
+
+def bank_of_type(bank_type: str) -> str:
+    """The bank Lunas books a mutation of this Moota ``bank_type`` to: ``bca``, ``bri`` or
+    ``mandiri``, else the type itself in lower case (``bsi``, ``bni``), which no payout account
+    of a served bank has, so the mutation is stored for finance and matches no order."""
+    base = bank_type.removesuffix("V2")
+    return MOOTA_BANK_TYPES.get(base, base.lower()[:32])
 
 
 _SIGNATURE = re.compile(r"[0-9a-fA-F]{64}")
@@ -169,7 +194,17 @@ def parse_moota_item(item: object, *, index: int) -> MootaMutation:
         direction=direction_cell(_text(item, "type", index), column="type", line=index),
         description=_description(item),
         balance=None if balance in (None, "") else _money(balance, "balance", index, signed=True),
+        bank_type=_bank_type(item),
     )
+
+
+def _bank_type(item: dict[str, Any]) -> str | None:
+    """``bank.bank_type`` when the item names it as text; anything else says nothing."""
+    bank = item.get("bank")
+    named = bank.get("bank_type") if isinstance(bank, dict) else None
+    if not isinstance(named, str) or not named.strip() or text_problem(named.strip()):
+        return None
+    return named.strip()[:64]
 
 
 def _field(item: dict[str, Any], name: str, index: int) -> object:

@@ -66,7 +66,13 @@ from orchestrator.reconciliation.matcher import (
     referenced_order_ids,
     reversal_window,
 )
-from orchestrator.reconciliation.moota import MootaMutation, parse_moota_push
+from orchestrator.reconciliation.moota import (
+    MootaMutation,
+    UnreadableItem,
+    bank_of_type,
+    parse_moota_push,
+    unreadable_item,
+)
 from orchestrator.reconciliation.statements import StatementRows, read_statement
 from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import iso
@@ -105,7 +111,8 @@ class ImportReport:
     needs_review: int = 0
     skipped_pending: int = 0
     unreadable: int = 0
-    """Moota items that are not readable mutations, set aside for a person."""
+    """Moota items set aside for a person: not readable mutations, or on an account number at
+    several banks without saying which."""
     possible_reversals: int = 0
     """Debits that may take back a credit that paid an order: a review case each."""
     statement_id: str | None = None
@@ -202,7 +209,7 @@ class ReconciliationService:
         now = self._clock.now()
         await self._unreadable.keep(MOOTA, pushed.unreadable, now=now)
         report = await self._ingest_moota(pushed.mutations, source="push")
-        report.unreadable = len(pushed.unreadable)
+        report.unreadable += len(pushed.unreadable)
         await self._unreadable.close_read(MOOTA, now=now)
         return report
 
@@ -213,6 +220,54 @@ class ReconciliationService:
 
     async def _ingest_moota(self, items: Sequence[MootaMutation], *, source: str
                             ) -> ImportReport:
+        """Book each item to its bank (``_moota_banks``), set aside those whose bank cannot be
+        told, and store and match the rest (``_ingest_moota_stored``)."""
+        banks = await self._moota_banks(items)
+        booked: list[tuple[MootaMutation, str]] = []
+        aside: list[UnreadableItem] = []
+        for m in items:
+            bank = banks[m.mutation_id]
+            if isinstance(bank, str):
+                booked.append((m, bank))
+            else:
+                aside.append(_bank_untold(m, bank))
+        await self._unreadable.keep(MOOTA, aside, now=self._clock.now())
+        report = await self._ingest_moota_stored(booked, source=source)
+        report.parsed, report.unreadable = len(items), len(aside)
+        return report
+
+    async def _moota_banks(self, items: Sequence[MootaMutation]
+                           ) -> dict[str, str | frozenset[str]]:
+        """Per Moota mutation id, the bank to book it to, or the banks it may be at when the
+        item does not say which and more than one has a payout account of its number.
+
+        The bank the item names (``bank.bank_type``) is taken as it is, even where no payout
+        account has the number: a transfer to a BSI account is not a transfer to the BCA
+        account of the same number. Without one, the number's only bank is taken; a number no
+        payout account has is booked to ``unknown`` (stored for finance, matching nothing).
+        A number at two banks is never guessed between: the guess (the first bank found) once
+        paid a BCA order with money on a BRI account of the same number."""
+        p = payout_accounts.c
+        numbers = sorted({m.account_number for m in items if m.bank_type is None})
+        registered: dict[str, set[str]] = {}
+        if numbers:
+            async with self._db.read() as conn:
+                for number, bank in await conn.execute(sa.select(p.account_number, p.bank)
+                                                       .where(p.account_number.in_(numbers))
+                                                       .distinct()):
+                    registered.setdefault(number, set()).add(bank)
+        banks: dict[str, str | frozenset[str]] = {}
+        for m in items:
+            if m.bank_type is not None:
+                banks[m.mutation_id] = bank_of_type(m.bank_type)
+                continue
+            at = registered.get(m.account_number, set())
+            banks[m.mutation_id] = (frozenset(at) if len(at) > 1
+                                    else next(iter(at), "unknown"))
+        return banks
+
+    async def _ingest_moota_stored(self, items: Sequence[tuple[MootaMutation, str]], *,
+                                   source: str) -> ImportReport:
         """Store and match Moota items in one transaction, run again if PostgreSQL ends it to
         break a deadlock: nothing of it was stored, and a push refused would be lost unless
         Moota sends it again (a poll would read it again, only later). Ingests and statement
@@ -230,20 +285,19 @@ class ReconciliationService:
                 self._metrics.mutation_ingests_retried.labels(source).inc()
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def _ingest_moota_once(self, items: Sequence[MootaMutation], *, source: str
-                                 ) -> ImportReport:
+    async def _ingest_moota_once(self, items: Sequence[tuple[MootaMutation, str]], *,
+                                 source: str) -> ImportReport:
         now = self._clock.now()
         report = ImportReport(parsed=len(items))
+        incoming = [
+            IncomingMutation(
+                bank=bank, account_number=m.account_number, posted_at=m.posted_at,
+                amount=m.amount, direction=m.direction, description=m.description,
+                balance=m.balance, source=source, fingerprint=fingerprint_moota(m.mutation_id),
+            )
+            for m, bank in items
+        ]
         async with self._db.transaction() as conn:
-            incoming = [
-                IncomingMutation(
-                    bank=await _bank_of(conn, m.account_number), account_number=m.account_number,
-                    posted_at=m.posted_at, amount=m.amount, direction=m.direction,
-                    description=m.description, balance=m.balance, source=source,
-                    fingerprint=fingerprint_moota(m.mutation_id),
-                )
-                for m in items
-            ]
             await self._ingest(conn, incoming, report, statement_id=None, now=now)
         return report
 
@@ -945,12 +999,21 @@ async def _set_match_state(conn: AsyncConnection, mutation_id: str, state: str) 
                        .values(match_state=state))
 
 
-async def _bank_of(conn: AsyncConnection, account_number: str) -> str:
-    bank = (await conn.execute(
-        sa.select(payout_accounts.c.bank).where(payout_accounts.c.account_number == account_number)
-        .limit(1)
-    )).scalar_one_or_none()
-    return bank or "unknown"
+def _bank_untold(m: MootaMutation, banks: frozenset[str]) -> UnreadableItem:
+    """A Moota item whose account number is a payout account at several ``banks`` and that
+    does not say which, as kept for a person. Not stored as a mutation: its Moota id would then
+    make a later listing that names the bank a duplicate, never matched; kept aside, that
+    listing is stored and matched as usual and closes the item."""
+    fields = {"mutation_id": m.mutation_id, "bank_id": m.bank_id,
+              "account_number": m.account_number,
+              "date": m.posted_at.astimezone(WIB).strftime("%Y-%m-%d %H:%M:%S"),
+              "amount": str(m.amount), "type": m.direction, "description": m.description,
+              "balance": None if m.balance is None else str(m.balance)}
+    named = " and ".join(b.upper() for b in sorted(banks))
+    return unreadable_item(fields, (
+        f"account number ending {m.account_number[-4:]} is a payout account at {named}, and "
+        "the item does not say which bank (no bank.bank_type); set aside rather than guessed: "
+        "find the transfer on those banks' statements"))
 
 
 def _render_mutation(m: Any) -> dict[str, Any]:

@@ -421,3 +421,82 @@ async def test_signed_push_settles_and_a_forged_one_stores_nothing(
     assert replay.json()["duplicate"] == 1
     assert (await rows(container, sa.select(orders.c.state).where(
         orders.c.id == order["id"])))[0].state == "paid"
+
+
+def moota_item(account: str, amount: int, **extra: Any) -> dict[str, Any]:
+    item: dict[str, Any] = json.loads(moota_body(account, amount))[0]
+    return {**item, **extra}
+
+
+async def same_number_at_another_bank(container: Container, m: ShopFixture, bank: str
+                                      ) -> ShopFixture:
+    """Another merchant whose payout account at ``bank`` has ``m``'s account number."""
+    from orchestrator.store.merchants import create_merchant
+
+    async with container.db.transaction() as conn:
+        made = await create_merchant(conn, name="Toko Lain", webhook_url=None,
+                                     accounts=[(bank, m.account_number, "TOKO LAIN")], now=now())
+    return ShopFixture(made.merchant_id, made.api_key, made.webhook_secret, bank,
+                       m.account_number)
+
+
+async def stored_banks(container: Container, account: str) -> list[tuple[str, str]]:
+    return [tuple(r) for r in await rows(container, sa.select(
+        mutations.c.bank, mutations.c.match_state).where(
+        mutations.c.account_number == account).order_by(mutations.c.created_at))]
+
+
+async def test_a_push_is_booked_to_the_bank_it_names_whatever_other_bank_has_the_number(
+    client: httpx.AsyncClient, container: Container
+) -> None:
+    """Y's BCA account and X's BRI account share a number. A push from X's BRI account (or from
+    a BSI account Lunas serves no one on) was booked to BCA, the first bank found with the
+    number, and paid Y's order with money that never reached Y."""
+    from tests.support import signed_push
+
+    y = await new_merchant(container)
+    await same_number_at_another_bank(container, y, "bri")
+    order = await capture(client, y)
+    pay = order["payment"]["transfer_amount"]
+    for bank_type in ("briCmsV2", "bsi"):
+        r = await signed_push(client, container, [
+            moota_item(y.account_number, pay, bank={"bank_type": bank_type})])
+        assert (r.json()["new"], r.json()["matched"], r.json()["unmatched"]) == (1, 0, 1)
+    assert (await client.get(f"/v1/orders/{order['id']}", headers=y.headers)).json()[
+        "status"] == "awaiting_payment"
+    r = await signed_push(client, container, [
+        moota_item(y.account_number, pay, bank={"bank_type": "bca"})])
+    assert r.json()["matched"] == 1
+    assert await stored_banks(container, y.account_number) == [
+        ("bri", "unmatched"), ("bsi", "unmatched"), ("bca", "matched")]
+
+
+async def test_a_push_that_does_not_say_which_bank_of_two_is_set_aside_not_guessed(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """Without ``bank.bank_type`` (webhooks may leave it out) a number registered at two banks
+    names no account. The item is kept for a person, not stored: stored, its Moota id would
+    make the listing that names the bank a duplicate, never matched."""
+    from tests.support import signed_push
+
+    y = await new_merchant(container)
+    await same_number_at_another_bank(container, y, "bri")
+    order = await capture(client, y)
+    item = moota_item(y.account_number, order["payment"]["transfer_amount"])
+    r = await signed_push(client, container, [item])
+    assert r.status_code == 200, r.text
+    assert (r.json()["new"], r.json()["matched"], r.json()["unreadable"]) == (0, 0, 1)
+    assert await stored_banks(container, y.account_number) == []
+    listed = (await client.get("/v1/reconciliation/unreadable", headers=ops,
+                               params={"limit": "1000"})).json()["data"]
+    [aside] = [i for i in listed if i["mutation_ref"] == item["mutation_id"]]
+    assert "BCA" in aside["problem"] and "BRI" in aside["problem"]
+    assert y.account_number in aside["raw_item"]
+
+    named = await signed_push(client, container, [{**item, "bank": {"bank_type": "bca"}}])
+    assert named.json()["matched"] == 1
+    assert (await client.get(f"/v1/orders/{order['id']}", headers=y.headers)).json()[
+        "status"] == "paid"
+    closed = (await client.get("/v1/reconciliation/unreadable", headers=ops, params={
+        "status": "read", "limit": "1000"})).json()["data"]
+    assert aside["id"] in {i["id"] for i in closed}
