@@ -299,6 +299,25 @@ async def unmatched_credit(client: httpx.AsyncClient, ops: dict[str, str], m: Sh
     return str(credit["id"])
 
 
+async def test_merchants_sharing_one_account_are_paid_by_their_own_unique_amounts(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """One (bank, account) may be the payout account of several merchants (a company's shops):
+    the amount a transfer attempt holds is unique on the account across merchants, and a
+    reference names one order, so a credit still finds the order it pays."""
+    a = await new_merchant(container)
+    b = await same_number_at_another_bank(container, a, "bca")
+    first, second = await capture(client, a), await capture(client, b)
+    pays = [o["payment"]["transfer_amount"] for o in (first, second)]
+    assert pays[0] != pays[1]
+    report = (await upload(client, ops, a, bca_statement(a.account_number, [
+        (now(), f"TRSF CR {pay}", pay, "CR") for pay in reversed(pays)]))).json()
+    assert (report["matched"], report["needs_review"]) == (2, 0)
+    for m, o in ((a, first), (b, second)):
+        assert (await client.get(f"/v1/orders/{o['id']}", headers=m.headers)).json()[
+            "status"] == "paid"
+
+
 async def test_a_person_cannot_pay_an_order_with_money_on_another_merchants_account(
     client: httpx.AsyncClient, container: Container, ops: dict[str, str]
 ) -> None:
