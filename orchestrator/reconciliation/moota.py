@@ -69,17 +69,27 @@ MOOTA_BANK_TYPES = {
     "mandiri": "mandiri", "mandiriOnline": "mandiri", "mandiriBisnis": "mandiri",
     "mandiriMcm": "mandiri", "mandiriMcm2": "mandiri",
 }
-"""Moota ``bank_type`` values (RAILS.md §3.1, less their ``V2`` suffix) of the banks whose
-statements Lunas reads. The Syariah banks (``bcaSyariah``, ``briSyariah``, ``mandiriSyariah``)
-are other banks, with accounts of their own."""
+"""Moota ``bank_type`` values (RAILS.md §3.1 and Moota's SDK, less their ``V2`` suffix) of the
+banks whose statements Lunas reads."""
+OTHER_MOOTA_BANK_TYPES = frozenset({
+    "bcaSyariah", "bni", "bniBisnis", "bniSyariah", "bniBisnisSyariah", "briSyariah",
+    "briSyariahCms", "bsi", "bsiGiro", "mandiriSyariah", "mandiriSyariahBisnis",
+    "mandiriSyariahMcm", "mayBank", "megaSyariahCms", "muamalat", "gojek", "ovo",
+})
+"""The other banks and wallets Moota names: accounts of their own, never one at BCA, BRI or
+Mandiri with the same number (the Syariah banks included)."""
 
 
-def bank_of_type(bank_type: str) -> str:
+def bank_of_type(bank_type: str) -> str | None:
     """The bank Lunas books a mutation of this Moota ``bank_type`` to: ``bca``, ``bri`` or
-    ``mandiri``, else the type itself in lower case (``bsi``, ``bni``), which no payout account
-    of a served bank has, so the mutation is stored for finance and matches no order."""
+    ``mandiri``; for another bank Moota names, the type itself in lower case (``bsi``,
+    ``bni``), where the mutation is stored for finance and matches no order. None for a type
+    Lunas does not know (a variant Moota added since): it says nothing, and the account number
+    decides as when no type is given, rather than a BCA transfer going unmatched for ever."""
     base = bank_type.removesuffix("V2")
-    return MOOTA_BANK_TYPES.get(base, base.lower()[:32])
+    if base in MOOTA_BANK_TYPES:
+        return MOOTA_BANK_TYPES[base]
+    return base.lower()[:32] if base in OTHER_MOOTA_BANK_TYPES else None
 
 
 _SIGNATURE = re.compile(r"[0-9a-fA-F]{64}")

@@ -241,14 +241,17 @@ class ReconciliationService:
         """Per Moota mutation id, the bank to book it to, or the banks it may be at when the
         item does not say which and more than one has a payout account of its number.
 
-        The bank the item names (``bank.bank_type``) is taken as it is, even where no payout
-        account has the number: a transfer to a BSI account is not a transfer to the BCA
-        account of the same number. Without one, the number's only bank is taken; a number no
-        payout account has is booked to ``unknown`` (stored for finance, matching nothing).
-        A number at two banks is never guessed between: the guess (the first bank found) once
-        paid a BCA order with money on a BRI account of the same number."""
+        The bank the item names (``bank.bank_type``, ``bank_of_type``) is taken as it is, even
+        where no payout account has the number: a transfer to a BSI account is not a transfer
+        to the BCA account of the same number. Without one (or with a type Lunas does not
+        know), the number's only bank is taken; a number no payout account has is booked to
+        ``unknown`` (stored for finance, matching nothing). A number at two banks is never
+        guessed between: the guess (the first bank found) once paid a BCA order with money on
+        a BRI account of the same number."""
         p = payout_accounts.c
-        numbers = sorted({m.account_number for m in items if m.bank_type is None})
+        named = {m.mutation_id: bank_of_type(m.bank_type) for m in items
+                 if m.bank_type is not None}
+        numbers = sorted({m.account_number for m in items if named.get(m.mutation_id) is None})
         registered: dict[str, set[str]] = {}
         if numbers:
             async with self._db.read() as conn:
@@ -258,8 +261,8 @@ class ReconciliationService:
                     registered.setdefault(number, set()).add(bank)
         banks: dict[str, str | frozenset[str]] = {}
         for m in items:
-            if m.bank_type is not None:
-                banks[m.mutation_id] = bank_of_type(m.bank_type)
+            if (bank := named.get(m.mutation_id)) is not None:
+                banks[m.mutation_id] = bank
                 continue
             at = registered.get(m.account_number, set())
             banks[m.mutation_id] = (frozenset(at) if len(at) > 1

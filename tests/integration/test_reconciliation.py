@@ -512,6 +512,9 @@ async def test_a_push_that_does_not_say_which_bank_of_two_is_set_aside_not_guess
     assert "BCA" in aside["problem"] and "BRI" in aside["problem"]
     assert y.account_number in aside["raw_item"]
 
+    # A bank type Lunas does not know names no bank either: still set aside, and kept once.
+    unknown = await signed_push(client, container, [{**item, "bank": {"bank_type": "klikBca"}}])
+    assert (unknown.json()["new"], unknown.json()["unreadable"]) == (0, 1)
     named = await signed_push(client, container, [{**item, "bank": {"bank_type": "bca"}}])
     assert named.json()["matched"] == 1
     assert (await client.get(f"/v1/orders/{order['id']}", headers=y.headers)).json()[

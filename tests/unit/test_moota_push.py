@@ -169,9 +169,11 @@ def test_the_bank_type_is_read_from_the_nested_account_when_there_is_one(
     # Other banks, the Syariah ones included, are other banks: never BCA, BRI or Mandiri.
     ("bcaSyariahV2", "bcasyariah"), ("briSyariahCmsV2", "brisyariahcms"),
     ("mandiriSyariah", "mandirisyariah"), ("bsi", "bsi"), ("bniV2", "bni"),
+    # A type Lunas does not know names nothing: the account number decides, as without one.
+    ("bcaGiroV3", None), ("klikBca", None),
 ])
 def test_a_moota_bank_type_names_the_bank_lunas_books_the_mutation_to(bank_type: str,
-                                                                      bank: str) -> None:
+                                                                      bank: str | None) -> None:
     assert bank_of_type(bank_type) == bank
 
 
