@@ -33,8 +33,14 @@ import sqlalchemy as sa
 from orchestrator.bootstrap import Container, build
 from orchestrator.settings import Settings, SettingsError
 from orchestrator.store.engine import migrate
-from orchestrator.store.merchants import OPS_SCOPES, create_merchant, create_ops_token
-from orchestrator.store.tables import merchants, payout_accounts
+from orchestrator.store.merchants import (
+    OPS_SCOPES,
+    add_payout_account,
+    create_merchant,
+    create_ops_token,
+    payout_account_problem,
+)
+from orchestrator.store.tables import merchants
 from orchestrator.telemetry import logging as log_setup
 from orchestrator.telemetry import tracing
 
@@ -44,8 +50,8 @@ def _account(text: str) -> tuple[str, str, str]:
     if len(parts) != 3 or not all(p.strip() for p in parts):
         raise argparse.ArgumentTypeError(f"expected BANK:NUMBER:HOLDER, got {text!r}")
     bank, number, holder = (p.strip() for p in parts)
-    if not number.isdigit():
-        raise argparse.ArgumentTypeError(f"account number must be digits, got {number!r}")
+    if problem := payout_account_problem(bank.lower(), number):
+        raise argparse.ArgumentTypeError(problem)
     return bank.lower(), number, holder
 
 
@@ -186,9 +192,14 @@ async def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
 
 async def _merchants_create(settings: Settings, args: argparse.Namespace) -> int:
     async def work(c: Container) -> int:
-        async with c.db.transaction() as conn:
-            created = await create_merchant(conn, name=args.name, webhook_url=args.webhook_url,
-                                            accounts=args.account, now=c.clock.now())
+        try:
+            async with c.db.transaction() as conn:
+                created = await create_merchant(conn, name=args.name,
+                                                webhook_url=args.webhook_url,
+                                                accounts=args.account, now=c.clock.now())
+        except ValueError as exc:
+            print(f"lunas: {exc}; no merchant created", file=sys.stderr)
+            return 1
         out = {"merchant_id": created.merchant_id, "api_key": created.api_key,
                "webhook_secret": created.webhook_secret,
                "accounts": [asdict(a) for a in created.accounts]}
@@ -206,8 +217,6 @@ async def _merchants_create(settings: Settings, args: argparse.Namespace) -> int
 
 async def _merchants_add_account(settings: Settings, args: argparse.Namespace) -> int:
     async def work(c: Container) -> int:
-        from orchestrator.domain.ids import new_id
-
         bank, number, holder = args.account
         async with c.db.transaction() as conn:
             exists = (await conn.execute(sa.select(merchants.c.id)
@@ -215,10 +224,12 @@ async def _merchants_add_account(settings: Settings, args: argparse.Namespace) -
             if exists is None:
                 print(f"lunas: no merchant {args.merchant_id}", file=sys.stderr)
                 return 1
-            await conn.execute(payout_accounts.insert().values(
-                id=new_id("acc"), merchant_id=args.merchant_id, bank=bank,
-                account_number=number, account_name=holder, priority=100,
-                created_at=c.clock.now()))
+            added = await add_payout_account(conn, merchant_id=args.merchant_id, bank=bank,
+                                             number=number, holder=holder, now=c.clock.now())
+        if added is None:
+            print(f"lunas: {args.merchant_id} already has {bank.upper()} {number}; nothing added",
+                  file=sys.stderr)
+            return 1
         print(f"lunas: added {bank.upper()} {number} to {args.merchant_id}")
         return 0
     return await _with_container(settings, work)

@@ -35,6 +35,7 @@ _STATUS: list[tuple[type[domain.DomainError], int, str]] = [
     (domain.InvalidOrder, 422, "Invalid order"),
     (domain.StatementRejected, 422, "Statement rejected"),
     (domain.NoPayoutAccount, 422, "No payout account"),
+    (domain.NotTheMerchantsAccount, 422, "Not the merchant's account"),
     (domain.UniqueCodesExhausted, 503, "Unique codes exhausted"),
     (domain.Conflict, 409, "Conflict"),
 ]

@@ -10,6 +10,7 @@
     │   └── AlreadyMatched         mutation or order already settled by something else
     ├── UniqueCodesExhausted       every transfer amount in the code range is held on every account
     ├── NoPayoutAccount            merchant has no destination account for manual transfer
+    ├── NotTheMerchantsAccount     a credit on one merchant's account offered for another's order
     └── StatementRejected          a bank statement file is malformed (whole file refused)
 """
 
@@ -74,6 +75,13 @@ class UniqueCodesExhausted(DomainError):
 
 class NoPayoutAccount(DomainError):
     code = "no_payout_account"
+
+
+class NotTheMerchantsAccount(DomainError):
+    """Money that landed on an account the order's merchant does not own cannot pay the order,
+    not even by a person's hand: the merchant would deliver for money it never received."""
+
+    code = "not_the_merchants_account"
 
 
 class StatementRejected(DomainError):

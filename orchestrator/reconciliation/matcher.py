@@ -2,7 +2,9 @@
 
 A credit matches an attempt on the same account by exact transfer amount within the attempt's
 validity window, or by an order reference written in the transfer's description. One candidate
-settles; several go to a person; none leaves the mutation unmatched. Debits are not collections.
+settles; several go to a person; none leaves the mutation unmatched. Several also means a
+reference to one order and the exact amount another order holds: the signals conflict. Debits
+are not collections.
 """
 
 from __future__ import annotations
@@ -99,9 +101,15 @@ def decide(mutation: MutationFacts, candidates: Sequence[Candidate]) -> MatchDec
     referenced = referenced_order_ids(mutation.description)
     by_reference = [c for c in in_window if c.order_id in referenced]
     by_amount = [c for c in in_window if c.transfer_amount == mutation.amount]
-    # A reference the customer typed is the strongest signal; it can also name an order whose
-    # amount differs (settlement then flags the discrepancy rather than dropping the money).
-    chosen = _unique_orders(by_reference) or _unique_orders(by_amount)
+    # A reference the customer typed names an order, and so does an amount equal to the unique
+    # amount an attempt holds on the account. A reference alone may name an order whose amount
+    # differs (settlement then flags the discrepancy rather than dropping the money); but when
+    # the amount is to the rupiah what another order holds, the two signals disagree, and
+    # trusting either would leave a customer who paid in full with an unpaid order.
+    chosen = _unique_orders(by_amount)
+    if by_reference:
+        named = _unique_orders(by_reference)
+        chosen = named + [c for c in chosen if c.order_id not in {n.order_id for n in named}]
     if len(chosen) == 1:
         return MatchDecision(kind=MatchKind.MATCHED, attempt_id=chosen[0].attempt_id)
     if len(chosen) > 1:

@@ -45,6 +45,11 @@ class MootaMutation:
 
     ``account_number`` is as Moota sent it; one payload shape sends it as a JSON number, which
     has already lost any leading zero, so compare it digits-only and with care.
+
+    ``bank_id`` is Moota's opaque id of the account it watches, not a bank; the bank is named
+    only by the nested account's ``bank.bank_type`` (``bank_type`` here), which a webhook may
+    leave out (RAILS.md §3.2). An account number alone does not say which bank: the same
+    number can be an account at two banks.
     """
 
     mutation_id: str
@@ -55,6 +60,36 @@ class MootaMutation:
     direction: Direction
     description: str
     balance: int | None
+    bank_type: str | None = None
+
+
+MOOTA_BANK_TYPES = {
+    "bca": "bca", "bcaGiro": "bca",
+    "bri": "bri", "briCms": "bri", "briGiro": "bri",
+    "mandiri": "mandiri", "mandiriOnline": "mandiri", "mandiriBisnis": "mandiri",
+    "mandiriMcm": "mandiri", "mandiriMcm2": "mandiri",
+}
+"""Moota ``bank_type`` values (RAILS.md §3.1 and Moota's SDK, less their ``V2`` suffix) of the
+banks whose statements Lunas reads."""
+OTHER_MOOTA_BANK_TYPES = frozenset({
+    "bcaSyariah", "bni", "bniBisnis", "bniSyariah", "bniBisnisSyariah", "briSyariah",
+    "briSyariahCms", "bsi", "bsiGiro", "mandiriSyariah", "mandiriSyariahBisnis",
+    "mandiriSyariahMcm", "mayBank", "megaSyariahCms", "muamalat", "gojek", "ovo",
+})
+"""The other banks and wallets Moota names: accounts of their own, never one at BCA, BRI or
+Mandiri with the same number (the Syariah banks included)."""
+
+
+def bank_of_type(bank_type: str) -> str | None:
+    """The bank Lunas books a mutation of this Moota ``bank_type`` to: ``bca``, ``bri`` or
+    ``mandiri``; for another bank Moota names, the type itself in lower case (``bsi``,
+    ``bni``), where the mutation is stored for finance and matches no order. None for a type
+    Lunas does not know (a variant Moota added since): it says nothing, and the account number
+    decides as when no type is given, rather than a BCA transfer going unmatched for ever."""
+    base = bank_type.removesuffix("V2")
+    if base in MOOTA_BANK_TYPES:
+        return MOOTA_BANK_TYPES[base]
+    return base.lower()[:32] if base in OTHER_MOOTA_BANK_TYPES else None
 
 
 _SIGNATURE = re.compile(r"[0-9a-fA-F]{64}")
@@ -169,7 +204,17 @@ def parse_moota_item(item: object, *, index: int) -> MootaMutation:
         direction=direction_cell(_text(item, "type", index), column="type", line=index),
         description=_description(item),
         balance=None if balance in (None, "") else _money(balance, "balance", index, signed=True),
+        bank_type=_bank_type(item),
     )
+
+
+def _bank_type(item: dict[str, Any]) -> str | None:
+    """``bank.bank_type`` when the item names it as text; anything else says nothing."""
+    bank = item.get("bank")
+    named = bank.get("bank_type") if isinstance(bank, dict) else None
+    if not isinstance(named, str) or not named.strip() or text_problem(named.strip()):
+        return None
+    return named.strip()[:64]
 
 
 def _field(item: dict[str, Any], name: str, index: int) -> object:

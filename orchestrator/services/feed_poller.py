@@ -102,7 +102,7 @@ class FeedPoller:
         for offset in range(0, len(items), INGEST_CHUNK):
             part = await self._reconciliation.ingest_feed(items[offset:offset + INGEST_CHUNK])
             for name in ("new", "duplicate", "matched", "ambiguous", "unmatched",
-                         "ignored_debits", "needs_review", "possible_reversals"):
+                         "ignored_debits", "needs_review", "possible_reversals", "unreadable"):
                 setattr(report, name, getattr(report, name) + getattr(part, name))
         await self._unreadable.close_read(FEED_NAME, now=started)
         await self._record_success(started)

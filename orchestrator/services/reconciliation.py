@@ -35,6 +35,7 @@ from orchestrator.domain.clock import WIB, Clock
 from orchestrator.domain.errors import (
     AlreadyMatched,
     NotFound,
+    NotTheMerchantsAccount,
     StatementRejected,
 )
 from orchestrator.domain.ids import new_id
@@ -65,7 +66,13 @@ from orchestrator.reconciliation.matcher import (
     referenced_order_ids,
     reversal_window,
 )
-from orchestrator.reconciliation.moota import MootaMutation, parse_moota_push
+from orchestrator.reconciliation.moota import (
+    MootaMutation,
+    UnreadableItem,
+    bank_of_type,
+    parse_moota_push,
+    unreadable_item,
+)
 from orchestrator.reconciliation.statements import StatementRows, read_statement
 from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import iso
@@ -104,7 +111,8 @@ class ImportReport:
     needs_review: int = 0
     skipped_pending: int = 0
     unreadable: int = 0
-    """Moota items that are not readable mutations, set aside for a person."""
+    """Moota items set aside for a person: not readable mutations, or on an account number at
+    several banks without saying which."""
     possible_reversals: int = 0
     """Debits that may take back a credit that paid an order: a review case each."""
     statement_id: str | None = None
@@ -201,7 +209,7 @@ class ReconciliationService:
         now = self._clock.now()
         await self._unreadable.keep(MOOTA, pushed.unreadable, now=now)
         report = await self._ingest_moota(pushed.mutations, source="push")
-        report.unreadable = len(pushed.unreadable)
+        report.unreadable += len(pushed.unreadable)
         await self._unreadable.close_read(MOOTA, now=now)
         return report
 
@@ -212,6 +220,57 @@ class ReconciliationService:
 
     async def _ingest_moota(self, items: Sequence[MootaMutation], *, source: str
                             ) -> ImportReport:
+        """Book each item to its bank (``_moota_banks``), set aside those whose bank cannot be
+        told, and store and match the rest (``_ingest_moota_stored``)."""
+        banks = await self._moota_banks(items)
+        booked: list[tuple[MootaMutation, str]] = []
+        aside: list[UnreadableItem] = []
+        for m in items:
+            bank = banks[m.mutation_id]
+            if isinstance(bank, str):
+                booked.append((m, bank))
+            else:
+                aside.append(_bank_untold(m, bank))
+        await self._unreadable.keep(MOOTA, aside, now=self._clock.now())
+        report = await self._ingest_moota_stored(booked, source=source)
+        report.parsed, report.unreadable = len(items), len(aside)
+        return report
+
+    async def _moota_banks(self, items: Sequence[MootaMutation]
+                           ) -> dict[str, str | frozenset[str]]:
+        """Per Moota mutation id, the bank to book it to, or the banks it may be at when the
+        item does not say which and more than one has a payout account of its number.
+
+        The bank the item names (``bank.bank_type``, ``bank_of_type``) is taken as it is, even
+        where no payout account has the number: a transfer to a BSI account is not a transfer
+        to the BCA account of the same number. Without one (or with a type Lunas does not
+        know), the number's only bank is taken; a number no payout account has is booked to
+        ``unknown`` (stored for finance, matching nothing). A number at two banks is never
+        guessed between: the guess (the first bank found) once paid a BCA order with money on
+        a BRI account of the same number."""
+        p = payout_accounts.c
+        named = {m.mutation_id: bank_of_type(m.bank_type) for m in items
+                 if m.bank_type is not None}
+        numbers = sorted({m.account_number for m in items if named.get(m.mutation_id) is None})
+        registered: dict[str, set[str]] = {}
+        if numbers:
+            async with self._db.read() as conn:
+                for number, bank in await conn.execute(sa.select(p.account_number, p.bank)
+                                                       .where(p.account_number.in_(numbers))
+                                                       .distinct()):
+                    registered.setdefault(number, set()).add(bank)
+        banks: dict[str, str | frozenset[str]] = {}
+        for m in items:
+            if (bank := named.get(m.mutation_id)) is not None:
+                banks[m.mutation_id] = bank
+                continue
+            at = registered.get(m.account_number, set())
+            banks[m.mutation_id] = (frozenset(at) if len(at) > 1
+                                    else next(iter(at), "unknown"))
+        return banks
+
+    async def _ingest_moota_stored(self, items: Sequence[tuple[MootaMutation, str]], *,
+                                   source: str) -> ImportReport:
         """Store and match Moota items in one transaction, run again if PostgreSQL ends it to
         break a deadlock: nothing of it was stored, and a push refused would be lost unless
         Moota sends it again (a poll would read it again, only later). Ingests and statement
@@ -229,20 +288,19 @@ class ReconciliationService:
                 self._metrics.mutation_ingests_retried.labels(source).inc()
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def _ingest_moota_once(self, items: Sequence[MootaMutation], *, source: str
-                                 ) -> ImportReport:
+    async def _ingest_moota_once(self, items: Sequence[tuple[MootaMutation, str]], *,
+                                 source: str) -> ImportReport:
         now = self._clock.now()
         report = ImportReport(parsed=len(items))
+        incoming = [
+            IncomingMutation(
+                bank=bank, account_number=m.account_number, posted_at=m.posted_at,
+                amount=m.amount, direction=m.direction, description=m.description,
+                balance=m.balance, source=source, fingerprint=fingerprint_moota(m.mutation_id),
+            )
+            for m, bank in items
+        ]
         async with self._db.transaction() as conn:
-            incoming = [
-                IncomingMutation(
-                    bank=await _bank_of(conn, m.account_number), account_number=m.account_number,
-                    posted_at=m.posted_at, amount=m.amount, direction=m.direction,
-                    description=m.description, balance=m.balance, source=source,
-                    fingerprint=fingerprint_moota(m.mutation_id),
-                )
-                for m in items
-            ]
             await self._ingest(conn, incoming, report, statement_id=None, now=now)
         return report
 
@@ -556,11 +614,12 @@ class ReconciliationService:
                 )
             if mutation.direction != "CR":
                 raise AlreadyMatched(f"mutation {mutation_id} is a debit; only credits pay orders")
+            await _check_the_merchants_account(conn, mutation, order_id)
             a = payment_attempts.c
-            # The bank credit landed on a payout account: prefer the order's transfer attempt on
-            # that account (its expected amount includes the code), then any instrument that
-            # was live; never one that never gave instructions.
-            same_account = sa.and_(a.rail == "manual_transfer",
+            # The bank credit landed on one of the merchant's payout accounts: prefer the
+            # order's transfer attempt on that account (its expected amount includes the code),
+            # then any instrument that was live; never one that never gave instructions.
+            same_account = sa.and_(a.rail == "manual_transfer", a.payout_bank == mutation.bank,
                                    a.payout_account_number == mutation.account_number)
             attempt_id = (await conn.execute(
                 sa.select(a.id).where(a.order_id == order_id, a.state.notin_(
@@ -919,17 +978,45 @@ async def _candidates(conn: AsyncConnection, item: IncomingMutation) -> list[Can
     ]
 
 
+async def _check_the_merchants_account(conn: AsyncConnection, mutation: Any, order_id: str
+                                       ) -> None:
+    """Refuse a manual match of a credit on an account the order's merchant does not own (now
+    or before: an account it stopped using still receives its customers' late transfers)."""
+    merchant_id = (await conn.execute(sa.select(orders.c.merchant_id).where(
+        orders.c.id == order_id))).scalar_one_or_none()
+    if merchant_id is None:
+        raise NotFound(f"no order {order_id}")
+    p = payout_accounts.c
+    owned = (await conn.execute(sa.select(sa.exists().where(
+        p.merchant_id == merchant_id, p.bank == mutation.bank,
+        p.account_number == mutation.account_number)))).scalar_one()
+    if not owned:
+        raise NotTheMerchantsAccount(
+            f"mutation {mutation.id} is a credit on {mutation.bank.upper()} "
+            f"{mutation.account_number}, which is not a payout account of the merchant of order "
+            f"{order_id}; money on another account cannot pay this order")
+
+
 async def _set_match_state(conn: AsyncConnection, mutation_id: str, state: str) -> None:
     await conn.execute(mutations.update().where(mutations.c.id == mutation_id)
                        .values(match_state=state))
 
 
-async def _bank_of(conn: AsyncConnection, account_number: str) -> str:
-    bank = (await conn.execute(
-        sa.select(payout_accounts.c.bank).where(payout_accounts.c.account_number == account_number)
-        .limit(1)
-    )).scalar_one_or_none()
-    return bank or "unknown"
+def _bank_untold(m: MootaMutation, banks: frozenset[str]) -> UnreadableItem:
+    """A Moota item whose account number is a payout account at several ``banks`` and that
+    does not say which, as kept for a person. Not stored as a mutation: its Moota id would then
+    make a later listing that names the bank a duplicate, never matched; kept aside, that
+    listing is stored and matched as usual and closes the item."""
+    fields = {"mutation_id": m.mutation_id, "bank_id": m.bank_id,
+              "account_number": m.account_number,
+              "date": m.posted_at.astimezone(WIB).strftime("%Y-%m-%d %H:%M:%S"),
+              "amount": str(m.amount), "type": m.direction, "description": m.description,
+              "balance": None if m.balance is None else str(m.balance)}
+    named = " and ".join(b.upper() for b in sorted(banks))
+    return unreadable_item(fields, (
+        f"account number ending {m.account_number[-4:]} is a payout account at {named}, and "
+        "the item does not say which bank (no bank.bank_type); set aside rather than guessed: "
+        "find the transfer on those banks' statements"))
 
 
 def _render_mutation(m: Any) -> dict[str, Any]:

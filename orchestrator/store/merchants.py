@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -9,18 +10,26 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.domain.ids import new_id
+from orchestrator.reconciliation.statements import SUPPORTED_BANKS
 from orchestrator.services.credentials import (
     hash_secret,
     new_merchant_key,
     new_ops_token,
     new_webhook_secret,
 )
+from orchestrator.store.database import upsert_insert
 from orchestrator.store.tables import merchant_api_keys, merchants, ops_tokens, payout_accounts
 
 OPS_SCOPES = ("reconciliation", "ops")
 """What an ops token may do: ``reconciliation`` (statements, matches, reviews) and ``ops`` (routes,
 maintenance, breakers, dead letters, status incidents). An ``orders`` scope was offered once and
 checked by nothing; a token that still carries it gains nothing from it."""
+PAYOUT_BANKS = SUPPORTED_BANKS
+"""Banks a payout account may be at: those whose statements Lunas imports and whose Moota bank
+types it maps (``moota.bank_of_type``). A transfer to an account at any other bank could never
+be matched, so its orders would only ever expire."""
+ACCOUNT_NUMBER = re.compile(r"[0-9]{10,16}")
+"""A bank account number: BCA's have 10 digits, Mandiri's 13, BRI's 15."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +63,21 @@ class OpsPrincipal:
     scopes: frozenset[str]
 
 
+def payout_account_problem(bank: str, number: str) -> str | None:
+    """Why (bank, number) cannot be a payout account, or None. ``bank`` in lower case.
+
+    One (bank, number) may be the payout account of several merchants (a company's shops on
+    the company's account): the amount a transfer attempt holds is unique on the account
+    whichever merchant's it is, and a reference names one order, so a credit on it still
+    finds the order it pays."""
+    if bank not in PAYOUT_BANKS:
+        return (f"bank {bank!r} is not one whose statements Lunas reads; payout accounts are at "
+                f"{', '.join(PAYOUT_BANKS)}")
+    if not ACCOUNT_NUMBER.fullmatch(number):
+        return f"account number {number!r} is not 10 to 16 digits"
+    return None
+
+
 async def create_merchant(
     conn: AsyncConnection,
     *,
@@ -62,6 +86,14 @@ async def create_merchant(
     accounts: list[tuple[str, str, str]],
     now: datetime,
 ) -> NewMerchant:
+    """Raises ``ValueError`` for an account Lunas cannot read, or one given twice."""
+    seen: set[tuple[str, str]] = set()
+    for bank, number, _ in accounts:
+        if problem := payout_account_problem(bank.lower(), number):
+            raise ValueError(problem)
+        if (bank.lower(), number) in seen:
+            raise ValueError(f"{bank.upper()} {number} is given twice")
+        seen.add((bank.lower(), number))
     merchant_id = new_id("mer")
     api_key, secret = new_merchant_key(), new_webhook_secret()
     await conn.execute(
@@ -91,6 +123,26 @@ async def create_merchant(
     return NewMerchant(
         merchant_id=merchant_id, api_key=api_key, webhook_secret=secret, accounts=tuple(created)
     )
+
+
+async def add_payout_account(
+    conn: AsyncConnection, *, merchant_id: str, bank: str, number: str, holder: str,
+    now: datetime,
+) -> PayoutAccount | None:
+    """Add an account after the merchant's others; None if the merchant has it already (the
+    unique constraint decides). Raises ``ValueError`` for an account Lunas cannot read."""
+    bank = bank.lower()
+    if problem := payout_account_problem(bank, number):
+        raise ValueError(problem)
+    account = PayoutAccount(id=new_id("acc"), bank=bank, account_number=number,
+                            account_name=holder)
+    added = await conn.execute(
+        upsert_insert(conn.dialect.name)(payout_accounts).values(
+            id=account.id, merchant_id=merchant_id, bank=bank, account_number=number,
+            account_name=holder, priority=100, created_at=now,
+        ).on_conflict_do_nothing(index_elements=["merchant_id", "bank", "account_number"])
+        .returning(payout_accounts.c.id))
+    return account if added.first() is not None else None
 
 
 async def merchant_for_key(conn: AsyncConnection, api_key: str) -> Merchant | None:

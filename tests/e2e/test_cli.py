@@ -74,6 +74,37 @@ async def test_bad_account_syntax_is_refused_before_anything_is_written(
     assert r.returncode == 2 and "BANK:NUMBER:HOLDER" in r.stderr
 
 
+async def test_payout_accounts_are_at_banks_lunas_reads_and_each_is_added_once(
+    env: dict[str, str]
+) -> None:
+    """A BSI account was accepted though no statement import or feed mapping reads BSI: its
+    orders could never be matched. ``01234`` is no bank's account number. Adding an account
+    twice printed a 100-line IntegrityError traceback."""
+    assert run(env, "migrate").returncode == 0
+    for account, named in (("bsi:0123456789:X", "'bsi'"), ("bca:01234:X", "'01234'")):
+        refused = run(env, "merchants", "create", "X", "--account", account)
+        assert refused.returncode == 2 and named in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+    assert "bca, mandiri, bri" in run(env, "merchants", "create", "X", "--account",
+                                      "bsi:0123456789:X").stderr
+    twice = run(env, "merchants", "create", "X", "--account", "bca:1111111111:X",
+                "--account", "BCA:1111111111:X")
+    assert twice.returncode == 1 and "twice" in twice.stderr and "Traceback" not in twice.stderr
+
+    shop = json.loads(run(env, "merchants", "create", "Toko Kopi", "--json",
+                          "--account", "bca:0123456789:TOKO KOPI").stdout)
+    added = run(env, "merchants", "add-account", shop["merchant_id"], "bri:123456789012345:KOPI")
+    assert added.returncode == 0, added.stderr
+    again = run(env, "merchants", "add-account", shop["merchant_id"], "bri:123456789012345:KOPI")
+    assert again.returncode == 1 and "already" in again.stderr, again.stderr
+    assert "Traceback" not in again.stderr
+    assert run(env, "merchants", "add-account", shop["merchant_id"],
+               "bsi:0123456789:KOPI").returncode == 2
+    # One account may be several merchants' (a company's shops): see test_reconciliation.py.
+    assert run(env, "merchants", "create", "Toko Teh", "--account",
+               "bca:0123456789:TOKO TEH").returncode == 0
+
+
 async def test_finance_lists_and_closes_an_unreadable_feed_item(env: dict[str, str]) -> None:
     import sqlalchemy as sa
     from sqlalchemy.ext.asyncio import create_async_engine

@@ -321,6 +321,35 @@ async def test_a_corrected_listing_of_the_mutation_pays_its_order_and_closes_the
     assert closed["closed_by"] == "feed"
 
 
+async def test_a_listing_on_a_number_at_two_banks_is_booked_by_its_bank_type_or_set_aside(
+    client: httpx.AsyncClient, container: Container, feed: Container, sim: MootaSim
+) -> None:
+    """Y's BCA account and X's BRI account share a number. The feed names the bank of most
+    listings (``bank.bank_type``): those are booked to it. One that does not name it was booked
+    to the first bank found with the number, and could pay Y's order with X's money."""
+    from orchestrator.store.merchants import create_merchant
+
+    poller, ops = poller_of(feed), {"Authorization": f"Bearer {await new_ops_token(container)}"}
+    y = await new_merchant(container)
+    async with container.db.transaction() as conn:
+        await create_merchant(conn, name="Toko Lain", webhook_url=None, now=feed.clock.now(),
+                              accounts=[("bri", y.account_number, "TOKO LAIN")])
+    named, untold = await capture(client, y), await capture(client, y, 160_000)
+    await transfer(sim, y.account_number, named["payment"]["transfer_amount"],
+                   listed_as={"bank": {"bank_type": "bcaGiro", "label": "BCA Giro"}})
+    odd = await transfer(sim, y.account_number, untold["payment"]["transfer_amount"])
+
+    for _ in range(2):  # listed every poll; kept once
+        report = await poller.poll()
+    assert (report.parsed, report.unreadable) == (2, 1)
+    assert await status(client, y, named["id"]) == "paid"
+    assert await status(client, y, untold["id"]) == "awaiting_payment"
+    assert [(r.bank, r.order_id) for r in await stored(container, y.account_number)] == [
+        ("bca", named["id"])]
+    [aside] = [i for i in await unreadable(client, ops) if i["mutation_ref"] == odd["mutation_id"]]
+    assert "BCA and BRI" in aside["problem"]
+
+
 async def test_more_unreadable_items_than_allowed_fail_the_poll_as_a_changed_format(
     client: httpx.AsyncClient, container: Container, feed: Container, sim: MootaSim
 ) -> None:

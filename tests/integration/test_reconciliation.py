@@ -24,9 +24,17 @@ from orchestrator.store.tables import (
     mutations,
     orders,
     outbox,
+    payout_accounts,
     review_cases,
 )
-from tests.support import ShopFixture, bca_statement, new_merchant, new_ops_token, order_body
+from tests.support import (
+    ShopFixture,
+    account_number,
+    bca_statement,
+    new_merchant,
+    new_ops_token,
+    order_body,
+)
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +181,26 @@ async def test_amount_that_differs_puts_the_order_in_review(
     assert (read["status"], read["review_reason"]) == ("needs_review", "amount_mismatch")
 
 
+async def test_a_typed_reference_does_not_beat_another_orders_exact_unique_amount(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """Order A's customer paid A's unique amount to the rupiah, typing order B's id. Before,
+    the reference won: B went to review as an amount mismatch (refund recommended) and A, paid
+    in full, was left to expire. Two signals naming two orders are for a person."""
+    m = await new_merchant(container)
+    a, b = await capture(client, m, 81_000), await capture(client, m, 92_000)
+    report = (await upload(client, ops, m, bca_statement(m.account_number, [
+        (now(), f"TRSF CR {b['id'].upper()} ANDI", a["payment"]["transfer_amount"], "CR"),
+    ]))).json()
+    assert (report["matched"], report["ambiguous"], report["needs_review"]) == (0, 1, 0)
+    for o in (a, b):
+        assert (await client.get(f"/v1/orders/{o['id']}", headers=m.headers)).json()[
+            "status"] == "awaiting_payment"
+    listed = (await client.get("/v1/reconciliation/unmatched", headers=ops,
+                               params={"account_number": m.account_number})).json()["data"]
+    assert [x["match_state"] for x in listed] == ["ambiguous"]
+
+
 async def test_payment_after_expiry_is_never_dropped(
     client: httpx.AsyncClient, container: Container, ops: dict[str, str]
 ) -> None:
@@ -257,6 +285,83 @@ async def test_unmatched_credit_is_listed_and_matched_by_a_person_with_an_audit_
         "account_number": m.account_number})).json()["data"] == []
 
 
+async def unmatched_credit(client: httpx.AsyncClient, ops: dict[str, str], m: ShopFixture,
+                           amount: int, bank: str = "bca") -> str:
+    """A credit of ``amount`` no order claims, on ``m``'s account; its mutation id."""
+    from tests.integration.test_reconciliation_batch import bri_statement
+
+    statement = (bri_statement(m.account_number, [(now(), amount)]) if bank == "bri" else
+                 bca_statement(m.account_number, [(now(), "KR OTOMATIS LLG SITI", amount, "CR")]))
+    assert (await upload(client, ops, m, statement, bank)).json()["unmatched"] == 1
+    listed = (await client.get("/v1/reconciliation/unmatched", headers=ops,
+                               params={"account_number": m.account_number})).json()["data"]
+    [credit] = [x for x in listed if x["amount"] == amount and x["bank"] == bank]
+    return str(credit["id"])
+
+
+async def test_merchants_sharing_one_account_are_paid_by_their_own_unique_amounts(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """One (bank, account) may be the payout account of several merchants (a company's shops):
+    the amount a transfer attempt holds is unique on the account across merchants, and a
+    reference names one order, so a credit still finds the order it pays."""
+    a = await new_merchant(container)
+    b = await same_number_at_another_bank(container, a, "bca")
+    first, second = await capture(client, a), await capture(client, b)
+    pays = [o["payment"]["transfer_amount"] for o in (first, second)]
+    assert pays[0] != pays[1]
+    report = (await upload(client, ops, a, bca_statement(a.account_number, [
+        (now(), f"TRSF CR {pay}", pay, "CR") for pay in reversed(pays)]))).json()
+    assert (report["matched"], report["needs_review"]) == (2, 0)
+    for m, o in ((a, first), (b, second)):
+        assert (await client.get(f"/v1/orders/{o['id']}", headers=m.headers)).json()[
+            "status"] == "paid"
+
+
+async def test_a_person_cannot_pay_an_order_with_money_on_another_merchants_account(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """The credit landed on merchant A's account; B's customer's order is not paid by it, even
+    by hand: B would ship goods for money B never received."""
+    a, b = await new_merchant(container), await new_merchant(container)
+    order = await capture(client, b, 200_000)
+    mutation_id = await unmatched_credit(client, ops, a, order["payment"]["transfer_amount"])
+    r = await client.post("/v1/reconciliation/matches", headers=ops, json={
+        "mutation_id": mutation_id, "order_id": order["id"], "reason": "customer sent proof"})
+    assert r.status_code == 422, r.text
+    assert r.json()["code"] == "not_the_merchants_account"
+    assert a.account_number in r.json()["detail"]
+    assert (await client.get(f"/v1/orders/{order['id']}", headers=b.headers)).json()[
+        "status"] == "awaiting_payment"
+    [credit] = await rows(container, sa.select(mutations.c.match_state, mutations.c.order_id)
+                          .where(mutations.c.id == mutation_id))
+    assert tuple(credit) == ("unmatched", None)
+    assert await rows(container, sa.select(audit_log.c.id).where(
+        audit_log.c.subject_id == mutation_id)) == []
+
+
+async def test_a_person_may_match_a_credit_on_any_account_of_the_orders_merchant(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """The customer was told the BCA account but paid into the merchant's BRI account: the
+    money is the merchant's, so a person may match it (to the BCA transfer attempt)."""
+    m = await new_merchant(container)
+    bri = ShopFixture(m.merchant_id, m.api_key, m.webhook_secret, "bri", account_number())
+    async with container.db.transaction() as conn:
+        await conn.execute(payout_accounts.insert().values(
+            id=f"acc_{uuid.uuid4().hex[:26]}", merchant_id=m.merchant_id, bank="bri",
+            account_number=bri.account_number, account_name="TOKO UJI", priority=9,
+            created_at=now()))
+    order = await capture(client, m, 210_000)
+    assert order["payment"]["bank"] == "bca"
+    pay = order["payment"]["transfer_amount"]
+    mutation_id = await unmatched_credit(client, ops, bri, pay, bank="bri")
+    r = await client.post("/v1/reconciliation/matches", headers=ops, json={
+        "mutation_id": mutation_id, "order_id": order["id"], "reason": "paid to our BRI"})
+    assert r.status_code == 201, r.text
+    assert (r.json()["order_status"], r.json()["verdict"]) == ("paid", "settle")
+
+
 class TestStatementsThatAreRefusedWhole:
     async def _refused(self, client: httpx.AsyncClient, container: Container,
                        ops: dict[str, str], m: ShopFixture, data: bytes,
@@ -335,3 +440,85 @@ async def test_signed_push_settles_and_a_forged_one_stores_nothing(
     assert replay.json()["duplicate"] == 1
     assert (await rows(container, sa.select(orders.c.state).where(
         orders.c.id == order["id"])))[0].state == "paid"
+
+
+def moota_item(account: str, amount: int, **extra: Any) -> dict[str, Any]:
+    item: dict[str, Any] = json.loads(moota_body(account, amount))[0]
+    return {**item, **extra}
+
+
+async def same_number_at_another_bank(container: Container, m: ShopFixture, bank: str
+                                      ) -> ShopFixture:
+    """Another merchant whose payout account at ``bank`` has ``m``'s account number."""
+    from orchestrator.store.merchants import create_merchant
+
+    async with container.db.transaction() as conn:
+        made = await create_merchant(conn, name="Toko Lain", webhook_url=None,
+                                     accounts=[(bank, m.account_number, "TOKO LAIN")], now=now())
+    return ShopFixture(made.merchant_id, made.api_key, made.webhook_secret, bank,
+                       m.account_number)
+
+
+async def stored_banks(container: Container, account: str) -> list[tuple[str, str]]:
+    return [tuple(r) for r in await rows(container, sa.select(
+        mutations.c.bank, mutations.c.match_state).where(
+        mutations.c.account_number == account).order_by(mutations.c.created_at))]
+
+
+async def test_a_push_is_booked_to_the_bank_it_names_whatever_other_bank_has_the_number(
+    client: httpx.AsyncClient, container: Container
+) -> None:
+    """Y's BCA account and X's BRI account share a number. A push from X's BRI account (or from
+    a BSI account Lunas serves no one on) was booked to BCA, the first bank found with the
+    number, and paid Y's order with money that never reached Y."""
+    from tests.support import signed_push
+
+    y = await new_merchant(container)
+    await same_number_at_another_bank(container, y, "bri")
+    order = await capture(client, y)
+    pay = order["payment"]["transfer_amount"]
+    for bank_type in ("briCmsV2", "bsi"):
+        r = await signed_push(client, container, [
+            moota_item(y.account_number, pay, bank={"bank_type": bank_type})])
+        assert (r.json()["new"], r.json()["matched"], r.json()["unmatched"]) == (1, 0, 1)
+    assert (await client.get(f"/v1/orders/{order['id']}", headers=y.headers)).json()[
+        "status"] == "awaiting_payment"
+    r = await signed_push(client, container, [
+        moota_item(y.account_number, pay, bank={"bank_type": "bca"})])
+    assert r.json()["matched"] == 1
+    assert await stored_banks(container, y.account_number) == [
+        ("bri", "unmatched"), ("bsi", "unmatched"), ("bca", "matched")]
+
+
+async def test_a_push_that_does_not_say_which_bank_of_two_is_set_aside_not_guessed(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """Without ``bank.bank_type`` (webhooks may leave it out) a number registered at two banks
+    names no account. The item is kept for a person, not stored: stored, its Moota id would
+    make the listing that names the bank a duplicate, never matched."""
+    from tests.support import signed_push
+
+    y = await new_merchant(container)
+    await same_number_at_another_bank(container, y, "bri")
+    order = await capture(client, y)
+    item = moota_item(y.account_number, order["payment"]["transfer_amount"])
+    r = await signed_push(client, container, [item])
+    assert r.status_code == 200, r.text
+    assert (r.json()["new"], r.json()["matched"], r.json()["unreadable"]) == (0, 0, 1)
+    assert await stored_banks(container, y.account_number) == []
+    listed = (await client.get("/v1/reconciliation/unreadable", headers=ops,
+                               params={"limit": "1000"})).json()["data"]
+    [aside] = [i for i in listed if i["mutation_ref"] == item["mutation_id"]]
+    assert "BCA" in aside["problem"] and "BRI" in aside["problem"]
+    assert y.account_number in aside["raw_item"]
+
+    # A bank type Lunas does not know names no bank either: still set aside, and kept once.
+    unknown = await signed_push(client, container, [{**item, "bank": {"bank_type": "klikBca"}}])
+    assert (unknown.json()["new"], unknown.json()["unreadable"]) == (0, 1)
+    named = await signed_push(client, container, [{**item, "bank": {"bank_type": "bca"}}])
+    assert named.json()["matched"] == 1
+    assert (await client.get(f"/v1/orders/{order['id']}", headers=y.headers)).json()[
+        "status"] == "paid"
+    closed = (await client.get("/v1/reconciliation/unreadable", headers=ops, params={
+        "status": "read", "limit": "1000"})).json()["data"]
+    assert aside["id"] in {i["id"] for i in closed}

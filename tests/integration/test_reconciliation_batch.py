@@ -334,3 +334,26 @@ async def test_a_bank_clock_a_few_minutes_slow_at_midnight_still_matches_in_the_
         states = dict((await conn.execute(sa.select(orders.c.id, orders.c.state).where(
             orders.c.id.in_([slow["id"], early["id"]])))).all())
     assert states == {slow["id"]: "paid", early["id"]: "awaiting_payment"}
+
+
+async def test_a_reference_against_another_orders_exact_amount_settles_neither_on_either_path(
+    client: httpx.AsyncClient, container: Container
+) -> None:
+    """Order A holds 81,xxx, order B 92,xxx; a credit of A's amount to the rupiah names B. The
+    batch sends a referencing line to the line-by-line path; both paths leave it to a person."""
+    for service in (container.reconciliation, line_by_line(container)):
+        m = await new_merchant(container)
+        a, b = await capture(client, m, 81_000), await capture(client, m, 92_000)
+        statement = bca_statement(m.account_number, [
+            (datetime.now(UTC), f"TRSF CR {b['id'].upper()} ANDI",
+             a["payment"]["transfer_amount"], "CR")])
+        report = await service.import_statement(bank="bca", account_number=m.account_number,
+                                                data=statement, filename="mutasi.csv",
+                                                actor="test")
+        assert (report.matched, report.ambiguous, report.needs_review) == (0, 1, 0)
+        assert await _order_states(container, [a["id"], b["id"]]) == [
+            ("awaiting_payment", 0), ("awaiting_payment", 0)]
+        async with container.db.read() as conn:
+            states = (await conn.execute(sa.select(mutations.c.match_state).where(
+                mutations.c.statement_id == report.statement_id))).scalars().all()
+        assert states == ["ambiguous"]

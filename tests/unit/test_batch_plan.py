@@ -51,6 +51,26 @@ def test_a_reference_takes_its_line_and_the_orders_it_names_out_of_the_batch() -
     assert plan.matched == {2: held(ORDER_B, 200_456, "att_2")}
 
 
+def test_a_reference_against_another_orders_exact_amount_is_for_a_person() -> None:
+    """The customer typed order B's id but paid exactly the amount order A holds: each signal
+    names another order. Settling B (an amount mismatch, refund recommended) left A, whose
+    customer paid its unique amount to the rupiah, to expire; neither is settled by itself."""
+    a, b = held(ORDER_A, 81_414), held(ORDER_B, 92_226, "att_2")
+    line = credit(81_414, f"TRSF CR {ORDER_B.upper()} ANDI")
+    assert plan_batch({0: line}, {0: a}).sequential == [0]  # decided line by line, by decide
+    decision = decide(line, [a, b])
+    assert decision.kind is MatchKind.AMBIGUOUS
+    assert sorted(decision.candidates) == ["att_1", "att_2"]
+
+
+def test_a_reference_that_the_amount_agrees_with_or_no_held_amount_contradicts_settles() -> None:
+    a, b = held(ORDER_A, 81_414), held(ORDER_B, 92_226, "att_2")
+    agreeing = decide(credit(92_226, f"TRSF CR {ORDER_B.upper()}"), [a, b])
+    alone = decide(credit(90_000, f"TRSF CR {ORDER_B.upper()}"), [a, b])  # amount of no order
+    assert (agreeing.kind, agreeing.attempt_id) == (MatchKind.MATCHED, "att_2")
+    assert (alone.kind, alone.attempt_id) == (MatchKind.MATCHED, "att_2")
+
+
 def test_a_batch_match_is_dropped_when_the_locked_attempt_differs() -> None:
     planned = held(ORDER_A, 100_123)
     assert still_matches(credit(100_123), planned, planned)

@@ -17,6 +17,7 @@ import pytest
 from orchestrator.domain.errors import StatementRejected
 from orchestrator.reconciliation.moota import (
     MootaMutation,
+    bank_of_type,
     parse_moota_push,
     verify_moota_signature,
 )
@@ -143,6 +144,37 @@ def test_token_is_accepted_for_mutation_id_and_an_empty_push_is_nothing() -> Non
         "aolk4PekJxM"
     )
     assert parse_moota_push(b"[]").mutations == []
+
+
+@pytest.mark.parametrize(("bank", "bank_type"), [
+    pytest.param({"bank_type": "bcaGiro", "label": "BCA Giro"}, "bcaGiro", id="named"),
+    pytest.param(None, None, id="null, as some webhooks send"),
+    pytest.param(_DROP, None, id="absent"),
+    pytest.param("bca", None, id="not an object"),
+    pytest.param({"bank_type": 7}, None, id="not a string"),
+])
+def test_the_bank_type_is_read_from_the_nested_account_when_there_is_one(
+    bank: Any, bank_type: str | None
+) -> None:
+    """RAILS.md §3.2: ``bank_id`` is Moota's opaque id of the account; its bank is named only
+    by the nested ``bank.bank_type``, which may be missing. Missing is no reason to refuse."""
+    [read] = parse_moota_push(push(item(bank=bank))).mutations
+    assert read.bank_type == bank_type
+
+
+@pytest.mark.parametrize(("bank_type", "bank"), [
+    ("bca", "bca"), ("bcaGiro", "bca"), ("bri", "bri"), ("briCmsV2", "bri"),
+    ("briGiro", "bri"), ("mandiriOnlineV2", "mandiri"), ("mandiriMcm2V2", "mandiri"),
+    ("mandiriBisnisV2", "mandiri"),
+    # Other banks, the Syariah ones included, are other banks: never BCA, BRI or Mandiri.
+    ("bcaSyariahV2", "bcasyariah"), ("briSyariahCmsV2", "brisyariahcms"),
+    ("mandiriSyariah", "mandirisyariah"), ("bsi", "bsi"), ("bniV2", "bni"),
+    # A type Lunas does not know names nothing: the account number decides, as without one.
+    ("bcaGiroV3", None), ("klikBca", None),
+])
+def test_a_moota_bank_type_names_the_bank_lunas_books_the_mutation_to(bank_type: str,
+                                                                      bank: str | None) -> None:
+    assert bank_of_type(bank_type) == bank
 
 
 def test_mutations_keep_their_order() -> None:
