@@ -115,6 +115,9 @@ class OutboxSettings:
 @dataclass(frozen=True, kw_only=True)
 class WebhookSettings:
     timeout: timedelta = timedelta(seconds=10)
+    secret_overlap: timedelta = timedelta(hours=24)
+    """After ``lunas merchants rotate-secret``, how long deliveries are still signed under the
+    previous secret too (a second ``v1``), so the merchant can deploy the new one meanwhile."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -349,7 +352,10 @@ class Settings:
                     for s in e.str("LUNAS_OUTBOX_BACKOFF", "").split(",") if s.strip()
                 ) or OutboxSettings().backoff,
             ),
-            webhooks=WebhookSettings(timeout=e.seconds("LUNAS_WEBHOOK_TIMEOUT", 10)),
+            webhooks=WebhookSettings(
+                timeout=e.seconds("LUNAS_WEBHOOK_TIMEOUT", 10),
+                secret_overlap=e.seconds("LUNAS_WEBHOOK_SECRET_OVERLAP", 86_400),
+            ),
             scheduler=SchedulerSettings(
                 sweep_interval=e.seconds("LUNAS_SWEEP_INTERVAL", 1),
                 verification_window=e.seconds("LUNAS_VERIFICATION_WINDOW", 6 * 3600),

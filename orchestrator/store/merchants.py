@@ -15,6 +15,7 @@ from orchestrator.services.credentials import (
     new_ops_token,
     new_webhook_secret,
 )
+from orchestrator.services.webhook_endpoints import valid_webhook_url
 from orchestrator.store.tables import merchant_api_keys, merchants, ops_tokens, payout_accounts
 
 OPS_SCOPES = ("reconciliation", "orders", "ops")
@@ -59,6 +60,9 @@ async def create_merchant(
     accounts: list[tuple[str, str, str]],
     now: datetime,
 ) -> NewMerchant:
+    """``InvalidWebhookUrl`` for a URL no delivery could reach (``valid_webhook_url``)."""
+    if webhook_url is not None:
+        webhook_url = valid_webhook_url(webhook_url)
     merchant_id = new_id("mer")
     api_key, secret = new_merchant_key(), new_webhook_secret()
     await conn.execute(

@@ -87,3 +87,42 @@ async def test_unreadable_feed_items_on_sqlite(tmp_path: Path) -> None:
             ("mt0", "read"), ("mt1", "handled")]
     finally:
         await container.close()
+
+
+async def test_a_merchants_endpoint_changes_on_sqlite(tmp_path: Path) -> None:
+    """URL and secret changed with the same statements on SQLite; the delivery signs under both
+    secrets through the overlap."""
+    from orchestrator.domain.clock import FrozenClock
+    from orchestrator.notify.delivery import MerchantWebhookHandler
+    from orchestrator.notify.signing import verify
+    from orchestrator.outbox.relay import OutboxEvent
+    from orchestrator.services.webhook_endpoints import rotate_webhook_secret, set_webhook_url
+    from tests.e2e.test_checkout_to_webhook import WebhookReceiver
+
+    container = build(Settings(database=DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/w.db")))
+    receiver = WebhookReceiver()
+    await receiver.start()
+    try:
+        await migrate(container.db.engine)
+        m = await new_merchant(container)
+        now = datetime.now(UTC)
+        await set_webhook_url(container.db, merchant_id=m.merchant_id,
+                              url=f"http://127.0.0.1:{receiver.port}/hooks", actor="cli:sari",
+                              reason=None, now=now)
+        rotated = await rotate_webhook_secret(container.db, merchant_id=m.merchant_id,
+                                              overlap=timedelta(hours=1), actor="cli:sari",
+                                              reason=None, now=now)
+        async with httpx.AsyncClient(trust_env=False) as http:
+            handler = MerchantWebhookHandler(container.db.engine, http, timedelta(seconds=5),
+                                             clock=FrozenClock(now + timedelta(minutes=59)))
+            await handler(OutboxEvent(id=0, event_id="evt_1", event_type="order.paid",
+                                      aggregate_id="ord_1", merchant_id=m.merchant_id,
+                                      payload={}, attempts=1, created_at=now))
+        [(headers, body)] = receiver.deliveries
+        ts = int(headers["lunas-timestamp"])
+        for secret in (rotated.webhook_secret, m.webhook_secret):
+            assert verify(secret, body, headers["lunas-signature"], now_ts=ts)
+        assert headers["lunas-signature"].count("v1=") == 2
+    finally:
+        await receiver.stop()
+        await container.close()
