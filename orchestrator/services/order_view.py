@@ -123,8 +123,16 @@ def render_order(order: Any, attempt: Any) -> dict[str, Any]:
         "review_reason": order.review_reason,
         "payment": render_payment(attempt),
         "verification": render_verification(order, attempt),
-        "display": {"amount": format_idr(order.amount), "expires_at": wib(order.expires_at)},
+        "display": render_display(order),
     }
+
+
+def render_display(order: Any) -> dict[str, Any]:
+    """The order's amount and times as its customer reads them: rupiah, and WIB (``paid_at``
+    null until paid). The order API and the merchant's webhooks show the same block."""
+    paid_at = order.paid_at
+    return {"amount": format_idr(order.amount), "expires_at": wib(order.expires_at),
+            "paid_at": wib(paid_at) if paid_at is not None else None}
 
 
 def event_payload(order: Any, **extra: Any) -> dict[str, Any]:
