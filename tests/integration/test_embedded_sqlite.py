@@ -12,9 +12,10 @@ import sqlalchemy as sa
 
 from orchestrator.bootstrap import build
 from orchestrator.services.expiry import expire_due_orders
+from orchestrator.services.order_view import iso, wib
 from orchestrator.settings import DatabaseSettings, Settings
 from orchestrator.store.engine import migrate
-from orchestrator.store.tables import outbox
+from orchestrator.store.tables import orders, outbox
 from tests.support import bca_statement, new_merchant, new_ops_token, order_body, serve
 
 
@@ -52,8 +53,23 @@ async def test_checkout_to_paid_on_sqlite(tmp_path: Path) -> None:
                                        batch=100) == 19
         async with container.db.read() as conn:
             types = (await conn.execute(sa.select(outbox.c.event_type))).scalars().all()
+            told = (await conn.execute(
+                sa.select(outbox.c.event_type, outbox.c.payload, orders)
+                .join(orders, orders.c.id == outbox.c.aggregate_id)
+                .where(outbox.c.event_type.in_(["order.paid", "order.expired"])))).all()
         assert sorted(set(types)) == ["order.captured", "order.expired", "order.paid"]
         assert types.count("order.expired") == 19
+        # Each says when, in UTC and in WIB, as the order API does: the deadline, and the
+        # moment it was paid (null on an order that expired unpaid).
+        for event in told:
+            p = event.payload
+            assert p["expires_at"] == iso(event.expires_at) and p["expires_at"].endswith("Z")
+            assert p["display"]["expires_at"] == wib(event.expires_at)
+            if event.event_type == "order.paid":
+                assert p["paid_at"] == read.json()["paid_at"] == iso(event.paid_at)
+                assert p["display"] == read.json()["display"]
+            else:
+                assert (p["paid_at"], p["display"]["paid_at"]) == (None, None)
     finally:
         await container.close()
 
