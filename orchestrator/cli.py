@@ -33,7 +33,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from orchestrator.bootstrap import Container, build
-from orchestrator.settings import Settings, SettingsError
+from orchestrator.settings import MAX_WEBHOOK_SECRET_OVERLAP, Settings, SettingsError
 from orchestrator.store.engine import migrate
 from orchestrator.store.merchants import OPS_SCOPES, create_merchant, create_ops_token
 from orchestrator.store.tables import merchants, payout_accounts
@@ -60,13 +60,14 @@ def _webhook_url(text: str) -> str:
         raise argparse.ArgumentTypeError(exc.detail) from None
 
 
-def _seconds(text: str) -> float:
+def _overlap(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    if not 0 <= value <= MAX_WEBHOOK_SECRET_OVERLAP.total_seconds():
+        raise argparse.ArgumentTypeError(
+            f"expected 0 to {MAX_WEBHOOK_SECRET_OVERLAP.total_seconds():g} seconds, got {text!r}")
     return value
 
 
@@ -102,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     mr.add_argument("merchant_id")
     mr.add_argument("--actor", required=True, help="who, e.g. your name")
     mr.add_argument("--reason", help="why; kept in the audit log")
-    mr.add_argument("--overlap", type=_seconds, metavar="SECONDS",
+    mr.add_argument("--overlap", type=_overlap, metavar="SECONDS",
                     help="seconds the previous secret still signs beside the new one "
                          "(default LUNAS_WEBHOOK_SECRET_OVERLAP, a day); 0 for a leaked one")
     mr.add_argument("--json", action="store_true")

@@ -112,6 +112,11 @@ class OutboxSettings:
     """Events of one claimed batch handled at once by a worker."""
 
 
+MAX_WEBHOOK_SECRET_OVERLAP = timedelta(days=30)
+"""The longest a rotated webhook secret may keep signing (the setting, or ``--overlap``): one
+replaced because it may have leaked should stop within weeks, not years."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class WebhookSettings:
     timeout: timedelta = timedelta(seconds=10)
@@ -354,7 +359,9 @@ class Settings:
             ),
             webhooks=WebhookSettings(
                 timeout=e.seconds("LUNAS_WEBHOOK_TIMEOUT", 10),
-                secret_overlap=e.seconds("LUNAS_WEBHOOK_SECRET_OVERLAP", 86_400),
+                secret_overlap=_at_most_a_month(e.seconds("LUNAS_WEBHOOK_SECRET_OVERLAP",
+                                                          86_400),
+                                                "LUNAS_WEBHOOK_SECRET_OVERLAP"),
             ),
             scheduler=SchedulerSettings(
                 sweep_interval=e.seconds("LUNAS_SWEEP_INTERVAL", 1),
@@ -491,6 +498,14 @@ def _at_least_a_day(value: timedelta, name: str) -> timedelta:
     """A retention shorter than a day would delete what is still in use: a client's retry within
     the hour, an event the relay is about to mark done, a delivery still being handled."""
     return _seconds_at_least(value, timedelta(days=1), name)
+
+
+def _at_most_a_month(value: timedelta, name: str) -> timedelta:
+    if value > MAX_WEBHOOK_SECRET_OVERLAP:
+        raise SettingsError(f"{name} must be at most "
+                            f"{MAX_WEBHOOK_SECRET_OVERLAP.total_seconds():g} seconds, "
+                            f"got {value.total_seconds():g}")
+    return value
 
 
 def _seconds_at_least(value: timedelta, minimum: timedelta, name: str) -> timedelta:

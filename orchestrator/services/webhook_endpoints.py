@@ -27,6 +27,7 @@ from orchestrator.domain.errors import DomainError, NotFound
 from orchestrator.services.audit import record_audit
 from orchestrator.services.credentials import new_webhook_secret
 from orchestrator.services.order_view import iso
+from orchestrator.settings import MAX_WEBHOOK_SECRET_OVERLAP
 from orchestrator.store.database import Database
 from orchestrator.store.tables import merchants
 
@@ -111,8 +112,9 @@ async def rotate_webhook_secret(
 ) -> RotatedSecret:
     """A new signing secret for the merchant; the current one keeps signing beside it for
     ``overlap`` (zero: stops at once)."""
-    if overlap < timedelta(0):
-        raise DomainError("the overlap cannot be negative")
+    if not timedelta(0) <= overlap <= MAX_WEBHOOK_SECRET_OVERLAP:
+        raise DomainError(f"the overlap is 0 to {MAX_WEBHOOK_SECRET_OVERLAP.total_seconds():g} "
+                          f"seconds, not {overlap.total_seconds():g}")
     secret = new_webhook_secret()
     until = now + overlap if overlap > timedelta(0) else None
     m = merchants.c

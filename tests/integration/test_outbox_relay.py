@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orchestrator.domain.clock import FrozenClock, SystemClock
-from orchestrator.domain.errors import NotFound
+from orchestrator.domain.errors import DomainError, NotFound
 from orchestrator.domain.events import ORDER_EXPIRED, ORDER_PAID
 from orchestrator.domain.ids import new_id
 from orchestrator.notify.delivery import (
@@ -856,6 +856,10 @@ async def test_a_rotated_secret_signs_beside_the_new_one_until_its_overlap_ends(
         with pytest.raises(NotFound):
             await rotate_webhook_secret(db, merchant_id="mer_nobody", overlap=timedelta(hours=1),
                                         actor="ops:rotation", reason=None, now=second_at)
+        for overlap in (timedelta(seconds=-1), timedelta(days=31)):  # a month at most
+            with pytest.raises(DomainError, match="overlap"):
+                await rotate_webhook_secret(db, merchant_id=merchant, overlap=overlap,
+                                            actor="ops:rotation", reason=None, now=second_at)
     finally:
         await receiver.stop()
     async with engine.connect() as conn:

@@ -54,6 +54,7 @@ def test_a_rotated_webhook_secret_signs_beside_the_new_one_for_a_day_unless_told
     ({"LUNAS_RETENTION_INTERVAL": "0"}, "LUNAS_RETENTION_INTERVAL"),
     ({"LUNAS_FEED_MAX_UNREADABLE": "-1"}, "LUNAS_FEED_MAX_UNREADABLE"),
     ({"LUNAS_WEBHOOK_SECRET_OVERLAP": "-1"}, "LUNAS_WEBHOOK_SECRET_OVERLAP"),
+    ({"LUNAS_WEBHOOK_SECRET_OVERLAP": "2678400"}, "LUNAS_WEBHOOK_SECRET_OVERLAP"),  # 31 days
 ])
 def test_bad_or_unsafe_settings_are_refused_naming_the_variable(
     env: dict[str, str], named: str
