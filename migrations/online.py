@@ -92,6 +92,14 @@ def add_foreign_key(name: str, table: str, columns: str, referred: str) -> None:
         op.execute(f"ALTER TABLE {table} VALIDATE CONSTRAINT {name}")
 
 
+def alter_table(table: str, changes: str) -> None:
+    """``ALTER TABLE table changes`` as one instant change (e.g. ``ADD COLUMN IF NOT EXISTS``
+    of a nullable column with no default, a catalogue-only change): brief, but its lock blocks
+    even readers of the table, so it must not queue behind a long transaction."""
+    with op.get_context().autocommit_block():
+        _instant(f"ALTER TABLE {table} {changes}")
+
+
 def drop_constraint(table: str, name: str) -> None:
     with op.get_context().autocommit_block():
         _instant(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name}")

@@ -4,6 +4,8 @@
     lunas api | worker | migrate
     lunas merchants create NAME [--webhook-url URL] [--account BANK:NUMBER:HOLDER ...] [--json]
     lunas merchants add-account MERCHANT_ID BANK:NUMBER:HOLDER
+    lunas merchants set-webhook MERCHANT_ID URL --actor WHO [--reason WHY] [--json]
+    lunas merchants rotate-secret MERCHANT_ID --actor WHO [--reason WHY] [--overlap SECONDS]
     lunas ops-tokens create NAME [--scope SCOPE ...] [--json]
     lunas reconcile import FILE --bank BANK --account NUMBER [--json]
     lunas reconcile unreadable [--state open] [--json]
@@ -31,7 +33,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from orchestrator.bootstrap import Container, build
-from orchestrator.settings import Settings, SettingsError
+from orchestrator.settings import MAX_WEBHOOK_SECRET_OVERLAP, Settings, SettingsError
 from orchestrator.store.engine import migrate
 from orchestrator.store.merchants import (
     OPS_SCOPES,
@@ -55,6 +57,26 @@ def _account(text: str) -> tuple[str, str, str]:
     return bank.lower(), number, holder
 
 
+def _webhook_url(text: str) -> str:
+    from orchestrator.services.webhook_endpoints import InvalidWebhookUrl, valid_webhook_url
+
+    try:
+        return valid_webhook_url(text)
+    except InvalidWebhookUrl as exc:
+        raise argparse.ArgumentTypeError(exc.detail) from None
+
+
+def _overlap(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 <= value <= MAX_WEBHOOK_SECRET_OVERLAP.total_seconds():
+        raise argparse.ArgumentTypeError(
+            f"expected 0 to {MAX_WEBHOOK_SECRET_OVERLAP.total_seconds():g} seconds, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lunas", description="Lunas payment orchestrator")
     sub = p.add_subparsers(dest="command", required=True)
@@ -69,13 +91,28 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("merchants").add_subparsers(dest="action", required=True)
     mc = m.add_parser("create", help="create a merchant; prints its API key once")
     mc.add_argument("name")
-    mc.add_argument("--webhook-url")
+    mc.add_argument("--webhook-url", type=_webhook_url)
     mc.add_argument("--account", action="append", type=_account, default=[],
                     metavar="BANK:NUMBER:HOLDER")
     mc.add_argument("--json", action="store_true")
     ma = m.add_parser("add-account", help="add a payout account to a merchant")
     ma.add_argument("merchant_id")
     ma.add_argument("account", type=_account, metavar="BANK:NUMBER:HOLDER")
+    mw = m.add_parser("set-webhook", help="where the merchant's webhooks go (audited)")
+    mw.add_argument("merchant_id")
+    mw.add_argument("url", type=_webhook_url, metavar="URL")
+    mw.add_argument("--actor", required=True, help="who, e.g. your name")
+    mw.add_argument("--reason", help="why; kept in the audit log")
+    mw.add_argument("--json", action="store_true")
+    mr = m.add_parser("rotate-secret",
+                      help="a new webhook signing secret, printed once (audited)")
+    mr.add_argument("merchant_id")
+    mr.add_argument("--actor", required=True, help="who, e.g. your name")
+    mr.add_argument("--reason", help="why; kept in the audit log")
+    mr.add_argument("--overlap", type=_overlap, metavar="SECONDS",
+                    help="seconds the previous secret still signs beside the new one "
+                         "(default LUNAS_WEBHOOK_SECRET_OVERLAP, a day); 0 for a leaked one")
+    mr.add_argument("--json", action="store_true")
 
     o = sub.add_parser("ops-tokens").add_subparsers(dest="action", required=True)
     oc = o.add_parser("create", help="create an ops bearer token; printed once")
@@ -231,6 +268,56 @@ async def _merchants_add_account(settings: Settings, args: argparse.Namespace) -
                   file=sys.stderr)
             return 1
         print(f"lunas: added {bank.upper()} {number} to {args.merchant_id}")
+        return 0
+    return await _with_container(settings, work)
+
+
+async def _merchants_set_webhook(settings: Settings, args: argparse.Namespace) -> int:
+    from orchestrator.domain.errors import DomainError
+    from orchestrator.services.webhook_endpoints import set_webhook_url
+
+    async def work(c: Container) -> int:
+        try:
+            url = await set_webhook_url(c.db, merchant_id=args.merchant_id, url=args.url,
+                                        actor=f"cli:{args.actor}", reason=args.reason,
+                                        now=c.clock.now())
+        except DomainError as exc:
+            print(f"lunas: {exc.detail}", file=sys.stderr)
+            return 1
+        print(json.dumps({"merchant_id": args.merchant_id, "webhook_url": url}) if args.json
+              else f"lunas: {args.merchant_id} webhooks now go to {url} (from the next try)")
+        return 0
+    return await _with_container(settings, work)
+
+
+async def _merchants_rotate_secret(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from orchestrator.domain.errors import DomainError
+    from orchestrator.services.order_view import iso, wib
+    from orchestrator.services.webhook_endpoints import rotate_webhook_secret
+
+    async def work(c: Container) -> int:
+        overlap = (c.settings.webhooks.secret_overlap if args.overlap is None
+                   else timedelta(seconds=args.overlap))
+        try:
+            rotated = await rotate_webhook_secret(
+                c.db, merchant_id=args.merchant_id, overlap=overlap, actor=f"cli:{args.actor}",
+                reason=args.reason, now=c.clock.now())
+        except DomainError as exc:
+            print(f"lunas: {exc.detail}", file=sys.stderr)
+            return 1
+        until = rotated.previous_valid_until
+        if args.json:
+            print(json.dumps({"merchant_id": rotated.merchant_id,
+                              "webhook_secret": rotated.webhook_secret,
+                              "previous_valid_until": iso(until)}))
+            return 0
+        print(f"merchant id:     {rotated.merchant_id}")
+        print(f"webhook secret:  {rotated.webhook_secret}   (shown once)")
+        print("previous secret: " + (
+            f"still signs beside it until {iso(until)} ({wib(until)}): deploy the new one "
+            "before then" if until is not None else "no longer signs (overlap 0)"))
         return 0
     return await _with_container(settings, work)
 
@@ -526,6 +613,8 @@ _COMMANDS: dict[tuple[str, str | None], _Command] = {
     ("migrate", None): _migrate,
     ("merchants", "create"): _merchants_create,
     ("merchants", "add-account"): _merchants_add_account,
+    ("merchants", "set-webhook"): _merchants_set_webhook,
+    ("merchants", "rotate-secret"): _merchants_rotate_secret,
     ("ops-tokens", "create"): _ops_tokens_create,
     ("reconcile", "import"): _reconcile_import,
     ("reconcile", "unreadable"): _reconcile_unreadable,

@@ -112,9 +112,17 @@ class OutboxSettings:
     """Events of one claimed batch handled at once by a worker."""
 
 
+MAX_WEBHOOK_SECRET_OVERLAP = timedelta(days=30)
+"""The longest a rotated webhook secret may keep signing (the setting, or ``--overlap``): one
+replaced because it may have leaked should stop within weeks, not years."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class WebhookSettings:
     timeout: timedelta = timedelta(seconds=10)
+    secret_overlap: timedelta = timedelta(hours=24)
+    """After ``lunas merchants rotate-secret``, how long deliveries are still signed under the
+    previous secret too (a second ``v1``), so the merchant can deploy the new one meanwhile."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -349,7 +357,12 @@ class Settings:
                     for s in e.str("LUNAS_OUTBOX_BACKOFF", "").split(",") if s.strip()
                 ) or OutboxSettings().backoff,
             ),
-            webhooks=WebhookSettings(timeout=e.seconds("LUNAS_WEBHOOK_TIMEOUT", 10)),
+            webhooks=WebhookSettings(
+                timeout=e.seconds("LUNAS_WEBHOOK_TIMEOUT", 10),
+                secret_overlap=_at_most_a_month(e.seconds("LUNAS_WEBHOOK_SECRET_OVERLAP",
+                                                          86_400),
+                                                "LUNAS_WEBHOOK_SECRET_OVERLAP"),
+            ),
             scheduler=SchedulerSettings(
                 sweep_interval=e.seconds("LUNAS_SWEEP_INTERVAL", 1),
                 verification_window=e.seconds("LUNAS_VERIFICATION_WINDOW", 6 * 3600),
@@ -485,6 +498,14 @@ def _at_least_a_day(value: timedelta, name: str) -> timedelta:
     """A retention shorter than a day would delete what is still in use: a client's retry within
     the hour, an event the relay is about to mark done, a delivery still being handled."""
     return _seconds_at_least(value, timedelta(days=1), name)
+
+
+def _at_most_a_month(value: timedelta, name: str) -> timedelta:
+    if value > MAX_WEBHOOK_SECRET_OVERLAP:
+        raise SettingsError(f"{name} must be at most "
+                            f"{MAX_WEBHOOK_SECRET_OVERLAP.total_seconds():g} seconds, "
+                            f"got {value.total_seconds():g}")
+    return value
 
 
 def _seconds_at_least(value: timedelta, minimum: timedelta, name: str) -> timedelta:

@@ -10,9 +10,12 @@ Exception tree (what the relay sees)::
 Error messages never carry the URL (it may hold a merchant's token), the secret or the payload:
 they end up in ``outbox.last_error`` and in logs.
 
-The merchant's URL and secret are read on every try, so a merchant who fixes a broken endpoint or
-rotates the secret is honoured by the next retry. Redirects are not followed: a signed POST goes
-exactly where the merchant configured it.
+The merchant's URL and secrets are read on every try, so a URL changed or a secret rotated
+(``lunas merchants set-webhook`` / ``rotate-secret``, services/webhook_endpoints.py) is honoured
+by the next try of every pending event. While a rotation's overlap lasts, each try is signed
+under the new secret and the previous one (``t=…,v1=<new>,v1=<previous>``); once it is over,
+under the new one only. Redirects are not followed: a signed POST goes exactly where the
+merchant configured it.
 
 The webhook timeout bounds the whole try, from connecting to the answer's status line and
 headers: httpx's own timeouts are per phase and per read, so an endpoint that answers a byte at a
@@ -51,10 +54,14 @@ class WebhookDeliveryError(Exception):
 class _Endpoint:
     url: str
     secret: str
+    previous_secret: str | None
+    """The secret a rotation replaced, while its overlap lasts at this try; else None."""
 
 
-_ENDPOINT = sa.select(merchants.c.webhook_url, merchants.c.webhook_secret).where(
-    merchants.c.id == sa.bindparam("merchant_id"))
+_ENDPOINT = sa.select(
+    merchants.c.webhook_url, merchants.c.webhook_secret, merchants.c.previous_webhook_secret,
+    merchants.c.previous_webhook_secret_expires_at,
+).where(merchants.c.id == sa.bindparam("merchant_id"))
 """Built once: one lookup per merchant event."""
 
 
@@ -78,16 +85,17 @@ class MerchantWebhookHandler:
     async def __call__(self, event: OutboxEvent) -> None:
         if event.merchant_id is None:
             raise PermanentFailure("merchant-visible event without a merchant_id")
-        endpoint = await self._endpoint(event.merchant_id)
+        now = self._clock.now()
+        endpoint = await self._endpoint(event.merchant_id, now)
         if endpoint is None:
             return  # the merchant has no webhook URL: nothing to deliver
         body = webhook_body(event)
-        ts = int(self._clock.now().timestamp())
+        ts = int(now.timestamp())
         headers = {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
             EVENT_ID_HEADER: event.event_id,
-            **sign(endpoint.secret, body, ts),
+            **sign(endpoint.secret, body, ts, previous=endpoint.previous_secret),
         }
         status = await self._post(endpoint.url, body, headers)
         log.debug(
@@ -95,14 +103,17 @@ class MerchantWebhookHandler:
             extra={"event_id": event.event_id, "event_type": event.event_type, "status": status},
         )
 
-    async def _endpoint(self, merchant_id: str) -> _Endpoint | None:
+    async def _endpoint(self, merchant_id: str, now: datetime) -> _Endpoint | None:
         async with self._engine.connect() as conn:
             row = (await conn.execute(_ENDPOINT, {"merchant_id": merchant_id})).one_or_none()
         if row is None:
             raise PermanentFailure(f"merchant {merchant_id} does not exist")
         if not row.webhook_url:
             return None
-        return _Endpoint(url=row.webhook_url, secret=row.webhook_secret)
+        until = row.previous_webhook_secret_expires_at
+        overlapping = row.previous_webhook_secret and until is not None and now < until
+        return _Endpoint(url=row.webhook_url, secret=row.webhook_secret,
+                         previous_secret=row.previous_webhook_secret if overlapping else None)
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
         try:

@@ -7,7 +7,11 @@ Headers sent with every delivery::
     Lunas-Signature: t=1767225600,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>
 
 Signing the timestamp with the body lets a receiver refuse replays older than its tolerance.
-``verify`` accepts several ``v1=`` entries so a secret can be rotated by signing with both keys.
+
+While a rotated secret's overlap lasts, every delivery is signed under both secrets, the new one
+first: ``t=<t>,v1=<new>,v1=<previous>``. A receiver still holding the previous secret and one
+already switched both verify, because ``verify`` accepts the header when any ``v1=`` entry
+matches its own secret; so a merchant can deploy the new secret at any moment in the overlap.
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ def signature(secret: str | bytes, body: bytes, ts: int) -> str:
     return hmac.new(key, f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
 
 
-def sign(secret: str | bytes, body: bytes, ts: int) -> dict[str, str]:
-    """The timestamp and signature headers for one delivery of ``body``."""
-    return {
-        TIMESTAMP_HEADER: str(ts),
-        SIGNATURE_HEADER: f"t={ts},{SCHEME}={signature(secret, body, ts)}",
-    }
+def sign(
+    secret: str | bytes, body: bytes, ts: int, *, previous: str | bytes | None = None
+) -> dict[str, str]:
+    """The timestamp and signature headers for one delivery of ``body``; with ``previous`` (a
+    rotated secret still in its overlap), a second ``v1`` under it, after the current one."""
+    keys = (secret,) if previous is None else (secret, previous)
+    signed = ",".join(f"{SCHEME}={signature(key, body, ts)}" for key in keys)
+    return {TIMESTAMP_HEADER: str(ts), SIGNATURE_HEADER: f"t={ts},{signed}"}
 
 
 def verify(

@@ -75,7 +75,7 @@ from orchestrator.reconciliation.moota import (
 )
 from orchestrator.reconciliation.statements import StatementRows, read_statement
 from orchestrator.services.audit import record_audit
-from orchestrator.services.order_view import iso
+from orchestrator.services.order_view import idr_sql, iso, iso_sql, wib, wib_sql
 from orchestrator.services.settlement import Payment, apply_payment, open_review_case
 from orchestrator.services.unreadable_feed_items import MOOTA, UnreadableFeedItems
 from orchestrator.store import keyset
@@ -440,7 +440,8 @@ class ReconciliationService:
                          merchant_id=None, payload={"attempt_id": r["id"]})
             for r in retired if r["rail"] != Rail.MANUAL_TRANSFER.value
         ], now=now)
-        await pg.execute(_INSERT_ORDER_EVENTS, now, ORDER_EVENT_ON_ENTRY[OrderState.PAID])
+        await pg.execute(_INSERT_ORDER_EVENTS, now, ORDER_EVENT_ON_ENTRY[OrderState.PAID],
+                         iso(now), wib(now))
 
     async def _match(
         self, conn: AsyncConnection, mutation_id: str, item: IncomingMutation,
@@ -819,7 +820,8 @@ WITH paid AS (
           AND a.payout_account_number = $2 AND a.transfer_amount = l.amount AND {_IN_WINDOW}
     RETURNING p.idx, l.id AS mutation_id, l.event_id, a.id AS attempt_id, o.id AS order_id,
               l.amount, l.posted_at AS observed_at, $5::text AS order_state, o.merchant_id,
-              o.merchant_order_id, o.amount AS order_amount, o.currency, o.trace_context
+              o.merchant_order_id, o.amount AS order_amount, o.currency, o.trace_context,
+              o.expires_at
 )
 SELECT * FROM paid"""  # noqa: S608 - only the constant _IN_WINDOW is interpolated
 # Per outcome, the number of new credits; a planned line that did not settle goes to _match.
@@ -877,19 +879,25 @@ SET closed_at = coalesce(a.closed_at, $1), code_held_until = $2
 FROM lunas_import_settle s
 WHERE a.order_id = s.order_id AND a.id <> s.attempt_id AND a.holds_code
       AND a.code_held_until IS NULL"""
-# event_payload(order, paid_amount=..., evidence="mutation"), built by PostgreSQL. Each event
-# carries its order's own trace context (the capture's), so the merchant delivery joins the
-# order's trace as it does on the line-by-line path (there through a settlement span; a span
-# per line would cost more than the import's own writes).
-_INSERT_ORDER_EVENTS = """
+# event_payload(order, paid_amount=..., evidence="mutation"), built by PostgreSQL: the same keys
+# and, through order_view's SQL renderings, the same bytes. paid_at is the import's own time
+# (_MOVE_ORDERS), the same for every order: rendered once in Python and passed as $3 and $4.
+# Each event carries its order's own trace context (the capture's), so the merchant delivery
+# joins the order's trace as it does on the line-by-line path (there through a settlement span;
+# a span per line would cost more than the import's own writes).
+_INSERT_ORDER_EVENTS = f"""
 INSERT INTO outbox (event_id, event_type, aggregate_id, merchant_id, payload, trace_context,
                     status, attempts, created_at, available_at)
 SELECT event_id, $2, order_id, merchant_id,
        jsonb_build_object('order_id', order_id, 'merchant_order_id', merchant_order_id,
                           'status', order_state, 'amount', order_amount, 'currency', currency,
+                          'expires_at', {iso_sql("expires_at")}, 'paid_at', $3::text,
+                          'display', jsonb_build_object(
+                              'amount', {idr_sql("order_amount")},
+                              'expires_at', {wib_sql("expires_at")}, 'paid_at', $4::text),
                           'paid_amount', amount, 'evidence', 'mutation'),
        trace_context, 'pending', 0, $1, $1
-FROM lunas_import_settle ORDER BY idx"""
+FROM lunas_import_settle ORDER BY idx"""  # noqa: S608 - only order_view's constant SQL
 
 async def _store(
     conn: AsyncConnection, incoming: Sequence[IncomingMutation], ids: Sequence[str], *,

@@ -128,7 +128,8 @@ async def _apply_locked(
         await _move_order(conn, order, new_state, decision.review_reason, now=now)
         if new_state not in {s.value for s in OPEN_ORDER_STATES}:
             await _retire_others(conn, order.id, attempt.id, now=now, quarantine=quarantine)
-        pending.append(_order_event(order, new_state, decision.review_reason, payment))
+        pending.append(_order_event(order, new_state, decision.review_reason, payment,
+                                    now=now))
         if order.state == OrderState.NEEDS_REVIEW.value:
             pending.extend(await close_window_cases(
                 conn, [order], resolution=PAYMENT_FOUND, now=now,
@@ -241,10 +242,14 @@ async def _retire_others(
 
 
 def _order_event(
-    order: Any, new_state: str, reason: ReviewReason | None, payment: Payment
+    order: Any, new_state: str, reason: ReviewReason | None, payment: Payment, *,
+    now: datetime,
 ) -> PendingEvent:
+    """The order as ``_move_order`` left it (``order`` is the row read before)."""
     moved = dict(order._mapping)
     moved["state"] = new_state
+    if new_state == OrderState.PAID.value:
+        moved["paid_at"] = now
     extra: dict[str, Any] = {"paid_amount": payment.amount, "evidence": payment.kind}
     if reason is not None:
         extra["review_reason"] = reason.value

@@ -17,6 +17,7 @@ from orchestrator.services.credentials import (
     new_ops_token,
     new_webhook_secret,
 )
+from orchestrator.services.webhook_endpoints import valid_webhook_url
 from orchestrator.store.database import upsert_insert
 from orchestrator.store.tables import merchant_api_keys, merchants, ops_tokens, payout_accounts
 
@@ -86,7 +87,8 @@ async def create_merchant(
     accounts: list[tuple[str, str, str]],
     now: datetime,
 ) -> NewMerchant:
-    """Raises ``ValueError`` for an account Lunas cannot read, or one given twice."""
+    """Raises ``ValueError`` for an account Lunas cannot read, or one given twice, and
+    ``InvalidWebhookUrl`` for a URL no delivery could reach (``valid_webhook_url``)."""
     seen: set[tuple[str, str]] = set()
     for bank, number, _ in accounts:
         if problem := payout_account_problem(bank.lower(), number):
@@ -94,6 +96,8 @@ async def create_merchant(
         if (bank.lower(), number) in seen:
             raise ValueError(f"{bank.upper()} {number} is given twice")
         seen.add((bank.lower(), number))
+    if webhook_url is not None:
+        webhook_url = valid_webhook_url(webhook_url)
     merchant_id = new_id("mer")
     api_key, secret = new_merchant_key(), new_webhook_secret()
     await conn.execute(

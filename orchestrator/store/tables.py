@@ -35,6 +35,11 @@ merchants = sa.Table(
     # ...]}); NULL means the deployment's defaults (RoutingSettings).
     sa.Column("routing", JSONDoc),
     sa.Column("allow_fallback", sa.Boolean, nullable=False, server_default=sa.true()),
+    # The secret the last rotation replaced, still signed with (a second v1) until its expiry,
+    # so the merchant may switch at any moment of the overlap (notify/delivery.py). Both NULL,
+    # or both set; a past expiry means the overlap is over and only webhook_secret signs.
+    sa.Column("previous_webhook_secret", sa.String(128)),
+    sa.Column("previous_webhook_secret_expires_at", UTCDateTime),
 )
 
 merchant_api_keys = sa.Table(

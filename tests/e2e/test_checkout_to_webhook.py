@@ -1,7 +1,8 @@
 """End to end, as a checkout frontend and a finance person use Lunas: the real ``lunas`` processes
 (api and worker) on PostgreSQL, driven over HTTP; the merchant's webhook endpoint is a real server.
 
-capture → transfer instructions → statement import → paid → exactly one signed ``order.paid``.
+capture → transfer instructions → statement import → paid → exactly one signed ``order.paid``,
+saying when it was paid as the order API does.
 """
 
 from __future__ import annotations
@@ -146,6 +147,7 @@ async def test_a_frontend_and_finance_take_an_order_from_capture_to_a_signed_web
                 read = await c.get(f"/v1/orders/{order['id']}",
                                    headers={"Authorization": f"Bearer {shop['api_key']}"})
                 assert read.json()["status"] == "paid"
+                settled = read.json()
 
             for _ in range(100):
                 if any(json.loads(b)["type"] == "order.paid" for _, b in receiver.deliveries):
@@ -167,6 +169,11 @@ async def test_a_frontend_and_finance_take_an_order_from_capture_to_a_signed_web
     event = json.loads(body)
     assert event["data"]["order_id"] == order["id"]
     assert event["data"]["status"] == "paid"
+    # When it was paid and its deadline, in UTC and in WIB, exactly as the order API says.
+    assert {k: event["data"][k] for k in ("amount", "expires_at", "paid_at", "display")} == {
+        k: settled[k] for k in ("amount", "expires_at", "paid_at", "display")}
+    assert event["data"]["paid_at"].endswith("Z")
+    assert event["data"]["display"]["paid_at"].endswith(" WIB")
     assert headers["lunas-event-id"] == event["id"]
     now_ts = int(datetime.now(UTC).timestamp())
     assert verify(shop["webhook_secret"], body, headers["lunas-signature"], now_ts)

@@ -1,5 +1,6 @@
 """The ``lunas`` command as an operator uses it: credentials once (and as JSON for scripts),
-statement import from a file, and a refused file that imports nothing."""
+statement import from a file, and a refused file that imports nothing; a merchant's webhook URL
+changed and its signing secret rotated, audited, and a URL no delivery could reach refused."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import json
 import os
 import subprocess
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,3 +135,90 @@ async def test_finance_lists_and_closes_an_unreadable_feed_item(env: dict[str, s
     assert again.returncode == 1 and "already handled" in again.stderr
     assert json.loads(run(env, "reconcile", "unreadable", "--json").stdout) == []
     assert run(env, "reconcile", "unreadable", "--state", "bogus").returncode == 1
+
+
+async def _merchant_row(url: str, merchant_id: str) -> tuple[Any, list[Any]]:
+    import sqlalchemy as sa
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from orchestrator.store.tables import audit_log, merchants
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            row = (await conn.execute(sa.select(merchants)
+                                      .where(merchants.c.id == merchant_id))).one()
+            audit = (await conn.execute(sa.select(audit_log).where(
+                audit_log.c.subject_id == merchant_id).order_by(audit_log.c.id))).all()
+    finally:
+        await engine.dispose()
+    return row, list(audit)
+
+
+async def test_an_operator_moves_a_merchants_webhooks_and_rotates_their_secret(
+    env: dict[str, str],
+) -> None:
+    assert run(env, "migrate").returncode == 0
+    shop = json.loads(run(env, "merchants", "create", "Toko Kopi", "--json", "--webhook-url",
+                          "https://kopi.example.co.id/lunas").stdout)
+
+    moved = run(env, "merchants", "set-webhook", shop["merchant_id"],
+                "https://hooks.kopi.example.co.id:8443/lunas?token=s3cret", "--actor", "sari",
+                "--reason", "merchant changed hosting", "--json")
+    assert moved.returncode == 0, moved.stderr
+    assert json.loads(moved.stdout)["webhook_url"] == (
+        "https://hooks.kopi.example.co.id:8443/lunas?token=s3cret")
+
+    rotated = run(env, "merchants", "rotate-secret", shop["merchant_id"], "--actor", "sari",
+                  "--json")
+    assert rotated.returncode == 0, rotated.stderr
+    new = json.loads(rotated.stdout)
+    assert new["webhook_secret"].startswith("whsec_")
+    assert new["webhook_secret"] != shop["webhook_secret"]
+    until = datetime.fromisoformat(new["previous_valid_until"])
+    expected = datetime.now(UTC) + timedelta(days=1)  # LUNAS_WEBHOOK_SECRET_OVERLAP's default
+    assert abs((until - expected).total_seconds()) < 60
+
+    row, audit = await _merchant_row(env["LUNAS_DATABASE_URL"], shop["merchant_id"])
+    assert row.webhook_url == "https://hooks.kopi.example.co.id:8443/lunas?token=s3cret"
+    assert (row.webhook_secret, row.previous_webhook_secret) == (
+        new["webhook_secret"], shop["webhook_secret"])
+    assert row.previous_webhook_secret_expires_at == until
+    assert [(a.actor, a.action, a.reason, a.details) for a in audit] == [
+        ("cli:sari", "merchant.webhook_url_set", "merchant changed hosting",
+         {"from": "https://kopi.example.co.id", "to": "https://hooks.kopi.example.co.id:8443"}),
+        ("cli:sari", "merchant.webhook_secret_rotated", None,
+         {"previous_valid_until": new["previous_valid_until"]}),
+    ]
+
+    leaked = run(env, "merchants", "rotate-secret", shop["merchant_id"], "--actor", "sari",
+                 "--reason", "secret pasted in a public ticket", "--overlap", "0")
+    assert leaked.returncode == 0, leaked.stderr
+    assert "(shown once)" in leaked.stdout and "no longer signs" in leaked.stdout
+    row, _ = await _merchant_row(env["LUNAS_DATABASE_URL"], shop["merchant_id"])
+    assert row.webhook_secret in leaked.stdout
+    assert (row.previous_webhook_secret, row.previous_webhook_secret_expires_at) == (None, None)
+
+    nobody = run(env, "merchants", "rotate-secret", "mer_nobody", "--actor", "sari")
+    assert nobody.returncode == 1 and "no merchant mer_nobody" in nobody.stderr
+    nobody = run(env, "merchants", "set-webhook", "mer_nobody", "https://x.example/h",
+                 "--actor", "sari")
+    assert nobody.returncode == 1 and "no merchant mer_nobody" in nobody.stderr
+    unaudited = run(env, "merchants", "rotate-secret", shop["merchant_id"])
+    assert unaudited.returncode == 2 and "--actor" in unaudited.stderr
+
+
+async def test_a_webhook_url_no_delivery_could_reach_is_refused_and_nothing_changes(
+    env: dict[str, str],
+) -> None:
+    """Before, ``merchants create`` stored any text as the URL, and each event then failed for a
+    day before anyone saw it. What is refused is specified in tests/unit/test_webhook_url.py."""
+    assert run(env, "migrate").returncode == 0
+    created = run(env, "merchants", "create", "Toko Teh", "--webhook-url", "kopi.example.co.id")
+    assert created.returncode == 2 and "must start with https:// or http://" in created.stderr
+    shop = json.loads(run(env, "merchants", "create", "Toko Teh", "--json").stdout)
+    refused = run(env, "merchants", "set-webhook", shop["merchant_id"], "https:///lunas",
+                  "--actor", "sari")
+    assert refused.returncode == 2 and "names no host" in refused.stderr
+    row, audit = await _merchant_row(env["LUNAS_DATABASE_URL"], shop["merchant_id"])
+    assert (row.webhook_url, audit) == (None, [])

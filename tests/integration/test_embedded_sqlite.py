@@ -12,9 +12,10 @@ import sqlalchemy as sa
 
 from orchestrator.bootstrap import build
 from orchestrator.services.expiry import expire_due_orders
+from orchestrator.services.order_view import iso, wib
 from orchestrator.settings import DatabaseSettings, Settings
 from orchestrator.store.engine import migrate
-from orchestrator.store.tables import outbox
+from orchestrator.store.tables import orders, outbox
 from tests.support import bca_statement, new_merchant, new_ops_token, order_body, serve
 
 
@@ -52,8 +53,23 @@ async def test_checkout_to_paid_on_sqlite(tmp_path: Path) -> None:
                                        batch=100) == 19
         async with container.db.read() as conn:
             types = (await conn.execute(sa.select(outbox.c.event_type))).scalars().all()
+            told = (await conn.execute(
+                sa.select(outbox.c.event_type, outbox.c.payload, orders)
+                .join(orders, orders.c.id == outbox.c.aggregate_id)
+                .where(outbox.c.event_type.in_(["order.paid", "order.expired"])))).all()
         assert sorted(set(types)) == ["order.captured", "order.expired", "order.paid"]
         assert types.count("order.expired") == 19
+        # Each says when, in UTC and in WIB, as the order API does: the deadline, and the
+        # moment it was paid (null on an order that expired unpaid).
+        for event in told:
+            p = event.payload
+            assert p["expires_at"] == iso(event.expires_at) and p["expires_at"].endswith("Z")
+            assert p["display"]["expires_at"] == wib(event.expires_at)
+            if event.event_type == "order.paid":
+                assert p["paid_at"] == read.json()["paid_at"] == iso(event.paid_at)
+                assert p["display"] == read.json()["display"]
+            else:
+                assert (p["paid_at"], p["display"]["paid_at"]) == (None, None)
     finally:
         await container.close()
 
@@ -86,4 +102,43 @@ async def test_unreadable_feed_items_on_sqlite(tmp_path: Path) -> None:
                       for i in await items.listing(state=None, limit=10)) == [
             ("mt0", "read"), ("mt1", "handled")]
     finally:
+        await container.close()
+
+
+async def test_a_merchants_endpoint_changes_on_sqlite(tmp_path: Path) -> None:
+    """URL and secret changed with the same statements on SQLite; the delivery signs under both
+    secrets through the overlap."""
+    from orchestrator.domain.clock import FrozenClock
+    from orchestrator.notify.delivery import MerchantWebhookHandler
+    from orchestrator.notify.signing import verify
+    from orchestrator.outbox.relay import OutboxEvent
+    from orchestrator.services.webhook_endpoints import rotate_webhook_secret, set_webhook_url
+    from tests.e2e.test_checkout_to_webhook import WebhookReceiver
+
+    container = build(Settings(database=DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/w.db")))
+    receiver = WebhookReceiver()
+    await receiver.start()
+    try:
+        await migrate(container.db.engine)
+        m = await new_merchant(container)
+        now = datetime.now(UTC)
+        await set_webhook_url(container.db, merchant_id=m.merchant_id,
+                              url=f"http://127.0.0.1:{receiver.port}/hooks", actor="cli:sari",
+                              reason=None, now=now)
+        rotated = await rotate_webhook_secret(container.db, merchant_id=m.merchant_id,
+                                              overlap=timedelta(hours=1), actor="cli:sari",
+                                              reason=None, now=now)
+        async with httpx.AsyncClient(trust_env=False) as http:
+            handler = MerchantWebhookHandler(container.db.engine, http, timedelta(seconds=5),
+                                             clock=FrozenClock(now + timedelta(minutes=59)))
+            await handler(OutboxEvent(id=0, event_id="evt_1", event_type="order.paid",
+                                      aggregate_id="ord_1", merchant_id=m.merchant_id,
+                                      payload={}, attempts=1, created_at=now))
+        [(headers, body)] = receiver.deliveries
+        ts = int(headers["lunas-timestamp"])
+        for secret in (rotated.webhook_secret, m.webhook_secret):
+            assert verify(secret, body, headers["lunas-signature"], now_ts=ts)
+        assert headers["lunas-signature"].count("v1=") == 2
+    finally:
+        await receiver.stop()
         await container.close()

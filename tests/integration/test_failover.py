@@ -293,6 +293,14 @@ async def test_no_fallback_keeps_the_order_captured_and_issues_it_on_recovery(
                     want="awaiting_payment")
     read = (await stack.client.get(f"/v1/orders/{body['id']}", headers=stack.shop.headers))
     assert read.json()["payment"]["va_number"]
+    async with stack.container.db.read() as conn:
+        [told] = (await conn.execute(sa.select(outbox.c.payload).where(
+            outbox.c.aggregate_id == body["id"],
+            outbox.c.event_type == "order.awaiting_payment"))).scalars().all()
+    # The merchant hears the deadline as the order API gives it, UTC and WIB.
+    order = read.json()
+    assert (told["expires_at"], told["paid_at"], told["display"]) == (
+        order["expires_at"], None, order["display"])
 
 
 async def test_customer_switches_method_and_the_old_instrument_is_cancelled(

@@ -166,6 +166,8 @@ _PAID_ORDER = [
     ("0008", "0009", ["mutations"], ["mutations", "orders"]),
     # 0010 builds a unique index on payment_attempts and adds evidence's composite key.
     ("0009", "0010", ["payment_attempts"], ["payment_attempts", "evidence", "orders"]),
+    # 0015 adds the rotated webhook secret's columns to merchants, read by every API-key check.
+    ("0014", "0015", ["merchants"], ["merchants"]),
 ])
 async def test_a_postgresql_migration_waiting_for_a_long_transaction_lets_writers_through(
     start: str, target: str, held: list[str], written: list[str],
@@ -410,3 +412,39 @@ async def test_orders_left_in_review_by_the_window_get_a_case_a_person_can_decid
         assert state == "paid"
     finally:
         await engine.dispose()
+
+
+async def _a_merchant_keeps_its_secret_across_0015(url: str) -> None:
+    engine = create_engine(DatabaseSettings(url=url))
+    try:
+        await migrate(engine, "0014")
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(_PAID_ORDER[0])
+        await migrate(engine)
+        async with engine.connect() as conn:
+            row = (await conn.exec_driver_sql(
+                "SELECT webhook_secret, previous_webhook_secret, "
+                "previous_webhook_secret_expires_at FROM merchants WHERE id = 'mer_1'")).one()
+        assert tuple(row) == ("whsec_x", None, None)  # signs with its one secret, as before
+        await downgrade(engine, "0014")
+        await migrate(engine)
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_drift) == []
+            assert (await conn.exec_driver_sql(
+                "SELECT webhook_secret FROM merchants WHERE id = 'mer_1'")).scalar() == "whsec_x"
+    finally:
+        await engine.dispose()
+
+
+async def test_0015_gives_merchants_a_rotated_secret_and_keeps_theirs_on_sqlite(
+    tmp_path: Path,
+) -> None:
+    await _a_merchant_keeps_its_secret_across_0015(f"sqlite+aiosqlite:///{tmp_path / 'l.db'}")
+
+
+async def test_0015_gives_merchants_a_rotated_secret_and_keeps_theirs_on_postgresql() -> None:
+    url = await create_database("lunas_migrations")
+    try:
+        await _a_merchant_keeps_its_secret_across_0015(url)
+    finally:
+        await drop_database(url)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import datetime
 
 import httpx
 import sqlalchemy as sa
 
 from orchestrator.bootstrap import Container
+from orchestrator.services.order_view import wib
 from orchestrator.store.tables import idempotency_keys, orders, outbox, payment_attempts
 from tests.support import ShopFixture, new_merchant, order_body
 
@@ -44,6 +46,9 @@ async def test_capture_returns_transfer_instructions_with_unique_amount(
     assert pay["transfer_amount"] == 150_000 + pay["unique_code"]
     assert pay["display"]["expires_at"].endswith("WIB")
     assert body["created_at"].endswith("Z") and body["expires_at"].endswith("Z")
+    assert body["paid_at"] is None
+    assert body["display"] == {"amount": "Rp150.000", "paid_at": None,
+                               "expires_at": wib(datetime.fromisoformat(body["expires_at"]))}
     assert r.headers["location"] == f"/v1/orders/{body['id']}"
     async with container.db.read() as conn:
         events = (await conn.execute(sa.select(outbox.c.event_type)

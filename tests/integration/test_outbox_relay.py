@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import random
@@ -34,7 +36,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from orchestrator.domain.clock import SystemClock
+from orchestrator.domain.clock import FrozenClock, SystemClock
+from orchestrator.domain.errors import DomainError, NotFound
 from orchestrator.domain.events import ORDER_EXPIRED, ORDER_PAID
 from orchestrator.domain.ids import new_id
 from orchestrator.notify.delivery import (
@@ -48,11 +51,13 @@ from orchestrator.outbox.relay import Handler, OutboxEvent, PermanentFailure, Re
 from orchestrator.outbox.retry import RetryPolicy
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.services import dead_letters
+from orchestrator.services.webhook_endpoints import rotate_webhook_secret, set_webhook_url
 from orchestrator.settings import DatabaseSettings, OutboxSettings
 from orchestrator.store.database import Database
 from orchestrator.store.engine import create_engine, migrate
 from orchestrator.store.tables import audit_log, merchants, outbox
 from tests.conftest import create_database, drop_database
+from tests.e2e.test_checkout_to_webhook import WebhookReceiver
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "whsec_relay_test_0123456789"
@@ -777,3 +782,143 @@ async def test_dead_letters_are_redelivered_once_the_endpoint_is_fixed_or_discar
                                         .order_by(audit_log.c.id))).all()
         assert [tuple(a) for a in audit] == [("outbox.discard", ids[0]),
                                              ("outbox.redeliver", merchant)]
+
+
+# ------------------------------------------------------------ the merchant's endpoint changes
+
+
+def _v1s(header: str) -> list[str]:
+    return [part.removeprefix("v1=") for part in header.split(",") if part.startswith("v1=")]
+
+
+def _hmac(secret: str, body: bytes, ts: int) -> str:
+    return hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+async def test_a_rotated_secret_signs_beside_the_new_one_until_its_overlap_ends(
+    engine: AsyncEngine,
+) -> None:
+    """During the overlap every try carries ``v1=<new>,v1=<previous>``, so the merchant's
+    receiver verifies with whichever secret it holds while they deploy; afterwards the new one
+    alone. A rotation with no overlap (a leaked secret) drops the previous at once; a rotation
+    within an overlap keeps only the two newest. Each is audited without the secret."""
+    db = Database(engine)
+    receiver = WebhookReceiver()
+    await receiver.start()
+    try:
+        merchant = await add_merchant(engine, f"http://127.0.0.1:{receiver.port}/hooks")
+        rotated_at = datetime(2026, 11, 30, 3, 0, tzinfo=UTC)
+        first = await rotate_webhook_secret(db, merchant_id=merchant,
+                                            overlap=timedelta(hours=24), actor="ops:rotation",
+                                            reason="yearly rotation", now=rotated_at)
+        assert first.webhook_secret.startswith("whsec_") and first.webhook_secret != SECRET
+        assert first.previous_valid_until == rotated_at + timedelta(hours=24)
+
+        async def deliver(at: datetime) -> tuple[int, bytes, list[str]]:
+            async with httpx.AsyncClient(trust_env=False) as http:
+                handler = MerchantWebhookHandler(engine, http, timedelta(seconds=5),
+                                                 clock=FrozenClock(at))
+                await handler(OutboxEvent(id=0, event_id=new_id("evt"), event_type=ORDER_PAID,
+                                          aggregate_id="ord_1", merchant_id=merchant,
+                                          payload={"order_id": "ord_1"}, attempts=1,
+                                          created_at=at))
+            headers, body = receiver.deliveries[-1]
+            ts = int(headers["lunas-timestamp"])
+            assert headers["lunas-signature"].startswith(f"t={ts},")
+            return ts, body, _v1s(headers["lunas-signature"])
+
+        ts, body, v1 = await deliver(rotated_at + timedelta(hours=23, minutes=59))
+        assert v1 == [_hmac(first.webhook_secret, body, ts), _hmac(SECRET, body, ts)]
+        header = receiver.deliveries[-1][0]["lunas-signature"]
+        assert verify(first.webhook_secret, body, header, now_ts=ts)  # switched already
+        assert verify(SECRET, body, header, now_ts=ts)  # not yet
+
+        ts, body, v1 = await deliver(rotated_at + timedelta(hours=24))
+        assert v1 == [_hmac(first.webhook_secret, body, ts)]  # the overlap is over
+
+        second_at = rotated_at + timedelta(days=2)
+        second = await rotate_webhook_secret(db, merchant_id=merchant,
+                                             overlap=timedelta(hours=1), actor="ops:rotation",
+                                             reason=None, now=second_at)
+        third = await rotate_webhook_secret(db, merchant_id=merchant,
+                                            overlap=timedelta(hours=1), actor="ops:rotation",
+                                            reason=None, now=second_at + timedelta(minutes=5))
+        ts, body, v1 = await deliver(second_at + timedelta(minutes=10))
+        assert v1 == [_hmac(third.webhook_secret, body, ts), _hmac(second.webhook_secret, body, ts)]
+
+        leaked = await rotate_webhook_secret(db, merchant_id=merchant, overlap=timedelta(0),
+                                             actor="ops:rotation", reason="secret leaked",
+                                             now=second_at + timedelta(minutes=20))
+        assert leaked.previous_valid_until is None
+        ts, body, v1 = await deliver(second_at + timedelta(minutes=21))
+        assert v1 == [_hmac(leaked.webhook_secret, body, ts)]
+
+        with pytest.raises(NotFound):
+            await rotate_webhook_secret(db, merchant_id="mer_nobody", overlap=timedelta(hours=1),
+                                        actor="ops:rotation", reason=None, now=second_at)
+        for overlap in (timedelta(seconds=-1), timedelta(days=31)):  # a month at most
+            with pytest.raises(DomainError, match="overlap"):
+                await rotate_webhook_secret(db, merchant_id=merchant, overlap=overlap,
+                                            actor="ops:rotation", reason=None, now=second_at)
+    finally:
+        await receiver.stop()
+    async with engine.connect() as conn:
+        audit = (await conn.execute(sa.select(audit_log).where(
+            audit_log.c.subject_id == merchant).order_by(audit_log.c.id))).all()
+    assert [(a.actor, a.action, a.reason, a.details) for a in audit] == [
+        ("ops:rotation", "merchant.webhook_secret_rotated", "yearly rotation",
+         {"previous_valid_until": "2026-12-01T03:00:00Z"}),
+        ("ops:rotation", "merchant.webhook_secret_rotated", None,
+         {"previous_valid_until": "2026-12-02T04:00:00Z"}),
+        ("ops:rotation", "merchant.webhook_secret_rotated", None,
+         {"previous_valid_until": "2026-12-02T04:05:00Z"}),
+        ("ops:rotation", "merchant.webhook_secret_rotated", "secret leaked",
+         {"previous_valid_until": None}),
+    ]
+
+
+async def test_a_changed_webhook_url_takes_the_next_try_of_events_already_failing(
+    engine: AsyncEngine, db_url: str
+) -> None:
+    """The merchant's old endpoint is gone; ops point Lunas at the new one while the events are
+    between retries, and the next try of each is delivered there, signed as before."""
+    retry = RetryPolicy(backoff=(timedelta(seconds=3),) * 3, uniform=random.Random(9).random)
+    db = Database(engine)
+    moved = WebhookReceiver()
+    await moved.start()
+    try:
+        async with Receiver(always_fail=True, failure_status=404) as gone:
+            old_url = gone.url
+            merchant = await add_merchant(engine, old_url)
+            ids = await add_outbox_events(engine, 3, merchant_id=merchant)
+            ours = outbox.c.merchant_id == merchant
+            async with webhook_relay(db_url, f"moved-{new_id('w')[-6:]}", retry=retry) as relay, \
+                    running(relay):
+                await eventually(lambda: _all_tried(gone, ids), timeout=15,
+                                 what="a first try of each event at the old endpoint")
+                new_url = f"http://127.0.0.1:{moved.port}/lunas/webhooks?shop=42"
+                stored = await set_webhook_url(db, merchant_id=merchant, url=new_url,
+                                               actor="ops:endpoint", reason="merchant moved",
+                                               now=datetime.now(UTC))
+                assert stored == new_url
+                await eventually(lambda: settled(engine, ours, 3, ["done"]), timeout=15,
+                                 what="every event delivered to the new endpoint")
+    finally:
+        await moved.stop()
+    assert sorted(json.loads(body)["id"] for _, body in moved.deliveries) == sorted(ids)
+    assert gone.problems == []
+    for headers, body in moved.deliveries:
+        assert verify(SECRET, body, headers["lunas-signature"], now_ts=int(time.time()))
+    rows = await rows_where(engine, ours)
+    assert {(r.status, r.attempts) for r in rows} == {("done", 2)}
+    async with engine.connect() as conn:
+        audit = (await conn.execute(sa.select(audit_log).where(
+            audit_log.c.subject_id == merchant))).all()
+    # The origin only: the path and query may carry the merchant's token.
+    assert [(a.actor, a.action, a.reason, a.details) for a in audit] == [
+        ("ops:endpoint", "merchant.webhook_url_set", "merchant moved",
+         {"from": old_url.removesuffix("/hooks"), "to": f"http://127.0.0.1:{moved.port}"})]
+
+
+async def _all_tried(receiver: Receiver, event_ids: list[str]) -> bool:
+    return set(event_ids) <= set(receiver.counts())

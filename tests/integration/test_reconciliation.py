@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from orchestrator.bootstrap import Container
 from orchestrator.domain.clock import WIB
 from orchestrator.services.expiry import expire_due_orders
+from orchestrator.services.order_view import wib
 from orchestrator.store.tables import (
     audit_log,
     evidence,
@@ -88,7 +89,8 @@ async def test_statement_import_settles_the_order_and_tells_the_merchant_once(
         "parsed": 3, "new": 3, "duplicate": 0, "matched": 1, "ambiguous": 0, "unmatched": 1,
         "ignored_debits": 1}
     read = (await client.get(f"/v1/orders/{order['id']}", headers=m.headers)).json()
-    assert read["status"] == "paid" and read["paid_at"]
+    assert read["status"] == "paid" and read["paid_at"].endswith("Z")
+    assert read["display"]["paid_at"] == wib(datetime.fromisoformat(read["paid_at"]))
     events = await rows(container, sa.select(outbox.c.event_type)
                         .where(outbox.c.aggregate_id == order["id"]).order_by(outbox.c.id))
     assert [e.event_type for e in events] == ["order.captured", "order.paid"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +20,11 @@ import pytest
 import sqlalchemy as sa
 
 from orchestrator.bootstrap import Container
+from orchestrator.domain.clock import FrozenClock
+from orchestrator.domain.money import format_idr
+from orchestrator.notify.delivery import webhook_body
+from orchestrator.outbox.relay import OutboxEvent
+from orchestrator.services.order_view import event_payload, iso, wib
 from orchestrator.services.reconciliation import ImportReport, ReconciliationService
 from orchestrator.store.tables import (
     evidence,
@@ -109,6 +115,7 @@ async def outcome(container: Container, ids: list[str], statement_id: str) -> di
     # Unique codes are random: amounts compare as their difference from what the order asked
     # (on its latest attempt: the one the statement pays).
     asked = {a.order_id: a.transfer_amount for a in sorted(attempts, key=lambda a: a.created_at)}
+    stored = {o.id: o for o in order_rows}
     return {
         "lines": [(m.match_state, pos.get(m.order_id), m.matched_by) for m in lines],
         "orders": sorted((pos[o.id], o.state, o.review_reason, o.paid_at is not None)
@@ -131,9 +138,26 @@ async def outcome(container: Container, ids: list[str], statement_id: str) -> di
         "events": sorted(((pos[e.aggregate_id], e.event_type, sorted(e.payload),
                            e.payload.get("status"), e.payload.get("evidence"),
                            e.payload.get("paid_amount", asked[e.aggregate_id])
-                           - asked[e.aggregate_id]) for e in events),
+                           - asked[e.aggregate_id],
+                           sorted(e.payload.get("display", {})),
+                           _times_as_python_renders(e, stored[e.aggregate_id]))
+                          for e in events),
                          key=lambda row: row[0]),
     }
+
+
+def _times_as_python_renders(event: Any, order: Any) -> bool | None:
+    """Whether an order event's times and display are, string for string, what ``iso``,
+    ``wib`` and ``format_idr`` make of the stored order (paid_at: null until the event that
+    announces the payment); None for an event about something else."""
+    if not event.event_type.startswith("order."):
+        return None
+    p = event.payload
+    paid_at = order.paid_at if p["status"] == "paid" else None
+    return (p["expires_at"], p["paid_at"], p["display"]) == (
+        iso(order.expires_at), iso(paid_at),
+        {"amount": format_idr(order.amount), "expires_at": wib(order.expires_at),
+         "paid_at": wib(paid_at) if paid_at is not None else None})
 
 
 async def test_batch_import_writes_what_the_line_by_line_import_writes(
@@ -168,6 +192,66 @@ async def test_batch_import_writes_what_the_line_by_line_import_writes(
         (3, "manual_transfer", "paid", True, True, True),
         (3, "qris", "superseded", False, True, False)]
     assert written["attempt_events"] == [(3, "attempt.cancel_requested", ["attempt_id"])]
+    # Every order event carries the order's times as the order API renders them.
+    order_events = [e for e in written["events"] if e[1].startswith("order.")]
+    assert {e[-1] for e in order_events} == {True}
+    assert {tuple(e[-2]) for e in order_events} == {("amount", "expires_at", "paid_at")}
+    paid = [e for e in order_events if e[1] == "order.paid"]
+    assert len(paid) == 5 and all({"expires_at", "paid_at", "display"} <= set(e[2]) for e in paid)
+
+
+async def test_an_order_paid_event_built_in_sql_is_byte_for_byte_the_python_one(
+    client: httpx.AsyncClient, container: Container
+) -> None:
+    """The batch builds ``order.paid`` in PostgreSQL; the line-by-line path through
+    ``event_payload``. At the same instants the merchant gets the same bytes from either,
+    including the forms that differ most easily: a time on a whole second (``iso`` gives no
+    fraction then), a fraction with trailing zeros, a WIB date on the next day with a one-digit
+    day and hour, and thousands separators."""
+    paid_at = datetime.now(UTC).replace(microsecond=0)  # a whole second
+    deadlines = [datetime(2030, 1, 4, 17, 5, tzinfo=UTC),  # 05 Jan 2030 00:05 WIB
+                 datetime(2030, 1, 4, 17, 5, 0, 120_000, tzinfo=UTC)]
+    bodies = []
+    for batch in (True, False):
+        service = ReconciliationService(
+            container.db, clock=FrozenClock(paid_at), metrics=container.metrics,
+            quarantine=container.settings.unique_codes.quarantine, batch_statements=batch)
+        m = await new_merchant(container)
+        created = [await capture(client, m, 1_234_567) for _ in deadlines]
+        async with container.db.transaction() as conn:
+            for order, deadline in zip(created, deadlines, strict=True):
+                await conn.execute(orders.update().where(orders.c.id == order["id"])
+                                   .values(expires_at=deadline))
+        statement = bca_statement(m.account_number, [
+            (paid_at, f"TRSF CR {o['payment']['transfer_amount']} ANDI",
+             o["payment"]["transfer_amount"], "CR") for o in created])
+        report = await service.import_statement(bank="bca", account_number=m.account_number,
+                                                data=statement, filename=None, actor="test")
+        assert report.matched == 2
+        async with container.db.read() as conn:
+            events = (await conn.execute(sa.select(outbox).where(
+                outbox.c.aggregate_id.in_([o["id"] for o in created]),
+                outbox.c.event_type == "order.paid").order_by(outbox.c.id))).all()
+            stored = {o.id: o for o in (await conn.execute(sa.select(orders).where(
+                orders.c.id.in_([o["id"] for o in created])))).all()}
+        ours = []
+        for e in sorted(events, key=lambda e: [o["id"] for o in created].index(e.aggregate_id)):
+            order = stored[e.aggregate_id]
+            assert e.payload == event_payload(order, paid_amount=e.payload["paid_amount"],
+                                              evidence="mutation")
+            # Only what differs between the two merchants' orders is set aside.
+            ours.append(webhook_body(OutboxEvent.from_row(e)).replace(
+                e.event_id.encode(), b"EVT").replace(order.id.encode(), b"ORD").replace(
+                order.merchant_order_id.encode(), b"MOI").replace(
+                b'"paid_amount":%d' % e.payload["paid_amount"], b'"paid_amount":0'))
+        bodies.append(ours)
+    batch_bodies, reference = bodies
+    assert batch_bodies == reference
+    assert [json.loads(b)["data"]["expires_at"] for b in reference] == [
+        "2030-01-04T17:05:00Z", "2030-01-04T17:05:00.120000Z"]
+    assert json.loads(reference[0])["data"]["display"] == {
+        "amount": "Rp1.234.567", "expires_at": "05 Jan 2030 00:05 WIB", "paid_at": wib(paid_at)}
+    assert json.loads(reference[0])["data"]["paid_at"] == iso(paid_at)
 
 
 @pytest.mark.parametrize("concurrent", [4])

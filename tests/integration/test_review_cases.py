@@ -59,11 +59,16 @@ async def test_honouring_a_short_payment_pays_the_order_and_tells_the_merchant(
     read = (await client.get(f"/v1/orders/{order['id']}", headers=m.headers)).json()
     assert read["status"] == "paid" and read["paid_at"]
     async with container.db.read() as conn:
-        types = (await conn.execute(sa.select(outbox.c.event_type).where(
-            outbox.c.aggregate_id == order["id"]).order_by(outbox.c.id))).scalars().all()
+        told = (await conn.execute(sa.select(outbox.c.event_type, outbox.c.payload).where(
+            outbox.c.aggregate_id == order["id"]).order_by(outbox.c.id))).all()
         audit = (await conn.execute(sa.select(audit_log.c.actor, audit_log.c.action).where(
             audit_log.c.subject_id == case["id"]))).all()
-    assert types[-2:] == ["order.paid", "review_case.resolved"]
+    assert [t.event_type for t in told][-2:] == ["order.paid", "review_case.resolved"]
+    needs_review, paid = told[-4].payload, told[-2].payload
+    assert told[-4].event_type == "order.needs_review"
+    assert (needs_review["paid_at"], needs_review["display"]["paid_at"]) == (None, None)
+    # The merchant hears when the person paid it, as the order API says it.
+    assert (paid["paid_at"], paid["display"]) == (read["paid_at"], read["display"])
     assert [tuple(a) for a in audit] == [("ops:finance-test", "review_case.honour")]
     again = await client.post(f"/v1/reviews/{case['id']}/resolve", headers=ops,
                               json={"action": "refund", "note": "changed my mind"})

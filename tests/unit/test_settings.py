@@ -32,6 +32,12 @@ def test_variables_are_read_and_typed() -> None:
     assert s.http.trusted_proxies == ("10.0.0.0/8", "::1")
 
 
+def test_a_rotated_webhook_secret_signs_beside_the_new_one_for_a_day_unless_told() -> None:
+    assert Settings.from_env({}).webhooks.secret_overlap == timedelta(days=1)
+    assert Settings.from_env({"LUNAS_WEBHOOK_SECRET_OVERLAP": "3600"}).webhooks.secret_overlap \
+        == timedelta(hours=1)
+
+
 @pytest.mark.parametrize(("env", "named"), [
     ({"LUNAS_PORT": "eighty"}, "LUNAS_PORT"),
     ({"LUNAS_OUTBOX_LEASE": "-1"}, "LUNAS_OUTBOX_LEASE"),
@@ -47,6 +53,8 @@ def test_variables_are_read_and_typed() -> None:
     ({"LUNAS_RETENTION_PROVIDER_DELIVERIES": "60"}, "LUNAS_RETENTION_PROVIDER_DELIVERIES"),
     ({"LUNAS_RETENTION_INTERVAL": "0"}, "LUNAS_RETENTION_INTERVAL"),
     ({"LUNAS_FEED_MAX_UNREADABLE": "-1"}, "LUNAS_FEED_MAX_UNREADABLE"),
+    ({"LUNAS_WEBHOOK_SECRET_OVERLAP": "-1"}, "LUNAS_WEBHOOK_SECRET_OVERLAP"),
+    ({"LUNAS_WEBHOOK_SECRET_OVERLAP": "2678400"}, "LUNAS_WEBHOOK_SECRET_OVERLAP"),  # 31 days
 ])
 def test_bad_or_unsafe_settings_are_refused_naming_the_variable(
     env: dict[str, str], named: str

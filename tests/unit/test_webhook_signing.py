@@ -62,6 +62,20 @@ def test_a_rotated_secret_verifies_when_either_signature_matches() -> None:
     assert not verify("third-secret", BODY, both, now_ts=TS)
 
 
+def test_during_a_rotation_one_header_signs_under_the_new_secret_then_the_previous() -> None:
+    """Stripe-style: ``t=<t>,v1=<new>,v1=<previous>``, so a receiver verifies with whichever
+    secret it holds while the merchant deploys the new one."""
+    headers = sign(SECRET, BODY, TS, previous="whsec_previous")
+    new = hmac.new(SECRET.encode(), f"{TS}.".encode() + BODY, hashlib.sha256).hexdigest()
+    old = hmac.new(b"whsec_previous", f"{TS}.".encode() + BODY, hashlib.sha256).hexdigest()
+    assert headers == {TIMESTAMP_HEADER: str(TS),
+                       SIGNATURE_HEADER: f"t={TS},v1={new},v1={old}"}
+    assert verify(SECRET, BODY, headers[SIGNATURE_HEADER], now_ts=TS)
+    assert verify("whsec_previous", BODY, headers[SIGNATURE_HEADER], now_ts=TS)
+    assert not verify("whsec_third", BODY, headers[SIGNATURE_HEADER], now_ts=TS)
+    assert not verify("whsec_previous", BODY + b" ", headers[SIGNATURE_HEADER], now_ts=TS)
+
+
 @pytest.mark.parametrize(
     "header",
     ["", "garbage", f"t={TS}", "v1=abc", "t=abc,v1=00", f"t={TS},t={TS},v1=00",
