@@ -77,7 +77,7 @@ from typing import Any
 import httpx
 
 from orchestrator.domain.clock import WIB, Clock, SystemClock
-from orchestrator.domain.money import MAX_RUPIAH
+from orchestrator.domain.money import MAX_RUPIAH, reported_currency
 from orchestrator.rails import qris
 from orchestrator.rails.base import (
     CallObserver,
@@ -234,6 +234,7 @@ def notification_status(body: Mapping[str, Any]) -> ProviderStatus:
         paid_at=(wib_time(body.get("settlement_time")) or wib_time(body.get("transaction_time"))
                  if paid else None),
         raw_status=raw.strip().lower(),
+        currency=reported_currency(body.get("currency")),
     )
 
 

@@ -31,6 +31,7 @@ from orchestrator.store.tables import (
     outbox,
     payment_attempts,
     provider_deliveries,
+    review_cases,
 )
 from tests.integration.test_failover import Stack, gateway_settings, sims  # noqa: F401
 from tests.support import free_port, new_merchant, serve
@@ -78,6 +79,32 @@ async def run_relay(container: Container, until: Callable[[], Awaitable[object]]
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"did not reach {want!r}: {await until()!r}")
+
+
+async def run_verifier(container: Container, until: Callable[[], Awaitable[object]],
+                       want: object, timeout: float = 10.0) -> None:
+    """The worker's verifier and relay together (status reads are the verifier's), until
+    ``until() == want``."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(container.verifier.run(stop))
+    try:
+        await run_relay(container, until, want, timeout=timeout)
+    finally:
+        stop.set()
+        await task
+
+
+async def make_due(stack: Stack, attempt_id: str) -> None:
+    """The attempt's scheduled status read comes due now, as if its gap had passed."""
+    async with stack.container.db.transaction() as conn:
+        await conn.execute(payment_attempts.update().where(
+            payment_attempts.c.id == attempt_id).values(next_check_at=stack.container.clock.now()))
+
+
+async def review(stack: Stack, order_id: str) -> list[tuple[str, str, int]]:
+    async with stack.container.db.read() as conn:
+        return [(c.reason, c.recommended_action, c.amount) for c in await conn.execute(
+            sa.select(review_cases).where(review_cases.c.order_id == order_id))]
 
 
 async def scalar(stack: Stack, query: Any) -> Any:
@@ -340,3 +367,51 @@ async def test_forged_xendit_callback_never_settles_but_its_status_read_finds_th
     await settled_quietly(stack, attempt.id)
     found = await outcomes(stack, attempt.id)
     assert found[0][1] is not None and found[0][1].startswith("status read: payment applied")
+
+
+async def test_a_verified_payment_in_another_currency_goes_to_a_person_never_settles_as_rupiah(
+    stack: Stack,
+) -> None:
+    """Lunas charges rupiah only. A callback that reports the payment in dollars, even of the
+    expected number, is money that moved (rule 4) but no number of rupiah: the order goes to
+    review with a machine-readable reason, as an amount mismatch does, and the evidence and the
+    events say the currency so nobody takes the amount for rupiah."""
+    order_id, attempt = await order_and_attempt(stack, "va", "bca", "va:xendit:bca")
+    await sim_post(stack.sims.xendit.control_url, "/config", {"callback_url": None})
+    payment = await sim_post(stack.sims.xendit.control_url, "/pay", {
+        "kind": "va", "external_id": attempt.id, "amount": attempt.transfer_amount,
+        "currency": "USD"})
+    token = stack.container.settings.providers.xendit_callback_token
+    r = await stack.client.post("/v1/webhooks/xendit", content=json.dumps(payment),
+                                headers={"x-callback-token": token})
+    assert r.status_code == 200, r.text
+    await run_relay(stack.container, order_state(stack, order_id), "needs_review")
+    assert await scalar(stack, sa.select(orders.c.review_reason).where(
+        orders.c.id == order_id)) == "currency_mismatch"
+    assert await review(stack, order_id) == [
+        ("currency_mismatch", "check_at_source", attempt.transfer_amount)]
+    [(outcome,)] = [(o,) for _, o in await outcomes(stack, attempt.id)]
+    assert outcome == "payment applied: discrepancy, order needs_review"
+    async with stack.container.db.read() as conn:
+        [found] = (await conn.execute(sa.select(evidence).where(
+            evidence.c.order_id == order_id))).all()
+        told = dict((await conn.execute(sa.select(outbox.c.event_type, outbox.c.payload).where(
+            outbox.c.aggregate_id == order_id,
+            outbox.c.event_type.in_(["order.needs_review", "review_case.opened"])))).all())
+    assert found.details["currency"] == "USD"
+    needs_review = told["order.needs_review"]
+    assert (needs_review["currency"], needs_review["paid_currency"]) == ("IDR", "USD")
+    assert told["review_case.opened"]["currency"] == "USD"
+
+
+async def test_a_status_read_in_another_currency_goes_to_a_person_too(stack: Stack) -> None:
+    """The callback is lost; the scheduled status read finds the payment, in dollars."""
+    order_id, attempt = await order_and_attempt(stack, "va", "bca", "va:xendit:bca")
+    await sim_post(stack.sims.xendit.control_url, "/config", {"callback_url": None})
+    await sim_post(stack.sims.xendit.control_url, "/pay", {
+        "kind": "va", "external_id": attempt.id, "amount": attempt.transfer_amount,
+        "currency": "USD"})
+    await make_due(stack, attempt.id)
+    await run_verifier(stack.container, order_state(stack, order_id), "needs_review")
+    assert await review(stack, order_id) == [
+        ("currency_mismatch", "check_at_source", attempt.transfer_amount)]
