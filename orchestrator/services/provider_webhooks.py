@@ -25,9 +25,18 @@ Decisions:
 Worker path (``on_delivery``): a verified delivery is mapped to a neutral status. PAID →
 ``apply_payment`` (exactly once through the evidence key); EXPIRED / FAILED move the attempt only
 while it is live (active, superseded, unknown) — never backwards, so a ``pending`` or an ``expire``
-after ``settlement`` changes nothing; PENDING changes nothing. An unverified delivery is never
-trusted: if it names one of our attempts that is not paid, an ``attempt.verify`` job reads the
-provider's status through the breaker guard and applies a payment only if the provider says so.
+after ``settlement`` changes nothing; PENDING changes nothing.
+
+An unverified delivery is never trusted, and never costs more than one status read per attempt
+per ``ASKED_READ_SPACING``, however many arrive: attempt ids are not secret, and every read
+draws from the provider's shared status pace (``StatusReads``), so a flood of forged deliveries
+must not crowd out the reads that settle real payments. For a live attempt it brings the
+verifier's own scheduled read (``next_check_at``) forward instead of queuing a read of its own:
+to now, or to ``ASKED_READ_SPACING`` after the attempt's last read; a read already due sooner,
+or claimed, or deferred on an open breaker, answers it. The verifier applies a payment only if
+the provider says so; the delivery's outcome says when the read was asked for, the attempt's
+``last_check`` what it found. An unverified body is stored up to ``MAX_UNTRUSTED_BODY``
+characters (with its length and hash), since nobody but a person investigating reads it.
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails import midtrans, xendit
 from orchestrator.rails.base import NeutralStatus, ProviderStatus
 from orchestrator.rails.router import RouteUnavailable
+from orchestrator.services.order_view import iso
 from orchestrator.services.settlement import Payment, apply_payment
 from orchestrator.services.status_reads import (
     LIVE,
@@ -72,6 +82,14 @@ KEPT_HEADERS = ("content-type", "content-length", "user-agent", "webhook-id", "x
                 "x-real-ip")
 """Headers stored with a delivery; never a secret (``x-callback-token`` is left out)."""
 _LIVE = (AttemptState.ACTIVE, AttemptState.SUPERSEDED, AttemptState.UNKNOWN)
+ASKED_READ_SPACING = timedelta(minutes=1)
+"""The least time between two status reads of one attempt that deliveries Lunas cannot trust
+ask for. A genuine delivery that failed verification (a rotated key) is retried by the provider
+minutes later, and the attempt's schedule reads it anyway; a forger gets one read a minute per
+attempt id, not one per request."""
+MAX_UNTRUSTED_BODY = 16_384
+"""Characters of an unverified or malformed body that are stored. A provider's notification is a
+few kilobytes; a forger's megabyte is kept as its start, its length and its SHA-256."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,16 +159,26 @@ def _raw_text(raw: bytes) -> str:
     return raw.decode("utf-8", errors="backslashreplace").replace("\x00", "\\x00")
 
 
+def untrusted_text(raw_text: str, raw: bytes) -> str:
+    """What is stored of a body Lunas does not trust: all of it up to ``MAX_UNTRUSTED_BODY``
+    characters, else its start and a note of what was received."""
+    if len(raw_text) <= MAX_UNTRUSTED_BODY:
+        return raw_text
+    return (f"{raw_text[:MAX_UNTRUSTED_BODY]}\n[stored truncated: {len(raw)} bytes received, "
+            f"sha256 {hashlib.sha256(raw).hexdigest()}]")
+
+
 # -- the service -----------------------------------------------------------------------------------
 
 
 class ProviderWebhooks:
     def __init__(self, db: Database, reads: StatusReads, clock: Clock, *,
                  midtrans_server_key: str, xendit_callback_token: str,
-                 quarantine: timedelta) -> None:
+                 quarantine: timedelta, claim_lease: timedelta = timedelta(seconds=60)) -> None:
         self._db, self._reads, self._clock = db, reads, clock
         self._server_key, self._callback_token = midtrans_server_key, xendit_callback_token
-        self._quarantine = quarantine
+        # The verifier's claim lease: a read due within it may be in flight already.
+        self._quarantine, self._claim_lease = quarantine, claim_lease
 
     def handlers(self) -> dict[str, Any]:
         return {events.PROVIDER_DELIVERY: self.on_delivery,
@@ -185,7 +213,8 @@ class ProviderWebhooks:
         if verified and body is not None:
             key = midtrans_event_key(body) if provider == MIDTRANS else xendit_event_key(body)
         row: dict[str, Any] = {
-            "provider": provider, "received_at": self._clock.now(), "raw_body": raw_text,
+            "provider": provider, "received_at": self._clock.now(),
+            "raw_body": raw_text if verified else untrusted_text(raw_text, raw),
             "headers": {h: headers[h] for h in KEPT_HEADERS if h in headers},
             "verified": verified,
             "attempt_id": claimed_attempt(provider, body) if body is not None else None,
@@ -287,12 +316,17 @@ class ProviderWebhooks:
             await self._record(delivery_id, f"no change: provider says {status.raw_status}")
 
     async def on_attempt_verify(self, event: OutboxEvent) -> None:
-        """A status read, asked for by a delivery we could not trust."""
+        """A status read, asked for by a delivery we could not trust. Deliveries no longer queue
+        these for live attempts (``_ask_verifier``); one queued before is coalesced the same
+        way."""
         attempt_id = str(event.payload["attempt_id"])
         delivery_id = event.payload.get("delivery_id")
         async with self._db.read() as conn:
             attempt = (await conn.execute(sa.select(payment_attempts).where(
                 payment_attempts.c.id == attempt_id))).one()
+        if attempt.state in LIVE and delivery_id is not None:
+            await self._ask_verifier(str(delivery_id), attempt.id, "unverified: never trusted")
+            return
         if attempt.state not in LIVE:
             if delivery_id is not None:
                 await self._record(str(delivery_id),
@@ -361,13 +395,37 @@ class ProviderWebhooks:
     async def _verify_later(self, delivery_id: str, attempt: Any) -> None:
         if attempt.state == AttemptState.PAID.value:
             await self._record(delivery_id, "unverified: attempt already paid; nothing to check")
-            return
+        elif attempt.state in LIVE:
+            await self._ask_verifier(delivery_id, attempt.id, "unverified: never trusted")
+        else:
+            await self._record(delivery_id, f"unverified: never trusted; attempt "
+                                            f"{attempt.state}, not read")
+
+    async def _ask_verifier(self, delivery_id: str, attempt_id: str, asked: str) -> None:
+        """Have the verifier read a live attempt soon, at most once per ``ASKED_READ_SPACING``
+        for all the deliveries that ask: its scheduled read is brought forward, never back, and
+        never into a claim lease (a claimed read may be in flight; moving it would have a second
+        worker read it again)."""
         now = self._clock.now()
+        a = payment_attempts.c
         async with self._db.transaction() as conn:
-            await add_events(conn, [PendingEvent(
-                event_type=events.ATTEMPT_VERIFY, aggregate_id=attempt.id, merchant_id=None,
-                payload={"attempt_id": attempt.id, "delivery_id": delivery_id})], now=now)
-            await _set_outcome(conn, delivery_id, "unverified: never trusted; status read queued")
+            row = (await conn.execute(
+                sa.select(a.state, a.next_check_at, a.last_checked_at, a.deferred_on)
+                .where(a.id == attempt_id).with_for_update())).one()
+            due = (now if row.last_checked_at is None
+                   else max(now, row.last_checked_at + ASKED_READ_SPACING))
+            if row.state not in LIVE:
+                outcome = f"{asked}; attempt {row.state} meanwhile, not read"
+            elif row.deferred_on is not None:
+                outcome = f"{asked}; status read waits for {row.deferred_on} to recover"
+            elif (row.next_check_at is not None
+                  and row.next_check_at <= max(due, now + self._claim_lease)):
+                outcome = f"{asked}; status read already due by {iso(row.next_check_at)}"
+            else:
+                await conn.execute(payment_attempts.update().where(a.id == attempt_id)
+                                   .values(next_check_at=due))
+                outcome = f"{asked}; status read brought forward to {iso(due)}"
+            await _set_outcome(conn, delivery_id, outcome)
 
     async def _record(self, delivery_id: str, outcome: str) -> None:
         async with self._db.transaction() as conn:

@@ -1,6 +1,7 @@
 """Gateway webhooks in: verified deliveries settle exactly once; duplicates and out-of-order
 deliveries change nothing; forged ones (a wrong signature, or a signed Midtrans body whose unsigned
-status was rewritten) are stored, never trusted, and only trigger a status read.
+status was rewritten) are stored, never trusted, and only bring the attempt's status read forward,
+at most one read a minute per attempt however many arrive.
 
 Runs the real service (a real socket whose URL the adapters hand to the simulators) with both
 simulators, on the session's PostgreSQL and Redis; the worker's relay runs in-process.
@@ -9,6 +10,7 @@ simulators, on the session's PostgreSQL and Redis; the worker's relay runs in-pr
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -99,6 +101,18 @@ async def make_due(stack: Stack, attempt_id: str) -> None:
     async with stack.container.db.transaction() as conn:
         await conn.execute(payment_attempts.update().where(
             payment_attempts.c.id == attempt_id).values(next_check_at=stack.container.clock.now()))
+
+
+async def attempt_row(stack: Stack, attempt_id: str) -> Any:
+    async with stack.container.db.read() as conn:
+        return (await conn.execute(sa.select(payment_attempts).where(
+            payment_attempts.c.id == attempt_id))).one()
+
+
+def checks(stack: Stack, attempt_id: str) -> Callable[[], Awaitable[object]]:
+    async def read() -> object:
+        return (await attempt_row(stack, attempt_id)).checks
+    return read
 
 
 async def review(stack: Stack, order_id: str) -> list[tuple[str, str, int]]:
@@ -240,11 +254,10 @@ async def test_forged_midtrans_notification_is_stored_and_only_triggers_a_status
     r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(forged))
     assert r.status_code == 401, r.text
     await settled_quietly(stack, attempt.id)
-    async def unverified() -> list[str | None]:
-        return [o for v, o in await outcomes(stack, attempt.id) if not v]
-
-    await run_relay(stack.container, unverified,
-                    ["status read: provider says pending; no change"])
+    [outcome] = [o or "" for v, o in await outcomes(stack, attempt.id) if not v]
+    assert outcome.startswith("unverified: never trusted; status read brought forward to ")
+    await run_verifier(stack.container, checks(stack, attempt.id), 1)
+    assert (await attempt_row(stack, attempt.id)).last_check == "pending: pending"
     assert await evidence_count(stack, order_id) == 0
     assert (await order_state(stack, order_id)()) == "awaiting_payment"
     r = await stack.client.post("/v1/webhooks/midtrans", content=b"{not json")
@@ -331,12 +344,9 @@ async def test_a_signed_pending_notification_relabelled_settlement_is_not_truste
     r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(relabelled))
     assert r.status_code == 401, r.text
     assert r.json()["code"] == "bad_signature"
-
-    async def unverified() -> list[str | None]:
-        return [o for v, o in await outcomes(stack, attempt.id) if not v]
-
-    await run_relay(stack.container, unverified,
-                    ["status read: provider says pending; no change"])
+    await settled_quietly(stack, attempt.id)
+    await run_verifier(stack.container, checks(stack, attempt.id), 1)
+    assert (await attempt_row(stack, attempt.id)).last_check == "pending: pending"
     assert await evidence_count(stack, order_id) == 0
     assert (await order_state(stack, order_id)()) == "awaiting_payment"
 
@@ -358,15 +368,67 @@ async def test_forged_xendit_callback_never_settles_but_its_status_read_finds_th
             provider_deliveries.c.attempt_id == attempt.id))).one()
     assert row.verified is False and row.event_key is None
     assert "x-callback-token" not in row.headers
-    await run_relay(stack.container, order_state(stack, order_id), "paid")
+    await run_verifier(stack.container, order_state(stack, order_id), "paid")
     async with stack.container.db.read() as conn:
         applied = (await conn.execute(sa.select(evidence).where(
             evidence.c.order_id == order_id))).all()
     # Settled by what the provider's status API said (the expected amount), not the forged 1.
     assert [(e.kind, e.amount) for e in applied] == [("provider_status", attempt.transfer_amount)]
-    await settled_quietly(stack, attempt.id)
     found = await outcomes(stack, attempt.id)
-    assert found[0][1] is not None and found[0][1].startswith("status read: payment applied")
+    assert found[0][1] is not None and found[0][1].startswith(
+        "unverified: never trusted; status read brought forward to ")
+    assert (await attempt_row(stack, attempt.id)).last_check == "paid: settle"
+
+
+async def test_a_flood_of_forged_deliveries_costs_one_status_read_a_minute_per_attempt(
+    stack: Stack,
+) -> None:
+    """Attempt ids are not secret and every status read draws from the provider's shared pace
+    (Xendit allows 600 a minute): forged deliveries, however many, only bring the attempt's one
+    scheduled read forward, and after a read no sooner than a minute after it."""
+    _, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    before = await stack.calls("midtrans", "status")
+
+    async def forge(n: int) -> None:
+        for _ in range(n):
+            forged = midtrans_body(attempt, status="settlement", code="200",
+                                   txid=str(uuid.uuid4()), key="not-the-server-key")
+            r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(forged))
+            assert r.status_code == 401
+        await settled_quietly(stack, attempt.id)
+
+    await forge(20)
+    await run_verifier(stack.container, checks(stack, attempt.id), 1)
+    await forge(20)
+    await asyncio.sleep(1)  # the verifier would have read again by now if it were asked to
+    await run_verifier(stack.container, checks(stack, attempt.id), 1)
+    assert await stack.calls("midtrans", "status") - before == 1
+    read = await attempt_row(stack, attempt.id)
+    assert read.next_check_at == read.last_checked_at + timedelta(minutes=1)
+    found = [o or "" for v, o in await outcomes(stack, attempt.id) if not v]
+    assert len(found) == 40
+    assert sum(o.startswith("unverified: never trusted; status read brought forward") for o in
+               found) == 2
+    assert all(o.startswith("unverified: never trusted; status read ") for o in found)
+
+
+async def test_a_forged_body_is_stored_bounded(stack: Stack) -> None:
+    """Every delivery is stored, forged ones too, for as long as deliveries are kept: a forged
+    body is kept as its first 16 KiB with its length and hash, never a megabyte a request."""
+    _, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    forged = {**midtrans_body(attempt, status="settlement", code="200", txid=str(uuid.uuid4()),
+                              key="not-the-server-key"), "padding": "x" * 900_000}
+    raw = json.dumps(forged).encode()
+    r = await stack.client.post("/v1/webhooks/midtrans", content=raw)
+    assert r.status_code == 401, r.text
+    async with stack.container.db.read() as conn:
+        stored = (await conn.execute(sa.select(provider_deliveries.c.raw_body).where(
+            provider_deliveries.c.attempt_id == attempt.id,
+            provider_deliveries.c.verified.is_(False)))).scalar_one()
+    assert stored.startswith(raw[:16_384].decode())
+    assert stored.endswith(f"[stored truncated: {len(raw)} bytes received, sha256 "
+                           f"{hashlib.sha256(raw).hexdigest()}]")
+    assert len(stored) < 16_500
 
 
 async def test_a_verified_payment_in_another_currency_goes_to_a_person_never_settles_as_rupiah(
