@@ -35,7 +35,11 @@ verifier's own scheduled read (``next_check_at``) forward instead of queuing a r
 to now, or to ``ASKED_READ_SPACING`` after the attempt's last read; a read already due sooner,
 or claimed, or deferred on an open breaker, answers it. The verifier applies a payment only if
 the provider says so; the delivery's outcome says when the read was asked for, the attempt's
-``last_check`` what it found. An unverified body is stored up to ``MAX_UNTRUSTED_BODY``
+``last_check`` what it found. For an attempt Lunas closed (expired, failed), which the verifier
+reads no more, it queues one ``attempt.verify`` read, coalesced the same way, while the attempt
+is within the code quarantine of its closing (a late payment whose webhook cannot be verified,
+e.g. after a server-key rotation, is still found: rule 4); later, nothing is read. An
+unverified body is stored up to ``MAX_UNTRUSTED_BODY``
 characters (with its length and hash), since nobody but a person investigating reads it.
 """
 
@@ -61,15 +65,12 @@ from orchestrator.outbox.relay import OutboxEvent
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails import midtrans, xendit
 from orchestrator.rails.base import NeutralStatus, ProviderStatus
-from orchestrator.rails.router import RouteUnavailable
 from orchestrator.services.order_view import iso
 from orchestrator.services.settlement import Payment, apply_payment
 from orchestrator.services.status_reads import (
     LIVE,
     StatusReads,
-    defer,
     paid_evidence_key,
-    route_of,
 )
 from orchestrator.store.database import Database, upsert_insert
 from orchestrator.store.tables import orders, payment_attempts, provider_deliveries
@@ -82,6 +83,11 @@ KEPT_HEADERS = ("content-type", "content-length", "user-agent", "webhook-id", "x
                 "x-real-ip")
 """Headers stored with a delivery; never a secret (``x-callback-token`` is left out)."""
 _LIVE = (AttemptState.ACTIVE, AttemptState.SUPERSEDED, AttemptState.UNKNOWN)
+_CLOSED = (AttemptState.EXPIRED.value, AttemptState.FAILED.value)
+"""Attempts Lunas closed unpaid: the verifier reads them no more, yet money may still land on
+them (rule 4)."""
+_READ_ASKED = "status read asked for by a delivery"
+"""A closed attempt's ``last_check`` while a read a delivery asked for has not run yet."""
 ASKED_READ_SPACING = timedelta(minutes=1)
 """The least time between two status reads of one attempt that deliveries Lunas cannot trust
 ask for. A genuine delivery that failed verification (a rotated key) is retried by the provider
@@ -316,33 +322,32 @@ class ProviderWebhooks:
             await self._record(delivery_id, f"no change: provider says {status.raw_status}")
 
     async def on_attempt_verify(self, event: OutboxEvent) -> None:
-        """A status read, asked for by a delivery we could not trust. Deliveries no longer queue
-        these for live attempts (``_ask_verifier``); one queued before is coalesced the same
-        way."""
+        """A status read a delivery asked for, of an attempt Lunas closed (expired, failed),
+        which the verifier no longer reads (``_ask_read_of_closed``). A payment found settles
+        the order or opens a review case, as any late payment (rule 4). An open breaker or a
+        failed read raises, and the relay tries again with its backoff: a closed attempt has
+        no schedule to defer on. A live attempt is the verifier's (a job an older version
+        queued for one is coalesced into its schedule, ``_ask_verifier``)."""
         attempt_id = str(event.payload["attempt_id"])
         delivery_id = event.payload.get("delivery_id")
         async with self._db.read() as conn:
             attempt = (await conn.execute(sa.select(payment_attempts).where(
                 payment_attempts.c.id == attempt_id))).one()
-        if attempt.state in LIVE and delivery_id is not None:
-            await self._ask_verifier(str(delivery_id), attempt.id, "unverified: never trusted")
+        if attempt.state in LIVE:
+            if delivery_id is not None:
+                await self._ask_verifier(str(delivery_id), attempt.id, "unverified: never trusted")
             return
-        if attempt.state not in LIVE:
+        if attempt.state not in _CLOSED:
             if delivery_id is not None:
                 await self._record(str(delivery_id),
                                    f"status read skipped: attempt already {attempt.state}")
             return
-        try:
-            status = await self._reads.read(attempt)
-        except RouteUnavailable:  # deferred, not failed: read when the route recovers
-            key = route_of(attempt).key
-            async with self._db.transaction() as conn:
-                await defer(conn, attempt.id, key, now=self._clock.now(),
-                            retry_at=self._reads.retry_at(key))
-                if delivery_id is not None:
-                    await _set_outcome(conn, str(delivery_id),
-                                       f"unverified: status read deferred until {key} recovers")
-            return
+        status = await self._reads.read(attempt)
+        async with self._db.transaction() as conn:
+            await conn.execute(payment_attempts.update().where(
+                payment_attempts.c.id == attempt.id,
+                payment_attempts.c.state.in_(_CLOSED)).values(
+                    last_check=f"read for a delivery: {status.raw_status or status.status}"[:200]))
         if status.status is NeutralStatus.PAID:
             await self._settle(attempt, status, delivery_id=delivery_id,
                                details={"raw_status": status.raw_status,
@@ -397,6 +402,9 @@ class ProviderWebhooks:
             await self._record(delivery_id, "unverified: attempt already paid; nothing to check")
         elif attempt.state in LIVE:
             await self._ask_verifier(delivery_id, attempt.id, "unverified: never trusted")
+        elif attempt.state in _CLOSED:
+            await self._ask_read_of_closed(delivery_id, attempt.id, "unverified: never trusted",
+                                           within_watch=True)
         else:
             await self._record(delivery_id, f"unverified: never trusted; attempt "
                                             f"{attempt.state}, not read")
@@ -425,6 +433,44 @@ class ProviderWebhooks:
                 await conn.execute(payment_attempts.update().where(a.id == attempt_id)
                                    .values(next_check_at=due))
                 outcome = f"{asked}; status read brought forward to {iso(due)}"
+            await _set_outcome(conn, delivery_id, outcome)
+
+    async def _ask_read_of_closed(self, delivery_id: str, attempt_id: str, asked: str, *,
+                                  within_watch: bool) -> None:
+        """Queue one status read of an attempt Lunas closed (expired, failed), at most one per
+        ``ASKED_READ_SPACING`` for all the deliveries that ask. The verifier no longer reads such
+        an attempt, so its ``last_checked_at`` / ``last_check`` are free to say when its latest
+        asked-for read is due and whether it has run: a read that has not run yet answers every
+        delivery that arrives before it does (unless it has waited a spacing already, e.g.
+        behind an open breaker; then one more is queued, so a job that never runs cannot answer
+        for ever). ``within_watch``: only while the attempt is within the code quarantine of
+        its closing (a delivery nobody can verify is worth one paced read while a late payment
+        is likely, e.g. after a server-key rotation; it proves nothing)."""
+        now = self._clock.now()
+        a = payment_attempts.c
+        async with self._db.transaction() as conn:
+            row = (await conn.execute(
+                sa.select(a.state, a.closed_at, a.updated_at, a.last_checked_at, a.last_check)
+                .where(a.id == attempt_id).with_for_update())).one()
+            closed_at = row.closed_at or row.updated_at
+            due = (now if row.last_checked_at is None
+                   else max(now, row.last_checked_at + ASKED_READ_SPACING))
+            if row.state not in _CLOSED:
+                outcome = f"{asked}; attempt {row.state} meanwhile, not read"
+            elif within_watch and closed_at + self._quarantine <= now:
+                outcome = (f"{asked}; attempt {row.state} since {iso(closed_at)}, past its "
+                           f"watch, not read")
+            elif (row.last_check == _READ_ASKED and row.last_checked_at is not None
+                  and row.last_checked_at + ASKED_READ_SPACING > now):
+                outcome = f"{asked}; status read already queued for {iso(row.last_checked_at)}"
+            else:
+                await conn.execute(payment_attempts.update().where(a.id == attempt_id).values(
+                    last_checked_at=due, last_check=_READ_ASKED))
+                await add_events(conn, [PendingEvent(
+                    event_type=events.ATTEMPT_VERIFY, aggregate_id=attempt_id, merchant_id=None,
+                    payload={"attempt_id": attempt_id, "delivery_id": delivery_id},
+                    available_at=due)], now=now)
+                outcome = f"{asked}; status read of the {row.state} attempt queued for {iso(due)}"
             await _set_outcome(conn, delivery_id, outcome)
 
     async def _record(self, delivery_id: str, outcome: str) -> None:

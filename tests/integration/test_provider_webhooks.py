@@ -477,3 +477,69 @@ async def test_a_status_read_in_another_currency_goes_to_a_person_too(stack: Sta
     await run_verifier(stack.container, order_state(stack, order_id), "needs_review")
     assert await review(stack, order_id) == [
         ("currency_mismatch", "check_at_source", attempt.transfer_amount)]
+
+
+async def close_attempt(stack: Stack, order_id: str, attempt_id: str, *,
+                        ago: timedelta = timedelta(0)) -> None:
+    """Lunas expired the order and its attempt ``ago`` (the provider's charge stays payable)."""
+    closed = stack.container.clock.now() - ago
+    async with stack.container.db.transaction() as conn:
+        await conn.execute(payment_attempts.update().where(
+            payment_attempts.c.id == attempt_id).values(
+                state="expired", closed_at=closed, updated_at=closed, next_check_at=None))
+        await conn.execute(orders.update().where(orders.c.id == order_id).values(
+            state="expired"))
+
+
+async def test_an_unverifiable_payment_on_an_attempt_lunas_closed_is_read_once_and_found(
+    stack: Stack,
+) -> None:
+    """The server key was rotated at Midtrans but not yet in Lunas: every notification fails
+    verification, and the verifier reads an expired attempt no more. While the attempt is
+    within the code quarantine of its closing, such a delivery asks for one paced status read
+    (however many arrive), and the late payment reaches a person (rule 4: nothing lost)."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    await close_attempt(stack, order_id, attempt.id)
+    await sim_post(stack.sims.midtrans.control_url, "/config", {"drop_notifications": True})
+    try:
+        paid = await sim_post(stack.sims.midtrans.control_url, "/pay", {"order_id": attempt.id})
+        rotated = midtrans_body(attempt, status="settlement", code="200",
+                                txid=paid["transaction_id"], key="the-new-server-key")
+        before = await stack.calls("midtrans", "status")
+        for _ in range(5):  # the provider retries; a forger repeats
+            r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(rotated))
+            assert r.status_code == 401, r.text
+        await run_relay(stack.container, order_state(stack, order_id), "needs_review")
+        await settled_quietly(stack, attempt.id)
+    finally:
+        await sim_post(stack.sims.midtrans.control_url, "/config", {"drop_notifications": False})
+    assert await stack.calls("midtrans", "status") - before == 1
+    assert await review(stack, order_id) == [
+        ("payment_after_expiry", "honour", attempt.transfer_amount)]
+    found = [o or "" for v, o in await outcomes(stack, attempt.id) if not v]
+    read = "status read: payment applied: after_expiry, order needs_review"
+    assert found.count(read) == 1, found
+    assert all(o.startswith(("unverified: never trusted; status read already queued for ",
+                             "unverified: never trusted; attempt paid meanwhile"))
+               for o in found if o != read), found
+
+
+async def test_an_unverifiable_delivery_for_an_attempt_closed_long_ago_reads_nothing(
+    stack: Stack,
+) -> None:
+    """Past the code quarantine of its closing, a delivery nobody can verify is not worth a
+    read of a closed attempt: it proves nothing, and the provider's own retries have ended."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    await close_attempt(stack, order_id, attempt.id,
+                        ago=stack.container.settings.unique_codes.quarantine
+                        + timedelta(minutes=1))
+    before = await stack.calls("midtrans", "status")
+    forged = midtrans_body(attempt, status="settlement", code="200", txid=str(uuid.uuid4()),
+                           key="not-the-server-key")
+    r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(forged))
+    assert r.status_code == 401, r.text
+    await settled_quietly(stack, attempt.id)
+    [outcome] = [o or "" for v, o in await outcomes(stack, attempt.id) if not v]
+    assert outcome.startswith("unverified: never trusted; attempt expired since ")
+    assert outcome.endswith(", past its watch, not read")
+    assert await stack.calls("midtrans", "status") == before
