@@ -200,7 +200,9 @@ def verify_notification(body: Mapping[str, Any], server_key: str) -> bool:
     The signature covers ``order_id + status_code + gross_amount`` but not ``transaction_status``,
     so a signed ``pending`` (201) or ``expire`` (407) notification with its status rewritten to
     ``settlement`` still carries a valid signature; its signed status code gives it away. A status
-    Lunas cannot read is left to the worker, which records it unreadable.
+    Lunas cannot read is left to the worker, which records it unreadable. A ``cancel`` is signed
+    under 200 too, so a relabelled one passes here: the worker confirms a payment for an attempt
+    Lunas may have cancelled with a status read (``services.provider_webhooks``).
     """
     if not verify_notification_signature(body, server_key):
         return False

@@ -23,7 +23,10 @@ Decisions:
   stays in the evidence details and on the delivery row.
 
 Worker path (``on_delivery``): a verified delivery is mapped to a neutral status. PAID →
-``apply_payment`` (exactly once through the evidence key); EXPIRED / FAILED move the attempt only
+``apply_payment`` (exactly once through the evidence key), except a Midtrans payment for an
+attempt Lunas may have cancelled at Midtrans (superseded, expired, failed): a signed ``cancel``
+notification relabelled ``settlement`` verifies, so a status read confirms it first
+(``_confirm_first``). EXPIRED / FAILED move the attempt only
 while it is live (active, superseded, unknown) — never backwards, so a ``pending`` or an ``expire``
 after ``settlement`` changes nothing; PENDING changes nothing.
 
@@ -86,6 +89,11 @@ _LIVE = (AttemptState.ACTIVE, AttemptState.SUPERSEDED, AttemptState.UNKNOWN)
 _CLOSED = (AttemptState.EXPIRED.value, AttemptState.FAILED.value)
 """Attempts Lunas closed unpaid: the verifier reads them no more, yet money may still land on
 them (rule 4)."""
+_CANCELLED_BY_LUNAS = (AttemptState.SUPERSEDED.value, *_CLOSED)
+"""Midtrans attempts Lunas may have cancelled at the provider (a superseded instrument, an
+expired one). Midtrans then notifies ``cancel`` under status code 200, signed; the signature
+leaves ``transaction_status`` out, so that genuine body relabelled ``settlement`` verifies as a
+payment. A payment notification for such an attempt is confirmed by a status read first."""
 _READ_ASKED = "status read asked for by a delivery"
 """A closed attempt's ``last_check`` while a read a delivery asked for has not run yet."""
 ASKED_READ_SPACING = timedelta(minutes=1)
@@ -309,7 +317,10 @@ class ProviderWebhooks:
         except ValueError as exc:
             await self._record(delivery_id, f"unreadable: {exc}")
             return
-        if status.status is NeutralStatus.PAID:
+        if status.status is NeutralStatus.PAID and (
+                delivery.provider == MIDTRANS and attempt.state in _CANCELLED_BY_LUNAS):
+            await self._confirm_first(delivery_id, attempt)
+        elif status.status is NeutralStatus.PAID:
             await self._settle(attempt, status, delivery_id=delivery_id,
                                details={"delivery_id": delivery_id,
                                         "event_key": delivery.event_key,
@@ -408,6 +419,18 @@ class ProviderWebhooks:
         else:
             await self._record(delivery_id, f"unverified: never trusted; attempt "
                                             f"{attempt.state}, not read")
+
+    async def _confirm_first(self, delivery_id: str, attempt: Any) -> None:
+        """A signed Midtrans payment notification for an attempt Lunas may have cancelled: it
+        may be a genuine ``cancel`` relabelled, so the provider's status answers instead. The
+        normal path (a live, active attempt) settles at once as before; this one waits for one
+        paced read, which settles exactly as the notification would have (same evidence key)."""
+        asked = (f"signed payment on a {attempt.state} attempt: not applied, a status read "
+                 f"confirms it")
+        if attempt.state == AttemptState.SUPERSEDED.value:
+            await self._ask_verifier(delivery_id, attempt.id, asked)
+        else:
+            await self._ask_read_of_closed(delivery_id, attempt.id, asked, within_watch=False)
 
     async def _ask_verifier(self, delivery_id: str, attempt_id: str, asked: str) -> None:
         """Have the verifier read a live attempt soon, at most once per ``ASKED_READ_SPACING``

@@ -543,3 +543,61 @@ async def test_an_unverifiable_delivery_for_an_attempt_closed_long_ago_reads_not
     assert outcome.startswith("unverified: never trusted; attempt expired since ")
     assert outcome.endswith(", past its watch, not read")
     assert await stack.calls("midtrans", "status") == before
+
+
+async def superseded_midtrans_attempt(stack: Stack) -> tuple[str, Any]:
+    """A Midtrans QRIS order whose customer switched to a VA: the QR attempt is superseded."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    r = await stack.client.post(f"/v1/orders/{order_id}/payment", headers=stack.shop.headers,
+                                json={"rail": "va", "channel": "bni"})
+    assert r.status_code == 201, r.text
+    assert (await attempt_row(stack, attempt.id)).state == "superseded"
+    return order_id, attempt
+
+
+async def test_a_signed_cancel_relabelled_settlement_never_settles(stack: Stack) -> None:
+    """Lunas cancels a superseded Midtrans instrument, and Midtrans notifies ``cancel`` under
+    status code 200, signed over order_id, status_code and gross_amount only. That genuine body
+    relabelled ``settlement`` verifies; for an attempt Lunas may have cancelled, the status read
+    answers instead, and it says cancel."""
+    order_id, attempt = await superseded_midtrans_attempt(stack)
+    async def state() -> object:
+        return (await attempt_row(stack, attempt.id)).state
+    await run_relay(stack.container, state, "failed")  # cancelled at Midtrans, which said so
+    async with stack.container.db.read() as conn:
+        cancel = json.loads((await conn.execute(sa.select(provider_deliveries.c.raw_body).where(
+            provider_deliveries.c.attempt_id == attempt.id, provider_deliveries.c.verified,
+            provider_deliveries.c.outcome == "attempt superseded -> failed"))).scalar_one())
+    assert (cancel["transaction_status"], cancel["status_code"]) == ("cancel", "200")
+    relabelled = {**cancel, "transaction_status": "settlement",
+                  "settlement_time": "2025-03-10 09:05:00"}
+    r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(relabelled))
+    assert r.status_code == 200, r.text  # it verifies: the signature cannot tell
+    async def last() -> object:
+        return [o for v, o in await outcomes(stack, attempt.id) if v][-1]
+    await run_relay(stack.container, last, "status read: provider says cancel; no change")
+    assert await evidence_count(stack, order_id) == 0
+    assert (await order_state(stack, order_id)()) == "awaiting_payment"
+
+
+async def test_a_genuine_payment_on_a_superseded_midtrans_attempt_settles_once_confirmed(
+    stack: Stack,
+) -> None:
+    """The customer pays the old QR before Lunas's cancel reaches Midtrans: the signed
+    settlement is confirmed by a status read, which settles the order (rule 4) exactly as the
+    notification would have. A live active attempt's settlement is applied at once, as ever."""
+    order_id, attempt = await superseded_midtrans_attempt(stack)
+    await sim_post(stack.sims.midtrans.control_url, "/pay", {"order_id": attempt.id})
+    await wait_for(lambda: scalar(stack, sa.select(sa.func.count()).select_from(
+        provider_deliveries).where(provider_deliveries.c.attempt_id == attempt.id,
+                                   provider_deliveries.c.event_key.like("%:settlement:%"))), 1)
+    await run_verifier(stack.container, order_state(stack, order_id), "paid")
+    async with stack.container.db.read() as conn:
+        applied = (await conn.execute(sa.select(evidence).where(
+            evidence.c.order_id == order_id))).all()
+    assert [(e.kind, e.attempt_id, e.amount) for e in applied] == [
+        ("provider_status", attempt.id, attempt.transfer_amount)]
+    [settlement] = [o for _, o in await outcomes(stack, attempt.id)
+                    if o is not None and o.startswith("signed payment")]
+    assert settlement.startswith("signed payment on a superseded attempt: not applied, a status "
+                                 "read confirms it; status read brought forward to "), settlement
