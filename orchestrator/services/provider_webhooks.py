@@ -95,7 +95,7 @@ expired one). Midtrans then notifies ``cancel`` under status code 200, signed; t
 leaves ``transaction_status`` out, so that genuine body relabelled ``settlement`` verifies as a
 payment. A payment notification for such an attempt is confirmed by a status read first."""
 _READ_ASKED = "status read asked for by a delivery"
-"""A closed attempt's ``last_check`` while a read a delivery asked for has not run yet."""
+"""A closed attempt's ``last_check`` while a read a delivery asked for has not started yet."""
 ASKED_READ_SPACING = timedelta(minutes=1)
 """The least time between two status reads of one attempt that deliveries Lunas cannot trust
 ask for. A genuine delivery that failed verification (a rotated key) is retried by the provider
@@ -353,12 +353,12 @@ class ProviderWebhooks:
                 await self._record(str(delivery_id),
                                    f"status read skipped: attempt already {attempt.state}")
             return
+        # From here on a delivery may arrive after this read's request left: it asks for a read
+        # of its own instead of counting on this one (``_ask_read_of_closed``).
+        await self._note_closed_read(attempt.id, "status read for a delivery: running")
         status = await self._reads.read(attempt)
-        async with self._db.transaction() as conn:
-            await conn.execute(payment_attempts.update().where(
-                payment_attempts.c.id == attempt.id,
-                payment_attempts.c.state.in_(_CLOSED)).values(
-                    last_check=f"read for a delivery: {status.raw_status or status.status}"[:200]))
+        await self._note_closed_read(
+            attempt.id, f"status read for a delivery: {status.raw_status or status.status}")
         if status.status is NeutralStatus.PAID:
             await self._settle(attempt, status, delivery_id=delivery_id,
                                details={"raw_status": status.raw_status,
@@ -463,7 +463,7 @@ class ProviderWebhooks:
         """Queue one status read of an attempt Lunas closed (expired, failed), at most one per
         ``ASKED_READ_SPACING`` for all the deliveries that ask. The verifier no longer reads such
         an attempt, so its ``last_checked_at`` / ``last_check`` are free to say when its latest
-        asked-for read is due and whether it has run: a read that has not run yet answers every
+        asked-for read is due and whether it has started: a read not started yet answers every
         delivery that arrives before it does (unless it has waited a spacing already, e.g.
         behind an open breaker; then one more is queued, so a job that never runs cannot answer
         for ever). ``within_watch``: only while the attempt is within the code quarantine of
@@ -495,6 +495,12 @@ class ProviderWebhooks:
                     available_at=due)], now=now)
                 outcome = f"{asked}; status read of the {row.state} attempt queued for {iso(due)}"
             await _set_outcome(conn, delivery_id, outcome)
+
+    async def _note_closed_read(self, attempt_id: str, note: str) -> None:
+        async with self._db.transaction() as conn:
+            await conn.execute(payment_attempts.update().where(
+                payment_attempts.c.id == attempt_id,
+                payment_attempts.c.state.in_(_CLOSED)).values(last_check=note[:200]))
 
     async def _record(self, delivery_id: str, outcome: str) -> None:
         async with self._db.transaction() as conn:
