@@ -546,12 +546,13 @@ class XenditSim:
         return {"has_more": len(found) > limit, "data": found[:limit], "links": []}
 
     def _record_payment(self, *, product_id: str, reference_id: str, category: str,
-                        channel_code: str, amount: int, account: str | None) -> None:
+                        channel_code: str, amount: int, account: str | None,
+                        currency: str = "IDR") -> None:
         stamp = iso(_now())
         self.store.transactions.append({
             "id": f"txn_{uuid.uuid4()}", "product_id": product_id, "type": "PAYMENT",
             "status": "SUCCESS", "channel_category": category, "channel_code": channel_code,
-            "reference_id": reference_id, "account_identifier": account, "currency": "IDR",
+            "reference_id": reference_id, "account_identifier": account, "currency": currency,
             "amount": amount, "net_amount": amount, "net_amount_currency": "IDR",
             "cashflow": "MONEY_IN", "settlement_status": "PENDING", "business_id": OWNER_ID,
             "created": stamp, "updated": stamp,
@@ -563,18 +564,22 @@ class XenditSim:
         """A customer pays; the payment is stored, recorded and its callback scheduled.
 
         ``force: true`` skips the checks a real bank or wallet would make (inactive VA, amount
-        not the expected one), for chaos runs that need a late or wrong payment."""
+        not the expected one), for chaos runs that need a late or wrong payment. ``currency``
+        (default ``IDR``) is what the VA callback, the e-wallet charge and the Transactions API
+        report the payment in, for tests of a payment reported in another currency."""
         kind, force = body.get("kind"), bool(body.get("force", False))
         amount = _amount(body.get("amount"), (1, 10**12))
+        currency = str(body.get("currency", "IDR"))
         if kind == "va":
-            return self._pay_va(body, amount, force)
+            return self._pay_va(body, amount, force, currency)
         if kind == "qr":
-            return self._pay_qr(body, amount, force)
+            return self._pay_qr(body, amount, force, currency)
         if kind == "ewallet":
-            return self._pay_charge(body, amount, force)
+            return self._pay_charge(body, amount, force, currency)
         raise ApiError(400, "API_VALIDATION_ERROR", "kind must be va, qr or ewallet")
 
-    def _pay_va(self, body: dict[str, Any], amount: int, force: bool) -> dict[str, Any]:
+    def _pay_va(self, body: dict[str, Any], amount: int, force: bool,
+                currency: str) -> dict[str, Any]:
         found = (self.store.vas.get(str(body.get("id"))) or
                  self.store.va_by_external_id(str(body.get("external_id"))))
         if found is None:
@@ -584,17 +589,18 @@ class XenditSim:
             raise ApiError(400, "INACTIVE_VIRTUAL_ACCOUNT", "the bank rejects an inactive VA")
         if not force and va["is_closed"] and amount != va.get("expected_amount"):
             raise ApiError(400, "AMOUNT_MISMATCH", "a closed VA takes only its expected amount")
-        payment = _va_payment(va, amount)
+        payment = {**_va_payment(va, amount), "currency": currency}
         self.store.va_payments[payment["payment_id"]] = payment
         if va["is_single_use"]:
             va["status"] = "INACTIVE"
         self._record_payment(product_id=va["id"], reference_id=va["external_id"],
                              category="VIRTUAL_ACCOUNT", channel_code=va["bank_code"],
-                             amount=amount, account=va["account_number"])
+                             amount=amount, account=va["account_number"], currency=currency)
         self._notify("va.paid", self.callback_url, payment)
         return payment
 
-    def _pay_qr(self, body: dict[str, Any], amount: int, force: bool) -> dict[str, Any]:
+    def _pay_qr(self, body: dict[str, Any], amount: int, force: bool,
+                 currency: str) -> dict[str, Any]:
         qr = (self.store.qrs.get(str(body.get("external_id"))) or
               self.store.qr_by_id(str(body.get("id"))))
         if qr is None:
@@ -604,21 +610,24 @@ class XenditSim:
         event = _qr_event(qr, amount)
         qr.update(status="INACTIVE", updated=event["created"])
         self._record_payment(product_id=qr["id"], reference_id=qr["external_id"],
-                             category="QR_CODE", channel_code="QRIS", amount=amount, account=None)
+                             category="QR_CODE", channel_code="QRIS", amount=amount, account=None,
+                             currency=currency)
         self._notify("qr.payment", qr["callback_url"] or self.callback_url, event)
         return event
 
-    def _pay_charge(self, body: dict[str, Any], amount: int, force: bool) -> dict[str, Any]:
+    def _pay_charge(self, body: dict[str, Any], amount: int, force: bool,
+                    currency: str) -> dict[str, Any]:
         charge = (self.store.charges.get(str(body.get("id"))) or
                   self.store.charge_by_reference(str(body.get("reference_id"))))
         if charge is None:
             raise ApiError(404, "DATA_NOT_FOUND", "no such e-wallet charge")
         if not force and (charge["status"] != "PENDING" or amount != charge["charge_amount"]):
             raise ApiError(400, "INVALID_CHARGE_STATE", "the charge is not payable")
-        charge.update(status="SUCCEEDED", capture_amount=amount, updated=iso(_now()))
+        charge.update(status="SUCCEEDED", capture_amount=amount, updated=iso(_now()),
+                      currency=currency)
         self._record_payment(product_id=charge["id"], reference_id=charge["reference_id"],
                              category="EWALLET", channel_code=charge["channel_code"],
-                             amount=amount, account=None)
+                             amount=amount, account=None, currency=currency)
         event = _wallet_event(charge)
         self._notify("ewallet.capture", self.callback_url, event)
         return event

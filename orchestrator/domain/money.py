@@ -17,6 +17,23 @@ beyond it is a corrupt file or an attack, and refusing it keeps every amount wel
 64-bit columns that hold money."""
 
 
+RUPIAH = "IDR"
+"""The ISO 4217 code of the only currency Lunas charges in. A payment a provider reports in any
+other currency is not that many rupiah, whatever its number says (``order.judge_payment``)."""
+
+
+def reported_currency(value: object) -> str:
+    """The currency a provider reports an amount in, as Lunas compares it with ``RUPIAH``.
+
+    No field (a QR v1 callback has none) is rupiah: Lunas charges in nothing else, so a provider
+    that names no currency reports the one it was charged in. Anything stated is kept as stated,
+    trimmed and upper-cased (``"idr"`` is rupiah; ``"USD"``, ``360`` or ``""`` are not), and
+    bounded, since it reaches stored evidence."""
+    if value is None:
+        return RUPIAH
+    return str(value).strip().upper()[:16]
+
+
 class AmountOutOfRange(ValueError):
     """An amount beyond ``MAX_RUPIAH``."""
 

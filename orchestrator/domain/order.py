@@ -26,6 +26,7 @@ import enum
 from dataclasses import dataclass
 
 from orchestrator.domain.errors import TransitionRefused
+from orchestrator.domain.money import RUPIAH
 
 
 class OrderState(enum.StrEnum):
@@ -183,6 +184,7 @@ class ReviewReason(enum.StrEnum):
     POSSIBLE_DUPLICATE = "possible_duplicate"  # one credit seen by two sources (push + file)
     POSSIBLE_REVERSAL = "possible_reversal"  # a debit of a paid credit's amount soon after it
     VERIFICATION_WINDOW_EXHAUSTED = "verification_window_exhausted"
+    CURRENCY_MISMATCH = "currency_mismatch"  # a provider reports the payment in non-rupiah
 
 
 class RecommendedAction(enum.StrEnum):
@@ -190,7 +192,7 @@ class RecommendedAction(enum.StrEnum):
     HONOUR = "honour"
     MATCH_MANUALLY = "match_manually"
     CHECK_WITH_BANK = "check_with_bank"
-    CHECK_AT_SOURCE = "check_at_source"  # was it paid? ask the provider or the bank
+    CHECK_AT_SOURCE = "check_at_source"  # was it paid, and what? ask the provider or the bank
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -203,7 +205,7 @@ class PaymentDecision:
 
 def judge_payment(*, order_state: OrderState, expected: int, received: int,
                   review_reason: str | None = None,
-                  decided_unproven: bool = False) -> PaymentDecision:
+                  decided_unproven: bool = False, currency: str = RUPIAH) -> PaymentDecision:
     """Decide what a payment of ``received`` rupiah on one of an order's attempts means.
 
     Amounts are compared exactly (STYLE rule 6): a different amount is a discrepancy, never an
@@ -214,8 +216,12 @@ def judge_payment(*, order_state: OrderState, expected: int, received: int,
     has reached it since: the first payment is the one they decided about, not a second one. Of
     the exact amount on a paid order it is that payment, proven; anything else (a refunded order,
     another amount) goes to a person to match, never with a refund recommended: money may
-    already have gone back once.
+    already have gone back once. A payment in another ``currency`` than rupiah is judged apart
+    (``_foreign_payment``).
     """
+    if currency != RUPIAH:
+        return _foreign_payment(order_state, review_reason=review_reason,
+                                decided_unproven=decided_unproven)
     if decided_unproven and order_state in (OrderState.PAID, OrderState.REFUNDED):
         if order_state is OrderState.PAID and received == expected:
             return PaymentDecision(verdict=PaymentVerdict.SETTLE, order_trigger=None)
@@ -264,3 +270,28 @@ def judge_payment(*, order_state: OrderState, expected: int, received: int,
         review_reason=ReviewReason.PAYMENT_ON_CLOSED_ORDER,
         recommended_action=RecommendedAction.REFUND,
     )
+
+
+def _foreign_payment(order_state: OrderState, *, review_reason: str | None,
+                     decided_unproven: bool) -> PaymentDecision:
+    """A payment reported in another currency than rupiah: money moved (rule 4), but no number
+    of rupiah, so it is never compared with the expected amount and never settles an order. It
+    takes the path an amount mismatch takes in each order state (an open order goes to review,
+    an expired one too, a paid one stays paid), always with its own reason, and a person asks
+    the provider what actually arrived before honouring or refunding it."""
+    reviewable = order_state in OPEN_ORDER_STATES or (
+        order_state is OrderState.NEEDS_REVIEW
+        and review_reason == ReviewReason.VERIFICATION_WINDOW_EXHAUSTED.value)
+    if decided_unproven and order_state in (OrderState.PAID, OrderState.REFUNDED):
+        verdict, trigger = PaymentVerdict.DISCREPANCY, None
+    elif order_state is OrderState.PAID:
+        verdict, trigger = PaymentVerdict.SECOND_PAYMENT, None
+    elif order_state is OrderState.EXPIRED:
+        verdict, trigger = PaymentVerdict.AFTER_EXPIRY, OrderTrigger.PAYMENT_AFTER_EXPIRY
+    elif reviewable:
+        verdict, trigger = PaymentVerdict.DISCREPANCY, OrderTrigger.PAYMENT_DISCREPANCY
+    else:
+        verdict, trigger = PaymentVerdict.ON_CLOSED_ORDER, None
+    return PaymentDecision(verdict=verdict, order_trigger=trigger,
+                           review_reason=ReviewReason.CURRENCY_MISMATCH,
+                           recommended_action=RecommendedAction.CHECK_AT_SOURCE)

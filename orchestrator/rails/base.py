@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from orchestrator.domain.money import RUPIAH
+
 
 class Rail(enum.StrEnum):
     VA = "va"
@@ -97,6 +99,10 @@ class ProviderStatus:
     paid_amount: int | None = None
     paid_at: datetime | None = None
     raw_status: str = ""
+    currency: str = RUPIAH
+    """What ``paid_amount`` is counted in, as the provider reported it
+    (``domain.money.reported_currency``): Lunas charges rupiah only, and settlement never takes
+    another currency for rupiah."""
 
 
 CallObserver = Callable[[str, str, str, float], None]

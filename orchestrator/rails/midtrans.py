@@ -77,7 +77,7 @@ from typing import Any
 import httpx
 
 from orchestrator.domain.clock import WIB, Clock, SystemClock
-from orchestrator.domain.money import MAX_RUPIAH
+from orchestrator.domain.money import MAX_RUPIAH, reported_currency
 from orchestrator.rails import qris
 from orchestrator.rails.base import (
     CallObserver,
@@ -200,7 +200,9 @@ def verify_notification(body: Mapping[str, Any], server_key: str) -> bool:
     The signature covers ``order_id + status_code + gross_amount`` but not ``transaction_status``,
     so a signed ``pending`` (201) or ``expire`` (407) notification with its status rewritten to
     ``settlement`` still carries a valid signature; its signed status code gives it away. A status
-    Lunas cannot read is left to the worker, which records it unreadable.
+    Lunas cannot read is left to the worker, which records it unreadable. A ``cancel`` is signed
+    under 200 too, so a relabelled one passes here: the worker confirms a payment for an attempt
+    Lunas may have cancelled with a status read (``services.provider_webhooks``).
     """
     if not verify_notification_signature(body, server_key):
         return False
@@ -234,6 +236,7 @@ def notification_status(body: Mapping[str, Any]) -> ProviderStatus:
         paid_at=(wib_time(body.get("settlement_time")) or wib_time(body.get("transaction_time"))
                  if paid else None),
         raw_status=raw.strip().lower(),
+        currency=reported_currency(body.get("currency")),
     )
 
 

@@ -82,7 +82,7 @@ from urllib.parse import quote
 
 import httpx
 
-from orchestrator.domain.money import MAX_RUPIAH
+from orchestrator.domain.money import MAX_RUPIAH, reported_currency
 from orchestrator.rails import qris
 from orchestrator.rails.base import (
     CallObserver,
@@ -320,10 +320,13 @@ class XenditProvider:
             if not payments:
                 return ProviderStatus(status=otherwise, provider_ref=provider_ref,
                                       raw_status=raw)
+            # Payments in two currencies are no one amount: named together, never rupiah.
+            currencies = sorted({reported_currency(t.get("currency")) for t in payments})
             return ProviderStatus(
                 status=NeutralStatus.PAID, provider_ref=str(payments[0]["product_id"]),
                 paid_amount=sum(rupiah(t["amount"]) for t in payments),
                 paid_at=min(parse_time(t["created"]) for t in payments), raw_status="SUCCESS",
+                currency=",".join(currencies),
             )
 
     # -- cancel ----------------------------------------------------------------------------
@@ -504,7 +507,7 @@ def charge_status(charge: Mapping[str, Any]) -> ProviderStatus:
         status=status, provider_ref=str(charge["id"]),
         paid_amount=rupiah(charge["capture_amount"]) if paid else None,
         paid_at=parse_time(charge["updated"]) if paid and charge.get("updated") else None,
-        raw_status=raw,
+        raw_status=raw, currency=reported_currency(charge.get("currency")),
     )
 
 
@@ -522,7 +525,8 @@ def callback_status(body: Mapping[str, Any]) -> ProviderStatus:
             return ProviderStatus(
                 status=NeutralStatus.PAID, provider_ref=str(body["callback_virtual_account_id"]),
                 paid_amount=rupiah(body["amount"]),
-                paid_at=parse_time(body["transaction_timestamp"]), raw_status="PAID")
+                paid_at=parse_time(body["transaction_timestamp"]), raw_status="PAID",
+                currency=reported_currency(body.get("currency")))
     except (KeyError, TypeError, ValueError) as exc:
         raise CallbackError(f"malformed Xendit callback: {exc}") from exc
     raise CallbackError("not a Xendit VA, QR or e-wallet callback")
@@ -537,7 +541,8 @@ def _qr_callback_status(body: Mapping[str, Any]) -> ProviderStatus:
     qr_id = payment["qr_code"]["id"] if "qr_code" in payment else payment["qr_id"]
     return ProviderStatus(status=NeutralStatus.PAID, provider_ref=str(qr_id),
                           paid_amount=rupiah(payment["amount"]),
-                          paid_at=parse_time(payment["created"]), raw_status=raw)
+                          paid_at=parse_time(payment["created"]), raw_status=raw,
+                          currency=reported_currency(payment.get("currency")))
 
 
 def callback_reference(body: Mapping[str, Any]) -> str:

@@ -22,7 +22,14 @@ from orchestrator.domain import events
 from orchestrator.domain.clock import Clock
 from orchestrator.domain.order import AttemptState, OrderState
 from orchestrator.outbox.relay import OutboxEvent
-from orchestrator.rails.base import Instrument, NeutralStatus, PaymentProvider, Rail, Route
+from orchestrator.rails.base import (
+    Instrument,
+    NeutralStatus,
+    PaymentProvider,
+    ProviderStatus,
+    Rail,
+    Route,
+)
 from orchestrator.rails.errors import Refused
 from orchestrator.rails.router import Hop, IssueResult, RouteGuard, RouteUnavailable
 from orchestrator.services.issuance import IssuanceService, add_unknown_event
@@ -135,7 +142,7 @@ class GatewayJobs:
         if status.status is NeutralStatus.NOT_FOUND:
             await self._set_state(attempt.id, AttemptState.FAILED, "never created at provider")
         elif status.status is NeutralStatus.PAID:
-            await self._settle(attempt, status.paid_amount or 0, status.raw_status)
+            await self._settle(attempt, status)
         elif status.status is NeutralStatus.PENDING:
             await self._supersede_live(attempt, route, provider, status.provider_ref)
         elif status.status is NeutralStatus.EXPIRED:
@@ -163,13 +170,14 @@ class GatewayJobs:
         await self._set_state(attempt.id, AttemptState.SUPERSEDED, reason,
                               provider_ref=provider_ref)
 
-    async def _settle(self, attempt: Any, amount: int, raw_status: str) -> None:
+    async def _settle(self, attempt: Any, status: ProviderStatus) -> None:
         now = self._clock.now()
         async with self._db.transaction() as conn:
             await apply_payment(conn, Payment(
-                attempt_id=attempt.id, amount=amount,
+                attempt_id=attempt.id, amount=status.paid_amount or 0,
                 evidence_key=paid_evidence_key(attempt.provider, attempt.id),
-                kind="provider_status", observed_at=now, details={"raw_status": raw_status}),
+                kind="provider_status", observed_at=now,
+                details={"raw_status": status.raw_status}, currency=status.currency),
                 now=now, quarantine=self._quarantine)
 
     async def _mark_unknown(self, attempt_id: str, reason: str) -> None:

@@ -23,11 +23,27 @@ Decisions:
   stays in the evidence details and on the delivery row.
 
 Worker path (``on_delivery``): a verified delivery is mapped to a neutral status. PAID →
-``apply_payment`` (exactly once through the evidence key); EXPIRED / FAILED move the attempt only
+``apply_payment`` (exactly once through the evidence key), except a Midtrans payment for an
+attempt Lunas may have cancelled at Midtrans (superseded, expired, failed): a signed ``cancel``
+notification relabelled ``settlement`` verifies, so a status read confirms it first
+(``_confirm_first``). EXPIRED / FAILED move the attempt only
 while it is live (active, superseded, unknown) — never backwards, so a ``pending`` or an ``expire``
-after ``settlement`` changes nothing; PENDING changes nothing. An unverified delivery is never
-trusted: if it names one of our attempts that is not paid, an ``attempt.verify`` job reads the
-provider's status through the breaker guard and applies a payment only if the provider says so.
+after ``settlement`` changes nothing; PENDING changes nothing.
+
+An unverified delivery is never trusted, and never costs more than one status read per attempt
+per ``ASKED_READ_SPACING``, however many arrive: attempt ids are not secret, and every read
+draws from the provider's shared status pace (``StatusReads``), so a flood of forged deliveries
+must not crowd out the reads that settle real payments. For a live attempt it brings the
+verifier's own scheduled read (``next_check_at``) forward instead of queuing a read of its own:
+to now, or to ``ASKED_READ_SPACING`` after the attempt's last read; a read already due sooner,
+or claimed, or deferred on an open breaker, answers it. The verifier applies a payment only if
+the provider says so; the delivery's outcome says when the read was asked for, the attempt's
+``last_check`` what it found. For an attempt Lunas closed (expired, failed), which the verifier
+reads no more, it queues one ``attempt.verify`` read, coalesced the same way, while the attempt
+is within the code quarantine of its closing (a late payment whose webhook cannot be verified,
+e.g. after a server-key rotation, is still found: rule 4); later, nothing is read. An
+unverified body is stored up to ``MAX_UNTRUSTED_BODY``
+characters (with its length and hash), since nobody but a person investigating reads it.
 """
 
 from __future__ import annotations
@@ -52,15 +68,13 @@ from orchestrator.outbox.relay import OutboxEvent
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails import midtrans, xendit
 from orchestrator.rails.base import NeutralStatus, ProviderStatus
-from orchestrator.rails.router import RouteUnavailable
+from orchestrator.services.order_view import iso
 from orchestrator.services.payment_failed import tell_if_nothing_left_to_pay
 from orchestrator.services.settlement import Payment, apply_payment
 from orchestrator.services.status_reads import (
     LIVE,
     StatusReads,
-    defer,
     paid_evidence_key,
-    route_of,
 )
 from orchestrator.store.database import Database, upsert_insert
 from orchestrator.store.tables import orders, payment_attempts, provider_deliveries
@@ -73,6 +87,24 @@ KEPT_HEADERS = ("content-type", "content-length", "user-agent", "webhook-id", "x
                 "x-real-ip")
 """Headers stored with a delivery; never a secret (``x-callback-token`` is left out)."""
 _LIVE = (AttemptState.ACTIVE, AttemptState.SUPERSEDED, AttemptState.UNKNOWN)
+_CLOSED = (AttemptState.EXPIRED.value, AttemptState.FAILED.value)
+"""Attempts Lunas closed unpaid: the verifier reads them no more, yet money may still land on
+them (rule 4)."""
+_CANCELLED_BY_LUNAS = (AttemptState.SUPERSEDED.value, *_CLOSED)
+"""Midtrans attempts Lunas may have cancelled at the provider (a superseded instrument, an
+expired one). Midtrans then notifies ``cancel`` under status code 200, signed; the signature
+leaves ``transaction_status`` out, so that genuine body relabelled ``settlement`` verifies as a
+payment. A payment notification for such an attempt is confirmed by a status read first."""
+_READ_ASKED = "status read asked for by a delivery"
+"""A closed attempt's ``last_check`` while a read a delivery asked for has not started yet."""
+ASKED_READ_SPACING = timedelta(minutes=1)
+"""The least time between two status reads of one attempt that deliveries Lunas cannot trust
+ask for. A genuine delivery that failed verification (a rotated key) is retried by the provider
+minutes later, and the attempt's schedule reads it anyway; a forger gets one read a minute per
+attempt id, not one per request."""
+MAX_UNTRUSTED_BODY = 16_384
+"""Characters of an unverified or malformed body that are stored. A provider's notification is a
+few kilobytes; a forger's megabyte is kept as its start, its length and its SHA-256."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,16 +174,26 @@ def _raw_text(raw: bytes) -> str:
     return raw.decode("utf-8", errors="backslashreplace").replace("\x00", "\\x00")
 
 
+def untrusted_text(raw_text: str, raw: bytes) -> str:
+    """What is stored of a body Lunas does not trust: all of it up to ``MAX_UNTRUSTED_BODY``
+    characters, else its start and a note of what was received."""
+    if len(raw_text) <= MAX_UNTRUSTED_BODY:
+        return raw_text
+    return (f"{raw_text[:MAX_UNTRUSTED_BODY]}\n[stored truncated: {len(raw)} bytes received, "
+            f"sha256 {hashlib.sha256(raw).hexdigest()}]")
+
+
 # -- the service -----------------------------------------------------------------------------------
 
 
 class ProviderWebhooks:
     def __init__(self, db: Database, reads: StatusReads, clock: Clock, *,
                  midtrans_server_key: str, xendit_callback_token: str,
-                 quarantine: timedelta) -> None:
+                 quarantine: timedelta, claim_lease: timedelta = timedelta(seconds=60)) -> None:
         self._db, self._reads, self._clock = db, reads, clock
         self._server_key, self._callback_token = midtrans_server_key, xendit_callback_token
-        self._quarantine = quarantine
+        # The verifier's claim lease: a read due within it may be in flight already.
+        self._quarantine, self._claim_lease = quarantine, claim_lease
 
     def handlers(self) -> dict[str, Any]:
         return {events.PROVIDER_DELIVERY: self.on_delivery,
@@ -186,7 +228,8 @@ class ProviderWebhooks:
         if verified and body is not None:
             key = midtrans_event_key(body) if provider == MIDTRANS else xendit_event_key(body)
         row: dict[str, Any] = {
-            "provider": provider, "received_at": self._clock.now(), "raw_body": raw_text,
+            "provider": provider, "received_at": self._clock.now(),
+            "raw_body": raw_text if verified else untrusted_text(raw_text, raw),
             "headers": {h: headers[h] for h in KEPT_HEADERS if h in headers},
             "verified": verified,
             "attempt_id": claimed_attempt(provider, body) if body is not None else None,
@@ -275,7 +318,10 @@ class ProviderWebhooks:
         except ValueError as exc:
             await self._record(delivery_id, f"unreadable: {exc}")
             return
-        if status.status is NeutralStatus.PAID:
+        if status.status is NeutralStatus.PAID and (
+                delivery.provider == MIDTRANS and attempt.state in _CANCELLED_BY_LUNAS):
+            await self._confirm_first(delivery_id, attempt)
+        elif status.status is NeutralStatus.PAID:
             await self._settle(attempt, status, delivery_id=delivery_id,
                                details={"delivery_id": delivery_id,
                                         "event_key": delivery.event_key,
@@ -288,28 +334,32 @@ class ProviderWebhooks:
             await self._record(delivery_id, f"no change: provider says {status.raw_status}")
 
     async def on_attempt_verify(self, event: OutboxEvent) -> None:
-        """A status read, asked for by a delivery we could not trust."""
+        """A status read a delivery asked for, of an attempt Lunas closed (expired, failed),
+        which the verifier no longer reads (``_ask_read_of_closed``). A payment found settles
+        the order or opens a review case, as any late payment (rule 4). An open breaker or a
+        failed read raises, and the relay tries again with its backoff: a closed attempt has
+        no schedule to defer on. A live attempt is the verifier's (a job an older version
+        queued for one is coalesced into its schedule, ``_ask_verifier``)."""
         attempt_id = str(event.payload["attempt_id"])
         delivery_id = event.payload.get("delivery_id")
         async with self._db.read() as conn:
             attempt = (await conn.execute(sa.select(payment_attempts).where(
                 payment_attempts.c.id == attempt_id))).one()
-        if attempt.state not in LIVE:
+        if attempt.state in LIVE:
+            if delivery_id is not None:
+                await self._ask_verifier(str(delivery_id), attempt.id, "unverified: never trusted")
+            return
+        if attempt.state not in _CLOSED:
             if delivery_id is not None:
                 await self._record(str(delivery_id),
                                    f"status read skipped: attempt already {attempt.state}")
             return
-        try:
-            status = await self._reads.read(attempt)
-        except RouteUnavailable:  # deferred, not failed: read when the route recovers
-            key = route_of(attempt).key
-            async with self._db.transaction() as conn:
-                await defer(conn, attempt.id, key, now=self._clock.now(),
-                            retry_at=self._reads.retry_at(key))
-                if delivery_id is not None:
-                    await _set_outcome(conn, str(delivery_id),
-                                       f"unverified: status read deferred until {key} recovers")
-            return
+        # From here on a delivery may arrive after this read's request left: it asks for a read
+        # of its own instead of counting on this one (``_ask_read_of_closed``).
+        await self._note_closed_read(attempt.id, "status read for a delivery: running")
+        status = await self._reads.read(attempt)
+        await self._note_closed_read(
+            attempt.id, f"status read for a delivery: {status.raw_status or status.status}")
         if status.status is NeutralStatus.PAID:
             await self._settle(attempt, status, delivery_id=delivery_id,
                                details={"raw_status": status.raw_status,
@@ -327,7 +377,7 @@ class ProviderWebhooks:
             result = await apply_payment(conn, Payment(
                 attempt_id=attempt.id, amount=amount,
                 evidence_key=paid_evidence_key(attempt.provider, attempt.id), kind=kind,
-                observed_at=status.paid_at or now, details=details),
+                observed_at=status.paid_at or now, details=details, currency=status.currency),
                 now=now, quarantine=self._quarantine)
             outcome = (f"{prefix}payment applied: {result.verdict}, order {result.order_state}"
                        if result.applied else f"{prefix}payment already applied")
@@ -365,13 +415,96 @@ class ProviderWebhooks:
     async def _verify_later(self, delivery_id: str, attempt: Any) -> None:
         if attempt.state == AttemptState.PAID.value:
             await self._record(delivery_id, "unverified: attempt already paid; nothing to check")
-            return
+        elif attempt.state in LIVE:
+            await self._ask_verifier(delivery_id, attempt.id, "unverified: never trusted")
+        elif attempt.state in _CLOSED:
+            await self._ask_read_of_closed(delivery_id, attempt.id, "unverified: never trusted",
+                                           within_watch=True)
+        else:
+            await self._record(delivery_id, f"unverified: never trusted; attempt "
+                                            f"{attempt.state}, not read")
+
+    async def _confirm_first(self, delivery_id: str, attempt: Any) -> None:
+        """A signed Midtrans payment notification for an attempt Lunas may have cancelled: it
+        may be a genuine ``cancel`` relabelled, so the provider's status answers instead. The
+        normal path (a live, active attempt) settles at once as before; this one waits for one
+        paced read, which settles exactly as the notification would have (same evidence key)."""
+        asked = (f"signed payment on a {attempt.state} attempt: not applied, a status read "
+                 f"confirms it")
+        if attempt.state == AttemptState.SUPERSEDED.value:
+            await self._ask_verifier(delivery_id, attempt.id, asked)
+        else:
+            await self._ask_read_of_closed(delivery_id, attempt.id, asked, within_watch=False)
+
+    async def _ask_verifier(self, delivery_id: str, attempt_id: str, asked: str) -> None:
+        """Have the verifier read a live attempt soon, at most once per ``ASKED_READ_SPACING``
+        for all the deliveries that ask: its scheduled read is brought forward, never back, and
+        never into a claim lease (a claimed read may be in flight; moving it would have a second
+        worker read it again)."""
         now = self._clock.now()
+        a = payment_attempts.c
         async with self._db.transaction() as conn:
-            await add_events(conn, [PendingEvent(
-                event_type=events.ATTEMPT_VERIFY, aggregate_id=attempt.id, merchant_id=None,
-                payload={"attempt_id": attempt.id, "delivery_id": delivery_id})], now=now)
-            await _set_outcome(conn, delivery_id, "unverified: never trusted; status read queued")
+            row = (await conn.execute(
+                sa.select(a.state, a.next_check_at, a.last_checked_at, a.deferred_on)
+                .where(a.id == attempt_id).with_for_update())).one()
+            due = (now if row.last_checked_at is None
+                   else max(now, row.last_checked_at + ASKED_READ_SPACING))
+            if row.state not in LIVE:
+                outcome = f"{asked}; attempt {row.state} meanwhile, not read"
+            elif row.deferred_on is not None:
+                outcome = f"{asked}; status read waits for {row.deferred_on} to recover"
+            elif (row.next_check_at is not None
+                  and row.next_check_at <= max(due, now + self._claim_lease)):
+                outcome = f"{asked}; status read already due by {iso(row.next_check_at)}"
+            else:
+                await conn.execute(payment_attempts.update().where(a.id == attempt_id)
+                                   .values(next_check_at=due))
+                outcome = f"{asked}; status read brought forward to {iso(due)}"
+            await _set_outcome(conn, delivery_id, outcome)
+
+    async def _ask_read_of_closed(self, delivery_id: str, attempt_id: str, asked: str, *,
+                                  within_watch: bool) -> None:
+        """Queue one status read of an attempt Lunas closed (expired, failed), at most one per
+        ``ASKED_READ_SPACING`` for all the deliveries that ask. The verifier no longer reads such
+        an attempt, so its ``last_checked_at`` / ``last_check`` are free to say when its latest
+        asked-for read is due and whether it has started: a read not started yet answers every
+        delivery that arrives before it does (unless it has waited a spacing already, e.g.
+        behind an open breaker; then one more is queued, so a job that never runs cannot answer
+        for ever). ``within_watch``: only while the attempt is within the code quarantine of
+        its closing (a delivery nobody can verify is worth one paced read while a late payment
+        is likely, e.g. after a server-key rotation; it proves nothing)."""
+        now = self._clock.now()
+        a = payment_attempts.c
+        async with self._db.transaction() as conn:
+            row = (await conn.execute(
+                sa.select(a.state, a.closed_at, a.updated_at, a.last_checked_at, a.last_check)
+                .where(a.id == attempt_id).with_for_update())).one()
+            closed_at = row.closed_at or row.updated_at
+            due = (now if row.last_checked_at is None
+                   else max(now, row.last_checked_at + ASKED_READ_SPACING))
+            if row.state not in _CLOSED:
+                outcome = f"{asked}; attempt {row.state} meanwhile, not read"
+            elif within_watch and closed_at + self._quarantine <= now:
+                outcome = (f"{asked}; attempt {row.state} since {iso(closed_at)}, past its "
+                           f"watch, not read")
+            elif (row.last_check == _READ_ASKED and row.last_checked_at is not None
+                  and row.last_checked_at + ASKED_READ_SPACING > now):
+                outcome = f"{asked}; status read already queued for {iso(row.last_checked_at)}"
+            else:
+                await conn.execute(payment_attempts.update().where(a.id == attempt_id).values(
+                    last_checked_at=due, last_check=_READ_ASKED))
+                await add_events(conn, [PendingEvent(
+                    event_type=events.ATTEMPT_VERIFY, aggregate_id=attempt_id, merchant_id=None,
+                    payload={"attempt_id": attempt_id, "delivery_id": delivery_id},
+                    available_at=due)], now=now)
+                outcome = f"{asked}; status read of the {row.state} attempt queued for {iso(due)}"
+            await _set_outcome(conn, delivery_id, outcome)
+
+    async def _note_closed_read(self, attempt_id: str, note: str) -> None:
+        async with self._db.transaction() as conn:
+            await conn.execute(payment_attempts.update().where(
+                payment_attempts.c.id == attempt_id,
+                payment_attempts.c.state.in_(_CLOSED)).values(last_check=note[:200]))
 
     async def _record(self, delivery_id: str, outcome: str) -> None:
         async with self._db.transaction() as conn:

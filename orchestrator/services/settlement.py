@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.domain import events
 from orchestrator.domain.ids import new_id
+from orchestrator.domain.money import RUPIAH
 from orchestrator.domain.order import (
     OPEN_ORDER_STATES,
     ORDER_EVENT_ON_ENTRY,
@@ -67,7 +68,8 @@ _RECORD_EVIDENCE = {
 
 @dataclass(frozen=True, kw_only=True)
 class Payment:
-    """One observation that ``amount`` rupiah reached ``attempt_id``."""
+    """One observation that ``amount`` rupiah reached ``attempt_id`` (or ``amount`` of another
+    ``currency``, as a provider reported it: never rupiah, always a person's case)."""
 
     attempt_id: str
     amount: int
@@ -75,6 +77,7 @@ class Payment:
     kind: str  # "mutation" | "manual" | provider kinds later
     observed_at: datetime
     details: dict[str, Any]
+    currency: str = RUPIAH
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,11 +115,13 @@ async def _apply_locked(
     decision = judge_payment(order_state=OrderState(order.state),
                              expected=attempt.transfer_amount, received=payment.amount,
                              review_reason=order.review_reason,
-                             decided_unproven=await _decided_unproven(conn, order))
+                             decided_unproven=await _decided_unproven(conn, order),
+                             currency=payment.currency)
     recorded = await conn.execute(_RECORD_EVIDENCE[conn.dialect.name], {
         "unique_key": payment.evidence_key, "kind": payment.kind, "order_id": order.id,
         "attempt_id": attempt.id, "amount": payment.amount, "verdict": decision.verdict.value,
-        "observed_at": payment.observed_at, "recorded_at": now, "details": payment.details})
+        "observed_at": payment.observed_at, "recorded_at": now,
+        "details": _foreign(payment, payment.details, "currency")})
     if recorded.first() is None:
         return SettlementResult(applied=False, verdict=None, order_id=order.id,
                                 order_state=order.state)
@@ -144,16 +149,25 @@ async def _apply_locked(
         pending.append(PendingEvent(
             event_type=events.REVIEW_CASE_OPENED, aggregate_id=order.id,
             merchant_id=order.merchant_id,
-            payload={"case_id": case_id, "order_id": order.id,
-                     "merchant_order_id": order.merchant_order_id,
-                     "reason": decision.review_reason.value,
-                     "recommended_action": decision.recommended_action.value
-                     if decision.recommended_action else None,
-                     "amount": payment.amount},
+            payload=_foreign(payment, {
+                "case_id": case_id, "order_id": order.id,
+                "merchant_order_id": order.merchant_order_id,
+                "reason": decision.review_reason.value,
+                "recommended_action": decision.recommended_action.value
+                if decision.recommended_action else None,
+                "amount": payment.amount}, "currency"),
         ))
     await add_events(conn, pending, now=now)
     return SettlementResult(applied=True, verdict=decision.verdict, order_id=order.id,
                             order_state=new_state, review_case_id=case_id)
+
+
+def _foreign(payment: Payment, values: dict[str, Any], key: str = "paid_currency"
+             ) -> dict[str, Any]:
+    """``values`` with the payment's currency under ``key`` when it is not rupiah, so nobody
+    reading the evidence or an event takes its amount for rupiah (an order event's own
+    ``currency`` is the order's); unchanged for rupiah, as before."""
+    return values if payment.currency == RUPIAH else {**values, key: payment.currency}
 
 
 async def _decided_unproven(conn: AsyncConnection, order: Any) -> bool:
@@ -250,7 +264,8 @@ def _order_event(
     moved["state"] = new_state
     if new_state == OrderState.PAID.value:
         moved["paid_at"] = now
-    extra: dict[str, Any] = {"paid_amount": payment.amount, "evidence": payment.kind}
+    extra: dict[str, Any] = _foreign(payment, {"paid_amount": payment.amount,
+                                               "evidence": payment.kind})
     if reason is not None:
         extra["review_reason"] = reason.value
     return PendingEvent(

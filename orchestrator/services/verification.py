@@ -290,7 +290,8 @@ class Verifier:
                     amount=status.paid_amount if status.paid_amount is not None else 0,
                     evidence_key=paid_evidence_key(attempt.provider, attempt.id),
                     kind="provider_status", observed_at=status.paid_at or now,
-                    details={"raw_status": status.raw_status, "by": "verification"}),
+                    details={"raw_status": status.raw_status, "by": "verification"},
+                    currency=status.currency),
                     now=now, quarantine=self._quarantine)
                 await self._mark(conn, attempt.id, now, f"paid: {result.verdict}"
                                  if result.applied else "paid: already applied")

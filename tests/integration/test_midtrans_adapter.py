@@ -531,3 +531,17 @@ def test_notification_status_follows_rails_md_mapping(
 def test_an_amount_that_is_not_whole_rupiah_is_refused(gross: str) -> None:
     with pytest.raises(MidtransWireError):
         notification_status({"transaction_status": "settlement", "gross_amount": gross})
+
+
+@pytest.mark.parametrize(("currency", "reported"), [
+    ("IDR", "IDR"), ("idr", "IDR"), (None, "IDR"), ("USD", "USD"), ("", "")])
+def test_a_notification_says_what_currency_its_amount_is_in(
+    currency: str | None, reported: str,
+) -> None:
+    """The status answer has the notification's shape, so both go through here. ``currency`` is
+    not signed: whatever it says, only rupiah is ever taken for rupiah."""
+    body = {"transaction_status": "settlement", "gross_amount": "44000.00",
+            "transaction_id": "t-1", "settlement_time": "2025-03-10 09:00:05"}
+    if currency is not None:
+        body["currency"] = currency
+    assert notification_status(body).currency == reported

@@ -1,6 +1,7 @@
 """Gateway webhooks in: verified deliveries settle exactly once; duplicates and out-of-order
 deliveries change nothing; forged ones (a wrong signature, or a signed Midtrans body whose unsigned
-status was rewritten) are stored, never trusted, and only trigger a status read.
+status was rewritten) are stored, never trusted, and only bring the attempt's status read forward,
+at most one read a minute per attempt however many arrive.
 
 Runs the real service (a real socket whose URL the adapters hand to the simulators) with both
 simulators, on the session's PostgreSQL and Redis; the worker's relay runs in-process.
@@ -9,6 +10,7 @@ simulators, on the session's PostgreSQL and Redis; the worker's relay runs in-pr
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,6 +33,7 @@ from orchestrator.store.tables import (
     outbox,
     payment_attempts,
     provider_deliveries,
+    review_cases,
 )
 from tests.integration.test_failover import Stack, gateway_settings, sims  # noqa: F401
 from tests.support import free_port, new_merchant, serve
@@ -78,6 +81,44 @@ async def run_relay(container: Container, until: Callable[[], Awaitable[object]]
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"did not reach {want!r}: {await until()!r}")
+
+
+async def run_verifier(container: Container, until: Callable[[], Awaitable[object]],
+                       want: object, timeout: float = 10.0) -> None:
+    """The worker's verifier and relay together (status reads are the verifier's), until
+    ``until() == want``."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(container.verifier.run(stop))
+    try:
+        await run_relay(container, until, want, timeout=timeout)
+    finally:
+        stop.set()
+        await task
+
+
+async def make_due(stack: Stack, attempt_id: str) -> None:
+    """The attempt's scheduled status read comes due now, as if its gap had passed."""
+    async with stack.container.db.transaction() as conn:
+        await conn.execute(payment_attempts.update().where(
+            payment_attempts.c.id == attempt_id).values(next_check_at=stack.container.clock.now()))
+
+
+async def attempt_row(stack: Stack, attempt_id: str) -> Any:
+    async with stack.container.db.read() as conn:
+        return (await conn.execute(sa.select(payment_attempts).where(
+            payment_attempts.c.id == attempt_id))).one()
+
+
+def checks(stack: Stack, attempt_id: str) -> Callable[[], Awaitable[object]]:
+    async def read() -> object:
+        return (await attempt_row(stack, attempt_id)).checks
+    return read
+
+
+async def review(stack: Stack, order_id: str) -> list[tuple[str, str, int]]:
+    async with stack.container.db.read() as conn:
+        return [(c.reason, c.recommended_action, c.amount) for c in await conn.execute(
+            sa.select(review_cases).where(review_cases.c.order_id == order_id))]
 
 
 async def scalar(stack: Stack, query: Any) -> Any:
@@ -246,11 +287,10 @@ async def test_forged_midtrans_notification_is_stored_and_only_triggers_a_status
     r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(forged))
     assert r.status_code == 401, r.text
     await settled_quietly(stack, attempt.id)
-    async def unverified() -> list[str | None]:
-        return [o for v, o in await outcomes(stack, attempt.id) if not v]
-
-    await run_relay(stack.container, unverified,
-                    ["status read: provider says pending; no change"])
+    [outcome] = [o or "" for v, o in await outcomes(stack, attempt.id) if not v]
+    assert outcome.startswith("unverified: never trusted; status read brought forward to ")
+    await run_verifier(stack.container, checks(stack, attempt.id), 1)
+    assert (await attempt_row(stack, attempt.id)).last_check == "pending: pending"
     assert await evidence_count(stack, order_id) == 0
     assert (await order_state(stack, order_id)()) == "awaiting_payment"
     r = await stack.client.post("/v1/webhooks/midtrans", content=b"{not json")
@@ -337,12 +377,9 @@ async def test_a_signed_pending_notification_relabelled_settlement_is_not_truste
     r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(relabelled))
     assert r.status_code == 401, r.text
     assert r.json()["code"] == "bad_signature"
-
-    async def unverified() -> list[str | None]:
-        return [o for v, o in await outcomes(stack, attempt.id) if not v]
-
-    await run_relay(stack.container, unverified,
-                    ["status read: provider says pending; no change"])
+    await settled_quietly(stack, attempt.id)
+    await run_verifier(stack.container, checks(stack, attempt.id), 1)
+    assert (await attempt_row(stack, attempt.id)).last_check == "pending: pending"
     assert await evidence_count(stack, order_id) == 0
     assert (await order_state(stack, order_id)()) == "awaiting_payment"
 
@@ -364,12 +401,236 @@ async def test_forged_xendit_callback_never_settles_but_its_status_read_finds_th
             provider_deliveries.c.attempt_id == attempt.id))).one()
     assert row.verified is False and row.event_key is None
     assert "x-callback-token" not in row.headers
-    await run_relay(stack.container, order_state(stack, order_id), "paid")
+    await run_verifier(stack.container, order_state(stack, order_id), "paid")
     async with stack.container.db.read() as conn:
         applied = (await conn.execute(sa.select(evidence).where(
             evidence.c.order_id == order_id))).all()
     # Settled by what the provider's status API said (the expected amount), not the forged 1.
     assert [(e.kind, e.amount) for e in applied] == [("provider_status", attempt.transfer_amount)]
-    await settled_quietly(stack, attempt.id)
     found = await outcomes(stack, attempt.id)
-    assert found[0][1] is not None and found[0][1].startswith("status read: payment applied")
+    assert found[0][1] is not None and found[0][1].startswith(
+        "unverified: never trusted; status read brought forward to ")
+    assert (await attempt_row(stack, attempt.id)).last_check == "paid: settle"
+
+
+async def test_a_flood_of_forged_deliveries_costs_one_status_read_a_minute_per_attempt(
+    stack: Stack,
+) -> None:
+    """Attempt ids are not secret and every status read draws from the provider's shared pace
+    (Xendit allows 600 a minute): forged deliveries, however many, only bring the attempt's one
+    scheduled read forward, and after a read no sooner than a minute after it."""
+    _, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    before = await stack.calls("midtrans", "status")
+
+    async def forge(n: int) -> None:
+        for _ in range(n):
+            forged = midtrans_body(attempt, status="settlement", code="200",
+                                   txid=str(uuid.uuid4()), key="not-the-server-key")
+            r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(forged))
+            assert r.status_code == 401
+        await settled_quietly(stack, attempt.id)
+
+    await forge(20)
+    await run_verifier(stack.container, checks(stack, attempt.id), 1)
+    await forge(20)
+    await asyncio.sleep(1)  # the verifier would have read again by now if it were asked to
+    await run_verifier(stack.container, checks(stack, attempt.id), 1)
+    assert await stack.calls("midtrans", "status") - before == 1
+    read = await attempt_row(stack, attempt.id)
+    assert read.next_check_at == read.last_checked_at + timedelta(minutes=1)
+    found = [o or "" for v, o in await outcomes(stack, attempt.id) if not v]
+    assert len(found) == 40
+    assert sum(o.startswith("unverified: never trusted; status read brought forward") for o in
+               found) == 2
+    assert all(o.startswith("unverified: never trusted; status read ") for o in found)
+
+
+async def test_a_forged_body_is_stored_bounded(stack: Stack) -> None:
+    """Every delivery is stored, forged ones too, for as long as deliveries are kept: a forged
+    body is kept as its first 16 KiB with its length and hash, never a megabyte a request."""
+    _, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    forged = {**midtrans_body(attempt, status="settlement", code="200", txid=str(uuid.uuid4()),
+                              key="not-the-server-key"), "padding": "x" * 900_000}
+    raw = json.dumps(forged).encode()
+    r = await stack.client.post("/v1/webhooks/midtrans", content=raw)
+    assert r.status_code == 401, r.text
+    async with stack.container.db.read() as conn:
+        stored = (await conn.execute(sa.select(provider_deliveries.c.raw_body).where(
+            provider_deliveries.c.attempt_id == attempt.id,
+            provider_deliveries.c.verified.is_(False)))).scalar_one()
+    assert stored.startswith(raw[:16_384].decode())
+    assert stored.endswith(f"[stored truncated: {len(raw)} bytes received, sha256 "
+                           f"{hashlib.sha256(raw).hexdigest()}]")
+    assert len(stored) < 16_500
+
+
+async def test_a_verified_payment_in_another_currency_goes_to_a_person_never_settles_as_rupiah(
+    stack: Stack,
+) -> None:
+    """Lunas charges rupiah only. A callback that reports the payment in dollars, even of the
+    expected number, is money that moved (rule 4) but no number of rupiah: the order goes to
+    review with a machine-readable reason, as an amount mismatch does, and the evidence and the
+    events say the currency so nobody takes the amount for rupiah."""
+    order_id, attempt = await order_and_attempt(stack, "va", "bca", "va:xendit:bca")
+    await sim_post(stack.sims.xendit.control_url, "/config", {"callback_url": None})
+    payment = await sim_post(stack.sims.xendit.control_url, "/pay", {
+        "kind": "va", "external_id": attempt.id, "amount": attempt.transfer_amount,
+        "currency": "USD"})
+    token = stack.container.settings.providers.xendit_callback_token
+    r = await stack.client.post("/v1/webhooks/xendit", content=json.dumps(payment),
+                                headers={"x-callback-token": token})
+    assert r.status_code == 200, r.text
+    await run_relay(stack.container, order_state(stack, order_id), "needs_review")
+    assert await scalar(stack, sa.select(orders.c.review_reason).where(
+        orders.c.id == order_id)) == "currency_mismatch"
+    assert await review(stack, order_id) == [
+        ("currency_mismatch", "check_at_source", attempt.transfer_amount)]
+    [(outcome,)] = [(o,) for _, o in await outcomes(stack, attempt.id)]
+    assert outcome == "payment applied: discrepancy, order needs_review"
+    async with stack.container.db.read() as conn:
+        [found] = (await conn.execute(sa.select(evidence).where(
+            evidence.c.order_id == order_id))).all()
+        told = dict((await conn.execute(sa.select(outbox.c.event_type, outbox.c.payload).where(
+            outbox.c.aggregate_id == order_id,
+            outbox.c.event_type.in_(["order.needs_review", "review_case.opened"])))).all())
+    assert found.details["currency"] == "USD"
+    needs_review = told["order.needs_review"]
+    assert (needs_review["currency"], needs_review["paid_currency"]) == ("IDR", "USD")
+    assert told["review_case.opened"]["currency"] == "USD"
+
+
+async def test_a_status_read_in_another_currency_goes_to_a_person_too(stack: Stack) -> None:
+    """The callback is lost; the scheduled status read finds the payment, in dollars."""
+    order_id, attempt = await order_and_attempt(stack, "va", "bca", "va:xendit:bca")
+    await sim_post(stack.sims.xendit.control_url, "/config", {"callback_url": None})
+    await sim_post(stack.sims.xendit.control_url, "/pay", {
+        "kind": "va", "external_id": attempt.id, "amount": attempt.transfer_amount,
+        "currency": "USD"})
+    await make_due(stack, attempt.id)
+    await run_verifier(stack.container, order_state(stack, order_id), "needs_review")
+    assert await review(stack, order_id) == [
+        ("currency_mismatch", "check_at_source", attempt.transfer_amount)]
+
+
+async def close_attempt(stack: Stack, order_id: str, attempt_id: str, *,
+                        ago: timedelta = timedelta(0)) -> None:
+    """Lunas expired the order and its attempt ``ago`` (the provider's charge stays payable)."""
+    closed = stack.container.clock.now() - ago
+    async with stack.container.db.transaction() as conn:
+        await conn.execute(payment_attempts.update().where(
+            payment_attempts.c.id == attempt_id).values(
+                state="expired", closed_at=closed, updated_at=closed, next_check_at=None))
+        await conn.execute(orders.update().where(orders.c.id == order_id).values(
+            state="expired"))
+
+
+async def test_an_unverifiable_payment_on_an_attempt_lunas_closed_is_read_once_and_found(
+    stack: Stack,
+) -> None:
+    """The server key was rotated at Midtrans but not yet in Lunas: every notification fails
+    verification, and the verifier reads an expired attempt no more. While the attempt is
+    within the code quarantine of its closing, such a delivery asks for one paced status read
+    (however many arrive), and the late payment reaches a person (rule 4: nothing lost)."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    await close_attempt(stack, order_id, attempt.id)
+    await sim_post(stack.sims.midtrans.control_url, "/config", {"drop_notifications": True})
+    try:
+        paid = await sim_post(stack.sims.midtrans.control_url, "/pay", {"order_id": attempt.id})
+        rotated = midtrans_body(attempt, status="settlement", code="200",
+                                txid=paid["transaction_id"], key="the-new-server-key")
+        before = await stack.calls("midtrans", "status")
+        for _ in range(5):  # the provider retries; a forger repeats
+            r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(rotated))
+            assert r.status_code == 401, r.text
+        await run_relay(stack.container, order_state(stack, order_id), "needs_review")
+        await settled_quietly(stack, attempt.id)
+    finally:
+        await sim_post(stack.sims.midtrans.control_url, "/config", {"drop_notifications": False})
+    assert await stack.calls("midtrans", "status") - before == 1
+    assert await review(stack, order_id) == [
+        ("payment_after_expiry", "honour", attempt.transfer_amount)]
+    found = [o or "" for v, o in await outcomes(stack, attempt.id) if not v]
+    read = "status read: payment applied: after_expiry, order needs_review"
+    assert found.count(read) == 1, found
+    assert all(o.startswith(("unverified: never trusted; status read already queued for ",
+                             "unverified: never trusted; attempt paid meanwhile"))
+               for o in found if o != read), found
+
+
+async def test_an_unverifiable_delivery_for_an_attempt_closed_long_ago_reads_nothing(
+    stack: Stack,
+) -> None:
+    """Past the code quarantine of its closing, a delivery nobody can verify is not worth a
+    read of a closed attempt: it proves nothing, and the provider's own retries have ended."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    await close_attempt(stack, order_id, attempt.id,
+                        ago=stack.container.settings.unique_codes.quarantine
+                        + timedelta(minutes=1))
+    before = await stack.calls("midtrans", "status")
+    forged = midtrans_body(attempt, status="settlement", code="200", txid=str(uuid.uuid4()),
+                           key="not-the-server-key")
+    r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(forged))
+    assert r.status_code == 401, r.text
+    await settled_quietly(stack, attempt.id)
+    [outcome] = [o or "" for v, o in await outcomes(stack, attempt.id) if not v]
+    assert outcome.startswith("unverified: never trusted; attempt expired since ")
+    assert outcome.endswith(", past its watch, not read")
+    assert await stack.calls("midtrans", "status") == before
+
+
+async def superseded_midtrans_attempt(stack: Stack) -> tuple[str, Any]:
+    """A Midtrans QRIS order whose customer switched to a VA: the QR attempt is superseded."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    r = await stack.client.post(f"/v1/orders/{order_id}/payment", headers=stack.shop.headers,
+                                json={"rail": "va", "channel": "bni"})
+    assert r.status_code == 201, r.text
+    assert (await attempt_row(stack, attempt.id)).state == "superseded"
+    return order_id, attempt
+
+
+async def test_a_signed_cancel_relabelled_settlement_never_settles(stack: Stack) -> None:
+    """Lunas cancels a superseded Midtrans instrument, and Midtrans notifies ``cancel`` under
+    status code 200, signed over order_id, status_code and gross_amount only. That genuine body
+    relabelled ``settlement`` verifies; for an attempt Lunas may have cancelled, the status read
+    answers instead, and it says cancel."""
+    order_id, attempt = await superseded_midtrans_attempt(stack)
+    async def state() -> object:
+        return (await attempt_row(stack, attempt.id)).state
+    await run_relay(stack.container, state, "failed")  # cancelled at Midtrans, which said so
+    async with stack.container.db.read() as conn:
+        cancel = json.loads((await conn.execute(sa.select(provider_deliveries.c.raw_body).where(
+            provider_deliveries.c.attempt_id == attempt.id, provider_deliveries.c.verified,
+            provider_deliveries.c.outcome == "attempt superseded -> failed"))).scalar_one())
+    assert (cancel["transaction_status"], cancel["status_code"]) == ("cancel", "200")
+    relabelled = {**cancel, "transaction_status": "settlement",
+                  "settlement_time": "2025-03-10 09:05:00"}
+    r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(relabelled))
+    assert r.status_code == 200, r.text  # it verifies: the signature cannot tell
+    async def last() -> object:
+        return [o for v, o in await outcomes(stack, attempt.id) if v][-1]
+    await run_relay(stack.container, last, "status read: provider says cancel; no change")
+    assert await evidence_count(stack, order_id) == 0
+    assert (await order_state(stack, order_id)()) == "awaiting_payment"
+
+
+async def test_a_genuine_payment_on_a_superseded_midtrans_attempt_settles_once_confirmed(
+    stack: Stack,
+) -> None:
+    """The customer pays the old QR before Lunas's cancel reaches Midtrans: the signed
+    settlement is confirmed by a status read, which settles the order (rule 4) exactly as the
+    notification would have. A live active attempt's settlement is applied at once, as ever."""
+    order_id, attempt = await superseded_midtrans_attempt(stack)
+    await sim_post(stack.sims.midtrans.control_url, "/pay", {"order_id": attempt.id})
+    await wait_for(lambda: scalar(stack, sa.select(sa.func.count()).select_from(
+        provider_deliveries).where(provider_deliveries.c.attempt_id == attempt.id,
+                                   provider_deliveries.c.event_key.like("%:settlement:%"))), 1)
+    await run_verifier(stack.container, order_state(stack, order_id), "paid")
+    async with stack.container.db.read() as conn:
+        applied = (await conn.execute(sa.select(evidence).where(
+            evidence.c.order_id == order_id))).all()
+    assert [(e.kind, e.attempt_id, e.amount) for e in applied] == [
+        ("provider_status", attempt.id, attempt.transfer_amount)]
+    [settlement] = [o for _, o in await outcomes(stack, attempt.id)
+                    if o is not None and o.startswith("signed payment")]
+    assert settlement.startswith("signed payment on a superseded attempt: not applied, a status "
+                                 "read confirms it; status read brought forward to "), settlement

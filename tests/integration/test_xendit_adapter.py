@@ -146,11 +146,13 @@ def charge(channel: str, amount: int = 150_000) -> ChargeRequest:
 
 
 async def pay(http: httpx.AsyncClient, sim: XenditSim, request: ChargeRequest,
-              provider_ref: str | None, amount: int | None = None) -> httpx.Response:
+              provider_ref: str | None, amount: int | None = None,
+              currency: str = "IDR") -> httpx.Response:
     by_reference = "reference_id" if request.route.rail is Rail.EWALLET else "external_id"
     ident = ({by_reference: request.reference} if provider_ref is None
              else {"id": provider_ref})
-    body = {"kind": PAY_KIND[request.route.rail], "amount": amount or request.amount, **ident}
+    body = {"kind": PAY_KIND[request.route.rail], "amount": amount or request.amount,
+            "currency": currency, **ident}
     return await http.post(f"{sim.control_url}/pay", json=body)
 
 
@@ -195,15 +197,35 @@ async def test_create_pay_and_read_every_channel(
 
     assert (await pay(http, sim, request, ref)).status_code == 200
     paid = await provider.status(request.reference, ref, route)
-    assert (paid.status, paid.paid_amount, paid.provider_ref) == (
-        NeutralStatus.PAID, request.amount, ref)
+    assert (paid.status, paid.paid_amount, paid.provider_ref, paid.currency) == (
+        NeutralStatus.PAID, request.amount, ref, "IDR")
     assert paid.paid_at is not None
 
     [callback] = await eventually(lambda: receiver.about(request.reference))
     assert verify_callback_token(TOKEN, callback.headers.get("x-callback-token"))
     reported = callback_status(callback.body)
-    assert (reported.status, reported.paid_amount, reported.provider_ref) == (
-        NeutralStatus.PAID, request.amount, ref)
+    assert (reported.status, reported.paid_amount, reported.provider_ref, reported.currency) == (
+        NeutralStatus.PAID, request.amount, ref, "IDR")
+
+
+@pytest.mark.parametrize("channel", ["bca", "qris", "ovo"])
+async def test_a_payment_in_another_currency_is_reported_in_it(
+    provider: XenditProvider, sim: XenditSim, http: httpx.AsyncClient, receiver: Receiver,
+    channel: str,
+) -> None:
+    """The status read and the callback say what the payment is counted in, so settlement never
+    takes a number of dollars for rupiah. A QR v1 callback names no currency: QRIS is rupiah."""
+    request = charge(channel)
+    instrument = await provider.create(request)
+    route, ref = request.route, instrument.provider_ref
+    assert (await pay(http, sim, request, ref, currency="USD")).status_code == 200
+    paid = await provider.status(request.reference, ref, route)
+    assert (paid.status, paid.paid_amount, paid.currency) == (
+        NeutralStatus.PAID, request.amount, "USD")
+    [callback] = await eventually(lambda: receiver.about(request.reference))
+    reported = callback_status(callback.body)
+    assert (reported.status, reported.currency) == (
+        NeutralStatus.PAID, "IDR" if route.rail is Rail.QRIS else "USD")
 
 
 @pytest.mark.parametrize("channel", list(RAILS))

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from orchestrator.domain.errors import TransitionRefused
+from orchestrator.domain.money import reported_currency
 from orchestrator.domain.order import (
     LIVE_ATTEMPT_STATES,
     OPEN_ORDER_STATES,
@@ -555,6 +556,58 @@ def test_a_payment_after_a_decision_on_the_sources_word_is_matched_never_refunde
                            decided_unproven=True)
     assert judged == _TO_MATCH[amount]
     assert judged.recommended_action is not ACT.REFUND
+
+
+# A payment a provider reports in another currency is no number of rupiah: it never settles and
+# is never compared with the expected amount, even when the number matches; it takes the path an
+# amount mismatch would take, with its own reason, and a person checks at the provider.
+def _foreign(verdict: PaymentVerdict, trigger: OrderTrigger | None) -> PaymentDecision:
+    return PaymentDecision(verdict=verdict, order_trigger=trigger,
+                           review_reason=R.CURRENCY_MISMATCH,
+                           recommended_action=ACT.CHECK_AT_SOURCE)
+
+
+FOREIGN_SPEC: dict[OrderState, PaymentDecision] = {
+    OS.CAPTURED: _foreign(V.DISCREPANCY, OT.PAYMENT_DISCREPANCY),
+    OS.AWAITING_PAYMENT: _foreign(V.DISCREPANCY, OT.PAYMENT_DISCREPANCY),
+    OS.VERIFYING: _foreign(V.DISCREPANCY, OT.PAYMENT_DISCREPANCY),
+    OS.PAID: _foreign(V.SECOND_PAYMENT, None),
+    OS.EXPIRED: _foreign(V.AFTER_EXPIRY, OT.PAYMENT_AFTER_EXPIRY),
+    OS.CANCELLED: _foreign(V.ON_CLOSED_ORDER, None),
+    OS.NEEDS_REVIEW: _foreign(V.ON_CLOSED_ORDER, None),
+    OS.REFUNDED: _foreign(V.ON_CLOSED_ORDER, None),
+}
+
+
+@pytest.mark.parametrize("currency", ["USD", "SGD", "", "360"])
+@pytest.mark.parametrize("state", list(OrderState), ids=lambda s: s.value)
+def test_a_payment_in_another_currency_never_settles_as_rupiah(
+    state: OrderState, currency: str,
+) -> None:
+    judged = judge_payment(order_state=state, expected=EXPECTED, received=EXPECTED,
+                           currency=currency)
+    assert judged == FOREIGN_SPEC[state]
+    if judged.order_trigger is not None:
+        assert next_order_state(state, judged.order_trigger) is OS.NEEDS_REVIEW
+
+
+@pytest.mark.parametrize(("state", "reason", "unproven", "decision"), [
+    (OS.NEEDS_REVIEW, R.VERIFICATION_WINDOW_EXHAUSTED.value, False,
+     _foreign(V.DISCREPANCY, OT.PAYMENT_DISCREPANCY)),
+    (OS.PAID, R.VERIFICATION_WINDOW_EXHAUSTED.value, True, _foreign(V.DISCREPANCY, None)),
+    (OS.REFUNDED, R.VERIFICATION_WINDOW_EXHAUSTED.value, True, _foreign(V.DISCREPANCY, None)),
+])
+def test_a_foreign_payment_answering_an_open_question_still_goes_to_a_person(
+    state: OrderState, reason: str, unproven: bool, decision: PaymentDecision,
+) -> None:
+    judged = judge_payment(order_state=state, expected=EXPECTED, received=EXPECTED,
+                           review_reason=reason, decided_unproven=unproven, currency="USD")
+    assert judged == decision
+
+
+def test_rupiah_in_any_spelling_a_provider_uses_is_rupiah() -> None:
+    assert [reported_currency(v) for v in (None, "IDR", "idr", " IDR ")] == ["IDR"] * 4
+    assert [reported_currency(v) for v in ("USD", 360, "")] == ["USD", "360", ""]
 
 
 # ---------------------------------------------------------------------------------------------
