@@ -27,7 +27,10 @@ One worker loop (``run``):
    ======================  ===================================================================
 
 An ``unknown`` attempt (a create whose outcome was lost) is resolved by ``GatewayJobs``, which
-knows how to tell an orphan from nothing; the verifier only decides when.
+knows how to tell an orphan from nothing; the verifier only decides when. A ``creating`` attempt
+older than any create may run (``in_flight``) was left by a process that died mid-call — a
+capture, or a customer switching method on an open order, which no outbox event covers: it is
+claimed when due, made ``unknown`` and resolved the same way (rule 3).
 """
 
 from __future__ import annotations
@@ -100,10 +103,12 @@ class _Claimed:
 class Verifier:
     def __init__(self, db: Database, reads: StatusReads, guard: BreakerGuard,
                  jobs: GatewayJobs, clock: Clock, settings: VerificationSettings, *,
-                 quarantine: timedelta, metrics: Metrics | None = None) -> None:
+                 quarantine: timedelta, in_flight: timedelta,
+                 metrics: Metrics | None = None) -> None:
         self._db, self._reads, self._guard, self._jobs = db, reads, guard, jobs
         self._metrics = metrics or Metrics()
         self._clock, self._settings, self._quarantine = clock, settings, quarantine
+        self._in_flight = in_flight
         self._schedule: VerificationSchedule = settings.schedule
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -213,7 +218,10 @@ class Verifier:
             rows = (await conn.execute(
                 sa.select(payment_attempts, orders.c.state.label("order_state"))
                 .join(orders, orders.c.id == a.order_id)
-                .where(a.next_check_at <= now, a.deferred_on.is_(None), a.state.in_(LIVE),
+                .where(a.next_check_at <= now, a.deferred_on.is_(None),
+                       sa.or_(a.state.in_(LIVE), sa.and_(
+                           a.state == AttemptState.CREATING.value,
+                           a.created_at < now - self._in_flight)),
                        a.rail != Rail.MANUAL_TRANSFER.value,
                        *([a.id.not_in(sorted(exclude))] if exclude else []))
                 .order_by(a.next_check_at).limit(limit)
@@ -237,7 +245,11 @@ class Verifier:
         route_key = route_of(attempt).key
         counted = self._metrics.verification_reads
         try:
-            if attempt.state == AttemptState.UNKNOWN.value:
+            if attempt.state == AttemptState.CREATING.value:
+                if not await self._jobs.interrupted(attempt.id):
+                    return  # its create finished after all (claimed as it did)
+                counted.labels(attempt.provider, "interrupted_create").inc()
+            if attempt.state in (AttemptState.UNKNOWN.value, AttemptState.CREATING.value):
                 await self._jobs.resolve_unknown(attempt)
                 await self._record(attempt, "resolved the unknown create", reschedule=True)
                 counted.labels(attempt.provider, "resolved").inc()

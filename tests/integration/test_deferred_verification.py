@@ -722,3 +722,47 @@ async def test_two_workers_with_claims_shorter_than_the_drain_never_read_twice(
         log = await s.midtrans("GET", f"/calls/log?operation=status&since={since}")
         assert sum(r["outcome"] == "ok" for r in log) == len(ids)  # each read exactly once
         await assert_rules_of_state(s.container.db, ids, settled=False)
+
+
+async def test_a_method_switch_that_died_mid_call_leaves_no_unread_instrument(
+    container: Container,
+) -> None:
+    """Regression (review): a switch of method journals its attempt ``creating`` before calling
+    the provider; when the process died mid-call, no outbox event covered it (the order was
+    already ``awaiting_payment``) and the verifier never claimed ``creating`` attempts, so the
+    charge the provider made was never read or cancelled and the order went to a person at the
+    end of the window, to stay there (the attempt stayed ``creating``, 0 status reads)."""
+    from orchestrator.rails.base import Rail
+    from orchestrator.services.issuance import switch_method
+
+    async with shop(container) as s:
+        placed = await s.checkout()
+        assert placed["routing"]["served_by"] == "qris:midtrans:qris"
+        # The customer switches to GoPay; Midtrans makes the charge, the process dies mid-call.
+        await s.midtrans("POST", "/faults", {"kind": "timeout_after_success",
+                                              "operation": "create", "channel": "gopay"})
+        switching = asyncio.create_task(switch_method(
+            s.container.issuance, merchant_id=s.merchant.merchant_id, order_id=placed["id"],
+            rail=Rail.EWALLET, channel="gopay"))
+        await asyncio.sleep(0.4)
+        switching.cancel()  # what a killed process leaves: the journal row, nothing else
+        await asyncio.gather(switching, return_exceptions=True)
+        await s.midtrans("DELETE", "/faults")
+        [orphan] = [a for a in await s.attempts(placed["id"]) if a.channel == "gopay"]
+        assert orphan.state == "creating"
+        s.clock.advance(timedelta(minutes=5))  # long past any create's budget; its read is due
+
+        async def cancelled_at_midtrans() -> bool:
+            charge = await s.midtrans("GET", f"/transactions/{orphan.id}")
+            return bool(charge["transaction_status"] == "cancel")
+
+        await eventually(cancelled_at_midtrans, 20, "the orphaned charge read and cancelled")
+        [after] = [a for a in await s.attempts(placed["id"]) if a.id == orphan.id]
+        assert after.state in ("superseded", "failed")
+        s.clock.advance(PAST_DEADLINE)  # unpaid: the order expires, no person needed
+
+        async def expired() -> bool:
+            return (await s.states([placed["id"]]))[placed["id"]] == "expired"
+
+        await eventually(expired, 20, "the unpaid order expired")
+        assert await assert_rules_of_state(s.container.db, [placed["id"]]) == {"expired": 1}
