@@ -998,9 +998,15 @@ class RedisCoordinator:
             return
         keys = [k for b in breakers
                 for k in (self._key(b.key, "open_until"), self._key(b.key, "forced"))]
+        generations = [b.generation for b in breakers]
         values = await self._redis.mget(keys)
         _honour_cancel()
         for i, breaker in enumerate(breakers):
+            if breaker.generation != generations[i]:
+                # It moved while Redis answered: a trip message (published after its record was
+                # written) may have overtaken this read, which must not close it. Read again.
+                self._enqueue(functools.partial(self._resync, [breaker]))
+                continue
             trip_raw, forced_raw = values[2 * i], values[2 * i + 1]
             breaker.resync(Trip.from_json(trip_raw) if trip_raw else None,
                            _parse_forced(forced_raw))

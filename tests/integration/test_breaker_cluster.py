@@ -289,3 +289,69 @@ async def test_a_replica_that_never_reaches_redis_runs_alone(replicas: Replicas)
     assert len(admitted) == PERMITTED  # local trial permits
     await release(Outcome.SUCCESS)
     assert breaker.state is CLOSED
+
+
+class SlowReads(TcpProxy):
+    """A proxy that answers MGET (a breaker's re-sync read) ``lag`` late, once ``lagging``: a
+    trip published after the read then reaches the client before the read's answer."""
+
+    def __init__(self, target: tuple[str, int], lag: float) -> None:
+        super().__init__(target)
+        self.lag, self.lagging = lag, False
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.add(writer)
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self._writers.add(up_writer)
+        read_sent = asyncio.Event()
+
+        async def upstream() -> None:
+            while data := await reader.read(65536):
+                if self.lagging and b"MGET" in data.upper():
+                    read_sent.set()
+                up_writer.write(data)
+                await up_writer.drain()
+
+        async def downstream() -> None:
+            while data := await up_reader.read(65536):
+                if read_sent.is_set():
+                    read_sent.clear()
+                    await asyncio.sleep(self.lag)
+                writer.write(data)
+                await writer.drain()
+
+        try:
+            with contextlib.suppress(ConnectionError):
+                await asyncio.gather(upstream(), downstream())
+        finally:
+            for w in (writer, up_writer):
+                w.close()
+            self._tasks.discard(task)
+
+
+async def test_a_trip_message_overtaking_a_resync_read_is_not_undone_by_it(
+        replicas: Replicas) -> None:
+    """Regression (review): a replica that starts watching a route reads its record from Redis;
+    when another replica tripped the route meanwhile, the trip message could arrive before that
+    read's (older) answer, which then closed the breaker again as "closed elsewhere while Redis
+    was unreachable": one replica kept calling a failing provider for the whole open wait."""
+    target = urlsplit(REDIS_URL)
+    proxy = SlowReads((target.hostname or "127.0.0.1", target.port or 6379), lag=0.2)
+    await proxy.start()
+    cfg = config(wait_in_open=timedelta(seconds=10), max_wait_in_open=timedelta(seconds=10))
+    try:
+        a, _ = await replicas.start("api-a", cfg=cfg)
+        b, _ = await replicas.start("api-b", url=f"redis://127.0.0.1:{proxy.port}/0", cfg=cfg)
+        proxy.lagging = True
+        watching = b.get(ROUTE)  # its record is read from Redis: the answer is slow to come
+        await asyncio.sleep(0.08)
+        await fail(a.get(ROUTE), 4)  # tripped meanwhile; the message comes straight away
+        await eventually(lambda: watching.state is OPEN, within=1.0)
+        await asyncio.sleep(0.5)  # every late answer is in
+        assert watching.state is OPEN
+        assert watching.retry_at == a.get(ROUTE).retry_at
+    finally:
+        await proxy.stop()
