@@ -43,6 +43,9 @@ trial permits come from ``<prefix>breaker:<route>:trials:<round>`` (a Lua check-
 results gather in ``...:results:<round>`` and the report that completes the round decides and
 broadcasts the close or re-open. If Redis is unreachable each process runs alone (local trial
 permits), ``lunas_breaker_redis_fallback`` says 1, and a background task reconnects and re-syncs.
+A trip missing from Redis on re-sync was closed by a replica, unless Redis itself forgot it
+(``<prefix>breaker:epoch`` gone or replaced: restarted empty); then each replica announces its
+open trips and overrides again instead of closing them.
 """
 
 from __future__ import annotations
@@ -732,21 +735,27 @@ class RouteBreaker:
     def force_synced(self) -> None:
         self._force_unsynced = False
 
-    def resync(self, trip: Trip | None, forced: tuple[BreakerState, str] | None) -> None:
+    def resync(self, trip: Trip | None, forced: tuple[BreakerState, str] | None, *,
+               redis_lost: bool = False) -> None:
         """Reconcile with what Redis holds after (re)connecting. Redis wins, except for decisions
         taken here while it was unreachable, which are announced now (a trip claim keeps
-        whichever trip is still active, so the cluster converges on one)."""
-        if self._force_unsynced:
+        whichever trip is still active, so the cluster converges on one).
+
+        ``redis_lost``: Redis came back without what it held (restarted empty). A missing trip or
+        override then says nothing about the route: ours is announced again rather than
+        dropped, or every replica would close an open route at once."""
+        if self._force_unsynced or (redis_lost and forced is None and self._forced is not None):
             self._coordinator.announce_force(self, self._forced, self._force_reason)
         elif forced is not None or self._forced is not None:
             self.apply_remote_force(forced[0] if forced else None,
                                     forced[1] if forced else "not in Redis", "resync")
         if self._forced is None:
-            self._resync_trip(trip)
+            self._resync_trip(trip, redis_lost)
 
-    def _resync_trip(self, trip: Trip | None) -> None:
+    def _resync_trip(self, trip: Trip | None, redis_lost: bool = False) -> None:
         mine = self._trip
-        if mine is not None and self._trip_unsynced:
+        if mine is not None and (self._trip_unsynced or (redis_lost and trip is None)):
+            self._trip_unsynced = True
             self._coordinator.announce_trip(self, mine, "")
         elif trip is not None and trip.id == self._closed_offline:
             self._coordinator.announce_close(self, trip.id)
@@ -870,6 +879,7 @@ class RedisCoordinator:
         self._jobs: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._delay = _seconds(timings.reconnect_min)
+        self._epoch: str | None = None
 
     @property
     def active(self) -> bool:
@@ -993,7 +1003,8 @@ class RedisCoordinator:
             successes, failures, slow_calls = (int(v) for v in verdict)
             breaker.apply_verdict(round_id, successes, failures, slow_calls)
 
-    async def _resync(self, breakers: Sequence[RouteBreaker]) -> None:
+    async def _resync(self, breakers: Sequence[RouteBreaker], *, redis_lost: bool = False
+                      ) -> None:
         if not breakers:
             return
         keys = [k for b in breakers
@@ -1005,11 +1016,27 @@ class RedisCoordinator:
             if breaker.generation != generations[i]:
                 # It moved while Redis answered: a trip message (published after its record was
                 # written) may have overtaken this read, which must not close it. Read again.
-                self._enqueue(functools.partial(self._resync, [breaker]))
+                self._enqueue(functools.partial(self._resync, [breaker], redis_lost=redis_lost))
                 continue
             trip_raw, forced_raw = values[2 * i], values[2 * i + 1]
             breaker.resync(Trip.from_json(trip_raw) if trip_raw else None,
-                           _parse_forced(forced_raw))
+                           _parse_forced(forced_raw), redis_lost=redis_lost)
+
+    async def _redis_lost_state(self) -> bool:
+        """True when Redis no longer holds what it held when this process last saw it: its
+        epoch (a key created once, never expiring) is gone or replaced, as after a restart
+        without persistence. A trip missing then was forgotten, not closed by a replica."""
+        token = secrets.token_hex(8)
+        held: Any = await self._redis.set(self._key("epoch"), token, nx=True, get=True)
+        _honour_cancel()
+        current = held.decode() if isinstance(held, bytes) else held if isinstance(
+            held, str) else token
+        lost = self._epoch is not None and current != self._epoch
+        self._epoch = current
+        if lost:
+            log.warning("Redis lost the breaker state it held (restarted empty?): open routes "
+                        "are announced again instead of closing")
+        return lost
 
     async def _drain(self) -> None:
         while True:
@@ -1048,7 +1075,7 @@ class RedisCoordinator:
                 _honour_cancel()
                 self._broken.clear()
                 self._active = True
-                await self._resync(self._breakers())
+                await self._resync(self._breakers(), redis_lost=await self._redis_lost_state())
             self._recovered()
             await self._watch(pubsub)
         finally:

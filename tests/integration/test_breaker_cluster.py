@@ -291,6 +291,76 @@ async def test_a_replica_that_never_reaches_redis_runs_alone(replicas: Replicas)
     assert breaker.state is CLOSED
 
 
+async def test_redis_restarted_empty_keeps_open_routes_open_on_every_replica(
+        replicas: Replicas, redis_client: aioredis.Redis) -> None:
+    """Regression (review): after Redis restarted without its data, re-sync read the missing
+    trip record as "closed elsewhere while Redis was unreachable", so every replica closed the
+    route at once, long before its wait in open ran out and without a trial call; an ops
+    override was dropped the same way."""
+    target = urlsplit(REDIS_URL)
+    proxy = TcpProxy((target.hostname or "127.0.0.1", target.port or 6379))
+    await proxy.start()
+    cfg = config(wait_in_open=timedelta(seconds=10), max_wait_in_open=timedelta(seconds=20))
+    url = f"redis://127.0.0.1:{proxy.port}/0"
+    forced_route = "va:xendit:bni"
+    try:
+        (a, metrics_a), (b, metrics_b) = [await replicas.start(name, url=url, cfg=cfg)
+                                          for name in ("api-a", "api-b")]
+        await fail(a.get(ROUTE), 4)
+        a.get(forced_route).force_open("provider maintenance")
+        await eventually(lambda: b.get(ROUTE).state is OPEN
+                         and b.get(forced_route).state is BreakerState.FORCED_OPEN)
+        retry_at = a.get(ROUTE).retry_at
+
+        await proxy.stop()  # Redis restarts without persistence ...
+        await eventually(lambda: fallback(metrics_a) == 1 and fallback(metrics_b) == 1)
+        held = await redis_client.keys(f"{replicas.prefix}*")
+        assert held
+        await redis_client.delete(*held)  # ... and comes back empty
+        await proxy.start()
+        await eventually(lambda: fallback(metrics_a) == 0 and fallback(metrics_b) == 0,
+                         within=2.0)
+        await asyncio.sleep(0.3)
+        for replica in (a, b):
+            assert replica.get(ROUTE).state is OPEN
+            assert replica.get(ROUTE).retry_at == retry_at  # the same trip, not a new one
+            assert replica.get(forced_route).state is BreakerState.FORCED_OPEN
+        late, _ = await replicas.start("api-late", cfg=cfg)  # and Redis holds them again
+        await eventually(lambda: late.get(ROUTE).state is OPEN
+                         and late.get(forced_route).state is BreakerState.FORCED_OPEN)
+    finally:
+        with contextlib.suppress(AssertionError):
+            await proxy.stop()
+
+
+async def test_a_trip_closed_while_a_replica_was_cut_off_closes_it_on_reconnect(
+        replicas: Replicas) -> None:
+    """The other side of the rule above: Redis kept its data, so a missing trip was closed."""
+    target = urlsplit(REDIS_URL)
+    proxy = TcpProxy((target.hostname or "127.0.0.1", target.port or 6379))
+    await proxy.start()
+    cfg = config(wait_in_open=timedelta(milliseconds=300))
+    try:
+        direct, _ = await replicas.start("api-direct", cfg=cfg)
+        proxied, metrics = await replicas.start(
+            "api-proxied", url=f"redis://127.0.0.1:{proxy.port}/0", cfg=cfg)
+        await fail(direct.get(ROUTE), 4)
+        trip_id = direct.get(ROUTE).snapshot().trip_id
+        await eventually(lambda: proxied.get(ROUTE).snapshot().trip_id == trip_id)
+        await proxy.stop()
+        await eventually(lambda: fallback(metrics) == 1)
+        await eventually(lambda: direct.get(ROUTE).state is HALF_OPEN, within=1.5)
+        for _ in range(PERMITTED):
+            (await direct.get(ROUTE).acquire()).record(Outcome.SUCCESS)
+        await eventually(lambda: direct.get(ROUTE).state is CLOSED)
+        await asyncio.sleep(0.1)  # the close reaches Redis
+        await proxy.start()
+        await eventually(lambda: proxied.get(ROUTE).state is CLOSED, within=2.0)
+    finally:
+        with contextlib.suppress(AssertionError):
+            await proxy.stop()
+
+
 class SlowReads(TcpProxy):
     """A proxy that answers MGET (a breaker's re-sync read) ``lag`` late, once ``lagging``: a
     trip published after the read then reaches the client before the read's answer."""
