@@ -433,6 +433,7 @@ class RouteBreaker:
         self._force_unsynced = False  # forced/released here, Redis not told yet
         self._closed_offline: str | None = None  # trip closed here, Redis not told yet
         self._last_closed: str | None = None
+        self._read_cluster = False  # Redis's record of this route has been read at least once
 
     # -- what callers see -------------------------------------------------------------------
 
@@ -450,6 +451,13 @@ class RouteBreaker:
         if self.state is BreakerState.OPEN and self._trip is not None:
             return datetime.fromtimestamp(self._trip.until_ms / 1000, UTC)
         return None
+
+    @property
+    def settled(self) -> bool:
+        """False while a breaker just created here has not yet read what the cluster holds for
+        its route: its ``closed`` then means "not known yet", not "the route works". True
+        without a cluster, or while Redis is unreachable (local state is all there is)."""
+        return self._read_cluster or not self._coordinator.active
 
     def add_listener(self, listener: TransitionListener) -> None:
         self._listeners.append(listener)
@@ -744,6 +752,7 @@ class RouteBreaker:
         ``redis_lost``: Redis came back without what it held (restarted empty). A missing trip or
         override then says nothing about the route: ours is announced again rather than
         dropped, or every replica would close an open route at once."""
+        self._read_cluster = True
         if self._force_unsynced or (redis_lost and forced is None and self._forced is not None):
             self._coordinator.announce_force(self, self._forced, self._force_reason)
         elif forced is not None or self._forced is not None:

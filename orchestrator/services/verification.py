@@ -183,6 +183,8 @@ class Verifier:
         released = 0
         now = self._clock.now()
         for route_key in routes:
+            if not self._guard.settled(route_key):
+                continue  # a breaker new here reads "closed" until it has synced: next tick
             state = self._guard.state(route_key)
             if state in (BreakerState.CLOSED, BreakerState.FORCED_CLOSED):
                 limit = None

@@ -28,6 +28,7 @@ from chaos.sim.moota import MootaSim
 from chaos.sim.runner import Simulators, start_simulators
 from orchestrator.bootstrap import Container, build
 from orchestrator.domain.verification import VerificationSchedule
+from orchestrator.rails.breaker import BreakerState
 from orchestrator.settings import (
     FeedSettings,
     SchedulerSettings,
@@ -766,3 +767,45 @@ async def test_a_method_switch_that_died_mid_call_leaves_no_unread_instrument(
 
         await eventually(expired, 20, "the unpaid order expired")
         assert await assert_rules_of_state(s.container.db, [placed["id"]]) == {"expired": 1}
+
+
+async def test_a_worker_starting_during_an_outage_keeps_the_backlog_deferred(
+    container: Container,
+) -> None:
+    """Regression (review): a worker's breakers are created on first use and read "closed"
+    until they have synced with the cluster; a worker started during an outage released every
+    deferred read of the route on its first tick (20 of 20 here), each then re-deferred and
+    announced to its merchant a second time."""
+    async with shop(container) as s:
+        placed = [await s.checkout() for _ in range(20)]
+        ids = [o["id"] for o in placed]
+        await s.midtrans("POST", "/faults", {"kind": "down"})
+        s.clock.advance(PAST_DEADLINE)
+
+        async def deferred() -> bool:
+            views = [await s.order(i) for i in ids]
+            return all(v["verification"]["state"] == "waiting_for_provider" for v in views)
+
+        await eventually(deferred, 20, "the backlog deferred")
+        route = "qris:midtrans:qris"
+        s.container.breakers.get(route).force_open("Midtrans maintenance")  # stays open
+        await asyncio.sleep(0.5)
+        told = len(await s.events("order.payment_pending", ids))
+        assert told == len(ids)
+
+        second = build(s.container.settings, clock=s.clock)  # a worker deployed now
+        await second.start()
+        stop = asyncio.Event()
+        other = asyncio.create_task(second.verifier.run(stop))
+        try:
+            await asyncio.sleep(2)
+            assert second.breakers.get(route).state is BreakerState.FORCED_OPEN
+        finally:
+            stop.set()
+            await asyncio.wait_for(other, timeout=10)
+            released = metric_value(second.metrics.exposition(),
+                                    "lunas_verification_released_total", route=route)
+            await second.close()
+        assert released == 0
+        assert await deferred()
+        assert len(await s.events("order.payment_pending", ids)) == told
