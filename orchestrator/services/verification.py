@@ -52,7 +52,7 @@ from orchestrator.rails.breaker import BreakerState
 from orchestrator.rails.errors import RailError
 from orchestrator.rails.guard import BreakerGuard
 from orchestrator.rails.router import RouteUnavailable
-from orchestrator.services.expiry import PROVIDER_UNAVAILABLE
+from orchestrator.services.expiry import PROVIDER_UNAVAILABLE, payment_pending_event_id
 from orchestrator.services.gateway_jobs import GatewayJobs
 from orchestrator.services.order_view import event_payload, iso
 from orchestrator.services.settlement import Payment, apply_payment
@@ -289,7 +289,7 @@ class Verifier:
                 return
             await add_events(conn, [PendingEvent(
                 event_type=events.ORDER_PAYMENT_PENDING, aggregate_id=order.id,
-                merchant_id=order.merchant_id,
+                merchant_id=order.merchant_id, event_id=payment_pending_event_id(order.id),
                 payload={**event_payload(order), "verification": {
                     "reason": PROVIDER_UNAVAILABLE, "waiting_on": [route_key],
                     "next_check_at": iso(max(retry_at or now, now))}})], now=now)

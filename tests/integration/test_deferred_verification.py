@@ -809,3 +809,30 @@ async def test_a_worker_starting_during_an_outage_keeps_the_backlog_deferred(
         assert released == 0
         assert await deferred()
         assert len(await s.events("order.payment_pending", ids)) == told
+
+
+async def test_a_provider_flapping_through_half_open_tells_each_merchant_once(
+    container: Container,
+) -> None:
+    """Regression (review): each half-open round released reads that were then refused (the
+    trial permits were taken) or failed as trials and deferred again, and every such deferral
+    of a ``verifying`` order announced ``order.payment_pending`` anew: three times per order in
+    eight seconds of a 1-2 s breaker cycle here; about twelve an hour at the 5 min maximum."""
+    async with shop(container) as s:
+        placed = [await s.checkout() for _ in range(4)]
+        ids = [o["id"] for o in placed]
+        await s.midtrans("POST", "/faults", STATUS_DOWN)
+        s.clock.advance(PAST_DEADLINE)
+
+        async def deferred() -> bool:
+            views = [await s.order(i) for i in ids]
+            return all(v["verification"]["state"] == "waiting_for_provider" for v in views)
+
+        await eventually(deferred, 20, "every read deferred")
+        await asyncio.sleep(8)  # several open -> half-open -> open rounds, trials failing
+        assert metric_value(s.container.metrics.exposition(), "lunas_breaker_transitions_total",
+                            route="qris:midtrans:qris", from_state="half_open",
+                            to_state="open") >= 2
+        told = await s.events("order.payment_pending", ids)
+        assert sorted(e.aggregate_id for e in told) == sorted(ids)  # once each
+        assert (await s.states(ids)) == dict.fromkeys(ids, "verifying")
