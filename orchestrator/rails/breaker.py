@@ -889,6 +889,7 @@ class RedisCoordinator:
         self._tasks: list[asyncio.Task[None]] = []
         self._delay = _seconds(timings.reconnect_min)
         self._epoch: str | None = None
+        self._giving_back: set[asyncio.Future[None]] = set()
 
     @property
     def active(self) -> bool:
@@ -925,16 +926,46 @@ class RedisCoordinator:
         if not self._active:
             return None
         ttl = 2 * breaker.round_ms
+        # Shielded: a slow answer is given up on after op_timeout, but the script may already
+        # have counted the permit; once it answers, a permit nobody uses is given back, or the
+        # round would wait for a report that never comes and no verdict could be reached.
+        taking = asyncio.ensure_future(self._take(
+            keys=[self._key(breaker.key, "trials", round_id)],
+            args=[breaker.config.permitted_calls_in_half_open, ttl]))
         try:
             async with asyncio.timeout(_seconds(self._t.op_timeout)):
-                granted = await self._take(
-                    keys=[self._key(breaker.key, "trials", round_id)],
-                    args=[breaker.config.permitted_calls_in_half_open, ttl])
+                granted = await asyncio.shield(taking)
                 _honour_cancel()  # inside the timeout: a swallowed expiry becomes TimeoutError
         except _REDIS_DOWN as exc:
+            taking.add_done_callback(functools.partial(self._give_back, breaker, round_id))
             self._lost(exc)
             return None
+        except BaseException:
+            taking.add_done_callback(functools.partial(self._give_back, breaker, round_id))
+            raise
         return int(granted) == 1
+
+    def _give_back(self, breaker: RouteBreaker, round_id: str, taking: asyncio.Future[Any]
+                   ) -> None:
+        """A trial permit granted to a caller that had stopped waiting: report it neutral (the
+        script then counts it free again), in the background and whether or not this process
+        is in fallback now."""
+        if taking.cancelled() or taking.exception() is not None or int(taking.result()) != 1:
+            return
+
+        async def give_back() -> None:
+            with contextlib.suppress(*_REDIS_DOWN):
+                async with asyncio.timeout(_seconds(self._t.sync_timeout)):
+                    await self._report(
+                        keys=[self._key(breaker.key, "trials", round_id),
+                              self._key(breaker.key, "results", round_id)],
+                        args=[Outcome.NEUTRAL.value, 0,
+                              breaker.config.permitted_calls_in_half_open,
+                              2 * breaker.round_ms])
+
+        task = asyncio.ensure_future(give_back())
+        self._giving_back.add(task)
+        task.add_done_callback(self._giving_back.discard)
 
     def announce_trip(self, breaker: RouteBreaker, trip: Trip, expected_id: str) -> None:
         self._enqueue(functools.partial(self._claim_trip, breaker, trip, expected_id))

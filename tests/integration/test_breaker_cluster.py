@@ -362,12 +362,12 @@ async def test_a_trip_closed_while_a_replica_was_cut_off_closes_it_on_reconnect(
 
 
 class SlowReads(TcpProxy):
-    """A proxy that answers MGET (a breaker's re-sync read) ``lag`` late, once ``lagging``: a
-    trip published after the read then reaches the client before the read's answer."""
+    """A proxy that answers ``command`` (MGET: a breaker's re-sync read) ``lag`` late, once
+    ``lagging``: a trip published after the read then reaches the client before its answer."""
 
     def __init__(self, target: tuple[str, int], lag: float) -> None:
         super().__init__(target)
-        self.lag, self.lagging = lag, False
+        self.lag, self.lagging, self.command = lag, False, b"MGET"
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -380,7 +380,7 @@ class SlowReads(TcpProxy):
 
         async def upstream() -> None:
             while data := await reader.read(65536):
-                if self.lagging and b"MGET" in data.upper():
+                if self.lagging and self.command in data.upper():
                     read_sent.set()
                 up_writer.write(data)
                 await up_writer.drain()
@@ -423,5 +423,36 @@ async def test_a_trip_message_overtaking_a_resync_read_is_not_undone_by_it(
         await asyncio.sleep(0.5)  # every late answer is in
         assert watching.state is OPEN
         assert watching.retry_at == a.get(ROUTE).retry_at
+    finally:
+        await proxy.stop()
+
+
+async def test_a_trial_permit_answered_too_late_is_given_back_to_the_round(
+        replicas: Replicas) -> None:
+    """Regression (review): a half-open permit is taken in Redis within ``op_timeout``; when the
+    answer came later, the caller gave up (and ran alone, as Redis looked unreachable) but the
+    permit stayed counted. The cluster's round then waited for a report that never came: with
+    the provider back and every admitted trial succeeding, no replica closed until the round
+    expired (``max_wait_in_half_open``, 30 s by default)."""
+    target = urlsplit(REDIS_URL)
+    proxy = SlowReads((target.hostname or "127.0.0.1", target.port or 6379), lag=0.12)
+    await proxy.start()
+    try:
+        a, _ = await replicas.start("api-a")
+        b, _ = await replicas.start("api-b")
+        slow, metrics = await replicas.start("api-slow", url=f"redis://127.0.0.1:{proxy.port}/0")
+        await fail(a.get(ROUTE), 4)
+        await eventually(lambda: all(r.get(ROUTE).state is HALF_OPEN for r in (a, b, slow)),
+                         within=1.5)
+        proxy.command, proxy.lagging = b"EVALSHA", True  # trial permits answer after 120 ms
+        _, release_alone = await trial_storm([slow.get(ROUTE)], per_replica=1)
+        assert fallback(metrics) == 1  # it gave up on Redis and runs alone for now
+        await asyncio.sleep(0.3)  # the late answer arrives
+        admitted, release = await trial_storm([a.get(ROUTE), b.get(ROUTE)], per_replica=10)
+        assert len(admitted) == PERMITTED, admitted
+        await release(Outcome.SUCCESS)
+        await release_alone(Outcome.SUCCESS)
+        await eventually(lambda: a.get(ROUTE).state is CLOSED and b.get(ROUTE).state is CLOSED,
+                         within=1.0)
     finally:
         await proxy.stop()
