@@ -395,10 +395,11 @@ class XenditProvider:
 
     @contextlib.contextmanager
     def _reading(self, operation: str) -> Iterator[None]:
-        """A 2xx answer we cannot read: the call happened, its result is unusable."""
+        """A 2xx answer we cannot read: the call happened, its result is unusable. A field of
+        an unexpected type fails as any of these (``.get`` on a list is an AttributeError)."""
         try:
             yield
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             cls = OutcomeUnknown if operation == "create" else Unavailable
             raise cls(f"unreadable answer: {exc}", provider=PROVIDER,
                       operation=operation) from exc
