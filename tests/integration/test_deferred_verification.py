@@ -836,3 +836,37 @@ async def test_a_provider_flapping_through_half_open_tells_each_merchant_once(
         told = await s.events("order.payment_pending", ids)
         assert sorted(e.aggregate_id for e in told) == sorted(ids)  # once each
         assert (await s.states(ids)) == dict.fromkeys(ids, "verifying")
+
+
+async def test_a_cancelled_order_s_instrument_is_cancelled_at_its_provider_and_still_read(
+    container: Container,
+) -> None:
+    """Regression (review): cancelling an order marked its gateway attempts ``failed`` on the
+    spot: the QR stayed payable at Midtrans (never cancelled there) and was never read again,
+    so a payment made on it, its notification lost, was never seen by anyone."""
+    async with shop(container) as s:
+        unpaid, paid = await s.checkout(), await s.checkout()
+        unpaid_qr, paid_qr = [(await s.attempts(o["id"]))[-1] for o in (unpaid, paid)]
+        await pay_at_midtrans(s, paid)  # a moment before the cancel; the notification is lost
+        for order in (unpaid, paid):
+            r = await s.client.post(f"/v1/orders/{order['id']}/cancel",
+                                    headers=s.merchant.headers)
+            assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+
+        async def cancelled_at_midtrans() -> bool:
+            charge = await s.midtrans("GET", f"/transactions/{unpaid_qr.id}")
+            return bool(charge["transaction_status"] == "cancel")
+
+        await eventually(cancelled_at_midtrans, 20, "the unpaid QR cancelled at Midtrans")
+        s.clock.advance(timedelta(minutes=3))  # their scheduled reads come due
+
+        async def read_back() -> bool:
+            states = {a.id: a.state for o in (unpaid, paid) for a in await s.attempts(o["id"])}
+            return states == {unpaid_qr.id: "failed", paid_qr.id: "paid"}
+
+        await eventually(read_back, 20, "both instruments read after the cancel")
+        cases = await cases_of(s, [paid["id"]])
+        assert (cases[paid["id"]].reason, cases[paid["id"]].state) == (
+            "payment_on_closed_order", "open")  # a person refunds (or honours) it
+        assert await s.states([unpaid["id"], paid["id"]]) == {
+            unpaid["id"]: "cancelled", paid["id"]: "cancelled"}
