@@ -13,11 +13,15 @@ from opentelemetry.trace import SpanKind
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.domain.ids import new_id
+from orchestrator.store.database import upsert_insert
 from orchestrator.store.tables import outbox
 from orchestrator.telemetry import tracing
 
 _INSERT = outbox.insert()
 """One statement object for every call: its compiled form and cache key are kept on it."""
+_INSERT_ONCE = {dialect: upsert_insert(dialect)(outbox).on_conflict_do_nothing(
+    index_elements=["event_id"]) for dialect in ("postgresql", "sqlite")}
+"""For events that carry their own ``event_id``: a second one with that id is dropped."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,12 +32,15 @@ class PendingEvent:
     payload: dict[str, Any]
     available_at: datetime | None = None
     """When the relay may first handle it; None means at once."""
+    event_id: str | None = None
+    """A fixed id makes the event happen once: a later event with the same id is dropped by the
+    outbox's unique key (while the first is retained). None: a fresh id, every event kept."""
 
 
 def event_row(event: PendingEvent, *, now: datetime,
               trace_context: dict[str, str] | None = None) -> dict[str, Any]:
     return {
-        "event_id": new_id("evt"),
+        "event_id": event.event_id or new_id("evt"),
         "event_type": event.event_type,
         "aggregate_id": event.aggregate_id,
         "merchant_id": event.merchant_id,
@@ -51,8 +58,10 @@ async def add_events(conn: AsyncConnection, events: list[PendingEvent], *, now: 
     context (W3C ``traceparent``) so the relay continues the trace that caused it."""
     if not events:
         return
+    insert = (_INSERT_ONCE[conn.dialect.name] if any(e.event_id for e in events)
+              else _INSERT)
     with producing(events) as context:
-        await conn.execute(_INSERT,
+        await conn.execute(insert,
                            [event_row(e, now=now, trace_context=context) for e in events])
 
 

@@ -43,6 +43,9 @@ trial permits come from ``<prefix>breaker:<route>:trials:<round>`` (a Lua check-
 results gather in ``...:results:<round>`` and the report that completes the round decides and
 broadcasts the close or re-open. If Redis is unreachable each process runs alone (local trial
 permits), ``lunas_breaker_redis_fallback`` says 1, and a background task reconnects and re-syncs.
+A trip missing from Redis on re-sync was closed by a replica, unless Redis itself forgot it
+(``<prefix>breaker:epoch`` gone or replaced: restarted empty); then each replica announces its
+open trips and overrides again instead of closing them.
 """
 
 from __future__ import annotations
@@ -430,6 +433,7 @@ class RouteBreaker:
         self._force_unsynced = False  # forced/released here, Redis not told yet
         self._closed_offline: str | None = None  # trip closed here, Redis not told yet
         self._last_closed: str | None = None
+        self._read_cluster = False  # Redis's record of this route has been read at least once
 
     # -- what callers see -------------------------------------------------------------------
 
@@ -447,6 +451,13 @@ class RouteBreaker:
         if self.state is BreakerState.OPEN and self._trip is not None:
             return datetime.fromtimestamp(self._trip.until_ms / 1000, UTC)
         return None
+
+    @property
+    def settled(self) -> bool:
+        """False while a breaker just created here has not yet read what the cluster holds for
+        its route: its ``closed`` then means "not known yet", not "the route works". True
+        without a cluster, or while Redis is unreachable (local state is all there is)."""
+        return self._read_cluster or not self._coordinator.active
 
     def add_listener(self, listener: TransitionListener) -> None:
         self._listeners.append(listener)
@@ -732,21 +743,28 @@ class RouteBreaker:
     def force_synced(self) -> None:
         self._force_unsynced = False
 
-    def resync(self, trip: Trip | None, forced: tuple[BreakerState, str] | None) -> None:
+    def resync(self, trip: Trip | None, forced: tuple[BreakerState, str] | None, *,
+               redis_lost: bool = False) -> None:
         """Reconcile with what Redis holds after (re)connecting. Redis wins, except for decisions
         taken here while it was unreachable, which are announced now (a trip claim keeps
-        whichever trip is still active, so the cluster converges on one)."""
-        if self._force_unsynced:
+        whichever trip is still active, so the cluster converges on one).
+
+        ``redis_lost``: Redis came back without what it held (restarted empty). A missing trip or
+        override then says nothing about the route: ours is announced again rather than
+        dropped, or every replica would close an open route at once."""
+        self._read_cluster = True
+        if self._force_unsynced or (redis_lost and forced is None and self._forced is not None):
             self._coordinator.announce_force(self, self._forced, self._force_reason)
         elif forced is not None or self._forced is not None:
             self.apply_remote_force(forced[0] if forced else None,
                                     forced[1] if forced else "not in Redis", "resync")
         if self._forced is None:
-            self._resync_trip(trip)
+            self._resync_trip(trip, redis_lost)
 
-    def _resync_trip(self, trip: Trip | None) -> None:
+    def _resync_trip(self, trip: Trip | None, redis_lost: bool = False) -> None:
         mine = self._trip
-        if mine is not None and self._trip_unsynced:
+        if mine is not None and (self._trip_unsynced or (redis_lost and trip is None)):
+            self._trip_unsynced = True
             self._coordinator.announce_trip(self, mine, "")
         elif trip is not None and trip.id == self._closed_offline:
             self._coordinator.announce_close(self, trip.id)
@@ -870,6 +888,8 @@ class RedisCoordinator:
         self._jobs: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._delay = _seconds(timings.reconnect_min)
+        self._epoch: str | None = None
+        self._giving_back: set[asyncio.Future[None]] = set()
 
     @property
     def active(self) -> bool:
@@ -906,16 +926,46 @@ class RedisCoordinator:
         if not self._active:
             return None
         ttl = 2 * breaker.round_ms
+        # Shielded: a slow answer is given up on after op_timeout, but the script may already
+        # have counted the permit; once it answers, a permit nobody uses is given back, or the
+        # round would wait for a report that never comes and no verdict could be reached.
+        taking = asyncio.ensure_future(self._take(
+            keys=[self._key(breaker.key, "trials", round_id)],
+            args=[breaker.config.permitted_calls_in_half_open, ttl]))
         try:
             async with asyncio.timeout(_seconds(self._t.op_timeout)):
-                granted = await self._take(
-                    keys=[self._key(breaker.key, "trials", round_id)],
-                    args=[breaker.config.permitted_calls_in_half_open, ttl])
+                granted = await asyncio.shield(taking)
                 _honour_cancel()  # inside the timeout: a swallowed expiry becomes TimeoutError
         except _REDIS_DOWN as exc:
+            taking.add_done_callback(functools.partial(self._give_back, breaker, round_id))
             self._lost(exc)
             return None
+        except BaseException:
+            taking.add_done_callback(functools.partial(self._give_back, breaker, round_id))
+            raise
         return int(granted) == 1
+
+    def _give_back(self, breaker: RouteBreaker, round_id: str, taking: asyncio.Future[Any]
+                   ) -> None:
+        """A trial permit granted to a caller that had stopped waiting: report it neutral (the
+        script then counts it free again), in the background and whether or not this process
+        is in fallback now."""
+        if taking.cancelled() or taking.exception() is not None or int(taking.result()) != 1:
+            return
+
+        async def give_back() -> None:
+            with contextlib.suppress(*_REDIS_DOWN):
+                async with asyncio.timeout(_seconds(self._t.sync_timeout)):
+                    await self._report(
+                        keys=[self._key(breaker.key, "trials", round_id),
+                              self._key(breaker.key, "results", round_id)],
+                        args=[Outcome.NEUTRAL.value, 0,
+                              breaker.config.permitted_calls_in_half_open,
+                              2 * breaker.round_ms])
+
+        task = asyncio.ensure_future(give_back())
+        self._giving_back.add(task)
+        task.add_done_callback(self._giving_back.discard)
 
     def announce_trip(self, breaker: RouteBreaker, trip: Trip, expected_id: str) -> None:
         self._enqueue(functools.partial(self._claim_trip, breaker, trip, expected_id))
@@ -993,17 +1043,40 @@ class RedisCoordinator:
             successes, failures, slow_calls = (int(v) for v in verdict)
             breaker.apply_verdict(round_id, successes, failures, slow_calls)
 
-    async def _resync(self, breakers: Sequence[RouteBreaker]) -> None:
+    async def _resync(self, breakers: Sequence[RouteBreaker], *, redis_lost: bool = False
+                      ) -> None:
         if not breakers:
             return
         keys = [k for b in breakers
                 for k in (self._key(b.key, "open_until"), self._key(b.key, "forced"))]
+        generations = [b.generation for b in breakers]
         values = await self._redis.mget(keys)
         _honour_cancel()
         for i, breaker in enumerate(breakers):
+            if breaker.generation != generations[i]:
+                # It moved while Redis answered: a trip message (published after its record was
+                # written) may have overtaken this read, which must not close it. Read again.
+                self._enqueue(functools.partial(self._resync, [breaker], redis_lost=redis_lost))
+                continue
             trip_raw, forced_raw = values[2 * i], values[2 * i + 1]
             breaker.resync(Trip.from_json(trip_raw) if trip_raw else None,
-                           _parse_forced(forced_raw))
+                           _parse_forced(forced_raw), redis_lost=redis_lost)
+
+    async def _redis_lost_state(self) -> bool:
+        """True when Redis no longer holds what it held when this process last saw it: its
+        epoch (a key created once, never expiring) is gone or replaced, as after a restart
+        without persistence. A trip missing then was forgotten, not closed by a replica."""
+        token = secrets.token_hex(8)
+        held: Any = await self._redis.set(self._key("epoch"), token, nx=True, get=True)
+        _honour_cancel()
+        current = held.decode() if isinstance(held, bytes) else held if isinstance(
+            held, str) else token
+        lost = self._epoch is not None and current != self._epoch
+        self._epoch = current
+        if lost:
+            log.warning("Redis lost the breaker state it held (restarted empty?): open routes "
+                        "are announced again instead of closing")
+        return lost
 
     async def _drain(self) -> None:
         while True:
@@ -1042,7 +1115,7 @@ class RedisCoordinator:
                 _honour_cancel()
                 self._broken.clear()
                 self._active = True
-                await self._resync(self._breakers())
+                await self._resync(self._breakers(), redis_lost=await self._redis_lost_state())
             self._recovered()
             await self._watch(pubsub)
         finally:

@@ -22,6 +22,10 @@ class BreakerGuard:
     def state(self, route_key: str) -> BreakerState:
         return self.registry.get(route_key).state
 
+    def settled(self, route_key: str) -> bool:
+        """Whether the route's state here reflects the cluster's (``RouteBreaker.settled``)."""
+        return self.registry.get(route_key).settled
+
     def retry_at(self, route_key: str) -> datetime | None:
         """When an open breaker next lets a trial call through, if it is open."""
         return self.registry.get(route_key).retry_at

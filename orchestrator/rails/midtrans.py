@@ -63,6 +63,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import hashlib
@@ -536,8 +537,15 @@ class MidtransProvider:
         """Transport errors become rail errors by whether the request left."""
         after_send = OutcomeUnknown if operation == "create" else Unavailable
         try:
-            return await self._client.request(method, self._base_url + path, json=body,
-                                              headers=headers, timeout=self._timeout)
+            # httpx's timeout bounds each phase (connect, each read...), not the call: an answer
+            # trickling in a byte at a time would never end. Twice the timeout bounds the whole
+            # exchange and leaves every phase its own timeout first.
+            async with asyncio.timeout(2 * self._timeout):
+                return await self._client.request(method, self._base_url + path, json=body,
+                                                  headers=headers, timeout=self._timeout)
+        except TimeoutError as exc:
+            raise after_send(f"no complete answer within {2 * self._timeout:g} s",
+                             provider=PROVIDER, operation=operation) from exc
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise TransientBeforeSend(f"not sent: {exc!r}", provider=PROVIDER,
                                       operation=operation) from exc

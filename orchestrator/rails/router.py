@@ -213,6 +213,13 @@ async def _bounded(call: object, deadline: float, route: Route) -> Instrument:
     except TimeoutError as exc:
         raise OutcomeUnknown("capture budget ran out mid-call", provider=route.provider,
                              operation="create") from exc
+    except RailError:
+        raise
+    except Exception as exc:
+        # An adapter that raised something else could not read the answer (a bug, or a shape
+        # it never met): the charge may exist, and the plan's other routes must still be tried.
+        raise OutcomeUnknown(f"unreadable answer ({type(exc).__name__})",
+                             provider=route.provider, operation="create") from exc
 
 
 def _describe(exc: RailError) -> str:

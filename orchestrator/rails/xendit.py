@@ -70,6 +70,7 @@ there is no cancel endpoint and the code stays payable, so Lunas keeps watching 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hmac
@@ -380,10 +381,13 @@ class XenditProvider:
             headers["X-IDEMPOTENCY-KEY"] = idempotency_key
         started = time.perf_counter()
         try:
-            response = await self._client.request(method, self._base + path, json=json,
-                                                  params=params, headers=headers,
-                                                  timeout=self._timeout)
-        except httpx.RequestError as exc:
+            # httpx's timeout bounds each phase, not the call: an answer trickling in would never
+            # end. Twice the timeout bounds the exchange and leaves each phase its own first.
+            async with asyncio.timeout(2 * self._timeout):
+                response = await self._client.request(method, self._base + path, json=json,
+                                                      params=params, headers=headers,
+                                                      timeout=self._timeout)
+        except (httpx.RequestError, TimeoutError) as exc:
             self._observe(PROVIDER, operation, "no_answer", time.perf_counter() - started)
             raise _transport_error(operation, exc) from exc
         self._observe(PROVIDER, operation, "answered", time.perf_counter() - started)
@@ -402,10 +406,11 @@ class XenditProvider:
 
     @contextlib.contextmanager
     def _reading(self, operation: str) -> Iterator[None]:
-        """A 2xx answer we cannot read: the call happened, its result is unusable."""
+        """A 2xx answer we cannot read: the call happened, its result is unusable. A field of
+        an unexpected type fails as any of these (``.get`` on a list is an AttributeError)."""
         try:
             yield
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             cls = OutcomeUnknown if operation == "create" else Unavailable
             raise cls(f"unreadable answer: {exc}", provider=PROVIDER,
                       operation=operation) from exc
@@ -437,7 +442,7 @@ def _charge_instrument(request: ChargeRequest, data: Mapping[str, Any]) -> Instr
                       expires_at=request.expires_at, extra=extra)
 
 
-def _transport_error(operation: str, exc: httpx.RequestError) -> RailError:
+def _transport_error(operation: str, exc: httpx.RequestError | TimeoutError) -> RailError:
     detail = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
         return TransientBeforeSend(detail, provider=PROVIDER, operation=operation)

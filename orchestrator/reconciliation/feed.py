@@ -20,6 +20,7 @@ the feed; the poller decides what to do with it.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -65,13 +66,15 @@ class MootaFeedClient:
         params = {"start_date": start.isoformat(), "end_date": end.isoformat(),
                   "page": str(page), "per_page": str(self._per_page)}
         try:
-            response = await self._client.get(
-                f"{self._base_url}/mutation", params=params, timeout=self._timeout,
-                headers={"Authorization": f"Bearer {self._token}",
-                         "Accept": "application/json"})
+            # httpx bounds each phase, not the call: twice the timeout bounds a trickling answer.
+            async with asyncio.timeout(2 * self._timeout):
+                response = await self._client.get(
+                    f"{self._base_url}/mutation", params=params, timeout=self._timeout,
+                    headers={"Authorization": f"Bearer {self._token}",
+                             "Accept": "application/json"})
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise _error(TransientBeforeSend, f"not sent: {type(exc).__name__}") from exc
-        except httpx.RequestError as exc:  # read timeout, dropped connection: a read, so safe
+        except (httpx.RequestError, TimeoutError) as exc:  # a read, so safe to repeat
             raise _error(Unavailable, f"no answer: {type(exc).__name__}") from exc
         status = response.status_code
         if status in (401, 403):

@@ -259,6 +259,13 @@ async def _sources(conn: AsyncConnection, ids: list[str]) -> dict[str, _Sources]
     return found
 
 
+def payment_pending_event_id(order_id: str) -> str:
+    """``order.payment_pending`` is told once per order: it enters ``verifying`` once, and a
+    breaker that flaps while it waits (each half-open round releases reads that are deferred
+    again) must not repeat the news to its merchant every round."""
+    return f"pending_{order_id}"
+
+
 def _payment_pending(order: Any, reason: str, routes: list[str], health: SourceHealth,
                      now: datetime) -> PendingEvent:
     if reason == PROVIDER_UNAVAILABLE:
@@ -268,7 +275,7 @@ def _payment_pending(order: Any, reason: str, routes: list[str], health: SourceH
         next_check = health.next_feed_poll(now)
     return PendingEvent(
         event_type=events.ORDER_PAYMENT_PENDING, aggregate_id=order.id,
-        merchant_id=order.merchant_id,
+        merchant_id=order.merchant_id, event_id=payment_pending_event_id(order.id),
         payload={**event_payload(order), "status": OrderState.VERIFYING.value,
                  "verification": {"reason": reason, "waiting_on": routes,
                                   "next_check_at": iso(max(next_check, now))

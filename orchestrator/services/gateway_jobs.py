@@ -180,6 +180,19 @@ class GatewayJobs:
                 details={"raw_status": status.raw_status}, currency=status.currency),
                 now=now, quarantine=self._quarantine)
 
+    async def interrupted(self, attempt_id: str) -> bool:
+        """A ``creating`` attempt whose caller died mid-call becomes ``unknown``; the caller
+        (the verifier) resolves it now, so no outbox event is queued. False if it is no longer
+        ``creating``."""
+        now = self._clock.now()
+        async with self._db.transaction() as conn:
+            moved = await conn.execute(payment_attempts.update().where(
+                payment_attempts.c.id == attempt_id,
+                payment_attempts.c.state == AttemptState.CREATING.value,
+            ).values(state=AttemptState.UNKNOWN.value, updated_at=now,
+                     failure_reason="create interrupted mid-call; verifying"))
+        return bool(moved.rowcount)
+
     async def _mark_unknown(self, attempt_id: str, reason: str) -> None:
         now = self._clock.now()
         async with self._db.transaction() as conn:

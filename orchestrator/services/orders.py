@@ -67,9 +67,10 @@ async def find_by_merchant_order_id(
 
 async def close_attempts(
     conn: AsyncConnection, order_ids: list[str], state: AttemptState, *, now: datetime,
-    quarantine: timedelta,
+    quarantine: timedelta, rail: Rail | None = None,
 ) -> None:
-    """Close the live attempts of ``order_ids``; held amounts stay held for the quarantine."""
+    """Close the live attempts of ``order_ids`` (on ``rail`` only, if given); held amounts stay
+    held for the quarantine."""
     await conn.execute(
         payment_attempts.update().where(
             payment_attempts.c.order_id.in_(order_ids),
@@ -77,6 +78,7 @@ async def close_attempts(
             # them, and only the provider can say (rule 3).
             payment_attempts.c.state.in_([AttemptState.ACTIVE.value,
                                           AttemptState.SUPERSEDED.value]),
+            *([payment_attempts.c.rail == rail.value] if rail is not None else []),
         ).values(
             state=state.value, updated_at=now, closed_at=now,
             code_held_until=sa.case(
@@ -107,7 +109,18 @@ async def cancel_order(
         new_state = next_order_state(OrderState(order.state), OrderTrigger.CANCEL)
         await conn.execute(orders.update().where(orders.c.id == order_id)
                            .values(state=new_state.value, updated_at=now))
-        await close_attempts(conn, [order_id], AttemptState.FAILED, now=now, quarantine=quarantine)
+        # A gateway instrument stays payable at its provider until cancelled there, and a
+        # customer may have paid it a moment ago: cancel it where possible and keep reading it
+        # (superseded), so money that moved on it reaches a person (rules 3 and 4).
+        gateway = (await conn.execute(sa.select(payment_attempts.c.id).where(
+            payment_attempts.c.order_id == order_id,
+            payment_attempts.c.state.in_([AttemptState.ACTIVE.value,
+                                          AttemptState.SUPERSEDED.value]),
+            payment_attempts.c.rail != Rail.MANUAL_TRANSFER.value))).scalars().all()
+        if gateway:
+            await retire_attempts(conn, list(gateway), now=now, quarantine=quarantine)
+        await close_attempts(conn, [order_id], AttemptState.FAILED, now=now, quarantine=quarantine,
+                             rail=Rail.MANUAL_TRANSFER)
         moved = (await conn.execute(sa.select(orders).where(orders.c.id == order_id))).one()
         await add_events(conn, [PendingEvent(
             event_type=ORDER_EVENT_ON_ENTRY[new_state], aggregate_id=order_id,

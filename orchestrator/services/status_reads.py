@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.domain.order import AttemptState
 from orchestrator.rails.base import PaymentProvider, ProviderStatus, Rail, Route
+from orchestrator.rails.errors import RailError, Unavailable
 from orchestrator.rails.guard import BreakerGuard
 from orchestrator.rails.ratelimit import RequestPacer
 from orchestrator.rails.router import RouteUnavailable
@@ -65,7 +66,13 @@ class StatusReads:
                                          before_send=still_wanted):
             raise ReadAbandoned(attempt.id)
         async with self._guard.guard(route.key):
-            return await provider.status(attempt.id, attempt.provider_ref, route)
+            try:
+                return await provider.status(attempt.id, attempt.provider_ref, route)
+            except RailError:
+                raise
+            except Exception as exc:  # an adapter that could not read the answer
+                raise Unavailable(f"unreadable answer ({type(exc).__name__})",
+                                  provider=attempt.provider, operation="status") from exc
 
 
 async def defer(conn: AsyncConnection, attempt_id: str, route_key: str, *, now: datetime,

@@ -27,7 +27,10 @@ One worker loop (``run``):
    ======================  ===================================================================
 
 An ``unknown`` attempt (a create whose outcome was lost) is resolved by ``GatewayJobs``, which
-knows how to tell an orphan from nothing; the verifier only decides when.
+knows how to tell an orphan from nothing; the verifier only decides when. A ``creating`` attempt
+older than any create may run (``in_flight``) was left by a process that died mid-call — a
+capture, or a customer switching method on an open order, which no outbox event covers: it is
+claimed when due, made ``unknown`` and resolved the same way (rule 3).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from orchestrator.rails.breaker import BreakerState
 from orchestrator.rails.errors import RailError
 from orchestrator.rails.guard import BreakerGuard
 from orchestrator.rails.router import RouteUnavailable
-from orchestrator.services.expiry import PROVIDER_UNAVAILABLE
+from orchestrator.services.expiry import PROVIDER_UNAVAILABLE, payment_pending_event_id
 from orchestrator.services.gateway_jobs import GatewayJobs
 from orchestrator.services.order_view import event_payload, iso
 from orchestrator.services.payment_failed import tell_if_nothing_left_to_pay
@@ -101,10 +104,12 @@ class _Claimed:
 class Verifier:
     def __init__(self, db: Database, reads: StatusReads, guard: BreakerGuard,
                  jobs: GatewayJobs, clock: Clock, settings: VerificationSettings, *,
-                 quarantine: timedelta, metrics: Metrics | None = None) -> None:
+                 quarantine: timedelta, in_flight: timedelta,
+                 metrics: Metrics | None = None) -> None:
         self._db, self._reads, self._guard, self._jobs = db, reads, guard, jobs
         self._metrics = metrics or Metrics()
         self._clock, self._settings, self._quarantine = clock, settings, quarantine
+        self._in_flight = in_flight
         self._schedule: VerificationSchedule = settings.schedule
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -179,6 +184,8 @@ class Verifier:
         released = 0
         now = self._clock.now()
         for route_key in routes:
+            if not self._guard.settled(route_key):
+                continue  # a breaker new here reads "closed" until it has synced: next tick
             state = self._guard.state(route_key)
             if state in (BreakerState.CLOSED, BreakerState.FORCED_CLOSED):
                 limit = None
@@ -214,7 +221,10 @@ class Verifier:
             rows = (await conn.execute(
                 sa.select(payment_attempts, orders.c.state.label("order_state"))
                 .join(orders, orders.c.id == a.order_id)
-                .where(a.next_check_at <= now, a.deferred_on.is_(None), a.state.in_(LIVE),
+                .where(a.next_check_at <= now, a.deferred_on.is_(None),
+                       sa.or_(a.state.in_(LIVE), sa.and_(
+                           a.state == AttemptState.CREATING.value,
+                           a.created_at < now - self._in_flight)),
                        a.rail != Rail.MANUAL_TRANSFER.value,
                        *([a.id.not_in(sorted(exclude))] if exclude else []))
                 .order_by(a.next_check_at).limit(limit)
@@ -238,7 +248,11 @@ class Verifier:
         route_key = route_of(attempt).key
         counted = self._metrics.verification_reads
         try:
-            if attempt.state == AttemptState.UNKNOWN.value:
+            if attempt.state == AttemptState.CREATING.value:
+                if not await self._jobs.interrupted(attempt.id):
+                    return  # its create finished after all (claimed as it did)
+                counted.labels(attempt.provider, "interrupted_create").inc()
+            if attempt.state in (AttemptState.UNKNOWN.value, AttemptState.CREATING.value):
                 await self._jobs.resolve_unknown(attempt)
                 await self._record(attempt, "resolved the unknown create", reschedule=True)
                 counted.labels(attempt.provider, "resolved").inc()
@@ -276,7 +290,7 @@ class Verifier:
                 return
             await add_events(conn, [PendingEvent(
                 event_type=events.ORDER_PAYMENT_PENDING, aggregate_id=order.id,
-                merchant_id=order.merchant_id,
+                merchant_id=order.merchant_id, event_id=payment_pending_event_id(order.id),
                 payload={**event_payload(order), "verification": {
                     "reason": PROVIDER_UNAVAILABLE, "waiting_on": [route_key],
                     "next_check_at": iso(max(retry_at or now, now))}})], now=now)

@@ -289,3 +289,170 @@ async def test_a_replica_that_never_reaches_redis_runs_alone(replicas: Replicas)
     assert len(admitted) == PERMITTED  # local trial permits
     await release(Outcome.SUCCESS)
     assert breaker.state is CLOSED
+
+
+async def test_redis_restarted_empty_keeps_open_routes_open_on_every_replica(
+        replicas: Replicas, redis_client: aioredis.Redis) -> None:
+    """Regression (review): after Redis restarted without its data, re-sync read the missing
+    trip record as "closed elsewhere while Redis was unreachable", so every replica closed the
+    route at once, long before its wait in open ran out and without a trial call; an ops
+    override was dropped the same way."""
+    target = urlsplit(REDIS_URL)
+    proxy = TcpProxy((target.hostname or "127.0.0.1", target.port or 6379))
+    await proxy.start()
+    cfg = config(wait_in_open=timedelta(seconds=10), max_wait_in_open=timedelta(seconds=20))
+    url = f"redis://127.0.0.1:{proxy.port}/0"
+    forced_route = "va:xendit:bni"
+    try:
+        (a, metrics_a), (b, metrics_b) = [await replicas.start(name, url=url, cfg=cfg)
+                                          for name in ("api-a", "api-b")]
+        await fail(a.get(ROUTE), 4)
+        a.get(forced_route).force_open("provider maintenance")
+        await eventually(lambda: b.get(ROUTE).state is OPEN
+                         and b.get(forced_route).state is BreakerState.FORCED_OPEN)
+        retry_at = a.get(ROUTE).retry_at
+
+        await proxy.stop()  # Redis restarts without persistence ...
+        await eventually(lambda: fallback(metrics_a) == 1 and fallback(metrics_b) == 1)
+        held = await redis_client.keys(f"{replicas.prefix}*")
+        assert held
+        await redis_client.delete(*held)  # ... and comes back empty
+        await proxy.start()
+        await eventually(lambda: fallback(metrics_a) == 0 and fallback(metrics_b) == 0,
+                         within=2.0)
+        await asyncio.sleep(0.3)
+        for replica in (a, b):
+            assert replica.get(ROUTE).state is OPEN
+            assert replica.get(ROUTE).retry_at == retry_at  # the same trip, not a new one
+            assert replica.get(forced_route).state is BreakerState.FORCED_OPEN
+        late, _ = await replicas.start("api-late", cfg=cfg)  # and Redis holds them again
+        await eventually(lambda: late.get(ROUTE).state is OPEN
+                         and late.get(forced_route).state is BreakerState.FORCED_OPEN)
+    finally:
+        with contextlib.suppress(AssertionError):
+            await proxy.stop()
+
+
+async def test_a_trip_closed_while_a_replica_was_cut_off_closes_it_on_reconnect(
+        replicas: Replicas) -> None:
+    """The other side of the rule above: Redis kept its data, so a missing trip was closed."""
+    target = urlsplit(REDIS_URL)
+    proxy = TcpProxy((target.hostname or "127.0.0.1", target.port or 6379))
+    await proxy.start()
+    cfg = config(wait_in_open=timedelta(milliseconds=300))
+    try:
+        direct, _ = await replicas.start("api-direct", cfg=cfg)
+        proxied, metrics = await replicas.start(
+            "api-proxied", url=f"redis://127.0.0.1:{proxy.port}/0", cfg=cfg)
+        await fail(direct.get(ROUTE), 4)
+        trip_id = direct.get(ROUTE).snapshot().trip_id
+        await eventually(lambda: proxied.get(ROUTE).snapshot().trip_id == trip_id)
+        await proxy.stop()
+        await eventually(lambda: fallback(metrics) == 1)
+        await eventually(lambda: direct.get(ROUTE).state is HALF_OPEN, within=1.5)
+        for _ in range(PERMITTED):
+            (await direct.get(ROUTE).acquire()).record(Outcome.SUCCESS)
+        await eventually(lambda: direct.get(ROUTE).state is CLOSED)
+        await asyncio.sleep(0.1)  # the close reaches Redis
+        await proxy.start()
+        await eventually(lambda: proxied.get(ROUTE).state is CLOSED, within=2.0)
+    finally:
+        with contextlib.suppress(AssertionError):
+            await proxy.stop()
+
+
+class SlowReads(TcpProxy):
+    """A proxy that answers ``command`` (MGET: a breaker's re-sync read) ``lag`` late, once
+    ``lagging``: a trip published after the read then reaches the client before its answer."""
+
+    def __init__(self, target: tuple[str, int], lag: float) -> None:
+        super().__init__(target)
+        self.lag, self.lagging, self.command = lag, False, b"MGET"
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.add(writer)
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self._writers.add(up_writer)
+        read_sent = asyncio.Event()
+
+        async def upstream() -> None:
+            while data := await reader.read(65536):
+                if self.lagging and self.command in data.upper():
+                    read_sent.set()
+                up_writer.write(data)
+                await up_writer.drain()
+
+        async def downstream() -> None:
+            while data := await up_reader.read(65536):
+                if read_sent.is_set():
+                    read_sent.clear()
+                    await asyncio.sleep(self.lag)
+                writer.write(data)
+                await writer.drain()
+
+        try:
+            with contextlib.suppress(ConnectionError):
+                await asyncio.gather(upstream(), downstream())
+        finally:
+            for w in (writer, up_writer):
+                w.close()
+            self._tasks.discard(task)
+
+
+async def test_a_trip_message_overtaking_a_resync_read_is_not_undone_by_it(
+        replicas: Replicas) -> None:
+    """Regression (review): a replica that starts watching a route reads its record from Redis;
+    when another replica tripped the route meanwhile, the trip message could arrive before that
+    read's (older) answer, which then closed the breaker again as "closed elsewhere while Redis
+    was unreachable": one replica kept calling a failing provider for the whole open wait."""
+    target = urlsplit(REDIS_URL)
+    proxy = SlowReads((target.hostname or "127.0.0.1", target.port or 6379), lag=0.2)
+    await proxy.start()
+    cfg = config(wait_in_open=timedelta(seconds=10), max_wait_in_open=timedelta(seconds=10))
+    try:
+        a, _ = await replicas.start("api-a", cfg=cfg)
+        b, _ = await replicas.start("api-b", url=f"redis://127.0.0.1:{proxy.port}/0", cfg=cfg)
+        proxy.lagging = True
+        watching = b.get(ROUTE)  # its record is read from Redis: the answer is slow to come
+        await asyncio.sleep(0.08)
+        await fail(a.get(ROUTE), 4)  # tripped meanwhile; the message comes straight away
+        await eventually(lambda: watching.state is OPEN, within=1.0)
+        await asyncio.sleep(0.5)  # every late answer is in
+        assert watching.state is OPEN
+        assert watching.retry_at == a.get(ROUTE).retry_at
+    finally:
+        await proxy.stop()
+
+
+async def test_a_trial_permit_answered_too_late_is_given_back_to_the_round(
+        replicas: Replicas) -> None:
+    """Regression (review): a half-open permit is taken in Redis within ``op_timeout``; when the
+    answer came later, the caller gave up (and ran alone, as Redis looked unreachable) but the
+    permit stayed counted. The cluster's round then waited for a report that never came: with
+    the provider back and every admitted trial succeeding, no replica closed until the round
+    expired (``max_wait_in_half_open``, 30 s by default)."""
+    target = urlsplit(REDIS_URL)
+    proxy = SlowReads((target.hostname or "127.0.0.1", target.port or 6379), lag=0.12)
+    await proxy.start()
+    try:
+        a, _ = await replicas.start("api-a")
+        b, _ = await replicas.start("api-b")
+        slow, metrics = await replicas.start("api-slow", url=f"redis://127.0.0.1:{proxy.port}/0")
+        await fail(a.get(ROUTE), 4)
+        await eventually(lambda: all(r.get(ROUTE).state is HALF_OPEN for r in (a, b, slow)),
+                         within=1.5)
+        proxy.command, proxy.lagging = b"EVALSHA", True  # trial permits answer after 120 ms
+        _, release_alone = await trial_storm([slow.get(ROUTE)], per_replica=1)
+        assert fallback(metrics) == 1  # it gave up on Redis and runs alone for now
+        await asyncio.sleep(0.3)  # the late answer arrives
+        admitted, release = await trial_storm([a.get(ROUTE), b.get(ROUTE)], per_replica=10)
+        assert len(admitted) == PERMITTED, admitted
+        await release(Outcome.SUCCESS)
+        await release_alone(Outcome.SUCCESS)
+        await eventually(lambda: a.get(ROUTE).state is CLOSED and b.get(ROUTE).state is CLOSED,
+                         within=1.0)
+    finally:
+        await proxy.stop()

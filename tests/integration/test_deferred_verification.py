@@ -28,6 +28,7 @@ from chaos.sim.moota import MootaSim
 from chaos.sim.runner import Simulators, start_simulators
 from orchestrator.bootstrap import Container, build
 from orchestrator.domain.verification import VerificationSchedule
+from orchestrator.rails.breaker import BreakerState
 from orchestrator.settings import (
     FeedSettings,
     SchedulerSettings,
@@ -730,3 +731,150 @@ async def test_two_workers_with_claims_shorter_than_the_drain_never_read_twice(
         log = await s.midtrans("GET", f"/calls/log?operation=status&since={since}")
         assert sum(r["outcome"] == "ok" for r in log) == len(ids)  # each read exactly once
         await assert_rules_of_state(s.container.db, ids, settled=False)
+
+
+async def test_a_method_switch_that_died_mid_call_leaves_no_unread_instrument(
+    container: Container,
+) -> None:
+    """Regression (review): a switch of method journals its attempt ``creating`` before calling
+    the provider; when the process died mid-call, no outbox event covered it (the order was
+    already ``awaiting_payment``) and the verifier never claimed ``creating`` attempts, so the
+    charge the provider made was never read or cancelled and the order went to a person at the
+    end of the window, to stay there (the attempt stayed ``creating``, 0 status reads)."""
+    from orchestrator.rails.base import Rail
+    from orchestrator.services.issuance import switch_method
+
+    async with shop(container) as s:
+        placed = await s.checkout()
+        assert placed["routing"]["served_by"] == "qris:midtrans:qris"
+        # The customer switches to GoPay; Midtrans makes the charge, the process dies mid-call.
+        await s.midtrans("POST", "/faults", {"kind": "timeout_after_success",
+                                              "operation": "create", "channel": "gopay"})
+        switching = asyncio.create_task(switch_method(
+            s.container.issuance, merchant_id=s.merchant.merchant_id, order_id=placed["id"],
+            rail=Rail.EWALLET, channel="gopay"))
+        await asyncio.sleep(0.4)
+        switching.cancel()  # what a killed process leaves: the journal row, nothing else
+        await asyncio.gather(switching, return_exceptions=True)
+        await s.midtrans("DELETE", "/faults")
+        [orphan] = [a for a in await s.attempts(placed["id"]) if a.channel == "gopay"]
+        assert orphan.state == "creating"
+        s.clock.advance(timedelta(minutes=5))  # long past any create's budget; its read is due
+
+        async def cancelled_at_midtrans() -> bool:
+            charge = await s.midtrans("GET", f"/transactions/{orphan.id}")
+            return bool(charge["transaction_status"] == "cancel")
+
+        await eventually(cancelled_at_midtrans, 20, "the orphaned charge read and cancelled")
+        [after] = [a for a in await s.attempts(placed["id"]) if a.id == orphan.id]
+        assert after.state in ("superseded", "failed")
+        s.clock.advance(PAST_DEADLINE)  # unpaid: the order expires, no person needed
+
+        async def expired() -> bool:
+            return (await s.states([placed["id"]]))[placed["id"]] == "expired"
+
+        await eventually(expired, 20, "the unpaid order expired")
+        assert await assert_rules_of_state(s.container.db, [placed["id"]]) == {"expired": 1}
+
+
+async def test_a_worker_starting_during_an_outage_keeps_the_backlog_deferred(
+    container: Container,
+) -> None:
+    """Regression (review): a worker's breakers are created on first use and read "closed"
+    until they have synced with the cluster; a worker started during an outage released every
+    deferred read of the route on its first tick (20 of 20 here), each then re-deferred and
+    announced to its merchant a second time."""
+    async with shop(container) as s:
+        placed = [await s.checkout() for _ in range(20)]
+        ids = [o["id"] for o in placed]
+        await s.midtrans("POST", "/faults", {"kind": "down"})
+        s.clock.advance(PAST_DEADLINE)
+
+        async def deferred() -> bool:
+            views = [await s.order(i) for i in ids]
+            return all(v["verification"]["state"] == "waiting_for_provider" for v in views)
+
+        await eventually(deferred, 20, "the backlog deferred")
+        route = "qris:midtrans:qris"
+        s.container.breakers.get(route).force_open("Midtrans maintenance")  # stays open
+        await asyncio.sleep(0.5)
+        told = len(await s.events("order.payment_pending", ids))
+        assert told == len(ids)
+
+        second = build(s.container.settings, clock=s.clock)  # a worker deployed now
+        await second.start()
+        stop = asyncio.Event()
+        other = asyncio.create_task(second.verifier.run(stop))
+        try:
+            await asyncio.sleep(2)
+            assert second.breakers.get(route).state is BreakerState.FORCED_OPEN
+        finally:
+            stop.set()
+            await asyncio.wait_for(other, timeout=10)
+            released = metric_value(second.metrics.exposition(),
+                                    "lunas_verification_released_total", route=route)
+            await second.close()
+        assert released == 0
+        assert await deferred()
+        assert len(await s.events("order.payment_pending", ids)) == told
+
+
+async def test_a_provider_flapping_through_half_open_tells_each_merchant_once(
+    container: Container,
+) -> None:
+    """Regression (review): each half-open round released reads that were then refused (the
+    trial permits were taken) or failed as trials and deferred again, and every such deferral
+    of a ``verifying`` order announced ``order.payment_pending`` anew: three times per order in
+    eight seconds of a 1-2 s breaker cycle here; about twelve an hour at the 5 min maximum."""
+    async with shop(container) as s:
+        placed = [await s.checkout() for _ in range(4)]
+        ids = [o["id"] for o in placed]
+        await s.midtrans("POST", "/faults", STATUS_DOWN)
+        s.clock.advance(PAST_DEADLINE)
+
+        async def deferred() -> bool:
+            views = [await s.order(i) for i in ids]
+            return all(v["verification"]["state"] == "waiting_for_provider" for v in views)
+
+        await eventually(deferred, 20, "every read deferred")
+        await asyncio.sleep(8)  # several open -> half-open -> open rounds, trials failing
+        assert metric_value(s.container.metrics.exposition(), "lunas_breaker_transitions_total",
+                            route="qris:midtrans:qris", from_state="half_open",
+                            to_state="open") >= 2
+        told = await s.events("order.payment_pending", ids)
+        assert sorted(e.aggregate_id for e in told) == sorted(ids)  # once each
+        assert (await s.states(ids)) == dict.fromkeys(ids, "verifying")
+
+
+async def test_a_cancelled_order_s_instrument_is_cancelled_at_its_provider_and_still_read(
+    container: Container,
+) -> None:
+    """Regression (review): cancelling an order marked its gateway attempts ``failed`` on the
+    spot: the QR stayed payable at Midtrans (never cancelled there) and was never read again,
+    so a payment made on it, its notification lost, was never seen by anyone."""
+    async with shop(container) as s:
+        unpaid, paid = await s.checkout(), await s.checkout()
+        unpaid_qr, paid_qr = [(await s.attempts(o["id"]))[-1] for o in (unpaid, paid)]
+        await pay_at_midtrans(s, paid)  # a moment before the cancel; the notification is lost
+        for order in (unpaid, paid):
+            r = await s.client.post(f"/v1/orders/{order['id']}/cancel",
+                                    headers=s.merchant.headers)
+            assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+
+        async def cancelled_at_midtrans() -> bool:
+            charge = await s.midtrans("GET", f"/transactions/{unpaid_qr.id}")
+            return bool(charge["transaction_status"] == "cancel")
+
+        await eventually(cancelled_at_midtrans, 20, "the unpaid QR cancelled at Midtrans")
+        s.clock.advance(timedelta(minutes=3))  # their scheduled reads come due
+
+        async def read_back() -> bool:
+            states = {a.id: a.state for o in (unpaid, paid) for a in await s.attempts(o["id"])}
+            return states == {unpaid_qr.id: "failed", paid_qr.id: "paid"}
+
+        await eventually(read_back, 20, "both instruments read after the cancel")
+        cases = await cases_of(s, [paid["id"]])
+        assert (cases[paid["id"]].reason, cases[paid["id"]].state) == (
+            "payment_on_closed_order", "open")  # a person refunds (or honours) it
+        assert await s.states([unpaid["id"], paid["id"]]) == {
+            unpaid["id"]: "cancelled", paid["id"]: "cancelled"}

@@ -9,6 +9,7 @@ of calls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -454,3 +455,58 @@ async def test_two_replicas_open_together_and_recovery_sees_only_the_permitted_t
     finally:
         await a.close()
         await b.close()
+
+
+@contextlib.asynccontextmanager
+async def xendit_with_odd_charges() -> AsyncIterator[str]:
+    """A Xendit double whose e-wallet charge answers are about the right charge but carry
+    ``actions`` as a list (Xendit documents an object)."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length")), 0)
+        sent = json.loads(await reader.readexactly(length)) if length else {}
+        body = json.dumps({"id": "ewc_odd", "reference_id": sent.get("reference_id"),
+                           "charge_amount": sent.get("amount"), "status": "PENDING",
+                           "channel_code": sent.get("channel_code"),
+                           "actions": [{"url": "https://pay.example"}]}).encode()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+async def test_an_answer_of_an_unexpected_shape_is_unknown_and_the_next_route_serves(
+    container: Container, sims: Simulators,
+) -> None:
+    """Regression (review): a Xendit e-wallet charge answered with ``actions`` as a list made
+    the adapter raise AttributeError, which no layer translated: the router stopped at the first
+    route, the checkout got a 202 without instructions although QRIS and manual transfer were
+    healthy, and the charge Xendit made stayed a ``creating`` attempt."""
+    async with xendit_with_odd_charges() as odd_url:
+        base = gateway_settings(container.settings, sims)
+        c = build(replace(base, providers=replace(base.providers, xendit_url=odd_url)))
+        await c.start()
+        try:
+            shop = await new_merchant(c)
+            async with serve(c) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+                r = await Stack(c, sims, url, client, shop).capture("ewallet", "dana")
+            assert r.status_code == 201, r.text
+            routing = r.json()["routing"]
+            assert routing["served_by"] == "qris:midtrans:qris"
+            assert routing["tried"][0]["route"] == "ewallet:xendit:dana"
+            assert routing["tried"][0]["outcome"] == "unknown"  # verified later, never assumed
+            async with c.db.read() as conn:
+                states = dict((await conn.execute(sa.select(
+                    payment_attempts.c.rail, payment_attempts.c.state).where(
+                    payment_attempts.c.order_id == r.json()["id"]))).all())
+            assert states == {"ewallet": "unknown", "qris": "active"}
+        finally:
+            await c.close()

@@ -4,6 +4,7 @@ charge to payment, each rail error class, and HTTP notifications (signature, ret
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -545,3 +546,44 @@ def test_a_notification_says_what_currency_its_amount_is_in(
     if currency is not None:
         body["currency"] = currency
     assert notification_status(body).currency == reported
+
+
+@contextlib.asynccontextmanager
+async def trickling_server(status_line: bytes = b"HTTP/1.1 200 OK") -> AsyncIterator[str]:
+    """A provider that answers at once, then sends its body one byte every 0.1 s: each read
+    comes well within any timeout, the answer never within one."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(status_line + b"\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 600\r\n\r\n")
+            for _ in range(600):
+                writer.write(b" ")
+                await writer.drain()
+                await asyncio.sleep(0.1)
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+async def test_an_answer_trickling_in_is_cut_off_at_twice_the_timeout(
+    http: httpx.AsyncClient,
+) -> None:
+    """Regression (review): httpx's timeout bounds each read, not the call; a status answer
+    trickling in a byte at a time held a read with a 0.8 s timeout for 19.6 s (and would hold it
+    past the verifier's claim, for another worker to read again)."""
+    async with trickling_server() as url:
+        provider = MidtransProvider(base_url=url, server_key=SERVER_KEY, client=http,
+                                    timeout=FAULT_TIMEOUT)
+        request = charge("bni")
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            await provider.status(request.reference, None, request.route)
+        with pytest.raises(OutcomeUnknown):  # a create's answer lost mid-way: verify it
+            await provider.create(request)
+    assert time.monotonic() - started < 2 * (2 * FAULT_TIMEOUT) + 0.5

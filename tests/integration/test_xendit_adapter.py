@@ -485,3 +485,23 @@ async def test_a_failing_receiver_gets_the_six_scaled_retries(
     assert [(c["attempt"], c["status"]) for c in log] == [(n, 500) for n in range(7)]
     for retry, planned in zip(log[1:], CALLBACK_RETRY_OFFSETS_S, strict=True):
         assert retry["elapsed_s"] >= planned * RETRY_SCALE  # offsets from the first attempt
+
+
+async def test_an_answer_trickling_in_is_cut_off_at_twice_the_timeout(
+    http: httpx.AsyncClient, receiver: Receiver,
+) -> None:
+    """Regression (review): httpx's timeout bounds each read, not the call, so an answer
+    trickling in a byte at a time held a status read (or a create) as long as it lasted."""
+    from tests.integration.test_midtrans_adapter import trickling_server
+
+    async with trickling_server() as url:
+        provider = XenditProvider(base_url=url, secret_key=KEY, client=http, timeout=TIMEOUT_S,
+                                  callback_url=receiver.url,
+                                  return_url="https://toko.example/selesai")
+        request = charge("qris")
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            await provider.status(request.reference, None, request.route)
+        with pytest.raises(OutcomeUnknown):
+            await provider.create(request)
+    assert time.monotonic() - started < 2 * (2 * TIMEOUT_S) + 0.5
