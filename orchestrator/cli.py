@@ -86,7 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("api", help="serve the HTTP API")
     sub.add_parser("worker", help="run the outbox relay and scheduled sweeps")
     sub.add_parser("migrate", help="bring the database schema up to date")
-    sub.add_parser("chaos", help="game day: `lunas chaos run NAME | --all` (see chaos/gameday)")
+    ch = sub.add_parser("chaos", help="game day experiments (see chaos/gameday)"
+                        ).add_subparsers(dest="action", required=True)
+    # Dispatched in ``main`` before parsing: the game day's runner reads its own arguments.
+    ch.add_parser("run", help="NAME ... | --all | --fast | --list", add_help=False
+                  ).add_argument("experiment_args", nargs=argparse.REMAINDER)
 
     m = sub.add_parser("merchants").add_subparsers(dest="action", required=True)
     mc = m.add_parser("create", help="create a merchant; prints its API key once")
