@@ -34,7 +34,7 @@ import sqlalchemy as sa
 
 from orchestrator.bootstrap import Container, build
 from orchestrator.settings import MAX_WEBHOOK_SECRET_OVERLAP, Settings, SettingsError
-from orchestrator.store.engine import migrate
+from orchestrator.store.engine import DatabaseUnreachable, check_reachable, migrate
 from orchestrator.store.merchants import (
     OPS_SCOPES,
     add_payout_account,
@@ -190,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     traces = tracing.configure(settings.telemetry)
     try:
         return _runner(args.command)(handler(settings, args))
+    except DatabaseUnreachable as exc:
+        print(f"lunas: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     finally:
@@ -218,6 +221,7 @@ async def _with_container(
 ) -> int:
     container = build(settings)
     try:
+        await check_reachable(container.db.engine)
         return await work(container)
     finally:
         await container.close()

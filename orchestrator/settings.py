@@ -337,11 +337,12 @@ class Settings:
             environment=_choice(e.str("LUNAS_ENV", "development").strip().lower(), "LUNAS_ENV",
                                 ENVIRONMENTS),
             database=DatabaseSettings(
-                url=e.str("LUNAS_DATABASE_URL", DatabaseSettings.url),
+                url=_database_url(e.str("LUNAS_DATABASE_URL", "") or DatabaseSettings.url,
+                                  "LUNAS_DATABASE_URL"),
                 pool_size=e.int("LUNAS_DATABASE_POOL_SIZE", 20),
             ),
             redis=RedisSettings(
-                url=e.str("LUNAS_REDIS_URL", "") or None,
+                url=_redis_url(e.str("LUNAS_REDIS_URL", ""), "LUNAS_REDIS_URL"),
                 key_prefix=e.str("LUNAS_REDIS_PREFIX", "lunas:"),
             ),
             http=HttpSettings(
@@ -558,6 +559,48 @@ def _choice(value: str, name: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise SettingsError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     return value
+
+
+_ASYNC_DRIVERS = {"postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg",
+                  "postgresql+asyncpg": "postgresql+asyncpg",
+                  "sqlite": "sqlite+aiosqlite", "sqlite+aiosqlite": "sqlite+aiosqlite"}
+"""The schemes Lunas runs on, to the async driver each means: Lunas ships asyncpg and aiosqlite
+only, so ``postgresql://`` (as psql and libpq write it, ``postgres://`` as some hosts do) and
+``sqlite:///`` can mean nothing else here."""
+_DATABASE_URL_FORMS = ("postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE (or "
+                       "postgresql+asyncpg://...) or sqlite:///FILE (or sqlite+aiosqlite:///FILE)")
+
+
+def _database_url(raw: str, name: str) -> str:
+    """``raw`` with its scheme rewritten to the async driver, or refused naming the accepted
+    forms. The message never repeats the URL: it may carry a password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    text = raw.strip()
+    try:
+        scheme = make_url(text).drivername
+    except ArgumentError:
+        raise SettingsError(f"{name} is not a database URL; write {_DATABASE_URL_FORMS}") from None
+    if scheme not in _ASYNC_DRIVERS:
+        raise SettingsError(f"{name} names {scheme}, which Lunas cannot use; write "
+                            f"{_DATABASE_URL_FORMS}")
+    # Only the scheme changes: re-rendering the URL could re-quote a password.
+    return _ASYNC_DRIVERS[scheme] + text[len(scheme):]
+
+
+def _redis_url(raw: str, name: str) -> str | None:
+    """A URL redis-py can connect by, checked now rather than at the first Redis call."""
+    from redis.connection import parse_url
+
+    url = raw.strip()
+    if not url:
+        return None
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:  # its messages name the problem, never the URL (or its password)
+        raise SettingsError(f"{name}: {exc}; e.g. redis://127.0.0.1:6379/0") from None
+    return url
 
 
 def _networks(raw: str, name: str) -> tuple[str, ...]:

@@ -255,3 +255,44 @@ def test_a_command_group_without_its_action_prints_usage_not_a_traceback(group: 
     r = run(dict(os.environ), group)
     assert r.returncode == 2, r.stderr
     assert f"usage: lunas {group}" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("mysql://x", "LUNAS_DATABASE_URL names mysql, which Lunas cannot use; write postgresql://"),
+    ("notaurl", "LUNAS_DATABASE_URL is not a database URL"),
+    ("postgresql://postgres@127.0.0.1:{free}/lunas",
+     "cannot reach the database at 127.0.0.1:{free} (connection refused); is it running?"),
+    ("postgresql://postgres@127.0.0.1:5432/lunas_no_such_db",
+     'database "lunas_no_such_db" does not exist'),
+    ("sqlite:////nonexistent-dir/lunas.db", "cannot use the SQLite database /nonexistent-dir"),
+])
+def test_a_database_lunas_cannot_use_is_one_line_naming_it(url: str, says: str) -> None:
+    free = _free_port()
+    r = run({**os.environ, "LUNAS_DATABASE_URL": url.format(free=free)}, "migrate")
+    assert r.returncode in (1, 2)
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("lunas: "), r.stderr
+    assert says.format(free=free) in r.stderr
+
+
+def test_a_bad_redis_url_is_one_line_naming_it() -> None:
+    r = run({**os.environ, "LUNAS_REDIS_URL": "notaurl"}, "migrate")
+    assert r.returncode == 2 and r.stderr.startswith("lunas: LUNAS_REDIS_URL: "), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+async def test_plain_postgresql_and_sqlite_urls_run_on_the_async_drivers(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    plain = env["LUNAS_DATABASE_URL"].replace("postgresql+asyncpg://", "postgresql://", 1)
+    r = run({**env, "LUNAS_DATABASE_URL": plain}, "migrate")
+    assert r.returncode == 0 and "schema is up to date" in r.stdout, r.stderr
+    r = run({**env, "LUNAS_DATABASE_URL": f"sqlite:///{tmp_path}/shop.db"}, "migrate")
+    assert r.returncode == 0 and (tmp_path / "shop.db").exists(), r.stderr

@@ -63,6 +63,33 @@ def test_bad_or_unsafe_settings_are_refused_naming_the_variable(
         Settings.from_env(env)
 
 
+@pytest.mark.parametrize(("given", "used"), [
+    ("postgresql+asyncpg://u:p%40ss@db:5433/lunas", "postgresql+asyncpg://u:p%40ss@db:5433/lunas"),
+    ("postgresql://u:p%40ss@db:5433/lunas", "postgresql+asyncpg://u:p%40ss@db:5433/lunas"),
+    ("postgres://u@db/lunas", "postgresql+asyncpg://u@db/lunas"),
+    ("sqlite:///./shop.db", "sqlite+aiosqlite:///./shop.db"),
+    ("sqlite+aiosqlite:////var/lib/lunas.db", "sqlite+aiosqlite:////var/lib/lunas.db"),
+    ("", "sqlite+aiosqlite:///./lunas.db"),
+])
+def test_a_database_url_is_read_with_the_async_driver_lunas_ships(given: str, used: str) -> None:
+    assert Settings.from_env({"LUNAS_DATABASE_URL": given}).database.url == used
+
+
+@pytest.mark.parametrize("url", ["mysql://u:hunter2@db/lunas", "postgresql+psycopg://u:hunter2@db/l",
+                                 "hunter2", "sqlite+pysqlite:///x.db"])
+def test_any_other_database_url_is_refused_naming_the_forms_it_could_take(url: str) -> None:
+    with pytest.raises(SettingsError,
+                       match=r"^LUNAS_DATABASE_URL .*postgresql://.*sqlite:///") as e:
+        Settings.from_env({"LUNAS_DATABASE_URL": url})
+    assert "hunter2" not in str(e.value)  # a URL may carry a password: it is never repeated
+
+
+@pytest.mark.parametrize("url", ["notaurl", "http://cache:6379", "redis://cache:port/0"])
+def test_a_redis_url_redis_cannot_connect_by_is_refused_naming_the_variable(url: str) -> None:
+    with pytest.raises(SettingsError, match=r"^LUNAS_REDIS_URL: .*redis://127\.0\.0\.1:6379/0"):
+        Settings.from_env({"LUNAS_REDIS_URL": url})
+
+
 def test_an_inconsistent_breaker_policy_is_refused_naming_both_variables() -> None:
     with pytest.raises(SettingsError,
                        match=r"LUNAS_BREAKER_WAIT_OPEN \(900\) .* LUNAS_BREAKER_MAX_WAIT_OPEN"):
