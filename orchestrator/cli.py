@@ -1,7 +1,7 @@
 """``lunas``: run the service, migrate, and manage merchants, ops tokens and statements.
 
-    lunas run [--demo]          api + worker in one process (the embedded default)
-    lunas api | worker | migrate
+    lunas run [--demo] [--port PORT]   api + worker in one process (the embedded default)
+    lunas api [--port PORT] | worker | migrate
     lunas merchants create NAME [--webhook-url URL] [--account BANK:NUMBER:HOLDER ...] [--json]
     lunas merchants add-account MERCHANT_ID BANK:NUMBER:HOLDER
     lunas merchants set-webhook MERCHANT_ID URL --actor WHO [--reason WHY] [--json]
@@ -24,15 +24,17 @@ import argparse
 import asyncio
 import json
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from orchestrator.bootstrap import Container, build
+from orchestrator.serving import CannotListen, listen, why_cannot_listen
 from orchestrator.settings import MAX_WEBHOOK_SECRET_OVERLAP, Settings, SettingsError
 from orchestrator.store.engine import DatabaseUnreachable, check_reachable, migrate
 from orchestrator.store.merchants import (
@@ -77,13 +79,25 @@ def _overlap(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65_535:
+        raise argparse.ArgumentTypeError(f"a port is a whole number from 1 to 65535, got {text!r}")
+    return int(text)
+
+
+_PORT_SETTING = "LUNAS_PORT or --port"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lunas", description="Lunas payment orchestrator")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="api + worker in one process (embedded default)")
     run.add_argument("--demo", action="store_true",
                      help="create a demo merchant and ops token on first start")
-    sub.add_parser("api", help="serve the HTTP API")
+    api = sub.add_parser("api", help="serve the HTTP API")
+    for serves in (run, api):
+        serves.add_argument("--port", type=_port,
+                            help="listen on this port instead of LUNAS_PORT (8000)")
     sub.add_parser("worker", help="run the outbox relay and scheduled sweeps")
     sub.add_parser("migrate", help="bring the database schema up to date")
     ch = sub.add_parser("chaos", help="game day experiments (see chaos/gameday)"
@@ -185,12 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"lunas: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "port", None):
+        settings = replace(settings, http=replace(settings.http, port=args.port))
     handler = _COMMANDS[(args.command, getattr(args, "action", None))]
     log_setup.configure(settings.telemetry)
     traces = tracing.configure(settings.telemetry)
     try:
         return _runner(args.command)(handler(settings, args))
-    except DatabaseUnreachable as exc:
+    except (DatabaseUnreachable, CannotListen) as exc:
         print(f"lunas: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -490,7 +506,8 @@ async def _reviews_resolve(settings: Settings, args: argparse.Namespace) -> int:
     return await _with_container(settings, work)
 
 
-async def _serve(container: Container, stop: asyncio.Event) -> None:
+async def _serve(container: Container, stop: asyncio.Event,
+                 sockets: list[socket.socket]) -> None:
     import uvicorn
 
     from orchestrator.app import create_app
@@ -504,7 +521,7 @@ async def _serve(container: Container, stop: asyncio.Event) -> None:
                             log_config=None, proxy_headers=True,
                             forwarded_allow_ips=list(http.trusted_proxies))
     server = EmbeddedServer(config)
-    server_task = asyncio.create_task(server.serve())
+    server_task = asyncio.create_task(server.serve(sockets=sockets))
     stopping = asyncio.create_task(stop.wait())
     # Either a signal (stop) ends the server, or the server ends (e.g. port taken) and stops
     # the rest of the process with it.
@@ -524,11 +541,17 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 async def _api(settings: Settings, _args: argparse.Namespace) -> int:
+    sockets = listen(settings.http.host, settings.http.port, setting=_PORT_SETTING)
+
     async def work(c: Container) -> int:
         print(f"lunas api listening on {c.settings.http.base_url}")
-        await _serve(c, _stop_on_signals())
+        await _serve(c, _stop_on_signals(), sockets)
         return 0
-    return await _with_container(settings, work)
+    try:
+        return await _with_container(settings, work)
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 async def _worker(settings: Settings, _args: argparse.Namespace) -> int:
@@ -539,9 +562,12 @@ async def _worker(settings: Settings, _args: argparse.Namespace) -> int:
         if c.settings.http.worker_metrics_port:
             from prometheus_client import start_http_server
 
-            exporter, _ = start_http_server(c.settings.http.worker_metrics_port,
-                                            addr=c.settings.http.host,
-                                            registry=c.metrics.registry)
+            host, port = c.settings.http.host, c.settings.http.worker_metrics_port
+            try:
+                exporter, _ = start_http_server(port, addr=host, registry=c.metrics.registry)
+            except OSError as error:
+                raise CannotListen(why_cannot_listen(
+                    host, port, error, setting="LUNAS_WORKER_METRICS_PORT")) from error
             print(f"lunas worker metrics on http://{c.settings.http.host}:"
                   f"{c.settings.http.worker_metrics_port}/metrics", flush=True)
         try:
@@ -556,29 +582,31 @@ async def _worker(settings: Settings, _args: argparse.Namespace) -> int:
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
     """Everything in one process: api, worker and, on the embedded default (no gateway URLs),
     the provider simulators with the providers pointed at them."""
-    from dataclasses import replace
-
     from chaos.sim.runner import Simulators, start_simulators
     from orchestrator.worker import run_worker
 
-    p = settings.providers
+    # The port first: nothing is started or announced on a port another process holds.
+    sockets = listen(settings.http.host, settings.http.port, setting=_PORT_SETTING)
     sims: Simulators | None = None
-    if p.start_simulators or (settings.database.is_sqlite and not (p.midtrans_url
-                                                                    or p.xendit_url)):
-        sims = await start_simulators(credentials=p, lunas_url=settings.http.base_url)
-        settings = replace(settings, providers=replace(
-            p, midtrans_url=sims.midtrans.data_url, xendit_url=sims.xendit.data_url))
 
     async def work(c: Container) -> int:
         await migrate(c.db.engine)
         demo = await _demo_credentials(c) if args.demo else None
         _print_banner(c, demo, sims)
         stop = _stop_on_signals()
-        await asyncio.gather(_serve(c, stop), run_worker(c, stop))
+        await asyncio.gather(_serve(c, stop, sockets), run_worker(c, stop))
         return 0
     try:
+        p = settings.providers
+        if p.start_simulators or (settings.database.is_sqlite and not (p.midtrans_url
+                                                                        or p.xendit_url)):
+            sims = await start_simulators(credentials=p, lunas_url=settings.http.base_url)
+            settings = replace(settings, providers=replace(
+                p, midtrans_url=sims.midtrans.data_url, xendit_url=sims.xendit.data_url))
         return await _with_container(settings, work)
     finally:
+        for sock in sockets:
+            sock.close()
         if sims is not None:
             await sims.stop()
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import create_database, drop_database
@@ -296,3 +297,56 @@ async def test_plain_postgresql_and_sqlite_urls_run_on_the_async_drivers(
     assert r.returncode == 0 and "schema is up to date" in r.stdout, r.stderr
     r = run({**env, "LUNAS_DATABASE_URL": f"sqlite:///{tmp_path}/shop.db"}, "migrate")
     assert r.returncode == 0 and (tmp_path / "shop.db").exists(), r.stderr
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port another process is listening on."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        yield int(held.getsockname()[1])
+
+
+def test_a_second_lunas_run_on_a_taken_port_starts_nothing_and_says_which_variable_moves_it(
+    taken_port: int, tmp_path: Path
+) -> None:
+    r = run({**os.environ, "LUNAS_PORT": str(taken_port),
+             "LUNAS_DATABASE_URL": f"sqlite:///{tmp_path}/lunas.db"}, "run")
+    assert r.returncode == 1
+    assert r.stderr == (f"lunas: cannot listen on 127.0.0.1:{taken_port}: the port is in use (is "
+                        f"another lunas running?); choose another port with LUNAS_PORT or "
+                        f"--port\n")
+    assert r.stdout == "" and not (tmp_path / "lunas.db").exists()  # no banner, no migration
+
+
+async def test_lunas_api_port_is_chosen_with_port(
+    env: dict[str, str], taken_port: int
+) -> None:
+    assert run(env, "migrate").returncode == 0
+    refused = run({**env, "LUNAS_PORT": str(taken_port)}, "api")
+    assert refused.returncode == 1 and "LUNAS_PORT or --port" in refused.stderr
+    assert run(env, "api", "--port", "0").returncode == 2  # a port, not "any"
+
+    port = _free_port()
+    proc = subprocess.Popen([LUNAS, "api", "--port", str(port)],
+                            env={**env, "LUNAS_PORT": str(taken_port)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == f"lunas api listening on http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(timeout=30) as client:
+            assert (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+async def test_a_worker_whose_metrics_port_is_taken_says_so_in_one_line(
+    env: dict[str, str], taken_port: int
+) -> None:
+    r = run({**env, "LUNAS_WORKER_METRICS_PORT": str(taken_port)}, "worker")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "choose another port with LUNAS_WORKER_METRICS_PORT" in r.stderr
