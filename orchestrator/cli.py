@@ -79,6 +79,24 @@ def _overlap(text: str) -> float:
     return value
 
 
+MAX_MERCHANT_NAME = 200
+"""The width of ``merchants.name``."""
+
+
+def _merchant_name(text: str) -> str:
+    from orchestrator.domain.text import text_problem
+
+    name = text.strip()
+    if not name:
+        raise argparse.ArgumentTypeError("a merchant needs a name, e.g. 'Toko Kopi'")
+    if len(name) > MAX_MERCHANT_NAME:
+        raise argparse.ArgumentTypeError(f"a merchant name is kept to {MAX_MERCHANT_NAME} "
+                                         f"characters")
+    if problem := text_problem(name):
+        raise argparse.ArgumentTypeError(f"the name {problem}")
+    return name
+
+
 def _port(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65_535:
         raise argparse.ArgumentTypeError(f"a port is a whole number from 1 to 65535, got {text!r}")
@@ -108,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("merchants").add_subparsers(dest="action", required=True)
     mc = m.add_parser("create", help="create a merchant; prints its API key once")
-    mc.add_argument("name")
+    mc.add_argument("name", type=_merchant_name)
     mc.add_argument("--webhook-url", type=_webhook_url)
     mc.add_argument("--account", action="append", type=_account, default=[],
                     metavar="BANK:NUMBER:HOLDER")

@@ -14,7 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from orchestrator.store.tables import merchants
 from tests.conftest import create_database, drop_database
 from tests.e2e.test_checkout_to_webhook import LUNAS
 from tests.support import bca_statement
@@ -252,8 +255,10 @@ def test_every_command_has_a_handler_and_every_group_needs_an_action() -> None:
 
 # chaos by name too: its missing action was a KeyError traceback (review finding).
 @pytest.mark.parametrize("group", sorted({*_command_groups(), "chaos"}))
-def test_a_command_group_without_its_action_prints_usage_not_a_traceback(group: str) -> None:
-    r = run(dict(os.environ), group)
+def test_a_command_group_without_its_action_prints_usage_not_a_traceback(
+    group: str, tmp_path: Path
+) -> None:
+    r = run({**os.environ, "LUNAS_DATABASE_URL": f"sqlite:///{tmp_path}/lunas.db"}, group)
     assert r.returncode == 2, r.stderr
     assert f"usage: lunas {group}" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
@@ -350,3 +355,35 @@ async def test_a_worker_whose_metrics_port_is_taken_says_so_in_one_line(
     r = run({**env, "LUNAS_WORKER_METRICS_PORT": str(taken_port)}, "worker")
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
     assert "choose another port with LUNAS_WORKER_METRICS_PORT" in r.stderr
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["", "--account", "bca:0123456789:X"], "a merchant needs a name"),
+    (["   "], "a merchant needs a name"),
+    (["x" * 201], "kept to 200 characters"),
+    # the review's other finding; the rule is valid_webhook_url's (tests/unit/test_webhook_url.py)
+    (["Toko", "--webhook-url", "ftp://x"], "the webhook URL must start with https:// or http://"),
+])
+def test_a_merchant_without_a_name_or_with_a_url_lunas_cannot_post_to_is_refused(
+    args: list[str], says: str, tmp_path: Path
+) -> None:
+    r = run({**os.environ, "LUNAS_DATABASE_URL": f"sqlite:///{tmp_path}/lunas.db"},
+            "merchants", "create", *args)
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+async def test_a_merchant_name_is_stored_without_the_spaces_around_it(
+    env: dict[str, str]
+) -> None:
+    assert run(env, "migrate").returncode == 0
+    r = run(env, "merchants", "create", "  Toko Kopi ", "--webhook-url",
+            "https://shop.example/lunas/hook?t=1", "--json")
+    assert r.returncode == 0, r.stderr
+    engine = create_async_engine(env["LUNAS_DATABASE_URL"])
+    try:
+        async with engine.connect() as conn:
+            row = (await conn.execute(sa.select(merchants.c.name, merchants.c.webhook_url).where(
+                merchants.c.id == json.loads(r.stdout)["merchant_id"]))).one()
+    finally:
+        await engine.dispose()
+    assert tuple(row) == ("Toko Kopi", "https://shop.example/lunas/hook?t=1")
