@@ -171,6 +171,52 @@ async def test_a_refusal_is_titled_for_its_status(
         assert (r.status_code, r.json()["title"]) == (status, title), r.text
 
 
+async def test_every_refusal_of_one_status_has_one_title(
+    client: httpx.AsyncClient, shop: ShopFixture, ops: dict[str, str],
+) -> None:
+    """"Bad request", "Malformed request" and "Bad Request" named three 400s (review): the title
+    is the status's phrase, in sentence case; the code says which problem it is."""
+    key = {**shop.headers, "Idempotency-Key": str(uuid.uuid4())}
+    refusals = [
+        await client.post("/v1/orders", headers=key),  # no body
+        await client.post("/v1/orders", headers=key, content=b"{"),  # not JSON, no Content-Type
+        await _create(client, shop, "{"),  # not JSON
+        await _create(client, shop, json.dumps({**order_body("INV-t"), "amount": "1000"})),
+        await client.get("/v1/reviews", headers=ops, params={"status": "bogus"}),
+        await client.get("/v1/orders/%00", headers=shop.headers),
+    ]
+    assert [(r.status_code, r.json()["title"]) for r in refusals] == [(400, "Bad request")] * 6
+    assert [r.json()["code"] for r in refusals] == [
+        "malformed_request", "malformed_json", "malformed_json", "malformed_request",
+        "bad_status", "unstorable_text"]
+    missing = [await client.get("/v1/no-such-thing"),
+               await client.get("/v1/orders/ord_none", headers=shop.headers)]
+    assert [(r.status_code, r.json()["title"]) for r in missing] == [(404, "Not found")] * 2
+
+
+@pytest.mark.parametrize(("path", "who"), [
+    ("/v1/orders", "merchant"), ("/v1/orders/ord_x/payment", "merchant"),
+    ("/v1/ops/routes/va:xendit:bca/resume", "ops"), ("/v1/ops/routes/va:xendit:bca/pause", "ops"),
+    ("/v1/ops/routes/va:xendit:bca/breaker", "ops"), ("/v1/ops/outbox/dead/evt_x/discard", "ops"),
+    ("/v1/ops/outbox/dead/redeliver", "ops"), ("/v1/reviews/rc_x/resolve", "ops"),
+    ("/v1/ops/maintenance", "ops"), ("/v1/ops/status/incidents", "ops"),
+    ("/v1/reconciliation/matches", "ops"),
+])
+@pytest.mark.parametrize("content_type", ["application/json", None])
+async def test_an_empty_body_is_answered_that_a_json_body_is_required(
+    client: httpx.AsyncClient, shop: ShopFixture, ops: dict[str, str], path: str, who: str,
+    content_type: str | None,
+) -> None:
+    """It said ``detail: "'data'"``: litestar's name for the handler argument it lacked."""
+    headers = {**(shop.headers if who == "merchant" else ops),
+               "Idempotency-Key": str(uuid.uuid4())}
+    if content_type:
+        headers["Content-Type"] = content_type
+    problem = _refused(await client.post(path, headers=headers), 400, "malformed_request")
+    assert problem["detail"] == "a JSON body is required (Content-Type: application/json)"
+    assert "'data'" not in json.dumps(problem)
+
+
 # -- provider webhooks: stored as received, never trusted, never a 500 --------------------------
 
 
