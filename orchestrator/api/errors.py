@@ -36,6 +36,7 @@ _STATUS: list[tuple[type[domain.DomainError], int, str]] = [
     (domain.AlreadyMatched, 409, "Already matched"),
     (domain.TransitionRefused, 409, "Not allowed in the order's current state"),
     (domain.InvalidOrder, 422, "Invalid order"),
+    (domain.InvalidRequest, 422, "Invalid request"),
     (domain.StatementRejected, 422, "Statement rejected"),
     (domain.NoPayoutAccount, 422, "No payout account"),
     (domain.NotTheMerchantsAccount, 422, "Not the merchant's account"),
@@ -158,7 +159,7 @@ def _domain_response(
     status, title = _domain_status(exc)
     extra: dict[str, Any] = {}
     if any(isinstance(exc, cls) for cls, _, _ in _STATUS):
-        if isinstance(exc, domain.InvalidOrder) and exc.field:
+        if isinstance(exc, domain.InvalidRequest) and exc.field:
             extra["field"] = exc.field
         if isinstance(exc, domain.DuplicateMerchantOrder):
             extra["existing_order_id"] = exc.existing_order_id

@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from orchestrator.domain.errors import Conflict, InvalidOrder, NotFound
+from orchestrator.domain.errors import Conflict, InvalidRequest, NotFound
 from orchestrator.outbox import queries
 from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import iso
@@ -34,7 +34,7 @@ class NotDead(Conflict):
 
 def _why(reason: str) -> str:
     if not reason.strip():
-        raise InvalidOrder("say why in 'reason'; it goes to the audit log", field="reason")
+        raise InvalidRequest("say why in 'reason'; it goes to the audit log", field="reason")
     return reason.strip()
 
 
@@ -67,10 +67,10 @@ async def redeliver(db: Database, *, event_ids: list[str], merchant_id: str | No
     the event ids now pending; one named that is not dead (any more) is refused, naming it."""
     reason = _why(reason)
     if bool(event_ids) == bool(merchant_id):
-        raise InvalidOrder("name the events ('event_ids') or a merchant ('merchant_id'), "
-                           "not both", field="event_ids")
+        raise InvalidRequest("name the events ('event_ids') or a merchant ('merchant_id'), "
+                             "not both", field="event_ids")
     if len(event_ids) > MAX_BATCH:
-        raise InvalidOrder(f"at most {MAX_BATCH} events per request", field="event_ids")
+        raise InvalidRequest(f"at most {MAX_BATCH} events per request", field="event_ids")
     o = outbox.c
     chosen = o.event_id.in_(event_ids) if event_ids else o.merchant_id == merchant_id
     async with db.transaction() as conn:

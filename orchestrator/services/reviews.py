@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.domain import events
-from orchestrator.domain.errors import Conflict, InvalidOrder, NotFound
+from orchestrator.domain.errors import Conflict, InvalidRequest, NotFound
 from orchestrator.domain.order import (
     ORDER_EVENT_ON_ENTRY,
     AttemptState,
@@ -94,11 +94,11 @@ MAX_NOTE = 2000
 async def resolve_case(db: Database, *, case_id: str, action: str, actor: str, note: str,
                        now: datetime, quarantine: timedelta) -> dict[str, Any]:
     if action not in _ACTIONS:
-        raise InvalidOrder(f"action must be one of: {', '.join(_ACTIONS)}", field="action")
+        raise InvalidRequest(f"action must be one of: {', '.join(_ACTIONS)}", field="action")
     if not note.strip():
-        raise InvalidOrder("say why in 'note'; it goes to the audit log", field="note")
+        raise InvalidRequest("say why in 'note'; it goes to the audit log", field="note")
     if len(note) > MAX_NOTE:
-        raise InvalidOrder(f"'note' is kept to {MAX_NOTE} characters", field="note")
+        raise InvalidRequest(f"'note' is kept to {MAX_NOTE} characters", field="note")
     async with db.transaction() as conn:
         # The order first, then the case: settlement and the expiry sweep lock an order and then
         # write its cases, and the other order deadlocked with them (review finding). A case
@@ -123,10 +123,11 @@ async def resolve_case(db: Database, *, case_id: str, action: str, actor: str, n
                    and order.review_reason == case.reason)
         if action == EXPIRE and not (
                 governs and case.reason == ReviewReason.VERIFICATION_WINDOW_EXHAUSTED.value):
-            raise InvalidOrder("expire answers a case asking whether an order in review was "
-                               "paid (verification_window_exhausted); this case is "
-                               f"{case.reason} on an order that is {order.state if order else '-'}",
-                               field="action")
+            raise InvalidRequest(
+                "expire answers a case asking whether an order in review was paid "
+                "(verification_window_exhausted); this case is "
+                f"{case.reason} on an order that is {order.state if order else '-'}",
+                field="action")
         if governs:
             assert order is not None
             state = next_order_state(OrderState.NEEDS_REVIEW, _ACTIONS[action])

@@ -568,3 +568,31 @@ async def test_a_corrected_push_of_a_set_aside_item_closes_it(
     listed = (await client.get("/v1/reconciliation/unreadable", headers=ops,
                                params={"status": "read"})).json()["data"]
     assert [i["closed_by"] for i in listed if i["mutation_ref"] == odd["mutation_id"]] == ["feed"]
+
+
+async def test_a_request_a_rule_refuses_is_named_for_what_it_is_not_an_invalid_order(
+    client: httpx.AsyncClient, shop: ShopFixture, ops: dict[str, str],
+) -> None:
+    """Reviews, maintenance windows, incidents, dead letters and feed items answered 422
+    ``invalid_order`` "Invalid order" (review): only an order is an invalid order."""
+    refused = [
+        (await client.post("/v1/reviews/rc_x/resolve", headers=ops,
+                           json={"action": "honour", "note": " "}), "note"),
+        (await client.post("/v1/ops/maintenance", headers=ops, json={
+            "route": "va:xendit:*", "starts_at": "2020-01-01T00:00:00+07:00",
+            "ends_at": "2020-01-02T00:00:00+07:00", "reason": "r"}), "ends_at"),
+        (await client.post("/v1/ops/status/incidents", headers=ops, json={
+            "name": "Pembayaran lambat", "components": ["intake"], "impact": "apocalyptic",
+            "body": "b"}),
+         "impact"),
+        (await client.post("/v1/ops/outbox/dead/redeliver", headers=ops,
+                           json={"event_ids": ["evt_x"], "reason": " "}), "reason"),
+        (await client.post("/v1/reconciliation/unreadable/ufi_x/handled", headers=ops,
+                           json={"note": " "}), "note"),
+    ]
+    for r, field in refused:
+        problem = _refused(r, 422, "invalid_request")
+        assert (problem["title"], problem["field"]) == ("Invalid request", field), problem
+    body = {**order_body(f"INV-{uuid.uuid4().hex[:10]}"), "amount": 0}
+    order = _refused(await _create(client, shop, json.dumps(body)), 422, "invalid_order")
+    assert (order["title"], order["field"]) == ("Invalid order", "amount")
