@@ -454,6 +454,11 @@ async def _outbox_redeliver(settings: Settings, args: argparse.Namespace) -> int
     from orchestrator.domain.errors import DomainError
     from orchestrator.services.dead_letters import redeliver
 
+    if bool(args.event_ids) == bool(args.merchant):  # said in this command's own words
+        print("lunas: name the events to send again (EVENT_ID ...) or a merchant (--merchant ID)"
+              + (", not both" if args.merchant else ""), file=sys.stderr)
+        return 2
+
     async def work(c: Container) -> int:
         try:
             sent = await redeliver(c.db, event_ids=args.event_ids, merchant_id=args.merchant,
