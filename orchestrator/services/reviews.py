@@ -40,6 +40,8 @@ from orchestrator.store.database import Database
 from orchestrator.store.tables import orders, payment_attempts, review_cases
 
 EXPIRE = "expire"
+STATES = ("open", "resolved")
+"""What a case's ``state`` can be; a list filters by one, or by none for every case."""
 _ACTIONS = {RecommendedAction.HONOUR.value: OrderTrigger.REVIEW_HONOURED,
             RecommendedAction.REFUND.value: OrderTrigger.REVIEW_REFUNDED,
             EXPIRE: OrderTrigger.REVIEW_EXPIRED}
@@ -62,6 +64,10 @@ async def list_cases(db: Database, *, state: str | None, limit: int,
     """Cases oldest first. ``after`` is the id of the last case of the previous page: the
     next page starts behind it (by creation time, then id), so a queue of more cases than one
     page holds can be read to its end."""
+    if state is not None and state not in STATES:
+        # A filter no case can match would list nothing, as if the queue were empty.
+        raise InvalidRequest(f"state must be one of: {', '.join(STATES)} (or none for every "
+                             f"case)", field="state")
     rc = review_cases.c
     async with db.read() as conn:
         query = sa.select(review_cases).order_by(rc.created_at, rc.id).limit(limit)
