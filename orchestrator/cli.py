@@ -79,22 +79,24 @@ def _overlap(text: str) -> float:
     return value
 
 
-MAX_MERCHANT_NAME = 200
-"""The width of ``merchants.name``."""
+MAX_NAME = 200
+"""The width of ``merchants.name`` and ``ops_tokens.name``."""
 
 
-def _merchant_name(text: str) -> str:
-    from orchestrator.domain.text import text_problem
+def _name(what: str, example: str) -> Callable[[str], str]:
+    """A stripped, non-empty name that fits its column, for an argparse ``type``."""
+    def checked(text: str) -> str:
+        from orchestrator.domain.text import text_problem
 
-    name = text.strip()
-    if not name:
-        raise argparse.ArgumentTypeError("a merchant needs a name, e.g. 'Toko Kopi'")
-    if len(name) > MAX_MERCHANT_NAME:
-        raise argparse.ArgumentTypeError(f"a merchant name is kept to {MAX_MERCHANT_NAME} "
-                                         f"characters")
-    if problem := text_problem(name):
-        raise argparse.ArgumentTypeError(f"the name {problem}")
-    return name
+        name = text.strip()
+        if not name:
+            raise argparse.ArgumentTypeError(f"a {what} needs a name, e.g. {example!r}")
+        if len(name) > MAX_NAME:
+            raise argparse.ArgumentTypeError(f"a {what} name is kept to {MAX_NAME} characters")
+        if problem := text_problem(name):
+            raise argparse.ArgumentTypeError(f"the name {problem}")
+        return name
+    return checked
 
 
 def _port(text: str) -> int:
@@ -126,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("merchants").add_subparsers(dest="action", required=True)
     mc = m.add_parser("create", help="create a merchant; prints its API key once")
-    mc.add_argument("name", type=_merchant_name)
+    mc.add_argument("name", type=_name("merchant", "Toko Kopi"))
     mc.add_argument("--webhook-url", type=_webhook_url)
     mc.add_argument("--account", action="append", type=_account, default=[],
                     metavar="BANK:NUMBER:HOLDER")
@@ -152,7 +154,7 @@ def _parser() -> argparse.ArgumentParser:
 
     o = sub.add_parser("ops-tokens").add_subparsers(dest="action", required=True)
     oc = o.add_parser("create", help="create an ops bearer token; printed once")
-    oc.add_argument("name")
+    oc.add_argument("name", type=_name("token", "finance-sari"))
     oc.add_argument("--scope", action="append", choices=OPS_SCOPES, default=None)
     oc.add_argument("--json", action="store_true")
 
@@ -381,10 +383,16 @@ async def _ops_tokens_create(settings: Settings, args: argparse.Namespace) -> in
 async def _reconcile_import(settings: Settings, args: argparse.Namespace) -> int:
     from orchestrator.domain.errors import StatementRejected
 
+    try:
+        data = args.file.read_bytes()
+    except OSError as exc:
+        print(f"lunas: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
     async def work(c: Container) -> int:
         try:
             report = await c.reconciliation.import_statement(
-                bank=args.bank, account_number=args.account, data=args.file.read_bytes(),
+                bank=args.bank, account_number=args.account, data=data,
                 filename=args.file.name, actor=f"cli:{args.actor}")
         except StatementRejected as exc:
             print(f"lunas: statement refused, nothing imported: {exc.detail}", file=sys.stderr)

@@ -387,3 +387,18 @@ async def test_a_merchant_name_is_stored_without_the_spaces_around_it(
     finally:
         await engine.dispose()
     assert tuple(row) == ("Toko Kopi", "https://shop.example/lunas/hook?t=1")
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["ops-tokens", "create", " "], "a token needs a name"),
+    (["reconcile", "import", "/nonexistent/mutasi.csv", "--bank", "bca", "--account", "1"],
+     "lunas: cannot read /nonexistent/mutasi.csv: No such file or directory\n"),
+    (["reconcile", "import", "/", "--bank", "bca", "--account", "1"],
+     "lunas: cannot read /: Is a directory\n"),
+])
+def test_a_token_without_a_name_or_a_statement_that_cannot_be_read_is_one_line(
+    args: list[str], says: str, tmp_path: Path
+) -> None:
+    r = run({**os.environ, "LUNAS_DATABASE_URL": f"sqlite:///{tmp_path}/lunas.db"}, *args)
+    assert r.returncode in (1, 2) and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "lunas.db").exists()  # refused before anything was opened
