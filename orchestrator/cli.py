@@ -36,7 +36,12 @@ import sqlalchemy as sa
 from orchestrator.bootstrap import Container, build
 from orchestrator.serving import CannotListen, listen, why_cannot_listen
 from orchestrator.settings import MAX_WEBHOOK_SECRET_OVERLAP, Settings, SettingsError
-from orchestrator.store.engine import DatabaseUnreachable, check_reachable, migrate
+from orchestrator.store.engine import (
+    DatabaseUnreachable,
+    check_migrated,
+    check_reachable,
+    migrate,
+)
 from orchestrator.store.merchants import (
     OPS_SCOPES,
     add_payout_account,
@@ -253,11 +258,15 @@ def _runner(command: str) -> Callable[[Coroutine[Any, Any, int]], int]:
 
 
 async def _with_container(
-    settings: Settings, work: Callable[[Container], Awaitable[int]]
+    settings: Settings, work: Callable[[Container], Awaitable[int]], *, migrates: bool = False
 ) -> int:
+    """``work`` on a container whose database answers and, unless ``work`` migrates it first,
+    holds Lunas's schema: either refusal is one line (``DatabaseUnreachable``)."""
     container = build(settings)
     try:
         await check_reachable(container.db.engine)
+        if not migrates:
+            await check_migrated(container.db.engine)
         return await work(container)
     finally:
         await container.close()
@@ -268,7 +277,7 @@ async def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
         await migrate(c.db.engine)
         print("lunas: schema is up to date")
         return 0
-    return await _with_container(settings, work)
+    return await _with_container(settings, work, migrates=True)
 
 
 async def _merchants_create(settings: Settings, args: argparse.Namespace) -> int:
@@ -634,7 +643,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
             sims = await start_simulators(credentials=p, lunas_url=settings.http.base_url)
             settings = replace(settings, providers=replace(
                 p, midtrans_url=sims.midtrans.data_url, xendit_url=sims.xendit.data_url))
-        return await _with_container(settings, work)
+        return await _with_container(settings, work, migrates=True)
     finally:
         for sock in sockets:
             sock.close()

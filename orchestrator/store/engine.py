@@ -59,6 +59,21 @@ async def check_reachable(engine: AsyncEngine) -> None:
         raise DatabaseUnreachable(f"cannot use {where}: {why} (LUNAS_DATABASE_URL)") from error
 
 
+async def check_migrated(engine: AsyncEngine) -> None:
+    """Refuse, in one line, a database no ``lunas migrate`` has run on: every command would
+    otherwise fail on its first table with a driver's traceback. Only a schema that is not there
+    at all: an older or newer revision is what a rolling deploy runs on for a while."""
+    try:
+        async with engine.connect() as conn:
+            migrated = (await conn.exec_driver_sql(
+                "SELECT count(*) FROM alembic_version")).scalar()
+    except exc.DBAPIError:  # no such table
+        migrated = 0
+    if not migrated:
+        raise DatabaseUnreachable("the database has no Lunas schema yet: run `lunas migrate` "
+                                  "first (LUNAS_DATABASE_URL)")
+
+
 def create_engine(settings: DatabaseSettings) -> AsyncEngine:
     if settings.is_sqlite:
         engine = create_async_engine(settings.url, connect_args={"timeout": 30},

@@ -352,6 +352,7 @@ async def test_lunas_api_port_is_chosen_with_port(
 async def test_a_worker_whose_metrics_port_is_taken_says_so_in_one_line(
     env: dict[str, str], taken_port: int
 ) -> None:
+    assert run(env, "migrate").returncode == 0
     r = run({**env, "LUNAS_WORKER_METRICS_PORT": str(taken_port)}, "worker")
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
     assert "choose another port with LUNAS_WORKER_METRICS_PORT" in r.stderr
@@ -402,3 +403,15 @@ def test_a_token_without_a_name_or_a_statement_that_cannot_be_read_is_one_line(
     r = run({**os.environ, "LUNAS_DATABASE_URL": f"sqlite:///{tmp_path}/lunas.db"}, *args)
     assert r.returncode in (1, 2) and says in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "lunas.db").exists()  # refused before anything was opened
+
+
+async def test_a_database_never_migrated_is_one_line_saying_to_migrate(
+    env: dict[str, str]
+) -> None:
+    for command in (["merchants", "create", "Toko"], ["reviews", "list"], ["worker"]):
+        r = run(env, *command)
+        assert (r.returncode, r.stderr) == (1, (
+            "lunas: the database has no Lunas schema yet: run `lunas migrate` first "
+            "(LUNAS_DATABASE_URL)\n")), (command, r.stderr)
+    assert run(env, "migrate").returncode == 0
+    assert run(env, "reviews", "list").returncode == 0
