@@ -1,7 +1,7 @@
 """``lunas``: run the service, migrate, and manage merchants, ops tokens and statements.
 
-    lunas run [--demo]          api + worker in one process (the embedded default)
-    lunas api | worker | migrate
+    lunas run [--demo] [--port PORT]   api + worker in one process (the embedded default)
+    lunas api [--port PORT] | worker | migrate
     lunas merchants create NAME [--webhook-url URL] [--account BANK:NUMBER:HOLDER ...] [--json]
     lunas merchants add-account MERCHANT_ID BANK:NUMBER:HOLDER
     lunas merchants set-webhook MERCHANT_ID URL --actor WHO [--reason WHY] [--json]
@@ -24,17 +24,24 @@ import argparse
 import asyncio
 import json
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from orchestrator.bootstrap import Container, build
+from orchestrator.serving import CannotListen, listen, why_cannot_listen
 from orchestrator.settings import MAX_WEBHOOK_SECRET_OVERLAP, Settings, SettingsError
-from orchestrator.store.engine import migrate
+from orchestrator.store.engine import (
+    DatabaseUnreachable,
+    check_migrated,
+    check_reachable,
+    migrate,
+)
 from orchestrator.store.merchants import (
     OPS_SCOPES,
     add_payout_account,
@@ -77,20 +84,56 @@ def _overlap(text: str) -> float:
     return value
 
 
+MAX_NAME = 200
+"""The width of ``merchants.name`` and ``ops_tokens.name``."""
+
+
+def _name(what: str, example: str) -> Callable[[str], str]:
+    """A stripped, non-empty name that fits its column, for an argparse ``type``."""
+    def checked(text: str) -> str:
+        from orchestrator.domain.text import text_problem
+
+        name = text.strip()
+        if not name:
+            raise argparse.ArgumentTypeError(f"a {what} needs a name, e.g. {example!r}")
+        if len(name) > MAX_NAME:
+            raise argparse.ArgumentTypeError(f"a {what} name is kept to {MAX_NAME} characters")
+        if problem := text_problem(name):
+            raise argparse.ArgumentTypeError(f"the name {problem}")
+        return name
+    return checked
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65_535:
+        raise argparse.ArgumentTypeError(f"a port is a whole number from 1 to 65535, got {text!r}")
+    return int(text)
+
+
+_PORT_SETTING = "LUNAS_PORT or --port"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lunas", description="Lunas payment orchestrator")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="api + worker in one process (embedded default)")
     run.add_argument("--demo", action="store_true",
                      help="create a demo merchant and ops token on first start")
-    sub.add_parser("api", help="serve the HTTP API")
+    api = sub.add_parser("api", help="serve the HTTP API")
+    for serves in (run, api):
+        serves.add_argument("--port", type=_port,
+                            help="listen on this port instead of LUNAS_PORT (8000)")
     sub.add_parser("worker", help="run the outbox relay and scheduled sweeps")
     sub.add_parser("migrate", help="bring the database schema up to date")
-    sub.add_parser("chaos", help="game day: `lunas chaos run NAME | --all` (see chaos/gameday)")
+    ch = sub.add_parser("chaos", help="game day experiments (see chaos/gameday)"
+                        ).add_subparsers(dest="action", required=True)
+    # Dispatched in ``main`` before parsing: the game day's runner reads its own arguments.
+    ch.add_parser("run", help="NAME ... | --all | --fast | --list", add_help=False
+                  ).add_argument("experiment_args", nargs=argparse.REMAINDER)
 
     m = sub.add_parser("merchants").add_subparsers(dest="action", required=True)
     mc = m.add_parser("create", help="create a merchant; prints its API key once")
-    mc.add_argument("name")
+    mc.add_argument("name", type=_name("merchant", "Toko Kopi"))
     mc.add_argument("--webhook-url", type=_webhook_url)
     mc.add_argument("--account", action="append", type=_account, default=[],
                     metavar="BANK:NUMBER:HOLDER")
@@ -116,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
 
     o = sub.add_parser("ops-tokens").add_subparsers(dest="action", required=True)
     oc = o.add_parser("create", help="create an ops bearer token; printed once")
-    oc.add_argument("name")
+    oc.add_argument("name", type=_name("token", "finance-sari"))
     oc.add_argument("--scope", action="append", choices=OPS_SCOPES, default=None)
     oc.add_argument("--json", action="store_true")
 
@@ -181,11 +224,16 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"lunas: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "port", None):
+        settings = replace(settings, http=replace(settings.http, port=args.port))
     handler = _COMMANDS[(args.command, getattr(args, "action", None))]
     log_setup.configure(settings.telemetry)
     traces = tracing.configure(settings.telemetry)
     try:
         return _runner(args.command)(handler(settings, args))
+    except (DatabaseUnreachable, CannotListen) as exc:
+        print(f"lunas: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     finally:
@@ -210,10 +258,15 @@ def _runner(command: str) -> Callable[[Coroutine[Any, Any, int]], int]:
 
 
 async def _with_container(
-    settings: Settings, work: Callable[[Container], Awaitable[int]]
+    settings: Settings, work: Callable[[Container], Awaitable[int]], *, migrates: bool = False
 ) -> int:
+    """``work`` on a container whose database answers and, unless ``work`` migrates it first,
+    holds Lunas's schema: either refusal is one line (``DatabaseUnreachable``)."""
     container = build(settings)
     try:
+        await check_reachable(container.db.engine)
+        if not migrates:
+            await check_migrated(container.db.engine)
         return await work(container)
     finally:
         await container.close()
@@ -224,7 +277,7 @@ async def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
         await migrate(c.db.engine)
         print("lunas: schema is up to date")
         return 0
-    return await _with_container(settings, work)
+    return await _with_container(settings, work, migrates=True)
 
 
 async def _merchants_create(settings: Settings, args: argparse.Namespace) -> int:
@@ -339,10 +392,16 @@ async def _ops_tokens_create(settings: Settings, args: argparse.Namespace) -> in
 async def _reconcile_import(settings: Settings, args: argparse.Namespace) -> int:
     from orchestrator.domain.errors import StatementRejected
 
+    try:
+        data = args.file.read_bytes()
+    except OSError as exc:
+        print(f"lunas: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
     async def work(c: Container) -> int:
         try:
             report = await c.reconciliation.import_statement(
-                bank=args.bank, account_number=args.account, data=args.file.read_bytes(),
+                bank=args.bank, account_number=args.account, data=data,
                 filename=args.file.name, actor=f"cli:{args.actor}")
         except StatementRejected as exc:
             print(f"lunas: statement refused, nothing imported: {exc.detail}", file=sys.stderr)
@@ -411,6 +470,11 @@ async def _outbox_dead(settings: Settings, args: argparse.Namespace) -> int:
 async def _outbox_redeliver(settings: Settings, args: argparse.Namespace) -> int:
     from orchestrator.domain.errors import DomainError
     from orchestrator.services.dead_letters import redeliver
+
+    if bool(args.event_ids) == bool(args.merchant):  # said in this command's own words
+        print("lunas: name the events to send again (EVENT_ID ...) or a merchant (--merchant ID)"
+              + (", not both" if args.merchant else ""), file=sys.stderr)
+        return 2
 
     async def work(c: Container) -> int:
         try:
@@ -482,7 +546,8 @@ async def _reviews_resolve(settings: Settings, args: argparse.Namespace) -> int:
     return await _with_container(settings, work)
 
 
-async def _serve(container: Container, stop: asyncio.Event) -> None:
+async def _serve(container: Container, stop: asyncio.Event,
+                 sockets: list[socket.socket]) -> None:
     import uvicorn
 
     from orchestrator.app import create_app
@@ -496,7 +561,7 @@ async def _serve(container: Container, stop: asyncio.Event) -> None:
                             log_config=None, proxy_headers=True,
                             forwarded_allow_ips=list(http.trusted_proxies))
     server = EmbeddedServer(config)
-    server_task = asyncio.create_task(server.serve())
+    server_task = asyncio.create_task(server.serve(sockets=sockets))
     stopping = asyncio.create_task(stop.wait())
     # Either a signal (stop) ends the server, or the server ends (e.g. port taken) and stops
     # the rest of the process with it.
@@ -516,11 +581,17 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 async def _api(settings: Settings, _args: argparse.Namespace) -> int:
+    sockets = listen(settings.http.host, settings.http.port, setting=_PORT_SETTING)
+
     async def work(c: Container) -> int:
         print(f"lunas api listening on {c.settings.http.base_url}")
-        await _serve(c, _stop_on_signals())
+        await _serve(c, _stop_on_signals(), sockets)
         return 0
-    return await _with_container(settings, work)
+    try:
+        return await _with_container(settings, work)
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 async def _worker(settings: Settings, _args: argparse.Namespace) -> int:
@@ -531,9 +602,12 @@ async def _worker(settings: Settings, _args: argparse.Namespace) -> int:
         if c.settings.http.worker_metrics_port:
             from prometheus_client import start_http_server
 
-            exporter, _ = start_http_server(c.settings.http.worker_metrics_port,
-                                            addr=c.settings.http.host,
-                                            registry=c.metrics.registry)
+            host, port = c.settings.http.host, c.settings.http.worker_metrics_port
+            try:
+                exporter, _ = start_http_server(port, addr=host, registry=c.metrics.registry)
+            except OSError as error:
+                raise CannotListen(why_cannot_listen(
+                    host, port, error, setting="LUNAS_WORKER_METRICS_PORT")) from error
             print(f"lunas worker metrics on http://{c.settings.http.host}:"
                   f"{c.settings.http.worker_metrics_port}/metrics", flush=True)
         try:
@@ -548,29 +622,31 @@ async def _worker(settings: Settings, _args: argparse.Namespace) -> int:
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
     """Everything in one process: api, worker and, on the embedded default (no gateway URLs),
     the provider simulators with the providers pointed at them."""
-    from dataclasses import replace
-
     from chaos.sim.runner import Simulators, start_simulators
     from orchestrator.worker import run_worker
 
-    p = settings.providers
+    # The port first: nothing is started or announced on a port another process holds.
+    sockets = listen(settings.http.host, settings.http.port, setting=_PORT_SETTING)
     sims: Simulators | None = None
-    if p.start_simulators or (settings.database.is_sqlite and not (p.midtrans_url
-                                                                    or p.xendit_url)):
-        sims = await start_simulators(credentials=p, lunas_url=settings.http.base_url)
-        settings = replace(settings, providers=replace(
-            p, midtrans_url=sims.midtrans.data_url, xendit_url=sims.xendit.data_url))
 
     async def work(c: Container) -> int:
         await migrate(c.db.engine)
         demo = await _demo_credentials(c) if args.demo else None
         _print_banner(c, demo, sims)
         stop = _stop_on_signals()
-        await asyncio.gather(_serve(c, stop), run_worker(c, stop))
+        await asyncio.gather(_serve(c, stop, sockets), run_worker(c, stop))
         return 0
     try:
-        return await _with_container(settings, work)
+        p = settings.providers
+        if p.start_simulators or (settings.database.is_sqlite and not (p.midtrans_url
+                                                                        or p.xendit_url)):
+            sims = await start_simulators(credentials=p, lunas_url=settings.http.base_url)
+            settings = replace(settings, providers=replace(
+                p, midtrans_url=sims.midtrans.data_url, xendit_url=sims.xendit.data_url))
+        return await _with_container(settings, work, migrates=True)
     finally:
+        for sock in sockets:
+            sock.close()
         if sims is not None:
             await sims.stop()
 

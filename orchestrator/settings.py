@@ -3,18 +3,26 @@
 With nothing set, Lunas runs embedded: a SQLite file in the working directory and in-process state.
 ``Settings.from_env`` validates everything once at start-up and refuses to start in production with
 an insecure default.
+
+Every number is read through one reader (``_Env``) that knows its allowed range: a count is at
+least 1 and a duration above zero unless its reader says zero means something (``REVERSAL_WINDOW=0``
+looks for no reversals), so a new setting is checked without anyone remembering to. A value out of
+range is refused naming the variable and the range, never taken as "off" or left to a loop that
+spins or a timeout that never waits.
 """
 
 from __future__ import annotations
 
 import builtins
 import ipaddress
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TypeVar
 
-from orchestrator.domain.money import AmountLimits, UniqueCodeRange
+from orchestrator.domain.money import MAX_RUPIAH, AmountLimits, UniqueCodeRange
 from orchestrator.domain.verification import VerificationSchedule
 from orchestrator.rails.base import Rail
 from orchestrator.rails.breaker import BreakerConfig
@@ -23,6 +31,10 @@ from orchestrator.reconciliation.matcher import REVERSAL_WINDOW
 
 class SettingsError(ValueError):
     """A setting is missing, malformed or unsafe; the message names the variable."""
+
+
+ENVIRONMENTS = ("development", "production")
+"""``LUNAS_ENV``: anything else is refused, so ``prod`` cannot quietly skip production's checks."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -310,35 +322,46 @@ class Settings:
 
     @classmethod
     def _from_env(cls, e: _Env) -> Settings:
-        low, high = e.int("LUNAS_UNIQUE_CODE_LOW", 1), e.int("LUNAS_UNIQUE_CODE_HIGH", 999)
-        if not 0 <= low <= high:
-            raise SettingsError(f"LUNAS_UNIQUE_CODE_LOW..HIGH must be a range, got {low}..{high}")
+        low = e.int("LUNAS_UNIQUE_CODE_LOW", 1, _Range(low=0))
+        high = e.int("LUNAS_UNIQUE_CODE_HIGH", 999, _Range(low=0))
+        _ordered("LUNAS_UNIQUE_CODE_LOW", low, "LUNAS_UNIQUE_CODE_HIGH", high)
+        minimum = e.int("LUNAS_MIN_AMOUNT", 1, _Range(low=1, high=MAX_RUPIAH))
+        maximum = e.int("LUNAS_MAX_AMOUNT", 1_000_000_000, _Range(low=1, high=MAX_RUPIAH))
+        _ordered("LUNAS_MIN_AMOUNT", minimum, "LUNAS_MAX_AMOUNT", maximum)
+        wait_open = e.seconds("LUNAS_BREAKER_WAIT_OPEN", 30)
+        max_wait_open = e.seconds("LUNAS_BREAKER_MAX_WAIT_OPEN", 60)
+        _ordered("LUNAS_BREAKER_WAIT_OPEN", wait_open.total_seconds(),
+                 "LUNAS_BREAKER_MAX_WAIT_OPEN", max_wait_open.total_seconds())
+        expires = CheckoutSettings()
         settings = cls(
-            environment=e.str("LUNAS_ENV", "development"),
+            environment=_choice(e.str("LUNAS_ENV", "development").strip().lower(), "LUNAS_ENV",
+                                ENVIRONMENTS),
             database=DatabaseSettings(
-                url=e.str("LUNAS_DATABASE_URL", DatabaseSettings.url),
+                url=_database_url(e.str("LUNAS_DATABASE_URL", "") or DatabaseSettings.url,
+                                  "LUNAS_DATABASE_URL"),
                 pool_size=e.int("LUNAS_DATABASE_POOL_SIZE", 20),
             ),
             redis=RedisSettings(
-                url=e.str("LUNAS_REDIS_URL", "") or None,
+                url=_redis_url(e.str("LUNAS_REDIS_URL", ""), "LUNAS_REDIS_URL"),
                 key_prefix=e.str("LUNAS_REDIS_PREFIX", "lunas:"),
             ),
             http=HttpSettings(
                 host=e.str("LUNAS_HOST", "127.0.0.1"),
-                port=e.int("LUNAS_PORT", 8000),
+                port=e.int("LUNAS_PORT", 8000, _PORT),
                 public_url=e.str("LUNAS_PUBLIC_URL", ""),
                 max_body_bytes=e.int("LUNAS_MAX_BODY_BYTES", 1_048_576),
                 max_upload_bytes=e.int("LUNAS_MAX_UPLOAD_BYTES", 10_485_760),
-                worker_metrics_port=e.int("LUNAS_WORKER_METRICS_PORT", 0),
+                worker_metrics_port=e.int("LUNAS_WORKER_METRICS_PORT", 0,
+                                          _Range(low=0, high=_PORT.high)),
                 trusted_proxies=_networks(e.str("LUNAS_TRUSTED_PROXIES", "127.0.0.1,::1"),
                                           "LUNAS_TRUSTED_PROXIES"),
             ),
             checkout=CheckoutSettings(
-                amount_limits=AmountLimits(
-                    minimum=e.int("LUNAS_MIN_AMOUNT", 1),
-                    maximum=e.int("LUNAS_MAX_AMOUNT", 1_000_000_000),
-                ),
-                default_expires_in=e.seconds("LUNAS_DEFAULT_EXPIRES_IN", 86_400),
+                amount_limits=AmountLimits(minimum=minimum, maximum=maximum),
+                # The range a merchant may ask for: the default is an order that did not ask.
+                default_expires_in=e.seconds("LUNAS_DEFAULT_EXPIRES_IN", 86_400, _Range(
+                    low=expires.min_expires_in.total_seconds(),
+                    high=expires.max_expires_in.total_seconds())),
             ),
             unique_codes=UniqueCodeSettings(
                 codes=UniqueCodeRange(low=low, high=high),
@@ -346,22 +369,19 @@ class Settings:
             ),
             reconciliation=ReconciliationSettings(
                 reversal_window=e.seconds("LUNAS_REVERSAL_WINDOW",
-                                          REVERSAL_WINDOW.total_seconds()),
+                                          REVERSAL_WINDOW.total_seconds(), _ZERO_OR_MORE),
             ),
             outbox=OutboxSettings(
                 batch_size=e.int("LUNAS_OUTBOX_BATCH", 50),
                 lease=e.seconds("LUNAS_OUTBOX_LEASE", 60),
                 poll_interval=e.seconds("LUNAS_OUTBOX_POLL", 0.2),
-                backoff=tuple(
-                    timedelta(seconds=float(s))
-                    for s in e.str("LUNAS_OUTBOX_BACKOFF", "").split(",") if s.strip()
-                ) or OutboxSettings().backoff,
+                backoff=e.seconds_list("LUNAS_OUTBOX_BACKOFF") or OutboxSettings().backoff,
             ),
             webhooks=WebhookSettings(
                 timeout=e.seconds("LUNAS_WEBHOOK_TIMEOUT", 10),
-                secret_overlap=_at_most_a_month(e.seconds("LUNAS_WEBHOOK_SECRET_OVERLAP",
-                                                          86_400),
-                                                "LUNAS_WEBHOOK_SECRET_OVERLAP"),
+                # 0 drops the previous secret at once (one that leaked).
+                secret_overlap=e.seconds("LUNAS_WEBHOOK_SECRET_OVERLAP", 86_400, _Range(
+                    low=0, high=MAX_WEBHOOK_SECRET_OVERLAP.total_seconds())),
             ),
             scheduler=SchedulerSettings(
                 sweep_interval=e.seconds("LUNAS_SWEEP_INTERVAL", 1),
@@ -378,26 +398,27 @@ class Settings:
                                             ProviderSettings.xendit_callback_token),
                 call_timeout=e.seconds("LUNAS_PROVIDER_TIMEOUT", 2),
                 capture_budget=e.seconds("LUNAS_CAPTURE_BUDGET", 3),
-                start_simulators=e.str("LUNAS_SIMULATORS", "") in ("1", "true", "yes"),
+                start_simulators=e.flag("LUNAS_SIMULATORS"),
             ),
             feed=FeedSettings(
                 moota_url=e.str("LUNAS_MOOTA_URL", "").rstrip("/"),
                 moota_token=e.str("LUNAS_MOOTA_TOKEN", ""),
                 poll_interval=e.seconds("LUNAS_FEED_POLL_INTERVAL", 60),
                 stale_after=e.seconds("LUNAS_FEED_STALE_AFTER", 20 * 60),
-                max_unreadable=_at_least(e.int("LUNAS_FEED_MAX_UNREADABLE", 20), 0,
-                                         "LUNAS_FEED_MAX_UNREADABLE"),
+                max_unreadable=e.int("LUNAS_FEED_MAX_UNREADABLE", 20, _Range(low=0)),
             ),
             verification=VerificationSettings(
-                schedule=VerificationSchedule.from_text(
-                    {rail: e.str(f"LUNAS_VERIFY_SCHEDULE_{rail.name}", "")
+                schedule=VerificationSchedule.with_gaps(
+                    {rail: e.seconds_list(f"LUNAS_VERIFY_SCHEDULE_{rail.name}")
                      for rail in (Rail.VA, Rail.QRIS, Rail.EWALLET)},
                     retry_after_failure=e.seconds("LUNAS_VERIFY_RETRY_AFTER", 30)),
                 status_reads_per_minute={
-                    provider: e.float(f"LUNAS_STATUS_READS_PER_MINUTE_{provider.upper()}", 600.0)
+                    provider: e.float(f"LUNAS_STATUS_READS_PER_MINUTE_{provider.upper()}", 600.0,
+                                      _Range(low=0, low_open=True))
                     for provider in ("midtrans", "xendit")},
                 burst=e.int("LUNAS_STATUS_READS_BURST", 1),
-                headroom=e.float("LUNAS_STATUS_READS_HEADROOM", 0.10),
+                headroom=e.float("LUNAS_STATUS_READS_HEADROOM", 0.10,
+                                 _Range(low=0, high=1, high_open=True)),
                 interval=e.seconds("LUNAS_VERIFY_INTERVAL", 0.5),
                 concurrency=e.int("LUNAS_VERIFY_CONCURRENCY", 16),
             ),
@@ -414,41 +435,39 @@ class Settings:
             ),
             status_page=StatusPageSettings(
                 interval=e.seconds("LUNAS_STATUS_INTERVAL", 15),
-                worsen_after=e.seconds("LUNAS_STATUS_WORSEN_AFTER", 60),
-                recover_after=e.seconds("LUNAS_STATUS_RECOVER_AFTER", 300),
+                worsen_after=e.seconds("LUNAS_STATUS_WORSEN_AFTER", 60, _ZERO_OR_MORE),
+                recover_after=e.seconds("LUNAS_STATUS_RECOVER_AFTER", 300, _ZERO_OR_MORE),
                 success_window=e.seconds("LUNAS_STATUS_SUCCESS_WINDOW", 300),
                 lookups_per_client=e.int("LUNAS_STATUS_LOOKUPS_PER_CLIENT", 10),
                 lookups_per_order=e.int("LUNAS_STATUS_LOOKUPS_PER_ORDER", 10),
                 lookup_window=e.seconds("LUNAS_STATUS_LOOKUP_WINDOW", 600),
-                cache_ttl=e.seconds("LUNAS_STATUS_CACHE_TTL", 2),
+                cache_ttl=e.seconds("LUNAS_STATUS_CACHE_TTL", 2, _ZERO_OR_MORE),
             ),
             retention=RetentionSettings(
-                interval=_at_least_a_second(e.seconds("LUNAS_RETENTION_INTERVAL", 3600),
-                                            "LUNAS_RETENTION_INTERVAL"),
-                idempotency_keys=_at_least_a_day(
-                    e.seconds("LUNAS_RETENTION_IDEMPOTENCY_KEYS", 7 * 86400),
-                    "LUNAS_RETENTION_IDEMPOTENCY_KEYS"),
-                done_events=_at_least_a_day(e.seconds("LUNAS_RETENTION_DONE_EVENTS", 30 * 86400),
-                                            "LUNAS_RETENTION_DONE_EVENTS"),
+                # A pause of a loop: shorter would make it spin.
+                interval=e.seconds("LUNAS_RETENTION_INTERVAL", 3600, _Range(low=1)),
+                idempotency_keys=e.seconds("LUNAS_RETENTION_IDEMPOTENCY_KEYS", 7 * 86400,
+                                           _A_DAY_OR_MORE),
+                done_events=e.seconds("LUNAS_RETENTION_DONE_EVENTS", 30 * 86400, _A_DAY_OR_MORE),
                 provider_deliveries=(
                     None if not e.str("LUNAS_RETENTION_PROVIDER_DELIVERIES", "") else
-                    _at_least_a_day(e.seconds("LUNAS_RETENTION_PROVIDER_DELIVERIES", 0),
-                                    "LUNAS_RETENTION_PROVIDER_DELIVERIES")),
+                    e.seconds("LUNAS_RETENTION_PROVIDER_DELIVERIES", 0, _A_DAY_OR_MORE)),
             ),
             gameday=GameDaySettings(
                 clock_file=e.str("LUNAS_GAMEDAY_CLOCK_FILE", ""),
-                exit_after_commit=e.int("LUNAS_GAMEDAY_EXIT_AFTER_COMMIT", 0),
+                exit_after_commit=e.int("LUNAS_GAMEDAY_EXIT_AFTER_COMMIT", 0, _Range(low=0)),
             ),
             mutation_push_secret=e.str("LUNAS_MUTATION_PUSH_SECRET", "dev-moota-secret"),
             worker_id=e.str("LUNAS_WORKER_ID", "").strip(),
             breaker=BreakerConfig(
-                failure_rate_threshold=e.float("LUNAS_BREAKER_FAILURE_RATE", 0.5),
+                failure_rate_threshold=e.float("LUNAS_BREAKER_FAILURE_RATE", 0.5,
+                                               _Range(low=0, low_open=True, high=1)),
                 slow_call_duration=e.seconds("LUNAS_BREAKER_SLOW_CALL", 1),
                 sliding_window=e.seconds("LUNAS_BREAKER_WINDOW", 30),
                 minimum_number_of_calls=e.int("LUNAS_BREAKER_MIN_CALLS", 10),
                 permitted_calls_in_half_open=e.int("LUNAS_BREAKER_HALF_OPEN_CALLS", 3),
-                wait_in_open=e.seconds("LUNAS_BREAKER_WAIT_OPEN", 30),
-                max_wait_in_open=e.seconds("LUNAS_BREAKER_MAX_WAIT_OPEN", 60),
+                wait_in_open=wait_open,
+                max_wait_in_open=max_wait_open,
             ),
         )
         settings.refuse_insecure_production()
@@ -483,42 +502,105 @@ class Settings:
                                 "or the mutation feed's freshness")
 
 
-def _at_least(value: int, minimum: int, name: str) -> int:
-    if value < minimum:
-        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
-    return value
+@dataclass(frozen=True, kw_only=True)
+class _Range:
+    """The values a numeric setting may take; an open end excludes the bound itself."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None and not (self.low_open
+                                                                   or self.high_open):
+            return f"from {_shown(self.low)} to {_shown(self.high)}"
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'above' if self.low_open else 'at least'} {_shown(self.low)}")
+        if self.high is not None:
+            parts.append(f"{'below' if self.high_open else 'at most'} {_shown(self.high)}")
+        return " and ".join(parts)
 
 
-def _at_least_a_second(value: timedelta, name: str) -> timedelta:
-    """For the pause of a loop: zero would make it spin."""
-    return _seconds_at_least(value, timedelta(seconds=1), name)
+def _shown(value: float) -> str:
+    """``3153600000``, ``0.5``: never ``3.1536e+09`` in a message an operator reads."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def _at_least_a_day(value: timedelta, name: str) -> timedelta:
-    """A retention shorter than a day would delete what is still in use: a client's retry within
-    the hour, an event the relay is about to mark done, a delivery still being handled."""
-    return _seconds_at_least(value, timedelta(days=1), name)
+_N = TypeVar("_N", int, float)
+_MAX_SECONDS = 100 * 365 * 86_400
+"""The longest duration any setting takes (a century; more overflows ``timedelta``)."""
+_AT_LEAST_ONE = _Range(low=1)
+"""Counts: a batch, a pool, a concurrency of zero would do nothing, and quietly."""
+_POSITIVE_SECONDS = _Range(low=0, low_open=True, high=_MAX_SECONDS)
+"""Intervals, timeouts and windows: zero would spin a loop or give up before trying."""
+_ZERO_OR_MORE = _Range(low=0, high=_MAX_SECONDS)
+"""For the durations whose zero means something (no reversal window, no dwell, no cache)."""
+_A_DAY_OR_MORE = _Range(low=86_400, high=_MAX_SECONDS)
+"""Retentions: shorter would delete what is still in use (a client's retry within the hour, an
+event the relay is about to mark done, a delivery still being handled)."""
+_PORT = _Range(low=1, high=65_535)
 
 
-def _at_most_a_month(value: timedelta, name: str) -> timedelta:
-    if value > MAX_WEBHOOK_SECRET_OVERLAP:
-        raise SettingsError(f"{name} must be at most "
-                            f"{MAX_WEBHOOK_SECRET_OVERLAP.total_seconds():g} seconds, "
-                            f"got {value.total_seconds():g}")
-    return value
-
-
-def _seconds_at_least(value: timedelta, minimum: timedelta, name: str) -> timedelta:
-    if value < minimum:
-        raise SettingsError(f"{name} must be at least {minimum.total_seconds():g} seconds, got "
-                            f"{value.total_seconds():g}")
-    return value
+def _ordered(low_name: str, low: float, high_name: str, high: float) -> None:
+    """Two settings that bound a range between them."""
+    if low > high:
+        raise SettingsError(f"{low_name} ({_shown(low)}) must not be above {high_name} "
+                            f"({_shown(high)})")
 
 
 def _choice(value: str, name: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise SettingsError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     return value
+
+
+_ASYNC_DRIVERS = {"postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg",
+                  "postgresql+asyncpg": "postgresql+asyncpg",
+                  "sqlite": "sqlite+aiosqlite", "sqlite+aiosqlite": "sqlite+aiosqlite"}
+"""The schemes Lunas runs on, to the async driver each means: Lunas ships asyncpg and aiosqlite
+only, so ``postgresql://`` (as psql and libpq write it, ``postgres://`` as some hosts do) and
+``sqlite:///`` can mean nothing else here."""
+_DATABASE_URL_FORMS = ("postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE (or "
+                       "postgresql+asyncpg://...) or sqlite:///FILE (or sqlite+aiosqlite:///FILE)")
+
+
+def _database_url(raw: str, name: str) -> str:
+    """``raw`` with its scheme rewritten to the async driver, or refused naming the accepted
+    forms. The message never repeats the URL: it may carry a password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    text = raw.strip()
+    try:
+        scheme = make_url(text).drivername
+    except ArgumentError:
+        raise SettingsError(f"{name} is not a database URL; write {_DATABASE_URL_FORMS}") from None
+    if scheme not in _ASYNC_DRIVERS:
+        raise SettingsError(f"{name} names {scheme}, which Lunas cannot use; write "
+                            f"{_DATABASE_URL_FORMS}")
+    # Only the scheme changes: re-rendering the URL could re-quote a password.
+    return _ASYNC_DRIVERS[scheme] + text[len(scheme):]
+
+
+def _redis_url(raw: str, name: str) -> str | None:
+    """A URL redis-py can connect by, checked now rather than at the first Redis call."""
+    from redis.connection import parse_url
+
+    url = raw.strip()
+    if not url:
+        return None
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:  # its messages name the problem, never the URL (or its password)
+        raise SettingsError(f"{name}: {exc}; e.g. redis://127.0.0.1:6379/0") from None
+    return url
 
 
 def _networks(raw: str, name: str) -> tuple[str, ...]:
@@ -536,6 +618,9 @@ def _networks(raw: str, name: str) -> tuple[str, ...]:
 
 
 class _Env:
+    """Reads one variable each, refusing a value outside its ``_Range`` by name. Unset or empty
+    means the default."""
+
     # Its method names shadow the builtins inside the class body, hence ``builtins.str``.
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env
@@ -543,32 +628,62 @@ class _Env:
     def str(self, name: builtins.str, default: builtins.str) -> builtins.str:
         return self._env.get(name, default)
 
-    def int(self, name: builtins.str, default: builtins.int) -> builtins.int:
+    def flag(self, name: builtins.str) -> bool:
+        """Off unless set; a value that is neither on nor off is refused, not taken as off."""
+        raw = self._env.get(name, "").strip().lower()
+        if raw in ("", "0", "false", "no", "off"):
+            return False
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        raise SettingsError(f"{name} must be 1, true, yes or on (0, false, no or off: off), "
+                            f"got {raw!r}")
+
+    def _raw(self, name: builtins.str) -> builtins.str | None:
         raw = self._env.get(name)
-        if raw is None or raw == "":
+        return None if raw is None or not raw.strip() else raw
+
+    def int(self, name: builtins.str, default: builtins.int,
+            allowed: _Range = _AT_LEAST_ONE) -> builtins.int:
+        raw = self._raw(name)
+        if raw is None:
             return default
         try:
-            return int(raw)
+            value = builtins.int(raw)
         except ValueError:
-            raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+            raise SettingsError(f"{name} must be a whole number {allowed}, got {raw!r}") from None
+        return _within(name, raw, value, allowed, "a whole number")
 
-    def float(self, name: builtins.str, default: builtins.float) -> builtins.float:
-        raw = self._env.get(name)
-        if raw is None or raw == "":
-            return default
-        try:
-            return builtins.float(raw)
-        except ValueError:
-            raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    def float(self, name: builtins.str, default: builtins.float,
+              allowed: _Range) -> builtins.float:
+        raw = self._raw(name)
+        return default if raw is None else _number(name, raw, allowed, "a number")
 
-    def seconds(self, name: builtins.str, default: builtins.float) -> timedelta:
-        raw = self._env.get(name)
-        if raw is None or raw == "":
-            return timedelta(seconds=default)
-        try:
-            value = builtins.float(raw)
-        except ValueError:
-            raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
-        if value < 0:
-            raise SettingsError(f"{name} must not be negative, got {raw!r}")
-        return timedelta(seconds=value)
+    def seconds(self, name: builtins.str, default: builtins.float,
+                allowed: _Range = _POSITIVE_SECONDS) -> timedelta:
+        raw = self._raw(name)
+        return timedelta(seconds=default if raw is None else
+                         _number(name, raw, allowed, "a number of seconds"))
+
+    def seconds_list(self, name: builtins.str,
+                     allowed: _Range = _POSITIVE_SECONDS) -> tuple[timedelta, ...]:
+        """Comma-separated seconds, each in ``allowed``; empty when unset."""
+        raw = self._raw(name) or ""
+        return tuple(timedelta(seconds=_number(name, part, allowed, "seconds separated by "
+                                               "commas, each"))
+                     for part in raw.split(",") if part.strip())
+
+
+def _number(name: str, raw: str, allowed: _Range, kind: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be {kind} {allowed}, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise SettingsError(f"{name} must be {kind} {allowed}, got {raw!r}")
+    return _within(name, raw, value, allowed, kind)
+
+
+def _within(name: str, raw: str, value: _N, allowed: _Range, kind: str) -> _N:
+    if value not in allowed:
+        raise SettingsError(f"{name} must be {kind} {allowed}, got {raw!r}")
+    return value

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from redis.exceptions import RedisError
 
 from orchestrator.domain.clock import Clock
-from orchestrator.domain.errors import InvalidOrder, NotFound
+from orchestrator.domain.errors import InvalidRequest, NotFound
 from orchestrator.domain.ids import new_id
 from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import iso
@@ -181,11 +181,11 @@ class StatusPage:
                             actor: str) -> str:
         self._check_status(status)
         if impact not in IMPACTS:
-            raise InvalidOrder(f"impact is one of {', '.join(IMPACTS)}", field="impact")
+            raise InvalidRequest(f"impact is one of {', '.join(IMPACTS)}", field="impact")
         known = {c.id for c in self.components()}
         unknown = sorted(set(components) - known)
         if unknown:
-            raise InvalidOrder(f"unknown components: {', '.join(unknown)}", field="components")
+            raise InvalidRequest(f"unknown components: {', '.join(unknown)}", field="components")
         now = self._clock.now()
         incident_id = new_id("inc")
         async with self._db.transaction() as conn:
@@ -234,5 +234,5 @@ class StatusPage:
     @staticmethod
     def _check_status(status: str) -> None:
         if status not in INCIDENT_STATUSES:
-            raise InvalidOrder(f"status is one of {', '.join(INCIDENT_STATUSES)}",
-                               field="status")
+            raise InvalidRequest(f"status is one of {', '.join(INCIDENT_STATUSES)}",
+                                 field="status")

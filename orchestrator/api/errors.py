@@ -8,6 +8,9 @@
     database unreachable   → 503 with Retry-After (nothing was decided; a retry is safe)
     deadlock, serialization failure → 503 with Retry-After (rolled back; a retry is safe)
     anything else          → 500 with no detail and no stack trace; the log has the rest
+
+A problem's ``title`` is its status's phrase in sentence case ("Bad request", "Not found"), and its
+``code`` says which problem it is; a domain error's title names its kind ("Invalid order").
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 from typing import Any
 
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from orchestrator.domain import errors as domain
@@ -33,6 +36,7 @@ _STATUS: list[tuple[type[domain.DomainError], int, str]] = [
     (domain.AlreadyMatched, 409, "Already matched"),
     (domain.TransitionRefused, 409, "Not allowed in the order's current state"),
     (domain.InvalidOrder, 422, "Invalid order"),
+    (domain.InvalidRequest, 422, "Invalid request"),
     (domain.StatementRejected, 422, "Statement rejected"),
     (domain.NoPayoutAccount, 422, "No payout account"),
     (domain.NotTheMerchantsAccount, 422, "Not the merchant's account"),
@@ -66,25 +70,28 @@ def to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
     if isinstance(exc, domain.DomainError):
         return _domain_response(request, exc)
     if isinstance(exc, BadRequest):
-        # The status's own phrase, in the sentence case of the titles above ("Bad request",
-        # "Unauthorized", "Not found"): a 401 titled "Bad request" misleads a reader.
-        return problem(request, status=exc.status, title=_title(exc.status).capitalize(),
+        # A 401 titled "Bad request" would mislead a reader: each status its own phrase.
+        return problem(request, status=exc.status, title=_title(exc.status),
                        detail=exc.detail, code=exc.code, headers=exc.headers)
     if isinstance(exc, ValidationException):
-        return problem(request, status=400, title="Malformed request",
+        if _body_missing(exc):
+            return problem(request, status=400, title=_title(400), detail=BODY_REQUIRED,
+                           code="malformed_request",
+                           errors=[{"message": BODY_REQUIRED, "key": "data", "source": "body"}])
+        return problem(request, status=400, title=_title(400),
                        detail=_validation_detail(exc), code="malformed_request",
                        errors=_jsonable(exc.extra))
     if isinstance(exc, RecursionError):
         # Only input nested past the interpreter's stack gets here (``input_guard`` refuses the
         # bodies it sees first): the body is at fault, not Lunas, and nothing was stored.
-        return problem(request, status=400, title="Malformed request",
+        return problem(request, status=400, title=_title(400),
                        detail="the request body nests too deep to be read",
                        code="malformed_json")
     if _rolled_back_by_a_conflict(exc):
         # PostgreSQL ended the transaction to break a deadlock (or a serialization conflict):
         # everything it did is undone, so the same request again is safe and will likely pass.
         log.warning("transaction rolled back by a conflict", extra={"path": request.url.path})
-        return problem(request, status=503, title="Service unavailable",
+        return problem(request, status=503, title=_title(503),
                        detail="A concurrent change made Lunas undo this request; nothing was "
                               "stored. Send it again.",
                        code="retry", headers={"Retry-After": "1"})
@@ -92,11 +99,13 @@ def to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
         # The database (or its pool) is unreachable: nothing was decided, so a retry is safe;
         # say so fast instead of a 500 (captures are idempotent by key).
         log.warning("database unavailable", extra={"path": request.url.path})
-        return problem(request, status=503, title="Service unavailable",
+        return problem(request, status=503, title=_title(503),
                        detail="Lunas cannot reach its database right now; retry shortly.",
                        code="database_unavailable", headers={"Retry-After": "5"})
-    if isinstance(exc, HTTPException) and exc.status_code == 400 and _sent_json(request):
-        return problem(request, status=400, title="Malformed request",
+    if isinstance(exc, HTTPException) and exc.status_code == 400 and (
+            _sent_json(request) or isinstance(exc.__cause__, SerializationException)):
+        # A body the JSON decoder refused, whatever the Content-Type said.
+        return problem(request, status=400, title=_title(400),
                        detail=f"the request body is not valid JSON: {exc.detail}",
                        code="malformed_json")
     if isinstance(exc, HTTPException):
@@ -104,7 +113,7 @@ def to_response(request: Request[Any, Any, Any], exc: Exception) -> Response[dic
                        detail=str(exc.detail), code=_title(exc.status_code).lower()
                        .replace(" ", "_"), headers=exc.headers)
     log.exception("unhandled error", extra={"path": request.url.path})
-    return problem(request, status=500, title="Internal error",
+    return problem(request, status=500, title=_title(500),
                    detail="Lunas failed to handle this request; it has been logged.",
                    code="internal_error")
 
@@ -150,7 +159,7 @@ def _domain_response(
     status, title = _domain_status(exc)
     extra: dict[str, Any] = {}
     if any(isinstance(exc, cls) for cls, _, _ in _STATUS):
-        if isinstance(exc, domain.InvalidOrder) and exc.field:
+        if isinstance(exc, domain.InvalidRequest) and exc.field:
             extra["field"] = exc.field
         if isinstance(exc, domain.DuplicateMerchantOrder):
             extra["existing_order_id"] = exc.existing_order_id
@@ -167,6 +176,17 @@ def _domain_response(
 
 def _sent_json(request: Request[Any, Any, Any]) -> bool:
     return "json" in request.headers.get("content-type", "")
+
+
+BODY_REQUIRED = "a JSON body is required (Content-Type: application/json)"
+
+
+def _body_missing(exc: ValidationException) -> bool:
+    """No body at all: litestar reports the handler's missing ``data`` argument as the
+    ``KeyError`` it caught, ``'data'``, which tells a client nothing."""
+    return isinstance(exc.extra, list) and any(
+        isinstance(e, dict) and e.get("source") == "body" and e.get("key") == "data"
+        and e.get("message") == repr("data") for e in exc.extra)
 
 
 def _validation_detail(exc: ValidationException) -> str:
@@ -188,9 +208,10 @@ def _jsonable(value: Any) -> Any:
 
 
 def _title(status: int) -> str:
+    """The status's phrase in sentence case: "Bad request", "Unsupported media type"."""
     from http import HTTPStatus
 
     try:
-        return HTTPStatus(status).phrase
+        return HTTPStatus(status).phrase.capitalize()
     except ValueError:
         return "Error"

@@ -12,7 +12,7 @@ from orchestrator.api.errors import BadRequest
 from orchestrator.api.paging import page, page_limit
 from orchestrator.api.schemas import ResolveCaseIn
 from orchestrator.bootstrap import Container
-from orchestrator.services.reviews import list_cases, resolve_case
+from orchestrator.services.reviews import STATES, list_cases, resolve_case
 
 
 class ReviewsController(Controller):
@@ -27,8 +27,8 @@ class ReviewsController(Controller):
                            order_id: FromQuery[str | None] = None,
                            after: FromQuery[str | None] = None) -> dict[str, Any]:
         await container.auth.ops(request, "reconciliation")
-        if status not in ("open", "resolved", ""):
-            raise BadRequest("status is open, resolved, or empty for every case",
+        if status not in (*STATES, ""):
+            raise BadRequest(f"status is {', '.join(STATES)}, or empty for every case",
                              code="bad_status")
         # ``status`` (open | resolved | empty for all): ``state`` is reserved by litestar.
         size = page_limit(limit)

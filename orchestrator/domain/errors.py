@@ -2,7 +2,9 @@
 
     DomainError
     ├── TransitionRefused          a state machine refused a trigger
-    ├── InvalidOrder               the request cannot become an order (amount, rail, expiry, ...)
+    ├── InvalidRequest             a well-formed request a rule refuses (a note left empty, a
+    │   │                          window already ended, an unknown incident impact, ...)
+    │   └── InvalidOrder           the request cannot become an order (amount, rail, expiry, ...)
     ├── NotFound                   no such order / mutation / case visible to this caller
     ├── Conflict
     │   ├── IdempotencyKeyReused   same Idempotency-Key, different body
@@ -37,12 +39,20 @@ class TransitionRefused(DomainError):
         self.trigger = trigger
 
 
-class InvalidOrder(DomainError):
-    code = "invalid_order"
+class InvalidRequest(DomainError):
+    """Refused by a rule, not by its form; ``field`` names what to change."""
+
+    code = "invalid_request"
 
     def __init__(self, detail: str, *, field: str | None = None) -> None:
         super().__init__(detail)
         self.field = field
+
+
+class InvalidOrder(InvalidRequest):
+    """An order (capture, a change of payment method) refused: the code checkouts rely on."""
+
+    code = "invalid_order"
 
 
 class NotFound(DomainError):

@@ -13,7 +13,7 @@ live states (paid, expired, failed) — the order's deadline then ends it throug
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
@@ -52,21 +52,9 @@ class VerificationSchedule:
         return last + gaps[min(checks_done, len(gaps) - 1)]
 
     @classmethod
-    def from_text(cls, texts: Mapping[Rail, str], *, retry_after_failure: timedelta
-                  ) -> VerificationSchedule:
-        """``{"qris": "120,180,300"}``: gaps in seconds, comma separated; missing rails keep the
-        defaults."""
-        gaps = dict(DEFAULT_GAPS)
-        for rail, text in texts.items():
-            if text.strip():
-                gaps[rail] = _parse_gaps(rail, text)
-        return cls(gaps=MappingProxyType(gaps), retry_after_failure=retry_after_failure)
-
-
-def _parse_gaps(rail: Rail, text: str) -> tuple[timedelta, ...]:
-    try:
-        values: Sequence[float] = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(f"verification schedule for {rail.value} must be seconds separated by "
-                         f"commas, got {text!r}") from None
-    return tuple(timedelta(seconds=v) for v in values)
+    def with_gaps(cls, gaps: Mapping[Rail, tuple[timedelta, ...]], *,
+                  retry_after_failure: timedelta) -> VerificationSchedule:
+        """The default schedule with the rails given gaps replaced (an empty tuple: the
+        default)."""
+        merged = {**DEFAULT_GAPS, **{rail: g for rail, g in gaps.items() if g}}
+        return cls(gaps=MappingProxyType(merged), retry_after_failure=retry_after_failure)

@@ -16,12 +16,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from orchestrator.domain.errors import Conflict, InvalidOrder, NotFound
+from orchestrator.domain.errors import Conflict, InvalidRequest, NotFound
 from orchestrator.outbox import queries
 from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import iso
 from orchestrator.store.database import Database
-from orchestrator.store.tables import outbox
+from orchestrator.store.tables import merchants, outbox
 
 DISCARDED = "discarded"
 MAX_BATCH = 10_000
@@ -34,7 +34,7 @@ class NotDead(Conflict):
 
 def _why(reason: str) -> str:
     if not reason.strip():
-        raise InvalidOrder("say why in 'reason'; it goes to the audit log", field="reason")
+        raise InvalidRequest("say why in 'reason'; it goes to the audit log", field="reason")
     return reason.strip()
 
 
@@ -66,14 +66,21 @@ async def redeliver(db: Database, *, event_ids: list[str], merchant_id: str | No
     """Send dead events again: the ones named, or every dead event of ``merchant_id``. Returns
     the event ids now pending; one named that is not dead (any more) is refused, naming it."""
     reason = _why(reason)
-    if bool(event_ids) == bool(merchant_id):
-        raise InvalidOrder("name the events ('event_ids') or a merchant ('merchant_id'), "
-                           "not both", field="event_ids")
+    if not event_ids and not merchant_id:
+        raise InvalidRequest("name the events to send again ('event_ids') or a merchant "
+                             "('merchant_id')", field="event_ids")
+    if event_ids and merchant_id:
+        raise InvalidRequest("name the events ('event_ids') or a merchant ('merchant_id'), "
+                             "not both", field="event_ids")
     if len(event_ids) > MAX_BATCH:
-        raise InvalidOrder(f"at most {MAX_BATCH} events per request", field="event_ids")
+        raise InvalidRequest(f"at most {MAX_BATCH} events per request", field="event_ids")
     o = outbox.c
     chosen = o.event_id.in_(event_ids) if event_ids else o.merchant_id == merchant_id
     async with db.transaction() as conn:
+        if merchant_id and (await conn.execute(sa.select(merchants.c.id).where(
+                merchants.c.id == merchant_id))).first() is None:
+            # A mistyped id would otherwise be "0 redelivered", as if that merchant had none.
+            raise NotFound(f"no merchant {merchant_id}")
         dead = (await conn.execute(
             sa.select(o.id, o.event_id).where(chosen, o.status == queries.DEAD)
             .order_by(o.id).limit(MAX_BATCH).with_for_update())).all()

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.domain import events
-from orchestrator.domain.errors import Conflict, InvalidOrder, NotFound
+from orchestrator.domain.errors import Conflict, InvalidRequest, NotFound
 from orchestrator.domain.order import (
     ORDER_EVENT_ON_ENTRY,
     AttemptState,
@@ -40,6 +40,8 @@ from orchestrator.store.database import Database
 from orchestrator.store.tables import orders, payment_attempts, review_cases
 
 EXPIRE = "expire"
+STATES = ("open", "resolved")
+"""What a case's ``state`` can be; a list filters by one, or by none for every case."""
 _ACTIONS = {RecommendedAction.HONOUR.value: OrderTrigger.REVIEW_HONOURED,
             RecommendedAction.REFUND.value: OrderTrigger.REVIEW_REFUNDED,
             EXPIRE: OrderTrigger.REVIEW_EXPIRED}
@@ -62,6 +64,10 @@ async def list_cases(db: Database, *, state: str | None, limit: int,
     """Cases oldest first. ``after`` is the id of the last case of the previous page: the
     next page starts behind it (by creation time, then id), so a queue of more cases than one
     page holds can be read to its end."""
+    if state is not None and state not in STATES:
+        # A filter no case can match would list nothing, as if the queue were empty.
+        raise InvalidRequest(f"state must be one of: {', '.join(STATES)} (or none for every "
+                             f"case)", field="state")
     rc = review_cases.c
     async with db.read() as conn:
         query = sa.select(review_cases).order_by(rc.created_at, rc.id).limit(limit)
@@ -94,11 +100,11 @@ MAX_NOTE = 2000
 async def resolve_case(db: Database, *, case_id: str, action: str, actor: str, note: str,
                        now: datetime, quarantine: timedelta) -> dict[str, Any]:
     if action not in _ACTIONS:
-        raise InvalidOrder(f"action must be one of: {', '.join(_ACTIONS)}", field="action")
+        raise InvalidRequest(f"action must be one of: {', '.join(_ACTIONS)}", field="action")
     if not note.strip():
-        raise InvalidOrder("say why in 'note'; it goes to the audit log", field="note")
+        raise InvalidRequest("say why in 'note'; it goes to the audit log", field="note")
     if len(note) > MAX_NOTE:
-        raise InvalidOrder(f"'note' is kept to {MAX_NOTE} characters", field="note")
+        raise InvalidRequest(f"'note' is kept to {MAX_NOTE} characters", field="note")
     async with db.transaction() as conn:
         # The order first, then the case: settlement and the expiry sweep lock an order and then
         # write its cases, and the other order deadlocked with them (review finding). A case
@@ -123,10 +129,11 @@ async def resolve_case(db: Database, *, case_id: str, action: str, actor: str, n
                    and order.review_reason == case.reason)
         if action == EXPIRE and not (
                 governs and case.reason == ReviewReason.VERIFICATION_WINDOW_EXHAUSTED.value):
-            raise InvalidOrder("expire answers a case asking whether an order in review was "
-                               "paid (verification_window_exhausted); this case is "
-                               f"{case.reason} on an order that is {order.state if order else '-'}",
-                               field="action")
+            raise InvalidRequest(
+                "expire answers a case asking whether an order in review was paid "
+                "(verification_window_exhausted); this case is "
+                f"{case.reason} on an order that is {order.state if order else '-'}",
+                field="action")
         if governs:
             assert order is not None
             state = next_order_state(OrderState.NEEDS_REVIEW, _ACTIONS[action])

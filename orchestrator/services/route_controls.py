@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from orchestrator.domain.clock import Clock
-from orchestrator.domain.errors import InvalidOrder, NotFound
+from orchestrator.domain.errors import InvalidRequest, NotFound
 from orchestrator.domain.ids import new_id
 from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import iso
@@ -112,10 +112,10 @@ class RouteControls:
     async def schedule(self, *, route_pattern: str, starts_at: datetime, ends_at: datetime,
                        reason: str, actor: str) -> Window:
         if ends_at <= starts_at:
-            raise InvalidOrder("ends_at must be after starts_at", field="ends_at")
+            raise InvalidRequest("ends_at must be after starts_at", field="ends_at")
         now = self._clock.now()
         if ends_at <= now:
-            raise InvalidOrder("the window has already ended", field="ends_at")
+            raise InvalidRequest("the window has already ended", field="ends_at")
         window = Window(id=new_id("mnt"), route_pattern=route_pattern, starts_at=starts_at,
                         ends_at=ends_at, reason=reason)
         async with self._db.transaction() as conn:

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from orchestrator.domain.errors import Conflict, InvalidOrder, NotFound
+from orchestrator.domain.errors import Conflict, InvalidRequest, NotFound
 from orchestrator.domain.ids import new_id
 from orchestrator.reconciliation.fingerprint import fingerprint_moota
 from orchestrator.reconciliation.moota import UnreadableItem
@@ -148,7 +148,7 @@ class UnreadableFeedItems:
                       ) -> list[dict[str, Any]]:
         """Oldest first; ``after`` (an item id) continues after the page that ended there."""
         if state is not None and state not in STATES:
-            raise InvalidOrder(f"state must be one of: {', '.join(STATES)}", field="state")
+            raise InvalidRequest(f"state must be one of: {', '.join(STATES)}", field="state")
         t = unreadable_feed_items.c
         query = sa.select(unreadable_feed_items).order_by(t.first_seen_at, t.id).limit(limit)
         if state is not None:
@@ -165,10 +165,10 @@ class UnreadableFeedItems:
         manual match, the bank asked): close it, audited."""
         note = note.strip()
         if not note:
-            raise InvalidOrder("say what was done in 'note'; it goes to the audit log",
-                               field="note")
+            raise InvalidRequest("say what was done in 'note'; it goes to the audit log",
+                                 field="note")
         if len(note) > MAX_NOTE:
-            raise InvalidOrder(f"'note' is kept to {MAX_NOTE} characters", field="note")
+            raise InvalidRequest(f"'note' is kept to {MAX_NOTE} characters", field="note")
         t = unreadable_feed_items
         async with self._db.transaction() as conn:
             row = (await conn.execute(sa.select(t).where(t.c.id == item_id).with_for_update())

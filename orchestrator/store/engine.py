@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,57 @@ MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 PING_AFTER_IDLE = 1.0
 """Seconds a pooled PostgreSQL connection may sit idle before its next checkout pings it."""
+
+
+class DatabaseUnreachable(Exception):
+    """``LUNAS_DATABASE_URL`` names a database Lunas cannot connect to. The message says where and
+    why in one line an operator can act on (never the URL itself: it may carry a password)."""
+
+
+REACH_TIMEOUT = 10.0
+"""Seconds ``check_reachable`` waits for a first connection (asyncpg's own default is 60)."""
+
+
+async def check_reachable(engine: AsyncEngine) -> None:
+    """Connect once, so a command that cannot reach its database says so in one line before it
+    starts anything, instead of a driver's traceback from deep inside its first query."""
+    url = engine.url
+    where = (f"the SQLite database {url.database}" if engine.dialect.name == "sqlite"
+             else f"the database at {url.host or 'localhost'}:{url.port or 5432}")
+    try:
+        async with asyncio.timeout(REACH_TIMEOUT), engine.connect():
+            pass
+    except TimeoutError as error:
+        raise DatabaseUnreachable(f"cannot reach {where}: no answer in {REACH_TIMEOUT:g} s; is "
+                                  f"that its address? (LUNAS_DATABASE_URL)") from error
+    except socket.gaierror as error:
+        raise DatabaseUnreachable(f"cannot reach {where}: no host is known by that name "
+                                  f"(LUNAS_DATABASE_URL)") from error
+    except OSError as error:  # refused, no route
+        why = ("connection refused" if isinstance(error, ConnectionRefusedError)
+               else error.strerror or str(error))
+        raise DatabaseUnreachable(f"cannot reach {where} ({why}); is it running? "
+                                  f"(LUNAS_DATABASE_URL)") from error
+    except exc.DBAPIError as error:  # it answered, and refused: no such database, role, password
+        why = str(error.orig).splitlines()[0] if error.orig is not None else str(error)
+        if engine.dialect.name == "sqlite":
+            why += "; does its directory exist, and may Lunas write there?"
+        raise DatabaseUnreachable(f"cannot use {where}: {why} (LUNAS_DATABASE_URL)") from error
+
+
+async def check_migrated(engine: AsyncEngine) -> None:
+    """Refuse, in one line, a database no ``lunas migrate`` has run on: every command would
+    otherwise fail on its first table with a driver's traceback. Only a schema that is not there
+    at all: an older or newer revision is what a rolling deploy runs on for a while."""
+    try:
+        async with engine.connect() as conn:
+            migrated = (await conn.exec_driver_sql(
+                "SELECT count(*) FROM alembic_version")).scalar()
+    except exc.DBAPIError:  # no such table
+        migrated = 0
+    if not migrated:
+        raise DatabaseUnreachable("the database has no Lunas schema yet: run `lunas migrate` "
+                                  "first (LUNAS_DATABASE_URL)")
 
 
 def create_engine(settings: DatabaseSettings) -> AsyncEngine:

@@ -56,7 +56,15 @@ async def test_ops_list_redeliver_and_discard_dead_letters(
     assert (r.status_code, r.json()["status"]) == (200, "discarded")
 
     r = await client.post(f"{base}/redeliver", headers=ops, json={"reason": "x"})
-    assert r.status_code == 422  # neither events nor a merchant named
+    assert (r.status_code, r.json()["detail"]) == (422, (  # neither events nor a merchant named
+        "name the events to send again ('event_ids') or a merchant ('merchant_id')"))
+    r = await client.post(f"{base}/redeliver", headers=ops, json={
+        "reason": "x", "event_ids": [ids[1]], "merchant_id": m.merchant_id})
+    assert (r.status_code, r.json()["detail"]) == (422, (
+        "name the events ('event_ids') or a merchant ('merchant_id'), not both"))
+    r = await client.post(f"{base}/redeliver", headers=ops,
+                          json={"reason": "x", "merchant_id": "mer_nope"})
+    assert (r.status_code, r.json()["detail"]) == (404, "no merchant mer_nope")  # not 200, 0 sent
     r = await client.post(f"{base}/redeliver", headers=ops,
                           json={"reason": "x", "event_ids": [ids[0]]})
     assert (r.status_code, r.json()["code"]) == (409, "not_dead_lettered")  # discarded
@@ -116,6 +124,15 @@ async def test_cli_lists_and_redelivers_dead_letters(container: Container, pg_ur
     assert [e["event_id"] for e in json.loads(rest.stdout)] == ids[1:], rest.stderr
     unknown = lunas("outbox", "dead", "--after", "evt_nope")
     assert unknown.returncode == 1 and "no event evt_nope" in unknown.stderr
+    neither = lunas("outbox", "redeliver", "--reason", "r", "--actor", "me")
+    assert (neither.returncode, neither.stderr) == (2, (
+        "lunas: name the events to send again (EVENT_ID ...) or a merchant (--merchant ID)\n"))
+    both = lunas("outbox", "redeliver", ids[1], "--merchant", m.merchant_id, "--reason", "r",
+                 "--actor", "me")
+    assert both.returncode == 2 and both.stderr.endswith(", not both\n"), both.stderr
+    nobody = lunas("outbox", "redeliver", "--merchant", "mer_nope", "--reason", "r",
+                   "--actor", "me")
+    assert (nobody.returncode, nobody.stderr) == (1, "lunas: no merchant mer_nope\n")
     sent = lunas("outbox", "redeliver", ids[1], "--reason", "fixed", "--actor", "budi")
     assert (sent.returncode, sent.stdout.strip()) == (0, "1 events pending again"), sent.stderr
     gone = lunas("outbox", "discard", ids[1], "--reason", "x", "--actor", "budi")

@@ -322,7 +322,7 @@ async def start_worker(
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("LUNAS_") and "proxy" not in k.lower()}
     env.update(
-        LUNAS_ENV="test",
+        LUNAS_ENV="development",
         LUNAS_DATABASE_URL=db_url,
         LUNAS_WORKER_ID=worker_id,
         LUNAS_OUTBOX_LEASE=str(lease),

@@ -171,6 +171,52 @@ async def test_a_refusal_is_titled_for_its_status(
         assert (r.status_code, r.json()["title"]) == (status, title), r.text
 
 
+async def test_every_refusal_of_one_status_has_one_title(
+    client: httpx.AsyncClient, shop: ShopFixture, ops: dict[str, str],
+) -> None:
+    """"Bad request", "Malformed request" and "Bad Request" named three 400s (review): the title
+    is the status's phrase, in sentence case; the code says which problem it is."""
+    key = {**shop.headers, "Idempotency-Key": str(uuid.uuid4())}
+    refusals = [
+        await client.post("/v1/orders", headers=key),  # no body
+        await client.post("/v1/orders", headers=key, content=b"{"),  # not JSON, no Content-Type
+        await _create(client, shop, "{"),  # not JSON
+        await _create(client, shop, json.dumps({**order_body("INV-t"), "amount": "1000"})),
+        await client.get("/v1/reviews", headers=ops, params={"status": "bogus"}),
+        await client.get("/v1/orders/%00", headers=shop.headers),
+    ]
+    assert [(r.status_code, r.json()["title"]) for r in refusals] == [(400, "Bad request")] * 6
+    assert [r.json()["code"] for r in refusals] == [
+        "malformed_request", "malformed_json", "malformed_json", "malformed_request",
+        "bad_status", "unstorable_text"]
+    missing = [await client.get("/v1/no-such-thing"),
+               await client.get("/v1/orders/ord_none", headers=shop.headers)]
+    assert [(r.status_code, r.json()["title"]) for r in missing] == [(404, "Not found")] * 2
+
+
+@pytest.mark.parametrize(("path", "who"), [
+    ("/v1/orders", "merchant"), ("/v1/orders/ord_x/payment", "merchant"),
+    ("/v1/ops/routes/va:xendit:bca/resume", "ops"), ("/v1/ops/routes/va:xendit:bca/pause", "ops"),
+    ("/v1/ops/routes/va:xendit:bca/breaker", "ops"), ("/v1/ops/outbox/dead/evt_x/discard", "ops"),
+    ("/v1/ops/outbox/dead/redeliver", "ops"), ("/v1/reviews/rc_x/resolve", "ops"),
+    ("/v1/ops/maintenance", "ops"), ("/v1/ops/status/incidents", "ops"),
+    ("/v1/reconciliation/matches", "ops"),
+])
+@pytest.mark.parametrize("content_type", ["application/json", None])
+async def test_an_empty_body_is_answered_that_a_json_body_is_required(
+    client: httpx.AsyncClient, shop: ShopFixture, ops: dict[str, str], path: str, who: str,
+    content_type: str | None,
+) -> None:
+    """It said ``detail: "'data'"``: litestar's name for the handler argument it lacked."""
+    headers = {**(shop.headers if who == "merchant" else ops),
+               "Idempotency-Key": str(uuid.uuid4())}
+    if content_type:
+        headers["Content-Type"] = content_type
+    problem = _refused(await client.post(path, headers=headers), 400, "malformed_request")
+    assert problem["detail"] == "a JSON body is required (Content-Type: application/json)"
+    assert "'data'" not in json.dumps(problem)
+
+
 # -- provider webhooks: stored as received, never trusted, never a 500 --------------------------
 
 
@@ -522,3 +568,31 @@ async def test_a_corrected_push_of_a_set_aside_item_closes_it(
     listed = (await client.get("/v1/reconciliation/unreadable", headers=ops,
                                params={"status": "read"})).json()["data"]
     assert [i["closed_by"] for i in listed if i["mutation_ref"] == odd["mutation_id"]] == ["feed"]
+
+
+async def test_a_request_a_rule_refuses_is_named_for_what_it_is_not_an_invalid_order(
+    client: httpx.AsyncClient, shop: ShopFixture, ops: dict[str, str],
+) -> None:
+    """Reviews, maintenance windows, incidents, dead letters and feed items answered 422
+    ``invalid_order`` "Invalid order" (review): only an order is an invalid order."""
+    refused = [
+        (await client.post("/v1/reviews/rc_x/resolve", headers=ops,
+                           json={"action": "honour", "note": " "}), "note"),
+        (await client.post("/v1/ops/maintenance", headers=ops, json={
+            "route": "va:xendit:*", "starts_at": "2020-01-01T00:00:00+07:00",
+            "ends_at": "2020-01-02T00:00:00+07:00", "reason": "r"}), "ends_at"),
+        (await client.post("/v1/ops/status/incidents", headers=ops, json={
+            "name": "Pembayaran lambat", "components": ["intake"], "impact": "apocalyptic",
+            "body": "b"}),
+         "impact"),
+        (await client.post("/v1/ops/outbox/dead/redeliver", headers=ops,
+                           json={"event_ids": ["evt_x"], "reason": " "}), "reason"),
+        (await client.post("/v1/reconciliation/unreadable/ufi_x/handled", headers=ops,
+                           json={"note": " "}), "note"),
+    ]
+    for r, field in refused:
+        problem = _refused(r, 422, "invalid_request")
+        assert (problem["title"], problem["field"]) == ("Invalid request", field), problem
+    body = {**order_body(f"INV-{uuid.uuid4().hex[:10]}"), "amount": 0}
+    order = _refused(await _create(client, shop, json.dumps(body)), 422, "invalid_order")
+    assert (order["title"], order["field"]) == ("Invalid order", "amount")

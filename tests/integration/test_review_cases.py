@@ -145,6 +145,11 @@ async def test_cli_lists_and_resolves_cases(
                             "--note", "again", "--actor", "sari"], env=env, capture_output=True,
                            text=True, timeout=60, check=False)
     assert twice.returncode == 1 and "already resolved" in twice.stderr
+    # It printed nothing and exited 0, as if the queue were empty; the API answers 400.
+    bogus = subprocess.run([LUNAS, "reviews", "list", "--state", "bogus"], env=env,
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert (bogus.returncode, bogus.stdout) == (1, "")
+    assert bogus.stderr == "lunas: state must be one of: open, resolved (or none for every case)\n"
 
 
 async def test_the_open_queue_reads_to_its_end_page_by_page(

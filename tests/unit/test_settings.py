@@ -63,9 +63,130 @@ def test_bad_or_unsafe_settings_are_refused_naming_the_variable(
         Settings.from_env(env)
 
 
-def test_an_inconsistent_breaker_policy_is_a_settings_error() -> None:
-    with pytest.raises(SettingsError, match="invalid settings"):
-        Settings.from_env({"LUNAS_BREAKER_WAIT_OPEN": "900"})  # above the 5-minute maximum
+@pytest.mark.parametrize(("given", "used"), [
+    ("postgresql+asyncpg://u:p%40ss@db:5433/lunas", "postgresql+asyncpg://u:p%40ss@db:5433/lunas"),
+    ("postgresql://u:p%40ss@db:5433/lunas", "postgresql+asyncpg://u:p%40ss@db:5433/lunas"),
+    ("postgres://u@db/lunas", "postgresql+asyncpg://u@db/lunas"),
+    ("sqlite:///./shop.db", "sqlite+aiosqlite:///./shop.db"),
+    ("sqlite+aiosqlite:////var/lib/lunas.db", "sqlite+aiosqlite:////var/lib/lunas.db"),
+    ("", "sqlite+aiosqlite:///./lunas.db"),
+])
+def test_a_database_url_is_read_with_the_async_driver_lunas_ships(given: str, used: str) -> None:
+    assert Settings.from_env({"LUNAS_DATABASE_URL": given}).database.url == used
+
+
+@pytest.mark.parametrize("url", ["mysql://u:hunter2@db/lunas", "postgresql+psycopg://u:hunter2@db/l",
+                                 "hunter2", "sqlite+pysqlite:///x.db"])
+def test_any_other_database_url_is_refused_naming_the_forms_it_could_take(url: str) -> None:
+    with pytest.raises(SettingsError,
+                       match=r"^LUNAS_DATABASE_URL .*postgresql://.*sqlite:///") as e:
+        Settings.from_env({"LUNAS_DATABASE_URL": url})
+    assert "hunter2" not in str(e.value)  # a URL may carry a password: it is never repeated
+
+
+@pytest.mark.parametrize("url", ["notaurl", "http://cache:6379", "redis://cache:port/0"])
+def test_a_redis_url_redis_cannot_connect_by_is_refused_naming_the_variable(url: str) -> None:
+    with pytest.raises(SettingsError, match=r"^LUNAS_REDIS_URL: .*redis://127\.0\.0\.1:6379/0"):
+        Settings.from_env({"LUNAS_REDIS_URL": url})
+
+
+def test_an_inconsistent_breaker_policy_is_refused_naming_both_variables() -> None:
+    with pytest.raises(SettingsError,
+                       match=r"LUNAS_BREAKER_WAIT_OPEN \(900\) .* LUNAS_BREAKER_MAX_WAIT_OPEN"):
+        Settings.from_env({"LUNAS_BREAKER_WAIT_OPEN": "900"})  # above the 60-second maximum
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    # an unknown environment ran as development, every production check skipped
+    ({"LUNAS_ENV": "prod"}, "LUNAS_ENV must be one of development, production, got 'prod'"),
+    ({"LUNAS_OUTBOX_BACKOFF": "abc"}, "LUNAS_OUTBOX_BACKOFF must be seconds separated by commas, "
+                                      "each above 0"),
+    ({"LUNAS_OUTBOX_BACKOFF": "10,-5"}, "LUNAS_OUTBOX_BACKOFF .* above 0 .* got '-5'"),
+    ({"LUNAS_OUTBOX_BATCH": "0"}, "LUNAS_OUTBOX_BATCH must be a whole number at least 1, got '0'"),
+    ({"LUNAS_WEBHOOK_TIMEOUT": "0"}, "LUNAS_WEBHOOK_TIMEOUT must be a number of seconds above 0"),
+    ({"LUNAS_WEBHOOK_TIMEOUT": "inf"}, "LUNAS_WEBHOOK_TIMEOUT .* got 'inf'"),
+    ({"LUNAS_WEBHOOK_TIMEOUT": "nan"}, "LUNAS_WEBHOOK_TIMEOUT .* got 'nan'"),
+    ({"LUNAS_SWEEP_INTERVAL": "0"}, "LUNAS_SWEEP_INTERVAL must be a number of seconds above 0"),
+    ({"LUNAS_MAX_BODY_BYTES": "-1"}, "LUNAS_MAX_BODY_BYTES must be a whole number at least 1"),
+    ({"LUNAS_STATUS_READS_PER_MINUTE_XENDIT": "0"},
+     "LUNAS_STATUS_READS_PER_MINUTE_XENDIT must be a number above 0, got '0'"),
+    ({"LUNAS_STATUS_READS_HEADROOM": "1"}, "LUNAS_STATUS_READS_HEADROOM .* at least 0 and below 1"),
+    ({"LUNAS_BREAKER_FAILURE_RATE": "1.5"}, "LUNAS_BREAKER_FAILURE_RATE .* above 0 and at most 1"),
+    ({"LUNAS_PORT": "70000"}, "LUNAS_PORT must be a whole number from 1 to 65535"),
+    ({"LUNAS_WORKER_METRICS_PORT": "-1"}, "LUNAS_WORKER_METRICS_PORT .* from 0 to 65535"),
+    ({"LUNAS_DEFAULT_EXPIRES_IN": "10"}, "LUNAS_DEFAULT_EXPIRES_IN .* from 300 to 604800"),
+    ({"LUNAS_MIN_AMOUNT": "5000", "LUNAS_MAX_AMOUNT": "10"},
+     r"LUNAS_MIN_AMOUNT \(5000\) must not be above LUNAS_MAX_AMOUNT \(10\)"),
+    ({"LUNAS_VERIFY_SCHEDULE_VA": "60,x"}, "LUNAS_VERIFY_SCHEDULE_VA .* got 'x'"),
+    ({"LUNAS_SIMULATORS": "maybe"}, "LUNAS_SIMULATORS must be 1, true, yes or on"),
+])
+def test_a_value_out_of_range_is_refused_naming_the_variable_and_the_range(
+    env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)
+
+
+def _numeric_settings() -> dict[str, object]:
+    """Every variable ``from_env`` reads as a number, with its allowed range: read through the
+    one reader, so a setting added later is in this list without anyone adding it."""
+    from orchestrator import settings as module
+
+    read: dict[str, object] = {}
+
+    class Recording(module._Env):
+        def int(self, name: str, default: int, allowed: object = module._AT_LEAST_ONE) -> int:
+            read[name] = allowed
+            return super().int(name, default, allowed)  # type: ignore[arg-type]
+
+        def float(self, name: str, default: float, allowed: object) -> float:
+            read[name] = allowed
+            return super().float(name, default, allowed)  # type: ignore[arg-type]
+
+        def seconds(self, name: str, default: float,
+                    allowed: object = module._POSITIVE_SECONDS) -> timedelta:
+            read[name] = allowed
+            return super().seconds(name, default, allowed)  # type: ignore[arg-type]
+
+        def seconds_list(self, name: str,
+                         allowed: object = module._POSITIVE_SECONDS) -> tuple[timedelta, ...]:
+            read[name] = allowed
+            return super().seconds_list(name, allowed)  # type: ignore[arg-type]
+
+    Settings._from_env(Recording({}))
+    return read
+
+
+def test_every_numeric_setting_is_read_with_a_range() -> None:
+    numeric = _numeric_settings()
+    assert {"LUNAS_OUTBOX_BATCH", "LUNAS_WEBHOOK_TIMEOUT", "LUNAS_PORT", "LUNAS_OUTBOX_BACKOFF",
+            "LUNAS_STATUS_READS_PER_MINUTE_XENDIT", "LUNAS_VERIFY_SCHEDULE_QRIS"} <= set(numeric)
+    assert len(numeric) > 50
+
+
+@pytest.mark.parametrize("name", sorted(_numeric_settings()))
+@pytest.mark.parametrize("value", ["-1", "soon", "inf", "1e400"])
+def test_every_numeric_setting_refuses_a_negative_a_word_and_infinity_by_name(
+    name: str, value: str
+) -> None:
+    with pytest.raises(SettingsError, match=f"^{name} must be .*, got '{value}'$"):
+        Settings.from_env({name: value})
+
+
+@pytest.mark.parametrize("name", sorted(n for n, allowed in _numeric_settings().items()
+                                        if 0 not in allowed))  # type: ignore[operator]
+def test_a_zero_is_refused_where_it_would_mean_nothing(name: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{name} must be"):
+        Settings.from_env({name: "0"})
+
+
+def test_a_zero_that_means_off_is_taken() -> None:
+    s = Settings.from_env({name: "0" for name in (
+        "LUNAS_REVERSAL_WINDOW", "LUNAS_FEED_MAX_UNREADABLE", "LUNAS_WORKER_METRICS_PORT",
+        "LUNAS_STATUS_CACHE_TTL", "LUNAS_STATUS_WORSEN_AFTER", "LUNAS_UNIQUE_CODE_LOW")})
+    assert s.reconciliation.reversal_window == s.status_page.cache_ttl == timedelta(0)
+    assert s.status_page.worsen_after == timedelta(0)
+    assert s.feed.max_unreadable == s.http.worker_metrics_port == s.unique_codes.codes.low == 0
 
 
 def test_retention_keeps_provider_deliveries_for_ever_unless_told() -> None:
