@@ -26,7 +26,7 @@ Simulator assumptions where RAILS.md is silent (tagged [?] there): HTTP 200 carr
 answers; natural errors use the same HTTP status as their body ``status_code`` unless
 ``errors_in_body`` is configured; expired charges answer status ``407``, denied ``202``;
 default expiry is 24 h for VAs, 15 min for QRIS and GoPay, 5 min for ShopeePay; a 429 carries
-``Retry-After: 1``.
+``Retry-After: 1`` (or the ``rate_limit`` fault's ``retry_after_s``).
 """
 
 from __future__ import annotations
@@ -524,7 +524,9 @@ class MidtransSim:
         if fault.kind is FaultKind.BODY_ERROR:
             return Response(error_body(fault.status), status_code=200)
         if fault.kind is FaultKind.RATE_LIMIT:
-            return Response(error_body(429), status_code=429, headers={"Retry-After": "1"})
+            wait = fault.retry_after_s if fault.retry_after_s is not None else 1
+            return Response(error_body(429), status_code=429,
+                            headers={"Retry-After": f"{wait:g}"})
         if fault.kind is FaultKind.MAINTENANCE:
             return Response(error_body(503), status_code=503)
         return Response(error_body(fault.status), status_code=fault.status)

@@ -23,6 +23,9 @@ One worker loop (``run``):
    its deadline            attempt is left unverified)
    expired / failed        expired / failed (only from a live state; never backwards)
    breaker open            deferred on the route
+   429 (throttled)         tried again at its Retry-After (at least ``retry_after_failure``, at
+                           most ``THROTTLE_PAUSE``'s bound); neutral for the breaker, and the
+                           provider's reads pause until then in every worker (status_reads.py)
    read failed             tried again after ``retry_after_failure``
    ======================  ===================================================================
 
@@ -49,7 +52,7 @@ from orchestrator.domain.verification import VerificationSchedule
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails.base import NeutralStatus, ProviderStatus, Rail
 from orchestrator.rails.breaker import BreakerState
-from orchestrator.rails.errors import RailError
+from orchestrator.rails.errors import RailError, Throttled
 from orchestrator.rails.guard import BreakerGuard
 from orchestrator.rails.router import RouteUnavailable
 from orchestrator.services.expiry import PROVIDER_UNAVAILABLE, payment_pending_event_id
@@ -64,6 +67,7 @@ from orchestrator.services.status_reads import (
     defer,
     paid_evidence_key,
     route_of,
+    throttle_pause,
 )
 from orchestrator.settings import VerificationSettings
 from orchestrator.store.database import Database
@@ -267,6 +271,13 @@ class Verifier:
             await self._defer(attempt, route_key)
             counted.labels(attempt.provider, "deferred").inc()
             return
+        except Throttled as exc:
+            wait = max(timedelta(seconds=throttle_pause(exc.retry_after)),
+                       self._schedule.retry_after_failure)
+            await self._record(attempt, f"throttled (429): next read in "
+                               f"{wait.total_seconds():.0f} s", retry_in=wait)
+            counted.labels(attempt.provider, "throttled").inc()
+            return
         except RailError as exc:
             await self._record(attempt, f"read failed: {type(exc).__name__}", retry=True)
             counted.labels(attempt.provider, "read_failed").inc()
@@ -343,12 +354,14 @@ class Verifier:
                                                   reason=reason, now=now)
 
     async def _record(self, attempt: Any, outcome: str, *, reschedule: bool = False,
-                      retry: bool = False) -> None:
+                      retry: bool = False, retry_in: timedelta | None = None) -> None:
         now = self._clock.now()
         a = payment_attempts.c
         values: dict[str, Any] = {"checks": a.checks + 1, "last_checked_at": now,
                                   "last_check": outcome[:200]}
-        if retry:
+        if retry_in is not None:
+            values["next_check_at"] = now + retry_in
+        elif retry:
             values["next_check_at"] = now + self._schedule.retry_after_failure
         elif reschedule:
             nxt = self._schedule.next_check(Rail(attempt.rail), checks_done=attempt.checks + 1,
