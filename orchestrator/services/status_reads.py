@@ -7,6 +7,18 @@ Two rules meet in one place so no caller can forget either:
 - **Deferred, not failed.** When the route's breaker refuses, the caller gets ``RouteUnavailable``
   and records the attempt as deferred on that route (``defer``); the verifier makes every deferred
   attempt of a route due at once when its breaker closes again.
+
+Two answers are neither success nor failure for the breaker (``permit.neutral()``):
+
+- **Throttled is not down.** A 429 says the provider is up and wants fewer requests: it must not
+  fail a healthy route over for checkouts. Every process stops reading that provider until its
+  ``Retry-After`` (``RequestPacer.pause``, bounded by ``THROTTLE_PAUSE``), and the caller gets
+  ``Throttled`` with the seconds to wait, to reschedule the attempt's read. A read that finds
+  the provider paused is not sent, and raises the same.
+- **Unreadable is not down either.** An answer Lunas cannot read (``Unreadable``: an unknown
+  status such as Midtrans ``chargeback``, a field of an unexpected type, an adapter bug) says the
+  provider answered and our reading failed: one odd transaction must not keep a route's breaker
+  failing. The verifier retries it with growing gaps (``services/verification.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.domain.order import AttemptState
 from orchestrator.rails.base import PaymentProvider, ProviderStatus, Rail, Route
-from orchestrator.rails.errors import RailError, Throttled, Unavailable
+from orchestrator.rails.errors import RailError, Throttled, Unreadable
 from orchestrator.rails.guard import BreakerGuard
 from orchestrator.rails.ratelimit import RequestPacer
 from orchestrator.rails.router import RouteUnavailable
@@ -91,8 +103,8 @@ class StatusReads:
             except RailError:
                 raise
             except Exception as exc:  # an adapter that could not read the answer
-                raise Unavailable(f"unreadable answer ({type(exc).__name__})",
-                                  provider=attempt.provider, operation="status") from exc
+                raise Unreadable(f"{type(exc).__name__}: {exc}", provider=attempt.provider,
+                                 operation="status") from exc
 
     async def _not_paused(self, provider: str) -> None:
         left = await self._pacer.paused_for(provider)

@@ -26,6 +26,12 @@ One worker loop (``run``):
    429 (throttled)         tried again at its Retry-After (at least ``retry_after_failure``, at
                            most ``THROTTLE_PAUSE``'s bound); neutral for the breaker, and the
                            provider's reads pause until then in every worker (status_reads.py)
+   unreadable answer       tried again with growing gaps (``retry_after_failure`` doubled per
+   (unknown status, odd    unreadable read in a row, at most ``UNREADABLE_MAX_GAP``); neutral
+   field type)             for the breaker; ``last_check`` says what could not be read. The
+                           attempt stays live, so its order cannot expire unread: past its
+                           deadline it waits in ``verifying`` and goes to a person when the
+                           verification window runs out, as behind a provider that is down
    read failed             tried again after ``retry_after_failure``
    ======================  ===================================================================
 
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -52,7 +59,7 @@ from orchestrator.domain.verification import VerificationSchedule
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails.base import NeutralStatus, ProviderStatus, Rail
 from orchestrator.rails.breaker import BreakerState
-from orchestrator.rails.errors import RailError, Throttled
+from orchestrator.rails.errors import RailError, Throttled, Unreadable
 from orchestrator.rails.guard import BreakerGuard
 from orchestrator.rails.router import RouteUnavailable
 from orchestrator.services.expiry import PROVIDER_UNAVAILABLE, payment_pending_event_id
@@ -83,6 +90,23 @@ be, and keeps the schedule it was created with."""
 _PAST_DEADLINE = (OrderState.VERIFYING.value, OrderState.EXPIRED.value,
                   OrderState.CANCELLED.value)
 """Order states in which a still-pending instrument should stop being payable."""
+
+
+UNREADABLE_MAX_GAP = timedelta(minutes=30)
+"""The longest wait between two reads of an attempt whose answers Lunas cannot read."""
+_UNREADABLE = "unreadable answer"
+_IN_A_ROW = re.compile(r"^unreadable answer \((\d+) in a row\)")
+
+
+def unreadable_in_a_row(last_check: str | None) -> int:
+    """How many reads in a row before this one were unreadable, as ``last_check`` records."""
+    found = _IN_A_ROW.match(last_check or "")
+    return int(found.group(1)) if found else 0
+
+
+def unreadable_gap(base: timedelta, in_a_row: int) -> timedelta:
+    """``base`` doubled for each unreadable read in a row after the first, capped."""
+    return min(base * (1 << max(0, min(in_a_row - 1, 20))), UNREADABLE_MAX_GAP)
 
 
 _a = payment_attempts.c
@@ -277,6 +301,16 @@ class Verifier:
             await self._record(attempt, f"throttled (429): next read in "
                                f"{wait.total_seconds():.0f} s", retry_in=wait)
             counted.labels(attempt.provider, "throttled").inc()
+            return
+        except Unreadable as exc:
+            in_a_row = unreadable_in_a_row(attempt.last_check) + 1
+            wait = unreadable_gap(self._schedule.retry_after_failure, in_a_row)
+            await self._record(attempt, f"{_UNREADABLE} ({in_a_row} in a row): {exc.detail}",
+                               retry_in=wait)
+            counted.labels(attempt.provider, "unreadable").inc()
+            log.warning("status answer for %s unreadable (%d in a row), next read in %.0f s: %s",
+                        attempt.id, in_a_row, wait.total_seconds(), exc.detail,
+                        extra={"attempt_id": attempt.id, "order_id": attempt.order_id})
             return
         except RailError as exc:
             await self._record(attempt, f"read failed: {type(exc).__name__}", retry=True)
