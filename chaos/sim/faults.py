@@ -23,7 +23,7 @@ class FaultKind(enum.StrEnum):
     ERROR_BURST = "error_burst"  # the next ``count`` matching requests get ``status``
     ERROR_RATE = "error_rate"  # each matching request gets ``status`` with ``probability``
     TIMEOUT_AFTER_SUCCESS = "timeout_after_success"  # do the work, then never answer
-    RATE_LIMIT = "rate_limit"  # 429 with the provider's rate-limit headers
+    RATE_LIMIT = "rate_limit"  # 429 with the provider's rate-limit headers (retry_after_s)
     MAINTENANCE = "maintenance"  # 503 with a maintenance message
     BODY_ERROR = "body_error"  # HTTP 200 whose body carries an error status (Midtrans style)
 
@@ -38,6 +38,7 @@ class Fault:
     status: int = 500
     count: int = 0
     probability: float = 1.0
+    retry_after_s: float | None = None  # RATE_LIMIT: the Retry-After (reset) it announces
     until: float | None = None  # time.monotonic() deadline; None = until cleared
 
     def matches(self, channel: str, operation: str, now: float) -> bool:

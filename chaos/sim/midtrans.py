@@ -14,8 +14,8 @@ Data plane (``data_app``, the provider's API):
   the work (errors, hang, slow) creates nothing; ``timeout_after_success`` does the work first.
 
 Control plane (``control_app``): ``POST/GET/DELETE /faults``, ``GET/DELETE /calls``,
-``GET /calls/log``, ``POST /pay``, ``POST /expire``, ``GET /transactions/{order_id}``,
-``POST /config``, ``GET/DELETE /notifications``.
+``GET /calls/log``, ``POST /pay``, ``POST /expire``, ``POST /answer`` (odd fields in answers),
+``GET /transactions/{order_id}``, ``POST /config``, ``GET/DELETE /notifications``.
 A ``down`` fault stops the data server (connection refused); clearing it starts it again.
 
 Notifications go to the configured URL, or the ``X-Override-Notification`` URLs given at charge
@@ -26,7 +26,7 @@ Simulator assumptions where RAILS.md is silent (tagged [?] there): HTTP 200 carr
 answers; natural errors use the same HTTP status as their body ``status_code`` unless
 ``errors_in_body`` is configured; expired charges answer status ``407``, denied ``202``;
 default expiry is 24 h for VAs, 15 min for QRIS and GoPay, 5 min for ShopeePay; a 429 carries
-``Retry-After: 1``.
+``Retry-After: 1`` (or the ``rate_limit`` fault's ``retry_after_s``).
 """
 
 from __future__ import annotations
@@ -157,6 +157,7 @@ class SimTransaction:
     qr_string: str | None = None
     override_urls: tuple[str, ...] = ()
     append_urls: tuple[str, ...] = ()
+    answer_as: dict[str, Any] = field(default_factory=dict)  # odd fields (control /answer)
 
     @property
     def status_code(self) -> str:
@@ -183,7 +184,7 @@ class SimTransaction:
         }
         if self.settlement_time is not None:
             body["settlement_time"] = wib(self.settlement_time)
-        return body
+        return {**body, **self.answer_as}
 
 
 @dataclass(kw_only=True)
@@ -524,7 +525,9 @@ class MidtransSim:
         if fault.kind is FaultKind.BODY_ERROR:
             return Response(error_body(fault.status), status_code=200)
         if fault.kind is FaultKind.RATE_LIMIT:
-            return Response(error_body(429), status_code=429, headers={"Retry-After": "1"})
+            wait = fault.retry_after_s if fault.retry_after_s is not None else 1
+            return Response(error_body(429), status_code=429,
+                            headers={"Retry-After": f"{wait:g}"})
         if fault.kind is FaultKind.MAINTENANCE:
             return Response(error_body(503), status_code=503)
         return Response(error_body(fault.status), status_code=fault.status)
@@ -762,6 +765,19 @@ class MidtransSim:
         async def expire(request: Request[Any, Any, Any]) -> Response[Any]:
             return sim.expire_now(str((await json_body(request)).get("order_id", "")))
 
+        @post("/answer")
+        async def answer(request: Request[Any, Any, Any]) -> Response[Any]:
+            """An odd answer: ``fields`` replace what status reads and notifications say of
+            ``order_id`` (e.g. ``{"transaction_status": "chargeback"}`` or a numeric
+            ``gross_amount``), until ``{}`` is sent again."""
+            body = await json_body(request)
+            txn = sim.transactions.get(str(body.get("order_id", "")))
+            fields = body.get("fields")
+            if txn is None or not isinstance(fields, dict):
+                return Response({"error": "send {order_id, fields}"}, status_code=400)
+            txn.answer_as = dict(fields)
+            return Response(sim.status_body(txn), status_code=200)
+
         @get("/transactions/{order_id:str}")
         async def transaction(order_id: FromPath[str]) -> Response[Any]:
             txn = sim.transactions.get(order_id)
@@ -787,5 +803,5 @@ class MidtransSim:
             sim.notifier.attempts.clear()
 
         return [add_fault, list_faults, clear_faults, *call_routes(sim.faults), pay, expire,
-                transaction, config, notifications, clear_notifications]
+                answer, transaction, config, notifications, clear_notifications]
 

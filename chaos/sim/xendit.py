@@ -339,7 +339,8 @@ class XenditSim:
             return ApiError(503, "CHANNEL_UNAVAILABLE", "the channel is under maintenance"
                             ).response()
         if kind is FaultKind.RATE_LIMIT:
-            reset = fault.until - time.monotonic() if fault.until is not None else 60.0
+            reset = (fault.retry_after_s if fault.retry_after_s is not None
+                     else fault.until - time.monotonic() if fault.until is not None else 60.0)
             limit = self.limiter.per_minute or 60
             return ApiError(429, "RATE_LIMIT_EXCEEDED", "too many requests",
                             rate_limit_headers(limit, 0, reset)).response()

@@ -12,6 +12,10 @@
     ├── Unavailable           the provider answered that it cannot serve now (5xx, maintenance)
     │                         on a request that is safe to repeat (a read, or a create the
     │                         provider guarantees it did not process); counts as a failure.
+    ├── Unreadable            a status read was answered (2xx, JSON) but Lunas cannot read what
+    │                         it says (an unknown status such as Midtrans ``chargeback``, a
+    │                         field of an unexpected type): the provider is up, our reading
+    │                         failed. Neutral for the breaker; the read is retried with backoff.
     └── OutcomeUnknown        the request may have been processed (timeout after sending,
                               connection lost mid-response, 5xx on a create): never retried
                               blindly; the attempt becomes ``unknown`` and is verified.
@@ -58,6 +62,10 @@ class Unavailable(RailError):
 
 
 class OutcomeUnknown(RailError):
+    pass
+
+
+class Unreadable(RailError):
     pass
 
 

@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime
 
-from orchestrator.rails.breaker import BreakerOpen, BreakerRegistry, BreakerState
+from orchestrator.rails.breaker import BreakerOpen, BreakerRegistry, BreakerState, Permit
 from orchestrator.rails.router import RouteUnavailable
 
 _OPEN = (BreakerState.OPEN, BreakerState.FORCED_OPEN)
@@ -31,9 +31,12 @@ class BreakerGuard:
         return self.registry.get(route_key).retry_at
 
     @contextlib.asynccontextmanager
-    async def guard(self, route_key: str) -> AsyncIterator[None]:
+    async def guard(self, route_key: str) -> AsyncIterator[Permit]:
+        """The call's permit: success unless the block raises, or records otherwise through
+        the permit (``permit.neutral()`` for an answer that says nothing of the provider's
+        health)."""
         try:
-            async with self.registry.get(route_key).guard():
-                yield
+            async with self.registry.get(route_key).guard() as permit:
+                yield permit
         except BreakerOpen as exc:
             raise RouteUnavailable(route_key) from exc

@@ -39,8 +39,10 @@ created (201) but deny/failure status  Refused code=status  —                 
 created (201) but instrument unusable  Unavailable          —                    —
 (QR fails qris.parse, amount differs,
 VA number or deeplink missing)
-status body malformed / unknown        —                    Unavailable          —
-transaction_status / non-zero sen
+2xx status answer that is not JSON    —                    Unavailable          —
+status body malformed / unknown        —                    Unreadable (neutral  —
+transaction_status (e.g. chargeback)                        for the breaker)
+/ non-string gross_amount / sen
 =====================================  ===================  ===================  ==================
 
 Decisions worth knowing:
@@ -98,6 +100,7 @@ from orchestrator.rails.errors import (
     Throttled,
     TransientBeforeSend,
     Unavailable,
+    Unreadable,
 )
 
 PROVIDER = "midtrans"
@@ -484,12 +487,12 @@ class MidtransProvider:
                                   raw_status="404")
         if code != 407:  # 407 is how Midtrans answers the status of an expired charge
             _raise_for(code, response, body, operation="status", server_error=Unavailable)
+        if body is None:  # a proxy's error page more likely than Midtrans: not an answer
+            raise Unavailable("status answer is not JSON", provider=PROVIDER, operation="status")
         try:
-            if body is None:
-                raise MidtransWireError("status answer is not JSON")
             return notification_status(body)
         except MidtransWireError as exc:
-            raise Unavailable(str(exc), provider=PROVIDER, operation="status") from exc
+            raise Unreadable(str(exc), provider=PROVIDER, operation="status") from exc
 
     async def cancel(self, reference: str, provider_ref: str | None, route: Route) -> None:
         response = await self._send("cancel", "POST", f"/v2/{reference}/cancel", self._headers)

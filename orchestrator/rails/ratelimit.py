@@ -17,14 +17,20 @@ sleep exactly until their turn instead of polling. A reservation further ahead t
 is refused (nothing is reserved) and the caller asks again later, so a stalled caller cannot
 book the provider's capacity for minutes ahead.
 
+A provider that answers 429 with ``Retry-After`` asks for silence, not a slower pace: ``pause``
+records "no requests to this provider until then" (``<prefix>pace:<bucket>:paused``, a key that
+lives as long as the pause) and ``paused_for`` tells every process, so no worker spends another
+request the provider will refuse. A pause is never shortened by a later, shorter one.
+
 Without Redis (the embedded default, or Redis down) each process paces itself alone with the same
-algorithm on its monotonic clock; several processes then add up, which the fallback metric
-(``lunas_breaker_redis_fallback``) and a log line make visible.
+algorithm on its monotonic clock, and keeps its pauses to itself; several processes then add up,
+which the fallback metric (``lunas_breaker_redis_fallback``) and a log line make visible.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections import deque
@@ -70,6 +76,16 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
 end
 local oldest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
 return math.max(1, oldest + window - now)
+"""
+
+
+# KEYS[1] = pause key; ARGV[1] = milliseconds. Lengthens the pause, never shortens it.
+_PAUSE = """
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+end
+return 0
 """
 
 
@@ -146,6 +162,8 @@ class RequestPacer:
         self._local: dict[str, _LocalBucket] = {}
         self._script = redis.register_script(_RESERVE) if redis is not None else None
         self._admit_script = redis.register_script(_ADMIT) if redis is not None else None
+        self._pause_script = redis.register_script(_PAUSE) if redis is not None else None
+        self._paused_until: dict[str, float] = {}  # bucket -> time.monotonic() deadline
         self._redis_pause = RedisPause("request pacing", counted=on_redis_pause)
 
     def pace(self, bucket: str) -> Pace | None:
@@ -179,6 +197,35 @@ class RequestPacer:
             else:
                 admitted += 1
         return True
+
+    async def pause(self, bucket: str, seconds: float) -> None:
+        """No requests to ``bucket`` for ``seconds`` (its provider said 429, Retry-After), in
+        every process that shares Redis; in this one alone without it."""
+        if seconds <= 0:
+            return
+        until = time.monotonic() + seconds
+        self._paused_until[bucket] = max(until, self._paused_until.get(bucket, 0.0))
+        if self._pause_script is not None and self._redis_pause.may_try:
+            try:
+                await self._pause_script(keys=[self._pause_key(bucket)],
+                                         args=[max(1, math.ceil(seconds * 1000))])
+            except (RedisError, OSError) as exc:
+                self._redis_pause.failed(exc)
+
+    async def paused_for(self, bucket: str) -> float:
+        """Seconds left of the longest pause of ``bucket`` known here or in Redis; 0 if none."""
+        left = max(0.0, self._paused_until.get(bucket, 0.0) - time.monotonic())
+        if self._redis is not None and self._redis_pause.may_try:
+            try:
+                ttl_ms = int(await self._redis.pttl(self._pause_key(bucket)))
+            except (RedisError, OSError) as exc:
+                self._redis_pause.failed(exc)
+            else:
+                left = max(left, ttl_ms / 1000)  # -2: no key, -1: no expiry (never ours)
+        return left
+
+    def _pause_key(self, bucket: str) -> str:
+        return f"{self._prefix}pace:{bucket}:paused"
 
     async def _admit(self, bucket: str, pace: Pace) -> int:
         if self._admit_script is not None and self._redis_pause.may_try:

@@ -43,7 +43,7 @@ class RouteGuard(Protocol):
 
     def is_open(self, route_key: str) -> bool: ...
 
-    def guard(self, route_key: str) -> AbstractAsyncContextManager[None]:
+    def guard(self, route_key: str) -> AbstractAsyncContextManager[object]:
         """Admit one call or raise ``RouteUnavailable``; record the call's outcome on exit."""
         ...
 

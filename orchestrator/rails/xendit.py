@@ -25,8 +25,11 @@ Error mapping (first matching row wins; "create" / "status, cancel"):
     5xx (incl. 503 CHANNEL_UNAVAILABLE), or a non-4xx      OutcomeUnknown    Unavailable
       non-2xx answer
     other 4xx (API_VALIDATION_ERROR, amount limits, ...)   Refused(code)
-    2xx whose body cannot be read, or that does not match  OutcomeUnknown    Unavailable
-      the request (amount, reference, invalid QRIS CRC)
+    2xx whose body is not JSON                             OutcomeUnknown    Unavailable
+    2xx whose body cannot be read, or that does not match  OutcomeUnknown    status: Unreadable
+      the request (amount, reference, invalid QRIS CRC)                      (neutral for the
+                                                                             breaker); cancel:
+                                                                             Unavailable
 
 Decisions behind the table:
 
@@ -103,6 +106,7 @@ from orchestrator.rails.errors import (
     Throttled,
     TransientBeforeSend,
     Unavailable,
+    Unreadable,
 )
 
 PROVIDER = "xendit"
@@ -398,8 +402,13 @@ class XenditProvider:
             response.raise_for_status()
         except httpx.HTTPStatusError as exc:
             raise _http_error(operation, response) from exc
-        with self._reading(operation):
+        try:
             body = response.json()
+        except ValueError as exc:  # a proxy's error page more likely than Xendit: not an answer
+            cls = OutcomeUnknown if operation == "create" else Unavailable
+            raise cls(f"the answer is not JSON: {exc}", provider=PROVIDER,
+                      operation=operation) from exc
+        with self._reading(operation):
             if not isinstance(body, dict):
                 raise ValueError("the answer is not a JSON object")
             return body
@@ -411,7 +420,8 @@ class XenditProvider:
         try:
             yield
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-            cls = OutcomeUnknown if operation == "create" else Unavailable
+            cls: type[RailError] = {"create": OutcomeUnknown,
+                                    "status": Unreadable}.get(operation, Unavailable)
             raise cls(f"unreadable answer: {exc}", provider=PROVIDER,
                       operation=operation) from exc
 

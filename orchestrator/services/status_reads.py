@@ -7,19 +7,31 @@ Two rules meet in one place so no caller can forget either:
 - **Deferred, not failed.** When the route's breaker refuses, the caller gets ``RouteUnavailable``
   and records the attempt as deferred on that route (``defer``); the verifier makes every deferred
   attempt of a route due at once when its breaker closes again.
+
+Two answers are neither success nor failure for the breaker (``permit.neutral()``):
+
+- **Throttled is not down.** A 429 says the provider is up and wants fewer requests: it must not
+  fail a healthy route over for checkouts. Every process stops reading that provider until its
+  ``Retry-After`` (``RequestPacer.pause``, bounded by ``THROTTLE_PAUSE``), and the caller gets
+  ``Throttled`` with the seconds to wait, to reschedule the attempt's read. A read that finds
+  the provider paused is not sent, and raises the same.
+- **Unreadable is not down either.** An answer Lunas cannot read (``Unreadable``: an unknown
+  status such as Midtrans ``chargeback``, a field of an unexpected type, an adapter bug) says the
+  provider answered and our reading failed: one odd transaction must not keep a route's breaker
+  failing. The verifier retries it with growing gaps (``services/verification.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.domain.order import AttemptState
 from orchestrator.rails.base import PaymentProvider, ProviderStatus, Rail, Route
-from orchestrator.rails.errors import RailError, Unavailable
+from orchestrator.rails.errors import RailError, Throttled, Unreadable
 from orchestrator.rails.guard import BreakerGuard
 from orchestrator.rails.ratelimit import RequestPacer
 from orchestrator.rails.router import RouteUnavailable
@@ -27,6 +39,18 @@ from orchestrator.store.tables import payment_attempts
 
 LIVE = (AttemptState.ACTIVE.value, AttemptState.SUPERSEDED.value, AttemptState.UNKNOWN.value)
 """Attempts whose money may still move, so whose status is worth reading."""
+
+
+THROTTLE_PAUSE = (timedelta(seconds=1), timedelta(minutes=5))
+"""Bounds of a provider-wide pause after a 429: a missing or tiny ``Retry-After`` still stops the
+stampede for a second; an absurd one (or Xendit's reset of a long window) pauses 5 minutes at
+most, after which one read finds out again."""
+
+
+def throttle_pause(retry_after: float | None) -> float:
+    """Seconds every process stops reading a provider that answered 429 with ``retry_after``."""
+    low, high = (b.total_seconds() for b in THROTTLE_PAUSE)
+    return min(max(retry_after or 0.0, low), high)
 
 
 class ReadAbandoned(Exception):
@@ -61,18 +85,32 @@ class StatusReads:
         if self._guard.is_open(route.key):
             raise RouteUnavailable(route.key)  # spend no paced slot on a call that cannot go
         provider = self._providers[attempt.provider]
+        await self._not_paused(attempt.provider)
         if not await self._pacer.acquire(attempt.provider,
                                          provider.status_requests(attempt.provider_ref, route),
                                          before_send=still_wanted):
             raise ReadAbandoned(attempt.id)
-        async with self._guard.guard(route.key):
+        await self._not_paused(attempt.provider)  # another read may have been told 429 meanwhile
+        async with self._guard.guard(route.key) as call:
             try:
                 return await provider.status(attempt.id, attempt.provider_ref, route)
+            except Throttled as exc:
+                call.neutral()  # the provider is up: it wants fewer requests, not a failover
+                pause = throttle_pause(exc.retry_after)
+                await self._pacer.pause(attempt.provider, pause)
+                exc.retry_after = pause
+                raise
             except RailError:
                 raise
             except Exception as exc:  # an adapter that could not read the answer
-                raise Unavailable(f"unreadable answer ({type(exc).__name__})",
-                                  provider=attempt.provider, operation="status") from exc
+                raise Unreadable(f"{type(exc).__name__}: {exc}", provider=attempt.provider,
+                                 operation="status") from exc
+
+    async def _not_paused(self, provider: str) -> None:
+        left = await self._pacer.paused_for(provider)
+        if left > 0:
+            raise Throttled(f"reads paused {left:.0f} s after a 429", provider=provider,
+                            operation="status", retry_after=left)
 
 
 async def defer(conn: AsyncConnection, attempt_id: str, route_key: str, *, now: datetime,

@@ -23,6 +23,15 @@ One worker loop (``run``):
    its deadline            attempt is left unverified)
    expired / failed        expired / failed (only from a live state; never backwards)
    breaker open            deferred on the route
+   429 (throttled)         tried again at its Retry-After (at least ``retry_after_failure``, at
+                           most ``THROTTLE_PAUSE``'s bound); neutral for the breaker, and the
+                           provider's reads pause until then in every worker (status_reads.py)
+   unreadable answer       tried again with growing gaps (``retry_after_failure`` doubled per
+   (unknown status, odd    unreadable read in a row, at most ``UNREADABLE_MAX_GAP``); neutral
+   field type)             for the breaker; ``last_check`` says what could not be read. The
+                           attempt stays live, so its order cannot expire unread: past its
+                           deadline it waits in ``verifying`` and goes to a person when the
+                           verification window runs out, as behind a provider that is down
    read failed             tried again after ``retry_after_failure``
    ======================  ===================================================================
 
@@ -37,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -49,7 +59,7 @@ from orchestrator.domain.verification import VerificationSchedule
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails.base import NeutralStatus, ProviderStatus, Rail
 from orchestrator.rails.breaker import BreakerState
-from orchestrator.rails.errors import RailError
+from orchestrator.rails.errors import RailError, Throttled, Unreadable
 from orchestrator.rails.guard import BreakerGuard
 from orchestrator.rails.router import RouteUnavailable
 from orchestrator.services.expiry import PROVIDER_UNAVAILABLE, payment_pending_event_id
@@ -64,6 +74,7 @@ from orchestrator.services.status_reads import (
     defer,
     paid_evidence_key,
     route_of,
+    throttle_pause,
 )
 from orchestrator.settings import VerificationSettings
 from orchestrator.store.database import Database
@@ -79,6 +90,23 @@ be, and keeps the schedule it was created with."""
 _PAST_DEADLINE = (OrderState.VERIFYING.value, OrderState.EXPIRED.value,
                   OrderState.CANCELLED.value)
 """Order states in which a still-pending instrument should stop being payable."""
+
+
+UNREADABLE_MAX_GAP = timedelta(minutes=30)
+"""The longest wait between two reads of an attempt whose answers Lunas cannot read."""
+_UNREADABLE = "unreadable answer"
+_IN_A_ROW = re.compile(r"^unreadable answer \((\d+) in a row\)")
+
+
+def unreadable_in_a_row(last_check: str | None) -> int:
+    """How many reads in a row before this one were unreadable, as ``last_check`` records."""
+    found = _IN_A_ROW.match(last_check or "")
+    return int(found.group(1)) if found else 0
+
+
+def unreadable_gap(base: timedelta, in_a_row: int) -> timedelta:
+    """``base`` doubled for each unreadable read in a row after the first, capped."""
+    return min(base * (1 << max(0, min(in_a_row - 1, 20))), UNREADABLE_MAX_GAP)
 
 
 _a = payment_attempts.c
@@ -267,6 +295,23 @@ class Verifier:
             await self._defer(attempt, route_key)
             counted.labels(attempt.provider, "deferred").inc()
             return
+        except Throttled as exc:
+            wait = max(timedelta(seconds=throttle_pause(exc.retry_after)),
+                       self._schedule.retry_after_failure)
+            await self._record(attempt, f"throttled (429): next read in "
+                               f"{wait.total_seconds():.0f} s", retry_in=wait)
+            counted.labels(attempt.provider, "throttled").inc()
+            return
+        except Unreadable as exc:
+            in_a_row = unreadable_in_a_row(attempt.last_check) + 1
+            wait = unreadable_gap(self._schedule.retry_after_failure, in_a_row)
+            await self._record(attempt, f"{_UNREADABLE} ({in_a_row} in a row): {exc.detail}",
+                               retry_in=wait)
+            counted.labels(attempt.provider, "unreadable").inc()
+            log.warning("status answer for %s unreadable (%d in a row), next read in %.0f s: %s",
+                        attempt.id, in_a_row, wait.total_seconds(), exc.detail,
+                        extra={"attempt_id": attempt.id, "order_id": attempt.order_id})
+            return
         except RailError as exc:
             await self._record(attempt, f"read failed: {type(exc).__name__}", retry=True)
             counted.labels(attempt.provider, "read_failed").inc()
@@ -343,12 +388,14 @@ class Verifier:
                                                   reason=reason, now=now)
 
     async def _record(self, attempt: Any, outcome: str, *, reschedule: bool = False,
-                      retry: bool = False) -> None:
+                      retry: bool = False, retry_in: timedelta | None = None) -> None:
         now = self._clock.now()
         a = payment_attempts.c
         values: dict[str, Any] = {"checks": a.checks + 1, "last_checked_at": now,
                                   "last_check": outcome[:200]}
-        if retry:
+        if retry_in is not None:
+            values["next_check_at"] = now + retry_in
+        elif retry:
             values["next_check_at"] = now + self._schedule.retry_after_failure
         elif reschedule:
             nxt = self._schedule.next_check(Rail(attempt.rail), checks_done=attempt.checks + 1,

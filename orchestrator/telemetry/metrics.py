@@ -110,7 +110,8 @@ class Metrics:
         self.verification_reads = Counter(
             "lunas_verification_reads_total",
             "Scheduled status reads by provider and outcome (paid, pending, expired, failed, "
-            "resolved for an unknown create, deferred: breaker open, read_failed).",
+            "resolved for an unknown create, deferred: breaker open, read_failed, throttled: "
+            "429, retried at Retry-After, unreadable: answered but not understood).",
             ["provider", "outcome"], registry=self.registry,
         )
         self.verification_released = Counter(

@@ -878,3 +878,118 @@ async def test_a_cancelled_order_s_instrument_is_cancelled_at_its_provider_and_s
             "payment_on_closed_order", "open")  # a person refunds (or honours) it
         assert await s.states([unpaid["id"], paid["id"]]) == {
             unpaid["id"]: "cancelled", paid["id"]: "cancelled"}
+
+
+THROTTLED = {"kind": "rate_limit", "operation": "status", "retry_after_s": 4}
+
+
+async def test_a_throttled_status_api_is_waited_out_and_never_fails_the_route_over(
+    container: Container,
+) -> None:
+    """Regression (review): six 429'd status reads opened ``qris:midtrans:qris`` and the next
+    checkout was failed over away from a healthy provider; Retry-After was parsed, never used.
+    A 429 is neutral for the breaker, the read comes back at Retry-After, and meanwhile no
+    worker sends the provider another status request."""
+    route = "qris:midtrans:qris"
+    async with shop(container) as s:
+        placed = [await s.checkout() for _ in range(6)]
+        ids = [o["id"] for o in placed]
+        await s.midtrans("POST", "/faults", THROTTLED)
+        s.clock.advance(PAST_DEADLINE)  # six reads due at once: each is answered 429
+
+        async def attempts() -> list[Any]:
+            return [a for i in ids for a in await s.attempts(i)]
+
+        async def all_throttled() -> bool:
+            return all((a.last_check or "").startswith("throttled") for a in await attempts())
+
+        await eventually(all_throttled, 20, "every read throttled")
+        for a in await attempts():  # rescheduled at Retry-After, not deferred, not 0.3 s
+            assert a.deferred_on is None
+            assert a.next_check_at - a.last_checked_at >= timedelta(seconds=3.9), a.last_check
+        assert s.container.breakers.get(route).state is BreakerState.CLOSED
+        sent = len(await s.midtrans("GET", "/calls/log?operation=status"))
+        assert 1 <= sent <= 6
+
+        # Due again by our clock while the provider's pause (real seconds) still runs: the
+        # reads are rescheduled without a request.
+        checks = {a.id: a.checks for a in await attempts()}
+        s.clock.advance(timedelta(seconds=10))
+
+        async def read_again() -> bool:
+            return all(a.checks > checks[a.id] for a in await attempts())
+
+        await eventually(read_again, 3, "every read retried within the pause")
+        assert len(await s.midtrans("GET", "/calls/log?operation=status")) == sent
+        assert s.container.breakers.get(route).state is BreakerState.CLOSED
+        again = await s.checkout()
+        assert again["routing"]["served_by"] == route  # no failover from a healthy provider
+
+        await s.midtrans("DELETE", "/faults")
+
+        async def decided() -> bool:
+            return set((await s.states(ids)).values()) == {"expired"}
+
+        await eventually(decided, 30, "every unpaid order expired once read")
+        seen = s.container.metrics.exposition()
+        assert metric_value(seen, "lunas_verification_reads_total", provider="midtrans",
+                            outcome="throttled") >= 12
+        assert metric_value(seen, "lunas_breaker_transitions_total", route=route,
+                            from_state="closed", to_state="open") == 0
+        assert metric_value(seen, "lunas_breaker_calls_total", route=route,
+                            outcome="neutral") >= 1
+        await assert_rules_of_state(s.container.db, ids)
+
+
+async def test_an_answer_lunas_cannot_read_keeps_the_route_up_and_the_order_unexpired(
+    container: Container,
+) -> None:
+    """Regression (review): an unknown Midtrans status (``chargeback``) or a field of an
+    unexpected type became "provider unavailable": each read counted against the breaker and
+    was retried every 30 s forever. Now it is unreadable: neutral for the breaker, retried with
+    growing gaps, said on the attempt and in a metric, and the order is never expired unread."""
+    route = "qris:midtrans:qris"
+    async with shop(container) as s:
+        placed = [await s.checkout() for _ in range(2)]
+        ids = [o["id"] for o in placed]
+        charged_back, odd_amount = (o["payment"]["attempt_id"] for o in placed)
+        await s.midtrans("POST", "/answer", {"order_id": charged_back,
+                                             "fields": {"transaction_status": "chargeback"}})
+        await s.midtrans("POST", "/answer", {"order_id": odd_amount, "fields": {
+            "transaction_status": "settlement", "gross_amount": 125_000}})
+        s.clock.advance(PAST_DEADLINE)
+
+        async def attempts() -> list[Any]:
+            return [a for i in ids for a in await s.attempts(i)]
+
+        async def read_often() -> bool:
+            return all((a.last_check or "").startswith("unreadable answer (4 in a row)")
+                       for a in await attempts())
+
+        await eventually(read_often, 20, "four unreadable reads of each attempt")
+        for a in await attempts():
+            assert a.state == "active" and a.deferred_on is None
+            # 0.3 s doubled per unreadable read in a row: the fourth waits 2.4 s
+            assert a.next_check_at - a.last_checked_at == timedelta(seconds=2.4), a.last_check
+        by_id = {a.id: a.last_check for a in await attempts()}
+        assert "chargeback" in by_id[charged_back]
+        assert "gross_amount" in by_id[odd_amount]
+        assert s.container.breakers.get(route).state is BreakerState.CLOSED
+        assert await s.states(ids) == dict.fromkeys(ids, "verifying")  # never expired unread
+        seen = s.container.metrics.exposition()
+        assert metric_value(seen, "lunas_verification_reads_total", provider="midtrans",
+                            outcome="unreadable") >= 8
+        assert metric_value(seen, "lunas_breaker_transitions_total", route=route,
+                            from_state="closed", to_state="open") == 0
+        again = await s.checkout()
+        assert again["routing"]["served_by"] == route
+
+        s.clock.advance(timedelta(hours=3))  # the verification window runs out, still unread
+
+        async def reviewed() -> bool:
+            return set((await s.states(ids)).values()) == {"needs_review"}
+
+        await eventually(reviewed, 10, "orders in review")
+        for i in ids:
+            assert (await s.order(i))["review_reason"] == "verification_window_exhausted"
+        await assert_rules_of_state(s.container.db, ids)

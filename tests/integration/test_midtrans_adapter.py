@@ -19,6 +19,7 @@ from chaos.sim.midtrans import MidtransSim
 from chaos.sim.server import SwitchableServer
 from orchestrator.rails import qris
 from orchestrator.rails.base import ChargeRequest, NeutralStatus, Rail, Route
+from orchestrator.rails.breaker import Outcome, outcome_of
 from orchestrator.rails.errors import (
     Misconfigured,
     OutcomeUnknown,
@@ -26,6 +27,7 @@ from orchestrator.rails.errors import (
     Throttled,
     TransientBeforeSend,
     Unavailable,
+    Unreadable,
 )
 from orchestrator.rails.midtrans import (
     MidtransProvider,
@@ -313,6 +315,26 @@ async def test_a_hung_status_read_is_unavailable(
     await add_fault(control, kind="hang", operation="status")
     with pytest.raises(Unavailable):
         await provider.status(request.reference, None, request.route)
+
+
+@pytest.mark.parametrize("fields", [
+    pytest.param({"transaction_status": "chargeback"}, id="unknown-status"),
+    pytest.param({"transaction_status": "settlement", "gross_amount": 125000},
+                 id="numeric-gross-amount"),
+])
+async def test_a_status_answer_lunas_cannot_read_is_unreadable_not_unavailable(
+    fields: dict[str, Any], provider: MidtransProvider, control: httpx.AsyncClient,
+) -> None:
+    """Midtrans answered; our reading failed: neutral for the breaker (rails/errors.py).
+    RAILS.md §1.1 says response amounts are strings, so a number is not guessed at."""
+    request = charge("bni")
+    await provider.create(request)
+    r = await control.post("/answer", json={"order_id": request.reference, "fields": fields})
+    assert r.status_code == 200
+    with pytest.raises(Unreadable):
+        await provider.status(request.reference, None, request.route)
+    assert outcome_of(Unreadable("x", provider="midtrans", operation="status")) \
+        is Outcome.NEUTRAL
 
 
 SERVER_ERRORS = [

@@ -109,3 +109,32 @@ async def test_calls_in_flight_when_redis_fails_count_as_one_fallback() -> None:
     finally:
         await dead.aclose()
     assert len(pauses) == 1
+
+
+async def test_a_pause_reaches_every_process_and_is_never_shortened(container: Container) -> None:
+    """A 429 with Retry-After told to one process stops the provider's reads in all of them."""
+    url = container.settings.redis.url
+    assert url is not None
+    prefix = f"{container.settings.redis.key_prefix}pause{uuid.uuid4().hex[:6]}:"
+    first, second = aioredis.Redis.from_url(url), aioredis.Redis.from_url(url)
+    try:
+        a = RequestPacer({"xendit": PACE}, redis=first, key_prefix=prefix)
+        b = RequestPacer({"xendit": PACE}, redis=second, key_prefix=prefix)
+        assert await b.paused_for("midtrans") == 0
+        await a.pause("midtrans", 30)
+        await a.pause("midtrans", 2)  # a later, shorter 429 does not end the longer pause
+        assert 28 < await b.paused_for("midtrans") <= 30
+        assert await b.paused_for("xendit") == 0
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_without_redis_a_pause_holds_in_its_own_process() -> None:
+    dead = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    pacer = RequestPacer({"xendit": PACE}, redis=dead)
+    try:
+        await pacer.pause("xendit", 60)  # a failed connect may itself take seconds
+        assert 45 < await pacer.paused_for("xendit") <= 60
+    finally:
+        await dead.aclose()
