@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 
 _LEASE_USABLE = 0.9
 """Handlers must be finished by this fraction of the lease; the rest is for the outcome write."""
-_DEFAULT_HANDLER_SHARE = 0.75
 _DB_BACKOFF_FIRST = 1.0
 _DB_BACKOFF_MAX = 30.0
 _DRAIN_TIMEOUT = 10.0
@@ -123,7 +122,7 @@ class Relay:
         if settings.concurrency < 1 or settings.batch_size < 1:
             raise ValueError("outbox concurrency and batch size must be at least 1")
         lease_s = settings.lease.total_seconds()
-        timeout = handler_timeout or settings.lease * _DEFAULT_HANDLER_SHARE
+        timeout = handler_timeout or settings.handler_timeout
         if not 0 < timeout.total_seconds() < lease_s * _LEASE_USABLE:
             raise ValueError("handler_timeout must be positive and well inside the lease")
         self._engine = engine

@@ -189,6 +189,29 @@ def test_a_zero_that_means_off_is_taken() -> None:
     assert s.feed.max_unreadable == s.http.worker_metrics_port == s.unique_codes.codes.low == 0
 
 
+@pytest.mark.parametrize(("lease", "webhook"), [
+    ("60", "45"),  # the default lease leaves a try 45 s: exactly that is too long
+    ("10", "8"),
+    ("2", "2"),
+    ("", "0"),  # every try would time out before it began
+])
+def test_a_webhook_timeout_that_does_not_fit_inside_the_outbox_lease_is_refused(
+    lease: str, webhook: str
+) -> None:
+    """A merchant try must end by its own timeout inside three quarters of the lease (the
+    relay's handler timeout), leaving the rest for recording its outcome."""
+    with pytest.raises(SettingsError, match="LUNAS_WEBHOOK_TIMEOUT") as refused:
+        Settings.from_env({"LUNAS_OUTBOX_LEASE": lease, "LUNAS_WEBHOOK_TIMEOUT": webhook})
+    if webhook != "0":
+        assert "LUNAS_OUTBOX_LEASE" in str(refused.value)
+
+
+@pytest.mark.parametrize(("lease", "webhook"), [("", ""), ("60", "44.9"), ("3", "2")])
+def test_a_webhook_timeout_inside_the_lease_is_accepted(lease: str, webhook: str) -> None:
+    s = Settings.from_env({"LUNAS_OUTBOX_LEASE": lease, "LUNAS_WEBHOOK_TIMEOUT": webhook})
+    assert s.webhooks.timeout < s.outbox.handler_timeout == s.outbox.lease * 0.75
+
+
 def test_retention_keeps_provider_deliveries_for_ever_unless_told() -> None:
     kept = Settings.from_env({}).retention
     assert kept.provider_deliveries is None
