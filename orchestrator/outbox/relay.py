@@ -192,7 +192,7 @@ class Relay:
         return handled
 
     async def _claim(self) -> list[OutboxEvent]:
-        statement = queries.claim_batch(
+        claim = queries.claim_batch(
             self._engine.dialect.name,
             worker_id=self._worker_id,
             now=self._clock.now(),
@@ -200,7 +200,7 @@ class Relay:
             limit=self._settings.batch_size,
         )
         async with self._engine.begin() as conn:
-            rows = (await conn.execute(statement)).all()
+            rows = await claim.run(conn)
         return sorted((OutboxEvent.from_row(r) for r in rows), key=lambda e: e.id)
 
     async def _process(self, event: OutboxEvent, gate: asyncio.Semaphore, start_by: float) -> bool:

@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orchestrator.domain.clock import FrozenClock, SystemClock
 from orchestrator.domain.errors import DomainError, NotFound
-from orchestrator.domain.events import ORDER_EXPIRED, ORDER_PAID
+from orchestrator.domain.events import MERCHANT_VISIBLE, ORDER_CAPTURED, ORDER_EXPIRED, ORDER_PAID
 from orchestrator.domain.ids import new_id
 from orchestrator.notify.delivery import (
     USER_AGENT,
@@ -449,6 +449,52 @@ async def test_the_webhook_timeout_bounds_a_whole_try_even_against_a_byte_a_time
     assert (row.processed_at - arrival.at).total_seconds() < 3.0
 
 
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+async def test_a_claim_gives_each_merchant_lane_only_the_slots_it_has_room_for(
+    dialect: str, tmp_path: Path
+) -> None:
+    """The claim behind the merchant cap (2 here), on a database of its own (a claim takes every
+    due event). Webhooks of a merchant whose lane is full are passed over, so its backlog
+    cannot fill the claim; a lane holding one slot gets one more, even when its backlog fills
+    the claim's window; jobs that are not webhooks, and events naming no merchant, are not
+    capped. What a claim leaves stays unleased, with its tries unspent."""
+    url = (f"sqlite+aiosqlite:///{tmp_path / 'claim.db'}" if dialect == "sqlite"
+           else await create_database("lunas_claim"))
+    private = create_engine(DatabaseSettings(url=url))
+    try:
+        await migrate(private)
+        named: dict[str, list[str]] = {}
+        for name, merchant, event_type, n in [
+            ("B", "mch_b", ORDER_PAID, 3), ("A", "mch_a", ORDER_PAID, 4),
+            ("A job", "mch_a", ORDER_CAPTURED, 1), ("C", "mch_c", ORDER_EXPIRED, 3),
+            ("no merchant", None, "attempt.verify", 1),
+        ]:
+            named[name] = await add_outbox_events(private, n, merchant_id=merchant,
+                                                  aggregate_id=name, event_type=event_type)
+
+        async def claim(limit: int, **held: int) -> list[str]:
+            cap = queries.MerchantCap(event_types=MERCHANT_VISIBLE, per_merchant=2,
+                                      held={f"mch_{m}": n for m, n in held.items()})
+            claim = queries.claim_batch(private.dialect.name, worker_id="w-cap",
+                                        now=datetime.now(UTC), lease=timedelta(seconds=30),
+                                        limit=limit, cap=cap)
+            async with private.begin() as conn:
+                return sorted(r.event_id for r in await claim.run(conn))
+
+        a, b, c = named["A"], named["B"], named["C"]
+        assert await claim(3, a=1, b=2) == a[:1]  # the window held three of A's
+        assert await claim(10, a=2, b=2) == sorted([*named["A job"], *c[:2],
+                                                    *named["no merchant"]])
+        assert await claim(10, b=1, c=2) == sorted([*a[1:3], b[0]])
+        rows = await rows_where(private, outbox.c.lease_owner.is_(None))
+        assert [(r.event_id, r.attempts) for r in rows] == [
+            (b[1], 0), (b[2], 0), (a[3], 0), (c[2], 0)]
+    finally:
+        await private.dispose()
+        if dialect != "sqlite":
+            await drop_database(url)
+
+
 async def test_handler_outcomes_are_recorded_as_data(engine: AsyncEngine) -> None:
     tag = new_id("tst")
     seen: list[OutboxEvent] = []
@@ -548,10 +594,10 @@ async def test_an_expired_lease_cannot_overwrite_the_new_owners_outcome(
     t0 = datetime.now(UTC)
 
     async def claim(worker: str, at: datetime) -> list[sa.Row[Any]]:
-        statement = queries.claim_batch(engine.dialect.name, worker_id=worker, now=at,
-                                        lease=lease, limit=100)
+        claim = queries.claim_batch(engine.dialect.name, worker_id=worker, now=at, lease=lease,
+                                    limit=100)
         async with engine.begin() as conn:
-            return [r for r in (await conn.execute(statement)).all() if r.event_id == event_id]
+            return [r for r in await claim.run(conn) if r.event_id == event_id]
 
     async def write(outcome: queries.OutcomeWrite) -> int:
         async with engine.begin() as conn:
