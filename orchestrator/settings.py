@@ -114,6 +114,7 @@ HANDLER_SHARE = 0.75
 @dataclass(frozen=True, kw_only=True)
 class OutboxSettings:
     batch_size: int = 50
+    """Most events one claim leases; a claim never takes more than the relay has free slots."""
     lease: timedelta = timedelta(seconds=60)
     """A claimed event no one finished is claimable again after this (a killed worker's)."""
     poll_interval: timedelta = timedelta(milliseconds=200)
@@ -125,7 +126,13 @@ class OutboxSettings:
     """Wait before retry n (1-based); one more than its length is the last try, then dead letter.
     The default spans about a day, as merchant webhooks should."""
     concurrency: int = 16
-    """Events of one claimed batch handled at once by a worker."""
+    """``LUNAS_OUTBOX_CONCURRENCY``: handlers one worker runs at once, its relay's slots. The
+    relay claims again whenever one is free, so a slow handler holds its slot and no other."""
+    merchant_concurrency: int = 4
+    """``LUNAS_OUTBOX_MERCHANT_CONCURRENCY``: of those slots, at most this many deliver to one
+    merchant's webhook endpoint at once (never more than ``concurrency``). An endpoint that answers
+    slowly or not at all (each try lasting up to ``LUNAS_WEBHOOK_TIMEOUT``) then holds this many
+    slots, and every other merchant's webhooks and every other job keep the rest."""
 
     @property
     def handler_timeout(self) -> timedelta:
@@ -386,6 +393,8 @@ class Settings:
                 lease=e.seconds("LUNAS_OUTBOX_LEASE", 60),
                 poll_interval=e.seconds("LUNAS_OUTBOX_POLL", 0.2),
                 backoff=e.seconds_list("LUNAS_OUTBOX_BACKOFF") or OutboxSettings().backoff,
+                concurrency=e.int("LUNAS_OUTBOX_CONCURRENCY", 16),
+                merchant_concurrency=e.int("LUNAS_OUTBOX_MERCHANT_CONCURRENCY", 4),
             ),
             webhooks=WebhookSettings(
                 timeout=e.seconds("LUNAS_WEBHOOK_TIMEOUT", 10),

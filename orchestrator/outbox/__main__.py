@@ -2,7 +2,7 @@
 
 Configured from ``LUNAS_*`` variables through ``Settings.from_env()``; the worker id (the lease
 owner written on claimed rows) is ``LUNAS_WORKER_ID`` or ``<hostname>-<pid>``. SIGTERM or SIGINT
-stops it cleanly: the batch in hand finishes and is recorded, unstarted events are handed back.
+stops it cleanly: it claims nothing more, and the handlers in flight finish and are recorded.
 A SIGKILL loses nothing either: its claimed events are reclaimed when their lease expires.
 """
 

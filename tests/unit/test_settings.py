@@ -23,12 +23,14 @@ def test_variables_are_read_and_typed() -> None:
         "LUNAS_REDIS_URL": "redis://r:6379/2", "LUNAS_OUTBOX_BACKOFF": "1,2.5",
         "LUNAS_UNIQUE_CODE_LOW": "100", "LUNAS_UNIQUE_CODE_HIGH": "500",
         "LUNAS_WORKER_ID": " w-1 ", "LUNAS_TRUSTED_PROXIES": "10.0.0.0/8, ::1",
+        "LUNAS_OUTBOX_CONCURRENCY": "32", "LUNAS_OUTBOX_MERCHANT_CONCURRENCY": "2",
     })
     assert not s.database.is_sqlite and s.http.port == 9000
     assert s.redis.url == "redis://r:6379/2"
     assert s.outbox.backoff == (timedelta(seconds=1), timedelta(seconds=2.5))
     assert (s.unique_codes.codes.low, s.unique_codes.codes.high) == (100, 500)
     assert s.worker_id == "w-1"
+    assert (s.outbox.concurrency, s.outbox.merchant_concurrency) == (32, 2)
     assert s.http.trusted_proxies == ("10.0.0.0/8", "::1")
 
 
@@ -55,6 +57,8 @@ def test_a_rotated_webhook_secret_signs_beside_the_new_one_for_a_day_unless_told
     ({"LUNAS_FEED_MAX_UNREADABLE": "-1"}, "LUNAS_FEED_MAX_UNREADABLE"),
     ({"LUNAS_WEBHOOK_SECRET_OVERLAP": "-1"}, "LUNAS_WEBHOOK_SECRET_OVERLAP"),
     ({"LUNAS_WEBHOOK_SECRET_OVERLAP": "2678400"}, "LUNAS_WEBHOOK_SECRET_OVERLAP"),  # 31 days
+    ({"LUNAS_OUTBOX_CONCURRENCY": "0"}, "LUNAS_OUTBOX_CONCURRENCY"),
+    ({"LUNAS_OUTBOX_MERCHANT_CONCURRENCY": "0"}, "LUNAS_OUTBOX_MERCHANT_CONCURRENCY"),
 ])
 def test_bad_or_unsafe_settings_are_refused_naming_the_variable(
     env: dict[str, str], named: str
