@@ -142,7 +142,7 @@ async def run_relay(container: Container, stop: asyncio.Event) -> None:
         # the relay's slots, never all of them.
         relay = Relay(container.db.engine, relay_handlers(container, http),
                       container.settings.outbox, worker_id, container.clock,
-                      per_merchant=MERCHANT_VISIBLE)
+                      per_merchant=MERCHANT_VISIBLE, metrics=container.metrics)
         log.info("outbox relay started", extra={"worker_id": relay.worker_id})
         await relay.run(stop)
 

@@ -49,6 +49,7 @@ from orchestrator.outbox.retry import DeadLetter, Retry, RetryPolicy
 from orchestrator.outbox.slots import Slots
 from orchestrator.settings import OutboxSettings
 from orchestrator.telemetry import tracing
+from orchestrator.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ class Relay:
         retry: RetryPolicy | None = None,
         handler_timeout: timedelta | None = None,
         per_merchant: Collection[str] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         """``per_merchant``: the event types whose handler calls the merchant's own endpoint;
         each merchant's run at most ``settings.merchant_concurrency`` at once here."""
@@ -150,6 +152,7 @@ class Relay:
         self._latest_start_s = lease_s * _LEASE_USABLE - self._handler_timeout_s
         self._per_merchant = frozenset(per_merchant)
         self._per_lane = min(settings.merchant_concurrency, settings.concurrency)
+        self._metrics = metrics
         self._writes: set[asyncio.Task[None]] = set()
         self._stop: asyncio.Event | None = None
 
@@ -215,6 +218,7 @@ class Relay:
         for event in events:
             lane = self._lane(event)
             slots.take(lane)
+            self._gauge(slots)
             started.append(handlers.create_task(self._in_slot(event, lane, slots, start_by)))
         return started
 
@@ -249,6 +253,12 @@ class Relay:
             return False
         finally:
             slots.give(lane)
+            self._gauge(slots)
+
+    def _gauge(self, slots: Slots) -> None:
+        if self._metrics is not None:
+            self._metrics.outbox_in_flight.set(slots.in_flight)
+            self._metrics.outbox_merchants_at_cap.set(len(slots.full_lanes()))
 
     async def _process(self, event: OutboxEvent, start_by: float) -> bool:
         stopping = self._stop is not None and self._stop.is_set()

@@ -39,6 +39,10 @@ class Slots:
         """Slots each lane holds now (lanes holding none are left out)."""
         return dict(self._lanes)
 
+    def full_lanes(self) -> frozenset[str]:
+        """The lanes holding all the slots they may."""
+        return frozenset(lane for lane, n in self._lanes.items() if n >= self.per_lane)
+
     def take(self, lane: str | None) -> None:
         if self.free < 1 or (lane is not None and self._lanes[lane] >= self.per_lane):
             raise RuntimeError(f"no free slot for lane {lane!r}: the claim took too many")

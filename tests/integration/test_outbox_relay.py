@@ -57,6 +57,7 @@ from orchestrator.settings import DatabaseSettings, OutboxSettings
 from orchestrator.store.database import Database
 from orchestrator.store.engine import create_engine, migrate
 from orchestrator.store.tables import audit_log, merchants, outbox
+from orchestrator.telemetry.metrics import Metrics
 from tests.conftest import create_database, drop_database
 from tests.e2e.test_checkout_to_webhook import WebhookReceiver
 
@@ -310,6 +311,7 @@ async def webhook_relay(
     settings: OutboxSettings = FAST,
     *,
     retry: RetryPolicy | None = None,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[Relay]:
     """A relay with the merchant webhook handlers, each merchant's in its own lane, and its own
     engine, as a worker process has."""
@@ -318,7 +320,8 @@ async def webhook_relay(
         async with httpx.AsyncClient(trust_env=False) as http:
             handler = MerchantWebhookHandler(engine, http, timedelta(seconds=2))
             yield Relay(engine, merchant_webhook_handlers(handler), settings, worker_id,
-                        SystemClock(), retry=retry, per_merchant=MERCHANT_VISIBLE)
+                        SystemClock(), retry=retry, per_merchant=MERCHANT_VISIBLE,
+                        metrics=metrics)
     finally:
         await engine.dispose()
 
@@ -504,23 +507,29 @@ async def test_a_merchant_endpoint_that_hangs_holds_only_its_share_of_the_slots(
 ) -> None:
     """Per merchant, at most ``merchant_concurrency`` webhooks are in flight at once (4 of 8
     slots here); the rest of its events wait unleased, and every one is delivered once when
-    the endpoint answers."""
+    the endpoint answers. The worker's gauges say so meanwhile."""
     assert FAST.merchant_concurrency == 4 < FAST.concurrency
+    metrics = Metrics()
     async with Receiver(delay=0.6) as hanging:
         merchant = await add_merchant(engine, hanging.url)
         event_ids = await add_outbox_events(engine, 10, merchant_id=merchant)
         ours = outbox.c.merchant_id == merchant
-        async with webhook_relay(db_url, f"lane-{new_id('w')[-6:]}") as relay, running(relay):
+        async with webhook_relay(db_url, f"lane-{new_id('w')[-6:]}", metrics=metrics) as relay, \
+                running(relay):
             await asyncio.wait_for(hanging.first_request.wait(), timeout=10)
             await asyncio.sleep(0.2)  # every slot it may take, it has taken by now
             rows = await rows_where(engine, ours)
             leased = [r for r in rows if r.lease_owner is not None]
             assert len(leased) == 4
             assert {(r.attempts, r.lease_owner) for r in rows if r not in leased} == {(0, None)}
+            assert metrics.outbox_in_flight._value.get() == 4
+            assert metrics.outbox_merchants_at_cap._value.get() == 1
             await eventually(lambda: settled(engine, ours, 10, ["done"]), timeout=15,
                              what="all ten delivered")
     assert hanging.most_answering == 4
     assert hanging.counts() == Counter(dict.fromkeys(event_ids, 1))
+    assert metrics.outbox_in_flight._value.get() == 0
+    assert metrics.outbox_merchants_at_cap._value.get() == 0
 
 
 async def test_the_relay_claims_again_as_soon_as_a_slot_is_free(engine: AsyncEngine) -> None:
