@@ -579,50 +579,73 @@ async def _true(value: bool) -> bool:
     return value
 
 
-@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
-async def test_a_claim_gives_each_merchant_lane_only_the_slots_it_has_room_for(
-    dialect: str, tmp_path: Path
-) -> None:
-    """The claim behind the merchant cap (2 here), on a database of its own (a claim takes every
-    due event). Webhooks of a merchant whose lane is full are passed over, so its backlog
-    cannot fill the claim; a lane holding one slot gets one more, even when its backlog fills
-    the claim's window; jobs that are not webhooks, and events naming no merchant, are not
-    capped. What a claim leaves stays unleased, with its tries unspent."""
-    url = (f"sqlite+aiosqlite:///{tmp_path / 'claim.db'}" if dialect == "sqlite"
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def private(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """A database of its own, for a test that claims directly (a claim takes every due event)."""
+    sqlite = request.param == "sqlite"
+    url = (f"sqlite+aiosqlite:///{tmp_path / 'claim.db'}" if sqlite
            else await create_database("lunas_claim"))
-    private = create_engine(DatabaseSettings(url=url))
+    engine = create_engine(DatabaseSettings(url=url))
     try:
-        await migrate(private)
-        named: dict[str, list[str]] = {}
-        for name, merchant, event_type, n in [
-            ("B", "mch_b", ORDER_PAID, 3), ("A", "mch_a", ORDER_PAID, 4),
-            ("A job", "mch_a", ORDER_CAPTURED, 1), ("C", "mch_c", ORDER_EXPIRED, 3),
-            ("no merchant", None, "attempt.verify", 1),
-        ]:
-            named[name] = await add_outbox_events(private, n, merchant_id=merchant,
-                                                  aggregate_id=name, event_type=event_type)
-
-        async def claim(limit: int, **held: int) -> list[str]:
-            cap = queries.MerchantCap(event_types=MERCHANT_VISIBLE, per_merchant=2,
-                                      held={f"mch_{m}": n for m, n in held.items()})
-            claim = queries.claim_batch(private.dialect.name, worker_id="w-cap",
-                                        now=datetime.now(UTC), lease=timedelta(seconds=30),
-                                        limit=limit, cap=cap)
-            async with private.begin() as conn:
-                return sorted(r.event_id for r in await claim.run(conn))
-
-        a, b, c = named["A"], named["B"], named["C"]
-        assert await claim(3, a=1, b=2) == a[:1]  # the window held three of A's
-        assert await claim(10, a=2, b=2) == sorted([*named["A job"], *c[:2],
-                                                    *named["no merchant"]])
-        assert await claim(10, b=1, c=2) == sorted([*a[1:3], b[0]])
-        rows = await rows_where(private, outbox.c.lease_owner.is_(None))
-        assert [(r.event_id, r.attempts) for r in rows] == [
-            (b[1], 0), (b[2], 0), (a[3], 0), (c[2], 0)]
+        await migrate(engine)
+        yield engine
     finally:
-        await private.dispose()
-        if dialect != "sqlite":
+        await engine.dispose()
+        if not sqlite:
             await drop_database(url)
+
+
+async def claimed(engine: AsyncEngine, limit: int, cap: queries.MerchantCap | None = None
+                  ) -> list[str]:
+    claim = queries.claim_batch(engine.dialect.name, worker_id="w-claim", now=datetime.now(UTC),
+                                lease=timedelta(seconds=30), limit=limit, cap=cap)
+    async with engine.begin() as conn:
+        return sorted(r.event_id for r in await claim.run(conn))
+
+
+async def test_a_claim_takes_the_events_due_longest_first(private: AsyncEngine) -> None:
+    """By ``available_at``, not by age: a retry whose backoff ended a minute ago goes before
+    an event written after it, but that became due only now."""
+    now = datetime.now(UTC)
+    async with private.begin() as conn:
+        await add_events(conn, [
+            PendingEvent(event_type="test.x", aggregate_id="x", merchant_id=None, payload={},
+                         available_at=now - timedelta(seconds=s)) for s in (1, 60, 30)
+        ], now=now - timedelta(minutes=5))
+    rows = await rows_where(private, outbox.c.aggregate_id == "x")
+    assert await claimed(private, 1) == [rows[1].event_id]
+    assert await claimed(private, 1) == [rows[2].event_id]
+    assert await claimed(private, 1) == [rows[0].event_id]
+
+
+async def test_a_claim_gives_each_merchant_lane_only_the_slots_it_has_room_for(
+    private: AsyncEngine,
+) -> None:
+    """The claim behind the merchant cap (2 here). Webhooks of a merchant whose lane is full
+    are passed over, so its backlog cannot fill the claim; a lane holding one slot gets one
+    more, even when its backlog fills the claim's window; jobs that are not webhooks, and events
+    naming no merchant, are not capped. What a claim leaves stays unleased, its tries unspent."""
+    named: dict[str, list[str]] = {}
+    for name, merchant, event_type, n in [
+        ("B", "mch_b", ORDER_PAID, 3), ("A", "mch_a", ORDER_PAID, 4),
+        ("A job", "mch_a", ORDER_CAPTURED, 1), ("C", "mch_c", ORDER_EXPIRED, 3),
+        ("no merchant", None, "attempt.verify", 1),
+    ]:
+        named[name] = await add_outbox_events(private, n, merchant_id=merchant,
+                                              aggregate_id=name, event_type=event_type)
+
+    def cap(**held: int) -> queries.MerchantCap:
+        return queries.MerchantCap(event_types=MERCHANT_VISIBLE, per_merchant=2,
+                                   held={f"mch_{m}": n for m, n in held.items()})
+
+    a, b, c = named["A"], named["B"], named["C"]
+    assert await claimed(private, 3, cap(a=1, b=2)) == a[:1]  # the window held three of A's
+    assert await claimed(private, 10, cap(a=2, b=2)) == sorted(
+        [*named["A job"], *c[:2], *named["no merchant"]])
+    assert await claimed(private, 10, cap(b=1, c=2)) == sorted([*a[1:3], b[0]])
+    rows = await rows_where(private, outbox.c.lease_owner.is_(None))
+    assert [(r.event_id, r.attempts) for r in rows] == [
+        (b[1], 0), (b[2], 0), (a[3], 0), (c[2], 0)]
 
 
 async def test_handler_outcomes_are_recorded_as_data(engine: AsyncEngine) -> None:
