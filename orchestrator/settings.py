@@ -107,9 +107,14 @@ class ReconciliationSettings:
     amount opens a possible-reversal case (``matcher.REVERSAL_WINDOW``); zero: never."""
 
 
+HANDLER_SHARE = 0.75
+"""The share of the outbox lease one handler call may take (``OutboxSettings.handler_timeout``)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class OutboxSettings:
     batch_size: int = 50
+    """Most events one claim leases; a claim never takes more than the relay has free slots."""
     lease: timedelta = timedelta(seconds=60)
     """A claimed event no one finished is claimable again after this (a killed worker's)."""
     poll_interval: timedelta = timedelta(milliseconds=200)
@@ -121,7 +126,19 @@ class OutboxSettings:
     """Wait before retry n (1-based); one more than its length is the last try, then dead letter.
     The default spans about a day, as merchant webhooks should."""
     concurrency: int = 16
-    """Events of one claimed batch handled at once by a worker."""
+    """``LUNAS_OUTBOX_CONCURRENCY``: handlers one worker runs at once, its relay's slots. The
+    relay claims again whenever one is free, so a slow handler holds its slot and no other."""
+    merchant_concurrency: int = 4
+    """``LUNAS_OUTBOX_MERCHANT_CONCURRENCY``: of those slots, at most this many deliver to one
+    merchant's webhook endpoint at once (never more than ``concurrency``). An endpoint that answers
+    slowly or not at all (each try lasting up to ``LUNAS_WEBHOOK_TIMEOUT``) then holds this many
+    slots, and every other merchant's webhooks and every other job keep the rest."""
+
+    @property
+    def handler_timeout(self) -> timedelta:
+        """How long one handler call may run: three quarters of the lease, so it ends inside the
+        lease with time left to record its outcome (the relay's default)."""
+        return self.lease * HANDLER_SHARE
 
 
 MAX_WEBHOOK_SECRET_OVERLAP = timedelta(days=30)
@@ -376,6 +393,8 @@ class Settings:
                 lease=e.seconds("LUNAS_OUTBOX_LEASE", 60),
                 poll_interval=e.seconds("LUNAS_OUTBOX_POLL", 0.2),
                 backoff=e.seconds_list("LUNAS_OUTBOX_BACKOFF") or OutboxSettings().backoff,
+                concurrency=e.int("LUNAS_OUTBOX_CONCURRENCY", 16),
+                merchant_concurrency=e.int("LUNAS_OUTBOX_MERCHANT_CONCURRENCY", 4),
             ),
             webhooks=WebhookSettings(
                 timeout=e.seconds("LUNAS_WEBHOOK_TIMEOUT", 10),
@@ -470,6 +489,7 @@ class Settings:
                 max_wait_in_open=max_wait_open,
             ),
         )
+        _refuse_a_webhook_timeout_outside_the_lease(settings)
         settings.refuse_insecure_production()
         return settings
 
@@ -500,6 +520,24 @@ class Settings:
             raise SettingsError("LUNAS_WORKER_METRICS_PORT must be set for `lunas worker` in "
                                 "production: without it nobody scrapes the worker's breakers "
                                 "or the mutation feed's freshness")
+
+
+def _refuse_a_webhook_timeout_outside_the_lease(settings: Settings) -> None:
+    """A merchant webhook try must end by its own timeout inside the relay's handler timeout
+    (three quarters of the outbox lease; the last quarter is the margin for the endpoint lookup,
+    a late start and the outcome write). A webhook timeout at or past it is a promise the relay
+    does not keep: it cancels the try at its own, shorter, timeout, so merchants get less time
+    than configured and the event's error reads "handler timed out" instead of the webhook's."""
+    webhook = settings.webhooks.timeout.total_seconds()
+    lease = settings.outbox.lease.total_seconds()
+    handler = settings.outbox.handler_timeout.total_seconds()
+    if webhook >= handler:
+        raise SettingsError(
+            f"LUNAS_WEBHOOK_TIMEOUT ({_shown(webhook)} s) must be shorter than "
+            f"{HANDLER_SHARE:g} × LUNAS_OUTBOX_LEASE ({HANDLER_SHARE:g} × {_shown(lease)} s = "
+            f"{_shown(handler)} s): a webhook try must end inside the outbox lease with time left "
+            f"to record its outcome. Raise LUNAS_OUTBOX_LEASE above "
+            f"{_shown(round(webhook / HANDLER_SHARE, 2))} s or lower the webhook timeout")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,6 +19,7 @@ import httpx
 
 from orchestrator import heap
 from orchestrator.bootstrap import Container
+from orchestrator.domain.events import MERCHANT_VISIBLE
 from orchestrator.notify.delivery import MerchantWebhookHandler, merchant_webhook_handlers
 from orchestrator.outbox.relay import Handler, Relay
 from orchestrator.rails.guard import BreakerGuard
@@ -137,8 +138,11 @@ async def run_relay(container: Container, stop: asyncio.Event) -> None:
     async with httpx.AsyncClient(
         timeout=container.settings.webhooks.timeout.total_seconds(), follow_redirects=False
     ) as http:
+        # Merchant webhooks run in their merchant's lane: a slow endpoint holds its share of
+        # the relay's slots, never all of them.
         relay = Relay(container.db.engine, relay_handlers(container, http),
-                      container.settings.outbox, worker_id, container.clock)
+                      container.settings.outbox, worker_id, container.clock,
+                      per_merchant=MERCHANT_VISIBLE, metrics=container.metrics)
         log.info("outbox relay started", extra={"worker_id": relay.worker_id})
         await relay.run(stop)
 

@@ -2,7 +2,7 @@
 
 Configured from ``LUNAS_*`` variables through ``Settings.from_env()``; the worker id (the lease
 owner written on claimed rows) is ``LUNAS_WORKER_ID`` or ``<hostname>-<pid>``. SIGTERM or SIGINT
-stops it cleanly: the batch in hand finishes and is recorded, unstarted events are handed back.
+stops it cleanly: it claims nothing more, and the handlers in flight finish and are recorded.
 A SIGKILL loses nothing either: its claimed events are reclaimed when their lease expires.
 """
 
@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 
-from orchestrator.settings import Settings
+from orchestrator.settings import Settings, SettingsError
 
 log = logging.getLogger("orchestrator.outbox")
 
@@ -37,8 +38,7 @@ async def run_relay_process(
         await container.close()
 
 
-async def _main() -> None:
-    settings = Settings.from_env()
+async def _main(settings: Settings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -47,10 +47,14 @@ async def _main() -> None:
 
 
 def main() -> None:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:  # refuse to start, saying why (as ``lunas`` does)
+        sys.exit(f"orchestrator.outbox: {exc}")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    asyncio.run(_main())
+    asyncio.run(_main(settings))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 A claim is one statement that picks and flips rows together, so two workers can never both take
 an event. A claimed row stays ``pending`` and carries a lease (``lease_owner``,
 ``lease_expires_at``); it becomes claimable again when the lease expires, which is how a killed
-worker's events are picked up.
+worker's events are picked up. A claim may be capped per merchant (``MerchantCap``): it then
+passes over the events of merchants whose lane is full, so they wait unleased (claimable by any
+worker with room) instead of holding a slot.
 
 Every outcome write is *fenced*: it only touches the row if ``lease_owner`` and ``attempts`` still
 match the claim that ran the handler. A worker whose lease expired and whose event was re-claimed
@@ -17,7 +19,9 @@ Statuses: ``pending`` (waiting or leased), ``done``, ``dead`` (dead letter, need
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -46,34 +50,102 @@ CLAIMED_COLUMNS = (
 )
 
 
+@dataclass(frozen=True, kw_only=True)
+class MerchantCap:
+    """Events of ``event_types`` run in their merchant's lane, which holds at most
+    ``per_merchant`` of the claiming relay's handler slots; other events, and ones naming no
+    merchant, are not capped."""
+
+    event_types: frozenset[str]
+    per_merchant: int
+    held: Mapping[str, int] = field(default_factory=dict)
+    """Slots each merchant's lane holds in the claiming relay now."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    statement: sa.Update
+    params: dict[str, Any]
+
+    async def run(self, conn: AsyncConnection) -> list[sa.Row[Any]]:
+        """Execute on ``conn``; the rows claimed."""
+        return list((await conn.execute(self.statement, self.params)).all())
+
+
 def claim_batch(
-    dialect_name: str, *, worker_id: str, now: datetime, lease: timedelta, limit: int
-) -> sa.Update:
-    """Lease up to ``limit`` due events to ``worker_id`` and count the try; returns the rows.
+    dialect_name: str,
+    *,
+    worker_id: str,
+    now: datetime,
+    lease: timedelta,
+    limit: int,
+    cap: MerchantCap | None = None,
+) -> Claim:
+    """Lease up to ``limit`` due events to ``worker_id``, those due longest first, and count the
+    try; returns the rows.
 
     PostgreSQL: ``FOR UPDATE SKIP LOCKED`` lets concurrent claimers pass each other's rows instead
     of queueing; the predicate sits in the locking subquery so a row another worker claimed and
     committed meanwhile is re-checked and dropped. SQLite has no row locks and serialises writers,
     so the same statement without the locking clause is already exclusive there.
+
+    With a ``cap``, full lanes are left out before the limit (so a long backlog of one merchant
+    cannot fill every claim), and of the first ``limit`` events left, a lane gets those it has
+    room for: its others stay unleased for a later claim.
     """
-    claimable = (
-        sa.select(outbox.c.id)
-        .where(
-            outbox.c.status == PENDING,
-            outbox.c.available_at <= now,
-            sa.or_(outbox.c.lease_expires_at.is_(None), outbox.c.lease_expires_at < now),
-        )
-        .order_by(outbox.c.id)
-        .limit(limit)
+    params: dict[str, Any] = {"b_now": now, "b_owner": worker_id, "b_expires": now + lease,
+                              "b_limit": limit}
+    locking = dialect_name != "sqlite"
+    if cap is None or not cap.event_types:
+        return Claim(_claim_statement(locking=locking, capped=False), params)
+    most = cap.per_merchant
+    return Claim(_claim_statement(locking=locking, capped=True), {
+        **params, "b_types": sorted(cap.event_types), "b_most": most,
+        "b_full": sorted(m for m, n in cap.held.items() if n >= most),
+        # The places in its queue a lane has no room for: with 3 of 4 held, its 2nd to 4th.
+        "b_no_room": [(m, nth) for m, n in sorted(cap.held.items()) if 0 < n < most
+                      for nth in range(most - n + 1, most + 1)],
+    })
+
+
+@functools.cache
+def _claim_statement(*, locking: bool, capped: bool) -> sa.Update:
+    """Built once per kind: a relay claims as often as a slot frees, and building the statement
+    cost more CPU than running it."""
+    due = (
+        outbox.c.status == PENDING,
+        outbox.c.available_at <= sa.bindparam("b_now"),
+        sa.or_(outbox.c.lease_expires_at.is_(None),
+               outbox.c.lease_expires_at < sa.bindparam("b_now")),
     )
-    if dialect_name != "sqlite":
-        claimable = claimable.with_for_update(skip_locked=True)
+    lane = sa.case((outbox.c.event_type.in_(sa.bindparam("b_types", expanding=True)),
+                    outbox.c.merchant_id))
+    picked = (sa.select(outbox.c.id, outbox.c.available_at, lane.label("lane")) if capped
+              else sa.select(outbox.c.id))
+    if capped:
+        picked = picked.where(
+            sa.or_(lane.is_(None), lane.not_in(sa.bindparam("b_full", expanding=True))))
+    # Longest due first, in the order of ix_outbox_pending: the scan stops at the limit instead
+    # of sorting every due event, which matters now that a relay claims per free slot.
+    picked = (picked.where(*due).order_by(outbox.c.available_at, outbox.c.id)
+              .limit(sa.bindparam("b_limit", type_=sa.Integer)))
+    if locking:
+        picked = picked.with_for_update(skip_locked=True)
+    if capped:
+        window = picked.subquery("due")
+        nth = sa.func.row_number().over(partition_by=window.c.lane,
+                                        order_by=(window.c.available_at, window.c.id))
+        queued = sa.select(window.c.id, window.c.lane, nth.label("nth")).subquery("queued")
+        picked = sa.select(queued.c.id).where(sa.or_(queued.c.lane.is_(None), sa.and_(
+            queued.c.nth <= sa.bindparam("b_most", type_=sa.Integer),
+            sa.tuple_(queued.c.lane, queued.c.nth).not_in(
+                sa.bindparam("b_no_room", expanding=True)))))
     return (
         sa.update(outbox)
-        .where(outbox.c.id.in_(claimable.scalar_subquery()))
+        .where(outbox.c.id.in_(picked.scalar_subquery()))
         .values(
-            lease_owner=worker_id,
-            lease_expires_at=now + lease,
+            lease_owner=sa.bindparam("b_owner"),
+            lease_expires_at=sa.bindparam("b_expires"),
             attempts=outbox.c.attempts + 1,
         )
         .returning(*CLAIMED_COLUMNS)

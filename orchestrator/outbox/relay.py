@@ -4,11 +4,22 @@ Delivery is at least once: a handler may run again for the same event (a worker 
 handler's side effect but before its outcome write; a lease that expired). Handlers must therefore
 be idempotent, and downstream consumers deduplicate by ``event_id``.
 
+Slots: a relay runs up to ``concurrency`` handlers at once and claims again as soon as one of
+them finishes, so a slow handler holds its own slot and no other; the idle poll only applies
+when nothing was claimable. Events whose handler calls a merchant's own endpoint (``per_merchant``
+event types: the merchant webhooks) run in that merchant's lane, at most ``merchant_concurrency``
+at once, so an endpoint that answers slowly or not at all holds that many slots and every other
+merchant and job keeps the rest (``slots.py``; the claim passes over full lanes).
+
 Timing invariant: a worker never works on an event past its lease. Every handler call is bounded by
 ``handler_timeout`` (shorter than the lease) and may only *start* while it can still finish, with
-the last tenth of the lease left for the outcome write; an event of the batch that can no longer
-start in time is handed back untried. Outcome writes are shielded from cancellation so a worker
-being stopped still records what its handlers did.
+the last tenth of the lease left for the outcome write; a claimed event that can no longer start
+in time (or is claimed while the relay stops) is handed back untried. Outcome writes are shielded
+from cancellation so a worker being stopped still records what its handlers did.
+
+Stopping: ``stop`` ends claiming; handlers in flight finish (within their timeout) and their
+outcomes are recorded before ``run`` returns. Cancelling ``run`` cancels them instead: what was
+not recorded is claimed again once its lease expires.
 
 Exception tree a handler may raise::
 
@@ -24,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,14 +46,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from orchestrator.domain.clock import Clock
 from orchestrator.outbox import queries
 from orchestrator.outbox.retry import DeadLetter, Retry, RetryPolicy
+from orchestrator.outbox.slots import Slots
 from orchestrator.settings import OutboxSettings
 from orchestrator.telemetry import tracing
+from orchestrator.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 _LEASE_USABLE = 0.9
 """Handlers must be finished by this fraction of the lease; the rest is for the outcome write."""
-_DEFAULT_HANDLER_SHARE = 0.75
 _DB_BACKOFF_FIRST = 1.0
 _DB_BACKOFF_MAX = 30.0
 _DRAIN_TIMEOUT = 10.0
@@ -117,13 +129,17 @@ class Relay:
         *,
         retry: RetryPolicy | None = None,
         handler_timeout: timedelta | None = None,
+        per_merchant: Collection[str] = (),
+        metrics: Metrics | None = None,
     ) -> None:
+        """``per_merchant``: the event types whose handler calls the merchant's own endpoint;
+        each merchant's run at most ``settings.merchant_concurrency`` at once here."""
         if not 0 < len(worker_id) <= _WORKER_ID_MAX:
             raise ValueError(f"worker_id must be 1..{_WORKER_ID_MAX} characters")
-        if settings.concurrency < 1 or settings.batch_size < 1:
-            raise ValueError("outbox concurrency and batch size must be at least 1")
+        if min(settings.concurrency, settings.merchant_concurrency, settings.batch_size) < 1:
+            raise ValueError("outbox concurrency (also per merchant) and batch size must be >= 1")
         lease_s = settings.lease.total_seconds()
-        timeout = handler_timeout or settings.lease * _DEFAULT_HANDLER_SHARE
+        timeout = handler_timeout or settings.handler_timeout
         if not 0 < timeout.total_seconds() < lease_s * _LEASE_USABLE:
             raise ValueError("handler_timeout must be positive and well inside the lease")
         self._engine = engine
@@ -134,6 +150,9 @@ class Relay:
         self._retry = retry or RetryPolicy.from_settings(settings)
         self._handler_timeout_s = timeout.total_seconds()
         self._latest_start_s = lease_s * _LEASE_USABLE - self._handler_timeout_s
+        self._per_merchant = frozenset(per_merchant)
+        self._per_lane = min(settings.merchant_concurrency, settings.concurrency)
+        self._metrics = metrics
         self._writes: set[asyncio.Task[None]] = set()
         self._stop: asyncio.Event | None = None
 
@@ -142,83 +161,119 @@ class Relay:
         return self._worker_id
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Relay until ``stop`` is set; the batch in hand is finished first (its outcomes recorded,
-        its unstarted events handed back). Database errors are logged and waited out."""
+        """Relay until ``stop`` is set, claiming whenever a slot is free; then let the handlers in
+        flight finish and record them. Database errors are logged and waited out."""
         self._stop = stop
-        failures = 0
+        slots = Slots(self._settings.concurrency, self._per_lane)
         try:
-            while not stop.is_set():
-                try:
-                    handled = await self.run_once()
-                except Exception:
-                    # A database outage must not kill the worker: back off and try again.
-                    failures += 1
-                    delay = min(_DB_BACKOFF_FIRST * 2 ** (failures - 1), _DB_BACKOFF_MAX)
-                    log.exception(
-                        "outbox relay cycle failed; backing off",
-                        extra={"worker_id": self._worker_id, "backoff_s": delay},
-                    )
-                    await _sleep_unless(stop, delay)
-                    continue
-                failures = 0
-                if handled == 0:
-                    await _sleep_unless(stop, self._settings.poll_interval.total_seconds())
+            async with asyncio.TaskGroup() as handlers:
+                await self._claim_while_running(stop, slots, handlers)
         finally:
             await self._drain_writes()
 
-    async def run_once(self) -> int:
-        """Claim one batch, handle it, record outcomes; returns how many events were handled."""
-        loop = asyncio.get_running_loop()
-        start_by = loop.time() + self._latest_start_s
-        events = await self._claim()
-        if not events:
-            return 0
-        gate = asyncio.Semaphore(self._settings.concurrency)
-        results = await asyncio.gather(
-            *(self._process(event, gate, start_by) for event in events), return_exceptions=True
-        )
-        handled = 0
-        for event, result in zip(events, results, strict=True):
-            if isinstance(result, Exception):
-                # Usually the outcome write failed; the lease expires and the event is retried.
-                log.error(
-                    "outbox outcome not recorded: %s",
-                    _describe(result),
-                    extra=self._log_fields(event),
+    async def _claim_while_running(
+        self, stop: asyncio.Event, slots: Slots, handlers: asyncio.TaskGroup
+    ) -> None:
+        failures = 0
+        while not stop.is_set():
+            mark = slots.openings
+            if not slots.free:
+                await _until_first(stop.wait(), slots.opened_since(mark))
+                continue
+            try:
+                started = await self._claim_into(slots, handlers)
+            except Exception:
+                # A database outage must not kill the worker: back off and try again.
+                failures += 1
+                delay = min(_DB_BACKOFF_FIRST * 2 ** (failures - 1), _DB_BACKOFF_MAX)
+                log.exception(
+                    "outbox relay claim failed; backing off",
+                    extra={"worker_id": self._worker_id, "backoff_s": delay},
                 )
-            elif isinstance(result, BaseException):
-                raise result
-            elif result:
-                handled += 1
-        return handled
+                await _sleep_unless(stop, delay)
+                continue
+            failures = 0
+            if not started:
+                # Nothing due, or only events of full lanes: poll, or claim again as soon as a
+                # full lane gives a slot back.
+                await _until_first(stop.wait(), slots.opened_since(mark), asyncio.sleep(
+                    self._settings.poll_interval.total_seconds()))
 
-    async def _claim(self) -> list[OutboxEvent]:
-        statement = queries.claim_batch(
+    async def run_once(self) -> int:
+        """Claim what this relay's slots take at once (up to the batch size), handle those and
+        record their outcomes; returns how many were handled. ``run`` without the overlap: for
+        tests and tools that drain step by step."""
+        slots = Slots(self._settings.concurrency, self._per_lane)
+        async with asyncio.TaskGroup() as handlers:
+            started = await self._claim_into(slots, handlers)
+        return sum(task.result() for task in started)
+
+    async def _claim_into(
+        self, slots: Slots, handlers: asyncio.TaskGroup
+    ) -> list[asyncio.Task[bool]]:
+        """Claim events for the free slots and start a handler on each; returns those tasks."""
+        start_by = asyncio.get_running_loop().time() + self._latest_start_s
+        events = await self._claim(min(slots.free, self._settings.batch_size), slots.held())
+        started = []
+        for event in events:
+            lane = self._lane(event)
+            slots.take(lane)
+            self._gauge(slots)
+            started.append(handlers.create_task(self._in_slot(event, lane, slots, start_by)))
+        return started
+
+    def _lane(self, event: OutboxEvent) -> str | None:
+        return event.merchant_id if event.event_type in self._per_merchant else None
+
+    async def _claim(self, limit: int, held: dict[str, int]) -> list[OutboxEvent]:
+        claim = queries.claim_batch(
             self._engine.dialect.name,
             worker_id=self._worker_id,
             now=self._clock.now(),
             lease=self._settings.lease,
-            limit=self._settings.batch_size,
+            limit=limit,
+            cap=queries.MerchantCap(event_types=self._per_merchant,
+                                    per_merchant=self._per_lane, held=held),
         )
         async with self._engine.begin() as conn:
-            rows = (await conn.execute(statement)).all()
+            rows = await claim.run(conn)
         return sorted((OutboxEvent.from_row(r) for r in rows), key=lambda e: e.id)
 
-    async def _process(self, event: OutboxEvent, gate: asyncio.Semaphore, start_by: float) -> bool:
-        async with gate:
-            stopping = self._stop is not None and self._stop.is_set()
-            if stopping or asyncio.get_running_loop().time() > start_by:
-                await self._shielded(self._write(event, queries.release(
-                    event.id, worker_id=self._worker_id, attempts=event.attempts
-                )))
-                return False
-            with tracing.handling(event.event_type, event.trace_context,
-                                  _span_attributes(event)) as span:
-                outcome = await self._attempt(event)
-                if isinstance(outcome, _Failed):
-                    tracing.fail(span, outcome.kind)
-                await self._shielded(self._record(event, outcome))
-            return True
+    async def _in_slot(
+        self, event: OutboxEvent, lane: str | None, slots: Slots, start_by: float
+    ) -> bool:
+        """Handle ``event`` and record its outcome, then free its slot. Never raises an
+        ``Exception``: a failed outcome write is logged, and the lease brings the event back."""
+        try:
+            return await self._process(event, start_by)
+        except Exception as exc:
+            log.error(
+                "outbox outcome not recorded: %s", _describe(exc), extra=self._log_fields(event)
+            )
+            return False
+        finally:
+            slots.give(lane)
+            self._gauge(slots)
+
+    def _gauge(self, slots: Slots) -> None:
+        if self._metrics is not None:
+            self._metrics.outbox_in_flight.set(slots.in_flight)
+            self._metrics.outbox_merchants_at_cap.set(len(slots.full_lanes()))
+
+    async def _process(self, event: OutboxEvent, start_by: float) -> bool:
+        stopping = self._stop is not None and self._stop.is_set()
+        if stopping or asyncio.get_running_loop().time() > start_by:
+            await self._shielded(self._write(event, queries.release(
+                event.id, worker_id=self._worker_id, attempts=event.attempts
+            )))
+            return False
+        with tracing.handling(event.event_type, event.trace_context,
+                              _span_attributes(event)) as span:
+            outcome = await self._attempt(event)
+            if isinstance(outcome, _Failed):
+                tracing.fail(span, outcome.kind)
+            await self._shielded(self._record(event, outcome))
+        return True
 
     async def _attempt(self, event: OutboxEvent) -> _Outcome:
         handler = self._handlers.get(event.event_type)
@@ -317,6 +372,16 @@ def _describe(exc: BaseException) -> str:
     """A one-line summary for ``last_error`` and logs; handlers keep secrets out of messages."""
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def _until_first(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Return when the first of ``waits`` does; the others are cancelled."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

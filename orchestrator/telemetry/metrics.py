@@ -201,6 +201,21 @@ class Metrics:
             ["feed"], registry=self.state_registry,
         )
 
+        # The outbox relay's slots (orchestrator/outbox/relay.py): this worker's own, not sampled.
+        self.outbox_in_flight = Gauge(
+            "lunas_outbox_in_flight",
+            "Outbox handlers this worker's relay runs now: its slots in use, of "
+            "LUNAS_OUTBOX_CONCURRENCY.",
+            registry=self.registry,
+        )
+        self.outbox_merchants_at_cap = Gauge(
+            "lunas_outbox_merchants_at_cap",
+            "Merchants whose webhooks hold every slot one merchant may in this worker's relay "
+            "(LUNAS_OUTBOX_MERCHANT_CONCURRENCY): their endpoint is slow or down, and their "
+            "other due webhooks wait while everyone else's go out.",
+            registry=self.registry,
+        )
+
         self.rows_pruned = Counter(
             "lunas_retention_pruned_rows_total",
             "Rows deleted by retention, by table (services/retention.py).",

@@ -2,9 +2,10 @@
 
 Specifies that concurrent workers deliver each event exactly once; that a failing endpoint is
 retried with backoff and finally dead-lettered; that the webhook timeout bounds a whole try; how
-handler outcomes are recorded; that outcome writes are fenced by the lease; and that a worker
-killed with SIGKILL loses nothing while its claims are respected until their lease expires (and
-one stopped with SIGTERM exits cleanly).
+handler outcomes are recorded; that outcome writes are fenced by the lease; that a relay claims
+again as soon as a slot is free and one slow merchant endpoint holds only its merchant's share of
+the slots; and that a worker killed with SIGKILL loses nothing while its claims are respected
+until their lease expires (and one stopped with SIGTERM exits cleanly).
 
 A relay claims *every* due event, whoever wrote it, so this module runs on a private database on
 the same server with the same migrations as ``pg_url``: other tests' pending events are neither
@@ -38,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orchestrator.domain.clock import FrozenClock, SystemClock
 from orchestrator.domain.errors import DomainError, NotFound
-from orchestrator.domain.events import ORDER_EXPIRED, ORDER_PAID
+from orchestrator.domain.events import MERCHANT_VISIBLE, ORDER_CAPTURED, ORDER_EXPIRED, ORDER_PAID
 from orchestrator.domain.ids import new_id
 from orchestrator.notify.delivery import (
     USER_AGENT,
@@ -56,6 +57,7 @@ from orchestrator.settings import DatabaseSettings, OutboxSettings
 from orchestrator.store.database import Database
 from orchestrator.store.engine import create_engine, migrate
 from orchestrator.store.tables import audit_log, merchants, outbox
+from orchestrator.telemetry.metrics import Metrics
 from tests.conftest import create_database, drop_database
 from tests.e2e.test_checkout_to_webhook import WebhookReceiver
 
@@ -108,6 +110,9 @@ class Receiver:
         self.failure_status = failure_status
         self.arrivals: list[Arrival] = []
         self.problems: list[str] = []
+        self.answering = 0
+        """Requests received and not yet answered, now; ``most_answering`` is its peak."""
+        self.most_answering = 0
         self.first_request = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
@@ -171,8 +176,13 @@ class Receiver:
         self.first_request.set()
         self._check(request_line, headers, body, event_id)
         tries = len(self.times(event_id))
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        self.answering += 1
+        self.most_answering = max(self.most_answering, self.answering)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+        finally:
+            self.answering -= 1
         if self.always_fail or tries <= self.fail_first:
             return self.failure_status
         return 200
@@ -277,6 +287,15 @@ async def settled(
     return n == count
 
 
+async def let_go_of_unclaimed(engine: AsyncEngine, clause: sa.ColumnElement[bool]) -> None:
+    """Discard the events of ``clause`` no relay holds, so later tests' relays do not meet them
+    (for a test that stops its relay with work left on purpose)."""
+    async with engine.begin() as conn:
+        await conn.execute(outbox.update().where(
+            clause, outbox.c.status == queries.PENDING, outbox.c.lease_owner.is_(None)
+        ).values(status="discarded"))
+
+
 async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not await check():
@@ -292,14 +311,17 @@ async def webhook_relay(
     settings: OutboxSettings = FAST,
     *,
     retry: RetryPolicy | None = None,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[Relay]:
-    """A relay with the merchant webhook handlers and its own engine, as a worker process has."""
+    """A relay with the merchant webhook handlers, each merchant's in its own lane, and its own
+    engine, as a worker process has."""
     engine = create_engine(DatabaseSettings(url=db_url, pool_size=10))
     try:
         async with httpx.AsyncClient(trust_env=False) as http:
             handler = MerchantWebhookHandler(engine, http, timedelta(seconds=2))
             yield Relay(engine, merchant_webhook_handlers(handler), settings, worker_id,
-                        SystemClock(), retry=retry)
+                        SystemClock(), retry=retry, per_merchant=MERCHANT_VISIBLE,
+                        metrics=metrics)
     finally:
         await engine.dispose()
 
@@ -316,9 +338,10 @@ async def running(relay: Relay) -> AsyncIterator[None]:
 
 
 async def start_worker(
-    db_url: str, worker_id: str, log: Path, *, lease: float, batch: int
+    db_url: str, worker_id: str, log: Path, *, lease: float, slots: int
 ) -> asyncio.subprocess.Process:
-    """``python -m orchestrator.outbox`` as operations would run it, configured by environment."""
+    """``python -m orchestrator.outbox`` as operations would run it, configured by environment,
+    with ``slots`` handlers at once (so it never holds more than that many leases)."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("LUNAS_") and "proxy" not in k.lower()}
     env.update(
@@ -326,7 +349,8 @@ async def start_worker(
         LUNAS_DATABASE_URL=db_url,
         LUNAS_WORKER_ID=worker_id,
         LUNAS_OUTBOX_LEASE=str(lease),
-        LUNAS_OUTBOX_BATCH=str(batch),
+        LUNAS_OUTBOX_BATCH=str(slots),
+        LUNAS_OUTBOX_CONCURRENCY=str(slots),
         LUNAS_OUTBOX_POLL="0.05",
         LUNAS_OUTBOX_BACKOFF="0.05",
         LUNAS_WEBHOOK_TIMEOUT="2",
@@ -449,6 +473,181 @@ async def test_the_webhook_timeout_bounds_a_whole_try_even_against_a_byte_a_time
     assert (row.processed_at - arrival.at).total_seconds() < 3.0
 
 
+async def test_one_slow_merchant_endpoint_delays_no_other_merchant_and_no_other_job(
+    engine: AsyncEngine, db_url: str
+) -> None:
+    """A merchant whose endpoint takes 1.5 s to answer has more due webhooks than the relay has
+    slots. Another merchant's new webhook, and a job of the slow merchant that is not a webhook
+    (order.captured: deferred issuance), still go out within a couple of idle polls (20 ms
+    each), not after the slow endpoint's answers."""
+    async with Receiver(delay=1.5) as slow, Receiver() as fast:
+        slow_m = await add_merchant(engine, slow.url)
+        fast_m = await add_merchant(engine, fast.url)
+        await add_outbox_events(engine, FAST.concurrency + 2, merchant_id=slow_m)
+        async with webhook_relay(db_url, f"hol-{new_id('w')[-6:]}") as relay, running(relay):
+            await asyncio.wait_for(slow.first_request.wait(), timeout=10)
+            written = time.monotonic()
+            [job] = await add_outbox_events(engine, 1, merchant_id=slow_m,
+                                            event_type=ORDER_CAPTURED)  # no handler here: done
+            await add_outbox_events(engine, 1, merchant_id=fast_m)
+            await asyncio.wait_for(fast.first_request.wait(), timeout=10)
+            webhook_waited = time.monotonic() - written
+            await eventually(lambda: settled(engine, outbox.c.event_id == job, 1, ["done"]),
+                             timeout=10, what="the slow merchant's own job done")
+            job_waited = time.monotonic() - written
+            assert slow.answering > 0, "the slow merchant's webhooks were still being answered"
+        await let_go_of_unclaimed(engine, outbox.c.merchant_id == slow_m)
+    assert webhook_waited < 0.5, webhook_waited
+    assert job_waited < 0.5, job_waited
+    assert slow.problems == fast.problems == []
+
+
+async def test_a_merchant_endpoint_that_hangs_holds_only_its_share_of_the_slots(
+    engine: AsyncEngine, db_url: str
+) -> None:
+    """Per merchant, at most ``merchant_concurrency`` webhooks are in flight at once (4 of 8
+    slots here); the rest of its events wait unleased, and every one is delivered once when
+    the endpoint answers. The worker's gauges say so meanwhile."""
+    assert FAST.merchant_concurrency == 4 < FAST.concurrency
+    metrics = Metrics()
+    async with Receiver(delay=0.6) as hanging:
+        merchant = await add_merchant(engine, hanging.url)
+        event_ids = await add_outbox_events(engine, 10, merchant_id=merchant)
+        ours = outbox.c.merchant_id == merchant
+        async with webhook_relay(db_url, f"lane-{new_id('w')[-6:]}", metrics=metrics) as relay, \
+                running(relay):
+            await asyncio.wait_for(hanging.first_request.wait(), timeout=10)
+            await asyncio.sleep(0.2)  # every slot it may take, it has taken by now
+            rows = await rows_where(engine, ours)
+            leased = [r for r in rows if r.lease_owner is not None]
+            assert len(leased) == 4
+            assert {(r.attempts, r.lease_owner) for r in rows if r not in leased} == {(0, None)}
+            assert metrics.outbox_in_flight._value.get() == 4
+            assert metrics.outbox_merchants_at_cap._value.get() == 1
+            await eventually(lambda: settled(engine, ours, 10, ["done"]), timeout=15,
+                             what="all ten delivered")
+    assert hanging.most_answering == 4
+    assert hanging.counts() == Counter(dict.fromkeys(event_ids, 1))
+    assert metrics.outbox_in_flight._value.get() == 0
+    assert metrics.outbox_merchants_at_cap._value.get() == 0
+
+
+async def test_the_relay_claims_again_as_soon_as_a_slot_is_free(engine: AsyncEngine) -> None:
+    """A handler that takes its time holds its own slot, not the relay: an event due meanwhile
+    starts at once. Stopping then lets the handler in flight finish and records it."""
+    tag = new_id("tst")
+    release = asyncio.Event()
+    started: dict[str, float] = {}
+
+    async def lingers(event: OutboxEvent) -> None:
+        started[event.event_id] = time.monotonic()
+        await release.wait()
+
+    async def quick(event: OutboxEvent) -> None:
+        started[event.event_id] = time.monotonic()
+
+    relay = Relay(engine, {"test.lingers": lingers, "test.quick": quick}, FAST,
+                  f"slots-{tag[-6:]}", SystemClock())
+    stop = asyncio.Event()
+    running_relay = asyncio.create_task(relay.run(stop))
+    try:
+        [slow_id] = await add_outbox_events(engine, 1, aggregate_id=tag,
+                                            event_type="test.lingers")
+        await eventually(lambda: _true(slow_id in started), timeout=10, what="lingers started")
+        written = time.monotonic()
+        [quick_id] = await add_outbox_events(engine, 1, aggregate_id=tag,
+                                             event_type="test.quick")
+        await eventually(lambda: settled(engine, outbox.c.event_id == quick_id, 1, ["done"]),
+                         timeout=10, what="the quick event done")
+        assert started[quick_id] - written < 0.5
+        stop.set()
+        await asyncio.sleep(0.1)
+        assert not running_relay.done(), "stopping waits for the handler in flight"
+        release.set()
+        await asyncio.wait_for(running_relay, timeout=10)
+    finally:
+        release.set()
+        stop.set()
+        await asyncio.wait_for(running_relay, timeout=10)
+    rows = await rows_where(engine, outbox.c.aggregate_id == tag)
+    assert [(r.event_id, r.status, r.attempts, r.lease_owner) for r in rows] == [
+        (slow_id, "done", 1, None), (quick_id, "done", 1, None)
+    ]
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def private(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """A database of its own, for a test that claims directly (a claim takes every due event)."""
+    sqlite = request.param == "sqlite"
+    url = (f"sqlite+aiosqlite:///{tmp_path / 'claim.db'}" if sqlite
+           else await create_database("lunas_claim"))
+    engine = create_engine(DatabaseSettings(url=url))
+    try:
+        await migrate(engine)
+        yield engine
+    finally:
+        await engine.dispose()
+        if not sqlite:
+            await drop_database(url)
+
+
+async def claimed(engine: AsyncEngine, limit: int, cap: queries.MerchantCap | None = None
+                  ) -> list[str]:
+    claim = queries.claim_batch(engine.dialect.name, worker_id="w-claim", now=datetime.now(UTC),
+                                lease=timedelta(seconds=30), limit=limit, cap=cap)
+    async with engine.begin() as conn:
+        return sorted(r.event_id for r in await claim.run(conn))
+
+
+async def test_a_claim_takes_the_events_due_longest_first(private: AsyncEngine) -> None:
+    """By ``available_at``, not by age: a retry whose backoff ended a minute ago goes before
+    an event written after it, but that became due only now."""
+    now = datetime.now(UTC)
+    async with private.begin() as conn:
+        await add_events(conn, [
+            PendingEvent(event_type="test.x", aggregate_id="x", merchant_id=None, payload={},
+                         available_at=now - timedelta(seconds=s)) for s in (1, 60, 30)
+        ], now=now - timedelta(minutes=5))
+    rows = await rows_where(private, outbox.c.aggregate_id == "x")
+    assert await claimed(private, 1) == [rows[1].event_id]
+    assert await claimed(private, 1) == [rows[2].event_id]
+    assert await claimed(private, 1) == [rows[0].event_id]
+
+
+async def test_a_claim_gives_each_merchant_lane_only_the_slots_it_has_room_for(
+    private: AsyncEngine,
+) -> None:
+    """The claim behind the merchant cap (2 here). Webhooks of a merchant whose lane is full
+    are passed over, so its backlog cannot fill the claim; a lane holding one slot gets one
+    more, even when its backlog fills the claim's window; jobs that are not webhooks, and events
+    naming no merchant, are not capped. What a claim leaves stays unleased, its tries unspent."""
+    named: dict[str, list[str]] = {}
+    for name, merchant, event_type, n in [
+        ("B", "mch_b", ORDER_PAID, 3), ("A", "mch_a", ORDER_PAID, 4),
+        ("A job", "mch_a", ORDER_CAPTURED, 1), ("C", "mch_c", ORDER_EXPIRED, 3),
+        ("no merchant", None, "attempt.verify", 1),
+    ]:
+        named[name] = await add_outbox_events(private, n, merchant_id=merchant,
+                                              aggregate_id=name, event_type=event_type)
+
+    def cap(**held: int) -> queries.MerchantCap:
+        return queries.MerchantCap(event_types=MERCHANT_VISIBLE, per_merchant=2,
+                                   held={f"mch_{m}": n for m, n in held.items()})
+
+    a, b, c = named["A"], named["B"], named["C"]
+    assert await claimed(private, 3, cap(a=1, b=2)) == a[:1]  # the window held three of A's
+    assert await claimed(private, 10, cap(a=2, b=2)) == sorted(
+        [*named["A job"], *c[:2], *named["no merchant"]])
+    assert await claimed(private, 10, cap(b=1, c=2)) == sorted([*a[1:3], b[0]])
+    rows = await rows_where(private, outbox.c.lease_owner.is_(None))
+    assert [(r.event_id, r.attempts) for r in rows] == [
+        (b[1], 0), (b[2], 0), (a[3], 0), (c[2], 0)]
+
+
 async def test_handler_outcomes_are_recorded_as_data(engine: AsyncEngine) -> None:
     tag = new_id("tst")
     seen: list[OutboxEvent] = []
@@ -496,19 +695,22 @@ async def test_handler_outcomes_are_recorded_as_data(engine: AsyncEngine) -> Non
 async def test_events_that_cannot_start_within_the_lease_are_handed_back_untried(
     engine: AsyncEngine,
 ) -> None:
+    """A relay claims only for free slots, so its events start at once, unless the process
+    stalls: here the first handler blocks the event loop for 0.45 s. A handler may take 0.5 s
+    and must end by 0.9 s into the 1 s lease, so only an event that starts by 0.4 s may start at
+    all: the other two, due to start after the stall, go back untried."""
     tag = new_id("tst")
     started: list[str] = []
 
-    async def slow(event: OutboxEvent) -> None:
+    async def stalls_once(event: OutboxEvent) -> None:
+        if not started:
+            time.sleep(0.45)  # CPU-bound, or a blocking call: nothing else runs meanwhile
         started.append(event.event_id)
-        await asyncio.sleep(0.45)
 
-    event_ids = await add_outbox_events(engine, 3, aggregate_id=tag, event_type="test.slow")
-    # One at a time; a handler may take 0.5 s and must end by 0.9 s into the 1 s lease, so only
-    # an event that starts by 0.4 s may start at all: the first runs, the other two go back.
-    settings = replace(FAST, lease=timedelta(seconds=1), batch_size=3, concurrency=1)
-    relay = Relay(engine, {"test.slow": slow}, settings, f"narrow-{tag[-6:]}", SystemClock(),
-                  handler_timeout=timedelta(milliseconds=500))
+    event_ids = await add_outbox_events(engine, 3, aggregate_id=tag, event_type="test.stall")
+    settings = replace(FAST, lease=timedelta(seconds=1), batch_size=3, concurrency=3)
+    relay = Relay(engine, {"test.stall": stalls_once}, settings, f"narrow-{tag[-6:]}",
+                  SystemClock(), handler_timeout=timedelta(milliseconds=500))
     assert await relay.run_once() == 1
 
     rows = await rows_where(engine, outbox.c.aggregate_id == tag)
@@ -516,8 +718,7 @@ async def test_events_that_cannot_start_within_the_lease_are_handed_back_untried
     assert [(r.status, r.attempts, r.lease_owner) for r in rows] == [
         ("done", 1, None), ("pending", 0, None), ("pending", 0, None)
     ]
-    assert await relay.run_once() == 1  # handed back means claimable again at once
-    assert await relay.run_once() == 1
+    assert await relay.run_once() == 2  # handed back means claimable again at once
     assert started == event_ids
 
 
@@ -548,10 +749,10 @@ async def test_an_expired_lease_cannot_overwrite_the_new_owners_outcome(
     t0 = datetime.now(UTC)
 
     async def claim(worker: str, at: datetime) -> list[sa.Row[Any]]:
-        statement = queries.claim_batch(engine.dialect.name, worker_id=worker, now=at,
-                                        lease=lease, limit=100)
+        claim = queries.claim_batch(engine.dialect.name, worker_id=worker, now=at, lease=lease,
+                                    limit=100)
         async with engine.begin() as conn:
-            return [r for r in (await conn.execute(statement)).all() if r.event_id == event_id]
+            return [r for r in await claim.run(conn) if r.event_id == event_id]
 
     async def write(outcome: queries.OutcomeWrite) -> int:
         async with engine.begin() as conn:
@@ -613,7 +814,7 @@ async def test_a_killed_worker_loses_nothing_and_its_claims_wait_for_their_lease
         mine = outbox.c.merchant_id == merchant
         killed = f"killed-{new_id('w')[-6:]}"
         log = tmp_path / "killed-worker.log"
-        proc = await start_worker(db_url, killed, log, lease=3, batch=2)
+        proc = await start_worker(db_url, killed, log, lease=3, slots=2)
         try:
             await asyncio.wait_for(receiver.first_request.wait(), timeout=20)
             await asyncio.sleep(0.3)  # the rest of its batch is on the wire too
@@ -667,7 +868,7 @@ async def test_a_killed_worker_loses_nothing_and_its_claims_wait_for_their_lease
 
 
 @pytest.mark.slow
-async def test_sigterm_finishes_the_batch_in_hand_and_exits_cleanly(
+async def test_sigterm_finishes_the_handlers_in_flight_and_exits_cleanly(
     engine: AsyncEngine, db_url: str, tmp_path: Path
 ) -> None:
     async with Receiver(delay=0.5) as receiver:
@@ -675,7 +876,7 @@ async def test_sigterm_finishes_the_batch_in_hand_and_exits_cleanly(
         event_ids = await add_outbox_events(engine, 5, merchant_id=merchant)
         mine = outbox.c.merchant_id == merchant
         log = tmp_path / "stopped-worker.log"
-        proc = await start_worker(db_url, f"term-{new_id('w')[-6:]}", log, lease=5, batch=2)
+        proc = await start_worker(db_url, f"term-{new_id('w')[-6:]}", log, lease=5, slots=2)
         try:
             await asyncio.wait_for(receiver.first_request.wait(), timeout=20)
             proc.send_signal(signal.SIGTERM)

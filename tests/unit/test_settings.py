@@ -23,12 +23,14 @@ def test_variables_are_read_and_typed() -> None:
         "LUNAS_REDIS_URL": "redis://r:6379/2", "LUNAS_OUTBOX_BACKOFF": "1,2.5",
         "LUNAS_UNIQUE_CODE_LOW": "100", "LUNAS_UNIQUE_CODE_HIGH": "500",
         "LUNAS_WORKER_ID": " w-1 ", "LUNAS_TRUSTED_PROXIES": "10.0.0.0/8, ::1",
+        "LUNAS_OUTBOX_CONCURRENCY": "32", "LUNAS_OUTBOX_MERCHANT_CONCURRENCY": "2",
     })
     assert not s.database.is_sqlite and s.http.port == 9000
     assert s.redis.url == "redis://r:6379/2"
     assert s.outbox.backoff == (timedelta(seconds=1), timedelta(seconds=2.5))
     assert (s.unique_codes.codes.low, s.unique_codes.codes.high) == (100, 500)
     assert s.worker_id == "w-1"
+    assert (s.outbox.concurrency, s.outbox.merchant_concurrency) == (32, 2)
     assert s.http.trusted_proxies == ("10.0.0.0/8", "::1")
 
 
@@ -55,6 +57,8 @@ def test_a_rotated_webhook_secret_signs_beside_the_new_one_for_a_day_unless_told
     ({"LUNAS_FEED_MAX_UNREADABLE": "-1"}, "LUNAS_FEED_MAX_UNREADABLE"),
     ({"LUNAS_WEBHOOK_SECRET_OVERLAP": "-1"}, "LUNAS_WEBHOOK_SECRET_OVERLAP"),
     ({"LUNAS_WEBHOOK_SECRET_OVERLAP": "2678400"}, "LUNAS_WEBHOOK_SECRET_OVERLAP"),  # 31 days
+    ({"LUNAS_OUTBOX_CONCURRENCY": "0"}, "LUNAS_OUTBOX_CONCURRENCY"),
+    ({"LUNAS_OUTBOX_MERCHANT_CONCURRENCY": "0"}, "LUNAS_OUTBOX_MERCHANT_CONCURRENCY"),
 ])
 def test_bad_or_unsafe_settings_are_refused_naming_the_variable(
     env: dict[str, str], named: str
@@ -187,6 +191,29 @@ def test_a_zero_that_means_off_is_taken() -> None:
     assert s.reconciliation.reversal_window == s.status_page.cache_ttl == timedelta(0)
     assert s.status_page.worsen_after == timedelta(0)
     assert s.feed.max_unreadable == s.http.worker_metrics_port == s.unique_codes.codes.low == 0
+
+
+@pytest.mark.parametrize(("lease", "webhook"), [
+    ("60", "45"),  # the default lease leaves a try 45 s: exactly that is too long
+    ("10", "8"),
+    ("2", "2"),
+    ("", "0"),  # every try would time out before it began
+])
+def test_a_webhook_timeout_that_does_not_fit_inside_the_outbox_lease_is_refused(
+    lease: str, webhook: str
+) -> None:
+    """A merchant try must end by its own timeout inside three quarters of the lease (the
+    relay's handler timeout), leaving the rest for recording its outcome."""
+    with pytest.raises(SettingsError, match="LUNAS_WEBHOOK_TIMEOUT") as refused:
+        Settings.from_env({"LUNAS_OUTBOX_LEASE": lease, "LUNAS_WEBHOOK_TIMEOUT": webhook})
+    if webhook != "0":
+        assert "LUNAS_OUTBOX_LEASE" in str(refused.value)
+
+
+@pytest.mark.parametrize(("lease", "webhook"), [("", ""), ("60", "44.9"), ("3", "2")])
+def test_a_webhook_timeout_inside_the_lease_is_accepted(lease: str, webhook: str) -> None:
+    s = Settings.from_env({"LUNAS_OUTBOX_LEASE": lease, "LUNAS_WEBHOOK_TIMEOUT": webhook})
+    assert s.webhooks.timeout < s.outbox.handler_timeout == s.outbox.lease * 0.75
 
 
 def test_retention_keeps_provider_deliveries_for_ever_unless_told() -> None:
