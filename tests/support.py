@@ -138,3 +138,16 @@ async def signed_push(client: httpx.AsyncClient, container: Container,
                          hashlib.sha256).hexdigest()
     return await client.post("/v1/mutations/push", content=body, headers={
         "Signature": signature, "Content-Type": "application/json"})
+
+
+@contextlib.asynccontextmanager
+async def raw_http_server(
+    answer: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[str]:
+    """A server that answers each connection with ``answer``, for answers no real HTTP server
+    gives (a body trickling in, an odd shape): its base URL while the block runs."""
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()

@@ -35,6 +35,7 @@ from tests.support import (
     new_merchant,
     new_ops_token,
     order_body,
+    raw_http_server,
     serve,
 )
 
@@ -476,11 +477,8 @@ async def xendit_with_odd_charges() -> AsyncIterator[str]:
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
+    async with raw_http_server(answer) as url:
+        yield url
 
 
 async def test_an_answer_of_an_unexpected_shape_is_unknown_and_the_next_route_serves(

@@ -37,7 +37,7 @@ from orchestrator.rails.midtrans import (
     verify_notification,
     verify_notification_signature,
 )
-from tests.support import free_port
+from tests.support import free_port, raw_http_server
 
 SERVER_KEY = "SB-Mid-server-lunas-test-key"
 VA = ("bca", "bni", "bri", "permata", "mandiri")
@@ -586,11 +586,8 @@ async def trickling_server(status_line: bytes = b"HTTP/1.1 200 OK") -> AsyncIter
                 await asyncio.sleep(0.1)
         writer.close()
 
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
+    async with raw_http_server(answer) as url:
+        yield url
 
 
 async def test_an_answer_trickling_in_is_cut_off_at_twice_the_timeout(
