@@ -143,9 +143,12 @@ def test_account_number_may_be_a_json_number_and_other_fields_optional() -> None
     pytest.param(-5000, -5_000, id="overdrawn, number"),
     pytest.param(None, None, id="null"),
     pytest.param("", None, id="empty"),
+    pytest.param("   ", None, id="blank: none sent, not Rp0"),
 ])
-def test_a_balance_may_be_overdrawn_and_an_empty_one_is_none(balance: object,
-                                                              rupiah: int | None) -> None:
+def test_a_balance_may_be_overdrawn_and_a_blank_one_is_none(balance: object,
+                                                             rupiah: int | None) -> None:
+    """As a statement's balance cell (``balance_cell``): blank means the bank printed none.
+    Review finding (mutation audit): a blank balance was read as Rp0, a number nobody sent."""
     assert parse_moota_push(push(item(balance=balance))).mutations[0].balance == rupiah
 
 
