@@ -706,9 +706,11 @@ class _Env:
                      allowed: _Range = _POSITIVE_SECONDS) -> tuple[timedelta, ...]:
         """Comma-separated seconds, each in ``allowed``; empty when unset."""
         raw = self._raw(name) or ""
+        parts = [part for part in raw.split(",") if part.strip()]
+        if raw.strip() and not parts:  # "," is a typo, not a wish for the default
+            raise SettingsError(f"{name} must be seconds separated by commas, got {raw!r}")
         return tuple(timedelta(seconds=_number(name, part, allowed, "seconds separated by "
-                                               "commas, each"))
-                     for part in raw.split(",") if part.strip())
+                                               "commas, each")) for part in parts)
 
 
 def _number(name: str, raw: str, allowed: _Range, kind: str) -> float:

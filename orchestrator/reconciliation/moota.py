@@ -194,7 +194,6 @@ def parse_moota_item(item: object, *, index: int) -> MootaMutation:
     # RAILS.md §3.2: some payloads call mutation_id "token".
     id_field = "token" if "mutation_id" not in item and "token" in item else "mutation_id"
     amount = _money(_field(item, "amount", index), "amount", index)
-    balance = item.get("balance")
     return MootaMutation(
         mutation_id=_text(item, id_field, index),
         bank_id=_text(item, "bank_id", index),
@@ -203,7 +202,7 @@ def parse_moota_item(item: object, *, index: int) -> MootaMutation:
         amount=positive(amount, column="amount", line=index),
         direction=direction_cell(_text(item, "type", index), column="type", line=index),
         description=_description(item),
-        balance=None if balance in (None, "") else _money(balance, "balance", index, signed=True),
+        balance=_balance(item.get("balance"), index),
         bank_type=_bank_type(item),
     )
 
@@ -238,12 +237,18 @@ def _storable(text: str, name: str, index: int) -> str:
     return text
 
 
-def _money(value: object, name: str, index: int, *, signed: bool = False) -> int:
-    """Whole rupiah from ``"100123.00"``, ``"10000"`` or a JSON number; never rounds a sen."""
+def _balance(value: object, index: int) -> int | None:
+    """A running balance, negative when overdrawn; absent or blank means Moota sent none, as a
+    blank balance cell of a statement does (``balance_cell``), never a balance of Rp0."""
     if isinstance(value, str):
-        if signed:
-            parsed = balance_cell(value, column=name, line=index)
-            return 0 if parsed is None else parsed
+        return balance_cell(value, column="balance", line=index)
+    return None if value is None else _money(value, "balance", index, signed=True)
+
+
+def _money(value: object, name: str, index: int, *, signed: bool = False) -> int:
+    """Whole rupiah from ``"100123.00"``, ``"10000"`` or a JSON number; never rounds a sen.
+    ``signed`` lets a JSON number be negative (a string balance goes through ``_balance``)."""
+    if isinstance(value, str):
         return rupiah_cell(value, column=name, line=index)
     if isinstance(value, int) and not isinstance(value, bool):
         number = Decimal(value)

@@ -1,12 +1,31 @@
-"""Which statement lines the batch may decide on its own, and which go line by line."""
+"""Which statement lines the batch may decide on its own, and which go line by line; and the
+matcher's decision each line gets (``decide``, its validity window, the reversal window)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from orchestrator.domain.clock import WIB
-from orchestrator.reconciliation.batch import plan_batch, settle_rule, still_matches
-from orchestrator.reconciliation.matcher import Candidate, MatchKind, MutationFacts, decide
+from orchestrator.reconciliation.batch import (
+    SettleTransition,
+    in_file_order,
+    plan_batch,
+    settle_rule,
+    still_matches,
+)
+from orchestrator.reconciliation.matcher import (
+    FOR_PEOPLE,
+    Candidate,
+    MatchDecision,
+    MatchKind,
+    MutationFacts,
+    decide,
+    referenced_order_ids,
+    reversal_window,
+    window_opens,
+)
 
 NOW = datetime(2026, 5, 15, 3, 0, tzinfo=UTC)
 ORDER_A, ORDER_B = "ord_01HZX7Q3V9K2M4N6P8R0S2T4V6", "ord_01HZX7Q3V9K2M4N6P8R0S2T4V7"
@@ -71,6 +90,47 @@ def test_a_reference_that_the_amount_agrees_with_or_no_held_amount_contradicts_s
     assert (alone.kind, alone.attempt_id) == (MatchKind.MATCHED, "att_2")
 
 
+def test_a_debit_among_the_lines_hides_none_of_the_credits_after_it() -> None:
+    """Two credits for one order still go line by line when a debit comes first in the file."""
+    plan = plan_batch({
+        0: MutationFacts(amount=10_000, direction="DB", posted_at=NOW, description="BIAYA ADM"),
+        1: credit(100_123), 2: credit(100_123, "AGAIN"),
+    }, {1: held(ORDER_A, 100_123), 2: held(ORDER_A, 100_123)})
+    assert (plan.ignored, plan.sequential, plan.matched) == ([0], [1, 2], {})
+
+
+def test_a_debit_naming_an_order_takes_nothing_out_of_the_batch() -> None:
+    """A debit is no collection: it reaches no order, so it sends no credit line by line."""
+    plan = plan_batch({
+        0: MutationFacts(amount=100_123, direction="DB", posted_at=NOW,
+                         description=f"KOREKSI {ORDER_A}"),
+        1: credit(100_123),
+    }, {1: held(ORDER_A, 100_123)})
+    assert (plan.ignored, plan.matched, plan.sequential) == ([0], {1: held(ORDER_A, 100_123)}, [])
+
+
+def test_the_outcomes_of_an_import_are_applied_in_file_order() -> None:
+    assert in_file_order([4, 1], [], [3, 0], [2]) == [0, 1, 2, 3, 4]
+
+
+def test_the_batch_refuses_to_settle_when_settling_could_end_in_two_states(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If the state machines ever settled some pair elsewhere than paid/paid, the single-target
+    SQL would write a wrong state: ``settle_rule`` must raise instead."""
+    import orchestrator.reconciliation.batch as batch
+
+    two_targets = [
+        SettleTransition(order_from="captured", attempt_from="active", order_to="paid",
+                         attempt_to="paid"),
+        SettleTransition(order_from="verifying", attempt_from="active", order_to="needs_review",
+                         attempt_to="paid"),
+    ]
+    monkeypatch.setattr(batch, "settle_transitions", lambda: two_targets)
+    with pytest.raises(RuntimeError, match="settling ends in"):
+        settle_rule()
+
+
 def test_a_batch_match_is_dropped_when_the_locked_attempt_differs() -> None:
     planned = held(ORDER_A, 100_123)
     assert still_matches(credit(100_123), planned, planned)
@@ -116,3 +176,95 @@ def test_a_reversal_may_follow_its_credit_by_days_never_precede_it() -> None:
     timed = day + timedelta(hours=10)
     assert reversal_window(timed, timedelta(days=3)) == (timed - timedelta(days=3),
                                                          timed + BANK_CLOCK_SKEW)
+
+
+# ---------------------------------------------------------------------------------------------
+# decide: which open manual-transfer attempt a credit pays (ARCHITECTURE §4 Reconciliation)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_debit_is_never_a_collection_even_naming_an_order() -> None:
+    debit = MutationFacts(amount=100_123, direction="DB", posted_at=NOW,
+                          description=f"TRSF DB {ORDER_A}")
+    assert decide(debit, [held(ORDER_A, 100_123)]) == MatchDecision(kind=MatchKind.IGNORED)
+
+
+def test_the_one_attempt_holding_the_exact_amount_is_paid() -> None:
+    candidates = [held(ORDER_A, 100_123), held(ORDER_B, 200_456, "att_2")]
+    assert decide(credit(200_456), candidates) == MatchDecision(kind=MatchKind.MATCHED,
+                                                                attempt_id="att_2")
+
+
+@pytest.mark.parametrize("amount", [100_122, 100_124, 100_000])
+def test_a_credit_of_any_other_amount_pays_nothing(amount: int) -> None:
+    assert decide(credit(amount), [held(ORDER_A, 100_123)]) == MatchDecision(
+        kind=MatchKind.UNMATCHED)
+
+
+def test_two_orders_holding_the_amount_go_to_a_person_never_one_picked() -> None:
+    candidates = [held(ORDER_A, 100_123), held(ORDER_B, 100_123, "att_2")]
+    assert decide(credit(100_123), candidates) == MatchDecision(
+        kind=MatchKind.AMBIGUOUS, candidates=("att_1", "att_2"))
+
+
+def test_a_description_naming_two_orders_goes_to_a_person() -> None:
+    candidates = [held(ORDER_A, 100_123), held(ORDER_B, 200_456, "att_2")]
+    decision = decide(credit(5_000, f"{ORDER_A} {ORDER_B}"), candidates)
+    assert decision == MatchDecision(kind=MatchKind.AMBIGUOUS, candidates=("att_1", "att_2"))
+
+
+@pytest.mark.parametrize("written", [ORDER_A, ORDER_A.upper(), ORDER_A.lower(),
+                                     ORDER_A.upper().replace("_", "")])
+def test_an_order_reference_is_read_in_any_case_with_or_without_its_underscore(
+    written: str,
+) -> None:
+    assert referenced_order_ids(f"trsf e-banking cr {written} andi") == {ORDER_A}
+
+
+@pytest.mark.parametrize("listed", ["older first", "newer first"])
+def test_an_order_with_several_attempts_is_paid_on_its_latest(listed: str) -> None:
+    """The customer switched instruments: a credit naming the order pays the attempt it holds
+    now, whichever order the attempts were read in."""
+    older = Candidate(attempt_id="att_old", order_id=ORDER_A, transfer_amount=100_123,
+                      created_at=NOW - timedelta(hours=2), held_until=None)
+    newer = Candidate(attempt_id="att_new", order_id=ORDER_A, transfer_amount=100_456,
+                      created_at=NOW - timedelta(hours=1), held_until=None)
+    attempts = [older, newer] if listed == "older first" else [newer, older]
+    assert decide(credit(100_999, f"BAYAR {ORDER_A}"), attempts) == MatchDecision(
+        kind=MatchKind.MATCHED, attempt_id="att_new")
+
+
+def test_the_window_opens_five_minutes_before_the_attempts_wib_day() -> None:
+    wib_day = datetime(2026, 5, 15, 0, 0, tzinfo=WIB)
+    opens = wib_day - timedelta(minutes=5)
+    assert window_opens(datetime(2026, 5, 15, 16, 30, tzinfo=WIB)) == opens
+    # Stored instants are UTC: 18:00 UTC on the 14th is already the 15th in Jakarta.
+    assert window_opens(datetime(2026, 5, 14, 18, 0, tzinfo=UTC)) == opens
+
+
+def test_a_credit_at_either_end_of_the_window_is_in_it_and_a_tick_outside_is_not() -> None:
+    tick = timedelta(microseconds=1)
+    created = datetime(2026, 5, 15, 10, 0, tzinfo=WIB)
+    closed = Candidate(attempt_id="att_1", order_id=ORDER_A, transfer_amount=100_123,
+                       created_at=created, held_until=created + timedelta(days=1))
+    opens, ends = window_opens(created), created + timedelta(days=1)
+    for at, kind in [(opens - tick, MatchKind.UNMATCHED), (opens, MatchKind.MATCHED),
+                     (ends, MatchKind.MATCHED), (ends + tick, MatchKind.UNMATCHED)]:
+        assert decide(credit(100_123, at=at), [closed]).kind is kind, at
+
+
+def test_a_reversal_is_looked_for_three_days_back_by_default() -> None:
+    timed = datetime(2026, 5, 15, 3, 0, tzinfo=UTC)  # 10:00 WIB
+    assert reversal_window(timed) == (timed - timedelta(days=3), timed + timedelta(minutes=5))
+
+
+def test_a_debit_dated_by_day_reaches_the_last_instant_of_its_wib_day() -> None:
+    """Stored as UTC (17:00 the day before), a day-dated debit is still 00:00 WIB."""
+    day = datetime(2026, 5, 14, 17, 0, tzinfo=UTC)
+    assert reversal_window(day, timedelta(days=3)) == (
+        day - timedelta(days=3),
+        datetime(2026, 5, 16, 0, 0, tzinfo=WIB) - timedelta(microseconds=1))
+
+
+def test_the_mutations_a_person_resolves() -> None:
+    assert set(FOR_PEOPLE) == {"unmatched", "ambiguous", "likely_duplicate"}

@@ -4,6 +4,7 @@ timer-driven half-open, backoff, late outcomes and ops overrides (no Redis: ``Lo
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,7 @@ from orchestrator.rails.breaker import (
     Outcome,
     RouteBreaker,
     Trip,
+    outcome_of,
 )
 from orchestrator.rails.errors import Refused, Unavailable
 from orchestrator.telemetry.metrics import Metrics
@@ -148,6 +150,77 @@ async def test_the_window_forgets_calls_older_than_its_span(
     assert breaker.state is OPEN
 
 
+async def test_the_window_ages_out_a_tenth_of_its_span_at_a_time(
+        make: Callable[..., RouteBreaker], mono: FakeMonotonic) -> None:
+    """A 30 s window is ten 3 s buckets: a call leaves it with its bucket, counts and all."""
+    breaker = make(config(minimum_number_of_calls=100, sliding_window=timedelta(seconds=30)))
+    await calls(breaker, Outcome.FAILURE, 2)  # t = 1000: bucket [999, 1002)
+    mono.advance(15)
+    await calls(breaker, Outcome.SUCCESS, mono=mono, seconds=1.5)  # slow, reported at 1016.5
+    await calls(breaker, Outcome.SUCCESS)
+
+    def window() -> tuple[int, int, int]:
+        snap = breaker.snapshot()
+        return snap.calls, snap.failures, snap.slow
+
+    assert window() == (4, 2, 1)
+    mono.now = 1028.9
+    assert window() == (4, 2, 1)
+    mono.now = 1029.0  # the bucket of t = 1000 is ten buckets old
+    assert window() == (2, 0, 1)
+    mono.now = 1044.0
+    assert window() == (0, 0, 0)
+
+
+async def test_a_cleared_window_forgets_its_buckets_too(
+        make: Callable[..., RouteBreaker], mono: FakeMonotonic) -> None:
+    breaker = make(config(minimum_number_of_calls=100))
+    await calls(breaker, Outcome.FAILURE, 2)
+    breaker.force_closed("ops")
+    breaker.release_force()
+    mono.advance(60)
+    assert (breaker.snapshot().calls, breaker.snapshot().failures) == (0, 0)
+
+
+async def test_a_slow_failure_counts_as_slow_too(
+        make: Callable[..., RouteBreaker], mono: FakeMonotonic) -> None:
+    breaker = make(config(minimum_number_of_calls=100, slow_call_duration=timedelta(seconds=1)))
+    await calls(breaker, Outcome.FAILURE, mono=mono, seconds=1.5)
+    assert (breaker.snapshot().failures, breaker.snapshot().slow) == (1, 1)
+
+
+@pytest.mark.parametrize(("exc", "outcome"), [
+    pytest.param(None, Outcome.SUCCESS, id="returned"),
+    pytest.param(Unavailable("503", provider="midtrans", operation="create"), Outcome.FAILURE,
+                 id="provider down"),
+    pytest.param(TimeoutError(), Outcome.FAILURE, id="timed out"),
+    pytest.param(RuntimeError("bug"), Outcome.FAILURE, id="any other exception"),
+    pytest.param(Refused("no", provider="midtrans", operation="create"), Outcome.NEUTRAL,
+                 id="business refusal"),
+    pytest.param(asyncio.CancelledError(), Outcome.NEUTRAL, id="caller gave up"),
+    pytest.param(KeyboardInterrupt(), Outcome.NEUTRAL, id="interrupted"),
+    pytest.param(SystemExit(0), Outcome.NEUTRAL, id="exiting"),
+    pytest.param(GeneratorExit(), Outcome.NEUTRAL, id="generator closed"),
+])
+def test_how_a_call_that_ended_counts_for_its_route(exc: BaseException | None,
+                                                     outcome: Outcome) -> None:
+    assert outcome_of(exc) is outcome
+
+
+async def test_a_permit_reports_once_and_later_reports_are_ignored(
+        make: Callable[..., RouteBreaker]) -> None:
+    breaker = make(config(minimum_number_of_calls=2))
+    permit = await breaker.acquire()
+    assert permit.route_key == ROUTE and not permit.recorded
+    permit.failure()
+    assert permit.recorded
+    permit.failure()  # a second report of the same call: ignored
+    assert breaker.state is CLOSED and breaker.snapshot().calls == 1
+    neutral = await breaker.acquire()
+    neutral.neutral()
+    assert neutral.recorded and breaker.snapshot().calls == 1
+
+
 async def test_slow_calls_trip_on_the_slow_call_rate_even_when_they_succeed(
         make: Callable[..., RouteBreaker], mono: FakeMonotonic, transitions: Transitions) -> None:
     breaker = make(config(slow_call_duration=timedelta(seconds=1), slow_call_rate_threshold=0.5,
@@ -215,6 +288,14 @@ async def test_open_rejects_at_once_with_breaker_open(make: Callable[..., RouteB
     assert not ran
 
 
+def test_a_refusal_names_the_route_its_state_and_until_when() -> None:
+    at = datetime(2026, 5, 15, 3, 0, 30, tzinfo=UTC)
+    assert str(BreakerOpen(ROUTE, state=OPEN, retry_at=at)) == (
+        "breaker for va:midtrans:bca is open until 2026-05-15T03:00:30+00:00")
+    assert str(BreakerOpen(ROUTE, state=BreakerState.FORCED_OPEN, retry_at=None)) == (
+        "breaker for va:midtrans:bca is forced_open")
+
+
 async def test_a_timer_moves_open_to_half_open_without_any_call(
         make: Callable[..., RouteBreaker], transitions: Transitions) -> None:
     breaker = make(config(wait_in_open=timedelta(milliseconds=60)))
@@ -272,6 +353,7 @@ class SlowGenerousCluster:
     def __init__(self) -> None:
         self.asked = 0
         self.reports: list[tuple[str, Outcome]] = []
+        self.closed: list[str] = []
 
     async def take_trial(self, breaker: RouteBreaker, round_id: str) -> bool | None:
         self.asked += 1
@@ -282,7 +364,7 @@ class SlowGenerousCluster:
         pass
 
     def announce_close(self, breaker: RouteBreaker, trip_id: str) -> None:
-        pass
+        self.closed.append(trip_id)
 
     def announce_force(self, breaker: RouteBreaker, state: BreakerState | None,
                        reason: str) -> None:
@@ -304,6 +386,71 @@ async def test_local_trial_slots_are_taken_before_waiting_for_the_cluster(
     await asyncio.gather(*tasks)
     assert [outcome for _, outcome in cluster.reports] == [Outcome.SUCCESS] * 2
     assert breaker.state is HALF_OPEN  # with a cluster, the round's last reporter decides
+
+
+async def test_a_neutral_cluster_trial_is_reported_and_frees_the_round(
+        make: Callable[..., RouteBreaker]) -> None:
+    cluster = SlowGenerousCluster()
+    breaker = make(config(permitted_calls_in_half_open=1), coordinator=cluster)
+    await half_open(breaker)
+    (await breaker.acquire()).neutral()
+    assert [outcome for _, outcome in cluster.reports] == [Outcome.NEUTRAL]
+    await breaker.acquire()  # the slot is free again, here and in the cluster
+    assert cluster.asked == 2
+
+
+class SilentCluster(SlowGenerousCluster):
+    """Redis is configured but cannot say (timed out): trial permits are this process's own."""
+
+    async def take_trial(self, breaker: RouteBreaker, round_id: str) -> bool | None:
+        return None
+
+
+async def test_trials_the_cluster_could_not_grant_are_judged_here_and_the_close_announced(
+        make: Callable[..., RouteBreaker]) -> None:
+    cluster = SilentCluster()
+    breaker = make(config(permitted_calls_in_half_open=2), coordinator=cluster)
+    await half_open(breaker)
+    trip_id = breaker.snapshot().trip_id
+    await calls(breaker, Outcome.SUCCESS, 2)
+    assert breaker.state is CLOSED and cluster.reports == []
+    assert cluster.closed == [trip_id]
+    assert not breaker.snapshot().synced  # until Redis confirms the close (close_synced)
+
+
+async def test_trials_granted_by_a_cluster_that_then_drops_are_judged_here(
+        make: Callable[..., RouteBreaker]) -> None:
+    cluster = SlowGenerousCluster()
+    breaker = make(config(permitted_calls_in_half_open=2), coordinator=cluster)
+    await half_open(breaker)
+    trials = [await breaker.acquire(), await breaker.acquire()]
+    cluster.active = False  # Redis lost mid-round: nobody would gather the reports
+    for trial in trials:
+        trial.success()
+    assert breaker.state is CLOSED and cluster.reports == []
+
+
+async def test_a_late_verdict_for_a_round_already_decided_is_ignored(
+        make: Callable[..., RouteBreaker]) -> None:
+    cluster = SlowGenerousCluster()
+    breaker = make(config(permitted_calls_in_half_open=2), coordinator=cluster)
+    await half_open(breaker)
+    await calls(breaker, Outcome.FAILURE, 2)
+    [(round_id, _), _] = cluster.reports
+    breaker.apply_verdict(round_id, successes=0, failures=2, slow=0)  # the round's verdict
+    assert breaker.state is OPEN
+    breaker.apply_verdict(round_id, successes=2, failures=0, slow=0)  # a stale duplicate
+    assert breaker.state is OPEN
+
+
+async def test_a_neutral_trial_frees_exactly_its_own_slot(
+        make: Callable[..., RouteBreaker]) -> None:
+    breaker = make(config(permitted_calls_in_half_open=1))
+    await half_open(breaker)
+    (await breaker.acquire()).neutral()
+    await breaker.acquire()
+    with pytest.raises(BreakerOpen):
+        await breaker.acquire()
 
 
 async def test_a_cancelled_trial_gives_its_slot_to_the_next_caller(
@@ -349,6 +496,41 @@ async def test_a_failed_trial_reopens_with_a_longer_jittered_wait(
     second = breaker.retry_at
     assert breaker.state is OPEN and second is not None and breaker.snapshot().attempt == 2
     assert before + timedelta(milliseconds=149) <= second <= after + timedelta(milliseconds=301)
+
+
+@pytest.mark.parametrize(("failures", "slow", "state"), [
+    pytest.param(1, 0, CLOSED, id="1 of 3 failed: 33 % is below 50 %"),
+    pytest.param(0, 1, CLOSED, id="1 of 3 slow: 33 % is below 50 %"),
+    pytest.param(2, 0, OPEN, id="2 of 3 failed"),
+    pytest.param(0, 2, OPEN, id="2 of 3 slow"),
+])
+async def test_the_trial_round_closes_below_both_thresholds_and_reopens_at_either(
+        make: Callable[..., RouteBreaker], mono: FakeMonotonic, failures: int, slow: int,
+        state: BreakerState) -> None:
+    breaker = make(config(permitted_calls_in_half_open=3, failure_rate_threshold=0.5,
+                          slow_call_rate_threshold=0.5))
+    await half_open(breaker)
+    await calls(breaker, Outcome.FAILURE, failures)
+    await calls(breaker, Outcome.SUCCESS, slow, mono=mono, seconds=1.5)
+    await calls(breaker, Outcome.SUCCESS, 3 - failures - slow)
+    assert breaker.state is state
+
+
+async def test_a_slow_call_rate_exactly_at_the_threshold_reopens(
+        make: Callable[..., RouteBreaker], mono: FakeMonotonic) -> None:
+    breaker = make(config(permitted_calls_in_half_open=2, slow_call_rate_threshold=0.5))
+    await half_open(breaker)
+    await calls(breaker, Outcome.SUCCESS, mono=mono, seconds=1.5)
+    await calls(breaker, Outcome.SUCCESS)
+    assert breaker.state is OPEN
+
+
+async def test_a_verdict_for_another_round_is_ignored(make: Callable[..., RouteBreaker]) -> None:
+    breaker = make(config(permitted_calls_in_half_open=2))
+    await half_open(breaker)
+    generation = breaker.generation
+    breaker.apply_verdict("another-trip.0", successes=0, failures=2, slow=0)
+    assert breaker.state is HALF_OPEN and breaker.generation == generation
 
 
 @pytest.mark.parametrize("attempt", range(1, 9))
@@ -458,6 +640,37 @@ async def test_registry_wires_metrics_and_per_route_overrides() -> None:
         await registry.close()
 
 
+async def test_every_kind_of_call_is_counted_under_its_own_label() -> None:
+    metrics = Metrics()
+    mono = FakeMonotonic()
+    registry = BreakerRegistry(config(minimum_number_of_calls=100), metrics=metrics,
+                               monotonic=mono)
+    try:
+        breaker = registry.get(ROUTE)
+        late = await breaker.acquire()
+        await calls(breaker, Outcome.SUCCESS)
+        await calls(breaker, Outcome.NEUTRAL)
+        await calls(breaker, Outcome.FAILURE, mono=mono, seconds=1.5)
+        await calls(breaker, Outcome.SUCCESS, mono=mono, seconds=1.5)
+        breaker.force_open("ops")  # a new generation: the permit taken before is late
+        late.success()
+        sample = metrics.registry.get_sample_value
+        counted = {label: sample("lunas_breaker_calls_total", {"route": ROUTE, "outcome": label})
+                   for label in ("success", "neutral", "slow_failure", "slow_success", "late")}
+        assert counted == {"success": 1, "neutral": 1, "slow_failure": 1, "slow_success": 1,
+                           "late": 1}
+    finally:
+        await registry.close()
+
+
+def test_a_trip_travels_between_replicas_as_json_with_three_fields() -> None:
+    trip = Trip(id="a1b2c3d4e5f60718", until_ms=1_778_814_030_000, attempt=2)
+    assert trip.as_dict() == {"id": "a1b2c3d4e5f60718", "until_ms": 1_778_814_030_000,
+                              "attempt": 2}
+    assert Trip.from_json(json.dumps(trip.as_dict())) == trip
+    assert Trip.from_json(json.dumps(trip.as_dict()).encode()) == trip
+
+
 async def test_a_failing_listener_does_not_stop_the_transition(
         make: Callable[..., RouteBreaker], caplog: pytest.LogCaptureFixture) -> None:
     breaker = make(config(minimum_number_of_calls=1))
@@ -475,7 +688,19 @@ async def test_a_failing_listener_does_not_stop_the_transition(
     {"failure_rate_threshold": 0}, {"slow_call_rate_threshold": 1.5}, {"wait_jitter": 1.0},
     {"minimum_number_of_calls": 0}, {"permitted_calls_in_half_open": 0},
     {"max_wait_in_open": timedelta(milliseconds=1)}, {"sliding_window": timedelta(0)},
+    {"wait_jitter": -0.1}, {"wait_multiplier": 0.5}, {"wait_in_open": timedelta(0)},
+    {"max_wait_in_half_open": timedelta(0)}, {"slow_call_duration": timedelta(0)},
 ])
 def test_config_refuses_nonsense(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         config(**bad)
+
+
+@pytest.mark.parametrize("edge", [
+    {"failure_rate_threshold": 1.0}, {"slow_call_rate_threshold": 1.0}, {"wait_jitter": 0.0},
+    {"wait_multiplier": 1.0},
+    {"wait_in_open": timedelta(seconds=5), "max_wait_in_open": timedelta(seconds=5)},
+])
+def test_config_accepts_its_edges(edge: dict[str, Any]) -> None:
+    """Trip only at 100 %, never jitter, never grow the wait: strict, but not nonsense."""
+    assert config(**edge)

@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.domain.errors import InvalidOrder
-from orchestrator.domain.money import AmountLimits, UniqueCodeRange, format_idr, parse_rupiah
+from orchestrator.domain.money import (
+    MAX_RUPIAH,
+    AmountLimits,
+    AmountOutOfRange,
+    UniqueCodeRange,
+    format_idr,
+    parse_rupiah,
+)
 
 # ---------------------------------------------------------------------------------------------
 # parse_rupiah: the amount text of every statement format means one number of whole rupiah
@@ -33,6 +40,13 @@ from orchestrator.domain.money import AmountLimits, UniqueCodeRange, format_idr,
 )
 def test_parse_rupiah_reads(text: str, rupiah: int) -> None:
     assert parse_rupiah(text) == rupiah
+
+
+def test_parse_rupiah_reads_up_to_a_quadrillion_less_one_and_no_further() -> None:
+    assert parse_rupiah("999,999,999,999,999.00") == MAX_RUPIAH == 999_999_999_999_999
+    for beyond in ("1,000,000,000,000,000.00", "1000000000000000", "99999999999999999999"):
+        with pytest.raises(AmountOutOfRange, match="beyond 999,999,999,999,999 rupiah"):
+            parse_rupiah(beyond)
 
 
 @pytest.mark.parametrize(
@@ -101,6 +115,28 @@ def test_amount_outside_limits_is_an_invalid_order(amount: int, message: str) ->
         LIMITS.check(amount)
     assert refused.value.field == "amount"
     assert refused.value.code == "invalid_order"
+
+
+@pytest.mark.parametrize(("minimum", "maximum"), [(1, 1), (1, 10_000), (10_000, 10_000)])
+def test_limits_from_one_rupiah_and_a_single_allowed_amount_are_sensible(
+    minimum: int, maximum: int
+) -> None:
+    limits = AmountLimits(minimum=minimum, maximum=maximum)
+    limits.check(minimum)
+    limits.check(maximum)
+
+
+@pytest.mark.parametrize(
+    ("minimum", "maximum"),
+    [
+        pytest.param(0, 10_000, id="a zero-rupiah order"),
+        pytest.param(-1, 10_000, id="negative minimum"),
+        pytest.param(10_001, 10_000, id="minimum above maximum"),
+    ],
+)
+def test_nonsense_amount_limits_are_refused(minimum: int, maximum: int) -> None:
+    with pytest.raises(ValueError, match="bad amount limits"):
+        AmountLimits(minimum=minimum, maximum=maximum)
 
 
 # ---------------------------------------------------------------------------------------------

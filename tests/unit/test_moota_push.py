@@ -138,6 +138,47 @@ def test_account_number_may_be_a_json_number_and_other_fields_optional() -> None
     assert parsed.direction == "DB"
 
 
+@pytest.mark.parametrize(("balance", "rupiah"), [
+    pytest.param("2150123.00", 2_150_123, id="decimal string"),
+    pytest.param("-5000.00", -5_000, id="overdrawn, string"),
+    pytest.param(-5000, -5_000, id="overdrawn, number"),
+    pytest.param(None, None, id="null"),
+    pytest.param("", None, id="empty"),
+    pytest.param("   ", None, id="blank: none sent, not Rp0"),
+])
+def test_a_balance_may_be_overdrawn_and_a_blank_one_is_none(balance: object,
+                                                             rupiah: int | None) -> None:
+    """As a statement's balance cell (``balance_cell``): blank means the bank printed none.
+    Review finding (mutation audit): a blank balance was read as Rp0, a number nobody sent."""
+    assert parse_moota_push(push(item(balance=balance))).mutations[0].balance == rupiah
+
+
+def test_fields_are_read_without_padding_and_a_description_without_nul() -> None:
+    parsed = parse_moota_push(push(item(mutation_id=" mt1 ", bank_id=" bk7 ",
+                                        description="TRSF\x00 ANDI"))).mutations[0]
+    assert (parsed.mutation_id, parsed.bank_id, parsed.description) == ("mt1", "bk7",
+                                                                        "TRSF ANDI")
+
+
+def test_mutation_id_wins_over_token_when_both_are_sent() -> None:
+    body = push(item(mutation_id="mt1", token="tk1"))
+    assert parse_moota_push(body).mutations[0].mutation_id == "mt1"
+
+
+@pytest.mark.parametrize(("changes", "accepted"), [
+    pytest.param({"amount": 999_999_999_999_999}, True, id="the largest amount"),
+    pytest.param({"amount": 1_000_000_000_000_000}, False, id="beyond it"),
+    pytest.param({"balance": -1_000_000_000_000_000}, False, id="balance beyond it"),
+    pytest.param({"account_number": "1" * 40}, True, id="40-digit account"),
+    pytest.param({"account_number": "1" * 41}, False, id="41-digit account"),
+    pytest.param({"date": "1970-01-01 07:00:00"}, True, id="the epoch in WIB"),
+    pytest.param({"date": "1969-12-31 23:59:59"}, False, id="before 1970"),
+])
+def test_the_edges_of_what_a_mutation_may_hold(changes: dict[str, Any], accepted: bool) -> None:
+    read = parse_moota_push(push(item(**changes)))
+    assert (len(read.mutations), len(read.unreadable)) == ((1, 0) if accepted else (0, 1))
+
+
 def test_token_is_accepted_for_mutation_id_and_an_empty_push_is_nothing() -> None:
     assert parse_moota_push(
         push(item(mutation_id=_DROP, token="aolk4PekJxM"))).mutations[0].mutation_id == (
@@ -219,6 +260,11 @@ def test_a_body_that_is_not_an_array_of_items_is_refused_whole(body: bytes, reas
         pytest.param(push(item(amount=True)), 1, "not an amount", id="boolean"),
         pytest.param(push(item(amount=0)), 1, "amount is zero", id="zero"),
         pytest.param(push(item(amount=-5000)), 1, "negative", id="negative number"),
+        pytest.param(push(item(amount=-1)), 1, "negative", id="minus one"),
+        pytest.param(push(item(mutation_id=True)), 1, "'mutation_id' must be a string",
+                     id="boolean id"),
+        pytest.param(push(item(mutation_id="mt\x001")), 1, "'mutation_id' contains a NUL",
+                     id="nul in id"),
         pytest.param(push(item(amount="-5000")), 1, "not an amount", id="negative string"),
         pytest.param(push(item(amount=_DROP)), 1, "'amount'", id="no amount"),
         pytest.param(push(item(type="KREDIT")), 1, "neither CR nor DB", id="bad type"),
@@ -258,7 +304,9 @@ def test_an_unreadable_item_is_the_same_text_and_key_however_its_fields_are_orde
     ({"mutation_id": 12345}, "12345"),
     ({"mutation_id": True}, None),
     ({"mutation_id": ""}, None),
+    ({"mutation_id": "x" * 200}, "x" * 200),
     ({"mutation_id": "x" * 201}, None),  # longer than any id; not a reference to follow
+    ({"mutation_id": " mt3 "}, "mt3"),
     ({"mutation_id": "a\x00b"}, None),
     (["not", "an", "object"], None),
 ])
@@ -267,3 +315,8 @@ def test_an_unreadable_item_names_its_mutation_only_by_a_usable_id(item: Any, re
     from orchestrator.reconciliation.moota import unreadable_item
 
     assert unreadable_item(item, "bad").mutation_ref == ref
+
+
+def test_the_reason_an_item_is_set_aside_is_kept_to_500_characters() -> None:
+    [aside] = parse_moota_push(push(item(amount="9" * 1_000 + "x"))).unreadable
+    assert len(aside.problem) == 500 and aside.problem.startswith("amount '999")

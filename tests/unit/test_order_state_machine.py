@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.domain import events
 from orchestrator.domain.errors import TransitionRefused
 from orchestrator.domain.money import reported_currency
 from orchestrator.domain.order import (
@@ -537,6 +538,32 @@ def test_the_payment_a_person_honoured_unproven_is_not_a_second_payment_once_pro
     assert proven == PaymentDecision(verdict=V.SETTLE, order_trigger=None)
 
 
+@pytest.mark.parametrize(("state", "amount", "decision"), [
+    pytest.param(state, amount, decision, id=f"{state.value}-{amount}")
+    for state, row in JUDGE_SPEC.items() if state not in (OS.PAID, OS.REFUNDED)
+    for amount, decision in row.items()
+])
+def test_a_decision_on_the_sources_word_changes_nothing_for_an_order_not_decided(
+    state: OrderState, amount: str, decision: PaymentDecision,
+) -> None:
+    """``decided_unproven`` is about an order a person made paid or refunded; an open, expired,
+    cancelled or in-review order is judged exactly as without it."""
+    judged = judge_payment(order_state=state, expected=EXPECTED, received=RECEIVED[amount],
+                           decided_unproven=True)
+    assert judged == decision
+
+
+@pytest.mark.parametrize("state", [OS.CANCELLED, OS.REFUNDED])
+def test_a_closed_order_once_in_review_for_the_window_stays_closed_to_payments(
+    state: OrderState,
+) -> None:
+    """The window's reason reopens an order only while it is still in review: once a person
+    refunded it (or it was cancelled), a payment is a case, never a settlement."""
+    judged = judge_payment(order_state=state, expected=EXPECTED, received=EXPECTED,
+                           review_reason=R.VERIFICATION_WINDOW_EXHAUSTED.value)
+    assert judged == _CLOSED
+
+
 _TO_MATCH = {"exact": PaymentDecision(verdict=V.ON_CLOSED_ORDER, order_trigger=None,
                                       review_reason=R.PAYMENT_ON_CLOSED_ORDER,
                                       recommended_action=ACT.MATCH_MANUALLY),
@@ -617,6 +644,8 @@ def test_rupiah_in_any_spelling_a_provider_uses_is_rupiah() -> None:
 # The outcomes a merchant must hear about (§1: `order.paid`, `order.expired`,
 # `order.needs_review`, ...); `refunded` settles a review, so it is an outcome too.
 MERCHANT_EVENTS: dict[OrderState, str] = {
+    # §1: the checkout frontend gets payment instructions; the merchant hears they were issued.
+    OS.AWAITING_PAYMENT: "order.awaiting_payment",
     OS.PAID: "order.paid",
     OS.EXPIRED: "order.expired",
     OS.CANCELLED: "order.cancelled",
@@ -652,3 +681,32 @@ def test_every_order_state_is_reachable_from_captured() -> None:
 def test_merchant_hears_when_an_order_enters(state: OrderState, event: str) -> None:
     assert state in _reachable_from_captured()
     assert ORDER_EVENT_ON_ENTRY.get(state) == event
+
+
+@pytest.mark.parametrize("state",
+                         [pytest.param(state, id=state.value) for state in MERCHANT_EVENTS])
+def test_the_event_on_entering_a_state_is_one_the_merchant_webhooks_deliver(
+    state: OrderState,
+) -> None:
+    """An event type no webhook handler takes is recorded done by the relay and never sent."""
+    assert ORDER_EVENT_ON_ENTRY[state] in events.MERCHANT_VISIBLE
+
+
+# ---------------------------------------------------------------------------------------------
+# the vocabulary of review cases: stored, served by the ops API, named in alert rules
+# ---------------------------------------------------------------------------------------------
+
+
+def test_review_reasons_are_the_codes_people_and_alerts_read() -> None:
+    # ops/alerts/lunas.rules.yml selects reason="possible_reversal"; README lists the rest.
+    assert {r.value for r in ReviewReason} == {
+        "amount_mismatch", "payment_after_expiry", "second_payment", "payment_on_closed_order",
+        "ambiguous_match", "possible_duplicate", "possible_reversal",
+        "verification_window_exhausted", "currency_mismatch",
+    }
+
+
+def test_recommended_actions_are_the_codes_people_read() -> None:
+    assert {a.value for a in RecommendedAction} == {
+        "refund", "honour", "match_manually", "check_with_bank", "check_at_source",
+    }

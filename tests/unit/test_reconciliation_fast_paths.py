@@ -9,17 +9,20 @@ shape and on the shapes that must fall back.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import sys
+import time
 from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
 
+from orchestrator.domain.clock import WIB
 from orchestrator.domain.errors import StatementRejected
 from orchestrator.domain.ids import new_id
-from orchestrator.reconciliation.bulk_ids import new_ids
+from orchestrator.reconciliation.bulk_ids import id_stream, new_ids
 from orchestrator.reconciliation.fingerprint import (
     fingerprint_statement_lines,
     iter_fingerprints,
@@ -119,6 +122,33 @@ def test_a_bad_row_after_usual_rows_is_refused_as_before(row: str, line: int,
     assert info.value.line == line
 
 
+@pytest.mark.parametrize(("credit", "debit", "reason"), [
+    ("0.00", "0.00", "exactly one of"),
+    ("10000.00", "10000.00", "exactly one of"),
+    ("10000.00", "1.00", "exactly one of"),
+    ("1.00", "10000.00", "exactly one of"),
+    ("10000.00", "0,00", "Debit Amount '0,00' is not an amount"),
+])
+def test_a_mandiri_row_of_the_usual_shape_but_no_single_side_is_refused_as_before(
+    credit: str, debit: str, reason: str,
+) -> None:
+    """Full time stamps, plain amounts: the shape the fast path reads. It must hand these to the
+    careful path, which refuses them, never guess a side."""
+    row = f"1370012345678;IDR;15 May 2026 04:13:08;X;;{credit};{debit};10000.00"
+    data = (";".join(mandiri.COLUMNS) + "\n" + MANDIRI_ROWS[0] + "\n" + row + "\n").encode()
+    with pytest.raises(StatementRejected, match=reason) as info:
+        read_statement("mandiri", data, account_number=MANDIRI_ACCOUNT)
+    assert info.value.line == 3
+
+
+def test_a_mandiri_row_one_column_short_is_refused_as_before() -> None:
+    row = "1370012345678;IDR;15 May 2026 04:13:08;X;10000.00;0.00;10000.00"
+    data = (";".join(mandiri.COLUMNS) + "\n" + MANDIRI_ROWS[0] + "\n" + row + "\n").encode()
+    with pytest.raises(StatementRejected, match="expected 8 columns") as info:
+        read_statement("mandiri", data, account_number=MANDIRI_ACCOUNT)
+    assert info.value.line == 3
+
+
 def test_a_csv_error_further_down_is_reported_first_as_when_rows_were_read_first() -> None:
     # A bad amount on line 8 and an unterminated quote on line 9: reading the whole file first
     # met the CSV error first, and still does.
@@ -154,19 +184,29 @@ def reference_fingerprints(bank: str, account: str, lines: list[StatementLine]) 
 DESCRIPTIONS = [
     "TRSF E-BANKING CR 150123.00 ANDI", "  padded\t\ttabs  ", 'quote " inside', "back \\ slash",
     "control \x01 char", "nbsp\u00a0and\u2003em space", "ünïcödé ß", "", "\x1c\x1dseparators",
-    "line\nbreak", "ORD_01HZX7Q3V9K2M4N6P8R0S2T4V6 lower ord",
+    "line\nbreak", "ORD_01HZX7Q3V9K2M4N6P8R0S2T4V6 lower ord", 'é "quoted" and ünïcödé',
 ]
 
 
 def test_fingerprints_equal_the_plain_definition_including_escapes_and_repeats() -> None:
+    """Every line of the file three times over: the same key is seen a first, second and third
+    time, and each occurrence gets its own fingerprint."""
     at = datetime(2026, 5, 15, 3, 0, tzinfo=UTC)
-    lines = [StatementLine(line_no=n, posted_at=at, amount=1_000 + n % 3, direction="CR",
-                           description=d, balance=None if n % 2 else 7)
-             for n, d in enumerate(DESCRIPTIONS * 3)]
+    lines = [StatementLine(line_no=n, posted_at=at, amount=1_000 + i % 3, direction="CR",
+                           description=d, balance=None if i % 2 else 7)
+             for n, (i, d) in enumerate(list(enumerate(DESCRIPTIONS)) * 3)]
     expected = reference_fingerprints(" BCA ", "0123-456", lines)
     assert fingerprint_statement_lines(" BCA ", "0123-456", lines) == expected
     assert list(iter_fingerprints(" BCA ", "0123-456", map(as_fields, lines))) == expected
     assert len(set(expected)) == len(expected)
+
+
+def test_a_fingerprint_keys_the_instant_whatever_zone_it_is_given_in() -> None:
+    at = datetime(2026, 5, 15, 3, 0, tzinfo=UTC)
+    lines = [(n, at, 1_000, "CR", d, None) for n, d in enumerate(DESCRIPTIONS)]
+    in_wib = [(n, at.astimezone(WIB), 1_000, "CR", d, None) for n, d in enumerate(DESCRIPTIONS)]
+    assert list(iter_fingerprints("bca", "0123", in_wib)) == list(
+        iter_fingerprints("bca", "0123", lines))  # type: ignore[arg-type]
 
 
 def test_collapsing_whitespace_by_split_equals_the_regex_for_every_code_point() -> None:
@@ -181,6 +221,27 @@ def test_collapsing_whitespace_by_split_equals_the_regex_for_every_code_point() 
 # ---------------------------------------------------------------------------------------------
 
 
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def test_new_id_is_its_prefix_the_millisecond_and_80_random_bits() -> None:
+    """The layout bulk ids reproduce: 26 Crockford base32 characters of one 128-bit number
+    whose top bits are the Unix millisecond and whose low 80 bits are random."""
+    before = time.time_ns() // 1_000_000
+    ids = [new_id("ord") for _ in range(2_000)]
+    after = time.time_ns() // 1_000_000
+    assert all(re.fullmatch(r"ord_[0-9A-HJKMNP-TV-Z]{26}", i) for i in ids)
+    values = [sum(_CROCKFORD.index(c) << 5 * (25 - n) for n, c in enumerate(i[4:]))
+              for i in ids]
+    stamps = [v >> 80 for v in values]
+    assert before <= stamps[0] and stamps[-1] <= after
+    assert stamps == sorted(stamps)  # made one after another: time-ordered
+    randoms = [v & (2**80 - 1) for v in values]
+    assert len(set(randoms)) == len(ids)  # distinct within one millisecond too
+    assert max(randoms).bit_length() == 80  # all 80 bits drawn, the top one included
+    assert set("".join(i[14:] for i in ids)) == set(_CROCKFORD)
+
+
 def test_bulk_ids_are_laid_out_as_new_id_lays_them_out() -> None:
     one = new_id("mut")
     many = new_ids("mut", 1_000)
@@ -191,3 +252,11 @@ def test_bulk_ids_are_laid_out_as_new_id_lays_them_out() -> None:
     assert min(i[:14] for i in many) >= one[:14]
     assert {i[14:] for i in many} != {many[0][14:]}
     assert many == sorted(many)  # rows inserted in this order append to the primary key
+
+
+def test_an_id_stream_never_runs_dry_and_never_repeats() -> None:
+    """An import takes as many ids as it has lines: the stream refills itself chunk by chunk."""
+    ids = list(itertools.islice(id_stream("evt", chunk=3), 10))
+    assert len(set(ids)) == 10
+    assert all(re.fullmatch(r"evt_[0-9A-HJKMNP-TV-Z]{26}", i) for i in ids)
+    assert re.fullmatch(r"mut_[0-9A-HJKMNP-TV-Z]{26}", next(id_stream("mut")))

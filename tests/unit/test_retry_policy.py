@@ -29,6 +29,14 @@ def test_each_failed_try_waits_its_own_backoff(attempts_made: int, wait: int) ->
     assert fixed(0.5).decide(attempts_made, NOW) == Retry(at=NOW + timedelta(seconds=wait))
 
 
+def test_a_zero_wait_and_no_jitter_are_a_policy_too() -> None:
+    """Retry at once, then after exactly ten seconds: nothing negative, so nothing refused."""
+    policy = RetryPolicy(backoff=(timedelta(0), timedelta(seconds=10)), jitter=0.0,
+                         uniform=lambda: 0.99)
+    assert policy.decide(1, NOW) == Retry(at=NOW)
+    assert policy.decide(2, NOW) == Retry(at=NOW + timedelta(seconds=10))
+
+
 def test_the_last_try_failing_is_a_dead_letter() -> None:
     assert fixed(0.5).decide(4, NOW) == DeadLetter()
     assert fixed(0.5).decide(9, NOW) == DeadLetter()

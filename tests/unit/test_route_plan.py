@@ -31,6 +31,17 @@ def test_a_channel_only_one_provider_serves_has_one_gateway_route() -> None:
         "ewallet:xendit:ovo"]
 
 
+def test_a_wallet_falls_back_to_qris_then_manual_transfer() -> None:
+    assert keys(plan_routes(Rail.EWALLET, "gopay", RoutingPolicy(), CATALOG)) == [
+        "ewallet:midtrans:gopay", "qris:midtrans:qris", "qris:xendit:qris",
+        "manual_transfer:bank:bank"]
+
+
+def test_qris_falls_back_to_manual_transfer_only() -> None:
+    assert keys(plan_routes(Rail.QRIS, "qris", RoutingPolicy(), CATALOG)) == [
+        "qris:midtrans:qris", "qris:xendit:qris", "manual_transfer:bank:bank"]
+
+
 def test_no_fallback_means_only_the_chosen_rail() -> None:
     policy = RoutingPolicy(allow_fallback=False)
     assert keys(plan_routes(Rail.QRIS, "qris", policy, CATALOG)) == [
@@ -45,6 +56,39 @@ def test_merchant_overrides_priorities_and_fallback() -> None:
         "va:midtrans:bni", "manual_transfer:bank:bank"]
 
 
+def test_a_merchant_without_overrides_gets_the_defaults_it_is_given() -> None:
+    assert RoutingPolicy.for_merchant(None, allow_fallback=True) == RoutingPolicy()
+    house = RoutingPolicy(priorities={"va": ("midtrans",)}, fallback={"va": ()})
+    policy = RoutingPolicy.for_merchant({}, allow_fallback=True, defaults=house)
+    assert keys(plan_routes(Rail.VA, "bca", policy, CATALOG)) == ["va:midtrans:bca"]
+
+
+def test_overrides_that_are_not_lists_of_names_are_ignored() -> None:
+    """Overrides are merchant JSON: a value of the wrong shape leaves the default in place."""
+    for overrides in ({"priorities": "midtrans"}, {"priorities": {"va": "midtrans"}},
+                      {"fallback": {"va": None}}, {"fallback": ["manual_transfer"]}):
+        policy = RoutingPolicy.for_merchant(overrides, allow_fallback=True)
+        assert keys(plan_routes(Rail.VA, "bca", policy, CATALOG)) == keys(
+            plan_routes(Rail.VA, "bca", RoutingPolicy(), CATALOG)), overrides
+
+
+def test_a_fallback_rail_without_a_default_channel_adds_no_routes() -> None:
+    """Falling back to VA or a wallet would need a bank or wallet the customer never chose."""
+    policy = RoutingPolicy.for_merchant({"fallback": {"qris": ["va", "ewallet",
+                                                               "manual_transfer"]}},
+                                        allow_fallback=True)
+    assert keys(plan_routes(Rail.QRIS, "qris", policy, CATALOG)) == [
+        "qris:midtrans:qris", "qris:xendit:qris", "manual_transfer:bank:bank"]
+
+
+def test_a_route_is_planned_once_even_if_the_fallback_names_its_rail_again() -> None:
+    policy = RoutingPolicy.for_merchant({"fallback": {"qris": ["qris", "manual_transfer",
+                                                               "manual_transfer"]}},
+                                        allow_fallback=True)
+    assert keys(plan_routes(Rail.QRIS, "qris", policy, CATALOG)) == [
+        "qris:midtrans:qris", "qris:xendit:qris", "manual_transfer:bank:bank"]
+
+
 def test_manual_transfer_is_its_own_plan() -> None:
     assert plan_routes(Rail.MANUAL_TRANSFER, "bank", RoutingPolicy(), CATALOG) == [MANUAL_ROUTE]
 
@@ -52,3 +96,8 @@ def test_manual_transfer_is_its_own_plan() -> None:
 def test_channels_offered_are_the_union_over_providers() -> None:
     assert set(channels_offered(Rail.EWALLET, CATALOG)) == {"gopay", "shopeepay", "ovo", "dana",
                                                            "linkaja"}
+
+
+def test_manual_transfer_offers_one_channel_the_bank_whatever_the_gateways_serve() -> None:
+    assert channels_offered(Rail.MANUAL_TRANSFER, CATALOG) == ("bank",)
+    assert channels_offered(Rail.MANUAL_TRANSFER, {}) == ("bank",)

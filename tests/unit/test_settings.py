@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 
 from orchestrator.cli import main
+from orchestrator.rails.breaker import BreakerConfig
 from orchestrator.settings import Settings, SettingsError
 
 
@@ -245,3 +246,15 @@ def test_lunas_worker_refuses_to_start_in_production_without_a_metrics_port(
     monkeypatch.delenv("LUNAS_WORKER_METRICS_PORT", raising=False)
     assert main(["worker"]) == 2
     assert "LUNAS_WORKER_METRICS_PORT" in capsys.readouterr().err
+
+
+def test_the_breaker_policy_by_default_is_the_documented_one() -> None:
+    """README's defaults for the LUNAS_BREAKER_* variables, and BreakerConfig's own for what
+    no variable sets (slow-call rate, growth, jitter, round length)."""
+    assert Settings.from_env({}).breaker == BreakerConfig(
+        failure_rate_threshold=0.5, slow_call_rate_threshold=0.8,
+        slow_call_duration=timedelta(seconds=1), sliding_window=timedelta(seconds=30),
+        minimum_number_of_calls=10, permitted_calls_in_half_open=3,
+        wait_in_open=timedelta(seconds=30), wait_multiplier=2.0,
+        max_wait_in_open=timedelta(seconds=60), wait_jitter=0.2,
+        max_wait_in_half_open=timedelta(seconds=30))

@@ -61,6 +61,24 @@ def bri() -> bytes:
     return fixture("bri_brimo.csv")
 
 
+def bca_with(period: str, rows: list[str], *, preamble: tuple[str, ...] = (),
+             footer: bool = True) -> bytes:
+    """A KlikBCA export of ``rows`` (from line 7) for ``BCA_ACCOUNT`` over ``period``."""
+    head = ["Informasi Rekening - Mutasi Rekening", *(preamble or (
+        f"No. rekening : {BCA_ACCOUNT}", "Kode Mata Uang : Rp")), f"Periode : {period}", "",
+        "Tanggal Transaksi,Keterangan,Cabang,Jumlah,,Saldo"]
+    return "\n".join([*head, *rows, *(["Saldo Akhir,:,1.00"] if footer else []), ""]).encode()
+
+
+def bca_row(day_month: str, amount: str = "10000.00", balance: str = "1.00") -> str:
+    return f"'{day_month},'BIAYA ADM,'0000,{amount},DB,{balance}"
+
+
+def without_line_numbers(parsed: ParsedStatement) -> list[tuple[object, ...]]:
+    return [(line.posted_at, line.amount, line.direction, line.description, line.balance)
+            for line in parsed.lines]
+
+
 # ---------------------------------------------------------------------------------------------
 # KlikBCA individual CSV
 # ---------------------------------------------------------------------------------------------
@@ -134,6 +152,72 @@ def test_bca_dates_take_their_year_from_a_period_crossing_new_year() -> None:
     assert (parsed.period_start, parsed.period_end) == (date(2025, 12, 20), date(2026, 1, 10))
 
 
+def test_bca_reads_lines_dated_on_the_first_and_the_last_day_of_its_period() -> None:
+    data = bca_with("01/03/2025 - 31/03/2025", [bca_row("01/03"), bca_row("31/03")])
+    parsed = parse_statement("bca", data, account_number=BCA_ACCOUNT)
+    assert [line.posted_at for line in parsed.lines] == [wib(2025, 3, 1), wib(2025, 3, 31)]
+
+
+def test_bca_a_date_with_its_year_is_read_as_written() -> None:
+    """KlikBCA Bisnis writes DD/MM/YYYY: the year is the file's, not guessed from the period."""
+    data = bca_with("20/12/2025 - 10/01/2026", [bca_row("21/12/2025"), bca_row("02/01/2026")])
+    parsed = parse_statement("bca", data, account_number=BCA_ACCOUNT)
+    assert [line.posted_at for line in parsed.lines] == [wib(2025, 12, 21), wib(2026, 1, 2)]
+
+
+def test_bca_a_29_february_is_read_in_the_leap_year_of_a_period_crossing_new_year() -> None:
+    data = bca_with("20/12/2023 - 10/03/2024", [bca_row("29/02")])
+    parsed = parse_statement("bca", data, account_number=BCA_ACCOUNT)
+    assert [line.posted_at for line in parsed.lines] == [wib(2024, 2, 29)]
+
+
+@pytest.mark.parametrize(
+    ("period", "start", "end"),
+    [
+        pytest.param("15/03/2025 - 15/03/2025", date(2025, 3, 15), date(2025, 3, 15),
+                     id="one day"),
+        pytest.param("01/03/2025 - 28/02/2026", date(2025, 3, 1), date(2026, 2, 28),
+                     id="364 days: every DD/MM still names one day"),
+        pytest.param("1/3/2025-15/3/2025", date(2025, 3, 1), date(2025, 3, 15),
+                     id="no padding or spaces"),
+    ],
+)
+def test_bca_periods_up_to_a_year_less_a_day_are_read(period: str, start: date,
+                                                       end: date) -> None:
+    parsed = parse_statement("bca", bca_with(period, [bca_row("15/03")]),
+                             account_number=BCA_ACCOUNT)
+    assert (parsed.period_start, parsed.period_end) == (start, end)
+
+
+@pytest.mark.parametrize(
+    "preamble",
+    [
+        pytest.param((f"Nomor Rekening : {BCA_ACCOUNT}",), id="Nomor Rekening"),
+        pytest.param((f"No. Rek : {BCA_ACCOUNT}",), id="No. Rek"),
+        pytest.param((f"No. rekening : {BCA_ACCOUNT}", "Kode Mata Uang : IDR"), id="IDR"),
+        pytest.param((f"No. rekening : {BCA_ACCOUNT}", "Kode Mata Uang :"), id="no currency"),
+    ],
+)
+def test_bca_account_and_currency_labels_vary_between_exports(preamble: tuple[str, ...]
+                                                              ) -> None:
+    data = bca_with("01/03/2025 - 31/03/2025", [bca_row("05/03")], preamble=preamble)
+    assert len(parse_statement("bca", data, account_number=BCA_ACCOUNT).lines) == 1
+
+
+def test_bca_an_overdrawn_balance_is_negative() -> None:
+    data = edit(bca(), 9, "'05/03,'BIAYA ADM,'0000,10000.00,DB,-2140123.00")
+    parsed = parse_statement("bca", data, account_number=BCA_ACCOUNT)
+    assert parsed.lines[1].balance == -2_140_123
+    quoted = edit(bca(), 9, "'05/03,'BIAYA ADM,'0000,10000.00,DB,\"-1,500.00\"")
+    assert parse_statement("bca", quoted, account_number=BCA_ACCOUNT).lines[1].balance == -1_500
+
+
+def test_bca_combined_header_with_trailing_delimiters_is_the_combined_layout() -> None:
+    data = fixture("bca_combined.csv").replace(b"Jumlah,Saldo\n", b"Jumlah,Saldo,,\n")
+    assert parse_statement("bca", data, account_number=BCA_COMBINED_ACCOUNT) == parse_statement(
+        "bca", fixture("bca_combined.csv"), account_number=BCA_COMBINED_ACCOUNT)
+
+
 # ---------------------------------------------------------------------------------------------
 # Mandiri MCM
 # ---------------------------------------------------------------------------------------------
@@ -188,6 +272,56 @@ def test_mandiri_post_dates(post_date: str, expected: datetime) -> None:
     assert parsed.lines[0].posted_at == expected
 
 
+# Every way an MCM export (English or Indonesian, full or short, old spelling) names a month.
+MONTH_NAMES = {
+    1: ("January", "Januari", "Jan"),
+    2: ("February", "Februari", "Pebruari", "Feb", "Peb"),
+    3: ("March", "Maret", "Mar"),
+    4: ("April", "Apr"),
+    5: ("May", "Mei"),
+    6: ("June", "Juni", "Jun"),
+    7: ("July", "Juli", "Jul"),
+    8: ("August", "Agustus", "Aug", "Agu", "Agt", "Ags"),
+    9: ("September", "Sept", "Sep"),
+    10: ("October", "Oktober", "Oct", "Okt"),
+    11: ("November", "Nopember", "Nov", "Nop"),
+    12: ("December", "Desember", "Dec", "Des"),
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "month"),
+    [pytest.param(name, month, id=name) for month, names in MONTH_NAMES.items()
+     for name in names],
+)
+@pytest.mark.parametrize("time", ["04:13:08", ""], ids=["with time", "date only"])
+def test_mandiri_month_names(name: str, month: int, time: str) -> None:
+    post_date = f"09 {name} 2026 {time}".strip()
+    parsed = parse_statement("mandiri", mandiri_row(post_date), account_number=MANDIRI_ACCOUNT)
+    expected = wib(2026, month, 9, 4, 13, 8) if time else wib(2026, month, 9)
+    assert parsed.lines[0].posted_at == expected
+
+
+def test_mandiri_header_with_trailing_delimiters_is_the_header() -> None:
+    data = mandiri().replace(b"Close Balance\n", b"Close Balance;;\n", 1)
+    assert parse_statement("mandiri", data, account_number=MANDIRI_ACCOUNT) == parse_statement(
+        "mandiri", mandiri(), account_number=MANDIRI_ACCOUNT)
+
+
+@pytest.mark.parametrize(
+    ("insert", "name"),
+    [(b"\n", "a blank line"), (b" ; ;  ;;;;; \n", "a row of padded empty cells")],
+)
+def test_a_blank_row_between_transactions_is_skipped_not_the_end(insert: bytes,
+                                                                  name: str) -> None:
+    lines = mandiri().split(b"\n")
+    data = b"\n".join([*lines[:2], insert.rstrip(b"\n"), *lines[2:]])
+    parsed = parse_statement("mandiri", data, account_number=MANDIRI_ACCOUNT)
+    assert without_line_numbers(parsed) == without_line_numbers(
+        parse_statement("mandiri", mandiri(), account_number=MANDIRI_ACCOUNT)), name
+    assert [line.line_no for line in parsed.lines] == [2, 4, 5, 6]
+
+
 # ---------------------------------------------------------------------------------------------
 # BRI
 # ---------------------------------------------------------------------------------------------
@@ -206,6 +340,46 @@ def test_bri_reads_all_quoted_rows_and_adds_the_custom_remark() -> None:
     fee = parsed.lines[1]
     assert (fee.direction, fee.amount, fee.description) == ("DB", 5_500, "BIAYA ADM BULANAN")
     assert [line.balance for line in parsed.lines] == [3_175_333, 3_169_833, 3_268_598]
+
+
+@pytest.mark.parametrize(
+    ("tgl_tran", "expected"),
+    [
+        ("2026-05-14 09:21:07", wib(2026, 5, 14, 9, 21, 7)),
+        ("2026-05-14 09:21", wib(2026, 5, 14, 9, 21)),
+        ("2026-05-14", wib(2026, 5, 14)),
+    ],
+)
+def test_bri_tgl_tran_with_seconds_minutes_or_the_date_only(tgl_tran: str,
+                                                            expected: datetime) -> None:
+    data = bri().replace(b'"2026-05-14 09:21:07"', f'"{tgl_tran}"'.encode())
+    assert parse_statement("bri", data, account_number=BRI_ACCOUNT).lines[0].posted_at == expected
+
+
+def test_bri_a_one_rupiah_debit_moves_money() -> None:
+    data = bri().replace(b'"5500.00",".00"', b'"1.00",".00"')
+    fee = parse_statement("bri", data, account_number=BRI_ACCOUNT).lines[1]
+    assert (fee.direction, fee.amount) == ("DB", 1)
+
+
+def test_bri_an_empty_glsign_defers_to_the_amount_columns() -> None:
+    data = bri().replace(b'"Cr","8888001"', b'"","8888001"').replace(b'"Db","SYSTEM"',
+                                                                       b'"","SYSTEM"')
+    assert parse_statement("bri", data, account_number=BRI_ACCOUNT) == parse_statement(
+        "bri", bri(), account_number=BRI_ACCOUNT)
+
+
+def test_bri_header_in_any_case_is_the_header() -> None:
+    header = bri().split(b"\n")[0]
+    assert parse_statement("bri", bri().replace(header, header.lower(), 1),
+                           account_number=BRI_ACCOUNT) == parse_statement(
+        "bri", bri(), account_number=BRI_ACCOUNT)
+
+
+def test_bri_header_with_trailing_delimiters_is_the_header() -> None:
+    data = bri().replace(b'"REMARK_CUSTOM"\n', b'"REMARK_CUSTOM",,\n', 1)
+    assert parse_statement("bri", data, account_number=BRI_ACCOUNT) == parse_statement(
+        "bri", bri(), account_number=BRI_ACCOUNT)
 
 
 @pytest.mark.parametrize(
@@ -268,10 +442,12 @@ def test_encoding_and_line_ending_variants_parse_identically(
 
 
 def test_spreadsheet_trailing_delimiters_and_padding_are_ignored() -> None:
-    padded = edit(bca(), 9, "'05/03 , 'BIAYA ADM  ,'0000, 10000.00 , DB ,2140123.00,,")
-    assert parse_statement("bca", padded, account_number=BCA_ACCOUNT) == parse_statement(
-        "bca", bca(), account_number=BCA_ACCOUNT
-    )
+    for text in ["'05/03 , 'BIAYA ADM  ,'0000, 10000.00 , DB ,2140123.00,,",
+                 "' 05/03,' BIAYA ADM ,' 0000,10000.00,DB,2140123.00, , "]:
+        padded = edit(bca(), 9, text)
+        assert parse_statement("bca", padded, account_number=BCA_ACCOUNT) == parse_statement(
+            "bca", bca(), account_number=BCA_ACCOUNT
+        ), text
 
 
 def test_bca_footer_punctuation_and_placement_may_vary() -> None:
@@ -288,6 +464,12 @@ def test_bca_footer_punctuation_and_placement_may_vary() -> None:
 
 def test_the_supported_banks() -> None:
     assert SUPPORTED_BANKS == ("bca", "mandiri", "bri")
+
+
+def test_an_account_number_of_up_to_40_digits_is_kept() -> None:
+    account = "1" * 40
+    data = mandiri_row("15 May 2026").replace(MANDIRI_ACCOUNT.encode(), account.encode())
+    assert parse_statement("mandiri", data, account_number=account).account_number == account
 
 
 def test_bank_name_is_case_insensitive_and_account_compared_by_digits() -> None:
@@ -324,6 +506,13 @@ REFUSALS = [
     ("mandiri file uploaded as bca", "bca", mandiri(), BCA_ACCOUNT, 1, "Mandiri MCM"),
     ("bri file uploaded as mandiri", "mandiri", bri(), MANDIRI_ACCOUNT, 1, "BRI"),
     ("bca file uploaded as bri", "bri", bca(), BRI_ACCOUNT, 7, "KlikBCA"),
+    ("lower-case spaced bri file uploaded as mandiri", "mandiri",
+     bri().replace(bri().split(b"\n")[0],
+                   bri().split(b"\n")[0].decode().lower().replace(",", ", ").encode(), 1),
+     MANDIRI_ACCOUNT, 1, "BRI"),
+    ("quoted mandiri file uploaded as bri", "bri",
+     mandiri().replace(b"AccountNo;Ccy;PostDate", b'"AccountNo";"Ccy";"PostDate"'), BRI_ACCOUNT,
+     1, "Mandiri MCM"),
     ("not a statement at all", "bca", b"hello,world\n", BCA_ACCOUNT, None, "not a KlikBCA"),
     # dates
     ("bca impossible date", "bca", edit(bca(), 9, "'32/03,'BIAYA ADM,'0000,10000.00,DB,1.00"),
@@ -342,11 +531,32 @@ REFUSALS = [
      "PostDate"),
     ("bri month 13", "bri", bri().replace(b"2026-05-15 07:59:30", b"2026-13-15 07:59:30"),
      BRI_ACCOUNT, 4, "TGL_TRAN '2026-13-15 07:59:30'"),
+    ("mandiri post date not a date", "mandiri", mandiri_row("kemarin"), MANDIRI_ACCOUNT, 2,
+     "PostDate 'kemarin'"),
+    ("bri date before any utc instant", "bri",
+     bri().replace(b'"2026-05-14 09:21:07"', b'"0001-01-01 00:00:00"'), BRI_ACCOUNT, None,
+     "out of range"),
+    ("bca period ends before it starts", "bca",
+     bca_with("31/03/2025 - 01/03/2025", [bca_row("15/03")]), BCA_ACCOUNT, 4,
+     "ends before it starts"),
+    ("bca date with a year outside the period", "bca",
+     bca_with("20/12/2025 - 10/01/2026", [bca_row("02/01/2025")]), BCA_ACCOUNT, 7,
+     "not a date inside the statement period"),
+    ("bca cut off after two lines of one day", "bca",
+     bca_with("01/03/2025 - 31/03/2025", [bca_row("05/03"), bca_row("05/03")], footer=False),
+     BCA_ACCOUNT, 8, "cut off"),
+    ("bca period not two dates", "bca", bca_with("Maret 2025", [bca_row("15/03")]),
+     BCA_ACCOUNT, 4, "is not 'DD/MM/YYYY - DD/MM/YYYY'"),
     # amounts
     ("bca letter in amount", "bca", edit(bca(), 9, "'05/03,'BIAYA ADM,'0000,1OOOO.00,DB,1.00"),
      BCA_ACCOUNT, 9, "Jumlah '1OOOO.00' is not an amount"),
     ("bca non-zero sen", "bca", edit(bca(), 9, "'05/03,'BIAYA ADM,'0000,10000.50,DB,1.00"),
      BCA_ACCOUNT, 9, "non-zero sen"),
+    ("bca amount beyond any transfer", "bca",
+     edit(bca(), 9, "'05/03,'BIAYA ADM,'0000,1000000000000000.00,DB,1.00"), BCA_ACCOUNT, 9,
+     "beyond 999,999,999,999,999 rupiah"),
+    ("bri both sides", "bri", bri().replace(b'"5500.00",".00"', b'"5500.00","1.00"'),
+     BRI_ACCOUNT, 3, "exactly one of MUTASI_KREDIT and MUTASI_DEBET"),
     ("bca zero amount", "bca", edit(bca(), 9, "'05/03,'BIAYA ADM,'0000,0.00,DB,1.00"),
      BCA_ACCOUNT, 9, "Jumlah is zero"),
     ("bca bad direction", "bca", edit(bca(), 9, "'05/03,'BIAYA ADM,'0000,10000.00,D,1.00"),
@@ -367,7 +577,9 @@ REFUSALS = [
     ("bri non-zero sen", "bri", bri().replace(b'"98765.00"', b'"98765.25"'), BRI_ACCOUNT, 4,
      "MUTASI_KREDIT '98765.25' has a non-zero sen part"),
     ("bri glsign contradicts amounts", "bri", bri().replace(b'"Db","SYSTEM"', b'"Cr","SYSTEM"'),
-     BRI_ACCOUNT, 3, "GLSIGN says 'Cr'"),
+     BRI_ACCOUNT, 3, "GLSIGN says 'Cr' but the amount is in MUTASI_DEBET"),
+    ("bri glsign contradicts a credit", "bri", bri().replace(b'"Cr","8888001"', b'"Db","8888001"'),
+     BRI_ACCOUNT, 2, "GLSIGN says 'Db' but the amount is in MUTASI_KREDIT"),
     # columns
     ("bca missing column", "bca", edit(bca(), 10, "'07/03,'TRSF,147356.00,CR,2287479.00"),
      BCA_ACCOUNT, 10, "expected 6 columns"),
@@ -377,8 +589,12 @@ REFUSALS = [
      MANDIRI_ACCOUNT, 4, "expected 8 columns"),
     ("bri eighteen columns", "bri", bri().replace(b'"ATMSTR DEWI LESTARI","', b'"', 1), BRI_ACCOUNT,
      4, "expected 19 columns"),
+    ("bri header without its last column", "bri", bri().replace(b',"REMARK_CUSTOM"', b"", 1),
+     BRI_ACCOUNT, 1, "expected the BRI header"),
     ("mandiri header not first", "mandiri", b"Laporan Mutasi\n" + mandiri(), MANDIRI_ACCOUNT, 1,
      "Mandiri MCM header"),
+    ("mandiri only empty cells", "mandiri", b";;;;;;;\n;;;;;;;\n", MANDIRI_ACCOUNT, None,
+     "no rows"),
     # account
     ("bca other account", "bca", bca(), "0123456780", 2, "uploaded for account 0123456780"),
     ("mandiri other account", "mandiri", mandiri(), "1370012345670", 2, "'1370012345678'"),
@@ -388,6 +604,8 @@ REFUSALS = [
     ("bca without its account line", "bca", edit(bca(), 2, "Nama Cabang : KCU"), BCA_ACCOUNT, 7,
      "No. rekening"),
     ("account number without digits", "bca", bca(), "n/a", None, "no digits"),
+    ("account number of 41 digits", "bca", bca(), "1" * 41, None,
+     "has 41 digits; no bank account number has more than 40"),
     ("mandiri usd account", "mandiri", mandiri().replace(b";IDR;02 Mei", b";USD;02 Mei"),
      MANDIRI_ACCOUNT, 3, "only rupiah"),
     ("bca usd account", "bca", edit(bca(), 5, "Kode Mata Uang : USD"), BCA_ACCOUNT, 5,
@@ -395,6 +613,15 @@ REFUSALS = [
     # structure
     ("bca rows after the footer", "bca", bca() + b"'20/03,'BIAYA ADM,'0000,10000.00,DB,1.00\n",
      BCA_ACCOUNT, 19, "one statement per file"),
+    ("bca rows after the footer of a day already read", "bca",
+     bca() + b"'07/03,'BIAYA ADM,'0000,10000.00,DB,1.00\n", BCA_ACCOUNT, 19,
+     "one statement per file"),
+    ("bca extra column on a day already read", "bca",
+     edit(bca(), 11, "'07/03,'X,'0000,147356.00,CR,2434835.00,EXTRA"), BCA_ACCOUNT, 11,
+     "expected 6 columns"),
+    ("two broken quotes: the first is named", "bri",
+     edit(edit(bri(), 2, '"1","0341"x","y"'), 4, '"3","0341"x","y"'), BRI_ACCOUNT, 2,
+     "not valid CSV"),
     # encoding
     ("cp1252 byte", "bca", edit(bca(), 9, "'05/03,'BIAYA ADM,'0000,10000.00,DB,1.00").replace(
         b"BIAYA ADM", "BIAYA ADM CAFÉ".encode("cp1252")), BCA_ACCOUNT, 9, "not UTF-8"),

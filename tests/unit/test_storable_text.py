@@ -43,3 +43,16 @@ def test_nesting_is_measured_without_recursion() -> None:
     for _ in range(100_000):
         past_the_stack = [past_the_stack]
     assert nests_deeper_than(past_the_stack, MAX_NESTING)
+
+
+def test_a_body_may_nest_32_levels_of_objects_and_no_more() -> None:
+    """Nesting is counted through objects as through arrays, both by ``unstorable`` and by
+    ``nests_deeper_than``."""
+    assert MAX_NESTING == 32
+    ok: object = "leaf"
+    for _ in range(32):
+        ok = {"k": ok}
+    assert unstorable(ok) is None
+    assert not nests_deeper_than(ok, 32)
+    assert unstorable({"k": ok}) == ".".join(["k"] * 32) + " nests deeper than 32 levels"
+    assert nests_deeper_than({"k": ok}, 32)

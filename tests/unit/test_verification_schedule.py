@@ -24,10 +24,25 @@ def test_manual_transfer_has_no_status_api_to_schedule() -> None:
     assert VerificationSchedule().first_check(Rail.MANUAL_TRANSFER, T0) is None
 
 
-def test_gaps_widen_then_the_last_one_repeats() -> None:
+@pytest.mark.parametrize(("rail", "unit", "steps"), [
+    (Rail.VA, timedelta(hours=1), (1, 3, 6, 6, 6)),
+    (Rail.QRIS, timedelta(minutes=1), (2, 3, 5, 5, 5)),
+    (Rail.EWALLET, timedelta(minutes=1), (2, 3, 5, 5, 5)),
+])
+def test_gaps_widen_then_the_last_one_repeats(rail: Rail, unit: timedelta,
+                                              steps: tuple[int, ...]) -> None:
     s = VerificationSchedule()
-    gaps = [s.next_check(Rail.VA, checks_done=n, last=T0) - T0 for n in range(5)]
-    assert gaps == [timedelta(hours=h) for h in (1, 3, 6, 6, 6)]
+    gaps = [s.next_check(rail, checks_done=n, last=T0) - T0 for n in range(5)]
+    assert gaps == [unit * step for step in steps]
+
+
+def test_a_failed_read_is_tried_again_in_thirty_seconds_by_default() -> None:
+    assert VerificationSchedule().retry_after_failure == timedelta(seconds=30)
+
+
+def test_a_rail_with_no_gaps_is_refused_not_left_unread() -> None:
+    with pytest.raises(ValueError, match="must be positive"):
+        VerificationSchedule(gaps={Rail.QRIS: ()})
 
 
 def test_schedules_are_configured_per_rail_in_seconds() -> None:
@@ -40,7 +55,19 @@ def test_schedules_are_configured_per_rail_in_seconds() -> None:
     assert s.retry_after_failure == timedelta(seconds=5)
 
 
-@pytest.mark.parametrize("text", ["soon", "0", "60,-5"])
+@pytest.mark.parametrize(("text", "gaps"), [
+    ("30, 60, ", (30, 60)),
+    ("30,,60", (30, 60)),
+    ("   ", (120, 180, 300)),
+])
+def test_a_schedule_tolerates_stray_commas_and_a_blank_one_keeps_the_default(
+    text: str, gaps: tuple[int, ...]
+) -> None:
+    s = Settings.from_env({"LUNAS_VERIFY_SCHEDULE_QRIS": text}).verification.schedule
+    assert s.gaps[Rail.QRIS] == tuple(timedelta(seconds=g) for g in gaps)
+
+
+@pytest.mark.parametrize("text", ["soon", "0", "60,-5", ",", " , "])
 def test_a_schedule_that_is_not_positive_seconds_is_refused(text: str) -> None:
     with pytest.raises(SettingsError):
         Settings.from_env({"LUNAS_VERIFY_SCHEDULE_VA": text})
