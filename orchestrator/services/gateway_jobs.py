@@ -33,7 +33,7 @@ from orchestrator.rails.base import (
 from orchestrator.rails.errors import Refused
 from orchestrator.rails.router import Hop, IssueResult, RouteGuard, RouteUnavailable
 from orchestrator.services.issuance import IssuanceService, add_unknown_event
-from orchestrator.services.payment_failed import tell_if_nothing_left_to_pay
+from orchestrator.services.payment_failed import lock_order_of, tell_if_nothing_left_to_pay
 from orchestrator.services.settlement import Payment, apply_payment
 from orchestrator.services.status_reads import StatusReads, defer, paid_evidence_key, route_of
 from orchestrator.store.database import Database
@@ -206,6 +206,7 @@ class GatewayJobs:
                          **values: Any) -> None:
         now = self._clock.now()
         async with self._db.transaction() as conn:
+            await lock_order_of(conn, attempt_id)
             moved = await conn.execute(payment_attempts.update().where(
                 payment_attempts.c.id == attempt_id,
                 payment_attempts.c.state == AttemptState.UNKNOWN.value,

@@ -24,17 +24,30 @@ from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.services.order_view import event_payload
 from orchestrator.store.tables import orders, payment_attempts
 
-PAYABLE = (AttemptState.ACTIVE.value, AttemptState.UNKNOWN.value, AttemptState.CREATING.value)
-"""Attempts a customer may still pay on, or that may yet turn out to be such an instrument."""
+PAYABLE = (AttemptState.ACTIVE.value, AttemptState.SUPERSEDED.value, AttemptState.UNKNOWN.value,
+           AttemptState.CREATING.value)
+"""Attempts a customer may still pay on (a superseded QR the provider would not cancel still
+takes money), or that may yet turn out to be such an instrument."""
+
+
+async def lock_order_of(conn: AsyncConnection, attempt_id: str) -> None:
+    """Lock the order of ``attempt_id``: call it before the UPDATE that closes the attempt, so
+    the locks are taken as settlement takes them (order, then attempt); the other way round, a
+    close and a payment on another attempt of the order deadlocked (final review, reproduced)."""
+    a = payment_attempts.c
+    await conn.execute(sa.select(orders.c.id).where(
+        orders.c.id == sa.select(a.order_id).where(a.id == attempt_id).scalar_subquery())
+        .with_for_update())
 
 
 async def tell_if_nothing_left_to_pay(conn: AsyncConnection, order_id: str, *, attempt_id: str,
                                       reason: str, now: datetime) -> bool:
-    """Call in the transaction that closed ``attempt_id``. Tells the merchant, once per failed
-    instrument, when the order is open before its deadline and none of its attempts is payable.
+    """Call in the transaction that closed ``attempt_id``, which locked its order first
+    (``lock_order_of``). Tells the merchant, once per failed instrument, when the order is open
+    before its deadline and none of its attempts is payable.
 
-    The order is locked first, so of two transactions closing an order's last two instruments
-    at once the later sees both closed and tells; the earlier still sees the other payable."""
+    With the order locked, of two transactions closing an order's last two instruments at once
+    the later sees both closed and tells; the earlier still sees the other payable."""
     order = (await conn.execute(sa.select(orders).where(orders.c.id == order_id)
                                 .with_for_update())).first()
     if order is None or order.state != OrderState.AWAITING_PAYMENT.value \

@@ -69,7 +69,7 @@ from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails import midtrans, xendit
 from orchestrator.rails.base import NeutralStatus, ProviderStatus
 from orchestrator.services.order_view import iso
-from orchestrator.services.payment_failed import tell_if_nothing_left_to_pay
+from orchestrator.services.payment_failed import lock_order_of, tell_if_nothing_left_to_pay
 from orchestrator.services.settlement import Payment, apply_payment
 from orchestrator.services.status_reads import (
     LIVE,
@@ -401,6 +401,7 @@ class ProviderWebhooks:
         new_state = next_attempt_state(state, trigger)
         now = self._clock.now()
         async with self._db.transaction() as conn:
+            await lock_order_of(conn, attempt.id)
             moved = await conn.execute(payment_attempts.update().where(
                 payment_attempts.c.id == attempt.id, payment_attempts.c.state == state.value,
             ).values(state=new_state.value, updated_at=now, closed_at=now,

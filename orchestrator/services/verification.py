@@ -65,7 +65,7 @@ from orchestrator.rails.router import RouteUnavailable
 from orchestrator.services.expiry import PROVIDER_UNAVAILABLE, payment_pending_event_id
 from orchestrator.services.gateway_jobs import GatewayJobs
 from orchestrator.services.order_view import event_payload, iso
-from orchestrator.services.payment_failed import tell_if_nothing_left_to_pay
+from orchestrator.services.payment_failed import lock_order_of, tell_if_nothing_left_to_pay
 from orchestrator.services.settlement import Payment, apply_payment
 from orchestrator.services.status_reads import (
     LIVE,
@@ -372,6 +372,7 @@ class Verifier:
                      cancel: bool = False) -> None:
         now = self._clock.now()
         async with self._db.transaction() as conn:
+            await lock_order_of(conn, attempt.id)
             moved = await conn.execute(payment_attempts.update().where(
                 payment_attempts.c.id == attempt.id,
                 payment_attempts.c.state.in_((AttemptState.ACTIVE.value,
