@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -18,8 +19,8 @@ import pytest
 from chaos.sim.runner import Simulators, start_simulators
 from orchestrator.bootstrap import Container, build
 from orchestrator.domain.money import UniqueCodeRange
+from orchestrator.services.merchant_routing import set_routing
 from orchestrator.settings import ProviderSettings, RedisSettings, UniqueCodeSettings
-from orchestrator.store.tables import merchants
 from tests.support import ShopFixture, new_merchant, order_body, serve
 
 
@@ -82,13 +83,16 @@ async def _every_capture_answer(api: Api) -> dict[int, httpx.Response]:
         "/v1/orders", content=b" " * (api.container.settings.http.max_body_bytes + 1),
         headers={**api.shop.headers, "Idempotency-Key": str(uuid.uuid4()),
                  "Content-Type": "application/json"})
-    async with api.container.db.transaction() as conn:
-        await conn.execute(merchants.update().where(merchants.c.id == api.shop.merchant_id)
-                           .values(allow_fallback=False))
+    await _no_fallback(api)
     await _providers_down(api)
     answers[202] = await api.capture(order_body(f"C-{uuid.uuid4().hex[:12]}", rail="va",
                                                 channel="bca"))
     return answers
+
+
+async def _no_fallback(api: Api) -> None:
+    await set_routing(api.container.db, merchant_id=api.shop.merchant_id, actor="test",
+                      reason=None, now=datetime.now(UTC), allow_fallback=False)
 
 
 async def _providers_down(api: Api) -> None:
@@ -205,9 +209,7 @@ async def test_documented_order_endpoint_answers_can_all_be_produced(api: Api) -
     seen("post", switch, await c.post(
         to, headers={**h, "Content-Type": "application/json"},
         content=b" " * (api.container.settings.http.max_body_bytes + 1)))
-    async with api.container.db.transaction() as conn:
-        await conn.execute(merchants.update().where(merchants.c.id == api.shop.merchant_id)
-                           .values(allow_fallback=False))
+    await _no_fallback(api)
     await _providers_down(api)
     no_route = await c.post(to, json={"rail": "ewallet", "channel": "gopay"}, headers=h)
     assert no_route.json()["code"] == "no_route_available", no_route.text
