@@ -67,6 +67,8 @@ class Answer:
     description: str
     headers: tuple[Header, ...] = ()
     body: Any = dict[str, Any]
+    media_type: str | None = None
+    """Unless said: problem+json from 400 up, JSON below."""
 
 
 def problem(description: str, *headers: Header) -> Answer:
@@ -88,7 +90,7 @@ class Contract:
     def responses(self) -> dict[int, ResponseSpec]:
         return {status: ResponseSpec(
             data_container=a.body, description=a.description, generate_examples=False,
-            media_type=PROBLEM_JSON if status >= 400 else "application/json")
+            media_type=a.media_type or (PROBLEM_JSON if status >= 400 else "application/json"))
             for status, a in self.answers.items()}
 
 
@@ -126,6 +128,7 @@ REPLAYED = Header(name="Idempotent-Replayed", required=False,
                               "with the same Idempotency-Key; absent otherwise.")
 RETRY_AFTER = Header(name="Retry-After", description="Seconds to wait before trying again.")
 WWW_AUTHENTICATE = Header(name="WWW-Authenticate", description='Bearer realm="lunas"')
+WWW_AUTHENTICATE_OPS = Header(name="WWW-Authenticate", description='Bearer realm="lunas-ops"')
 
 BAD_REQUEST = problem(
     "The request cannot be read: malformed_json, malformed_request (a field of the wrong "
@@ -133,7 +136,27 @@ BAD_REQUEST = problem(
     "or parameter this endpoint needs (its own code).")
 UNAUTHORIZED = problem("No API key, or an unknown or revoked one (unauthorized).",
                        WWW_AUTHENTICATE)
+OPS_UNAUTHORIZED = problem("No ops token, or an unknown or revoked one (unauthorized).",
+                           WWW_AUTHENTICATE_OPS)
+FORBIDDEN = problem("The ops token lacks the scope this endpoint needs (forbidden).")
 TOO_LARGE = problem("The body is larger than Lunas accepts (LUNAS_MAX_BODY_BYTES).")
 UNAVAILABLE = problem(
     "Nothing was decided; the same request again is safe. database_unavailable (Retry-After "
     "5), retry (a concurrent change undid it; Retry-After 1)", RETRY_AFTER)
+
+
+def contract(caller: str | None, answers: Mapping[int, Answer], *, body: bool = False,
+             request_headers: tuple[Header, ...] = ()) -> Contract:
+    """``answers`` over what every endpoint may answer: 400 for input no column can hold
+    (``input_guard``) or a malformed body, 503 when the database is out of reach, 401 (and 403
+    for ops) by ``caller`` ("merchant", "ops" or None: the endpoint checks its own credential),
+    413 for an endpoint that reads a ``body``."""
+    common: dict[int, Answer] = {400: BAD_REQUEST, 503: UNAVAILABLE}
+    if caller == "merchant":
+        common[401] = UNAUTHORIZED
+    elif caller == "ops":
+        common |= {401: OPS_UNAUTHORIZED, 403: FORBIDDEN}
+    if body:
+        common[413] = TOO_LARGE
+    return Contract(answers=dict(sorted({**common, **answers}.items())),
+                    request_headers=request_headers)

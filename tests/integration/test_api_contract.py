@@ -7,6 +7,7 @@ and the headers it promises. The set of statuses produced is the set documented,
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -21,6 +22,7 @@ from orchestrator.bootstrap import Container, build
 from orchestrator.domain.money import UniqueCodeRange
 from orchestrator.services.merchant_routing import set_routing
 from orchestrator.settings import ProviderSettings, RedisSettings, UniqueCodeSettings
+from orchestrator.store.merchants import create_ops_token
 from tests.support import ShopFixture, new_merchant, order_body, serve
 
 
@@ -219,3 +221,62 @@ async def test_documented_order_endpoint_answers_can_all_be_produced(api: Api) -
         documented = {int(s) for s in api.operation(method, path)["responses"]}
         # 503 (database unreachable) is every endpoint's; the capture test produces one.
         assert statuses | {503} == documented | {503}, (method, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# the rest of the API: every error is a problem; credentials answered as documented
+# ---------------------------------------------------------------------------------------------
+
+
+def _operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(method, path, op) for path, item in document["paths"].items()
+            for method, op in item.items()]
+
+
+async def test_every_error_any_endpoint_documents_is_a_problem(api: Api) -> None:
+    for method, path, op in _operations(api.document):
+        statuses = {int(s) for s in op["responses"]}
+        if path.startswith("/v1/"):
+            # Input no column can hold, and a database out of reach, reach every endpoint.
+            assert {400, 503} <= statuses, (method, path)
+        for status, response in op["responses"].items():
+            if int(status) < 400 or (path, status) == ("/readyz", "503"):
+                continue
+            assert response["content"] == {"application/problem+json": {"schema": {
+                "$ref": "#/components/schemas/Problem"}}}, (method, path, status)
+
+
+def _filled(path: str) -> str:
+    return re.sub(r"\{[^}]+\}", "nope", path)
+
+
+async def test_a_read_without_credentials_is_answered_as_documented(api: Api) -> None:
+    reads = [(path, op) for method, path, op in _operations(api.document)
+             if method == "get" and path.startswith("/v1/")]
+    assert len(reads) >= 10
+    for path, op in reads:
+        reply = await api.client.get(_filled(path))
+        documented = {int(s) for s in op["responses"]}
+        assert reply.status_code == 401 and 401 in documented, (path, reply.text)
+        assert reply.headers["content-type"].startswith("application/problem+json")
+        assert "WWW-Authenticate" in reply.headers
+
+
+async def test_ops_answers_a_token_short_of_its_scope_and_a_page_after_nothing_as_documented(
+    api: Api,
+) -> None:
+    async with api.container.db.transaction() as conn:
+        _, finance = await create_ops_token(conn, name="finance", scopes=("reconciliation",),
+                                            now=api.container.clock.now())
+    as_finance = {"Authorization": f"Bearer {finance}"}
+    for path in ("/v1/ops/routes", "/v1/ops/maintenance", "/v1/ops/outbox/dead",
+                 "/v1/ops/status/components"):
+        reply = await api.client.get(path, headers=as_finance)
+        assert reply.status_code == 403, (path, reply.text)
+        assert "403" in api.operation("get", path)["responses"]
+    for path in ("/v1/reviews", "/v1/reconciliation/unmatched", "/v1/reconciliation/unreadable"):
+        reply = await api.client.get(path, params={"after": "nope"}, headers=as_finance)
+        assert reply.status_code == 404 and reply.json()["code"] == "not_found", reply.text
+        assert "404" in api.operation("get", path)["responses"], path
+    merchant = await api.client.get("/v1/reviews", headers=api.shop.headers)
+    assert merchant.status_code == 401
