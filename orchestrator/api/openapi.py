@@ -22,7 +22,7 @@ from litestar.openapi.spec import Parameter as OpenAPIParameter
 from orchestrator.api.errors import PROBLEM_JSON
 
 
-class Problem(msgspec.Struct, omit_defaults=True):
+class Problem(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
     """Every error answer (RFC 9457 problem details). `code` says which problem it is, for a
     program; `detail` says what to do about it, for a person."""
 

@@ -23,6 +23,7 @@ from orchestrator.api.openapi import (
     Contract,
     problem,
 )
+from orchestrator.api.replies import OrderList, OrderOut
 from orchestrator.api.schemas import OrderIn, SwitchMethodIn
 from orchestrator.bootstrap import Container
 from orchestrator.domain.checkout import SUPPORTED_RAILS, Customer, OrderRequest
@@ -77,12 +78,12 @@ _NOT_NOW = problem("The order's state does not allow it (transition_refused): it
 CAPTURE = Contract(request_headers=(IDEMPOTENCY_KEY,), answers={
     201: Answer(description="Captured, with payment instructions (`payment`) and, on a "
                             "gateway rail, which route served (`routing`).",
-                headers=(LOCATION, REPLAYED)),
+                headers=(LOCATION, REPLAYED), body=OrderOut),
     202: Answer(description="Captured and durable, but no route could issue instructions now "
                             "(state `captured`, `payment` null): Lunas issues them later and "
                             "tells the merchant (order.awaiting_payment). Do not send it again "
                             "as a new order.",
-                headers=(LOCATION, REPLAYED)),
+                headers=(LOCATION, REPLAYED), body=OrderOut),
     400: problem("As for every endpoint (malformed_json, malformed_request, unstorable_text), "
                  "or idempotency_key_required (none, or longer than 255 characters), "
                  "idempotency_key_repeated (the header sent more than once)."),
@@ -99,21 +100,24 @@ CAPTURE = Contract(request_headers=(IDEMPOTENCY_KEY,), answers={
                  "Retry-After 60), database_unavailable (Retry-After 5), retry (a concurrent "
                  "change undid it; Retry-After 1).", RETRY_AFTER),
 })
-READ = Contract(answers={200: Answer(description="The order"), 400: BAD_REQUEST,
+READ = Contract(answers={200: Answer(description="The order", body=OrderOut), 400: BAD_REQUEST,
                          401: UNAUTHORIZED, 404: _NOT_FOUND, 503: UNAVAILABLE})
 FIND = Contract(answers={
-    200: Answer(description="`data`: the order with this merchant_order_id, or none"),
+    200: Answer(description="`data`: the order with this merchant_order_id, or none",
+                body=OrderList),
     400: problem("As for every endpoint, or merchant_order_id_required."),
     401: UNAUTHORIZED, 503: UNAVAILABLE})
 SWITCH = Contract(answers={
-    201: Answer(description="The new instructions; the previous ones are superseded"),
+    201: Answer(description="The new instructions; the previous ones are superseded",
+                body=OrderOut),
     400: BAD_REQUEST, 401: UNAUTHORIZED, 404: _NOT_FOUND, 409: _NOT_NOW, 413: TOO_LARGE,
     422: problem("invalid_order: the rail or channel is not offered (`field` names it)."),
     503: problem("no_route_available: no route can issue this method now; the current "
                  "instructions stay valid (`routing` says what was tried; Retry-After 30). "
                  "Or database_unavailable / retry, as for every endpoint.", RETRY_AFTER),
 })
-CANCEL = Contract(answers={200: Answer(description="The cancelled order"), 400: BAD_REQUEST,
+CANCEL = Contract(answers={200: Answer(description="The cancelled order", body=OrderOut),
+                           400: BAD_REQUEST,
                            401: UNAUTHORIZED, 404: _NOT_FOUND, 409: _NOT_NOW,
                            413: TOO_LARGE, 503: UNAVAILABLE})
 

@@ -15,9 +15,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from chaos.sim.runner import Simulators, start_simulators
+from orchestrator.api.openapi import Problem
+from orchestrator.api.replies import OrderList, OrderOut
 from orchestrator.bootstrap import Container, build
 from orchestrator.domain.money import UniqueCodeRange
 from orchestrator.services.merchant_routing import set_routing
@@ -104,6 +107,19 @@ async def _providers_down(api: Api) -> None:
              ).raise_for_status()
 
 
+_SHAPES: dict[str, type[msgspec.Struct]] = {"OrderOut": OrderOut, "OrderList": OrderList,
+                                            "Problem": Problem}
+
+
+def assert_conforms(documented: dict[str, Any], reply: httpx.Response) -> None:
+    """The reply is the documented media type, and its body decodes into the Struct the
+    document's schema names, strictly and with no field the document does not list."""
+    [(media_type, content)] = documented[str(reply.status_code)]["content"].items()
+    assert reply.headers["content-type"].startswith(media_type), reply.headers
+    name = content["schema"]["$ref"].rsplit("/", 1)[1]
+    msgspec.json.decode(reply.content, type=_SHAPES[name], strict=True)
+
+
 def _problem_fields(document: dict[str, Any]) -> list[str]:
     required: list[str] = document["components"]["schemas"]["Problem"]["required"]
     return required
@@ -125,7 +141,7 @@ async def test_each_answer_carries_the_body_and_headers_the_document_promises(
     for status, reply in (await _every_capture_answer(api)).items():
         promised = documented[str(status)]
         [media_type] = promised["content"]
-        assert reply.headers["content-type"].startswith(media_type), (status, reply.headers)
+        assert_conforms(documented, reply)
         if status >= 400:
             assert media_type == "application/problem+json"
             problem = reply.json()
@@ -179,13 +195,15 @@ async def test_documented_order_endpoint_answers_can_all_be_produced(api: Api) -
 
     def seen(method: str, path: str, reply: httpx.Response) -> None:
         got.setdefault((method, path), set()).add(reply.status_code)
+        assert_conforms(api.operation(method, path)["responses"], reply)
 
     one, find = "/v1/orders/{order_id}", "/v1/orders"
     seen("get", one, await c.get(f"/v1/orders/{placed['id']}", headers=h))
     seen("get", one, await c.get("/v1/orders/ord_nope", headers=h))
     seen("get", one, await c.get("/v1/orders/ord_nope"))
     seen("get", one, await c.get("/v1/orders/ord%00", headers=h))
-    seen("get", find, await c.get("/v1/orders", params={"merchant_order_id": "x"}, headers=h))
+    seen("get", find, await c.get("/v1/orders", params={
+        "merchant_order_id": placed["merchant_order_id"]}, headers=h))
     seen("get", find, await c.get("/v1/orders", headers=h))
     seen("get", find, await c.get("/v1/orders"))
     cancel = "/v1/orders/{order_id}/cancel"
