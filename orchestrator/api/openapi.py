@@ -16,7 +16,14 @@ from typing import Any
 
 import msgspec
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIHeader, OpenAPIResponse, OpenAPIType, Operation, Schema
+from litestar.openapi.spec import (
+    OpenAPIHeader,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Schema,
+    SecurityScheme,
+)
 from litestar.openapi.spec import Parameter as OpenAPIParameter
 
 from orchestrator.api.errors import PROBLEM_JSON
@@ -81,6 +88,8 @@ class Contract:
 
     answers: Mapping[int, Answer]
     request_headers: tuple[Header, ...] = ()
+    security: str | None = None
+    """The name of the scheme in ``SECURITY_SCHEMES`` the endpoint authenticates with."""
     operation: type[Operation] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -105,6 +114,8 @@ def _operation_class(contract: Contract) -> type[Operation]:
                 OpenAPIParameter(name=h.name, param_in="header", required=h.required,
                                  description=h.description, schema=h.schema())
                 for h in contract.request_headers)] or None
+            if contract.security is not None:
+                self.security = [{contract.security: []}]
             for status, answer in contract.answers.items():
                 response = (self.responses or {}).get(str(status))
                 if isinstance(response, OpenAPIResponse) and answer.headers:
@@ -159,4 +170,18 @@ def contract(caller: str | None, answers: Mapping[int, Answer], *, body: bool = 
     if body:
         common[413] = TOO_LARGE
     return Contract(answers=dict(sorted({**common, **answers}.items())),
-                    request_headers=request_headers)
+                    request_headers=request_headers,
+                    security={"merchant": MERCHANT_KEY, "ops": OPS_TOKEN}.get(caller or ""))
+
+
+MERCHANT_KEY, OPS_TOKEN = "merchantKey", "opsToken"
+SECURITY_SCHEMES = {
+    MERCHANT_KEY: SecurityScheme(
+        type="http", scheme="bearer",
+        description="The merchant's API key (`lunas merchants create` prints it once)."),
+    OPS_TOKEN: SecurityScheme(
+        type="http", scheme="bearer",
+        description="A person's ops token (`lunas ops-tokens create`), with the scope the "
+                    "endpoint needs: `reconciliation` or `ops`."),
+}
+"""For ``OpenAPIConfig(components=...)`` (app.py): what ``Contract.security`` names."""

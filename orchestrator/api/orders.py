@@ -11,16 +11,12 @@ from litestar.params import FromPath, FromQuery, JSONBody
 
 from orchestrator.api.errors import BadRequest, status_for
 from orchestrator.api.openapi import (
-    BAD_REQUEST,
     IDEMPOTENCY_KEY,
     LOCATION,
     REPLAYED,
     RETRY_AFTER,
-    TOO_LARGE,
-    UNAUTHORIZED,
-    UNAVAILABLE,
     Answer,
-    Contract,
+    contract,
     problem,
 )
 from orchestrator.api.replies import OrderList, OrderOut
@@ -75,7 +71,7 @@ _NOT_FOUND = problem("No such order for this merchant (not_found); another merch
 _NOT_NOW = problem("The order's state does not allow it (transition_refused): it is paid, "
                    "expired, cancelled, or payment evidence exists.")
 
-CAPTURE = Contract(request_headers=(IDEMPOTENCY_KEY,), answers={
+CAPTURE = contract("merchant", body=True, request_headers=(IDEMPOTENCY_KEY,), answers={
     201: Answer(description="Captured, with payment instructions (`payment`) and, on a "
                             "gateway rail, which route served (`routing`).",
                 headers=(LOCATION, REPLAYED), body=OrderOut),
@@ -87,11 +83,9 @@ CAPTURE = Contract(request_headers=(IDEMPOTENCY_KEY,), answers={
     400: problem("As for every endpoint (malformed_json, malformed_request, unstorable_text), "
                  "or idempotency_key_required (none, or longer than 255 characters), "
                  "idempotency_key_repeated (the header sent more than once)."),
-    401: UNAUTHORIZED,
     409: problem("idempotency_key_reused: this Idempotency-Key came with another body; "
                  "duplicate_merchant_order_id: another order has this merchant_order_id "
                  "(`existing_order_id` names it)."),
-    413: TOO_LARGE,
     422: problem("invalid_order: a rule refused the order (amount, rail, channel, expiry, "
                  "currency; `field` names it); no_payout_account: manual transfer needs a "
                  "payout account and the merchant has none."),
@@ -100,26 +94,24 @@ CAPTURE = Contract(request_headers=(IDEMPOTENCY_KEY,), answers={
                  "Retry-After 60), database_unavailable (Retry-After 5), retry (a concurrent "
                  "change undid it; Retry-After 1).", RETRY_AFTER),
 })
-READ = Contract(answers={200: Answer(description="The order", body=OrderOut), 400: BAD_REQUEST,
-                         401: UNAUTHORIZED, 404: _NOT_FOUND, 503: UNAVAILABLE})
-FIND = Contract(answers={
+READ = contract("merchant", {200: Answer(description="The order", body=OrderOut),
+                             404: _NOT_FOUND})
+FIND = contract("merchant", {
     200: Answer(description="`data`: the order with this merchant_order_id, or none",
                 body=OrderList),
-    400: problem("As for every endpoint, or merchant_order_id_required."),
-    401: UNAUTHORIZED, 503: UNAVAILABLE})
-SWITCH = Contract(answers={
+    400: problem("As for every endpoint, or merchant_order_id_required.")})
+SWITCH = contract("merchant", body=True, answers={
     201: Answer(description="The new instructions; the previous ones are superseded",
                 body=OrderOut),
-    400: BAD_REQUEST, 401: UNAUTHORIZED, 404: _NOT_FOUND, 409: _NOT_NOW, 413: TOO_LARGE,
+    404: _NOT_FOUND, 409: _NOT_NOW,
     422: problem("invalid_order: the rail or channel is not offered (`field` names it)."),
     503: problem("no_route_available: no route can issue this method now; the current "
                  "instructions stay valid (`routing` says what was tried; Retry-After 30). "
                  "Or database_unavailable / retry, as for every endpoint.", RETRY_AFTER),
 })
-CANCEL = Contract(answers={200: Answer(description="The cancelled order", body=OrderOut),
-                           400: BAD_REQUEST,
-                           401: UNAUTHORIZED, 404: _NOT_FOUND, 409: _NOT_NOW,
-                           413: TOO_LARGE, 503: UNAVAILABLE})
+CANCEL = contract("merchant", body=True, answers={
+    200: Answer(description="The cancelled order", body=OrderOut), 404: _NOT_FOUND,
+    409: _NOT_NOW})
 
 
 class OrdersController(Controller):

@@ -264,6 +264,19 @@ async def test_every_error_any_endpoint_documents_is_a_problem(api: Api) -> None
                 "$ref": "#/components/schemas/Problem"}}}, (method, path, status)
 
 
+async def test_every_endpoint_that_answers_401_names_the_credential_it_takes(api: Api) -> None:
+    schemes = api.document["components"]["securitySchemes"]
+    assert {s["scheme"] for s in schemes.values()} == {"bearer"}
+    for method, path, op in _operations(api.document):
+        if "401" not in op["responses"] or path.startswith(("/v1/webhooks/",
+                                                             "/v1/mutations/push")):
+            continue  # a provider's or Moota's signature, not a bearer credential
+        [requirement] = op["security"]
+        [scheme] = requirement
+        assert scheme in schemes, (method, path)
+        assert ("403" in op["responses"]) == (scheme == "opsToken"), (method, path)
+
+
 def _filled(path: str) -> str:
     return re.sub(r"\{[^}]+\}", "nope", path)
 
