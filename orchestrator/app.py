@@ -5,6 +5,7 @@ from __future__ import annotations
 from litestar import Litestar, Router
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components
 
 from orchestrator import heap
 from orchestrator.api.dead_letters import DeadLettersController
@@ -12,6 +13,7 @@ from orchestrator.api.errors import to_response
 from orchestrator.api.health import healthz, metrics, readyz
 from orchestrator.api.input_guard import refuse_unstorable_input
 from orchestrator.api.mutations import MutationsController
+from orchestrator.api.openapi import SECURITY_SCHEMES
 from orchestrator.api.ops import OpsController
 from orchestrator.api.orders import OrdersController
 from orchestrator.api.rails import RailsController
@@ -53,7 +55,9 @@ def create_app(container: Container, *, close_on_shutdown: bool = True,
         # A server span per request, when tracing is on as the app is built (no layer at all
         # otherwise: the capture path pays nothing for tracing it does not do).
         middleware=[tracing.request_spans] if tracing.enabled() else [],
-        openapi_config=OpenAPIConfig(title="Lunas", version="0.1.0", path="/schema"),
+        openapi_config=OpenAPIConfig(
+            title="Lunas", version="0.1.0", path="/schema",
+            components=Components(security_schemes=dict(SECURITY_SCHEMES))),
         request_max_body_size=http.max_body_bytes,
         before_request=refuse_unstorable_input,
         on_startup=[startup],

@@ -6,6 +6,9 @@
     lunas merchants add-account MERCHANT_ID BANK:NUMBER:HOLDER
     lunas merchants set-webhook MERCHANT_ID URL --actor WHO [--reason WHY] [--json]
     lunas merchants rotate-secret MERCHANT_ID --actor WHO [--reason WHY] [--overlap SECONDS]
+    lunas merchants routing MERCHANT_ID [--json]
+    lunas merchants set-routing MERCHANT_ID [--priority RAIL=PROVIDER,...] [--reset]
+          [--fallback RAIL=RAIL,...] [--[no-]allow-fallback] --actor WHO [--reason WHY] [--json]
     lunas ops-tokens create NAME [--scope SCOPE ...] [--json]
     lunas reconcile import FILE --bank BANK --account NUMBER [--json]
     lunas reconcile unreadable [--state open] [--json]
@@ -71,6 +74,15 @@ def _webhook_url(text: str) -> str:
         return valid_webhook_url(text)
     except InvalidWebhookUrl as exc:
         raise argparse.ArgumentTypeError(exc.detail) from None
+
+
+def _rail_list(text: str) -> tuple[str, list[str]]:
+    """``va=xendit,midtrans`` (``qris=`` for an empty list); the names are checked against
+    what Lunas has by the service, which says which one it does not know."""
+    rail, sep, names = text.partition("=")
+    if not sep or not rail.strip():
+        raise argparse.ArgumentTypeError(f"expected RAIL=NAME,NAME..., got {text!r}")
+    return rail.strip().lower(), [n.strip().lower() for n in names.split(",") if n.strip()]
 
 
 def _overlap(text: str) -> float:
@@ -156,6 +168,27 @@ def _parser() -> argparse.ArgumentParser:
                     help="seconds the previous secret still signs beside the new one "
                          "(default LUNAS_WEBHOOK_SECRET_OVERLAP, a day); 0 for a leaked one")
     mr.add_argument("--json", action="store_true")
+    mg = m.add_parser("routing", help="a merchant's provider order and fallback, as applied")
+    mg.add_argument("merchant_id")
+    mg.add_argument("--json", action="store_true")
+    ms = m.add_parser("set-routing",
+                      help="which providers serve a rail first, and its fallback (audited)")
+    ms.add_argument("merchant_id")
+    ms.add_argument("--priority", action="append", type=_rail_list, default=[],
+                    metavar="RAIL=PROVIDER,...",
+                    help="providers to try for RAIL, in order, e.g. va=midtrans,xendit")
+    ms.add_argument("--fallback", action="append", type=_rail_list, default=[],
+                    metavar="RAIL=RAIL,...",
+                    help="rails that stand in when RAIL cannot be served, in order, e.g. "
+                         "va=qris,manual_transfer; RAIL= for none")
+    ms.add_argument("--allow-fallback", action=argparse.BooleanOptionalAction, default=None,
+                    help="whether an order may be served on a fallback rail at all (without: "
+                         "it waits, captured, until its own rail can be served)")
+    ms.add_argument("--reset", action="store_true",
+                    help="drop the merchant's overrides first: back to the defaults")
+    ms.add_argument("--actor", required=True, help="who, e.g. your name")
+    ms.add_argument("--reason", help="why; kept in the audit log")
+    ms.add_argument("--json", action="store_true")
 
     o = sub.add_parser("ops-tokens").add_subparsers(dest="action", required=True)
     oc = o.add_parser("create", help="create an ops bearer token; printed once")
@@ -371,6 +404,58 @@ async def _merchants_rotate_secret(settings: Settings, args: argparse.Namespace)
         print("previous secret: " + (
             f"still signs beside it until {iso(until)} ({wib(until)}): deploy the new one "
             "before then" if until is not None else "no longer signs (overlap 0)"))
+        return 0
+    return await _with_container(settings, work)
+
+
+def _print_routing(routing: dict[str, Any]) -> None:
+    for rail, providers in routing["priorities"].items():
+        fallback = ", ".join(routing["fallback"].get(rail, ())) or "none"
+        set_here = "  (set for this merchant)" if (
+            rail in routing["overrides"].get("priorities", {})
+            or rail in routing["overrides"].get("fallback", {})) else ""
+        print(f"  {rail:<8} {', '.join(providers):<20} fallback: {fallback}{set_here}")
+    print(f"  fallback allowed: {'yes' if routing['allow_fallback'] else 'no'}")
+
+
+async def _merchants_routing(settings: Settings, args: argparse.Namespace) -> int:
+    from orchestrator.domain.errors import DomainError
+    from orchestrator.services.merchant_routing import routing_of
+
+    async def work(c: Container) -> int:
+        try:
+            routing = (await routing_of(c.db, args.merchant_id)).render()
+        except DomainError as exc:
+            print(f"lunas: {exc.detail}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps(routing))
+        else:
+            print(f"{args.merchant_id}:")
+            _print_routing(routing)
+        return 0
+    return await _with_container(settings, work)
+
+
+async def _merchants_set_routing(settings: Settings, args: argparse.Namespace) -> int:
+    from orchestrator.domain.errors import DomainError
+    from orchestrator.services.merchant_routing import set_routing
+
+    async def work(c: Container) -> int:
+        try:
+            routing = (await set_routing(
+                c.db, merchant_id=args.merchant_id, actor=f"cli:{args.actor}",
+                reason=args.reason, now=c.clock.now(), priorities=dict(args.priority),
+                fallback=dict(args.fallback), allow_fallback=args.allow_fallback,
+                reset=args.reset)).render()
+        except DomainError as exc:
+            print(f"lunas: {exc.detail}; nothing changed", file=sys.stderr)
+            return 1
+        if args.json:
+            print(json.dumps(routing))
+        else:
+            print(f"lunas: {args.merchant_id} routes the next order so:")
+            _print_routing(routing)
         return 0
     return await _with_container(settings, work)
 
@@ -691,6 +776,8 @@ _COMMANDS: dict[tuple[str, str | None], _Command] = {
     ("merchants", "add-account"): _merchants_add_account,
     ("merchants", "set-webhook"): _merchants_set_webhook,
     ("merchants", "rotate-secret"): _merchants_rotate_secret,
+    ("merchants", "routing"): _merchants_routing,
+    ("merchants", "set-routing"): _merchants_set_routing,
     ("ops-tokens", "create"): _ops_tokens_create,
     ("reconcile", "import"): _reconcile_import,
     ("reconcile", "unreadable"): _reconcile_unreadable,

@@ -18,7 +18,7 @@ import ipaddress
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import TypeVar
 
@@ -296,6 +296,13 @@ class GameDaySettings:
         return bool(self.clock_file or self.exit_after_commit)
 
 
+DEFAULT_BREAKER = _B = BreakerConfig(slow_call_duration=timedelta(seconds=1),
+                                     max_wait_in_open=timedelta(seconds=60))
+"""The breaker policy of ``Settings()`` and of an environment that sets no LUNAS_BREAKER_*:
+BreakerConfig's own defaults but for a slow call, which must be well inside the capture budget
+to count, and the longest open wait, a minute, so a recovered provider is tried again soon."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     environment: str = "development"
@@ -315,9 +322,8 @@ class Settings:
     status_page: StatusPageSettings = field(default_factory=StatusPageSettings)
     gameday: GameDaySettings = field(default_factory=GameDaySettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
-    breaker: BreakerConfig = field(default_factory=lambda: BreakerConfig(
-        slow_call_duration=timedelta(seconds=1)))
-    """Per-route breaker policy. A slow call must be well inside the capture budget to count."""
+    breaker: BreakerConfig = field(default_factory=lambda: DEFAULT_BREAKER)
+    """Per-route breaker policy (``DEFAULT_BREAKER`` unless LUNAS_BREAKER_* say otherwise)."""
     # The development default; production refuses to start with it (refuse_insecure_production).
     mutation_push_secret: str = "dev-moota-secret"  # noqa: S105
     worker_id: str = ""
@@ -345,8 +351,9 @@ class Settings:
         minimum = e.int("LUNAS_MIN_AMOUNT", 1, _Range(low=1, high=MAX_RUPIAH))
         maximum = e.int("LUNAS_MAX_AMOUNT", 1_000_000_000, _Range(low=1, high=MAX_RUPIAH))
         _ordered("LUNAS_MIN_AMOUNT", minimum, "LUNAS_MAX_AMOUNT", maximum)
-        wait_open = e.seconds("LUNAS_BREAKER_WAIT_OPEN", 30)
-        max_wait_open = e.seconds("LUNAS_BREAKER_MAX_WAIT_OPEN", 60)
+        wait_open = e.seconds("LUNAS_BREAKER_WAIT_OPEN", _B.wait_in_open.total_seconds())
+        max_wait_open = e.seconds("LUNAS_BREAKER_MAX_WAIT_OPEN",
+                                  _B.max_wait_in_open.total_seconds())
         _ordered("LUNAS_BREAKER_WAIT_OPEN", wait_open.total_seconds(),
                  "LUNAS_BREAKER_MAX_WAIT_OPEN", max_wait_open.total_seconds())
         expires = CheckoutSettings()
@@ -478,13 +485,19 @@ class Settings:
             ),
             mutation_push_secret=e.str("LUNAS_MUTATION_PUSH_SECRET", "dev-moota-secret"),
             worker_id=e.str("LUNAS_WORKER_ID", "").strip(),
-            breaker=BreakerConfig(
-                failure_rate_threshold=e.float("LUNAS_BREAKER_FAILURE_RATE", 0.5,
+            breaker=replace(
+                _B,
+                failure_rate_threshold=e.float("LUNAS_BREAKER_FAILURE_RATE",
+                                               _B.failure_rate_threshold,
                                                _Range(low=0, low_open=True, high=1)),
-                slow_call_duration=e.seconds("LUNAS_BREAKER_SLOW_CALL", 1),
-                sliding_window=e.seconds("LUNAS_BREAKER_WINDOW", 30),
-                minimum_number_of_calls=e.int("LUNAS_BREAKER_MIN_CALLS", 10),
-                permitted_calls_in_half_open=e.int("LUNAS_BREAKER_HALF_OPEN_CALLS", 3),
+                slow_call_duration=e.seconds("LUNAS_BREAKER_SLOW_CALL",
+                                             _B.slow_call_duration.total_seconds()),
+                sliding_window=e.seconds("LUNAS_BREAKER_WINDOW",
+                                         _B.sliding_window.total_seconds()),
+                minimum_number_of_calls=e.int("LUNAS_BREAKER_MIN_CALLS",
+                                              _B.minimum_number_of_calls),
+                permitted_calls_in_half_open=e.int("LUNAS_BREAKER_HALF_OPEN_CALLS",
+                                                   _B.permitted_calls_in_half_open),
                 wait_in_open=wait_open,
                 max_wait_in_open=max_wait_open,
             ),

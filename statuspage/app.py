@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import Redirect
 
+from orchestrator.api.openapi import Answer, contract, problem
 from orchestrator.api.schemas import IncidentIn, IncidentUpdateIn
 from orchestrator.bootstrap import Container
 from statuspage import render
@@ -175,6 +176,16 @@ class StatusPageController(Controller):
                                            for m in snap.active_maintenance()]}
 
 
+_INCIDENT_REFUSED = problem("invalid_request: an unknown status, impact or component "
+                            "(`field` names it).")
+COMPONENTS = contract("ops", {200: Answer(description="`components`: each with its published "
+                                                      "status, candidate and observations")})
+OPEN_INCIDENT = contract("ops", body=True, answers={
+    201: Answer(description="The incident's id"), 422: _INCIDENT_REFUSED})
+UPDATE = contract("ops", body=True, answers={
+    201: Answer(description="The update's id"), 404: problem("No such incident (not_found)."),
+    422: _INCIDENT_REFUSED})
+
 class StatusOpsController(Controller):
     """People post incidents and updates, every post audited, and read why each component shows
     what it shows (ops token, ``ops`` scope)."""
@@ -182,13 +193,15 @@ class StatusOpsController(Controller):
     path = "/v1/ops/status"
     tags = ("ops",)
 
-    @get("/components", summary="Per component: what the page shows, what is pending, and why")
+    @get("/components", summary="Per component: what the page shows, what is pending, and why",
+         responses=COMPONENTS.responses, operation_class=COMPONENTS.operation)
     async def components(self, request: Request[Any, Any, Any],
                          container: NamedDependency[Container]) -> dict[str, Any]:
         await container.auth.ops(request, "ops")
         return {"components": await container.status_page.component_states()}
 
-    @post("/incidents", status_code=201, summary="Open an incident by hand")
+    @post("/incidents", status_code=201, summary="Open an incident by hand",
+          responses=OPEN_INCIDENT.responses, operation_class=OPEN_INCIDENT.operation)
     async def open_incident(self, request: Request[Any, Any, Any],
                             data: JSONBody[IncidentIn],
                             container: NamedDependency[Container]) -> dict[str, Any]:
@@ -200,7 +213,8 @@ class StatusOpsController(Controller):
         return {"id": incident_id}
 
     @post("/incidents/{incident_id:str}/updates", status_code=201,
-          summary="Post an update to an incident (automatic or not)")
+          summary="Post an update to an incident (automatic or not)",
+          responses=UPDATE.responses, operation_class=UPDATE.operation)
     async def post_update(self, request: Request[Any, Any, Any], incident_id: FromPath[str],
                           data: JSONBody[IncidentUpdateIn],
                           container: NamedDependency[Container]) -> dict[str, Any]:

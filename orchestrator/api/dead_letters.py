@@ -9,17 +9,31 @@ from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
+from orchestrator.api.openapi import Answer, contract, problem
 from orchestrator.api.paging import page, page_limit
 from orchestrator.api.schemas import DiscardIn, RedeliverIn
 from orchestrator.bootstrap import Container
 from orchestrator.services import dead_letters
 
+_NOT_DEAD = problem("not_dead_lettered: the event is not dead-lettered (pending again, or "
+                    "discarded already).")
+_REASON = problem("invalid_request: say why in `reason` (and, to redeliver, name events or a "
+                  "merchant, not both).")
+DEAD = contract("ops", {200: Answer(description="`data`: a page of dead events; `next_after`"),
+                        404: problem("No event to continue `after` (not_found).")})
+REDELIVER = contract("ops", body=True, answers={
+    200: Answer(description="How many events are pending again, and which"),
+    404: problem("No such merchant (not_found)."), 409: _NOT_DEAD, 422: _REASON})
+DISCARD = contract("ops", body=True, answers={
+    200: Answer(description="The event, discarded"),
+    404: problem("No such event (not_found)."), 409: _NOT_DEAD, 422: _REASON})
 
 class DeadLettersController(Controller):
     path = "/v1/ops/outbox/dead"
     tags = ("ops",)
 
-    @get("/", summary="Dead-lettered outbox events, oldest first")
+    @get("/", summary="Dead-lettered outbox events, oldest first",
+         responses=DEAD.responses, operation_class=DEAD.operation)
     async def list_dead(self, request: Request[Any, Any, Any],
                         container: NamedDependency[Container],
                         merchant_id: FromQuery[str | None] = None,
@@ -32,7 +46,8 @@ class DeadLettersController(Controller):
                                                  after=after or None), size, key="event_id")
 
     @post("/redeliver", status_code=200,
-          summary="Send dead events again (named, or all of one merchant's)")
+          summary="Send dead events again (named, or all of one merchant's)",
+          responses=REDELIVER.responses, operation_class=REDELIVER.operation)
     async def redeliver(self, request: Request[Any, Any, Any], data: JSONBody[RedeliverIn],
                         container: NamedDependency[Container]) -> dict[str, Any]:
         principal = await container.auth.ops(request, "ops")
@@ -43,7 +58,8 @@ class DeadLettersController(Controller):
         return {"redelivered": len(sent), "event_ids": sent}
 
     @post("/{event_id:str}/discard", status_code=200,
-          summary="Let one dead event go for good (kept as discarded)")
+          summary="Let one dead event go for good (kept as discarded)",
+          responses=DISCARD.responses, operation_class=DISCARD.operation)
     async def discard(self, request: Request[Any, Any, Any], event_id: FromPath[str],
                       data: JSONBody[DiscardIn],
                       container: NamedDependency[Container]) -> dict[str, Any]:

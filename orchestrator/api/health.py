@@ -10,7 +10,14 @@ from litestar import Response, get
 from litestar.di import NamedDependency
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from orchestrator.api.openapi import RETRY_AFTER, Answer, Contract
 from orchestrator.bootstrap import Container
+
+READY = Contract(answers={
+    200: Answer(description="The database answers"),
+    # Not problem+json: a load balancer's probe reads the status, a person the body.
+    503: Answer(description="Not ready: `database` names what failed", headers=(RETRY_AFTER,),
+                media_type="application/json")})
 
 
 @get("/healthz", tags=["health"], summary="The process is alive")
@@ -27,7 +34,8 @@ async def metrics(container: NamedDependency[Container]) -> Response[bytes]:
     return Response(container.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
-@get("/readyz", tags=["health"], summary="The process can serve: the database answers")
+@get("/readyz", tags=["health"], summary="The process can serve: the database answers",
+     responses=READY.responses, operation_class=READY.operation)
 async def readyz(container: NamedDependency[Container]) -> Response[dict[str, Any]]:
     try:
         async with container.db.read() as conn:

@@ -11,15 +11,29 @@ from litestar.di import NamedDependency
 
 from orchestrator.api.errors import BadRequest
 from orchestrator.api.input_guard import refuse_unstorable_url
+from orchestrator.api.openapi import Answer, contract, problem
 from orchestrator.bootstrap import Container
 from orchestrator.reconciliation.moota import verify_moota_signature
 
+_REJECTED = problem("statement_rejected: the file (or push) cannot be read whole; nothing was "
+                    "imported (`line` names the first line refused).")
+STATEMENTS = contract("ops", body=True, answers={
+    201: Answer(description="What the statement added: parsed, new, duplicate, matched, ..."),
+    400: problem("file_required, statement_fields_required, or a malformed request."),
+    413: problem("The file is larger than LUNAS_MAX_UPLOAD_BYTES."),
+    415: problem("unsupported_media_type: send multipart/form-data."),
+    422: _REJECTED})
+PUSH = contract(None, body=True, answers={
+    200: Answer(description="What the push added"),
+    401: problem("bad_signature: the Signature header does not match the body."),
+    422: _REJECTED})
 
 class MutationsController(Controller):
     path = "/v1/mutations"
     tags = ("reconciliation",)
 
-    @post("/statements", status_code=201, summary="Import a bank statement export (multipart)")
+    @post("/statements", status_code=201, summary="Import a bank statement export (multipart)",
+          responses=STATEMENTS.responses, operation_class=STATEMENTS.operation)
     async def import_statement(
         self, request: Request[Any, Any, Any], container: NamedDependency[Container]
     ) -> dict[str, Any]:
@@ -43,6 +57,7 @@ class MutationsController(Controller):
         return asdict(report)
 
     @post("/push", status_code=200, summary="Moota-style signed mutation push",
+          responses=PUSH.responses, operation_class=PUSH.operation,
           before_request=refuse_unstorable_url)
     async def push(
         self, request: Request[Any, Any, Any], container: NamedDependency[Container]

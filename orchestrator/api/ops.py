@@ -15,6 +15,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from orchestrator.api.errors import BadRequest
+from orchestrator.api.openapi import Answer, contract, problem
 from orchestrator.api.schemas import MAX_REASON, BreakerActionIn, MaintenanceIn, RouteChangeIn
 from orchestrator.bootstrap import Container
 from orchestrator.rails import midtrans, xendit
@@ -89,17 +90,49 @@ def _route_keys(container: Container) -> list[str]:
     return [*keys, "manual_transfer:bank:bank"]
 
 
+_ROUTE_REFUSED = problem("bad_route (not rail:provider:channel), reason_required, "
+                         "reason_too_long, or a malformed request.")
+_NO_ROUTE = problem("unknown_route: no route by that key (GET /v1/ops/routes lists them).")
+_STAYS = problem("manual_transfer_stays: manual transfer needs no gateway and cannot be paused "
+                 "or taken into maintenance.")
+PAUSE = contract("ops", body=True, answers={
+    200: Answer(description="The route, paused"), 400: _ROUTE_REFUSED, 404: _NO_ROUTE,
+    422: _STAYS})
+RESUME = contract("ops", body=True, answers={200: Answer(description="The route, routed to"),
+                                             400: _ROUTE_REFUSED})
+ROUTES = contract("ops", {200: Answer(description="`data`: every route with its breaker, "
+                                                  "pause and maintenance")})
+BREAKER = contract("ops", body=True, answers={
+    200: Answer(description="The route's breaker state now"),
+    400: problem("bad_action, bad_route, reason_required, reason_too_long, or a malformed "
+                 "request."),
+    404: _NO_ROUTE})
+WINDOWS = contract("ops", {200: Answer(description="`data`: the windows")})
+SCHEDULE = contract("ops", body=True, answers={
+    201: Answer(description="The window"),
+    400: problem("bad_route, bad_datetime, naive_datetime (a time without a zone), "
+                 "reason_required, reason_too_long, or a malformed request."),
+    404: _NO_ROUTE,
+    422: problem("manual_transfer_stays, or invalid_request: the window ends before it "
+                 "starts, or has ended.")})
+CANCEL_WINDOW = contract("ops", body=True, answers={
+    200: Answer(description="The window, cancelled"),
+    400: problem("reason_required, reason_too_long, or a malformed request."),
+    404: problem("No active window by that id (not_found).")})
+
 class OpsController(Controller):
     path = "/v1/ops"
     tags = ("ops",)
 
-    @post("/routes/{route_key:str}/pause", status_code=200, summary="Stop routing to a route")
+    @post("/routes/{route_key:str}/pause", status_code=200, summary="Stop routing to a route",
+          responses=PAUSE.responses, operation_class=PAUSE.operation)
     async def pause(self, request: Request[Any, Any, Any], route_key: FromPath[str],
                     data: JSONBody[RouteChangeIn],
                     container: NamedDependency[Container]) -> dict[str, Any]:
         return await self._set(request, container, route_key, data, paused=True)
 
-    @post("/routes/{route_key:str}/resume", status_code=200, summary="Route to it again")
+    @post("/routes/{route_key:str}/resume", status_code=200, summary="Route to it again",
+          responses=RESUME.responses, operation_class=RESUME.operation)
     async def resume(self, request: Request[Any, Any, Any], route_key: FromPath[str],
                      data: JSONBody[RouteChangeIn],
                      container: NamedDependency[Container]) -> dict[str, Any]:
@@ -120,7 +153,8 @@ class OpsController(Controller):
                                                   reason=_reason(data.reason))
         return {"route": route_key, "paused": paused}
 
-    @get("/routes", summary="Every route: breaker state and counts, pause, maintenance")
+    @get("/routes", summary="Every route: breaker state and counts, pause, maintenance",
+         responses=ROUTES.responses, operation_class=ROUTES.operation)
     async def routes(self, request: Request[Any, Any, Any],
                      container: NamedDependency[Container]) -> dict[str, Any]:
         await container.auth.ops(request, "ops")
@@ -145,7 +179,8 @@ class OpsController(Controller):
         return {"data": data, "redis_fallback": container.breakers.redis_fallback}
 
     @post("/routes/{route_key:str}/breaker", status_code=200,
-          summary="Force a route's breaker open or closed, or release the override")
+          summary="Force a route's breaker open or closed, or release the override",
+          responses=BREAKER.responses, operation_class=BREAKER.operation)
     async def breaker(self, request: Request[Any, Any, Any], route_key: FromPath[str],
                       data: JSONBody[BreakerActionIn],
                       container: NamedDependency[Container]) -> dict[str, Any]:
@@ -168,7 +203,8 @@ class OpsController(Controller):
                                subject_id=route_key, reason=reason, now=container.clock.now())
         return {"route": route_key, "breaker": breaker.state.value}
 
-    @get("/maintenance", summary="Scheduled and current maintenance windows")
+    @get("/maintenance", summary="Scheduled and current maintenance windows",
+         responses=WINDOWS.responses, operation_class=WINDOWS.operation)
     async def list_windows(self, request: Request[Any, Any, Any],
                            container: NamedDependency[Container],
                            include_past: FromQuery[bool] = False) -> dict[str, Any]:
@@ -177,7 +213,8 @@ class OpsController(Controller):
                                                          include_past=include_past)
         return {"data": [w.render() for w in windows]}
 
-    @post("/maintenance", status_code=201, summary="Schedule a maintenance window")
+    @post("/maintenance", status_code=201, summary="Schedule a maintenance window",
+          responses=SCHEDULE.responses, operation_class=SCHEDULE.operation)
     async def schedule(self, request: Request[Any, Any, Any], data: JSONBody[MaintenanceIn],
                        container: NamedDependency[Container]) -> dict[str, Any]:
         principal = await container.auth.ops(request, "ops")
@@ -191,7 +228,8 @@ class OpsController(Controller):
             reason=_reason(data.reason), actor=f"ops:{principal.name}")
         return window.render()
 
-    @delete("/maintenance/{window_id:str}", status_code=200, summary="Cancel a window")
+    @delete("/maintenance/{window_id:str}", status_code=200, summary="Cancel a window",
+            responses=CANCEL_WINDOW.responses, operation_class=CANCEL_WINDOW.operation)
     async def cancel(self, request: Request[Any, Any, Any], window_id: FromPath[str],
                      container: NamedDependency[Container],
                      reason: FromQuery[str] = "") -> dict[str, Any]:

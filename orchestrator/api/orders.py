@@ -10,6 +10,16 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from orchestrator.api.errors import BadRequest, status_for
+from orchestrator.api.openapi import (
+    IDEMPOTENCY_KEY,
+    LOCATION,
+    REPLAYED,
+    RETRY_AFTER,
+    Answer,
+    contract,
+    problem,
+)
+from orchestrator.api.replies import OrderList, OrderOut
 from orchestrator.api.schemas import OrderIn, SwitchMethodIn
 from orchestrator.bootstrap import Container
 from orchestrator.domain.checkout import SUPPORTED_RAILS, Customer, OrderRequest
@@ -22,8 +32,8 @@ from orchestrator.services.issuance import switch_method
 async def _strict_body(request: Request[Any, Any, Any]) -> OrderIn:
     """Decode the body again in msgspec's strict mode.
 
-    litestar converts bodies leniently (``"150000"`` becomes ``150000``); a checkout that sends
-    money as a string has a bug we should tell it about, not hide. ``data`` still declares the
+    litestar converts bodies leniently (`"150000"` becomes `150000`); a checkout that sends
+    money as a string has a bug we should tell it about, not hide. `data` still declares the
     shape, so the OpenAPI schema documents it.
     """
     try:
@@ -56,11 +66,60 @@ def _failure_outcome(exc: Exception) -> str:
     return "unavailable" if isinstance(exc, DomainError) else "error"
 
 
+_NOT_FOUND = problem("No such order for this merchant (not_found); another merchant's order "
+                     "is answered the same way.")
+_NOT_NOW = problem("The order's state does not allow it (transition_refused): it is paid, "
+                   "expired, cancelled, or payment evidence exists.")
+
+CAPTURE = contract("merchant", body=True, request_headers=(IDEMPOTENCY_KEY,), answers={
+    201: Answer(description="Captured, with payment instructions (`payment`) and, on a "
+                            "gateway rail, which route served (`routing`).",
+                headers=(LOCATION, REPLAYED), body=OrderOut),
+    202: Answer(description="Captured and durable, but no route could issue instructions now "
+                            "(state `captured`, `payment` null): Lunas issues them later and "
+                            "tells the merchant (order.awaiting_payment). Do not send it again "
+                            "as a new order.",
+                headers=(LOCATION, REPLAYED), body=OrderOut),
+    400: problem("As for every endpoint (malformed_json, malformed_request, unstorable_text), "
+                 "or idempotency_key_required (none, or longer than 255 characters), "
+                 "idempotency_key_repeated (the header sent more than once)."),
+    409: problem("idempotency_key_reused: this Idempotency-Key came with another body; "
+                 "duplicate_merchant_order_id: another order has this merchant_order_id "
+                 "(`existing_order_id` names it)."),
+    422: problem("invalid_order: a rule refused the order (amount, rail, channel, expiry, "
+                 "currency; `field` names it); no_payout_account: manual transfer needs a "
+                 "payout account and the merchant has none."),
+    503: problem("Nothing was stored; the same request (same key) again is safe. "
+                 "unique_codes_exhausted (every transfer amount near this one is held; "
+                 "Retry-After 60), database_unavailable (Retry-After 5), retry (a concurrent "
+                 "change undid it; Retry-After 1).", RETRY_AFTER),
+})
+READ = contract("merchant", {200: Answer(description="The order", body=OrderOut),
+                             404: _NOT_FOUND})
+FIND = contract("merchant", {
+    200: Answer(description="`data`: the order with this merchant_order_id, or none",
+                body=OrderList),
+    400: problem("As for every endpoint, or merchant_order_id_required.")})
+SWITCH = contract("merchant", body=True, answers={
+    201: Answer(description="The new instructions; the previous ones are superseded",
+                body=OrderOut),
+    404: _NOT_FOUND, 409: _NOT_NOW,
+    422: problem("invalid_order: the rail or channel is not offered (`field` names it)."),
+    503: problem("no_route_available: no route can issue this method now; the current "
+                 "instructions stay valid (`routing` says what was tried; Retry-After 30). "
+                 "Or database_unavailable / retry, as for every endpoint.", RETRY_AFTER),
+})
+CANCEL = contract("merchant", body=True, answers={
+    200: Answer(description="The cancelled order", body=OrderOut), 404: _NOT_FOUND,
+    409: _NOT_NOW})
+
+
 class OrdersController(Controller):
     path = "/v1/orders"
     tags = ("orders",)
 
-    @post("/", status_code=201, summary="Capture an order and get payment instructions")
+    @post("/", status_code=201, summary="Capture an order and get payment instructions",
+          responses=CAPTURE.responses, operation_class=CAPTURE.operation)
     async def create(
         self, request: Request[Any, Any, Any], data: JSONBody[OrderIn],
         container: NamedDependency[Container],
@@ -95,7 +154,8 @@ class OrdersController(Controller):
             headers["Idempotent-Replayed"] = "true"
         return Response(content=outcome.body, status_code=outcome.status_code, headers=headers)
 
-    @get("/{order_id:str}", summary="Read one order")
+    @get("/{order_id:str}", summary="Read one order", responses=READ.responses,
+         operation_class=READ.operation)
     async def read(
         self, request: Request[Any, Any, Any], order_id: FromPath[str],
         container: NamedDependency[Container],
@@ -104,7 +164,8 @@ class OrdersController(Controller):
         return await order_queries.get_order(container.db, merchant_id=merchant.id,
                                              order_id=order_id)
 
-    @get("/", summary="Find an order by the merchant's own order id")
+    @get("/", summary="Find an order by the merchant's own order id",
+         responses=FIND.responses, operation_class=FIND.operation)
     async def find(
         self, request: Request[Any, Any, Any], container: NamedDependency[Container],
         merchant_order_id: FromQuery[str | None] = None,
@@ -119,7 +180,8 @@ class OrdersController(Controller):
         return {"data": found}
 
     @post("/{order_id:str}/payment", status_code=201,
-          summary="Switch to another payment method (the old instructions are superseded)")
+          summary="Switch to another payment method (the old instructions are superseded)",
+          responses=SWITCH.responses, operation_class=SWITCH.operation)
     async def switch(
         self, request: Request[Any, Any, Any], order_id: FromPath[str],
         data: JSONBody[SwitchMethodIn], container: NamedDependency[Container],
@@ -134,7 +196,8 @@ class OrdersController(Controller):
                                            order_id=order_id, rail=Rail(rail), channel=channel)
         return Response(content=body, status_code=status)
 
-    @post("/{order_id:str}/cancel", status_code=200, summary="Cancel an unpaid order")
+    @post("/{order_id:str}/cancel", status_code=200, summary="Cancel an unpaid order",
+          responses=CANCEL.responses, operation_class=CANCEL.operation)
     async def cancel(
         self, request: Request[Any, Any, Any], order_id: FromPath[str],
         container: NamedDependency[Container],

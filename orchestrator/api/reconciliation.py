@@ -10,17 +10,35 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from orchestrator.api.errors import BadRequest
+from orchestrator.api.openapi import Answer, contract, problem
 from orchestrator.api.paging import page, page_limit
 from orchestrator.api.schemas import HandledIn, ManualMatchIn
 from orchestrator.bootstrap import Container
 from orchestrator.services.unreadable_feed_items import STATES
 
+_PAGE = Answer(description="`data`: a page of rows; `next_after`: ask `after` it for the next")
+_AFTER = problem("No row to continue `after` (not_found).")
+UNMATCHED = contract("ops", {200: _PAGE, 404: _AFTER})
+MATCH = contract("ops", body=True, answers={
+    201: Answer(description="The settlement the match made"),
+    404: problem("No such mutation, or no such order with a payment attempt (not_found)."),
+    409: problem("already_matched: the mutation is matched already, or is a debit; "
+                 "transition_refused: the order cannot take the payment."),
+    422: problem("not_the_merchants_account: the credit is on an account the order's "
+                 "merchant does not own.")})
+UNREADABLE = contract("ops", {200: _PAGE, 404: _AFTER})
+HANDLED = contract("ops", body=True, answers={
+    200: Answer(description="The item, closed"),
+    404: problem("No such item (not_found)."),
+    409: problem("unreadable_item_closed: the item was closed already."),
+    422: problem("invalid_request: `note` is empty or too long.")})
 
 class ReconciliationController(Controller):
     path = "/v1/reconciliation"
     tags = ("reconciliation",)
 
-    @get("/unmatched", summary="Credit mutations no order claimed, and ambiguous ones")
+    @get("/unmatched", summary="Credit mutations no order claimed, and ambiguous ones",
+         responses=UNMATCHED.responses, operation_class=UNMATCHED.operation)
     async def unmatched(
         self, request: Request[Any, Any, Any], container: NamedDependency[Container],
         account_number: FromQuery[str | None] = None, limit: FromQuery[str] = "100",
@@ -31,7 +49,8 @@ class ReconciliationController(Controller):
         return page(await container.reconciliation.unmatched(
             limit=size, account_number=account_number, after=after or None), size)
 
-    @post("/matches", status_code=201, summary="Match a mutation to an order by hand")
+    @post("/matches", status_code=201, summary="Match a mutation to an order by hand",
+          responses=MATCH.responses, operation_class=MATCH.operation)
     async def match(
         self, request: Request[Any, Any, Any], data: JSONBody[ManualMatchIn],
         container: NamedDependency[Container],
@@ -45,7 +64,8 @@ class ReconciliationController(Controller):
             actor=f"ops:{principal.name}", reason=data.reason.strip(),
         )
 
-    @get("/unreadable", summary="Items the mutation feed listed that Lunas could not read")
+    @get("/unreadable", summary="Items the mutation feed listed that Lunas could not read",
+         responses=UNREADABLE.responses, operation_class=UNREADABLE.operation)
     async def unreadable(
         self, request: Request[Any, Any, Any], container: NamedDependency[Container],
         status: FromQuery[str] = "open", limit: FromQuery[str] = "100",
@@ -61,7 +81,8 @@ class ReconciliationController(Controller):
             state=status or None, limit=size, after=after or None), size)
 
     @post("/unreadable/{item_id:str}/handled", status_code=200,
-          summary="Close an unreadable feed item once its money is dealt with (audited)")
+          summary="Close an unreadable feed item once its money is dealt with (audited)",
+          responses=HANDLED.responses, operation_class=HANDLED.operation)
     async def handled(
         self, request: Request[Any, Any, Any], item_id: FromPath[str], data: JSONBody[HandledIn],
         container: NamedDependency[Container],

@@ -9,17 +9,28 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from orchestrator.api.errors import BadRequest
+from orchestrator.api.openapi import Answer, contract, problem
 from orchestrator.api.paging import page, page_limit
 from orchestrator.api.schemas import ResolveCaseIn
 from orchestrator.bootstrap import Container
 from orchestrator.services.reviews import STATES, list_cases, resolve_case
 
+CASES = contract("ops", {200: Answer(description="`data`: a page of cases; `next_after`"),
+                        404: problem("No case to continue `after` (not_found).")})
+RESOLVE = contract("ops", body=True, answers={
+    200: Answer(description="The case, resolved"),
+    404: problem("No such case (not_found)."),
+    409: problem("case_already_resolved, or the order's state does not allow the action "
+                 "(transition_refused)."),
+    422: problem("invalid_request: an unknown action, an empty or too long note, or expire "
+                 "for a case that does not ask whether the order was paid.")})
 
 class ReviewsController(Controller):
     path = "/v1/reviews"
     tags = ("reconciliation",)
 
-    @get("/", summary="Review cases (open by default): money a person must decide about")
+    @get("/", summary="Review cases (open by default): money a person must decide about",
+         responses=CASES.responses, operation_class=CASES.operation)
     async def list_reviews(self, request: Request[Any, Any, Any],
                            container: NamedDependency[Container],
                            status: FromQuery[str] = "open",
@@ -37,7 +48,8 @@ class ReviewsController(Controller):
 
     @post("/{case_id:str}/resolve", status_code=200,
           summary="Resolve a case: honour (the order is paid), refund, or expire (no "
-                  "payment found, for a case asking whether the order was paid)")
+                  "payment found, for a case asking whether the order was paid)",
+          responses=RESOLVE.responses, operation_class=RESOLVE.operation)
     async def resolve(self, request: Request[Any, Any, Any], case_id: FromPath[str],
                       data: JSONBody[ResolveCaseIn],
                       container: NamedDependency[Container]) -> dict[str, Any]:

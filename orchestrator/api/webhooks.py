@@ -19,16 +19,23 @@ from litestar.di import NamedDependency
 
 from orchestrator.api.errors import BadRequest
 from orchestrator.api.input_guard import refuse_unstorable_url
+from orchestrator.api.openapi import Answer, contract, problem
 from orchestrator.bootstrap import Container
 from orchestrator.rails import midtrans, xendit
 from orchestrator.services.provider_webhooks import MIDTRANS, XENDIT, Receipt
 
+NOTIFICATION = contract(None, body=True, answers={
+    200: Answer(description="Stored (a duplicate too): the provider may stop retrying"),
+    400: problem("malformed_notification: not a JSON object (stored, never applied)."),
+    401: problem("bad_signature: the signature or callback token is missing or wrong "
+                 "(stored, never trusted).")})
 
 class WebhooksController(Controller):
     path = "/v1/webhooks"
     tags = ("webhooks",)
 
     @post("/midtrans", status_code=200, summary="Midtrans HTTP notification",
+          responses=NOTIFICATION.responses, operation_class=NOTIFICATION.operation,
           before_request=refuse_unstorable_url)
     async def midtrans(
         self, request: Request[Any, Any, Any], container: NamedDependency[Container]
@@ -40,6 +47,7 @@ class WebhooksController(Controller):
                                 "payment is reported without status_code 200")
 
     @post("/xendit", status_code=200, summary="Xendit callback",
+          responses=NOTIFICATION.responses, operation_class=NOTIFICATION.operation,
           before_request=refuse_unstorable_url)
     async def xendit(
         self, request: Request[Any, Any, Any], container: NamedDependency[Container]

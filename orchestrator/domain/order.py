@@ -25,6 +25,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from orchestrator.domain import events
 from orchestrator.domain.errors import TransitionRefused
 from orchestrator.domain.money import RUPIAH
 
@@ -87,15 +88,16 @@ ORDER_TRANSITIONS: dict[tuple[OrderState, OrderTrigger], OrderState] = {
 TERMINAL_ORDER_STATES = frozenset({_O.PAID, _O.EXPIRED, _O.CANCELLED, _O.REFUNDED})
 OPEN_ORDER_STATES = frozenset({_O.CAPTURED, _O.AWAITING_PAYMENT, _O.VERIFYING})
 
-# Events the merchant hears about, keyed by the state an order enters.
+# Events the merchant hears about, keyed by the state an order enters. Not ``verifying``: entering
+# it is told as ``order.payment_pending`` by expiry (services/expiry.py), which alone knows when
+# the next check is and writes it once per order under its own event id.
 ORDER_EVENT_ON_ENTRY: dict[OrderState, str] = {
-    _O.AWAITING_PAYMENT: "order.awaiting_payment",
-    _O.PAID: "order.paid",
-    _O.EXPIRED: "order.expired",
-    _O.CANCELLED: "order.cancelled",
-    _O.NEEDS_REVIEW: "order.needs_review",
-    _O.VERIFYING: "order.verifying",
-    _O.REFUNDED: "order.refunded",
+    _O.AWAITING_PAYMENT: events.ORDER_AWAITING_PAYMENT,
+    _O.PAID: events.ORDER_PAID,
+    _O.EXPIRED: events.ORDER_EXPIRED,
+    _O.CANCELLED: events.ORDER_CANCELLED,
+    _O.NEEDS_REVIEW: events.ORDER_NEEDS_REVIEW,
+    _O.REFUNDED: events.ORDER_REFUNDED,
 }
 
 

@@ -90,3 +90,69 @@ def channels_offered(rail: Rail, catalog: Mapping[str, Mapping[Rail, tuple[str, 
         for c in by_rail.get(rail, ()):
             seen[c] = None
     return tuple(seen)
+
+
+GATEWAY_RAILS = (Rail.VA.value, Rail.QRIS.value, Rail.EWALLET.value)
+"""Rails a merchant may order providers for: manual transfer has one route and no provider."""
+
+
+def routing_problem(overrides: Mapping[str, object],
+                    providers: Mapping[str, Mapping[Rail, tuple[str, ...]]]) -> str | None:
+    """Why ``overrides`` (a merchant's ``routing``) cannot be stored, or None.
+
+    ``RoutingPolicy.for_merchant`` skips what it cannot read, and ``plan_routes`` skips a
+    provider that does not serve the rail and a fallback rail with no channel of its own: a
+    mistyped preference would be stored, change nothing, and leave the operator believing it
+    had. So every name is checked here, against ``providers`` (provider → rail → channels,
+    every adapter Lunas has, configured here or not)."""
+    unknown = sorted(set(overrides) - {"priorities", "fallback"})
+    if unknown:
+        return f"routing has priorities and fallback, not {', '.join(unknown)}"
+    priorities, fallback = overrides.get("priorities", {}), overrides.get("fallback", {})
+    if not isinstance(priorities, Mapping) or not isinstance(fallback, Mapping):
+        return "priorities and fallback each map a rail to a list"
+    for rail, names in priorities.items():
+        if problem := _priority_problem(rail, names, providers):
+            return problem
+    for rail, rails in fallback.items():
+        if problem := _fallback_problem(rail, rails):
+            return problem
+    return None
+
+
+def _priority_problem(rail: object, names: object,
+                      providers: Mapping[str, Mapping[Rail, tuple[str, ...]]]) -> str | None:
+    if rail not in GATEWAY_RAILS:
+        return (f"no provider order for {rail!r}: providers are ordered for "
+                f"{', '.join(GATEWAY_RAILS)}")
+    if not isinstance(names, list | tuple) or not names:
+        return f"the providers for {rail} are a list of at least one"
+    for name in names:
+        if name not in providers:
+            return f"unknown provider {name!r} for {rail}; known: {', '.join(sorted(providers))}"
+        if not providers[name].get(Rail(str(rail))):
+            return f"{name} does not serve {rail}"
+    if len(set(names)) != len(names):
+        return f"a provider is named twice for {rail}"
+    return None
+
+
+def _fallback_problem(rail: object, rails: object) -> str | None:
+    every = [r.value for r in Rail]
+    if rail not in every:
+        return f"unknown rail {rail!r}; rails: {', '.join(every)}"
+    if not isinstance(rails, list | tuple):
+        return f"the fallback of {rail} is a list of rails (empty: none)"
+    for fb in rails:
+        if fb not in every:
+            return f"unknown fallback rail {fb!r} for {rail}; rails: {', '.join(every)}"
+        if fb == rail:
+            return f"{rail} cannot fall back to itself"
+        if fb not in DEFAULT_CHANNEL:
+            # A customer who chose a VA bank or a wallet chose its channel; no other order's
+            # choice says which bank or wallet a fallback to that rail would be.
+            return (f"{rail} cannot fall back to {fb}: a fallback rail needs a channel of its "
+                    f"own ({', '.join(DEFAULT_CHANNEL)})")
+    if len(set(rails)) != len(rails):
+        return f"a fallback rail is named twice for {rail}"
+    return None

@@ -227,6 +227,63 @@ async def test_a_webhook_url_no_delivery_could_reach_is_refused_and_nothing_chan
     row, audit = await _merchant_row(env["LUNAS_DATABASE_URL"], shop["merchant_id"])
     assert (row.webhook_url, audit) == (None, [])
 
+async def test_an_operator_sets_a_merchants_provider_order_and_fallback(
+    env: dict[str, str],
+) -> None:
+    assert run(env, "migrate").returncode == 0
+    shop = json.loads(run(env, "merchants", "create", "Toko Kopi", "--json").stdout)
+    mid = shop["merchant_id"]
+
+    shown = run(env, "merchants", "routing", mid)
+    assert shown.returncode == 0, shown.stderr
+    assert "va       xendit, midtrans" in shown.stdout and "fallback allowed: yes" in shown.stdout
+
+    changed = run(env, "merchants", "set-routing", mid, "--priority", "va=midtrans,xendit",
+                  "--fallback", "ewallet=manual_transfer", "--no-allow-fallback",
+                  "--actor", "sari", "--reason", "merchant's Xendit VA contract ended",
+                  "--json")
+    assert changed.returncode == 0, changed.stderr
+    routing = json.loads(changed.stdout)
+    assert routing["overrides"] == {"priorities": {"va": ["midtrans", "xendit"]},
+                                    "fallback": {"ewallet": ["manual_transfer"]}}
+    assert routing["priorities"]["qris"] == ["midtrans", "xendit"]  # untouched: the default
+    assert routing["allow_fallback"] is False
+    assert json.loads(run(env, "merchants", "routing", mid, "--json").stdout) == routing
+
+    row, audit = await _merchant_row(env["LUNAS_DATABASE_URL"], mid)
+    assert (row.routing, row.allow_fallback) == (routing["overrides"], False)
+    assert [(a.actor, a.action, a.reason) for a in audit] == [
+        ("cli:sari", "merchant.routing_set", "merchant's Xendit VA contract ended")]
+
+    for args, says in [
+        (("--priority", "va=doku"), "unknown provider 'doku' for va; known: midtrans, xendit"),
+        (("--priority", "manual_transfer=xendit"), "no provider order for 'manual_transfer'"),
+        (("--fallback", "qris=va"), "qris cannot fall back to va"),
+        (("--fallback", "va=cheque"), "unknown fallback rail 'cheque'"),
+        ((), "nothing to change"),
+    ]:
+        refused = run(env, "merchants", "set-routing", mid, *args, "--allow-fallback",
+                      "--actor", "sari") if args else run(
+            env, "merchants", "set-routing", mid, "--actor", "sari")
+        assert refused.returncode == 1, (args, refused.stderr)
+        assert says in refused.stderr and "nothing changed" in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    malformed = run(env, "merchants", "set-routing", mid, "--priority", "va", "--actor", "sari")
+    assert malformed.returncode == 2 and "RAIL=NAME" in malformed.stderr
+    unaudited = run(env, "merchants", "set-routing", mid, "--reset")
+    assert unaudited.returncode == 2 and "--actor" in unaudited.stderr
+    nobody = run(env, "merchants", "set-routing", "mer_nobody", "--reset", "--actor", "sari")
+    assert nobody.returncode == 1 and "no merchant mer_nobody" in nobody.stderr
+    row, audit = await _merchant_row(env["LUNAS_DATABASE_URL"], mid)
+    assert (row.routing, row.allow_fallback, len(audit)) == (routing["overrides"], False, 1)
+
+    back = run(env, "merchants", "set-routing", mid, "--reset", "--allow-fallback",
+               "--actor", "sari")
+    assert back.returncode == 0, back.stderr
+    row, _ = await _merchant_row(env["LUNAS_DATABASE_URL"], mid)
+    assert (row.routing, row.allow_fallback) == (None, True)
+
+
 def _command_groups() -> list[str]:
     """Every ``lunas GROUP ACTION`` group, read from the parser itself so a new one is covered."""
     import argparse

@@ -692,6 +692,15 @@ def test_the_event_on_entering_a_state_is_one_the_merchant_webhooks_deliver(
     assert ORDER_EVENT_ON_ENTRY[state] in events.MERCHANT_VISIBLE
 
 
+def test_every_event_named_for_entering_a_state_is_one_the_merchant_webhooks_deliver() -> None:
+    """Not only the states above: a name in the table that no webhook handler takes would be
+    written, recorded done by the relay and never sent (``verifying`` once named
+    ``order.verifying``; entering it is told as ``order.payment_pending`` by expiry, which
+    alone knows the next check and writes it once per order)."""
+    assert set(ORDER_EVENT_ON_ENTRY.values()) <= events.MERCHANT_VISIBLE
+    assert OS.VERIFYING not in ORDER_EVENT_ON_ENTRY
+
+
 # ---------------------------------------------------------------------------------------------
 # the vocabulary of review cases: stored, served by the ops API, named in alert rules
 # ---------------------------------------------------------------------------------------------

@@ -3,8 +3,16 @@ manual transfer; nothing after the chosen rail when the merchant disallows fallb
 
 from __future__ import annotations
 
+import pytest
+
 from orchestrator.rails.base import Rail
-from orchestrator.rails.plan import MANUAL_ROUTE, RoutingPolicy, channels_offered, plan_routes
+from orchestrator.rails.plan import (
+    MANUAL_ROUTE,
+    RoutingPolicy,
+    channels_offered,
+    plan_routes,
+    routing_problem,
+)
 
 CATALOG = {
     "midtrans": {Rail.VA: ("bca", "bni", "bri", "permata", "mandiri"), Rail.QRIS: ("qris",),
@@ -101,3 +109,49 @@ def test_channels_offered_are_the_union_over_providers() -> None:
 def test_manual_transfer_offers_one_channel_the_bank_whatever_the_gateways_serve() -> None:
     assert channels_offered(Rail.MANUAL_TRANSFER, CATALOG) == ("bank",)
     assert channels_offered(Rail.MANUAL_TRANSFER, {}) == ("bank",)
+
+
+# ---------------------------------------------------------------------------------------------
+# a merchant's routing as an operator sets it: every name one the planner will use
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("routing", [
+    {},
+    {"priorities": {"va": ["midtrans", "xendit"]}},
+    {"priorities": {"ewallet": ["xendit"]}, "fallback": {"ewallet": ["manual_transfer"]}},
+    {"fallback": {"va": []}},
+    {"fallback": {"manual_transfer": [], "va": ["qris"]}},
+], ids=str)
+def test_routing_the_planner_can_follow_is_accepted(routing: dict[str, object]) -> None:
+    assert routing_problem(routing, CATALOG) is None
+
+
+@pytest.mark.parametrize(("routing", "says"), [
+    ({"priority": {"va": ["xendit"]}}, "not priority"),
+    ({"priorities": ["xendit"]}, "map a rail to a list"),
+    ({"priorities": {"va": ["doku"]}}, "unknown provider 'doku' for va; known: midtrans, xendit"),
+    ({"priorities": {"VA": ["xendit"]}}, "no provider order for 'VA'"),
+    ({"priorities": {"manual_transfer": ["xendit"]}}, "no provider order for 'manual_transfer'"),
+    ({"priorities": {"va": []}}, "a list of at least one"),
+    ({"priorities": {"va": "xendit"}}, "a list of at least one"),
+    ({"priorities": {"va": ["xendit", "xendit"]}}, "named twice"),
+    ({"fallback": {"va": ["cheque"]}}, "unknown fallback rail 'cheque'"),
+    ({"fallback": {"bank": ["qris"]}}, "unknown rail 'bank'"),
+    ({"fallback": {"qris": ["qris"]}}, "cannot fall back to itself"),
+    ({"fallback": {"qris": ["va"]}}, "needs a channel of its own"),
+    ({"fallback": {"va": ["qris", "qris"]}}, "named twice"),
+    ({"fallback": {"va": "qris"}}, "a list of rails"),
+], ids=str)
+def test_routing_the_planner_would_silently_skip_is_refused_naming_what(
+    routing: dict[str, object], says: str,
+) -> None:
+    problem = routing_problem(routing, CATALOG)
+    assert problem is not None and says in problem, problem
+
+
+def test_a_provider_is_preferred_only_for_a_rail_it_serves() -> None:
+    qris_only = {"midtrans": CATALOG["midtrans"], "qrisco": {Rail.QRIS: ("qris",)}}
+    assert routing_problem({"priorities": {"qris": ["qrisco"]}}, qris_only) is None
+    assert routing_problem({"priorities": {"va": ["qrisco"]}}, qris_only) == (
+        "qrisco does not serve va")
