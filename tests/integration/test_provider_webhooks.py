@@ -27,6 +27,7 @@ from orchestrator.bootstrap import Container, build
 from orchestrator.notify.delivery import MerchantWebhookHandler, merchant_webhook_handlers
 from orchestrator.outbox.relay import Relay
 from orchestrator.rails.midtrans import signature_key
+from orchestrator.services.settlement import open_review_case
 from orchestrator.store.tables import (
     evidence,
     orders,
@@ -36,7 +37,7 @@ from orchestrator.store.tables import (
     review_cases,
 )
 from tests.integration.test_failover import Stack, gateway_settings, sims  # noqa: F401
-from tests.support import free_port, new_merchant, serve
+from tests.support import free_port, new_merchant, new_ops_token, serve
 
 
 @pytest.fixture
@@ -634,3 +635,42 @@ async def test_a_genuine_payment_on_a_superseded_midtrans_attempt_settles_once_c
                     if o is not None and o.startswith("signed payment")]
     assert settlement.startswith("signed payment on a superseded attempt: not applied, a status "
                                  "read confirms it; status read brought forward to "), settlement
+
+
+async def test_a_foreign_payment_answering_a_window_case_is_noted_and_shown_in_its_currency(
+    stack: Stack,
+) -> None:
+    """An order in review because its verification window ran out; the payment it waited for
+    turns up reported in dollars. Lunas closes the window case (the question is answered) and
+    opens a currency_mismatch case. Before: the closing note said "125000 rupiah confirmed", and
+    the new case showed 125000 with no currency, both read as rupiah."""
+    order_id, attempt = await order_and_attempt(stack, "va", "bca", "va:xendit:bca")
+    async with stack.container.db.transaction() as conn:
+        await conn.execute(orders.update().where(orders.c.id == order_id).values(
+            state="needs_review", review_reason="verification_window_exhausted"))
+        order = (await conn.execute(sa.select(orders).where(orders.c.id == order_id))).one()
+        window_case = await open_review_case(
+            conn, order, "verification_window_exhausted", "check_at_source", order.amount, None,
+            now=stack.container.clock.now())
+    await sim_post(stack.sims.xendit.control_url, "/config", {"callback_url": None})
+    payment = await sim_post(stack.sims.xendit.control_url, "/pay", {
+        "kind": "va", "external_id": attempt.id, "amount": attempt.transfer_amount,
+        "currency": "USD"})
+    token = stack.container.settings.providers.xendit_callback_token
+    r = await stack.client.post("/v1/webhooks/xendit", content=json.dumps(payment),
+                                headers={"x-callback-token": token})
+    assert r.status_code == 200, r.text
+    await settled_quietly(stack, attempt.id)
+    ops = {"Authorization": f"Bearer {await new_ops_token(stack.container)}"}
+    cases = {c["id"]: c for c in (await stack.client.get(
+        "/v1/reviews", headers=ops, params={"order_id": order_id, "status": ""})
+    ).json()["data"]}
+    closed = cases.pop(window_case)
+    assert (closed["state"], closed["resolution"]) == ("resolved", "payment_found")
+    assert closed["currency"] == "IDR"  # the order's amount, which the case asked about
+    assert closed["note"].startswith(f"{attempt.transfer_amount} USD (not rupiah) confirmed by "
+                                     "provider_webhook evidence"), closed["note"]
+    [(reason, amount, currency)] = [(c["reason"], c["amount"], c["currency"])
+                                    for c in cases.values()]
+    assert (reason, amount, currency) == ("currency_mismatch", attempt.transfer_amount, "USD")
+
