@@ -28,7 +28,9 @@ attempt Lunas may have cancelled at Midtrans (superseded, expired, failed): a si
 notification relabelled ``settlement`` verifies, so a status read confirms it first
 (``_confirm_first``). EXPIRED / FAILED move the attempt only
 while it is live (active, superseded, unknown) — never backwards, so a ``pending`` or an ``expire``
-after ``settlement`` changes nothing; PENDING changes nothing.
+after ``settlement`` changes nothing; PENDING changes nothing. REFUNDED / CHARGED_BACK (money
+that went back) is confirmed by a status read, then opens a review case and leaves the order as
+it is (``services.reversals``).
 
 An unverified delivery is never trusted, and never costs more than one status read per attempt
 per ``ASKED_READ_SPACING``, however many arrive: attempt ids are not secret, and every read
@@ -70,6 +72,7 @@ from orchestrator.rails import midtrans, xendit
 from orchestrator.rails.base import NeutralStatus, ProviderStatus
 from orchestrator.services.order_view import iso
 from orchestrator.services.payment_failed import lock_order_of, tell_if_nothing_left_to_pay
+from orchestrator.services.reversals import REVERSALS, apply_reversal
 from orchestrator.services.settlement import Payment, apply_payment
 from orchestrator.services.status_reads import (
     LIVE,
@@ -330,6 +333,8 @@ class ProviderWebhooks:
                                kind="provider_webhook")
         elif status.status in (NeutralStatus.EXPIRED, NeutralStatus.FAILED):
             await self._close(delivery_id, attempt, status.status)
+        elif status.status in REVERSALS:
+            await self._confirm_reversal(delivery_id, attempt)
         else:
             await self._record(delivery_id, f"no change: provider says {status.raw_status}")
 
@@ -387,6 +392,31 @@ class ProviderWebhooks:
                  extra={"order_id": result.order_id, "attempt_id": attempt.id,
                         "delivery_id": delivery_id, "evidence": kind,
                         "order_state": result.order_state})
+
+    async def _confirm_reversal(self, delivery_id: str, attempt: Any) -> None:
+        """A notification that a payment went back (chargeback, refund): the provider's status
+        says whether it did, since a Midtrans signature leaves the status out and a signed
+        settlement relabelled ``chargeback`` would verify. One read per such notification, which
+        only the provider can sign; an open breaker or a failed read raises, and the relay
+        tries again with its backoff (a paid attempt has no verifier schedule to defer on)."""
+        status = await self._reads.read(attempt)
+        if status.status not in REVERSALS:
+            await self._record(delivery_id, f"status read: provider says "
+                                            f"{status.raw_status or status.status}; no reversal")
+            return
+        now = self._clock.now()
+        async with self._db.transaction() as conn:
+            case_id = await apply_reversal(
+                conn, attempt, status, kind="provider_status",
+                details={"asked_by_delivery": delivery_id}, now=now,
+                quarantine=self._quarantine)
+            await _set_outcome(conn, delivery_id, (
+                f"status read: provider says {status.raw_status}; review case {case_id} opened"
+                if case_id else f"status read: provider says {status.raw_status}; reversal "
+                                "already recorded"))
+        log.warning("payment reversed at provider (%s)", status.raw_status,
+                    extra={"attempt_id": attempt.id, "order_id": attempt.order_id,
+                           "delivery_id": delivery_id, "review_case_id": case_id})
 
     async def _close(self, delivery_id: str, attempt: Any, status: NeutralStatus) -> None:
         """Expired / failed at the provider: moves a live attempt only, never backwards."""

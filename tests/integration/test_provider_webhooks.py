@@ -637,6 +637,66 @@ async def test_a_genuine_payment_on_a_superseded_midtrans_attempt_settles_once_c
                                  "read confirms it; status read brought forward to "), settlement
 
 
+async def paid_midtrans_order(stack: Stack) -> tuple[str, Any, dict[str, Any]]:
+    """A QRIS order paid through Midtrans, its settlement applied: (order id, attempt, the
+    settlement notification)."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    paid = await sim_post(stack.sims.midtrans.control_url, "/pay", {"order_id": attempt.id})
+    await run_relay(stack.container, order_state(stack, order_id), "paid")
+    return order_id, attempt, paid
+
+
+async def test_a_chargeback_on_a_paid_order_opens_a_case_and_the_order_stays_paid(
+    stack: Stack,
+) -> None:
+    """The customer's bank pulls a settled QRIS payment back. Midtrans notifies
+    ``chargeback`` (signed, like any notification; the signature leaves the status out, so a
+    status read confirms it). The order stays paid (no edge leaves ``paid``); a case with reason
+    ``chargeback`` opens, once however often it is notified, is listed by the API, and the
+    merchant hears it. Before: the delivery was "unreadable" and nobody heard of it."""
+    order_id, attempt, paid = await paid_midtrans_order(stack)
+    await sim_post(stack.sims.midtrans.control_url, "/answer", {
+        "order_id": attempt.id, "fields": {"transaction_status": "chargeback"}})
+    key = stack.container.settings.providers.midtrans_server_key
+    chargeback = midtrans_body(attempt, status="chargeback", code="200",
+                               txid=paid["transaction_id"], key=key)
+    for body in (chargeback, chargeback, {**chargeback, "transaction_status": "CHARGEBACK"}):
+        r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(body))
+        assert r.status_code == 200, r.text
+    await settled_quietly(stack, attempt.id)
+    assert (await order_state(stack, order_id)()) == "paid"
+    assert await review(stack, order_id) == [
+        ("chargeback", "dispute_or_accept", attempt.transfer_amount)]
+    ops = {"Authorization": f"Bearer {await new_ops_token(stack.container)}"}
+    [case] = (await stack.client.get("/v1/reviews", headers=ops,
+                                     params={"order_id": order_id})).json()["data"]
+    assert (case["reason"], case["recommended_action"], case["state"]) == (
+        "chargeback", "dispute_or_accept", "open")
+    async with stack.container.db.read() as conn:
+        told = (await conn.execute(sa.select(outbox.c.payload).where(
+            outbox.c.aggregate_id == order_id,
+            outbox.c.event_type == "review_case.opened"))).scalars().all()
+    assert [(t["reason"], t["case_id"], t["amount"]) for t in told] == [
+        ("chargeback", case["id"], attempt.transfer_amount)]
+    found = [o or "" for v, o in await outcomes(stack, attempt.id) if v]
+    assert sum(o.startswith("status read: provider says chargeback; review case") for o in found
+               ) == 1, found
+
+
+async def test_a_chargeback_the_provider_does_not_confirm_opens_nothing(stack: Stack) -> None:
+    """A signed settlement body relabelled ``chargeback`` verifies (the status is not signed);
+    the status read says settlement, so no case opens and the merchant hears nothing."""
+    order_id, attempt, paid = await paid_midtrans_order(stack)
+    relabelled = {**paid, "transaction_status": "chargeback"}
+    r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(relabelled))
+    assert r.status_code == 200, r.text
+    await settled_quietly(stack, attempt.id)
+    assert (await order_state(stack, order_id)()) == "paid"
+    assert await review(stack, order_id) == []
+    assert [o for v, o in await outcomes(stack, attempt.id) if v][-1] == (
+        "status read: provider says settlement; no reversal")
+
+
 async def test_a_foreign_payment_answering_a_window_case_is_noted_and_shown_in_its_currency(
     stack: Stack,
 ) -> None:
@@ -674,3 +734,24 @@ async def test_a_foreign_payment_answering_a_window_case_is_noted_and_shown_in_i
                                     for c in cases.values()]
     assert (reason, amount, currency) == ("currency_mismatch", attempt.transfer_amount, "USD")
 
+
+async def test_a_chargeback_found_by_a_status_read_proves_the_payment_and_opens_a_case(
+    stack: Stack,
+) -> None:
+    """Every notification was lost; the first status read of the QR says ``chargeback``: it was
+    paid, then pulled back. Both are facts: the payment settles the order (exactly once, as any
+    read of it), and a chargeback case opens. Before: the answer was unreadable and read again
+    for ever with growing gaps."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    await sim_post(stack.sims.midtrans.control_url, "/answer", {
+        "order_id": attempt.id, "fields": {"transaction_status": "chargeback",
+                                           "settlement_time": "2025-03-10 09:05:00"}})
+    await make_due(stack, attempt.id)
+    await run_verifier(stack.container, order_state(stack, order_id), "paid")
+    assert await review(stack, order_id) == [
+        ("chargeback", "dispute_or_accept", attempt.transfer_amount)]
+    async with stack.container.db.read() as conn:
+        verdicts = sorted((e.verdict, e.kind) for e in await conn.execute(
+            sa.select(evidence).where(evidence.c.order_id == order_id)))
+    assert verdicts == [("chargeback", "provider_status"), ("settle", "provider_status")]
+    assert (await attempt_row(stack, attempt.id)).state == "paid"
