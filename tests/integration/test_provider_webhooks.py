@@ -188,6 +188,18 @@ def midtrans_body(attempt: Any, *, status: str, code: str, txid: str,
             "gross_amount": gross, "currency": "IDR"}
 
 
+async def paid_quietly(stack: Stack, attempt: Any, *, answer: dict[str, Any] | None = None
+                       ) -> None:
+    """The customer pays ``attempt`` at Midtrans, which notifies nobody: a test posts the
+    notification itself, and the status read that confirms a Midtrans payment says settlement
+    (with ``answer``'s fields, if any)."""
+    await sim_post(stack.sims.midtrans.control_url, "/config", {"drop_notifications": True})
+    await sim_post(stack.sims.midtrans.control_url, "/pay", {"order_id": attempt.id})
+    if answer:
+        await sim_post(stack.sims.midtrans.control_url, "/answer", {
+            "order_id": attempt.id, "fields": {"transaction_status": "settlement", **answer}})
+
+
 async def test_xendit_va_paid_callback_settles_once_and_a_replay_changes_nothing(
     stack: Stack,
 ) -> None:
@@ -306,6 +318,7 @@ async def test_a_body_is_read_as_it_is_stored_so_what_is_acknowledged_can_be_app
     nothing queued), not acknowledged with 200 and then failed by the worker until it is
     dead-lettered, with the provider long since told to stop retrying."""
     order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    await paid_quietly(stack, attempt)
     key = stack.container.settings.providers.midtrans_server_key
     body = json.dumps(midtrans_body(attempt, status="settlement", code="200",
                                     txid=str(uuid.uuid4()), key=key)).encode()
@@ -336,9 +349,12 @@ async def test_a_provider_time_no_database_can_hold_never_blocks_a_delivery(
     settlement time is only metadata (the payment applies, observed at the transaction time);
     a Xendit callback with such a time is unreadable, as with any malformed time."""
     order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    odd = {"settlement_time": "0001-01-01 00:00:00", "transaction_time": "2025-03-10 09:00:05"}
+    # Midtrans says the same in its status answer, which confirms a Midtrans payment.
+    await paid_quietly(stack, attempt, answer=odd)
     key = stack.container.settings.providers.midtrans_server_key
     body = {**midtrans_body(attempt, status="settlement", code="200", txid=str(uuid.uuid4()),
-                            key=key), "settlement_time": "0001-01-01 00:00:00"}
+                            key=key), **odd}
     r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(body))
     assert r.status_code == 200, r.text
     await run_relay(stack.container, order_state(stack, order_id), "paid")
@@ -755,3 +771,38 @@ async def test_a_chargeback_found_by_a_status_read_proves_the_payment_and_opens_
             sa.select(evidence).where(evidence.c.order_id == order_id)))
     assert verdicts == [("chargeback", "provider_status"), ("settle", "provider_status")]
     assert (await attempt_row(stack, attempt.id)).state == "paid"
+
+
+async def test_an_active_attempt_cancelled_at_midtrans_fails_over_and_never_settles(
+    stack: Stack,
+) -> None:
+    """Someone cancels the customer's live QR in the Midtrans dashboard, outside Lunas. Midtrans
+    notifies ``cancel`` under status code 200, signed over order_id, status code and amount
+    only; that body relabelled ``settlement`` verifies, and here it arrives first, while the
+    attempt is still active. It must not settle: the provider's status answers (cancel). The
+    attempt closes as failed, the order stays open and says payment_failed, and the merchant is
+    told once. Before: the relabelled body settled the order at once."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    await sim_post(stack.sims.midtrans.control_url, "/config", {"drop_notifications": True})
+    key = stack.container.settings.providers.midtrans_server_key
+    async with httpx.AsyncClient(auth=(key, "")) as dashboard:
+        r = await dashboard.post(f"{stack.sims.midtrans.data_url}/v2/{attempt.id}/cancel")
+        assert r.status_code == 200 and r.json()["transaction_status"] == "cancel", r.text
+    cancel = midtrans_body(attempt, status="cancel", code="200", txid=r.json()["transaction_id"],
+                           key=key)
+    relabelled = {**cancel, "transaction_status": "settlement",
+                  "settlement_time": "2025-03-10 09:05:00"}
+    for body in (relabelled, cancel):
+        r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(body))
+        assert r.status_code == 200, r.text  # both verify: the signature cannot tell
+    await settled_quietly(stack, attempt.id)
+    assert await evidence_count(stack, order_id) == 0
+    assert (await attempt_row(stack, attempt.id)).state == "failed"
+    seen = (await stack.client.get(f"/v1/orders/{order_id}", headers=stack.shop.headers)).json()
+    assert (seen["status"], seen["verification"]["state"]) == ("awaiting_payment",
+                                                               "payment_failed")
+    async with stack.container.db.read() as conn:
+        told = (await conn.execute(sa.select(outbox.c.event_type).where(
+            outbox.c.aggregate_id == order_id, outbox.c.event_type.in_(
+                ["order.payment_failed", "order.paid"])))).scalars().all()
+    assert told == ["order.payment_failed"]
