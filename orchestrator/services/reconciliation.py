@@ -2,7 +2,8 @@
 
 An import is one transaction: a file that fails to parse stores nothing, and a file that parses
 is stored, deduplicated by fingerprint and matched together, so a crash leaves either all of it
-or none. Re-importing an overlapping statement inserts nothing new (the fingerprint is unique).
+or none. Re-importing an overlapping statement inserts nothing new (the fingerprint is unique),
+so a transaction PostgreSQL ends to break a deadlock is simply run again (``_INGEST_ATTEMPTS``).
 
 On PostgreSQL a statement is stored and matched as a batch (``_ingest_batch``): its lines are
 copied once into a temporary table, the lines ``plan_batch``'s rules prove independent of each
@@ -81,6 +82,7 @@ from orchestrator.services.unreadable_feed_items import MOOTA, UnreadableFeedIte
 from orchestrator.store import keyset
 from orchestrator.store.database import (
     DEADLOCK_DETECTED,
+    SERIALIZATION_FAILURE,
     Database,
     rolled_back_by,
     upsert_insert,
@@ -95,8 +97,11 @@ from orchestrator.store.tables import (
 from orchestrator.telemetry.metrics import Metrics
 
 _INGEST_ATTEMPTS = 3
-"""Tries of a push or poll's transaction: a deadlock it meets twice in a row is not chance."""
+"""Tries of an ingest's transaction (a push, a poll, a statement): a deadlock it meets twice in
+a row is not chance."""
 _DEADLOCK = frozenset({DEADLOCK_DETECTED})
+_ROLLED_BACK = frozenset({DEADLOCK_DETECTED, SERIALIZATION_FAILURE})
+"""Why PostgreSQL may end a statement import's transaction while the import itself is sound."""
 
 
 @dataclass(kw_only=True)
@@ -171,8 +176,29 @@ class ReconciliationService:
         # served meanwhile instead of waiting for the parse. Errors (StatementRejected) come
         # back through the await unchanged.
         parsed = await asyncio.to_thread(_parse_statement, bank.lower(), data, account_number)
-        report = ImportReport(parsed=len(parsed.lines), skipped_pending=parsed.skipped_pending)
         phases.lap("parse")
+        for attempt in range(1, _INGEST_ATTEMPTS + 1):
+            try:
+                report = await self._import_once(parsed, data, filename=filename, actor=actor,
+                                                 phases=phases)
+            except Exception as exc:  # the batch path raises asyncpg's own errors
+                if attempt == _INGEST_ATTEMPTS or not rolled_back_by(exc, _ROLLED_BACK):
+                    raise
+                self._metrics.mutation_ingests_retried.labels("statement").inc()
+                continue
+            if timings is not None:
+                timings.update(phases.seconds, total=phases.total)
+            return report
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _import_once(self, parsed: StatementRows, data: bytes, *, filename: str | None,
+                           actor: str, phases: _Phases) -> ImportReport:
+        """One try of a statement's transaction. PostgreSQL may end it to break a deadlock
+        (40P01) or, under a stricter isolation than ours, a serialization failure (40001):
+        then nothing of it was stored, and the caller runs it again, with a new statement id
+        and the clock read again. Even if some of it had been, the fingerprints would make a
+        repeat add nothing."""
+        report = ImportReport(parsed=len(parsed.lines), skipped_pending=parsed.skipped_pending)
         now = self._clock.now()
         async with self._db.transaction() as conn:
             report.statement_id = new_id("stm")
@@ -195,8 +221,6 @@ class ReconciliationService:
                                subject_type="statement", subject_id=report.statement_id,
                                details=counts, now=now)
         phases.lap("store")
-        if timings is not None:
-            timings.update(phases.seconds, total=phases.total)
         return report
 
     async def ingest_push(self, raw_body: bytes) -> ImportReport:
