@@ -55,16 +55,20 @@ async def apply_reversal(conn: AsyncConnection, attempt: Any, status: ProviderSt
     ``REVERSALS``) reversed the payment on ``attempt``. Returns the case opened, or None when
     this reversal was recorded before."""
     reason, action = REVERSALS[status.status]
-    amount = status.paid_amount if status.paid_amount is not None else 0
-    # Locks the order, then the attempt (settlement's order); a no-op when already applied.
-    await apply_payment(conn, Payment(
-        attempt_id=attempt.id, amount=amount,
-        evidence_key=paid_evidence_key(attempt.provider, attempt.id), kind=kind,
-        observed_at=status.paid_at or now, details={**details, "seen_as": status.raw_status},
-        currency=status.currency), now=now, quarantine=quarantine)
+    if status.paid_amount is not None:
+        # Locks the order, then the attempt (settlement's order); a no-op when already applied.
+        await apply_payment(conn, Payment(
+            attempt_id=attempt.id, amount=status.paid_amount,
+            evidence_key=paid_evidence_key(attempt.provider, attempt.id), kind=kind,
+            observed_at=status.paid_at or now, details={**details, "seen_as": status.raw_status},
+            currency=status.currency), now=now, quarantine=quarantine)
+    # A reversal whose amount the provider does not say proves no payment of a known amount:
+    # the case asks a person, for the amount the attempt asked for.
+    amount = (status.paid_amount if status.paid_amount is not None
+              else int(attempt.transfer_amount))
     order = (await conn.execute(sa.select(orders).where(orders.c.id == sa.select(
         payment_attempts.c.order_id).where(payment_attempts.c.id == attempt.id)
-        .scalar_subquery()))).one()
+        .scalar_subquery()).with_for_update())).one()
     recorded = await conn.execute(
         upsert_insert(conn.dialect.name)(evidence).values(
             unique_key=reversal_key(attempt.provider, attempt.id, status.raw_status),
