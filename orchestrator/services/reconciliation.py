@@ -147,6 +147,27 @@ class IncomingMutation:
     fingerprint: str
 
 
+class _Tally:
+    """The mutation metrics of one try of an ingest's transaction, added once it commits: a try
+    PostgreSQL rolls back (and Lunas runs again) stored nothing, so it must count nothing."""
+
+    def __init__(self) -> None:
+        self._ingested: dict[tuple[str, str], int] = {}
+        self._matched: dict[tuple[str, str], int] = {}
+
+    def ingested(self, source: str, result: str, n: int = 1) -> None:
+        self._ingested[source, result] = self._ingested.get((source, result), 0) + n
+
+    def matched(self, source: str, kind: MatchKind, n: int = 1) -> None:
+        self._matched[source, kind.value] = self._matched.get((source, kind.value), 0) + n
+
+    def add_to(self, metrics: Metrics) -> None:
+        for labels, n in self._ingested.items():
+            metrics.mutations_ingested.labels(*labels).inc(n)
+        for labels, n in self._matched.items():
+            metrics.mutations_matched.labels(*labels).inc(n)
+
+
 class ReconciliationService:
     def __init__(
         self, db: Database, *, clock: Clock, quarantine: timedelta, metrics: Metrics,
@@ -199,7 +220,7 @@ class ReconciliationService:
         and the clock read again. Even if some of it had been, the fingerprints would make a
         repeat add nothing."""
         report = ImportReport(parsed=len(parsed.lines), skipped_pending=parsed.skipped_pending)
-        now = self._clock.now()
+        now, tally = self._clock.now(), _Tally()
         async with self._db.transaction() as conn:
             report.statement_id = new_id("stm")
             await conn.execute(statements.insert().values(
@@ -209,10 +230,10 @@ class ReconciliationService:
             ))
             if self._batch and conn.dialect.name == "postgresql":
                 await self._ingest_batch(conn, parsed, report, statement_id=report.statement_id,
-                                         now=now, phases=phases)
+                                         now=now, phases=phases, tally=tally)
             else:
                 await self._ingest(conn, _incoming(parsed), report,
-                                   statement_id=report.statement_id, now=now)
+                                   statement_id=report.statement_id, now=now, tally=tally)
                 phases.lap("match")
             counts = {k: v for k, v in asdict(report).items() if k != "statement_id"}
             await conn.execute(statements.update().where(statements.c.id == report.statement_id)
@@ -220,6 +241,7 @@ class ReconciliationService:
             await record_audit(conn, actor=actor, action="statement.imported",
                                subject_type="statement", subject_id=report.statement_id,
                                details=counts, now=now)
+        tally.add_to(self._metrics)
         phases.lap("store")
         return report
 
@@ -324,13 +346,15 @@ class ReconciliationService:
             )
             for m, bank in items
         ]
+        tally = _Tally()
         async with self._db.transaction() as conn:
-            await self._ingest(conn, incoming, report, statement_id=None, now=now)
+            await self._ingest(conn, incoming, report, statement_id=None, now=now, tally=tally)
+        tally.add_to(self._metrics)
         return report
 
     async def _ingest(
         self, conn: AsyncConnection, incoming: Sequence[IncomingMutation], report: ImportReport,
-        *, statement_id: str | None, now: datetime,
+        *, statement_id: str | None, now: datetime, tally: _Tally,
     ) -> None:
         """Store every item, then match the new ones in the order given.
 
@@ -347,7 +371,7 @@ class ReconciliationService:
         new: list[tuple[str, IncomingMutation]] = []
         for mutation_id, item, fresh in zip(ids, incoming, stored, strict=True):
             outcome = "new" if fresh else "duplicate"
-            self._metrics.mutations_ingested.labels(item.source, outcome).inc()
+            tally.ingested(item.source, outcome)
             if fresh:
                 new.append((mutation_id, item))
         report.new += len(new)
@@ -357,7 +381,7 @@ class ReconciliationService:
         debits: list[Debit] = []
         for mutation_id, item in new:
             kind = await self._match(conn, mutation_id, item, report, now=now)
-            self._metrics.mutations_matched.labels(item.source, kind.value).inc()
+            tally.matched(item.source, kind)
             if item.direction == "DB":
                 debits.append(Debit(mutation_id=mutation_id, bank=item.bank,
                                     account_number=item.account_number, amount=item.amount,
@@ -366,7 +390,7 @@ class ReconciliationService:
 
     async def _ingest_batch(
         self, conn: AsyncConnection, parsed: StatementRows, report: ImportReport, *,
-        statement_id: str, now: datetime, phases: _Phases,
+        statement_id: str, now: datetime, phases: _Phases, tally: _Tally,
     ) -> None:
         """The rows ``_ingest`` would write, written set-based (module docstring).
 
@@ -426,7 +450,7 @@ class ReconciliationService:
                 direction=direction, description=description, balance=balance, source=source,
                 fingerprint=r["fingerprint"])
             kind = await self._match(conn, r["id"], item, report, now=now)
-            self._metrics.mutations_matched.labels(source, kind.value).inc()
+            tally.matched(source, kind)
         # Debits stored as ignored above that may take back a matched credit: few, if any.
         suspects = await pg.fetch(_REVERSAL_SUSPECTS, bank, account, self._reversal_window,
                                   DAY_DATED_SLACK) if new and self._reversal_window else []
@@ -441,10 +465,10 @@ class ReconciliationService:
         report.unmatched += unmatched
         report.matched += matched
         for label, count in (("new", new), ("duplicate", len(duplicate))):
-            self._metrics.mutations_ingested.labels(source, label).inc(count)
+            tally.ingested(source, label, count)
         for kind, count in ((MatchKind.IGNORED, ignored), (MatchKind.UNMATCHED, unmatched),
                             (MatchKind.MATCHED, matched)):
-            self._metrics.mutations_matched.labels(source, kind.value).inc(count)
+            tally.matched(source, kind, count)
 
     async def _settle_batch(
         self, conn: AsyncConnection, pg: Any, settled: int, *, now: datetime

@@ -274,7 +274,7 @@ async def test_a_push_rolled_back_to_break_a_deadlock_is_ingested_again(
     m = await new_merchant(container)
     order = await capture(client, m)
     item = _items(m.account_number, [order["payment"]["transfer_amount"]])[0]
-    retried = _retries(container)
+    retried, counted = _retries(container), _ingested(container, "push")
     async with container.db.engine.connect() as other:
         writer = await other.begin()
         await other.execute(sa.select(orders.c.id).where(orders.c.id == order["id"])
@@ -289,6 +289,8 @@ async def test_a_push_rolled_back_to_break_a_deadlock_is_ingested_again(
     report = await push
     assert (report.new, report.matched) == (1, 1)
     assert _retries(container) == retried + 1
+    # The try rolled back stored nothing, so it counts nothing: one mutation came in.
+    assert _ingested(container, "push") == counted + 1
     assert await _verdicts_and_cases(container, order["id"]) == (["settle"], [])
 
 
@@ -361,6 +363,11 @@ async def test_a_statement_rolled_back_to_break_a_deadlock_is_imported_again(
         stored = (await conn.execute(sa.select(sa.func.count()).select_from(mutations).where(
             mutations.c.account_number == m.account_number))).scalar_one()
     assert stored == 1
+
+
+def _ingested(c: Container, source: str) -> float:
+    return c.metrics.registry.get_sample_value(
+        "lunas_mutations_ingested_total", {"source": source, "result": "new"}) or 0.0
 
 
 def _statement_retries(c: Container) -> float:
