@@ -605,9 +605,11 @@ async def _reviews_list(settings: Settings, args: argparse.Namespace) -> int:
             print(json.dumps(cases))
         else:
             for case in cases:
+                # The currency beside the amount: a currency_mismatch case's is not rupiah
+                # (``?`` on one opened before Lunas recorded it).
                 print(f"{case['id']}  {case['state']:<8} {case['reason']:<32} "
-                      f"{case['recommended_action']:<14} {case['amount']:>12}  "
-                      f"order {case['order_id']}")
+                      f"{case['recommended_action']:<17} {case['amount']:>12} "
+                      f"{case['currency'] or '?'}  order {case['order_id']}")
         return 0
     return await _with_container(settings, work)
 

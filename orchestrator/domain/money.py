@@ -93,6 +93,13 @@ class UniqueCodeRange:
         return range(amount + self.low, amount + self.high + 1)
 
 
+def amount_text(amount: int, currency: str) -> str:
+    """An amount as notes people read write it: ``125000 rupiah``, or ``125 USD (not rupiah)``
+    for a payment a provider reported in another currency, so nobody takes its number for
+    rupiah."""
+    return f"{amount} rupiah" if currency == RUPIAH else f"{amount} {currency} (not rupiah)"
+
+
 def format_idr(amount: int) -> str:
     """``1500123`` → ``Rp1.500.123`` as Indonesian customers read it."""
     return "Rp" + f"{amount:,}".replace(",", ".")

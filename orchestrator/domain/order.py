@@ -187,6 +187,8 @@ class ReviewReason(enum.StrEnum):
     POSSIBLE_REVERSAL = "possible_reversal"  # a debit of a paid credit's amount soon after it
     VERIFICATION_WINDOW_EXHAUSTED = "verification_window_exhausted"
     CURRENCY_MISMATCH = "currency_mismatch"  # a provider reports the payment in non-rupiah
+    CHARGEBACK = "chargeback"  # the payer's bank pulled a payment back (paid order stays paid)
+    REFUNDED_AT_PROVIDER = "refunded_at_provider"  # refunded outside Lunas (provider dashboard)
 
 
 class RecommendedAction(enum.StrEnum):
@@ -195,6 +197,7 @@ class RecommendedAction(enum.StrEnum):
     MATCH_MANUALLY = "match_manually"
     CHECK_WITH_BANK = "check_with_bank"
     CHECK_AT_SOURCE = "check_at_source"  # was it paid, and what? ask the provider or the bank
+    DISPUTE_OR_ACCEPT = "dispute_or_accept"  # contest the chargeback with evidence, or take it
 
 
 @dataclass(frozen=True, kw_only=True)

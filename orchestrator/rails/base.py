@@ -36,6 +36,10 @@ class NeutralStatus(enum.StrEnum):
     EXPIRED = "expired"
     FAILED = "failed"
     REFUNDED = "refunded"
+    CHARGED_BACK = "charged_back"
+    """Paid, then pulled back by the payer's bank (Midtrans ``chargeback`` /
+    ``partial_chargeback``): not RAILS.md's set, which has no word for money reversed against
+    the merchant's will; a refund is the merchant's own doing, a chargeback is not."""
     NOT_FOUND = "not_found"  # the provider has no such transaction (never created)
 
 

@@ -33,9 +33,9 @@ State machine of one route (``RouteBreaker``)::
 Outcomes: success; failure (any ``Exception``, including every ``BREAKER_FAILURES`` error and the
 ``TimeoutError`` of ``asyncio.timeout``, as Resilience4j records all exceptions by default); slow
 (a success or failure that took ≥ ``slow_call_duration``); neutral (``Refused``, ``Unreadable``,
-``CancelledError``, process-exit exceptions): counted nowhere. A permit remembers the generation
-it was issued in; its outcome is ignored once the state has moved on, so late results never
-re-fire transitions.
+``Throttled``, ``CancelledError``, process-exit exceptions): counted nowhere. A permit remembers
+the generation it was issued in; its outcome is ignored once the state has moved on, so late
+results never re-fire transitions.
 
 Cluster (``RedisCoordinator``; windows stay per process, as in Resilience4j and Envoy): a trip is
 claimed and published atomically (``<prefix>breaker:<route>:open_until`` + PUBLISH on
@@ -77,7 +77,7 @@ from redis.exceptions import RedisError
 
 from orchestrator.domain.clock import Clock, SystemClock
 from orchestrator.rails.base import Route
-from orchestrator.rails.errors import Refused, Unreadable
+from orchestrator.rails.errors import Refused, Throttled, Unreadable
 from orchestrator.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -108,8 +108,11 @@ def outcome_of(exc: BaseException | None) -> Outcome:
     """How a call that ended with ``exc`` (None: returned normally) counts for its route."""
     if exc is None:
         return Outcome.SUCCESS
-    if isinstance(exc, asyncio.CancelledError | Refused | Unreadable):
-        # the caller gave up / the provider is up and said no / answered what we cannot read
+    if isinstance(exc, asyncio.CancelledError | Refused | Unreadable | Throttled):
+        # the caller gave up / the provider is up and said no / answered what we cannot read /
+        # is up and wants fewer requests (a 429 on any call: the router still fails that
+        # checkout over, and the pacer waits status reads out; the breaker says "down", which a
+        # throttled provider is not). Not pybreaker's ``exclude``, which counts as a success.
         return Outcome.NEUTRAL
     if isinstance(exc, Exception):
         return Outcome.FAILURE

@@ -6,14 +6,16 @@
     │                         neutral for the breaker; the router may try another route.
     ├── Misconfigured         our credentials or setup are wrong (401/403, unknown merchant):
     │                         a route that cannot work until ops fix it; counts as a failure.
-    ├── Throttled             429: not processed; retry after ``retry_after`` seconds.
+    ├── Throttled             429: not processed; retry after ``retry_after`` seconds. The
+    │                         provider is up and wants fewer requests: neutral for the breaker
+    │                         on any call (a create still fails over to the next route).
     ├── TransientBeforeSend   the request never reached the provider (connection refused, DNS,
     │                         connect timeout): safe to retry; counts as a failure.
     ├── Unavailable           the provider answered that it cannot serve now (5xx, maintenance)
     │                         on a request that is safe to repeat (a read, or a create the
     │                         provider guarantees it did not process); counts as a failure.
     ├── Unreadable            a status read was answered (2xx, JSON) but Lunas cannot read what
-    │                         it says (an unknown status such as Midtrans ``chargeback``, a
+    │                         it says (an unknown Midtrans ``transaction_status``, a
     │                         field of an unexpected type): the provider is up, our reading
     │                         failed. Neutral for the breaker; the read is retried with backoff.
     └── OutcomeUnknown        the request may have been processed (timeout after sending,
@@ -70,9 +72,10 @@ class Unreadable(RailError):
 
 
 BREAKER_FAILURES: tuple[type[RailError], ...] = (
-    Misconfigured, Throttled, TransientBeforeSend, Unavailable, OutcomeUnknown,
+    Misconfigured, TransientBeforeSend, Unavailable, OutcomeUnknown,
 )
-"""Outcomes that count against a route's breaker; ``Refused`` is neutral."""
+"""Outcomes that count against a route's breaker; ``Refused``, ``Throttled`` and ``Unreadable``
+are neutral."""
 
 RETRYABLE: tuple[type[RailError], ...] = (TransientBeforeSend, Throttled)
 """Safe to send again within the request's budget: the provider did not process the request."""

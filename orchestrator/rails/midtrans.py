@@ -41,7 +41,7 @@ created (201) but instrument unusable  Unavailable          —                 
 VA number or deeplink missing)
 2xx status answer that is not JSON    —                    Unavailable          —
 status body malformed / unknown        —                    Unreadable (neutral  —
-transaction_status (e.g. chargeback)                        for the breaker)
+transaction_status (e.g. ``frozen``)                        for the breaker)
 / non-string gross_amount / sen
 =====================================  ===================  ===================  ==================
 
@@ -60,7 +60,9 @@ Decisions worth knowing:
 * **Cancel is treated like a read** for lost answers (Unavailable, not OutcomeUnknown): repeating
   it is harmless (a second cancel is refused with 412) and a status read tells the truth.
 * Status mapping is RAILS.md §1.6; ``transaction_status`` is lower-cased first (a DANA sample is
-  ``"PENDING"``). ``partial_refund`` stays ``paid`` (its raw status says partial refund).
+  ``"PENDING"``). ``partial_refund`` stays ``paid`` (its raw status says partial refund);
+  ``chargeback`` and ``partial_chargeback`` are ``charged_back``, with the payment's amount
+  (money that moved, then was pulled back: ``services.reversals``).
 """
 
 from __future__ import annotations
@@ -142,6 +144,10 @@ _NEUTRAL: dict[str, NeutralStatus] = {
     "deny": NeutralStatus.FAILED,
     "failure": NeutralStatus.FAILED,
     "refund": NeutralStatus.REFUNDED,
+    # After settlement only (RAILS.md §1.6's lifecycle): the amount is the payment's, and the
+    # raw status says whether all of it came back.
+    "chargeback": NeutralStatus.CHARGED_BACK,
+    "partial_chargeback": NeutralStatus.CHARGED_BACK,
 }
 
 
@@ -231,7 +237,7 @@ def notification_status(body: Mapping[str, Any]) -> ProviderStatus:
         raise MidtransWireError("transaction_status missing")
     fraud = body.get("fraud_status")
     status = neutral_status(raw, fraud if isinstance(fraud, str) else None)
-    paid = status in (NeutralStatus.PAID, NeutralStatus.REFUNDED)
+    paid = status in (NeutralStatus.PAID, NeutralStatus.REFUNDED, NeutralStatus.CHARGED_BACK)
     ref = body.get("transaction_id")
     return ProviderStatus(
         status=status,

@@ -517,7 +517,8 @@ def charge_status(charge: Mapping[str, Any]) -> ProviderStatus:
     status = CHARGE_STATUSES.get(raw)
     if status is None:
         raise ValueError(f"unknown e-wallet charge status {raw!r}")
-    paid = status is NeutralStatus.PAID
+    # A refunded charge was paid first: its capture is the payment the refund took back.
+    paid = status in (NeutralStatus.PAID, NeutralStatus.REFUNDED)
     return ProviderStatus(
         status=status, provider_ref=str(charge["id"]),
         paid_amount=rupiah(charge["capture_amount"]) if paid else None,

@@ -34,6 +34,7 @@ from orchestrator.rails.errors import Refused
 from orchestrator.rails.router import Hop, IssueResult, RouteGuard, RouteUnavailable
 from orchestrator.services.issuance import IssuanceService, add_unknown_event
 from orchestrator.services.payment_failed import lock_order_of, tell_if_nothing_left_to_pay
+from orchestrator.services.reversals import REVERSALS, apply_reversal
 from orchestrator.services.settlement import Payment, apply_payment
 from orchestrator.services.status_reads import StatusReads, defer, paid_evidence_key, route_of
 from orchestrator.store.database import Database
@@ -141,7 +142,7 @@ class GatewayJobs:
             return
         if status.status is NeutralStatus.NOT_FOUND:
             await self._set_state(attempt.id, AttemptState.FAILED, "never created at provider")
-        elif status.status is NeutralStatus.PAID:
+        elif status.status is NeutralStatus.PAID or status.status in REVERSALS:
             await self._settle(attempt, status)
         elif status.status is NeutralStatus.PENDING:
             await self._supersede_live(attempt, route, provider, status.provider_ref)
@@ -173,6 +174,11 @@ class GatewayJobs:
     async def _settle(self, attempt: Any, status: ProviderStatus) -> None:
         now = self._clock.now()
         async with self._db.transaction() as conn:
+            if status.status in REVERSALS:  # paid, then reversed: the payment and a case
+                await apply_reversal(conn, attempt, status, kind="provider_status",
+                                     details={"by": "unknown_outcome"}, now=now,
+                                     quarantine=self._quarantine)
+                return
             await apply_payment(conn, Payment(
                 attempt_id=attempt.id, amount=status.paid_amount or 0,
                 evidence_key=paid_evidence_key(attempt.provider, attempt.id),

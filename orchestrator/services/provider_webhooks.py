@@ -23,12 +23,17 @@ Decisions:
   stays in the evidence details and on the delivery row.
 
 Worker path (``on_delivery``): a verified delivery is mapped to a neutral status. PAID →
-``apply_payment`` (exactly once through the evidence key), except a Midtrans payment for an
-attempt Lunas may have cancelled at Midtrans (superseded, expired, failed): a signed ``cancel``
-notification relabelled ``settlement`` verifies, so a status read confirms it first
-(``_confirm_first``). EXPIRED / FAILED move the attempt only
-while it is live (active, superseded, unknown) — never backwards, so a ``pending`` or an ``expire``
-after ``settlement`` changes nothing; PENDING changes nothing.
+``apply_payment`` (exactly once through the evidence key). A Midtrans payment is confirmed by a
+status read first unless its attempt is already paid: Midtrans notifies ``cancel`` under status
+code 200, as it does ``settlement``, and signs neither status, so a genuine cancel relabelled
+``settlement`` verifies. For an attempt Lunas may have cancelled (superseded, expired, failed)
+the read is the verifier's or a queued one (``_confirm_first``); for a live one (cancelled in
+the Midtrans dashboard, outside Lunas, say) it is made at once (``_confirm_now``), so a genuine
+payment settles as promptly as before, and a cancelled one closes the attempt instead.
+EXPIRED / FAILED move the attempt only while it is live (active, superseded, unknown) — never
+backwards, so a ``pending`` or an ``expire`` after ``settlement`` changes nothing; PENDING
+changes nothing. REFUNDED / CHARGED_BACK (money that went back) is confirmed by a status read,
+then opens a review case and leaves the order as it is (``services.reversals``).
 
 An unverified delivery is never trusted, and never costs more than one status read per attempt
 per ``ASKED_READ_SPACING``, however many arrive: attempt ids are not secret, and every read
@@ -68,8 +73,11 @@ from orchestrator.outbox.relay import OutboxEvent
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails import midtrans, xendit
 from orchestrator.rails.base import NeutralStatus, ProviderStatus
+from orchestrator.rails.errors import RailError
+from orchestrator.rails.router import RouteUnavailable
 from orchestrator.services.order_view import iso
 from orchestrator.services.payment_failed import lock_order_of, tell_if_nothing_left_to_pay
+from orchestrator.services.reversals import REVERSALS, apply_reversal
 from orchestrator.services.settlement import Payment, apply_payment
 from orchestrator.services.status_reads import (
     LIVE,
@@ -321,6 +329,9 @@ class ProviderWebhooks:
         if status.status is NeutralStatus.PAID and (
                 delivery.provider == MIDTRANS and attempt.state in _CANCELLED_BY_LUNAS):
             await self._confirm_first(delivery_id, attempt)
+        elif status.status is NeutralStatus.PAID and (
+                delivery.provider == MIDTRANS and attempt.state != AttemptState.PAID.value):
+            await self._confirm_now(delivery_id, attempt, delivery.event_key)
         elif status.status is NeutralStatus.PAID:
             await self._settle(attempt, status, delivery_id=delivery_id,
                                details={"delivery_id": delivery_id,
@@ -330,6 +341,8 @@ class ProviderWebhooks:
                                kind="provider_webhook")
         elif status.status in (NeutralStatus.EXPIRED, NeutralStatus.FAILED):
             await self._close(delivery_id, attempt, status.status)
+        elif status.status in REVERSALS:
+            await self._confirm_reversal(delivery_id, attempt)
         else:
             await self._record(delivery_id, f"no change: provider says {status.raw_status}")
 
@@ -388,11 +401,72 @@ class ProviderWebhooks:
                         "delivery_id": delivery_id, "evidence": kind,
                         "order_state": result.order_state})
 
-    async def _close(self, delivery_id: str, attempt: Any, status: NeutralStatus) -> None:
+    async def _confirm_now(self, delivery_id: str, attempt: Any, event_key: str | None) -> None:
+        """A signed Midtrans payment notification for a live attempt: it may be a genuine
+        ``cancel`` (sent under status code 200 too) relabelled, e.g. of an instrument cancelled
+        in the Midtrans dashboard, outside Lunas, whose own cancel notification has not been
+        applied yet. So the provider's status answers, read now: paid settles exactly as the
+        notification would have (same evidence key, the amount Midtrans reports); cancelled or
+        expired closes the attempt as its own notification would. A read that cannot run now
+        (breaker open, throttled, failed) leaves it to the verifier, brought forward: the payment
+        waits for Midtrans's word, never settles on the unsigned status alone."""
+        try:
+            status = await self._reads.read(attempt)
+        except (RouteUnavailable, RailError) as exc:
+            await self._ask_verifier(delivery_id, attempt.id, (
+                f"signed payment on a live attempt: not applied, the status read confirming it "
+                f"failed ({type(exc).__name__})"))
+            return
+        if status.status is NeutralStatus.PAID:
+            await self._settle(attempt, status, delivery_id=delivery_id,
+                               details={"delivery_id": delivery_id, "event_key": event_key,
+                                        "raw_status": status.raw_status,
+                                        "provider_ref": status.provider_ref,
+                                        "confirmed_by": "status read"},
+                               kind="provider_webhook")
+        elif status.status in (NeutralStatus.EXPIRED, NeutralStatus.FAILED):
+            await self._close(delivery_id, attempt, status.status,
+                              prefix="signed payment not confirmed: ")
+        elif status.status in REVERSALS:
+            await self._reversed(delivery_id, attempt, status)
+        else:
+            await self._record(delivery_id, f"signed payment not confirmed: provider says "
+                                            f"{status.raw_status or status.status}; no change")
+
+    async def _confirm_reversal(self, delivery_id: str, attempt: Any) -> None:
+        """A notification that a payment went back (chargeback, refund): the provider's status
+        says whether it did, since a Midtrans signature leaves the status out and a signed
+        settlement relabelled ``chargeback`` would verify. One read per such notification, which
+        only the provider can sign; an open breaker or a failed read raises, and the relay
+        tries again with its backoff (a paid attempt has no verifier schedule to defer on)."""
+        status = await self._reads.read(attempt)
+        if status.status not in REVERSALS:
+            await self._record(delivery_id, f"status read: provider says "
+                                            f"{status.raw_status or status.status}; no reversal")
+            return
+        await self._reversed(delivery_id, attempt, status)
+
+    async def _reversed(self, delivery_id: str, attempt: Any, status: ProviderStatus) -> None:
+        now = self._clock.now()
+        async with self._db.transaction() as conn:
+            case_id = await apply_reversal(
+                conn, attempt, status, kind="provider_status",
+                details={"asked_by_delivery": delivery_id}, now=now,
+                quarantine=self._quarantine)
+            await _set_outcome(conn, delivery_id, (
+                f"status read: provider says {status.raw_status}; review case {case_id} opened"
+                if case_id else f"status read: provider says {status.raw_status}; reversal "
+                                "already recorded"))
+        log.warning("payment reversed at provider (%s)", status.raw_status,
+                    extra={"attempt_id": attempt.id, "order_id": attempt.order_id,
+                           "delivery_id": delivery_id, "review_case_id": case_id})
+
+    async def _close(self, delivery_id: str, attempt: Any, status: NeutralStatus, *,
+                     prefix: str = "") -> None:
         """Expired / failed at the provider: moves a live attempt only, never backwards."""
         state = AttemptState(attempt.state)
         if state not in _LIVE:
-            await self._record(delivery_id, f"no change: provider says {status.value}, "
+            await self._record(delivery_id, f"{prefix}no change: provider says {status.value}, "
                                             f"attempt already {state.value}")
             return
         trigger = (AttemptTrigger.EXPIRED if status is NeutralStatus.EXPIRED
@@ -406,8 +480,8 @@ class ProviderWebhooks:
                 payment_attempts.c.id == attempt.id, payment_attempts.c.state == state.value,
             ).values(state=new_state.value, updated_at=now, closed_at=now,
                      failure_reason=f"{status.value} at provider"))
-            outcome = (f"attempt {state.value} -> {new_state.value}" if moved.rowcount
-                       else "no change: the attempt moved meanwhile")
+            outcome = prefix + (f"attempt {state.value} -> {new_state.value}" if moved.rowcount
+                                else "no change: the attempt moved meanwhile")
             await _set_outcome(conn, delivery_id, outcome)
             if moved.rowcount:
                 await tell_if_nothing_left_to_pay(conn, attempt.order_id, attempt_id=attempt.id,

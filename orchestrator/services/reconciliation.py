@@ -2,7 +2,8 @@
 
 An import is one transaction: a file that fails to parse stores nothing, and a file that parses
 is stored, deduplicated by fingerprint and matched together, so a crash leaves either all of it
-or none. Re-importing an overlapping statement inserts nothing new (the fingerprint is unique).
+or none. Re-importing an overlapping statement inserts nothing new (the fingerprint is unique),
+so a transaction PostgreSQL ends to break a deadlock is simply run again (``_INGEST_ATTEMPTS``).
 
 On PostgreSQL a statement is stored and matched as a batch (``_ingest_batch``): its lines are
 copied once into a temporary table, the lines ``plan_batch``'s rules prove independent of each
@@ -81,6 +82,7 @@ from orchestrator.services.unreadable_feed_items import MOOTA, UnreadableFeedIte
 from orchestrator.store import keyset
 from orchestrator.store.database import (
     DEADLOCK_DETECTED,
+    SERIALIZATION_FAILURE,
     Database,
     rolled_back_by,
     upsert_insert,
@@ -95,8 +97,11 @@ from orchestrator.store.tables import (
 from orchestrator.telemetry.metrics import Metrics
 
 _INGEST_ATTEMPTS = 3
-"""Tries of a push or poll's transaction: a deadlock it meets twice in a row is not chance."""
+"""Tries of an ingest's transaction (a push, a poll, a statement): a deadlock it meets twice in
+a row is not chance."""
 _DEADLOCK = frozenset({DEADLOCK_DETECTED})
+_ROLLED_BACK = frozenset({DEADLOCK_DETECTED, SERIALIZATION_FAILURE})
+"""Why PostgreSQL may end a statement import's transaction while the import itself is sound."""
 
 
 @dataclass(kw_only=True)
@@ -142,6 +147,27 @@ class IncomingMutation:
     fingerprint: str
 
 
+class _Tally:
+    """The mutation metrics of one try of an ingest's transaction, added once it commits: a try
+    PostgreSQL rolls back (and Lunas runs again) stored nothing, so it must count nothing."""
+
+    def __init__(self) -> None:
+        self._ingested: dict[tuple[str, str], int] = {}
+        self._matched: dict[tuple[str, str], int] = {}
+
+    def ingested(self, source: str, result: str, n: int = 1) -> None:
+        self._ingested[source, result] = self._ingested.get((source, result), 0) + n
+
+    def matched(self, source: str, kind: MatchKind, n: int = 1) -> None:
+        self._matched[source, kind.value] = self._matched.get((source, kind.value), 0) + n
+
+    def add_to(self, metrics: Metrics) -> None:
+        for labels, n in self._ingested.items():
+            metrics.mutations_ingested.labels(*labels).inc(n)
+        for labels, n in self._matched.items():
+            metrics.mutations_matched.labels(*labels).inc(n)
+
+
 class ReconciliationService:
     def __init__(
         self, db: Database, *, clock: Clock, quarantine: timedelta, metrics: Metrics,
@@ -171,9 +197,30 @@ class ReconciliationService:
         # served meanwhile instead of waiting for the parse. Errors (StatementRejected) come
         # back through the await unchanged.
         parsed = await asyncio.to_thread(_parse_statement, bank.lower(), data, account_number)
-        report = ImportReport(parsed=len(parsed.lines), skipped_pending=parsed.skipped_pending)
         phases.lap("parse")
-        now = self._clock.now()
+        for attempt in range(1, _INGEST_ATTEMPTS + 1):
+            try:
+                report = await self._import_once(parsed, data, filename=filename, actor=actor,
+                                                 phases=phases)
+            except Exception as exc:  # the batch path raises asyncpg's own errors
+                if attempt == _INGEST_ATTEMPTS or not rolled_back_by(exc, _ROLLED_BACK):
+                    raise
+                self._metrics.mutation_ingests_retried.labels("statement").inc()
+                continue
+            if timings is not None:
+                timings.update(phases.seconds, total=phases.total)
+            return report
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _import_once(self, parsed: StatementRows, data: bytes, *, filename: str | None,
+                           actor: str, phases: _Phases) -> ImportReport:
+        """One try of a statement's transaction. PostgreSQL may end it to break a deadlock
+        (40P01) or, under a stricter isolation than ours, a serialization failure (40001):
+        then nothing of it was stored, and the caller runs it again, with a new statement id
+        and the clock read again. Even if some of it had been, the fingerprints would make a
+        repeat add nothing."""
+        report = ImportReport(parsed=len(parsed.lines), skipped_pending=parsed.skipped_pending)
+        now, tally = self._clock.now(), _Tally()
         async with self._db.transaction() as conn:
             report.statement_id = new_id("stm")
             await conn.execute(statements.insert().values(
@@ -183,10 +230,10 @@ class ReconciliationService:
             ))
             if self._batch and conn.dialect.name == "postgresql":
                 await self._ingest_batch(conn, parsed, report, statement_id=report.statement_id,
-                                         now=now, phases=phases)
+                                         now=now, phases=phases, tally=tally)
             else:
                 await self._ingest(conn, _incoming(parsed), report,
-                                   statement_id=report.statement_id, now=now)
+                                   statement_id=report.statement_id, now=now, tally=tally)
                 phases.lap("match")
             counts = {k: v for k, v in asdict(report).items() if k != "statement_id"}
             await conn.execute(statements.update().where(statements.c.id == report.statement_id)
@@ -194,9 +241,8 @@ class ReconciliationService:
             await record_audit(conn, actor=actor, action="statement.imported",
                                subject_type="statement", subject_id=report.statement_id,
                                details=counts, now=now)
+        tally.add_to(self._metrics)
         phases.lap("store")
-        if timings is not None:
-            timings.update(phases.seconds, total=phases.total)
         return report
 
     async def ingest_push(self, raw_body: bytes) -> ImportReport:
@@ -300,13 +346,15 @@ class ReconciliationService:
             )
             for m, bank in items
         ]
+        tally = _Tally()
         async with self._db.transaction() as conn:
-            await self._ingest(conn, incoming, report, statement_id=None, now=now)
+            await self._ingest(conn, incoming, report, statement_id=None, now=now, tally=tally)
+        tally.add_to(self._metrics)
         return report
 
     async def _ingest(
         self, conn: AsyncConnection, incoming: Sequence[IncomingMutation], report: ImportReport,
-        *, statement_id: str | None, now: datetime,
+        *, statement_id: str | None, now: datetime, tally: _Tally,
     ) -> None:
         """Store every item, then match the new ones in the order given.
 
@@ -323,7 +371,7 @@ class ReconciliationService:
         new: list[tuple[str, IncomingMutation]] = []
         for mutation_id, item, fresh in zip(ids, incoming, stored, strict=True):
             outcome = "new" if fresh else "duplicate"
-            self._metrics.mutations_ingested.labels(item.source, outcome).inc()
+            tally.ingested(item.source, outcome)
             if fresh:
                 new.append((mutation_id, item))
         report.new += len(new)
@@ -333,7 +381,7 @@ class ReconciliationService:
         debits: list[Debit] = []
         for mutation_id, item in new:
             kind = await self._match(conn, mutation_id, item, report, now=now)
-            self._metrics.mutations_matched.labels(item.source, kind.value).inc()
+            tally.matched(item.source, kind)
             if item.direction == "DB":
                 debits.append(Debit(mutation_id=mutation_id, bank=item.bank,
                                     account_number=item.account_number, amount=item.amount,
@@ -342,7 +390,7 @@ class ReconciliationService:
 
     async def _ingest_batch(
         self, conn: AsyncConnection, parsed: StatementRows, report: ImportReport, *,
-        statement_id: str, now: datetime, phases: _Phases,
+        statement_id: str, now: datetime, phases: _Phases, tally: _Tally,
     ) -> None:
         """The rows ``_ingest`` would write, written set-based (module docstring).
 
@@ -402,7 +450,7 @@ class ReconciliationService:
                 direction=direction, description=description, balance=balance, source=source,
                 fingerprint=r["fingerprint"])
             kind = await self._match(conn, r["id"], item, report, now=now)
-            self._metrics.mutations_matched.labels(source, kind.value).inc()
+            tally.matched(source, kind)
         # Debits stored as ignored above that may take back a matched credit: few, if any.
         suspects = await pg.fetch(_REVERSAL_SUSPECTS, bank, account, self._reversal_window,
                                   DAY_DATED_SLACK) if new and self._reversal_window else []
@@ -417,10 +465,10 @@ class ReconciliationService:
         report.unmatched += unmatched
         report.matched += matched
         for label, count in (("new", new), ("duplicate", len(duplicate))):
-            self._metrics.mutations_ingested.labels(source, label).inc(count)
+            tally.ingested(source, label, count)
         for kind, count in ((MatchKind.IGNORED, ignored), (MatchKind.UNMATCHED, unmatched),
                             (MatchKind.MATCHED, matched)):
-            self._metrics.mutations_matched.labels(source, kind.value).inc(count)
+            tally.matched(source, kind, count)
 
     async def _settle_batch(
         self, conn: AsyncConnection, pg: Any, settled: int, *, now: datetime

@@ -54,6 +54,8 @@ class CaseClosed(Conflict):
 def render_case(c: Any) -> dict[str, Any]:
     return {"id": c.id, "order_id": c.order_id, "mutation_id": c.mutation_id,
             "reason": c.reason, "recommended_action": c.recommended_action, "amount": c.amount,
+            # null only on a currency_mismatch case from before the currency was recorded
+            "currency": c.currency,
             "state": c.state, "created_at": iso(c.created_at), "resolved_at": iso(c.resolved_at),
             "resolved_by": c.resolved_by, "resolution": c.resolution, "note": c.note}
 

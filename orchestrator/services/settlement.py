@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.domain import events
 from orchestrator.domain.ids import new_id
-from orchestrator.domain.money import RUPIAH
+from orchestrator.domain.money import RUPIAH, amount_text
 from orchestrator.domain.order import (
     OPEN_ORDER_STATES,
     ORDER_EVENT_ON_ENTRY,
@@ -138,14 +138,15 @@ async def _apply_locked(
         if order.state == OrderState.NEEDS_REVIEW.value:
             pending.extend(await close_window_cases(
                 conn, [order], resolution=PAYMENT_FOUND, now=now,
-                note=f"{payment.amount} rupiah confirmed by {payment.kind} evidence "
-                     f"{payment.evidence_key}"))
+                note=f"{amount_text(payment.amount, payment.currency)} confirmed by "
+                     f"{payment.kind} evidence {payment.evidence_key}"))
     case_id = None
     if decision.review_reason is not None:
         case_id = await open_review_case(conn, order, decision.review_reason.value,
                                    decision.recommended_action.value
                                    if decision.recommended_action else "refund",
-                                   payment.amount, mutation_id, now=now)
+                                   payment.amount, mutation_id, now=now,
+                                   currency=payment.currency)
         pending.append(PendingEvent(
             event_type=events.REVIEW_CASE_OPENED, aggregate_id=order.id,
             merchant_id=order.merchant_id,
@@ -277,12 +278,13 @@ def _order_event(
 
 async def open_review_case(
     conn: AsyncConnection, order: Any, reason: str, action: str, amount: int,
-    mutation_id: str | None, *, now: datetime,
+    mutation_id: str | None, *, now: datetime, currency: str = RUPIAH,
 ) -> str:
     case_id = new_id("rev")
     await conn.execute(review_cases.insert().values(
         id=case_id, order_id=order.id, mutation_id=mutation_id, reason=reason,
-        recommended_action=action, amount=amount, state="open", created_at=now,
+        recommended_action=action, amount=amount, currency=currency, state="open",
+        created_at=now,
     ))
     return case_id
 

@@ -66,6 +66,7 @@ from orchestrator.services.expiry import PROVIDER_UNAVAILABLE, payment_pending_e
 from orchestrator.services.gateway_jobs import GatewayJobs
 from orchestrator.services.order_view import event_payload, iso
 from orchestrator.services.payment_failed import lock_order_of, tell_if_nothing_left_to_pay
+from orchestrator.services.reversals import REVERSALS, apply_reversal
 from orchestrator.services.settlement import Payment, apply_payment
 from orchestrator.services.status_reads import (
     LIVE,
@@ -354,6 +355,15 @@ class Verifier:
                     now=now, quarantine=self._quarantine)
                 await self._mark(conn, attempt.id, now, f"paid: {result.verdict}"
                                  if result.applied else "paid: already applied")
+            return
+        if status.status in REVERSALS:
+            # Paid, then reversed, and Lunas never saw the payment: both are facts (rule 4).
+            async with self._db.transaction() as conn:
+                case_id = await apply_reversal(conn, attempt, status, kind="provider_status",
+                                               details={"by": "verification"}, now=now,
+                                               quarantine=self._quarantine)
+                await self._mark(conn, attempt.id, now, f"{status.raw_status}: review case "
+                                 f"{case_id}" if case_id else f"{status.raw_status}: recorded")
             return
         if status.status is NeutralStatus.PENDING:
             if attempt.order_state in _PAST_DEADLINE or attempt.expires_at <= now:

@@ -49,10 +49,10 @@ class Database:
 
 def rolled_back_by(exc: BaseException, sqlstates: frozenset[str]) -> bool:
     """Whether PostgreSQL ended ``exc``'s transaction with one of these SQLSTATEs (as asyncpg
-    or a psycopg-style driver reports it): everything it did is undone."""
-    if not isinstance(exc, DBAPIError):
-        return False
-    cause = exc.orig
+    or a psycopg-style driver reports it, through SQLAlchemy or raised by the driver itself to
+    code that uses it directly, as the batch statement import does): everything it did is
+    undone."""
+    cause: object = exc.orig if isinstance(exc, DBAPIError) else exc
     codes = {getattr(cause, "sqlstate", None), getattr(cause, "pgcode", None),
              getattr(getattr(cause, "__cause__", None), "sqlstate", None)}
     return bool(codes & sqlstates)

@@ -303,6 +303,9 @@ review_cases = sa.Table(
     sa.Column("reason", sa.String(48), nullable=False),
     sa.Column("recommended_action", sa.String(24), nullable=False),
     sa.Column("amount", sa.BigInteger),
+    # What ``amount`` counts (ISO 4217): IDR but for a payment a provider reported in another
+    # currency. NULL only on a currency_mismatch case opened before 0016 recorded it.
+    sa.Column("currency", sa.String(16)),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("resolved_at", UTCDateTime),

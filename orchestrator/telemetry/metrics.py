@@ -49,8 +49,9 @@ class Metrics:
         )
         self.mutation_ingests_retried = Counter(
             "lunas_mutation_ingests_retried_total",
-            "Pushes and feed polls PostgreSQL rolled back to break a deadlock, run again, by "
-            "source. Ingests lock in one order, so this stays near zero; a rising rate means a "
+            "Pushes, feed polls and statement imports PostgreSQL rolled back to break a "
+            "deadlock (a statement: or a serialization failure), run again, by source. "
+            "Ingests lock in one order, so this stays near zero; a rising rate means a "
             "writer locks out of that order.",
             ["source"], registry=self.registry,
         )

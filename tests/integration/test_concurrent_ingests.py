@@ -274,7 +274,7 @@ async def test_a_push_rolled_back_to_break_a_deadlock_is_ingested_again(
     m = await new_merchant(container)
     order = await capture(client, m)
     item = _items(m.account_number, [order["payment"]["transfer_amount"]])[0]
-    retried = _retries(container)
+    retried, counted = _retries(container), _ingested(container, "push")
     async with container.db.engine.connect() as other:
         writer = await other.begin()
         await other.execute(sa.select(orders.c.id).where(orders.c.id == order["id"])
@@ -289,6 +289,8 @@ async def test_a_push_rolled_back_to_break_a_deadlock_is_ingested_again(
     report = await push
     assert (report.new, report.matched) == (1, 1)
     assert _retries(container) == retried + 1
+    # The try rolled back stored nothing, so it counts nothing: one mutation came in.
+    assert _ingested(container, "push") == counted + 1
     assert await _verdicts_and_cases(container, order["id"]) == (["settle"], [])
 
 
@@ -328,3 +330,46 @@ async def _mutation_row(conn: Any, account: str, item: dict[str, Any]) -> dict[s
             "description": pushed.description, "balance": None,
             "fingerprint": fingerprint_moota(pushed.mutation_id), "match_state": "unmatched",
             "created_at": datetime.now(UTC)}
+
+
+async def test_a_statement_rolled_back_to_break_a_deadlock_is_imported_again(
+    client: httpx.AsyncClient, container: Container,
+) -> None:
+    """A statement import PostgreSQL ended to break a deadlock (40P01) was refused as a whole,
+    and the finance person had to upload it again. Here a writer that locks out of order (an
+    order the statement pays, then the account's import lock) makes the deadlock every time;
+    the import, waiting first, is the one ended, and runs again: nothing of the first try was
+    stored, and the fingerprints make a repeat harmless anyway."""
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    statement = _statement(m.account_number, [order["payment"]["transfer_amount"]])
+    retried = _statement_retries(container)
+    async with container.db.engine.connect() as other:
+        writer = await other.begin()
+        await other.execute(sa.select(orders.c.id).where(orders.c.id == order["id"])
+                            .with_for_update())
+        upload = asyncio.create_task(container.reconciliation.import_statement(
+            bank="bca", account_number=m.account_number, data=statement, filename="s.csv",
+            actor="finance"))
+        await _until_waiting_for_a_lock(container)  # holds its account lock, waits for ours
+        await other.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+                            {"k": f"lunas:statement:bca:{m.account_number}"})
+        await writer.rollback()
+    report = await upload
+    assert (report.new, report.matched, report.duplicate) == (1, 1, 0)
+    assert _statement_retries(container) == retried + 1
+    assert await _verdicts_and_cases(container, order["id"]) == (["settle"], [])
+    async with container.db.read() as conn:
+        stored = (await conn.execute(sa.select(sa.func.count()).select_from(mutations).where(
+            mutations.c.account_number == m.account_number))).scalar_one()
+    assert stored == 1
+
+
+def _ingested(c: Container, source: str) -> float:
+    return c.metrics.registry.get_sample_value(
+        "lunas_mutations_ingested_total", {"source": source, "result": "new"}) or 0.0
+
+
+def _statement_retries(c: Container) -> float:
+    return c.metrics.registry.get_sample_value(
+        "lunas_mutation_ingests_retried_total", {"source": "statement"}) or 0.0

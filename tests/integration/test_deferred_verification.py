@@ -944,7 +944,7 @@ async def test_a_throttled_status_api_is_waited_out_and_never_fails_the_route_ov
 async def test_an_answer_lunas_cannot_read_keeps_the_route_up_and_the_order_unexpired(
     container: Container,
 ) -> None:
-    """Regression (review): an unknown Midtrans status (``chargeback``) or a field of an
+    """Regression (review): an unknown Midtrans status (``on_hold``) or a field of an
     unexpected type became "provider unavailable": each read counted against the breaker and
     was retried every 30 s forever. Now it is unreadable: neutral for the breaker, retried with
     growing gaps, said on the attempt and in a metric, and the order is never expired unread."""
@@ -952,9 +952,9 @@ async def test_an_answer_lunas_cannot_read_keeps_the_route_up_and_the_order_unex
     async with shop(container) as s:
         placed = [await s.checkout() for _ in range(2)]
         ids = [o["id"] for o in placed]
-        charged_back, odd_amount = (o["payment"]["attempt_id"] for o in placed)
-        await s.midtrans("POST", "/answer", {"order_id": charged_back,
-                                             "fields": {"transaction_status": "chargeback"}})
+        held, odd_amount = (o["payment"]["attempt_id"] for o in placed)
+        await s.midtrans("POST", "/answer", {"order_id": held,
+                                             "fields": {"transaction_status": "on_hold"}})
         await s.midtrans("POST", "/answer", {"order_id": odd_amount, "fields": {
             "transaction_status": "settlement", "gross_amount": 125_000}})
         s.clock.advance(PAST_DEADLINE)
@@ -972,7 +972,7 @@ async def test_an_answer_lunas_cannot_read_keeps_the_route_up_and_the_order_unex
             # 0.3 s doubled per unreadable read in a row: the fourth waits 2.4 s
             assert a.next_check_at - a.last_checked_at == timedelta(seconds=2.4), a.last_check
         by_id = {a.id: a.last_check for a in await attempts()}
-        assert "chargeback" in by_id[charged_back]
+        assert "on_hold" in by_id[held]
         assert "gross_amount" in by_id[odd_amount]
         assert s.container.breakers.get(route).state is BreakerState.CLOSED
         assert await s.states(ids) == dict.fromkeys(ids, "verifying")  # never expired unread

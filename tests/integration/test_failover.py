@@ -207,6 +207,27 @@ async def test_flapping_provider_never_costs_a_checkout(stack: Stack) -> None:
                                                                    "va:midtrans:bca"}
 
 
+async def test_a_throttled_provider_fails_checkouts_over_but_never_opens_its_breaker(
+    stack: Stack,
+) -> None:
+    """Xendit answers every create 429: it is up and wants fewer requests. Each checkout fails
+    over to the next route (the customer must not wait on a rate limit), and the breaker, whose
+    job is to say a provider is down, stays closed with no failure counted, as status reads
+    already treat a 429. Before: every throttled create counted as a failure and the breaker
+    opened, failing every later checkout over, even after the throttle passed."""
+    await stack.fault("xendit", kind="rate_limit", operation="create", retry_after_s=1)
+    replies = [await stack.capture() for _ in range(10)]
+    assert all(r.status_code == 201 for r in replies), [r.text for r in replies]
+    for r in replies:
+        routing = r.json()["routing"]
+        assert routing["served_by"] == "va:midtrans:bca"
+        assert routing["tried"][0] == {"route": "va:xendit:bca", "outcome": "failed",
+                                       "reason": "provider is rate limiting"}
+    breaker = stack.container.breakers.get("va:xendit:bca")
+    assert breaker.state.value == "closed"
+    assert breaker.snapshot().failures == 0
+
+
 async def test_timeout_after_success_leaves_no_uncancelled_second_instrument(
     stack: Stack,
 ) -> None:

@@ -168,6 +168,8 @@ _PAID_ORDER = [
     ("0009", "0010", ["payment_attempts"], ["payment_attempts", "evidence", "orders"]),
     # 0015 adds the rotated webhook secret's columns to merchants, read by every API-key check.
     ("0014", "0015", ["merchants"], ["merchants"]),
+    # 0016 adds review_cases.currency (and says IDR on the cases before it).
+    ("0015", "0016", ["review_cases"], ["review_cases"]),
 ])
 async def test_a_postgresql_migration_waiting_for_a_long_transaction_lets_writers_through(
     start: str, target: str, held: list[str], written: list[str],

@@ -27,6 +27,7 @@ from orchestrator.bootstrap import Container, build
 from orchestrator.notify.delivery import MerchantWebhookHandler, merchant_webhook_handlers
 from orchestrator.outbox.relay import Relay
 from orchestrator.rails.midtrans import signature_key
+from orchestrator.services.settlement import open_review_case
 from orchestrator.store.tables import (
     evidence,
     orders,
@@ -36,7 +37,7 @@ from orchestrator.store.tables import (
     review_cases,
 )
 from tests.integration.test_failover import Stack, gateway_settings, sims  # noqa: F401
-from tests.support import free_port, new_merchant, serve
+from tests.support import free_port, new_merchant, new_ops_token, serve
 
 
 @pytest.fixture
@@ -187,6 +188,18 @@ def midtrans_body(attempt: Any, *, status: str, code: str, txid: str,
             "gross_amount": gross, "currency": "IDR"}
 
 
+async def paid_quietly(stack: Stack, attempt: Any, *, answer: dict[str, Any] | None = None
+                       ) -> None:
+    """The customer pays ``attempt`` at Midtrans, which notifies nobody: a test posts the
+    notification itself, and the status read that confirms a Midtrans payment says settlement
+    (with ``answer``'s fields, if any)."""
+    await sim_post(stack.sims.midtrans.control_url, "/config", {"drop_notifications": True})
+    await sim_post(stack.sims.midtrans.control_url, "/pay", {"order_id": attempt.id})
+    if answer:
+        await sim_post(stack.sims.midtrans.control_url, "/answer", {
+            "order_id": attempt.id, "fields": {"transaction_status": "settlement", **answer}})
+
+
 async def test_xendit_va_paid_callback_settles_once_and_a_replay_changes_nothing(
     stack: Stack,
 ) -> None:
@@ -305,6 +318,7 @@ async def test_a_body_is_read_as_it_is_stored_so_what_is_acknowledged_can_be_app
     nothing queued), not acknowledged with 200 and then failed by the worker until it is
     dead-lettered, with the provider long since told to stop retrying."""
     order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    await paid_quietly(stack, attempt)
     key = stack.container.settings.providers.midtrans_server_key
     body = json.dumps(midtrans_body(attempt, status="settlement", code="200",
                                     txid=str(uuid.uuid4()), key=key)).encode()
@@ -335,9 +349,12 @@ async def test_a_provider_time_no_database_can_hold_never_blocks_a_delivery(
     settlement time is only metadata (the payment applies, observed at the transaction time);
     a Xendit callback with such a time is unreadable, as with any malformed time."""
     order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    odd = {"settlement_time": "0001-01-01 00:00:00", "transaction_time": "2025-03-10 09:00:05"}
+    # Midtrans says the same in its status answer, which confirms a Midtrans payment.
+    await paid_quietly(stack, attempt, answer=odd)
     key = stack.container.settings.providers.midtrans_server_key
     body = {**midtrans_body(attempt, status="settlement", code="200", txid=str(uuid.uuid4()),
-                            key=key), "settlement_time": "0001-01-01 00:00:00"}
+                            key=key), **odd}
     r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(body))
     assert r.status_code == 200, r.text
     await run_relay(stack.container, order_state(stack, order_id), "paid")
@@ -634,3 +651,158 @@ async def test_a_genuine_payment_on_a_superseded_midtrans_attempt_settles_once_c
                     if o is not None and o.startswith("signed payment")]
     assert settlement.startswith("signed payment on a superseded attempt: not applied, a status "
                                  "read confirms it; status read brought forward to "), settlement
+
+
+async def paid_midtrans_order(stack: Stack) -> tuple[str, Any, dict[str, Any]]:
+    """A QRIS order paid through Midtrans, its settlement applied: (order id, attempt, the
+    settlement notification)."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    paid = await sim_post(stack.sims.midtrans.control_url, "/pay", {"order_id": attempt.id})
+    await run_relay(stack.container, order_state(stack, order_id), "paid")
+    return order_id, attempt, paid
+
+
+async def test_a_chargeback_on_a_paid_order_opens_a_case_and_the_order_stays_paid(
+    stack: Stack,
+) -> None:
+    """The customer's bank pulls a settled QRIS payment back. Midtrans notifies
+    ``chargeback`` (signed, like any notification; the signature leaves the status out, so a
+    status read confirms it). The order stays paid (no edge leaves ``paid``); a case with reason
+    ``chargeback`` opens, once however often it is notified, is listed by the API, and the
+    merchant hears it. Before: the delivery was "unreadable" and nobody heard of it."""
+    order_id, attempt, paid = await paid_midtrans_order(stack)
+    await sim_post(stack.sims.midtrans.control_url, "/answer", {
+        "order_id": attempt.id, "fields": {"transaction_status": "chargeback"}})
+    key = stack.container.settings.providers.midtrans_server_key
+    chargeback = midtrans_body(attempt, status="chargeback", code="200",
+                               txid=paid["transaction_id"], key=key)
+    for body in (chargeback, chargeback, {**chargeback, "transaction_status": "CHARGEBACK"}):
+        r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(body))
+        assert r.status_code == 200, r.text
+    await settled_quietly(stack, attempt.id)
+    assert (await order_state(stack, order_id)()) == "paid"
+    assert await review(stack, order_id) == [
+        ("chargeback", "dispute_or_accept", attempt.transfer_amount)]
+    ops = {"Authorization": f"Bearer {await new_ops_token(stack.container)}"}
+    [case] = (await stack.client.get("/v1/reviews", headers=ops,
+                                     params={"order_id": order_id})).json()["data"]
+    assert (case["reason"], case["recommended_action"], case["state"]) == (
+        "chargeback", "dispute_or_accept", "open")
+    async with stack.container.db.read() as conn:
+        told = (await conn.execute(sa.select(outbox.c.payload).where(
+            outbox.c.aggregate_id == order_id,
+            outbox.c.event_type == "review_case.opened"))).scalars().all()
+    assert [(t["reason"], t["case_id"], t["amount"]) for t in told] == [
+        ("chargeback", case["id"], attempt.transfer_amount)]
+    found = [o or "" for v, o in await outcomes(stack, attempt.id) if v]
+    assert sum(o.startswith("status read: provider says chargeback; review case") for o in found
+               ) == 1, found
+
+
+async def test_a_chargeback_the_provider_does_not_confirm_opens_nothing(stack: Stack) -> None:
+    """A signed settlement body relabelled ``chargeback`` verifies (the status is not signed);
+    the status read says settlement, so no case opens and the merchant hears nothing."""
+    order_id, attempt, paid = await paid_midtrans_order(stack)
+    relabelled = {**paid, "transaction_status": "chargeback"}
+    r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(relabelled))
+    assert r.status_code == 200, r.text
+    await settled_quietly(stack, attempt.id)
+    assert (await order_state(stack, order_id)()) == "paid"
+    assert await review(stack, order_id) == []
+    assert [o for v, o in await outcomes(stack, attempt.id) if v][-1] == (
+        "status read: provider says settlement; no reversal")
+
+
+async def test_a_foreign_payment_answering_a_window_case_is_noted_and_shown_in_its_currency(
+    stack: Stack,
+) -> None:
+    """An order in review because its verification window ran out; the payment it waited for
+    turns up reported in dollars. Lunas closes the window case (the question is answered) and
+    opens a currency_mismatch case. Before: the closing note said "125000 rupiah confirmed", and
+    the new case showed 125000 with no currency, both read as rupiah."""
+    order_id, attempt = await order_and_attempt(stack, "va", "bca", "va:xendit:bca")
+    async with stack.container.db.transaction() as conn:
+        await conn.execute(orders.update().where(orders.c.id == order_id).values(
+            state="needs_review", review_reason="verification_window_exhausted"))
+        order = (await conn.execute(sa.select(orders).where(orders.c.id == order_id))).one()
+        window_case = await open_review_case(
+            conn, order, "verification_window_exhausted", "check_at_source", order.amount, None,
+            now=stack.container.clock.now())
+    await sim_post(stack.sims.xendit.control_url, "/config", {"callback_url": None})
+    payment = await sim_post(stack.sims.xendit.control_url, "/pay", {
+        "kind": "va", "external_id": attempt.id, "amount": attempt.transfer_amount,
+        "currency": "USD"})
+    token = stack.container.settings.providers.xendit_callback_token
+    r = await stack.client.post("/v1/webhooks/xendit", content=json.dumps(payment),
+                                headers={"x-callback-token": token})
+    assert r.status_code == 200, r.text
+    await settled_quietly(stack, attempt.id)
+    ops = {"Authorization": f"Bearer {await new_ops_token(stack.container)}"}
+    cases = {c["id"]: c for c in (await stack.client.get(
+        "/v1/reviews", headers=ops, params={"order_id": order_id, "status": ""})
+    ).json()["data"]}
+    closed = cases.pop(window_case)
+    assert (closed["state"], closed["resolution"]) == ("resolved", "payment_found")
+    assert closed["currency"] == "IDR"  # the order's amount, which the case asked about
+    assert closed["note"].startswith(f"{attempt.transfer_amount} USD (not rupiah) confirmed by "
+                                     "provider_webhook evidence"), closed["note"]
+    [(reason, amount, currency)] = [(c["reason"], c["amount"], c["currency"])
+                                    for c in cases.values()]
+    assert (reason, amount, currency) == ("currency_mismatch", attempt.transfer_amount, "USD")
+
+
+async def test_a_chargeback_found_by_a_status_read_proves_the_payment_and_opens_a_case(
+    stack: Stack,
+) -> None:
+    """Every notification was lost; the first status read of the QR says ``chargeback``: it was
+    paid, then pulled back. Both are facts: the payment settles the order (exactly once, as any
+    read of it), and a chargeback case opens. Before: the answer was unreadable and read again
+    for ever with growing gaps."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    await sim_post(stack.sims.midtrans.control_url, "/answer", {
+        "order_id": attempt.id, "fields": {"transaction_status": "chargeback",
+                                           "settlement_time": "2025-03-10 09:05:00"}})
+    await make_due(stack, attempt.id)
+    await run_verifier(stack.container, order_state(stack, order_id), "paid")
+    assert await review(stack, order_id) == [
+        ("chargeback", "dispute_or_accept", attempt.transfer_amount)]
+    async with stack.container.db.read() as conn:
+        verdicts = sorted((e.verdict, e.kind) for e in await conn.execute(
+            sa.select(evidence).where(evidence.c.order_id == order_id)))
+    assert verdicts == [("chargeback", "provider_status"), ("settle", "provider_status")]
+    assert (await attempt_row(stack, attempt.id)).state == "paid"
+
+
+async def test_an_active_attempt_cancelled_at_midtrans_fails_over_and_never_settles(
+    stack: Stack,
+) -> None:
+    """Someone cancels the customer's live QR in the Midtrans dashboard, outside Lunas. Midtrans
+    notifies ``cancel`` under status code 200, signed over order_id, status code and amount
+    only; that body relabelled ``settlement`` verifies, and here it arrives first, while the
+    attempt is still active. It must not settle: the provider's status answers (cancel). The
+    attempt closes as failed, the order stays open and says payment_failed, and the merchant is
+    told once. Before: the relabelled body settled the order at once."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    await sim_post(stack.sims.midtrans.control_url, "/config", {"drop_notifications": True})
+    key = stack.container.settings.providers.midtrans_server_key
+    async with httpx.AsyncClient(auth=(key, "")) as dashboard:
+        r = await dashboard.post(f"{stack.sims.midtrans.data_url}/v2/{attempt.id}/cancel")
+        assert r.status_code == 200 and r.json()["transaction_status"] == "cancel", r.text
+    cancel = midtrans_body(attempt, status="cancel", code="200", txid=r.json()["transaction_id"],
+                           key=key)
+    relabelled = {**cancel, "transaction_status": "settlement",
+                  "settlement_time": "2025-03-10 09:05:00"}
+    for body in (relabelled, cancel):
+        r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(body))
+        assert r.status_code == 200, r.text  # both verify: the signature cannot tell
+    await settled_quietly(stack, attempt.id)
+    assert await evidence_count(stack, order_id) == 0
+    assert (await attempt_row(stack, attempt.id)).state == "failed"
+    seen = (await stack.client.get(f"/v1/orders/{order_id}", headers=stack.shop.headers)).json()
+    assert (seen["status"], seen["verification"]["state"]) == ("awaiting_payment",
+                                                               "payment_failed")
+    async with stack.container.db.read() as conn:
+        told = (await conn.execute(sa.select(outbox.c.event_type).where(
+            outbox.c.aggregate_id == order_id, outbox.c.event_type.in_(
+                ["order.payment_failed", "order.paid"])))).scalars().all()
+    assert told == ["order.payment_failed"]

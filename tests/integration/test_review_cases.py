@@ -136,6 +136,10 @@ async def test_cli_lists_and_resolves_cases(
     listed = subprocess.run([LUNAS, "reviews", "list", "--json"], env=env, capture_output=True,
                             text=True, timeout=60, check=True)
     case = next(c for c in json.loads(listed.stdout) if c["order_id"] == order["id"])
+    # For people, the amount says what it counts (a provider may report another currency).
+    table = subprocess.run([LUNAS, "reviews", "list", "--order", order["id"]], env=env,
+                           capture_output=True, text=True, timeout=60, check=True).stdout
+    assert f" {case['amount']} IDR  order {order['id']}" in table, table
     done = subprocess.run([LUNAS, "reviews", "resolve", case["id"], "--action", "honour",
                            "--note", "approved by CS lead", "--actor", "sari", "--json"],
                           env=env, capture_output=True, text=True, timeout=60, check=False)

@@ -445,6 +445,18 @@ async def test_magic_amount_20103_fails_later_with_a_failed_callback(
     assert (read.status, read.raw_status) == (NeutralStatus.FAILED, "FAILED")
 
 
+def test_a_refunded_charge_reports_the_payment_it_took_back() -> None:
+    """A REFUNDED e-wallet charge was paid first (RAILS.md §2.4-2.5): its capture is the
+    payment, which Lunas records before the refund's review case. Before: no amount, so a
+    refund read on a charge Lunas never saw paid would have been taken for a 0 rupiah payment."""
+    reported = callback_status({"event": "ewallet.capture", "business_id": "b1", "data": {
+        "id": "ewc_1", "reference_id": "att_1", "status": "REFUNDED", "currency": "IDR",
+        "charge_amount": 125_000, "capture_amount": 125_000, "refunded_amount": 125_000,
+        "updated": "2025-03-10T02:05:40.120Z"}})
+    assert (reported.status, reported.paid_amount, reported.raw_status) == (
+        NeutralStatus.REFUNDED, 125_000, "REFUNDED")
+
+
 async def test_a_business_validation_error_is_refused(provider: XenditProvider) -> None:
     request = charge_with(charge("ovo"), customer_phone="")
     with pytest.raises(Refused) as refused:

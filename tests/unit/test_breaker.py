@@ -22,7 +22,7 @@ from orchestrator.rails.breaker import (
     Trip,
     outcome_of,
 )
-from orchestrator.rails.errors import Refused, Unavailable
+from orchestrator.rails.errors import Refused, Throttled, Unavailable
 from orchestrator.telemetry.metrics import Metrics
 
 ROUTE = "va:midtrans:bca"
@@ -197,6 +197,8 @@ async def test_a_slow_failure_counts_as_slow_too(
     pytest.param(RuntimeError("bug"), Outcome.FAILURE, id="any other exception"),
     pytest.param(Refused("no", provider="midtrans", operation="create"), Outcome.NEUTRAL,
                  id="business refusal"),
+    pytest.param(Throttled("429", provider="midtrans", operation="create"), Outcome.NEUTRAL,
+                 id="throttled create: up, wants fewer requests"),
     pytest.param(asyncio.CancelledError(), Outcome.NEUTRAL, id="caller gave up"),
     pytest.param(KeyboardInterrupt(), Outcome.NEUTRAL, id="interrupted"),
     pytest.param(SystemExit(0), Outcome.NEUTRAL, id="exiting"),

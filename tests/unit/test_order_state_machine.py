@@ -711,11 +711,13 @@ def test_review_reasons_are_the_codes_people_and_alerts_read() -> None:
     assert {r.value for r in ReviewReason} == {
         "amount_mismatch", "payment_after_expiry", "second_payment", "payment_on_closed_order",
         "ambiguous_match", "possible_duplicate", "possible_reversal",
-        "verification_window_exhausted", "currency_mismatch",
+        "verification_window_exhausted", "currency_mismatch", "chargeback",
+        "refunded_at_provider",
     }
 
 
 def test_recommended_actions_are_the_codes_people_read() -> None:
     assert {a.value for a in RecommendedAction} == {
         "refund", "honour", "match_manually", "check_with_bank", "check_at_source",
+        "dispute_or_accept",
     }
