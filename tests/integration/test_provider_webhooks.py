@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -24,6 +25,7 @@ import sqlalchemy as sa
 
 from chaos.sim.runner import Simulators
 from orchestrator.bootstrap import Container, build
+from orchestrator.domain.verification import VerificationSchedule
 from orchestrator.notify.delivery import MerchantWebhookHandler, merchant_webhook_handlers
 from orchestrator.outbox.relay import Relay
 from orchestrator.rails.midtrans import signature_key
@@ -44,7 +46,9 @@ async def stack(container: Container, sims: Simulators) -> AsyncIterator[Stack]:
     """Like test_failover's stack, but the adapters' callback URLs point at this server."""
     port = free_port()
     base = gateway_settings(container.settings, sims)
-    c = build(replace(base, http=replace(base.http, host="127.0.0.1", port=port, public_url="")))
+    c = build(replace(base, http=replace(base.http, host="127.0.0.1", port=port, public_url=""),
+                      verification=replace(base.verification, schedule=VerificationSchedule(
+                          retry_after_failure=timedelta(seconds=0.3)))))
     await c.start()
     shop = await new_merchant(c)
     try:
@@ -64,15 +68,21 @@ async def sim_post(control_url: str, path: str, body: dict[str, Any]) -> Any:
         return r.json()
 
 
+def worker_relay(container: Container) -> Relay:
+    """The worker's relay, with every handler the worker registers; a failed try is retried
+    after 0.2 s, and the sixth is dead-lettered."""
+    handler = MerchantWebhookHandler(container.db.engine, container.http, timedelta(seconds=2))
+    return Relay(container.db.engine,
+                 {**merchant_webhook_handlers(handler), **container.gateway_jobs.handlers(),
+                  **container.provider_webhooks.handlers()},
+                 replace(container.settings.outbox, backoff=(timedelta(seconds=0.2),) * 5),
+                 f"test-{uuid.uuid4().hex[:6]}", container.clock)
+
+
 async def run_relay(container: Container, until: Callable[[], Awaitable[object]], want: object,
                     timeout: float = 10.0) -> None:
-    """The worker's relay, with every handler the worker registers, until ``until() == want``."""
-    handler = MerchantWebhookHandler(container.db.engine, container.http, timedelta(seconds=2))
-    relay = Relay(container.db.engine,
-                  {**merchant_webhook_handlers(handler), **container.gateway_jobs.handlers(),
-                   **container.provider_webhooks.handlers()},
-                  replace(container.settings.outbox, backoff=(timedelta(seconds=0.2),) * 5),
-                  f"test-{uuid.uuid4().hex[:6]}", container.clock)
+    """The worker's relay until ``until() == want``."""
+    relay = worker_relay(container)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
@@ -81,6 +91,16 @@ async def run_relay(container: Container, until: Callable[[], Awaitable[object]]
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"did not reach {want!r}: {await until()!r}")
+
+
+async def relay_for(container: Container, seconds: float) -> None:
+    """The worker's relay for ``seconds``, long enough for a failing job to use up its tries."""
+    relay = worker_relay(container)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        await relay.run_once()
+        await asyncio.sleep(0.05)
 
 
 async def run_verifier(container: Container, until: Callable[[], Awaitable[object]],
@@ -634,3 +654,73 @@ async def test_a_genuine_payment_on_a_superseded_midtrans_attempt_settles_once_c
                     if o is not None and o.startswith("signed payment")]
     assert settlement.startswith("signed payment on a superseded attempt: not applied, a status "
                                  "read confirms it; status read brought forward to "), settlement
+
+
+def closed_reads(stack: Stack, attempt_id: str, status: str) -> Callable[[], Awaitable[object]]:
+    """How many status-read jobs of ``attempt_id`` (``attempt.verify``) are in ``status``."""
+    return lambda: scalar(stack, sa.select(sa.func.count()).select_from(outbox).where(
+        outbox.c.event_type == "attempt.verify", outbox.c.aggregate_id == attempt_id,
+        outbox.c.status == status))
+
+
+async def late_payment_nobody_can_verify(stack: Stack) -> tuple[str, Any]:
+    """A Midtrans QR Lunas expired, paid late; its notification fails verification (a rotated
+    server key), so it asks for a status read of the closed attempt."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    await close_attempt(stack, order_id, attempt.id)
+    await sim_post(stack.sims.midtrans.control_url, "/config", {"drop_notifications": True})
+    paid = await sim_post(stack.sims.midtrans.control_url, "/pay", {"order_id": attempt.id})
+    rotated = midtrans_body(attempt, status="settlement", code="200",
+                            txid=paid["transaction_id"], key="the-new-server-key")
+    r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(rotated))
+    assert r.status_code == 401, r.text
+    return order_id, attempt
+
+
+async def test_a_throttled_read_of_a_closed_attempt_waits_for_the_provider_never_dead_letters(
+    stack: Stack,
+) -> None:
+    """Regression (review): the status read of a closed attempt that a delivery asked for
+    raised on a 429, the relay retried it within seconds into the provider's pause, and its
+    tries ran out: dead-lettered, and the late payment was never found. A 429 says the provider
+    is up: the read is asked again after its Retry-After, as often as it takes."""
+    order_id, attempt = await late_payment_nobody_can_verify(stack)
+    await stack.fault("midtrans", kind="rate_limit", operation="status", retry_after_s=1)
+    await relay_for(stack.container, 3)  # more than the relay's six tries 0.2 s apart
+    assert await closed_reads(stack, attempt.id, "dead")() == 0
+    assert await closed_reads(stack, attempt.id, "pending")() == 1  # asked again, once
+    assert (await attempt_row(stack, attempt.id)).last_check.startswith(
+        "status read queued: throttled (429)")
+    async with httpx.AsyncClient() as c:
+        await c.delete(f"{stack.sims.midtrans.control_url}/faults")
+    await run_relay(stack.container, order_state(stack, order_id), "needs_review")
+    assert await review(stack, order_id) == [
+        ("payment_after_expiry", "honour", attempt.transfer_amount)]
+    await settled_quietly(stack, attempt.id)
+    [outcome] = [o for v, o in await outcomes(stack, attempt.id) if not v]
+    assert outcome == "status read: payment applied: after_expiry, order needs_review"
+
+
+async def test_an_unreadable_answer_for_a_closed_attempt_is_read_again_with_growing_gaps(
+    stack: Stack,
+) -> None:
+    """Regression (review): an answer Lunas cannot read (a status it does not know) for a
+    closed attempt's read raised, and the relay's tries ran out: dead-lettered. It is read
+    again with gaps doubling from ``retry_after_failure`` (0.3 s here) up to
+    ``UNREADABLE_MAX_GAP``, as the verifier reads a live attempt, until the answer can be
+    read."""
+    order_id, attempt = await late_payment_nobody_can_verify(stack)
+    answer = {"order_id": attempt.id, "fields": {"transaction_status": "chargeback"}}
+    await sim_post(stack.sims.midtrans.control_url, "/answer", answer)
+    await relay_for(stack.container, 3)
+    assert await closed_reads(stack, attempt.id, "dead")() == 0
+    assert await closed_reads(stack, attempt.id, "pending")() == 1
+    row = await attempt_row(stack, attempt.id)
+    # Read at 0, 0.3, 0.9 and 2.1 s in three seconds (every 0.3 s would be ten reads).
+    assert re.match(r"status read queued: unreadable answer \(([34]) in a row\)",
+                    row.last_check), row.last_check
+    assert "chargeback" in row.last_check
+    await sim_post(stack.sims.midtrans.control_url, "/answer", {**answer, "fields": {}})
+    await run_relay(stack.container, order_state(stack, order_id), "needs_review")
+    assert await review(stack, order_id) == [
+        ("payment_after_expiry", "honour", attempt.transfer_amount)]
