@@ -35,7 +35,13 @@ from orchestrator.rails.router import Hop, IssueResult, RouteGuard, RouteUnavail
 from orchestrator.services.issuance import IssuanceService, add_unknown_event
 from orchestrator.services.payment_failed import lock_order_of, tell_if_nothing_left_to_pay
 from orchestrator.services.settlement import Payment, apply_payment
-from orchestrator.services.status_reads import StatusReads, defer, paid_evidence_key, route_of
+from orchestrator.services.status_reads import (
+    StatusReads,
+    defer,
+    paid_evidence_key,
+    queue_closed_read,
+    route_of,
+)
 from orchestrator.store.database import Database
 from orchestrator.store.tables import orders, payment_attempts
 
@@ -62,7 +68,11 @@ class GatewayJobs:
                 events.ATTEMPT_CANCEL_REQUESTED: self.on_cancel_requested}
 
     async def on_cancel_requested(self, event: OutboxEvent) -> None:
-        """A superseded instrument: cancel it where the provider allows; it stays watched."""
+        """A superseded or expired instrument: cancel it where the provider allows. A
+        superseded one stays live and read by the verifier. An expired one the provider would
+        not cancel (a Xendit QR has no cancel; a Midtrans charge paid since its last read
+        refuses one) can still take money, or took it, while the verifier reads it no more: it
+        is watched through the code quarantine of its closing (``_watch_uncancelled``)."""
         attempt_id = str(event.payload["attempt_id"])
         async with self._db.read() as conn:
             attempt = (await conn.execute(sa.select(payment_attempts)
@@ -76,7 +86,23 @@ class GatewayJobs:
                 await self._providers[attempt.provider].cancel(attempt.id, attempt.provider_ref,
                                                                route)
         except Refused:
-            return  # not cancellable (e.g. a QR code): it stays superseded and watched
+            if attempt.state == AttemptState.EXPIRED.value:
+                await self._watch_uncancelled(attempt)
+
+    async def _watch_uncancelled(self, attempt: Any) -> None:
+        """Read an expired instrument the provider would not cancel now (a payment that landed
+        at the deadline is found at once), then on its rail's schedule until the quarantine of
+        its closing ends (``provider_webhooks.on_attempt_verify``). Its webhook is the fast path;
+        this is the net for the one that is lost (rule 4)."""
+        now = self._clock.now()
+        watch_until = (attempt.closed_at or attempt.updated_at) + self._quarantine
+        if watch_until <= now:
+            return
+        async with self._db.transaction() as conn:
+            await queue_closed_read(conn, attempt.id, due=now, now=now,
+                                    why="the provider would not cancel it; watched until "
+                                        f"{watch_until.isoformat()}", watch_until=watch_until,
+                                    event_id=f"watch_{attempt.id}")  # a cancel job run twice
 
     async def on_order_captured(self, event: OutboxEvent) -> None:
         order_id = str(event.aggregate_id)
