@@ -5,9 +5,10 @@ budget (the api died mid-issuance, or every route was down and the merchant allo
 gets its instructions here, retried with the relay's backoff until a route serves.
 
 ``attempt.unknown`` — an attempt whose create outcome was unknown is resolved by a status read
-(never by a blind re-create, rule 3): absent → failed; paid → settled as evidence; live → if the
-order is served by another attempt, cancelled at the provider where it allows and kept watched as
-``superseded`` (rule 4), so no second live instrument is left uncancelled.
+(never by a blind re-create, rule 3): absent → failed; paid → settled as evidence; live →
+cancelled at the provider where it allows and kept watched as ``superseded`` (rule 4), so no
+instrument nobody was shown is left uncancelled; a cancelled one is read again at once, so its
+close can tell the merchant when nothing is left to pay on (``_supersede_live``).
 """
 
 from __future__ import annotations
@@ -150,10 +151,11 @@ class GatewayJobs:
                 await defer(conn, attempt.id, key, now=self._clock.now(),
                             retry_at=self._reads.retry_at(key))
 
-    async def resolve_unknown(self, attempt: Any) -> None:
-        """Read the provider's status of an ``unknown`` attempt and act on it. Raises
-        ``RouteUnavailable`` when the route's breaker refuses, ``RailError`` when the read
-        failed."""
+    async def resolve_unknown(self, attempt: Any) -> bool:
+        """Read the provider's status of an ``unknown`` attempt and act on it; True when the
+        attempt is to be read again at once (a live orphan just cancelled), not on its rail's
+        schedule. Raises ``RouteUnavailable`` when the route's breaker refuses, ``RailError``
+        when the read failed."""
         route = route_of(attempt)
         provider = self._providers[attempt.provider]
         status = await self._reads.read(attempt)
@@ -163,18 +165,18 @@ class GatewayJobs:
             # e-wallet); the create's idempotency key makes repeating it safe: it returns the
             # original if one exists. What comes back is a live orphan either way.
             instrument = await self._recreate(attempt, route, provider)
-            await self._supersede_live(attempt, route, provider, instrument.provider_ref)
-            return
+            return await self._supersede_live(attempt, route, provider, instrument.provider_ref)
+        if status.status is NeutralStatus.PENDING:
+            return await self._supersede_live(attempt, route, provider, status.provider_ref)
         if status.status is NeutralStatus.NOT_FOUND:
             await self._set_state(attempt.id, AttemptState.FAILED, "never created at provider")
         elif status.status is NeutralStatus.PAID:
             await self._settle(attempt, status)
-        elif status.status is NeutralStatus.PENDING:
-            await self._supersede_live(attempt, route, provider, status.provider_ref)
         elif status.status is NeutralStatus.EXPIRED:
             await self._set_state(attempt.id, AttemptState.EXPIRED, "expired at provider")
         else:
             await self._set_state(attempt.id, AttemptState.FAILED, f"provider says {status.status}")
+        return False
 
     async def _recreate(self, attempt: Any, route: Route, provider: PaymentProvider
                         ) -> Instrument:
@@ -185,16 +187,26 @@ class GatewayJobs:
             return await provider.create(self._issuance.request_for(order, route, attempt.id))
 
     async def _supersede_live(self, attempt: Any, route: Route, provider: PaymentProvider,
-                              provider_ref: str | None) -> None:
-        """A live orphan instrument: cancel it where the provider allows, keep watching it."""
+                              provider_ref: str | None) -> bool:
+        """A live orphan instrument: cancel it where the provider allows, keep watching it.
+
+        Superseded, never adopted as the order's live attempt even when nothing else serves
+        it: its create's answer was lost, so its instructions never reached the customer, and
+        a status read does not return them. Superseded still counts as payable
+        (``payment_failed.PAYABLE``) until a read sees it closed; once cancelled, that read is
+        made due now (not on the rail's schedule, hours away for a VA), so when nothing else is
+        left to pay on, the merchant hears ``order.payment_failed`` from its close straight
+        away, whether or not the provider notifies the cancel."""
+        values: dict[str, Any] = {"provider_ref": provider_ref}
         try:
             async with self._guard.guard(route.key):
                 await provider.cancel(attempt.id, provider_ref, route)
             reason = "live orphan from an unknown create; cancelled at provider"
+            values["next_check_at"] = self._clock.now()
         except Refused:
             reason = "live orphan from an unknown create; provider cannot cancel it, watched"
-        await self._set_state(attempt.id, AttemptState.SUPERSEDED, reason,
-                              provider_ref=provider_ref)
+        await self._set_state(attempt.id, AttemptState.SUPERSEDED, reason, **values)
+        return "next_check_at" in values
 
     async def _settle(self, attempt: Any, status: ProviderStatus) -> None:
         now = self._clock.now()

@@ -281,8 +281,9 @@ class Verifier:
                     return  # its create finished after all (claimed as it did)
                 counted.labels(attempt.provider, "interrupted_create").inc()
             if attempt.state in (AttemptState.UNKNOWN.value, AttemptState.CREATING.value):
-                await self._jobs.resolve_unknown(attempt)
-                await self._record(attempt, "resolved the unknown create", reschedule=True)
+                read_now = await self._jobs.resolve_unknown(attempt)
+                await self._record(attempt, "resolved the unknown create", reschedule=not read_now,
+                                   retry_in=timedelta(0) if read_now else None)
                 counted.labels(attempt.provider, "resolved").inc()
                 return
             status = await self._reads.read(

@@ -31,6 +31,7 @@ from orchestrator.outbox.relay import Relay
 from orchestrator.rails.midtrans import signature_key
 from orchestrator.store.tables import (
     evidence,
+    merchants,
     orders,
     outbox,
     payment_attempts,
@@ -724,3 +725,55 @@ async def test_an_unreadable_answer_for_a_closed_attempt_is_read_again_with_grow
     await run_relay(stack.container, order_state(stack, order_id), "needs_review")
     assert await review(stack, order_id) == [
         ("payment_after_expiry", "honour", attempt.transfer_amount)]
+
+
+def payment_failed_told(stack: Stack, order_id: str) -> Callable[[], Awaitable[object]]:
+    """The ``order.payment_failed`` events written for ``order_id``, by the attempt named."""
+    async def told() -> object:
+        async with stack.container.db.read() as conn:
+            return [p["attempt_id"] for p in (await conn.execute(sa.select(outbox.c.payload).where(
+                outbox.c.aggregate_id == order_id,
+                outbox.c.event_type == "order.payment_failed"))).scalars()]
+    return told
+
+
+async def test_a_live_orphan_nothing_else_serves_is_confirmed_cancelled_and_the_merchant_told(
+    stack: Stack,
+) -> None:
+    """Regression (review): the customer switched to GoPay and the charge's answer was lost
+    (made at Midtrans, unknown here); then the QR they held was declined. The unknown charge
+    might be live, so nobody is told yet. Resolved, it is live: its instructions never reached
+    the customer, so it is cancelled at Midtrans and kept watched as superseded, which still
+    counts as payable until a read confirms the cancel. That read waited for the rail's
+    schedule (minutes for e-wallets, hours for a VA), and until then the merchant was not told
+    that nothing was left to pay on. The read now comes at once, and its close tells."""
+    order_id, qr = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    async with stack.container.db.transaction() as conn:  # GoPay or nothing
+        await conn.execute(merchants.update().where(
+            merchants.c.id == stack.shop.merchant_id).values(allow_fallback=False))
+    await stack.fault("midtrans", kind="timeout_after_success", operation="create",
+                      channel="gopay")
+    # Midtrans's notifications are lost: only a read can confirm the cancel to come.
+    await sim_post(stack.sims.midtrans.control_url, "/config", {"drop_notifications": True})
+    r = await stack.client.post(f"/v1/orders/{order_id}/payment", headers=stack.shop.headers,
+                                json={"rail": "ewallet", "channel": "gopay"})
+    assert r.status_code == 503, r.text  # the QR's instructions stay valid
+    async with httpx.AsyncClient() as c:
+        await c.delete(f"{stack.sims.midtrans.control_url}/faults")
+    async with stack.container.db.read() as conn:
+        [orphan] = (await conn.execute(sa.select(payment_attempts).where(
+            payment_attempts.c.order_id == order_id,
+            payment_attempts.c.channel == "gopay"))).all()
+    assert orphan.state == "unknown"
+    key = stack.container.settings.providers.midtrans_server_key
+    r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(midtrans_body(
+        qr, status="deny", code="202", txid="tx-deny-orphan", key=key)))
+    assert r.status_code == 200, r.text
+    await settled_quietly(stack, qr.id)
+    assert await payment_failed_told(stack, order_id)() == []  # the orphan may be live
+    await run_verifier(stack.container, payment_failed_told(stack, order_id), [orphan.id])
+    assert (await attempt_row(stack, qr.id)).state == "failed"
+    assert (await attempt_row(stack, orphan.id)).state == "failed"
+    async with httpx.AsyncClient() as c:
+        charge = (await c.get(f"{stack.sims.midtrans.control_url}/transactions/{orphan.id}"))
+    assert charge.json()["transaction_status"] == "cancel"
