@@ -3,12 +3,13 @@
 A gateway instrument can close before the order's deadline: the customer declined the e-wallet
 charge, the provider cancelled or expired the VA or QR early, or says it never had the
 transaction. When that was the order's last instrument that could still take money (active,
-or unknown or being created, which may yet turn out live), nothing is left for the customer to
-pay on and nothing is being checked, while the order still reads ``awaiting_payment``. The order
-keeps that state until its deadline: superseded instruments are still watched, and the
-customer may try again (``POST /v1/orders/{id}/payment`` issues a new instrument). What changes
-is that nobody is left guessing: the merchant gets ``order.payment_failed`` (its checkout can
-offer another method), and the order's ``verification.state`` reads ``payment_failed``.
+superseded but not cancelled yet, or unknown or being created, which may yet turn out live),
+nothing is left for the customer to pay on and nothing is being checked, while the order still
+reads ``awaiting_payment``. The order keeps that state until its deadline: the customer may try
+again (``POST /v1/orders/{id}/payment`` issues a new instrument). What changes is that nobody is
+left guessing: the merchant gets ``order.payment_failed`` (its checkout can offer another
+method), the order's ``verification.state`` reads ``payment_failed``, and so does the status
+page's lookup: all three decide it by ``domain.order.nothing_left_to_pay``.
 """
 
 from __future__ import annotations
@@ -19,15 +20,21 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.domain import events
-from orchestrator.domain.order import AttemptState, OrderState
+from orchestrator.domain.order import LIVE_ATTEMPT_STATES, OrderState, nothing_left_to_pay
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.services.order_view import event_payload
 from orchestrator.store.tables import orders, payment_attempts
 
-PAYABLE = (AttemptState.ACTIVE.value, AttemptState.SUPERSEDED.value, AttemptState.UNKNOWN.value,
-           AttemptState.CREATING.value)
+PAYABLE = tuple(sorted(s.value for s in LIVE_ATTEMPT_STATES))
 """Attempts a customer may still pay on (a superseded QR the provider would not cancel still
-takes money), or that may yet turn out to be such an instrument."""
+takes money), or that may yet turn out to be such an instrument: every attempt not closed."""
+
+
+async def payable_attempts(conn: AsyncConnection, order_id: str) -> int:
+    """How many of the order's attempts are payable (``nothing_left_to_pay`` decides)."""
+    a = payment_attempts.c
+    return int((await conn.execute(sa.select(sa.func.count()).where(
+        a.order_id == order_id, a.state.in_(PAYABLE)))).scalar_one())
 
 
 async def lock_order_of(conn: AsyncConnection, attempt_id: str) -> None:
@@ -53,10 +60,7 @@ async def tell_if_nothing_left_to_pay(conn: AsyncConnection, order_id: str, *, a
     if order is None or order.state != OrderState.AWAITING_PAYMENT.value \
             or order.expires_at <= now:
         return False
-    a = payment_attempts.c
-    payable = (await conn.execute(sa.select(sa.func.count()).where(
-        a.order_id == order_id, a.state.in_(PAYABLE)))).scalar_one()
-    if payable:
+    if not nothing_left_to_pay(order.state, await payable_attempts(conn, order_id)):
         return False
     await add_events(conn, [PendingEvent(
         event_type=events.ORDER_PAYMENT_FAILED, aggregate_id=order_id,

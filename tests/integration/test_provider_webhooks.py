@@ -737,16 +737,10 @@ def payment_failed_told(stack: Stack, order_id: str) -> Callable[[], Awaitable[o
     return told
 
 
-async def test_a_live_orphan_nothing_else_serves_is_confirmed_cancelled_and_the_merchant_told(
-    stack: Stack,
-) -> None:
-    """Regression (review): the customer switched to GoPay and the charge's answer was lost
-    (made at Midtrans, unknown here); then the QR they held was declined. The unknown charge
-    might be live, so nobody is told yet. Resolved, it is live: its instructions never reached
-    the customer, so it is cancelled at Midtrans and kept watched as superseded, which still
-    counts as payable until a read confirms the cancel. That read waited for the rail's
-    schedule (minutes for e-wallets, hours for a VA), and until then the merchant was not told
-    that nothing was left to pay on. The read now comes at once, and its close tells."""
+async def declined_while_a_switch_is_unknown(stack: Stack) -> tuple[str, Any, Any]:
+    """A Midtrans QRIS order whose customer switched to GoPay (no fallback): the charge was
+    made but its answer lost, so the attempt is unknown; then the QR they held is declined.
+    Midtrans's notifications are lost. Returns the order id, the QR and the GoPay attempts."""
     order_id, qr = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
     async with stack.container.db.transaction() as conn:  # GoPay or nothing
         await conn.execute(merchants.update().where(
@@ -767,8 +761,22 @@ async def test_a_live_orphan_nothing_else_serves_is_confirmed_cancelled_and_the_
     assert orphan.state == "unknown"
     key = stack.container.settings.providers.midtrans_server_key
     r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(midtrans_body(
-        qr, status="deny", code="202", txid="tx-deny-orphan", key=key)))
+        qr, status="deny", code="202", txid=f"tx-deny-{uuid.uuid4()}", key=key)))
     assert r.status_code == 200, r.text
+    return order_id, qr, orphan
+
+
+async def test_a_live_orphan_nothing_else_serves_is_confirmed_cancelled_and_the_merchant_told(
+    stack: Stack,
+) -> None:
+    """Regression (review): the customer switched to GoPay and the charge's answer was lost
+    (made at Midtrans, unknown here); then the QR they held was declined. The unknown charge
+    might be live, so nobody is told yet. Resolved, it is live: its instructions never reached
+    the customer, so it is cancelled at Midtrans and kept watched as superseded, which still
+    counts as payable until a read confirms the cancel. That read waited for the rail's
+    schedule (minutes for e-wallets, hours for a VA), and until then the merchant was not told
+    that nothing was left to pay on. The read now comes at once, and its close tells."""
+    order_id, qr, orphan = await declined_while_a_switch_is_unknown(stack)
     await settled_quietly(stack, qr.id)
     assert await payment_failed_told(stack, order_id)() == []  # the orphan may be live
     await run_verifier(stack.container, payment_failed_told(stack, order_id), [orphan.id])
@@ -777,3 +785,38 @@ async def test_a_live_orphan_nothing_else_serves_is_confirmed_cancelled_and_the_
     async with httpx.AsyncClient() as c:
         charge = (await c.get(f"{stack.sims.midtrans.control_url}/transactions/{orphan.id}"))
     assert charge.json()["transaction_status"] == "cancel"
+
+
+async def what_each_says(stack: Stack, order_id: str) -> tuple[str | None, str]:
+    """The order API's ``verification.state`` and the status page lookup's state."""
+    api = (await stack.client.get(f"/v1/orders/{order_id}", headers=stack.shop.headers)).json()
+    page = await stack.client.post("/status/orders", data={"code": order_id,
+                                                           "contact": "andi@example.co.id"})
+    assert page.status_code == 200, page.text
+    found = re.search(r'data-state="([a-z_]+)"', page.text)
+    assert found is not None, page.text
+    return (api["verification"] or {}).get("state"), found.group(1)
+
+
+async def test_the_order_api_and_the_status_page_agree_while_a_create_is_unverified(
+    stack: Stack,
+) -> None:
+    """Regression (review): with the order's instrument declined and its other attempt
+    unknown (a create whose answer was lost, which may yet be live), the order API said
+    ``payment_failed`` while the status page said awaiting payment. Both now decide it as
+    ``order.payment_failed`` does (domain.order.nothing_left_to_pay): not failed while an
+    attempt may yet turn out live; failed once it is read and found closed."""
+    order_id, qr, orphan = await declined_while_a_switch_is_unknown(stack)
+    async with stack.container.db.transaction() as conn:  # its job waits behind others
+        await conn.execute(outbox.update().where(
+            outbox.c.event_type == "attempt.unknown", outbox.c.aggregate_id == orphan.id)
+            .values(available_at=stack.container.clock.now() + timedelta(hours=1)))
+    await settled_quietly(stack, qr.id)
+    assert (await attempt_row(stack, qr.id)).state == "failed"
+    assert (await attempt_row(stack, orphan.id)).state == "unknown"
+    assert await what_each_says(stack, order_id) == (None, "awaiting_payment")
+    assert await payment_failed_told(stack, order_id)() == []
+
+    await make_due(stack, orphan.id)  # the verifier resolves it: live, cancelled, closed
+    await run_verifier(stack.container, payment_failed_told(stack, order_id), [orphan.id])
+    assert await what_each_says(stack, order_id) == ("payment_failed", "payment_failed")
