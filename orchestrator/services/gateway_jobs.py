@@ -244,14 +244,12 @@ class GatewayJobs:
                          **values: Any) -> None:
         now = self._clock.now()
         async with self._db.transaction() as conn:
-            await lock_order_of(conn, attempt_id)
+            order = await lock_order_of(conn, attempt_id)
             moved = await conn.execute(payment_attempts.update().where(
                 payment_attempts.c.id == attempt_id,
                 payment_attempts.c.state == AttemptState.UNKNOWN.value,
-            ).values(state=state.value, failure_reason=reason, updated_at=now, **values)
-              .returning(payment_attempts.c.order_id))
-            closed = moved.first()
-            if closed is not None and state in (AttemptState.FAILED, AttemptState.EXPIRED):
-                await tell_if_nothing_left_to_pay(conn, closed.order_id, attempt_id=attempt_id,
+            ).values(state=state.value, failure_reason=reason, updated_at=now, **values))
+            if moved.rowcount and state in (AttemptState.FAILED, AttemptState.EXPIRED):
+                await tell_if_nothing_left_to_pay(conn, order, attempt_id=attempt_id,
                                                   reason=reason, now=now)
 

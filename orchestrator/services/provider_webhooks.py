@@ -505,7 +505,7 @@ class ProviderWebhooks:
         new_state = next_attempt_state(state, trigger)
         now = self._clock.now()
         async with self._db.transaction() as conn:
-            await lock_order_of(conn, attempt.id)
+            order = await lock_order_of(conn, attempt.id)
             moved = await conn.execute(payment_attempts.update().where(
                 payment_attempts.c.id == attempt.id, payment_attempts.c.state == state.value,
             ).values(state=new_state.value, updated_at=now, closed_at=now,
@@ -514,7 +514,7 @@ class ProviderWebhooks:
                        else "no change: the attempt moved meanwhile")
             await _set_outcome(conn, delivery_id, outcome)
             if moved.rowcount:
-                await tell_if_nothing_left_to_pay(conn, attempt.order_id, attempt_id=attempt.id,
+                await tell_if_nothing_left_to_pay(conn, order, attempt_id=attempt.id,
                                                   reason=f"{status.value} at provider", now=now)
 
     async def _verify_later(self, delivery_id: str, attempt: Any) -> None:

@@ -29,6 +29,7 @@ from orchestrator.domain.verification import VerificationSchedule
 from orchestrator.notify.delivery import MerchantWebhookHandler, merchant_webhook_handlers
 from orchestrator.outbox.relay import Relay
 from orchestrator.rails.midtrans import signature_key
+from orchestrator.services.settlement import Payment, apply_payment
 from orchestrator.store.tables import (
     evidence,
     merchants,
@@ -820,3 +821,61 @@ async def test_the_order_api_and_the_status_page_agree_while_a_create_is_unverif
     await make_due(stack, orphan.id)  # the verifier resolves it: live, cancelled, closed
     await run_verifier(stack.container, payment_failed_told(stack, order_id), [orphan.id])
     assert await what_each_says(stack, order_id) == ("payment_failed", "payment_failed")
+
+
+async def lock_waiters(stack: Stack) -> int:
+    """Sessions of this database waiting for a row lock right now."""
+    return int(await scalar(stack, sa.text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock'")))
+
+
+async def test_a_close_and_a_payment_on_two_attempts_of_one_order_never_deadlock(
+    stack: Stack,
+) -> None:
+    """Regression (final review, 05dd6bc): closing an attempt updated it and only then locked
+    its order, the reverse of settlement (order, then the paid attempt, then the others it
+    retires). The customer's old QR is paid while their GoPay charge is declined: the payment
+    holds the order and waits for the GoPay row, the close holds that row and waits for the
+    order, and PostgreSQL aborts one of them. Both now lock the order first: the later one
+    waits its turn, and neither is retried."""
+    order_id, qr = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    await sim_post(stack.sims.midtrans.control_url, "/config", {"drop_notifications": True})
+    r = await stack.client.post(f"/v1/orders/{order_id}/payment", headers=stack.shop.headers,
+                                json={"rail": "ewallet", "channel": "gopay"})
+    assert r.status_code == 201, r.text
+    gopay = await attempt_row(stack, r.json()["payment"]["attempt_id"])
+    await relay_for(stack.container, 0.5)  # the QR's cancel, and the merchant's news
+    assert ((await attempt_row(stack, qr.id)).state, gopay.state) == ("superseded", "active")
+
+    async def pay_the_qr() -> None:
+        now = stack.container.clock.now()
+        async with stack.container.db.transaction() as conn:
+            await apply_payment(conn, Payment(
+                attempt_id=qr.id, amount=qr.transfer_amount,
+                evidence_key=f"midtrans:status:{qr.id}:paid", kind="provider_status",
+                observed_at=now, details={}), now=now,
+                quarantine=stack.container.settings.unique_codes.quarantine)
+
+    key = stack.container.settings.providers.midtrans_server_key
+    async with stack.container.db.transaction() as hold:  # both queue behind this lock
+        await hold.execute(sa.select(orders.c.id).where(orders.c.id == order_id)
+                           .with_for_update())
+        paying = asyncio.create_task(pay_the_qr())
+        await wait_for(lambda: lock_waiters(stack), 1)
+        r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(midtrans_body(
+            gopay, status="deny", code="202", txid=f"tx-deny-{uuid.uuid4()}", key=key)))
+        assert r.status_code == 200, r.text
+        closing = asyncio.create_task(settled_quietly(stack, gopay.id))
+        await wait_for(lambda: lock_waiters(stack), 2)
+    await paying  # first in the queue: settles the order, retires the GoPay charge
+    await closing
+    async with stack.container.db.read() as conn:
+        tries = (await conn.execute(sa.select(outbox.c.attempts, outbox.c.last_error).where(
+            outbox.c.event_type == "provider.delivery",
+            outbox.c.aggregate_id == gopay.id))).all()
+    assert [(t.attempts, t.last_error) for t in tries] == [(1, None)]  # no deadlock victim
+    assert await order_state(stack, order_id)() == "paid"
+    assert (await attempt_row(stack, qr.id)).state == "paid"
+    [(_, outcome)] = await outcomes(stack, gopay.id)
+    assert outcome == "no change: the attempt moved meanwhile"  # superseded by the payment
