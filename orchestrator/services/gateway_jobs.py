@@ -70,10 +70,13 @@ class GatewayJobs:
 
     async def on_cancel_requested(self, event: OutboxEvent) -> None:
         """A superseded or expired instrument: cancel it where the provider allows. A
-        superseded one stays live and read by the verifier. An expired one the provider would
-        not cancel (a Xendit QR has no cancel; a Midtrans charge paid since its last read
-        refuses one) can still take money, or took it, while the verifier reads it no more: it
-        is watched through the code quarantine of its closing (``_watch_uncancelled``)."""
+        superseded one stays live and read by the verifier. An expired one was last read before
+        its cancel, and the verifier reads it no more: a payment made in between is found only
+        by one more read. Once cancelled it is read once (``_read_after_cancel``: a Xendit VA
+        accepts its closing even once paid); if the provider would not cancel it (a Xendit QR
+        has no cancel; Midtrans refuses one for a charge paid since), it can still take money,
+        or took it, and is watched through the code quarantine of its closing
+        (``_watch_uncancelled``)."""
         attempt_id = str(event.payload["attempt_id"])
         async with self._db.read() as conn:
             attempt = (await conn.execute(sa.select(payment_attempts)
@@ -89,6 +92,18 @@ class GatewayJobs:
         except Refused:
             if attempt.state == AttemptState.EXPIRED.value:
                 await self._watch_uncancelled(attempt)
+            return
+        if attempt.state == AttemptState.EXPIRED.value:
+            await self._read_after_cancel(attempt)
+
+    async def _read_after_cancel(self, attempt: Any) -> None:
+        """One read of an expired instrument just cancelled (``provider_webhooks
+        .on_attempt_verify``): what was paid between its last read and the cancel."""
+        now = self._clock.now()
+        async with self._db.transaction() as conn:
+            await queue_closed_read(conn, attempt.id, due=now, now=now,
+                                    why="cancelled at the provider; read once more",
+                                    event_id=f"recheck_{attempt.id}")  # at most 40
 
     async def _watch_uncancelled(self, attempt: Any) -> None:
         """Read an expired instrument the provider would not cancel now (a payment that landed

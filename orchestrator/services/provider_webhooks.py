@@ -139,7 +139,7 @@ class _ClosedRead:
     @property
     def kind(self) -> str:
         return ("status read for a delivery" if self.delivery_id is not None
-                else "watch read")
+                else "watch read" if self.watch_until is not None else "status read")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -372,8 +372,9 @@ class ProviderWebhooks:
 
     async def on_attempt_verify(self, event: OutboxEvent) -> None:
         """A status read of an attempt Lunas closed (expired, failed), which the verifier no
-        longer reads: asked for by a delivery (``_ask_read_of_closed``), or one of the reads
-        that watch an instrument its provider would not cancel (``watch_until``). A payment
+        longer reads: asked for by a delivery (``_ask_read_of_closed``), the one read after an
+        expired instrument's cancel, or one of the reads that watch an instrument its provider
+        would not cancel (``watch_until``; both ``gateway_jobs.on_cancel_requested``). A payment
         found settles the order or opens a review case, as any late payment (rule 4). A read
         that cannot be made now is queued again for when it can (``_read_again``): the relay
         would otherwise retry it into an open breaker or a provider's pause and dead-letter it.

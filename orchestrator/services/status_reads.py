@@ -22,8 +22,9 @@ Two answers are neither success nor failure for the breaker (``permit.neutral()`
 
 The verifier reads live attempts only. An attempt Lunas closed (expired, failed) is read by an
 ``attempt.verify`` outbox job (``queue_closed_read``; ``provider_webhooks.on_attempt_verify``):
-asked for by a delivery nobody can verify, or watched through the code quarantine because its
-provider would not cancel the instrument (``gateway_jobs.on_cancel_requested``).
+asked for by a delivery nobody can verify, read once after an expired instrument's cancel, or
+watched through the code quarantine because its provider would not cancel the instrument
+(``gateway_jobs.on_cancel_requested``).
 """
 
 from __future__ import annotations

@@ -582,6 +582,41 @@ async def test_a_payment_at_the_deadline_that_makes_the_cancel_fail_is_still_fou
             "needs_review": 1}
 
 
+async def test_a_va_paid_before_its_cancel_went_through_is_still_found(
+    container: Container,
+) -> None:
+    """Regression (review): the read at the deadline says pending, the customer pays the VA a
+    moment later, and the cancel that follows succeeds anyway (Xendit closes a VA by moving
+    its expiry; a paid one accepts that too); its callback is lost. The attempt was expired and
+    nobody read it again. An expired instrument is read once more after its cancel."""
+    async with shop(container) as s:
+        await s.midtrans("POST", "/faults", {"kind": "down"})  # the VA is Xendit's
+        placed = await s.checkout(rail="va", channel="bca")
+        assert placed["routing"]["served_by"] == "va:xendit:bca"
+        attempt = (await s.attempts(placed["id"]))[-1]
+        await s.xendit("POST", "/config", {"callback_url": "http://127.0.0.1:9/lost"})
+        await s.xendit("POST", "/faults", {"kind": "error_rate", "operation": "cancel",
+                                           "probability": 1.0, "status": 503})
+        s.clock.advance(PAST_DEADLINE)  # unpaid at the deadline: read, then expired
+
+        async def expired() -> bool:
+            return (await s.states([placed["id"]]))[placed["id"]] == "expired"
+
+        await eventually(expired, 20, "the unpaid order expired after its status read")
+        await s.xendit("POST", "/pay", {"kind": "va", "external_id": attempt.id,
+                                        "amount": attempt.transfer_amount})
+        await s.xendit("DELETE", "/faults")
+        s.clock.advance(timedelta(minutes=1))  # the cancel is tried again, and goes through
+
+        async def reviewed() -> bool:
+            return (await s.states([placed["id"]]))[placed["id"]] == "needs_review"
+
+        await eventually(reviewed, 20, "the payment found and sent to a person")
+        assert (await s.order(placed["id"]))["review_reason"] == "payment_after_expiry"
+        assert await assert_rules_of_state(s.container.db, [placed["id"]]) == {
+            "needs_review": 1}
+
+
 async def test_an_uncancellable_qr_is_watched_until_its_quarantine_ends_and_no_longer(
     container: Container,
 ) -> None:
