@@ -177,7 +177,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
             midtrans_server_key=settings.providers.midtrans_server_key,
             xendit_callback_token=settings.providers.xendit_callback_token,
             quarantine=settings.unique_codes.quarantine,
-            claim_lease=settings.verification.claim),
+            claim_lease=settings.verification.claim, schedule=settings.verification.schedule),
         unreadable_feed_items=unreadable,
         feed_poller=build_feed_poller(settings, http, reconciliation, unreadable, breakers,
                                       clock, metrics, redis),

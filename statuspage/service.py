@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from orchestrator.domain.clock import Clock
 from orchestrator.domain.errors import InvalidRequest, NotFound
 from orchestrator.domain.ids import new_id
+from orchestrator.domain.order import nothing_left_to_pay
 from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import iso
 from orchestrator.services.payment_failed import PAYABLE
@@ -156,9 +157,9 @@ class StatusPage:
         if not ok:
             return None
         show_check = row.state in ("awaiting_payment", "verifying", "captured")
-        # Its instrument closed unpaid (a declined charge): "pay as instructed" would be wrong.
-        state = ("payment_failed" if row.state == "awaiting_payment" and not payable
-                 else row.state)
+        # Its instruments closed unpaid (a declined charge) and none may yet turn out live:
+        # "pay as instructed" would be wrong. Decided as the order API decides it.
+        state = "payment_failed" if nothing_left_to_pay(row.state, payable) else row.state
         return {"code": row.id, "state": state, "amount": int(row.amount),
                 "expires_at": row.expires_at, "paid_at": row.paid_at,
                 "next_check_at": next_check if show_check else None}

@@ -159,6 +159,16 @@ ATTEMPT_TRANSITIONS: dict[tuple[AttemptState, AttemptTrigger], AttemptState] = {
 LIVE_ATTEMPT_STATES = frozenset({_A.CREATING, _A.ACTIVE, _A.SUPERSEDED, _A.UNKNOWN})
 
 
+def nothing_left_to_pay(order_state: str, live_attempts: int) -> bool:
+    """An order awaiting payment with no live attempt (``LIVE_ATTEMPT_STATES``): its instruments
+    closed unpaid before the deadline, and none is being created or verified that could yet turn
+    out payable (a superseded QR the provider would not cancel still takes money; an unknown
+    create may be live). The one definition the order API (``verification.state =
+    payment_failed``), the status page lookup and ``order.payment_failed`` share
+    (services/payment_failed.py)."""
+    return order_state == OrderState.AWAITING_PAYMENT.value and live_attempts == 0
+
+
 def next_attempt_state(state: AttemptState, trigger: AttemptTrigger) -> AttemptState:
     """The state ``trigger`` moves an attempt in ``state`` to, or ``TransitionRefused``."""
     try:

@@ -171,8 +171,8 @@ class CaptureService:
             # answers 202 with what it stored rather than an error for an order that exists.
             log.exception("issuance failed after capture; deferred", extra={"order_id": order.id})
             self._metrics.orders_captured.labels("deferred", rail.value).inc()
-            return CaptureOutcome(status_code=202, body=render_order(order, None),
-                                  replayed=False)
+            body = render_order(order, None, nothing_to_pay=False)  # captured
+            return CaptureOutcome(status_code=202, body=body, replayed=False)
         served = result.served is not None
         self._metrics.orders_captured.labels("created" if served else "deferred",
                                              rail.value).inc()
@@ -187,7 +187,7 @@ class CaptureService:
                            expires_at, now)
         if (await conn.execute(self._insert_order, vars(order))).first() is None:
             raise _Rejected(order_conflict=True)
-        body = render_order(order, None)
+        body = render_order(order, None, nothing_to_pay=False)  # captured: nothing issued yet
         # The safety net for deferred issuance: if this request dies mid-issuance, or no route
         # serves, the worker issues once the request's own attempt can no longer be running.
         await add_events(conn, [PendingEvent(
@@ -236,7 +236,7 @@ class CaptureService:
             codes=self._codes.codes, tries=self._codes.allocation_tries,
             expires_at=expires_at, now=now, rng=self._rng, blind_first=not one_statement,
         )
-        body = render_order(order, _attempt_view(instrument))
+        body = render_order(order, _attempt_view(instrument), nothing_to_pay=False)
         await add_events(conn, [self._captured(order, body)], now=now)
         await self._store_response(conn, merchant_id, key, fingerprint, order.id, 201, body, now)
         return body
@@ -256,7 +256,7 @@ class CaptureService:
         attempt, instrument = manual_transfer.first_proposal(
             order_id=order.id, amount=amount, accounts=accounts, codes=self._codes.codes,
             expires_at=order.expires_at, now=now, rng=self._rng)
-        body = render_order(order, _attempt_view(instrument))
+        body = render_order(order, _attempt_view(instrument), nothing_to_pay=False)
         captured = self._captured(order, body)
         with producing([captured]) as context:
             written = await write_capture(

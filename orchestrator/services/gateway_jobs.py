@@ -5,9 +5,10 @@ budget (the api died mid-issuance, or every route was down and the merchant allo
 gets its instructions here, retried with the relay's backoff until a route serves.
 
 ``attempt.unknown`` — an attempt whose create outcome was unknown is resolved by a status read
-(never by a blind re-create, rule 3): absent → failed; paid → settled as evidence; live → if the
-order is served by another attempt, cancelled at the provider where it allows and kept watched as
-``superseded`` (rule 4), so no second live instrument is left uncancelled.
+(never by a blind re-create, rule 3): absent → failed; paid → settled as evidence; live →
+cancelled at the provider where it allows and kept watched as ``superseded`` (rule 4), so no
+instrument nobody was shown is left uncancelled; a cancelled one is read again at once, so its
+close can tell the merchant when nothing is left to pay on (``_supersede_live``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,13 @@ from orchestrator.services.issuance import IssuanceService, add_unknown_event
 from orchestrator.services.payment_failed import lock_order_of, tell_if_nothing_left_to_pay
 from orchestrator.services.reversals import REVERSALS, apply_reversal
 from orchestrator.services.settlement import Payment, apply_payment
-from orchestrator.services.status_reads import StatusReads, defer, paid_evidence_key, route_of
+from orchestrator.services.status_reads import (
+    StatusReads,
+    defer,
+    paid_evidence_key,
+    queue_closed_read,
+    route_of,
+)
 from orchestrator.store.database import Database
 from orchestrator.store.tables import orders, payment_attempts
 
@@ -63,7 +70,14 @@ class GatewayJobs:
                 events.ATTEMPT_CANCEL_REQUESTED: self.on_cancel_requested}
 
     async def on_cancel_requested(self, event: OutboxEvent) -> None:
-        """A superseded instrument: cancel it where the provider allows; it stays watched."""
+        """A superseded or expired instrument: cancel it where the provider allows. A
+        superseded one stays live and read by the verifier. An expired one was last read before
+        its cancel, and the verifier reads it no more: a payment made in between is found only
+        by one more read. Once cancelled it is read once (``_read_after_cancel``: a Xendit VA
+        accepts its closing even once paid); if the provider would not cancel it (a Xendit QR
+        has no cancel; Midtrans refuses one for a charge paid since), it can still take money,
+        or took it, and is watched through the code quarantine of its closing
+        (``_watch_uncancelled``)."""
         attempt_id = str(event.payload["attempt_id"])
         async with self._db.read() as conn:
             attempt = (await conn.execute(sa.select(payment_attempts)
@@ -77,7 +91,35 @@ class GatewayJobs:
                 await self._providers[attempt.provider].cancel(attempt.id, attempt.provider_ref,
                                                                route)
         except Refused:
-            return  # not cancellable (e.g. a QR code): it stays superseded and watched
+            if attempt.state == AttemptState.EXPIRED.value:
+                await self._watch_uncancelled(attempt)
+            return
+        if attempt.state == AttemptState.EXPIRED.value:
+            await self._read_after_cancel(attempt)
+
+    async def _read_after_cancel(self, attempt: Any) -> None:
+        """One read of an expired instrument just cancelled (``provider_webhooks
+        .on_attempt_verify``): what was paid between its last read and the cancel."""
+        now = self._clock.now()
+        async with self._db.transaction() as conn:
+            await queue_closed_read(conn, attempt.id, due=now, now=now,
+                                    why="cancelled at the provider; read once more",
+                                    event_id=f"recheck_{attempt.id}")  # at most 40
+
+    async def _watch_uncancelled(self, attempt: Any) -> None:
+        """Read an expired instrument the provider would not cancel now (a payment that landed
+        at the deadline is found at once), then on its rail's schedule until the quarantine of
+        its closing ends (``provider_webhooks.on_attempt_verify``). Its webhook is the fast path;
+        this is the net for the one that is lost (rule 4)."""
+        now = self._clock.now()
+        watch_until = (attempt.closed_at or attempt.updated_at) + self._quarantine
+        if watch_until <= now:
+            return
+        async with self._db.transaction() as conn:
+            await queue_closed_read(conn, attempt.id, due=now, now=now,
+                                    why="the provider would not cancel it; watched until "
+                                        f"{watch_until.isoformat()}", watch_until=watch_until,
+                                    event_id=f"watch_{attempt.id}")  # a cancel job run twice
 
     async def on_order_captured(self, event: OutboxEvent) -> None:
         order_id = str(event.aggregate_id)
@@ -125,10 +167,11 @@ class GatewayJobs:
                 await defer(conn, attempt.id, key, now=self._clock.now(),
                             retry_at=self._reads.retry_at(key))
 
-    async def resolve_unknown(self, attempt: Any) -> None:
-        """Read the provider's status of an ``unknown`` attempt and act on it. Raises
-        ``RouteUnavailable`` when the route's breaker refuses, ``RailError`` when the read
-        failed."""
+    async def resolve_unknown(self, attempt: Any) -> bool:
+        """Read the provider's status of an ``unknown`` attempt and act on it; True when the
+        attempt is to be read again at once (a live orphan just cancelled), not on its rail's
+        schedule. Raises ``RouteUnavailable`` when the route's breaker refuses, ``RailError``
+        when the read failed."""
         route = route_of(attempt)
         provider = self._providers[attempt.provider]
         status = await self._reads.read(attempt)
@@ -138,18 +181,18 @@ class GatewayJobs:
             # e-wallet); the create's idempotency key makes repeating it safe: it returns the
             # original if one exists. What comes back is a live orphan either way.
             instrument = await self._recreate(attempt, route, provider)
-            await self._supersede_live(attempt, route, provider, instrument.provider_ref)
-            return
+            return await self._supersede_live(attempt, route, provider, instrument.provider_ref)
+        if status.status is NeutralStatus.PENDING:
+            return await self._supersede_live(attempt, route, provider, status.provider_ref)
         if status.status is NeutralStatus.NOT_FOUND:
             await self._set_state(attempt.id, AttemptState.FAILED, "never created at provider")
         elif status.status is NeutralStatus.PAID or status.status in REVERSALS:
             await self._settle(attempt, status)
-        elif status.status is NeutralStatus.PENDING:
-            await self._supersede_live(attempt, route, provider, status.provider_ref)
         elif status.status is NeutralStatus.EXPIRED:
             await self._set_state(attempt.id, AttemptState.EXPIRED, "expired at provider")
         else:
             await self._set_state(attempt.id, AttemptState.FAILED, f"provider says {status.status}")
+        return False
 
     async def _recreate(self, attempt: Any, route: Route, provider: PaymentProvider
                         ) -> Instrument:
@@ -160,16 +203,26 @@ class GatewayJobs:
             return await provider.create(self._issuance.request_for(order, route, attempt.id))
 
     async def _supersede_live(self, attempt: Any, route: Route, provider: PaymentProvider,
-                              provider_ref: str | None) -> None:
-        """A live orphan instrument: cancel it where the provider allows, keep watching it."""
+                              provider_ref: str | None) -> bool:
+        """A live orphan instrument: cancel it where the provider allows, keep watching it.
+
+        Superseded, never adopted as the order's live attempt even when nothing else serves
+        it: its create's answer was lost, so its instructions never reached the customer, and
+        a status read does not return them. Superseded still counts as payable
+        (``payment_failed.PAYABLE``) until a read sees it closed; once cancelled, that read is
+        made due now (not on the rail's schedule, hours away for a VA), so when nothing else is
+        left to pay on, the merchant hears ``order.payment_failed`` from its close straight
+        away, whether or not the provider notifies the cancel."""
+        values: dict[str, Any] = {"provider_ref": provider_ref}
         try:
             async with self._guard.guard(route.key):
                 await provider.cancel(attempt.id, provider_ref, route)
             reason = "live orphan from an unknown create; cancelled at provider"
+            values["next_check_at"] = self._clock.now()
         except Refused:
             reason = "live orphan from an unknown create; provider cannot cancel it, watched"
-        await self._set_state(attempt.id, AttemptState.SUPERSEDED, reason,
-                              provider_ref=provider_ref)
+        await self._set_state(attempt.id, AttemptState.SUPERSEDED, reason, **values)
+        return "next_check_at" in values
 
     async def _settle(self, attempt: Any, status: ProviderStatus) -> None:
         now = self._clock.now()
@@ -212,14 +265,12 @@ class GatewayJobs:
                          **values: Any) -> None:
         now = self._clock.now()
         async with self._db.transaction() as conn:
-            await lock_order_of(conn, attempt_id)
+            order = await lock_order_of(conn, attempt_id)
             moved = await conn.execute(payment_attempts.update().where(
                 payment_attempts.c.id == attempt_id,
                 payment_attempts.c.state == AttemptState.UNKNOWN.value,
-            ).values(state=state.value, failure_reason=reason, updated_at=now, **values)
-              .returning(payment_attempts.c.order_id))
-            closed = moved.first()
-            if closed is not None and state in (AttemptState.FAILED, AttemptState.EXPIRED):
-                await tell_if_nothing_left_to_pay(conn, closed.order_id, attempt_id=attempt_id,
+            ).values(state=state.value, failure_reason=reason, updated_at=now, **values))
+            if moved.rowcount and state in (AttemptState.FAILED, AttemptState.EXPIRED):
+                await tell_if_nothing_left_to_pay(conn, order, attempt_id=attempt_id,
                                                   reason=reason, now=now)
 

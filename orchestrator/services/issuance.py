@@ -27,8 +27,8 @@ from orchestrator.rails import manual_transfer
 from orchestrator.rails.base import ChargeRequest, Instrument, Rail, Route
 from orchestrator.rails.plan import RoutingPolicy, plan_routes
 from orchestrator.rails.router import IssueResult, Router
-from orchestrator.services.order_view import event_payload, render_order
-from orchestrator.services.orders import current_attempt, retire_attempts
+from orchestrator.services.order_view import event_payload
+from orchestrator.services.orders import retire_attempts, view_order
 from orchestrator.settings import UniqueCodeSettings
 from orchestrator.store.database import Database
 from orchestrator.store.merchants import active_payout_accounts
@@ -182,7 +182,7 @@ class IssuanceService:
                                             .where(orders.c.id == order_id))).one()
             if served_live and switching:
                 await supersede_others(conn, order_id, str(result.attempt_id), now=now)
-            body = render_order(order, await current_attempt(conn, order_id))
+            body = await view_order(conn, order)
             body["routing"] = routing_view(result)
             if served_live:
                 await add_events(conn, [PendingEvent(

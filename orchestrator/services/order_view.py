@@ -105,9 +105,11 @@ def _manual(attempt: Any) -> dict[str, Any]:
 
 
 _OPEN = ("captured", "awaiting_payment", "verifying")
+_CLOSED_UNPAID = ("failed", "expired")
 
 
-def render_verification(order: Any, attempt: Any) -> dict[str, Any] | None:
+def render_verification(order: Any, attempt: Any, *, nothing_to_pay: bool
+                        ) -> dict[str, Any] | None:
     """What Lunas is doing to learn whether the customer paid, honestly, while the order is open.
 
     ``state``: ``scheduled`` (the provider is asked at ``next_check_at``, a webhook may come first),
@@ -115,13 +117,15 @@ def render_verification(order: Any, attempt: Any) -> dict[str, Any] | None:
     ``waiting_for_provider`` (the provider cannot be asked now; asked again when it recovers,
     expected around ``next_check_at``), ``watching_bank_mutations`` (manual transfer: bank
     statement lines are matched as they arrive), ``payment_failed`` (awaiting payment, but its
-    instrument closed unpaid before the deadline, e.g. a declined e-wallet charge: nothing is
-    left to pay on until the customer chooses a method again; see services/payment_failed.py)."""
-    if order.state == "awaiting_payment" and (attempt is None
-                                              or attempt.state in ("failed", "expired")):
+    instruments closed unpaid before the deadline, e.g. a declined e-wallet charge, and none is
+    being created or verified: nothing is left to pay on until the customer chooses a method
+    again; ``nothing_to_pay``, from ``domain.order.nothing_left_to_pay``, as the status page and
+    ``order.payment_failed`` decide it). An order whose shown instrument closed while another may
+    yet turn out live (an unknown create) has no verification to show: null."""
+    if nothing_to_pay:
         return {"state": "payment_failed", "waiting_on": None, "next_check_at": None,
                 "display": {"next_check_at": None}}
-    if order.state not in _OPEN or attempt is None:
+    if order.state not in _OPEN or attempt is None or attempt.state in _CLOSED_UNPAID:
         return None
     if attempt.rail == "manual_transfer":
         state, nxt = "watching_bank_mutations", None
@@ -139,7 +143,9 @@ def render_verification(order: Any, attempt: Any) -> dict[str, Any] | None:
     }
 
 
-def render_order(order: Any, attempt: Any) -> dict[str, Any]:
+def render_order(order: Any, attempt: Any, *, nothing_to_pay: bool) -> dict[str, Any]:
+    """``attempt``: the instrument shown (``orders.current_attempt``); ``nothing_to_pay``: see
+    ``render_verification`` (``orders.view_order`` renders a stored order with both)."""
     return {
         "id": order.id,
         "merchant_order_id": order.merchant_order_id,
@@ -157,7 +163,7 @@ def render_order(order: Any, attempt: Any) -> dict[str, Any]:
         "paid_at": iso(order.paid_at),
         "review_reason": order.review_reason,
         "payment": render_payment(attempt),
-        "verification": render_verification(order, attempt),
+        "verification": render_verification(order, attempt, nothing_to_pay=nothing_to_pay),
         "display": render_display(order),
     }
 

@@ -16,10 +16,12 @@ from orchestrator.domain.order import (
     OrderState,
     OrderTrigger,
     next_order_state,
+    nothing_left_to_pay,
 )
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails.base import Rail
 from orchestrator.services.order_view import event_payload, render_order
+from orchestrator.services.payment_failed import payable_attempts
 from orchestrator.store.database import Database
 from orchestrator.store.tables import evidence, orders, payment_attempts
 
@@ -41,6 +43,14 @@ async def current_attempt(conn: AsyncConnection, order_id: str) -> Any:
     )).first()
 
 
+async def view_order(conn: AsyncConnection, order: Any) -> dict[str, Any]:
+    """A stored order as its merchant sees it: the instrument shown, and whether anything is
+    left to pay on, decided as the status page and ``order.payment_failed`` decide it."""
+    return render_order(order, await current_attempt(conn, order.id),
+                        nothing_to_pay=nothing_left_to_pay(
+                            order.state, await payable_attempts(conn, order.id)))
+
+
 async def get_order(db: Database, *, merchant_id: str, order_id: str) -> dict[str, Any]:
     async with db.read() as conn:
         order = (await conn.execute(
@@ -49,7 +59,7 @@ async def get_order(db: Database, *, merchant_id: str, order_id: str) -> dict[st
         if order is None:
             # A foreign order id is reported exactly like a missing one: no probing.
             raise NotFound(f"no order {order_id} for this merchant")
-        return render_order(order, await current_attempt(conn, order.id))
+        return await view_order(conn, order)
 
 
 async def find_by_merchant_order_id(
@@ -62,7 +72,7 @@ async def find_by_merchant_order_id(
         )).first()
         if order is None:
             return []
-        return [render_order(order, await current_attempt(conn, order.id))]
+        return [await view_order(conn, order)]
 
 
 async def close_attempts(
@@ -126,7 +136,7 @@ async def cancel_order(
             event_type=ORDER_EVENT_ON_ENTRY[new_state], aggregate_id=order_id,
             merchant_id=merchant_id, payload=event_payload(moved),
         )], now=now)
-        return render_order(moved, await current_attempt(conn, order_id))
+        return await view_order(conn, moved)
 
 
 async def retire_attempts(conn: AsyncConnection, attempt_ids: list[str], *, now: datetime,

@@ -46,7 +46,10 @@ the provider says so; the delivery's outcome says when the read was asked for, t
 ``last_check`` what it found. For an attempt Lunas closed (expired, failed), which the verifier
 reads no more, it queues one ``attempt.verify`` read, coalesced the same way, while the attempt
 is within the code quarantine of its closing (a late payment whose webhook cannot be verified,
-e.g. after a server-key rotation, is still found: rule 4); later, nothing is read. An
+e.g. after a server-key rotation, is still found: rule 4); later, nothing is read. Such a read
+that cannot be made now (the route's breaker open, a 429, an answer Lunas cannot read) is queued
+again for when it can, never failed: the relay would dead-letter it after its tries, and the
+payment it looks for would be lost. An
 unverified body is stored up to ``MAX_UNTRUSTED_BODY``
 characters (with its length and hash), since nobody but a person investigating reads it.
 """
@@ -57,7 +60,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -69,21 +72,28 @@ from orchestrator.domain.clock import Clock
 from orchestrator.domain.ids import new_id
 from orchestrator.domain.order import AttemptState, AttemptTrigger, next_attempt_state
 from orchestrator.domain.text import unstorable
+from orchestrator.domain.verification import VerificationSchedule
 from orchestrator.outbox.relay import OutboxEvent
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails import midtrans, xendit
-from orchestrator.rails.base import NeutralStatus, ProviderStatus
-from orchestrator.rails.errors import RailError
+from orchestrator.rails.base import NeutralStatus, ProviderStatus, Rail
+from orchestrator.rails.errors import RailError, Throttled, Unreadable
 from orchestrator.rails.router import RouteUnavailable
 from orchestrator.services.order_view import iso
 from orchestrator.services.payment_failed import lock_order_of, tell_if_nothing_left_to_pay
 from orchestrator.services.reversals import REVERSALS, apply_reversal
 from orchestrator.services.settlement import Payment, apply_payment
 from orchestrator.services.status_reads import (
+    CLOSED_UNPAID,
     LIVE,
+    READ_QUEUED,
     StatusReads,
     paid_evidence_key,
+    queue_closed_read,
+    route_of,
+    throttle_pause,
 )
+from orchestrator.services.verification import unreadable_gap
 from orchestrator.store.database import Database, upsert_insert
 from orchestrator.store.tables import orders, payment_attempts, provider_deliveries
 from orchestrator.telemetry import tracing
@@ -95,16 +105,13 @@ KEPT_HEADERS = ("content-type", "content-length", "user-agent", "webhook-id", "x
                 "x-real-ip")
 """Headers stored with a delivery; never a secret (``x-callback-token`` is left out)."""
 _LIVE = (AttemptState.ACTIVE, AttemptState.SUPERSEDED, AttemptState.UNKNOWN)
-_CLOSED = (AttemptState.EXPIRED.value, AttemptState.FAILED.value)
-"""Attempts Lunas closed unpaid: the verifier reads them no more, yet money may still land on
-them (rule 4)."""
+_CLOSED = CLOSED_UNPAID
 _CANCELLED_BY_LUNAS = (AttemptState.SUPERSEDED.value, *_CLOSED)
 """Midtrans attempts Lunas may have cancelled at the provider (a superseded instrument, an
 expired one). Midtrans then notifies ``cancel`` under status code 200, signed; the signature
 leaves ``transaction_status`` out, so that genuine body relabelled ``settlement`` verifies as a
 payment. A payment notification for such an attempt is confirmed by a status read first."""
-_READ_ASKED = "status read asked for by a delivery"
-"""A closed attempt's ``last_check`` while a read a delivery asked for has not started yet."""
+_ASKED = "asked for by a delivery"
 ASKED_READ_SPACING = timedelta(minutes=1)
 """The least time between two status reads of one attempt that deliveries Lunas cannot trust
 ask for. A genuine delivery that failed verification (a rotated key) is retried by the provider
@@ -113,6 +120,32 @@ attempt id, not one per request."""
 MAX_UNTRUSTED_BODY = 16_384
 """Characters of an unverified or malformed body that are stored. A provider's notification is a
 few kilobytes; a forger's megabyte is kept as its start, its length and its SHA-256."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class _ClosedRead:
+    """One ``attempt.verify`` job, as ``status_reads.queue_closed_read`` wrote it (jobs an
+    older version queued carry only the attempt and the delivery)."""
+
+    attempt_id: str
+    delivery_id: str | None
+    watch_until: datetime | None
+    watch_reads: int
+    unreadable: int
+
+    @classmethod
+    def of(cls, payload: Mapping[str, Any]) -> _ClosedRead:
+        delivery, until = payload.get("delivery_id"), payload.get("watch_until")
+        return cls(attempt_id=str(payload["attempt_id"]),
+                   delivery_id=str(delivery) if delivery is not None else None,
+                   watch_until=datetime.fromisoformat(until) if until else None,
+                   watch_reads=int(payload.get("watch_reads") or 0),
+                   unreadable=int(payload.get("unreadable") or 0))
+
+    @property
+    def kind(self) -> str:
+        return ("status read for a delivery" if self.delivery_id is not None
+                else "watch read" if self.watch_until is not None else "status read")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,8 +230,10 @@ def untrusted_text(raw_text: str, raw: bytes) -> str:
 class ProviderWebhooks:
     def __init__(self, db: Database, reads: StatusReads, clock: Clock, *,
                  midtrans_server_key: str, xendit_callback_token: str,
-                 quarantine: timedelta, claim_lease: timedelta = timedelta(seconds=60)) -> None:
+                 quarantine: timedelta, claim_lease: timedelta = timedelta(seconds=60),
+                 schedule: VerificationSchedule | None = None) -> None:
         self._db, self._reads, self._clock = db, reads, clock
+        self._schedule = schedule or VerificationSchedule()
         self._server_key, self._callback_token = midtrans_server_key, xendit_callback_token
         # The verifier's claim lease: a read due within it may be in flight already.
         self._quarantine, self._claim_lease = quarantine, claim_lease
@@ -347,40 +382,108 @@ class ProviderWebhooks:
             await self._record(delivery_id, f"no change: provider says {status.raw_status}")
 
     async def on_attempt_verify(self, event: OutboxEvent) -> None:
-        """A status read a delivery asked for, of an attempt Lunas closed (expired, failed),
-        which the verifier no longer reads (``_ask_read_of_closed``). A payment found settles
-        the order or opens a review case, as any late payment (rule 4). An open breaker or a
-        failed read raises, and the relay tries again with its backoff: a closed attempt has
-        no schedule to defer on. A live attempt is the verifier's (a job an older version
-        queued for one is coalesced into its schedule, ``_ask_verifier``)."""
-        attempt_id = str(event.payload["attempt_id"])
-        delivery_id = event.payload.get("delivery_id")
+        """A status read of an attempt Lunas closed (expired, failed), which the verifier no
+        longer reads: asked for by a delivery (``_ask_read_of_closed``), the one read after an
+        expired instrument's cancel, or one of the reads that watch an instrument its provider
+        would not cancel (``watch_until``; both ``gateway_jobs.on_cancel_requested``). A payment
+        found settles the order or opens a review case, as any late payment (rule 4). A read
+        that cannot be made now is queued again for when it can (``_read_again``): the relay
+        would otherwise retry it into an open breaker or a provider's pause and dead-letter it.
+        A live attempt is the verifier's (a job an older version queued for one is coalesced
+        into its schedule, ``_ask_verifier``)."""
+        job = _ClosedRead.of(event.payload)
         async with self._db.read() as conn:
             attempt = (await conn.execute(sa.select(payment_attempts).where(
-                payment_attempts.c.id == attempt_id))).one()
+                payment_attempts.c.id == job.attempt_id))).one()
         if attempt.state in LIVE:
-            if delivery_id is not None:
-                await self._ask_verifier(str(delivery_id), attempt.id, "unverified: never trusted")
+            if job.delivery_id is not None:
+                await self._ask_verifier(job.delivery_id, attempt.id, "unverified: never trusted")
             return
         if attempt.state not in _CLOSED:
-            if delivery_id is not None:
-                await self._record(str(delivery_id),
+            if job.delivery_id is not None:
+                await self._record(job.delivery_id,
                                    f"status read skipped: attempt already {attempt.state}")
             return
         # From here on a delivery may arrive after this read's request left: it asks for a read
         # of its own instead of counting on this one (``_ask_read_of_closed``).
-        await self._note_closed_read(attempt.id, "status read for a delivery: running")
-        status = await self._reads.read(attempt)
+        await self._note_closed_read(attempt.id, f"{job.kind}: running")
+        try:
+            status = await self._reads.read(attempt)
+        except RouteUnavailable:
+            key = route_of(attempt).key
+            retry_at = self._reads.retry_at(key)
+            wait = self._schedule.retry_after_failure
+            if retry_at is not None:
+                wait = max(wait, retry_at - self._clock.now())
+            await self._read_again(job, attempt, wait, f"deferred: {key} unavailable")
+            return
+        except Throttled as exc:
+            wait = max(timedelta(seconds=throttle_pause(exc.retry_after)),
+                       self._schedule.retry_after_failure)
+            await self._read_again(job, attempt, wait, "throttled (429)")
+            return
+        except Unreadable as exc:
+            in_a_row = job.unreadable + 1
+            wait = unreadable_gap(self._schedule.retry_after_failure, in_a_row)
+            log.warning("status answer for closed %s unreadable (%d in a row), next read in "
+                        "%.0f s: %s", attempt.id, in_a_row, wait.total_seconds(), exc.detail,
+                        extra={"attempt_id": attempt.id, "order_id": attempt.order_id})
+            await self._read_again(replace(job, unreadable=in_a_row), attempt, wait,
+                                   f"unreadable answer ({in_a_row} in a row): {exc.detail}")
+            return
         await self._note_closed_read(
-            attempt.id, f"status read for a delivery: {status.raw_status or status.status}")
+            attempt.id, f"{job.kind}: {status.raw_status or status.status}")
         if status.status is NeutralStatus.PAID:
-            await self._settle(attempt, status, delivery_id=delivery_id,
+            await self._settle(attempt, status, delivery_id=job.delivery_id,
                                details={"raw_status": status.raw_status,
-                                        "asked_by_delivery": delivery_id},
+                                        "asked_by_delivery": job.delivery_id},
                                kind="provider_status", prefix="status read: ")
-        elif delivery_id is not None:
-            await self._record(str(delivery_id),
+            return
+        if status.status is NeutralStatus.PENDING:
+            await self._watch_on(job, attempt)
+        if job.delivery_id is not None:
+            await self._record(job.delivery_id,
                                f"status read: provider says {status.raw_status}; no change")
+
+    async def _read_again(self, job: _ClosedRead, attempt: Any, wait: timedelta,
+                          why: str) -> None:
+        """Queue this read again ``wait`` from now, carrying its delivery and its watch: a
+        read Lunas could not make is not an answer, so nothing else changes. A read a delivery
+        queued meanwhile (since this one started) answers this delivery too, unless this read
+        also keeps a watch: then both stay, so the chains never multiply beyond the deliveries
+        that could not be coalesced."""
+        now = self._clock.now()
+        a = payment_attempts.c
+        async with self._db.transaction() as conn:
+            row = (await conn.execute(sa.select(a.last_check, a.last_checked_at).where(
+                a.id == attempt.id).with_for_update())).one()
+            queued = ((row.last_check or "").startswith(READ_QUEUED)
+                      and row.last_checked_at is not None and row.last_checked_at > now)
+            if queued and job.watch_until is None:
+                if job.delivery_id is not None:
+                    await _set_outcome(conn, job.delivery_id, f"status read: {why}; answered "
+                                       f"by the read queued for {iso(row.last_checked_at)}")
+                return
+            await queue_closed_read(
+                conn, attempt.id, due=now + wait, now=now,
+                why=f"{why}, again in {wait.total_seconds():.0f} s",
+                delivery_id=job.delivery_id, watch_until=job.watch_until,
+                watch_reads=job.watch_reads, unreadable=job.unreadable)
+
+    async def _watch_on(self, job: _ClosedRead, attempt: Any) -> None:
+        """A pending instrument its provider would not cancel can still take money: read it
+        again on its rail's schedule until the watch ends, the last read at its end."""
+        now = self._clock.now()
+        if job.watch_until is None or job.watch_until <= now:
+            return
+        nxt = self._schedule.next_check(Rail(attempt.rail), checks_done=job.watch_reads + 1,
+                                        last=now)
+        due = min(nxt or job.watch_until, job.watch_until)
+        async with self._db.transaction() as conn:
+            await queue_closed_read(
+                conn, attempt.id, due=due, now=now, why="watching an instrument the provider "
+                f"would not cancel, until {iso(job.watch_until)}",
+                watch_until=job.watch_until, watch_reads=job.watch_reads + 1)
 
     async def _settle(self, attempt: Any, status: ProviderStatus, *, delivery_id: object,
                       details: dict[str, Any], kind: str, prefix: str = "") -> None:
@@ -475,7 +578,7 @@ class ProviderWebhooks:
         new_state = next_attempt_state(state, trigger)
         now = self._clock.now()
         async with self._db.transaction() as conn:
-            await lock_order_of(conn, attempt.id)
+            order = await lock_order_of(conn, attempt.id)
             moved = await conn.execute(payment_attempts.update().where(
                 payment_attempts.c.id == attempt.id, payment_attempts.c.state == state.value,
             ).values(state=new_state.value, updated_at=now, closed_at=now,
@@ -484,7 +587,7 @@ class ProviderWebhooks:
                                 else "no change: the attempt moved meanwhile")
             await _set_outcome(conn, delivery_id, outcome)
             if moved.rowcount:
-                await tell_if_nothing_left_to_pay(conn, attempt.order_id, attempt_id=attempt.id,
+                await tell_if_nothing_left_to_pay(conn, order, attempt_id=attempt.id,
                                                   reason=f"{status.value} at provider", now=now)
 
     async def _verify_later(self, delivery_id: str, attempt: Any) -> None:
@@ -562,16 +665,13 @@ class ProviderWebhooks:
             elif within_watch and closed_at + self._quarantine <= now:
                 outcome = (f"{asked}; attempt {row.state} since {iso(closed_at)}, past its "
                            f"watch, not read")
-            elif (row.last_check == _READ_ASKED and row.last_checked_at is not None
+            elif ((row.last_check or "").startswith(READ_QUEUED)
+                  and row.last_checked_at is not None
                   and row.last_checked_at + ASKED_READ_SPACING > now):
                 outcome = f"{asked}; status read already queued for {iso(row.last_checked_at)}"
             else:
-                await conn.execute(payment_attempts.update().where(a.id == attempt_id).values(
-                    last_checked_at=due, last_check=_READ_ASKED))
-                await add_events(conn, [PendingEvent(
-                    event_type=events.ATTEMPT_VERIFY, aggregate_id=attempt_id, merchant_id=None,
-                    payload={"attempt_id": attempt_id, "delivery_id": delivery_id},
-                    available_at=due)], now=now)
+                await queue_closed_read(conn, attempt_id, due=due, now=now, why=_ASKED,
+                                        delivery_id=delivery_id)
                 outcome = f"{asked}; status read of the {row.state} attempt queued for {iso(due)}"
             await _set_outcome(conn, delivery_id, outcome)
 

@@ -19,6 +19,12 @@ Two answers are neither success nor failure for the breaker (``permit.neutral()`
   status such as Midtrans ``chargeback``, a field of an unexpected type, an adapter bug) says the
   provider answered and our reading failed: one odd transaction must not keep a route's breaker
   failing. The verifier retries it with growing gaps (``services/verification.py``).
+
+The verifier reads live attempts only. An attempt Lunas closed (expired, failed) is read by an
+``attempt.verify`` outbox job (``queue_closed_read``; ``provider_webhooks.on_attempt_verify``):
+asked for by a delivery nobody can verify, read once after an expired instrument's cancel, or
+watched through the code quarantine because its provider would not cancel the instrument
+(``gateway_jobs.on_cancel_requested``).
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from orchestrator.domain import events
 from orchestrator.domain.order import AttemptState
+from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails.base import PaymentProvider, ProviderStatus, Rail, Route
 from orchestrator.rails.errors import RailError, Throttled, Unreadable
 from orchestrator.rails.guard import BreakerGuard
@@ -55,6 +63,32 @@ def throttle_pause(retry_after: float | None) -> float:
 
 class ReadAbandoned(Exception):
     """The read was no longer wanted when its slot came (its claim passed to another worker)."""
+
+
+CLOSED_UNPAID = (AttemptState.EXPIRED.value, AttemptState.FAILED.value)
+"""Attempts Lunas closed unpaid: the verifier reads them no more, yet money may still land on
+them (rule 4)."""
+READ_QUEUED = "status read queued"
+"""How a closed attempt's ``last_check`` starts while an ``attempt.verify`` read of it is queued
+(its ``last_checked_at`` then says when it is due); deliveries that ask meanwhile count on it."""
+
+
+async def queue_closed_read(conn: AsyncConnection, attempt_id: str, *, due: datetime,
+                            now: datetime, why: str, delivery_id: object = None,
+                            watch_until: datetime | None = None, watch_reads: int = 0,
+                            unreadable: int = 0, event_id: str | None = None) -> None:
+    """Queue one ``attempt.verify`` read of a closed attempt at ``due``, and say so on the
+    attempt. ``watch_until``: while before it, a pending answer queues the next read on the
+    rail's schedule (an instrument the provider would not cancel); ``unreadable``: answers in a
+    row that could not be read, for the next gap; ``event_id``: a read that happens once."""
+    await conn.execute(payment_attempts.update().where(payment_attempts.c.id == attempt_id)
+                       .values(last_checked_at=due, last_check=f"{READ_QUEUED}: {why}"[:200]))
+    await add_events(conn, [PendingEvent(
+        event_type=events.ATTEMPT_VERIFY, aggregate_id=attempt_id, merchant_id=None,
+        payload={"attempt_id": attempt_id, "delivery_id": delivery_id,
+                 "watch_until": watch_until.isoformat() if watch_until else None,
+                 "watch_reads": watch_reads, "unreadable": unreadable},
+        available_at=due, event_id=event_id)], now=now)
 
 
 def paid_evidence_key(provider: str, attempt_id: str) -> str:

@@ -282,8 +282,9 @@ class Verifier:
                     return  # its create finished after all (claimed as it did)
                 counted.labels(attempt.provider, "interrupted_create").inc()
             if attempt.state in (AttemptState.UNKNOWN.value, AttemptState.CREATING.value):
-                await self._jobs.resolve_unknown(attempt)
-                await self._record(attempt, "resolved the unknown create", reschedule=True)
+                read_now = await self._jobs.resolve_unknown(attempt)
+                await self._record(attempt, "resolved the unknown create", reschedule=not read_now,
+                                   retry_in=timedelta(0) if read_now else None)
                 counted.labels(attempt.provider, "resolved").inc()
                 return
             status = await self._reads.read(
@@ -382,7 +383,7 @@ class Verifier:
                      cancel: bool = False) -> None:
         now = self._clock.now()
         async with self._db.transaction() as conn:
-            await lock_order_of(conn, attempt.id)
+            order = await lock_order_of(conn, attempt.id)
             moved = await conn.execute(payment_attempts.update().where(
                 payment_attempts.c.id == attempt.id,
                 payment_attempts.c.state.in_((AttemptState.ACTIVE.value,
@@ -395,7 +396,7 @@ class Verifier:
                     event_type=events.ATTEMPT_CANCEL_REQUESTED, aggregate_id=attempt.id,
                     merchant_id=None, payload={"attempt_id": attempt.id})], now=now)
             if moved.rowcount:
-                await tell_if_nothing_left_to_pay(conn, attempt.order_id, attempt_id=attempt.id,
+                await tell_if_nothing_left_to_pay(conn, order, attempt_id=attempt.id,
                                                   reason=reason, now=now)
 
     async def _record(self, attempt: Any, outcome: str, *, reschedule: bool = False,

@@ -550,6 +550,108 @@ async def test_payment_after_expiry_on_an_uncancellable_qr_goes_to_review(
             "needs_review": 1}
 
 
+async def test_a_payment_at_the_deadline_that_makes_the_cancel_fail_is_still_found(
+    container: Container,
+) -> None:
+    """Regression (review): the read at the deadline says pending, the customer pays a moment
+    later, and Midtrans refuses the cancel that follows (the charge is settled: 412); its
+    notification is lost. The attempt was expired and the verifier reads closed attempts no
+    more: the money was never seen. An expired instrument the provider would not cancel is read
+    again at once, and watched through the code quarantine of its closing (rule 4)."""
+    async with shop(container) as s:
+        placed = await s.checkout()
+        await s.midtrans("POST", "/faults", {"kind": "error_rate", "operation": "cancel",
+                                              "probability": 1.0, "status": 503})
+        s.clock.advance(PAST_DEADLINE)  # unpaid at the deadline: read, then expired
+
+        async def expired() -> bool:
+            return (await s.states([placed["id"]]))[placed["id"]] == "expired"
+
+        await eventually(expired, 20, "the unpaid order expired after its status read")
+        await pay_at_midtrans(s, placed)  # before the cancel goes through; nobody is told
+        await s.midtrans("DELETE", "/faults")
+        s.clock.advance(timedelta(minutes=1))  # the cancel is tried again, and refused
+
+        async def reviewed() -> bool:
+            return (await s.states([placed["id"]]))[placed["id"]] == "needs_review"
+
+        await eventually(reviewed, 20, "the payment found and sent to a person")
+        assert (await s.order(placed["id"]))["review_reason"] == "payment_after_expiry"
+        assert [a.state for a in await s.attempts(placed["id"])] == ["paid"]
+        assert await assert_rules_of_state(s.container.db, [placed["id"]]) == {
+            "needs_review": 1}
+
+
+async def test_a_va_paid_before_its_cancel_went_through_is_still_found(
+    container: Container,
+) -> None:
+    """Regression (review): the read at the deadline says pending, the customer pays the VA a
+    moment later, and the cancel that follows succeeds anyway (Xendit closes a VA by moving
+    its expiry; a paid one accepts that too); its callback is lost. The attempt was expired and
+    nobody read it again. An expired instrument is read once more after its cancel."""
+    async with shop(container) as s:
+        await s.midtrans("POST", "/faults", {"kind": "down"})  # the VA is Xendit's
+        placed = await s.checkout(rail="va", channel="bca")
+        assert placed["routing"]["served_by"] == "va:xendit:bca"
+        attempt = (await s.attempts(placed["id"]))[-1]
+        await s.xendit("POST", "/config", {"callback_url": "http://127.0.0.1:9/lost"})
+        await s.xendit("POST", "/faults", {"kind": "error_rate", "operation": "cancel",
+                                           "probability": 1.0, "status": 503})
+        s.clock.advance(PAST_DEADLINE)  # unpaid at the deadline: read, then expired
+
+        async def expired() -> bool:
+            return (await s.states([placed["id"]]))[placed["id"]] == "expired"
+
+        await eventually(expired, 20, "the unpaid order expired after its status read")
+        await s.xendit("POST", "/pay", {"kind": "va", "external_id": attempt.id,
+                                        "amount": attempt.transfer_amount})
+        await s.xendit("DELETE", "/faults")
+        s.clock.advance(timedelta(minutes=1))  # the cancel is tried again, and goes through
+
+        async def reviewed() -> bool:
+            return (await s.states([placed["id"]]))[placed["id"]] == "needs_review"
+
+        await eventually(reviewed, 20, "the payment found and sent to a person")
+        assert (await s.order(placed["id"]))["review_reason"] == "payment_after_expiry"
+        assert await assert_rules_of_state(s.container.db, [placed["id"]]) == {
+            "needs_review": 1}
+
+
+async def test_an_uncancellable_qr_is_watched_until_its_quarantine_ends_and_no_longer(
+    container: Container,
+) -> None:
+    """The watch of an expired instrument nobody could cancel ends with the code quarantine
+    of its closing: one last read at its end, and none after."""
+    async with shop(container) as s:
+        await s.midtrans("POST", "/faults", {"kind": "down"})
+        placed = await s.checkout()
+        attempt = (await s.attempts(placed["id"]))[-1]
+        s.clock.advance(PAST_DEADLINE)
+
+        async def watched() -> bool:
+            a = next(a for a in await s.attempts(placed["id"]) if a.id == attempt.id)
+            return a.state == "expired" and (a.last_check or "").startswith(
+                "status read queued: watching an instrument the provider would not cancel")
+
+        await eventually(watched, 20, "the expired QR read once more, then watched")
+        s.clock.advance(s.container.settings.unique_codes.quarantine + timedelta(minutes=1))
+
+        async def watch_over() -> bool:
+            async with s.container.db.read() as conn:
+                queued = (await conn.execute(sa.select(sa.func.count()).select_from(outbox).where(
+                    outbox.c.event_type == "attempt.verify", outbox.c.aggregate_id == attempt.id,
+                    outbox.c.status == "pending"))).scalar_one()
+            a = next(a for a in await s.attempts(placed["id"]) if a.id == attempt.id)
+            return queued == 0 and a.last_check == "watch read: ACTIVE"
+
+        await eventually(watch_over, 20, "the last read of the watch made, none queued")
+        reads = await s.xendit("GET", "/calls/log?operation=status")
+        s.clock.advance(timedelta(hours=1))
+        await asyncio.sleep(1)
+        assert await s.xendit("GET", "/calls/log?operation=status") == reads
+        assert (await s.states([placed["id"]]))[placed["id"]] == "expired"
+
+
 async def test_double_payment_across_two_rails_keeps_the_order_paid_and_opens_a_case(
     container: Container,
 ) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -24,12 +25,14 @@ import sqlalchemy as sa
 
 from chaos.sim.runner import Simulators
 from orchestrator.bootstrap import Container, build
+from orchestrator.domain.verification import VerificationSchedule
 from orchestrator.notify.delivery import MerchantWebhookHandler, merchant_webhook_handlers
 from orchestrator.outbox.relay import Relay
 from orchestrator.rails.midtrans import signature_key
-from orchestrator.services.settlement import open_review_case
+from orchestrator.services.settlement import Payment, apply_payment, open_review_case
 from orchestrator.store.tables import (
     evidence,
+    merchants,
     orders,
     outbox,
     payment_attempts,
@@ -45,7 +48,9 @@ async def stack(container: Container, sims: Simulators) -> AsyncIterator[Stack]:
     """Like test_failover's stack, but the adapters' callback URLs point at this server."""
     port = free_port()
     base = gateway_settings(container.settings, sims)
-    c = build(replace(base, http=replace(base.http, host="127.0.0.1", port=port, public_url="")))
+    c = build(replace(base, http=replace(base.http, host="127.0.0.1", port=port, public_url=""),
+                      verification=replace(base.verification, schedule=VerificationSchedule(
+                          retry_after_failure=timedelta(seconds=0.3)))))
     await c.start()
     shop = await new_merchant(c)
     try:
@@ -65,15 +70,21 @@ async def sim_post(control_url: str, path: str, body: dict[str, Any]) -> Any:
         return r.json()
 
 
+def worker_relay(container: Container) -> Relay:
+    """The worker's relay, with every handler the worker registers; a failed try is retried
+    after 0.2 s, and the sixth is dead-lettered."""
+    handler = MerchantWebhookHandler(container.db.engine, container.http, timedelta(seconds=2))
+    return Relay(container.db.engine,
+                 {**merchant_webhook_handlers(handler), **container.gateway_jobs.handlers(),
+                  **container.provider_webhooks.handlers()},
+                 replace(container.settings.outbox, backoff=(timedelta(seconds=0.2),) * 5),
+                 f"test-{uuid.uuid4().hex[:6]}", container.clock)
+
+
 async def run_relay(container: Container, until: Callable[[], Awaitable[object]], want: object,
                     timeout: float = 10.0) -> None:
-    """The worker's relay, with every handler the worker registers, until ``until() == want``."""
-    handler = MerchantWebhookHandler(container.db.engine, container.http, timedelta(seconds=2))
-    relay = Relay(container.db.engine,
-                  {**merchant_webhook_handlers(handler), **container.gateway_jobs.handlers(),
-                   **container.provider_webhooks.handlers()},
-                  replace(container.settings.outbox, backoff=(timedelta(seconds=0.2),) * 5),
-                  f"test-{uuid.uuid4().hex[:6]}", container.clock)
+    """The worker's relay until ``until() == want``."""
+    relay = worker_relay(container)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
@@ -82,6 +93,16 @@ async def run_relay(container: Container, until: Callable[[], Awaitable[object]]
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"did not reach {want!r}: {await until()!r}")
+
+
+async def relay_for(container: Container, seconds: float) -> None:
+    """The worker's relay for ``seconds``, long enough for a failing job to use up its tries."""
+    relay = worker_relay(container)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        await relay.run_once()
+        await asyncio.sleep(0.05)
 
 
 async def run_verifier(container: Container, until: Callable[[], Awaitable[object]],
@@ -806,3 +827,225 @@ async def test_an_active_attempt_cancelled_at_midtrans_fails_over_and_never_sett
             outbox.c.aggregate_id == order_id, outbox.c.event_type.in_(
                 ["order.payment_failed", "order.paid"])))).scalars().all()
     assert told == ["order.payment_failed"]
+
+def closed_reads(stack: Stack, attempt_id: str, status: str) -> Callable[[], Awaitable[object]]:
+    """How many status-read jobs of ``attempt_id`` (``attempt.verify``) are in ``status``."""
+    return lambda: scalar(stack, sa.select(sa.func.count()).select_from(outbox).where(
+        outbox.c.event_type == "attempt.verify", outbox.c.aggregate_id == attempt_id,
+        outbox.c.status == status))
+
+
+async def late_payment_nobody_can_verify(stack: Stack) -> tuple[str, Any]:
+    """A Midtrans QR Lunas expired, paid late; its notification fails verification (a rotated
+    server key), so it asks for a status read of the closed attempt."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    await close_attempt(stack, order_id, attempt.id)
+    await sim_post(stack.sims.midtrans.control_url, "/config", {"drop_notifications": True})
+    paid = await sim_post(stack.sims.midtrans.control_url, "/pay", {"order_id": attempt.id})
+    rotated = midtrans_body(attempt, status="settlement", code="200",
+                            txid=paid["transaction_id"], key="the-new-server-key")
+    r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(rotated))
+    assert r.status_code == 401, r.text
+    return order_id, attempt
+
+
+async def test_a_throttled_read_of_a_closed_attempt_waits_for_the_provider_never_dead_letters(
+    stack: Stack,
+) -> None:
+    """Regression (review): the status read of a closed attempt that a delivery asked for
+    raised on a 429, the relay retried it within seconds into the provider's pause, and its
+    tries ran out: dead-lettered, and the late payment was never found. A 429 says the provider
+    is up: the read is asked again after its Retry-After, as often as it takes."""
+    order_id, attempt = await late_payment_nobody_can_verify(stack)
+    await stack.fault("midtrans", kind="rate_limit", operation="status", retry_after_s=1)
+    await relay_for(stack.container, 3)  # more than the relay's six tries 0.2 s apart
+    assert await closed_reads(stack, attempt.id, "dead")() == 0
+    assert await closed_reads(stack, attempt.id, "pending")() == 1  # asked again, once
+    assert (await attempt_row(stack, attempt.id)).last_check.startswith(
+        "status read queued: throttled (429)")
+    async with httpx.AsyncClient() as c:
+        await c.delete(f"{stack.sims.midtrans.control_url}/faults")
+    await run_relay(stack.container, order_state(stack, order_id), "needs_review")
+    assert await review(stack, order_id) == [
+        ("payment_after_expiry", "honour", attempt.transfer_amount)]
+    await settled_quietly(stack, attempt.id)
+    [outcome] = [o for v, o in await outcomes(stack, attempt.id) if not v]
+    assert outcome == "status read: payment applied: after_expiry, order needs_review"
+
+
+async def test_an_unreadable_answer_for_a_closed_attempt_is_read_again_with_growing_gaps(
+    stack: Stack,
+) -> None:
+    """Regression (review): an answer Lunas cannot read (a status it does not know) for a
+    closed attempt's read raised, and the relay's tries ran out: dead-lettered. It is read
+    again with gaps doubling from ``retry_after_failure`` (0.3 s here) up to
+    ``UNREADABLE_MAX_GAP``, as the verifier reads a live attempt, until the answer can be
+    read."""
+    order_id, attempt = await late_payment_nobody_can_verify(stack)
+    answer = {"order_id": attempt.id, "fields": {"transaction_status": "chargeback"}}
+    await sim_post(stack.sims.midtrans.control_url, "/answer", answer)
+    await relay_for(stack.container, 3)
+    assert await closed_reads(stack, attempt.id, "dead")() == 0
+    assert await closed_reads(stack, attempt.id, "pending")() == 1
+    row = await attempt_row(stack, attempt.id)
+    # Read at 0, 0.3, 0.9 and 2.1 s in three seconds (every 0.3 s would be ten reads).
+    assert re.match(r"status read queued: unreadable answer \(([34]) in a row\)",
+                    row.last_check), row.last_check
+    assert "chargeback" in row.last_check
+    await sim_post(stack.sims.midtrans.control_url, "/answer", {**answer, "fields": {}})
+    await run_relay(stack.container, order_state(stack, order_id), "needs_review")
+    assert await review(stack, order_id) == [
+        ("payment_after_expiry", "honour", attempt.transfer_amount)]
+
+
+def payment_failed_told(stack: Stack, order_id: str) -> Callable[[], Awaitable[object]]:
+    """The ``order.payment_failed`` events written for ``order_id``, by the attempt named."""
+    async def told() -> object:
+        async with stack.container.db.read() as conn:
+            return [p["attempt_id"] for p in (await conn.execute(sa.select(outbox.c.payload).where(
+                outbox.c.aggregate_id == order_id,
+                outbox.c.event_type == "order.payment_failed"))).scalars()]
+    return told
+
+
+async def declined_while_a_switch_is_unknown(stack: Stack) -> tuple[str, Any, Any]:
+    """A Midtrans QRIS order whose customer switched to GoPay (no fallback): the charge was
+    made but its answer lost, so the attempt is unknown; then the QR they held is declined.
+    Midtrans's notifications are lost. Returns the order id, the QR and the GoPay attempts."""
+    order_id, qr = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    async with stack.container.db.transaction() as conn:  # GoPay or nothing
+        await conn.execute(merchants.update().where(
+            merchants.c.id == stack.shop.merchant_id).values(allow_fallback=False))
+    await stack.fault("midtrans", kind="timeout_after_success", operation="create",
+                      channel="gopay")
+    # Midtrans's notifications are lost: only a read can confirm the cancel to come.
+    await sim_post(stack.sims.midtrans.control_url, "/config", {"drop_notifications": True})
+    r = await stack.client.post(f"/v1/orders/{order_id}/payment", headers=stack.shop.headers,
+                                json={"rail": "ewallet", "channel": "gopay"})
+    assert r.status_code == 503, r.text  # the QR's instructions stay valid
+    async with httpx.AsyncClient() as c:
+        await c.delete(f"{stack.sims.midtrans.control_url}/faults")
+    async with stack.container.db.read() as conn:
+        [orphan] = (await conn.execute(sa.select(payment_attempts).where(
+            payment_attempts.c.order_id == order_id,
+            payment_attempts.c.channel == "gopay"))).all()
+    assert orphan.state == "unknown"
+    key = stack.container.settings.providers.midtrans_server_key
+    r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(midtrans_body(
+        qr, status="deny", code="202", txid=f"tx-deny-{uuid.uuid4()}", key=key)))
+    assert r.status_code == 200, r.text
+    return order_id, qr, orphan
+
+
+async def test_a_live_orphan_nothing_else_serves_is_confirmed_cancelled_and_the_merchant_told(
+    stack: Stack,
+) -> None:
+    """Regression (review): the customer switched to GoPay and the charge's answer was lost
+    (made at Midtrans, unknown here); then the QR they held was declined. The unknown charge
+    might be live, so nobody is told yet. Resolved, it is live: its instructions never reached
+    the customer, so it is cancelled at Midtrans and kept watched as superseded, which still
+    counts as payable until a read confirms the cancel. That read waited for the rail's
+    schedule (minutes for e-wallets, hours for a VA), and until then the merchant was not told
+    that nothing was left to pay on. The read now comes at once, and its close tells."""
+    order_id, qr, orphan = await declined_while_a_switch_is_unknown(stack)
+    await settled_quietly(stack, qr.id)
+    assert await payment_failed_told(stack, order_id)() == []  # the orphan may be live
+    await run_verifier(stack.container, payment_failed_told(stack, order_id), [orphan.id])
+    assert (await attempt_row(stack, qr.id)).state == "failed"
+    assert (await attempt_row(stack, orphan.id)).state == "failed"
+    async with httpx.AsyncClient() as c:
+        charge = (await c.get(f"{stack.sims.midtrans.control_url}/transactions/{orphan.id}"))
+    assert charge.json()["transaction_status"] == "cancel"
+
+
+async def what_each_says(stack: Stack, order_id: str) -> tuple[str | None, str]:
+    """The order API's ``verification.state`` and the status page lookup's state."""
+    api = (await stack.client.get(f"/v1/orders/{order_id}", headers=stack.shop.headers)).json()
+    page = await stack.client.post("/status/orders", data={"code": order_id,
+                                                           "contact": "andi@example.co.id"})
+    assert page.status_code == 200, page.text
+    found = re.search(r'data-state="([a-z_]+)"', page.text)
+    assert found is not None, page.text
+    return (api["verification"] or {}).get("state"), found.group(1)
+
+
+async def test_the_order_api_and_the_status_page_agree_while_a_create_is_unverified(
+    stack: Stack,
+) -> None:
+    """Regression (review): with the order's instrument declined and its other attempt
+    unknown (a create whose answer was lost, which may yet be live), the order API said
+    ``payment_failed`` while the status page said awaiting payment. Both now decide it as
+    ``order.payment_failed`` does (domain.order.nothing_left_to_pay): not failed while an
+    attempt may yet turn out live; failed once it is read and found closed."""
+    order_id, qr, orphan = await declined_while_a_switch_is_unknown(stack)
+    async with stack.container.db.transaction() as conn:  # its job waits behind others
+        await conn.execute(outbox.update().where(
+            outbox.c.event_type == "attempt.unknown", outbox.c.aggregate_id == orphan.id)
+            .values(available_at=stack.container.clock.now() + timedelta(hours=1)))
+    await settled_quietly(stack, qr.id)
+    assert (await attempt_row(stack, qr.id)).state == "failed"
+    assert (await attempt_row(stack, orphan.id)).state == "unknown"
+    assert await what_each_says(stack, order_id) == (None, "awaiting_payment")
+    assert await payment_failed_told(stack, order_id)() == []
+
+    await make_due(stack, orphan.id)  # the verifier resolves it: live, cancelled, closed
+    await run_verifier(stack.container, payment_failed_told(stack, order_id), [orphan.id])
+    assert await what_each_says(stack, order_id) == ("payment_failed", "payment_failed")
+
+
+async def lock_waiters(stack: Stack) -> int:
+    """Sessions of this database waiting for a row lock right now."""
+    return int(await scalar(stack, sa.text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock'")))
+
+
+async def test_a_close_and_a_payment_on_two_attempts_of_one_order_never_deadlock(
+    stack: Stack,
+) -> None:
+    """Regression (final review, 05dd6bc): closing an attempt updated it and only then locked
+    its order, the reverse of settlement (order, then the paid attempt, then the others it
+    retires). The customer's old QR is paid while their GoPay charge is declined: the payment
+    holds the order and waits for the GoPay row, the close holds that row and waits for the
+    order, and PostgreSQL aborts one of them. Both now lock the order first: the later one
+    waits its turn, and neither is retried."""
+    order_id, qr = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    await sim_post(stack.sims.midtrans.control_url, "/config", {"drop_notifications": True})
+    r = await stack.client.post(f"/v1/orders/{order_id}/payment", headers=stack.shop.headers,
+                                json={"rail": "ewallet", "channel": "gopay"})
+    assert r.status_code == 201, r.text
+    gopay = await attempt_row(stack, r.json()["payment"]["attempt_id"])
+    await relay_for(stack.container, 0.5)  # the QR's cancel, and the merchant's news
+    assert ((await attempt_row(stack, qr.id)).state, gopay.state) == ("superseded", "active")
+
+    async def pay_the_qr() -> None:
+        now = stack.container.clock.now()
+        async with stack.container.db.transaction() as conn:
+            await apply_payment(conn, Payment(
+                attempt_id=qr.id, amount=qr.transfer_amount,
+                evidence_key=f"midtrans:status:{qr.id}:paid", kind="provider_status",
+                observed_at=now, details={}), now=now,
+                quarantine=stack.container.settings.unique_codes.quarantine)
+
+    key = stack.container.settings.providers.midtrans_server_key
+    async with stack.container.db.transaction() as hold:  # both queue behind this lock
+        await hold.execute(sa.select(orders.c.id).where(orders.c.id == order_id)
+                           .with_for_update())
+        paying = asyncio.create_task(pay_the_qr())
+        await wait_for(lambda: lock_waiters(stack), 1)
+        r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(midtrans_body(
+            gopay, status="deny", code="202", txid=f"tx-deny-{uuid.uuid4()}", key=key)))
+        assert r.status_code == 200, r.text
+        closing = asyncio.create_task(settled_quietly(stack, gopay.id))
+        await wait_for(lambda: lock_waiters(stack), 2)
+    await paying  # first in the queue: settles the order, retires the GoPay charge
+    await closing
+    async with stack.container.db.read() as conn:
+        tries = (await conn.execute(sa.select(outbox.c.attempts, outbox.c.last_error).where(
+            outbox.c.event_type == "provider.delivery",
+            outbox.c.aggregate_id == gopay.id))).all()
+    assert [(t.attempts, t.last_error) for t in tries] == [(1, None)]  # no deadlock victim
+    assert await order_state(stack, order_id)() == "paid"
+    assert (await attempt_row(stack, qr.id)).state == "paid"
+    [(_, outcome)] = await outcomes(stack, gopay.id)
+    assert outcome == "no change: the attempt moved meanwhile"  # superseded by the payment

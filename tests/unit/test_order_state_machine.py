@@ -39,6 +39,7 @@ from orchestrator.domain.order import (
     judge_payment,
     next_attempt_state,
     next_order_state,
+    nothing_left_to_pay,
 )
 
 OS = OrderState
@@ -721,3 +722,27 @@ def test_recommended_actions_are_the_codes_people_read() -> None:
         "refund", "honour", "match_manually", "check_with_bank", "check_at_source",
         "dispute_or_accept",
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# nothing left to pay on: what the order API, the status page and order.payment_failed share
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("order_state", "attempts", "nothing_to_pay"), [
+    ("awaiting_payment", ["failed"], True),  # its instrument declined
+    ("awaiting_payment", ["failed", "expired"], True),
+    ("awaiting_payment", [], True),
+    ("awaiting_payment", ["failed", "unknown"], False),  # the unknown create may be live
+    ("awaiting_payment", ["failed", "creating"], False),  # so may one being created
+    ("awaiting_payment", ["failed", "superseded"], False),  # a QR nobody could cancel
+    ("awaiting_payment", ["active"], False),
+    ("captured", [], False),  # issuance is deferred, not failed
+    ("verifying", ["expired"], False),
+    ("expired", ["expired"], False),
+    ("paid", ["paid"], False),
+])
+def test_nothing_is_left_to_pay_only_when_no_attempt_of_an_awaiting_order_is_live(
+        order_state: str, attempts: list[str], nothing_to_pay: bool) -> None:
+    live = sum(AttemptState(a) in LIVE_ATTEMPT_STATES for a in attempts)
+    assert nothing_left_to_pay(order_state, live) is nothing_to_pay
