@@ -864,8 +864,12 @@ async def test_a_method_switch_that_died_mid_call_leaves_no_unread_instrument(
         s.clock.advance(timedelta(minutes=5))  # long past any create's budget; its read is due
 
         async def cancelled_at_midtrans() -> bool:
+            # The charge is cancelled at Midtrans first, then the attempt's new state is
+            # committed: wait for both.
             charge = await s.midtrans("GET", f"/transactions/{orphan.id}")
-            return bool(charge["transaction_status"] == "cancel")
+            [after] = [a for a in await s.attempts(placed["id"]) if a.id == orphan.id]
+            return bool(charge["transaction_status"] == "cancel") and after.state in (
+                "superseded", "failed")
 
         await eventually(cancelled_at_midtrans, 20, "the orphaned charge read and cancelled")
         [after] = [a for a in await s.attempts(placed["id"]) if a.id == orphan.id]
@@ -1008,7 +1012,9 @@ async def test_a_throttled_status_api_is_waited_out_and_never_fails_the_route_ov
         await eventually(all_throttled, 20, "every read throttled")
         for a in await attempts():  # rescheduled at Retry-After, not deferred, not 0.3 s
             assert a.deferred_on is None
-            assert a.next_check_at - a.last_checked_at >= timedelta(seconds=3.9), a.last_check
+            # The first 429 pauses every read for 4 s; a read throttled after it waits out what
+            # is left of that pause, which is less by however long the machine took to get to it.
+            assert a.next_check_at - a.last_checked_at >= timedelta(seconds=2), a.last_check
         assert s.container.breakers.get(route).state is BreakerState.CLOSED
         sent = len(await s.midtrans("GET", "/calls/log?operation=status"))
         assert 1 <= sent <= 6

@@ -882,7 +882,7 @@ async def test_an_unreadable_answer_for_a_closed_attempt_is_read_again_with_grow
     ``UNREADABLE_MAX_GAP``, as the verifier reads a live attempt, until the answer can be
     read."""
     order_id, attempt = await late_payment_nobody_can_verify(stack)
-    answer = {"order_id": attempt.id, "fields": {"transaction_status": "chargeback"}}
+    answer = {"order_id": attempt.id, "fields": {"transaction_status": "on_hold"}}
     await sim_post(stack.sims.midtrans.control_url, "/answer", answer)
     await relay_for(stack.container, 3)
     assert await closed_reads(stack, attempt.id, "dead")() == 0
@@ -891,7 +891,7 @@ async def test_an_unreadable_answer_for_a_closed_attempt_is_read_again_with_grow
     # Read at 0, 0.3, 0.9 and 2.1 s in three seconds (every 0.3 s would be ten reads).
     assert re.match(r"status read queued: unreadable answer \(([34]) in a row\)",
                     row.last_check), row.last_check
-    assert "chargeback" in row.last_check
+    assert "on_hold" in row.last_check
     await sim_post(stack.sims.midtrans.control_url, "/answer", {**answer, "fields": {}})
     await run_relay(stack.container, order_state(stack, order_id), "needs_review")
     assert await review(stack, order_id) == [
