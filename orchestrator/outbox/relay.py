@@ -11,6 +11,12 @@ event types: the merchant webhooks) run in that merchant's lane, at most ``merch
 at once, so an endpoint that answers slowly or not at all holds that many slots and every other
 merchant and job keeps the rest (``slots.py``; the claim passes over full lanes).
 
+Order: merchants build state machines on their webhooks, so one order's are delivered one at a
+time, in outbox order: a webhook is not claimed while an earlier one of its order to the same
+merchant is due, in flight or waiting for its retry (``queries.held_back``, in the claim itself so
+it holds across workers). A dead-lettered webhook holds nothing back: the order's later ones go,
+rather than wait for a person for up to a day. Other events are not ordered.
+
 Timing invariant: a worker never works on an event past its lease. Every handler call is bounded by
 ``handler_timeout`` (shorter than the lease) and may only *start* while it can still finish, with
 the last tenth of the lease left for the outcome write; a claimed event that can no longer start

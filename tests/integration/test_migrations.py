@@ -168,6 +168,8 @@ _PAID_ORDER = [
     ("0009", "0010", ["payment_attempts"], ["payment_attempts", "evidence", "orders"]),
     # 0015 adds the rotated webhook secret's columns to merchants, read by every API-key check.
     ("0014", "0015", ["merchants"], ["merchants"]),
+    # 0016 builds the outbox index of an order's pending webhooks; every state change writes one.
+    ("0015", "0016", ["outbox"], ["outbox"]),
 ])
 async def test_a_postgresql_migration_waiting_for_a_long_transaction_lets_writers_through(
     start: str, target: str, held: list[str], written: list[str],
