@@ -680,6 +680,56 @@ async def claimed(engine: AsyncEngine, limit: int, cap: queries.MerchantCap | No
         return sorted(r.event_id for r in await claim.run(conn))
 
 
+async def test_a_relay_that_claimed_every_due_event_claims_again_on_a_poll_or_a_freed_slot(
+    private: AsyncEngine,
+) -> None:
+    """A claim that took every due event it saw is not followed by another at once: that one
+    would find nothing, and a relay draining a trickle of events paid a statement for it after
+    every claim. A claim that gave a merchant's lane all its room is: it may have passed over
+    that merchant's other webhooks, and another merchant's behind them must not wait for the
+    poll (the slow-merchant isolation). Handlers here hold their slots; the poll is 30 s."""
+    release = asyncio.Event()
+    started: list[str] = []
+
+    async def holds(event: OutboxEvent) -> None:
+        started.append(event.event_id)
+        await release.wait()
+
+    claims = 0
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        nonlocal claims
+        claims += statement.startswith("UPDATE outbox SET attempts")
+
+    async def claims_made(events: Callable[[], Awaitable[object]], to_start: int) -> int:
+        nonlocal claims
+        await events()
+        release.clear()
+        started.clear()
+        claims = 0
+        settings = replace(FAST, poll_interval=timedelta(seconds=30))
+        relay = Relay(private, {"test.holds": holds, ORDER_PAID: holds}, settings,
+                      f"claims-{new_id('w')[-6:]}", SystemClock(), per_merchant=MERCHANT_VISIBLE)
+        async with running(relay):
+            try:
+                await eventually(lambda: _true(len(started) == to_start), timeout=10,
+                                 what=f"{to_start} handlers started")
+                await asyncio.sleep(0.3)  # long enough for a second claim, well inside a poll
+                return claims
+            finally:
+                release.set()  # stopping waits for the handlers in flight
+
+    sa.event.listen(private.sync_engine, "before_cursor_execute", count)
+    try:
+        assert await claims_made(lambda: add_outbox_events(
+            private, 3, aggregate_id="trickle", event_type="test.holds"), 3) == 1
+        lane = FAST.merchant_concurrency
+        assert await claims_made(lambda: add_outbox_events(
+            private, lane + 2, merchant_id="mch_l"), lane) == 2
+    finally:
+        sa.event.remove(private.sync_engine, "before_cursor_execute", count)
+
+
 async def test_a_claim_takes_the_events_due_longest_first(private: AsyncEngine) -> None:
     """By ``available_at``, not by age: a retry whose backoff ended a minute ago goes before
     an event written after it, but that became due only now."""
