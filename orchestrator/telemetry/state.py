@@ -186,7 +186,7 @@ _OLDEST_CLAIMABLE = (
            outbox.c.available_at <= sa.bindparam("now"),
            sa.or_(outbox.c.lease_expires_at.is_(None),
                   outbox.c.lease_expires_at < sa.bindparam("now")),
-           ~queries.held_back(MERCHANT_VISIBLE))
+           ~queries.held_back(sorted(MERCHANT_VISIBLE)))
     .order_by(outbox.c.available_at, outbox.c.id).limit(1)
 )
 """In ix_outbox_pending's order, so it stops at the first claimable event instead of testing
