@@ -5,7 +5,10 @@ an event. A claimed row stays ``pending`` and carries a lease (``lease_owner``,
 ``lease_expires_at``); it becomes claimable again when the lease expires, which is how a killed
 worker's events are picked up. A claim may be capped per merchant (``MerchantCap``): it then
 passes over the events of merchants whose lane is full, so they wait unleased (claimable by any
-worker with room) instead of holding a slot.
+worker with room) instead of holding a slot. The same event types (the merchant webhooks) are
+delivered one at a time per order, in outbox order: the claim passes over a webhook while an
+earlier one of the same order to the same merchant is still pending (``held_back``), whichever
+worker holds it, so the rule holds across workers without any of them remembering anything.
 
 Every outcome write is *fenced*: it only touches the row if ``lease_owner`` and ``attempts`` still
 match the claim that ran the handler. A worker whose lease expired and whose event was re-claimed
@@ -20,7 +23,7 @@ Statuses: ``pending`` (waiting or leased), ``done``, ``dead`` (dead letter, need
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,6 +39,11 @@ DEAD = "dead"
 
 LAST_ERROR_MAX = 1000
 """Errors are summaries for a person, not dumps; the column holds 2000."""
+
+PENDING_INLINE: sa.ColumnElement[str] = sa.literal_column(f"'{PENDING}'")
+"""In the SQL text, not a parameter: the claim is a prepared statement, and a generic plan can
+only use a partial index (``WHERE status = 'pending'``) whose predicate it proves without the
+parameters' values; without it, a generic plan reads and sorts every pending event."""
 
 CLAIMED_COLUMNS = (
     outbox.c.id,
@@ -89,9 +97,10 @@ def claim_batch(
     committed meanwhile is re-checked and dropped. SQLite has no row locks and serialises writers,
     so the same statement without the locking clause is already exclusive there.
 
-    With a ``cap``, full lanes are left out before the limit (so a long backlog of one merchant
-    cannot fill every claim), and of the first ``limit`` events left, a lane gets those it has
-    room for: its others stay unleased for a later claim.
+    With a ``cap``, full lanes and webhooks held back behind an earlier one of their order are
+    left out before the limit (so a long backlog of one merchant cannot fill every claim), and of
+    the first ``limit`` events left, a lane gets those it has room for: its others stay unleased
+    for a later claim.
     """
     params: dict[str, Any] = {"b_now": now, "b_owner": worker_id, "b_expires": now + lease,
                               "b_limit": limit}
@@ -113,18 +122,19 @@ def _claim_statement(*, locking: bool, capped: bool) -> sa.Update:
     """Built once per kind: a relay claims as often as a slot frees, and building the statement
     cost more CPU than running it."""
     due = (
-        outbox.c.status == PENDING,
+        outbox.c.status == PENDING_INLINE,
         outbox.c.available_at <= sa.bindparam("b_now"),
         sa.or_(outbox.c.lease_expires_at.is_(None),
                outbox.c.lease_expires_at < sa.bindparam("b_now")),
     )
-    lane = sa.case((outbox.c.event_type.in_(sa.bindparam("b_types", expanding=True)),
-                    outbox.c.merchant_id))
+    lane_types: sa.BindParameter[Any] = sa.bindparam("b_types", expanding=True)
+    lane = sa.case((outbox.c.event_type.in_(lane_types), outbox.c.merchant_id))
     picked = (sa.select(outbox.c.id, outbox.c.available_at, lane.label("lane")) if capped
               else sa.select(outbox.c.id))
     if capped:
         picked = picked.where(
-            sa.or_(lane.is_(None), lane.not_in(sa.bindparam("b_full", expanding=True))))
+            sa.or_(lane.is_(None), lane.not_in(sa.bindparam("b_full", expanding=True))),
+            ~held_back(lane_types))
     # Longest due first, in the order of ix_outbox_pending: the scan stops at the limit instead
     # of sorting every due event, which matters now that a relay claims per free slot.
     picked = (picked.where(*due).order_by(outbox.c.available_at, outbox.c.id)
@@ -150,6 +160,21 @@ def _claim_statement(*, locking: bool, capped: bool) -> sa.Update:
         )
         .returning(*CLAIMED_COLUMNS)
     )
+
+
+def held_back(webhook_types: Collection[str] | sa.BindParameter[Any]) -> sa.ColumnElement[bool]:
+    """The event is a merchant webhook and an earlier one (by outbox id) of the same order to the
+    same merchant is still to be delivered: due, leased or waiting for its retry (``pending``).
+    Such an event is not claimable. Done and dead ones hold nothing back, so a dead letter lets
+    the order's later webhooks go. One probe of ``ix_outbox_order_queue`` per event tested."""
+    ahead = outbox.alias("ahead")
+    return sa.and_(outbox.c.event_type.in_(webhook_types), sa.exists().where(
+        ahead.c.aggregate_id == outbox.c.aggregate_id,
+        ahead.c.status == PENDING_INLINE,
+        ahead.c.id < outbox.c.id,
+        ahead.c.merchant_id == outbox.c.merchant_id,
+        ahead.c.event_type.in_(webhook_types),
+    ))
 
 
 _FENCED = sa.update(outbox).where(

@@ -4,12 +4,19 @@ Delivery is at least once: a handler may run again for the same event (a worker 
 handler's side effect but before its outcome write; a lease that expired). Handlers must therefore
 be idempotent, and downstream consumers deduplicate by ``event_id``.
 
-Slots: a relay runs up to ``concurrency`` handlers at once and claims again as soon as one of
-them finishes, so a slow handler holds its own slot and no other; the idle poll only applies
-when nothing was claimable. Events whose handler calls a merchant's own endpoint (``per_merchant``
-event types: the merchant webhooks) run in that merchant's lane, at most ``merchant_concurrency``
-at once, so an endpoint that answers slowly or not at all holds that many slots and every other
-merchant and job keeps the rest (``slots.py``; the claim passes over full lanes).
+Slots: a relay runs up to ``concurrency`` handlers at once, each claim taking up to as many
+events as slots are free, and claims again as soon as one of them finishes, so a slow handler
+holds its own slot and no other; the idle poll only applies when nothing more was claimable.
+Events whose handler calls a merchant's own endpoint (``per_merchant`` event types: the merchant
+webhooks) run in that merchant's lane, at most ``merchant_concurrency`` at once, so an endpoint
+that answers slowly or not at all holds that many slots and every other merchant and job keeps
+the rest (``slots.py``; the claim passes over full lanes).
+
+Order: merchants build state machines on their webhooks, so one order's are delivered one at a
+time, in outbox order: a webhook is not claimed while an earlier one of its order to the same
+merchant is due, in flight or waiting for its retry (``queries.held_back``, in the claim itself so
+it holds across workers). A dead-lettered webhook holds nothing back: the order's later ones go,
+rather than wait for a person for up to a day. Other events are not ordered.
 
 Timing invariant: a worker never works on an event past its lease. Every handler call is bounded by
 ``handler_timeout`` (shorter than the lease) and may only *start* while it can still finish, with
@@ -35,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -181,7 +189,7 @@ class Relay:
                 await _until_first(stop.wait(), slots.opened_since(mark))
                 continue
             try:
-                started = await self._claim_into(slots, handlers)
+                started, more = await self._claim_into(slots, handlers)
             except Exception:
                 # A database outage must not kill the worker: back off and try again.
                 failures += 1
@@ -193,9 +201,10 @@ class Relay:
                 await _sleep_unless(stop, delay)
                 continue
             failures = 0
-            if not started:
-                # Nothing due, or only events of full lanes: poll, or claim again as soon as a
-                # full lane gives a slot back.
+            if not (started and more):
+                # Nothing due, or only events of full lanes, or the claim took every event it
+                # could (claiming again at once would only find nothing): poll, or claim again
+                # as soon as a full lane gives a slot back.
                 await _until_first(stop.wait(), slots.opened_since(mark), asyncio.sleep(
                     self._settings.poll_interval.total_seconds()))
 
@@ -205,22 +214,34 @@ class Relay:
         tests and tools that drain step by step."""
         slots = Slots(self._settings.concurrency, self._per_lane)
         async with asyncio.TaskGroup() as handlers:
-            started = await self._claim_into(slots, handlers)
+            started, _ = await self._claim_into(slots, handlers)
         return sum(task.result() for task in started)
 
     async def _claim_into(
         self, slots: Slots, handlers: asyncio.TaskGroup
-    ) -> list[asyncio.Task[bool]]:
-        """Claim events for the free slots and start a handler on each; returns those tasks."""
+    ) -> tuple[list[asyncio.Task[bool]], bool]:
+        """Claim events for the free slots and start a handler on each; returns those tasks, and
+        whether more may be claimable at once.
+
+        A claim takes every claimable event of its window (the first ``limit`` due ones, full
+        lanes and held-back webhooks left out), except that a lane gets only the room it has.
+        So only a claim that filled its limit, or gave some lane all its room (and may have
+        passed over that lane's others, hiding events behind them), may have left claimable
+        events; after any other, claiming again at once finds nothing, and costs a statement.
+        """
         start_by = asyncio.get_running_loop().time() + self._latest_start_s
-        events = await self._claim(min(slots.free, self._settings.batch_size), slots.held())
-        started = []
+        limit, held = min(slots.free, self._settings.batch_size), slots.held()
+        events = await self._claim(limit, held)
+        started, lanes = [], Counter[str]()
         for event in events:
             lane = self._lane(event)
             slots.take(lane)
             self._gauge(slots)
             started.append(handlers.create_task(self._in_slot(event, lane, slots, start_by)))
-        return started
+            if lane is not None:
+                lanes[lane] += 1
+        filled = any(n >= slots.per_lane - held.get(lane, 0) for lane, n in lanes.items())
+        return started, len(events) >= limit or filled
 
     def _lane(self, event: OutboxEvent) -> str | None:
         return event.merchant_id if event.event_type in self._per_merchant else None

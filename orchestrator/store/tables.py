@@ -371,6 +371,15 @@ sa.Index(
     postgresql_where=outbox.c.status == "pending",
     sqlite_where=outbox.c.status == "pending",
 )
+# An order's pending webhooks in outbox order: the claim holds each back while an earlier one is
+# undelivered (outbox/queries.py), one probe per candidate.
+sa.Index(
+    "ix_outbox_order_queue",
+    outbox.c.aggregate_id,
+    outbox.c.id,
+    postgresql_where=outbox.c.status == "pending",
+    sqlite_where=outbox.c.status == "pending",
+)
 
 audit_log = sa.Table(
     "audit_log",

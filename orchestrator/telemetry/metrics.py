@@ -142,8 +142,9 @@ class Metrics:
         )
         self.outbox_oldest_age = Gauge(
             "lunas_outbox_oldest_age_seconds",
-            "How long the oldest claimable outbox event (due, not leased) has waited for a "
-            "worker since it became due (available_at), not since it was created.",
+            "How long the oldest claimable outbox event (due, not leased, not a webhook waiting "
+            "for an earlier one of its order) has waited for a worker since it became due "
+            "(available_at), not since it was created.",
             registry=self.state_registry,
         )
         self.outbox_dead_letters = Gauge(

@@ -25,7 +25,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -39,7 +39,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orchestrator.domain.clock import FrozenClock, SystemClock
 from orchestrator.domain.errors import DomainError, NotFound
-from orchestrator.domain.events import MERCHANT_VISIBLE, ORDER_CAPTURED, ORDER_EXPIRED, ORDER_PAID
+from orchestrator.domain.events import (
+    ATTEMPT_VERIFY,
+    MERCHANT_VISIBLE,
+    ORDER_AWAITING_PAYMENT,
+    ORDER_CAPTURED,
+    ORDER_EXPIRED,
+    ORDER_PAID,
+    ORDER_PAYMENT_PENDING,
+)
 from orchestrator.domain.ids import new_id
 from orchestrator.notify.delivery import (
     USER_AGENT,
@@ -102,12 +110,15 @@ class Receiver:
         fail_first: int = 0,
         always_fail: bool = False,
         failure_status: int = 500,
+        failing: Mapping[str, int] | None = None,
     ) -> None:
         self.delay = delay
         self.drip = drip
         self.fail_first = fail_first
         self.always_fail = always_fail
         self.failure_status = failure_status
+        self.failing = dict(failing or {})
+        """Event id: how many of its first tries fail (beside ``fail_first``, for every event)."""
         self.arrivals: list[Arrival] = []
         self.problems: list[str] = []
         self.answering = 0
@@ -183,7 +194,7 @@ class Receiver:
                 await asyncio.sleep(self.delay)
         finally:
             self.answering -= 1
-        if self.always_fail or tries <= self.fail_first:
+        if self.always_fail or tries <= max(self.fail_first, self.failing.get(event_id, 0)):
             return self.failure_status
         return 200
 
@@ -263,6 +274,22 @@ async def add_outbox_events(
             .order_by(outbox.c.id)
         )
         return list(ids.scalars())
+
+
+async def add_order_events(
+    engine: AsyncEngine, merchant_id: str, orders: int, event_types: Sequence[str]
+) -> list[list[str]]:
+    """Give each of ``orders`` new orders one event of each of ``event_types``, written in that
+    order and all due at once; returns each order's event ids in outbox order."""
+    order_ids = [new_id("ord") for _ in range(orders)]
+    async with engine.begin() as conn:
+        await add_events(conn, [
+            PendingEvent(event_type=event_type, aggregate_id=order_id, merchant_id=merchant_id,
+                         payload={"order_id": order_id, "event": event_type})
+            for order_id in order_ids for event_type in event_types
+        ], now=datetime.now(UTC))
+    return [[r.event_id for r in await rows_where(engine, outbox.c.aggregate_id == order_id)]
+            for order_id in order_ids]
 
 
 def _ours(merchant_id: str | None, aggregate_id: str | None) -> sa.ColumnElement[bool]:
@@ -532,6 +559,56 @@ async def test_a_merchant_endpoint_that_hangs_holds_only_its_share_of_the_slots(
     assert metrics.outbox_merchants_at_cap._value.get() == 0
 
 
+async def test_an_orders_webhooks_reach_the_merchant_in_the_order_they_were_written(
+    engine: AsyncEngine, db_url: str
+) -> None:
+    """Merchants build state machines on their webhooks, so one order's go out one at a time, in
+    outbox order: while one is pending, in flight or waiting for its retry, the order's later
+    ones wait. Here the first webhook of every order fails once; no order's ``order.paid`` still
+    arrives before its ``order.payment_pending`` was delivered, while the other orders' go on."""
+    retry = RetryPolicy(backoff=FAST.backoff, uniform=random.Random(11).random)
+    async with Receiver() as endpoint:
+        merchant = await add_merchant(engine, endpoint.url)
+        orders = await add_order_events(
+            engine, merchant, 4, [ORDER_AWAITING_PAYMENT, ORDER_PAYMENT_PENDING, ORDER_PAID])
+        endpoint.failing = {first: 1 for first, *_ in orders}
+        ours = outbox.c.merchant_id == merchant
+        async with webhook_relay(db_url, f"order-{new_id('w')[-6:]}", retry=retry) as relay, \
+                running(relay):
+            await eventually(lambda: settled(engine, ours, 12, ["done"]), timeout=15,
+                             what="every webhook delivered")
+    assert endpoint.problems == []
+    for event_ids in orders:
+        tries = [endpoint.times(eid) for eid in event_ids]
+        assert [len(t) for t in tries] == [2, 1, 1]
+        for earlier, later in pairwise(tries):
+            assert max(earlier) < min(later), "a later webhook arrived before an earlier one"
+
+
+async def test_an_orders_dead_lettered_webhook_holds_back_its_later_ones_no_longer(
+    engine: AsyncEngine, db_url: str
+) -> None:
+    """The endpoint refuses one order's ``order.payment_pending`` every time: after its last try
+    it is dead-lettered (a person may send it again), and the order's ``order.paid`` goes out
+    then, rather than wait for that person for ever."""
+    retry = RetryPolicy(backoff=FAST.backoff, uniform=random.Random(13).random)  # 4 tries
+    async with Receiver() as endpoint:
+        merchant = await add_merchant(engine, endpoint.url)
+        [[refused, paid]] = await add_order_events(
+            engine, merchant, 1, [ORDER_PAYMENT_PENDING, ORDER_PAID])
+        endpoint.failing = {refused: 100}
+        ours = outbox.c.merchant_id == merchant
+        async with webhook_relay(db_url, f"dead-{new_id('w')[-6:]}", retry=retry) as relay, \
+                running(relay):
+            await eventually(lambda: settled(engine, ours, 2, ["done", "dead"]), timeout=15,
+                             what="both webhooks settled")
+    rows = {r.event_id: r for r in await rows_where(engine, ours)}
+    assert [(rows[e].status, rows[e].attempts) for e in (refused, paid)] == [
+        ("dead", 4), ("done", 1)]
+    assert max(endpoint.times(refused)) < min(endpoint.times(paid))
+    assert endpoint.problems == []
+
+
 async def test_the_relay_claims_again_as_soon_as_a_slot_is_free(engine: AsyncEngine) -> None:
     """A handler that takes its time holds its own slot, not the relay: an event due meanwhile
     starts at once. Stopping then lets the handler in flight finish and records it."""
@@ -603,6 +680,56 @@ async def claimed(engine: AsyncEngine, limit: int, cap: queries.MerchantCap | No
         return sorted(r.event_id for r in await claim.run(conn))
 
 
+async def test_a_relay_that_claimed_every_due_event_claims_again_on_a_poll_or_a_freed_slot(
+    private: AsyncEngine,
+) -> None:
+    """A claim that took every due event it saw is not followed by another at once: that one
+    would find nothing, and a relay draining a trickle of events paid a statement for it after
+    every claim. A claim that gave a merchant's lane all its room is: it may have passed over
+    that merchant's other webhooks, and another merchant's behind them must not wait for the
+    poll (the slow-merchant isolation). Handlers here hold their slots; the poll is 30 s."""
+    release = asyncio.Event()
+    started: list[str] = []
+
+    async def holds(event: OutboxEvent) -> None:
+        started.append(event.event_id)
+        await release.wait()
+
+    claims = 0
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        nonlocal claims
+        claims += statement.startswith("UPDATE outbox SET attempts")
+
+    async def claims_made(events: Callable[[], Awaitable[object]], to_start: int) -> int:
+        nonlocal claims
+        await events()
+        release.clear()
+        started.clear()
+        claims = 0
+        settings = replace(FAST, poll_interval=timedelta(seconds=30))
+        relay = Relay(private, {"test.holds": holds, ORDER_PAID: holds}, settings,
+                      f"claims-{new_id('w')[-6:]}", SystemClock(), per_merchant=MERCHANT_VISIBLE)
+        async with running(relay):
+            try:
+                await eventually(lambda: _true(len(started) == to_start), timeout=10,
+                                 what=f"{to_start} handlers started")
+                await asyncio.sleep(0.3)  # long enough for a second claim, well inside a poll
+                return claims
+            finally:
+                release.set()  # stopping waits for the handlers in flight
+
+    sa.event.listen(private.sync_engine, "before_cursor_execute", count)
+    try:
+        assert await claims_made(lambda: add_outbox_events(
+            private, 3, aggregate_id="trickle", event_type="test.holds"), 3) == 1
+        lane = FAST.merchant_concurrency
+        assert await claims_made(lambda: add_outbox_events(
+            private, lane + 2, merchant_id="mch_l"), lane) == 2
+    finally:
+        sa.event.remove(private.sync_engine, "before_cursor_execute", count)
+
+
 async def test_a_claim_takes_the_events_due_longest_first(private: AsyncEngine) -> None:
     """By ``available_at``, not by age: a retry whose backoff ended a minute ago goes before
     an event written after it, but that became due only now."""
@@ -631,8 +758,9 @@ async def test_a_claim_gives_each_merchant_lane_only_the_slots_it_has_room_for(
         ("A job", "mch_a", ORDER_CAPTURED, 1), ("C", "mch_c", ORDER_EXPIRED, 3),
         ("no merchant", None, "attempt.verify", 1),
     ]:
-        named[name] = await add_outbox_events(private, n, merchant_id=merchant,
-                                              aggregate_id=name, event_type=event_type)
+        named[name] = await add_outbox_events(  # a merchant's: each of another order
+            private, n, merchant_id=merchant, aggregate_id=None if merchant else name,
+            event_type=event_type)
 
     def cap(**held: int) -> queries.MerchantCap:
         return queries.MerchantCap(event_types=MERCHANT_VISIBLE, per_merchant=2,
@@ -646,6 +774,57 @@ async def test_a_claim_gives_each_merchant_lane_only_the_slots_it_has_room_for(
     rows = await rows_where(private, outbox.c.lease_owner.is_(None))
     assert [(r.event_id, r.attempts) for r in rows] == [
         (b[1], 0), (b[2], 0), (a[3], 0), (c[2], 0)]
+
+
+async def test_a_claim_takes_only_the_first_undelivered_webhook_of_each_order(
+    private: AsyncEngine,
+) -> None:
+    """The claim behind the ordering of an order's webhooks, on every database. Of one order's
+    webhooks to its merchant only the earliest (by outbox id) not yet done or dead is
+    claimable: the next one waits while it is due, leased or waiting for its retry, and becomes
+    claimable once it is done or dead-lettered. Jobs that are not webhooks (``order.captured``:
+    deferred issuance) neither wait nor hold the order's webhooks back; other orders go on."""
+    x = await add_outbox_events(private, 1, merchant_id="mch_o", aggregate_id="ord_x",
+                                event_type=ORDER_CAPTURED)
+    x += await add_outbox_events(private, 1, merchant_id="mch_o", aggregate_id="ord_x",
+                                 event_type=ORDER_AWAITING_PAYMENT)
+    x += await add_outbox_events(private, 2, merchant_id="mch_o", aggregate_id="ord_x")  # paid
+    y = await add_outbox_events(private, 1, merchant_id="mch_o", aggregate_id="ord_y",
+                                event_type=ORDER_PAYMENT_PENDING)
+    y += await add_outbox_events(private, 1, merchant_id="mch_o", aggregate_id="ord_y",
+                                 event_type=ORDER_EXPIRED)
+    job = await add_outbox_events(private, 1, aggregate_id="ord_y", event_type=ATTEMPT_VERIFY)
+    cap = queries.MerchantCap(event_types=MERCHANT_VISIBLE, per_merchant=10)
+    now = datetime.now(UTC)
+
+    async def claim() -> dict[str, sa.Row[Any]]:
+        claim = queries.claim_batch(private.dialect.name, worker_id="w-order", now=now,
+                                    lease=timedelta(seconds=30), limit=10, cap=cap)
+        async with private.begin() as conn:
+            return {r.event_id: r for r in await claim.run(conn)}
+
+    async def record(outcome: queries.OutcomeWrite) -> None:
+        async with private.begin() as conn:
+            assert await outcome.run(conn) == 1
+
+    first = await claim()
+    assert sorted(first) == sorted([x[0], x[1], y[0], *job])
+    assert await claim() == {}  # the heads are leased: in flight
+    head = first[x[1]]
+    await record(queries.mark_retry(head.id, worker_id="w-order", attempts=head.attempts,
+                                    available_at=now + timedelta(hours=1), error="HTTP 503"))
+    assert await claim() == {}  # waiting for its retry
+    async with private.begin() as conn:  # the retry comes due and is claimed again
+        await conn.execute(outbox.update().where(outbox.c.event_id == x[1])
+                           .values(available_at=now))
+    head = (await claim())[x[1]]
+    await record(queries.mark_done(head.id, worker_id="w-order", attempts=head.attempts,
+                                   now=now))
+    assert list(await claim()) == [x[2]]
+    head = first[y[0]]
+    await record(queries.mark_dead(head.id, worker_id="w-order", attempts=head.attempts,
+                                   now=now, error="HTTP 410"))
+    assert list(await claim()) == [y[1]]  # a dead letter holds nothing back
 
 
 async def test_handler_outcomes_are_recorded_as_data(engine: AsyncEngine) -> None:

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from orchestrator.bootstrap import Container, build
 from orchestrator.domain.clock import WIB, FrozenClock
+from orchestrator.domain.events import ORDER_CAPTURED, ORDER_PAID, ORDER_PAYMENT_PENDING
 from orchestrator.domain.money import UniqueCodeRange
 from orchestrator.settings import DatabaseSettings, UniqueCodeSettings
 from orchestrator.store.database import Database
@@ -252,6 +253,27 @@ async def test_outbox_age_is_how_long_a_due_unleased_event_has_waited_for_a_work
     expired = {**leased, "lease_expires_at": now - timedelta(seconds=1)}
     scraped = await sampled_outbox([retried, expired, not_due], now)
     assert metric_value(scraped, "lunas_outbox_oldest_age_seconds") == 600
+
+
+async def test_outbox_age_leaves_out_webhooks_waiting_for_an_earlier_one_of_their_order() -> None:
+    """An order's webhooks go out one at a time: its ``order.paid``, due twenty minutes ago,
+    waits while the endpoint refuses its ``order.payment_pending`` and that one's retries back
+    off for hours. No worker could take it, so it is not late for a worker (its merchant's
+    retries running out is LunasDeadLetters): it must not page as stuck workers."""
+    now = datetime(2026, 11, 30, 3, 0, tzinfo=UTC)
+    order = {"aggregate_id": "ord_1", "merchant_id": "mch_1", "created_at": now - timedelta(
+        minutes=20)}
+    retrying = {**order, "event_type": ORDER_PAYMENT_PENDING, "attempts": 6,
+                "available_at": now + timedelta(hours=2)}
+    behind = {**order, "event_type": ORDER_PAID, "attempts": 0,
+              "available_at": now - timedelta(minutes=20)}
+    job = {**order, "event_type": ORDER_CAPTURED, "attempts": 0,  # not a webhook: not held
+           "available_at": now - timedelta(seconds=45)}
+    scraped = await sampled_outbox([retrying, behind], now)
+    assert metric_value(scraped, "lunas_outbox_oldest_age_seconds") == 0
+    assert metric_value(scraped, "lunas_outbox_backlog") == 2
+    scraped = await sampled_outbox([retrying, behind, job], now)
+    assert metric_value(scraped, "lunas_outbox_oldest_age_seconds") == 45
 
 
 async def test_the_oldest_open_review_case_of_each_reason_is_sampled() -> None:
