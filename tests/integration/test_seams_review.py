@@ -10,11 +10,14 @@ takes every due event) and the real services; no provider is called.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -22,8 +25,13 @@ from orchestrator.bootstrap import Container, build
 from orchestrator.domain.events import MERCHANT_VISIBLE
 from orchestrator.domain.ids import new_id
 from orchestrator.outbox import queries
+from orchestrator.rails.breaker import BreakerConfig, BreakerRegistry, BreakerState, Outcome
+from orchestrator.rails.guard import BreakerGuard
+from orchestrator.rails.midtrans import MidtransProvider
+from orchestrator.rails.ratelimit import Pace, RequestPacer
+from orchestrator.rails.router import RouteUnavailable
 from orchestrator.services.expiry import payment_pending_event_id, settle_verifying_orders
-from orchestrator.services.status_reads import route_of
+from orchestrator.services.status_reads import StatusReads, route_of
 from orchestrator.settings import DatabaseSettings, RedisSettings, Settings
 from orchestrator.store.engine import migrate
 from orchestrator.store.tables import orders, outbox, payment_attempts
@@ -169,3 +177,47 @@ async def test_a_deferred_read_never_announces_pending_after_the_order_went_to_r
     assert state == "needs_review"
     assert "order.needs_review" in sent, sent
     assert sent[sent.index("order.needs_review"):].count("order.payment_pending") == 0, sent
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "StatusReads.read takes a paced slot before the breaker's permit: in half-open every read "
+    "beyond the trials (closed-attempt reads re-queued to the breaker's retry_at, Midtrans "
+    "confirmation reads, watch reads) burns a slot of the provider's shared pace on a call "
+    "that never goes, delaying the reads that can go"))
+async def test_reads_the_breaker_refuses_spend_none_of_the_providers_pace() -> None:
+    """Midtrans is recovering: its breaker is half-open and its one trial call is out. Twenty
+    status reads arrive at once (closed-attempt reads queued again for the breaker's
+    ``retry_at``, the reads confirming Midtrans notifications); the breaker refuses them all.
+    A read of a route that can go (another channel, closed) asked just after should not wait
+    behind them: a refused read sends nothing and should cost the pace nothing. No request
+    reaches any provider here (the refused reads never leave; the timed one only takes its slot)."""
+    registry = BreakerRegistry(BreakerConfig(
+        failure_rate_threshold=0.5, minimum_number_of_calls=2, permitted_calls_in_half_open=1,
+        wait_in_open=timedelta(milliseconds=50), max_wait_in_open=timedelta(milliseconds=50),
+        wait_jitter=0.0))
+    route = "qris:midtrans:qris"
+    breaker = registry.get(route)
+    for _ in range(2):
+        (await breaker.acquire()).record(Outcome.FAILURE)
+    async with asyncio.timeout(2):
+        while breaker.state is not BreakerState.HALF_OPEN:
+            await asyncio.sleep(0.01)
+    trial = await breaker.acquire()  # the round's one trial, in flight
+    pacer = RequestPacer({"midtrans": Pace(per_minute=600, headroom=0.0)}, redis=None)  # 10/s
+    async with httpx.AsyncClient() as http:
+        midtrans = MidtransProvider(base_url="http://127.0.0.1:9", server_key="SB-Mid-server-x",
+                                    client=http)
+        reads = StatusReads({"midtrans": midtrans}, BreakerGuard(registry), pacer)
+        closed = [SimpleNamespace(id=new_id("att"), rail="qris", provider="midtrans",
+                                  channel="qris", provider_ref=None) for _ in range(20)]
+        refused = [asyncio.create_task(reads.read(a)) for a in closed]
+        await asyncio.sleep(0)  # they have all asked
+        started = time.monotonic()
+        await pacer.acquire("midtrans")  # the next read that can go: its slot
+        waited = time.monotonic() - started
+        outcomes = await asyncio.gather(*refused, return_exceptions=True)
+    trial.record(Outcome.SUCCESS)
+    await registry.close()
+    assert all(isinstance(o, RouteUnavailable) for o in outcomes), outcomes
+    # One interval (0.1 s) is the pace; twenty refused reads ahead of it made it ~2 s.
+    assert waited < 0.5, f"a read that can go waited {waited:.2f} s behind 20 refused ones"
