@@ -328,12 +328,16 @@ class Verifier:
         now = self._clock.now()
         retry_at = self._reads.retry_at(route_key)
         async with self._db.transaction() as conn:
+            # An order past its deadline may hear ``order.payment_pending``: lock it first (and
+            # so before the attempt, as settlement does). Unlocked, the expiry sweep could move
+            # it to ``needs_review`` and commit its event between this read and this commit, and
+            # the merchant would hear "pending" after "needs review": one order's webhooks go
+            # out in outbox order, which is commit order only under the order's lock (seams
+            # review, test_seams_review.py).
+            order = (await lock_order_of(conn, attempt.id)
+                     if attempt.order_state == OrderState.VERIFYING.value else None)
             newly = await defer(conn, attempt.id, route_key, now=now, retry_at=retry_at)
-            if not (newly and attempt.order_state == OrderState.VERIFYING.value):
-                return
-            order = (await conn.execute(sa.select(orders).where(
-                orders.c.id == attempt.order_id))).one()
-            if order.state != OrderState.VERIFYING.value:
+            if not newly or order is None or order.state != OrderState.VERIFYING.value:
                 return
             await add_events(conn, [PendingEvent(
                 event_type=events.ORDER_PAYMENT_PENDING, aggregate_id=order.id,

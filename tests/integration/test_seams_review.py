@@ -117,10 +117,6 @@ async def waiting_on_a_lock(c: Container, query_like: str) -> bool:
             "AND query ILIKE :q"), {"q": f"%{query_like}%"})).scalar())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "verification._defer writes order.payment_pending after reading the order unlocked: the "
-    "expiry sweep sends the order to a person meanwhile, and (outbox id order != commit order) "
-    "relay-order delivers 'payment pending' after order.needs_review"))
 async def test_a_deferred_read_never_announces_pending_after_the_order_went_to_review(
     seams: Container,
 ) -> None:
