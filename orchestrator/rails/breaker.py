@@ -481,6 +481,19 @@ class RouteBreaker:
                 return permit
         raise self._rejection()
 
+    def refuses_now(self) -> bool:
+        """Whether ``acquire`` would refuse a call right now: open, forced open, or half-open
+        with every trial of the round issued here or cluster-wide. A caller about to wait for
+        something else first (a paced slot) asks this, so a call that cannot go spends nothing
+        on the way to its refusal. Advisory: the state may change during that wait, and
+        ``acquire`` decides."""
+        state = self.state
+        if state is BreakerState.HALF_OPEN:
+            round_ = self._round
+            return (round_.issued >= self.config.permitted_calls_in_half_open
+                    or round_.cluster_exhausted)
+        return state in (BreakerState.OPEN, BreakerState.FORCED_OPEN)
+
     @contextlib.asynccontextmanager
     async def guard(self) -> AsyncIterator[Permit]:
         """``async with breaker.guard() as call:`` — success unless the block raises (then

@@ -19,6 +19,10 @@ class BreakerGuard:
     def is_open(self, route_key: str) -> bool:
         return self.registry.get(route_key).state in _OPEN
 
+    def refuses_now(self, route_key: str) -> bool:
+        """Open, or half-open with no trial left this round (``RouteBreaker.refuses_now``)."""
+        return self.registry.get(route_key).refuses_now()
+
     def state(self, route_key: str) -> BreakerState:
         return self.registry.get(route_key).state
 

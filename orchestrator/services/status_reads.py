@@ -116,8 +116,11 @@ class StatusReads:
         a ``RailError`` when the read itself failed, ``ReadAbandoned`` when ``still_wanted``
         (asked once the paced slot is ours, since the wait may be long) says no."""
         route = route_of(attempt)
-        if self._guard.is_open(route.key):
-            raise RouteUnavailable(route.key)  # spend no paced slot on a call that cannot go
+        if self._guard.refuses_now(route.key):
+            # Spend no paced slot on a call that cannot go: in half-open, every read beyond the
+            # round's trials would otherwise take a slot of the provider's shared pace and then
+            # be refused, delaying the reads that can go (seams review).
+            raise RouteUnavailable(route.key)
         provider = self._providers[attempt.provider]
         await self._not_paused(attempt.provider)
         if not await self._pacer.acquire(attempt.provider,
