@@ -51,6 +51,18 @@ class VerificationSchedule:
             return None
         return last + gaps[min(checks_done, len(gaps) - 1)]
 
+    def next_watch(self, rail: Rail, *, reads_done: int, last: datetime) -> datetime | None:
+        """The next read of a closed instrument its provider would not cancel, watched through
+        the code quarantine (``gateway_jobs._watch_uncancelled``): the rail's first gap, doubled
+        after each read. Such an instrument is paid, if at all, around its deadline, so the
+        reads thin out; on the live schedule a Xendit QR cost 14 reads (28 paced requests) an
+        hour, and a shop's abandoned QRs would crowd the reads of orders still waiting on
+        their payment out of the provider's pace. ``None`` for a rail with no status API."""
+        gaps = self.gaps.get(rail)
+        if not gaps:
+            return None
+        return last + gaps[0] * (1 << min(max(reads_done, 0), 20))
+
     @classmethod
     def with_gaps(cls, gaps: Mapping[Rail, tuple[timedelta, ...]], *,
                   retry_after_failure: timedelta) -> VerificationSchedule:

@@ -472,11 +472,12 @@ class ProviderWebhooks:
 
     async def _watch_on(self, job: _ClosedRead, attempt: Any) -> None:
         """A pending instrument its provider would not cancel can still take money: read it
-        again on its rail's schedule until the watch ends, the last read at its end."""
+        again, at growing gaps (``VerificationSchedule.next_watch``), until the watch ends, the
+        last read at its end."""
         now = self._clock.now()
         if job.watch_until is None or job.watch_until <= now:
             return
-        nxt = self._schedule.next_check(Rail(attempt.rail), checks_done=job.watch_reads + 1,
+        nxt = self._schedule.next_watch(Rail(attempt.rail), reads_done=job.watch_reads,
                                         last=now)
         due = min(nxt or job.watch_until, job.watch_until)
         async with self._db.transaction() as conn:

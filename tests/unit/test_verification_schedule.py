@@ -71,3 +71,19 @@ def test_a_schedule_tolerates_stray_commas_and_a_blank_one_keeps_the_default(
 def test_a_schedule_that_is_not_positive_seconds_is_refused(text: str) -> None:
     with pytest.raises(SettingsError):
         Settings.from_env({"LUNAS_VERIFY_SCHEDULE_VA": text})
+
+
+def test_an_uncancelled_closed_instrument_is_watched_at_doubling_gaps() -> None:
+    """Watched through the one-hour quarantine, an expired Xendit QR is read at 0, 2, 6, 14, 30
+    and (its end) 60 minutes: six reads, where the live QRIS schedule would make fourteen."""
+    s = VerificationSchedule()
+    reads, at = [T0], T0
+    end = T0 + timedelta(hours=1)
+    while at < end:
+        nxt = s.next_watch(Rail.QRIS, reads_done=len(reads) - 1, last=at)
+        assert nxt is not None
+        at = min(nxt, end)
+        reads.append(at)
+    assert [int((r - T0).total_seconds() // 60) for r in reads] == [0, 2, 6, 14, 30, 60]
+    assert s.next_watch(Rail.VA, reads_done=0, last=T0) == T0 + timedelta(hours=1)
+    assert s.next_watch(Rail.MANUAL_TRANSFER, reads_done=0, last=T0) is None
