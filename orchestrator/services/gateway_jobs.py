@@ -108,8 +108,8 @@ class GatewayJobs:
 
     async def _watch_uncancelled(self, attempt: Any) -> None:
         """Read an expired instrument the provider would not cancel now (a payment that landed
-        at the deadline is found at once), then on its rail's schedule until the quarantine of
-        its closing ends (``provider_webhooks.on_attempt_verify``). Its webhook is the fast path;
+        at the deadline is found at once), then at doubling gaps (``VerificationSchedule
+        .next_watch``) until the quarantine of its closing ends (``provider_webhooks.on_attempt_verify``). Its webhook is the fast path;
         this is the net for the one that is lost (rule 4)."""
         now = self._clock.now()
         watch_until = (attempt.closed_at or attempt.updated_at) + self._quarantine
