@@ -377,7 +377,8 @@ class ProviderWebhooks:
         elif status.status in (NeutralStatus.EXPIRED, NeutralStatus.FAILED):
             await self._close(delivery_id, attempt, status.status)
         elif status.status in REVERSALS:
-            await self._confirm_reversal(delivery_id, attempt)
+            await self._confirm_reversal(delivery_id, attempt,
+                                         tries=int(event.payload.get("confirm_tries") or 0))
         else:
             await self._record(delivery_id, f"no change: provider says {status.raw_status}")
 
@@ -536,18 +537,53 @@ class ProviderWebhooks:
             await self._record(delivery_id, f"signed payment not confirmed: provider says "
                                             f"{status.raw_status or status.status}; no change")
 
-    async def _confirm_reversal(self, delivery_id: str, attempt: Any) -> None:
+    async def _confirm_reversal(self, delivery_id: str, attempt: Any, *, tries: int) -> None:
         """A notification that a payment went back (chargeback, refund): the provider's status
         says whether it did, since a Midtrans signature leaves the status out and a signed
         settlement relabelled ``chargeback`` would verify. One read per such notification, which
-        only the provider can sign; an open breaker or a failed read raises, and the relay
-        tries again with its backoff (a paid attempt has no verifier schedule to defer on)."""
-        status = await self._reads.read(attempt)
+        only the provider can sign. A read that cannot run now (breaker open, 429, provider
+        down, an answer Lunas cannot read) is not an answer: the delivery is queued again for
+        when it can (``_confirm_reversal_later``). Left to the relay's backoff, it was retried
+        into the outage and dead-lettered, and the case never opened (a paid attempt has no
+        verifier schedule to fall back on)."""
+        try:
+            status = await self._reads.read(attempt)
+        except (RouteUnavailable, RailError) as exc:
+            await self._confirm_reversal_later(delivery_id, attempt, tries + 1, exc)
+            return
         if status.status not in REVERSALS:
             await self._record(delivery_id, f"status read: provider says "
                                             f"{status.raw_status or status.status}; no reversal")
             return
         await self._reversed(delivery_id, attempt, status)
+
+    async def _confirm_reversal_later(self, delivery_id: str, attempt: Any, tries: int,
+                                      exc: Exception) -> None:
+        """Queue the delivery again (its outcome stays unset, so it is processed afresh) after
+        the breaker's retry time, the 429's pause, or gaps doubling up to
+        ``UNREADABLE_MAX_GAP``. The job's id is fixed per delivery and try, so a handler run
+        twice does not fork the chain."""
+        now = self._clock.now()
+        wait = self._wait_for(exc, attempt, tries)
+        log.warning("reversal for %s not confirmed yet (%s, try %d), read again in %.0f s",
+                    attempt.id, type(exc).__name__, tries, wait.total_seconds(),
+                    extra={"attempt_id": attempt.id, "order_id": attempt.order_id,
+                           "delivery_id": delivery_id})
+        async with self._db.transaction() as conn:
+            await add_events(conn, [PendingEvent(
+                event_type=events.PROVIDER_DELIVERY, aggregate_id=attempt.id, merchant_id=None,
+                payload={"delivery_id": delivery_id, "confirm_tries": tries},
+                available_at=now + wait, event_id=f"rv{tries}_{delivery_id}"[:40])], now=now)
+
+    def _wait_for(self, exc: Exception, attempt: Any, tries: int) -> timedelta:
+        """How long until a status read that failed with ``exc`` is worth making again."""
+        base = self._schedule.retry_after_failure
+        if isinstance(exc, RouteUnavailable):
+            retry_at = self._reads.retry_at(route_of(attempt).key)
+            return max(base, retry_at - self._clock.now()) if retry_at is not None else base
+        if isinstance(exc, Throttled):
+            return max(timedelta(seconds=throttle_pause(exc.retry_after)), base)
+        return unreadable_gap(base, tries)
 
     async def _reversed(self, delivery_id: str, attempt: Any, status: ProviderStatus) -> None:
         now = self._clock.now()

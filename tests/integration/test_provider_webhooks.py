@@ -28,6 +28,7 @@ from orchestrator.bootstrap import Container, build
 from orchestrator.domain.verification import VerificationSchedule
 from orchestrator.notify.delivery import MerchantWebhookHandler, merchant_webhook_handlers
 from orchestrator.outbox.relay import Relay
+from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails.midtrans import signature_key
 from orchestrator.services.settlement import Payment, apply_payment, open_review_case
 from orchestrator.store.tables import (
@@ -1049,3 +1050,70 @@ async def test_a_close_and_a_payment_on_two_attempts_of_one_order_never_deadlock
     assert (await attempt_row(stack, qr.id)).state == "paid"
     [(_, outcome)] = await outcomes(stack, gopay.id)
     assert outcome == "no change: the attempt moved meanwhile"  # superseded by the payment
+
+
+def jobs(stack: Stack, event_type: str, aggregate_id: str,
+         status: str) -> Callable[[], Awaitable[object]]:
+    """How many ``event_type`` jobs of ``aggregate_id`` are in ``status``."""
+    return lambda: scalar(stack, sa.select(sa.func.count()).select_from(outbox).where(
+        outbox.c.event_type == event_type, outbox.c.aggregate_id == aggregate_id,
+        outbox.c.status == status))
+
+
+STATUS_DOWN = {"kind": "error_rate", "operation": "status", "probability": 1.0, "status": 503}
+THROTTLED = {"kind": "rate_limit", "operation": "status", "retry_after_s": 1}
+
+
+@pytest.mark.parametrize("fault", [STATUS_DOWN, THROTTLED], ids=["status-down", "throttled"])
+async def test_a_chargeback_whose_confirming_read_cannot_run_waits_for_it_never_dead_letters(
+    stack: Stack, fault: dict[str, Any],
+) -> None:
+    """Regression (review): the status read that confirms a chargeback notification failed
+    (Midtrans's status API down, its breaker open, or a 429), the relay retried the delivery
+    into the outage and dead-lettered it after its tries: the chargeback never reached a
+    person. The delivery waits for a read that can run, as often as it takes, and the case
+    opens once Midtrans answers."""
+    order_id, attempt, paid = await paid_midtrans_order(stack)
+    await sim_post(stack.sims.midtrans.control_url, "/answer", {
+        "order_id": attempt.id, "fields": {"transaction_status": "chargeback"}})
+    await stack.fault("midtrans", **fault)
+    key = stack.container.settings.providers.midtrans_server_key
+    chargeback = midtrans_body(attempt, status="chargeback", code="200",
+                               txid=paid["transaction_id"], key=key)
+    r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(chargeback))
+    assert r.status_code == 200, r.text
+    await relay_for(stack.container, 3)  # more than the relay's six tries 0.2 s apart
+    assert await jobs(stack, "provider.delivery", attempt.id, "dead")() == 0
+    assert await jobs(stack, "provider.delivery", attempt.id, "pending")() == 1
+    assert await review(stack, order_id) == []
+    async with httpx.AsyncClient() as c:
+        await c.delete(f"{stack.sims.midtrans.control_url}/faults")
+    await settled_quietly(stack, attempt.id)
+    assert await review(stack, order_id) == [
+        ("chargeback", "dispute_or_accept", attempt.transfer_amount)]
+    assert (await order_state(stack, order_id)()) == "paid"
+
+
+async def test_a_payment_on_a_live_attempt_whose_confirming_read_fails_settles_through_the_verifier(
+    stack: Stack,
+) -> None:
+    """A signed Midtrans settlement for an active QR arrives while Midtrans's status API is
+    down: it is not applied on its unsigned status alone, and not lost either. The verifier's
+    read is brought forward, and settles the order once Midtrans answers."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    await paid_quietly(stack, attempt)
+    await stack.fault("midtrans", **STATUS_DOWN)
+    key = stack.container.settings.providers.midtrans_server_key
+    settlement = midtrans_body(attempt, status="settlement", code="200", txid="tx-live-1",
+                               key=key)
+    r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(settlement))
+    assert r.status_code == 200, r.text
+    await settled_quietly(stack, attempt.id)
+    assert await jobs(stack, "provider.delivery", attempt.id, "dead")() == 0
+    outcome = [o for v, o in await outcomes(stack, attempt.id) if v][-1]
+    assert outcome is not None and "status read brought forward" in outcome, outcome
+    assert (await order_state(stack, order_id)()) == "awaiting_payment"
+    async with httpx.AsyncClient() as c:
+        await c.delete(f"{stack.sims.midtrans.control_url}/faults")
+    await run_verifier(stack.container, order_state(stack, order_id), "paid", timeout=20)
+    assert await evidence_count(stack, order_id) == 1
