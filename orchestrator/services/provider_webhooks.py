@@ -72,7 +72,7 @@ from orchestrator.domain.clock import Clock
 from orchestrator.domain.ids import new_id
 from orchestrator.domain.order import AttemptState, AttemptTrigger, next_attempt_state
 from orchestrator.domain.text import unstorable
-from orchestrator.domain.verification import VerificationSchedule
+from orchestrator.domain.verification import VerificationSchedule, unreadable_gap
 from orchestrator.outbox.relay import OutboxEvent
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails import midtrans, xendit
@@ -93,7 +93,6 @@ from orchestrator.services.status_reads import (
     route_of,
     throttle_pause,
 )
-from orchestrator.services.verification import unreadable_gap
 from orchestrator.store.database import Database, upsert_insert
 from orchestrator.store.tables import orders, payment_attempts, provider_deliveries
 from orchestrator.telemetry import tracing

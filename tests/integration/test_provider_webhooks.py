@@ -1117,3 +1117,41 @@ async def test_a_payment_on_a_live_attempt_whose_confirming_read_fails_settles_t
         await c.delete(f"{stack.sims.midtrans.control_url}/faults")
     await run_verifier(stack.container, order_state(stack, order_id), "paid", timeout=20)
     assert await evidence_count(stack, order_id) == 1
+
+
+async def expired_with_cancel_queued(stack: Stack, rail: str, channel: str | None,
+                                     served: str) -> tuple[str, Any]:
+    """An order Lunas expired at its deadline, the instrument's cancel queued as expiry does."""
+    order_id, attempt = await order_and_attempt(stack, rail, channel, served)
+    await close_attempt(stack, order_id, attempt.id)
+    async with stack.container.db.transaction() as conn:
+        await add_events(conn, [PendingEvent(
+            event_type="attempt.cancel_requested", aggregate_id=attempt.id, merchant_id=None,
+            payload={"attempt_id": attempt.id})], now=stack.container.clock.now())
+    return order_id, attempt
+
+
+async def test_a_cancel_the_provider_cannot_take_now_is_tried_again_and_the_instrument_watched(
+    stack: Stack,
+) -> None:
+    """Regression (review): the cancel of an expired QR failed with Midtrans unavailable (not
+    a refusal); the relay retried it into the outage and dead-lettered it. The instrument was
+    then neither cancelled nor read again, and a payment on it, its notification lost, was
+    never seen. A cancel that cannot be made now is tried again later (never dead-lettered),
+    the instrument is watched meanwhile, and a payment on it is found."""
+    order_id, attempt = await expired_with_cancel_queued(stack, "qris", None,
+                                                         "qris:midtrans:qris")
+    await stack.fault("midtrans", kind="error_rate", operation="cancel", probability=1.0,
+                      status=503)
+    await relay_for(stack.container, 3)
+    assert await jobs(stack, "attempt.cancel_requested", attempt.id, "dead")() == 0
+    assert await jobs(stack, "attempt.cancel_requested", attempt.id, "pending")() == 1
+    assert await closed_reads(stack, attempt.id, "pending")() == 1  # watched meanwhile
+    await sim_post(stack.sims.midtrans.control_url, "/config", {"drop_notifications": True})
+    await sim_post(stack.sims.midtrans.control_url, "/pay", {"order_id": attempt.id})
+    async with httpx.AsyncClient() as c:
+        await c.delete(f"{stack.sims.midtrans.control_url}/faults")
+    # The cancel is tried again and refused (the charge is settled): read at once.
+    await run_relay(stack.container, order_state(stack, order_id), "needs_review", timeout=20)
+    assert await review(stack, order_id) == [
+        ("payment_after_expiry", "honour", attempt.transfer_amount)]
