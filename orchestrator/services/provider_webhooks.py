@@ -73,7 +73,7 @@ from orchestrator.domain.ids import new_id
 from orchestrator.domain.order import AttemptState, AttemptTrigger, next_attempt_state
 from orchestrator.domain.text import unstorable
 from orchestrator.domain.verification import VerificationSchedule, unreadable_gap
-from orchestrator.outbox.relay import OutboxEvent
+from orchestrator.outbox.relay import OutboxEvent, PermanentFailure
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails import midtrans, xendit
 from orchestrator.rails.base import NeutralStatus, ProviderStatus, Rail
@@ -116,6 +116,10 @@ ASKED_READ_SPACING = timedelta(minutes=1)
 ask for. A genuine delivery that failed verification (a rotated key) is retried by the provider
 minutes later, and the attempt's schedule reads it anyway; a forger gets one read a minute per
 attempt id, not one per request."""
+UNREADABLE_GIVE_UP = 4
+"""Unreadable answers in a row after which a closed attempt past its code quarantine is read
+no more (its job dead-lettered with the reason): about 4 minutes of tries at the default 30 s
+``retry_after_failure``, and never before the quarantine of its closing ends."""
 MAX_UNTRUSTED_BODY = 16_384
 """Characters of an unverified or malformed body that are stored. A provider's notification is a
 few kilobytes; a forger's megabyte is kept as its start, its length and its SHA-256."""
@@ -424,6 +428,7 @@ class ProviderWebhooks:
             return
         except Unreadable as exc:
             in_a_row = job.unreadable + 1
+            await self._give_up_if_hopeless(job, attempt, in_a_row, exc)
             wait = unreadable_gap(self._schedule.retry_after_failure, in_a_row)
             log.warning("status answer for closed %s unreadable (%d in a row), next read in "
                         "%.0f s: %s", attempt.id, in_a_row, wait.total_seconds(), exc.detail,
@@ -444,6 +449,31 @@ class ProviderWebhooks:
         if job.delivery_id is not None:
             await self._record(job.delivery_id,
                                f"status read: provider says {status.raw_status}; no change")
+
+    async def _give_up_if_hopeless(self, job: _ClosedRead, attempt: Any, in_a_row: int,
+                                   exc: Unreadable) -> None:
+        """Stop reading a closed attempt whose answers Lunas cannot read once the code
+        quarantine of its closing is over and ``UNREADABLE_GIVE_UP`` answers in a row were
+        unreadable: read every 30 minutes for ever, it only logged warnings nobody acts on. The
+        job is dead-lettered (counted and alerted on as every dead letter), its error and the
+        attempt's ``last_check`` saying why; fixing the adapter and redelivering the job reads
+        it again. Before the quarantine ends a late payment is likely, so it is read on."""
+        closed_at = attempt.closed_at or attempt.updated_at
+        if in_a_row < UNREADABLE_GIVE_UP or closed_at + self._quarantine > self._clock.now():
+            return
+        why = (f"status answer for closed attempt {attempt.id} unreadable {in_a_row} times in "
+               f"a row, past its code quarantine (closed {iso(closed_at)}): {exc.detail}; read "
+               f"it at {attempt.provider} and fix the adapter, then redeliver this job")
+        log.error("status read of closed %s given up: %s", attempt.id, why,
+                  extra={"attempt_id": attempt.id, "order_id": attempt.order_id})
+        async with self._db.transaction() as conn:
+            await conn.execute(payment_attempts.update().where(
+                payment_attempts.c.id == attempt.id).values(
+                    last_check=f"status read given up: unreadable {in_a_row} times in a row, "
+                               f"past its quarantine: {exc.detail}"[:200]))
+            if job.delivery_id is not None:
+                await _set_outcome(conn, job.delivery_id, f"status read given up: {why}")
+        raise PermanentFailure(why) from exc
 
     async def _read_again(self, job: _ClosedRead, attempt: Any, wait: timedelta,
                           why: str) -> None:

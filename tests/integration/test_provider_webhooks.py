@@ -1155,3 +1155,32 @@ async def test_a_cancel_the_provider_cannot_take_now_is_tried_again_and_the_inst
     await run_relay(stack.container, order_state(stack, order_id), "needs_review", timeout=20)
     assert await review(stack, order_id) == [
         ("payment_after_expiry", "honour", attempt.transfer_amount)]
+
+
+async def test_a_closed_attempt_unreadable_past_its_quarantine_is_dead_lettered_with_a_reason(
+    stack: Stack,
+) -> None:
+    """Regression (review): the status answer for a closed attempt that Lunas cannot read was
+    read again every 30 minutes for ever, with only a warning log. Once the code quarantine
+    of the attempt's closing is over (a late payment is unlikely) and several answers in a row
+    were unreadable, the read is dead-lettered at once, counted and alerted on with the other
+    dead letters, with a reason on the job and on the attempt an SRE can act on (fix the
+    adapter, then redeliver)."""
+    order_id, attempt = await late_payment_nobody_can_verify(stack)
+    answer = {"order_id": attempt.id, "fields": {"transaction_status": "on_hold"}}
+    await sim_post(stack.sims.midtrans.control_url, "/answer", answer)
+    await relay_for(stack.container, 1)  # unreadable while within the quarantine: read again
+    assert await closed_reads(stack, attempt.id, "pending")() == 1
+    await close_attempt(stack, order_id, attempt.id,
+                        ago=stack.container.settings.unique_codes.quarantine)
+    await run_relay(stack.container, closed_reads(stack, attempt.id, "dead"), 1, timeout=15)
+    assert await closed_reads(stack, attempt.id, "pending")() == 0
+    async with stack.container.db.read() as conn:
+        error = (await conn.execute(sa.select(outbox.c.last_error).where(
+            outbox.c.event_type == "attempt.verify", outbox.c.aggregate_id == attempt.id,
+            outbox.c.status == "dead"))).scalar_one()
+    assert "unreadable" in error and "on_hold" in error and "past its code quarantine" in error
+    row = await attempt_row(stack, attempt.id)
+    assert row.last_check.startswith("status read given up: unreadable"), row.last_check
+    await relay_for(stack.container, 1)
+    assert await closed_reads(stack, attempt.id, "pending")() == 0  # no read after it
