@@ -170,12 +170,18 @@ def _bounded(key: str) -> str:
 
 
 def midtrans_event_key(body: Mapping[str, Any]) -> str | None:
-    """One Midtrans notification: a transaction in one status (a retry repeats it exactly)."""
+    """One Midtrans notification: a transaction in one status (a retry repeats it exactly).
+    A refund or chargeback notification also carries ``refund_amount``, the total gone back so
+    far: a second partial chargeback (or refund) of one transaction differs from the first only
+    there, and is a second fact, not a repeat."""
     parts = [body.get(k) for k in ("transaction_id", "transaction_status", "status_code")]
     if not all(isinstance(p, str) and p for p in parts):
         return None
     fraud = body.get("fraud_status")
     parts.append(fraud if isinstance(fraud, str) else "")
+    refunded = body.get("refund_amount")
+    if isinstance(refunded, str) and refunded:
+        parts.append(refunded)
     return _bounded("midtrans:" + ":".join(str(p) for p in parts))
 
 
@@ -444,6 +450,9 @@ class ProviderWebhooks:
                                         "asked_by_delivery": job.delivery_id},
                                kind="provider_status", prefix="status read: ")
             return
+        if status.status in REVERSALS:  # paid after Lunas closed it, then reversed: both facts
+            await self._reversed(job.delivery_id, attempt, status)
+            return
         if status.status is NeutralStatus.PENDING:
             await self._watch_on(job, attempt)
         if job.delivery_id is not None:
@@ -614,17 +623,19 @@ class ProviderWebhooks:
             return max(timedelta(seconds=throttle_pause(exc.retry_after)), base)
         return unreadable_gap(base, tries)
 
-    async def _reversed(self, delivery_id: str, attempt: Any, status: ProviderStatus) -> None:
+    async def _reversed(self, delivery_id: str | None, attempt: Any,
+                        status: ProviderStatus) -> None:
         now = self._clock.now()
         async with self._db.transaction() as conn:
             case_id = await apply_reversal(
                 conn, attempt, status, kind="provider_status",
                 details={"asked_by_delivery": delivery_id}, now=now,
                 quarantine=self._quarantine)
-            await _set_outcome(conn, delivery_id, (
-                f"status read: provider says {status.raw_status}; review case {case_id} opened"
-                if case_id else f"status read: provider says {status.raw_status}; reversal "
-                                "already recorded"))
+            if delivery_id is not None:
+                await _set_outcome(conn, delivery_id, (
+                    f"status read: provider says {status.raw_status}; review case {case_id} "
+                    "opened" if case_id else f"status read: provider says {status.raw_status}; "
+                                             "reversal already recorded"))
         log.warning("payment reversed at provider (%s)", status.raw_status,
                     extra={"attempt_id": attempt.id, "order_id": attempt.order_id,
                            "delivery_id": delivery_id, "review_case_id": case_id})

@@ -537,7 +537,7 @@ def test_a_notification_reports_a_payment_only_under_its_signed_status_code_200(
     ("deny", "deny", NeutralStatus.FAILED),
     ("failure", None, NeutralStatus.FAILED),
     ("refund", None, NeutralStatus.REFUNDED),
-    ("partial_refund", None, NeutralStatus.PAID),
+    ("partial_refund", None, NeutralStatus.REFUNDED),
 ])
 def test_notification_status_follows_rails_md_mapping(
     transaction_status: str, fraud: str | None, neutral: NeutralStatus,

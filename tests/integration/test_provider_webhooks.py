@@ -1184,3 +1184,47 @@ async def test_a_closed_attempt_unreadable_past_its_quarantine_is_dead_lettered_
     assert row.last_check.startswith("status read given up: unreadable"), row.last_check
     await relay_for(stack.container, 1)
     assert await closed_reads(stack, attempt.id, "pending")() == 0  # no read after it
+
+
+async def test_a_partial_refund_found_by_a_status_read_settles_and_opens_a_case_for_the_refund(
+    stack: Stack,
+) -> None:
+    """Every notification was lost; the first status read of the QR says ``partial_refund``
+    with ``refund_amount``: it was paid, then part of it went back at Midtrans. The payment
+    settles the order, and a ``refunded_at_provider`` case opens for the refunded amount.
+    Before: ``partial_refund`` read as paid, and nobody heard of the refund."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    await sim_post(stack.sims.midtrans.control_url, "/answer", {
+        "order_id": attempt.id, "fields": {"transaction_status": "partial_refund",
+                                           "settlement_time": "2025-03-10 09:05:00",
+                                           "refund_amount": "25000.00"}})
+    await make_due(stack, attempt.id)
+    await run_verifier(stack.container, order_state(stack, order_id), "paid")
+    await wait_for(lambda: review(stack, order_id), [
+        ("refunded_at_provider", "check_at_source", 25_000)])
+    assert (await attempt_row(stack, attempt.id)).state == "paid"
+
+
+async def test_two_partial_chargebacks_of_one_payment_are_two_cases_for_what_each_took_back(
+    stack: Stack,
+) -> None:
+    """The payer's bank pulls back part of a settled QRIS payment, then more of it. Midtrans
+    notifies ``partial_chargeback`` twice, alike but for the ``refund_amount`` so far. They are
+    two facts: two cases, for 20000 and then the 30000 more taken back. Before: the second
+    was stored as a duplicate of the first (same transaction, status and status code) and
+    never read."""
+    order_id, attempt, paid = await paid_midtrans_order(stack)
+    key = stack.container.settings.providers.midtrans_server_key
+    body = midtrans_body(attempt, status="partial_chargeback", code="200",
+                         txid=paid["transaction_id"], key=key)
+    for so_far in ("20000.00", "50000.00"):
+        await sim_post(stack.sims.midtrans.control_url, "/answer", {
+            "order_id": attempt.id, "fields": {"transaction_status": "partial_chargeback",
+                                               "refund_amount": so_far}})
+        r = await stack.client.post("/v1/webhooks/midtrans",
+                                    content=json.dumps({**body, "refund_amount": so_far}))
+        assert r.status_code == 200, r.text
+        await settled_quietly(stack, attempt.id)
+    assert (await order_state(stack, order_id)()) == "paid"
+    assert sorted(await review(stack, order_id)) == [
+        ("chargeback", "dispute_or_accept", 20_000), ("chargeback", "dispute_or_accept", 30_000)]
