@@ -256,9 +256,15 @@ def notification_status(body: Mapping[str, Any]) -> ProviderStatus:
 
 def refund_amount(body: Mapping[str, Any]) -> int | None:
     """``refund_amount`` (``"25000.00"``): how much of the transaction went back so far; None
-    when absent (Lunas then knows a reversal happened, not how much)."""
+    when absent or unreadable (Lunas then knows a reversal happened, not how much: the case
+    asks a person for the payment's amount), since a reversal is never worth losing over it."""
     amount = body.get("refund_amount")
-    return rupiah(amount) if isinstance(amount, str) and amount.strip() else None
+    if not isinstance(amount, str) or not amount.strip():
+        return None
+    try:
+        return rupiah(amount)
+    except MidtransWireError:
+        return None
 
 
 def notification_time(body: Mapping[str, Any]) -> datetime | None:
