@@ -119,7 +119,8 @@ class GatewayJobs:
         now = self._clock.now()
         wait = self._cancel_wait(attempt, tries, exc)
         if attempt.state == AttemptState.EXPIRED.value:
-            await self._watch_uncancelled(attempt)
+            if tries == 1:  # once: each call would say a read is queued now on the attempt
+                await self._watch_uncancelled(attempt)
             watch_until = (attempt.closed_at or attempt.updated_at) + self._quarantine
             if now + wait > watch_until:
                 log.warning("cancel of expired %s given up at the end of its watch (%s)",
