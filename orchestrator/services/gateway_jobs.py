@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from orchestrator.domain import events
 from orchestrator.domain.clock import Clock
 from orchestrator.domain.order import AttemptState, OrderState
-from orchestrator.domain.verification import VerificationSchedule, unreadable_gap
+from orchestrator.domain.verification import VerificationSchedule
 from orchestrator.outbox.relay import OutboxEvent
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails.base import (
@@ -34,7 +34,7 @@ from orchestrator.rails.base import (
     Rail,
     Route,
 )
-from orchestrator.rails.errors import RailError, Refused, Throttled
+from orchestrator.rails.errors import RailError, Refused
 from orchestrator.rails.router import Hop, IssueResult, RouteGuard, RouteUnavailable
 from orchestrator.services.issuance import IssuanceService, add_unknown_event
 from orchestrator.services.payment_failed import lock_order_of, tell_if_nothing_left_to_pay
@@ -46,7 +46,7 @@ from orchestrator.services.status_reads import (
     paid_evidence_key,
     queue_closed_read,
     route_of,
-    throttle_pause,
+    wait_to_retry,
 )
 from orchestrator.store.database import Database
 from orchestrator.store.tables import orders, payment_attempts
@@ -117,7 +117,8 @@ class GatewayJobs:
         provider refused to cancel (a payment on it is found), and its cancel is given up when
         that watch ends; a superseded one stays live, so the verifier reads it meanwhile."""
         now = self._clock.now()
-        wait = self._cancel_wait(attempt, tries, exc)
+        wait = wait_to_retry(exc, base=self._schedule.retry_after_failure, tries=tries,
+                             retry_at=self._reads.retry_at(route_of(attempt).key), now=now)
         if attempt.state == AttemptState.EXPIRED.value:
             if tries == 1:  # once: each call would say a read is queued now on the attempt
                 await self._watch_uncancelled(attempt)
@@ -135,15 +136,6 @@ class GatewayJobs:
                 event_type=events.ATTEMPT_CANCEL_REQUESTED, aggregate_id=attempt.id,
                 merchant_id=None, payload={"attempt_id": attempt.id, "tries": tries},
                 available_at=now + wait, event_id=f"cancel{tries}_{attempt.id}"[:40])], now=now)
-
-    def _cancel_wait(self, attempt: Any, tries: int, exc: Exception) -> timedelta:
-        base = self._schedule.retry_after_failure
-        if isinstance(exc, RouteUnavailable):
-            retry_at = self._reads.retry_at(route_of(attempt).key)
-            return max(base, retry_at - self._clock.now()) if retry_at is not None else base
-        if isinstance(exc, Throttled):
-            return max(timedelta(seconds=throttle_pause(exc.retry_after)), base)
-        return unreadable_gap(base, tries)
 
     async def _read_after_cancel(self, attempt: Any) -> None:
         """One read of an expired instrument just cancelled (``provider_webhooks

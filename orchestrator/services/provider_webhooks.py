@@ -92,6 +92,7 @@ from orchestrator.services.status_reads import (
     queue_closed_read,
     route_of,
     throttle_pause,
+    wait_to_retry,
 )
 from orchestrator.store.database import Database, upsert_insert
 from orchestrator.store.tables import orders, payment_attempts, provider_deliveries
@@ -602,7 +603,8 @@ class ProviderWebhooks:
         ``UNREADABLE_MAX_GAP``. The job's id is fixed per delivery and try, so a handler run
         twice does not fork the chain."""
         now = self._clock.now()
-        wait = self._wait_for(exc, attempt, tries)
+        wait = wait_to_retry(exc, base=self._schedule.retry_after_failure, tries=tries,
+                             retry_at=self._reads.retry_at(route_of(attempt).key), now=now)
         log.warning("reversal for %s not confirmed yet (%s, try %d), read again in %.0f s",
                     attempt.id, type(exc).__name__, tries, wait.total_seconds(),
                     extra={"attempt_id": attempt.id, "order_id": attempt.order_id,
@@ -612,16 +614,6 @@ class ProviderWebhooks:
                 event_type=events.PROVIDER_DELIVERY, aggregate_id=attempt.id, merchant_id=None,
                 payload={"delivery_id": delivery_id, "confirm_tries": tries},
                 available_at=now + wait, event_id=f"rv{tries}_{delivery_id}"[:40])], now=now)
-
-    def _wait_for(self, exc: Exception, attempt: Any, tries: int) -> timedelta:
-        """How long until a status read that failed with ``exc`` is worth making again."""
-        base = self._schedule.retry_after_failure
-        if isinstance(exc, RouteUnavailable):
-            retry_at = self._reads.retry_at(route_of(attempt).key)
-            return max(base, retry_at - self._clock.now()) if retry_at is not None else base
-        if isinstance(exc, Throttled):
-            return max(timedelta(seconds=throttle_pause(exc.retry_after)), base)
-        return unreadable_gap(base, tries)
 
     async def _reversed(self, delivery_id: str | None, attempt: Any,
                         status: ProviderStatus) -> None:
