@@ -133,7 +133,8 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
                          on_redis_pause=metrics.redis_pauses.labels("request_pacing").inc)
     reads = StatusReads(providers, guard, pacer)
     gateway_jobs = GatewayJobs(db, issuance, providers, guard, clock, reads=reads,
-                               in_flight=in_flight, quarantine=settings.unique_codes.quarantine)
+                               in_flight=in_flight, quarantine=settings.unique_codes.quarantine,
+                               schedule=settings.verification.schedule)
     sp = settings.status_page
     status_page = StatusPage(
         db, clock, lambda: components_for(catalog_of(router.catalog()), MANUAL_ROUTE.key),

@@ -70,3 +70,13 @@ class VerificationSchedule:
         default)."""
         merged = {**DEFAULT_GAPS, **{rail: g for rail, g in gaps.items() if g}}
         return cls(gaps=MappingProxyType(merged), retry_after_failure=retry_after_failure)
+
+
+UNREADABLE_MAX_GAP = timedelta(minutes=30)
+"""The longest wait between two reads of an attempt whose answers Lunas cannot read (or two
+tries of a provider call that failed for a reason other than an open breaker or a 429)."""
+
+
+def unreadable_gap(base: timedelta, in_a_row: int) -> timedelta:
+    """``base`` doubled for each unreadable read in a row after the first, capped."""
+    return min(base * (1 << max(0, min(in_a_row - 1, 20))), UNREADABLE_MAX_GAP)

@@ -103,6 +103,10 @@ class ProviderStatus:
     paid_amount: int | None = None
     paid_at: datetime | None = None
     raw_status: str = ""
+    reversed_amount: int | None = None
+    """For a refund or chargeback: how much of the payment has gone back so far, when the
+    provider says (Midtrans ``refund_amount``, the total over the transaction's refunds and
+    chargebacks); None when it does not."""
     currency: str = RUPIAH
     """What ``paid_amount`` is counted in, as the provider reported it
     (``domain.money.reported_currency``): Lunas charges rupiah only, and settlement never takes

@@ -60,9 +60,11 @@ Decisions worth knowing:
 * **Cancel is treated like a read** for lost answers (Unavailable, not OutcomeUnknown): repeating
   it is harmless (a second cancel is refused with 412) and a status read tells the truth.
 * Status mapping is RAILS.md §1.6; ``transaction_status`` is lower-cased first (a DANA sample is
-  ``"PENDING"``). ``partial_refund`` stays ``paid`` (its raw status says partial refund);
-  ``chargeback`` and ``partial_chargeback`` are ``charged_back``, with the payment's amount
-  (money that moved, then was pulled back: ``services.reversals``).
+  ``"PENDING"``). ``refund`` and ``partial_refund`` are ``refunded``, ``chargeback`` and
+  ``partial_chargeback`` are ``charged_back``: money that moved, then went back
+  (``services.reversals``), with the payment's amount and, in ``reversed_amount``, how much of
+  it went back so far (``refund_amount``, when the body has it). RAILS.md §1.6 kept
+  ``partial_refund`` as paid; read as paid, the refund reached nobody.
 """
 
 from __future__ import annotations
@@ -138,12 +140,12 @@ _NEUTRAL: dict[str, NeutralStatus] = {
     "pending": NeutralStatus.PENDING,
     "authorize": NeutralStatus.PENDING,
     "settlement": NeutralStatus.PAID,
-    "partial_refund": NeutralStatus.PAID,
     "expire": NeutralStatus.EXPIRED,
     "cancel": NeutralStatus.FAILED,
     "deny": NeutralStatus.FAILED,
     "failure": NeutralStatus.FAILED,
     "refund": NeutralStatus.REFUNDED,
+    "partial_refund": NeutralStatus.REFUNDED,
     # After settlement only (RAILS.md §1.6's lifecycle): the amount is the payment's, and the
     # raw status says whether all of it came back.
     "chargeback": NeutralStatus.CHARGED_BACK,
@@ -246,8 +248,23 @@ def notification_status(body: Mapping[str, Any]) -> ProviderStatus:
         paid_at=(wib_time(body.get("settlement_time")) or wib_time(body.get("transaction_time"))
                  if paid else None),
         raw_status=raw.strip().lower(),
+        reversed_amount=(refund_amount(body) if status in (NeutralStatus.REFUNDED,
+                                                           NeutralStatus.CHARGED_BACK) else None),
         currency=reported_currency(body.get("currency")),
     )
+
+
+def refund_amount(body: Mapping[str, Any]) -> int | None:
+    """``refund_amount`` (``"25000.00"``): how much of the transaction went back so far; None
+    when absent or unreadable (Lunas then knows a reversal happened, not how much: the case
+    asks a person for the payment's amount), since a reversal is never worth losing over it."""
+    amount = body.get("refund_amount")
+    if not isinstance(amount, str) or not amount.strip():
+        return None
+    try:
+        return rupiah(amount)
+    except MidtransWireError:
+        return None
 
 
 def notification_time(body: Mapping[str, Any]) -> datetime | None:

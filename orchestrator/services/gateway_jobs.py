@@ -13,6 +13,7 @@ close can tell the merchant when nothing is left to pay on (``_supersede_live``)
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -22,7 +23,9 @@ import sqlalchemy as sa
 from orchestrator.domain import events
 from orchestrator.domain.clock import Clock
 from orchestrator.domain.order import AttemptState, OrderState
+from orchestrator.domain.verification import VerificationSchedule
 from orchestrator.outbox.relay import OutboxEvent
+from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails.base import (
     Instrument,
     NeutralStatus,
@@ -31,7 +34,7 @@ from orchestrator.rails.base import (
     Rail,
     Route,
 )
-from orchestrator.rails.errors import Refused
+from orchestrator.rails.errors import RailError, Refused
 from orchestrator.rails.router import Hop, IssueResult, RouteGuard, RouteUnavailable
 from orchestrator.services.issuance import IssuanceService, add_unknown_event
 from orchestrator.services.payment_failed import lock_order_of, tell_if_nothing_left_to_pay
@@ -43,9 +46,12 @@ from orchestrator.services.status_reads import (
     paid_evidence_key,
     queue_closed_read,
     route_of,
+    wait_to_retry,
 )
 from orchestrator.store.database import Database
 from orchestrator.store.tables import orders, payment_attempts
+
+log = logging.getLogger("lunas.gateway_jobs")
 
 
 class IssuanceStillRunning(Exception):
@@ -59,10 +65,12 @@ class NoRouteYet(Exception):
 class GatewayJobs:
     def __init__(self, db: Database, issuance: IssuanceService,
                  providers: Mapping[str, PaymentProvider], guard: RouteGuard, clock: Clock,
-                 *, reads: StatusReads, in_flight: timedelta, quarantine: timedelta) -> None:
+                 *, reads: StatusReads, in_flight: timedelta, quarantine: timedelta,
+                 schedule: VerificationSchedule | None = None) -> None:
         self._db, self._issuance, self._providers = db, issuance, providers
         self._guard, self._clock, self._reads = guard, clock, reads
         self._in_flight, self._quarantine = in_flight, quarantine
+        self._schedule = schedule or VerificationSchedule()
 
     def handlers(self) -> dict[str, Any]:
         return {events.ORDER_CAPTURED: self.on_order_captured,
@@ -86,16 +94,48 @@ class GatewayJobs:
             return  # paid or already failed meanwhile: nothing to cancel
         route = Route(rail=Rail(attempt.rail), provider=attempt.provider,
                       channel=attempt.channel or "")
+        tries = int(event.payload.get("tries") or 0)  # earlier tries that could not be made
         try:
             async with self._guard.guard(route.key):
                 await self._providers[attempt.provider].cancel(attempt.id, attempt.provider_ref,
                                                                route)
         except Refused:
             if attempt.state == AttemptState.EXPIRED.value:
-                await self._watch_uncancelled(attempt)
+                await self._watch_uncancelled(attempt, again=tries > 0)
+            return
+        except (RouteUnavailable, RailError) as exc:
+            await self._cancel_later(attempt, tries + 1, exc)
             return
         if attempt.state == AttemptState.EXPIRED.value:
             await self._read_after_cancel(attempt)
+
+    async def _cancel_later(self, attempt: Any, tries: int, exc: Exception) -> None:
+        """A cancel that cannot be made now (breaker open, 429, provider down, outcome
+        unknown; a cancel is safe to repeat) is tried again later, never left to the relay's
+        backoff: that retried it into the outage and dead-lettered it, leaving the instrument
+        neither cancelled nor read. An expired instrument is watched meanwhile, as one the
+        provider refused to cancel (a payment on it is found), and its cancel is given up when
+        that watch ends; a superseded one stays live, so the verifier reads it meanwhile."""
+        now = self._clock.now()
+        wait = wait_to_retry(exc, base=self._schedule.retry_after_failure, tries=tries,
+                             retry_at=self._reads.retry_at(route_of(attempt).key), now=now)
+        if attempt.state == AttemptState.EXPIRED.value:
+            if tries == 1:  # once: each call would say a read is queued now on the attempt
+                await self._watch_uncancelled(attempt)
+            watch_until = (attempt.closed_at or attempt.updated_at) + self._quarantine
+            if now + wait > watch_until:
+                log.warning("cancel of expired %s given up at the end of its watch (%s)",
+                            attempt.id, exc, extra={"attempt_id": attempt.id,
+                                                    "order_id": attempt.order_id})
+                return
+        log.warning("cancel of %s not made (%s, try %d), tried again in %.0f s", attempt.id,
+                    type(exc).__name__, tries, wait.total_seconds(),
+                    extra={"attempt_id": attempt.id, "order_id": attempt.order_id})
+        async with self._db.transaction() as conn:
+            await add_events(conn, [PendingEvent(
+                event_type=events.ATTEMPT_CANCEL_REQUESTED, aggregate_id=attempt.id,
+                merchant_id=None, payload={"attempt_id": attempt.id, "tries": tries},
+                available_at=now + wait, event_id=f"cancel{tries}_{attempt.id}"[:40])], now=now)
 
     async def _read_after_cancel(self, attempt: Any) -> None:
         """One read of an expired instrument just cancelled (``provider_webhooks
@@ -106,11 +146,14 @@ class GatewayJobs:
                                     why="cancelled at the provider; read once more",
                                     event_id=f"recheck_{attempt.id}")  # at most 40
 
-    async def _watch_uncancelled(self, attempt: Any) -> None:
+    async def _watch_uncancelled(self, attempt: Any, *, again: bool = False) -> None:
         """Read an expired instrument the provider would not cancel now (a payment that landed
         at the deadline is found at once), then at doubling gaps (``VerificationSchedule
-        .next_watch``) until the quarantine of its closing ends (``provider_webhooks.on_attempt_verify``). Its webhook is the fast path;
-        this is the net for the one that is lost (rule 4)."""
+        .next_watch``) until the quarantine of its closing ends (``provider_webhooks
+        .on_attempt_verify``). Its webhook is the fast path; this is the net for the one that is
+        lost (rule 4). ``again``: the watch may have been started while the cancel could not be
+        made (``_cancel_later``), so its fixed id is taken; a refusal now (a payment since?)
+        still gets its read at once, once."""
         now = self._clock.now()
         watch_until = (attempt.closed_at or attempt.updated_at) + self._quarantine
         if watch_until <= now:
@@ -120,6 +163,10 @@ class GatewayJobs:
                                     why="the provider would not cancel it; watched until "
                                         f"{watch_until.isoformat()}", watch_until=watch_until,
                                     event_id=f"watch_{attempt.id}")  # a cancel job run twice
+            if again:
+                await queue_closed_read(conn, attempt.id, due=now, now=now,
+                                        why="the provider refused its cancel; read once",
+                                        event_id=f"refused_{attempt.id}")  # at most 40
 
     async def on_order_captured(self, event: OutboxEvent) -> None:
         order_id = str(event.aggregate_id)

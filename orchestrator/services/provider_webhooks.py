@@ -72,8 +72,8 @@ from orchestrator.domain.clock import Clock
 from orchestrator.domain.ids import new_id
 from orchestrator.domain.order import AttemptState, AttemptTrigger, next_attempt_state
 from orchestrator.domain.text import unstorable
-from orchestrator.domain.verification import VerificationSchedule
-from orchestrator.outbox.relay import OutboxEvent
+from orchestrator.domain.verification import VerificationSchedule, unreadable_gap
+from orchestrator.outbox.relay import OutboxEvent, PermanentFailure
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails import midtrans, xendit
 from orchestrator.rails.base import NeutralStatus, ProviderStatus, Rail
@@ -92,8 +92,8 @@ from orchestrator.services.status_reads import (
     queue_closed_read,
     route_of,
     throttle_pause,
+    wait_to_retry,
 )
-from orchestrator.services.verification import unreadable_gap
 from orchestrator.store.database import Database, upsert_insert
 from orchestrator.store.tables import orders, payment_attempts, provider_deliveries
 from orchestrator.telemetry import tracing
@@ -117,6 +117,10 @@ ASKED_READ_SPACING = timedelta(minutes=1)
 ask for. A genuine delivery that failed verification (a rotated key) is retried by the provider
 minutes later, and the attempt's schedule reads it anyway; a forger gets one read a minute per
 attempt id, not one per request."""
+UNREADABLE_GIVE_UP = 4
+"""Unreadable answers in a row after which a closed attempt past its code quarantine is read
+no more (its job dead-lettered with the reason): about 4 minutes of tries at the default 30 s
+``retry_after_failure``, and never before the quarantine of its closing ends."""
 MAX_UNTRUSTED_BODY = 16_384
 """Characters of an unverified or malformed body that are stored. A provider's notification is a
 few kilobytes; a forger's megabyte is kept as its start, its length and its SHA-256."""
@@ -167,12 +171,18 @@ def _bounded(key: str) -> str:
 
 
 def midtrans_event_key(body: Mapping[str, Any]) -> str | None:
-    """One Midtrans notification: a transaction in one status (a retry repeats it exactly)."""
+    """One Midtrans notification: a transaction in one status (a retry repeats it exactly).
+    A refund or chargeback notification also carries ``refund_amount``, the total gone back so
+    far: a second partial chargeback (or refund) of one transaction differs from the first only
+    there, and is a second fact, not a repeat."""
     parts = [body.get(k) for k in ("transaction_id", "transaction_status", "status_code")]
     if not all(isinstance(p, str) and p for p in parts):
         return None
     fraud = body.get("fraud_status")
     parts.append(fraud if isinstance(fraud, str) else "")
+    refunded = body.get("refund_amount")
+    if isinstance(refunded, str) and refunded:
+        parts.append(refunded)
     return _bounded("midtrans:" + ":".join(str(p) for p in parts))
 
 
@@ -377,7 +387,8 @@ class ProviderWebhooks:
         elif status.status in (NeutralStatus.EXPIRED, NeutralStatus.FAILED):
             await self._close(delivery_id, attempt, status.status)
         elif status.status in REVERSALS:
-            await self._confirm_reversal(delivery_id, attempt)
+            await self._confirm_reversal(delivery_id, attempt,
+                                         tries=int(event.payload.get("confirm_tries") or 0))
         else:
             await self._record(delivery_id, f"no change: provider says {status.raw_status}")
 
@@ -424,6 +435,7 @@ class ProviderWebhooks:
             return
         except Unreadable as exc:
             in_a_row = job.unreadable + 1
+            await self._give_up_if_hopeless(job, attempt, in_a_row, exc)
             wait = unreadable_gap(self._schedule.retry_after_failure, in_a_row)
             log.warning("status answer for closed %s unreadable (%d in a row), next read in "
                         "%.0f s: %s", attempt.id, in_a_row, wait.total_seconds(), exc.detail,
@@ -439,11 +451,39 @@ class ProviderWebhooks:
                                         "asked_by_delivery": job.delivery_id},
                                kind="provider_status", prefix="status read: ")
             return
+        if status.status in REVERSALS:  # paid after Lunas closed it, then reversed: both facts
+            await self._reversed(job.delivery_id, attempt, status)
+            return
         if status.status is NeutralStatus.PENDING:
             await self._watch_on(job, attempt)
         if job.delivery_id is not None:
             await self._record(job.delivery_id,
                                f"status read: provider says {status.raw_status}; no change")
+
+    async def _give_up_if_hopeless(self, job: _ClosedRead, attempt: Any, in_a_row: int,
+                                   exc: Unreadable) -> None:
+        """Stop reading a closed attempt whose answers Lunas cannot read once the code
+        quarantine of its closing is over and ``UNREADABLE_GIVE_UP`` answers in a row were
+        unreadable: read every 30 minutes for ever, it only logged warnings nobody acts on. The
+        job is dead-lettered (counted and alerted on as every dead letter), its error and the
+        attempt's ``last_check`` saying why; fixing the adapter and redelivering the job reads
+        it again. Before the quarantine ends a late payment is likely, so it is read on."""
+        closed_at = attempt.closed_at or attempt.updated_at
+        if in_a_row < UNREADABLE_GIVE_UP or closed_at + self._quarantine > self._clock.now():
+            return
+        why = (f"status answer for closed attempt {attempt.id} unreadable {in_a_row} times in "
+               f"a row, past its code quarantine (closed {iso(closed_at)}): {exc.detail}; read "
+               f"it at {attempt.provider} and fix the adapter, then redeliver this job")
+        log.error("status read of closed %s given up: %s", attempt.id, why,
+                  extra={"attempt_id": attempt.id, "order_id": attempt.order_id})
+        async with self._db.transaction() as conn:
+            await conn.execute(payment_attempts.update().where(
+                payment_attempts.c.id == attempt.id).values(
+                    last_check=f"status read given up: unreadable {in_a_row} times in a row, "
+                               f"past its quarantine: {exc.detail}"[:200]))
+            if job.delivery_id is not None:
+                await _set_outcome(conn, job.delivery_id, f"status read given up: {why}")
+        raise PermanentFailure(why) from exc
 
     async def _read_again(self, job: _ClosedRead, attempt: Any, wait: timedelta,
                           why: str) -> None:
@@ -537,30 +577,58 @@ class ProviderWebhooks:
             await self._record(delivery_id, f"signed payment not confirmed: provider says "
                                             f"{status.raw_status or status.status}; no change")
 
-    async def _confirm_reversal(self, delivery_id: str, attempt: Any) -> None:
+    async def _confirm_reversal(self, delivery_id: str, attempt: Any, *, tries: int) -> None:
         """A notification that a payment went back (chargeback, refund): the provider's status
         says whether it did, since a Midtrans signature leaves the status out and a signed
         settlement relabelled ``chargeback`` would verify. One read per such notification, which
-        only the provider can sign; an open breaker or a failed read raises, and the relay
-        tries again with its backoff (a paid attempt has no verifier schedule to defer on)."""
-        status = await self._reads.read(attempt)
+        only the provider can sign. A read that cannot run now (breaker open, 429, provider
+        down, an answer Lunas cannot read) is not an answer: the delivery is queued again for
+        when it can (``_confirm_reversal_later``). Left to the relay's backoff, it was retried
+        into the outage and dead-lettered, and the case never opened (a paid attempt has no
+        verifier schedule to fall back on)."""
+        try:
+            status = await self._reads.read(attempt)
+        except (RouteUnavailable, RailError) as exc:
+            await self._confirm_reversal_later(delivery_id, attempt, tries + 1, exc)
+            return
         if status.status not in REVERSALS:
             await self._record(delivery_id, f"status read: provider says "
                                             f"{status.raw_status or status.status}; no reversal")
             return
         await self._reversed(delivery_id, attempt, status)
 
-    async def _reversed(self, delivery_id: str, attempt: Any, status: ProviderStatus) -> None:
+    async def _confirm_reversal_later(self, delivery_id: str, attempt: Any, tries: int,
+                                      exc: Exception) -> None:
+        """Queue the delivery again (its outcome stays unset, so it is processed afresh) after
+        the breaker's retry time, the 429's pause, or gaps doubling up to
+        ``UNREADABLE_MAX_GAP``. The job's id is fixed per delivery and try, so a handler run
+        twice does not fork the chain."""
+        now = self._clock.now()
+        wait = wait_to_retry(exc, base=self._schedule.retry_after_failure, tries=tries,
+                             retry_at=self._reads.retry_at(route_of(attempt).key), now=now)
+        log.warning("reversal for %s not confirmed yet (%s, try %d), read again in %.0f s",
+                    attempt.id, type(exc).__name__, tries, wait.total_seconds(),
+                    extra={"attempt_id": attempt.id, "order_id": attempt.order_id,
+                           "delivery_id": delivery_id})
+        async with self._db.transaction() as conn:
+            await add_events(conn, [PendingEvent(
+                event_type=events.PROVIDER_DELIVERY, aggregate_id=attempt.id, merchant_id=None,
+                payload={"delivery_id": delivery_id, "confirm_tries": tries},
+                available_at=now + wait, event_id=f"rv{tries}_{delivery_id}"[:40])], now=now)
+
+    async def _reversed(self, delivery_id: str | None, attempt: Any,
+                        status: ProviderStatus) -> None:
         now = self._clock.now()
         async with self._db.transaction() as conn:
             case_id = await apply_reversal(
                 conn, attempt, status, kind="provider_status",
                 details={"asked_by_delivery": delivery_id}, now=now,
                 quarantine=self._quarantine)
-            await _set_outcome(conn, delivery_id, (
-                f"status read: provider says {status.raw_status}; review case {case_id} opened"
-                if case_id else f"status read: provider says {status.raw_status}; reversal "
-                                "already recorded"))
+            if delivery_id is not None:
+                await _set_outcome(conn, delivery_id, (
+                    f"status read: provider says {status.raw_status}; review case {case_id} "
+                    "opened" if case_id else f"status read: provider says {status.raw_status}; "
+                                             "reversal already recorded"))
         log.warning("payment reversed at provider (%s)", status.raw_status,
                     extra={"attempt_id": attempt.id, "order_id": attempt.order_id,
                            "delivery_id": delivery_id, "review_case_id": case_id})

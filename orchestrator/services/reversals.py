@@ -14,8 +14,13 @@ not seen paid (its settlement notification was lost) proves the payment too, so 
 applied first, exactly once through the same evidence key as any read of it.
 
 Each reversal is recorded once, as evidence keyed ``{provider}:reversal:{attempt}:{raw
-status}``: a repeat (another notification, a replayed read) finds the key and opens nothing.
-A ``partial_chargeback`` after a ``chargeback`` of one attempt is a second fact and a second case.
+status}``, plus ``:{total}`` when the provider says how much has gone back so far
+(``ProviderStatus.reversed_amount``): a repeat (another notification, a replayed read) finds
+the key and opens nothing. A ``partial_chargeback`` after a ``chargeback`` of one attempt is a
+second fact and a second case, and so is a second ``partial_chargeback`` (or
+``partial_refund``) that took more back: its case is for what this one took back, the new total
+less what the attempt's earlier cases of that reason already count. Without a total, a second
+partial reversal of the same raw status cannot be told from a repeat, and opens nothing.
 """
 
 from __future__ import annotations
@@ -44,8 +49,23 @@ REVERSALS: dict[NeutralStatus, tuple[ReviewReason, RecommendedAction]] = {
 """What a provider's word that a payment went back asks of a person."""
 
 
-def reversal_key(provider: str, attempt_id: str, raw_status: str) -> str:
-    return f"{provider}:reversal:{attempt_id}:{raw_status}"[:200]
+def reversal_key(provider: str, attempt_id: str, raw_status: str,
+                 total: int | None = None) -> str:
+    suffix = f":{total}" if total is not None else ""
+    return f"{provider}:reversal:{attempt_id}:{raw_status}{suffix}"[:200]
+
+
+async def _newly_reversed(conn: AsyncConnection, attempt: Any, reason: ReviewReason,
+                          total: int) -> int:
+    """What a reversal whose total so far is ``total`` took back beyond the attempt's earlier
+    reversals of ``reason`` (the total itself if they already count as much or more: a person
+    then sees what the provider reports)."""
+    before = (await conn.execute(sa.select(sa.func.coalesce(sa.func.sum(evidence.c.amount), 0))
+                                 .where(evidence.c.attempt_id == attempt.id,
+                                        evidence.c.verdict == reason.value,
+                                        evidence.c.unique_key.like(
+                                            f"{attempt.provider}:reversal:%")))).scalar_one()
+    return total - int(before) if total > int(before) else total
 
 
 async def apply_reversal(conn: AsyncConnection, attempt: Any, status: ProviderStatus, *,
@@ -62,19 +82,24 @@ async def apply_reversal(conn: AsyncConnection, attempt: Any, status: ProviderSt
             evidence_key=paid_evidence_key(attempt.provider, attempt.id), kind=kind,
             observed_at=status.paid_at or now, details={**details, "seen_as": status.raw_status},
             currency=status.currency), now=now, quarantine=quarantine)
-    # A reversal whose amount the provider does not say proves no payment of a known amount:
-    # the case asks a person, for the amount the attempt asked for.
-    amount = (status.paid_amount if status.paid_amount is not None
-              else int(attempt.transfer_amount))
     order = (await conn.execute(sa.select(orders).where(orders.c.id == sa.select(
         payment_attempts.c.order_id).where(payment_attempts.c.id == attempt.id)
         .scalar_subquery()).with_for_update())).one()
+    # A reversal whose amount the provider does not say proves no payment of a known amount:
+    # the case asks a person, for the amount the attempt asked for.
+    amount = (await _newly_reversed(conn, attempt, reason, status.reversed_amount)
+              if status.reversed_amount is not None
+              else status.paid_amount if status.paid_amount is not None
+              else int(attempt.transfer_amount))
     recorded = await conn.execute(
         upsert_insert(conn.dialect.name)(evidence).values(
-            unique_key=reversal_key(attempt.provider, attempt.id, status.raw_status),
+            unique_key=reversal_key(attempt.provider, attempt.id, status.raw_status,
+                                    status.reversed_amount),
             kind=kind, order_id=order.id, attempt_id=attempt.id, amount=amount,
             verdict=reason.value, observed_at=now, recorded_at=now,
             details={**details, "raw_status": status.raw_status,
+                     **({"reversed_so_far": status.reversed_amount}
+                        if status.reversed_amount is not None else {}),
                      **({"currency": status.currency} if status.currency != RUPIAH else {})})
         .on_conflict_do_nothing(index_elements=["unique_key"]).returning(evidence.c.id))
     if recorded.first() is None:

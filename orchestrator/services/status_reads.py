@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.domain import events
 from orchestrator.domain.order import AttemptState
+from orchestrator.domain.verification import unreadable_gap
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails.base import PaymentProvider, ProviderStatus, Rail, Route
 from orchestrator.rails.errors import RailError, Throttled, Unreadable
@@ -59,6 +60,18 @@ def throttle_pause(retry_after: float | None) -> float:
     """Seconds every process stops reading a provider that answered 429 with ``retry_after``."""
     low, high = (b.total_seconds() for b in THROTTLE_PAUSE)
     return min(max(retry_after or 0.0, low), high)
+
+
+def wait_to_retry(exc: Exception, *, base: timedelta, tries: int, retry_at: datetime | None,
+                  now: datetime) -> timedelta:
+    """How long until a provider call that failed with ``exc`` (the ``tries``-th failure in a
+    row) is worth making again: until the breaker's ``retry_at``, after a 429's pause, else
+    with gaps doubling from ``base`` up to ``UNREADABLE_MAX_GAP``; never less than ``base``."""
+    if isinstance(exc, RouteUnavailable):
+        return max(base, retry_at - now) if retry_at is not None else base
+    if isinstance(exc, Throttled):
+        return max(timedelta(seconds=throttle_pause(exc.retry_after)), base)
+    return unreadable_gap(base, tries)
 
 
 class ReadAbandoned(Exception):

@@ -55,7 +55,7 @@ import sqlalchemy as sa
 from orchestrator.domain import events
 from orchestrator.domain.clock import Clock
 from orchestrator.domain.order import AttemptState, OrderState
-from orchestrator.domain.verification import VerificationSchedule
+from orchestrator.domain.verification import VerificationSchedule, unreadable_gap
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails.base import NeutralStatus, ProviderStatus, Rail
 from orchestrator.rails.breaker import BreakerState
@@ -93,8 +93,6 @@ _PAST_DEADLINE = (OrderState.VERIFYING.value, OrderState.EXPIRED.value,
 """Order states in which a still-pending instrument should stop being payable."""
 
 
-UNREADABLE_MAX_GAP = timedelta(minutes=30)
-"""The longest wait between two reads of an attempt whose answers Lunas cannot read."""
 _UNREADABLE = "unreadable answer"
 _IN_A_ROW = re.compile(r"^unreadable answer \((\d+) in a row\)")
 
@@ -103,11 +101,6 @@ def unreadable_in_a_row(last_check: str | None) -> int:
     """How many reads in a row before this one were unreadable, as ``last_check`` records."""
     found = _IN_A_ROW.match(last_check or "")
     return int(found.group(1)) if found else 0
-
-
-def unreadable_gap(base: timedelta, in_a_row: int) -> timedelta:
-    """``base`` doubled for each unreadable read in a row after the first, capped."""
-    return min(base * (1 << max(0, min(in_a_row - 1, 20))), UNREADABLE_MAX_GAP)
 
 
 _a = payment_attempts.c

@@ -537,7 +537,7 @@ def test_a_notification_reports_a_payment_only_under_its_signed_status_code_200(
     ("deny", "deny", NeutralStatus.FAILED),
     ("failure", None, NeutralStatus.FAILED),
     ("refund", None, NeutralStatus.REFUNDED),
-    ("partial_refund", None, NeutralStatus.PAID),
+    ("partial_refund", None, NeutralStatus.REFUNDED),
 ])
 def test_notification_status_follows_rails_md_mapping(
     transaction_status: str, fraud: str | None, neutral: NeutralStatus,
@@ -550,6 +550,24 @@ def test_notification_status_follows_rails_md_mapping(
     assert status.status is neutral
     paid = neutral in (NeutralStatus.PAID, NeutralStatus.REFUNDED)
     assert status.paid_amount == (44_000 if paid else None)
+
+
+@pytest.mark.parametrize(("transaction_status", "refund_amount", "reversed_amount"), [
+    ("partial_refund", "10000.00", 10_000),
+    ("partial_chargeback", "20000.00", 20_000),
+    ("refund", None, None),  # a reversal, amount not said: the case asks for the payment's
+    ("chargeback", "12.50", None),  # unreadable: never worth failing the answer over
+    ("settlement", "10000.00", None),  # nothing went back
+])
+def test_how_much_went_back_is_read_from_refund_amount(
+    transaction_status: str, refund_amount: str | None, reversed_amount: int | None,
+) -> None:
+    body = {"transaction_status": transaction_status, "gross_amount": "44000.00",
+            "transaction_id": "t-1"}
+    if refund_amount is not None:
+        body["refund_amount"] = refund_amount
+    status = notification_status(body)
+    assert (status.paid_amount, status.reversed_amount) == (44_000, reversed_amount)
 
 
 @pytest.mark.parametrize("gross", ["44000.50", "44.000,00", "-1.00", ""])

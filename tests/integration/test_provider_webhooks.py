@@ -28,6 +28,7 @@ from orchestrator.bootstrap import Container, build
 from orchestrator.domain.verification import VerificationSchedule
 from orchestrator.notify.delivery import MerchantWebhookHandler, merchant_webhook_handlers
 from orchestrator.outbox.relay import Relay
+from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails.midtrans import signature_key
 from orchestrator.services.settlement import Payment, apply_payment, open_review_case
 from orchestrator.store.tables import (
@@ -1049,3 +1050,181 @@ async def test_a_close_and_a_payment_on_two_attempts_of_one_order_never_deadlock
     assert (await attempt_row(stack, qr.id)).state == "paid"
     [(_, outcome)] = await outcomes(stack, gopay.id)
     assert outcome == "no change: the attempt moved meanwhile"  # superseded by the payment
+
+
+def jobs(stack: Stack, event_type: str, aggregate_id: str,
+         status: str) -> Callable[[], Awaitable[object]]:
+    """How many ``event_type`` jobs of ``aggregate_id`` are in ``status``."""
+    return lambda: scalar(stack, sa.select(sa.func.count()).select_from(outbox).where(
+        outbox.c.event_type == event_type, outbox.c.aggregate_id == aggregate_id,
+        outbox.c.status == status))
+
+
+STATUS_DOWN = {"kind": "error_rate", "operation": "status", "probability": 1.0, "status": 503}
+THROTTLED = {"kind": "rate_limit", "operation": "status", "retry_after_s": 1}
+
+
+@pytest.mark.parametrize("fault", [STATUS_DOWN, THROTTLED], ids=["status-down", "throttled"])
+async def test_a_chargeback_whose_confirming_read_cannot_run_waits_for_it_never_dead_letters(
+    stack: Stack, fault: dict[str, Any],
+) -> None:
+    """Regression (review): the status read that confirms a chargeback notification failed
+    (Midtrans's status API down, its breaker open, or a 429), the relay retried the delivery
+    into the outage and dead-lettered it after its tries: the chargeback never reached a
+    person. The delivery waits for a read that can run, as often as it takes, and the case
+    opens once Midtrans answers."""
+    order_id, attempt, paid = await paid_midtrans_order(stack)
+    await sim_post(stack.sims.midtrans.control_url, "/answer", {
+        "order_id": attempt.id, "fields": {"transaction_status": "chargeback"}})
+    await stack.fault("midtrans", **fault)
+    key = stack.container.settings.providers.midtrans_server_key
+    chargeback = midtrans_body(attempt, status="chargeback", code="200",
+                               txid=paid["transaction_id"], key=key)
+    r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(chargeback))
+    assert r.status_code == 200, r.text
+    await relay_for(stack.container, 3)  # more than the relay's six tries 0.2 s apart
+    assert await jobs(stack, "provider.delivery", attempt.id, "dead")() == 0
+    assert await jobs(stack, "provider.delivery", attempt.id, "pending")() == 1
+    assert await review(stack, order_id) == []
+    async with httpx.AsyncClient() as c:
+        await c.delete(f"{stack.sims.midtrans.control_url}/faults")
+    await settled_quietly(stack, attempt.id)
+    assert await review(stack, order_id) == [
+        ("chargeback", "dispute_or_accept", attempt.transfer_amount)]
+    assert (await order_state(stack, order_id)()) == "paid"
+
+
+async def test_a_payment_on_a_live_attempt_whose_confirming_read_fails_settles_through_the_verifier(
+    stack: Stack,
+) -> None:
+    """A signed Midtrans settlement for an active QR arrives while Midtrans's status API is
+    down: it is not applied on its unsigned status alone, and not lost either. The verifier's
+    read is brought forward, and settles the order once Midtrans answers."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    await paid_quietly(stack, attempt)
+    await stack.fault("midtrans", **STATUS_DOWN)
+    key = stack.container.settings.providers.midtrans_server_key
+    settlement = midtrans_body(attempt, status="settlement", code="200", txid="tx-live-1",
+                               key=key)
+    r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(settlement))
+    assert r.status_code == 200, r.text
+    await settled_quietly(stack, attempt.id)
+    assert await jobs(stack, "provider.delivery", attempt.id, "dead")() == 0
+    outcome = [o for v, o in await outcomes(stack, attempt.id) if v][-1]
+    assert outcome is not None and "status read brought forward" in outcome, outcome
+    assert (await order_state(stack, order_id)()) == "awaiting_payment"
+    async with httpx.AsyncClient() as c:
+        await c.delete(f"{stack.sims.midtrans.control_url}/faults")
+    await run_verifier(stack.container, order_state(stack, order_id), "paid", timeout=20)
+    assert await evidence_count(stack, order_id) == 1
+
+
+async def expired_with_cancel_queued(stack: Stack, rail: str, channel: str | None,
+                                     served: str) -> tuple[str, Any]:
+    """An order Lunas expired at its deadline, the instrument's cancel queued as expiry does."""
+    order_id, attempt = await order_and_attempt(stack, rail, channel, served)
+    await close_attempt(stack, order_id, attempt.id)
+    async with stack.container.db.transaction() as conn:
+        await add_events(conn, [PendingEvent(
+            event_type="attempt.cancel_requested", aggregate_id=attempt.id, merchant_id=None,
+            payload={"attempt_id": attempt.id})], now=stack.container.clock.now())
+    return order_id, attempt
+
+
+async def test_a_cancel_the_provider_cannot_take_now_is_tried_again_and_the_instrument_watched(
+    stack: Stack,
+) -> None:
+    """Regression (review): the cancel of an expired QR failed with Midtrans unavailable (not
+    a refusal); the relay retried it into the outage and dead-lettered it. The instrument was
+    then neither cancelled nor read again, and a payment on it, its notification lost, was
+    never seen. A cancel that cannot be made now is tried again later (never dead-lettered),
+    the instrument is watched meanwhile, and a payment on it is found."""
+    order_id, attempt = await expired_with_cancel_queued(stack, "qris", None,
+                                                         "qris:midtrans:qris")
+    await stack.fault("midtrans", kind="error_rate", operation="cancel", probability=1.0,
+                      status=503)
+    await relay_for(stack.container, 3)
+    assert await jobs(stack, "attempt.cancel_requested", attempt.id, "dead")() == 0
+    assert await jobs(stack, "attempt.cancel_requested", attempt.id, "pending")() == 1
+    assert await closed_reads(stack, attempt.id, "pending")() == 1  # watched meanwhile
+    await sim_post(stack.sims.midtrans.control_url, "/config", {"drop_notifications": True})
+    await sim_post(stack.sims.midtrans.control_url, "/pay", {"order_id": attempt.id})
+    async with httpx.AsyncClient() as c:
+        await c.delete(f"{stack.sims.midtrans.control_url}/faults")
+    # The cancel is tried again and refused (the charge is settled): read at once.
+    await run_relay(stack.container, order_state(stack, order_id), "needs_review", timeout=20)
+    assert await review(stack, order_id) == [
+        ("payment_after_expiry", "honour", attempt.transfer_amount)]
+
+
+async def test_a_closed_attempt_unreadable_past_its_quarantine_is_dead_lettered_with_a_reason(
+    stack: Stack,
+) -> None:
+    """Regression (review): the status answer for a closed attempt that Lunas cannot read was
+    read again every 30 minutes for ever, with only a warning log. Once the code quarantine
+    of the attempt's closing is over (a late payment is unlikely) and several answers in a row
+    were unreadable, the read is dead-lettered at once, counted and alerted on with the other
+    dead letters, with a reason on the job and on the attempt an SRE can act on (fix the
+    adapter, then redeliver)."""
+    order_id, attempt = await late_payment_nobody_can_verify(stack)
+    answer = {"order_id": attempt.id, "fields": {"transaction_status": "on_hold"}}
+    await sim_post(stack.sims.midtrans.control_url, "/answer", answer)
+    await relay_for(stack.container, 1)  # unreadable while within the quarantine: read again
+    assert await closed_reads(stack, attempt.id, "pending")() == 1
+    await close_attempt(stack, order_id, attempt.id,
+                        ago=stack.container.settings.unique_codes.quarantine)
+    await run_relay(stack.container, closed_reads(stack, attempt.id, "dead"), 1, timeout=15)
+    assert await closed_reads(stack, attempt.id, "pending")() == 0
+    async with stack.container.db.read() as conn:
+        error = (await conn.execute(sa.select(outbox.c.last_error).where(
+            outbox.c.event_type == "attempt.verify", outbox.c.aggregate_id == attempt.id,
+            outbox.c.status == "dead"))).scalar_one()
+    assert "unreadable" in error and "on_hold" in error and "past its code quarantine" in error
+    row = await attempt_row(stack, attempt.id)
+    assert row.last_check.startswith("status read given up: unreadable"), row.last_check
+    await relay_for(stack.container, 1)
+    assert await closed_reads(stack, attempt.id, "pending")() == 0  # no read after it
+
+
+async def test_a_partial_refund_found_by_a_status_read_settles_and_opens_a_case_for_the_refund(
+    stack: Stack,
+) -> None:
+    """Every notification was lost; the first status read of the QR says ``partial_refund``
+    with ``refund_amount``: it was paid, then part of it went back at Midtrans. The payment
+    settles the order, and a ``refunded_at_provider`` case opens for the refunded amount.
+    Before: ``partial_refund`` read as paid, and nobody heard of the refund."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    await sim_post(stack.sims.midtrans.control_url, "/answer", {
+        "order_id": attempt.id, "fields": {"transaction_status": "partial_refund",
+                                           "settlement_time": "2025-03-10 09:05:00",
+                                           "refund_amount": "25000.00"}})
+    await make_due(stack, attempt.id)
+    await run_verifier(stack.container, order_state(stack, order_id), "paid")
+    await wait_for(lambda: review(stack, order_id), [
+        ("refunded_at_provider", "check_at_source", 25_000)])
+    assert (await attempt_row(stack, attempt.id)).state == "paid"
+
+
+async def test_two_partial_chargebacks_of_one_payment_are_two_cases_for_what_each_took_back(
+    stack: Stack,
+) -> None:
+    """The payer's bank pulls back part of a settled QRIS payment, then more of it. Midtrans
+    notifies ``partial_chargeback`` twice, alike but for the ``refund_amount`` so far. They are
+    two facts: two cases, for 20000 and then the 30000 more taken back. Before: the second
+    was stored as a duplicate of the first (same transaction, status and status code) and
+    never read."""
+    order_id, attempt, paid = await paid_midtrans_order(stack)
+    key = stack.container.settings.providers.midtrans_server_key
+    body = midtrans_body(attempt, status="partial_chargeback", code="200",
+                         txid=paid["transaction_id"], key=key)
+    for so_far in ("20000.00", "50000.00"):
+        await sim_post(stack.sims.midtrans.control_url, "/answer", {
+            "order_id": attempt.id, "fields": {"transaction_status": "partial_chargeback",
+                                               "refund_amount": so_far}})
+        r = await stack.client.post("/v1/webhooks/midtrans",
+                                    content=json.dumps({**body, "refund_amount": so_far}))
+        assert r.status_code == 200, r.text
+        await settled_quietly(stack, attempt.id)
+    assert (await order_state(stack, order_id)()) == "paid"
+    assert sorted(await review(stack, order_id)) == [
+        ("chargeback", "dispute_or_accept", 20_000), ("chargeback", "dispute_or_accept", 30_000)]
