@@ -45,6 +45,7 @@ from orchestrator.domain.events import (
     ORDER_AWAITING_PAYMENT,
     ORDER_CAPTURED,
     ORDER_EXPIRED,
+    ORDER_NEEDS_REVIEW,
     ORDER_PAID,
     ORDER_PAYMENT_PENDING,
 )
@@ -606,6 +607,48 @@ async def test_an_orders_dead_lettered_webhook_holds_back_its_later_ones_no_long
     assert [(rows[e].status, rows[e].attempts) for e in (refused, paid)] == [
         ("dead", 4), ("done", 1)]
     assert max(endpoint.times(refused)) < min(endpoint.times(paid))
+    assert endpoint.problems == []
+
+
+async def test_an_orders_new_webhook_has_its_earlier_one_waiting_for_a_retry_tried_at_once(
+    engine: AsyncEngine, db_url: str
+) -> None:
+    """After an endpoint outage an order's ``order.payment_pending`` waits an hour for its next
+    try, and the order's later webhooks wait behind it. Writing one (``order.paid``, say) brings
+    that try forward to now, once per webhook written: while the endpoint still refuses, the
+    earlier one is tried once more and waits an hour again, the new one still behind it; once
+    the endpoint answers, both go out at once, in order. Every try counts as one."""
+    retry = RetryPolicy(backoff=(timedelta(hours=1),) * 5, uniform=random.Random(17).random)
+    async with Receiver() as endpoint:
+        merchant = await add_merchant(engine, endpoint.url)
+        [[pending]] = await add_order_events(engine, merchant, 1, [ORDER_PAYMENT_PENDING])
+        order = (await rows_where(engine, outbox.c.event_id == pending))[0].aggregate_id
+        endpoint.failing = {pending: 2}
+        ours = outbox.c.merchant_id == merchant
+
+        async def write(event_type: str) -> str:
+            async with engine.begin() as conn:
+                await add_events(conn, [PendingEvent(
+                    event_type=event_type, aggregate_id=order, merchant_id=merchant,
+                    payload={"order_id": order})], now=datetime.now(UTC))
+            return str((await rows_where(engine, ours))[-1].event_id)
+
+        async def tried(event_id: str, times: int) -> bool:
+            return len(endpoint.times(event_id)) == times
+
+        async with webhook_relay(db_url, f"ahead-{new_id('w')[-6:]}", retry=retry) as relay, \
+                running(relay):
+            await eventually(lambda: tried(pending, 1), timeout=10, what="the first try")
+            paid = await write(ORDER_PAID)
+            await eventually(lambda: tried(pending, 2), timeout=10, what="a try brought forward")
+            await asyncio.sleep(0.5)  # many polls: a refused try is not made again meanwhile
+            assert len(endpoint.times(pending)) == 2 and endpoint.times(paid) == []
+            review = await write(ORDER_NEEDS_REVIEW)
+            await eventually(lambda: settled(engine, ours, 3, ["done"]), timeout=10,
+                             what="every webhook delivered")
+    rows = {r.event_id: r for r in await rows_where(engine, ours)}
+    assert [rows[e].attempts for e in (pending, paid, review)] == [3, 1, 1]
+    assert max(endpoint.times(pending)) < min(endpoint.times(paid)) < min(endpoint.times(review))
     assert endpoint.problems == []
 
 
