@@ -8,7 +8,8 @@ a merchant webhook brings the next try of its order's earlier ones that are wait
 forward to now: the new event is news the merchant is waiting for, and an endpoint that answers
 again is found at once. Each new event brings them forward once (a dead endpoint is tried once
 more per event written, not hammered); the try counts as any other (``attempts``), and its
-failure gets the next backoff of the retry policy as usual.
+failure gets the next backoff of the retry policy as usual. (The bulk statement import writes
+its ``order.paid`` in SQL of its own, ``reconciliation._INSERT_ORDER_EVENTS``, without this.)
 """
 
 from __future__ import annotations
