@@ -380,6 +380,17 @@ sa.Index(
     postgresql_where=outbox.c.status == "pending",
     sqlite_where=outbox.c.status == "pending",
 )
+# Each merchant's pending events per type, due first: the PostgreSQL claim walks these queues
+# (outbox/queries.py), so a full lane's backlog costs a probe instead of a read of all of it.
+sa.Index(
+    "ix_outbox_merchant_queues",
+    outbox.c.merchant_id,
+    outbox.c.event_type,
+    outbox.c.available_at,
+    outbox.c.id,
+    postgresql_where=outbox.c.status == "pending",
+    sqlite_where=outbox.c.status == "pending",
+)
 
 audit_log = sa.Table(
     "audit_log",

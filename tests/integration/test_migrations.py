@@ -172,6 +172,8 @@ _PAID_ORDER = [
     ("0015", "0016", ["review_cases"], ["review_cases"]),
     # 0017 builds the outbox index of an order's pending webhooks; every state change writes one.
     ("0016", "0017", ["outbox"], ["outbox"]),
+    # 0018 builds the outbox index of each merchant's pending events by type, for the claim.
+    ("0017", "0018", ["outbox"], ["outbox"]),
 ])
 async def test_a_postgresql_migration_waiting_for_a_long_transaction_lets_writers_through(
     start: str, target: str, held: list[str], written: list[str],
