@@ -322,7 +322,7 @@ class Relay:
                 log.debug("outbox event has no handler; recorded done", extra=fields)
             await self._write(event, queries.mark_done(
                 event.id, worker_id=owner, attempts=tries, now=now
-            ))
+            ), *self._behind(event, release_at=now))
             return
         decision = DeadLetter() if outcome.permanent else self._retry.decide(tries, now)
         fields["error"] = outcome.error
@@ -332,16 +332,37 @@ class Relay:
             await self._write(event, queries.mark_retry(
                 event.id, worker_id=owner, attempts=tries, available_at=decision.at,
                 error=outcome.error,
-            ))
+            ), *self._behind(event, hold_until=decision.at))
         else:
             log.error("outbox event dead-lettered", extra=fields)
             await self._write(event, queries.mark_dead(
                 event.id, worker_id=owner, attempts=tries, now=now, error=outcome.error
-            ))
+            ), *self._behind(event, release_at=now))
 
-    async def _write(self, event: OutboxEvent, write: queries.OutcomeWrite) -> None:
+    def _behind(self, event: OutboxEvent, *, hold_until: datetime | None = None,
+                release_at: datetime | None = None) -> list[queries.OutcomeWrite]:
+        """What this outcome means for the order's later webhooks (``queries.hold_behind``,
+        ``queries.release_behind``); nothing for an event that is not an order's webhook."""
+        if (event.event_type not in self._per_merchant or event.merchant_id is None
+                or event.aggregate_id is None):
+            return []
+        order, merchant, types = event.aggregate_id, event.merchant_id, self._per_merchant
+        if hold_until is not None:
+            return [queries.hold_behind(event.id, order_id=order, merchant_id=merchant,
+                                        webhook_types=types, until=hold_until)]
+        assert release_at is not None
+        return [queries.release_behind(event.id, order_id=order, merchant_id=merchant,
+                                       webhook_types=types, now=release_at)]
+
+    async def _write(self, event: OutboxEvent, write: queries.OutcomeWrite,
+                     *then: queries.OutcomeWrite) -> None:
+        """The outcome, fenced by the lease; ``then`` in the same transaction, only if it was
+        ours to write."""
         async with self._engine.begin() as conn:
             written = await write.run(conn)
+            if written:
+                for more in then:
+                    await more.run(conn)
         if written == 0:
             # Our lease expired and someone else owns the event now: their result stands.
             log.warning("outbox lease lost; outcome discarded", extra=self._log_fields(event))

@@ -643,6 +643,10 @@ async def test_an_orders_new_webhook_has_its_earlier_one_waiting_for_a_retry_tri
             await eventually(lambda: tried(pending, 2), timeout=10, what="a try brought forward")
             await asyncio.sleep(0.5)  # many polls: a refused try is not made again meanwhile
             assert len(endpoint.times(pending)) == 2 and endpoint.times(paid) == []
+            # Held, and not due either: waiting with the try it waits for, it is not at the
+            # front of its merchant's queue for every claim to read and pass over.
+            held = {r.event_id: r for r in await rows_where(engine, ours)}
+            assert held[paid].available_at >= held[pending].available_at > datetime.now(UTC)
             review = await write(ORDER_NEEDS_REVIEW)
             await eventually(lambda: settled(engine, ours, 3, ["done"]), timeout=10,
                              what="every webhook delivered")

