@@ -459,7 +459,6 @@ async def test_a_flood_of_forged_deliveries_costs_one_status_read_a_minute_per_a
     (Xendit allows 600 a minute): forged deliveries, however many, only bring the attempt's one
     scheduled read forward, and after a read no sooner than a minute after it."""
     _, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
-    before = await stack.calls("midtrans", "status")
 
     async def forge(n: int) -> None:
         for _ in range(n):
@@ -474,8 +473,11 @@ async def test_a_flood_of_forged_deliveries_costs_one_status_read_a_minute_per_a
     await forge(20)
     await asyncio.sleep(1)  # the verifier would have read again by now if it were asked to
     await run_verifier(stack.container, checks(stack, attempt.id), 1)
-    assert await stack.calls("midtrans", "status") - before == 1
+    # One read of this attempt. (Counted on the attempt, not at the simulator: the simulators
+    # and the database are shared with the other tests here, and reads other tests left due
+    # reach the same simulator.)
     read = await attempt_row(stack, attempt.id)
+    assert read.checks == 1
     assert read.next_check_at == read.last_checked_at + timedelta(minutes=1)
     found = [o or "" for v, o in await outcomes(stack, attempt.id) if not v]
     assert len(found) == 40
