@@ -219,9 +219,31 @@ class PaymentDecision:
 
 
 def judge_payment(*, order_state: OrderState, expected: int, received: int,
-                  review_reason: str | None = None,
-                  decided_unproven: bool = False, currency: str = RUPIAH) -> PaymentDecision:
+                  review_reason: str | None = None, decided_unproven: bool = False,
+                  currency: str = RUPIAH, reversed_since: bool = False) -> PaymentDecision:
     """Decide what a payment of ``received`` rupiah on one of an order's attempts means.
+
+    ``reversed_since``: the source that proves this payment says in the same breath that it went
+    back (a chargeback or a refund at the provider; its own case asks a person about that). Its
+    money is no longer with the merchant, so nothing about it is refunded or honoured: a second
+    payment needs no case of its own, and any other case asks a person to check at the source.
+    """
+    decision = _judge_payment(order_state=order_state, expected=expected, received=received,
+                              review_reason=review_reason, decided_unproven=decided_unproven,
+                              currency=currency)
+    if not reversed_since or decision.review_reason is None:
+        return decision
+    if decision.verdict is PaymentVerdict.SECOND_PAYMENT:
+        return PaymentDecision(verdict=decision.verdict, order_trigger=decision.order_trigger)
+    return PaymentDecision(verdict=decision.verdict, order_trigger=decision.order_trigger,
+                           review_reason=decision.review_reason,
+                           recommended_action=RecommendedAction.CHECK_AT_SOURCE)
+
+
+def _judge_payment(*, order_state: OrderState, expected: int, received: int,
+                   review_reason: str | None, decided_unproven: bool,
+                   currency: str) -> PaymentDecision:
+    """``judge_payment`` of a payment still with the merchant.
 
     Amounts are compared exactly (STYLE rule 6): a different amount is a discrepancy, never an
     overwrite. A paid order stays paid whatever else arrives (rule 4). An order in review only

@@ -11,7 +11,9 @@ Only a source Lunas trusts says a payment was reversed: a status read (a Midtran
 signature leaves ``transaction_status`` out, so a signed settlement relabelled ``chargeback``
 verifies; the webhook path confirms with a read first). A reversal read on an attempt Lunas has
 not seen paid (its settlement notification was lost) proves the payment too, so the payment is
-applied first, exactly once through the same evidence key as any read of it.
+applied first, exactly once through the same evidence key as any read of it, judged as money
+that went back (``judge_payment``'s ``reversed_since``): on an order paid through another
+attempt it opens no ``second_payment`` case, whose refund would pay the customer twice.
 
 Each reversal is recorded once, as evidence keyed ``{provider}:reversal:{attempt}:{raw
 status}``, plus ``:{total}`` when the provider says how much has gone back so far
@@ -81,7 +83,7 @@ async def apply_reversal(conn: AsyncConnection, attempt: Any, status: ProviderSt
             attempt_id=attempt.id, amount=status.paid_amount,
             evidence_key=paid_evidence_key(attempt.provider, attempt.id), kind=kind,
             observed_at=status.paid_at or now, details={**details, "seen_as": status.raw_status},
-            currency=status.currency), now=now, quarantine=quarantine)
+            currency=status.currency, reversed_since=True), now=now, quarantine=quarantine)
     order = (await conn.execute(sa.select(orders).where(orders.c.id == sa.select(
         payment_attempts.c.order_id).where(payment_attempts.c.id == attempt.id)
         .scalar_subquery()).with_for_update())).one()

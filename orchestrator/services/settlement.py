@@ -78,6 +78,8 @@ class Payment:
     observed_at: datetime
     details: dict[str, Any]
     currency: str = RUPIAH
+    reversed_since: bool = False
+    """The source proving this payment says it already went back (``services.reversals``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,7 +118,8 @@ async def _apply_locked(
                              expected=attempt.transfer_amount, received=payment.amount,
                              review_reason=order.review_reason,
                              decided_unproven=await _decided_unproven(conn, order),
-                             currency=payment.currency)
+                             currency=payment.currency,
+                             reversed_since=payment.reversed_since)
     recorded = await conn.execute(_RECORD_EVIDENCE[conn.dialect.name], {
         "unique_key": payment.evidence_key, "kind": payment.kind, "order_id": order.id,
         "attempt_id": attempt.id, "amount": payment.amount, "verdict": decision.verdict.value,

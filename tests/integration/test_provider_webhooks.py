@@ -29,7 +29,9 @@ from orchestrator.domain.verification import VerificationSchedule
 from orchestrator.notify.delivery import MerchantWebhookHandler, merchant_webhook_handlers
 from orchestrator.outbox.relay import Relay
 from orchestrator.outbox.writer import PendingEvent, add_events
+from orchestrator.rails.base import NeutralStatus, ProviderStatus
 from orchestrator.rails.midtrans import signature_key
+from orchestrator.services.reversals import apply_reversal
 from orchestrator.services.settlement import Payment, apply_payment, open_review_case
 from orchestrator.store.tables import (
     evidence,
@@ -795,6 +797,42 @@ async def test_a_chargeback_found_by_a_status_read_proves_the_payment_and_opens_
             sa.select(evidence).where(evidence.c.order_id == order_id)))
     assert verdicts == [("chargeback", "provider_status"), ("settle", "provider_status")]
     assert (await attempt_row(stack, attempt.id)).state == "paid"
+
+
+async def test_a_chargeback_of_a_payment_never_seen_on_an_order_paid_otherwise_asks_no_refund(
+    stack: Stack,
+) -> None:
+    """The customer paid the order's VA, and also the old QR, whose notification was lost; the
+    QR payment was then charged back. A status read of the QR now says ``chargeback``: both
+    payments are facts, but the second one's money is already back with the customer. One case
+    opens, the chargeback; the order stays paid. Before: a ``second_payment`` case opened too,
+    recommending a refund of money already returned (the customer would be paid twice)."""
+    order_id, qr = await superseded_midtrans_attempt(stack)
+    async with stack.container.db.read() as conn:
+        va = (await conn.execute(sa.select(payment_attempts).where(
+            payment_attempts.c.order_id == order_id,
+            payment_attempts.c.state == "active"))).one()
+    now = stack.container.clock.now()
+    quarantine = timedelta(hours=1)
+    async with stack.container.db.transaction() as conn:
+        await apply_payment(conn, Payment(
+            attempt_id=va.id, amount=va.transfer_amount, evidence_key=f"test:{va.id}",
+            kind="provider_webhook", observed_at=now, details={}), now=now,
+            quarantine=quarantine)
+    chargeback = ProviderStatus(status=NeutralStatus.CHARGED_BACK, provider_ref=None,
+                                paid_amount=qr.transfer_amount, raw_status="chargeback")
+    async with stack.container.db.transaction() as conn:
+        case_id = await apply_reversal(conn, qr, chargeback, kind="provider_status", details={},
+                                       now=now, quarantine=quarantine)
+    assert case_id is not None
+    assert (await order_state(stack, order_id)()) == "paid"
+    assert await review(stack, order_id) == [
+        ("chargeback", "dispute_or_accept", qr.transfer_amount)]
+    async with stack.container.db.read() as conn:
+        proven = (await conn.execute(sa.select(evidence.c.verdict).where(
+            evidence.c.attempt_id == qr.id).order_by(evidence.c.id))).scalars().all()
+    assert sorted(proven) == ["chargeback", "second_payment"]  # the payment is still recorded
+    assert (await attempt_row(stack, qr.id)).state == "paid"
 
 
 async def test_an_active_attempt_cancelled_at_midtrans_fails_over_and_never_settles(

@@ -746,3 +746,22 @@ def test_nothing_is_left_to_pay_only_when_no_attempt_of_an_awaiting_order_is_liv
         order_state: str, attempts: list[str], nothing_to_pay: bool) -> None:
     live = sum(AttemptState(a) in LIVE_ATTEMPT_STATES for a in attempts)
     assert nothing_left_to_pay(order_state, live) is nothing_to_pay
+
+
+# A payment whose proof says it already went back (a chargeback or a refund at the provider, a
+# case of its own): it moves the order as any payment, but nobody is asked to refund or honour
+# money the merchant no longer has. A second payment needs no case beside the reversal's.
+@pytest.mark.parametrize(("state", "amount", "decision"), _JUDGE_CASES)
+def test_a_payment_already_reversed_never_asks_for_a_refund_or_to_be_honoured(
+    state: OrderState, amount: str, decision: PaymentDecision
+) -> None:
+    judged = judge_payment(order_state=state, expected=EXPECTED, received=RECEIVED[amount],
+                           reversed_since=True)
+    assert (judged.verdict, judged.order_trigger) == (decision.verdict, decision.order_trigger)
+    if decision.verdict is V.SECOND_PAYMENT:
+        assert (judged.review_reason, judged.recommended_action) == (None, None)
+    elif decision.review_reason is None:
+        assert judged == decision
+    else:
+        assert (judged.review_reason, judged.recommended_action) == (
+            decision.review_reason, ACT.CHECK_AT_SOURCE)
