@@ -834,8 +834,11 @@ async def test_two_workers_with_claims_shorter_than_the_drain_never_read_twice(
     container: Container,
 ) -> None:
     """Regression (review): a claim that ran out while its read waited for a paced slot was
-    claimed again by another worker, and both read it."""
-    async with shop(container, reads_per_minute=300, claim=timedelta(seconds=0.3)) as s:
+    claimed again by another worker, and both read it. The claim (1 s) is far shorter than the
+    drain (20 reads at 5 a second) but longer than one read takes on a loaded machine: a read
+    still in flight when its claim runs out may be made twice, which costs a request and
+    settles nothing twice (evidence keys); what this specifies is the wait for the pace."""
+    async with shop(container, reads_per_minute=300, claim=timedelta(seconds=1)) as s:
         second = build(s.container.settings, clock=s.clock)  # a second worker process
         await second.start()
         stop = asyncio.Event()
