@@ -459,8 +459,7 @@ class MidtransSim:
             timer.cancel()
         await asyncio.gather(*self._timers, return_exceptions=True)
         await self.notifier.close()
-        await self.data_server.close()
-        await self.control_server.close()
+        await asyncio.gather(self.data_server.close(), self.control_server.close())
 
     # -- shared pieces -------------------------------------------------------------------------
 

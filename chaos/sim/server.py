@@ -123,5 +123,4 @@ async def serving(*servers: SwitchableServer) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        for s in servers:
-            await s.close()
+        await asyncio.gather(*(s.close() for s in servers))

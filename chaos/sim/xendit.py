@@ -283,8 +283,7 @@ class XenditSim:
 
     async def stop(self) -> None:
         self._release_hangs()
-        await self._data.close()
-        await self._control.close()
+        await asyncio.gather(self._data.close(), self._control.close())
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
