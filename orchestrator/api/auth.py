@@ -7,11 +7,9 @@ a revoked key stops working within ``ttl`` seconds.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from litestar import Request
-
-from orchestrator.api.errors import BadRequest
+from orchestrator.api.bad_request import BadRequest
 from orchestrator.store.database import Database
 from orchestrator.store.merchants import (
     Merchant,
@@ -19,6 +17,9 @@ from orchestrator.store.merchants import (
     merchant_for_key,
     ops_principal_for_token,
 )
+
+if TYPE_CHECKING:
+    from litestar import Request
 
 
 def bearer(request: Request[Any, Any, Any]) -> str:

@@ -22,6 +22,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from orchestrator.api.bad_request import BadRequest as BadRequest
 from orchestrator.domain import errors as domain
 from orchestrator.store.database import DEADLOCK_DETECTED, SERIALIZATION_FAILURE, rolled_back_by
 
@@ -44,16 +45,6 @@ _STATUS: list[tuple[type[domain.DomainError], int, str]] = [
     (domain.Conflict, 409, "Conflict"),
 ]
 _STATUS_BY_CODE = {"no_route_available": (503, "No route available")}
-
-
-class BadRequest(Exception):
-    """A request the HTTP layer refuses before any use case runs."""
-
-    def __init__(self, detail: str, *, status: int = 400, code: str = "bad_request",
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.detail, self.status, self.code = detail, status, code
-        self.headers = headers or {}
 
 
 def problem(

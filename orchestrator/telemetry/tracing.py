@@ -27,11 +27,9 @@ import asyncio
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
-from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -51,6 +49,9 @@ from orchestrator.rails.base import (
 )
 from orchestrator.rails.errors import RailError, Refused
 from orchestrator.settings import TelemetrySettings
+
+if TYPE_CHECKING:  # the ASGI types only: the CLI and the worker never load litestar for tracing
+    from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 Carrier = Mapping[str, str]
 """A serialised span context: ``{"traceparent": ..., "tracestate": ...}`` (W3C Trace Context)."""
@@ -203,7 +204,7 @@ def request_spans(app: ASGIApp) -> ASGIApp:
 
     async def traced(scope: Scope, receive: Receive, send: Send) -> None:
         tracer = _State.tracer
-        if tracer is None or scope["type"] != ScopeType.HTTP:
+        if tracer is None or cast(str, scope["type"]) != "http":  # ScopeType is a str enum
             await app(scope, receive, send)
             return
         wanted = {b"traceparent", b"tracestate"}
