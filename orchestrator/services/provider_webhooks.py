@@ -121,6 +121,9 @@ UNREADABLE_GIVE_UP = 4
 """Unreadable answers in a row after which a closed attempt past its code quarantine is read
 no more (its job dead-lettered with the reason): about 4 minutes of tries at the default 30 s
 ``retry_after_failure``, and never before the quarantine of its closing ends."""
+REVERSAL_UNREADABLE_GIVE_UP = timedelta(days=1)
+"""How long after a reversal notification came its confirming read may keep getting answers
+Lunas cannot read before the delivery is dead-lettered for a person (``_confirm_reversal``)."""
 MAX_UNTRUSTED_BODY = 16_384
 """Characters of an unverified or malformed body that are stored. A provider's notification is a
 few kilobytes; a forger's megabyte is kept as its start, its length and its SHA-256."""
@@ -387,8 +390,10 @@ class ProviderWebhooks:
         elif status.status in (NeutralStatus.EXPIRED, NeutralStatus.FAILED):
             await self._close(delivery_id, attempt, status.status)
         elif status.status in REVERSALS:
-            await self._confirm_reversal(delivery_id, attempt,
-                                         tries=int(event.payload.get("confirm_tries") or 0))
+            await self._confirm_reversal(
+                delivery_id, attempt, received_at=delivery.received_at,
+                tries=int(event.payload.get("confirm_tries") or 0),
+                unreadable=int(event.payload.get("unreadable_tries") or 0))
         else:
             await self._record(delivery_id, f"no change: provider says {status.raw_status}")
 
@@ -577,7 +582,8 @@ class ProviderWebhooks:
             await self._record(delivery_id, f"signed payment not confirmed: provider says "
                                             f"{status.raw_status or status.status}; no change")
 
-    async def _confirm_reversal(self, delivery_id: str, attempt: Any, *, tries: int) -> None:
+    async def _confirm_reversal(self, delivery_id: str, attempt: Any, *, received_at: datetime,
+                                tries: int, unreadable: int) -> None:
         """A notification that a payment went back (chargeback, refund): the provider's status
         says whether it did, since a Midtrans signature leaves the status out and a signed
         settlement relabelled ``chargeback`` would verify. One read per such notification, which
@@ -585,9 +591,29 @@ class ProviderWebhooks:
         down, an answer Lunas cannot read) is not an answer: the delivery is queued again for
         when it can (``_confirm_reversal_later``). Left to the relay's backoff, it was retried
         into the outage and dead-lettered, and the case never opened (a paid attempt has no
-        verifier schedule to fall back on)."""
+        verifier schedule to fall back on). Answers Lunas cannot read, ``UNREADABLE_GIVE_UP`` in
+        a row and ``REVERSAL_UNREADABLE_GIVE_UP`` after the notification came, are not waited
+        for any longer: that is an adapter to fix, not an outage to wait out, and read every
+        30 minutes for ever the chargeback reached nobody. The delivery is dead-lettered with
+        the reason (counted and alerted on as every dead letter)."""
         try:
             status = await self._reads.read(attempt)
+        except Unreadable as exc:
+            in_a_row = unreadable + 1
+            if (in_a_row >= UNREADABLE_GIVE_UP
+                    and received_at + REVERSAL_UNREADABLE_GIVE_UP <= self._clock.now()):
+                why = (f"{attempt.provider} notified a reversal of {attempt.id} received "
+                       f"{iso(received_at)}; its status answer was unreadable {in_a_row} times "
+                       f"in a row: {exc.detail}; check the payment at {attempt.provider} and fix "
+                       "the adapter, then redeliver this job")
+                log.error("reversal confirmation for %s given up: %s", attempt.id, why,
+                          extra={"attempt_id": attempt.id, "order_id": attempt.order_id,
+                                 "delivery_id": delivery_id})
+                # No outcome on the delivery: redelivering the job after the fix processes it.
+                raise PermanentFailure(why) from exc
+            await self._confirm_reversal_later(delivery_id, attempt, tries + 1, exc,
+                                               unreadable=in_a_row)
+            return
         except (RouteUnavailable, RailError) as exc:
             await self._confirm_reversal_later(delivery_id, attempt, tries + 1, exc)
             return
@@ -598,7 +624,7 @@ class ProviderWebhooks:
         await self._reversed(delivery_id, attempt, status)
 
     async def _confirm_reversal_later(self, delivery_id: str, attempt: Any, tries: int,
-                                      exc: Exception) -> None:
+                                      exc: Exception, *, unreadable: int = 0) -> None:
         """Queue the delivery again (its outcome stays unset, so it is processed afresh) after
         the breaker's retry time, the 429's pause, or gaps doubling up to
         ``UNREADABLE_MAX_GAP``. The job's id is fixed per delivery and try, so a handler run
@@ -613,7 +639,8 @@ class ProviderWebhooks:
         async with self._db.transaction() as conn:
             await add_events(conn, [PendingEvent(
                 event_type=events.PROVIDER_DELIVERY, aggregate_id=attempt.id, merchant_id=None,
-                payload={"delivery_id": delivery_id, "confirm_tries": tries},
+                payload={"delivery_id": delivery_id, "confirm_tries": tries,
+                         "unreadable_tries": unreadable},
                 available_at=now + wait, event_id=f"rv{tries}_{delivery_id}"[:40])], now=now)
 
     async def _reversed(self, delivery_id: str | None, attempt: Any,

@@ -31,6 +31,7 @@ from orchestrator.outbox.relay import Relay
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails.base import NeutralStatus, ProviderStatus
 from orchestrator.rails.midtrans import signature_key
+from orchestrator.services.dead_letters import redeliver
 from orchestrator.services.reversals import apply_reversal
 from orchestrator.services.settlement import Payment, apply_payment, open_review_case
 from orchestrator.store.tables import (
@@ -1128,6 +1129,53 @@ async def test_a_chargeback_whose_confirming_read_cannot_run_waits_for_it_never_
     assert await review(stack, order_id) == []
     async with httpx.AsyncClient() as c:
         await c.delete(f"{stack.sims.midtrans.control_url}/faults")
+    await settled_quietly(stack, attempt.id)
+    assert await review(stack, order_id) == [
+        ("chargeback", "dispute_or_accept", attempt.transfer_amount)]
+    assert (await order_state(stack, order_id)()) == "paid"
+
+
+async def test_a_chargeback_whose_answer_stays_unreadable_is_dead_lettered_for_a_person(
+    stack: Stack,
+) -> None:
+    """Regression (review): a chargeback notification whose confirming status answer Lunas
+    cannot read (a status the adapter does not know) was queued again every 30 minutes for
+    ever: only warnings in a log, and the chargeback reached nobody. While the notification is
+    recent it is read again, as an outage is waited out; a day after it came, with several
+    unreadable answers in a row, the delivery is dead-lettered (alerted on with every dead
+    letter) saying what to check. Redelivered once Lunas can read the answer, it opens the
+    case."""
+    order_id, attempt, paid = await paid_midtrans_order(stack)
+    await sim_post(stack.sims.midtrans.control_url, "/answer", {
+        "order_id": attempt.id, "fields": {"transaction_status": "on_hold"}})
+    key = stack.container.settings.providers.midtrans_server_key
+    chargeback = midtrans_body(attempt, status="chargeback", code="200",
+                               txid=paid["transaction_id"], key=key)
+    r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(chargeback))
+    assert r.status_code == 200, r.text
+    await relay_for(stack.container, 1)  # recent: read again, however often it is unreadable
+    assert await jobs(stack, "provider.delivery", attempt.id, "dead")() == 0
+    assert await jobs(stack, "provider.delivery", attempt.id, "pending")() == 1
+    async with stack.container.db.transaction() as conn:
+        await conn.execute(provider_deliveries.update().where(
+            provider_deliveries.c.attempt_id == attempt.id,
+            provider_deliveries.c.outcome.is_(None)).values(
+                received_at=stack.container.clock.now() - timedelta(days=1)))
+    await run_relay(stack.container, jobs(stack, "provider.delivery", attempt.id, "dead"), 1,
+                    timeout=15)
+    assert await jobs(stack, "provider.delivery", attempt.id, "pending")() == 0
+    assert await review(stack, order_id) == []
+    async with stack.container.db.read() as conn:
+        dead = (await conn.execute(sa.select(outbox.c.event_id, outbox.c.last_error).where(
+            outbox.c.event_type == "provider.delivery", outbox.c.aggregate_id == attempt.id,
+            outbox.c.status == "dead"))).one()
+    assert "unreadable" in dead.last_error and "on_hold" in dead.last_error, dead.last_error
+    assert "redeliver" in dead.last_error, dead.last_error
+
+    await sim_post(stack.sims.midtrans.control_url, "/answer", {
+        "order_id": attempt.id, "fields": {"transaction_status": "chargeback"}})
+    await redeliver(stack.container.db, event_ids=[dead.event_id], merchant_id=None,
+                    actor="ops:sari", reason="adapter fixed", now=stack.container.clock.now())
     await settled_quietly(stack, attempt.id)
     assert await review(stack, order_id) == [
         ("chargeback", "dispute_or_accept", attempt.transfer_amount)]
