@@ -508,6 +508,15 @@ async def test_a_forged_body_is_stored_bounded(stack: Stack) -> None:
     assert len(stored) < 16_500
 
 
+async def paid_in_dollars_at_xendit(stack: Stack, attempt: Any) -> dict[str, Any]:
+    """The customer pays the attempt's VA the expected number, reported in dollars; Xendit's
+    callback is not sent (returned, for a test to post)."""
+    await sim_post(stack.sims.xendit.control_url, "/config", {"callback_url": None})
+    return await sim_post(stack.sims.xendit.control_url, "/pay", {
+        "kind": "va", "external_id": attempt.id, "amount": attempt.transfer_amount,
+        "currency": "USD"})
+
+
 async def test_a_verified_payment_in_another_currency_goes_to_a_person_never_settles_as_rupiah(
     stack: Stack,
 ) -> None:
@@ -516,13 +525,10 @@ async def test_a_verified_payment_in_another_currency_goes_to_a_person_never_set
     review with a machine-readable reason, as an amount mismatch does, and the evidence and the
     events say the currency so nobody takes the amount for rupiah."""
     order_id, attempt = await order_and_attempt(stack, "va", "bca", "va:xendit:bca")
-    await sim_post(stack.sims.xendit.control_url, "/config", {"callback_url": None})
-    payment = await sim_post(stack.sims.xendit.control_url, "/pay", {
-        "kind": "va", "external_id": attempt.id, "amount": attempt.transfer_amount,
-        "currency": "USD"})
-    token = stack.container.settings.providers.xendit_callback_token
+    payment = await paid_in_dollars_at_xendit(stack, attempt)
     r = await stack.client.post("/v1/webhooks/xendit", content=json.dumps(payment),
-                                headers={"x-callback-token": token})
+                                headers={"x-callback-token": stack.container.settings
+                                         .providers.xendit_callback_token})
     assert r.status_code == 200, r.text
     await run_relay(stack.container, order_state(stack, order_id), "needs_review")
     assert await scalar(stack, sa.select(orders.c.review_reason).where(
@@ -546,10 +552,7 @@ async def test_a_verified_payment_in_another_currency_goes_to_a_person_never_set
 async def test_a_status_read_in_another_currency_goes_to_a_person_too(stack: Stack) -> None:
     """The callback is lost; the scheduled status read finds the payment, in dollars."""
     order_id, attempt = await order_and_attempt(stack, "va", "bca", "va:xendit:bca")
-    await sim_post(stack.sims.xendit.control_url, "/config", {"callback_url": None})
-    await sim_post(stack.sims.xendit.control_url, "/pay", {
-        "kind": "va", "external_id": attempt.id, "amount": attempt.transfer_amount,
-        "currency": "USD"})
+    await paid_in_dollars_at_xendit(stack, attempt)
     await make_due(stack, attempt.id)
     await run_verifier(stack.container, order_state(stack, order_id), "needs_review")
     assert await review(stack, order_id) == [
@@ -689,6 +692,18 @@ async def paid_midtrans_order(stack: Stack) -> tuple[str, Any, dict[str, Any]]:
     return order_id, attempt, paid
 
 
+async def chargeback_notification(stack: Stack, *, answered: str = "chargeback",
+                                  ) -> tuple[str, Any, dict[str, Any]]:
+    """A paid Midtrans QRIS order whose status read now answers ``answered``, and Midtrans's
+    signed ``chargeback`` notification for it, not yet posted: (order id, attempt, body)."""
+    order_id, attempt, paid = await paid_midtrans_order(stack)
+    await sim_post(stack.sims.midtrans.control_url, "/answer", {
+        "order_id": attempt.id, "fields": {"transaction_status": answered}})
+    key = stack.container.settings.providers.midtrans_server_key
+    return order_id, attempt, midtrans_body(attempt, status="chargeback", code="200",
+                                            txid=paid["transaction_id"], key=key)
+
+
 async def test_a_chargeback_on_a_paid_order_opens_a_case_and_the_order_stays_paid(
     stack: Stack,
 ) -> None:
@@ -697,12 +712,7 @@ async def test_a_chargeback_on_a_paid_order_opens_a_case_and_the_order_stays_pai
     status read confirms it). The order stays paid (no edge leaves ``paid``); a case with reason
     ``chargeback`` opens, once however often it is notified, is listed by the API, and the
     merchant hears it. Before: the delivery was "unreadable" and nobody heard of it."""
-    order_id, attempt, paid = await paid_midtrans_order(stack)
-    await sim_post(stack.sims.midtrans.control_url, "/answer", {
-        "order_id": attempt.id, "fields": {"transaction_status": "chargeback"}})
-    key = stack.container.settings.providers.midtrans_server_key
-    chargeback = midtrans_body(attempt, status="chargeback", code="200",
-                               txid=paid["transaction_id"], key=key)
+    order_id, attempt, chargeback = await chargeback_notification(stack)
     for body in (chargeback, chargeback, {**chargeback, "transaction_status": "CHARGEBACK"}):
         r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(body))
         assert r.status_code == 200, r.text
@@ -755,13 +765,10 @@ async def test_a_foreign_payment_answering_a_window_case_is_noted_and_shown_in_i
         window_case = await open_review_case(
             conn, order, "verification_window_exhausted", "check_at_source", order.amount, None,
             now=stack.container.clock.now())
-    await sim_post(stack.sims.xendit.control_url, "/config", {"callback_url": None})
-    payment = await sim_post(stack.sims.xendit.control_url, "/pay", {
-        "kind": "va", "external_id": attempt.id, "amount": attempt.transfer_amount,
-        "currency": "USD"})
-    token = stack.container.settings.providers.xendit_callback_token
+    payment = await paid_in_dollars_at_xendit(stack, attempt)
     r = await stack.client.post("/v1/webhooks/xendit", content=json.dumps(payment),
-                                headers={"x-callback-token": token})
+                                headers={"x-callback-token": stack.container.settings
+                                         .providers.xendit_callback_token})
     assert r.status_code == 200, r.text
     await settled_quietly(stack, attempt.id)
     ops = {"Authorization": f"Bearer {await new_ops_token(stack.container)}"}
@@ -1114,13 +1121,8 @@ async def test_a_chargeback_whose_confirming_read_cannot_run_waits_for_it_never_
     into the outage and dead-lettered it after its tries: the chargeback never reached a
     person. The delivery waits for a read that can run, as often as it takes, and the case
     opens once Midtrans answers."""
-    order_id, attempt, paid = await paid_midtrans_order(stack)
-    await sim_post(stack.sims.midtrans.control_url, "/answer", {
-        "order_id": attempt.id, "fields": {"transaction_status": "chargeback"}})
+    order_id, attempt, chargeback = await chargeback_notification(stack)
     await stack.fault("midtrans", **fault)
-    key = stack.container.settings.providers.midtrans_server_key
-    chargeback = midtrans_body(attempt, status="chargeback", code="200",
-                               txid=paid["transaction_id"], key=key)
     r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(chargeback))
     assert r.status_code == 200, r.text
     await relay_for(stack.container, 3)  # more than the relay's six tries 0.2 s apart
@@ -1145,12 +1147,7 @@ async def test_a_chargeback_whose_answer_stays_unreadable_is_dead_lettered_for_a
     unreadable answers in a row, the delivery is dead-lettered (alerted on with every dead
     letter) saying what to check. Redelivered once Lunas can read the answer, it opens the
     case."""
-    order_id, attempt, paid = await paid_midtrans_order(stack)
-    await sim_post(stack.sims.midtrans.control_url, "/answer", {
-        "order_id": attempt.id, "fields": {"transaction_status": "on_hold"}})
-    key = stack.container.settings.providers.midtrans_server_key
-    chargeback = midtrans_body(attempt, status="chargeback", code="200",
-                               txid=paid["transaction_id"], key=key)
+    order_id, attempt, chargeback = await chargeback_notification(stack, answered="on_hold")
     r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(chargeback))
     assert r.status_code == 200, r.text
     await relay_for(stack.container, 1)  # recent: read again, however often it is unreadable
