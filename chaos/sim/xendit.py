@@ -49,6 +49,7 @@ TIMEOUT_AFTER_SUCCESS does the work and then never answers. DOWN stops the data 
 request is released (answered 503) only when the data server stops, long after clients gave up.
 
 Control plane (no auth): ``POST/GET/DELETE /faults``, ``GET/DELETE /calls``, ``POST /pay``,
+``POST /refund`` (part or all of a paid e-wallet charge, ``XenditSim.refund``),
 ``GET/POST /config``, ``GET/DELETE /callbacks``, ``GET /resources?reference=``.
 
 Callbacks are POSTed with ``x-callback-token`` from background tasks, never from the request that
@@ -632,6 +633,47 @@ class XenditSim:
         self._notify("ewallet.capture", self.callback_url, event)
         return event
 
+    # -- refunds (control plane) -----------------------------------------------------------
+
+    def refund(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The merchant refunds part or all of a paid e-wallet charge (in Xendit's dashboard,
+        say, outside Lunas): ``{"id" | "reference_id", "amount", "notify"?}``.
+
+        The charge's ``refunded_amount`` (RAILS.md §2.4) becomes the running total, so status
+        reads see it; it turns ``REFUNDED`` once all of the capture went back and stays
+        ``SUCCEEDED`` before (Xendit documents neither: the simulator's assumption). With
+        ``notify: true`` a ``refund.succeeded`` callback follows, shaped as Xendit's Refund API
+        documents it (XDOC ``apidocs/refund-webhook-notification.md``); which id of a legacy
+        charge its ``payment_id`` carries is not documented, so the simulator puts the charge's
+        ``ewc_`` id there. Legacy VAs and QR codes have no refund in the simulator."""
+        charge = (self.store.charges.get(str(body.get("id"))) or
+                  self.store.charge_by_reference(str(body.get("reference_id"))))
+        if charge is None:
+            raise ApiError(404, "DATA_NOT_FOUND", "no such e-wallet charge")
+        if charge["status"] != "SUCCEEDED":
+            raise ApiError(400, "INVALID_CHARGE_STATE",
+                           f"a {charge['status']} charge cannot be refunded")
+        so_far = int(charge.get("refunded_amount") or 0)
+        amount = _amount(body.get("amount"), (1, int(charge["capture_amount"]) - so_far))
+        stamp = iso(_now())
+        total = so_far + amount
+        charge.update(refunded_amount=total, updated=stamp,
+                      status="REFUNDED" if total == charge["capture_amount"] else "SUCCEEDED")
+        refund = {
+            "id": f"rfd-{uuid.uuid4()}", "payment_request_id": None,
+            "payment_id": charge["id"], "invoice_id": None, "payment_method_type": "EWALLET",
+            "reference_id": str(body.get("refund_reference") or f"refund-{uuid.uuid4()}"),
+            "channel_code": charge["channel_code"], "currency": charge["currency"],
+            "amount": amount, "status": "SUCCEEDED", "reason": "REQUESTED_BY_CUSTOMER",
+            "failure_code": None, "refund_fee_amount": None, "metadata": None,
+            "created": stamp, "updated": stamp,
+        }
+        if body.get("notify"):
+            self._notify("refund.succeeded", self.callback_url, {
+                "event": "refund.succeeded", "business_id": OWNER_ID, "created": stamp,
+                "data": refund})
+        return {"refund": refund, "charge": copy.deepcopy(charge)}
+
     # -- callbacks -------------------------------------------------------------------------
 
     def _notify(self, event: str, url: str | None, body: dict[str, Any]) -> None:
@@ -906,7 +948,13 @@ def control_routes(sim: XenditSim) -> list[HTTPRouteHandler]:
             return sim.pay(_require(await _json(request)))
         return await _control(work)
 
-    return [*fault_routes(sim), pay,
+    @post("/refund", status_code=200)
+    async def refund(request: Request[Any, Any, Any]) -> Response[Any]:
+        async def work() -> dict[str, Any]:
+            return sim.refund(_require(await _json(request)))
+        return await _control(work)
+
+    return [*fault_routes(sim), pay, refund,
             *_config_routes(sim)]
 
 

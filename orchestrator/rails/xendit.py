@@ -59,7 +59,10 @@ only the callback carries.
 - QR (by ``external_id`` = reference, so no ``provider_ref`` needed): ACTIVE → pending; otherwise
   a payment → paid, none → expired. QR v1 has no expiry field: Lunas keeps the deadline.
 - E-wallet (by ``provider_ref``): PENDING → pending, SUCCEEDED → paid (``capture_amount``),
-  FAILED / VOIDED → failed, REFUNDED → refunded. 404 → not_found.
+  FAILED / VOIDED → failed, REFUNDED → refunded. 404 → not_found. A SUCCEEDED charge with a
+  ``refunded_amount`` is refunded too, with that running total (``charge_status``). VA and QR
+  objects carry no refund field in the legacy APIs (RAILS.md §2.2-2.3): their reads never
+  report one.
 - VA or e-wallet without ``provider_ref`` (the create's answer was lost): legacy Xendit cannot
   look those up by reference, so a payment → paid, none → not_found with raw status
   ``NO_PAYMENT_FOR_REFERENCE``. The resource may still exist: repeating the create with the same
@@ -512,29 +515,74 @@ def verify_callback_token(expected: str, header: str | None) -> bool:
 
 
 def charge_status(charge: Mapping[str, Any]) -> ProviderStatus:
-    """An e-wallet charge object (status read or callback ``data``) in Lunas's terms."""
+    """An e-wallet charge object (status read or callback ``data``) in Lunas's terms.
+
+    ``refunded_amount`` (RAILS.md §2.4; ``null`` until a refund) is how much of the capture has
+    gone back so far. A charge that still says ``SUCCEEDED`` with some refunded is a refund all
+    the same: read as paid, the refund reached nobody. It is reported ``refunded`` with
+    ``reversed_amount`` = the running total, so ``services.reversals`` opens a case per refund
+    (a second partial refund differs from a repeat only in that total). Its raw status is
+    Lunas's word, not Xendit's: ``PARTIALLY_REFUNDED`` while less than the capture went back,
+    ``REFUNDED`` once all of it did, so a read before and a read after Xendit turns the charge
+    ``REFUNDED`` record one full refund, not two."""
     raw = str(charge["status"])
     status = CHARGE_STATUSES.get(raw)
     if status is None:
         raise ValueError(f"unknown e-wallet charge status {raw!r}")
     # A refunded charge was paid first: its capture is the payment the refund took back.
     paid = status in (NeutralStatus.PAID, NeutralStatus.REFUNDED)
+    captured = rupiah(charge["capture_amount"]) if paid else None
+    refunded = (_refunded_amount(charge, tolerant=status is NeutralStatus.REFUNDED)
+                if paid else None)
+    if status is NeutralStatus.PAID and refunded is not None:
+        status = NeutralStatus.REFUNDED
+        raw = "REFUNDED" if captured is not None and refunded >= captured else "PARTIALLY_REFUNDED"
     return ProviderStatus(
-        status=status, provider_ref=str(charge["id"]),
-        paid_amount=rupiah(charge["capture_amount"]) if paid else None,
+        status=status, provider_ref=str(charge["id"]), paid_amount=captured,
         paid_at=parse_time(charge["updated"]) if paid and charge.get("updated") else None,
-        raw_status=raw, currency=reported_currency(charge.get("currency")),
+        raw_status=raw,
+        reversed_amount=refunded if status is NeutralStatus.REFUNDED else None,
+        currency=reported_currency(charge.get("currency")),
     )
 
 
-def callback_status(body: Mapping[str, Any]) -> ProviderStatus:
-    """The status a VA paid, QR payment or e-wallet capture callback reports.
+def _refunded_amount(charge: Mapping[str, Any], *, tolerant: bool) -> int | None:
+    """``refunded_amount``, None when absent or ``null``. Unreadable on a ``REFUNDED`` charge
+    it is None (the refund is known, its total not: the case asks a person for the payment's
+    amount, as Midtrans's does); unreadable on a ``SUCCEEDED`` one it raises: taken for none, a
+    refund would pass as a plain payment and nobody would hear of it."""
+    value = charge.get("refunded_amount")
+    if value is None:
+        return None
+    try:
+        amount = rupiah(value)
+        if amount < 0:
+            raise ValueError(f"refunded_amount {value!r} is negative")
+    except ValueError:
+        if tolerant:
+            return None
+        raise
+    return amount or None  # 0: nothing went back (yet)
 
-    Raises ``CallbackError`` for any other shape. The VA callback has no status field: its
-    arrival means paid (RAILS.md §2.2)."""
+
+def callback_status(body: Mapping[str, Any]) -> ProviderStatus:
+    """The status a VA paid, QR payment, e-wallet capture or refund callback reports.
+
+    Raises ``CallbackError`` for any other shape (``refund.failed`` included: no money moved).
+    The VA callback has no status field: its arrival means paid (RAILS.md §2.2). A
+    ``refund.succeeded`` is ``refunded`` with no amounts: it only asks for the status read that
+    says what went back (its refund object is about the refund, not the payment)."""
+    if body.get("event") == "refund.failed":
+        raise CallbackError("refund.failed: no money moved, nothing to apply")
     try:
         if body.get("event") == "ewallet.capture":
             return charge_status(body["data"])
+        if body.get("event") == "refund.succeeded":
+            refund = refund_object(body)
+            return ProviderStatus(status=NeutralStatus.REFUNDED,
+                                  provider_ref=next(iter(refunded_payment_refs(body)), None),
+                                  raw_status=f"refund.{str(refund.get('status', '')).lower()}",
+                                  currency=reported_currency(refund.get("currency")))
         if body.get("event") == "qr.payment":
             return _qr_callback_status(body)
         if "callback_virtual_account_id" in body and "payment_id" in body:
@@ -545,7 +593,33 @@ def callback_status(body: Mapping[str, Any]) -> ProviderStatus:
                 currency=reported_currency(body.get("currency")))
     except (KeyError, TypeError, ValueError) as exc:
         raise CallbackError(f"malformed Xendit callback: {exc}") from exc
-    raise CallbackError("not a Xendit VA, QR or e-wallet callback")
+    raise CallbackError("not a Xendit VA, QR, e-wallet or refund callback")
+
+
+def refund_object(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The refund a ``refund.succeeded`` / ``refund.failed`` callback reports (XDOC
+    ``apidocs/refund-webhook-notification.md``: ``data`` is the refund object; the page's own
+    example wraps a whole second envelope in ``data``, which is read too)."""
+    data = body["data"]
+    if isinstance(data, Mapping) and "event" in data and isinstance(data.get("data"), Mapping):
+        data = data["data"]
+    if not isinstance(data, Mapping):
+        raise CallbackError("refund callback without a refund object")
+    return data
+
+
+def refunded_payment_refs(body: Mapping[str, Any]) -> tuple[str, ...]:
+    """Xendit's ids of the payment a refund callback took money from (``payment_request_id``,
+    ``payment_id``), to match against attempts' ``provider_ref``. The refund's own
+    ``reference_id`` is the refund's (given when it was made), never our attempt's, so a refund
+    callback names no attempt by reference. Which of these ids a refund of a legacy e-wallet
+    charge carries is not documented; either is looked for."""
+    try:
+        refund = refund_object(body)
+    except (KeyError, TypeError):
+        return ()
+    return tuple(str(refund[k])[:128] for k in ("payment_request_id", "payment_id")
+                 if isinstance(refund.get(k), str) and refund[k])
 
 
 def _qr_callback_status(body: Mapping[str, Any]) -> ProviderStatus:

@@ -33,7 +33,10 @@ payment settles as promptly as before, and a cancelled one closes the attempt in
 EXPIRED / FAILED move the attempt only while it is live (active, superseded, unknown) — never
 backwards, so a ``pending`` or an ``expire`` after ``settlement`` changes nothing; PENDING
 changes nothing. REFUNDED / CHARGED_BACK (money that went back) is confirmed by a status read,
-then opens a review case and leaves the order as it is (``services.reversals``).
+then opens a review case and leaves the order as it is (``services.reversals``). A Xendit
+``refund.succeeded`` names the refunded payment by Xendit's id, not by our reference: a verified
+one is matched to its attempt by ``provider_ref`` (``_refunded_attempt``), then confirmed the
+same way; the read says how much went back in all.
 
 An unverified delivery is never trusted, and never costs more than one status read per attempt
 per ``ASKED_READ_SPACING``, however many arrive: attempt ids are not secret, and every read
@@ -190,11 +193,22 @@ def midtrans_event_key(body: Mapping[str, Any]) -> str | None:
 
 
 def xendit_event_key(body: Mapping[str, Any]) -> str | None:
-    """One Xendit callback: a VA payment, a QR payment, or an e-wallet charge in one status."""
+    """One Xendit callback: a VA payment, a QR payment, an e-wallet charge in one status (and
+    with one ``refunded_amount`` so far: a charge refunded twice in part differs from the
+    first only there, and is a second fact, not a repeat), or one refund in one status."""
     data = body.get("data")
     if body.get("event") == "ewallet.capture" and isinstance(data, dict):
         ident, status = data.get("id"), data.get("status")
-        key = f"xendit:ewallet:{ident}:{status}" if ident and status else None
+        refunded = data.get("refunded_amount")
+        key = (f"xendit:ewallet:{ident}:{status}" + (f":{refunded}" if refunded else "")
+               if ident and status else None)
+    elif body.get("event") in ("refund.succeeded", "refund.failed"):
+        try:
+            refund = xendit.refund_object(body)
+        except (KeyError, ValueError):
+            return None
+        ident, status = refund.get("id"), refund.get("status")
+        key = f"xendit:refund:{ident}:{status}" if ident and status else None
     elif body.get("event") == "qr.payment":
         ident = data.get("id") if isinstance(data, dict) else body.get("id")
         key = f"xendit:qr:{ident}" if ident else None
@@ -283,12 +297,15 @@ class ProviderWebhooks:
         key = None
         if verified and body is not None:
             key = midtrans_event_key(body) if provider == MIDTRANS else xendit_event_key(body)
+        attempt_id = claimed_attempt(provider, body) if body is not None else None
+        if attempt_id is None and verified and body is not None and provider == XENDIT:
+            attempt_id = await self._refunded_attempt(body)
         row: dict[str, Any] = {
             "provider": provider, "received_at": self._clock.now(),
             "raw_body": raw_text if verified else untrusted_text(raw_text, raw),
             "headers": {h: headers[h] for h in KEPT_HEADERS if h in headers},
             "verified": verified,
-            "attempt_id": claimed_attempt(provider, body) if body is not None else None,
+            "attempt_id": attempt_id,
             "outcome": None if problem is None else f"malformed: {problem}"[:500],
         }
         now = row["received_at"]
@@ -300,6 +317,22 @@ class ProviderWebhooks:
             span.set_attributes({"lunas.delivery_id": receipt.delivery_id,
                                  "lunas.duplicate": receipt.duplicate})
             return receipt
+
+    async def _refunded_attempt(self, body: Mapping[str, Any]) -> str | None:
+        """The attempt a verified Xendit refund callback is about, found by the payment's
+        Xendit id (``provider_ref``): the refund names no reference of ours. Only a verified
+        callback looks (``provider_ref`` has no index; a forger must not buy a scan per
+        request), and what it finds only asks for a status read."""
+        refs = xendit.refunded_payment_refs(body)
+        if not refs:
+            return None
+        async with self._db.read() as conn:
+            found = (await conn.execute(
+                sa.select(payment_attempts.c.id)
+                .where(payment_attempts.c.provider == XENDIT,
+                       payment_attempts.c.provider_ref.in_(refs))
+                .order_by(payment_attempts.c.created_at).limit(1))).scalar_one_or_none()
+        return str(found) if found is not None else None
 
     async def _order_trace(self, provider: str, attempt_id: str | None) -> Any:
         """The trace context of the order a delivery names, so its receipt joins the order's

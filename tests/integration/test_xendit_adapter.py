@@ -31,6 +31,7 @@ from orchestrator.rails.xendit import (
     XenditProvider,
     callback_reference,
     callback_status,
+    refunded_payment_refs,
     verify_callback_token,
 )
 from tests.support import free_port
@@ -455,6 +456,87 @@ def test_a_refunded_charge_reports_the_payment_it_took_back() -> None:
         "updated": "2025-03-10T02:05:40.120Z"}})
     assert (reported.status, reported.paid_amount, reported.raw_status) == (
         NeutralStatus.REFUNDED, 125_000, "REFUNDED")
+
+
+async def test_partial_refunds_read_as_refunds_with_the_running_total(
+    provider: XenditProvider, sim: XenditSim, http: httpx.AsyncClient,
+) -> None:
+    """A paid DANA charge is refunded in part, then in full, at Xendit. Each read reports
+    ``refunded`` with the payment (its capture) and how much went back so far (the charge's
+    ``refunded_amount``, RAILS.md §2.4): 40000, then all 150000. Before: ``refunded_amount``
+    was never read, so a partly refunded charge (still ``SUCCEEDED``) read as plain paid and
+    nobody heard of the refund."""
+    request = charge("dana")
+    instrument = await provider.create(request)
+    assert (await pay(http, sim, request, instrument.provider_ref)).status_code == 200
+    read = await provider.status(request.reference, instrument.provider_ref, request.route)
+    assert (read.status, read.reversed_amount) == (NeutralStatus.PAID, None)
+    seen = []
+    for amount in (40_000, 110_000):
+        r = await http.post(f"{sim.control_url}/refund",
+                            json={"id": instrument.provider_ref, "amount": amount})
+        assert r.status_code == 200, r.text
+        read = await provider.status(request.reference, instrument.provider_ref, request.route)
+        seen.append((read.status, read.raw_status, read.paid_amount, read.reversed_amount))
+    assert seen == [
+        (NeutralStatus.REFUNDED, "PARTIALLY_REFUNDED", 150_000, 40_000),
+        (NeutralStatus.REFUNDED, "REFUNDED", 150_000, 150_000)]
+    more = await http.post(f"{sim.control_url}/refund",
+                           json={"id": instrument.provider_ref, "amount": 1})
+    assert more.status_code == 400, more.text  # nothing left to refund
+
+
+@pytest.mark.parametrize(("charge_fields", "want"), [
+    ({"status": "SUCCEEDED", "refunded_amount": None},
+     (NeutralStatus.PAID, "SUCCEEDED", None)),
+    ({"status": "SUCCEEDED", "refunded_amount": 0}, (NeutralStatus.PAID, "SUCCEEDED", None)),
+    ({"status": "SUCCEEDED", "refunded_amount": 25_000},
+     (NeutralStatus.REFUNDED, "PARTIALLY_REFUNDED", 25_000)),
+    ({"status": "SUCCEEDED", "refunded_amount": 125_000},
+     (NeutralStatus.REFUNDED, "REFUNDED", 125_000)),
+    ({"status": "REFUNDED", "refunded_amount": 125_000},
+     (NeutralStatus.REFUNDED, "REFUNDED", 125_000)),
+    # Refunded, by how much unknown: the refund is not lost over it (a person is asked).
+    ({"status": "REFUNDED", "refunded_amount": "a lot"},
+     (NeutralStatus.REFUNDED, "REFUNDED", None)),
+], ids=["none", "zero", "partial", "all-still-succeeded", "refunded", "refunded-unreadable"])
+def test_an_e_wallet_charge_says_how_much_of_it_went_back(
+    charge_fields: dict[str, Any], want: tuple[NeutralStatus, str, int | None],
+) -> None:
+    """An ``ewallet.capture`` callback carries the same charge object a read does."""
+    reported = callback_status({"event": "ewallet.capture", "business_id": "b1", "data": {
+        "id": "ewc_1", "reference_id": "att_1", "currency": "IDR", "charge_amount": 125_000,
+        "capture_amount": 125_000, "updated": "2025-03-10T02:05:40.120Z", **charge_fields}})
+    assert (reported.status, reported.raw_status, reported.reversed_amount) == want
+    assert reported.paid_amount == 125_000
+
+
+def test_a_succeeded_charge_whose_refunded_amount_cannot_be_read_is_not_taken_for_paid() -> None:
+    """Taken for no refund, a refund would pass as a plain payment: the answer is unreadable."""
+    with pytest.raises(ValueError, match="malformed"):
+        callback_status({"event": "ewallet.capture", "data": {
+            "id": "ewc_1", "status": "SUCCEEDED", "capture_amount": 125_000,
+            "refunded_amount": -5}})
+
+
+def test_a_refund_callback_names_the_payment_by_xendits_ids_and_a_failed_one_moves_nothing(
+) -> None:
+    """Xendit's Refund API callback (XDOC refund-webhook-notification): ``data`` is the refund;
+    its ``reference_id`` is the refund's own, so the payment is named by Xendit's ids. The
+    page's example nests a second envelope in ``data``; both shapes read alike."""
+    refund = {"id": "rfd-1", "payment_id": "ewc_1", "payment_request_id": None,
+              "reference_id": "refund-7", "amount": 10_000, "status": "SUCCEEDED",
+              "currency": "IDR", "payment_method_type": "EWALLET"}
+    for body in ({"event": "refund.succeeded", "data": refund},
+                 {"event": "refund.succeeded", "data": {"event": "refund.succeeded",
+                                                        "data": refund}}):
+        reported = callback_status(body)
+        assert (reported.status, reported.provider_ref, reported.raw_status) == (
+            NeutralStatus.REFUNDED, "ewc_1", "refund.succeeded")
+        assert reported.paid_amount is None and reported.reversed_amount is None
+        assert refunded_payment_refs(body) == ("ewc_1",)
+    with pytest.raises(ValueError, match="no money moved"):
+        callback_status({"event": "refund.failed", "data": {**refund, "status": "FAILED"}})
 
 
 async def test_a_business_validation_error_is_refused(provider: XenditProvider) -> None:

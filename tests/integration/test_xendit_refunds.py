@@ -1,0 +1,156 @@
+"""Refunds made at Xendit, outside Lunas, reach a person and the merchant as Midtrans's do.
+
+A paid e-wallet charge refunded in part (in Xendit's dashboard, say) still says ``SUCCEEDED``;
+only its ``refunded_amount`` tells. Each refund opens one ``refunded_at_provider`` case for what
+it took back, the order stays ``paid`` (no edge leaves paid), and the merchant hears
+``review_case.opened``; reading the charge again changes nothing.
+
+Runs the real service with both simulators (the ``stack`` of test_provider_webhooks), on the
+session's PostgreSQL and Redis; the worker's relay and verifier run in-process.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+from orchestrator.store.tables import evidence, outbox, provider_deliveries
+from tests.integration.test_failover import Stack, sims  # noqa: F401
+from tests.integration.test_provider_webhooks import (  # noqa: F401
+    make_due,
+    order_and_attempt,
+    order_state,
+    outcomes,
+    review,
+    run_relay,
+    run_verifier,
+    settled_quietly,
+    sim_post,
+    stack,
+    wait_for,
+)
+
+REFUNDED = ("refunded_at_provider", "check_at_source")
+
+
+async def paid_xendit_ewallet_order(stack: Stack) -> tuple[str, Any]:  # noqa: F811
+    """A DANA order paid through Xendit, its capture callback applied."""
+    order_id, attempt = await order_and_attempt(stack, "ewallet", "dana", "ewallet:xendit:dana")
+    await sim_post(stack.sims.xendit.control_url, "/pay", {
+        "kind": "ewallet", "reference_id": attempt.id, "amount": attempt.transfer_amount})
+    await run_relay(stack.container, order_state(stack, order_id), "paid")
+    return order_id, attempt
+
+
+async def refund_at_xendit(stack: Stack, attempt: Any, amount: int, *,  # noqa: F811
+                           notify: bool) -> dict[str, Any]:
+    refunded: dict[str, Any] = await sim_post(stack.sims.xendit.control_url, "/refund", {
+        "reference_id": attempt.id, "amount": amount, "notify": notify})
+    return refunded
+
+
+async def refund_callbacks(stack: Stack, attempt: Any) -> list[dict[str, Any]]:  # noqa: F811
+    async with httpx.AsyncClient() as c:
+        sent = (await c.get(f"{stack.sims.xendit.control_url}/callbacks")).json()
+    return [s["body"] for s in sent if s["event"] == "refund.succeeded"
+            and s["body"]["data"]["payment_id"] == attempt.provider_ref]
+
+
+async def merchant_told(stack: Stack, order_id: str) -> list[tuple[str, int, str]]:  # noqa: F811
+    async with stack.container.db.read() as conn:
+        told = (await conn.execute(sa.select(outbox.c.payload).where(
+            outbox.c.aggregate_id == order_id,
+            outbox.c.event_type == "review_case.opened").order_by(outbox.c.id))).scalars().all()
+    return [(t["reason"], t["amount"], t["provider_status"]) for t in told]
+
+
+async def reversal_evidence(stack: Stack, attempt_id: str) -> list[int]:  # noqa: F811
+    async with stack.container.db.read() as conn:
+        return sorted(int(a) for a in (await conn.execute(sa.select(evidence.c.amount).where(
+            evidence.c.attempt_id == attempt_id,
+            evidence.c.verdict == "refunded_at_provider"))).scalars())
+
+
+async def refund_deliveries(stack: Stack, attempt: Any) -> int:  # noqa: F811
+    async with stack.container.db.read() as conn:
+        return int((await conn.execute(sa.select(sa.func.count()).select_from(
+            provider_deliveries).where(provider_deliveries.c.attempt_id == attempt.id,
+                                       provider_deliveries.c.event_key.like("xendit:refund:%"))
+        )).scalar_one())
+
+
+async def test_each_partial_refund_of_a_paid_xendit_e_wallet_order_opens_one_case_for_its_amount(
+    stack: Stack,  # noqa: F811
+) -> None:
+    """The merchant refunds 20000 of a paid 125000 DANA payment at Xendit, then 30000 more.
+    Xendit's ``refund.succeeded`` callback names the payment by its ``ewc_`` id, not by our
+    reference; it is matched to the attempt and confirmed by a status read, which says how much
+    went back so far. Two cases, for 20000 and the 30000 more; the order stays paid; the
+    merchant hears each. The same callback again, or another refund callback when nothing more
+    went back, opens nothing. Before: the refund callback was stored as naming no attempt
+    ("ignored"), and a read said SUCCEEDED, paid: nobody heard of either refund."""
+    order_id, attempt = await paid_xendit_ewallet_order(stack)
+    for count, amount in enumerate((20_000, 30_000), start=1):
+        await refund_at_xendit(stack, attempt, amount, notify=True)
+        await wait_for(lambda: refund_deliveries(stack, attempt), count)
+        await settled_quietly(stack, attempt.id)
+    assert (await order_state(stack, order_id)()) == "paid"
+    assert sorted(await review(stack, order_id)) == [(*REFUNDED, 20_000), (*REFUNDED, 30_000)]
+    assert await merchant_told(stack, order_id) == [
+        ("refunded_at_provider", 20_000, "PARTIALLY_REFUNDED"),
+        ("refunded_at_provider", 30_000, "PARTIALLY_REFUNDED")]
+    # Xendit repeats the last callback, and a callback of a refund that moved nothing more
+    # arrives (another refund id): both read the same 50000, and change nothing.
+    last = (await refund_callbacks(stack, attempt))[-1]
+    again = {**last, "data": {**last["data"], "id": "rfd-replayed"}}
+    token = stack.container.settings.providers.xendit_callback_token
+    for body in (last, again):
+        r = await stack.client.post("/v1/webhooks/xendit", content=json.dumps(body),
+                                    headers={"x-callback-token": token})
+        assert r.status_code == 200, r.text
+    await settled_quietly(stack, attempt.id)
+    assert len(await review(stack, order_id)) == 2
+    assert await reversal_evidence(stack, attempt.id) == [20_000, 30_000]
+    assert [o for v, o in await outcomes(stack, attempt.id) if v][-1] == (
+        "status read: provider says PARTIALLY_REFUNDED; reversal already recorded")
+    assert (await order_state(stack, order_id)()) == "paid"
+
+
+async def test_a_partial_refund_found_by_a_status_read_settles_and_opens_a_case_for_the_refund(
+    stack: Stack,  # noqa: F811
+) -> None:
+    """The capture callback was lost, and the merchant refunded 20000 of the payment at Xendit
+    before Lunas read the charge. The read says ``SUCCEEDED`` with ``refunded_amount`` 20000:
+    paid, then partly refunded. Both are facts: the payment settles the order once, and one
+    ``refunded_at_provider`` case opens for 20000. Reading it again changes nothing. Before:
+    the read said paid and the refund reached nobody."""
+    await sim_post(stack.sims.xendit.control_url, "/config", {"callback_url": None})
+    order_id, attempt = await order_and_attempt(stack, "ewallet", "dana", "ewallet:xendit:dana")
+    await sim_post(stack.sims.xendit.control_url, "/pay", {
+        "kind": "ewallet", "reference_id": attempt.id, "amount": attempt.transfer_amount})
+    await refund_at_xendit(stack, attempt, 20_000, notify=False)
+    await make_due(stack, attempt.id)
+    await run_verifier(stack.container, order_state(stack, order_id), "paid")
+    await wait_for(lambda: review(stack, order_id), [(*REFUNDED, 20_000)])
+    async with stack.container.db.read() as conn:
+        verdicts = sorted(e.verdict for e in await conn.execute(
+            sa.select(evidence).where(evidence.c.order_id == order_id)))
+    assert verdicts == ["refunded_at_provider", "settle"]
+    # The verifier reads a paid attempt no more; the refund's callback, delivered late, asks
+    # for a read of its own, which finds the same 20000 and records nothing new.
+    token = stack.container.settings.providers.xendit_callback_token
+    late = {"event": "refund.succeeded", "business_id": "b1", "created": "2025-03-10T03:00:00Z",
+            "data": {"id": "rfd-late", "payment_id": attempt.provider_ref, "amount": 20_000,
+                     "payment_method_type": "EWALLET", "currency": "IDR", "status": "SUCCEEDED",
+                     "reference_id": "refund-by-merchant"}}
+    r = await stack.client.post("/v1/webhooks/xendit", content=json.dumps(late),
+                                headers={"x-callback-token": token})
+    assert r.status_code == 200, r.text
+    await settled_quietly(stack, attempt.id)
+    assert [o for v, o in await outcomes(stack, attempt.id) if v] == [
+        "status read: provider says PARTIALLY_REFUNDED; reversal already recorded"]
+    assert await review(stack, order_id) == [(*REFUNDED, 20_000)]
+    assert await reversal_evidence(stack, attempt.id) == [20_000]
