@@ -320,9 +320,9 @@ class ProviderWebhooks:
 
     async def _refunded_attempt(self, body: Mapping[str, Any]) -> str | None:
         """The attempt a verified Xendit refund callback is about, found by the payment's
-        Xendit id (``provider_ref``): the refund names no reference of ours. Only a verified
-        callback looks (``provider_ref`` has no index; a forger must not buy a scan per
-        request), and what it finds only asks for a status read."""
+        Xendit id (``provider_ref``, ``ix_payment_attempts_provider_ref``): the refund names no
+        reference of ours. Only a verified callback looks, and what it finds only asks for a
+        status read."""
         refs = xendit.refunded_payment_refs(body)
         if not refs:
             return None

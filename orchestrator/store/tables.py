@@ -184,6 +184,14 @@ sa.Index(
     postgresql_where=payment_attempts.c.next_check_at.is_not(None),
     sqlite_where=payment_attempts.c.next_check_at.is_not(None),
 )
+# A refund callback names the payment by the provider's id, not by ours (rails/xendit.py).
+sa.Index(
+    "ix_payment_attempts_provider_ref",
+    payment_attempts.c.provider,
+    payment_attempts.c.provider_ref,
+    postgresql_where=payment_attempts.c.provider_ref.is_not(None),
+    sqlite_where=payment_attempts.c.provider_ref.is_not(None),
+)
 sa.Index(
     "ix_payment_attempts_deferred_on",
     payment_attempts.c.deferred_on,

@@ -174,6 +174,8 @@ _PAID_ORDER = [
     ("0016", "0017", ["outbox"], ["outbox"]),
     # 0018 builds the outbox index of each merchant's pending events by type, for the claim.
     ("0017", "0018", ["outbox"], ["outbox"]),
+    # 0019 builds the index of attempts by the provider's id; every capture writes an attempt.
+    ("0018", "0019", ["payment_attempts"], ["payment_attempts"]),
 ])
 async def test_a_postgresql_migration_waiting_for_a_long_transaction_lets_writers_through(
     start: str, target: str, held: list[str], written: list[str],
