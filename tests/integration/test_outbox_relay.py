@@ -656,6 +656,56 @@ async def test_an_orders_new_webhook_has_its_earlier_one_waiting_for_a_retry_tri
     assert endpoint.problems == []
 
 
+async def test_writing_webhooks_brings_forward_only_their_orders_earlier_ones_waiting_for_a_retry(
+    private: AsyncEngine,
+) -> None:
+    """What one ``add_events`` call of several events brings forward, on every database
+    (PostgreSQL runs the UPDATE inside each row's INSERT, SQLite before all of them): each
+    order a new webhook is written for has its earlier webhooks waiting for a retry due now,
+    once, however many of its webhooks the call writes. Left alone: an order that only gets a
+    job (not a webhook), a webhook written to start later (never tried), a leased one (in
+    flight), and the new events themselves, one of which starts in an hour."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    later = now + timedelta(hours=1)
+
+    async def webhook(order: str, event_type: str = ORDER_PAYMENT_PENDING, **row: Any) -> str:
+        [event_id] = await add_outbox_events(private, 1, merchant_id=f"mch_{order}",
+                                             aggregate_id=order, event_type=event_type)
+        async with private.begin() as conn:
+            await conn.execute(outbox.update().where(outbox.c.event_id == event_id)
+                               .values(available_at=later, **row))
+        return event_id
+
+    waiting_a, waiting_b = await webhook("ord_a", attempts=1), await webhook("ord_b", attempts=3)
+    waiting_c = await webhook("ord_c", attempts=1)  # its order only gets a job
+    untried = await webhook("ord_d")  # written to start in an hour: attempts 0
+    leased = await webhook("ord_d", ORDER_EXPIRED, attempts=1, lease_owner="w-elsewhere",
+                           lease_expires_at=later)
+    async with private.begin() as conn:
+        await add_events(conn, [
+            PendingEvent(event_type=ORDER_PAID, aggregate_id="ord_a", merchant_id="mch_ord_a",
+                         payload={}, event_id="evt_paid_a"),
+            PendingEvent(event_type=ORDER_NEEDS_REVIEW, aggregate_id="ord_a",
+                         merchant_id="mch_ord_a", payload={}, available_at=later),
+            PendingEvent(event_type=ORDER_PAID, aggregate_id="ord_b", merchant_id="mch_ord_b",
+                         payload={}),
+            PendingEvent(event_type=ATTEMPT_VERIFY, aggregate_id="ord_c", merchant_id=None,
+                         payload={}),
+            PendingEvent(event_type=ORDER_PAID, aggregate_id="ord_d", merchant_id="mch_ord_d",
+                         payload={}),
+        ], now=now)
+    rows = {r.event_id: r for r in await rows_where(private, outbox.c.id > 0)}
+    assert {e: (rows[e].available_at, rows[e].attempts) for e in (
+        waiting_a, waiting_b, waiting_c, untried, leased)} == {
+        waiting_a: (now, 1), waiting_b: (now, 3), waiting_c: (later, 1), untried: (later, 0),
+        leased: (later, 1)}
+    written = sorted((r.aggregate_id, r.event_type, r.available_at, r.attempts)
+                     for r in rows.values() if r.created_at == now)
+    assert written == [("ord_a", ORDER_NEEDS_REVIEW, later, 0), ("ord_a", ORDER_PAID, now, 0),
+                       ("ord_b", ORDER_PAID, now, 0), ("ord_c", ATTEMPT_VERIFY, now, 0),
+                       ("ord_d", ORDER_PAID, now, 0)]
+
+
 async def test_the_relay_claims_again_as_soon_as_a_slot_is_free(engine: AsyncEngine) -> None:
     """A handler that takes its time holds its own slot, not the relay: an event due meanwhile
     starts at once. Stopping then lets the handler in flight finish and records it."""
