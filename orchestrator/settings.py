@@ -199,6 +199,12 @@ class VerificationSettings:
     batch: int = 200
     concurrency: int = 16
     """Status reads one worker has in flight at once (each waits for its paced slot)."""
+    confirm_wait: timedelta = timedelta(seconds=2)
+    """How long the status read confirming a signed Midtrans payment notification may wait for
+    a slot of the provider's status pace. It runs in a relay slot: under a burst of
+    notifications, reads waiting their turn there would hold every slot and starve the other
+    jobs. One whose slot is further off hands the attempt to the verifier, brought forward
+    (``provider_webhooks._confirm_now``). 0: only a slot free now."""
     claim: timedelta = timedelta(seconds=60)
     """A claimed check not finished by then (worker killed) becomes due again."""
 
@@ -447,6 +453,8 @@ class Settings:
                                  _Range(low=0, high=1, high_open=True)),
                 interval=e.seconds("LUNAS_VERIFY_INTERVAL", 0.5),
                 concurrency=e.int("LUNAS_VERIFY_CONCURRENCY", 16),
+                # Longer would hold a relay slot for most of a handler's timeout.
+                confirm_wait=e.seconds("LUNAS_CONFIRM_READ_WAIT", 2, _Range(low=0, high=30)),
             ),
             telemetry=TelemetrySettings(
                 otlp_endpoint=(e.str("LUNAS_OTLP_ENDPOINT", "")

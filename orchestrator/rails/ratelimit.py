@@ -17,14 +17,22 @@ sleep exactly until their turn instead of polling. A reservation further ahead t
 is refused (nothing is reserved) and the caller asks again later, so a stalled caller cannot
 book the provider's capacity for minutes ahead.
 
+A caller with something better to do than wait (a relay handler, whose slot other jobs need)
+asks ``within`` a bound instead: the same script reserves a slot only if it comes that soon, and
+otherwise reserves nothing and ``PaceBusy`` says when the next one would have come, so giving up
+costs the provider's pace nothing. The bound covers the reservation, the caller's turn; the
+send-time admission after it waits only for scheduling jitter, since a slot reserved and then
+abandoned would be a slot nobody uses.
+
 A provider that answers 429 with ``Retry-After`` asks for silence, not a slower pace: ``pause``
 records "no requests to this provider until then" (``<prefix>pace:<bucket>:paused``, a key that
 lives as long as the pause) and ``paused_for`` tells every process, so no worker spends another
 request the provider will refuse. A pause is never shortened by a later, shorter one.
 
 Without Redis (the embedded default, or Redis down) each process paces itself alone with the same
-algorithm on its monotonic clock, and keeps its pauses to itself; several processes then add up,
-which the fallback metric (``lunas_breaker_redis_fallback``) and a log line make visible.
+algorithm on its monotonic clock (bounded asks included), and keeps its pauses to itself; several
+processes then add up, which the fallback metric (``lunas_breaker_redis_fallback``) and a log line
+make visible.
 """
 
 from __future__ import annotations
@@ -87,6 +95,15 @@ if ttl < tonumber(ARGV[1]) then
 end
 return 0
 """
+
+
+class PaceBusy(Exception):
+    """No slot of ``bucket``'s pace within the caller's bound; nothing was reserved. ``wait``:
+    seconds until the slot the caller would have had."""
+
+    def __init__(self, bucket: str, wait: float) -> None:
+        super().__init__(f"no {bucket} slot soon enough: the next is {wait:.1f} s away")
+        self.bucket, self.wait = bucket, wait
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,23 +187,25 @@ class RequestPacer:
         return self._paces.get(bucket)
 
     async def acquire(self, bucket: str, tokens: int = 1,
-                      before_send: Callable[[], Awaitable[bool]] | None = None) -> bool:
+                      before_send: Callable[[], Awaitable[bool]] | None = None, *,
+                      within: float | None = None) -> bool:
         """Wait for ``tokens`` requests' worth of the bucket's pace. A bucket with no configured
         pace is unlimited. ``before_send`` runs once the reserved slot has come and before the
         send-time admission (so its own latency, a database round trip, never sits between
         admission and the request); if it answers False nothing is admitted and ``acquire``
-        returns False."""
+        returns False. ``within``: take a slot only if it comes within that many seconds, else
+        raise ``PaceBusy`` at once, having reserved nothing."""
         pace = self._paces.get(bucket)
         if pace is None or tokens <= 0:
             return before_send is None or await before_send()
-        while True:
-            wait_us = await self._reserve(bucket, pace, tokens)
-            if wait_us >= 0:
-                if wait_us:
-                    await asyncio.sleep(wait_us / 1_000_000)
-                break
-            # Refused: the slot is too far ahead. Sleep part of the way and ask again.
-            await asyncio.sleep(min(-wait_us, self._max_wait_us) / 1_000_000)
+        if within is None:
+            await self._wait_for_turn(bucket, pace, tokens)
+        else:
+            wait_us = await self._reserve(bucket, pace, tokens, max(0, round(within * 1e6)))
+            if wait_us < 0:
+                raise PaceBusy(bucket, -wait_us / 1_000_000)
+            if wait_us:
+                await asyncio.sleep(wait_us / 1_000_000)
         if before_send is not None and not await before_send():
             return False
         admitted = 0
@@ -197,6 +216,16 @@ class RequestPacer:
             else:
                 admitted += 1
         return True
+
+    async def _wait_for_turn(self, bucket: str, pace: Pace, tokens: int) -> None:
+        while True:
+            wait_us = await self._reserve(bucket, pace, tokens, self._max_wait_us)
+            if wait_us >= 0:
+                if wait_us:
+                    await asyncio.sleep(wait_us / 1_000_000)
+                return
+            # Refused: the slot is too far ahead. Sleep part of the way and ask again.
+            await asyncio.sleep(min(-wait_us, self._max_wait_us) / 1_000_000)
 
     async def pause(self, bucket: str, seconds: float) -> None:
         """No requests to ``bucket`` for ``seconds`` (its provider said 429, Retry-After), in
@@ -237,14 +266,16 @@ class RequestPacer:
                 self._redis_pause.failed(exc)
         return self._local.setdefault(bucket, _LocalBucket()).admit(pace)
 
-    async def _reserve(self, bucket: str, pace: Pace, tokens: int) -> int:
+    async def _reserve(self, bucket: str, pace: Pace, tokens: int, max_wait_us: int) -> int:
+        """Microseconds until the reserved slot, or minus that when it is further than
+        ``max_wait_us`` (then nothing is reserved), in Redis or, without it, here alone."""
         if self._script is not None and self._redis_pause.may_try:
             try:
                 return int(await self._script(
                     keys=[f"{self._prefix}pace:{bucket}"],
                     args=[pace.interval_us, (pace.burst - 1) * pace.interval_us, tokens,
-                          self._max_wait_us]))
+                          max_wait_us]))
             except (RedisError, OSError) as exc:
                 self._redis_pause.failed(exc)
         local = self._local.setdefault(bucket, _LocalBucket())
-        return local.reserve(pace, tokens, self._max_wait_us)
+        return local.reserve(pace, tokens, max_wait_us)

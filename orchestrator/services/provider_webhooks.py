@@ -29,7 +29,16 @@ code 200, as it does ``settlement``, and signs neither status, so a genuine canc
 ``settlement`` verifies. For an attempt Lunas may have cancelled (superseded, expired, failed)
 the read is the verifier's or a queued one (``_confirm_first``); for a live one (cancelled in
 the Midtrans dashboard, outside Lunas, say) it is made at once (``_confirm_now``), so a genuine
-payment settles as promptly as before, and a cancelled one closes the attempt instead.
+payment settles as promptly as before, and a cancelled one closes the attempt instead. That read
+runs in a relay slot and draws on Midtrans's shared status pace: it waits for a paced slot at
+most ``confirm_wait`` (``LUNAS_CONFIRM_READ_WAIT``, 2 s). Under a burst of notifications (a
+flash sale) reads waiting their turn would otherwise fill the relay's slots, and every other job
+(merchant webhooks, cancels, Xendit deliveries) would wait behind them; settlement is capped at
+the pace either way. A read whose slot is further off, like one that cannot run (breaker open,
+429, failed), hands the attempt to the verifier, brought forward (``_ask_verifier``): the
+payment settles when the verifier's read confirms it, never on the unsigned status alone.
+``lunas_payment_confirmations_total{outcome}`` counts reads made, ``pace_busy`` and
+``read_failed``; the delivery's outcome says which.
 EXPIRED / FAILED move the attempt only while it is live (active, superseded, unknown) — never
 backwards, so a ``pending`` or an ``expire`` after ``settlement`` changes nothing; PENDING
 changes nothing. REFUNDED / CHARGED_BACK (money that went back) is confirmed by a status read,
@@ -81,6 +90,7 @@ from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails import midtrans, xendit
 from orchestrator.rails.base import NeutralStatus, ProviderStatus, Rail
 from orchestrator.rails.errors import RailError, Throttled, Unreadable
+from orchestrator.rails.ratelimit import PaceBusy
 from orchestrator.rails.router import RouteUnavailable
 from orchestrator.services.order_view import iso
 from orchestrator.services.payment_failed import lock_order_of, tell_if_nothing_left_to_pay
@@ -100,6 +110,7 @@ from orchestrator.services.status_reads import (
 from orchestrator.store.database import Database, upsert_insert
 from orchestrator.store.tables import orders, payment_attempts, provider_deliveries
 from orchestrator.telemetry import tracing
+from orchestrator.telemetry.metrics import Metrics
 
 log = logging.getLogger("lunas.provider_webhooks")
 
@@ -258,12 +269,16 @@ class ProviderWebhooks:
     def __init__(self, db: Database, reads: StatusReads, clock: Clock, *,
                  midtrans_server_key: str, xendit_callback_token: str,
                  quarantine: timedelta, claim_lease: timedelta = timedelta(seconds=60),
-                 schedule: VerificationSchedule | None = None) -> None:
+                 schedule: VerificationSchedule | None = None,
+                 confirm_wait: timedelta = timedelta(seconds=2),
+                 metrics: Metrics | None = None) -> None:
         self._db, self._reads, self._clock = db, reads, clock
         self._schedule = schedule or VerificationSchedule()
         self._server_key, self._callback_token = midtrans_server_key, xendit_callback_token
         # The verifier's claim lease: a read due within it may be in flight already.
         self._quarantine, self._claim_lease = quarantine, claim_lease
+        self._confirm_wait = confirm_wait
+        self._confirmations = (metrics or Metrics()).payment_confirmations
 
     def handlers(self) -> dict[str, Any]:
         return {events.PROVIDER_DELIVERY: self.on_delivery,
@@ -590,15 +605,27 @@ class ProviderWebhooks:
         applied yet. So the provider's status answers, read now: paid settles exactly as the
         notification would have (same evidence key, the amount Midtrans reports); cancelled or
         expired closes the attempt as its own notification would. A read that cannot run now
-        (breaker open, throttled, failed) leaves it to the verifier, brought forward: the payment
-        waits for Midtrans's word, never settles on the unsigned status alone."""
+        (breaker open, throttled, failed), or whose paced slot is more than ``confirm_wait``
+        away (it would hold this relay slot while it waits), leaves it to the verifier, brought
+        forward: the payment waits for Midtrans's word, never settles on the unsigned status
+        alone."""
+        unconfirmed = "signed payment on a live attempt: not applied"
         try:
-            status = await self._reads.read(attempt)
-        except (RouteUnavailable, RailError) as exc:
+            status = await self._reads.read(attempt,
+                                            within=self._confirm_wait.total_seconds())
+        except PaceBusy as exc:
+            self._confirmations.labels(attempt.provider, "pace_busy").inc()
             await self._ask_verifier(delivery_id, attempt.id, (
-                f"signed payment on a live attempt: not applied, the status read confirming it "
-                f"failed ({type(exc).__name__})"))
+                f"{unconfirmed}, no slot of the {attempt.provider} status pace within "
+                f"{self._confirm_wait.total_seconds():g} s (next in {exc.wait:.1f} s): "
+                f"the verifier confirms it"))
             return
+        except (RouteUnavailable, RailError) as exc:
+            self._confirmations.labels(attempt.provider, "read_failed").inc()
+            await self._ask_verifier(delivery_id, attempt.id, (
+                f"{unconfirmed}, the status read confirming it failed ({type(exc).__name__})"))
+            return
+        self._confirmations.labels(attempt.provider, "read").inc()
         if status.status is NeutralStatus.PAID:
             await self._settle(attempt, status, delivery_id=delivery_id,
                                details={"delivery_id": delivery_id, "event_key": event_key,

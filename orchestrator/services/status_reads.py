@@ -4,6 +4,9 @@ Two rules meet in one place so no caller can forget either:
 
 - **Paced.** Status requests to a provider draw from its shared token bucket (``RequestPacer``)
   *before* the breaker admits the call, so waiting for a slot is never timed as a slow call.
+  A caller that must not wait long (a relay handler confirming a payment notification, whose
+  relay slot other jobs need) passes ``within``: no slot that soon raises ``PaceBusy`` with
+  nothing reserved and nothing sent, and the caller hands the read to the verifier.
 - **Deferred, not failed.** When the route's breaker refuses, the caller gets ``RouteUnavailable``
   and records the attempt as deferred on that route (``defer``); the verifier makes every deferred
   attempt of a route due at once when its breaker closes again.
@@ -124,10 +127,12 @@ class StatusReads:
         return self._guard.retry_at(route_key)
 
     async def read(self, attempt: Any,
-                   still_wanted: Callable[[], Awaitable[bool]] | None = None) -> ProviderStatus:
+                   still_wanted: Callable[[], Awaitable[bool]] | None = None, *,
+                   within: float | None = None) -> ProviderStatus:
         """The provider's word on ``attempt``; ``RouteUnavailable`` when its breaker refuses,
         a ``RailError`` when the read itself failed, ``ReadAbandoned`` when ``still_wanted``
-        (asked once the paced slot is ours, since the wait may be long) says no."""
+        (asked once the paced slot is ours, since the wait may be long) says no, ``PaceBusy``
+        when ``within`` seconds bring no slot of the provider's pace (nothing was sent)."""
         route = route_of(attempt)
         if self._guard.refuses_now(route.key):
             # Spend no paced slot on a call that cannot go: in half-open, every read beyond the
@@ -138,7 +143,7 @@ class StatusReads:
         await self._not_paused(attempt.provider)
         if not await self._pacer.acquire(attempt.provider,
                                          provider.status_requests(attempt.provider_ref, route),
-                                         before_send=still_wanted):
+                                         before_send=still_wanted, within=within):
             raise ReadAbandoned(attempt.id)
         await self._not_paused(attempt.provider)  # another read may have been told 429 meanwhile
         async with self._guard.guard(route.key) as call:

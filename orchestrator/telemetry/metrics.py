@@ -115,6 +115,16 @@ class Metrics:
             "429, retried at Retry-After, unreadable: answered but not understood).",
             ["provider", "outcome"], registry=self.registry,
         )
+        self.payment_confirmations = Counter(
+            "lunas_payment_confirmations_total",
+            "Signed payment notifications on a live attempt, by provider and how the status read "
+            "confirming them went: read (the provider answered at once), pace_busy (no slot of "
+            "the provider's status pace within LUNAS_CONFIRM_READ_WAIT: handed to the verifier, "
+            "brought forward), read_failed (breaker open, 429, error: handed to the verifier).",
+            ["provider", "outcome"], registry=self.registry,
+        )
+        for outcome in ("read", "pace_busy", "read_failed"):
+            self.payment_confirmations.labels("midtrans", outcome)
         self.verification_released = Counter(
             "lunas_verification_released_total",
             "Deferred status reads made due again because the route's breaker let calls through.",

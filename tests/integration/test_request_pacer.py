@@ -1,5 +1,6 @@
 """The shared request pace: several processes drawing on one Redis bucket keep, together, to the
-provider's limit; without Redis each paces itself."""
+provider's limit; without Redis each paces itself. A caller that will not wait long asks within
+a bound, and a refused ask reserves nothing, with Redis or without."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import asyncio
 import time
 import uuid
 
+import pytest
 import redis.asyncio as aioredis
 
 from orchestrator.bootstrap import Container
-from orchestrator.rails.ratelimit import Pace, RequestPacer
+from orchestrator.rails.ratelimit import Pace, PaceBusy, RequestPacer
 
 PACE = Pace(per_minute=1_200, headroom=0.0)  # 20 a second
 
@@ -136,5 +138,51 @@ async def test_without_redis_a_pause_holds_in_its_own_process() -> None:
     try:
         await pacer.pause("xendit", 60)  # a failed connect may itself take seconds
         assert 45 < await pacer.paused_for("xendit") <= 60
+    finally:
+        await dead.aclose()
+
+
+SLOW = Pace(per_minute=6, headroom=0.0)  # one every 10 s: a slot is far off after the first
+
+
+async def _bounded_asks(pacer: RequestPacer) -> None:
+    """A bounded ask takes a slot that comes within its bound, and otherwise reserves nothing:
+    however many are refused, the next slot stays where the last taken one put it."""
+    assert await pacer.acquire("midtrans", within=0) is True  # an idle pace: a slot now
+    waits: list[float] = []
+    for _ in range(5):
+        with pytest.raises(PaceBusy) as refused:
+            await pacer.acquire("midtrans", within=5)
+        waits.append(refused.value.wait)
+    # Each refusal saw the same next slot, one interval after the first (had a refused ask
+    # reserved, the fifth would have been told 50 s).
+    assert all(5 < w <= 10 for w in waits), waits
+    assert waits == sorted(waits, reverse=True), waits
+
+
+async def test_a_bounded_ask_reserves_a_slot_only_if_it_comes_soon(container: Container) -> None:
+    url = container.settings.redis.url
+    assert url is not None
+    prefix = f"{container.settings.redis.key_prefix}bound{uuid.uuid4().hex[:6]}:"
+    client = aioredis.Redis.from_url(url)
+    try:
+        pacer = RequestPacer({"midtrans": SLOW}, redis=client, key_prefix=prefix)
+        await _bounded_asks(pacer)
+        # Shared through Redis: another process asking within the bound is refused too.
+        other = RequestPacer({"midtrans": SLOW}, redis=client, key_prefix=prefix)
+        with pytest.raises(PaceBusy):
+            await other.acquire("midtrans", within=5)
+    finally:
+        await client.aclose()
+
+
+async def test_without_redis_a_bounded_ask_reserves_a_slot_only_if_it_comes_soon() -> None:
+    await _bounded_asks(RequestPacer({"midtrans": SLOW}, redis=None))
+
+
+async def test_redis_lost_a_bounded_ask_still_reserves_nothing_it_will_not_use() -> None:
+    dead = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    try:
+        await _bounded_asks(RequestPacer({"midtrans": SLOW}, redis=dead))
     finally:
         await dead.aclose()
