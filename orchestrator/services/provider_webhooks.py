@@ -38,7 +38,9 @@ the pace either way. A read whose slot is further off, like one that cannot run 
 429, failed), hands the attempt to the verifier, brought forward (``_ask_verifier``): the
 payment settles when the verifier's read confirms it, never on the unsigned status alone.
 ``lunas_payment_confirmations_total{outcome}`` counts reads made, ``pace_busy`` and
-``read_failed``; the delivery's outcome says which.
+``read_failed``; the delivery's outcome says which. The other reads the relay runs (a
+reversal's confirmation, a closed attempt's read) are bounded the same way: no slot that soon
+queues them again for when the pace has room.
 EXPIRED / FAILED move the attempt only while it is live (active, superseded, unknown) — never
 backwards, so a ``pending`` or an ``expire`` after ``settlement`` changes nothing; PENDING
 changes nothing. REFUNDED / CHARGED_BACK (money that went back) is confirmed by a status read,
@@ -472,7 +474,14 @@ class ProviderWebhooks:
         # of its own instead of counting on this one (``_ask_read_of_closed``).
         await self._note_closed_read(attempt.id, f"{job.kind}: running")
         try:
-            status = await self._reads.read(attempt)
+            # Bounded like a confirming read: this handler holds a relay slot other jobs need.
+            status = await self._reads.read(attempt, within=self._confirm_wait.total_seconds())
+        except PaceBusy as exc:
+            await self._read_again(job, attempt, max(timedelta(seconds=exc.wait),
+                                                     self._schedule.retry_after_failure),
+                                   f"pace busy: no {attempt.provider} status slot within "
+                                   f"{self._confirm_wait.total_seconds():g} s")
+            return
         except RouteUnavailable:
             key = route_of(attempt).key
             retry_at = self._reads.retry_at(key)
@@ -657,7 +666,7 @@ class ProviderWebhooks:
         30 minutes for ever the chargeback reached nobody. The delivery is dead-lettered with
         the reason (counted and alerted on as every dead letter)."""
         try:
-            status = await self._reads.read(attempt)
+            status = await self._reads.read(attempt, within=self._confirm_wait.total_seconds())
         except Unreadable as exc:
             in_a_row = unreadable + 1
             if (in_a_row >= UNREADABLE_GIVE_UP
@@ -674,7 +683,7 @@ class ProviderWebhooks:
             await self._confirm_reversal_later(delivery_id, attempt, tries + 1, exc,
                                                unreadable=in_a_row)
             return
-        except (RouteUnavailable, RailError) as exc:
+        except (RouteUnavailable, RailError, PaceBusy) as exc:
             await self._confirm_reversal_later(delivery_id, attempt, tries + 1, exc)
             return
         if status.status not in REVERSALS:

@@ -45,7 +45,7 @@ from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails.base import PaymentProvider, ProviderStatus, Rail, Route
 from orchestrator.rails.errors import RailError, Throttled, Unreadable
 from orchestrator.rails.guard import BreakerGuard
-from orchestrator.rails.ratelimit import RequestPacer
+from orchestrator.rails.ratelimit import PaceBusy, RequestPacer
 from orchestrator.rails.router import RouteUnavailable
 from orchestrator.store.tables import payment_attempts
 
@@ -68,12 +68,15 @@ def throttle_pause(retry_after: float | None) -> float:
 def wait_to_retry(exc: Exception, *, base: timedelta, tries: int, retry_at: datetime | None,
                   now: datetime) -> timedelta:
     """How long until a provider call that failed with ``exc`` (the ``tries``-th failure in a
-    row) is worth making again: until the breaker's ``retry_at``, after a 429's pause, else
-    with gaps doubling from ``base`` up to ``UNREADABLE_MAX_GAP``; never less than ``base``."""
+    row) is worth making again: until the breaker's ``retry_at``, after a 429's pause, when
+    the provider's pace has the slot it would have had (``PaceBusy``), else with gaps doubling
+    from ``base`` up to ``UNREADABLE_MAX_GAP``; never less than ``base``."""
     if isinstance(exc, RouteUnavailable):
         return max(base, retry_at - now) if retry_at is not None else base
     if isinstance(exc, Throttled):
         return max(timedelta(seconds=throttle_pause(exc.retry_after)), base)
+    if isinstance(exc, PaceBusy):  # the provider is fine, its pace booked: no doubling
+        return max(timedelta(seconds=exc.wait), base)
     return unreadable_gap(base, tries)
 
 

@@ -32,10 +32,15 @@ from chaos.sim.runner import Simulators
 from orchestrator.bootstrap import Container, build
 from orchestrator.domain.verification import VerificationSchedule
 from orchestrator.outbox.relay import Relay
+from orchestrator.rails.ratelimit import Pace, RequestPacer
+from orchestrator.store.tables import outbox
 from tests.integration.test_failover import Stack, gateway_settings, sims  # noqa: F401
 from tests.integration.test_provider_webhooks import (
+    attempt_row,
+    closed_reads,
     deliveries,
     evidence_count,
+    late_payment_nobody_can_verify,
     midtrans_body,
     order_and_attempt,
     order_state,
@@ -166,3 +171,38 @@ async def test_a_burst_of_payment_notifications_never_starves_the_relay(stack: S
     assert len(reads) >= PAYMENTS
     assert peak(reads, 2.0) <= 3, reads
 
+
+
+async def test_a_closed_attempt_read_finding_the_pace_booked_is_queued_again_not_waited_for(
+    stack: Stack,
+) -> None:
+    """The status read of an attempt Lunas closed (a late payment nobody could verify) runs in
+    a relay slot too. Another worker's reads have booked Midtrans's status pace seconds ahead:
+    the read does not sit in its slot for its turn; it is queued again for when the pace has
+    room, sending nothing now, and the job still reads and finds the payment later."""
+    order_id, attempt = await late_payment_nobody_can_verify(stack)
+    c = stack.container
+    # Another worker's pacer, reserving up to 10 s ahead: six reads book ~6.6 s of the pace.
+    elsewhere = RequestPacer({"midtrans": Pace(per_minute=STATUS_PACE)}, redis=c.redis,
+                             key_prefix=c.settings.redis.key_prefix, max_wait=10)
+    booked = [asyncio.create_task(elsewhere.acquire("midtrans")) for _ in range(6)]
+    try:
+        await asyncio.sleep(0.2)  # they have all reserved their turns
+        since = time.time()
+
+        async def pace_busy() -> bool:
+            return str((await attempt_row(stack, attempt.id)).last_check).startswith(
+                "status read queued: pace busy: no midtrans status slot within 2 s, again in ")
+
+        await running(worker_relay(c), pace_busy, True, timeout=10)
+        assert await closed_reads(stack, attempt.id, "pending")() == 1
+        assert [t for t in await stack.call_times("midtrans", since, operation="status")] == []
+    finally:
+        for task in booked:
+            task.cancel()
+        await asyncio.gather(*booked, return_exceptions=True)
+    async with c.db.transaction() as conn:  # its turn has come
+        await conn.execute(outbox.update().where(
+            outbox.c.event_type == "attempt.verify", outbox.c.aggregate_id == attempt.id,
+            outbox.c.status == "pending").values(available_at=c.clock.now()))
+    await running(worker_relay(c), order_state(stack, order_id), "needs_review")
