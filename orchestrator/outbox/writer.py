@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.domain.events import MERCHANT_VISIBLE
 from orchestrator.domain.ids import new_id
-from orchestrator.outbox.queries import PENDING_INLINE
+from orchestrator.outbox.queries import PENDING_INLINE, unindexed
 from orchestrator.store.database import upsert_insert
 from orchestrator.store.tables import outbox
 from orchestrator.telemetry import tracing
@@ -53,7 +53,7 @@ def _waiting(webhook: sa.ColumnElement[bool]) -> tuple[sa.ColumnElement[bool], .
         # Tried and failed, now waiting for its retry: never one written to start later (nor
         # one this very call wrote: ``attempts`` 0).
         outbox.c.attempts > 0,
-        outbox.c.available_at > sa.bindparam("w_now"),
+        unindexed(outbox.c.available_at) > sa.bindparam("w_now"),  # the order's index only
         outbox.c.lease_owner.is_(None),
     )
 
