@@ -421,6 +421,9 @@ class ProviderWebhooks:
         body = json.loads(delivery.raw_body)
         try:
             status = delivery_status(delivery.provider, body)
+        except xendit.NothingMoved as exc:
+            await self._record(delivery_id, f"no change: {exc}")
+            return
         except ValueError as exc:
             await self._record(delivery_id, f"unreadable: {exc}")
             return
