@@ -220,20 +220,25 @@ class PaymentDecision:
 
 def judge_payment(*, order_state: OrderState, expected: int, received: int,
                   review_reason: str | None = None, decided_unproven: bool = False,
-                  currency: str = RUPIAH, reversed_since: bool = False) -> PaymentDecision:
+                  currency: str = RUPIAH, reversed_since: bool = False,
+                  reversed_in_part: bool = False) -> PaymentDecision:
     """Decide what a payment of ``received`` rupiah on one of an order's attempts means.
 
     ``reversed_since``: the source that proves this payment says in the same breath that it went
     back (a chargeback or a refund at the provider; its own case asks a person about that). Its
     money is no longer with the merchant, so nothing about it is refunded or honoured: a second
     payment needs no case of its own, and any other case asks a person to check at the source.
+    ``reversed_in_part``: only some of it went back (a partial refund or chargeback, by the
+    provider's running total): the rest is still with the merchant, so a second payment keeps
+    its case, asking a person to check at the source what is left to refund (a refund of the
+    whole payment would pay back the part already returned twice).
     """
     decision = _judge_payment(order_state=order_state, expected=expected, received=received,
                               review_reason=review_reason, decided_unproven=decided_unproven,
                               currency=currency)
     if not reversed_since or decision.review_reason is None:
         return decision
-    if decision.verdict is PaymentVerdict.SECOND_PAYMENT:
+    if decision.verdict is PaymentVerdict.SECOND_PAYMENT and not reversed_in_part:
         return PaymentDecision(verdict=decision.verdict, order_trigger=decision.order_trigger)
     return PaymentDecision(verdict=decision.verdict, order_trigger=decision.order_trigger,
                            review_reason=decision.review_reason,

@@ -268,7 +268,13 @@ class RequestPacer:
 
     async def _reserve(self, bucket: str, pace: Pace, tokens: int, max_wait_us: int) -> int:
         """Microseconds until the reserved slot, or minus that when it is further than
-        ``max_wait_us`` (then nothing is reserved), in Redis or, without it, here alone."""
+        ``max_wait_us`` (then nothing is reserved), in Redis or, without it, here alone.
+
+        Never a bound below what an idle pace makes ``tokens`` requests wait (``interval`` for
+        each beyond the burst): a read of two requests at 20 a minute waits 3.3 s however idle
+        the pace, and a smaller bound refused it every time, for ever (seams review), whether
+        the bound was a caller's ``within`` or the pacer's own ``max_wait``."""
+        max_wait_us = max(max_wait_us, pace.interval_us * max(0, tokens - pace.burst))
         if self._script is not None and self._redis_pause.may_try:
             try:
                 return int(await self._script(

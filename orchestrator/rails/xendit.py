@@ -131,6 +131,11 @@ class CallbackError(ValueError):
     """A callback body that is not one of the Xendit shapes Lunas understands."""
 
 
+class NothingMoved(CallbackError):
+    """A genuine callback that reports no money moving (``refund.failed``): nothing to apply,
+    and nothing wrong with it either."""
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -573,7 +578,7 @@ def callback_status(body: Mapping[str, Any]) -> ProviderStatus:
     ``refund.succeeded`` is ``refunded`` with no amounts: it only asks for the status read that
     says what went back (its refund object is about the refund, not the payment)."""
     if body.get("event") == "refund.failed":
-        raise CallbackError("refund.failed: no money moved, nothing to apply")
+        raise NothingMoved("refund.failed: no money moved, nothing to apply")
     try:
         if body.get("event") == "ewallet.capture":
             return charge_status(body["data"])

@@ -421,6 +421,9 @@ class ProviderWebhooks:
         body = json.loads(delivery.raw_body)
         try:
             status = delivery_status(delivery.provider, body)
+        except xendit.NothingMoved as exc:
+            await self._record(delivery_id, f"no change: {exc}")
+            return
         except ValueError as exc:
             await self._record(delivery_id, f"unreadable: {exc}")
             return
@@ -684,7 +687,10 @@ class ProviderWebhooks:
                                                unreadable=in_a_row)
             return
         except (RouteUnavailable, RailError, PaceBusy) as exc:
-            await self._confirm_reversal_later(delivery_id, attempt, tries + 1, exc)
+            # Not an answer: the unreadable ones before it are still in a row (a busy pace or
+            # an outage between them must not restart the count, or it never gives up).
+            await self._confirm_reversal_later(delivery_id, attempt, tries + 1, exc,
+                                               unreadable=unreadable)
             return
         if status.status not in REVERSALS:
             await self._record(delivery_id, f"status read: provider says "

@@ -13,7 +13,9 @@ verifies; the webhook path confirms with a read first). A reversal read on an at
 not seen paid (its settlement notification was lost) proves the payment too, so the payment is
 applied first, exactly once through the same evidence key as any read of it, judged as money
 that went back (``judge_payment``'s ``reversed_since``): on an order paid through another
-attempt it opens no ``second_payment`` case, whose refund would pay the customer twice.
+attempt it opens no ``second_payment`` case, whose refund would pay the customer twice. Unless
+only part of it went back (``reversed_amount`` below the payment): the rest is still with the
+merchant, so that case stays, asking a person to check at the source what is left to refund.
 
 Each reversal is recorded once, as evidence keyed ``{provider}:reversal:{attempt}:{raw
 status}``, plus ``:{total}`` when the provider says how much has gone back so far
@@ -83,7 +85,12 @@ async def apply_reversal(conn: AsyncConnection, attempt: Any, status: ProviderSt
             attempt_id=attempt.id, amount=status.paid_amount,
             evidence_key=paid_evidence_key(attempt.provider, attempt.id), kind=kind,
             observed_at=status.paid_at or now, details={**details, "seen_as": status.raw_status},
-            currency=status.currency, reversed_since=True), now=now, quarantine=quarantine)
+            currency=status.currency, reversed_since=True,
+            # A partial refund (Xendit's running ``refunded_amount``, Midtrans's
+            # ``partial_refund``) left the rest with the merchant: a second payment's case stays.
+            reversed_in_part=(status.reversed_amount is not None
+                              and status.reversed_amount < status.paid_amount)),
+            now=now, quarantine=quarantine)
     order = (await conn.execute(sa.select(orders).where(orders.c.id == sa.select(
         payment_attempts.c.order_id).where(payment_attempts.c.id == attempt.id)
         .scalar_subquery()).with_for_update())).one()

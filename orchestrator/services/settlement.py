@@ -80,6 +80,9 @@ class Payment:
     currency: str = RUPIAH
     reversed_since: bool = False
     """The source proving this payment says it already went back (``services.reversals``)."""
+    reversed_in_part: bool = False
+    """Of it, only part went back so far (``judge_payment``): the rest is still with the
+    merchant."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,7 +122,8 @@ async def _apply_locked(
                              review_reason=order.review_reason,
                              decided_unproven=await _decided_unproven(conn, order),
                              currency=payment.currency,
-                             reversed_since=payment.reversed_since)
+                             reversed_since=payment.reversed_since,
+                             reversed_in_part=payment.reversed_in_part)
     recorded = await conn.execute(_RECORD_EVIDENCE[conn.dialect.name], {
         "unique_key": payment.evidence_key, "kind": payment.kind, "order_id": order.id,
         "attempt_id": attempt.id, "amount": payment.amount, "verdict": decision.verdict.value,

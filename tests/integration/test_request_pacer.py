@@ -186,3 +186,37 @@ async def test_redis_lost_a_bounded_ask_still_reserves_nothing_it_will_not_use()
         await _bounded_asks(RequestPacer({"midtrans": SLOW}, redis=dead))
     finally:
         await dead.aclose()
+
+
+TWO_A_SECOND = Pace(per_minute=120, headroom=0.0)  # one request every 0.5 s
+
+
+async def _reads_of_two_requests(pacer: RequestPacer) -> None:
+    """A read of two requests (a Xendit QR: the QR, then its payments) waits one interval for its
+    second even when the pace is idle. Before, a bound shorter than that refused it every time:
+    ``within=0`` raised PaceBusy for ever, and the pacer's own ``max_wait`` (here 0.1 s) made an
+    unbounded ask loop for ever; the read never went."""
+    assert await pacer.acquire("xendit", 2, within=0) is True
+    await asyncio.sleep(1.1)  # idle again
+    async with asyncio.timeout(5):
+        assert await pacer.acquire("xendit", 2) is True
+
+
+async def test_a_read_of_more_requests_than_the_burst_goes_on_an_idle_pace(
+    container: Container,
+) -> None:
+    url = container.settings.redis.url
+    assert url is not None
+    prefix = f"{container.settings.redis.key_prefix}two{uuid.uuid4().hex[:6]}:"
+    client = aioredis.Redis.from_url(url)
+    try:
+        await _reads_of_two_requests(RequestPacer({"xendit": TWO_A_SECOND}, redis=client,
+                                                  key_prefix=prefix, max_wait=0.1))
+    finally:
+        await client.aclose()
+
+
+async def test_without_redis_a_read_of_more_requests_than_the_burst_goes_on_an_idle_pace(
+) -> None:
+    await _reads_of_two_requests(RequestPacer({"xendit": TWO_A_SECOND}, redis=None,
+                                              max_wait=0.1))

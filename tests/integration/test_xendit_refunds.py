@@ -116,6 +116,16 @@ async def test_each_partial_refund_of_a_paid_xendit_e_wallet_order_opens_one_cas
     assert await reversal_evidence(stack, attempt.id) == [20_000, 30_000]
     assert [o for v, o in await outcomes(stack, attempt.id) if v][-1] == (
         "status read: provider says PARTIALLY_REFUNDED; reversal already recorded")
+    # A refund that failed at Xendit moved nothing: noted as such, not as "unreadable".
+    failed = {**last, "event": "refund.failed",
+              "data": {**last["data"], "id": "rfd-failed", "status": "FAILED"}}
+    r = await stack.client.post("/v1/webhooks/xendit", content=json.dumps(failed),
+                                headers={"x-callback-token": token})
+    assert r.status_code == 200, r.text
+    await settled_quietly(stack, attempt.id)
+    assert [o for v, o in await outcomes(stack, attempt.id) if v][-1] == (
+        "no change: refund.failed: no money moved, nothing to apply")
+    assert len(await review(stack, order_id)) == 2
     assert (await order_state(stack, order_id)()) == "paid"
 
 

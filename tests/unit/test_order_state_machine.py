@@ -765,3 +765,13 @@ def test_a_payment_already_reversed_never_asks_for_a_refund_or_to_be_honoured(
     else:
         assert (judged.review_reason, judged.recommended_action) == (
             decision.review_reason, ACT.CHECK_AT_SOURCE)
+
+
+def test_a_second_payment_reversed_only_in_part_keeps_its_case_checked_at_the_source() -> None:
+    """Part of it went back (a partial refund): the rest is still with the merchant, so the
+    second payment keeps its case; a person checks at the source what is left to refund."""
+    judged = judge_payment(order_state=OrderState.PAID, expected=EXPECTED, received=EXPECTED,
+                           reversed_since=True, reversed_in_part=True)
+    assert (judged.verdict, judged.order_trigger, judged.review_reason,
+            judged.recommended_action) == (V.SECOND_PAYMENT, None, ReviewReason.SECOND_PAYMENT,
+                                           ACT.CHECK_AT_SOURCE)
