@@ -667,17 +667,28 @@ class ProviderWebhooks:
         a row and ``REVERSAL_UNREADABLE_GIVE_UP`` after the notification came, are not waited
         for any longer: that is an adapter to fix, not an outage to wait out, and read every
         30 minutes for ever the chargeback reached nobody. The delivery is dead-lettered with
-        the reason (counted and alerted on as every dead letter)."""
+        the reason (counted and alerted on as every dead letter).
+
+        A Xendit callback is authenticated whole (its token), status included: a refund it
+        reports happened. A charge that does not show it is not an answer either (the charge
+        may lag the refund, or be an object the refund does not touch): it is read again and
+        given up the same way, so a person hears of it. Before, it was recorded as "no
+        reversal", and the refund reached nobody."""
         try:
             status = await self._reads.read(attempt, within=self._confirm_wait.total_seconds())
+            if status.status not in REVERSALS and attempt.provider == XENDIT:
+                raise Unreadable(f"Xendit notified a refund, its charge says "
+                                 f"{status.raw_status or status.status} with nothing refunded",
+                                 provider=XENDIT, operation="status")
         except Unreadable as exc:
             in_a_row = unreadable + 1
             if (in_a_row >= UNREADABLE_GIVE_UP
                     and received_at + REVERSAL_UNREADABLE_GIVE_UP <= self._clock.now()):
                 why = (f"{attempt.provider} notified a reversal of {attempt.id} received "
-                       f"{iso(received_at)}; its status answer was unreadable {in_a_row} times "
-                       f"in a row: {exc.detail}; check the payment at {attempt.provider} and fix "
-                       "the adapter, then redeliver this job")
+                       f"{iso(received_at)}; its status answer did not confirm it {in_a_row} "
+                       f"times in a row (unreadable: {exc.detail}); check the payment at "
+                       f"{attempt.provider}, fix the adapter if it misreads the answer, then "
+                       "redeliver this job")
                 log.error("reversal confirmation for %s given up: %s", attempt.id, why,
                           extra={"attempt_id": attempt.id, "order_id": attempt.order_id,
                                  "delivery_id": delivery_id})

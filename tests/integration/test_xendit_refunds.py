@@ -164,3 +164,43 @@ async def test_a_partial_refund_found_by_a_status_read_settles_and_opens_a_case_
         "status read: provider says PARTIALLY_REFUNDED; reversal already recorded"]
     assert await review(stack, order_id) == [(*REFUNDED, 20_000)]
     assert await reversal_evidence(stack, attempt.id) == [20_000]
+
+
+async def test_a_refund_callback_the_charge_does_not_show_yet_is_read_again_until_it_does(
+    stack: Stack,  # noqa: F811
+) -> None:
+    """Xendit's token authenticates a callback whole: a ``refund.succeeded`` it sends happened.
+    Here the charge does not show it yet when the confirming read runs (still ``SUCCEEDED``,
+    nothing refunded). The delivery is read again instead of closed, and once the charge shows
+    the refund its case opens. Before: "no reversal", and the refund reached nobody."""
+    order_id, attempt = await paid_xendit_ewallet_order(stack)
+    stamp = "2026-11-30T07:00:00.000Z"
+    callback = {"event": "refund.succeeded", "business_id": "biz", "created": stamp, "data": {
+        "id": "rfd-early", "payment_request_id": None, "payment_id": attempt.provider_ref,
+        "reference_id": "refund-early", "channel_code": "DANA", "currency": "IDR",
+        "amount": 20_000, "status": "SUCCEEDED", "created": stamp, "updated": stamp}}
+    token = stack.container.settings.providers.xendit_callback_token
+    r = await stack.client.post("/v1/webhooks/xendit", content=json.dumps(callback),
+                                headers={"x-callback-token": token})
+    assert r.status_code == 200, r.text
+    await wait_for(lambda: refund_deliveries(stack, attempt), 1)
+
+    async def requeued() -> int:
+        async with stack.container.db.read() as conn:
+            return int((await conn.execute(sa.select(sa.func.count()).select_from(outbox).where(
+                outbox.c.event_type == "provider.delivery", outbox.c.aggregate_id == attempt.id,
+                outbox.c.status == "pending",
+                outbox.c.event_id.like("rv1_%")))).scalar_one())
+
+    await run_relay(stack.container, requeued, 1)
+    assert [o for v, o in await outcomes(stack, attempt.id) if v][-1] is None  # not closed
+    assert await review(stack, order_id) == []
+
+    await refund_at_xendit(stack, attempt, 20_000, notify=False)  # the charge catches up
+    async with stack.container.db.transaction() as conn:
+        await conn.execute(outbox.update().where(
+            outbox.c.event_type == "provider.delivery", outbox.c.aggregate_id == attempt.id,
+            outbox.c.status == "pending").values(available_at=stack.container.clock.now()))
+    await settled_quietly(stack, attempt.id)
+    assert await review(stack, order_id) == [(*REFUNDED, 20_000)]
+    assert (await order_state(stack, order_id)()) == "paid"
