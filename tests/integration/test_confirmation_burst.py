@@ -21,20 +21,17 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from datetime import timedelta
 from typing import Any
 
-import httpx
 import pytest
 from prometheus_client import generate_latest
 
 from chaos.sim.runner import Simulators
-from orchestrator.bootstrap import Container, build
-from orchestrator.domain.verification import VerificationSchedule
+from orchestrator.bootstrap import Container
 from orchestrator.outbox.relay import Relay
 from orchestrator.rails.ratelimit import Pace, RequestPacer
 from orchestrator.store.tables import outbox
-from tests.integration.test_failover import Stack, gateway_settings, sims  # noqa: F401
+from tests.integration.test_failover import Stack, sims  # noqa: F401
 from tests.integration.test_provider_webhooks import (
     attempt_row,
     closed_reads,
@@ -45,11 +42,12 @@ from tests.integration.test_provider_webhooks import (
     order_and_attempt,
     order_state,
     outcomes,
+    serving_stack,
     sim_post,
     wait_for,
     worker_relay,
 )
-from tests.support import free_port, metric_value, new_merchant, serve
+from tests.support import metric_value
 
 PAYMENTS = 12
 RELAY_SLOTS = 3
@@ -61,25 +59,12 @@ STATUS_PACE = 60.0
 async def stack(container: Container, sims: Simulators) -> AsyncIterator[Stack]:  # noqa: F811
     """test_provider_webhooks's stack with Midtrans status reads paced at 60 a minute and a
     relay of three slots."""
-    port = free_port()
-    base = gateway_settings(container.settings, sims)
-    c = build(replace(
-        base, http=replace(base.http, host="127.0.0.1", port=port, public_url=""),
-        outbox=replace(base.outbox, concurrency=RELAY_SLOTS, merchant_concurrency=RELAY_SLOTS),
-        verification=replace(
-            base.verification,
-            status_reads_per_minute={"midtrans": STATUS_PACE, "xendit": 600.0},
-            schedule=VerificationSchedule(retry_after_failure=timedelta(seconds=0.3)))))
-    await c.start()
-    shop = await new_merchant(c)
-    try:
-        async with serve(c, port) as url, httpx.AsyncClient(base_url=url, timeout=30) as cl:
-            await sim_post(sims.xendit.control_url, "/config", {
-                "callback_url": f"{url}/v1/webhooks/xendit",
-                "callback_token": c.settings.providers.xendit_callback_token})
-            yield Stack(c, sims, url, cl, shop)
-    finally:
-        await c.close()
+    async with serving_stack(container, sims, lambda s: replace(
+            s, outbox=replace(s.outbox, concurrency=RELAY_SLOTS,
+                              merchant_concurrency=RELAY_SLOTS),
+            verification=replace(s.verification, status_reads_per_minute={
+                "midtrans": STATUS_PACE, "xendit": 600.0}))) as served:
+        yield served
 
 
 async def running(relay: Relay, until: Callable[[], Awaitable[object]], want: object,

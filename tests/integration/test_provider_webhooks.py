@@ -10,6 +10,7 @@ simulators, on the session's PostgreSQL and Redis; the worker's relay runs in-pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import re
@@ -34,6 +35,7 @@ from orchestrator.rails.midtrans import signature_key
 from orchestrator.services.dead_letters import redeliver
 from orchestrator.services.reversals import apply_reversal
 from orchestrator.services.settlement import Payment, apply_payment, open_review_case
+from orchestrator.settings import Settings
 from orchestrator.store.tables import (
     evidence,
     merchants,
@@ -50,11 +52,21 @@ from tests.support import free_port, new_merchant, new_ops_token, serve
 @pytest.fixture
 async def stack(container: Container, sims: Simulators) -> AsyncIterator[Stack]:  # noqa: F811
     """Like test_failover's stack, but the adapters' callback URLs point at this server."""
+    async with serving_stack(container, sims, lambda s: s) as served:
+        yield served
+
+
+@contextlib.asynccontextmanager
+async def serving_stack(container: Container, sims: Simulators,  # noqa: F811
+                        change: Callable[[Settings], Settings]) -> AsyncIterator[Stack]:
+    """The service on a port of its own, its settings the session's for both simulators with
+    status reads retried 0.3 s after a failure, then ``change``d; Xendit's callbacks go to it."""
     port = free_port()
     base = gateway_settings(container.settings, sims)
-    c = build(replace(base, http=replace(base.http, host="127.0.0.1", port=port, public_url=""),
-                      verification=replace(base.verification, schedule=VerificationSchedule(
-                          retry_after_failure=timedelta(seconds=0.3)))))
+    c = build(change(replace(
+        base, http=replace(base.http, host="127.0.0.1", port=port, public_url=""),
+        verification=replace(base.verification, schedule=VerificationSchedule(
+            retry_after_failure=timedelta(seconds=0.3))))))
     await c.start()
     shop = await new_merchant(c)
     try:
@@ -807,32 +819,42 @@ async def test_a_chargeback_found_by_a_status_read_proves_the_payment_and_opens_
     assert (await attempt_row(stack, attempt.id)).state == "paid"
 
 
-async def test_a_chargeback_of_a_payment_never_seen_on_an_order_paid_otherwise_asks_no_refund(
-    stack: Stack,
-) -> None:
-    """The customer paid the order's VA, and also the old QR, whose notification was lost; the
-    QR payment was then charged back. A status read of the QR now says ``chargeback``: both
-    payments are facts, but the second one's money is already back with the customer. One case
-    opens, the chargeback; the order stays paid. Before: a ``second_payment`` case opened too,
-    recommending a refund of money already returned (the customer would be paid twice)."""
+async def paid_by_va_and_by_an_unseen_qr(stack: Stack) -> tuple[str, Any]:
+    """The customer paid the order's VA (applied), and also the old QR, whose notification was
+    lost: (order id, the QR attempt, never seen paid)."""
     order_id, qr = await superseded_midtrans_attempt(stack)
     async with stack.container.db.read() as conn:
         va = (await conn.execute(sa.select(payment_attempts).where(
             payment_attempts.c.order_id == order_id,
             payment_attempts.c.state == "active"))).one()
     now = stack.container.clock.now()
-    quarantine = timedelta(hours=1)
     async with stack.container.db.transaction() as conn:
         await apply_payment(conn, Payment(
             attempt_id=va.id, amount=va.transfer_amount, evidence_key=f"test:{va.id}",
             kind="provider_webhook", observed_at=now, details={}), now=now,
-            quarantine=quarantine)
-    chargeback = ProviderStatus(status=NeutralStatus.CHARGED_BACK, provider_ref=None,
-                                paid_amount=qr.transfer_amount, raw_status="chargeback")
+            quarantine=timedelta(hours=1))
+    return order_id, qr
+
+
+async def reversal_read(stack: Stack, attempt: Any, status: ProviderStatus) -> str | None:
+    """A status read of ``attempt`` said ``status`` (a reversal): applied as the verifier does."""
     async with stack.container.db.transaction() as conn:
-        case_id = await apply_reversal(conn, qr, chargeback, kind="provider_status", details={},
-                                       now=now, quarantine=quarantine)
-    assert case_id is not None
+        return await apply_reversal(conn, attempt, status, kind="provider_status", details={},
+                                    now=stack.container.clock.now(),
+                                    quarantine=timedelta(hours=1))
+
+
+async def test_a_chargeback_of_a_payment_never_seen_on_an_order_paid_otherwise_asks_no_refund(
+    stack: Stack,
+) -> None:
+    """A status read of the unseen QR says ``chargeback``: both payments are facts, but the
+    second one's money is already back with the customer. One case opens, the chargeback; the
+    order stays paid. Before: a ``second_payment`` case opened too, recommending a refund of
+    money already returned (the customer would be paid twice)."""
+    order_id, qr = await paid_by_va_and_by_an_unseen_qr(stack)
+    assert await reversal_read(stack, qr, ProviderStatus(
+        status=NeutralStatus.CHARGED_BACK, provider_ref=None, paid_amount=qr.transfer_amount,
+        raw_status="chargeback")) is not None
     assert (await order_state(stack, order_id)()) == "paid"
     assert await review(stack, order_id) == [
         ("chargeback", "dispute_or_accept", qr.transfer_amount)]
@@ -841,6 +863,24 @@ async def test_a_chargeback_of_a_payment_never_seen_on_an_order_paid_otherwise_a
             evidence.c.attempt_id == qr.id).order_by(evidence.c.id))).scalars().all()
     assert sorted(proven) == ["chargeback", "second_payment"]  # the payment is still recorded
     assert (await attempt_row(stack, qr.id)).state == "paid"
+
+
+async def test_a_second_payment_refunded_in_part_keeps_a_case_for_the_rest(
+    stack: Stack,
+) -> None:
+    """The merchant refunded 20000 of the unseen QR payment at the provider; the read says
+    refunded in part. Two cases: the refund (20000, check at source) and the second payment,
+    whose rest is still with the merchant (check at source what is left to refund). Before
+    (seams review): only the refund's case opened, and the rest of a double payment reached
+    nobody."""
+    order_id, qr = await paid_by_va_and_by_an_unseen_qr(stack)
+    assert await reversal_read(stack, qr, ProviderStatus(
+        status=NeutralStatus.REFUNDED, provider_ref=None, paid_amount=qr.transfer_amount,
+        reversed_amount=20_000, raw_status="partial_refund")) is not None
+    assert (await order_state(stack, order_id)()) == "paid"
+    assert sorted(await review(stack, order_id)) == [
+        ("refunded_at_provider", "check_at_source", 20_000),
+        ("second_payment", "check_at_source", qr.transfer_amount)]
 
 
 async def test_an_active_attempt_cancelled_at_midtrans_fails_over_and_never_settles(
