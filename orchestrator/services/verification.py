@@ -326,9 +326,11 @@ class Verifier:
             # it to ``needs_review`` and commit its event between this read and this commit, and
             # the merchant would hear "pending" after "needs review": one order's webhooks go
             # out in outbox order, which is commit order only under the order's lock (seams
-            # review, test_seams_review.py).
-            order = (await lock_order_of(conn, attempt.id)
-                     if attempt.order_state == OrderState.VERIFYING.value else None)
+            # review, test_seams_review.py). Locked whatever state the claim saw: an order
+            # claimed while awaiting payment may have passed its deadline since, the sweep
+            # moving it to ``verifying`` before this read was deferred (so not announcing it),
+            # and the merchant would never hear it (CI run, test_verification_races.py).
+            order = await lock_order_of(conn, attempt.id)
             newly = await defer(conn, attempt.id, route_key, now=now, retry_at=retry_at)
             if not newly or order is None or order.state != OrderState.VERIFYING.value:
                 return

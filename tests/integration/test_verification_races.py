@@ -30,7 +30,11 @@ from orchestrator.rails.guard import BreakerGuard
 from orchestrator.rails.midtrans import MidtransProvider
 from orchestrator.rails.ratelimit import Pace, RequestPacer
 from orchestrator.rails.router import RouteUnavailable
-from orchestrator.services.expiry import payment_pending_event_id, settle_verifying_orders
+from orchestrator.services.expiry import (
+    expire_due_orders,
+    payment_pending_event_id,
+    settle_verifying_orders,
+)
 from orchestrator.services.status_reads import StatusReads, route_of
 from orchestrator.settings import DatabaseSettings, RedisSettings, Settings
 from orchestrator.store.engine import migrate
@@ -213,3 +217,32 @@ async def test_reads_the_breaker_refuses_spend_none_of_the_providers_pace() -> N
     # The pace is one read a second: twenty refused reads ahead of it made it wait ~20 s; none
     # ahead of it, it goes at once. The bound is far from both, so a slow machine cannot flip it.
     assert waited < 5, f"a read that can go waited {waited:.2f} s behind 20 refused ones"
+
+
+async def test_a_read_claimed_before_the_deadline_and_deferred_after_it_is_announced(
+    seams: Container,
+) -> None:
+    """The verifier claims a QR read while its order still awaits payment; the deadline passes
+    and the sweep moves the order to ``verifying`` (the read is not deferred yet, so there is
+    nothing to announce); then the read finds Midtrans down and is deferred. The merchant must
+    hear ``order.payment_pending``. Before (a CI run): the deferral went by the order state its
+    claim saw, awaiting payment, and announced nothing; the order waited in silence."""
+    c = seams
+    m = await new_merchant(c)
+    oid = await verifying_order(c, m)
+    async with c.db.transaction() as conn:
+        await conn.execute(orders.update().where(orders.c.id == oid).values(
+            state="awaiting_payment"))
+    read = await attempt(c, oid, provider="midtrans", state="active")
+    claimed = await as_claimed(c, read)
+    assert claimed.order_state == "awaiting_payment"
+    await expire_due_orders(c.db, now=now(), quarantine=timedelta(hours=1), batch=10)
+    async with c.db.read() as conn:
+        assert (await conn.execute(sa.select(orders.c.state).where(orders.c.id == oid))
+                ).scalar_one() == "verifying"
+    c.breakers.get(route_of(claimed).key).force_open("Midtrans down")
+    try:
+        await c.verifier.check(claimed)
+    finally:
+        c.breakers.get(route_of(claimed).key).force_closed("test over")
+    assert "order.payment_pending" in await deliver_all(c, oid)
