@@ -48,7 +48,6 @@ only use a partial index (``WHERE status = 'pending'``) whose predicate it prove
 parameters' values; without it, a generic plan reads and sorts every pending event."""
 
 
-
 def unindexed(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
     """``column`` (never NULL) as an expression no index serves. An update of one order's
     queue must probe ``ix_outbox_order_queue``; given ``available_at > :now`` or

@@ -106,7 +106,6 @@ from orchestrator.services.status_reads import (
     paid_evidence_key,
     queue_closed_read,
     route_of,
-    throttle_pause,
     wait_to_retry,
 )
 from orchestrator.store.database import Database, upsert_insert
@@ -479,24 +478,15 @@ class ProviderWebhooks:
         try:
             # Bounded like a confirming read: this handler holds a relay slot other jobs need.
             status = await self._reads.read(attempt, within=self._confirm_wait.total_seconds())
-        except PaceBusy as exc:
-            await self._read_again(job, attempt, max(timedelta(seconds=exc.wait),
-                                                     self._schedule.retry_after_failure),
-                                   f"pace busy: no {attempt.provider} status slot within "
-                                   f"{self._confirm_wait.total_seconds():g} s")
-            return
-        except RouteUnavailable:
+        except (PaceBusy, RouteUnavailable, Throttled) as exc:  # no answer: read again later
             key = route_of(attempt).key
-            retry_at = self._reads.retry_at(key)
-            wait = self._schedule.retry_after_failure
-            if retry_at is not None:
-                wait = max(wait, retry_at - self._clock.now())
-            await self._read_again(job, attempt, wait, f"deferred: {key} unavailable")
-            return
-        except Throttled as exc:
-            wait = max(timedelta(seconds=throttle_pause(exc.retry_after)),
-                       self._schedule.retry_after_failure)
-            await self._read_again(job, attempt, wait, "throttled (429)")
+            wait = wait_to_retry(exc, base=self._schedule.retry_after_failure, tries=0,
+                                 retry_at=self._reads.retry_at(key), now=self._clock.now())
+            why = (f"pace busy: no {attempt.provider} status slot within "
+                   f"{self._confirm_wait.total_seconds():g} s" if isinstance(exc, PaceBusy)
+                   else f"deferred: {key} unavailable" if isinstance(exc, RouteUnavailable)
+                   else "throttled (429)")
+            await self._read_again(job, attempt, wait, why)
             return
         except Unreadable as exc:
             in_a_row = job.unreadable + 1
