@@ -637,7 +637,8 @@ class XenditSim:
 
     def refund(self, body: dict[str, Any]) -> dict[str, Any]:
         """The merchant refunds part or all of a paid e-wallet charge (in Xendit's dashboard,
-        say, outside Lunas): ``{"id" | "reference_id", "amount", "notify"?}``.
+        say, outside Lunas): ``{"id" | "reference_id", "amount", "notify"?, "at"?,
+        "show_refunded_amount"?}``.
 
         The charge's ``refunded_amount`` (RAILS.md §2.4) becomes the running total, so status
         reads see it; it turns ``REFUNDED`` once all of the capture went back and stays
@@ -645,7 +646,12 @@ class XenditSim:
         ``notify: true`` a ``refund.succeeded`` callback follows, shaped as Xendit's Refund API
         documents it (XDOC ``apidocs/refund-webhook-notification.md``); which id of a legacy
         charge its ``payment_id`` carries is not documented, so the simulator puts the charge's
-        ``ewc_`` id there. Legacy VAs and QR codes have no refund in the simulator."""
+        ``ewc_`` id there. Legacy VAs and QR codes have no refund in the simulator.
+
+        ``at`` (ISO 8601, default now) is when the refund happened, for a refund made days
+        after the payment: the charge's ``updated`` and the refund's stamps carry it.
+        ``show_refunded_amount: false`` is a fault: the charge's ``refunded_amount`` reads
+        ``null`` however much went back (a charge that says REFUNDED without saying how much)."""
         charge = (self.store.charges.get(str(body.get("id"))) or
                   self.store.charge_by_reference(str(body.get("reference_id"))))
         if charge is None:
@@ -655,10 +661,12 @@ class XenditSim:
                            f"a {charge['status']} charge cannot be refunded")
         so_far = int(charge.get("refunded_amount") or 0)
         amount = _amount(body.get("amount"), (1, int(charge["capture_amount"]) - so_far))
-        stamp = iso(_now())
+        stamp = iso(datetime.fromisoformat(str(body["at"]))) if body.get("at") else iso(_now())
         total = so_far + amount
         charge.update(refunded_amount=total, updated=stamp,
                       status="REFUNDED" if total == charge["capture_amount"] else "SUCCEEDED")
+        if body.get("show_refunded_amount") is False:
+            charge["refunded_amount"] = None
         refund = {
             "id": f"rfd-{uuid.uuid4()}", "payment_request_id": None,
             "payment_id": charge["id"], "invoice_id": None, "payment_method_type": "EWALLET",

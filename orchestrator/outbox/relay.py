@@ -322,7 +322,7 @@ class Relay:
                 log.debug("outbox event has no handler; recorded done", extra=fields)
             await self._write(event, queries.mark_done(
                 event.id, worker_id=owner, attempts=tries, now=now
-            ), *self._behind(event, release_at=now))
+            ), *self._release_behind(event, now))
             return
         decision = DeadLetter() if outcome.permanent else self._retry.decide(tries, now)
         fields["error"] = outcome.error
@@ -332,27 +332,39 @@ class Relay:
             await self._write(event, queries.mark_retry(
                 event.id, worker_id=owner, attempts=tries, available_at=decision.at,
                 error=outcome.error,
-            ), *self._behind(event, hold_until=decision.at))
+            ), *self._hold_behind(event, decision.at))
         else:
             log.error("outbox event dead-lettered", extra=fields)
             await self._write(event, queries.mark_dead(
                 event.id, worker_id=owner, attempts=tries, now=now, error=outcome.error
-            ), *self._behind(event, release_at=now))
+            ), *self._release_behind(event, now))
 
-    def _behind(self, event: OutboxEvent, *, hold_until: datetime | None = None,
-                release_at: datetime | None = None) -> list[queries.OutcomeWrite]:
-        """What this outcome means for the order's later webhooks (``queries.hold_behind``,
-        ``queries.release_behind``); nothing for an event that is not an order's webhook."""
+    def _hold_behind(self, event: OutboxEvent, until: datetime) -> list[queries.OutcomeWrite]:
+        """A webhook to be retried at ``until``: the order's later webhooks wait for it
+        (``queries.hold_behind``); nothing for an event that is not an order's webhook."""
+        lane = self._order_lane(event)
+        if lane is None:
+            return []
+        order, merchant = lane
+        return [queries.hold_behind(event.id, order_id=order, merchant_id=merchant,
+                                    webhook_types=self._per_merchant, until=until)]
+
+    def _release_behind(self, event: OutboxEvent, now: datetime) -> list[queries.OutcomeWrite]:
+        """A webhook done or dead-lettered: the order's later webhooks may go from ``now``
+        (``queries.release_behind``); nothing for an event that is not an order's webhook."""
+        lane = self._order_lane(event)
+        if lane is None:
+            return []
+        order, merchant = lane
+        return [queries.release_behind(event.id, order_id=order, merchant_id=merchant,
+                                       webhook_types=self._per_merchant, now=now)]
+
+    def _order_lane(self, event: OutboxEvent) -> tuple[str, str] | None:
+        """(order, merchant) of an order's webhook, whose outcome orders its later ones."""
         if (event.event_type not in self._per_merchant or event.merchant_id is None
                 or event.aggregate_id is None):
-            return []
-        order, merchant, types = event.aggregate_id, event.merchant_id, self._per_merchant
-        if hold_until is not None:
-            return [queries.hold_behind(event.id, order_id=order, merchant_id=merchant,
-                                        webhook_types=types, until=hold_until)]
-        assert release_at is not None
-        return [queries.release_behind(event.id, order_id=order, merchant_id=merchant,
-                                       webhook_types=types, now=release_at)]
+            return None
+        return event.aggregate_id, event.merchant_id
 
     async def _write(self, event: OutboxEvent, write: queries.OutcomeWrite,
                      *then: queries.OutcomeWrite) -> None:

@@ -60,9 +60,10 @@ only the callback carries.
   a payment → paid, none → expired. QR v1 has no expiry field: Lunas keeps the deadline.
 - E-wallet (by ``provider_ref``): PENDING → pending, SUCCEEDED → paid (``capture_amount``),
   FAILED / VOIDED → failed, REFUNDED → refunded. 404 → not_found. A SUCCEEDED charge with a
-  ``refunded_amount`` is refunded too, with that running total (``charge_status``). VA and QR
-  objects carry no refund field in the legacy APIs (RAILS.md §2.2-2.3): their reads never
-  report one.
+  ``refunded_amount`` is refunded too, with that running total (``charge_status``); a
+  REFUNDED one without a readable total is Unreadable. A refunded charge's payment time is
+  looked up in the Transactions API (its ``updated`` is the refund's). VA and QR objects carry
+  no refund field in the legacy APIs (RAILS.md §2.2-2.3): their reads never report one.
 - VA or e-wallet without ``provider_ref`` (the create's answer was lost): legacy Xendit cannot
   look those up by reference, so a payment → paid, none → not_found with raw status
   ``NO_PAYMENT_FOR_REFERENCE``. The resource may still exist: repeating the create with the same
@@ -83,6 +84,7 @@ import hmac
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -191,10 +193,9 @@ class XenditProvider:
 
     def status_requests(self, provider_ref: str | None, route: Route) -> int:
         """A QR or a VA is read, then (when no longer active) its payment is looked up in the
-        Transactions API; a charge is one read; with no provider ref only the lookup is made."""
-        if route.rail is Rail.QRIS or (route.rail is Rail.VA and provider_ref is not None):
-            return 2
-        return 1
+        Transactions API; a charge is read, then (when it shows a refund) its payment's time is
+        looked up there; with no provider ref only the lookup is made."""
+        return 2 if route.rail is Rail.QRIS or provider_ref is not None else 1
 
     def __init__(self, *, base_url: str, secret_key: str, client: httpx.AsyncClient,
                  timeout: float, callback_url: str, return_url: str,
@@ -291,7 +292,10 @@ class XenditProvider:
         if data is None:
             return ProviderStatus(status=NeutralStatus.NOT_FOUND, provider_ref=provider_ref)
         with self._reading("status"):
-            return charge_status(data)
+            read = charge_status(data)
+        if read.status is NeutralStatus.REFUNDED:
+            return replace(read, paid_at=await self._payment_time(reference, provider_ref))
+        return read
 
     async def _va_status(self, provider_ref: str) -> ProviderStatus:
         path = f"/callback_virtual_accounts/{quote(provider_ref, '')}"
@@ -341,6 +345,21 @@ class XenditProvider:
                 paid_at=min(parse_time(t["created"]) for t in payments), raw_status="SUCCESS",
                 currency=",".join(currencies),
             )
+
+    async def _payment_time(self, reference: str, provider_ref: str) -> datetime:
+        """When the customer paid a charge that shows a refund, by the Transactions API (the
+        charge's ``updated`` is the refund's time by now). A charge that shows a capture the
+        Transactions API does not list is an answer Lunas cannot read yet: dated at the
+        refund or at the read, the payment would be recorded at a time it did not happen."""
+        params = {"reference_id": reference, "types": "PAYMENT", "statuses": "SUCCESS",
+                  "channel_categories": CATEGORIES[Rail.EWALLET], "limit": "50"}
+        data = await self._send("status", "GET", "/transactions", params=params)
+        with self._reading("status"):
+            times = [parse_time(t["created"]) for t in data["data"]
+                     if t.get("product_id") == provider_ref]
+            if not times:
+                raise ValueError(f"no payment of refunded charge {provider_ref} in /transactions")
+            return min(times)
 
     # -- cancel ----------------------------------------------------------------------------
 
@@ -529,7 +548,19 @@ def charge_status(charge: Mapping[str, Any]) -> ProviderStatus:
     (a second partial refund differs from a repeat only in that total). Its raw status is
     Lunas's word, not Xendit's: ``PARTIALLY_REFUNDED`` while less than the capture went back,
     ``REFUNDED`` once all of it did, so a read before and a read after Xendit turns the charge
-    ``REFUNDED`` record one full refund, not two."""
+    ``REFUNDED`` record one full refund, not two.
+
+    A ``REFUNDED`` charge whose ``refunded_amount`` is missing or unreadable is an unreadable
+    answer (``ValueError``), not a full refund: neither RAILS.md §2.4 nor the SDK's charge model
+    says ``REFUNDED`` means the whole capture, and a partial refund is Xendit's too. Taken for
+    all of it, a case opened for the whole payment, and a later read with the total opened a
+    second. The read is tried again with the unreadable back-off, and a refund notification
+    whose reads never say how much is dead-lettered for a person (``provider_webhooks``).
+
+    ``paid_at`` is the charge's ``updated`` only while nothing went back: the charge object has
+    no payment time, and ``updated`` is its last status change, the capture until a refund
+    becomes it. A charge showing a refund reports no ``paid_at`` here; ``XenditProvider.status``
+    reads the payment's own time from the Transactions API."""
     raw = str(charge["status"])
     status = CHARGE_STATUSES.get(raw)
     if status is None:
@@ -537,37 +568,35 @@ def charge_status(charge: Mapping[str, Any]) -> ProviderStatus:
     # A refunded charge was paid first: its capture is the payment the refund took back.
     paid = status in (NeutralStatus.PAID, NeutralStatus.REFUNDED)
     captured = rupiah(charge["capture_amount"]) if paid else None
-    refunded = (_refunded_amount(charge, tolerant=status is NeutralStatus.REFUNDED)
-                if paid else None)
+    refunded = _refunded_amount(charge) if paid else None
+    if status is NeutralStatus.REFUNDED and refunded is None:
+        raise ValueError(f"charge is REFUNDED with refunded_amount "
+                         f"{charge.get('refunded_amount')!r:.40}: how much went back is unknown")
     if status is NeutralStatus.PAID and refunded is not None:
         status = NeutralStatus.REFUNDED
         raw = "REFUNDED" if captured is not None and refunded >= captured else "PARTIALLY_REFUNDED"
+    captured_at = (parse_time(charge["updated"])
+                   if status is NeutralStatus.PAID and charge.get("updated") else None)
     return ProviderStatus(
         status=status, provider_ref=str(charge["id"]), paid_amount=captured,
-        paid_at=parse_time(charge["updated"]) if paid and charge.get("updated") else None,
-        raw_status=raw,
+        paid_at=captured_at, raw_status=raw,
         reversed_amount=refunded if status is NeutralStatus.REFUNDED else None,
         currency=reported_currency(charge.get("currency")),
     )
 
 
-def _refunded_amount(charge: Mapping[str, Any], *, tolerant: bool) -> int | None:
-    """``refunded_amount``, None when absent or ``null``. Unreadable on a ``REFUNDED`` charge
-    it is None (the refund is known, its total not: the case asks a person for the payment's
-    amount, as Midtrans's does); unreadable on a ``SUCCEEDED`` one it raises: taken for none, a
-    refund would pass as a plain payment and nobody would hear of it."""
+def _refunded_amount(charge: Mapping[str, Any]) -> int | None:
+    """``refunded_amount``, None when absent, ``null`` or 0 (nothing went back yet); raises
+    ``ValueError`` when unreadable, whatever the status: taken for none on a ``SUCCEEDED``
+    charge, a refund would pass as a plain payment; on a ``REFUNDED`` one, for the whole
+    capture, a figure nobody read."""
     value = charge.get("refunded_amount")
     if value is None:
         return None
-    try:
-        amount = rupiah(value)
-        if amount < 0:
-            raise ValueError(f"refunded_amount {value!r} is negative")
-    except ValueError:
-        if tolerant:
-            return None
-        raise
-    return amount or None  # 0: nothing went back (yet)
+    amount = rupiah(value)
+    if amount < 0:
+        raise ValueError(f"refunded_amount {value!r} is negative")
+    return amount or None
 
 
 def callback_status(body: Mapping[str, Any]) -> ProviderStatus:

@@ -112,8 +112,13 @@ class Receiver:
         always_fail: bool = False,
         failure_status: int = 500,
         failing: Mapping[str, int] | None = None,
+        held: bool = False,
     ) -> None:
         self.delay = delay
+        self.held = asyncio.Event()
+        """While clear (``held=True``), requests are received and not answered: ``release``."""
+        if not held:
+            self.held.set()
         self.drip = drip
         self.fail_first = fail_first
         self.always_fail = always_fail
@@ -193,6 +198,7 @@ class Receiver:
         try:
             if self.delay:
                 await asyncio.sleep(self.delay)
+            await self.held.wait()
         finally:
             self.answering -= 1
         if self.always_fail or tries <= max(self.fail_first, self.failing.get(event_id, 0)):
@@ -504,29 +510,35 @@ async def test_the_webhook_timeout_bounds_a_whole_try_even_against_a_byte_a_time
 async def test_one_slow_merchant_endpoint_delays_no_other_merchant_and_no_other_job(
     engine: AsyncEngine, db_url: str
 ) -> None:
-    """A merchant whose endpoint takes 1.5 s to answer has more due webhooks than the relay has
-    slots. Another merchant's new webhook, and a job of the slow merchant that is not a webhook
-    (order.captured: deferred issuance), still go out within a couple of idle polls (20 ms
-    each), not after the slow endpoint's answers."""
-    async with Receiver(delay=1.5) as slow, Receiver() as fast:
+    """A merchant whose endpoint does not answer (until the test lets it) has more due webhooks
+    than the relay has slots. Another merchant's new webhook, and a job of the slow merchant
+    that is not a webhook (order.captured: deferred issuance), still go out while the slow
+    merchant's lane is full and before any of its tries ends, the webhook timeout included:
+    a relay whose slots the slow endpoint held would send them only once a slow try timed out
+    and was recorded. Asserted on the order of events, so a slow machine cannot flip it."""
+    async with Receiver(held=True) as slow, Receiver() as fast:
         slow_m = await add_merchant(engine, slow.url)
         fast_m = await add_merchant(engine, fast.url)
         await add_outbox_events(engine, FAST.concurrency + 2, merchant_id=slow_m)
+        slow_tries_ended = sa.and_(outbox.c.merchant_id == slow_m,
+                                   outbox.c.last_error.is_not(None))
         async with webhook_relay(db_url, f"hol-{new_id('w')[-6:]}") as relay, running(relay):
-            await asyncio.wait_for(slow.first_request.wait(), timeout=10)
-            written = time.monotonic()
-            [job] = await add_outbox_events(engine, 1, merchant_id=slow_m,
-                                            event_type=ORDER_CAPTURED)  # no handler here: done
-            await add_outbox_events(engine, 1, merchant_id=fast_m)
-            await asyncio.wait_for(fast.first_request.wait(), timeout=10)
-            webhook_waited = time.monotonic() - written
-            await eventually(lambda: settled(engine, outbox.c.event_id == job, 1, ["done"]),
-                             timeout=10, what="the slow merchant's own job done")
-            job_waited = time.monotonic() - written
-            assert slow.answering > 0, "the slow merchant's webhooks were still being answered"
+            try:
+                await asyncio.wait_for(slow.first_request.wait(), timeout=10)
+                [job] = await add_outbox_events(engine, 1, merchant_id=slow_m,
+                                                event_type=ORDER_CAPTURED)  # no handler: done
+                await add_outbox_events(engine, 1, merchant_id=fast_m)
+                await asyncio.wait_for(fast.first_request.wait(), timeout=10)
+                ended_before_webhook = len(await rows_where(engine, slow_tries_ended))
+                await eventually(lambda: settled(engine, outbox.c.event_id == job, 1, ["done"]),
+                                 timeout=10, what="the slow merchant's own job done")
+                ended_before_job = len(await rows_where(engine, slow_tries_ended))
+                lane = slow.answering
+            finally:
+                slow.held.set()
         await let_go_of_unclaimed(engine, outbox.c.merchant_id == slow_m)
-    assert webhook_waited < 0.5, webhook_waited
-    assert job_waited < 0.5, job_waited
+    assert lane == FAST.merchant_concurrency, "the slow merchant's lane was full all along"
+    assert (ended_before_webhook, ended_before_job) == (0, 0)
     assert slow.problems == fast.problems == []
 
 
@@ -708,17 +720,24 @@ async def test_writing_webhooks_brings_forward_only_their_orders_earlier_ones_wa
 
 async def test_the_relay_claims_again_as_soon_as_a_slot_is_free(engine: AsyncEngine) -> None:
     """A handler that takes its time holds its own slot, not the relay: an event due meanwhile
-    starts at once. Stopping then lets the handler in flight finish and records it."""
+    starts and is done while it is still in flight, not once it ends (released, or cut by the
+    handler timeout). Stopping then lets the handler in flight finish and records it."""
     tag = new_id("tst")
     release = asyncio.Event()
     started: dict[str, float] = {}
+    happened: list[str] = []
 
     async def lingers(event: OutboxEvent) -> None:
         started[event.event_id] = time.monotonic()
-        await release.wait()
+        happened.append("lingers started")
+        try:
+            await release.wait()
+        finally:
+            happened.append("lingers ended")
 
     async def quick(event: OutboxEvent) -> None:
         started[event.event_id] = time.monotonic()
+        happened.append("quick ran")
 
     relay = Relay(engine, {"test.lingers": lingers, "test.quick": quick}, FAST,
                   f"slots-{tag[-6:]}", SystemClock())
@@ -728,12 +747,11 @@ async def test_the_relay_claims_again_as_soon_as_a_slot_is_free(engine: AsyncEng
         [slow_id] = await add_outbox_events(engine, 1, aggregate_id=tag,
                                             event_type="test.lingers")
         await eventually(lambda: _true(slow_id in started), timeout=10, what="lingers started")
-        written = time.monotonic()
         [quick_id] = await add_outbox_events(engine, 1, aggregate_id=tag,
                                              event_type="test.quick")
         await eventually(lambda: settled(engine, outbox.c.event_id == quick_id, 1, ["done"]),
                          timeout=10, what="the quick event done")
-        assert started[quick_id] - written < 0.5
+        assert happened == ["lingers started", "quick ran"]
         stop.set()
         await asyncio.sleep(0.1)
         assert not running_relay.done(), "stopping waits for the handler in flight"

@@ -26,6 +26,7 @@ from orchestrator.rails.errors import (
     Throttled,
     TransientBeforeSend,
     Unavailable,
+    Unreadable,
 )
 from orchestrator.rails.xendit import (
     XenditProvider,
@@ -496,10 +497,7 @@ async def test_partial_refunds_read_as_refunds_with_the_running_total(
      (NeutralStatus.REFUNDED, "REFUNDED", 125_000)),
     ({"status": "REFUNDED", "refunded_amount": 125_000},
      (NeutralStatus.REFUNDED, "REFUNDED", 125_000)),
-    # Refunded, by how much unknown: the refund is not lost over it (a person is asked).
-    ({"status": "REFUNDED", "refunded_amount": "a lot"},
-     (NeutralStatus.REFUNDED, "REFUNDED", None)),
-], ids=["none", "zero", "partial", "all-still-succeeded", "refunded", "refunded-unreadable"])
+], ids=["none", "zero", "partial", "all-still-succeeded", "refunded"])
 def test_an_e_wallet_charge_says_how_much_of_it_went_back(
     charge_fields: dict[str, Any], want: tuple[NeutralStatus, str, int | None],
 ) -> None:
@@ -509,6 +507,61 @@ def test_an_e_wallet_charge_says_how_much_of_it_went_back(
         "capture_amount": 125_000, "updated": "2025-03-10T02:05:40.120Z", **charge_fields}})
     assert (reported.status, reported.raw_status, reported.reversed_amount) == want
     assert reported.paid_amount == 125_000
+
+
+@pytest.mark.parametrize("refunded_amount", [None, "a lot", 0, -5, "absent"])
+def test_a_refunded_charge_that_does_not_say_how_much_went_back_is_unreadable(
+    refunded_amount: object,
+) -> None:
+    """Nothing Xendit documents says ``REFUNDED`` means the whole capture (RAILS.md §2.4):
+    without a readable ``refunded_amount`` the answer is unreadable, read again later, never a
+    full refund. Before: it was taken for one, and a case opened for the whole payment."""
+    data: dict[str, Any] = {
+        "id": "ewc_1", "reference_id": "att_1", "status": "REFUNDED", "currency": "IDR",
+        "charge_amount": 125_000, "capture_amount": 125_000,
+        "updated": "2025-03-10T02:05:40.120Z", "refunded_amount": refunded_amount}
+    if refunded_amount == "absent":
+        del data["refunded_amount"]
+    with pytest.raises(ValueError, match="malformed"):
+        callback_status({"event": "ewallet.capture", "business_id": "b1", "data": data})
+
+
+async def test_a_refunded_charge_read_without_its_total_is_unreadable_and_neutral(
+    provider: XenditProvider, sim: XenditSim, http: httpx.AsyncClient,
+) -> None:
+    """The simulator's charge says REFUNDED with ``refunded_amount`` null: the read raises
+    ``Unreadable`` (neutral for the breaker, retried with the unreadable back-off)."""
+    request = charge("dana")
+    instrument = await provider.create(request)
+    assert (await pay(http, sim, request, instrument.provider_ref)).status_code == 200
+    await control(http, sim, "POST", "/refund", {"id": instrument.provider_ref,
+                                                 "amount": request.amount,
+                                                 "show_refunded_amount": False})
+    with pytest.raises(Unreadable, match="how much went back is unknown"):
+        await provider.status(request.reference, instrument.provider_ref, request.route)
+
+
+async def test_a_refunded_charge_is_dated_when_it_was_paid_not_when_it_was_refunded(
+    provider: XenditProvider, sim: XenditSim, http: httpx.AsyncClient,
+) -> None:
+    """The charge object has no payment time; its ``updated`` is the last status change,
+    which a refund days later becomes. A read of a refunded charge dates the payment by its
+    Transactions API entry (RAILS.md §2.5), in a second request the pacer budgets for. Before:
+    it was dated at the refund."""
+    request = charge("dana")
+    instrument = await provider.create(request)
+    assert (await pay(http, sim, request, instrument.provider_ref)).status_code == 200
+    [payment] = [t for t in sim.store.transactions if t["product_id"] == instrument.provider_ref]
+    paid_at = datetime.fromisoformat(payment["created"])
+    later = paid_at + timedelta(days=3)
+    seen = []
+    for amount in (40_000, 110_000):  # part of it, then the rest: SUCCEEDED, then REFUNDED
+        await control(http, sim, "POST", "/refund", {
+            "id": instrument.provider_ref, "amount": amount, "at": later.isoformat()})
+        read = await provider.status(request.reference, instrument.provider_ref, request.route)
+        seen.append((read.raw_status, read.paid_at))
+    assert seen == [("PARTIALLY_REFUNDED", paid_at), ("REFUNDED", paid_at)]
+    assert provider.status_requests(instrument.provider_ref, request.route) == 2
 
 
 def test_a_succeeded_charge_whose_refunded_amount_cannot_be_read_is_not_taken_for_paid() -> None:

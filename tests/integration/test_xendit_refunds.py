@@ -12,6 +12,7 @@ session's PostgreSQL and Redis; the worker's relay and verifier run in-process.
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -204,3 +205,72 @@ async def test_a_refund_callback_the_charge_does_not_show_yet_is_read_again_unti
     await settled_quietly(stack, attempt.id)
     assert await review(stack, order_id) == [(*REFUNDED, 20_000)]
     assert (await order_state(stack, order_id)()) == "paid"
+
+
+async def test_a_refund_whose_charge_does_not_say_how_much_opens_no_case_until_it_does(
+    stack: Stack,  # noqa: F811
+) -> None:
+    """The merchant refunds the whole 125000 at Xendit; the ``refund.succeeded`` callback asks
+    for a read, and the charge says ``REFUNDED`` with ``refunded_amount`` null. Nothing Xendit
+    documents says REFUNDED means all of it, so the read is unreadable: no case, and the
+    delivery is queued to be read again (with the unreadable back-off). Once the charge says
+    how much, one case opens for that. Before: a case opened for the whole payment on the
+    figure nobody read, and the read that said how much opened a second."""
+    order_id, attempt = await paid_xendit_ewallet_order(stack)
+    await sim_post(stack.sims.xendit.control_url, "/refund", {
+        "reference_id": attempt.id, "amount": attempt.transfer_amount, "notify": True,
+        "show_refunded_amount": False})
+    await wait_for(lambda: refund_deliveries(stack, attempt), 1)
+
+    async def queued_again() -> list[int]:
+        """Unreadable answers in a row, per delivery queued to be read again."""
+        async with stack.container.db.read() as conn:
+            return [p["unreadable_tries"] for p in (await conn.execute(
+                sa.select(outbox.c.payload).where(
+                    outbox.c.event_type == "provider.delivery",
+                    outbox.c.aggregate_id == attempt.id, outbox.c.status == "pending",
+                    outbox.c.event_id.like("rv1_%")))).scalars()]
+
+    await run_relay(stack.container, queued_again, [1])
+    assert [o for v, o in await outcomes(stack, attempt.id) if v][-1] is None  # not closed
+    assert await review(stack, order_id) == []
+    assert await merchant_told(stack, order_id) == []
+
+    charge = stack.sims.xendit.store.charge_by_reference(attempt.id)
+    assert charge is not None
+    charge["refunded_amount"] = attempt.transfer_amount  # Xendit says how much, at last
+    async with stack.container.db.transaction() as conn:
+        await conn.execute(outbox.update().where(
+            outbox.c.event_type == "provider.delivery", outbox.c.aggregate_id == attempt.id,
+            outbox.c.status == "pending").values(available_at=stack.container.clock.now()))
+    await settled_quietly(stack, attempt.id)
+    assert await review(stack, order_id) == [(*REFUNDED, attempt.transfer_amount)]
+    assert await merchant_told(stack, order_id) == [
+        ("refunded_at_provider", attempt.transfer_amount, "REFUNDED")]
+    assert (await order_state(stack, order_id)()) == "paid"
+
+
+async def test_a_refunded_payment_first_learnt_from_a_read_is_dated_when_it_was_paid(
+    stack: Stack,  # noqa: F811
+) -> None:
+    """The capture callback was lost, and three days after the payment the merchant refunded
+    20000 of it at Xendit; then Lunas reads the charge. The charge's ``updated`` is the
+    refund's time by now; the payment is recorded at its own, the time the Transactions API
+    lists it at. Before: the payment's evidence was dated at the refund."""
+    await sim_post(stack.sims.xendit.control_url, "/config", {"callback_url": None})
+    order_id, attempt = await order_and_attempt(stack, "ewallet", "dana", "ewallet:xendit:dana")
+    await sim_post(stack.sims.xendit.control_url, "/pay", {
+        "kind": "ewallet", "reference_id": attempt.id, "amount": attempt.transfer_amount})
+    [payment] = [t for t in stack.sims.xendit.store.transactions
+                 if t["reference_id"] == attempt.id]
+    paid_at = datetime.fromisoformat(payment["created"])
+    await sim_post(stack.sims.xendit.control_url, "/refund", {
+        "reference_id": attempt.id, "amount": 20_000,
+        "at": (paid_at + timedelta(days=3)).isoformat()})
+    await make_due(stack, attempt.id)
+    await run_verifier(stack.container, order_state(stack, order_id), "paid")
+    await wait_for(lambda: review(stack, order_id), [(*REFUNDED, 20_000)])
+    async with stack.container.db.read() as conn:
+        dated = (await conn.execute(sa.select(evidence.c.observed_at).where(
+            evidence.c.order_id == order_id, evidence.c.verdict == "settle"))).scalar_one()
+    assert dated == paid_at
