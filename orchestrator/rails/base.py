@@ -122,8 +122,21 @@ def ignore_call(provider: str, operation: str, outcome: str, seconds: float) -> 
     """The observer when nobody measures."""
 
 
+class MoreRequestsNeeded(Exception):
+    """A status read found it needs more HTTP requests than its caller's pace allowed it, and
+    stopped before sending the first beyond them. Not a failure of the provider: the caller
+    takes ``requests`` slots of the pace and reads again with that allowance. It lets
+    ``status_requests`` budget what a read usually costs rather than its rare worst case (a
+    Xendit charge read that shows a refund must look up its payment's time)."""
+
+    def __init__(self, requests: int) -> None:
+        super().__init__(f"this read needs {requests} requests")
+        self.requests = requests
+
+
 class PaymentProvider(Protocol):
-    """A gateway adapter. Implementations raise only ``rails.errors.RailError`` subclasses."""
+    """A gateway adapter. Implementations raise only ``rails.errors.RailError`` subclasses
+    (and ``MoreRequestsNeeded`` from ``status``)."""
 
     name: str
     idempotent_create: bool
@@ -137,11 +150,16 @@ class PaymentProvider(Protocol):
 
     async def create(self, request: ChargeRequest) -> Instrument: ...
 
-    async def status(self, reference: str, provider_ref: str | None, route: Route
-                     ) -> ProviderStatus: ...
+    async def status(self, reference: str, provider_ref: str | None, route: Route, *,
+                     requests_allowed: int | None = None) -> ProviderStatus:
+        """The provider's word on one attempt. An answer that needs more than
+        ``requests_allowed`` HTTP requests (None: no limit) raises ``MoreRequestsNeeded``
+        before sending any beyond it."""
+        ...
 
     def status_requests(self, provider_ref: str | None, route: Route) -> int:
-        """The most HTTP requests one ``status`` call makes, so the pacer can budget for it."""
+        """The HTTP requests one ``status`` call makes but for rare answers that ask for more
+        (``MoreRequestsNeeded``), so the pacer can budget for it."""
         ...
 
     async def cancel(self, reference: str, provider_ref: str | None, route: Route) -> None:

@@ -500,8 +500,8 @@ class MidtransProvider:
             raise Unavailable(f"charge created but its instrument is unusable: {exc}",
                               provider=PROVIDER, operation="create") from exc
 
-    async def status(self, reference: str, provider_ref: str | None, route: Route
-                     ) -> ProviderStatus:
+    async def status(self, reference: str, provider_ref: str | None, route: Route, *,
+                     requests_allowed: int | None = None) -> ProviderStatus:
         response = await self._send("status", "GET", f"/v2/{reference}/status", self._headers)
         body = _decode(response)
         code = effective_code(response, body)

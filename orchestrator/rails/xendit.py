@@ -97,6 +97,7 @@ from orchestrator.rails.base import (
     CallObserver,
     ChargeRequest,
     Instrument,
+    MoreRequestsNeeded,
     NeutralStatus,
     ProviderStatus,
     Rail,
@@ -193,9 +194,12 @@ class XenditProvider:
 
     def status_requests(self, provider_ref: str | None, route: Route) -> int:
         """A QR or a VA is read, then (when no longer active) its payment is looked up in the
-        Transactions API; a charge is read, then (when it shows a refund) its payment's time is
-        looked up there; with no provider ref only the lookup is made."""
-        return 2 if route.rail is Rail.QRIS or provider_ref is not None else 1
+        Transactions API; a charge is one read (one that shows a refund asks for a second, to
+        look its payment's time up there: ``MoreRequestsNeeded``, rare enough not to double
+        every e-wallet read's cost); with no provider ref only the lookup is made."""
+        if route.rail is Rail.QRIS or (route.rail is Rail.VA and provider_ref is not None):
+            return 2
+        return 1
 
     def __init__(self, *, base_url: str, secret_key: str, client: httpx.AsyncClient,
                  timeout: float, callback_url: str, return_url: str,
@@ -280,8 +284,8 @@ class XenditProvider:
 
     # -- status ----------------------------------------------------------------------------
 
-    async def status(self, reference: str, provider_ref: str | None, route: Route
-                     ) -> ProviderStatus:
+    async def status(self, reference: str, provider_ref: str | None, route: Route, *,
+                     requests_allowed: int | None = None) -> ProviderStatus:
         if route.rail is Rail.QRIS:
             return await self._qr_status(reference)
         if provider_ref is None:
@@ -294,6 +298,8 @@ class XenditProvider:
         with self._reading("status"):
             read = charge_status(data)
         if read.status is NeutralStatus.REFUNDED:
+            if requests_allowed is not None and requests_allowed < 2:
+                raise MoreRequestsNeeded(2)
             return replace(read, paid_at=await self._payment_time(reference, provider_ref))
         return read
 

@@ -42,7 +42,13 @@ from orchestrator.domain import events
 from orchestrator.domain.order import AttemptState
 from orchestrator.domain.verification import unreadable_gap
 from orchestrator.outbox.writer import PendingEvent, add_events
-from orchestrator.rails.base import PaymentProvider, ProviderStatus, Rail, Route
+from orchestrator.rails.base import (
+    MoreRequestsNeeded,
+    PaymentProvider,
+    ProviderStatus,
+    Rail,
+    Route,
+)
 from orchestrator.rails.errors import RailError, Throttled, Unreadable
 from orchestrator.rails.guard import BreakerGuard
 from orchestrator.rails.ratelimit import PaceBusy, RequestPacer
@@ -143,15 +149,33 @@ class StatusReads:
             # be refused, delaying the reads that can go (seams review).
             raise RouteUnavailable(route.key)
         provider = self._providers[attempt.provider]
-        await self._not_paused(attempt.provider)
-        if not await self._pacer.acquire(attempt.provider,
-                                         provider.status_requests(attempt.provider_ref, route),
-                                         before_send=still_wanted, within=within):
-            raise ReadAbandoned(attempt.id)
-        await self._not_paused(attempt.provider)  # another read may have been told 429 meanwhile
+        allowed = provider.status_requests(attempt.provider_ref, route)
+        while True:
+            await self._not_paused(attempt.provider)
+            if not await self._pacer.acquire(attempt.provider, allowed,
+                                             before_send=still_wanted, within=within):
+                raise ReadAbandoned(attempt.id)
+            await self._not_paused(attempt.provider)  # another read may have been told 429
+            try:
+                return await self._send(provider, attempt, route, allowed)
+            except MoreRequestsNeeded as more:
+                if more.requests <= allowed:  # an adapter asking for what it had: a bug
+                    raise Unreadable(f"asked for {more.requests} requests with {allowed}",
+                                     provider=attempt.provider, operation="status") from more
+                # The first read's slots are spent; the read is made again in full, paced.
+                # ``still_wanted`` said yes once (a verifier's claim renewed then holds), and
+                # asked again it would find its own renewal and say no.
+                allowed, still_wanted = more.requests, None
+
+    async def _send(self, provider: PaymentProvider, attempt: Any, route: Route,
+                    allowed: int) -> ProviderStatus:
         async with self._guard.guard(route.key) as call:
             try:
-                return await provider.status(attempt.id, attempt.provider_ref, route)
+                return await provider.status(attempt.id, attempt.provider_ref, route,
+                                             requests_allowed=allowed)
+            except MoreRequestsNeeded:
+                call.neutral()  # the provider answered: it is not failing
+                raise
             except Throttled as exc:
                 call.neutral()  # the provider is up: it wants fewer requests, not a failover
                 pause = throttle_pause(exc.retry_after)

@@ -301,11 +301,12 @@ class TracedProvider:
             current.set_attribute("lunas.attempt_id", request.reference)
             return instrument
 
-    async def status(self, reference: str, provider_ref: str | None, route: Route
-                     ) -> ProviderStatus:
+    async def status(self, reference: str, provider_ref: str | None, route: Route, *,
+                     requests_allowed: int | None = None) -> ProviderStatus:
         with _provider_span(self.name, "status", route) as current:
             current.set_attribute("lunas.attempt_id", reference)
-            answer = await self._inner.status(reference, provider_ref, route)
+            answer = await self._inner.status(reference, provider_ref, route,
+                                              requests_allowed=requests_allowed)
             current.set_attribute("lunas.outcome", answer.status.value)
             return answer
 

@@ -18,7 +18,14 @@ from litestar import Litestar, Request, Response, post
 from chaos.sim.server import SwitchableServer
 from chaos.sim.xendit import CALLBACK_RETRY_OFFSETS_S, XenditSim
 from orchestrator.rails import qris
-from orchestrator.rails.base import ChargeRequest, Instrument, NeutralStatus, Rail, Route
+from orchestrator.rails.base import (
+    ChargeRequest,
+    Instrument,
+    MoreRequestsNeeded,
+    NeutralStatus,
+    Rail,
+    Route,
+)
 from orchestrator.rails.errors import (
     Misconfigured,
     OutcomeUnknown,
@@ -546,8 +553,9 @@ async def test_a_refunded_charge_is_dated_when_it_was_paid_not_when_it_was_refun
 ) -> None:
     """The charge object has no payment time; its ``updated`` is the last status change,
     which a refund days later becomes. A read of a refunded charge dates the payment by its
-    Transactions API entry (RAILS.md §2.5), in a second request the pacer budgets for. Before:
-    it was dated at the refund."""
+    Transactions API entry (RAILS.md §2.5), in a second request. A charge read is budgeted
+    one request, so a read allowed one asks for two before sending the second
+    (``MoreRequestsNeeded``). Before: it was dated at the refund."""
     request = charge("dana")
     instrument = await provider.create(request)
     assert (await pay(http, sim, request, instrument.provider_ref)).status_code == 200
@@ -561,7 +569,14 @@ async def test_a_refunded_charge_is_dated_when_it_was_paid_not_when_it_was_refun
         read = await provider.status(request.reference, instrument.provider_ref, request.route)
         seen.append((read.raw_status, read.paid_at))
     assert seen == [("PARTIALLY_REFUNDED", paid_at), ("REFUNDED", paid_at)]
-    assert provider.status_requests(instrument.provider_ref, request.route) == 2
+    assert provider.status_requests(instrument.provider_ref, request.route) == 1
+    with pytest.raises(MoreRequestsNeeded) as more:
+        await provider.status(request.reference, instrument.provider_ref, request.route,
+                              requests_allowed=1)
+    assert more.value.requests == 2
+    read = await provider.status(request.reference, instrument.provider_ref, request.route,
+                                 requests_allowed=2)
+    assert (read.raw_status, read.paid_at) == ("REFUNDED", paid_at)
 
 
 def test_a_succeeded_charge_whose_refunded_amount_cannot_be_read_is_not_taken_for_paid() -> None:
