@@ -92,7 +92,14 @@ QueueKey = tuple[str, str]
 WALK_PER_EVENT = 8
 WALK_MIN = 64
 """A capped claim on PostgreSQL walks ``max(WALK_MIN, WALK_PER_EVENT * limit)`` merchant queues:
-~7 µs each (bench/outbox.py), a few hundred µs for the relay's usual claim."""
+~7 µs each (bench/outbox.py), a few hundred µs for the relay's usual claim..."""
+WALK_WIDE = 1024
+"""...or this many (~7 ms) when the relay's previous claim found fewer events than it asked
+for (``claim_batch``'s ``wide``): a relay with little to do spends more of a claim looking.
+That is the incident this walk is for (one slow merchant with a backlog, many merchants'
+endpoints down, the relay claiming once a poll), and in it a merchant whose due webhooks sit
+behind the backlog waits a lap of queues / 1024 claims (40 at 40,000 queues), not / 128; up to
+1,024 queues, such a claim sees every queue, as a walk of all did."""
 SCAN_PER_EVENT = 4
 SCAN_MIN = 64
 """...and reads the first ``max(SCAN_MIN, SCAN_PER_EVENT * limit)`` due events, the front of
@@ -145,6 +152,7 @@ def claim_batch(
     limit: int,
     cap: MerchantCap | None = None,
     after: QueueKey | None = None,
+    wide: bool = False,
 ) -> Claim:
     """Lease up to ``limit`` due events to ``worker_id``, those due longest first, and count the
     try; returns the rows.
@@ -165,7 +173,8 @@ def claim_batch(
     - the first due events of a window of merchant queues, the walk, taken in key order after
       ``after`` (where the previous claim's walk ended: ``Claimed.after``) and wrapping round:
       a merchant whose due events sit behind an older backlog of others' (which fills the first
-      read) is still seen, within one lap of ``queues / window`` claims. Walking every queue
+      read) is still seen, within one lap of ``queues / window`` claims (a ``wide`` window,
+      ``WALK_WIDE``, when the relay's last claim found less than it asked). Walking every queue
       on every claim cost ~7 µs a queue, 0.3 s a claim at 40,000; a walk that always started
       at the first queue would never reach the last ones;
     - the first due jobs of each type naming no merchant (a handful of types);
@@ -190,7 +199,7 @@ def claim_batch(
         return Claim(_claim_statement(locking=False, capped=True), capped)
     return Claim(_claim_statement(locking=True, capped=True),
                  {**capped, "b_scan": max(SCAN_MIN, SCAN_PER_EVENT * limit)},
-                 walk=(after, max(WALK_MIN, WALK_PER_EVENT * limit)))
+                 walk=(after, WALK_WIDE if wide else max(WALK_MIN, WALK_PER_EVENT * limit)))
 
 
 @functools.cache

@@ -166,6 +166,8 @@ class Relay:
         self._walk_after: queries.QueueKey | None = None
         """Where this relay's next claim walks the merchant queues from (``claim_batch``): each
         claim goes on where the last one stopped, so every queue is seen once a lap."""
+        self._walk_wide = True
+        """Whether the next claim walks a wide window: the last one found less than it asked."""
 
     @property
     def worker_id(self) -> str:
@@ -259,10 +261,11 @@ class Relay:
             cap=queries.MerchantCap(event_types=self._per_merchant,
                                     per_merchant=self._per_lane, held=held),
             after=self._walk_after,
+            wide=self._walk_wide,
         )
         async with self._engine.begin() as conn:
             claimed = await claim.taking(conn)
-        self._walk_after = claimed.after
+        self._walk_after, self._walk_wide = claimed.after, len(claimed.rows) < limit
         return sorted((OutboxEvent.from_row(r) for r in claimed.rows), key=lambda e: e.id)
 
     async def _in_slot(

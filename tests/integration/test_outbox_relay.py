@@ -963,7 +963,7 @@ async def test_a_merchant_behind_an_older_backlog_and_many_waiting_queues_is_ser
                                 merchant_id=merchant_id, payload={"order_id": order_id},
                                 available_at=due)
 
-        waiting = [f"mch_waiting_{i:03d}" for i in range(200)]
+        waiting = [f"mch_waiting_{i:05d}" for i in range(2 * queries.WALK_WIDE + 100)]
         async with engine.begin() as conn:
             await add_events(conn, [
                 *(paid("mch_backlog", now - timedelta(minutes=10)) for _ in range(400)),
@@ -978,7 +978,7 @@ async def test_a_merchant_behind_an_older_backlog_and_many_waiting_queues_is_ser
 
         relay = Relay(engine, {ORDER_PAID: deliver}, FAST, "w-lap", SystemClock(),
                       per_merchant=MERCHANT_VISIBLE)
-        window = max(queries.WALK_MIN, queries.WALK_PER_EVENT * FAST.concurrency)
+        window = max(queries.WALK_MIN, queries.WALK_PER_EVENT * FAST.concurrency)  # narrowest
         lap = -(-(len(waiting) + 2) // window)
         for _ in range(lap):
             await relay.run_once()
