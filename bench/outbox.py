@@ -13,14 +13,20 @@ one PostgreSQL backend, whose CPU is read from ``/proc``):
 3. **claim**: M merchants with a pending webhook of each of T types (M x T queues for the skip
    scan), ``ANALYZE``d; the relay's capped claim (16 asked, 4 per lane) under ``EXPLAIN
    (ANALYZE, FORMAT JSON)``, JIT on and off alternately, rolled back, and the claim itself timed
-   in a transaction with and without ``SET LOCAL jit = off`` first.
+   in a transaction with and without ``SET LOCAL jit = off`` first;
+4. **queues** (``--queues``): N merchants, each with a few ``order.paid`` of their own orders
+   waiting for a retry (not yet due), one merchant in ``--due-every`` with one due besides: the
+   outbox of an incident, many merchant endpoints down. The relay's capped claim (16 asked, 4 per
+   lane), one after another as the relay makes them, each rolled back so every claim meets the
+   same outbox; wall time and PostgreSQL CPU per claim, and per pending queue.
 
 Variants run alternately in rounds, so the machine's drift (other people's tests) falls on all of
 them alike; the figures to compare are the per-event differences within one run. Figures are
 printed and written to ``bench/results/outbox.json``; nothing is asserted.
 
     python bench/outbox.py [--events 2000] [--rounds 8] [--merchants 100,5000,20000] [--types 2]
-                           [--backlog 0]
+                           [--backlog 0] [--queues 1000,10000,40000] [--due-every 20]
+                           [--only write,record,claim,queues]
 """
 
 from __future__ import annotations
@@ -299,6 +305,71 @@ def _plan_figures(explained: Any) -> dict[str, float]:
             "jit_functions": float(jit.get("Functions", 0))}
 
 
+# --------------------------------------------------------------------------- 4. many queues
+
+
+async def bench_queues(engine: AsyncEngine, pid: int, merchants: int, due_every: int,
+                       claims: int) -> dict[str, Any]:
+    waiting_each = 3
+    now = datetime.now(UTC)
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql("DELETE FROM outbox")
+        rows = []
+        for m in range(merchants):
+            merchant = f"mch_{m:06d}"
+            for k in range(waiting_each + (m % due_every == 0)):
+                row = writer.event_row(writer.PendingEvent(
+                    event_type=ORDER_PAID, aggregate_id=new_id("ord"), merchant_id=merchant,
+                    payload={"n": m}), now=now - timedelta(minutes=5))
+                due = k == waiting_each
+                row.update(attempts=0 if due else 1, available_at=(
+                    now - timedelta(seconds=1) if due else now + timedelta(hours=1)))
+                rows.append(row)
+        for i in range(0, len(rows), 5000):
+            await conn.execute(writer._INSERT, rows[i:i + 5000])
+    async with engine.connect() as conn:
+        await (await conn.execution_options(isolation_level="AUTOCOMMIT")).exec_driver_sql(
+            "VACUUM ANALYZE outbox")
+    due = len(range(0, merchants, due_every))
+    rotating = hasattr(queries, "QueueKey")  # the claim walks the queues from a cursor
+    after: Any = None
+
+    async def claim_once() -> int:
+        nonlocal after
+        kwargs = {"after": after} if rotating else {}
+        claim = queries.claim_batch(
+            "postgresql", worker_id="bench-queues", now=datetime.now(UTC),
+            lease=timedelta(seconds=60), limit=16,
+            cap=queries.MerchantCap(event_types=MERCHANT_VISIBLE, per_merchant=4), **kwargs)
+        async with engine.connect() as conn, conn.begin() as trans:
+            if rotating:
+                taken = await claim.taking(conn)  # type: ignore[attr-defined]
+                after, n = taken.after, len(taken.rows)
+            else:
+                n = len(await claim.run(conn))
+            await trans.rollback()
+        return n
+
+    for _ in range(3):
+        await claim_once()
+    walls, pgs, taken = [], [], []
+    for _ in range(claims):
+        wall0, pg0 = time.perf_counter(), backend_cpu(pid)
+        taken.append(await claim_once())
+        walls.append(1e3 * (time.perf_counter() - wall0))
+        pgs.append(1e3 * (backend_cpu(pid) - pg0))
+    wall, pg = statistics.median(walls), sum(pgs) / len(pgs)
+    print(f"\n4. one capped claim (16 asked, 4 per lane), {merchants:,} merchant queues "
+          f"({merchants * waiting_each + due:,} pending, {due:,} due), {claims} claims")
+    print(f"  claim: median {wall:7.2f} ms (min {min(walls):.2f}, max {max(walls):.2f}), "
+          f"PostgreSQL CPU {pg:6.2f} ms; {1e3 * wall / merchants:6.2f} µs per queue; "
+          f"claimed per claim: median {statistics.median(taken):.0f}, min {min(taken)}")
+    return {"queues": merchants, "due": due, "claims": claims, "claim_ms": round(wall, 3),
+            "claim_min_ms": round(min(walls), 3), "postgres_cpu_ms": round(pg, 3),
+            "us_per_queue": round(1e3 * wall / merchants, 3),
+            "claimed_median": statistics.median(taken), "claimed_min": min(taken)}
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -309,10 +380,16 @@ async def run(args: argparse.Namespace, url: str) -> dict[str, Any]:
         pid = await backend_pid(engine)
         result: dict[str, Any] = {"machine": machine(), "events": args.events,
                                   "rounds": args.rounds}
-        result["write"] = await bench_writes(engine, Meter(pid), args.events, args.rounds)
-        result["record"] = await bench_records(engine, Meter(pid), args.events, args.rounds)
-        result["claim"] = [await bench_claim(engine, m, args.types, args.claim_rounds,
-                                             args.backlog) for m in args.merchants]
+        if "write" in args.only:
+            result["write"] = await bench_writes(engine, Meter(pid), args.events, args.rounds)
+        if "record" in args.only:
+            result["record"] = await bench_records(engine, Meter(pid), args.events, args.rounds)
+        if "claim" in args.only:
+            result["claim"] = [await bench_claim(engine, m, args.types, args.claim_rounds,
+                                                 args.backlog) for m in args.merchants]
+        if "queues" in args.only:
+            result["queues"] = [await bench_queues(engine, pid, n, args.due_every,
+                                                   args.queue_claims) for n in args.queues]
         return result
     finally:
         await engine.dispose()
@@ -328,6 +405,13 @@ def main() -> int:
     parser.add_argument("--claim-rounds", type=int, default=5)
     parser.add_argument("--backlog", type=int, default=0,
                         help="pending webhooks of one more merchant in the claim's outbox")
+    parser.add_argument("--queues", type=lambda s: [int(x) for x in s.split(",")],
+                        default=[1000, 10000, 40000], help="merchant queues, one run each")
+    parser.add_argument("--due-every", type=int, default=20,
+                        help="one merchant in this many has a due webhook")
+    parser.add_argument("--queue-claims", type=int, default=30)
+    parser.add_argument("--only", type=lambda s: set(s.split(",")),
+                        default={"write", "record", "claim", "queues"})
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     with fresh_database("outbox") as (_, url):

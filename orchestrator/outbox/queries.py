@@ -5,9 +5,11 @@ an event. A claimed row stays ``pending`` and carries a lease (``lease_owner``,
 ``lease_expires_at``); it becomes claimable again when the lease expires, which is how a killed
 worker's events are picked up. A claim may be capped per merchant (``MerchantCap``): it then
 passes over the events of merchants whose lane is full, so they wait unleased (claimable by any
-worker with room) instead of holding a slot; on PostgreSQL it reads each merchant's queues
-(``ix_outbox_merchant_queues``) rather than every due event, so passing over a full lane costs an
-index probe, not a read of its backlog. The same event types (the merchant webhooks) are
+worker with room) instead of holding a slot; on PostgreSQL it reads the first due events and a
+window of the merchants' queues (``ix_outbox_merchant_queues``) rather than every due event, so
+passing over a full lane costs an index probe, not a read of its backlog, and a claim costs the
+same with 40,000 merchants' queues pending as with 400 (``claim_batch``). The same event types
+(the merchant webhooks) are
 delivered one at a time per order, in outbox order: the claim passes over a webhook while an
 earlier one of the same order to the same merchant is still pending (``held_back``), whichever
 worker holds it, so the rule holds across workers without any of them remembering anything.
@@ -31,6 +33,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.store.tables import outbox
@@ -83,14 +86,61 @@ class MerchantCap:
     """Slots each merchant's lane holds in the claiming relay now."""
 
 
+QueueKey = tuple[str, str]
+"""A merchant's queue: its pending events of one type, as ``(merchant_id, event_type)``."""
+
+WALK_PER_EVENT = 8
+WALK_MIN = 64
+"""A capped claim on PostgreSQL walks ``max(WALK_MIN, WALK_PER_EVENT * limit)`` merchant queues:
+~7 µs each (bench/outbox.py), a few hundred µs for the relay's usual claim..."""
+WALK_WIDE = 1024
+"""...or this many (~7 ms) when the relay's previous claim found fewer events than it asked
+for (``claim_batch``'s ``wide``): a relay with little to do spends more of a claim looking.
+That is the incident this walk is for (one slow merchant with a backlog, many merchants'
+endpoints down, the relay claiming once a poll), and in it a merchant whose due webhooks sit
+behind the backlog waits a lap of queues / 1024 claims (40 at 40,000 queues), not / 128; up to
+1,024 queues, such a claim sees every queue, as a walk of all did."""
+SCAN_PER_EVENT = 4
+SCAN_MIN = 64
+"""...and reads the first ``max(SCAN_MIN, SCAN_PER_EVENT * limit)`` due events, the front of
+``ix_outbox_pending``: enough to see past the events in flight."""
+
+
+@dataclass(frozen=True)
+class Claimed:
+    rows: list[sa.Row[Any]]
+    after: QueueKey | None
+    """Where the next claim's walk of the merchant queues starts (after this queue); None: at
+    the first, this walk having reached the last."""
+
+
 @dataclass(frozen=True)
 class Claim:
     statement: sa.Update
     params: dict[str, Any]
+    walk: tuple[QueueKey | None, int] | None = None
+    """PostgreSQL capped claims: the queue the walk starts after, and how many it visits."""
 
     async def run(self, conn: AsyncConnection) -> list[sa.Row[Any]]:
         """Execute on ``conn``; the rows claimed."""
-        return list((await conn.execute(self.statement, self.params)).all())
+        return (await self.taking(conn)).rows
+
+    async def taking(self, conn: AsyncConnection) -> Claimed:
+        """Execute on ``conn``; the rows claimed, and where the next claim's walk starts.
+
+        The walk's queues are read first, in a statement of their own: it is the one way to
+        learn where the walk ended when the claim takes nothing (an UPDATE returns only the
+        rows it changed), and a relay that did not learn it would walk the same queues again."""
+        if self.walk is None:
+            return Claimed(list((await conn.execute(self.statement, self.params)).all()), None)
+        after, size = self.walk
+        merchant, event_type = after or ("", "")
+        queues = [(r[0], r[1]) for r in await conn.execute(_QUEUE_WALK, {
+            "w_merchant": merchant, "w_event_type": event_type, "w_size": size})]
+        rows = (await conn.execute(self.statement, {
+            **self.params, "b_queue_merchants": [m for m, _ in queues],
+            "b_queue_types": [t for _, t in queues]})).all()
+        return Claimed(list(rows), queues[-1] if len(queues) >= size else None)
 
 
 def claim_batch(
@@ -101,6 +151,8 @@ def claim_batch(
     lease: timedelta,
     limit: int,
     cap: MerchantCap | None = None,
+    after: QueueKey | None = None,
+    wide: bool = False,
 ) -> Claim:
     """Lease up to ``limit`` due events to ``worker_id``, those due longest first, and count the
     try; returns the rows.
@@ -113,9 +165,22 @@ def claim_batch(
     With a ``cap``, full lanes and webhooks held back behind an earlier one of their order are
     left out before the limit (so a long backlog of one merchant cannot fill every claim), and of
     the first ``limit`` events left, a lane gets those it has room for: its others stay unleased
-    for a later claim. On PostgreSQL the events considered are each queue's first due ones
-    (``_QUEUE_HEADS``), so a full lane's backlog is never read, whatever its length; SQLite (the
-    embedded default, small outboxes) scans the due events in order.
+    for a later claim. SQLite (the embedded default, small outboxes) scans the due events in
+    order. On PostgreSQL the events considered (``_QUEUE_HEADS``) are
+
+    - the first due events (``ix_outbox_pending``, a bounded read): the oldest, wherever they
+      are, so an event that comes due among 40,000 waiting queues is taken by the next claim;
+    - the first due events of a window of merchant queues, the walk, taken in key order after
+      ``after`` (where the previous claim's walk ended: ``Claimed.after``) and wrapping round:
+      a merchant whose due events sit behind an older backlog of others' (which fills the first
+      read) is still seen, within one lap of ``queues / window`` claims (a ``wide`` window,
+      ``WALK_WIDE``, when the relay's last claim found less than it asked). Walking every queue
+      on every claim cost ~7 µs a queue, 0.3 s a claim at 40,000; a walk that always started
+      at the first queue would never reach the last ones;
+    - the first due jobs of each type naming no merchant (a handful of types);
+
+    so a full lane's backlog is never read, whatever its length, and the claim's cost follows
+    ``limit``, not the number of queues.
     """
     params: dict[str, Any] = {"b_now": now, "b_owner": worker_id, "b_expires": now + lease,
                               "b_limit": limit}
@@ -123,13 +188,18 @@ def claim_batch(
     if cap is None or not cap.event_types:
         return Claim(_claim_statement(locking=locking, capped=False), params)
     most = cap.per_merchant
-    return Claim(_claim_statement(locking=locking, capped=True), {
+    capped = {
         **params, "b_types": sorted(cap.event_types), "b_most": most,
         "b_full": sorted(m for m, n in cap.held.items() if n >= most),
         # The places in its queue a lane has no room for: with 3 of 4 held, its 2nd to 4th.
         "b_no_room": [(m, nth) for m, n in sorted(cap.held.items()) if 0 < n < most
                       for nth in range(most - n + 1, most + 1)],
-    })
+    }
+    if not locking:
+        return Claim(_claim_statement(locking=False, capped=True), capped)
+    return Claim(_claim_statement(locking=True, capped=True),
+                 {**capped, "b_scan": max(SCAN_MIN, SCAN_PER_EVENT * limit)},
+                 walk=(after, WALK_WIDE if wide else max(WALK_MIN, WALK_PER_EVENT * limit)))
 
 
 @functools.cache
@@ -179,16 +249,31 @@ def _claim_statement(*, locking: bool, capped: bool) -> sa.Update:
     )
 
 
-_QUEUE_HEADS = sa.text("""
+_QUEUE_WALK = sa.text("""
 WITH RECURSIVE queues AS (
-  (SELECT merchant_id, event_type FROM outbox
+  (SELECT 1 AS n, merchant_id, event_type FROM outbox
    WHERE status = 'pending' AND merchant_id IS NOT NULL
+     AND (merchant_id, event_type) > (:w_merchant, :w_event_type)
    ORDER BY merchant_id, event_type LIMIT 1)
   UNION ALL
-  SELECT later.merchant_id, later.event_type FROM queues q CROSS JOIN LATERAL (
+  SELECT q.n + 1, later.merchant_id, later.event_type FROM queues q CROSS JOIN LATERAL (
     SELECT o.merchant_id, o.event_type FROM outbox o
     WHERE o.status = 'pending' AND (o.merchant_id, o.event_type) > (q.merchant_id, q.event_type)
     ORDER BY o.merchant_id, o.event_type LIMIT 1) later
+  WHERE q.n < :w_size
+)
+SELECT merchant_id, event_type FROM queues ORDER BY n
+""").bindparams(sa.bindparam("w_merchant", type_=sa.String),
+                sa.bindparam("w_event_type", type_=sa.String),
+                sa.bindparam("w_size", type_=sa.Integer))
+"""The next ``w_size`` merchant queues after ``(w_merchant, w_event_type)`` in key order, by a
+skip scan of ``ix_outbox_merchant_queues``: one probe each, and nothing read of their backlogs."""
+
+_QUEUE_HEADS = sa.text("""
+WITH RECURSIVE queues AS (
+  SELECT q.merchant_id, q.event_type
+  FROM unnest(CAST(:b_queue_merchants AS VARCHAR[]), CAST(:b_queue_types AS VARCHAR[]))
+    AS q(merchant_id, event_type)
 ), jobs AS (
   (SELECT event_type FROM outbox WHERE status = 'pending' AND merchant_id IS NULL
    ORDER BY event_type LIMIT 1)
@@ -224,22 +309,42 @@ WITH RECURSIVE queues AS (
       AND o.available_at <= :b_now
       AND (o.lease_expires_at IS NULL OR o.lease_expires_at < :b_now)
     ORDER BY o.available_at, o.id LIMIT :b_limit) head
+  UNION ALL
+  SELECT first.id, first.available_at FROM (
+    SELECT s.id, s.available_at, row_number() OVER (
+      PARTITION BY s.merchant_id, s.event_type ORDER BY s.available_at, s.id) AS nth
+    FROM (SELECT o.id, o.available_at, o.merchant_id, o.event_type, o.aggregate_id
+          FROM outbox o
+          WHERE o.status = 'pending' AND o.available_at <= :b_now
+            AND (o.lease_expires_at IS NULL OR o.lease_expires_at < :b_now)
+          ORDER BY o.available_at, o.id LIMIT :b_scan) s
+    WHERE s.merchant_id IS NULL OR s.event_type NOT IN :b_types
+      OR (s.merchant_id NOT IN :b_full AND NOT EXISTS (
+        SELECT 1 FROM outbox ahead WHERE ahead.aggregate_id = s.aggregate_id
+          AND ahead.status = 'pending' AND ahead.id < s.id
+          AND ahead.merchant_id = s.merchant_id AND ahead.event_type IN :b_types))) first
+  WHERE first.nth <= :b_most
 )
-SELECT id FROM heads ORDER BY available_at, id LIMIT :b_limit
+SELECT id FROM (SELECT DISTINCT id, available_at FROM heads) h
+ORDER BY available_at, id LIMIT :b_limit
 """).bindparams(sa.bindparam("b_types", expanding=True, type_=sa.String),
                 sa.bindparam("b_full", expanding=True, type_=sa.String),
                 sa.bindparam("b_now", type_=outbox.c.available_at.type),
                 sa.bindparam("b_most", type_=sa.Integer),
-                sa.bindparam("b_limit", type_=sa.Integer)).columns(outbox.c.id)
-"""The PostgreSQL capped claim's candidates: the first due events of each queue it may take
-from, a queue being one merchant's pending events of one type (``ix_outbox_merchant_queues``)
-or the pending jobs of one type naming no merchant. The queues are found by a skip scan, one
-probe each, and a full lane's queue is not read at all: through ``ix_outbox_pending`` alone a
-claim read a full lane's whole due backlog to pass over it (half a second per claim behind a
-million ``order.paid`` of one merchant). At most ``b_most`` of a lane's queue are candidates,
-``b_limit`` of any other. The claim then locks (and re-checks) the earliest ``b_limit`` of them:
-candidates are read without locking, so a claim racing another may take fewer than it could, and
-the relay claims again when those finish."""
+                sa.bindparam("b_limit", type_=sa.Integer),
+                sa.bindparam("b_scan", type_=sa.Integer),
+                sa.bindparam("b_queue_merchants", type_=ARRAY(sa.String)),
+                sa.bindparam("b_queue_types", type_=ARRAY(sa.String))).columns(outbox.c.id)
+"""The PostgreSQL capped claim's candidates (see ``claim_batch``): the first ``b_scan`` due
+events (a full lane's, and webhooks held back, left out; ``b_most`` of a queue), the first due
+events of the walk's queues (``b_queue_merchants``, ``b_queue_types``; a full lane's queue is
+not read at all) and of each type of job naming no merchant. At most ``b_most`` of a lane's
+queue are candidates, ``b_limit`` of any other. Through ``ix_outbox_pending`` alone a claim
+read a full lane's whole due backlog to pass over it (half a second per claim behind a million
+``order.paid`` of one merchant); through every queue's head, every queue (0.3 s at 40,000). The
+claim then locks (and re-checks) the earliest ``b_limit`` of them: candidates are read without
+locking, so a claim racing another may take fewer than it could, and the relay claims again
+when those finish."""
 
 
 def held_back(webhook_types: Collection[str] | sa.BindParameter[Any]) -> sa.ColumnElement[bool]:

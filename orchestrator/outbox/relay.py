@@ -163,6 +163,11 @@ class Relay:
         self._metrics = metrics
         self._writes: set[asyncio.Task[None]] = set()
         self._stop: asyncio.Event | None = None
+        self._walk_after: queries.QueueKey | None = None
+        """Where this relay's next claim walks the merchant queues from (``claim_batch``): each
+        claim goes on where the last one stopped, so every queue is seen once a lap."""
+        self._walk_wide = True
+        """Whether the next claim walks a wide window: the last one found less than it asked."""
 
     @property
     def worker_id(self) -> str:
@@ -255,10 +260,13 @@ class Relay:
             limit=limit,
             cap=queries.MerchantCap(event_types=self._per_merchant,
                                     per_merchant=self._per_lane, held=held),
+            after=self._walk_after,
+            wide=self._walk_wide,
         )
         async with self._engine.begin() as conn:
-            rows = await claim.run(conn)
-        return sorted((OutboxEvent.from_row(r) for r in rows), key=lambda e: e.id)
+            claimed = await claim.taking(conn)
+        self._walk_after, self._walk_wide = claimed.after, len(claimed.rows) < limit
+        return sorted((OutboxEvent.from_row(r) for r in claimed.rows), key=lambda e: e.id)
 
     async def _in_slot(
         self, event: OutboxEvent, lane: str | None, slots: Slots, start_by: float

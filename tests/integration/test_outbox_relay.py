@@ -960,6 +960,54 @@ async def test_a_full_lanes_backlog_costs_a_claim_nothing_to_pass_over() -> None
         await drop_database(url)
 
 
+async def test_a_merchant_behind_an_older_backlog_and_many_waiting_queues_is_served_within_a_lap(
+) -> None:
+    """An incident: many merchants' endpoints are down, each with a webhook waiting for its
+    retry, and one merchant has a backlog due before anyone else's. A claim reads only the
+    first due events (that backlog, capped at its lane) and a window of the merchants' queues,
+    not every queue; the window goes on where the last claim's stopped, so the merchant whose
+    queue sorts last is still served within one lap (queues / window claims), while the
+    backlog is still there. A window that started at the first queue every time would not
+    reach it until the backlog was gone."""
+    url = await create_database("lunas_claim_lap")
+    engine = create_engine(DatabaseSettings(url=url))
+    try:
+        await migrate(engine)
+        now = datetime.now(UTC)
+
+        def paid(merchant_id: str, due: datetime) -> PendingEvent:
+            order_id = new_id("ord")
+            return PendingEvent(event_type=ORDER_PAID, aggregate_id=order_id,
+                                merchant_id=merchant_id, payload={"order_id": order_id},
+                                available_at=due)
+
+        waiting = [f"mch_waiting_{i:05d}" for i in range(2 * queries.WALK_WIDE + 100)]
+        async with engine.begin() as conn:
+            await add_events(conn, [
+                *(paid("mch_backlog", now - timedelta(minutes=10)) for _ in range(400)),
+                *(paid(m, now + timedelta(hours=1)) for m in waiting),
+                paid("mch_zz_last", now - timedelta(seconds=1)),
+            ], now=now - timedelta(minutes=10))
+        delivered: list[str] = []
+
+        async def deliver(event: OutboxEvent) -> None:
+            assert event.merchant_id is not None
+            delivered.append(event.merchant_id)
+
+        relay = Relay(engine, {ORDER_PAID: deliver}, FAST, "w-lap", SystemClock(),
+                      per_merchant=MERCHANT_VISIBLE)
+        window = max(queries.WALK_MIN, queries.WALK_PER_EVENT * FAST.concurrency)  # narrowest
+        lap = -(-(len(waiting) + 2) // window)
+        for _ in range(lap):
+            await relay.run_once()
+        assert "mch_zz_last" in delivered, f"not served in {lap} claims: {Counter(delivered)}"
+        assert delivered.count("mch_backlog") < 400  # the backlog was there all along
+        assert set(delivered) == {"mch_backlog", "mch_zz_last"}  # waiting ones still wait
+    finally:
+        await engine.dispose()
+        await drop_database(url)
+
+
 async def test_a_claim_takes_only_the_first_undelivered_webhook_of_each_order(
     private: AsyncEngine,
 ) -> None:
