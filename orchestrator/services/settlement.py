@@ -36,7 +36,7 @@ from orchestrator.rails.base import Rail
 from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import event_payload
 from orchestrator.services.orders import retire_attempts
-from orchestrator.services.status_reads import queue_settled_read
+from orchestrator.services.status_reads import settled_read
 from orchestrator.store.database import upsert_insert
 from orchestrator.store.tables import evidence, orders, payment_attempts, review_cases
 from orchestrator.telemetry import tracing
@@ -138,9 +138,9 @@ async def _apply_locked(
     if recorded.first() is None:
         return SettlementResult(applied=False, verdict=None, order_id=order.id,
                                 order_state=order.state)
-    await _mark_attempt_paid(conn, attempt, now=now, quarantine=quarantine, rereads=rereads)
+    pending: list[PendingEvent] = await _mark_attempt_paid(
+        conn, attempt, now=now, quarantine=quarantine, rereads=rereads)
     new_state = order.state
-    pending: list[PendingEvent] = []
     if decision.order_trigger is not None:
         new_state = next_order_state(OrderState(order.state), decision.order_trigger).value
         await _move_order(conn, order, new_state, decision.review_reason, now=now)
@@ -233,9 +233,11 @@ async def close_window_cases(
 async def _mark_attempt_paid(
     conn: AsyncConnection, attempt: Any, *, now: datetime, quarantine: timedelta,
     rereads: VerificationSchedule | None,
-) -> None:
+) -> list[PendingEvent]:
+    """Mark the attempt paid; returns the events that causes (its first read again), for the
+    caller's one insert of the settlement's events."""
     if attempt.state == AttemptState.PAID.value:
-        return  # a second payment on one instrument: the attempt already says where money went
+        return []  # a second payment on one instrument: the attempt already says where it went
     state = next_attempt_state(AttemptState(attempt.state), AttemptTrigger.PAID)
     # The amount stays held for the quarantine, so a repeated transfer is seen as a second payment.
     await conn.execute(_UPDATE_ATTEMPT, {
@@ -244,8 +246,7 @@ async def _mark_attempt_paid(
     # Nothing else reads a paid attempt again: its reversal, notified and lost, would be too.
     due = (rereads.next_settled_read(Rail(attempt.rail), reads_done=0, last=now)
            if rereads is not None else None)
-    if due is not None:
-        await queue_settled_read(conn, attempt.id, read=1, due=due, now=now)
+    return [settled_read(attempt.id, read=1, due=due)] if due is not None else []
 
 
 async def _move_order(

@@ -119,17 +119,24 @@ def settled_read_event_id(attempt_id: str, read: int, tries: int) -> str:
     return f"sr{read}.{tries}_{attempt_id.removeprefix('att_')}"[:40]
 
 
-async def queue_settled_read(conn: AsyncConnection, attempt_id: str, *, read: int,
-                             due: datetime, now: datetime, tries: int = 0,
-                             unreadable: int = 0) -> None:
-    """Queue the ``read``-th read of a paid attempt (``services/settled_reads.py``) at ``due``;
+def settled_read(attempt_id: str, *, read: int, due: datetime, tries: int = 0,
+                 unreadable: int = 0) -> PendingEvent:
+    """The ``read``-th read of a paid attempt (``services/settled_reads.py``), due at ``due``;
     ``tries``: reads of it that got no answer so far; ``unreadable``: answers in a row that
     could not be read."""
-    await add_events(conn, [PendingEvent(
+    return PendingEvent(
         event_type=events.ATTEMPT_SETTLED_READ, aggregate_id=attempt_id, merchant_id=None,
         payload={"attempt_id": attempt_id, "read": read, "tries": tries,
                  "unreadable": unreadable},
-        available_at=due, event_id=settled_read_event_id(attempt_id, read, tries))], now=now)
+        available_at=due, event_id=settled_read_event_id(attempt_id, read, tries))
+
+
+async def queue_settled_read(conn: AsyncConnection, attempt_id: str, *, read: int,
+                             due: datetime, now: datetime, tries: int = 0,
+                             unreadable: int = 0) -> None:
+    """Queue ``settled_read`` in the caller's transaction."""
+    await add_events(conn, [settled_read(attempt_id, read=read, due=due, tries=tries,
+                                         unreadable=unreadable)], now=now)
 
 
 def paid_evidence_key(provider: str, attempt_id: str) -> str:
