@@ -33,6 +33,7 @@ from orchestrator.services.issuance import IssuanceService
 from orchestrator.services.provider_webhooks import ProviderWebhooks
 from orchestrator.services.reconciliation import ReconciliationService
 from orchestrator.services.route_controls import RouteControls
+from orchestrator.services.settled_reads import SettledReads
 from orchestrator.services.status_reads import StatusReads
 from orchestrator.services.unreadable_feed_items import UnreadableFeedItems
 from orchestrator.services.verification import Verifier
@@ -65,6 +66,7 @@ class Container:
     gateway_jobs: GatewayJobs
     verifier: Verifier
     provider_webhooks: ProviderWebhooks
+    settled_reads: SettledReads
     state_sampler: StateSampler
     status_page: StatusPage
     crash_after_commit: CrashAfterCommit | None = None
@@ -180,6 +182,8 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
             quarantine=settings.unique_codes.quarantine,
             claim_lease=settings.verification.claim, schedule=settings.verification.schedule,
             confirm_wait=settings.verification.confirm_wait, metrics=metrics),
+        settled_reads=SettledReads(db, reads, clock, schedule=settings.verification.schedule,
+                                   quarantine=settings.unique_codes.quarantine, metrics=metrics),
         unreadable_feed_items=unreadable,
         feed_poller=build_feed_poller(settings, http, reconciliation, unreadable, breakers,
                                       clock, metrics, redis),

@@ -23,7 +23,7 @@ from datetime import timedelta
 from typing import TypeVar
 
 from orchestrator.domain.money import MAX_RUPIAH, AmountLimits, UniqueCodeRange
-from orchestrator.domain.verification import VerificationSchedule
+from orchestrator.domain.verification import DEFAULT_SETTLED_READS, VerificationSchedule
 from orchestrator.rails.base import Rail
 from orchestrator.rails.breaker import BreakerConfig
 from orchestrator.reconciliation.matcher import REVERSAL_WINDOW
@@ -443,7 +443,11 @@ class Settings:
                 schedule=VerificationSchedule.with_gaps(
                     {rail: e.seconds_list(f"LUNAS_VERIFY_SCHEDULE_{rail.name}")
                      for rail in (Rail.VA, Rail.QRIS, Rail.EWALLET)},
-                    retry_after_failure=e.seconds("LUNAS_VERIFY_RETRY_AFTER", 30)),
+                    retry_after_failure=e.seconds("LUNAS_VERIFY_RETRY_AFTER", 30),
+                    # Set but empty: a paid attempt is never read again (unset: the default).
+                    settled_reads=(() if e.blank("LUNAS_SETTLED_RECHECKS") else
+                                   e.seconds_list("LUNAS_SETTLED_RECHECKS")
+                                   or DEFAULT_SETTLED_READS)),
                 status_reads_per_minute={
                     provider: e.float(f"LUNAS_STATUS_READS_PER_MINUTE_{provider.upper()}", 600.0,
                                       _Range(low=0, low_open=True))
@@ -678,7 +682,7 @@ def _networks(raw: str, name: str) -> tuple[str, ...]:
 
 class _Env:
     """Reads one variable each, refusing a value outside its ``_Range`` by name. Unset or empty
-    means the default."""
+    means the default (but for ``LUNAS_SETTLED_RECHECKS``, where empty means never: ``blank``)."""
 
     # Its method names shadow the builtins inside the class body, hence ``builtins.str``.
     def __init__(self, env: Mapping[str, str]) -> None:
@@ -696,6 +700,11 @@ class _Env:
             return True
         raise SettingsError(f"{name} must be 1, true, yes or on (0, false, no or off: off), "
                             f"got {raw!r}")
+
+    def blank(self, name: builtins.str) -> bool:
+        """Set, to nothing: for the one setting where that means "never", not the default."""
+        raw = self._env.get(name)
+        return raw is not None and not raw.strip()
 
     def _raw(self, name: builtins.str) -> builtins.str | None:
         raw = self._env.get(name)

@@ -9,6 +9,10 @@ no schedule here.
 A schedule is a list of gaps: the first check comes ``gaps[0]`` after the attempt is created, the
 n-th ``gaps[n-1]`` after the previous one, and the last gap repeats until the attempt leaves the
 live states (paid, expired, failed) — the order's deadline then ends it through expiry.
+
+A paid attempt on a rail with a schedule is read a few more times (``settled_reads``), to find
+the refund or chargeback whose notification was lost: nothing else would ever read it again.
+Those gaps do not repeat: after the last one the attempt is left alone.
 """
 
 from __future__ import annotations
@@ -28,6 +32,20 @@ DEFAULT_GAPS: Mapping[Rail, tuple[timedelta, ...]] = MappingProxyType({
     Rail.VA: (_HOUR, 3 * _HOUR, 6 * _HOUR),
 })
 
+DEFAULT_SETTLED_READS: tuple[timedelta, ...] = (timedelta(days=1), timedelta(days=6))
+"""A paid attempt is read again one day after its payment, then a week after it.
+
+The first read comes once every notification of a reversal made on the day of the payment has
+had its chances: Midtrans retries a notification for about six hours (RAILS.md §1), so a refund
+made that day whose notification has not arrived by the next day never will. Refunds at the
+provider mostly follow a cancelled order within days (out of stock, the customer changed their
+mind); the second read, a week after the payment, finds those, after Xendit's own retries (about
+two days) are over too. Later reversals (a chargeback weeks on) are left to the provider's
+reports. Two reads per paid gateway attempt cost little of the status pace: 10,000 payments a
+day cost 20,000 reads, about 2 % of the 864,000 a day a pace of 600 a minute allows, and they
+only take slots the reads of unpaid orders leave free (``services/settled_reads.py``).
+``LUNAS_SETTLED_RECHECKS`` changes them; set empty, a paid attempt is never read again."""
+
 
 @dataclass(frozen=True)
 class VerificationSchedule:
@@ -35,11 +53,16 @@ class VerificationSchedule:
     retry_after_failure: timedelta = timedelta(seconds=30)
     """A status read that failed (not refused by an open breaker) is tried again this soon; if
     the failures trip the route's breaker, the next try is deferred instead."""
+    settled_reads: tuple[timedelta, ...] = DEFAULT_SETTLED_READS
+    """Gaps of the reads of a paid attempt (``DEFAULT_SETTLED_READS``): the first after the
+    payment, each next one after the read before; empty: never read again."""
 
     def __post_init__(self) -> None:
         for rail, gaps in self.gaps.items():
             if not gaps or any(g <= timedelta(0) for g in gaps):
                 raise ValueError(f"verification gaps for {rail.value} must be positive")
+        if any(g <= timedelta(0) for g in self.settled_reads):
+            raise ValueError("the gaps of a paid attempt's reads must be positive")
 
     def first_check(self, rail: Rail, created_at: datetime) -> datetime | None:
         """When a new attempt on ``rail`` is first read; ``None`` for a rail with no status API."""
@@ -63,13 +86,26 @@ class VerificationSchedule:
             return None
         return last + gaps[0] * (1 << min(max(reads_done, 0), 20))
 
+    def next_settled_read(self, rail: Rail, *, reads_done: int,
+                          last: datetime) -> datetime | None:
+        """When a paid attempt on ``rail`` is read for the ``reads_done + 1``-th time, ``last``
+        being its payment (``reads_done`` 0) or its previous read. ``None``: never, for a rail
+        with no status API (manual transfer: the mutation matcher finds its reversals) or once
+        the last gap is read (the gaps do not repeat)."""
+        if not self.gaps.get(rail) or not 0 <= reads_done < len(self.settled_reads):
+            return None
+        return last + self.settled_reads[reads_done]
+
     @classmethod
     def with_gaps(cls, gaps: Mapping[Rail, tuple[timedelta, ...]], *,
-                  retry_after_failure: timedelta) -> VerificationSchedule:
+                  retry_after_failure: timedelta,
+                  settled_reads: tuple[timedelta, ...] = DEFAULT_SETTLED_READS,
+                  ) -> VerificationSchedule:
         """The default schedule with the rails given gaps replaced (an empty tuple: the
         default)."""
         merged = {**DEFAULT_GAPS, **{rail: g for rail, g in gaps.items() if g}}
-        return cls(gaps=MappingProxyType(merged), retry_after_failure=retry_after_failure)
+        return cls(gaps=MappingProxyType(merged), retry_after_failure=retry_after_failure,
+                   settled_reads=settled_reads)
 
 
 UNREADABLE_MAX_GAP = timedelta(minutes=30)

@@ -277,14 +277,14 @@ class GatewayJobs:
             if status.status in REVERSALS:  # paid, then reversed: the payment and a case
                 await apply_reversal(conn, attempt, status, kind="provider_status",
                                      details={"by": "unknown_outcome"}, now=now,
-                                     quarantine=self._quarantine)
+                                     quarantine=self._quarantine, rereads=self._schedule)
                 return
             await apply_payment(conn, Payment(
                 attempt_id=attempt.id, amount=status.paid_amount or 0,
                 evidence_key=paid_evidence_key(attempt.provider, attempt.id),
                 kind="provider_status", observed_at=now,
                 details={"raw_status": status.raw_status}, currency=status.currency),
-                now=now, quarantine=self._quarantine)
+                now=now, quarantine=self._quarantine, rereads=self._schedule)
 
     async def interrupted(self, attempt_id: str) -> bool:
         """A ``creating`` attempt whose caller died mid-call becomes ``unknown``; the caller

@@ -590,7 +590,7 @@ class ProviderWebhooks:
                 attempt_id=attempt.id, amount=amount,
                 evidence_key=paid_evidence_key(attempt.provider, attempt.id), kind=kind,
                 observed_at=status.paid_at or now, details=details, currency=status.currency),
-                now=now, quarantine=self._quarantine)
+                now=now, quarantine=self._quarantine, rereads=self._schedule)
             outcome = (f"{prefix}payment applied: {result.verdict}, order {result.order_state}"
                        if result.applied else f"{prefix}payment already applied")
             if delivery_id is not None:
@@ -726,7 +726,7 @@ class ProviderWebhooks:
             case_id = await apply_reversal(
                 conn, attempt, status, kind="provider_status",
                 details={"asked_by_delivery": delivery_id}, now=now,
-                quarantine=self._quarantine)
+                quarantine=self._quarantine, rereads=self._schedule)
             if delivery_id is not None:
                 await _set_outcome(conn, delivery_id, (
                     f"status read: provider says {status.raw_status}; review case {case_id} "

@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from orchestrator.domain import events
 from orchestrator.domain.money import RUPIAH
 from orchestrator.domain.order import RecommendedAction, ReviewReason
+from orchestrator.domain.verification import VerificationSchedule
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails.base import NeutralStatus, ProviderStatus
 from orchestrator.services.settlement import Payment, apply_payment, open_review_case
@@ -74,10 +75,12 @@ async def _newly_reversed(conn: AsyncConnection, attempt: Any, reason: ReviewRea
 
 async def apply_reversal(conn: AsyncConnection, attempt: Any, status: ProviderStatus, *,
                          kind: str, details: dict[str, Any], now: datetime,
-                         quarantine: timedelta) -> str | None:
+                         quarantine: timedelta,
+                         rereads: VerificationSchedule | None = None) -> str | None:
     """Record, inside the caller's transaction, that ``status`` (a status read's answer, one of
     ``REVERSALS``) reversed the payment on ``attempt``. Returns the case opened, or None when
-    this reversal was recorded before."""
+    this reversal was recorded before. ``rereads``: as ``apply_payment``'s, for a payment this
+    read proves first (a reversal in part may be followed by more)."""
     reason, action = REVERSALS[status.status]
     if status.paid_amount is not None:
         # Locks the order, then the attempt (settlement's order); a no-op when already applied.
@@ -90,7 +93,7 @@ async def apply_reversal(conn: AsyncConnection, attempt: Any, status: ProviderSt
             # ``partial_refund``) left the rest with the merchant: a second payment's case stays.
             reversed_in_part=(status.reversed_amount is not None
                               and status.reversed_amount < status.paid_amount)),
-            now=now, quarantine=quarantine)
+            now=now, quarantine=quarantine, rereads=rereads)
     order = (await conn.execute(sa.select(orders).where(orders.c.id == sa.select(
         payment_attempts.c.order_id).where(payment_attempts.c.id == attempt.id)
         .scalar_subquery()).with_for_update())).one()

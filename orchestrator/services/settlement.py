@@ -30,10 +30,13 @@ from orchestrator.domain.order import (
     next_attempt_state,
     next_order_state,
 )
+from orchestrator.domain.verification import VerificationSchedule
 from orchestrator.outbox.writer import PendingEvent, add_events
+from orchestrator.rails.base import Rail
 from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import event_payload
 from orchestrator.services.orders import retire_attempts
+from orchestrator.services.status_reads import settled_read
 from orchestrator.store.database import upsert_insert
 from orchestrator.store.tables import evidence, orders, payment_attempts, review_cases
 from orchestrator.telemetry import tracing
@@ -96,16 +99,19 @@ class SettlementResult:
 
 async def apply_payment(
     conn: AsyncConnection, payment: Payment, *, now: datetime, quarantine: timedelta,
-    mutation_id: str | None = None,
+    mutation_id: str | None = None, rereads: VerificationSchedule | None = None,
 ) -> SettlementResult:
-    """Apply ``payment`` inside the caller's transaction."""
+    """Apply ``payment`` inside the caller's transaction. ``rereads``: the schedule whose
+    ``settled_reads`` an attempt this payment makes paid is read again on, in the same
+    transaction as it becomes paid (None: never; mutation evidence pays manual transfers, which
+    have no status API)."""
     order = (await conn.execute(_LOCK_ORDER_OF_ATTEMPT,
                                 {"attempt_id": payment.attempt_id})).one()
     # The order's own trace: a webhook joined it already; a status read or a mutation joins here.
     with tracing.flow_span("settlement", order.trace_context, attributes=tracing.order_attributes(
             order.id, payment.attempt_id, evidence=payment.kind)) as span:
         result = await _apply_locked(conn, payment, order, now=now, quarantine=quarantine,
-                                     mutation_id=mutation_id)
+                                     mutation_id=mutation_id, rereads=rereads)
         span.set_attributes({"lunas.applied": result.applied,
                              "lunas.verdict": result.verdict.value if result.verdict else "",
                              "lunas.order_state": result.order_state})
@@ -114,7 +120,7 @@ async def apply_payment(
 
 async def _apply_locked(
     conn: AsyncConnection, payment: Payment, order: Any, *, now: datetime,
-    quarantine: timedelta, mutation_id: str | None,
+    quarantine: timedelta, mutation_id: str | None, rereads: VerificationSchedule | None,
 ) -> SettlementResult:
     attempt = (await conn.execute(_LOCK_ATTEMPT, {"attempt_id": payment.attempt_id})).one()
     decision = judge_payment(order_state=OrderState(order.state),
@@ -132,9 +138,9 @@ async def _apply_locked(
     if recorded.first() is None:
         return SettlementResult(applied=False, verdict=None, order_id=order.id,
                                 order_state=order.state)
-    await _mark_attempt_paid(conn, attempt, now=now, quarantine=quarantine)
+    pending: list[PendingEvent] = await _mark_attempt_paid(
+        conn, attempt, now=now, quarantine=quarantine, rereads=rereads)
     new_state = order.state
-    pending: list[PendingEvent] = []
     if decision.order_trigger is not None:
         new_state = next_order_state(OrderState(order.state), decision.order_trigger).value
         await _move_order(conn, order, new_state, decision.review_reason, now=now)
@@ -225,15 +231,22 @@ async def close_window_cases(
 
 
 async def _mark_attempt_paid(
-    conn: AsyncConnection, attempt: Any, *, now: datetime, quarantine: timedelta
-) -> None:
+    conn: AsyncConnection, attempt: Any, *, now: datetime, quarantine: timedelta,
+    rereads: VerificationSchedule | None,
+) -> list[PendingEvent]:
+    """Mark the attempt paid; returns the events that causes (its first read again), for the
+    caller's one insert of the settlement's events."""
     if attempt.state == AttemptState.PAID.value:
-        return  # a second payment on one instrument: the attempt already says where money went
+        return []  # a second payment on one instrument: the attempt already says where it went
     state = next_attempt_state(AttemptState(attempt.state), AttemptTrigger.PAID)
     # The amount stays held for the quarantine, so a repeated transfer is seen as a second payment.
     await conn.execute(_UPDATE_ATTEMPT, {
         "b_attempt_id": attempt.id, "state": state.value, "updated_at": now, "closed_at": now,
         "code_held_until": now + quarantine if attempt.holds_code else None})
+    # Nothing else reads a paid attempt again: its reversal, notified and lost, would be too.
+    due = (rereads.next_settled_read(Rail(attempt.rail), reads_done=0, last=now)
+           if rereads is not None else None)
+    return [settled_read(attempt.id, read=1, due=due)] if due is not None else []
 
 
 async def _move_order(

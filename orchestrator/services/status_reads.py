@@ -27,7 +27,9 @@ The verifier reads live attempts only. An attempt Lunas closed (expired, failed)
 ``attempt.verify`` outbox job (``queue_closed_read``; ``provider_webhooks.on_attempt_verify``):
 asked for by a delivery nobody can verify, read once after an expired instrument's cancel, or
 watched through the code quarantine because its provider would not cancel the instrument
-(``gateway_jobs.on_cancel_requested``).
+(``gateway_jobs.on_cancel_requested``). A paid attempt is read a few more times by
+``attempt.settled_read`` jobs (``queue_settled_read``; ``services/settled_reads.py``), for the
+reversal whose notification was lost.
 """
 
 from __future__ import annotations
@@ -114,6 +116,33 @@ async def queue_closed_read(conn: AsyncConnection, attempt_id: str, *, due: date
                  "watch_until": watch_until.isoformat() if watch_until else None,
                  "watch_reads": watch_reads, "unreadable": unreadable},
         available_at=due, event_id=event_id)], now=now)
+
+
+def settled_read_event_id(attempt_id: str, read: int, tries: int) -> str:
+    """Fixed per attempt, read and try: the payment's first read queued twice, or a handler run
+    twice (the relay delivers at least once), writes one id, and the outbox keeps one job, so
+    a chain of reads never forks."""
+    return f"sr{read}.{tries}_{attempt_id.removeprefix('att_')}"[:40]
+
+
+def settled_read(attempt_id: str, *, read: int, due: datetime, tries: int = 0,
+                 unreadable: int = 0) -> PendingEvent:
+    """The ``read``-th read of a paid attempt (``services/settled_reads.py``), due at ``due``;
+    ``tries``: reads of it that got no answer so far; ``unreadable``: answers in a row that
+    could not be read."""
+    return PendingEvent(
+        event_type=events.ATTEMPT_SETTLED_READ, aggregate_id=attempt_id, merchant_id=None,
+        payload={"attempt_id": attempt_id, "read": read, "tries": tries,
+                 "unreadable": unreadable},
+        available_at=due, event_id=settled_read_event_id(attempt_id, read, tries))
+
+
+async def queue_settled_read(conn: AsyncConnection, attempt_id: str, *, read: int,
+                             due: datetime, now: datetime, tries: int = 0,
+                             unreadable: int = 0) -> None:
+    """Queue ``settled_read`` in the caller's transaction."""
+    await add_events(conn, [settled_read(attempt_id, read=read, due=due, tries=tries,
+                                         unreadable=unreadable)], now=now)
 
 
 def paid_evidence_key(provider: str, attempt_id: str) -> str:

@@ -352,7 +352,7 @@ class Verifier:
                     kind="provider_status", observed_at=status.paid_at or now,
                     details={"raw_status": status.raw_status, "by": "verification"},
                     currency=status.currency),
-                    now=now, quarantine=self._quarantine)
+                    now=now, quarantine=self._quarantine, rereads=self._schedule)
                 await self._mark(conn, attempt.id, now, f"paid: {result.verdict}"
                                  if result.applied else "paid: already applied")
             return
@@ -361,7 +361,7 @@ class Verifier:
             async with self._db.transaction() as conn:
                 case_id = await apply_reversal(conn, attempt, status, kind="provider_status",
                                                details={"by": "verification"}, now=now,
-                                               quarantine=self._quarantine)
+                                               quarantine=self._quarantine, rereads=self._schedule)
                 await self._mark(conn, attempt.id, now, f"{status.raw_status}: review case "
                                  f"{case_id}" if case_id else f"{status.raw_status}: recorded")
             return

@@ -125,6 +125,16 @@ class Metrics:
         )
         for outcome in ("read", "pace_busy", "read_failed"):
             self.payment_confirmations.labels("midtrans", outcome)
+        self.settled_reads = Counter(
+            "lunas_settled_reads_total",
+            "Reads of paid attempts, for a reversal whose notification was lost "
+            "(services/settled_reads.py), by provider and outcome: no_change, reversal (a "
+            "review case opened), reversal_known (recorded before), contradicts (the provider "
+            "no longer says paid; nothing moved), deferred (breaker open), pace_busy (no free "
+            "slot of the status pace: unpaid orders' reads come first), throttled, read_failed, "
+            "unreadable, given_up (dead-lettered).",
+            ["provider", "outcome"], registry=self.registry,
+        )
         self.verification_released = Counter(
             "lunas_verification_released_total",
             "Deferred status reads made due again because the route's breaker let calls through.",

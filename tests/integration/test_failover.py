@@ -401,7 +401,8 @@ async def run_relay(container: Container, *, until: Any, want: str,
                                      timedelta(seconds=2))
     relay = Relay(container.db.engine,
                   {**merchant_webhook_handlers(handler), **container.gateway_jobs.handlers(),
-                   **container.provider_webhooks.handlers()},
+                   **container.provider_webhooks.handlers(),
+                   **container.settled_reads.handlers()},
                   replace(container.settings.outbox, backoff=(timedelta(seconds=0.2),) * 5),
                   f"test-{uuid.uuid4().hex[:6]}", container.clock)
     deadline = asyncio.get_running_loop().time() + timeout

@@ -92,7 +92,8 @@ def worker_relay(container: Container) -> Relay:
     handler = MerchantWebhookHandler(container.db.engine, container.http, timedelta(seconds=2))
     return Relay(container.db.engine,
                  {**merchant_webhook_handlers(handler), **container.gateway_jobs.handlers(),
-                  **container.provider_webhooks.handlers()},
+                  **container.provider_webhooks.handlers(),
+                  **container.settled_reads.handlers()},
                  replace(container.settings.outbox, backoff=(timedelta(seconds=0.2),) * 5),
                  f"test-{uuid.uuid4().hex[:6]}", container.clock)
 

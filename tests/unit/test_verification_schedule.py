@@ -87,3 +87,61 @@ def test_an_uncancelled_closed_instrument_is_watched_at_doubling_gaps() -> None:
     assert [int((r - T0).total_seconds() // 60) for r in reads] == [0, 2, 6, 14, 30, 60]
     assert s.next_watch(Rail.VA, reads_done=0, last=T0) == T0 + timedelta(hours=1)
     assert s.next_watch(Rail.MANUAL_TRANSFER, reads_done=0, last=T0) is None
+
+
+# -- paid attempts read again, for a reversal whose notification was lost -------------------
+
+def settled_reads(s: VerificationSchedule, rail: Rail, paid_at: datetime) -> list[datetime]:
+    """Every read of an attempt paid at ``paid_at``, each made when it comes due."""
+    reads: list[datetime] = []
+    while (nxt := s.next_settled_read(rail, reads_done=len(reads),
+                                      last=reads[-1] if reads else paid_at)) is not None:
+        reads.append(nxt)
+    return reads
+
+
+@pytest.mark.parametrize("rail", [Rail.QRIS, Rail.EWALLET, Rail.VA])
+def test_a_paid_attempt_is_read_a_day_and_a_week_after_its_payment_then_left_alone(
+    rail: Rail,
+) -> None:
+    assert settled_reads(VerificationSchedule(), rail, T0) == [T0 + timedelta(days=1),
+                                                               T0 + timedelta(days=7)]
+
+
+def test_each_gap_counts_from_the_read_before_so_a_late_read_moves_the_next_one() -> None:
+    """A read deferred behind an outage for a day: the next gap counts from when it was made,
+    so two reads never come back to back after a recovery."""
+    s = VerificationSchedule()
+    late = T0 + timedelta(days=2)
+    assert s.next_settled_read(Rail.QRIS, reads_done=1, last=late) == late + timedelta(days=6)
+
+
+def test_a_paid_manual_transfer_is_never_read_again_its_matcher_finds_reversals() -> None:
+    assert settled_reads(VerificationSchedule(), Rail.MANUAL_TRANSFER, T0) == []
+
+
+def test_the_reads_of_a_paid_attempt_are_configured_in_seconds_and_empty_means_never() -> None:
+    s = Settings.from_env({"LUNAS_SETTLED_RECHECKS": "60, 3600, 86400"}).verification.schedule
+    assert settled_reads(s, Rail.VA, T0) == [T0 + timedelta(seconds=60),
+                                             T0 + timedelta(seconds=3660),
+                                             T0 + timedelta(seconds=90_060)]
+    for never in ("", "  "):
+        s = Settings.from_env({"LUNAS_SETTLED_RECHECKS": never}).verification.schedule
+        assert settled_reads(s, Rail.QRIS, T0) == []
+    unset = Settings.from_env({}).verification.schedule
+    assert unset.settled_reads == (timedelta(days=1), timedelta(days=6))
+
+
+def test_a_read_past_the_configured_ones_is_not_made() -> None:
+    """A read queued under a longer schedule (the setting shortened since) is left alone."""
+    s = VerificationSchedule(settled_reads=(timedelta(hours=1),))
+    assert s.next_settled_read(Rail.QRIS, reads_done=1, last=T0) is None
+    assert s.next_settled_read(Rail.QRIS, reads_done=-1, last=T0) is None
+
+
+@pytest.mark.parametrize("text", ["soon", "0", "3600,-5", ",", "inf"])
+def test_reads_of_a_paid_attempt_that_are_not_positive_seconds_are_refused(text: str) -> None:
+    with pytest.raises(SettingsError, match="LUNAS_SETTLED_RECHECKS"):
+        Settings.from_env({"LUNAS_SETTLED_RECHECKS": text})
+    with pytest.raises(ValueError, match="must be positive"):
+        VerificationSchedule(settled_reads=(timedelta(0),))

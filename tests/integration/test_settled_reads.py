@@ -1,0 +1,194 @@
+"""A paid attempt is read again after its payment, so a refund or chargeback whose notification
+was lost still reaches a person and the merchant.
+
+Each paid QRIS, e-wallet or VA attempt is read on the configured gaps after its payment (here
+0.2 s each, two reads): a reversal found opens one review case, the order stays paid, and the
+reads end after the last gap. A read the route's breaker refuses waits for the route's
+recovery, never fails. The simulators drop the reversal's notification (Xendit refunds without
+a callback; Midtrans answers ``chargeback`` and notifies nobody).
+
+Runs the real service with both simulators (the ``stack`` of test_provider_webhooks), on the
+session's PostgreSQL and Redis; the worker's relay runs in-process, only when a test runs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from chaos.sim.runner import Simulators
+from orchestrator.bootstrap import Container
+from orchestrator.settings import Settings
+from orchestrator.store.tables import outbox, provider_deliveries
+from tests.integration.test_failover import Stack, sims  # noqa: F401
+from tests.integration.test_provider_webhooks import (
+    attempt_row,
+    order_and_attempt,
+    order_state,
+    relay_for,
+    review,
+    run_relay,
+    scalar,
+    serving_stack,
+    sim_post,
+)
+from tests.support import new_ops_token
+
+GAPS = (timedelta(seconds=0.2), timedelta(seconds=0.2))
+
+
+def read_paid_attempts_quickly(s: Settings) -> Settings:
+    return replace(s, verification=replace(s.verification, schedule=replace(
+        s.verification.schedule, settled_reads=GAPS)))
+
+
+@pytest.fixture
+async def stack(container: Container, sims: Simulators) -> AsyncIterator[Stack]:  # noqa: F811
+    async with serving_stack(container, sims, read_paid_attempts_quickly) as served:
+        yield served
+
+
+async def paid_dana_order(stack: Stack) -> tuple[str, Any]:
+    """A DANA order paid through Xendit, its capture callback applied."""
+    order_id, attempt = await order_and_attempt(stack, "ewallet", "dana", "ewallet:xendit:dana")
+    await sim_post(stack.sims.xendit.control_url, "/pay", {
+        "kind": "ewallet", "reference_id": attempt.id, "amount": attempt.transfer_amount})
+    await run_relay(stack.container, order_state(stack, order_id), "paid")
+    return order_id, attempt
+
+
+async def refunded_silently_at_xendit(stack: Stack) -> tuple[str, Any, str, int]:
+    """Paid, then 20000 refunded in Xendit's dashboard with no callback: (order, attempt,
+    provider, what the case should ask about)."""
+    order_id, attempt = await paid_dana_order(stack)
+    await sim_post(stack.sims.xendit.control_url, "/refund", {
+        "reference_id": attempt.id, "amount": 20_000, "notify": False})
+    return order_id, attempt, "xendit", 20_000
+
+
+async def charged_back_silently_at_midtrans(stack: Stack) -> tuple[str, Any, str, int]:
+    """A QRIS payment settled, then pulled back by the customer's bank; Midtrans's
+    ``chargeback`` notification never comes."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    await sim_post(stack.sims.midtrans.control_url, "/pay", {"order_id": attempt.id})
+    await run_relay(stack.container, order_state(stack, order_id), "paid")
+    await sim_post(stack.sims.midtrans.control_url, "/config", {"drop_notifications": True})
+    await sim_post(stack.sims.midtrans.control_url, "/answer", {
+        "order_id": attempt.id, "fields": {"transaction_status": "chargeback"}})
+    return order_id, attempt, "midtrans", attempt.transfer_amount
+
+
+def last_check(stack: Stack, attempt_id: str) -> Callable[[], Awaitable[object]]:
+    async def read() -> object:
+        return (await attempt_row(stack, attempt_id)).last_check
+    return read
+
+
+async def run_relay_until_read(stack: Stack, attempt_id: str, prefix: str,
+                               timeout: float = 10.0) -> str:
+    """The worker's relay until the attempt's ``last_check`` starts with ``prefix``."""
+    async def reached() -> bool:
+        return str(await last_check(stack, attempt_id)()).startswith(prefix)
+    await run_relay(stack.container, reached, True, timeout=timeout)
+    return str(await last_check(stack, attempt_id)())
+
+
+async def reads_queued(stack: Stack, attempt_id: str, status: str) -> int:
+    return int(await scalar(stack, sa.select(sa.func.count()).select_from(outbox).where(
+        outbox.c.event_type == "attempt.settled_read", outbox.c.aggregate_id == attempt_id,
+        outbox.c.status == status)))
+
+
+async def cases_told(stack: Stack, order_id: str) -> list[tuple[str, int]]:
+    async with stack.container.db.read() as conn:
+        return [(p["reason"], p["amount"]) for p in (await conn.execute(
+            sa.select(outbox.c.payload).where(outbox.c.aggregate_id == order_id,
+                                              outbox.c.event_type == "review_case.opened")
+        )).scalars()]
+
+
+@pytest.mark.parametrize("reversed_silently", [refunded_silently_at_xendit,
+                                               charged_back_silently_at_midtrans],
+                         ids=["xendit-ewallet-refund", "midtrans-qris-chargeback"])
+async def test_a_reversal_whose_notification_was_lost_is_found_by_the_next_read_once(
+    stack: Stack,
+    reversed_silently: Callable[[Stack], Awaitable[tuple[str, Any, str, int]]],
+) -> None:
+    """The first read after the payment finds the reversal: one review case, the merchant told
+    once, the order still paid. The second (the last) finds it recorded and opens nothing;
+    after it, the attempt is read no more. Before: nothing read a paid attempt again, and
+    Lunas said for ever that the money was with the merchant."""
+    order_id, attempt, provider, amount = await reversed_silently(stack)
+    before = await stack.calls(provider, "status")
+    found = await run_relay_until_read(stack, attempt.id, "settled read 1: ")
+    assert "review case" in found, found
+    reason = "refunded_at_provider" if provider == "xendit" else "chargeback"
+    [case] = await review(stack, order_id)
+    assert (case[0], case[2]) == (reason, amount)
+    assert await cases_told(stack, order_id) == [(reason, amount)]
+    assert await order_state(stack, order_id)() == "paid"
+
+    last = await run_relay_until_read(stack, attempt.id, "settled read 2: ")
+    assert last.endswith("recorded; the last"), last
+    assert len(await review(stack, order_id)) == 1
+    assert await cases_told(stack, order_id) == [(reason, amount)]
+    assert await order_state(stack, order_id)() == "paid"
+    assert (await attempt_row(stack, attempt.id)).state == "paid"
+    assert await stack.calls(provider, "status") - before == 2
+    await relay_for(stack.container, 1.0)  # well past another gap: nothing more is read
+    assert await stack.calls(provider, "status") - before == 2
+    assert await reads_queued(stack, attempt.id, "pending") == 0
+    assert await scalar(stack, sa.select(sa.func.count()).select_from(provider_deliveries)
+                        .where(provider_deliveries.c.attempt_id == attempt.id,
+                               provider_deliveries.c.event_key.like("%refund%"))) == 0
+
+
+async def test_a_read_the_breaker_refuses_waits_for_the_route_and_happens_after_recovery(
+    stack: Stack,
+) -> None:
+    """Xendit's e-wallet route is held open by ops while the read comes due: the read is not
+    sent, not failed, not dead-lettered, and queued again; once the route is released it is
+    made, and the refund's case opens."""
+    order_id, attempt, provider, amount = await refunded_silently_at_xendit(stack)
+    ops = {"Authorization": f"Bearer {await new_ops_token(stack.container)}"}
+    route = "/v1/ops/routes/ewallet:xendit:dana/breaker"
+    r = await stack.client.post(route, headers=ops,
+                                json={"action": "force_open", "reason": "xendit incident"})
+    assert r.status_code == 200, r.text
+    before = await stack.calls(provider, "status")
+    note = await run_relay_until_read(stack, attempt.id, "settled read 1: deferred")
+    assert note.startswith("settled read 1: deferred, again in "), note
+    assert await stack.calls(provider, "status") == before
+    assert await review(stack, order_id) == []
+    assert await reads_queued(stack, attempt.id, "dead") == 0
+    assert await reads_queued(stack, attempt.id, "pending") == 1
+
+    r = await stack.client.post(route, headers=ops, json={"action": "release", "reason": "ok"})
+    assert r.status_code == 200, r.text
+    found = await run_relay_until_read(stack, attempt.id, "settled read 1: PARTIALLY_REFUNDED")
+    assert "review case" in found, found
+    assert [(c[0], c[2]) for c in await review(stack, order_id)] == [
+        ("refunded_at_provider", amount)]
+    assert await stack.calls(provider, "status") - before == 1
+    assert await reads_queued(stack, attempt.id, "dead") == 0
+
+
+async def test_a_paid_attempt_with_nothing_reversed_is_read_on_each_gap_then_left_alone(
+    stack: Stack,
+) -> None:
+    order_id, attempt = await paid_dana_order(stack)
+    before = await stack.calls("xendit", "status")
+    assert await run_relay_until_read(stack, attempt.id, "settled read 2: ") == (
+        "settled read 2: SUCCEEDED: no change; the last")
+    await relay_for(stack.container, 1.0)
+    assert await stack.calls("xendit", "status") - before == 2
+    assert await reads_queued(stack, attempt.id, "pending") == 0
+    assert await reads_queued(stack, attempt.id, "done") == 2
+    assert await review(stack, order_id) == []
+    assert await order_state(stack, order_id)() == "paid"
+
