@@ -199,7 +199,7 @@ def claim_batch(
         return Claim(_claim_statement(locking=False, capped=True), capped)
     return Claim(_claim_statement(locking=True, capped=True),
                  {**capped, "b_scan": max(SCAN_MIN, SCAN_PER_EVENT * limit)},
-                 walk=(after, WALK_WIDE if wide else max(WALK_MIN, WALK_PER_EVENT * limit)))
+                 walk=(after, max(WALK_WIDE if wide else WALK_MIN, WALK_PER_EVENT * limit)))
 
 
 @functools.cache
@@ -312,7 +312,8 @@ WITH RECURSIVE queues AS (
   UNION ALL
   SELECT first.id, first.available_at FROM (
     SELECT s.id, s.available_at, row_number() OVER (
-      PARTITION BY s.merchant_id, s.event_type ORDER BY s.available_at, s.id) AS nth
+      PARTITION BY s.merchant_id, s.event_type ORDER BY s.available_at, s.id) AS nth,
+      s.merchant_id IS NOT NULL AND s.event_type IN :b_types AS laned
     FROM (SELECT o.id, o.available_at, o.merchant_id, o.event_type, o.aggregate_id
           FROM outbox o
           WHERE o.status = 'pending' AND o.available_at <= :b_now
@@ -323,7 +324,7 @@ WITH RECURSIVE queues AS (
         SELECT 1 FROM outbox ahead WHERE ahead.aggregate_id = s.aggregate_id
           AND ahead.status = 'pending' AND ahead.id < s.id
           AND ahead.merchant_id = s.merchant_id AND ahead.event_type IN :b_types))) first
-  WHERE first.nth <= :b_most
+  WHERE first.nth <= :b_most OR NOT first.laned
 )
 SELECT id FROM (SELECT DISTINCT id, available_at FROM heads) h
 ORDER BY available_at, id LIMIT :b_limit

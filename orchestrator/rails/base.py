@@ -151,10 +151,13 @@ class PaymentProvider(Protocol):
     async def create(self, request: ChargeRequest) -> Instrument: ...
 
     async def status(self, reference: str, provider_ref: str | None, route: Route, *,
-                     requests_allowed: int | None = None) -> ProviderStatus:
+                     requests_allowed: int | None = None,
+                     payment_known: bool = False) -> ProviderStatus:
         """The provider's word on one attempt. An answer that needs more than
         ``requests_allowed`` HTTP requests (None: no limit) raises ``MoreRequestsNeeded``
-        before sending any beyond it."""
+        before sending any beyond it. ``payment_known``: Lunas has recorded the attempt's
+        payment, so an answer need not say when it was made (``paid_at`` may be None), where
+        finding that out costs a request more."""
         ...
 
     def status_requests(self, provider_ref: str | None, route: Route) -> int:

@@ -501,7 +501,8 @@ class MidtransProvider:
                               provider=PROVIDER, operation="create") from exc
 
     async def status(self, reference: str, provider_ref: str | None, route: Route, *,
-                     requests_allowed: int | None = None) -> ProviderStatus:
+                     requests_allowed: int | None = None,
+                     payment_known: bool = False) -> ProviderStatus:
         response = await self._send("status", "GET", f"/v2/{reference}/status", self._headers)
         body = _decode(response)
         code = effective_code(response, body)

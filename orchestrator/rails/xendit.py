@@ -62,7 +62,8 @@ only the callback carries.
   FAILED / VOIDED → failed, REFUNDED → refunded. 404 → not_found. A SUCCEEDED charge with a
   ``refunded_amount`` is refunded too, with that running total (``charge_status``); a
   REFUNDED one without a readable total is Unreadable. A refunded charge's payment time is
-  looked up in the Transactions API (its ``updated`` is the refund's). VA and QR objects carry
+  looked up in the Transactions API (its ``updated`` is the refund's), unless Lunas has the
+  payment already (``payment_known``: a paid attempt read again for a lost reversal). VA and QR objects carry
   no refund field in the legacy APIs (RAILS.md §2.2-2.3): their reads never report one.
 - VA or e-wallet without ``provider_ref`` (the create's answer was lost): legacy Xendit cannot
   look those up by reference, so a payment → paid, none → not_found with raw status
@@ -114,6 +115,9 @@ from orchestrator.rails.errors import (
     Unavailable,
     Unreadable,
 )
+
+_Params = Mapping[str, str | list[str]]
+"""Query parameters; a list is sent as the key repeated, as Xendit takes arrays."""
 
 PROVIDER = "xendit"
 CHANNELS: dict[Rail, tuple[str, ...]] = {
@@ -285,7 +289,8 @@ class XenditProvider:
     # -- status ----------------------------------------------------------------------------
 
     async def status(self, reference: str, provider_ref: str | None, route: Route, *,
-                     requests_allowed: int | None = None) -> ProviderStatus:
+                     requests_allowed: int | None = None,
+                     payment_known: bool = False) -> ProviderStatus:
         if route.rail is Rail.QRIS:
             return await self._qr_status(reference)
         if provider_ref is None:
@@ -297,7 +302,7 @@ class XenditProvider:
             return ProviderStatus(status=NeutralStatus.NOT_FOUND, provider_ref=provider_ref)
         with self._reading("status"):
             read = charge_status(data)
-        if read.status is NeutralStatus.REFUNDED:
+        if read.status is NeutralStatus.REFUNDED and not payment_known:
             if requests_allowed is not None and requests_allowed < 2:
                 raise MoreRequestsNeeded(2)
             return replace(read, paid_at=await self._payment_time(reference, provider_ref))
@@ -356,9 +361,14 @@ class XenditProvider:
         """When the customer paid a charge that shows a refund, by the Transactions API (the
         charge's ``updated`` is the refund's time by now). A charge that shows a capture the
         Transactions API does not list is an answer Lunas cannot read yet: dated at the
-        refund or at the read, the payment would be recorded at a time it did not happen."""
-        params = {"reference_id": reference, "types": "PAYMENT", "statuses": "SUCCESS",
-                  "channel_categories": CATEGORIES[Rail.EWALLET], "limit": "50"}
+        refund or at the read, the payment would be recorded at a time it did not happen.
+        Money-in transactions may move on from ``SUCCESS`` (XDOC list-transactions:
+        ``VOIDED``, ``REVERSED``), so those are asked for too: the payment's time is the
+        same."""
+        params: _Params = {
+            "reference_id": reference, "types": "PAYMENT",
+            "statuses": ["SUCCESS", "VOIDED", "REVERSED"],
+            "channel_categories": CATEGORIES[Rail.EWALLET], "limit": "50"}
         data = await self._send("status", "GET", "/transactions", params=params)
         with self._reading("status"):
             times = [parse_time(t["created"]) for t in data["data"]
@@ -398,7 +408,7 @@ class XenditProvider:
     # -- transport and error translation ---------------------------------------------------
 
     async def _send(self, operation: str, method: str, path: str, *,
-                    json: dict[str, Any] | None = None, params: dict[str, str] | None = None,
+                    json: dict[str, Any] | None = None, params: _Params | None = None,
                     idempotency_key: str | None = None) -> dict[str, Any]:
         """One HTTP call: the JSON object answered, or a ``RailError``."""
         response = await self._request(operation, method, path, json=json, params=params,
@@ -411,7 +421,7 @@ class XenditProvider:
         return None if response.status_code == 404 else self._answer("status", response)
 
     async def _request(self, operation: str, method: str, path: str, *,
-                       json: dict[str, Any] | None = None, params: dict[str, str] | None = None,
+                       json: dict[str, Any] | None = None, params: _Params | None = None,
                        idempotency_key: str | None = None) -> httpx.Response:
         headers = {"Authorization": self._auth, "Accept": "application/json"}
         if idempotency_key is not None:

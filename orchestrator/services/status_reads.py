@@ -172,14 +172,14 @@ class StatusReads:
         (asked once the paced slot is ours, since the wait may be long) says no, ``PaceBusy``
         when ``within`` seconds bring no slot of the provider's pace (nothing was sent)."""
         route = route_of(attempt)
-        if self._guard.refuses_now(route.key):
-            # Spend no paced slot on a call that cannot go: in half-open, every read beyond the
-            # round's trials would otherwise take a slot of the provider's shared pace and then
-            # be refused, delaying the reads that can go (seams review).
-            raise RouteUnavailable(route.key)
         provider = self._providers[attempt.provider]
         allowed = provider.status_requests(attempt.provider_ref, route)
         while True:
+            if self._guard.refuses_now(route.key):
+                # Spend no paced slot on a call that cannot go: in half-open, every read beyond
+                # the round's trials would otherwise take a slot of the provider's shared pace
+                # and then be refused, delaying the reads that can go (seams review).
+                raise RouteUnavailable(route.key)
             await self._not_paused(attempt.provider)
             if not await self._pacer.acquire(attempt.provider, allowed,
                                              before_send=still_wanted, within=within):
@@ -191,7 +191,8 @@ class StatusReads:
                 if more.requests <= allowed:  # an adapter asking for what it had: a bug
                     raise Unreadable(f"asked for {more.requests} requests with {allowed}",
                                      provider=attempt.provider, operation="status") from more
-                # The first read's slots are spent; the read is made again in full, paced.
+                # The first read's slots are spent; the read is made again in full, paced
+                # (a PaceBusy now comes after one request was sent: rare, and harmless).
                 # ``still_wanted`` said yes once (a verifier's claim renewed then holds), and
                 # asked again it would find its own renewal and say no.
                 allowed, still_wanted = more.requests, None
@@ -200,8 +201,9 @@ class StatusReads:
                     allowed: int) -> ProviderStatus:
         async with self._guard.guard(route.key) as call:
             try:
-                return await provider.status(attempt.id, attempt.provider_ref, route,
-                                             requests_allowed=allowed)
+                return await provider.status(
+                    attempt.id, attempt.provider_ref, route, requests_allowed=allowed,
+                    payment_known=attempt.state == AttemptState.PAID.value)
             except MoreRequestsNeeded:
                 call.neutral()  # the provider answered: it is not failing
                 raise

@@ -42,6 +42,7 @@ from opentelemetry.util.types import AttributeValue
 from orchestrator.rails.base import (
     ChargeRequest,
     Instrument,
+    MoreRequestsNeeded,
     PaymentProvider,
     ProviderStatus,
     Rail,
@@ -261,6 +262,9 @@ def _provider_span(provider: str, operation: str, route: Route) -> Iterator[Span
             if not isinstance(exc, Refused):  # a business refusal is an answer, not a fault
                 fail(current, type(exc).__name__)
             raise
+        except MoreRequestsNeeded:  # an answer, read again with a larger allowance
+            current.set_attribute("lunas.outcome", "more_requests_needed")
+            raise
         except BaseException as exc:  # cancelled: the capture budget ran out mid-call
             current.set_attribute("lunas.outcome", "cancelled" if isinstance(
                 exc, asyncio.CancelledError) else "error")
@@ -302,11 +306,13 @@ class TracedProvider:
             return instrument
 
     async def status(self, reference: str, provider_ref: str | None, route: Route, *,
-                     requests_allowed: int | None = None) -> ProviderStatus:
+                     requests_allowed: int | None = None,
+                     payment_known: bool = False) -> ProviderStatus:
         with _provider_span(self.name, "status", route) as current:
             current.set_attribute("lunas.attempt_id", reference)
             answer = await self._inner.status(reference, provider_ref, route,
-                                              requests_allowed=requests_allowed)
+                                              requests_allowed=requests_allowed,
+                                              payment_known=payment_known)
             current.set_attribute("lunas.outcome", answer.status.value)
             return answer
 

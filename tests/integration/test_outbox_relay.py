@@ -1008,6 +1008,42 @@ async def test_a_merchant_behind_an_older_backlog_and_many_waiting_queues_is_ser
         await drop_database(url)
 
 
+async def test_a_merchants_jobs_beyond_the_walk_are_claimed_a_batch_at_a_time_not_a_lane(
+) -> None:
+    """Jobs that name a merchant but are not webhooks (``order.captured``: deferred issuance)
+    have no lane: a claim that finds them through its first read of the due events (their
+    queue lies beyond its walk of the merchants' queues) takes as many as it asked for, not
+    the 4 a webhook lane holds. Before: the first read capped every queue at a lane's 4, so
+    issuance behind thousands of waiting queues went 4 a claim."""
+    url = await create_database("lunas_claim_jobs")
+    engine = create_engine(DatabaseSettings(url=url))
+    try:
+        await migrate(engine)
+        now = datetime.now(UTC)
+        later = now + timedelta(hours=1)
+        waiting = [f"mch_waiting_{i:05d}" for i in range(queries.WALK_WIDE + 100)]
+        async with engine.begin() as conn:
+            await add_events(conn, [
+                *(PendingEvent(event_type=ORDER_PAID, aggregate_id=new_id("ord"),
+                               merchant_id=m, payload={}, available_at=later)
+                  for m in waiting),
+                *(PendingEvent(event_type=ORDER_CAPTURED, aggregate_id=new_id("ord"),
+                               merchant_id="mch_zz_issuing", payload={},
+                               available_at=now - timedelta(seconds=1)) for _ in range(40)),
+            ], now=now - timedelta(minutes=1))
+        claim = queries.claim_batch(
+            engine.dialect.name, worker_id="w-jobs", now=now, lease=timedelta(seconds=30),
+            limit=16, cap=queries.MerchantCap(event_types=MERCHANT_VISIBLE, per_merchant=4),
+            wide=True)
+        async with engine.begin() as conn:
+            taken = await claim.taking(conn)
+        assert claim.walk is not None and taken.after is not None  # the walk stopped short
+        assert len(taken.rows) == 16
+    finally:
+        await engine.dispose()
+        await drop_database(url)
+
+
 async def test_a_claim_takes_only_the_first_undelivered_webhook_of_each_order(
     private: AsyncEngine,
 ) -> None:

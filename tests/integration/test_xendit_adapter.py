@@ -577,6 +577,14 @@ async def test_a_refunded_charge_is_dated_when_it_was_paid_not_when_it_was_refun
     read = await provider.status(request.reference, instrument.provider_ref, request.route,
                                  requests_allowed=2)
     assert (read.raw_status, read.paid_at) == ("REFUNDED", paid_at)
+    # Lunas has the payment already (a paid attempt read again): no lookup, one request.
+    read = await provider.status(request.reference, instrument.provider_ref, request.route,
+                                 requests_allowed=1, payment_known=True)
+    assert (read.raw_status, read.reversed_amount, read.paid_at) == ("REFUNDED", 150_000, None)
+    # Xendit moves a money-in transaction on from SUCCESS once it is reversed: still found.
+    payment["status"] = "REVERSED"
+    read = await provider.status(request.reference, instrument.provider_ref, request.route)
+    assert (read.raw_status, read.paid_at) == ("REFUNDED", paid_at)
 
 
 def test_a_succeeded_charge_whose_refunded_amount_cannot_be_read_is_not_taken_for_paid() -> None:
