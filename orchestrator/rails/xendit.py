@@ -63,8 +63,9 @@ only the callback carries.
   ``refunded_amount`` is refunded too, with that running total (``charge_status``); a
   REFUNDED one without a readable total is Unreadable. A refunded charge's payment time is
   looked up in the Transactions API (its ``updated`` is the refund's), unless Lunas has the
-  payment already (``payment_known``: a paid attempt read again for a lost reversal). VA and QR objects carry
-  no refund field in the legacy APIs (RAILS.md §2.2-2.3): their reads never report one.
+  payment already (``payment_known``: a paid attempt read again for a lost reversal). VA and
+  QR objects carry no refund field in the legacy APIs (RAILS.md §2.2-2.3): their reads never
+  report one.
 - VA or e-wallet without ``provider_ref`` (the create's answer was lost): legacy Xendit cannot
   look those up by reference, so a payment → paid, none → not_found with raw status
   ``NO_PAYMENT_FOR_REFERENCE``. The resource may still exist: repeating the create with the same
