@@ -61,7 +61,8 @@ only the callback carries.
 - E-wallet (by ``provider_ref``): PENDING → pending, SUCCEEDED → paid (``capture_amount``),
   FAILED / VOIDED → failed, REFUNDED → refunded. 404 → not_found. A SUCCEEDED charge with a
   ``refunded_amount`` is refunded too, with that running total (``charge_status``); a
-  REFUNDED one without a readable total is Unreadable. A refunded charge's payment time is
+  REFUNDED one without a readable total is Unreadable; a VOIDED one Lunas saw paid
+  (``payment_known``) gave it all back (``voided_payment``). A refunded charge's payment time is
   looked up in the Transactions API (its ``updated`` is the refund's), unless Lunas has the
   payment already (``payment_known``: a paid attempt read again for a lost reversal). VA and
   QR objects carry no refund field in the legacy APIs (RAILS.md §2.2-2.3): their reads never
@@ -303,6 +304,8 @@ class XenditProvider:
             return ProviderStatus(status=NeutralStatus.NOT_FOUND, provider_ref=provider_ref)
         with self._reading("status"):
             read = charge_status(data)
+            if payment_known and read.raw_status == "VOIDED":
+                return voided_payment(data)
         if read.status is NeutralStatus.REFUNDED and not payment_known:
             if requests_allowed is not None and requests_allowed < 2:
                 raise MoreRequestsNeeded(2)
@@ -600,6 +603,24 @@ def charge_status(charge: Mapping[str, Any]) -> ProviderStatus:
         reversed_amount=refunded if status is NeutralStatus.REFUNDED else None,
         currency=reported_currency(charge.get("currency")),
     )
+
+
+def voided_payment(charge: Mapping[str, Any]) -> ProviderStatus:
+    """A ``VOIDED`` charge whose payment Lunas has recorded: the void gave it all back.
+
+    Xendit voids only a charge that succeeded, for its full value, on the day of the payment
+    (docs.xendit.co, e-wallet "Void and Refund"); Lunas voids only PENDING ones, as its
+    simulator allows (``_void_pending`` refuses the rest), so on a charge
+    Lunas saw paid a void is a reversal made at the provider, like a refund of the whole
+    ``capture_amount``. Read as the ``failed`` it is for a charge never paid, it moved nothing
+    and nobody heard that the money went back. Lunas's raw status: ``VOIDED``."""
+    captured = rupiah(charge["capture_amount"])
+    if captured <= 0:
+        raise ValueError(f"voided charge has capture_amount {captured}")
+    return ProviderStatus(
+        status=NeutralStatus.REFUNDED, provider_ref=str(charge["id"]), paid_amount=captured,
+        raw_status="VOIDED", reversed_amount=captured,
+        currency=reported_currency(charge.get("currency")))
 
 
 def _refunded_amount(charge: Mapping[str, Any]) -> int | None:

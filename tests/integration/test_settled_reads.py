@@ -83,6 +83,17 @@ async def charged_back_silently_at_midtrans(stack: Stack) -> tuple[str, Any, str
     return order_id, attempt, "midtrans", attempt.transfer_amount
 
 
+async def voided_silently_at_xendit(stack: Stack) -> tuple[str, Any, str, int]:
+    """Paid, then voided the same day from Xendit's dashboard (the whole payment back to the
+    customer's wallet), and the void's notification never reached Lunas. Xendit says the
+    charge is ``VOIDED``: for a charge never paid, a failure; for this one, a reversal."""
+    order_id, attempt = await paid_dana_order(stack)
+    charge = stack.sims.xendit.store.charge_by_reference(attempt.id)
+    assert charge is not None
+    stack.sims.xendit.void_charge(charge["id"])
+    return order_id, attempt, "xendit", attempt.transfer_amount
+
+
 def last_check(stack: Stack, attempt_id: str) -> Callable[[], Awaitable[object]]:
     async def read() -> object:
         return (await attempt_row(stack, attempt_id)).last_check
@@ -113,8 +124,10 @@ async def cases_told(stack: Stack, order_id: str) -> list[tuple[str, int]]:
 
 
 @pytest.mark.parametrize("reversed_silently", [refunded_silently_at_xendit,
+                                               voided_silently_at_xendit,
                                                charged_back_silently_at_midtrans],
-                         ids=["xendit-ewallet-refund", "midtrans-qris-chargeback"])
+                         ids=["xendit-ewallet-refund", "xendit-ewallet-void",
+                              "midtrans-qris-chargeback"])
 async def test_a_reversal_whose_notification_was_lost_is_found_by_the_next_read_once(
     stack: Stack,
     reversed_silently: Callable[[Stack], Awaitable[tuple[str, Any, str, int]]],
