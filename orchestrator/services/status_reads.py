@@ -172,14 +172,10 @@ class StatusReads:
         (asked once the paced slot is ours, since the wait may be long) says no, ``PaceBusy``
         when ``within`` seconds bring no slot of the provider's pace (nothing was sent)."""
         route = route_of(attempt)
+        self._refuse_if_open(route)
         provider = self._providers[attempt.provider]
         allowed = provider.status_requests(attempt.provider_ref, route)
         while True:
-            if self._guard.refuses_now(route.key):
-                # Spend no paced slot on a call that cannot go: in half-open, every read beyond
-                # the round's trials would otherwise take a slot of the provider's shared pace
-                # and then be refused, delaying the reads that can go (seams review).
-                raise RouteUnavailable(route.key)
             await self._not_paused(attempt.provider)
             if not await self._pacer.acquire(attempt.provider, allowed,
                                              before_send=still_wanted, within=within):
@@ -196,6 +192,14 @@ class StatusReads:
                 # ``still_wanted`` said yes once (a verifier's claim renewed then holds), and
                 # asked again it would find its own renewal and say no.
                 allowed, still_wanted = more.requests, None
+                self._refuse_if_open(route)  # the neutral first pass gave back a trial slot
+
+    def _refuse_if_open(self, route: Route) -> None:
+        """Spend no paced slot on a call that cannot go: in half-open, every read beyond the
+        round's trials would otherwise take a slot of the provider's shared pace and then be
+        refused, delaying the reads that can go (seams review)."""
+        if self._guard.refuses_now(route.key):
+            raise RouteUnavailable(route.key)
 
     async def _send(self, provider: PaymentProvider, attempt: Any, route: Route,
                     allowed: int) -> ProviderStatus:
