@@ -682,6 +682,27 @@ class XenditSim:
                 "data": refund})
         return {"refund": refund, "charge": copy.deepcopy(charge)}
 
+    def void_paid(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The merchant voids a paid e-wallet charge the same day (in Xendit's dashboard, say,
+        outside Lunas): ``{"id" | "reference_id", "notify"?}``. All of it goes back (Xendit
+        voids only a SUCCEEDED charge, for its full value: e-wallet "Void and Refund"). With
+        ``notify: true`` an ``ewallet.void`` callback follows, its ``data`` the charge, as
+        ``ewallet.capture``'s is (the event name is what integrations in the wild handle; its
+        exact shape is not in RAILS.md)."""
+        charge = (self.store.charges.get(str(body.get("id"))) or
+                  self.store.charge_by_reference(str(body.get("reference_id"))))
+        if charge is None:
+            raise ApiError(404, "DATA_NOT_FOUND", "no such e-wallet charge")
+        if charge["status"] != "SUCCEEDED":
+            raise ApiError(400, "API_VALIDATION_ERROR",
+                           f"a {charge['status']} charge cannot be voided here")
+        voided = self.void_charge(str(charge["id"]))
+        if body.get("notify"):
+            self._notify("ewallet.void", self.callback_url, {
+                "event": "ewallet.void", "business_id": OWNER_ID, "created": voided["updated"],
+                "data": copy.deepcopy(voided)})
+        return copy.deepcopy(voided)
+
     # -- callbacks -------------------------------------------------------------------------
 
     def _notify(self, event: str, url: str | None, body: dict[str, Any]) -> None:
@@ -962,7 +983,13 @@ def control_routes(sim: XenditSim) -> list[HTTPRouteHandler]:
             return sim.refund(_require(await _json(request)))
         return await _control(work)
 
-    return [*fault_routes(sim), pay, refund,
+    @post("/void", status_code=200)
+    async def void(request: Request[Any, Any, Any]) -> Response[Any]:
+        async def work() -> dict[str, Any]:
+            return sim.void_paid(_require(await _json(request)))
+        return await _control(work)
+
+    return [*fault_routes(sim), pay, refund, void,
             *_config_routes(sim)]
 
 

@@ -46,6 +46,15 @@ day cost 20,000 reads, about 2 % of the 864,000 a day a pace of 600 a minute all
 only take slots the reads of unpaid orders leave free (``services/settled_reads.py``).
 ``LUNAS_SETTLED_RECHECKS`` changes them; set empty, a paid attempt is never read again."""
 
+REVERSIBLE_RAILS = frozenset({Rail.QRIS, Rail.EWALLET})
+"""Rails whose paid attempts are read again for a reversal (``settled_reads``). A QRIS or
+e-wallet payment can be refunded, voided or charged back at the provider; a virtual account
+payment is a bank transfer neither provider takes back (Midtrans refunds only cards, GoPay,
+ShopeePay, DANA, OVO, QRIS and pay-later: docs.midtrans.com "Refund Transactions"; a legacy
+Xendit VA has no refund, RAILS.md §2.2), so reading it again costs the provider's pace and can
+find nothing; manual transfer has no status API, and its reversals are the mutation matcher's
+(a debit of a paid credit's amount)."""
+
 
 @dataclass(frozen=True)
 class VerificationSchedule:
@@ -90,9 +99,10 @@ class VerificationSchedule:
                           last: datetime) -> datetime | None:
         """When a paid attempt on ``rail`` is read for the ``reads_done + 1``-th time, ``last``
         being its payment (``reads_done`` 0) or its previous read. ``None``: never, for a rail
-        with no status API (manual transfer: the mutation matcher finds its reversals) or once
-        the last gap is read (the gaps do not repeat)."""
-        if not self.gaps.get(rail) or not 0 <= reads_done < len(self.settled_reads):
+        whose payments no provider reports taken back (``REVERSIBLE_RAILS``) or once the last
+        gap is read (the gaps do not repeat)."""
+        if (rail not in REVERSIBLE_RAILS or not self.gaps.get(rail)
+                or not 0 <= reads_done < len(self.settled_reads)):
             return None
         return last + self.settled_reads[reads_done]
 

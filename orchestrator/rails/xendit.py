@@ -614,9 +614,10 @@ def voided_payment(charge: Mapping[str, Any]) -> ProviderStatus:
     Lunas saw paid a void is a reversal made at the provider, like a refund of the whole
     ``capture_amount``. Read as the ``failed`` it is for a charge never paid, it moved nothing
     and nobody heard that the money went back. Lunas's raw status: ``VOIDED``."""
-    captured = rupiah(charge["capture_amount"])
+    # Voided whole: a capture_amount zeroed or dropped by the void says nothing else.
+    captured = rupiah(charge.get("capture_amount") or charge["charge_amount"])
     if captured <= 0:
-        raise ValueError(f"voided charge has capture_amount {captured}")
+        raise ValueError(f"voided charge has no amount ({captured})")
     return ProviderStatus(
         status=NeutralStatus.REFUNDED, provider_ref=str(charge["id"]), paid_amount=captured,
         raw_status="VOIDED", reversed_amount=captured,
@@ -637,6 +638,12 @@ def _refunded_amount(charge: Mapping[str, Any]) -> int | None:
     return amount or None
 
 
+CHARGE_EVENTS = ("ewallet.capture", "ewallet.void")
+"""E-wallet callbacks whose ``data`` is the charge: its capture, and its void (a VOIDED charge:
+for one never paid, failed; for one Lunas saw paid, all of it back, which
+``provider_webhooks`` confirms with a read)."""
+
+
 def callback_status(body: Mapping[str, Any]) -> ProviderStatus:
     """The status a VA paid, QR payment, e-wallet capture or refund callback reports.
 
@@ -647,7 +654,7 @@ def callback_status(body: Mapping[str, Any]) -> ProviderStatus:
     if body.get("event") == "refund.failed":
         raise NothingMoved("refund.failed: no money moved, nothing to apply")
     try:
-        if body.get("event") == "ewallet.capture":
+        if body.get("event") in CHARGE_EVENTS:
             return charge_status(body["data"])
         if body.get("event") == "refund.succeeded":
             refund = refund_object(body)
@@ -711,7 +718,7 @@ def callback_reference(body: Mapping[str, Any]) -> str:
     """Our reference (external_id / reference_id) in a callback, for attempts whose create
     answer was lost and so have no ``provider_ref`` to match on."""
     try:
-        if body.get("event") == "ewallet.capture":
+        if body.get("event") in CHARGE_EVENTS:
             return str(body["data"]["reference_id"])
         if body.get("event") == "qr.payment":
             if "data" in body:
@@ -727,7 +734,7 @@ def callback_time(body: Mapping[str, Any]) -> datetime | None:
     ``transaction_timestamp``, the QR payment's ``created``, the e-wallet charge's ``updated``
     (its last status change). None when the callback says no time or an unreadable one."""
     data = body.get("data")
-    if body.get("event") == "ewallet.capture" and isinstance(data, Mapping):
+    if body.get("event") in CHARGE_EVENTS and isinstance(data, Mapping):
         stamp = data.get("updated") or body.get("created")
     elif body.get("event") == "qr.payment":
         stamp = (data if isinstance(data, Mapping) else body).get("created")

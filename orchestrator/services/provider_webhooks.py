@@ -209,7 +209,7 @@ def xendit_event_key(body: Mapping[str, Any]) -> str | None:
     with one ``refunded_amount`` so far: a charge refunded twice in part differs from the
     first only there, and is a second fact, not a repeat), or one refund in one status."""
     data = body.get("data")
-    if body.get("event") == "ewallet.capture" and isinstance(data, dict):
+    if body.get("event") in xendit.CHARGE_EVENTS and isinstance(data, dict):
         ident, status = data.get("id"), data.get("status")
         refunded = data.get("refunded_amount")
         key = (f"xendit:ewallet:{ident}:{status}" + (f":{refunded}" if refunded else "")
@@ -229,6 +229,14 @@ def xendit_event_key(body: Mapping[str, Any]) -> str | None:
     else:
         key = None
     return _bounded(key) if key else None
+
+
+def _voided_after_payment(provider: str, attempt: Any, status: ProviderStatus) -> bool:
+    """A Xendit charge voided after Lunas saw it paid: Xendit voids only a charge that
+    succeeded, for all of it (``xendit.voided_payment``), so the money went back. Confirmed by
+    a read like any reversal; a void of a charge Lunas never saw paid closes it as failed."""
+    return (provider == XENDIT and status.raw_status == "VOIDED"
+            and attempt.state == AttemptState.PAID.value)
 
 
 def claimed_attempt(provider: str, body: Mapping[str, Any]) -> str | None:
@@ -439,13 +447,14 @@ class ProviderWebhooks:
                                         "raw_status": status.raw_status,
                                         "provider_ref": status.provider_ref},
                                kind="provider_webhook")
-        elif status.status in (NeutralStatus.EXPIRED, NeutralStatus.FAILED):
-            await self._close(delivery_id, attempt, status.status)
-        elif status.status in REVERSALS:
+        elif status.status in REVERSALS or _voided_after_payment(delivery.provider, attempt,
+                                                                  status):
             await self._confirm_reversal(
                 delivery_id, attempt, received_at=delivery.received_at,
                 tries=int(event.payload.get("confirm_tries") or 0),
                 unreadable=int(event.payload.get("unreadable_tries") or 0))
+        elif status.status in (NeutralStatus.EXPIRED, NeutralStatus.FAILED):
+            await self._close(delivery_id, attempt, status.status)
         else:
             await self._record(delivery_id, f"no change: provider says {status.raw_status}")
 

@@ -3,10 +3,11 @@
 Lunas hears of a reversal at the provider through its notification (``provider_webhooks``). If
 that notification is lost (dropped, our endpoint down past the provider's retries), nothing else
 reads a paid attempt again, and Lunas would say for ever that the money is with the merchant. So
-an attempt paid on a rail with a status API is read again after the gaps of the schedule's
-``settled_reads`` (``VerificationSchedule.next_settled_read``: by default a day and a week after
-its payment), each read an ``attempt.settled_read`` outbox job queued in the transaction before
-it: the first in the payment's own (``settlement._mark_attempt_paid``), so no payment misses it.
+an attempt paid on a rail whose payments a provider can take back (QRIS, e-wallet:
+``REVERSIBLE_RAILS``) is read again after the gaps of the schedule's ``settled_reads``
+(``VerificationSchedule.next_settled_read``: by default a day and a week after its payment),
+each read an ``attempt.settled_read`` outbox job queued in the transaction before it: the
+first in the payment's own (``settlement._mark_attempt_paid``), so no payment misses it.
 Attempts paid before this was deployed are not read: only a payment queues the first read, and
 no migration backfills them (a week of payments, all due at once, is a burst no schedule
 chose; a person who wants them read can look them up at the provider).

@@ -274,3 +274,43 @@ async def test_a_refunded_payment_first_learnt_from_a_read_is_dated_when_it_was_
         dated = (await conn.execute(sa.select(evidence.c.observed_at).where(
             evidence.c.order_id == order_id, evidence.c.verdict == "settle"))).scalar_one()
     assert dated == paid_at
+
+
+async def test_a_void_of_a_paid_charge_notified_by_xendit_opens_a_case_for_all_of_it(
+    stack: Stack,  # noqa: F811
+) -> None:
+    """The merchant voids a paid DANA payment the same day in Xendit's dashboard, and Xendit
+    sends ``ewallet.void`` with the charge, now ``VOIDED``. Xendit voids only a charge that
+    succeeded, for all of it: confirmed by a read, one case for the whole payment, the order
+    still paid, the merchant told; the callback again changes nothing. Before: the callback
+    was unreadable (an event Lunas did not know), and a VOIDED charge read as failed; the
+    money's return reached nobody."""
+    order_id, attempt = await paid_xendit_ewallet_order(stack)
+    await sim_post(stack.sims.xendit.control_url, "/void", {
+        "reference_id": attempt.id, "notify": True})
+
+    async def void_deliveries() -> int:
+        async with stack.container.db.read() as conn:
+            return int((await conn.execute(sa.select(sa.func.count()).select_from(
+                provider_deliveries).where(
+                    provider_deliveries.c.attempt_id == attempt.id,
+                    provider_deliveries.c.event_key.like("xendit:ewallet:%:VOIDED")))
+            ).scalar_one())
+
+    await wait_for(void_deliveries, 1)
+    await settled_quietly(stack, attempt.id)
+    whole = attempt.transfer_amount
+    assert await review(stack, order_id) == [(*REFUNDED, whole)]
+    assert await merchant_told(stack, order_id) == [("refunded_at_provider", whole, "VOIDED")]
+    assert (await order_state(stack, order_id)()) == "paid"
+
+    async with httpx.AsyncClient() as c:
+        sent = (await c.get(f"{stack.sims.xendit.control_url}/callbacks")).json()
+    [void] = [s["body"] for s in sent if s["event"] == "ewallet.void"]
+    token = stack.container.settings.providers.xendit_callback_token
+    r = await stack.client.post("/v1/webhooks/xendit", content=json.dumps(void),
+                                headers={"x-callback-token": token})
+    assert r.status_code == 200, r.text
+    await settled_quietly(stack, attempt.id)
+    assert len(await review(stack, order_id)) == 1
+    assert await reversal_evidence(stack, attempt.id) == [whole]

@@ -100,7 +100,7 @@ def settled_reads(s: VerificationSchedule, rail: Rail, paid_at: datetime) -> lis
     return reads
 
 
-@pytest.mark.parametrize("rail", [Rail.QRIS, Rail.EWALLET, Rail.VA])
+@pytest.mark.parametrize("rail", [Rail.QRIS, Rail.EWALLET])
 def test_a_paid_attempt_is_read_a_day_and_a_week_after_its_payment_then_left_alone(
     rail: Rail,
 ) -> None:
@@ -120,11 +120,17 @@ def test_a_paid_manual_transfer_is_never_read_again_its_matcher_finds_reversals(
     assert settled_reads(VerificationSchedule(), Rail.MANUAL_TRANSFER, T0) == []
 
 
+def test_a_paid_virtual_account_is_never_read_again_no_provider_reverses_one() -> None:
+    """A VA payment is a bank transfer: no provider refunds one or reports it pulled back, so
+    a read could only spend the provider's pace."""
+    assert settled_reads(VerificationSchedule(), Rail.VA, T0) == []
+
+
 def test_the_reads_of_a_paid_attempt_are_configured_in_seconds_and_empty_means_never() -> None:
     s = Settings.from_env({"LUNAS_SETTLED_RECHECKS": "60, 3600, 86400"}).verification.schedule
-    assert settled_reads(s, Rail.VA, T0) == [T0 + timedelta(seconds=60),
-                                             T0 + timedelta(seconds=3660),
-                                             T0 + timedelta(seconds=90_060)]
+    assert settled_reads(s, Rail.EWALLET, T0) == [T0 + timedelta(seconds=60),
+                                                  T0 + timedelta(seconds=3660),
+                                                  T0 + timedelta(seconds=90_060)]
     for never in ("", "  "):
         s = Settings.from_env({"LUNAS_SETTLED_RECHECKS": never}).verification.schedule
         assert settled_reads(s, Rail.QRIS, T0) == []
