@@ -652,13 +652,7 @@ class XenditSim:
         after the payment: the charge's ``updated`` and the refund's stamps carry it.
         ``show_refunded_amount: false`` is a fault: the charge's ``refunded_amount`` reads
         ``null`` however much went back (a charge that says REFUNDED without saying how much)."""
-        charge = (self.store.charges.get(str(body.get("id"))) or
-                  self.store.charge_by_reference(str(body.get("reference_id"))))
-        if charge is None:
-            raise ApiError(404, "DATA_NOT_FOUND", "no such e-wallet charge")
-        if charge["status"] != "SUCCEEDED":
-            raise ApiError(400, "INVALID_CHARGE_STATE",
-                           f"a {charge['status']} charge cannot be refunded")
+        charge = self._succeeded_charge(body, "refunded", code="INVALID_CHARGE_STATE")
         so_far = int(charge.get("refunded_amount") or 0)
         amount = _amount(body.get("amount"), (1, int(charge["capture_amount"]) - so_far))
         stamp = iso(datetime.fromisoformat(str(body["at"]))) if body.get("at") else iso(_now())
@@ -689,19 +683,24 @@ class XenditSim:
         ``notify: true`` an ``ewallet.void`` callback follows, its ``data`` the charge, as
         ``ewallet.capture``'s is (the event name is what integrations in the wild handle; its
         exact shape is not in RAILS.md)."""
-        charge = (self.store.charges.get(str(body.get("id"))) or
-                  self.store.charge_by_reference(str(body.get("reference_id"))))
-        if charge is None:
-            raise ApiError(404, "DATA_NOT_FOUND", "no such e-wallet charge")
-        if charge["status"] != "SUCCEEDED":
-            raise ApiError(400, "API_VALIDATION_ERROR",
-                           f"a {charge['status']} charge cannot be voided here")
+        charge = self._succeeded_charge(body, "voided here", code="API_VALIDATION_ERROR")
         voided = self.void_charge(str(charge["id"]))
         if body.get("notify"):
             self._notify("ewallet.void", self.callback_url, {
                 "event": "ewallet.void", "business_id": OWNER_ID, "created": voided["updated"],
                 "data": copy.deepcopy(voided)})
         return copy.deepcopy(voided)
+
+    def _succeeded_charge(self, body: dict[str, Any], verb: str, *,
+                          code: str) -> dict[str, Any]:
+        """The paid charge a dashboard action names (``id`` or ``reference_id``)."""
+        charge = (self.store.charges.get(str(body.get("id"))) or
+                  self.store.charge_by_reference(str(body.get("reference_id"))))
+        if charge is None:
+            raise ApiError(404, "DATA_NOT_FOUND", "no such e-wallet charge")
+        if charge["status"] != "SUCCEEDED":
+            raise ApiError(400, code, f"a {charge['status']} charge cannot be {verb}")
+        return charge
 
     # -- callbacks -------------------------------------------------------------------------
 
