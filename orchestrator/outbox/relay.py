@@ -46,7 +46,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -122,6 +122,14 @@ class _Failed:
 
 
 _Outcome = _Succeeded | _Failed
+
+
+class _OrderLane(TypedDict):
+    """Which of an order's later webhooks an outcome holds back or releases."""
+
+    order_id: str
+    merchant_id: str
+    webhook_types: Collection[str]
 
 
 class Relay:
@@ -351,28 +359,22 @@ class Relay:
         """A webhook to be retried at ``until``: the order's later webhooks wait for it
         (``queries.hold_behind``); nothing for an event that is not an order's webhook."""
         lane = self._order_lane(event)
-        if lane is None:
-            return []
-        order, merchant = lane
-        return [queries.hold_behind(event.id, order_id=order, merchant_id=merchant,
-                                    webhook_types=self._per_merchant, until=until)]
+        return [] if lane is None else [queries.hold_behind(event.id, **lane, until=until)]
 
     def _release_behind(self, event: OutboxEvent, now: datetime) -> list[queries.OutcomeWrite]:
         """A webhook done or dead-lettered: the order's later webhooks may go from ``now``
         (``queries.release_behind``); nothing for an event that is not an order's webhook."""
         lane = self._order_lane(event)
-        if lane is None:
-            return []
-        order, merchant = lane
-        return [queries.release_behind(event.id, order_id=order, merchant_id=merchant,
-                                       webhook_types=self._per_merchant, now=now)]
+        return [] if lane is None else [queries.release_behind(event.id, **lane, now=now)]
 
-    def _order_lane(self, event: OutboxEvent) -> tuple[str, str] | None:
-        """(order, merchant) of an order's webhook, whose outcome orders its later ones."""
+    def _order_lane(self, event: OutboxEvent) -> _OrderLane | None:
+        """The order, merchant and webhook types of an order's webhook, whose outcome orders
+        its later ones; None for any other event."""
         if (event.event_type not in self._per_merchant or event.merchant_id is None
                 or event.aggregate_id is None):
             return None
-        return event.aggregate_id, event.merchant_id
+        return _OrderLane(order_id=event.aggregate_id, merchant_id=event.merchant_id,
+                          webhook_types=self._per_merchant)
 
     async def _write(self, event: OutboxEvent, write: queries.OutcomeWrite,
                      *then: queries.OutcomeWrite) -> None:
