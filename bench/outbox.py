@@ -166,7 +166,7 @@ async def bench_records(engine: AsyncEngine, meter: Meter, events: int, rounds: 
              "mark_done + release_behind")
     per_round = max(1, events // rounds)
     claimed = await _claimed(engine, per_round * rounds * len(names) + 3 * len(names))
-    done = _Succeeded(handled_by=ORDER_PAID)
+    done = _Succeeded()
 
     def record(event: OutboxEvent) -> Callable[[], Awaitable[None]]:
         return lambda: relay._record(event, done)

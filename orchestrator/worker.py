@@ -124,8 +124,9 @@ async def sweep_forever(container: Container, stop: asyncio.Event) -> None:
 
 
 def relay_handlers(container: Container, http: httpx.AsyncClient) -> dict[str, Handler]:
-    """Every outbox event type a worker handles. One map, so no relay process can miss one (the
-    relay records an event with no handler as done)."""
+    """Every outbox event type a worker handles. One map, so no relay process can miss one (an
+    event with no handler is retried, then dead-lettered: a worker of an older version leaves it
+    to the newer ones)."""
     webhooks = MerchantWebhookHandler(container.db.engine, http,
                                       container.settings.webhooks.timeout)
     return {**merchant_webhook_handlers(webhooks), **container.gateway_jobs.handlers(),

@@ -34,7 +34,10 @@ Exception tree a handler may raise::
      ├── PermanentFailure   retrying cannot help: dead-lettered at once
      └── anything else      a failed try: the RetryPolicy decides (retry later or dead letter)
 
-A timeout counts as a failed try. An event type with no handler is recorded done.
+A timeout counts as a failed try. So does an event type this worker has no handler for: an event
+written by a newer version during a rolling deploy, or after a rollback, is retried on the usual
+back-off, so a worker that knows it handles it later, and after the last try it is a dead letter
+(alerted on, redeliverable), never recorded done unhandled.
 """
 
 from __future__ import annotations
@@ -107,10 +110,9 @@ class OutboxEvent:
 Handler = Callable[[OutboxEvent], Awaitable[None]]
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class _Succeeded:
-    handled_by: str | None
-    """None when no handler was registered for the event type."""
+    """The handler returned."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -315,7 +317,8 @@ class Relay:
     async def _attempt(self, event: OutboxEvent) -> _Outcome:
         handler = self._handlers.get(event.event_type)
         if handler is None:
-            return _Succeeded(handled_by=None)
+            return _Failed(error=f"no handler for {event.event_type} in this worker",
+                           permanent=False, kind="NoHandler")
         deadline = asyncio.timeout(self._handler_timeout_s)
         try:
             async with deadline:
@@ -327,15 +330,13 @@ class Relay:
                 return _Failed(error=f"handler timed out after {self._handler_timeout_s:g}s",
                                permanent=False, kind="TimeoutError")
             return _Failed(error=_describe(exc), permanent=False, kind=type(exc).__name__)
-        return _Succeeded(handled_by=event.event_type)
+        return _Succeeded()
 
     async def _record(self, event: OutboxEvent, outcome: _Outcome) -> None:
         now = self._clock.now()
         fields = self._log_fields(event)
         owner, tries = self._worker_id, event.attempts
         if isinstance(outcome, _Succeeded):
-            if outcome.handled_by is None:
-                log.debug("outbox event has no handler; recorded done", extra=fields)
             await self._write(event, queries.mark_done(
                 event.id, worker_id=owner, attempts=tries, now=now
             ), *self._release_behind(event, now))

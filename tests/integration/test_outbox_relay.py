@@ -62,7 +62,7 @@ from orchestrator.outbox.retry import RetryPolicy
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.services import dead_letters
 from orchestrator.services.webhook_endpoints import rotate_webhook_secret, set_webhook_url
-from orchestrator.settings import DatabaseSettings, OutboxSettings
+from orchestrator.settings import DatabaseSettings, OutboxSettings, Settings
 from orchestrator.store.database import Database
 from orchestrator.store.engine import create_engine, migrate
 from orchestrator.store.tables import audit_log, merchants, outbox
@@ -346,14 +346,16 @@ async def webhook_relay(
     *,
     retry: RetryPolicy | None = None,
     metrics: Metrics | None = None,
+    jobs: Mapping[str, Handler] | None = None,
 ) -> AsyncIterator[Relay]:
     """A relay with the merchant webhook handlers, each merchant's in its own lane, and its own
-    engine, as a worker process has."""
+    engine, as a worker process has; ``jobs``: handlers of other event types beside them."""
     engine = create_engine(DatabaseSettings(url=db_url, pool_size=10))
     try:
         async with httpx.AsyncClient(trust_env=False) as http:
             handler = MerchantWebhookHandler(engine, http, timedelta(seconds=2))
-            yield Relay(engine, merchant_webhook_handlers(handler), settings, worker_id,
+            yield Relay(engine, {**merchant_webhook_handlers(handler), **(jobs or {})},
+                        settings, worker_id,
                         SystemClock(), retry=retry, per_merchant=MERCHANT_VISIBLE,
                         metrics=metrics)
     finally:
@@ -522,11 +524,12 @@ async def test_one_slow_merchant_endpoint_delays_no_other_merchant_and_no_other_
         await add_outbox_events(engine, FAST.concurrency + 2, merchant_id=slow_m)
         slow_tries_ended = sa.and_(outbox.c.merchant_id == slow_m,
                                    outbox.c.last_error.is_not(None))
-        async with webhook_relay(db_url, f"hol-{new_id('w')[-6:]}") as relay, running(relay):
+        async with webhook_relay(db_url, f"hol-{new_id('w')[-6:]}",
+                                 jobs={ORDER_CAPTURED: _nothing_to_do}) as relay, running(relay):
             try:
                 await asyncio.wait_for(slow.first_request.wait(), timeout=10)
                 [job] = await add_outbox_events(engine, 1, merchant_id=slow_m,
-                                                event_type=ORDER_CAPTURED)  # no handler: done
+                                                event_type=ORDER_CAPTURED)
                 await add_outbox_events(engine, 1, merchant_id=fast_m)
                 await asyncio.wait_for(fast.first_request.wait(), timeout=10)
                 ended_before_webhook = len(await rows_where(engine, slow_tries_ended))
@@ -765,6 +768,10 @@ async def test_the_relay_claims_again_as_soon_as_a_slot_is_free(engine: AsyncEng
     assert [(r.event_id, r.status, r.attempts, r.lease_owner) for r in rows] == [
         (slow_id, "done", 1, None), (quick_id, "done", 1, None)
     ]
+
+
+async def _nothing_to_do(event: OutboxEvent) -> None:
+    return None
 
 
 async def _true(value: bool) -> bool:
@@ -1130,13 +1137,65 @@ async def test_handler_outcomes_are_recorded_as_data(engine: AsyncEngine) -> Non
         "test.permanent": ("dead", 1, "PermanentFailure: order no longer exists"),
         "test.fails_once": ("done", 2, "RuntimeError: first try fails"),
         "test.hangs": ("dead", 2, "handler timed out after 0.2s"),
-        "test.unhandled": ("done", 1, None),
+        "test.unhandled": ("dead", 2, "no handler for test.unhandled in this worker"),
     }
     row = rows["test.fails_once"]
     assert [(e.event_id, e.attempts) for e in seen] == [(row.event_id, 1), (row.event_id, 2)]
     assert seen[0] == replace(seen[1], attempts=1)
     assert (seen[0].id, seen[0].aggregate_id, seen[0].merchant_id) == (row.id, tag, None)
     assert (seen[0].payload, seen[0].created_at) == ({"n": 0, "amount": 150_000}, row.created_at)
+
+
+async def test_an_event_a_worker_has_no_handler_for_waits_for_one_that_has(
+    engine: AsyncEngine,
+) -> None:
+    """A rolling deploy: a newer worker writes an event type an older worker does not know. The
+    older one records a failed try, not a done event (which would drop the job unhandled), and
+    the event waits out its back-off for a worker that handles it."""
+    tag = new_id("tst")
+    handled: list[tuple[str, int]] = []
+
+    async def newer_job(event: OutboxEvent) -> None:
+        handled.append((event.event_id, event.attempts))
+
+    [event_id] = await add_outbox_events(engine, 1, aggregate_id=tag, event_type="test.newer")
+    older = Relay(engine, {}, FAST, f"older-{tag[-6:]}", SystemClock())
+    assert await older.run_once() == 1
+    [row] = await rows_where(engine, outbox.c.aggregate_id == tag)
+    assert (row.status, row.attempts, row.last_error) == (
+        "pending", 1, "no handler for test.newer in this worker")
+    assert row.available_at > row.created_at
+
+    newer = Relay(engine, {"test.newer": newer_job}, FAST, f"newer-{tag[-6:]}", SystemClock())
+
+    async def newer_tried() -> bool:
+        await newer.run_once()
+        return bool(handled)
+
+    await eventually(newer_tried, timeout=10, what="the newer worker's try")
+    [row] = await rows_where(engine, outbox.c.aggregate_id == tag)
+    assert handled == [(event_id, 2)]
+    assert (row.status, row.attempts) == ("done", 2)
+
+
+async def test_a_worker_handles_every_event_type_lunas_writes(tmp_path: Path) -> None:
+    """The other half of the rule above: an event type missing from the worker's map would be
+    retried a day and dead-lettered, in every deploy, not only a rolling one."""
+    from orchestrator import worker
+    from orchestrator.bootstrap import build
+    from orchestrator.domain import events
+
+    written = {value for name, value in vars(events).items()
+               if name.isupper() and isinstance(value, str)}
+    container = build(Settings(database=DatabaseSettings(
+        url=f"sqlite+aiosqlite:///{tmp_path}/l.db")))
+    try:
+        async with httpx.AsyncClient() as http:
+            handled = set(worker.relay_handlers(container, http))
+    finally:
+        await container.close()
+    assert ORDER_CAPTURED in written and len(written) >= 16
+    assert written - handled == set()
 
 
 async def test_events_that_cannot_start_within_the_lease_are_handed_back_untried(
