@@ -157,7 +157,13 @@ class Metrics:
             ["route"], registry=self.state_registry,
         )
         self.outbox_backlog = Gauge(
-            "lunas_outbox_backlog", "Outbox events not yet handled (waiting or leased).",
+            "lunas_outbox_backlog", "Outbox events due and not yet handled (waiting or leased).",
+            registry=self.state_registry,
+        )
+        self.outbox_scheduled = Gauge(
+            "lunas_outbox_scheduled",
+            "Outbox events not due yet: retries backing off and jobs queued ahead (the reads "
+            "of paid attempts a day and a week after their payment).",
             registry=self.state_registry,
         )
         self.outbox_oldest_age = Gauge(

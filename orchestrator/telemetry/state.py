@@ -59,8 +59,12 @@ class StateSampler:
             # take) has waited for a worker, counted from available_at, not created_at: an
             # event retried for a day against a merchant endpoint that is down would otherwise
             # report its whole life each time it is due, and page as if the workers were stuck.
-            backlog = (await conn.execute(sa.select(sa.func.count()).where(
-                o.status == queries.PENDING))).scalar_one()
+            # Due apart from scheduled: a week of settled reads queued ahead, or retries
+            # backing off, are not work waiting for a worker.
+            due = o.available_at <= now
+            backlog, scheduled = (await conn.execute(sa.select(
+                sa.func.count().filter(due), sa.func.count().filter(~due)).where(
+                o.status == queries.PENDING))).one()
             oldest = (await conn.execute(_OLDEST_CLAIMABLE, {"now": now})).scalar()
             dead = (await conn.execute(sa.select(sa.func.count()).where(
                 o.status == queries.DEAD))).scalar_one()
@@ -93,6 +97,7 @@ class StateSampler:
                 .group_by(u.feed))}  # answered from ix_unreadable_feed_items_state
         m = self._metrics
         m.outbox_backlog.set(backlog)
+        m.outbox_scheduled.set(scheduled)
         m.outbox_oldest_age.set(_age(now, oldest))
         m.outbox_dead_letters.set(dead)
         for gauge in (m.verification_backlog, m.verification_deferred,

@@ -245,7 +245,8 @@ async def test_outbox_age_is_how_long_a_due_unleased_event_has_waited_for_a_work
     scraped = await sampled_outbox([retried, leased, not_due, dead], now)
     assert metric_value(scraped, SAMPLED) == now.timestamp()  # the sample succeeded, at now
     assert metric_value(scraped, "lunas_outbox_oldest_age_seconds") == 30
-    assert metric_value(scraped, "lunas_outbox_backlog") == 3
+    assert metric_value(scraped, "lunas_outbox_backlog") == 2  # retried, leased: due
+    assert metric_value(scraped, "lunas_outbox_scheduled") == 1  # not_due
     assert metric_value(scraped, "lunas_outbox_dead_letters") == 1
 
     # The worker holding the lease died: once it expires the event is claimable again, and it
@@ -271,7 +272,8 @@ async def test_outbox_age_leaves_out_webhooks_waiting_for_an_earlier_one_of_thei
            "available_at": now - timedelta(seconds=45)}
     scraped = await sampled_outbox([retrying, behind], now)
     assert metric_value(scraped, "lunas_outbox_oldest_age_seconds") == 0
-    assert metric_value(scraped, "lunas_outbox_backlog") == 2
+    assert metric_value(scraped, "lunas_outbox_backlog") == 1  # behind; retrying is scheduled
+    assert metric_value(scraped, "lunas_outbox_scheduled") == 1
     scraped = await sampled_outbox([retrying, behind, job], now)
     assert metric_value(scraped, "lunas_outbox_oldest_age_seconds") == 45
 
