@@ -103,7 +103,8 @@ behind the backlog waits a lap of queues / 1024 claims (40 at 40,000 queues), no
 SCAN_PER_EVENT = 4
 SCAN_MIN = 64
 """...and reads the first ``max(SCAN_MIN, SCAN_PER_EVENT * limit)`` due events, the front of
-``ix_outbox_pending``: enough to see past the events in flight."""
+``ix_outbox_pending``: enough to see past the events in flight. As many candidates go to the
+locking claim, so a claim racing others' passes over what they locked and takes the next."""
 
 
 @dataclass(frozen=True)
@@ -327,7 +328,7 @@ WITH RECURSIVE queues AS (
   WHERE first.nth <= :b_most OR NOT first.laned
 )
 SELECT id FROM (SELECT DISTINCT id, available_at FROM heads) h
-ORDER BY available_at, id LIMIT :b_limit
+ORDER BY available_at, id LIMIT :b_scan
 """).bindparams(sa.bindparam("b_types", expanding=True, type_=sa.String),
                 sa.bindparam("b_full", expanding=True, type_=sa.String),
                 sa.bindparam("b_now", type_=outbox.c.available_at.type),
@@ -343,9 +344,11 @@ not read at all) and of each type of job naming no merchant. At most ``b_most`` 
 queue are candidates, ``b_limit`` of any other. Through ``ix_outbox_pending`` alone a claim
 read a full lane's whole due backlog to pass over it (half a second per claim behind a million
 ``order.paid`` of one merchant); through every queue's head, every queue (0.3 s at 40,000). The
-claim then locks (and re-checks) the earliest ``b_limit`` of them: candidates are read without
-locking, so a claim racing another may take fewer than it could, and the relay claims again
-when those finish."""
+claim then locks (and re-checks) the earliest ``b_limit`` of them it can. Candidates are read
+without locking, so there are ``b_scan`` of them (4 claims' worth), not ``b_limit``: a claim
+racing another met the same first ``b_limit``, all locked by the other, and took none; its
+relay, slots free, then slept a poll while the backlog waited (several workers, each
+collision)."""
 
 
 def held_back(webhook_types: Collection[str] | sa.BindParameter[Any]) -> sa.ColumnElement[bool]:

@@ -1051,6 +1051,44 @@ async def test_a_merchants_jobs_beyond_the_walk_are_claimed_a_batch_at_a_time_no
         await drop_database(url)
 
 
+async def test_a_claim_racing_anothers_takes_the_next_due_events_not_none() -> None:
+    """Two workers claim at the same moment, behind a backlog of webhooks of many merchants
+    and jobs. The second one's claim passes over the events the first one locked and takes the
+    next due ones, as an uncapped claim does (``SKIP LOCKED``). A capped claim that chose its
+    candidates (the first ``limit`` due) before locking took nothing there: the worker then
+    slept a poll with every slot free while the backlog waited, on every collision."""
+    url = await create_database("lunas_claim_race")
+    engine = create_engine(DatabaseSettings(url=url))
+    try:
+        await migrate(engine)
+        now = datetime.now(UTC)
+        async with engine.begin() as conn:
+            await add_events(conn, [
+                *(PendingEvent(event_type=ORDER_PAID, aggregate_id=new_id("ord"),
+                               merchant_id=f"mch_race_{i:02d}", payload={},
+                               available_at=now - timedelta(seconds=60 - i)) for i in range(12)),
+                *(PendingEvent(event_type=ATTEMPT_VERIFY, aggregate_id=new_id("att"),
+                               merchant_id=None, payload={},
+                               available_at=now - timedelta(seconds=30 - i)) for i in range(12)),
+            ], now=now - timedelta(minutes=1))
+        cap = queries.MerchantCap(event_types=MERCHANT_VISIBLE, per_merchant=4)
+
+        def claim(worker: str) -> queries.Claim:
+            return queries.claim_batch(engine.dialect.name, worker_id=worker, now=now,
+                                       lease=timedelta(seconds=30), limit=4, cap=cap)
+
+        async with engine.connect() as first, first.begin():
+            taken_first = {r.id for r in await claim("w-first").run(first)}  # not committed
+            assert len(taken_first) == 4
+            async with engine.begin() as second:
+                taken_second = {r.id for r in await claim("w-second").run(second)}
+        assert len(taken_second) == 4, f"{len(taken_second)} of 20 due events left taken"
+        assert not taken_first & taken_second
+    finally:
+        await engine.dispose()
+        await drop_database(url)
+
+
 async def test_a_claim_takes_only_the_first_undelivered_webhook_of_each_order(
     private: AsyncEngine,
 ) -> None:
