@@ -283,7 +283,8 @@ class GatewayJobs:
                 attempt_id=attempt.id, amount=status.paid_amount or 0,
                 evidence_key=paid_evidence_key(attempt.provider, attempt.id),
                 kind="provider_status", observed_at=now,
-                details={"raw_status": status.raw_status}, currency=status.currency),
+                details={"raw_status": status.raw_status}, currency=status.currency,
+                provider_ref=status.provider_ref),
                 now=now, quarantine=self._quarantine, rereads=self._schedule)
 
     async def interrupted(self, attempt_id: str) -> bool:

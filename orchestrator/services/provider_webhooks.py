@@ -598,7 +598,8 @@ class ProviderWebhooks:
             result = await apply_payment(conn, Payment(
                 attempt_id=attempt.id, amount=amount,
                 evidence_key=paid_evidence_key(attempt.provider, attempt.id), kind=kind,
-                observed_at=status.paid_at or now, details=details, currency=status.currency),
+                observed_at=status.paid_at or now, details=details, currency=status.currency,
+                provider_ref=status.provider_ref),
                 now=now, quarantine=self._quarantine, rereads=self._schedule)
             outcome = (f"{prefix}payment applied: {result.verdict}, order {result.order_state}"
                        if result.applied else f"{prefix}payment already applied")

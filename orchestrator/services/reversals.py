@@ -88,7 +88,7 @@ async def apply_reversal(conn: AsyncConnection, attempt: Any, status: ProviderSt
             attempt_id=attempt.id, amount=status.paid_amount,
             evidence_key=paid_evidence_key(attempt.provider, attempt.id), kind=kind,
             observed_at=status.paid_at or now, details={**details, "seen_as": status.raw_status},
-            currency=status.currency, reversed_since=True,
+            currency=status.currency, reversed_since=True, provider_ref=status.provider_ref,
             # A partial refund (Xendit's running ``refunded_amount``, Midtrans's
             # ``partial_refund``) left the rest with the merchant: a second payment's case stays.
             reversed_in_part=(status.reversed_amount is not None

@@ -86,6 +86,11 @@ class Payment:
     reversed_in_part: bool = False
     """Of it, only part went back so far (``judge_payment``): the rest is still with the
     merchant."""
+    provider_ref: str | None = None
+    """The provider's id of what was paid, as the evidence names it: kept on an attempt that
+    has none (its create's answer was lost), so its refund callback (which names only that id)
+    finds it and its later reads (``settled_reads``) read the charge, which shows a refund, not
+    the payment looked up by reference, which does not."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,7 +144,8 @@ async def _apply_locked(
         return SettlementResult(applied=False, verdict=None, order_id=order.id,
                                 order_state=order.state)
     pending: list[PendingEvent] = await _mark_attempt_paid(
-        conn, attempt, now=now, quarantine=quarantine, rereads=rereads)
+        conn, attempt, now=now, quarantine=quarantine, rereads=rereads,
+        provider_ref=payment.provider_ref)
     new_state = order.state
     if decision.order_trigger is not None:
         new_state = next_order_state(OrderState(order.state), decision.order_trigger).value
@@ -232,17 +238,21 @@ async def close_window_cases(
 
 async def _mark_attempt_paid(
     conn: AsyncConnection, attempt: Any, *, now: datetime, quarantine: timedelta,
-    rereads: VerificationSchedule | None,
+    rereads: VerificationSchedule | None, provider_ref: str | None = None,
 ) -> list[PendingEvent]:
     """Mark the attempt paid; returns the events that causes (its first read again), for the
-    caller's one insert of the settlement's events."""
+    caller's one insert of the settlement's events. ``provider_ref``: the evidence's id of
+    what was paid, kept if the attempt has none (``Payment.provider_ref``)."""
     if attempt.state == AttemptState.PAID.value:
         return []  # a second payment on one instrument: the attempt already says where it went
     state = next_attempt_state(AttemptState(attempt.state), AttemptTrigger.PAID)
     # The amount stays held for the quarantine, so a repeated transfer is seen as a second payment.
-    await conn.execute(_UPDATE_ATTEMPT, {
+    values: dict[str, Any] = {
         "b_attempt_id": attempt.id, "state": state.value, "updated_at": now, "closed_at": now,
-        "code_held_until": now + quarantine if attempt.holds_code else None})
+        "code_held_until": now + quarantine if attempt.holds_code else None}
+    if attempt.provider_ref is None and provider_ref:
+        values["provider_ref"] = provider_ref[:128]
+    await conn.execute(_UPDATE_ATTEMPT, values)
     # Nothing else reads a paid attempt again: its reversal, notified and lost, would be too.
     due = (rereads.next_settled_read(Rail(attempt.rail), reads_done=0, last=now)
            if rereads is not None else None)

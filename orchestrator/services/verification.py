@@ -351,7 +351,7 @@ class Verifier:
                     evidence_key=paid_evidence_key(attempt.provider, attempt.id),
                     kind="provider_status", observed_at=status.paid_at or now,
                     details={"raw_status": status.raw_status, "by": "verification"},
-                    currency=status.currency),
+                    currency=status.currency, provider_ref=status.provider_ref),
                     now=now, quarantine=self._quarantine, rereads=self._schedule)
                 await self._mark(conn, attempt.id, now, f"paid: {result.verdict}"
                                  if result.applied else "paid: already applied")

@@ -18,13 +18,14 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
 from chaos.sim.runner import Simulators
 from orchestrator.bootstrap import Container
 from orchestrator.settings import Settings
-from orchestrator.store.tables import outbox, provider_deliveries
+from orchestrator.store.tables import outbox, payment_attempts, provider_deliveries
 from tests.integration.test_failover import Stack, sims  # noqa: F401
 from tests.integration.test_provider_webhooks import (
     attempt_row,
@@ -204,4 +205,45 @@ async def test_a_paid_attempt_with_nothing_reversed_is_read_on_each_gap_then_lef
     assert await reads_queued(stack, attempt.id, "done") == 2
     assert await review(stack, order_id) == []
     assert await order_state(stack, order_id)() == "paid"
+
+
+
+
+async def test_a_refund_of_a_payment_whose_create_answer_was_lost_reaches_a_person(
+    stack: Stack,
+) -> None:
+    """Regression (settled-reads review): an OVO charge was made at Xendit but its create's
+    answer was lost (the attempt ``unknown``, with no ``provider_ref``), the prompt on the
+    customer's phone was paid, and its capture callback settled the order. The merchant then
+    refunded 20000 at Xendit. The refund callback names the charge by its ``ewc_`` id, which
+    no attempt carried, so it was ignored; the reads of the paid attempt looked it up by
+    reference in the Transactions API, whose payment stays ``SUCCESS``, and said "no change".
+    The refund reached nobody. The payment's evidence names the charge: the attempt keeps
+    it, so the callback finds its attempt and the reads read the charge."""
+    await stack.fault("xendit", kind="timeout_after_success", operation="create")
+    r = await stack.capture("ewallet", "ovo")
+    assert r.status_code == 201, r.text
+    order_id = r.json()["id"]
+    [orphan] = [a for a in await attempts_of(stack, order_id) if a.provider == "xendit"]
+    assert (orphan.state, orphan.provider_ref) == ("unknown", None)
+    async with httpx.AsyncClient() as c:
+        await c.delete(f"{stack.sims.xendit.control_url}/faults")
+    await sim_post(stack.sims.xendit.control_url, "/pay", {
+        "kind": "ewallet", "reference_id": orphan.id, "amount": orphan.transfer_amount})
+    await run_relay(stack.container, order_state(stack, order_id), "paid")
+    assert (await attempt_row(stack, orphan.id)).state == "paid"
+
+    await sim_post(stack.sims.xendit.control_url, "/refund", {
+        "reference_id": orphan.id, "amount": 20_000, "notify": True})
+    await run_relay_until_read(stack, orphan.id, "settled read 1: ")
+    assert [(c[0], c[2]) for c in await review(stack, order_id)] == [
+        ("refunded_at_provider", 20_000)]
+    assert await cases_told(stack, order_id) == [("refunded_at_provider", 20_000)]
+    assert await order_state(stack, order_id)() == "paid"
+
+
+async def attempts_of(stack: Stack, order_id: str) -> list[Any]:
+    async with stack.container.db.read() as conn:
+        return list((await conn.execute(sa.select(payment_attempts).where(
+            payment_attempts.c.order_id == order_id))).all())
 
