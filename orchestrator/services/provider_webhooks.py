@@ -239,6 +239,17 @@ def _voided_after_payment(provider: str, attempt: Any, status: ProviderStatus) -
             and attempt.state == AttemptState.PAID.value)
 
 
+def _stale_capture(provider: str, attempt: Any, body: Mapping[str, Any]) -> bool:
+    """A Xendit e-wallet capture on an attempt Lunas closed (failed, expired). The charge may
+    have been voided since (all of it back): Xendit's retries can deliver the ``ewallet.void``
+    first, which failed the attempt Lunas had not seen paid, and the capture that follows
+    says SUCCEEDED of money already back with the customer. Confirmed by a read of the charge
+    first (``_confirm_first``), as a Midtrans payment on a closed attempt is: a genuine late
+    payment settles as before, one read later; a voided one pays nothing."""
+    return (provider == XENDIT and body.get("event") in xendit.CHARGE_EVENTS
+            and attempt.state in _CLOSED)
+
+
 def claimed_attempt(provider: str, body: Mapping[str, Any]) -> str | None:
     """The attempt id a delivery names (as claimed; nothing is trusted yet)."""
     if provider == MIDTRANS:
@@ -435,7 +446,8 @@ class ProviderWebhooks:
             await self._record(delivery_id, f"unreadable: {exc}")
             return
         if status.status is NeutralStatus.PAID and (
-                delivery.provider == MIDTRANS and attempt.state in _CANCELLED_BY_LUNAS):
+                (delivery.provider == MIDTRANS and attempt.state in _CANCELLED_BY_LUNAS)
+                or _stale_capture(delivery.provider, attempt, body)):
             await self._confirm_first(delivery_id, attempt)
         elif status.status is NeutralStatus.PAID and (
                 delivery.provider == MIDTRANS and attempt.state != AttemptState.PAID.value):
@@ -786,7 +798,9 @@ class ProviderWebhooks:
 
     async def _confirm_first(self, delivery_id: str, attempt: Any) -> None:
         """A signed Midtrans payment notification for an attempt Lunas may have cancelled: it
-        may be a genuine ``cancel`` relabelled, so the provider's status answers instead. The
+        may be a genuine ``cancel`` relabelled, so the provider's status answers instead (and a
+        Xendit capture on a closed attempt, whose charge may have been voided since:
+        ``_stale_capture``). The
         normal path (a live, active attempt) settles at once as before; this one waits for one
         paced read, which settles exactly as the notification would have (same evidence key)."""
         asked = (f"signed payment on a {attempt.state} attempt: not applied, a status read "

@@ -11,6 +11,7 @@ session's PostgreSQL and Redis; the worker's relay and verifier run in-process.
 
 from __future__ import annotations
 
+import copy
 import json
 from datetime import datetime, timedelta
 from typing import Any
@@ -314,3 +315,51 @@ async def test_a_void_of_a_paid_charge_notified_by_xendit_opens_a_case_for_all_o
     await settled_quietly(stack, attempt.id)
     assert len(await review(stack, order_id)) == 1
     assert await reversal_evidence(stack, attempt.id) == [whole]
+
+
+
+async def test_a_capture_callback_that_comes_after_the_charge_was_voided_pays_nothing(
+    stack: Stack,  # noqa: F811
+) -> None:
+    """Regression (settled-reads review): the customer paid a DANA charge and the merchant
+    voided it the same day in Xendit's dashboard; Lunas was unreachable meanwhile and
+    Xendit's retries delivered the ``ewallet.void`` before the ``ewallet.capture``. The void,
+    on an attempt Lunas had not seen paid, failed it; the capture that followed settled the
+    order as paid from the stale charge, and the merchant was told ``order.paid`` for money
+    already back in the customer's wallet (no case either, until a read a day later). A
+    capture on an attempt Lunas closed is confirmed by a read first, as Midtrans's are: the
+    charge says VOIDED, nothing was kept, and nothing is paid."""
+    await sim_post(stack.sims.xendit.control_url, "/config", {"callback_url": None})
+    order_id, attempt = await order_and_attempt(stack, "ewallet", "dana", "ewallet:xendit:dana")
+    await sim_post(stack.sims.xendit.control_url, "/pay", {
+        "kind": "ewallet", "reference_id": attempt.id, "amount": attempt.transfer_amount})
+    charge = stack.sims.xendit.store.charge_by_reference(attempt.id)
+    assert charge is not None
+    capture = {"event": "ewallet.capture", "business_id": "b", "created": charge["updated"],
+               "data": copy.deepcopy(charge)}
+    voided = await sim_post(stack.sims.xendit.control_url, "/void", {"reference_id": attempt.id})
+    void = {"event": "ewallet.void", "business_id": "b", "created": voided["updated"],
+            "data": voided}
+    token = stack.container.settings.providers.xendit_callback_token
+    for body in (void, capture):
+        r = await stack.client.post("/v1/webhooks/xendit", content=json.dumps(body),
+                                    headers={"x-callback-token": token})
+        assert r.status_code == 200, r.text
+        await settled_quietly(stack, attempt.id)
+    await run_relay(stack.container, lambda: jobs_waiting(stack, attempt.id), 0)
+    assert (await order_state(stack, order_id)()) != "paid"
+    async with stack.container.db.read() as conn:
+        told = (await conn.execute(sa.select(outbox.c.event_type).where(
+            outbox.c.aggregate_id == order_id))).scalars().all()
+        kept = (await conn.execute(sa.select(sa.func.count()).select_from(evidence).where(
+            evidence.c.attempt_id == attempt.id))).scalar_one()
+    assert "order.paid" not in told
+    assert kept == 0
+    assert await review(stack, order_id) == []
+
+
+async def jobs_waiting(stack: Stack, attempt_id: str) -> int:  # noqa: F811
+    async with stack.container.db.read() as conn:
+        return int((await conn.execute(sa.select(sa.func.count()).select_from(outbox).where(
+            outbox.c.aggregate_id == attempt_id, outbox.c.event_type == "attempt.verify",
+            outbox.c.status == "pending"))).scalar_one())
