@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import Redirect
 
+from orchestrator.api.input_guard import read_form
 from orchestrator.api.openapi import Answer, contract, problem
 from orchestrator.api.schemas import IncidentIn, IncidentUpdateIn
 from orchestrator.bootstrap import Container
@@ -72,7 +73,7 @@ class StatusPageController(Controller):
     async def lookup(self, request: Request[Any, Any, Any],
                      container: NamedDependency[Container],
                      lang: FromQuery[str | None] = None) -> Response[str]:
-        form = await request.form()
+        form = await read_form(request)
         lg = _lang(str(form.get("lang") or lang or ""))
         code = str(form.get("code") or "")[:64]
         contact = str(form.get("contact") or "")[:320]

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request
+from litestar.datastructures import FormMultiDict
 from litestar.enums import RequestEncodingType
 from litestar.params import BodyKwarg
 
@@ -56,6 +57,22 @@ async def refuse_unstorable_input(request: Request[Any, Any, Any]) -> None:
     if problem:
         raise BadRequest(f"{problem}; such text cannot be stored",
                          code="unstorable_text")
+
+
+async def read_form(request: Request[Any, Any, Any]) -> FormMultiDict:
+    """The request's form. litestar decodes each text field of a multipart form in the charset
+    its part names, UTF-8 unless said, and lets the ``UnicodeDecodeError`` (or the
+    ``LookupError`` of a charset Python does not know) out as a 500: the sender's bytes are at
+    fault, so it is a 400 naming the problem."""
+    try:
+        return await request.form()
+    except UnicodeDecodeError:
+        pass
+    except LookupError as exc:
+        if isinstance(exc, KeyError | IndexError):
+            raise  # a bug, not an unknown charset
+    raise BadRequest("a form field is not text in its charset (UTF-8 unless the part names "
+                     "another Python knows)", code="malformed_form")
 
 
 def _decodes_json(request: Request[Any, Any, Any]) -> bool:

@@ -10,7 +10,7 @@ from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency
 
 from orchestrator.api.errors import BadRequest
-from orchestrator.api.input_guard import refuse_unstorable_url
+from orchestrator.api.input_guard import read_form, refuse_unstorable_url
 from orchestrator.api.openapi import Answer, contract, problem
 from orchestrator.bootstrap import Container
 from orchestrator.reconciliation.moota import verify_moota_signature
@@ -19,7 +19,8 @@ _REJECTED = problem("statement_rejected: the file (or push) cannot be read whole
                     "imported (`line` names the first line refused).")
 STATEMENTS = contract("ops", body=True, answers={
     201: Answer(description="What the statement added: parsed, new, duplicate, matched, ..."),
-    400: problem("file_required, statement_fields_required, or a malformed request."),
+    400: problem("file_required, statement_fields_required, malformed_form (a field is not "
+                 "UTF-8 text), or a malformed request."),
     413: problem("The file is larger than LUNAS_MAX_UPLOAD_BYTES."),
     415: problem("unsupported_media_type: send multipart/form-data."),
     422: _REJECTED})
@@ -41,7 +42,7 @@ class MutationsController(Controller):
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise BadRequest("send multipart/form-data with fields file, bank, account_number",
                              status=415, code="unsupported_media_type")
-        form = await request.form()
+        form = await read_form(request)
         upload, bank, account = form.get("file"), form.get("bank"), form.get("account_number")
         if not isinstance(upload, UploadFile):
             raise BadRequest("the 'file' field must be the statement file", code="file_required")

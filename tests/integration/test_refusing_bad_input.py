@@ -596,3 +596,36 @@ async def test_a_request_a_rule_refuses_is_named_for_what_it_is_not_an_invalid_o
     body = {**order_body(f"INV-{uuid.uuid4().hex[:10]}"), "amount": 0}
     order = _refused(await _create(client, shop, json.dumps(body)), 422, "invalid_order")
     assert (order["title"], order["field"]) == ("Invalid order", "amount")
+
+
+def _multipart(fields: list[tuple[str, bytes, str]]) -> tuple[bytes, dict[str, str]]:
+    """A multipart body built byte for byte, as no client library sends it: (name, value, extra
+    part headers) per field; a name ending in ``@`` is a file part."""
+    parts = []
+    for name, value, extra in fields:
+        disposition = (f'form-data; name="{name[:-1]}"; filename="mutasi.csv"'
+                       if name.endswith("@") else f'form-data; name="{name}"')
+        parts.append(f"--zz\r\nContent-Disposition: {disposition}\r\n{extra}\r\n".encode()
+                     + value + b"\r\n")
+    return b"".join(parts) + b"--zz--\r\n", {"Content-Type": "multipart/form-data; boundary=zz"}
+
+
+@pytest.mark.parametrize(("value", "extra"), [
+    (b"\xff\xfe", ""),  # not UTF-8
+    (b"bca", "Content-Type: text/plain; charset=no-such-charset\r\n"),
+])
+async def test_a_form_field_that_is_no_text_is_refused_not_a_500(
+    client: httpx.AsyncClient, ops: dict[str, str], shop: ShopFixture, value: bytes, extra: str,
+) -> None:
+    """A form field litestar decodes as UTF-8 (or as the charset the part names) and cannot:
+    the statement upload (finance) and the public order lookup answered 500."""
+    statement = bca_statement(shop.account_number, [(datetime.now(UTC), "TRSF CR 2", 100_002,
+                                                     "CR")])
+    body, headers = _multipart([("bank", value, extra),
+                                ("account_number", shop.account_number.encode(), ""),
+                                ("file@", statement, "Content-Type: text/csv\r\n")])
+    r = await client.post("/v1/mutations/statements", content=body, headers={**ops, **headers})
+    _refused(r, 400, "malformed_form")
+    body, headers = _multipart([("code", value, extra), ("contact", b"andi@example.co.id", "")])
+    _refused(await client.post("/status/orders", content=body, headers=headers), 400,
+             "malformed_form")
