@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from orchestrator.domain.errors import StatementRejected
@@ -156,12 +156,23 @@ def decode_moota_json(raw: bytes) -> Any:
     A mutation nests two levels."""
     try:
         # Decimal keeps a JSON number like 150123.00 exact; a float could hide a sen part.
-        value = json.loads(raw, parse_float=Decimal)
+        value = json.loads(raw, parse_float=_exact_number)
     except RecursionError as exc:
         raise ValueError(f"it nests deeper than {MAX_NESTING} levels") from exc
     if nests_deeper_than(value, MAX_NESTING):
         raise ValueError(f"it nests deeper than {MAX_NESTING} levels")
     return value
+
+
+def _exact_number(text: str) -> Decimal | float:
+    """A JSON number with a fraction or an exponent, exact. One whose exponent ``Decimal``
+    refuses (``1e99999999999999999999``: ``InvalidOperation``, no ``ValueError``) is no amount
+    any bank sends: it is read as the float it rounds to (inf, or 0.0), which no field of a
+    mutation takes, so its item is set aside for a person and the rest of the body is read."""
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return float(text)
 
 
 def read_moota_items(items: Iterable[object]) -> MootaItems:

@@ -629,3 +629,22 @@ async def test_a_form_field_that_is_no_text_is_refused_not_a_500(
     body, headers = _multipart([("code", value, extra), ("contact", b"andi@example.co.id", "")])
     _refused(await client.post("/status/orders", content=body, headers=headers), 400,
              "malformed_form")
+
+
+@pytest.mark.parametrize("number", ["1e99999999999999999999", "-1E-99999999999999999999"])
+async def test_a_pushed_number_no_decimal_can_hold_sets_its_item_aside(
+    client: httpx.AsyncClient, container: Container, number: str,
+) -> None:
+    """An exponent past what ``Decimal`` takes raised ``decimal.InvalidOperation``, no
+    ``ValueError``, out of the JSON decoder: a signed push answered 500 (and a feed page the
+    same, every poll). The item is set aside like any other amount no bank sends."""
+    shop = await new_merchant(container)
+    odd = _push_item(shop.account_number, amount="PLACEHOLDER")
+    body = json.dumps([odd, _push_item(shop.account_number)]).replace(
+        '"PLACEHOLDER"', number).encode()
+    signature = hmac.new(container.settings.mutation_push_secret.encode(), body,
+                         hashlib.sha256).hexdigest()
+    r = await client.post("/v1/mutations/push", content=body, headers={
+        "Signature": signature, "Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["new"], r.json()["unreadable"]) == (1, 1)
