@@ -648,3 +648,22 @@ async def test_a_pushed_number_no_decimal_can_hold_sets_its_item_aside(
         "Signature": signature, "Content-Type": "application/json"})
     assert r.status_code == 200, r.text
     assert (r.json()["new"], r.json()["unreadable"]) == (1, 1)
+
+
+@pytest.mark.parametrize(("top", "customer", "name"), [
+    ('"amount":150000,"amount":1', '"phone":"+6281234567890"', "amount"),
+    ('"amount":1,"amount":150000', '"phone":"+6281234567890"', "amount"),
+    ('"amount":150000,"rail":"va","rail":"qris"', '"phone":"+6281234567890"', "rail"),
+    ('"amount":150000', '"phone":"+6281234567890","phone":"+6289999999999"', "phone"),
+])
+async def test_a_name_sent_twice_in_an_order_is_refused_not_one_of_them_picked(
+    client: httpx.AsyncClient, shop: ShopFixture, top: str, customer: str, name: str,
+) -> None:
+    """Two amounts in one order: the decoder kept the last, so an order a merchant's gateway or
+    log read (first wins, in many parsers) as Rp150.000 was captured as Rp1 and paid as such.
+    Which of two values counts is not something to charge on, as with two Idempotency-Keys."""
+    order_id = f"INV-{uuid.uuid4().hex[:10]}"
+    raw = (f'{{"merchant_order_id":"{order_id}",{top},"customer":{{"name":"Andi",'
+           f'"email":"andi@example.co.id",{customer}}}}}')
+    problem = _refused(await _create(client, shop, raw), 400, "repeated_name")
+    assert f"'{name}'" in problem["detail"], problem
