@@ -63,14 +63,14 @@ def reversal_key(provider: str, attempt_id: str, raw_status: str,
 async def _newly_reversed(conn: AsyncConnection, attempt: Any, reason: ReviewReason,
                           total: int) -> int:
     """What a reversal whose total so far is ``total`` took back beyond the attempt's earlier
-    reversals of ``reason`` (the total itself if they already count as much or more: a person
-    then sees what the provider reports)."""
+    reversals of ``reason``: 0 or less when they already count as much (a read older than one
+    recorded, committing after it; the same refund seen again under another status)."""
     before = (await conn.execute(sa.select(sa.func.coalesce(sa.func.sum(evidence.c.amount), 0))
                                  .where(evidence.c.attempt_id == attempt.id,
                                         evidence.c.verdict == reason.value,
                                         evidence.c.unique_key.like(
                                             f"{attempt.provider}:reversal:%")))).scalar_one()
-    return total - int(before) if total > int(before) else total
+    return total - int(before)
 
 
 async def apply_reversal(conn: AsyncConnection, attempt: Any, status: ProviderStatus, *,
@@ -103,6 +103,11 @@ async def apply_reversal(conn: AsyncConnection, attempt: Any, status: ProviderSt
               if status.reversed_amount is not None
               else status.paid_amount if status.paid_amount is not None
               else int(attempt.transfer_amount))
+    if amount <= 0:
+        # Running totals only grow: this one is covered by what is recorded. Two reads of one
+        # charge race (one made after the first refund, one after the second, committing in the
+        # other order): the older must not open a case for its total again.
+        return None
     recorded = await conn.execute(
         upsert_insert(conn.dialect.name)(evidence).values(
             unique_key=reversal_key(attempt.provider, attempt.id, status.raw_status,

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
 
-from orchestrator.store.tables import evidence, outbox, provider_deliveries
+from orchestrator.rails.base import NeutralStatus, ProviderStatus
+from orchestrator.services.reversals import apply_reversal
+from orchestrator.store.tables import evidence, outbox, payment_attempts, provider_deliveries
 from tests.integration.test_failover import Stack, sims  # noqa: F401
 from tests.integration.test_provider_webhooks import (  # noqa: F401
     make_due,
@@ -363,3 +365,34 @@ async def jobs_waiting(stack: Stack, attempt_id: str) -> int:  # noqa: F811
         return int((await conn.execute(sa.select(sa.func.count()).select_from(outbox).where(
             outbox.c.aggregate_id == attempt_id, outbox.c.event_type == "attempt.verify",
             outbox.c.status == "pending"))).scalar_one())
+
+
+async def test_a_read_older_than_a_recorded_refund_opens_no_case_for_it_again(
+    stack: Stack,  # noqa: F811
+) -> None:
+    """Two reads of one charge race: one made after the first refund (20000 back so far)
+    commits after one made after the second (50000 so far), which opened its case. A running
+    total only grows, so the older one says nothing new: no case, no evidence. Nor does the
+    same total under another status. Before: a case for 20000 more, 70000 recorded against the
+    50000 the customer got back."""
+    order_id, attempt = await paid_xendit_ewallet_order(stack)
+    async with stack.container.db.read() as conn:
+        paid = (await conn.execute(sa.select(payment_attempts).where(
+            payment_attempts.c.id == attempt.id))).one()
+
+    def read(total: int, raw: str = "PARTIALLY_REFUNDED") -> ProviderStatus:
+        return ProviderStatus(status=NeutralStatus.REFUNDED, provider_ref=paid.provider_ref,
+                              paid_amount=paid.transfer_amount, raw_status=raw,
+                              reversed_amount=total)
+
+    opened: list[str | None] = []
+    for answer in (read(50_000), read(20_000), read(50_000, "REFUNDED")):
+        async with stack.container.db.transaction() as conn:
+            opened.append(await apply_reversal(
+                conn, paid, answer, kind="provider_status", details={"by": "test"},
+                now=datetime.now(UTC), quarantine=timedelta(hours=1)))
+    assert opened[0] is not None and opened[1:] == [None, None]
+    assert await review(stack, order_id) == [(*REFUNDED, 50_000)]
+    assert await reversal_evidence(stack, attempt.id) == [50_000]
+    assert await merchant_told(stack, order_id) == [
+        ("refunded_at_provider", 50_000, "PARTIALLY_REFUNDED")]
