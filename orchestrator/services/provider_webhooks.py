@@ -250,6 +250,10 @@ def _stale_capture(provider: str, attempt: Any, body: Mapping[str, Any]) -> bool
             and attempt.state in _CLOSED)
 
 
+class _AttemptMoved(Exception):
+    """The attempt a delivery was closing moved meanwhile; nothing was written."""
+
+
 def claimed_attempt(provider: str, body: Mapping[str, Any]) -> str | None:
     """The attempt id a delivery names (as claimed; nothing is trusted yet)."""
     if provider == MIDTRANS:
@@ -416,7 +420,13 @@ class ProviderWebhooks:
     async def on_delivery(self, event: OutboxEvent) -> None:
         with tracing.span("provider_webhook.process", attributes=tracing.order_attributes(
                 attempt_id=event.aggregate_id, delivery_id=str(event.payload["delivery_id"]))):
-            await self._process(event)
+            try:
+                await self._process(event)
+            except _AttemptMoved:
+                # Applied again, to the attempt as it is now. Every move of an attempt holds
+                # its order's lock, which the close waited for: the move is committed, and a
+                # state only moves forward. Moved once more meanwhile: the relay retries.
+                await self._process(event)
 
     async def _process(self, event: OutboxEvent) -> None:
         delivery_id = str(event.payload["delivery_id"])
@@ -777,12 +787,16 @@ class ProviderWebhooks:
                 payment_attempts.c.id == attempt.id, payment_attempts.c.state == state.value,
             ).values(state=new_state.value, updated_at=now, closed_at=now,
                      failure_reason=f"{status.value} at provider"))
-            outcome = prefix + (f"attempt {state.value} -> {new_state.value}" if moved.rowcount
-                                else "no change: the attempt moved meanwhile")
-            await _set_outcome(conn, delivery_id, outcome)
-            if moved.rowcount:
-                await tell_if_nothing_left_to_pay(conn, order, attempt_id=attempt.id,
-                                                  reason=f"{status.value} at provider", now=now)
+            if not moved.rowcount:
+                # A payment or another close got there first (the attempt read before its
+                # order's lock is stale): what this delivery means depends on the new state
+                # (a void of what is now a paid charge is a reversal), so it is applied again.
+                raise _AttemptMoved(f"attempt {attempt.id} moved from {state.value} while "
+                                    f"{status.value} at the provider was applied")
+            await _set_outcome(conn, delivery_id,
+                               f"{prefix}attempt {state.value} -> {new_state.value}")
+            await tell_if_nothing_left_to_pay(conn, order, attempt_id=attempt.id,
+                                              reason=f"{status.value} at provider", now=now)
 
     async def _verify_later(self, delivery_id: str, attempt: Any) -> None:
         if attempt.state == AttemptState.PAID.value:

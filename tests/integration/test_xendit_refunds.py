@@ -11,6 +11,7 @@ session's PostgreSQL and Redis; the worker's relay and verifier run in-process.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from datetime import UTC, datetime, timedelta
@@ -21,9 +22,18 @@ import sqlalchemy as sa
 
 from orchestrator.rails.base import NeutralStatus, ProviderStatus
 from orchestrator.services.reversals import apply_reversal
-from orchestrator.store.tables import evidence, outbox, payment_attempts, provider_deliveries
+from orchestrator.services.settlement import Payment, apply_payment
+from orchestrator.services.status_reads import paid_evidence_key
+from orchestrator.store.tables import (
+    evidence,
+    orders,
+    outbox,
+    payment_attempts,
+    provider_deliveries,
+)
 from tests.integration.test_failover import Stack, sims  # noqa: F401
 from tests.integration.test_provider_webhooks import (  # noqa: F401
+    lock_waiters,
     make_due,
     order_and_attempt,
     order_state,
@@ -396,3 +406,48 @@ async def test_a_read_older_than_a_recorded_refund_opens_no_case_for_it_again(
     assert await reversal_evidence(stack, attempt.id) == [50_000]
     assert await merchant_told(stack, order_id) == [
         ("refunded_at_provider", 50_000, "PARTIALLY_REFUNDED")]
+
+
+async def test_a_void_applied_while_the_payment_settles_is_applied_to_the_paid_attempt(
+    stack: Stack,  # noqa: F811
+) -> None:
+    """The merchant voids a DANA payment moments after it was made, and the relay handles the
+    ``ewallet.void`` while the payment settles. The void read the attempt still active (it
+    would fail it); by the time it held the order, the payment had paid it. Applied again to
+    the attempt as it is now, the void is a reversal of a payment: confirmed by a read, one
+    case for all of it, the order still paid. Before: "no change: the attempt moved
+    meanwhile", and the money's return reached nobody until a read a day later."""
+    await sim_post(stack.sims.xendit.control_url, "/config", {"callback_url": None})
+    order_id, attempt = await order_and_attempt(stack, "ewallet", "dana", "ewallet:xendit:dana")
+    await sim_post(stack.sims.xendit.control_url, "/pay", {
+        "kind": "ewallet", "reference_id": attempt.id, "amount": attempt.transfer_amount})
+    voided = await sim_post(stack.sims.xendit.control_url, "/void", {"reference_id": attempt.id})
+    void = {"event": "ewallet.void", "business_id": "b", "created": voided["updated"],
+            "data": voided}
+
+    async def pay() -> None:  # the capture callback's settlement, as it would run
+        now = stack.container.clock.now()
+        async with stack.container.db.transaction() as conn:
+            await apply_payment(conn, Payment(
+                attempt_id=attempt.id, amount=attempt.transfer_amount,
+                evidence_key=paid_evidence_key("xendit", attempt.id), kind="provider_webhook",
+                observed_at=now, details={}), now=now,
+                quarantine=stack.container.settings.unique_codes.quarantine)
+
+    token = stack.container.settings.providers.xendit_callback_token
+    async with stack.container.db.transaction() as hold:  # both queue behind this lock
+        await hold.execute(sa.select(orders.c.id).where(orders.c.id == order_id)
+                           .with_for_update())
+        paying = asyncio.create_task(pay())
+        await wait_for(lambda: lock_waiters(stack), 1)
+        r = await stack.client.post("/v1/webhooks/xendit", content=json.dumps(void),
+                                    headers={"x-callback-token": token})
+        assert r.status_code == 200, r.text
+        closing = asyncio.create_task(settled_quietly(stack, attempt.id))
+        await wait_for(lambda: lock_waiters(stack), 2)
+    await paying
+    await closing
+    whole = attempt.transfer_amount
+    assert (await order_state(stack, order_id)()) == "paid"
+    assert await review(stack, order_id) == [(*REFUNDED, whole)]
+    assert await merchant_told(stack, order_id) == [("refunded_at_provider", whole, "VOIDED")]
