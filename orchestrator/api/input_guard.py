@@ -1,10 +1,13 @@
 """Refuses, before a handler runs (and before authentication), request input that no column can
 hold or that would exhaust a decoder: a NUL in the URL, a NUL or an unpaired surrogate in a JSON
 body, a JSON body nested absurdly deep (``orchestrator/domain/text.py``). Each is a 400 naming
-the place, where it would otherwise have been a 500 from PostgreSQL or a ``RecursionError``."""
+the place, where it would otherwise have been a 500 from PostgreSQL or a ``RecursionError``.
+And a JSON body whose object names a member twice, which parsers read differently."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 from typing import Any
 
 import msgspec
@@ -43,20 +46,40 @@ async def refuse_unstorable_input(request: Request[Any, Any, Any]) -> None:
         return
     body = await request.body()  # cached: the handler's decoding reads the same bytes
     # Only an escape can put a NUL or a surrogate in valid JSON, and only brackets can nest it:
-    # the usual body (a checkout, a webhook) skips the second decoding.
-    if b"\\u" not in body and body.count(b"[") + body.count(b"{") <= MAX_NESTING:
-        return
-    try:
-        decoded = msgspec.json.decode(body)
-    except RecursionError:
-        raise BadRequest(f"the JSON body nests deeper than {MAX_NESTING} levels",
-                         code="malformed_json") from None
-    except msgspec.DecodeError:
-        return  # not JSON at all: the handler's own decoding says so, as it always has
-    problem = unstorable(decoded)
-    if problem:
-        raise BadRequest(f"{problem}; such text cannot be stored",
-                         code="unstorable_text")
+    # the usual body (a checkout, a webhook) skips this decoding.
+    if b"\\u" in body or body.count(b"[") + body.count(b"{") > MAX_NESTING:
+        try:
+            decoded = msgspec.json.decode(body)
+        except RecursionError:
+            raise BadRequest(f"the JSON body nests deeper than {MAX_NESTING} levels",
+                             code="malformed_json") from None
+        except msgspec.DecodeError:
+            return  # not JSON at all: the handler's own decoding says so, as it always has
+        problem = unstorable(decoded)
+        if problem:
+            raise BadRequest(f"{problem}; such text cannot be stored",
+                             code="unstorable_text")
+    _refuse_repeated_names(body)
+
+
+def _refuse_repeated_names(body: bytes) -> None:
+    """Each object names each member once. The handlers' decoder keeps the last of two
+    ``"amount"``s, many parsers the first: an order a merchant's gateway or log reads as
+    Rp150.000 would be captured (and paid) as Rp1; a case resolved with two ``"action"``s would
+    record the one the person's tool did not show. Which of two values counts is not for Lunas
+    to guess. (A body nested too deep never gets here; one that is not JSON is left to the
+    handler's decoding, which says so.)"""
+    with contextlib.suppress(ValueError):  # JSONDecodeError, or a body that is not UTF-8
+        json.loads(body, object_pairs_hook=_names_once)
+
+
+def _names_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    names = [name for name, _ in pairs]
+    if len(names) != len(set(names)):
+        repeated = next(name for name in names if names.count(name) > 1)
+        raise BadRequest(f"'{repeated[:50]}' appears more than once in one object; send each "
+                         "member once", code="repeated_name")
+    return dict(pairs)
 
 
 async def read_form(request: Request[Any, Any, Any]) -> FormMultiDict:

@@ -143,8 +143,9 @@ WWW_AUTHENTICATE_OPS = Header(name="WWW-Authenticate", description='Bearer realm
 
 BAD_REQUEST = problem(
     "The request cannot be read: malformed_json, malformed_request (a field of the wrong "
-    "type; `errors` lists them), unstorable_text (a NUL or undecodable text), or a header "
-    "or parameter this endpoint needs (its own code).")
+    "type; `errors` lists them), unstorable_text (a NUL or undecodable text), repeated_name "
+    "(an object of the JSON body names a member twice), or a header or parameter this "
+    "endpoint needs (its own code).")
 UNAUTHORIZED = problem("No API key, or an unknown or revoked one (unauthorized).",
                        WWW_AUTHENTICATE)
 OPS_UNAUTHORIZED = problem("No ops token, or an unknown or revoked one (unauthorized).",

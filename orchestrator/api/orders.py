@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import msgspec
@@ -37,25 +36,10 @@ async def _strict_body(request: Request[Any, Any, Any]) -> OrderIn:
     money as a string has a bug we should tell it about, not hide. `data` still declares the
     shape, so the OpenAPI schema documents it.
     """
-    raw = await request.body()
     try:
-        order = msgspec.json.decode(raw, type=OrderIn, strict=True)
+        return msgspec.json.decode(await request.body(), type=OrderIn, strict=True)
     except msgspec.ValidationError as exc:
         raise BadRequest(str(exc), code="malformed_request") from exc
-    json.loads(raw, object_pairs_hook=_names_once)
-    return order
-
-
-def _names_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """Each object of an order names each field once. msgspec keeps the last of two
-    ``"amount"``s, many parsers the first: a body a merchant's gateway or log reads as Rp150.000
-    would be captured (and paid) as Rp1. Which of two values counts is not for Lunas to guess."""
-    names = [name for name, _ in pairs]
-    if len(names) != len(set(names)):
-        repeated = next(name for name in names if names.count(name) > 1)
-        raise BadRequest(f"'{repeated[:50]}' appears more than once in one object; send each "
-                         "field once", code="repeated_name")
-    return dict(pairs)
 
 
 def _order_request(data: OrderIn) -> OrderRequest:
@@ -96,10 +80,9 @@ CAPTURE = contract("merchant", body=True, request_headers=(IDEMPOTENCY_KEY,), an
                             "tells the merchant (order.awaiting_payment). Do not send it again "
                             "as a new order.",
                 headers=(LOCATION, REPLAYED), body=OrderOut),
-    400: problem("As for every endpoint (malformed_json, malformed_request, unstorable_text), "
-                 "or repeated_name (a field sent twice in one object), "
-                 "idempotency_key_required (none, or longer than 255 characters), "
-                 "idempotency_key_repeated (the header sent more than once)."),
+    400: problem("As for every endpoint (malformed_json, malformed_request, unstorable_text, "
+                 "repeated_name), or idempotency_key_required (none, or longer than 255 "
+                 "characters), idempotency_key_repeated (the header sent more than once)."),
     409: problem("idempotency_key_reused: this Idempotency-Key came with another body; "
                  "duplicate_merchant_order_id: another order has this merchant_order_id "
                  "(`existing_order_id` names it)."),

@@ -667,3 +667,21 @@ async def test_a_name_sent_twice_in_an_order_is_refused_not_one_of_them_picked(
            f'"email":"andi@example.co.id",{customer}}}}}')
     problem = _refused(await _create(client, shop, raw), 400, "repeated_name")
     assert f"'{name}'" in problem["detail"], problem
+
+
+@pytest.mark.parametrize(("path", "raw", "name"), [
+    ("/v1/orders/ord_unknown/payment", '{"rail":"qris","rail":"va"}', "rail"),
+    ("/v1/reviews/rev_unknown/resolve",
+     '{"action":"honour","note":"checked with the bank","action":"refund"}', "action"),
+    ("/v1/ops/outbox/dead/redeliver",
+     '{"merchant_id":"mch_a","reason":"endpoint fixed","merchant_id":"mch_b"}', "merchant_id"),
+])
+async def test_a_name_sent_twice_is_refused_on_every_json_route_before_anything_else(
+    client: httpx.AsyncClient, shop: ShopFixture, path: str, raw: str, name: str,
+) -> None:
+    """The same rule for every JSON body, not the order alone: a person's tool that shows the
+    first of two actions must not see the case resolved with the second. Refused before the
+    route looks anything up or asks who is calling, like any body no handler can read."""
+    problem = _refused(await client.post(path, content=raw.encode(), headers={
+        **shop.headers, "Content-Type": "application/json"}), 400, "repeated_name")
+    assert f"'{name}'" in problem["detail"], problem
