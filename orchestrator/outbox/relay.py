@@ -238,11 +238,15 @@ class Relay:
         """Claim events for the free slots and start a handler on each; returns those tasks, and
         whether more may be claimable at once.
 
-        A claim takes every claimable event of its window (the first ``limit`` due ones, full
-        lanes and held-back webhooks left out), except that a lane gets only the room it has.
-        So only a claim that filled its limit, or gave some lane all its room (and may have
-        passed over that lane's others, hiding events behind them), may have left claimable
-        events; after any other, claiming again at once finds nothing, and costs a statement.
+        A claim takes every claimable event of its window (the first due ones and the heads of
+        the merchant queues its walk visits, full lanes and held-back webhooks left out), except
+        that a lane gets only the room it has. So only a claim that filled its limit, or gave
+        some lane all its room (and may have passed over that lane's others, hiding events
+        behind them), may have left claimable events in its window; after any other, claiming
+        again at once finds nothing there, and costs a statement. Queues beyond its walk wait
+        for the next claims, a poll apart, each walking a wide window from where this one
+        stopped (``queries.WALK_WIDE``): a lap of queues / WALK_WIDE polls, bounded, rather
+        than back-to-back claims over queues with nothing due.
         """
         start_by = asyncio.get_running_loop().time() + self._latest_start_s
         limit, held = min(slots.free, self._settings.batch_size), slots.held()
