@@ -82,7 +82,7 @@ def reversal_window(debit_posted_at: datetime, window: timedelta = REVERSAL_WIND
     """When (inclusive) a credit must have been posted for a debit of its amount to be its
     reversal: up to ``window`` before the debit, and no later than the debit itself (give or
     take the bank's clock), or than the end of its day when it is dated by day only."""
-    if debit_posted_at.astimezone(WIB).time() == time(0):
+    if dated_by_day(debit_posted_at):
         return debit_posted_at - window, debit_posted_at + DAY_DATED_SLACK - _TICK
     return debit_posted_at - window, debit_posted_at + BANK_CLOCK_SKEW
 
@@ -126,15 +126,26 @@ def _unique_orders(candidates: list[Candidate]) -> list[Candidate]:
     return list(latest.values())
 
 
-def window_opens(created_at: datetime) -> datetime:
-    """When an attempt created at ``created_at`` may first be paid, as the bank dates it.
-    Statements often carry a date only (midnight WIB), so the window opens at the start of the
-    attempt's WIB day, not at its creation instant, less the bank's clock skew."""
+def window_opens(created_at: datetime, posted_at: datetime | None = None) -> datetime:
+    """When an attempt created at ``created_at`` may first be paid by a credit the bank dated
+    ``posted_at``. Statements often carry a date only (midnight WIB, ``dated_by_day``): such a
+    line may be paid from the start of the attempt's WIB day, less the bank's clock skew. A line
+    with a time may not be paid before the attempt existed, give or take the bank's clock: a
+    unique amount is reused once its quarantine ends, so a transfer timed hours before this
+    attempt gave out the amount is another order's customer paying late, never this one's.
+    Without ``posted_at``, the day-dated (earliest) opening."""
+    if posted_at is not None and not dated_by_day(posted_at):
+        return created_at - BANK_CLOCK_SKEW
     day_starts = datetime.combine(created_at.astimezone(WIB).date(), time(0), tzinfo=WIB)
     return day_starts - BANK_CLOCK_SKEW
 
 
+def dated_by_day(posted_at: datetime) -> bool:
+    """A mutation the bank dated by day only: stamped exactly 00:00 WIB."""
+    return posted_at.astimezone(WIB).time() == time(0)
+
+
 def _within_window(posted_at: datetime, candidate: Candidate) -> bool:
-    if posted_at < window_opens(candidate.created_at):
+    if posted_at < window_opens(candidate.created_at, posted_at):
         return False
     return candidate.held_until is None or posted_at <= candidate.held_until

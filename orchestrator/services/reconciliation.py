@@ -773,11 +773,14 @@ CREATE TEMPORARY TABLE lunas_import_lines (
 _DROP_DUPLICATES = """
 DELETE FROM lunas_import_lines l USING mutations m WHERE m.fingerprint = l.fingerprint
 RETURNING l.idx, l.direction"""
-# matcher.window_opens: from midnight WIB (UTC+7) of the attempt's creation day less the bank's
-# clock skew, and until the code stops being held when the attempt has closed.
+# matcher.window_opens: for a line dated by day only (00:00 WIB, UTC+7), from midnight WIB of the
+# attempt's creation day, for a timed line from the attempt's creation, less the bank's clock
+# skew either way; until the code stops being held when the attempt has closed.
 _IN_WINDOW = f"""
-l.posted_at >= (date_trunc('day', a.created_at AT TIME ZONE 'UTC' + interval '7 hours')
-                - interval '7 hours') AT TIME ZONE 'UTC'
+l.posted_at >= CASE WHEN (l.posted_at AT TIME ZONE 'UTC' + interval '7 hours')::time = '00:00'
+                    THEN (date_trunc('day', a.created_at AT TIME ZONE 'UTC' + interval '7 hours')
+                          - interval '7 hours') AT TIME ZONE 'UTC'
+                    ELSE a.created_at END
                 - interval '{int(BANK_CLOCK_SKEW.total_seconds())} seconds'
 AND (a.closed_at IS NULL OR a.code_held_until IS NULL OR l.posted_at <= a.code_held_until)"""
 # plan_batch, for every new credit at once. A credit's candidate is the attempt holding its amount

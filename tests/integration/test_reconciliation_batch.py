@@ -441,3 +441,42 @@ async def test_a_reference_against_another_orders_exact_amount_settles_neither_o
             states = (await conn.execute(sa.select(mutations.c.match_state).where(
                 mutations.c.statement_id == report.statement_id))).scalars().all()
         assert states == ["ambiguous"]
+
+
+# -- found in review (rev-recon) -----------------------------------------------------------
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batch", "line-by-line"])
+async def test_a_transfer_timed_hours_before_an_attempt_existed_does_not_pay_it(
+    client: httpx.AsyncClient, container: Container, batch: bool
+) -> None:
+    """A unique amount is reused once its quarantine ends (an hour by default): order A's code
+    was released in the morning, order B was given the same amount at 14:00 WIB. A's customer,
+    paying late, sent it at 10:00 WIB, and the BRI export stamps the line to the second. That
+    money moved four hours before B's instructions existed: it cannot be B's customer's. Only a
+    line dated by day alone may be paid from the start of the attempt's WIB day; a timed line
+    no earlier than the attempt, give or take the bank's clock."""
+    from orchestrator.domain.clock import WIB
+    from tests.integration.test_reconciliation import upload
+    from tests.support import new_ops_token
+
+    m = await new_merchant(container, bank="bri")
+    b = await capture(client, m)
+    day = datetime.now(UTC).astimezone(WIB).replace(hour=0, minute=0, second=0, microsecond=0)
+    async with container.db.transaction() as conn:
+        await conn.execute(payment_attempts.update().where(
+            payment_attempts.c.order_id == b["id"]).values(
+            created_at=day + timedelta(hours=14)))
+    statement = bri_statement(m.account_number, [
+        (day + timedelta(hours=10), b["payment"]["transfer_amount"])])
+    if batch:
+        ops = {"Authorization": f"Bearer {await new_ops_token(container)}"}
+        r = await upload(client, ops, m, statement, bank="bri")
+        assert r.status_code == 201, r.text
+        counts = (r.json()["matched"], r.json()["unmatched"])
+    else:
+        report = await line_by_line(container).import_statement(
+            bank="bri", account_number=m.account_number, data=statement, filename=None,
+            actor="test")
+        counts = (report.matched, report.unmatched)
+    assert counts == (0, 1)
+    assert await _order_states(container, [b["id"]]) == [("awaiting_payment", 0)]

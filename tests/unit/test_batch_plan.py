@@ -247,10 +247,30 @@ def test_a_credit_at_either_end_of_the_window_is_in_it_and_a_tick_outside_is_not
     created = datetime(2026, 5, 15, 10, 0, tzinfo=WIB)
     closed = Candidate(attempt_id="att_1", order_id=ORDER_A, transfer_amount=100_123,
                        created_at=created, held_until=created + timedelta(days=1))
-    opens, ends = window_opens(created), created + timedelta(days=1)
+    # A timed line: from the attempt's creation less the bank's clock skew.
+    opens, ends = created - timedelta(minutes=5), created + timedelta(days=1)
+    assert window_opens(created, opens) == opens
     for at, kind in [(opens - tick, MatchKind.UNMATCHED), (opens, MatchKind.MATCHED),
                      (ends, MatchKind.MATCHED), (ends + tick, MatchKind.UNMATCHED)]:
         assert decide(credit(100_123, at=at), [closed]).kind is kind, at
+    # A line dated by day only (00:00 WIB): the attempt's day is in, the day before is not.
+    day = datetime(2026, 5, 15, 0, 0, tzinfo=WIB)
+    for at, kind in [(day - timedelta(days=1), MatchKind.UNMATCHED), (day, MatchKind.MATCHED)]:
+        assert decide(credit(100_123, at=at), [closed]).kind is kind, at
+
+
+def test_a_timed_transfer_before_the_attempt_existed_is_not_its_payment() -> None:
+    """Unique amounts are reused after their quarantine: a transfer the bank timed at 10:00 WIB
+    is not the payment of an attempt that gave out its amount at 14:00 (another order's customer
+    paying late). Dated by day only, the bank's line cannot tell, and is matched as before."""
+    created = datetime(2026, 5, 15, 14, 0, tzinfo=WIB)
+    later = Candidate(attempt_id="att_1", order_id=ORDER_A, transfer_amount=100_123,
+                      created_at=created, held_until=None)
+    timed = credit(100_123, at=datetime(2026, 5, 15, 10, 0, tzinfo=WIB))
+    assert decide(timed, [later]).kind is MatchKind.UNMATCHED
+    assert plan_batch({0: timed}, {0: later}).unmatched == [0]
+    day_dated = credit(100_123, at=datetime(2026, 5, 15, 0, 0, tzinfo=WIB))
+    assert decide(day_dated, [later]).kind is MatchKind.MATCHED
 
 
 def test_a_reversal_is_looked_for_three_days_back_by_default() -> None:
