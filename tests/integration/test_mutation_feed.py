@@ -414,3 +414,38 @@ async def test_the_unreadable_list_refuses_what_it_cannot_answer(
     assert r.status_code == 404
     r = await client.get("/v1/reconciliation/unreadable")
     assert r.status_code == 401
+
+
+# -- found in review (rev-recon) -----------------------------------------------------------
+
+async def test_a_reversal_listed_a_chunk_before_its_credit_is_still_caught(
+    client: httpx.AsyncClient, container: Container, feed: Container, sim: MootaSim,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Moota lists newest first, so a debit taking back a credit comes before it, and a poll
+    stores what it read a chunk (INGEST_CHUNK, 500) at a time. After an outage the window holds
+    more than a chunk: the debit, others' transfers, then the credit. The credit pays the
+    order; the debit, stored a chunk earlier when no credit of its amount was matched yet,
+    must still reach a person as a possible reversal rather than leave the order paid for
+    money that went back. (The chunk is made small here instead of sending 500 transfers.)"""
+    from orchestrator.services import feed_poller
+
+    monkeypatch.setattr(feed_poller, "INGEST_CHUNK", 2)
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    pay = order["payment"]["transfer_amount"]
+    await transfer(sim, m.account_number, pay)  # listed last
+    other = await new_merchant(container)
+    for n in range(3):
+        await transfer(sim, other.account_number, 1_000_000 + n)
+    await transfer(sim, m.account_number, pay, kind="DB")  # listed first
+
+    report = await poller_of(feed).poll()
+    assert (report.new, report.matched) == (5, 1)
+    assert await status(client, m, order["id"]) == "paid"
+    assert report.possible_reversals == 1
+    async with container.db.read() as conn:
+        debit = (await conn.execute(sa.select(mutations).where(
+            mutations.c.account_number == m.account_number,
+            mutations.c.direction == "DB"))).one()
+    assert (debit.match_state, debit.order_id) == ("reversal", order["id"])
