@@ -198,7 +198,9 @@ class VerificationSettings:
     """How often a worker looks for due checks and for routes that recovered."""
     batch: int = 200
     concurrency: int = 16
-    """Status reads one worker has in flight at once (each waits for its paced slot)."""
+    """Status reads one worker has in flight at once per provider (each waits for its
+    provider's paced slot; ``batch`` too is per provider, so one provider's backlog never holds
+    up another's reads)."""
     confirm_wait: timedelta = timedelta(seconds=2)
     """How long the status read confirming a signed Midtrans payment notification may wait for
     a slot of the provider's status pace. It runs in a relay slot: under a burst of

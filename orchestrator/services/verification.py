@@ -9,9 +9,9 @@ One worker loop (``run``):
    breaker admits trial calls, so the trials are real status reads; open → nothing.
 2. claim due reads (``FOR UPDATE SKIP LOCKED``, moving ``next_check_at`` a claim lease ahead
    so a killed worker's claims come back by themselves) and read them with bounded concurrency,
-   topping the claimed set up as reads finish. Each read waits for its provider's paced slot
-   (``StatusReads``), so a released backlog drains at the configured rate and no faster,
-   whatever the number of workers.
+   per provider, topping the claimed set up as reads finish. Each read waits for its
+   provider's paced slot (``StatusReads``), so a released backlog drains at the configured rate
+   and no faster, whatever the number of workers, and holds up no other provider's reads.
 3. Each outcome is applied in its own transaction, conditional on the attempt's state:
 
    ======================  ===================================================================
@@ -45,6 +45,8 @@ claimed when due, made ``unknown`` and resolved the same way (rule 3).
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import logging
 import re
 from datetime import datetime, timedelta
@@ -135,16 +137,31 @@ class Verifier:
         self._schedule: VerificationSchedule = settings.schedule
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Keep up to ``batch`` reads claimed and ``concurrency`` of them running, topping up as
-        they finish, so a released backlog flows at the pace without a pause between batches."""
+        """Keep up to ``batch`` reads claimed and ``concurrency`` of them running per provider,
+        topping up as they finish, so a released backlog flows at the pace without a pause
+        between batches.
+
+        Per provider, because each read waits for its own provider's paced slot: with one batch
+        and one set of slots, a provider's backlog (back from an outage, its pace slow) held
+        every claim and every slot waiting on that pace, and another provider's reads, due
+        meanwhile and with a pace standing idle, waited for the whole drain (review,
+        ``test_a_backlog_on_one_provider_never_holds_up_the_reads_of_another``)."""
         interval = self._settings.interval.total_seconds()
-        gate = asyncio.Semaphore(self._settings.concurrency)
+        gates: dict[str, asyncio.Semaphore] = {}
         running: set[asyncio.Task[None]] = set()
+        busy: collections.Counter[str] = collections.Counter()  # claimed and unfinished
         # Our own claims still waiting for a paced slot are never claimed again by us (a new
         # claim would move next_check_at and make the waiting read give itself up).
         in_flight: dict[asyncio.Task[None], str] = {}
         last_housekeeping = 0.0
+        due_providers: list[str] = []  # looked up once a tick, not after every finished read
         loop = asyncio.get_running_loop()
+
+        def finished(task: asyncio.Task[None], provider: str) -> None:
+            running.discard(task)
+            in_flight.pop(task, None)
+            busy[provider] -= 1
+
         try:
             while not stop.is_set():
                 claimed: list[Any] = []
@@ -153,17 +170,20 @@ class Verifier:
                         last_housekeeping = loop.time()
                         await self.forget_closed()
                         await self.release_recovered()
-                    room = self._settings.batch - len(running)
-                    if room > self._settings.batch // 4:
-                        claimed = await self._claim(room, exclude=set(in_flight.values()))
+                        due_providers = await self._due_providers(set(in_flight.values()))
+                    claimed = await self._claim_per_provider(
+                        due_providers, busy, exclude=set(in_flight.values()))
                 except Exception:  # the loop must outlive a database blip; the next tick retries
                     log.exception("verification pass failed")
                 for attempt in claimed:
+                    provider = str(attempt.provider)
+                    gate = gates.setdefault(provider,
+                                            asyncio.Semaphore(self._settings.concurrency))
                     task = asyncio.create_task(self._guarded(attempt, gate))
                     in_flight[task] = attempt.id
                     running.add(task)
-                    task.add_done_callback(running.discard)
-                    task.add_done_callback(in_flight.pop)
+                    busy[provider] += 1
+                    task.add_done_callback(functools.partial(finished, provider=provider))
                 waiter = asyncio.ensure_future(stop.wait())
                 try:
                     await asyncio.wait({waiter, *running} if claimed or running else {waiter},
@@ -175,6 +195,36 @@ class Verifier:
                 for task in running:
                     task.cancel()
                 await asyncio.gather(*running, return_exceptions=True)
+
+    async def _claim_per_provider(self, providers: list[str], busy: collections.Counter[str],
+                                  exclude: set[str]) -> list[Any]:
+        """Claim due reads of ``providers`` with room: up to ``batch`` unfinished each, topped
+        up once more than a quarter of its batch is free."""
+        batch = self._settings.batch
+        claimed: list[Any] = []
+        for provider in providers:
+            room = batch - busy[provider]
+            if room > batch // 4:
+                claimed += await self._claim(room, exclude=exclude, provider=provider)
+        return claimed
+
+    async def _due_providers(self, exclude: set[str]) -> list[str]:
+        a = payment_attempts.c
+        now = self._clock.now()
+        async with self._db.read() as conn:
+            found = (await conn.execute(sa.select(a.provider).where(
+                *self._due(now), *([a.id.not_in(sorted(exclude))] if exclude else []))
+                .distinct())).scalars().all()
+        return sorted(found)
+
+    def _due(self, now: datetime) -> list[Any]:
+        """What makes an attempt's read due now (``_claim``)."""
+        a = payment_attempts.c
+        return [a.next_check_at <= now, a.deferred_on.is_(None),
+                sa.or_(a.state.in_(LIVE), sa.and_(
+                    a.state == AttemptState.CREATING.value,
+                    a.created_at < now - self._in_flight)),
+                a.rail != Rail.MANUAL_TRANSFER.value]
 
     async def _guarded(self, attempt: Any, gate: asyncio.Semaphore) -> None:
         async with gate:
@@ -233,9 +283,11 @@ class Verifier:
 
     # -- checks ---------------------------------------------------------------------------
 
-    async def _claim(self, limit: int, exclude: set[str] | None = None) -> list[Any]:
-        """Due reads, each marked with ``claimed_until``: the ``next_check_at`` this claim wrote,
-        which is how the read later knows the claim is still its own."""
+    async def _claim(self, limit: int, exclude: set[str] | None = None,
+                     provider: str | None = None) -> list[Any]:
+        """Due reads (of ``provider``'s attempts, if given), each marked with ``claimed_until``:
+        the ``next_check_at`` this claim wrote, which is how the read later knows the claim is
+        still its own."""
         a = payment_attempts.c
         now = self._clock.now()
         until = now + self._settings.claim
@@ -243,11 +295,8 @@ class Verifier:
             rows = (await conn.execute(
                 sa.select(payment_attempts, orders.c.state.label("order_state"))
                 .join(orders, orders.c.id == a.order_id)
-                .where(a.next_check_at <= now, a.deferred_on.is_(None),
-                       sa.or_(a.state.in_(LIVE), sa.and_(
-                           a.state == AttemptState.CREATING.value,
-                           a.created_at < now - self._in_flight)),
-                       a.rail != Rail.MANUAL_TRANSFER.value,
+                .where(*self._due(now),
+                       *([a.provider == provider] if provider is not None else []),
                        *([a.id.not_in(sorted(exclude))] if exclude else []))
                 .order_by(a.next_check_at).limit(limit)
                 .with_for_update(of=payment_attempts, skip_locked=True)
