@@ -71,6 +71,7 @@ CLAIMED_COLUMNS = (
     outbox.c.attempts,
     outbox.c.created_at,
     outbox.c.trace_context,
+    outbox.c.available_at,
 )
 
 
@@ -374,6 +375,10 @@ _FENCED = sa.update(outbox).where(
 )
 """SET comes from the parameters' column keys."""
 _FENCED_RELEASE = _FENCED.values(attempts=outbox.c.attempts - 1)
+_FENCED_RETRY = _FENCED.values(available_at=sa.case(
+    (outbox.c.available_at > sa.bindparam("b_due", type_=outbox.c.available_at.type),
+     outbox.c.available_at),
+    else_=sa.bindparam("b_retry_at", type_=outbox.c.available_at.type)))
 
 
 @dataclass(frozen=True)
@@ -396,10 +401,21 @@ def mark_done(row_id: int, *, worker_id: str, attempts: int, now: datetime) -> O
 
 
 def mark_retry(
-    row_id: int, *, worker_id: str, attempts: int, available_at: datetime, error: str
+    row_id: int, *, worker_id: str, attempts: int, available_at: datetime, error: str,
+    due_when_claimed: datetime | None = None,
 ) -> OutcomeWrite:
-    return _fenced(row_id, worker_id, attempts, available_at=available_at,
-                   last_error=truncate_error(error))
+    """Try again at ``available_at``. ``due_when_claimed`` (an order's webhook: the row's
+    ``available_at`` as claimed): unless a webhook of its order was written while this try ran,
+    which moves it later (``writer``: the news the merchant waits for behind it), and the retry
+    is then due at that moment instead. Read from the row in the fenced UPDATE itself, which
+    waits for a writer's uncommitted mark, so no webhook written meanwhile is missed."""
+    if due_when_claimed is None:
+        return _fenced(row_id, worker_id, attempts, available_at=available_at,
+                       last_error=truncate_error(error))
+    return OutcomeWrite(_FENCED_RETRY, {
+        "b_id": row_id, "b_owner": worker_id, "b_attempts": attempts, "lease_owner": None,
+        "lease_expires_at": None, "last_error": truncate_error(error),
+        "b_due": due_when_claimed, "b_retry_at": available_at})
 
 
 def mark_dead(

@@ -47,7 +47,7 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
@@ -90,6 +90,8 @@ class OutboxEvent:
     created_at: datetime
     trace_context: dict[str, str] | None = None
     """The context of the span that wrote the event (W3C ``traceparent``); None if untraced."""
+    due_at: datetime | None = field(default=None, compare=False)
+    """When this try became due, as claimed (``available_at``): the same event whatever it is."""
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> OutboxEvent:
@@ -104,6 +106,7 @@ class OutboxEvent:
             attempts=m["attempts"],
             created_at=m["created_at"],
             trace_context=m.get("trace_context"),
+            due_at=m.get("available_at"),
         )
 
 
@@ -350,9 +353,10 @@ class Relay:
         if isinstance(decision, Retry):
             fields["retry_at"] = decision.at.isoformat()
             log.warning("outbox event failed; will retry", extra=fields)
+            lane = self._order_lane(event)
             await self._write(event, queries.mark_retry(
                 event.id, worker_id=owner, attempts=tries, available_at=decision.at,
-                error=outcome.error,
+                error=outcome.error, due_when_claimed=event.due_at if lane else None,
             ), *self._hold_behind(event, decision.at))
         else:
             log.error("outbox event dead-lettered", extra=fields)

@@ -51,10 +51,14 @@ def _waiting(webhook: sa.ColumnElement[bool]) -> tuple[sa.ColumnElement[bool], .
         webhook,
         outbox.c.merchant_id.is_not(None),
         # Tried and failed, now waiting for its retry: never one written to start later (nor
-        # one this very call wrote: ``attempts`` 0).
+        # one this very call wrote: ``attempts`` 0). Or being tried right now: marked, so that
+        # if this try fails its retry is now too (``queries.mark_retry``'s ``due_when_claimed``),
+        # not a backoff with the news behind it.
         outbox.c.attempts > 0,
-        unindexed(outbox.c.available_at) > sa.bindparam("w_now"),  # the order's index only
-        outbox.c.lease_owner.is_(None),
+        sa.or_(sa.and_(unindexed(outbox.c.available_at) > sa.bindparam("w_now"),  # the order's
+                       outbox.c.lease_owner.is_(None)),                           # index only
+               sa.and_(outbox.c.lease_owner.is_not(None),
+                       unindexed(outbox.c.available_at) < sa.bindparam("w_now"))),
     )
 
 

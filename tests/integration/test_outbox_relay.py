@@ -671,6 +671,38 @@ async def test_an_orders_new_webhook_has_its_earlier_one_waiting_for_a_retry_tri
     assert endpoint.problems == []
 
 
+async def test_a_webhook_written_while_its_orders_earlier_one_is_tried_brings_its_retry_forward(
+    engine: AsyncEngine, db_url: str
+) -> None:
+    """The order's ``order.payment_pending`` is on its way to an endpoint that is about to
+    refuse it when its ``order.paid`` is written. The earlier one was in flight, so the writer
+    could not bring its retry forward; its refusal must not then put it, and the news behind
+    it, an hour out: it is tried again at once, and both go out, in order. Before: the retry
+    waited its full backoff (up to 8 hours by default) with the ``order.paid`` behind it."""
+    retry = RetryPolicy(backoff=(timedelta(hours=1),) * 5, uniform=random.Random(17).random)
+    async with Receiver(held=True) as endpoint:
+        merchant = await add_merchant(engine, endpoint.url)
+        [[pending]] = await add_order_events(engine, merchant, 1, [ORDER_PAYMENT_PENDING])
+        order = (await rows_where(engine, outbox.c.event_id == pending))[0].aggregate_id
+        endpoint.failing = {pending: 1}
+        ours = outbox.c.merchant_id == merchant
+        async with webhook_relay(db_url, f"inflight-{new_id('w')[-6:]}", retry=retry) as relay, \
+                running(relay):
+            await asyncio.wait_for(endpoint.first_request.wait(), timeout=10)
+            async with engine.begin() as conn:  # while the first try waits for its answer
+                await add_events(conn, [PendingEvent(
+                    event_type=ORDER_PAID, aggregate_id=order, merchant_id=merchant,
+                    payload={"order_id": order})], now=datetime.now(UTC))
+            endpoint.held.set()  # the first try is refused now
+            await eventually(lambda: settled(engine, ours, 2, ["done"]), timeout=10,
+                             what="both webhooks delivered")
+    rows = sorted(await rows_where(engine, ours), key=lambda r: r.id)
+    assert [(r.event_type, r.attempts) for r in rows] == [
+        (ORDER_PAYMENT_PENDING, 2), (ORDER_PAID, 1)]
+    assert max(endpoint.times(pending)) < min(endpoint.times(rows[1].event_id))
+    assert endpoint.problems == []
+
+
 async def test_writing_webhooks_brings_forward_only_their_orders_earlier_ones_waiting_for_a_retry(
     private: AsyncEngine,
 ) -> None:
