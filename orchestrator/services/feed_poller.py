@@ -43,7 +43,8 @@ log = logging.getLogger("lunas.feed")
 ROUTE_KEY = "feed:moota:mutations"
 FEED_NAME = MOOTA
 MAX_PAGES = 1_000
-"""A guard against a feed whose ``last_page`` never ends; far above any real day's volume."""
+"""A guard against a feed whose ``last_page`` never ends; far above any real day's volume. A
+window listing more fails the poll (its end unread), never passes for a whole read."""
 INGEST_CHUNK = 500
 """Mutations stored per transaction, so one huge window does not hold one huge transaction."""
 
@@ -57,6 +58,7 @@ class FeedPoller:
                  max_unreadable: int = 20) -> None:
         self._feed, self._reconciliation, self._breakers = feed, reconciliation, breakers
         self._unreadable, self.max_unreadable = unreadable, max_unreadable
+        self.max_pages = MAX_PAGES
         self._clock, self._metrics, self._redis = clock, metrics, redis
         self.poll_interval, self.stale_after = poll_interval, stale_after
         self._initial_lookback = initial_lookback
@@ -147,8 +149,15 @@ class FeedPoller:
             got = await self._feed.list_mutations(start, end, page)
             items.extend(got.items)
             unreadable.extend(got.unreadable)
-            if page >= got.last_page or page >= MAX_PAGES or not (got.items or got.unreadable):
+            if page >= got.last_page or not (got.items or got.unreadable):
                 return items, unreadable
+            if page >= self.max_pages:
+                # The oldest of the window are on the pages not read (newest first): counted a
+                # success, the watermark would move on and leave them behind for good.
+                raise Unavailable(
+                    f"the window {start}..{end} lists {got.last_page} pages; more than "
+                    f"{self.max_pages} are not read in one poll", provider=PROVIDER,
+                    operation=OPERATION)
             page += 1
 
     def _export_freshness(self) -> None:

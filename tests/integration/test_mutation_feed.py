@@ -449,3 +449,26 @@ async def test_a_reversal_listed_a_chunk_before_its_credit_is_still_caught(
             mutations.c.account_number == m.account_number,
             mutations.c.direction == "DB"))).one()
     assert (debit.match_state, debit.order_id) == ("reversal", order["id"])
+
+
+async def test_a_window_longer_than_a_poll_reads_fails_the_poll_not_passes_for_read(
+    client: httpx.AsyncClient, container: Container, feed: Container, sim: MootaSim
+) -> None:
+    """Moota lists newest first: a poll that stopped at its page limit had read the newest and
+    not the oldest, and counted a success, so the watermark moved on and the window with it,
+    leaving the oldest unread for good (their orders expired unpaid). Past the limit the poll
+    fails instead: the watermark stays, the feed goes stale, a person hears of it."""
+    poller = poller_of(feed)
+    poller.max_pages = 1
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    await transfer(sim, m.account_number, order["payment"]["transfer_amount"])  # the oldest
+    for n in range(100):  # a page of 100 newer ones
+        await transfer(sim, m.account_number, 60_000 + n)
+    with pytest.raises(RailError, match="lists 2 pages; more than 1 are not read"):
+        await poller.poll()
+    assert poller.last_ok is None
+    poller.max_pages = 2
+    await poller.poll()
+    assert poller.last_ok is not None
+    assert await status(client, m, order["id"]) == "paid"
