@@ -101,9 +101,10 @@ class FeedPoller:
                 "the feed's format changed", provider=PROVIDER, operation=OPERATION)
         await self._unreadable.keep(FEED_NAME, new, now=started)
         report = ImportReport(parsed=len(items), unreadable=len(unreadable))
-        # Credits before debits: a debit is looked at as a possible reversal only when it is
-        # stored, against the credits matched by then. Moota lists newest first, so a debit
-        # comes before the credit it takes back, and in an earlier chunk it was never flagged.
+        # Credits before debits: a debit is looked at as a possible reversal when it is stored,
+        # against the credits matched by then. Moota lists newest first, so a debit comes
+        # before the credit it takes back; in an earlier chunk, it is found only when the
+        # credit is matched after it (ReconciliationService._debits_stored_before).
         items = sorted(items, key=lambda m: m.direction != "CR")
         for offset in range(0, len(items), INGEST_CHUNK):
             part = await self._reconciliation.ingest_feed(items[offset:offset + INGEST_CHUNK])

@@ -273,6 +273,13 @@ sa.Index("ix_mutations_order_id", mutations.c.order_id,
 _MATCHED_CREDIT = sa.and_(mutations.c.match_state == "matched", mutations.c.direction == "CR")
 sa.Index("ix_mutations_matched_credits", mutations.c.amount, mutations.c.posted_at,
          postgresql_where=_MATCHED_CREDIT, sqlite_where=_MATCHED_CREDIT)
+# A credit asks the reverse: "which debit of this amount, stored before me, may have taken me
+# back?" (a debit uploaded in an earlier statement, or pushed while the credit's push was lost).
+# Only debits no credit has claimed yet are in it; an import first asks whether its account has
+# any in the import's days at all, hence the account and the day leading the key.
+_UNFLAGGED_DEBIT = sa.and_(mutations.c.match_state == "ignored", mutations.c.direction == "DB")
+sa.Index("ix_mutations_unflagged_debits", mutations.c.account_number, mutations.c.posted_at,
+         postgresql_where=_UNFLAGGED_DEBIT, sqlite_where=_UNFLAGGED_DEBIT)
 
 # Items of the Moota feed Lunas could not read (no id, an amount that is not one, a date in no
 # known form): kept as received, once each (item_key is a hash of the item), so the feed moves

@@ -142,3 +142,47 @@ async def test_a_merchants_endpoint_changes_on_sqlite(tmp_path: Path) -> None:
     finally:
         await receiver.stop()
         await container.close()
+
+
+async def test_a_debit_uploaded_before_its_credit_flags_the_order_on_sqlite(
+    tmp_path: Path,
+) -> None:
+    """Statements uploaded out of order (the correction first): the credit, matched after it,
+    finds the debit stored before it and opens the possible reversal, on SQLite too."""
+    from orchestrator.store.tables import mutations, review_cases
+
+    container = build(Settings(database=DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/r.db")))
+    try:
+        await migrate(container.db.engine)
+        m = await new_merchant(container)
+        ops = {"Authorization": f"Bearer {await new_ops_token(container)}"}
+        async with serve(container) as url, httpx.AsyncClient(base_url=url, timeout=30) as c:
+            order = (await c.post("/v1/orders", json=order_body("R-1", 120_000),
+                                  headers={**m.headers, "Idempotency-Key": "r-1"})).json()
+            pay = order["payment"]["transfer_amount"]
+            replies = []
+            for line in ((datetime.now(UTC), "KOREKSI TRSF CR", pay, "DB"),
+                         (datetime.now(UTC), "TRSF CR", pay, "CR")):
+                r = await c.post("/v1/mutations/statements", headers=ops,
+                                 files={"file": ("m.csv", bca_statement(m.account_number, [line]),
+                                                 "text/csv")},
+                                 data={"bank": "bca", "account_number": m.account_number})
+                assert r.status_code == 201, r.text
+                replies.append(r.json())
+            assert [(r["matched"], r["possible_reversals"]) for r in replies] == [(0, 0), (1, 1)]
+            assert (await c.get(f"/v1/orders/{order['id']}", headers=m.headers)).json()[
+                "status"] == "paid"
+        async with container.db.read() as conn:
+            cases = (await conn.execute(sa.select(review_cases.c.reason, review_cases.c.mutation_id)
+                                        .where(review_cases.c.order_id == order["id"]))).all()
+            debit = (await conn.execute(sa.select(mutations.c.id, mutations.c.match_state,
+                                                  mutations.c.order_id)
+                                        .where(mutations.c.direction == "DB"))).one()
+            told = (await conn.execute(sa.select(outbox.c.event_type).where(
+                outbox.c.aggregate_id == order["id"],
+                outbox.c.event_type == "review_case.opened"))).scalars().all()
+        assert cases == [("possible_reversal", debit.id)]
+        assert (debit.match_state, debit.order_id) == ("reversal", order["id"])
+        assert told == ["review_case.opened"]
+    finally:
+        await container.close()

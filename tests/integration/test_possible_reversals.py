@@ -7,6 +7,7 @@ Real PostgreSQL; statements through the batch path and line by line, pushes thro
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -405,3 +406,162 @@ async def test_a_statement_locks_the_order_its_debit_may_flag_with_the_orders_it
     assert imported.status_code == 201, imported.text
     assert imported.json()["possible_reversals"] == 1
     assert [c.reason for c in await cases_of(container, order["id"])] == ["possible_reversal"]
+
+
+# -- a debit stored before the credit it takes back ----------------------------------------
+
+async def push_at(client: httpx.AsyncClient, container: Container, account: str, amount: int,
+                  kind: str, at: datetime) -> dict[str, Any]:
+    """``push_one``, posted at ``at`` (Moota dates to the second, in WIB)."""
+    r = await signed_push(client, container, [{
+        "mutation_id": uuid.uuid4().hex[:11], "bank_id": "bk7Hq2Lm9Zs", "account_number": account,
+        "date": at.astimezone(WIB).strftime("%Y-%m-%d %H:%M:%S"), "description": "TRSF",
+        "amount": f"{amount}.00", "type": kind, "balance": "2150123.00"}])
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+async def debits_of(container: Container, account: str) -> dict[str, tuple[str, str | None]]:
+    """Per debit on the account: its match state and the order it names."""
+    async with container.db.read() as conn:
+        return {r.id: (r.match_state, r.order_id) for r in await conn.execute(
+            sa.select(mutations.c.id, mutations.c.match_state, mutations.c.order_id).where(
+                mutations.c.account_number == account, mutations.c.direction == "DB"))}
+
+
+async def told_of(container: Container, order_id: str) -> list[dict[str, Any]]:
+    async with container.db.read() as conn:
+        return list((await conn.execute(sa.select(outbox.c.payload).where(
+            outbox.c.aggregate_id == order_id,
+            outbox.c.event_type == "review_case.opened"))).scalars().all())
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batch", "line-by-line"])
+async def test_a_debit_uploaded_before_the_statement_of_its_credit_flags_the_order_once(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str], batch: bool,
+) -> None:
+    """Finance uploads the statement with the bank's correction first, then the one with the
+    transfer it corrects. The debit, stored first, found no credit to take back and was never
+    looked at again: the order stayed paid for money that went back, nobody told."""
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    pay = order["payment"]["transfer_amount"]
+    first = await import_statement(client, container, ops, m, bca_statement(m.account_number, [
+        (today(), "KOREKSI TRSF CR ANDI", pay, "DB")]), batch=batch)
+    assert first["possible_reversals"] == 0
+    [debit_id] = await debits_of(container, m.account_number)
+
+    then = await import_statement(client, container, ops, m, bca_statement(m.account_number, [
+        (today(), "TRSF E-BANKING CR ANDI", pay, "CR")]), batch=batch)
+    assert (then["matched"], then["possible_reversals"]) == (1, 1)
+    assert await state_of(container, order["id"]) == "paid"
+    [case] = await cases_of(container, order["id"])
+    assert (case.reason, case.recommended_action, case.amount, case.mutation_id) == (
+        "possible_reversal", "check_with_bank", pay, debit_id)
+    assert await debits_of(container, m.account_number) == {debit_id: ("reversal", order["id"])}
+    assert [(p["reason"], p["case_id"], p["debit_mutation_id"])
+            for p in await told_of(container, order["id"])] == [
+        ("possible_reversal", case.id, debit_id)]
+
+
+async def test_a_pushed_debit_flags_the_credit_the_poll_catches_after_it(
+    client: httpx.AsyncClient, container: Container,
+) -> None:
+    """The credit's push was lost; the debit taking it back came by push; the Moota poll lists
+    the credit later (newest first, in a chunk of its own)."""
+    from orchestrator.reconciliation.moota import parse_moota_push
+
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    pay = order["payment"]["transfer_amount"]
+    paid_at = today() - timedelta(minutes=1)  # after the order; the debit an hour later
+    assert (await push_at(client, container, m.account_number, pay, "DB",
+                          paid_at + timedelta(hours=1)))["possible_reversals"] == 0
+    polled = await container.reconciliation.ingest_feed(parse_moota_push(json.dumps([{
+        "mutation_id": uuid.uuid4().hex[:11], "bank_id": "bk7Hq2Lm9Zs",
+        "account_number": m.account_number,
+        "date": paid_at.astimezone(WIB).strftime("%Y-%m-%d %H:%M:%S"),
+        "description": "TRSF CR ANDI", "amount": f"{pay}.00", "type": "CR",
+        "balance": "2150123.00"}]).encode()).mutations)
+    assert (polled.matched, polled.possible_reversals, polled.needs_review) == (1, 1, 1)
+    assert [c.reason for c in await cases_of(container, order["id"])] == ["possible_reversal"]
+    assert list((await debits_of(container, m.account_number)).values()) == [
+        ("reversal", order["id"])]
+    assert len(await told_of(container, order["id"])) == 1
+
+
+async def test_a_day_dated_debit_uploaded_first_flags_a_pushed_credit_of_its_day(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str],
+) -> None:
+    """The statement dates the debit 00:00 WIB, hours before the pushed credit it takes back
+    that day: from the credit's side too, a debit dated by day reaches to the end of its day."""
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    pay = order["payment"]["transfer_amount"]
+    assert (await upload(client, ops, m, bca_statement(m.account_number, [
+        (today(), "KOREKSI", pay, "DB")]))).json()["possible_reversals"] == 0
+    assert (await push_at(client, container, m.account_number, pay, "CR", today()))[
+        "possible_reversals"] == 1
+    assert [c.reason for c in await cases_of(container, order["id"])] == ["possible_reversal"]
+
+
+async def test_debits_stored_first_outside_the_credits_window_are_not_flagged(
+    client: httpx.AsyncClient, container: Container,
+) -> None:
+    """Three debits of the amount, pushed before the credit: one the window's last second after
+    it (flagged), one a second later, one the day before it (neither)."""
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    pay = order["payment"]["transfer_amount"]
+    paid_at = today().replace(microsecond=0)
+    for at in (paid_at + timedelta(days=3), paid_at + timedelta(days=3, seconds=1),
+               paid_at - timedelta(days=1)):
+        assert (await push_at(client, container, m.account_number, pay, "DB", at))[
+            "possible_reversals"] == 0
+    async with container.db.read() as conn:
+        by_time = {r.posted_at: r.id for r in await conn.execute(
+            sa.select(mutations.c.id, mutations.c.posted_at).where(
+                mutations.c.account_number == m.account_number))}
+    report = await push_at(client, container, m.account_number, pay, "CR", paid_at)
+    assert (report["matched"], report["possible_reversals"]) == (1, 1)
+    assert await debits_of(container, m.account_number) == {
+        by_time[paid_at + timedelta(days=3)]: ("reversal", order["id"]),
+        by_time[paid_at + timedelta(days=3, seconds=1)]: ("ignored", None),
+        by_time[paid_at - timedelta(days=1)]: ("ignored", None)}
+
+
+@pytest.mark.parametrize("batch", [True, False], ids=["batch", "line-by-line"])
+async def test_a_debit_flagged_against_one_credit_is_not_flagged_again_by_a_later_one(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str], batch: bool,
+) -> None:
+    """Amount Y paid order A yesterday and a debit D took it back today (A's case). A debit D2
+    of Y came beside it, unclaimed; then a statement shows order B paid Y this morning, before
+    both: the latest credit in either's window. D2 may take B's payment back: B's case. D stays
+    A's reversal: a debit flags at most one credit, and is not moved to a later one."""
+    m = await new_merchant(container)
+    a, b = await capture(client, m), await capture(client, m, 175_000)
+    x, y = a["payment"]["transfer_amount"], b["payment"]["transfer_amount"]
+    at = today().replace(microsecond=0)
+    assert (await push_at(client, container, m.account_number, x, "CR",
+                          at - timedelta(minutes=2)))["matched"] == 1
+    assert (await push_at(client, container, m.account_number, x, "DB", at))[
+        "possible_reversals"] == 1
+    [d] = await debits_of(container, m.account_number)
+    assert (await push_at(client, container, m.account_number, y, "DB", at))[
+        "possible_reversals"] == 0  # nothing paid y yet
+    async with container.db.transaction() as conn:  # A was paid y yesterday, D took y back
+        await conn.execute(mutations.update().where(mutations.c.order_id == a["id"]).values(
+            amount=y))
+        await conn.execute(mutations.update().where(
+            mutations.c.order_id == a["id"], mutations.c.direction == "CR").values(
+            posted_at=at - timedelta(days=1)))
+    [d2] = set(await debits_of(container, m.account_number)) - {d}
+
+    credit = [(at, "TRSF E-BANKING CR BUDI", y, "CR")]
+    report = await import_statement(client, container, ops, m,
+                                    bca_statement(m.account_number, credit), batch=batch)
+    assert (report["matched"], report["possible_reversals"]) == (1, 1)
+    assert await debits_of(container, m.account_number) == {
+        d: ("reversal", a["id"]), d2: ("reversal", b["id"])}
+    assert [c.mutation_id for c in await cases_of(container, a["id"])] == [d]
+    assert [c.mutation_id for c in await cases_of(container, b["id"])] == [d2]
