@@ -955,17 +955,22 @@ WHERE l.direction = 'DB'
 ORDER BY l.idx"""  # noqa: S608 - only a constant is interpolated
 # _debits_stored_before for a batch, in two steps. Before the import's lines are stored: the
 # debits of the account still unclaimed, posted from a day before its first credit (a debit dated
-# by day reaches to the end of its day) to the reversal window after its last; on an account with
-# none, the import asks nothing more. The span is read from the lines' table (one pass over it,
-# 0.0x s a million lines), the debits through ix_mutations_unflagged_debits. $1 bank, $2 account,
-# $3 the reversal window, $4 DAY_DATED_SLACK.
+# by day reaches to the end of its day) to the reversal window after its last. Through
+# ix_mutations_unflagged_debits; the span, a pass over the lines (0.1 s a million), is read only
+# if the account has an unclaimed debit at all (an InitPlan is evaluated when first needed). None
+# found, the import asks nothing more. $1 bank, $2 account, $3 the reversal window,
+# $4 DAY_DATED_SLACK.
 _EARLIER_DEBITS = """
-SELECT coalesce(array_agg(d.id ORDER BY d.posted_at, d.id), '{}')
-FROM (SELECT min(posted_at) AS first, max(posted_at) AS last
-      FROM lunas_import_lines WHERE direction = 'CR') span
-JOIN mutations d ON d.account_number = $2 AND d.match_state = 'ignored' AND d.direction = 'DB'
-     AND d.posted_at >= span.first - $4::interval AND d.posted_at <= span.last + $3::interval
-WHERE d.bank = $1"""
+SELECT CASE WHEN EXISTS (SELECT FROM mutations d WHERE d.account_number = $2
+                         AND d.match_state = 'ignored' AND d.direction = 'DB' AND d.bank = $1)
+THEN (SELECT coalesce(array_agg(d.id ORDER BY d.posted_at, d.id), '{}')
+      FROM (SELECT min(posted_at) AS first, max(posted_at) AS last
+            FROM lunas_import_lines WHERE direction = 'CR') span
+      JOIN mutations d ON d.account_number = $2 AND d.match_state = 'ignored'
+           AND d.direction = 'DB' AND d.posted_at >= span.first - $4::interval
+           AND d.posted_at <= span.last + $3::interval
+      WHERE d.bank = $1)
+ELSE '{}' END"""
 # Then, once every credit of the import is matched: those of them (l, a stored debit here) a
 # credit this statement matched may have been taken back by (_CREDIT_IT_MAY_TAKE_BACK), still
 # unclaimed. $5 the debits found before, $6 the statement.
