@@ -271,7 +271,7 @@ def _money(value: object, name: str, index: int, *, signed: bool = False) -> int
         raise StatementRejected(f"{name} {value} has a non-zero sen part", line=index)
     if number < 0 and not signed:
         raise StatementRejected(f"{name} {value} is negative", line=index)
-    if abs(number) > MAX_RUPIAH:
+    if number.copy_abs() > MAX_RUPIAH:  # abs() rounds to the context: Overflow past 1E+999999
         raise StatementRejected(f"{name} {value} is beyond {MAX_RUPIAH:,} rupiah", line=index)
     return int(number)
 

@@ -631,7 +631,8 @@ async def test_a_form_field_that_is_no_text_is_refused_not_a_500(
              "malformed_form")
 
 
-@pytest.mark.parametrize("number", ["1e99999999999999999999", "-1E-99999999999999999999"])
+@pytest.mark.parametrize("number", ["1e99999999999999999999", "-1E-99999999999999999999",
+                                    "1e999999999", "1E+1000000"])
 async def test_a_pushed_number_no_decimal_can_hold_sets_its_item_aside(
     client: httpx.AsyncClient, container: Container, number: str,
 ) -> None:
