@@ -125,6 +125,22 @@ class _Claimed:
         return getattr(self._row, name)
 
 
+_SCHEDULED_PROVIDERS = sa.text("""
+WITH RECURSIVE p(provider) AS (
+  SELECT min(provider) FROM payment_attempts
+  WHERE next_check_at IS NOT NULL AND deferred_on IS NULL
+  UNION ALL
+  SELECT (SELECT min(a.provider) FROM payment_attempts a
+          WHERE a.provider > p.provider AND a.next_check_at IS NOT NULL
+            AND a.deferred_on IS NULL)
+  FROM p WHERE p.provider IS NOT NULL
+)
+SELECT provider FROM p WHERE provider IS NOT NULL""")
+"""The providers with an undeferred read scheduled, one probe of
+``ix_payment_attempts_due_by_provider`` each (a loose index scan): a ``DISTINCT`` over the due
+reads read a whole recovery backlog every tick."""
+
+
 class Verifier:
     def __init__(self, db: Database, reads: StatusReads, guard: BreakerGuard,
                  jobs: GatewayJobs, clock: Clock, settings: VerificationSettings, *,
@@ -170,7 +186,7 @@ class Verifier:
                         last_housekeeping = loop.time()
                         await self.forget_closed()
                         await self.release_recovered()
-                        due_providers = await self._due_providers(set(in_flight.values()))
+                        due_providers = await self._due_providers()
                     claimed = await self._claim_per_provider(
                         due_providers, busy, exclude=set(in_flight.values()))
                 except Exception:  # the loop must outlive a database blip; the next tick retries
@@ -208,14 +224,11 @@ class Verifier:
                 claimed += await self._claim(room, exclude=exclude, provider=provider)
         return claimed
 
-    async def _due_providers(self, exclude: set[str]) -> list[str]:
-        a = payment_attempts.c
-        now = self._clock.now()
+    async def _due_providers(self) -> list[str]:
+        """The providers with a read scheduled (``_SCHEDULED_PROVIDERS``); each one's claim then
+        takes what of it is due, an index probe when nothing is."""
         async with self._db.read() as conn:
-            found = (await conn.execute(sa.select(a.provider).where(
-                *self._due(now), *([a.id.not_in(sorted(exclude))] if exclude else []))
-                .distinct())).scalars().all()
-        return sorted(found)
+            return list((await conn.execute(_SCHEDULED_PROVIDERS)).scalars().all())
 
     def _due(self, now: datetime) -> list[Any]:
         """What makes an attempt's read due now (``_claim``)."""

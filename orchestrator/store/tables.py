@@ -184,6 +184,16 @@ sa.Index(
     postgresql_where=payment_attempts.c.next_check_at.is_not(None),
     sqlite_where=payment_attempts.c.next_check_at.is_not(None),
 )
+# The verifier's claims, one provider at a time (services/verification.py).
+sa.Index(
+    "ix_payment_attempts_due_by_provider",
+    payment_attempts.c.provider,
+    payment_attempts.c.next_check_at,
+    postgresql_where=sa.and_(payment_attempts.c.next_check_at.is_not(None),
+                             payment_attempts.c.deferred_on.is_(None)),
+    sqlite_where=sa.and_(payment_attempts.c.next_check_at.is_not(None),
+                         payment_attempts.c.deferred_on.is_(None)),
+)
 # A refund callback names the payment by the provider's id, not by ours (rails/xendit.py).
 sa.Index(
     "ix_payment_attempts_provider_ref",

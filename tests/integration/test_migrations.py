@@ -178,6 +178,8 @@ _PAID_ORDER = [
     ("0018", "0019", ["payment_attempts"], ["payment_attempts"]),
     # 0020 builds the index of debits no credit has claimed; every import writes mutations.
     ("0019", "0020", ["mutations"], ["mutations"]),
+    # 0021 builds the index of due status reads by provider; every capture writes an attempt.
+    ("0020", "0021", ["payment_attempts"], ["payment_attempts"]),
 ])
 async def test_a_postgresql_migration_waiting_for_a_long_transaction_lets_writers_through(
     start: str, target: str, held: list[str], written: list[str],
