@@ -44,7 +44,8 @@ ROUTE_KEY = "feed:moota:mutations"
 FEED_NAME = MOOTA
 MAX_PAGES = 1_000
 """A guard against a feed whose ``last_page`` never ends; far above any real day's volume. A
-window listing more fails the poll (its end unread), never passes for a whole read."""
+window listing more is read a day at a time; a day listing more fails the poll (its end
+unread), never passes for a whole read."""
 INGEST_CHUNK = 500
 """Mutations stored per transaction, so one huge window does not hold one huge transaction."""
 
@@ -143,6 +144,30 @@ class FeedPoller:
 
     async def _fetch_all(self, start: date, end: date
                          ) -> tuple[list[MootaMutation], list[UnreadableItem]]:
+        """Every item of the window: at once, or, when it lists more than ``max_pages`` (a first
+        poll's week of lookback, a long outage, on a busy account), a day at a time. A day that
+        alone lists more fails the poll (``Unavailable``): read in part and counted a success,
+        the watermark would move on past its oldest items, which Moota lists last."""
+        try:
+            return await self._fetch(start, end)
+        except _TooManyPages as whole:
+            if start == end:
+                raise whole.unavailable() from None
+        items: list[MootaMutation] = []
+        unreadable: list[UnreadableItem] = []
+        day = start
+        while day <= end:
+            try:
+                got, odd = await self._fetch(day, day)
+            except _TooManyPages as one_day:
+                raise one_day.unavailable() from None
+            items.extend(got)
+            unreadable.extend(odd)
+            day += timedelta(days=1)
+        return items, unreadable
+
+    async def _fetch(self, start: date, end: date
+                     ) -> tuple[list[MootaMutation], list[UnreadableItem]]:
         items: list[MootaMutation] = []
         unreadable: list[UnreadableItem] = []
         page = 1
@@ -153,12 +178,7 @@ class FeedPoller:
             if page >= got.last_page or not (got.items or got.unreadable):
                 return items, unreadable
             if page >= self.max_pages:
-                # The oldest of the window are on the pages not read (newest first): counted a
-                # success, the watermark would move on and leave them behind for good.
-                raise Unavailable(
-                    f"the window {start}..{end} lists {got.last_page} pages; more than "
-                    f"{self.max_pages} are not read in one poll", provider=PROVIDER,
-                    operation=OPERATION)
+                raise _TooManyPages(start, end, got.last_page, self.max_pages)
             page += 1
 
     def _export_freshness(self) -> None:
@@ -195,3 +215,14 @@ class FeedPoller:
         if stored.tzinfo is not None and (self._last_ok is None or stored > self._last_ok):
             self._last_ok = stored
             self._export_freshness()
+
+
+class _TooManyPages(Exception):
+    def __init__(self, start: date, end: date, pages: int, most: int) -> None:
+        super().__init__(f"{start}..{end} lists {pages} pages")
+        self.start, self.end, self.pages, self.most = start, end, pages, most
+
+    def unavailable(self) -> Unavailable:
+        return Unavailable(f"the window {self.start}..{self.end} lists {self.pages} pages; more "
+                           f"than {self.most} are not read in one poll", provider=PROVIDER,
+                           operation=OPERATION)

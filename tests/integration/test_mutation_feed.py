@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from chaos.sim.moota import MootaSim
 from orchestrator.bootstrap import Container, build
+from orchestrator.domain.clock import WIB
 from orchestrator.rails.breaker import BreakerConfig, BreakerOpen
 from orchestrator.rails.errors import RailError
 from orchestrator.services.feed_poller import FeedPoller
@@ -78,13 +79,16 @@ async def capture(client: httpx.AsyncClient, m: ShopFixture, amount: int = 150_0
 
 
 async def transfer(sim: MootaSim, account: str, amount: int, kind: str = "CR",
-                   listed_as: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A transfer the bank reports to Moota; ``listed_as`` makes the feed list it malformed."""
+                   listed_as: dict[str, Any] | None = None,
+                   date: str | None = None) -> dict[str, Any]:
+    """A transfer the bank reports to Moota; ``listed_as`` makes the feed list it malformed;
+    ``date`` (WIB, ``YYYY-MM-DD HH:MM:SS``) when it was not now."""
     async with httpx.AsyncClient() as c:
         r = await c.post(f"{sim.control_url}/mutations", json={
             "account_number": account, "amount": amount, "type": kind,
             "description": f"TRSF E-BANKING CR 1003/FTSCY/WS95031 {amount}.00 ANDI",
-            **({"listed_as": listed_as} if listed_as is not None else {})})
+            **({"listed_as": listed_as} if listed_as is not None else {}),
+            **({"date": date} if date is not None else {})})
     assert r.status_code == 200, r.text
     return dict(r.json())
 
@@ -470,5 +474,27 @@ async def test_a_window_longer_than_a_poll_reads_fails_the_poll_not_passes_for_r
     assert poller.last_ok is None
     poller.max_pages = 2
     await poller.poll()
+    assert poller.last_ok is not None
+    assert await status(client, m, order["id"]) == "paid"
+
+
+async def test_a_window_of_more_pages_than_a_poll_reads_is_read_a_day_at_a_time(
+    client: httpx.AsyncClient, container: Container, feed: Container, sim: MootaSim
+) -> None:
+    """A first poll looks a week back; on a busy account the week lists more pages than a poll
+    reads, though each day fits. Failing the poll for that (as a day too long must) would fail
+    every poll after it too, the window never moving: the week is read a day at a time."""
+    poller = poller_of(feed)
+    poller.max_pages = 1
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    yesterday = (datetime.now(WIB) - timedelta(days=1)).strftime("%Y-%m-%d 10:00:00")
+    for n in range(60):  # yesterday's 60 and today's 60: two pages together, one each
+        await transfer(sim, m.account_number, 70_000 + n, date=yesterday)
+    for n in range(59):
+        await transfer(sim, m.account_number, 80_000 + n)
+    await transfer(sim, m.account_number, order["payment"]["transfer_amount"])
+    report = await poller.poll()
+    assert report.parsed >= 120
     assert poller.last_ok is not None
     assert await status(client, m, order["id"]) == "paid"
