@@ -44,7 +44,8 @@ class WebhooksController(Controller):
         receipt = await container.provider_webhooks.receive(MIDTRANS, raw, request.headers)
         _observe_lag(container, MIDTRANS, raw, receipt, received)
         return _answer(receipt, "signature_key does not match the notification, or a "
-                                "payment is reported without status_code 200")
+                                "payment is reported without status_code 200, or a close "
+                                "under the pending status_code 201")
 
     @post("/xendit", status_code=200, summary="Xendit callback",
           responses=NOTIFICATION.responses, operation_class=NOTIFICATION.operation,

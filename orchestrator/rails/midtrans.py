@@ -204,6 +204,10 @@ PAID_STATUS_CODE = "200"
 """The ``status_code`` of a notification that reports a payment (RAILS.md §1.5: success is
 ``status_code "200"`` with ``transaction_status`` settlement or capture)."""
 
+PENDING_STATUS_CODE = "201"
+"""The ``status_code`` of a charge still waiting for its money (RAILS.md §1.3: ``pending``; a
+card capture Midtrans challenges too). Never the code of a closed charge."""
+
 
 def verify_notification(body: Mapping[str, Any], server_key: str) -> bool:
     """Whether ``body`` may be trusted for what it says: signed with ``server_key`` and, when it
@@ -215,6 +219,11 @@ def verify_notification(body: Mapping[str, Any], server_key: str) -> bool:
     Lunas cannot read is left to the worker, which records it unreadable. A ``cancel`` is signed
     under 200 too, so a relabelled one passes here: the worker confirms a payment for an attempt
     Lunas may have cancelled with a status read (``services.provider_webhooks``).
+
+    The same holds the other way: the ``pending`` notification Midtrans sends for every new
+    charge (201) relabelled ``expire``, ``cancel`` or ``deny`` would close a live instrument in
+    Lunas, and tell the merchant its payment failed, while the charge still takes money. A
+    close is therefore never trusted under the pending code 201.
     """
     if not verify_notification_signature(body, server_key):
         return False
@@ -225,6 +234,8 @@ def verify_notification(body: Mapping[str, Any], server_key: str) -> bool:
         status = neutral_status(raw, fraud if isinstance(fraud, str) else None)
     except MidtransWireError:
         return True
+    if status in (NeutralStatus.EXPIRED, NeutralStatus.FAILED):
+        return body.get("status_code") != PENDING_STATUS_CODE
     return status is not NeutralStatus.PAID or body.get("status_code") == PAID_STATUS_CODE
 
 

@@ -1,7 +1,8 @@
 """Gateway webhooks in: store every delivery, then apply it as evidence from the outbox.
 
 Request path (``receive``): read the raw body, verify it in constant time (Midtrans
-``signature_key``, and a payment only under its signed status code 200; Xendit
+``signature_key``, a payment only under its signed status code 200, and a close never under
+the pending code 201; Xendit
 ``x-callback-token``), and store the delivery with its verification
 result and one ``provider.delivery`` outbox event in one transaction. Nothing else happens there,
 so the provider gets its answer quickly.

@@ -513,6 +513,11 @@ def test_signature_matches_the_rails_md_vector() -> None:
     ("settlement", "201", False),  # a signed pending body relabelled
     ("settlement", "407", False),  # a signed expire body relabelled
     ("capture", "201", False),
+    ("expire", "201", False),  # a signed pending body relabelled: it would close a live charge
+    ("cancel", "201", False),
+    ("deny", "201", False),
+    ("cancel", "200", True),
+    ("deny", "202", True),
     ("capture_with_a_typo", "201", True),  # unreadable: the worker says so, nothing is applied
 ])
 def test_a_notification_reports_a_payment_only_under_its_signed_status_code_200(

@@ -1356,3 +1356,31 @@ async def test_two_partial_chargebacks_of_one_payment_are_two_cases_for_what_eac
     assert (await order_state(stack, order_id)()) == "paid"
     assert sorted(await review(stack, order_id)) == [
         ("chargeback", "dispute_or_accept", 20_000), ("chargeback", "dispute_or_accept", 30_000)]
+
+
+@pytest.mark.parametrize("relabelled_as", ["expire", "cancel", "deny"])
+async def test_a_signed_pending_notification_relabelled_closed_never_closes_a_live_attempt(
+    stack: Stack, relabelled_as: str,
+) -> None:
+    """Review (rev-midtrans): the signature leaves ``transaction_status`` out, so the genuine
+    ``pending`` notification Midtrans sends when the charge is made (status code 201) rewritten
+    to ``expire``, ``cancel`` or ``deny`` keeps a valid signature. 201 is the code of a charge
+    still waiting for its money; a close under it is a lie its signed status code gives away,
+    as a payment under it is. Before: it closed the customer's live QR in Lunas and told the
+    merchant the payment failed, while the QR at Midtrans still took money."""
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    key = stack.container.settings.providers.midtrans_server_key
+    pending = midtrans_body(attempt, status="pending", code="201", txid=str(uuid.uuid4()),
+                            key=key)
+    relabelled = {**pending, "transaction_status": relabelled_as}
+    r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(relabelled))
+    assert r.status_code == 401, r.text
+    assert r.json()["code"] == "bad_signature"
+    await settled_quietly(stack, attempt.id)
+    assert (await attempt_row(stack, attempt.id)).state == "active"
+    async with stack.container.db.read() as conn:
+        told = (await conn.execute(sa.select(outbox.c.event_type).where(
+            outbox.c.aggregate_id == order_id,
+            outbox.c.event_type == "order.payment_failed"))).scalars().all()
+    assert told == []
+    assert (await order_state(stack, order_id)()) == "awaiting_payment"
