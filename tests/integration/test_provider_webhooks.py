@@ -1083,6 +1083,17 @@ async def test_the_order_api_and_the_status_page_agree_while_a_create_is_unverif
     assert await what_each_says(stack, order_id) == ("payment_failed", "payment_failed")
 
 
+async def settle_directly(stack: Stack, attempt: Any, *, evidence_key: str, kind: str) -> None:
+    """Settle ``attempt`` as a delivery or a read would (``apply_payment``), in a transaction of
+    its own: for a test that must time it against something else (behind a held lock)."""
+    now = stack.container.clock.now()
+    async with stack.container.db.transaction() as conn:
+        await apply_payment(conn, Payment(
+            attempt_id=attempt.id, amount=attempt.transfer_amount, evidence_key=evidence_key,
+            kind=kind, observed_at=now, details={}), now=now,
+            quarantine=stack.container.settings.unique_codes.quarantine)
+
+
 async def lock_waiters(stack: Stack) -> int:
     """Sessions of this database waiting for a row lock right now."""
     return int(await scalar(stack, sa.text(
@@ -1108,20 +1119,12 @@ async def test_a_close_and_a_payment_on_two_attempts_of_one_order_never_deadlock
     await relay_for(stack.container, 0.5)  # the QR's cancel, and the merchant's news
     assert ((await attempt_row(stack, qr.id)).state, gopay.state) == ("superseded", "active")
 
-    async def pay_the_qr() -> None:
-        now = stack.container.clock.now()
-        async with stack.container.db.transaction() as conn:
-            await apply_payment(conn, Payment(
-                attempt_id=qr.id, amount=qr.transfer_amount,
-                evidence_key=f"midtrans:status:{qr.id}:paid", kind="provider_status",
-                observed_at=now, details={}), now=now,
-                quarantine=stack.container.settings.unique_codes.quarantine)
-
     key = stack.container.settings.providers.midtrans_server_key
     async with stack.container.db.transaction() as hold:  # both queue behind this lock
         await hold.execute(sa.select(orders.c.id).where(orders.c.id == order_id)
                            .with_for_update())
-        paying = asyncio.create_task(pay_the_qr())
+        paying = asyncio.create_task(settle_directly(
+            stack, qr, evidence_key=f"midtrans:status:{qr.id}:paid", kind="provider_status"))
         await wait_for(lambda: lock_waiters(stack), 1)
         r = await stack.client.post("/v1/webhooks/midtrans", content=json.dumps(midtrans_body(
             gopay, status="deny", code="202", txid=f"tx-deny-{uuid.uuid4()}", key=key)))

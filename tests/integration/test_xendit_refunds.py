@@ -22,7 +22,6 @@ import sqlalchemy as sa
 
 from orchestrator.rails.base import NeutralStatus, ProviderStatus
 from orchestrator.services.reversals import apply_reversal
-from orchestrator.services.settlement import Payment, apply_payment
 from orchestrator.services.status_reads import paid_evidence_key
 from orchestrator.store.tables import (
     evidence,
@@ -41,6 +40,7 @@ from tests.integration.test_provider_webhooks import (  # noqa: F401
     review,
     run_relay,
     run_verifier,
+    settle_directly,
     settled_quietly,
     sim_post,
     stack,
@@ -425,20 +425,13 @@ async def test_a_void_applied_while_the_payment_settles_is_applied_to_the_paid_a
     void = {"event": "ewallet.void", "business_id": "b", "created": voided["updated"],
             "data": voided}
 
-    async def pay() -> None:  # the capture callback's settlement, as it would run
-        now = stack.container.clock.now()
-        async with stack.container.db.transaction() as conn:
-            await apply_payment(conn, Payment(
-                attempt_id=attempt.id, amount=attempt.transfer_amount,
-                evidence_key=paid_evidence_key("xendit", attempt.id), kind="provider_webhook",
-                observed_at=now, details={}), now=now,
-                quarantine=stack.container.settings.unique_codes.quarantine)
-
     token = stack.container.settings.providers.xendit_callback_token
     async with stack.container.db.transaction() as hold:  # both queue behind this lock
         await hold.execute(sa.select(orders.c.id).where(orders.c.id == order_id)
                            .with_for_update())
-        paying = asyncio.create_task(pay())
+        paying = asyncio.create_task(settle_directly(  # the capture's settlement
+            stack, attempt, evidence_key=paid_evidence_key("xendit", attempt.id),
+            kind="provider_webhook"))
         await wait_for(lambda: lock_waiters(stack), 1)
         r = await stack.client.post("/v1/webhooks/xendit", content=json.dumps(void),
                                     headers={"x-callback-token": token})
