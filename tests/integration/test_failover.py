@@ -530,3 +530,52 @@ async def test_an_answer_of_an_unexpected_shape_is_unknown_and_the_next_route_se
             assert states == {"ewallet": "unknown", "qris": "active"}
         finally:
             await c.close()
+
+
+async def test_a_switch_while_deferred_issuance_is_mid_call_leaves_one_live_instrument(
+    stack: Stack,
+) -> None:
+    """Regression (review): an order left ``captured`` (every VA route down, no fallback) is
+    being issued by the worker (``on_order_captured``) when the customer switches to QRIS. The
+    switch is served first and supersedes what is active (the worker's VA is still
+    ``creating``); the worker's VA is then served, and its ``finish`` (not a switch) kept it
+    ``active`` beside the QRIS: two live instruments for one order, the VA never cancelled at
+    Xendit and never shown to the customer, and a second ``order.awaiting_payment``."""
+    from orchestrator.outbox.relay import OutboxEvent
+    from orchestrator.store.tables import merchants
+
+    async with stack.container.db.transaction() as conn:
+        await conn.execute(merchants.update().where(merchants.c.id == stack.shop.merchant_id)
+                           .values(allow_fallback=False))
+    await stack.fault("xendit", kind="down")
+    await stack.fault("midtrans", kind="down")
+    r = await stack.capture()
+    assert r.status_code == 202, r.text
+    oid = r.json()["id"]
+    await clear_faults(stack)
+    await stack.fault("xendit", kind="slow", latency_ms=600)  # the worker's VA create is slow
+    async with stack.container.db.read() as conn:
+        row = (await conn.execute(sa.select(outbox).where(
+            outbox.c.aggregate_id == oid, outbox.c.event_type == "order.captured"))).one()
+    event = OutboxEvent(id=row.id, event_id=row.event_id, event_type=row.event_type,
+                        aggregate_id=row.aggregate_id, merchant_id=row.merchant_id,
+                        payload=row.payload, attempts=1, created_at=row.created_at)
+    deferred = asyncio.create_task(stack.container.gateway_jobs.on_order_captured(event))
+    await asyncio.sleep(0.25)  # the worker's VA is journalled `creating`, its call in flight
+    switched = await stack.client.post(f"/v1/orders/{oid}/payment", headers=stack.shop.headers,
+                                       json={"rail": "qris"})
+    assert switched.status_code == 201, switched.text
+    await deferred
+    async with stack.container.db.read() as conn:
+        attempts = {a.rail: a.state for a in (await conn.execute(sa.select(
+            payment_attempts.c.rail, payment_attempts.c.state).where(
+            payment_attempts.c.order_id == oid,
+            payment_attempts.c.state != "failed"))).all()}
+        told = (await conn.execute(sa.select(sa.func.count()).select_from(outbox).where(
+            outbox.c.aggregate_id == oid,
+            outbox.c.event_type == "order.awaiting_payment"))).scalar_one()
+    # The customer's choice stands; the VA nobody was shown is superseded (watched, cancelled).
+    assert attempts == {"qris": "active", "va": "superseded"}, attempts
+    assert told == 1
+    read = (await stack.client.get(f"/v1/orders/{oid}", headers=stack.shop.headers)).json()
+    assert read["payment"]["attempt_id"] == switched.json()["payment"]["attempt_id"]
