@@ -97,12 +97,14 @@ async def apply_reversal(conn: AsyncConnection, attempt: Any, status: ProviderSt
     order = (await conn.execute(sa.select(orders).where(orders.c.id == sa.select(
         payment_attempts.c.order_id).where(payment_attempts.c.id == attempt.id)
         .scalar_subquery()).with_for_update())).one()
-    # A reversal whose amount the provider does not say proves no payment of a known amount:
-    # the case asks a person, for the amount the attempt asked for.
-    amount = (await _newly_reversed(conn, attempt, reason, status.reversed_amount)
-              if status.reversed_amount is not None
-              else status.paid_amount if status.paid_amount is not None
-              else int(attempt.transfer_amount))
+    # A reversal whose amount the provider does not say is of the whole payment (Midtrans
+    # ``refund``, not ``partial_refund``), or, proving no payment of a known amount, of what the
+    # attempt asked for: less what earlier reversals of it took back already, so a full refund
+    # after a partial one asks a person about the rest, not the whole again.
+    total = (status.reversed_amount if status.reversed_amount is not None
+             else status.paid_amount if status.paid_amount is not None
+             else int(attempt.transfer_amount))
+    amount = await _newly_reversed(conn, attempt, reason, total)
     if amount <= 0:
         # Running totals only grow: this one is covered by what is recorded. Two reads of one
         # charge race (one made after the first refund, one after the second, committing in the

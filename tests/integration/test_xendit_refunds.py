@@ -444,3 +444,30 @@ async def test_a_void_applied_while_the_payment_settles_is_applied_to_the_paid_a
     assert (await order_state(stack, order_id)()) == "paid"
     assert await review(stack, order_id) == [(*REFUNDED, whole)]
     assert await merchant_told(stack, order_id) == [("refunded_at_provider", whole, "VOIDED")]
+
+
+async def test_a_whole_refund_that_does_not_say_how_much_after_a_partial_one_is_for_the_rest(
+    stack: Stack,  # noqa: F811
+) -> None:
+    """20000 of a 125000 payment went back first (its running total said so), then the rest:
+    the provider says only that the payment is refunded (Midtrans ``refund``, no amount). The
+    second case is for what is left, 105000, not the whole payment again (125000 more cases
+    than money moved). A read saying the full total later adds nothing."""
+    order_id, attempt = await paid_xendit_ewallet_order(stack)
+    async with stack.container.db.read() as conn:
+        paid = (await conn.execute(sa.select(payment_attempts).where(
+            payment_attempts.c.id == attempt.id))).one()
+    whole = int(paid.transfer_amount)
+
+    def read(total: int | None, raw: str) -> ProviderStatus:
+        return ProviderStatus(status=NeutralStatus.REFUNDED, provider_ref=paid.provider_ref,
+                              paid_amount=whole, raw_status=raw, reversed_amount=total)
+
+    for answer in (read(20_000, "PARTIALLY_REFUNDED"), read(None, "REFUNDED"),
+                   read(whole, "REFUNDED")):
+        async with stack.container.db.transaction() as conn:
+            await apply_reversal(conn, paid, answer, kind="provider_status",
+                                 details={"by": "test"}, now=datetime.now(UTC),
+                                 quarantine=timedelta(hours=1))
+    assert sorted(await reversal_evidence(stack, attempt.id)) == [20_000, whole - 20_000]
+    assert sorted(c[2] for c in await review(stack, order_id)) == [20_000, whole - 20_000]
