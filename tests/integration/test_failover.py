@@ -293,18 +293,25 @@ async def test_rails_endpoint_greys_out_what_is_down(stack: Stack) -> None:
     assert manual["available"] is True
 
 
-async def test_no_fallback_keeps_the_order_captured_and_issues_it_on_recovery(
-    stack: Stack,
-) -> None:
+async def captured_with_every_gateway_down(stack: Stack) -> dict[str, Any]:
+    """An order of a merchant who allows no fallback, captured (202) while both gateways are
+    down, so its issuance is deferred to the worker; the gateways' faults are left on."""
+    from orchestrator.store.tables import merchants
+
     async with stack.container.db.transaction() as conn:
-        from orchestrator.store.tables import merchants
         await conn.execute(merchants.update().where(merchants.c.id == stack.shop.merchant_id)
                            .values(allow_fallback=False))
     await stack.fault("xendit", kind="down")
     await stack.fault("midtrans", kind="down")
     r = await stack.capture()
     assert r.status_code == 202, r.text
-    body = r.json()
+    return dict(r.json())
+
+
+async def test_no_fallback_keeps_the_order_captured_and_issues_it_on_recovery(
+    stack: Stack,
+) -> None:
+    body = await captured_with_every_gateway_down(stack)
     assert body["status"] == "captured" and body["payment"] is None
     assert body["routing"]["served_by"] is None
     await clear_faults(stack)
@@ -542,16 +549,8 @@ async def test_a_switch_while_deferred_issuance_is_mid_call_leaves_one_live_inst
     ``active`` beside the QRIS: two live instruments for one order, the VA never cancelled at
     Xendit and never shown to the customer, and a second ``order.awaiting_payment``."""
     from orchestrator.outbox.relay import OutboxEvent
-    from orchestrator.store.tables import merchants
 
-    async with stack.container.db.transaction() as conn:
-        await conn.execute(merchants.update().where(merchants.c.id == stack.shop.merchant_id)
-                           .values(allow_fallback=False))
-    await stack.fault("xendit", kind="down")
-    await stack.fault("midtrans", kind="down")
-    r = await stack.capture()
-    assert r.status_code == 202, r.text
-    oid = r.json()["id"]
+    oid = (await captured_with_every_gateway_down(stack))["id"]
     await clear_faults(stack)
     await stack.fault("xendit", kind="slow", latency_ms=600)  # the worker's VA create is slow
     async with stack.container.db.read() as conn:
