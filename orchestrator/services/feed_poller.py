@@ -148,26 +148,21 @@ class FeedPoller:
         poll's week of lookback, a long outage, on a busy account), a day at a time. A day that
         alone lists more fails the poll (``Unavailable``): read in part and counted a success,
         the watermark would move on past its oldest items, which Moota lists last."""
-        try:
-            return await self._fetch(start, end)
-        except _TooManyPages as whole:
-            if start == end:
-                raise whole.unavailable() from None
-        items: list[MootaMutation] = []
-        unreadable: list[UnreadableItem] = []
-        day = start
-        while day <= end:
-            try:
-                got, odd = await self._fetch(day, day)
-            except _TooManyPages as one_day:
-                raise one_day.unavailable() from None
-            items.extend(got)
-            unreadable.extend(odd)
-            day += timedelta(days=1)
-        return items, unreadable
+        whole = await self._fetch(start, end)
+        if whole is not None:
+            return whole
+        days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
+        parts = [await self._fetch(day, day) for day in days] if len(days) > 1 else [None]
+        if any(part is None for part in parts):
+            raise Unavailable(f"a day of {start}..{end} lists more than {self.max_pages} pages, "
+                              "more than one poll reads", provider=PROVIDER, operation=OPERATION)
+        return ([i for part in parts if part for i in part[0]],
+                [u for part in parts if part for u in part[1]])
 
     async def _fetch(self, start: date, end: date
-                     ) -> tuple[list[MootaMutation], list[UnreadableItem]]:
+                     ) -> tuple[list[MootaMutation], list[UnreadableItem]] | None:
+        """Every item listed from ``start`` to ``end``; None if they span more than
+        ``max_pages`` pages."""
         items: list[MootaMutation] = []
         unreadable: list[UnreadableItem] = []
         page = 1
@@ -178,7 +173,7 @@ class FeedPoller:
             if page >= got.last_page or not (got.items or got.unreadable):
                 return items, unreadable
             if page >= self.max_pages:
-                raise _TooManyPages(start, end, got.last_page, self.max_pages)
+                return None
             page += 1
 
     def _export_freshness(self) -> None:
@@ -216,13 +211,3 @@ class FeedPoller:
             self._last_ok = stored
             self._export_freshness()
 
-
-class _TooManyPages(Exception):
-    def __init__(self, start: date, end: date, pages: int, most: int) -> None:
-        super().__init__(f"{start}..{end} lists {pages} pages")
-        self.start, self.end, self.pages, self.most = start, end, pages, most
-
-    def unavailable(self) -> Unavailable:
-        return Unavailable(f"the window {self.start}..{self.end} lists {self.pages} pages; more "
-                           f"than {self.most} are not read in one poll", provider=PROVIDER,
-                           operation=OPERATION)

@@ -179,7 +179,8 @@ class IssuanceService:
                 # A switch of method was served while this issuance was mid-call (the switch
                 # superseded only what was active then): the customer's choice stands, and this
                 # instrument, never shown to them, is superseded (still watched) and cancelled.
-                await _supersede(conn, [str(result.attempt_id)], now=now)
+                await _supersede(conn, payment_attempts.c.id == str(result.attempt_id),
+                                 now=now)
                 served_live = False
             if served_live and order.state == OrderState.CAPTURED.value:
                 state = next_order_state(OrderState.CAPTURED, OrderTrigger.INSTRUCTIONS_ISSUED)
@@ -265,11 +266,8 @@ async def supersede_others(conn: AsyncConnection, order_id: str, keep_attempt_id
                            now: datetime) -> list[str]:
     """Mark the order's other active attempts superseded (still watched, rule 4) and queue a
     cancel at their providers; returns their ids."""
-    ids = list((await conn.execute(sa.select(payment_attempts.c.id).where(
-        payment_attempts.c.order_id == order_id, payment_attempts.c.id != keep_attempt_id,
-        payment_attempts.c.state == AttemptState.ACTIVE.value))).scalars())
-    await _supersede(conn, ids, now=now)
-    return ids
+    return await _supersede(conn, payment_attempts.c.order_id == order_id,
+                            payment_attempts.c.id != keep_attempt_id, now=now)
 
 
 async def _another_active(conn: AsyncConnection, order_id: str, attempt_id: str) -> bool:
@@ -278,16 +276,19 @@ async def _another_active(conn: AsyncConnection, order_id: str, attempt_id: str)
         payment_attempts.c.state == AttemptState.ACTIVE.value).limit(1))).first() is not None
 
 
-async def _supersede(conn: AsyncConnection, ids: list[str], *, now: datetime) -> None:
-    if not ids:
-        return
-    rows = (await conn.execute(sa.select(payment_attempts.c.id, payment_attempts.c.rail)
-                               .where(payment_attempts.c.id.in_(ids)))).all()
+async def _supersede(conn: AsyncConnection, *which: sa.ColumnElement[bool],
+                     now: datetime) -> list[str]:
+    """The active attempts ``which`` selects, superseded, a cancel queued at their providers;
+    returns their ids."""
+    rows = (await conn.execute(
+        payment_attempts.update()
+        .where(*which, payment_attempts.c.state == AttemptState.ACTIVE.value)
+        .values(state=AttemptState.SUPERSEDED.value, updated_at=now)
+        .returning(payment_attempts.c.id, payment_attempts.c.rail))).all()
     # The order stays open, so these stay watched with their codes held until it closes.
-    await conn.execute(payment_attempts.update().where(payment_attempts.c.id.in_(ids))
-                       .values(state=AttemptState.SUPERSEDED.value, updated_at=now))
     await add_events(conn, [
         PendingEvent(event_type=events.ATTEMPT_CANCEL_REQUESTED, aggregate_id=r.id,
                      merchant_id=None, payload={"attempt_id": r.id})
         for r in rows if r.rail != Rail.MANUAL_TRANSFER.value
     ], now=now)
+    return [r.id for r in rows]

@@ -170,7 +170,7 @@ class Verifier:
         # claim would move next_check_at and make the waiting read give itself up).
         in_flight: dict[asyncio.Task[None], str] = {}
         last_housekeeping = 0.0
-        due_providers: list[str] = []  # looked up once a tick, not after every finished read
+        scheduled_providers: list[str] = []  # looked up once a tick, not after every finished read
         loop = asyncio.get_running_loop()
 
         def finished(task: asyncio.Task[None], provider: str) -> None:
@@ -186,9 +186,9 @@ class Verifier:
                         last_housekeeping = loop.time()
                         await self.forget_closed()
                         await self.release_recovered()
-                        due_providers = await self._due_providers()
+                        scheduled_providers = await self._scheduled_providers()
                     claimed = await self._claim_per_provider(
-                        due_providers, busy, exclude=set(in_flight.values()))
+                        scheduled_providers, busy, exclude=set(in_flight.values()))
                 except Exception:  # the loop must outlive a database blip; the next tick retries
                     log.exception("verification pass failed")
                 for attempt in claimed:
@@ -221,23 +221,14 @@ class Verifier:
         for provider in providers:
             room = batch - busy[provider]
             if room > batch // 4:
-                claimed += await self._claim(room, exclude=exclude, provider=provider)
+                claimed += await self._claim(room, provider, exclude=exclude)
         return claimed
 
-    async def _due_providers(self) -> list[str]:
+    async def _scheduled_providers(self) -> list[str]:
         """The providers with a read scheduled (``_SCHEDULED_PROVIDERS``); each one's claim then
         takes what of it is due, an index probe when nothing is."""
         async with self._db.read() as conn:
             return list((await conn.execute(_SCHEDULED_PROVIDERS)).scalars().all())
-
-    def _due(self, now: datetime) -> list[Any]:
-        """What makes an attempt's read due now (``_claim``)."""
-        a = payment_attempts.c
-        return [a.next_check_at <= now, a.deferred_on.is_(None),
-                sa.or_(a.state.in_(LIVE), sa.and_(
-                    a.state == AttemptState.CREATING.value,
-                    a.created_at < now - self._in_flight)),
-                a.rail != Rail.MANUAL_TRANSFER.value]
 
     async def _guarded(self, attempt: Any, gate: asyncio.Semaphore) -> None:
         async with gate:
@@ -296,9 +287,9 @@ class Verifier:
 
     # -- checks ---------------------------------------------------------------------------
 
-    async def _claim(self, limit: int, exclude: set[str] | None = None,
-                     provider: str | None = None) -> list[Any]:
-        """Due reads (of ``provider``'s attempts, if given), each marked with ``claimed_until``:
+    async def _claim(self, limit: int, provider: str, exclude: set[str] | None = None
+                     ) -> list[Any]:
+        """``provider``'s due reads, each marked with ``claimed_until``:
         the ``next_check_at`` this claim wrote, which is how the read later knows the claim is
         still its own."""
         a = payment_attempts.c
@@ -308,8 +299,11 @@ class Verifier:
             rows = (await conn.execute(
                 sa.select(payment_attempts, orders.c.state.label("order_state"))
                 .join(orders, orders.c.id == a.order_id)
-                .where(*self._due(now),
-                       *([a.provider == provider] if provider is not None else []),
+                .where(a.provider == provider, a.next_check_at <= now, a.deferred_on.is_(None),
+                       sa.or_(a.state.in_(LIVE), sa.and_(
+                           a.state == AttemptState.CREATING.value,
+                           a.created_at < now - self._in_flight)),
+                       a.rail != Rail.MANUAL_TRANSFER.value,
                        *([a.id.not_in(sorted(exclude))] if exclude else []))
                 .order_by(a.next_check_at).limit(limit)
                 .with_for_update(of=payment_attempts, skip_locked=True)
