@@ -78,7 +78,9 @@ CAPTURE = contract("merchant", body=True, request_headers=(IDEMPOTENCY_KEY,), an
     202: Answer(description="Captured and durable, but no route could issue instructions now "
                             "(state `captured`, `payment` null): Lunas issues them later and "
                             "tells the merchant (order.awaiting_payment). Do not send it again "
-                            "as a new order.",
+                            "as a new order. Also when the customer switched method while this "
+                            "request's instructions were being issued: `payment` is then the "
+                            "switch's.",
                 headers=(LOCATION, REPLAYED), body=OrderOut),
     400: problem("As for every endpoint (malformed_json, malformed_request, unstorable_text, "
                  "repeated_name), or idempotency_key_required (none, or longer than 255 "
@@ -103,7 +105,10 @@ FIND = contract("merchant", {
 SWITCH = contract("merchant", body=True, answers={
     201: Answer(description="The new instructions; the previous ones are superseded",
                 body=OrderOut),
-    404: _NOT_FOUND, 409: _NOT_NOW,
+    404: _NOT_FOUND,
+    409: problem("transition_refused, as for every change of an order; or switch_not_applied: "
+                 "the order changed (paid, cancelled, expired, or another switch won) while "
+                 "the new method was being issued, which was then withdrawn; read the order."),
     422: problem("invalid_order: the rail or channel is not offered (`field` names it)."),
     503: problem("no_route_available: no route can issue this method now; the current "
                  "instructions stay valid (`routing` says what was tried; Retry-After 30). "

@@ -165,7 +165,8 @@ class CaptureService:
             return outcome
         try:
             result = await self._issuance.issue(order, rail=rail, channel=channel)
-            body = await self._issuance.finish(order.id, result, idempotency=(merchant_id, key))
+            finished = await self._issuance.finish(order.id, result,
+                                                   idempotency=(merchant_id, key))
         except Exception:
             # The order is durable and its order.captured event will issue it later: intake
             # answers 202 with what it stored rather than an error for an order that exists.
@@ -173,10 +174,12 @@ class CaptureService:
             self._metrics.orders_captured.labels("deferred", rail.value).inc()
             body = render_order(order, None, nothing_to_pay=False)  # captured
             return CaptureOutcome(status_code=202, body=body, replayed=False)
-        served = result.served is not None
-        self._metrics.orders_captured.labels("created" if served else "deferred",
+        # Answered as stored for the key: an instrument served but no longer live (the customer
+        # switched method meanwhile) is not this request's instructions.
+        self._metrics.orders_captured.labels("created" if finished.live else "deferred",
                                              rail.value).inc()
-        return CaptureOutcome(status_code=201 if served else 202, body=body, replayed=False)
+        return CaptureOutcome(status_code=201 if finished.live else 202, body=finished.body,
+                              replayed=False)
 
     async def _write_captured(
         self, conn: AsyncConnection, merchant_id: str, key: str, fingerprint: str,

@@ -9,7 +9,7 @@ a route serves, the order moves to ``awaiting_payment`` and the merchant hears
 from __future__ import annotations
 
 import random
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.domain import events
 from orchestrator.domain.clock import Clock
-from orchestrator.domain.errors import DomainError, NotFound, TransitionRefused
+from orchestrator.domain.errors import Conflict, DomainError, NotFound, TransitionRefused
 from orchestrator.domain.ids import new_id
 from orchestrator.domain.order import AttemptState, OrderState, OrderTrigger, next_order_state
 from orchestrator.domain.verification import VerificationSchedule
@@ -157,8 +157,9 @@ class IssuanceService:
         )
 
     async def finish(self, order_id: str, result: IssueResult, *, idempotency: tuple[str, str]
-                     | None = None, switching: bool = False) -> dict[str, Any]:
-        """Record the outcome on the order (one transaction) and return its rendering.
+                     | None = None, switching: bool = False) -> Finished:
+        """Record the outcome on the order (one transaction) and return its rendering, saying
+        whether the instrument served is the live one (what a reply's status must follow).
 
         Everything is decided again under the order's row lock, because the order may have moved
         while providers were being called: an instrument served for an order that was cancelled
@@ -203,7 +204,13 @@ class IssuanceService:
                     idempotency_keys.c.merchant_id == idempotency[0],
                     idempotency_keys.c.key == idempotency[1],
                 ).values(response_status=201 if served_live else 202, response_body=body))
-        return body
+        return Finished(body=body, live=served_live)
+
+
+@dataclass(frozen=True)
+class Finished:
+    body: dict[str, Any]
+    live: bool  # the instrument this issuance served is the order's live one
 
 
 async def switch_method(service: IssuanceService, *, merchant_id: str, order_id: str,
@@ -221,8 +228,17 @@ async def switch_method(service: IssuanceService, *, merchant_id: str, order_id:
     if result.served is None:
         raise NoRouteAvailable("no route can serve this method now; the current instructions "
                                "stay valid", routing=routing_view(result))
-    body = await service.finish(order_id, result, switching=True)
-    return 201, body
+    finished = await service.finish(order_id, result, switching=True)
+    if not finished.live:
+        # The order moved while the provider was called (paid, cancelled, expired, or another
+        # switch won): the instrument served here was superseded and cancelled, never shown.
+        raise SwitchNotApplied("the order changed while the new method was being issued; its "
+                               "current state and instructions are in GET /v1/orders/{id}")
+    return 201, finished.body
+
+
+class SwitchNotApplied(Conflict):
+    code = "switch_not_applied"
 
 
 class NoRouteAvailable(DomainError):

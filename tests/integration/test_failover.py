@@ -346,6 +346,30 @@ async def test_customer_switches_method_and_the_old_instrument_is_cancelled(
     await run_relay(stack.container, until=lambda: midtrans_status(stack, old), want="cancel")
 
 
+async def test_a_switch_the_order_outran_is_refused_and_its_instrument_withdrawn(
+    stack: Stack,
+) -> None:
+    """The merchant cancelled the order while the switch's QRIS was being created: the switch
+    is refused (409 switch_not_applied), not answered 201 with instructions for a cancelled
+    order, and the QRIS served meanwhile is not left live."""
+    first = (await stack.capture("va", "bca")).json()
+    await stack.fault("midtrans", kind="slow", latency_ms=600)
+    switching = asyncio.create_task(stack.client.post(
+        f"/v1/orders/{first['id']}/payment", headers=stack.shop.headers, json={"rail": "qris"}))
+    await asyncio.sleep(0.25)  # the QRIS charge is in flight
+    cancelled = await stack.client.post(f"/v1/orders/{first['id']}/cancel",
+                                        headers=stack.shop.headers)
+    assert cancelled.status_code == 200, cancelled.text
+    switched = await switching
+    assert switched.status_code == 409, switched.text
+    assert switched.json()["code"] == "switch_not_applied"
+    async with stack.container.db.read() as conn:
+        states = dict((await conn.execute(sa.select(
+            payment_attempts.c.rail, payment_attempts.c.state).where(
+            payment_attempts.c.order_id == first["id"]))).all())
+    assert states["qris"] != "active", states
+
+
 async def test_redis_lost_mid_run_the_service_keeps_serving(
     container: Container, sims: Simulators
 ) -> None:
@@ -578,3 +602,30 @@ async def test_a_switch_while_deferred_issuance_is_mid_call_leaves_one_live_inst
     assert told == 1
     read = (await stack.client.get(f"/v1/orders/{oid}", headers=stack.shop.headers)).json()
     assert read["payment"]["attempt_id"] == switched.json()["payment"]["attempt_id"]
+
+
+async def test_a_capture_whose_instrument_lost_to_a_switch_replays_as_it_answered(
+    stack: Stack,
+) -> None:
+    """Regression (review): the checkout timed out on a slow VA create, found the order by its
+    own id and switched to QRIS. The capture's VA, served after the switch, is superseded; the
+    capture answered 201 but stored 202 for its key, so a retry of the same request was told
+    something else than the first answer."""
+    await stack.fault("xendit", kind="slow", latency_ms=600)  # the capture's VA create is slow
+    body = order_body(f"F-{uuid.uuid4().hex[:12]}", 125_000, rail="va", channel="bca")
+    headers = {**stack.shop.headers, "Idempotency-Key": str(uuid.uuid4())}
+    first = asyncio.create_task(stack.client.post("/v1/orders", json=body, headers=headers))
+    await asyncio.sleep(0.25)  # the order is durable, its VA call in flight
+    found = await stack.client.get("/v1/orders", headers=stack.shop.headers,
+                                   params={"merchant_order_id": body["merchant_order_id"]})
+    oid = found.json()["data"][0]["id"]
+    switched = await stack.client.post(f"/v1/orders/{oid}/payment", headers=stack.shop.headers,
+                                       json={"rail": "qris"})
+    assert switched.status_code == 201, switched.text
+    answered = await first
+    again = await stack.client.post("/v1/orders", json=body, headers=headers)
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert (again.status_code, again.json()) == (answered.status_code, answered.json())
+    # What the capture answered says its own instructions are not the live ones.
+    assert answered.status_code == 202, answered.text
+    assert answered.json()["payment"]["attempt_id"] == switched.json()["payment"]["attempt_id"]

@@ -148,10 +148,11 @@ async def test_an_instrument_served_after_cancel_is_superseded_not_announced(con
         await conn.execute(
             payment_attempts.update().where(payment_attempts.c.id == aid).values(state="active")
         )
-    body = await container.issuance.finish(
+    finished = await container.issuance.finish(
         oid,
         IssueResult(served=ROUTE, attempt_id=aid, hops=[Hop(route=ROUTE.key, outcome="served")]),
     )
+    body = finished.body
     async with container.db.read() as conn:
         evs = [
             r.event_type
@@ -167,6 +168,7 @@ async def test_an_instrument_served_after_cancel_is_superseded_not_announced(con
             )
         ).scalar_one()
     assert "order.awaiting_payment" not in evs
+    assert not finished.live
     assert body["status"] == "cancelled"
     assert st == "superseded"  # still watched, and a cancel at the provider is queued
     assert "attempt.cancel_requested" in [
@@ -206,9 +208,13 @@ async def test_two_concurrent_switches_leave_exactly_one_active_attempt(containe
     # Exactly one instrument stays live, and the later reply shows it (not a cancelled one).
     assert list(states.values()).count("active") == 1, states
     live = next(k for k, v in states.items() if v == "active")
-    assert r2["payment"]["attempt_id"] == live
+    # The later switch lost (its instrument was superseded by the first): not live, so its
+    # request is refused rather than answered 201 (switch_method), while the reply shows the
+    # live one.
+    assert (r1.live, r2.live) == (True, False)
+    assert r2.body["payment"]["attempt_id"] == live
     assert cancels == 1
-    assert r1["payment"]["attempt_id"] in (a, b)
+    assert r1.body["payment"]["attempt_id"] in (a, b)
 
 
 async def test_codes_of_other_attempts_return_after_the_order_is_paid(client, container):
