@@ -135,6 +135,10 @@ class Metrics:
             "unreadable, given_up (dead-lettered).",
             ["provider", "outcome"], registry=self.registry,
         )
+        # There at 0 from the start: LunasSettledReadContradicts takes the increase, and a
+        # series first scraped at 1 (a process's first contradiction) shows none.
+        for provider in ("midtrans", "xendit"):
+            self.settled_reads.labels(provider, "contradicts")
         self.verification_released = Counter(
             "lunas_verification_released_total",
             "Deferred status reads made due again because the route's breaker let calls through.",

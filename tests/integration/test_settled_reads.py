@@ -209,6 +209,51 @@ async def test_a_paid_attempt_with_nothing_reversed_is_read_on_each_gap_then_lef
 
 
 
+SETTLED = "lunas_settled_reads_total"
+
+
+def sample(exposition: bytes, name: str, **labels: str) -> float | None:
+    """One sample of a Prometheus text exposition, or None when the series is not there at all
+    (``tests.support.metric_value`` says 0 for both)."""
+    wanted = {f'{k}="{v}"' for k, v in labels.items()}
+    for line in exposition.decode().splitlines():
+        if line.startswith(name + "{"):
+            inside, value = line[len(name) + 1:].rsplit("} ", 1)
+            if set(inside.split(",")) == wanted:
+                return float(value)
+    return None
+
+
+async def test_a_provider_that_no_longer_says_paid_is_counted_for_a_person_and_moves_nothing(
+    stack: Stack,
+) -> None:
+    """Midtrans, read again after a QRIS payment it confirmed, answers that the charge expired.
+    Nothing moves (no edge leaves paid; no case, for nothing says money went back), the attempt
+    says what the read found, and the read is counted as ``contradicts`` on a series that was
+    there at 0 before it: LunasSettledReadContradicts takes its increase, which a series
+    first scraped at 1 (the process's first contradiction) would never show."""
+    before = (await stack.client.get("/metrics")).content
+    assert sample(before, SETTLED, provider="midtrans", outcome="contradicts") == 0
+    assert sample(before, SETTLED, provider="xendit", outcome="contradicts") == 0
+    order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
+    await sim_post(stack.sims.midtrans.control_url, "/pay", {"order_id": attempt.id})
+    await run_relay(stack.container, order_state(stack, order_id), "paid")
+    await sim_post(stack.sims.midtrans.control_url, "/answer", {
+        "order_id": attempt.id,
+        "fields": {"transaction_status": "expire", "status_code": "407"}})
+
+    found = await run_relay_until_read(stack, attempt.id, "settled read 1: ")
+    assert found.startswith("settled read 1: expire for a paid attempt: nothing moved; next "), (
+        found)
+    assert await order_state(stack, order_id)() == "paid"
+    assert (await attempt_row(stack, attempt.id)).state == "paid"
+    assert await review(stack, order_id) == []
+    assert await cases_told(stack, order_id) == []
+    after = (await stack.client.get("/metrics")).content
+    assert sample(after, SETTLED, provider="midtrans", outcome="contradicts") == 1
+    assert await reads_queued(stack, attempt.id, "pending") == 1  # the last read still comes
+
+
 async def test_a_refund_of_a_payment_whose_create_answer_was_lost_reaches_a_person(
     stack: Stack,
 ) -> None:
