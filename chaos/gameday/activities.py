@@ -40,6 +40,8 @@ class Session:
     rules: RulesReport | None = None
     review_reasons: dict[str, int] = field(default_factory=dict)
     reversed_orders: set[str] = field(default_factory=set)
+    contradicted: dict[str, str] = field(default_factory=dict)
+    """Paid attempt id -> order id, of payments a provider was made to deny."""
 
 
 _session: Session | None = None
@@ -275,6 +277,98 @@ def reversals_reach_people_and_merchants(within_s: float = 60) -> str:
     if moved:
         raise AssertionError(f"a possible reversal moved orders: {moved}")
     _saw(f"{len(wanted)} possible reversals: a case each, orders still paid, merchants told")
+    return "ok"
+
+
+async def _paid_and_still_to_read(stack: Stack, provider: str, count: int
+                                  ) -> list[tuple[str, str]]:
+    """(attempt id, order id) of ``count`` attempts paid at ``provider`` whose first read after
+    the payment (``attempt.settled_read``) is still to come."""
+    import sqlalchemy as sa
+
+    from orchestrator.store.tables import outbox, payment_attempts
+
+    assert stack.db is not None
+    a = payment_attempts.c
+    to_read = sa.select(outbox.c.aggregate_id).where(
+        outbox.c.event_type == "attempt.settled_read", outbox.c.status == "pending")
+    async with stack.db.read() as conn:
+        rows = await conn.execute(sa.select(a.id, a.order_id).where(
+            a.state == "paid", a.provider == provider, a.id.in_(to_read))
+            .order_by(a.id).limit(count))
+        return [(str(r.id), str(r.order_id)) for r in rows]
+
+
+def midtrans_contradicts_payments(count: int, transaction_status: str = "expire",
+                                  status_code: str = "407") -> str:
+    """Midtrans now answers the status of ``count`` payments it confirmed (settled, the orders
+    paid) as ``transaction_status`` (``expire``: 407, as it answers an expired charge), and says
+    nothing else: no notification. Only a read of the paid attempt can find it."""
+    s = _s()
+    paid = _on_loop(_paid_and_still_to_read(s.stack, "midtrans", count))
+    if len(paid) < count:
+        raise AssertionError(f"only {len(paid)} Midtrans payments with a read to come")
+    for attempt_id, _ in paid:
+        httpx.post(f"{s.stack.provider_control_url('midtrans')}/answer", json={
+            "order_id": attempt_id, "fields": {"transaction_status": transaction_status,
+                                               "status_code": status_code}},
+                   timeout=5).raise_for_status()
+    s.contradicted = dict(paid)
+    _fault(f"midtrans: says {transaction_status} for {count} payments it confirmed")
+    return f"{count} contradicted"
+
+
+async def _settled_read_notes(stack: Stack) -> dict[str, tuple[str, str, str]]:
+    """Per paid attempt a settled read noted as contradicting: (its note, its state, its
+    order's state)."""
+    import sqlalchemy as sa
+
+    from orchestrator.store.tables import orders, payment_attempts
+
+    assert stack.db is not None
+    a = payment_attempts.c
+    async with stack.db.read() as conn:
+        rows = await conn.execute(sa.select(a.id, a.last_check, a.state, orders.c.state.label(
+            "order_state")).join(orders, orders.c.id == a.order_id).where(
+            a.last_check.like("settled read %for a paid attempt: nothing moved%")))
+        return {str(r.id): (str(r.last_check), r.state, r.order_state) for r in rows}
+
+
+async def _cases_of(stack: Stack, order_ids: set[str]) -> int:
+    import sqlalchemy as sa
+
+    from orchestrator.store.tables import review_cases
+
+    assert stack.db is not None
+    async with stack.db.read() as conn:
+        return int((await conn.execute(sa.select(sa.func.count()).select_from(review_cases)
+                                       .where(review_cases.c.order_id.in_(sorted(order_ids)))
+                                       )).scalar_one())
+
+
+def contradictions_noted_and_nothing_moved(within_s: float = 60) -> str:
+    """Every contradicted payment's read noted it on the attempt, and nothing else did; each
+    attempt and its order are still paid, and no case opened (nothing says money went back)."""
+    s = _s()
+    wanted = s.contradicted
+    deadline = time.monotonic() + within_s
+    seen: dict[str, tuple[str, str, str]] = {}
+    while time.monotonic() < deadline:
+        seen = _on_loop(_settled_read_notes(s.stack))
+        if set(wanted) <= set(seen):
+            break
+        time.sleep(1)
+    if set(seen) != set(wanted):
+        raise AssertionError(f"contradicting reads: expected {sorted(wanted)}, noted {seen}")
+    moved = {i: (state, order) for i, (_, state, order) in seen.items()
+             if (state, order) != ("paid", "paid")}
+    if moved:
+        raise AssertionError(f"a contradicting read moved attempts or orders: {moved}")
+    cases = _on_loop(_cases_of(s.stack, set(wanted.values())))
+    if cases:
+        raise AssertionError(f"{cases} review cases opened for contradicted payments")
+    _saw(f"{len(wanted)} payments Midtrans now denies: noted on each attempt, attempts and "
+         "orders still paid, no case")
     return "ok"
 
 

@@ -20,7 +20,8 @@ refunded, charged back     the reversal is recorded once and opens a review case
                            ``review_case.opened`` (``services.reversals``), in the transaction that
                            queues the next read; a repeat finds it recorded and opens nothing
 anything else (pending,    nothing moves: no edge leaves ``paid``. Logged and counted
-expired, failed, unknown)  (``contradicts``) for a person to look at; the next read is queued
+expired, failed, unknown)  (``contradicts``: LunasSettledReadContradicts files a ticket) for a
+                           person to look at; the next read is queued
 no answer (breaker open,   the same read again later, never failed (the relay would retry it into
 429, pace busy, failed)    the outage and dead-letter it): after the breaker's retry time or the
                            429's pause, and at gaps doubling per try from ``retry_after_failure``
