@@ -215,6 +215,8 @@ def _order_card(r: dict[str, Any], lang: str) -> str:
     label, step = (texts[2], texts[3]) if lang == "en" else (texts[0], texts[1])
     rows = [(t("order_code", lang), r["code"]), (t("state", lang), label),
             (t("amount", lang), format_idr(r["amount"]))]
+    if r.get("transfer_amount") is not None:
+        rows.append((t("transfer_amount", lang), format_idr(r["transfer_amount"])))
     if r.get("paid_at"):
         rows.append((t("paid_at", lang), wib(r["paid_at"], lang)))
     elif r.get("expires_at"):

@@ -18,7 +18,8 @@ from redis.exceptions import RedisError
 from orchestrator.domain.clock import Clock
 from orchestrator.domain.errors import InvalidRequest, NotFound
 from orchestrator.domain.ids import new_id
-from orchestrator.domain.order import nothing_left_to_pay
+from orchestrator.domain.order import AttemptState, OrderState, nothing_left_to_pay
+from orchestrator.rails.base import Rail
 from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import iso
 from orchestrator.services.payment_failed import PAYABLE
@@ -144,9 +145,14 @@ class StatusPage:
             if row is None:
                 return None
             a = payment_attempts.c
-            next_check, payable = (await conn.execute(sa.select(
+            # The amount a bank transfer must be of (amount + unique code): the mutation is
+            # matched on it, so the bare order amount would pay nothing.
+            next_check, payable, to_transfer = (await conn.execute(sa.select(
                 sa.func.min(a.next_check_at),
-                sa.func.count().filter(a.state.in_(PAYABLE))).where(
+                sa.func.count().filter(a.state.in_(PAYABLE)),
+                sa.func.max(a.transfer_amount).filter(
+                    a.rail == Rail.MANUAL_TRANSFER.value,
+                    a.state == AttemptState.ACTIVE.value)).where(
                 a.order_id == order_id, a.state.in_((*LIVE, *PAYABLE))))).one()
         given = contact.strip()
         if "@" in given:
@@ -161,6 +167,8 @@ class StatusPage:
         # "pay as instructed" would be wrong. Decided as the order API decides it.
         state = "payment_failed" if nothing_left_to_pay(row.state, payable) else row.state
         return {"code": row.id, "state": state, "amount": int(row.amount),
+                "transfer_amount": int(to_transfer) if to_transfer is not None
+                and state == OrderState.AWAITING_PAYMENT.value else None,
                 "expires_at": row.expires_at, "paid_at": row.paid_at,
                 "next_check_at": next_check if show_check else None}
 

@@ -93,6 +93,8 @@ UI: dict[str, tuple[str, str]] = {
     "next": ("Langkah berikutnya", "What happens next"),
     "next_check": ("Pengecekan berikutnya", "Next check"),
     "amount": ("Jumlah", "Amount"),
+    "transfer_amount": ("Jumlah transfer (tepat, termasuk kode unik)",
+                        "Amount to transfer (exactly, unique code included)"),
     "deadline": ("Batas pembayaran", "Pay before"),
     "paid_at": ("Dibayar pada", "Paid at"),
     "updated": ("Diperbarui", "Updated"),

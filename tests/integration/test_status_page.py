@@ -404,6 +404,24 @@ async def test_order_lookup_shows_only_the_customers_own_order(container: Contai
         assert empty.status_code == 422
 
 
+async def test_a_bank_transfer_order_shows_the_amount_to_transfer_with_its_code(
+    container: Container,
+) -> None:
+    """A customer who lost the instructions and looks the order up must read the amount the
+    bank mutation will be matched on (amount + unique code), not the order's amount: a transfer
+    of the bare amount matches nothing, and the order expires though they paid."""
+    async with status_stack(container, run_the_worker=False, page=SLOW) as p:
+        order = await p.checkout(rail="manual_transfer", email="siti@example.co.id")
+        payment = order["payment"]
+        assert payment["transfer_amount"] == order["amount"] + payment["unique_code"]
+        for lang, said in (("", "Jumlah transfer"), ("?lang=en", "Amount to transfer")):
+            r = await p.client.post(f"/status/orders{lang}", data={
+                "code": order["id"], "contact": "siti@example.co.id"})
+            assert r.status_code == 200, r.text
+            assert said in r.text
+            assert payment["display"]["transfer_amount"] in r.text, r.text
+
+
 async def test_order_lookups_are_rate_limited(container: Container) -> None:
     page = replace(SLOW, lookups_per_client=3, lookups_per_order=100)
     async with status_stack(container, run_the_worker=False, page=page,
