@@ -96,7 +96,8 @@ class UniqueCodeSettings:
     codes: UniqueCodeRange = field(default_factory=lambda: UniqueCodeRange(low=1, high=999))
     quarantine: timedelta = timedelta(hours=1)
     """How long a closed attempt keeps its transfer amount before it returns to the pool, so a
-    late transfer of the old amount is recognised as late instead of paying a new order."""
+    late transfer of the old amount is recognised as late instead of paying a new order; the
+    amount returns only once the WIB day this ends in is over (``expiry.release_cutoff``)."""
     allocation_tries: int = 8
 
 

@@ -1,19 +1,22 @@
 """Deadlines: unpaid orders expire at ``expires_at``; held transfer amounts return to the pool
-after their quarantine. Run by every worker; ``SKIP LOCKED`` lets several share the sweep."""
+after their quarantine, once its WIB day is over. Run by every worker; ``SKIP LOCKED`` lets
+several share the sweep."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.domain import events
+from orchestrator.domain.clock import WIB
 from orchestrator.domain.order import AttemptState, OrderState, RecommendedAction, ReviewReason
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails.base import Rail
+from orchestrator.reconciliation.matcher import BANK_CLOCK_SKEW
 from orchestrator.services.order_view import event_payload, iso
 from orchestrator.services.orders import close_attempts
 from orchestrator.services.settlement import (
@@ -307,14 +310,25 @@ async def _expire(conn: AsyncConnection, due: list[Any], *, now: datetime,
     ], now=now)
 
 
+def release_cutoff(now: datetime) -> datetime:
+    """An amount whose quarantine ended before this returns to the pool: the start of the WIB
+    day ``now`` falls in, less the bank's clock skew. A statement that dates its lines by day
+    only (00:00 WIB) lets a line pay any attempt of its day (``matcher.window_opens``), so an
+    amount given out again on the day a late transfer of it was made would be settled by that
+    transfer; the attempt that held it stays the one such a line finds until its day is over."""
+    today = datetime.combine((now - BANK_CLOCK_SKEW).astimezone(WIB).date(), time(0),
+                             tzinfo=WIB)
+    return today.astimezone(UTC)
+
+
 async def release_quarantined_codes(db: Database, *, now: datetime) -> int:
-    """Return to the pool the transfer amounts whose quarantine has ended. Rows another
-    transaction holds are passed by (``SKIP LOCKED``) and released on a later sweep: a late
-    payment being applied to one of them locks its order and then its attempts, and a release
-    waiting on it while holding other attempts of that order deadlocked with it, which ended a
-    statement import whole."""
+    """Return to the pool the transfer amounts whose quarantine ended on an earlier WIB day
+    (``release_cutoff``). Rows another transaction holds are passed by (``SKIP LOCKED``) and
+    released on a later sweep: a late payment being applied to one of them locks its order and
+    then its attempts, and a release waiting on it while holding other attempts of that order
+    deadlocked with it, which ended a statement import whole."""
     a = payment_attempts.c
-    due = sa.select(a.id).where(a.holds_code, a.code_held_until <= now)
+    due = sa.select(a.id).where(a.holds_code, a.code_held_until < release_cutoff(now))
     if not db.is_sqlite:  # SQLite serialises writers instead
         due = due.with_for_update(skip_locked=True)
     async with db.transaction() as conn:
