@@ -23,7 +23,10 @@ MATCH = contract("ops", body=True, answers={
     201: Answer(description="The settlement the match made"),
     404: problem("No such mutation, or no such order with a payment attempt (not_found)."),
     409: problem("already_matched: the mutation is matched already, or is a debit; "
-                 "transition_refused: the order cannot take the payment."),
+                 "transition_refused: the order cannot take the payment; likely_duplicate: "
+                 "another source's copy of the same credit paid the order (the mutation is "
+                 "kept as a likely duplicate with a case; match it again for a second "
+                 "payment)."),
     422: problem("not_the_merchants_account: the credit is on an account the order's "
                  "merchant does not own.")})
 UNREADABLE = contract("ops", {200: _PAGE, 404: _AFTER})

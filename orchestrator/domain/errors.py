@@ -9,7 +9,8 @@
     ├── Conflict
     │   ├── IdempotencyKeyReused   same Idempotency-Key, different body
     │   ├── DuplicateMerchantOrder merchant_order_id already used by another order
-    │   └── AlreadyMatched         mutation or order already settled by something else
+    │   ├── AlreadyMatched         mutation or order already settled by something else
+    │   └── LikelyDuplicate        a manual match of a credit whose other copy paid the order
     ├── UniqueCodesExhausted       every transfer amount in the code range is held on every account
     ├── NoPayoutAccount            merchant has no destination account for manual transfer
     ├── NotTheMerchantsAccount     a credit on one merchant's account offered for another's order
@@ -77,6 +78,15 @@ class DuplicateMerchantOrder(Conflict):
 
 class AlreadyMatched(Conflict):
     code = "already_matched"
+
+
+class LikelyDuplicate(Conflict):
+    """A person matched a credit to an order another source's copy of the same credit had just
+    paid: the money arrived once, so it is not a second payment to refund. The credit is kept
+    as a likely duplicate with a case beside the order; matched again, it is taken as the
+    second transfer the person says it is."""
+
+    code = "likely_duplicate"
 
 
 class UniqueCodesExhausted(DomainError):

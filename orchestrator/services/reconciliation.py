@@ -35,6 +35,7 @@ from orchestrator.domain import events
 from orchestrator.domain.clock import WIB, Clock
 from orchestrator.domain.errors import (
     AlreadyMatched,
+    LikelyDuplicate,
     NotFound,
     NotTheMerchantsAccount,
     StatementRejected,
@@ -92,6 +93,7 @@ from orchestrator.store.tables import (
     orders,
     payment_attempts,
     payout_accounts,
+    review_cases,
     statements,
 )
 from orchestrator.telemetry.metrics import Metrics
@@ -522,7 +524,7 @@ class ReconciliationService:
             report.ambiguous += 1
             await _set_match_state(conn, mutation_id, MatchKind.AMBIGUOUS.value)
         elif await self._seen_from_another_source(conn, mutation_id, decision.attempt_id,
-                                                  item, now=now):
+                                                  item, now=now) is not None:
             report.ambiguous += 1
             report.needs_review += 1
             return MatchKind.AMBIGUOUS
@@ -628,12 +630,14 @@ class ReconciliationService:
             report.needs_review += 1
 
     async def _seen_from_another_source(
-        self, conn: AsyncConnection, mutation_id: str, attempt_id: str | None,
-        item: IncomingMutation, *, now: datetime,
-    ) -> bool:
+        self, conn: AsyncConnection, mutation_id: str, attempt_id: str | None, item: Any, *,
+        now: datetime,
+    ) -> Any | None:
         """The same credit, already matched from the other source (a Moota push and then the
         bank's file, or the reverse), has its own fingerprint: same account, amount and WIB day.
-        Settling it again would recommend refunding money paid once, so a person decides.
+        Settling it again would recommend refunding money paid once, so a person decides: this
+        copy is marked a likely duplicate beside a case, and the other copy returned (None when
+        there is none). ``item`` is an incoming mutation or a stored one (a manual match).
 
         The order is locked before its mutations are read (``apply_payment`` locks it again, a
         no-op): read unlocked, another source's copy settling the order meanwhile was not seen,
@@ -657,12 +661,12 @@ class ReconciliationService:
                      and m.account_number == item.account_number
                      and m.posted_at.astimezone(WIB).date() == day), None)
         if twin is None:
-            return False
+            return None
         await _set_match_state(conn, mutation_id, LIKELY_DUPLICATE)
         await open_review_case(conn, order, ReviewReason.POSSIBLE_DUPLICATE.value,
                                RecommendedAction.MATCH_MANUALLY.value, item.amount, mutation_id,
                                now=now)
-        return True
+        return twin
 
     async def _settle(
         self, conn: AsyncConnection, mutation_id: str, attempt_id: str, item: Any, *,
@@ -727,12 +731,31 @@ class ReconciliationService:
             )).scalar_one_or_none()
             if attempt_id is None:
                 raise NotFound(f"no order {order_id} with a payment attempt")
-            result = await self._settle(conn, mutation_id, attempt_id, mutation, actor=actor,
-                                        now=now)
-            await record_audit(conn, actor=actor, action="mutation.matched_manually",
-                               subject_type="mutation", subject_id=mutation_id, reason=reason,
-                               details={"order_id": order_id, "verdict": str(result.verdict),
-                                        "order_state": result.order_state}, now=now)
+            twin = None
+            if not await _told_it_may_be_a_duplicate(conn, mutation_id, order_id):
+                twin = await self._seen_from_another_source(conn, mutation_id, attempt_id,
+                                                            mutation, now=now)
+            if twin is not None:
+                await record_audit(conn, actor=actor, action="mutation.likely_duplicate",
+                                   subject_type="mutation", subject_id=mutation_id,
+                                   reason=reason, details={"order_id": order_id,
+                                                           "paid_by_mutation_id": twin.id},
+                                   now=now)
+            else:
+                result = await self._settle(conn, mutation_id, attempt_id, mutation,
+                                            actor=actor, now=now)
+                await record_audit(conn, actor=actor, action="mutation.matched_manually",
+                                   subject_type="mutation", subject_id=mutation_id,
+                                   reason=reason, details={
+                                       "order_id": order_id, "verdict": str(result.verdict),
+                                       "order_state": result.order_state}, now=now)
+        if twin is not None:  # raised once the likely duplicate and its case are committed
+            raise LikelyDuplicate(
+                f"order {order_id} is paid by mutation {twin.id} ({twin.source}), a credit of "
+                f"the same amount on the same account and day: the same money seen by another "
+                f"source, so mutation {mutation_id} is kept as a likely duplicate with a "
+                f"possible_duplicate case on the order, not matched. If the bank's statement "
+                f"shows two transfers, match it again: it becomes a second payment")
         return {"mutation_id": mutation_id, "order_id": order_id, "order_status":
                 result.order_state, "verdict": str(result.verdict),
                 "review_case_id": result.review_case_id, "matched_by": actor,
@@ -1131,6 +1154,17 @@ async def _check_the_merchants_account(conn: AsyncConnection, mutation: Any, ord
             f"mutation {mutation.id} is a credit on {mutation.bank.upper()} "
             f"{mutation.account_number}, which is not a payout account of the merchant of order "
             f"{order_id}; money on another account cannot pay this order")
+
+
+async def _told_it_may_be_a_duplicate(conn: AsyncConnection, mutation_id: str, order_id: str
+                                      ) -> bool:
+    """Whether this credit was found, and shown to people, as a likely duplicate of a payment
+    of this order: a person matching it then has seen the other copy and means a second
+    payment."""
+    r = review_cases.c
+    return bool((await conn.execute(sa.select(sa.exists().where(
+        r.order_id == order_id, r.mutation_id == mutation_id,
+        r.reason == ReviewReason.POSSIBLE_DUPLICATE.value)))).scalar_one())
 
 
 async def _set_match_state(conn: AsyncConnection, mutation_id: str, state: str) -> None:

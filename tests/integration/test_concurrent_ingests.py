@@ -19,6 +19,7 @@ import httpx
 import sqlalchemy as sa
 
 from orchestrator.bootstrap import Container
+from orchestrator.domain.errors import LikelyDuplicate
 from orchestrator.domain.ids import new_id
 from orchestrator.reconciliation.fingerprint import fingerprint_moota
 from orchestrator.reconciliation.moota import parse_moota_push
@@ -373,3 +374,47 @@ def _ingested(c: Container, source: str) -> float:
 def _statement_retries(c: Container) -> float:
     return c.metrics.registry.get_sample_value(
         "lunas_mutation_ingests_retried_total", {"source": "statement"}) or 0.0
+
+
+async def test_a_person_matching_one_copy_of_a_credit_while_an_import_matches_another_pays_once(
+    client: httpx.AsyncClient, container: Container,
+) -> None:
+    """A person matches the Moota copy of a credit (waiting for them: it names another order
+    too) to the order it pays, while a statement import matches the bank's own copy to the same
+    order. Whichever commits first, the order is paid once and the other copy is a possible
+    duplicate; before the fix, every round the import won made the manual match a second
+    payment, with a refund recommended for money received once."""
+    m = await new_merchant(container)
+    wrong: list[tuple[str, list[str], list[str]]] = []
+    failed: list[BaseException] = []
+    placed: list[str] = []
+    for n in range(20):
+        order, other = await capture(client, m), await capture(client, m)
+        placed += [order["id"], other["id"]]
+        pay = order["payment"]["transfer_amount"]
+        [item] = _items(m.account_number, [pay])
+        item["description"] = f"TRSF E-BANKING CR {other['id']} ANDI"
+        assert (await container.reconciliation.ingest_push(
+            json.dumps([item]).encode())).ambiguous == 1
+        async with container.db.read() as conn:
+            copy = (await conn.execute(sa.select(mutations.c.id).where(
+                mutations.c.fingerprint == fingerprint_moota(item["mutation_id"])))).scalar_one()
+        # From before the import to well after it: both orders and the lock waits between.
+        match_delay, statement_delay = n * 0.006, 0.0
+        matched, imported = await asyncio.gather(
+            _after(match_delay, container.reconciliation.manual_match(
+                mutation_id=copy, order_id=order["id"], actor="ops:test", reason="proof")),
+            _after(statement_delay, container.reconciliation.import_statement(
+                bank="bca", account_number=m.account_number,
+                data=_statement(m.account_number, [pay]), filename=None, actor="ops:test")),
+            return_exceptions=True)
+        if isinstance(matched, LikelyDuplicate):
+            matched = None
+        if _failed(failed, matched, imported):
+            continue
+        verdicts, cases = await _verdicts_and_cases(container, order["id"])
+        if (verdicts, cases) != (["settle"], ["possible_duplicate"]):
+            wrong.append((order["id"], verdicts, cases))
+    assert not failed, f"{len(failed)} of 20 rounds raised: {failed[0]!r}"
+    assert not wrong, f"{len(wrong)}/20 rounds counted one credit twice, e.g. {wrong[:2]}"
+    await assert_rules_of_state(container.db, placed, settled=False)

@@ -524,3 +524,46 @@ async def test_a_push_that_does_not_say_which_bank_of_two_is_set_aside_not_guess
     closed = (await client.get("/v1/reconciliation/unreadable", headers=ops, params={
         "status": "read", "limit": "1000"})).json()["data"]
     assert aside["id"] in {i["id"] for i in closed}
+
+
+async def test_a_person_matching_the_copy_of_a_credit_an_import_just_matched_is_told_so(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """The Moota copy of a transfer holds one order's amount and names another in its
+    description, so it waits for a person; the bank's file, naming none, pays the order
+    meanwhile with its own copy (another fingerprint). The person, deciding on what they saw,
+    matched the Moota copy to the order: a `second_payment` case recommended refunding money
+    received once. It is the existing duplicate rule's possible duplicate, and the match is
+    refused saying so; matched again, knowingly, it is a second payment."""
+    m = await new_merchant(container)
+    order, other = await capture(client, m), await capture(client, m)
+    pay = order["payment"]["transfer_amount"]
+    item = moota_item(m.account_number, pay, description=f"TRSF E-BANKING CR {other['id']} ANDI")
+    assert (await container.reconciliation.ingest_push(json.dumps([item]).encode())).ambiguous == 1
+    [seen] = (await client.get("/v1/reconciliation/unmatched", headers=ops, params={
+        "account_number": m.account_number})).json()["data"]
+    imported = (await upload(client, ops, m, bca_statement(
+        m.account_number, [(now(), f"TRSF E-BANKING CR {pay}.00 ANDI", pay, "CR")]))).json()
+    assert imported["matched"] == 1
+    [paid_by] = await rows(container, sa.select(mutations.c.id).where(
+        mutations.c.order_id == order["id"], mutations.c.source == "statement"))
+
+    r = await client.post("/v1/reconciliation/matches", headers=ops, json={
+        "mutation_id": seen["id"], "order_id": order["id"], "reason": "customer sent proof"})
+    assert r.status_code == 409, r.text
+    assert r.json()["code"] == "likely_duplicate"
+    assert paid_by.id in r.json()["detail"]
+    [copy] = await rows(container, sa.select(mutations.c.match_state).where(
+        mutations.c.id == seen["id"]))
+    assert copy.match_state == "likely_duplicate"
+    cases = await rows(container, sa.select(review_cases.c.reason, review_cases.c.mutation_id)
+                       .where(review_cases.c.order_id == order["id"]))
+    assert [tuple(c) for c in cases] == [("possible_duplicate", seen["id"])]
+    assert [v for (v,) in await rows(container, sa.select(evidence.c.verdict).where(
+        evidence.c.order_id == order["id"]))] == ["settle"]
+
+    knowingly = await client.post("/v1/reconciliation/matches", headers=ops, json={
+        "mutation_id": seen["id"], "order_id": order["id"],
+        "reason": "two transfers on the bank's statement: a second payment"})
+    assert knowingly.status_code == 201, knowingly.text
+    assert knowingly.json()["verdict"] == "second_payment"
