@@ -43,8 +43,9 @@ class MootaMutation:
     """One pushed mutation. ``mutation_id`` is Moota's own dedupe key; ``posted_at`` is aware
     UTC (Moota's ``date`` is WIB, often ``00:00:00`` when the bank gives a date only).
 
-    ``account_number`` is as Moota sent it; one payload shape sends it as a JSON number, which
-    has already lost any leading zero, so compare it digits-only and with care.
+    ``account_number`` is as Moota sent it; one payload shape sends it as a JSON number
+    (``account_sent_as_number``), which has already lost any leading zero: the ingest reads
+    such an item only where the number can stand for one payout account alone.
 
     ``bank_id`` is Moota's opaque id of the account it watches, not a bank; the bank is named
     only by the nested account's ``bank.bank_type`` (``bank_type`` here), which a webhook may
@@ -61,6 +62,7 @@ class MootaMutation:
     description: str
     balance: int | None
     bank_type: str | None = None
+    account_sent_as_number: bool = False
 
 
 MOOTA_BANK_TYPES = {
@@ -215,6 +217,7 @@ def parse_moota_item(item: object, *, index: int) -> MootaMutation:
         description=_description(item),
         balance=_balance(item.get("balance"), index),
         bank_type=_bank_type(item),
+        account_sent_as_number=isinstance(item["account_number"], int),
     )
 
 

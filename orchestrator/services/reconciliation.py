@@ -271,11 +271,14 @@ class ReconciliationService:
         """Book each item to its bank (``_moota_banks``), set aside those whose bank cannot be
         told, and store and match the rest (``_ingest_moota_stored``)."""
         banks = await self._moota_banks(items)
+        readings = await self._numbers_read_as(items)
         booked: list[tuple[MootaMutation, str]] = []
         aside: list[UnreadableItem] = []
         for m in items:
             bank = banks[m.mutation_id]
-            if isinstance(bank, str):
+            if m.account_sent_as_number and readings.get(m.account_number) != {m.account_number}:
+                aside.append(_zeros_lost(m, readings.get(m.account_number, set())))
+            elif isinstance(bank, str):
                 booked.append((m, bank))
             else:
                 aside.append(_bank_untold(m, bank))
@@ -283,6 +286,29 @@ class ReconciliationService:
         report = await self._ingest_moota_stored(booked, source=source)
         report.parsed, report.unreadable = len(items), len(aside)
         return report
+
+    async def _numbers_read_as(self, items: Sequence[MootaMutation]) -> dict[str, set[str]]:
+        """Per account number Moota sent as a JSON number, the payout account numbers it may
+        stand for: those that are the number once their leading zeros are dropped.
+
+        A JSON number keeps no leading zero, so 123456789 may be account 0123456789. The
+        number is read as it is only when it is exactly one payout account's number and no
+        other's with zeros before it (BCA's numbers are all 10 digits, so no BCA account is
+        both): then it names the same account a string would, and the bank is told as for a
+        string. Anything else is set aside for a person: booked as it came, the money was
+        stored under no payout account and matched nothing with nobody told; padded to a
+        guessed length, it could pay an order with money on another account."""
+        numbers = {m.account_number for m in items if m.account_sent_as_number}
+        if not numbers:
+            return {}
+        p = payout_accounts.c
+        short = sa.func.ltrim(p.account_number, "0")
+        async with self._db.read() as conn:
+            found = await conn.execute(sa.select(short, p.account_number).distinct().where(
+                short.in_(sorted({n.lstrip("0") for n in numbers}))))
+            accounts = [(str(s), str(n)) for s, n in found]
+        return {number: {n for s, n in accounts if s == number.lstrip("0")}
+                for number in numbers}
 
     async def _moota_banks(self, items: Sequence[MootaMutation]
                            ) -> dict[str, str | frozenset[str]]:
@@ -1172,16 +1198,33 @@ async def _set_match_state(conn: AsyncConnection, mutation_id: str, state: str) 
                        .values(match_state=state))
 
 
+def _as_received(m: MootaMutation) -> dict[str, object]:
+    """A Moota item as kept for a person: its fields as Moota names them."""
+    return {"mutation_id": m.mutation_id, "bank_id": m.bank_id,
+            "account_number": int(m.account_number) if m.account_sent_as_number
+            else m.account_number,
+            "date": m.posted_at.astimezone(WIB).strftime("%Y-%m-%d %H:%M:%S"),
+            "amount": str(m.amount), "type": m.direction, "description": m.description,
+            "balance": None if m.balance is None else str(m.balance)}
+
+
+def _zeros_lost(m: MootaMutation, accounts: set[str]) -> UnreadableItem:
+    """A Moota item whose account number came as a JSON number that names no one payout
+    account (``_numbers_read_as``), as kept for a person; not stored, as ``_bank_untold``."""
+    why = (f"{len(accounts)} payout account numbers read as it" if len(accounts) > 1 else
+           "no payout account has exactly this number")
+    return unreadable_item(_as_received(m), (
+        f"account_number came as a JSON number, which keeps no leading zero (ending "
+        f"{m.account_number[-4:]}), and {why}; set aside rather than guessed: find the "
+        "transfer on the statement of the account it reached"))
+
+
 def _bank_untold(m: MootaMutation, banks: frozenset[str]) -> UnreadableItem:
     """A Moota item whose account number is a payout account at several ``banks`` and that
     does not say which, as kept for a person. Not stored as a mutation: its Moota id would then
     make a later listing that names the bank a duplicate, never matched; kept aside, that
     listing is stored and matched as usual and closes the item."""
-    fields = {"mutation_id": m.mutation_id, "bank_id": m.bank_id,
-              "account_number": m.account_number,
-              "date": m.posted_at.astimezone(WIB).strftime("%Y-%m-%d %H:%M:%S"),
-              "amount": str(m.amount), "type": m.direction, "description": m.description,
-              "balance": None if m.balance is None else str(m.balance)}
+    fields = _as_received(m)
     named = " and ".join(b.upper() for b in sorted(banks))
     return unreadable_item(fields, (
         f"account number ending {m.account_number[-4:]} is a payout account at {named}, and "

@@ -567,3 +567,55 @@ async def test_a_person_matching_the_copy_of_a_credit_an_import_just_matched_is_
         "reason": "two transfers on the bank's statement: a second payment"})
     assert knowingly.status_code == 201, knowingly.text
     assert knowingly.json()["verdict"] == "second_payment"
+
+
+async def merchant_with_account(container: Container, number: str) -> ShopFixture:
+    from orchestrator.store.merchants import create_merchant
+
+    async with container.db.transaction() as conn:
+        made = await create_merchant(conn, name="Toko Uji", webhook_url=None,
+                                     accounts=[("bca", number, "TOKO UJI")], now=now())
+    return ShopFixture(made.merchant_id, made.api_key, made.webhook_secret, "bca", number)
+
+
+async def test_a_push_whose_account_number_is_a_json_number_is_read_only_if_it_is_one_account(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """A JSON number keeps no leading zero: account 0123456789 arrived as 123456789 and was
+    stored under no payout account, matching nothing, with nobody told. Such an item is set
+    aside for a person, saying why, unless the number is exactly the number of a payout account
+    and no other payout account's number reads as it once its leading zeros are lost."""
+    from tests.support import signed_push
+
+    async def unreadable(ref: str) -> list[dict[str, Any]]:
+        listed = (await client.get("/v1/reconciliation/unreadable", headers=ops,
+                                   params={"limit": "1000"})).json()["data"]
+        return [i for i in listed if i["mutation_ref"] == ref]
+
+    nine = account_number()[:9]
+    zero = await merchant_with_account(container, "0" + nine)
+    order = await capture(client, zero)
+    item = moota_item(zero.account_number, order["payment"]["transfer_amount"],
+                      account_number=int(zero.account_number))
+    r = await signed_push(client, container, [item])
+    assert (r.json()["new"], r.json()["matched"], r.json()["unreadable"]) == (0, 0, 1), r.text
+    assert await stored_banks(container, nine) == []
+    [aside] = await unreadable(item["mutation_id"])
+    assert "JSON number" in aside["problem"] and f'"account_number": {nine}' in aside["raw_item"]
+    assert (await client.get(f"/v1/orders/{order['id']}", headers=zero.headers)).json()[
+        "status"] == "awaiting_payment"
+
+    exact = await merchant_with_account(container, "1" + nine)
+    order = await capture(client, exact)
+    pay = order["payment"]["transfer_amount"]
+    r = await signed_push(client, container, [
+        moota_item(exact.account_number, pay, account_number=int(exact.account_number))])
+    assert (r.json()["matched"], r.json()["unreadable"]) == (1, 0), r.text
+
+    await merchant_with_account(container, "0" + exact.account_number)  # 11 digits at BCA
+    order = await capture(client, exact)
+    item = moota_item(exact.account_number, order["payment"]["transfer_amount"],
+                      account_number=int(exact.account_number))
+    r = await signed_push(client, container, [item])
+    assert (r.json()["new"], r.json()["unreadable"]) == (0, 1), r.text
+    assert len(await unreadable(item["mutation_id"])) == 1

@@ -131,11 +131,15 @@ def test_a_json_number_amount_keeps_its_exact_value() -> None:
 
 
 def test_account_number_may_be_a_json_number_and_other_fields_optional() -> None:
+    """Read, and said to be a number: any leading zero is lost, which the ingest weighs
+    against the payout accounts it knows."""
     parsed = parse_moota_push(
         push(item(account_number=123456789, balance=None, description=None, type="db"))
     ).mutations[0]
     assert (parsed.account_number, parsed.balance, parsed.description) == ("123456789", None, "")
     assert parsed.direction == "DB"
+    assert parsed.account_sent_as_number
+    assert not parse_moota_push(push(item())).mutations[0].account_sent_as_number
 
 
 @pytest.mark.parametrize(("balance", "rupiah"), [
