@@ -87,12 +87,20 @@ async def _retire_live_attempts(conn: AsyncConnection, order_id: str, *, now: da
                                 quarantine: timedelta) -> None:
     """The order left review: its instruments still active are retired (superseded), not
     expired, so the verifier goes on reading them (an ``expire`` decided on a source's word
-    may meet a payment whose webhook was lost) and money on them still reaches a person."""
+    may meet a payment whose webhook was lost) and money on them still reaches a person.
+    A transfer amount held with no end (its attempt superseded by a switch of method while the
+    order was open) starts its quarantine now too, as when settlement or the sweep closes the
+    order: held for ever, it never returned to the pool and matched every later credit of it
+    to this order."""
     a = payment_attempts.c
     active = (await conn.execute(sa.select(a.id).where(
         a.order_id == order_id, a.state == AttemptState.ACTIVE.value))).scalars().all()
     if active:
         await retire_attempts(conn, list(active), now=now, quarantine=quarantine)
+    await conn.execute(payment_attempts.update().where(
+        a.order_id == order_id, a.holds_code, a.code_held_until.is_(None)).values(
+        closed_at=sa.func.coalesce(a.closed_at, sa.literal(now, a.closed_at.type)),
+        code_held_until=now + quarantine))
 
 
 MAX_NOTE = 2000

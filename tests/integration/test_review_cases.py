@@ -19,7 +19,7 @@ from orchestrator.services.reviews import resolve_case
 from orchestrator.store.tables import audit_log, orders, outbox, review_cases
 from tests.e2e.test_checkout_to_webhook import LUNAS
 from tests.integration.test_reconciliation import capture, upload
-from tests.support import ShopFixture, bca_statement, new_merchant, new_ops_token
+from tests.support import ShopFixture, bca_statement, eventually, new_merchant, new_ops_token
 
 
 @pytest.fixture(scope="module")
@@ -204,3 +204,40 @@ async def test_a_resolution_waits_for_a_settlement_holding_the_order_and_never_d
         await asyncio.sleep(1.5)  # past PostgreSQL's deadlock_timeout (1 s)
     resolved = await asyncio.wait_for(resolving, 10)
     assert (resolved["state"], resolved["resolution"]) == ("resolved", "refund")
+
+
+async def test_a_transfer_code_left_behind_by_a_switch_returns_to_the_pool_after_a_decision(
+    container: Container,
+) -> None:
+    """The customer switched from a bank transfer to QRIS (the transfer's amount stays held
+    while the order is open); QRIS could not be read until its window ran out, and a person
+    expired the order. The held amount must start its quarantine and then return to the pool,
+    as when the sweep expires an order: held for ever, no other order on the account could be
+    given that amount, and any credit of it would match this order for good."""
+    from tests.integration.test_deferred_verification import run_out_the_window, shop
+
+    async with shop(container) as s:
+        placed = await s.checkout(rail="manual_transfer")
+        r = await s.client.post(f"/v1/orders/{placed['id']}/payment", json={"rail": "qris"},
+                                headers=s.merchant.headers)
+        assert r.status_code == 201, r.text
+        [transfer] = [a for a in await s.attempts(placed["id"]) if a.rail == "manual_transfer"]
+        assert (transfer.state, transfer.holds_code) == ("superseded", True)
+        await run_out_the_window(s, [placed["id"]])
+        ops = {"Authorization": f"Bearer {await new_ops_token(s.container)}"}
+        case = await open_case(s.client, ops, placed["id"])
+        assert case["reason"] == "verification_window_exhausted"
+        r = await s.client.post(f"/v1/reviews/{case['id']}/resolve", headers=ops, json={
+            "action": "expire", "note": "Midtrans dashboard: QR never paid"})
+        assert r.status_code == 200, r.text
+        [transfer] = [a for a in await s.attempts(placed["id"]) if a.rail == "manual_transfer"]
+        assert transfer.code_held_until is not None, "the amount is held with no end"
+        # Past the quarantine and the WIB day it ends in (expiry.release_cutoff).
+        s.clock.advance(s.container.settings.unique_codes.quarantine + timedelta(days=1,
+                                                                               minutes=10))
+
+        async def released() -> bool:
+            return not next(a for a in await s.attempts(placed["id"])
+                            if a.rail == "manual_transfer").holds_code
+
+        await eventually(released, 10, "the transfer amount back in the pool")
