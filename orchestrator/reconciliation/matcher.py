@@ -51,6 +51,9 @@ LIKELY_DUPLICATE = "likely_duplicate"  # fits mutations.match_state (16)
 """A mutation's match state when the same credit was already matched from another source."""
 FOR_PEOPLE = (MatchKind.UNMATCHED.value, MatchKind.AMBIGUOUS.value, LIKELY_DUPLICATE)
 """Mutation states a person resolves: listed as unmatched, and open to a manual match."""
+DECIDED_IN_CASE = "decided_in_case"  # fits mutations.match_state (16)
+"""A mutation's match state once a person resolved the review case that holds it (a possible
+duplicate): the decision about its money is made there, so it is never matched again."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -78,6 +78,7 @@ from orchestrator.reconciliation.moota import (
 from orchestrator.reconciliation.statements import StatementRows, read_statement
 from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import idr_sql, iso, iso_sql, wib, wib_sql
+from orchestrator.services.reviews import close_cases_of_credit
 from orchestrator.services.settlement import Payment, apply_payment, open_review_case
 from orchestrator.services.unreadable_feed_items import MOOTA, UnreadableFeedItems
 from orchestrator.store import keyset
@@ -770,6 +771,9 @@ class ReconciliationService:
             else:
                 result = await self._settle(conn, mutation_id, attempt_id, mutation,
                                             actor=actor, now=now)
+                await add_events(conn, await close_cases_of_credit(
+                    conn, mutation_id, actor=actor, note=reason, now=now,
+                    opened_by_match=result.review_case_id), now=now)
                 await record_audit(conn, actor=actor, action="mutation.matched_manually",
                                    subject_type="mutation", subject_id=mutation_id,
                                    reason=reason, details={

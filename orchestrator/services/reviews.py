@@ -32,12 +32,13 @@ from orchestrator.domain.order import (
     next_order_state,
 )
 from orchestrator.outbox.writer import PendingEvent, add_events
+from orchestrator.reconciliation.matcher import DECIDED_IN_CASE, FOR_PEOPLE
 from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import event_payload, iso
 from orchestrator.services.orders import retire_attempts
 from orchestrator.store import keyset
 from orchestrator.store.database import Database
-from orchestrator.store.tables import orders, payment_attempts, review_cases
+from orchestrator.store.tables import mutations, orders, payment_attempts, review_cases
 
 EXPIRE = "expire"
 STATES = ("open", "resolved")
@@ -118,9 +119,15 @@ async def resolve_case(db: Database, *, case_id: str, action: str, actor: str, n
     async with db.transaction() as conn:
         # The order first, then the case: settlement and the expiry sweep lock an order and then
         # write its cases, and the other order deadlocked with them (review finding). A case
-        # never changes order, so reading its order_id unlocked is safe.
-        order_id = (await conn.execute(sa.select(review_cases.c.order_id)
-                                       .where(review_cases.c.id == case_id))).scalar()
+        # never changes order or mutation, so reading them unlocked is safe. Its mutation
+        # before either: a manual match locks the mutation, then the order, then closes the case.
+        held = (await conn.execute(sa.select(review_cases.c.order_id, review_cases.c.mutation_id)
+                                   .where(review_cases.c.id == case_id))).first()
+        order_id = held.order_id if held else None
+        credit = None
+        if held is not None and held.mutation_id is not None:
+            credit = (await conn.execute(sa.select(mutations.c.match_state).where(
+                mutations.c.id == held.mutation_id).with_for_update())).scalar()
         order = None
         if order_id is not None:
             order = (await conn.execute(sa.select(orders).where(orders.c.id == order_id)
@@ -160,6 +167,12 @@ async def resolve_case(db: Database, *, case_id: str, action: str, actor: str, n
         await conn.execute(review_cases.update().where(review_cases.c.id == case_id).values(
             state="resolved", resolved_at=now, resolved_by=actor, resolution=action,
             note=note.strip()))
+        if credit in FOR_PEOPLE:
+            # A credit waiting for a person (a possible duplicate) is decided by this case: left
+            # in the unmatched list, a manual match opened a second_payment case asking for the
+            # refund this resolution may have made already.
+            await conn.execute(mutations.update().where(mutations.c.id == case.mutation_id)
+                               .values(match_state=DECIDED_IN_CASE))
         if order is not None:
             pending.append(PendingEvent(
                 event_type=events.REVIEW_CASE_RESOLVED, aggregate_id=order.id,
@@ -173,3 +186,38 @@ async def resolve_case(db: Database, *, case_id: str, action: str, actor: str, n
         resolved = (await conn.execute(sa.select(review_cases)
                                        .where(review_cases.c.id == case_id))).one()
     return render_case(resolved)
+
+
+MATCHED_MANUALLY = "matched_manually"
+"""How a case holding a credit is resolved when a person matches that credit to an order."""
+
+
+async def close_cases_of_credit(conn: AsyncConnection, mutation_id: str, *, actor: str,
+                                note: str, now: datetime, opened_by_match: str | None
+                                ) -> list[PendingEvent]:
+    """A person matched ``mutation_id`` to an order: the open cases holding it (a possible
+    duplicate) are answered by that match, closed in its name and audited. Left open, a second
+    refund could be recorded there beside the second_payment case the match opened (that one,
+    ``opened_by_match``, holds the credit too and stays open). The caller holds the mutation's
+    lock and then its order's (this closes cases after both)."""
+    rc = review_cases.c
+    closed = (await conn.execute(
+        review_cases.update().where(rc.mutation_id == mutation_id, rc.state == "open",
+                                    rc.id != (opened_by_match or ""))
+        .values(state="resolved", resolved_at=now, resolved_by=actor,
+                resolution=MATCHED_MANUALLY, note=note)
+        .returning(rc.id, rc.order_id, rc.reason))).all()
+    pending = []
+    for case in closed:
+        await record_audit(conn, actor=actor, action=f"review_case.{MATCHED_MANUALLY}",
+                           subject_type="review_case", subject_id=case.id, reason=note,
+                           details={"order_id": case.order_id, "reason": case.reason,
+                                    "mutation_id": mutation_id}, now=now)
+        merchant_id = (await conn.execute(sa.select(orders.c.merchant_id).where(
+            orders.c.id == case.order_id))).scalar()
+        pending.append(PendingEvent(
+            event_type=events.REVIEW_CASE_RESOLVED, aggregate_id=case.order_id,
+            merchant_id=merchant_id,
+            payload={"case_id": case.id, "order_id": case.order_id,
+                     "resolution": MATCHED_MANUALLY, "reason": case.reason}))
+    return pending

@@ -4,6 +4,8 @@ closes it as refunded, and a case on a settled order records the decision withou
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import os
 import subprocess
@@ -18,7 +20,7 @@ from orchestrator.bootstrap import Container
 from orchestrator.services.reviews import resolve_case
 from orchestrator.store.tables import audit_log, orders, outbox, review_cases
 from tests.e2e.test_checkout_to_webhook import LUNAS
-from tests.integration.test_reconciliation import capture, upload
+from tests.integration.test_reconciliation import capture, moota_body, upload
 from tests.support import ShopFixture, bca_statement, eventually, new_merchant, new_ops_token
 
 
@@ -241,3 +243,82 @@ async def test_a_transfer_code_left_behind_by_a_switch_returns_to_the_pool_after
                             if a.rail == "manual_transfer").holds_code
 
         await eventually(released, 10, "the transfer amount back in the pool")
+
+
+async def a_credit_seen_twice(client: httpx.AsyncClient, container: Container,
+                              ops: dict[str, str], m: ShopFixture) -> tuple[dict[str, Any], Any]:
+    """An order paid once by a transfer the Moota push and then the bank's file both report:
+    the second copy waits for a person, with a possible_duplicate case naming it."""
+    order = await capture(client, m)
+    pay = order["payment"]["transfer_amount"]
+    body = moota_body(m.account_number, pay)
+    signed = hmac.new(container.settings.mutation_push_secret.encode(), body,
+                      hashlib.sha256).hexdigest()
+    r = await client.post("/v1/mutations/push", content=body, headers={
+        "Signature": signed, "Content-Type": "application/json"})
+    assert r.status_code == 200 and r.json()["matched"] == 1, r.text
+    await upload(client, ops, m, bca_statement(m.account_number, [
+        (datetime.now(UTC), f"TRSF E-BANKING CR {pay}.00 ANDI", pay, "CR")]))
+    case = await open_case(client, ops, order["id"])
+    assert (case["reason"], case["mutation_id"] is not None) == ("possible_duplicate", True)
+    return order, case
+
+
+async def refunds_recorded(container: Container, order_id: str) -> list[str]:
+    async with container.db.read() as conn:
+        return list((await conn.execute(sa.select(review_cases.c.reason).where(
+            review_cases.c.order_id == order_id, review_cases.c.resolution == "refund")
+        )).scalars().all())
+
+
+async def test_a_possible_duplicate_matched_by_a_person_is_not_refunded_again_in_its_case(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """The case and the credit in the unmatched list are two handles on one sum of money: a
+    person who matches the credit (a genuine second transfer) opens the second_payment case
+    that asks for its refund; the possible_duplicate case, left open, took a second refund."""
+    m = await new_merchant(container)
+    order, case = await a_credit_seen_twice(client, container, ops, m)
+    r = await client.post("/v1/reconciliation/matches", headers=ops, json={
+        "mutation_id": case["mutation_id"], "order_id": order["id"],
+        "reason": "two transfers on the customer's statement"})
+    assert r.status_code == 201, r.text
+    second = await client.post(f"/v1/reviews/{r.json()['review_case_id']}/resolve",
+                               headers=ops, json={"action": "refund", "note": "returned #12"})
+    assert second.status_code == 200, second.text
+    again = await client.post(f"/v1/reviews/{case['id']}/resolve", headers=ops, json={
+        "action": "refund", "note": "returned the duplicate"})
+    assert again.status_code == 409, again.text
+    assert again.json()["code"] == "case_already_resolved"
+    assert await refunds_recorded(container, order["id"]) == ["second_payment"]
+    async with container.db.read() as conn:
+        closed = (await conn.execute(sa.select(review_cases).where(
+            review_cases.c.id == case["id"]))).one()
+        audit = (await conn.execute(sa.select(audit_log.c.actor, audit_log.c.action).where(
+            audit_log.c.subject_id == case["id"]))).all()
+    assert (closed.state, closed.resolution, closed.resolved_by) == (
+        "resolved", "matched_manually", "ops:finance-test")
+    assert [tuple(a) for a in audit] == [("ops:finance-test", "review_case.matched_manually")]
+
+
+async def test_a_possible_duplicate_decided_in_its_case_leaves_the_unmatched_list(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """The other way round: the case resolved (refunded as a second transfer), the credit
+    stayed in the unmatched list, and a person matching it from there opened a second_payment
+    case recommending the same refund again."""
+    m = await new_merchant(container)
+    order, case = await a_credit_seen_twice(client, container, ops, m)
+    r = await client.post(f"/v1/reviews/{case['id']}/resolve", headers=ops, json={
+        "action": "refund", "note": "two transfers on the customer's statement; returned"})
+    assert r.status_code == 200, r.text
+    listed = (await client.get("/v1/reconciliation/unmatched", headers=ops, params={
+        "account_number": m.account_number})).json()["data"]
+    assert case["mutation_id"] not in [x["id"] for x in listed]
+    match = await client.post("/v1/reconciliation/matches", headers=ops, json={
+        "mutation_id": case["mutation_id"], "order_id": order["id"], "reason": "unmatched"})
+    assert match.status_code == 409, match.text
+    async with container.db.read() as conn:
+        opened = (await conn.execute(sa.select(review_cases.c.reason).where(
+            review_cases.c.order_id == order["id"]))).scalars().all()
+    assert opened == ["possible_duplicate"]
