@@ -116,6 +116,20 @@ def _name(what: str, example: str) -> Callable[[str], str]:
     return checked
 
 
+CLI_ACTOR = "cli:"
+"""What the audit log puts before a person named with ``--actor``."""
+
+
+def _actor(text: str) -> str:
+    """Who, for the audit log: a blank name recorded an action by nobody, and one wider than
+    ``audit_log.actor`` (with ``CLI_ACTOR``) failed in the database after the decision."""
+    name = _name("person", "sari")(text)
+    if len(CLI_ACTOR + name) > MAX_NAME:
+        raise argparse.ArgumentTypeError(
+            f"a person's name is kept to {MAX_NAME - len(CLI_ACTOR)} characters")
+    return name
+
+
 def _port(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65_535:
         raise argparse.ArgumentTypeError(f"a port is a whole number from 1 to 65535, got {text!r}")
@@ -156,13 +170,13 @@ def _parser() -> argparse.ArgumentParser:
     mw = m.add_parser("set-webhook", help="where the merchant's webhooks go (audited)")
     mw.add_argument("merchant_id")
     mw.add_argument("url", type=_webhook_url, metavar="URL")
-    mw.add_argument("--actor", required=True, help="who, e.g. your name")
+    mw.add_argument("--actor", required=True, type=_actor, help="who, e.g. your name")
     mw.add_argument("--reason", help="why; kept in the audit log")
     mw.add_argument("--json", action="store_true")
     mr = m.add_parser("rotate-secret",
                       help="a new webhook signing secret, printed once (audited)")
     mr.add_argument("merchant_id")
-    mr.add_argument("--actor", required=True, help="who, e.g. your name")
+    mr.add_argument("--actor", required=True, type=_actor, help="who, e.g. your name")
     mr.add_argument("--reason", help="why; kept in the audit log")
     mr.add_argument("--overlap", type=_overlap, metavar="SECONDS",
                     help="seconds the previous secret still signs beside the new one "
@@ -186,7 +200,7 @@ def _parser() -> argparse.ArgumentParser:
                          "it waits, captured, until its own rail can be served)")
     ms.add_argument("--reset", action="store_true",
                     help="drop the merchant's overrides first: back to the defaults")
-    ms.add_argument("--actor", required=True, help="who, e.g. your name")
+    ms.add_argument("--actor", required=True, type=_actor, help="who, e.g. your name")
     ms.add_argument("--reason", help="why; kept in the audit log")
     ms.add_argument("--json", action="store_true")
 
@@ -207,7 +221,7 @@ def _parser() -> argparse.ArgumentParser:
     rr.add_argument("--action", dest="decision", required=True,
                     choices=["honour", "refund", "expire"])
     rr.add_argument("--note", required=True, help="why; kept in the audit log")
-    rr.add_argument("--actor", required=True, help="who decides, e.g. your name")
+    rr.add_argument("--actor", required=True, type=_actor, help="who decides, e.g. your name")
     rr.add_argument("--json", action="store_true")
 
     ob = sub.add_parser("outbox").add_subparsers(dest="action", required=True)
@@ -219,18 +233,18 @@ def _parser() -> argparse.ArgumentParser:
     orr.add_argument("event_ids", nargs="*", metavar="EVENT_ID")
     orr.add_argument("--merchant", help="every dead event of this merchant")
     orr.add_argument("--reason", required=True, help="why; kept in the audit log")
-    orr.add_argument("--actor", required=True, help="who, e.g. your name")
+    orr.add_argument("--actor", required=True, type=_actor, help="who, e.g. your name")
     odi = ob.add_parser("discard", help="let one dead event go for good (audited)")
     odi.add_argument("event_id")
     odi.add_argument("--reason", required=True, help="why; kept in the audit log")
-    odi.add_argument("--actor", required=True, help="who, e.g. your name")
+    odi.add_argument("--actor", required=True, type=_actor, help="who, e.g. your name")
 
     r = sub.add_parser("reconcile").add_subparsers(dest="action", required=True)
     ri = r.add_parser("import", help="import a bank statement file")
     ri.add_argument("file", type=Path)
     ri.add_argument("--bank", required=True, choices=["bca", "mandiri", "bri"])
     ri.add_argument("--account", required=True)
-    ri.add_argument("--actor", default="cli")
+    ri.add_argument("--actor", default="cli", type=_actor)
     ri.add_argument("--json", action="store_true")
     ru = r.add_parser("unreadable", help="items the mutation feed listed that Lunas cannot read")
     ru.add_argument("--state", default="open", help="open | read | handled | '' for all")
@@ -238,7 +252,7 @@ def _parser() -> argparse.ArgumentParser:
     rh = r.add_parser("handled", help="close an unreadable feed item (audited)")
     rh.add_argument("item_id")
     rh.add_argument("--note", required=True, help="what was done about its money")
-    rh.add_argument("--actor", required=True, help="who, e.g. your name")
+    rh.add_argument("--actor", required=True, type=_actor, help="who, e.g. your name")
     rh.add_argument("--json", action="store_true")
     return p
 

@@ -322,3 +322,23 @@ async def test_a_possible_duplicate_decided_in_its_case_leaves_the_unmatched_lis
         opened = (await conn.execute(sa.select(review_cases.c.reason).where(
             review_cases.c.order_id == order["id"]))).scalars().all()
     assert opened == ["possible_duplicate"]
+
+
+@pytest.mark.parametrize("actor", ["", "   ", "s" * 200])
+async def test_a_cli_resolution_says_who_decided(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str], pg_url: str,
+    actor: str,
+) -> None:
+    """The audit log is who, when and why: a blank --actor resolved the case as ``cli:`` (nobody)
+    and one longer than the column crashed with the database's error after the decision was
+    made. Both are refused by the command line before anything is written."""
+    m = await new_merchant(container)
+    order = await paid_short(client, container, ops, m)
+    case = await open_case(client, ops, order["id"])
+    done = subprocess.run([LUNAS, "reviews", "resolve", case["id"], "--action", "honour",
+                           "--note", "approved by CS lead", "--actor", actor],
+                          env={**os.environ, "LUNAS_DATABASE_URL": pg_url},
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, (done.returncode, done.stderr[-500:])
+    assert "--actor" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert (await open_case(client, ops, order["id"]))["state"] == "open"
