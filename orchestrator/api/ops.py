@@ -196,11 +196,15 @@ class OpsController(Controller):
                    "release": breaker.release_force}
         if data.action not in actions:
             raise BadRequest(f"action must be one of: {', '.join(actions)}", code="bad_action")
-        actions[data.action](f"ops:{principal.name}: {reason}")
+        # An override lives in Redis and the processes, not in the database, so it cannot share
+        # the audit row's transaction: it is applied once that row is committed, never before.
+        # The other way round, an audit write that failed (a read-only failover) left a
+        # cluster-wide override nobody could say who made or why.
         async with container.db.transaction() as conn:
             await record_audit(conn, actor=f"ops:{principal.name}",
                                action=f"breaker.{data.action}", subject_type="route",
                                subject_id=route_key, reason=reason, now=container.clock.now())
+        actions[data.action](f"ops:{principal.name}: {reason}")
         return {"route": route_key, "breaker": breaker.state.value}
 
     @get("/maintenance", summary="Scheduled and current maintenance windows",
