@@ -114,7 +114,7 @@ SCHEDULE = contract("ops", body=True, answers={
                  "reason_required, reason_too_long, or a malformed request."),
     404: _NO_ROUTE,
     422: problem("manual_transfer_stays, or invalid_request: the window ends before it "
-                 "starts, or has ended.")})
+                 "starts, has ended, or lasts longer than 7 days.")})
 CANCEL_WINDOW = contract("ops", body=True, answers={
     200: Answer(description="The window, cancelled"),
     400: problem("reason_required, reason_too_long, or a malformed request."),

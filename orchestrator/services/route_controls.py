@@ -22,6 +22,11 @@ from orchestrator.services.order_view import iso
 from orchestrator.store.database import Database, upsert_insert
 from orchestrator.store.tables import maintenance_windows, route_controls
 
+MAX_WINDOW = timedelta(days=7)
+"""The longest maintenance window: a weekend's core-banking migration with margin. A longer one
+is a year typed wrong far more often than a plan, and would take the route out and announce it
+on the status page until then; a route out for longer is paused instead."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class Window:
@@ -113,6 +118,9 @@ class RouteControls:
                        reason: str, actor: str) -> Window:
         if ends_at <= starts_at:
             raise InvalidRequest("ends_at must be after starts_at", field="ends_at")
+        if ends_at - starts_at > MAX_WINDOW:
+            raise InvalidRequest(f"a maintenance window lasts at most {MAX_WINDOW.days} days; "
+                                 "pause the route for longer", field="ends_at")
         now = self._clock.now()
         if ends_at <= now:
             raise InvalidRequest("the window has already ended", field="ends_at")

@@ -106,3 +106,34 @@ async def test_manual_transfer_cannot_be_paused_or_taken_into_maintenance(
     rails = (await client.get("/v1/rails", headers=m.headers)).json()
     [manual] = [x for x in rails["data"] if x["rail"] == "manual_transfer"]
     assert manual["available"] is True
+
+
+async def test_a_window_of_absurd_length_is_refused_with_its_reason(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """A year typed wrong ("2027" for "2026", "0001" for a start) was accepted with 201: the
+    route left routing for a year or more, announced as maintenance on the status page, with
+    nothing to say it was a slip. A window longer than a week is refused; a route out for
+    longer is paused, which says so and is not announced as ending."""
+    start = datetime.now(UTC) + timedelta(hours=1)
+    for starts_at, ends_at in (
+        (start, start.replace(year=start.year + 1)),
+        (datetime(1, 1, 1, tzinfo=UTC), start + timedelta(hours=2)),
+        (start, start + timedelta(days=7, seconds=1)),
+    ):
+        r = await client.post("/v1/ops/maintenance", headers=ops, json={
+            "route": "ewallet:xendit:*", "starts_at": starts_at.isoformat(),
+            "ends_at": ends_at.isoformat(), "reason": "core banking migration"})
+        assert r.status_code == 422, r.text
+        assert (r.status_code, r.json()["code"], r.json()["field"]) == (
+            422, "invalid_request", "ends_at"), r.text
+        assert "7 days" in r.json()["detail"]
+    listed = (await client.get("/v1/ops/maintenance", headers=ops)).json()["data"]
+    assert not [w for w in listed if w["route"] == "ewallet:xendit:*"]
+    # A week is still a window (a weekend's core-banking migration with margin).
+    r = await client.post("/v1/ops/maintenance", headers=ops, json={
+        "route": "ewallet:xendit:*", "starts_at": start.isoformat(),
+        "ends_at": (start + timedelta(days=7)).isoformat(), "reason": "core banking migration"})
+    assert r.status_code == 201, r.text
+    await client.delete(f"/v1/ops/maintenance/{r.json()['id']}", headers=ops,
+                        params={"reason": "test over"})
