@@ -3,13 +3,13 @@
     lunas run [--demo] [--port PORT]   api + worker in one process (the embedded default)
     lunas api [--port PORT] | worker | migrate
     lunas merchants create NAME [--webhook-url URL] [--account BANK:NUMBER:HOLDER ...] [--json]
-    lunas merchants add-account MERCHANT_ID BANK:NUMBER:HOLDER
+    lunas merchants add-account MERCHANT_ID BANK:NUMBER:HOLDER --actor WHO [--reason WHY]
     lunas merchants set-webhook MERCHANT_ID URL --actor WHO [--reason WHY] [--json]
     lunas merchants rotate-secret MERCHANT_ID --actor WHO [--reason WHY] [--overlap SECONDS]
     lunas merchants routing MERCHANT_ID [--json]
     lunas merchants set-routing MERCHANT_ID [--priority RAIL=PROVIDER,...] [--reset]
           [--fallback RAIL=RAIL,...] [--[no-]allow-fallback] --actor WHO [--reason WHY] [--json]
-    lunas ops-tokens create NAME [--scope SCOPE ...] [--json]
+    lunas ops-tokens create NAME [--scope SCOPE ...] --actor WHO [--reason WHY] [--json]
     lunas reconcile import FILE --bank BANK --account NUMBER [--json]
     lunas reconcile unreadable [--state open] [--json]
     lunas reconcile handled ITEM_ID --note WHAT_WAS_DONE --actor WHO
@@ -37,6 +37,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from orchestrator.bootstrap import Container, build
+from orchestrator.services.audit import record_audit
 from orchestrator.serving import CannotListen, listen, why_cannot_listen
 from orchestrator.settings import MAX_WEBHOOK_SECRET_OVERLAP, Settings, SettingsError
 from orchestrator.store.engine import (
@@ -164,9 +165,11 @@ def _parser() -> argparse.ArgumentParser:
     mc.add_argument("--account", action="append", type=_account, default=[],
                     metavar="BANK:NUMBER:HOLDER")
     mc.add_argument("--json", action="store_true")
-    ma = m.add_parser("add-account", help="add a payout account to a merchant")
+    ma = m.add_parser("add-account", help="add a payout account to a merchant (audited)")
     ma.add_argument("merchant_id")
     ma.add_argument("account", type=_account, metavar="BANK:NUMBER:HOLDER")
+    ma.add_argument("--actor", required=True, help="who, e.g. your name")
+    ma.add_argument("--reason", help="why; kept in the audit log")
     mw = m.add_parser("set-webhook", help="where the merchant's webhooks go (audited)")
     mw.add_argument("merchant_id")
     mw.add_argument("url", type=_webhook_url, metavar="URL")
@@ -205,9 +208,11 @@ def _parser() -> argparse.ArgumentParser:
     ms.add_argument("--json", action="store_true")
 
     o = sub.add_parser("ops-tokens").add_subparsers(dest="action", required=True)
-    oc = o.add_parser("create", help="create an ops bearer token; printed once")
+    oc = o.add_parser("create", help="create an ops bearer token; printed once (audited)")
     oc.add_argument("name", type=_name("token", "finance-sari"))
     oc.add_argument("--scope", action="append", choices=OPS_SCOPES, default=None)
+    oc.add_argument("--actor", required=True, help="who issues it, e.g. your name")
+    oc.add_argument("--reason", help="why; kept in the audit log")
     oc.add_argument("--json", action="store_true")
 
     rv = sub.add_parser("reviews").add_subparsers(dest="action", required=True)
@@ -363,6 +368,16 @@ async def _merchants_add_account(settings: Settings, args: argparse.Namespace) -
                 return 1
             added = await add_payout_account(conn, merchant_id=args.merchant_id, bank=bank,
                                              number=number, holder=holder, now=c.clock.now())
+            if added is not None:
+                # Where customers are told to send money: who added it and why, in its own
+                # transaction. The number's last digits only, as everywhere outside the table.
+                await record_audit(conn, actor=f"cli:{args.actor}",
+                                   action="merchant.payout_account_added",
+                                   subject_type="merchant", subject_id=args.merchant_id,
+                                   reason=args.reason, now=c.clock.now(), details={
+                                       "bank": added.bank,
+                                       "account_number": f"…{added.account_number[-4:]}",
+                                       "account_name": added.account_name})
         if added is None:
             print(f"lunas: {args.merchant_id} already has {bank.upper()} {number}; nothing added",
                   file=sys.stderr)
@@ -480,6 +495,10 @@ async def _ops_tokens_create(settings: Settings, args: argparse.Namespace) -> in
         async with c.db.transaction() as conn:
             token_id, token = await create_ops_token(conn, name=args.name, scopes=scopes,
                                                      now=c.clock.now())
+            await record_audit(conn, actor=f"cli:{args.actor}", action="ops_token.created",
+                               subject_type="ops_token", subject_id=token_id,
+                               reason=args.reason, now=c.clock.now(),
+                               details={"name": args.name, "scopes": list(scopes)})
         if args.json:
             print(json.dumps({"token_id": token_id, "token": token, "scopes": list(scopes)}))
         else:

@@ -120,7 +120,7 @@ async def test_a_frontend_and_finance_take_an_order_from_capture_to_a_signed_web
         shop = lunas(env, "merchants", "create", "Toko Batik", "--json",
                      "--webhook-url", f"http://127.0.0.1:{receiver.port}/hooks/lunas",
                      "--account", "bca:0123456789:TOKO BATIK")
-        finance = lunas(env, "ops-tokens", "create", "finance", "--json")
+        finance = lunas(env, "ops-tokens", "create", "finance", "--actor", "e2e", "--json")
         base = f"http://127.0.0.1:{port}"
         with running(env, "api") as api, running(env, "worker"):
             await wait_until_ready(base, api)

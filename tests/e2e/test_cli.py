@@ -50,9 +50,11 @@ async def test_operator_creates_credentials_and_imports_a_statement(
     human = run(env, "merchants", "create", "Toko Teh")
     assert "API key:" in human.stdout and "shown once" in human.stdout
 
-    token = json.loads(run(env, "ops-tokens", "create", "finance", "--json").stdout)
+    token = json.loads(run(env, "ops-tokens", "create", "finance", "--actor", "budi",
+                           "--json").stdout)
     assert token["token"].startswith("lunas_ops_") and "reconciliation" in token["scopes"]
-    assert run(env, "ops-tokens", "create", "x", "--scope", "root").returncode == 2
+    assert run(env, "ops-tokens", "create", "x", "--scope", "root",
+               "--actor", "budi").returncode == 2
 
     good = tmp_path / "mutasi.csv"
     good.write_bytes(bca_statement("0123456789", [(datetime.now(UTC), "SETORAN", 5_000, "CR")]))
@@ -99,13 +101,15 @@ async def test_payout_accounts_are_at_banks_lunas_reads_and_each_is_added_once(
 
     shop = json.loads(run(env, "merchants", "create", "Toko Kopi", "--json",
                           "--account", "bca:0123456789:TOKO KOPI").stdout)
-    added = run(env, "merchants", "add-account", shop["merchant_id"], "bri:123456789012345:KOPI")
+    added = run(env, "merchants", "add-account", shop["merchant_id"], "bri:123456789012345:KOPI",
+                "--actor", "sari")
     assert added.returncode == 0, added.stderr
-    again = run(env, "merchants", "add-account", shop["merchant_id"], "bri:123456789012345:KOPI")
+    again = run(env, "merchants", "add-account", shop["merchant_id"], "bri:123456789012345:KOPI",
+                "--actor", "sari")
     assert again.returncode == 1 and "already" in again.stderr, again.stderr
     assert "Traceback" not in again.stderr
     assert run(env, "merchants", "add-account", shop["merchant_id"],
-               "bsi:0123456789:KOPI").returncode == 2
+               "bsi:0123456789:KOPI", "--actor", "sari").returncode == 2
     # One account may be several merchants' (a company's shops): see test_reconciliation.py.
     assert run(env, "merchants", "create", "Toko Teh", "--account",
                "bca:0123456789:TOKO TEH").returncode == 0
@@ -159,6 +163,18 @@ async def _merchant_row(url: str, merchant_id: str) -> tuple[Any, list[Any]]:
     return row, list(audit)
 
 
+async def _audit_of(url: str, subject_id: str) -> list[Any]:
+    from orchestrator.store.tables import audit_log
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return list(await conn.execute(sa.select(audit_log).where(
+                audit_log.c.subject_id == subject_id).order_by(audit_log.c.id)))
+    finally:
+        await engine.dispose()
+
+
 async def test_an_operator_moves_a_merchants_webhooks_and_rotates_their_secret(
     env: dict[str, str],
 ) -> None:
@@ -209,6 +225,39 @@ async def test_an_operator_moves_a_merchants_webhooks_and_rotates_their_secret(
                  "--actor", "sari")
     assert nobody.returncode == 1 and "no merchant mer_nobody" in nobody.stderr
     unaudited = run(env, "merchants", "rotate-secret", shop["merchant_id"])
+    assert unaudited.returncode == 2 and "--actor" in unaudited.stderr
+
+
+async def test_a_payout_account_added_and_an_ops_token_made_are_audited(
+    env: dict[str, str],
+) -> None:
+    """Adding a payout account changes where customers are told to send money, and an ops token
+    can pause routes and redeliver webhooks: both were written with no audit row, so nobody
+    could say who added an account or issued a token, or why. The audit keeps the account's
+    last digits only, never a token."""
+    assert run(env, "migrate").returncode == 0
+    shop = json.loads(run(env, "merchants", "create", "Toko Kopi", "--json",
+                          "--account", "bca:0123456789:TOKO KOPI").stdout)
+    added = run(env, "merchants", "add-account", shop["merchant_id"], "bri:123456789012345:KOPI",
+                "--actor", "sari", "--reason", "BCA account nearly out of unique codes")
+    assert added.returncode == 0, added.stderr
+    _, audit = await _merchant_row(env["LUNAS_DATABASE_URL"], shop["merchant_id"])
+    assert [(a.actor, a.action, a.reason, a.details) for a in audit] == [
+        ("cli:sari", "merchant.payout_account_added", "BCA account nearly out of unique codes",
+         {"bank": "bri", "account_number": "…2345", "account_name": "KOPI"})]
+    unaudited = run(env, "merchants", "add-account", shop["merchant_id"], "bca:9999999999:X")
+    assert unaudited.returncode == 2 and "--actor" in unaudited.stderr
+
+    made = run(env, "ops-tokens", "create", "finance-sari", "--scope", "reconciliation",
+               "--actor", "budi", "--reason", "Sari joins finance", "--json")
+    assert made.returncode == 0, made.stderr
+    token = json.loads(made.stdout)
+    audit = await _audit_of(env["LUNAS_DATABASE_URL"], token["token_id"])
+    assert [(a.actor, a.action, a.subject_type, a.reason, a.details) for a in audit] == [
+        ("cli:budi", "ops_token.created", "ops_token", "Sari joins finance",
+         {"name": "finance-sari", "scopes": ["reconciliation"]})]
+    assert token["token"] not in json.dumps([tuple(a) for a in audit], default=str)
+    unaudited = run(env, "ops-tokens", "create", "anyone")
     assert unaudited.returncode == 2 and "--actor" in unaudited.stderr
 
 
