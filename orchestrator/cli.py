@@ -168,7 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     ma = m.add_parser("add-account", help="add a payout account to a merchant (audited)")
     ma.add_argument("merchant_id")
     ma.add_argument("account", type=_account, metavar="BANK:NUMBER:HOLDER")
-    ma.add_argument("--actor", required=True, help="who, e.g. your name")
+    ma.add_argument("--actor", required=True, type=_actor, help="who, e.g. your name")
     ma.add_argument("--reason", help="why; kept in the audit log")
     mw = m.add_parser("set-webhook", help="where the merchant's webhooks go (audited)")
     mw.add_argument("merchant_id")
@@ -211,7 +211,7 @@ def _parser() -> argparse.ArgumentParser:
     oc = o.add_parser("create", help="create an ops bearer token; printed once (audited)")
     oc.add_argument("name", type=_name("token", "finance-sari"))
     oc.add_argument("--scope", action="append", choices=OPS_SCOPES, default=None)
-    oc.add_argument("--actor", required=True, help="who issues it, e.g. your name")
+    oc.add_argument("--actor", required=True, type=_actor, help="who issues it, e.g. your name")
     oc.add_argument("--reason", help="why; kept in the audit log")
     oc.add_argument("--json", action="store_true")
 
