@@ -130,7 +130,8 @@ def relay_handlers(container: Container, http: httpx.AsyncClient) -> dict[str, H
     webhooks = MerchantWebhookHandler(container.db.engine, http,
                                       container.settings.webhooks.timeout)
     return {**merchant_webhook_handlers(webhooks), **container.gateway_jobs.handlers(),
-            **container.provider_webhooks.handlers(), **container.settled_reads.handlers()}
+            **container.provider_webhooks.handlers(), **container.settled_reads.handlers(),
+            **container.reconciliation.handlers()}
 
 
 async def run_relay(container: Container, stop: asyncio.Event) -> None:

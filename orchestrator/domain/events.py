@@ -20,6 +20,7 @@ ATTEMPT_CANCEL_REQUESTED: Final = "attempt.cancel_requested"  # internal: cancel
 PROVIDER_DELIVERY: Final = "provider.delivery"  # internal: apply one stored gateway webhook
 ATTEMPT_VERIFY: Final = "attempt.verify"  # internal: read the provider's status, apply if paid
 ATTEMPT_SETTLED_READ: Final = "attempt.settled_read"  # internal: read a paid attempt again
+MUTATIONS_JUDGE_AGAIN: Final = "mutations.judge_again"  # internal: possible reversals, again
 
 # Events a merchant's webhook endpoint receives.
 MERCHANT_VISIBLE: Final = frozenset(

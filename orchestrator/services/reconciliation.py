@@ -13,6 +13,18 @@ rows. Imports of one account are serialised by an advisory lock, so the fingerpr
 finds free stay free until it commits; the unique constraint still refuses any duplicate (the
 INSERT then fails and the whole import rolls back). Pushes, feeds and SQLite use the
 line-by-line path.
+
+A debit that may take back a payment is found from either side: a debit stored is judged
+against the credits matched by then, a credit matched against the debits stored before it. Two
+ingests of one account running at once would each miss the other's uncommitted rows, so every
+judging on PostgreSQL is done under the account's lock, or again after it: a statement import
+waits for the lock; a push or a poll, which must not wait a long import out, takes it only if
+it is free, and otherwise queues its debits and matched credits, in its own transaction, to be
+judged again by the outbox relay once the lock is free (``judge_again``). Of two ingests that
+miss each other, one at least took no lock, and its judging again sees both: it starts after its
+own commit, and the other, if it held the lock, had it before that commit (it would have seen
+these rows otherwise), so the judging again waits for it to commit; if neither held it, the
+judging again of the one that committed last comes after both.
 """
 
 from __future__ import annotations
@@ -48,6 +60,7 @@ from orchestrator.domain.order import (
     RecommendedAction,
     ReviewReason,
 )
+from orchestrator.outbox.relay import OutboxEvent
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails.base import Rail
 from orchestrator.reconciliation.batch import settle_rule
@@ -105,6 +118,10 @@ a row is not chance."""
 _DEADLOCK = frozenset({DEADLOCK_DETECTED})
 _ROLLED_BACK = frozenset({DEADLOCK_DETECTED, SERIALIZATION_FAILURE})
 """Why PostgreSQL may end a statement import's transaction while the import itself is sound."""
+
+
+class AccountBusy(Exception):
+    """An ingest of the account holds its lock: the relay judges again later, on its back-off."""
 
 
 @dataclass(kw_only=True)
@@ -231,6 +248,7 @@ class ReconciliationService:
                 filename=filename, sha256=hashlib.sha256(data).hexdigest(), uploaded_by=actor,
                 counts={}, created_at=now,
             ))
+            await _lock_account(conn, parsed.bank, parsed.account_number)
             if self._batch and conn.dialect.name == "postgresql":
                 await self._ingest_batch(conn, parsed, report, statement_id=report.statement_id,
                                          now=now, phases=phases, tally=tally)
@@ -377,15 +395,66 @@ class ReconciliationService:
         ]
         tally = _Tally()
         async with self._db.transaction() as conn:
-            await self._ingest(conn, incoming, report, statement_id=None, now=now, tally=tally)
+            busy = await _accounts_busy(conn, incoming)
+            judged = await self._ingest(conn, incoming, report, statement_id=None, now=now,
+                                        tally=tally)
+            await self._judge_later(conn, [(mutation_id, item) for mutation_id, item in judged
+                                           if (item.bank, item.account_number) in busy], now=now)
         tally.add_to(self._metrics)
         return report
+
+    async def _judge_later(self, conn: AsyncConnection,
+                           judged: Sequence[tuple[str, IncomingMutation]], *, now: datetime
+                           ) -> None:
+        """Queue these debits and matched credits, judged without their account's lock, to be
+        judged again under it (``judge_again``): one event per account, in this transaction,
+        so it exists if and only if they were stored."""
+        if not self._reversal_window or not judged:
+            return
+        by_account: dict[tuple[str, str], list[str]] = {}
+        for mutation_id, item in judged:
+            by_account.setdefault((item.bank, item.account_number), []).append(mutation_id)
+        await add_events(conn, [PendingEvent(
+            event_type=events.MUTATIONS_JUDGE_AGAIN, aggregate_id=ids[0], merchant_id=None,
+            payload={"bank": bank, "account_number": account, "mutation_ids": ids},
+        ) for (bank, account), ids in sorted(by_account.items())], now=now)
+
+    def handlers(self) -> dict[str, Any]:
+        return {events.MUTATIONS_JUDGE_AGAIN: self.judge_again}
+
+    async def judge_again(self, event: OutboxEvent) -> None:
+        """Judge a push's or a poll's debits and matched credits again, under their account's
+        lock, after they committed: what an ingest that held the lock meanwhile did not see
+        (these rows, not yet committed), this sees (that ingest's, committed before the lock
+        was free). A debit judged already (not ``ignored``) is left alone, and
+        ``_flag_reversals`` opens no second case for an order taken back already, so a try
+        run again (a worker died before recording it) opens nothing twice. While another
+        ingest holds the lock, raises ``AccountBusy``: the relay tries again later."""
+        bank, account = str(event.payload["bank"]), str(event.payload["account_number"])
+        ids = [str(i) for i in event.payload["mutation_ids"]]
+        now, report = self._clock.now(), ImportReport()
+        async with self._db.transaction() as conn:
+            if not await _lock_account(conn, bank, account, wait=False):
+                raise AccountBusy(f"an ingest of {bank} account ending {account[-4:]} holds "
+                                  "its lock; its mutations are judged again after it")
+            m = mutations.c
+            rows = (await conn.execute(sa.select(mutations).where(m.id.in_(ids))
+                                       .order_by(m.posted_at, m.id))).all()
+            debits = [Debit(mutation_id=r.id, bank=r.bank, account_number=r.account_number,
+                            amount=r.amount, posted_at=r.posted_at) for r in rows
+                      if r.direction == "DB" and r.match_state == MatchKind.IGNORED.value]
+            credits = [_incoming_of(r) for r in rows
+                       if r.direction == "CR" and r.match_state == MatchKind.MATCHED.value]
+            earlier = await self._debits_stored_before(
+                conn, credits, these={d.mutation_id for d in debits})
+            await self._flag_reversals(conn, [*debits, *earlier], report, now=now)
 
     async def _ingest(
         self, conn: AsyncConnection, incoming: Sequence[IncomingMutation], report: ImportReport,
         *, statement_id: str | None, now: datetime, tally: _Tally,
-    ) -> None:
-        """Store every item, then match the new ones in the order given.
+    ) -> list[tuple[str, IncomingMutation]]:
+        """Store every item, then match the new ones in the order given; the new debits and
+        the credits matched, judged as possible reversals, by mutation id.
 
         Locks are taken in one global order, so ingests of the same credits (a push and a poll
         listing the same Moota mutations in different orders, a push beside a statement's
@@ -409,6 +478,7 @@ class ReconciliationService:
                                     window=self._reversal_window)
         debits: list[Debit] = []
         credits: list[IncomingMutation] = []
+        judged: list[tuple[str, IncomingMutation]] = []
         for mutation_id, item in new:
             kind = await self._match(conn, mutation_id, item, report, now=now)
             tally.matched(item.source, kind)
@@ -418,9 +488,13 @@ class ReconciliationService:
                                     posted_at=item.posted_at))
             elif kind is MatchKind.MATCHED:
                 credits.append(item)
+            else:
+                continue
+            judged.append((mutation_id, item))
         earlier = await self._debits_stored_before(
             conn, credits, these={d.mutation_id for d in debits})
         await self._flag_reversals(conn, [*debits, *earlier], report, now=now)
+        return judged
 
     async def _ingest_batch(
         self, conn: AsyncConnection, parsed: StatementRows, report: ImportReport, *,
@@ -439,7 +513,6 @@ class ReconciliationService:
             return
         pg = await _driver(conn)
         bank, account, source = parsed.bank, parsed.account_number, "statement"
-        await pg.execute(_LOCK_ACCOUNT, f"lunas:statement:{bank}:{account}")
         await pg.execute(_TUNE)
         await pg.execute(_CREATE_LINES)
         prints = iter_fingerprints(bank, account, lines)
@@ -864,7 +937,6 @@ _LINE_COLUMNS = (
     "balance", "refs",
 )
 # Named SQL of the batch path. Temporary tables live until the import's transaction ends.
-_LOCK_ACCOUNT = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
 # Large joins: no JIT compilation (it costs more than it saves here), hash tables in memory.
 _TUNE = "SET LOCAL jit = off; SET LOCAL work_mem = '64MB'"
 _CREATE_LINES = """
@@ -1079,6 +1151,43 @@ SELECT event_id, $2, order_id, merchant_id,
                           'paid_amount', amount, 'evidence', 'mutation'),
        trace_context, 'pending', 0, $1, $1
 FROM lunas_import_settle ORDER BY idx"""  # noqa: S608 - only order_view's constant SQL
+
+# An account's ingest lock (_lock_account), held until the transaction ends. Named for the
+# statement imports that first took it: a process of the version before still takes this name.
+_LOCK_ACCOUNT = sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+_LOCK_ACCOUNT_IF_FREE = sa.text("SELECT pg_try_advisory_xact_lock(hashtextextended(:key, 0))")
+
+
+async def _lock_account(conn: AsyncConnection, bank: str, account: str, *, wait: bool = True
+                        ) -> bool:
+    """Take the account's ingest lock for this transaction, waiting for it, or with
+    ``wait=False`` only if it is free; whether it is held. On SQLite the writer lock serialises
+    ingests instead: always held."""
+    if conn.dialect.name != "postgresql":
+        return True
+    lock = _LOCK_ACCOUNT if wait else _LOCK_ACCOUNT_IF_FREE
+    taken = (await conn.execute(lock, {"key": f"lunas:statement:{bank}:{account}"})).scalar()
+    return wait or bool(taken)
+
+
+async def _accounts_busy(conn: AsyncConnection, incoming: Sequence[IncomingMutation]
+                         ) -> set[tuple[str, str]]:
+    """The accounts of these items whose ingest lock another transaction holds, the others
+    now locked for this one. Never waits: a push is answered at once."""
+    busy: set[tuple[str, str]] = set()
+    for bank, account in sorted({(i.bank, i.account_number) for i in incoming}):
+        if not await _lock_account(conn, bank, account, wait=False):
+            busy.add((bank, account))
+    return busy
+
+
+def _incoming_of(row: Any) -> IncomingMutation:
+    """A stored mutation as the ingest that stored it had it."""
+    return IncomingMutation(bank=row.bank, account_number=row.account_number,
+                            posted_at=row.posted_at, amount=row.amount,
+                            direction=row.direction, description=row.description,
+                            balance=row.balance, source=row.source, fingerprint=row.fingerprint)
+
 
 async def _store(
     conn: AsyncConnection, incoming: Sequence[IncomingMutation], ids: Sequence[str], *,

@@ -565,3 +565,139 @@ async def test_a_debit_flagged_against_one_credit_is_not_flagged_again_by_a_late
         d: ("reversal", a["id"]), d2: ("reversal", b["id"])}
     assert [c.mutation_id for c in await cases_of(container, a["id"])] == [d]
     assert [c.mutation_id for c in await cases_of(container, b["id"])] == [d2]
+
+
+# -- a debit and the credit it takes back, ingested at the same moment ---------------------
+
+def worker_relay(container: Container) -> Any:
+    """The worker's relay with every handler it registers; a failed try is retried after 0.2 s."""
+    from dataclasses import replace
+
+    from orchestrator.outbox.relay import Relay
+    from orchestrator.worker import relay_handlers
+
+    return Relay(container.db.engine, relay_handlers(container, container.http),
+                 replace(container.settings.outbox, backoff=(timedelta(seconds=0.2),) * 5),
+                 f"test-{uuid.uuid4().hex[:6]}", container.clock)
+
+
+async def relay_until_flagged(container: Container, order_id: str) -> list[Any]:
+    """Run the worker's relay until the order has a case (for at most 5 s); its cases."""
+    import asyncio
+
+    relay = worker_relay(container)
+    for _ in range(100):
+        await relay.run_once()
+        if cases := await cases_of(container, order_id):
+            return cases
+        await asyncio.sleep(0.05)
+    return []
+
+
+async def until_waiting(admin: Any, what: str) -> None:
+    import asyncio
+
+    for _ in range(200):
+        if await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                "current_database() AND wait_event_type = 'Lock'"):
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"{what} never waited for a lock")
+
+
+async def test_a_debit_pushed_while_a_statement_matches_its_credit_flags_the_order_once(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str], pg_url: str,
+) -> None:
+    """The statement paying the order is held after it looked for earlier debits (none) and
+    before it matches the credit (a third session holds the order); the bank's correction is
+    pushed meanwhile, finds no matched credit to take back, and commits. Neither saw the other:
+    the order stayed paid for money that went back, and nobody was told. The push must still
+    answer at once, not wait a long import out."""
+    import asyncio
+
+    import asyncpg
+
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    pay = order["payment"]["transfer_amount"]
+    dsn = pg_url.replace("postgresql+asyncpg://", "postgresql://")
+    blocker, admin = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        held = blocker.transaction()
+        await held.start()
+        await blocker.execute("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE", order["id"])
+        statement = asyncio.create_task(upload(client, ops, m, bca_statement(
+            m.account_number, [(today(), "TRSF E-BANKING CR ANDI", pay, "CR")])))
+        await until_waiting(admin, "the statement")
+        pushed = await push_at(client, container, m.account_number, pay, "DB", today())
+        assert not statement.done()  # the push answered while the import held its account
+        assert pushed["possible_reversals"] == 0  # the credit is not matched yet
+        [debit_id] = await debits_of(container, m.account_number)
+        relay = worker_relay(container)
+        for _ in range(100):  # too early: judged once the import is done
+            await relay.run_once()
+            async with container.db.read() as conn:
+                [job] = (await conn.execute(sa.select(outbox).where(
+                    outbox.c.event_type == "mutations.judge_again",
+                    outbox.c.aggregate_id == debit_id))).all()
+            if job.attempts:
+                break
+            await asyncio.sleep(0.05)
+        assert (job.status, job.payload["mutation_ids"]) == ("pending", [debit_id])
+        assert "holds its lock" in job.last_error
+        assert await cases_of(container, order["id"]) == []
+        await held.commit()
+        imported = await statement
+    finally:
+        await blocker.close()
+        await admin.close()
+    assert imported.status_code == 201, imported.text
+    assert (imported.json()["matched"], imported.json()["possible_reversals"]) == (1, 0)
+
+    [case] = await relay_until_flagged(container, order["id"])
+    assert (case.reason, case.mutation_id, case.amount) == ("possible_reversal", debit_id, pay)
+    assert await debits_of(container, m.account_number) == {debit_id: ("reversal", order["id"])}
+    assert [p["debit_mutation_id"] for p in await told_of(container, order["id"])] == [debit_id]
+    await relay_until_flagged(container, order["id"])  # anything left to judge opens nothing
+    assert len(await cases_of(container, order["id"])) == 1
+
+
+async def test_a_credit_pushed_while_a_statement_stores_its_debit_flags_the_order_once(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str], pg_url: str,
+) -> None:
+    """The other way round: the statement with the correction has looked for credits it may
+    take back (none matched) and is held before it commits (a third session holds the audit
+    trail it writes last); the payment is pushed meanwhile, matched, and finds no debit
+    stored before it (the statement's is not committed)."""
+    import asyncio
+
+    import asyncpg
+
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    pay = order["payment"]["transfer_amount"]
+    dsn = pg_url.replace("postgresql+asyncpg://", "postgresql://")
+    blocker, admin = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        held = blocker.transaction()
+        await held.start()
+        await blocker.execute("LOCK TABLE audit_log IN SHARE MODE")
+        statement = asyncio.create_task(upload(client, ops, m, bca_statement(
+            m.account_number, [(today(), "KOREKSI TRSF CR ANDI", pay, "DB")])))
+        await until_waiting(admin, "the statement")
+        pushed = await push_at(client, container, m.account_number, pay, "CR", today())
+        assert not statement.done()
+        assert (pushed["matched"], pushed["possible_reversals"]) == (1, 0)
+        await held.commit()
+        imported = await statement
+    finally:
+        await blocker.close()
+        await admin.close()
+    assert imported.status_code == 201, imported.text
+    assert imported.json()["possible_reversals"] == 0
+    [debit_id] = await debits_of(container, m.account_number)
+
+    [case] = await relay_until_flagged(container, order["id"])
+    assert (case.reason, case.mutation_id) == ("possible_reversal", debit_id)
+    assert await debits_of(container, m.account_number) == {debit_id: ("reversal", order["id"])}
+    assert len(await told_of(container, order["id"])) == 1
