@@ -685,7 +685,12 @@ class ReconciliationService:
         already, this debit is that reversal again (another source's copy of it, or a second
         debit of the same money) and names the order without a second case; an older credit of
         the same amount is never reached for. The orders are locked in id order, before any is
-        decided, so two ingests flagging the same orders wait for each other."""
+        decided, so two ingests flagging the same orders wait for each other.
+
+        A debit is claimed only while still ``ignored``: two transactions that each saw a
+        different latest credit (one judging it again, one matching a later credit meanwhile)
+        would otherwise each flag it on their own order, two cases for one debit. The second
+        waits for the first's row and then finds it claimed, and opens nothing."""
         if not self._reversal_window or not debits:
             return
         m = mutations.c
@@ -710,9 +715,10 @@ class ReconciliationService:
             taken_back = (await conn.execute(sa.select(sa.exists().where(
                 m.order_id == order.id, m.match_state == REVERSAL,
                 m.amount == debit.amount)))).scalar_one()
-            await conn.execute(mutations.update().where(m.id == debit.mutation_id).values(
+            claimed = await conn.execute(mutations.update().where(
+                m.id == debit.mutation_id, m.match_state == MatchKind.IGNORED.value).values(
                 match_state=REVERSAL, order_id=order.id, matched_at=now, matched_by="matcher"))
-            if taken_back:
+            if taken_back or not claimed.rowcount:
                 continue
             case_id = await open_review_case(conn, order, ReviewReason.POSSIBLE_REVERSAL.value,
                                              RecommendedAction.CHECK_WITH_BANK.value,

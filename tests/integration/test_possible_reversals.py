@@ -594,12 +594,12 @@ async def relay_until_flagged(container: Container, order_id: str) -> list[Any]:
     return []
 
 
-async def until_waiting(admin: Any, what: str) -> None:
+async def until_waiting(admin: Any, what: str, *, sessions: int = 1) -> None:
     import asyncio
 
     for _ in range(200):
         if await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                                "current_database() AND wait_event_type = 'Lock'"):
+                                "current_database() AND wait_event_type = 'Lock'") >= sessions:
             return
         await asyncio.sleep(0.025)
     raise AssertionError(f"{what} never waited for a lock")
@@ -701,3 +701,62 @@ async def test_a_credit_pushed_while_a_statement_stores_its_debit_flags_the_orde
     assert (case.reason, case.mutation_id) == ("possible_reversal", debit_id)
     assert await debits_of(container, m.account_number) == {debit_id: ("reversal", order["id"])}
     assert len(await told_of(container, order["id"])) == 1
+
+
+async def test_a_debit_judged_again_while_a_push_flags_it_against_a_later_credit_has_one_case(
+    client: httpx.AsyncClient, container: Container, pg_url: str,
+) -> None:
+    """Order A was paid Y an hour ago; a debit D of Y came while another ingest held the
+    account (a third session here), so it waits to be judged again. As the worker judges it
+    (against A's credit, the latest it sees), the payment of Y for order B a minute ago is
+    pushed: the push sees D still unclaimed (the worker has not committed) and B's credit the
+    latest in D's window. Both flagged D, each on its own order: two cases for one debit, the
+    debit named on the last one only. One of them must find D claimed already."""
+    import asyncio
+
+    import asyncpg
+
+    from orchestrator.outbox.relay import OutboxEvent
+
+    m = await new_merchant(container)
+    a, b = await capture(client, m), await capture(client, m, 175_000)
+    x, y = a["payment"]["transfer_amount"], b["payment"]["transfer_amount"]
+    at = today().replace(microsecond=0)
+    assert (await push_at(client, container, m.account_number, x, "CR",
+                          at - timedelta(minutes=2)))["matched"] == 1
+    dsn = pg_url.replace("postgresql+asyncpg://", "postgresql://")
+    blocker, admin = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        async with blocker.transaction():  # another ingest of the account, for the push
+            await blocker.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                                  f"lunas:statement:bca:{m.account_number}")
+            assert (await push_at(client, container, m.account_number, y, "DB", at))[
+                "possible_reversals"] == 0  # nothing paid y yet
+        [debit_id] = await debits_of(container, m.account_number)
+        async with container.db.transaction() as conn:  # that ingest: A was paid y an hour ago
+            await conn.execute(mutations.update().where(mutations.c.order_id == a["id"]).values(
+                amount=y, posted_at=at - timedelta(hours=1)))
+        held = blocker.transaction()
+        await held.start()
+        await blocker.execute("LOCK TABLE review_cases IN SHARE MODE")
+        async with container.db.read() as conn:
+            [job] = (await conn.execute(sa.select(outbox).where(
+                outbox.c.event_type == "mutations.judge_again",
+                outbox.c.aggregate_id == debit_id))).all()
+        judging = asyncio.create_task(container.reconciliation.judge_again(
+            OutboxEvent.from_row(job)))  # as the worker's relay would
+        await until_waiting(admin, "the worker")  # D claimed for A, its case waits for us
+        pushing = asyncio.create_task(push_at(client, container, m.account_number, y, "CR",
+                                              at - timedelta(minutes=1)))
+        await until_waiting(admin, "the push", sessions=2)  # for D's row
+        await held.commit()
+        await judging
+        pushed = await pushing
+    finally:
+        await blocker.close()
+        await admin.close()
+    assert pushed["matched"] == 1
+    cases = [*await cases_of(container, a["id"]), *await cases_of(container, b["id"])]
+    assert [(c.reason, c.mutation_id) for c in cases] == [("possible_reversal", debit_id)]
+    assert (await debits_of(container, m.account_number))[debit_id] == (
+        "reversal", cases[0].order_id)
