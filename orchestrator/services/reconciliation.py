@@ -20,7 +20,8 @@ ingests of one account running at once would each miss the other's uncommitted r
 judging on PostgreSQL is done under the account's lock, or again after it: a statement import
 waits for the lock; a push or a poll, which must not wait a long import out, takes it only if
 it is free, and otherwise queues its debits and matched credits, in its own transaction, to be
-judged again by the outbox relay once the lock is free (``judge_again``). Of two ingests that
+judged again by the outbox relay once the lock is free (``judge_again``); a credit a person
+matches by hand is judged as a push's is (``_judge_matched_by_hand``). Of two ingests that
 miss each other, one at least took no lock, and its judging again sees both: it starts after its
 own commit, and the other, if it held the lock, had it before that commit (it would have seen
 these rows otherwise), so the judging again waits for it to commit; if neither held it, the
@@ -423,13 +424,13 @@ class ReconciliationService:
         return {events.MUTATIONS_JUDGE_AGAIN: self.judge_again}
 
     async def judge_again(self, event: OutboxEvent) -> None:
-        """Judge a push's or a poll's debits and matched credits again, under their account's
-        lock, after they committed: what an ingest that held the lock meanwhile did not see
-        (these rows, not yet committed), this sees (that ingest's, committed before the lock
-        was free). A debit judged already (not ``ignored``) is left alone, and
-        ``_flag_reversals`` opens no second case for an order taken back already, so a try
-        run again (a worker died before recording it) opens nothing twice. While another
-        ingest holds the lock, raises ``AccountBusy``: the relay tries again later."""
+        """Judge a push's or a poll's debits and matched credits (or a credit matched by hand)
+        again, under their account's lock, after they committed: what an ingest that held the
+        lock meanwhile did not see (these rows, not yet committed), this sees (that ingest's,
+        committed before the lock was free). A debit judged already (not ``ignored``) is left
+        alone, and ``_flag_reversals`` opens no second case for an order taken back already,
+        so a try run again (a worker died before recording it) opens nothing twice. While
+        another ingest holds the lock, raises ``AccountBusy``: the relay tries again later."""
         bank, account = str(event.payload["bank"]), str(event.payload["account_number"])
         ids = [str(i) for i in event.payload["mutation_ids"]]
         now, report = self._clock.now(), ImportReport()
@@ -853,6 +854,7 @@ class ReconciliationService:
                 await add_events(conn, await close_cases_of_credit(
                     conn, mutation_id, actor=actor, note=reason, now=now,
                     opened_by_match=result.review_case_id), now=now)
+                await self._judge_matched_by_hand(conn, mutation_id, mutation, now=now)
                 await record_audit(conn, actor=actor, action="mutation.matched_manually",
                                    subject_type="mutation", subject_id=mutation_id,
                                    reason=reason, details={
@@ -869,6 +871,23 @@ class ReconciliationService:
                 result.order_state, "verdict": str(result.verdict),
                 "review_case_id": result.review_case_id, "matched_by": actor,
                 "matched_at": iso(now)}
+
+    async def _judge_matched_by_hand(self, conn: AsyncConnection, mutation_id: str,
+                                     mutation: Any, *, now: datetime) -> None:
+        """A credit a person matched, judged against the debits stored before it, as an
+        ingest judges the credits it matches: the bank's correction often comes before anyone
+        has matched the transfer it takes back, and found nothing matched to flag then.
+
+        Under the account's lock if it is free, as a push: a person is not kept waiting while a
+        statement import holds it, and an ingest storing a debit meanwhile would miss this
+        uncommitted credit (and this match its debit), so the credit is then judged again
+        once the lock is free (``judge_again``, module docstring)."""
+        credit = _incoming_of(mutation)
+        held = await _lock_account(conn, credit.bank, credit.account_number, wait=False)
+        earlier = await self._debits_stored_before(conn, [credit], these=set())
+        await self._flag_reversals(conn, earlier, ImportReport(), now=now)
+        if not held:
+            await self._judge_later(conn, [(mutation_id, credit)], now=now)
 
 
 class _Phases:

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from orchestrator.bootstrap import Container
 from orchestrator.domain.clock import WIB
 from orchestrator.store.tables import mutations, orders, outbox, review_cases
-from tests.integration.test_reconciliation import capture, upload
+from tests.integration.test_reconciliation import capture, unmatched_credit, upload
 from tests.integration.test_reconciliation_batch import line_by_line
 from tests.support import ShopFixture, bca_statement, new_merchant, new_ops_token, signed_push
 
@@ -760,3 +760,172 @@ async def test_a_debit_judged_again_while_a_push_flags_it_against_a_later_credit
     assert [(c.reason, c.mutation_id) for c in cases] == [("possible_reversal", debit_id)]
     assert (await debits_of(container, m.account_number))[debit_id] == (
         "reversal", cases[0].order_id)
+
+
+# -- a credit a person matches by hand -------------------------------------------------------
+
+async def match_by_hand(client: httpx.AsyncClient, ops: dict[str, str], credit_id: str,
+                        order_id: str) -> dict[str, Any]:
+    r = await client.post("/v1/reconciliation/matches", headers=ops, json={
+        "mutation_id": credit_id, "order_id": order_id,
+        "reason": "customer sent proof; paid without the unique code"})
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+async def test_a_debit_stored_before_a_credit_matched_by_hand_flags_the_order_once(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str],
+) -> None:
+    """The customer paid 200,000 without the unique code; the bank took the transfer back
+    (its correction stored first, ignored: nothing it could take back was matched). Then
+    finance matched the credit to the order by hand: the order was settled for money that had
+    gone back, and nobody was told."""
+    m = await new_merchant(container)
+    order = await capture(client, m, 200_000)
+    assert (await upload(client, ops, m, bca_statement(m.account_number, [
+        (today(), "KOREKSI TRSF CR SITI", 200_000, "DB")]))).json()["possible_reversals"] == 0
+    [debit_id] = await debits_of(container, m.account_number)
+    credit_id = await unmatched_credit(client, ops, m, 200_000)  # without the code
+
+    matched = await match_by_hand(client, ops, credit_id, order["id"])
+    assert matched["order_status"] == "needs_review"  # paid without the code: a person confirms
+    reversal = [c for c in await cases_of(container, order["id"])
+                if c.reason == "possible_reversal"]
+    assert [(c.mutation_id, c.amount, c.recommended_action) for c in reversal] == [
+        (debit_id, 200_000, "check_with_bank")]
+    assert await debits_of(container, m.account_number) == {debit_id: ("reversal", order["id"])}
+    assert [(p["debit_mutation_id"], p["credit_mutation_id"])
+            for p in await told_of(container, order["id"])
+            if p["reason"] == "possible_reversal"] == [(debit_id, credit_id)]
+
+
+async def lock_waits(admin: Any) -> list[str]:
+    """What each session of this database waiting for a lock waits for (``relation``,
+    ``advisory``, ``transactionid``...)."""
+    return sorted(await admin.fetchval(
+        "SELECT array_agg(wait_event) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock'"))
+
+
+async def test_a_credit_matched_by_hand_while_a_statement_stores_its_debit_flags_the_order_once(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str], pg_url: str,
+) -> None:
+    """The statement with the bank's correction has looked for credits it may take back (none
+    matched) and is held before it commits (a third session holds the audit trail it writes
+    last); finance matches the credit by hand meanwhile and finds no debit stored before it
+    (the statement's is not committed). Neither saw the other. The person's match must not
+    wait for the import's account lock either: a statement may hold it for a minute."""
+    import asyncio
+
+    import asyncpg
+
+    m = await new_merchant(container)
+    order = await capture(client, m, 200_000)
+    credit_id = await unmatched_credit(client, ops, m, 200_000)
+    dsn = pg_url.replace("postgresql+asyncpg://", "postgresql://")
+    blocker, admin = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        held = blocker.transaction()
+        await held.start()
+        await blocker.execute("LOCK TABLE audit_log IN SHARE MODE")
+        statement = asyncio.create_task(upload(client, ops, m, bca_statement(
+            m.account_number, [(today(), "KOREKSI TRSF CR SITI", 200_000, "DB")])))
+        await until_waiting(admin, "the statement")
+        matching = asyncio.create_task(match_by_hand(client, ops, credit_id, order["id"]))
+        await until_waiting(admin, "the match", sessions=2)  # for the audit trail it writes
+        assert await lock_waits(admin) == ["relation", "relation"]  # not the account's lock
+        await held.commit()
+        imported, matched = await statement, await matching
+    finally:
+        await blocker.close()
+        await admin.close()
+    assert imported.status_code == 201, imported.text
+    assert imported.json()["possible_reversals"] == 0
+    assert matched["order_status"] == "needs_review"
+    [debit_id] = await debits_of(container, m.account_number)
+
+    cases = await relay_until_reversal(container, order["id"])
+    assert [c.mutation_id for c in cases] == [debit_id]
+    assert await debits_of(container, m.account_number) == {debit_id: ("reversal", order["id"])}
+    await relay_until_reversal(container, order["id"])  # anything left to judge opens nothing
+    assert len([p for p in await told_of(container, order["id"])
+                if p["reason"] == "possible_reversal"]) == 1
+
+
+async def test_a_debit_pushed_while_a_credit_is_matched_by_hand_flags_the_order_once(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str], pg_url: str,
+) -> None:
+    """The other way round: the manual match has looked for debits stored before the credit
+    (none) and is held before it commits (a third session holds the audit trail it writes);
+    the bank's correction is pushed meanwhile and finds no matched credit to take back (the
+    match is not committed). The push still answers at once."""
+    import asyncio
+
+    import asyncpg
+
+    m = await new_merchant(container)
+    order = await capture(client, m, 200_000)
+    credit_id = await unmatched_credit(client, ops, m, 200_000)
+    dsn = pg_url.replace("postgresql+asyncpg://", "postgresql://")
+    blocker, admin = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        held = blocker.transaction()
+        await held.start()
+        await blocker.execute("LOCK TABLE audit_log IN SHARE MODE")
+        matching = asyncio.create_task(match_by_hand(client, ops, credit_id, order["id"]))
+        await until_waiting(admin, "the match")
+        pushed = await push_at(client, container, m.account_number, 200_000, "DB", today())
+        assert not matching.done()  # the push answered while the match was not committed
+        assert pushed["possible_reversals"] == 0
+        await held.commit()
+        matched = await matching
+    finally:
+        await blocker.close()
+        await admin.close()
+    assert matched["order_status"] == "needs_review"
+    [debit_id] = await debits_of(container, m.account_number)
+
+    cases = await relay_until_reversal(container, order["id"])
+    assert [c.mutation_id for c in cases] == [debit_id]
+    assert await debits_of(container, m.account_number) == {debit_id: ("reversal", order["id"])}
+    assert len([p for p in await told_of(container, order["id"])
+                if p["reason"] == "possible_reversal"]) == 1
+
+
+async def relay_until_reversal(container: Container, order_id: str) -> list[Any]:
+    """``relay_until_flagged`` for an order with a case of its own already (its payment, made
+    without the unique code, awaits a person): its possible_reversal cases."""
+    import asyncio
+
+    relay = worker_relay(container)
+    for _ in range(100):
+        await relay.run_once()
+        if cases := [c for c in await cases_of(container, order_id)
+                     if c.reason == "possible_reversal"]:
+            return cases
+        await asyncio.sleep(0.05)
+    return []
+
+
+async def test_a_second_payment_matched_by_hand_is_judged_against_debits_stored_before_it(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str],
+) -> None:
+    """The order is paid by its coded transfer; a second transfer of 200,000 (without the code)
+    came too, and so did the bank's correction of it, stored first. Matched by hand, the second
+    transfer opens a second_payment case asking for its refund: without the possible reversal
+    beside it, finance would refund money the bank had already taken back."""
+    m = await new_merchant(container)
+    order = await capture(client, m, 200_000)
+    pay = order["payment"]["transfer_amount"]
+    assert (await upload(client, ops, m, bca_statement(m.account_number, [
+        (today(), "TRSF E-BANKING CR ANDI", pay, "CR"),
+        (today(), "KOREKSI TRSF CR SITI", 200_000, "DB")]))).json()["possible_reversals"] == 0
+    [debit_id] = await debits_of(container, m.account_number)
+    credit_id = await unmatched_credit(client, ops, m, 200_000)
+
+    matched = await match_by_hand(client, ops, credit_id, order["id"])
+    assert (matched["verdict"], matched["order_status"]) == ("second_payment", "paid")
+    cases = await cases_of(container, order["id"])
+    assert sorted((c.reason, c.mutation_id) for c in cases) == [
+        ("possible_reversal", debit_id), ("second_payment", credit_id)]
+    assert await debits_of(container, m.account_number) == {debit_id: ("reversal", order["id"])}
