@@ -15,6 +15,7 @@ from orchestrator.api.input_guard import refuse_unstorable_input
 from orchestrator.api.mutations import MutationsController
 from orchestrator.api.openapi import SECURITY_SCHEMES
 from orchestrator.api.ops import OpsController
+from orchestrator.api.order_record import OrderRecordController
 from orchestrator.api.orders import OrdersController
 from orchestrator.api.rails import RailsController
 from orchestrator.api.reconciliation import ReconciliationController
@@ -47,8 +48,8 @@ def create_app(container: Container, *, close_on_shutdown: bool = True,
                      request_max_body_size=http.max_upload_bytes)
     return Litestar(
         route_handlers=[OrdersController, uploads, ReconciliationController,
-                        OpsController, DeadLettersController, RailsController,
-                        ReviewsController, WebhooksController,
+                        OpsController, DeadLettersController, OrderRecordController,
+                        RailsController, ReviewsController, WebhooksController,
                         StatusPageController, StatusOpsController, healthz, readyz, metrics],
         dependencies={"container": Provide(provide_container, sync_to_thread=False)},
         exception_handlers={Exception: to_response},

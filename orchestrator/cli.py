@@ -13,6 +13,8 @@
     lunas reconcile import FILE --bank BANK --account NUMBER [--json]
     lunas reconcile unreadable [--state open] [--json]
     lunas reconcile handled ITEM_ID --note WHAT_WAS_DONE --actor WHO
+    lunas orders show ORDER_ID   an order's payment record (instruments, evidence, bank lines,
+          cases and their audit), as JSON
     lunas reviews list [--state open] [--order ORDER_ID] [--after CASE_ID] [--json]
     lunas reviews resolve CASE_ID --action honour|refund|expire --note WHY --actor WHO
     lunas outbox dead [--merchant ID] [--after EVENT_ID] [--json]
@@ -214,6 +216,10 @@ def _parser() -> argparse.ArgumentParser:
     oc.add_argument("--actor", required=True, type=_actor, help="who issues it, e.g. your name")
     oc.add_argument("--reason", help="why; kept in the audit log")
     oc.add_argument("--json", action="store_true")
+
+    od_ = sub.add_parser("orders").add_subparsers(dest="action", required=True)
+    os_ = od_.add_parser("show", help="an order's payment record, as JSON (GET /v1/ops/orders)")
+    os_.add_argument("order_id")
 
     rv = sub.add_parser("reviews").add_subparsers(dest="action", required=True)
     rl = rv.add_parser("list", help="review cases (open by default)")
@@ -623,6 +629,21 @@ async def _outbox_discard(settings: Settings, args: argparse.Namespace) -> int:
     return await _with_container(settings, work)
 
 
+async def _orders_show(settings: Settings, args: argparse.Namespace) -> int:
+    from orchestrator.domain.errors import DomainError
+    from orchestrator.services.order_record import order_record
+
+    async def work(c: Container) -> int:
+        try:
+            found = await order_record(c.db, order_id=args.order_id)
+        except DomainError as exc:
+            print(f"lunas: {exc.detail}", file=sys.stderr)
+            return 1
+        print(json.dumps(found, indent=2, ensure_ascii=False))
+        return 0
+    return await _with_container(settings, work)
+
+
 async def _reviews_list(settings: Settings, args: argparse.Namespace) -> int:
     from orchestrator.domain.errors import DomainError
     from orchestrator.services.reviews import list_cases
@@ -820,6 +841,7 @@ _COMMANDS: dict[tuple[str, str | None], _Command] = {
     ("outbox", "dead"): _outbox_dead,
     ("outbox", "redeliver"): _outbox_redeliver,
     ("outbox", "discard"): _outbox_discard,
+    ("orders", "show"): _orders_show,
     ("reviews", "list"): _reviews_list,
     ("reviews", "resolve"): _reviews_resolve,
 }

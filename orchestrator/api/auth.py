@@ -52,14 +52,18 @@ class Authenticator:
         self._merchants[key] = (now + self._ttl, found)
         return found
 
-    async def ops(self, request: Request[Any, Any, Any], scope: str) -> OpsPrincipal:
+    async def ops(self, request: Request[Any, Any, Any], scope: str, *also: str
+                  ) -> OpsPrincipal:
+        """The person behind the ops token, refused unless it holds ``scope`` (or one of
+        ``also``: a read both finance and SREs work from)."""
         token = bearer(request)
         async with self._db.read() as conn:
             principal = await ops_principal_for_token(conn, token)
         if principal is None:
             raise BadRequest("unknown or revoked ops token", status=401, code="unauthorized",
                              headers={"WWW-Authenticate": 'Bearer realm="lunas-ops"'})
-        if scope not in principal.scopes:
-            raise BadRequest(f"this ops token lacks the '{scope}' scope", status=403,
+        if not {scope, *also} & set(principal.scopes):
+            named = " or ".join(f"'{s}'" for s in (scope, *also))
+            raise BadRequest(f"this ops token lacks the {named} scope", status=403,
                              code="forbidden")
         return principal

@@ -430,6 +430,10 @@ audit_log = sa.Table(
     sa.Column("details", JSONDoc),
 )
 
+# What people did about one thing (a case, a bank line): an order's payment record reads the
+# entries of its cases and bank lines (services/order_record.py).
+sa.Index("ix_audit_log_subject", audit_log.c.subject_type, audit_log.c.subject_id)
+
 route_controls = sa.Table(
     "route_controls",
     metadata,

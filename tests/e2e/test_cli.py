@@ -49,6 +49,8 @@ async def test_operator_creates_credentials_and_imports_a_statement(
         ("bca", "0123456789"), ("bri", "1234567890")]
     human = run(env, "merchants", "create", "Toko Teh")
     assert "API key:" in human.stdout and "shown once" in human.stdout
+    unknown = run(env, "orders", "show", "ord_nobody")
+    assert (unknown.returncode, unknown.stderr) == (1, "lunas: no order ord_nobody\n")
 
     token = json.loads(run(env, "ops-tokens", "create", "finance", "--actor", "budi",
                            "--json").stdout)

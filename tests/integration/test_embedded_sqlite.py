@@ -47,6 +47,10 @@ async def test_checkout_to_paid_on_sqlite(tmp_path: Path) -> None:
             assert imported.json()["matched"] == 1
             read = await c.get(f"/v1/orders/{paid['id']}", headers=m.headers)
             assert read.json()["status"] == "paid"
+            record = (await c.get(f"/v1/ops/orders/{paid['id']}", headers=ops)).json()
+            assert [(e["kind"], e["amount"]) for e in record["evidence"]] == [
+                ("mutation", paid["payment"]["transfer_amount"])]
+            assert [line["match_state"] for line in record["mutations"]] == ["matched"]
 
         later = datetime.now(UTC) + timedelta(days=2)
         assert await expire_due_orders(container.db, now=later, quarantine=timedelta(hours=1),

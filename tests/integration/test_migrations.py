@@ -180,6 +180,8 @@ _PAID_ORDER = [
     ("0019", "0020", ["mutations"], ["mutations"]),
     # 0021 builds the index of due status reads by provider; every capture writes an attempt.
     ("0020", "0021", ["payment_attempts"], ["payment_attempts"]),
+    # 0022 builds the index of audit entries by subject; every person's action writes one.
+    ("0021", "0022", ["audit_log"], ["audit_log"]),
 ])
 async def test_a_postgresql_migration_waiting_for_a_long_transaction_lets_writers_through(
     start: str, target: str, held: list[str], written: list[str],
