@@ -15,15 +15,21 @@ from orchestrator.api.schemas import ResolveCaseIn
 from orchestrator.bootstrap import Container
 from orchestrator.services.reviews import STATES, list_cases, resolve_case
 
-CASES = contract("ops", {200: Answer(description="`data`: a page of cases; `next_after`"),
+CASES = contract("ops", {200: Answer(description="`data`: a page of cases, each with its "
+                                                "`allowed_actions` (empty once resolved); "
+                                                "`next_after`"),
                         404: problem("No case to continue `after` (not_found).")})
 RESOLVE = contract("ops", body=True, answers={
     200: Answer(description="The case, resolved"),
     404: problem("No such case (not_found)."),
     409: problem("case_already_resolved, or the order's state does not allow the action "
                  "(transition_refused)."),
-    422: problem("invalid_request: an unknown action, an empty or too long note, or expire "
-                 "for a case that does not ask whether the order was paid.")})
+    422: problem("invalid_request: an unknown action, an empty or too long note; "
+                 "action_not_allowed: an action outside the case's `allowed_actions` (honour "
+                 "on money that can only go back, such as a second_payment, a payment on a "
+                 "cancelled or refunded order or a refund made at the provider; expire on a "
+                 "case that does not ask whether the order was paid), the detail lists the "
+                 "allowed ones.")})
 
 class ReviewsController(Controller):
     path = "/v1/reviews"
@@ -47,8 +53,11 @@ class ReviewsController(Controller):
                                      order_id=order_id or None, after=after or None), size)
 
     @post("/{case_id:str}/resolve", status_code=200,
-          summary="Resolve a case: honour (the order is paid), refund, or expire (no "
-                  "payment found, for a case asking whether the order was paid)",
+          summary="Resolve a case with one of its allowed_actions: honour (the money stays; "
+                  "the order it decides is paid by this case's payment), refund (it goes "
+                  "back; the order is refunded unless another payment's case waits beside "
+                  "it), or expire (no payment found, for a case asking whether the order "
+                  "was paid)",
           responses=RESOLVE.responses, operation_class=RESOLVE.operation)
     async def resolve(self, request: Request[Any, Any, Any], case_id: FromPath[str],
                       data: JSONBody[ResolveCaseIn],

@@ -76,7 +76,8 @@ class BreakerActionIn(msgspec.Struct, forbid_unknown_fields=True):
 
 class ResolveCaseIn(msgspec.Struct, forbid_unknown_fields=True):
     action: str
-    """honour | refund | expire (expire: only for a verification_window_exhausted case)"""
+    """One of the case's ``allowed_actions``: honour | refund | expire (expire: only for a
+    verification_window_exhausted case the order waits in review for)"""
     note: Annotated[str, msgspec.Meta(max_length=MAX_NOTE)]
 
 

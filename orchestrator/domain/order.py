@@ -210,6 +210,52 @@ class RecommendedAction(enum.StrEnum):
     DISPUTE_OR_ACCEPT = "dispute_or_accept"  # contest the chargeback with evidence, or take it
 
 
+EXPIRE = "expire"
+"""The third answer to a case asking whether an order was paid at all: the source shows none."""
+
+_EITHER = (RecommendedAction.HONOUR.value, RecommendedAction.REFUND.value)
+_REFUND_ONLY = (RecommendedAction.REFUND.value,)
+# Reasons whose question is whether money already counted stays with the merchant: honour (it
+# stands: no reversal, the chargeback contested, the credit is the payment counted) or refund
+# (it went, or goes, back). ambiguous_match is opened by nothing today; kept answerable.
+_STAYS_OR_GOES = frozenset({ReviewReason.POSSIBLE_REVERSAL, ReviewReason.CHARGEBACK,
+                            ReviewReason.POSSIBLE_DUPLICATE, ReviewReason.AMBIGUOUS_MATCH})
+# Money that can only go back: the order was paid once by another payment (second_payment), is
+# closed (payment_on_closed_order: cancelled, refunded, or in review over another payment), or
+# the money went back at the provider already (refunded_at_provider: refund records that).
+_GOES_BACK = frozenset({ReviewReason.SECOND_PAYMENT, ReviewReason.PAYMENT_ON_CLOSED_ORDER,
+                        ReviewReason.REFUNDED_AT_PROVIDER})
+
+
+def case_decides_order(reason: str, *, order_state: str, review_reason: str | None) -> bool:
+    """Whether resolving an open case of ``reason`` decides its order: the order waits in review
+    for that reason. Two cases may: two payments of one order reported in another currency,
+    the second opened beside the first with the same reason. Either may pay the order, so each
+    decides it (``case_actions``), and refunding one leaves it to the other."""
+    return order_state == OrderState.NEEDS_REVIEW.value and review_reason == reason
+
+
+def case_actions(reason: str, *, order_state: str | None, decides_order: bool
+                 ) -> tuple[str, ...]:
+    """The answers that mean something for an open case (``decides_order``: see
+    ``case_decides_order``). Honour: the money stays with the merchant as this order's (a
+    deciding case makes the order paid); refund: it goes, or went, back (a deciding case makes
+    the order refunded); expire: the source shows no payment. A payment beside a paid order may
+    be the one a person paid it for without proof (``judge_payment``, ``decided_unproven``), so
+    it may be honoured; beside an order that cannot be paid it can only go back."""
+    if reason in _STAYS_OR_GOES:
+        return _EITHER
+    if reason in _GOES_BACK:
+        return _REFUND_ONLY
+    if decides_order:
+        if reason == ReviewReason.VERIFICATION_WINDOW_EXHAUSTED.value:
+            return (*_EITHER, EXPIRE)
+        return _EITHER
+    if order_state == OrderState.PAID.value or order_state is None:
+        return _EITHER
+    return _REFUND_ONLY
+
+
 @dataclass(frozen=True, kw_only=True)
 class PaymentDecision:
     verdict: PaymentVerdict

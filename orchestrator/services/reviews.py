@@ -5,6 +5,13 @@ Honouring a case on an order in ``needs_review`` makes it ``paid``; refunding ma
 an order that is already settled (a second payment on a paid order, a payment on a cancelled one)
 changes no order state: the resolution records what was done with the money.
 
+Each open case is answered only in ways that mean something for it (``case_actions``): money
+that can only go back (a second payment, a payment on a cancelled or refunded order, a refund
+made at the provider) is never honoured. Two payments an order waits in review for with one
+reason (two reported in another currency) each decide it: honouring one pays the order by that
+one (the case says its amount), and the other stays open beside the paid order; refunding one
+leaves the order in review for the other, so it is never refunded while a payment may pay it.
+
 A ``verification_window_exhausted`` case asks whether the order was paid at all, so it has a third
 answer: ``expire`` (the source shows no payment). When a case leaves its order expired, paid or
 refunded, the order's instruments still active are retired: cancelled at their providers where
@@ -22,13 +29,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.domain import events
 from orchestrator.domain.errors import Conflict, InvalidRequest, NotFound
+from orchestrator.domain.money import RUPIAH
 from orchestrator.domain.order import (
+    EXPIRE,
     ORDER_EVENT_ON_ENTRY,
     AttemptState,
     OrderState,
     OrderTrigger,
     RecommendedAction,
-    ReviewReason,
+    case_actions,
+    case_decides_order,
     next_order_state,
 )
 from orchestrator.outbox.writer import PendingEvent, add_events
@@ -40,7 +50,6 @@ from orchestrator.store import keyset
 from orchestrator.store.database import Database
 from orchestrator.store.tables import mutations, orders, payment_attempts, review_cases
 
-EXPIRE = "expire"
 STATES = ("open", "resolved")
 """What a case's ``state`` can be; a list filters by one, or by none for every case."""
 _ACTIONS = {RecommendedAction.HONOUR.value: OrderTrigger.REVIEW_HONOURED,
@@ -52,13 +61,30 @@ class CaseClosed(Conflict):
     code = "case_already_resolved"
 
 
-def render_case(c: Any) -> dict[str, Any]:
+class ActionNotAllowed(InvalidRequest):
+    """An answer that means nothing for this case (``case_actions``), e.g. honour on money
+    that can only go back."""
+
+    code = "action_not_allowed"
+
+
+def allowed_actions(c: Any, order_state: str | None, review_reason: str | None) -> list[str]:
+    """What a person may answer case ``c`` with now (none once it is resolved)."""
+    if c.state != "open":
+        return []
+    return list(case_actions(c.reason, order_state=order_state, decides_order=(
+        order_state is not None and case_decides_order(
+            c.reason, order_state=order_state, review_reason=review_reason))))
+
+
+def render_case(c: Any, *, allowed: list[str]) -> dict[str, Any]:
     return {"id": c.id, "order_id": c.order_id, "mutation_id": c.mutation_id,
             "reason": c.reason, "recommended_action": c.recommended_action, "amount": c.amount,
             # null only on a currency_mismatch case from before the currency was recorded
             "currency": c.currency,
             "state": c.state, "created_at": iso(c.created_at), "resolved_at": iso(c.resolved_at),
-            "resolved_by": c.resolved_by, "resolution": c.resolution, "note": c.note}
+            "resolved_by": c.resolved_by, "resolution": c.resolution, "note": c.note,
+            "allowed_actions": allowed}
 
 
 async def list_cases(db: Database, *, state: str | None, limit: int,
@@ -73,7 +99,10 @@ async def list_cases(db: Database, *, state: str | None, limit: int,
                              f"case)", field="state")
     rc = review_cases.c
     async with db.read() as conn:
-        query = sa.select(review_cases).order_by(rc.created_at, rc.id).limit(limit)
+        query = (sa.select(review_cases, orders.c.state.label("order_state"),
+                           orders.c.review_reason.label("order_review_reason"))
+                 .select_from(review_cases.outerjoin(orders, orders.c.id == rc.order_id))
+                 .order_by(rc.created_at, rc.id).limit(limit))
         if state:
             query = query.where(rc.state == state)
         if order_id:
@@ -81,7 +110,8 @@ async def list_cases(db: Database, *, state: str | None, limit: int,
         if after:
             query = query.where(await keyset.after(conn, rc.created_at, rc.id, after,
                                                    "review case"))
-        return [render_case(c) for c in await conn.execute(query)]
+        return [render_case(c, allowed=allowed_actions(c, c.order_state, c.order_review_reason))
+                for c in await conn.execute(query)]
 
 
 async def _retire_live_attempts(conn: AsyncConnection, order_id: str, *, now: datetime,
@@ -140,17 +170,21 @@ async def resolve_case(db: Database, *, case_id: str, action: str, actor: str, n
             raise CaseClosed(f"case {case_id} was already resolved ({case.resolution}) by "
                              f"{case.resolved_by}")
         pending: list[PendingEvent] = []
-        # Only the case that put the order in review decides its state: a case opened beside it
+        # Only a case the order waits in review for decides its state: a case opened beside it
         # (a possible reversal, a possible duplicate) records its decision and no more.
-        governs = (order is not None and order.state == OrderState.NEEDS_REVIEW.value
-                   and order.review_reason == case.reason)
-        if action == EXPIRE and not (
-                governs and case.reason == ReviewReason.VERIFICATION_WINDOW_EXHAUSTED.value):
-            raise InvalidRequest(
-                "expire answers a case asking whether an order in review was paid "
-                "(verification_window_exhausted); this case is "
-                f"{case.reason} on an order that is {order.state if order else '-'}",
+        governs = order is not None and case_decides_order(
+            case.reason, order_state=order.state, review_reason=order.review_reason)
+        allowed = allowed_actions(case, order.state if order else None,
+                                  order.review_reason if order else None)
+        if action not in allowed:
+            raise ActionNotAllowed(
+                f"{action} means nothing for this {case.reason} case on an order that is "
+                f"{order.state if order else '-'}; allowed: {', '.join(allowed)}",
                 field="action")
+        if governs and action == RecommendedAction.REFUND.value:
+            # Another payment waits beside this one for the same reason and may yet pay the
+            # order: refunding this one answers for this one only.
+            governs = not await _another_payment_waits(conn, case)
         if governs:
             assert order is not None
             state = next_order_state(OrderState.NEEDS_REVIEW, _ACTIONS[action])
@@ -163,7 +197,8 @@ async def resolve_case(db: Database, *, case_id: str, action: str, actor: str, n
             pending.append(PendingEvent(
                 event_type=ORDER_EVENT_ON_ENTRY[state], aggregate_id=order.id,
                 merchant_id=order.merchant_id,
-                payload=event_payload(moved, review_case_id=case_id, resolution=action)))
+                payload=event_payload(moved, review_case_id=case_id, resolution=action,
+                                      **(_paid_by(case) if state is OrderState.PAID else {}))))
         await conn.execute(review_cases.update().where(review_cases.c.id == case_id).values(
             state="resolved", resolved_at=now, resolved_by=actor, resolution=action,
             note=note.strip()))
@@ -185,7 +220,27 @@ async def resolve_case(db: Database, *, case_id: str, action: str, actor: str, n
                            details={"order_id": case.order_id, "reason": case.reason}, now=now)
         resolved = (await conn.execute(sa.select(review_cases)
                                        .where(review_cases.c.id == case_id))).one()
-    return render_case(resolved)
+    return render_case(resolved, allowed=[])
+
+
+async def _another_payment_waits(conn: AsyncConnection, case: Any) -> bool:
+    """Another open case of ``case``'s reason on its order: a second payment the order waits
+    in review for (the caller holds the order's lock, so none opens or closes meanwhile)."""
+    rc = review_cases.c
+    return (await conn.execute(sa.select(rc.id).where(
+        rc.order_id == case.order_id, rc.reason == case.reason, rc.state == "open",
+        rc.id != case.id).limit(1))).first() is not None
+
+
+def _paid_by(case: Any) -> dict[str, Any]:
+    """Which payment a person paid the order with: the one the honoured case is about (the
+    case id names it), said as settlement says a payment (``paid_amount``, ``paid_currency``
+    when not rupiah), not another payment waiting beside it."""
+    if case.currency is None:
+        return {}  # a currency_mismatch case from before its currency was recorded
+    if case.currency != RUPIAH:
+        return {"paid_amount": case.amount, "paid_currency": case.currency}
+    return {"paid_amount": case.amount}
 
 
 MATCHED_MANUALLY = "matched_manually"

@@ -18,7 +18,8 @@ import sqlalchemy as sa
 
 from orchestrator.bootstrap import Container
 from orchestrator.services.reviews import resolve_case
-from orchestrator.store.tables import audit_log, orders, outbox, review_cases
+from orchestrator.services.settlement import Payment, apply_payment
+from orchestrator.store.tables import audit_log, orders, outbox, payment_attempts, review_cases
 from tests.e2e.test_checkout_to_webhook import LUNAS
 from tests.integration.test_reconciliation import capture, moota_body, upload
 from tests.support import ShopFixture, bca_statement, eventually, new_merchant, new_ops_token
@@ -100,6 +101,12 @@ async def test_a_second_payment_case_records_the_refund_and_the_order_stays_paid
     await upload(client, ops, m, bca_statement(m.account_number, [line, line]))
     case = await open_case(client, ops, order["id"])
     assert case["reason"] == "second_payment"
+    # The order is paid once, by the other transfer: nothing is left to honour.
+    assert case["allowed_actions"] == ["refund"]
+    honour = await client.post(f"/v1/reviews/{case['id']}/resolve", headers=ops,
+                               json={"action": "honour", "note": "keep it"})
+    assert (honour.status_code, honour.json()["code"]) == (422, "action_not_allowed")
+    assert "allowed: refund" in honour.json()["detail"], honour.text
     r = await client.post(f"/v1/reviews/{case['id']}/resolve", headers=ops,
                           json={"action": "refund", "note": "second transfer returned"})
     assert r.status_code == 200
@@ -341,4 +348,102 @@ async def test_a_cli_resolution_says_who_decided(
                           capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2, (done.returncode, done.stderr[-500:])
     assert "--actor" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert (await open_case(client, ops, order["id"]))["state"] == "open"
+
+
+async def paid_twice_in_dollars(client: httpx.AsyncClient, container: Container,
+                                ops: dict[str, str], m: ShopFixture) -> tuple[str, list[Any]]:
+    """A provider reported two payments on one order in dollars (9, then 10): the first put
+    the order in review, the second opened a case of the same reason beside it."""
+    order = await capture(client, m)
+    async with container.db.read() as conn:
+        attempt = (await conn.execute(sa.select(payment_attempts).where(
+            payment_attempts.c.order_id == order["id"]))).one()
+    for dollars in (9, 10):
+        now = datetime.now(UTC)
+        async with container.db.transaction() as conn:
+            await apply_payment(conn, Payment(
+                attempt_id=attempt.id, amount=dollars, evidence_key=f"test:{attempt.id}:{dollars}",
+                kind="provider_webhook", observed_at=now, details={}, currency="USD"),
+                now=now, quarantine=timedelta(hours=1))
+    cases = (await client.get("/v1/reviews", headers=ops, params={"order_id": order["id"]})
+             ).json()["data"]
+    assert [(c["reason"], c["amount"], c["allowed_actions"]) for c in cases] == [
+        ("currency_mismatch", 9, ["honour", "refund"]),
+        ("currency_mismatch", 10, ["honour", "refund"])]
+    return order["id"], cases
+
+
+async def told_paid(container: Container, order_id: str) -> dict[str, Any]:
+    async with container.db.read() as conn:
+        [paid] = (await conn.execute(sa.select(outbox.c.payload).where(
+            outbox.c.aggregate_id == order_id, outbox.c.event_type == "order.paid"))
+        ).scalars().all()
+    return dict(paid)
+
+
+async def test_refunding_one_of_two_payments_leaves_the_order_to_the_other(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """Either payment may pay the order, so refunding one answers only for that one. Before,
+    the refund made the order refunded, and the other payment's case was left asking to honour
+    money on an order that could no longer be paid."""
+    m = await new_merchant(container)
+    order_id, (first, second) = await paid_twice_in_dollars(client, container, ops, m)
+    r = await client.post(f"/v1/reviews/{first['id']}/resolve", headers=ops,
+                          json={"action": "refund", "note": "9 USD returned by the provider"})
+    assert r.status_code == 200, r.text
+    read = (await client.get(f"/v1/orders/{order_id}", headers=m.headers)).json()
+    assert (read["status"], read["review_reason"]) == ("needs_review", "currency_mismatch")
+    r = await client.post(f"/v1/reviews/{second['id']}/resolve", headers=ops,
+                          json={"action": "honour", "note": "provider: 150,000 IDR arrived"})
+    assert r.status_code == 200, r.text
+    read = (await client.get(f"/v1/orders/{order_id}", headers=m.headers)).json()
+    assert read["status"] == "paid"
+    paid = await told_paid(container, order_id)
+    assert (paid["review_case_id"], paid["paid_amount"], paid["paid_currency"]) == (
+        second["id"], 10, "USD")
+
+
+async def test_honouring_the_later_payment_pays_the_order_by_it_and_the_other_stays_a_case(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """A person honours the second payment: the merchant hears the order paid by that one (its
+    amount and currency, its case), and the first stays open on the paid order, a payment more
+    to refund (or keep) after checking at the source."""
+    m = await new_merchant(container)
+    order_id, (first, second) = await paid_twice_in_dollars(client, container, ops, m)
+    r = await client.post(f"/v1/reviews/{second['id']}/resolve", headers=ops,
+                          json={"action": "honour", "note": "provider: 150,000 IDR arrived"})
+    assert r.status_code == 200, r.text
+    assert r.json()["allowed_actions"] == []
+    paid = await told_paid(container, order_id)
+    assert (paid["review_case_id"], paid["paid_amount"], paid["paid_currency"]) == (
+        second["id"], 10, "USD")
+    still = await open_case(client, ops, order_id)
+    assert (still["id"], still["state"]) == (first["id"], "open")
+    r = await client.post(f"/v1/reviews/{first['id']}/resolve", headers=ops,
+                          json={"action": "refund", "note": "9 USD returned"})
+    assert r.status_code == 200, r.text
+    read = (await client.get(f"/v1/orders/{order_id}", headers=m.headers)).json()
+    assert read["status"] == "paid"
+
+
+async def test_a_payment_on_a_cancelled_order_can_only_be_refunded(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """Honouring money on a cancelled order pays nothing: the order cannot be paid again. It
+    was recorded as if it meant something; now it is refused, naming what is allowed."""
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    r = await client.post(f"/v1/orders/{order['id']}/cancel", headers=m.headers)
+    assert r.status_code == 200, r.text
+    pay = order["payment"]["transfer_amount"]
+    await upload(client, ops, m, bca_statement(m.account_number, [
+        (datetime.now(UTC), f"TRSF CR {order['id'].upper()}", pay, "CR")]))
+    case = await open_case(client, ops, order["id"])
+    assert (case["reason"], case["allowed_actions"]) == ("payment_on_closed_order", ["refund"])
+    honour = await client.post(f"/v1/reviews/{case['id']}/resolve", headers=ops,
+                               json={"action": "honour", "note": "ship anyway"})
+    assert (honour.status_code, honour.json()["field"]) == (422, "action"), honour.text
     assert (await open_case(client, ops, order["id"]))["state"] == "open"

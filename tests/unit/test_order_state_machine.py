@@ -36,6 +36,8 @@ from orchestrator.domain.order import (
     PaymentVerdict,
     RecommendedAction,
     ReviewReason,
+    case_actions,
+    case_decides_order,
     judge_payment,
     next_attempt_state,
     next_order_state,
@@ -775,3 +777,52 @@ def test_a_second_payment_reversed_only_in_part_keeps_its_case_checked_at_the_so
     assert (judged.verdict, judged.order_trigger, judged.review_reason,
             judged.recommended_action) == (V.SECOND_PAYMENT, None, ReviewReason.SECOND_PAYMENT,
                                            ACT.CHECK_AT_SOURCE)
+
+
+# What a person may answer an open review case with, by reason and by the order it is on.
+# (reason, order state, the order waits in review for this reason) -> allowed answers.
+HON, REF, EXP = "honour", "refund", "expire"
+CASE_ACTIONS_SPEC: list[tuple[str, str, bool, tuple[str, ...]]] = [
+    ("verification_window_exhausted", "needs_review", True, (HON, REF, EXP)),
+    ("amount_mismatch", "needs_review", True, (HON, REF)),
+    ("payment_after_expiry", "needs_review", True, (HON, REF)),
+    ("currency_mismatch", "needs_review", True, (HON, REF)),
+    # beside a paid order: maybe the payment a person paid it for without proof, or one more
+    ("currency_mismatch", "paid", False, (HON, REF)),
+    ("amount_mismatch", "paid", False, (HON, REF)),
+    # beside an order that can no longer be paid, money can only go back
+    ("amount_mismatch", "refunded", False, (REF,)),
+    ("currency_mismatch", "cancelled", False, (REF,)),
+    ("currency_mismatch", "needs_review", False, (REF,)),
+    ("second_payment", "paid", False, (REF,)),
+    ("payment_on_closed_order", "cancelled", False, (REF,)),
+    ("payment_on_closed_order", "refunded", False, (REF,)),
+    ("payment_on_closed_order", "needs_review", False, (REF,)),
+    ("refunded_at_provider", "paid", False, (REF,)),
+    # does money already counted stay (honour) or go back (refund)?
+    ("chargeback", "paid", False, (HON, REF)),
+    ("possible_reversal", "paid", False, (HON, REF)),
+    ("possible_reversal", "needs_review", False, (HON, REF)),
+    ("possible_duplicate", "paid", False, (HON, REF)),
+]
+
+
+@pytest.mark.parametrize(("reason", "order_state", "decides", "allowed"), CASE_ACTIONS_SPEC)
+def test_a_case_is_answered_only_in_ways_that_mean_something_for_it(
+    reason: str, order_state: str, decides: bool, allowed: tuple[str, ...]
+) -> None:
+    assert case_actions(reason, order_state=order_state, decides_order=decides) == allowed
+
+
+def test_every_reason_has_answers_written_down() -> None:
+    assert {r.value for r in ReviewReason} - {"ambiguous_match"} == {
+        reason for reason, *_ in CASE_ACTIONS_SPEC}
+
+
+def test_a_case_decides_its_order_only_while_the_order_waits_in_review_for_its_reason() -> None:
+    assert case_decides_order("currency_mismatch", order_state="needs_review",
+                              review_reason="currency_mismatch")
+    assert not case_decides_order("possible_reversal", order_state="needs_review",
+                                  review_reason="amount_mismatch")
+    assert not case_decides_order("currency_mismatch", order_state="paid",
+                                  review_reason="currency_mismatch")
