@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from orchestrator.domain.errors import NotFound
 from orchestrator.services.order_view import iso
 from orchestrator.services.orders import view_order
-from orchestrator.services.reviews import render_case
+from orchestrator.services.reviews import allowed_actions, render_case
 from orchestrator.store.database import Database
 from orchestrator.store.tables import (
     audit_log,
@@ -65,7 +65,9 @@ async def order_record(db: Database, *, order_id: str) -> dict[str, Any]:
         "attempts": [_attempt(r) for r in attempts],
         "evidence": [_evidence(r) for r in observed],
         "mutations": [_mutation(r) for r in lines],
-        "review_cases": [render_case(r) for r in cases],
+        "review_cases": [render_case(r, allowed=allowed_actions(r, order.state,
+                                                                order.review_reason))
+                         for r in cases],
         "audit": [_audit(r) for r in audited],
     }
 

@@ -48,6 +48,7 @@ async def test_a_short_payment_shows_its_instrument_its_evidence_its_bank_line_a
     [case] = seen["review_cases"]
     assert (case["reason"], case["state"], case["amount"]) == ("amount_mismatch", "open",
                                                               line["amount"])
+    assert case["allowed_actions"] == ["honour", "refund"]  # as the review queue lists it
 
 
 async def test_what_people_did_about_its_cases_and_bank_lines_is_in_its_record(
