@@ -175,7 +175,8 @@ class RetentionSettings:
     idempotency_keys: timedelta = timedelta(days=7)
     """``LUNAS_RETENTION_IDEMPOTENCY_KEYS``; at least a day (clients' retries must replay)."""
     done_events: timedelta = timedelta(days=30)
-    """``LUNAS_RETENTION_DONE_EVENTS``: delivered outbox events; at least a day."""
+    """``LUNAS_RETENTION_DONE_EVENTS``: delivered outbox events; at least a day, and no shorter
+    than the code quarantine (``_refuse_done_events_pruned_within_the_quarantine``)."""
     provider_deliveries: timedelta | None = None
     """``LUNAS_RETENTION_PROVIDER_DELIVERIES``; unset keeps every delivery for ever."""
     batch: int = 5_000
@@ -518,6 +519,7 @@ class Settings:
             ),
         )
         _refuse_a_webhook_timeout_outside_the_lease(settings)
+        _refuse_done_events_pruned_within_the_quarantine(settings)
         settings.refuse_insecure_production()
         return settings
 
@@ -566,6 +568,23 @@ def _refuse_a_webhook_timeout_outside_the_lease(settings: Settings) -> None:
             f"{_shown(handler)} s): a webhook try must end inside the outbox lease with time left "
             f"to record its outcome. Raise LUNAS_OUTBOX_LEASE above "
             f"{_shown(round(webhook / HANDLER_SHARE, 2))} s or lower the webhook timeout")
+
+
+def _refuse_done_events_pruned_within_the_quarantine(settings: Settings) -> None:
+    """Jobs about a closed attempt run until the code quarantine of its closing ends: the watch
+    of an instrument its provider would not cancel, its cancel tried again, its read after the
+    cancel. Each is started at most once by a fixed event id (``gateway_jobs``: ``watch_``,
+    ``refused_``, ``recheck_``), which refuses a second start only while the first row is kept.
+    Pruned sooner, a cancel refused after a long outage starts a second watch of the same
+    instrument beside the first (tests/integration/test_fixed_job_ids.py); kept as long, the
+    id comes free only once the watch is over, when starting it again does nothing."""
+    done = settings.retention.done_events.total_seconds()
+    quarantine = settings.unique_codes.quarantine.total_seconds()
+    if done < quarantine:
+        raise SettingsError(
+            f"LUNAS_RETENTION_DONE_EVENTS ({_shown(done)} s) must not be shorter than "
+            f"LUNAS_UNIQUE_CODE_QUARANTINE ({_shown(quarantine)} s): a closed attempt's watch "
+            "is started once by a job id that retention would free while the watch still runs")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -232,6 +232,30 @@ def test_retention_keeps_provider_deliveries_for_ever_unless_told() -> None:
     assert told.retention.provider_deliveries == timedelta(days=400)
 
 
+@pytest.mark.parametrize(("quarantine", "done"), [
+    (str(3 * 86400), str(86400)),  # a weekend's quarantine, a day's outbox
+    (str(86400 + 1), str(86400)),
+])
+def test_done_events_kept_shorter_than_the_code_quarantine_are_refused(
+    quarantine: str, done: str
+) -> None:
+    """A closed attempt's watch, its cancel's retries and its one read after the cancel run
+    until the quarantine of its closing ends, each started at most once by a fixed event id
+    (``watch_``, ``cancel<n>_``, ``recheck_``, ``refused_``). Pruned before that, the id is
+    free again and a cancel retried after a long outage starts a second watch of the same
+    instrument beside the first."""
+    with pytest.raises(SettingsError, match="LUNAS_RETENTION_DONE_EVENTS") as refused:
+        Settings.from_env({"LUNAS_UNIQUE_CODE_QUARANTINE": quarantine,
+                           "LUNAS_RETENTION_DONE_EVENTS": done})
+    assert "LUNAS_UNIQUE_CODE_QUARANTINE" in str(refused.value)
+
+
+def test_done_events_kept_as_long_as_the_code_quarantine_are_accepted() -> None:
+    s = Settings.from_env({"LUNAS_UNIQUE_CODE_QUARANTINE": "86400",
+                           "LUNAS_RETENTION_DONE_EVENTS": "86400"})
+    assert s.retention.done_events == s.unique_codes.quarantine == timedelta(days=1)
+
+
 PRODUCTION = {"LUNAS_ENV": "production", "LUNAS_DATABASE_URL": "postgresql+asyncpg://u@db/l",
               "LUNAS_MUTATION_PUSH_SECRET": "s3cret-from-vault"}
 
