@@ -118,7 +118,9 @@ SCHEDULE = contract("ops", body=True, answers={
 CANCEL_WINDOW = contract("ops", body=True, answers={
     200: Answer(description="The window, cancelled"),
     400: problem("reason_required, reason_too_long, or a malformed request."),
-    404: problem("No active window by that id (not_found).")})
+    404: problem("No active window by that id (not_found)."),
+    422: problem("invalid_request: the window has ended; it stays as the record of past "
+                 "maintenance.")})
 
 class OpsController(Controller):
     path = "/v1/ops"

@@ -137,14 +137,23 @@ class RouteControls:
         return window
 
     async def cancel_window(self, window_id: str, *, actor: str, reason: str) -> None:
+        """Cancel a window that has not ended yet. An ended one is the record of maintenance
+        that happened (the status page's history): cancelling it would erase that."""
         now = self._clock.now()
         async with self._db.transaction() as conn:
             result = await conn.execute(
                 maintenance_windows.update().where(
                     maintenance_windows.c.id == window_id,
                     maintenance_windows.c.cancelled_at.is_(None),
+                    maintenance_windows.c.ends_at > now,
                 ).values(cancelled_at=now))
             if result.rowcount == 0:
+                ended = (await conn.execute(sa.select(maintenance_windows.c.ends_at).where(
+                    maintenance_windows.c.id == window_id,
+                    maintenance_windows.c.cancelled_at.is_(None)))).scalar()
+                if ended is not None:
+                    raise InvalidRequest(f"the window ended at {iso(ended)}: it is the record "
+                                         "of maintenance that happened, and stays")
                 raise NotFound(f"no active maintenance window {window_id}")
             await record_audit(conn, actor=actor, action="maintenance.cancelled",
                                subject_type="maintenance", subject_id=window_id, reason=reason,

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from orchestrator.bootstrap import Container
 from orchestrator.services.order_view import iso
-from orchestrator.store.tables import audit_log
+from orchestrator.store.tables import audit_log, maintenance_windows
 from tests.support import new_merchant, new_ops_token
 
 
@@ -137,3 +137,29 @@ async def test_a_window_of_absurd_length_is_refused_with_its_reason(
     assert r.status_code == 201, r.text
     await client.delete(f"/v1/ops/maintenance/{r.json()['id']}", headers=ops,
                         params={"reason": "test over"})
+
+
+async def test_a_window_that_has_ended_cannot_be_cancelled(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """A window past its end is the record of maintenance that happened (the status page's
+    history, GET /v1/ops/maintenance?include_past=true): cancelling it answered 200 and erased
+    it from that record as if the route had never been out."""
+    start = datetime.now(UTC) + timedelta(hours=1)
+    r = await client.post("/v1/ops/maintenance", headers=ops, json={
+        "route": "va:midtrans:*", "starts_at": start.isoformat(),
+        "ends_at": (start + timedelta(hours=2)).isoformat(), "reason": "BNI host upgrade"})
+    window = r.json()
+    # The window's hours pass: it ran yesterday.
+    async with container.db.transaction() as conn:
+        await conn.execute(maintenance_windows.update()
+                           .where(maintenance_windows.c.id == window["id"])
+                           .values(starts_at=start - timedelta(days=1, hours=1),
+                                   ends_at=start - timedelta(days=1)))
+    gone = await client.delete(f"/v1/ops/maintenance/{window['id']}", headers=ops,
+                               params={"reason": "tidy up"})
+    assert (gone.status_code, gone.json()["code"]) == (422, "invalid_request"), gone.text
+    assert "ended" in gone.json()["detail"]
+    past = (await client.get("/v1/ops/maintenance", headers=ops,
+                             params={"include_past": "true"})).json()["data"]
+    assert window["id"] in [w["id"] for w in past]
