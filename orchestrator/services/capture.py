@@ -167,6 +167,16 @@ class CaptureService:
             result = await self._issuance.issue(order, rail=rail, channel=channel)
             finished = await self._issuance.finish(order.id, result,
                                                    idempotency=(merchant_id, key))
+        except UniqueCodesExhausted:
+            # Every gateway route down and the manual-transfer fallback found every amount
+            # held: deferred like any order no route served, but counted as the pool running
+            # dry, as a manual-transfer capture refused for it is.
+            log.warning("fallback found every unique code held; deferred",
+                        extra={"order_id": order.id})
+            self._metrics.unique_codes_exhausted.labels(rail.value).inc()
+            self._metrics.orders_captured.labels("deferred", rail.value).inc()
+            body = render_order(order, None, nothing_to_pay=False)  # captured
+            return CaptureOutcome(status_code=202, body=body, replayed=False)
         except Exception:
             # The order is durable and its order.captured event will issue it later: intake
             # answers 202 with what it stored rather than an error for an order that exists.

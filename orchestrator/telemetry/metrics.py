@@ -34,7 +34,9 @@ class Metrics:
                 self.orders_captured.labels(outcome, rail)
         self.unique_codes_exhausted = Counter(
             "lunas_unique_codes_exhausted_total",
-            "Captures refused because every transfer amount in the code range was held.",
+            "Captures that found every transfer amount in the code range held, by the "
+            "capture's rail: refused (manual transfer, 503), or deferred (a gateway order "
+            "whose routes were all down, falling back to manual transfer; 202).",
             ["rail"], registry=self.registry,
         )
         self.mutations_ingested = Counter(

@@ -24,10 +24,11 @@ import sqlalchemy as sa
 
 from chaos.sim.runner import Simulators, start_simulators
 from orchestrator.bootstrap import Container, build
+from orchestrator.domain.money import UniqueCodeRange
 from orchestrator.outbox.relay import Relay
 from orchestrator.rails import qris
 from orchestrator.rails.breaker import BreakerConfig
-from orchestrator.settings import ProviderSettings, RedisSettings, Settings
+from orchestrator.settings import ProviderSettings, RedisSettings, Settings, UniqueCodeSettings
 from orchestrator.store.tables import outbox, payment_attempts
 from tests.support import (
     ShopFixture,
@@ -182,6 +183,33 @@ async def test_every_gateway_down_falls_back_to_manual_transfer(stack: Stack) ->
         "va:xendit:bca", "va:midtrans:bca", "qris:midtrans:qris", "qris:xendit:qris",
         "manual_transfer:bank:bank"]
     assert all(t["reason"] for t in body["routing"]["tried"][:-1])
+
+
+async def test_a_fallback_that_finds_every_code_held_is_counted_as_exhaustion(
+    container: Container, sims: Simulators
+) -> None:
+    """Every gateway down and every transfer amount near the order's held: the order stays
+    captured (202, issued later), and the pool's exhaustion counter sees it as it sees a
+    manual-transfer capture refused. It did not: the capture looked like any deferred one."""
+    narrow = build(replace(gateway_settings(container.settings, sims),
+                           unique_codes=UniqueCodeSettings(codes=UniqueCodeRange(low=1, high=2))))
+    await narrow.start()
+    try:
+        shop = await new_merchant(narrow)
+        async with serve(narrow) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+            stack = Stack(narrow, sims, url, client, shop)
+            for _ in range(2):  # the whole range of 125,000 held by manual transfers
+                assert (await stack.capture("manual_transfer", None)).status_code == 201
+            await stack.fault("xendit", kind="down")
+            await stack.fault("midtrans", kind="down")
+            r = await stack.capture()
+            seen = (await client.get("/metrics")).content
+        assert (r.status_code, r.json()["status"]) == (202, "captured"), r.text
+        assert metric_value(seen, "lunas_unique_codes_exhausted_total", rail="va") == 1
+        assert metric_value(seen, "lunas_orders_captured_total", outcome="deferred",
+                            rail="va") == 1
+    finally:
+        await narrow.close()
 
 
 async def test_slow_provider_opens_its_breaker_on_slow_calls(stack: Stack) -> None:
