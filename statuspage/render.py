@@ -22,6 +22,7 @@ from statuspage.texts import (
     INCIDENT_STATUS_LABELS,
     ORDER_STATE_TEXTS,
     STATUS_LABELS,
+    VERIFYING_NEXT_STEP,
     pick,
     t,
     wib,
@@ -213,6 +214,9 @@ def lookup_page(lang: str, *, result: dict[str, Any] | None = None, error: str |
 def _order_card(r: dict[str, Any], lang: str) -> str:
     texts = ORDER_STATE_TEXTS.get(r["state"], (r["state"], "", r["state"], ""))
     label, step = (texts[2], texts[3]) if lang == "en" else (texts[0], texts[1])
+    waiting = VERIFYING_NEXT_STEP.get(r.get("waiting_on") or "")
+    if waiting is not None:
+        step = waiting[1] if lang == "en" else waiting[0]
     rows = [(t("order_code", lang), r["code"]), (t("state", lang), label),
             (t("amount", lang), format_idr(r["amount"]))]
     if r.get("transfer_amount") is not None:

@@ -147,13 +147,16 @@ class StatusPage:
             a = payment_attempts.c
             # The amount a bank transfer must be of (amount + unique code): the mutation is
             # matched on it, so the bare order amount would pay nothing.
-            next_check, payable, to_transfer = (await conn.execute(sa.select(
-                sa.func.min(a.next_check_at),
-                sa.func.count().filter(a.state.in_(PAYABLE)),
-                sa.func.max(a.transfer_amount).filter(
-                    a.rail == Rail.MANUAL_TRANSFER.value,
-                    a.state == AttemptState.ACTIVE.value)).where(
-                a.order_id == order_id, a.state.in_((*LIVE, *PAYABLE))))).one()
+            manual = a.rail == Rail.MANUAL_TRANSFER.value
+            next_check, payable, to_transfer, by_bank, provider_down = (await conn.execute(
+                sa.select(
+                    sa.func.min(a.next_check_at),
+                    sa.func.count().filter(a.state.in_(PAYABLE)),
+                    sa.func.max(a.transfer_amount).filter(
+                        manual, a.state == AttemptState.ACTIVE.value),
+                    sa.func.count().filter(manual, a.state.in_(LIVE)),
+                    sa.func.count().filter(~manual, a.deferred_on.is_not(None)),
+                ).where(a.order_id == order_id, a.state.in_((*LIVE, *PAYABLE))))).one()
         given = contact.strip()
         if "@" in given:
             ok = _same(given.lower(), (row.customer_email or "").strip().lower())
@@ -170,7 +173,12 @@ class StatusPage:
                 "transfer_amount": int(to_transfer) if to_transfer is not None
                 and state == OrderState.AWAITING_PAYMENT.value else None,
                 "expires_at": row.expires_at, "paid_at": row.paid_at,
-                "next_check_at": next_check if show_check else None}
+                "next_check_at": next_check if show_check else None,
+                # What a verifying order waits on, as its verification says (order_view): a
+                # bank transfer is confirmed by the mutation feed, not by a provider
+                # recovering, unless a provider it was also offered is down.
+                "waiting_on": None if state != OrderState.VERIFYING.value
+                else "bank_feed" if by_bank and not provider_down else "provider"}
 
     # -- ops --------------------------------------------------------------------------------
 

@@ -67,6 +67,15 @@ ORDER_STATE_TEXTS: dict[str, tuple[str, str, str, str]] = {
                  "Your money has been refunded."),
 }
 
+VERIFYING_NEXT_STEP: dict[str, tuple[str, str]] = {
+    # waiting_on: (next step id, next step en), instead of the provider's recovery
+    "bank_feed": ("Jika Anda sudah membayar, pembayaran Anda tercatat dan akan dikonfirmasi "
+                  "otomatis begitu transfer Anda terbaca di mutasi rekening bank. Tidak perlu "
+                  "membayar lagi.",
+                  "If you have paid, your payment is safe and will be confirmed automatically "
+                  "as soon as your transfer shows in the bank's records. Do not pay again."),
+}
+
 UI: dict[str, tuple[str, str]] = {
     "title": ("Status layanan pembayaran", "Payment service status"),
     "components": ("Komponen", "Components"),

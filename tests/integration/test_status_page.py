@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from chaos.proxy import FaultProxy
 from chaos.sim.runner import Simulators, start_simulators
 from orchestrator.bootstrap import Container, build
+from orchestrator.services.expiry import AllSourcesUp, expire_due_orders
 from orchestrator.settings import DatabaseSettings, Settings, StatusPageSettings
 from orchestrator.store.engine import create_engine, migrate
 from orchestrator.store.tables import audit_log, status_history
@@ -420,6 +421,35 @@ async def test_a_bank_transfer_order_shows_the_amount_to_transfer_with_its_code(
             assert r.status_code == 200, r.text
             assert said in r.text
             assert payment["display"]["transfer_amount"] in r.text, r.text
+
+
+class _FeedStale(AllSourcesUp):
+    """The bank mutation feed has not polled lately: what a manual-transfer order waits on."""
+
+    def feed_stale(self, now: datetime) -> bool:
+        return True
+
+    def feed_caught_up(self, deadline: datetime) -> bool:
+        return False
+
+
+async def test_a_bank_transfer_order_being_verified_says_it_waits_for_the_bank(
+    container: Container,
+) -> None:
+    """Past its deadline with the mutation feed stale, a bank-transfer order waits in verifying
+    for the bank's records, not for a payment provider: the page told its customer the payment
+    would be confirmed "as soon as the payment provider recovers", when no provider is down."""
+    async with status_stack(container, run_the_worker=False, page=SLOW) as p:
+        order = await p.checkout(rail="manual_transfer", email="siti@example.co.id")
+        past = datetime.fromisoformat(order["expires_at"]) + timedelta(minutes=1)
+        await expire_due_orders(p.container.db, now=past, quarantine=timedelta(hours=1),
+                                batch=10, health=_FeedStale())
+        for lang, said in (("", "mutasi rekening"), ("?lang=en", "transfer shows in the bank")):
+            r = await p.client.post(f"/status/orders{lang}", data={
+                "code": order["id"], "contact": "siti@example.co.id"})
+            assert r.status_code == 200 and 'data-state="verifying"' in r.text, r.text
+            assert said in r.text, r.text
+            assert "pulih" not in r.text and "recovers" not in r.text, r.text
 
 
 async def test_order_lookups_are_rate_limited(container: Container) -> None:
