@@ -427,6 +427,33 @@ def clear_proxy_faults() -> str:
     return "proxies clear"
 
 
+# ----------------------------------------------------------------------------- ops overrides
+
+
+def ops_breaker(route: str, action: str) -> str:
+    """An SRE forces ``route``'s breaker (``force_open``, ``force_closed``) or releases it,
+    through the ops API as a person would (audited, with a reason)."""
+    s = _s()
+    r = httpx.post(f"{s.stack.api_url}/v1/ops/routes/{route}/breaker",
+                   json={"action": action, "reason": f"game day: {action}"},
+                   headers={"Authorization": f"Bearer {s.stack.ops_token}"}, timeout=10)
+    r.raise_for_status()
+    _fault(f"ops: breaker of {route} {action}")
+    return f"{route} {r.json()['breaker']}"
+
+
+def ops_pause(route: str, paused: bool) -> str:
+    """An SRE pauses ``route`` (or resumes it) through the ops API (audited, with a reason)."""
+    s = _s()
+    verb = "pause" if paused else "resume"
+    httpx.post(f"{s.stack.api_url}/v1/ops/routes/{route}/{verb}",
+               json={"reason": f"game day: {verb}"},
+               headers={"Authorization": f"Bearer {s.stack.ops_token}"},
+               timeout=10).raise_for_status()
+    _fault(f"ops: {route} {verb}d")
+    return f"{route} {verb}d"
+
+
 def webhook_storm(duplicates: int = 3, forged: int = 20) -> str:
     """Every Midtrans payment's notification again ``duplicates`` times, a ``pending`` for each
     after its settlement (out of order), and ``forged`` settlements for unpaid orders with a wrong

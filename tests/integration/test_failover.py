@@ -482,9 +482,16 @@ async def test_ops_force_a_breaker_open_and_release_it_audited(stack: Stack) -> 
     assert reply["routing"]["served_by"] == "va:midtrans:bca"
     routes = (await stack.client.get("/v1/ops/routes", headers=ops)).json()["data"]
     assert next(x for x in routes if x["route"] == "va:xendit:bca")["breaker"] == "forced_open"
+    # What LunasBreakerForcedForHours reads: an override nobody releases files a ticket.
+    forced = (await stack.client.get("/metrics")).content
+    assert metric_value(forced, "lunas_breaker_state", route="va:xendit:bca",
+                        state="forced_open") == 1
     r = await stack.client.post("/v1/ops/routes/va:xendit:bca/breaker", headers=ops,
                                 json={"action": "release", "reason": "resolved"})
     assert r.json()["breaker"] == "closed"
+    released = (await stack.client.get("/metrics")).content
+    assert metric_value(released, "lunas_breaker_state", route="va:xendit:bca",
+                        state="forced_open") == 0
     assert (await stack.capture()).json()["routing"]["served_by"] == "va:xendit:bca"
     async with stack.container.db.read() as conn:
         from orchestrator.store.tables import audit_log
