@@ -97,25 +97,30 @@ def status_recorder(container: Container) -> StatusRecorder:
             dwell=Dwell(worsen_after=sp.worsen_after, recover_after=sp.recover_after)))
 
 
+async def sweep_once(container: Container, health: LiveSourceHealth) -> bool:
+    """One pass of the deadline sweep; True when a full batch of orders was due (more may be)."""
+    settings = container.settings
+    now = container.clock.now()
+    expired = await expire_due_orders(
+        container.db, now=now, quarantine=settings.unique_codes.quarantine,
+        batch=settings.scheduler.sweep_batch, health=health,
+        claim_lease=settings.verification.claim,
+    )
+    await settle_verifying_orders(
+        container.db, now=now, quarantine=settings.unique_codes.quarantine,
+        window=settings.scheduler.verification_window,
+        batch=settings.scheduler.sweep_batch, health=health)
+    await release_quarantined_codes(container.db, now=now)
+    return expired == settings.scheduler.sweep_batch
+
+
 async def sweep_forever(container: Container, stop: asyncio.Event) -> None:
     """Expire orders past their deadline and release codes past quarantine, every interval."""
-    settings = container.settings
-    interval = settings.scheduler.sweep_interval.total_seconds()
+    interval = container.settings.scheduler.sweep_interval.total_seconds()
     health = LiveSourceHealth(BreakerGuard(container.breakers), container.feed_poller)
     while not stop.is_set():
         try:
-            now = container.clock.now()
-            expired = await expire_due_orders(
-                container.db, now=now, quarantine=settings.unique_codes.quarantine,
-                batch=settings.scheduler.sweep_batch, health=health,
-                claim_lease=settings.verification.claim,
-            )
-            await settle_verifying_orders(
-                container.db, now=now, quarantine=settings.unique_codes.quarantine,
-                window=settings.scheduler.verification_window,
-                batch=settings.scheduler.sweep_batch, health=health)
-            await release_quarantined_codes(container.db, now=now)
-            if expired == settings.scheduler.sweep_batch:
+            if await sweep_once(container, health):
                 continue  # more are due: no pause
         except Exception:  # the sweep must outlive a database blip; the next pass retries
             log.exception("sweep failed")
