@@ -161,8 +161,9 @@ class SchedulerSettings:
     """How often a worker looks for orders past their deadline and codes past quarantine."""
     sweep_batch: int = 200
     verification_window: timedelta = timedelta(hours=6)
-    """How long past its deadline an order may wait in ``verifying`` for an unknown attempt to be
-    resolved before it goes to a person (``needs_review``) instead."""
+    """How long an order may wait in ``verifying`` for an unknown attempt to be resolved before it
+    goes to a person (``needs_review``) instead, counted from when the sweep put it there (not
+    from its deadline: a worker back from a long outage must still have it read first)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -142,8 +142,8 @@ async def expire_due_orders(
                 pending_events.append(_payment_pending(o, reason, routes, health, now))
         if waiting:
             ids = [o.id for o in waiting]
-            await conn.execute(orders.update().where(orders.c.id.in_(ids))
-                               .values(state=OrderState.VERIFYING.value, updated_at=now))
+            await conn.execute(orders.update().where(orders.c.id.in_(ids)).values(
+                state=OrderState.VERIFYING.value, updated_at=now, verifying_since=now))
             # Reads due within a claim lease are left alone: they may be claimed and in flight
             # right now (a claim moves next_check_at one lease ahead), and pulling them forward
             # would have a second verifier read them again; they happen within the lease anyway.
@@ -165,7 +165,12 @@ async def settle_verifying_orders(
 ) -> int:
     """Orders in ``verifying``: expire those whose sources have all been read (no gateway
     attempt left live or unsettled; the feed caught up past the deadline); send those still
-    waiting ``window`` after their deadline to a person (rule 6), with the reason."""
+    waiting ``window`` after they entered ``verifying`` to a person (rule 6), with the reason.
+
+    The window runs from entry, not from the deadline: a sweep that first sees an order long
+    after its deadline (a worker back from an outage longer than the window, a clock that
+    jumped) must have it read before a person is asked, or every such order would go to review
+    in the pass that put it in ``verifying``, its provider unread and perhaps up."""
     health = health or AllSourcesUp()
     a = payment_attempts.c
     unread_gateway = sa.exists().where(
@@ -178,7 +183,9 @@ async def settle_verifying_orders(
     unread_feed = (sa.exists().where(
         a.order_id == orders.c.id, a.rail == Rail.MANUAL_TRANSFER.value,
         a.state.in_(_MANUAL_LIVE)) if health.feed_stale(now) else sa.false())
+    since = orders.c.verifying_since
     async with db.transaction() as conn:
+        await _stamp_entry(conn, batch=batch, skip_locked=not db.is_sqlite)
         # Two picks, so orders parked behind a provider that is down (possibly thousands, all
         # still waiting) never crowd out the ones that can be decided now or are overdue.
         ready = (await conn.execute(
@@ -186,9 +193,9 @@ async def settle_verifying_orders(
             .order_by(orders.c.expires_at).limit(batch).with_for_update(skip_locked=True)
         )).all()
         overdue_pick = (await conn.execute(
-            sa.select(orders).where(verifying, orders.c.expires_at <= now - window,
+            sa.select(orders).where(verifying, since <= now - window,
                                     orders.c.id.not_in([o.id for o in ready]))
-            .order_by(orders.c.expires_at).limit(batch).with_for_update(skip_locked=True)
+            .order_by(since).limit(batch).with_for_update(skip_locked=True)
         )).all()
         waiting = [*ready, *overdue_pick]
         # Orders sent to a person because the window ran out, whose sources are back and have
@@ -221,7 +228,10 @@ async def settle_verifying_orders(
         await add_events(conn, await close_window_cases(
             conn, unpaid, resolution=NO_PAYMENT_FOUND, now=now,
             note="every source was read again after it recovered: no payment"), now=now)
-        overdue = [o for o in open_ if o.expires_at + window <= now]
+        # A row the stamp passed by (locked then) and the ready pick took has none until the
+        # next pass: not overdue yet.
+        overdue = [o for o in open_ if o.verifying_since is not None
+                   and o.verifying_since + window <= now]
         reason = ReviewReason.VERIFICATION_WINDOW_EXHAUSTED.value
         action = RecommendedAction.CHECK_AT_SOURCE.value
         review: list[PendingEvent] = []
@@ -246,6 +256,25 @@ async def settle_verifying_orders(
             )]
         await add_events(conn, review, now=now)
         return len(waiting) - len(open_) + len(overdue) + len(unpaid)
+
+
+async def _stamp_entry(conn: AsyncConnection, *, batch: int, skip_locked: bool) -> None:
+    """Give an order in ``verifying`` without ``verifying_since`` the time it entered: one put
+    there before revision 0023, or by an older worker still running while this code starts. That
+    is its ``updated_at``: nothing else writes an order while it waits there. Without it the
+    order would never be picked as overdue and could wait for ever (rule 6)."""
+    unstamped = sa.select(orders.c.id).where(
+        orders.c.state == OrderState.VERIFYING.value, orders.c.verifying_since.is_(None)
+    ).limit(batch)
+    if skip_locked:  # a row another transaction holds is stamped on a later pass
+        unstamped = unstamped.with_for_update(skip_locked=True)
+    # Looked up apart (through ix_orders_verifying_since; normally none), not as a subquery of
+    # the UPDATE: PostgreSQL, expecting many (most orders have no verifying_since), planned
+    # that as a scan of every order, every pass.
+    ids = (await conn.execute(unstamped)).scalars().all()
+    if ids:
+        await conn.execute(orders.update().where(orders.c.id.in_(ids))
+                           .values(verifying_since=orders.c.updated_at))
 
 
 async def _sources(conn: AsyncConnection, ids: list[str]) -> dict[str, _Sources]:

@@ -98,6 +98,11 @@ orders = sa.Table(
     sa.Column("expires_at", UTCDateTime, nullable=False),
     sa.Column("paid_at", UTCDateTime),
     sa.Column("review_reason", sa.String(48)),
+    # When the deadline sweep first put the order in ``verifying``: its verification window runs
+    # from here, not from ``expires_at``, so an order a sweep first sees long after its deadline
+    # (a worker back from its own outage) is still read before a person is asked. NULL for an
+    # order that never waited there.
+    sa.Column("verifying_since", UTCDateTime),
     # The capture's trace context (W3C traceparent), so evidence that arrives on its own (a
     # webhook, a status read, a mutation) joins the order's trace; NULL when captured untraced.
     sa.Column("trace_context", JSONDoc),
@@ -107,6 +112,11 @@ orders = sa.Table(
 # Sweeps ask "which orders in state S are past their deadline?" and the metrics count orders by
 # state; with the state first, both read only that state's entries, however long the history.
 sa.Index("ix_orders_state_deadline", orders.c.state, orders.c.expires_at)
+# The sweep asks "which orders in verifying have waited out their window?"; the entries are only
+# the orders waiting there now.
+_VERIFYING = orders.c.state == "verifying"
+sa.Index("ix_orders_verifying_since", orders.c.verifying_since,
+         postgresql_where=_VERIFYING, sqlite_where=_VERIFYING)
 
 idempotency_keys = sa.Table(
     "idempotency_keys",

@@ -29,6 +29,7 @@ from chaos.sim.runner import Simulators, start_simulators
 from orchestrator.bootstrap import Container, build
 from orchestrator.domain.verification import VerificationSchedule
 from orchestrator.rails.breaker import BreakerState
+from orchestrator.rails.guard import BreakerGuard
 from orchestrator.settings import (
     FeedSettings,
     SchedulerSettings,
@@ -36,7 +37,7 @@ from orchestrator.settings import (
     VerificationSettings,
 )
 from orchestrator.store.tables import evidence, orders, outbox, payment_attempts, review_cases
-from orchestrator.worker import run_worker
+from orchestrator.worker import LiveSourceHealth, run_worker, sweep_once
 from tests.integration.test_failover import gateway_settings
 from tests.invariants import assert_rules_of_state
 from tests.support import (
@@ -63,6 +64,11 @@ class Shop:
     client: httpx.AsyncClient
     merchant: ShopFixture
     moota: MootaSim | None
+    stop: asyncio.Event
+    workers: list[asyncio.Task[None]]
+
+    def start_worker(self) -> None:
+        self.workers.append(asyncio.create_task(run_worker(self.container, self.stop)))
 
     async def checkout(self, rail: str = "qris", channel: str | None = None) -> dict[str, Any]:
         body = order_body(f"DV-{uuid.uuid4().hex[:10]}", 125_000, rail=rail)
@@ -114,7 +120,8 @@ async def shop(container: Container, *, reads_per_minute: float = 6_000,
                feed_stale_after: timedelta = timedelta(minutes=20),
                claim: timedelta = timedelta(seconds=60),
                paces: dict[str, float] | None = None, batch: int = 200,
-               concurrency: int = 16) -> AsyncIterator[Shop]:
+               concurrency: int = 16, worker_down: bool = False) -> AsyncIterator[Shop]:
+    """``worker_down``: the api serves alone until the test calls ``start_worker``."""
     sims = await start_simulators()
     moota = None
     if with_feed:
@@ -141,12 +148,12 @@ async def shop(container: Container, *, reads_per_minute: float = 6_000,
     c = build(settings, clock=clock)
     await c.start()
     stop = asyncio.Event()
-    worker = asyncio.create_task(run_worker(c, stop))
+    workers = [] if worker_down else [asyncio.create_task(run_worker(c, stop))]
     merchant: ShopFixture | None = None
     try:
         merchant = await new_merchant(c)
         async with serve(c, port) as url, httpx.AsyncClient(base_url=url, timeout=30) as cl:
-            s = Shop(c, clock, sims, cl, merchant, moota)
+            s = Shop(c, clock, sims, cl, merchant, moota, stop, workers)
             await s.midtrans("POST", "/config", {"drop_notifications": True})
             await s.xendit("POST", "/config", {
                 "callback_url": f"{url}/v1/webhooks/xendit",
@@ -154,7 +161,8 @@ async def shop(container: Container, *, reads_per_minute: float = 6_000,
             yield s
     finally:
         stop.set()
-        await asyncio.wait_for(worker, timeout=15)
+        for worker in workers:
+            await asyncio.wait_for(worker, timeout=15)
         if merchant is not None:
             await leave_nothing_due(c, merchant.merchant_id)
         await c.close()
@@ -328,6 +336,90 @@ async def cases_of(s: Shop, ids: list[str]) -> dict[str, Any]:
     async with s.container.db.read() as conn:
         return {c.order_id: c for c in await conn.execute(
             sa.select(review_cases).where(review_cases.c.order_id.in_(ids)))}
+
+
+CAUGHT_UP_LATE = PAST_DEADLINE + timedelta(hours=3)
+"""Past the deadline by more than the 2 h verification window when a sweep first sees it."""
+
+
+async def first_sweep_after_restart(s: Shop) -> None:
+    """The pass a worker back from its own outage runs first, before any status read of it."""
+    c = s.container
+    await sweep_once(c, LiveSourceHealth(BreakerGuard(c.breakers), c.feed_poller))
+
+
+async def test_a_worker_back_after_the_window_reads_the_orders_before_deciding_them(
+    container: Container,
+) -> None:
+    """Regression (review): a worker down for longer than the verification window (or a clock
+    that jumped) found orders past their deadline by more than the window; its first sweep put
+    them in ``verifying`` and, in the same pass, in ``needs_review`` before anything had read
+    them: each merchant heard ``order.needs_review`` "waiting on" a provider that was up, then
+    ``order.paid`` or ``order.expired``, and a person got a case per order."""
+    async with shop(container, worker_down=True) as s:
+        placed = [await s.checkout() for _ in range(2)]
+        ids = [o["id"] for o in placed]
+        await pay_at_midtrans(s, placed[0])  # one customer paid; the webhook is lost
+        s.clock.advance(CAUGHT_UP_LATE)
+        await first_sweep_after_restart(s)
+        assert await s.states(ids) == dict.fromkeys(ids, "verifying")  # to be read first
+        s.start_worker()
+
+        async def decided() -> bool:
+            return set((await s.states(ids)).values()) <= {"paid", "expired"}
+
+        await eventually(decided, 30, "both orders decided by their provider's answer")
+        assert await s.states(ids) == {ids[0]: "paid", ids[1]: "expired"}
+        assert await s.events("order.needs_review", ids) == []
+        assert await cases_of(s, ids) == {}
+        assert [e.aggregate_id for e in await s.events("order.paid", ids)] == [ids[0]]
+        assert [e.aggregate_id for e in await s.events("order.expired", ids)] == [ids[1]]
+        assert await assert_rules_of_state(s.container.db, ids) == {"paid": 1, "expired": 1}
+
+
+async def test_a_worker_back_after_the_window_in_an_outage_gives_the_orders_a_whole_window(
+    container: Container,
+) -> None:
+    """The same restart with the provider's status API down: the orders wait in ``verifying``
+    the whole window, counted from when Lunas put them there (not from their deadline, which
+    would leave them none), then go to a person, each merchant told once."""
+    async with shop(container, worker_down=True) as s:
+        placed = [await s.checkout() for _ in range(2)]
+        ids = [o["id"] for o in placed]
+        await pay_at_midtrans(s, placed[0])
+        await s.midtrans("POST", "/faults", STATUS_DOWN)
+        s.clock.advance(CAUGHT_UP_LATE)
+        await first_sweep_after_restart(s)
+        assert await s.states(ids) == dict.fromkeys(ids, "verifying")
+        s.start_worker()
+
+        async def deferred() -> bool:
+            views = [await s.order(i) for i in ids]
+            return all(v["verification"]["state"] == "waiting_for_provider" for v in views)
+
+        await eventually(deferred, 20, "orders waiting for the provider")
+        s.clock.advance(timedelta(hours=1, minutes=50))  # within 2 h of entering verifying
+        await first_sweep_after_restart(s)
+        assert await s.states(ids) == dict.fromkeys(ids, "verifying")
+        assert await s.events("order.needs_review", ids) == []
+
+        s.clock.advance(timedelta(minutes=15))  # the window is over, the provider still down
+
+        async def reviewed() -> bool:
+            return set((await s.states(ids)).values()) == {"needs_review"}
+
+        await eventually(reviewed, 10, "orders in review")
+        await first_sweep_after_restart(s)  # another pass tells nobody anything again
+        for i in ids:
+            assert (await s.order(i))["review_reason"] == "verification_window_exhausted"
+        review = await s.events("order.needs_review", ids)
+        assert sorted(e.aggregate_id for e in review) == sorted(ids)  # once each
+        assert {tuple(e.payload["waiting_on"]) for e in review} == {("qris:midtrans:qris",)}
+        opened = await s.events("review_case.opened", ids)
+        assert sorted(e.aggregate_id for e in opened) == sorted(ids)
+        pending = await s.events("order.payment_pending", ids)
+        assert sorted(e.aggregate_id for e in pending) == sorted(ids)
+        assert await assert_rules_of_state(s.container.db, ids) == {"needs_review": 2}
 
 
 async def test_the_provider_back_after_the_window_answers_the_review_either_way(

@@ -182,6 +182,8 @@ _PAID_ORDER = [
     ("0020", "0021", ["payment_attempts"], ["payment_attempts"]),
     # 0022 builds the index of audit entries by subject; every person's action writes one.
     ("0021", "0022", ["audit_log"], ["audit_log"]),
+    # 0023 adds orders.verifying_since and its index; every capture writes an order.
+    ("0022", "0023", ["orders"], ["orders"]),
 ])
 async def test_a_postgresql_migration_waiting_for_a_long_transaction_lets_writers_through(
     start: str, target: str, held: list[str], written: list[str],
@@ -460,5 +462,63 @@ async def test_0015_gives_merchants_a_rotated_secret_and_keeps_theirs_on_postgre
     url = await create_database("lunas_migrations")
     try:
         await _a_merchant_keeps_its_secret_across_0015(url)
+    finally:
+        await drop_database(url)
+
+
+_WAITING_BEFORE_0023 = [
+    _PAID_ORDER[0],
+    # A worker back from an outage put it in verifying 5 h after its deadline (updated_at); its
+    # Midtrans QR is unread, the provider down.
+    "INSERT INTO orders (id, merchant_id, merchant_order_id, amount, currency, state, rail, "
+    "customer_name, customer_email, customer_phone, created_at, updated_at, expires_at) "
+    "VALUES ('ord_v', 'mer_1', 'ord_v', 125000, 'IDR', 'verifying', 'qris', 'Andi', "
+    "'a@example.co.id', '0812', '2026-11-19 23:00:00', '2026-11-20 05:00:00', "
+    "'2026-11-20 00:00:00')",
+    "INSERT INTO payment_attempts (id, order_id, rail, provider, state, transfer_amount, "
+    "holds_code, created_at, updated_at, expires_at) VALUES ('att_v', 'ord_v', 'qris', "
+    "'midtrans', 'active', 125000, FALSE, '2026-11-19 23:00:00', '2026-11-19 23:00:00', "
+    "'2026-11-20 00:00:00')",
+]
+
+
+async def _an_order_waiting_across_0023_gets_its_window_from_entry(url: str) -> None:
+    from orchestrator.services.expiry import settle_verifying_orders
+    from orchestrator.store.database import Database
+
+    engine = create_engine(DatabaseSettings(url=url))
+    try:
+        await migrate(engine, "0022")
+        async with engine.begin() as conn:
+            for sql in _WAITING_BEFORE_0023:
+                await conn.exec_driver_sql(sql)
+        await migrate(engine)
+        db = Database(engine)
+
+        async def sweep_at(now: datetime) -> str:
+            await settle_verifying_orders(db, now=now, quarantine=timedelta(hours=1),
+                                          window=timedelta(hours=6), batch=100)
+            async with engine.connect() as conn:
+                return str((await conn.exec_driver_sql(
+                    "SELECT state FROM orders WHERE id = 'ord_v'")).scalar())
+
+        # 10 h past its deadline, 5 h since it entered verifying: still within its window.
+        assert await sweep_at(datetime(2026, 11, 20, 10, 0, tzinfo=UTC)) == "verifying"
+        assert await sweep_at(datetime(2026, 11, 20, 11, 1, tzinfo=UTC)) == "needs_review"
+    finally:
+        await engine.dispose()
+
+
+async def test_an_order_waiting_across_0023_gets_its_window_from_entry_on_sqlite(
+    tmp_path: Path,
+) -> None:
+    await _an_order_waiting_across_0023_gets_its_window_from_entry(
+        f"sqlite+aiosqlite:///{tmp_path / 'l.db'}")
+
+
+async def test_an_order_waiting_across_0023_gets_its_window_from_entry_on_postgresql() -> None:
+    url = await create_database("lunas_migrations")
+    try:
+        await _an_order_waiting_across_0023_gets_its_window_from_entry(url)
     finally:
         await drop_database(url)

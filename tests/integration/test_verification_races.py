@@ -68,7 +68,7 @@ async def verifying_order(c: Container, m: ShopFixture) -> str:
             amount=100_000, currency="IDR", state="verifying", rail="qris", channel="qris",
             customer_name="A", customer_email="a@example.com", customer_phone="+6281234567890",
             metadata={}, created_at=t - timedelta(hours=1), updated_at=t,
-            expires_at=t - timedelta(minutes=1)))
+            expires_at=t - timedelta(minutes=1), verifying_since=t - timedelta(minutes=1)))
     return oid
 
 
