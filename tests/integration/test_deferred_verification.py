@@ -377,6 +377,36 @@ async def test_a_worker_back_after_the_window_reads_the_orders_before_deciding_t
         assert await assert_rules_of_state(s.container.db, ids) == {"paid": 1, "expired": 1}
 
 
+async def test_a_worker_back_after_the_window_waits_for_the_feed_before_deciding_transfers(
+    container: Container,
+) -> None:
+    """The same restart for manual transfers: no poll has read the feed past their deadline yet
+    (the poller was down with the worker), so they wait for its first poll, not for a person."""
+    async with shop(container, with_feed=True, worker_down=True) as s:
+        assert s.moota is not None
+        placed = [await s.checkout(rail="manual_transfer") for _ in range(2)]
+        ids = [o["id"] for o in placed]
+        paid = placed[0]["payment"]  # one customer transfers before the deadline
+        async with httpx.AsyncClient() as c:
+            r = await c.post(f"{s.moota.control_url}/mutations", json={
+                "account_number": paid["account_number"], "amount": paid["transfer_amount"],
+                "type": "CR", "description": "TRSF E-BANKING CR ANDI"})
+            assert r.status_code == 200, r.text
+        s.clock.advance(CAUGHT_UP_LATE)
+        await first_sweep_after_restart(s)
+        assert await s.states(ids) == dict.fromkeys(ids, "verifying")
+        s.start_worker()
+
+        async def decided() -> bool:
+            return set((await s.states(ids)).values()) <= {"paid", "expired"}
+
+        await eventually(decided, 20, "the feed read and both orders decided")
+        assert await s.states(ids) == {ids[0]: "paid", ids[1]: "expired"}
+        assert await s.events("order.needs_review", ids) == []
+        assert await cases_of(s, ids) == {}
+        assert await assert_rules_of_state(s.container.db, ids) == {"paid": 1, "expired": 1}
+
+
 async def test_a_worker_back_after_the_window_in_an_outage_gives_the_orders_a_whole_window(
     container: Container,
 ) -> None:
