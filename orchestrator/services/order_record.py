@@ -61,7 +61,9 @@ async def order_record(db: Database, *, order_id: str) -> dict[str, Any]:
         shown = await view_order(conn, order)
     return {
         "order": {**shown, "merchant_id": order.merchant_id,
-                  "review_reason": order.review_reason, "updated_at": iso(order.updated_at)},
+                  "review_reason": order.review_reason, "updated_at": iso(order.updated_at),
+                  # When Lunas put it in ``verifying``: its verification window counts from here.
+                  "verifying_since": iso(order.verifying_since)},
         "attempts": [_attempt(r) for r in attempts],
         "evidence": [_evidence(r) for r in observed],
         "mutations": [_mutation(r) for r in lines],

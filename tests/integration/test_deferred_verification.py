@@ -330,6 +330,16 @@ async def test_window_runs_out_with_the_provider_still_down_goes_to_a_person(
         review = await s.events("order.needs_review", ids)
         assert review[0].payload["waiting_on"] == ["qris:midtrans:qris"]
         assert await assert_rules_of_state(s.container.db, ids) == {"needs_review": 2}
+        # What the person who picks up the case sees behind it: since when it waited, and the
+        # read still deferred on the route that is down.
+        ops = {"Authorization": f"Bearer {await new_ops_token(s.container)}"}
+        record = (await s.client.get(f"/v1/ops/orders/{ids[1]}", headers=ops)).json()
+        since, deadline = (datetime.fromisoformat(record["order"][k])
+                           for k in ("verifying_since", "expires_at"))
+        assert since >= deadline
+        [qris] = record["attempts"]
+        assert qris["verification"]["deferred_on"] == "qris:midtrans:qris"
+        assert [c["reason"] for c in record["review_cases"]] == ["verification_window_exhausted"]
 
 
 async def cases_of(s: Shop, ids: list[str]) -> dict[str, Any]:
