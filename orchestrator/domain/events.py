@@ -14,6 +14,9 @@ ORDER_PAYMENT_PENDING: Final = "order.payment_pending"  # past its deadline, a s
 ORDER_PAYMENT_FAILED: Final = "order.payment_failed"  # its last instrument closed unpaid, early
 REVIEW_CASE_OPENED: Final = "review_case.opened"
 REVIEW_CASE_RESOLVED: Final = "review_case.resolved"
+# An open case's recommendation changed: an overpayment the order waited in review for, left
+# beside the exact payment that paid it, is money to give back (settlement.py).
+REVIEW_CASE_UPDATED: Final = "review_case.updated"
 ORDER_REFUNDED: Final = "order.refunded"
 ATTEMPT_UNKNOWN: Final = "attempt.unknown"  # internal: resolve by a status read
 ATTEMPT_CANCEL_REQUESTED: Final = "attempt.cancel_requested"  # internal: cancel at provider
@@ -26,5 +29,5 @@ MUTATIONS_JUDGE_AGAIN: Final = "mutations.judge_again"  # internal: possible rev
 MERCHANT_VISIBLE: Final = frozenset(
     {ORDER_AWAITING_PAYMENT, ORDER_PAYMENT_PENDING, ORDER_PAYMENT_FAILED, ORDER_PAID,
      ORDER_EXPIRED, ORDER_CANCELLED, ORDER_NEEDS_REVIEW, ORDER_REFUNDED, REVIEW_CASE_OPENED,
-     REVIEW_CASE_RESOLVED}
+     REVIEW_CASE_UPDATED, REVIEW_CASE_RESOLVED}
 )

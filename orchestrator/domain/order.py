@@ -18,6 +18,16 @@ amount settles it (``needs_review → paid``), another amount is an amount misma
 review, for that reason). Before, such a payment opened a refund case that could not move the
 order, which stayed in review for good. A person who finds no payment at the source expires
 it (``needs_review → expired``, ``review_expired``).
+
+An order in review over a payment of the wrong amount (``amount_mismatch``) or one reported in
+another currency (``currency_mismatch``) is still waiting for its payment too: a customer who
+paid 63,000 of 64,007 and then the exact 64,007 has paid the order, by the second. So the exact
+amount in rupiah settles it (``needs_review → paid``); the first payment's case stays open
+beside the paid order, money to give back (``recommended_beside_paid_order``). Before, the
+exact payment was a refund-only case on a closed order, and the order could only be paid short
+or refunded whole. Another wrong amount still waits for a person. A late payment on an expired
+order (``payment_after_expiry``) does not reopen it: whether it is still to be paid at all is
+the person's question.
 """
 
 from __future__ import annotations
@@ -80,7 +90,7 @@ ORDER_TRANSITIONS: dict[tuple[OrderState, OrderTrigger], OrderState] = {
     (_O.NEEDS_REVIEW, _T.REVIEW_HONOURED): _O.PAID,
     (_O.NEEDS_REVIEW, _T.REVIEW_REFUNDED): _O.REFUNDED,
     (_O.NEEDS_REVIEW, _T.REVIEW_EXPIRED): _O.EXPIRED,
-    # Only an order whose review asks "was it paid?" (judge_payment checks the reason).
+    # Only an order whose review still waits for its payment (judge_payment checks the reason).
     (_O.NEEDS_REVIEW, _T.PAYMENT_CONFIRMED): _O.PAID,
     (_O.NEEDS_REVIEW, _T.PAYMENT_DISCREPANCY): _O.NEEDS_REVIEW,
 }
@@ -210,6 +220,12 @@ class RecommendedAction(enum.StrEnum):
     DISPUTE_OR_ACCEPT = "dispute_or_accept"  # contest the chargeback with evidence, or take it
 
 
+# Reviews an exact payment in rupiah ends: the order waits for its payment, and a payment of
+# exactly what it asks is that payment. The first payment (of another amount, or of no number of
+# rupiah) was never it, so its case stays, beside the paid order.
+_SETTLED_BY_AN_EXACT_PAYMENT = frozenset({ReviewReason.AMOUNT_MISMATCH.value,
+                                          ReviewReason.CURRENCY_MISMATCH.value})
+
 EXPIRE = "expire"
 """The third answer to a case asking whether an order was paid at all: the source shows none."""
 
@@ -235,14 +251,17 @@ def case_decides_order(reason: str, *, order_state: str, review_reason: str | No
     return order_state == OrderState.NEEDS_REVIEW.value and review_reason == reason
 
 
-def case_actions(reason: str, *, order_state: str | None, decides_order: bool
-                 ) -> tuple[str, ...]:
+def case_actions(reason: str, *, order_state: str | None, decides_order: bool,
+                 review_reason: str | None = None) -> tuple[str, ...]:
     """The answers that mean something for an open case (``decides_order``: see
-    ``case_decides_order``). Honour: the money stays with the merchant as this order's (a
-    deciding case makes the order paid); refund: it goes, or went, back (a deciding case makes
-    the order refunded); expire: the source shows no payment. A payment beside a paid order may
-    be the one a person paid it for without proof (``judge_payment``, ``decided_unproven``), so
-    it may be honoured; beside an order that cannot be paid it can only go back."""
+    ``case_decides_order``; ``review_reason``: the order's). Honour: the money stays with the
+    merchant as this order's (a deciding case makes the order paid); refund: it goes, or went,
+    back (a deciding case makes the order refunded); expire: the source shows no payment. A
+    payment beside a paid order may be the one a person paid it for without proof
+    (``judge_payment``, ``decided_unproven``), or with another in a foreign currency make up
+    what was owed, so it may be honoured; beside an order that cannot be paid it can only go
+    back, and so can a wrong amount the order waited in review for until an exact payment paid
+    it (honour there would keep both payments)."""
     if reason in _STAYS_OR_GOES:
         return _EITHER
     if reason in _GOES_BACK:
@@ -251,9 +270,23 @@ def case_actions(reason: str, *, order_state: str | None, decides_order: bool
         if reason == ReviewReason.VERIFICATION_WINDOW_EXHAUSTED.value:
             return (*_EITHER, EXPIRE)
         return _EITHER
-    if order_state == OrderState.PAID.value or order_state is None:
+    if order_state is None:
         return _EITHER
+    if order_state == OrderState.PAID.value:
+        paid_exactly = (reason == review_reason == ReviewReason.AMOUNT_MISMATCH.value)
+        return _REFUND_ONLY if paid_exactly else _EITHER
     return _REFUND_ONLY
+
+
+def recommended_beside_paid_order(reason: str, recommended: str) -> str:
+    """What a case an order waited in review for recommends once another, exact payment paid
+    the order (``_SETTLED_BY_AN_EXACT_PAYMENT``). An overpayment was honour while it could pay
+    the order; beside the payment that did, it is money to give back. What a person must
+    check at the source first (part of it already went back; a foreign payment's worth) is
+    still checked there."""
+    if reason == ReviewReason.AMOUNT_MISMATCH.value and recommended == RecommendedAction.HONOUR:
+        return RecommendedAction.REFUND.value
+    return recommended
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -299,7 +332,9 @@ def _judge_payment(*, order_state: OrderState, expected: int, received: int,
     Amounts are compared exactly (STYLE rule 6): a different amount is a discrepancy, never an
     overwrite. A paid order stays paid whatever else arrives (rule 4). An order in review only
     because its payment could not be verified in time (``review_reason``) takes a payment like
-    an open order: the payment is the answer the review waits for. ``decided_unproven``: a
+    an open order: the payment is the answer the review waits for. One in review over a
+    payment of the wrong amount or currency is paid by one of the exact amount, and by nothing
+    else (module docstring). ``decided_unproven``: a
     person decided such an order (paid or refunded) on the source's word and no payment evidence
     has reached it since: the first payment is the one they decided about, not a second one. Of
     the exact amount on a paid order it is that payment, proven; anything else (a refunded order,
@@ -351,6 +386,11 @@ def _judge_payment(*, order_state: OrderState, expected: int, received: int,
             recommended_action=(
                 RecommendedAction.REFUND if received < expected else RecommendedAction.HONOUR
             ),
+        )
+    if (order_state is OrderState.NEEDS_REVIEW and received == expected
+            and review_reason in _SETTLED_BY_AN_EXACT_PAYMENT):
+        return PaymentDecision(
+            verdict=PaymentVerdict.SETTLE, order_trigger=OrderTrigger.PAYMENT_CONFIRMED
         )
     return PaymentDecision(
         verdict=PaymentVerdict.ON_CLOSED_ORDER,

@@ -127,7 +127,12 @@ def settle_transitions() -> list[SettleTransition]:
     the plain ``settle`` the batch writes: ``judge_payment`` says settle, the attempt is not yet
     paid and may become paid, and the order becomes paid. Any other pair sends the line to the
     line-by-line path (which also raises, as it always has, for a transition the state machines
-    refuse). A batch line's amount is its attempt's transfer amount by construction."""
+    refuse). A batch line's amount is its attempt's transfer amount by construction.
+
+    Judged with no review reason, so an order in review is never among them: an exact payment
+    settles one only for some reasons (``judge_payment``), which the SQL does not read, and
+    settling it also moves the cases it waited for (``settlement``). Its line goes one by one,
+    through ``apply_payment``, as on the line-by-line path."""
     allowed = []
     for order_state in OrderState:
         decision = judge_payment(order_state=order_state, expected=1, received=1)

@@ -7,7 +7,8 @@ changes no order state: the resolution records what was done with the money.
 
 Each open case is answered only in ways that mean something for it (``case_actions``): money
 that can only go back (a second payment, a payment on a cancelled or refunded order, a refund
-made at the provider) is never honoured. Two payments an order waits in review for with one
+made at the provider, a wrong amount left beside the exact payment that paid its order) is
+never honoured. Two payments an order waits in review for with one
 reason (two reported in another currency) each decide it: honouring one pays the order by that
 one (the case says its amount), and the other stays open beside the paid order; refunding one
 leaves the order in review for the other, so it is never refunded while a payment may pay it.
@@ -72,9 +73,10 @@ def allowed_actions(c: Any, order_state: str | None, review_reason: str | None) 
     """What a person may answer case ``c`` with now (none once it is resolved)."""
     if c.state != "open":
         return []
-    return list(case_actions(c.reason, order_state=order_state, decides_order=(
-        order_state is not None and case_decides_order(
-            c.reason, order_state=order_state, review_reason=review_reason))))
+    return list(case_actions(c.reason, order_state=order_state, review_reason=review_reason,
+                             decides_order=(order_state is not None and case_decides_order(
+                                 c.reason, order_state=order_state,
+                                 review_reason=review_reason))))
 
 
 def render_case(c: Any, *, allowed: list[str]) -> dict[str, Any]:

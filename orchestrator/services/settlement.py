@@ -29,6 +29,7 @@ from orchestrator.domain.order import (
     judge_payment,
     next_attempt_state,
     next_order_state,
+    recommended_beside_paid_order,
 )
 from orchestrator.domain.verification import VerificationSchedule
 from orchestrator.outbox.writer import PendingEvent, add_events
@@ -155,10 +156,12 @@ async def _apply_locked(
         pending.append(_order_event(order, new_state, decision.review_reason, payment,
                                     now=now))
         if order.state == OrderState.NEEDS_REVIEW.value:
+            note = (f"{amount_text(payment.amount, payment.currency)} confirmed by "
+                    f"{payment.kind} evidence {payment.evidence_key}")
             pending.extend(await close_window_cases(
-                conn, [order], resolution=PAYMENT_FOUND, now=now,
-                note=f"{amount_text(payment.amount, payment.currency)} confirmed by "
-                     f"{payment.kind} evidence {payment.evidence_key}"))
+                conn, [order], resolution=PAYMENT_FOUND, now=now, note=note))
+            if new_state == OrderState.PAID.value:
+                pending.extend(await _leave_beside_paid_order(conn, order, note=note, now=now))
     case_id = None
     if decision.review_reason is not None:
         case_id = await open_review_case(conn, order, decision.review_reason.value,
@@ -234,6 +237,43 @@ async def close_window_cases(
         merchant_id=merchant[case.order_id],
         payload={"case_id": case.id, "order_id": case.order_id, "resolution": resolution,
                  "reason": case.reason}) for case in closed]
+
+
+RECOMMENDATION_CHANGED = "recommendation_changed"
+
+
+async def _leave_beside_paid_order(conn: AsyncConnection, order: Any, *, note: str,
+                                   now: datetime) -> list[PendingEvent]:
+    """``order`` waited in review for its open cases of its review reason (a payment of the
+    wrong amount or currency), and an exact payment has paid it: they stay open beside it,
+    no longer deciding it (``case_decides_order``), and recommend what money beside a paid
+    order needs (``recommended_beside_paid_order``). A recommendation that changes is audited,
+    and the merchant, told the first one when the case opened, hears the new one."""
+    rc = review_cases.c
+    waiting = (await conn.execute(sa.select(review_cases).where(
+        rc.order_id == order.id, rc.state == "open", rc.reason == order.review_reason)
+        .order_by(rc.created_at, rc.id))).all()
+    pending = []
+    for case in waiting:
+        action = recommended_beside_paid_order(case.reason, case.recommended_action)
+        if action == case.recommended_action:
+            continue
+        await conn.execute(review_cases.update().where(rc.id == case.id)
+                           .values(recommended_action=action))
+        await record_audit(conn, actor=LUNAS_ACTOR,
+                           action=f"review_case.{RECOMMENDATION_CHANGED}",
+                           subject_type="review_case", subject_id=case.id, reason=note,
+                           details={"order_id": order.id, "reason": case.reason,
+                                    "from": case.recommended_action, "to": action}, now=now)
+        pending.append(PendingEvent(
+            event_type=events.REVIEW_CASE_UPDATED, aggregate_id=order.id,
+            merchant_id=order.merchant_id,
+            payload={"case_id": case.id, "order_id": order.id,
+                     "merchant_order_id": order.merchant_order_id, "reason": case.reason,
+                     "recommended_action": action, "amount": case.amount,
+                     **({"currency": case.currency}
+                        if case.currency not in (None, RUPIAH) else {})}))
+    return pending
 
 
 async def _mark_attempt_paid(

@@ -443,6 +443,35 @@ async def test_a_reference_against_another_orders_exact_amount_settles_neither_o
         assert states == ["ambiguous"]
 
 
+
+async def test_an_exact_credit_pays_an_order_in_review_over_a_wrong_amount_on_either_path(
+    client: httpx.AsyncClient, container: Container
+) -> None:
+    """A first statement paid the order 1,000 over by reference (review, amount mismatch); a
+    second brings the exact transfer. The batch's SQL does not know why an order is in review,
+    so such a line goes one by one: both paths pay the order by it and leave the overpayment
+    a case recommended for refund."""
+    results = []
+    for service in (container.reconciliation, line_by_line(container)):
+        m = await new_merchant(container)
+        order = await capture(client, m)
+        pay = order["payment"]["transfer_amount"]
+        for line in ((datetime.now(UTC), f"TRSF CR {order['id'].upper()} ANDI", pay + 1_000,
+                      "CR"),
+                     (datetime.now(UTC), f"TRSF CR {pay} ANDI LAGI", pay, "CR")):
+            report = await service.import_statement(
+                bank="bca", account_number=m.account_number,
+                data=bca_statement(m.account_number, [line]), filename="mutasi.csv",
+                actor="test")
+        assert (report.matched, report.needs_review) == (1, 0)
+        assert report.statement_id is not None
+        results.append(await outcome(container, [order["id"]], report.statement_id))
+    batch, reference = results
+    assert batch == reference
+    assert batch["orders"] == [(0, "paid", "amount_mismatch", True)]
+    assert batch["cases"] == [(0, "amount_mismatch", "refund", 1_000, None)]
+    assert [e[1] for e in batch["events"]][-2:] == ["order.paid", "review_case.updated"]
+
 # -- found in review (rev-recon) -----------------------------------------------------------
 
 @pytest.mark.parametrize("batch", [True, False], ids=["batch", "line-by-line"])

@@ -447,3 +447,111 @@ async def test_a_payment_on_a_cancelled_order_can_only_be_refunded(
                                json={"action": "honour", "note": "ship anyway"})
     assert (honour.status_code, honour.json()["field"]) == (422, "action"), honour.text
     assert (await open_case(client, ops, order["id"]))["state"] == "open"
+
+
+async def paid_wrong_then_exact(client: httpx.AsyncClient, ops: dict[str, str], m: ShopFixture,
+                                off_by: int) -> tuple[dict[str, Any], int]:
+    """The customer paid ``off_by`` rupiah off (by reference: the order goes to review for the
+    amount), noticed, and transferred the exact amount. Returns the order and that amount."""
+    order = await capture(client, m)
+    pay = order["payment"]["transfer_amount"]
+    await upload(client, ops, m, bca_statement(m.account_number, [
+        (datetime.now(UTC), f"TRSF CR {order['id'].upper()}", pay + off_by, "CR")]))
+    await upload(client, ops, m, bca_statement(m.account_number, [
+        (datetime.now(UTC), f"TRSF CR {pay} LAGI", pay, "CR")]))
+    return order, pay
+
+
+async def told(container: Container, order_id: str) -> list[Any]:
+    async with container.db.read() as conn:
+        return list((await conn.execute(sa.select(outbox.c.event_type, outbox.c.payload).where(
+            outbox.c.aggregate_id == order_id).order_by(outbox.c.id))).all())
+
+
+async def test_an_exact_payment_after_a_short_one_pays_the_order_and_the_short_one_goes_back(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """Before, the exact transfer on an order in review for a short one was a payment on a
+    closed order, refund only: the order could be paid short (honour the first, refund the
+    exact one) or refunded whole, never paid by the payment everyone wanted."""
+    m = await new_merchant(container)
+    order, pay = await paid_wrong_then_exact(client, ops, m, off_by=-1_007)
+    read = (await client.get(f"/v1/orders/{order['id']}", headers=m.headers)).json()
+    assert read["status"] == "paid" and read["paid_at"]
+    # The merchant hears it paid as by any exact payment: by that payment, nobody's decision.
+    [(_, paid)] = [e for e in await told(container, order["id"]) if e.event_type == "order.paid"]
+    assert (paid["paid_amount"], paid["evidence"], paid["status"]) == (pay, "mutation", "paid")
+    assert "review_case_id" not in paid and "review_reason" not in paid
+    # The short payment's case stays open beside the paid order: money to give back.
+    case = await open_case(client, ops, order["id"])
+    assert (case["reason"], case["amount"], case["state"], case["recommended_action"],
+            case["allowed_actions"]) == ("amount_mismatch", pay - 1_007, "open", "refund",
+                                         ["refund"])
+    honour = await client.post(f"/v1/reviews/{case['id']}/resolve", headers=ops,
+                               json={"action": "honour", "note": "pay the order with it"})
+    assert (honour.status_code, honour.json()["code"]) == (422, "action_not_allowed")
+    r = await client.post(f"/v1/reviews/{case['id']}/resolve", headers=ops,
+                          json={"action": "refund", "note": "short transfer returned"})
+    assert r.status_code == 200, r.text
+    read = (await client.get(f"/v1/orders/{order['id']}", headers=m.headers)).json()
+    assert read["status"] == "paid"
+    # A short payment was recommended for refund already: nothing about its case changed.
+    assert "review_case.updated" not in [e.event_type for e in await told(container, order["id"])]
+
+
+async def test_an_overpayment_left_beside_an_order_paid_exactly_is_recommended_for_refund(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """An overpayment is recommended for honour while it could pay the order; once an exact
+    payment paid it, it is money to give back, and the merchant, told 'honour' when the case
+    opened, is told the new recommendation."""
+    m = await new_merchant(container)
+    order, pay = await paid_wrong_then_exact(client, ops, m, off_by=1_000)
+    read = (await client.get(f"/v1/orders/{order['id']}", headers=m.headers)).json()
+    assert read["status"] == "paid"
+    case = await open_case(client, ops, order["id"])
+    assert (case["reason"], case["amount"], case["recommended_action"],
+            case["allowed_actions"]) == ("amount_mismatch", pay + 1_000, "refund", ["refund"])
+    said = await told(container, order["id"])
+    opened = [e.payload for e in said if e.event_type == "review_case.opened"]
+    assert [(p["case_id"], p["recommended_action"]) for p in opened] == [(case["id"], "honour")]
+    assert [e.event_type for e in said][-2:] == ["order.paid", "review_case.updated"]
+    updated = said[-1].payload
+    assert (updated["case_id"], updated["order_id"], updated["reason"],
+            updated["recommended_action"], updated["amount"]) == (
+        case["id"], order["id"], "amount_mismatch", "refund", pay + 1_000)
+    async with container.db.read() as conn:
+        audit = (await conn.execute(sa.select(audit_log.c.actor, audit_log.c.action).where(
+            audit_log.c.subject_id == case["id"]))).all()
+    assert [tuple(a) for a in audit] == [("lunas", "review_case.recommendation_changed")]
+
+
+async def test_an_exact_rupiah_payment_pays_an_order_in_review_over_a_foreign_one(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """A payment reported in dollars held the order in review; the customer then paid the
+    exact rupiah. The order is paid by it; the dollars, never comparable with the amount,
+    stay a case to check at the provider, then refund (or keep)."""
+    m = await new_merchant(container)
+    order = await capture(client, m)
+    pay = order["payment"]["transfer_amount"]
+    async with container.db.read() as conn:
+        attempt = (await conn.execute(sa.select(payment_attempts).where(
+            payment_attempts.c.order_id == order["id"]))).one()
+    now = datetime.now(UTC)
+    async with container.db.transaction() as conn:
+        await apply_payment(conn, Payment(
+            attempt_id=attempt.id, amount=9, evidence_key=f"test:{attempt.id}:usd",
+            kind="provider_webhook", observed_at=now, details={}, currency="USD"),
+            now=now, quarantine=timedelta(hours=1))
+    await upload(client, ops, m, bca_statement(m.account_number, [
+        (datetime.now(UTC), f"TRSF CR {pay}", pay, "CR")]))
+    read = (await client.get(f"/v1/orders/{order['id']}", headers=m.headers)).json()
+    assert read["status"] == "paid"
+    paid = await told_paid(container, order["id"])
+    assert (paid["paid_amount"], paid.get("paid_currency")) == (pay, None)
+    case = await open_case(client, ops, order["id"])
+    assert (case["reason"], case["currency"], case["recommended_action"],
+            case["allowed_actions"]) == ("currency_mismatch", "USD", "check_at_source",
+                                         ["honour", "refund"])
+    assert "review_case.updated" not in [e.event_type for e in await told(container, order["id"])]

@@ -42,6 +42,7 @@ from orchestrator.domain.order import (
     next_attempt_state,
     next_order_state,
     nothing_left_to_pay,
+    recommended_beside_paid_order,
 )
 
 OS = OrderState
@@ -527,9 +528,41 @@ def test_a_payment_proven_after_the_verification_window_is_judged_as_on_an_open_
         OS.PAID if amount == "exact" else OS.NEEDS_REVIEW)
 
 
+# An order in review over a payment of the wrong amount, or one reported in another currency,
+# is still waiting for the order's payment: the exact amount in rupiah is it, and settles the
+# order (the first payment's case stays, beside it). Another wrong amount is a payment on the
+# order in review over another payment, as before, and so is a second foreign one.
+_PAID_EXACTLY_AT_LAST = {"exact": _SETTLE, "under": _CLOSED, "over": _CLOSED}
+_WAITS_FOR_THE_PAYMENT = (R.AMOUNT_MISMATCH, R.CURRENCY_MISMATCH)
+
+
+@pytest.mark.parametrize("amount", sorted(RECEIVED))
+@pytest.mark.parametrize("reason", _WAITS_FOR_THE_PAYMENT, ids=lambda r: r.value)
+def test_an_exact_payment_settles_an_order_in_review_over_a_wrong_amount_or_currency(
+    reason: ReviewReason, amount: str,
+) -> None:
+    judged = judge_payment(order_state=OS.NEEDS_REVIEW, expected=EXPECTED,
+                           received=RECEIVED[amount], review_reason=reason.value)
+    assert judged == _PAID_EXACTLY_AT_LAST[amount]
+    if judged.order_trigger is not None:
+        assert next_order_state(OS.NEEDS_REVIEW, judged.order_trigger) is OS.PAID
+
+
+@pytest.mark.parametrize("reason", _WAITS_FOR_THE_PAYMENT, ids=lambda r: r.value)
+def test_a_foreign_payment_never_settles_an_order_in_review_over_a_wrong_amount_or_currency(
+    reason: ReviewReason,
+) -> None:
+    judged = judge_payment(order_state=OS.NEEDS_REVIEW, expected=EXPECTED, received=EXPECTED,
+                           review_reason=reason.value, currency="USD")
+    assert judged == _foreign(V.ON_CLOSED_ORDER, None)
+
+
 @pytest.mark.parametrize("reason", [r for r in ReviewReason
-                                    if r is not ReviewReason.VERIFICATION_WINDOW_EXHAUSTED])
+                                    if r is not ReviewReason.VERIFICATION_WINDOW_EXHAUSTED
+                                    and r not in _WAITS_FOR_THE_PAYMENT])
 def test_any_other_review_keeps_the_order_closed_to_payments(reason: ReviewReason) -> None:
+    """An expired order's late payment (``payment_after_expiry``) among them: a person
+    decides whether the expired order is still to be paid at all."""
     judged = judge_payment(order_state=OS.NEEDS_REVIEW, expected=EXPECTED, received=EXPECTED,
                            review_reason=reason.value)
     assert judged == _CLOSED
@@ -812,6 +845,37 @@ def test_a_case_is_answered_only_in_ways_that_mean_something_for_it(
     reason: str, order_state: str, decides: bool, allowed: tuple[str, ...]
 ) -> None:
     assert case_actions(reason, order_state=order_state, decides_order=decides) == allowed
+
+
+def test_a_wrong_amount_beside_the_exact_payment_that_paid_its_order_can_only_go_back() -> None:
+    """The order waited in review for this amount mismatch and an exact payment paid it: the
+    case's money is the customer's to get back (as a second payment's is). Honour recorded
+    beside the paid order would keep both payments: a person who meant to pay the order by
+    it, on a list read before the exact one arrived, would have done so without a word.
+    Beside an order paid on a person's word (its review was the window's) it may still be the
+    payment they paid it for, so either answer stands (``CASE_ACTIONS_SPEC``)."""
+    assert case_actions("amount_mismatch", order_state="paid", decides_order=False,
+                        review_reason="amount_mismatch") == (REF,)
+    assert case_actions("amount_mismatch", order_state="paid", decides_order=False,
+                        review_reason="verification_window_exhausted") == (HON, REF)
+    # two payments in another currency may together be what was owed: refund it, or keep it
+    assert case_actions("currency_mismatch", order_state="paid", decides_order=False,
+                        review_reason="currency_mismatch") == (HON, REF)
+
+
+@pytest.mark.parametrize(("reason", "opened_with", "beside_paid"), [
+    # an overpayment could pay the order; beside the exact payment that did, it goes back
+    ("amount_mismatch", "honour", "refund"),
+    ("amount_mismatch", "refund", "refund"),
+    # already reversed in part at the source: what is left to refund is asked there
+    ("amount_mismatch", "check_at_source", "check_at_source"),
+    # how much arrived is asked at the provider first, paid order or not
+    ("currency_mismatch", "check_at_source", "check_at_source"),
+])
+def test_a_case_left_beside_an_order_another_payment_paid_recommends_giving_it_back(
+    reason: str, opened_with: str, beside_paid: str,
+) -> None:
+    assert recommended_beside_paid_order(reason, opened_with) == beside_paid
 
 
 def test_every_reason_has_answers_written_down() -> None:
