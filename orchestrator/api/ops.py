@@ -116,7 +116,9 @@ SCHEDULE = contract("ops", body=True, answers={
     422: problem("manual_transfer_stays, or invalid_request: the window ends before it "
                  "starts, has ended, or lasts longer than 7 days.")})
 CANCEL_WINDOW = contract("ops", body=True, answers={
-    200: Answer(description="The window, cancelled"),
+    200: Answer(description="`cancelled: true`: the window had not started and is gone; "
+                            "`cancelled: false` with `ended_at`: it was running and ends now, "
+                            "kept as the record of the maintenance that happened"),
     400: problem("reason_required, reason_too_long, or a malformed request."),
     404: problem("No active window by that id (not_found)."),
     422: problem("invalid_request: the window has ended; it stays as the record of past "
@@ -234,14 +236,17 @@ class OpsController(Controller):
             reason=_reason(data.reason), actor=f"ops:{principal.name}")
         return window.render()
 
-    @delete("/maintenance/{window_id:str}", status_code=200, summary="Cancel a window",
+    @delete("/maintenance/{window_id:str}", status_code=200,
+            summary="Cancel a window, or end a running one now",
             responses=CANCEL_WINDOW.responses, operation_class=CANCEL_WINDOW.operation)
     async def cancel(self, request: Request[Any, Any, Any], window_id: FromPath[str],
                      container: NamedDependency[Container],
                      reason: FromQuery[str] = "") -> dict[str, Any]:
         principal = await container.auth.ops(request, "ops")
-        await container.route_controls.cancel_window(window_id, actor=f"ops:{principal.name}",
-                                                     reason=_reason(reason))
+        ended = await container.route_controls.cancel_window(
+            window_id, actor=f"ops:{principal.name}", reason=_reason(reason))
+        if ended is not None:
+            return {"id": window_id, "cancelled": False, "ended_at": iso(ended)}
         return {"id": window_id, "cancelled": True}
 
 

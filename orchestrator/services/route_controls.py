@@ -136,26 +136,30 @@ class RouteControls:
         self._snapshot = None
         return window
 
-    async def cancel_window(self, window_id: str, *, actor: str, reason: str) -> None:
-        """Cancel a window that has not ended yet. An ended one is the record of maintenance
-        that happened (the status page's history): cancelling it would erase that."""
+    async def cancel_window(self, window_id: str, *, actor: str, reason: str
+                            ) -> datetime | None:
+        """Take a window back: one not started yet is cancelled outright (it took nothing
+        out); one running is ended now, kept as the record of the maintenance that happened
+        (the status page's history, GET /v1/ops/maintenance?include_past=true), which
+        cancelling it would erase. An ended one stays as it is. Returns when a running window
+        was ended, None for one cancelled."""
         now = self._clock.now()
+        w = maintenance_windows.c
         async with self._db.transaction() as conn:
-            result = await conn.execute(
-                maintenance_windows.update().where(
-                    maintenance_windows.c.id == window_id,
-                    maintenance_windows.c.cancelled_at.is_(None),
-                    maintenance_windows.c.ends_at > now,
-                ).values(cancelled_at=now))
-            if result.rowcount == 0:
-                ended = (await conn.execute(sa.select(maintenance_windows.c.ends_at).where(
-                    maintenance_windows.c.id == window_id,
-                    maintenance_windows.c.cancelled_at.is_(None)))).scalar()
-                if ended is not None:
-                    raise InvalidRequest(f"the window ended at {iso(ended)}: it is the record "
-                                         "of maintenance that happened, and stays")
+            row = (await conn.execute(sa.select(w.starts_at, w.ends_at).where(
+                w.id == window_id, w.cancelled_at.is_(None)).with_for_update())).first()
+            if row is None:
                 raise NotFound(f"no active maintenance window {window_id}")
-            await record_audit(conn, actor=actor, action="maintenance.cancelled",
-                               subject_type="maintenance", subject_id=window_id, reason=reason,
+            if row.ends_at <= now:
+                raise InvalidRequest(f"the window ended at {iso(row.ends_at)}: it is the record "
+                                     "of maintenance that happened, and stays")
+            running = row.starts_at < now
+            await conn.execute(maintenance_windows.update().where(w.id == window_id).values(
+                **({"ends_at": now} if running else {"cancelled_at": now})))
+            await record_audit(conn, actor=actor, action="maintenance.ended_early" if running
+                               else "maintenance.cancelled", subject_type="maintenance",
+                               subject_id=window_id, reason=reason,
+                               details={"was_to_end_at": iso(row.ends_at)} if running else None,
                                now=now)
         self._snapshot = None
+        return now if running else None

@@ -163,3 +163,50 @@ async def test_a_window_that_has_ended_cannot_be_cancelled(
     past = (await client.get("/v1/ops/maintenance", headers=ops,
                              params={"include_past": "true"})).json()["data"]
     assert window["id"] in [w["id"] for w in past]
+
+
+async def test_a_running_window_taken_back_ends_now_and_stays_as_the_record(
+    client: httpx.AsyncClient, container: Container, ops: dict[str, str]
+) -> None:
+    """A window already running that ops take back (the upgrade finished early) took its
+    routes out for the hours it ran: DELETE cancelled it, erasing it from GET
+    /v1/ops/maintenance?include_past=true as if the routes had never been out. It ends now
+    instead, kept and audited as ended early; one not started yet is still cancelled."""
+    now = datetime.now(UTC)
+    r = await client.post("/v1/ops/maintenance", headers=ops, json={
+        "route": "ewallet:midtrans:*", "starts_at": (now - timedelta(hours=1)).isoformat(),
+        "ends_at": (now + timedelta(hours=1)).isoformat(), "reason": "GoPay host upgrade"})
+    assert r.status_code == 201, r.text
+    running = r.json()
+    rc = container.route_controls
+    assert await rc.blocked("ewallet:midtrans:gopay", datetime.now(UTC)) is not None
+
+    ended = await client.delete(f"/v1/ops/maintenance/{running['id']}", headers=ops,
+                                params={"reason": "upgrade finished early"})
+    assert ended.status_code == 200, ended.text
+    assert ended.json()["cancelled"] is False, ended.text
+    ended_at = datetime.fromisoformat(ended.json()["ended_at"])
+    assert await rc.blocked("ewallet:midtrans:gopay", datetime.now(UTC)) is None
+    current = (await client.get("/v1/ops/maintenance", headers=ops)).json()["data"]
+    assert running["id"] not in [w["id"] for w in current]
+    past = (await client.get("/v1/ops/maintenance", headers=ops,
+                             params={"include_past": "true"})).json()["data"]
+    [kept] = [w for w in past if w["id"] == running["id"]]
+    assert (kept["starts_at"], kept["ends_at"]) == (running["starts_at"], iso(ended_at))
+    async with container.db.read() as conn:
+        audited = (await conn.execute(sa.select(audit_log.c.action, audit_log.c.reason).where(
+            audit_log.c.subject_id == running["id"]).order_by(audit_log.c.id))).all()
+    assert [tuple(a) for a in audited] == [
+        ("maintenance.scheduled", "GoPay host upgrade"),
+        ("maintenance.ended_early", "upgrade finished early")]
+
+    r = await client.post("/v1/ops/maintenance", headers=ops, json={
+        "route": "ewallet:midtrans:*", "starts_at": (now + timedelta(hours=1)).isoformat(),
+        "ends_at": (now + timedelta(hours=2)).isoformat(), "reason": "GoPay host upgrade"})
+    ahead = r.json()
+    gone = await client.delete(f"/v1/ops/maintenance/{ahead['id']}", headers=ops,
+                               params={"reason": "postponed"})
+    assert gone.json() == {"id": ahead["id"], "cancelled": True}, gone.text
+    past = (await client.get("/v1/ops/maintenance", headers=ops,
+                             params={"include_past": "true"})).json()["data"]
+    assert ahead["id"] not in [w["id"] for w in past]

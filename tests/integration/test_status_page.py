@@ -303,6 +303,50 @@ async def test_scheduled_maintenance_is_shown_ahead_and_while_it_runs(
         assert unauthorised.status_code == 401
 
 
+async def test_a_running_window_ended_early_stays_in_the_history_as_it_ran(
+    container: Container,
+) -> None:
+    """Ops take back a window while it runs (the upgrade finished early): the page stops
+    announcing it and GoPay is back at once, while the history keeps the maintenance that
+    happened, from its start to its early end, and so does the operators' list of windows:
+    the DELETE cancelled it and erased it from that list."""
+    async with status_stack(container, run_the_worker=False, page=SLOW) as p:
+        auth = {"Authorization": f"Bearer {await new_ops_token(p.container)}"}
+        now = p.clock.now()
+        r = await p.client.post("/v1/ops/maintenance", json={
+            "route": "ewallet:midtrans:*", "starts_at": (now + timedelta(hours=1)).isoformat(),
+            "ends_at": (now + timedelta(hours=3)).isoformat(), "reason": "GoPay upgrade"},
+            headers=auth)
+        window = r.json()
+        recorder = status_recorder(p.container)
+        await recorder.evaluate()
+        p.clock.advance(timedelta(hours=1, minutes=1))
+        result = await recorder.evaluate()
+        assert result.published["ewallet.gopay"].value == "under_maintenance"
+
+        r = await p.client.delete(f"/v1/ops/maintenance/{window['id']}", headers=auth,
+                                  params={"reason": "upgrade finished early"})
+        assert r.status_code == 200 and r.json()["cancelled"] is False, r.text
+        p.clock.advance(timedelta(minutes=1))
+        result = await recorder.evaluate()
+        assert result.published["ewallet.gopay"].value == "operational"
+        p.container.status_page.snapshots.invalidate()
+        assert not (await p.json("scheduled-maintenances/active.json"))["scheduled_maintenances"]
+        assert not (await p.json("scheduled-maintenances/upcoming.json")
+                    )["scheduled_maintenances"]
+        async with p.container.db.read() as conn:
+            periods = (await conn.execute(sa.select(status_history).where(
+                status_history.c.component_id == "ewallet.gopay")
+                .order_by(status_history.c.started_at))).all()
+        assert [x.status for x in periods] == ["operational", "under_maintenance", "operational"]
+        assert periods[1].ended_at == periods[2].started_at
+        past = (await p.client.get("/v1/ops/maintenance", headers=auth,
+                                   params={"include_past": "true"})).json()["data"]
+        [kept] = [w for w in past if w["id"] == window["id"]]
+        assert kept["ends_at"] == r.json()["ended_at"]
+        assert datetime.fromisoformat(kept["ends_at"]) <= periods[1].ended_at
+
+
 async def test_two_providers_maintenance_at_once_is_announced_for_what_both_serve(
     container: Container,
 ) -> None:
