@@ -175,10 +175,11 @@ class StatusPage:
                 "expires_at": row.expires_at, "paid_at": row.paid_at,
                 "next_check_at": next_check if show_check else None,
                 # What a verifying order waits on, as its verification says (order_view): a
-                # bank transfer is confirmed by the mutation feed, not by a provider
-                # recovering, unless a provider it was also offered is down.
+                # provider's recovery only while a read of it is deferred (its route down); a
+                # bank transfer otherwise waits on the mutation feed, and a gateway payment on
+                # nothing (None): the verifier is reading it from its provider now.
                 "waiting_on": None if state != OrderState.VERIFYING.value
-                else "bank_feed" if by_bank and not provider_down else "provider"}
+                else "provider" if provider_down else "bank_feed" if by_bank else None}
 
     # -- ops --------------------------------------------------------------------------------
 

@@ -46,11 +46,11 @@ ORDER_STATE_TEXTS: dict[str, tuple[str, str, str, str]] = {
                        "The payment with this method did not go through. Go back to the shop "
                        "to try again before the deadline."),
     "verifying": ("Pembayaran sedang diverifikasi",
-                  "Jika Anda sudah membayar, pembayaran Anda tercatat dan akan dikonfirmasi "
-                  "otomatis begitu penyedia pembayaran pulih. Tidak perlu membayar lagi.",
+                  "Jika Anda sudah membayar, pembayaran Anda tercatat dan sedang dikonfirmasi "
+                  "ke penyedia pembayaran. Tidak perlu membayar lagi.",
                   "Verifying payment",
-                  "If you have paid, your payment is safe and will be confirmed automatically "
-                  "as soon as the payment provider recovers. Do not pay again."),
+                  "If you have paid, your payment is safe and is being confirmed with the "
+                  "payment provider now. Do not pay again."),
     "paid": ("Lunas", "Pembayaran Anda sudah dikonfirmasi. Penjual akan memproses pesanan.",
              "Paid", "Your payment is confirmed. The seller will process your order."),
     "expired": ("Kedaluwarsa", "Batas waktu pembayaran terlewati tanpa pembayaran. Silakan "
@@ -68,7 +68,11 @@ ORDER_STATE_TEXTS: dict[str, tuple[str, str, str, str]] = {
 }
 
 VERIFYING_NEXT_STEP: dict[str, tuple[str, str]] = {
-    # waiting_on: (next step id, next step en), instead of the provider's recovery
+    # waiting_on: (next step id, next step en), instead of the provider being read now
+    "provider": ("Jika Anda sudah membayar, pembayaran Anda tercatat dan akan dikonfirmasi "
+                 "otomatis begitu penyedia pembayaran pulih. Tidak perlu membayar lagi.",
+                 "If you have paid, your payment is safe and will be confirmed automatically "
+                 "as soon as the payment provider recovers. Do not pay again."),
     "bank_feed": ("Jika Anda sudah membayar, pembayaran Anda tercatat dan akan dikonfirmasi "
                   "otomatis begitu transfer Anda terbaca di mutasi rekening bank. Tidak perlu "
                   "membayar lagi.",

@@ -27,6 +27,7 @@ from chaos.proxy import FaultProxy
 from chaos.sim.runner import Simulators, start_simulators
 from orchestrator.bootstrap import Container, build
 from orchestrator.services.expiry import AllSourcesUp, expire_due_orders
+from orchestrator.services.status_reads import defer
 from orchestrator.settings import DatabaseSettings, Settings, StatusPageSettings
 from orchestrator.store.engine import create_engine, migrate
 from orchestrator.store.tables import audit_log, status_history
@@ -494,6 +495,36 @@ async def test_a_bank_transfer_order_being_verified_says_it_waits_for_the_bank(
             assert r.status_code == 200 and 'data-state="verifying"' in r.text, r.text
             assert said in r.text, r.text
             assert "pulih" not in r.text and "recovers" not in r.text, r.text
+
+
+async def test_a_gateway_order_being_verified_while_its_provider_is_up_says_it_is_being_checked(
+    container: Container,
+) -> None:
+    """Past its deadline a QRIS order goes to verifying while its provider is read: nothing is
+    down, yet the page told its customer the payment would be confirmed "as soon as the
+    payment provider recovers". That is said only once a read waits for the provider."""
+    async with status_stack(container, run_the_worker=False, page=SLOW) as p:
+        order = await p.checkout(rail="qris", email="budi@example.co.id")
+        past = datetime.fromisoformat(order["expires_at"]) + timedelta(minutes=1)
+        await expire_due_orders(p.container.db, now=past, quarantine=timedelta(hours=1),
+                                batch=10)
+
+        async def lookup(lang: str) -> str:
+            r = await p.client.post(f"/status/orders{lang}", data={
+                "code": order["id"], "contact": "budi@example.co.id"})
+            assert r.status_code == 200 and 'data-state="verifying"' in r.text, r.text
+            return r.text
+
+        for lang, said in (("", "sedang dikonfirmasi ke penyedia pembayaran"),
+                           ("?lang=en", "being confirmed with the payment provider")):
+            page = await lookup(lang)
+            assert said in page, page
+            assert "pulih" not in page and "recovers" not in page, page
+        async with p.container.db.transaction() as conn:  # the provider's breaker opens
+            await defer(conn, order["payment"]["attempt_id"], QRIS_MIDTRANS, now=past,
+                        retry_at=None)
+        assert "penyedia pembayaran pulih" in await lookup("")
+        assert "the payment provider recovers" in await lookup("?lang=en")
 
 
 async def test_order_lookups_are_rate_limited(container: Container) -> None:
