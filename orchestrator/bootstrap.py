@@ -136,7 +136,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
     reads = StatusReads(providers, guard, pacer)
     gateway_jobs = GatewayJobs(db, issuance, providers, guard, clock, reads=reads,
                                in_flight=in_flight, quarantine=settings.unique_codes.quarantine,
-                               schedule=settings.verification.schedule)
+                               schedule=settings.verification.schedule, metrics=metrics)
     sp = settings.status_page
     status_page = StatusPage(
         db, clock, lambda: components_for(catalog_of(router.catalog()), MANUAL_ROUTE.key),

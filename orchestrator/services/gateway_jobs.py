@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from orchestrator.domain import events
 from orchestrator.domain.clock import Clock
+from orchestrator.domain.errors import UniqueCodesExhausted
 from orchestrator.domain.order import AttemptState, OrderState
 from orchestrator.domain.verification import VerificationSchedule
 from orchestrator.outbox.relay import OutboxEvent
@@ -50,6 +51,7 @@ from orchestrator.services.status_reads import (
 )
 from orchestrator.store.database import Database
 from orchestrator.store.tables import orders, payment_attempts
+from orchestrator.telemetry.metrics import Metrics
 
 log = logging.getLogger("lunas.gateway_jobs")
 
@@ -66,11 +68,13 @@ class GatewayJobs:
     def __init__(self, db: Database, issuance: IssuanceService,
                  providers: Mapping[str, PaymentProvider], guard: RouteGuard, clock: Clock,
                  *, reads: StatusReads, in_flight: timedelta, quarantine: timedelta,
-                 schedule: VerificationSchedule | None = None) -> None:
+                 schedule: VerificationSchedule | None = None,
+                 metrics: Metrics | None = None) -> None:
         self._db, self._issuance, self._providers = db, issuance, providers
         self._guard, self._clock, self._reads = guard, clock, reads
         self._in_flight, self._quarantine = in_flight, quarantine
         self._schedule = schedule or VerificationSchedule()
+        self._metrics = metrics or Metrics()
 
     def handlers(self) -> dict[str, Any]:
         return {events.ORDER_CAPTURED: self.on_order_captured,
@@ -190,8 +194,15 @@ class GatewayJobs:
             raise IssuanceStillRunning(f"order {order_id} has an attempt being created")
         for stale in creating:  # its caller died mid-call: the provider may hold a charge
             await self._mark_unknown(stale.id, "issuer stopped mid-call; verifying")
-        result = await self._issuance.issue(order, rail=Rail(order.rail),
-                                            channel=order.channel or "")
+        try:
+            result = await self._issuance.issue(order, rail=Rail(order.rail),
+                                                channel=order.channel or "")
+        except UniqueCodesExhausted:
+            # Every route still down and the fallback found every amount held: retried by the
+            # relay like any order no route served, and counted each try as the pool running
+            # dry, as the capture that deferred it was (capture.py).
+            self._metrics.unique_codes_exhausted.labels(order.rail).inc()
+            raise
         await self._issuance.finish(order_id, result)
         if result.served is None:
             raise NoRouteYet("; ".join(f"{h.route}: {h.reason}" for h in result.hops))

@@ -36,7 +36,8 @@ class Metrics:
             "lunas_unique_codes_exhausted_total",
             "Captures that found every transfer amount in the code range held, by the "
             "capture's rail: refused (manual transfer, 503), or deferred (a gateway order "
-            "whose routes were all down, falling back to manual transfer; 202).",
+            "whose routes were all down, falling back to manual transfer; 202), counted "
+            "again at each retry of its issuance by the worker that finds them held still.",
             ["rail"], registry=self.registry,
         )
         self.mutations_ingested = Counter(

@@ -212,6 +212,46 @@ async def test_a_fallback_that_finds_every_code_held_is_counted_as_exhaustion(
         await narrow.close()
 
 
+async def test_a_deferred_issuance_retried_into_a_full_pool_is_counted_each_try(
+    container: Container, sims: Simulators
+) -> None:
+    """The worker retries a gateway order left captured (``on_order_captured``): its routes
+    still down, the fallback to manual transfer finds every code still held. The capture
+    counted that as the pool running dry; each retry did not, so the counter stopped at the
+    capture while the pool stayed exhausted for as long as the worker kept trying."""
+    from orchestrator.domain.errors import UniqueCodesExhausted
+    from orchestrator.outbox.relay import OutboxEvent
+
+    narrow = build(replace(gateway_settings(container.settings, sims),
+                           unique_codes=UniqueCodeSettings(codes=UniqueCodeRange(low=1, high=2))))
+    await narrow.start()
+    try:
+        shop = await new_merchant(narrow)
+        async with serve(narrow) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+            stack = Stack(narrow, sims, url, client, shop)
+            for _ in range(2):  # the whole range of 125,000 held by manual transfers
+                assert (await stack.capture("manual_transfer", None)).status_code == 201
+            await stack.fault("xendit", kind="down")
+            await stack.fault("midtrans", kind="down")
+            r = await stack.capture()
+            assert (r.status_code, r.json()["status"]) == (202, "captured"), r.text
+            async with narrow.db.read() as conn:
+                row = (await conn.execute(sa.select(outbox).where(
+                    outbox.c.aggregate_id == r.json()["id"],
+                    outbox.c.event_type == "order.captured"))).one()
+            for tries in (1, 2):
+                event = OutboxEvent(id=row.id, event_id=row.event_id,
+                                    event_type=row.event_type, aggregate_id=row.aggregate_id,
+                                    merchant_id=row.merchant_id, payload=row.payload,
+                                    attempts=tries, created_at=row.created_at)
+                with pytest.raises(UniqueCodesExhausted):  # the relay tries it again later
+                    await narrow.gateway_jobs.on_order_captured(event)
+            seen = (await client.get("/metrics")).content
+        assert metric_value(seen, "lunas_unique_codes_exhausted_total", rail="va") == 3
+    finally:
+        await narrow.close()
+
+
 async def test_slow_provider_opens_its_breaker_on_slow_calls(stack: Stack) -> None:
     await stack.fault("xendit", kind="slow", latency_ms=450)
     replies = [await stack.capture() for _ in range(10)]
