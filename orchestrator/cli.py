@@ -660,10 +660,12 @@ async def _reviews_list(settings: Settings, args: argparse.Namespace) -> int:
         else:
             for case in cases:
                 # The currency beside the amount: a currency_mismatch case's is not rupiah
-                # (``?`` on one opened before Lunas recorded it).
+                # (``?`` on one opened before Lunas recorded it). Last, the answers
+                # ``reviews resolve --action`` takes for it (``-`` once it is resolved).
                 print(f"{case['id']}  {case['state']:<8} {case['reason']:<32} "
                       f"{case['recommended_action']:<17} {case['amount']:>12} "
-                      f"{case['currency'] or '?'}  order {case['order_id']}")
+                      f"{case['currency'] or '?'}  order {case['order_id']}  "
+                      f"actions {'|'.join(case['allowed_actions']) or '-'}")
         return 0
     return await _with_container(settings, work)
 

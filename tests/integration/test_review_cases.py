@@ -149,6 +149,9 @@ async def test_cli_lists_and_resolves_cases(
     table = subprocess.run([LUNAS, "reviews", "list", "--order", order["id"]], env=env,
                            capture_output=True, text=True, timeout=60, check=True).stdout
     assert f" {case['amount']} IDR  order {order['id']}" in table, table
+    # The answers --action takes for it: --json listed them, the table did not.
+    assert case["allowed_actions"], case
+    assert f"order {order['id']}  actions {'|'.join(case['allowed_actions'])}\n" in table, table
     done = subprocess.run([LUNAS, "reviews", "resolve", case["id"], "--action", "honour",
                            "--note", "approved by CS lead", "--actor", "sari", "--json"],
                           env=env, capture_output=True, text=True, timeout=60, check=False)
