@@ -20,7 +20,14 @@ _PAGE = Answer(description="`data`: a page of rows; `next_after`: ask `after` it
 _AFTER = problem("No row to continue `after` (not_found).")
 UNMATCHED = contract("ops", {200: _PAGE, 404: _AFTER})
 MATCH = contract("ops", body=True, answers={
-    201: Answer(description="The settlement the match made"),
+    201: Answer(description="The settlement the match made: `verdict`, `order_status`, and "
+                            "`review_case_id` (the case the settlement opened, e.g. a "
+                            "second_payment to refund, or null); `possible_reversal_case_ids`: "
+                            "the possible_reversal cases the match opened, a debit stored "
+                            "before it that may have taken the money back (empty if none). "
+                            "While an import holds the account, the credit is judged again "
+                            "once it ends, and a case that opens then is in the review "
+                            "queue, not here."),
     404: problem("No such mutation, or no such order with a payment attempt (not_found)."),
     409: problem("already_matched: the mutation is matched already, or is a debit; "
                  "transition_refused: the order cannot take the payment; likely_duplicate: "

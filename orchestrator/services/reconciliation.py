@@ -674,7 +674,7 @@ class ReconciliationService:
         return found
 
     async def _flag_reversals(self, conn: AsyncConnection, debits: Sequence[Debit],
-                              report: ImportReport, *, now: datetime) -> None:
+                              report: ImportReport, *, now: datetime) -> list[str]:
         """Debits this ingest stored that may take back a payment, decided once every line of
         it is stored (on both paths, so they decide alike whatever the order of the lines).
 
@@ -691,9 +691,11 @@ class ReconciliationService:
         A debit is claimed only while still ``ignored``: two transactions that each saw a
         different latest credit (one judging it again, one matching a later credit meanwhile)
         would otherwise each flag it on their own order, two cases for one debit. The second
-        waits for the first's row and then finds it claimed, and opens nothing."""
+        waits for the first's row and then finds it claimed, and opens nothing.
+
+        Returns the ids of the possible_reversal cases it opened."""
         if not self._reversal_window or not debits:
-            return
+            return []
         m = mutations.c
         chosen: list[tuple[Debit, Any]] = []
         for debit in debits:
@@ -707,10 +709,11 @@ class ReconciliationService:
             if credit is not None:
                 chosen.append((debit, credit))
         if not chosen:
-            return
+            return []
         locked = {o.id: o for o in await conn.execute(
             sa.select(orders).where(orders.c.id.in_(sorted({c.order_id for _, c in chosen})))
             .order_by(orders.c.id).with_for_update())}
+        opened: list[str] = []
         for debit, credit in chosen:
             order = locked[credit.order_id]
             taken_back = (await conn.execute(sa.select(sa.exists().where(
@@ -735,6 +738,8 @@ class ReconciliationService:
                          "credit_mutation_id": credit.id})], now=now)
             report.possible_reversals += 1
             report.needs_review += 1
+            opened.append(case_id)
+        return opened
 
     async def _seen_from_another_source(
         self, conn: AsyncConnection, mutation_id: str, attempt_id: str | None, item: Any, *,
@@ -854,7 +859,8 @@ class ReconciliationService:
                 await add_events(conn, await close_cases_of_credit(
                     conn, mutation_id, actor=actor, note=reason, now=now,
                     opened_by_match=result.review_case_id), now=now)
-                await self._judge_matched_by_hand(conn, mutation_id, mutation, now=now)
+                reversal_cases = await self._judge_matched_by_hand(conn, mutation_id, mutation,
+                                                                   now=now)
                 await record_audit(conn, actor=actor, action="mutation.matched_manually",
                                    subject_type="mutation", subject_id=mutation_id,
                                    reason=reason, details={
@@ -869,11 +875,12 @@ class ReconciliationService:
                 f"shows two transfers, match it again: it becomes a second payment")
         return {"mutation_id": mutation_id, "order_id": order_id, "order_status":
                 result.order_state, "verdict": str(result.verdict),
-                "review_case_id": result.review_case_id, "matched_by": actor,
+                "review_case_id": result.review_case_id,
+                "possible_reversal_case_ids": reversal_cases, "matched_by": actor,
                 "matched_at": iso(now)}
 
     async def _judge_matched_by_hand(self, conn: AsyncConnection, mutation_id: str,
-                                     mutation: Any, *, now: datetime) -> None:
+                                     mutation: Any, *, now: datetime) -> list[str]:
         """A credit a person matched, judged against the debits stored before it, as an
         ingest judges the credits it matches: the bank's correction often comes before anyone
         has matched the transfer it takes back, and found nothing matched to flag then.
@@ -881,13 +888,15 @@ class ReconciliationService:
         Under the account's lock if it is free, as a push: a person is not kept waiting while a
         statement import holds it, and an ingest storing a debit meanwhile would miss this
         uncommitted credit (and this match its debit), so the credit is then judged again
-        once the lock is free (``judge_again``, module docstring)."""
+        once the lock is free (``judge_again``, module docstring). Returns the
+        possible_reversal cases opened now (not those a judging again may open later)."""
         credit = _incoming_of(mutation)
         held = await _lock_account(conn, credit.bank, credit.account_number, wait=False)
         earlier = await self._debits_stored_before(conn, [credit], these=set())
-        await self._flag_reversals(conn, earlier, ImportReport(), now=now)
+        opened = await self._flag_reversals(conn, earlier, ImportReport(), now=now)
         if not held:
             await self._judge_later(conn, [(mutation_id, credit)], now=now)
+        return opened
 
 
 class _Phases:

@@ -793,6 +793,7 @@ async def test_a_debit_stored_before_a_credit_matched_by_hand_flags_the_order_on
                 if c.reason == "possible_reversal"]
     assert [(c.mutation_id, c.amount, c.recommended_action) for c in reversal] == [
         (debit_id, 200_000, "check_with_bank")]
+    assert matched["possible_reversal_case_ids"] == [reversal[0].id], matched
     assert await debits_of(container, m.account_number) == {debit_id: ("reversal", order["id"])}
     assert [(p["debit_mutation_id"], p["credit_mutation_id"])
             for p in await told_of(container, order["id"])
@@ -929,3 +930,8 @@ async def test_a_second_payment_matched_by_hand_is_judged_against_debits_stored_
     assert sorted((c.reason, c.mutation_id) for c in cases) == [
         ("possible_reversal", debit_id), ("second_payment", credit_id)]
     assert await debits_of(container, m.account_number) == {debit_id: ("reversal", order["id"])}
+    # The reply named the second_payment case only: the person asked to refund it was not
+    # told, there, of the case saying the bank may have taken it back already.
+    by_reason = {c.reason: c.id for c in cases}
+    assert matched["review_case_id"] == by_reason["second_payment"]
+    assert matched["possible_reversal_case_ids"] == [by_reason["possible_reversal"]], matched

@@ -293,6 +293,7 @@ async def test_a_possible_duplicate_matched_by_a_person_is_not_refunded_again_in
         "mutation_id": case["mutation_id"], "order_id": order["id"],
         "reason": "two transfers on the customer's statement"})
     assert r.status_code == 201, r.text
+    assert r.json()["possible_reversal_case_ids"] == []  # no debit took it back
     second = await client.post(f"/v1/reviews/{r.json()['review_case_id']}/resolve",
                                headers=ops, json={"action": "refund", "note": "returned #12"})
     assert second.status_code == 200, second.text
