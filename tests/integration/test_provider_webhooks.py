@@ -416,6 +416,33 @@ async def test_a_provider_time_no_database_can_hold_never_blocks_a_delivery(
         "unreadable: malformed Xendit callback: time '0001-01-01T00:00:00+14:00' is out of range")
 
 
+@pytest.mark.xfail(strict=True, reason="defect: a verified unreadable callback is dropped")
+async def test_a_verified_callback_lunas_cannot_read_still_finds_a_late_payment(
+    stack: Stack,
+) -> None:
+    """Xendit's legacy callback shapes are known only from third parties (RAILS.md §7): a
+    genuine VA payment whose callback Lunas cannot read (here its time in epoch milliseconds)
+    on an attempt Lunas closed is still Xendit's word that this attempt moved. The verifier
+    reads a closed attempt no more, so recorded "unreadable" and left there, the late payment
+    reached nobody (rule 4); the status read the callback asks for finds it."""
+    order_id, attempt = await order_and_attempt(stack, "va", "bca", "va:xendit:bca")
+    await close_attempt(stack, order_id, attempt.id)
+    await sim_post(stack.sims.xendit.control_url, "/config", {"callback_url": None})
+    payment = await sim_post(stack.sims.xendit.control_url, "/pay", {
+        "kind": "va", "external_id": attempt.id, "amount": attempt.transfer_amount,
+        "force": True})
+    token = stack.container.settings.providers.xendit_callback_token
+    r = await stack.client.post("/v1/webhooks/xendit", content=json.dumps(
+        {**payment, "transaction_timestamp": 1741572339000}),
+        headers={"x-callback-token": token})
+    assert r.status_code == 200, r.text
+    await run_relay(stack.container, order_state(stack, order_id), "needs_review")
+    assert await review(stack, order_id) == [
+        ("payment_after_expiry", "honour", attempt.transfer_amount)]
+    [(verified, outcome)] = await outcomes(stack, attempt.id)
+    assert verified and outcome == "status read: payment applied: after_expiry, order needs_review"
+
+
 async def test_a_signed_pending_notification_relabelled_settlement_is_not_trusted(
     stack: Stack,
 ) -> None:
