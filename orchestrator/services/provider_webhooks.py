@@ -23,7 +23,8 @@ Decisions:
   read of the same payment must not count as two payments (rule 2). The delivery's own identity
   stays in the evidence details and on the delivery row.
 
-Worker path (``on_delivery``): a verified delivery is mapped to a neutral status. PAID →
+Worker path (``on_delivery``): a verified delivery is mapped to a neutral status (one it cannot
+be read as asks for the attempt's status read instead, ``_read_instead``). PAID →
 ``apply_payment`` (exactly once through the evidence key). A Midtrans payment is confirmed by a
 status read first unless its attempt is already paid: Midtrans notifies ``cancel`` under status
 code 200, as it does ``settlement``, and signs neither status, so a genuine cancel relabelled
@@ -454,7 +455,7 @@ class ProviderWebhooks:
             await self._record(delivery_id, f"no change: {exc}")
             return
         except ValueError as exc:
-            await self._record(delivery_id, f"unreadable: {exc}")
+            await self._read_instead(delivery_id, attempt, f"unreadable: {exc}")
             return
         if status.status is NeutralStatus.PAID and (
                 (delivery.provider == MIDTRANS and attempt.state in _CANCELLED_BY_LUNAS)
@@ -810,6 +811,21 @@ class ProviderWebhooks:
         else:
             await self._record(delivery_id, f"unverified: never trusted; attempt "
                                             f"{attempt.state}, not read")
+
+    async def _read_instead(self, delivery_id: str, attempt: Any, why: str) -> None:
+        """A verified delivery Lunas cannot read (a shape or a field it does not know: Xendit's
+        legacy callbacks are known only from third parties, RAILS.md §7) is still the
+        provider's word that this attempt moved, perhaps a payment. The status read answers
+        instead: the verifier's, brought forward, for a live attempt; one queued read for a
+        closed one, which the verifier reads no more, whenever it closed (the delivery is
+        genuine, unlike an unverified one). Recorded as unreadable and left there, a late
+        payment on a closed attempt reached nobody (rule 4)."""
+        if attempt.state in LIVE:
+            await self._ask_verifier(delivery_id, attempt.id, why)
+        elif attempt.state in _CLOSED:
+            await self._ask_read_of_closed(delivery_id, attempt.id, why, within_watch=False)
+        else:
+            await self._record(delivery_id, why)
 
     async def _confirm_first(self, delivery_id: str, attempt: Any) -> None:
         """A signed Midtrans payment notification for an attempt Lunas may have cancelled: it

@@ -416,7 +416,6 @@ async def test_a_provider_time_no_database_can_hold_never_blocks_a_delivery(
         "unreadable: malformed Xendit callback: time '0001-01-01T00:00:00+14:00' is out of range")
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a verified unreadable callback is dropped")
 async def test_a_verified_callback_lunas_cannot_read_still_finds_a_late_payment(
     stack: Stack,
 ) -> None:
