@@ -84,11 +84,14 @@ import asyncio
 import base64
 import contextlib
 import hmac
+import json
 import math
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
@@ -168,15 +171,32 @@ def parse_time(value: Any) -> datetime:
     return moment
 
 
+PLAIN_AMOUNT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?", re.ASCII)
+"""An amount Xendit sends as a string: plain digits, no spaces, digit separators or exponent."""
+
+
+def parse_body(text: str | bytes) -> Any:
+    """A Xendit JSON body, its numbers with a fraction or an exponent read as ``Decimal``: read
+    as a float, a fraction below its precision (``150000.0000000000001``) is rounded away
+    before ``rupiah`` can refuse it."""
+    return json.loads(text, parse_float=Decimal)
+
+
 def rupiah(value: Any) -> int:
-    """Xendit amounts are JSON numbers (sometimes strings); Lunas money is whole rupiah."""
+    """Xendit amounts are JSON numbers (sometimes strings); Lunas money is whole rupiah, read
+    exactly: any fraction is refused, however small, as is a string that is not plain digits."""
     if isinstance(value, bool):
         raise ValueError("an amount cannot be a boolean")
-    number = float(value) if isinstance(value, str) else value
-    if not isinstance(number, int | float) or not math.isfinite(number) or number != int(number):
-        raise ValueError(f"amount {value!r} is not whole rupiah")
+    if isinstance(value, str) and PLAIN_AMOUNT.fullmatch(value):
+        number = Decimal(value)
+    elif isinstance(value, int | Decimal) or (isinstance(value, float) and math.isfinite(value)):
+        number = Decimal(value)  # a float's exact binary value, so a fraction stays one
+    else:
+        number = Decimal("NaN")
+    if not number.is_finite() or number != number.to_integral_value():
+        raise ValueError(f"amount {value!r:.40} is not whole rupiah")
     if abs(number) > MAX_RUPIAH:
-        raise ValueError(f"amount {value!r} is beyond {MAX_RUPIAH:,} rupiah")
+        raise ValueError(f"amount {value!r:.40} is beyond {MAX_RUPIAH:,} rupiah")
     return int(number)
 
 
@@ -450,7 +470,7 @@ class XenditProvider:
         except httpx.HTTPStatusError as exc:
             raise _http_error(operation, response) from exc
         try:
-            body = response.json()
+            body = parse_body(response.content)
         except ValueError as exc:  # a proxy's error page more likely than Xendit: not an answer
             cls = OutcomeUnknown if operation == "create" else Unavailable
             raise cls(f"the answer is not JSON: {exc}", provider=PROVIDER,

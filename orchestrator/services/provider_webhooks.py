@@ -448,7 +448,8 @@ class ProviderWebhooks:
         if not delivery.verified:
             await self._verify_later(delivery_id, attempt)
             return
-        body = json.loads(delivery.raw_body)
+        body = (xendit.parse_body(delivery.raw_body) if delivery.provider == XENDIT
+                else json.loads(delivery.raw_body))
         try:
             status = delivery_status(delivery.provider, body)
         except xendit.NothingMoved as exc:

@@ -442,7 +442,6 @@ async def test_a_verified_callback_lunas_cannot_read_still_finds_a_late_payment(
     assert verified and outcome == "status read: payment applied: after_expiry, order needs_review"
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a fraction is rounded away")
 async def test_a_verified_callback_amount_with_a_fraction_never_settles_as_whole_rupiah(
     stack: Stack,
 ) -> None:
