@@ -675,3 +675,23 @@ async def test_an_answer_trickling_in_is_cut_off_at_twice_the_timeout(
         with pytest.raises(OutcomeUnknown):
             await provider.create(request)
     assert time.monotonic() - started < 2 * (2 * TIMEOUT_S) + 0.5
+
+
+@pytest.mark.xfail(strict=True, reason="defect: an unknown status reads as expired")
+@pytest.mark.parametrize(("channel", "raw"), [
+    ("bca", "SUSPENDED"), ("bca", "active"), ("qris", "PENDING"), ("qris", "EXPIRED_SOON")])
+async def test_a_status_rails_md_does_not_name_is_unreadable_never_expired(
+    provider: XenditProvider, sim: XenditSim, channel: str, raw: str,
+) -> None:
+    """RAILS.md §2.5 names VA PENDING / ACTIVE / INACTIVE and QR ACTIVE / INACTIVE. Any other
+    status, before the deadline and with no payment listed yet, is an answer Lunas cannot read:
+    taken for expired, the verifier closed a still payable instrument and told the merchant
+    its order's payment failed (``order.payment_failed``) while the customer could pay it."""
+    request = charge(channel)
+    instrument = await provider.create(request)
+    if request.route.rail is Rail.VA:
+        sim.store.vas[str(instrument.provider_ref)]["status"] = raw
+    else:
+        sim.store.qrs[request.reference]["status"] = raw
+    with pytest.raises(Unreadable):
+        await provider.status(request.reference, instrument.provider_ref, request.route)
