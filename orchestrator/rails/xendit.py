@@ -58,6 +58,7 @@ only the callback carries.
   payment → paid (sum of payments), none → expired. 404 → not_found.
 - QR (by ``external_id`` = reference, so no ``provider_ref`` needed): ACTIVE → pending; otherwise
   a payment → paid, none → expired. QR v1 has no expiry field: Lunas keeps the deadline.
+- A VA or QR status RAILS.md does not name is Unreadable (read again), never expired.
 - E-wallet (by ``provider_ref``): PENDING → pending, SUCCEEDED → paid (``capture_amount``),
   FAILED / VOIDED → failed, REFUNDED → refunded. 404 → not_found. A SUCCEEDED charge with a
   ``refunded_amount`` is refunded too, with that running total (``charge_status``); a
@@ -136,6 +137,9 @@ DUPLICATE_CODES = frozenset({"DUPLICATE_CALLBACK_VIRTUAL_ACCOUNT_ERROR", "DUPLIC
 CHARGE_STATUSES = {"PENDING": NeutralStatus.PENDING, "SUCCEEDED": NeutralStatus.PAID,
                    "FAILED": NeutralStatus.FAILED, "VOIDED": NeutralStatus.FAILED,
                    "REFUNDED": NeutralStatus.REFUNDED}
+VA_STATUSES = frozenset({"PENDING", "ACTIVE", "INACTIVE"})
+QR_STATUSES = frozenset({"ACTIVE", "INACTIVE"})
+"""The statuses RAILS.md §2.2-2.3 names; any other is unreadable, never taken for expired."""
 CATEGORIES = {Rail.VA: "VIRTUAL_ACCOUNT", Rail.QRIS: "QR_CODE", Rail.EWALLET: "EWALLET"}
 
 
@@ -340,6 +344,7 @@ class XenditProvider:
         with self._reading("status"):
             raw, external_id = str(data["status"]), str(data["external_id"])
             expires_at = parse_time(data["expiration_date"])
+            _known(raw, VA_STATUSES, "virtual account")
         if raw in ("PENDING", "ACTIVE") and expires_at > self._clock():
             return ProviderStatus(status=NeutralStatus.PENDING, provider_ref=provider_ref,
                                   raw_status=raw)
@@ -351,6 +356,7 @@ class XenditProvider:
             return ProviderStatus(status=NeutralStatus.NOT_FOUND, provider_ref=None)
         with self._reading("status"):
             raw, qr_id = str(data["status"]), str(data["id"])
+            _known(raw, QR_STATUSES, "QR code")
         if raw == "ACTIVE":
             return ProviderStatus(status=NeutralStatus.PENDING, provider_ref=qr_id,
                                   raw_status=raw)
@@ -501,6 +507,14 @@ def _expect(data: Mapping[str, Any], **fields: object) -> None:
             continue
         if (rupiah(value) if isinstance(wanted, int) else value) != wanted:
             raise ValueError(f"{name} is {value!r}, expected {wanted!r}")
+
+
+def _known(raw: str, statuses: frozenset[str], what: str) -> None:
+    """A status outside ``statuses`` says nothing Lunas can act on: read as expired (the
+    fallback for "not payable now"), a still payable instrument was closed and its order
+    reported failed."""
+    if raw not in statuses:
+        raise ValueError(f"unknown {what} status {raw!r:.40}")
 
 
 def _charge_instrument(request: ChargeRequest, data: Mapping[str, Any]) -> Instrument:

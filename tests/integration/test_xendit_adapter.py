@@ -677,7 +677,6 @@ async def test_an_answer_trickling_in_is_cut_off_at_twice_the_timeout(
     assert time.monotonic() - started < 2 * (2 * TIMEOUT_S) + 0.5
 
 
-@pytest.mark.xfail(strict=True, reason="defect: an unknown status reads as expired")
 @pytest.mark.parametrize(("channel", "raw"), [
     ("bca", "SUSPENDED"), ("bca", "active"), ("qris", "PENDING"), ("qris", "EXPIRED_SOON")])
 async def test_a_status_rails_md_does_not_name_is_unreadable_never_expired(
