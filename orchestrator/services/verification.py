@@ -19,10 +19,8 @@ One worker loop (``run``):
    ======================  ===================================================================
    paid                    settled (evidence key shared with webhooks: never twice)
    pending, order open     next check on the rail's schedule
-   pending, asked at or    expired, and its cancel requested (the order then expires once no
-   after the deadline      attempt is left unverified)
-   pending, asked before   read again at once (paced, behind the breaker like any read): the
-   it, answered after      customer may have paid between the answer and the deadline
+   pending, order past     expired, and its cancel requested (the order then expires once no
+   its deadline            attempt is left unverified)
    expired / failed        expired / failed (only from a live state; never backwards)
    breaker open            deferred on the route
    429 (throttled)         tried again at its Retry-After (at least ``retry_after_failure``, at
@@ -338,7 +336,6 @@ class Verifier:
                                    retry_in=timedelta(0) if read_now else None)
                 counted.labels(attempt.provider, "resolved").inc()
                 return
-            asked_at = self._clock.now()
             status = await self._reads.read(
                 attempt, (lambda: self._still_mine(attempt))
                 if isinstance(attempt, _Claimed) else None)
@@ -370,7 +367,7 @@ class Verifier:
             await self._record(attempt, f"read failed: {type(exc).__name__}", retry=True)
             counted.labels(attempt.provider, "read_failed").inc()
             return
-        await self._apply(attempt, status, asked_at=asked_at)
+        await self._apply(attempt, status)
         outcome = "failed" if status.status is NeutralStatus.NOT_FOUND else status.status.value
         counted.labels(attempt.provider, outcome).inc()
 
@@ -400,10 +397,7 @@ class Verifier:
                     "reason": PROVIDER_UNAVAILABLE, "waiting_on": [route_key],
                     "next_check_at": iso(max(retry_at or now, now))}})], now=now)
 
-    async def _apply(self, attempt: Any, status: ProviderStatus, *,
-                     asked_at: datetime) -> None:
-        """``asked_at``: when the read was asked for, before its paced slot came: no request
-        of it left earlier."""
+    async def _apply(self, attempt: Any, status: ProviderStatus) -> None:
         now = self._clock.now()
         if status.status is NeutralStatus.PAID:
             async with self._db.transaction() as conn:
@@ -428,12 +422,7 @@ class Verifier:
                                  f"{case_id}" if case_id else f"{status.raw_status}: recorded")
             return
         if status.status is NeutralStatus.PENDING:
-            # "Pending" shows an instrument unpaid when the provider answered, so unpaid by the
-            # deadline only if asked at or after it (the order state is the claim's, seen before
-            # the read was asked). A read asked just before it and answered just after says
-            # nothing of the moment in between, in which the customer may have paid: it is
-            # rescheduled, and the schedule never waits past the deadline, so read again now.
-            if attempt.order_state in _PAST_DEADLINE or attempt.expires_at <= asked_at:
+            if attempt.order_state in _PAST_DEADLINE or attempt.expires_at <= now:
                 await self._close(attempt, AttemptState.EXPIRED, "unpaid at the deadline",
                                   cancel=True)
             else:
