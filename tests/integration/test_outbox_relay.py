@@ -61,6 +61,7 @@ from orchestrator.outbox.relay import Handler, OutboxEvent, PermanentFailure, Re
 from orchestrator.outbox.retry import RetryPolicy
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.services import dead_letters
+from orchestrator.services.expiry import payment_pending_event_id
 from orchestrator.services.webhook_endpoints import rotate_webhook_secret, set_webhook_url
 from orchestrator.settings import DatabaseSettings, OutboxSettings, Settings
 from orchestrator.store.database import Database
@@ -703,6 +704,55 @@ async def test_a_webhook_written_while_its_orders_earlier_one_is_tried_brings_it
     assert endpoint.problems == []
 
 
+async def test_a_webhook_written_again_under_its_fixed_id_brings_no_retry_forward(
+    engine: AsyncEngine, db_url: str
+) -> None:
+    """``order.payment_pending`` is told once per order, under a fixed event id, and the verifier
+    writes it again each time a provider's breaker lets a trial through and the read is deferred
+    again: the repeat is dropped. Being no news, it brings no retry forward either: the refused
+    first one waits its backoff. Before, each dropped repeat brought it forward, so while a
+    breaker flapped a failing endpoint was tried once a round instead of on the backoff, and the
+    event was dead-lettered after a few rounds instead of about a day. A new webhook of the
+    order (``order.paid``) still brings it forward."""
+    retry = RetryPolicy(backoff=(timedelta(hours=1),) * 5, uniform=random.Random(19).random)
+    async with Receiver() as endpoint:
+        merchant = await add_merchant(engine, endpoint.url)
+        order = new_id("ord")
+        pending = payment_pending_event_id(order)
+        endpoint.failing = {pending: 100}
+
+        async def write(event_type: str, event_id: str | None = None) -> None:
+            async with engine.begin() as conn:
+                await add_events(conn, [PendingEvent(
+                    event_type=event_type, aggregate_id=order, merchant_id=merchant,
+                    payload={"order_id": order}, event_id=event_id)], now=datetime.now(UTC))
+
+        async def waiting() -> sa.Row[Any]:
+            [row] = await rows_where(engine, outbox.c.event_id == pending)
+            return row
+
+        async def refusal_recorded() -> bool:
+            row = await waiting()
+            return row.attempts == 1 and row.lease_owner is None and row.last_error is not None
+
+        await write(ORDER_PAYMENT_PENDING, pending)
+        async with webhook_relay(db_url, f"again-{new_id('w')[-6:]}", retry=retry) as relay, \
+                running(relay):
+            await eventually(refusal_recorded, timeout=10, what="the first try refused")
+        refused = await waiting()
+        assert (refused.attempts, refused.lease_owner) == (1, None)
+        assert refused.available_at > datetime.now(UTC) + timedelta(minutes=30)
+        for _ in range(3):  # three breaker rounds, each deferring the read again
+            await write(ORDER_PAYMENT_PENDING, pending)
+        still = await waiting()
+        assert (still.available_at, still.attempts) == (refused.available_at, 1)
+        assert len(await rows_where(engine, outbox.c.aggregate_id == order)) == 1
+        await write(ORDER_PAID)  # news: the order's waiting webhook is tried at once
+        assert (await waiting()).available_at <= datetime.now(UTC)
+        await let_go_of_unclaimed(engine, outbox.c.aggregate_id == order)
+    assert endpoint.problems == []
+
+
 async def test_writing_webhooks_brings_forward_only_their_orders_earlier_ones_waiting_for_a_retry(
     private: AsyncEngine,
 ) -> None:
@@ -710,8 +760,9 @@ async def test_writing_webhooks_brings_forward_only_their_orders_earlier_ones_wa
     (PostgreSQL runs the UPDATE inside each row's INSERT, SQLite before all of them): each
     order a new webhook is written for has its earlier webhooks waiting for a retry due now,
     once, however many of its webhooks the call writes. Left alone: an order that only gets a
-    job (not a webhook), a webhook written to start later (never tried), a leased one (in
-    flight), and the new events themselves, one of which starts in an hour."""
+    job (not a webhook), or only a repeat of a webhook's fixed event id (dropped: no news), a
+    webhook written to start later (never tried), a leased one (in flight), and the new events
+    themselves, one of which starts in an hour."""
     now = datetime.now(UTC).replace(microsecond=0)
     later = now + timedelta(hours=1)
 
@@ -725,6 +776,7 @@ async def test_writing_webhooks_brings_forward_only_their_orders_earlier_ones_wa
 
     waiting_a, waiting_b = await webhook("ord_a", attempts=1), await webhook("ord_b", attempts=3)
     waiting_c = await webhook("ord_c", attempts=1)  # its order only gets a job
+    repeated = await webhook("ord_e", attempts=1)  # its order only gets it again
     untried = await webhook("ord_d")  # written to start in an hour: attempts 0
     leased = await webhook("ord_d", ORDER_EXPIRED, attempts=1, lease_owner="w-elsewhere",
                            lease_expires_at=later)
@@ -740,12 +792,14 @@ async def test_writing_webhooks_brings_forward_only_their_orders_earlier_ones_wa
                          payload={}),
             PendingEvent(event_type=ORDER_PAID, aggregate_id="ord_d", merchant_id="mch_ord_d",
                          payload={}),
+            PendingEvent(event_type=ORDER_PAYMENT_PENDING, aggregate_id="ord_e",
+                         merchant_id="mch_ord_e", payload={}, event_id=repeated),
         ], now=now)
     rows = {r.event_id: r for r in await rows_where(private, outbox.c.id > 0)}
     assert {e: (rows[e].available_at, rows[e].attempts) for e in (
-        waiting_a, waiting_b, waiting_c, untried, leased)} == {
-        waiting_a: (now, 1), waiting_b: (now, 3), waiting_c: (later, 1), untried: (later, 0),
-        leased: (later, 1)}
+        waiting_a, waiting_b, waiting_c, repeated, untried, leased)} == {
+        waiting_a: (now, 1), waiting_b: (now, 3), waiting_c: (later, 1), repeated: (later, 1),
+        untried: (later, 0), leased: (later, 1)}
     written = sorted((r.aggregate_id, r.event_type, r.available_at, r.attempts)
                      for r in rows.values() if r.created_at == now)
     assert written == [("ord_a", ORDER_NEEDS_REVIEW, later, 0), ("ord_a", ORDER_PAID, now, 0),
