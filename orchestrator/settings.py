@@ -153,6 +153,12 @@ class WebhookSettings:
     secret_overlap: timedelta = timedelta(hours=24)
     """After ``lunas merchants rotate-secret``, how long deliveries are still signed under the
     previous secret too (a second ``v1``), so the merchant can deploy the new one meanwhile."""
+    allow_private: bool = False
+    """``LUNAS_WEBHOOK_ALLOW_PRIVATE``, for production (elsewhere always allowed, for local
+    receivers): let webhooks go to a host on loopback, a private network or link-local, for
+    merchants reached over a private network. Off, such a host is refused before connecting,
+    so a webhook URL cannot make the worker call its own neighbours (``Settings
+    .webhooks_reach_private``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -345,6 +351,13 @@ class Settings:
     def is_production(self) -> bool:
         return self.environment == "production"
 
+    @property
+    def webhooks_reach_private(self) -> bool:
+        """Whether merchant webhooks may go to non-public addresses: outside production always
+        (the demo's and tests' receivers listen on 127.0.0.1), in production only when
+        ``LUNAS_WEBHOOK_ALLOW_PRIVATE`` says so."""
+        return not self.is_production or self.webhooks.allow_private
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         try:
@@ -419,6 +432,7 @@ class Settings:
                 # 0 drops the previous secret at once (one that leaked).
                 secret_overlap=e.seconds("LUNAS_WEBHOOK_SECRET_OVERLAP", 86_400, _Range(
                     low=0, high=MAX_WEBHOOK_SECRET_OVERLAP.total_seconds())),
+                allow_private=e.flag("LUNAS_WEBHOOK_ALLOW_PRIVATE"),
             ),
             scheduler=SchedulerSettings(
                 sweep_interval=e.seconds("LUNAS_SWEEP_INTERVAL", 1),

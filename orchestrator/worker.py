@@ -132,8 +132,9 @@ def relay_handlers(container: Container, http: httpx.AsyncClient) -> dict[str, H
     """Every outbox event type a worker handles. One map, so no relay process can miss one (an
     event with no handler is retried, then dead-lettered: a worker of an older version leaves it
     to the newer ones)."""
-    webhooks = MerchantWebhookHandler(container.db.engine, http,
-                                      container.settings.webhooks.timeout)
+    webhooks = MerchantWebhookHandler(
+        container.db.engine, http, container.settings.webhooks.timeout,
+        public_only=not container.settings.webhooks_reach_private)
     return {**merchant_webhook_handlers(webhooks), **container.gateway_jobs.handlers(),
             **container.provider_webhooks.handlers(), **container.settled_reads.handlers(),
             **container.reconciliation.handlers()}

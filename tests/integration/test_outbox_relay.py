@@ -1751,5 +1751,53 @@ async def test_a_changed_webhook_url_takes_the_next_try_of_events_already_failin
          {"from": old_url.removesuffix("/hooks"), "to": f"http://127.0.0.1:{moved.port}"})]
 
 
+async def test_a_production_worker_sends_no_webhook_to_a_loopback_or_private_address(
+    engine: AsyncEngine, db_url: str, tmp_path: Path
+) -> None:
+    """A webhook URL is an address the worker POSTs to from inside Lunas's network: one naming
+    (or resolving to) loopback, a private network or link-local (the cloud metadata service at
+    169.254.169.254) would have Lunas call its own neighbours with a signed body for whoever set
+    it. A production worker refuses such a host before connecting (the try fails, and is
+    retried as any other, should the name come to resolve elsewhere), unless
+    ``LUNAS_WEBHOOK_ALLOW_PRIVATE`` says the merchants' endpoints are on a private network.
+    Here the endpoint listens on 127.0.0.1 and hears nothing, by address or by name."""
+    from orchestrator import worker
+    from orchestrator.bootstrap import build
+
+    receiver = WebhookReceiver()
+    await receiver.start()
+    try:
+        by_address = await add_merchant(engine, f"http://127.0.0.1:{receiver.port}/hooks")
+        by_name = await add_merchant(engine, f"http://localhost:{receiver.port}/hooks")
+
+        async def deliver(settings: Settings, merchant: str) -> str | None:
+            container = build(replace(settings, database=DatabaseSettings(url=db_url)))
+            try:
+                async with httpx.AsyncClient(trust_env=False) as http:
+                    handler = worker.relay_handlers(container, http)[ORDER_PAID]
+                    await handler(OutboxEvent(
+                        id=0, event_id=new_id("evt"), event_type=ORDER_PAID,
+                        aggregate_id="ord_1", merchant_id=merchant,
+                        payload={"order_id": "ord_1"}, attempts=1, created_at=datetime.now(UTC)))
+            except Exception as exc:  # the failed try, as the relay records it
+                return f"{type(exc).__name__}: {exc}"
+            finally:
+                await container.close()
+            return None
+
+        production = Settings(environment="production")
+        for merchant in (by_address, by_name):
+            error = await deliver(production, merchant)
+            assert error is not None and "not a public address" in error, error
+            assert str(receiver.port) not in error and "/hooks" not in error  # no URL in it
+        assert receiver.deliveries == []
+        allowed = replace(production, webhooks=replace(production.webhooks, allow_private=True))
+        assert await deliver(allowed, by_address) is None
+        assert await deliver(Settings(), by_name) is None  # development: the demo's receivers
+        assert len(receiver.deliveries) == 2
+    finally:
+        await receiver.stop()
+
+
 async def _all_tried(receiver: Receiver, event_ids: list[str]) -> bool:
     return set(event_ids) <= set(receiver.counts())

@@ -48,6 +48,17 @@ def test_a_rotated_webhook_secret_signs_beside_the_new_one_for_a_day_unless_told
         == timedelta(hours=1)
 
 
+def test_production_webhooks_reach_private_addresses_only_when_told() -> None:
+    production = {"LUNAS_ENV": "production", "LUNAS_DATABASE_URL": "postgresql+asyncpg://u@db/l",
+                  "LUNAS_MUTATION_PUSH_SECRET": "push-secret-for-this-test"}
+    assert Settings.from_env({}).webhooks_reach_private  # development: local receivers
+    assert not Settings.from_env(production).webhooks_reach_private
+    assert Settings.from_env({**production, "LUNAS_WEBHOOK_ALLOW_PRIVATE": "1"}) \
+        .webhooks_reach_private
+    with pytest.raises(SettingsError, match="LUNAS_WEBHOOK_ALLOW_PRIVATE"):
+        Settings.from_env({"LUNAS_WEBHOOK_ALLOW_PRIVATE": "maybe"})
+
+
 @pytest.mark.parametrize(("env", "named"), [
     ({"LUNAS_PORT": "eighty"}, "LUNAS_PORT"),
     ({"LUNAS_OUTBOX_LEASE": "-1"}, "LUNAS_OUTBOX_LEASE"),
