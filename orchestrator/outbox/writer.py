@@ -74,6 +74,23 @@ _TRY_AGAIN_NOW = (
 )
 """The orders' earlier webhooks waiting for a retry, due now (``ix_outbox_order_queue``)."""
 
+_MERCHANT_TRY_AGAIN_NOW = (
+    sa.update(outbox)
+    .where(outbox.c.merchant_id == sa.bindparam("w_merchant"),
+           *_waiting(outbox.c.event_type.in_(_WEBHOOKS)))
+    .values(available_at=sa.bindparam("w_now"))
+)
+
+
+async def try_merchant_webhooks_now(conn: AsyncConnection, merchant_id: str, *,
+                                    now: datetime) -> None:
+    """The merchant's endpoint changed (``webhook_endpoints.set_webhook_url``): its webhooks
+    waiting for a retry are due now, and one being tried is retried at once if it fails, as a
+    new webhook does for its order's. Fixing a wrong URL is the news they wait for: left alone,
+    they (and each order's later ones, behind them) waited up to 8 hours more."""
+    await conn.execute(_MERCHANT_TRY_AGAIN_NOW, {"w_merchant": merchant_id, "w_now": now})
+
+
 _ROW_COLUMNS = ("event_id", "event_type", "aggregate_id", "merchant_id", "payload", "status",
                 "attempts", "created_at", "available_at", "trace_context")
 """``event_row``'s keys."""

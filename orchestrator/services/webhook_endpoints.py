@@ -1,7 +1,9 @@
 """A merchant's webhook endpoint: the URL Lunas delivers to and the secret it signs with.
 
 Both are read again on every delivery try (``notify/delivery.py``), so a change here reaches the
-next try of every pending event, retries included. Each change is audited in its own transaction.
+next try of every pending event, retries included; a new URL also has the merchant's webhooks
+waiting for a retry tried at once (``outbox.writer.try_merchant_webhooks_now``): they failed
+against the old one. Each change is audited in its own transaction.
 
 Rotating the secret keeps the one it replaces for an overlap: until then every delivery carries
 a signature under each (``t=…,v1=<new>,v1=<previous>``), and a merchant who deploys the new
@@ -24,6 +26,7 @@ import httpx
 import sqlalchemy as sa
 
 from orchestrator.domain.errors import DomainError, NotFound
+from orchestrator.outbox.writer import try_merchant_webhooks_now
 from orchestrator.services.audit import record_audit
 from orchestrator.services.credentials import new_webhook_secret
 from orchestrator.services.order_view import iso
@@ -99,6 +102,7 @@ async def set_webhook_url(
             raise NotFound(f"no merchant {merchant_id}")
         await conn.execute(merchants.update().where(m.id == merchant_id)
                            .values(webhook_url=url))
+        await try_merchant_webhooks_now(conn, merchant_id, now=now)
         await record_audit(conn, actor=actor, action="merchant.webhook_url_set",
                            subject_type="merchant", subject_id=merchant_id, reason=reason,
                            details={"from": _origin(before.webhook_url), "to": _origin(url)},

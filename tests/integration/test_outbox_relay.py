@@ -1751,6 +1751,50 @@ async def test_a_changed_webhook_url_takes_the_next_try_of_events_already_failin
          {"from": old_url.removesuffix("/hooks"), "to": f"http://127.0.0.1:{moved.port}"})]
 
 
+async def test_a_fixed_webhook_url_has_the_merchants_failed_webhooks_tried_there_at_once(
+    engine: AsyncEngine, db_url: str
+) -> None:
+    """The merchant's webhooks failed against a wrong URL and wait hours for their next try,
+    each order's later webhooks behind them. Ops setting the right URL is the news they wait
+    for: the merchant's webhooks waiting for a retry are tried at once, at the new URL, each
+    order's in order, rather than the rest of their backoff (up to 8 hours by default) later.
+    Another merchant's waiting webhooks are left alone."""
+    retry = RetryPolicy(backoff=(timedelta(hours=1),) * 5, uniform=random.Random(23).random)
+    db = Database(engine)
+    moved = WebhookReceiver()
+    await moved.start()
+    try:
+        async with Receiver(always_fail=True, failure_status=404) as gone:
+            merchant = await add_merchant(engine, gone.url)
+            other = await add_merchant(engine, gone.url)
+            [[pending, paid]] = await add_order_events(
+                engine, merchant, 1, [ORDER_PAYMENT_PENDING, ORDER_PAID])
+            [elsewhere] = await add_outbox_events(engine, 1, merchant_id=other)
+            ours = outbox.c.merchant_id == merchant
+            async with webhook_relay(db_url, f"fixed-{new_id('w')[-6:]}", retry=retry) as relay, \
+                    running(relay):
+                await eventually(lambda: _all_tried(gone, [pending, elsewhere]), timeout=10,
+                                 what="a first try of each, refused")
+                await eventually(lambda: settled(engine, outbox.c.lease_owner.is_(None) & (
+                    outbox.c.event_id.in_([pending, elsewhere])), 2, ["pending"]), timeout=10,
+                    what="the refusals recorded")
+                now = datetime.now(UTC)
+                await set_webhook_url(db, merchant_id=merchant,
+                                      url=f"http://127.0.0.1:{moved.port}/hooks", actor="ops:sre",
+                                      reason="the merchant gave the wrong URL", now=now)
+                rows = {r.event_id: r for r in await rows_where(engine, outbox.c.event_id.in_(
+                    [pending, elsewhere]))}
+                assert rows[elsewhere].available_at > now + timedelta(minutes=30)
+                assert rows[pending].status == "done" or rows[pending].available_at <= now
+                await eventually(lambda: settled(engine, ours, 2, ["done"]), timeout=10,
+                                 what="both webhooks delivered at the new URL")
+            await let_go_of_unclaimed(engine, outbox.c.merchant_id == other)
+    finally:
+        await moved.stop()
+    assert [json.loads(body)["id"] for _, body in moved.deliveries] == [pending, paid]
+    assert gone.counts() == Counter({pending: 1, elsewhere: 1})
+
+
 async def test_a_production_worker_sends_no_webhook_to_a_loopback_or_private_address(
     engine: AsyncEngine, db_url: str, tmp_path: Path
 ) -> None:
