@@ -17,7 +17,7 @@ from orchestrator.domain.order import AttemptState, OrderState, RecommendedActio
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails.base import Rail
 from orchestrator.reconciliation.matcher import BANK_CLOCK_SKEW
-from orchestrator.services.order_view import event_payload, iso
+from orchestrator.services.order_view import event_payload, pending_verification
 from orchestrator.services.orders import close_attempts
 from orchestrator.services.settlement import (
     NO_PAYMENT_FOUND,
@@ -309,9 +309,8 @@ def _payment_pending(order: Any, reason: str, routes: list[str], health: SourceH
         event_type=events.ORDER_PAYMENT_PENDING, aggregate_id=order.id,
         merchant_id=order.merchant_id, event_id=payment_pending_event_id(order.id),
         payload={**event_payload(order), "status": OrderState.VERIFYING.value,
-                 "verification": {"reason": reason, "waiting_on": routes,
-                                  "next_check_at": iso(max(next_check, now))
-                                  if next_check else None}})
+                 "verification": pending_verification(
+                     reason, routes, max(next_check, now) if next_check else None)})
 
 
 async def _expire(conn: AsyncConnection, due: list[Any], *, now: datetime,

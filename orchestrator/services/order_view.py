@@ -176,6 +176,15 @@ def render_display(order: Any) -> dict[str, Any]:
             "paid_at": wib(paid_at) if paid_at is not None else None}
 
 
+def pending_verification(reason: str, waiting_on: list[str], next_check_at: datetime | None
+                         ) -> dict[str, Any]:
+    """``order.payment_pending``'s ``verification``: why the payment is not known yet, what it
+    waits on, and when it is next checked, in UTC with its WIB ``display`` beside it as every
+    time a merchant's webhook carries (it had none: the one time shown in UTC alone)."""
+    return {"reason": reason, "waiting_on": waiting_on, "next_check_at": iso(next_check_at),
+            "display": {"next_check_at": wib(next_check_at) if next_check_at else None}}
+
+
 def event_payload(order: Any, **extra: Any) -> dict[str, Any]:
     """What a merchant's webhook says about an order: enough to act on without a read-back.
 

@@ -66,7 +66,7 @@ from orchestrator.rails.guard import BreakerGuard
 from orchestrator.rails.router import RouteUnavailable
 from orchestrator.services.expiry import PROVIDER_UNAVAILABLE, payment_pending_event_id
 from orchestrator.services.gateway_jobs import GatewayJobs
-from orchestrator.services.order_view import event_payload, iso
+from orchestrator.services.order_view import event_payload, pending_verification
 from orchestrator.services.payment_failed import lock_order_of, tell_if_nothing_left_to_pay
 from orchestrator.services.reversals import REVERSALS, apply_reversal
 from orchestrator.services.settlement import Payment, apply_payment
@@ -393,9 +393,8 @@ class Verifier:
             await add_events(conn, [PendingEvent(
                 event_type=events.ORDER_PAYMENT_PENDING, aggregate_id=order.id,
                 merchant_id=order.merchant_id, event_id=payment_pending_event_id(order.id),
-                payload={**event_payload(order), "verification": {
-                    "reason": PROVIDER_UNAVAILABLE, "waiting_on": [route_key],
-                    "next_check_at": iso(max(retry_at or now, now))}})], now=now)
+                payload={**event_payload(order), "verification": pending_verification(
+                    PROVIDER_UNAVAILABLE, [route_key], max(retry_at or now, now))})], now=now)
 
     async def _apply(self, attempt: Any, status: ProviderStatus) -> None:
         now = self._clock.now()

@@ -30,6 +30,7 @@ from orchestrator.bootstrap import Container, build
 from orchestrator.domain.verification import VerificationSchedule
 from orchestrator.rails.breaker import BreakerState
 from orchestrator.rails.guard import BreakerGuard
+from orchestrator.services.order_view import wib
 from orchestrator.settings import (
     FeedSettings,
     SchedulerSettings,
@@ -223,6 +224,9 @@ async def test_dropped_webhooks_and_status_down_all_window_settle_on_recovery(
         assert {e.aggregate_id for e in pending} == set(ids)  # each merchant told, once each
         assert len(pending) == len(ids)
         assert pending[0].payload["verification"]["reason"] == "provider_unavailable"
+        for told in (e.payload["verification"] for e in pending):  # UTC, and WIB beside it
+            assert told["display"] == {
+                "next_check_at": wib(datetime.fromisoformat(told["next_check_at"]))}
         assert (await s.states(ids)) == dict.fromkeys(ids, "verifying")  # nothing expired blind
         scraped = (await s.client.get("/metrics")).content  # what an SRE's Prometheus sees
         route = "qris:midtrans:qris"
