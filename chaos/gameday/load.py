@@ -167,7 +167,8 @@ class Load:
                         await self._pay(reply)
                     return
                 self.report.outcomes[str(r.status_code)] += 1
-                if r.status_code < 500 and r.status_code != 429:
+                in_flight = r.status_code == 409 and "idempotency_key_in_flight" in r.text
+                if r.status_code < 500 and r.status_code != 429 and not in_flight:
                     if lost_reply:  # a retry of a request whose reply was lost was refused
                         self.report.refused_retries.append(f"{r.status_code} {r.text[:120]}")
                     return

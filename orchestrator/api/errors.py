@@ -33,6 +33,7 @@ PROBLEM_JSON = "application/problem+json"
 _STATUS: list[tuple[type[domain.DomainError], int, str]] = [
     (domain.NotFound, 404, "Not found"),
     (domain.IdempotencyKeyReused, 409, "Idempotency key reused"),
+    (domain.IdempotencyKeyInFlight, 409, "Idempotency key in flight"),
     (domain.DuplicateMerchantOrder, 409, "Duplicate merchant order id"),
     (domain.AlreadyMatched, 409, "Already matched"),
     (domain.TransitionRefused, 409, "Not allowed in the order's current state"),
@@ -157,6 +158,8 @@ def _domain_response(
         if isinstance(exc, domain.StatementRejected) and exc.line is not None:
             extra["line"] = exc.line
         headers = {"Retry-After": "60"} if status == 503 else None
+        if isinstance(exc, domain.IdempotencyKeyInFlight):
+            headers = {"Retry-After": "1"}  # its answer comes within the capture's budget
         return problem(request, status=status, title=title, detail=exc.detail,
                        code=exc.code, headers=headers, **extra)
     if hasattr(exc, "routing"):

@@ -86,8 +86,10 @@ CAPTURE = contract("merchant", body=True, request_headers=(IDEMPOTENCY_KEY,), an
                  "repeated_name), or idempotency_key_required (none, or longer than 255 "
                  "characters), idempotency_key_repeated (the header sent more than once)."),
     409: problem("idempotency_key_reused: this Idempotency-Key came with another body; "
-                 "duplicate_merchant_order_id: another order has this merchant_order_id "
-                 "(`existing_order_id` names it)."),
+                 "idempotency_key_in_flight: the first request with this key is still being "
+                 "answered (its instructions being issued): send it again after its Retry-After "
+                 "(1 s) for its answer; duplicate_merchant_order_id: another order has this "
+                 "merchant_order_id (`existing_order_id` names it)."),
     422: problem("invalid_order: a rule refused the order (amount, rail, channel, expiry, "
                  "currency; `field` names it); no_payout_account: manual transfer needs a "
                  "payout account and the merchant has none."),

@@ -8,6 +8,7 @@
     ├── NotFound                   no such order / mutation / case visible to this caller
     ├── Conflict
     │   ├── IdempotencyKeyReused   same Idempotency-Key, different body
+    │   ├── IdempotencyKeyInFlight same Idempotency-Key while its first request is unanswered
     │   ├── DuplicateMerchantOrder merchant_order_id already used by another order
     │   ├── AlreadyMatched         mutation or order already settled by something else
     │   └── LikelyDuplicate        a manual match of a credit whose other copy paid the order
@@ -66,6 +67,10 @@ class Conflict(DomainError):
 
 class IdempotencyKeyReused(Conflict):
     code = "idempotency_key_reused"
+
+
+class IdempotencyKeyInFlight(Conflict):
+    code = "idempotency_key_in_flight"
 
 
 class DuplicateMerchantOrder(Conflict):

@@ -24,6 +24,7 @@ from orchestrator.domain.checkout import CheckoutRules, OrderRequest, request_fi
 from orchestrator.domain.clock import Clock
 from orchestrator.domain.errors import (
     DuplicateMerchantOrder,
+    IdempotencyKeyInFlight,
     IdempotencyKeyReused,
     InvalidOrder,
     UniqueCodesExhausted,
@@ -48,6 +49,13 @@ log = logging.getLogger("lunas.capture")
 
 ACCOUNTS_TTL = 5.0
 """Seconds a merchant's payout-account list is reused by captures in one process."""
+
+ANSWER_PENDING = 102
+"""What a gateway capture keeps under its key from its commit until its request answers (HTTP's
+"Processing"), never a reply itself: a repeat then is told the first is still being answered,
+not replayed a 202 the first request will not give (it answers 201 once a route serves). After
+``in_flight`` the request can no longer be running: it died unanswered, the worker issues the
+order, and a repeat is answered 202 with what was stored."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,6 +183,7 @@ class CaptureService:
                         extra={"order_id": order.id})
             self._metrics.unique_codes_exhausted.labels(rail.value).inc()
             self._metrics.orders_captured.labels("deferred", rail.value).inc()
+            await self._answered_deferred(merchant_id, key)
             body = render_order(order, None, nothing_to_pay=False)  # captured
             return CaptureOutcome(status_code=202, body=body, replayed=False)
         except Exception:
@@ -182,6 +191,13 @@ class CaptureService:
             # answers 202 with what it stored rather than an error for an order that exists.
             log.exception("issuance failed after capture; deferred", extra={"order_id": order.id})
             self._metrics.orders_captured.labels("deferred", rail.value).inc()
+            try:
+                await self._answered_deferred(merchant_id, key)
+            except Exception:
+                # The database that failed issuance may refuse this too: the key then keeps
+                # ANSWER_PENDING, which a repeat after ``in_flight`` is answered as this 202.
+                log.warning("deferred answer not recorded under its key",
+                            extra={"order_id": order.id}, exc_info=True)
             body = render_order(order, None, nothing_to_pay=False)  # captured
             return CaptureOutcome(status_code=202, body=body, replayed=False)
         # Answered as stored for the key: an instrument served but no longer live (the customer
@@ -207,8 +223,18 @@ class CaptureService:
             event_type=events.ORDER_CAPTURED, aggregate_id=order.id, merchant_id=merchant_id,
             payload=event_payload(order), available_at=now + self._in_flight,
         )], now=now)
-        await self._store_response(conn, merchant_id, key, fingerprint, order.id, 202, body, now)
+        await self._store_response(conn, merchant_id, key, fingerprint, order.id,
+                                   ANSWER_PENDING, body, now)
         return order
+
+    async def _answered_deferred(self, merchant_id: str, key: str) -> None:
+        """A gateway capture that answers 202 with what it stored (issuance failed) keeps that
+        answer under its key; ``IssuanceService.finish`` does this for every other answer."""
+        async with self._db.transaction() as conn:
+            await conn.execute(idempotency_keys.update().where(
+                idempotency_keys.c.merchant_id == merchant_id, idempotency_keys.c.key == key,
+                idempotency_keys.c.response_status == ANSWER_PENDING,
+            ).values(response_status=202))
 
     async def _store_response(
         self, conn: AsyncConnection, merchant_id: str, key: str, fingerprint: str,
@@ -313,7 +339,7 @@ class CaptureService:
         async with self._db.read() as conn:
             stored = (await conn.execute(
                 sa.select(idempotency_keys.c.request_hash, idempotency_keys.c.response_status,
-                          idempotency_keys.c.response_body)
+                          idempotency_keys.c.response_body, idempotency_keys.c.created_at)
                 .where(idempotency_keys.c.merchant_id == merchant_id,
                        idempotency_keys.c.key == key)
             )).first()
@@ -323,8 +349,15 @@ class CaptureService:
                         "this Idempotency-Key was already used with a different request body; "
                         "use a new key for a new order"
                     )
-                return CaptureOutcome(status_code=stored.response_status,
-                                      body=stored.response_body, replayed=True)
+                status = stored.response_status
+                if status == ANSWER_PENDING:
+                    if self._clock.now() - stored.created_at < self._in_flight:
+                        raise IdempotencyKeyInFlight(
+                            "the first request with this Idempotency-Key is still being "
+                            "answered; send it again in a few seconds for its answer")
+                    status = 202  # it died unanswered; the worker issues the order
+                return CaptureOutcome(status_code=status, body=stored.response_body,
+                                      replayed=True)
             existing = (await conn.execute(
                 sa.select(orders.c.id).where(
                     orders.c.merchant_id == merchant_id,

@@ -704,3 +704,76 @@ async def test_a_capture_whose_instrument_lost_to_a_switch_replays_as_it_answere
     # What the capture answered says its own instructions are not the live ones.
     assert answered.status_code == 202, answered.text
     assert answered.json()["payment"]["attempt_id"] == switched.json()["payment"]["attempt_id"]
+
+
+async def test_a_repeat_sent_while_the_capture_is_issuing_never_replays_another_answer(
+    stack: Stack,
+) -> None:
+    """Regression (review): a checkout that times out and sends the same request again while
+    the first is still calling the provider was replayed what the key held then, the interim
+    202 (``captured``, no instructions) with Idempotent-Replayed, while the first answered 201
+    with a VA: one key, two answers. A repeat that comes while the first is unanswered is told
+    to send it again (409 idempotency_key_in_flight); once answered, it replays that answer."""
+    await stack.fault("xendit", kind="slow", latency_ms=600)  # the capture's VA create is slow
+    body = order_body(f"F-{uuid.uuid4().hex[:12]}", 125_000, rail="va", channel="bca")
+    headers = {**stack.shop.headers, "Idempotency-Key": str(uuid.uuid4())}
+    first = asyncio.create_task(stack.client.post("/v1/orders", json=body, headers=headers))
+    while True:  # until the order is durable and its VA call in flight
+        found = (await stack.client.get("/v1/orders", headers=stack.shop.headers, params={
+            "merchant_order_id": body["merchant_order_id"]})).json()["data"]
+        async with stack.container.db.read() as conn:
+            creating = found and (await conn.execute(sa.select(payment_attempts.c.id).where(
+                payment_attempts.c.order_id == found[0]["id"],
+                payment_attempts.c.state == "creating"))).first()
+        if creating:
+            break
+        await asyncio.sleep(0.02)
+    meanwhile = await stack.client.post("/v1/orders", json=body, headers=headers)
+    answered = await first
+    assert answered.status_code == 201, answered.text
+    if meanwhile.headers.get("Idempotent-Replayed") == "true":
+        assert (meanwhile.status_code, meanwhile.json()) == (201, answered.json())
+    else:
+        assert meanwhile.status_code == 409, meanwhile.text
+        assert meanwhile.json()["code"] == "idempotency_key_in_flight"
+        assert meanwhile.headers["Retry-After"] == "1"
+    again = await stack.client.post("/v1/orders", json=body, headers=headers)
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert (again.status_code, again.json()) == (201, answered.json())
+
+
+async def test_a_capture_that_died_before_answering_is_replayed_as_deferred_once_it_cannot_run(
+    stack: Stack,
+) -> None:
+    """The api died mid-issuance, its reply never sent: its key still holds the pending reply
+    written with the order. A repeat while that request could still be running is told to send
+    it again; after that, it is answered 202 with the order as stored (the worker issues it)."""
+    import msgspec
+
+    from orchestrator.api.orders import _order_request
+    from orchestrator.api.schemas import OrderIn
+    from orchestrator.domain.checkout import request_fingerprint
+    from orchestrator.rails.base import Rail
+    from orchestrator.store.tables import idempotency_keys
+
+    body = order_body(f"F-{uuid.uuid4().hex[:12]}", 125_000, rail="va", channel="bca")
+    key = str(uuid.uuid4())
+    headers = {**stack.shop.headers, "Idempotency-Key": key}
+    request = _order_request(msgspec.convert(body, OrderIn))
+    capture = stack.container.capture
+    async with stack.container.db.transaction() as conn:  # what the request committed
+        order = await capture._write_captured(
+            conn, stack.shop.merchant_id, key, request_fingerprint(request), request, Rail.VA,
+            "bca", datetime.now(UTC) + timedelta(hours=1))
+    soon = await stack.client.post("/v1/orders", json=body, headers=headers)
+    assert soon.status_code == 409, soon.text
+    assert soon.json()["code"] == "idempotency_key_in_flight"
+    assert soon.headers["Retry-After"] == "1"  # a checkout sends it again, not gives up
+    async with stack.container.db.transaction() as conn:  # the request's time is past
+        await conn.execute(idempotency_keys.update().where(idempotency_keys.c.key == key)
+                           .values(created_at=datetime.now(UTC) - timedelta(minutes=5)))
+    late = await stack.client.post("/v1/orders", json=body, headers=headers)
+    assert late.status_code == 202, late.text
+    assert late.headers.get("Idempotent-Replayed") == "true"
+    assert (late.json()["id"], late.json()["status"], late.json()["payment"]) == (
+        order.id, "captured", None)
