@@ -2,7 +2,8 @@
 
 ``order.captured`` — deferred issuance. An order still ``captured`` after its capture request's
 budget (the api died mid-issuance, or every route was down and the merchant allows no fallback)
-gets its instructions here, retried with the relay's backoff until a route serves.
+gets its instructions here, retried with the relay's backoff until a route serves. An order
+cancelled while an issuer that then died was mid-call has what it served withdrawn here.
 
 ``attempt.unknown`` — an attempt whose create outcome was unknown is resolved by a status read
 (never by a blind re-create, rule 3): absent → failed; paid → settled as evidence; live →
@@ -178,15 +179,20 @@ class GatewayJobs:
             order = (await conn.execute(sa.select(orders).where(orders.c.id == order_id))).one()
             attempts = (await conn.execute(sa.select(payment_attempts).where(
                 payment_attempts.c.order_id == order_id))).all()
-        if order.state != OrderState.CAPTURED.value or order.rail == Rail.MANUAL_TRANSFER.value:
+        if order.rail == Rail.MANUAL_TRANSFER.value:
             return
         live = [a for a in attempts if a.state == AttemptState.ACTIVE.value]
+        if order.state == OrderState.CANCELLED.value:
+            # A cancel retires every active instrument in its transaction, so one active now
+            # was served after it, by an issuer that died before ``finish``, the step that
+            # withdraws it (superseded, cancelled at its provider, never announced).
+            for attempt in live:
+                await self._finish_served(order_id, attempt)
+            return
+        if order.state != OrderState.CAPTURED.value:
+            return
         if live:  # served, but the request died before finishing: finish, never issue twice
-            route = Route(rail=Rail(live[0].rail), provider=live[0].provider,
-                          channel=live[0].channel or "")
-            await self._issuance.finish(order_id, IssueResult(
-                served=route, attempt_id=live[0].id,
-                hops=[Hop(route=route.key, outcome="served")]))
+            await self._finish_served(order_id, live[0])
             return
         creating = [a for a in attempts if a.state == AttemptState.CREATING.value]
         now = self._clock.now()
@@ -206,6 +212,12 @@ class GatewayJobs:
         await self._issuance.finish(order_id, result)
         if result.served is None:
             raise NoRouteYet("; ".join(f"{h.route}: {h.reason}" for h in result.hops))
+
+    async def _finish_served(self, order_id: str, attempt: Any) -> None:
+        route = Route(rail=Rail(attempt.rail), provider=attempt.provider,
+                      channel=attempt.channel or "")
+        await self._issuance.finish(order_id, IssueResult(
+            served=route, attempt_id=attempt.id, hops=[Hop(route=route.key, outcome="served")]))
 
     async def on_attempt_unknown(self, event: OutboxEvent) -> None:
         """The first try at resolving an unknown create, straight after it; if the route's

@@ -777,3 +777,62 @@ async def test_a_capture_that_died_before_answering_is_replayed_as_deferred_once
     assert late.headers.get("Idempotent-Replayed") == "true"
     assert (late.json()["id"], late.json()["status"], late.json()["payment"]) == (
         order.id, "captured", None)
+
+
+async def test_an_instrument_served_after_a_cancel_whose_issuer_died_is_cancelled(
+    stack: Stack,
+) -> None:
+    """Regression (review): the merchant cancelled an order while its QRIS was being created;
+    the QRIS was served (journalled ``active``), then the api died before ``finish``, the step
+    that withdraws an instrument served for a closed order. The cancel had left the attempt
+    alone (still ``creating``), and deferred issuance (``on_order_captured``) ignored the order
+    once it was no longer ``captured``: a live QRIS at Midtrans for a cancelled order, never
+    cancelled, payable by a customer told the order was cancelled."""
+    from orchestrator.outbox.relay import OutboxEvent
+    from orchestrator.rails.base import Rail
+    from orchestrator.store.tables import merchants, orders
+
+    async with stack.container.db.transaction() as conn:
+        await conn.execute(merchants.update().where(merchants.c.id == stack.shop.merchant_id)
+                           .values(allow_fallback=False))
+    ops = {"Authorization": f"Bearer {await new_ops_token(stack.container)}"}
+    for route in ("qris:midtrans:qris", "qris:xendit:qris"):  # paused: no breaker counts it
+        r = await stack.client.post(f"/v1/ops/routes/{route}/pause", headers=ops,
+                                    json={"reason": "test: issue this order later"})
+        assert r.status_code == 200, r.text
+    captured = await stack.capture("qris", None)
+    assert captured.status_code == 202, captured.text  # captured, issued later
+    oid = captured.json()["id"]
+    r = await stack.client.post("/v1/ops/routes/qris:midtrans:qris/resume", headers=ops,
+                                json={"reason": "test: issue it now"})
+    assert r.status_code == 200, r.text
+    await stack.fault("midtrans", kind="slow", latency_ms=600)
+    async with stack.container.db.read() as conn:
+        order = (await conn.execute(sa.select(orders).where(orders.c.id == oid))).one()
+    # A request issuing the order (the worker's, or a capture's), whose finish never runs.
+    issuing = asyncio.create_task(stack.container.issuance.issue(order, rail=Rail.QRIS,
+                                                                 channel="qris"))
+    while not await _attempts_in(stack, oid, "creating"):
+        await asyncio.sleep(0.02)
+    cancelled = await stack.client.post(f"/v1/orders/{oid}/cancel", headers=stack.shop.headers)
+    assert cancelled.status_code == 200, cancelled.text
+    served = await issuing
+    assert served.served is not None and served.attempt_id
+    async with stack.container.db.read() as conn:
+        row = (await conn.execute(sa.select(outbox).where(
+            outbox.c.aggregate_id == oid, outbox.c.event_type == "order.captured"))).one()
+    await stack.container.gateway_jobs.on_order_captured(OutboxEvent(
+        id=row.id, event_id=row.event_id, event_type=row.event_type,
+        aggregate_id=row.aggregate_id, merchant_id=row.merchant_id, payload=row.payload,
+        attempts=1, created_at=row.created_at))
+    assert await attempt_state(stack, served.attempt_id) == "superseded"  # still watched
+    await run_relay(stack.container, until=lambda: midtrans_status(stack, served.attempt_id),
+                    want="cancel")
+    assert await order_state(stack, oid) == "cancelled"
+
+
+async def _attempts_in(stack: Stack, order_id: str, state: str) -> list[str]:
+    async with stack.container.db.read() as conn:
+        return list((await conn.execute(sa.select(payment_attempts.c.id).where(
+            payment_attempts.c.order_id == order_id,
+            payment_attempts.c.state == state))).scalars().all())
