@@ -108,7 +108,8 @@ SWITCH = contract("merchant", body=True, answers={
     201: Answer(description="The new instructions; the previous ones are superseded",
                 body=OrderOut),
     404: _NOT_FOUND,
-    409: problem("transition_refused, as for every change of an order; or switch_not_applied: "
+    409: problem("transition_refused, as for every change of an order, and once its payment "
+                 "deadline has passed; or switch_not_applied: "
                  "the order changed (paid, cancelled, expired, or another switch won) while "
                  "the new method was being issued, which was then withdrawn; read the order."),
     422: problem("invalid_order: the rail or channel is not offered (`field` names it)."),

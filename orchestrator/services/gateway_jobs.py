@@ -200,6 +200,10 @@ class GatewayJobs:
             raise IssuanceStillRunning(f"order {order_id} has an attempt being created")
         for stale in creating:  # its caller died mid-call: the provider may hold a charge
             await self._mark_unknown(stale.id, "issuer stopped mid-call; verifying")
+        if order.expires_at <= now:
+            # Instructions issued now could not be paid in time (a Xendit QR has no expiry of
+            # its own): the order is the expiry sweep's to close.
+            return
         try:
             result = await self._issuance.issue(order, rail=Rail(order.rail),
                                                 channel=order.channel or "")

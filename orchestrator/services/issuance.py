@@ -224,6 +224,10 @@ async def switch_method(service: IssuanceService, *, merchant_id: str, order_id:
         raise NotFound(f"no order {order_id} for this merchant")
     if order.state not in (OrderState.CAPTURED.value, OrderState.AWAITING_PAYMENT.value):
         raise TransitionRefused("order", order.state, "switch payment method")
+    if order.expires_at <= service.clock.now():
+        # Not yet closed by the expiry sweep, but a new method could not be paid in time.
+        raise TransitionRefused("order", order.state,
+                                "switch payment method (its payment deadline has passed)")
     result = await service.issue(order, rail=rail, channel=channel)
     if result.served is None:
         raise NoRouteAvailable("no route can serve this method now; the current instructions "

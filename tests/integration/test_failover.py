@@ -836,3 +836,51 @@ async def _attempts_in(stack: Stack, order_id: str, state: str) -> list[str]:
         return list((await conn.execute(sa.select(payment_attempts.c.id).where(
             payment_attempts.c.order_id == order_id,
             payment_attempts.c.state == state))).scalars().all())
+
+
+async def test_an_order_past_its_deadline_is_never_issued_late(stack: Stack) -> None:
+    """Regression (review): deferred issuance (``on_order_captured``) and a switch of method
+    issued instructions for an order whose payment deadline had passed but which the expiry
+    sweep had not reached yet: a QRIS at Xendit (QR v1 has no expiry of its own), the merchant
+    told ``order.awaiting_payment`` for an order about to expire, a payment on it money for a
+    person to refund. Past the deadline the order is expiry's to close, not anyone's to issue."""
+    from orchestrator.outbox.relay import OutboxEvent
+    from orchestrator.store.tables import merchants, orders
+
+    ops = {"Authorization": f"Bearer {await new_ops_token(stack.container)}"}
+    paused = ("qris:midtrans:qris", "qris:xendit:qris")
+    for route in paused:
+        r = await stack.client.post(f"/v1/ops/routes/{route}/pause", headers=ops,
+                                    json={"reason": "test: issue this order later"})
+        assert r.status_code == 200, r.text
+    async with stack.container.db.transaction() as conn:
+        await conn.execute(merchants.update().where(merchants.c.id == stack.shop.merchant_id)
+                           .values(allow_fallback=False))
+    captured = await stack.capture("qris", None)
+    assert captured.status_code == 202, captured.text
+    oid = captured.json()["id"]
+    for route in paused:
+        r = await stack.client.post(f"/v1/ops/routes/{route}/resume", headers=ops,
+                                    json={"reason": "test: routes are back"})
+        assert r.status_code == 200, r.text
+    async with stack.container.db.transaction() as conn:  # the deadline passed; no sweep yet
+        await conn.execute(orders.update().where(orders.c.id == oid)
+                           .values(expires_at=datetime.now(UTC) - timedelta(seconds=5)))
+        row = (await conn.execute(sa.select(outbox).where(
+            outbox.c.aggregate_id == oid, outbox.c.event_type == "order.captured"))).one()
+    created = [await stack.calls(p) for p in ("midtrans", "xendit")]
+    with contextlib.suppress(Exception):  # no route: the relay would retry it
+        await stack.container.gateway_jobs.on_order_captured(OutboxEvent(
+            id=row.id, event_id=row.event_id, event_type=row.event_type,
+            aggregate_id=row.aggregate_id, merchant_id=row.merchant_id, payload=row.payload,
+            attempts=1, created_at=row.created_at))
+    switched = await stack.client.post(f"/v1/orders/{oid}/payment", headers=stack.shop.headers,
+                                       json={"rail": "qris"})
+    assert switched.status_code == 409, switched.text
+    assert [await stack.calls(p) for p in ("midtrans", "xendit")] == created
+    assert await order_state(stack, oid) == "captured"  # the expiry sweep's to close
+    async with stack.container.db.read() as conn:
+        told = (await conn.execute(sa.select(sa.func.count()).select_from(outbox).where(
+            outbox.c.aggregate_id == oid,
+            outbox.c.event_type == "order.awaiting_payment"))).scalar_one()
+    assert told == 0
