@@ -95,6 +95,15 @@ class Instrument:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ProviderPayment:
+    """One payment a status read lists on an instrument (``ProviderStatus.payments``)."""
+
+    amount: int
+    paid_at: datetime
+    currency: str = RUPIAH
+
+
+@dataclass(frozen=True, kw_only=True)
 class ProviderStatus:
     """What a provider says about one charge right now."""
 
@@ -111,6 +120,11 @@ class ProviderStatus:
     """What ``paid_amount`` is counted in, as the provider reported it
     (``domain.money.reported_currency``): Lunas charges rupiah only, and settlement never takes
     another currency for rupiah."""
+    payments: tuple[ProviderPayment, ...] = ()
+    """Every payment a read found on the instrument, oldest first, when it can take more than
+    one (a Xendit VA Xendit did not keep single-use): ``paid_amount`` / ``paid_at`` /
+    ``currency`` are the first's. Empty: one payment at most, the one those fields describe.
+    Each is evidence of its own (``settlement.apply_read_payments``), never one sum."""
 
 
 CallObserver = Callable[[str, str, str, float], None]

@@ -55,7 +55,8 @@ turn ``INACTIVE``, which an expired one does too, and the VA payment lookup need
 only the callback carries.
 
 - VA (by ``provider_ref``): PENDING/ACTIVE before ``expiration_date`` → pending; otherwise a
-  payment → paid (sum of payments), none → expired. 404 → not_found.
+  payment → paid, none → expired. 404 → not_found. Every payment listed is reported on its own
+  (``ProviderStatus.payments``), never summed: a VA Xendit let be paid twice is two payments.
 - QR (by ``external_id`` = reference, so no ``provider_ref`` needed): ACTIVE → pending; otherwise
   a payment → paid, none → expired. QR v1 has no expiry field: Lunas keeps the deadline.
 - A VA or QR status RAILS.md does not name is Unreadable (read again), never expired.
@@ -106,6 +107,7 @@ from orchestrator.rails.base import (
     Instrument,
     MoreRequestsNeeded,
     NeutralStatus,
+    ProviderPayment,
     ProviderStatus,
     Rail,
     Route,
@@ -274,12 +276,13 @@ class XenditProvider:
             number = str(data["account_number"])
             if not number.isdigit():
                 raise ValueError(f"account_number {number!r} is not a VA number")
-            return Instrument(
+            instrument = Instrument(
                 route=request.route, provider_ref=str(data["id"]),
                 status=NeutralStatus.PENDING, va_number=number, bank=request.route.channel,
                 expires_at=parse_time(data["expiration_date"]),
                 extra={"merchant_code": str(data.get("merchant_code", ""))},
             )
+        return instrument
 
     async def _create_qr(self, request: ChargeRequest) -> Instrument:
         body = {"external_id": request.reference, "type": "DYNAMIC",
@@ -378,13 +381,18 @@ class XenditProvider:
             if not payments:
                 return ProviderStatus(status=otherwise, provider_ref=provider_ref,
                                       raw_status=raw)
-            # Payments in two currencies are no one amount: named together, never rupiah.
-            currencies = sorted({reported_currency(t.get("currency")) for t in payments})
+            # Each payment on its own, oldest first: summed, two exact payments on a VA read
+            # as one of twice the amount (a wrong amount nobody sent), and the second's refund
+            # case never opened.
+            listed = sorted((ProviderPayment(amount=rupiah(t["amount"]),
+                                             paid_at=parse_time(t["created"]),
+                                             currency=reported_currency(t.get("currency")))
+                             for t in payments), key=lambda p: p.paid_at)
+            first = listed[0]
             return ProviderStatus(
                 status=NeutralStatus.PAID, provider_ref=str(payments[0]["product_id"]),
-                paid_amount=sum(rupiah(t["amount"]) for t in payments),
-                paid_at=min(parse_time(t["created"]) for t in payments), raw_status="SUCCESS",
-                currency=",".join(currencies),
+                paid_amount=first.amount, paid_at=first.paid_at, raw_status="SUCCESS",
+                currency=first.currency, payments=tuple(listed),
             )
 
     async def _payment_time(self, reference: str, provider_ref: str) -> datetime:

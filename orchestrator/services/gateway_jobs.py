@@ -41,11 +41,10 @@ from orchestrator.rails.router import Hop, IssueResult, RouteGuard, RouteUnavail
 from orchestrator.services.issuance import IssuanceService, add_unknown_event
 from orchestrator.services.payment_failed import lock_order_of, tell_if_nothing_left_to_pay
 from orchestrator.services.reversals import REVERSALS, apply_reversal
-from orchestrator.services.settlement import Payment, apply_payment
+from orchestrator.services.settlement import apply_read_payments
 from orchestrator.services.status_reads import (
     StatusReads,
     defer,
-    paid_evidence_key,
     queue_closed_read,
     route_of,
     wait_to_retry,
@@ -306,13 +305,9 @@ class GatewayJobs:
                                      details={"by": "unknown_outcome"}, now=now,
                                      quarantine=self._quarantine, rereads=self._schedule)
                 return
-            await apply_payment(conn, Payment(
-                attempt_id=attempt.id, amount=status.paid_amount or 0,
-                evidence_key=paid_evidence_key(attempt.provider, attempt.id),
-                kind="provider_status", observed_at=now,
-                details={"raw_status": status.raw_status}, currency=status.currency,
-                provider_ref=status.provider_ref),
-                now=now, quarantine=self._quarantine, rereads=self._schedule)
+            await apply_read_payments(conn, attempt, status, kind="provider_status",
+                                      details={"raw_status": status.raw_status}, now=now,
+                                      quarantine=self._quarantine, rereads=self._schedule)
 
     async def interrupted(self, attempt_id: str) -> bool:
         """A ``creating`` attempt whose caller died mid-call becomes ``unknown``; the caller

@@ -18,10 +18,13 @@ Decisions:
   → 400 (stored, nothing queued: there is nothing to act on). The body is read as UTF-8 JSON text
   exactly as stored, so the worker reads what the request path acknowledged.
 - Evidence key of a payment seen by a webhook is ``{provider}:status:{attempt_id}:paid``, the same
-  key a status read uses (``gateway_jobs``): one attempt (a Midtrans order_id, a single-use closed
-  Xendit VA, a dynamic QR, a one-time e-wallet charge) is paid once, and a webhook plus a status
-  read of the same payment must not count as two payments (rule 2). The delivery's own identity
-  stays in the evidence details and on the delivery row.
+  key a status read uses for an instrument's first payment (``status_reads.paid_evidence_key``):
+  one attempt (a Midtrans order_id, a single-use closed Xendit VA, a dynamic QR, a one-time
+  e-wallet charge) is paid once, and a webhook plus a status read of the same payment must not
+  count as two payments (rule 2). A Xendit VA or QR callback that finds that key taken asks for
+  a read that lists every payment, each under a key of its own (``_settle``), so a second
+  payment opens its case. The delivery's own identity stays in the evidence details and on the
+  delivery row.
 
 Worker path (``on_delivery``): a verified delivery is mapped to a neutral status (one it cannot
 be read as asks for the attempt's status read instead, ``_read_instead``). PAID →
@@ -99,13 +102,12 @@ from orchestrator.rails.router import RouteUnavailable
 from orchestrator.services.order_view import iso
 from orchestrator.services.payment_failed import lock_order_of, tell_if_nothing_left_to_pay
 from orchestrator.services.reversals import REVERSALS, apply_reversal
-from orchestrator.services.settlement import Payment, apply_payment
+from orchestrator.services.settlement import apply_read_payments
 from orchestrator.services.status_reads import (
     CLOSED_UNPAID,
     LIVE,
     READ_QUEUED,
     StatusReads,
-    paid_evidence_key,
     queue_closed_read,
     route_of,
     wait_to_retry,
@@ -128,6 +130,12 @@ _CANCELLED_BY_LUNAS = (AttemptState.SUPERSEDED.value, *_CLOSED)
 expired one). Midtrans then notifies ``cancel`` under status code 200, signed; the signature
 leaves ``transaction_status`` out, so that genuine body relabelled ``settlement`` verifies as a
 payment. A payment notification for such an attempt is confirmed by a status read first."""
+_READ_WHEN_ASKED = (*_CLOSED, AttemptState.PAID.value)
+"""Attempts the verifier reads no more that an ``attempt.verify`` job reads when asked: a
+closed one, and a paid one whose instrument a callback says took another payment."""
+_PAID_MORE_THAN_ONCE = (Rail.VA.value, Rail.QRIS.value)
+"""Xendit instruments a second payment can reach with a callback of its own (a payment id per
+payment), should Xendit not close them after the first."""
 _ASKED = "asked for by a delivery"
 ASKED_READ_SPACING = timedelta(minutes=1)
 """The least time between two status reads of one attempt that deliveries Lunas cannot trust
@@ -501,7 +509,8 @@ class ProviderWebhooks:
             if job.delivery_id is not None:
                 await self._ask_verifier(job.delivery_id, attempt.id, "unverified: never trusted")
             return
-        if attempt.state not in _CLOSED:
+        if attempt.state not in _CLOSED and not (
+                attempt.state == AttemptState.PAID.value and job.delivery_id is not None):
             if job.delivery_id is not None:
                 await self._record(job.delivery_id,
                                    f"status read skipped: attempt already {attempt.state}")
@@ -617,19 +626,30 @@ class ProviderWebhooks:
 
     async def _settle(self, attempt: Any, status: ProviderStatus, *, delivery_id: object,
                       details: dict[str, Any], kind: str, prefix: str = "") -> None:
+        """Apply a payment a delivery or a read reports, each payment a read lists on its own
+        (``settlement.apply_read_payments``). A Xendit VA or QR payment callback Lunas finds
+        recorded already is one of two things: the payment a status read applied first, or
+        another payment on the same instrument (a VA Xendit let be paid twice; its
+        ``payment_id`` has no counterpart a read could name). Recorded "already applied", the
+        second payment reached nobody (rule 4): a read of the attempt lists them all and tells.
+        An e-wallet charge is captured once: its callback says SUCCEEDED of that capture, and
+        a repeat of it is a duplicate delivery already."""
         now = self._clock.now()
-        amount = status.paid_amount if status.paid_amount is not None else 0
         async with self._db.transaction() as conn:
-            result = await apply_payment(conn, Payment(
-                attempt_id=attempt.id, amount=amount,
-                evidence_key=paid_evidence_key(attempt.provider, attempt.id), kind=kind,
-                observed_at=status.paid_at or now, details=details, currency=status.currency,
-                provider_ref=status.provider_ref),
-                now=now, quarantine=self._quarantine, rereads=self._schedule)
+            result = await apply_read_payments(
+                conn, attempt, status, kind=kind, details=details, now=now,
+                quarantine=self._quarantine, rereads=self._schedule)
             outcome = (f"{prefix}payment applied: {result.verdict}, order {result.order_state}"
                        if result.applied else f"{prefix}payment already applied")
-            if delivery_id is not None:
+            recount = (not result.applied and delivery_id is not None
+                       and attempt.provider == XENDIT and kind == "provider_webhook"
+                       and attempt.rail in _PAID_MORE_THAN_ONCE)
+            if delivery_id is not None and not recount:
                 await _set_outcome(conn, str(delivery_id), outcome)
+        if recount:
+            await self._ask_read_of_closed(
+                str(delivery_id), attempt.id, "a payment is recorded on this attempt already: "
+                "a status read lists its payments", within_watch=False, paid_too=True)
         log.info("payment evidence %s", "applied" if result.applied else "already applied",
                  extra={"order_id": result.order_id, "attempt_id": attempt.id,
                         "delivery_id": delivery_id, "evidence": kind,
@@ -869,7 +889,7 @@ class ProviderWebhooks:
             await _set_outcome(conn, delivery_id, outcome)
 
     async def _ask_read_of_closed(self, delivery_id: str, attempt_id: str, asked: str, *,
-                                  within_watch: bool) -> None:
+                                  within_watch: bool, paid_too: bool = False) -> None:
         """Queue one status read of an attempt Lunas closed (expired, failed), at most one per
         ``ASKED_READ_SPACING`` for all the deliveries that ask. The verifier no longer reads such
         an attempt, so its ``last_checked_at`` / ``last_check`` are free to say when its latest
@@ -878,7 +898,9 @@ class ProviderWebhooks:
         behind an open breaker; then one more is queued, so a job that never runs cannot answer
         for ever). ``within_watch``: only while the attempt is within the code quarantine of
         its closing (a delivery nobody can verify is worth one paced read while a late payment
-        is likely, e.g. after a server-key rotation; it proves nothing)."""
+        is likely, e.g. after a server-key rotation; it proves nothing). ``paid_too``: a paid
+        attempt is read too, at once (a verified payment callback Lunas found recorded already:
+        ``_settle``; its delivery's key is Xendit's payment, so no flood repeats it)."""
         now = self._clock.now()
         a = payment_attempts.c
         async with self._db.transaction() as conn:
@@ -886,9 +908,9 @@ class ProviderWebhooks:
                 sa.select(a.state, a.closed_at, a.updated_at, a.last_checked_at, a.last_check)
                 .where(a.id == attempt_id).with_for_update())).one()
             closed_at = row.closed_at or row.updated_at
-            due = (now if row.last_checked_at is None
+            due = (now if row.last_checked_at is None or paid_too
                    else max(now, row.last_checked_at + ASKED_READ_SPACING))
-            if row.state not in _CLOSED:
+            if row.state not in (_READ_WHEN_ASKED if paid_too else _CLOSED):
                 outcome = f"{asked}; attempt {row.state} meanwhile, not read"
             elif within_watch and closed_at + self._quarantine <= now:
                 outcome = (f"{asked}; attempt {row.state} since {iso(closed_at)}, past its "
@@ -907,7 +929,7 @@ class ProviderWebhooks:
         async with self._db.transaction() as conn:
             await conn.execute(payment_attempts.update().where(
                 payment_attempts.c.id == attempt_id,
-                payment_attempts.c.state.in_(_CLOSED)).values(last_check=note[:200]))
+                payment_attempts.c.state.in_(_READ_WHEN_ASKED)).values(last_check=note[:200]))
 
     async def _record(self, delivery_id: str, outcome: str) -> None:
         async with self._db.transaction() as conn:

@@ -8,7 +8,7 @@ of one order cannot deadlock); on SQLite the writer lock serialises instead.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,11 +33,11 @@ from orchestrator.domain.order import (
 )
 from orchestrator.domain.verification import VerificationSchedule
 from orchestrator.outbox.writer import PendingEvent, add_events
-from orchestrator.rails.base import Rail
+from orchestrator.rails.base import ProviderPayment, ProviderStatus, Rail
 from orchestrator.services.audit import record_audit
 from orchestrator.services.order_view import event_payload
 from orchestrator.services.orders import retire_attempts
-from orchestrator.services.status_reads import settled_read
+from orchestrator.services.status_reads import paid_evidence_key, settled_read
 from orchestrator.store.database import upsert_insert
 from orchestrator.store.tables import evidence, orders, payment_attempts, review_cases
 from orchestrator.telemetry import tracing
@@ -183,6 +183,34 @@ async def _apply_locked(
     await add_events(conn, pending, now=now)
     return SettlementResult(applied=True, verdict=decision.verdict, order_id=order.id,
                             order_state=new_state, review_case_id=case_id)
+
+
+async def apply_read_payments(
+    conn: AsyncConnection, attempt: Any, status: ProviderStatus, *, kind: str,
+    details: dict[str, Any], now: datetime, quarantine: timedelta,
+    rereads: VerificationSchedule | None = None, reversed_since: bool = False,
+    reversed_in_part: bool = False,
+) -> SettlementResult:
+    """Apply a provider's word that ``attempt`` was paid: each payment it lists
+    (``ProviderStatus.payments``; else the one it describes) as evidence of its own, the
+    ``n``-th under ``paid_evidence_key(..., n)``, so a payment seen before (by a read or a
+    callback) is not applied again and a further one pays the order or opens its case (rule
+    4), never adds into one wrong amount. Returns the first result that applied anything (the
+    order's state the last), else the first."""
+    listed = status.payments or (ProviderPayment(
+        amount=status.paid_amount if status.paid_amount is not None else 0,
+        paid_at=status.paid_at or now, currency=status.currency),)
+    results = [await apply_payment(conn, Payment(
+        attempt_id=attempt.id, amount=paid.amount,
+        evidence_key=paid_evidence_key(attempt.provider, attempt.id, nth), kind=kind,
+        observed_at=paid.paid_at, currency=paid.currency,
+        details=details if len(listed) == 1 else {**details, "payment": nth,
+                                                  "payments_listed": len(listed)},
+        reversed_since=reversed_since, reversed_in_part=reversed_in_part,
+        provider_ref=status.provider_ref), now=now, quarantine=quarantine, rereads=rereads)
+        for nth, paid in enumerate(listed, start=1)]
+    applied = [r for r in results if r.applied]
+    return replace(applied[0] if applied else results[0], order_state=results[-1].order_state)
 
 
 def _foreign(payment: Payment, values: dict[str, Any], key: str = "paid_currency"

@@ -69,13 +69,12 @@ from orchestrator.services.gateway_jobs import GatewayJobs
 from orchestrator.services.order_view import event_payload, pending_verification
 from orchestrator.services.payment_failed import lock_order_of, tell_if_nothing_left_to_pay
 from orchestrator.services.reversals import REVERSALS, apply_reversal
-from orchestrator.services.settlement import Payment, apply_payment
+from orchestrator.services.settlement import apply_read_payments
 from orchestrator.services.status_reads import (
     LIVE,
     ReadAbandoned,
     StatusReads,
     defer,
-    paid_evidence_key,
     route_of,
     throttle_pause,
 )
@@ -400,13 +399,9 @@ class Verifier:
         now = self._clock.now()
         if status.status is NeutralStatus.PAID:
             async with self._db.transaction() as conn:
-                result = await apply_payment(conn, Payment(
-                    attempt_id=attempt.id,
-                    amount=status.paid_amount if status.paid_amount is not None else 0,
-                    evidence_key=paid_evidence_key(attempt.provider, attempt.id),
-                    kind="provider_status", observed_at=status.paid_at or now,
+                result = await apply_read_payments(
+                    conn, attempt, status, kind="provider_status",
                     details={"raw_status": status.raw_status, "by": "verification"},
-                    currency=status.currency, provider_ref=status.provider_ref),
                     now=now, quarantine=self._quarantine, rereads=self._schedule)
                 await self._mark(conn, attempt.id, now, f"paid: {result.verdict}"
                                  if result.applied else "paid: already applied")

@@ -694,3 +694,23 @@ async def test_a_status_rails_md_does_not_name_is_unreadable_never_expired(
         sim.store.qrs[request.reference]["status"] = raw
     with pytest.raises(Unreadable):
         await provider.status(request.reference, instrument.provider_ref, request.route)
+
+
+async def test_a_va_paid_twice_reads_as_two_payments_never_one_sum(
+    provider: XenditProvider, sim: XenditSim, http: httpx.AsyncClient,
+) -> None:
+    """Each payment the Transactions API lists for the VA is reported on its own, in the order
+    they were made: summed, two exact payments read as one payment of twice the amount, a
+    wrong amount nobody sent, and the second payment's refund case never opened."""
+    request = charge("bni")
+    instrument = await provider.create(request)
+    ref = instrument.provider_ref
+    assert (await pay(http, sim, request, ref)).status_code == 200
+    second = await http.post(f"{sim.control_url}/pay", json={
+        "kind": "va", "id": ref, "amount": request.amount, "force": True})
+    assert second.status_code == 200, second.text
+    paid = await provider.status(request.reference, ref, request.route)
+    assert (paid.status, paid.paid_amount, paid.provider_ref) == (
+        NeutralStatus.PAID, request.amount, ref)
+    assert [(p.amount, p.currency) for p in paid.payments] == [(request.amount, "IDR")] * 2
+    assert paid.payments[0].paid_at == paid.paid_at <= paid.payments[1].paid_at

@@ -1,0 +1,109 @@
+"""Which Xendit money a callback or a status read is about, and that each payment reaches the
+order or a review case exactly once (rules 2 and 4).
+
+- A VA paid twice (Xendit did not keep it single-use, or a bank let a payment through) is two
+  payments: the first pays the order, the second opens a ``second_payment`` case, whichever of
+  a callback and a status read sees each first. Read as one sum, the order went to review for
+  a wrong amount nobody sent; keyed once per attempt, the second was "already applied" and lost.
+
+Runs the real service with both simulators (the ``stack`` of test_provider_webhooks), on the
+session's PostgreSQL and Redis; the worker's relay and verifier run in-process.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+
+from orchestrator.store.tables import evidence, provider_deliveries
+from tests.integration.test_failover import Stack, sims  # noqa: F401
+from tests.integration.test_provider_webhooks import (  # noqa: F401
+    attempt_row,
+    make_due,
+    order_and_attempt,
+    order_state,
+    outcomes,
+    review,
+    run_relay,
+    run_verifier,
+    scalar,
+    settled_quietly,
+    sim_post,
+    stack,
+)
+
+SECOND = ("second_payment", "refund")
+
+
+async def evidence_keys(stack: Stack, order_id: str) -> list[str]:  # noqa: F811
+    async with stack.container.db.read() as conn:
+        return sorted((await conn.execute(sa.select(evidence.c.unique_key).where(
+            evidence.c.order_id == order_id))).scalars())
+
+
+async def post_callback(stack: Stack, body: dict[str, Any]) -> None:  # noqa: F811
+    r = await stack.client.post("/v1/webhooks/xendit", content=json.dumps(body), headers={
+        "x-callback-token": stack.container.settings.providers.xendit_callback_token})
+    assert r.status_code == 200, r.text
+
+
+def unhandled(stack: Stack, attempt_id: str) -> Any:  # noqa: F811
+    """Deliveries naming the attempt that are not handled yet, and reads they queued that have
+    not run (a queued read's ``last_check`` starts with "status read queued")."""
+    async def probe() -> object:
+        waiting = await scalar(stack, sa.select(sa.func.count()).select_from(provider_deliveries)
+                               .where(provider_deliveries.c.attempt_id == attempt_id,
+                                      provider_deliveries.c.outcome.is_(None)))
+        row = await attempt_row(stack, attempt_id)
+        return (waiting, (row.last_check or "").startswith("status read queued"))
+    return probe
+
+
+async def test_a_va_paid_twice_and_read_once_is_two_payments_and_their_callbacks_add_nothing(
+    stack: Stack,  # noqa: F811
+) -> None:
+    """Both payments' callbacks are lost; the verifier's read lists both. The first pays the
+    order, the second opens a case for a refund. Before, their sum went to review as a
+    payment of the wrong amount. The callbacks that come later are the same payments: they
+    add no evidence and no case."""
+    order_id, attempt = await order_and_attempt(stack, "va", "bca", "va:xendit:bca")
+    await sim_post(stack.sims.xendit.control_url, "/config", {"callback_url": None})
+    sent = [await sim_post(stack.sims.xendit.control_url, "/pay", {
+        "kind": "va", "external_id": attempt.id, "amount": attempt.transfer_amount,
+        "force": True}) for _ in range(2)]
+    await make_due(stack, attempt.id)
+    await run_verifier(stack.container, order_state(stack, order_id), "paid")
+    assert await review(stack, order_id) == [(*SECOND, attempt.transfer_amount)]
+    assert len(await evidence_keys(stack, order_id)) == 2
+
+    for body in reversed(sent):  # the provider's retries, in any order
+        await post_callback(stack, body)
+    await run_relay(stack.container, unhandled(stack, attempt.id), (0, False))
+    assert len(await evidence_keys(stack, order_id)) == 2
+    assert await review(stack, order_id) == [(*SECOND, attempt.transfer_amount)]
+    assert await order_state(stack, order_id)() == "paid"
+
+
+async def test_a_second_va_payment_told_by_its_callback_opens_a_case(
+    stack: Stack,  # noqa: F811
+) -> None:
+    """The first payment's callback pays the order. A second payment on the same VA comes with
+    its own callback (another ``payment_id``): before, it was recorded "payment already
+    applied" and the money reached nobody (rule 4). It asks for a status read of the paid
+    attempt, which lists both payments: the second opens a case."""
+    order_id, attempt = await order_and_attempt(stack, "va", "bca", "va:xendit:bca")
+    await sim_post(stack.sims.xendit.control_url, "/pay", {
+        "kind": "va", "external_id": attempt.id, "amount": attempt.transfer_amount})
+    await run_relay(stack.container, order_state(stack, order_id), "paid")
+    await sim_post(stack.sims.xendit.control_url, "/pay", {
+        "kind": "va", "external_id": attempt.id, "amount": attempt.transfer_amount,
+        "force": True})
+    await run_relay(stack.container, lambda: review(stack, order_id),
+                    [(*SECOND, attempt.transfer_amount)])
+    await settled_quietly(stack, attempt.id)
+    assert len(await evidence_keys(stack, order_id)) == 2
+    first, second = await outcomes(stack, attempt.id)
+    assert first == (True, "payment applied: settle, order paid")
+    assert second[1] is not None and "status read" in second[1], second
