@@ -31,7 +31,9 @@ Simulator decisions where RAILS.md is silent or uncertain:
   ``400 DUPLICATE_CALLBACK_VIRTUAL_ACCOUNT_ERROR``; a second QR with a used ``external_id`` is
   ``409 DUPLICATE_ERROR``.
 - A VA answers ``PENDING`` on create and is ``ACTIVE`` when read; a closed VA accepts only its
-  ``expected_amount``; a single-use VA and a dynamic QR go ``INACTIVE`` once paid.
+  ``expected_amount``; a single-use VA and a dynamic QR go ``INACTIVE`` once paid. With the
+  ``va_reusable`` config a VA is created open and multi-use whatever was asked (as where a bank
+  or an account setting does not allow closed VAs), and its answer says so.
 - E-wallet test-mode magic amounts: 10100 → 403 CHANNEL_NOT_ACTIVATED, 10101 → 503
   CHANNEL_UNAVAILABLE, 10102 → 500 SERVER_ERROR (none creates a charge); 20103 → the charge is
   created PENDING, then fails with ``ACCOUNT_ACCESS_BLOCKED`` and a FAILED callback.
@@ -248,6 +250,7 @@ class XenditSim:
         self.callback_url, self.retry_scale = callback_url, retry_scale
         self.hang_max_s, self.late_failure_delay_s = hang_max_s, late_failure_delay_s
         self.callback_timeout_s = callback_timeout_s
+        self.va_reusable = False
         self.faults = FaultBook()
         self.store = Store()
         self.limiter = RateLimiter(rate_limit_per_minute)
@@ -392,7 +395,8 @@ class XenditSim:
     def _new_va(self, body: dict[str, Any], external_id: str, bank_code: str,
                 name: str) -> dict[str, Any]:
         now = _now()
-        is_closed = bool(body.get("is_closed", False))
+        # ``va_reusable``: Xendit answers with an open, multi-use VA whatever was asked.
+        is_closed = bool(body.get("is_closed", False)) and not self.va_reusable
         expected = body.get("expected_amount")
         if is_closed and expected is None:
             raise ApiError(400, "EXPECTED_AMOUNT_REQUIRED_ERROR", "closed VA needs expected_amount")
@@ -405,7 +409,8 @@ class XenditSim:
             "id": secrets.token_hex(12), "owner_id": OWNER_ID, "external_id": external_id,
             "bank_code": bank_code, "merchant_code": merchant_code, "name": name,
             "account_number": f"{merchant_code}9999{next(self._va_numbers)}",
-            "is_closed": is_closed, "is_single_use": bool(body.get("is_single_use", False)),
+            "is_closed": is_closed,
+            "is_single_use": bool(body.get("is_single_use", False)) and not self.va_reusable,
             "status": "PENDING", "expiration_date": iso(expires), "currency": "IDR",
         }
         if expected is not None:
@@ -762,6 +767,8 @@ class XenditSim:
                 setattr(self, name, body[name])
         if "retry_scale" in body:
             self.retry_scale = float(body["retry_scale"])
+        if "va_reusable" in body:
+            self.va_reusable = bool(body["va_reusable"])
         if "rate_limit_per_minute" in body:
             limit = body["rate_limit_per_minute"]
             self.limiter.reset(None if limit is None else int(limit))
@@ -769,7 +776,8 @@ class XenditSim:
 
     def config(self) -> dict[str, Any]:
         return {"callback_url": self.callback_url, "retry_scale": self.retry_scale,
-                "rate_limit_per_minute": self.limiter.per_minute}
+                "rate_limit_per_minute": self.limiter.per_minute,
+                "va_reusable": self.va_reusable}
 
     def resources(self, reference: str | None) -> dict[str, list[dict[str, Any]]]:
         def wanted(obj: dict[str, Any], key: str) -> bool:

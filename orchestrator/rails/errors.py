@@ -19,8 +19,9 @@
     │                         field of an unexpected type): the provider is up, our reading
     │                         failed. Neutral for the breaker; the read is retried with backoff.
     └── OutcomeUnknown        the request may have been processed (timeout after sending,
-                              connection lost mid-response, 5xx on a create): never retried
-                              blindly; the attempt becomes ``unknown`` and is verified.
+                              connection lost mid-response, 5xx on a create), or was and made
+                              something unusable (``provider_ref``): never retried blindly;
+                              the attempt becomes ``unknown`` and is verified.
 
 Adapters raise exactly these, chained with ``from`` to the transport or wire error underneath.
 """
@@ -64,7 +65,13 @@ class Unavailable(RailError):
 
 
 class OutcomeUnknown(RailError):
-    pass
+    def __init__(self, detail: str, *, provider: str, operation: str,
+                 provider_ref: str | None = None) -> None:
+        super().__init__(detail, provider=provider, operation=operation)
+        self.provider_ref = provider_ref
+        """The provider's id of what a create made, when its answer named it but the resource
+        must never reach a customer (it is not what was asked for): verification cancels and
+        watches it (``gateway_jobs.resolve_unknown``). None when nothing is known of it."""
 
 
 class Unreadable(RailError):

@@ -47,7 +47,13 @@ Decisions behind the table:
 - A duplicate (external_id already used, or the key reused with another body) means something may
   already exist under this reference: ``OutcomeUnknown``, resolved by a status read.
 - A create whose answer does not match the request (amount, reference, a QRIS string whose CRC
-  fails) is ``OutcomeUnknown``: a resource exists but must never reach a customer.
+  fails) is ``OutcomeUnknown``: a resource exists but must never reach a customer. So is a VA
+  whose answer does not say ``is_closed`` and ``is_single_use`` as asked (a bank where Xendit
+  cannot close a VA, an account setting): it would take any number of payments of any amount,
+  each one a person's case. Unknown, not ``Refused``: the router fails over all the same, and
+  the error names the VA (``OutcomeUnknown.provider_ref``), so verification cancels it and
+  watches it as any live orphan (a payment on it is still found, rule 4); a refusal would
+  forget a live VA. A flag missing from the answer is not granted.
 
 Status (RAILS.md §2.5). Paid is decided from Xendit's Transactions API (``GET /transactions``,
 ``reference_id`` = our reference, type PAYMENT, status SUCCESS): the legacy VA and QR objects only
@@ -282,6 +288,13 @@ class XenditProvider:
                 expires_at=parse_time(data["expiration_date"]),
                 extra={"merchant_code": str(data.get("merchant_code", ""))},
             )
+        # A VA Xendit did not close or make single-use takes any number of payments of any
+        # amount: never instructions (module docstring). Named, so verification cancels it.
+        if data.get("is_closed") is not True or data.get("is_single_use") is not True:
+            raise OutcomeUnknown(
+                f"asked for a closed single-use VA, got is_closed={data.get('is_closed')!r:.10} "
+                f"is_single_use={data.get('is_single_use')!r:.10}", provider=PROVIDER,
+                operation="create", provider_ref=instrument.provider_ref)
         return instrument
 
     async def _create_qr(self, request: ChargeRequest) -> Instrument:

@@ -36,7 +36,7 @@ from orchestrator.rails.base import (
     Rail,
     Route,
 )
-from orchestrator.rails.errors import RailError, Refused
+from orchestrator.rails.errors import OutcomeUnknown, RailError, Refused
 from orchestrator.rails.router import Hop, IssueResult, RouteGuard, RouteUnavailable
 from orchestrator.services.issuance import IssuanceService, add_unknown_event
 from orchestrator.services.payment_failed import lock_order_of, tell_if_nothing_left_to_pay
@@ -253,8 +253,15 @@ class GatewayJobs:
             # Some providers cannot find a resource by our reference (legacy Xendit VA and
             # e-wallet); the create's idempotency key makes repeating it safe: it returns the
             # original if one exists. What comes back is a live orphan either way.
-            instrument = await self._recreate(attempt, route, provider)
-            return await self._supersede_live(attempt, route, provider, instrument.provider_ref)
+            try:
+                made = (await self._recreate(attempt, route, provider)).provider_ref
+            except OutcomeUnknown as exc:
+                if exc.provider_ref is None:
+                    raise
+                # It exists and must never be used (a Xendit VA not closed and single-use as
+                # asked): the same answer comes back on every repeat, so resolved, not retried.
+                made = exc.provider_ref
+            return await self._supersede_live(attempt, route, provider, made)
         if status.status is NeutralStatus.PENDING:
             return await self._supersede_live(attempt, route, provider, status.provider_ref)
         if status.status is NeutralStatus.NOT_FOUND:

@@ -714,3 +714,19 @@ async def test_a_va_paid_twice_reads_as_two_payments_never_one_sum(
         NeutralStatus.PAID, request.amount, ref)
     assert [(p.amount, p.currency) for p in paid.payments] == [(request.amount, "IDR")] * 2
     assert paid.payments[0].paid_at == paid.paid_at <= paid.payments[1].paid_at
+
+
+async def test_a_va_xendit_did_not_make_single_use_and_closed_never_reaches_a_customer(
+    provider: XenditProvider, sim: XenditSim, http: httpx.AsyncClient,
+) -> None:
+    """Lunas asks for a closed single-use VA: one payment of the exact amount, then inactive.
+    An answer saying otherwise (a bank where Xendit cannot close a VA) is a VA that takes any
+    number of payments of any amount: it does not match the request, so it is an unknown
+    outcome (the router fails over, verification watches what exists), never instructions."""
+    await control(http, sim, "POST", "/config", {"va_reusable": True})
+    try:
+        request = charge("permata")
+        with pytest.raises(OutcomeUnknown, match="is_closed"):
+            await provider.create(request)
+    finally:
+        await control(http, sim, "POST", "/config", {"va_reusable": False})

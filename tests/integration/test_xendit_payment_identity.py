@@ -5,6 +5,7 @@ order or a review case exactly once (rules 2 and 4).
   payments: the first pays the order, the second opens a ``second_payment`` case, whichever of
   a callback and a status read sees each first. Read as one sum, the order went to review for
   a wrong amount nobody sent; keyed once per attempt, the second was "already applied" and lost.
+  A VA whose create answer is not closed and single-use is never shown, and is cancelled.
 
 Runs the real service with both simulators (the ``stack`` of test_provider_webhooks), on the
 session's PostgreSQL and Redis; the worker's relay and verifier run in-process.
@@ -15,9 +16,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 import sqlalchemy as sa
 
-from orchestrator.store.tables import evidence, provider_deliveries
+from orchestrator.store.tables import evidence, payment_attempts, provider_deliveries
 from tests.integration.test_failover import Stack, sims  # noqa: F401
 from tests.integration.test_provider_webhooks import (  # noqa: F401
     attempt_row,
@@ -107,3 +109,34 @@ async def test_a_second_va_payment_told_by_its_callback_opens_a_case(
     first, second = await outcomes(stack, attempt.id)
     assert first == (True, "payment applied: settle, order paid")
     assert second[1] is not None and "status read" in second[1], second
+
+
+async def test_a_va_xendit_would_not_close_is_never_shown_and_is_cancelled(
+    stack: Stack,  # noqa: F811
+) -> None:
+    """Xendit answers the create with an open, multi-use VA (``va_reusable``): any number of
+    payments of any amount could reach it. The checkout fails over (the customer never sees
+    it); verification finds the VA by repeating the create, which answers the same, and
+    cancels it, watching it as any live orphan. Before, the adapter never looked."""
+    await sim_post(stack.sims.xendit.control_url, "/config", {"va_reusable": True})
+    try:
+        r = await stack.capture("va", "bca")
+    finally:
+        await sim_post(stack.sims.xendit.control_url, "/config", {"va_reusable": False})
+    assert r.status_code == 201, r.text
+    assert r.json()["routing"]["served_by"] == "va:midtrans:bca"
+    async with stack.container.db.read() as conn:
+        [orphan] = (await conn.execute(sa.select(payment_attempts).where(
+            payment_attempts.c.order_id == r.json()["id"],
+            payment_attempts.c.provider == "xendit"))).all()
+    assert orphan.state == "unknown"
+
+    async def state() -> object:
+        return (await attempt_row(stack, orphan.id)).state
+    await run_relay(stack.container, state, "superseded")
+    async with httpx.AsyncClient() as c:
+        found = (await c.get(f"{stack.sims.xendit.control_url}/resources",
+                             params={"reference": orphan.id})).json()
+    [va] = found["virtual_accounts"]
+    assert (await attempt_row(stack, orphan.id)).provider_ref == va["id"]
+    assert va["status"] == "INACTIVE" and not va["is_single_use"]  # cancelled at Xendit
