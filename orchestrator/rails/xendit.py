@@ -769,6 +769,18 @@ def _qr_callback_status(body: Mapping[str, Any]) -> ProviderStatus:
                           currency=reported_currency(payment.get("currency")))
 
 
+def callback_rail(body: Mapping[str, Any]) -> Rail | None:
+    """The rail a callback's shape belongs to (an e-wallet charge, a QR payment, a VA
+    payment); None for a refund or a shape Lunas does not know."""
+    if body.get("event") in CHARGE_EVENTS:
+        return Rail.EWALLET
+    if body.get("event") == "qr.payment":
+        return Rail.QRIS
+    if "callback_virtual_account_id" in body and "payment_id" in body:
+        return Rail.VA
+    return None
+
+
 def callback_reference(body: Mapping[str, Any]) -> str:
     """Our reference (external_id / reference_id) in a callback, for attempts whose create
     answer was lost and so have no ``provider_ref`` to match on."""

@@ -25,6 +25,8 @@ Decisions:
   a read that lists every payment, each under a key of its own (``_settle``), so a second
   payment opens its case. The delivery's own identity stays in the evidence details and on the
   delivery row.
+- A verified Xendit callback whose Xendit id or kind contradicts the attempt it names by
+  reference moves nothing (``_contradiction``, ``_read_for_contradiction``).
 
 Worker path (``on_delivery``): a verified delivery is mapped to a neutral status (one it cannot
 be read as asks for the attempt's status read instead, ``_read_instead``). PAID →
@@ -260,6 +262,43 @@ def _stale_capture(provider: str, attempt: Any, body: Mapping[str, Any]) -> bool
             and attempt.state in _CLOSED)
 
 
+def _contradiction(provider: str, attempt: Any, status: ProviderStatus,
+                   body: Mapping[str, Any]) -> str | None:
+    """Why a verified Xendit callback, matched to ``attempt`` by our reference only, is not
+    about the instrument Lunas holds for it: a kind of another rail (a QR payment for an
+    e-wallet attempt), or a Xendit id (VA, QR, charge) other than the attempt's
+    ``provider_ref`` when both are known. Our reference repeats across Xendit resources: a
+    recreated attempt (``gateway_jobs._recreate``) sends its reference again, and where Xendit
+    does not honour the idempotency key (e-wallet charges, RAILS.md §2.1 [?]) or no longer
+    remembers it, the old charge and the new one share it; the old one's FAILED callback
+    closed the live one. A refund callback is matched by Xendit's id already
+    (``_refunded_attempt``). None: nothing contradicts it."""
+    if provider != XENDIT or body.get("event") in ("refund.succeeded", "refund.failed"):
+        return None
+    rail = xendit.callback_rail(body)
+    if rail is not None and rail.value != attempt.rail:
+        return f"a {rail.value} callback for a {attempt.rail} attempt"
+    if (attempt.provider_ref and status.provider_ref
+            and status.provider_ref != attempt.provider_ref):
+        return (f"the callback is about {status.provider_ref[:64]}, the attempt's instrument "
+                f"is {attempt.provider_ref}")
+    return None
+
+
+class _ByReference:
+    """An attempt read as if Xendit's id of it were unknown: by our reference, so the read
+    lists every payment made under it, on whichever Xendit resource (``XenditProvider
+    ._status_by_reference``)."""
+
+    provider_ref = None
+
+    def __init__(self, attempt: Any) -> None:
+        self._attempt = attempt
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._attempt, name)
+
+
 class _AttemptMoved(Exception):
     """The attempt a delivery was closing moved meanwhile; nothing was written."""
 
@@ -466,6 +505,10 @@ class ProviderWebhooks:
         except ValueError as exc:
             await self._read_instead(delivery_id, attempt, f"unreadable: {exc}")
             return
+        contradiction = _contradiction(delivery.provider, attempt, status, body)
+        if contradiction is not None:
+            await self._read_for_contradiction(delivery_id, attempt, status, contradiction)
+            return
         if status.status is NeutralStatus.PAID and (
                 (delivery.provider == MIDTRANS and attempt.state in _CANCELLED_BY_LUNAS)
                 or _stale_capture(delivery.provider, attempt, body)):
@@ -505,6 +548,9 @@ class ProviderWebhooks:
         async with self._db.read() as conn:
             attempt = (await conn.execute(sa.select(payment_attempts).where(
                 payment_attempts.c.id == job.attempt_id))).one()
+        if event.payload.get("by_reference"):
+            await self._read_reference(event, attempt)
+            return
         if attempt.state in LIVE:
             if job.delivery_id is not None:
                 await self._ask_verifier(job.delivery_id, attempt.id, "unverified: never trusted")
@@ -847,6 +893,75 @@ class ProviderWebhooks:
             await self._ask_read_of_closed(delivery_id, attempt.id, why, within_watch=False)
         else:
             await self._record(delivery_id, why)
+
+    async def _read_for_contradiction(self, delivery_id: str, attempt: Any,
+                                      status: ProviderStatus, why: str) -> None:
+        """A verified callback about another Xendit resource than the attempt's
+        (``_contradiction``) moves nothing: Lunas cannot tell from it what happened to the
+        instrument it holds, so it is evidence nobody can verify. A close (FAILED, expired) asks
+        for the attempt's status read (``_read_instead``). A payment is money Xendit says came
+        in under our reference, whatever resource took it: a read of the attempt's own
+        instrument would not see it, so one read by our reference (``_read_reference``) lists
+        every payment made under it, and each reaches the order or a case (rule 4)."""
+        why = f"unverifiable: {why}; not applied"
+        if status.status is not NeutralStatus.PAID:
+            await self._read_instead(delivery_id, attempt, why)
+            return
+        now = self._clock.now()
+        async with self._db.transaction() as conn:
+            await self._queue_reference_read(conn, delivery_id, attempt.id, due=now, now=now)
+            await _set_outcome(conn, delivery_id, f"{why}; a status read by our reference "
+                                                  "lists the payments made under it")
+
+    async def _queue_reference_read(self, conn: AsyncConnection, delivery_id: str,
+                                    attempt_id: str, *, due: datetime, now: datetime,
+                                    tries: int = 0, unreadable: int = 0) -> None:
+        """One ``attempt.verify`` job reading ``attempt_id`` by our reference; its id is fixed
+        per delivery and try, so a handler run twice does not fork the chain."""
+        await add_events(conn, [PendingEvent(
+            event_type=events.ATTEMPT_VERIFY, aggregate_id=attempt_id, merchant_id=None,
+            payload={"attempt_id": attempt_id, "delivery_id": delivery_id,
+                     "by_reference": True, "tries": tries, "unreadable": unreadable},
+            available_at=due,
+            event_id=f"ref{tries}_{delivery_id.removeprefix('dlv_')}"[:40])], now=now)
+
+    async def _read_reference(self, event: OutboxEvent, attempt: Any) -> None:
+        """The read ``_read_for_contradiction`` queued, in any state of the attempt: a
+        payment it lists settles the order or opens a case as any payment (the first one seen
+        before is not applied again: ``paid_evidence_key``); none leaves the attempt as it is.
+        A read that cannot be made now is queued again; answers Lunas cannot read,
+        ``UNREADABLE_GIVE_UP`` in a row, are dead-lettered for a person."""
+        delivery_id = str(event.payload["delivery_id"])
+        tries = int(event.payload.get("tries") or 0)
+        unreadable = int(event.payload.get("unreadable") or 0)
+        try:
+            status = await self._reads.read(_ByReference(attempt),
+                                            within=self._confirm_wait.total_seconds())
+        except (PaceBusy, RouteUnavailable, RailError) as exc:
+            if isinstance(exc, Unreadable):
+                unreadable += 1
+                if unreadable >= UNREADABLE_GIVE_UP:
+                    why = (f"status read by reference of {attempt.id} unreadable {unreadable} "
+                           f"times in a row: {exc.detail}; look its payments up at "
+                           f"{attempt.provider}, fix the adapter, then redeliver this job")
+                    await self._record(delivery_id, f"status read given up: {why}")
+                    raise PermanentFailure(why) from exc
+            now = self._clock.now()
+            wait = wait_to_retry(exc, base=self._schedule.retry_after_failure, tries=tries + 1,
+                                 retry_at=self._reads.retry_at(route_of(attempt).key), now=now)
+            async with self._db.transaction() as conn:
+                await self._queue_reference_read(conn, delivery_id, attempt.id, due=now + wait,
+                                                 now=now, tries=tries + 1, unreadable=unreadable)
+            return
+        if status.status is NeutralStatus.PAID:
+            await self._settle(attempt, status, delivery_id=delivery_id,
+                               details={"raw_status": status.raw_status, "read": "by reference",
+                                        "asked_by_delivery": delivery_id},
+                               kind="provider_status", prefix="status read by reference: ")
+            return
+        await self._record(delivery_id, f"status read by reference: no payment under it "
+                                        f"({status.raw_status or status.status.value}); "
+                                        f"attempt {attempt.state} unchanged")
 
     async def _confirm_first(self, delivery_id: str, attempt: Any) -> None:
         """A signed Midtrans payment notification for an attempt Lunas may have cancelled: it
