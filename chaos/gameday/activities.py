@@ -283,19 +283,24 @@ def reversals_reach_people_and_merchants(within_s: float = 60) -> str:
 async def _paid_and_still_to_read(stack: Stack, provider: str, count: int
                                   ) -> list[tuple[str, str]]:
     """(attempt id, order id) of ``count`` attempts paid at ``provider`` whose first read after
-    the payment (``attempt.settled_read``) is still to come."""
+    the payment (``attempt.settled_read``) is still to come and not being made right now (a
+    read in flight would see the payment before Midtrans is told otherwise, and the next is a
+    week away); the first due, so they are read first once the clock moves past them, ahead of
+    the reads of every payment made since."""
     import sqlalchemy as sa
 
     from orchestrator.store.tables import outbox, payment_attempts
 
     assert stack.db is not None
-    a = payment_attempts.c
-    to_read = sa.select(outbox.c.aggregate_id).where(
-        outbox.c.event_type == "attempt.settled_read", outbox.c.status == "pending")
+    a, o = payment_attempts.c, outbox.c
     async with stack.db.read() as conn:
-        rows = await conn.execute(sa.select(a.id, a.order_id).where(
-            a.state == "paid", a.provider == provider, a.id.in_(to_read))
-            .order_by(a.id).limit(count))
+        rows = await conn.execute(
+            sa.select(a.id, a.order_id).join(outbox, sa.and_(
+                o.aggregate_id == a.id, o.event_type == "attempt.settled_read",
+                o.status == "pending", o.lease_owner.is_(None)))
+            .where(a.state == "paid", a.provider == provider)
+            .group_by(a.id, a.order_id).order_by(sa.func.min(o.available_at), a.id)
+            .limit(count))
         return [(str(r.id), str(r.order_id)) for r in rows]
 
 
@@ -334,6 +339,26 @@ async def _settled_read_notes(stack: Stack) -> dict[str, tuple[str, str, str]]:
         return {str(r.id): (str(r.last_check), r.state, r.order_state) for r in rows}
 
 
+async def _settled_reads_of(stack: Stack, attempt_ids: list[str]) -> dict[str, Any]:
+    """What became of these attempts' reads: for a failed probe to say why."""
+    import sqlalchemy as sa
+
+    from orchestrator.store.tables import outbox, payment_attempts
+
+    assert stack.db is not None
+    o = outbox.c
+    async with stack.db.read() as conn:
+        jobs = (await conn.execute(sa.select(
+            o.aggregate_id, o.status, o.available_at, o.attempts, o.last_error).where(
+            o.aggregate_id.in_(attempt_ids), o.event_type == "attempt.settled_read"))).all()
+        checks = dict((await conn.execute(sa.select(
+            payment_attempts.c.id, payment_attempts.c.last_check).where(
+            payment_attempts.c.id.in_(attempt_ids)))).all())
+    return {i: {"last_check": checks.get(i), "jobs": [
+        (j.status, str(j.available_at), j.attempts, j.last_error)
+        for j in jobs if j.aggregate_id == i]} for i in attempt_ids}
+
+
 async def _cases_of(stack: Stack, order_ids: set[str]) -> int:
     import sqlalchemy as sa
 
@@ -359,7 +384,9 @@ def contradictions_noted_and_nothing_moved(within_s: float = 60) -> str:
             break
         time.sleep(1)
     if set(seen) != set(wanted):
-        raise AssertionError(f"contradicting reads: expected {sorted(wanted)}, noted {seen}")
+        missing = _on_loop(_settled_reads_of(s.stack, sorted(set(wanted) - set(seen))))
+        raise AssertionError(f"contradicting reads: expected {sorted(wanted)}, noted {seen}; "
+                             f"the others' reads: {missing}")
     moved = {i: (state, order) for i, (_, state, order) in seen.items()
              if (state, order) != ("paid", "paid")}
     if moved:
