@@ -8,7 +8,7 @@ Data plane (what the adapter talks to), all behind Basic auth with the configure
     GET   /callback_virtual_account_payments/payment_id={payment_id}
     POST  /qr_codes                                       QR v1 create, DYNAMIC only (idempotent)
     GET   /qr_codes/{external_id}                         QR v1 read
-    POST  /ewallets/charges                               e-wallet charge create (idempotent)
+    POST  /ewallets/charges                               e-wallet charge create (no key honoured)
     GET   /ewallets/charges/{id}                          charge read
     POST  /ewallets/charges/{id}/void                     void a PENDING or SUCCEEDED charge
     GET   /transactions?reference_id=&product_id=&types=&statuses=&channel_categories=
@@ -25,8 +25,11 @@ Simulator decisions where RAILS.md is silent or uncertain:
 
 - Idempotency: a repeated X-IDEMPOTENCY-KEY (per endpoint) with an equal JSON body replays the
   original response and creates nothing; with a different body it is ``409 DUPLICATE_ERROR``
-  (the code Xendit's newer APIs use for a reused idempotency key). Honoured on e-wallet charges
-  too, although the legacy SDK never sends it there (RAILS.md §2.1 [?]).
+  (the code Xendit's newer APIs use for a reused idempotency key). Only where RAILS.md §2.1
+  documents the header: VA and QR creates. ``POST /ewallets/charges`` ignores it, as nothing
+  documents it there (the SDK sends none), and a repeated create makes a second charge with the
+  same ``reference_id``: a second push to the customer's OVO, a second DANA link. A test of a
+  Xendit that did dedupe there sets ``ewallet_idempotency: true`` through ``POST /config``.
 - A second VA with an ``external_id`` already in use (without a replayable key) is
   ``400 DUPLICATE_CALLBACK_VIRTUAL_ACCOUNT_ERROR``; a second QR with a used ``external_id`` is
   ``409 DUPLICATE_ERROR``.
@@ -245,8 +248,10 @@ class XenditSim:
                  callback_url: str | None = None, retry_scale: float = 1.0,
                  rate_limit_per_minute: int | None = None, host: str = "127.0.0.1",
                  data_port: int = 0, control_port: int = 0, hang_max_s: float = 300.0,
-                 late_failure_delay_s: float = 0.05, callback_timeout_s: float = 5.0) -> None:
+                 late_failure_delay_s: float = 0.05, callback_timeout_s: float = 5.0,
+                 ewallet_idempotency: bool = False) -> None:
         self.secret_key, self.callback_token = secret_key, callback_token
+        self.ewallet_idempotency = ewallet_idempotency
         self.callback_url, self.retry_scale = callback_url, retry_scale
         self.hang_max_s, self.late_failure_delay_s = hang_max_s, late_failure_delay_s
         self.callback_timeout_s = callback_timeout_s
@@ -769,6 +774,8 @@ class XenditSim:
             self.retry_scale = float(body["retry_scale"])
         if "va_reusable" in body:
             self.va_reusable = bool(body["va_reusable"])
+        if "ewallet_idempotency" in body:
+            self.ewallet_idempotency = bool(body["ewallet_idempotency"])
         if "rate_limit_per_minute" in body:
             limit = body["rate_limit_per_minute"]
             self.limiter.reset(None if limit is None else int(limit))
@@ -777,7 +784,8 @@ class XenditSim:
     def config(self) -> dict[str, Any]:
         return {"callback_url": self.callback_url, "retry_scale": self.retry_scale,
                 "rate_limit_per_minute": self.limiter.per_minute,
-                "va_reusable": self.va_reusable}
+                "va_reusable": self.va_reusable,
+                "ewallet_idempotency": self.ewallet_idempotency}
 
     def resources(self, reference: str | None) -> dict[str, list[dict[str, Any]]]:
         def wanted(obj: dict[str, Any], key: str) -> bool:
@@ -922,7 +930,7 @@ def data_routes(sim: XenditSim) -> list[HTTPRouteHandler]:
         body = await _json(request)
         code = str((body or {}).get("channel_code", ""))
         channel = _wallet_channel(code) if code in EWALLET_CODES else "unknown"
-        key = request.headers.get("x-idempotency-key")
+        key = request.headers.get("x-idempotency-key") if sim.ewallet_idempotency else None
         return await sim.serve(request, "POST /ewallets/charges", channel, "create",
                                lambda: (202, sim.idempotent("ewallet", key, _require(body),
                                                             lambda: sim.create_charge(body or {}))))

@@ -681,6 +681,52 @@ async def test_timeout_after_success_then_payment_on_the_orphan_settles_the_orde
         assert await assert_rules_of_state(s.container.db, [placed["id"]]) == {"paid": 1}
 
 
+async def test_a_lost_ovo_create_is_never_made_again_and_its_payment_settles_once(
+    container: Container,
+) -> None:
+    """Xendit documents no idempotency key on ``POST /ewallets/charges`` (RAILS.md §2.1) and no
+    lookup of a charge by our reference (§2.4: by id only), so a create repeated to learn what
+    a lost one did is a second charge: a second OVO push on the customer's phone, which they may
+    approve as well. The simulator behaves as documented (it ignores the key there)."""
+    async with shop(container, worker_down=True) as s:
+        # Xendit makes the charge and pushes it to the customer's OVO; its answer never comes.
+        # OVO is Xendit's alone: checkout fails over to QRIS at Midtrans.
+        await s.xendit("POST", "/faults", {"kind": "timeout_after_success",
+                                            "operation": "create", "channel": "ovo"})
+        placed = await s.checkout("ewallet", "ovo")
+        assert placed["routing"]["served_by"] == "qris:midtrans:qris"
+        [orphan] = [a for a in await s.attempts(placed["id"]) if a.channel == "ovo"]
+        assert orphan.state == "unknown"
+        await s.xendit("DELETE", "/faults")
+        s.start_worker()  # resolves the unknown create, with Xendit answering again
+
+        async def resolved() -> bool:
+            [now] = [a for a in await s.attempts(placed["id"]) if a.id == orphan.id]
+            return bool(now.state not in ("unknown", "creating"))
+
+        await eventually(resolved, 20, "the unknown OVO create resolved")
+        [after] = [a for a in await s.attempts(placed["id"]) if a.id == orphan.id]
+        assert after.state == "superseded"  # may be live on the customer's phone: watched
+        found = await s.xendit("GET", f"/resources?reference={orphan.id}")
+        assert len(found["ewallet_charges"]) == 1, found["ewallet_charges"]
+        creates = [c for c in await s.xendit("GET", "/calls")
+                   if (c["channel"], c["operation"]) == ("ovo", "create")]
+        assert sum(c["count"] for c in creates) == 1, creates  # one push, never a second
+        # The customer approves the one push they got: the order is paid by it, once.
+        [charge] = found["ewallet_charges"]
+        await s.xendit("POST", "/pay", {"kind": "ewallet", "id": charge["id"],
+                                         "amount": charge["charge_amount"]})
+
+        async def paid() -> bool:
+            return (await s.states([placed["id"]]))[placed["id"]] == "paid"
+
+        await eventually(paid, 20, "the order paid through the OVO push")
+        by_channel = {a.channel: a.state for a in await s.attempts(placed["id"])}
+        assert by_channel["ovo"] == "paid"
+        assert by_channel["qris"] != "active"  # the QR shown instead is retired
+        assert await assert_rules_of_state(s.container.db, [placed["id"]]) == {"paid": 1}
+
+
 async def test_payment_after_expiry_on_an_uncancellable_qr_goes_to_review(
     container: Container,
 ) -> None:
