@@ -727,6 +727,47 @@ async def test_a_lost_ovo_create_is_never_made_again_and_its_payment_settles_onc
         assert await assert_rules_of_state(s.container.db, [placed["id"]]) == {"paid": 1}
 
 
+async def test_a_lost_ovo_create_paid_after_expiry_without_its_webhook_reaches_a_person(
+    container: Container,
+) -> None:
+    """The charge of a lost OVO create cannot be cancelled (Xendit voids by id only, and its id
+    never came back): the customer can still approve its push after the order expired. Its
+    webhook lost, only the watch of the expired attempt finds the payment (rule 4)."""
+    async with shop(container, worker_down=True) as s:
+        await s.xendit("POST", "/faults", {"kind": "timeout_after_success",
+                                            "operation": "create", "channel": "ovo"})
+        placed = await s.checkout("ewallet", "ovo")
+        [orphan] = [a for a in await s.attempts(placed["id"]) if a.channel == "ovo"]
+        await s.xendit("DELETE", "/faults")
+        await s.xendit("POST", "/config", {"callback_url": "http://127.0.0.1:9/lost"})
+        s.start_worker()
+
+        async def resolved() -> bool:
+            [now] = [a for a in await s.attempts(placed["id"]) if a.id == orphan.id]
+            return bool(now.state not in ("unknown", "creating"))
+
+        await eventually(resolved, 20, "the unknown OVO create resolved")
+        s.clock.advance(PAST_DEADLINE)  # unpaid at the deadline: read, then expired
+
+        async def expired() -> bool:
+            return (await s.states([placed["id"]]))[placed["id"]] == "expired"
+
+        await eventually(expired, 20, "the unpaid order expired after its status reads")
+        # The customer approves the first push late; Lunas never hears of it by webhook.
+        first = (await s.xendit("GET", f"/resources?reference={orphan.id}"))["ewallet_charges"][0]
+        await s.xendit("POST", "/pay", {"kind": "ewallet", "id": first["id"],
+                                         "amount": first["charge_amount"]})
+        s.clock.advance(timedelta(minutes=5))  # the watch's next read comes due
+
+        async def reviewed() -> bool:
+            return (await s.states([placed["id"]]))[placed["id"]] == "needs_review"
+
+        await eventually(reviewed, 20, "the late OVO payment found and sent to a person")
+        assert (await s.order(placed["id"]))["review_reason"] == "payment_after_expiry"
+        assert await assert_rules_of_state(s.container.db, [placed["id"]]) == {
+            "needs_review": 1}
+
+
 async def test_payment_after_expiry_on_an_uncancellable_qr_goes_to_review(
     container: Container,
 ) -> None:
