@@ -64,7 +64,8 @@ class Route:
 @dataclass(frozen=True, kw_only=True)
 class ChargeRequest:
     """What Lunas asks a provider to create. ``reference`` is the attempt id: the provider's
-    order id / external id / idempotency key, so a retried create can never make two charges."""
+    order id / external id / reference id / idempotency key. Only where the provider dedupes on
+    it (``PaymentProvider.idempotent_create``) can a repeated create not make two charges."""
 
     reference: str
     route: Route
@@ -153,10 +154,14 @@ class PaymentProvider(Protocol):
     (and ``MoreRequestsNeeded`` from ``status``)."""
 
     name: str
-    idempotent_create: bool
-    """True when the provider honours an idempotency key on create, so repeating a create with
-    the same reference returns the original instead of making a second charge (Xendit); False
-    when only a status read may resolve an unknown outcome (Midtrans)."""
+
+    def idempotent_create(self, rail: Rail) -> bool:
+        """True when the provider documents an idempotency key on creates of ``rail``, so
+        repeating a create with the same reference returns the original instead of making a
+        second charge (Xendit VA and QR); False when only a status read may resolve an unknown
+        outcome (Midtrans; Xendit e-wallet charges, where a second charge is a second payment
+        prompt on the customer's phone)."""
+        ...
 
     def channels(self, rail: Rail) -> tuple[str, ...]:
         """The channels of ``rail`` this provider serves (empty: not this rail)."""

@@ -477,7 +477,10 @@ class MidtransProvider:
     """
 
     name: str = PROVIDER
-    idempotent_create = False  # /v2/charge has no idempotency key: resolve by status read
+
+    def idempotent_create(self, rail: Rail) -> bool:
+        """/v2/charge has no idempotency key (RAILS.md §1.7): resolve by status read."""
+        return False
 
     def status_requests(self, provider_ref: str | None, route: Route) -> int:
         return 1  # GET /v2/{order_id}/status

@@ -2,7 +2,10 @@
 
 Wire format in, Lunas shapes out (STYLE rule 8): no retry, breaker or business decision here.
 Every create carries ``X-IDEMPOTENCY-KEY = request.reference`` and a body that is a pure function
-of the request, so repeating a create returns the original resource instead of making a second.
+of the request. On a VA or QR create the key is documented (RAILS.md §2.1), so repeating one
+returns the original resource instead of making a second. On ``POST /ewallets/charges`` it is
+not (the SDK sends none there): Lunas never relies on it (``idempotent_create``), since a second
+charge is a second payment prompt on the customer's phone, which they may approve too.
 
 Error mapping (first matching row wins; "create" / "status, cancel"):
 
@@ -37,13 +40,13 @@ Decisions behind the table:
   answered that this account's contract does not include the channel. That is the "channel not
   enabled" case ``rails.errors`` names as a business refusal; it says nothing about Xendit's
   health, so it must not open the route's breaker (the router may remember refusals per code).
-- 5xx on create is ``OutcomeUnknown`` even though the idempotency key makes a repeat safe: Xendit
-  does not promise that a 5xx (or 503 CHANNEL_UNAVAILABLE) left nothing behind, and an OVO charge
-  pushes a payment prompt to the customer's phone the moment it exists. ``Unavailable`` would let
-  the router forget a possibly live charge; ``OutcomeUnknown`` sends it to verification, where the
-  key makes resolution cheap: repeating the create with the same reference returns the original
-  or makes the one and only resource (STYLE rule 4: such a repeat is a write carrying an
-  idempotency key the provider honours).
+- 5xx on create is ``OutcomeUnknown``: Xendit does not promise that a 5xx (or 503
+  CHANNEL_UNAVAILABLE) left nothing behind, and an OVO charge pushes a payment prompt to the
+  customer's phone the moment it exists. ``Unavailable`` would let the router forget a possibly
+  live charge; ``OutcomeUnknown`` sends it to verification. For a VA the key makes resolution
+  cheap: repeating the create with the same reference returns the original or makes the one and
+  only resource (STYLE rule 4: a write carrying an idempotency key the provider honours). An
+  e-wallet charge is never repeated: it is read for a payment by its reference and watched.
 - A duplicate (external_id already used, or the key reused with another body) means something may
   already exist under this reference: ``OutcomeUnknown``, resolved by a status read.
 - A create whose answer does not match the request (amount, reference, a QRIS string whose CRC
@@ -76,9 +79,12 @@ only the callback carries.
   QR objects carry no refund field in the legacy APIs (RAILS.md §2.2-2.3): their reads never
   report one.
 - VA or e-wallet without ``provider_ref`` (the create's answer was lost): legacy Xendit cannot
-  look those up by reference, so a payment → paid, none → not_found with raw status
-  ``NO_PAYMENT_FOR_REFERENCE``. The resource may still exist: repeating the create with the same
-  reference replays it (idempotency key) rather than making another.
+  look those up by reference (a charge is read by its id only, RAILS.md §2.4), so a payment in
+  the Transactions API → paid. With none, raw status ``NO_PAYMENT_FOR_REFERENCE``: a VA is
+  not_found, and repeating its create with the same reference replays it (idempotency key)
+  rather than making another; an e-wallet charge is pending, since one may be waiting on the
+  customer's phone and no key makes its create safe to repeat. Read as not_found it would be
+  closed as never made while the customer can still approve it (rule 3).
 
 Cancel: VA → PATCH ``expiration_date`` to now (Xendit turns it INACTIVE); e-wallet → void, only
 while the charge is PENDING (Xendit's void reverses a SUCCEEDED charge, which a cancel must never
@@ -149,6 +155,8 @@ VA_STATUSES = frozenset({"PENDING", "ACTIVE", "INACTIVE"})
 QR_STATUSES = frozenset({"ACTIVE", "INACTIVE"})
 """The statuses RAILS.md §2.2-2.3 names; any other is unreadable, never taken for expired."""
 CATEGORIES = {Rail.VA: "VIRTUAL_ACCOUNT", Rail.QRIS: "QR_CODE", Rail.EWALLET: "EWALLET"}
+IDEMPOTENT_RAILS = frozenset({Rail.VA, Rail.QRIS})
+"""Rails whose create endpoint RAILS.md §2.1 documents the idempotency key on."""
 
 
 class CallbackError(ValueError):
@@ -228,7 +236,11 @@ class XenditProvider:
     """``PaymentProvider`` for Xendit. The caller owns ``client`` (and closes it)."""
 
     name = PROVIDER
-    idempotent_create = True  # X-IDEMPOTENCY-KEY = our reference on every create
+
+    def idempotent_create(self, rail: Rail) -> bool:
+        """RAILS.md §2.1 documents X-IDEMPOTENCY-KEY on VA and QR creates, not on
+        ``/ewallets/charges``: an e-wallet create repeated is a second charge."""
+        return rail in IDEMPOTENT_RAILS
 
     def status_requests(self, provider_ref: str | None, route: Route) -> int:
         """A QR or a VA is read, then (when no longer active) its payment is looked up in the
@@ -379,8 +391,9 @@ class XenditProvider:
         return await self._paid_or(NeutralStatus.EXPIRED, reference, Rail.QRIS, qr_id, raw)
 
     async def _status_by_reference(self, reference: str, rail: Rail) -> ProviderStatus:
-        return await self._paid_or(NeutralStatus.NOT_FOUND, reference, rail, None,
-                                   "NO_PAYMENT_FOR_REFERENCE")
+        """Unpaid, a VA is not found (its create may be replayed); a charge may be pending."""
+        unpaid = NeutralStatus.PENDING if rail is Rail.EWALLET else NeutralStatus.NOT_FOUND
+        return await self._paid_or(unpaid, reference, rail, None, "NO_PAYMENT_FOR_REFERENCE")
 
     async def _paid_or(self, otherwise: NeutralStatus, reference: str, rail: Rail,
                        provider_ref: str | None, raw: str) -> ProviderStatus:

@@ -9,7 +9,13 @@ cancelled while an issuer that then died was mid-call has what it served withdra
 (never by a blind re-create, rule 3): absent → failed; paid → settled as evidence; live →
 cancelled at the provider where it allows and kept watched as ``superseded`` (rule 4), so no
 instrument nobody was shown is left uncancelled; a cancelled one is read again at once, so its
-close can tell the merchant when nothing is left to pay on (``_supersede_live``).
+close can tell the merchant when nothing is left to pay on (``_supersede_live``). A create is
+repeated only where the provider documents an idempotency key for it (a Xendit VA, which
+cannot be found by our reference otherwise). A Xendit e-wallet charge is never created again:
+no key is documented there and a charge is found by its id only, so a repeat would push a
+second payment prompt to the customer. Unpaid, it reads as pending and is kept ``superseded``:
+it cannot be cancelled without its id, so it is watched (read for a payment by our reference,
+its webhook matched by it) to the order's deadline and through the quarantine after.
 """
 
 from __future__ import annotations
@@ -249,10 +255,12 @@ class GatewayJobs:
         provider = self._providers[attempt.provider]
         status = await self._reads.read(attempt)
         if (status.status is NeutralStatus.NOT_FOUND and attempt.provider_ref is None
-                and provider.idempotent_create):
-            # Some providers cannot find a resource by our reference (legacy Xendit VA and
-            # e-wallet); the create's idempotency key makes repeating it safe: it returns the
-            # original if one exists. What comes back is a live orphan either way.
+                and provider.idempotent_create(route.rail)):
+            # Some providers cannot find a resource by our reference (legacy Xendit VA); the
+            # create's documented idempotency key makes repeating it safe: it returns the
+            # original if one exists. What comes back is a live orphan either way. Where no key
+            # is documented (a Xendit e-wallet charge) the adapter never says not found by
+            # reference, so nothing is created twice.
             try:
                 made = (await self._recreate(attempt, route, provider)).provider_ref
             except OutcomeUnknown as exc:

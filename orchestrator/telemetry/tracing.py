@@ -290,7 +290,9 @@ class TracedProvider:
     def __init__(self, inner: PaymentProvider) -> None:
         self._inner = inner
         self.name = inner.name
-        self.idempotent_create = inner.idempotent_create
+
+    def idempotent_create(self, rail: Rail) -> bool:
+        return self._inner.idempotent_create(rail)
 
     def channels(self, rail: Rail) -> tuple[str, ...]:
         return self._inner.channels(rail)
