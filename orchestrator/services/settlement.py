@@ -195,22 +195,61 @@ async def apply_read_payments(
     (``ProviderStatus.payments``; else the one it describes) as evidence of its own, the
     ``n``-th under ``paid_evidence_key(..., n)``, so a payment seen before (by a read or a
     callback) is not applied again and a further one pays the order or opens its case (rule
-    4), never adds into one wrong amount. Returns the first result that applied anything (the
-    order's state the last), else the first."""
+    4), never adds into one wrong amount. Which listed payments were recorded already is told
+    by amount first (``_keys_of``), so a callback that paid as the first with a later payment
+    does not make the earlier one "already applied". Returns the first result that applied
+    anything (the order's state the last), else the first."""
     listed = status.payments or (ProviderPayment(
         amount=status.paid_amount if status.paid_amount is not None else 0,
         paid_at=status.paid_at or now, currency=status.currency),)
+    keys = await _keys_of(conn, attempt, listed)
     results = [await apply_payment(conn, Payment(
-        attempt_id=attempt.id, amount=paid.amount,
-        evidence_key=paid_evidence_key(attempt.provider, attempt.id, nth), kind=kind,
+        attempt_id=attempt.id, amount=paid.amount, evidence_key=key, kind=kind,
         observed_at=paid.paid_at, currency=paid.currency,
         details=details if len(listed) == 1 else {**details, "payment": nth,
                                                   "payments_listed": len(listed)},
         reversed_since=reversed_since, reversed_in_part=reversed_in_part,
         provider_ref=status.provider_ref), now=now, quarantine=quarantine, rereads=rereads)
-        for nth, paid in enumerate(listed, start=1)]
+        for nth, (paid, key) in enumerate(zip(listed, keys, strict=True), start=1)]
     applied = [r for r in results if r.applied]
     return replace(applied[0] if applied else results[0], order_state=results[-1].order_state)
+
+
+async def _keys_of(conn: AsyncConnection, attempt: Any,
+                   listed: tuple[ProviderPayment, ...]) -> list[str]:
+    """The evidence key of each payment ``listed`` on ``attempt``: a payment recorded already
+    keeps its key (so it is not applied again), any other takes the lowest ``nth`` free.
+
+    A VA callback pays as the first payment whichever it is (its ``payment_id`` has no
+    counterpart in a read), so the recorded ones are found among those listed by amount
+    first, and only then, for a recorded amount no listed payment has, oldest first. Told by
+    place in the list alone, a later payment of another amount whose callback came first left
+    the earlier one "already applied" (money nobody was told of, rule 4) and was applied
+    again in its place. The order is locked first, as ``apply_payment`` locks it, so two
+    transactions do not read the same keys free."""
+    await conn.execute(_LOCK_ORDER_OF_ATTEMPT, {"attempt_id": attempt.id})
+    first = paid_evidence_key(attempt.provider, attempt.id)
+    e = evidence.c
+    recorded = (await conn.execute(sa.select(e.unique_key, e.amount).where(
+        e.attempt_id == attempt.id,
+        sa.or_(e.unique_key == first, e.unique_key.startswith(f"{first}:")))
+        .order_by(e.id))).all()
+    keys: list[str | None] = [None] * len(listed)
+    unplaced = []
+    for row in recorded:
+        same = next((i for i, paid in enumerate(listed)
+                     if keys[i] is None and paid.amount == row.amount), None)
+        if same is None:
+            unplaced.append(row.unique_key)
+        else:
+            keys[same] = row.unique_key
+    for key in unplaced:
+        oldest = next((i for i, k in enumerate(keys) if k is None), None)
+        if oldest is not None:
+            keys[oldest] = key
+    taken = {row.unique_key for row in recorded}
+    free = (paid_evidence_key(attempt.provider, attempt.id, nth) for nth in range(1, 10**6))
+    return [k if k is not None else next(f for f in free if f not in taken) for k in keys]
 
 
 def _foreign(payment: Payment, values: dict[str, Any], key: str = "paid_currency"

@@ -150,9 +150,10 @@ def paid_evidence_key(provider: str, attempt_id: str, nth: int = 1) -> str:
     this key, so they never count as two payments (rule 2). An instrument takes one payment
     (a Midtrans order_id, a closed single-use Xendit VA, a dynamic QR, a one-time charge), so
     nearly always ``nth`` is 1, its key unchanged. A Xendit VA paid twice all the same is two
-    payments, told apart by their order: the callback's ``payment_id`` has no counterpart in
-    the Transactions API a read lists them from, so a callback pays as the first and, if that
-    was recorded, asks for a read that lists them all (``provider_webhooks._settle``)."""
+    payments: the callback's ``payment_id`` has no counterpart in the Transactions API a read
+    lists them from, so a callback pays as the first and, if that was recorded, asks for a read
+    that lists them all (``provider_webhooks._settle``), whose payments recorded already are
+    told by amount (``settlement._keys_of``)."""
     base = f"{provider}:status:{attempt_id}:paid"
     return base if nth == 1 else f"{base}:{nth}"
 

@@ -251,3 +251,32 @@ async def test_a_va_xendit_would_not_close_is_never_shown_and_is_cancelled(
     [va] = found["virtual_accounts"]
     assert (await attempt_row(stack, orphan.id)).provider_ref == va["id"]
     assert va["status"] == "INACTIVE" and not va["is_single_use"]  # cancelled at Xendit
+
+
+async def test_a_va_paid_twice_whose_later_callback_comes_first_loses_neither_payment(
+    stack: Stack,  # noqa: F811
+) -> None:
+    """A VA Xendit let be paid twice: the exact amount, then 10,000 more. Their callbacks
+    arrive the other way round. The 10,000 one pays as the first payment (a wrong amount: the
+    order goes to review); the exact one finds a payment recorded and asks for a read, which
+    lists both, oldest first. Counted by place in that list, the exact payment took the first
+    place the 10,000 one holds (skipped as "already applied") and the 10,000 one was applied a
+    second time: the exact payment reached nobody and the order stayed in review."""
+    order_id, attempt = await order_and_attempt(stack, "va", "bca", "va:xendit:bca")
+    await sim_post(stack.sims.xendit.control_url, "/config", {"callback_url": None})
+    exact = await sim_post(stack.sims.xendit.control_url, "/pay", {
+        "kind": "va", "external_id": attempt.id, "amount": attempt.transfer_amount})
+    more = await sim_post(stack.sims.xendit.control_url, "/pay", {
+        "kind": "va", "external_id": attempt.id, "amount": 10_000, "force": True})
+
+    await post_callback(stack, more)
+    await run_relay(stack.container, order_state(stack, order_id), "needs_review")
+    await post_callback(stack, exact)
+    await run_relay(stack.container, unhandled(stack, attempt.id), (0, False))
+
+    async with stack.container.db.read() as conn:
+        amounts = sorted((await conn.execute(sa.select(evidence.c.amount).where(
+            evidence.c.order_id == order_id))).scalars())
+    assert amounts == sorted([10_000, attempt.transfer_amount])
+    assert await order_state(stack, order_id)() == "paid"  # the exact payment pays it
+    assert await review(stack, order_id) == [("amount_mismatch", "refund", 10_000)]
