@@ -15,7 +15,9 @@ chose; a person who wants them read can look them up at the provider).
 =========================  ========================================================================
 the provider says          what happens
 =========================  ========================================================================
-paid                       nothing: the next read is queued (none after the last gap)
+paid                       nothing: the next read is queued (none after the last gap); a
+                           payment it lists that Lunas has not seen (a Xendit VA or QR paid
+                           twice, the callback lost) is applied (``apply_read_payments``)
 refunded, charged back     the reversal is recorded once and opens a review case with its
                            ``review_case.opened`` (``services.reversals``), in the transaction that
                            queues the next read; a repeat finds it recorded and opens nothing
@@ -66,6 +68,7 @@ from orchestrator.rails.errors import RailError, Throttled, Unreadable
 from orchestrator.rails.ratelimit import PaceBusy
 from orchestrator.rails.router import RouteUnavailable
 from orchestrator.services.reversals import REVERSALS, apply_reversal
+from orchestrator.services.settlement import apply_read_payments
 from orchestrator.services.status_reads import (
     StatusReads,
     queue_settled_read,
@@ -162,6 +165,17 @@ class SettledReads:
                 note = f"{said}: review case {case_id}" if case_id else f"{said}: recorded"
             elif status.status is NeutralStatus.PAID:
                 outcome, note = "no_change", f"{said}: no change"
+                if len(status.payments) > 1:
+                    # Each payment a read lists is evidence of its own: a second one on an
+                    # instrument Xendit did not close, its callback lost, is found by this
+                    # read only (the verifier reads a paid attempt no more), rule 4.
+                    result = await apply_read_payments(
+                        conn, attempt, status, kind="provider_status",
+                        details={"raw_status": status.raw_status, "by": "settled_read",
+                                 "read": job.read}, now=now, quarantine=self._quarantine)
+                    if result.applied:
+                        note = (f"{said}: {len(status.payments)} payments listed, one not "
+                                f"seen before: {result.verdict}, order {result.order_state}")
             else:  # the provider contradicts a payment it confirmed: a person should know
                 outcome, note = "contradicts", f"{said} for a paid attempt: nothing moved"
                 log.warning("paid attempt %s read again: %s says %s; left paid", attempt.id,

@@ -292,3 +292,35 @@ async def attempts_of(stack: Stack, order_id: str) -> list[Any]:
         return list((await conn.execute(sa.select(payment_attempts).where(
             payment_attempts.c.order_id == order_id))).all())
 
+
+
+async def test_a_second_qr_payment_whose_callback_was_lost_is_found_by_a_settled_read(
+    stack: Stack,
+) -> None:
+    """A Xendit QR paid twice (Xendit did not close it after the first); the second payment's
+    callback never came. A settled read lists both payments, each evidence of its own: read as
+    "no change", the second reached nobody (rule 4)."""
+    ops = {"Authorization": f"Bearer {await new_ops_token(stack.container)}"}
+    callbacks = stack.sims.xendit.callback_url
+    r = await stack.client.post("/v1/ops/routes/qris:midtrans:qris/pause", headers=ops,
+                                json={"reason": "test: serve QRIS by Xendit"})
+    assert r.status_code == 200, r.text
+    try:
+        order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:xendit:qris")
+        await sim_post(stack.sims.xendit.control_url, "/pay", {
+            "kind": "qr", "external_id": attempt.id, "amount": attempt.transfer_amount})
+        await run_relay(stack.container, order_state(stack, order_id), "paid")
+        await sim_post(stack.sims.xendit.control_url, "/config", {"callback_url": None})
+        stack.sims.xendit.store.qrs[attempt.id]["callback_url"] = None  # the callback is lost
+        await sim_post(stack.sims.xendit.control_url, "/pay", {
+            "kind": "qr", "external_id": attempt.id, "amount": attempt.transfer_amount,
+            "force": True})
+        await run_relay_until_read(stack, attempt.id, "settled read 2: ")
+        assert await review(stack, order_id) == [
+            ("second_payment", "refund", attempt.transfer_amount)]
+        assert await order_state(stack, order_id)() == "paid"
+    finally:  # the stack is the module's: later tests route QRIS to Midtrans, with callbacks
+        await sim_post(stack.sims.xendit.control_url, "/config", {"callback_url": callbacks})
+        r = await stack.client.post("/v1/ops/routes/qris:midtrans:qris/resume", headers=ops,
+                                    json={"reason": "test over"})
+        assert r.status_code == 200, r.text
