@@ -185,43 +185,12 @@ async def test_every_gateway_down_falls_back_to_manual_transfer(stack: Stack) ->
     assert all(t["reason"] for t in body["routing"]["tried"][:-1])
 
 
-async def test_a_fallback_that_finds_every_code_held_is_counted_as_exhaustion(
-    container: Container, sims: Simulators
-) -> None:
-    """Every gateway down and every transfer amount near the order's held: the order stays
-    captured (202, issued later), and the pool's exhaustion counter sees it as it sees a
-    manual-transfer capture refused. It did not: the capture looked like any deferred one."""
-    narrow = build(replace(gateway_settings(container.settings, sims),
-                           unique_codes=UniqueCodeSettings(codes=UniqueCodeRange(low=1, high=2))))
-    await narrow.start()
-    try:
-        shop = await new_merchant(narrow)
-        async with serve(narrow) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
-            stack = Stack(narrow, sims, url, client, shop)
-            for _ in range(2):  # the whole range of 125,000 held by manual transfers
-                assert (await stack.capture("manual_transfer", None)).status_code == 201
-            await stack.fault("xendit", kind="down")
-            await stack.fault("midtrans", kind="down")
-            r = await stack.capture()
-            seen = (await client.get("/metrics")).content
-        assert (r.status_code, r.json()["status"]) == (202, "captured"), r.text
-        assert metric_value(seen, "lunas_unique_codes_exhausted_total", rail="va") == 1
-        assert metric_value(seen, "lunas_orders_captured_total", outcome="deferred",
-                            rail="va") == 1
-    finally:
-        await narrow.close()
-
-
-async def test_a_deferred_issuance_retried_into_a_full_pool_is_counted_each_try(
-    container: Container, sims: Simulators
-) -> None:
-    """The worker retries a gateway order left captured (``on_order_captured``): its routes
-    still down, the fallback to manual transfer finds every code still held. The capture
-    counted that as the pool running dry; each retry did not, so the counter stopped at the
-    capture while the pool stayed exhausted for as long as the worker kept trying."""
-    from orchestrator.domain.errors import UniqueCodesExhausted
-    from orchestrator.outbox.relay import OutboxEvent
-
+@contextlib.asynccontextmanager
+async def deferred_into_a_full_pool(container: Container, sims: Simulators
+                                    ) -> AsyncIterator[tuple[Stack, httpx.Response]]:
+    """A service whose unique codes (two) are all held by manual transfers of 125,000, every
+    gateway down, and the VA order it captured then: deferred (202), its fallback to manual
+    transfer finding no free amount."""
     narrow = build(replace(gateway_settings(container.settings, sims),
                            unique_codes=UniqueCodeSettings(codes=UniqueCodeRange(low=1, high=2))))
     await narrow.start()
@@ -235,21 +204,46 @@ async def test_a_deferred_issuance_retried_into_a_full_pool_is_counted_each_try(
             await stack.fault("midtrans", kind="down")
             r = await stack.capture()
             assert (r.status_code, r.json()["status"]) == (202, "captured"), r.text
-            async with narrow.db.read() as conn:
-                row = (await conn.execute(sa.select(outbox).where(
-                    outbox.c.aggregate_id == r.json()["id"],
-                    outbox.c.event_type == "order.captured"))).one()
-            for tries in (1, 2):
-                event = OutboxEvent(id=row.id, event_id=row.event_id,
-                                    event_type=row.event_type, aggregate_id=row.aggregate_id,
-                                    merchant_id=row.merchant_id, payload=row.payload,
-                                    attempts=tries, created_at=row.created_at)
-                with pytest.raises(UniqueCodesExhausted):  # the relay tries it again later
-                    await narrow.gateway_jobs.on_order_captured(event)
-            seen = (await client.get("/metrics")).content
-        assert metric_value(seen, "lunas_unique_codes_exhausted_total", rail="va") == 3
+            yield stack, r
     finally:
         await narrow.close()
+
+
+async def test_a_fallback_that_finds_every_code_held_is_counted_as_exhaustion(
+    container: Container, sims: Simulators
+) -> None:
+    """Every gateway down and every transfer amount near the order's held: the order stays
+    captured (202, issued later), and the pool's exhaustion counter sees it as it sees a
+    manual-transfer capture refused. It did not: the capture looked like any deferred one."""
+    async with deferred_into_a_full_pool(container, sims) as (stack, _):
+        seen = (await stack.client.get("/metrics")).content
+    assert metric_value(seen, "lunas_unique_codes_exhausted_total", rail="va") == 1
+    assert metric_value(seen, "lunas_orders_captured_total", outcome="deferred", rail="va") == 1
+
+
+async def test_a_deferred_issuance_retried_into_a_full_pool_is_counted_each_try(
+    container: Container, sims: Simulators
+) -> None:
+    """The worker retries a gateway order left captured (``on_order_captured``): its routes
+    still down, the fallback to manual transfer finds every code still held. The capture
+    counted that as the pool running dry; each retry did not, so the counter stopped at the
+    capture while the pool stayed exhausted for as long as the worker kept trying."""
+    from orchestrator.domain.errors import UniqueCodesExhausted
+    from orchestrator.outbox.relay import OutboxEvent
+
+    async with deferred_into_a_full_pool(container, sims) as (stack, r):
+        async with stack.container.db.read() as conn:
+            row = (await conn.execute(sa.select(outbox).where(
+                outbox.c.aggregate_id == r.json()["id"],
+                outbox.c.event_type == "order.captured"))).one()
+        for tries in (1, 2):
+            event = OutboxEvent(id=row.id, event_id=row.event_id, event_type=row.event_type,
+                                aggregate_id=row.aggregate_id, merchant_id=row.merchant_id,
+                                payload=row.payload, attempts=tries, created_at=row.created_at)
+            with pytest.raises(UniqueCodesExhausted):  # the relay tries it again later
+                await stack.container.gateway_jobs.on_order_captured(event)
+        seen = (await stack.client.get("/metrics")).content
+    assert metric_value(seen, "lunas_unique_codes_exhausted_total", rail="va") == 3
 
 
 async def test_slow_provider_opens_its_breaker_on_slow_calls(stack: Stack) -> None:
