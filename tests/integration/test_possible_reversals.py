@@ -7,8 +7,10 @@ Real PostgreSQL; statements through the batch path and line by line, pushes thro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -605,6 +607,30 @@ async def until_waiting(admin: Any, what: str, *, sessions: int = 1) -> None:
     raise AssertionError(f"{what} never waited for a lock")
 
 
+AUDIT_TRAIL_HELD = "LOCK TABLE audit_log IN SHARE MODE"
+"""What an ingest or a manual match writes last: held, it holds them just before commit."""
+
+
+@contextlib.asynccontextmanager
+async def held_by_a_third_session(pg_url: str, lock: str, *args: Any
+                                  ) -> AsyncIterator[tuple[Any, Any]]:
+    """A third session holding ``lock`` (SQL run in its open transaction) and a fourth that
+    watches who waits: yields (the held transaction, to commit when the test says; the
+    watcher); both closed after."""
+    import asyncpg
+
+    dsn = pg_url.replace("postgresql+asyncpg://", "postgresql://")
+    blocker, admin = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        held = blocker.transaction()
+        await held.start()
+        await blocker.execute(lock, *args)
+        yield held, admin
+    finally:
+        await blocker.close()
+        await admin.close()
+
+
 async def test_a_debit_pushed_while_a_statement_matches_its_credit_flags_the_order_once(
     client: httpx.AsyncClient, container: Container, ops: dict[str, str], pg_url: str,
 ) -> None:
@@ -615,17 +641,11 @@ async def test_a_debit_pushed_while_a_statement_matches_its_credit_flags_the_ord
     answer at once, not wait a long import out."""
     import asyncio
 
-    import asyncpg
-
     m = await new_merchant(container)
     order = await capture(client, m)
     pay = order["payment"]["transfer_amount"]
-    dsn = pg_url.replace("postgresql+asyncpg://", "postgresql://")
-    blocker, admin = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
-    try:
-        held = blocker.transaction()
-        await held.start()
-        await blocker.execute("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE", order["id"])
+    async with held_by_a_third_session(pg_url, "SELECT 1 FROM orders WHERE id = $1 FOR UPDATE",
+                                       order["id"]) as (held, admin):
         statement = asyncio.create_task(upload(client, ops, m, bca_statement(
             m.account_number, [(today(), "TRSF E-BANKING CR ANDI", pay, "CR")])))
         await until_waiting(admin, "the statement")
@@ -648,9 +668,6 @@ async def test_a_debit_pushed_while_a_statement_matches_its_credit_flags_the_ord
         assert await cases_of(container, order["id"]) == []
         await held.commit()
         imported = await statement
-    finally:
-        await blocker.close()
-        await admin.close()
     assert imported.status_code == 201, imported.text
     assert (imported.json()["matched"], imported.json()["possible_reversals"]) == (1, 0)
 
@@ -671,17 +688,10 @@ async def test_a_credit_pushed_while_a_statement_stores_its_debit_flags_the_orde
     stored before it (the statement's is not committed)."""
     import asyncio
 
-    import asyncpg
-
     m = await new_merchant(container)
     order = await capture(client, m)
     pay = order["payment"]["transfer_amount"]
-    dsn = pg_url.replace("postgresql+asyncpg://", "postgresql://")
-    blocker, admin = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
-    try:
-        held = blocker.transaction()
-        await held.start()
-        await blocker.execute("LOCK TABLE audit_log IN SHARE MODE")
+    async with held_by_a_third_session(pg_url, AUDIT_TRAIL_HELD) as (held, admin):
         statement = asyncio.create_task(upload(client, ops, m, bca_statement(
             m.account_number, [(today(), "KOREKSI TRSF CR ANDI", pay, "DB")])))
         await until_waiting(admin, "the statement")
@@ -690,9 +700,6 @@ async def test_a_credit_pushed_while_a_statement_stores_its_debit_flags_the_orde
         assert (pushed["matched"], pushed["possible_reversals"]) == (1, 0)
         await held.commit()
         imported = await statement
-    finally:
-        await blocker.close()
-        await admin.close()
     assert imported.status_code == 201, imported.text
     assert imported.json()["possible_reversals"] == 0
     [debit_id] = await debits_of(container, m.account_number)
@@ -818,17 +825,10 @@ async def test_a_credit_matched_by_hand_while_a_statement_stores_its_debit_flags
     wait for the import's account lock either: a statement may hold it for a minute."""
     import asyncio
 
-    import asyncpg
-
     m = await new_merchant(container)
     order = await capture(client, m, 200_000)
     credit_id = await unmatched_credit(client, ops, m, 200_000)
-    dsn = pg_url.replace("postgresql+asyncpg://", "postgresql://")
-    blocker, admin = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
-    try:
-        held = blocker.transaction()
-        await held.start()
-        await blocker.execute("LOCK TABLE audit_log IN SHARE MODE")
+    async with held_by_a_third_session(pg_url, AUDIT_TRAIL_HELD) as (held, admin):
         statement = asyncio.create_task(upload(client, ops, m, bca_statement(
             m.account_number, [(today(), "KOREKSI TRSF CR SITI", 200_000, "DB")])))
         await until_waiting(admin, "the statement")
@@ -837,9 +837,6 @@ async def test_a_credit_matched_by_hand_while_a_statement_stores_its_debit_flags
         assert await lock_waits(admin) == ["relation", "relation"]  # not the account's lock
         await held.commit()
         imported, matched = await statement, await matching
-    finally:
-        await blocker.close()
-        await admin.close()
     assert imported.status_code == 201, imported.text
     assert imported.json()["possible_reversals"] == 0
     assert matched["order_status"] == "needs_review"
@@ -862,17 +859,10 @@ async def test_a_debit_pushed_while_a_credit_is_matched_by_hand_flags_the_order_
     match is not committed). The push still answers at once."""
     import asyncio
 
-    import asyncpg
-
     m = await new_merchant(container)
     order = await capture(client, m, 200_000)
     credit_id = await unmatched_credit(client, ops, m, 200_000)
-    dsn = pg_url.replace("postgresql+asyncpg://", "postgresql://")
-    blocker, admin = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
-    try:
-        held = blocker.transaction()
-        await held.start()
-        await blocker.execute("LOCK TABLE audit_log IN SHARE MODE")
+    async with held_by_a_third_session(pg_url, AUDIT_TRAIL_HELD) as (held, admin):
         matching = asyncio.create_task(match_by_hand(client, ops, credit_id, order["id"]))
         await until_waiting(admin, "the match")
         pushed = await push_at(client, container, m.account_number, 200_000, "DB", today())
@@ -880,9 +870,6 @@ async def test_a_debit_pushed_while_a_credit_is_matched_by_hand_flags_the_order_
         assert pushed["possible_reversals"] == 0
         await held.commit()
         matched = await matching
-    finally:
-        await blocker.close()
-        await admin.close()
     assert matched["order_status"] == "needs_review"
     [debit_id] = await debits_of(container, m.account_number)
 
