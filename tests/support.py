@@ -32,7 +32,11 @@ async def serve(container: Container, port: int | None = None) -> AsyncIterator[
     config = uvicorn.Config(create_app(container, close_on_shutdown=False), host="127.0.0.1",
                             port=port, log_level="warning", access_log=False, lifespan="on",
                             proxy_headers=True,
-                            forwarded_allow_ips=list(container.settings.http.trusted_proxies))
+                            forwarded_allow_ips=list(container.settings.http.trusted_proxies),
+                            # Longer than httpx's 5 s keep-alive: a pooled connection idle for
+                            # ~5 s was closed by the server as the client reused it ("Server
+                            # disconnected without sending a response", a flake seen in CI).
+                            timeout_keep_alive=60)
     server = EmbeddedServer(config)
     task = asyncio.create_task(server.serve())
     for _ in range(200):
