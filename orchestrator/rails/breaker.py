@@ -196,7 +196,12 @@ class BreakerConfig:
 class ClusterTimings:
     """Budgets for Redis. Only ``op_timeout`` is ever spent on a request (a half-open permit)."""
 
-    op_timeout: timedelta = timedelta(milliseconds=50)
+    op_timeout: timedelta = timedelta(milliseconds=250)
+    """A half-open permit's wait for Redis; past it the process runs alone (fallback). Spent only
+    on a trial, a few calls per round, so it is sized to the event loop's own lag under a burst,
+    not to Redis: at 50 ms a replica busy with twenty captures missed it with Redis healthy, fell
+    back and admitted its own trials beside the cluster's (CI, 2026-11-30). Equal to the client's
+    socket timeout (bootstrap), past which Redis really is too slow to lean on."""
     sync_timeout: timedelta = timedelta(seconds=1)
     """Background calls: announcements, re-sync, heartbeat."""
     heartbeat: timedelta = timedelta(seconds=1)
