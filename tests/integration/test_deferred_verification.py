@@ -819,7 +819,7 @@ async def ewallet_creates(s: Shop) -> int:
 async def deferred_issuance_ran(s: Shop, order_id: str) -> None:
     async def ran() -> bool:
         [event] = await s.events("order.captured", [order_id])
-        return bool(event.attempts >= 1 and event.status != "pending"
+        return bool((event.attempts >= 1 and event.status != "pending")
                     or event.attempts >= 2)
 
     await eventually(ran, 20, "deferred issuance run for the order")
@@ -865,6 +865,31 @@ async def test_a_lost_ovo_create_with_no_fallback_is_never_charged_again_by_defe
         assert await assert_rules_of_state(s.container.db, [placed["id"]]) == {"paid": 1}
 
 
+async def test_a_lost_ovo_charge_approved_before_deferred_issuance_pays_the_order_once(
+    container: Container,
+) -> None:
+    """The customer approved the push before the worker came; its webhook is lost. Deferred
+    issuance reads the unknown charge first, finds it paid, and the order carries it: paid by
+    it, nothing else created (before, it could issue a second charge beside the paid one)."""
+    async with shop(container, worker_down=True) as s:
+        placed, orphan = await captured_after_a_lost_ovo_create(s)
+        await s.xendit("POST", "/config", {"callback_url": "http://127.0.0.1:9/lost"})
+        [charge] = (await s.xendit("GET", f"/resources?reference={orphan.id}"))[
+            "ewallet_charges"]
+        await s.xendit("POST", "/pay", {"kind": "ewallet", "id": charge["id"],
+                                         "amount": charge["charge_amount"]})
+        s.start_worker()
+        await deferred_issuance_ran(s, placed["id"])
+
+        async def paid() -> bool:
+            return (await s.states([placed["id"]]))[placed["id"]] == "paid"
+
+        await eventually(paid, 20, "the order paid by the charge it already had")
+        assert await ewallet_creates(s) == 1
+        assert [(a.id, a.state) for a in await s.attempts(placed["id"])] == [(orphan.id, "paid")]
+        assert await assert_rules_of_state(s.container.db, [placed["id"]]) == {"paid": 1}
+
+
 async def test_a_customer_switch_never_makes_a_second_e_wallet_charge_beside_a_lost_one(
     container: Container,
 ) -> None:
@@ -889,7 +914,7 @@ async def test_a_customer_switch_never_makes_a_second_e_wallet_charge_beside_a_l
         assert r.json()["status"] == "awaiting_payment"
         assert r.json()["payment"]["rail"] == "qris"
         assert await ewallet_creates(s) == 1
-        assert await assert_rules_of_state(s.container.db, [placed["id"]]) == {
+        assert await assert_rules_of_state(s.container.db, [placed["id"]], settled=False) == {
             "awaiting_payment": 1}
 
 
