@@ -111,7 +111,10 @@ SWITCH = contract("merchant", body=True, answers={
     409: problem("transition_refused, as for every change of an order, and once its payment "
                  "deadline has passed; or switch_not_applied: "
                  "the order changed (paid, cancelled, expired, or another switch won) while "
-                 "the new method was being issued, which was then withdrawn; read the order."),
+                 "the new method was being issued, which was then withdrawn; read the order. "
+                 "Or ewallet_charge_unconfirmed: an e-wallet charge made for the order may "
+                 "still be approved by the customer, so no second one is made; another rail "
+                 "may be chosen."),
     422: problem("invalid_order: the rail or channel is not offered (`field` names it)."),
     503: problem("no_route_available: no route can issue this method now; the current "
                  "instructions stay valid (`routing` says what was tried; Retry-After 30). "

@@ -77,7 +77,9 @@ class VerificationDisplay(_Shape):
 
 class VerificationOut(_Shape):
     """How Lunas is learning whether the customer paid, while the order is open: scheduled,
-    checking, waiting_for_provider, watching_bank_mutations, payment_failed."""
+    checking, waiting_for_provider, watching_bank_mutations, payment_failed, unconfirmed_charge
+    (captured on an e-wallet charge whose create's answer was lost: it may still be approved,
+    and no second one is made)."""
 
     state: str
     waiting_on: str | None

@@ -4,7 +4,9 @@ For each route it skips what ops paused or put in maintenance and what an open b
 and says why. It calls the provider through the route's breaker, retrying (tenacity, full jitter)
 only errors raised before the request was processed (``rails.errors.RETRYABLE``) and only while
 the budget allows. An unknown outcome is never retried: the attempt is recorded ``unknown`` for
-verification and the next route is tried. Manual transfer, the last resort, needs no provider.
+verification and the next route is tried, except another e-wallet route after an e-wallet
+create went unanswered: that would be a second charge, a second payment prompt the customer may
+approve as well as the first. Manual transfer, the last resort, needs no provider.
 
 The router writes nothing itself: an ``AttemptJournal`` (the issuance service) records each
 attempt *before* its provider call, so a crash mid-call leaves an attempt to verify, never an
@@ -32,6 +34,9 @@ from tenacity import (
 from orchestrator.rails import errors
 from orchestrator.rails.base import ChargeRequest, Instrument, PaymentProvider, Rail, Route
 from orchestrator.rails.errors import RETRYABLE, OutcomeUnknown, RailError, Refused
+
+UNANSWERED_EWALLET = ("an e-wallet charge made for this order may still be paid (the create "
+                      "on {} went unanswered); never charged twice")
 
 
 class RouteUnavailable(Exception):
@@ -130,8 +135,11 @@ class Router:
                     journal: AttemptJournal, *, budget: timedelta | None = None) -> IssueResult:
         result = IssueResult()
         deadline = time.monotonic() + (budget or self._settings.capture_budget).total_seconds()
+        unconfirmed: str | None = None  # an e-wallet create that went unanswered
         for route in plan:
-            skip = await self.why_unusable(route)
+            skip = (UNANSWERED_EWALLET.format(unconfirmed)
+                    if unconfirmed is not None and route.rail is Rail.EWALLET
+                    else await self.why_unusable(route))
             if skip:
                 result.hops.append(Hop(route=route.key, outcome="skipped", reason=skip))
                 continue
@@ -149,6 +157,8 @@ class Router:
             hop = await self._try(route, request_for(route, attempt_id), attempt_id, journal,
                                   deadline)
             result.hops.append(hop)
+            if hop.outcome == "unknown" and route.rail is Rail.EWALLET:
+                unconfirmed = route.key
             if hop.outcome == "served":
                 result.served, result.attempt_id = route, attempt_id
                 return result

@@ -44,7 +44,12 @@ from orchestrator.rails.base import (
 )
 from orchestrator.rails.errors import OutcomeUnknown, RailError, Refused
 from orchestrator.rails.router import Hop, IssueResult, RouteGuard, RouteUnavailable
-from orchestrator.services.issuance import IssuanceService, add_unknown_event
+from orchestrator.services.issuance import (
+    UNCONFIRMED,
+    IssuanceService,
+    add_unknown_event,
+    unconfirmed_charges,
+)
 from orchestrator.services.payment_failed import lock_order_of, tell_if_nothing_left_to_pay
 from orchestrator.services.reversals import REVERSALS, apply_reversal
 from orchestrator.services.settlement import apply_read_payments
@@ -209,6 +214,10 @@ class GatewayJobs:
             # Instructions issued now could not be paid in time (a Xendit QR has no expiry of
             # its own): the order is the expiry sweep's to close.
             return
+        if order.rail == Rail.EWALLET.value:
+            order = await self._read_unknown_charges(order_id)
+            if order.state != OrderState.CAPTURED.value:
+                return  # paid by the charge just read (or closed meanwhile)
         try:
             result = await self._issuance.issue(order, rail=Rail(order.rail),
                                                 channel=order.channel or "")
@@ -220,7 +229,39 @@ class GatewayJobs:
             raise
         await self._issuance.finish(order_id, result)
         if result.served is None:
+            async with self._db.read() as conn:
+                doubt = await unconfirmed_charges(conn, order_id)
+            if (doubt and result.hops
+                    and all(a.state == AttemptState.SUPERSEDED.value for a in doubt)
+                    and all(h.reason.startswith(UNCONFIRMED) for h in result.hops)):
+                # Only its own e-wallet charge, read pending with no id to void it by, could
+                # serve the order: it waits on that one (a payment settles it; the deadline's
+                # read closes it) and shows why (order_view), never charged a second time.
+                log.warning("order %s not issued: %s", order_id, result.hops[0].reason,
+                            extra={"order_id": order_id, "attempt_id": doubt[0].id})
+                return
             raise NoRouteYet("; ".join(f"{h.route}: {h.reason}" for h in result.hops))
+
+    async def _read_unknown_charges(self, order_id: str) -> Any:
+        """Read every e-wallet charge of the order whose create's outcome is unknown before
+        anything else is issued for it (rule 3): one not made is failed, one paid settles the
+        order, one pending is kept watched; one that cannot be read now stays unknown, and
+        ``IssuanceService.issue`` makes no other e-wallet charge beside it. Returns the order
+        as it is after."""
+        async with self._db.read() as conn:
+            unknown = (await conn.execute(sa.select(payment_attempts).where(
+                payment_attempts.c.order_id == order_id,
+                payment_attempts.c.rail == Rail.EWALLET.value,
+                payment_attempts.c.state == AttemptState.UNKNOWN.value))).all()
+        for attempt in unknown:
+            try:
+                await self.resolve_unknown(attempt)
+            except (RouteUnavailable, RailError) as exc:
+                log.warning("unknown e-wallet create %s not read (%s); no other e-wallet charge "
+                            "is made for its order meanwhile", attempt.id, type(exc).__name__,
+                            extra={"order_id": order_id, "attempt_id": attempt.id})
+        async with self._db.read() as conn:
+            return (await conn.execute(sa.select(orders).where(orders.c.id == order_id))).one()
 
     async def _finish_served(self, order_id: str, attempt: Any) -> None:
         route = Route(rail=Rail(attempt.rail), provider=attempt.provider,

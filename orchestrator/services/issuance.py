@@ -4,6 +4,13 @@ Every provider call is preceded by its own committed ``creating`` attempt row (t
 crash mid-call leaves an attempt to verify rather than a live instrument nobody knows about. When
 a route serves, the order moves to ``awaiting_payment`` and the merchant hears
 ``order.awaiting_payment`` with the instructions and, if it fell back, from what and why.
+
+An order never gets a second e-wallet charge while one already made for it may still be paid
+and Lunas can neither read whether it was nor void it (``unconfirmed_charges``: a create whose
+answer was lost, not yet read, or read by reference as pending with no id to void it by, a
+Xendit charge, RAILS.md §2.4). A second charge is a second payment prompt the customer may
+approve as well as the first. Its e-wallet routes are skipped, saying why (``UNCONFIRMED``);
+another rail serves where the merchant allows fallback or the customer chooses one.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails import manual_transfer
 from orchestrator.rails.base import ChargeRequest, Instrument, Rail, Route
 from orchestrator.rails.plan import RoutingPolicy, plan_routes
-from orchestrator.rails.router import IssueResult, Router
+from orchestrator.rails.router import Hop, IssueResult, Router
 from orchestrator.services.order_view import event_payload
 from orchestrator.services.orders import retire_attempts, view_order
 from orchestrator.settings import UniqueCodeSettings
@@ -110,6 +117,31 @@ def _instructions(instrument: Instrument) -> dict[str, Any]:
     return data
 
 
+UNCONFIRMED = "an e-wallet charge made for this order may still be paid"
+"""The start of the reason an e-wallet route is skipped for an order with an unconfirmed
+charge (``unconfirmed_charges``)."""
+
+
+async def unconfirmed_charges(conn: AsyncConnection, order_id: str) -> list[Any]:
+    """The order's e-wallet charges that may still be paid and that nothing can withdraw: a
+    create still running or whose outcome is unknown (not yet read), and a charge read as
+    pending by our reference alone (superseded with no provider id: it cannot be voided, and
+    only a payment or the order's deadline closes it)."""
+    a = payment_attempts.c
+    return list((await conn.execute(sa.select(payment_attempts).where(
+        a.order_id == order_id, a.rail == Rail.EWALLET.value,
+        sa.or_(a.state.in_([AttemptState.CREATING.value, AttemptState.UNKNOWN.value]),
+               sa.and_(a.state == AttemptState.SUPERSEDED.value, a.provider_ref.is_(None))),
+    ).order_by(a.created_at))).all())
+
+
+def unconfirmed_reason(attempt: Any) -> str:
+    how = ("read as pending, with no id to void it by"
+           if attempt.state == AttemptState.SUPERSEDED.value else "its create went unanswered")
+    return (f"{UNCONFIRMED} ({attempt.id} on ewallet:{attempt.provider}:{attempt.channel}, "
+            f"{how}); never charged twice")
+
+
 class IssuanceService:
     def __init__(self, db: Database, router: Router, *, codes: UniqueCodeSettings, clock: Clock,
                  callback_base_url: str, default_policy: RoutingPolicy | None = None,
@@ -138,9 +170,19 @@ class IssuanceService:
                 "lunas.channel": channel}) as span:
             policy = await self.policy_for(order.merchant_id)
             plan = plan_routes(rail, channel, policy, self.router.catalog())
+            skipped: list[Hop] = []
+            if any(r.rail is Rail.EWALLET for r in plan):
+                async with self.db.read() as conn:
+                    doubt = await unconfirmed_charges(conn, order.id)
+                if doubt:  # a second e-wallet charge could be paid beside the first
+                    why = unconfirmed_reason(doubt[0])
+                    skipped = [Hop(route=r.key, outcome="skipped", reason=why)
+                               for r in plan if r.rail is Rail.EWALLET]
+                    plan = [r for r in plan if r.rail is not Rail.EWALLET]
             result = await self.router.issue(
                 plan, lambda route, ref: self.request_for(order, route, ref),
                 _Journal(self, order), budget=budget)
+            result.hops[:0] = skipped
             span.set_attributes({
                 "lunas.served_by": result.served.key if result.served else "",
                 "lunas.fell_back": result.fell_back,
@@ -228,6 +270,13 @@ async def switch_method(service: IssuanceService, *, merchant_id: str, order_id:
         # Not yet closed by the expiry sweep, but a new method could not be paid in time.
         raise TransitionRefused("order", order.state,
                                 "switch payment method (its payment deadline has passed)")
+    if rail is Rail.EWALLET:
+        async with service.db.read() as conn:
+            doubt = await unconfirmed_charges(conn, order_id)
+        if doubt:
+            raise ChargeUnconfirmed(
+                f"{unconfirmed_reason(doubt[0])}: the customer may still approve it; they may "
+                "choose another rail meanwhile")
     result = await service.issue(order, rail=rail, channel=channel)
     if result.served is None:
         raise NoRouteAvailable("no route can serve this method now; the current instructions "
@@ -243,6 +292,13 @@ async def switch_method(service: IssuanceService, *, merchant_id: str, order_id:
 
 class SwitchNotApplied(Conflict):
     code = "switch_not_applied"
+
+
+class ChargeUnconfirmed(Conflict):
+    """A switch to an e-wallet while an e-wallet charge made for the order may still be paid
+    (``unconfirmed_charges``): a second charge would be a second prompt to approve."""
+
+    code = "ewallet_charge_unconfirmed"
 
 
 class NoRouteAvailable(DomainError):

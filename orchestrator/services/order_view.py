@@ -120,7 +120,11 @@ def render_verification(order: Any, attempt: Any, *, nothing_to_pay: bool
     instruments closed unpaid before the deadline, e.g. a declined e-wallet charge, and none is
     being created or verified: nothing is left to pay on until the customer chooses a method
     again; ``nothing_to_pay``, from ``domain.order.nothing_left_to_pay``, as the status page and
-    ``order.payment_failed`` decide it). An order whose shown instrument closed while another may
+    ``order.payment_failed`` decide it), ``unconfirmed_charge`` (captured, and what it shows is an
+    e-wallet charge whose create's answer was lost, read as pending by our reference with no id
+    to void it by: it may still be approved on the customer's phone, so nothing else is charged
+    on its rail (``issuance.unconfirmed_charges``); it is read until paid or the deadline;
+    ``waiting_on`` names its route). An order whose shown instrument closed while another may
     yet turn out live (an unknown create) has no verification to show: null."""
     if nothing_to_pay:
         return {"state": "payment_failed", "waiting_on": None, "next_check_at": None,
@@ -135,6 +139,10 @@ def render_verification(order: Any, attempt: Any, *, nothing_to_pay: bool
         nxt = getattr(attempt, "next_check_at", None)
         state = ("waiting_for_provider" if waiting
                  else "checking" if order.state == "verifying" else "scheduled")
+        if (order.state == "captured" and attempt.rail == "ewallet"
+                and attempt.state == "superseded" and attempt.provider_ref is None):
+            state = "unconfirmed_charge"
+            waiting = waiting or f"{attempt.rail}:{attempt.provider}:{attempt.channel}"
     return {
         "state": state,
         "waiting_on": waiting,

@@ -37,7 +37,14 @@ from orchestrator.settings import (
     Settings,
     VerificationSettings,
 )
-from orchestrator.store.tables import evidence, orders, outbox, payment_attempts, review_cases
+from orchestrator.store.tables import (
+    evidence,
+    merchants,
+    orders,
+    outbox,
+    payment_attempts,
+    review_cases,
+)
 from orchestrator.worker import LiveSourceHealth, run_worker, sweep_once
 from tests.integration.test_failover import gateway_settings
 from tests.invariants import assert_rules_of_state
@@ -766,6 +773,173 @@ async def test_a_lost_ovo_create_paid_after_expiry_without_its_webhook_reaches_a
         assert (await s.order(placed["id"]))["review_reason"] == "payment_after_expiry"
         assert await assert_rules_of_state(s.container.db, [placed["id"]]) == {
             "needs_review": 1}
+
+
+async def no_fallback(s: Shop, **routing: Any) -> None:
+    """This shop's merchant allows no fallback to another rail (its own merchant: no other
+    test shares it)."""
+    async with s.container.db.transaction() as conn:
+        await conn.execute(merchants.update().where(merchants.c.id == s.merchant.merchant_id)
+                           .values(allow_fallback=False, routing=routing or None))
+
+
+async def captured_after_a_lost_ovo_create(s: Shop) -> tuple[dict[str, Any], Any]:
+    """An OVO checkout of a merchant who allows no fallback: Xendit makes the charge and pushes
+    it to the customer's phone, its answer never comes, and nothing else may serve; the order
+    is answered 202 ``captured``. Deferred issuance is made due at once (as after its wait)."""
+    await no_fallback(s)
+    await s.xendit("POST", "/faults", {"kind": "timeout_after_success",
+                                        "operation": "create", "channel": "ovo"})
+    r = await s.client.post("/v1/orders", json={
+        **order_body(f"DV-{uuid.uuid4().hex[:10]}", 125_000, rail="ewallet"),
+        "channel": "ovo"}, headers={**s.merchant.headers, "Idempotency-Key": str(uuid.uuid4())})
+    assert r.status_code == 202, r.text
+    placed = dict(r.json())
+    assert placed["status"] == "captured"
+    [orphan] = await s.attempts(placed["id"])
+    assert (orphan.channel, orphan.state) == ("ovo", "unknown")
+    await s.xendit("DELETE", "/faults")
+    async with s.container.db.transaction() as conn:
+        await conn.execute(outbox.update().where(
+            outbox.c.aggregate_id == placed["id"], outbox.c.event_type == "order.captured",
+        ).values(available_at=datetime.now(UTC) - timedelta(seconds=1)))
+    return placed, orphan
+
+
+async def ewallet_creates(s: Shop) -> int:
+    """E-wallet charges asked of either provider, whatever came of them."""
+    made = 0
+    for provider in (s.xendit, s.midtrans):
+        made += sum(c["count"] for c in await provider("GET", "/calls")
+                    if c["operation"] == "create"
+                    and c["channel"] in ("ovo", "dana", "linkaja", "shopeepay", "gopay"))
+    return made
+
+
+async def deferred_issuance_ran(s: Shop, order_id: str) -> None:
+    async def ran() -> bool:
+        [event] = await s.events("order.captured", [order_id])
+        return bool((event.attempts >= 1 and event.status != "pending")
+                    or event.attempts >= 2)
+
+    await eventually(ran, 20, "deferred issuance run for the order")
+
+
+async def test_a_lost_ovo_create_with_no_fallback_is_never_charged_again_by_deferred_issuance(
+    container: Container,
+) -> None:
+    """Nothing else may serve the order, so it stays ``captured``, and deferred issuance
+    (``order.captured``) used to issue it again: a second OVO charge, a second push the
+    customer may approve as well as the first. The lost charge is read first (by reference:
+    unpaid it cannot be told from absent, and cannot be voided without its id), and while it
+    may still be approved the order waits on it, saying so, and is never charged again."""
+    async with shop(container, worker_down=True) as s:
+        placed, orphan = await captured_after_a_lost_ovo_create(s)
+        s.start_worker()
+        await deferred_issuance_ran(s, placed["id"])
+
+        async def resolved() -> bool:
+            [now] = [a for a in await s.attempts(placed["id"]) if a.id == orphan.id]
+            return bool(now.state not in ("unknown", "creating"))
+
+        await eventually(resolved, 20, "the unknown OVO create read")
+        assert await ewallet_creates(s) == 1  # one push, never a second
+        assert [a.id for a in await s.attempts(placed["id"])] == [orphan.id]
+        view = await s.order(placed["id"])
+        assert view["status"] == "captured"
+        # What the order waits on, for the merchant's support and ops to read.
+        assert view["payment"]["attempt_id"] == orphan.id
+        assert view["verification"]["state"] == "unconfirmed_charge"
+        assert view["verification"]["waiting_on"] == "ewallet:xendit:ovo"
+        # The customer approves the one push they got: the order is paid by it, once.
+        [charge] = (await s.xendit("GET", f"/resources?reference={orphan.id}"))[
+            "ewallet_charges"]
+        await s.xendit("POST", "/pay", {"kind": "ewallet", "id": charge["id"],
+                                         "amount": charge["charge_amount"]})
+
+        async def paid() -> bool:
+            return (await s.states([placed["id"]]))[placed["id"]] == "paid"
+
+        await eventually(paid, 20, "the order paid through the OVO push")
+        assert await ewallet_creates(s) == 1
+        assert await assert_rules_of_state(s.container.db, [placed["id"]]) == {"paid": 1}
+
+
+async def test_a_lost_ovo_charge_approved_before_deferred_issuance_pays_the_order_once(
+    container: Container,
+) -> None:
+    """The customer approved the push before the worker came; its webhook is lost. Deferred
+    issuance reads the unknown charge first, finds it paid, and the order carries it: paid by
+    it, nothing else created (before, it could issue a second charge beside the paid one)."""
+    async with shop(container, worker_down=True) as s:
+        placed, orphan = await captured_after_a_lost_ovo_create(s)
+        await s.xendit("POST", "/config", {"callback_url": "http://127.0.0.1:9/lost"})
+        [charge] = (await s.xendit("GET", f"/resources?reference={orphan.id}"))[
+            "ewallet_charges"]
+        await s.xendit("POST", "/pay", {"kind": "ewallet", "id": charge["id"],
+                                         "amount": charge["charge_amount"]})
+        s.start_worker()
+        await deferred_issuance_ran(s, placed["id"])
+
+        async def paid() -> bool:
+            return (await s.states([placed["id"]]))[placed["id"]] == "paid"
+
+        await eventually(paid, 20, "the order paid by the charge it already had")
+        assert await ewallet_creates(s) == 1
+        assert [(a.id, a.state) for a in await s.attempts(placed["id"])] == [(orphan.id, "paid")]
+        assert await assert_rules_of_state(s.container.db, [placed["id"]]) == {"paid": 1}
+
+
+async def test_a_customer_switch_never_makes_a_second_e_wallet_charge_beside_a_lost_one(
+    container: Container,
+) -> None:
+    """The customer's switch to another e-wallet (or the same) while a lost OVO charge may
+    still be approved would be a second charge: refused, saying why. A switch to another rail
+    is the customer's explicit choice, and is served."""
+    async with shop(container, worker_down=True) as s:
+        placed, orphan = await captured_after_a_lost_ovo_create(s)
+        s.start_worker()
+        await deferred_issuance_ran(s, placed["id"])
+        for channel in ("ovo", "dana"):
+            r = await s.client.post(f"/v1/orders/{placed['id']}/payment",
+                                    headers=s.merchant.headers,
+                                    json={"rail": "ewallet", "channel": channel})
+            assert r.status_code == 409, r.text
+            assert r.json()["code"] == "ewallet_charge_unconfirmed", r.text
+            assert orphan.id in r.json()["detail"]
+        assert await ewallet_creates(s) == 1
+        r = await s.client.post(f"/v1/orders/{placed['id']}/payment", headers=s.merchant.headers,
+                                json={"rail": "qris"})
+        assert r.status_code == 201, r.text
+        assert r.json()["status"] == "awaiting_payment"
+        assert r.json()["payment"]["rail"] == "qris"
+        assert await ewallet_creates(s) == 1
+        assert await assert_rules_of_state(s.container.db, [placed["id"]], settled=False) == {
+            "awaiting_payment": 1}
+
+
+async def test_an_unanswered_e_wallet_create_is_not_followed_by_another_e_wallet_route(
+    container: Container,
+) -> None:
+    """Within one capture: Xendit's ShopeePay create goes unanswered, and the next route in the
+    merchant's plan was Midtrans' ShopeePay, a second e-wallet charge for the order while the
+    first may be paid. The plan goes on to another rail (the merchant allows fallback)."""
+    async with shop(container) as s:
+        async with s.container.db.transaction() as conn:
+            await conn.execute(merchants.update().where(
+                merchants.c.id == s.merchant.merchant_id,
+            ).values(routing={"priorities": {"ewallet": ["xendit", "midtrans"]}}))
+        await s.xendit("POST", "/faults", {"kind": "timeout_after_success",
+                                            "operation": "create", "channel": "shopeepay"})
+        try:
+            placed = await s.checkout("ewallet", "shopeepay")
+        finally:
+            await s.xendit("DELETE", "/faults")
+        tried = [(h["route"], h["outcome"]) for h in placed["routing"]["tried"]]
+        assert tried[0] == ("ewallet:xendit:shopeepay", "unknown"), tried
+        assert tried[1][0] == "ewallet:midtrans:shopeepay" and tried[1][1] == "skipped", tried
+        assert placed["routing"]["served_by"] == "qris:midtrans:qris"
+        assert await ewallet_creates(s) == 1
 
 
 async def test_payment_after_expiry_on_an_uncancellable_qr_goes_to_review(
