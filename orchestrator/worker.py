@@ -135,7 +135,7 @@ def relay_handlers(container: Container, http: httpx.AsyncClient) -> dict[str, H
     to the newer ones)."""
     webhooks = MerchantWebhookHandler(
         container.db.engine, http, container.settings.webhooks.timeout,
-        public_only=not container.settings.webhooks_reach_private)
+        egress=container.settings.webhook_egress)
     return {**merchant_webhook_handlers(webhooks), **container.gateway_jobs.handlers(),
             **container.provider_webhooks.handlers(), **container.settled_reads.handlers(),
             **container.reconciliation.handlers()}

@@ -63,7 +63,7 @@ from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.services import dead_letters
 from orchestrator.services.expiry import payment_pending_event_id
 from orchestrator.services.webhook_endpoints import rotate_webhook_secret, set_webhook_url
-from orchestrator.settings import DatabaseSettings, OutboxSettings, Settings
+from orchestrator.settings import DatabaseSettings, OutboxSettings, Settings, WebhookSettings
 from orchestrator.store.database import Database
 from orchestrator.store.engine import create_engine, migrate
 from orchestrator.store.tables import audit_log, merchants, outbox
@@ -1829,7 +1829,9 @@ async def test_a_production_worker_sends_no_webhook_to_a_loopback_or_private_add
                 await container.close()
             return None
 
-        production = Settings(environment="production")
+        # http:// allowed, so what refuses is the address (https is test_webhook_egress.py's)
+        production = Settings(environment="production",
+                              webhooks=WebhookSettings(allow_http=True))
         for merchant in (by_address, by_name):
             error = await deliver(production, merchant)
             assert error is not None and "not a public address" in error, error
