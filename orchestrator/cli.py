@@ -339,13 +339,16 @@ async def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 async def _merchants_create(settings: Settings, args: argparse.Namespace) -> int:
+    from orchestrator.services.webhook_endpoints import InvalidWebhookUrl
+
     async def work(c: Container) -> int:
         try:
             async with c.db.transaction() as conn:
                 created = await create_merchant(conn, name=args.name,
                                                 webhook_url=args.webhook_url,
-                                                accounts=args.account, now=c.clock.now())
-        except ValueError as exc:
+                                                accounts=args.account, now=c.clock.now(),
+                                                egress=c.settings.webhook_egress)
+        except (ValueError, InvalidWebhookUrl) as exc:  # the URL: where production lets it go
             print(f"lunas: {exc}; no merchant created", file=sys.stderr)
             return 1
         out = {"merchant_id": created.merchant_id, "api_key": created.api_key,
@@ -401,7 +404,7 @@ async def _merchants_set_webhook(settings: Settings, args: argparse.Namespace) -
         try:
             url = await set_webhook_url(c.db, merchant_id=args.merchant_id, url=args.url,
                                         actor=f"cli:{args.actor}", reason=args.reason,
-                                        now=c.clock.now())
+                                        now=c.clock.now(), egress=c.settings.webhook_egress)
         except DomainError as exc:
             print(f"lunas: {exc.detail}", file=sys.stderr)
             return 1

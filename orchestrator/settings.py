@@ -24,6 +24,7 @@ from typing import TypeVar
 
 from orchestrator.domain.money import MAX_RUPIAH, AmountLimits, UniqueCodeRange
 from orchestrator.domain.verification import DEFAULT_SETTLED_READS, VerificationSchedule
+from orchestrator.notify.egress import EgressPolicy
 from orchestrator.rails.base import Rail
 from orchestrator.rails.breaker import BreakerConfig
 from orchestrator.reconciliation.matcher import REVERSAL_WINDOW
@@ -159,6 +160,10 @@ class WebhookSettings:
     merchants reached over a private network. Off, such a host is refused before connecting,
     so a webhook URL cannot make the worker call its own neighbours (``Settings
     .webhooks_reach_private``)."""
+    allow_http: bool = False
+    """``LUNAS_WEBHOOK_ALLOW_HTTP``, for production (elsewhere always allowed): let webhooks go
+    over plain ``http://``. Off, such a URL is refused when set and when delivered: the
+    signature proves who sent the order data, it does not hide it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -358,6 +363,12 @@ class Settings:
         ``LUNAS_WEBHOOK_ALLOW_PRIVATE`` says so."""
         return not self.is_production or self.webhooks.allow_private
 
+    @property
+    def webhook_egress(self) -> EgressPolicy:
+        """Where merchant webhooks may go: checked when a URL is set and on every try."""
+        return EgressPolicy(public_only=not self.webhooks_reach_private,
+                            https_only=self.is_production and not self.webhooks.allow_http)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         try:
@@ -433,6 +444,7 @@ class Settings:
                 secret_overlap=e.seconds("LUNAS_WEBHOOK_SECRET_OVERLAP", 86_400, _Range(
                     low=0, high=MAX_WEBHOOK_SECRET_OVERLAP.total_seconds())),
                 allow_private=e.flag("LUNAS_WEBHOOK_ALLOW_PRIVATE"),
+                allow_http=e.flag("LUNAS_WEBHOOK_ALLOW_HTTP"),
             ),
             scheduler=SchedulerSettings(
                 sweep_interval=e.seconds("LUNAS_SWEEP_INTERVAL", 1),

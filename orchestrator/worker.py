@@ -21,6 +21,7 @@ from orchestrator import heap
 from orchestrator.bootstrap import Container
 from orchestrator.domain.events import MERCHANT_VISIBLE
 from orchestrator.notify.delivery import MerchantWebhookHandler, merchant_webhook_handlers
+from orchestrator.notify.egress import webhook_client
 from orchestrator.outbox.relay import Handler, Relay
 from orchestrator.rails.guard import BreakerGuard
 from orchestrator.rails.plan import MANUAL_ROUTE
@@ -134,7 +135,7 @@ def relay_handlers(container: Container, http: httpx.AsyncClient) -> dict[str, H
     to the newer ones)."""
     webhooks = MerchantWebhookHandler(
         container.db.engine, http, container.settings.webhooks.timeout,
-        public_only=not container.settings.webhooks_reach_private)
+        egress=container.settings.webhook_egress)
     return {**merchant_webhook_handlers(webhooks), **container.gateway_jobs.handlers(),
             **container.provider_webhooks.handlers(), **container.settled_reads.handlers(),
             **container.reconciliation.handlers()}
@@ -143,9 +144,7 @@ def relay_handlers(container: Container, http: httpx.AsyncClient) -> dict[str, H
 async def run_relay(container: Container, stop: asyncio.Event) -> None:
     await container.start()
     worker_id = default_worker_id(container.settings.worker_id)
-    async with httpx.AsyncClient(
-        timeout=container.settings.webhooks.timeout.total_seconds(), follow_redirects=False
-    ) as http:
+    async with webhook_client(container.settings.webhooks.timeout) as http:
         # Merchant webhooks run in their merchant's lane: a slow endpoint holds its share of
         # the relay's slots, never all of them.
         relay = Relay(container.db.engine, relay_handlers(container, http),

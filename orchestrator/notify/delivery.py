@@ -4,8 +4,8 @@ merchant's endpoint. Retries, backoff and dead letters are the relay's; this mod
 Exception tree (what the relay sees)::
 
     Exception
-     ├── WebhookDeliveryError    non-2xx answer, timeout, connection or URL error, a host that
-     │                           is not a public address (``public_only``): retried
+     ├── WebhookDeliveryError    non-2xx answer, timeout, connection or URL error, a URL the
+     │                           egress policy refuses (``EgressRefused``): retried
      └── PermanentFailure        the event names no merchant, or one that does not exist
 
 Error messages never carry the URL (it may hold a merchant's token), the secret or the payload:
@@ -18,12 +18,12 @@ under the new secret and the previous one (``t=…,v1=<new>,v1=<previous>``); on
 under the new one only. Redirects are not followed: a signed POST goes exactly where the
 merchant configured it.
 
-A production worker sends only to public addresses (``public_only``, unless
-``LUNAS_WEBHOOK_ALLOW_PRIVATE``): a URL naming, or resolving to, loopback, a private network or
-link-local (the cloud metadata service) would have the worker POST to its own neighbours from
-inside Lunas's network, so its host is resolved and refused before connecting. The connection
-resolves the name again: a name whose answer changes between the two (DNS rebinding) is not
-caught by this check alone.
+Where a try may go is ``notify/egress.py``'s: the host is resolved once and the connection goes
+to exactly the addresses resolved (``pinned_to``), so DNS rebinding cannot move it; a production
+worker sends only over https and only to public addresses (``EgressPolicy``, unless
+``LUNAS_WEBHOOK_ALLOW_HTTP`` / ``LUNAS_WEBHOOK_ALLOW_PRIVATE``). A refusal fails the try like any
+other (recorded in ``outbox.last_error``, retried, at last dead-lettered): the name may come to
+resolve elsewhere, or ops set a URL that is allowed, which brings the retries forward.
 
 The webhook timeout bounds the whole try, from connecting to the answer's status line and
 headers: httpx's own timeouts are per phase and per read, so an endpoint that answers a byte at a
@@ -34,10 +34,8 @@ timeout.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
-import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -47,6 +45,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from orchestrator.domain.clock import Clock, SystemClock
 from orchestrator.domain.events import MERCHANT_VISIBLE
+from orchestrator.notify.egress import (
+    OPEN,
+    EgressPolicy,
+    EgressRefused,
+    pinned_to,
+    resolve_endpoint,
+)
 from orchestrator.notify.signing import EVENT_ID_HEADER, sign
 from orchestrator.outbox.relay import Handler, OutboxEvent, PermanentFailure
 from orchestrator.store.tables import merchants
@@ -85,11 +90,12 @@ class MerchantWebhookHandler:
         timeout: timedelta,
         *,
         clock: Clock | None = None,
-        public_only: bool = False,
+        egress: EgressPolicy = OPEN,
     ) -> None:
-        """``public_only``: refuse a host that is not a public address (production)."""
+        """``egress``: where a try may go (production's ``Settings.webhook_egress``). The
+        addresses are pinned only by a client from ``egress.webhook_client`` (the worker's)."""
         self._engine = engine
-        self._public_only = public_only
+        self._egress = egress
         self._http = http
         self._timeout = httpx.Timeout(timeout.total_seconds())
         self._deadline_s = timeout.total_seconds()
@@ -131,14 +137,18 @@ class MerchantWebhookHandler:
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
         try:
             async with asyncio.timeout(self._deadline_s):
-                if self._public_only:
-                    await _refuse_a_private_host(httpx.URL(url))
+                target = httpx.URL(url)
+                host = target.raw_host.decode("ascii")
+                addresses = await resolve_endpoint(target, self._egress)
                 # Streamed and never read: the status is the whole answer, and a merchant
                 # endpoint cannot make the worker buffer a large response body.
-                async with self._http.stream(
-                    "POST", url, content=body, headers=headers, timeout=self._timeout
-                ) as response:
-                    status = response.status_code
+                with pinned_to(host, addresses):
+                    async with self._http.stream(
+                        "POST", target, content=body, headers=headers, timeout=self._timeout
+                    ) as response:
+                        status = response.status_code
+        except EgressRefused as exc:
+            raise WebhookDeliveryError(str(exc)) from exc
         except TimeoutError as exc:  # this try's own deadline (the relay's passes through)
             raise WebhookDeliveryError(f"timed out after {self._deadline_s:g}s") from exc
         except httpx.TimeoutException as exc:
@@ -150,23 +160,6 @@ class MerchantWebhookHandler:
         if not 200 <= status < 300:
             raise WebhookDeliveryError(f"merchant endpoint answered HTTP {status}")
         return status
-
-
-async def _refuse_a_private_host(url: httpx.URL) -> None:
-    """``WebhookDeliveryError`` unless every address ``url``'s host resolves to is public. The
-    address is named (it is no secret of the merchant's), never the URL."""
-    try:
-        found = await asyncio.get_running_loop().getaddrinfo(
-            url.host, url.port or (443 if url.scheme == "https" else 80),
-            type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise WebhookDeliveryError(f"webhook host does not resolve ({exc.strerror})") from exc
-    for *_, sockaddr in found:
-        address = ipaddress.ip_address(str(sockaddr[0]).partition("%")[0])
-        if not address.is_global:
-            raise WebhookDeliveryError(
-                f"webhook host resolves to {address}, not a public address "
-                "(LUNAS_WEBHOOK_ALLOW_PRIVATE lets it)")
 
 
 def webhook_body(event: OutboxEvent) -> bytes:

@@ -12,6 +12,11 @@ at once, for one that leaked. A rotation during an overlap replaces the previous
 current one: only the two newest ever sign, so a receiver still on the secret before those
 fails from then on.
 
+Where a URL may point is ``notify/egress.py``'s policy (``Settings.webhook_egress``): in
+production a URL over plain ``http://``, or naming localhost or a non-public address literal, is
+refused here, when it is set, with the reason; a name is resolved only at delivery, where every
+try checks again (names move).
+
 The audit log keeps neither secret nor full URL (a URL may carry the merchant's token): only
 the URL's origin, and until when the previous secret signs.
 """
@@ -26,6 +31,7 @@ import httpx
 import sqlalchemy as sa
 
 from orchestrator.domain.errors import DomainError, NotFound
+from orchestrator.notify.egress import OPEN, EgressPolicy, url_problem
 from orchestrator.outbox.writer import try_merchant_webhooks_now
 from orchestrator.services.audit import record_audit
 from orchestrator.services.credentials import new_webhook_secret
@@ -52,13 +58,14 @@ class RotatedSecret:
     """Deliveries are signed under the replaced secret too until then; None: not at all."""
 
 
-def valid_webhook_url(text: str) -> str:
+def valid_webhook_url(text: str, egress: EgressPolicy = OPEN) -> str:
     """``text`` as Lunas will POST to it, or ``InvalidWebhookUrl`` naming what is wrong.
 
     Refused here rather than by the delivery's HTTP client, where a bad URL would fail every try
     for a day before reaching the dead letters: an absolute http(s) URL with a host, at most
     ``MAX_URL`` characters, no whitespace or control characters (which would make it a
-    different URL, or none, on the wire), a valid port, and one httpx can send to."""
+    different URL, or none, on the wire), a valid port, and one httpx can send to; and one
+    ``egress`` allows (production's: https, no private address literal)."""
     url = text.strip()
     if not url:
         raise InvalidWebhookUrl("the webhook URL is empty")
@@ -76,6 +83,8 @@ def valid_webhook_url(text: str) -> str:
         raise InvalidWebhookUrl("the webhook URL must start with https:// or http://")
     if not parts.hostname:
         raise InvalidWebhookUrl("the webhook URL names no host")
+    if problem := url_problem(httpx.URL(url), egress):
+        raise InvalidWebhookUrl(problem)
     return url
 
 
@@ -91,9 +100,11 @@ def _origin(url: str | None) -> str | None:
 
 async def set_webhook_url(
     db: Database, *, merchant_id: str, url: str, actor: str, reason: str | None, now: datetime,
+    egress: EgressPolicy,
 ) -> str:
-    """Point the merchant's webhooks at ``url`` (validated); returns it as stored."""
-    url = valid_webhook_url(url)
+    """Point the merchant's webhooks at ``url`` (validated, and allowed by ``egress``: the
+    settings' ``webhook_egress``); returns it as stored."""
+    url = valid_webhook_url(url, egress)
     m = merchants.c
     async with db.transaction() as conn:
         before = (await conn.execute(sa.select(m.webhook_url).where(m.id == merchant_id)

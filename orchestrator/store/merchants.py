@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.domain.ids import new_id
+from orchestrator.notify.egress import OPEN, EgressPolicy
 from orchestrator.reconciliation.statements import SUPPORTED_BANKS
 from orchestrator.services.credentials import (
     hash_secret,
@@ -86,9 +87,11 @@ async def create_merchant(
     webhook_url: str | None,
     accounts: list[tuple[str, str, str]],
     now: datetime,
+    egress: EgressPolicy = OPEN,
 ) -> NewMerchant:
     """Raises ``ValueError`` for an account Lunas cannot read, or one given twice, and
-    ``InvalidWebhookUrl`` for a URL no delivery could reach (``valid_webhook_url``)."""
+    ``InvalidWebhookUrl`` for a URL no delivery could reach or ``egress`` does not allow
+    (``valid_webhook_url``; the CLI passes the settings' ``webhook_egress``)."""
     seen: set[tuple[str, str]] = set()
     for bank, number, _ in accounts:
         if problem := payout_account_problem(bank.lower(), number):
@@ -97,7 +100,7 @@ async def create_merchant(
             raise ValueError(f"{bank.upper()} {number} is given twice")
         seen.add((bank.lower(), number))
     if webhook_url is not None:
-        webhook_url = valid_webhook_url(webhook_url)
+        webhook_url = valid_webhook_url(webhook_url, egress)
     merchant_id = new_id("mer")
     api_key, secret = new_merchant_key(), new_webhook_secret()
     await conn.execute(

@@ -522,3 +522,33 @@ async def test_a_database_never_migrated_is_one_line_saying_to_migrate(
             "(LUNAS_DATABASE_URL)\n")), (command, r.stderr)
     assert run(env, "migrate").returncode == 0
     assert run(env, "reviews", "list").returncode == 0
+
+
+async def test_production_refuses_a_webhook_url_in_clear_or_at_a_private_address_when_set(
+    env: dict[str, str],
+) -> None:
+    """In production a webhook URL over plain http (signed order data in clear) or naming a
+    loopback, private or link-local address is refused when ops set it, with the reason, not
+    left to fail every try for a day; ``LUNAS_WEBHOOK_ALLOW_HTTP`` / ``_ALLOW_PRIVATE`` let
+    them, for merchants reached over a private network. Every refusal is in
+    tests/unit/test_webhook_url.py."""
+    assert run(env, "migrate").returncode == 0
+    shop = json.loads(run(env, "merchants", "create", "Toko Kopi", "--json").stdout)
+    production = {**env, "LUNAS_ENV": "production", "LUNAS_MUTATION_PUSH_SECRET": "s3cret-push"}
+    for url, why in [("http://kopi.example.co.id/lunas", "must use https://"),
+                     ("https://169.254.169.254/latest", "169.254.169.254, not a public address")]:
+        refused = run(production, "merchants", "set-webhook", shop["merchant_id"], url,
+                      "--actor", "sari")
+        assert (refused.returncode, why in refused.stderr) == (1, True), (url, refused.stderr)
+    created = run(production, "merchants", "create", "Toko Teh", "--webhook-url",
+                  "https://10.1.2.3/lunas")
+    assert created.returncode == 1 and "10.1.2.3, not a public address" in created.stderr
+    row, audit = await _merchant_row(env["LUNAS_DATABASE_URL"], shop["merchant_id"])
+    assert (row.webhook_url, audit) == (None, [])
+
+    allowed = {**production, "LUNAS_WEBHOOK_ALLOW_HTTP": "1", "LUNAS_WEBHOOK_ALLOW_PRIVATE": "1"}
+    for settings, url in [(production, "https://kopi.example.co.id/lunas"),
+                          (allowed, "http://10.1.2.3:8080/lunas")]:
+        moved = run(settings, "merchants", "set-webhook", shop["merchant_id"], url,
+                    "--actor", "sari")
+        assert moved.returncode == 0, moved.stderr

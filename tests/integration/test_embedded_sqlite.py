@@ -114,6 +114,7 @@ async def test_a_merchants_endpoint_changes_on_sqlite(tmp_path: Path) -> None:
     secrets through the overlap."""
     from orchestrator.domain.clock import FrozenClock
     from orchestrator.notify.delivery import MerchantWebhookHandler
+    from orchestrator.notify.egress import OPEN
     from orchestrator.notify.signing import verify
     from orchestrator.outbox.relay import OutboxEvent
     from orchestrator.services.webhook_endpoints import rotate_webhook_secret, set_webhook_url
@@ -128,7 +129,7 @@ async def test_a_merchants_endpoint_changes_on_sqlite(tmp_path: Path) -> None:
         now = datetime.now(UTC)
         await set_webhook_url(container.db, merchant_id=m.merchant_id,
                               url=f"http://127.0.0.1:{receiver.port}/hooks", actor="cli:sari",
-                              reason=None, now=now)
+                              reason=None, now=now, egress=OPEN)
         rotated = await rotate_webhook_secret(container.db, merchant_id=m.merchant_id,
                                               overlap=timedelta(hours=1), actor="cli:sari",
                                               reason=None, now=now)

@@ -55,6 +55,7 @@ from orchestrator.notify.delivery import (
     MerchantWebhookHandler,
     merchant_webhook_handlers,
 )
+from orchestrator.notify.egress import OPEN
 from orchestrator.notify.signing import verify
 from orchestrator.outbox import queries
 from orchestrator.outbox.relay import Handler, OutboxEvent, PermanentFailure, Relay
@@ -63,7 +64,7 @@ from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.services import dead_letters
 from orchestrator.services.expiry import payment_pending_event_id
 from orchestrator.services.webhook_endpoints import rotate_webhook_secret, set_webhook_url
-from orchestrator.settings import DatabaseSettings, OutboxSettings, Settings
+from orchestrator.settings import DatabaseSettings, OutboxSettings, Settings, WebhookSettings
 from orchestrator.store.database import Database
 from orchestrator.store.engine import create_engine, migrate
 from orchestrator.store.tables import audit_log, merchants, outbox
@@ -1730,7 +1731,7 @@ async def test_a_changed_webhook_url_takes_the_next_try_of_events_already_failin
                 new_url = f"http://127.0.0.1:{moved.port}/lunas/webhooks?shop=42"
                 stored = await set_webhook_url(db, merchant_id=merchant, url=new_url,
                                                actor="ops:endpoint", reason="merchant moved",
-                                               now=datetime.now(UTC))
+                                               now=datetime.now(UTC), egress=OPEN)
                 assert stored == new_url
                 await eventually(lambda: settled(engine, ours, 3, ["done"]), timeout=15,
                                  what="every event delivered to the new endpoint")
@@ -1781,7 +1782,8 @@ async def test_a_fixed_webhook_url_has_the_merchants_failed_webhooks_tried_there
                 now = datetime.now(UTC)
                 await set_webhook_url(db, merchant_id=merchant,
                                       url=f"http://127.0.0.1:{moved.port}/hooks", actor="ops:sre",
-                                      reason="the merchant gave the wrong URL", now=now)
+                                      reason="the merchant gave the wrong URL", now=now,
+                                      egress=OPEN)
                 rows = {r.event_id: r for r in await rows_where(engine, outbox.c.event_id.in_(
                     [pending, elsewhere]))}
                 assert rows[elsewhere].available_at > now + timedelta(minutes=30)
@@ -1829,7 +1831,9 @@ async def test_a_production_worker_sends_no_webhook_to_a_loopback_or_private_add
                 await container.close()
             return None
 
-        production = Settings(environment="production")
+        # http:// allowed, so what refuses is the address (https is test_webhook_egress.py's)
+        production = Settings(environment="production",
+                              webhooks=WebhookSettings(allow_http=True))
         for merchant in (by_address, by_name):
             error = await deliver(production, merchant)
             assert error is not None and "not a public address" in error, error
