@@ -49,6 +49,9 @@ Simulator decisions where RAILS.md is silent or uncertain:
   is ``INACTIVE`` (and its callback sent) at once, as Xendit's list can trail a payment by
   seconds to minutes. The lag is applied when the list is read, so setting it back to 0 lists
   every payment held back (the list catching up). The transactions' shape is unchanged.
+- ``drop_callbacks: true`` (``POST /config``): Xendit's callback system is down, nothing is
+  sent (counted in ``dropped_callbacks``), whatever URL a callback would go to (a QR's own
+  ``callback_url`` included).
 
 Faults (``FaultBook``) are applied to every data-plane request under the channel names bca, bni,
 bri, mandiri, permata, qris, ovo, dana, linkaja, shopeepay and the operations create / status /
@@ -264,6 +267,7 @@ class XenditSim:
         self.callback_timeout_s = callback_timeout_s
         self.va_reusable = False
         self.transactions_lag_s = 0.0
+        self.drop_callbacks, self.dropped_callbacks = False, 0
         self.faults = FaultBook()
         self.store = Store()
         self.limiter = RateLimiter(rate_limit_per_minute)
@@ -726,6 +730,9 @@ class XenditSim:
     # -- callbacks -------------------------------------------------------------------------
 
     def _notify(self, event: str, url: str | None, body: dict[str, Any]) -> None:
+        if self.drop_callbacks:
+            self.dropped_callbacks += 1
+            return
         self.spawn(self._deliver(event, url, copy.deepcopy(body)))
 
     async def _deliver(self, event: str, url: str | None, body: dict[str, Any]) -> None:
@@ -787,6 +794,8 @@ class XenditSim:
             self.va_reusable = bool(body["va_reusable"])
         if "ewallet_idempotency" in body:
             self.ewallet_idempotency = bool(body["ewallet_idempotency"])
+        if "drop_callbacks" in body:
+            self.drop_callbacks = bool(body["drop_callbacks"])
         if "transactions_lag_s" in body:
             self.transactions_lag_s = max(float(body["transactions_lag_s"] or 0.0), 0.0)
         if "rate_limit_per_minute" in body:
@@ -799,7 +808,8 @@ class XenditSim:
                 "rate_limit_per_minute": self.limiter.per_minute,
                 "va_reusable": self.va_reusable,
                 "ewallet_idempotency": self.ewallet_idempotency,
-                "transactions_lag_s": self.transactions_lag_s}
+                "transactions_lag_s": self.transactions_lag_s,
+                "drop_callbacks": self.drop_callbacks}
 
     def resources(self, reference: str | None) -> dict[str, list[dict[str, Any]]]:
         def wanted(obj: dict[str, Any], key: str) -> bool:
