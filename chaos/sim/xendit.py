@@ -44,6 +44,14 @@ Simulator decisions where RAILS.md is silent or uncertain:
   PENDING one, which is how Lunas cancels. Other states are ``400 API_VALIDATION_ERROR``.
 - Rate limit: a fixed 60-second window per endpoint (Xendit's is sliding), off unless
   ``rate_limit_per_minute`` is set; responses then carry Rate-Limit-Limit/Remaining/Reset.
+- The Transactions API may lag the payment: with ``transactions_lag_s`` set (``POST /config``;
+  default 0) a payment is listed only that many seconds after it was made, while its VA or QR
+  is ``INACTIVE`` (and its callback sent) at once, as Xendit's list can trail a payment by
+  seconds to minutes. The lag is applied when the list is read, so setting it back to 0 lists
+  every payment held back (the list catching up). The transactions' shape is unchanged.
+- ``drop_callbacks: true`` (``POST /config``): Xendit's callback system is down, nothing is
+  sent (counted in ``dropped_callbacks``), whatever URL a callback would go to (a QR's own
+  ``callback_url`` included).
 
 Faults (``FaultBook``) are applied to every data-plane request under the channel names bca, bni,
 bri, mandiri, permata, qris, ovo, dana, linkaja, shopeepay and the operations create / status /
@@ -212,6 +220,8 @@ class Store:
     qrs: dict[str, dict[str, Any]] = field(default_factory=dict)  # by external_id
     charges: dict[str, dict[str, Any]] = field(default_factory=dict)
     transactions: list[dict[str, Any]] = field(default_factory=list)
+    recorded: dict[str, float] = field(default_factory=dict)
+    """When each transaction was made (``time.monotonic()``, by transaction id), for the lag."""
     replays: dict[tuple[str, str], Replay] = field(default_factory=dict)
 
     def va_by_external_id(self, external_id: str) -> dict[str, Any] | None:
@@ -256,6 +266,8 @@ class XenditSim:
         self.hang_max_s, self.late_failure_delay_s = hang_max_s, late_failure_delay_s
         self.callback_timeout_s = callback_timeout_s
         self.va_reusable = False
+        self.transactions_lag_s = 0.0
+        self.drop_callbacks, self.dropped_callbacks = False, 0
         self.faults = FaultBook()
         self.store = Store()
         self.limiter = RateLimiter(rate_limit_per_minute)
@@ -553,15 +565,18 @@ class XenditSim:
                 ("reference_id", filters["reference_id"]), ("product_id", filters["product_id"]),
                 ("type", filters["types"]), ("status", filters["statuses"]),
                 ("channel_category", filters["channel_categories"])))
-        found = [t for t in self.store.transactions if keep(t)]
+        listed_before = time.monotonic() - self.transactions_lag_s
+        found = [t for t in self.store.transactions if keep(t)
+                 and self.store.recorded.get(t["id"], 0.0) <= listed_before]
         return {"has_more": len(found) > limit, "data": found[:limit], "links": []}
 
     def _record_payment(self, *, product_id: str, reference_id: str, category: str,
                         channel_code: str, amount: int, account: str | None,
                         currency: str = "IDR") -> None:
-        stamp = iso(_now())
+        stamp, txn_id = iso(_now()), f"txn_{uuid.uuid4()}"
+        self.store.recorded[txn_id] = time.monotonic()
         self.store.transactions.append({
-            "id": f"txn_{uuid.uuid4()}", "product_id": product_id, "type": "PAYMENT",
+            "id": txn_id, "product_id": product_id, "type": "PAYMENT",
             "status": "SUCCESS", "channel_category": category, "channel_code": channel_code,
             "reference_id": reference_id, "account_identifier": account, "currency": currency,
             "amount": amount, "net_amount": amount, "net_amount_currency": "IDR",
@@ -715,6 +730,9 @@ class XenditSim:
     # -- callbacks -------------------------------------------------------------------------
 
     def _notify(self, event: str, url: str | None, body: dict[str, Any]) -> None:
+        if self.drop_callbacks:
+            self.dropped_callbacks += 1
+            return
         self.spawn(self._deliver(event, url, copy.deepcopy(body)))
 
     async def _deliver(self, event: str, url: str | None, body: dict[str, Any]) -> None:
@@ -776,6 +794,10 @@ class XenditSim:
             self.va_reusable = bool(body["va_reusable"])
         if "ewallet_idempotency" in body:
             self.ewallet_idempotency = bool(body["ewallet_idempotency"])
+        if "drop_callbacks" in body:
+            self.drop_callbacks = bool(body["drop_callbacks"])
+        if "transactions_lag_s" in body:
+            self.transactions_lag_s = max(float(body["transactions_lag_s"] or 0.0), 0.0)
         if "rate_limit_per_minute" in body:
             limit = body["rate_limit_per_minute"]
             self.limiter.reset(None if limit is None else int(limit))
@@ -785,7 +807,9 @@ class XenditSim:
         return {"callback_url": self.callback_url, "retry_scale": self.retry_scale,
                 "rate_limit_per_minute": self.limiter.per_minute,
                 "va_reusable": self.va_reusable,
-                "ewallet_idempotency": self.ewallet_idempotency}
+                "ewallet_idempotency": self.ewallet_idempotency,
+                "transactions_lag_s": self.transactions_lag_s,
+                "drop_callbacks": self.drop_callbacks}
 
     def resources(self, reference: str | None) -> dict[str, list[dict[str, Any]]]:
         def wanted(obj: dict[str, Any], key: str) -> bool:

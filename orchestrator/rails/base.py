@@ -171,12 +171,15 @@ class PaymentProvider(Protocol):
 
     async def status(self, reference: str, provider_ref: str | None, route: Route, *,
                      requests_allowed: int | None = None,
-                     payment_known: bool = False) -> ProviderStatus:
+                     payment_known: bool = False,
+                     expires_at: datetime | None = None) -> ProviderStatus:
         """The provider's word on one attempt. An answer that needs more than
         ``requests_allowed`` HTTP requests (None: no limit) raises ``MoreRequestsNeeded``
         before sending any beyond it. ``payment_known``: Lunas has recorded the attempt's
         payment, so an answer need not say when it was made (``paid_at`` may be None), where
-        finding that out costs a request more."""
+        finding that out costs a request more. ``expires_at``: the attempt's deadline, for an
+        instrument whose provider keeps none (a Xendit QR v1), so an unpayable one can be told
+        expired from paid-but-not-listed-yet; None when the caller does not know it."""
         ...
 
     def status_requests(self, provider_ref: str | None, route: Route) -> int:

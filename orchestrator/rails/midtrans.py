@@ -516,7 +516,8 @@ class MidtransProvider:
 
     async def status(self, reference: str, provider_ref: str | None, route: Route, *,
                      requests_allowed: int | None = None,
-                     payment_known: bool = False) -> ProviderStatus:
+                     payment_known: bool = False,
+                     expires_at: datetime | None = None) -> ProviderStatus:
         response = await self._send("status", "GET", f"/v2/{reference}/status", self._headers)
         body = _decode(response)
         code = effective_code(response, body)

@@ -67,7 +67,20 @@ only the callback carries.
   payment → paid, none → expired. 404 → not_found. Every payment listed is reported on its own
   (``ProviderStatus.payments``), never summed: a VA Xendit let be paid twice is two payments.
 - QR (by ``external_id`` = reference, so no ``provider_ref`` needed): ACTIVE → pending; otherwise
-  a payment → paid, none → expired. QR v1 has no expiry field: Lunas keeps the deadline.
+  a payment → paid, none → expired. QR v1 has no expiry field: Lunas keeps the deadline
+  (``status(expires_at=...)``, the attempt's).
+- INACTIVE with no payment listed is expired only once the instrument's expiry has passed. A
+  single-use VA and a dynamic QR turn INACTIVE the moment they are paid, and the Transactions
+  API can list the payment seconds to minutes later: read in between and taken for expired,
+  the attempt closed unpaid, its order expired with the callback lost, and nothing read it
+  again (the payment never applied). So INACTIVE that Lunas did not bring about, before the
+  expiry, is Unreadable (read again with growing gaps; past the deadline the order waits in
+  ``verifying`` and goes to a person when the verification window runs out, never silently
+  expired). A VA: before its ``expiration_date``; Lunas's own cancel moves that to now, so a VA
+  Lunas closed reads expired. A QR (no cancel, no expiry at Xendit): it turned INACTIVE (its
+  ``updated``; the read's time when unreadable) before the deadline, or the deadline is not
+  known. A VA has no documented ``updated``, so one paid shortly before its expiry and read
+  after it with the payment still unlisted reads expired, as before.
 - A VA or QR status RAILS.md does not name is Unreadable (read again), never expired.
 - E-wallet (by ``provider_ref``): PENDING → pending, SUCCEEDED → paid (``capture_amount``),
   FAILED / VOIDED → failed, REFUNDED → refunded. 404 → not_found. A SUCCEEDED charge with a
@@ -344,9 +357,10 @@ class XenditProvider:
 
     async def status(self, reference: str, provider_ref: str | None, route: Route, *,
                      requests_allowed: int | None = None,
-                     payment_known: bool = False) -> ProviderStatus:
+                     payment_known: bool = False,
+                     expires_at: datetime | None = None) -> ProviderStatus:
         if route.rail is Rail.QRIS:
-            return await self._qr_status(reference)
+            return await self._qr_status(reference, expires_at)
         if provider_ref is None:
             return await self._status_by_reference(reference, route.rail)
         if route.rail is Rail.VA:
@@ -373,12 +387,18 @@ class XenditProvider:
             raw, external_id = str(data["status"]), str(data["external_id"])
             expires_at = parse_time(data["expiration_date"])
             _known(raw, VA_STATUSES, "virtual account")
-        if raw in ("PENDING", "ACTIVE") and expires_at > self._clock():
+        before_expiry = expires_at > self._clock()
+        if raw in ("PENDING", "ACTIVE") and before_expiry:
             return ProviderStatus(status=NeutralStatus.PENDING, provider_ref=provider_ref,
                                   raw_status=raw)
-        return await self._paid_or(NeutralStatus.EXPIRED, external_id, Rail.VA, provider_ref, raw)
+        # INACTIVE before its expiry: paid (the payment not listed yet), not closed by Lunas,
+        # whose cancel moves the expiry to now (module docstring).
+        early = (f"virtual account is INACTIVE before its expiration_date "
+                 f"{xendit_time(expires_at)}" if raw == "INACTIVE" and before_expiry else None)
+        return await self._paid_or(NeutralStatus.EXPIRED, external_id, Rail.VA, provider_ref, raw,
+                                   unlisted=early)
 
-    async def _qr_status(self, reference: str) -> ProviderStatus:
+    async def _qr_status(self, reference: str, deadline: datetime | None) -> ProviderStatus:
         data = await self._lookup(f"/qr_codes/{quote(reference, '')}")
         if data is None:
             return ProviderStatus(status=NeutralStatus.NOT_FOUND, provider_ref=None)
@@ -388,7 +408,25 @@ class XenditProvider:
         if raw == "ACTIVE":
             return ProviderStatus(status=NeutralStatus.PENDING, provider_ref=qr_id,
                                   raw_status=raw)
-        return await self._paid_or(NeutralStatus.EXPIRED, reference, Rail.QRIS, qr_id, raw)
+        return await self._paid_or(NeutralStatus.EXPIRED, reference, Rail.QRIS, qr_id, raw,
+                                   unlisted=self._qr_inactive_early(data, deadline))
+
+    def _qr_inactive_early(self, data: Mapping[str, Any], deadline: datetime | None
+                           ) -> str | None:
+        """Why an INACTIVE QR is no evidence of expiry, if it is not: Lunas cannot close a QR
+        v1 and Xendit keeps no expiry for one, so INACTIVE before Lunas's deadline is its
+        payment, however late the read. When it turned INACTIVE is its ``updated`` (RAILS.md
+        §2.3), the read's time if that is missing or unreadable; with no deadline known,
+        nothing says it expired."""
+        if deadline is None:
+            return "QR code is INACTIVE and its deadline is not known"
+        since: datetime | None = None
+        with contextlib.suppress(ValueError):
+            since = parse_time(data["updated"]) if data.get("updated") else None
+        if (since or self._clock()) < deadline:
+            when = f"turned INACTIVE at {xendit_time(since)}" if since else "is INACTIVE"
+            return f"QR code {when}, before its deadline {xendit_time(deadline)}"
+        return None
 
     async def _status_by_reference(self, reference: str, rail: Rail) -> ProviderStatus:
         """Unpaid, a VA is not found (its create may be replayed); a charge may be pending."""
@@ -396,14 +434,20 @@ class XenditProvider:
         return await self._paid_or(unpaid, reference, rail, None, "NO_PAYMENT_FOR_REFERENCE")
 
     async def _paid_or(self, otherwise: NeutralStatus, reference: str, rail: Rail,
-                       provider_ref: str | None, raw: str) -> ProviderStatus:
-        """Paid if the Transactions API holds a successful payment for this reference."""
+                       provider_ref: str | None, raw: str, *,
+                       unlisted: str | None = None) -> ProviderStatus:
+        """Paid if the Transactions API holds a successful payment for this reference.
+        ``unlisted``: why no payment listed is not ``otherwise`` but an answer to read again
+        (an instrument INACTIVE before its expiry: its payment not listed yet)."""
         params = {"reference_id": reference, "types": "PAYMENT", "statuses": "SUCCESS",
                   "channel_categories": CATEGORIES[rail], "limit": "50"}
         data = await self._send("status", "GET", "/transactions", params=params)
         with self._reading("status"):
             payments = [t for t in data["data"]
                         if provider_ref is None or t.get("product_id") == provider_ref]
+            if not payments and unlisted is not None:
+                raise Unreadable(f"{unlisted}, and the Transactions API lists no payment yet",
+                                 provider=PROVIDER, operation="status")
             if not payments:
                 return ProviderStatus(status=otherwise, provider_ref=provider_ref,
                                       raw_status=raw)

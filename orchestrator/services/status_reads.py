@@ -214,7 +214,8 @@ class StatusReads:
             try:
                 return await provider.status(
                     attempt.id, attempt.provider_ref, route, requests_allowed=allowed,
-                    payment_known=attempt.state == AttemptState.PAID.value)
+                    payment_known=attempt.state == AttemptState.PAID.value,
+                    expires_at=attempt.expires_at)
             except MoreRequestsNeeded:
                 call.neutral()  # the provider answered: it is not failing
                 raise

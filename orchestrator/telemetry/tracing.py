@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 import httpx
@@ -309,12 +310,14 @@ class TracedProvider:
 
     async def status(self, reference: str, provider_ref: str | None, route: Route, *,
                      requests_allowed: int | None = None,
-                     payment_known: bool = False) -> ProviderStatus:
+                     payment_known: bool = False,
+                     expires_at: datetime | None = None) -> ProviderStatus:
         with _provider_span(self.name, "status", route) as current:
             current.set_attribute("lunas.attempt_id", reference)
             answer = await self._inner.status(reference, provider_ref, route,
                                               requests_allowed=requests_allowed,
-                                              payment_known=payment_known)
+                                              payment_known=payment_known,
+                                              expires_at=expires_at)
             current.set_attribute("lunas.outcome", answer.status.value)
             return answer
 

@@ -1043,6 +1043,111 @@ async def test_a_va_paid_before_its_cancel_went_through_is_still_found(
             "needs_review": 1}
 
 
+LOST_CALLBACKS = {"drop_callbacks": True}
+TRANSACTIONS_LAG = {"transactions_lag_s": 3600}
+"""Xendit's Transactions API an hour behind the payments: the simulator turns a paid VA or QR
+INACTIVE at once, and lists its payment only when the lag is set back to 0."""
+
+
+async def read_after(s: Shop, attempt_id: str, order_id: str, since: datetime) -> Any:
+    """The attempt once the verifier has read it at or after ``since`` (by Lunas's clock), or
+    once it left the live states."""
+    async def read() -> bool:
+        a = next(a for a in await s.attempts(order_id) if a.id == attempt_id)
+        return a.state != "active" or (
+            a.last_checked_at is not None and a.last_checked_at >= since
+            and (a.last_check or "").startswith("unreadable answer"))
+
+    await eventually(read, 20, "the attempt read")
+    return next(a for a in await s.attempts(order_id) if a.id == attempt_id)
+
+
+async def test_a_paid_va_the_transactions_api_lists_late_is_not_expired_but_paid(
+    container: Container,
+) -> None:
+    """Regression (review): a single-use VA turns INACTIVE the moment it is paid, and Xendit's
+    Transactions API may list the payment minutes later. With the callback lost, the
+    verifier's read in between found INACTIVE and no payment, and expired the attempt: the
+    merchant heard the payment failed, the order expired at its deadline unread, and nothing
+    read the VA again, so the payment was never applied (rule 4). An INACTIVE VA before its
+    expiry that Lunas did not close is read again until the list catches up."""
+    async with shop(container) as s:
+        await s.midtrans("POST", "/faults", {"kind": "down"})  # the VA is Xendit's
+        placed = await s.checkout(rail="va", channel="bca")
+        assert placed["routing"]["served_by"] == "va:xendit:bca"
+        attempt = (await s.attempts(placed["id"]))[-1]
+        await s.xendit("POST", "/config", {**LOST_CALLBACKS, **TRANSACTIONS_LAG})
+        await s.xendit("POST", "/pay", {"kind": "va", "external_id": attempt.id,
+                                        "amount": attempt.transfer_amount})
+        since = s.clock.now()
+        s.clock.advance(timedelta(hours=1, minutes=5))  # the VA's first read, hours before expiry
+
+        read = await read_after(s, attempt.id, placed["id"], since)
+        assert read.state == "active", read.last_check
+        assert "INACTIVE" in (read.last_check or "")
+        assert (await s.states([placed["id"]]))[placed["id"]] == "awaiting_payment"
+        assert await s.events("order.payment_failed", [placed["id"]]) == []
+
+        await s.xendit("POST", "/config", {"transactions_lag_s": 0})  # the list catches up
+        s.clock.advance(timedelta(minutes=31))  # past the longest gap between unreadable reads
+
+        async def paid() -> bool:
+            return (await s.states([placed["id"]]))[placed["id"]] == "paid"
+
+        await eventually(paid, 20, "the payment found and applied")
+        assert [a.state for a in await s.attempts(placed["id"])] == ["paid"]
+        assert await assert_rules_of_state(s.container.db, [placed["id"]]) == {"paid": 1}
+
+
+async def test_a_paid_qr_the_transactions_api_never_lists_goes_to_a_person_not_expired(
+    container: Container,
+) -> None:
+    """A QR v1 cannot be closed by Lunas and has no expiry of its own: INACTIVE before the
+    deadline is its payment. Read past the deadline with the Transactions API still silent,
+    it was expired (and the order with it, its callback lost). It stays unread instead: the
+    order waits in ``verifying``, goes to a person when the verification window runs out, and
+    is paid when the list catches up."""
+    async with shop(container) as s:
+        await s.midtrans("POST", "/faults", {"kind": "down"})  # QRIS served by Xendit
+        placed = await s.checkout()
+        assert placed["routing"]["served_by"] == "qris:xendit:qris"
+        attempt = (await s.attempts(placed["id"]))[-1]
+        await s.xendit("POST", "/config", {**LOST_CALLBACKS, **TRANSACTIONS_LAG})
+        await s.xendit("POST", "/pay", {"kind": "qr", "external_id": attempt.id,
+                                        "amount": attempt.transfer_amount})
+        s.clock.advance(PAST_DEADLINE)  # the read at the deadline finds INACTIVE, no payment
+
+        read = await read_after(s, attempt.id, placed["id"], attempt.expires_at)
+        assert read.state == "active", read.last_check
+        assert "INACTIVE" in (read.last_check or "")
+
+        async def verifying() -> bool:  # the expiry sweep runs apart from the read
+            return (await s.states([placed["id"]]))[placed["id"]] == "verifying"
+
+        await eventually(verifying, 20, "the order waiting on its read")
+        assert [a.state for a in await s.attempts(placed["id"])
+                if a.id == attempt.id] == ["active"]
+
+        s.clock.advance(timedelta(hours=3))  # the verification window runs out, still unlisted
+
+        async def reviewed() -> bool:
+            return (await s.states([placed["id"]]))[placed["id"]] == "needs_review"
+
+        await eventually(reviewed, 20, "the order sent to a person")
+        view = await s.order(placed["id"])
+        assert view["review_reason"] == "verification_window_exhausted"
+        assert await s.events("order.expired", [placed["id"]]) == []
+
+        await s.xendit("POST", "/config", {"transactions_lag_s": 0})  # the list catches up
+        s.clock.advance(timedelta(minutes=31))  # past the longest gap between unreadable reads
+
+        async def paid() -> bool:
+            return (await s.states([placed["id"]]))[placed["id"]] == "paid"
+
+        await eventually(paid, 20, "the payment found and applied")
+        assert await assert_rules_of_state(s.container.db, [placed["id"]]) == {"paid": 1}
+
+
 async def test_an_uncancellable_qr_is_watched_until_its_quarantine_ends_and_no_longer(
     container: Container,
 ) -> None:

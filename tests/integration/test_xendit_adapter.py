@@ -41,6 +41,7 @@ from orchestrator.rails.xendit import (
     callback_status,
     refunded_payment_refs,
     verify_callback_token,
+    xendit_time,
 )
 from tests.support import free_port
 
@@ -135,7 +136,8 @@ async def clean_sim(sim: XenditSim, http: httpx.AsyncClient, receiver: Receiver
     receiver.status = 200
     await control(http, sim, "DELETE", "/faults")
     await control(http, sim, "POST", "/config", {"rate_limit_per_minute": None,
-                                                 "ewallet_idempotency": False})
+                                                 "ewallet_idempotency": False,
+                                                 "transactions_lag_s": 0})
 
 
 async def control(http: httpx.AsyncClient, sim: XenditSim, method: str, path: str,
@@ -765,3 +767,101 @@ async def test_a_va_xendit_did_not_make_single_use_and_closed_never_reaches_a_cu
             await provider.create(request)
     finally:
         await control(http, sim, "POST", "/config", {"va_reusable": False})
+
+
+LAGGING = {"transactions_lag_s": 3600}
+"""The Transactions API an hour behind the payments (Xendit's can trail one by minutes)."""
+
+
+def shifted(sim: XenditSim, http: httpx.AsyncClient, receiver: Receiver,
+            by: timedelta) -> XenditProvider:
+    """The adapter with Lunas's clock ``by`` ahead of the simulator's."""
+    return XenditProvider(base_url=sim.data_url, secret_key=KEY, client=http, timeout=TIMEOUT_S,
+                          callback_url=receiver.url, return_url="https://toko.example/selesai",
+                          clock=lambda: datetime.now(UTC) + by)
+
+
+@pytest.mark.parametrize("channel", ["bca", "permata"])
+async def test_a_paid_va_the_transactions_api_does_not_list_yet_is_never_expired(
+    provider: XenditProvider, sim: XenditSim, http: httpx.AsyncClient, channel: str,
+) -> None:
+    """A single-use VA turns INACTIVE the moment it is paid, and Xendit's Transactions API may
+    list the payment only later. Read in between, before its ``expiration_date``, it was taken
+    for expired: the attempt closed, the order expired with its callback lost, and nothing ever
+    read it again (the payment lost). INACTIVE before the expiry, which Lunas did not bring
+    about (its cancel moves the expiry to now), is no evidence of expiry: unreadable, read
+    again, until the list catches up and says paid."""
+    request = charge(channel)
+    instrument = await provider.create(request)
+    ref, route = instrument.provider_ref, request.route
+    await control(http, sim, "POST", "/config", LAGGING)
+    try:
+        assert (await pay(http, sim, request, ref)).status_code == 200
+        with pytest.raises(Unreadable, match="INACTIVE"):
+            await provider.status(request.reference, ref, route)
+        await control(http, sim, "POST", "/config", {"transactions_lag_s": 0})  # caught up
+        paid = await provider.status(request.reference, ref, route)
+        assert (paid.status, paid.paid_amount, paid.provider_ref) == (
+            NeutralStatus.PAID, request.amount, ref)
+    finally:
+        await control(http, sim, "POST", "/config", {"transactions_lag_s": 0})
+
+
+async def test_a_qr_that_turned_inactive_before_its_deadline_is_unreadable_after_it_too(
+    sim: XenditSim, http: httpx.AsyncClient, receiver: Receiver, provider: XenditProvider,
+) -> None:
+    """A QR v1 has no cancel and no expiry of its own: INACTIVE before Lunas's deadline (its
+    ``updated``) is its payment, however late the read that finds the Transactions API still
+    silent. Read after the deadline it stays unreadable, so the order waits in ``verifying``
+    and goes to a person when the window runs out (``services/expiry.py``), never expired. A QR
+    that turned INACTIVE after the deadline with no payment listed is expired, as before."""
+    request = charge("qris")
+    instrument = await provider.create(request)
+    ref, route = instrument.provider_ref, request.route
+    late = shifted(sim, http, receiver, timedelta(hours=3))  # past the 2-hour deadline
+    await control(http, sim, "POST", "/config", LAGGING)
+    try:
+        assert (await pay(http, sim, request, ref)).status_code == 200
+        with pytest.raises(Unreadable, match="INACTIVE"):
+            await provider.status(request.reference, ref, route, expires_at=request.expires_at)
+        with pytest.raises(Unreadable, match="INACTIVE"):
+            await late.status(request.reference, ref, route, expires_at=request.expires_at)
+        with pytest.raises(Unreadable, match="INACTIVE"):  # a deadline nobody said: no guess
+            await late.status(request.reference, ref, route)
+    finally:
+        await control(http, sim, "POST", "/config", {"transactions_lag_s": 0})
+
+    unpaid = charge("qris")
+    made = await provider.create(unpaid)
+    qr = sim.store.qrs[unpaid.reference]
+    qr.update(status="INACTIVE", updated=xendit_time(unpaid.expires_at + timedelta(minutes=1)))
+    expired = await late.status(unpaid.reference, made.provider_ref, unpaid.route,
+                                expires_at=unpaid.expires_at)
+    assert (expired.status, expired.raw_status) == (NeutralStatus.EXPIRED, "INACTIVE")
+
+
+async def test_a_va_lunas_closed_or_past_its_expiry_still_reads_expired(
+    sim: XenditSim, http: httpx.AsyncClient, receiver: Receiver, provider: XenditProvider,
+) -> None:
+    """Lunas closes a VA by moving its ``expiration_date`` to now: that INACTIVE is expected,
+    and with no payment listed the VA is expired, the list lagging or not. So is a VA INACTIVE
+    once its ``expiration_date`` has passed."""
+    await control(http, sim, "POST", "/config", LAGGING)
+    try:
+        cancelled = charge("bni")
+        made = await provider.create(cancelled)
+        await provider.cancel(cancelled.reference, made.provider_ref, cancelled.route)
+        assert sim.store.vas[str(made.provider_ref)]["status"] == "INACTIVE"
+        read = await provider.status(cancelled.reference, made.provider_ref, cancelled.route,
+                                     expires_at=cancelled.expires_at)
+        assert (read.status, read.raw_status) == (NeutralStatus.EXPIRED, "INACTIVE")
+
+        lapsed = charge("mandiri")
+        made = await provider.create(lapsed)
+        sim.store.vas[str(made.provider_ref)]["status"] = "INACTIVE"
+        late = shifted(sim, http, receiver, timedelta(hours=3))  # past its expiration_date
+        read = await late.status(lapsed.reference, made.provider_ref, lapsed.route,
+                                 expires_at=lapsed.expires_at)
+        assert (read.status, read.raw_status) == (NeutralStatus.EXPIRED, "INACTIVE")
+    finally:
+        await control(http, sim, "POST", "/config", {"transactions_lag_s": 0})
