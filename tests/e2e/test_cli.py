@@ -35,6 +35,29 @@ def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
                           check=False)
 
 
+@pytest.fixture(scope="session")
+async def migrated_by_the_cli() -> AsyncIterator[str]:
+    """A database ``lunas migrate`` brought up from empty, once a session: the template of
+    ``migrated_env``'s. (Migrating from empty costs a few seconds of subprocess a test; tests
+    whose subject is ``migrate`` itself keep ``env``.)"""
+    url = await create_database("lunas_cli_template")
+    try:
+        migrated = run({**os.environ, "LUNAS_DATABASE_URL": url}, "migrate")
+        assert migrated.returncode == 0 and "schema is up to date" in migrated.stdout, (
+            migrated.stderr)
+        yield url
+    finally:
+        await drop_database(url)
+
+
+@pytest.fixture
+async def migrated_env(migrated_by_the_cli: str) -> AsyncIterator[dict[str, str]]:
+    """``env`` on a database holding Lunas's schema: a copy of one ``lunas migrate`` made."""
+    url = await create_database("lunas_cli", template=migrated_by_the_cli.rsplit("/", 1)[1])
+    yield {**os.environ, "LUNAS_DATABASE_URL": url}
+    await drop_database(url)
+
+
 async def test_operator_creates_credentials_and_imports_a_statement(
     env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -85,12 +108,12 @@ async def test_bad_account_syntax_is_refused_before_anything_is_written(
 
 
 async def test_payout_accounts_are_at_banks_lunas_reads_and_each_is_added_once(
-    env: dict[str, str]
+    migrated_env: dict[str, str]
 ) -> None:
     """A BSI account was accepted though no statement import or feed mapping reads BSI: its
     orders could never be matched. ``01234`` is no bank's account number. Adding an account
     twice printed a 100-line IntegrityError traceback."""
-    assert run(env, "migrate").returncode == 0
+    env = migrated_env  # `lunas migrate` made its template
     for account, named in (("bsi:0123456789:X", "'bsi'"), ("bca:01234:X", "'01234'")):
         refused = run(env, "merchants", "create", "X", "--account", account)
         assert refused.returncode == 2 and named in refused.stderr, refused.stderr
@@ -117,13 +140,15 @@ async def test_payout_accounts_are_at_banks_lunas_reads_and_each_is_added_once(
                "bca:0123456789:TOKO TEH").returncode == 0
 
 
-async def test_finance_lists_and_closes_an_unreadable_feed_item(env: dict[str, str]) -> None:
+async def test_finance_lists_and_closes_an_unreadable_feed_item(
+    migrated_env: dict[str, str],
+) -> None:
     import sqlalchemy as sa
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from orchestrator.store.tables import unreadable_feed_items
 
-    assert run(env, "migrate").returncode == 0
+    env = migrated_env  # `lunas migrate` made its template
     engine = create_async_engine(env["LUNAS_DATABASE_URL"])
     try:
         async with engine.begin() as conn:
@@ -178,9 +203,9 @@ async def _audit_of(url: str, subject_id: str) -> list[Any]:
 
 
 async def test_an_operator_moves_a_merchants_webhooks_and_rotates_their_secret(
-    env: dict[str, str],
+    migrated_env: dict[str, str],
 ) -> None:
-    assert run(env, "migrate").returncode == 0
+    env = migrated_env  # `lunas migrate` made its template
     shop = json.loads(run(env, "merchants", "create", "Toko Kopi", "--json", "--webhook-url",
                           "https://kopi.example.co.id/lunas").stdout)
 
@@ -231,13 +256,13 @@ async def test_an_operator_moves_a_merchants_webhooks_and_rotates_their_secret(
 
 
 async def test_a_payout_account_added_and_an_ops_token_made_are_audited(
-    env: dict[str, str],
+    migrated_env: dict[str, str],
 ) -> None:
     """Adding a payout account changes where customers are told to send money, and an ops token
     can pause routes and redeliver webhooks: both were written with no audit row, so nobody
     could say who added an account or issued a token, or why. The audit keeps the account's
     last digits only, never a token."""
-    assert run(env, "migrate").returncode == 0
+    env = migrated_env  # `lunas migrate` made its template
     shop = json.loads(run(env, "merchants", "create", "Toko Kopi", "--json",
                           "--account", "bca:0123456789:TOKO KOPI").stdout)
     added = run(env, "merchants", "add-account", shop["merchant_id"], "bri:123456789012345:KOPI",
@@ -264,11 +289,11 @@ async def test_a_payout_account_added_and_an_ops_token_made_are_audited(
 
 
 async def test_a_webhook_url_no_delivery_could_reach_is_refused_and_nothing_changes(
-    env: dict[str, str],
+    migrated_env: dict[str, str],
 ) -> None:
     """Before, ``merchants create`` stored any text as the URL, and each event then failed for a
     day before anyone saw it. What is refused is specified in tests/unit/test_webhook_url.py."""
-    assert run(env, "migrate").returncode == 0
+    env = migrated_env  # `lunas migrate` made its template
     created = run(env, "merchants", "create", "Toko Teh", "--webhook-url", "kopi.example.co.id")
     assert created.returncode == 2 and "must start with https:// or http://" in created.stderr
     shop = json.loads(run(env, "merchants", "create", "Toko Teh", "--json").stdout)
@@ -279,9 +304,9 @@ async def test_a_webhook_url_no_delivery_could_reach_is_refused_and_nothing_chan
     assert (row.webhook_url, audit) == (None, [])
 
 async def test_an_operator_sets_a_merchants_provider_order_and_fallback(
-    env: dict[str, str],
+    migrated_env: dict[str, str],
 ) -> None:
-    assert run(env, "migrate").returncode == 0
+    env = migrated_env  # `lunas migrate` made its template
     shop = json.loads(run(env, "merchants", "create", "Toko Kopi", "--json").stdout)
     mid = shop["merchant_id"]
 
@@ -435,9 +460,9 @@ def test_a_second_lunas_run_on_a_taken_port_starts_nothing_and_says_which_variab
 
 
 async def test_lunas_api_port_is_chosen_with_port(
-    env: dict[str, str], taken_port: int
+    migrated_env: dict[str, str], taken_port: int
 ) -> None:
-    assert run(env, "migrate").returncode == 0
+    env = migrated_env  # `lunas migrate` made its template
     refused = run({**env, "LUNAS_PORT": str(taken_port)}, "api")
     assert refused.returncode == 1 and "LUNAS_PORT or --port" in refused.stderr
     assert run(env, "api", "--port", "0").returncode == 2  # a port, not "any"
@@ -457,9 +482,9 @@ async def test_lunas_api_port_is_chosen_with_port(
 
 
 async def test_a_worker_whose_metrics_port_is_taken_says_so_in_one_line(
-    env: dict[str, str], taken_port: int
+    migrated_env: dict[str, str], taken_port: int
 ) -> None:
-    assert run(env, "migrate").returncode == 0
+    env = migrated_env  # `lunas migrate` made its template
     r = run({**env, "LUNAS_WORKER_METRICS_PORT": str(taken_port)}, "worker")
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
     assert "choose another port with LUNAS_WORKER_METRICS_PORT" in r.stderr
@@ -481,9 +506,9 @@ def test_a_merchant_without_a_name_or_with_a_url_lunas_cannot_post_to_is_refused
 
 
 async def test_a_merchant_name_is_stored_without_the_spaces_around_it(
-    env: dict[str, str]
+    migrated_env: dict[str, str]
 ) -> None:
-    assert run(env, "migrate").returncode == 0
+    env = migrated_env  # `lunas migrate` made its template
     r = run(env, "merchants", "create", "  Toko Kopi ", "--webhook-url",
             "https://shop.example/lunas/hook?t=1", "--json")
     assert r.returncode == 0, r.stderr
@@ -525,14 +550,14 @@ async def test_a_database_never_migrated_is_one_line_saying_to_migrate(
 
 
 async def test_production_refuses_a_webhook_url_in_clear_or_at_a_private_address_when_set(
-    env: dict[str, str],
+    migrated_env: dict[str, str],
 ) -> None:
     """In production a webhook URL over plain http (signed order data in clear) or naming a
     loopback, private or link-local address is refused when ops set it, with the reason, not
     left to fail every try for a day; ``LUNAS_WEBHOOK_ALLOW_HTTP`` / ``_ALLOW_PRIVATE`` let
     them, for merchants reached over a private network. Every refusal is in
     tests/unit/test_webhook_url.py."""
-    assert run(env, "migrate").returncode == 0
+    env = migrated_env  # `lunas migrate` made its template
     shop = json.loads(run(env, "merchants", "create", "Toko Kopi", "--json").stdout)
     production = {**env, "LUNAS_ENV": "production", "LUNAS_MUTATION_PUSH_SECRET": "s3cret-push"}
     for url, why in [("http://kopi.example.co.id/lunas", "must use https://"),
