@@ -53,6 +53,10 @@ PAYMENTS = 12
 RELAY_SLOTS = 3
 STATUS_PACE = 60.0
 """Midtrans status reads a minute: with the default 10 % headroom, one every 1.1 s."""
+BOOKED = 4
+"""Reads another worker books ahead on that pace to make it busy: ~4.4 s of it, so for the
+first 2.4 s the next free slot is more than ``LUNAS_CONFIRM_READ_WAIT`` (2 s) away. (Six made
+every test that waits for the pace to come free wait 2.2 s longer.)"""
 
 
 @pytest.fixture
@@ -167,10 +171,10 @@ async def test_a_closed_attempt_read_finding_the_pace_booked_is_queued_again_not
     room, sending nothing now, and the job still reads and finds the payment later."""
     order_id, attempt = await late_payment_nobody_can_verify(stack)
     c = stack.container
-    # Another worker's pacer, reserving up to 10 s ahead: six reads book ~6.6 s of the pace.
+    # Another worker's pacer, reserving up to 10 s ahead: its reads book ~4.4 s of the pace.
     elsewhere = RequestPacer({"midtrans": Pace(per_minute=STATUS_PACE)}, redis=c.redis,
                              key_prefix=c.settings.redis.key_prefix, max_wait=10)
-    booked = [asyncio.create_task(elsewhere.acquire("midtrans")) for _ in range(6)]
+    booked = [asyncio.create_task(elsewhere.acquire("midtrans")) for _ in range(BOOKED)]
     try:
         await asyncio.sleep(0.2)  # they have all reserved their turns
         since = time.time()
