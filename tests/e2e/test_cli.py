@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,14 @@ async def env() -> AsyncIterator[dict[str, str]]:
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([LUNAS, *args], env=env, capture_output=True, text=True, timeout=60,
                           check=False)
+
+
+def run_each(env: dict[str, str], *commands: tuple[str, ...]
+             ) -> list[subprocess.CompletedProcess[str]]:
+    """Invocations that depend on none of each other (refusals that change nothing), each its
+    own ``lunas`` process as ``run`` makes it, side by side: most of one is starting Python."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda args: run(env, *args), commands))
 
 
 @pytest.fixture(scope="session")
@@ -114,14 +123,15 @@ async def test_payout_accounts_are_at_banks_lunas_reads_and_each_is_added_once(
     orders could never be matched. ``01234`` is no bank's account number. Adding an account
     twice printed a 100-line IntegrityError traceback."""
     env = migrated_env  # `lunas migrate` made its template
-    for account, named in (("bsi:0123456789:X", "'bsi'"), ("bca:01234:X", "'01234'")):
-        refused = run(env, "merchants", "create", "X", "--account", account)
+    bsi, short, twice = run_each(
+        env, ("merchants", "create", "X", "--account", "bsi:0123456789:X"),
+        ("merchants", "create", "X", "--account", "bca:01234:X"),
+        ("merchants", "create", "X", "--account", "bca:1111111111:X",
+         "--account", "BCA:1111111111:X"))
+    for refused, named in ((bsi, "'bsi'"), (short, "'01234'")):
         assert refused.returncode == 2 and named in refused.stderr, refused.stderr
         assert "Traceback" not in refused.stderr
-    assert "bca, mandiri, bri" in run(env, "merchants", "create", "X", "--account",
-                                      "bsi:0123456789:X").stderr
-    twice = run(env, "merchants", "create", "X", "--account", "bca:1111111111:X",
-                "--account", "BCA:1111111111:X")
+    assert "bca, mandiri, bri" in bsi.stderr
     assert twice.returncode == 1 and "twice" in twice.stderr and "Traceback" not in twice.stderr
 
     shop = json.loads(run(env, "merchants", "create", "Toko Kopi", "--json",
@@ -246,12 +256,12 @@ async def test_an_operator_moves_a_merchants_webhooks_and_rotates_their_secret(
     assert row.webhook_secret in leaked.stdout
     assert (row.previous_webhook_secret, row.previous_webhook_secret_expires_at) == (None, None)
 
-    nobody = run(env, "merchants", "rotate-secret", "mer_nobody", "--actor", "sari")
-    assert nobody.returncode == 1 and "no merchant mer_nobody" in nobody.stderr
-    nobody = run(env, "merchants", "set-webhook", "mer_nobody", "https://x.example/h",
-                 "--actor", "sari")
-    assert nobody.returncode == 1 and "no merchant mer_nobody" in nobody.stderr
-    unaudited = run(env, "merchants", "rotate-secret", shop["merchant_id"])
+    *nobodies, unaudited = run_each(
+        env, ("merchants", "rotate-secret", "mer_nobody", "--actor", "sari"),
+        ("merchants", "set-webhook", "mer_nobody", "https://x.example/h", "--actor", "sari"),
+        ("merchants", "rotate-secret", shop["merchant_id"]))
+    for nobody in nobodies:
+        assert nobody.returncode == 1 and "no merchant mer_nobody" in nobody.stderr
     assert unaudited.returncode == 2 and "--actor" in unaudited.stderr
 
 
@@ -332,22 +342,24 @@ async def test_an_operator_sets_a_merchants_provider_order_and_fallback(
         ("cli:sari", "merchant.routing_set", "merchant's Xendit VA contract ended")]
 
     # One refusal of each kind; every message routing_problem gives is in test_route_plan.py.
-    for args, says in [
+    refusals = [
         (("--priority", "va=doku"), "unknown provider 'doku' for va; known: midtrans, xendit"),
         (("--fallback", "qris=va"), "qris cannot fall back to va"),
         ((), "nothing to change"),
-    ]:
-        refused = run(env, "merchants", "set-routing", mid, *args, "--allow-fallback",
-                      "--actor", "sari") if args else run(
-            env, "merchants", "set-routing", mid, "--actor", "sari")
+    ]
+    *refused_all, malformed, unaudited, nobody = run_each(
+        env, *[("merchants", "set-routing", mid, *args, "--allow-fallback", "--actor", "sari")
+               if args else ("merchants", "set-routing", mid, "--actor", "sari")
+               for args, _ in refusals],
+        ("merchants", "set-routing", mid, "--priority", "va", "--actor", "sari"),
+        ("merchants", "set-routing", mid, "--reset"),
+        ("merchants", "set-routing", "mer_nobody", "--reset", "--actor", "sari"))
+    for (args, says), refused in zip(refusals, refused_all, strict=True):
         assert refused.returncode == 1, (args, refused.stderr)
         assert says in refused.stderr and "nothing changed" in refused.stderr, refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
-    malformed = run(env, "merchants", "set-routing", mid, "--priority", "va", "--actor", "sari")
     assert malformed.returncode == 2 and "RAIL=NAME" in malformed.stderr
-    unaudited = run(env, "merchants", "set-routing", mid, "--reset")
     assert unaudited.returncode == 2 and "--actor" in unaudited.stderr
-    nobody = run(env, "merchants", "set-routing", "mer_nobody", "--reset", "--actor", "sari")
     assert nobody.returncode == 1 and "no merchant mer_nobody" in nobody.stderr
     row, audit = await _merchant_row(env["LUNAS_DATABASE_URL"], mid)
     assert (row.routing, row.allow_fallback, len(audit)) == (routing["overrides"], False, 1)
@@ -540,8 +552,8 @@ def test_a_token_without_a_name_or_a_statement_that_cannot_be_read_is_one_line(
 async def test_a_database_never_migrated_is_one_line_saying_to_migrate(
     env: dict[str, str]
 ) -> None:
-    for command in (["merchants", "create", "Toko"], ["reviews", "list"], ["worker"]):
-        r = run(env, *command)
+    commands = [("merchants", "create", "Toko"), ("reviews", "list"), ("worker",)]
+    for command, r in zip(commands, run_each(env, *commands), strict=True):
         assert (r.returncode, r.stderr) == (1, (
             "lunas: the database has no Lunas schema yet: run `lunas migrate` first "
             "(LUNAS_DATABASE_URL)\n")), (command, r.stderr)
@@ -560,13 +572,14 @@ async def test_production_refuses_a_webhook_url_in_clear_or_at_a_private_address
     env = migrated_env  # `lunas migrate` made its template
     shop = json.loads(run(env, "merchants", "create", "Toko Kopi", "--json").stdout)
     production = {**env, "LUNAS_ENV": "production", "LUNAS_MUTATION_PUSH_SECRET": "s3cret-push"}
-    for url, why in [("http://kopi.example.co.id/lunas", "must use https://"),
-                     ("https://169.254.169.254/latest", "169.254.169.254, not a public address")]:
-        refused = run(production, "merchants", "set-webhook", shop["merchant_id"], url,
-                      "--actor", "sari")
+    refusals = [("http://kopi.example.co.id/lunas", "must use https://"),
+                ("https://169.254.169.254/latest", "169.254.169.254, not a public address")]
+    *refused_all, created = run_each(
+        production, *[("merchants", "set-webhook", shop["merchant_id"], url, "--actor", "sari")
+                      for url, _ in refusals],
+        ("merchants", "create", "Toko Teh", "--webhook-url", "https://10.1.2.3/lunas"))
+    for (url, why), refused in zip(refusals, refused_all, strict=True):
         assert (refused.returncode, why in refused.stderr) == (1, True), (url, refused.stderr)
-    created = run(production, "merchants", "create", "Toko Teh", "--webhook-url",
-                  "https://10.1.2.3/lunas")
     assert created.returncode == 1 and "10.1.2.3, not a public address" in created.stderr
     row, audit = await _merchant_row(env["LUNAS_DATABASE_URL"], shop["merchant_id"])
     assert (row.webhook_url, audit) == (None, [])
