@@ -27,12 +27,14 @@ def _sqlalchemy_url(dsn: str) -> str:
     return dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
 
 
-async def create_database(prefix: str = "lunas_test") -> str:
-    """Create an empty PostgreSQL database; returns its SQLAlchemy URL."""
+async def create_database(prefix: str = "lunas_test", *, template: str | None = None) -> str:
+    """Create an empty PostgreSQL database, or a copy of the database named ``template`` (which
+    nobody may be connected to); returns its SQLAlchemy URL."""
     name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
     conn = await asyncpg.connect(PG_ADMIN_DSN)
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.execute(f'CREATE DATABASE "{name}"'
+                           + (f' TEMPLATE "{template}"' if template else ""))
     finally:
         await conn.close()
     return _sqlalchemy_url(PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + name)

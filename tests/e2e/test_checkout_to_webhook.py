@@ -16,6 +16,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -117,10 +118,12 @@ async def test_a_frontend_and_finance_take_an_order_from_capture_to_a_signed_web
            "LUNAS_WORKER_METRICS_PORT": str(worker_metrics)}
     try:
         lunas(env, "migrate")
-        shop = lunas(env, "merchants", "create", "Toko Batik", "--json",
-                     "--webhook-url", f"http://127.0.0.1:{receiver.port}/hooks/lunas",
-                     "--account", "bca:0123456789:TOKO BATIK")
-        finance = lunas(env, "ops-tokens", "create", "finance", "--actor", "e2e", "--json")
+        with ThreadPoolExecutor(2) as pool:  # two operators at once, each their own `lunas`
+            made = pool.submit(lunas, env, "merchants", "create", "Toko Batik", "--json",
+                               "--webhook-url", f"http://127.0.0.1:{receiver.port}/hooks/lunas",
+                               "--account", "bca:0123456789:TOKO BATIK")
+            finance = lunas(env, "ops-tokens", "create", "finance", "--actor", "e2e", "--json")
+            shop = made.result()
         base = f"http://127.0.0.1:{port}"
         with running(env, "api") as api, running(env, "worker"):
             await wait_until_ready(base, api)

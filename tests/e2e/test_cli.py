@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,37 @@ async def env() -> AsyncIterator[dict[str, str]]:
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([LUNAS, *args], env=env, capture_output=True, text=True, timeout=60,
                           check=False)
+
+
+def run_each(env: dict[str, str], *commands: tuple[str, ...]
+             ) -> list[subprocess.CompletedProcess[str]]:
+    """Invocations that depend on none of each other (refusals that change nothing), each its
+    own ``lunas`` process as ``run`` makes it, side by side: most of one is starting Python."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda args: run(env, *args), commands))
+
+
+@pytest.fixture(scope="session")
+async def migrated_by_the_cli() -> AsyncIterator[str]:
+    """A database ``lunas migrate`` brought up from empty, once a session: the template of
+    ``migrated_env``'s. (Migrating from empty costs a few seconds of subprocess a test; tests
+    whose subject is ``migrate`` itself keep ``env``.)"""
+    url = await create_database("lunas_cli_template")
+    try:
+        migrated = run({**os.environ, "LUNAS_DATABASE_URL": url}, "migrate")
+        assert migrated.returncode == 0 and "schema is up to date" in migrated.stdout, (
+            migrated.stderr)
+        yield url
+    finally:
+        await drop_database(url)
+
+
+@pytest.fixture
+async def migrated_env(migrated_by_the_cli: str) -> AsyncIterator[dict[str, str]]:
+    """``env`` on a database holding Lunas's schema: a copy of one ``lunas migrate`` made."""
+    url = await create_database("lunas_cli", template=migrated_by_the_cli.rsplit("/", 1)[1])
+    yield {**os.environ, "LUNAS_DATABASE_URL": url}
+    await drop_database(url)
 
 
 async def test_operator_creates_credentials_and_imports_a_statement(
@@ -85,20 +117,21 @@ async def test_bad_account_syntax_is_refused_before_anything_is_written(
 
 
 async def test_payout_accounts_are_at_banks_lunas_reads_and_each_is_added_once(
-    env: dict[str, str]
+    migrated_env: dict[str, str]
 ) -> None:
     """A BSI account was accepted though no statement import or feed mapping reads BSI: its
     orders could never be matched. ``01234`` is no bank's account number. Adding an account
     twice printed a 100-line IntegrityError traceback."""
-    assert run(env, "migrate").returncode == 0
-    for account, named in (("bsi:0123456789:X", "'bsi'"), ("bca:01234:X", "'01234'")):
-        refused = run(env, "merchants", "create", "X", "--account", account)
+    env = migrated_env  # `lunas migrate` made its template
+    bsi, short, twice = run_each(
+        env, ("merchants", "create", "X", "--account", "bsi:0123456789:X"),
+        ("merchants", "create", "X", "--account", "bca:01234:X"),
+        ("merchants", "create", "X", "--account", "bca:1111111111:X",
+         "--account", "BCA:1111111111:X"))
+    for refused, named in ((bsi, "'bsi'"), (short, "'01234'")):
         assert refused.returncode == 2 and named in refused.stderr, refused.stderr
         assert "Traceback" not in refused.stderr
-    assert "bca, mandiri, bri" in run(env, "merchants", "create", "X", "--account",
-                                      "bsi:0123456789:X").stderr
-    twice = run(env, "merchants", "create", "X", "--account", "bca:1111111111:X",
-                "--account", "BCA:1111111111:X")
+    assert "bca, mandiri, bri" in bsi.stderr
     assert twice.returncode == 1 and "twice" in twice.stderr and "Traceback" not in twice.stderr
 
     shop = json.loads(run(env, "merchants", "create", "Toko Kopi", "--json",
@@ -117,13 +150,15 @@ async def test_payout_accounts_are_at_banks_lunas_reads_and_each_is_added_once(
                "bca:0123456789:TOKO TEH").returncode == 0
 
 
-async def test_finance_lists_and_closes_an_unreadable_feed_item(env: dict[str, str]) -> None:
+async def test_finance_lists_and_closes_an_unreadable_feed_item(
+    migrated_env: dict[str, str],
+) -> None:
     import sqlalchemy as sa
     from sqlalchemy.ext.asyncio import create_async_engine
 
     from orchestrator.store.tables import unreadable_feed_items
 
-    assert run(env, "migrate").returncode == 0
+    env = migrated_env  # `lunas migrate` made its template
     engine = create_async_engine(env["LUNAS_DATABASE_URL"])
     try:
         async with engine.begin() as conn:
@@ -178,9 +213,9 @@ async def _audit_of(url: str, subject_id: str) -> list[Any]:
 
 
 async def test_an_operator_moves_a_merchants_webhooks_and_rotates_their_secret(
-    env: dict[str, str],
+    migrated_env: dict[str, str],
 ) -> None:
-    assert run(env, "migrate").returncode == 0
+    env = migrated_env  # `lunas migrate` made its template
     shop = json.loads(run(env, "merchants", "create", "Toko Kopi", "--json", "--webhook-url",
                           "https://kopi.example.co.id/lunas").stdout)
 
@@ -221,23 +256,23 @@ async def test_an_operator_moves_a_merchants_webhooks_and_rotates_their_secret(
     assert row.webhook_secret in leaked.stdout
     assert (row.previous_webhook_secret, row.previous_webhook_secret_expires_at) == (None, None)
 
-    nobody = run(env, "merchants", "rotate-secret", "mer_nobody", "--actor", "sari")
-    assert nobody.returncode == 1 and "no merchant mer_nobody" in nobody.stderr
-    nobody = run(env, "merchants", "set-webhook", "mer_nobody", "https://x.example/h",
-                 "--actor", "sari")
-    assert nobody.returncode == 1 and "no merchant mer_nobody" in nobody.stderr
-    unaudited = run(env, "merchants", "rotate-secret", shop["merchant_id"])
+    *nobodies, unaudited = run_each(
+        env, ("merchants", "rotate-secret", "mer_nobody", "--actor", "sari"),
+        ("merchants", "set-webhook", "mer_nobody", "https://x.example/h", "--actor", "sari"),
+        ("merchants", "rotate-secret", shop["merchant_id"]))
+    for nobody in nobodies:
+        assert nobody.returncode == 1 and "no merchant mer_nobody" in nobody.stderr
     assert unaudited.returncode == 2 and "--actor" in unaudited.stderr
 
 
 async def test_a_payout_account_added_and_an_ops_token_made_are_audited(
-    env: dict[str, str],
+    migrated_env: dict[str, str],
 ) -> None:
     """Adding a payout account changes where customers are told to send money, and an ops token
     can pause routes and redeliver webhooks: both were written with no audit row, so nobody
     could say who added an account or issued a token, or why. The audit keeps the account's
     last digits only, never a token."""
-    assert run(env, "migrate").returncode == 0
+    env = migrated_env  # `lunas migrate` made its template
     shop = json.loads(run(env, "merchants", "create", "Toko Kopi", "--json",
                           "--account", "bca:0123456789:TOKO KOPI").stdout)
     added = run(env, "merchants", "add-account", shop["merchant_id"], "bri:123456789012345:KOPI",
@@ -264,11 +299,11 @@ async def test_a_payout_account_added_and_an_ops_token_made_are_audited(
 
 
 async def test_a_webhook_url_no_delivery_could_reach_is_refused_and_nothing_changes(
-    env: dict[str, str],
+    migrated_env: dict[str, str],
 ) -> None:
     """Before, ``merchants create`` stored any text as the URL, and each event then failed for a
     day before anyone saw it. What is refused is specified in tests/unit/test_webhook_url.py."""
-    assert run(env, "migrate").returncode == 0
+    env = migrated_env  # `lunas migrate` made its template
     created = run(env, "merchants", "create", "Toko Teh", "--webhook-url", "kopi.example.co.id")
     assert created.returncode == 2 and "must start with https:// or http://" in created.stderr
     shop = json.loads(run(env, "merchants", "create", "Toko Teh", "--json").stdout)
@@ -279,9 +314,9 @@ async def test_a_webhook_url_no_delivery_could_reach_is_refused_and_nothing_chan
     assert (row.webhook_url, audit) == (None, [])
 
 async def test_an_operator_sets_a_merchants_provider_order_and_fallback(
-    env: dict[str, str],
+    migrated_env: dict[str, str],
 ) -> None:
-    assert run(env, "migrate").returncode == 0
+    env = migrated_env  # `lunas migrate` made its template
     shop = json.loads(run(env, "merchants", "create", "Toko Kopi", "--json").stdout)
     mid = shop["merchant_id"]
 
@@ -307,22 +342,24 @@ async def test_an_operator_sets_a_merchants_provider_order_and_fallback(
         ("cli:sari", "merchant.routing_set", "merchant's Xendit VA contract ended")]
 
     # One refusal of each kind; every message routing_problem gives is in test_route_plan.py.
-    for args, says in [
+    refusals = [
         (("--priority", "va=doku"), "unknown provider 'doku' for va; known: midtrans, xendit"),
         (("--fallback", "qris=va"), "qris cannot fall back to va"),
         ((), "nothing to change"),
-    ]:
-        refused = run(env, "merchants", "set-routing", mid, *args, "--allow-fallback",
-                      "--actor", "sari") if args else run(
-            env, "merchants", "set-routing", mid, "--actor", "sari")
+    ]
+    *refused_all, malformed, unaudited, nobody = run_each(
+        env, *[("merchants", "set-routing", mid, *args, "--allow-fallback", "--actor", "sari")
+               if args else ("merchants", "set-routing", mid, "--actor", "sari")
+               for args, _ in refusals],
+        ("merchants", "set-routing", mid, "--priority", "va", "--actor", "sari"),
+        ("merchants", "set-routing", mid, "--reset"),
+        ("merchants", "set-routing", "mer_nobody", "--reset", "--actor", "sari"))
+    for (args, says), refused in zip(refusals, refused_all, strict=True):
         assert refused.returncode == 1, (args, refused.stderr)
         assert says in refused.stderr and "nothing changed" in refused.stderr, refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
-    malformed = run(env, "merchants", "set-routing", mid, "--priority", "va", "--actor", "sari")
     assert malformed.returncode == 2 and "RAIL=NAME" in malformed.stderr
-    unaudited = run(env, "merchants", "set-routing", mid, "--reset")
     assert unaudited.returncode == 2 and "--actor" in unaudited.stderr
-    nobody = run(env, "merchants", "set-routing", "mer_nobody", "--reset", "--actor", "sari")
     assert nobody.returncode == 1 and "no merchant mer_nobody" in nobody.stderr
     row, audit = await _merchant_row(env["LUNAS_DATABASE_URL"], mid)
     assert (row.routing, row.allow_fallback, len(audit)) == (routing["overrides"], False, 1)
@@ -435,9 +472,9 @@ def test_a_second_lunas_run_on_a_taken_port_starts_nothing_and_says_which_variab
 
 
 async def test_lunas_api_port_is_chosen_with_port(
-    env: dict[str, str], taken_port: int
+    migrated_env: dict[str, str], taken_port: int
 ) -> None:
-    assert run(env, "migrate").returncode == 0
+    env = migrated_env  # `lunas migrate` made its template
     refused = run({**env, "LUNAS_PORT": str(taken_port)}, "api")
     assert refused.returncode == 1 and "LUNAS_PORT or --port" in refused.stderr
     assert run(env, "api", "--port", "0").returncode == 2  # a port, not "any"
@@ -457,9 +494,9 @@ async def test_lunas_api_port_is_chosen_with_port(
 
 
 async def test_a_worker_whose_metrics_port_is_taken_says_so_in_one_line(
-    env: dict[str, str], taken_port: int
+    migrated_env: dict[str, str], taken_port: int
 ) -> None:
-    assert run(env, "migrate").returncode == 0
+    env = migrated_env  # `lunas migrate` made its template
     r = run({**env, "LUNAS_WORKER_METRICS_PORT": str(taken_port)}, "worker")
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
     assert "choose another port with LUNAS_WORKER_METRICS_PORT" in r.stderr
@@ -481,9 +518,9 @@ def test_a_merchant_without_a_name_or_with_a_url_lunas_cannot_post_to_is_refused
 
 
 async def test_a_merchant_name_is_stored_without_the_spaces_around_it(
-    env: dict[str, str]
+    migrated_env: dict[str, str]
 ) -> None:
-    assert run(env, "migrate").returncode == 0
+    env = migrated_env  # `lunas migrate` made its template
     r = run(env, "merchants", "create", "  Toko Kopi ", "--webhook-url",
             "https://shop.example/lunas/hook?t=1", "--json")
     assert r.returncode == 0, r.stderr
@@ -515,8 +552,8 @@ def test_a_token_without_a_name_or_a_statement_that_cannot_be_read_is_one_line(
 async def test_a_database_never_migrated_is_one_line_saying_to_migrate(
     env: dict[str, str]
 ) -> None:
-    for command in (["merchants", "create", "Toko"], ["reviews", "list"], ["worker"]):
-        r = run(env, *command)
+    commands = [("merchants", "create", "Toko"), ("reviews", "list"), ("worker",)]
+    for command, r in zip(commands, run_each(env, *commands), strict=True):
         assert (r.returncode, r.stderr) == (1, (
             "lunas: the database has no Lunas schema yet: run `lunas migrate` first "
             "(LUNAS_DATABASE_URL)\n")), (command, r.stderr)
@@ -525,23 +562,24 @@ async def test_a_database_never_migrated_is_one_line_saying_to_migrate(
 
 
 async def test_production_refuses_a_webhook_url_in_clear_or_at_a_private_address_when_set(
-    env: dict[str, str],
+    migrated_env: dict[str, str],
 ) -> None:
     """In production a webhook URL over plain http (signed order data in clear) or naming a
     loopback, private or link-local address is refused when ops set it, with the reason, not
     left to fail every try for a day; ``LUNAS_WEBHOOK_ALLOW_HTTP`` / ``_ALLOW_PRIVATE`` let
     them, for merchants reached over a private network. Every refusal is in
     tests/unit/test_webhook_url.py."""
-    assert run(env, "migrate").returncode == 0
+    env = migrated_env  # `lunas migrate` made its template
     shop = json.loads(run(env, "merchants", "create", "Toko Kopi", "--json").stdout)
     production = {**env, "LUNAS_ENV": "production", "LUNAS_MUTATION_PUSH_SECRET": "s3cret-push"}
-    for url, why in [("http://kopi.example.co.id/lunas", "must use https://"),
-                     ("https://169.254.169.254/latest", "169.254.169.254, not a public address")]:
-        refused = run(production, "merchants", "set-webhook", shop["merchant_id"], url,
-                      "--actor", "sari")
+    refusals = [("http://kopi.example.co.id/lunas", "must use https://"),
+                ("https://169.254.169.254/latest", "169.254.169.254, not a public address")]
+    *refused_all, created = run_each(
+        production, *[("merchants", "set-webhook", shop["merchant_id"], url, "--actor", "sari")
+                      for url, _ in refusals],
+        ("merchants", "create", "Toko Teh", "--webhook-url", "https://10.1.2.3/lunas"))
+    for (url, why), refused in zip(refusals, refused_all, strict=True):
         assert (refused.returncode, why in refused.stderr) == (1, True), (url, refused.stderr)
-    created = run(production, "merchants", "create", "Toko Teh", "--webhook-url",
-                  "https://10.1.2.3/lunas")
     assert created.returncode == 1 and "10.1.2.3, not a public address" in created.stderr
     row, audit = await _merchant_row(env["LUNAS_DATABASE_URL"], shop["merchant_id"])
     assert (row.webhook_url, audit) == (None, [])

@@ -49,10 +49,17 @@ from tests.integration.test_provider_webhooks import (
 )
 from tests.support import metric_value
 
-PAYMENTS = 12
+PAYMENTS = 8
+"""Enough to fill the relay's slots twice over: before, the Xendit delivery waited for all but
+the last slots' worth of their paced reads (more than half); now for two or so. Each payment
+the relay hands on costs the verifier's drain a paced read (1.1 s)."""
 RELAY_SLOTS = 3
 STATUS_PACE = 60.0
 """Midtrans status reads a minute: with the default 10 % headroom, one every 1.1 s."""
+BOOKED = 4
+"""Reads another worker books ahead on that pace to make it busy: ~4.4 s of it, so for the
+first 2.4 s the next free slot is more than ``LUNAS_CONFIRM_READ_WAIT`` (2 s) away. (Six made
+every test that waits for the pace to come free wait 2.2 s longer.)"""
 
 
 @pytest.fixture
@@ -92,7 +99,7 @@ def peak(times: list[float], window: float) -> int:
 async def test_a_burst_of_payment_notifications_never_starves_the_relay(stack: Stack) -> None:
     midtrans = stack.sims.midtrans.control_url
     key = stack.container.settings.providers.midtrans_server_key
-    # A flash sale: twelve QRIS payments at Midtrans, notified all at once (the test posts the
+    # A flash sale: eight QRIS payments at Midtrans, notified all at once (the test posts the
     # notifications itself, so they arrive together).
     await sim_post(midtrans, "/config", {"drop_notifications": True})
     paid: list[tuple[str, Any]] = []
@@ -167,10 +174,10 @@ async def test_a_closed_attempt_read_finding_the_pace_booked_is_queued_again_not
     room, sending nothing now, and the job still reads and finds the payment later."""
     order_id, attempt = await late_payment_nobody_can_verify(stack)
     c = stack.container
-    # Another worker's pacer, reserving up to 10 s ahead: six reads book ~6.6 s of the pace.
+    # Another worker's pacer, reserving up to 10 s ahead: its reads book ~4.4 s of the pace.
     elsewhere = RequestPacer({"midtrans": Pace(per_minute=STATUS_PACE)}, redis=c.redis,
                              key_prefix=c.settings.redis.key_prefix, max_wait=10)
-    booked = [asyncio.create_task(elsewhere.acquire("midtrans")) for _ in range(6)]
+    booked = [asyncio.create_task(elsewhere.acquire("midtrans")) for _ in range(BOOKED)]
     try:
         await asyncio.sleep(0.2)  # they have all reserved their turns
         since = time.time()

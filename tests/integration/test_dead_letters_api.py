@@ -17,6 +17,7 @@ from orchestrator.domain.ids import new_id
 from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.store.tables import audit_log, outbox
 from tests.e2e.test_checkout_to_webhook import LUNAS
+from tests.e2e.test_cli import run_each
 from tests.support import new_merchant, new_ops_token
 
 
@@ -117,21 +118,22 @@ async def test_cli_lists_and_redelivers_dead_letters(container: Container, pg_ur
         return subprocess.run([LUNAS, *args], env=env, capture_output=True, text=True,
                               timeout=60, check=False)
 
-    listed = lunas("outbox", "dead", "--merchant", m.merchant_id, "--json")
+    # Listings and refusals change nothing: side by side, each its own `lunas` process.
+    listed, rest, unknown, neither, both, nobody = run_each(
+        env, ("outbox", "dead", "--merchant", m.merchant_id, "--json"),
+        ("outbox", "dead", "--merchant", m.merchant_id, "--after", ids[0], "--json"),
+        ("outbox", "dead", "--after", "evt_nope"),
+        ("outbox", "redeliver", "--reason", "r", "--actor", "me"),
+        ("outbox", "redeliver", ids[1], "--merchant", m.merchant_id, "--reason", "r",
+         "--actor", "me"),
+        ("outbox", "redeliver", "--merchant", "mer_nope", "--reason", "r", "--actor", "me"))
     assert listed.returncode == 0, listed.stderr
     assert [e["event_id"] for e in json.loads(listed.stdout)] == ids
-    rest = lunas("outbox", "dead", "--merchant", m.merchant_id, "--after", ids[0], "--json")
     assert [e["event_id"] for e in json.loads(rest.stdout)] == ids[1:], rest.stderr
-    unknown = lunas("outbox", "dead", "--after", "evt_nope")
     assert unknown.returncode == 1 and "no event evt_nope" in unknown.stderr
-    neither = lunas("outbox", "redeliver", "--reason", "r", "--actor", "me")
     assert (neither.returncode, neither.stderr) == (2, (
         "lunas: name the events to send again (EVENT_ID ...) or a merchant (--merchant ID)\n"))
-    both = lunas("outbox", "redeliver", ids[1], "--merchant", m.merchant_id, "--reason", "r",
-                 "--actor", "me")
     assert both.returncode == 2 and both.stderr.endswith(", not both\n"), both.stderr
-    nobody = lunas("outbox", "redeliver", "--merchant", "mer_nope", "--reason", "r",
-                   "--actor", "me")
     assert (nobody.returncode, nobody.stderr) == (1, "lunas: no merchant mer_nope\n")
     sent = lunas("outbox", "redeliver", ids[1], "--reason", "fixed", "--actor", "budi")
     assert (sent.returncode, sent.stdout.strip()) == (0, "1 events pending again"), sent.stderr

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from orchestrator.rails.ratelimit import Pace, RequestPacer
 from orchestrator.services.provider_webhooks import UNREADABLE_GIVE_UP
 from orchestrator.store.tables import outbox, provider_deliveries
-from tests.integration.test_confirmation_burst import STATUS_PACE, stack  # noqa: F401
+from tests.integration.test_confirmation_burst import BOOKED, STATUS_PACE, stack  # noqa: F401
 from tests.integration.test_failover import Stack, sims  # noqa: F401
 from tests.integration.test_provider_webhooks import (
     midtrans_body,
@@ -80,7 +80,7 @@ async def test_a_busy_pace_between_unreadable_answers_does_not_restart_their_cou
     # no slot within LUNAS_CONFIRM_READ_WAIT and is queued again, sending nothing.
     elsewhere = RequestPacer({"midtrans": Pace(per_minute=STATUS_PACE)}, redis=c.redis,
                              key_prefix=c.settings.redis.key_prefix, max_wait=10)
-    booked = [asyncio.create_task(elsewhere.acquire("midtrans")) for _ in range(6)]
+    booked = [asyncio.create_task(elsewhere.acquire("midtrans")) for _ in range(BOOKED)]
     try:
         await asyncio.sleep(0.2)  # they have all reserved their turns
         await make_confirmation_due(stack, attempt.id)

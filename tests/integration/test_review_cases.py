@@ -21,6 +21,7 @@ from orchestrator.services.reviews import resolve_case
 from orchestrator.services.settlement import Payment, apply_payment
 from orchestrator.store.tables import audit_log, orders, outbox, payment_attempts, review_cases
 from tests.e2e.test_checkout_to_webhook import LUNAS
+from tests.e2e.test_cli import run_each
 from tests.integration.test_reconciliation import capture, moota_body, upload
 from tests.support import ShopFixture, bca_statement, eventually, new_merchant, new_ops_token
 
@@ -142,12 +143,14 @@ async def test_cli_lists_and_resolves_cases(
     m = await new_merchant(container)
     order = await paid_short(client, container, ops, m)
     env = {**os.environ, "LUNAS_DATABASE_URL": pg_url}
-    listed = subprocess.run([LUNAS, "reviews", "list", "--json"], env=env, capture_output=True,
-                            text=True, timeout=60, check=True)
+    # Listings change nothing: side by side, each its own `lunas` process.
+    listed, shown, bogus = run_each(env, ("reviews", "list", "--json"),
+                                    ("reviews", "list", "--order", order["id"]),
+                                    ("reviews", "list", "--state", "bogus"))
+    assert (listed.returncode, shown.returncode) == (0, 0), (listed.stderr, shown.stderr)
     case = next(c for c in json.loads(listed.stdout) if c["order_id"] == order["id"])
     # For people, the amount says what it counts (a provider may report another currency).
-    table = subprocess.run([LUNAS, "reviews", "list", "--order", order["id"]], env=env,
-                           capture_output=True, text=True, timeout=60, check=True).stdout
+    table = shown.stdout
     assert f" {case['amount']} IDR  order {order['id']}" in table, table
     # The answers --action takes for it: --json listed them, the table did not.
     assert case["allowed_actions"], case
@@ -162,8 +165,6 @@ async def test_cli_lists_and_resolves_cases(
                            text=True, timeout=60, check=False)
     assert twice.returncode == 1 and "already resolved" in twice.stderr
     # It printed nothing and exited 0, as if the queue were empty; the API answers 400.
-    bogus = subprocess.run([LUNAS, "reviews", "list", "--state", "bogus"], env=env,
-                           capture_output=True, text=True, timeout=60, check=False)
     assert (bogus.returncode, bogus.stdout) == (1, "")
     assert bogus.stderr == "lunas: state must be one of: open, resolved (or none for every case)\n"
 
