@@ -4,6 +4,8 @@ a finance person should do about it."""
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -16,8 +18,10 @@ from orchestrator.reconciliation.statements import (
     SUPPORTED_BANKS,
     ParsedStatement,
     StatementLine,
+    model,
     parse_statement,
 )
+from orchestrator.reconciliation.statements.model import RowReader, physical_lines
 
 FIXTURES = Path(__file__).parent / "fixtures" / "statements"
 
@@ -439,6 +443,32 @@ def test_encoding_and_line_ending_variants_parse_identically(
     assert parse_statement(bank, transform(data), account_number=account) == parse_statement(
         bank, data, account_number=account
     )
+
+
+@pytest.mark.parametrize("text", [
+    "", "a", "a\n", "a\r\nb", "a\rb\r", "a\n\n\r\r\n\nb", "\r\n\r\n",
+    'x;"two\nlines";y\r\nz', 'x;"cr\ronly";y\rz\n', "form\x0cfeed;u\u2028line;nel\x85\nend",
+    "\x1c\x1d\x1e\x0b;\n", "a\rb\rc\rd", "ab\r\ncd\r\n\r\nef\rgh\n",
+])
+@pytest.mark.parametrize("chunk", [1, 2, 3, 1 << 20])
+def test_the_csv_reader_sees_the_lines_stringio_would_give_it(
+    text: str, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # RowReader reads the text a chunk at a time (a StringIO of a whole large file costs four
+    # bytes a character); chunks end at line breaks, never inside a CRLF, so records, quoted
+    # line breaks and line numbers are those of one StringIO(newline="") over the whole text.
+    monkeypatch.setattr(model, "_CHUNK", chunk)
+    assert list(physical_lines(text)) == list(io.StringIO(text, newline=""))
+    assert [(n, cells) for n, cells in RowReader(text, ";")] == [
+        (n, cells) for n, cells in _stringio_rows(text, ";")]
+
+
+def _stringio_rows(text: str, delimiter: str) -> list[tuple[int, list[str]]]:
+    reader, rows, start = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), [], 1
+    for cells in reader:
+        rows.append((start, cells))
+        start = reader.line_num + 1
+    return rows
 
 
 def test_spreadsheet_trailing_delimiters_and_padding_are_ignored() -> None:
