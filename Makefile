@@ -37,6 +37,7 @@ bench: $(STAMP) services
 	$(BIN)/python bench/recovery.py
 	$(BIN)/python bench/reconcile.py
 	$(BIN)/python bench/reconcile.py --together --output bench/results/reconcile-together.json
+	$(BIN)/python bench/reconcile_floor.py
 	$(BIN)/python bench/statuspage.py
 	$(BIN)/python bench/table.py
 
