@@ -39,6 +39,15 @@ UNANSWERED_EWALLET = ("an e-wallet charge made for this order may still be paid 
                       "on {} went unanswered); never charged twice")
 
 
+class RouteNotBegun(Exception):
+    """The journal will not begin a try on this route now; the router skips it, saying ``reason``
+    (an e-wallet charge for the order may still be paid: ``AttemptJournal.begin``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class RouteUnavailable(Exception):
     """The route's breaker does not admit a call now."""
 
@@ -61,7 +70,8 @@ class AttemptJournal(Protocol):
     """Durable record of each try (implemented by the issuance service over the database)."""
 
     async def begin(self, route: Route) -> str:
-        """Record a ``creating`` attempt on ``route``; returns its id (the provider reference)."""
+        """Record a ``creating`` attempt on ``route``; returns its id (the provider reference).
+        Raises ``RouteNotBegun`` when the order must not be charged on it now."""
         ...
 
     async def served(self, attempt_id: str, instrument: Instrument) -> None: ...
@@ -135,10 +145,9 @@ class Router:
                     journal: AttemptJournal, *, budget: timedelta | None = None) -> IssueResult:
         result = IssueResult()
         deadline = time.monotonic() + (budget or self._settings.capture_budget).total_seconds()
-        unconfirmed: str | None = None  # an e-wallet create that went unanswered
+        ewallet_doubt: str | None = None  # why no e-wallet route may be tried any more
         for route in plan:
-            skip = (UNANSWERED_EWALLET.format(unconfirmed)
-                    if unconfirmed is not None and route.rail is Rail.EWALLET
+            skip = (ewallet_doubt if ewallet_doubt is not None and route.rail is Rail.EWALLET
                     else await self.why_unusable(route))
             if skip:
                 result.hops.append(Hop(route=route.key, outcome="skipped", reason=skip))
@@ -153,12 +162,18 @@ class Router:
                 result.hops.append(Hop(route=route.key, outcome="skipped",
                                        reason="no time left in this request's budget"))
                 continue
-            attempt_id = await journal.begin(route)
+            try:
+                attempt_id = await journal.begin(route)
+            except RouteNotBegun as refused:
+                result.hops.append(Hop(route=route.key, outcome="skipped", reason=refused.reason))
+                if route.rail is Rail.EWALLET:
+                    ewallet_doubt = refused.reason
+                continue
             hop = await self._try(route, request_for(route, attempt_id), attempt_id, journal,
                                   deadline)
             result.hops.append(hop)
             if hop.outcome == "unknown" and route.rail is Rail.EWALLET:
-                unconfirmed = route.key
+                ewallet_doubt = UNANSWERED_EWALLET.format(route.key)
             if hop.outcome == "served":
                 result.served, result.attempt_id = route, attempt_id
                 return result

@@ -33,7 +33,7 @@ from orchestrator.outbox.writer import PendingEvent, add_events
 from orchestrator.rails import manual_transfer
 from orchestrator.rails.base import ChargeRequest, Instrument, Rail, Route
 from orchestrator.rails.plan import RoutingPolicy, plan_routes
-from orchestrator.rails.router import Hop, IssueResult, Router
+from orchestrator.rails.router import Hop, IssueResult, RouteNotBegun, Router
 from orchestrator.services.order_view import event_payload
 from orchestrator.services.orders import retire_attempts, view_order
 from orchestrator.settings import UniqueCodeSettings
@@ -58,9 +58,18 @@ class _Journal:
 
     async def begin(self, route: Route) -> str:
         attempt_id = new_id("att")
-        self._routes[attempt_id] = route.key
         now = self._s.clock.now()
         async with self._s.db.transaction() as conn:
+            if route.rail is Rail.EWALLET:
+                # Checked before the plan too, but two issuances for one order (a double tap on
+                # "pay with OVO", a switch beside deferred issuance) could both pass that check
+                # before either journalled its create: both charged. Under the order's lock the
+                # second sees the first's ``creating`` row.
+                await conn.execute(sa.select(orders.c.id).where(orders.c.id == self._order.id)
+                                   .with_for_update())
+                doubt = await unconfirmed_charges(conn, self._order.id)
+                if doubt:
+                    raise RouteNotBegun(unconfirmed_reason(doubt[0]))
             await conn.execute(payment_attempts.insert().values(
                 id=attempt_id, order_id=self._order.id, rail=route.rail.value,
                 provider=route.provider, channel=route.channel,
@@ -68,6 +77,7 @@ class _Journal:
                 created_at=now, updated_at=now, expires_at=self._order.expires_at,
                 next_check_at=self._s.schedule.first_check(route.rail, now),
             ))
+        self._routes[attempt_id] = route.key
         return attempt_id
 
     async def served(self, attempt_id: str, instrument: Instrument) -> None:
@@ -278,6 +288,10 @@ async def switch_method(service: IssuanceService, *, merchant_id: str, order_id:
                 f"{unconfirmed_reason(doubt[0])}: the customer may still approve it; they may "
                 "choose another rail meanwhile")
     result = await service.issue(order, rail=rail, channel=channel)
+    if result.served is None and (doubted := _refused_for_doubt(result)):
+        # Another issuance journalled an e-wallet create after the check above (a double tap).
+        raise ChargeUnconfirmed(f"{doubted}: the customer may still approve it; they may choose "
+                                "another rail meanwhile")
     if result.served is None:
         raise NoRouteAvailable("no route can serve this method now; the current instructions "
                                "stay valid", routing=routing_view(result))
@@ -288,6 +302,14 @@ async def switch_method(service: IssuanceService, *, merchant_id: str, order_id:
         raise SwitchNotApplied("the order changed while the new method was being issued; its "
                                "current state and instructions are in GET /v1/orders/{id}")
     return 201, finished.body
+
+
+def _refused_for_doubt(result: IssueResult) -> str | None:
+    """Why the issuance was not tried for an unconfirmed e-wallet charge another issuance had
+    made, when that (and no unanswered create of its own) is what left it without a route."""
+    if any(h.outcome != "skipped" for h in result.hops):
+        return None
+    return next((h.reason for h in result.hops if h.reason.startswith(UNCONFIRMED)), None)
 
 
 class SwitchNotApplied(Conflict):

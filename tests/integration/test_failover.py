@@ -432,6 +432,37 @@ async def test_a_switch_the_order_outran_is_refused_and_its_instrument_withdrawn
     assert states["qris"] != "active", states
 
 
+async def test_two_switches_to_an_e_wallet_at_once_make_one_charge(stack: Stack) -> None:
+    """Regression (review): the customer taps "pay with OVO" twice. Both switches read the
+    order's e-wallet charges before either had journalled its own, so both asked Xendit: two
+    charges, two prompts on the customer's phone while the first create was still unanswered
+    (had it gone unanswered for good, a charge nobody could read or void beside another). The
+    check is made again with the attempt's journal row, under the order's lock: the second
+    switch is refused as a later one is, and Xendit makes one charge."""
+    from orchestrator.store.tables import merchants
+
+    async with stack.container.db.transaction() as conn:
+        await conn.execute(merchants.update().where(merchants.c.id == stack.shop.merchant_id)
+                           .values(allow_fallback=False))
+    first = (await stack.capture("va", "bca")).json()
+    before = await stack.calls("xendit")
+    await stack.fault("xendit", kind="slow", latency_ms=600, operation="create", channel="ovo")
+
+    def switch() -> Any:
+        return stack.client.post(f"/v1/orders/{first['id']}/payment",
+                                 headers=stack.shop.headers,
+                                 json={"rail": "ewallet", "channel": "ovo"})
+
+    taps = await asyncio.gather(switch(), switch())
+    served, again = sorted(taps, key=lambda r: r.status_code)
+    assert (served.status_code, again.status_code) == (201, 409), [r.text for r in taps]
+    assert again.json()["code"] == "ewallet_charge_unconfirmed", again.text
+    assert "never charged twice" in again.json()["detail"]
+    assert served.json()["payment"]["route"]["channel"] == "ovo"
+    assert await stack.calls("xendit") - before == 1
+    assert await attempt_state(stack, first["payment"]["attempt_id"]) == "superseded"
+
+
 async def test_redis_lost_mid_run_the_service_keeps_serving(
     container: Container, sims: Simulators
 ) -> None:
