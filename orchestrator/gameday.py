@@ -42,6 +42,10 @@ class OffsetFileClock:
             return self._offset.total_seconds()
 
 
+CRASH_EXIT_CODE = 137
+"""What a process dying of SIGKILL reports; the game day tells a planned crash by it."""
+
+
 class CrashAfterCommit:
     def __init__(self, after: int) -> None:
         self._left = after
@@ -53,4 +57,4 @@ class CrashAfterCommit:
         self._left -= 1
         if self._left == 0:
             log.error("game day: exiting after a committed capture, before its reply")
-            os._exit(137)  # as SIGKILL would: no cleanup, no reply
+            os._exit(CRASH_EXIT_CODE)  # as SIGKILL would: no cleanup, no reply

@@ -24,6 +24,7 @@ from chaos.gameday.stack import Stack
 from chaos.invariants import RulesReport, check_rules_of_state
 from chaos.sim.midtrans import sign
 from orchestrator.domain.clock import WIB
+from orchestrator.gameday import CRASH_EXIT_CODE
 
 T = TypeVar("T")
 
@@ -551,7 +552,10 @@ def crash_api_after_commits(crashes: int, after: int) -> str:
     done = 0
     for _ in range(crashes):
         _on_loop(api.stop())
-        _on_loop(api.start({"LUNAS_GAMEDAY_EXIT_AFTER_COMMIT": str(after)}))
+        # Under load (the clients' retries queue up while it is down) the api can commit its
+        # ``after`` orders and exit before its readiness is first polled (CI, 2026-12-01).
+        _on_loop(api.start({"LUNAS_GAMEDAY_EXIT_AFTER_COMMIT": str(after)},
+                           planned_exit=CRASH_EXIT_CODE))
         deadline = time.monotonic() + 60
         while api.running and time.monotonic() < deadline:
             time.sleep(0.1)

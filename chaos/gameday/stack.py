@@ -89,18 +89,25 @@ class LunasProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    async def start(self, extra_env: Mapping[str, str] | None = None) -> None:
+    async def start(self, extra_env: Mapping[str, str] | None = None, *,
+                    planned_exit: int | None = None) -> None:
+        """``planned_exit``: the exit code of a process started to die on purpose; exiting with
+        it counts as ready (it served, then died, maybe before readiness was polled)."""
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(  # noqa: S603, ASYNC220 - our own binaries, quick to spawn
                 dies_with_us([sys.executable, "-m", "orchestrator.cli", self.command]), cwd=ROOT,
                 env={**self.env, **(extra_env or {})}, stdout=out, stderr=subprocess.STDOUT)
-        await self.wait_ready()
+        await self.wait_ready(planned_exit=planned_exit)
 
-    async def wait_ready(self, limit_s: float = 40.0) -> None:
+    async def wait_ready(self, limit_s: float = 40.0, *, planned_exit: int | None = None
+                         ) -> None:
         deadline = time.monotonic() + limit_s
         async with httpx.AsyncClient(timeout=1.0) as client:
             while time.monotonic() < deadline:
                 if self.proc is None or self.proc.poll() is not None:
+                    if (self.proc is not None and planned_exit is not None
+                            and self.proc.returncode == planned_exit):
+                        return
                     raise RuntimeError(f"{self.name} exited:\n{self.tail()}")
                 with contextlib.suppress(httpx.HTTPError):
                     if (await client.get(self.ready_url)).status_code == 200:
