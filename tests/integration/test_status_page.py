@@ -136,12 +136,15 @@ async def test_a_provider_outage_opens_an_incident_and_recovery_resolves_it(
         await p.fault("midtrans", {"kind": "error_rate", "operation": "create", "status": 503})
         placed = [await p.checkout() for _ in range(8)]  # QRIS: midtrans first, then xendit
         assert {o["routing"]["served_by"] for o in placed} == {"qris:xendit:qris"}
-        assert p.container.breakers.get(QRIS_MIDTRANS).state.value == "open"
+        # Tripped; its one-second wait in open may already be over on a slow machine (eight
+        # checkouts took longer than that in CI, 2026-12-01), and then it is trying half-open.
+        tripped = ("open", "half_open")
+        assert p.container.breakers.get(QRIS_MIDTRANS).state.value in tripped
         seen = (await p.client.get("/metrics")).content
         assert metric_value(seen, "lunas_breaker_transitions_total", route=QRIS_MIDTRANS,
                             from_state="closed", to_state="open") == 1
-        assert metric_value(seen, "lunas_breaker_state", route=QRIS_MIDTRANS,
-                            state="open") == 1
+        assert sum(metric_value(seen, "lunas_breaker_state", route=QRIS_MIDTRANS, state=state)
+                   for state in tripped) == 1
 
         # One of QRIS's two providers is down: customers still pay, maybe more slowly. Checkouts
         # keep coming, as they do in an outage: without them the breaker would sit in half-open
