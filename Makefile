@@ -29,7 +29,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP) services
-	$(BIN)/pytest -q -n 2
+	$(BIN)/pytest -q -n 3
 
 bench: $(STAMP) services
 	$(BIN)/python bench/capture.py
