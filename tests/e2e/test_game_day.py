@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 def test_the_fast_experiments_pass_and_report_what_an_sre_would_see() -> None:
     fast = experiment_names(fast_only=True)
-    assert len(fast) >= 2  # a provider down, an api killed between its commit and its reply
+    assert "api-crash-after-commit" in fast  # only a real process killed can show it
     run = subprocess.run([sys.executable, "-m", "orchestrator.cli", "chaos", "run", "--fast"],
                          cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
