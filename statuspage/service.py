@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hmac
 import re
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -15,7 +14,7 @@ import redis.asyncio as aioredis
 import sqlalchemy as sa
 from redis.exceptions import RedisError
 
-from orchestrator.domain.clock import Clock
+from orchestrator.domain.clock import Clock, SystemClock
 from orchestrator.domain.errors import InvalidRequest, NotFound
 from orchestrator.domain.ids import new_id
 from orchestrator.domain.order import AttemptState, OrderState, nothing_left_to_pay
@@ -67,16 +66,18 @@ class LookupLimiter:
 
     def __init__(self, redis: aioredis.Redis | None, prefix: str, limit: LookupLimit,
                  *, redis_pause: float = 5.0,
-                 on_redis_pause: Callable[[], None] | None = None) -> None:
+                 on_redis_pause: Callable[[], None] | None = None,
+                 clock: Clock | None = None) -> None:
         self._redis, self._prefix, self._limit = redis, prefix, limit
+        self._clock = clock or SystemClock()
         self._local: dict[str, tuple[int, int]] = {}
         self._redis_pause = RedisPause("status page lookup limiting", redis_pause,
                                        counted=on_redis_pause)
 
     async def check(self, client: str, order_code: str) -> None:
         window = int(self._limit.window.total_seconds())
-        slot = int(time.time()) // window
-        retry_after = window - int(time.time()) % window
+        now = int(self._clock.now().timestamp())
+        slot, retry_after = now // window, window - now % window
         for name, key, cap in (("client", client, self._limit.per_client),
                                ("order", order_code, self._limit.per_order)):
             full = f"{self._prefix}statuspage:lookup:{name}:{key}:{slot}"
@@ -93,7 +94,7 @@ class LookupLimiter:
                 return int(count)
             except (RedisError, OSError) as exc:
                 self._redis_pause.failed(exc)
-        now = int(time.time())
+        now = int(self._clock.now().timestamp())
         count, expires = self._local.get(key, (0, now + window))
         if expires <= now:
             count, expires = 0, now + window
@@ -124,7 +125,7 @@ class StatusPage:
         self.components = components
         self.snapshots = SnapshotSource(db, components, clock.now, ttl=cache_ttl)
         self.limiter = LookupLimiter(redis, key_prefix, lookup_limit or LookupLimit(),
-                                     on_redis_pause=on_redis_pause)
+                                     on_redis_pause=on_redis_pause, clock=clock)
         self.base_url = f"{public_url.rstrip('/')}/status"
 
     async def lookup(self, code: str, contact: str, client: str) -> dict[str, Any] | None:
