@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos.infra import free_port
+from orchestrator.tls import default_trust
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "capture.json"
@@ -318,7 +319,8 @@ async def _load(spec: dict[str, Any]) -> None:
     # httpx: one AsyncClient per api process, a pool of ``clients`` connections shared by the
     # workers. raw: one keep-alive connection per worker - the same 32 connections.
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    pools = [httpx.AsyncClient(base_url=u, limits=limits, timeout=30) for u in urls] \
+    pools = [httpx.AsyncClient(verify=default_trust(),
+                               base_url=u, limits=limits, timeout=30) for u in urls] \
         if kind == "httpx" else []
     raws = [RawHttp(urls[n % len(urls)]) for n in range(clients)] if kind == "raw" else []
 

@@ -43,6 +43,7 @@ from orchestrator.store.engine import create_engine
 from orchestrator.telemetry import tracing
 from orchestrator.telemetry.metrics import Metrics
 from orchestrator.telemetry.state import StateSampler
+from orchestrator.tls import default_trust
 from statuspage.model import components_for
 from statuspage.service import LookupLimit, StatusPage, catalog_of
 
@@ -109,6 +110,7 @@ def build(settings: Settings, *, clock: Clock | None = None) -> Container:
     metrics = Metrics()
     http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200,
                                                  max_keepalive_connections=50),
+                             verify=default_trust(),
                              event_hooks={"response": [tracing.note_http_status]})
     redis = (aioredis.Redis.from_url(settings.redis.url, socket_timeout=0.25,
                                      socket_connect_timeout=0.25)

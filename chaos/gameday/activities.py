@@ -25,6 +25,7 @@ from chaos.invariants import RulesReport, check_rules_of_state
 from chaos.sim.midtrans import sign
 from orchestrator.domain.clock import WIB
 from orchestrator.gameday import CRASH_EXIT_CODE
+from orchestrator.tls import default_trust
 
 T = TypeVar("T")
 
@@ -493,7 +494,7 @@ def webhook_storm(duplicates: int = 3, forged: int = 20) -> str:
         url = f"{s.stack.api_url}/v1/webhooks/midtrans"
         sent: dict[str, int] = {"duplicate": 0, "out_of_order": 0, "forged": 0}
         paid = list(s.load.paid_midtrans) if s.load else []
-        async with httpx.AsyncClient(timeout=5) as client:
+        async with httpx.AsyncClient(verify=default_trust(), timeout=5) as client:
             async def post(body: dict[str, Any], kind: str) -> None:
                 try:
                     await client.post(url, json=body)

@@ -23,6 +23,7 @@ import httpx
 
 from chaos.sim.statements import bca_statement
 from orchestrator.domain.clock import WIB
+from orchestrator.tls import default_trust
 
 if TYPE_CHECKING:
     from chaos.gameday.stack import Stack
@@ -89,7 +90,8 @@ class Load:
         self._tasks: set[asyncio.Task[None]] = set()
         self._main: asyncio.Task[None] | None = None
         self._statement_lines: list[tuple[str, tuple[datetime, str, int, str]]] = []
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=2.0))
+        self._http = httpx.AsyncClient(verify=default_trust(),
+                                       timeout=httpx.Timeout(5.0, connect=2.0))
         self.paid_midtrans: list[str] = []  # attempt ids paid at Midtrans (webhook storms)
 
     def start(self) -> None:

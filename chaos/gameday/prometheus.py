@@ -26,6 +26,7 @@ import httpx
 import yaml
 
 from chaos.infra import dies_with_us, free_port
+from orchestrator.tls import default_trust
 
 FOR_CAP_S = 3
 TARGET_DOWN = "LunasTargetDown"
@@ -127,7 +128,7 @@ class Prometheus:
                  "--log.level=warn"]), stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True)
         deadline = time.monotonic() + 30
-        async with httpx.AsyncClient(timeout=1) as client:
+        async with httpx.AsyncClient(verify=default_trust(), timeout=1) as client:
             while time.monotonic() < deadline:
                 with contextlib.suppress(httpx.HTTPError):
                     if (await client.get(f"{self.url}/-/ready")).status_code == 200:
@@ -164,11 +165,11 @@ class Prometheus:
         if self.proc is None:
             return
         self._write_rules(offset)
-        async with httpx.AsyncClient(timeout=5) as client:
+        async with httpx.AsyncClient(verify=default_trust(), timeout=5) as client:
             (await client.post(f"{self.url}/-/reload")).raise_for_status()
 
     async def _watch_alerts(self) -> None:
-        async with httpx.AsyncClient(timeout=2) as client:
+        async with httpx.AsyncClient(verify=default_trust(), timeout=2) as client:
             while True:
                 with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
                     r = await client.get(f"{self.url}/api/v1/alerts")
@@ -176,7 +177,7 @@ class Prometheus:
                 await asyncio.sleep(0.5)
 
     async def query(self, expr: str) -> list[dict[str, Any]]:
-        async with httpx.AsyncClient(timeout=5) as client:
+        async with httpx.AsyncClient(verify=default_trust(), timeout=5) as client:
             r = await client.get(f"{self.url}/api/v1/query", params={"query": expr})
             r.raise_for_status()
             return list(r.json()["data"]["result"])

@@ -38,6 +38,7 @@ from orchestrator.settings import DatabaseSettings, ProviderSettings
 from orchestrator.store.database import Database
 from orchestrator.store.engine import create_engine, migrate
 from orchestrator.store.merchants import OPS_SCOPES, create_merchant, create_ops_token
+from orchestrator.tls import default_trust
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,7 +103,7 @@ class LunasProcess:
     async def wait_ready(self, limit_s: float = 40.0, *, planned_exit: int | None = None
                          ) -> None:
         deadline = time.monotonic() + limit_s
-        async with httpx.AsyncClient(timeout=1.0) as client:
+        async with httpx.AsyncClient(verify=default_trust(), timeout=1.0) as client:
             while time.monotonic() < deadline:
                 if self.proc is None or self.proc.poll() is not None:
                     if (self.proc is not None and planned_exit is not None
@@ -293,7 +294,7 @@ class Stack:
 
     async def _sampled_since(self, at: float, timeout_s: float = 10) -> None:
         deadline = time.monotonic() + timeout_s
-        async with httpx.AsyncClient(timeout=2) as client:
+        async with httpx.AsyncClient(verify=default_trust(), timeout=2) as client:
             while time.monotonic() < deadline:
                 with contextlib.suppress(httpx.HTTPError, ValueError):
                     text = (await client.get(f"{self.api_url}/metrics")).text

@@ -55,6 +55,7 @@ from chaos.sim.control import call_routes
 from chaos.sim.faults import Fault, FaultBook, FaultKind
 from chaos.sim.server import SwitchableServer
 from orchestrator.rails import qris
+from orchestrator.tls import default_trust
 
 WIB = timezone(timedelta(hours=7))
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -352,7 +353,8 @@ class NotificationSender:
 
     def open(self) -> None:
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False)
+            self._client = httpx.AsyncClient(verify=default_trust(),
+                                             timeout=self.timeout_s, follow_redirects=False)
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -97,6 +97,7 @@ from chaos.sim.control import fault_routes
 from chaos.sim.faults import Fault, FaultBook, FaultKind
 from chaos.sim.server import SwitchableServer
 from orchestrator.rails.qris import build_dynamic
+from orchestrator.tls import default_trust
 
 BANK_MERCHANT_CODES = {"BCA": "10766", "BNI": "8808", "BRI": "26215", "MANDIRI": "88908",
                        "PERMATA": "8214"}
@@ -297,7 +298,8 @@ class XenditSim:
 
     async def start(self) -> None:
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.callback_timeout_s)
+            self._client = httpx.AsyncClient(verify=default_trust(),
+                                             timeout=self.callback_timeout_s)
         await self._control.start()
         if not self.faults.is_down():
             await self._data.start()

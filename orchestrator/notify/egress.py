@@ -36,6 +36,8 @@ from datetime import timedelta
 import httpcore
 import httpx
 
+from orchestrator.tls import default_trust
+
 
 class EgressRefused(ValueError):
     """A webhook URL or the address it resolves to is one Lunas will not send to."""
@@ -177,7 +179,7 @@ def webhook_client(
     """The client the merchant webhook handler POSTs with: it connects only inside
     ``pinned_to``, ignores proxy environment variables and follows no redirect (a signed POST
     goes exactly where the merchant configured it). ``verify``: the CAs to trust (tests)."""
-    context = verify if verify is not None else httpx.create_ssl_context(trust_env=False)
+    context = verify if verify is not None else default_trust(from_env=False)
     return httpx.AsyncClient(
         transport=_PinnedTransport(context, httpx.Limits()), trust_env=False,
         timeout=timeout.total_seconds(), follow_redirects=False)

@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from orchestrator.notify.signing import verify
+from orchestrator.tls import default_trust
 from tests.conftest import create_database, drop_database
 from tests.support import bca_statement, free_port, order_body
 
@@ -96,7 +97,7 @@ def running(env: dict[str, str], *args: str) -> Iterator[subprocess.Popen[bytes]
 
 
 async def wait_until_ready(base: str, proc: subprocess.Popen[bytes]) -> None:
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(verify=default_trust()) as c:
         for _ in range(150):
             if proc.poll() is not None:
                 raise AssertionError(f"api exited with {proc.returncode}")
@@ -127,7 +128,7 @@ async def test_a_frontend_and_finance_take_an_order_from_capture_to_a_signed_web
         base = f"http://127.0.0.1:{port}"
         with running(env, "api") as api, running(env, "worker"):
             await wait_until_ready(base, api)
-            async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+            async with httpx.AsyncClient(verify=default_trust(), base_url=base, timeout=30) as c:
                 created = await c.post(
                     "/v1/orders", json=order_body("BATIK-001", 325_000),
                     headers={"Authorization": f"Bearer {shop['api_key']}",
@@ -157,7 +158,8 @@ async def test_a_frontend_and_finance_take_an_order_from_capture_to_a_signed_web
                     break
                 await asyncio.sleep(0.1)
             await asyncio.sleep(1.0)  # give a duplicate, if there were one, time to arrive
-            async with httpx.AsyncClient() as c:  # each process is its own scrape target
+            # each process is its own scrape target
+            async with httpx.AsyncClient(verify=default_trust()) as c:
                 from_worker = (await c.get(f"http://127.0.0.1:{worker_metrics}/metrics")).text
                 from_api = (await c.get(f"{base}/metrics")).text
             assert "lunas_verification_reads_total" in from_worker

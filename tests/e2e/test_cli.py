@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from orchestrator.store.tables import merchants
+from orchestrator.tls import default_trust
 from tests.conftest import create_database, drop_database
 from tests.e2e.test_checkout_to_webhook import LUNAS
 from tests.support import bca_statement
@@ -486,7 +487,7 @@ async def test_lunas_api_port_is_chosen_with_port(
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == f"lunas api listening on http://127.0.0.1:{port}"
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with httpx.AsyncClient(verify=default_trust(), timeout=30) as client:
             assert (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
     finally:
         proc.terminate()

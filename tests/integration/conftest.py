@@ -9,6 +9,7 @@ import pytest
 
 from orchestrator.bootstrap import Container, build
 from orchestrator.settings import DatabaseSettings, RedisSettings, Settings
+from orchestrator.tls import default_trust
 from tests.support import serve
 
 
@@ -37,5 +38,5 @@ async def base_url(container: Container) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def client(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=base_url, timeout=30) as c:
+    async with httpx.AsyncClient(verify=default_trust(), base_url=base_url, timeout=30) as c:
         yield c

@@ -26,6 +26,7 @@ from orchestrator.domain.money import UniqueCodeRange
 from orchestrator.services.merchant_routing import set_routing
 from orchestrator.settings import ProviderSettings, RedisSettings, UniqueCodeSettings
 from orchestrator.store.merchants import create_ops_token
+from orchestrator.tls import default_trust
 from tests.support import ShopFixture, new_merchant, order_body, serve
 
 
@@ -64,7 +65,8 @@ async def api(container: Container) -> AsyncIterator[Api]:
     await c.start()
     try:
         shop = await new_merchant(c)
-        async with serve(c) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        async with serve(c) as url, httpx.AsyncClient(verify=default_trust(),
+                                                      base_url=url, timeout=30) as client:
             document = (await client.get("/schema/openapi.json")).json()
             yield Api(c, sims, client, shop, document)
     finally:
@@ -102,7 +104,7 @@ async def _no_fallback(api: Api) -> None:
 
 async def _providers_down(api: Api) -> None:
     for sim in (api.sims.midtrans, api.sims.xendit):
-        async with httpx.AsyncClient() as control:
+        async with httpx.AsyncClient(verify=default_trust()) as control:
             (await control.post(f"{sim.control_url}/faults", json={"kind": "down"})
              ).raise_for_status()
 

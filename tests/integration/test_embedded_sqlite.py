@@ -16,6 +16,7 @@ from orchestrator.services.order_view import iso, wib
 from orchestrator.settings import DatabaseSettings, Settings
 from orchestrator.store.engine import migrate
 from orchestrator.store.tables import orders, outbox
+from orchestrator.tls import default_trust
 from tests.support import bca_statement, new_merchant, new_ops_token, order_body, serve
 
 
@@ -25,7 +26,8 @@ async def test_checkout_to_paid_on_sqlite(tmp_path: Path) -> None:
         await migrate(container.db.engine)
         m = await new_merchant(container)
         ops = {"Authorization": f"Bearer {await new_ops_token(container)}"}
-        async with serve(container) as url, httpx.AsyncClient(base_url=url, timeout=30) as c:
+        async with serve(container) as url, httpx.AsyncClient(verify=default_trust(),
+                                                              base_url=url, timeout=30) as c:
             replies = await asyncio.gather(*[
                 c.post("/v1/orders", json=order_body(f"S-{i}", 120_000),
                        headers={**m.headers, "Idempotency-Key": f"k-{i}"})
@@ -133,7 +135,7 @@ async def test_a_merchants_endpoint_changes_on_sqlite(tmp_path: Path) -> None:
         rotated = await rotate_webhook_secret(container.db, merchant_id=m.merchant_id,
                                               overlap=timedelta(hours=1), actor="cli:sari",
                                               reason=None, now=now)
-        async with httpx.AsyncClient(trust_env=False) as http:
+        async with httpx.AsyncClient(verify=default_trust(), trust_env=False) as http:
             handler = MerchantWebhookHandler(container.db.engine, http, timedelta(seconds=5),
                                              clock=FrozenClock(now + timedelta(minutes=59)))
             await handler(OutboxEvent(id=0, event_id="evt_1", event_type="order.paid",
@@ -161,7 +163,8 @@ async def test_a_debit_uploaded_before_its_credit_flags_the_order_on_sqlite(
         await migrate(container.db.engine)
         m = await new_merchant(container)
         ops = {"Authorization": f"Bearer {await new_ops_token(container)}"}
-        async with serve(container) as url, httpx.AsyncClient(base_url=url, timeout=30) as c:
+        async with serve(container) as url, httpx.AsyncClient(verify=default_trust(),
+                                                              base_url=url, timeout=30) as c:
             order = (await c.post("/v1/orders", json=order_body("R-1", 120_000),
                                   headers={**m.headers, "Idempotency-Key": "r-1"})).json()
             pay = order["payment"]["transfer_amount"]

@@ -30,6 +30,7 @@ from orchestrator.rails import qris
 from orchestrator.rails.breaker import BreakerConfig
 from orchestrator.settings import ProviderSettings, RedisSettings, Settings, UniqueCodeSettings
 from orchestrator.store.tables import outbox, payment_attempts
+from orchestrator.tls import default_trust
 from tests.support import (
     ShopFixture,
     metric_value,
@@ -74,13 +75,13 @@ class Stack:
 
     async def fault(self, provider: str, **fault: Any) -> None:
         sim = self.sims.xendit if provider == "xendit" else self.sims.midtrans
-        async with httpx.AsyncClient() as c:
+        async with httpx.AsyncClient(verify=default_trust()) as c:
             r = await c.post(f"{sim.control_url}/faults", json=fault)
             assert r.status_code < 300, r.text
 
     async def calls(self, provider: str, operation: str = "create") -> int:
         sim = self.sims.xendit if provider == "xendit" else self.sims.midtrans
-        async with httpx.AsyncClient() as c:
+        async with httpx.AsyncClient(verify=default_trust()) as c:
             rows = (await c.get(f"{sim.control_url}/calls")).json()
         return sum(r["count"] for r in rows if r["operation"] == operation)
 
@@ -88,7 +89,7 @@ class Stack:
                          ) -> list[float]:
         """When each request reached the provider (wall clock), oldest first."""
         sim = self.sims.xendit if provider == "xendit" else self.sims.midtrans
-        async with httpx.AsyncClient() as c:
+        async with httpx.AsyncClient(verify=default_trust()) as c:
             rows = (await c.get(f"{sim.control_url}/calls/log",
                                 params={"operation": operation, "since": since})).json()
         return sorted(r["at"] for r in rows)
@@ -120,7 +121,8 @@ async def stack(container: Container, sims: Simulators) -> AsyncIterator[Stack]:
     await c.start()
     shop = await new_merchant(c)
     try:
-        async with serve(c) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        async with serve(c) as url, httpx.AsyncClient(verify=default_trust(),
+                                                      base_url=url, timeout=30) as client:
             yield Stack(c, sims, url, client, shop)
     finally:
         await c.close()
@@ -196,7 +198,8 @@ async def deferred_into_a_full_pool(container: Container, sims: Simulators
     await narrow.start()
     try:
         shop = await new_merchant(narrow)
-        async with serve(narrow) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        async with serve(narrow) as url, httpx.AsyncClient(verify=default_trust(),
+                                                           base_url=url, timeout=30) as client:
             stack = Stack(narrow, sims, url, client, shop)
             for _ in range(2):  # the whole range of 125,000 held by manual transfers
                 assert (await stack.capture("manual_transfer", None)).status_code == 201
@@ -306,14 +309,15 @@ async def test_timeout_after_success_leaves_no_uncancelled_second_instrument(
     assert [(a.provider, a.state) for a in attempts] == [("xendit", "unknown"),
                                                         ("midtrans", "active")]
     orphan = attempts[0]
-    async with httpx.AsyncClient() as c:  # the orphan VA exists at xendit and is payable
+    # the orphan VA exists at xendit and is payable
+    async with httpx.AsyncClient(verify=default_trust()) as c:
         found = (await c.get(f"{stack.sims.xendit.control_url}/resources",
                              params={"reference": orphan.id})).json()
     assert found, "the simulator should hold the VA whose reply never arrived"
     await clear_faults(stack)
     await run_relay(stack.container, until=lambda: attempt_state(stack, orphan.id),
                     want="superseded")
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(verify=default_trust()) as c:
         va = (await c.get(f"{stack.sims.xendit.control_url}/resources",
                           params={"reference": orphan.id})).json()
     assert json.dumps(va).count("INACTIVE") >= 1, va  # cancelled at the provider
@@ -477,7 +481,8 @@ async def test_redis_lost_mid_run_the_service_keeps_serving(
     await c.start()
     try:
         shop = await new_merchant(c)
-        async with serve(c) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        async with serve(c) as url, httpx.AsyncClient(verify=default_trust(),
+                                                      base_url=url, timeout=30) as client:
             stack = Stack(c, sims, url, client, shop)
             assert (await stack.capture()).status_code == 201
             await proxy.stop()
@@ -492,7 +497,7 @@ async def test_redis_lost_mid_run_the_service_keeps_serving(
 
 
 async def clear_faults(stack: Stack) -> None:
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(verify=default_trust()) as c:
         for sim in (stack.sims.xendit, stack.sims.midtrans):
             await c.delete(f"{sim.control_url}/faults")
 
@@ -511,7 +516,7 @@ async def order_state(stack: Stack, order_id: str) -> str:
 
 
 async def midtrans_status(stack: Stack, order_id: str) -> str:
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(verify=default_trust()) as c:
         r = await c.get(f"{stack.sims.midtrans.control_url}/transactions/{order_id}")
         return str(r.json().get("transaction_status", ""))
 
@@ -576,8 +581,8 @@ async def test_two_replicas_open_together_and_recovery_sees_only_the_permitted_t
     try:
         shop = await new_merchant(a)
         async with serve(a) as url_a, serve(b) as url_b, \
-                httpx.AsyncClient(base_url=url_a, timeout=30) as ca, \
-                httpx.AsyncClient(base_url=url_b, timeout=30) as cb:
+                httpx.AsyncClient(verify=default_trust(), base_url=url_a, timeout=30) as ca, \
+                httpx.AsyncClient(verify=default_trust(), base_url=url_b, timeout=30) as cb:
             sa_, sb = Stack(a, sims, url_a, ca, shop), Stack(b, sims, url_b, cb, shop)
             await sa_.fault("xendit", kind="error_rate", status=500, operation="create")
             for _ in range(6):  # only replica A sees the failures
@@ -647,7 +652,8 @@ async def test_an_answer_of_an_unexpected_shape_is_unknown_and_the_next_route_se
         await c.start()
         try:
             shop = await new_merchant(c)
-            async with serve(c) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+            async with serve(c) as url, httpx.AsyncClient(verify=default_trust(),
+                                                          base_url=url, timeout=30) as client:
                 r = await Stack(c, sims, url, client, shop).capture("ewallet", "dana")
             assert r.status_code == 201, r.text
             routing = r.json()["routing"]

@@ -30,6 +30,7 @@ from orchestrator.services.retention import prune
 from orchestrator.settings import DatabaseSettings, Settings
 from orchestrator.store.engine import create_engine, migrate
 from orchestrator.store.tables import outbox, payment_attempts
+from orchestrator.tls import default_trust
 from tests.conftest import create_database, drop_database
 from tests.integration.test_failover import Stack, sims  # noqa: F401
 from tests.integration.test_provider_webhooks import (
@@ -124,7 +125,7 @@ async def test_a_cancel_refused_after_its_watch_id_was_pruned_starts_no_second_w
         attempt = (await conn.execute(sa.select(payment_attempts).where(
             payment_attempts.c.order_id == order_id,
             payment_attempts.c.provider == "xendit"))).one()
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=default_trust()) as client:
         await client.delete(f"{stack.sims.midtrans.control_url}/faults")
     await breaker(stack, "qris:xendit:qris", "force_open")
     await close_attempt(stack, order_id, attempt.id)

@@ -21,6 +21,7 @@ from orchestrator.domain.errors import InvalidRequest, NotFound
 from orchestrator.services.merchant_routing import routing_of, set_routing
 from orchestrator.settings import ProviderSettings, RedisSettings
 from orchestrator.store.tables import audit_log, merchants
+from orchestrator.tls import default_trust
 from tests.support import ShopFixture, new_merchant, order_body, serve
 
 
@@ -46,7 +47,7 @@ class Shop:
     async def down(self, *sims: str) -> None:
         for name in sims:
             sim = self.sims.xendit if name == "xendit" else self.sims.midtrans
-            async with httpx.AsyncClient() as control:
+            async with httpx.AsyncClient(verify=default_trust()) as control:
                 (await control.post(f"{sim.control_url}/faults", json={"kind": "down"})
                  ).raise_for_status()
 
@@ -63,7 +64,8 @@ async def shop(container: Container) -> AsyncIterator[Shop]:
     await c.start()
     try:
         fixture = await new_merchant(c)
-        async with serve(c) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        async with serve(c) as url, httpx.AsyncClient(verify=default_trust(),
+                                                      base_url=url, timeout=30) as client:
             yield Shop(c, sims, client, fixture)
     finally:
         await c.close()

@@ -37,6 +37,7 @@ from orchestrator.rails.midtrans import (
     verify_notification,
     verify_notification_signature,
 )
+from orchestrator.tls import default_trust
 from tests.support import free_port, raw_http_server
 
 SERVER_KEY = "SB-Mid-server-lunas-test-key"
@@ -92,13 +93,14 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
 
 @pytest.fixture(scope="module")
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=default_trust()) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 async def control(sim: MidtransSim) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=sim.control_url, timeout=10) as client:
+    async with httpx.AsyncClient(verify=default_trust(),
+                                 base_url=sim.control_url, timeout=10) as client:
         yield client
 
 

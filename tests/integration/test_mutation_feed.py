@@ -29,6 +29,7 @@ from orchestrator.rails.errors import RailError
 from orchestrator.services.feed_poller import FeedPoller
 from orchestrator.settings import FeedSettings, RedisSettings
 from orchestrator.store.tables import audit_log, evidence, mutations, orders
+from orchestrator.tls import default_trust
 from tests.support import ShopFixture, new_merchant, new_ops_token, order_body
 
 STALE_AFTER = timedelta(seconds=1)
@@ -83,7 +84,7 @@ async def transfer(sim: MootaSim, account: str, amount: int, kind: str = "CR",
                    date: str | None = None) -> dict[str, Any]:
     """A transfer the bank reports to Moota; ``listed_as`` makes the feed list it malformed;
     ``date`` (WIB, ``YYYY-MM-DD HH:MM:SS``) when it was not now."""
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(verify=default_trust()) as c:
         r = await c.post(f"{sim.control_url}/mutations", json={
             "account_number": account, "amount": amount, "type": kind,
             "description": f"TRSF E-BANKING CR 1003/FTSCY/WS95031 {amount}.00 ANDI",
@@ -94,7 +95,7 @@ async def transfer(sim: MootaSim, account: str, amount: int, kind: str = "CR",
 
 
 async def fault(sim: MootaSim, method: str, **body: Any) -> None:
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(verify=default_trust()) as c:
         r = await c.request(method, f"{sim.control_url}/faults",
                             json=body if method == "POST" else None)
     assert r.status_code == 200, r.text
@@ -113,7 +114,7 @@ async def stored(c: Container, account: str) -> list[Any]:
 async def test_the_sim_pages_like_laravel_and_refuses_a_wrong_token(sim: MootaSim) -> None:
     for n in range(25):
         await transfer(sim, "0123456789", 10_000 + n)
-    async with httpx.AsyncClient(base_url=sim.data_url) as c:
+    async with httpx.AsyncClient(verify=default_trust(), base_url=sim.data_url) as c:
         bad = await c.get("/mutation", headers={"Authorization": "Bearer nope"})
         assert bad.status_code == 401
         r = await c.get("/mutation", params={"page": 2}, headers={
@@ -314,7 +315,8 @@ async def test_a_corrected_listing_of_the_mutation_pays_its_order_and_closes_the
     assert await status(client, m, order["id"]) == "awaiting_payment"
     [item] = [i for i in await unreadable(client, ops) if i["mutation_ref"] == paid["mutation_id"]]
 
-    async with httpx.AsyncClient() as c:  # Moota lists it properly once the bank corrects it
+    # Moota lists it properly once the bank corrects it
+    async with httpx.AsyncClient(verify=default_trust()) as c:
         fixed = await c.post(f"{sim.control_url}/mutations/{paid['mutation_id']}/repair")
     assert fixed.status_code == 200, fixed.text
     report = await poller.poll()

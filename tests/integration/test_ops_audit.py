@@ -18,6 +18,7 @@ from orchestrator.bootstrap import Container, build
 from orchestrator.rails.breaker import BreakerState
 from orchestrator.settings import DatabaseSettings
 from orchestrator.store.engine import migrate
+from orchestrator.tls import default_trust
 from tests.conftest import PG_ADMIN_DSN, create_database, drop_database
 from tests.integration.conftest import test_settings as settings_for
 from tests.support import new_ops_token, serve
@@ -52,7 +53,8 @@ async def test_a_breaker_override_the_audit_log_cannot_record_is_not_applied(
 ) -> None:
     route = "va:xendit:bca"
     ops = {"Authorization": f"Bearer {await new_ops_token(own)}"}
-    async with serve(own) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+    async with serve(own) as url, httpx.AsyncClient(verify=default_trust(),
+                                                    base_url=url, timeout=30) as client:
         await _writes_refused(own)
         r = await client.post(f"/v1/ops/routes/{route}/breaker", headers=ops, json={
             "action": "force_closed", "reason": "provider says it is fine"})

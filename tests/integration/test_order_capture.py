@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from orchestrator.bootstrap import Container
 from orchestrator.services.order_view import wib
 from orchestrator.store.tables import idempotency_keys, orders, outbox, payment_attempts
+from orchestrator.tls import default_trust
 from tests.support import ShopFixture, new_merchant, order_body
 
 
@@ -145,7 +146,8 @@ async def test_exhausted_code_range_is_a_clear_503_and_stores_nothing(
     narrow = build(small)
     try:
         m = await new_merchant(narrow)
-        async with serve(narrow) as url, httpx.AsyncClient(base_url=url) as c:
+        async with serve(narrow) as url, httpx.AsyncClient(verify=default_trust(),
+                                                           base_url=url) as c:
             replies = await asyncio.gather(*[
                 c.post("/v1/orders", json=order_body(f"INV-7-{i}", 77_000),
                        headers={**m.headers, **key()})
@@ -333,7 +335,7 @@ async def test_database_unreachable_is_a_fast_503_with_retry_after(container: Co
     dead = build(replace(container.settings, database=DatabaseSettings(
         url=f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nowhere")))
     try:
-        async with serve(dead) as url, httpx.AsyncClient(base_url=url) as c:
+        async with serve(dead) as url, httpx.AsyncClient(verify=default_trust(), base_url=url) as c:
             r = await c.post("/v1/orders", json=order_body("DB-DOWN"),
                              headers={"Authorization": "Bearer lunas_sk_x", **key()})
         assert r.status_code == 503, r.text

@@ -69,6 +69,7 @@ from orchestrator.store.database import Database
 from orchestrator.store.engine import create_engine, migrate
 from orchestrator.store.tables import audit_log, merchants, outbox
 from orchestrator.telemetry.metrics import Metrics
+from orchestrator.tls import default_trust
 from tests.conftest import create_database, drop_database
 from tests.e2e.test_checkout_to_webhook import WebhookReceiver
 
@@ -354,7 +355,7 @@ async def webhook_relay(
     engine, as a worker process has; ``jobs``: handlers of other event types beside them."""
     engine = create_engine(DatabaseSettings(url=db_url, pool_size=10))
     try:
-        async with httpx.AsyncClient(trust_env=False) as http:
+        async with httpx.AsyncClient(verify=default_trust(), trust_env=False) as http:
             handler = MerchantWebhookHandler(engine, http, timedelta(seconds=2))
             yield Relay(engine, {**merchant_webhook_handlers(handler), **(jobs or {})},
                         settings, worker_id,
@@ -1315,7 +1316,7 @@ async def test_a_worker_handles_every_event_type_lunas_writes(tmp_path: Path) ->
     container = build(Settings(database=DatabaseSettings(
         url=f"sqlite+aiosqlite:///{tmp_path}/l.db")))
     try:
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(verify=default_trust()) as http:
             handled = set(worker.relay_handlers(container, http))
     finally:
         await container.close()
@@ -1647,7 +1648,7 @@ async def test_a_rotated_secret_signs_beside_the_new_one_until_its_overlap_ends(
         assert first.previous_valid_until == rotated_at + timedelta(hours=24)
 
         async def deliver(at: datetime) -> tuple[int, bytes, list[str]]:
-            async with httpx.AsyncClient(trust_env=False) as http:
+            async with httpx.AsyncClient(verify=default_trust(), trust_env=False) as http:
                 handler = MerchantWebhookHandler(engine, http, timedelta(seconds=5),
                                                  clock=FrozenClock(at))
                 await handler(OutboxEvent(id=0, event_id=new_id("evt"), event_type=ORDER_PAID,
@@ -1819,7 +1820,7 @@ async def test_a_production_worker_sends_no_webhook_to_a_loopback_or_private_add
         async def deliver(settings: Settings, merchant: str) -> str | None:
             container = build(replace(settings, database=DatabaseSettings(url=db_url)))
             try:
-                async with httpx.AsyncClient(trust_env=False) as http:
+                async with httpx.AsyncClient(verify=default_trust(), trust_env=False) as http:
                     handler = worker.relay_handlers(container, http)[ORDER_PAID]
                     await handler(OutboxEvent(
                         id=0, event_id=new_id("evt"), event_type=ORDER_PAID,

@@ -45,6 +45,7 @@ from orchestrator.store.tables import (
     provider_deliveries,
     review_cases,
 )
+from orchestrator.tls import default_trust
 from tests.integration.test_failover import Stack, gateway_settings, sims  # noqa: F401
 from tests.support import free_port, new_merchant, new_ops_token, serve
 
@@ -70,7 +71,8 @@ async def serving_stack(container: Container, sims: Simulators,  # noqa: F811
     await c.start()
     shop = await new_merchant(c)
     try:
-        async with serve(c, port) as url, httpx.AsyncClient(base_url=url, timeout=30) as cl:
+        async with serve(c, port) as url, httpx.AsyncClient(verify=default_trust(),
+                                                            base_url=url, timeout=30) as cl:
             await sim_post(sims.xendit.control_url, "/config", {
                 "callback_url": f"{url}/v1/webhooks/xendit",
                 "callback_token": c.settings.providers.xendit_callback_token})
@@ -80,7 +82,7 @@ async def serving_stack(container: Container, sims: Simulators,  # noqa: F811
 
 
 async def sim_post(control_url: str, path: str, body: dict[str, Any]) -> Any:
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(verify=default_trust()) as c:
         r = await c.post(f"{control_url}{path}", json=body)
         assert r.status_code < 300, r.text
         return r.json()
@@ -248,7 +250,7 @@ async def test_xendit_va_paid_callback_settles_once_and_a_replay_changes_nothing
     await run_relay(stack.container, order_state(stack, order_id), "paid")
     assert await evidence_count(stack, order_id) == 1
     # The provider delivers the same callback again: stored, acknowledged, nothing changes.
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(verify=default_trust()) as c:
         sent = (await c.get(f"{stack.sims.xendit.control_url}/callbacks")).json()
     body = next(s["body"] for s in sent if s["body"].get("external_id") == attempt.id)
     token = stack.container.settings.providers.xendit_callback_token
@@ -947,7 +949,7 @@ async def test_an_active_attempt_cancelled_at_midtrans_fails_over_and_never_sett
     order_id, attempt = await order_and_attempt(stack, "qris", None, "qris:midtrans:qris")
     await sim_post(stack.sims.midtrans.control_url, "/config", {"drop_notifications": True})
     key = stack.container.settings.providers.midtrans_server_key
-    async with httpx.AsyncClient(auth=(key, "")) as dashboard:
+    async with httpx.AsyncClient(verify=default_trust(), auth=(key, "")) as dashboard:
         r = await dashboard.post(f"{stack.sims.midtrans.data_url}/v2/{attempt.id}/cancel")
         assert r.status_code == 200 and r.json()["transaction_status"] == "cancel", r.text
     cancel = midtrans_body(attempt, status="cancel", code="200", txid=r.json()["transaction_id"],
@@ -1004,7 +1006,7 @@ async def test_a_throttled_read_of_a_closed_attempt_waits_for_the_provider_never
     assert await closed_reads(stack, attempt.id, "pending")() == 1  # asked again, once
     assert (await attempt_row(stack, attempt.id)).last_check.startswith(
         "status read queued: throttled (429)")
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(verify=default_trust()) as c:
         await c.delete(f"{stack.sims.midtrans.control_url}/faults")
     await run_relay(stack.container, order_state(stack, order_id), "needs_review")
     assert await review(stack, order_id) == [
@@ -1064,7 +1066,7 @@ async def declined_while_a_switch_is_unknown(stack: Stack) -> tuple[str, Any, An
     r = await stack.client.post(f"/v1/orders/{order_id}/payment", headers=stack.shop.headers,
                                 json={"rail": "ewallet", "channel": "gopay"})
     assert r.status_code == 503, r.text  # the QR's instructions stay valid
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(verify=default_trust()) as c:
         await c.delete(f"{stack.sims.midtrans.control_url}/faults")
     async with stack.container.db.read() as conn:
         [orphan] = (await conn.execute(sa.select(payment_attempts).where(
@@ -1094,7 +1096,7 @@ async def test_a_live_orphan_nothing_else_serves_is_confirmed_cancelled_and_the_
     await run_verifier(stack.container, payment_failed_told(stack, order_id), [orphan.id])
     assert (await attempt_row(stack, qr.id)).state == "failed"
     assert (await attempt_row(stack, orphan.id)).state == "failed"
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(verify=default_trust()) as c:
         charge = (await c.get(f"{stack.sims.midtrans.control_url}/transactions/{orphan.id}"))
     assert charge.json()["transaction_status"] == "cancel"
 
@@ -1226,7 +1228,7 @@ async def test_a_chargeback_whose_confirming_read_cannot_run_waits_for_it_never_
     assert await jobs(stack, "provider.delivery", attempt.id, "dead")() == 0
     assert await jobs(stack, "provider.delivery", attempt.id, "pending")() == 1
     assert await review(stack, order_id) == []
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(verify=default_trust()) as c:
         await c.delete(f"{stack.sims.midtrans.control_url}/faults")
     await settled_quietly(stack, attempt.id)
     assert await review(stack, order_id) == [
@@ -1295,7 +1297,7 @@ async def test_a_payment_on_a_live_attempt_whose_confirming_read_fails_settles_t
     outcome = [o for v, o in await outcomes(stack, attempt.id) if v][-1]
     assert outcome is not None and "status read brought forward" in outcome, outcome
     assert (await order_state(stack, order_id)()) == "awaiting_payment"
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(verify=default_trust()) as c:
         await c.delete(f"{stack.sims.midtrans.control_url}/faults")
     await run_verifier(stack.container, order_state(stack, order_id), "paid", timeout=20)
     assert await evidence_count(stack, order_id) == 1
@@ -1331,7 +1333,7 @@ async def test_a_cancel_the_provider_cannot_take_now_is_tried_again_and_the_inst
     assert await closed_reads(stack, attempt.id, "pending")() == 1  # watched meanwhile
     await sim_post(stack.sims.midtrans.control_url, "/config", {"drop_notifications": True})
     await sim_post(stack.sims.midtrans.control_url, "/pay", {"order_id": attempt.id})
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(verify=default_trust()) as c:
         await c.delete(f"{stack.sims.midtrans.control_url}/faults")
     # The cancel is tried again and refused (the charge is settled): read at once.
     await run_relay(stack.container, order_state(stack, order_id), "needs_review", timeout=20)

@@ -20,6 +20,7 @@ from orchestrator.services.retention import prune
 from orchestrator.settings import DatabaseSettings, RetentionSettings
 from orchestrator.store.engine import migrate
 from orchestrator.store.tables import idempotency_keys, orders, outbox, provider_deliveries
+from orchestrator.tls import default_trust
 from tests.conftest import create_database, drop_database
 from tests.integration.conftest import test_settings as settings_for
 from tests.support import new_merchant, order_body, serve
@@ -65,7 +66,7 @@ async def _ids(c: Container, column: sa.Column[object]) -> set[object]:
 
 async def test_old_finished_rows_go_and_everything_still_needed_stays(own: Container) -> None:
     m = await new_merchant(own)
-    async with serve(own) as url, httpx.AsyncClient(base_url=url) as client:
+    async with serve(own) as url, httpx.AsyncClient(verify=default_trust(), base_url=url) as client:
         headers = {**m.headers, "Idempotency-Key": "k-old"}
         first = await client.post("/v1/orders", json=order_body("INV-OLD"), headers=headers)
         assert first.status_code == 201, first.text

@@ -26,6 +26,7 @@ from chaos.sim.runner import Simulators
 from orchestrator.bootstrap import Container
 from orchestrator.settings import Settings
 from orchestrator.store.tables import outbox, payment_attempts, provider_deliveries
+from orchestrator.tls import default_trust
 from tests.integration.test_failover import Stack, sims  # noqa: F401
 from tests.integration.test_provider_webhooks import (
     attempt_row,
@@ -271,7 +272,7 @@ async def test_a_refund_of_a_payment_whose_create_answer_was_lost_reaches_a_pers
     order_id = r.json()["id"]
     [orphan] = [a for a in await attempts_of(stack, order_id) if a.provider == "xendit"]
     assert (orphan.state, orphan.provider_ref) == ("unknown", None)
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(verify=default_trust()) as c:
         await c.delete(f"{stack.sims.xendit.control_url}/faults")
     await sim_post(stack.sims.xendit.control_url, "/pay", {
         "kind": "ewallet", "reference_id": orphan.id, "amount": orphan.transfer_amount})

@@ -32,6 +32,7 @@ from orchestrator.services.status_reads import defer
 from orchestrator.settings import DatabaseSettings, Settings, StatusPageSettings
 from orchestrator.store.engine import create_engine, migrate
 from orchestrator.store.tables import audit_log, status_history
+from orchestrator.tls import default_trust
 from orchestrator.worker import run_worker, status_recorder
 from statuspage.service import LookupLimit, LookupLimiter, RateLimited
 from tests.conftest import REDIS_URL, create_database, drop_database
@@ -70,7 +71,7 @@ class Page:
 
     async def fault(self, provider: str, body: dict[str, Any] | None = None) -> None:
         sim = self.sims.midtrans if provider == "midtrans" else self.sims.xendit
-        async with httpx.AsyncClient() as c:
+        async with httpx.AsyncClient(verify=default_trust()) as c:
             r = await (c.post(f"{sim.control_url}/faults", json=body) if body
                        else c.delete(f"{sim.control_url}/faults"))
             assert r.status_code < 300, r.text
@@ -108,7 +109,8 @@ async def status_stack(container: Container, *, run_the_worker: bool,
     worker = asyncio.create_task(run_worker(c, stop)) if run_the_worker else None
     try:
         shop = await new_merchant(c)
-        async with serve(c, port) as base_url, httpx.AsyncClient(base_url=base_url,
+        async with serve(c, port) as base_url, httpx.AsyncClient(verify=default_trust(),
+                                                                 base_url=base_url,
                                                                  timeout=30) as client:
             yield Page(c, sims, client, shop, clock)
     finally:

@@ -25,6 +25,7 @@ from orchestrator.store.engine import create_engine, migrate
 from orchestrator.store.tables import outbox, payout_accounts, review_cases
 from orchestrator.telemetry.metrics import Metrics
 from orchestrator.telemetry.state import StateSampler
+from orchestrator.tls import default_trust
 from tests.conftest import create_database, drop_database
 from tests.integration.test_failover import Stack, sims  # noqa: F401
 from tests.integration.test_provider_webhooks import (  # noqa: F401
@@ -87,7 +88,7 @@ async def test_a_capture_lunas_cannot_serve_for_its_database_is_counted_as_an_er
     dead = build(replace(container.settings, database=DatabaseSettings(
         url=f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nowhere")))
     try:
-        async with serve(dead) as url, httpx.AsyncClient(base_url=url) as c:
+        async with serve(dead) as url, httpx.AsyncClient(verify=default_trust(), base_url=url) as c:
             r = await c.post("/v1/orders", json=order_body("DB-DOWN"),
                              headers={"Authorization": "Bearer lunas_sk_x", **key()})
             assert r.status_code == 503, r.text
@@ -110,7 +111,8 @@ async def test_a_full_code_range_shows_in_the_pool_gauge_and_captures_as_unavail
         async with narrow.db.read() as conn:
             account = (await conn.execute(sa.select(payout_accounts.c.id).where(
                 payout_accounts.c.account_number == m.account_number))).scalar_one()
-        async with serve(narrow) as url, httpx.AsyncClient(base_url=url) as c:
+        async with serve(narrow) as url, httpx.AsyncClient(verify=default_trust(),
+                                                           base_url=url) as c:
             async def capture(amount: int) -> int:
                 r = await c.post("/v1/orders", json=order_body(f"POOL-{uuid.uuid4().hex}", amount),
                                  headers={**m.headers, **key()})

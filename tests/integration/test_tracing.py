@@ -33,6 +33,7 @@ from orchestrator.bootstrap import Container, build
 from orchestrator.settings import Settings, TelemetrySettings
 from orchestrator.store.tables import orders, outbox
 from orchestrator.telemetry import tracing
+from orchestrator.tls import default_trust
 from orchestrator.worker import run_worker
 from tests.integration.test_failover import gateway_settings
 from tests.support import ShopFixture, free_port, new_merchant, order_body, serve
@@ -98,7 +99,8 @@ async def shop(container: Container) -> AsyncIterator[Shop]:
     worker = asyncio.create_task(run_worker(c, stop))
     try:
         merchant = await new_merchant(c)
-        async with serve(c, port) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        async with serve(c, port) as url, httpx.AsyncClient(verify=default_trust(),
+                                                            base_url=url, timeout=30) as client:
             await _control(f"{sims.xendit.control_url}/config", {
                 "callback_url": f"{url}/v1/webhooks/xendit",
                 "callback_token": c.settings.providers.xendit_callback_token})
@@ -111,7 +113,7 @@ async def shop(container: Container) -> AsyncIterator[Shop]:
 
 
 async def _control(url: str, body: dict[str, Any]) -> None:
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(verify=default_trust()) as c:
         r = await c.post(url, json=body)
         assert r.status_code < 300, r.text
 

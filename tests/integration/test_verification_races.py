@@ -38,6 +38,7 @@ from orchestrator.services.status_reads import StatusReads, route_of
 from orchestrator.settings import DatabaseSettings, RedisSettings, Settings
 from orchestrator.store.engine import migrate
 from orchestrator.store.tables import orders, outbox, payment_attempts
+from orchestrator.tls import default_trust
 from tests.conftest import REDIS_URL, create_database, drop_database
 from tests.support import ShopFixture, new_merchant
 
@@ -201,7 +202,7 @@ async def test_reads_the_breaker_refuses_spend_none_of_the_providers_pace() -> N
             await asyncio.sleep(0.01)
     trial = await breaker.acquire()  # the round's one trial, in flight
     pacer = RequestPacer({"midtrans": Pace(per_minute=60, headroom=0.0)}, redis=None)  # 1/s
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(verify=default_trust()) as http:
         midtrans = MidtransProvider(base_url="http://127.0.0.1:9", server_key="SB-Mid-server-x",
                                     client=http)
         reads = StatusReads({"midtrans": midtrans}, BreakerGuard(registry), pacer)

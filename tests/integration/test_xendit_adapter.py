@@ -43,6 +43,7 @@ from orchestrator.rails.xendit import (
     verify_callback_token,
     xendit_time,
 )
+from orchestrator.tls import default_trust
 from tests.support import free_port
 
 KEY = "xnd_development_lunas_tests"
@@ -114,7 +115,7 @@ async def sim(receiver: Receiver) -> AsyncIterator[XenditSim]:
 
 @pytest.fixture(scope="module")
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(verify=default_trust()) as client:
         yield client
 
 

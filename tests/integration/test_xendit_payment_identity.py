@@ -27,6 +27,7 @@ import httpx
 import sqlalchemy as sa
 
 from orchestrator.store.tables import evidence, payment_attempts, provider_deliveries
+from orchestrator.tls import default_trust
 from tests.integration.test_failover import Stack, sims  # noqa: F401
 from tests.integration.test_provider_webhooks import (  # noqa: F401
     attempt_row,
@@ -128,7 +129,7 @@ async def test_a_callback_for_another_charge_under_the_attempts_reference_moves_
     another charge by id: before, it failed the live attempt and told the merchant its
     payment failed. It only asks for the status read, which reads the attempt's own charge."""
     order_id, attempt = await order_and_attempt(stack, "ewallet", "dana", "ewallet:xendit:dana")
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(verify=default_trust()) as c:
         found = (await c.get(f"{stack.sims.xendit.control_url}/resources",
                              params={"reference": attempt.id})).json()
     [charge] = found["ewallet_charges"]
@@ -203,7 +204,7 @@ async def test_a_payment_on_the_old_charge_of_a_recreated_attempt_still_reaches_
     itself, and the read of the attempt's own charge would not see that money; the read by
     our reference lists it, and it pays the order, once."""
     order_id, attempt = await order_and_attempt(stack, "ewallet", "dana", "ewallet:xendit:dana")
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(verify=default_trust()) as c:
         found = (await c.get(f"{stack.sims.xendit.control_url}/resources",
                              params={"reference": attempt.id})).json()
     [charge] = found["ewallet_charges"]
@@ -245,7 +246,7 @@ async def test_a_va_xendit_would_not_close_is_never_shown_and_is_cancelled(
     async def state() -> object:
         return (await attempt_row(stack, orphan.id)).state
     await run_relay(stack.container, state, "superseded")
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(verify=default_trust()) as c:
         found = (await c.get(f"{stack.sims.xendit.control_url}/resources",
                              params={"reference": orphan.id})).json()
     [va] = found["virtual_accounts"]

@@ -30,6 +30,7 @@ from orchestrator.store.tables import (
     payment_attempts,
     provider_deliveries,
 )
+from orchestrator.tls import default_trust
 from tests.integration.test_failover import Stack, sims  # noqa: F401
 from tests.integration.test_provider_webhooks import (  # noqa: F401
     lock_waiters,
@@ -67,7 +68,7 @@ async def refund_at_xendit(stack: Stack, attempt: Any, amount: int, *,  # noqa: 
 
 
 async def refund_callbacks(stack: Stack, attempt: Any) -> list[dict[str, Any]]:  # noqa: F811
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(verify=default_trust()) as c:
         sent = (await c.get(f"{stack.sims.xendit.control_url}/callbacks")).json()
     return [s["body"] for s in sent if s["event"] == "refund.succeeded"
             and s["body"]["data"]["payment_id"] == attempt.provider_ref]
@@ -317,7 +318,7 @@ async def test_a_void_of_a_paid_charge_notified_by_xendit_opens_a_case_for_all_o
     assert await merchant_told(stack, order_id) == [("refunded_at_provider", whole, "VOIDED")]
     assert (await order_state(stack, order_id)()) == "paid"
 
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(verify=default_trust()) as c:
         sent = (await c.get(f"{stack.sims.xendit.control_url}/callbacks")).json()
     [void] = [s["body"] for s in sent if s["event"] == "ewallet.void"]
     token = stack.container.settings.providers.xendit_callback_token

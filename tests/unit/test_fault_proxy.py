@@ -20,6 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from chaos.proxy import ControlServer, FaultProxy
+from orchestrator.tls import default_trust
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -266,7 +267,8 @@ async def test_control_api_round_trip(proxy: FaultProxy) -> None:
     control = ControlServer(proxy)
     await control.start()
     try:
-        async with httpx.AsyncClient(base_url=control.url, timeout=2) as http:
+        async with httpx.AsyncClient(verify=default_trust(),
+                                     base_url=control.url, timeout=2) as http:
             state = (await http.get("/state")).json()
             assert state["listen"] == f"127.0.0.1:{proxy.port}"
             assert state["faults"]["latency"] is None
@@ -317,7 +319,8 @@ async def test_command_line_runs_the_proxy_and_its_control_api(echo_port: int) -
             banner = (await proc.stdout.readline()).decode()
         listen = banner.split()[2]  # "fault proxy HOST:PORT -> HOST:PORT  control: URL"
         control_url = banner.rsplit(" ", 1)[1].strip()
-        async with httpx.AsyncClient(base_url=control_url, timeout=2) as http:
+        async with httpx.AsyncClient(verify=default_trust(),
+                                     base_url=control_url, timeout=2) as http:
             await http.post("/faults", json={"kind": "latency", "ms": 60})
             host, port = listen.rsplit(":", 1)
             reader, writer = await asyncio.open_connection(host, int(port))
