@@ -81,10 +81,10 @@ class LookupLimiter:
         for name, key, cap in (("client", client, self._limit.per_client),
                                ("order", order_code, self._limit.per_order)):
             full = f"{self._prefix}statuspage:lookup:{name}:{key}:{slot}"
-            if await self._count(full, window) > cap:
+            if await self._count(full, window, now) > cap:
                 raise RateLimited(retry_after)
 
-    async def _count(self, key: str, window: int) -> int:
+    async def _count(self, key: str, window: int, now: int) -> int:
         if self._redis is not None and self._redis_pause.may_try:
             try:
                 pipe = self._redis.pipeline(transaction=True)
@@ -94,7 +94,6 @@ class LookupLimiter:
                 return int(count)
             except (RedisError, OSError) as exc:
                 self._redis_pause.failed(exc)
-        now = int(self._clock.now().timestamp())
         count, expires = self._local.get(key, (0, now + window))
         if expires <= now:
             count, expires = 0, now + window
